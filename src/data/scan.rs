@@ -1,0 +1,306 @@
+//! Finding the images of a dataset and their raw labels and subjects, in a
+//! deterministic (sorted) order. Three layouts: JAFFE file names, class
+//! folders, and a CSV manifest (`path,label[,subject]`).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+pub const IMAGE_EXTENSIONS: [&str; 7] = ["tif", "tiff", "png", "jpg", "jpeg", "bmp", "pgm"];
+
+/// JAFFE expression codes and their names.
+pub const JAFFE_CODES: [(&str, &str); 7] = [
+    ("AN", "angry"),
+    ("DI", "disgust"),
+    ("FE", "fear"),
+    ("HA", "happy"),
+    ("NE", "neutral"),
+    ("SA", "sad"),
+    ("SU", "surprise"),
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DataFormat {
+    Auto,
+    Jaffe,
+    Folders,
+    Csv,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    pub path: PathBuf,
+    /// Raw label as found (JAFFE: the expression name, e.g. `neutral`).
+    pub label: String,
+    pub subject: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Dataset {
+    pub root: PathBuf,
+    pub format: DataFormat,
+    pub samples: Vec<Sample>,
+    /// Manifest rows whose path resolved outside the manifest's folder.
+    #[serde(default)]
+    pub outside_paths: Vec<PathBuf>,
+}
+
+pub fn is_image(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// Parses a JAFFE name `SS.EEn.NNN.tiff` → (subject, expression name).
+pub fn parse_jaffe_name(name: &str) -> Option<std::result::Result<(String, String), String>> {
+    let parts: Vec<&str> = name.split('.').collect();
+    if parts.len() != 4
+        || !is_image(Path::new(name))
+        || parts[0].is_empty()
+        || parts[1].len() < 3
+        || !parts[2].chars().all(|c| c.is_ascii_digit())
+    {
+        return None;
+    }
+    let (code, sample) = parts[1].split_at(2);
+    if !sample.chars().all(|c| c.is_ascii_digit()) || !code.chars().all(|c| c.is_ascii_uppercase())
+    {
+        return None;
+    }
+    Some(match JAFFE_CODES.iter().find(|(c, _)| *c == code) {
+        Some((_, n)) => Ok((parts[0].to_string(), n.to_string())),
+        None => Err(format!(
+            "unknown JAFFE expression code `{code}` (known: AN, DI, FE, HA, NE, SA, SU)"
+        )),
+    })
+}
+
+/// Sorted entries of a folder, with unreadable entries as errors.
+fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
+    let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    let mut v = Vec::new();
+    for e in rd {
+        v.push(e.map_err(|e| Error::io(dir, e))?.path());
+    }
+    v.sort();
+    Ok(v)
+}
+
+/// Scans `path` in the given (or detected) layout.
+pub fn scan(path: &Path, format: DataFormat) -> Result<Dataset> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    let format = match format {
+        DataFormat::Auto => detect(path, meta.is_dir())?,
+        f => f,
+    };
+    let ds = match format {
+        DataFormat::Csv => {
+            let csv = if meta.is_dir() {
+                path.join("manifest.csv")
+            } else {
+                path.to_path_buf()
+            };
+            scan_csv(&csv)?
+        }
+        DataFormat::Jaffe => scan_jaffe(path)?,
+        DataFormat::Folders => scan_folders(path)?,
+        DataFormat::Auto => unreachable!("detect() returns a concrete format"),
+    };
+    if ds.samples.is_empty() {
+        return Err(Error::dataset(
+            path,
+            "contains no images (looked for .tiff, .png, .jpg, .bmp)",
+        ));
+    }
+    Ok(ds)
+}
+
+fn detect(path: &Path, is_dir: bool) -> Result<DataFormat> {
+    if !is_dir {
+        return if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
+        {
+            Ok(DataFormat::Csv)
+        } else {
+            Err(Error::dataset(
+                path,
+                "is a file but not a CSV manifest: give a folder or a .csv",
+            ))
+        };
+    }
+    if path.join("manifest.csv").is_file() {
+        return Ok(DataFormat::Csv);
+    }
+    let entries = sorted_entries(path)?;
+    let images: Vec<&PathBuf> = entries
+        .iter()
+        .filter(|p| p.is_file() && is_image(p))
+        .collect();
+    let jaffe = images
+        .iter()
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .and_then(parse_jaffe_name)
+                .is_some()
+        })
+        .count();
+    if jaffe > 0 && jaffe * 2 >= images.len() {
+        return Ok(DataFormat::Jaffe);
+    }
+    if entries.iter().any(|p| p.is_dir()) {
+        return Ok(DataFormat::Folders);
+    }
+    if images.is_empty() {
+        return Err(Error::dataset(
+            path,
+            "is empty: no images, class folders or manifest.csv",
+        ));
+    }
+    Err(Error::dataset(path, "holds loose images that are not JAFFE-named (SS.EEn.NNN.tiff): put them in class folders or list them in a manifest.csv"))
+}
+
+fn scan_jaffe(dir: &Path) -> Result<Dataset> {
+    let mut samples = Vec::new();
+    for p in sorted_entries(dir)? {
+        if !p.is_file() || !is_image(&p) {
+            continue;
+        }
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        match parse_jaffe_name(&name) {
+            Some(Ok((subject, label))) => samples.push(Sample {
+                path: p,
+                label,
+                subject: Some(subject),
+            }),
+            Some(Err(problem)) => return Err(Error::file(&p, problem)),
+            None => {
+                return Err(Error::file(
+                    &p,
+                    "is not a JAFFE file name (SS.EEn.NNN.tiff)",
+                ))
+            }
+        }
+    }
+    Ok(Dataset {
+        root: dir.to_path_buf(),
+        format: DataFormat::Jaffe,
+        samples,
+        outside_paths: vec![],
+    })
+}
+
+fn scan_folders(dir: &Path) -> Result<Dataset> {
+    let mut samples = Vec::new();
+    for class_dir in sorted_entries(dir)? {
+        if !class_dir.is_dir() {
+            continue;
+        }
+        let label = class_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if label.starts_with('.') {
+            continue;
+        }
+        let before = samples.len();
+        for p in sorted_entries(&class_dir)? {
+            if p.is_file() && is_image(&p) {
+                samples.push(Sample {
+                    path: p,
+                    label: label.clone(),
+                    subject: None,
+                });
+            }
+        }
+        if samples.len() == before {
+            return Err(Error::dataset(
+                &class_dir,
+                format!("class `{label}` has no images"),
+            ));
+        }
+    }
+    Ok(Dataset {
+        root: dir.to_path_buf(),
+        format: DataFormat::Folders,
+        samples,
+        outside_paths: vec![],
+    })
+}
+
+fn scan_csv(csv_path: &Path) -> Result<Dataset> {
+    let bytes = std::fs::read(csv_path).map_err(|e| Error::io(csv_path, e))?;
+    let text = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
+    let mut rdr = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_reader(text);
+    let headers = rdr
+        .headers()
+        .map_err(|e| Error::file(csv_path, format!("bad CSV header: {e}")))?
+        .clone();
+    let col = |name: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(name));
+    let (Some(pc), Some(lc)) = (col("path"), col("label")) else {
+        return Err(Error::file(
+            csv_path,
+            format!(
+                "needs columns `path` and `label` (found: {})",
+                headers.iter().collect::<Vec<_>>().join(", ")
+            ),
+        ));
+    };
+    let sc = col("subject");
+    let base = csv_path.parent().unwrap_or(Path::new("."));
+    let base_abs = base.canonicalize().map_err(|e| Error::io(base, e))?;
+    let mut samples = Vec::new();
+    let mut outside = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (i, rec) in rdr.records().enumerate() {
+        let line = i + 2;
+        let rec = rec.map_err(|e| Error::file(csv_path, format!("line {line}: {e}")))?;
+        let rel = rec.get(pc).unwrap_or("");
+        let label = rec.get(lc).unwrap_or("").to_string();
+        if rel.is_empty() || label.is_empty() {
+            return Err(Error::file(
+                csv_path,
+                format!("line {line}: empty path or label"),
+            ));
+        }
+        let p = base.join(rel);
+        let abs = p
+            .canonicalize()
+            .map_err(|e| Error::file(csv_path, format!("line {line}: {}: {e}", p.display())))?;
+        if !abs.starts_with(&base_abs) {
+            outside.push(abs.clone());
+        }
+        if !seen.insert(abs.clone()) {
+            return Err(Error::file(
+                csv_path,
+                format!("line {line}: {} is listed twice", p.display()),
+            ));
+        }
+        let subject = sc
+            .and_then(|c| rec.get(c))
+            .filter(|s| !s.is_empty())
+            .map(str::to_string);
+        samples.push(Sample {
+            path: p,
+            label,
+            subject,
+        });
+    }
+    samples.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(Dataset {
+        root: csv_path.to_path_buf(),
+        format: DataFormat::Csv,
+        samples,
+        outside_paths: outside,
+    })
+}

@@ -1,0 +1,372 @@
+//! Labels (binary neutral-vs-rest, multiclass, custom map) and
+//! subject-grouped splits: no person on both sides, stratified where the
+//! groups allow, with a stratified image split when subjects are unknown.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::scan::Dataset;
+use crate::error::{Error, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    /// `neutral` vs `expressive` (everything else).
+    Binary,
+    /// Every label its own class.
+    Multiclass,
+}
+
+pub const BINARY_CLASSES: [&str; 2] = ["neutral", "expressive"];
+
+/// Class names and each sample's class index.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Labels {
+    pub classes: Vec<String>,
+    pub targets: Vec<i64>,
+}
+
+impl Labels {
+    pub fn counts(&self) -> Vec<usize> {
+        let mut c = vec![0; self.classes.len()];
+        for &t in &self.targets {
+            c[t as usize] += 1;
+        }
+        c
+    }
+}
+
+/// Parses `raw=class,raw2=class2`.
+pub fn parse_label_map(s: &str) -> Result<Vec<(String, String)>> {
+    s.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| {
+            p.split_once('=')
+                .map(|(a, b)| (a.trim().to_string(), b.trim().to_string()))
+                .filter(|(a, b)| !a.is_empty() && !b.is_empty())
+                .ok_or_else(|| {
+                    Error::config(format!("--label-map entry `{p}`: expected raw=class"))
+                })
+        })
+        .collect()
+}
+
+/// Turns raw labels into classes. A label map, when given, defines the classes.
+pub fn assign_labels(ds: &Dataset, task: Task, map: &[(String, String)]) -> Result<Labels> {
+    let mapped: Vec<String> = ds
+        .samples
+        .iter()
+        .map(|s| {
+            if map.is_empty() {
+                return Ok(s.label.clone());
+            }
+            map.iter()
+                .find(|(raw, _)| raw.eq_ignore_ascii_case(&s.label))
+                .map(|(_, c)| c.clone())
+                .ok_or_else(|| {
+                    Error::file(
+                        &s.path,
+                        format!("label `{}` is not in --label-map", s.label),
+                    )
+                })
+        })
+        .collect::<Result<_>>()?;
+    let classes: Vec<String> = if !map.is_empty() || task == Task::Multiclass {
+        mapped
+            .iter()
+            .cloned()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    } else {
+        BINARY_CLASSES.iter().map(|s| s.to_string()).collect()
+    };
+    let targets: Vec<i64> = mapped
+        .iter()
+        .map(|l| {
+            if map.is_empty() && task == Task::Binary {
+                if l.eq_ignore_ascii_case("neutral") || l.eq_ignore_ascii_case("ne") {
+                    0
+                } else {
+                    1
+                }
+            } else {
+                classes.iter().position(|c| c == l).unwrap_or(0) as i64
+            }
+        })
+        .collect();
+    let labels = Labels { classes, targets };
+    let counts = labels.counts();
+    let present: Vec<&String> = labels
+        .classes
+        .iter()
+        .zip(&counts)
+        .filter(|(_, &n)| n > 0)
+        .map(|(c, _)| c)
+        .collect();
+    if present.len() < 2 {
+        let which = present.first().map(|s| s.as_str()).unwrap_or("none");
+        let hint = if task == Task::Binary && map.is_empty() {
+            " (binary task: labels `neutral` vs the rest)"
+        } else {
+            ""
+        };
+        return Err(Error::dataset(
+            &ds.root,
+            format!("has only one class ({which}){hint}: a classifier needs at least two"),
+        ));
+    }
+    if let Some((c, _)) = labels.classes.iter().zip(&counts).find(|(_, &n)| n == 0) {
+        return Err(Error::dataset(
+            &ds.root,
+            format!("class `{c}` has no images"),
+        ));
+    }
+    Ok(labels)
+}
+
+/// How to hold out validation data.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum ValSpec {
+    None,
+    /// A fraction of the subjects (of the images when subjects are unknown).
+    Subjects {
+        fraction: f64,
+    },
+    /// These subjects.
+    Named {
+        subjects: Vec<String>,
+    },
+}
+
+impl ValSpec {
+    /// `none`, `subjects:F`, or a bare fraction `F`.
+    pub fn parse(s: &str) -> Result<ValSpec> {
+        let s = s.trim();
+        if s == "none" {
+            return Ok(ValSpec::None);
+        }
+        let f = s.strip_prefix("subjects:").unwrap_or(s);
+        let fraction: f64 = f.parse().map_err(|_| {
+            Error::config(format!(
+                "--val `{s}`: expected none or subjects:F with 0 < F < 1"
+            ))
+        })?;
+        if !(fraction > 0.0 && fraction < 1.0) {
+            return Err(Error::config(format!(
+                "--val fraction must be between 0 and 1, got {fraction}"
+            )));
+        }
+        Ok(ValSpec::Subjects { fraction })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Split {
+    pub train: Vec<usize>,
+    pub val: Vec<usize>,
+    pub val_subjects: Vec<String>,
+    /// A note for the user (e.g. the fallback to an image split).
+    pub note: Option<String>,
+}
+
+/// Splits into train and validation according to `spec`.
+pub fn holdout(ds: &Dataset, labels: &Labels, spec: &ValSpec, seed: u64) -> Result<Split> {
+    let n = ds.samples.len();
+    let has_subjects = ds.samples.iter().all(|s| s.subject.is_some());
+    let split = match spec {
+        ValSpec::None => {
+            return Ok(Split {
+                train: (0..n).collect(),
+                val: vec![],
+                val_subjects: vec![],
+                note: None,
+            })
+        }
+        ValSpec::Named { subjects } => {
+            if !has_subjects {
+                return Err(Error::dataset(
+                    &ds.root,
+                    "--val-subjects needs subject ids, and this dataset has none",
+                ));
+            }
+            let known: BTreeSet<&str> = ds
+                .samples
+                .iter()
+                .filter_map(|s| s.subject.as_deref())
+                .collect();
+            if let Some(s) = subjects.iter().find(|s| !known.contains(s.as_str())) {
+                return Err(Error::dataset(
+                    &ds.root,
+                    format!(
+                        "--val-subjects: no subject `{s}` (subjects: {})",
+                        known.iter().copied().collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            }
+            let set: BTreeSet<&str> = subjects.iter().map(String::as_str).collect();
+            let (val, train): (Vec<usize>, Vec<usize>) =
+                (0..n).partition(|&i| set.contains(ds.samples[i].subject.as_deref().unwrap_or("")));
+            Split {
+                train,
+                val,
+                val_subjects: subjects.clone(),
+                note: None,
+            }
+        }
+        ValSpec::Subjects { fraction } if has_subjects => {
+            let groups = subject_groups(ds, labels);
+            let val_subjects = pick_subjects(&groups, *fraction, seed);
+            let set: BTreeSet<&str> = val_subjects.iter().map(String::as_str).collect();
+            let (val, train): (Vec<usize>, Vec<usize>) =
+                (0..n).partition(|&i| set.contains(ds.samples[i].subject.as_deref().unwrap_or("")));
+            Split {
+                train,
+                val,
+                val_subjects,
+                note: None,
+            }
+        }
+        ValSpec::Subjects { fraction } => {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let mut val = Vec::new();
+            for (c, name) in labels.classes.iter().enumerate() {
+                let mut idx: Vec<usize> =
+                    (0..n).filter(|&i| labels.targets[i] == c as i64).collect();
+                if idx.len() < 2 {
+                    return Err(Error::dataset(&ds.root, format!("class `{name}` has a single image; a train/validation split needs at least two")));
+                }
+                idx.shuffle(&mut rng);
+                let k = ((idx.len() as f64 * fraction).round() as usize).clamp(1, idx.len() - 1);
+                val.extend_from_slice(&idx[..k]);
+            }
+            val.sort_unstable();
+            let train = (0..n).filter(|i| val.binary_search(i).is_err()).collect();
+            Split { train, val, val_subjects: vec![], note: Some("no subject ids in this dataset: using a stratified image split (the same person may be on both sides)".into()) }
+        }
+    };
+    check_sides(ds, labels, &split)?;
+    Ok(split)
+}
+
+/// Every class must be on both sides, or the split is useless.
+pub fn check_sides(ds: &Dataset, labels: &Labels, split: &Split) -> Result<()> {
+    for (side, idx) in [("training", &split.train), ("validation", &split.val)] {
+        for (c, name) in labels.classes.iter().enumerate() {
+            if !idx.iter().any(|&i| labels.targets[i] == c as i64) {
+                return Err(Error::dataset(
+                    &ds.root,
+                    format!("cannot make this split: the {side} side has no `{name}` image (subjects: {}); use more data, another --val, or --val none", split.val_subjects.join(",")),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Subjects grouped by the multiset of classes they have, sorted, so that
+/// taking the same fraction of each group stratifies the split.
+pub fn subject_groups(ds: &Dataset, labels: &Labels) -> BTreeMap<Vec<i64>, Vec<String>> {
+    let mut per_subject: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for (s, &t) in ds.samples.iter().zip(&labels.targets) {
+        per_subject
+            .entry(s.subject.clone().unwrap_or_default())
+            .or_default()
+            .push(t);
+    }
+    let mut groups: BTreeMap<Vec<i64>, Vec<String>> = BTreeMap::new();
+    for (subj, mut ts) in per_subject {
+        ts.sort_unstable();
+        groups.entry(ts).or_default().push(subj);
+    }
+    groups
+}
+
+/// Takes `fraction` of each group's subjects (seeded), at least one overall.
+fn pick_subjects(
+    groups: &BTreeMap<Vec<i64>, Vec<String>>,
+    fraction: f64,
+    seed: u64,
+) -> Vec<String> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut picked = Vec::new();
+    let mut leftovers = Vec::new();
+    for subjects in groups.values() {
+        let mut s = subjects.clone();
+        s.shuffle(&mut rng);
+        let exact = s.len() as f64 * fraction;
+        let k = exact.floor() as usize;
+        picked.extend_from_slice(&s[..k]);
+        if k < s.len() {
+            leftovers.push((exact - k as f64, s[k].clone()));
+        }
+    }
+    let total: usize = groups.values().map(Vec::len).sum();
+    let want = ((total as f64 * fraction).round() as usize)
+        .max(1)
+        .min(total.saturating_sub(1).max(1));
+    leftovers.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    for (_, s) in leftovers {
+        if picked.len() >= want {
+            break;
+        }
+        picked.push(s);
+    }
+    picked.sort();
+    picked
+}
+
+/// Subject-grouped k folds (stratified by group signature), or stratified
+/// image folds without subjects. Returns each fold's held-out indices.
+pub fn kfold(ds: &Dataset, labels: &Labels, k: usize, seed: u64) -> Result<Vec<Vec<usize>>> {
+    if k < 2 {
+        return Err(Error::config(format!(
+            "--folds must be at least 2, got {k}"
+        )));
+    }
+    let n = ds.samples.len();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut folds = vec![Vec::new(); k];
+    if ds.samples.iter().all(|s| s.subject.is_some()) {
+        let groups = subject_groups(ds, labels);
+        let total: usize = groups.values().map(Vec::len).sum();
+        if total < k {
+            return Err(Error::dataset(
+                &ds.root,
+                format!("{total} subjects cannot make {k} subject-grouped folds"),
+            ));
+        }
+        let mut next = 0;
+        let mut fold_of: BTreeMap<String, usize> = BTreeMap::new();
+        for subjects in groups.values() {
+            let mut s = subjects.clone();
+            s.shuffle(&mut rng);
+            for subj in s {
+                fold_of.insert(subj, next % k);
+                next += 1;
+            }
+        }
+        for i in 0..n {
+            folds[fold_of[ds.samples[i].subject.as_deref().unwrap_or("")]].push(i);
+        }
+    } else {
+        let mut next = 0;
+        for c in 0..labels.classes.len() {
+            let mut idx: Vec<usize> = (0..n).filter(|&i| labels.targets[i] == c as i64).collect();
+            idx.shuffle(&mut rng);
+            for i in idx {
+                folds[next % k].push(i);
+                next += 1;
+            }
+        }
+    }
+    for f in folds.iter_mut() {
+        f.sort_unstable();
+    }
+    Ok(folds)
+}

@@ -1,0 +1,86 @@
+//! Typed errors for the library. Every variant that concerns a file names it,
+//! so the binary can print one sentence: the file and the problem.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {problem}")]
+    File { path: PathBuf, problem: String },
+
+    #[error("{path}: cannot read: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{path}: {problem}")]
+    Weights { path: PathBuf, problem: String },
+
+    #[error("{path}: cannot decode image: {problem}")]
+    Image { path: PathBuf, problem: String },
+
+    #[error("dataset {path}: {problem}")]
+    Dataset { path: PathBuf, problem: String },
+
+    #[error("invalid option: {0}")]
+    Config(String),
+
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+
+    #[error("interrupted: {0}")]
+    Interrupted(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub fn file(path: impl Into<PathBuf>, problem: impl Into<String>) -> Self {
+        Error::File {
+            path: path.into(),
+            problem: problem.into(),
+        }
+    }
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+    pub fn weights(path: impl Into<PathBuf>, problem: impl Into<String>) -> Self {
+        Error::Weights {
+            path: path.into(),
+            problem: problem.into(),
+        }
+    }
+    pub fn image(path: impl Into<PathBuf>, problem: impl Into<String>) -> Self {
+        Error::Image {
+            path: path.into(),
+            problem: problem.into(),
+        }
+    }
+    pub fn dataset(path: impl Into<PathBuf>, problem: impl Into<String>) -> Self {
+        Error::Dataset {
+            path: path.into(),
+            problem: problem.into(),
+        }
+    }
+    pub fn config(problem: impl Into<String>) -> Self {
+        Error::Config(problem.into())
+    }
+}
+
+/// Lists at most `max` names, then "and N more", so error sentences stay readable.
+pub fn short_list(names: &[String], max: usize) -> String {
+    if names.len() <= max {
+        names.join(", ")
+    } else {
+        format!(
+            "{}, and {} more",
+            names[..max].join(", "),
+            names.len() - max
+        )
+    }
+}

@@ -1,0 +1,163 @@
+//! Classification metrics that tell the truth on imbalanced data: accuracy
+//! next to balanced accuracy, per-class precision / recall / F1, ROC AUC and
+//! the majority-class baseline.
+
+use serde::{Deserialize, Serialize};
+
+pub fn accuracy(y: &[i64], pred: &[i64]) -> f64 {
+    if y.is_empty() {
+        return f64::NAN;
+    }
+    y.iter().zip(pred).filter(|(a, b)| a == b).count() as f64 / y.len() as f64
+}
+
+/// Rows: true class, columns: predicted class.
+pub fn confusion(y: &[i64], pred: &[i64], classes: usize) -> Vec<Vec<usize>> {
+    let mut m = vec![vec![0; classes]; classes];
+    for (&t, &p) in y.iter().zip(pred) {
+        m[t as usize][p as usize] += 1;
+    }
+    m
+}
+
+/// Mean recall over the classes present in `y`.
+pub fn balanced_accuracy(y: &[i64], pred: &[i64], classes: usize) -> f64 {
+    let m = confusion(y, pred, classes);
+    let recalls: Vec<f64> = m
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.iter().sum::<usize>() > 0)
+        .map(|(c, r)| r[c] as f64 / r.iter().sum::<usize>() as f64)
+        .collect();
+    if recalls.is_empty() {
+        f64::NAN
+    } else {
+        recalls.iter().sum::<f64>() / recalls.len() as f64
+    }
+}
+
+/// Area under the ROC curve for `scores` of the positive class (ties count ½).
+pub fn roc_auc(positive: &[bool], scores: &[f64]) -> f64 {
+    let np = positive.iter().filter(|&&p| p).count();
+    let nn = positive.len() - np;
+    if np == 0 || nn == 0 {
+        return f64::NAN;
+    }
+    // Mann–Whitney U with average ranks for ties.
+    let mut idx: Vec<usize> = (0..scores.len()).collect();
+    idx.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    let mut ranks = vec![0.0; scores.len()];
+    let mut i = 0;
+    while i < idx.len() {
+        let mut j = i;
+        while j + 1 < idx.len() && scores[idx[j + 1]] == scores[idx[i]] {
+            j += 1;
+        }
+        let r = (i + j) as f64 / 2.0 + 1.0;
+        for k in i..=j {
+            ranks[idx[k]] = r;
+        }
+        i = j + 1;
+    }
+    let sum_pos: f64 = positive
+        .iter()
+        .zip(&ranks)
+        .filter(|(p, _)| **p)
+        .map(|(_, r)| r)
+        .sum();
+    (sum_pos - (np * (np + 1)) as f64 / 2.0) / (np * nn) as f64
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ClassMetrics {
+    pub class: String,
+    pub support: usize,
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Metrics {
+    pub n: usize,
+    pub accuracy: f64,
+    pub balanced_accuracy: f64,
+    /// Binary: AUC of the second class's probability; multiclass: macro one-vs-rest.
+    pub roc_auc: f64,
+    /// Accuracy of always answering the most frequent class.
+    pub majority_baseline: f64,
+    pub per_class: Vec<ClassMetrics>,
+    pub confusion: Vec<Vec<usize>>,
+}
+
+/// All metrics from true classes and per-class probabilities (rows sum to 1).
+pub fn metrics(y: &[i64], probs: &[Vec<f64>], classes: &[String]) -> Metrics {
+    let c = classes.len();
+    let pred: Vec<i64> = probs
+        .iter()
+        .map(|p| {
+            p.iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(i, _)| i as i64)
+                .unwrap_or(0)
+        })
+        .collect();
+    let m = confusion(y, &pred, c);
+    let per_class = (0..c)
+        .map(|k| {
+            let tp = m[k][k] as f64;
+            let support: usize = m[k].iter().sum();
+            let predicted: usize = m.iter().map(|r| r[k]).sum();
+            let precision = if predicted == 0 {
+                0.0
+            } else {
+                tp / predicted as f64
+            };
+            let recall = if support == 0 {
+                f64::NAN
+            } else {
+                tp / support as f64
+            };
+            let f1 = if precision + recall > 0.0 {
+                2.0 * precision * recall / (precision + recall)
+            } else {
+                0.0
+            };
+            ClassMetrics {
+                class: classes[k].clone(),
+                support,
+                precision,
+                recall,
+                f1,
+            }
+        })
+        .collect();
+    let auc_of = |k: usize| {
+        roc_auc(
+            &y.iter().map(|&t| t == k as i64).collect::<Vec<_>>(),
+            &probs.iter().map(|p| p[k]).collect::<Vec<_>>(),
+        )
+    };
+    let roc_auc = if c == 2 {
+        auc_of(1)
+    } else {
+        let v: Vec<f64> = (0..c).map(auc_of).filter(|a| a.is_finite()).collect();
+        if v.is_empty() {
+            f64::NAN
+        } else {
+            v.iter().sum::<f64>() / v.len() as f64
+        }
+    };
+    let majority =
+        m.iter().map(|r| r.iter().sum::<usize>()).max().unwrap_or(0) as f64 / y.len().max(1) as f64;
+    Metrics {
+        n: y.len(),
+        accuracy: accuracy(y, &pred),
+        balanced_accuracy: balanced_accuracy(y, &pred, c),
+        roc_auc,
+        majority_baseline: majority,
+        per_class,
+        confusion: m,
+    }
+}

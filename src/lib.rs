@@ -1,0 +1,23 @@
+//! vggft: fine-tune an ImageNet-pretrained VGG16 on small grayscale face
+//! datasets, with subject-independent evaluation.
+//!
+//! Data flow: `data` (scan → labels → split → preprocess → augment) →
+//! `model::Vgg16` (torchvision names, BN mode, freeze point, new head) →
+//! `train` (staged fine-tuning) → run folder (`run`) → `predict`.
+
+pub mod cli;
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod eval;
+pub mod fsutil;
+pub mod lrfind;
+pub mod model;
+pub mod optim;
+pub mod plot;
+pub mod predict;
+pub mod run;
+pub mod train;
+pub mod weights;
+
+pub use error::{Error, Result};

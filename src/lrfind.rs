@@ -1,0 +1,203 @@
+//! `vggft lr-find`: an exponential learning-rate sweep (Smith, "Cyclical
+//! Learning Rates for Training Neural Networks", 2017; fastai's lr_find)
+//! from the configured freeze point, and a suggested rate.
+
+use std::path::PathBuf;
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use tch::{Kind, Reduction, Tensor};
+
+use crate::config::{DataConfig, ModelOptions, TrainConfig};
+use crate::error::{Error, Result};
+use crate::model::{Block, Vgg16};
+use crate::optim::{Group, Optimizer};
+use crate::run::{model_config, prepare, resolve_weights};
+use crate::train::{class_weights, Reporter};
+use crate::{fsutil, plot, weights};
+
+pub struct Request {
+    pub data: DataConfig,
+    pub model: ModelOptions,
+    pub train: TrainConfig,
+    pub weights: Option<PathBuf>,
+    pub random_init: bool,
+    pub device: String,
+    pub steps: usize,
+    pub start_lr: f64,
+    pub end_lr: f64,
+    pub out: PathBuf,
+}
+
+pub struct Found {
+    /// (rate, raw loss, smoothed loss) per step.
+    pub points: Vec<(f64, f64, f64)>,
+    pub suggested: f64,
+    pub method: String,
+    pub csv: PathBuf,
+    pub png: PathBuf,
+}
+
+/// Steepest descent of the smoothed loss against log(rate), ignoring the
+/// first and last tenth of the sweep; falls back to a tenth of the minimum's rate.
+pub fn suggest(points: &[(f64, f64, f64)]) -> (f64, String) {
+    let n = points.len();
+    if n < 5 {
+        return (
+            points.first().map(|p| p.0).unwrap_or(1e-3),
+            "too few points: the start rate".into(),
+        );
+    }
+    let (lo, hi) = (n / 10, n - n / 10 - 1);
+    let mut best = (f64::INFINITY, lo);
+    for i in lo.max(1)..hi {
+        let slope =
+            (points[i + 1].2 - points[i - 1].2) / (points[i + 1].0.ln() - points[i - 1].0.ln());
+        if slope < best.0 {
+            best = (slope, i);
+        }
+    }
+    if best.0.is_finite() && best.0 < 0.0 {
+        (
+            points[best.1].0,
+            "steepest descent of the smoothed loss".into(),
+        )
+    } else {
+        let min = points
+            .iter()
+            .min_by(|a, b| a.2.total_cmp(&b.2))
+            .map(|p| p.0)
+            .unwrap_or(1e-3);
+        (
+            min / 10.0,
+            "no descent found: a tenth of the rate at the minimum loss".into(),
+        )
+    }
+}
+
+pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Found> {
+    if !(req.start_lr > 0.0 && req.end_lr > req.start_lr) || req.steps < 10 {
+        return Err(Error::config(
+            "lr-find needs 0 < --start-lr < --end-lr and --steps ≥ 10",
+        ));
+    }
+    req.train.validate()?;
+    let device = crate::run::parse_device(&req.device)?;
+    let p = prepare(&req.data, req.train.seed, reporter)?;
+    tch::manual_seed(req.train.seed as i64);
+    let mut model = Vgg16::new(&model_config(&req.model, p.labels.classes.len()), device)?;
+    if !req.random_init {
+        let w = resolve_weights(req.weights.as_deref(), req.model.bn.has_bn())?;
+        weights::load_pretrained(&mut model, &w)?;
+    }
+    // The sweep trains from the deepest stage's freeze point.
+    let from = req
+        .train
+        .stages
+        .iter()
+        .map(|s| s.from)
+        .min()
+        .unwrap_or(Block::Head);
+    model.set_trainable_from(from);
+    let pre = &req.data.preprocess;
+    let train = &p.data.train;
+    // Frozen prefix computed once (no augmentation: the sweep measures the rate, not generalisation).
+    let feats = tch::no_grad(|| {
+        let parts: Vec<Tensor> = train
+            .chunks(32)
+            .map(|c| {
+                model.features(
+                    &pre.normalise(&crate::data::select(&p.data.gray, c, device)),
+                    Block::Conv1,
+                    from,
+                    false,
+                )
+            })
+            .collect();
+        Tensor::cat(&parts, 0)
+    });
+    let groups = model
+        .param_groups()
+        .into_iter()
+        .map(|g| Group {
+            name: g.block.to_string(),
+            lr_mult: req
+                .train
+                .block_lr_factor
+                .powi((Block::Head.index() - g.block.index()) as i32),
+            weight_decay: if g.decay { req.train.weight_decay } else { 0.0 },
+            params: g.params,
+        })
+        .collect();
+    let mut opt = Optimizer::new(req.train.optimizer, groups, req.train.momentum);
+    let cw = Tensor::from_slice(&class_weights(&req.train, &p.data))
+        .to_kind(Kind::Float)
+        .to_device(device);
+    let targets: Vec<i64> = train.iter().map(|&i| p.data.targets[i]).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(req.train.seed);
+    let mut order: Vec<usize> = Vec::new();
+    let ratio = (req.end_lr / req.start_lr).powf(1.0 / (req.steps - 1) as f64);
+    let (mut avg, mut best) = (0.0, f64::INFINITY);
+    let mut points = Vec::new();
+    for step in 0..req.steps {
+        if order.len() < req.train.batch_size {
+            let mut o: Vec<usize> = (0..train.len()).collect();
+            o.shuffle(&mut rng);
+            order.extend(o);
+        }
+        let b: Vec<usize> = order
+            .drain(
+                ..req
+                    .train
+                    .batch_size
+                    .min(order.len())
+                    .max(2.min(train.len())),
+            )
+            .collect();
+        let lr = req.start_lr * ratio.powi(step as i32);
+        let idx =
+            Tensor::from_slice(&b.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(device);
+        let x = feats.index_select(0, &idx);
+        let y = Tensor::from_slice(&b.iter().map(|&i| targets[i]).collect::<Vec<_>>())
+            .to_device(device);
+        let loss = model.forward_from(&x, from, true).cross_entropy_loss(
+            &y,
+            Some(&cw),
+            Reduction::Mean,
+            -100,
+            req.train.label_smoothing,
+        );
+        opt.zero_grad();
+        loss.backward();
+        opt.step(lr);
+        let l = f64::try_from(&loss).unwrap_or(f64::NAN);
+        avg = 0.98 * avg + 0.02 * l;
+        let smooth = avg / (1.0 - 0.98f64.powi(step as i32 + 1));
+        points.push((lr, l, smooth));
+        best = best.min(smooth);
+        if !l.is_finite() || (step > 10 && smooth > 4.0 * best) {
+            reporter.message(&format!(
+                "lr-find: loss diverged at rate {lr:.2e}, stopping the sweep"
+            ));
+            break;
+        }
+    }
+    let (suggested, method) = suggest(&points);
+    fsutil::create_dir(&req.out)?;
+    let csv = req.out.join("lr-find.csv");
+    let mut s = String::from("lr,loss,smoothed_loss\n");
+    for (lr, l, sm) in &points {
+        s.push_str(&format!("{lr:.6e},{l:.6},{sm:.6}\n"));
+    }
+    fsutil::write_atomic(&csv, s.as_bytes())?;
+    let png = req.out.join("lr-find.png");
+    plot::lr_curve(&png, &points, suggested)?;
+    Ok(Found {
+        points,
+        suggested,
+        method,
+        csv,
+        png,
+    })
+}

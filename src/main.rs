@@ -1,0 +1,317 @@
+//! The `vggft` binary: parse, call the library, print results and errors,
+//! map outcomes to exit codes (0 ok, 1 error, 2 usage, 130 interrupted).
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use vggft::cli::{
+    Cli, Command, FinetuneArgs, LrFindArgs, OutputFormat, PredictArgs, Tta, WeightsCommand,
+};
+use vggft::train::{EpochRow, Reporter};
+use vggft::{predict, run, weights, Error};
+
+/// Progress on stderr: a bar per epoch on a terminal, plain lines otherwise.
+struct Cli2 {
+    quiet: bool,
+    tty: bool,
+    bar: Option<ProgressBar>,
+}
+
+impl Reporter for Cli2 {
+    fn message(&mut self, msg: &str) {
+        if self.quiet && !msg.starts_with("warning") {
+            return;
+        }
+        match &self.bar {
+            Some(b) => b.println(msg),
+            None => eprintln!("{msg}"),
+        }
+    }
+    fn epoch_start(&mut self, epoch: usize, total: usize, batches: usize) {
+        if self.quiet || !self.tty {
+            return;
+        }
+        let b = ProgressBar::new(batches as u64);
+        b.set_style(
+            ProgressStyle::with_template("epoch {prefix} [{bar:25}] {pos}/{len} {msg} ETA {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        b.set_prefix(format!("{epoch}/{total}"));
+        self.bar = Some(b);
+    }
+    fn batch(&mut self, done: usize, loss: f64, acc: f64, ips: f64) {
+        if let Some(b) = &self.bar {
+            b.set_position(done as u64);
+            b.set_message(format!("loss {loss:.4} acc {acc:.3} {ips:.1} img/s"));
+        }
+    }
+    fn epoch_end(&mut self, r: &EpochRow) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+        if self.quiet {
+            return;
+        }
+        let val = match (r.val_loss, r.val_acc, r.val_bacc) {
+            (Some(l), Some(a), Some(b)) => format!(" | val loss {l:.4} acc {a:.3} bal.acc {b:.3}"),
+            _ => String::new(),
+        };
+        eprintln!(
+            "epoch {:>3} [{}+] lr {:.2e} | train loss {:.4} acc {:.3}{val} | {:.1}s",
+            r.epoch, r.block, r.lr, r.train_loss, r.train_acc, r.seconds
+        );
+    }
+}
+
+fn reporter(quiet: bool) -> Cli2 {
+    Cli2 {
+        quiet,
+        tty: std::io::stderr().is_terminal(),
+        bar: None,
+    }
+}
+
+/// Ctrl-C sets a flag; training stops after the current batch.
+fn stop_flag() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let f = flag.clone();
+    let _ = ctrlc::set_handler(move || {
+        if f.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping after the current batch (Ctrl-C again to quit at once)…");
+    });
+    flag
+}
+
+fn finetune(a: FinetuneArgs) -> anyhow::Result<()> {
+    if let Some(t) = a.model.threads {
+        tch::set_num_threads(t);
+    }
+    let mut rep = reporter(a.quiet);
+    let stop = stop_flag();
+    let summary = match &a.resume {
+        Some(dir) => run::resume(dir, &mut rep, Some(&stop)),
+        None => {
+            let (data, bundled) = a.data.to_config(run::bundled_sample)?;
+            if bundled {
+                rep.message(&format!("no --data given: using the bundled sample {} (London faces subset, CC BY 4.0, see data/sample/README.md)", data.path.display()));
+            }
+            let req = run::FinetuneRequest {
+                data,
+                model: a.model.to_options()?,
+                train: a.train.to_config()?,
+                weights: a.model.weights.clone(),
+                random_init: a.model.random_init,
+                out: a.out.clone(),
+                name: a.name.clone(),
+                device: a.model.device.clone(),
+            };
+            run::finetune(&req, &mut rep, Some(&stop))
+        }
+    };
+    let s = match summary {
+        Err(Error::Interrupted(why)) => {
+            let hint = a
+                .resume
+                .clone()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "RUN".into());
+            eprintln!("{why}; continue with: vggft finetune --resume {hint}");
+            std::process::exit(130);
+        }
+        other => other?,
+    };
+    println!("run: {}", s.dir.display());
+    println!(
+        "best epoch {} of {}; {} training / {} validation images",
+        s.best_epoch,
+        s.history.len(),
+        s.n_train,
+        s.n_val
+    );
+    match &s.val {
+        Some(m) => {
+            println!(
+                "validation (best epoch, subject-grouped holdout unless noted in metrics.json):"
+            );
+            println!("  {:<22} {:>8}", "metric", "value");
+            println!("  {:<22} {:>8.3}", "accuracy", m.accuracy);
+            println!("  {:<22} {:>8.3}", "balanced accuracy", m.balanced_accuracy);
+            println!("  {:<22} {:>8.3}", "ROC AUC", m.roc_auc);
+            println!("  {:<22} {:>8.3}", "majority baseline", m.majority_baseline);
+            for c in &m.per_class {
+                println!(
+                    "  {:<22} {:>8.3}  (n={}, precision {:.3}, F1 {:.3})",
+                    format!("recall {}", c.class),
+                    c.recall,
+                    c.support,
+                    c.precision,
+                    c.f1
+                );
+            }
+        }
+        None => println!("no validation set (--val none): the final epoch was kept"),
+    }
+    Ok(())
+}
+
+fn predict_cmd(a: PredictArgs) -> anyhow::Result<bool> {
+    let device = run::parse_device(&a.device)?;
+    let (cfg, model) = run::load_run(&a.model, device)?;
+    let paths = predict::expand_inputs(&a.inputs);
+    let preds = predict::predict(
+        &cfg,
+        &model,
+        &paths,
+        a.tta == Tta::Flip,
+        a.batch_size,
+        device,
+    );
+    let mut failed = 0;
+    let mut json = Vec::new();
+    if a.format == OutputFormat::Csv {
+        println!(
+            "path,class,{}",
+            cfg.classes
+                .iter()
+                .map(|c| format!("p_{c}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+    }
+    for p in &preds {
+        match &p.probs {
+            Ok(pr) => {
+                let class = &cfg.classes[predict::argmax(pr)];
+                match a.format {
+                    OutputFormat::Text => println!(
+                        "{}\t{class}\t{}",
+                        p.path.display(),
+                        cfg.classes.iter().zip(pr).map(|(c, v)| format!("{c}={v:.3}")).collect::<Vec<_>>().join(" ")
+                    ),
+                    OutputFormat::Csv => println!("{},{class},{}", csv_field(&p.path.display().to_string()), pr.iter().map(|v| format!("{v:.6}")).collect::<Vec<_>>().join(",")),
+                    OutputFormat::Json => json.push(serde_json::json!({
+                        "path": p.path.display().to_string(),
+                        "class": class,
+                        "probabilities": cfg.classes.iter().cloned().zip(pr.iter().map(|v| serde_json::json!(v))).collect::<serde_json::Map<String, serde_json::Value>>(),
+                    })),
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("{}: {e}", p.path.display());
+            }
+        }
+    }
+    if a.format == OutputFormat::Json {
+        println!("{}", serde_json::to_string_pretty(&json)?);
+    }
+    if failed > 0 {
+        eprintln!(
+            "{failed} of {} image(s) could not be predicted",
+            preds.len()
+        );
+    }
+    Ok(failed == 0)
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+fn lr_find(a: LrFindArgs) -> anyhow::Result<()> {
+    if let Some(t) = a.model.threads {
+        tch::set_num_threads(t);
+    }
+    let mut rep = reporter(a.quiet);
+    let (data, bundled) = a.data.to_config(run::bundled_sample)?;
+    if bundled {
+        rep.message(&format!(
+            "no --data given: using the bundled sample {}",
+            data.path.display()
+        ));
+    }
+    let req = vggft::lrfind::Request {
+        data,
+        model: a.model.to_options()?,
+        train: a.train.to_config()?,
+        weights: a.model.weights.clone(),
+        random_init: a.model.random_init,
+        device: a.model.device.clone(),
+        steps: a.steps,
+        start_lr: a.start_lr,
+        end_lr: a.end_lr,
+        out: a.out.clone(),
+    };
+    let r = vggft::lrfind::run(&req, &mut rep)?;
+    println!(
+        "suggested learning rate: {:.2e} ({})",
+        r.suggested, r.method
+    );
+    println!(
+        "sweep: {} steps from {:.1e} to {:.1e}; loss curve in {} and {}",
+        r.points.len(),
+        req.start_lr,
+        r.points.last().map(|p| p.0).unwrap_or(req.end_lr),
+        r.csv.display(),
+        r.png.display()
+    );
+    Ok(())
+}
+
+fn inspect(file: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let i = weights::inspect(file)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&i)?);
+        return Ok(());
+    }
+    println!("file:         {}", i.path);
+    println!("sha256:       {}", i.sha256);
+    println!("architecture: {}", i.description);
+    println!(
+        "tensors:      {} ({} values)",
+        i.tensors.len(),
+        i.parameters
+    );
+    for (n, s, k) in &i.tensors {
+        println!("  {n:<36} {k:<8} {s:?}");
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Finetune(a) => finetune(a).map(|_| true),
+        Command::Predict(a) => predict_cmd(a),
+        Command::LrFind(a) => lr_find(a).map(|_| true),
+        Command::Weights {
+            command: WeightsCommand::Inspect { file, json },
+        } => inspect(&file, json).map(|_| true),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!(
+                "error: {}",
+                e.chain()
+                    .map(|c| c.to_string())
+                    .collect::<Vec<_>>()
+                    .join(": ")
+            );
+            ExitCode::from(1)
+        }
+    }
+}

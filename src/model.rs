@@ -1,0 +1,553 @@
+//! VGG16 and VGG16-BN (Simonyan & Zisserman, "Very Deep Convolutional
+//! Networks for Large-Scale Image Recognition", 2014; BN variant as in
+//! torchvision) with a new classification head.
+//!
+//! This module owns the network: torchvision-compatible parameter names
+//! (`features.N.weight`, `classifier.6.bias`), the five conv blocks
+//! addressable by name, the freeze point, the BatchNorm mode held per layer
+//! (so "head in train mode, BN in eval mode" is possible), exact BN
+//! recalibration (AdaBN) and the optimizer's parameter groups.
+
+use serde::{Deserialize, Serialize};
+use tch::{nn, nn::Module, nn::ModuleT, Device, Kind, Tensor};
+
+use crate::error::{Error, Result};
+
+/// Channel count of each of VGG16's 13 conv layers.
+pub const CHANNELS: [i64; 13] = [
+    64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512,
+];
+/// Block (0-based: conv1 = 0) of each conv layer.
+pub const BLOCK_OF_CONV: [usize; 13] = [0, 0, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4];
+/// torchvision `features.N` index of each conv in plain VGG16.
+pub const PLAIN_CONV_IDX: [usize; 13] = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28];
+/// torchvision `features.N` index of each conv in VGG16-BN (its BN is at N+1).
+pub const BN_CONV_IDX: [usize; 13] = [0, 3, 7, 10, 14, 17, 20, 24, 27, 30, 34, 37, 40];
+/// BatchNorm epsilon used by torchvision.
+pub const BN_EPS: f64 = 1e-5;
+
+/// A freeze point / stage boundary: the conv blocks, then the head.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Block {
+    Conv1,
+    Conv2,
+    Conv3,
+    Conv4,
+    Conv5,
+    Head,
+}
+
+impl Block {
+    pub const ALL: [Block; 6] = [
+        Block::Conv1,
+        Block::Conv2,
+        Block::Conv3,
+        Block::Conv4,
+        Block::Conv5,
+        Block::Head,
+    ];
+    pub fn index(self) -> usize {
+        self as usize
+    }
+    pub fn from_index(i: usize) -> Block {
+        Block::ALL[i.min(5)]
+    }
+    pub fn name(self) -> &'static str {
+        ["conv1", "conv2", "conv3", "conv4", "conv5", "head"][self.index()]
+    }
+    pub fn parse(s: &str) -> Result<Block> {
+        Block::ALL
+            .iter()
+            .copied()
+            .find(|b| b.name() == s.trim())
+            .ok_or_else(|| {
+                Error::config(format!(
+                    "unknown block `{s}` (allowed: conv1, conv2, conv3, conv4, conv5, head)"
+                ))
+            })
+    }
+}
+
+impl std::fmt::Display for Block {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How BatchNorm is handled while fine-tuning.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BnMode {
+    /// Plain VGG16, no BN (BN weights, if given, are folded into the convs).
+    Drop,
+    /// VGG16-BN with ImageNet statistics, BN always in eval mode.
+    Frozen,
+    /// VGG16-BN whose statistics are re-estimated on the training images first (AdaBN).
+    Recalibrate,
+    /// Ordinary train-mode BN: statistics updated every batch.
+    Train,
+}
+
+impl BnMode {
+    pub fn has_bn(self) -> bool {
+        self != BnMode::Drop
+    }
+}
+
+/// The classification head put on the conv trunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum HeadKind {
+    /// Global average pool → dropout → linear.
+    Linear,
+    /// Concatenated average+max pool → BatchNorm1d → dropout → [hidden] → linear (fastai-style).
+    Bn,
+    /// Pretrained fc6/fc7 (`classifier.0/3`) kept, new final layer `classifier.6`.
+    Vgg,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ModelConfig {
+    pub bn_mode: BnMode,
+    pub head: HeadKind,
+    pub num_classes: i64,
+    pub dropout: f64,
+    /// Hidden layer width of the `bn` head (0: none).
+    #[serde(default)]
+    pub hidden: i64,
+    /// Channel divisor: 1 is VGG16; tests use narrower nets to stay fast.
+    #[serde(default = "one")]
+    pub width_div: i64,
+}
+
+fn one() -> i64 {
+    1
+}
+
+impl ModelConfig {
+    pub fn new(bn_mode: BnMode, head: HeadKind, num_classes: i64) -> Self {
+        ModelConfig {
+            bn_mode,
+            head,
+            num_classes,
+            dropout: 0.5,
+            hidden: 0,
+            width_div: 1,
+        }
+    }
+    pub fn channels(&self, layer: usize) -> i64 {
+        (CHANNELS[layer] / self.width_div).max(1)
+    }
+    /// Width of the trunk's final feature map.
+    pub fn trunk_out(&self) -> i64 {
+        self.channels(12)
+    }
+    /// fc6/fc7 width of the `vgg` head (4096 in VGG16).
+    pub fn fc_width(&self) -> i64 {
+        (4096 / self.width_div).max(1)
+    }
+}
+
+struct ConvLayer {
+    conv: nn::Conv2D,
+    bn: Option<nn::BatchNorm>,
+    block: usize,
+    last_in_block: bool,
+}
+
+enum Head {
+    Linear {
+        fc: nn::Linear,
+    },
+    Bn {
+        norm: nn::BatchNorm,
+        hidden: Option<(nn::Linear, nn::BatchNorm)>,
+        fc: nn::Linear,
+    },
+    Vgg {
+        fc6: nn::Linear,
+        fc7: nn::Linear,
+        fc8: nn::Linear,
+    },
+}
+
+/// VGG16 (plain or BN) with a classification head, its variables in `vs`.
+pub struct Vgg16 {
+    pub vs: nn::VarStore,
+    pub cfg: ModelConfig,
+    layers: Vec<ConvLayer>,
+    head: Head,
+    trainable_from: Block,
+}
+
+/// Parameters of one block that share a learning-rate factor and weight-decay choice.
+pub struct ParamGroup {
+    pub block: Block,
+    pub decay: bool,
+    pub params: Vec<(String, Tensor)>,
+}
+
+impl Vgg16 {
+    /// Builds the network with seeded random initialisation (call
+    /// `tch::manual_seed` first for reproducibility), everything trainable.
+    pub fn new(cfg: &ModelConfig, device: Device) -> Result<Self> {
+        if cfg.num_classes < 2 {
+            return Err(Error::config(format!(
+                "a classifier needs at least 2 classes, got {}",
+                cfg.num_classes
+            )));
+        }
+        if cfg.width_div < 1 {
+            return Err(Error::config("width_div must be ≥ 1"));
+        }
+        let vs = nn::VarStore::new(device);
+        let root = vs.root();
+        let feats = &root / "features";
+        let conv_cfg = nn::ConvConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        let idx = if cfg.bn_mode.has_bn() {
+            BN_CONV_IDX
+        } else {
+            PLAIN_CONV_IDX
+        };
+        let mut layers = Vec::with_capacity(13);
+        let mut c_in = 3;
+        for l in 0..13 {
+            let c_out = cfg.channels(l);
+            let conv = nn::conv2d(&feats / idx[l], c_in, c_out, 3, conv_cfg);
+            let bn = cfg
+                .bn_mode
+                .has_bn()
+                .then(|| nn::batch_norm2d(&feats / (idx[l] + 1), c_out, Default::default()));
+            layers.push(ConvLayer {
+                conv,
+                bn,
+                block: BLOCK_OF_CONV[l],
+                last_in_block: l == 12 || BLOCK_OF_CONV[l + 1] != BLOCK_OF_CONV[l],
+            });
+            c_in = c_out;
+        }
+        let c = cfg.trunk_out();
+        let head = match cfg.head {
+            HeadKind::Linear => Head::Linear {
+                fc: nn::linear(
+                    &root / "head" / "fc",
+                    c,
+                    cfg.num_classes,
+                    Default::default(),
+                ),
+            },
+            HeadKind::Bn => {
+                let h = &root / "head";
+                let norm = nn::batch_norm1d(&h / "norm", 2 * c, Default::default());
+                let (hidden, width) = if cfg.hidden > 0 {
+                    let lin = nn::linear(&h / "hidden", 2 * c, cfg.hidden, Default::default());
+                    let bn = nn::batch_norm1d(&h / "hidden_norm", cfg.hidden, Default::default());
+                    (Some((lin, bn)), cfg.hidden)
+                } else {
+                    (None, 2 * c)
+                };
+                let fc = nn::linear(&h / "fc", width, cfg.num_classes, Default::default());
+                Head::Bn { norm, hidden, fc }
+            }
+            HeadKind::Vgg => {
+                let cl = &root / "classifier";
+                let w = cfg.fc_width();
+                Head::Vgg {
+                    fc6: nn::linear(&cl / 0, c * 49, w, Default::default()),
+                    fc7: nn::linear(&cl / 3, w, w, Default::default()),
+                    fc8: nn::linear(&cl / 6, w, cfg.num_classes, Default::default()),
+                }
+            }
+        };
+        Ok(Vgg16 {
+            vs,
+            cfg: cfg.clone(),
+            layers,
+            head,
+            trainable_from: Block::Conv1,
+        })
+    }
+
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    /// Whether BN layers of the trunk run in train mode when `train` is set.
+    fn trunk_bn_train(&self, train: bool) -> bool {
+        train && self.cfg.bn_mode == BnMode::Train
+    }
+
+    /// Runs conv blocks `from..to` (e.g. `Conv1..Conv5` is blocks 1–4); the
+    /// input is the image when `from` is conv1, else the previous block's output.
+    pub fn features(&self, x: &Tensor, from: Block, to: Block, train: bool) -> Tensor {
+        let bn_train = self.trunk_bn_train(train);
+        let mut x = x.shallow_clone();
+        for layer in self
+            .layers
+            .iter()
+            .filter(|l| l.block >= from.index() && l.block < to.index())
+        {
+            x = layer.conv.forward(&x);
+            if let Some(bn) = &layer.bn {
+                x = bn.forward_t(&x, bn_train);
+            }
+            x = x.relu();
+            if layer.last_in_block {
+                x = x.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false);
+            }
+        }
+        x
+    }
+
+    /// The head on the trunk's output (conv5 block output).
+    pub fn head_forward(&self, f: &Tensor, train: bool) -> Tensor {
+        match &self.head {
+            Head::Linear { fc } => f
+                .adaptive_avg_pool2d([1, 1])
+                .flatten(1, -1)
+                .dropout(self.cfg.dropout, train)
+                .apply(fc),
+            Head::Bn { norm, hidden, fc } => {
+                let avg = f.adaptive_avg_pool2d([1, 1]).flatten(1, -1);
+                let max = f.adaptive_max_pool2d([1, 1]).0.flatten(1, -1);
+                let mut x = Tensor::cat(&[avg, max], 1)
+                    .apply_t(norm, train)
+                    .dropout(self.cfg.dropout, train);
+                if let Some((lin, bn)) = hidden {
+                    x = x
+                        .apply(lin)
+                        .relu()
+                        .apply_t(bn, train)
+                        .dropout(self.cfg.dropout, train);
+                }
+                x.apply(fc)
+            }
+            Head::Vgg { fc6, fc7, fc8 } => f
+                .adaptive_avg_pool2d([7, 7])
+                .flatten(1, -1)
+                .apply(fc6)
+                .relu()
+                .dropout(self.cfg.dropout, train)
+                .apply(fc7)
+                .relu()
+                .dropout(self.cfg.dropout, train)
+                .apply(fc8),
+        }
+    }
+
+    /// Continues from the output of the blocks before `from` to the logits.
+    pub fn forward_from(&self, x: &Tensor, from: Block, train: bool) -> Tensor {
+        let f = self.features(x, from, Block::Head, train);
+        self.head_forward(&f, train)
+    }
+
+    /// Image batch (N,3,H,W), normalised → logits (N, classes).
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        self.forward_from(x, Block::Conv1, train)
+    }
+
+    /// Which block a variable belongs to, from its torchvision name.
+    pub fn block_of_name(&self, name: &str) -> Option<Block> {
+        if name.starts_with("head.") || name.starts_with("classifier.") {
+            return Some(Block::Head);
+        }
+        let n: usize = name
+            .strip_prefix("features.")?
+            .split('.')
+            .next()?
+            .parse()
+            .ok()?;
+        let idx = if self.cfg.bn_mode.has_bn() {
+            BN_CONV_IDX
+        } else {
+            PLAIN_CONV_IDX
+        };
+        let l = idx
+            .iter()
+            .position(|&i| i == n || (self.cfg.bn_mode.has_bn() && i + 1 == n))?;
+        Some(Block::from_index(BLOCK_OF_CONV[l]))
+    }
+
+    /// Running statistics are buffers, never trained.
+    pub fn is_buffer(name: &str) -> bool {
+        name.ends_with("running_mean")
+            || name.ends_with("running_var")
+            || name.ends_with("num_batches_tracked")
+    }
+
+    /// Freezes every parameter before `block` (no gradient, and so not in
+    /// the optimizer); `Head` freezes the whole trunk, `Conv1` nothing.
+    pub fn set_trainable_from(&mut self, block: Block) {
+        for (name, t) in self.vs.variables() {
+            if Self::is_buffer(&name) {
+                continue;
+            }
+            let b = self.block_of_name(&name).unwrap_or(Block::Head);
+            let _ = t.set_requires_grad(b >= block);
+        }
+        self.trainable_from = block;
+    }
+
+    pub fn trainable_from(&self) -> Block {
+        self.trainable_from
+    }
+
+    /// Trainable parameters grouped by block and by whether weight decay
+    /// applies (conv/linear weights only: never biases or BN parameters).
+    pub fn param_groups(&self) -> Vec<ParamGroup> {
+        let mut vars: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut groups: Vec<ParamGroup> = Vec::new();
+        for (name, t) in vars {
+            if Self::is_buffer(&name) || !t.requires_grad() {
+                continue;
+            }
+            let block = self.block_of_name(&name).unwrap_or(Block::Head);
+            let is_bn = name.starts_with("head.norm")
+                || name.starts_with("head.hidden_norm")
+                || (t.dim() == 1 && self.is_bn_param(&name));
+            let decay = t.dim() > 1 && !is_bn;
+            match groups
+                .iter_mut()
+                .find(|g| g.block == block && g.decay == decay)
+            {
+                Some(g) => g.params.push((name, t)),
+                None => groups.push(ParamGroup {
+                    block,
+                    decay,
+                    params: vec![(name, t)],
+                }),
+            }
+        }
+        groups.sort_by_key(|g| (g.block, g.decay));
+        groups
+    }
+
+    fn is_bn_param(&self, name: &str) -> bool {
+        if !self.cfg.bn_mode.has_bn() {
+            return false;
+        }
+        name.strip_prefix("features.")
+            .and_then(|s| s.split('.').next())
+            .and_then(|s| s.parse::<usize>().ok())
+            .is_some_and(|n| BN_CONV_IDX.iter().any(|&i| i + 1 == n))
+    }
+
+    /// AdaBN, exactly: layer by layer in order, sets each BN layer's running
+    /// mean and (biased) variance to the per-channel statistics of its input
+    /// over all `images`, then feeds the images on with the new statistics.
+    /// Holds one layer's activations for all images (N × largest map).
+    pub fn recalibrate(&mut self, images: &[Tensor]) -> Result<()> {
+        if !self.cfg.bn_mode.has_bn() {
+            return Err(Error::config(
+                "BN recalibration needs a VGG16-BN model (--bn recalibrate with BN weights)",
+            ));
+        }
+        if images.is_empty() {
+            return Err(Error::config(
+                "BN recalibration needs at least one training image",
+            ));
+        }
+        tch::no_grad(|| {
+            let mut acts: Vec<Tensor> = images.iter().map(|t| t.to_device(self.device())).collect();
+            for layer in &self.layers {
+                let bn = layer.bn.as_ref().expect("BN model has BN layers");
+                let c = layer.conv.ws.size()[0];
+                let mut sum = Tensor::zeros([c], (Kind::Double, self.device()));
+                let mut sq = Tensor::zeros([c], (Kind::Double, self.device()));
+                let mut count = 0i64;
+                for a in &acts {
+                    let y = layer.conv.forward(a).to_kind(Kind::Double);
+                    let s = y.size();
+                    count += s[0] * s[2] * s[3];
+                    sum += y.sum_dim_intlist([0, 2, 3].as_slice(), false, Kind::Double);
+                    sq += y
+                        .square()
+                        .sum_dim_intlist([0, 2, 3].as_slice(), false, Kind::Double);
+                }
+                let mean = &sum / count as f64;
+                let var = (&sq / count as f64 - mean.square()).clamp_min(0.0);
+                let mut rm = bn.running_mean.shallow_clone();
+                let mut rv = bn.running_var.shallow_clone();
+                rm.copy_(&mean.to_kind(Kind::Float));
+                rv.copy_(&var.to_kind(Kind::Float));
+                for a in acts.iter_mut() {
+                    let mut y = bn.forward_t(&layer.conv.forward(a), false).relu();
+                    if layer.last_in_block {
+                        y = y.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false);
+                    }
+                    *a = y;
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// The BN layers' running statistics, in order (for tests and reports).
+    pub fn bn_layers(&self) -> Vec<(Tensor, Tensor)> {
+        self.layers
+            .iter()
+            .filter_map(|l| {
+                l.bn.as_ref().map(|b| {
+                    (
+                        b.running_mean.shallow_clone(),
+                        b.running_var.shallow_clone(),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// For tests: each BN layer's input over `images` (conv output), with the
+    /// layers before it run in eval mode.
+    pub fn bn_inputs(&self, images: &Tensor) -> Vec<Tensor> {
+        tch::no_grad(|| {
+            let mut x = images.shallow_clone();
+            let mut out = Vec::new();
+            for layer in &self.layers {
+                let y = layer.conv.forward(&x);
+                if let Some(bn) = &layer.bn {
+                    out.push(y.shallow_clone());
+                    x = bn.forward_t(&y, false).relu();
+                } else {
+                    x = y.relu();
+                }
+                if layer.last_in_block {
+                    x = x.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false);
+                }
+            }
+            out
+        })
+    }
+
+    /// Named tensors in a stable (sorted) order, ready to save.
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut v: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Expected name → shape of every tensor of the network.
+    pub fn expected_shapes(&self) -> Vec<(String, Vec<i64>)> {
+        self.named_tensors()
+            .into_iter()
+            .map(|(n, t)| (n, t.size()))
+            .collect()
+    }
+}

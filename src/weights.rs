@@ -1,0 +1,341 @@
+//! Weight files: reading safetensors, checking every tensor's name, shape and
+//! values against the network, folding BatchNorm into convs, telling what a
+//! file holds (`vggft weights inspect`) and saving atomically.
+//!
+//! Only safetensors is ever read here: no pickle reaches the Rust side.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::Path;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tch::{Kind, Tensor};
+
+use crate::error::{short_list, Error, Result};
+use crate::fsutil;
+use crate::model::{HeadKind, Vgg16, BN_CONV_IDX, BN_EPS, PLAIN_CONV_IDX};
+
+/// What a weights file holds, judged by its tensor names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum FileArch {
+    /// torchvision VGG16: plain trunk and fc6/fc7/fc8.
+    Vgg16,
+    /// torchvision VGG16-BN.
+    Vgg16Bn,
+    /// Plain conv trunk only (e.g. the HED stand-in).
+    Trunk,
+    /// BN conv trunk only.
+    TrunkBn,
+    /// A vggft run's model (has a `head.*` or a resized `classifier.6`).
+    Checkpoint,
+    Unknown,
+}
+
+impl FileArch {
+    pub fn describe(self) -> &'static str {
+        match self {
+            FileArch::Vgg16 => "VGG16 (torchvision layout: conv trunk + classifier)",
+            FileArch::Vgg16Bn => {
+                "VGG16-BN (torchvision layout: conv trunk with BatchNorm + classifier)"
+            }
+            FileArch::Trunk => "VGG16 conv trunk only (no BatchNorm, no classifier)",
+            FileArch::TrunkBn => "VGG16-BN conv trunk only (no classifier)",
+            FileArch::Checkpoint => "a vggft checkpoint (trunk + trained head)",
+            FileArch::Unknown => "not a VGG16 layout",
+        }
+    }
+}
+
+/// What loading did, for the run log and config.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct LoadReport {
+    pub loaded: usize,
+    /// Names in the file that the network does not use (ignored).
+    pub ignored: Vec<String>,
+    /// Names the network has that the file does not provide (the new head).
+    pub new: Vec<String>,
+    /// BN weights were folded into the convs (`--bn drop` with BN weights).
+    pub folded_bn: bool,
+}
+
+/// Reads every tensor of a safetensors file, mapping failures to one sentence.
+pub fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if meta.is_dir() {
+        return Err(Error::weights(path, "is a folder, not a weights file"));
+    }
+    if meta.len() == 0 {
+        return Err(Error::weights(path, "is empty (0 bytes)"));
+    }
+    let tensors = Tensor::read_safetensors(path).map_err(|e| {
+        let msg = e.to_string();
+        let why = if msg.contains("HeaderTooLarge")
+            || msg.contains("InvalidHeader")
+            || msg.contains("HeaderTooSmall")
+        {
+            "is not a safetensors file (bad header)"
+        } else if msg.contains("MetadataIncompleteBuffer") || msg.contains("InvalidOffset") {
+            "is truncated or corrupt (tensor data does not match the header)"
+        } else {
+            "cannot be read as safetensors"
+        };
+        Error::weights(path, format!("{why}: {}", msg.lines().next().unwrap_or("")))
+    })?;
+    Ok(tensors)
+}
+
+/// Refuses NaN or Inf anywhere in floating-point tensors.
+pub fn check_finite(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
+    let bad: Vec<String> = tensors
+        .iter()
+        .filter(|(_, t)| t.is_floating_point() && t.numel() > 0)
+        .filter(|(_, t)| {
+            let finite = t.isfinite().all();
+            !bool::try_from(finite).unwrap_or(false)
+        })
+        .map(|(n, _)| n.clone())
+        .collect();
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::weights(
+            path,
+            format!("NaN or Inf values in {}", short_list(&bad, 5)),
+        ))
+    }
+}
+
+pub fn detect_arch(names: &[&str]) -> FileArch {
+    let has = |n: &str| names.contains(&n);
+    if names.iter().any(|n| n.starts_with("head.")) {
+        return FileArch::Checkpoint;
+    }
+    let bn = has("features.1.running_var") && has("features.3.weight");
+    let plain = has("features.0.weight") && has("features.2.weight") && has("features.28.weight");
+    let fc = has("classifier.0.weight") && has("classifier.3.weight") && has("classifier.6.weight");
+    match (bn, plain && !bn, fc) {
+        (true, _, true) => FileArch::Vgg16Bn,
+        (true, _, false) => FileArch::TrunkBn,
+        (false, true, true) => FileArch::Vgg16,
+        (false, true, false) => FileArch::Trunk,
+        _ => FileArch::Unknown,
+    }
+}
+
+/// Folds each BN layer into the conv before it (exact in eval mode):
+/// w' = w·γ/√(σ²+ε), b' = (b−μ)·γ/√(σ²+ε) + β; renames to plain VGG16 indices.
+pub fn fold_bn(path: &Path, tensors: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>> {
+    let mut map: BTreeMap<String, Tensor> = tensors.into_iter().collect();
+    let mut out = Vec::new();
+    for (l, &i) in BN_CONV_IDX.iter().enumerate() {
+        let mut take = |n: String| {
+            map.remove(&n)
+                .ok_or_else(|| Error::weights(path, format!("VGG16-BN file lacks {n}")))
+        };
+        let w = take(format!("features.{i}.weight"))?.to_kind(Kind::Double);
+        let b = take(format!("features.{i}.bias"))?.to_kind(Kind::Double);
+        let g = take(format!("features.{}.weight", i + 1))?.to_kind(Kind::Double);
+        let beta = take(format!("features.{}.bias", i + 1))?.to_kind(Kind::Double);
+        let mu = take(format!("features.{}.running_mean", i + 1))?.to_kind(Kind::Double);
+        let var = take(format!("features.{}.running_var", i + 1))?.to_kind(Kind::Double);
+        map.remove(&format!("features.{}.num_batches_tracked", i + 1));
+        let scale = &g / (var + BN_EPS).sqrt();
+        let w2 = &w * scale.view([-1, 1, 1, 1]);
+        let b2 = (b - mu) * &scale + beta;
+        let p = PLAIN_CONV_IDX[l];
+        out.push((format!("features.{p}.weight"), w2.to_kind(Kind::Float)));
+        out.push((format!("features.{p}.bias"), b2.to_kind(Kind::Float)));
+    }
+    out.extend(map);
+    Ok(out)
+}
+
+/// Loads pretrained weights into `model`'s trunk (and fc6/fc7 for the `vgg`
+/// head). Every expected tensor must be present with the right shape; extra
+/// ones are reported and ignored; the new head keeps its initialisation.
+pub fn load_pretrained(model: &mut Vgg16, path: &Path) -> Result<LoadReport> {
+    let mut tensors = read_tensors(path)?;
+    check_finite(path, &tensors)?;
+    let names: Vec<&str> = tensors.iter().map(|(n, _)| n.as_str()).collect();
+    let arch = detect_arch(&names);
+    let mut report = LoadReport::default();
+    let model_bn = model.cfg.bn_mode.has_bn();
+    match arch {
+        FileArch::Vgg16Bn | FileArch::TrunkBn if !model_bn => {
+            tensors = fold_bn(path, tensors)?;
+            report.folded_bn = true;
+        }
+        FileArch::Vgg16 | FileArch::Trunk if model_bn => {
+            return Err(Error::weights(
+                path,
+                format!(
+                    "holds {}, but --bn {:?} needs VGG16-BN weights (use --bn drop, or weights/vgg16_bn.safetensors)",
+                    arch.describe(),
+                    model.cfg.bn_mode
+                )
+                .to_lowercase(),
+            ));
+        }
+        FileArch::Unknown => {
+            return Err(Error::weights(
+                path,
+                "is not a VGG16 / VGG16-BN weights file (no features.0.weight … layout)",
+            ));
+        }
+        _ => {}
+    }
+    let is_pretrained = |n: &str| {
+        n.starts_with("features.")
+            || (model.cfg.head == HeadKind::Vgg
+                && (n.starts_with("classifier.0.") || n.starts_with("classifier.3.")))
+    };
+    if model.cfg.head == HeadKind::Vgg && matches!(arch, FileArch::Trunk | FileArch::TrunkBn) {
+        return Err(Error::weights(
+            path,
+            "holds a conv trunk only (no classifier.0/classifier.3), which --head vgg needs: use --head bn or --head linear",
+        ));
+    }
+    let targets: BTreeMap<String, Tensor> = model
+        .named_tensors()
+        .into_iter()
+        .filter(|(n, _)| is_pretrained(n))
+        .collect();
+    let file: BTreeMap<String, Tensor> = tensors.into_iter().collect();
+    copy_checked(path, &targets, &file, &mut report)?;
+    report.new = model
+        .named_tensors()
+        .into_iter()
+        .map(|(n, _)| n)
+        .filter(|n| !is_pretrained(n))
+        .collect();
+    Ok(report)
+}
+
+/// Loads a vggft checkpoint: every tensor of the network must be there.
+pub fn load_checkpoint(model: &mut Vgg16, path: &Path) -> Result<LoadReport> {
+    let tensors = read_tensors(path)?;
+    check_finite(path, &tensors)?;
+    let targets: BTreeMap<String, Tensor> = model.named_tensors().into_iter().collect();
+    let file: BTreeMap<String, Tensor> = tensors.into_iter().collect();
+    let mut report = LoadReport::default();
+    copy_checked(path, &targets, &file, &mut report)?;
+    Ok(report)
+}
+
+fn copy_checked(
+    path: &Path,
+    targets: &BTreeMap<String, Tensor>,
+    file: &BTreeMap<String, Tensor>,
+    report: &mut LoadReport,
+) -> Result<()> {
+    let mut missing = Vec::new();
+    let mut wrong = Vec::new();
+    for (name, dst) in targets {
+        match file.get(name) {
+            None => missing.push(name.clone()),
+            Some(src) if src.size() != dst.size() => wrong.push(format!(
+                "{name} (file {:?}, expected {:?})",
+                src.size(),
+                dst.size()
+            )),
+            Some(_) => {}
+        }
+    }
+    if !missing.is_empty() || !wrong.is_empty() {
+        let mut parts = Vec::new();
+        if !missing.is_empty() {
+            parts.push(format!("missing {}", short_list(&missing, 6)));
+        }
+        if !wrong.is_empty() {
+            parts.push(format!("wrong shape {}", short_list(&wrong, 4)));
+        }
+        return Err(Error::weights(
+            path,
+            format!("does not fit the network: {}", parts.join("; ")),
+        ));
+    }
+    tch::no_grad(|| {
+        for (name, dst) in targets {
+            let src = &file[name];
+            let mut d = dst.shallow_clone();
+            d.copy_(&src.to_kind(d.kind()).to_device(d.device()));
+        }
+    });
+    report.loaded = targets.len();
+    report.ignored = file
+        .keys()
+        .filter(|n| !targets.contains_key(*n))
+        .cloned()
+        .collect();
+    Ok(())
+}
+
+/// Saves named tensors as safetensors, atomically (temp file + rename).
+pub fn save_atomic(named: &[(String, Tensor)], path: &Path) -> Result<()> {
+    let contiguous: Vec<(String, Tensor)> = named
+        .iter()
+        .map(|(n, t)| (n.clone(), t.to_device(tch::Device::Cpu).contiguous()))
+        .collect();
+    fsutil::write_atomic_with(path, |tmp| {
+        Tensor::write_safetensors(&contiguous, tmp)
+            .map_err(|e| Error::file(path, format!("cannot write weights: {e}")))
+    })
+}
+
+/// Hex SHA-256 of a file, streamed.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// `vggft weights inspect`: tensors, architecture and SHA-256 of a file.
+#[derive(Debug, Serialize)]
+pub struct Inspection {
+    pub path: String,
+    pub sha256: String,
+    pub arch: FileArch,
+    pub description: String,
+    pub tensors: Vec<(String, Vec<i64>, String)>,
+    pub parameters: i64,
+}
+
+pub fn inspect(path: &Path) -> Result<Inspection> {
+    let tensors = read_tensors(path)?;
+    let names: Vec<&str> = tensors.iter().map(|(n, _)| n.as_str()).collect();
+    let arch = detect_arch(&names);
+    let mut list: Vec<(String, Vec<i64>, String)> = tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), t.size(), format!("{:?}", t.kind())))
+        .collect();
+    list.sort_by(|a, b| natural_key(&a.0).cmp(&natural_key(&b.0)));
+    let parameters = tensors.iter().map(|(_, t)| t.numel() as i64).sum();
+    Ok(Inspection {
+        path: path.display().to_string(),
+        sha256: sha256_file(path)?,
+        arch,
+        description: arch.describe().to_string(),
+        tensors: list,
+        parameters,
+    })
+}
+
+/// Sorts `features.10` after `features.9`.
+fn natural_key(name: &str) -> Vec<(String, u64)> {
+    name.split('.')
+        .map(|p| {
+            p.parse::<u64>()
+                .map(|n| (String::new(), n))
+                .unwrap_or((p.to_string(), 0))
+        })
+        .collect()
+}
