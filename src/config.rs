@@ -209,3 +209,45 @@ pub struct RunConfig {
     pub weights: WeightsInfo,
     pub device: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stages_parse_and_default() {
+        let s = parse_stages("head:3,conv5:12,conv4:10").unwrap();
+        assert_eq!(
+            s[2],
+            Stage {
+                from: Block::Conv4,
+                epochs: 10
+            }
+        );
+        assert!(parse_stages("conv9:3")
+            .unwrap_err()
+            .to_string()
+            .contains("conv1, conv2"));
+        assert!(parse_stages("conv5:0").is_err() && parse_stages("conv5").is_err());
+        assert_eq!(
+            stages_for(Block::Conv5, 12, 3),
+            vec![
+                Stage {
+                    from: Block::Head,
+                    epochs: 3
+                },
+                Stage {
+                    from: Block::Conv5,
+                    epochs: 12
+                }
+            ]
+        );
+        assert_eq!(
+            stages_for(Block::Head, 5, 3),
+            vec![Stage {
+                from: Block::Head,
+                epochs: 5
+            }]
+        );
+    }
+}

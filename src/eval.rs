@@ -161,3 +161,51 @@ pub fn metrics(y: &[i64], probs: &[Vec<f64>], classes: &[String]) -> Metrics {
         confusion: m,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_against_hand_computed_values() {
+        // 3 of class 0, 1 of class 1; the model always says 0.
+        let y = [0, 0, 0, 1];
+        let probs: Vec<Vec<f64>> = vec![
+            vec![0.9, 0.1],
+            vec![0.6, 0.4],
+            vec![0.7, 0.3],
+            vec![0.6, 0.4],
+        ];
+        let m = metrics(&y, &probs, &["a".into(), "b".into()]);
+        assert_eq!(m.accuracy, 0.75);
+        assert_eq!(m.balanced_accuracy, 0.5, "recalls 1 and 0");
+        assert_eq!(m.majority_baseline, 0.75);
+        assert_eq!(m.confusion, vec![vec![3, 0], vec![1, 0]]);
+        assert_eq!(
+            m.per_class[1].precision, 0.0,
+            "a class never predicted has precision 0"
+        );
+        assert_eq!(m.per_class[1].f1, 0.0);
+        // AUC of p(b): positive score 0.4 ties with one negative (0.4) and beats two (0.1, 0.3): (2 + 0.5) / 3.
+        assert!((m.roc_auc - 2.5 / 3.0).abs() < 1e-12, "{}", m.roc_auc);
+    }
+
+    #[test]
+    fn auc_extremes_and_degenerate_cases() {
+        assert_eq!(
+            roc_auc(&[false, false, true, true], &[0.1, 0.2, 0.8, 0.9]),
+            1.0
+        );
+        assert_eq!(
+            roc_auc(&[true, true, false, false], &[0.1, 0.2, 0.8, 0.9]),
+            0.0
+        );
+        assert_eq!(roc_auc(&[true, false], &[0.5, 0.5]), 0.5);
+        assert!(roc_auc(&[true, true], &[0.1, 0.2]).is_nan());
+    }
+
+    #[test]
+    fn balanced_accuracy_ignores_absent_classes() {
+        assert_eq!(balanced_accuracy(&[0, 0, 2, 2], &[0, 1, 2, 2], 3), 0.75);
+    }
+}

@@ -201,3 +201,23 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Found> {
         png,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn suggests_the_steepest_descent() {
+        // Loss flat, then falling fastest around 1e-3, then exploding.
+        let pts: Vec<(f64, f64, f64)> = (0..60)
+            .map(|i| {
+                let lr = 1e-6 * 10f64.powf(i as f64 / 10.0);
+                let x = lr.log10();
+                let loss = 1.0 - 0.5 * ((x + 3.0) * 2.0).tanh()
+                    + if x > -1.0 { (x + 1.0) * 5.0 } else { 0.0 };
+                (lr, loss, loss)
+            })
+            .collect();
+        let (lr, method) = super::suggest(&pts);
+        assert!((lr.log10() + 3.0).abs() < 0.2, "{lr}");
+        assert!(method.contains("steepest"));
+    }
+}

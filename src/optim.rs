@@ -229,3 +229,44 @@ impl Optimizer {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules_warm_up_and_decay() {
+        let s = Schedule::Cosine;
+        assert!((s.factor(0, 100, 10) - 0.1).abs() < 1e-12);
+        assert!((s.factor(10, 100, 10) - 1.0).abs() < 1e-12);
+        assert!(s.factor(99, 100, 10) < 0.01);
+        assert_eq!(Schedule::Constant.factor(50, 100, 10), 1.0);
+        assert_eq!(Schedule::Step.factor(80, 100, 0), 0.01);
+        let one = Schedule::Onecycle;
+        assert!((one.factor(0, 100, 0) - 0.04).abs() < 1e-12);
+        assert!((one.factor(30, 100, 0) - 1.0).abs() < 1e-9);
+        assert!(one.factor(99, 100, 0) < 0.01);
+    }
+
+    #[test]
+    fn sgd_with_momentum_matches_pytorch_rule() {
+        // p = 1, grad = 2 each step, momentum 0.9, wd 0: buf 2, then 3.8; p 1 − 0.1·2 − 0.1·3.8.
+        let p = Tensor::from_slice(&[1.0f32]).set_requires_grad(true);
+        let mut opt = Optimizer::new(
+            OptimKind::Sgd,
+            vec![Group {
+                name: "g".into(),
+                params: vec![("p".into(), p.shallow_clone())],
+                lr_mult: 1.0,
+                weight_decay: 0.0,
+            }],
+            0.9,
+        );
+        for _ in 0..2 {
+            opt.zero_grad();
+            (&p * 2.0).sum(tch::Kind::Float).backward();
+            opt.step(0.1);
+        }
+        assert!((f64::try_from(&p).unwrap() - (1.0 - 0.2 - 0.38)).abs() < 1e-6);
+    }
+}

@@ -151,11 +151,8 @@ pub struct Prepared {
 /// Scans, labels, decodes and splits a dataset as `dc` says.
 pub fn prepare(dc: &DataConfig, seed: u64, reporter: &mut dyn Reporter) -> Result<Prepared> {
     let mut dataset = scan::scan(&dc.path, dc.format)?;
-    for p in &dataset.outside_paths {
-        reporter.message(&format!(
-            "note: {} lies outside the manifest's folder",
-            p.display()
-        ));
+    if let Some(first) = dataset.outside_paths.first() {
+        reporter.message(&format!("note: {} manifest path(s) lie outside its folder (first: {}); split.csv lists every path", dataset.outside_paths.len(), first.display()));
     }
     let loaded = crate::data::load_images(&dataset.samples, &dc.preprocess, dc.skip_bad)?;
     if !loaded.skipped.is_empty() {

@@ -349,6 +349,7 @@ impl Trainer<'_> {
         });
         let mut best: Option<Vec<(String, Tensor)>> = None;
         let mut resumed_optim: Option<BTreeMap<String, Tensor>> = None;
+        let resume_stage = resume.as_ref().map(|s| s.stage);
         if resume.is_some() {
             let dir = self
                 .checkpoint_dir
@@ -407,7 +408,8 @@ impl Trainer<'_> {
             }
             model.set_trainable_from(stage.from);
             let mut opt = self.optimizer(model);
-            if let Some(o) = resumed_optim.take() {
+            // Optimizer state carries over only within the stage it was saved in.
+            if let Some(o) = resumed_optim.take().filter(|_| resume_stage == Some(si)) {
                 opt.load_state(&o)?;
             }
             let cache = match &base {

@@ -112,7 +112,7 @@ pub fn detect_arch(names: &[&str]) -> FileArch {
         return FileArch::Checkpoint;
     }
     let bn = has("features.1.running_var") && has("features.3.weight");
-    let plain = has("features.0.weight") && has("features.2.weight") && has("features.28.weight");
+    let plain = has("features.0.weight");
     let fc = has("classifier.0.weight") && has("classifier.3.weight") && has("classifier.6.weight");
     match (bn, plain && !bn, fc) {
         (true, _, true) => FileArch::Vgg16Bn,

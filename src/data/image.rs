@@ -54,28 +54,29 @@ pub fn decode_gray(bytes: &[u8]) -> std::result::Result<Gray, String> {
     limits.max_image_height = Some(MAX_SIDE);
     limits.max_alloc = Some(MAX_ALLOC);
     reader.limits(limits);
-    let gray =
-        match reader.decode() {
-            Ok(img) => {
-                let (w, h) = (img.width(), img.height());
-                let rgb = img.to_rgb32f();
-                let pixels = rgb
-                    .pixels()
-                    .map(|p| luma(p[0], p[1], p[2]).clamp(0.0, 1.0))
-                    .collect();
-                Gray {
-                    width: w,
-                    height: h,
-                    pixels,
-                }
+    let gray = match reader.decode() {
+        Ok(img) => {
+            let (w, h) = (img.width(), img.height());
+            let rgb = img.to_rgb32f();
+            let pixels = rgb
+                .pixels()
+                .map(|p| luma(p[0], p[1], p[2]).clamp(0.0, 1.0))
+                .collect();
+            Gray {
+                width: w,
+                height: h,
+                pixels,
             }
-            Err(e) if is_tiff && is_palette_error(&e) => decode_palette_tiff(bytes)?,
-            Err(image::ImageError::Limits(_)) => return Err(format!(
+        }
+        Err(e) if is_tiff && is_palette_error(&e) => decode_palette_tiff(bytes)?,
+        Err(image::ImageError::Limits(_)) => {
+            return Err(format!(
                 "image is larger than the limit of {MAX_SIDE}×{MAX_SIDE} pixels / {} MiB decoded",
                 MAX_ALLOC >> 20
-            )),
-            Err(e) => return Err(describe(e)),
-        };
+            ))
+        }
+        Err(e) => return Err(describe(e)),
+    };
     if gray.width < MIN_SIDE || gray.height < MIN_SIDE {
         return Err(format!(
             "image is {}×{} pixels, smaller than the minimum {MIN_SIDE}×{MIN_SIDE}",

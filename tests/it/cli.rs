@@ -1,0 +1,333 @@
+//! The real binary end to end: weights inspect, finetune → predict on real
+//! London faces (small images, small weights), output formats, partial
+//! failures, and option / input errors with their exit codes.
+
+use std::path::Path;
+
+use crate::common::*;
+
+/// Small-network options every binary run here uses.
+fn small(weights: &Path) -> Vec<String> {
+    [
+        "--weights",
+        &weights.display().to_string(),
+        "--width-div",
+        "16",
+        "--image-size",
+        "32",
+        "--device",
+        "cpu",
+        "--threads",
+        "2",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn args<'a>(v: &'a [String], extra: &[&'a str]) -> Vec<&'a str> {
+    extra
+        .iter()
+        .copied()
+        .chain(v.iter().map(String::as_str))
+        .collect()
+}
+
+#[test]
+fn weights_inspect_names_the_architecture() {
+    let d = tmp();
+    let p = d.path().join("vgg16_bn.safetensors");
+    torchvision_like(&p, true, 1);
+    let (code, out, err) = run(&["weights", "inspect", p.to_str().unwrap()], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("VGG16-BN"), "{out}");
+    assert!(out.contains("features.1.running_var"));
+    assert!(out
+        .lines()
+        .any(|l| l.starts_with("sha256:") && l.split_whitespace().nth(1).unwrap().len() == 64));
+    let (code, out, _) = run(
+        &["weights", "inspect", "--json", p.to_str().unwrap()],
+        d.path(),
+    );
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["arch"], "Vgg16Bn");
+    let bad = d.path().join("bad.safetensors");
+    std::fs::write(&bad, b"nonsense").unwrap();
+    let (code, _, err) = run(&["weights", "inspect", bad.to_str().unwrap()], d.path());
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("bad.safetensors") && err.lines().count() == 1,
+        "{err}"
+    );
+}
+
+#[test]
+fn finetune_then_predict_on_london_faces() {
+    let d = tmp();
+    let Some(manifest) = london_slice(d.path(), 10) else {
+        eprintln!("skipped: ../shared/data/london-faces is absent");
+        return;
+    };
+    let w = d.path().join("trunk.safetensors");
+    trunk_only(&w, 2);
+    let s = small(&w);
+    let (code, out, err) = run(
+        &args(
+            &s,
+            &[
+                "finetune",
+                "--data",
+                manifest.to_str().unwrap(),
+                "--stages",
+                "head:2,conv5:2",
+                "--name",
+                "r1",
+                "--seed",
+                "3",
+            ],
+        ),
+        d.path(),
+    );
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    assert!(
+        out.contains("balanced accuracy") && out.contains("majority baseline"),
+        "{out}"
+    );
+    let run_dir = d.path().join("runs/r1");
+    for f in [
+        "config.json",
+        "history.csv",
+        "metrics.json",
+        "model.safetensors",
+        "split.csv",
+        "COMPLETE",
+    ] {
+        assert!(run_dir.join(f).is_file(), "{f} missing");
+    }
+    assert!(
+        !run_dir.join("checkpoint.json").exists(),
+        "checkpoint removed once complete"
+    );
+    assert_eq!(
+        std::fs::read_link(d.path().join("runs/latest")).unwrap(),
+        Path::new("r1")
+    );
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["classes"], serde_json::json!(["neutral", "expressive"]));
+    assert_eq!(cfg["weights"]["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(cfg["train"]["seed"], 3);
+    assert_eq!(cfg["libtorch_version"], "2.13.0");
+    let history = std::fs::read_to_string(run_dir.join("history.csv")).unwrap();
+    assert_eq!(history.lines().count(), 5, "header + 4 epochs:\n{history}");
+    // The split is subject-grouped.
+    let split = std::fs::read_to_string(run_dir.join("split.csv")).unwrap();
+    let mut sides: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        Default::default();
+    for l in split.lines().skip(1) {
+        let f: Vec<&str> = l.split(',').collect();
+        sides
+            .entry(f[3].to_string())
+            .or_default()
+            .insert(f[4].to_string());
+    }
+    assert!(
+        sides.values().all(|s| s.len() == 1),
+        "a subject on both sides: {sides:?}"
+    );
+
+    // predict: text, json, csv, flip TTA, from runs/latest (the default).
+    let img1 = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data/london-faces/neutral/172_03.jpg");
+    let img2 = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data/london-faces/smiling/172_08.jpg");
+    let (i1, i2) = (img1.to_str().unwrap(), img2.to_str().unwrap());
+    let (code, out, err) = run(&["predict", i1, i2, "--device", "cpu"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 2);
+    assert!(
+        out.contains("172_03.jpg") && out.contains("neutral=") && out.contains("expressive="),
+        "{out}"
+    );
+    let (code, out, _) = run(
+        &[
+            "predict", i1, "--format", "json", "--tta", "flip", "--model", "runs/r1",
+        ],
+        d.path(),
+    );
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let p = &v[0]["probabilities"];
+    let total = p["neutral"].as_f64().unwrap() + p["expressive"].as_f64().unwrap();
+    assert!((total - 1.0).abs() < 1e-6);
+    let (code, out, _) = run(&["predict", i1, i2, "--format", "csv"], d.path());
+    assert_eq!(code, 0);
+    assert_eq!(
+        out.lines().next().unwrap(),
+        "path,class,p_neutral,p_expressive"
+    );
+    assert_eq!(out.lines().count(), 3);
+
+    // Partial failure: the bad file is named on stderr, the good one still predicted, exit 1.
+    let bad = d.path().join("broken.jpg");
+    std::fs::write(&bad, b"not a jpeg").unwrap();
+    let (code, out, err) = run(&["predict", i1, bad.to_str().unwrap()], d.path());
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("172_03.jpg") && !out.contains("broken.jpg"),
+        "{out}"
+    );
+    assert!(
+        err.contains("broken.jpg") && err.contains("not a recognised image format"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bundled_sample_is_used_without_data() {
+    let d = tmp();
+    let w = d.path().join("trunk.safetensors");
+    trunk_only(&w, 4);
+    let s = small(&w);
+    let out_dir = d.path().join("runs");
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (code, out, err) = run(
+        &args(
+            &s,
+            &[
+                "finetune",
+                "--stages",
+                "head:1",
+                "--out",
+                out_dir.to_str().unwrap(),
+                "--quiet",
+            ],
+        ),
+        repo,
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("run: "), "{out}");
+    let cfg_path = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().is_dir() && e.file_name() != "latest")
+        .unwrap()
+        .path()
+        .join("config.json");
+    let cfg = std::fs::read_to_string(cfg_path).unwrap();
+    assert!(cfg.contains("data/sample/manifest.csv"), "{cfg}");
+}
+
+#[test]
+fn bad_options_and_inputs_fail_clearly() {
+    let d = tmp();
+    let m = subject_dataset(d.path(), 4, 32);
+    let w = d.path().join("plain.safetensors");
+    torchvision_like(&w, false, 5);
+    let s = small(&w);
+    let data = m.to_str().unwrap();
+    let (code, _, err) = run(
+        &args(&s, &["finetune", "--data", data, "--freeze-until", "conv9"]),
+        d.path(),
+    );
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("conv9") && err.contains("conv5") && err.contains("head"),
+        "{err}"
+    );
+    for (opt, val, want) in [
+        ("--epochs", "0", "--epochs must be at least 1"),
+        ("--lr", "-1", "--lr must be in (0, 10)"),
+        ("--batch-size", "1", "--batch-size must be at least 2"),
+    ] {
+        let (code, _, err) = run(&args(&s, &["finetune", "--data", data, opt, val]), d.path());
+        assert_eq!(code, 1, "{opt} {val}");
+        assert!(err.contains(want), "{opt} {val}: {err}");
+    }
+    let (code, _, err) = run(
+        &args(&s, &["finetune", "--data", data, "--bn", "recalibrate"]),
+        d.path(),
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("plain.safetensors") && err.contains("vgg16-bn"),
+        "{err}"
+    );
+    assert!(
+        !d.path().join("runs/latest").exists(),
+        "no run marked finished"
+    );
+    let (code, _, err) = run(&["predict", data, "--model", "runs/none"], d.path());
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("runs/none") && err.contains("not found"),
+        "{err}"
+    );
+    let (code, _, err) = run(
+        &args(
+            &s,
+            &[
+                "finetune",
+                "--data",
+                d.path().join("nowhere").to_str().unwrap(),
+            ],
+        ),
+        d.path(),
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("nowhere"), "{err}");
+    let bad = d.path().join("bad");
+    std::fs::create_dir_all(bad.join("a")).unwrap();
+    std::fs::create_dir_all(bad.join("b")).unwrap();
+    std::fs::write(bad.join("a/x.png"), b"garbage").unwrap();
+    gray_png(&bad.join("b/y.png"), 32, 32, |_, _| 5);
+    let (code, _, err) = run(
+        &args(&s, &["finetune", "--data", bad.to_str().unwrap()]),
+        d.path(),
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("x.png") && err.contains("cannot decode"),
+        "{err}"
+    );
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("error")).count(),
+        1,
+        "{err}"
+    );
+}
+
+#[test]
+fn lr_find_writes_csv_png_and_a_suggestion() {
+    let d = tmp();
+    let m = subject_dataset(d.path(), 6, 32);
+    let w = d.path().join("trunk.safetensors");
+    trunk_only(&w, 6);
+    let s = small(&w);
+    let (code, out, err) = run(
+        &args(
+            &s,
+            &[
+                "lr-find",
+                "--data",
+                m.to_str().unwrap(),
+                "--steps",
+                "60",
+                "--out",
+                "lr",
+            ],
+        ),
+        d.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("suggested learning rate"), "{out}");
+    let csv = std::fs::read_to_string(d.path().join("lr/lr-find.csv")).unwrap();
+    assert!(csv.lines().count() > 11);
+    let png = image::open(d.path().join("lr/lr-find.png"))
+        .unwrap()
+        .to_rgb8();
+    let non_white = png.pixels().filter(|p| p.0 != [255, 255, 255]).count();
+    assert!(non_white > 1000, "plot is not blank");
+}

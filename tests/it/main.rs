@@ -1,0 +1,8 @@
+//! The one integration-test target: library tests on small networks and
+//! images made here, and the real binary end to end.
+
+mod cli;
+mod common;
+mod data;
+mod model;
+mod train;

@@ -1,0 +1,380 @@
+//! The model: loading (success and every failure message), freezing, heads,
+//! BN modes (fold, recalibration), parameter groups.
+
+use tch::{Device, Kind, Tensor};
+use vggft::model::{Block, BnMode, HeadKind, Vgg16};
+use vggft::optim::{Group, OptimKind, Optimizer};
+use vggft::weights::{self, FileArch};
+
+use crate::common::*;
+
+fn input(n: i64, size: i64) -> Tensor {
+    Tensor::randn([n, 3, size, size], (Kind::Float, Device::Cpu))
+}
+
+#[test]
+fn loads_torchvision_layout_and_reports_the_rest() {
+    let _rng = torch_rng();
+    let d = tmp();
+    let p = d.path().join("vgg16.safetensors");
+    let file = torchvision_like(&p, false, 1);
+    let mut m = Vgg16::new(&small_cfg(BnMode::Drop, HeadKind::Bn, 2), Device::Cpu).unwrap();
+    let rep = weights::load_pretrained(&mut m, &p).unwrap();
+    assert_eq!(rep.loaded, 26, "13 convs × (weight, bias)");
+    assert!(
+        rep.ignored.iter().any(|n| n == "classifier.6.weight"),
+        "unused classifier reported: {:?}",
+        rep.ignored
+    );
+    assert!(
+        rep.new.iter().all(|n| n.starts_with("head.")),
+        "only the head is new: {:?}",
+        rep.new
+    );
+    let vars = m.vs.variables();
+    for (n, t) in &file {
+        if n.starts_with("features.") {
+            assert_eq!(max_abs_diff(&vars[n], t), 0.0, "{n} copied exactly");
+        }
+    }
+}
+
+#[test]
+fn vgg_head_keeps_fc6_fc7_and_replaces_fc8() {
+    let _rng = torch_rng();
+    let d = tmp();
+    let p = d.path().join("vgg16.safetensors");
+    let file: std::collections::BTreeMap<String, Tensor> =
+        torchvision_like(&p, false, 2).into_iter().collect();
+    let mut m = Vgg16::new(&small_cfg(BnMode::Drop, HeadKind::Vgg, 2), Device::Cpu).unwrap();
+    let rep = weights::load_pretrained(&mut m, &p).unwrap();
+    assert_eq!(rep.loaded, 30);
+    assert_eq!(
+        rep.new,
+        vec![
+            "classifier.6.bias".to_string(),
+            "classifier.6.weight".to_string()
+        ]
+    );
+    assert_eq!(
+        max_abs_diff(
+            &m.vs.variables()["classifier.3.weight"],
+            &file["classifier.3.weight"]
+        ),
+        0.0
+    );
+    let y = m.forward_t(&input(2, 32), false);
+    assert_eq!(y.size(), vec![2, 2]);
+}
+
+#[test]
+fn trunk_only_file_fits_bn_head_but_not_vgg_head() {
+    let _rng = torch_rng();
+    let d = tmp();
+    let p = d.path().join("trunk.safetensors");
+    trunk_only(&p, 3);
+    let mut ok = Vgg16::new(&small_cfg(BnMode::Drop, HeadKind::Linear, 3), Device::Cpu).unwrap();
+    weights::load_pretrained(&mut ok, &p).unwrap();
+    let mut vgg = Vgg16::new(&small_cfg(BnMode::Drop, HeadKind::Vgg, 2), Device::Cpu).unwrap();
+    let e = weights::load_pretrained(&mut vgg, &p)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("trunk.safetensors") && e.contains("--head bn"),
+        "{e}"
+    );
+}
+
+#[test]
+fn wrong_shapes_missing_keys_and_bad_files_are_named() {
+    let _rng = torch_rng();
+    let d = tmp();
+    // Full-width model against a narrow file: every conv has the wrong shape.
+    let p = d.path().join("narrow.safetensors");
+    torchvision_like(&p, false, 4);
+    let mut full = Vgg16::new(
+        &vggft::model::ModelConfig::new(BnMode::Drop, HeadKind::Linear, 2),
+        Device::Cpu,
+    )
+    .unwrap();
+    let e = weights::load_pretrained(&mut full, &p)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("narrow.safetensors")
+            && e.contains("wrong shape")
+            && e.contains("features.0.weight (file [4, 3, 3, 3], expected [64, 3, 3, 3])"),
+        "{e}"
+    );
+
+    // Missing keys.
+    let named: Vec<(String, Tensor)> = torchvision_like(&p, false, 4)
+        .into_iter()
+        .filter(|(n, _)| n != "features.28.weight" && n != "features.5.bias")
+        .collect();
+    let q = d.path().join("partial.safetensors");
+    weights::save_atomic(&named, &q).unwrap();
+    let mut m = Vgg16::new(&small_cfg(BnMode::Drop, HeadKind::Bn, 2), Device::Cpu).unwrap();
+    let e = weights::load_pretrained(&mut m, &q)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("missing features.28.weight, features.5.bias")
+            || e.contains("missing features.28.weight"),
+        "{e}"
+    );
+
+    // Truncated, empty, not safetensors, NaN.
+    let bytes = std::fs::read(&p).unwrap();
+    let t = d.path().join("truncated.safetensors");
+    std::fs::write(&t, &bytes[..bytes.len() / 2]).unwrap();
+    let e = weights::load_pretrained(&mut m, &t)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("truncated.safetensors") && e.contains("truncated or corrupt"),
+        "{e}"
+    );
+    let z = d.path().join("empty.safetensors");
+    std::fs::write(&z, b"").unwrap();
+    assert!(weights::load_pretrained(&mut m, &z)
+        .unwrap_err()
+        .to_string()
+        .contains("empty (0 bytes)"));
+    let txt = d.path().join("text.safetensors");
+    std::fs::write(&txt, b"hello, this is not a weights file at all").unwrap();
+    let e = weights::load_pretrained(&mut m, &txt)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("text.safetensors") && e.contains("safetensors"),
+        "{e}"
+    );
+    let nan = torchvision_like(&p, false, 4);
+    let _ = tch::no_grad(|| nan[0].1.get(0).fill_(f64::NAN));
+    let nanp = d.path().join("nan.safetensors");
+    weights::save_atomic(&nan, &nanp).unwrap();
+    let e = weights::load_pretrained(&mut m, &nanp)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("NaN or Inf") && e.contains(&nan[0].0), "{e}");
+    // Missing file.
+    let e = weights::load_pretrained(&mut m, &d.path().join("nope.safetensors"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("nope.safetensors"), "{e}");
+}
+
+#[test]
+fn bn_modes_need_bn_weights() {
+    let _rng = torch_rng();
+    let d = tmp();
+    let p = d.path().join("plain.safetensors");
+    torchvision_like(&p, false, 5);
+    let mut m = Vgg16::new(
+        &small_cfg(BnMode::Recalibrate, HeadKind::Bn, 2),
+        Device::Cpu,
+    )
+    .unwrap();
+    let e = weights::load_pretrained(&mut m, &p)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("needs vgg16-bn weights"), "{e}");
+}
+
+#[test]
+fn detects_architectures() {
+    let _rng = torch_rng();
+    let d = tmp();
+    let (a, b, c) = (
+        d.path().join("a.safetensors"),
+        d.path().join("b.safetensors"),
+        d.path().join("c.safetensors"),
+    );
+    torchvision_like(&a, false, 6);
+    torchvision_like(&b, true, 6);
+    trunk_only(&c, 6);
+    assert_eq!(weights::inspect(&a).unwrap().arch, FileArch::Vgg16);
+    assert_eq!(weights::inspect(&b).unwrap().arch, FileArch::Vgg16Bn);
+    assert_eq!(weights::inspect(&c).unwrap().arch, FileArch::Trunk);
+    let i = weights::inspect(&a).unwrap();
+    assert_eq!(i.sha256.len(), 64);
+    let pos = |n: &str| i.tensors.iter().position(|t| t.0 == n).unwrap();
+    assert!(
+        pos("features.2.bias") < pos("features.10.bias"),
+        "natural order"
+    );
+}
+
+#[test]
+fn folding_bn_into_convs_matches_the_bn_net_in_eval_mode() {
+    let _rng = torch_rng();
+    let d = tmp();
+    let p = d.path().join("vgg16_bn.safetensors");
+    torchvision_like(&p, true, 7);
+    let mut bn = Vgg16::new(&small_cfg(BnMode::Frozen, HeadKind::Vgg, 10), Device::Cpu).unwrap();
+    let rep = weights::load_checkpoint(&mut bn, &p).unwrap();
+    assert_eq!(
+        rep.ignored.len(),
+        13,
+        "num_batches_tracked ignored: {:?}",
+        rep.ignored
+    );
+    let mut plain = Vgg16::new(&small_cfg(BnMode::Drop, HeadKind::Vgg, 10), Device::Cpu).unwrap();
+    let rep = weights::load_pretrained(&mut plain, &p).unwrap();
+    assert!(rep.folded_bn);
+    let x = input(3, 64);
+    let a = tch::no_grad(|| bn.features(&x, Block::Conv1, Block::Head, false));
+    let b = tch::no_grad(|| plain.features(&x, Block::Conv1, Block::Head, false));
+    let diff = max_abs_diff(&a, &b);
+    let scale = f64::try_from(a.abs().max()).unwrap();
+    assert!(scale > 1e-3, "non-trivial activations");
+    assert!(diff <= 1e-4, "folded net differs by {diff}");
+}
+
+#[test]
+fn recalibration_normalises_every_bn_input() {
+    let _rng = torch_rng();
+    let d = tmp();
+    let p = d.path().join("vgg16_bn.safetensors");
+    torchvision_like(&p, true, 8);
+    let mut m = Vgg16::new(
+        &small_cfg(BnMode::Recalibrate, HeadKind::Bn, 2),
+        Device::Cpu,
+    )
+    .unwrap();
+    weights::load_pretrained(&mut m, &p).unwrap();
+    // "Training images": shifted and scaled away from the ImageNet statistics.
+    let imgs: Vec<Tensor> = (0..3)
+        .map(|_| Tensor::rand([8, 3, 64, 64], (Kind::Float, Device::Cpu)) * 3.0 - 0.5)
+        .collect();
+    m.recalibrate(&imgs).unwrap();
+    let all = Tensor::cat(&imgs, 0);
+    let inputs = m.bn_inputs(&all);
+    let stats = m.bn_layers();
+    assert_eq!(inputs.len(), 13);
+    for (l, (x, (rm, rv))) in inputs.iter().zip(stats).enumerate() {
+        let xn =
+            (x - rm.view([1, -1, 1, 1])) / (rv.view([1, -1, 1, 1]) + vggft::model::BN_EPS).sqrt();
+        let dims = [0i64, 2, 3];
+        let mean = xn.mean_dim(dims.as_slice(), false, Kind::Double);
+        let var = xn
+            .var_correction(dims.as_slice(), 0, false)
+            .to_kind(Kind::Double);
+        let live = rv.gt(1e-3);
+        let mean_err = f64::try_from(mean.abs().max()).unwrap();
+        let var_err = f64::try_from((var - 1.0).abs().masked_select(&live).max()).unwrap();
+        assert!(mean_err < 1e-3, "layer {l}: mean off by {mean_err}");
+        assert!(var_err < 1e-2, "layer {l}: variance off by {var_err}");
+    }
+}
+
+#[test]
+fn recalibration_refuses_a_plain_model() {
+    let _rng = torch_rng();
+    let mut m = Vgg16::new(&small_cfg(BnMode::Drop, HeadKind::Bn, 2), Device::Cpu).unwrap();
+    assert!(m.recalibrate(&[input(2, 32)]).is_err());
+}
+
+#[test]
+fn freezing_keeps_frozen_tensors_bit_identical() {
+    let _rng = torch_rng();
+    tch::manual_seed(9);
+    let mut m = Vgg16::new(&small_cfg(BnMode::Frozen, HeadKind::Bn, 2), Device::Cpu).unwrap();
+    m.set_trainable_from(Block::Conv5);
+    let groups = m.param_groups();
+    assert!(
+        groups.iter().all(|g| g.block >= Block::Conv5),
+        "only conv5 and head in the optimizer"
+    );
+    assert!(groups.iter().any(|g| g.block == Block::Conv5));
+    let no_decay: Vec<&String> = groups
+        .iter()
+        .filter(|g| !g.decay)
+        .flat_map(|g| g.params.iter().map(|(n, _)| n))
+        .collect();
+    assert!(no_decay
+        .iter()
+        .all(|n| n.ends_with("bias") || n.contains("norm") || !n.contains("features.37.weight")));
+    assert!(
+        no_decay.iter().any(|n| n.as_str() == "features.38.weight"),
+        "BN γ of conv5 has no decay: {no_decay:?}"
+    );
+    let before = m
+        .named_tensors()
+        .into_iter()
+        .map(|(n, t)| (n, t.copy()))
+        .collect::<Vec<_>>();
+    let opt_groups = groups
+        .into_iter()
+        .map(|g| Group {
+            name: g.block.to_string(),
+            params: g.params,
+            lr_mult: 1.0,
+            weight_decay: 0.01,
+        })
+        .collect();
+    let mut opt = Optimizer::new(OptimKind::Sgd, opt_groups, 0.9);
+    let y = m.forward_t(&input(4, 32), true);
+    let loss = y.cross_entropy_for_logits(&Tensor::from_slice(&[0i64, 1, 0, 1]));
+    opt.zero_grad();
+    loss.backward();
+    opt.step(0.1);
+    let after = m.vs.variables();
+    for (n, t) in before {
+        let changed = max_abs_diff(&after[&n], &t) > 0.0;
+        let block = m.block_of_name(&n).unwrap();
+        if Vgg16::is_buffer(&n) && block < Block::Head {
+            assert!(!changed, "{n}: trunk BN statistics stay in frozen mode");
+        } else if block < Block::Conv5 {
+            assert!(!changed, "{n} is frozen but changed");
+        } else if n.ends_with("weight") && t.dim() > 1 {
+            assert!(changed, "{n} is trainable but did not change");
+        }
+    }
+}
+
+#[test]
+fn freeze_points_head_and_conv1() {
+    let _rng = torch_rng();
+    let mut m = Vgg16::new(&small_cfg(BnMode::Drop, HeadKind::Linear, 2), Device::Cpu).unwrap();
+    m.set_trainable_from(Block::Head);
+    assert!(m.param_groups().iter().all(|g| g.block == Block::Head));
+    m.set_trainable_from(Block::Conv1);
+    let blocks: std::collections::BTreeSet<Block> =
+        m.param_groups().iter().map(|g| g.block).collect();
+    assert_eq!(blocks.len(), 6, "every block trainable");
+}
+
+#[test]
+fn bn_train_mode_updates_statistics_and_frozen_does_not() {
+    let _rng = torch_rng();
+    for (mode, should_change) in [(BnMode::Train, true), (BnMode::Frozen, false)] {
+        let m = Vgg16::new(&small_cfg(mode, HeadKind::Bn, 2), Device::Cpu).unwrap();
+        let before = m.bn_layers()[0].0.copy();
+        let _ = m.forward_t(&(input(4, 32) + 2.0), true);
+        let changed = max_abs_diff(&m.bn_layers()[0].0, &before) > 0.0;
+        assert_eq!(changed, should_change, "{mode:?}");
+    }
+}
+
+#[test]
+fn other_input_sizes_and_heads_work() {
+    let _rng = torch_rng();
+    for head in [HeadKind::Linear, HeadKind::Bn, HeadKind::Vgg] {
+        let m = Vgg16::new(&small_cfg(BnMode::Drop, head, 7), Device::Cpu).unwrap();
+        for s in [32, 48, 96] {
+            let y = tch::no_grad(|| m.forward_t(&input(2, s), false));
+            assert_eq!(y.size(), vec![2, 7], "{head:?} at {s}px");
+        }
+    }
+}
+
+#[test]
+fn batch_of_one_is_merged_not_crashed() {
+    let _rng = torch_rng();
+    let b = vggft::train::batches(&(0..17).collect::<Vec<_>>(), 8);
+    assert_eq!(b.iter().map(Vec::len).collect::<Vec<_>>(), vec![8, 9]);
+    let b = vggft::train::batches(&(0..16).collect::<Vec<_>>(), 8);
+    assert_eq!(b.len(), 2);
+}

@@ -1,0 +1,320 @@
+//! Training: it learns, stages unfreeze exactly what they name, runs are
+//! reproducible bit for bit, the cache changes nothing, resume replays exactly.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tch::{Device, Tensor};
+use vggft::config::{ClassWeights, DataConfig, Stage, TrainConfig};
+use vggft::data::augment::Augment;
+use vggft::data::image::Crop;
+use vggft::data::scan::DataFormat;
+use vggft::data::split::{Task, ValSpec};
+use vggft::data::Preprocess;
+use vggft::model::{Block, BnMode, HeadKind, Vgg16};
+use vggft::optim::{OptimKind, Schedule};
+use vggft::run::{prepare, Prepared};
+use vggft::train::{Collect, EpochRow, Reporter, Trainer};
+
+use crate::common::*;
+
+fn data_cfg(path: &Path, val: ValSpec, size: u32) -> DataConfig {
+    DataConfig {
+        path: path.to_path_buf(),
+        format: DataFormat::Auto,
+        task: Task::Binary,
+        label_map: vec![],
+        val,
+        skip_bad: false,
+        preprocess: Preprocess::new(Crop::None, size),
+    }
+}
+
+fn train_cfg(stages: &[(Block, usize)], augment: &str) -> TrainConfig {
+    TrainConfig {
+        stages: stages
+            .iter()
+            .map(|&(from, epochs)| Stage { from, epochs })
+            .collect(),
+        optimizer: OptimKind::Sgd,
+        lr: 0.02,
+        block_lr_factor: 0.5,
+        momentum: 0.9,
+        weight_decay: 1e-4,
+        schedule: Schedule::Cosine,
+        warmup: 0.1,
+        batch_size: 6,
+        label_smoothing: 0.0,
+        class_weights: ClassWeights::Auto,
+        augment: Augment::preset(augment).unwrap(),
+        patience: 0,
+        cache: true,
+        cache_views: 2,
+        cache_mem_mb: 512,
+        seed: 7,
+    }
+}
+
+fn prepared(path: &Path, val: ValSpec) -> Prepared {
+    prepare(&data_cfg(path, val, 32), 7, &mut Collect::default()).unwrap()
+}
+
+fn model(bn: BnMode, head: HeadKind, seed: i64) -> Vgg16 {
+    tch::manual_seed(seed);
+    let mut cfg = small_cfg(bn, head, 2);
+    cfg.dropout = 0.2;
+    Vgg16::new(&cfg, Device::Cpu).unwrap()
+}
+
+fn trainer<'a>(cfg: &'a TrainConfig, p: &'a Prepared, pre: &'a Preprocess) -> Trainer<'a> {
+    Trainer {
+        cfg,
+        pre,
+        data: &p.data,
+        device: Device::Cpu,
+        checkpoint_dir: None,
+        stop: None,
+    }
+}
+
+#[test]
+fn learns_a_trivially_separable_set() {
+    let _rng = torch_rng();
+    let d = tmp();
+    let m = subject_dataset(d.path(), 8, 32);
+    let p = prepared(&m, ValSpec::None);
+    let mut cfg = train_cfg(&[(Block::Conv1, 25)], "none");
+    cfg.lr = 0.05;
+    let pre = Preprocess::new(Crop::None, 32);
+    let mut net = model(BnMode::Train, HeadKind::Bn, 1);
+    let out = trainer(&cfg, &p, &pre)
+        .run(&mut net, &mut Collect::default(), None)
+        .unwrap();
+    let first = out.history.first().unwrap().train_loss;
+    let last = out.history.last().unwrap();
+    assert!(
+        last.train_loss < first * 0.5,
+        "loss fell from {first} to {}",
+        last.train_loss
+    );
+    assert_eq!(
+        last.train_acc,
+        1.0,
+        "history: {:?}",
+        out.history.iter().map(|r| r.train_acc).collect::<Vec<_>>()
+    );
+    // And the kept model classifies every training image correctly in eval mode.
+    let x = pre.normalise(&p.data.gray);
+    let pred = tch::no_grad(|| net.forward_t(&x, false)).argmax(1, false);
+    let y = Tensor::from_slice(&p.data.targets);
+    assert_eq!(
+        i64::try_from(pred.eq_tensor(&y).sum(tch::Kind::Int64)).unwrap(),
+        16
+    );
+}
+
+fn changed(before: &[(String, Tensor)], net: &Vgg16) -> Vec<String> {
+    let now = net.vs.variables();
+    before
+        .iter()
+        .filter(|(n, t)| max_abs_diff(&now[n], t) > 0.0)
+        .map(|(n, _)| n.clone())
+        .collect()
+}
+
+fn snapshot(net: &Vgg16) -> Vec<(String, Tensor)> {
+    net.named_tensors()
+        .into_iter()
+        .map(|(n, t)| (n, t.copy()))
+        .collect()
+}
+
+#[test]
+fn stages_unfreeze_exactly_the_blocks_they_name() {
+    let _rng = torch_rng();
+    let d = tmp();
+    let m = subject_dataset(d.path(), 6, 32);
+    let p = prepared(&m, ValSpec::Subjects { fraction: 0.34 });
+    let pre = Preprocess::new(Crop::None, 32);
+    let mut net = model(BnMode::Frozen, HeadKind::Bn, 2);
+    for (from, allowed) in [(Block::Head, Block::Head), (Block::Conv4, Block::Conv4)] {
+        let cfg = train_cfg(&[(from, 1)], "light");
+        let before = snapshot(&net);
+        trainer(&cfg, &p, &pre)
+            .run(&mut net, &mut Collect::default(), None)
+            .unwrap();
+        let ch = changed(&before, &net);
+        for n in &ch {
+            let b = net.block_of_name(n).unwrap();
+            assert!(b >= allowed, "stage {from}: {n} ({b}) changed");
+            assert!(
+                !Vgg16::is_buffer(n) || b == Block::Head,
+                "frozen trunk BN statistics changed: {n}"
+            );
+        }
+        for (n, t) in &before {
+            if net.block_of_name(n).unwrap() >= allowed && !Vgg16::is_buffer(n) && t.dim() > 1 {
+                assert!(ch.contains(n), "stage {from}: trainable {n} did not change");
+            }
+        }
+    }
+}
+
+fn run_once(
+    m: &Path,
+    cfg: &TrainConfig,
+    dir: Option<&Path>,
+) -> (Vec<EpochRow>, Vec<(String, Tensor)>) {
+    let p = prepared(m, ValSpec::Subjects { fraction: 0.25 });
+    let pre = Preprocess::new(Crop::None, 32);
+    let mut net = model(BnMode::Drop, HeadKind::Bn, 3);
+    let mut t = trainer(cfg, &p, &pre);
+    t.checkpoint_dir = dir.map(Path::to_path_buf);
+    let out = t.run(&mut net, &mut Collect::default(), None).unwrap();
+    (out.history, snapshot(&net))
+}
+
+/// Everything in a history row but its wall time.
+fn strip(rows: &[EpochRow]) -> Vec<String> {
+    rows.iter()
+        .map(|r| {
+            format!(
+                "{} {} {} {:e} {:e} {:e} {:?} {:?} {:?}",
+                r.epoch,
+                r.stage,
+                r.block,
+                r.lr,
+                r.train_loss,
+                r.train_acc,
+                r.val_loss,
+                r.val_acc,
+                r.val_bacc
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn same_seed_same_history_bit_for_bit() {
+    let _rng = torch_rng();
+    let d = tmp();
+    let m = subject_dataset(d.path(), 8, 32);
+    let cfg = train_cfg(&[(Block::Head, 2), (Block::Conv5, 3)], "light");
+    let (a, wa) = run_once(&m, &cfg, None);
+    let (b, wb) = run_once(&m, &cfg, None);
+    assert_eq!(strip(&a), strip(&b));
+    for ((n, x), (_, y)) in wa.iter().zip(&wb) {
+        assert_eq!(max_abs_diff(x, y), 0.0, "{n}");
+    }
+    // The written history.csv is identical too, apart from the seconds column.
+    let (fa, fb) = (d.path().join("a.csv"), d.path().join("b.csv"));
+    vggft::run::write_history(&fa, &a).unwrap();
+    vggft::run::write_history(&fb, &b).unwrap();
+    let cut = |p: &Path| {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(|l| l.rsplit_once(',').unwrap().0.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(cut(&fa), cut(&fb));
+    let mut other = cfg.clone();
+    other.seed = 8;
+    let (c, _) = run_once(&m, &other, None);
+    assert_ne!(
+        strip(&a),
+        strip(&c),
+        "a different seed gives a different run"
+    );
+}
+
+#[test]
+fn cache_changes_nothing_without_augmentation() {
+    let _rng = torch_rng();
+    let d = tmp();
+    let m = subject_dataset(d.path(), 8, 32);
+    let cached = train_cfg(&[(Block::Head, 2), (Block::Conv5, 2)], "none");
+    let mut plain = cached.clone();
+    plain.cache = false;
+    let (a, _) = run_once(&m, &cached, None);
+    let (b, _) = run_once(&m, &plain, None);
+    for (x, y) in a.iter().zip(&b) {
+        assert!(
+            (x.train_loss - y.train_loss).abs() < 1e-4,
+            "epoch {}: {} vs {}",
+            x.epoch,
+            x.train_loss,
+            y.train_loss
+        );
+        assert!((x.val_loss.unwrap() - y.val_loss.unwrap()).abs() < 1e-4);
+    }
+}
+
+/// Sets the stop flag once `after` epochs have finished (like Ctrl-C).
+struct StopAfter<'a> {
+    after: usize,
+    flag: &'a AtomicBool,
+}
+
+impl Reporter for StopAfter<'_> {
+    fn message(&mut self, _: &str) {}
+    fn epoch_end(&mut self, r: &EpochRow) {
+        if r.epoch == self.after {
+            self.flag.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+#[test]
+fn resume_finishes_exactly_like_an_uninterrupted_run() {
+    let _rng = torch_rng();
+    let d = tmp();
+    let m = subject_dataset(d.path(), 8, 32);
+    let mut cfg = train_cfg(&[(Block::Head, 2), (Block::Conv5, 3)], "light");
+    cfg.optimizer = OptimKind::Adam;
+    cfg.lr = 1e-3;
+    let (full, wfull) = run_once(&m, &cfg, None);
+    for stop_after in [1, 2, 3] {
+        let run_dir = tmp();
+        let p = prepared(&m, ValSpec::Subjects { fraction: 0.25 });
+        let pre = Preprocess::new(Crop::None, 32);
+        let flag = AtomicBool::new(false);
+        let mut net = model(BnMode::Drop, HeadKind::Bn, 3);
+        let mut t = trainer(&cfg, &p, &pre);
+        t.checkpoint_dir = Some(run_dir.path().to_path_buf());
+        t.stop = Some(&flag);
+        let err = t
+            .run(
+                &mut net,
+                &mut StopAfter {
+                    after: stop_after,
+                    flag: &flag,
+                },
+                None,
+            )
+            .err()
+            .unwrap();
+        assert!(matches!(err, vggft::Error::Interrupted(_)), "{err}");
+        let state = vggft::train::load_state(run_dir.path()).unwrap();
+        assert_eq!(state.history.len(), stop_after);
+        let mut fresh = model(BnMode::Drop, HeadKind::Bn, 99);
+        let mut t2 = trainer(&cfg, &p, &pre);
+        t2.checkpoint_dir = Some(run_dir.path().to_path_buf());
+        let out = t2
+            .run(&mut fresh, &mut Collect::default(), Some(state))
+            .unwrap();
+        assert_eq!(
+            strip(&out.history),
+            strip(&full),
+            "stopped after epoch {stop_after}"
+        );
+        let now = fresh.vs.variables();
+        for (n, t) in &wfull {
+            assert_eq!(
+                max_abs_diff(&now[n], t),
+                0.0,
+                "{n} after resuming from epoch {stop_after}"
+            );
+        }
+    }
+}
