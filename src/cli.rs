@@ -131,11 +131,11 @@ pub struct TrainArgs {
     pub stages: Option<String>,
     #[arg(long, value_enum, default_value_t = OptimKind::Sgd)]
     pub optimizer: OptimKind,
-    /// Head learning rate (default: 0.01 for sgd, 0.001 otherwise).
+    /// Head learning rate (default: 0.003 for sgd, 0.001 otherwise).
     #[arg(long, allow_negative_numbers = true)]
     pub lr: Option<f64>,
     /// Rate multiplier per block below the head: conv5 ×f, conv4 ×f², …
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = 0.1)]
     pub block_lr_factor: f64,
     #[arg(long, default_value_t = 0.9)]
     pub momentum: f64,
@@ -353,7 +353,7 @@ impl TrainArgs {
         knob!(brightness);
         knob!(contrast);
         let lr = self.lr.unwrap_or(if self.optimizer == OptimKind::Sgd {
-            0.01
+            3e-3
         } else {
             1e-3
         });

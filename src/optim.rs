@@ -270,3 +270,36 @@ mod tests {
         assert!((f64::try_from(&p).unwrap() - (1.0 - 0.2 - 0.38)).abs() < 1e-6);
     }
 }
+
+#[cfg(test)]
+mod adaptive_tests {
+    use super::*;
+
+    fn one_step(kind: OptimKind, wd: f64) -> f64 {
+        let p = Tensor::from_slice(&[1.0f64]).set_requires_grad(true);
+        let mut opt = Optimizer::new(
+            kind,
+            vec![Group {
+                name: "g".into(),
+                params: vec![("p".into(), p.shallow_clone())],
+                lr_mult: 1.0,
+                weight_decay: wd,
+            }],
+            0.0,
+        );
+        opt.zero_grad();
+        (&p * 3.0).sum(tch::Kind::Double).backward();
+        opt.step(0.1);
+        f64::try_from(&p).unwrap()
+    }
+
+    #[test]
+    fn first_steps_match_pytorch() {
+        // Adam's first step moves by lr·sign(g) (bias-corrected m/√v = 1).
+        assert!((one_step(OptimKind::Adam, 0.0) - 0.9).abs() < 1e-6);
+        // AdamW decays the weight first: 1·(1 − 0.1·0.5) − 0.1.
+        assert!((one_step(OptimKind::Adamw, 0.5) - 0.85).abs() < 1e-6);
+        // RMSprop: v = 0.01·9, step = 0.1·3/√0.09 = 1.
+        assert!((one_step(OptimKind::Rmsprop, 0.0) - 0.0).abs() < 1e-6);
+    }
+}

@@ -169,8 +169,11 @@ pub fn learning_curves(path: &Path, rows: &[EpochRow]) -> Result<()> {
                 .map_err(e)?;
             chart
                 .configure_mesh()
-                .x_desc("epoch")
+                .x_desc("epoch (grey lines: stage boundaries)")
                 .y_desc(title)
+                .x_labels(rows.len().min(20))
+                .x_label_formatter(&|v| format!("{v:.0}"))
+                .light_line_style(WHITE)
                 .label_style(("sans-serif", 13))
                 .draw()
                 .map_err(e)?;
@@ -178,7 +181,7 @@ pub fn learning_curves(path: &Path, rows: &[EpochRow]) -> Result<()> {
                 chart
                     .draw_series(LineSeries::new(
                         vec![(*b, 0.0), (*b, ymax)],
-                        BLACK.mix(0.3).stroke_width(1),
+                        BLACK.mix(0.45).stroke_width(2),
                     ))
                     .map_err(e)?;
             }

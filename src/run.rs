@@ -359,6 +359,7 @@ fn execute(
     };
     let outcome = trainer.run(&mut model, reporter, state)?;
     write_history(&dir.join("history.csv"), &outcome.history)?;
+    crate::plot::learning_curves(&dir.join("learning_curves.png"), &outcome.history)?;
     weights::save_atomic(&model.named_tensors(), &dir.join("model.safetensors"))?;
     let val = if prepared.data.val.is_empty() {
         None

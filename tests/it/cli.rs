@@ -100,6 +100,7 @@ fn finetune_then_predict_on_london_faces() {
         "history.csv",
         "metrics.json",
         "model.safetensors",
+        "learning_curves.png",
         "split.csv",
         "COMPLETE",
     ] {
@@ -330,4 +331,51 @@ fn lr_find_writes_csv_png_and_a_suggestion() {
         .to_rgb8();
     let non_white = png.pixels().filter(|p| p.0 != [255, 255, 255]).count();
     assert!(non_white > 1000, "plot is not blank");
+}
+
+#[test]
+fn skip_bad_warns_and_counts() {
+    let d = tmp();
+    let m = subject_dataset(d.path(), 5, 32);
+    std::fs::write(d.path().join("broken.png"), b"garbage").unwrap();
+    let mut csv = std::fs::read_to_string(&m).unwrap();
+    csv.push_str("broken.png,smiling,P00\n");
+    std::fs::write(&m, csv).unwrap();
+    let w = d.path().join("trunk.safetensors");
+    trunk_only(&w, 7);
+    let s = small(&w);
+    let (code, _, err) = run(
+        &args(
+            &s,
+            &[
+                "finetune",
+                "--data",
+                m.to_str().unwrap(),
+                "--stages",
+                "head:1",
+            ],
+        ),
+        d.path(),
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("broken.png"), "{err}");
+    let (code, out, err) = run(
+        &args(
+            &s,
+            &[
+                "finetune",
+                "--data",
+                m.to_str().unwrap(),
+                "--stages",
+                "head:1",
+                "--skip-bad",
+            ],
+        ),
+        d.path(),
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        err.contains("skipped 1 unreadable image(s)") && err.contains("broken.png"),
+        "{err}"
+    );
 }
