@@ -39,41 +39,42 @@ pub struct Found {
     pub png: PathBuf,
 }
 
-/// Steepest descent of the smoothed loss against log(rate), ignoring the
-/// first and last tenth of the sweep; falls back to a tenth of the minimum's rate.
+/// fastai's "valley": the longest decreasing run (subsequence) of the
+/// smoothed loss, and the point half-way (in steps) along it — robust to the
+/// noisy start of the sweep that fools a plain steepest-slope pick.
 pub fn suggest(points: &[(f64, f64, f64)]) -> (f64, String) {
-    let n = points.len();
+    let loss: Vec<f64> = points.iter().map(|p| p.2).collect();
+    let n = loss.len();
     if n < 5 {
         return (
             points.first().map(|p| p.0).unwrap_or(1e-3),
             "too few points: the start rate".into(),
         );
     }
-    let (lo, hi) = (n / 10, n - n / 10 - 1);
-    let mut best = (f64::INFINITY, lo);
-    for i in lo.max(1)..hi {
-        let slope =
-            (points[i + 1].2 - points[i - 1].2) / (points[i + 1].0.ln() - points[i - 1].0.ln());
-        if slope < best.0 {
-            best = (slope, i);
+    // Longest strictly decreasing subsequence ending at each point.
+    let mut len = vec![1usize; n];
+    let mut from = (0..n).collect::<Vec<_>>();
+    for i in 1..n {
+        for j in 0..i {
+            if loss[j] > loss[i] && len[j] + 1 > len[i] && loss[i].is_finite() {
+                len[i] = len[j] + 1;
+                from[i] = from[j];
+            }
         }
     }
-    if best.0.is_finite() && best.0 < 0.0 {
-        (
-            points[best.1].0,
-            "steepest descent of the smoothed loss".into(),
-        )
-    } else {
-        let min = points
-            .iter()
-            .min_by(|a, b| a.2.total_cmp(&b.2))
-            .map(|p| p.0)
-            .unwrap_or(1e-3);
-        (
-            min / 10.0,
-            "no descent found: a tenth of the rate at the minimum loss".into(),
-        )
-    }
+    let end = (0..n)
+        .max_by_key(|&i| (len[i], std::cmp::Reverse(i)))
+        .unwrap_or(0);
+    let start = from[end];
+    let third = (end - start) / 3;
+    let idx = (start + third + third / 2).min(n - 1);
+    (
+        points[idx].0,
+        format!(
+            "valley: the longest descent of the smoothed loss runs from {:.1e} to {:.1e}",
+            points[start].0, points[end].0
+        ),
+    )
 }
 
 pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Found> {
@@ -205,7 +206,7 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Found> {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn suggests_the_steepest_descent() {
+    fn suggests_a_rate_in_the_valley() {
         // Loss flat, then falling fastest around 1e-3, then exploding.
         let pts: Vec<(f64, f64, f64)> = (0..60)
             .map(|i| {
@@ -217,7 +218,12 @@ mod tests {
             })
             .collect();
         let (lr, method) = super::suggest(&pts);
-        assert!((lr.log10() + 3.0).abs() < 0.2, "{lr}");
-        assert!(method.contains("steepest"));
+        assert!(lr > 1e-5 && lr < 1e-2, "{lr} lies in the descent");
+        assert!(method.contains("valley"));
+        // A noisy start (a dip then a bump) does not capture the suggestion.
+        let mut noisy = pts.clone();
+        noisy[2].2 = 0.2;
+        noisy[3].2 = 1.3;
+        assert!(super::suggest(&noisy).0 > 1e-5);
     }
 }
