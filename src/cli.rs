@@ -36,6 +36,16 @@ pub enum Command {
     Predict(PredictArgs),
     /// Sweep the learning rate exponentially and suggest one.
     LrFind(LrFindArgs),
+    /// Score a finished run on a labelled dataset.
+    Evaluate(EvaluateArgs),
+    /// Subject-grouped cross-validation of the finetune recipe over folds and seeds.
+    Cv(CvArgs),
+    /// Compare runs and cross-validations side by side (Markdown).
+    Report {
+        /// Run or cv folders.
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+    },
     /// Weight-file tools.
     Weights {
         #[command(subcommand)]
@@ -227,6 +237,55 @@ pub struct LrFindArgs {
     /// Output folder for lr-find.csv / lr-find.png.
     #[arg(long, default_value = "runs/lr-find")]
     pub out: PathBuf,
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct EvaluateArgs {
+    /// Run folder.
+    #[arg(long, default_value = "runs/latest")]
+    pub model: PathBuf,
+    /// Labelled dataset (any layout finetune reads).
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long, value_enum, default_value_t = DataFormat::Auto)]
+    pub format: DataFormat,
+    /// Output folder for metrics.json and confusion.png (default: RUN/eval-<data name>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[arg(long)]
+    pub skip_bad: bool,
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}
+
+#[derive(Args, Debug)]
+pub struct CvArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub train: TrainArgs,
+    /// loso (leave one subject out) or K (subject-grouped, stratified where possible).
+    #[arg(long, default_value = "5")]
+    pub folds: String,
+    /// Seeds to repeat the folds with (each seed: new folds for K, new training randomness).
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    pub seeds: Vec<u64>,
+    /// Instead of --seeds: seeds 0..R.
+    #[arg(long)]
+    pub repeats: Option<u64>,
+    /// Run only fold i (0-based) of each seed; merge later with --collect.
+    #[arg(long)]
+    pub fold: Option<usize>,
+    /// Merge the fold results in this cv folder and print the summary (runs nothing).
+    #[arg(long)]
+    pub collect: Option<PathBuf>,
+    /// Output folder (default: runs/cv-<timestamp>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     #[arg(long, short)]
     pub quiet: bool,
 }

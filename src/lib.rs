@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod cv;
 pub mod data;
 pub mod error;
 pub mod eval;
@@ -16,6 +17,7 @@ pub mod model;
 pub mod optim;
 pub mod plot;
 pub mod predict;
+pub mod report;
 pub mod run;
 pub mod train;
 pub mod weights;

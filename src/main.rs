@@ -10,7 +10,8 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use vggft::cli::{
-    Cli, Command, FinetuneArgs, LrFindArgs, OutputFormat, PredictArgs, Tta, WeightsCommand,
+    Cli, Command, CvArgs, EvaluateArgs, FinetuneArgs, LrFindArgs, OutputFormat, PredictArgs, Tta,
+    WeightsCommand,
 };
 use vggft::train::{EpochRow, Reporter};
 use vggft::{predict, run, weights, Error};
@@ -270,6 +271,133 @@ fn lr_find(a: LrFindArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn evaluate(a: EvaluateArgs) -> anyhow::Result<()> {
+    let device = run::parse_device(&a.device)?;
+    let (cfg, model) = run::load_run(&a.model, device)?;
+    let ev = predict::evaluate(&cfg, &model, &a.data, a.format, a.skip_bad, device)?;
+    for (p, why) in &ev.skipped {
+        eprintln!("skipped {}: {why}", p.display());
+    }
+    let name = a
+        .data
+        .file_stem()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "data".into());
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| a.model.join(format!("eval-{name}")));
+    vggft::fsutil::create_dir(&out)?;
+    let m = &ev.metrics;
+    vggft::fsutil::write_json(
+        &out.join("metrics.json"),
+        &serde_json::json!({"model": a.model, "data": a.data, "metrics": m}),
+    )?;
+    vggft::plot::confusion(
+        &out.join("confusion.png"),
+        &m.confusion,
+        &cfg.classes,
+        &format!("{} on {}", a.model.display(), a.data.display()),
+    )?;
+    println!("{} images from {}", m.n, a.data.display());
+    println!("  {:<22} {:>8.3}", "accuracy", m.accuracy);
+    println!("  {:<22} {:>8.3}", "balanced accuracy", m.balanced_accuracy);
+    println!(
+        "  {:<22} {:>8.3}",
+        if cfg.classes.len() == 2 {
+            "ROC AUC"
+        } else {
+            "ROC AUC (macro OvR)"
+        },
+        m.roc_auc
+    );
+    println!("  {:<22} {:>8.3}", "majority baseline", m.majority_baseline);
+    println!(
+        "  {:<14} {:>9} {:>9} {:>9} {:>7}",
+        "class", "precision", "recall", "F1", "n"
+    );
+    for c in &m.per_class {
+        println!(
+            "  {:<14} {:>9.3} {:>9.3} {:>9.3} {:>7}",
+            c.class, c.precision, c.recall, c.f1, c.support
+        );
+    }
+    println!(
+        "  confusion (rows: true, columns: predicted {})",
+        cfg.classes.join(", ")
+    );
+    for (c, row) in cfg.classes.iter().zip(&m.confusion) {
+        println!(
+            "  {:<14} {}",
+            c,
+            row.iter().map(|v| format!("{v:>6}")).collect::<String>()
+        );
+    }
+    println!(
+        "written: {}, {}",
+        out.join("metrics.json").display(),
+        out.join("confusion.png").display()
+    );
+    Ok(())
+}
+
+fn cv(a: CvArgs) -> anyhow::Result<()> {
+    let mut rep = reporter(a.quiet);
+    let summary = match &a.collect {
+        Some(dir) => vggft::cv::collect(dir)?,
+        None => {
+            if let Some(t) = a.model.threads {
+                tch::set_num_threads(t);
+            }
+            let (data, bundled) = a.data.to_config(run::bundled_sample)?;
+            if bundled {
+                rep.message(&format!(
+                    "no --data given: using the bundled sample {}",
+                    data.path.display()
+                ));
+            }
+            let seeds = match a.repeats {
+                Some(r) if r > 0 => (0..r).collect(),
+                Some(_) => anyhow::bail!("--repeats must be at least 1"),
+                None => a.seeds.clone(),
+            };
+            let out = a.out.clone().unwrap_or_else(|| {
+                std::path::PathBuf::from("runs").join(format!(
+                    "cv-{}",
+                    chrono::Local::now().format("%Y%m%d-%H%M%S")
+                ))
+            });
+            rep.message(&format!("cv folder: {}", out.display()));
+            let req = vggft::cv::Request {
+                data,
+                model: a.model.to_options()?,
+                train: a.train.to_config()?,
+                weights: a.model.weights.clone(),
+                random_init: a.model.random_init,
+                device: a.model.device.clone(),
+                folds: vggft::cv::Folds::parse(&a.folds)?,
+                seeds,
+                only_fold: a.fold,
+                out: out.clone(),
+            };
+            match vggft::cv::run(&req, &mut rep)? {
+                Some(s) => s,
+                None => {
+                    println!(
+                        "fold {} done; results in {}/folds; merge with: vggft cv --collect {}",
+                        a.fold.unwrap_or(0),
+                        out.display(),
+                        out.display()
+                    );
+                    return Ok(());
+                }
+            }
+        }
+    };
+    println!("{}", vggft::cv::markdown(&summary));
+    Ok(())
+}
+
 fn inspect(file: &std::path::Path, json: bool) -> anyhow::Result<()> {
     let i = weights::inspect(file)?;
     if json {
@@ -296,6 +424,14 @@ fn main() -> ExitCode {
         Command::Finetune(a) => finetune(a).map(|_| true),
         Command::Predict(a) => predict_cmd(a),
         Command::LrFind(a) => lr_find(a).map(|_| true),
+        Command::Evaluate(a) => evaluate(a).map(|_| true),
+        Command::Cv(a) => cv(a).map(|_| true),
+        Command::Report { dirs } => vggft::report::report(&dirs)
+            .map(|r| {
+                println!("{r}");
+                true
+            })
+            .map_err(Into::into),
         Command::Weights {
             command: WeightsCommand::Inspect { file, json },
         } => inspect(&file, json).map(|_| true),

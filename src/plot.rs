@@ -235,3 +235,218 @@ pub fn learning_curves(path: &Path, rows: &[EpochRow]) -> Result<()> {
         Ok(())
     })
 }
+
+/// A confusion matrix as a shaded grid with counts (rows: true, columns: predicted).
+pub fn confusion(path: &Path, m: &[Vec<usize>], classes: &[String], title: &str) -> Result<()> {
+    let c = classes.len();
+    let cell = (360 / c.max(1)).clamp(40, 120) as i32;
+    let (left, top) = (150i32, 80i32);
+    let w = (left + cell * c as i32 + 40) as u32;
+    let h = (top + cell * c as i32 + 70) as u32;
+    render(path, w.max(420), h, |root| {
+        let font = |s: u32| ("sans-serif", s).into_font();
+        root.draw(&Text::new(
+            format!("confusion matrix: {title}"),
+            (10, 10),
+            font(16),
+        ))
+        .map_err(e)?;
+        root.draw(&Text::new("predicted →", (left, top - 40), font(14)))
+            .map_err(e)?;
+        root.draw(&Text::new("true ↓", (10, top - 40), font(14)))
+            .map_err(e)?;
+        for (i, row) in m.iter().enumerate() {
+            let total = row.iter().sum::<usize>().max(1) as f64;
+            root.draw(&Text::new(
+                classes[i].clone(),
+                (10, top + cell * i as i32 + cell / 2 - 8),
+                font(14),
+            ))
+            .map_err(e)?;
+            for (j, &v) in row.iter().enumerate() {
+                let f = v as f64 / total;
+                let shade = (255.0 - 200.0 * f) as u8;
+                let (x, y) = (left + cell * j as i32, top + cell * i as i32);
+                root.draw(&Rectangle::new(
+                    [(x, y), (x + cell, y + cell)],
+                    RGBColor(shade, shade, 255).filled(),
+                ))
+                .map_err(e)?;
+                root.draw(&Rectangle::new(
+                    [(x, y), (x + cell, y + cell)],
+                    BLACK.stroke_width(1),
+                ))
+                .map_err(e)?;
+                let color = if f > 0.6 { WHITE } else { BLACK };
+                root.draw(&Text::new(
+                    format!("{v}"),
+                    (x + cell / 2 - 10, y + cell / 2 - 10),
+                    font(16).color(&color),
+                ))
+                .map_err(e)?;
+            }
+        }
+        for (j, name) in classes.iter().enumerate() {
+            root.draw(&Text::new(
+                name.clone(),
+                (left + cell * j as i32 + 4, top - 20),
+                font(13),
+            ))
+            .map_err(e)?;
+        }
+        Ok(())
+    })
+}
+
+/// ROC curve of `scores` for `positive`, with the AUC in the legend.
+pub fn roc(path: &Path, positive: &[bool], scores: &[f64], title: &str) -> Result<()> {
+    let mut idx: Vec<usize> = (0..scores.len()).collect();
+    idx.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    let np = positive.iter().filter(|&&p| p).count().max(1) as f64;
+    let nn = positive.iter().filter(|&&p| !p).count().max(1) as f64;
+    let mut pts = vec![(0.0, 0.0)];
+    let (mut tp, mut fp) = (0.0, 0.0);
+    let mut k = 0;
+    while k < idx.len() {
+        let s = scores[idx[k]];
+        while k < idx.len() && scores[idx[k]] == s {
+            if positive[idx[k]] {
+                tp += 1.0
+            } else {
+                fp += 1.0
+            }
+            k += 1;
+        }
+        pts.push((fp / nn, tp / np));
+    }
+    let auc = crate::eval::roc_auc(positive, scores);
+    render(path, 620, 600, |root| {
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 16))
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(55)
+            .build_cartesian_2d(0.0..1.0, 0.0..1.0)
+            .map_err(e)?;
+        chart
+            .configure_mesh()
+            .x_desc("false positive rate")
+            .y_desc("true positive rate")
+            .light_line_style(WHITE)
+            .label_style(("sans-serif", 13))
+            .draw()
+            .map_err(e)?;
+        chart
+            .draw_series(LineSeries::new(
+                vec![(0.0, 0.0), (1.0, 1.0)],
+                BLACK.mix(0.4),
+            ))
+            .map_err(e)?
+            .label("chance")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.4)));
+        chart
+            .draw_series(LineSeries::new(pts.clone(), BLUE.stroke_width(2)))
+            .map_err(e)?
+            .label(format!("AUC {auc:.3}"))
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(2)));
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 14))
+            .draw()
+            .map_err(e)?;
+        Ok(())
+    })
+}
+
+/// Balanced accuracy of each fold, one column per seed, with the mean and the majority baseline.
+pub fn spread(path: &Path, folds: &[(u64, usize, f64)], baseline: f64) -> Result<()> {
+    let seeds: Vec<u64> = folds
+        .iter()
+        .map(|f| f.0)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let palette = [
+        BLUE,
+        RED,
+        RGBColor(0, 140, 0),
+        RGBColor(200, 120, 0),
+        MAGENTA,
+        CYAN,
+    ];
+    render(path, 760, 520, |root| {
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                "balanced accuracy per fold (dots) and mean per seed (bar)",
+                ("sans-serif", 16),
+            )
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(55)
+            .build_cartesian_2d(-0.5..seeds.len() as f64 - 0.5, 0.0..1.05)
+            .map_err(e)?;
+        let seed_names = seeds.clone();
+        chart
+            .configure_mesh()
+            .x_desc("seed")
+            .y_desc("balanced accuracy")
+            .x_labels(seeds.len().max(1))
+            .x_label_formatter(&|v| {
+                seed_names
+                    .get(v.round() as usize)
+                    .map(|s| s.to_string())
+                    .unwrap_or_default()
+            })
+            .light_line_style(WHITE)
+            .label_style(("sans-serif", 13))
+            .draw()
+            .map_err(e)?;
+        chart
+            .draw_series(LineSeries::new(
+                vec![(-0.5, baseline), (seeds.len() as f64 - 0.5, baseline)],
+                BLACK.mix(0.5).stroke_width(2),
+            ))
+            .map_err(e)?
+            .label(format!("majority baseline {baseline:.2}"))
+            .legend(|(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.5).stroke_width(2))
+            });
+        for (si, seed) in seeds.iter().enumerate() {
+            let color = palette[si % palette.len()];
+            let vals: Vec<f64> = folds
+                .iter()
+                .filter(|f| f.0 == *seed)
+                .map(|f| f.2)
+                .filter(|v| v.is_finite())
+                .collect();
+            let n = vals.len().max(1) as f64;
+            let pts: Vec<(f64, f64)> = vals
+                .iter()
+                .enumerate()
+                .map(|(k, &v)| (si as f64 - 0.25 + 0.5 * (k as f64 + 0.5) / n, v))
+                .collect();
+            chart
+                .draw_series(pts.iter().map(|p| Circle::new(*p, 4, color.filled())))
+                .map_err(e)?;
+            let mean = vals.iter().sum::<f64>() / n;
+            chart
+                .draw_series(LineSeries::new(
+                    vec![(si as f64 - 0.3, mean), (si as f64 + 0.3, mean)],
+                    color.stroke_width(3),
+                ))
+                .map_err(e)?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 13))
+            .draw()
+            .map_err(e)?;
+        Ok(())
+    })
+}

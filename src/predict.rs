@@ -124,3 +124,76 @@ pub fn argmax(p: &[f64]) -> usize {
         .map(|(i, _)| i)
         .unwrap_or(0)
 }
+
+/// `vggft evaluate`: a finished run on a labelled dataset.
+pub struct Evaluation {
+    pub metrics: crate::eval::Metrics,
+    pub paths: Vec<PathBuf>,
+    pub y: Vec<i64>,
+    pub probs: Vec<Vec<f64>>,
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+/// Scans `data` (labels mapped as the run was trained), predicts every image, scores it.
+pub fn evaluate(
+    cfg: &RunConfig,
+    model: &Vgg16,
+    data: &Path,
+    format: crate::data::scan::DataFormat,
+    skip_bad: bool,
+    device: Device,
+) -> crate::error::Result<Evaluation> {
+    let mut ds = crate::data::scan::scan(data, format)?;
+    let loaded = crate::data::load_images(&ds.samples, &cfg.data.preprocess, skip_bad)?;
+    ds.samples = loaded.kept.iter().map(|&i| ds.samples[i].clone()).collect();
+    // Each raw label becomes a class by the run's own rule, then the run's class index.
+    let mut y = Vec::with_capacity(ds.samples.len());
+    for smp in &ds.samples {
+        let name = if !cfg.data.label_map.is_empty() {
+            cfg.data
+                .label_map
+                .iter()
+                .find(|(raw, _)| raw.eq_ignore_ascii_case(&smp.label))
+                .map(|(_, c)| c.clone())
+                .unwrap_or_else(|| smp.label.clone())
+        } else if cfg.data.task == crate::data::split::Task::Binary {
+            let neutral =
+                smp.label.eq_ignore_ascii_case("neutral") || smp.label.eq_ignore_ascii_case("ne");
+            crate::data::split::BINARY_CLASSES[if neutral { 0 } else { 1 }].to_string()
+        } else {
+            smp.label.clone()
+        };
+        match cfg.classes.iter().position(|c| *c == name) {
+            Some(k) => y.push(k as i64),
+            None => {
+                return Err(Error::file(
+                    &smp.path,
+                    format!(
+                        "class `{name}` is not one the model was trained on ({})",
+                        cfg.classes.join(", ")
+                    ),
+                ))
+            }
+        }
+    }
+    let x = cfg
+        .data
+        .preprocess
+        .normalise(&loaded.gray.to_device(device));
+    let n = x.size()[0];
+    let logits: Vec<Tensor> = tch::no_grad(|| {
+        (0..n)
+            .step_by(32)
+            .map(|s| model.forward_t(&x.narrow(0, s, (n - s).min(32)), false))
+            .collect()
+    });
+    let probs = softmax_rows(&Tensor::cat(&logits, 0));
+    let metrics = crate::eval::metrics(&y, &probs, &cfg.classes);
+    Ok(Evaluation {
+        metrics,
+        paths: ds.samples.iter().map(|s| s.path.clone()).collect(),
+        y,
+        probs,
+        skipped: loaded.skipped,
+    })
+}

@@ -356,6 +356,7 @@ fn execute(
         device,
         checkpoint_dir: Some(dir.to_path_buf()),
         stop,
+        shared: None,
     };
     let outcome = trainer.run(&mut model, reporter, state)?;
     write_history(&dir.join("history.csv"), &outcome.history)?;

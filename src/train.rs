@@ -134,13 +134,177 @@ pub fn batches(idx: &[usize], batch_size: usize) -> Vec<Vec<usize>> {
     out
 }
 
-/// The frozen prefix's outputs: `views[v]` is (N_train, C, h, w) for view v.
+/// The frozen prefix's outputs, indexed by dataset row. Each image's views
+/// depend only on the seed and the image (not on which split it is in), so
+/// one cache can serve every fold of a cross-validation.
+#[derive(Debug)]
 pub struct Cache {
-    from: Block,
-    /// All views stacked: row `v·N_train + i` is view v of training image i.
-    bank: Tensor,
+    pub from: Block,
+    /// K augmented views: row `v·n_aug + aug_row[i]` is view v of image i.
+    aug: Tensor,
     views: usize,
-    val: Option<Tensor>,
+    n_aug: usize,
+    aug_row: Vec<Option<usize>>,
+    /// Unaugmented rows (validation / test images; all images without augmentation).
+    clean: Tensor,
+    clean_row: Vec<Option<usize>>,
+}
+
+impl Cache {
+    fn shallow(&self) -> Cache {
+        Cache {
+            from: self.from,
+            aug: self.aug.shallow_clone(),
+            views: self.views,
+            n_aug: self.n_aug,
+            aug_row: self.aug_row.clone(),
+            clean: self.clean.shallow_clone(),
+            clean_row: self.clean_row.clone(),
+        }
+    }
+
+    /// Whether it holds augmented views of every `train` and clean rows of every `eval` image.
+    pub fn covers(&self, train: &[usize], eval: &[usize]) -> bool {
+        train
+            .iter()
+            .all(|&i| self.aug_row.get(i).is_some_and(Option::is_some))
+            && eval
+                .iter()
+                .all(|&i| self.clean_row.get(i).is_some_and(Option::is_some))
+    }
+}
+
+/// Rows → an index tensor.
+fn index(rows: impl Iterator<Item = usize>, device: Device) -> Tensor {
+    Tensor::from_slice(&rows.map(|r| r as i64).collect::<Vec<_>>()).to_device(device)
+}
+
+/// Builds the cache of blocks below `from` for augmented views of `aug_rows`
+/// and clean views of `clean_rows` (dataset indices into `gray`).
+#[allow(clippy::too_many_arguments)]
+pub fn build_cache(
+    model: &Vgg16,
+    cfg: &TrainConfig,
+    pre: &Preprocess,
+    gray: &Tensor,
+    from: Block,
+    views: usize,
+    aug_rows: &[usize],
+    clean_rows: &[usize],
+    device: Device,
+) -> Cache {
+    let n_all = gray.size()[0] as usize;
+    let identity = cfg.augment.is_identity();
+    let feats = |rows: &[usize], view: Option<usize>| -> Tensor {
+        tch::no_grad(|| {
+            let parts: Vec<Tensor> = rows
+                .chunks(32)
+                .map(|c| {
+                    let g = crate::data::select(gray, c, device);
+                    let g = match view {
+                        Some(v) => cfg.augment.apply_seeded(
+                            &g,
+                            &c.iter()
+                                .map(|&i| sub_seed(cfg.seed, 1, v as u64, i as u64))
+                                .collect::<Vec<_>>(),
+                        ),
+                        None => g,
+                    };
+                    model.features(&pre.normalise(&g), Block::Conv1, from, false)
+                })
+                .collect();
+            Tensor::cat(&parts, 0)
+        })
+    };
+    let row_map = |rows: &[usize]| {
+        let mut m = vec![None; n_all];
+        for (r, &i) in rows.iter().enumerate() {
+            m[i] = Some(r);
+        }
+        m
+    };
+    if identity {
+        let mut all: Vec<usize> = aug_rows.iter().chain(clean_rows).copied().collect();
+        all.sort_unstable();
+        all.dedup();
+        let clean = feats(&all, None);
+        let rows = row_map(&all);
+        return Cache {
+            from,
+            aug: clean.shallow_clone(),
+            views: 1,
+            n_aug: all.len(),
+            aug_row: rows.clone(),
+            clean,
+            clean_row: rows,
+        };
+    }
+    let banks: Vec<Tensor> = (0..views).map(|v| feats(aug_rows, Some(v))).collect();
+    Cache {
+        from,
+        aug: Tensor::cat(&banks, 0),
+        views,
+        n_aug: aug_rows.len(),
+        aug_row: row_map(aug_rows),
+        clean: if clean_rows.is_empty() {
+            Tensor::zeros([0], (Kind::Float, device))
+        } else {
+            feats(clean_rows, None)
+        },
+        clean_row: row_map(clean_rows),
+    }
+}
+
+/// How many views fit the memory bound, or why the cache is off.
+pub fn cache_plan(
+    model: &Vgg16,
+    cfg: &TrainConfig,
+    pre: &Preprocess,
+    from: Block,
+    n_aug: usize,
+    n_clean: usize,
+    device: Device,
+) -> std::result::Result<usize, String> {
+    if !cfg.cache {
+        return Err("off (--no-cache)".into());
+    }
+    if from == Block::Conv1 {
+        return Err("off: no frozen block in this stage".into());
+    }
+    if model.cfg.bn_mode == BnMode::Train {
+        return Err("off: --bn train changes the frozen blocks' statistics every batch".into());
+    }
+    let views = if cfg.augment.is_identity() {
+        1
+    } else {
+        cfg.cache_views
+    };
+    let s = pre.image_size as i64;
+    let probe = tch::no_grad(|| {
+        model.features(
+            &Tensor::zeros([1, 3, s, s], (Kind::Float, device)),
+            Block::Conv1,
+            from,
+            false,
+        )
+    });
+    let per = probe.numel() * 4;
+    let budget = cfg.cache_mem_mb << 20;
+    let fixed = per * n_clean;
+    let fit = if fixed + per * n_aug > budget {
+        0
+    } else {
+        ((budget - fixed) / (per * n_aug.max(1))).min(views)
+    };
+    if fit == 0 {
+        return Err(format!(
+            "off: one view of {} images needs {} MiB, over --cache-mem {} MiB",
+            n_aug + n_clean,
+            (per * (n_aug + n_clean)) >> 20,
+            cfg.cache_mem_mb
+        ));
+    }
+    Ok(fit)
 }
 
 pub struct Trainer<'a> {
@@ -152,6 +316,8 @@ pub struct Trainer<'a> {
     pub checkpoint_dir: Option<PathBuf>,
     /// Checked between batches; when set, training stops after the current batch.
     pub stop: Option<&'a std::sync::atomic::AtomicBool>,
+    /// A cache built once for several runs (cross-validation folds).
+    pub shared: Option<&'a Cache>,
 }
 
 impl Trainer<'_> {
@@ -189,97 +355,17 @@ impl Trainer<'_> {
         self.pre.normalise(&g)
     }
 
-    /// Frozen-prefix features of rows `idx`, in batches, no gradient.
-    fn prefix(
-        &self,
-        model: &Vgg16,
-        from: Block,
-        idx: &[usize],
-        rng: Option<&mut ChaCha8Rng>,
-    ) -> Tensor {
-        let mut rng = rng;
-        tch::no_grad(|| {
-            let parts: Vec<Tensor> = idx
-                .chunks(32)
-                .map(|c| {
-                    let x = self.input(c, rng.as_deref_mut());
-                    model.features(&x, Block::Conv1, from, false)
-                })
-                .collect();
-            Tensor::cat(&parts, 0)
-        })
-    }
-
-    /// Whether the blocks below `from` can be cached, and why not.
-    fn cache_plan(&self, model: &Vgg16, from: Block) -> std::result::Result<usize, String> {
-        if !self.cfg.cache {
-            return Err("off (--no-cache)".into());
-        }
-        if from == Block::Conv1 {
-            return Err("off: no frozen block in this stage".into());
-        }
-        if model.cfg.bn_mode == BnMode::Train {
-            return Err("off: --bn train changes the frozen blocks' statistics every batch".into());
-        }
-        let views = if self.cfg.augment.is_identity() {
-            1
-        } else {
-            self.cfg.cache_views
-        };
-        let s = self.pre.image_size as usize;
-        let probe = tch::no_grad(|| {
-            model.features(
-                &Tensor::zeros([1, 3, s as i64, s as i64], (Kind::Float, self.device)),
-                Block::Conv1,
-                from,
-                false,
-            )
-        });
-        let per = probe.numel() * 4;
-        let budget = self.cfg.cache_mem_mb << 20;
-        let n = self.data.train.len() + self.data.val.len();
-        let fit = if per * n > budget {
-            0
-        } else {
-            ((budget - per * self.data.val.len()) / (per * self.data.train.len().max(1))).min(views)
-        };
-        if fit == 0 {
-            return Err(format!(
-                "off: one view of {} images needs {} MiB, over --cache-mem {} MiB",
-                n,
-                (per * n) >> 20,
-                self.cfg.cache_mem_mb
-            ));
-        }
-        Ok(fit)
-    }
-
-    fn build_cache(&self, model: &Vgg16, from: Block, views: usize) -> Cache {
-        let aug = !self.cfg.augment.is_identity();
-        let banks: Vec<Tensor> = (0..views)
-            .map(|v| {
-                let mut rng = ChaCha8Rng::seed_from_u64(sub_seed(self.cfg.seed, 1, 0, v as u64));
-                self.prefix(model, from, &self.data.train, aug.then_some(&mut rng))
-            })
-            .collect();
-        let val =
-            (!self.data.val.is_empty()).then(|| self.prefix(model, from, &self.data.val, None));
-        Cache {
-            from,
-            bank: Tensor::cat(&banks, 0),
-            views,
-            val,
-        }
-    }
-
     /// Runs a cache on through the blocks `base.from..from` (frozen in this stage).
     fn derive_cache(&self, model: &Vgg16, base: &Cache, from: Block) -> Cache {
+        if from == base.from {
+            return base.shallow();
+        }
         let run = |t: &Tensor| -> Tensor {
-            if from == base.from {
+            let n = t.size()[0];
+            if n == 0 {
                 return t.shallow_clone();
             }
             tch::no_grad(|| {
-                let n = t.size()[0];
                 let parts: Vec<Tensor> = (0..n)
                     .step_by(64)
                     .map(|s| {
@@ -289,42 +375,50 @@ impl Trainer<'_> {
                 Tensor::cat(&parts, 0)
             })
         };
+        let aug = run(&base.aug);
+        let same = base.aug.data_ptr() == base.clean.data_ptr();
         Cache {
             from,
-            bank: run(&base.bank),
+            clean: if same {
+                aug.shallow_clone()
+            } else {
+                run(&base.clean)
+            },
+            aug,
             views: base.views,
-            val: base.val.as_ref().map(run),
+            n_aug: base.n_aug,
+            aug_row: base.aug_row.clone(),
+            clean_row: base.clean_row.clone(),
         }
     }
 
-    /// Logits for validation rows (eval mode), from the cache when there is one.
+    /// Eval-mode logits for dataset rows `idx`, from the cache's clean rows when it has them.
+    pub fn logits(&self, model: &Vgg16, cache: Option<&Cache>, idx: &[usize]) -> Tensor {
+        tch::no_grad(|| {
+            let parts: Vec<Tensor> = idx
+                .chunks(64)
+                .map(|c| match cache.filter(|k| k.covers(&[], c)) {
+                    Some(k) => {
+                        let x = k.clean.index_select(
+                            0,
+                            &index(c.iter().map(|&i| k.clean_row[i].unwrap_or(0)), self.device),
+                        );
+                        model.forward_from(&x, k.from, false)
+                    }
+                    None => model.forward_t(&self.input(c, None), false),
+                })
+                .collect();
+            if parts.is_empty() {
+                Tensor::zeros([0, model.cfg.num_classes], (Kind::Float, self.device))
+            } else {
+                Tensor::cat(&parts, 0)
+            }
+        })
+    }
+
+    /// Logits for the validation rows.
     pub fn val_logits(&self, model: &Vgg16, cache: Option<&Cache>) -> Tensor {
-        tch::no_grad(
-            || match cache.and_then(|c| c.val.as_ref().map(|v| (c.from, v))) {
-                Some((from, feats)) => {
-                    let parts: Vec<Tensor> = (0..feats.size()[0])
-                        .step_by(64)
-                        .map(|s| {
-                            model.forward_from(
-                                &feats.narrow(0, s, (feats.size()[0] - s).min(64)),
-                                from,
-                                false,
-                            )
-                        })
-                        .collect();
-                    Tensor::cat(&parts, 0)
-                }
-                None => {
-                    let parts: Vec<Tensor> = self
-                        .data
-                        .val
-                        .chunks(32)
-                        .map(|c| model.forward_t(&self.input(c, None), false))
-                        .collect();
-                    Tensor::cat(&parts, 0)
-                }
-            },
-        )
+        self.logits(model, cache, &self.data.val)
     }
 
     /// Runs all stages (from `resume` when given).
@@ -371,28 +465,47 @@ impl Trainer<'_> {
             .map(|s| s.from)
             .min()
             .unwrap_or(Block::Head);
-        let base = match self.cache_plan(model, base_from) {
-            Ok(views) => {
-                let t0 = Instant::now();
-                let c = self.build_cache(model, base_from, views);
-                reporter.message(&format!(
-                    "cached the frozen {} output: {} view(s) of {} training images{}, in {:.1}s",
-                    Block::from_index(base_from.index() - 1),
-                    views,
-                    self.data.train.len(),
-                    if self.data.val.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" and {} validation images", self.data.val.len())
-                    },
-                    t0.elapsed().as_secs_f64()
-                ));
-                Some(c)
+        let base = match self.shared {
+            Some(c) if c.from <= base_from && c.covers(&self.data.train, &self.data.val) => {
+                Some(c.shallow())
             }
-            Err(why) => {
-                reporter.message(&format!("frozen-prefix cache {why}"));
-                None
-            }
+            _ => match cache_plan(
+                model,
+                self.cfg,
+                self.pre,
+                base_from,
+                self.data.train.len(),
+                self.data.val.len(),
+                self.device,
+            ) {
+                Ok(views) => {
+                    let t0 = Instant::now();
+                    let c = build_cache(
+                        model,
+                        self.cfg,
+                        self.pre,
+                        &self.data.gray,
+                        base_from,
+                        views,
+                        &self.data.train,
+                        &self.data.val,
+                        self.device,
+                    );
+                    reporter.message(&format!(
+                        "cached the frozen {} output: {} view(s) of {} training images{}, in {:.1}s",
+                        Block::from_index(base_from.index() - 1),
+                        views,
+                        self.data.train.len(),
+                        if self.data.val.is_empty() { String::new() } else { format!(" and {} validation images", self.data.val.len()) },
+                        t0.elapsed().as_secs_f64()
+                    ));
+                    Some(c)
+                }
+                Err(why) => {
+                    reporter.message(&format!("frozen-prefix cache {why}"));
+                    None
+                }
+            },
         };
         for (si, stage) in self.cfg.stages.iter().enumerate() {
             if si < st.stage
@@ -460,15 +573,14 @@ impl Trainer<'_> {
                     let rows: Vec<usize> = b.iter().map(|&o| self.data.train[o]).collect();
                     let logits = match &cache {
                         Some(c) => {
-                            let pick: Vec<i64> = b
+                            let pick = b
                                 .iter()
                                 .map(|&o| {
-                                    (rng.gen_range(0..c.views) * self.data.train.len() + o) as i64
+                                    rng.gen_range(0..c.views) * c.n_aug
+                                        + c.aug_row[self.data.train[o]].unwrap_or(0)
                                 })
-                                .collect();
-                            let x = c
-                                .bank
-                                .index_select(0, &Tensor::from_slice(&pick).to_device(self.device));
+                                .collect::<Vec<_>>();
+                            let x = c.aug.index_select(0, &index(pick.into_iter(), self.device));
                             model.forward_from(&x, c.from, true)
                         }
                         None => {

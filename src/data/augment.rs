@@ -2,7 +2,7 @@
 //! horizontal flip, rotation, zoom, translation (one affine warp through
 //! libtorch's grid sampler) and brightness / contrast.
 
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
@@ -83,58 +83,81 @@ impl Augment {
         }
     }
 
-    /// One random view of each image; draws all parameters from `rng`.
+    /// One random view of each image; draws all parameters from `rng`, image after image.
     pub fn apply(&self, gray: &Tensor, rng: &mut ChaCha8Rng) -> Tensor {
         if self.is_identity() {
             return gray.shallow_clone();
         }
-        let size = gray.size();
-        let n = size[0] as usize;
-        let mut theta = Vec::with_capacity(n * 6);
-        let mut gain = Vec::with_capacity(n);
-        let mut shift = Vec::with_capacity(n);
-        let sym = |rng: &mut ChaCha8Rng, m: f64| if m > 0.0 { rng.gen_range(-m..=m) } else { 0.0 };
-        for _ in 0..n {
-            let flip = if self.flip && rng.gen_bool(0.5) {
-                -1.0
-            } else {
-                1.0
-            };
-            let a = sym(rng, self.rotate).to_radians();
-            let s = 1.0 / (1.0 + sym(rng, self.zoom));
-            let (tx, ty) = (
-                2.0 * sym(rng, self.translate),
-                2.0 * sym(rng, self.translate),
-            );
-            // Output→input sampling matrix; the flip mirrors the output x axis.
-            theta.extend_from_slice(&[
-                s * a.cos() * flip,
-                -s * a.sin(),
-                tx,
-                s * a.sin() * flip,
-                s * a.cos(),
-                ty,
-            ]);
-            gain.push(1.0 + sym(rng, self.contrast));
-            shift.push(sym(rng, self.brightness));
+        let n = gray.size()[0] as usize;
+        let params: Vec<[f64; 8]> = (0..n).map(|_| self.draw(rng)).collect();
+        self.warp(gray, &params)
+    }
+
+    /// One random view of each image, image i drawn from its own `seeds[i]`
+    /// (so a view depends on the image, not on the batch it is in).
+    pub fn apply_seeded(&self, gray: &Tensor, seeds: &[u64]) -> Tensor {
+        if self.is_identity() {
+            return gray.shallow_clone();
         }
+        let params: Vec<[f64; 8]> = seeds
+            .iter()
+            .map(|&s| self.draw(&mut ChaCha8Rng::seed_from_u64(s)))
+            .collect();
+        self.warp(gray, &params)
+    }
+
+    /// θ (six affine coefficients), contrast gain, brightness shift.
+    fn draw(&self, rng: &mut ChaCha8Rng) -> [f64; 8] {
+        let sym = |rng: &mut ChaCha8Rng, m: f64| if m > 0.0 { rng.gen_range(-m..=m) } else { 0.0 };
+        let flip = if self.flip && rng.gen_bool(0.5) {
+            -1.0
+        } else {
+            1.0
+        };
+        let a = sym(rng, self.rotate).to_radians();
+        let s = 1.0 / (1.0 + sym(rng, self.zoom));
+        let (tx, ty) = (
+            2.0 * sym(rng, self.translate),
+            2.0 * sym(rng, self.translate),
+        );
+        let gain = 1.0 + sym(rng, self.contrast);
+        let shift = sym(rng, self.brightness);
+        // Output→input sampling matrix; the flip mirrors the output x axis.
+        [
+            s * a.cos() * flip,
+            -s * a.sin(),
+            tx,
+            s * a.sin() * flip,
+            s * a.cos(),
+            ty,
+            gain,
+            shift,
+        ]
+    }
+
+    fn warp(&self, gray: &Tensor, params: &[[f64; 8]]) -> Tensor {
+        let size = gray.size();
+        let n = params.len() as i64;
         let dev = gray.device();
-        let theta = Tensor::from_slice(&theta)
-            .view([n as i64, 2, 3])
-            .to_kind(Kind::Float)
-            .to_device(dev);
+        let col = |k: usize| {
+            Tensor::from_slice(&params.iter().map(|p| p[k]).collect::<Vec<_>>())
+                .to_kind(Kind::Float)
+                .to_device(dev)
+        };
+        let theta = Tensor::from_slice(
+            &params
+                .iter()
+                .flat_map(|p| p[..6].to_vec())
+                .collect::<Vec<_>>(),
+        )
+        .view([n, 2, 3])
+        .to_kind(Kind::Float)
+        .to_device(dev);
         let grid = Tensor::affine_grid_generator(&theta, size.as_slice(), false);
         // bilinear (0), border padding (1): no black corners on rotated faces.
         let warped = gray.grid_sampler(&grid, 0, 1, false);
-        let gain = Tensor::from_slice(&gain)
-            .to_kind(Kind::Float)
-            .to_device(dev)
-            .view([-1, 1, 1, 1]);
-        let shift = Tensor::from_slice(&shift)
-            .to_kind(Kind::Float)
-            .to_device(dev)
-            .view([-1, 1, 1, 1]);
         let mean = warped.mean_dim([1i64, 2, 3].as_slice(), true, Kind::Float);
-        ((warped - &mean) * gain + mean + shift).clamp(0.0, 1.0)
+        ((warped - &mean) * col(6).view([-1, 1, 1, 1]) + mean + col(7).view([-1, 1, 1, 1]))
+            .clamp(0.0, 1.0)
     }
 }

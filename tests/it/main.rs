@@ -3,6 +3,7 @@
 
 mod cli;
 mod common;
+mod cv;
 mod data;
 mod model;
 mod train;

@@ -74,6 +74,7 @@ fn trainer<'a>(cfg: &'a TrainConfig, p: &'a Prepared, pre: &'a Preprocess) -> Tr
         device: Device::Cpu,
         checkpoint_dir: None,
         stop: None,
+        shared: None,
     }
 }
 

@@ -1,0 +1,537 @@
+//! `vggft cv`: the `finetune` recipe on every fold of a subject-grouped
+//! cross-validation (leave-one-subject-out or K folds), repeated over seeds,
+//! and the honest summary: per-fold table, mean ± std and a 95 % interval
+//! per metric, per-subject accuracy, pooled out-of-fold confusion matrix and
+//! ROC curve, the majority baseline.
+//!
+//! Within a fold the held-out images are never looked at during training:
+//! there is no early stopping, the recipe runs its fixed epochs and the last
+//! epoch is evaluated. Fold results are written one file each
+//! (`folds/seed<S>-fold<F>.json`), so `--fold i` can spread folds over
+//! processes and `--collect DIR` merges them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use tch::Device;
+
+use crate::config::{DataConfig, ModelOptions, RunConfig, TrainConfig, WeightsInfo};
+use crate::data::split::{self, ValSpec};
+use crate::error::{Error, Result};
+use crate::eval::{self, Metrics};
+use crate::model::{Block, BnMode, Vgg16};
+use crate::run::{
+    model_config, prepare, resolve_weights, softmax_rows, weights_source, LIBTORCH_VERSION, VERSION,
+};
+use crate::train::{self, Reporter, TrainData, Trainer};
+use crate::{fsutil, plot, weights};
+
+/// Which folds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Folds {
+    /// Leave one subject out.
+    Loso,
+    K {
+        k: usize,
+    },
+}
+
+impl Folds {
+    pub fn parse(s: &str) -> Result<Folds> {
+        if s == "loso" {
+            return Ok(Folds::Loso);
+        }
+        let k: usize = s
+            .parse()
+            .map_err(|_| Error::config(format!("--folds `{s}`: expected loso or a number ≥ 2")))?;
+        if k < 2 {
+            return Err(Error::config(format!(
+                "--folds must be at least 2, got {k}"
+            )));
+        }
+        Ok(Folds::K { k })
+    }
+}
+
+/// `cv.json`'s recipe part: everything needed to rerun or extend it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CvConfig {
+    pub run: RunConfig,
+    pub folds: Folds,
+    pub seeds: Vec<u64>,
+}
+
+pub struct Request {
+    pub data: DataConfig,
+    pub model: ModelOptions,
+    pub train: TrainConfig,
+    pub weights: Option<PathBuf>,
+    pub random_init: bool,
+    pub device: String,
+    pub folds: Folds,
+    pub seeds: Vec<u64>,
+    /// Run only this fold (0-based) of each seed.
+    pub only_fold: Option<usize>,
+    pub out: PathBuf,
+}
+
+/// One fold of one seed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FoldResult {
+    pub seed: u64,
+    pub fold: usize,
+    pub paths: Vec<String>,
+    pub subjects: Vec<String>,
+    pub y: Vec<i64>,
+    pub probs: Vec<Vec<f64>>,
+    pub metrics: Metrics,
+    pub n_train: usize,
+    pub seconds: f64,
+}
+
+/// Mean, standard deviation and 95 % interval of one metric over folds × seeds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Stat {
+    pub metric: String,
+    pub mean: f64,
+    pub std: f64,
+    pub ci95: (f64, f64),
+    pub n: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Summary {
+    pub protocol: String,
+    pub classes: Vec<String>,
+    pub stats: Vec<Stat>,
+    pub pooled: Metrics,
+    pub per_subject: BTreeMap<String, (usize, usize)>,
+    pub folds: Vec<(u64, usize, Metrics)>,
+}
+
+/// Two-sided 97.5 % quantile of Student's t for `df` degrees of freedom.
+fn t975(df: usize) -> f64 {
+    const T: [f64; 30] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042,
+    ];
+    if df == 0 {
+        f64::NAN
+    } else if df <= 30 {
+        T[df - 1]
+    } else {
+        1.96 + 2.5 / df as f64
+    }
+}
+
+/// Mean ± std (sample) and the t-based 95 % interval of the mean, ignoring NaN.
+pub fn stat(metric: &str, values: &[f64]) -> Stat {
+    let v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    let n = v.len();
+    let mean = v.iter().sum::<f64>() / n.max(1) as f64;
+    let std = if n > 1 {
+        (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
+    } else {
+        f64::NAN
+    };
+    let half = t975(n.saturating_sub(1)) * std / (n as f64).sqrt();
+    Stat {
+        metric: metric.into(),
+        mean,
+        std,
+        ci95: (mean - half, mean + half),
+        n,
+    }
+}
+
+/// Runs the folds (all, or `only_fold`), writes each result, then (when
+/// every fold is there) the summary.
+pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>> {
+    req.train.validate()?;
+    if req.seeds.is_empty() {
+        return Err(Error::config("--seeds is empty"));
+    }
+    let device = crate::run::parse_device(&req.device)?;
+    let mut data_cfg = req.data.clone();
+    data_cfg.val = ValSpec::None;
+    let prepared = prepare(&data_cfg, req.seeds[0], reporter)?;
+    let ds = &prepared.dataset;
+    let labels = &prepared.labels;
+    let weights = if req.random_init {
+        WeightsInfo {
+            path: PathBuf::new(),
+            source: "random initialisation".into(),
+            sha256: String::new(),
+        }
+    } else {
+        let p = resolve_weights(req.weights.as_deref(), req.model.bn.has_bn())?;
+        WeightsInfo {
+            sha256: weights::sha256_file(&p)?,
+            source: weights_source(&p),
+            path: p.canonicalize().unwrap_or(p),
+        }
+    };
+    let cfg = CvConfig {
+        run: RunConfig {
+            vggft_version: VERSION.into(),
+            libtorch_version: LIBTORCH_VERSION.into(),
+            created: chrono::Local::now().to_rfc3339(),
+            data: data_cfg.clone(),
+            classes: labels.classes.clone(),
+            model: req.model.clone(),
+            train: req.train.clone(),
+            weights,
+            device: req.device.clone(),
+        },
+        folds: req.folds.clone(),
+        seeds: req.seeds.clone(),
+    };
+    fsutil::create_dir(&req.out.join("folds"))?;
+    fsutil::write_json(&req.out.join("cv-config.json"), &cfg)?;
+    if !ds.samples.iter().all(|s| s.subject.is_some()) {
+        reporter.message("no subject ids in this dataset: folds are stratified image folds (the same person may be in training and test)");
+    }
+    let n_all = ds.samples.len();
+    let seed0 = req.train.seed;
+    // The frozen prefix does not depend on the fold when BN statistics are
+    // not re-estimated: compute it once for all folds and seeds.
+    let base_model = fresh_model(&cfg.run, device, seed0 as i64)?;
+    let from = req
+        .train
+        .stages
+        .iter()
+        .map(|s| s.from)
+        .min()
+        .unwrap_or(Block::Head);
+    let shared = if req.model.bn == BnMode::Recalibrate {
+        reporter.message("frozen-prefix cache per fold: --bn recalibrate re-estimates statistics on each fold's training images");
+        None
+    } else {
+        match train::cache_plan(
+            &base_model,
+            &req.train,
+            &data_cfg.preprocess,
+            from,
+            n_all,
+            n_all,
+            device,
+        ) {
+            Ok(views) => {
+                let t0 = Instant::now();
+                let all: Vec<usize> = (0..n_all).collect();
+                let c = train::build_cache(
+                    &base_model,
+                    &req.train,
+                    &data_cfg.preprocess,
+                    &prepared.data.gray,
+                    from,
+                    views,
+                    &all,
+                    &all,
+                    device,
+                );
+                reporter.message(&format!("cached the frozen {} output once for every fold and seed: {views} view(s) of {n_all} images, in {:.1}s", Block::from_index(from.index() - 1), t0.elapsed().as_secs_f64()));
+                Some(c)
+            }
+            Err(why) => {
+                reporter.message(&format!("frozen-prefix cache {why}"));
+                None
+            }
+        }
+    };
+    for &seed in &req.seeds {
+        let folds = match req.folds {
+            Folds::Loso => {
+                let subjects: Vec<String> = ds
+                    .samples
+                    .iter()
+                    .map(|s| s.subject.clone().unwrap_or_default())
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                if subjects.len() < 2 || subjects.iter().any(String::is_empty) {
+                    return Err(Error::dataset(
+                        &ds.root,
+                        "--folds loso needs subject ids for every image",
+                    ));
+                }
+                subjects
+                    .iter()
+                    .map(|s| {
+                        (0..n_all)
+                            .filter(|&i| ds.samples[i].subject.as_deref() == Some(s))
+                            .collect()
+                    })
+                    .collect()
+            }
+            Folds::K { k } => split::kfold(ds, labels, k, seed)?,
+        };
+        if let Some(f) = req.only_fold {
+            if f >= folds.len() {
+                return Err(Error::config(format!(
+                    "--fold {f}: there are {} folds (0–{})",
+                    folds.len(),
+                    folds.len() - 1
+                )));
+            }
+        }
+        for (fi, test) in folds.iter().enumerate() {
+            if req.only_fold.is_some_and(|f| f != fi) {
+                continue;
+            }
+            let t0 = Instant::now();
+            let train: Vec<usize> = (0..n_all)
+                .filter(|i| test.binary_search(i).is_err())
+                .collect();
+            let data = TrainData {
+                gray: prepared.data.gray.shallow_clone(),
+                targets: labels.targets.clone(),
+                train,
+                val: vec![],
+                num_classes: labels.classes.len(),
+            };
+            let mut tc = req.train.clone();
+            tc.seed = seed;
+            let mut model = fresh_model(&cfg.run, device, seed as i64)?;
+            if cfg.run.model.bn == BnMode::Recalibrate {
+                let imgs: Vec<tch::Tensor> = data
+                    .train
+                    .chunks(32)
+                    .map(|c| {
+                        data_cfg
+                            .preprocess
+                            .normalise(&crate::data::select(&data.gray, c, device))
+                    })
+                    .collect();
+                model.recalibrate(&imgs)?;
+            }
+            let trainer = Trainer {
+                cfg: &tc,
+                pre: &data_cfg.preprocess,
+                data: &data,
+                device,
+                checkpoint_dir: None,
+                stop: None,
+                shared: shared.as_ref().filter(|c| c.covers(&data.train, test)),
+            };
+            let mut quiet = train::Collect::default();
+            trainer.run(&mut model, &mut quiet, None)?;
+            let probs = softmax_rows(&trainer.logits(&model, shared.as_ref(), test));
+            let y: Vec<i64> = test.iter().map(|&i| labels.targets[i]).collect();
+            let metrics = eval::metrics(&y, &probs, &labels.classes);
+            let r = FoldResult {
+                seed,
+                fold: fi,
+                paths: test
+                    .iter()
+                    .map(|&i| ds.samples[i].path.display().to_string())
+                    .collect(),
+                subjects: test
+                    .iter()
+                    .map(|&i| ds.samples[i].subject.clone().unwrap_or_default())
+                    .collect(),
+                y,
+                probs,
+                metrics,
+                n_train: data.train.len(),
+                seconds: t0.elapsed().as_secs_f64(),
+            };
+            reporter.message(&format!(
+                "seed {seed} fold {}/{}: {} test images, balanced accuracy {:.3}, accuracy {:.3}, {:.1}s",
+                fi + 1,
+                folds.len(),
+                test.len(),
+                r.metrics.balanced_accuracy,
+                r.metrics.accuracy,
+                r.seconds
+            ));
+            fsutil::write_json(
+                &req.out
+                    .join("folds")
+                    .join(format!("seed{seed}-fold{fi}.json")),
+                &r,
+            )?;
+        }
+    }
+    if req.only_fold.is_some() {
+        return Ok(None);
+    }
+    collect(&req.out).map(Some)
+}
+
+fn fresh_model(cfg: &RunConfig, device: Device, seed: i64) -> Result<Vgg16> {
+    tch::manual_seed(seed);
+    let mut model = Vgg16::new(&model_config(&cfg.model, cfg.classes.len()), device)?;
+    if !cfg.weights.path.as_os_str().is_empty() {
+        weights::load_pretrained(&mut model, &cfg.weights.path)?;
+    }
+    Ok(model)
+}
+
+/// Merges every `folds/*.json` of a cv folder into `cv.json`, `cv.md` and plots.
+pub fn collect(dir: &Path) -> Result<Summary> {
+    let cfg_path = dir.join("cv-config.json");
+    let cfg: CvConfig = serde_json::from_str(
+        &std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?,
+    )
+    .map_err(|e| Error::file(&cfg_path, format!("is not a vggft cv config: {e}")))?;
+    let fdir = dir.join("folds");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&fdir)
+        .map_err(|e| Error::io(&fdir, e))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    let mut results: Vec<FoldResult> = files
+        .iter()
+        .map(|p| -> Result<FoldResult> {
+            let s = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
+            serde_json::from_str(&s)
+                .map_err(|e| Error::file(p, format!("is not a fold result: {e}")))
+        })
+        .collect::<Result<_>>()?;
+    if results.is_empty() {
+        return Err(Error::file(&fdir, "holds no fold results"));
+    }
+    results.sort_by_key(|r| (r.seed, r.fold));
+    let classes = cfg.run.classes.clone();
+    let get = |f: fn(&Metrics) -> f64| results.iter().map(|r| f(&r.metrics)).collect::<Vec<_>>();
+    let stats = vec![
+        stat("balanced_accuracy", &get(|m| m.balanced_accuracy)),
+        stat("accuracy", &get(|m| m.accuracy)),
+        stat("roc_auc", &get(|m| m.roc_auc)),
+        stat("majority_baseline", &get(|m| m.majority_baseline)),
+    ];
+    let y: Vec<i64> = results.iter().flat_map(|r| r.y.clone()).collect();
+    let probs: Vec<Vec<f64>> = results.iter().flat_map(|r| r.probs.clone()).collect();
+    let pooled = eval::metrics(&y, &probs, &classes);
+    let mut per_subject: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for r in &results {
+        for ((s, &t), p) in r.subjects.iter().zip(&r.y).zip(&r.probs) {
+            let e = per_subject.entry(s.clone()).or_default();
+            e.1 += 1;
+            if crate::predict::argmax(p) as i64 == t {
+                e.0 += 1;
+            }
+        }
+    }
+    let protocol = format!(
+        "{} cross-validation ({}), {} seed(s) {:?}, {} fold results; metrics per fold, mean ± std and t-based 95 % interval over folds × seeds; the last epoch of the fixed recipe is evaluated (no early stopping on test folds)",
+        match cfg.folds {
+            Folds::Loso => "leave-one-subject-out".to_string(),
+            Folds::K { k } => format!("{k}-fold subject-grouped"),
+        },
+        classes.join(" vs "),
+        cfg.seeds.len(),
+        cfg.seeds,
+        results.len()
+    );
+    let summary = Summary {
+        protocol,
+        classes: classes.clone(),
+        stats,
+        pooled,
+        per_subject,
+        folds: results
+            .iter()
+            .map(|r| (r.seed, r.fold, r.metrics.clone()))
+            .collect(),
+    };
+    fsutil::write_json(&dir.join("cv.json"), &summary)?;
+    fsutil::write_atomic(&dir.join("cv.md"), markdown(&summary).as_bytes())?;
+    plot::confusion(
+        &dir.join("confusion.png"),
+        &summary.pooled.confusion,
+        &classes,
+        "pooled out-of-fold predictions",
+    )?;
+    if classes.len() == 2 {
+        let pos: Vec<bool> = y.iter().map(|&t| t == 1).collect();
+        let scores: Vec<f64> = probs.iter().map(|p| p[1]).collect();
+        plot::roc(
+            &dir.join("roc.png"),
+            &pos,
+            &scores,
+            &format!("pooled out-of-fold ROC, positive class `{}`", classes[1]),
+        )?;
+    }
+    plot::spread(
+        &dir.join("folds.png"),
+        &results
+            .iter()
+            .map(|r| (r.seed, r.fold, r.metrics.balanced_accuracy))
+            .collect::<Vec<_>>(),
+        summary.stats[3].mean,
+    )?;
+    Ok(summary)
+}
+
+/// The printed / saved summary.
+pub fn markdown(s: &Summary) -> String {
+    let mut out = format!("# Cross-validation\n\n{}\n\n| metric | mean ± std | 95 % interval | n |\n|---|---|---|---|\n", s.protocol);
+    for st in &s.stats {
+        out.push_str(&format!(
+            "| {} | {:.3} ± {:.3} | [{:.3}, {:.3}] | {} |\n",
+            st.metric, st.mean, st.std, st.ci95.0, st.ci95.1, st.n
+        ));
+    }
+    out.push_str("\n## Per fold\n\n| seed | fold | n | accuracy | balanced accuracy | ROC AUC |\n|---|---|---|---|---|---|\n");
+    for (seed, fold, m) in &s.folds {
+        out.push_str(&format!(
+            "| {seed} | {fold} | {} | {:.3} | {:.3} | {:.3} |\n",
+            m.n, m.accuracy, m.balanced_accuracy, m.roc_auc
+        ));
+    }
+    out.push_str(&format!(
+        "\n## Pooled out-of-fold predictions\n\naccuracy {:.3}, balanced accuracy {:.3}, ROC AUC {:.3}, majority baseline {:.3}\n\n| true \\ predicted | {} |\n|---|{}\n",
+        s.pooled.accuracy,
+        s.pooled.balanced_accuracy,
+        s.pooled.roc_auc,
+        s.pooled.majority_baseline,
+        s.classes.join(" | "),
+        "---|".repeat(s.classes.len())
+    ));
+    for (c, row) in s.classes.iter().zip(&s.pooled.confusion) {
+        out.push_str(&format!(
+            "| {c} | {} |\n",
+            row.iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join(" | ")
+        ));
+    }
+    out.push_str("\n## Per subject (correct / tested, pooled over seeds)\n\n");
+    let worst: Vec<String> = {
+        let mut v: Vec<(&String, &(usize, usize))> = s.per_subject.iter().collect();
+        v.sort_by(|a, b| {
+            (a.1 .0 as f64 / a.1 .1 as f64)
+                .total_cmp(&(b.1 .0 as f64 / b.1 .1 as f64))
+                .then(a.0.cmp(b.0))
+        });
+        v.iter()
+            .map(|(k, (c, n))| format!("{k}: {c}/{n}"))
+            .collect()
+    };
+    out.push_str(&worst.join(", "));
+    out.push('\n');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn stat_by_hand() {
+        let s = super::stat("x", &[0.5, 0.7, 0.9, f64::NAN]);
+        assert_eq!(s.n, 3);
+        assert!((s.mean - 0.7).abs() < 1e-12);
+        assert!((s.std - 0.2).abs() < 1e-12);
+        // t(0.975, 2) = 4.303: half-width 4.303 · 0.2 / √3.
+        assert!((s.ci95.1 - (0.7 + 4.303 * 0.2 / 3f64.sqrt())).abs() < 1e-9);
+        assert!(super::Folds::parse("1").is_err() && super::Folds::parse("loso").is_ok());
+    }
+}

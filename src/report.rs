@@ -1,0 +1,173 @@
+//! `vggft report`: runs and cross-validations side by side as a Markdown
+//! table — the recipe settings that differ between them, and each metric
+//! (mean ± std for a cross-validation).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+/// Flattens JSON into `a.b.c` → scalar text.
+fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, v) in m {
+                flatten(
+                    &if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    },
+                    v,
+                    out,
+                );
+            }
+        }
+        Value::Array(a) if a.iter().all(|x| !x.is_object() && !x.is_array()) => {
+            out.insert(
+                prefix.to_string(),
+                a.iter()
+                    .map(|x| x.to_string().trim_matches('"').to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            );
+        }
+        Value::Array(a) => {
+            for (i, v) in a.iter().enumerate() {
+                flatten(&format!("{prefix}.{i}"), v, out);
+            }
+        }
+        other => {
+            out.insert(
+                prefix.to_string(),
+                other.to_string().trim_matches('"').to_string(),
+            );
+        }
+    }
+}
+
+fn read_json(p: &Path) -> Result<Value> {
+    let s = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
+    serde_json::from_str(&s).map_err(|e| Error::file(p, format!("is not valid JSON: {e}")))
+}
+
+/// One column of the report: its recipe and its metrics as text.
+struct Entry {
+    name: String,
+    recipe: BTreeMap<String, String>,
+    metrics: BTreeMap<String, String>,
+}
+
+fn entry(dir: &Path) -> Result<Entry> {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| dir.display().to_string());
+    let mut recipe = BTreeMap::new();
+    let mut metrics = BTreeMap::new();
+    if dir.join("cv.json").is_file() {
+        let cfg = read_json(&dir.join("cv-config.json"))?;
+        flatten("", &cfg["run"], &mut recipe);
+        recipe.insert("cv.folds".into(), cfg["folds"].to_string());
+        recipe.insert("cv.seeds".into(), cfg["seeds"].to_string());
+        let cv = read_json(&dir.join("cv.json"))?;
+        for s in cv["stats"].as_array().into_iter().flatten() {
+            metrics.insert(
+                s["metric"].as_str().unwrap_or("?").to_string(),
+                format!(
+                    "{:.3} ± {:.3}",
+                    s["mean"].as_f64().unwrap_or(f64::NAN),
+                    s["std"].as_f64().unwrap_or(f64::NAN)
+                ),
+            );
+        }
+        metrics.insert("protocol".into(), "cv".into());
+    } else if dir.join("config.json").is_file() {
+        flatten("", &read_json(&dir.join("config.json"))?, &mut recipe);
+        let m = read_json(&dir.join("metrics.json"))?;
+        let v = &m["validation"];
+        for k in [
+            "balanced_accuracy",
+            "accuracy",
+            "roc_auc",
+            "majority_baseline",
+        ] {
+            if let Some(x) = v[k].as_f64() {
+                metrics.insert(k.into(), format!("{x:.3}"));
+            }
+        }
+        metrics.insert(
+            "protocol".into(),
+            m["protocol"].as_str().unwrap_or("holdout").to_string(),
+        );
+    } else {
+        return Err(Error::file(
+            dir,
+            "is neither a run folder (config.json) nor a cv folder (cv.json)",
+        ));
+    }
+    Ok(Entry {
+        name,
+        recipe,
+        metrics,
+    })
+}
+
+/// The Markdown table for `dirs`.
+pub fn report(dirs: &[std::path::PathBuf]) -> Result<String> {
+    let entries: Vec<Entry> = dirs.iter().map(|d| entry(d)).collect::<Result<_>>()?;
+    let ignore = ["created", "weights.path", "data.path"];
+    let keys: Vec<String> = entries
+        .iter()
+        .flat_map(|e| e.recipe.keys().cloned())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .filter(|k| !ignore.contains(&k.as_str()))
+        .filter(|k| {
+            let vals: std::collections::BTreeSet<Option<&String>> =
+                entries.iter().map(|e| e.recipe.get(k)).collect();
+            vals.len() > 1
+        })
+        .collect();
+    let mut out = format!(
+        "| | {} |\n|---|{}\n",
+        entries
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect::<Vec<_>>()
+            .join(" | "),
+        "---|".repeat(entries.len())
+    );
+    for k in &keys {
+        out.push_str(&format!(
+            "| {k} | {} |\n",
+            entries
+                .iter()
+                .map(|e| e.recipe.get(k).map(String::as_str).unwrap_or("–"))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        ));
+    }
+    for m in [
+        "protocol",
+        "balanced_accuracy",
+        "accuracy",
+        "roc_auc",
+        "majority_baseline",
+    ] {
+        out.push_str(&format!(
+            "| **{m}** | {} |\n",
+            entries
+                .iter()
+                .map(|e| e.metrics.get(m).map(String::as_str).unwrap_or("–"))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        ));
+    }
+    if keys.is_empty() {
+        out.push_str("\n(no recipe differences: the same settings throughout)\n");
+    }
+    Ok(out)
+}
