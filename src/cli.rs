@@ -5,9 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::config::{
-    parse_stages, stages_for, ClassWeights, DataConfig, ModelOptions, TrainConfig,
-};
+use crate::config::{parse_stages, stages_for, ClassWeights, DataConfig, ModelOptions, TrainConfig};
 use crate::data::augment::Augment;
 use crate::data::image::Crop;
 use crate::data::scan::DataFormat;
@@ -18,11 +16,7 @@ use crate::model::{Block, BnMode, HeadKind};
 use crate::optim::{OptimKind, Schedule};
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "vggft",
-    version,
-    about = "Fine-tune ImageNet VGG16 on small grayscale face datasets, honestly evaluated"
-)]
+#[command(name = "vggft", version, about = "Fine-tune ImageNet VGG16 on small grayscale face datasets, honestly evaluated")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -40,6 +34,16 @@ pub enum Command {
     Evaluate(EvaluateArgs),
     /// Subject-grouped cross-validation of the finetune recipe over folds and seeds.
     Cv(CvArgs),
+    /// Detect and crop the face in every image of a dataset; write crops, faces.csv and a contact sheet.
+    Faces {
+        /// Dataset folder (any layout finetune reads).
+        dir: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Side of each crop in pixels.
+        #[arg(long, default_value_t = 128)]
+        tile: u32,
+    },
     /// Compare runs and cross-validations side by side (Markdown).
     Report {
         /// Run or cv folders.
@@ -81,6 +85,12 @@ pub struct DataArgs {
     /// Crop before resizing: none, x,y,w,h (source pixels) or center:F.
     #[arg(long, default_value = "none")]
     pub crop: String,
+    /// Face localisation before resizing: auto (SeetaFace detector), none, or crop:x,y,w,h.
+    #[arg(long, default_value = "none")]
+    pub face: String,
+    /// With --face auto: an image without a detected face is an error instead of a centred crop.
+    #[arg(long)]
+    pub face_required: bool,
     /// Network input side in pixels.
     #[arg(long, default_value_t = 224, value_parser = clap::value_parser!(u32).range(32..=1024))]
     pub image_size: u32,
@@ -324,49 +334,29 @@ pub struct PredictArgs {
 
 impl DataArgs {
     /// The data config; `None` data means the bundled sample at `sample`.
-    pub fn to_config(
-        &self,
-        sample: impl FnOnce() -> Result<PathBuf>,
-    ) -> Result<(DataConfig, bool)> {
+    pub fn to_config(&self, sample: impl FnOnce() -> Result<PathBuf>) -> Result<(DataConfig, bool)> {
         let (path, bundled) = match &self.data {
             Some(p) => (p.clone(), false),
             None => (sample()?, true),
         };
-        let val = if self.val_subjects.is_empty() {
-            ValSpec::parse(&self.val)?
-        } else {
-            ValSpec::Named {
-                subjects: self.val_subjects.clone(),
-            }
-        };
-        let label_map = self
-            .label_map
-            .as_deref()
-            .map(parse_label_map)
-            .transpose()?
-            .unwrap_or_default();
-        Ok((
-            DataConfig {
-                path,
-                format: self.format,
-                task: self.task,
-                label_map,
-                val,
-                skip_bad: self.skip_bad,
-                preprocess: Preprocess::new(Crop::parse(&self.crop)?, self.image_size),
-            },
-            bundled,
-        ))
+        let val = if self.val_subjects.is_empty() { ValSpec::parse(&self.val)? } else { ValSpec::Named { subjects: self.val_subjects.clone() } };
+        let label_map = self.label_map.as_deref().map(parse_label_map).transpose()?.unwrap_or_default();
+        let mut preprocess = Preprocess::new(Crop::parse(&self.crop)?, self.image_size);
+        preprocess.face = crate::data::face::FaceMode::parse(&self.face, self.face_required)?;
+        if preprocess.face != crate::data::face::FaceMode::None && preprocess.crop != Crop::None {
+            return Err(Error::config("--face and --crop both choose the crop: give one of them"));
+        }
+        if self.face_required && !matches!(preprocess.face, crate::data::face::FaceMode::Auto { .. }) {
+            return Err(Error::config("--face-required applies to --face auto only"));
+        }
+        Ok((DataConfig { path, format: self.format, task: self.task, label_map, val, skip_bad: self.skip_bad, preprocess }, bundled))
     }
 }
 
 impl ModelArgs {
     pub fn to_options(&self) -> Result<ModelOptions> {
         if !(0.0..1.0).contains(&self.dropout) {
-            return Err(Error::config(format!(
-                "--dropout must be in [0, 1), got {}",
-                self.dropout
-            )));
+            return Err(Error::config(format!("--dropout must be in [0, 1), got {}", self.dropout)));
         }
         if self.hidden < 0 || self.width_div < 1 {
             return Err(Error::config("--hidden must be ≥ 0"));
@@ -374,13 +364,7 @@ impl ModelArgs {
         if self.hidden > 0 && self.head != HeadKind::Bn {
             return Err(Error::config("--hidden applies to --head bn only"));
         }
-        Ok(ModelOptions {
-            bn: self.bn,
-            head: self.head,
-            dropout: self.dropout,
-            hidden: self.hidden,
-            width_div: self.width_div,
-        })
+        Ok(ModelOptions { bn: self.bn, head: self.head, dropout: self.dropout, hidden: self.hidden, width_div: self.width_div })
     }
 }
 
@@ -411,28 +395,14 @@ impl TrainArgs {
         knob!(translate);
         knob!(brightness);
         knob!(contrast);
-        let lr = self.lr.unwrap_or(if self.optimizer == OptimKind::Sgd {
-            3e-3
-        } else {
-            1e-3
-        });
-        let weight_decay = self
-            .weight_decay
-            .unwrap_or(if self.optimizer == OptimKind::Adamw {
-                0.01
-            } else {
-                1e-4
-            });
+        let lr = self.lr.unwrap_or(if self.optimizer == OptimKind::Sgd { 3e-3 } else { 1e-3 });
+        let weight_decay = self.weight_decay.unwrap_or(if self.optimizer == OptimKind::Adamw { 0.01 } else { 1e-4 });
         let cfg = TrainConfig {
             stages,
             optimizer: self.optimizer,
             lr,
             block_lr_factor: self.block_lr_factor,
-            momentum: if matches!(self.optimizer, OptimKind::Sgd) {
-                self.momentum
-            } else {
-                0.0
-            },
+            momentum: if matches!(self.optimizer, OptimKind::Sgd) { self.momentum } else { 0.0 },
             weight_decay,
             schedule: self.schedule,
             warmup: self.warmup,

@@ -26,25 +26,12 @@ pub fn parse_stages(s: &str) -> Result<Vec<Stage>> {
     let stages = s
         .split(',')
         .map(|p| {
-            let (b, e) = p.split_once(':').ok_or_else(|| {
-                Error::config(format!(
-                    "--stages entry `{p}`: expected BLOCK:EPOCHS, e.g. conv5:12"
-                ))
-            })?;
-            let epochs: usize = e.trim().parse().map_err(|_| {
-                Error::config(format!(
-                    "--stages entry `{p}`: epochs must be a whole number"
-                ))
-            })?;
+            let (b, e) = p.split_once(':').ok_or_else(|| Error::config(format!("--stages entry `{p}`: expected BLOCK:EPOCHS, e.g. conv5:12")))?;
+            let epochs: usize = e.trim().parse().map_err(|_| Error::config(format!("--stages entry `{p}`: epochs must be a whole number")))?;
             if epochs == 0 {
-                return Err(Error::config(format!(
-                    "--stages entry `{p}`: epochs must be at least 1"
-                )));
+                return Err(Error::config(format!("--stages entry `{p}`: epochs must be at least 1")));
             }
-            Ok(Stage {
-                from: Block::parse(b)?,
-                epochs,
-            })
+            Ok(Stage { from: Block::parse(b)?, epochs })
         })
         .collect::<Result<Vec<_>>>()?;
     if stages.is_empty() {
@@ -58,15 +45,9 @@ pub fn parse_stages(s: &str) -> Result<Vec<Stage>> {
 pub fn stages_for(freeze_until: Block, epochs: usize, warmup_epochs: usize) -> Vec<Stage> {
     let mut v = Vec::new();
     if freeze_until != Block::Head && warmup_epochs > 0 {
-        v.push(Stage {
-            from: Block::Head,
-            epochs: warmup_epochs,
-        });
+        v.push(Stage { from: Block::Head, epochs: warmup_epochs });
     }
-    v.push(Stage {
-        from: freeze_until,
-        epochs,
-    });
+    v.push(Stage { from: freeze_until, epochs });
     v
 }
 
@@ -126,37 +107,22 @@ impl TrainConfig {
             return bad(format!("--lr must be in (0, 10), got {}", self.lr));
         }
         if !(self.block_lr_factor > 0.0 && self.block_lr_factor <= 1.0) {
-            return bad(format!(
-                "--block-lr-factor must be in (0, 1], got {}",
-                self.block_lr_factor
-            ));
+            return bad(format!("--block-lr-factor must be in (0, 1], got {}", self.block_lr_factor));
         }
         if !(0.0..1.0).contains(&self.momentum) {
-            return bad(format!(
-                "--momentum must be in [0, 1), got {}",
-                self.momentum
-            ));
+            return bad(format!("--momentum must be in [0, 1), got {}", self.momentum));
         }
         if !(0.0..1.0).contains(&self.weight_decay) {
-            return bad(format!(
-                "--weight-decay must be in [0, 1), got {}",
-                self.weight_decay
-            ));
+            return bad(format!("--weight-decay must be in [0, 1), got {}", self.weight_decay));
         }
         if !(0.0..0.5).contains(&self.label_smoothing) {
-            return bad(format!(
-                "--label-smoothing must be in [0, 0.5), got {}",
-                self.label_smoothing
-            ));
+            return bad(format!("--label-smoothing must be in [0, 0.5), got {}", self.label_smoothing));
         }
         if !(0.0..0.5).contains(&self.warmup) {
             return bad(format!("--warmup must be in [0, 0.5), got {}", self.warmup));
         }
         if self.batch_size < 2 {
-            return bad(format!(
-                "--batch-size must be at least 2, got {}",
-                self.batch_size
-            ));
+            return bad(format!("--batch-size must be at least 2, got {}", self.batch_size));
         }
         if self.cache_views == 0 {
             return bad("--cache-views must be at least 1".into());
@@ -217,37 +183,10 @@ mod tests {
     #[test]
     fn stages_parse_and_default() {
         let s = parse_stages("head:3,conv5:12,conv4:10").unwrap();
-        assert_eq!(
-            s[2],
-            Stage {
-                from: Block::Conv4,
-                epochs: 10
-            }
-        );
-        assert!(parse_stages("conv9:3")
-            .unwrap_err()
-            .to_string()
-            .contains("conv1, conv2"));
+        assert_eq!(s[2], Stage { from: Block::Conv4, epochs: 10 });
+        assert!(parse_stages("conv9:3").unwrap_err().to_string().contains("conv1, conv2"));
         assert!(parse_stages("conv5:0").is_err() && parse_stages("conv5").is_err());
-        assert_eq!(
-            stages_for(Block::Conv5, 12, 3),
-            vec![
-                Stage {
-                    from: Block::Head,
-                    epochs: 3
-                },
-                Stage {
-                    from: Block::Conv5,
-                    epochs: 12
-                }
-            ]
-        );
-        assert_eq!(
-            stages_for(Block::Head, 5, 3),
-            vec![Stage {
-                from: Block::Head,
-                epochs: 5
-            }]
-        );
+        assert_eq!(stages_for(Block::Conv5, 12, 3), vec![Stage { from: Block::Head, epochs: 3 }, Stage { from: Block::Conv5, epochs: 12 }]);
+        assert_eq!(stages_for(Block::Head, 5, 3), vec![Stage { from: Block::Head, epochs: 5 }]);
     }
 }

@@ -22,9 +22,7 @@ use crate::data::split::{self, ValSpec};
 use crate::error::{Error, Result};
 use crate::eval::{self, Metrics};
 use crate::model::{Block, BnMode, Vgg16};
-use crate::run::{
-    model_config, prepare, resolve_weights, softmax_rows, weights_source, LIBTORCH_VERSION, VERSION,
-};
+use crate::run::{model_config, prepare, resolve_weights, softmax_rows, weights_source, LIBTORCH_VERSION, VERSION};
 use crate::train::{self, Reporter, TrainData, Trainer};
 use crate::{fsutil, plot, weights};
 
@@ -44,13 +42,9 @@ impl Folds {
         if s == "loso" {
             return Ok(Folds::Loso);
         }
-        let k: usize = s
-            .parse()
-            .map_err(|_| Error::config(format!("--folds `{s}`: expected loso or a number ≥ 2")))?;
+        let k: usize = s.parse().map_err(|_| Error::config(format!("--folds `{s}`: expected loso or a number ≥ 2")))?;
         if k < 2 {
-            return Err(Error::config(format!(
-                "--folds must be at least 2, got {k}"
-            )));
+            return Err(Error::config(format!("--folds must be at least 2, got {k}")));
         }
         Ok(Folds::K { k })
     }
@@ -115,9 +109,8 @@ pub struct Summary {
 /// Two-sided 97.5 % quantile of Student's t for `df` degrees of freedom.
 fn t975(df: usize) -> f64 {
     const T: [f64; 30] = [
-        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
-        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
-        2.052, 2.048, 2.045, 2.042,
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080,
+        2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
     ];
     if df == 0 {
         f64::NAN
@@ -133,19 +126,9 @@ pub fn stat(metric: &str, values: &[f64]) -> Stat {
     let v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
     let n = v.len();
     let mean = v.iter().sum::<f64>() / n.max(1) as f64;
-    let std = if n > 1 {
-        (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
-    } else {
-        f64::NAN
-    };
+    let std = if n > 1 { (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt() } else { f64::NAN };
     let half = t975(n.saturating_sub(1)) * std / (n as f64).sqrt();
-    Stat {
-        metric: metric.into(),
-        mean,
-        std,
-        ci95: (mean - half, mean + half),
-        n,
-    }
+    Stat { metric: metric.into(), mean, std, ci95: (mean - half, mean + half), n }
 }
 
 /// Runs the folds (all, or `only_fold`), writes each result, then (when
@@ -162,18 +145,10 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
     let ds = &prepared.dataset;
     let labels = &prepared.labels;
     let weights = if req.random_init {
-        WeightsInfo {
-            path: PathBuf::new(),
-            source: "random initialisation".into(),
-            sha256: String::new(),
-        }
+        WeightsInfo { path: PathBuf::new(), source: "random initialisation".into(), sha256: String::new() }
     } else {
         let p = resolve_weights(req.weights.as_deref(), req.model.bn.has_bn())?;
-        WeightsInfo {
-            sha256: weights::sha256_file(&p)?,
-            source: weights_source(&p),
-            path: p.canonicalize().unwrap_or(p),
-        }
+        WeightsInfo { sha256: weights::sha256_file(&p)?, source: weights_source(&p), path: p.canonicalize().unwrap_or(p) }
     };
     let cfg = CvConfig {
         run: RunConfig {
@@ -200,41 +175,21 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
     // The frozen prefix does not depend on the fold when BN statistics are
     // not re-estimated: compute it once for all folds and seeds.
     let base_model = fresh_model(&cfg.run, device, seed0 as i64)?;
-    let from = req
-        .train
-        .stages
-        .iter()
-        .map(|s| s.from)
-        .min()
-        .unwrap_or(Block::Head);
+    let from = req.train.stages.iter().map(|s| s.from).min().unwrap_or(Block::Head);
     let shared = if req.model.bn == BnMode::Recalibrate {
         reporter.message("frozen-prefix cache per fold: --bn recalibrate re-estimates statistics on each fold's training images");
         None
     } else {
-        match train::cache_plan(
-            &base_model,
-            &req.train,
-            &data_cfg.preprocess,
-            from,
-            n_all,
-            n_all,
-            device,
-        ) {
+        match train::cache_plan(&base_model, &req.train, &data_cfg.preprocess, from, n_all, n_all, device) {
             Ok(views) => {
                 let t0 = Instant::now();
                 let all: Vec<usize> = (0..n_all).collect();
-                let c = train::build_cache(
-                    &base_model,
-                    &req.train,
-                    &data_cfg.preprocess,
-                    &prepared.data.gray,
-                    from,
-                    views,
-                    &all,
-                    &all,
-                    device,
-                );
-                reporter.message(&format!("cached the frozen {} output once for every fold and seed: {views} view(s) of {n_all} images, in {:.1}s", Block::from_index(from.index() - 1), t0.elapsed().as_secs_f64()));
+                let c = train::build_cache(&base_model, &req.train, &data_cfg.preprocess, &prepared.data.gray, from, views, &all, &all, device);
+                reporter.message(&format!(
+                    "cached the frozen {} output once for every fold and seed: {views} view(s) of {n_all} images, in {:.1}s",
+                    Block::from_index(from.index() - 1),
+                    t0.elapsed().as_secs_f64()
+                ));
                 Some(c)
             }
             Err(why) => {
@@ -246,37 +201,18 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
     for &seed in &req.seeds {
         let folds = match req.folds {
             Folds::Loso => {
-                let subjects: Vec<String> = ds
-                    .samples
-                    .iter()
-                    .map(|s| s.subject.clone().unwrap_or_default())
-                    .collect::<std::collections::BTreeSet<_>>()
-                    .into_iter()
-                    .collect();
+                let subjects: Vec<String> =
+                    ds.samples.iter().map(|s| s.subject.clone().unwrap_or_default()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
                 if subjects.len() < 2 || subjects.iter().any(String::is_empty) {
-                    return Err(Error::dataset(
-                        &ds.root,
-                        "--folds loso needs subject ids for every image",
-                    ));
+                    return Err(Error::dataset(&ds.root, "--folds loso needs subject ids for every image"));
                 }
-                subjects
-                    .iter()
-                    .map(|s| {
-                        (0..n_all)
-                            .filter(|&i| ds.samples[i].subject.as_deref() == Some(s))
-                            .collect()
-                    })
-                    .collect()
+                subjects.iter().map(|s| (0..n_all).filter(|&i| ds.samples[i].subject.as_deref() == Some(s)).collect()).collect()
             }
             Folds::K { k } => split::kfold(ds, labels, k, seed)?,
         };
         if let Some(f) = req.only_fold {
             if f >= folds.len() {
-                return Err(Error::config(format!(
-                    "--fold {f}: there are {} folds (0–{})",
-                    folds.len(),
-                    folds.len() - 1
-                )));
+                return Err(Error::config(format!("--fold {f}: there are {} folds (0–{})", folds.len(), folds.len() - 1)));
             }
         }
         for (fi, test) in folds.iter().enumerate() {
@@ -284,29 +220,15 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
                 continue;
             }
             let t0 = Instant::now();
-            let train: Vec<usize> = (0..n_all)
-                .filter(|i| test.binary_search(i).is_err())
-                .collect();
-            let data = TrainData {
-                gray: prepared.data.gray.shallow_clone(),
-                targets: labels.targets.clone(),
-                train,
-                val: vec![],
-                num_classes: labels.classes.len(),
-            };
+            let train: Vec<usize> = (0..n_all).filter(|i| test.binary_search(i).is_err()).collect();
+            let data =
+                TrainData { gray: prepared.data.gray.shallow_clone(), targets: labels.targets.clone(), train, val: vec![], num_classes: labels.classes.len() };
             let mut tc = req.train.clone();
             tc.seed = seed;
             let mut model = fresh_model(&cfg.run, device, seed as i64)?;
             if cfg.run.model.bn == BnMode::Recalibrate {
-                let imgs: Vec<tch::Tensor> = data
-                    .train
-                    .chunks(32)
-                    .map(|c| {
-                        data_cfg
-                            .preprocess
-                            .normalise(&crate::data::select(&data.gray, c, device))
-                    })
-                    .collect();
+                let imgs: Vec<tch::Tensor> =
+                    data.train.chunks(32).map(|c| data_cfg.preprocess.normalise(&crate::data::select(&data.gray, c, device))).collect();
                 model.recalibrate(&imgs)?;
             }
             let trainer = Trainer {
@@ -326,14 +248,8 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
             let r = FoldResult {
                 seed,
                 fold: fi,
-                paths: test
-                    .iter()
-                    .map(|&i| ds.samples[i].path.display().to_string())
-                    .collect(),
-                subjects: test
-                    .iter()
-                    .map(|&i| ds.samples[i].subject.clone().unwrap_or_default())
-                    .collect(),
+                paths: test.iter().map(|&i| ds.samples[i].path.display().to_string()).collect(),
+                subjects: test.iter().map(|&i| ds.samples[i].subject.clone().unwrap_or_default()).collect(),
                 y,
                 probs,
                 metrics,
@@ -349,12 +265,7 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
                 r.metrics.accuracy,
                 r.seconds
             ));
-            fsutil::write_json(
-                &req.out
-                    .join("folds")
-                    .join(format!("seed{seed}-fold{fi}.json")),
-                &r,
-            )?;
+            fsutil::write_json(&req.out.join("folds").join(format!("seed{seed}-fold{fi}.json")), &r)?;
         }
     }
     if req.only_fold.is_some() {
@@ -375,24 +286,17 @@ fn fresh_model(cfg: &RunConfig, device: Device, seed: i64) -> Result<Vgg16> {
 /// Merges every `folds/*.json` of a cv folder into `cv.json`, `cv.md` and plots.
 pub fn collect(dir: &Path) -> Result<Summary> {
     let cfg_path = dir.join("cv-config.json");
-    let cfg: CvConfig = serde_json::from_str(
-        &std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?,
-    )
-    .map_err(|e| Error::file(&cfg_path, format!("is not a vggft cv config: {e}")))?;
+    let cfg: CvConfig = serde_json::from_str(&std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?)
+        .map_err(|e| Error::file(&cfg_path, format!("is not a vggft cv config: {e}")))?;
     let fdir = dir.join("folds");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&fdir)
-        .map_err(|e| Error::io(&fdir, e))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(&fdir).map_err(|e| Error::io(&fdir, e))?.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "json")).collect();
     files.sort();
     let mut results: Vec<FoldResult> = files
         .iter()
         .map(|p| -> Result<FoldResult> {
             let s = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
-            serde_json::from_str(&s)
-                .map_err(|e| Error::file(p, format!("is not a fold result: {e}")))
+            serde_json::from_str(&s).map_err(|e| Error::file(p, format!("is not a fold result: {e}")))
         })
         .collect::<Result<_>>()?;
     if results.is_empty() {
@@ -437,37 +341,17 @@ pub fn collect(dir: &Path) -> Result<Summary> {
         stats,
         pooled,
         per_subject,
-        folds: results
-            .iter()
-            .map(|r| (r.seed, r.fold, r.metrics.clone()))
-            .collect(),
+        folds: results.iter().map(|r| (r.seed, r.fold, r.metrics.clone())).collect(),
     };
     fsutil::write_json(&dir.join("cv.json"), &summary)?;
     fsutil::write_atomic(&dir.join("cv.md"), markdown(&summary).as_bytes())?;
-    plot::confusion(
-        &dir.join("confusion.png"),
-        &summary.pooled.confusion,
-        &classes,
-        "pooled out-of-fold predictions",
-    )?;
+    plot::confusion(&dir.join("confusion.png"), &summary.pooled.confusion, &classes, "pooled out-of-fold predictions")?;
     if classes.len() == 2 {
         let pos: Vec<bool> = y.iter().map(|&t| t == 1).collect();
         let scores: Vec<f64> = probs.iter().map(|p| p[1]).collect();
-        plot::roc(
-            &dir.join("roc.png"),
-            &pos,
-            &scores,
-            &format!("pooled out-of-fold ROC, positive class `{}`", classes[1]),
-        )?;
+        plot::roc(&dir.join("roc.png"), &pos, &scores, &format!("pooled out-of-fold ROC, positive class `{}`", classes[1]))?;
     }
-    plot::spread(
-        &dir.join("folds.png"),
-        &results
-            .iter()
-            .map(|r| (r.seed, r.fold, r.metrics.balanced_accuracy))
-            .collect::<Vec<_>>(),
-        summary.stats[3].mean,
-    )?;
+    plot::spread(&dir.join("folds.png"), &results.iter().map(|r| (r.seed, r.fold, r.metrics.balanced_accuracy)).collect::<Vec<_>>(), summary.stats[3].mean)?;
     Ok(summary)
 }
 
@@ -475,17 +359,11 @@ pub fn collect(dir: &Path) -> Result<Summary> {
 pub fn markdown(s: &Summary) -> String {
     let mut out = format!("# Cross-validation\n\n{}\n\n| metric | mean ± std | 95 % interval | n |\n|---|---|---|---|\n", s.protocol);
     for st in &s.stats {
-        out.push_str(&format!(
-            "| {} | {:.3} ± {:.3} | [{:.3}, {:.3}] | {} |\n",
-            st.metric, st.mean, st.std, st.ci95.0, st.ci95.1, st.n
-        ));
+        out.push_str(&format!("| {} | {:.3} ± {:.3} | [{:.3}, {:.3}] | {} |\n", st.metric, st.mean, st.std, st.ci95.0, st.ci95.1, st.n));
     }
     out.push_str("\n## Per fold\n\n| seed | fold | n | accuracy | balanced accuracy | ROC AUC |\n|---|---|---|---|---|---|\n");
     for (seed, fold, m) in &s.folds {
-        out.push_str(&format!(
-            "| {seed} | {fold} | {} | {:.3} | {:.3} | {:.3} |\n",
-            m.n, m.accuracy, m.balanced_accuracy, m.roc_auc
-        ));
+        out.push_str(&format!("| {seed} | {fold} | {} | {:.3} | {:.3} | {:.3} |\n", m.n, m.accuracy, m.balanced_accuracy, m.roc_auc));
     }
     out.push_str(&format!(
         "\n## Pooled out-of-fold predictions\n\naccuracy {:.3}, balanced accuracy {:.3}, ROC AUC {:.3}, majority baseline {:.3}\n\n| true \\ predicted | {} |\n|---|{}\n",
@@ -497,25 +375,13 @@ pub fn markdown(s: &Summary) -> String {
         "---|".repeat(s.classes.len())
     ));
     for (c, row) in s.classes.iter().zip(&s.pooled.confusion) {
-        out.push_str(&format!(
-            "| {c} | {} |\n",
-            row.iter()
-                .map(|v| v.to_string())
-                .collect::<Vec<_>>()
-                .join(" | ")
-        ));
+        out.push_str(&format!("| {c} | {} |\n", row.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(" | ")));
     }
     out.push_str("\n## Per subject (correct / tested, pooled over seeds)\n\n");
     let worst: Vec<String> = {
         let mut v: Vec<(&String, &(usize, usize))> = s.per_subject.iter().collect();
-        v.sort_by(|a, b| {
-            (a.1 .0 as f64 / a.1 .1 as f64)
-                .total_cmp(&(b.1 .0 as f64 / b.1 .1 as f64))
-                .then(a.0.cmp(b.0))
-        });
-        v.iter()
-            .map(|(k, (c, n))| format!("{k}: {c}/{n}"))
-            .collect()
+        v.sort_by(|a, b| (a.1 .0 as f64 / a.1 .1 as f64).total_cmp(&(b.1 .0 as f64 / b.1 .1 as f64)).then(a.0.cmp(b.0)));
+        v.iter().map(|(k, (c, n))| format!("{k}: {c}/{n}")).collect()
     };
     out.push_str(&worst.join(", "));
     out.push('\n');

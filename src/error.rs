@@ -38,34 +38,19 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub fn file(path: impl Into<PathBuf>, problem: impl Into<String>) -> Self {
-        Error::File {
-            path: path.into(),
-            problem: problem.into(),
-        }
+        Error::File { path: path.into(), problem: problem.into() }
     }
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
+        Error::Io { path: path.into(), source }
     }
     pub fn weights(path: impl Into<PathBuf>, problem: impl Into<String>) -> Self {
-        Error::Weights {
-            path: path.into(),
-            problem: problem.into(),
-        }
+        Error::Weights { path: path.into(), problem: problem.into() }
     }
     pub fn image(path: impl Into<PathBuf>, problem: impl Into<String>) -> Self {
-        Error::Image {
-            path: path.into(),
-            problem: problem.into(),
-        }
+        Error::Image { path: path.into(), problem: problem.into() }
     }
     pub fn dataset(path: impl Into<PathBuf>, problem: impl Into<String>) -> Self {
-        Error::Dataset {
-            path: path.into(),
-            problem: problem.into(),
-        }
+        Error::Dataset { path: path.into(), problem: problem.into() }
     }
     pub fn config(problem: impl Into<String>) -> Self {
         Error::Config(problem.into())
@@ -77,10 +62,6 @@ pub fn short_list(names: &[String], max: usize) -> String {
     if names.len() <= max {
         names.join(", ")
     } else {
-        format!(
-            "{}, and {} more",
-            names[..max].join(", "),
-            names.len() - max
-        )
+        format!("{}, and {} more", names[..max].join(", "), names.len() - max)
     }
 }

@@ -23,12 +23,8 @@ pub fn confusion(y: &[i64], pred: &[i64], classes: usize) -> Vec<Vec<usize>> {
 /// Mean recall over the classes present in `y`.
 pub fn balanced_accuracy(y: &[i64], pred: &[i64], classes: usize) -> f64 {
     let m = confusion(y, pred, classes);
-    let recalls: Vec<f64> = m
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| r.iter().sum::<usize>() > 0)
-        .map(|(c, r)| r[c] as f64 / r.iter().sum::<usize>() as f64)
-        .collect();
+    let recalls: Vec<f64> =
+        m.iter().enumerate().filter(|(_, r)| r.iter().sum::<usize>() > 0).map(|(c, r)| r[c] as f64 / r.iter().sum::<usize>() as f64).collect();
     if recalls.is_empty() {
         f64::NAN
     } else {
@@ -59,12 +55,7 @@ pub fn roc_auc(positive: &[bool], scores: &[f64]) -> f64 {
         }
         i = j + 1;
     }
-    let sum_pos: f64 = positive
-        .iter()
-        .zip(&ranks)
-        .filter(|(p, _)| **p)
-        .map(|(_, r)| r)
-        .sum();
+    let sum_pos: f64 = positive.iter().zip(&ranks).filter(|(p, _)| **p).map(|(_, r)| r).sum();
     (sum_pos - (np * (np + 1)) as f64 / 2.0) / (np * nn) as f64
 }
 
@@ -93,52 +84,20 @@ pub struct Metrics {
 /// All metrics from true classes and per-class probabilities (rows sum to 1).
 pub fn metrics(y: &[i64], probs: &[Vec<f64>], classes: &[String]) -> Metrics {
     let c = classes.len();
-    let pred: Vec<i64> = probs
-        .iter()
-        .map(|p| {
-            p.iter()
-                .enumerate()
-                .max_by(|a, b| a.1.total_cmp(b.1))
-                .map(|(i, _)| i as i64)
-                .unwrap_or(0)
-        })
-        .collect();
+    let pred: Vec<i64> = probs.iter().map(|p| p.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i as i64).unwrap_or(0)).collect();
     let m = confusion(y, &pred, c);
     let per_class = (0..c)
         .map(|k| {
             let tp = m[k][k] as f64;
             let support: usize = m[k].iter().sum();
             let predicted: usize = m.iter().map(|r| r[k]).sum();
-            let precision = if predicted == 0 {
-                0.0
-            } else {
-                tp / predicted as f64
-            };
-            let recall = if support == 0 {
-                f64::NAN
-            } else {
-                tp / support as f64
-            };
-            let f1 = if precision + recall > 0.0 {
-                2.0 * precision * recall / (precision + recall)
-            } else {
-                0.0
-            };
-            ClassMetrics {
-                class: classes[k].clone(),
-                support,
-                precision,
-                recall,
-                f1,
-            }
+            let precision = if predicted == 0 { 0.0 } else { tp / predicted as f64 };
+            let recall = if support == 0 { f64::NAN } else { tp / support as f64 };
+            let f1 = if precision + recall > 0.0 { 2.0 * precision * recall / (precision + recall) } else { 0.0 };
+            ClassMetrics { class: classes[k].clone(), support, precision, recall, f1 }
         })
         .collect();
-    let auc_of = |k: usize| {
-        roc_auc(
-            &y.iter().map(|&t| t == k as i64).collect::<Vec<_>>(),
-            &probs.iter().map(|p| p[k]).collect::<Vec<_>>(),
-        )
-    };
+    let auc_of = |k: usize| roc_auc(&y.iter().map(|&t| t == k as i64).collect::<Vec<_>>(), &probs.iter().map(|p| p[k]).collect::<Vec<_>>());
     let roc_auc = if c == 2 {
         auc_of(1)
     } else {
@@ -149,8 +108,7 @@ pub fn metrics(y: &[i64], probs: &[Vec<f64>], classes: &[String]) -> Metrics {
             v.iter().sum::<f64>() / v.len() as f64
         }
     };
-    let majority =
-        m.iter().map(|r| r.iter().sum::<usize>()).max().unwrap_or(0) as f64 / y.len().max(1) as f64;
+    let majority = m.iter().map(|r| r.iter().sum::<usize>()).max().unwrap_or(0) as f64 / y.len().max(1) as f64;
     Metrics {
         n: y.len(),
         accuracy: accuracy(y, &pred),
@@ -170,21 +128,13 @@ mod tests {
     fn metrics_against_hand_computed_values() {
         // 3 of class 0, 1 of class 1; the model always says 0.
         let y = [0, 0, 0, 1];
-        let probs: Vec<Vec<f64>> = vec![
-            vec![0.9, 0.1],
-            vec![0.6, 0.4],
-            vec![0.7, 0.3],
-            vec![0.6, 0.4],
-        ];
+        let probs: Vec<Vec<f64>> = vec![vec![0.9, 0.1], vec![0.6, 0.4], vec![0.7, 0.3], vec![0.6, 0.4]];
         let m = metrics(&y, &probs, &["a".into(), "b".into()]);
         assert_eq!(m.accuracy, 0.75);
         assert_eq!(m.balanced_accuracy, 0.5, "recalls 1 and 0");
         assert_eq!(m.majority_baseline, 0.75);
         assert_eq!(m.confusion, vec![vec![3, 0], vec![1, 0]]);
-        assert_eq!(
-            m.per_class[1].precision, 0.0,
-            "a class never predicted has precision 0"
-        );
+        assert_eq!(m.per_class[1].precision, 0.0, "a class never predicted has precision 0");
         assert_eq!(m.per_class[1].f1, 0.0);
         // AUC of p(b): positive score 0.4 ties with one negative (0.4) and beats two (0.1, 0.3): (2 + 0.5) / 3.
         assert!((m.roc_auc - 2.5 / 3.0).abs() < 1e-12, "{}", m.roc_auc);
@@ -192,14 +142,8 @@ mod tests {
 
     #[test]
     fn auc_extremes_and_degenerate_cases() {
-        assert_eq!(
-            roc_auc(&[false, false, true, true], &[0.1, 0.2, 0.8, 0.9]),
-            1.0
-        );
-        assert_eq!(
-            roc_auc(&[true, true, false, false], &[0.1, 0.2, 0.8, 0.9]),
-            0.0
-        );
+        assert_eq!(roc_auc(&[false, false, true, true], &[0.1, 0.2, 0.8, 0.9]), 1.0);
+        assert_eq!(roc_auc(&[true, true, false, false], &[0.1, 0.2, 0.8, 0.9]), 0.0);
         assert_eq!(roc_auc(&[true, false], &[0.5, 0.5]), 0.5);
         assert!(roc_auc(&[true, true], &[0.1, 0.2]).is_nan());
     }

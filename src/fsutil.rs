@@ -10,10 +10,7 @@ use crate::error::{Error, Result};
 /// A temporary sibling of `path` (same folder, so the rename is atomic).
 /// Its name ends in the same extension, for writers that choose a format by it.
 pub fn temp_sibling(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     path.with_file_name(format!(".{name}.{}.tmp.{name}", std::process::id()))
 }
 
@@ -21,15 +18,8 @@ pub fn temp_sibling(path: &Path) -> PathBuf {
 pub fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let tmp = temp_sibling(path);
     let result = write(&tmp).and_then(|_| {
-        std::fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| Error::io(&tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| {
-            Error::file(
-                path,
-                format!("cannot move the finished file into place: {e}"),
-            )
-        })
+        std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::file(path, format!("cannot move the finished file into place: {e}")))
     });
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -40,23 +30,19 @@ pub fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -
 /// Writes bytes atomically.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic_with(path, |tmp| {
-        let mut f = std::fs::File::create(tmp)
-            .map_err(|e| Error::file(tmp, format!("cannot create: {e}")))?;
-        f.write_all(bytes)
-            .map_err(|e| Error::file(path, format!("cannot write: {e}")))
+        let mut f = std::fs::File::create(tmp).map_err(|e| Error::file(tmp, format!("cannot create: {e}")))?;
+        f.write_all(bytes).map_err(|e| Error::file(path, format!("cannot write: {e}")))
     })
 }
 
 /// Serialises a value as pretty JSON, atomically.
 pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
-    let mut s = serde_json::to_string_pretty(value)
-        .map_err(|e| Error::file(path, format!("cannot serialise: {e}")))?;
+    let mut s = serde_json::to_string_pretty(value).map_err(|e| Error::file(path, format!("cannot serialise: {e}")))?;
     s.push('\n');
     write_atomic(path, s.as_bytes())
 }
 
 /// Creates a folder and its parents, naming it in the error.
 pub fn create_dir(path: &Path) -> Result<()> {
-    std::fs::create_dir_all(path)
-        .map_err(|e| Error::file(path, format!("cannot create folder: {e}")))
+    std::fs::create_dir_all(path).map_err(|e| Error::file(path, format!("cannot create folder: {e}")))
 }

@@ -46,10 +46,7 @@ pub fn suggest(points: &[(f64, f64, f64)]) -> (f64, String) {
     let loss: Vec<f64> = points.iter().map(|p| p.2).collect();
     let n = loss.len();
     if n < 5 {
-        return (
-            points.first().map(|p| p.0).unwrap_or(1e-3),
-            "too few points: the start rate".into(),
-        );
+        return (points.first().map(|p| p.0).unwrap_or(1e-3), "too few points: the start rate".into());
     }
     // Longest strictly decreasing subsequence ending at each point.
     let mut len = vec![1usize; n];
@@ -62,26 +59,16 @@ pub fn suggest(points: &[(f64, f64, f64)]) -> (f64, String) {
             }
         }
     }
-    let end = (0..n)
-        .max_by_key(|&i| (len[i], std::cmp::Reverse(i)))
-        .unwrap_or(0);
+    let end = (0..n).max_by_key(|&i| (len[i], std::cmp::Reverse(i))).unwrap_or(0);
     let start = from[end];
     let third = (end - start) / 3;
     let idx = (start + third + third / 2).min(n - 1);
-    (
-        points[idx].0,
-        format!(
-            "valley: the longest descent of the smoothed loss runs from {:.1e} to {:.1e}",
-            points[start].0, points[end].0
-        ),
-    )
+    (points[idx].0, format!("valley: the longest descent of the smoothed loss runs from {:.1e} to {:.1e}", points[start].0, points[end].0))
 }
 
 pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Found> {
     if !(req.start_lr > 0.0 && req.end_lr > req.start_lr) || req.steps < 10 {
-        return Err(Error::config(
-            "lr-find needs 0 < --start-lr < --end-lr and --steps ≥ 10",
-        ));
+        return Err(Error::config("lr-find needs 0 < --start-lr < --end-lr and --steps ≥ 10"));
     }
     req.train.validate()?;
     let device = crate::run::parse_device(&req.device)?;
@@ -93,29 +80,14 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Found> {
         weights::load_pretrained(&mut model, &w)?;
     }
     // The sweep trains from the deepest stage's freeze point.
-    let from = req
-        .train
-        .stages
-        .iter()
-        .map(|s| s.from)
-        .min()
-        .unwrap_or(Block::Head);
+    let from = req.train.stages.iter().map(|s| s.from).min().unwrap_or(Block::Head);
     model.set_trainable_from(from);
     let pre = &req.data.preprocess;
     let train = &p.data.train;
     // Frozen prefix computed once (no augmentation: the sweep measures the rate, not generalisation).
     let feats = tch::no_grad(|| {
-        let parts: Vec<Tensor> = train
-            .chunks(32)
-            .map(|c| {
-                model.features(
-                    &pre.normalise(&crate::data::select(&p.data.gray, c, device)),
-                    Block::Conv1,
-                    from,
-                    false,
-                )
-            })
-            .collect();
+        let parts: Vec<Tensor> =
+            train.chunks(32).map(|c| model.features(&pre.normalise(&crate::data::select(&p.data.gray, c, device)), Block::Conv1, from, false)).collect();
         Tensor::cat(&parts, 0)
     });
     let groups = model
@@ -123,18 +95,13 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Found> {
         .into_iter()
         .map(|g| Group {
             name: g.block.to_string(),
-            lr_mult: req
-                .train
-                .block_lr_factor
-                .powi((Block::Head.index() - g.block.index()) as i32),
+            lr_mult: req.train.block_lr_factor.powi((Block::Head.index() - g.block.index()) as i32),
             weight_decay: if g.decay { req.train.weight_decay } else { 0.0 },
             params: g.params,
         })
         .collect();
     let mut opt = Optimizer::new(req.train.optimizer, groups, req.train.momentum);
-    let cw = Tensor::from_slice(&class_weights(&req.train, &p.data))
-        .to_kind(Kind::Float)
-        .to_device(device);
+    let cw = Tensor::from_slice(&class_weights(&req.train, &p.data)).to_kind(Kind::Float).to_device(device);
     let targets: Vec<i64> = train.iter().map(|&i| p.data.targets[i]).collect();
     let mut rng = ChaCha8Rng::seed_from_u64(req.train.seed);
     let mut order: Vec<usize> = Vec::new();
@@ -147,28 +114,12 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Found> {
             o.shuffle(&mut rng);
             order.extend(o);
         }
-        let b: Vec<usize> = order
-            .drain(
-                ..req
-                    .train
-                    .batch_size
-                    .min(order.len())
-                    .max(2.min(train.len())),
-            )
-            .collect();
+        let b: Vec<usize> = order.drain(..req.train.batch_size.min(order.len()).max(2.min(train.len()))).collect();
         let lr = req.start_lr * ratio.powi(step as i32);
-        let idx =
-            Tensor::from_slice(&b.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(device);
+        let idx = Tensor::from_slice(&b.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(device);
         let x = feats.index_select(0, &idx);
-        let y = Tensor::from_slice(&b.iter().map(|&i| targets[i]).collect::<Vec<_>>())
-            .to_device(device);
-        let loss = model.forward_from(&x, from, true).cross_entropy_loss(
-            &y,
-            Some(&cw),
-            Reduction::Mean,
-            -100,
-            req.train.label_smoothing,
-        );
+        let y = Tensor::from_slice(&b.iter().map(|&i| targets[i]).collect::<Vec<_>>()).to_device(device);
+        let loss = model.forward_from(&x, from, true).cross_entropy_loss(&y, Some(&cw), Reduction::Mean, -100, req.train.label_smoothing);
         opt.zero_grad();
         loss.backward();
         opt.step(lr);
@@ -178,9 +129,7 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Found> {
         points.push((lr, l, smooth));
         best = best.min(smooth);
         if !l.is_finite() || (step > 10 && smooth > 4.0 * best) {
-            reporter.message(&format!(
-                "lr-find: loss diverged at rate {lr:.2e}, stopping the sweep"
-            ));
+            reporter.message(&format!("lr-find: loss diverged at rate {lr:.2e}, stopping the sweep"));
             break;
         }
     }
@@ -194,13 +143,7 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Found> {
     fsutil::write_atomic(&csv, s.as_bytes())?;
     let png = req.out.join("lr-find.png");
     plot::lr_curve(&png, &points, suggested)?;
-    Ok(Found {
-        points,
-        suggested,
-        method,
-        csv,
-        png,
-    })
+    Ok(Found { points, suggested, method, csv, png })
 }
 
 #[cfg(test)]
@@ -212,8 +155,7 @@ mod tests {
             .map(|i| {
                 let lr = 1e-6 * 10f64.powf(i as f64 / 10.0);
                 let x = lr.log10();
-                let loss = 1.0 - 0.5 * ((x + 3.0) * 2.0).tanh()
-                    + if x > -1.0 { (x + 1.0) * 5.0 } else { 0.0 };
+                let loss = 1.0 - 0.5 * ((x + 3.0) * 2.0).tanh() + if x > -1.0 { (x + 1.0) * 5.0 } else { 0.0 };
                 (lr, loss, loss)
             })
             .collect();

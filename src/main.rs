@@ -9,10 +9,7 @@ use std::sync::Arc;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use vggft::cli::{
-    Cli, Command, CvArgs, EvaluateArgs, FinetuneArgs, LrFindArgs, OutputFormat, PredictArgs, Tta,
-    WeightsCommand,
-};
+use vggft::cli::{Cli, Command, CvArgs, EvaluateArgs, FinetuneArgs, LrFindArgs, OutputFormat, PredictArgs, Tta, WeightsCommand};
 use vggft::train::{EpochRow, Reporter};
 use vggft::{predict, run, weights, Error};
 
@@ -63,19 +60,12 @@ impl Reporter for Cli2 {
             (Some(l), Some(a), Some(b)) => format!(" | val loss {l:.4} acc {a:.3} bal.acc {b:.3}"),
             _ => String::new(),
         };
-        eprintln!(
-            "epoch {:>3} [{}+] lr {:.2e} | train loss {:.4} acc {:.3}{val} | {:.1}s",
-            r.epoch, r.block, r.lr, r.train_loss, r.train_acc, r.seconds
-        );
+        eprintln!("epoch {:>3} [{}+] lr {:.2e} | train loss {:.4} acc {:.3}{val} | {:.1}s", r.epoch, r.block, r.lr, r.train_loss, r.train_acc, r.seconds);
     }
 }
 
 fn reporter(quiet: bool) -> Cli2 {
-    Cli2 {
-        quiet,
-        tty: std::io::stderr().is_terminal(),
-        bar: None,
-    }
+    Cli2 { quiet, tty: std::io::stderr().is_terminal(), bar: None }
 }
 
 /// Ctrl-C sets a flag; training stops after the current batch.
@@ -102,7 +92,10 @@ fn finetune(a: FinetuneArgs) -> anyhow::Result<()> {
         None => {
             let (data, bundled) = a.data.to_config(run::bundled_sample)?;
             if bundled {
-                rep.message(&format!("no --data given: using the bundled sample {} (London faces subset, CC BY 4.0, see data/sample/README.md)", data.path.display()));
+                rep.message(&format!(
+                    "no --data given: using the bundled sample {} (London faces subset, CC BY 4.0, see data/sample/README.md)",
+                    data.path.display()
+                ));
             }
             let req = run::FinetuneRequest {
                 data,
@@ -119,43 +112,24 @@ fn finetune(a: FinetuneArgs) -> anyhow::Result<()> {
     };
     let s = match summary {
         Err(Error::Interrupted(why)) => {
-            let hint = a
-                .resume
-                .clone()
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|| "RUN".into());
+            let hint = a.resume.clone().map(|p| p.display().to_string()).unwrap_or_else(|| "RUN".into());
             eprintln!("{why}; continue with: vggft finetune --resume {hint}");
             std::process::exit(130);
         }
         other => other?,
     };
     println!("run: {}", s.dir.display());
-    println!(
-        "best epoch {} of {}; {} training / {} validation images",
-        s.best_epoch,
-        s.history.len(),
-        s.n_train,
-        s.n_val
-    );
+    println!("best epoch {} of {}; {} training / {} validation images", s.best_epoch, s.history.len(), s.n_train, s.n_val);
     match &s.val {
         Some(m) => {
-            println!(
-                "validation (best epoch, subject-grouped holdout unless noted in metrics.json):"
-            );
+            println!("validation (best epoch, subject-grouped holdout unless noted in metrics.json):");
             println!("  {:<22} {:>8}", "metric", "value");
             println!("  {:<22} {:>8.3}", "accuracy", m.accuracy);
             println!("  {:<22} {:>8.3}", "balanced accuracy", m.balanced_accuracy);
             println!("  {:<22} {:>8.3}", "ROC AUC", m.roc_auc);
             println!("  {:<22} {:>8.3}", "majority baseline", m.majority_baseline);
             for c in &m.per_class {
-                println!(
-                    "  {:<22} {:>8.3}  (n={}, precision {:.3}, F1 {:.3})",
-                    format!("recall {}", c.class),
-                    c.recall,
-                    c.support,
-                    c.precision,
-                    c.f1
-                );
+                println!("  {:<22} {:>8.3}  (n={}, precision {:.3}, F1 {:.3})", format!("recall {}", c.class), c.recall, c.support, c.precision, c.f1);
             }
         }
         None => println!("no validation set (--val none): the final epoch was kept"),
@@ -167,25 +141,11 @@ fn predict_cmd(a: PredictArgs) -> anyhow::Result<bool> {
     let device = run::parse_device(&a.device)?;
     let (cfg, model) = run::load_run(&a.model, device)?;
     let paths = predict::expand_inputs(&a.inputs);
-    let preds = predict::predict(
-        &cfg,
-        &model,
-        &paths,
-        a.tta == Tta::Flip,
-        a.batch_size,
-        device,
-    );
+    let preds = predict::predict(&cfg, &model, &paths, a.tta == Tta::Flip, a.batch_size, device);
     let mut failed = 0;
     let mut json = Vec::new();
     if a.format == OutputFormat::Csv {
-        println!(
-            "path,class,{}",
-            cfg.classes
-                .iter()
-                .map(|c| format!("p_{c}"))
-                .collect::<Vec<_>>()
-                .join(",")
-        );
+        println!("path,class,{}", cfg.classes.iter().map(|c| format!("p_{c}")).collect::<Vec<_>>().join(","));
     }
     for p in &preds {
         match &p.probs {
@@ -215,10 +175,7 @@ fn predict_cmd(a: PredictArgs) -> anyhow::Result<bool> {
         println!("{}", serde_json::to_string_pretty(&json)?);
     }
     if failed > 0 {
-        eprintln!(
-            "{failed} of {} image(s) could not be predicted",
-            preds.len()
-        );
+        eprintln!("{failed} of {} image(s) could not be predicted", preds.len());
     }
     Ok(failed == 0)
 }
@@ -238,10 +195,7 @@ fn lr_find(a: LrFindArgs) -> anyhow::Result<()> {
     let mut rep = reporter(a.quiet);
     let (data, bundled) = a.data.to_config(run::bundled_sample)?;
     if bundled {
-        rep.message(&format!(
-            "no --data given: using the bundled sample {}",
-            data.path.display()
-        ));
+        rep.message(&format!("no --data given: using the bundled sample {}", data.path.display()));
     }
     let req = vggft::lrfind::Request {
         data,
@@ -256,10 +210,7 @@ fn lr_find(a: LrFindArgs) -> anyhow::Result<()> {
         out: a.out.clone(),
     };
     let r = vggft::lrfind::run(&req, &mut rep)?;
-    println!(
-        "suggested learning rate: {:.2e} ({})",
-        r.suggested, r.method
-    );
+    println!("suggested learning rate: {:.2e} ({})", r.suggested, r.method);
     println!(
         "sweep: {} steps from {:.1e} to {:.1e}; loss curve in {} and {}",
         r.points.len(),
@@ -278,66 +229,26 @@ fn evaluate(a: EvaluateArgs) -> anyhow::Result<()> {
     for (p, why) in &ev.skipped {
         eprintln!("skipped {}: {why}", p.display());
     }
-    let name = a
-        .data
-        .file_stem()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "data".into());
-    let out = a
-        .out
-        .clone()
-        .unwrap_or_else(|| a.model.join(format!("eval-{name}")));
+    let name = a.data.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "data".into());
+    let out = a.out.clone().unwrap_or_else(|| a.model.join(format!("eval-{name}")));
     vggft::fsutil::create_dir(&out)?;
     let m = &ev.metrics;
-    vggft::fsutil::write_json(
-        &out.join("metrics.json"),
-        &serde_json::json!({"model": a.model, "data": a.data, "metrics": m}),
-    )?;
-    vggft::plot::confusion(
-        &out.join("confusion.png"),
-        &m.confusion,
-        &cfg.classes,
-        &format!("{} on {}", a.model.display(), a.data.display()),
-    )?;
+    vggft::fsutil::write_json(&out.join("metrics.json"), &serde_json::json!({"model": a.model, "data": a.data, "metrics": m}))?;
+    vggft::plot::confusion(&out.join("confusion.png"), &m.confusion, &cfg.classes, &format!("{} on {}", a.model.display(), a.data.display()))?;
     println!("{} images from {}", m.n, a.data.display());
     println!("  {:<22} {:>8.3}", "accuracy", m.accuracy);
     println!("  {:<22} {:>8.3}", "balanced accuracy", m.balanced_accuracy);
-    println!(
-        "  {:<22} {:>8.3}",
-        if cfg.classes.len() == 2 {
-            "ROC AUC"
-        } else {
-            "ROC AUC (macro OvR)"
-        },
-        m.roc_auc
-    );
+    println!("  {:<22} {:>8.3}", if cfg.classes.len() == 2 { "ROC AUC" } else { "ROC AUC (macro OvR)" }, m.roc_auc);
     println!("  {:<22} {:>8.3}", "majority baseline", m.majority_baseline);
-    println!(
-        "  {:<14} {:>9} {:>9} {:>9} {:>7}",
-        "class", "precision", "recall", "F1", "n"
-    );
+    println!("  {:<14} {:>9} {:>9} {:>9} {:>7}", "class", "precision", "recall", "F1", "n");
     for c in &m.per_class {
-        println!(
-            "  {:<14} {:>9.3} {:>9.3} {:>9.3} {:>7}",
-            c.class, c.precision, c.recall, c.f1, c.support
-        );
+        println!("  {:<14} {:>9.3} {:>9.3} {:>9.3} {:>7}", c.class, c.precision, c.recall, c.f1, c.support);
     }
-    println!(
-        "  confusion (rows: true, columns: predicted {})",
-        cfg.classes.join(", ")
-    );
+    println!("  confusion (rows: true, columns: predicted {})", cfg.classes.join(", "));
     for (c, row) in cfg.classes.iter().zip(&m.confusion) {
-        println!(
-            "  {:<14} {}",
-            c,
-            row.iter().map(|v| format!("{v:>6}")).collect::<String>()
-        );
+        println!("  {:<14} {}", c, row.iter().map(|v| format!("{v:>6}")).collect::<String>());
     }
-    println!(
-        "written: {}, {}",
-        out.join("metrics.json").display(),
-        out.join("confusion.png").display()
-    );
+    println!("written: {}, {}", out.join("metrics.json").display(), out.join("confusion.png").display());
     Ok(())
 }
 
@@ -351,22 +262,14 @@ fn cv(a: CvArgs) -> anyhow::Result<()> {
             }
             let (data, bundled) = a.data.to_config(run::bundled_sample)?;
             if bundled {
-                rep.message(&format!(
-                    "no --data given: using the bundled sample {}",
-                    data.path.display()
-                ));
+                rep.message(&format!("no --data given: using the bundled sample {}", data.path.display()));
             }
             let seeds = match a.repeats {
                 Some(r) if r > 0 => (0..r).collect(),
                 Some(_) => anyhow::bail!("--repeats must be at least 1"),
                 None => a.seeds.clone(),
             };
-            let out = a.out.clone().unwrap_or_else(|| {
-                std::path::PathBuf::from("runs").join(format!(
-                    "cv-{}",
-                    chrono::Local::now().format("%Y%m%d-%H%M%S")
-                ))
-            });
+            let out = a.out.clone().unwrap_or_else(|| std::path::PathBuf::from("runs").join(format!("cv-{}", chrono::Local::now().format("%Y%m%d-%H%M%S"))));
             rep.message(&format!("cv folder: {}", out.display()));
             let req = vggft::cv::Request {
                 data,
@@ -383,12 +286,7 @@ fn cv(a: CvArgs) -> anyhow::Result<()> {
             match vggft::cv::run(&req, &mut rep)? {
                 Some(s) => s,
                 None => {
-                    println!(
-                        "fold {} done; results in {}/folds; merge with: vggft cv --collect {}",
-                        a.fold.unwrap_or(0),
-                        out.display(),
-                        out.display()
-                    );
+                    println!("fold {} done; results in {}/folds; merge with: vggft cv --collect {}", a.fold.unwrap_or(0), out.display(), out.display());
                     return Ok(());
                 }
             }
@@ -407,11 +305,7 @@ fn inspect(file: &std::path::Path, json: bool) -> anyhow::Result<()> {
     println!("file:         {}", i.path);
     println!("sha256:       {}", i.sha256);
     println!("architecture: {}", i.description);
-    println!(
-        "tensors:      {} ({} values)",
-        i.tensors.len(),
-        i.parameters
-    );
+    println!("tensors:      {} ({} values)", i.tensors.len(), i.parameters);
     for (n, s, k) in &i.tensors {
         println!("  {n:<36} {k:<8} {s:?}");
     }
@@ -426,27 +320,34 @@ fn main() -> ExitCode {
         Command::LrFind(a) => lr_find(a).map(|_| true),
         Command::Evaluate(a) => evaluate(a).map(|_| true),
         Command::Cv(a) => cv(a).map(|_| true),
+        Command::Faces { dir, out, tile } => vggft::faces::run(&dir, &out, tile.clamp(32, 512))
+            .map(|r| {
+                println!(
+                    "{} images, {} without a detected face (centred crop), detection {:.1} ms per image",
+                    r.images,
+                    r.fallbacks.len(),
+                    1000.0 * r.seconds_per_image
+                );
+                for p in &r.fallbacks {
+                    println!("  no face: {}", p.display());
+                }
+                println!("crops in {}, boxes in {}, contact sheet {}", out.join("crops").display(), out.join("faces.csv").display(), r.sheet.display());
+                true
+            })
+            .map_err(Into::into),
         Command::Report { dirs } => vggft::report::report(&dirs)
             .map(|r| {
                 println!("{r}");
                 true
             })
             .map_err(Into::into),
-        Command::Weights {
-            command: WeightsCommand::Inspect { file, json },
-        } => inspect(&file, json).map(|_| true),
+        Command::Weights { command: WeightsCommand::Inspect { file, json } } => inspect(&file, json).map(|_| true),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
-            eprintln!(
-                "error: {}",
-                e.chain()
-                    .map(|c| c.to_string())
-                    .collect::<Vec<_>>()
-                    .join(": ")
-            );
+            eprintln!("error: {}", e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": "));
             ExitCode::from(1)
         }
     }

@@ -14,9 +14,7 @@ use tch::{nn, nn::Module, nn::ModuleT, Device, Kind, Tensor};
 use crate::error::{Error, Result};
 
 /// Channel count of each of VGG16's 13 conv layers.
-pub const CHANNELS: [i64; 13] = [
-    64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512,
-];
+pub const CHANNELS: [i64; 13] = [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512];
 /// Block (0-based: conv1 = 0) of each conv layer.
 pub const BLOCK_OF_CONV: [usize; 13] = [0, 0, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4];
 /// torchvision `features.N` index of each conv in plain VGG16.
@@ -27,19 +25,7 @@ pub const BN_CONV_IDX: [usize; 13] = [0, 3, 7, 10, 14, 17, 20, 24, 27, 30, 34, 3
 pub const BN_EPS: f64 = 1e-5;
 
 /// A freeze point / stage boundary: the conv blocks, then the head.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Serialize,
-    Deserialize,
-    clap::ValueEnum,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Block {
     Conv1,
@@ -51,14 +37,7 @@ pub enum Block {
 }
 
 impl Block {
-    pub const ALL: [Block; 6] = [
-        Block::Conv1,
-        Block::Conv2,
-        Block::Conv3,
-        Block::Conv4,
-        Block::Conv5,
-        Block::Head,
-    ];
+    pub const ALL: [Block; 6] = [Block::Conv1, Block::Conv2, Block::Conv3, Block::Conv4, Block::Conv5, Block::Head];
     pub fn index(self) -> usize {
         self as usize
     }
@@ -73,11 +52,7 @@ impl Block {
             .iter()
             .copied()
             .find(|b| b.name() == s.trim())
-            .ok_or_else(|| {
-                Error::config(format!(
-                    "unknown block `{s}` (allowed: conv1, conv2, conv3, conv4, conv5, head)"
-                ))
-            })
+            .ok_or_else(|| Error::config(format!("unknown block `{s}` (allowed: conv1, conv2, conv3, conv4, conv5, head)")))
     }
 }
 
@@ -139,14 +114,7 @@ fn one() -> i64 {
 
 impl ModelConfig {
     pub fn new(bn_mode: BnMode, head: HeadKind, num_classes: i64) -> Self {
-        ModelConfig {
-            bn_mode,
-            head,
-            num_classes,
-            dropout: 0.5,
-            hidden: 0,
-            width_div: 1,
-        }
+        ModelConfig { bn_mode, head, num_classes, dropout: 0.5, hidden: 0, width_div: 1 }
     }
     pub fn channels(&self, layer: usize) -> i64 {
         (CHANNELS[layer] / self.width_div).max(1)
@@ -169,19 +137,9 @@ struct ConvLayer {
 }
 
 enum Head {
-    Linear {
-        fc: nn::Linear,
-    },
-    Bn {
-        norm: nn::BatchNorm,
-        hidden: Option<(nn::Linear, nn::BatchNorm)>,
-        fc: nn::Linear,
-    },
-    Vgg {
-        fc6: nn::Linear,
-        fc7: nn::Linear,
-        fc8: nn::Linear,
-    },
+    Linear { fc: nn::Linear },
+    Bn { norm: nn::BatchNorm, hidden: Option<(nn::Linear, nn::BatchNorm)>, fc: nn::Linear },
+    Vgg { fc6: nn::Linear, fc7: nn::Linear, fc8: nn::Linear },
 }
 
 /// VGG16 (plain or BN) with a classification head, its variables in `vs`.
@@ -205,10 +163,7 @@ impl Vgg16 {
     /// `tch::manual_seed` first for reproducibility), everything trainable.
     pub fn new(cfg: &ModelConfig, device: Device) -> Result<Self> {
         if cfg.num_classes < 2 {
-            return Err(Error::config(format!(
-                "a classifier needs at least 2 classes, got {}",
-                cfg.num_classes
-            )));
+            return Err(Error::config(format!("a classifier needs at least 2 classes, got {}", cfg.num_classes)));
         }
         if cfg.width_div < 1 {
             return Err(Error::config("width_div must be ≥ 1"));
@@ -216,42 +171,20 @@ impl Vgg16 {
         let vs = nn::VarStore::new(device);
         let root = vs.root();
         let feats = &root / "features";
-        let conv_cfg = nn::ConvConfig {
-            padding: 1,
-            ..Default::default()
-        };
-        let idx = if cfg.bn_mode.has_bn() {
-            BN_CONV_IDX
-        } else {
-            PLAIN_CONV_IDX
-        };
+        let conv_cfg = nn::ConvConfig { padding: 1, ..Default::default() };
+        let idx = if cfg.bn_mode.has_bn() { BN_CONV_IDX } else { PLAIN_CONV_IDX };
         let mut layers = Vec::with_capacity(13);
         let mut c_in = 3;
         for l in 0..13 {
             let c_out = cfg.channels(l);
             let conv = nn::conv2d(&feats / idx[l], c_in, c_out, 3, conv_cfg);
-            let bn = cfg
-                .bn_mode
-                .has_bn()
-                .then(|| nn::batch_norm2d(&feats / (idx[l] + 1), c_out, Default::default()));
-            layers.push(ConvLayer {
-                conv,
-                bn,
-                block: BLOCK_OF_CONV[l],
-                last_in_block: l == 12 || BLOCK_OF_CONV[l + 1] != BLOCK_OF_CONV[l],
-            });
+            let bn = cfg.bn_mode.has_bn().then(|| nn::batch_norm2d(&feats / (idx[l] + 1), c_out, Default::default()));
+            layers.push(ConvLayer { conv, bn, block: BLOCK_OF_CONV[l], last_in_block: l == 12 || BLOCK_OF_CONV[l + 1] != BLOCK_OF_CONV[l] });
             c_in = c_out;
         }
         let c = cfg.trunk_out();
         let head = match cfg.head {
-            HeadKind::Linear => Head::Linear {
-                fc: nn::linear(
-                    &root / "head" / "fc",
-                    c,
-                    cfg.num_classes,
-                    Default::default(),
-                ),
-            },
+            HeadKind::Linear => Head::Linear { fc: nn::linear(&root / "head" / "fc", c, cfg.num_classes, Default::default()) },
             HeadKind::Bn => {
                 let h = &root / "head";
                 let norm = nn::batch_norm1d(&h / "norm", 2 * c, Default::default());
@@ -275,13 +208,7 @@ impl Vgg16 {
                 }
             }
         };
-        Ok(Vgg16 {
-            vs,
-            cfg: cfg.clone(),
-            layers,
-            head,
-            trainable_from: Block::Conv1,
-        })
+        Ok(Vgg16 { vs, cfg: cfg.clone(), layers, head, trainable_from: Block::Conv1 })
     }
 
     pub fn device(&self) -> Device {
@@ -298,11 +225,7 @@ impl Vgg16 {
     pub fn features(&self, x: &Tensor, from: Block, to: Block, train: bool) -> Tensor {
         let bn_train = self.trunk_bn_train(train);
         let mut x = x.shallow_clone();
-        for layer in self
-            .layers
-            .iter()
-            .filter(|l| l.block >= from.index() && l.block < to.index())
-        {
+        for layer in self.layers.iter().filter(|l| l.block >= from.index() && l.block < to.index()) {
             x = layer.conv.forward(&x);
             if let Some(bn) = &layer.bn {
                 x = bn.forward_t(&x, bn_train);
@@ -318,23 +241,13 @@ impl Vgg16 {
     /// The head on the trunk's output (conv5 block output).
     pub fn head_forward(&self, f: &Tensor, train: bool) -> Tensor {
         match &self.head {
-            Head::Linear { fc } => f
-                .adaptive_avg_pool2d([1, 1])
-                .flatten(1, -1)
-                .dropout(self.cfg.dropout, train)
-                .apply(fc),
+            Head::Linear { fc } => f.adaptive_avg_pool2d([1, 1]).flatten(1, -1).dropout(self.cfg.dropout, train).apply(fc),
             Head::Bn { norm, hidden, fc } => {
                 let avg = f.adaptive_avg_pool2d([1, 1]).flatten(1, -1);
                 let max = f.adaptive_max_pool2d([1, 1]).0.flatten(1, -1);
-                let mut x = Tensor::cat(&[avg, max], 1)
-                    .apply_t(norm, train)
-                    .dropout(self.cfg.dropout, train);
+                let mut x = Tensor::cat(&[avg, max], 1).apply_t(norm, train).dropout(self.cfg.dropout, train);
                 if let Some((lin, bn)) = hidden {
-                    x = x
-                        .apply(lin)
-                        .relu()
-                        .apply_t(bn, train)
-                        .dropout(self.cfg.dropout, train);
+                    x = x.apply(lin).relu().apply_t(bn, train).dropout(self.cfg.dropout, train);
                 }
                 x.apply(fc)
             }
@@ -367,28 +280,15 @@ impl Vgg16 {
         if name.starts_with("head.") || name.starts_with("classifier.") {
             return Some(Block::Head);
         }
-        let n: usize = name
-            .strip_prefix("features.")?
-            .split('.')
-            .next()?
-            .parse()
-            .ok()?;
-        let idx = if self.cfg.bn_mode.has_bn() {
-            BN_CONV_IDX
-        } else {
-            PLAIN_CONV_IDX
-        };
-        let l = idx
-            .iter()
-            .position(|&i| i == n || (self.cfg.bn_mode.has_bn() && i + 1 == n))?;
+        let n: usize = name.strip_prefix("features.")?.split('.').next()?.parse().ok()?;
+        let idx = if self.cfg.bn_mode.has_bn() { BN_CONV_IDX } else { PLAIN_CONV_IDX };
+        let l = idx.iter().position(|&i| i == n || (self.cfg.bn_mode.has_bn() && i + 1 == n))?;
         Some(Block::from_index(BLOCK_OF_CONV[l]))
     }
 
     /// Running statistics are buffers, never trained.
     pub fn is_buffer(name: &str) -> bool {
-        name.ends_with("running_mean")
-            || name.ends_with("running_var")
-            || name.ends_with("num_batches_tracked")
+        name.ends_with("running_mean") || name.ends_with("running_var") || name.ends_with("num_batches_tracked")
     }
 
     /// Freezes every parameter before `block` (no gradient, and so not in
@@ -419,20 +319,11 @@ impl Vgg16 {
                 continue;
             }
             let block = self.block_of_name(&name).unwrap_or(Block::Head);
-            let is_bn = name.starts_with("head.norm")
-                || name.starts_with("head.hidden_norm")
-                || (t.dim() == 1 && self.is_bn_param(&name));
+            let is_bn = name.starts_with("head.norm") || name.starts_with("head.hidden_norm") || (t.dim() == 1 && self.is_bn_param(&name));
             let decay = t.dim() > 1 && !is_bn;
-            match groups
-                .iter_mut()
-                .find(|g| g.block == block && g.decay == decay)
-            {
+            match groups.iter_mut().find(|g| g.block == block && g.decay == decay) {
                 Some(g) => g.params.push((name, t)),
-                None => groups.push(ParamGroup {
-                    block,
-                    decay,
-                    params: vec![(name, t)],
-                }),
+                None => groups.push(ParamGroup { block, decay, params: vec![(name, t)] }),
             }
         }
         groups.sort_by_key(|g| (g.block, g.decay));
@@ -455,14 +346,10 @@ impl Vgg16 {
     /// Holds one layer's activations for all images (N × largest map).
     pub fn recalibrate(&mut self, images: &[Tensor]) -> Result<()> {
         if !self.cfg.bn_mode.has_bn() {
-            return Err(Error::config(
-                "BN recalibration needs a VGG16-BN model (--bn recalibrate with BN weights)",
-            ));
+            return Err(Error::config("BN recalibration needs a VGG16-BN model (--bn recalibrate with BN weights)"));
         }
         if images.is_empty() {
-            return Err(Error::config(
-                "BN recalibration needs at least one training image",
-            ));
+            return Err(Error::config("BN recalibration needs at least one training image"));
         }
         tch::no_grad(|| {
             let mut acts: Vec<Tensor> = images.iter().map(|t| t.to_device(self.device())).collect();
@@ -477,9 +364,7 @@ impl Vgg16 {
                     let s = y.size();
                     count += s[0] * s[2] * s[3];
                     sum += y.sum_dim_intlist([0, 2, 3].as_slice(), false, Kind::Double);
-                    sq += y
-                        .square()
-                        .sum_dim_intlist([0, 2, 3].as_slice(), false, Kind::Double);
+                    sq += y.square().sum_dim_intlist([0, 2, 3].as_slice(), false, Kind::Double);
                 }
                 let mean = &sum / count as f64;
                 let var = (&sq / count as f64 - mean.square()).clamp_min(0.0);
@@ -501,17 +386,7 @@ impl Vgg16 {
 
     /// The BN layers' running statistics, in order (for tests and reports).
     pub fn bn_layers(&self) -> Vec<(Tensor, Tensor)> {
-        self.layers
-            .iter()
-            .filter_map(|l| {
-                l.bn.as_ref().map(|b| {
-                    (
-                        b.running_mean.shallow_clone(),
-                        b.running_var.shallow_clone(),
-                    )
-                })
-            })
-            .collect()
+        self.layers.iter().filter_map(|l| l.bn.as_ref().map(|b| (b.running_mean.shallow_clone(), b.running_var.shallow_clone()))).collect()
     }
 
     /// For tests: each BN layer's input over `images` (conv output), with the
@@ -545,9 +420,6 @@ impl Vgg16 {
 
     /// Expected name → shape of every tensor of the network.
     pub fn expected_shapes(&self) -> Vec<(String, Vec<i64>)> {
-        self.named_tensors()
-            .into_iter()
-            .map(|(n, t)| (n, t.size()))
-            .collect()
+        self.named_tensors().into_iter().map(|(n, t)| (n, t.size())).collect()
     }
 }

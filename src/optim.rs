@@ -93,13 +93,7 @@ const RMS_ALPHA: f64 = 0.99;
 
 impl Optimizer {
     pub fn new(kind: OptimKind, groups: Vec<Group>, momentum: f64) -> Self {
-        Optimizer {
-            kind,
-            groups,
-            momentum,
-            state: BTreeMap::new(),
-            steps: 0,
-        }
+        Optimizer { kind, groups, momentum, state: BTreeMap::new(), steps: 0 }
     }
 
     pub fn zero_grad(&self) {
@@ -129,11 +123,7 @@ impl Optimizer {
                     let mut p = p.shallow_clone();
                     match self.kind {
                         OptimKind::Sgd => {
-                            let d = if wd != 0.0 {
-                                &grad + &p * wd
-                            } else {
-                                grad.shallow_clone()
-                            };
+                            let d = if wd != 0.0 { &grad + &p * wd } else { grad.shallow_clone() };
                             let d = if self.momentum != 0.0 {
                                 match self.state.get_mut(&format!("{name}.momentum")) {
                                     Some(buf) => {
@@ -142,10 +132,7 @@ impl Optimizer {
                                     }
                                     None => {
                                         let buf = d.copy();
-                                        self.state.insert(
-                                            format!("{name}.momentum"),
-                                            buf.shallow_clone(),
-                                        );
+                                        self.state.insert(format!("{name}.momentum"), buf.shallow_clone());
                                         buf
                                     }
                                 }
@@ -155,24 +142,14 @@ impl Optimizer {
                             let _ = p.g_sub_(&(d * lr));
                         }
                         OptimKind::Adam | OptimKind::Adamw => {
-                            let d = if self.kind == OptimKind::Adam && wd != 0.0 {
-                                &grad + &p * wd
-                            } else {
-                                grad.shallow_clone()
-                            };
+                            let d = if self.kind == OptimKind::Adam && wd != 0.0 { &grad + &p * wd } else { grad.shallow_clone() };
                             if self.kind == OptimKind::Adamw && wd != 0.0 {
                                 let _ = p.g_mul_scalar_(1.0 - lr * wd);
                             }
-                            let m = self
-                                .state
-                                .entry(format!("{name}.exp_avg"))
-                                .or_insert_with(|| p.zeros_like());
+                            let m = self.state.entry(format!("{name}.exp_avg")).or_insert_with(|| p.zeros_like());
                             let _ = m.g_mul_scalar_(BETA1).g_add_(&(&d * (1.0 - BETA1)));
                             let m = m.shallow_clone();
-                            let v = self
-                                .state
-                                .entry(format!("{name}.exp_avg_sq"))
-                                .or_insert_with(|| p.zeros_like());
+                            let v = self.state.entry(format!("{name}.exp_avg_sq")).or_insert_with(|| p.zeros_like());
                             let _ = v.g_mul_scalar_(BETA2).g_add_(&(d.square() * (1.0 - BETA2)));
                             let bc1 = 1.0 - BETA1.powf(t);
                             let bc2 = 1.0 - BETA2.powf(t);
@@ -180,18 +157,9 @@ impl Optimizer {
                             let _ = p.g_sub_(&(m / denom * (lr / bc1)));
                         }
                         OptimKind::Rmsprop => {
-                            let d = if wd != 0.0 {
-                                &grad + &p * wd
-                            } else {
-                                grad.shallow_clone()
-                            };
-                            let sq = self
-                                .state
-                                .entry(format!("{name}.square_avg"))
-                                .or_insert_with(|| p.zeros_like());
-                            let _ = sq
-                                .g_mul_scalar_(RMS_ALPHA)
-                                .g_add_(&(d.square() * (1.0 - RMS_ALPHA)));
+                            let d = if wd != 0.0 { &grad + &p * wd } else { grad.shallow_clone() };
+                            let sq = self.state.entry(format!("{name}.square_avg")).or_insert_with(|| p.zeros_like());
+                            let _ = sq.g_mul_scalar_(RMS_ALPHA).g_add_(&(d.square() * (1.0 - RMS_ALPHA)));
                             let denom = sq.sqrt() + ADAM_EPS;
                             let _ = p.g_sub_(&(d / denom * lr));
                         }
@@ -203,29 +171,16 @@ impl Optimizer {
 
     /// State tensors for a checkpoint (`optim.<param>.<buffer>`, plus the step count).
     pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
-        let mut v: Vec<(String, Tensor)> = self
-            .state
-            .iter()
-            .map(|(k, t)| (format!("optim.{k}"), t.shallow_clone()))
-            .collect();
+        let mut v: Vec<(String, Tensor)> = self.state.iter().map(|(k, t)| (format!("optim.{k}"), t.shallow_clone())).collect();
         v.push(("optim.steps".into(), Tensor::from_slice(&[self.steps])));
         v
     }
 
     /// Restores what `state_tensors` saved.
     pub fn load_state(&mut self, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
-        self.steps = tensors
-            .get("optim.steps")
-            .and_then(|t| i64::try_from(t).ok())
-            .ok_or_else(|| Error::config("checkpoint lacks optimizer step count"))?;
-        self.state = tensors
-            .iter()
-            .filter_map(|(k, t)| {
-                k.strip_prefix("optim.")
-                    .filter(|k| *k != "steps")
-                    .map(|k| (k.to_string(), t.shallow_clone()))
-            })
-            .collect();
+        self.steps = tensors.get("optim.steps").and_then(|t| i64::try_from(t).ok()).ok_or_else(|| Error::config("checkpoint lacks optimizer step count"))?;
+        self.state =
+            tensors.iter().filter_map(|(k, t)| k.strip_prefix("optim.").filter(|k| *k != "steps").map(|k| (k.to_string(), t.shallow_clone()))).collect();
         Ok(())
     }
 }
@@ -254,12 +209,7 @@ mod tests {
         let p = Tensor::from_slice(&[1.0f32]).set_requires_grad(true);
         let mut opt = Optimizer::new(
             OptimKind::Sgd,
-            vec![Group {
-                name: "g".into(),
-                params: vec![("p".into(), p.shallow_clone())],
-                lr_mult: 1.0,
-                weight_decay: 0.0,
-            }],
+            vec![Group { name: "g".into(), params: vec![("p".into(), p.shallow_clone())], lr_mult: 1.0, weight_decay: 0.0 }],
             0.9,
         );
         for _ in 0..2 {
@@ -277,16 +227,8 @@ mod adaptive_tests {
 
     fn one_step(kind: OptimKind, wd: f64) -> f64 {
         let p = Tensor::from_slice(&[1.0f64]).set_requires_grad(true);
-        let mut opt = Optimizer::new(
-            kind,
-            vec![Group {
-                name: "g".into(),
-                params: vec![("p".into(), p.shallow_clone())],
-                lr_mult: 1.0,
-                weight_decay: wd,
-            }],
-            0.0,
-        );
+        let mut opt =
+            Optimizer::new(kind, vec![Group { name: "g".into(), params: vec![("p".into(), p.shallow_clone())], lr_mult: 1.0, weight_decay: wd }], 0.0);
         opt.zero_grad();
         (&p * 3.0).sum(tch::Kind::Double).backward();
         opt.step(0.1);

@@ -14,40 +14,25 @@ static FONT: Once = Once::new();
 const W: u32 = 900;
 const H: u32 = 560;
 
-fn register_font() {
+pub fn register_font() {
     FONT.call_once(|| {
-        let _ = plotters::style::register_font(
-            "sans-serif",
-            FontStyle::Normal,
-            include_bytes!("../assets/fonts/DejaVuSans.ttf"),
-        );
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, include_bytes!("../assets/fonts/DejaVuSans.ttf"));
     });
 }
 
 /// Draws with `draw` into a W×H RGB buffer and writes it as PNG, atomically.
-fn render(
-    path: &Path,
-    w: u32,
-    h: u32,
-    draw: impl FnOnce(
-        DrawingArea<BitMapBackend, plotters::coord::Shift>,
-    ) -> std::result::Result<(), String>,
-) -> Result<()> {
+fn render(path: &Path, w: u32, h: u32, draw: impl FnOnce(DrawingArea<BitMapBackend, plotters::coord::Shift>) -> std::result::Result<(), String>) -> Result<()> {
     register_font();
     let mut buf = vec![0u8; (w * h * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
-        root.fill(&WHITE)
-            .map_err(|e| Error::file(path, format!("cannot draw: {e}")))?;
+        root.fill(&WHITE).map_err(|e| Error::file(path, format!("cannot draw: {e}")))?;
         draw(root.clone()).map_err(|e| Error::file(path, format!("cannot draw: {e}")))?;
-        root.present()
-            .map_err(|e| Error::file(path, format!("cannot draw: {e}")))?;
+        root.present().map_err(|e| Error::file(path, format!("cannot draw: {e}")))?;
     }
-    let img = image::RgbImage::from_raw(w, h, buf)
-        .ok_or_else(|| Error::file(path, "plot buffer has the wrong size"))?;
+    let img = image::RgbImage::from_raw(w, h, buf).ok_or_else(|| Error::file(path, "plot buffer has the wrong size"))?;
     let mut png = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-        .map_err(|e| Error::file(path, format!("cannot encode PNG: {e}")))?;
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).map_err(|e| Error::file(path, format!("cannot encode PNG: {e}")))?;
     fsutil::write_atomic(path, &png)
 }
 
@@ -57,35 +42,18 @@ fn e<T: std::fmt::Display>(x: T) -> String {
 
 /// Loss against learning rate (log axis), raw and smoothed, with the suggestion marked.
 pub fn lr_curve(path: &Path, points: &[(f64, f64, f64)], suggested: f64) -> Result<()> {
-    let finite: Vec<&(f64, f64, f64)> = points
-        .iter()
-        .filter(|p| p.2.is_finite() && p.1.is_finite())
-        .collect();
+    let finite: Vec<&(f64, f64, f64)> = points.iter().filter(|p| p.2.is_finite() && p.1.is_finite()).collect();
     let lo = finite.iter().map(|p| p.2).fold(f64::INFINITY, f64::min);
     let first = finite.first().map(|p| p.2).unwrap_or(1.0);
-    let hi = finite
-        .iter()
-        .map(|p| p.2)
-        .fold(f64::NEG_INFINITY, f64::max)
-        .min(first * 2.0)
-        .max(lo + 1e-6);
-    let (x0, x1) = (
-        points.first().map(|p| p.0).unwrap_or(1e-6),
-        points.last().map(|p| p.0).unwrap_or(1.0).max(1e-5),
-    );
+    let hi = finite.iter().map(|p| p.2).fold(f64::NEG_INFINITY, f64::max).min(first * 2.0).max(lo + 1e-6);
+    let (x0, x1) = (points.first().map(|p| p.0).unwrap_or(1e-6), points.last().map(|p| p.0).unwrap_or(1.0).max(1e-5));
     render(path, W, H, |root| {
         let mut chart = ChartBuilder::on(&root)
-            .caption(
-                "lr-find: training loss vs learning rate",
-                ("sans-serif", 22),
-            )
+            .caption("lr-find: training loss vs learning rate", ("sans-serif", 22))
             .margin(15)
             .x_label_area_size(45)
             .y_label_area_size(65)
-            .build_cartesian_2d(
-                (x0..x1).log_scale(),
-                (lo - 0.05 * (hi - lo))..(hi + 0.05 * (hi - lo)),
-            )
+            .build_cartesian_2d((x0..x1).log_scale(), (lo - 0.05 * (hi - lo))..(hi + 0.05 * (hi - lo)))
             .map_err(e)?;
         chart
             .configure_mesh()
@@ -96,36 +64,21 @@ pub fn lr_curve(path: &Path, points: &[(f64, f64, f64)], suggested: f64) -> Resu
             .draw()
             .map_err(e)?;
         chart
-            .draw_series(LineSeries::new(
-                finite.iter().map(|p| (p.0, p.1.clamp(lo, hi))),
-                RGBColor(180, 180, 220).stroke_width(1),
-            ))
+            .draw_series(LineSeries::new(finite.iter().map(|p| (p.0, p.1.clamp(lo, hi))), RGBColor(180, 180, 220).stroke_width(1)))
             .map_err(e)?
             .label("loss per step")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RGBColor(180, 180, 220)));
         chart
-            .draw_series(LineSeries::new(
-                finite.iter().map(|p| (p.0, p.2.clamp(lo, hi))),
-                BLUE.stroke_width(2),
-            ))
+            .draw_series(LineSeries::new(finite.iter().map(|p| (p.0, p.2.clamp(lo, hi))), BLUE.stroke_width(2)))
             .map_err(e)?
             .label("smoothed")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(2)));
         chart
-            .draw_series(LineSeries::new(
-                vec![(suggested, lo), (suggested, hi)],
-                RED.stroke_width(2),
-            ))
+            .draw_series(LineSeries::new(vec![(suggested, lo), (suggested, hi)], RED.stroke_width(2)))
             .map_err(e)?
             .label(format!("suggested {suggested:.1e}"))
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED.stroke_width(2)));
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 14))
-            .draw()
-            .map_err(e)?;
+        chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).label_font(("sans-serif", 14)).draw().map_err(e)?;
         Ok(())
     })
 }
@@ -136,32 +89,14 @@ pub fn learning_curves(path: &Path, rows: &[EpochRow]) -> Result<()> {
         return Ok(());
     }
     let n = rows.len() as f64;
-    let max_loss = rows
-        .iter()
-        .flat_map(|r| [Some(r.train_loss), r.val_loss])
-        .flatten()
-        .filter(|v| v.is_finite())
-        .fold(0.0f64, f64::max)
-        .max(1e-3)
-        * 1.05;
-    let boundaries: Vec<f64> = rows
-        .windows(2)
-        .filter(|w| w[0].stage != w[1].stage)
-        .map(|w| w[0].epoch as f64 + 0.5)
-        .collect();
+    let max_loss = rows.iter().flat_map(|r| [Some(r.train_loss), r.val_loss]).flatten().filter(|v| v.is_finite()).fold(0.0f64, f64::max).max(1e-3) * 1.05;
+    let boundaries: Vec<f64> = rows.windows(2).filter(|w| w[0].stage != w[1].stage).map(|w| w[0].epoch as f64 + 0.5).collect();
     render(path, W, H + 100, |root| {
         let (top, bottom) = root.split_vertically((H + 100) / 2);
         for (area, title, is_loss) in [(top, "loss", true), (bottom, "accuracy", false)] {
             let ymax = if is_loss { max_loss } else { 1.0 };
             let mut chart = ChartBuilder::on(&area)
-                .caption(
-                    if is_loss {
-                        "learning curves: loss"
-                    } else {
-                        "accuracy (validation: plain and balanced)"
-                    },
-                    ("sans-serif", 18),
-                )
+                .caption(if is_loss { "learning curves: loss" } else { "accuracy (validation: plain and balanced)" }, ("sans-serif", 18))
                 .margin(10)
                 .x_label_area_size(35)
                 .y_label_area_size(55)
@@ -178,37 +113,19 @@ pub fn learning_curves(path: &Path, rows: &[EpochRow]) -> Result<()> {
                 .draw()
                 .map_err(e)?;
             for b in &boundaries {
-                chart
-                    .draw_series(LineSeries::new(
-                        vec![(*b, 0.0), (*b, ymax)],
-                        BLACK.mix(0.45).stroke_width(2),
-                    ))
-                    .map_err(e)?;
+                chart.draw_series(LineSeries::new(vec![(*b, 0.0), (*b, ymax)], BLACK.mix(0.45).stroke_width(2))).map_err(e)?;
             }
             let series: Vec<(&str, RGBColor, Box<dyn Fn(&EpochRow) -> Option<f64>>)> = if is_loss {
-                vec![
-                    ("train", BLUE, Box::new(|r: &EpochRow| Some(r.train_loss))),
-                    ("validation", RED, Box::new(|r: &EpochRow| r.val_loss)),
-                ]
+                vec![("train", BLUE, Box::new(|r: &EpochRow| Some(r.train_loss))), ("validation", RED, Box::new(|r: &EpochRow| r.val_loss))]
             } else {
                 vec![
                     ("train", BLUE, Box::new(|r: &EpochRow| Some(r.train_acc))),
                     ("validation", RED, Box::new(|r: &EpochRow| r.val_acc)),
-                    (
-                        "validation balanced",
-                        RGBColor(0, 140, 0),
-                        Box::new(|r: &EpochRow| r.val_bacc),
-                    ),
+                    ("validation balanced", RGBColor(0, 140, 0), Box::new(|r: &EpochRow| r.val_bacc)),
                 ]
             };
             for (name, color, f) in series {
-                let pts: Vec<(f64, f64)> = rows
-                    .iter()
-                    .filter_map(|r| {
-                        f(r).filter(|v| v.is_finite())
-                            .map(|v| (r.epoch as f64, v.min(ymax)))
-                    })
-                    .collect();
+                let pts: Vec<(f64, f64)> = rows.iter().filter_map(|r| f(r).filter(|v| v.is_finite()).map(|v| (r.epoch as f64, v.min(ymax)))).collect();
                 if pts.is_empty() {
                     continue;
                 }
@@ -216,12 +133,8 @@ pub fn learning_curves(path: &Path, rows: &[EpochRow]) -> Result<()> {
                     .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
                     .map_err(e)?
                     .label(name)
-                    .legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-                    });
-                chart
-                    .draw_series(pts.iter().map(|p| Circle::new(*p, 3, color.filled())))
-                    .map_err(e)?;
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+                chart.draw_series(pts.iter().map(|p| Circle::new(*p, 3, color.filled()))).map_err(e)?;
             }
             chart
                 .configure_series_labels()
@@ -245,54 +158,24 @@ pub fn confusion(path: &Path, m: &[Vec<usize>], classes: &[String], title: &str)
     let h = (top + cell * c as i32 + 70) as u32;
     render(path, w.max(420), h, |root| {
         let font = |s: u32| ("sans-serif", s).into_font();
-        root.draw(&Text::new(
-            format!("confusion matrix: {title}"),
-            (10, 10),
-            font(16),
-        ))
-        .map_err(e)?;
-        root.draw(&Text::new("predicted →", (left, top - 40), font(14)))
-            .map_err(e)?;
-        root.draw(&Text::new("true ↓", (10, top - 40), font(14)))
-            .map_err(e)?;
+        root.draw(&Text::new(format!("confusion matrix: {title}"), (10, 10), font(16))).map_err(e)?;
+        root.draw(&Text::new("predicted →", (left, top - 40), font(14))).map_err(e)?;
+        root.draw(&Text::new("true ↓", (10, top - 40), font(14))).map_err(e)?;
         for (i, row) in m.iter().enumerate() {
             let total = row.iter().sum::<usize>().max(1) as f64;
-            root.draw(&Text::new(
-                classes[i].clone(),
-                (10, top + cell * i as i32 + cell / 2 - 8),
-                font(14),
-            ))
-            .map_err(e)?;
+            root.draw(&Text::new(classes[i].clone(), (10, top + cell * i as i32 + cell / 2 - 8), font(14))).map_err(e)?;
             for (j, &v) in row.iter().enumerate() {
                 let f = v as f64 / total;
                 let shade = (255.0 - 200.0 * f) as u8;
                 let (x, y) = (left + cell * j as i32, top + cell * i as i32);
-                root.draw(&Rectangle::new(
-                    [(x, y), (x + cell, y + cell)],
-                    RGBColor(shade, shade, 255).filled(),
-                ))
-                .map_err(e)?;
-                root.draw(&Rectangle::new(
-                    [(x, y), (x + cell, y + cell)],
-                    BLACK.stroke_width(1),
-                ))
-                .map_err(e)?;
+                root.draw(&Rectangle::new([(x, y), (x + cell, y + cell)], RGBColor(shade, shade, 255).filled())).map_err(e)?;
+                root.draw(&Rectangle::new([(x, y), (x + cell, y + cell)], BLACK.stroke_width(1))).map_err(e)?;
                 let color = if f > 0.6 { WHITE } else { BLACK };
-                root.draw(&Text::new(
-                    format!("{v}"),
-                    (x + cell / 2 - 10, y + cell / 2 - 10),
-                    font(16).color(&color),
-                ))
-                .map_err(e)?;
+                root.draw(&Text::new(format!("{v}"), (x + cell / 2 - 10, y + cell / 2 - 10), font(16).color(&color))).map_err(e)?;
             }
         }
         for (j, name) in classes.iter().enumerate() {
-            root.draw(&Text::new(
-                name.clone(),
-                (left + cell * j as i32 + 4, top - 20),
-                font(13),
-            ))
-            .map_err(e)?;
+            root.draw(&Text::new(name.clone(), (left + cell * j as i32 + 4, top - 20), font(13))).map_err(e)?;
         }
         Ok(())
     })
@@ -337,10 +220,7 @@ pub fn roc(path: &Path, positive: &[bool], scores: &[f64], title: &str) -> Resul
             .draw()
             .map_err(e)?;
         chart
-            .draw_series(LineSeries::new(
-                vec![(0.0, 0.0), (1.0, 1.0)],
-                BLACK.mix(0.4),
-            ))
+            .draw_series(LineSeries::new(vec![(0.0, 0.0), (1.0, 1.0)], BLACK.mix(0.4)))
             .map_err(e)?
             .label("chance")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.4)));
@@ -363,26 +243,11 @@ pub fn roc(path: &Path, positive: &[bool], scores: &[f64], title: &str) -> Resul
 
 /// Balanced accuracy of each fold, one column per seed, with the mean and the majority baseline.
 pub fn spread(path: &Path, folds: &[(u64, usize, f64)], baseline: f64) -> Result<()> {
-    let seeds: Vec<u64> = folds
-        .iter()
-        .map(|f| f.0)
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let palette = [
-        BLUE,
-        RED,
-        RGBColor(0, 140, 0),
-        RGBColor(200, 120, 0),
-        MAGENTA,
-        CYAN,
-    ];
+    let seeds: Vec<u64> = folds.iter().map(|f| f.0).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    let palette = [BLUE, RED, RGBColor(0, 140, 0), RGBColor(200, 120, 0), MAGENTA, CYAN];
     render(path, 760, 520, |root| {
         let mut chart = ChartBuilder::on(&root)
-            .caption(
-                "balanced accuracy per fold (dots) and mean per seed (bar)",
-                ("sans-serif", 16),
-            )
+            .caption("balanced accuracy per fold (dots) and mean per seed (bar)", ("sans-serif", 16))
             .margin(15)
             .x_label_area_size(45)
             .y_label_area_size(55)
@@ -394,50 +259,24 @@ pub fn spread(path: &Path, folds: &[(u64, usize, f64)], baseline: f64) -> Result
             .x_desc("seed")
             .y_desc("balanced accuracy")
             .x_labels(seeds.len().max(1))
-            .x_label_formatter(&|v| {
-                seed_names
-                    .get(v.round() as usize)
-                    .map(|s| s.to_string())
-                    .unwrap_or_default()
-            })
+            .x_label_formatter(&|v| seed_names.get(v.round() as usize).map(|s| s.to_string()).unwrap_or_default())
             .light_line_style(WHITE)
             .label_style(("sans-serif", 13))
             .draw()
             .map_err(e)?;
         chart
-            .draw_series(LineSeries::new(
-                vec![(-0.5, baseline), (seeds.len() as f64 - 0.5, baseline)],
-                BLACK.mix(0.5).stroke_width(2),
-            ))
+            .draw_series(LineSeries::new(vec![(-0.5, baseline), (seeds.len() as f64 - 0.5, baseline)], BLACK.mix(0.5).stroke_width(2)))
             .map_err(e)?
             .label(format!("majority baseline {baseline:.2}"))
-            .legend(|(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.5).stroke_width(2))
-            });
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.5).stroke_width(2)));
         for (si, seed) in seeds.iter().enumerate() {
             let color = palette[si % palette.len()];
-            let vals: Vec<f64> = folds
-                .iter()
-                .filter(|f| f.0 == *seed)
-                .map(|f| f.2)
-                .filter(|v| v.is_finite())
-                .collect();
+            let vals: Vec<f64> = folds.iter().filter(|f| f.0 == *seed).map(|f| f.2).filter(|v| v.is_finite()).collect();
             let n = vals.len().max(1) as f64;
-            let pts: Vec<(f64, f64)> = vals
-                .iter()
-                .enumerate()
-                .map(|(k, &v)| (si as f64 - 0.25 + 0.5 * (k as f64 + 0.5) / n, v))
-                .collect();
-            chart
-                .draw_series(pts.iter().map(|p| Circle::new(*p, 4, color.filled())))
-                .map_err(e)?;
+            let pts: Vec<(f64, f64)> = vals.iter().enumerate().map(|(k, &v)| (si as f64 - 0.25 + 0.5 * (k as f64 + 0.5) / n, v)).collect();
+            chart.draw_series(pts.iter().map(|p| Circle::new(*p, 4, color.filled()))).map_err(e)?;
             let mean = vals.iter().sum::<f64>() / n;
-            chart
-                .draw_series(LineSeries::new(
-                    vec![(si as f64 - 0.3, mean), (si as f64 + 0.3, mean)],
-                    color.stroke_width(3),
-                ))
-                .map_err(e)?;
+            chart.draw_series(LineSeries::new(vec![(si as f64 - 0.3, mean), (si as f64 + 0.3, mean)], color.stroke_width(3))).map_err(e)?;
         }
         chart
             .configure_series_labels()

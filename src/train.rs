@@ -102,15 +102,7 @@ pub fn class_weights(cfg: &TrainConfig, data: &TrainData) -> Vec<f64> {
         n[data.targets[i] as usize] += 1;
     }
     let total = data.train.len() as f64;
-    n.iter()
-        .map(|&k| {
-            if k == 0 {
-                0.0
-            } else {
-                total / (c as f64 * k as f64)
-            }
-        })
-        .collect()
+    n.iter().map(|&k| if k == 0 { 0.0 } else { total / (c as f64 * k as f64) }).collect()
 }
 
 /// Seed for one purpose at one point of the run.
@@ -165,12 +157,7 @@ impl Cache {
 
     /// Whether it holds augmented views of every `train` and clean rows of every `eval` image.
     pub fn covers(&self, train: &[usize], eval: &[usize]) -> bool {
-        train
-            .iter()
-            .all(|&i| self.aug_row.get(i).is_some_and(Option::is_some))
-            && eval
-                .iter()
-                .all(|&i| self.clean_row.get(i).is_some_and(Option::is_some))
+        train.iter().all(|&i| self.aug_row.get(i).is_some_and(Option::is_some)) && eval.iter().all(|&i| self.clean_row.get(i).is_some_and(Option::is_some))
     }
 }
 
@@ -202,12 +189,7 @@ pub fn build_cache(
                 .map(|c| {
                     let g = crate::data::select(gray, c, device);
                     let g = match view {
-                        Some(v) => cfg.augment.apply_seeded(
-                            &g,
-                            &c.iter()
-                                .map(|&i| sub_seed(cfg.seed, 1, v as u64, i as u64))
-                                .collect::<Vec<_>>(),
-                        ),
+                        Some(v) => cfg.augment.apply_seeded(&g, &c.iter().map(|&i| sub_seed(cfg.seed, 1, v as u64, i as u64)).collect::<Vec<_>>()),
                         None => g,
                     };
                     model.features(&pre.normalise(&g), Block::Conv1, from, false)
@@ -229,15 +211,7 @@ pub fn build_cache(
         all.dedup();
         let clean = feats(&all, None);
         let rows = row_map(&all);
-        return Cache {
-            from,
-            aug: clean.shallow_clone(),
-            views: 1,
-            n_aug: all.len(),
-            aug_row: rows.clone(),
-            clean,
-            clean_row: rows,
-        };
+        return Cache { from, aug: clean.shallow_clone(), views: 1, n_aug: all.len(), aug_row: rows.clone(), clean, clean_row: rows };
     }
     let banks: Vec<Tensor> = (0..views).map(|v| feats(aug_rows, Some(v))).collect();
     Cache {
@@ -246,11 +220,7 @@ pub fn build_cache(
         views,
         n_aug: aug_rows.len(),
         aug_row: row_map(aug_rows),
-        clean: if clean_rows.is_empty() {
-            Tensor::zeros([0], (Kind::Float, device))
-        } else {
-            feats(clean_rows, None)
-        },
+        clean: if clean_rows.is_empty() { Tensor::zeros([0], (Kind::Float, device)) } else { feats(clean_rows, None) },
         clean_row: row_map(clean_rows),
     }
 }
@@ -274,28 +244,13 @@ pub fn cache_plan(
     if model.cfg.bn_mode == BnMode::Train {
         return Err("off: --bn train changes the frozen blocks' statistics every batch".into());
     }
-    let views = if cfg.augment.is_identity() {
-        1
-    } else {
-        cfg.cache_views
-    };
+    let views = if cfg.augment.is_identity() { 1 } else { cfg.cache_views };
     let s = pre.image_size as i64;
-    let probe = tch::no_grad(|| {
-        model.features(
-            &Tensor::zeros([1, 3, s, s], (Kind::Float, device)),
-            Block::Conv1,
-            from,
-            false,
-        )
-    });
+    let probe = tch::no_grad(|| model.features(&Tensor::zeros([1, 3, s, s], (Kind::Float, device)), Block::Conv1, from, false));
     let per = probe.numel() * 4;
     let budget = cfg.cache_mem_mb << 20;
     let fixed = per * n_clean;
-    let fit = if fixed + per * n_aug > budget {
-        0
-    } else {
-        ((budget - fixed) / (per * n_aug.max(1))).min(views)
-    };
+    let fit = if fixed + per * n_aug > budget { 0 } else { ((budget - fixed) / (per * n_aug.max(1))).min(views) };
     if fit == 0 {
         return Err(format!(
             "off: one view of {} images needs {} MiB, over --cache-mem {} MiB",
@@ -323,9 +278,7 @@ pub struct Trainer<'a> {
 impl Trainer<'_> {
     fn weights_tensor(&self) -> Tensor {
         let w = class_weights(self.cfg, self.data);
-        Tensor::from_slice(&w)
-            .to_kind(Kind::Float)
-            .to_device(self.device)
+        Tensor::from_slice(&w).to_kind(Kind::Float).to_device(self.device)
     }
 
     fn optimizer(&self, model: &Vgg16) -> Optimizer {
@@ -334,10 +287,7 @@ impl Trainer<'_> {
             .into_iter()
             .map(|g| Group {
                 name: format!("{}{}", g.block, if g.decay { "" } else { ".no_decay" }),
-                lr_mult: self
-                    .cfg
-                    .block_lr_factor
-                    .powi((Block::Head.index() - g.block.index()) as i32),
+                lr_mult: self.cfg.block_lr_factor.powi((Block::Head.index() - g.block.index()) as i32),
                 weight_decay: if g.decay { self.cfg.weight_decay } else { 0.0 },
                 params: g.params,
             })
@@ -366,12 +316,7 @@ impl Trainer<'_> {
                 return t.shallow_clone();
             }
             tch::no_grad(|| {
-                let parts: Vec<Tensor> = (0..n)
-                    .step_by(64)
-                    .map(|s| {
-                        model.features(&t.narrow(0, s, (n - s).min(64)), base.from, from, false)
-                    })
-                    .collect();
+                let parts: Vec<Tensor> = (0..n).step_by(64).map(|s| model.features(&t.narrow(0, s, (n - s).min(64)), base.from, from, false)).collect();
                 Tensor::cat(&parts, 0)
             })
         };
@@ -379,11 +324,7 @@ impl Trainer<'_> {
         let same = base.aug.data_ptr() == base.clean.data_ptr();
         Cache {
             from,
-            clean: if same {
-                aug.shallow_clone()
-            } else {
-                run(&base.clean)
-            },
+            clean: if same { aug.shallow_clone() } else { run(&base.clean) },
             aug,
             views: base.views,
             n_aug: base.n_aug,
@@ -399,10 +340,7 @@ impl Trainer<'_> {
                 .chunks(64)
                 .map(|c| match cache.filter(|k| k.covers(&[], c)) {
                     Some(k) => {
-                        let x = k.clean.index_select(
-                            0,
-                            &index(c.iter().map(|&i| k.clean_row[i].unwrap_or(0)), self.device),
-                        );
+                        let x = k.clean.index_select(0, &index(c.iter().map(|&i| k.clean_row[i].unwrap_or(0)), self.device));
                         model.forward_from(&x, k.from, false)
                     }
                     None => model.forward_t(&self.input(c, None), false),
@@ -422,12 +360,7 @@ impl Trainer<'_> {
     }
 
     /// Runs all stages (from `resume` when given).
-    pub fn run(
-        &self,
-        model: &mut Vgg16,
-        reporter: &mut dyn Reporter,
-        resume: Option<ResumeState>,
-    ) -> Result<Outcome> {
+    pub fn run(&self, model: &mut Vgg16, reporter: &mut dyn Reporter, resume: Option<ResumeState>) -> Result<Outcome> {
         if self.data.train.len() < 2 {
             return Err(Error::config("training needs at least 2 images"));
         }
@@ -445,10 +378,7 @@ impl Trainer<'_> {
         let mut resumed_optim: Option<BTreeMap<String, Tensor>> = None;
         let resume_stage = resume.as_ref().map(|s| s.stage);
         if resume.is_some() {
-            let dir = self
-                .checkpoint_dir
-                .as_ref()
-                .ok_or_else(|| Error::config("resume needs a run folder"))?;
+            let dir = self.checkpoint_dir.as_ref().ok_or_else(|| Error::config("resume needs a run folder"))?;
             let (o, b) = load_checkpoint(dir, model)?;
             resumed_optim = Some(o);
             best = b;
@@ -457,40 +387,13 @@ impl Trainer<'_> {
         // One cache at the lowest freeze point of the remaining stages: the
         // blocks below it never train, so it serves every stage, extended
         // through the blocks a later stage keeps frozen.
-        let base_from = self
-            .cfg
-            .stages
-            .iter()
-            .skip(st.stage)
-            .map(|s| s.from)
-            .min()
-            .unwrap_or(Block::Head);
+        let base_from = self.cfg.stages.iter().skip(st.stage).map(|s| s.from).min().unwrap_or(Block::Head);
         let base = match self.shared {
-            Some(c) if c.from <= base_from && c.covers(&self.data.train, &self.data.val) => {
-                Some(c.shallow())
-            }
-            _ => match cache_plan(
-                model,
-                self.cfg,
-                self.pre,
-                base_from,
-                self.data.train.len(),
-                self.data.val.len(),
-                self.device,
-            ) {
+            Some(c) if c.from <= base_from && c.covers(&self.data.train, &self.data.val) => Some(c.shallow()),
+            _ => match cache_plan(model, self.cfg, self.pre, base_from, self.data.train.len(), self.data.val.len(), self.device) {
                 Ok(views) => {
                     let t0 = Instant::now();
-                    let c = build_cache(
-                        model,
-                        self.cfg,
-                        self.pre,
-                        &self.data.gray,
-                        base_from,
-                        views,
-                        &self.data.train,
-                        &self.data.val,
-                        self.device,
-                    );
+                    let c = build_cache(model, self.cfg, self.pre, &self.data.gray, base_from, views, &self.data.train, &self.data.val, self.device);
                     reporter.message(&format!(
                         "cached the frozen {} output: {} view(s) of {} training images{}, in {:.1}s",
                         Block::from_index(base_from.index() - 1),
@@ -508,9 +411,7 @@ impl Trainer<'_> {
             },
         };
         for (si, stage) in self.cfg.stages.iter().enumerate() {
-            if si < st.stage
-                || (si == st.stage && (st.stage_done || st.stage_epoch >= stage.epochs))
-            {
+            if si < st.stage || (si == st.stage && (st.stage_done || st.stage_epoch >= stage.epochs)) {
                 continue;
             }
             if si > st.stage {
@@ -548,11 +449,8 @@ impl Trainer<'_> {
             while st.stage_epoch < stage.epochs {
                 let epoch = st.history.len() + 1;
                 let t0 = Instant::now();
-                tch::manual_seed(
-                    sub_seed(self.cfg.seed, 2, epoch as u64, 0) as i64 & 0x7FFF_FFFF_FFFF,
-                );
-                let mut rng =
-                    ChaCha8Rng::seed_from_u64(sub_seed(self.cfg.seed, 3, epoch as u64, 0));
+                tch::manual_seed(sub_seed(self.cfg.seed, 2, epoch as u64, 0) as i64 & 0x7FFF_FFFF_FFFF);
+                let mut rng = ChaCha8Rng::seed_from_u64(sub_seed(self.cfg.seed, 3, epoch as u64, 0));
                 let mut order: Vec<usize> = (0..self.data.train.len()).collect();
                 order.shuffle(&mut rng);
                 let bs = batches(&order, self.cfg.batch_size);
@@ -560,51 +458,25 @@ impl Trainer<'_> {
                 let (mut loss_sum, mut correct, mut seen) = (0.0, 0i64, 0usize);
                 let mut lr_now = 0.0;
                 for (bi, b) in bs.iter().enumerate() {
-                    if self
-                        .stop
-                        .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst))
-                    {
-                        return Err(Error::Interrupted(format!(
-                            "stopped during epoch {epoch}; the last completed epoch is saved"
-                        )));
+                    if self.stop.is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst)) {
+                        return Err(Error::Interrupted(format!("stopped during epoch {epoch}; the last completed epoch is saved")));
                     }
                     let step = st.stage_epoch * steps_per_epoch + bi;
                     lr_now = self.cfg.lr * self.cfg.schedule.factor(step, total_steps, warmup);
                     let rows: Vec<usize> = b.iter().map(|&o| self.data.train[o]).collect();
                     let logits = match &cache {
                         Some(c) => {
-                            let pick = b
-                                .iter()
-                                .map(|&o| {
-                                    rng.gen_range(0..c.views) * c.n_aug
-                                        + c.aug_row[self.data.train[o]].unwrap_or(0)
-                                })
-                                .collect::<Vec<_>>();
+                            let pick = b.iter().map(|&o| rng.gen_range(0..c.views) * c.n_aug + c.aug_row[self.data.train[o]].unwrap_or(0)).collect::<Vec<_>>();
                             let x = c.aug.index_select(0, &index(pick.into_iter(), self.device));
                             model.forward_from(&x, c.from, true)
                         }
                         None => {
-                            let x = self.input(
-                                &rows,
-                                (!self.cfg.augment.is_identity()).then_some(&mut rng),
-                            );
+                            let x = self.input(&rows, (!self.cfg.augment.is_identity()).then_some(&mut rng));
                             model.forward_t(&x, true)
                         }
                     };
-                    let y = Tensor::from_slice(
-                        &rows
-                            .iter()
-                            .map(|&r| self.data.targets[r])
-                            .collect::<Vec<_>>(),
-                    )
-                    .to_device(self.device);
-                    let loss = logits.cross_entropy_loss(
-                        &y,
-                        Some(&cw),
-                        Reduction::Mean,
-                        -100,
-                        self.cfg.label_smoothing,
-                    );
+                    let y = Tensor::from_slice(&rows.iter().map(|&r| self.data.targets[r]).collect::<Vec<_>>()).to_device(self.device);
+                    let loss = logits.cross_entropy_loss(&y, Some(&cw), Reduction::Mean, -100, self.cfg.label_smoothing);
                     opt.zero_grad();
                     loss.backward();
                     opt.step(lr_now);
@@ -613,44 +485,19 @@ impl Trainer<'_> {
                         return Err(Error::config(format!("the training loss became {l} at epoch {epoch}: lower --lr (try vggft lr-find)")));
                     }
                     loss_sum += l * b.len() as f64;
-                    correct +=
-                        i64::try_from(logits.argmax(1, false).eq_tensor(&y).sum(Kind::Int64))
-                            .unwrap_or(0);
+                    correct += i64::try_from(logits.argmax(1, false).eq_tensor(&y).sum(Kind::Int64)).unwrap_or(0);
                     seen += b.len();
-                    reporter.batch(
-                        bi + 1,
-                        loss_sum / seen as f64,
-                        correct as f64 / seen as f64,
-                        seen as f64 / t0.elapsed().as_secs_f64(),
-                    );
+                    reporter.batch(bi + 1, loss_sum / seen as f64, correct as f64 / seen as f64, seen as f64 / t0.elapsed().as_secs_f64());
                 }
                 let (val_loss, val_acc, val_bacc) = if self.data.val.is_empty() {
                     (None, None, None)
                 } else {
                     let logits = self.val_logits(model, cache.as_ref());
-                    let y: Vec<i64> = self
-                        .data
-                        .val
-                        .iter()
-                        .map(|&r| self.data.targets[r])
-                        .collect();
+                    let y: Vec<i64> = self.data.val.iter().map(|&r| self.data.targets[r]).collect();
                     let yt = Tensor::from_slice(&y).to_device(self.device);
-                    let l = f64::try_from(logits.cross_entropy_loss(
-                        &yt,
-                        Some(&cw),
-                        Reduction::Mean,
-                        -100,
-                        0.0,
-                    ))
-                    .unwrap_or(f64::NAN);
-                    let pred: Vec<i64> =
-                        Vec::<i64>::try_from(logits.argmax(1, false).to_device(Device::Cpu))
-                            .unwrap_or_default();
-                    (
-                        Some(l),
-                        Some(eval::accuracy(&y, &pred)),
-                        Some(eval::balanced_accuracy(&y, &pred, self.data.num_classes)),
-                    )
+                    let l = f64::try_from(logits.cross_entropy_loss(&yt, Some(&cw), Reduction::Mean, -100, 0.0)).unwrap_or(f64::NAN);
+                    let pred: Vec<i64> = Vec::<i64>::try_from(logits.argmax(1, false).to_device(Device::Cpu)).unwrap_or_default();
+                    (Some(l), Some(eval::accuracy(&y, &pred)), Some(eval::balanced_accuracy(&y, &pred, self.data.num_classes)))
                 };
                 let row = EpochRow {
                     epoch,
@@ -677,15 +524,8 @@ impl Trainer<'_> {
                     Some(_) => st.since_best += 1,
                     None => st.best_epoch = epoch,
                 }
-                if self.cfg.patience > 0
-                    && st.since_best >= self.cfg.patience
-                    && st.stage_epoch < stage.epochs
-                {
-                    reporter.message(&format!(
-                        "stage {}: no validation improvement for {} epochs, ending the stage early",
-                        si + 1,
-                        self.cfg.patience
-                    ));
+                if self.cfg.patience > 0 && st.since_best >= self.cfg.patience && st.stage_epoch < stage.epochs {
+                    reporter.message(&format!("stage {}: no validation improvement for {} epochs, ending the stage early", si + 1, self.cfg.patience));
                     st.stage_done = true;
                 }
                 if let Some(dir) = &self.checkpoint_dir {
@@ -699,22 +539,13 @@ impl Trainer<'_> {
         if let Some(b) = best {
             restore(model, &b);
         }
-        Ok(Outcome {
-            history: st.history,
-            best_epoch: st.best_epoch,
-        })
+        Ok(Outcome { history: st.history, best_epoch: st.best_epoch })
     }
 }
 
 /// Deep copy of every tensor of the model.
 fn snapshot(model: &Vgg16) -> Vec<(String, Tensor)> {
-    tch::no_grad(|| {
-        model
-            .named_tensors()
-            .into_iter()
-            .map(|(n, t)| (n, t.copy()))
-            .collect()
-    })
+    tch::no_grad(|| model.named_tensors().into_iter().map(|(n, t)| (n, t.copy())).collect())
 }
 
 fn restore(model: &mut Vgg16, snap: &[(String, Tensor)]) {
@@ -734,24 +565,11 @@ const STATE: &str = "checkpoint.json";
 
 /// Saves model, optimizer state and best weights, then the state that
 /// points at them; each file atomically, the state last.
-pub fn save_checkpoint(
-    dir: &Path,
-    model: &Vgg16,
-    opt: &Optimizer,
-    best: Option<&[(String, Tensor)]>,
-    st: &ResumeState,
-) -> Result<()> {
-    let mut all: Vec<(String, Tensor)> = model
-        .named_tensors()
-        .into_iter()
-        .map(|(n, t)| (format!("model.{n}"), t))
-        .collect();
+pub fn save_checkpoint(dir: &Path, model: &Vgg16, opt: &Optimizer, best: Option<&[(String, Tensor)]>, st: &ResumeState) -> Result<()> {
+    let mut all: Vec<(String, Tensor)> = model.named_tensors().into_iter().map(|(n, t)| (format!("model.{n}"), t)).collect();
     all.extend(opt.state_tensors());
     if let Some(b) = best {
-        all.extend(
-            b.iter()
-                .map(|(n, t)| (format!("best.{n}"), t.shallow_clone())),
-        );
+        all.extend(b.iter().map(|(n, t)| (format!("best.{n}"), t.shallow_clone())));
     }
     weights::save_atomic(&all, &dir.join(CHECKPOINT))?;
     fsutil::write_json(&dir.join(STATE), st)
@@ -761,8 +579,7 @@ pub fn save_checkpoint(
 pub fn load_state(dir: &Path) -> Result<ResumeState> {
     let p = dir.join(STATE);
     let s = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
-    serde_json::from_str(&s)
-        .map_err(|e| Error::file(&p, format!("is not a valid checkpoint state: {e}")))
+    serde_json::from_str(&s).map_err(|e| Error::file(&p, format!("is not a valid checkpoint state: {e}")))
 }
 
 /// Optimizer state and best-epoch weights of a checkpoint.
@@ -784,18 +601,9 @@ fn load_checkpoint(dir: &Path, model: &mut Vgg16) -> Result<Restored> {
     }
     tch::no_grad(|| -> Result<()> {
         for (name, v) in &vars {
-            let t = tensors
-                .get(&format!("model.{name}"))
-                .ok_or_else(|| Error::weights(&p, format!("lacks model.{name}")))?;
+            let t = tensors.get(&format!("model.{name}")).ok_or_else(|| Error::weights(&p, format!("lacks model.{name}")))?;
             if t.size() != v.size() {
-                return Err(Error::weights(
-                    &p,
-                    format!(
-                        "model.{name} has shape {:?}, expected {:?}",
-                        t.size(),
-                        v.size()
-                    ),
-                ));
+                return Err(Error::weights(&p, format!("model.{name} has shape {:?}, expected {:?}", t.size(), v.size())));
             }
             let mut v = v.shallow_clone();
             v.copy_(t);
@@ -807,9 +615,5 @@ fn load_checkpoint(dir: &Path, model: &mut Vgg16) -> Result<Restored> {
 
 /// Stages → a short human description, e.g. `head:3 → conv5:12`.
 pub fn describe_stages(stages: &[Stage]) -> String {
-    stages
-        .iter()
-        .map(|s| format!("{}:{}", s.from, s.epochs))
-        .collect::<Vec<_>>()
-        .join(" → ")
+    stages.iter().map(|s| format!("{}:{}", s.from, s.epochs)).collect::<Vec<_>>().join(" → ")
 }

@@ -36,9 +36,7 @@ impl FileArch {
     pub fn describe(self) -> &'static str {
         match self {
             FileArch::Vgg16 => "VGG16 (torchvision layout: conv trunk + classifier)",
-            FileArch::Vgg16Bn => {
-                "VGG16-BN (torchvision layout: conv trunk with BatchNorm + classifier)"
-            }
+            FileArch::Vgg16Bn => "VGG16-BN (torchvision layout: conv trunk with BatchNorm + classifier)",
             FileArch::Trunk => "VGG16 conv trunk only (no BatchNorm, no classifier)",
             FileArch::TrunkBn => "VGG16-BN conv trunk only (no classifier)",
             FileArch::Checkpoint => "a vggft checkpoint (trunk + trained head)",
@@ -70,10 +68,7 @@ pub fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
     }
     let tensors = Tensor::read_safetensors(path).map_err(|e| {
         let msg = e.to_string();
-        let why = if msg.contains("HeaderTooLarge")
-            || msg.contains("InvalidHeader")
-            || msg.contains("HeaderTooSmall")
-        {
+        let why = if msg.contains("HeaderTooLarge") || msg.contains("InvalidHeader") || msg.contains("HeaderTooSmall") {
             "is not a safetensors file (bad header)"
         } else if msg.contains("MetadataIncompleteBuffer") || msg.contains("InvalidOffset") {
             "is truncated or corrupt (tensor data does not match the header)"
@@ -99,10 +94,7 @@ pub fn check_finite(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
     if bad.is_empty() {
         Ok(())
     } else {
-        Err(Error::weights(
-            path,
-            format!("NaN or Inf values in {}", short_list(&bad, 5)),
-        ))
+        Err(Error::weights(path, format!("NaN or Inf values in {}", short_list(&bad, 5))))
     }
 }
 
@@ -129,10 +121,7 @@ pub fn fold_bn(path: &Path, tensors: Vec<(String, Tensor)>) -> Result<Vec<(Strin
     let mut map: BTreeMap<String, Tensor> = tensors.into_iter().collect();
     let mut out = Vec::new();
     for (l, &i) in BN_CONV_IDX.iter().enumerate() {
-        let mut take = |n: String| {
-            map.remove(&n)
-                .ok_or_else(|| Error::weights(path, format!("VGG16-BN file lacks {n}")))
-        };
+        let mut take = |n: String| map.remove(&n).ok_or_else(|| Error::weights(path, format!("VGG16-BN file lacks {n}")));
         let w = take(format!("features.{i}.weight"))?.to_kind(Kind::Double);
         let b = take(format!("features.{i}.bias"))?.to_kind(Kind::Double);
         let g = take(format!("features.{}.weight", i + 1))?.to_kind(Kind::Double);
@@ -169,46 +158,24 @@ pub fn load_pretrained(model: &mut Vgg16, path: &Path) -> Result<LoadReport> {
         FileArch::Vgg16 | FileArch::Trunk if model_bn => {
             return Err(Error::weights(
                 path,
-                format!(
-                    "holds {}, but --bn {:?} needs VGG16-BN weights (use --bn drop, or weights/vgg16_bn.safetensors)",
-                    arch.describe(),
-                    model.cfg.bn_mode
-                )
-                .to_lowercase(),
+                format!("holds {}, but --bn {:?} needs VGG16-BN weights (use --bn drop, or weights/vgg16_bn.safetensors)", arch.describe(), model.cfg.bn_mode)
+                    .to_lowercase(),
             ));
         }
         FileArch::Unknown => {
-            return Err(Error::weights(
-                path,
-                "is not a VGG16 / VGG16-BN weights file (no features.0.weight … layout)",
-            ));
+            return Err(Error::weights(path, "is not a VGG16 / VGG16-BN weights file (no features.0.weight … layout)"));
         }
         _ => {}
     }
-    let is_pretrained = |n: &str| {
-        n.starts_with("features.")
-            || (model.cfg.head == HeadKind::Vgg
-                && (n.starts_with("classifier.0.") || n.starts_with("classifier.3.")))
-    };
+    let is_pretrained =
+        |n: &str| n.starts_with("features.") || (model.cfg.head == HeadKind::Vgg && (n.starts_with("classifier.0.") || n.starts_with("classifier.3.")));
     if model.cfg.head == HeadKind::Vgg && matches!(arch, FileArch::Trunk | FileArch::TrunkBn) {
-        return Err(Error::weights(
-            path,
-            "holds a conv trunk only (no classifier.0/classifier.3), which --head vgg needs: use --head bn or --head linear",
-        ));
+        return Err(Error::weights(path, "holds a conv trunk only (no classifier.0/classifier.3), which --head vgg needs: use --head bn or --head linear"));
     }
-    let targets: BTreeMap<String, Tensor> = model
-        .named_tensors()
-        .into_iter()
-        .filter(|(n, _)| is_pretrained(n))
-        .collect();
+    let targets: BTreeMap<String, Tensor> = model.named_tensors().into_iter().filter(|(n, _)| is_pretrained(n)).collect();
     let file: BTreeMap<String, Tensor> = tensors.into_iter().collect();
     copy_checked(path, &targets, &file, &mut report)?;
-    report.new = model
-        .named_tensors()
-        .into_iter()
-        .map(|(n, _)| n)
-        .filter(|n| !is_pretrained(n))
-        .collect();
+    report.new = model.named_tensors().into_iter().map(|(n, _)| n).filter(|n| !is_pretrained(n)).collect();
     Ok(report)
 }
 
@@ -223,22 +190,13 @@ pub fn load_checkpoint(model: &mut Vgg16, path: &Path) -> Result<LoadReport> {
     Ok(report)
 }
 
-fn copy_checked(
-    path: &Path,
-    targets: &BTreeMap<String, Tensor>,
-    file: &BTreeMap<String, Tensor>,
-    report: &mut LoadReport,
-) -> Result<()> {
+fn copy_checked(path: &Path, targets: &BTreeMap<String, Tensor>, file: &BTreeMap<String, Tensor>, report: &mut LoadReport) -> Result<()> {
     let mut missing = Vec::new();
     let mut wrong = Vec::new();
     for (name, dst) in targets {
         match file.get(name) {
             None => missing.push(name.clone()),
-            Some(src) if src.size() != dst.size() => wrong.push(format!(
-                "{name} (file {:?}, expected {:?})",
-                src.size(),
-                dst.size()
-            )),
+            Some(src) if src.size() != dst.size() => wrong.push(format!("{name} (file {:?}, expected {:?})", src.size(), dst.size())),
             Some(_) => {}
         }
     }
@@ -250,10 +208,7 @@ fn copy_checked(
         if !wrong.is_empty() {
             parts.push(format!("wrong shape {}", short_list(&wrong, 4)));
         }
-        return Err(Error::weights(
-            path,
-            format!("does not fit the network: {}", parts.join("; ")),
-        ));
+        return Err(Error::weights(path, format!("does not fit the network: {}", parts.join("; "))));
     }
     tch::no_grad(|| {
         for (name, dst) in targets {
@@ -263,24 +218,14 @@ fn copy_checked(
         }
     });
     report.loaded = targets.len();
-    report.ignored = file
-        .keys()
-        .filter(|n| !targets.contains_key(*n))
-        .cloned()
-        .collect();
+    report.ignored = file.keys().filter(|n| !targets.contains_key(*n)).cloned().collect();
     Ok(())
 }
 
 /// Saves named tensors as safetensors, atomically (temp file + rename).
 pub fn save_atomic(named: &[(String, Tensor)], path: &Path) -> Result<()> {
-    let contiguous: Vec<(String, Tensor)> = named
-        .iter()
-        .map(|(n, t)| (n.clone(), t.to_device(tch::Device::Cpu).contiguous()))
-        .collect();
-    fsutil::write_atomic_with(path, |tmp| {
-        Tensor::write_safetensors(&contiguous, tmp)
-            .map_err(|e| Error::file(path, format!("cannot write weights: {e}")))
-    })
+    let contiguous: Vec<(String, Tensor)> = named.iter().map(|(n, t)| (n.clone(), t.to_device(tch::Device::Cpu).contiguous())).collect();
+    fsutil::write_atomic_with(path, |tmp| Tensor::write_safetensors(&contiguous, tmp).map_err(|e| Error::file(path, format!("cannot write weights: {e}"))))
 }
 
 /// Hex SHA-256 of a file, streamed.
@@ -313,29 +258,13 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
     let tensors = read_tensors(path)?;
     let names: Vec<&str> = tensors.iter().map(|(n, _)| n.as_str()).collect();
     let arch = detect_arch(&names);
-    let mut list: Vec<(String, Vec<i64>, String)> = tensors
-        .iter()
-        .map(|(n, t)| (n.clone(), t.size(), format!("{:?}", t.kind())))
-        .collect();
+    let mut list: Vec<(String, Vec<i64>, String)> = tensors.iter().map(|(n, t)| (n.clone(), t.size(), format!("{:?}", t.kind()))).collect();
     list.sort_by(|a, b| natural_key(&a.0).cmp(&natural_key(&b.0)));
     let parameters = tensors.iter().map(|(_, t)| t.numel() as i64).sum();
-    Ok(Inspection {
-        path: path.display().to_string(),
-        sha256: sha256_file(path)?,
-        arch,
-        description: arch.describe().to_string(),
-        tensors: list,
-        parameters,
-    })
+    Ok(Inspection { path: path.display().to_string(), sha256: sha256_file(path)?, arch, description: arch.describe().to_string(), tensors: list, parameters })
 }
 
 /// Sorts `features.10` after `features.9`.
 fn natural_key(name: &str) -> Vec<(String, u64)> {
-    name.split('.')
-        .map(|p| {
-            p.parse::<u64>()
-                .map(|n| (String::new(), n))
-                .unwrap_or((p.to_string(), 0))
-        })
-        .collect()
+    name.split('.').map(|p| p.parse::<u64>().map(|n| (String::new(), n)).unwrap_or((p.to_string(), 0))).collect()
 }

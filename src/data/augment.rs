@@ -27,47 +27,16 @@ pub struct Augment {
 impl Augment {
     pub fn preset(name: &str) -> Result<Augment> {
         match name {
-            "none" => Ok(Augment {
-                flip: false,
-                rotate: 0.0,
-                zoom: 0.0,
-                translate: 0.0,
-                brightness: 0.0,
-                contrast: 0.0,
-            }),
-            "flip" => Ok(Augment {
-                flip: true,
-                ..Augment::preset("none")?
-            }),
-            "light" => Ok(Augment {
-                flip: true,
-                rotate: 10.0,
-                zoom: 0.1,
-                translate: 0.05,
-                brightness: 0.1,
-                contrast: 0.1,
-            }),
-            "strong" => Ok(Augment {
-                flip: true,
-                rotate: 20.0,
-                zoom: 0.2,
-                translate: 0.1,
-                brightness: 0.2,
-                contrast: 0.25,
-            }),
-            other => Err(Error::config(format!(
-                "--augment `{other}`: expected none, flip, light or strong"
-            ))),
+            "none" => Ok(Augment { flip: false, rotate: 0.0, zoom: 0.0, translate: 0.0, brightness: 0.0, contrast: 0.0 }),
+            "flip" => Ok(Augment { flip: true, ..Augment::preset("none")? }),
+            "light" => Ok(Augment { flip: true, rotate: 10.0, zoom: 0.1, translate: 0.05, brightness: 0.1, contrast: 0.1 }),
+            "strong" => Ok(Augment { flip: true, rotate: 20.0, zoom: 0.2, translate: 0.1, brightness: 0.2, contrast: 0.25 }),
+            other => Err(Error::config(format!("--augment `{other}`: expected none, flip, light or strong"))),
         }
     }
 
     pub fn is_identity(&self) -> bool {
-        !self.flip
-            && self.rotate == 0.0
-            && self.zoom == 0.0
-            && self.translate == 0.0
-            && self.brightness == 0.0
-            && self.contrast == 0.0
+        !self.flip && self.rotate == 0.0 && self.zoom == 0.0 && self.translate == 0.0 && self.brightness == 0.0 && self.contrast == 0.0
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -99,65 +68,33 @@ impl Augment {
         if self.is_identity() {
             return gray.shallow_clone();
         }
-        let params: Vec<[f64; 8]> = seeds
-            .iter()
-            .map(|&s| self.draw(&mut ChaCha8Rng::seed_from_u64(s)))
-            .collect();
+        let params: Vec<[f64; 8]> = seeds.iter().map(|&s| self.draw(&mut ChaCha8Rng::seed_from_u64(s))).collect();
         self.warp(gray, &params)
     }
 
     /// θ (six affine coefficients), contrast gain, brightness shift.
     fn draw(&self, rng: &mut ChaCha8Rng) -> [f64; 8] {
         let sym = |rng: &mut ChaCha8Rng, m: f64| if m > 0.0 { rng.gen_range(-m..=m) } else { 0.0 };
-        let flip = if self.flip && rng.gen_bool(0.5) {
-            -1.0
-        } else {
-            1.0
-        };
+        let flip = if self.flip && rng.gen_bool(0.5) { -1.0 } else { 1.0 };
         let a = sym(rng, self.rotate).to_radians();
         let s = 1.0 / (1.0 + sym(rng, self.zoom));
-        let (tx, ty) = (
-            2.0 * sym(rng, self.translate),
-            2.0 * sym(rng, self.translate),
-        );
+        let (tx, ty) = (2.0 * sym(rng, self.translate), 2.0 * sym(rng, self.translate));
         let gain = 1.0 + sym(rng, self.contrast);
         let shift = sym(rng, self.brightness);
         // Output→input sampling matrix; the flip mirrors the output x axis.
-        [
-            s * a.cos() * flip,
-            -s * a.sin(),
-            tx,
-            s * a.sin() * flip,
-            s * a.cos(),
-            ty,
-            gain,
-            shift,
-        ]
+        [s * a.cos() * flip, -s * a.sin(), tx, s * a.sin() * flip, s * a.cos(), ty, gain, shift]
     }
 
     fn warp(&self, gray: &Tensor, params: &[[f64; 8]]) -> Tensor {
         let size = gray.size();
         let n = params.len() as i64;
         let dev = gray.device();
-        let col = |k: usize| {
-            Tensor::from_slice(&params.iter().map(|p| p[k]).collect::<Vec<_>>())
-                .to_kind(Kind::Float)
-                .to_device(dev)
-        };
-        let theta = Tensor::from_slice(
-            &params
-                .iter()
-                .flat_map(|p| p[..6].to_vec())
-                .collect::<Vec<_>>(),
-        )
-        .view([n, 2, 3])
-        .to_kind(Kind::Float)
-        .to_device(dev);
+        let col = |k: usize| Tensor::from_slice(&params.iter().map(|p| p[k]).collect::<Vec<_>>()).to_kind(Kind::Float).to_device(dev);
+        let theta = Tensor::from_slice(&params.iter().flat_map(|p| p[..6].to_vec()).collect::<Vec<_>>()).view([n, 2, 3]).to_kind(Kind::Float).to_device(dev);
         let grid = Tensor::affine_grid_generator(&theta, size.as_slice(), false);
         // bilinear (0), border padding (1): no black corners on rotated faces.
         let warped = gray.grid_sampler(&grid, 0, 1, false);
         let mean = warped.mean_dim([1i64, 2, 3].as_slice(), true, Kind::Float);
-        ((warped - &mean) * col(6).view([-1, 1, 1, 1]) + mean + col(7).view([-1, 1, 1, 1]))
-            .clamp(0.0, 1.0)
+        ((warped - &mean) * col(6).view([-1, 1, 1, 1]) + mean + col(7).view([-1, 1, 1, 1])).clamp(0.0, 1.0)
     }
 }

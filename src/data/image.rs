@@ -43,9 +43,7 @@ pub fn decode_gray(bytes: &[u8]) -> std::result::Result<Gray, String> {
         return Err("the file is empty (0 bytes)".into());
     }
     let is_tiff = bytes.starts_with(b"II*\0") || bytes.starts_with(b"MM\0*");
-    let mut reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| e.to_string())?;
+    let mut reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| e.to_string())?;
     if reader.format().is_none() {
         return Err("not a recognised image format (expected TIFF, PNG, JPEG or BMP)".into());
     }
@@ -58,30 +56,17 @@ pub fn decode_gray(bytes: &[u8]) -> std::result::Result<Gray, String> {
         Ok(img) => {
             let (w, h) = (img.width(), img.height());
             let rgb = img.to_rgb32f();
-            let pixels = rgb
-                .pixels()
-                .map(|p| luma(p[0], p[1], p[2]).clamp(0.0, 1.0))
-                .collect();
-            Gray {
-                width: w,
-                height: h,
-                pixels,
-            }
+            let pixels = rgb.pixels().map(|p| luma(p[0], p[1], p[2]).clamp(0.0, 1.0)).collect();
+            Gray { width: w, height: h, pixels }
         }
         Err(e) if is_tiff && is_palette_error(&e) => decode_palette_tiff(bytes)?,
         Err(image::ImageError::Limits(_)) => {
-            return Err(format!(
-                "image is larger than the limit of {MAX_SIDE}×{MAX_SIDE} pixels / {} MiB decoded",
-                MAX_ALLOC >> 20
-            ))
+            return Err(format!("image is larger than the limit of {MAX_SIDE}×{MAX_SIDE} pixels / {} MiB decoded", MAX_ALLOC >> 20))
         }
         Err(e) => return Err(describe(e)),
     };
     if gray.width < MIN_SIDE || gray.height < MIN_SIDE {
-        return Err(format!(
-            "image is {}×{} pixels, smaller than the minimum {MIN_SIDE}×{MIN_SIDE}",
-            gray.width, gray.height
-        ));
+        return Err(format!("image is {}×{} pixels, smaller than the minimum {MIN_SIDE}×{MIN_SIDE}", gray.width, gray.height));
     }
     Ok(gray)
 }
@@ -108,76 +93,43 @@ fn decode_palette_tiff(bytes: &[u8]) -> std::result::Result<Gray, String> {
     let mut d = Decoder::new(Cursor::new(bytes)).map_err(err)?;
     let (w, h) = d.dimensions().map_err(err)?;
     if w > MAX_SIDE || h > MAX_SIDE {
-        return Err(format!(
-            "image is larger than the limit of {MAX_SIDE}×{MAX_SIDE} pixels"
-        ));
+        return Err(format!("image is larger than the limit of {MAX_SIDE}×{MAX_SIDE} pixels"));
     }
     let bits = d.get_tag_u32(Tag::BitsPerSample).map_err(err)?;
     if bits != 8 && bits != 4 {
-        return Err(format!(
-            "palette TIFF with {bits} bits per pixel is not supported (8 or 4)"
-        ));
+        return Err(format!("palette TIFF with {bits} bits per pixel is not supported (8 or 4)"));
     }
-    let compression = d
-        .find_tag(Tag::Compression)
-        .ok()
-        .flatten()
-        .and_then(|v| v.into_u32().ok())
-        .unwrap_or(1);
+    let compression = d.find_tag(Tag::Compression).ok().flatten().and_then(|v| v.into_u32().ok()).unwrap_or(1);
     if compression != 1 {
-        return Err(format!(
-            "compressed palette TIFF (compression {compression}) is not supported"
-        ));
+        return Err(format!("compressed palette TIFF (compression {compression}) is not supported"));
     }
     let cmap = d.get_tag_u16_vec(Tag::ColorMap).map_err(err)?;
     let n = 1usize << bits;
     if cmap.len() != 3 * n {
-        return Err(format!(
-            "palette TIFF colour map has {} entries, expected {}",
-            cmap.len(),
-            3 * n
-        ));
+        return Err(format!("palette TIFF colour map has {} entries, expected {}", cmap.len(), 3 * n));
     }
     let offsets = d.get_tag_u64_vec(Tag::StripOffsets).map_err(err)?;
     let counts = d.get_tag_u64_vec(Tag::StripByteCounts).map_err(err)?;
     let mut data = Vec::with_capacity((w as usize * h as usize * bits as usize).div_ceil(8));
     for (&o, &c) in offsets.iter().zip(&counts) {
         let (o, c) = (o as usize, c as usize);
-        let strip = bytes
-            .get(o..o.saturating_add(c))
-            .ok_or("palette TIFF is truncated (strip past the end of the file)")?;
+        let strip = bytes.get(o..o.saturating_add(c)).ok_or("palette TIFF is truncated (strip past the end of the file)")?;
         data.extend_from_slice(strip);
     }
     let row_bytes = (w as usize * bits as usize).div_ceil(8);
     if data.len() < row_bytes * h as usize {
         return Err("palette TIFF is truncated (fewer pixels than its size)".into());
     }
-    let lut: Vec<f32> = (0..n)
-        .map(|i| {
-            luma(
-                cmap[i] as f32 / 65535.0,
-                cmap[n + i] as f32 / 65535.0,
-                cmap[2 * n + i] as f32 / 65535.0,
-            )
-        })
-        .collect();
+    let lut: Vec<f32> = (0..n).map(|i| luma(cmap[i] as f32 / 65535.0, cmap[n + i] as f32 / 65535.0, cmap[2 * n + i] as f32 / 65535.0)).collect();
     let mut pixels = Vec::with_capacity(w as usize * h as usize);
     for y in 0..h as usize {
         let row = &data[y * row_bytes..(y + 1) * row_bytes];
         for x in 0..w as usize {
-            let idx = if bits == 8 {
-                row[x] as usize
-            } else {
-                ((row[x / 2] >> (4 * (1 - x % 2))) & 0xF) as usize
-            };
+            let idx = if bits == 8 { row[x] as usize } else { ((row[x / 2] >> (4 * (1 - x % 2))) & 0xF) as usize };
             pixels.push(lut[idx]);
         }
     }
-    Ok(Gray {
-        width: w,
-        height: h,
-        pixels,
-    })
+    Ok(Gray { width: w, height: h, pixels })
 }
 
 /// Where to cut the picture before resizing.
@@ -207,13 +159,9 @@ impl Crop {
         }
         let frac = s.strip_prefix("center:").unwrap_or(s);
         if !frac.contains(',') {
-            let f: f32 = frac.parse().map_err(|_| {
-                Error::config(format!("--crop `{s}`: expected none, x,y,w,h or center:F"))
-            })?;
+            let f: f32 = frac.parse().map_err(|_| Error::config(format!("--crop `{s}`: expected none, x,y,w,h or center:F")))?;
             if !(f > 0.0 && f <= 1.0) {
-                return Err(Error::config(format!(
-                    "--crop fraction must be in (0, 1], got {f}"
-                )));
+                return Err(Error::config(format!("--crop fraction must be in (0, 1], got {f}")));
             }
             return Ok(Crop::Center { fraction: f });
         }
@@ -224,9 +172,7 @@ impl Crop {
             .map_err(|_| Error::config(format!("--crop `{s}`: expected x,y,w,h in pixels")))?;
         match v[..] {
             [x, y, w, h] if w > 0 && h > 0 => Ok(Crop::Box { x, y, w, h }),
-            _ => Err(Error::config(format!(
-                "--crop `{s}`: expected x,y,w,h with w, h > 0"
-            ))),
+            _ => Err(Error::config(format!("--crop `{s}`: expected x,y,w,h with w, h > 0"))),
         }
     }
 }
@@ -239,18 +185,12 @@ pub fn prepare(img: &Gray, crop: &Crop, size: u32) -> std::result::Result<Vec<f3
         Crop::None => {}
         Crop::Box { x, y, w: bw, h: bh } => {
             if x.saturating_add(bw) > img.width || y.saturating_add(bh) > img.height {
-                return Err(format!(
-                    "crop box {x},{y},{bw},{bh} does not fit the {}×{} image",
-                    img.width, img.height
-                ));
+                return Err(format!("crop box {x},{y},{bw},{bh} does not fit the {}×{} image", img.width, img.height));
             }
             (x0, y0, w, h) = (x, y, bw, bh);
         }
         Crop::Center { fraction } => {
-            let (cw, ch) = (
-                ((w as f32) * fraction).round().max(1.0) as u32,
-                ((h as f32) * fraction).round().max(1.0) as u32,
-            );
+            let (cw, ch) = (((w as f32) * fraction).round().max(1.0) as u32, ((h as f32) * fraction).round().max(1.0) as u32);
             (x0, y0, w, h) = ((w - cw) / 2, (h - ch) / 2, cw, ch);
         }
     }
@@ -258,13 +198,8 @@ pub fn prepare(img: &Gray, crop: &Crop, size: u32) -> std::result::Result<Vec<f3
     x0 += (w - side) / 2;
     y0 += (h - side) / 2;
     let buf: ImageBuffer<Luma<f32>, Vec<f32>> =
-        ImageBuffer::from_raw(img.width, img.height, img.pixels.clone())
-            .ok_or("pixel buffer does not match the image size")?;
+        ImageBuffer::from_raw(img.width, img.height, img.pixels.clone()).ok_or("pixel buffer does not match the image size")?;
     let cut = imageops::crop_imm(&buf, x0, y0, side, side).to_image();
-    let out = if side == size {
-        cut
-    } else {
-        imageops::resize(&cut, size, size, imageops::FilterType::Triangle)
-    };
+    let out = if side == size { cut } else { imageops::resize(&cut, size, size, imageops::FilterType::Triangle) };
     Ok(out.into_raw())
 }

@@ -3,6 +3,7 @@
 //! normalised network input.
 
 pub mod augment;
+pub mod face;
 pub mod image;
 pub mod scan;
 pub mod split;
@@ -24,6 +25,9 @@ pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Preprocess {
     pub crop: Crop,
+    /// Face localisation, applied instead of `crop` when not `None`.
+    #[serde(default)]
+    pub face: face::FaceMode,
     pub image_size: u32,
     pub mean: [f32; 3],
     pub std: [f32; 3],
@@ -31,23 +35,14 @@ pub struct Preprocess {
 
 impl Preprocess {
     pub fn new(crop: Crop, image_size: u32) -> Self {
-        Preprocess {
-            crop,
-            image_size,
-            mean: IMAGENET_MEAN,
-            std: IMAGENET_STD,
-        }
+        Preprocess { crop, face: face::FaceMode::None, image_size, mean: IMAGENET_MEAN, std: IMAGENET_STD }
     }
 
     /// Gray [0,1] batch (N,1,S,S) → replicated to RGB and normalised (N,3,S,S).
     pub fn normalise(&self, gray: &Tensor) -> Tensor {
         let dev = gray.device();
-        let mean = Tensor::from_slice(&self.mean)
-            .to_device(dev)
-            .view([1, 3, 1, 1]);
-        let std = Tensor::from_slice(&self.std)
-            .to_device(dev)
-            .view([1, 3, 1, 1]);
+        let mean = Tensor::from_slice(&self.mean).to_device(dev).view([1, 3, 1, 1]);
+        let std = Tensor::from_slice(&self.std).to_device(dev).view([1, 3, 1, 1]);
         (gray.expand([-1, 3, -1, -1], false) - mean) / std
     }
 }
@@ -59,35 +54,43 @@ pub struct Loaded {
     /// Indices (into the given samples) of the images in `gray`.
     pub kept: Vec<usize>,
     pub skipped: Vec<(PathBuf, String)>,
+    /// The face box of each kept image (when `--face` is not `none`).
+    pub boxes: Vec<Option<face::FaceBox>>,
+}
+
+/// Decoded gray → the network's pixels: face box (or `crop`), square, resize.
+pub fn prepare_image(
+    g: &image::Gray,
+    pre: &Preprocess,
+    finder: &mut Option<face::FaceFinder>,
+) -> std::result::Result<(Vec<f32>, Option<face::FaceBox>), String> {
+    let b = face::locate(finder, g, &pre.face)?;
+    let crop = b.as_ref().map(face::FaceBox::crop).unwrap_or_else(|| pre.crop.clone());
+    Ok((image::prepare(g, &crop, pre.image_size)?, b))
 }
 
 /// Decodes and prepares images in parallel (one thread per core).
 pub fn load_images(samples: &[Sample], pre: &Preprocess, skip_bad: bool) -> Result<Loaded> {
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(8);
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8);
     let size = pre.image_size as usize;
     let chunk = samples.len().div_ceil(threads).max(1);
-    let results: Vec<Result<Vec<f32>>> = std::thread::scope(|scope| {
+    type One = Result<(Vec<f32>, Option<face::FaceBox>)>;
+    let results: Vec<One> = std::thread::scope(|scope| {
         let handles: Vec<_> = samples
             .chunks(chunk)
             .map(|part| {
                 scope.spawn(move || {
+                    let mut finder = None;
                     part.iter()
                         .map(|s| {
                             let g = image::load_gray(&s.path)?;
-                            image::prepare(&g, &pre.crop, pre.image_size)
-                                .map_err(|p| Error::image(&s.path, p))
+                            prepare_image(&g, pre, &mut finder).map_err(|p| Error::image(&s.path, p))
                         })
                         .collect::<Vec<_>>()
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
-            .collect()
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
     });
     if results.len() != samples.len() {
         return Err(Error::config("an image decoding thread failed"));
@@ -95,22 +98,20 @@ pub fn load_images(samples: &[Sample], pre: &Preprocess, skip_bad: bool) -> Resu
     let mut data = Vec::with_capacity(samples.len() * size * size);
     let mut kept = Vec::new();
     let mut skipped = Vec::new();
+    let mut boxes = Vec::new();
     for (i, r) in results.into_iter().enumerate() {
         match r {
-            Ok(px) => {
+            Ok((px, b)) => {
                 data.extend_from_slice(&px);
                 kept.push(i);
+                boxes.push(b);
             }
             Err(e) if skip_bad => skipped.push((samples[i].path.clone(), e.to_string())),
             Err(e) => return Err(e),
         }
     }
     let gray = Tensor::from_slice(&data).view([kept.len() as i64, 1, size as i64, size as i64]);
-    Ok(Loaded {
-        gray,
-        kept,
-        skipped,
-    })
+    Ok(Loaded { gray, kept, skipped, boxes })
 }
 
 /// Stacks selected rows of a tensor onto a device.

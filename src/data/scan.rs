@@ -12,15 +12,8 @@ use crate::error::{Error, Result};
 pub const IMAGE_EXTENSIONS: [&str; 7] = ["tif", "tiff", "png", "jpg", "jpeg", "bmp", "pgm"];
 
 /// JAFFE expression codes and their names.
-pub const JAFFE_CODES: [(&str, &str); 7] = [
-    ("AN", "angry"),
-    ("DI", "disgust"),
-    ("FE", "fear"),
-    ("HA", "happy"),
-    ("NE", "neutral"),
-    ("SA", "sad"),
-    ("SU", "surprise"),
-];
+pub const JAFFE_CODES: [(&str, &str); 7] =
+    [("AN", "angry"), ("DI", "disgust"), ("FE", "fear"), ("HA", "happy"), ("NE", "neutral"), ("SA", "sad"), ("SU", "surprise")];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -50,32 +43,22 @@ pub struct Dataset {
 }
 
 pub fn is_image(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+    path.extension().and_then(|e| e.to_str()).is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
 /// Parses a JAFFE name `SS.EEn.NNN.tiff` → (subject, expression name).
 pub fn parse_jaffe_name(name: &str) -> Option<std::result::Result<(String, String), String>> {
     let parts: Vec<&str> = name.split('.').collect();
-    if parts.len() != 4
-        || !is_image(Path::new(name))
-        || parts[0].is_empty()
-        || parts[1].len() < 3
-        || !parts[2].chars().all(|c| c.is_ascii_digit())
-    {
+    if parts.len() != 4 || !is_image(Path::new(name)) || parts[0].is_empty() || parts[1].len() < 3 || !parts[2].chars().all(|c| c.is_ascii_digit()) {
         return None;
     }
     let (code, sample) = parts[1].split_at(2);
-    if !sample.chars().all(|c| c.is_ascii_digit()) || !code.chars().all(|c| c.is_ascii_uppercase())
-    {
+    if !sample.chars().all(|c| c.is_ascii_digit()) || !code.chars().all(|c| c.is_ascii_uppercase()) {
         return None;
     }
     Some(match JAFFE_CODES.iter().find(|(c, _)| *c == code) {
         Some((_, n)) => Ok((parts[0].to_string(), n.to_string())),
-        None => Err(format!(
-            "unknown JAFFE expression code `{code}` (known: AN, DI, FE, HA, NE, SA, SU)"
-        )),
+        None => Err(format!("unknown JAFFE expression code `{code}` (known: AN, DI, FE, HA, NE, SA, SU)")),
     })
 }
 
@@ -99,11 +82,7 @@ pub fn scan(path: &Path, format: DataFormat) -> Result<Dataset> {
     };
     let ds = match format {
         DataFormat::Csv => {
-            let csv = if meta.is_dir() {
-                path.join("manifest.csv")
-            } else {
-                path.to_path_buf()
-            };
+            let csv = if meta.is_dir() { path.join("manifest.csv") } else { path.to_path_buf() };
             scan_csv(&csv)?
         }
         DataFormat::Jaffe => scan_jaffe(path)?,
@@ -111,45 +90,25 @@ pub fn scan(path: &Path, format: DataFormat) -> Result<Dataset> {
         DataFormat::Auto => unreachable!("detect() returns a concrete format"),
     };
     if ds.samples.is_empty() {
-        return Err(Error::dataset(
-            path,
-            "contains no images (looked for .tiff, .png, .jpg, .bmp)",
-        ));
+        return Err(Error::dataset(path, "contains no images (looked for .tiff, .png, .jpg, .bmp)"));
     }
     Ok(ds)
 }
 
 fn detect(path: &Path, is_dir: bool) -> Result<DataFormat> {
     if !is_dir {
-        return if path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
-        {
+        return if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")) {
             Ok(DataFormat::Csv)
         } else {
-            Err(Error::dataset(
-                path,
-                "is a file but not a CSV manifest: give a folder or a .csv",
-            ))
+            Err(Error::dataset(path, "is a file but not a CSV manifest: give a folder or a .csv"))
         };
     }
     if path.join("manifest.csv").is_file() {
         return Ok(DataFormat::Csv);
     }
     let entries = sorted_entries(path)?;
-    let images: Vec<&PathBuf> = entries
-        .iter()
-        .filter(|p| p.is_file() && is_image(p))
-        .collect();
-    let jaffe = images
-        .iter()
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .and_then(parse_jaffe_name)
-                .is_some()
-        })
-        .count();
+    let images: Vec<&PathBuf> = entries.iter().filter(|p| p.is_file() && is_image(p)).collect();
+    let jaffe = images.iter().filter(|p| p.file_name().and_then(|n| n.to_str()).and_then(parse_jaffe_name).is_some()).count();
     if jaffe > 0 && jaffe * 2 >= images.len() {
         return Ok(DataFormat::Jaffe);
     }
@@ -157,10 +116,7 @@ fn detect(path: &Path, is_dir: bool) -> Result<DataFormat> {
         return Ok(DataFormat::Folders);
     }
     if images.is_empty() {
-        return Err(Error::dataset(
-            path,
-            "is empty: no images, class folders or manifest.csv",
-        ));
+        return Err(Error::dataset(path, "is empty: no images, class folders or manifest.csv"));
     }
     Err(Error::dataset(path, "holds loose images that are not JAFFE-named (SS.EEn.NNN.tiff): put them in class folders or list them in a manifest.csv"))
 }
@@ -171,31 +127,14 @@ fn scan_jaffe(dir: &Path) -> Result<Dataset> {
         if !p.is_file() || !is_image(&p) {
             continue;
         }
-        let name = p
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         match parse_jaffe_name(&name) {
-            Some(Ok((subject, label))) => samples.push(Sample {
-                path: p,
-                label,
-                subject: Some(subject),
-            }),
+            Some(Ok((subject, label))) => samples.push(Sample { path: p, label, subject: Some(subject) }),
             Some(Err(problem)) => return Err(Error::file(&p, problem)),
-            None => {
-                return Err(Error::file(
-                    &p,
-                    "is not a JAFFE file name (SS.EEn.NNN.tiff)",
-                ))
-            }
+            None => return Err(Error::file(&p, "is not a JAFFE file name (SS.EEn.NNN.tiff)")),
         }
     }
-    Ok(Dataset {
-        root: dir.to_path_buf(),
-        format: DataFormat::Jaffe,
-        samples,
-        outside_paths: vec![],
-    })
+    Ok(Dataset { root: dir.to_path_buf(), format: DataFormat::Jaffe, samples, outside_paths: vec![] })
 }
 
 fn scan_folders(dir: &Path) -> Result<Dataset> {
@@ -204,57 +143,31 @@ fn scan_folders(dir: &Path) -> Result<Dataset> {
         if !class_dir.is_dir() {
             continue;
         }
-        let label = class_dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let label = class_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         if label.starts_with('.') {
             continue;
         }
         let before = samples.len();
         for p in sorted_entries(&class_dir)? {
             if p.is_file() && is_image(&p) {
-                samples.push(Sample {
-                    path: p,
-                    label: label.clone(),
-                    subject: None,
-                });
+                samples.push(Sample { path: p, label: label.clone(), subject: None });
             }
         }
         if samples.len() == before {
-            return Err(Error::dataset(
-                &class_dir,
-                format!("class `{label}` has no images"),
-            ));
+            return Err(Error::dataset(&class_dir, format!("class `{label}` has no images")));
         }
     }
-    Ok(Dataset {
-        root: dir.to_path_buf(),
-        format: DataFormat::Folders,
-        samples,
-        outside_paths: vec![],
-    })
+    Ok(Dataset { root: dir.to_path_buf(), format: DataFormat::Folders, samples, outside_paths: vec![] })
 }
 
 fn scan_csv(csv_path: &Path) -> Result<Dataset> {
     let bytes = std::fs::read(csv_path).map_err(|e| Error::io(csv_path, e))?;
     let text = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
-    let mut rdr = csv::ReaderBuilder::new()
-        .trim(csv::Trim::All)
-        .from_reader(text);
-    let headers = rdr
-        .headers()
-        .map_err(|e| Error::file(csv_path, format!("bad CSV header: {e}")))?
-        .clone();
+    let mut rdr = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(text);
+    let headers = rdr.headers().map_err(|e| Error::file(csv_path, format!("bad CSV header: {e}")))?.clone();
     let col = |name: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(name));
     let (Some(pc), Some(lc)) = (col("path"), col("label")) else {
-        return Err(Error::file(
-            csv_path,
-            format!(
-                "needs columns `path` and `label` (found: {})",
-                headers.iter().collect::<Vec<_>>().join(", ")
-            ),
-        ));
+        return Err(Error::file(csv_path, format!("needs columns `path` and `label` (found: {})", headers.iter().collect::<Vec<_>>().join(", "))));
     };
     let sc = col("subject");
     let base = csv_path.parent().unwrap_or(Path::new("."));
@@ -268,39 +181,19 @@ fn scan_csv(csv_path: &Path) -> Result<Dataset> {
         let rel = rec.get(pc).unwrap_or("");
         let label = rec.get(lc).unwrap_or("").to_string();
         if rel.is_empty() || label.is_empty() {
-            return Err(Error::file(
-                csv_path,
-                format!("line {line}: empty path or label"),
-            ));
+            return Err(Error::file(csv_path, format!("line {line}: empty path or label")));
         }
         let p = base.join(rel);
-        let abs = p
-            .canonicalize()
-            .map_err(|e| Error::file(csv_path, format!("line {line}: {}: {e}", p.display())))?;
+        let abs = p.canonicalize().map_err(|e| Error::file(csv_path, format!("line {line}: {}: {e}", p.display())))?;
         if !abs.starts_with(&base_abs) {
             outside.push(abs.clone());
         }
         if !seen.insert(abs.clone()) {
-            return Err(Error::file(
-                csv_path,
-                format!("line {line}: {} is listed twice", p.display()),
-            ));
+            return Err(Error::file(csv_path, format!("line {line}: {} is listed twice", p.display())));
         }
-        let subject = sc
-            .and_then(|c| rec.get(c))
-            .filter(|s| !s.is_empty())
-            .map(str::to_string);
-        samples.push(Sample {
-            path: p,
-            label,
-            subject,
-        });
+        let subject = sc.and_then(|c| rec.get(c)).filter(|s| !s.is_empty()).map(str::to_string);
+        samples.push(Sample { path: p, label, subject });
     }
     samples.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(Dataset {
-        root: csv_path.to_path_buf(),
-        format: DataFormat::Csv,
-        samples,
-        outside_paths: outside,
-    })
+    Ok(Dataset { root: csv_path.to_path_buf(), format: DataFormat::Csv, samples, outside_paths: outside })
 }

@@ -48,9 +48,7 @@ pub fn parse_label_map(s: &str) -> Result<Vec<(String, String)>> {
             p.split_once('=')
                 .map(|(a, b)| (a.trim().to_string(), b.trim().to_string()))
                 .filter(|(a, b)| !a.is_empty() && !b.is_empty())
-                .ok_or_else(|| {
-                    Error::config(format!("--label-map entry `{p}`: expected raw=class"))
-                })
+                .ok_or_else(|| Error::config(format!("--label-map entry `{p}`: expected raw=class")))
         })
         .collect()
 }
@@ -67,21 +65,11 @@ pub fn assign_labels(ds: &Dataset, task: Task, map: &[(String, String)]) -> Resu
             map.iter()
                 .find(|(raw, _)| raw.eq_ignore_ascii_case(&s.label))
                 .map(|(_, c)| c.clone())
-                .ok_or_else(|| {
-                    Error::file(
-                        &s.path,
-                        format!("label `{}` is not in --label-map", s.label),
-                    )
-                })
+                .ok_or_else(|| Error::file(&s.path, format!("label `{}` is not in --label-map", s.label)))
         })
         .collect::<Result<_>>()?;
     let classes: Vec<String> = if !map.is_empty() || task == Task::Multiclass {
-        mapped
-            .iter()
-            .cloned()
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect()
+        mapped.iter().cloned().collect::<BTreeSet<_>>().into_iter().collect()
     } else {
         BINARY_CLASSES.iter().map(|s| s.to_string()).collect()
     };
@@ -101,30 +89,14 @@ pub fn assign_labels(ds: &Dataset, task: Task, map: &[(String, String)]) -> Resu
         .collect();
     let labels = Labels { classes, targets };
     let counts = labels.counts();
-    let present: Vec<&String> = labels
-        .classes
-        .iter()
-        .zip(&counts)
-        .filter(|(_, &n)| n > 0)
-        .map(|(c, _)| c)
-        .collect();
+    let present: Vec<&String> = labels.classes.iter().zip(&counts).filter(|(_, &n)| n > 0).map(|(c, _)| c).collect();
     if present.len() < 2 {
         let which = present.first().map(|s| s.as_str()).unwrap_or("none");
-        let hint = if task == Task::Binary && map.is_empty() {
-            " (binary task: labels `neutral` vs the rest)"
-        } else {
-            ""
-        };
-        return Err(Error::dataset(
-            &ds.root,
-            format!("has only one class ({which}){hint}: a classifier needs at least two"),
-        ));
+        let hint = if task == Task::Binary && map.is_empty() { " (binary task: labels `neutral` vs the rest)" } else { "" };
+        return Err(Error::dataset(&ds.root, format!("has only one class ({which}){hint}: a classifier needs at least two")));
     }
     if let Some((c, _)) = labels.classes.iter().zip(&counts).find(|(_, &n)| n == 0) {
-        return Err(Error::dataset(
-            &ds.root,
-            format!("class `{c}` has no images"),
-        ));
+        return Err(Error::dataset(&ds.root, format!("class `{c}` has no images")));
     }
     Ok(labels)
 }
@@ -152,15 +124,9 @@ impl ValSpec {
             return Ok(ValSpec::None);
         }
         let f = s.strip_prefix("subjects:").unwrap_or(s);
-        let fraction: f64 = f.parse().map_err(|_| {
-            Error::config(format!(
-                "--val `{s}`: expected none or subjects:F with 0 < F < 1"
-            ))
-        })?;
+        let fraction: f64 = f.parse().map_err(|_| Error::config(format!("--val `{s}`: expected none or subjects:F with 0 < F < 1")))?;
         if !(fraction > 0.0 && fraction < 1.0) {
-            return Err(Error::config(format!(
-                "--val fraction must be between 0 and 1, got {fraction}"
-            )));
+            return Err(Error::config(format!("--val fraction must be between 0 and 1, got {fraction}")));
         }
         Ok(ValSpec::Subjects { fraction })
     }
@@ -180,64 +146,34 @@ pub fn holdout(ds: &Dataset, labels: &Labels, spec: &ValSpec, seed: u64) -> Resu
     let n = ds.samples.len();
     let has_subjects = ds.samples.iter().all(|s| s.subject.is_some());
     let split = match spec {
-        ValSpec::None => {
-            return Ok(Split {
-                train: (0..n).collect(),
-                val: vec![],
-                val_subjects: vec![],
-                note: None,
-            })
-        }
+        ValSpec::None => return Ok(Split { train: (0..n).collect(), val: vec![], val_subjects: vec![], note: None }),
         ValSpec::Named { subjects } => {
             if !has_subjects {
-                return Err(Error::dataset(
-                    &ds.root,
-                    "--val-subjects needs subject ids, and this dataset has none",
-                ));
+                return Err(Error::dataset(&ds.root, "--val-subjects needs subject ids, and this dataset has none"));
             }
-            let known: BTreeSet<&str> = ds
-                .samples
-                .iter()
-                .filter_map(|s| s.subject.as_deref())
-                .collect();
+            let known: BTreeSet<&str> = ds.samples.iter().filter_map(|s| s.subject.as_deref()).collect();
             if let Some(s) = subjects.iter().find(|s| !known.contains(s.as_str())) {
                 return Err(Error::dataset(
                     &ds.root,
-                    format!(
-                        "--val-subjects: no subject `{s}` (subjects: {})",
-                        known.iter().copied().collect::<Vec<_>>().join(", ")
-                    ),
+                    format!("--val-subjects: no subject `{s}` (subjects: {})", known.iter().copied().collect::<Vec<_>>().join(", ")),
                 ));
             }
             let set: BTreeSet<&str> = subjects.iter().map(String::as_str).collect();
-            let (val, train): (Vec<usize>, Vec<usize>) =
-                (0..n).partition(|&i| set.contains(ds.samples[i].subject.as_deref().unwrap_or("")));
-            Split {
-                train,
-                val,
-                val_subjects: subjects.clone(),
-                note: None,
-            }
+            let (val, train): (Vec<usize>, Vec<usize>) = (0..n).partition(|&i| set.contains(ds.samples[i].subject.as_deref().unwrap_or("")));
+            Split { train, val, val_subjects: subjects.clone(), note: None }
         }
         ValSpec::Subjects { fraction } if has_subjects => {
             let groups = subject_groups(ds, labels);
             let val_subjects = pick_subjects(&groups, *fraction, seed);
             let set: BTreeSet<&str> = val_subjects.iter().map(String::as_str).collect();
-            let (val, train): (Vec<usize>, Vec<usize>) =
-                (0..n).partition(|&i| set.contains(ds.samples[i].subject.as_deref().unwrap_or("")));
-            Split {
-                train,
-                val,
-                val_subjects,
-                note: None,
-            }
+            let (val, train): (Vec<usize>, Vec<usize>) = (0..n).partition(|&i| set.contains(ds.samples[i].subject.as_deref().unwrap_or("")));
+            Split { train, val, val_subjects, note: None }
         }
         ValSpec::Subjects { fraction } => {
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
             let mut val = Vec::new();
             for (c, name) in labels.classes.iter().enumerate() {
-                let mut idx: Vec<usize> =
-                    (0..n).filter(|&i| labels.targets[i] == c as i64).collect();
+                let mut idx: Vec<usize> = (0..n).filter(|&i| labels.targets[i] == c as i64).collect();
                 if idx.len() < 2 {
                     return Err(Error::dataset(&ds.root, format!("class `{name}` has a single image; a train/validation split needs at least two")));
                 }
@@ -247,7 +183,12 @@ pub fn holdout(ds: &Dataset, labels: &Labels, spec: &ValSpec, seed: u64) -> Resu
             }
             val.sort_unstable();
             let train = (0..n).filter(|i| val.binary_search(i).is_err()).collect();
-            Split { train, val, val_subjects: vec![], note: Some("no subject ids in this dataset: using a stratified image split (the same person may be on both sides)".into()) }
+            Split {
+                train,
+                val,
+                val_subjects: vec![],
+                note: Some("no subject ids in this dataset: using a stratified image split (the same person may be on both sides)".into()),
+            }
         }
     };
     check_sides(ds, labels, &split)?;
@@ -261,7 +202,10 @@ pub fn check_sides(ds: &Dataset, labels: &Labels, split: &Split) -> Result<()> {
             if !idx.iter().any(|&i| labels.targets[i] == c as i64) {
                 return Err(Error::dataset(
                     &ds.root,
-                    format!("cannot make this split: the {side} side has no `{name}` image (subjects: {}); use more data, another --val, or --val none", split.val_subjects.join(",")),
+                    format!(
+                        "cannot make this split: the {side} side has no `{name}` image (subjects: {}); use more data, another --val, or --val none",
+                        split.val_subjects.join(",")
+                    ),
                 ));
             }
         }
@@ -274,10 +218,7 @@ pub fn check_sides(ds: &Dataset, labels: &Labels, split: &Split) -> Result<()> {
 pub fn subject_groups(ds: &Dataset, labels: &Labels) -> BTreeMap<Vec<i64>, Vec<String>> {
     let mut per_subject: BTreeMap<String, Vec<i64>> = BTreeMap::new();
     for (s, &t) in ds.samples.iter().zip(&labels.targets) {
-        per_subject
-            .entry(s.subject.clone().unwrap_or_default())
-            .or_default()
-            .push(t);
+        per_subject.entry(s.subject.clone().unwrap_or_default()).or_default().push(t);
     }
     let mut groups: BTreeMap<Vec<i64>, Vec<String>> = BTreeMap::new();
     for (subj, mut ts) in per_subject {
@@ -288,11 +229,7 @@ pub fn subject_groups(ds: &Dataset, labels: &Labels) -> BTreeMap<Vec<i64>, Vec<S
 }
 
 /// Takes `fraction` of each group's subjects (seeded), at least one overall.
-fn pick_subjects(
-    groups: &BTreeMap<Vec<i64>, Vec<String>>,
-    fraction: f64,
-    seed: u64,
-) -> Vec<String> {
+fn pick_subjects(groups: &BTreeMap<Vec<i64>, Vec<String>>, fraction: f64, seed: u64) -> Vec<String> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut picked = Vec::new();
     let mut leftovers = Vec::new();
@@ -307,9 +244,7 @@ fn pick_subjects(
         }
     }
     let total: usize = groups.values().map(Vec::len).sum();
-    let want = ((total as f64 * fraction).round() as usize)
-        .max(1)
-        .min(total.saturating_sub(1).max(1));
+    let want = ((total as f64 * fraction).round() as usize).max(1).min(total.saturating_sub(1).max(1));
     leftovers.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
     for (_, s) in leftovers {
         if picked.len() >= want {
@@ -325,9 +260,7 @@ fn pick_subjects(
 /// image folds without subjects. Returns each fold's held-out indices.
 pub fn kfold(ds: &Dataset, labels: &Labels, k: usize, seed: u64) -> Result<Vec<Vec<usize>>> {
     if k < 2 {
-        return Err(Error::config(format!(
-            "--folds must be at least 2, got {k}"
-        )));
+        return Err(Error::config(format!("--folds must be at least 2, got {k}")));
     }
     let n = ds.samples.len();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -336,10 +269,7 @@ pub fn kfold(ds: &Dataset, labels: &Labels, k: usize, seed: u64) -> Result<Vec<V
         let groups = subject_groups(ds, labels);
         let total: usize = groups.values().map(Vec::len).sum();
         if total < k {
-            return Err(Error::dataset(
-                &ds.root,
-                format!("{total} subjects cannot make {k} subject-grouped folds"),
-            ));
+            return Err(Error::dataset(&ds.root, format!("{total} subjects cannot make {k} subject-grouped folds")));
         }
         let mut next = 0;
         let mut fold_of: BTreeMap<String, usize> = BTreeMap::new();

@@ -8,29 +8,14 @@ use crate::common::*;
 
 /// Small-network options every binary run here uses.
 fn small(weights: &Path) -> Vec<String> {
-    [
-        "--weights",
-        &weights.display().to_string(),
-        "--width-div",
-        "16",
-        "--image-size",
-        "32",
-        "--device",
-        "cpu",
-        "--threads",
-        "2",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    ["--weights", &weights.display().to_string(), "--width-div", "16", "--image-size", "32", "--device", "cpu", "--threads", "2"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
 }
 
 fn args<'a>(v: &'a [String], extra: &[&'a str]) -> Vec<&'a str> {
-    extra
-        .iter()
-        .copied()
-        .chain(v.iter().map(String::as_str))
-        .collect()
+    extra.iter().copied().chain(v.iter().map(String::as_str)).collect()
 }
 
 #[test]
@@ -42,13 +27,8 @@ fn weights_inspect_names_the_architecture() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("VGG16-BN"), "{out}");
     assert!(out.contains("features.1.running_var"));
-    assert!(out
-        .lines()
-        .any(|l| l.starts_with("sha256:") && l.split_whitespace().nth(1).unwrap().len() == 64));
-    let (code, out, _) = run(
-        &["weights", "inspect", "--json", p.to_str().unwrap()],
-        d.path(),
-    );
+    assert!(out.lines().any(|l| l.starts_with("sha256:") && l.split_whitespace().nth(1).unwrap().len() == 64));
+    let (code, out, _) = run(&["weights", "inspect", "--json", p.to_str().unwrap()], d.path());
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["arch"], "Vgg16Bn");
@@ -56,10 +36,7 @@ fn weights_inspect_names_the_architecture() {
     std::fs::write(&bad, b"nonsense").unwrap();
     let (code, _, err) = run(&["weights", "inspect", bad.to_str().unwrap()], d.path());
     assert_eq!(code, 1);
-    assert!(
-        err.contains("bad.safetensors") && err.lines().count() == 1,
-        "{err}"
-    );
+    assert!(err.contains("bad.safetensors") && err.lines().count() == 1, "{err}");
 }
 
 #[test]
@@ -72,51 +49,17 @@ fn finetune_then_predict_on_london_faces() {
     let w = d.path().join("trunk.safetensors");
     trunk_only(&w, 2);
     let s = small(&w);
-    let (code, out, err) = run(
-        &args(
-            &s,
-            &[
-                "finetune",
-                "--data",
-                manifest.to_str().unwrap(),
-                "--stages",
-                "head:2,conv5:2",
-                "--name",
-                "r1",
-                "--seed",
-                "3",
-            ],
-        ),
-        d.path(),
-    );
+    let (code, out, err) =
+        run(&args(&s, &["finetune", "--data", manifest.to_str().unwrap(), "--stages", "head:2,conv5:2", "--name", "r1", "--seed", "3"]), d.path());
     assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
-    assert!(
-        out.contains("balanced accuracy") && out.contains("majority baseline"),
-        "{out}"
-    );
+    assert!(out.contains("balanced accuracy") && out.contains("majority baseline"), "{out}");
     let run_dir = d.path().join("runs/r1");
-    for f in [
-        "config.json",
-        "history.csv",
-        "metrics.json",
-        "model.safetensors",
-        "learning_curves.png",
-        "split.csv",
-        "COMPLETE",
-    ] {
+    for f in ["config.json", "history.csv", "metrics.json", "model.safetensors", "learning_curves.png", "split.csv", "COMPLETE"] {
         assert!(run_dir.join(f).is_file(), "{f} missing");
     }
-    assert!(
-        !run_dir.join("checkpoint.json").exists(),
-        "checkpoint removed once complete"
-    );
-    assert_eq!(
-        std::fs::read_link(d.path().join("runs/latest")).unwrap(),
-        Path::new("r1")
-    );
-    let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run_dir.join("config.json")).unwrap())
-            .unwrap();
+    assert!(!run_dir.join("checkpoint.json").exists(), "checkpoint removed once complete");
+    assert_eq!(std::fs::read_link(d.path().join("runs/latest")).unwrap(), Path::new("r1"));
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["classes"], serde_json::json!(["neutral", "expressive"]));
     assert_eq!(cfg["weights"]["sha256"].as_str().unwrap().len(), 64);
     assert_eq!(cfg["train"]["seed"], 3);
@@ -125,39 +68,22 @@ fn finetune_then_predict_on_london_faces() {
     assert_eq!(history.lines().count(), 5, "header + 4 epochs:\n{history}");
     // The split is subject-grouped.
     let split = std::fs::read_to_string(run_dir.join("split.csv")).unwrap();
-    let mut sides: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
-        Default::default();
+    let mut sides: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> = Default::default();
     for l in split.lines().skip(1) {
         let f: Vec<&str> = l.split(',').collect();
-        sides
-            .entry(f[3].to_string())
-            .or_default()
-            .insert(f[4].to_string());
+        sides.entry(f[3].to_string()).or_default().insert(f[4].to_string());
     }
-    assert!(
-        sides.values().all(|s| s.len() == 1),
-        "a subject on both sides: {sides:?}"
-    );
+    assert!(sides.values().all(|s| s.len() == 1), "a subject on both sides: {sides:?}");
 
     // predict: text, json, csv, flip TTA, from runs/latest (the default).
-    let img1 = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data/london-faces/neutral/172_03.jpg");
-    let img2 = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data/london-faces/smiling/172_08.jpg");
+    let img1 = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/london-faces/neutral/172_03.jpg");
+    let img2 = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/london-faces/smiling/172_08.jpg");
     let (i1, i2) = (img1.to_str().unwrap(), img2.to_str().unwrap());
     let (code, out, err) = run(&["predict", i1, i2, "--device", "cpu"], d.path());
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.lines().count(), 2);
-    assert!(
-        out.contains("172_03.jpg") && out.contains("neutral=") && out.contains("expressive="),
-        "{out}"
-    );
-    let (code, out, _) = run(
-        &[
-            "predict", i1, "--format", "json", "--tta", "flip", "--model", "runs/r1",
-        ],
-        d.path(),
-    );
+    assert!(out.contains("172_03.jpg") && out.contains("neutral=") && out.contains("expressive="), "{out}");
+    let (code, out, _) = run(&["predict", i1, "--format", "json", "--tta", "flip", "--model", "runs/r1"], d.path());
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let p = &v[0]["probabilities"];
@@ -165,10 +91,7 @@ fn finetune_then_predict_on_london_faces() {
     assert!((total - 1.0).abs() < 1e-6);
     let (code, out, _) = run(&["predict", i1, i2, "--format", "csv"], d.path());
     assert_eq!(code, 0);
-    assert_eq!(
-        out.lines().next().unwrap(),
-        "path,class,p_neutral,p_expressive"
-    );
+    assert_eq!(out.lines().next().unwrap(), "path,class,p_neutral,p_expressive");
     assert_eq!(out.lines().count(), 3);
 
     // Partial failure: the bad file is named on stderr, the good one still predicted, exit 1.
@@ -176,14 +99,8 @@ fn finetune_then_predict_on_london_faces() {
     std::fs::write(&bad, b"not a jpeg").unwrap();
     let (code, out, err) = run(&["predict", i1, bad.to_str().unwrap()], d.path());
     assert_eq!(code, 1);
-    assert!(
-        out.contains("172_03.jpg") && !out.contains("broken.jpg"),
-        "{out}"
-    );
-    assert!(
-        err.contains("broken.jpg") && err.contains("not a recognised image format"),
-        "{err}"
-    );
+    assert!(out.contains("172_03.jpg") && !out.contains("broken.jpg"), "{out}");
+    assert!(err.contains("broken.jpg") && err.contains("not a recognised image format"), "{err}");
 }
 
 #[test]
@@ -194,29 +111,10 @@ fn bundled_sample_is_used_without_data() {
     let s = small(&w);
     let out_dir = d.path().join("runs");
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let (code, out, err) = run(
-        &args(
-            &s,
-            &[
-                "finetune",
-                "--stages",
-                "head:1",
-                "--out",
-                out_dir.to_str().unwrap(),
-                "--quiet",
-            ],
-        ),
-        repo,
-    );
+    let (code, out, err) = run(&args(&s, &["finetune", "--stages", "head:1", "--out", out_dir.to_str().unwrap(), "--quiet"]), repo);
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("run: "), "{out}");
-    let cfg_path = std::fs::read_dir(&out_dir)
-        .unwrap()
-        .flatten()
-        .find(|e| e.path().is_dir() && e.file_name() != "latest")
-        .unwrap()
-        .path()
-        .join("config.json");
+    let cfg_path = std::fs::read_dir(&out_dir).unwrap().flatten().find(|e| e.path().is_dir() && e.file_name() != "latest").unwrap().path().join("config.json");
     let cfg = std::fs::read_to_string(cfg_path).unwrap();
     assert!(cfg.contains("data/sample/manifest.csv"), "{cfg}");
 }
@@ -229,54 +127,24 @@ fn bad_options_and_inputs_fail_clearly() {
     torchvision_like(&w, false, 5);
     let s = small(&w);
     let data = m.to_str().unwrap();
-    let (code, _, err) = run(
-        &args(&s, &["finetune", "--data", data, "--freeze-until", "conv9"]),
-        d.path(),
-    );
+    let (code, _, err) = run(&args(&s, &["finetune", "--data", data, "--freeze-until", "conv9"]), d.path());
     assert_eq!(code, 2);
-    assert!(
-        err.contains("conv9") && err.contains("conv5") && err.contains("head"),
-        "{err}"
-    );
-    for (opt, val, want) in [
-        ("--epochs", "0", "--epochs must be at least 1"),
-        ("--lr", "-1", "--lr must be in (0, 10)"),
-        ("--batch-size", "1", "--batch-size must be at least 2"),
-    ] {
+    assert!(err.contains("conv9") && err.contains("conv5") && err.contains("head"), "{err}");
+    for (opt, val, want) in
+        [("--epochs", "0", "--epochs must be at least 1"), ("--lr", "-1", "--lr must be in (0, 10)"), ("--batch-size", "1", "--batch-size must be at least 2")]
+    {
         let (code, _, err) = run(&args(&s, &["finetune", "--data", data, opt, val]), d.path());
         assert_eq!(code, 1, "{opt} {val}");
         assert!(err.contains(want), "{opt} {val}: {err}");
     }
-    let (code, _, err) = run(
-        &args(&s, &["finetune", "--data", data, "--bn", "recalibrate"]),
-        d.path(),
-    );
+    let (code, _, err) = run(&args(&s, &["finetune", "--data", data, "--bn", "recalibrate"]), d.path());
     assert_eq!(code, 1);
-    assert!(
-        err.contains("plain.safetensors") && err.contains("vgg16-bn"),
-        "{err}"
-    );
-    assert!(
-        !d.path().join("runs/latest").exists(),
-        "no run marked finished"
-    );
+    assert!(err.contains("plain.safetensors") && err.contains("vgg16-bn"), "{err}");
+    assert!(!d.path().join("runs/latest").exists(), "no run marked finished");
     let (code, _, err) = run(&["predict", data, "--model", "runs/none"], d.path());
     assert_eq!(code, 1);
-    assert!(
-        err.contains("runs/none") && err.contains("not found"),
-        "{err}"
-    );
-    let (code, _, err) = run(
-        &args(
-            &s,
-            &[
-                "finetune",
-                "--data",
-                d.path().join("nowhere").to_str().unwrap(),
-            ],
-        ),
-        d.path(),
-    );
+    assert!(err.contains("runs/none") && err.contains("not found"), "{err}");
+    let (code, _, err) = run(&args(&s, &["finetune", "--data", d.path().join("nowhere").to_str().unwrap()]), d.path());
     assert_eq!(code, 1);
     assert!(err.contains("nowhere"), "{err}");
     let bad = d.path().join("bad");
@@ -284,20 +152,10 @@ fn bad_options_and_inputs_fail_clearly() {
     std::fs::create_dir_all(bad.join("b")).unwrap();
     std::fs::write(bad.join("a/x.png"), b"garbage").unwrap();
     gray_png(&bad.join("b/y.png"), 32, 32, |_, _| 5);
-    let (code, _, err) = run(
-        &args(&s, &["finetune", "--data", bad.to_str().unwrap()]),
-        d.path(),
-    );
+    let (code, _, err) = run(&args(&s, &["finetune", "--data", bad.to_str().unwrap()]), d.path());
     assert_eq!(code, 1);
-    assert!(
-        err.contains("x.png") && err.contains("cannot decode"),
-        "{err}"
-    );
-    assert_eq!(
-        err.lines().filter(|l| l.starts_with("error")).count(),
-        1,
-        "{err}"
-    );
+    assert!(err.contains("x.png") && err.contains("cannot decode"), "{err}");
+    assert_eq!(err.lines().filter(|l| l.starts_with("error")).count(), 1, "{err}");
 }
 
 #[test]
@@ -307,28 +165,12 @@ fn lr_find_writes_csv_png_and_a_suggestion() {
     let w = d.path().join("trunk.safetensors");
     trunk_only(&w, 6);
     let s = small(&w);
-    let (code, out, err) = run(
-        &args(
-            &s,
-            &[
-                "lr-find",
-                "--data",
-                m.to_str().unwrap(),
-                "--steps",
-                "60",
-                "--out",
-                "lr",
-            ],
-        ),
-        d.path(),
-    );
+    let (code, out, err) = run(&args(&s, &["lr-find", "--data", m.to_str().unwrap(), "--steps", "60", "--out", "lr"]), d.path());
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("suggested learning rate"), "{out}");
     let csv = std::fs::read_to_string(d.path().join("lr/lr-find.csv")).unwrap();
     assert!(csv.lines().count() > 11);
-    let png = image::open(d.path().join("lr/lr-find.png"))
-        .unwrap()
-        .to_rgb8();
+    let png = image::open(d.path().join("lr/lr-find.png")).unwrap().to_rgb8();
     let non_white = png.pixels().filter(|p| p.0 != [255, 255, 255]).count();
     assert!(non_white > 1000, "plot is not blank");
 }
@@ -344,38 +186,10 @@ fn skip_bad_warns_and_counts() {
     let w = d.path().join("trunk.safetensors");
     trunk_only(&w, 7);
     let s = small(&w);
-    let (code, _, err) = run(
-        &args(
-            &s,
-            &[
-                "finetune",
-                "--data",
-                m.to_str().unwrap(),
-                "--stages",
-                "head:1",
-            ],
-        ),
-        d.path(),
-    );
+    let (code, _, err) = run(&args(&s, &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:1"]), d.path());
     assert_eq!(code, 1);
     assert!(err.contains("broken.png"), "{err}");
-    let (code, out, err) = run(
-        &args(
-            &s,
-            &[
-                "finetune",
-                "--data",
-                m.to_str().unwrap(),
-                "--stages",
-                "head:1",
-                "--skip-bad",
-            ],
-        ),
-        d.path(),
-    );
+    let (code, out, err) = run(&args(&s, &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:1", "--skip-bad"]), d.path());
     assert_eq!(code, 0, "{out}\n{err}");
-    assert!(
-        err.contains("skipped 1 unreadable image(s)") && err.contains("broken.png"),
-        "{err}"
-    );
+    assert!(err.contains("skipped 1 unreadable image(s)") && err.contains("broken.png"), "{err}");
 }

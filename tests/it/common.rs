@@ -14,14 +14,7 @@ use vggft::model::{BnMode, HeadKind, ModelConfig, Vgg16};
 pub const DIV: i64 = 16;
 
 pub fn small_cfg(bn: BnMode, head: HeadKind, classes: i64) -> ModelConfig {
-    ModelConfig {
-        bn_mode: bn,
-        head,
-        num_classes: classes,
-        dropout: 0.0,
-        hidden: 0,
-        width_div: DIV,
-    }
+    ModelConfig { bn_mode: bn, head, num_classes: classes, dropout: 0.0, hidden: 0, width_div: DIV }
 }
 
 /// Writes a torchvision-layout file (trunk + classifier.0/3/6, BN with
@@ -41,10 +34,7 @@ pub fn torchvision_like(path: &Path, bn: bool, seed: i64) -> Vec<(String, Tensor
     }
     if bn {
         for i in vggft::model::BN_CONV_IDX {
-            named.push((
-                format!("features.{}.num_batches_tracked", i + 1),
-                Tensor::from_slice(&[100i64]),
-            ));
+            named.push((format!("features.{}.num_batches_tracked", i + 1), Tensor::from_slice(&[100i64])));
         }
     }
     vggft::weights::save_atomic(&named, path).unwrap();
@@ -55,11 +45,7 @@ pub fn torchvision_like(path: &Path, bn: bool, seed: i64) -> Vec<(String, Tensor
 pub fn trunk_only(path: &Path, seed: i64) {
     tch::manual_seed(seed);
     let m = Vgg16::new(&small_cfg(BnMode::Drop, HeadKind::Linear, 2), Device::Cpu).unwrap();
-    let named: Vec<(String, Tensor)> = m
-        .named_tensors()
-        .into_iter()
-        .filter(|(n, _)| n.starts_with("features."))
-        .collect();
+    let named: Vec<(String, Tensor)> = m.named_tensors().into_iter().filter(|(n, _)| n.starts_with("features.")).collect();
     vggft::weights::save_atomic(&named, path).unwrap();
 }
 
@@ -68,14 +54,7 @@ pub fn tmp() -> tempfile::TempDir {
 }
 
 /// Minimal uncompressed TIFF writer: one strip; `colormap` makes it a palette TIFF.
-pub fn tiff(
-    w: u32,
-    h: u32,
-    bits: u16,
-    pixels: &[u8],
-    colormap: Option<&[u16]>,
-    big_endian: bool,
-) -> Vec<u8> {
+pub fn tiff(w: u32, h: u32, bits: u16, pixels: &[u8], colormap: Option<&[u16]>, big_endian: bool) -> Vec<u8> {
     let u16b = |v: u16| {
         if big_endian {
             v.to_be_bytes()
@@ -152,20 +131,15 @@ pub fn separable_folders(root: &Path, per_class: usize, size: u32) {
     for (class, left) in [("a", true), ("b", false)] {
         std::fs::create_dir_all(root.join(class)).unwrap();
         for i in 0..per_class {
-            gray_png(
-                &root.join(class).join(format!("{i:02}.png")),
-                size,
-                size,
-                |x, y| {
-                    let bright = (x < size / 2) == left;
-                    let noise = ((x * 7 + y * 13 + i as u32 * 31) % 17) as u8;
-                    if bright {
-                        200 + noise
-                    } else {
-                        30 + noise
-                    }
-                },
-            );
+            gray_png(&root.join(class).join(format!("{i:02}.png")), size, size, |x, y| {
+                let bright = (x < size / 2) == left;
+                let noise = ((x * 7 + y * 13 + i as u32 * 31) % 17) as u8;
+                if bright {
+                    200 + noise
+                } else {
+                    30 + noise
+                }
+            });
         }
     }
 }
@@ -198,18 +172,9 @@ pub fn london_slice(dir: &Path, n_subjects: usize) -> Option<PathBuf> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/london-faces");
     let manifest = std::fs::read_to_string(src.join("manifest.csv")).ok()?;
     let mut out = String::from("path,label,subject\n");
-    let rows: Vec<Vec<&str>> = manifest
-        .lines()
-        .skip(1)
-        .map(|l| l.split(',').collect())
-        .collect();
-    let subjects: std::collections::BTreeSet<&str> = rows
-        .iter()
-        .map(|f| f[2])
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .take(n_subjects)
-        .collect();
+    let rows: Vec<Vec<&str>> = manifest.lines().skip(1).map(|l| l.split(',').collect()).collect();
+    let subjects: std::collections::BTreeSet<&str> =
+        rows.iter().map(|f| f[2]).collect::<std::collections::BTreeSet<_>>().into_iter().take(n_subjects).collect();
     for f in rows.iter().filter(|f| subjects.contains(f[2])) {
         let abs = src.join(f[0]).canonicalize().ok()?;
         out.push_str(&format!("{},{},{}\n", abs.display(), f[1], f[2]));
@@ -226,11 +191,7 @@ pub fn bin() -> Command {
 /// Runs the binary, returning (exit code, stdout, stderr).
 pub fn run(args: &[&str], cwd: &Path) -> (i32, String, String) {
     let out = bin().args(args).current_dir(cwd).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 /// libtorch's random generator is global to the process: tests that seed it

@@ -6,34 +6,18 @@ use std::path::Path;
 use crate::common::*;
 
 fn small(weights: &Path) -> Vec<String> {
-    [
-        "--weights",
-        &weights.display().to_string(),
-        "--width-div",
-        "16",
-        "--image-size",
-        "32",
-        "--device",
-        "cpu",
-        "--threads",
-        "2",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    ["--weights", &weights.display().to_string(), "--width-div", "16", "--image-size", "32", "--device", "cpu", "--threads", "2"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
 }
 
 fn json(p: &Path) -> serde_json::Value {
-    serde_json::from_str(
-        &std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())),
-    )
-    .unwrap()
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
 }
 
 fn non_blank_png(p: &Path) {
-    let img = image::open(p)
-        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-        .to_rgb8();
+    let img = image::open(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).to_rgb8();
     let coloured = img.pixels().filter(|px| px.0 != [255, 255, 255]).count();
     assert!(coloured > 500, "{} looks blank", p.display());
 }
@@ -46,38 +30,18 @@ fn cv_end_to_end_folds_collect_and_reproducibility() {
     trunk_only(&w, 1);
     let s = small(&w);
     let base = |out: &str| -> Vec<String> {
-        let mut v: Vec<String> = [
-            "cv",
-            "--data",
-            m.to_str().unwrap(),
-            "--stages",
-            "head:2,conv5:2",
-            "--folds",
-            "3",
-            "--seeds",
-            "0,1",
-            "--out",
-            out,
-        ]
-        .iter()
-        .map(|x| x.to_string())
-        .collect();
+        let mut v: Vec<String> = ["cv", "--data", m.to_str().unwrap(), "--stages", "head:2,conv5:2", "--folds", "3", "--seeds", "0,1", "--out", out]
+            .iter()
+            .map(|x| x.to_string())
+            .collect();
         v.extend(s.iter().cloned());
         v
     };
     let a: Vec<String> = base("cv-a");
     let (code, out, err) = run(&a.iter().map(String::as_str).collect::<Vec<_>>(), d.path());
     assert_eq!(code, 0, "{out}\n{err}");
-    assert!(
-        out.contains("balanced_accuracy")
-            && out.contains("95 % interval")
-            && out.contains("majority_baseline"),
-        "{out}"
-    );
-    assert!(
-        err.contains("cached the frozen conv4 output once for every fold and seed"),
-        "{err}"
-    );
+    assert!(out.contains("balanced_accuracy") && out.contains("95 % interval") && out.contains("majority_baseline"), "{out}");
+    assert!(err.contains("cached the frozen conv4 output once for every fold and seed"), "{err}");
     let dir = d.path().join("cv-a");
     for p in ["confusion.png", "roc.png", "folds.png"] {
         non_blank_png(&dir.join(p));
@@ -88,25 +52,9 @@ fn cv_end_to_end_folds_collect_and_reproducibility() {
         let mut subjects: Vec<BTreeSet<String>> = Vec::new();
         for fold in 0..3 {
             let r = json(&dir.join(format!("folds/seed{seed}-fold{fold}.json")));
-            tested.extend(
-                r["paths"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|p| p.as_str().unwrap().to_string()),
-            );
-            subjects.push(
-                r["subjects"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|p| p.as_str().unwrap().to_string())
-                    .collect(),
-            );
-            assert_eq!(
-                r["n_train"].as_u64().unwrap() as usize + r["y"].as_array().unwrap().len(),
-                12
-            );
+            tested.extend(r["paths"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()));
+            subjects.push(r["subjects"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect());
+            assert_eq!(r["n_train"].as_u64().unwrap() as usize + r["y"].as_array().unwrap().len(), 12);
         }
         tested.sort();
         let n = tested.len();
@@ -114,20 +62,14 @@ fn cv_end_to_end_folds_collect_and_reproducibility() {
         assert_eq!((n, tested.len()), (12, 12), "seed {seed}: each image once");
         for i in 0..3 {
             for j in i + 1..3 {
-                assert!(
-                    subjects[i].is_disjoint(&subjects[j]),
-                    "seed {seed}: a subject in folds {i} and {j}"
-                );
+                assert!(subjects[i].is_disjoint(&subjects[j]), "seed {seed}: a subject in folds {i} and {j}");
             }
         }
     }
     let cv_a = json(&dir.join("cv.json"));
     // Same seeds again: the same numbers.
     let b = base("cv-b");
-    assert_eq!(
-        run(&b.iter().map(String::as_str).collect::<Vec<_>>(), d.path()).0,
-        0
-    );
+    assert_eq!(run(&b.iter().map(String::as_str).collect::<Vec<_>>(), d.path()).0, 0);
     assert_eq!(json(&d.path().join("cv-b/cv.json"))["stats"], cv_a["stats"]);
     // Folds one process at a time, then --collect: the same numbers.
     for fold in 0..3 {
@@ -142,21 +84,8 @@ fn cv_end_to_end_folds_collect_and_reproducibility() {
     assert!(out.contains("balanced_accuracy"));
     assert_eq!(json(&d.path().join("cv-c/cv.json"))["stats"], cv_a["stats"]);
     let (code, _, err) = run(
-        &[
-            &[
-                "cv",
-                "--data",
-                m.to_str().unwrap(),
-                "--folds",
-                "3",
-                "--fold",
-                "7",
-                "--out",
-                "cv-d",
-            ][..],
-            &s.iter().map(String::as_str).collect::<Vec<_>>()[..],
-        ]
-        .concat(),
+        &[&["cv", "--data", m.to_str().unwrap(), "--folds", "3", "--fold", "7", "--out", "cv-d"][..], &s.iter().map(String::as_str).collect::<Vec<_>>()[..]]
+            .concat(),
         d.path(),
     );
     assert_eq!(code, 1);
@@ -165,17 +94,7 @@ fn cv_end_to_end_folds_collect_and_reproducibility() {
     // report: a run and a cv side by side, the differing recipe keys listed.
     let (code, _, err) = run(
         &[
-            &[
-                "finetune",
-                "--data",
-                m.to_str().unwrap(),
-                "--stages",
-                "head:1",
-                "--name",
-                "r",
-                "--bn",
-                "drop",
-            ][..],
+            &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:1", "--name", "r", "--bn", "drop"][..],
             &s.iter().map(String::as_str).collect::<Vec<_>>()[..],
         ]
         .concat(),
@@ -184,33 +103,12 @@ fn cv_end_to_end_folds_collect_and_reproducibility() {
     assert_eq!(code, 0, "{err}");
     let (code, out, err) = run(&["report", "runs/r", "cv-a"], d.path());
     assert_eq!(code, 0, "{err}");
-    assert!(
-        out.contains("| train.stages.0.epochs | 1 | 2 |")
-            && out.contains("**balanced_accuracy**")
-            && out.contains("±"),
-        "{out}"
-    );
+    assert!(out.contains("| train.stages.0.epochs | 1 | 2 |") && out.contains("**balanced_accuracy**") && out.contains("±"), "{out}");
 
     // evaluate: metrics and a confusion matrix for a labelled set.
-    let (code, out, err) = run(
-        &[
-            "evaluate",
-            "--model",
-            "runs/r",
-            "--data",
-            m.to_str().unwrap(),
-            "--out",
-            "ev",
-        ],
-        d.path(),
-    );
+    let (code, out, err) = run(&["evaluate", "--model", "runs/r", "--data", m.to_str().unwrap(), "--out", "ev"], d.path());
     assert_eq!(code, 0, "{err}");
-    assert!(
-        out.contains("balanced accuracy")
-            && out.contains("majority baseline")
-            && out.contains("precision"),
-        "{out}"
-    );
+    assert!(out.contains("balanced accuracy") && out.contains("majority baseline") && out.contains("precision"), "{out}");
     let ev = json(&d.path().join("ev/metrics.json"));
     assert_eq!(ev["metrics"]["n"], 12);
     non_blank_png(&d.path().join("ev/confusion.png"));
@@ -225,19 +123,7 @@ fn evaluate_refuses_classes_the_model_never_saw() {
     separable_folders(&d.path().join("train"), 4, 32);
     let (code, _, err) = run(
         &[
-            &[
-                "finetune",
-                "--data",
-                "train",
-                "--task",
-                "multiclass",
-                "--val",
-                "none",
-                "--stages",
-                "head:1",
-                "--name",
-                "m",
-            ][..],
+            &["finetune", "--data", "train", "--task", "multiclass", "--val", "none", "--stages", "head:1", "--name", "m"][..],
             &s.iter().map(String::as_str).collect::<Vec<_>>()[..],
         ]
         .concat(),
@@ -246,13 +132,7 @@ fn evaluate_refuses_classes_the_model_never_saw() {
     assert_eq!(code, 0, "{err}");
     std::fs::create_dir_all(d.path().join("other/zebra")).unwrap();
     gray_png(&d.path().join("other/zebra/1.png"), 32, 32, |_, _| 3);
-    let (code, _, err) = run(
-        &["evaluate", "--model", "runs/m", "--data", "other"],
-        d.path(),
-    );
+    let (code, _, err) = run(&["evaluate", "--model", "runs/m", "--data", "other"], d.path());
     assert_eq!(code, 1);
-    assert!(
-        err.contains("class `zebra` is not one the model was trained on (a, b)"),
-        "{err}"
-    );
+    assert!(err.contains("class `zebra` is not one the model was trained on (a, b)"), "{err}");
 }

@@ -20,27 +20,12 @@ fn decodes_gray_palette_and_16_bit_tiffs_both_endians() {
     for be in [false, true] {
         let g8 = decode_gray(&tiff(w, h, 8, &px, None, be)).unwrap();
         assert_eq!((g8.width, g8.height), (w, h));
-        assert!(
-            (g8.pixels[5] - 5.0 / 255.0).abs() < 1e-6,
-            "8-bit gray value"
-        );
+        assert!((g8.pixels[5] - 5.0 / 255.0).abs() < 1e-6, "8-bit gray value");
         let pal = decode_gray(&tiff(w, h, 8, &px, Some(&gray_ramp()), be)).unwrap();
         for (a, b) in pal.pixels.iter().zip(&g8.pixels) {
-            assert!(
-                (a - b).abs() < 1e-5,
-                "palette gray ramp must equal plain gray: {a} vs {b}"
-            );
+            assert!((a - b).abs() < 1e-5, "palette gray ramp must equal plain gray: {a} vs {b}");
         }
-        let px16: Vec<u8> = px
-            .iter()
-            .flat_map(|&v| {
-                if be {
-                    (v as u16 * 257).to_be_bytes()
-                } else {
-                    (v as u16 * 257).to_le_bytes()
-                }
-            })
-            .collect();
+        let px16: Vec<u8> = px.iter().flat_map(|&v| if be { (v as u16 * 257).to_be_bytes() } else { (v as u16 * 257).to_le_bytes() }).collect();
         let g16 = decode_gray(&tiff(w, h, 16, &px16, None, be)).unwrap();
         for (a, b) in g16.pixels.iter().zip(&g8.pixels) {
             assert!((a - b).abs() < 1e-4, "16-bit gray: {a} vs {b}");
@@ -53,45 +38,21 @@ fn palette_with_colours_becomes_luma() {
     let mut cmap = vec![0u16; 768];
     cmap[1] = 65535; // index 1: pure red
     cmap[256 + 2] = 65535; // index 2: pure green
-    let g = decode_gray(&tiff(
-        8,
-        8,
-        8,
-        &[[0u8, 1, 2, 0].repeat(16)].concat(),
-        Some(&cmap),
-        false,
-    ))
-    .unwrap();
-    assert!(
-        (g.pixels[1] - 0.299).abs() < 1e-4 && (g.pixels[2] - 0.587).abs() < 1e-4,
-        "{:?}",
-        &g.pixels[..4]
-    );
+    let g = decode_gray(&tiff(8, 8, 8, &[[0u8, 1, 2, 0].repeat(16)].concat(), Some(&cmap), false)).unwrap();
+    assert!((g.pixels[1] - 0.299).abs() < 1e-4 && (g.pixels[2] - 0.587).abs() < 1e-4, "{:?}", &g.pixels[..4]);
 }
 
 #[test]
 fn decodes_rgb_jpeg_rgba_png_and_real_london_faces() {
     let d = tmp();
     let rgba = d.path().join("rgba.png");
-    image::RgbaImage::from_fn(20, 20, |x, _| {
-        image::Rgba([255, 0, 0, if x < 10 { 0 } else { 255 }])
-    })
-    .save(&rgba)
-    .unwrap();
+    image::RgbaImage::from_fn(20, 20, |x, _| image::Rgba([255, 0, 0, if x < 10 { 0 } else { 255 }])).save(&rgba).unwrap();
     let g = load_gray(&rgba).unwrap();
-    assert!(
-        (g.pixels[0] - 0.299).abs() < 1e-3,
-        "alpha ignored, red → luma"
-    );
+    assert!((g.pixels[0] - 0.299).abs() < 1e-3, "alpha ignored, red → luma");
     let jpg = d.path().join("rgb.jpg");
-    image::RgbImage::from_fn(32, 24, |x, y| {
-        image::Rgb([(x * 8) as u8, (y * 10) as u8, 128])
-    })
-    .save(&jpg)
-    .unwrap();
+    image::RgbImage::from_fn(32, 24, |x, y| image::Rgb([(x * 8) as u8, (y * 10) as u8, 128])).save(&jpg).unwrap();
     assert_eq!(load_gray(&jpg).unwrap().width, 32);
-    let london = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data/london-faces/neutral/001_03.jpg");
+    let london = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/london-faces/neutral/001_03.jpg");
     if london.exists() {
         let g = load_gray(&london).unwrap();
         assert_eq!((g.width, g.height), (256, 256));
@@ -107,45 +68,18 @@ fn bad_images_get_one_clear_reason() {
     let d = tmp();
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("empty.tiff", vec![], "empty (0 bytes)"),
-        (
-            "text.tiff",
-            b"this is a text file, not an image".to_vec(),
-            "not a recognised image format",
-        ),
-        (
-            "truncated.tiff",
-            tiff(64, 64, 8, &ramp(64, 64), None, false)[..300].to_vec(),
-            "truncated",
-        ),
-        (
-            "tiny.tiff",
-            tiff(1, 1, 8, &[7], None, false),
-            "smaller than the minimum",
-        ),
-        (
-            "huge.tiff",
-            tiff(100_000, 100_000, 8, &ramp(8, 8), None, false),
-            "larger than the limit",
-        ),
-        (
-            "huge_palette.tiff",
-            tiff(100_000, 100_000, 8, &ramp(8, 8), Some(&gray_ramp()), false),
-            "larger than the limit",
-        ),
-        (
-            "truncated_palette.tiff",
-            tiff(64, 64, 8, &ramp(8, 8), Some(&gray_ramp()), false),
-            "truncated",
-        ),
+        ("text.tiff", b"this is a text file, not an image".to_vec(), "not a recognised image format"),
+        ("truncated.tiff", tiff(64, 64, 8, &ramp(64, 64), None, false)[..300].to_vec(), "truncated"),
+        ("tiny.tiff", tiff(1, 1, 8, &[7], None, false), "smaller than the minimum"),
+        ("huge.tiff", tiff(100_000, 100_000, 8, &ramp(8, 8), None, false), "larger than the limit"),
+        ("huge_palette.tiff", tiff(100_000, 100_000, 8, &ramp(8, 8), Some(&gray_ramp()), false), "larger than the limit"),
+        ("truncated_palette.tiff", tiff(64, 64, 8, &ramp(8, 8), Some(&gray_ramp()), false), "truncated"),
     ];
     for (name, bytes, want) in cases {
         let p = d.path().join(name);
         std::fs::write(&p, &bytes).unwrap();
         let e = load_gray(&p).unwrap_err().to_string();
-        assert!(
-            e.contains(name) && e.contains(want),
-            "{name}: got `{e}`, wanted `{want}`"
-        );
+        assert!(e.contains(name) && e.contains(want), "{name}: got `{e}`, wanted `{want}`");
     }
     let png = d.path().join("ok.png");
     gray_png(&png, 40, 40, |x, _| x as u8);
@@ -155,70 +89,24 @@ fn bad_images_get_one_clear_reason() {
     let e = load_gray(&t).unwrap_err().to_string();
     assert!(e.contains("truncated.png"), "{e}");
     let jpg = d.path().join("ok.jpg");
-    image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([x as u8 * 3, y as u8 * 3, 9]))
-        .save(&jpg)
-        .unwrap();
+    image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([x as u8 * 3, y as u8 * 3, 9])).save(&jpg).unwrap();
     let bytes = std::fs::read(&jpg).unwrap();
     let t = d.path().join("truncated.jpg");
     std::fs::write(&t, &bytes[..bytes.len() / 3]).unwrap();
     // A cut JPEG may decode partially (libjpeg-style) or fail; it must never panic.
     let _ = load_gray(&t);
-    let missing = load_gray(&d.path().join("missing.png"))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        missing.contains("missing.png") && missing.contains("cannot read"),
-        "{missing}"
-    );
+    let missing = load_gray(&d.path().join("missing.png")).unwrap_err().to_string();
+    assert!(missing.contains("missing.png") && missing.contains("cannot read"), "{missing}");
 }
 
 #[test]
 fn crop_and_resize() {
     let g = decode_gray(&tiff(40, 20, 8, &ramp(40, 20), None, false)).unwrap();
-    assert_eq!(
-        prepare(&g, &Crop::None, 16).unwrap().len(),
-        256,
-        "non-square → centre square → 16²"
-    );
-    assert_eq!(
-        prepare(
-            &g,
-            &Crop::Box {
-                x: 0,
-                y: 0,
-                w: 10,
-                h: 10
-            },
-            10
-        )
-        .unwrap()[3],
-        3.0 / 255.0
-    );
-    assert!(prepare(
-        &g,
-        &Crop::Box {
-            x: 35,
-            y: 0,
-            w: 10,
-            h: 10
-        },
-        10
-    )
-    .unwrap_err()
-    .contains("does not fit"));
-    assert_eq!(
-        Crop::parse("10,20,30,40").unwrap(),
-        Crop::Box {
-            x: 10,
-            y: 20,
-            w: 30,
-            h: 40
-        }
-    );
-    assert_eq!(
-        Crop::parse("center:0.8").unwrap(),
-        Crop::Center { fraction: 0.8 }
-    );
+    assert_eq!(prepare(&g, &Crop::None, 16).unwrap().len(), 256, "non-square → centre square → 16²");
+    assert_eq!(prepare(&g, &Crop::Box { x: 0, y: 0, w: 10, h: 10 }, 10).unwrap()[3], 3.0 / 255.0);
+    assert!(prepare(&g, &Crop::Box { x: 35, y: 0, w: 10, h: 10 }, 10).unwrap_err().contains("does not fit"));
+    assert_eq!(Crop::parse("10,20,30,40").unwrap(), Crop::Box { x: 10, y: 20, w: 30, h: 40 });
+    assert_eq!(Crop::parse("center:0.8").unwrap(), Crop::Center { fraction: 0.8 });
     assert!(Crop::parse("1.5").is_err() && Crop::parse("1,2,3").is_err());
 }
 
@@ -229,18 +117,7 @@ fn jaffe_dir(root: &Path, subjects: &[&str], codes: &[&str]) {
         for c in codes {
             let name = format!("{s}.{c}1.{serial}.tiff");
             serial += 1;
-            std::fs::write(
-                root.join(name),
-                tiff(
-                    16,
-                    16,
-                    8,
-                    &ramp(16, 16),
-                    if serial % 3 == 0 { Some(&cmap) } else { None },
-                    serial % 2 == 0,
-                ),
-            )
-            .unwrap();
+            std::fs::write(root.join(name), tiff(16, 16, 8, &ramp(16, 16), if serial % 3 == 0 { Some(&cmap) } else { None }, serial % 2 == 0)).unwrap();
         }
     }
 }
@@ -272,11 +149,7 @@ fn scans_jaffe_folders_and_csv_in_sorted_order() {
     let ds = scan(&manifest, DataFormat::Auto).unwrap();
     assert_eq!((ds.format, ds.samples.len()), (DataFormat::Csv, 8));
     let ds2 = scan(c.path(), DataFormat::Auto).unwrap();
-    assert_eq!(
-        ds2.format,
-        DataFormat::Csv,
-        "a folder with manifest.csv uses it"
-    );
+    assert_eq!(ds2.format, DataFormat::Csv, "a folder with manifest.csv uses it");
 }
 
 #[test]
@@ -285,39 +158,21 @@ fn csv_with_bom_quotes_and_errors() {
     gray_png(&d.path().join("a b.png"), 16, 16, |x, _| x as u8);
     gray_png(&d.path().join("c.png"), 16, 16, |_, y| y as u8);
     let m = d.path().join("m.csv");
-    std::fs::write(
-        &m,
-        "\u{feff}path,label,subject\n\"a b.png\",neutral,\"P1\"\nc.png,happy,P2\n",
-    )
-    .unwrap();
+    std::fs::write(&m, "\u{feff}path,label,subject\n\"a b.png\",neutral,\"P1\"\nc.png,happy,P2\n").unwrap();
     let ds = scan(&m, DataFormat::Auto).unwrap();
     assert_eq!(ds.samples.len(), 2);
     assert_eq!(ds.samples[0].subject.as_deref(), Some("P1"));
     std::fs::write(&m, "file,label\na b.png,neutral\n").unwrap();
     let e = scan(&m, DataFormat::Auto).unwrap_err().to_string();
-    assert!(
-        e.contains("m.csv") && e.contains("`path` and `label`"),
-        "{e}"
-    );
+    assert!(e.contains("m.csv") && e.contains("`path` and `label`"), "{e}");
     std::fs::write(&m, "path,label\nmissing.png,neutral\n").unwrap();
     let e = scan(&m, DataFormat::Auto).unwrap_err().to_string();
     assert!(e.contains("line 2") && e.contains("missing.png"), "{e}");
     let outside = tmp();
     gray_png(&outside.path().join("o.png"), 16, 16, |_, _| 9);
-    std::fs::write(
-        &m,
-        format!(
-            "path,label\n{}/o.png,neutral\nc.png,happy\n",
-            outside.path().display()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&m, format!("path,label\n{}/o.png,neutral\nc.png,happy\n", outside.path().display())).unwrap();
     let ds = scan(&m, DataFormat::Auto).unwrap();
-    assert_eq!(
-        ds.outside_paths.len(),
-        1,
-        "paths outside the folder are allowed but reported"
-    );
+    assert_eq!(ds.outside_paths.len(), 1, "paths outside the folder are allowed but reported");
 }
 
 #[test]
@@ -331,9 +186,7 @@ fn dataset_errors_are_named() {
     let one = tmp();
     jaffe_dir(one.path(), &["KA", "KB"], &["HA", "SU"]);
     let ds = scan(one.path(), DataFormat::Auto).unwrap();
-    let e = assign_labels(&ds, Task::Binary, &[])
-        .unwrap_err()
-        .to_string();
+    let e = assign_labels(&ds, Task::Binary, &[]).unwrap_err().to_string();
     assert!(e.contains("only one class (expressive)"), "{e}");
     let f = tmp();
     separable_folders(f.path(), 2, 16);
@@ -343,9 +196,7 @@ fn dataset_errors_are_named() {
     let lm = tmp();
     separable_folders(lm.path(), 2, 16);
     let ds = scan(lm.path(), DataFormat::Auto).unwrap();
-    let e = assign_labels(&ds, Task::Binary, &[("a".into(), "x".into())])
-        .unwrap_err()
-        .to_string();
+    let e = assign_labels(&ds, Task::Binary, &[("a".into(), "x".into())]).unwrap_err().to_string();
     assert!(e.contains("label `b` is not in --label-map"), "{e}");
 }
 
@@ -360,47 +211,19 @@ fn subject_split_keeps_people_apart_and_stratifies() {
         assert_eq!(s.val_subjects.len(), 2);
         let subj = |i: &usize| ds.samples[*i].subject.clone().unwrap();
         let tr: std::collections::BTreeSet<String> = s.train.iter().map(subj).collect();
-        assert!(
-            s.val.iter().map(subj).all(|v| !tr.contains(&v)),
-            "no subject on both sides"
-        );
+        assert!(s.val.iter().map(subj).all(|v| !tr.contains(&v)), "no subject on both sides");
         assert_eq!(s.train.len() + s.val.len(), 20);
         let val_neutral = s.val.iter().filter(|&&i| labels.targets[i] == 0).count();
-        assert_eq!(
-            val_neutral * 2,
-            s.val.len(),
-            "stratified: both classes equally"
-        );
+        assert_eq!(val_neutral * 2, s.val.len(), "stratified: both classes equally");
     }
-    let named = holdout(
-        &ds,
-        &labels,
-        &ValSpec::Named {
-            subjects: vec!["P03".into()],
-        },
-        0,
-    )
-    .unwrap();
+    let named = holdout(&ds, &labels, &ValSpec::Named { subjects: vec!["P03".into()] }, 0).unwrap();
     assert_eq!(named.val.len(), 2);
-    let e = holdout(
-        &ds,
-        &labels,
-        &ValSpec::Named {
-            subjects: vec!["ZZ".into()],
-        },
-        0,
-    )
-    .unwrap_err()
-    .to_string();
+    let e = holdout(&ds, &labels, &ValSpec::Named { subjects: vec!["ZZ".into()] }, 0).unwrap_err().to_string();
     assert!(e.contains("no subject `ZZ`"), "{e}");
     let folds = kfold(&ds, &labels, 5, 1).unwrap();
     let mut all: Vec<usize> = folds.concat();
     all.sort();
-    assert_eq!(
-        all,
-        (0..20).collect::<Vec<_>>(),
-        "every image in exactly one fold"
-    );
+    assert_eq!(all, (0..20).collect::<Vec<_>>(), "every image in exactly one fold");
 }
 
 #[test]
@@ -417,16 +240,10 @@ fn split_without_subjects_falls_back_and_impossible_splits_fail() {
     gray_png(&d.path().join("n.png"), 16, 16, |_, _| 1);
     gray_png(&d.path().join("h1.png"), 16, 16, |_, _| 2);
     gray_png(&d.path().join("h2.png"), 16, 16, |_, _| 3);
-    std::fs::write(
-        d.path().join("manifest.csv"),
-        "path,label,subject\nn.png,neutral,A\nh1.png,happy,A\nh2.png,happy,B\n",
-    )
-    .unwrap();
+    std::fs::write(d.path().join("manifest.csv"), "path,label,subject\nn.png,neutral,A\nh1.png,happy,A\nh2.png,happy,B\n").unwrap();
     let ds = scan(d.path(), DataFormat::Auto).unwrap();
     let labels = assign_labels(&ds, Task::Binary, &[]).unwrap();
-    let e = holdout(&ds, &labels, &ValSpec::Subjects { fraction: 0.5 }, 0)
-        .unwrap_err()
-        .to_string();
+    let e = holdout(&ds, &labels, &ValSpec::Subjects { fraction: 0.5 }, 0).unwrap_err().to_string();
     assert!(e.contains("cannot make this split"), "{e}");
     let single = tmp();
     gray_png(&single.path().join("x.png"), 16, 16, |_, _| 1);
@@ -437,8 +254,6 @@ fn split_without_subjects_falls_back_and_impossible_splits_fail() {
     gray_png(&single.path().join("b/2.png"), 16, 16, |_, _| 1);
     let ds = scan(single.path(), DataFormat::Folders).unwrap();
     let labels = assign_labels(&ds, Task::Multiclass, &[]).unwrap();
-    let e = holdout(&ds, &labels, &ValSpec::Subjects { fraction: 0.3 }, 0)
-        .unwrap_err()
-        .to_string();
+    let e = holdout(&ds, &labels, &ValSpec::Subjects { fraction: 0.3 }, 0).unwrap_err().to_string();
     assert!(e.contains("class `a` has a single image"), "{e}");
 }

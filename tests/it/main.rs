@@ -5,5 +5,6 @@ mod cli;
 mod common;
 mod cv;
 mod data;
+mod faces;
 mod model;
 mod train;

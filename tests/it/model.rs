@@ -21,16 +21,8 @@ fn loads_torchvision_layout_and_reports_the_rest() {
     let mut m = Vgg16::new(&small_cfg(BnMode::Drop, HeadKind::Bn, 2), Device::Cpu).unwrap();
     let rep = weights::load_pretrained(&mut m, &p).unwrap();
     assert_eq!(rep.loaded, 26, "13 convs × (weight, bias)");
-    assert!(
-        rep.ignored.iter().any(|n| n == "classifier.6.weight"),
-        "unused classifier reported: {:?}",
-        rep.ignored
-    );
-    assert!(
-        rep.new.iter().all(|n| n.starts_with("head.")),
-        "only the head is new: {:?}",
-        rep.new
-    );
+    assert!(rep.ignored.iter().any(|n| n == "classifier.6.weight"), "unused classifier reported: {:?}", rep.ignored);
+    assert!(rep.new.iter().all(|n| n.starts_with("head.")), "only the head is new: {:?}", rep.new);
     let vars = m.vs.variables();
     for (n, t) in &file {
         if n.starts_with("features.") {
@@ -44,25 +36,12 @@ fn vgg_head_keeps_fc6_fc7_and_replaces_fc8() {
     let _rng = torch_rng();
     let d = tmp();
     let p = d.path().join("vgg16.safetensors");
-    let file: std::collections::BTreeMap<String, Tensor> =
-        torchvision_like(&p, false, 2).into_iter().collect();
+    let file: std::collections::BTreeMap<String, Tensor> = torchvision_like(&p, false, 2).into_iter().collect();
     let mut m = Vgg16::new(&small_cfg(BnMode::Drop, HeadKind::Vgg, 2), Device::Cpu).unwrap();
     let rep = weights::load_pretrained(&mut m, &p).unwrap();
     assert_eq!(rep.loaded, 30);
-    assert_eq!(
-        rep.new,
-        vec![
-            "classifier.6.bias".to_string(),
-            "classifier.6.weight".to_string()
-        ]
-    );
-    assert_eq!(
-        max_abs_diff(
-            &m.vs.variables()["classifier.3.weight"],
-            &file["classifier.3.weight"]
-        ),
-        0.0
-    );
+    assert_eq!(rep.new, vec!["classifier.6.bias".to_string(), "classifier.6.weight".to_string()]);
+    assert_eq!(max_abs_diff(&m.vs.variables()["classifier.3.weight"], &file["classifier.3.weight"]), 0.0);
     let y = m.forward_t(&input(2, 32), false);
     assert_eq!(y.size(), vec![2, 2]);
 }
@@ -76,13 +55,8 @@ fn trunk_only_file_fits_bn_head_but_not_vgg_head() {
     let mut ok = Vgg16::new(&small_cfg(BnMode::Drop, HeadKind::Linear, 3), Device::Cpu).unwrap();
     weights::load_pretrained(&mut ok, &p).unwrap();
     let mut vgg = Vgg16::new(&small_cfg(BnMode::Drop, HeadKind::Vgg, 2), Device::Cpu).unwrap();
-    let e = weights::load_pretrained(&mut vgg, &p)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("trunk.safetensors") && e.contains("--head bn"),
-        "{e}"
-    );
+    let e = weights::load_pretrained(&mut vgg, &p).unwrap_err().to_string();
+    assert!(e.contains("trunk.safetensors") && e.contains("--head bn"), "{e}");
 }
 
 #[test]
@@ -92,76 +66,43 @@ fn wrong_shapes_missing_keys_and_bad_files_are_named() {
     // Full-width model against a narrow file: every conv has the wrong shape.
     let p = d.path().join("narrow.safetensors");
     torchvision_like(&p, false, 4);
-    let mut full = Vgg16::new(
-        &vggft::model::ModelConfig::new(BnMode::Drop, HeadKind::Linear, 2),
-        Device::Cpu,
-    )
-    .unwrap();
-    let e = weights::load_pretrained(&mut full, &p)
-        .unwrap_err()
-        .to_string();
+    let mut full = Vgg16::new(&vggft::model::ModelConfig::new(BnMode::Drop, HeadKind::Linear, 2), Device::Cpu).unwrap();
+    let e = weights::load_pretrained(&mut full, &p).unwrap_err().to_string();
     assert!(
-        e.contains("narrow.safetensors")
-            && e.contains("wrong shape")
-            && e.contains("features.0.weight (file [4, 3, 3, 3], expected [64, 3, 3, 3])"),
+        e.contains("narrow.safetensors") && e.contains("wrong shape") && e.contains("features.0.weight (file [4, 3, 3, 3], expected [64, 3, 3, 3])"),
         "{e}"
     );
 
     // Missing keys.
-    let named: Vec<(String, Tensor)> = torchvision_like(&p, false, 4)
-        .into_iter()
-        .filter(|(n, _)| n != "features.28.weight" && n != "features.5.bias")
-        .collect();
+    let named: Vec<(String, Tensor)> =
+        torchvision_like(&p, false, 4).into_iter().filter(|(n, _)| n != "features.28.weight" && n != "features.5.bias").collect();
     let q = d.path().join("partial.safetensors");
     weights::save_atomic(&named, &q).unwrap();
     let mut m = Vgg16::new(&small_cfg(BnMode::Drop, HeadKind::Bn, 2), Device::Cpu).unwrap();
-    let e = weights::load_pretrained(&mut m, &q)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("missing features.28.weight, features.5.bias")
-            || e.contains("missing features.28.weight"),
-        "{e}"
-    );
+    let e = weights::load_pretrained(&mut m, &q).unwrap_err().to_string();
+    assert!(e.contains("missing features.28.weight, features.5.bias") || e.contains("missing features.28.weight"), "{e}");
 
     // Truncated, empty, not safetensors, NaN.
     let bytes = std::fs::read(&p).unwrap();
     let t = d.path().join("truncated.safetensors");
     std::fs::write(&t, &bytes[..bytes.len() / 2]).unwrap();
-    let e = weights::load_pretrained(&mut m, &t)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("truncated.safetensors") && e.contains("truncated or corrupt"),
-        "{e}"
-    );
+    let e = weights::load_pretrained(&mut m, &t).unwrap_err().to_string();
+    assert!(e.contains("truncated.safetensors") && e.contains("truncated or corrupt"), "{e}");
     let z = d.path().join("empty.safetensors");
     std::fs::write(&z, b"").unwrap();
-    assert!(weights::load_pretrained(&mut m, &z)
-        .unwrap_err()
-        .to_string()
-        .contains("empty (0 bytes)"));
+    assert!(weights::load_pretrained(&mut m, &z).unwrap_err().to_string().contains("empty (0 bytes)"));
     let txt = d.path().join("text.safetensors");
     std::fs::write(&txt, b"hello, this is not a weights file at all").unwrap();
-    let e = weights::load_pretrained(&mut m, &txt)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("text.safetensors") && e.contains("safetensors"),
-        "{e}"
-    );
+    let e = weights::load_pretrained(&mut m, &txt).unwrap_err().to_string();
+    assert!(e.contains("text.safetensors") && e.contains("safetensors"), "{e}");
     let nan = torchvision_like(&p, false, 4);
     let _ = tch::no_grad(|| nan[0].1.get(0).fill_(f64::NAN));
     let nanp = d.path().join("nan.safetensors");
     weights::save_atomic(&nan, &nanp).unwrap();
-    let e = weights::load_pretrained(&mut m, &nanp)
-        .unwrap_err()
-        .to_string();
+    let e = weights::load_pretrained(&mut m, &nanp).unwrap_err().to_string();
     assert!(e.contains("NaN or Inf") && e.contains(&nan[0].0), "{e}");
     // Missing file.
-    let e = weights::load_pretrained(&mut m, &d.path().join("nope.safetensors"))
-        .unwrap_err()
-        .to_string();
+    let e = weights::load_pretrained(&mut m, &d.path().join("nope.safetensors")).unwrap_err().to_string();
     assert!(e.contains("nope.safetensors"), "{e}");
 }
 
@@ -171,14 +112,8 @@ fn bn_modes_need_bn_weights() {
     let d = tmp();
     let p = d.path().join("plain.safetensors");
     torchvision_like(&p, false, 5);
-    let mut m = Vgg16::new(
-        &small_cfg(BnMode::Recalibrate, HeadKind::Bn, 2),
-        Device::Cpu,
-    )
-    .unwrap();
-    let e = weights::load_pretrained(&mut m, &p)
-        .unwrap_err()
-        .to_string();
+    let mut m = Vgg16::new(&small_cfg(BnMode::Recalibrate, HeadKind::Bn, 2), Device::Cpu).unwrap();
+    let e = weights::load_pretrained(&mut m, &p).unwrap_err().to_string();
     assert!(e.contains("needs vgg16-bn weights"), "{e}");
 }
 
@@ -186,11 +121,7 @@ fn bn_modes_need_bn_weights() {
 fn detects_architectures() {
     let _rng = torch_rng();
     let d = tmp();
-    let (a, b, c) = (
-        d.path().join("a.safetensors"),
-        d.path().join("b.safetensors"),
-        d.path().join("c.safetensors"),
-    );
+    let (a, b, c) = (d.path().join("a.safetensors"), d.path().join("b.safetensors"), d.path().join("c.safetensors"));
     torchvision_like(&a, false, 6);
     torchvision_like(&b, true, 6);
     trunk_only(&c, 6);
@@ -200,10 +131,7 @@ fn detects_architectures() {
     let i = weights::inspect(&a).unwrap();
     assert_eq!(i.sha256.len(), 64);
     let pos = |n: &str| i.tensors.iter().position(|t| t.0 == n).unwrap();
-    assert!(
-        pos("features.2.bias") < pos("features.10.bias"),
-        "natural order"
-    );
+    assert!(pos("features.2.bias") < pos("features.10.bias"), "natural order");
 }
 
 #[test]
@@ -214,12 +142,7 @@ fn folding_bn_into_convs_matches_the_bn_net_in_eval_mode() {
     torchvision_like(&p, true, 7);
     let mut bn = Vgg16::new(&small_cfg(BnMode::Frozen, HeadKind::Vgg, 10), Device::Cpu).unwrap();
     let rep = weights::load_checkpoint(&mut bn, &p).unwrap();
-    assert_eq!(
-        rep.ignored.len(),
-        13,
-        "num_batches_tracked ignored: {:?}",
-        rep.ignored
-    );
+    assert_eq!(rep.ignored.len(), 13, "num_batches_tracked ignored: {:?}", rep.ignored);
     let mut plain = Vgg16::new(&small_cfg(BnMode::Drop, HeadKind::Vgg, 10), Device::Cpu).unwrap();
     let rep = weights::load_pretrained(&mut plain, &p).unwrap();
     assert!(rep.folded_bn);
@@ -238,29 +161,20 @@ fn recalibration_normalises_every_bn_input() {
     let d = tmp();
     let p = d.path().join("vgg16_bn.safetensors");
     torchvision_like(&p, true, 8);
-    let mut m = Vgg16::new(
-        &small_cfg(BnMode::Recalibrate, HeadKind::Bn, 2),
-        Device::Cpu,
-    )
-    .unwrap();
+    let mut m = Vgg16::new(&small_cfg(BnMode::Recalibrate, HeadKind::Bn, 2), Device::Cpu).unwrap();
     weights::load_pretrained(&mut m, &p).unwrap();
     // "Training images": shifted and scaled away from the ImageNet statistics.
-    let imgs: Vec<Tensor> = (0..3)
-        .map(|_| Tensor::rand([8, 3, 64, 64], (Kind::Float, Device::Cpu)) * 3.0 - 0.5)
-        .collect();
+    let imgs: Vec<Tensor> = (0..3).map(|_| Tensor::rand([8, 3, 64, 64], (Kind::Float, Device::Cpu)) * 3.0 - 0.5).collect();
     m.recalibrate(&imgs).unwrap();
     let all = Tensor::cat(&imgs, 0);
     let inputs = m.bn_inputs(&all);
     let stats = m.bn_layers();
     assert_eq!(inputs.len(), 13);
     for (l, (x, (rm, rv))) in inputs.iter().zip(stats).enumerate() {
-        let xn =
-            (x - rm.view([1, -1, 1, 1])) / (rv.view([1, -1, 1, 1]) + vggft::model::BN_EPS).sqrt();
+        let xn = (x - rm.view([1, -1, 1, 1])) / (rv.view([1, -1, 1, 1]) + vggft::model::BN_EPS).sqrt();
         let dims = [0i64, 2, 3];
         let mean = xn.mean_dim(dims.as_slice(), false, Kind::Double);
-        let var = xn
-            .var_correction(dims.as_slice(), 0, false)
-            .to_kind(Kind::Double);
+        let var = xn.var_correction(dims.as_slice(), 0, false).to_kind(Kind::Double);
         let live = rv.gt(1e-3);
         let mean_err = f64::try_from(mean.abs().max()).unwrap();
         let var_err = f64::try_from((var - 1.0).abs().masked_select(&live).max()).unwrap();
@@ -283,37 +197,13 @@ fn freezing_keeps_frozen_tensors_bit_identical() {
     let mut m = Vgg16::new(&small_cfg(BnMode::Frozen, HeadKind::Bn, 2), Device::Cpu).unwrap();
     m.set_trainable_from(Block::Conv5);
     let groups = m.param_groups();
-    assert!(
-        groups.iter().all(|g| g.block >= Block::Conv5),
-        "only conv5 and head in the optimizer"
-    );
+    assert!(groups.iter().all(|g| g.block >= Block::Conv5), "only conv5 and head in the optimizer");
     assert!(groups.iter().any(|g| g.block == Block::Conv5));
-    let no_decay: Vec<&String> = groups
-        .iter()
-        .filter(|g| !g.decay)
-        .flat_map(|g| g.params.iter().map(|(n, _)| n))
-        .collect();
-    assert!(no_decay
-        .iter()
-        .all(|n| n.ends_with("bias") || n.contains("norm") || !n.contains("features.37.weight")));
-    assert!(
-        no_decay.iter().any(|n| n.as_str() == "features.38.weight"),
-        "BN γ of conv5 has no decay: {no_decay:?}"
-    );
-    let before = m
-        .named_tensors()
-        .into_iter()
-        .map(|(n, t)| (n, t.copy()))
-        .collect::<Vec<_>>();
-    let opt_groups = groups
-        .into_iter()
-        .map(|g| Group {
-            name: g.block.to_string(),
-            params: g.params,
-            lr_mult: 1.0,
-            weight_decay: 0.01,
-        })
-        .collect();
+    let no_decay: Vec<&String> = groups.iter().filter(|g| !g.decay).flat_map(|g| g.params.iter().map(|(n, _)| n)).collect();
+    assert!(no_decay.iter().all(|n| n.ends_with("bias") || n.contains("norm") || !n.contains("features.37.weight")));
+    assert!(no_decay.iter().any(|n| n.as_str() == "features.38.weight"), "BN γ of conv5 has no decay: {no_decay:?}");
+    let before = m.named_tensors().into_iter().map(|(n, t)| (n, t.copy())).collect::<Vec<_>>();
+    let opt_groups = groups.into_iter().map(|g| Group { name: g.block.to_string(), params: g.params, lr_mult: 1.0, weight_decay: 0.01 }).collect();
     let mut opt = Optimizer::new(OptimKind::Sgd, opt_groups, 0.9);
     let y = m.forward_t(&input(4, 32), true);
     let loss = y.cross_entropy_for_logits(&Tensor::from_slice(&[0i64, 1, 0, 1]));
@@ -341,8 +231,7 @@ fn freeze_points_head_and_conv1() {
     m.set_trainable_from(Block::Head);
     assert!(m.param_groups().iter().all(|g| g.block == Block::Head));
     m.set_trainable_from(Block::Conv1);
-    let blocks: std::collections::BTreeSet<Block> =
-        m.param_groups().iter().map(|g| g.block).collect();
+    let blocks: std::collections::BTreeSet<Block> = m.param_groups().iter().map(|g| g.block).collect();
     assert_eq!(blocks.len(), 6, "every block trainable");
 }
 

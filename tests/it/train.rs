@@ -32,10 +32,7 @@ fn data_cfg(path: &Path, val: ValSpec, size: u32) -> DataConfig {
 
 fn train_cfg(stages: &[(Block, usize)], augment: &str) -> TrainConfig {
     TrainConfig {
-        stages: stages
-            .iter()
-            .map(|&(from, epochs)| Stage { from, epochs })
-            .collect(),
+        stages: stages.iter().map(|&(from, epochs)| Stage { from, epochs }).collect(),
         optimizer: OptimKind::Sgd,
         lr: 0.02,
         block_lr_factor: 0.5,
@@ -67,15 +64,7 @@ fn model(bn: BnMode, head: HeadKind, seed: i64) -> Vgg16 {
 }
 
 fn trainer<'a>(cfg: &'a TrainConfig, p: &'a Prepared, pre: &'a Preprocess) -> Trainer<'a> {
-    Trainer {
-        cfg,
-        pre,
-        data: &p.data,
-        device: Device::Cpu,
-        checkpoint_dir: None,
-        stop: None,
-        shared: None,
-    }
+    Trainer { cfg, pre, data: &p.data, device: Device::Cpu, checkpoint_dir: None, stop: None, shared: None }
 }
 
 #[test]
@@ -88,46 +77,25 @@ fn learns_a_trivially_separable_set() {
     cfg.lr = 0.05;
     let pre = Preprocess::new(Crop::None, 32);
     let mut net = model(BnMode::Train, HeadKind::Bn, 1);
-    let out = trainer(&cfg, &p, &pre)
-        .run(&mut net, &mut Collect::default(), None)
-        .unwrap();
+    let out = trainer(&cfg, &p, &pre).run(&mut net, &mut Collect::default(), None).unwrap();
     let first = out.history.first().unwrap().train_loss;
     let last = out.history.last().unwrap();
-    assert!(
-        last.train_loss < first * 0.5,
-        "loss fell from {first} to {}",
-        last.train_loss
-    );
-    assert_eq!(
-        last.train_acc,
-        1.0,
-        "history: {:?}",
-        out.history.iter().map(|r| r.train_acc).collect::<Vec<_>>()
-    );
+    assert!(last.train_loss < first * 0.5, "loss fell from {first} to {}", last.train_loss);
+    assert_eq!(last.train_acc, 1.0, "history: {:?}", out.history.iter().map(|r| r.train_acc).collect::<Vec<_>>());
     // And the kept model classifies every training image correctly in eval mode.
     let x = pre.normalise(&p.data.gray);
     let pred = tch::no_grad(|| net.forward_t(&x, false)).argmax(1, false);
     let y = Tensor::from_slice(&p.data.targets);
-    assert_eq!(
-        i64::try_from(pred.eq_tensor(&y).sum(tch::Kind::Int64)).unwrap(),
-        16
-    );
+    assert_eq!(i64::try_from(pred.eq_tensor(&y).sum(tch::Kind::Int64)).unwrap(), 16);
 }
 
 fn changed(before: &[(String, Tensor)], net: &Vgg16) -> Vec<String> {
     let now = net.vs.variables();
-    before
-        .iter()
-        .filter(|(n, t)| max_abs_diff(&now[n], t) > 0.0)
-        .map(|(n, _)| n.clone())
-        .collect()
+    before.iter().filter(|(n, t)| max_abs_diff(&now[n], t) > 0.0).map(|(n, _)| n.clone()).collect()
 }
 
 fn snapshot(net: &Vgg16) -> Vec<(String, Tensor)> {
-    net.named_tensors()
-        .into_iter()
-        .map(|(n, t)| (n, t.copy()))
-        .collect()
+    net.named_tensors().into_iter().map(|(n, t)| (n, t.copy())).collect()
 }
 
 #[test]
@@ -141,17 +109,12 @@ fn stages_unfreeze_exactly_the_blocks_they_name() {
     for (from, allowed) in [(Block::Head, Block::Head), (Block::Conv4, Block::Conv4)] {
         let cfg = train_cfg(&[(from, 1)], "light");
         let before = snapshot(&net);
-        trainer(&cfg, &p, &pre)
-            .run(&mut net, &mut Collect::default(), None)
-            .unwrap();
+        trainer(&cfg, &p, &pre).run(&mut net, &mut Collect::default(), None).unwrap();
         let ch = changed(&before, &net);
         for n in &ch {
             let b = net.block_of_name(n).unwrap();
             assert!(b >= allowed, "stage {from}: {n} ({b}) changed");
-            assert!(
-                !Vgg16::is_buffer(n) || b == Block::Head,
-                "frozen trunk BN statistics changed: {n}"
-            );
+            assert!(!Vgg16::is_buffer(n) || b == Block::Head, "frozen trunk BN statistics changed: {n}");
         }
         for (n, t) in &before {
             if net.block_of_name(n).unwrap() >= allowed && !Vgg16::is_buffer(n) && t.dim() > 1 {
@@ -161,11 +124,7 @@ fn stages_unfreeze_exactly_the_blocks_they_name() {
     }
 }
 
-fn run_once(
-    m: &Path,
-    cfg: &TrainConfig,
-    dir: Option<&Path>,
-) -> (Vec<EpochRow>, Vec<(String, Tensor)>) {
+fn run_once(m: &Path, cfg: &TrainConfig, dir: Option<&Path>) -> (Vec<EpochRow>, Vec<(String, Tensor)>) {
     let p = prepared(m, ValSpec::Subjects { fraction: 0.25 });
     let pre = Preprocess::new(Crop::None, 32);
     let mut net = model(BnMode::Drop, HeadKind::Bn, 3);
@@ -179,18 +138,7 @@ fn run_once(
 fn strip(rows: &[EpochRow]) -> Vec<String> {
     rows.iter()
         .map(|r| {
-            format!(
-                "{} {} {} {:e} {:e} {:e} {:?} {:?} {:?}",
-                r.epoch,
-                r.stage,
-                r.block,
-                r.lr,
-                r.train_loss,
-                r.train_acc,
-                r.val_loss,
-                r.val_acc,
-                r.val_bacc
-            )
+            format!("{} {} {} {:e} {:e} {:e} {:?} {:?} {:?}", r.epoch, r.stage, r.block, r.lr, r.train_loss, r.train_acc, r.val_loss, r.val_acc, r.val_bacc)
         })
         .collect()
 }
@@ -211,22 +159,12 @@ fn same_seed_same_history_bit_for_bit() {
     let (fa, fb) = (d.path().join("a.csv"), d.path().join("b.csv"));
     vggft::run::write_history(&fa, &a).unwrap();
     vggft::run::write_history(&fb, &b).unwrap();
-    let cut = |p: &Path| {
-        std::fs::read_to_string(p)
-            .unwrap()
-            .lines()
-            .map(|l| l.rsplit_once(',').unwrap().0.to_string())
-            .collect::<Vec<_>>()
-    };
+    let cut = |p: &Path| std::fs::read_to_string(p).unwrap().lines().map(|l| l.rsplit_once(',').unwrap().0.to_string()).collect::<Vec<_>>();
     assert_eq!(cut(&fa), cut(&fb));
     let mut other = cfg.clone();
     other.seed = 8;
     let (c, _) = run_once(&m, &other, None);
-    assert_ne!(
-        strip(&a),
-        strip(&c),
-        "a different seed gives a different run"
-    );
+    assert_ne!(strip(&a), strip(&c), "a different seed gives a different run");
 }
 
 #[test]
@@ -240,13 +178,7 @@ fn cache_changes_nothing_without_augmentation() {
     let (a, _) = run_once(&m, &cached, None);
     let (b, _) = run_once(&m, &plain, None);
     for (x, y) in a.iter().zip(&b) {
-        assert!(
-            (x.train_loss - y.train_loss).abs() < 1e-4,
-            "epoch {}: {} vs {}",
-            x.epoch,
-            x.train_loss,
-            y.train_loss
-        );
+        assert!((x.train_loss - y.train_loss).abs() < 1e-4, "epoch {}: {} vs {}", x.epoch, x.train_loss, y.train_loss);
         assert!((x.val_loss.unwrap() - y.val_loss.unwrap()).abs() < 1e-4);
     }
 }
@@ -284,38 +216,18 @@ fn resume_finishes_exactly_like_an_uninterrupted_run() {
         let mut t = trainer(&cfg, &p, &pre);
         t.checkpoint_dir = Some(run_dir.path().to_path_buf());
         t.stop = Some(&flag);
-        let err = t
-            .run(
-                &mut net,
-                &mut StopAfter {
-                    after: stop_after,
-                    flag: &flag,
-                },
-                None,
-            )
-            .err()
-            .unwrap();
+        let err = t.run(&mut net, &mut StopAfter { after: stop_after, flag: &flag }, None).err().unwrap();
         assert!(matches!(err, vggft::Error::Interrupted(_)), "{err}");
         let state = vggft::train::load_state(run_dir.path()).unwrap();
         assert_eq!(state.history.len(), stop_after);
         let mut fresh = model(BnMode::Drop, HeadKind::Bn, 99);
         let mut t2 = trainer(&cfg, &p, &pre);
         t2.checkpoint_dir = Some(run_dir.path().to_path_buf());
-        let out = t2
-            .run(&mut fresh, &mut Collect::default(), Some(state))
-            .unwrap();
-        assert_eq!(
-            strip(&out.history),
-            strip(&full),
-            "stopped after epoch {stop_after}"
-        );
+        let out = t2.run(&mut fresh, &mut Collect::default(), Some(state)).unwrap();
+        assert_eq!(strip(&out.history), strip(&full), "stopped after epoch {stop_after}");
         let now = fresh.vs.variables();
         for (n, t) in &wfull {
-            assert_eq!(
-                max_abs_diff(&now[n], t),
-                0.0,
-                "{n} after resuming from epoch {stop_after}"
-            );
+            assert_eq!(max_abs_diff(&now[n], t), 0.0, "{n} after resuming from epoch {stop_after}");
         }
     }
 }

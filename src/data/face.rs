@@ -1,0 +1,124 @@
+//! Face localisation before the network sees an image: the SeetaFace
+//! frontal detector (rustface; its model file is embedded, BSD-2-Clause, see
+//! assets/face/), the largest detection expanded to hold brows to chin,
+//! squared and clamped; a centred fallback when no face is found.
+
+use serde::{Deserialize, Serialize};
+
+use super::image::{Crop, Gray};
+use crate::error::{Error, Result};
+
+static MODEL: &[u8] = include_bytes!("../../assets/face/seeta_fd_frontal_v1.0.bin");
+
+/// How to find the face.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum FaceMode {
+    /// No face step (the whole frame, or `--crop`).
+    #[default]
+    None,
+    /// Detect; fall back to a centred crop (or fail with `required`).
+    Auto { required: bool },
+    /// A fixed box in source pixels.
+    Fixed { x: u32, y: u32, w: u32, h: u32 },
+}
+
+impl FaceMode {
+    /// `auto`, `none` or `crop:x,y,w,h`.
+    pub fn parse(s: &str, required: bool) -> Result<FaceMode> {
+        match s.trim() {
+            "none" => Ok(FaceMode::None),
+            "auto" => Ok(FaceMode::Auto { required }),
+            other => match other.strip_prefix("crop:").map(Crop::parse) {
+                Some(Ok(Crop::Box { x, y, w, h })) => Ok(FaceMode::Fixed { x, y, w, h }),
+                _ => Err(Error::config(format!("--face `{other}`: expected auto, none or crop:x,y,w,h"))),
+            },
+        }
+    }
+}
+
+/// The box used for one image; `score` is `None` for the centred fallback.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FaceBox {
+    pub x: u32,
+    pub y: u32,
+    pub w: u32,
+    pub h: u32,
+    pub score: Option<f64>,
+}
+
+impl FaceBox {
+    pub fn crop(&self) -> Crop {
+        Crop::Box { x: self.x, y: self.y, w: self.w, h: self.h }
+    }
+}
+
+/// Side of the square crop relative to the detector's box: SeetaFace's box
+/// spans roughly brows to mouth; 1.5× with the centre moved down by 10 % of
+/// the box holds brows to chin on the London faces (see `vggft faces`).
+pub const MARGIN: f64 = 1.5;
+pub const SHIFT_DOWN: f64 = 0.10;
+/// Centred fallback: a square of this fraction of the shorter side.
+pub const FALLBACK: f64 = 0.8;
+
+/// A detector, one per thread (rustface's is not shareable).
+pub struct FaceFinder {
+    det: Box<dyn rustface::Detector>,
+}
+
+impl FaceFinder {
+    pub fn new() -> Result<FaceFinder> {
+        let model = rustface::read_model(std::io::Cursor::new(MODEL)).map_err(|e| Error::config(format!("embedded face model cannot be read: {e}")))?;
+        let mut det = rustface::create_detector_with_model(model);
+        det.set_min_face_size(20);
+        det.set_score_thresh(2.0);
+        det.set_pyramid_scale_factor(0.8);
+        det.set_slide_window_step(4, 4);
+        Ok(FaceFinder { det })
+    }
+
+    /// The largest face, expanded, squared and clamped to the image.
+    pub fn detect(&mut self, g: &Gray) -> Option<FaceBox> {
+        let bytes: Vec<u8> = g.pixels.iter().map(|v| (v * 255.0).round().clamp(0.0, 255.0) as u8).collect();
+        let faces = self.det.detect(&rustface::ImageData::new(&bytes, g.width, g.height));
+        let best = faces.iter().max_by_key(|f| f.bbox().width() as u64 * f.bbox().height() as u64)?;
+        let b = best.bbox();
+        let (bw, bh) = (b.width() as f64, b.height() as f64);
+        let cx = b.x() as f64 + bw / 2.0;
+        let cy = b.y() as f64 + bh / 2.0 + SHIFT_DOWN * bh;
+        let side = (bw.max(bh) * MARGIN).min(g.width.min(g.height) as f64).max(1.0);
+        Some(square_at(g, cx, cy, side, Some(best.score())))
+    }
+}
+
+/// A square of `side` centred at (cx, cy), moved inside the image.
+fn square_at(g: &Gray, cx: f64, cy: f64, side: f64, score: Option<f64>) -> FaceBox {
+    let s = side.round() as u32;
+    let x = (cx - side / 2.0).round().clamp(0.0, (g.width - s) as f64) as u32;
+    let y = (cy - side / 2.0).round().clamp(0.0, (g.height - s) as f64) as u32;
+    FaceBox { x, y, w: s, h: s, score }
+}
+
+/// The centred fallback box.
+pub fn fallback(g: &Gray) -> FaceBox {
+    let side = g.width.min(g.height) as f64 * FALLBACK;
+    square_at(g, g.width as f64 / 2.0, g.height as f64 / 2.0, side, None)
+}
+
+/// The face box for `mode` (`None` mode: no box).
+pub fn locate(finder: &mut Option<FaceFinder>, g: &Gray, mode: &FaceMode) -> std::result::Result<Option<FaceBox>, String> {
+    match mode {
+        FaceMode::None => Ok(None),
+        FaceMode::Fixed { x, y, w, h } => Ok(Some(FaceBox { x: *x, y: *y, w: *w, h: *h, score: None })),
+        FaceMode::Auto { required } => {
+            if finder.is_none() {
+                *finder = Some(FaceFinder::new().map_err(|e| e.to_string())?);
+            }
+            match finder.as_mut().and_then(|f| f.detect(g)) {
+                Some(b) => Ok(Some(b)),
+                None if *required => Err("no face found (--face-required)".into()),
+                None => Ok(Some(fallback(g))),
+            }
+        }
+    }
+}

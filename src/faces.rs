@@ -1,0 +1,100 @@
+//! `vggft faces`: the face crops of a folder as images, `faces.csv` with
+//! every box, and a contact sheet (a grid of crops with file names) to check
+//! the detector at a glance.
+
+use std::path::{Path, PathBuf};
+
+use image::{imageops, RgbImage};
+use plotters::prelude::*;
+
+use crate::data::face::{FaceBox, FaceFinder};
+use crate::data::image::{load_gray, prepare};
+use crate::error::{Error, Result};
+use crate::fsutil;
+
+/// Writes `path,x,y,w,h,score` ("fallback" for the centred crop).
+pub fn write_csv(path: &Path, paths: &[PathBuf], boxes: &[Option<FaceBox>]) -> Result<()> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let err = |e: csv::Error| Error::file(path, e.to_string());
+    w.write_record(["path", "x", "y", "w", "h", "score"]).map_err(err)?;
+    for (p, b) in paths.iter().zip(boxes) {
+        if let Some(b) = b {
+            let score = b.score.map(|s| format!("{s:.2}")).unwrap_or_else(|| "fallback".into());
+            w.write_record([p.display().to_string(), b.x.to_string(), b.y.to_string(), b.w.to_string(), b.h.to_string(), score]).map_err(err)?;
+        }
+    }
+    fsutil::write_atomic(path, &w.into_inner().map_err(|e| Error::file(path, e.to_string()))?)
+}
+
+pub struct FacesReport {
+    pub images: usize,
+    pub fallbacks: Vec<PathBuf>,
+    pub seconds_per_image: f64,
+    pub sheet: PathBuf,
+}
+
+/// Detects the face in every image of `dir` (any dataset layout), writes crops, CSV and contact sheet.
+pub fn run(dir: &Path, out: &Path, tile: u32) -> Result<FacesReport> {
+    let ds = crate::data::scan::scan(dir, crate::data::scan::DataFormat::Auto)?;
+    fsutil::create_dir(&out.join("crops"))?;
+    let mut finder = FaceFinder::new()?;
+    let mut boxes = Vec::new();
+    let mut tiles = Vec::new();
+    let mut fallbacks = Vec::new();
+    let mut detect_time = 0.0;
+    let paths: Vec<PathBuf> = ds.samples.iter().map(|s| s.path.clone()).collect();
+    for (i, p) in paths.iter().enumerate() {
+        let g = load_gray(p)?;
+        let t0 = std::time::Instant::now();
+        let b = finder.detect(&g).unwrap_or_else(|| crate::data::face::fallback(&g));
+        detect_time += t0.elapsed().as_secs_f64();
+        if b.score.is_none() {
+            fallbacks.push(p.clone());
+        }
+        let px = prepare(&g, &b.crop(), tile).map_err(|e| Error::image(p, e))?;
+        let img = image::GrayImage::from_raw(tile, tile, px.iter().map(|v| (v * 255.0).round().clamp(0.0, 255.0) as u8).collect())
+            .ok_or_else(|| Error::image(p, "crop has the wrong size"))?;
+        let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let mut png = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).map_err(|e| Error::file(p, e.to_string()))?;
+        fsutil::write_atomic(&out.join("crops").join(format!("{i:04}_{stem}.png")), &png)?;
+        tiles.push((stem, img, b.score.is_none()));
+        boxes.push(Some(b));
+    }
+    write_csv(&out.join("faces.csv"), &paths, &boxes)?;
+    let sheet = out.join("contact_sheet.png");
+    contact_sheet(&sheet, &tiles, tile)?;
+    Ok(FacesReport { images: paths.len(), fallbacks, seconds_per_image: detect_time / paths.len().max(1) as f64, sheet })
+}
+
+/// A grid of tiles with their names underneath; fallbacks framed in red.
+fn contact_sheet(path: &Path, tiles: &[(String, image::GrayImage, bool)], tile: u32) -> Result<()> {
+    let cols = (tiles.len() as f64).sqrt().ceil().clamp(1.0, 12.0) as u32;
+    let rows = (tiles.len() as u32).div_ceil(cols).max(1);
+    let (cw, ch) = (tile + 8, tile + 24);
+    let (w, h) = (cols * cw + 8, rows * ch + 8);
+    let mut canvas = RgbImage::from_pixel(w, h, image::Rgb([255, 255, 255]));
+    for (k, (_, img, _)) in tiles.iter().enumerate() {
+        let (x, y) = (8 + (k as u32 % cols) * cw, 8 + (k as u32 / cols) * ch);
+        imageops::overlay(&mut canvas, &image::DynamicImage::ImageLuma8(img.clone()).to_rgb8(), x as i64, y as i64);
+    }
+    let mut buf = canvas.into_raw();
+    {
+        crate::plot::register_font();
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        let font = ("sans-serif", 12).into_font();
+        for (k, (name, _, fallback)) in tiles.iter().enumerate() {
+            let (x, y) = ((8 + (k as u32 % cols) * cw) as i32, (8 + (k as u32 / cols) * ch) as i32);
+            let label: String = name.chars().take((tile / 7) as usize).collect();
+            root.draw(&Text::new(label, (x, y + tile as i32 + 3), font.clone())).map_err(|e| Error::file(path, e.to_string()))?;
+            if *fallback {
+                root.draw(&Rectangle::new([(x, y), (x + tile as i32, y + tile as i32)], RED.stroke_width(3))).map_err(|e| Error::file(path, e.to_string()))?;
+            }
+        }
+        root.present().map_err(|e| Error::file(path, e.to_string()))?;
+    }
+    let img = RgbImage::from_raw(w, h, buf).ok_or_else(|| Error::file(path, "sheet buffer has the wrong size"))?;
+    let mut png = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).map_err(|e| Error::file(path, e.to_string()))?;
+    fsutil::write_atomic(path, &png)
+}
