@@ -221,6 +221,10 @@ fn subject_split_keeps_people_apart_and_stratifies() {
     let e = holdout(&ds, &labels, &ValSpec::Named { subjects: vec!["ZZ".into()] }, 0).unwrap_err().to_string();
     assert!(e.contains("no subject `ZZ`"), "{e}");
     let folds = kfold(&ds, &labels, 5, 1).unwrap();
+    for f in &folds {
+        let neutral = f.iter().filter(|&&i| labels.targets[i] == 0).count();
+        assert_eq!((f.len(), neutral), (4, 2), "each fold: 2 people, one image of each class per person");
+    }
     let mut all: Vec<usize> = folds.concat();
     all.sort();
     assert_eq!(all, (0..20).collect::<Vec<_>>(), "every image in exactly one fold");
