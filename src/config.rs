@@ -174,6 +174,9 @@ pub struct RunConfig {
     pub train: TrainConfig,
     pub weights: WeightsInfo,
     pub device: String,
+    /// libtorch CPU threads: results are bit-identical only for the same count.
+    #[serde(default)]
+    pub threads: Option<i32>,
 }
 
 #[cfg(test)]

@@ -161,6 +161,7 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
             train: req.train.clone(),
             weights,
             device: req.device.clone(),
+            threads: None,
         },
         folds: req.folds.clone(),
         seeds: req.seeds.clone(),

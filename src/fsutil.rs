@@ -46,3 +46,13 @@ pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
 pub fn create_dir(path: &Path) -> Result<()> {
     std::fs::create_dir_all(path).map_err(|e| Error::file(path, format!("cannot create folder: {e}")))
 }
+
+/// Removes temporary files that a killed writer left in `dir` (any process's).
+pub fn remove_stale_temps(dir: &Path) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.starts_with('.') && n.contains(".tmp.") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}

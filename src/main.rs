@@ -106,6 +106,7 @@ fn finetune(a: FinetuneArgs) -> anyhow::Result<()> {
                 out: a.out.clone(),
                 name: a.name.clone(),
                 device: a.model.device.clone(),
+                threads: a.model.threads,
             };
             run::finetune(&req, &mut rep, Some(&stop))
         }

@@ -176,6 +176,7 @@ pub struct FinetuneRequest {
     pub out: PathBuf,
     pub name: Option<String>,
     pub device: String,
+    pub threads: Option<i32>,
 }
 
 /// Starts a new run.
@@ -200,6 +201,7 @@ pub fn finetune(req: &FinetuneRequest, reporter: &mut dyn Reporter, stop: Option
         train: req.train.clone(),
         weights,
         device: req.device.clone(),
+        threads: req.threads,
     };
     let dir = new_run_dir(&req.out, req.name.as_deref())?;
     fsutil::write_json(&dir.join("config.json"), &config)?;
@@ -217,14 +219,21 @@ pub fn resume(dir: &Path, reporter: &mut dyn Reporter, stop: Option<&AtomicBool>
     if dir.join(COMPLETE).exists() {
         return Err(Error::file(dir, "this run is already complete; nothing to resume"));
     }
-    let state = train::load_state(dir)?;
+    // Killed before the first epoch finished: nothing to restore, start over in place.
+    if let Some(t) = config.threads {
+        tch::set_num_threads(t);
+    }
+    let state = if dir.join(train::STATE).exists() { Some(train::load_state(dir)?) } else { None };
     let device = parse_device(&config.device)?;
     let prepared = prepare(&config.data, config.train.seed, reporter)?;
     if prepared.labels.classes != config.classes {
         return Err(Error::file(dir.join("config.json"), format!("classes {:?} no longer match the data ({:?})", config.classes, prepared.labels.classes)));
     }
-    reporter.message(&format!("resuming {} after epoch {}", dir.display(), state.history.len()));
-    execute(&config, dir, prepared, device, reporter, stop, Some(state))
+    match &state {
+        Some(s) => reporter.message(&format!("resuming {} after epoch {}", dir.display(), s.history.len())),
+        None => reporter.message(&format!("{}: no epoch had finished; training from the start in the same folder", dir.display())),
+    }
+    execute(&config, dir, prepared, device, reporter, stop, state)
 }
 
 /// Reads and checks a run's `config.json`.
@@ -290,9 +299,9 @@ fn execute(
         "validation": val,
     });
     fsutil::write_json(&dir.join("metrics.json"), &metrics)?;
-    for f in ["checkpoint.safetensors", "checkpoint.json"] {
-        let _ = std::fs::remove_file(dir.join(f));
-    }
+    let _ = std::fs::remove_file(dir.join(train::STATE));
+    train::remove_checkpoints(dir, None);
+    fsutil::remove_stale_temps(dir);
     fsutil::write_atomic(&dir.join(COMPLETE), b"")?;
     point_latest(dir)?;
     Ok(Summary {

@@ -71,7 +71,7 @@ impl Reporter for Collect {
 }
 
 /// Where progress is saved after each epoch (`--resume` reads it back).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ResumeState {
     pub stage: usize,
     /// Epochs finished within `stage`.
@@ -83,6 +83,10 @@ pub struct ResumeState {
     pub since_best: usize,
     /// The current stage was ended early.
     pub stage_done: bool,
+    /// The tensor file this state belongs to (written before the state, so
+    /// the state file is the commit point of a checkpoint).
+    #[serde(default)]
+    pub checkpoint: String,
 }
 
 pub struct Outcome {
@@ -365,21 +369,13 @@ impl Trainer<'_> {
             return Err(Error::config("training needs at least 2 images"));
         }
         let cw = self.weights_tensor();
-        let mut st = resume.clone().unwrap_or(ResumeState {
-            stage: 0,
-            stage_epoch: 0,
-            history: vec![],
-            best_loss: None,
-            best_epoch: 0,
-            since_best: 0,
-            stage_done: false,
-        });
+        let mut st = resume.clone().unwrap_or_default();
         let mut best: Option<Vec<(String, Tensor)>> = None;
         let mut resumed_optim: Option<BTreeMap<String, Tensor>> = None;
         let resume_stage = resume.as_ref().map(|s| s.stage);
         if resume.is_some() {
             let dir = self.checkpoint_dir.as_ref().ok_or_else(|| Error::config("resume needs a run folder"))?;
-            let (o, b) = load_checkpoint(dir, model)?;
+            let (o, b) = load_checkpoint(dir, &st.checkpoint, model)?;
             resumed_optim = Some(o);
             best = b;
         }
@@ -529,7 +525,7 @@ impl Trainer<'_> {
                     st.stage_done = true;
                 }
                 if let Some(dir) = &self.checkpoint_dir {
-                    save_checkpoint(dir, model, &opt, best.as_deref(), &st)?;
+                    save_checkpoint(dir, model, &opt, best.as_deref(), &mut st)?;
                 }
                 if st.stage_done {
                     break;
@@ -560,19 +556,34 @@ fn restore(model: &mut Vgg16, snap: &[(String, Tensor)]) {
     });
 }
 
-const CHECKPOINT: &str = "checkpoint.safetensors";
-const STATE: &str = "checkpoint.json";
+pub const STATE: &str = "checkpoint.json";
 
-/// Saves model, optimizer state and best weights, then the state that
-/// points at them; each file atomically, the state last.
-pub fn save_checkpoint(dir: &Path, model: &Vgg16, opt: &Optimizer, best: Option<&[(String, Tensor)]>, st: &ResumeState) -> Result<()> {
+/// Saves model, optimizer state and best weights to `checkpoint-eNNNN.safetensors`,
+/// then the state that names that file, each atomically: a kill at any moment
+/// leaves the previous state and its tensor file intact. Older tensor files
+/// are removed only after the new state is in place.
+pub fn save_checkpoint(dir: &Path, model: &Vgg16, opt: &Optimizer, best: Option<&[(String, Tensor)]>, st: &mut ResumeState) -> Result<()> {
     let mut all: Vec<(String, Tensor)> = model.named_tensors().into_iter().map(|(n, t)| (format!("model.{n}"), t)).collect();
     all.extend(opt.state_tensors());
     if let Some(b) = best {
         all.extend(b.iter().map(|(n, t)| (format!("best.{n}"), t.shallow_clone())));
     }
-    weights::save_atomic(&all, &dir.join(CHECKPOINT))?;
-    fsutil::write_json(&dir.join(STATE), st)
+    let name = format!("checkpoint-e{:04}.safetensors", st.history.len());
+    weights::save_atomic(&all, &dir.join(&name))?;
+    st.checkpoint = name;
+    fsutil::write_json(&dir.join(STATE), st)?;
+    remove_checkpoints(dir, Some(&st.checkpoint));
+    Ok(())
+}
+
+/// Removes checkpoint tensor files other than `keep`.
+pub fn remove_checkpoints(dir: &Path, keep: Option<&str>) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.starts_with("checkpoint-e") && n.ends_with(".safetensors") && Some(n.as_str()) != keep {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// Reads the resume state of a run folder.
@@ -586,8 +597,11 @@ pub fn load_state(dir: &Path) -> Result<ResumeState> {
 type Restored = (BTreeMap<String, Tensor>, Option<Vec<(String, Tensor)>>);
 
 /// Loads the model weights of a checkpoint into `model`.
-fn load_checkpoint(dir: &Path, model: &mut Vgg16) -> Result<Restored> {
-    let p = dir.join(CHECKPOINT);
+fn load_checkpoint(dir: &Path, file: &str, model: &mut Vgg16) -> Result<Restored> {
+    if file.is_empty() || file.contains('/') {
+        return Err(Error::file(dir.join(STATE), "names no checkpoint file"));
+    }
+    let p = dir.join(file);
     let tensors: BTreeMap<String, Tensor> = weights::read_tensors(&p)?.into_iter().collect();
     let vars = model.vs.variables();
     let mut best = Vec::new();

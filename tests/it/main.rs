@@ -7,4 +7,5 @@ mod cv;
 mod data;
 mod faces;
 mod model;
+mod reliability;
 mod train;
