@@ -135,6 +135,10 @@ pub fn prepare(dc: &DataConfig, seed: u64, reporter: &mut dyn Reporter) -> Resul
         dataset.samples = loaded.kept.iter().map(|&i| dataset.samples[i].clone()).collect();
     }
     let labels = split::assign_labels(&dataset, dc.task, &dc.label_map)?;
+    let dups = duplicates_across_classes(&dataset, &labels);
+    if !dups.is_empty() {
+        reporter.message(&format!("warning: {} identical file(s) carry different classes: {}", dups.len(), crate::error::short_list(&dups, 5)));
+    }
     let split = split::holdout(&dataset, &labels, &dc.val, seed)?;
     if let Some(n) = &split.note {
         reporter.message(n);
@@ -152,6 +156,32 @@ pub fn prepare(dc: &DataConfig, seed: u64, reporter: &mut dyn Reporter) -> Resul
         reporter.message(&format!("warning: no face found in {} image(s), used a centred crop: {}", fallbacks.len(), crate::error::short_list(&fallbacks, 8)));
     }
     Ok(Prepared { dataset, labels, split, data, skipped: loaded.skipped, boxes: loaded.boxes })
+}
+
+/// Pairs of byte-identical files whose classes differ (a labelling mistake
+/// that silently caps accuracy), as `a (class) = b (class)`.
+pub fn duplicates_across_classes(ds: &Dataset, labels: &Labels) -> Vec<String> {
+    use sha2::Digest;
+    let mut seen: std::collections::HashMap<Vec<u8>, usize> = std::collections::HashMap::new();
+    let mut out = Vec::new();
+    for (i, s) in ds.samples.iter().enumerate() {
+        let Ok(bytes) = std::fs::read(&s.path) else { continue };
+        let h = sha2::Sha256::digest(&bytes).to_vec();
+        match seen.get(&h) {
+            Some(&j) if labels.targets[j] != labels.targets[i] => out.push(format!(
+                "{} ({}) = {} ({})",
+                ds.samples[j].path.display(),
+                labels.classes[labels.targets[j] as usize],
+                s.path.display(),
+                labels.classes[labels.targets[i] as usize]
+            )),
+            Some(_) => {}
+            None => {
+                seen.insert(h, i);
+            }
+        }
+    }
+    out
 }
 
 /// What `finetune` returns to the binary.

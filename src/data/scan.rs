@@ -62,12 +62,19 @@ pub fn parse_jaffe_name(name: &str) -> Option<std::result::Result<(String, Strin
     })
 }
 
-/// Sorted entries of a folder, with unreadable entries as errors.
+/// Sorted entries of a folder. An entry that cannot be resolved (a broken
+/// link, a symlink loop) is an error, never silently skipped; hidden entries
+/// are ignored.
 fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
     let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
     let mut v = Vec::new();
     for e in rd {
-        v.push(e.map_err(|e| Error::io(dir, e))?.path());
+        let p = e.map_err(|e| Error::io(dir, e))?.path();
+        if p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
+            continue;
+        }
+        std::fs::metadata(&p).map_err(|e| Error::file(&p, format!("cannot read: {e}")))?;
+        v.push(p);
     }
     v.sort();
     Ok(v)

@@ -193,3 +193,55 @@ fn skip_bad_warns_and_counts() {
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(err.contains("skipped 1 unreadable image(s)") && err.contains("broken.png"), "{err}");
 }
+
+#[test]
+fn runs_and_data_that_are_broken_get_clear_errors() {
+    let d = tmp();
+    let m = subject_dataset(d.path(), 4, 32);
+    let w = d.path().join("trunk.safetensors");
+    trunk_only(&w, 8);
+    let s = small(&w);
+    let data = m.to_str().unwrap();
+    let (code, _, err) = run(&args(&s, &["finetune", "--data", data, "--stages", "head:1", "--name", "ok", "--val", "none"]), d.path());
+    assert_eq!(code, 0, "{err}");
+    let img = d.path().join("s00_neutral.png");
+    let im = img.to_str().unwrap();
+    // Edited config.json.
+    std::fs::copy(d.path().join("runs/ok/config.json"), d.path().join("config.bak")).unwrap();
+    std::fs::write(d.path().join("runs/ok/config.json"), "{\"classes\": 3").unwrap();
+    let (code, _, err) = run(&["predict", im, "--model", "runs/ok"], d.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("config.json") && err.contains("not a valid vggft run config"), "{err}");
+    // A model with another class count than the config says.
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.path().join("config.bak")).unwrap()).unwrap();
+    cfg["classes"] = serde_json::json!(["a", "b", "c"]);
+    std::fs::write(d.path().join("runs/ok/config.json"), cfg.to_string()).unwrap();
+    let (code, _, err) = run(&["predict", im, "--model", "runs/ok"], d.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("model.safetensors") && err.contains("wrong shape head.fc"), "{err}");
+    // Missing config.json.
+    std::fs::remove_file(d.path().join("runs/ok/config.json")).unwrap();
+    let (code, _, err) = run(&["predict", im, "--model", "runs/ok"], d.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("config.json") && err.contains("cannot read"), "{err}");
+    // An output "folder" that is a file.
+    std::fs::write(d.path().join("blocked"), "x").unwrap();
+    let (code, _, err) = run(&args(&s, &["finetune", "--data", data, "--out", "blocked"]), d.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("blocked") && err.contains("cannot create folder"), "{err}");
+    // A symlink loop in a class folder is named, not skipped.
+    let f = d.path().join("loop");
+    separable_folders(&f, 2, 32);
+    #[cfg(unix)]
+    std::os::unix::fs::symlink("x.png", f.join("a/x.png")).unwrap();
+    let (code, _, err) = run(&args(&s, &["finetune", "--data", f.to_str().unwrap()]), d.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("x.png") && err.contains("cannot read"), "{err}");
+    // The same bytes under two classes: a warning naming both.
+    let dup = d.path().join("dup");
+    separable_folders(&dup, 3, 32);
+    std::fs::copy(dup.join("a/00.png"), dup.join("b/99.png")).unwrap();
+    let (code, _, err) = run(&args(&s, &["finetune", "--data", dup.to_str().unwrap(), "--task", "multiclass", "--stages", "head:1", "--val", "none"]), d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("1 identical file(s) carry different classes") && err.contains("00.png (a)") && err.contains("99.png (b)"), "{err}");
+}
