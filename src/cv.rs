@@ -17,12 +17,12 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
-use crate::config::{DataConfig, ModelOptions, RunConfig, TrainConfig, WeightsInfo};
+use crate::config::{DataConfig, ModelOptions, RunConfig, TrainConfig};
 use crate::data::split::{self, ValSpec};
 use crate::error::{Error, Result};
 use crate::eval::{self, Metrics};
 use crate::model::{Block, BnMode, Vgg16};
-use crate::run::{model_config, prepare, resolve_weights, softmax_rows, weights_source, LIBTORCH_VERSION, VERSION};
+use crate::run::{model_config, prepare, softmax_rows, LIBTORCH_VERSION, VERSION};
 use crate::train::{self, Reporter, TrainData, Trainer};
 use crate::{fsutil, plot, weights};
 
@@ -144,12 +144,7 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
     let prepared = prepare(&data_cfg, req.seeds[0], reporter)?;
     let ds = &prepared.dataset;
     let labels = &prepared.labels;
-    let weights = if req.random_init {
-        WeightsInfo { path: PathBuf::new(), source: "random initialisation".into(), sha256: String::new() }
-    } else {
-        let p = resolve_weights(req.weights.as_deref(), req.model.bn.has_bn())?;
-        WeightsInfo { sha256: weights::sha256_file(&p)?, source: weights_source(&p), path: p.canonicalize().unwrap_or(p) }
-    };
+    let weights = crate::run::weights_info(req.weights.as_deref(), req.random_init, req.model.bn.has_bn())?;
     let cfg = CvConfig {
         run: RunConfig {
             vggft_version: VERSION.into(),

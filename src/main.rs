@@ -124,14 +124,7 @@ fn finetune(a: FinetuneArgs) -> anyhow::Result<()> {
     match &s.val {
         Some(m) => {
             println!("validation (best epoch, subject-grouped holdout unless noted in metrics.json):");
-            println!("  {:<22} {:>8}", "metric", "value");
-            println!("  {:<22} {:>8.3}", "accuracy", m.accuracy);
-            println!("  {:<22} {:>8.3}", "balanced accuracy", m.balanced_accuracy);
-            println!("  {:<22} {:>8.3}", "ROC AUC", m.roc_auc);
-            println!("  {:<22} {:>8.3}", "majority baseline", m.majority_baseline);
-            for c in &m.per_class {
-                println!("  {:<22} {:>8.3}  (n={}, precision {:.3}, F1 {:.3})", format!("recall {}", c.class), c.recall, c.support, c.precision, c.f1);
-            }
+            print_metrics(m, &s.classes);
         }
         None => println!("no validation set (--val none): the final epoch was kept"),
     }
@@ -237,20 +230,25 @@ fn evaluate(a: EvaluateArgs) -> anyhow::Result<()> {
     vggft::fsutil::write_json(&out.join("metrics.json"), &serde_json::json!({"model": a.model, "data": a.data, "metrics": m}))?;
     vggft::plot::confusion(&out.join("confusion.png"), &m.confusion, &cfg.classes, &format!("{} on {}", a.model.display(), a.data.display()))?;
     println!("{} images from {}", m.n, a.data.display());
+    print_metrics(m, &cfg.classes);
+    println!("written: {}, {}", out.join("metrics.json").display(), out.join("confusion.png").display());
+    Ok(())
+}
+
+/// The metric table `finetune` and `evaluate` print.
+fn print_metrics(m: &vggft::eval::Metrics, classes: &[String]) {
     println!("  {:<22} {:>8.3}", "accuracy", m.accuracy);
     println!("  {:<22} {:>8.3}", "balanced accuracy", m.balanced_accuracy);
-    println!("  {:<22} {:>8.3}", if cfg.classes.len() == 2 { "ROC AUC" } else { "ROC AUC (macro OvR)" }, m.roc_auc);
+    println!("  {:<22} {:>8.3}", if classes.len() == 2 { "ROC AUC" } else { "ROC AUC (macro OvR)" }, m.roc_auc);
     println!("  {:<22} {:>8.3}", "majority baseline", m.majority_baseline);
     println!("  {:<14} {:>9} {:>9} {:>9} {:>7}", "class", "precision", "recall", "F1", "n");
     for c in &m.per_class {
         println!("  {:<14} {:>9.3} {:>9.3} {:>9.3} {:>7}", c.class, c.precision, c.recall, c.f1, c.support);
     }
-    println!("  confusion (rows: true, columns: predicted {})", cfg.classes.join(", "));
-    for (c, row) in cfg.classes.iter().zip(&m.confusion) {
+    println!("  confusion (rows: true, columns: predicted {})", classes.join(", "));
+    for (c, row) in classes.iter().zip(&m.confusion) {
         println!("  {:<14} {}", c, row.iter().map(|v| format!("{v:>6}")).collect::<String>());
     }
-    println!("written: {}, {}", out.join("metrics.json").display(), out.join("confusion.png").display());
-    Ok(())
 }
 
 fn cv(a: CvArgs) -> anyhow::Result<()> {

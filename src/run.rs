@@ -101,6 +101,15 @@ pub fn resolve_weights(given: Option<&Path>, needs_bn: bool) -> Result<PathBuf> 
     }))
 }
 
+/// Which weights a run starts from (path, source, SHA-256), for its config.
+pub fn weights_info(given: Option<&Path>, random_init: bool, needs_bn: bool) -> Result<WeightsInfo> {
+    if random_init {
+        return Ok(WeightsInfo { path: PathBuf::new(), source: "random initialisation".into(), sha256: String::new() });
+    }
+    let p = resolve_weights(given, needs_bn)?;
+    Ok(WeightsInfo { sha256: weights::sha256_file(&p)?, source: weights_source(&p), path: p.canonicalize().unwrap_or(p) })
+}
+
 pub fn model_config(m: &ModelOptions, classes: usize) -> ModelConfig {
     ModelConfig { bn_mode: m.bn, head: m.head, num_classes: classes as i64, dropout: m.dropout, hidden: m.hidden, width_div: m.width_div }
 }
@@ -214,13 +223,7 @@ pub fn finetune(req: &FinetuneRequest, reporter: &mut dyn Reporter, stop: Option
     req.train.validate()?;
     let device = parse_device(&req.device)?;
     let prepared = prepare(&req.data, req.train.seed, reporter)?;
-    let weights = if req.random_init {
-        WeightsInfo { path: PathBuf::new(), source: "random initialisation".into(), sha256: String::new() }
-    } else {
-        let p = resolve_weights(req.weights.as_deref(), req.model.bn.has_bn())?;
-        let source = weights_source(&p);
-        WeightsInfo { sha256: weights::sha256_file(&p)?, path: p.canonicalize().unwrap_or(p), source }
-    };
+    let weights = weights_info(req.weights.as_deref(), req.random_init, req.model.bn.has_bn())?;
     let config = RunConfig {
         vggft_version: VERSION.into(),
         libtorch_version: LIBTORCH_VERSION.into(),

@@ -241,7 +241,8 @@ fn runs_and_data_that_are_broken_get_clear_errors() {
     let dup = d.path().join("dup");
     separable_folders(&dup, 3, 32);
     std::fs::copy(dup.join("a/00.png"), dup.join("b/99.png")).unwrap();
-    let (code, _, err) = run(&args(&s, &["finetune", "--data", dup.to_str().unwrap(), "--task", "multiclass", "--stages", "head:1", "--val", "none"]), d.path());
+    let (code, _, err) =
+        run(&args(&s, &["finetune", "--data", dup.to_str().unwrap(), "--task", "multiclass", "--stages", "head:1", "--val", "none"]), d.path());
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("1 identical file(s) carry different classes") && err.contains("00.png (a)") && err.contains("99.png (b)"), "{err}");
 }
