@@ -69,7 +69,7 @@ pub fn predict(cfg: &RunConfig, model: &Vgg16, paths: &[PathBuf], tta_flip: bool
                 }
                 logits
             });
-            probs = softmax_free_rows(&p).into_iter();
+            probs = crate::run::rows(&p).into_iter();
         }
         for (path, r) in prepared {
             let probs = match r {
@@ -80,12 +80,6 @@ pub fn predict(cfg: &RunConfig, model: &Vgg16, paths: &[PathBuf], tta_flip: bool
         }
     }
     out
-}
-
-/// Rows of a probability tensor (already normalised).
-fn softmax_free_rows(p: &Tensor) -> Vec<Vec<f64>> {
-    // log → softmax is the identity on probabilities; reuse the converter.
-    softmax_rows(&p.log())
 }
 
 /// The most probable class.

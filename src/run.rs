@@ -350,9 +350,13 @@ fn execute(
 
 /// Row-wise softmax to `Vec<Vec<f64>>`.
 pub fn softmax_rows(logits: &Tensor) -> Vec<Vec<f64>> {
-    let p = logits.softmax(1, tch::Kind::Double).to_device(Device::Cpu);
-    let n = p.size()[0];
-    (0..n).map(|i| Vec::<f64>::try_from(p.get(i)).unwrap_or_default()).collect()
+    rows(&logits.softmax(1, tch::Kind::Double))
+}
+
+/// A 2-D tensor as `Vec` rows of f64.
+pub fn rows(t: &Tensor) -> Vec<Vec<f64>> {
+    let t = t.to_kind(tch::Kind::Double).to_device(Device::Cpu);
+    (0..t.size()[0]).map(|i| Vec::<f64>::try_from(t.get(i)).unwrap_or_default()).collect()
 }
 
 fn new_run_dir(out: &Path, name: Option<&str>) -> Result<PathBuf> {
