@@ -353,8 +353,8 @@ impl Vgg16 {
         }
         tch::no_grad(|| {
             let mut acts: Vec<Tensor> = images.iter().map(|t| t.to_device(self.device())).collect();
-            for layer in &self.layers {
-                let bn = layer.bn.as_ref().expect("BN model has BN layers");
+            // A BN model has a BN layer after every conv (checked above).
+            for (layer, bn) in self.layers.iter().filter_map(|l| l.bn.as_ref().map(|b| (l, b))) {
                 let c = layer.conv.ws.size()[0];
                 let mut sum = Tensor::zeros([c], (Kind::Double, self.device()));
                 let mut sq = Tensor::zeros([c], (Kind::Double, self.device()));
