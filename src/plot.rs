@@ -138,7 +138,7 @@ pub fn learning_curves(path: &Path, rows: &[EpochRow]) -> Result<()> {
             }
             chart
                 .configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
+                .position(if is_loss { SeriesLabelPosition::UpperRight } else { SeriesLabelPosition::LowerRight })
                 .background_style(WHITE.mix(0.85))
                 .border_style(BLACK)
                 .label_font(("sans-serif", 13))
