@@ -6,18 +6,6 @@ use std::path::Path;
 
 use crate::common::*;
 
-/// Small-network options every binary run here uses.
-fn small(weights: &Path) -> Vec<String> {
-    ["--weights", &weights.display().to_string(), "--width-div", "16", "--image-size", "32", "--device", "cpu", "--threads", "2"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-}
-
-fn args<'a>(v: &'a [String], extra: &[&'a str]) -> Vec<&'a str> {
-    extra.iter().copied().chain(v.iter().map(String::as_str)).collect()
-}
-
 #[test]
 fn weights_inspect_names_the_architecture() {
     let d = tmp();

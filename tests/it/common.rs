@@ -205,3 +205,15 @@ pub fn torch_rng() -> std::sync::MutexGuard<'static, ()> {
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     f64::try_from((a - b).abs().max()).unwrap()
 }
+
+/// Small-network options every binary run here uses.
+pub fn small(weights: &Path) -> Vec<String> {
+    ["--weights", &weights.display().to_string(), "--width-div", "16", "--image-size", "32", "--device", "cpu", "--threads", "2"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+pub fn args<'a>(v: &'a [String], extra: &[&'a str]) -> Vec<&'a str> {
+    extra.iter().copied().chain(v.iter().map(String::as_str)).collect()
+}

@@ -5,13 +5,6 @@ use std::path::Path;
 
 use crate::common::*;
 
-fn small(weights: &Path) -> Vec<String> {
-    ["--weights", &weights.display().to_string(), "--width-div", "16", "--image-size", "32", "--device", "cpu", "--threads", "2"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-}
-
 fn json(p: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
 }
