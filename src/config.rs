@@ -138,6 +138,20 @@ impl TrainConfig {
     }
 }
 
+/// What `finetune`, `cv` and `lr-find` share: the data, the model, the
+/// training hyper-parameters and where the weights come from.
+#[derive(Clone, Debug)]
+pub struct Recipe {
+    pub data: DataConfig,
+    pub model: ModelOptions,
+    pub train: TrainConfig,
+    /// Pretrained weights; default: the best file in `weights/`.
+    pub weights: Option<PathBuf>,
+    /// Random initialisation instead of pretrained weights (tests, ablations).
+    pub random_init: bool,
+    pub device: String,
+}
+
 /// Which weights a run started from.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WeightsInfo {

@@ -17,7 +17,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
-use crate::config::{DataConfig, ModelOptions, RunConfig, TrainConfig};
+use crate::config::RunConfig;
 use crate::data::split::{self, ValSpec};
 use crate::error::{Error, Result};
 use crate::eval::{self, Metrics};
@@ -59,12 +59,7 @@ pub struct CvConfig {
 }
 
 pub struct Request {
-    pub data: DataConfig,
-    pub model: ModelOptions,
-    pub train: TrainConfig,
-    pub weights: Option<PathBuf>,
-    pub random_init: bool,
-    pub device: String,
+    pub recipe: crate::config::Recipe,
     pub folds: Folds,
     pub seeds: Vec<u64>,
     /// Run only this fold (0-based) of each seed.
@@ -134,17 +129,17 @@ pub fn stat(metric: &str, values: &[f64]) -> Stat {
 /// Runs the folds (all, or `only_fold`), writes each result, then (when
 /// every fold is there) the summary.
 pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>> {
-    req.train.validate()?;
+    req.recipe.train.validate()?;
     if req.seeds.is_empty() {
         return Err(Error::config("--seeds is empty"));
     }
-    let device = crate::run::parse_device(&req.device)?;
-    let mut data_cfg = req.data.clone();
+    let device = crate::run::parse_device(&req.recipe.device)?;
+    let mut data_cfg = req.recipe.data.clone();
     data_cfg.val = ValSpec::None;
     let prepared = prepare(&data_cfg, req.seeds[0], reporter)?;
     let ds = &prepared.dataset;
     let labels = &prepared.labels;
-    let weights = crate::run::weights_info(req.weights.as_deref(), req.random_init, req.model.bn.has_bn())?;
+    let weights = crate::run::weights_info(req.recipe.weights.as_deref(), req.recipe.random_init, req.recipe.model.bn.has_bn())?;
     let cfg = CvConfig {
         run: RunConfig {
             vggft_version: VERSION.into(),
@@ -152,10 +147,10 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
             created: chrono::Local::now().to_rfc3339(),
             data: data_cfg.clone(),
             classes: labels.classes.clone(),
-            model: req.model.clone(),
-            train: req.train.clone(),
+            model: req.recipe.model.clone(),
+            train: req.recipe.train.clone(),
             weights,
-            device: req.device.clone(),
+            device: req.recipe.device.clone(),
             threads: None,
         },
         folds: req.folds.clone(),
@@ -167,20 +162,20 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
         reporter.message("no subject ids in this dataset: folds are stratified image folds (the same person may be in training and test)");
     }
     let n_all = ds.samples.len();
-    let seed0 = req.train.seed;
+    let seed0 = req.recipe.train.seed;
     // The frozen prefix does not depend on the fold when BN statistics are
     // not re-estimated: compute it once for all folds and seeds.
     let base_model = fresh_model(&cfg.run, device, seed0 as i64)?;
-    let from = req.train.stages.iter().map(|s| s.from).min().unwrap_or(Block::Head);
-    let shared = if req.model.bn == BnMode::Recalibrate {
+    let from = req.recipe.train.stages.iter().map(|s| s.from).min().unwrap_or(Block::Head);
+    let shared = if req.recipe.model.bn == BnMode::Recalibrate {
         reporter.message("frozen-prefix cache per fold: --bn recalibrate re-estimates statistics on each fold's training images");
         None
     } else {
-        match train::cache_plan(&base_model, &req.train, &data_cfg.preprocess, from, n_all, n_all, device) {
+        match train::cache_plan(&base_model, &req.recipe.train, &data_cfg.preprocess, from, n_all, n_all, device) {
             Ok(views) => {
                 let t0 = Instant::now();
                 let all: Vec<usize> = (0..n_all).collect();
-                let c = train::build_cache(&base_model, &req.train, &data_cfg.preprocess, &prepared.data.gray, from, views, &all, &all, device);
+                let c = train::build_cache(&base_model, &req.recipe.train, &data_cfg.preprocess, &prepared.data.gray, from, views, &all, &all, device);
                 reporter.message(&format!(
                     "cached the frozen {} output once for every fold and seed: {views} view(s) of {n_all} images, in {:.1}s",
                     Block::from_index(from.index() - 1),
@@ -219,7 +214,7 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
             let train: Vec<usize> = (0..n_all).filter(|i| test.binary_search(i).is_err()).collect();
             let data =
                 TrainData { gray: prepared.data.gray.shallow_clone(), targets: labels.targets.clone(), train, val: vec![], num_classes: labels.classes.len() };
-            let mut tc = req.train.clone();
+            let mut tc = req.recipe.train.clone();
             tc.seed = seed;
             let mut model = fresh_model(&cfg.run, device, seed as i64)?;
             if cfg.run.model.bn == BnMode::Recalibrate {

@@ -9,7 +9,6 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tch::{Kind, Reduction, Tensor};
 
-use crate::config::{DataConfig, ModelOptions, TrainConfig};
 use crate::error::{Error, Result};
 use crate::model::{Block, Vgg16};
 use crate::optim::{Group, Optimizer};
@@ -18,12 +17,7 @@ use crate::train::{class_weights, Reporter};
 use crate::{fsutil, plot, weights};
 
 pub struct Request {
-    pub data: DataConfig,
-    pub model: ModelOptions,
-    pub train: TrainConfig,
-    pub weights: Option<PathBuf>,
-    pub random_init: bool,
-    pub device: String,
+    pub recipe: crate::config::Recipe,
     pub steps: usize,
     pub start_lr: f64,
     pub end_lr: f64,
@@ -70,19 +64,19 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Found> {
     if !(req.start_lr > 0.0 && req.end_lr > req.start_lr) || req.steps < 10 {
         return Err(Error::config("lr-find needs 0 < --start-lr < --end-lr and --steps ≥ 10"));
     }
-    req.train.validate()?;
-    let device = crate::run::parse_device(&req.device)?;
-    let p = prepare(&req.data, req.train.seed, reporter)?;
-    tch::manual_seed(req.train.seed as i64);
-    let mut model = Vgg16::new(&model_config(&req.model, p.labels.classes.len()), device)?;
-    if !req.random_init {
-        let w = resolve_weights(req.weights.as_deref(), req.model.bn.has_bn())?;
+    req.recipe.train.validate()?;
+    let device = crate::run::parse_device(&req.recipe.device)?;
+    let p = prepare(&req.recipe.data, req.recipe.train.seed, reporter)?;
+    tch::manual_seed(req.recipe.train.seed as i64);
+    let mut model = Vgg16::new(&model_config(&req.recipe.model, p.labels.classes.len()), device)?;
+    if !req.recipe.random_init {
+        let w = resolve_weights(req.recipe.weights.as_deref(), req.recipe.model.bn.has_bn())?;
         weights::load_pretrained(&mut model, &w)?;
     }
     // The sweep trains from the deepest stage's freeze point.
-    let from = req.train.stages.iter().map(|s| s.from).min().unwrap_or(Block::Head);
+    let from = req.recipe.train.stages.iter().map(|s| s.from).min().unwrap_or(Block::Head);
     model.set_trainable_from(from);
-    let pre = &req.data.preprocess;
+    let pre = &req.recipe.data.preprocess;
     let train = &p.data.train;
     // Frozen prefix computed once (no augmentation: the sweep measures the rate, not generalisation).
     let feats = tch::no_grad(|| {
@@ -95,31 +89,31 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Found> {
         .into_iter()
         .map(|g| Group {
             name: g.block.to_string(),
-            lr_mult: req.train.block_lr_factor.powi((Block::Head.index() - g.block.index()) as i32),
-            weight_decay: if g.decay { req.train.weight_decay } else { 0.0 },
+            lr_mult: req.recipe.train.block_lr_factor.powi((Block::Head.index() - g.block.index()) as i32),
+            weight_decay: if g.decay { req.recipe.train.weight_decay } else { 0.0 },
             params: g.params,
         })
         .collect();
-    let mut opt = Optimizer::new(req.train.optimizer, groups, req.train.momentum);
-    let cw = Tensor::from_slice(&class_weights(&req.train, &p.data)).to_kind(Kind::Float).to_device(device);
+    let mut opt = Optimizer::new(req.recipe.train.optimizer, groups, req.recipe.train.momentum);
+    let cw = Tensor::from_slice(&class_weights(&req.recipe.train, &p.data)).to_kind(Kind::Float).to_device(device);
     let targets: Vec<i64> = train.iter().map(|&i| p.data.targets[i]).collect();
-    let mut rng = ChaCha8Rng::seed_from_u64(req.train.seed);
+    let mut rng = ChaCha8Rng::seed_from_u64(req.recipe.train.seed);
     let mut order: Vec<usize> = Vec::new();
     let ratio = (req.end_lr / req.start_lr).powf(1.0 / (req.steps - 1) as f64);
     let (mut avg, mut best) = (0.0, f64::INFINITY);
     let mut points = Vec::new();
     for step in 0..req.steps {
-        if order.len() < req.train.batch_size {
+        if order.len() < req.recipe.train.batch_size {
             let mut o: Vec<usize> = (0..train.len()).collect();
             o.shuffle(&mut rng);
             order.extend(o);
         }
-        let b: Vec<usize> = order.drain(..req.train.batch_size.min(order.len()).max(2.min(train.len()))).collect();
+        let b: Vec<usize> = order.drain(..req.recipe.train.batch_size.min(order.len()).max(2.min(train.len()))).collect();
         let lr = req.start_lr * ratio.powi(step as i32);
         let idx = Tensor::from_slice(&b.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(device);
         let x = feats.index_select(0, &idx);
         let y = Tensor::from_slice(&b.iter().map(|&i| targets[i]).collect::<Vec<_>>()).to_device(device);
-        let loss = model.forward_from(&x, from, true).cross_entropy_loss(&y, Some(&cw), Reduction::Mean, -100, req.train.label_smoothing);
+        let loss = model.forward_from(&x, from, true).cross_entropy_loss(&y, Some(&cw), Reduction::Mean, -100, req.recipe.train.label_smoothing);
         opt.zero_grad();
         loss.backward();
         opt.step(lr);

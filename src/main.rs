@@ -9,7 +9,9 @@ use std::sync::Arc;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use vggft::cli::{Cli, Command, CvArgs, EvaluateArgs, FinetuneArgs, LrFindArgs, OutputFormat, PredictArgs, Tta, WeightsCommand};
+use vggft::cli::{
+    Cli, Command, CvArgs, DataArgs, EvaluateArgs, FinetuneArgs, LrFindArgs, ModelArgs, OutputFormat, PredictArgs, TrainArgs, Tta, WeightsCommand,
+};
 use vggft::train::{EpochRow, Reporter};
 use vggft::{predict, run, weights, Error};
 
@@ -81,31 +83,36 @@ fn stop_flag() -> Arc<AtomicBool> {
     flag
 }
 
-fn finetune(a: FinetuneArgs) -> anyhow::Result<()> {
-    if let Some(t) = a.model.threads {
+/// The data, model and training options every training command shares;
+/// applies `--threads` and says when the bundled sample stands in for `--data`.
+fn recipe(data: &DataArgs, model: &ModelArgs, train: &TrainArgs, rep: &mut Cli2) -> anyhow::Result<vggft::config::Recipe> {
+    if let Some(t) = model.threads {
         tch::set_num_threads(t);
     }
+    let (data, bundled) = data.to_config(run::bundled_sample)?;
+    if bundled {
+        rep.message(&format!("no --data given: using the bundled sample {} (London faces subset, CC BY 4.0, see data/sample/README.md)", data.path.display()));
+    }
+    Ok(vggft::config::Recipe {
+        data,
+        model: model.to_options()?,
+        train: train.to_config()?,
+        weights: model.weights.clone(),
+        random_init: model.random_init,
+        device: model.device.clone(),
+    })
+}
+
+fn finetune(a: FinetuneArgs) -> anyhow::Result<()> {
     let mut rep = reporter(a.quiet);
     let stop = stop_flag();
     let summary = match &a.resume {
         Some(dir) => run::resume(dir, &mut rep, Some(&stop)),
         None => {
-            let (data, bundled) = a.data.to_config(run::bundled_sample)?;
-            if bundled {
-                rep.message(&format!(
-                    "no --data given: using the bundled sample {} (London faces subset, CC BY 4.0, see data/sample/README.md)",
-                    data.path.display()
-                ));
-            }
             let req = run::FinetuneRequest {
-                data,
-                model: a.model.to_options()?,
-                train: a.train.to_config()?,
-                weights: a.model.weights.clone(),
-                random_init: a.model.random_init,
+                recipe: recipe(&a.data, &a.model, &a.train, &mut rep)?,
                 out: a.out.clone(),
                 name: a.name.clone(),
-                device: a.model.device.clone(),
                 threads: a.model.threads,
             };
             run::finetune(&req, &mut rep, Some(&stop))
@@ -183,21 +190,9 @@ fn csv_field(s: &str) -> String {
 }
 
 fn lr_find(a: LrFindArgs) -> anyhow::Result<()> {
-    if let Some(t) = a.model.threads {
-        tch::set_num_threads(t);
-    }
     let mut rep = reporter(a.quiet);
-    let (data, bundled) = a.data.to_config(run::bundled_sample)?;
-    if bundled {
-        rep.message(&format!("no --data given: using the bundled sample {}", data.path.display()));
-    }
     let req = vggft::lrfind::Request {
-        data,
-        model: a.model.to_options()?,
-        train: a.train.to_config()?,
-        weights: a.model.weights.clone(),
-        random_init: a.model.random_init,
-        device: a.model.device.clone(),
+        recipe: recipe(&a.data, &a.model, &a.train, &mut rep)?,
         steps: a.steps,
         start_lr: a.start_lr,
         end_lr: a.end_lr,
@@ -256,13 +251,7 @@ fn cv(a: CvArgs) -> anyhow::Result<()> {
     let summary = match &a.collect {
         Some(dir) => vggft::cv::collect(dir)?,
         None => {
-            if let Some(t) = a.model.threads {
-                tch::set_num_threads(t);
-            }
-            let (data, bundled) = a.data.to_config(run::bundled_sample)?;
-            if bundled {
-                rep.message(&format!("no --data given: using the bundled sample {}", data.path.display()));
-            }
+            let recipe = recipe(&a.data, &a.model, &a.train, &mut rep)?;
             let seeds = match a.repeats {
                 Some(r) if r > 0 => (0..r).collect(),
                 Some(_) => anyhow::bail!("--repeats must be at least 1"),
@@ -270,18 +259,7 @@ fn cv(a: CvArgs) -> anyhow::Result<()> {
             };
             let out = a.out.clone().unwrap_or_else(|| std::path::PathBuf::from("runs").join(format!("cv-{}", chrono::Local::now().format("%Y%m%d-%H%M%S"))));
             rep.message(&format!("cv folder: {}", out.display()));
-            let req = vggft::cv::Request {
-                data,
-                model: a.model.to_options()?,
-                train: a.train.to_config()?,
-                weights: a.model.weights.clone(),
-                random_init: a.model.random_init,
-                device: a.model.device.clone(),
-                folds: vggft::cv::Folds::parse(&a.folds)?,
-                seeds,
-                only_fold: a.fold,
-                out: out.clone(),
-            };
+            let req = vggft::cv::Request { recipe, folds: vggft::cv::Folds::parse(&a.folds)?, seeds, only_fold: a.fold, out: out.clone() };
             match vggft::cv::run(&req, &mut rep)? {
                 Some(s) => s,
                 None => {

@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicBool;
 
 use tch::{Device, Tensor};
 
-use crate::config::{DataConfig, ModelOptions, RunConfig, TrainConfig, WeightsInfo};
+use crate::config::{DataConfig, ModelOptions, RunConfig, WeightsInfo};
 use crate::data::scan::{self, Dataset};
 use crate::data::split::{self, Labels, Split};
 use crate::error::{Error, Result};
@@ -206,34 +206,28 @@ pub struct Summary {
 
 /// Options for a new run.
 pub struct FinetuneRequest {
-    pub data: DataConfig,
-    pub model: ModelOptions,
-    pub train: TrainConfig,
-    pub weights: Option<PathBuf>,
-    /// Random initialisation instead of pretrained weights (tests, ablations).
-    pub random_init: bool,
+    pub recipe: crate::config::Recipe,
     pub out: PathBuf,
     pub name: Option<String>,
-    pub device: String,
     pub threads: Option<i32>,
 }
 
 /// Starts a new run.
 pub fn finetune(req: &FinetuneRequest, reporter: &mut dyn Reporter, stop: Option<&AtomicBool>) -> Result<Summary> {
-    req.train.validate()?;
-    let device = parse_device(&req.device)?;
-    let prepared = prepare(&req.data, req.train.seed, reporter)?;
-    let weights = weights_info(req.weights.as_deref(), req.random_init, req.model.bn.has_bn())?;
+    req.recipe.train.validate()?;
+    let device = parse_device(&req.recipe.device)?;
+    let prepared = prepare(&req.recipe.data, req.recipe.train.seed, reporter)?;
+    let weights = weights_info(req.recipe.weights.as_deref(), req.recipe.random_init, req.recipe.model.bn.has_bn())?;
     let config = RunConfig {
         vggft_version: VERSION.into(),
         libtorch_version: LIBTORCH_VERSION.into(),
         created: chrono::Local::now().to_rfc3339(),
-        data: req.data.clone(),
+        data: req.recipe.data.clone(),
         classes: prepared.labels.classes.clone(),
-        model: req.model.clone(),
-        train: req.train.clone(),
+        model: req.recipe.model.clone(),
+        train: req.recipe.train.clone(),
         weights,
-        device: req.device.clone(),
+        device: req.recipe.device.clone(),
         threads: req.threads,
     };
     let dir = new_run_dir(&req.out, req.name.as_deref())?;
