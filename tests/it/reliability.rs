@@ -55,9 +55,15 @@ fn kill_nine_at_random_moments_never_loses_a_run() {
     let reference = history_without_seconds(&d.path().join("runs/reference/history.csv"));
     let mut lcg: u64 = 0x2545_F491_4F6C_DD1D;
     let (mut resumed, mut finished, mut before_config) = (0, 0, 0);
-    for i in 0..20 {
+    // The reference run's time is only a first guess (CI machines differ and other tests compete for the
+    // cores): whenever a run outlives its kill time the window shrinks, so 20 kills land inside training.
+    let mut window = full;
+    let mut i = 0;
+    while resumed < 20 {
+        assert!(i < 80, "only {resumed} of {i} kills landed inside training ({finished} finished first, window {window:?})");
         lcg = lcg.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        let at = full.mul_f64(0.8 * ((lcg >> 33) as f64 / (1u64 << 31) as f64));
+        let at = window.mul_f64(0.9 * ((lcg >> 33) as f64 / (1u64 << 31) as f64));
+        i += 1;
         let name = format!("k{i}");
         let dir = d.path().join("runs").join(&name);
         let mut child = bin().args(args(&name)).current_dir(d.path()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
@@ -71,6 +77,7 @@ fn kill_nine_at_random_moments_never_loses_a_run() {
         let _ = child.wait();
         if dir.join("COMPLETE").exists() {
             finished += 1;
+            window = window.mul_f64(0.7);
         } else if !dir.join("config.json").exists() {
             before_config += 1;
             continue;
@@ -92,6 +99,7 @@ fn kill_nine_at_random_moments_never_loses_a_run() {
             "kill {i}: temporary files left after finishing"
         );
     }
-    eprintln!("kill -9 × 20 (run takes {full:?}): {resumed} resumed, {finished} had finished, {before_config} killed before the run folder existed; every history identical to the uninterrupted run");
-    assert!(resumed >= 5, "the kill times should mostly fall inside training ({resumed} resumed)");
+    eprintln!(
+        "kill -9 × {i} (reference run {full:?}, final window {window:?}): {resumed} killed inside training and resumed, {finished} had finished, {before_config} killed before the run folder existed; every history identical to the uninterrupted run"
+    );
 }
