@@ -12,7 +12,7 @@ use crate::data::scan::DataFormat;
 use crate::data::split::{parse_label_map, Task, ValSpec};
 use crate::data::Preprocess;
 use crate::error::{Error, Result};
-use crate::model::{Block, BnMode, HeadKind};
+use crate::model::{Block, BnMode, HeadKind, Precision};
 use crate::optim::{OptimKind, Schedule};
 
 #[derive(Parser, Debug)]
@@ -130,6 +130,12 @@ pub struct ModelArgs {
     /// auto (CUDA when available), cpu, cuda, cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Convolution arithmetic: f32, or bf16 (float32 weights, optimizer state and loss).
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub precision: Precision,
+    /// Mixed precision: shorthand for --precision bf16 (CUDA or CPU).
+    #[arg(long)]
+    pub amp: bool,
     /// CPU threads for libtorch (default: libtorch's choice).
     #[arg(long)]
     pub threads: Option<i32>,
@@ -203,6 +209,9 @@ pub struct TrainArgs {
     /// Cache memory bound in MiB.
     #[arg(long, default_value_t = 3072)]
     pub cache_mem: usize,
+    /// Keep the cache in float16 (half the memory; activations rounded to 11 bits).
+    #[arg(long)]
+    pub cache_f16: bool,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }
@@ -266,6 +275,9 @@ pub struct EvaluateArgs {
     pub out: Option<PathBuf>,
     #[arg(long)]
     pub skip_bad: bool,
+    /// Convolution arithmetic (default: the run's own).
+    #[arg(long, value_enum)]
+    pub precision: Option<Precision>,
     #[arg(long, default_value = "auto")]
     pub device: String,
 }
@@ -328,6 +340,9 @@ pub struct PredictArgs {
     pub tta: Tta,
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
+    /// Convolution arithmetic (default: the run's own).
+    #[arg(long, value_enum)]
+    pub precision: Option<Precision>,
     #[arg(long, default_value = "auto")]
     pub device: String,
 }
@@ -364,7 +379,8 @@ impl ModelArgs {
         if self.hidden > 0 && self.head != HeadKind::Bn {
             return Err(Error::config("--hidden applies to --head bn only"));
         }
-        Ok(ModelOptions { bn: self.bn, head: self.head, dropout: self.dropout, hidden: self.hidden, width_div: self.width_div })
+        let precision = if self.amp { Precision::Bf16 } else { self.precision };
+        Ok(ModelOptions { bn: self.bn, head: self.head, dropout: self.dropout, hidden: self.hidden, width_div: self.width_div, precision })
     }
 }
 
@@ -414,6 +430,7 @@ impl TrainArgs {
             cache: !self.no_cache,
             cache_views: self.cache_views,
             cache_mem_mb: self.cache_mem,
+            cache_f16: self.cache_f16,
             seed: self.seed,
         };
         cfg.validate()?;

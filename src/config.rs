@@ -97,6 +97,9 @@ pub struct TrainConfig {
     pub cache_views: usize,
     /// Cache size bound in MiB.
     pub cache_mem_mb: usize,
+    /// Keep the cache in float16.
+    #[serde(default)]
+    pub cache_f16: bool,
     pub seed: u64,
 }
 
@@ -170,6 +173,9 @@ pub struct ModelOptions {
     pub hidden: i64,
     #[serde(default = "one")]
     pub width_div: i64,
+    /// Convolution arithmetic (`--precision`).
+    #[serde(default)]
+    pub precision: crate::model::Precision,
 }
 
 fn one() -> i64 {

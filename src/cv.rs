@@ -169,23 +169,31 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
     let from = req.recipe.train.stages.iter().map(|s| s.from).min().unwrap_or(Block::Head);
     let shared = if req.recipe.model.bn == BnMode::Recalibrate {
         reporter.message("frozen-prefix cache per fold: --bn recalibrate re-estimates statistics on each fold's training images");
-        None
+        vec![]
     } else {
         match train::cache_plan(&base_model, &req.recipe.train, &data_cfg.preprocess, from, n_all, n_all, device) {
             Ok(views) => {
                 let t0 = Instant::now();
                 let all: Vec<usize> = (0..n_all).collect();
                 let c = train::build_cache(&base_model, &req.recipe.train, &data_cfg.preprocess, &prepared.data.gray, from, views, &all, &all, device);
+                // Later stages' freeze points too (e.g. the head-only warm-up's conv5 output):
+                // the folds use them while those blocks still hold the pretrained weights.
+                let mut points: Vec<Block> = req.recipe.train.stages.iter().map(|s| s.from).filter(|&b| b > from).collect();
+                points.sort_unstable();
+                points.dedup();
+                let mut caches: Vec<train::Cache> = points.iter().map(|&b| train::derive_cache(&base_model, &c, b)).collect();
+                caches.insert(0, c);
                 reporter.message(&format!(
-                    "cached the frozen {} output once for every fold and seed: {views} view(s) of {n_all} images, in {:.1}s",
+                    "cached the frozen {} output{} once for every fold and seed: {views} view(s) of {n_all} images, in {:.1}s",
                     Block::from_index(from.index() - 1),
+                    points.iter().map(|b| format!(" (and the {} output)", Block::from_index(b.index() - 1))).collect::<String>(),
                     t0.elapsed().as_secs_f64()
                 ));
-                Some(c)
+                caches
             }
             Err(why) => {
                 reporter.message(&format!("frozen-prefix cache {why}"));
-                None
+                vec![]
             }
         }
     };
@@ -222,18 +230,10 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
                     data.train.chunks(32).map(|c| data_cfg.preprocess.normalise(&crate::data::select(&data.gray, c, device))).collect();
                 model.recalibrate(&imgs)?;
             }
-            let trainer = Trainer {
-                cfg: &tc,
-                pre: &data_cfg.preprocess,
-                data: &data,
-                device,
-                checkpoint_dir: None,
-                stop: None,
-                shared: shared.as_ref().filter(|c| c.covers(&data.train, test)),
-            };
+            let trainer = Trainer { cfg: &tc, pre: &data_cfg.preprocess, data: &data, device, checkpoint_dir: None, stop: None, shared: &shared };
             let mut quiet = train::Collect::default();
             trainer.run(&mut model, &mut quiet, None)?;
-            let probs = softmax_rows(&trainer.logits(&model, shared.as_ref(), test));
+            let probs = softmax_rows(&trainer.logits(&model, shared.first(), test));
             let y: Vec<i64> = test.iter().map(|&i| labels.targets[i]).collect();
             let metrics = eval::metrics(&y, &probs, &labels.classes);
             let r = FoldResult {

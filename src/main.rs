@@ -140,7 +140,10 @@ fn finetune(a: FinetuneArgs) -> anyhow::Result<()> {
 
 fn predict_cmd(a: PredictArgs) -> anyhow::Result<bool> {
     let device = run::parse_device(&a.device)?;
-    let (cfg, model) = run::load_run(&a.model, device)?;
+    let (cfg, mut model) = run::load_run(&a.model, device)?;
+    if let Some(p) = a.precision {
+        model.cfg.precision = p;
+    }
     let paths = predict::expand_inputs(&a.inputs);
     let preds = predict::predict(&cfg, &model, &paths, a.tta == Tta::Flip, a.batch_size, device);
     let mut failed = 0;
@@ -213,7 +216,10 @@ fn lr_find(a: LrFindArgs) -> anyhow::Result<()> {
 
 fn evaluate(a: EvaluateArgs) -> anyhow::Result<()> {
     let device = run::parse_device(&a.device)?;
-    let (cfg, model) = run::load_run(&a.model, device)?;
+    let (cfg, mut model) = run::load_run(&a.model, device)?;
+    if let Some(p) = a.precision {
+        model.cfg.precision = p;
+    }
     let ev = predict::evaluate(&cfg, &model, &a.data, a.format, a.skip_bad, device)?;
     for (p, why) in &ev.skipped {
         eprintln!("skipped {}: {why}", p.display());

@@ -111,7 +111,15 @@ pub fn weights_info(given: Option<&Path>, random_init: bool, needs_bn: bool) -> 
 }
 
 pub fn model_config(m: &ModelOptions, classes: usize) -> ModelConfig {
-    ModelConfig { bn_mode: m.bn, head: m.head, num_classes: classes as i64, dropout: m.dropout, hidden: m.hidden, width_div: m.width_div }
+    ModelConfig {
+        bn_mode: m.bn,
+        head: m.head,
+        num_classes: classes as i64,
+        dropout: m.dropout,
+        hidden: m.hidden,
+        width_div: m.width_div,
+        precision: m.precision,
+    }
 }
 
 /// A dataset made ready: scanned, labelled, split, decoded.
@@ -306,7 +314,7 @@ fn execute(
         config.classes.join(" vs "),
         train::describe_stages(&tc.stages)
     ));
-    let trainer = Trainer { cfg: tc, pre: &config.data.preprocess, data: &prepared.data, device, checkpoint_dir: Some(dir.to_path_buf()), stop, shared: None };
+    let trainer = Trainer { cfg: tc, pre: &config.data.preprocess, data: &prepared.data, device, checkpoint_dir: Some(dir.to_path_buf()), stop, shared: &[] };
     let outcome = trainer.run(&mut model, reporter, state)?;
     write_history(&dir.join("history.csv"), &outcome.history)?;
     crate::plot::learning_curves(&dir.join("learning_curves.png"), &outcome.history)?;

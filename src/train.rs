@@ -186,6 +186,7 @@ pub fn build_cache(
 ) -> Cache {
     let n_all = gray.size()[0] as usize;
     let identity = cfg.augment.is_identity();
+    let store = if cfg.cache_f16 { Kind::Half } else { Kind::Float };
     let feats = |rows: &[usize], view: Option<usize>| -> Tensor {
         tch::no_grad(|| {
             let parts: Vec<Tensor> = rows
@@ -196,7 +197,7 @@ pub fn build_cache(
                         Some(v) => cfg.augment.apply_seeded(&g, &c.iter().map(|&i| sub_seed(cfg.seed, 1, v as u64, i as u64)).collect::<Vec<_>>()),
                         None => g,
                     };
-                    model.features(&pre.normalise(&g), Block::Conv1, from, false)
+                    model.features(&pre.normalise(&g), Block::Conv1, from, false).to_kind(store)
                 })
                 .collect();
             Tensor::cat(&parts, 0)
@@ -229,6 +230,37 @@ pub fn build_cache(
     }
 }
 
+/// Runs a cache on through the blocks `base.from..from` (frozen in the stage that needs it).
+pub fn derive_cache(model: &Vgg16, base: &Cache, from: Block) -> Cache {
+    if from == base.from {
+        return base.shallow();
+    }
+    let run = |t: &Tensor| -> Tensor {
+        let n = t.size()[0];
+        if n == 0 {
+            return t.shallow_clone();
+        }
+        tch::no_grad(|| {
+            let parts: Vec<Tensor> = (0..n)
+                .step_by(64)
+                .map(|s| model.features(&t.narrow(0, s, (n - s).min(64)).to_kind(Kind::Float), base.from, from, false).to_kind(t.kind()))
+                .collect();
+            Tensor::cat(&parts, 0)
+        })
+    };
+    let aug = run(&base.aug);
+    let same = base.aug.data_ptr() == base.clean.data_ptr();
+    Cache {
+        from,
+        clean: if same { aug.shallow_clone() } else { run(&base.clean) },
+        aug,
+        views: base.views,
+        n_aug: base.n_aug,
+        aug_row: base.aug_row.clone(),
+        clean_row: base.clean_row.clone(),
+    }
+}
+
 /// How many views fit the memory bound, or why the cache is off.
 pub fn cache_plan(
     model: &Vgg16,
@@ -251,7 +283,7 @@ pub fn cache_plan(
     let views = if cfg.augment.is_identity() { 1 } else { cfg.cache_views };
     let s = pre.image_size as i64;
     let probe = tch::no_grad(|| model.features(&Tensor::zeros([1, 3, s, s], (Kind::Float, device)), Block::Conv1, from, false));
-    let per = probe.numel() * 4;
+    let per = probe.numel() * if cfg.cache_f16 { 2 } else { 4 };
     let budget = cfg.cache_mem_mb << 20;
     let fixed = per * n_clean;
     let fit = if fixed + per * n_aug > budget { 0 } else { ((budget - fixed) / (per * n_aug.max(1))).min(views) };
@@ -275,8 +307,9 @@ pub struct Trainer<'a> {
     pub checkpoint_dir: Option<PathBuf>,
     /// Checked between batches; when set, training stops after the current batch.
     pub stop: Option<&'a std::sync::atomic::AtomicBool>,
-    /// A cache built once for several runs (cross-validation folds).
-    pub shared: Option<&'a Cache>,
+    /// Caches of the untrained (pretrained) model, built once for several
+    /// runs (cross-validation folds), at one or more freeze points.
+    pub shared: &'a [Cache],
 }
 
 impl Trainer<'_> {
@@ -309,34 +342,6 @@ impl Trainer<'_> {
         self.pre.normalise(&g)
     }
 
-    /// Runs a cache on through the blocks `base.from..from` (frozen in this stage).
-    fn derive_cache(&self, model: &Vgg16, base: &Cache, from: Block) -> Cache {
-        if from == base.from {
-            return base.shallow();
-        }
-        let run = |t: &Tensor| -> Tensor {
-            let n = t.size()[0];
-            if n == 0 {
-                return t.shallow_clone();
-            }
-            tch::no_grad(|| {
-                let parts: Vec<Tensor> = (0..n).step_by(64).map(|s| model.features(&t.narrow(0, s, (n - s).min(64)), base.from, from, false)).collect();
-                Tensor::cat(&parts, 0)
-            })
-        };
-        let aug = run(&base.aug);
-        let same = base.aug.data_ptr() == base.clean.data_ptr();
-        Cache {
-            from,
-            clean: if same { aug.shallow_clone() } else { run(&base.clean) },
-            aug,
-            views: base.views,
-            n_aug: base.n_aug,
-            aug_row: base.aug_row.clone(),
-            clean_row: base.clean_row.clone(),
-        }
-    }
-
     /// Eval-mode logits for dataset rows `idx`, from the cache's clean rows when it has them.
     pub fn logits(&self, model: &Vgg16, cache: Option<&Cache>, idx: &[usize]) -> Tensor {
         tch::no_grad(|| {
@@ -344,7 +349,7 @@ impl Trainer<'_> {
                 .chunks(64)
                 .map(|c| match cache.filter(|k| k.covers(&[], c)) {
                     Some(k) => {
-                        let x = k.clean.index_select(0, &index(c.iter().map(|&i| k.clean_row[i].unwrap_or(0)), self.device));
+                        let x = k.clean.index_select(0, &index(c.iter().map(|&i| k.clean_row[i].unwrap_or(0)), self.device)).to_kind(Kind::Float);
                         model.forward_from(&x, k.from, false)
                     }
                     None => model.forward_t(&self.input(c, None), false),
@@ -384,9 +389,10 @@ impl Trainer<'_> {
         // blocks below it never train, so it serves every stage, extended
         // through the blocks a later stage keeps frozen.
         let base_from = self.cfg.stages.iter().skip(st.stage).map(|s| s.from).min().unwrap_or(Block::Head);
-        let base = match self.shared {
-            Some(c) if c.from <= base_from && c.covers(&self.data.train, &self.data.val) => Some(c.shallow()),
-            _ => match cache_plan(model, self.cfg, self.pre, base_from, self.data.train.len(), self.data.val.len(), self.device) {
+        let shared = |from: Block| self.shared.iter().find(|c| c.from == from && c.covers(&self.data.train, &self.data.val));
+        let base = match shared(base_from).filter(|_| st.stage == 0 && resume.is_none()) {
+            Some(c) => Some(c.shallow()),
+            None => match cache_plan(model, self.cfg, self.pre, base_from, self.data.train.len(), self.data.val.len(), self.device) {
                 Ok(views) => {
                     let t0 = Instant::now();
                     let c = build_cache(model, self.cfg, self.pre, &self.data.gray, base_from, views, &self.data.train, &self.data.val, self.device);
@@ -422,10 +428,13 @@ impl Trainer<'_> {
             if let Some(o) = resumed_optim.take().filter(|_| resume_stage == Some(si)) {
                 opt.load_state(&o)?;
             }
+            // Blocks no earlier stage trained still hold the weights a shared cache was built with.
+            let untouched = resume.is_none() && self.cfg.stages[..si].iter().all(|s| s.from >= stage.from);
             let cache = match &base {
+                Some(b) if stage.from > b.from && untouched && shared(stage.from).is_some() => shared(stage.from).map(Cache::shallow),
                 Some(b) if stage.from >= b.from => {
                     let t0 = Instant::now();
-                    let c = self.derive_cache(model, b, stage.from);
+                    let c = derive_cache(model, b, stage.from);
                     if stage.from > b.from {
                         reporter.message(&format!(
                             "stage {} ({}+): extended the cache to the {} output in {:.1}s",
@@ -463,7 +472,7 @@ impl Trainer<'_> {
                     let logits = match &cache {
                         Some(c) => {
                             let pick = b.iter().map(|&o| rng.gen_range(0..c.views) * c.n_aug + c.aug_row[self.data.train[o]].unwrap_or(0)).collect::<Vec<_>>();
-                            let x = c.aug.index_select(0, &index(pick.into_iter(), self.device));
+                            let x = c.aug.index_select(0, &index(pick.into_iter(), self.device)).to_kind(Kind::Float);
                             model.forward_from(&x, c.from, true)
                         }
                         None => {

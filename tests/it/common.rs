@@ -8,13 +8,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use tch::{Device, Kind, Tensor};
-use vggft::model::{BnMode, HeadKind, ModelConfig, Vgg16};
+use vggft::model::{BnMode, HeadKind, ModelConfig, Precision, Vgg16};
 
 /// Channel divisor of the test networks (VGG16 / 16: 4…32 channels).
 pub const DIV: i64 = 16;
 
 pub fn small_cfg(bn: BnMode, head: HeadKind, classes: i64) -> ModelConfig {
-    ModelConfig { bn_mode: bn, head, num_classes: classes, dropout: 0.0, hidden: 0, width_div: DIV }
+    ModelConfig { bn_mode: bn, head, num_classes: classes, dropout: 0.0, hidden: 0, width_div: DIV, precision: Precision::F32 }
 }
 
 /// Writes a torchvision-layout file (trunk + classifier.0/3/6, BN with

@@ -37,7 +37,7 @@ fn cv_end_to_end_folds_collect_and_reproducibility() {
     let (code, out, err) = run(&a.iter().map(String::as_str).collect::<Vec<_>>(), d.path());
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("balanced_accuracy") && out.contains("95 % interval") && out.contains("majority_baseline"), "{out}");
-    assert!(err.contains("cached the frozen conv4 output once for every fold and seed"), "{err}");
+    assert!(err.contains("cached the frozen conv4 output (and the conv5 output) once for every fold and seed"), "{err}");
     let dir = d.path().join("cv-a");
     for p in ["confusion.png", "roc.png", "folds.png"] {
         non_blank_png(&dir.join(p));

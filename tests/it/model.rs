@@ -2,7 +2,7 @@
 //! BN modes (fold, recalibration), parameter groups.
 
 use tch::{Device, Kind, Tensor};
-use vggft::model::{Block, BnMode, HeadKind, Vgg16};
+use vggft::model::{Block, BnMode, HeadKind, Precision, Vgg16};
 use vggft::optim::{Group, OptimKind, Optimizer};
 use vggft::weights::{self, FileArch};
 
@@ -266,4 +266,40 @@ fn batch_of_one_is_merged_not_crashed() {
     assert_eq!(b.iter().map(Vec::len).collect::<Vec<_>>(), vec![8, 9]);
     let b = vggft::train::batches(&(0..16).collect::<Vec<_>>(), 8);
     assert_eq!(b.len(), 2);
+}
+
+#[test]
+fn bf16_convolutions_stay_close_to_f32_and_train_f32_weights() {
+    let _rng = torch_rng();
+    let d = tmp();
+    let p = d.path().join("vgg16_bn.safetensors");
+    torchvision_like(&p, true, 5);
+    for bn in [BnMode::Drop, BnMode::Frozen] {
+        let mut net = Vgg16::new(&small_cfg(bn, HeadKind::Bn, 2), Device::Cpu).unwrap();
+        weights::load_pretrained(&mut net, &p).unwrap();
+        net.set_trainable_from(Block::Conv5);
+        let x = input(4, 64);
+        let grads = |net: &Vgg16| {
+            for (_, t) in net.vs.variables() {
+                let mut g = t.grad();
+                if g.defined() {
+                    let _ = g.zero_();
+                }
+            }
+            let f = net.features(&x, Block::Conv1, Block::Head, false);
+            let loss = net.head_forward(&f, false).square().sum(Kind::Float);
+            loss.backward();
+            let w = net.vs.variables().into_iter().find(|(n, _)| n == &format!("features.{}.weight", if bn.has_bn() { 37 } else { 26 })).unwrap().1;
+            (f.detach(), w.grad().copy(), w.kind())
+        };
+        let (f32_out, f32_grad, _) = grads(&net);
+        net.cfg.precision = Precision::Bf16;
+        let (bf_out, bf_grad, kind) = grads(&net);
+        assert_eq!(bf_out.kind(), Kind::Float, "features come back as float32");
+        assert_eq!(kind, Kind::Float, "master weights stay float32");
+        let rel = max_abs_diff(&f32_out, &bf_out) / f64::try_from(f32_out.abs().max()).unwrap();
+        assert!(rel > 0.0 && rel < 0.05, "{bn:?}: bf16 features differ from f32 by {rel} of their range");
+        let cos = f64::try_from((&f32_grad * &bf_grad).sum(Kind::Double) / (f32_grad.norm() * bf_grad.norm())).unwrap();
+        assert!(cos > 0.99, "{bn:?}: bf16 gradient direction (cosine {cos}) differs from f32");
+    }
 }

@@ -48,6 +48,7 @@ fn train_cfg(stages: &[(Block, usize)], augment: &str) -> TrainConfig {
         cache: true,
         cache_views: 2,
         cache_mem_mb: 512,
+        cache_f16: false,
         seed: 7,
     }
 }
@@ -64,7 +65,7 @@ fn model(bn: BnMode, head: HeadKind, seed: i64) -> Vgg16 {
 }
 
 fn trainer<'a>(cfg: &'a TrainConfig, p: &'a Prepared, pre: &'a Preprocess) -> Trainer<'a> {
-    Trainer { cfg, pre, data: &p.data, device: Device::Cpu, checkpoint_dir: None, stop: None, shared: None }
+    Trainer { cfg, pre, data: &p.data, device: Device::Cpu, checkpoint_dir: None, stop: None, shared: &[] }
 }
 
 #[test]
@@ -178,6 +179,50 @@ fn cache_changes_nothing_without_augmentation() {
     let (a, _) = run_once(&m, &cached, None);
     let (b, _) = run_once(&m, &plain, None);
     for (x, y) in a.iter().zip(&b) {
+        assert!((x.train_loss - y.train_loss).abs() < 1e-4, "epoch {}: {} vs {}", x.epoch, x.train_loss, y.train_loss);
+        assert!((x.val_loss.unwrap() - y.val_loss.unwrap()).abs() < 1e-4);
+    }
+}
+
+#[test]
+fn f16_cache_stays_close_to_the_f32_cache() {
+    let _rng = torch_rng();
+    let d = tmp();
+    let m = subject_dataset(d.path(), 8, 32);
+    let full = train_cfg(&[(Block::Head, 2), (Block::Conv5, 2)], "none");
+    let mut half = full.clone();
+    half.cache_f16 = true;
+    let (a, _) = run_once(&m, &full, None);
+    let (b, _) = run_once(&m, &half, None);
+    assert_ne!(strip(&a), strip(&b), "the f16 cache rounds activations");
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x.train_loss - y.train_loss).abs() < 1e-2, "epoch {}: {} vs {}", x.epoch, x.train_loss, y.train_loss);
+    }
+}
+
+#[test]
+fn caches_shared_across_folds_give_the_per_run_result() {
+    let _rng = torch_rng();
+    let d = tmp();
+    let m = subject_dataset(d.path(), 8, 32);
+    let cfg = train_cfg(&[(Block::Head, 2), (Block::Conv5, 2)], "light");
+    let p = prepared(&m, ValSpec::Subjects { fraction: 0.25 });
+    let pre = Preprocess::new(Crop::None, 32);
+    // What cv builds once: the conv4 output of every image, and the conv5 output derived from it.
+    let base_net = model(BnMode::Drop, HeadKind::Bn, 3);
+    let all: Vec<usize> = (0..p.data.targets.len()).collect();
+    let views = vggft::train::cache_plan(&base_net, &cfg, &pre, Block::Conv5, all.len(), all.len(), Device::Cpu).unwrap();
+    let base = vggft::train::build_cache(&base_net, &cfg, &pre, &p.data.gray, Block::Conv5, views, &all, &all, Device::Cpu);
+    let shared = vec![vggft::train::derive_cache(&base_net, &base, Block::Head), base];
+    let mut own_net = model(BnMode::Drop, HeadKind::Bn, 3);
+    let own = trainer(&cfg, &p, &pre).run(&mut own_net, &mut Collect::default(), None).unwrap();
+    let mut t = trainer(&cfg, &p, &pre);
+    t.shared = &shared;
+    let mut shared_net = model(BnMode::Drop, HeadKind::Bn, 3);
+    let mut msgs = Collect::default();
+    let with_shared = t.run(&mut shared_net, &mut msgs, None).unwrap();
+    assert!(!msgs.messages.iter().any(|m| m.contains("cached") || m.contains("extended")), "nothing recomputed: {:?}", msgs.messages);
+    for (x, y) in own.history.iter().zip(&with_shared.history) {
         assert!((x.train_loss - y.train_loss).abs() < 1e-4, "epoch {}: {} vs {}", x.epoch, x.train_loss, y.train_loss);
         assert!((x.val_loss.unwrap() - y.val_loss.unwrap()).abs() < 1e-4);
     }
