@@ -50,6 +50,8 @@ pub enum Command {
         #[arg(required = true)]
         dirs: Vec<PathBuf>,
     },
+    /// Measure this machine: libtorch matmul peak and VGG16 forward throughput (part of `make bench`).
+    Speed(SpeedArgs),
     /// Weight-file tools.
     Weights {
         #[command(subcommand)]
@@ -66,6 +68,27 @@ pub enum WeightsCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Args, Debug)]
+pub struct SpeedArgs {
+    #[arg(long, default_value_t = 224)]
+    pub image_size: i64,
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: i64,
+    /// Timed repetitions (the best is kept).
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    /// Precisions to time.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "f32,bf16")]
+    pub precision: Vec<Precision>,
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    #[arg(long)]
+    pub threads: Option<i32>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug, Clone)]

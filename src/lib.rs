@@ -20,6 +20,7 @@ pub mod plot;
 pub mod predict;
 pub mod report;
 pub mod run;
+pub mod speed;
 pub mod train;
 pub mod weights;
 

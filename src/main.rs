@@ -10,7 +10,7 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use vggft::cli::{
-    Cli, Command, CvArgs, DataArgs, EvaluateArgs, FinetuneArgs, LrFindArgs, ModelArgs, OutputFormat, PredictArgs, TrainArgs, Tta, WeightsCommand,
+    Cli, Command, CvArgs, DataArgs, EvaluateArgs, FinetuneArgs, LrFindArgs, ModelArgs, OutputFormat, PredictArgs, SpeedArgs, TrainArgs, Tta, WeightsCommand,
 };
 use vggft::train::{EpochRow, Reporter};
 use vggft::{predict, run, weights, Error};
@@ -279,6 +279,37 @@ fn cv(a: CvArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Random weights: speed does not depend on their values.
+fn speed(a: SpeedArgs) -> anyhow::Result<()> {
+    if let Some(t) = a.threads {
+        tch::set_num_threads(t);
+    }
+    let device = run::parse_device(&a.device)?;
+    tch::manual_seed(0);
+    let mut model = vggft::model::Vgg16::new(&vggft::model::ModelConfig::new(vggft::model::BnMode::Drop, vggft::model::HeadKind::Bn, 2), device)?;
+    let r = vggft::speed::measure(&mut model, a.batch_size, a.image_size, a.reps, &a.precision);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    println!("device {}, {} threads", r.device, r.threads);
+    println!("matmul 2048³ peak: {:.1} GFLOP/s f32, {:.1} GFLOP/s bf16", r.matmul_f32_gflops, r.matmul_bf16_gflops);
+    for f in &r.forward {
+        let peak = if f.precision == "bf16" { r.matmul_bf16_gflops } else { r.matmul_f32_gflops };
+        println!(
+            "forward {} batch {:>2} at {} px: {:.2} images/s, {:.1} GFLOP/s = {:.0} % of the {} matmul peak",
+            f.precision,
+            f.batch,
+            f.image_size,
+            f.images_per_s,
+            f.gflops,
+            100.0 * f.gflops / peak,
+            f.precision
+        );
+    }
+    Ok(())
+}
+
 fn inspect(file: &std::path::Path, json: bool) -> anyhow::Result<()> {
     let i = weights::inspect(file)?;
     if json {
@@ -325,6 +356,7 @@ fn main() -> ExitCode {
             })
             .map_err(Into::into),
         Command::Weights { command: WeightsCommand::Inspect { file, json } } => inspect(&file, json).map(|_| true),
+        Command::Speed(a) => speed(a).map(|_| true),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

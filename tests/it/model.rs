@@ -303,3 +303,19 @@ fn bf16_convolutions_stay_close_to_f32_and_train_f32_weights() {
         assert!(cos > 0.99, "{bn:?}: bf16 gradient direction (cosine {cos}) differs from f32");
     }
 }
+
+#[test]
+fn forward_flops_match_vgg16s_published_count_and_speed_reports_rates() {
+    // VGG16's 13 convolutions at 224 px: 15.35 G multiply-adds.
+    let cfg = vggft::model::ModelConfig::new(BnMode::Drop, HeadKind::Bn, 2);
+    let f = vggft::speed::forward_flops(&cfg, 224);
+    assert!((f / 2.0 - 15.35e9).abs() < 0.02e9, "{f}");
+    let d = tmp();
+    let (code, out, err) = run(&["speed", "--image-size", "32", "--batch-size", "2", "--reps", "1", "--device", "cpu", "--json"], d.path());
+    assert_eq!(code, 0, "{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(r["matmul_f32_gflops"].as_f64().unwrap() > 1.0 && r["matmul_bf16_gflops"].as_f64().unwrap() > 1.0, "{out}");
+    let fw = r["forward"].as_array().unwrap();
+    assert_eq!(fw.len(), 4, "f32 and bf16, batch 2 and 1: {out}");
+    assert!(fw.iter().all(|f| f["images_per_s"].as_f64().unwrap() > 0.0 && f["gflops"].as_f64().unwrap() > 0.0), "{out}");
+}

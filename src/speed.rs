@@ -1,0 +1,117 @@
+//! Machine measurements behind `vggft speed` (and so `make bench`): the
+//! libtorch matmul peak of this machine and the network's forward throughput,
+//! timed in one process with one thread setting so their ratio is fair.
+
+use std::time::Instant;
+
+use serde::Serialize;
+use tch::{Device, Kind, Tensor};
+
+use crate::model::{Block, ModelConfig, Precision, Vgg16, BLOCK_OF_CONV};
+
+/// Forward throughput of one configuration.
+#[derive(Clone, Debug, Serialize)]
+pub struct Forward {
+    pub precision: String,
+    pub batch: i64,
+    pub image_size: i64,
+    /// Best of the timed repetitions, seconds per batch.
+    pub seconds_per_batch: f64,
+    pub images_per_s: f64,
+    pub gflops: f64,
+}
+
+/// Floating-point operations (multiply and add counted separately) of one
+/// image's forward pass through the conv trunk and the bn head.
+pub fn forward_flops(cfg: &ModelConfig, size: i64) -> f64 {
+    let mut side = size;
+    let mut c_in = 3;
+    let mut total = 0.0;
+    for l in 0..13 {
+        let c_out = cfg.channels(l);
+        total += 2.0 * (c_in * c_out * 9) as f64 * (side * side) as f64;
+        if l == 12 || BLOCK_OF_CONV[l + 1] != BLOCK_OF_CONV[l] {
+            side /= 2;
+        }
+        c_in = c_out;
+    }
+    total + 2.0 * (2 * cfg.trunk_out() * cfg.num_classes) as f64
+}
+
+fn sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+/// Best GFLOP/s of an n×n×n matrix product in `kind` over `reps` timed runs (after one warm-up).
+pub fn matmul_peak(kind: Kind, device: Device, n: i64, reps: usize) -> f64 {
+    tch::no_grad(|| {
+        let a = Tensor::randn([n, n], (Kind::Float, device)).to_kind(kind);
+        let b = Tensor::randn([n, n], (Kind::Float, device)).to_kind(kind);
+        let _ = a.matmul(&b);
+        sync(device);
+        let mut best = f64::INFINITY;
+        for _ in 0..reps.max(1) {
+            let t0 = Instant::now();
+            let c = a.matmul(&b);
+            sync(device);
+            best = best.min(t0.elapsed().as_secs_f64());
+            drop(c);
+        }
+        2.0 * (n * n * n) as f64 / best / 1e9
+    })
+}
+
+/// Eval-mode, no-grad forward passes of the whole network on random images.
+pub fn forward(model: &Vgg16, batch: i64, size: i64, reps: usize) -> Forward {
+    let device = model.device();
+    let x = Tensor::randn([batch, 3, size, size], (Kind::Float, device));
+    let best = tch::no_grad(|| {
+        let _ = model.forward_from(&x, Block::Conv1, false);
+        sync(device);
+        let mut best = f64::INFINITY;
+        for _ in 0..reps.max(1) {
+            let t0 = Instant::now();
+            let y = model.forward_from(&x, Block::Conv1, false);
+            sync(device);
+            best = best.min(t0.elapsed().as_secs_f64());
+            drop(y);
+        }
+        best
+    });
+    let flops = forward_flops(&model.cfg, size) * batch as f64;
+    Forward {
+        precision: model.cfg.precision.to_string(),
+        batch,
+        image_size: size,
+        seconds_per_batch: best,
+        images_per_s: batch as f64 / best,
+        gflops: flops / best / 1e9,
+    }
+}
+
+/// Everything `vggft speed` measures.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub device: String,
+    pub threads: i32,
+    pub matmul_f32_gflops: f64,
+    pub matmul_bf16_gflops: f64,
+    pub forward: Vec<Forward>,
+}
+
+/// Measures the matmul peaks and forward throughput at `batch` and at batch 1, in each precision.
+pub fn measure(model: &mut Vgg16, batch: i64, size: i64, reps: usize, precisions: &[Precision]) -> Report {
+    let device = model.device();
+    let matmul_f32_gflops = matmul_peak(Kind::Float, device, 2048, 10);
+    let matmul_bf16_gflops = matmul_peak(Kind::BFloat16, device, 2048, 10);
+    let mut fw = Vec::new();
+    for &p in precisions {
+        model.cfg.precision = p;
+        for b in [batch, 1] {
+            fw.push(forward(model, b, size, reps));
+        }
+    }
+    Report { device: format!("{device:?}"), threads: tch::get_num_threads(), matmul_f32_gflops, matmul_bf16_gflops, forward: fw }
+}
