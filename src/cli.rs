@@ -366,6 +366,9 @@ pub struct PredictArgs {
     /// Convolution arithmetic (default: the run's own).
     #[arg(long, value_enum)]
     pub precision: Option<Precision>,
+    /// Print the model-load and decode + forward times on stderr.
+    #[arg(long)]
+    pub timings: bool,
     #[arg(long, default_value = "auto")]
     pub device: String,
 }

@@ -140,12 +140,17 @@ fn finetune(a: FinetuneArgs) -> anyhow::Result<()> {
 
 fn predict_cmd(a: PredictArgs) -> anyhow::Result<bool> {
     let device = run::parse_device(&a.device)?;
+    let t0 = std::time::Instant::now();
     let (cfg, mut model) = run::load_run(&a.model, device)?;
     if let Some(p) = a.precision {
         model.cfg.precision = p;
     }
+    let loaded = t0.elapsed().as_secs_f64();
     let paths = predict::expand_inputs(&a.inputs);
     let preds = predict::predict(&cfg, &model, &paths, a.tta == Tta::Flip, a.batch_size, device);
+    if a.timings {
+        eprintln!("timings: model load {loaded:.3} s, decode + forward {:.3} s", t0.elapsed().as_secs_f64() - loaded);
+    }
     let mut failed = 0;
     let mut json = Vec::new();
     if a.format == OutputFormat::Csv {

@@ -123,7 +123,12 @@ impl Optimizer {
                     let mut p = p.shallow_clone();
                     match self.kind {
                         OptimKind::Sgd => {
-                            let d = if wd != 0.0 { &grad + &p * wd } else { grad.shallow_clone() };
+                            // In place and fused (addcmul with a scalar tensor): no temporaries the
+                            // size of the parameters, which cost more than the arithmetic on a CPU.
+                            let mut d = grad.shallow_clone();
+                            if wd != 0.0 {
+                                let _ = d.addcmul_(&p, &Tensor::from(wd as f32));
+                            }
                             let d = if self.momentum != 0.0 {
                                 match self.state.get_mut(&format!("{name}.momentum")) {
                                     Some(buf) => {
@@ -139,7 +144,7 @@ impl Optimizer {
                             } else {
                                 d
                             };
-                            let _ = p.g_sub_(&(d * lr));
+                            let _ = p.addcmul_(&d, &Tensor::from(-lr as f32));
                         }
                         OptimKind::Adam | OptimKind::Adamw => {
                             let d = if self.kind == OptimKind::Adam && wd != 0.0 { &grad + &p * wd } else { grad.shallow_clone() };

@@ -444,7 +444,7 @@ pub fn load_run(dir: &Path, device: Device) -> Result<(RunConfig, Vgg16)> {
     if !weights.is_file() {
         return Err(Error::file(dir, "has no model.safetensors: the run did not finish (resume it with `vggft finetune --resume RUN`)"));
     }
-    let mut model = Vgg16::new(&model_config(&config.model, config.classes.len()), device)?;
+    let mut model = Vgg16::for_loading(&model_config(&config.model, config.classes.len()), device)?;
     weights::load_checkpoint(&mut model, &weights)?;
     Ok((config, model))
 }

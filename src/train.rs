@@ -190,7 +190,7 @@ pub fn build_cache(
     let feats = |rows: &[usize], view: Option<usize>| -> Tensor {
         tch::no_grad(|| {
             let parts: Vec<Tensor> = rows
-                .chunks(32)
+                .chunks(8)
                 .map(|c| {
                     let g = crate::data::select(gray, c, device);
                     let g = match view {

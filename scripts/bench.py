@@ -1,0 +1,183 @@
+#!/usr/bin/env python3
+"""`make bench`: vggft against the PyTorch eager reference (scripts/reference.py),
+side by side in one run on this machine, as ratios.
+
+Every command runs as its own process; wall time and peak resident memory
+(ru_maxrss from wait4) are taken per process. Writes OUT/bench.csv and
+OUT/bench.md and prints the table.
+
+Environment: BENCH_OUT (default runs/bench), BENCH_SIZE (224), BENCH_CV=0 skips
+the 10-fold x 3-seed cross-validation, BENCH_QUICK=1 shrinks everything (64 px,
+3 folds, 1 seed) to check the script itself, BENCH_DEVICE (cpu; cuda adds the
+--amp rows).
+"""
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release", "vggft")
+PY = sys.executable
+DATA = os.environ.get("BENCH_DATA", os.path.join(ROOT, "..", "shared", "data", "london-faces", "manifest.csv"))
+WEIGHTS = os.environ.get("BENCH_WEIGHTS", os.path.join(ROOT, "weights", "vgg16-hed.safetensors"))
+OUT = os.path.abspath(os.environ.get("BENCH_OUT", os.path.join(ROOT, "runs", "bench")))
+QUICK = os.environ.get("BENCH_QUICK") == "1"
+SIZE = int(os.environ.get("BENCH_SIZE", "64" if QUICK else "224"))
+DEVICE = os.environ.get("BENCH_DEVICE", "cpu")
+CV = os.environ.get("BENCH_CV", "1") == "1"
+
+
+def run(cmd, label):
+    """Runs cmd, returns (stdout, stderr, seconds, peak RSS in MiB); exits on failure."""
+    print(f"[bench] {label}: {' '.join(os.path.relpath(c, ROOT) if c.startswith(ROOT) else c for c in cmd)}", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    out_f, err_f = open(os.path.join(OUT, f"{label}.out"), "w+"), open(os.path.join(OUT, f"{label}.err"), "w+")
+    p = subprocess.Popen(cmd, stdout=out_f, stderr=err_f, cwd=OUT)
+    _, status, ru = os.wait4(p.pid, 0)
+    secs = time.perf_counter() - t0
+    out_f.seek(0)
+    err_f.seek(0)
+    out, err = out_f.read(), err_f.read()
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        sys.exit(f"[bench] {label} failed (exit {code}):\n{err[-3000:]}")
+    return out, err, secs, ru.ru_maxrss / 1024.0
+
+
+def history(run_dir):
+    with open(os.path.join(run_dir, "history.csv"), newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def cache_seconds(err):
+    m = re.search(r"cached the frozen \w+ output.* in ([0-9.]+)s", err)
+    return float(m.group(1)) if m else float("nan")
+
+
+def main():
+    if not os.path.exists(DATA):
+        sys.exit(f"[bench] {DATA}: dataset not found (set BENCH_DATA)")
+    if not os.path.exists(WEIGHTS):
+        sys.exit(f"[bench] {WEIGHTS}: weights not found (make fetch-weights, or set BENCH_WEIGHTS)")
+    shutil.rmtree(OUT, ignore_errors=True)
+    os.makedirs(OUT)
+    common = ["--data", DATA, "--weights", WEIGHTS, "--image-size", str(SIZE), "--device", DEVICE, "--out", OUT]
+    rows = []
+
+    def row(item, vggft, reference, unit, target="", note=""):
+        ratio = reference / vggft if vggft and reference else None
+        rows.append({"item": item, "vggft": vggft, "reference": reference, "unit": unit, "speedup": ratio, "target": target, "note": note})
+
+    # 1-2. matmul peak and forward throughput.
+    out, _, _, _ = run([BIN, "speed", "--json", "--image-size", str(SIZE), "--device", DEVICE, "--reps", "3"], "speed")
+    sp = json.loads(out)
+    peak = sp["matmul_f32_gflops"]
+    row("libtorch matmul peak f32 (2048³)", peak, None, "GFLOP/s")
+    row("libtorch matmul peak bf16 (2048³)", sp["matmul_bf16_gflops"], None, "GFLOP/s")
+    one_forward = None
+    for f in sp["forward"]:
+        pk = sp["matmul_bf16_gflops"] if f["precision"] == "bf16" else peak
+        row(
+            f"forward {f['precision']} batch {f['batch']} at {SIZE} px",
+            f["images_per_s"],
+            None,
+            "images/s",
+            "≥ 85 % of peak" if f["precision"] == "f32" and f["batch"] > 1 else "",
+            f"{f['gflops']:.1f} GFLOP/s = {100 * f['gflops'] / pk:.0f} % of the {f['precision']} matmul peak",
+        )
+        if f["precision"] == "f32" and f["batch"] == 1:
+            one_forward = f["seconds_per_batch"]
+
+    # 3. one conv5 + head epoch, batch 16, flip: cached, uncached, reference.
+    ep = ["finetune", *common, "--val", "none", "--augment", "flip", "--batch-size", "16"]
+    _, err, _, rss_c = run([BIN, *ep, "--stages", "conv5:2", "--cache-views", "2", "--name", "epoch-cached"], "epoch-cached")
+    h = history(os.path.join(OUT, "epoch-cached"))
+    cached = sum(float(r["seconds"]) for r in h) / len(h)
+    _, _, _, rss_u = run([BIN, *ep, "--stages", "conv5:1", "--no-cache", "--name", "epoch-uncached"], "epoch-uncached")
+    uncached = float(history(os.path.join(OUT, "epoch-uncached"))[0]["seconds"])
+    _, _, _, rss_b = run([BIN, *ep, "--stages", "conv5:2", "--cache-views", "2", "--precision", "bf16", "--name", "epoch-bf16"], "epoch-bf16")
+    hb = history(os.path.join(OUT, "epoch-bf16"))
+    bf16 = sum(float(r["seconds"]) for r in hb) / len(hb)
+    out, _, _, rss_r = run([PY, os.path.join(ROOT, "scripts", "reference.py"), "epoch", "--data", DATA, "--weights", WEIGHTS, "--image-size", str(SIZE)], "epoch-reference")
+    ref_epoch = json.loads(out)["epoch_seconds"]
+    cache_note = f"cache pass (conv1–4, 2 views of 204 images) {cache_seconds(open(os.path.join(OUT, 'epoch-cached.err')).read()):.1f} s once"
+    row("conv5 epoch, vggft cached f32", cached, ref_epoch, "s", "≥ 4× faster", cache_note)
+    row("conv5 epoch, vggft cached bf16", bf16, ref_epoch, "s", "", f"cache pass {cache_seconds(open(os.path.join(OUT, 'epoch-bf16.err')).read()):.1f} s once")
+    row("conv5 epoch, vggft uncached f32", uncached, ref_epoch, "s")
+    row("peak memory, conv5 epoch cached / uncached", rss_c, rss_r, "MiB", "", f"uncached {rss_u:.0f} MiB, bf16 {rss_b:.0f} MiB")
+
+    # 4. the whole default fine-tune, same split, same recipe.
+    _, _, ft_s, ft_rss = run([BIN, "finetune", *common, "--name", "finetune"], "finetune")
+    met = json.load(open(os.path.join(OUT, "finetune", "metrics.json")))
+    out, _, ref_s, ref_rss = run([PY, os.path.join(ROOT, "scripts", "reference.py"), "finetune", "--run", os.path.join(OUT, "finetune"), "--weights", WEIGHTS], "finetune-reference")
+    ref = json.loads(out)
+    va = met["validation"]
+    row(
+        "default finetune (head:3 → conv5:12), wall",
+        ft_s,
+        ref_s,
+        "s",
+        "≥ 3× faster",
+        f"val bacc vggft {va['balanced_accuracy']:.3f} / reference {ref['val_bacc']:.3f}; acc {va['accuracy']:.3f} / {ref['val_acc']:.3f}; "
+        f"best epoch {met.get('best_epoch', '?')} / {ref['best_epoch']}",
+    )
+    row("peak memory, default finetune", ft_rss, ref_rss, "MiB", "≤ reference and ≤ 3072 MiB")
+
+    # 5. predict one image, model load included.
+    img = os.path.join(os.path.dirname(DATA), "smiling", sorted(os.listdir(os.path.join(os.path.dirname(DATA), "smiling")))[0])
+    _, _, start_s, _ = run([BIN, "--version"], "startup")
+    _, err, pr_s, pr_rss = run([BIN, "predict", img, "--model", os.path.join(OUT, "finetune"), "--device", DEVICE, "--timings"], "predict")
+    m = re.search(r"model load ([0-9.]+) s, decode \+ forward ([0-9.]+) s", err)
+    inproc = float(m.group(1)) + float(m.group(2))
+    row(
+        "predict one image: model load + decode + forward",
+        inproc,
+        None,
+        "s",
+        "≤ 2× one forward",
+        f"{inproc / one_forward:.2f}× one batch-1 forward ({one_forward:.3f} s); load {float(m.group(1)):.3f} s",
+    )
+    row(
+        "predict one image: process wall",
+        pr_s,
+        None,
+        "s",
+        "",
+        f"{pr_s / one_forward:.2f}× one forward; of which process start-up (libtorch initialisation, `vggft --version`) {start_s:.2f} s; peak {pr_rss:.0f} MiB",
+    )
+
+    # 6. 10-fold subject-grouped cv x 3 seeds, conv5 + head, 12 epochs, flip.
+    if CV:
+        folds, seeds = ("3", "0") if QUICK else ("10", "0,1,2")
+        cv = [BIN, "cv", *common[:-2], "--out", os.path.join(OUT, "cv"), "--folds", folds, "--seeds", seeds, "--augment", "flip", "--cache-views", "2"]
+        _, _, cv_s, cv_rss = run(cv, "cv")
+        summ = json.load(open(os.path.join(OUT, "cv", "cv.json")))
+        b = next(s for s in summ["stats"] if s["metric"] == "balanced_accuracy")
+        row(f"cv {folds} folds × seeds {seeds} (head:3 → conv5:12, flip), wall", cv_s, None, "s", "≤ 900 s", f"bacc {b['mean']:.3f} ± {b['std']:.3f}; peak {cv_rss:.0f} MiB")
+
+    # Table and CSV.
+    with open(os.path.join(OUT, "bench.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    fmt = lambda v: "" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)
+    lines = [
+        f"`make bench` on {os.uname().nodename}, {sp['threads']} threads, {DEVICE}, {SIZE} px, London faces ({DATA}); 'reference ÷ vggft' above 1 means vggft is faster or smaller",
+        "",
+        "| item | vggft | PyTorch reference | unit | reference ÷ vggft | target | note |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['item']} | {fmt(r['vggft'])} | {fmt(r['reference'])} | {r['unit']} | {fmt(r['speedup'])}{'×' if r['speedup'] else ''} | {r['target']} | {r['note']} |")
+    open(os.path.join(OUT, "bench.md"), "w").write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"\n[bench] wrote {os.path.join(OUT, 'bench.csv')} and bench.md", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
