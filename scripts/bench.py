@@ -159,6 +159,24 @@ def main():
         summ = json.load(open(os.path.join(OUT, "cv", "cv.json")))
         b = next(s for s in summ["stats"] if s["metric"] == "balanced_accuracy")
         row(f"cv {folds} folds × seeds {seeds} (head:3 → conv5:12, flip), wall", cv_s, None, "s", "≤ 900 s", f"bacc {b['mean']:.3f} ± {b['std']:.3f}; peak {cv_rss:.0f} MiB")
+        # bf16 on the same folds (seed 0's), against the f32 run's seed-0 folds.
+        _, _, bf_s, _ = run([*cv[:cv.index("--out")], "--out", os.path.join(OUT, "cv-bf16"), "--folds", folds, "--seeds", "0", "--augment", "flip", "--cache-views", "2", "--precision", "bf16"], "cv-bf16")
+        def seed0(d):
+            fs = [json.load(open(os.path.join(d, "folds", f))) for f in sorted(os.listdir(os.path.join(d, "folds"))) if f.startswith("seed0-")]
+            v = [f["metrics"]["balanced_accuracy"] for f in fs]
+            m = sum(v) / len(v)
+            sd = (sum((x - m) ** 2 for x in v) / max(len(v) - 1, 1)) ** 0.5
+            return m, sd, sum(f["seconds"] for f in fs)
+        f32m, f32sd, f32s = seed0(os.path.join(OUT, "cv"))
+        bfm, bfsd, bfs = seed0(os.path.join(OUT, "cv-bf16"))
+        row(
+            f"cv seed 0, {folds} folds, bf16: summed fold time",
+            bfs,
+            None,
+            "s",
+            "",
+            f"f32 on the same folds {f32s:.0f} s; bacc bf16 {bfm:.3f} ± {bfsd:.3f} vs f32 {f32m:.3f} ± {f32sd:.3f}; bf16 cv wall {bf_s:.0f} s",
+        )
 
     # Table and CSV.
     with open(os.path.join(OUT, "bench.csv"), "w", newline="") as f:
