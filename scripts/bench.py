@@ -8,8 +8,9 @@ OUT/bench.md and prints the table.
 
 Environment: BENCH_OUT (default runs/bench), BENCH_SIZE (224), BENCH_CV=0 skips
 the 10-fold x 3-seed cross-validation, BENCH_QUICK=1 shrinks everything (64 px,
-3 folds, 1 seed) to check the script itself, BENCH_DEVICE (cpu; cuda adds the
---amp rows).
+3 folds, 1 seed) to check the script itself, BENCH_ONLY=finetune (speed, the
+whole fine-tune and predict only), BENCH_DEVICE (cpu; with a GPU present the
+CUDA rows, f32 and --amp, are added).
 """
 import csv
 import json
@@ -25,11 +26,13 @@ BIN = os.path.join(ROOT, "target", "release", "vggft")
 PY = sys.executable
 DATA = os.environ.get("BENCH_DATA", os.path.join(ROOT, "..", "shared", "data", "london-faces", "manifest.csv"))
 WEIGHTS = os.environ.get("BENCH_WEIGHTS", os.path.join(ROOT, "weights", "vgg16-hed.safetensors"))
-OUT = os.path.abspath(os.environ.get("BENCH_OUT", os.path.join(ROOT, "runs", "bench")))
+ONLY = os.environ.get("BENCH_ONLY", "")
+OUT = os.path.abspath(os.environ.get("BENCH_OUT", os.path.join(ROOT, "runs", f"bench-{ONLY}" if ONLY else "bench")))
 QUICK = os.environ.get("BENCH_QUICK") == "1"
 SIZE = int(os.environ.get("BENCH_SIZE", "64" if QUICK else "224"))
 DEVICE = os.environ.get("BENCH_DEVICE", "cpu")
 CV = os.environ.get("BENCH_CV", "1") == "1"
+# BENCH_ONLY=finetune runs only speed, the whole-fine-tune comparison and predict (into runs/bench-finetune).
 
 
 def run(cmd, label):
@@ -93,23 +96,24 @@ def main():
         if f["precision"] == "f32" and f["batch"] == 1:
             one_forward = f["seconds_per_batch"]
 
-    # 3. one conv5 + head epoch, batch 16, flip: cached, uncached, reference.
-    ep = ["finetune", *common, "--val", "none", "--augment", "flip", "--batch-size", "16"]
-    _, err, _, rss_c = run([BIN, *ep, "--stages", "conv5:2", "--cache-views", "2", "--name", "epoch-cached"], "epoch-cached")
-    h = history(os.path.join(OUT, "epoch-cached"))
-    cached = sum(float(r["seconds"]) for r in h) / len(h)
-    _, _, _, rss_u = run([BIN, *ep, "--stages", "conv5:1", "--no-cache", "--name", "epoch-uncached"], "epoch-uncached")
-    uncached = float(history(os.path.join(OUT, "epoch-uncached"))[0]["seconds"])
-    _, _, _, rss_b = run([BIN, *ep, "--stages", "conv5:2", "--cache-views", "2", "--precision", "bf16", "--name", "epoch-bf16"], "epoch-bf16")
-    hb = history(os.path.join(OUT, "epoch-bf16"))
-    bf16 = sum(float(r["seconds"]) for r in hb) / len(hb)
-    out, _, _, rss_r = run([PY, os.path.join(ROOT, "scripts", "reference.py"), "epoch", "--data", DATA, "--weights", WEIGHTS, "--image-size", str(SIZE)], "epoch-reference")
-    ref_epoch = json.loads(out)["epoch_seconds"]
-    cache_note = f"cache pass (conv1–4, 2 views of 204 images) {cache_seconds(open(os.path.join(OUT, 'epoch-cached.err')).read()):.1f} s once"
-    row("conv5 epoch, vggft cached f32", cached, ref_epoch, "s", "≥ 4× faster", cache_note)
-    row("conv5 epoch, vggft cached bf16", bf16, ref_epoch, "s", "", f"cache pass {cache_seconds(open(os.path.join(OUT, 'epoch-bf16.err')).read()):.1f} s once")
-    row("conv5 epoch, vggft uncached f32", uncached, ref_epoch, "s")
-    row("peak memory, conv5 epoch cached / uncached", rss_c, rss_r, "MiB", "", f"uncached {rss_u:.0f} MiB, bf16 {rss_b:.0f} MiB")
+    if not ONLY:
+        # 3. one conv5 + head epoch, batch 16, flip: cached, uncached, reference.
+        ep = ["finetune", *common, "--val", "none", "--augment", "flip", "--batch-size", "16"]
+        _, err, _, rss_c = run([BIN, *ep, "--stages", "conv5:2", "--cache-views", "2", "--name", "epoch-cached"], "epoch-cached")
+        h = history(os.path.join(OUT, "epoch-cached"))
+        cached = sum(float(r["seconds"]) for r in h) / len(h)
+        _, _, _, rss_u = run([BIN, *ep, "--stages", "conv5:1", "--no-cache", "--name", "epoch-uncached"], "epoch-uncached")
+        uncached = float(history(os.path.join(OUT, "epoch-uncached"))[0]["seconds"])
+        _, _, _, rss_b = run([BIN, *ep, "--stages", "conv5:2", "--cache-views", "2", "--precision", "bf16", "--name", "epoch-bf16"], "epoch-bf16")
+        hb = history(os.path.join(OUT, "epoch-bf16"))
+        bf16 = sum(float(r["seconds"]) for r in hb) / len(hb)
+        out, _, _, rss_r = run([PY, os.path.join(ROOT, "scripts", "reference.py"), "epoch", "--data", DATA, "--weights", WEIGHTS, "--image-size", str(SIZE)], "epoch-reference")
+        ref_epoch = json.loads(out)["epoch_seconds"]
+        cache_note = f"cache pass (conv1–4, 2 views of 204 images) {cache_seconds(open(os.path.join(OUT, 'epoch-cached.err')).read()):.1f} s once"
+        row("conv5 epoch, vggft cached f32", cached, ref_epoch, "s", "≥ 4× faster", cache_note)
+        row("conv5 epoch, vggft cached bf16", bf16, ref_epoch, "s", "", f"cache pass {cache_seconds(open(os.path.join(OUT, 'epoch-bf16.err')).read()):.1f} s once")
+        row("conv5 epoch, vggft uncached f32", uncached, ref_epoch, "s")
+        row("peak memory, conv5 epoch cached / uncached", rss_c, rss_r, "MiB", "", f"uncached {rss_u:.0f} MiB, bf16 {rss_b:.0f} MiB")
 
     # 4. the whole default fine-tune, same split, same recipe.
     _, _, ft_s, ft_rss = run([BIN, "finetune", *common, "--name", "finetune"], "finetune")
@@ -118,7 +122,7 @@ def main():
     ref = json.loads(out)
     va = met["validation"]
     row(
-        "default finetune (head:3 → conv5:12), wall",
+        "default finetune (head:3 → conv5:12, early stopping), wall; the reference runs the epochs vggft ran",
         ft_s,
         ref_s,
         "s",
@@ -152,7 +156,7 @@ def main():
     )
 
     # 6. 10-fold subject-grouped cv x 3 seeds, conv5 + head, 12 epochs, flip.
-    if CV:
+    if CV and not ONLY:
         folds, seeds = ("3", "0") if QUICK else ("10", "0,1,2")
         cv = [BIN, "cv", *common[:-2], "--out", os.path.join(OUT, "cv"), "--folds", folds, "--seeds", seeds, "--augment", "flip", "--cache-views", "2"]
         _, _, cv_s, cv_rss = run(cv, "cv")
@@ -177,6 +181,28 @@ def main():
             "",
             f"f32 on the same folds {f32s:.0f} s; bacc bf16 {bfm:.3f} ± {bfsd:.3f} vs f32 {f32m:.3f} ± {f32sd:.3f}; bf16 cv wall {bf_s:.0f} s",
         )
+
+    # CUDA: the same epoch on the GPU, f32 and --amp, against the reference on the GPU.
+    import torch
+
+    if ONLY:
+        pass
+    elif DEVICE == "cpu" and torch.cuda.is_available():
+        gcommon = ["--data", DATA, "--weights", WEIGHTS, "--image-size", str(SIZE), "--device", "cuda", "--out", OUT]
+        out, _, _, _ = run([BIN, "speed", "--json", "--image-size", str(SIZE), "--device", "cuda", "--reps", "5"], "cuda-speed")
+        for f in json.loads(out)["forward"]:
+            row(f"CUDA forward {f['precision']} batch {f['batch']}", f["images_per_s"], None, "images/s", "", f"{f['gflops']:.0f} GFLOP/s")
+        gep = ["finetune", *gcommon, "--val", "none", "--augment", "flip", "--batch-size", "16", "--stages", "conv5:2", "--cache-views", "2"]
+        run([BIN, *gep, "--name", "cuda-epoch"], "cuda-epoch")
+        run([BIN, *gep, "--amp", "--name", "cuda-epoch-amp"], "cuda-epoch-amp")
+        out, _, _, _ = run([PY, os.path.join(ROOT, "scripts", "reference.py"), "epoch", "--data", DATA, "--weights", WEIGHTS, "--image-size", str(SIZE), "--device", "cuda"], "cuda-epoch-reference")
+        gref = json.loads(out)["epoch_seconds"]
+        for name in ("cuda-epoch", "cuda-epoch-amp"):
+            h = history(os.path.join(OUT, name))
+            row(f"CUDA conv5 epoch, vggft cached {'--amp' if 'amp' in name else 'f32'}", sum(float(r["seconds"]) for r in h) / len(h), gref, "s")
+    elif DEVICE == "cpu":
+        print("[bench] CUDA: no GPU here (torch.cuda.is_available() is false): the CUDA rows are skipped", file=sys.stderr)
+        row("CUDA rows", None, None, "", "", "skipped: no GPU on this machine")
 
     # Table and CSV.
     with open(os.path.join(OUT, "bench.csv"), "w", newline="") as f:

@@ -8,7 +8,7 @@ through the whole network, no cache. Images are decoded once with Pillow
 (gray, centre square, bilinear resize), as a small-data script would.
 
   reference.py epoch --data M.csv --weights W     one conv5+head epoch (batch 16, flip)
-  reference.py finetune --run RUN                 the run's recipe on the run's split
+  reference.py finetune --run RUN                 the run's recipe, split and epochs per stage
 
 Prints one JSON object on stdout.
 """
@@ -86,7 +86,7 @@ def load_images(paths, size):
 
 
 def normalise(gray):
-    return (gray.expand(-1, 3, -1, -1) - MEAN) / STD
+    return (gray.expand(-1, 3, -1, -1) - MEAN.to(gray.device)) / STD.to(gray.device)
 
 
 def augment(gray, a, rng):
@@ -102,10 +102,11 @@ def augment(gray, a, rng):
         theta.append([[s * math.cos(r) * flip, -s * math.sin(r), tx], [s * math.sin(r) * flip, s * math.cos(r), ty]])
         gain.append(1.0 + sym(a["contrast"]))
         shift.append(sym(a["brightness"]))
-    grid = F.affine_grid(torch.tensor(theta), list(gray.shape), align_corners=False)
+    grid = F.affine_grid(torch.tensor(theta, device=gray.device), list(gray.shape), align_corners=False)
     x = F.grid_sample(gray, grid, mode="bilinear", padding_mode="border", align_corners=False)
     m = x.mean((1, 2, 3), keepdim=True)
-    return ((x - m) * torch.tensor(gain).view(-1, 1, 1, 1) + m + torch.tensor(shift).view(-1, 1, 1, 1)).clamp(0, 1)
+    g, s = torch.tensor(gain, device=x.device).view(-1, 1, 1, 1), torch.tensor(shift, device=x.device).view(-1, 1, 1, 1)
+    return ((x - m) * g + m + s).clamp(0, 1)
 
 
 def optimizer(net, lr, factor, momentum, wd):
@@ -154,11 +155,13 @@ def epoch_cmd(a):
     paths, y = manifest(a.data)
     gray = load_images(paths, a.image_size)
     load_s = time.perf_counter() - t0
-    net = build(a.weights, 2, 0.5)
+    dev = torch.device(a.device)
+    net = build(a.weights, 2, 0.5).to(dev)
     freeze_below(net, 4)
     net.train()
     opt, _ = optimizer(net, 0.003, 0.1, 0.9, 1e-4)
-    y = torch.tensor(y)
+    y = torch.tensor(y).to(dev)
+    gray = gray.to(dev)
     flip = {"flip": True, "rotate": 0, "zoom": 0, "translate": 0, "contrast": 0, "brightness": 0}
     order = list(range(len(paths)))
     rng.shuffle(order)
@@ -169,6 +172,8 @@ def epoch_cmd(a):
         opt.zero_grad()
         loss.backward()
         opt.step()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
     print(json.dumps({"epoch_seconds": time.perf_counter() - t1, "load_seconds": load_s, "images": len(paths)}))
 
 
@@ -201,13 +206,19 @@ def finetune_cmd(a):
     torch.manual_seed(tc["seed"])
     rng = random.Random(tc["seed"])
     net = build(a.weights or cfg["weights"]["path"], len(classes), mc["dropout"])
+    # The same epochs as the vggft run (its history.csv), so both do equal work;
+    # the best validation-loss epoch is kept, as vggft does.
+    with open(os.path.join(a.run, "history.csv"), newline="") as f:
+        ran = [int(r["stage"]) for r in csv.DictReader(f)]
+    stages = [dict(st, epochs=ran.count(i + 1)) for i, st in enumerate(tc["stages"])]
     best, best_loss, best_epoch, epoch = None, float("inf"), 0, 0
-    for st in tc["stages"]:
+    for st in stages:
         freeze_below(net, BLOCKS.index(st["from"]))
         opt, mults = optimizer(net, tc["lr"], tc["block_lr_factor"], tc["momentum"], tc["weight_decay"])
         steps = len(batches(tr, tc["batch_size"]))
-        total, warm = steps * st["epochs"], round(tc["warmup"] * steps * st["epochs"])
-        since = 0
+        # The schedule spans the stage's configured epochs, as in vggft (early stopping only cuts it short).
+        planned = next(x["epochs"] for x in tc["stages"] if x["from"] == st["from"])
+        total, warm = steps * planned, round(tc["warmup"] * steps * planned)
         for e in range(st["epochs"]):
             epoch += 1
             net.train()
@@ -225,12 +236,8 @@ def finetune_cmd(a):
             vl, vacc, vbacc = evaluate(net, gray[va], y[va], cw)
             print(f"epoch {epoch}: val loss {vl:.4f} acc {vacc:.3f} bacc {vbacc:.3f}", file=sys.stderr)
             if vl < best_loss:
-                best_loss, best_epoch, since = vl, epoch, 0
+                best_loss, best_epoch = vl, epoch
                 best = {k: v.clone() for k, v in net.state_dict().items()}
-            else:
-                since += 1
-                if tc["patience"] and since >= tc["patience"] and e + 1 < st["epochs"]:
-                    break
     net.load_state_dict(best)
     _, acc, bacc = evaluate(net, gray[va], y[va], cw)
     print(json.dumps({"val_acc": acc, "val_bacc": bacc, "best_epoch": best_epoch, "epochs": epoch, "seconds": time.perf_counter() - t0}))
@@ -243,6 +250,7 @@ def main():
     e.add_argument("--data", required=True)
     e.add_argument("--weights", required=True)
     e.add_argument("--image-size", type=int, default=224)
+    e.add_argument("--device", default="cpu")
     f = sub.add_parser("finetune")
     f.add_argument("--run", required=True)
     f.add_argument("--weights")

@@ -120,8 +120,7 @@ fn finetune(a: FinetuneArgs) -> anyhow::Result<()> {
     };
     let s = match summary {
         Err(Error::Interrupted(why)) => {
-            let hint = a.resume.clone().map(|p| p.display().to_string()).unwrap_or_else(|| "RUN".into());
-            eprintln!("{why}; continue with: vggft finetune --resume {hint}");
+            eprintln!("interrupted: {why}");
             std::process::exit(130);
         }
         other => other?,
@@ -367,7 +366,14 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
-            eprintln!("error: {}", e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": "));
+            // Our errors already name their cause; print each link only once.
+            let mut parts: Vec<String> = Vec::new();
+            for c in e.chain().map(|c| c.to_string()) {
+                if !parts.iter().any(|p| p.contains(&c)) {
+                    parts.push(c);
+                }
+            }
+            eprintln!("error: {}", parts.join(": "));
             ExitCode::from(1)
         }
     }

@@ -178,6 +178,7 @@ struct ConvLayer {
     last_in_block: bool,
 }
 
+#[allow(clippy::large_enum_variant)] // one per model
 enum Head {
     Linear { fc: nn::Linear },
     Bn { norm: nn::BatchNorm, hidden: Option<(nn::Linear, nn::BatchNorm)>, fc: nn::Linear },

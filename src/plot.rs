@@ -10,6 +10,9 @@ use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::train::EpochRow;
 
+/// A named, coloured curve: its value per epoch row.
+type Series<'a> = (&'a str, RGBColor, Box<dyn Fn(&EpochRow) -> Option<f64>>);
+
 static FONT: Once = Once::new();
 const W: u32 = 900;
 const H: u32 = 560;
@@ -115,7 +118,7 @@ pub fn learning_curves(path: &Path, rows: &[EpochRow]) -> Result<()> {
             for b in &boundaries {
                 chart.draw_series(LineSeries::new(vec![(*b, 0.0), (*b, ymax)], BLACK.mix(0.45).stroke_width(2))).map_err(e)?;
             }
-            let series: Vec<(&str, RGBColor, Box<dyn Fn(&EpochRow) -> Option<f64>>)> = if is_loss {
+            let series: Vec<Series> = if is_loss {
                 vec![("train", BLUE, Box::new(|r: &EpochRow| Some(r.train_loss))), ("validation", RED, Box::new(|r: &EpochRow| r.val_loss))]
             } else {
                 vec![

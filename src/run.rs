@@ -315,7 +315,10 @@ fn execute(
         train::describe_stages(&tc.stages)
     ));
     let trainer = Trainer { cfg: tc, pre: &config.data.preprocess, data: &prepared.data, device, checkpoint_dir: Some(dir.to_path_buf()), stop, shared: &[] };
-    let outcome = trainer.run(&mut model, reporter, state)?;
+    let outcome = trainer.run(&mut model, reporter, state).map_err(|e| match e {
+        Error::Interrupted(why) => Error::Interrupted(format!("{why}; continue with: vggft finetune --resume {}", dir.display())),
+        other => other,
+    })?;
     write_history(&dir.join("history.csv"), &outcome.history)?;
     crate::plot::learning_curves(&dir.join("learning_curves.png"), &outcome.history)?;
     weights::save_atomic(&model.named_tensors(), &dir.join("model.safetensors"))?;

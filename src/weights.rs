@@ -224,7 +224,18 @@ fn copy_checked(path: &Path, targets: &BTreeMap<String, Tensor>, file: &BTreeMap
 /// Saves named tensors as safetensors, atomically (temp file + rename).
 pub fn save_atomic(named: &[(String, Tensor)], path: &Path) -> Result<()> {
     let contiguous: Vec<(String, Tensor)> = named.iter().map(|(n, t)| (n.clone(), t.to_device(tch::Device::Cpu).contiguous())).collect();
-    fsutil::write_atomic_with(path, |tmp| Tensor::write_safetensors(&contiguous, tmp).map_err(|e| Error::file(path, format!("cannot write weights: {e}"))))
+    fsutil::write_atomic_with(path, |tmp| {
+        Tensor::write_safetensors(&contiguous, tmp).map_err(|e| Error::file(path, format!("cannot write: {}", io_reason(&e.to_string()))))
+    })
+}
+
+/// The operating system's words from tch's `IoError(Os { …, message: "…" })`
+/// (e.g. "No space left on device"), else the message without the temporary path.
+fn io_reason(msg: &str) -> String {
+    if let Some(m) = msg.split("message: \"").nth(1).and_then(|r| r.split('"').next()) {
+        return m.to_string();
+    }
+    msg.rsplit(": ").next().unwrap_or(msg).to_string()
 }
 
 /// Hex SHA-256 of a file, streamed.
@@ -258,7 +269,7 @@ pub fn inspect(path: &Path) -> Result<Inspection> {
     let names: Vec<&str> = tensors.iter().map(|(n, _)| n.as_str()).collect();
     let arch = detect_arch(&names);
     let mut list: Vec<(String, Vec<i64>, String)> = tensors.iter().map(|(n, t)| (n.clone(), t.size(), format!("{:?}", t.kind()))).collect();
-    list.sort_by(|a, b| natural_key(&a.0).cmp(&natural_key(&b.0)));
+    list.sort_by_key(|a| natural_key(&a.0));
     let parameters = tensors.iter().map(|(_, t)| t.numel() as i64).sum();
     Ok(Inspection { path: path.display().to_string(), sha256: sha256_file(path)?, arch, description: arch.describe().to_string(), tensors: list, parameters })
 }

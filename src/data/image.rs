@@ -80,6 +80,8 @@ fn describe(e: image::ImageError) -> String {
     match e {
         image::ImageError::Decoding(d) => format!("corrupt or truncated: {d}"),
         image::ImageError::Unsupported(u) => format!("unsupported: {u}"),
+        // Decoders read from memory: an I/O error means the data ran out.
+        image::ImageError::IoError(io) => format!("corrupt or truncated: {io}"),
         other => other.to_string(),
     }
 }

@@ -117,5 +117,10 @@ pub fn load_images(samples: &[Sample], pre: &Preprocess, skip_bad: bool) -> Resu
 /// Stacks selected rows of a tensor onto a device.
 pub fn select(t: &Tensor, idx: &[usize], device: Device) -> Tensor {
     let i = Tensor::from_slice(&idx.iter().map(|&i| i as i64).collect::<Vec<_>>());
-    t.index_select(0, &i).to_device(device).to_kind(Kind::Float)
+    let rows = t.index_select(0, &i);
+    match device {
+        // Pinned (page-locked) host memory lets the copy to the GPU run asynchronously.
+        Device::Cuda(_) if t.device() == Device::Cpu => rows.pin_memory(device).to_device_(device, Kind::Float, true, false),
+        _ => rows.to_device(device).to_kind(Kind::Float),
+    }
 }

@@ -70,6 +70,14 @@ fn bad_images_get_one_clear_reason() {
         ("empty.tiff", vec![], "empty (0 bytes)"),
         ("text.tiff", b"this is a text file, not an image".to_vec(), "not a recognised image format"),
         ("truncated.tiff", tiff(64, 64, 8, &ramp(64, 64), None, false)[..300].to_vec(), "truncated"),
+        (
+            "cut_strip.tiff",
+            {
+                let t = tiff(64, 64, 8, &ramp(64, 64), None, false);
+                t[..t.len() - 50].to_vec()
+            },
+            "truncated",
+        ),
         ("tiny.tiff", tiff(1, 1, 8, &[7], None, false), "smaller than the minimum"),
         ("huge.tiff", tiff(100_000, 100_000, 8, &ramp(8, 8), None, false), "larger than the limit"),
         ("huge_palette.tiff", tiff(100_000, 100_000, 8, &ramp(8, 8), Some(&gray_ramp()), false), "larger than the limit"),
@@ -260,4 +268,36 @@ fn split_without_subjects_falls_back_and_impossible_splits_fail() {
     let labels = assign_labels(&ds, Task::Multiclass, &[]).unwrap();
     let e = holdout(&ds, &labels, &ValSpec::Subjects { fraction: 0.3 }, 0).unwrap_err().to_string();
     assert!(e.contains("class `a` has a single image"), "{e}");
+}
+
+#[test]
+fn cmyk_jpeg_decodes_to_luma() {
+    // tests/fixtures/cmyk.jpg: 24×16, cyan rising along x, magenta along y, black 40 (written by Pillow, Adobe CMYK).
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cmyk.jpg");
+    let g = load_gray(&p).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((g.width, g.height), (24, 16));
+    let at = |x: usize, y: usize| g.pixels[y * 24 + x];
+    assert!(g.pixels.iter().all(|v| (0.0..=1.0).contains(v)));
+    assert!(at(0, 0) > at(23, 0) + 0.2, "more cyan is darker: {} vs {}", at(0, 0), at(23, 0));
+    assert!(at(0, 0) > at(0, 15) + 0.2, "more magenta is darker: {} vs {}", at(0, 0), at(0, 15));
+}
+
+#[test]
+fn non_utf8_file_names_train_and_predict() {
+    use std::os::unix::ffi::OsStrExt;
+    let d = tmp();
+    let f = d.path().join("data");
+    separable_folders(&f, 3, 32);
+    let odd = f.join("a").join(std::ffi::OsStr::from_bytes(b"caf\xe9.png"));
+    std::fs::rename(f.join("a/00.png"), &odd).unwrap();
+    let w = d.path().join("trunk.safetensors");
+    trunk_only(&w, 15);
+    let s = small(&w);
+    let (code, out, err) = run(&args(&s, &["finetune", "--data", f.to_str().unwrap(), "--task", "multiclass", "--stages", "head:1", "--val", "none", "--name", "r"]), d.path());
+    assert_eq!(code, 0, "{out}\n{err}");
+    let split = std::fs::read_to_string(d.path().join("runs/r/split.csv")).unwrap();
+    assert!(split.contains("caf\u{FFFD}.png"), "listed (lossily) in split.csv: {split}");
+    let out = bin().arg("predict").arg(&odd).args(["--model", "runs/r"]).current_dir(d.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("caf"), "{}", String::from_utf8_lossy(&out.stdout));
 }

@@ -1,6 +1,7 @@
 //! Nothing is lost: `kill -9` at random moments of training and saving,
-//! 20 times; the last checkpoint always loads and `--resume` always finishes
-//! with exactly the uninterrupted run's history.
+//! 20 times, and Ctrl-C through the real binary — the last checkpoint always
+//! loads and `--resume` always finishes with exactly the uninterrupted run's
+//! history; a full disk and an unreadable file are one clear error.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -102,4 +103,107 @@ fn kill_nine_at_random_moments_never_loses_a_run() {
     eprintln!(
         "kill -9 × {i} (reference run {full:?}, final window {window:?}): {resumed} killed inside training and resumed, {finished} had finished, {before_config} killed before the run folder existed; every history identical to the uninterrupted run"
     );
+}
+
+/// Arguments of a small, slow-enough run (many short epochs).
+fn long_run(data: &Path, weights: &Path, name: &str) -> Vec<String> {
+    let mut v: Vec<String> =
+        ["finetune", "--data", data.to_str().unwrap(), "--stages", "head:2,conv5:40", "--name", name, "--quiet"].iter().map(|s| s.to_string()).collect();
+    v.extend(small(weights));
+    v
+}
+
+#[test]
+fn ctrl_c_through_the_binary_stops_after_the_batch_and_resume_finishes_the_run() {
+    let d = tmp();
+    let m = subject_dataset(d.path(), 8, 48);
+    let w = d.path().join("trunk.safetensors");
+    trunk_only(&w, 12);
+    let (code, _, err) = run(&long_run(&m, &w, "whole").iter().map(String::as_str).collect::<Vec<_>>(), d.path());
+    assert_eq!(code, 0, "{err}");
+    let child = bin().args(long_run(&m, &w, "stopped")).current_dir(d.path()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let dir = d.path().join("runs/stopped");
+    let t = Instant::now();
+    while !dir.join("checkpoint.json").exists() && t.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // SIGINT, as Ctrl-C in a terminal sends.
+    let sent = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(sent.success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("stopping after the current batch"), "{err}");
+    assert!(err.contains("the last completed epoch is saved") && err.contains(&format!("--resume {}", Path::new("runs").join("stopped").display())), "{err}");
+    assert!(!dir.join("COMPLETE").exists() && dir.join("checkpoint.json").exists());
+    let (code, _, err) = run(&["finetune", "--resume", dir.to_str().unwrap(), "--quiet"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(dir.join("COMPLETE").exists());
+    assert_eq!(history_without_seconds(&dir.join("history.csv")), history_without_seconds(&d.path().join("runs/whole/history.csv")));
+}
+
+/// Unmounts on drop, so a failing assertion does not leave the mount behind.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_is_one_clear_error_and_leaves_no_half_written_file() {
+    let d = tmp();
+    let m = subject_dataset(d.path(), 4, 32);
+    let w = d.path().join("trunk.safetensors");
+    trunk_only(&w, 13);
+    let disk = d.path().join("disk");
+    std::fs::create_dir_all(&disk).unwrap();
+    // A 48 KiB tmpfs: room for config.json and split.csv, not for a checkpoint.
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=48k", "tmpfs", disk.to_str().unwrap()])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("skipped: cannot mount a small tmpfs here (needs root / CAP_SYS_ADMIN); a full disk surfaces as the same write error");
+        return;
+    }
+    let _guard = Mount(disk.clone());
+    let mut a: Vec<String> = ["finetune", "--data", m.to_str().unwrap(), "--stages", "head:1", "--out", disk.to_str().unwrap(), "--name", "r"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    a.extend(small(&w));
+    let (code, _, err) = run(&a.iter().map(String::as_str).collect::<Vec<_>>(), d.path());
+    assert_eq!(code, 1, "{err}");
+    let line: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(line.len(), 1, "{err}");
+    assert!(line[0].contains(disk.to_str().unwrap()) && line[0].contains("No space left on device"), "{err}");
+    let run_dir = disk.join("r");
+    assert!(!run_dir.join("COMPLETE").exists());
+    let left: Vec<String> =
+        std::fs::read_dir(&run_dir).map(|r| r.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default();
+    assert!(left.iter().all(|n| !n.contains(".tmp")), "temporary files left: {left:?}");
+    assert!(!disk.join("latest").exists(), "no run marked as the latest");
+}
+
+#[test]
+fn an_unreadable_image_is_named() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tmp();
+    let f = d.path().join("data");
+    separable_folders(&f, 3, 32);
+    let p = f.join("a/00.png");
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o000)).unwrap();
+    if std::fs::read(&p).is_ok() {
+        eprintln!("skipped: running as root, file permissions do not stop reads (the error path is the same `cannot read` as a missing file)");
+        return;
+    }
+    let w = d.path().join("trunk.safetensors");
+    trunk_only(&w, 14);
+    let s = small(&w);
+    let (code, _, err) = run(&args(&s, &["finetune", "--data", f.to_str().unwrap()]), d.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("00.png") && err.contains("Permission denied"), "{err}");
 }

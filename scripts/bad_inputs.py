@@ -1,0 +1,238 @@
+#!/usr/bin/env python3
+"""Feeds vggft every kind of bad input the reliability issue lists and prints a
+Markdown table: input, what vggft said (its error or warning line), exit code.
+
+  .venv/bin/python scripts/bad_inputs.py [path/to/vggft]
+
+Runs small networks (--width-div 16, 32 px, random or tiny weights) in a
+temporary folder; takes about a minute. The tests assert the same messages;
+this script is the human-readable inventory.
+"""
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.abspath(sys.argv[1]) if len(sys.argv) > 1 else os.path.join(ROOT, "target", "release", "vggft")
+SMALL = ["--width-div", "16", "--image-size", "32", "--device", "cpu", "--threads", "1", "--stages", "head:1"]
+W = os.path.join(ROOT, "weights", "vgg16-hed.safetensors")
+rows = []
+
+
+def vggft(*args, cwd):
+    p = subprocess.run([BIN, *args], cwd=cwd, capture_output=True, text=True, errors="replace")
+    return p.returncode, p.stdout, p.stderr
+
+
+def said(err, out="", want=("error", "warning", "interrupted")):
+    lines = [l for l in (err + "\n" + out).splitlines() if l.strip()]
+    hits = [l for l in lines if l.startswith(want)]
+    return (hits or lines or ["(nothing)"])[0].strip()
+
+
+def record(what, code, msg):
+    rows.append((what, msg.replace("|", "\\|"), code))
+    print(f"{code:>3}  {what}: {msg}", file=sys.stderr)
+
+
+def png(path, w=32, h=32, value=None, mode="L"):
+    a = (np.arange(w * h).reshape(h, w) % 251).astype(np.uint8) if value is None else np.full((h, w), value, np.uint8)
+    Image.fromarray(a).convert(mode).save(path)
+
+
+def folders(root, per_class=4):
+    for c, v in (("neutral", 40), ("happy", 200)):
+        os.makedirs(os.path.join(root, c), exist_ok=True)
+        for i in range(per_class):
+            png(os.path.join(root, c, f"{i:02}.png"), value=v + i)
+
+
+def tiff_header(w, h):
+    """A little-endian 8-bit gray TIFF header claiming w×h pixels, with 8 bytes of data."""
+    entries = [(256, 4, 1, w), (257, 4, 1, h), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1), (273, 4, 1, 8 + 2 + 12 * 8 + 4), (278, 4, 1, h), (279, 4, 1, 8)]
+    ifd = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHII", *e) for e in entries) + struct.pack("<I", 0)
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + bytes(8)
+
+
+def main():
+    d = tempfile.mkdtemp(prefix="vggft-bad-")
+    try:
+        run_inventory(d)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    print("| bad input | what vggft says | exit |")
+    print("|---|---|---|")
+    for what, msg, code in rows:
+        print(f"| {what} | `{msg}` | {code} |")
+
+
+def run_inventory(d):
+    # A tiny trained run to predict with.
+    good = os.path.join(d, "good")
+    folders(good)
+    code, out, err = vggft("finetune", "--data", good, "--random-init", *SMALL, "--val", "none", "--name", "ok", "--quiet", cwd=d)
+    assert code == 0, err
+    img = os.path.join(d, "img")
+    os.makedirs(img)
+
+    def predict_case(what, name, data=None, make=None):
+        p = os.path.join(img, name)
+        if make:
+            make(p)
+        elif data is not None:
+            open(p, "wb").write(data)
+        code, out, err = vggft("predict", p, "--model", "runs/ok", cwd=d)
+        record(what, code, said(err, out if code == 0 else "", want=("error", "warning", p)) if code else "works: " + out.strip().split("\n")[0].replace(d + "/", ""))
+
+    ok_png = os.path.join(d, "ok.png")
+    png(ok_png)
+    ok_jpg = os.path.join(d, "ok.jpg")
+    Image.open(ok_png).convert("RGB").save(ok_jpg)
+    tif = os.path.join(d, "ok.tiff")
+    Image.open(ok_png).save(tif)
+    predict_case("zero-byte file", "empty.tiff", b"")
+    predict_case("truncated TIFF", "cut.tiff", open(tif, "rb").read()[:300])
+    predict_case("truncated PNG", "cut.png", open(ok_png, "rb").read()[:60])
+    predict_case("truncated JPEG (libjpeg-style: decodes what is there)", "cut.jpg", open(ok_jpg, "rb").read()[:400])
+    predict_case("text file named .tiff", "text.tiff", b"this is a text file\n")
+    predict_case("16-bit gray TIFF (must work)", "gray16.tiff", make=lambda p: Image.fromarray((np.arange(1024).reshape(32, 32) * 60).astype(np.uint16)).save(p))
+    predict_case("palette TIFF (must work)", "palette.tiff", make=lambda p: Image.open(ok_png).convert("P").save(p))
+    predict_case("RGBA PNG (works; alpha ignored)", "rgba.png", make=lambda p: Image.open(ok_png).convert("RGBA").save(p))
+    predict_case("CMYK JPEG (works; converted to luma)", "cmyk.jpg", make=lambda p: Image.open(ok_png).convert("CMYK").save(p))
+    predict_case("1×1 image", "one.png", make=lambda p: png(p, 1, 1))
+    predict_case("header claiming 100000×100000 pixels", "huge.tiff", tiff_header(100000, 100000))
+    nonutf = os.path.join(img.encode(), b"caf\xe9.png")
+    png(nonutf.decode("utf-8", "surrogateescape"))
+    p = subprocess.run([BIN.encode(), b"predict", nonutf, b"--model", b"runs/ok"], cwd=d, capture_output=True)
+    record("non-UTF-8 file name (works; shown lossily)", p.returncode, p.stdout.decode("utf-8", "replace").strip().replace(d + "/", ""))
+    os.symlink("loop.png", os.path.join(img, "loop.png"))
+    code, out, err = vggft("predict", os.path.join(img, "loop.png"), "--model", "runs/ok", cwd=d)
+    record("symlink loop", code, said(err, want=("error", os.path.join(img, "loop.png"))))
+    if os.geteuid() == 0:
+        rows.append(("unreadable file (permissions)", "not reproducible as root (root reads any file); tested as a normal user: `… cannot read: Permission denied`", "1"))
+    else:
+        u = os.path.join(img, "locked.png")
+        png(u)
+        os.chmod(u, 0)
+        code, out, err = vggft("predict", u, "--model", "runs/ok", cwd=d)
+        record("unreadable file (permissions)", code, said(err, want=("error", u)))
+
+    def data_case(what, root, *extra):
+        code, out, err = vggft("finetune", "--data", root, "--random-init", *SMALL, *extra, cwd=d)
+        record(what, code, said(err) if code else "works; " + said(err, want=("warning", "note")))
+
+    e = os.path.join(d, "empty")
+    os.makedirs(e)
+    data_case("empty folder", e)
+    one = os.path.join(d, "one")
+    os.makedirs(os.path.join(one, "neutral"))
+    png(os.path.join(one, "neutral", "a.png"))
+    png(os.path.join(one, "neutral", "b.png"), value=9)
+    data_case("one class only", one)
+    single = os.path.join(d, "single")
+    folders(single)
+    for f in os.listdir(os.path.join(single, "neutral"))[1:]:
+        os.remove(os.path.join(single, "neutral", f))
+    data_case("a class with a single image (the split needs two)", single)
+    jaffe = os.path.join(d, "jaffe")
+    os.makedirs(jaffe)
+    for n in ["KA.NE1.26.tiff", "KA.HA1.29.tiff", "KL.NE1.155.tiff", "KL.XX1.158.tiff"]:
+        Image.open(ok_png).save(os.path.join(jaffe, n))
+    data_case("unknown JAFFE expression code", jaffe)
+    dup = os.path.join(d, "dup")
+    folders(dup)
+    shutil.copy(os.path.join(dup, "neutral", "00.png"), os.path.join(dup, "happy", "99.png"))
+    data_case("the same file under two classes (warns)", dup, "--val", "none")
+    csvd = os.path.join(d, "csv")
+    folders(csvd)
+
+    def csv_case(what, text, *extra):
+        p = os.path.join(csvd, "m.csv")
+        open(p, "w", encoding="utf-8").write(text)
+        data_case(what, p, *extra)
+
+    rel = [f"{c}/{i:02}.png" for c in ("neutral", "happy") for i in range(4)]
+    csv_case("CSV with a BOM and quoted fields (works)", "\ufeff\"path\",\"label\"\n" + "".join(f'"{r}","{r.split("/")[0]}"\n' for r in rel), "--val", "none")
+    csv_case("CSV missing the label column", "path,subject\n" + "".join(f"{r},s\n" for r in rel))
+    csv_case("CSV naming a missing file", "path,label\n" + "".join(f"{r},{r.split('/')[0]}\n" for r in rel) + "gone.png,neutral\n")
+    shutil.copy(ok_png, os.path.join(d, "outside.png"))
+    csv_case("CSV path outside its folder (allowed, reported)", "path,label\n" + "".join(f"{r},{r.split('/')[0]}\n" for r in rel) + "../outside.png,neutral\n", "--val", "none")
+
+    # Weights and runs.
+    wd = os.path.join(d, "w")
+    os.makedirs(wd)
+
+    def weights_case(what, path, *extra):
+        code, out, err = vggft("finetune", "--data", good, "--weights", path, *extra, "--image-size", "32", "--device", "cpu", "--stages", "head:1", "--quiet", cwd=d)
+        record(what, code, said(err))
+
+    if os.path.exists(W):
+        raw = open(W, "rb").read()
+        open(os.path.join(wd, "cut.safetensors"), "wb").write(raw[: len(raw) // 2])
+        weights_case("truncated safetensors", os.path.join(wd, "cut.safetensors"))
+        t = load_file(W)
+        bad = dict(t)
+        bad["features.0.weight"] = bad["features.0.weight"].clone()
+        bad["features.0.weight"][0, 0, 0, 0] = float("nan")
+        save_file(bad, os.path.join(wd, "nan.safetensors"))
+        weights_case("NaN in a weight", os.path.join(wd, "nan.safetensors"))
+        shape = dict(t)
+        shape["features.28.weight"] = torch.zeros(512, 512, 1, 1)
+        save_file(shape, os.path.join(wd, "shape.safetensors"))
+        weights_case("wrong shape", os.path.join(wd, "shape.safetensors"))
+        weights_case("--bn recalibrate with plain VGG16 weights", W, "--bn", "recalibrate")
+    save_file({"encoder.conv.weight": torch.zeros(3, 3)}, os.path.join(wd, "keys.safetensors"))
+    weights_case("wrong keys", os.path.join(wd, "keys.safetensors"))
+    r = os.path.join(d, "runs", "ok")
+    cfg = open(os.path.join(r, "config.json")).read()
+    open(os.path.join(r, "config.json"), "w").write(cfg[:40])
+    code, out, err = vggft("predict", ok_png, "--model", "runs/ok", cwd=d)
+    record("run folder with an edited (broken) config.json", code, said(err))
+    c = json.loads(cfg)
+    c["classes"] = ["a", "b", "c"]
+    open(os.path.join(r, "config.json"), "w").write(json.dumps(c))
+    code, out, err = vggft("predict", ok_png, "--model", "runs/ok", cwd=d)
+    record("model from a different class count than its config", code, said(err))
+    os.remove(os.path.join(r, "config.json"))
+    code, out, err = vggft("predict", ok_png, "--model", "runs/ok", cwd=d)
+    record("run folder without config.json", code, said(err))
+    code, out, err = vggft("predict", ok_png, "--model", "runs/none", cwd=d)
+    record("missing model (run folder)", code, said(err))
+    open(os.path.join(d, "blocked"), "w").write("x")
+    code, out, err = vggft("finetune", "--data", good, "--random-init", *SMALL, "--out", "blocked", cwd=d)
+    record("output folder that cannot be created (a file is in the way)", code, said(err))
+    ro = os.path.join(d, "ro")
+    os.makedirs(ro)
+    os.chmod(ro, 0o555)
+    if os.geteuid() != 0:
+        code, out, err = vggft("finetune", "--data", good, "--random-init", *SMALL, "--out", ro, cwd=d)
+        record("read-only output folder", code, said(err))
+    else:
+        rows.append(("read-only output folder", "not reproducible as root; the same `cannot create folder` / `cannot write` error path as above", "1"))
+    disk = os.path.join(d, "disk")
+    os.makedirs(disk)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48k", "tmpfs", disk], capture_output=True).returncode == 0:
+        try:
+            code, out, err = vggft("finetune", "--data", good, "--random-init", *SMALL, "--out", disk, "--quiet", cwd=d)
+            left = [f for r_, _, fs in os.walk(disk) for f in fs if ".tmp" in f or f == "COMPLETE"]
+            record(f"full disk (48 KiB tmpfs; temp or COMPLETE files left: {len(left)})", code, said(err))
+        finally:
+            subprocess.run(["umount", disk])
+    else:
+        rows.append(("full disk", "not tried: mounting a small tmpfs needs root; the test of the same name skips likewise", "–"))
+    for opt in (["--freeze-until", "conv9"], ["--epochs", "0"], ["--lr", "-1"], ["--batch-size", "1"]):
+        code, out, err = vggft("finetune", "--data", good, "--random-init", *SMALL[:-2], *opt, cwd=d)
+        record(" ".join(opt), code, said(err, want=("error",)))
+
+
+if __name__ == "__main__":
+    main()
