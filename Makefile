@@ -47,7 +47,8 @@ fuzz: setup
 	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 	for t in decode manifest; do \
 	  mkdir -p target/fuzz-corpus/$$t && cp -r fuzz/corpus/$$t/. target/fuzz-corpus/$$t/ && \
-	  (cd fuzz && cargo +nightly fuzz run $$t ../target/fuzz-corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096) || exit 1; \
+	  (cd fuzz && LD_LIBRARY_PATH=$$(ls -d $(VENV)/lib/python3*/site-packages/torch/lib) \
+	    cargo +nightly fuzz run -O $$t ../target/fuzz-corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096) || exit 1; \
 	done
 
 lint: setup

@@ -49,7 +49,14 @@ pub fn is_image(path: &Path) -> bool {
 /// Parses a JAFFE name `SS.EEn.NNN.tiff` → (subject, expression name).
 pub fn parse_jaffe_name(name: &str) -> Option<std::result::Result<(String, String), String>> {
     let parts: Vec<&str> = name.split('.').collect();
-    if parts.len() != 4 || !is_image(Path::new(name)) || parts[0].is_empty() || parts[1].len() < 3 || !parts[2].chars().all(|c| c.is_ascii_digit()) {
+    // ASCII only: `split_at(2)` below must not cut a multi-byte character (found by fuzzing).
+    if parts.len() != 4
+        || !is_image(Path::new(name))
+        || parts[0].is_empty()
+        || !parts[1].is_ascii()
+        || parts[1].len() < 3
+        || !parts[2].chars().all(|c| c.is_ascii_digit())
+    {
         return None;
     }
     let (code, sample) = parts[1].split_at(2);
@@ -203,4 +210,18 @@ fn scan_csv(csv_path: &Path) -> Result<Dataset> {
     }
     samples.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(Dataset { root: csv_path.to_path_buf(), format: DataFormat::Csv, samples, outside_paths: outside })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_jaffe_name;
+
+    #[test]
+    fn jaffe_names_parse_and_odd_ones_are_not_jaffe() {
+        assert_eq!(parse_jaffe_name("KA.NE1.26.tiff"), Some(Ok(("KA".into(), "neutral".into()))));
+        assert!(parse_jaffe_name("KL.XX1.158.tiff").unwrap().unwrap_err().contains("XX"));
+        assert_eq!(parse_jaffe_name("photo.jpg"), None);
+        // A multi-byte character where the expression code is (a libFuzzer find: it used to panic).
+        assert_eq!(parse_jaffe_name("@.N\u{14b}EK.216.tiff"), None);
+    }
 }
