@@ -104,14 +104,14 @@ def main():
         cached = sum(float(r["seconds"]) for r in h) / len(h)
         _, _, _, rss_u = run([BIN, *ep, "--stages", "conv5:1", "--no-cache", "--name", "epoch-uncached"], "epoch-uncached")
         uncached = float(history(os.path.join(OUT, "epoch-uncached"))[0]["seconds"])
-        _, _, _, rss_b = run([BIN, *ep, "--stages", "conv5:2", "--cache-views", "2", "--precision", "bf16", "--name", "epoch-bf16"], "epoch-bf16")
+        _, err_b, _, rss_b = run([BIN, *ep, "--stages", "conv5:2", "--cache-views", "2", "--precision", "bf16", "--name", "epoch-bf16"], "epoch-bf16")
         hb = history(os.path.join(OUT, "epoch-bf16"))
         bf16 = sum(float(r["seconds"]) for r in hb) / len(hb)
         out, _, _, rss_r = run([PY, os.path.join(ROOT, "scripts", "reference.py"), "epoch", "--data", DATA, "--weights", WEIGHTS, "--image-size", str(SIZE)], "epoch-reference")
         ref_epoch = json.loads(out)["epoch_seconds"]
-        cache_note = f"cache pass (conv1–4, 2 views of 204 images) {cache_seconds(open(os.path.join(OUT, 'epoch-cached.err')).read()):.1f} s once"
+        cache_note = f"cache pass (conv1–4, 2 views of 204 images) {cache_seconds(err):.1f} s once"
         row("conv5 epoch, vggft cached f32", cached, ref_epoch, "s", "≥ 4× faster", cache_note)
-        row("conv5 epoch, vggft cached bf16", bf16, ref_epoch, "s", "", f"cache pass {cache_seconds(open(os.path.join(OUT, 'epoch-bf16.err')).read()):.1f} s once")
+        row("conv5 epoch, vggft cached bf16", bf16, ref_epoch, "s", "", f"cache pass {cache_seconds(err_b):.1f} s once")
         row("conv5 epoch, vggft uncached f32", uncached, ref_epoch, "s")
         row("peak memory, conv5 epoch cached / uncached", rss_c, rss_r, "MiB", "", f"uncached {rss_u:.0f} MiB, bf16 {rss_b:.0f} MiB")
 

@@ -1,5 +1,7 @@
 //! Typed errors for the library. Every variant that concerns a file names it,
-//! so the binary can print one sentence: the file and the problem.
+//! so the binary can print one sentence: the file and the problem. The
+//! underlying cause is part of that sentence, so no variant also exposes it as
+//! `source()` (which made `anyhow`'s chain print it twice).
 
 use std::path::PathBuf;
 
@@ -8,12 +10,8 @@ pub enum Error {
     #[error("{path}: {problem}")]
     File { path: PathBuf, problem: String },
 
-    #[error("{path}: cannot read: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{path}: cannot read: {reason}")]
+    Io { path: PathBuf, reason: std::io::Error },
 
     #[error("{path}: {problem}")]
     Weights { path: PathBuf, problem: String },
@@ -28,7 +26,7 @@ pub enum Error {
     Config(String),
 
     #[error("libtorch: {0}")]
-    Torch(#[from] tch::TchError),
+    Torch(tch::TchError),
 
     #[error("interrupted: {0}")]
     Interrupted(String),
@@ -40,8 +38,8 @@ impl Error {
     pub fn file(path: impl Into<PathBuf>, problem: impl Into<String>) -> Self {
         Error::File { path: path.into(), problem: problem.into() }
     }
-    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+    pub fn io(path: impl Into<PathBuf>, reason: std::io::Error) -> Self {
+        Error::Io { path: path.into(), reason }
     }
     pub fn weights(path: impl Into<PathBuf>, problem: impl Into<String>) -> Self {
         Error::Weights { path: path.into(), problem: problem.into() }

@@ -299,7 +299,7 @@ fn speed(a: SpeedArgs) -> anyhow::Result<()> {
     println!("device {}, {} threads", r.device, r.threads);
     println!("matmul 2048³ peak: {:.1} GFLOP/s f32, {:.1} GFLOP/s bf16", r.matmul_f32_gflops, r.matmul_bf16_gflops);
     for f in &r.forward {
-        let peak = if f.precision == "bf16" { r.matmul_bf16_gflops } else { r.matmul_f32_gflops };
+        let peak = if f.precision == vggft::model::Precision::Bf16 { r.matmul_bf16_gflops } else { r.matmul_f32_gflops };
         println!(
             "forward {} batch {:>2} at {} px: {:.2} images/s, {:.1} GFLOP/s = {:.0} % of the {} matmul peak",
             f.precision,
@@ -366,14 +366,7 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
-            // Our errors already name their cause; print each link only once.
-            let mut parts: Vec<String> = Vec::new();
-            for c in e.chain().map(|c| c.to_string()) {
-                if !parts.iter().any(|p| p.contains(&c)) {
-                    parts.push(c);
-                }
-            }
-            eprintln!("error: {}", parts.join(": "));
+            eprintln!("error: {}", e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": "));
             ExitCode::from(1)
         }
     }

@@ -111,7 +111,8 @@ pub enum HeadKind {
 pub enum Precision {
     #[default]
     F32,
-    /// bfloat16 convolutions: ~2× the float32 rate on CPUs with AVX512-BF16/AMX and on recent GPUs.
+    /// bfloat16 convolutions: faster on CPUs with AMX and on recent GPUs; on an
+    /// AVX512-BF16 CPU without AMX libtorch measured ~1.5× slower than float32 (`make bench`).
     Bf16,
 }
 

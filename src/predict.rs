@@ -43,7 +43,7 @@ fn prepare_one(path: &Path, cfg: &RunConfig, finder: &mut Option<crate::data::fa
     }
     let g = image::load_gray(path).map_err(|e| match e {
         Error::Image { problem, .. } => problem,
-        Error::Io { source, .. } => format!("cannot read: {source}"),
+        Error::Io { reason, .. } => format!("cannot read: {reason}"),
         other => other.to_string(),
     })?;
     crate::data::prepare_image(&g, &cfg.data.preprocess, finder).map(|(px, _)| px)

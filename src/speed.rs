@@ -12,7 +12,7 @@ use crate::model::{Block, ModelConfig, Precision, Vgg16, BLOCK_OF_CONV};
 /// Forward throughput of one configuration.
 #[derive(Clone, Debug, Serialize)]
 pub struct Forward {
-    pub precision: String,
+    pub precision: Precision,
     pub batch: i64,
     pub image_size: i64,
     /// Best of the timed repetitions, seconds per batch.
@@ -81,14 +81,7 @@ pub fn forward(model: &Vgg16, batch: i64, size: i64, reps: usize) -> Forward {
         best
     });
     let flops = forward_flops(&model.cfg, size) * batch as f64;
-    Forward {
-        precision: model.cfg.precision.to_string(),
-        batch,
-        image_size: size,
-        seconds_per_batch: best,
-        images_per_s: batch as f64 / best,
-        gflops: flops / best / 1e9,
-    }
+    Forward { precision: model.cfg.precision, batch, image_size: size, seconds_per_batch: best, images_per_s: batch as f64 / best, gflops: flops / best / 1e9 }
 }
 
 /// Everything `vggft speed` measures.

@@ -430,9 +430,10 @@ impl Trainer<'_> {
             }
             // Blocks no earlier stage trained still hold the weights a shared cache was built with.
             let untouched = resume.is_none() && self.cfg.stages[..si].iter().all(|s| s.from >= stage.from);
-            let cache = match &base {
-                Some(b) if stage.from > b.from && untouched && shared(stage.from).is_some() => shared(stage.from).map(Cache::shallow),
-                Some(b) if stage.from >= b.from => {
+            let reusable = base.as_ref().filter(|b| stage.from > b.from && untouched).and_then(|_| shared(stage.from));
+            let cache = match (&base, reusable) {
+                (_, Some(c)) => Some(c.shallow()),
+                (Some(b), None) if stage.from >= b.from => {
                     let t0 = Instant::now();
                     let c = derive_cache(model, b, stage.from);
                     if stage.from > b.from {

@@ -293,7 +293,8 @@ fn non_utf8_file_names_train_and_predict() {
     let w = d.path().join("trunk.safetensors");
     trunk_only(&w, 15);
     let s = small(&w);
-    let (code, out, err) = run(&args(&s, &["finetune", "--data", f.to_str().unwrap(), "--task", "multiclass", "--stages", "head:1", "--val", "none", "--name", "r"]), d.path());
+    let (code, out, err) =
+        run(&args(&s, &["finetune", "--data", f.to_str().unwrap(), "--task", "multiclass", "--stages", "head:1", "--val", "none", "--name", "r"]), d.path());
     assert_eq!(code, 0, "{out}\n{err}");
     let split = std::fs::read_to_string(d.path().join("runs/r/split.csv")).unwrap();
     assert!(split.contains("caf\u{FFFD}.png"), "listed (lossily) in split.csv: {split}");

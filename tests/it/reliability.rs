@@ -170,12 +170,9 @@ fn a_full_disk_is_one_clear_error_and_leaves_no_half_written_file() {
         return;
     }
     let _guard = Mount(disk.clone());
-    let mut a: Vec<String> = ["finetune", "--data", m.to_str().unwrap(), "--stages", "head:1", "--out", disk.to_str().unwrap(), "--name", "r"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    a.extend(small(&w));
-    let (code, _, err) = run(&a.iter().map(String::as_str).collect::<Vec<_>>(), d.path());
+    let s = small(&w);
+    let (code, _, err) =
+        run(&args(&s, &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:1", "--out", disk.to_str().unwrap(), "--name", "r"]), d.path());
     assert_eq!(code, 1, "{err}");
     let line: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
     assert_eq!(line.len(), 1, "{err}");
