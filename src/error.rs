@@ -30,6 +30,10 @@ pub enum Error {
 
     #[error("interrupted: {0}")]
     Interrupted(String),
+
+    /// The training loss stopped being a finite number.
+    #[error("training diverged: the loss became {loss} at epoch {epoch}; lower the learning rate (--lr; try vggft lr-find)")]
+    Diverged { epoch: usize, loss: f64 },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

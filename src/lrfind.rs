@@ -4,16 +4,13 @@
 
 use std::path::PathBuf;
 
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
-use tch::{Kind, Reduction, Tensor};
-
+use crate::config::Stage;
+use crate::data::augment::Augment;
 use crate::error::{Error, Result};
 use crate::model::{Block, Vgg16};
-use crate::optim::{Group, Optimizer};
 use crate::run::{model_config, prepare, resolve_weights};
-use crate::train::{class_weights, Reporter};
+use crate::train::hooks::LrSweep;
+use crate::train::{batches, Ctx, Reporter, TrainData, Trainer};
 use crate::{fsutil, plot, weights};
 
 pub struct Request {
@@ -68,65 +65,26 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Found> {
     let device = crate::run::parse_device(&req.recipe.device)?;
     let p = prepare(&req.recipe.data, req.recipe.train.seed, reporter)?;
     tch::manual_seed(req.recipe.train.seed as i64);
-    let mut model = Vgg16::new(&model_config(&req.recipe.model, p.labels.classes.len()), device)?;
+    let mut model = Vgg16::new(&model_config(&req.recipe.model, p.data.num_classes), device)?;
     if !req.recipe.random_init {
         let w = resolve_weights(req.recipe.weights.as_deref(), req.recipe.model.bn.has_bn())?;
         weights::load_pretrained(&mut model, &w)?;
     }
-    // The sweep trains from the deepest stage's freeze point.
-    let from = req.recipe.train.stages.iter().map(|s| s.from).min().unwrap_or(Block::Head);
-    model.set_trainable_from(from);
-    let pre = &req.recipe.data.preprocess;
-    let train = &p.data.train;
-    // Frozen prefix computed once (no augmentation: the sweep measures the rate, not generalisation).
-    let feats = tch::no_grad(|| {
-        let parts: Vec<Tensor> =
-            train.chunks(32).map(|c| model.features(&pre.normalise(&crate::data::select(&p.data.gray, c, device)), Block::Conv1, from, false)).collect();
-        Tensor::cat(&parts, 0)
-    });
-    let groups = model
-        .param_groups()
-        .into_iter()
-        .map(|g| Group {
-            name: g.block.to_string(),
-            lr_mult: req.recipe.train.block_lr_factor.powi((Block::Head.index() - g.block.index()) as i32),
-            weight_decay: if g.decay { req.recipe.train.weight_decay } else { 0.0 },
-            params: g.params,
-        })
-        .collect();
-    let mut opt = Optimizer::new(req.recipe.train.optimizer, groups, req.recipe.train.momentum);
-    let cw = Tensor::from_slice(&class_weights(&req.recipe.train, &p.data)).to_kind(Kind::Float).to_device(device);
-    let targets: Vec<i64> = train.iter().map(|&i| p.data.targets[i]).collect();
-    let mut rng = ChaCha8Rng::seed_from_u64(req.recipe.train.seed);
-    let mut order: Vec<usize> = Vec::new();
-    let ratio = (req.end_lr / req.start_lr).powf(1.0 / (req.steps - 1) as f64);
-    let (mut avg, mut best) = (0.0, f64::INFINITY);
-    let mut points = Vec::new();
-    for step in 0..req.steps {
-        if order.len() < req.recipe.train.batch_size {
-            let mut o: Vec<usize> = (0..train.len()).collect();
-            o.shuffle(&mut rng);
-            order.extend(o);
-        }
-        let b: Vec<usize> = order.drain(..req.recipe.train.batch_size.min(order.len()).max(2.min(train.len()))).collect();
-        let lr = req.start_lr * ratio.powi(step as i32);
-        let idx = Tensor::from_slice(&b.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(device);
-        let x = feats.index_select(0, &idx);
-        let y = Tensor::from_slice(&b.iter().map(|&i| targets[i]).collect::<Vec<_>>()).to_device(device);
-        let loss = model.forward_from(&x, from, true).cross_entropy_loss(&y, Some(&cw), Reduction::Mean, -100, req.recipe.train.label_smoothing);
-        opt.zero_grad();
-        loss.backward();
-        opt.step(lr);
-        let l = f64::try_from(&loss).unwrap_or(f64::NAN);
-        avg = 0.98 * avg + 0.02 * l;
-        let smooth = avg / (1.0 - 0.98f64.powi(step as i32 + 1));
-        points.push((lr, l, smooth));
-        best = best.min(smooth);
-        if !l.is_finite() || (step > 10 && smooth > 4.0 * best) {
-            reporter.message(&format!("lr-find: loss diverged at rate {lr:.2e}, stopping the sweep"));
-            break;
-        }
-    }
+    // One stage from the deepest freeze point, on the training images without
+    // augmentation (the sweep measures the rate, not generalisation), so the
+    // frozen prefix is cached once; the sweep hook sets each step's rate.
+    let mut cfg = req.recipe.train.clone();
+    let from = cfg.stages.iter().map(|s| s.from).min().unwrap_or(Block::Head);
+    let per_epoch = batches(&p.data.train, cfg.batch_size).len().max(1);
+    cfg.stages = vec![Stage { from, epochs: req.steps.div_ceil(per_epoch) }];
+    cfg.augment = Augment::preset("none")?;
+    cfg.patience = 0;
+    let data = TrainData { val: vec![], ..p.data };
+    let trainer = Trainer { cfg: &cfg, pre: &req.recipe.data.preprocess, data: &data, device, checkpoint_dir: None, stop: None, shared: &[] };
+    let mut sweep = LrSweep::new(req.start_lr, req.end_lr, req.steps);
+    let mut ctx = Ctx { model: &mut model, reporter, state: Default::default(), opt: None, lr: 0.0, epoch: 0, steps: 0, best: None, stop: false };
+    trainer.fit(&mut ctx, &mut [&mut sweep], false)?;
+    let points = sweep.points;
     let (suggested, method) = suggest(&points);
     fsutil::create_dir(&req.out)?;
     let csv = req.out.join("lr-find.csv");

@@ -72,7 +72,6 @@ impl Schedule {
 
 /// Parameters sharing a rate multiplier and a weight decay.
 pub struct Group {
-    pub name: String,
     pub params: Vec<(String, Tensor)>,
     pub lr_mult: f64,
     pub weight_decay: f64,
@@ -212,11 +211,7 @@ mod tests {
     fn sgd_with_momentum_matches_pytorch_rule() {
         // p = 1, grad = 2 each step, momentum 0.9, wd 0: buf 2, then 3.8; p 1 − 0.1·2 − 0.1·3.8.
         let p = Tensor::from_slice(&[1.0f32]).set_requires_grad(true);
-        let mut opt = Optimizer::new(
-            OptimKind::Sgd,
-            vec![Group { name: "g".into(), params: vec![("p".into(), p.shallow_clone())], lr_mult: 1.0, weight_decay: 0.0 }],
-            0.9,
-        );
+        let mut opt = Optimizer::new(OptimKind::Sgd, vec![Group { params: vec![("p".into(), p.shallow_clone())], lr_mult: 1.0, weight_decay: 0.0 }], 0.9);
         for _ in 0..2 {
             opt.zero_grad();
             (&p * 2.0).sum(tch::Kind::Float).backward();
@@ -232,8 +227,7 @@ mod adaptive_tests {
 
     fn one_step(kind: OptimKind, wd: f64) -> f64 {
         let p = Tensor::from_slice(&[1.0f64]).set_requires_grad(true);
-        let mut opt =
-            Optimizer::new(kind, vec![Group { name: "g".into(), params: vec![("p".into(), p.shallow_clone())], lr_mult: 1.0, weight_decay: wd }], 0.0);
+        let mut opt = Optimizer::new(kind, vec![Group { params: vec![("p".into(), p.shallow_clone())], lr_mult: 1.0, weight_decay: wd }], 0.0);
         opt.zero_grad();
         (&p * 3.0).sum(tch::Kind::Double).backward();
         opt.step(0.1);

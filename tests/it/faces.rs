@@ -10,8 +10,7 @@ use vggft::data::image::load_gray;
 use crate::common::*;
 
 fn london() -> Option<std::path::PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/london-faces");
-    p.exists().then_some(p)
+    london_dir()
 }
 
 #[test]

@@ -203,7 +203,7 @@ fn freezing_keeps_frozen_tensors_bit_identical() {
     assert!(no_decay.iter().all(|n| n.ends_with("bias") || n.contains("norm") || !n.contains("features.37.weight")));
     assert!(no_decay.iter().any(|n| n.as_str() == "features.38.weight"), "BN γ of conv5 has no decay: {no_decay:?}");
     let before = m.named_tensors().into_iter().map(|(n, t)| (n, t.copy())).collect::<Vec<_>>();
-    let opt_groups = groups.into_iter().map(|g| Group { name: g.block.to_string(), params: g.params, lr_mult: 1.0, weight_decay: 0.01 }).collect();
+    let opt_groups = groups.into_iter().map(|g| Group { params: g.params, lr_mult: 1.0, weight_decay: 0.01 }).collect();
     let mut opt = Optimizer::new(OptimKind::Sgd, opt_groups, 0.9);
     let y = m.forward_t(&input(4, 32), true);
     let loss = y.cross_entropy_for_logits(&Tensor::from_slice(&[0i64, 1, 0, 1]));

@@ -193,14 +193,26 @@ fn an_unreadable_image_is_named() {
     separable_folders(&f, 3, 32);
     let p = f.join("a/00.png");
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o000)).unwrap();
-    if std::fs::read(&p).is_ok() {
-        eprintln!("skipped: running as root, file permissions do not stop reads (the error path is the same `cannot read` as a missing file)");
-        return;
-    }
     let w = d.path().join("trunk.safetensors");
     trunk_only(&w, 14);
     let s = small(&w);
-    let (code, _, err) = run(&args(&s, &["finetune", "--data", f.to_str().unwrap()]), d.path());
+    let a = args(&s, &["finetune", "--data", f.to_str().unwrap()]);
+    // Root reads any file: run the binary as `nobody` (setpriv) so the permission bits count.
+    let out = if std::fs::read(&p).is_ok() {
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_vggft")]).args(&a).current_dir(d.path());
+        match c.output() {
+            Ok(o) if !String::from_utf8_lossy(&o.stderr).starts_with("setpriv:") => o,
+            _ => {
+                eprintln!("skipped: running as root and setpriv cannot drop privileges here, so permission bits do not stop reads");
+                return;
+            }
+        }
+    } else {
+        bin().args(&a).current_dir(d.path()).output().unwrap()
+    };
+    let (code, err) = (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned());
     assert_eq!(code, 1);
     assert!(err.contains("00.png") && err.contains("Permission denied"), "{err}");
 }

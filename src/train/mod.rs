@@ -1,0 +1,336 @@
+//! Staged fine-tuning on one loop. `fit` walks stages → epochs → batches;
+//! per stage it freezes below the stage's block, rebuilds the optimizer with
+//! per-block rates and picks a batch source (the frozen prefix's cached
+//! output when it cannot change, else the images); everything else — progress,
+//! best weights, early stopping, checkpoints, Ctrl-C, the divergence guard,
+//! the learning-rate sweep — is a hook (`hooks`).
+//!
+//! Reproducible on CPU: every random draw comes from seeds derived from the
+//! run seed and the epoch, so a resumed run replays exactly.
+
+pub mod checkpoint;
+pub mod hooks;
+pub mod source;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Reduction, Tensor};
+
+pub use checkpoint::{load_state, remove_checkpoints, save_checkpoint, STATE};
+pub use hooks::{BatchEnd, Ctx, Hook};
+pub use source::{build_cache, cache_plan, derive_cache, Cache};
+
+use crate::config::{ClassWeights, Stage, TrainConfig};
+use crate::data::Preprocess;
+use crate::error::{Error, Result};
+use crate::eval;
+use crate::model::{Block, Vgg16};
+use crate::optim::{Group, Optimizer};
+use hooks::{BestWeights, Checkpointer, DivergenceGuard, EarlyStopping, Interrupt, Progress};
+use source::Sources;
+
+/// Images and labels for training, already decoded (gray, CPU).
+pub struct TrainData {
+    /// (N,1,S,S) gray in [0,1].
+    pub gray: Tensor,
+    pub targets: Vec<i64>,
+    pub train: Vec<usize>,
+    pub val: Vec<usize>,
+    pub num_classes: usize,
+}
+
+/// One line of `history.csv`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochRow {
+    pub epoch: usize,
+    pub stage: usize,
+    pub block: String,
+    pub lr: f64,
+    pub train_loss: f64,
+    pub train_acc: f64,
+    pub val_loss: Option<f64>,
+    pub val_acc: Option<f64>,
+    pub val_bacc: Option<f64>,
+    pub seconds: f64,
+}
+
+/// Progress and messages go through this, never to stdout from the library.
+pub trait Reporter {
+    fn message(&mut self, msg: &str);
+    fn epoch_start(&mut self, _epoch: usize, _total: usize, _batches: usize) {}
+    fn batch(&mut self, _done: usize, _loss: f64, _acc: f64, _images_per_s: f64) {}
+    fn epoch_end(&mut self, _row: &EpochRow) {}
+}
+
+/// A reporter that keeps messages (tests, quiet runs).
+#[derive(Default)]
+pub struct Collect {
+    pub messages: Vec<String>,
+}
+
+impl Reporter for Collect {
+    fn message(&mut self, msg: &str) {
+        self.messages.push(msg.to_string());
+    }
+}
+
+/// Where progress is saved after each epoch (`--resume` reads it back).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ResumeState {
+    pub stage: usize,
+    /// Epochs finished within `stage`.
+    pub stage_epoch: usize,
+    /// Epoch rows so far.
+    pub history: Vec<EpochRow>,
+    pub best_loss: Option<f64>,
+    pub best_epoch: usize,
+    pub since_best: usize,
+    /// The current stage was ended early.
+    pub stage_done: bool,
+    /// The tensor file this state belongs to (written before the state, so
+    /// the state file is the commit point of a checkpoint).
+    #[serde(default)]
+    pub checkpoint: String,
+}
+
+pub struct Outcome {
+    pub history: Vec<EpochRow>,
+    /// 1-based epoch whose weights were kept.
+    pub best_epoch: usize,
+}
+
+/// Class weights for the loss, from the training split.
+pub fn class_weights(cfg: &TrainConfig, data: &TrainData) -> Vec<f64> {
+    let c = data.num_classes;
+    if cfg.class_weights == ClassWeights::None {
+        return vec![1.0; c];
+    }
+    let mut n = vec![0usize; c];
+    for &i in &data.train {
+        n[data.targets[i] as usize] += 1;
+    }
+    let total = data.train.len() as f64;
+    n.iter().map(|&k| if k == 0 { 0.0 } else { total / (c as f64 * k as f64) }).collect()
+}
+
+/// Seed for one purpose at one point of the run.
+pub(crate) fn sub_seed(seed: u64, what: u64, a: u64, b: u64) -> u64 {
+    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ what.wrapping_mul(0xBF58_476D_1CE4_E5B9)
+        ^ a.wrapping_mul(0x94D0_49BB_1331_11EB)
+        ^ b.wrapping_add(0x2545_F491_4F6C_DD1D)
+}
+
+/// Splits shuffled indices into batches, merging a trailing batch of one
+/// into the previous one (a BatchNorm layer cannot train on one sample).
+pub fn batches(idx: &[usize], batch_size: usize) -> Vec<Vec<usize>> {
+    let mut out: Vec<Vec<usize>> = idx.chunks(batch_size).map(|c| c.to_vec()).collect();
+    if out.len() > 1 && out.last().is_some_and(|b| b.len() == 1) {
+        let last = out.pop().unwrap_or_default();
+        if let Some(prev) = out.last_mut() {
+            prev.extend(last);
+        }
+    }
+    out
+}
+
+pub struct Trainer<'a> {
+    pub cfg: &'a TrainConfig,
+    pub pre: &'a Preprocess,
+    pub data: &'a TrainData,
+    pub device: Device,
+    /// Run folder for per-epoch checkpoints (none in tests that don't need them).
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Checked between batches; when set, training stops after the current batch.
+    pub stop: Option<&'a std::sync::atomic::AtomicBool>,
+    /// Caches of the untrained (pretrained) model, built once for several
+    /// runs (cross-validation folds), at one or more freeze points.
+    pub shared: &'a [Cache],
+}
+
+impl Trainer<'_> {
+    fn weights_tensor(&self) -> Tensor {
+        let w = class_weights(self.cfg, self.data);
+        Tensor::from_slice(&w).to_kind(Kind::Float).to_device(self.device)
+    }
+
+    /// The optimizer over the model's trainable tensors, one group per block
+    /// (rate × `block_lr_factor` per block below the head; no decay on biases and BN).
+    pub fn optimizer(&self, model: &Vgg16) -> Optimizer {
+        let groups = model
+            .param_groups()
+            .into_iter()
+            .map(|g| Group {
+                lr_mult: self.cfg.block_lr_factor.powi((Block::Head.index() - g.block.index()) as i32),
+                weight_decay: if g.decay { self.cfg.weight_decay } else { 0.0 },
+                params: g.params,
+            })
+            .collect();
+        Optimizer::new(self.cfg.optimizer, groups, self.cfg.momentum)
+    }
+
+    /// Eval-mode logits for dataset rows `idx`, from the cache's clean rows when it has them.
+    pub fn logits(&self, model: &Vgg16, cache: Option<&Cache>, idx: &[usize]) -> Tensor {
+        tch::no_grad(|| {
+            let parts: Vec<Tensor> = idx
+                .chunks(32)
+                .map(|c| match cache.filter(|k| k.covers(&[], c)) {
+                    Some(k) => model.forward_from(&k.clean_rows(c, self.device), k.from, false),
+                    None => model.forward_t(&self.pre.normalise(&crate::data::select(&self.data.gray, c, self.device)), false),
+                })
+                .collect();
+            if parts.is_empty() {
+                Tensor::zeros([0, model.cfg.num_classes], (Kind::Float, self.device))
+            } else {
+                Tensor::cat(&parts, 0)
+            }
+        })
+    }
+
+    /// Logits for the validation rows.
+    pub fn val_logits(&self, model: &Vgg16, cache: Option<&Cache>) -> Tensor {
+        self.logits(model, cache, &self.data.val)
+    }
+
+    /// Validation loss, accuracy and balanced accuracy (none without a validation set).
+    fn validate(&self, model: &Vgg16, cache: Option<&Cache>, cw: &Tensor) -> (Option<f64>, Option<f64>, Option<f64>) {
+        if self.data.val.is_empty() {
+            return (None, None, None);
+        }
+        let logits = self.val_logits(model, cache);
+        let y: Vec<i64> = self.data.val.iter().map(|&r| self.data.targets[r]).collect();
+        let yt = Tensor::from_slice(&y).to_device(self.device);
+        let l = f64::try_from(logits.cross_entropy_loss(&yt, Some(cw), Reduction::Mean, -100, 0.0)).unwrap_or(f64::NAN);
+        let pred: Vec<i64> = Vec::<i64>::try_from(logits.argmax(1, false).to_device(Device::Cpu)).unwrap_or_default();
+        (Some(l), Some(eval::accuracy(&y, &pred)), Some(eval::balanced_accuracy(&y, &pred, self.data.num_classes)))
+    }
+
+    /// Runs all stages (from `resume` when given) with the standard hooks:
+    /// progress, divergence guard, Ctrl-C, best weights, early stopping and
+    /// (with a run folder) checkpoints.
+    pub fn run(&self, model: &mut Vgg16, reporter: &mut dyn Reporter, resume: Option<ResumeState>) -> Result<Outcome> {
+        let resumed = resume.is_some();
+        let mut checkpointer = match (&self.checkpoint_dir, resumed) {
+            (Some(dir), _) => Some(Checkpointer::new(dir.clone(), resumed)),
+            (None, true) => return Err(Error::config("resume needs a run folder")),
+            (None, false) => None,
+        };
+        let mut progress = Progress { total_epochs: self.cfg.total_epochs() };
+        let mut interrupt = self.stop.map(Interrupt);
+        let mut early = EarlyStopping { patience: self.cfg.patience, stage_epochs: self.cfg.stages.iter().map(|s| s.epochs).collect() };
+        let (mut guard, mut best) = (DivergenceGuard, BestWeights);
+        let mut hooks: Vec<&mut dyn Hook> = vec![&mut guard, &mut progress];
+        if let Some(h) = interrupt.as_mut() {
+            hooks.push(h);
+        }
+        hooks.push(&mut best);
+        hooks.push(&mut early);
+        if let Some(h) = checkpointer.as_mut() {
+            hooks.push(h);
+        }
+        let mut ctx = Ctx { model, reporter, state: resume.unwrap_or_default(), opt: None, lr: 0.0, epoch: 0, steps: 0, best: None, stop: false };
+        self.fit(&mut ctx, &mut hooks, resumed)?;
+        Ok(Outcome { history: ctx.state.history, best_epoch: ctx.state.best_epoch })
+    }
+
+    /// The loop: stages → epochs → batches from `ctx.state` on, calling every hook at each step.
+    pub fn fit(&self, ctx: &mut Ctx, hooks: &mut [&mut dyn Hook], resumed: bool) -> Result<()> {
+        if self.data.train.len() < 2 {
+            return Err(Error::config("training needs at least 2 images"));
+        }
+        each(hooks, |h| h.before_fit(ctx))?;
+        let cw = self.weights_tensor();
+        let sources = Sources::new(ctx.model, self.cfg, self.pre, self.data, self.device, self.shared, ctx.state.stage, resumed, ctx.reporter);
+        for (si, stage) in self.cfg.stages.iter().enumerate() {
+            let st = &mut ctx.state;
+            if ctx.stop || si < st.stage || (si == st.stage && (st.stage_done || st.stage_epoch >= stage.epochs)) {
+                continue;
+            }
+            if si > st.stage {
+                (st.stage, st.stage_epoch, st.since_best, st.stage_done) = (si, 0, 0, false);
+            }
+            ctx.model.set_trainable_from(stage.from);
+            ctx.opt = Some(self.optimizer(ctx.model));
+            each(hooks, |h| h.before_stage(ctx, si))?;
+            let source = sources.for_stage(ctx.model, si, ctx.reporter);
+            let steps_per_epoch = batches(&self.data.train, self.cfg.batch_size).len();
+            let total_steps = steps_per_epoch * stage.epochs;
+            let warmup = (self.cfg.warmup * total_steps as f64).round() as usize;
+            while ctx.state.stage_epoch < stage.epochs && !ctx.stop {
+                ctx.epoch = ctx.state.history.len() + 1;
+                let t0 = Instant::now();
+                tch::manual_seed(sub_seed(self.cfg.seed, 2, ctx.epoch as u64, 0) as i64 & 0x7FFF_FFFF_FFFF);
+                let mut rng = ChaCha8Rng::seed_from_u64(sub_seed(self.cfg.seed, 3, ctx.epoch as u64, 0));
+                let mut order: Vec<usize> = (0..self.data.train.len()).collect();
+                order.shuffle(&mut rng);
+                let bs = batches(&order, self.cfg.batch_size);
+                each(hooks, |h| h.before_epoch(ctx, bs.len()))?;
+                let (mut loss_sum, mut correct, mut seen) = (0.0, 0i64, 0usize);
+                for (bi, b) in bs.iter().enumerate() {
+                    ctx.lr = self.cfg.lr * self.cfg.schedule.factor(ctx.state.stage_epoch * steps_per_epoch + bi, total_steps, warmup);
+                    each(hooks, |h| h.before_batch(ctx))?;
+                    let rows: Vec<usize> = b.iter().map(|&o| self.data.train[o]).collect();
+                    let logits = ctx.model.forward_from(&source.train_batch(&rows, &mut rng), source.from(), true);
+                    let y = Tensor::from_slice(&rows.iter().map(|&r| self.data.targets[r]).collect::<Vec<_>>()).to_device(self.device);
+                    let loss = logits.cross_entropy_loss(&y, Some(&cw), Reduction::Mean, -100, self.cfg.label_smoothing);
+                    if let Some(opt) = ctx.opt.as_mut() {
+                        opt.zero_grad();
+                        loss.backward();
+                        opt.step(ctx.lr);
+                    }
+                    ctx.steps += 1;
+                    let l = f64::try_from(&loss).unwrap_or(f64::NAN);
+                    loss_sum += l * b.len() as f64;
+                    correct += i64::try_from(logits.argmax(1, false).eq_tensor(&y).sum(Kind::Int64)).unwrap_or(0);
+                    seen += b.len();
+                    let end = BatchEnd {
+                        index: bi + 1,
+                        loss: l,
+                        mean_loss: loss_sum / seen as f64,
+                        accuracy: correct as f64 / seen as f64,
+                        images_per_s: seen as f64 / t0.elapsed().as_secs_f64(),
+                    };
+                    each(hooks, |h| h.after_batch(ctx, &end))?;
+                    if ctx.stop {
+                        break;
+                    }
+                }
+                let (val_loss, val_acc, val_bacc) = self.validate(ctx.model, source.cache(), &cw);
+                let row = EpochRow {
+                    epoch: ctx.epoch,
+                    stage: si + 1,
+                    block: stage.from.to_string(),
+                    lr: ctx.lr,
+                    train_loss: loss_sum / seen as f64,
+                    train_acc: correct as f64 / seen as f64,
+                    val_loss,
+                    val_acc,
+                    val_bacc,
+                    seconds: t0.elapsed().as_secs_f64(),
+                };
+                ctx.state.history.push(row.clone());
+                ctx.state.stage_epoch += 1;
+                each(hooks, |h| h.after_epoch(ctx, &row))?;
+                if ctx.state.stage_done {
+                    break;
+                }
+            }
+        }
+        each(hooks, |h| h.after_fit(ctx))
+    }
+}
+
+/// Calls `f` on every hook in order, stopping at the first error.
+fn each(hooks: &mut [&mut dyn Hook], mut f: impl FnMut(&mut dyn Hook) -> Result<()>) -> Result<()> {
+    hooks.iter_mut().try_for_each(|h| f(&mut **h))
+}
+
+/// Stages → a short human description, e.g. `head:3 → conv5:12`.
+pub fn describe_stages(stages: &[Stage]) -> String {
+    stages.iter().map(|s| format!("{}:{}", s.from, s.epochs)).collect::<Vec<_>>().join(" → ")
+}

@@ -1,0 +1,322 @@
+//! Batch sources: where a training batch's network input comes from. The
+//! plain source decodes (and augments) gray images and runs the whole
+//! network; the cached source reads the frozen prefix's output (a bank of
+//! augmented views per image) and runs only the blocks that train.
+
+use std::time::Instant;
+
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use tch::{Device, Kind, Tensor};
+
+use super::{sub_seed, Reporter, TrainData};
+use crate::config::{Stage, TrainConfig};
+use crate::data::Preprocess;
+use crate::model::{Block, BnMode, Vgg16};
+
+/// The frozen prefix's outputs, indexed by dataset row. Each image's views
+/// depend only on the seed and the image (not on which split it is in), so
+/// one cache can serve every fold of a cross-validation.
+#[derive(Debug)]
+pub struct Cache {
+    pub from: Block,
+    /// K augmented views: row `v·n_aug + aug_row[i]` is view v of image i.
+    aug: Tensor,
+    views: usize,
+    n_aug: usize,
+    aug_row: Vec<Option<usize>>,
+    /// Unaugmented rows (validation / test images; all images without augmentation).
+    clean: Tensor,
+    clean_row: Vec<Option<usize>>,
+}
+
+impl Cache {
+    pub(crate) fn shallow(&self) -> Cache {
+        Cache {
+            from: self.from,
+            aug: self.aug.shallow_clone(),
+            views: self.views,
+            n_aug: self.n_aug,
+            aug_row: self.aug_row.clone(),
+            clean: self.clean.shallow_clone(),
+            clean_row: self.clean_row.clone(),
+        }
+    }
+
+    /// Whether it holds augmented views of every `train` and clean rows of every `eval` image.
+    pub fn covers(&self, train: &[usize], eval: &[usize]) -> bool {
+        train.iter().all(|&i| self.aug_row.get(i).is_some_and(Option::is_some)) && eval.iter().all(|&i| self.clean_row.get(i).is_some_and(Option::is_some))
+    }
+
+    /// Clean (unaugmented) cached rows of dataset rows `rows`, as float32.
+    pub(crate) fn clean_rows(&self, rows: &[usize], device: Device) -> Tensor {
+        self.clean.index_select(0, &index(rows.iter().map(|&i| self.clean_row[i].unwrap_or(0)), device)).to_kind(Kind::Float)
+    }
+
+    /// One randomly drawn augmented view of each dataset row in `rows`.
+    fn views_of(&self, rows: &[usize], rng: &mut ChaCha8Rng, device: Device) -> Tensor {
+        let pick = rows.iter().map(|&r| rng.gen_range(0..self.views) * self.n_aug + self.aug_row[r].unwrap_or(0)).collect::<Vec<_>>();
+        self.aug.index_select(0, &index(pick.into_iter(), device)).to_kind(Kind::Float)
+    }
+}
+
+/// Rows → an index tensor.
+fn index(rows: impl Iterator<Item = usize>, device: Device) -> Tensor {
+    Tensor::from_slice(&rows.map(|r| r as i64).collect::<Vec<_>>()).to_device(device)
+}
+
+/// Builds the cache of blocks below `from` for augmented views of `aug_rows`
+/// and clean views of `clean_rows` (dataset indices into `gray`).
+#[allow(clippy::too_many_arguments)]
+pub fn build_cache(
+    model: &Vgg16,
+    cfg: &TrainConfig,
+    pre: &Preprocess,
+    gray: &Tensor,
+    from: Block,
+    views: usize,
+    aug_rows: &[usize],
+    clean_rows: &[usize],
+    device: Device,
+) -> Cache {
+    let n_all = gray.size()[0] as usize;
+    let identity = cfg.augment.is_identity();
+    let store = if cfg.cache_f16 { Kind::Half } else { Kind::Float };
+    let feats = |rows: &[usize], view: Option<usize>| -> Tensor {
+        tch::no_grad(|| {
+            let parts: Vec<Tensor> = rows
+                .chunks(8)
+                .map(|c| {
+                    let g = crate::data::select(gray, c, device);
+                    let g = match view {
+                        Some(v) => cfg.augment.apply_seeded(&g, &c.iter().map(|&i| sub_seed(cfg.seed, 1, v as u64, i as u64)).collect::<Vec<_>>()),
+                        None => g,
+                    };
+                    model.features(&pre.normalise(&g), Block::Conv1, from, false).to_kind(store)
+                })
+                .collect();
+            Tensor::cat(&parts, 0)
+        })
+    };
+    let row_map = |rows: &[usize]| {
+        let mut m = vec![None; n_all];
+        for (r, &i) in rows.iter().enumerate() {
+            m[i] = Some(r);
+        }
+        m
+    };
+    if identity {
+        let mut all: Vec<usize> = aug_rows.iter().chain(clean_rows).copied().collect();
+        all.sort_unstable();
+        all.dedup();
+        let clean = feats(&all, None);
+        let rows = row_map(&all);
+        return Cache { from, aug: clean.shallow_clone(), views: 1, n_aug: all.len(), aug_row: rows.clone(), clean, clean_row: rows };
+    }
+    let banks: Vec<Tensor> = (0..views).map(|v| feats(aug_rows, Some(v))).collect();
+    Cache {
+        from,
+        aug: Tensor::cat(&banks, 0),
+        views,
+        n_aug: aug_rows.len(),
+        aug_row: row_map(aug_rows),
+        clean: if clean_rows.is_empty() { Tensor::zeros([0], (Kind::Float, device)) } else { feats(clean_rows, None) },
+        clean_row: row_map(clean_rows),
+    }
+}
+
+/// Runs a cache on through the blocks `base.from..from` (frozen in the stage that needs it).
+pub fn derive_cache(model: &Vgg16, base: &Cache, from: Block) -> Cache {
+    if from == base.from {
+        return base.shallow();
+    }
+    let run = |t: &Tensor| -> Tensor {
+        let n = t.size()[0];
+        if n == 0 {
+            return t.shallow_clone();
+        }
+        tch::no_grad(|| {
+            let parts: Vec<Tensor> = (0..n)
+                .step_by(64)
+                .map(|s| model.features(&t.narrow(0, s, (n - s).min(64)).to_kind(Kind::Float), base.from, from, false).to_kind(t.kind()))
+                .collect();
+            Tensor::cat(&parts, 0)
+        })
+    };
+    let aug = run(&base.aug);
+    let same = base.aug.data_ptr() == base.clean.data_ptr();
+    Cache {
+        from,
+        clean: if same { aug.shallow_clone() } else { run(&base.clean) },
+        aug,
+        views: base.views,
+        n_aug: base.n_aug,
+        aug_row: base.aug_row.clone(),
+        clean_row: base.clean_row.clone(),
+    }
+}
+
+/// How many views fit the memory bound, or why the cache is off.
+pub fn cache_plan(
+    model: &Vgg16,
+    cfg: &TrainConfig,
+    pre: &Preprocess,
+    from: Block,
+    n_aug: usize,
+    n_clean: usize,
+    device: Device,
+) -> std::result::Result<usize, String> {
+    if !cfg.cache {
+        return Err("off (--no-cache)".into());
+    }
+    if from == Block::Conv1 {
+        return Err("off: no frozen block in this stage".into());
+    }
+    if model.cfg.bn_mode == BnMode::Train {
+        return Err("off: --bn train changes the frozen blocks' statistics every batch".into());
+    }
+    let views = if cfg.augment.is_identity() { 1 } else { cfg.cache_views };
+    let s = pre.image_size as i64;
+    let probe = tch::no_grad(|| model.features(&Tensor::zeros([1, 3, s, s], (Kind::Float, device)), Block::Conv1, from, false));
+    let per = probe.numel() * if cfg.cache_f16 { 2 } else { 4 };
+    let budget = cfg.cache_mem_mb << 20;
+    let fixed = per * n_clean;
+    let fit = if fixed + per * n_aug > budget { 0 } else { ((budget - fixed) / (per * n_aug.max(1))).min(views) };
+    if fit == 0 {
+        return Err(format!(
+            "off: one view of {} images needs {} MiB, over --cache-mem {} MiB",
+            n_aug + n_clean,
+            (per * (n_aug + n_clean)) >> 20,
+            cfg.cache_mem_mb
+        ));
+    }
+    Ok(fit)
+}
+
+/// Where a stage's batches come from.
+pub(crate) enum Source<'a> {
+    /// Gray images through the whole network, augmented on the fly.
+    Plain { cfg: &'a TrainConfig, pre: &'a Preprocess, data: &'a TrainData, device: Device },
+    /// The frozen prefix's output, read from a cache.
+    Cached { cache: Cache, device: Device },
+}
+
+impl Source<'_> {
+    /// The first block the source's tensors enter.
+    pub(crate) fn from(&self) -> Block {
+        match self {
+            Source::Plain { .. } => Block::Conv1,
+            Source::Cached { cache, .. } => cache.from,
+        }
+    }
+
+    pub(crate) fn cache(&self) -> Option<&Cache> {
+        match self {
+            Source::Plain { .. } => None,
+            Source::Cached { cache, .. } => Some(cache),
+        }
+    }
+
+    /// The training input of dataset rows `rows` (augmented draws come from `rng`).
+    pub(crate) fn train_batch(&self, rows: &[usize], rng: &mut ChaCha8Rng) -> Tensor {
+        match self {
+            Source::Plain { cfg, pre, data, device } => {
+                let g = crate::data::select(&data.gray, rows, *device);
+                let g = if cfg.augment.is_identity() { g } else { cfg.augment.apply(&g, rng) };
+                pre.normalise(&g)
+            }
+            Source::Cached { cache, device } => cache.views_of(rows, rng, *device),
+        }
+    }
+}
+
+/// Caches for one fit: the base cache at the lowest freeze point of the
+/// remaining stages (the blocks below it never train, so it serves every
+/// stage), extended per stage through the blocks that stage keeps frozen,
+/// and caches built once for several fits (cross-validation folds).
+pub(crate) struct Sources<'a> {
+    cfg: &'a TrainConfig,
+    pre: &'a Preprocess,
+    data: &'a TrainData,
+    device: Device,
+    shared: &'a [Cache],
+    base: Option<Cache>,
+    /// Whether the fit resumed from a checkpoint (shared caches then no longer match the weights).
+    resumed: bool,
+}
+
+impl<'a> Sources<'a> {
+    /// Plans (and builds) the base cache for the stages from `first_stage` on.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        model: &Vgg16,
+        cfg: &'a TrainConfig,
+        pre: &'a Preprocess,
+        data: &'a TrainData,
+        device: Device,
+        shared: &'a [Cache],
+        first_stage: usize,
+        resumed: bool,
+        reporter: &mut dyn Reporter,
+    ) -> Self {
+        let mut s = Sources { cfg, pre, data, device, shared, base: None, resumed };
+        let base_from = cfg.stages.iter().skip(first_stage).map(|s| s.from).min().unwrap_or(Block::Head);
+        s.base = match s.shared(base_from).filter(|_| first_stage == 0 && !resumed) {
+            Some(c) => Some(c.shallow()),
+            None => match cache_plan(model, cfg, pre, base_from, data.train.len(), data.val.len(), device) {
+                Ok(views) => {
+                    let t0 = Instant::now();
+                    let c = build_cache(model, cfg, pre, &data.gray, base_from, views, &data.train, &data.val, device);
+                    reporter.message(&format!(
+                        "cached the frozen {} output: {} view(s) of {} training images{}, in {:.1}s",
+                        Block::from_index(base_from.index() - 1),
+                        views,
+                        data.train.len(),
+                        if data.val.is_empty() { String::new() } else { format!(" and {} validation images", data.val.len()) },
+                        t0.elapsed().as_secs_f64()
+                    ));
+                    Some(c)
+                }
+                Err(why) => {
+                    reporter.message(&format!("frozen-prefix cache {why}"));
+                    None
+                }
+            },
+        };
+        s
+    }
+
+    fn shared(&self, from: Block) -> Option<&'a Cache> {
+        self.shared.iter().find(|c| c.from == from && c.covers(&self.data.train, &self.data.val))
+    }
+
+    /// The source for stage `si` (the model holds the weights that stage starts from).
+    pub(crate) fn for_stage(&self, model: &Vgg16, si: usize, reporter: &mut dyn Reporter) -> Source<'a> {
+        let stage: Stage = self.cfg.stages[si];
+        // Blocks no earlier stage trained still hold the weights a shared cache was built with.
+        let untouched = !self.resumed && self.cfg.stages[..si].iter().all(|s| s.from >= stage.from);
+        let reusable = self.base.as_ref().filter(|b| stage.from > b.from && untouched).and_then(|_| self.shared(stage.from));
+        let cache = match (&self.base, reusable) {
+            (_, Some(c)) => Some(c.shallow()),
+            (Some(b), None) if stage.from >= b.from => {
+                let t0 = Instant::now();
+                let c = derive_cache(model, b, stage.from);
+                if stage.from > b.from {
+                    reporter.message(&format!(
+                        "stage {} ({}+): extended the cache to the {} output in {:.1}s",
+                        si + 1,
+                        stage.from,
+                        Block::from_index(stage.from.index() - 1),
+                        t0.elapsed().as_secs_f64()
+                    ));
+                }
+                Some(c)
+            }
+            _ => None,
+        };
+        match cache {
+            Some(cache) => Source::Cached { cache, device: self.device },
+            None => Source::Plain { cfg: self.cfg, pre: self.pre, data: self.data, device: self.device },
+        }
+    }
+}
