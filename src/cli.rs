@@ -9,7 +9,7 @@ use crate::config::{parse_stages, stages_for, ClassWeights, DataConfig, ModelOpt
 use crate::data::augment::Augment;
 use crate::data::image::Crop;
 use crate::data::scan::DataFormat;
-use crate::data::split::{parse_label_map, Task, ValSpec};
+use crate::data::split::{parse_label_map, Task, TrainLabels, ValSpec};
 use crate::data::Preprocess;
 use crate::error::{Error, Result};
 use crate::model::{Block, BnMode, HeadKind, Precision};
@@ -105,6 +105,10 @@ pub struct DataArgs {
     /// Custom classes: raw=class,… (defines the classes; overrides --task).
     #[arg(long)]
     pub label_map: Option<String>,
+    /// Labels the head is trained on: raw (every raw label an output; task
+    /// probabilities are sums), task, or auto (raw when there are more raw labels than classes).
+    #[arg(long, value_enum, default_value_t = TrainLabels::Auto)]
+    pub train_labels: TrainLabels,
     /// Crop before resizing: none, x,y,w,h (source pixels) or center:F.
     #[arg(long, default_value = "none")]
     pub crop: String,
@@ -390,7 +394,10 @@ impl DataArgs {
         if self.face_required && !matches!(preprocess.face, crate::data::face::FaceMode::Auto { .. }) {
             return Err(Error::config("--face-required applies to --face auto only"));
         }
-        Ok((DataConfig { path, format: self.format, task: self.task, label_map, val, skip_bad: self.skip_bad, preprocess }, bundled))
+        Ok((
+            DataConfig { path, format: self.format, task: self.task, label_map, train_labels: self.train_labels, val, skip_bad: self.skip_bad, preprocess },
+            bundled,
+        ))
     }
 }
 

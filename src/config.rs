@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::augment::Augment;
 use crate::data::scan::DataFormat;
-use crate::data::split::{Task, ValSpec};
+use crate::data::split::{Task, TrainLabels, ValSpec};
 use crate::data::Preprocess;
 use crate::error::{Error, Result};
 use crate::model::{Block, BnMode, HeadKind};
@@ -67,6 +67,9 @@ pub struct DataConfig {
     pub format: DataFormat,
     pub task: Task,
     pub label_map: Vec<(String, String)>,
+    /// Which labels the head is trained on (`--train-labels`).
+    #[serde(default)]
+    pub train_labels: TrainLabels,
     pub val: ValSpec,
     pub skip_bad: bool,
     pub preprocess: Preprocess,
@@ -190,6 +193,12 @@ pub struct RunConfig {
     pub created: String,
     pub data: DataConfig,
     pub classes: Vec<String>,
+    /// The raw labels the head was trained on (empty: trained on `classes`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub raw_classes: Vec<String>,
+    /// The class (index into `classes`) of each raw label.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub raw_to_task: Vec<usize>,
     pub model: ModelOptions,
     pub train: TrainConfig,
     pub weights: WeightsInfo,
@@ -197,6 +206,22 @@ pub struct RunConfig {
     /// libtorch CPU threads: results are bit-identical only for the same count.
     #[serde(default)]
     pub threads: Option<i32>,
+}
+
+impl RunConfig {
+    /// Outputs of the network's head: raw labels or task classes.
+    pub fn head_classes(&self) -> usize {
+        if self.raw_classes.is_empty() {
+            self.classes.len()
+        } else {
+            self.raw_classes.len()
+        }
+    }
+
+    /// Task-class probabilities (float64) from head logits.
+    pub fn task_probs(&self, logits: &tch::Tensor) -> tch::Tensor {
+        crate::eval::task_probs(logits, &self.raw_to_task, self.classes.len())
+    }
 }
 
 #[cfg(test)]

@@ -22,8 +22,8 @@ use crate::data::split::{self, ValSpec};
 use crate::error::{Error, Result};
 use crate::eval::{self, Metrics};
 use crate::model::{Block, BnMode, Vgg16};
-use crate::run::{model_config, prepare, softmax_rows, LIBTORCH_VERSION, VERSION};
-use crate::train::{self, Reporter, TrainData, Trainer};
+use crate::run::{model_config, prepare, LIBTORCH_VERSION, VERSION};
+use crate::train::{self, Reporter, Trainer};
 use crate::{fsutil, plot, weights};
 
 /// Which folds.
@@ -140,6 +140,7 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
     let ds = &prepared.dataset;
     let labels = &prepared.labels;
     let weights = crate::run::weights_info(req.recipe.weights.as_deref(), req.recipe.random_init, req.recipe.model.bn.has_bn())?;
+    let (raw_classes, raw_to_task) = crate::run::raw_head(labels, data_cfg.train_labels);
     let cfg = CvConfig {
         run: RunConfig {
             vggft_version: VERSION.into(),
@@ -147,6 +148,8 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
             created: chrono::Local::now().to_rfc3339(),
             data: data_cfg.clone(),
             classes: labels.classes.clone(),
+            raw_classes,
+            raw_to_task,
             model: req.recipe.model.clone(),
             train: req.recipe.train.clone(),
             weights,
@@ -220,8 +223,7 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
             }
             let t0 = Instant::now();
             let train: Vec<usize> = (0..n_all).filter(|i| test.binary_search(i).is_err()).collect();
-            let data =
-                TrainData { gray: prepared.data.gray.shallow_clone(), targets: labels.targets.clone(), train, val: vec![], num_classes: labels.classes.len() };
+            let data = crate::run::train_data(prepared.data.gray.shallow_clone(), labels, data_cfg.train_labels, train, vec![]);
             let mut tc = req.recipe.train.clone();
             tc.seed = seed;
             let mut model = fresh_model(&cfg.run, device, seed as i64)?;
@@ -233,7 +235,7 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
             let trainer = Trainer { cfg: &tc, pre: &data_cfg.preprocess, data: &data, device, checkpoint_dir: None, stop: None, shared: &shared };
             let mut quiet = train::Collect::default();
             trainer.run(&mut model, &mut quiet, None)?;
-            let probs = softmax_rows(&trainer.logits(&model, shared.first(), test));
+            let probs = crate::run::rows(&cfg.run.task_probs(&trainer.logits(&model, shared.first(), test)));
             let y: Vec<i64> = test.iter().map(|&i| labels.targets[i]).collect();
             let metrics = eval::metrics(&y, &probs, &labels.classes);
             let r = FoldResult {
@@ -267,7 +269,7 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
 
 fn fresh_model(cfg: &RunConfig, device: Device, seed: i64) -> Result<Vgg16> {
     tch::manual_seed(seed);
-    let mut model = Vgg16::new(&model_config(&cfg.model, cfg.classes.len()), device)?;
+    let mut model = Vgg16::new(&model_config(&cfg.model, cfg.head_classes()), device)?;
     if !cfg.weights.path.as_os_str().is_empty() {
         weights::load_pretrained(&mut model, &cfg.weights.path)?;
     }

@@ -120,6 +120,22 @@ pub fn metrics(y: &[i64], probs: &[Vec<f64>], classes: &[String]) -> Metrics {
     }
 }
 
+/// Class probabilities (float64) from logits. With a raw-label head
+/// (`raw_to_task` non-empty), each task class's probability is the sum of its
+/// raw labels' softmax probabilities.
+pub fn task_probs(logits: &tch::Tensor, raw_to_task: &[usize], n_task: usize) -> tch::Tensor {
+    sum_to_task(&logits.softmax(1, tch::Kind::Double), raw_to_task, n_task)
+}
+
+/// Raw-label probabilities (float64) → task-class probabilities (sums); unchanged without a map.
+pub fn sum_to_task(p: &tch::Tensor, raw_to_task: &[usize], n_task: usize) -> tch::Tensor {
+    if raw_to_task.is_empty() {
+        return p.shallow_clone();
+    }
+    let idx = tch::Tensor::from_slice(&raw_to_task.iter().map(|&t| t as i64).collect::<Vec<_>>()).to_device(p.device());
+    tch::Tensor::zeros([p.size()[0], n_task as i64], (tch::Kind::Double, p.device())).index_add(1, &idx, p)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

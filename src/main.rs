@@ -165,12 +165,19 @@ fn predict_cmd(a: PredictArgs) -> anyhow::Result<bool> {
                         p.path.display(),
                         cfg.classes.iter().zip(pr).map(|(c, v)| format!("{c}={v:.3}")).collect::<Vec<_>>().join(" ")
                     ),
-                    OutputFormat::Csv => println!("{},{class},{}", csv_field(&p.path.display().to_string()), pr.iter().map(|v| format!("{v:.6}")).collect::<Vec<_>>().join(",")),
-                    OutputFormat::Json => json.push(serde_json::json!({
-                        "path": p.path.display().to_string(),
-                        "class": class,
-                        "probabilities": cfg.classes.iter().cloned().zip(pr.iter().map(|v| serde_json::json!(v))).collect::<serde_json::Map<String, serde_json::Value>>(),
-                    })),
+                    OutputFormat::Csv => {
+                        println!("{},{class},{}", csv_field(&p.path.display().to_string()), pr.iter().map(|v| format!("{v:.6}")).collect::<Vec<_>>().join(","))
+                    }
+                    OutputFormat::Json => {
+                        let named = |names: &[String], v: &[f64]| {
+                            names.iter().cloned().zip(v.iter().map(|v| serde_json::json!(v))).collect::<serde_json::Map<String, serde_json::Value>>()
+                        };
+                        let mut o = serde_json::json!({"path": p.path.display().to_string(), "class": class, "probabilities": named(&cfg.classes, pr)});
+                        if !p.raw.is_empty() {
+                            o["raw_probabilities"] = serde_json::Value::Object(named(&cfg.raw_classes, &p.raw));
+                        }
+                        json.push(o);
+                    }
                 }
             }
             Err(e) => {

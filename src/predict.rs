@@ -11,12 +11,14 @@ use crate::data::image;
 use crate::data::scan::is_image;
 use crate::error::Error;
 use crate::model::Vgg16;
-use crate::run::softmax_rows;
 
 /// One image's outcome: class probabilities, or why it failed.
 pub struct Prediction {
     pub path: PathBuf,
+    /// Task-class probabilities.
     pub probs: std::result::Result<Vec<f64>, String>,
+    /// Raw-label probabilities, when the head was trained on raw labels (else empty).
+    pub raw: Vec<f64>,
 }
 
 /// Files and folders (their images, sorted, one level deep) → image paths.
@@ -58,6 +60,7 @@ pub fn predict(cfg: &RunConfig, model: &Vgg16, paths: &[PathBuf], tta_flip: bool
         let prepared: Vec<(PathBuf, std::result::Result<Vec<f32>, String>)> = chunk.iter().map(|p| (p.clone(), prepare_one(p, cfg, &mut finder))).collect();
         let ok: Vec<&Vec<f32>> = prepared.iter().filter_map(|(_, r)| r.as_ref().ok()).collect();
         let mut probs = Vec::new().into_iter();
+        let mut raw = Vec::new().into_iter();
         if !ok.is_empty() {
             let flat: Vec<f32> = ok.iter().flat_map(|v| v.iter().copied()).collect();
             let gray = Tensor::from_slice(&flat).view([ok.len() as i64, 1, s, s]).to_device(device);
@@ -69,14 +72,17 @@ pub fn predict(cfg: &RunConfig, model: &Vgg16, paths: &[PathBuf], tta_flip: bool
                 }
                 logits
             });
-            probs = crate::run::rows(&p).into_iter();
+            probs = crate::run::rows(&crate::eval::sum_to_task(&p, &cfg.raw_to_task, cfg.classes.len())).into_iter();
+            if !cfg.raw_to_task.is_empty() {
+                raw = crate::run::rows(&p).into_iter();
+            }
         }
         for (path, r) in prepared {
-            let probs = match r {
-                Ok(_) => Ok(probs.next().unwrap_or_default()),
-                Err(e) => Err(e),
+            let (probs, raw) = match r {
+                Ok(_) => (Ok(probs.next().unwrap_or_default()), raw.next().unwrap_or_default()),
+                Err(e) => (Err(e), vec![]),
             };
-            out.push(Prediction { path, probs });
+            out.push(Prediction { path, probs, raw });
         }
     }
     out
@@ -127,7 +133,7 @@ pub fn evaluate(
     let x = cfg.data.preprocess.normalise(&loaded.gray.to_device(device));
     let n = x.size()[0];
     let logits: Vec<Tensor> = tch::no_grad(|| (0..n).step_by(32).map(|s| model.forward_t(&x.narrow(0, s, (n - s).min(32)), false)).collect());
-    let probs = softmax_rows(&Tensor::cat(&logits, 0));
+    let probs = crate::run::rows(&cfg.task_probs(&Tensor::cat(&logits, 0)));
     let metrics = crate::eval::metrics(&y, &probs, &cfg.classes);
     Ok(Evaluation { metrics, paths: ds.samples.iter().map(|s| s.path.clone()).collect(), y, probs, skipped: loaded.skipped })
 }

@@ -11,12 +11,12 @@ use tch::{Device, Tensor};
 
 use crate::config::{DataConfig, ModelOptions, RunConfig, WeightsInfo};
 use crate::data::scan::{self, Dataset};
-use crate::data::split::{self, Labels, Split};
+use crate::data::split::{self, Labels, Split, TrainLabels};
 use crate::error::{Error, Result};
 use crate::eval::{self, Metrics};
 use crate::fsutil;
 use crate::model::{ModelConfig, Vgg16};
-use crate::train::{self, EpochRow, Reporter, TrainData, Trainer};
+use crate::train::{self, EpochRow, Reporter, TaskView, TrainData, Trainer};
 use crate::weights;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -160,8 +160,7 @@ pub fn prepare(dc: &DataConfig, seed: u64, reporter: &mut dyn Reporter) -> Resul
     if let Some(n) = &split.note {
         reporter.message(n);
     }
-    let data =
-        TrainData { gray: loaded.gray, targets: labels.targets.clone(), train: split.train.clone(), val: split.val.clone(), num_classes: labels.classes.len() };
+    let data = train_data(loaded.gray, &labels, dc.train_labels, split.train.clone(), split.val.clone());
     let fallbacks: Vec<String> = dataset
         .samples
         .iter()
@@ -173,6 +172,26 @@ pub fn prepare(dc: &DataConfig, seed: u64, reporter: &mut dyn Reporter) -> Resul
         reporter.message(&format!("warning: no face found in {} image(s), used a centred crop: {}", fallbacks.len(), crate::error::short_list(&fallbacks, 8)));
     }
     Ok(Prepared { dataset, labels, split, data, skipped: loaded.skipped, boxes: loaded.boxes })
+}
+
+/// Training data for `labels`: the head's targets are the raw labels or the
+/// task's classes, as `choice` resolves for these labels.
+pub fn train_data(gray: Tensor, labels: &Labels, choice: TrainLabels, train: Vec<usize>, val: Vec<usize>) -> TrainData {
+    if labels.train_on_raw(choice) {
+        let task = TaskView { targets: labels.targets.clone(), raw_to_task: labels.raw_to_task.clone(), classes: labels.classes.len() };
+        TrainData { gray, targets: labels.raw_targets.clone(), train, val, num_classes: labels.raw_classes.len(), task: Some(task) }
+    } else {
+        TrainData { gray, targets: labels.targets.clone(), train, val, num_classes: labels.classes.len(), task: None }
+    }
+}
+
+/// The raw labels a head trains on and their task classes (empty when it trains on the task's classes).
+pub fn raw_head(labels: &Labels, choice: TrainLabels) -> (Vec<String>, Vec<usize>) {
+    if labels.train_on_raw(choice) {
+        (labels.raw_classes.clone(), labels.raw_to_task.clone())
+    } else {
+        (vec![], vec![])
+    }
 }
 
 /// Pairs of byte-identical files whose classes differ (a labelling mistake
@@ -226,12 +245,15 @@ pub fn finetune(req: &FinetuneRequest, reporter: &mut dyn Reporter, stop: Option
     let device = parse_device(&req.recipe.device)?;
     let prepared = prepare(&req.recipe.data, req.recipe.train.seed, reporter)?;
     let weights = weights_info(req.recipe.weights.as_deref(), req.recipe.random_init, req.recipe.model.bn.has_bn())?;
+    let (raw_classes, raw_to_task) = raw_head(&prepared.labels, req.recipe.data.train_labels);
     let config = RunConfig {
         vggft_version: VERSION.into(),
         libtorch_version: LIBTORCH_VERSION.into(),
         created: chrono::Local::now().to_rfc3339(),
         data: req.recipe.data.clone(),
         classes: prepared.labels.classes.clone(),
+        raw_classes,
+        raw_to_task,
         model: req.recipe.model.clone(),
         train: req.recipe.train.clone(),
         weights,
@@ -264,6 +286,10 @@ pub fn resume(dir: &Path, reporter: &mut dyn Reporter, stop: Option<&AtomicBool>
     if prepared.labels.classes != config.classes {
         return Err(Error::file(dir.join("config.json"), format!("classes {:?} no longer match the data ({:?})", config.classes, prepared.labels.classes)));
     }
+    let (raw, _) = raw_head(&prepared.labels, config.data.train_labels);
+    if raw != config.raw_classes {
+        return Err(Error::file(dir.join("config.json"), format!("raw labels {:?} no longer match the data ({raw:?})", config.raw_classes)));
+    }
     match &state {
         Some(s) => reporter.message(&format!("resuming {} after epoch {}", dir.display(), s.history.len())),
         None => reporter.message(&format!("{}: no epoch had finished; training from the start in the same folder", dir.display())),
@@ -289,7 +315,7 @@ fn execute(
 ) -> Result<Summary> {
     let tc = &config.train;
     tch::manual_seed(tc.seed as i64);
-    let mut model = Vgg16::new(&model_config(&config.model, config.classes.len()), device)?;
+    let mut model = Vgg16::new(&model_config(&config.model, config.head_classes()), device)?;
     if state.is_none() && !config.weights.path.as_os_str().is_empty() {
         let rep = weights::load_pretrained(&mut model, &config.weights.path)?;
         reporter.message(&format!(
@@ -306,6 +332,13 @@ fn execute(
             model.recalibrate(&imgs)?;
             reporter.message(&format!("BatchNorm statistics recalibrated on {} training images", prepared.data.train.len()));
         }
+    }
+    if !config.raw_classes.is_empty() {
+        reporter.message(&format!(
+            "the head learns the {} raw labels ({}); each class's probability is the sum of its raw labels' (--train-labels task learns the classes directly)",
+            config.raw_classes.len(),
+            crate::error::short_list(&config.raw_classes, 8)
+        ));
     }
     reporter.message(&format!(
         "training on {} images, validating on {} ({}); stages {}",
@@ -325,9 +358,8 @@ fn execute(
     let val = if prepared.data.val.is_empty() {
         None
     } else {
-        let logits = trainer.val_logits(&model, None);
-        let probs = softmax_rows(&logits);
-        let y: Vec<i64> = prepared.data.val.iter().map(|&i| prepared.data.targets[i]).collect();
+        let probs = rows(&config.task_probs(&trainer.val_logits(&model, None)));
+        let y: Vec<i64> = prepared.data.val.iter().map(|&i| prepared.labels.targets[i]).collect();
         Some(eval::metrics(&y, &probs, &config.classes))
     };
     let metrics = serde_json::json!({
@@ -447,7 +479,7 @@ pub fn load_run(dir: &Path, device: Device) -> Result<(RunConfig, Vgg16)> {
     if !weights.is_file() {
         return Err(Error::file(dir, "has no model.safetensors: the run did not finish (resume it with `vggft finetune --resume RUN`)"));
     }
-    let mut model = Vgg16::for_loading(&model_config(&config.model, config.classes.len()), device)?;
+    let mut model = Vgg16::for_loading(&model_config(&config.model, config.head_classes()), device)?;
     weights::load_checkpoint(&mut model, &weights)?;
     Ok((config, model))
 }

@@ -23,14 +23,42 @@ pub enum Task {
 
 pub const BINARY_CLASSES: [&str; 2] = ["neutral", "expressive"];
 
-/// Class names and each sample's class index.
+/// Which labels the head is trained on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TrainLabels {
+    /// `raw` when the data has more raw labels than the task has classes, else `task`.
+    #[default]
+    Auto,
+    /// Every raw label (JAFFE code, folder name, CSV label) is an output; a
+    /// task class's probability is the sum of its raw labels' probabilities.
+    Raw,
+    /// The task's classes directly.
+    Task,
+}
+
+/// Class names and each sample's class index, for the task and for the raw labels.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Labels {
     pub classes: Vec<String>,
     pub targets: Vec<i64>,
+    /// The distinct raw labels, sorted.
+    pub raw_classes: Vec<String>,
+    pub raw_targets: Vec<i64>,
+    /// The task class of each raw label.
+    pub raw_to_task: Vec<usize>,
 }
 
 impl Labels {
+    /// Whether the head trains on the raw labels under `choice`.
+    pub fn train_on_raw(&self, choice: TrainLabels) -> bool {
+        match choice {
+            TrainLabels::Auto => self.raw_classes.len() > self.classes.len(),
+            TrainLabels::Raw => true,
+            TrainLabels::Task => false,
+        }
+    }
+
     pub fn counts(&self) -> Vec<usize> {
         let mut c = vec![0; self.classes.len()];
         for &t in &self.targets {
@@ -87,7 +115,13 @@ pub fn assign_labels(ds: &Dataset, task: Task, map: &[(String, String)]) -> Resu
             }
         })
         .collect();
-    let labels = Labels { classes, targets };
+    let raw_classes: Vec<String> = ds.samples.iter().map(|s| s.label.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+    let raw_targets: Vec<i64> = ds.samples.iter().map(|s| raw_classes.iter().position(|c| *c == s.label).unwrap_or(0) as i64).collect();
+    let mut raw_to_task = vec![0usize; raw_classes.len()];
+    for (&r, &t) in raw_targets.iter().zip(&targets) {
+        raw_to_task[r as usize] = t as usize;
+    }
+    let labels = Labels { classes, targets, raw_classes, raw_targets, raw_to_task };
     let counts = labels.counts();
     let present: Vec<&String> = labels.classes.iter().zip(&counts).filter(|(_, &n)| n > 0).map(|(c, _)| c).collect();
     if present.len() < 2 {

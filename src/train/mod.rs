@@ -38,10 +38,22 @@ use source::Sources;
 pub struct TrainData {
     /// (N,1,S,S) gray in [0,1].
     pub gray: Tensor,
+    /// What the head is trained on: task classes, or raw labels (see `task`).
     pub targets: Vec<i64>,
     pub train: Vec<usize>,
     pub val: Vec<usize>,
+    /// Outputs of the head.
     pub num_classes: usize,
+    /// With a raw-label head: the task classes validation is scored in.
+    pub task: Option<TaskView>,
+}
+
+/// The task behind a raw-label head: each image's task class and each raw label's.
+#[derive(Clone, Debug)]
+pub struct TaskView {
+    pub targets: Vec<i64>,
+    pub raw_to_task: Vec<usize>,
+    pub classes: usize,
 }
 
 /// One line of `history.csv`.
@@ -205,9 +217,14 @@ impl Trainer<'_> {
         let logits = self.val_logits(model, cache);
         let y: Vec<i64> = self.data.val.iter().map(|&r| self.data.targets[r]).collect();
         let yt = Tensor::from_slice(&y).to_device(self.device);
+        // The loss is the one the head trains on; accuracy is scored in the task's classes.
         let l = f64::try_from(logits.cross_entropy_loss(&yt, Some(cw), Reduction::Mean, -100, 0.0)).unwrap_or(f64::NAN);
-        let pred: Vec<i64> = Vec::<i64>::try_from(logits.argmax(1, false).to_device(Device::Cpu)).unwrap_or_default();
-        (Some(l), Some(eval::accuracy(&y, &pred)), Some(eval::balanced_accuracy(&y, &pred, self.data.num_classes)))
+        let (y, scores, classes) = match &self.data.task {
+            None => (y, logits, self.data.num_classes),
+            Some(t) => (self.data.val.iter().map(|&r| t.targets[r]).collect(), eval::task_probs(&logits, &t.raw_to_task, t.classes), t.classes),
+        };
+        let pred: Vec<i64> = Vec::<i64>::try_from(scores.argmax(1, false).to_device(Device::Cpu)).unwrap_or_default();
+        (Some(l), Some(eval::accuracy(&y, &pred)), Some(eval::balanced_accuracy(&y, &pred, classes)))
     }
 
     /// Runs all stages (from `resume` when given) with the standard hooks:

@@ -6,6 +6,7 @@ mod common;
 mod cv;
 mod data;
 mod faces;
+mod labels;
 mod model;
 mod reliability;
 mod train;

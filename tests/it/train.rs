@@ -9,7 +9,7 @@ use vggft::config::{ClassWeights, DataConfig, Stage, TrainConfig};
 use vggft::data::augment::Augment;
 use vggft::data::image::Crop;
 use vggft::data::scan::DataFormat;
-use vggft::data::split::{Task, ValSpec};
+use vggft::data::split::{Task, TrainLabels, ValSpec};
 use vggft::data::Preprocess;
 use vggft::model::{Block, BnMode, HeadKind, Vgg16};
 use vggft::optim::{OptimKind, Schedule};
@@ -24,6 +24,7 @@ fn data_cfg(path: &Path, val: ValSpec, size: u32) -> DataConfig {
         format: DataFormat::Auto,
         task: Task::Binary,
         label_map: vec![],
+        train_labels: TrainLabels::Auto,
         val,
         skip_bad: false,
         preprocess: Preprocess::new(Crop::None, size),
