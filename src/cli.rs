@@ -148,6 +148,9 @@ pub struct ModelArgs {
     /// Hidden layer width of the bn head (0: none).
     #[arg(long, default_value_t = 0)]
     pub hidden: i64,
+    /// Blocks whose pooled outputs feed the head, e.g. conv4,conv5 (multi-layer features).
+    #[arg(long, default_value = "conv5")]
+    pub features: String,
     /// Start from random weights (ablations, tests).
     #[arg(long, hide = true)]
     pub random_init: bool,
@@ -413,7 +416,16 @@ impl ModelArgs {
             return Err(Error::config("--hidden applies to --head bn only"));
         }
         let precision = if self.amp { Precision::Bf16 } else { self.precision };
-        Ok(ModelOptions { bn: self.bn, head: self.head, dropout: self.dropout, hidden: self.hidden, width_div: self.width_div, precision })
+        let mut features = self.features.split(',').map(|b| Block::parse(b.trim())).collect::<Result<Vec<_>>>()?;
+        features.sort_unstable();
+        features.dedup();
+        if features.contains(&Block::Head) {
+            return Err(Error::config(format!("--features {}: expected conv blocks, e.g. conv4,conv5", self.features)));
+        }
+        if self.head == HeadKind::Vgg && features != crate::model::conv5_only() {
+            return Err(Error::config("--features: the vgg head (fc6/fc7) takes the conv5 output only"));
+        }
+        Ok(ModelOptions { bn: self.bn, head: self.head, dropout: self.dropout, hidden: self.hidden, width_div: self.width_div, precision, features })
     }
 }
 

@@ -179,6 +179,9 @@ pub struct ModelOptions {
     /// Convolution arithmetic (`--precision`).
     #[serde(default)]
     pub precision: crate::model::Precision,
+    /// Blocks whose pooled outputs feed the head (`--features`).
+    #[serde(default = "crate::model::conv5_only")]
+    pub features: Vec<Block>,
 }
 
 fn one() -> i64 {

@@ -169,7 +169,8 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
     // The frozen prefix does not depend on the fold when BN statistics are
     // not re-estimated: compute it once for all folds and seeds.
     let base_model = fresh_model(&cfg.run, device, seed0 as i64)?;
-    let from = req.recipe.train.stages.iter().map(|s| s.from).min().unwrap_or(Block::Head);
+    let cap = base_model.cfg.deepest_start();
+    let from = req.recipe.train.stages.iter().map(|s| s.from).min().unwrap_or(Block::Head).min(cap);
     let shared = if req.recipe.model.bn == BnMode::Recalibrate {
         reporter.message("frozen-prefix cache per fold: --bn recalibrate re-estimates statistics on each fold's training images");
         vec![]
@@ -181,7 +182,7 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
                 let c = train::build_cache(&base_model, &req.recipe.train, &data_cfg.preprocess, &prepared.data.gray, from, views, &all, &all, device);
                 // Later stages' freeze points too (e.g. the head-only warm-up's conv5 output):
                 // the folds use them while those blocks still hold the pretrained weights.
-                let mut points: Vec<Block> = req.recipe.train.stages.iter().map(|s| s.from).filter(|&b| b > from).collect();
+                let mut points: Vec<Block> = req.recipe.train.stages.iter().map(|s| s.from.min(cap)).filter(|&b| b > from).collect();
                 points.sort_unstable();
                 points.dedup();
                 let mut caches: Vec<train::Cache> = points.iter().map(|&b| train::derive_cache(&base_model, &c, b)).collect();

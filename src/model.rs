@@ -149,15 +149,37 @@ pub struct ModelConfig {
     pub width_div: i64,
     #[serde(default)]
     pub precision: Precision,
+    /// Blocks whose outputs are pooled into the head, ascending (`--features`).
+    #[serde(default = "conv5_only")]
+    pub features: Vec<Block>,
 }
 
 fn one() -> i64 {
     1
 }
 
+/// The classic head input: the last block's output alone.
+pub fn conv5_only() -> Vec<Block> {
+    vec![Block::Conv5]
+}
+
 impl ModelConfig {
     pub fn new(bn_mode: BnMode, head: HeadKind, num_classes: i64) -> Self {
-        ModelConfig { bn_mode, head, num_classes, dropout: 0.5, hidden: 0, width_div: 1, precision: Precision::F32 }
+        ModelConfig { bn_mode, head, num_classes, dropout: 0.5, hidden: 0, width_div: 1, precision: Precision::F32, features: conv5_only() }
+    }
+    /// Channels of block `b`'s output.
+    pub fn block_out(&self, b: Block) -> i64 {
+        self.channels(BLOCK_OF_CONV.iter().rposition(|&k| k == b.index()).unwrap_or(12))
+    }
+    /// Width of the pooled features that enter the head (per pooling).
+    pub fn pooled_width(&self) -> i64 {
+        self.features.iter().map(|&b| self.block_out(b)).sum()
+    }
+    /// The highest block a cached input may start from: the head needs the
+    /// output of every feature block, so the walk must begin at or below the
+    /// block after the lowest one.
+    pub fn deepest_start(&self) -> Block {
+        self.features.first().map(|b| Block::from_index(b.index() + 1)).unwrap_or(Block::Head)
     }
     pub fn channels(&self, layer: usize) -> i64 {
         (CHANNELS[layer] / self.width_div).max(1)
@@ -222,6 +244,12 @@ impl Vgg16 {
         if cfg.width_div < 1 {
             return Err(Error::config("width_div must be ≥ 1"));
         }
+        if cfg.features.is_empty() || cfg.features.contains(&Block::Head) || !cfg.features.windows(2).all(|w| w[0] < w[1]) {
+            return Err(Error::config(format!("features {:?}: expected conv blocks in ascending order, e.g. conv4,conv5", cfg.features)));
+        }
+        if cfg.head == HeadKind::Vgg && cfg.features != conv5_only() {
+            return Err(Error::config("the vgg head (fc6/fc7) takes the conv5 output only: use --features conv5 or another head"));
+        }
         let vs = nn::VarStore::new(device);
         let root = vs.root();
         let feats = &root / "features";
@@ -242,7 +270,7 @@ impl Vgg16 {
             layers.push(ConvLayer { conv, bn, block: BLOCK_OF_CONV[l], last_in_block: l == 12 || BLOCK_OF_CONV[l + 1] != BLOCK_OF_CONV[l] });
             c_in = c_out;
         }
-        let c = cfg.trunk_out();
+        let c = cfg.pooled_width();
         let head = match cfg.head {
             HeadKind::Linear => Head::Linear { fc: nn::linear(&root / "head" / "fc", c, cfg.num_classes, lin()) },
             HeadKind::Bn => {
@@ -286,6 +314,11 @@ impl Vgg16 {
     /// input and weights (the casts are differentiable, so gradients reach the
     /// float32 weights) and the output is float32 again.
     pub fn features(&self, x: &Tensor, from: Block, to: Block, train: bool) -> Tensor {
+        self.walk(x, from, to, train, |_, _| {})
+    }
+
+    /// `features`, calling `tap` with each block's output as it is produced.
+    fn walk(&self, x: &Tensor, from: Block, to: Block, train: bool, mut tap: impl FnMut(Block, &Tensor)) -> Tensor {
         let bn_train = self.trunk_bn_train(train);
         let low = self.cfg.precision.low();
         let mut x = channels_last(x);
@@ -304,6 +337,7 @@ impl Vgg16 {
             x = x.relu_();
             if layer.last_in_block {
                 x = x.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false);
+                tap(Block::from_index(layer.block), &x);
             }
         }
         if low.is_some() {
@@ -312,14 +346,16 @@ impl Vgg16 {
         x
     }
 
-    /// The head on the trunk's output (conv5 block output).
-    pub fn head_forward(&self, f: &Tensor, train: bool) -> Tensor {
+    /// The head on the feature blocks' outputs (`maps`, one per `cfg.features`,
+    /// ascending; the `vgg` head takes the conv5 output alone).
+    pub fn head_forward(&self, maps: &[Tensor], train: bool) -> Tensor {
+        let avg = || maps.iter().map(|m| m.adaptive_avg_pool2d([1, 1]).flatten(1, -1).to_kind(Kind::Float));
+        let f = &maps[maps.len() - 1];
         match &self.head {
-            Head::Linear { fc } => f.adaptive_avg_pool2d([1, 1]).flatten(1, -1).dropout(self.cfg.dropout, train).apply(fc),
+            Head::Linear { fc } => Tensor::cat(&avg().collect::<Vec<_>>(), 1).dropout(self.cfg.dropout, train).apply(fc),
             Head::Bn { norm, hidden, fc } => {
-                let avg = f.adaptive_avg_pool2d([1, 1]).flatten(1, -1);
-                let max = f.adaptive_max_pool2d([1, 1]).0.flatten(1, -1);
-                let mut x = Tensor::cat(&[avg, max], 1).apply_t(norm, train).dropout(self.cfg.dropout, train);
+                let pooled: Vec<Tensor> = avg().zip(maps).flat_map(|(a, m)| [a, m.adaptive_max_pool2d([1, 1]).0.flatten(1, -1).to_kind(Kind::Float)]).collect();
+                let mut x = Tensor::cat(&pooled, 1).apply_t(norm, train).dropout(self.cfg.dropout, train);
                 if let Some((lin, bn)) = hidden {
                     x = x.apply(lin).relu().apply_t(bn, train).dropout(self.cfg.dropout, train);
                 }
@@ -339,9 +375,23 @@ impl Vgg16 {
     }
 
     /// Continues from the output of the blocks before `from` to the logits.
+    /// `x` is the output of the block before `from`, which must not lie above
+    /// `cfg.deepest_start()` (the head needs every feature block's output).
     pub fn forward_from(&self, x: &Tensor, from: Block, train: bool) -> Tensor {
-        let f = self.features(x, from, Block::Head, train);
-        self.head_forward(&f, train)
+        let wanted = |b: Block| self.cfg.features.contains(&b);
+        let mut maps: Vec<Tensor> = Vec::with_capacity(self.cfg.features.len());
+        if from > Block::Conv1 && wanted(Block::from_index(from.index() - 1)) {
+            maps.push(x.shallow_clone());
+        }
+        let last = self.walk(x, from, Block::Head, train, |b, t| {
+            if wanted(b) && b != Block::Conv5 {
+                maps.push(t.shallow_clone());
+            }
+        });
+        if from <= Block::Conv5 {
+            maps.push(last);
+        }
+        self.head_forward(&maps, train)
     }
 
     /// Image batch (N,3,H,W), normalised → logits (N, classes).

@@ -119,6 +119,7 @@ pub fn model_config(m: &ModelOptions, classes: usize) -> ModelConfig {
         hidden: m.hidden,
         width_div: m.width_div,
         precision: m.precision,
+        features: m.features.clone(),
     }
 }
 

@@ -243,6 +243,8 @@ pub(crate) struct Sources<'a> {
     base: Option<Cache>,
     /// Whether the fit resumed from a checkpoint (shared caches then no longer match the weights).
     resumed: bool,
+    /// The highest freeze point a cache may hold (the head needs every feature block's output).
+    cap: Block,
 }
 
 impl<'a> Sources<'a> {
@@ -259,8 +261,9 @@ impl<'a> Sources<'a> {
         resumed: bool,
         reporter: &mut dyn Reporter,
     ) -> Self {
-        let mut s = Sources { cfg, pre, data, device, shared, base: None, resumed };
-        let base_from = cfg.stages.iter().skip(first_stage).map(|s| s.from).min().unwrap_or(Block::Head);
+        let cap = model.cfg.deepest_start();
+        let mut s = Sources { cfg, pre, data, device, shared, base: None, resumed, cap };
+        let base_from = cfg.stages.iter().skip(first_stage).map(|s| s.from).min().unwrap_or(Block::Head).min(cap);
         s.base = match s.shared(base_from).filter(|_| first_stage == 0 && !resumed) {
             Some(c) => Some(c.shallow()),
             None => match cache_plan(model, cfg, pre, base_from, data.train.len(), data.val.len(), device) {
@@ -295,18 +298,19 @@ impl<'a> Sources<'a> {
         let stage: Stage = self.cfg.stages[si];
         // Blocks no earlier stage trained still hold the weights a shared cache was built with.
         let untouched = !self.resumed && self.cfg.stages[..si].iter().all(|s| s.from >= stage.from);
-        let reusable = self.base.as_ref().filter(|b| stage.from > b.from && untouched).and_then(|_| self.shared(stage.from));
+        let target = stage.from.min(self.cap);
+        let reusable = self.base.as_ref().filter(|b| target > b.from && untouched).and_then(|_| self.shared(target));
         let cache = match (&self.base, reusable) {
             (_, Some(c)) => Some(c.shallow()),
-            (Some(b), None) if stage.from >= b.from => {
+            (Some(b), None) if target >= b.from => {
                 let t0 = Instant::now();
-                let c = derive_cache(model, b, stage.from);
-                if stage.from > b.from {
+                let c = derive_cache(model, b, target);
+                if target > b.from {
                     reporter.message(&format!(
                         "stage {} ({}+): extended the cache to the {} output in {:.1}s",
                         si + 1,
                         stage.from,
-                        Block::from_index(stage.from.index() - 1),
+                        Block::from_index(target.index() - 1),
                         t0.elapsed().as_secs_f64()
                     ));
                 }

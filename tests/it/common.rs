@@ -14,7 +14,16 @@ use vggft::model::{BnMode, HeadKind, ModelConfig, Precision, Vgg16};
 pub const DIV: i64 = 16;
 
 pub fn small_cfg(bn: BnMode, head: HeadKind, classes: i64) -> ModelConfig {
-    ModelConfig { bn_mode: bn, head, num_classes: classes, dropout: 0.0, hidden: 0, width_div: DIV, precision: Precision::F32 }
+    ModelConfig {
+        bn_mode: bn,
+        head,
+        num_classes: classes,
+        dropout: 0.0,
+        hidden: 0,
+        width_div: DIV,
+        precision: Precision::F32,
+        features: vggft::model::conv5_only(),
+    }
 }
 
 /// Writes a torchvision-layout file (trunk + classifier.0/3/6, BN with

@@ -1,12 +1,12 @@
 //! The one integration-test target: library tests on small networks and
 //! images made here, and the real binary end to end.
 
+mod accuracy;
 mod cli;
 mod common;
 mod cv;
 mod data;
 mod faces;
-mod labels;
 mod model;
 mod reliability;
 mod train;

@@ -260,6 +260,43 @@ fn other_input_sizes_and_heads_work() {
 }
 
 #[test]
+fn multi_layer_features_pool_every_named_block() {
+    let _rng = torch_rng();
+    for head in [HeadKind::Linear, HeadKind::Bn] {
+        let mut cfg = small_cfg(BnMode::Drop, head, 3);
+        cfg.features = vec![Block::Conv4, Block::Conv5];
+        let m = Vgg16::new(&cfg, Device::Cpu).unwrap();
+        // conv4 and conv5 outputs, 512/16 channels each: the bn head normalises avg+max of both.
+        assert_eq!(cfg.pooled_width(), 64);
+        if head == HeadKind::Bn {
+            assert_eq!(m.vs.variables()["head.norm.weight"].size(), vec![128]);
+        }
+        assert_eq!(m.vs.variables()["head.fc.weight"].size()[1], if head == HeadKind::Bn { 128 } else { 64 });
+        assert_eq!(cfg.deepest_start(), Block::Conv5, "a cache may hold the conv4 output, not the conv5 output");
+        let x = input(2, 64);
+        let whole = tch::no_grad(|| m.forward_t(&x, false));
+        // From the cached conv4 output, the head still sees conv4's pooled output.
+        let pool4 = tch::no_grad(|| m.features(&x, Block::Conv1, Block::Conv5, false));
+        let from_cache = tch::no_grad(|| m.forward_from(&pool4, Block::Conv5, false));
+        assert!(max_abs_diff(&whole, &from_cache) < 1e-5, "{head:?}");
+        if head == HeadKind::Linear {
+            // By hand: the linear head on [avg(conv4 output), avg(conv5 output)].
+            let pool5 = tch::no_grad(|| m.features(&x, Block::Conv1, Block::Head, false));
+            let f = Tensor::cat(&[pool4.mean_dim(&[2i64, 3][..], false, Kind::Float), pool5.mean_dim(&[2i64, 3][..], false, Kind::Float)], 1);
+            let v = m.vs.variables();
+            let expected = f.matmul(&v["head.fc.weight"].tr()) + &v["head.fc.bias"];
+            assert!(max_abs_diff(&whole, &expected) < 1e-5, "conv4 and conv5 pooled, in that order");
+        }
+    }
+    let mut bad = small_cfg(BnMode::Drop, HeadKind::Vgg, 3);
+    bad.features = vec![Block::Conv4, Block::Conv5];
+    assert!(Vgg16::new(&bad, Device::Cpu).is_err(), "the vgg head takes conv5 alone");
+    bad.head = HeadKind::Bn;
+    bad.features = vec![Block::Conv5, Block::Conv4];
+    assert!(Vgg16::new(&bad, Device::Cpu).is_err(), "features must ascend");
+}
+
+#[test]
 fn batch_of_one_is_merged_not_crashed() {
     let _rng = torch_rng();
     let b = vggft::train::batches(&(0..17).collect::<Vec<_>>(), 8);
@@ -287,7 +324,7 @@ fn bf16_convolutions_stay_close_to_f32_and_train_f32_weights() {
                 }
             }
             let f = net.features(&x, Block::Conv1, Block::Head, false);
-            let loss = net.head_forward(&f, false).square().sum(Kind::Float);
+            let loss = net.head_forward(std::slice::from_ref(&f), false).square().sum(Kind::Float);
             loss.backward();
             let w = net.vs.variables().into_iter().find(|(n, _)| n == &format!("features.{}.weight", if bn.has_bn() { 37 } else { 26 })).unwrap().1;
             (f.detach(), w.grad().copy(), w.kind())

@@ -1,6 +1,8 @@
-//! Fine-label training: the head learns every raw label, and everything a
-//! user sees (metrics, predict, evaluate, cv) is in the task's classes, each
-//! task probability the sum of its raw labels' probabilities.
+//! The accuracy recipe's parts. Fine-label training: the head learns every
+//! raw label, and everything a user sees (metrics, predict, evaluate, cv) is
+//! in the task's classes, each task probability the sum of its raw labels'
+//! probabilities. Multi-layer features: several blocks' pooled outputs feed
+//! the head, and the frozen-prefix cache stops below the lowest of them.
 
 use std::path::Path;
 
@@ -117,4 +119,31 @@ fn finetune_on_raw_labels_reports_task_classes_everywhere() {
     assert!(cfg.get("raw_classes").is_none(), "{cfg}");
     let (_, out, _) = run(&["predict", img.to_str().unwrap(), "--format", "json", "--device", "cpu"], d.path());
     assert!(!out.contains("raw_probabilities"), "{out}");
+}
+
+#[test]
+fn multi_layer_features_train_from_the_conv4_cache_and_predict() {
+    let d = tmp();
+    let data = d.path().join("data");
+    three_labels(&data, 5, 32);
+    let w = d.path().join("trunk.safetensors");
+    trunk_only(&w, 22);
+    let s = small(&w);
+    let (code, out, err) =
+        run(&args(&s, &["finetune", "--data", data.to_str().unwrap(), "--features", "conv4,conv5", "--stages", "head:2,conv5:1", "--name", "ml"]), d.path());
+    assert_eq!(code, 0, "{out}\n{err}");
+    // The head needs conv4's output, so the cache stops there and the head-only stage is not extended.
+    assert!(err.contains("cached the frozen conv4 output"), "{err}");
+    assert!(!err.contains("extended the cache"), "{err}");
+    let cfg = json(&d.path().join("runs/ml/config.json"));
+    assert_eq!(cfg["model"]["features"], serde_json::json!(["conv4", "conv5"]));
+    let history = std::fs::read_to_string(d.path().join("runs/ml/history.csv")).unwrap();
+    assert_eq!(history.lines().count(), 4, "{history}");
+    let (code, out, err) = run(&["predict", data.join("happy/00.png").to_str().unwrap(), "--device", "cpu"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("neutral=") && out.contains("expressive="), "{out}");
+    // The vgg head cannot take several blocks: a usage error naming the flag.
+    let (code, _, err) = run(&args(&s, &["finetune", "--data", data.to_str().unwrap(), "--features", "conv4,conv5", "--head", "vgg"]), d.path());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--features"), "{err}");
 }
