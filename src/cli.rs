@@ -14,6 +14,7 @@ use crate::data::Preprocess;
 use crate::error::{Error, Result};
 use crate::model::{Block, BnMode, HeadKind, Precision};
 use crate::optim::{OptimKind, Schedule};
+use crate::subject::SubjectNormChoice;
 
 #[derive(Parser, Debug)]
 #[command(name = "vggft", version, about = "Fine-tune ImageNet VGG16 on small grayscale face datasets, honestly evaluated")]
@@ -151,6 +152,10 @@ pub struct ModelArgs {
     /// Blocks whose pooled outputs feed the head, e.g. conv4,conv5 (multi-layer features).
     #[arg(long, default_value = "conv5")]
     pub features: String,
+    /// Standardise each person's pooled features with that person's own statistics
+    /// (auto: on when every subject id has at least 3 images).
+    #[arg(long, value_enum, default_value_t = SubjectNormChoice::Auto)]
+    pub subject_norm: SubjectNormChoice,
     /// Start from random weights (ablations, tests).
     #[arg(long, hide = true)]
     pub random_init: bool,
@@ -332,6 +337,13 @@ pub struct CvArgs {
     /// Run only fold i (0-based) of each seed; merge later with --collect.
     #[arg(long)]
     pub fold: Option<usize>,
+    /// Also train a head-only probe on every fold (same folds, seeds, features and
+    /// normalisation) and report it beside the recipe.
+    #[arg(long, value_parser = ["probe"])]
+    pub baseline: Option<String>,
+    /// Epochs of the --baseline probe.
+    #[arg(long, default_value_t = 15)]
+    pub probe_epochs: usize,
     /// Merge the fold results in this cv folder and print the summary (runs nothing).
     #[arg(long)]
     pub collect: Option<PathBuf>,
@@ -368,6 +380,12 @@ pub struct PredictArgs {
     /// Test-time augmentation.
     #[arg(long, value_enum, default_value_t = Tta::None)]
     pub tta: Tta,
+    /// Subject-normalised models: every input shows this one person.
+    #[arg(long, conflicts_with = "subject_from")]
+    pub subject: Option<String>,
+    /// Subject-normalised models: each input's person from `name` (JAFFE file names) or `parent` (one folder per person).
+    #[arg(long, value_parser = ["name", "parent"], default_value = "name")]
+    pub subject_from: String,
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
     /// Convolution arithmetic (default: the run's own).
@@ -425,7 +443,21 @@ impl ModelArgs {
         if self.head == HeadKind::Vgg && features != crate::model::conv5_only() {
             return Err(Error::config("--features: the vgg head (fc6/fc7) takes the conv5 output only"));
         }
-        Ok(ModelOptions { bn: self.bn, head: self.head, dropout: self.dropout, hidden: self.hidden, width_div: self.width_div, precision, features })
+        if self.head == HeadKind::Vgg && self.subject_norm == SubjectNormChoice::On {
+            return Err(Error::config("--subject-norm on applies to pooled features: use --head bn or --head linear"));
+        }
+        // The vgg head cannot take person-normalised features: auto means off there.
+        let subject_norm = if self.head == HeadKind::Vgg { SubjectNormChoice::Off } else { self.subject_norm };
+        Ok(ModelOptions {
+            bn: self.bn,
+            head: self.head,
+            dropout: self.dropout,
+            hidden: self.hidden,
+            width_div: self.width_div,
+            precision,
+            features,
+            subject_norm,
+        })
     }
 }
 

@@ -182,6 +182,9 @@ pub struct ModelOptions {
     /// Blocks whose pooled outputs feed the head (`--features`).
     #[serde(default = "crate::model::conv5_only")]
     pub features: Vec<Block>,
+    /// Per-subject normalisation (`--subject-norm`); a run's config holds it resolved (on / off).
+    #[serde(default)]
+    pub subject_norm: crate::subject::SubjectNormChoice,
 }
 
 fn one() -> i64 {

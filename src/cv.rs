@@ -17,13 +17,13 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
-use crate::config::RunConfig;
+use crate::config::{RunConfig, Stage, TrainConfig};
 use crate::data::split::{self, ValSpec};
 use crate::error::{Error, Result};
 use crate::eval::{self, Metrics};
 use crate::model::{Block, BnMode, Vgg16};
 use crate::run::{model_config, prepare, LIBTORCH_VERSION, VERSION};
-use crate::train::{self, Reporter, Trainer};
+use crate::train::{self, Reporter, TrainData, Trainer};
 use crate::{fsutil, plot, weights};
 
 /// Which folds.
@@ -56,6 +56,9 @@ pub struct CvConfig {
     pub run: RunConfig,
     pub folds: Folds,
     pub seeds: Vec<u64>,
+    /// Epochs of the head-only probe trained beside the recipe on every fold (`--baseline probe`).
+    #[serde(default)]
+    pub baseline: Option<usize>,
 }
 
 pub struct Request {
@@ -64,6 +67,8 @@ pub struct Request {
     pub seeds: Vec<u64>,
     /// Run only this fold (0-based) of each seed.
     pub only_fold: Option<usize>,
+    /// Also train a head-only probe of this many epochs on every fold.
+    pub baseline: Option<usize>,
     pub out: PathBuf,
 }
 
@@ -77,8 +82,21 @@ pub struct FoldResult {
     pub y: Vec<i64>,
     pub probs: Vec<Vec<f64>>,
     pub metrics: Metrics,
+    /// With per-subject normalisation: the single-image head on the same images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub single: Option<Scores>,
+    /// With `--baseline probe`: the head-only probe on the same fold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<Scores>,
     pub n_train: usize,
     pub seconds: f64,
+}
+
+/// Probabilities and metrics of one model (or head) on a fold's test images.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Scores {
+    pub probs: Vec<Vec<f64>>,
+    pub metrics: Metrics,
 }
 
 /// Mean, standard deviation and 95 % interval of one metric over folds × seeds.
@@ -99,6 +117,21 @@ pub struct Summary {
     pub pooled: Metrics,
     pub per_subject: BTreeMap<String, (usize, usize)>,
     pub folds: Vec<(u64, usize, Metrics)>,
+    /// With per-subject normalisation: the single-image head on the same folds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub single: Option<Alternative>,
+    /// With `--baseline probe`: the head-only probe on the same folds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<Alternative>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_epochs: Option<usize>,
+}
+
+/// Another model's (or head's) results on the same folds, beside the recipe's.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Alternative {
+    pub stats: Vec<Stat>,
+    pub pooled: Metrics,
 }
 
 /// Two-sided 97.5 % quantile of Student's t for `df` degrees of freedom.
@@ -150,7 +183,7 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
             classes: labels.classes.clone(),
             raw_classes,
             raw_to_task,
-            model: req.recipe.model.clone(),
+            model: crate::run::resolve_subject_norm(&req.recipe.model, ds)?,
             train: req.recipe.train.clone(),
             weights,
             device: req.recipe.device.clone(),
@@ -158,6 +191,7 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
         },
         folds: req.folds.clone(),
         seeds: req.seeds.clone(),
+        baseline: req.baseline,
     };
     fsutil::create_dir(&req.out.join("folds"))?;
     fsutil::write_json(&req.out.join("cv-config.json"), &cfg)?;
@@ -171,6 +205,9 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
     let base_model = fresh_model(&cfg.run, device, seed0 as i64)?;
     let cap = base_model.cfg.deepest_start();
     let from = req.recipe.train.stages.iter().map(|s| s.from).min().unwrap_or(Block::Head).min(cap);
+    if req.baseline == Some(0) {
+        return Err(Error::config("--probe-epochs must be at least 1"));
+    }
     let shared = if req.recipe.model.bn == BnMode::Recalibrate {
         reporter.message("frozen-prefix cache per fold: --bn recalibrate re-estimates statistics on each fold's training images");
         vec![]
@@ -182,7 +219,8 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
                 let c = train::build_cache(&base_model, &req.recipe.train, &data_cfg.preprocess, &prepared.data.gray, from, views, &all, &all, device);
                 // Later stages' freeze points too (e.g. the head-only warm-up's conv5 output):
                 // the folds use them while those blocks still hold the pretrained weights.
-                let mut points: Vec<Block> = req.recipe.train.stages.iter().map(|s| s.from.min(cap)).filter(|&b| b > from).collect();
+                let probe = req.baseline.map(|_| Block::Head);
+                let mut points: Vec<Block> = req.recipe.train.stages.iter().map(|s| s.from).chain(probe).map(|b| b.min(cap)).filter(|&b| b > from).collect();
                 points.sort_unstable();
                 points.dedup();
                 let mut caches: Vec<train::Cache> = points.iter().map(|&b| train::derive_cache(&base_model, &c, b)).collect();
@@ -224,21 +262,17 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
             }
             let t0 = Instant::now();
             let train: Vec<usize> = (0..n_all).filter(|i| test.binary_search(i).is_err()).collect();
-            let data = crate::run::train_data(prepared.data.gray.shallow_clone(), labels, data_cfg.train_labels, train, vec![]);
+            let data = crate::run::train_data(prepared.data.gray.shallow_clone(), ds, labels, data_cfg.train_labels, train, vec![]);
             let mut tc = req.recipe.train.clone();
             tc.seed = seed;
-            let mut model = fresh_model(&cfg.run, device, seed as i64)?;
-            if cfg.run.model.bn == BnMode::Recalibrate {
-                let imgs: Vec<tch::Tensor> =
-                    data.train.chunks(32).map(|c| data_cfg.preprocess.normalise(&crate::data::select(&data.gray, c, device))).collect();
-                model.recalibrate(&imgs)?;
-            }
-            let trainer = Trainer { cfg: &tc, pre: &data_cfg.preprocess, data: &data, device, checkpoint_dir: None, stop: None, shared: &shared };
-            let mut quiet = train::Collect::default();
-            trainer.run(&mut model, &mut quiet, None)?;
-            let probs = crate::run::rows(&cfg.run.task_probs(&trainer.logits(&model, shared.first(), test)));
             let y: Vec<i64> = test.iter().map(|&i| labels.targets[i]).collect();
-            let metrics = eval::metrics(&y, &probs, &labels.classes);
+            let fold = Fold { run: &cfg.run, data: &data, test, y: &y, shared: &shared, device };
+            let (main, single) = fold.train_and_score(&tc)?;
+            let baseline = match req.baseline {
+                Some(epochs) => Some(fold.train_and_score(&TrainConfig { stages: vec![Stage { from: Block::Head, epochs }], ..tc.clone() })?.0),
+                None => None,
+            };
+            let (probs, metrics) = (main.probs, main.metrics);
             let r = FoldResult {
                 seed,
                 fold: fi,
@@ -247,15 +281,21 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
                 y,
                 probs,
                 metrics,
+                single,
+                baseline,
                 n_train: data.train.len(),
                 seconds: t0.elapsed().as_secs_f64(),
             };
             reporter.message(&format!(
-                "seed {seed} fold {}/{}: {} test images, balanced accuracy {:.3}, accuracy {:.3}, {:.1}s",
+                "seed {seed} fold {}/{}: {} test images, balanced accuracy {:.3}{}, accuracy {:.3}, {:.1}s",
                 fi + 1,
                 folds.len(),
                 test.len(),
                 r.metrics.balanced_accuracy,
+                [("single-image head", &r.single), ("probe", &r.baseline)]
+                    .iter()
+                    .filter_map(|(what, s)| s.as_ref().map(|s| format!(", {what} {:.3}", s.metrics.balanced_accuracy)))
+                    .collect::<String>(),
                 r.metrics.accuracy,
                 r.seconds
             ));
@@ -266,6 +306,41 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
         return Ok(None);
     }
     collect(&req.out).map(Some)
+}
+
+/// One fold: the training rows (in `data`), the test rows and their task classes.
+struct Fold<'a> {
+    run: &'a RunConfig,
+    data: &'a TrainData,
+    test: &'a [usize],
+    y: &'a [i64],
+    shared: &'a [train::Cache],
+    device: Device,
+}
+
+impl Fold<'_> {
+    /// Trains a fresh model with `tc` and scores the test rows (and, for a
+    /// subject-normalised model, its single-image head).
+    fn train_and_score(&self, tc: &TrainConfig) -> Result<(Scores, Option<Scores>)> {
+        let pre = &self.run.data.preprocess;
+        let mut model = fresh_model(self.run, self.device, tc.seed as i64)?;
+        if self.run.model.bn == BnMode::Recalibrate {
+            let imgs: Vec<tch::Tensor> = self.data.train.chunks(32).map(|c| pre.normalise(&crate::data::select(&self.data.gray, c, self.device))).collect();
+            model.recalibrate(&imgs)?;
+        }
+        let trainer = Trainer { cfg: tc, pre, data: self.data, device: self.device, checkpoint_dir: None, stop: None, shared: self.shared };
+        trainer.run(&mut model, &mut train::Collect::default(), None)?;
+        let score = |logits: &tch::Tensor| {
+            let probs = crate::run::rows(&self.run.task_probs(logits));
+            Scores { metrics: eval::metrics(self.y, &probs, &self.run.classes), probs }
+        };
+        Ok(if model.cfg.subject_norm {
+            let (person, single) = trainer.subject_logits(&model, self.shared.first(), self.test);
+            (score(&person), Some(score(&single)))
+        } else {
+            (score(&trainer.logits(&model, self.shared.first(), self.test)), None)
+        })
+    }
 }
 
 fn fresh_model(cfg: &RunConfig, device: Device, seed: i64) -> Result<Vgg16> {
@@ -298,16 +373,27 @@ pub fn collect(dir: &Path) -> Result<Summary> {
     }
     results.sort_by_key(|r| (r.seed, r.fold));
     let classes = cfg.run.classes.clone();
-    let get = |f: fn(&Metrics) -> f64| results.iter().map(|r| f(&r.metrics)).collect::<Vec<_>>();
-    let stats = vec![
-        stat("balanced_accuracy", &get(|m| m.balanced_accuracy)),
-        stat("accuracy", &get(|m| m.accuracy)),
-        stat("roc_auc", &get(|m| m.roc_auc)),
-        stat("majority_baseline", &get(|m| m.majority_baseline)),
-    ];
+    let stats_of = |ms: &[&Metrics]| {
+        let get = |f: fn(&Metrics) -> f64| ms.iter().map(|m| f(m)).collect::<Vec<_>>();
+        vec![
+            stat("balanced_accuracy", &get(|m| m.balanced_accuracy)),
+            stat("accuracy", &get(|m| m.accuracy)),
+            stat("roc_auc", &get(|m| m.roc_auc)),
+            stat("majority_baseline", &get(|m| m.majority_baseline)),
+        ]
+    };
+    let stats = stats_of(&results.iter().map(|r| &r.metrics).collect::<Vec<_>>());
     let y: Vec<i64> = results.iter().flat_map(|r| r.y.clone()).collect();
     let probs: Vec<Vec<f64>> = results.iter().flat_map(|r| r.probs.clone()).collect();
     let pooled = eval::metrics(&y, &probs, &classes);
+    let alt = |pick: fn(&FoldResult) -> Option<&Scores>| {
+        results.iter().map(pick).collect::<Option<Vec<_>>>().map(|s| Alternative {
+            stats: stats_of(&s.iter().map(|x| &x.metrics).collect::<Vec<_>>()),
+            pooled: eval::metrics(&y, &s.iter().flat_map(|x| x.probs.clone()).collect::<Vec<_>>(), &classes),
+        })
+    };
+    let single = alt(|r| r.single.as_ref());
+    let baseline = alt(|r| r.baseline.as_ref());
     let mut per_subject: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     for r in &results {
         for ((s, &t), p) in r.subjects.iter().zip(&r.y).zip(&r.probs) {
@@ -319,7 +405,7 @@ pub fn collect(dir: &Path) -> Result<Summary> {
         }
     }
     let protocol = format!(
-        "{} cross-validation ({}), {} seed(s) {:?}, {} fold results; metrics per fold, mean ± std and t-based 95 % interval over folds × seeds; the last epoch of the fixed recipe is evaluated (no early stopping on test folds)",
+        "{} cross-validation ({}), {} seed(s) {:?}, {} fold results; metrics per fold, mean ± std and t-based 95 % interval over folds × seeds; the last epoch of the fixed recipe is evaluated (no early stopping on test folds){}",
         match cfg.folds {
             Folds::Loso => "leave-one-subject-out".to_string(),
             Folds::K { k } => format!("{k}-fold subject-grouped"),
@@ -327,7 +413,8 @@ pub fn collect(dir: &Path) -> Result<Summary> {
         classes.join(" vs "),
         cfg.seeds.len(),
         cfg.seeds,
-        results.len()
+        results.len(),
+        if single.is_some() { format!("; {}", crate::subject::TRANSDUCTIVE) } else { String::new() }
     );
     let summary = Summary {
         protocol,
@@ -336,6 +423,9 @@ pub fn collect(dir: &Path) -> Result<Summary> {
         pooled,
         per_subject,
         folds: results.iter().map(|r| (r.seed, r.fold, r.metrics.clone())).collect(),
+        single,
+        baseline,
+        probe_epochs: cfg.baseline,
     };
     fsutil::write_json(&dir.join("cv.json"), &summary)?;
     fsutil::write_atomic(&dir.join("cv.md"), markdown(&summary).as_bytes())?;
@@ -351,9 +441,30 @@ pub fn collect(dir: &Path) -> Result<Summary> {
 
 /// The printed / saved summary.
 pub fn markdown(s: &Summary) -> String {
-    let mut out = format!("# Cross-validation\n\n{}\n\n| metric | mean ± std | 95 % interval | n |\n|---|---|---|---|\n", s.protocol);
-    for st in &s.stats {
-        out.push_str(&format!("| {} | {:.3} ± {:.3} | [{:.3}, {:.3}] | {} |\n", st.metric, st.mean, st.std, st.ci95.0, st.ci95.1, st.n));
+    let mut out = format!("# Cross-validation\n\n{}\n\n", s.protocol);
+    let table = |out: &mut String, stats: &[Stat]| {
+        out.push_str("| metric | mean ± std | 95 % interval | n |\n|---|---|---|---|\n");
+        for st in stats {
+            out.push_str(&format!("| {} | {:.3} ± {:.3} | [{:.3}, {:.3}] | {} |\n", st.metric, st.mean, st.std, st.ci95.0, st.ci95.1, st.n));
+        }
+    };
+    table(&mut out, &s.stats);
+    let sections = [
+        ("Single-image head (no other photo of the person; same folds)".to_string(), &s.single),
+        (format!("Probe baseline (head only, {} epochs, same folds and seeds)", s.probe_epochs.unwrap_or(0)), &s.baseline),
+    ];
+    for (title, alt) in sections {
+        if let Some(a) = alt {
+            out.push_str(&format!("\n## {title}\n\n"));
+            table(&mut out, &a.stats);
+            out.push_str(&format!(
+                "\npooled out-of-fold: accuracy {:.3}, balanced accuracy {:.3}, ROC AUC {:.3}; recipe − this: balanced accuracy {:+.3}\n",
+                a.pooled.accuracy,
+                a.pooled.balanced_accuracy,
+                a.pooled.roc_auc,
+                s.stats[0].mean - a.stats[0].mean
+            ));
+        }
     }
     out.push_str("\n## Per fold\n\n| seed | fold | n | accuracy | balanced accuracy | ROC AUC |\n|---|---|---|---|---|---|\n");
     for (seed, fold, m) in &s.folds {

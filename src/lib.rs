@@ -21,6 +21,7 @@ pub mod predict;
 pub mod report;
 pub mod run;
 pub mod speed;
+pub mod subject;
 pub mod train;
 pub mod weights;
 

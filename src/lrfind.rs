@@ -65,7 +65,7 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Found> {
     let device = crate::run::parse_device(&req.recipe.device)?;
     let p = prepare(&req.recipe.data, req.recipe.train.seed, reporter)?;
     tch::manual_seed(req.recipe.train.seed as i64);
-    let mut model = Vgg16::new(&model_config(&req.recipe.model, p.data.num_classes), device)?;
+    let mut model = Vgg16::new(&model_config(&crate::run::resolve_subject_norm(&req.recipe.model, &p.dataset)?, p.data.num_classes), device)?;
     if !req.recipe.random_init {
         let w = resolve_weights(req.recipe.weights.as_deref(), req.recipe.model.bn.has_bn())?;
         weights::load_pretrained(&mut model, &w)?;

@@ -131,6 +131,11 @@ fn finetune(a: FinetuneArgs) -> anyhow::Result<()> {
         Some(m) => {
             println!("validation (best epoch, subject-grouped holdout unless noted in metrics.json):");
             print_metrics(m, &s.classes);
+            if let Some(single) = &s.val_single {
+                println!("{}", vggft::subject::TRANSDUCTIVE);
+                println!("validation, single-image head (no other photo of the person):");
+                print_metrics(single, &s.classes);
+            }
         }
         None => println!("no validation set (--val none): the final epoch was kept"),
     }
@@ -146,14 +151,26 @@ fn predict_cmd(a: PredictArgs) -> anyhow::Result<bool> {
     }
     let loaded = t0.elapsed().as_secs_f64();
     let paths = predict::expand_inputs(&a.inputs);
-    let preds = predict::predict(&cfg, &model, &paths, a.tta == Tta::Flip, a.batch_size, device);
+    let subjects = match (&a.subject, a.subject_from.as_str()) {
+        (Some(s), _) => predict::SubjectFrom::All(s.clone()),
+        (None, "parent") => predict::SubjectFrom::Parent,
+        _ => predict::SubjectFrom::Names,
+    };
+    let preds = predict::predict(&cfg, &model, &paths, &subjects, a.tta == Tta::Flip, a.batch_size, device);
+    if model.cfg.subject_norm {
+        eprintln!("{}", vggft::subject::TRANSDUCTIVE);
+    }
     if a.timings {
         eprintln!("timings: model load {loaded:.3} s, decode + forward {:.3} s", t0.elapsed().as_secs_f64() - loaded);
     }
     let mut failed = 0;
     let mut json = Vec::new();
     if a.format == OutputFormat::Csv {
-        println!("path,class,{}", cfg.classes.iter().map(|c| format!("p_{c}")).collect::<Vec<_>>().join(","));
+        println!(
+            "path,class,{}{}",
+            cfg.classes.iter().map(|c| format!("p_{c}")).collect::<Vec<_>>().join(","),
+            if model.cfg.subject_norm { ",mode" } else { "" }
+        );
     }
     for p in &preds {
         match &p.probs {
@@ -161,13 +178,17 @@ fn predict_cmd(a: PredictArgs) -> anyhow::Result<bool> {
                 let class = &cfg.classes[predict::argmax(pr)];
                 match a.format {
                     OutputFormat::Text => println!(
-                        "{}\t{class}\t{}",
+                        "{}\t{class}\t{}{}",
                         p.path.display(),
-                        cfg.classes.iter().zip(pr).map(|(c, v)| format!("{c}={v:.3}")).collect::<Vec<_>>().join(" ")
+                        cfg.classes.iter().zip(pr).map(|(c, v)| format!("{c}={v:.3}")).collect::<Vec<_>>().join(" "),
+                        p.mode.map(|m| format!("\tmode={}", m.name())).unwrap_or_default()
                     ),
-                    OutputFormat::Csv => {
-                        println!("{},{class},{}", csv_field(&p.path.display().to_string()), pr.iter().map(|v| format!("{v:.6}")).collect::<Vec<_>>().join(","))
-                    }
+                    OutputFormat::Csv => println!(
+                        "{},{class},{}{}",
+                        csv_field(&p.path.display().to_string()),
+                        pr.iter().map(|v| format!("{v:.6}")).collect::<Vec<_>>().join(","),
+                        p.mode.map(|m| format!(",{}", m.name())).unwrap_or_default()
+                    ),
                     OutputFormat::Json => {
                         let named = |names: &[String], v: &[f64]| {
                             names.iter().cloned().zip(v.iter().map(|v| serde_json::json!(v))).collect::<serde_json::Map<String, serde_json::Value>>()
@@ -175,6 +196,9 @@ fn predict_cmd(a: PredictArgs) -> anyhow::Result<bool> {
                         let mut o = serde_json::json!({"path": p.path.display().to_string(), "class": class, "probabilities": named(&cfg.classes, pr)});
                         if !p.raw.is_empty() {
                             o["raw_probabilities"] = serde_json::Value::Object(named(&cfg.raw_classes, &p.raw));
+                        }
+                        if let Some(m) = p.mode {
+                            o["mode"] = serde_json::json!(m.name());
                         }
                         json.push(o);
                     }
@@ -276,7 +300,14 @@ fn cv(a: CvArgs) -> anyhow::Result<()> {
             };
             let out = a.out.clone().unwrap_or_else(|| std::path::PathBuf::from("runs").join(format!("cv-{}", chrono::Local::now().format("%Y%m%d-%H%M%S"))));
             rep.message(&format!("cv folder: {}", out.display()));
-            let req = vggft::cv::Request { recipe, folds: vggft::cv::Folds::parse(&a.folds)?, seeds, only_fold: a.fold, out: out.clone() };
+            let req = vggft::cv::Request {
+                recipe,
+                folds: vggft::cv::Folds::parse(&a.folds)?,
+                seeds,
+                only_fold: a.fold,
+                baseline: a.baseline.as_ref().map(|_| a.probe_epochs),
+                out: out.clone(),
+            };
             match vggft::cv::run(&req, &mut rep)? {
                 Some(s) => s,
                 None => {

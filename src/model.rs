@@ -152,6 +152,11 @@ pub struct ModelConfig {
     /// Blocks whose outputs are pooled into the head, ascending (`--features`).
     #[serde(default = "conv5_only")]
     pub features: Vec<Block>,
+    /// Per-subject normalisation of the pooled features (`--subject-norm`):
+    /// the head reads person-normalised features, and a second head
+    /// (`head_global.*`) reads the raw pooled ones for single images.
+    #[serde(default)]
+    pub subject_norm: bool,
 }
 
 fn one() -> i64 {
@@ -165,7 +170,17 @@ pub fn conv5_only() -> Vec<Block> {
 
 impl ModelConfig {
     pub fn new(bn_mode: BnMode, head: HeadKind, num_classes: i64) -> Self {
-        ModelConfig { bn_mode, head, num_classes, dropout: 0.5, hidden: 0, width_div: 1, precision: Precision::F32, features: conv5_only() }
+        ModelConfig {
+            bn_mode,
+            head,
+            num_classes,
+            dropout: 0.5,
+            hidden: 0,
+            width_div: 1,
+            precision: Precision::F32,
+            features: conv5_only(),
+            subject_norm: false,
+        }
     }
     /// Channels of block `b`'s output.
     pub fn block_out(&self, b: Block) -> i64 {
@@ -208,12 +223,30 @@ enum Head {
     Vgg { fc6: nn::Linear, fc7: nn::Linear, fc8: nn::Linear },
 }
 
+impl Head {
+    fn forward(&self, f: &Tensor, dropout: f64, train: bool) -> Tensor {
+        match self {
+            Head::Linear { fc } => f.dropout(dropout, train).apply(fc),
+            Head::Bn { norm, hidden, fc } => {
+                let mut x = f.apply_t(norm, train).dropout(dropout, train);
+                if let Some((lin, bn)) = hidden {
+                    x = x.apply(lin).relu().apply_t(bn, train).dropout(dropout, train);
+                }
+                x.apply(fc)
+            }
+            Head::Vgg { fc6, fc7, fc8 } => f.apply(fc6).relu().dropout(dropout, train).apply(fc7).relu().dropout(dropout, train).apply(fc8),
+        }
+    }
+}
+
 /// VGG16 (plain or BN) with a classification head, its variables in `vs`.
 pub struct Vgg16 {
     pub vs: nn::VarStore,
     pub cfg: ModelConfig,
     layers: Vec<ConvLayer>,
     head: Head,
+    /// The single-image head of a subject-normalised model.
+    global: Option<Head>,
     trainable_from: Block,
 }
 
@@ -250,6 +283,9 @@ impl Vgg16 {
         if cfg.head == HeadKind::Vgg && cfg.features != conv5_only() {
             return Err(Error::config("the vgg head (fc6/fc7) takes the conv5 output only: use --features conv5 or another head"));
         }
+        if cfg.head == HeadKind::Vgg && cfg.subject_norm {
+            return Err(Error::config("per-subject normalisation applies to pooled features: use the bn or linear head"));
+        }
         let vs = nn::VarStore::new(device);
         let root = vs.root();
         let feats = &root / "features";
@@ -271,10 +307,9 @@ impl Vgg16 {
             c_in = c_out;
         }
         let c = cfg.pooled_width();
-        let head = match cfg.head {
-            HeadKind::Linear => Head::Linear { fc: nn::linear(&root / "head" / "fc", c, cfg.num_classes, lin()) },
+        let make_head = |h: nn::Path| match cfg.head {
+            HeadKind::Linear => Head::Linear { fc: nn::linear(&h / "fc", c, cfg.num_classes, lin()) },
             HeadKind::Bn => {
-                let h = &root / "head";
                 let norm = nn::batch_norm1d(&h / "norm", 2 * c, Default::default());
                 let (hidden, width) = if cfg.hidden > 0 {
                     let lin = nn::linear(&h / "hidden", 2 * c, cfg.hidden, lin());
@@ -296,7 +331,9 @@ impl Vgg16 {
                 }
             }
         };
-        Ok(Vgg16 { vs, cfg: cfg.clone(), layers, head, trainable_from: Block::Conv1 })
+        let head = make_head(&root / "head");
+        let global = cfg.subject_norm.then(|| make_head(&root / "head_global"));
+        Ok(Vgg16 { vs, cfg: cfg.clone(), layers, head, global, trainable_from: Block::Conv1 })
     }
 
     pub fn device(&self) -> Device {
@@ -346,42 +383,49 @@ impl Vgg16 {
         x
     }
 
-    /// The head on the feature blocks' outputs (`maps`, one per `cfg.features`,
-    /// ascending; the `vgg` head takes the conv5 output alone).
-    pub fn head_forward(&self, maps: &[Tensor], train: bool) -> Tensor {
+    /// The head's input from the feature blocks' outputs (`maps`, one per
+    /// `cfg.features`, ascending): avg + max pooled for the bn head, avg for
+    /// the linear head, the 7×7 average of conv5 for the vgg head.
+    pub fn pool(&self, maps: &[Tensor]) -> Tensor {
         let avg = || maps.iter().map(|m| m.adaptive_avg_pool2d([1, 1]).flatten(1, -1).to_kind(Kind::Float));
-        let f = &maps[maps.len() - 1];
         match &self.head {
-            Head::Linear { fc } => Tensor::cat(&avg().collect::<Vec<_>>(), 1).dropout(self.cfg.dropout, train).apply(fc),
-            Head::Bn { norm, hidden, fc } => {
-                let pooled: Vec<Tensor> = avg().zip(maps).flat_map(|(a, m)| [a, m.adaptive_max_pool2d([1, 1]).0.flatten(1, -1).to_kind(Kind::Float)]).collect();
-                let mut x = Tensor::cat(&pooled, 1).apply_t(norm, train).dropout(self.cfg.dropout, train);
-                if let Some((lin, bn)) = hidden {
-                    x = x.apply(lin).relu().apply_t(bn, train).dropout(self.cfg.dropout, train);
-                }
-                x.apply(fc)
+            Head::Linear { .. } => Tensor::cat(&avg().collect::<Vec<_>>(), 1),
+            Head::Bn { .. } => {
+                Tensor::cat(&avg().zip(maps).flat_map(|(a, m)| [a, m.adaptive_max_pool2d([1, 1]).0.flatten(1, -1).to_kind(Kind::Float)]).collect::<Vec<_>>(), 1)
             }
-            Head::Vgg { fc6, fc7, fc8 } => f
-                .adaptive_avg_pool2d([7, 7])
-                .flatten(1, -1)
-                .apply(fc6)
-                .relu()
-                .dropout(self.cfg.dropout, train)
-                .apply(fc7)
-                .relu()
-                .dropout(self.cfg.dropout, train)
-                .apply(fc8),
+            Head::Vgg { .. } => maps[maps.len() - 1].adaptive_avg_pool2d([7, 7]).flatten(1, -1),
         }
+    }
+
+    /// The head on pooled features.
+    pub fn classify(&self, f: &Tensor, train: bool) -> Tensor {
+        self.head.forward(f, self.cfg.dropout, train)
+    }
+
+    /// The single-image head of a subject-normalised model on (globally) pooled features.
+    pub fn classify_global(&self, f: &Tensor, train: bool) -> Option<Tensor> {
+        self.global.as_ref().map(|h| h.forward(f, self.cfg.dropout, train))
+    }
+
+    /// The head on the feature blocks' outputs.
+    pub fn head_forward(&self, maps: &[Tensor], train: bool) -> Tensor {
+        self.classify(&self.pool(maps), train)
     }
 
     /// Continues from the output of the blocks before `from` to the logits.
     /// `x` is the output of the block before `from`, which must not lie above
     /// `cfg.deepest_start()` (the head needs every feature block's output).
     pub fn forward_from(&self, x: &Tensor, from: Block, train: bool) -> Tensor {
+        self.classify(&self.pooled_from(x, from, train), train)
+    }
+
+    /// The head's input (pooled features) from the output of the blocks before `from`.
+    pub fn pooled_from(&self, x: &Tensor, from: Block, train: bool) -> Tensor {
         let wanted = |b: Block| self.cfg.features.contains(&b);
         let mut maps: Vec<Tensor> = Vec::with_capacity(self.cfg.features.len());
         if from > Block::Conv1 && wanted(Block::from_index(from.index() - 1)) {
-            maps.push(x.shallow_clone());
+            // In the trunk's memory layout, as the walk would have produced it (pooling sums in that order).
+            maps.push(channels_last(x));
         }
         let last = self.walk(x, from, Block::Head, train, |b, t| {
             if wanted(b) && b != Block::Conv5 {
@@ -391,7 +435,7 @@ impl Vgg16 {
         if from <= Block::Conv5 {
             maps.push(last);
         }
-        self.head_forward(&maps, train)
+        self.pool(&maps)
     }
 
     /// Image batch (N,3,H,W), normalised → logits (N, classes).
@@ -401,7 +445,7 @@ impl Vgg16 {
 
     /// Which block a variable belongs to, from its torchvision name.
     pub fn block_of_name(&self, name: &str) -> Option<Block> {
-        if name.starts_with("head.") || name.starts_with("classifier.") {
+        if name.starts_with("head.") || name.starts_with("head_global.") || name.starts_with("classifier.") {
             return Some(Block::Head);
         }
         let n: usize = name.strip_prefix("features.")?.split('.').next()?.parse().ok()?;
@@ -443,7 +487,8 @@ impl Vgg16 {
                 continue;
             }
             let block = self.block_of_name(&name).unwrap_or(Block::Head);
-            let is_bn = name.starts_with("head.norm") || name.starts_with("head.hidden_norm") || (t.dim() == 1 && self.is_bn_param(&name));
+            let head_bn = ["head.norm", "head.hidden_norm", "head_global.norm", "head_global.hidden_norm"].iter().any(|p| name.starts_with(p));
+            let is_bn = head_bn || (t.dim() == 1 && self.is_bn_param(&name));
             let decay = t.dim() > 1 && !is_bn;
             match groups.iter_mut().find(|g| g.block == block && g.decay == decay) {
                 Some(g) => g.params.push((name, t)),

@@ -10,7 +10,7 @@ use crate::config::RunConfig;
 use crate::data::image;
 use crate::data::scan::is_image;
 use crate::error::Error;
-use crate::model::Vgg16;
+use crate::model::{Block, Vgg16};
 
 /// One image's outcome: class probabilities, or why it failed.
 pub struct Prediction {
@@ -19,6 +19,47 @@ pub struct Prediction {
     pub probs: std::result::Result<Vec<f64>, String>,
     /// Raw-label probabilities, when the head was trained on raw labels (else empty).
     pub raw: Vec<f64>,
+    /// Which head of a subject-normalised model answered (`None` for other models).
+    pub mode: Option<Mode>,
+}
+
+/// How a subject-normalised model predicted one image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Normalised with the statistics of this person's images among the inputs.
+    Person,
+    /// Too few images of this person (or no subject id): the single-image head.
+    Single,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Person => "person",
+            Mode::Single => "single-image",
+        }
+    }
+}
+
+/// Where `predict` reads each input's subject from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SubjectFrom {
+    /// JAFFE file names (`KA.AN1.39.tiff` → `KA`); other names have none.
+    Names,
+    /// One subject for every input (`--subject ID`).
+    All(String),
+    /// The image's folder (`--subject-from parent`: one folder per person).
+    Parent,
+}
+
+impl SubjectFrom {
+    pub fn subject(&self, path: &Path) -> Option<String> {
+        match self {
+            SubjectFrom::Names => path.file_name().and_then(|n| crate::data::scan::parse_jaffe_name(&n.to_string_lossy())).and_then(|r| r.ok()).map(|(s, _)| s),
+            SubjectFrom::All(s) => Some(s.clone()),
+            SubjectFrom::Parent => path.parent().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()),
+        }
+    }
 }
 
 /// Files and folders (their images, sorted, one level deep) → image paths.
@@ -51,41 +92,94 @@ fn prepare_one(path: &Path, cfg: &RunConfig, finder: &mut Option<crate::data::fa
     crate::data::prepare_image(&g, &cfg.data.preprocess, finder).map(|(px, _)| px)
 }
 
-/// Predicts every path, in batches of `batch`.
-pub fn predict(cfg: &RunConfig, model: &Vgg16, paths: &[PathBuf], tta_flip: bool, batch: usize, device: Device) -> Vec<Prediction> {
+/// Predicts every path, in batches of `batch`. A subject-normalised model
+/// normalises each person with ≥ `subject::MIN_IMAGES` inputs by that
+/// person's statistics and answers the others with its single-image head.
+pub fn predict(cfg: &RunConfig, model: &Vgg16, paths: &[PathBuf], subjects: &SubjectFrom, tta_flip: bool, batch: usize, device: Device) -> Vec<Prediction> {
     let s = cfg.data.preprocess.image_size as i64;
     let mut finder = None;
     let mut out = Vec::with_capacity(paths.len());
+    // Pooled features (and their flipped twins) of every decoded input, for a subject-normalised model.
+    let mut pooled: Vec<(Tensor, Option<Tensor>)> = Vec::new();
     for chunk in paths.chunks(batch.max(1)) {
         let prepared: Vec<(PathBuf, std::result::Result<Vec<f32>, String>)> = chunk.iter().map(|p| (p.clone(), prepare_one(p, cfg, &mut finder))).collect();
         let ok: Vec<&Vec<f32>> = prepared.iter().filter_map(|(_, r)| r.as_ref().ok()).collect();
         let mut probs = Vec::new().into_iter();
-        let mut raw = Vec::new().into_iter();
         if !ok.is_empty() {
             let flat: Vec<f32> = ok.iter().flat_map(|v| v.iter().copied()).collect();
             let gray = Tensor::from_slice(&flat).view([ok.len() as i64, 1, s, s]).to_device(device);
             let x = cfg.data.preprocess.normalise(&gray);
-            let p = tch::no_grad(|| {
-                let mut logits = model.forward_t(&x, false).softmax(1, tch::Kind::Double);
-                if tta_flip {
-                    logits = (logits + model.forward_t(&x.flip([3]), false).softmax(1, tch::Kind::Double)) / 2.0;
-                }
-                logits
-            });
-            probs = crate::run::rows(&crate::eval::sum_to_task(&p, &cfg.raw_to_task, cfg.classes.len())).into_iter();
-            if !cfg.raw_to_task.is_empty() {
-                raw = crate::run::rows(&p).into_iter();
+            if model.cfg.subject_norm {
+                let f = tch::no_grad(|| model.pooled_from(&x, Block::Conv1, false));
+                let flipped = tta_flip.then(|| tch::no_grad(|| model.pooled_from(&x.flip([3]), Block::Conv1, false)));
+                pooled.push((f, flipped));
+            } else {
+                let p = tch::no_grad(|| {
+                    let mut p = model.forward_t(&x, false).softmax(1, tch::Kind::Double);
+                    if tta_flip {
+                        p = (p + model.forward_t(&x.flip([3]), false).softmax(1, tch::Kind::Double)) / 2.0;
+                    }
+                    p
+                });
+                probs = crate::run::rows(&p).into_iter();
             }
         }
         for (path, r) in prepared {
-            let (probs, raw) = match r {
-                Ok(_) => (Ok(probs.next().unwrap_or_default()), raw.next().unwrap_or_default()),
-                Err(e) => (Err(e), vec![]),
+            let probs = match r {
+                Ok(_) => Ok(probs.next().unwrap_or_default()),
+                Err(e) => Err(e),
             };
-            out.push(Prediction { path, probs, raw });
+            out.push(Prediction { path, probs, raw: vec![], mode: None });
+        }
+    }
+    if model.cfg.subject_norm && !pooled.is_empty() {
+        // Rows of the decoded inputs, in order.
+        let rows: Vec<usize> = (0..out.len()).filter(|&i| out[i].probs.is_ok()).collect();
+        let f = Tensor::cat(&pooled.iter().map(|p| p.0.shallow_clone()).collect::<Vec<_>>(), 0);
+        let flipped = pooled.iter().map(|p| p.1.as_ref().map(Tensor::shallow_clone)).collect::<Option<Vec<_>>>().map(|v| Tensor::cat(&v, 0));
+        let keys: Vec<Option<String>> = rows.iter().map(|&i| subjects.subject(&out[i].path)).collect();
+        let (p, modes) = person_or_single(model, &f, flipped.as_ref(), &keys);
+        for ((head, &i), mode) in crate::run::rows(&p).into_iter().zip(&rows).zip(modes) {
+            out[i].probs = Ok(head);
+            out[i].mode = Some(mode);
+        }
+    }
+    for o in &mut out {
+        if let Ok(head) = &o.probs {
+            if !cfg.raw_to_task.is_empty() {
+                o.raw = head.clone();
+                o.probs =
+                    Ok(crate::run::rows(&crate::eval::sum_to_task(&Tensor::from_slice(head).view([1, -1]), &cfg.raw_to_task, cfg.classes.len())).remove(0));
+            }
         }
     }
     out
+}
+
+/// Head probabilities (float64) from pooled features `f` (and their flipped
+/// twins, averaged in): person-normalised for subjects with enough rows, the
+/// single-image head for the rest.
+pub fn person_or_single(model: &Vgg16, f: &Tensor, flipped: Option<&Tensor>, subjects: &[Option<String>]) -> (Tensor, Vec<Mode>) {
+    let groups = crate::subject::groups(subjects);
+    let mut count = vec![0usize; groups.iter().max().map_or(0, |m| m + 1)];
+    for &g in &groups {
+        count[g] += 1;
+    }
+    let modes: Vec<Mode> =
+        subjects.iter().zip(&groups).map(|(s, &g)| if s.is_some() && count[g] >= crate::subject::MIN_IMAGES { Mode::Person } else { Mode::Single }).collect();
+    let probs = |f: &Tensor| {
+        tch::no_grad(|| {
+            let person = model.classify(&crate::subject::SubjectNorm::fit(f, &groups).apply(f, &groups), false).softmax(1, tch::Kind::Double);
+            let single = model.classify_global(f, false).unwrap_or_else(|| model.classify(f, false)).softmax(1, tch::Kind::Double);
+            let use_person = Tensor::from_slice(&modes.iter().map(|&m| m == Mode::Person).collect::<Vec<_>>()).to_device(f.device()).unsqueeze(1);
+            person.where_self(&use_person, &single)
+        })
+    };
+    let mut p = probs(f);
+    if let Some(g) = flipped {
+        p = (p + probs(g)) / 2.0;
+    }
+    (p, modes)
 }
 
 /// The most probable class.
@@ -132,8 +226,17 @@ pub fn evaluate(
     }
     let x = cfg.data.preprocess.normalise(&loaded.gray.to_device(device));
     let n = x.size()[0];
-    let logits: Vec<Tensor> = tch::no_grad(|| (0..n).step_by(32).map(|s| model.forward_t(&x.narrow(0, s, (n - s).min(32)), false)).collect());
-    let probs = crate::run::rows(&cfg.task_probs(&Tensor::cat(&logits, 0)));
+    let chunks = |f: &dyn Fn(&Tensor) -> Tensor| -> Tensor {
+        Tensor::cat(&tch::no_grad(|| (0..n).step_by(32).map(|s| f(&x.narrow(0, s, (n - s).min(32)))).collect::<Vec<_>>()), 0)
+    };
+    let probs = if model.cfg.subject_norm {
+        // Each person of the dataset is normalised by their own images (transductive).
+        let f = chunks(&|x| model.pooled_from(x, Block::Conv1, false));
+        let (p, _) = person_or_single(model, &f, None, &ds.samples.iter().map(|s| s.subject.clone()).collect::<Vec<_>>());
+        crate::run::rows(&crate::eval::sum_to_task(&p, &cfg.raw_to_task, cfg.classes.len()))
+    } else {
+        crate::run::rows(&cfg.task_probs(&chunks(&|x| model.forward_t(x, false))))
+    };
     let metrics = crate::eval::metrics(&y, &probs, &cfg.classes);
     Ok(Evaluation { metrics, paths: ds.samples.iter().map(|s| s.path.clone()).collect(), y, probs, skipped: loaded.skipped })
 }

@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::eval::{self, Metrics};
 use crate::fsutil;
 use crate::model::{ModelConfig, Vgg16};
+use crate::subject::SubjectNormChoice;
 use crate::train::{self, EpochRow, Reporter, TaskView, TrainData, Trainer};
 use crate::weights;
 
@@ -120,6 +121,7 @@ pub fn model_config(m: &ModelOptions, classes: usize) -> ModelConfig {
         width_div: m.width_div,
         precision: m.precision,
         features: m.features.clone(),
+        subject_norm: m.subject_norm == SubjectNormChoice::On,
     }
 }
 
@@ -161,7 +163,7 @@ pub fn prepare(dc: &DataConfig, seed: u64, reporter: &mut dyn Reporter) -> Resul
     if let Some(n) = &split.note {
         reporter.message(n);
     }
-    let data = train_data(loaded.gray, &labels, dc.train_labels, split.train.clone(), split.val.clone());
+    let data = train_data(loaded.gray, &dataset, &labels, dc.train_labels, split.train.clone(), split.val.clone());
     let fallbacks: Vec<String> = dataset
         .samples
         .iter()
@@ -177,13 +179,39 @@ pub fn prepare(dc: &DataConfig, seed: u64, reporter: &mut dyn Reporter) -> Resul
 
 /// Training data for `labels`: the head's targets are the raw labels or the
 /// task's classes, as `choice` resolves for these labels.
-pub fn train_data(gray: Tensor, labels: &Labels, choice: TrainLabels, train: Vec<usize>, val: Vec<usize>) -> TrainData {
+pub fn train_data(gray: Tensor, ds: &Dataset, labels: &Labels, choice: TrainLabels, train: Vec<usize>, val: Vec<usize>) -> TrainData {
+    let groups = subject_groups(ds);
     if labels.train_on_raw(choice) {
         let task = TaskView { targets: labels.targets.clone(), raw_to_task: labels.raw_to_task.clone(), classes: labels.classes.len() };
-        TrainData { gray, targets: labels.raw_targets.clone(), train, val, num_classes: labels.raw_classes.len(), task: Some(task) }
+        TrainData { gray, targets: labels.raw_targets.clone(), train, val, num_classes: labels.raw_classes.len(), groups, task: Some(task) }
     } else {
-        TrainData { gray, targets: labels.targets.clone(), train, val, num_classes: labels.classes.len(), task: None }
+        TrainData { gray, targets: labels.targets.clone(), train, val, num_classes: labels.classes.len(), groups, task: None }
     }
+}
+
+/// Each image's subject group (an image without a subject id is its own group).
+pub fn subject_groups(ds: &Dataset) -> Vec<usize> {
+    let keys: Vec<String> = ds.samples.iter().enumerate().map(|(i, s)| s.subject.clone().unwrap_or_else(|| format!("\0image {i}"))).collect();
+    crate::subject::groups(&keys)
+}
+
+/// Images per subject id (`None` when some image has no subject id).
+pub fn subject_counts(ds: &Dataset) -> Option<Vec<usize>> {
+    let mut m: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for s in &ds.samples {
+        *m.entry(s.subject.as_deref()?).or_default() += 1;
+    }
+    Some(m.into_values().collect())
+}
+
+/// Resolves `--subject-norm auto` for a dataset, and refuses `on` without subject ids.
+pub fn resolve_subject_norm(m: &ModelOptions, ds: &Dataset) -> Result<ModelOptions> {
+    let counts = subject_counts(ds);
+    if m.subject_norm == SubjectNormChoice::On && counts.is_none() {
+        return Err(Error::dataset(&ds.root, "per-subject normalisation (--subject-norm on) needs a subject id for every image"));
+    }
+    let on = m.subject_norm.resolve(counts.as_deref());
+    Ok(ModelOptions { subject_norm: if on { SubjectNormChoice::On } else { SubjectNormChoice::Off }, ..m.clone() })
 }
 
 /// The raw labels a head trains on and their task classes (empty when it trains on the task's classes).
@@ -227,6 +255,8 @@ pub struct Summary {
     pub history: Vec<EpochRow>,
     pub best_epoch: usize,
     pub val: Option<Metrics>,
+    /// With per-subject normalisation: the single-image head on the same images.
+    pub val_single: Option<Metrics>,
     pub classes: Vec<String>,
     pub n_train: usize,
     pub n_val: usize,
@@ -255,7 +285,7 @@ pub fn finetune(req: &FinetuneRequest, reporter: &mut dyn Reporter, stop: Option
         classes: prepared.labels.classes.clone(),
         raw_classes,
         raw_to_task,
-        model: req.recipe.model.clone(),
+        model: resolve_subject_norm(&req.recipe.model, &prepared.dataset)?,
         train: req.recipe.train.clone(),
         weights,
         device: req.recipe.device.clone(),
@@ -356,19 +386,27 @@ fn execute(
     write_history(&dir.join("history.csv"), &outcome.history)?;
     crate::plot::learning_curves(&dir.join("learning_curves.png"), &outcome.history)?;
     weights::save_atomic(&model.named_tensors(), &dir.join("model.safetensors"))?;
-    let val = if prepared.data.val.is_empty() {
-        None
-    } else {
-        let probs = rows(&config.task_probs(&trainer.val_logits(&model, None)));
-        let y: Vec<i64> = prepared.data.val.iter().map(|&i| prepared.labels.targets[i]).collect();
-        Some(eval::metrics(&y, &probs, &config.classes))
+    let val_rows = &prepared.data.val;
+    let y: Vec<i64> = val_rows.iter().map(|&i| prepared.labels.targets[i]).collect();
+    let score = |logits: &Tensor| eval::metrics(&y, &rows(&config.task_probs(logits)), &config.classes);
+    let (val, val_single) = match (val_rows.is_empty(), model.cfg.subject_norm) {
+        (true, _) => (None, None),
+        (false, false) => (Some(score(&trainer.val_logits(&model, None))), None),
+        (false, true) => {
+            let (person, single) = trainer.subject_logits(&model, None, val_rows);
+            (Some(score(&person)), Some(score(&single)))
+        }
     };
-    let metrics = serde_json::json!({
+    let mut metrics = serde_json::json!({
         "best_epoch": outcome.best_epoch,
         "epochs_run": outcome.history.len(),
         "protocol": if prepared.split.val_subjects.is_empty() { "holdout (image split)" } else { "holdout, subject-grouped" },
         "validation": val,
     });
+    if val_single.is_some() {
+        metrics["subject_norm"] = serde_json::json!(crate::subject::TRANSDUCTIVE);
+        metrics["validation_single_image"] = serde_json::json!(val_single);
+    }
     fsutil::write_json(&dir.join("metrics.json"), &metrics)?;
     let _ = std::fs::remove_file(dir.join(train::STATE));
     train::remove_checkpoints(dir, None);
@@ -380,6 +418,7 @@ fn execute(
         history: outcome.history,
         best_epoch: outcome.best_epoch,
         val,
+        val_single,
         classes: config.classes.clone(),
         n_train: prepared.data.train.len(),
         n_val: prepared.data.val.len(),

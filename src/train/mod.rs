@@ -31,6 +31,7 @@ use crate::error::{Error, Result};
 use crate::eval;
 use crate::model::{Block, Vgg16};
 use crate::optim::{Group, Optimizer};
+use crate::subject::SubjectNorm;
 use hooks::{BestWeights, Checkpointer, DivergenceGuard, EarlyStopping, Interrupt, Progress};
 use source::Sources;
 
@@ -44,6 +45,8 @@ pub struct TrainData {
     pub val: Vec<usize>,
     /// Outputs of the head.
     pub num_classes: usize,
+    /// Subject group of each dataset row (per-subject normalisation; every row its own group without subject ids).
+    pub groups: Vec<usize>,
     /// With a raw-label head: the task classes validation is scored in.
     pub task: Option<TaskView>,
 }
@@ -186,22 +189,71 @@ impl Trainer<'_> {
         Optimizer::new(self.cfg.optimizer, groups, self.cfg.momentum)
     }
 
-    /// Eval-mode logits for dataset rows `idx`, from the cache's clean rows when it has them.
-    pub fn logits(&self, model: &Vgg16, cache: Option<&Cache>, idx: &[usize]) -> Tensor {
+    /// Eval-mode `f(input, first block)` over dataset rows `idx` in chunks,
+    /// from the cache's clean rows when it has them; `width` columns when `idx` is empty.
+    fn eval_rows(&self, cache: Option<&Cache>, idx: &[usize], width: i64, f: impl Fn(&Tensor, Block) -> Tensor) -> Tensor {
         tch::no_grad(|| {
             let parts: Vec<Tensor> = idx
                 .chunks(32)
                 .map(|c| match cache.filter(|k| k.covers(&[], c)) {
-                    Some(k) => model.forward_from(&k.clean_rows(c, self.device), k.from, false),
-                    None => model.forward_t(&self.pre.normalise(&crate::data::select(&self.data.gray, c, self.device)), false),
+                    Some(k) => f(&k.clean_rows(c, self.device), k.from),
+                    None => f(&self.pre.normalise(&crate::data::select(&self.data.gray, c, self.device)), Block::Conv1),
                 })
                 .collect();
             if parts.is_empty() {
-                Tensor::zeros([0, model.cfg.num_classes], (Kind::Float, self.device))
+                Tensor::zeros([0, width], (Kind::Float, self.device))
             } else {
                 Tensor::cat(&parts, 0)
             }
         })
+    }
+
+    /// Eval-mode logits of the main head for dataset rows `idx` (for a
+    /// subject-normalised model: each person normalised by that person's rows in `idx`).
+    pub fn logits(&self, model: &Vgg16, cache: Option<&Cache>, idx: &[usize]) -> Tensor {
+        if model.cfg.subject_norm {
+            return self.subject_logits(model, cache, idx).0;
+        }
+        self.eval_rows(cache, idx, model.cfg.num_classes, |x, from| model.forward_from(x, from, false))
+    }
+
+    /// Eval-mode pooled features (the head's input) of dataset rows `idx`.
+    pub fn pooled(&self, model: &Vgg16, cache: Option<&Cache>, idx: &[usize]) -> Tensor {
+        self.eval_rows(cache, idx, 0, |x, from| model.pooled_from(x, from, false))
+    }
+
+    /// A subject-normalised model's eval-mode logits for rows `idx`: the main
+    /// head on features standardised with each person's statistics over that
+    /// person's rows in `idx` (transductive), and the single-image head on the raw features.
+    pub fn subject_logits(&self, model: &Vgg16, cache: Option<&Cache>, idx: &[usize]) -> (Tensor, Tensor) {
+        let f = self.pooled(model, cache, idx);
+        let g: Vec<usize> = idx.iter().map(|&i| self.data.groups[i]).collect();
+        tch::no_grad(|| {
+            let z = SubjectNorm::fit(&f, &g).apply(&f, &g);
+            (model.classify(&z, false), model.classify_global(&f, false).unwrap_or_else(|| model.classify(&f, false)))
+        })
+    }
+
+    /// Training-mode logits of one batch of dataset rows (and, for a
+    /// subject-normalised model, the single-image head's logits, which train
+    /// on the features without moving the trunk).
+    fn batch_logits(
+        &self,
+        model: &Vgg16,
+        source: &source::Source,
+        rows: &[usize],
+        rng: &mut ChaCha8Rng,
+        norm: Option<&SubjectNorm>,
+    ) -> (Tensor, Option<Tensor>) {
+        let x = source.train_batch(rows, rng);
+        match norm {
+            None => (model.forward_from(&x, source.from(), true), None),
+            Some(n) => {
+                let f = model.pooled_from(&x, source.from(), true);
+                let g: Vec<usize> = rows.iter().map(|&r| self.data.groups[r]).collect();
+                (model.classify(&n.apply(&f, &g), true), model.classify_global(&f.detach(), true))
+            }
+        }
     }
 
     /// Logits for the validation rows.
@@ -286,18 +338,27 @@ impl Trainer<'_> {
                 let mut order: Vec<usize> = (0..self.data.train.len()).collect();
                 order.shuffle(&mut rng);
                 let bs = batches(&order, self.cfg.batch_size);
+                // Each person's statistics under the current trunk, from the clean training images.
+                let norm = ctx.model.cfg.subject_norm.then(|| {
+                    let g: Vec<usize> = self.data.train.iter().map(|&r| self.data.groups[r]).collect();
+                    SubjectNorm::fit(&self.pooled(ctx.model, source.cache(), &self.data.train), &g)
+                });
                 each(hooks, |h| h.before_epoch(ctx, bs.len()))?;
                 let (mut loss_sum, mut correct, mut seen) = (0.0, 0i64, 0usize);
                 for (bi, b) in bs.iter().enumerate() {
                     ctx.lr = self.cfg.lr * self.cfg.schedule.factor(ctx.state.stage_epoch * steps_per_epoch + bi, total_steps, warmup);
                     each(hooks, |h| h.before_batch(ctx))?;
                     let rows: Vec<usize> = b.iter().map(|&o| self.data.train[o]).collect();
-                    let logits = ctx.model.forward_from(&source.train_batch(&rows, &mut rng), source.from(), true);
+                    let (logits, global) = self.batch_logits(ctx.model, &source, &rows, &mut rng, norm.as_ref());
                     let y = Tensor::from_slice(&rows.iter().map(|&r| self.data.targets[r]).collect::<Vec<_>>()).to_device(self.device);
-                    let loss = logits.cross_entropy_loss(&y, Some(&cw), Reduction::Mean, -100, self.cfg.label_smoothing);
+                    let ce = |l: &Tensor| l.cross_entropy_loss(&y, Some(&cw), Reduction::Mean, -100, self.cfg.label_smoothing);
+                    let loss = ce(&logits);
                     if let Some(opt) = ctx.opt.as_mut() {
                         opt.zero_grad();
-                        loss.backward();
+                        match &global {
+                            Some(g) => (&loss + ce(g)).backward(),
+                            None => loss.backward(),
+                        }
                         opt.step(ctx.lr);
                     }
                     ctx.steps += 1;

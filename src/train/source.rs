@@ -264,12 +264,20 @@ impl<'a> Sources<'a> {
         let cap = model.cfg.deepest_start();
         let mut s = Sources { cfg, pre, data, device, shared, base: None, resumed, cap };
         let base_from = cfg.stages.iter().skip(first_stage).map(|s| s.from).min().unwrap_or(Block::Head).min(cap);
+        // Person statistics are taken from clean images, the training images' too.
+        let clean: Vec<usize> = if model.cfg.subject_norm {
+            let mut v: Vec<usize> = data.train.iter().chain(&data.val).copied().collect();
+            v.sort_unstable();
+            v
+        } else {
+            data.val.clone()
+        };
         s.base = match s.shared(base_from).filter(|_| first_stage == 0 && !resumed) {
             Some(c) => Some(c.shallow()),
-            None => match cache_plan(model, cfg, pre, base_from, data.train.len(), data.val.len(), device) {
+            None => match cache_plan(model, cfg, pre, base_from, data.train.len(), clean.len(), device) {
                 Ok(views) => {
                     let t0 = Instant::now();
-                    let c = build_cache(model, cfg, pre, &data.gray, base_from, views, &data.train, &data.val, device);
+                    let c = build_cache(model, cfg, pre, &data.gray, base_from, views, &data.train, &clean, device);
                     reporter.message(&format!(
                         "cached the frozen {} output: {} view(s) of {} training images{}, in {:.1}s",
                         Block::from_index(base_from.index() - 1),

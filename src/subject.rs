@@ -1,0 +1,116 @@
+//! Per-subject feature normalisation. A face network's pooled features are
+//! dominated by who the person is; standardising each person's features with
+//! that person's own mean and spread (unlabelled images only) leaves what
+//! differs between their photos — the expression. This is transductive: at
+//! evaluation and prediction a person's statistics come from that person's
+//! test images, which every summary says.
+
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+/// What every summary of a subject-normalised model says.
+pub const TRANSDUCTIVE: &str =
+    "per-subject normalisation: each test person's unlabelled images set that person's normalisation; the single-image head needs no other photo";
+
+/// Fewest images of one person for person statistics (`auto`, and `predict`).
+pub const MIN_IMAGES: usize = 3;
+
+/// Pseudo-images of the pooled within-person variance mixed into each
+/// person's own variance: with few images a person's variance is noisy (with
+/// two it makes every feature ±1), so it is shrunk towards the typical one.
+const VAR_PRIOR: f64 = 2.0;
+
+/// `--subject-norm`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SubjectNormChoice {
+    /// Globally normalised features only (the classic head).
+    #[default]
+    Off,
+    On,
+    /// On when every subject id has at least 3 images.
+    Auto,
+}
+
+impl SubjectNormChoice {
+    /// On or off for a dataset whose subjects have `counts` images each (`None`: no subject ids).
+    pub fn resolve(self, counts: Option<&[usize]>) -> bool {
+        match self {
+            SubjectNormChoice::Off => false,
+            SubjectNormChoice::On => true,
+            SubjectNormChoice::Auto => counts.is_some_and(|c| !c.is_empty() && c.iter().all(|&n| n >= MIN_IMAGES)),
+        }
+    }
+}
+
+/// Per-person mean and standard deviation of pooled features.
+pub struct SubjectNorm {
+    /// (G, D) per group.
+    mean: Tensor,
+    std: Tensor,
+}
+
+impl SubjectNorm {
+    /// Statistics of `feats` (N, D), row i belonging to group `groups[i]` (0..G).
+    pub fn fit(feats: &Tensor, groups: &[usize]) -> SubjectNorm {
+        let g = groups.iter().max().map_or(0, |m| m + 1) as i64;
+        let dev = feats.device();
+        let f = feats.to_kind(Kind::Double);
+        let idx = Tensor::from_slice(&groups.iter().map(|&k| k as i64).collect::<Vec<_>>()).to_device(dev);
+        let d = f.size()[1];
+        let zeros = || Tensor::zeros([g, d], (Kind::Double, dev));
+        let n = Tensor::zeros([g], (Kind::Double, dev)).index_add(0, &idx, &Tensor::ones([f.size()[0]], (Kind::Double, dev))).unsqueeze(1);
+        let mean = zeros().index_add(0, &idx, &f) / n.clamp_min(1.0);
+        let centred = &f - mean.index_select(0, &idx);
+        let var = zeros().index_add(0, &idx, &centred.square()) / n.clamp_min(1.0);
+        // The typical within-person variance, weighting people by their image count.
+        let pooled = (&var * &n).sum_dim_intlist(0, true, Kind::Double) / n.sum(Kind::Double).clamp_min(1.0);
+        let var = (&var * &n + &pooled * VAR_PRIOR) / (&n + VAR_PRIOR);
+        SubjectNorm { mean: mean.to_kind(Kind::Float), std: (var + 1e-5).sqrt().to_kind(Kind::Float) }
+    }
+
+    /// Standardises `feats` (N, D) with the statistics of each row's group.
+    pub fn apply(&self, feats: &Tensor, groups: &[usize]) -> Tensor {
+        let idx = Tensor::from_slice(&groups.iter().map(|&k| k as i64).collect::<Vec<_>>()).to_device(feats.device());
+        (feats - self.mean.index_select(0, &idx)) / self.std.index_select(0, &idx)
+    }
+}
+
+/// Group ids 0..G for `keys` (e.g. subject names), in order of first appearance.
+pub fn groups<T: PartialEq + Clone>(keys: &[T]) -> Vec<usize> {
+    let mut seen: Vec<T> = Vec::new();
+    keys.iter()
+        .map(|k| match seen.iter().position(|s| s == k) {
+            Some(i) => i,
+            None => {
+                seen.push(k.clone());
+                seen.len() - 1
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_group_is_standardised_by_its_own_statistics() {
+        // Two people far apart; within each, features vary.
+        let f = Tensor::from_slice(&[10.0f32, 11.0, 12.0, 13.0, -5.0, -4.0, -3.0, -2.0]).view([8, 1]);
+        let g = [0, 0, 0, 0, 1, 1, 1, 1];
+        let norm = SubjectNorm::fit(&f, &g);
+        let z = norm.apply(&f, &g);
+        let v: Vec<f32> = Vec::try_from(z.flatten(0, -1)).unwrap();
+        // Each person's features are centred on that person's mean…
+        assert!(v[..4].iter().sum::<f32>().abs() < 1e-5 && v[4..].iter().sum::<f32>().abs() < 1e-5, "{v:?}");
+        // …and the two people become the same pattern (equal variances, so the prior changes nothing).
+        for i in 0..4 {
+            assert!((v[i] - v[i + 4]).abs() < 1e-5, "{v:?}");
+        }
+        assert!((v[3] - 1.5 / 1.25f32.sqrt()).abs() < 1e-3, "biased variance 1.25: {v:?}");
+        assert_eq!(groups(&["b", "a", "b", "c"]), [0, 1, 0, 2]);
+        assert!(SubjectNormChoice::Auto.resolve(Some(&[3, 4])) && !SubjectNormChoice::Auto.resolve(Some(&[3, 2])));
+        assert!(!SubjectNormChoice::Auto.resolve(None) && SubjectNormChoice::On.resolve(None));
+    }
+}
