@@ -383,8 +383,9 @@ pub struct PredictArgs {
     /// Subject-normalised models: every input shows this one person.
     #[arg(long, conflicts_with = "subject_from")]
     pub subject: Option<String>,
-    /// Subject-normalised models: each input's person from `name` (JAFFE file names) or `parent` (one folder per person).
-    #[arg(long, value_parser = ["name", "parent"], default_value = "name")]
+    /// Subject-normalised models: each input's person from `name` (JAFFE file names),
+    /// `parent` (one folder per person), or `none` (every input alone: the single-image head).
+    #[arg(long, value_parser = ["name", "parent", "none"], default_value = "name")]
     pub subject_from: String,
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,

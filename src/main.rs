@@ -154,6 +154,7 @@ fn predict_cmd(a: PredictArgs) -> anyhow::Result<bool> {
     let subjects = match (&a.subject, a.subject_from.as_str()) {
         (Some(s), _) => predict::SubjectFrom::All(s.clone()),
         (None, "parent") => predict::SubjectFrom::Parent,
+        (None, "none") => predict::SubjectFrom::Nobody,
         _ => predict::SubjectFrom::Names,
     };
     let preds = predict::predict(&cfg, &model, &paths, &subjects, a.tta == Tta::Flip, a.batch_size, device);

@@ -50,6 +50,9 @@ pub enum SubjectFrom {
     All(String),
     /// The image's folder (`--subject-from parent`: one folder per person).
     Parent,
+    /// No person statistics: every input alone (`--subject-from none`), for
+    /// inputs that mostly show one expression (see docs/results/accuracy).
+    Nobody,
 }
 
 impl SubjectFrom {
@@ -58,6 +61,7 @@ impl SubjectFrom {
             SubjectFrom::Names => path.file_name().and_then(|n| crate::data::scan::parse_jaffe_name(&n.to_string_lossy())).and_then(|r| r.ok()).map(|(s, _)| s),
             SubjectFrom::All(s) => Some(s.clone()),
             SubjectFrom::Parent => path.parent().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()),
+            SubjectFrom::Nobody => None,
         }
     }
 }
