@@ -31,9 +31,9 @@ pub enum Error {
     #[error("interrupted: {0}")]
     Interrupted(String),
 
-    /// The training loss stopped being a finite number.
-    #[error("training diverged: the loss became {loss} at epoch {epoch}; lower the learning rate (--lr; try vggft lr-find)")]
-    Diverged { epoch: usize, loss: f64 },
+    /// The training loss stopped being a finite number, or rose far above where it started.
+    #[error("training diverged: the loss rose from {start:.3} to {loss:.4e} at epoch {epoch} with learning rate {lr:.2e}; lower the learning rate (--lr; try vggft lr-find)")]
+    Diverged { epoch: usize, start: f64, loss: f64, lr: f64 },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -97,15 +97,22 @@ impl Hook for Progress {
     }
 }
 
-/// Stops on a non-finite training loss, naming the epoch and the remedy.
+/// Stops when the training loss is no longer finite or rises above
+/// `FACTOR` times the fit's first loss (a rate too high for the data climbs
+/// towards 1e16 long before it becomes NaN), naming the epoch, the rate and the remedy.
 pub struct DivergenceGuard;
+
+impl DivergenceGuard {
+    pub const FACTOR: f64 = 25.0;
+}
 
 impl Hook for DivergenceGuard {
     fn after_batch(&mut self, ctx: &mut Ctx, b: &BatchEnd) -> Result<()> {
-        if b.loss.is_finite() {
+        let start = *ctx.state.start_loss.get_or_insert(b.loss);
+        if b.loss.is_finite() && (b.loss <= Self::FACTOR * start || !start.is_finite()) {
             return Ok(());
         }
-        Err(Error::Diverged { epoch: ctx.epoch, loss: b.loss })
+        Err(Error::Diverged { epoch: ctx.epoch, start, loss: b.loss, lr: ctx.lr })
     }
 }
 

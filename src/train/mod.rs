@@ -111,6 +111,9 @@ pub struct ResumeState {
     /// the state file is the commit point of a checkpoint).
     #[serde(default)]
     pub checkpoint: String,
+    /// The fit's first training loss, the divergence guard's reference.
+    #[serde(default)]
+    pub start_loss: Option<f64>,
 }
 
 pub struct Outcome {

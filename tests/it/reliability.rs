@@ -216,3 +216,29 @@ fn an_unreadable_image_is_named() {
     assert_eq!(code, 1);
     assert!(err.contains("00.png") && err.contains("Permission denied"), "{err}");
 }
+
+#[test]
+fn a_diverging_rate_stops_with_a_clear_error_naming_it() {
+    let d = tmp();
+    let f = d.path().join("data");
+    separable_folders(&f, 6, 32);
+    let w = d.path().join("trunk.safetensors");
+    trunk_only(&w, 15);
+    let s = small(&w);
+    let (code, _, err) = run(
+        &args(
+            &s,
+            &["finetune", "--data", f.to_str().unwrap(), "--task", "multiclass", "--stages", "head:2,conv5:4", "--lr", "5", "--val", "none", "--name", "hot"],
+        ),
+        d.path(),
+    );
+    assert_eq!(code, 1, "{err}");
+    let line: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(line.len(), 1, "{err}");
+    assert!(line[0].contains("training diverged") && line[0].contains("with learning rate ") && line[0].contains("--lr"), "{err}");
+    assert!(!d.path().join("runs/hot/COMPLETE").exists() && !d.path().join("runs/latest").exists());
+    // The same recipe at the default rate trains to the end.
+    let (code, _, err) =
+        run(&args(&s, &["finetune", "--data", f.to_str().unwrap(), "--task", "multiclass", "--stages", "head:2,conv5:4", "--val", "none"]), d.path());
+    assert_eq!(code, 0, "{err}");
+}
