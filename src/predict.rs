@@ -97,7 +97,7 @@ fn prepare_one(path: &Path, cfg: &RunConfig, finder: &mut Option<crate::data::fa
 }
 
 /// Predicts every path, in batches of `batch`. A subject-normalised model
-/// normalises each person with ≥ `subject::MIN_IMAGES` inputs by that
+/// normalises each person with ≥ `subject::PERSON_MIN` inputs by that
 /// person's statistics and answers the others with its single-image head.
 pub fn predict(cfg: &RunConfig, model: &Vgg16, paths: &[PathBuf], subjects: &SubjectFrom, tta_flip: bool, batch: usize, device: Device) -> Vec<Prediction> {
     let s = cfg.data.preprocess.image_size as i64;
@@ -163,14 +163,14 @@ pub fn predict(cfg: &RunConfig, model: &Vgg16, paths: &[PathBuf], subjects: &Sub
 /// Head probabilities (float64) from pooled features `f` (and their flipped
 /// twins, averaged in): person-normalised for subjects with enough rows, the
 /// single-image head for the rest.
-pub fn person_or_single(model: &Vgg16, f: &Tensor, flipped: Option<&Tensor>, subjects: &[Option<String>]) -> (Tensor, Vec<Mode>) {
+pub fn person_or_single<T: PartialEq + Clone>(model: &Vgg16, f: &Tensor, flipped: Option<&Tensor>, subjects: &[Option<T>]) -> (Tensor, Vec<Mode>) {
     let groups = crate::subject::groups(subjects);
     let mut count = vec![0usize; groups.iter().max().map_or(0, |m| m + 1)];
     for &g in &groups {
         count[g] += 1;
     }
     let modes: Vec<Mode> =
-        subjects.iter().zip(&groups).map(|(s, &g)| if s.is_some() && count[g] >= crate::subject::MIN_IMAGES { Mode::Person } else { Mode::Single }).collect();
+        subjects.iter().zip(&groups).map(|(s, &g)| if s.is_some() && count[g] >= crate::subject::PERSON_MIN { Mode::Person } else { Mode::Single }).collect();
     let probs = |f: &Tensor| {
         tch::no_grad(|| {
             let person = model.classify(&crate::subject::SubjectNorm::fit(f, &groups).apply(f, &groups), false).softmax(1, tch::Kind::Double);

@@ -228,13 +228,13 @@ impl Trainer<'_> {
     /// A subject-normalised model's eval-mode logits for rows `idx`: the main
     /// head on features standardised with each person's statistics over that
     /// person's rows in `idx` (transductive), and the single-image head on the raw features.
+    /// A person with fewer than `subject::PERSON_MIN` rows gets the single-image head in both.
     pub fn subject_logits(&self, model: &Vgg16, cache: Option<&Cache>, idx: &[usize]) -> (Tensor, Tensor) {
         let f = self.pooled(model, cache, idx);
-        let g: Vec<usize> = idx.iter().map(|&i| self.data.groups[i]).collect();
-        tch::no_grad(|| {
-            let z = SubjectNorm::fit(&f, &g).apply(&f, &g);
-            (model.classify(&z, false), model.classify_global(&f, false).unwrap_or_else(|| model.classify(&f, false)))
-        })
+        let keys: Vec<Option<usize>> = idx.iter().map(|&i| Some(self.data.groups[i])).collect();
+        let (person, _) = crate::predict::person_or_single(model, &f, None, &keys);
+        let single = tch::no_grad(|| model.classify_global(&f, false).unwrap_or_else(|| model.classify(&f, false)));
+        (person.log().to_kind(Kind::Float), single)
     }
 
     /// Training-mode logits of one batch of dataset rows (and, for a
