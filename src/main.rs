@@ -91,7 +91,10 @@ fn recipe(data: &DataArgs, model: &ModelArgs, train: &TrainArgs, rep: &mut Cli2)
     }
     let (data, bundled) = data.to_config(run::bundled_sample)?;
     if bundled {
-        rep.message(&format!("no --data given: using the bundled sample {} (London faces subset, CC BY 4.0, see data/sample/README.md)", data.path.display()));
+        rep.message(&format!(
+            "no --data given: using the bundled sample {} (the London faces: 204 photos of 102 people, CC BY 4.0, see data/sample/README.md)",
+            data.path.display()
+        ));
     }
     Ok(vggft::config::Recipe {
         data,
@@ -150,8 +153,10 @@ fn predict_cmd(a: PredictArgs) -> anyhow::Result<bool> {
         model.cfg.precision = p;
     }
     let loaded = t0.elapsed().as_secs_f64();
-    let paths = predict::expand_inputs(&a.inputs);
+    let held = if a.held_out { predict::held_out(&a.model)? } else { vec![] };
+    let paths = if a.held_out { held.iter().map(|h| h.path.clone()).collect() } else { predict::expand_inputs(&a.inputs) };
     let subjects = match (&a.subject, a.subject_from.as_str()) {
+        _ if a.held_out => predict::SubjectFrom::Table(held.iter().map(|h| (h.path.clone(), h.subject.clone())).collect()),
         (Some(s), _) => predict::SubjectFrom::All(s.clone()),
         (None, "parent") => predict::SubjectFrom::Parent,
         (None, "none") => predict::SubjectFrom::Nobody,
@@ -173,10 +178,19 @@ fn predict_cmd(a: PredictArgs) -> anyhow::Result<bool> {
             if model.cfg.subject_norm { ",mode" } else { "" }
         );
     }
-    for p in &preds {
+    let mut right = 0;
+    for (i, p) in preds.iter().enumerate() {
         match &p.probs {
             Ok(pr) => {
                 let class = &cfg.classes[predict::argmax(pr)];
+                if let Some(h) = held.get(i) {
+                    right += usize::from(h.class == *class);
+                    if a.format == OutputFormat::Text {
+                        let verdict = if h.class == *class { "right" } else { "WRONG" };
+                        println!("{}\ttrue {}\tpredicted {class} ({:.2})\t{verdict}", p.path.display(), h.class, pr[predict::argmax(pr)]);
+                        continue;
+                    }
+                }
                 match a.format {
                     OutputFormat::Text => println!(
                         "{}\t{class}\t{}{}",
@@ -213,6 +227,19 @@ fn predict_cmd(a: PredictArgs) -> anyhow::Result<bool> {
     }
     if a.format == OutputFormat::Json {
         println!("{}", serde_json::to_string_pretty(&json)?);
+    }
+    if a.held_out && a.format == OutputFormat::Text {
+        let people: std::collections::BTreeSet<&str> = held.iter().map(|h| h.subject.as_str()).collect();
+        let val = std::fs::read_to_string(a.model.join("metrics.json"))
+            .ok()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+            .and_then(|m| m["validation"]["balanced_accuracy"].as_f64());
+        println!(
+            "{right} of {} right on {} people the model never saw{}",
+            preds.len() - failed,
+            people.len(),
+            val.map(|b| format!(" (validation balanced accuracy {b:.3}, metrics.json)")).unwrap_or_default()
+        );
     }
     if failed > 0 {
         eprintln!("{failed} of {} image(s) could not be predicted", preds.len());

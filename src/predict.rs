@@ -53,6 +53,37 @@ pub enum SubjectFrom {
     /// No person statistics: every input alone (`--subject-from none`), for
     /// inputs that mostly show one expression (see docs/results/accuracy).
     Nobody,
+    /// Known per path (a run's split.csv).
+    Table(std::collections::HashMap<PathBuf, String>),
+}
+
+/// One image of a run's validation side.
+pub struct HeldOut {
+    pub path: PathBuf,
+    pub class: String,
+    pub subject: String,
+}
+
+/// The validation images of a run, from its `split.csv`: people the model never trained on.
+pub fn held_out(dir: &Path) -> crate::error::Result<Vec<HeldOut>> {
+    let p = dir.join("split.csv");
+    let bad = |e: csv::Error| Error::file(&p, format!("is not a vggft split.csv: {e}"));
+    let mut r = csv::Reader::from_path(&p).map_err(|e| match e.into_kind() {
+        csv::ErrorKind::Io(io) => Error::io(&p, io),
+        other => Error::file(&p, format!("cannot read: {other:?}")),
+    })?;
+    let mut out = Vec::new();
+    for row in r.records() {
+        let row = row.map_err(bad)?;
+        if row.get(4) == Some("val") {
+            let field = |i: usize| row.get(i).unwrap_or_default().to_string();
+            out.push(HeldOut { path: PathBuf::from(field(0)), class: field(2), subject: field(3) });
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::file(&p, "lists no validation images (the run was trained with --val none)"));
+    }
+    Ok(out)
 }
 
 impl SubjectFrom {
@@ -62,6 +93,7 @@ impl SubjectFrom {
             SubjectFrom::All(s) => Some(s.clone()),
             SubjectFrom::Parent => path.parent().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()),
             SubjectFrom::Nobody => None,
+            SubjectFrom::Table(t) => t.get(path).cloned(),
         }
     }
 }

@@ -234,3 +234,40 @@ fn runs_and_data_that_are_broken_get_clear_errors() {
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("1 identical file(s) carry different classes") && err.contains("00.png (a)") && err.contains("99.png (b)"), "{err}");
 }
+
+#[test]
+fn predict_held_out_shows_only_people_the_model_never_saw() {
+    let d = tmp();
+    let m = subject_dataset(d.path(), 8, 32);
+    let w = d.path().join("trunk.safetensors");
+    trunk_only(&w, 31);
+    let s = small(&w);
+    let (code, _, err) = run(&args(&s, &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:2", "--name", "h"]), d.path());
+    assert_eq!(code, 0, "{err}");
+    let split = std::fs::read_to_string(d.path().join("runs/h/split.csv")).unwrap();
+    let rows: Vec<Vec<String>> = split.lines().skip(1).map(|l| l.split(',').map(str::to_string).collect()).collect();
+    let train_people: std::collections::BTreeSet<&str> = rows.iter().filter(|r| r[4] == "train").map(|r| r[3].as_str()).collect();
+    let (code, out, err) = run(&["predict", "--held-out", "--model", "runs/h", "--device", "cpu"], d.path());
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    let (preds, tally) = lines.split_at(lines.len() - 1);
+    let val: Vec<&Vec<String>> = rows.iter().filter(|r| r[4] == "val").collect();
+    assert_eq!(preds.len(), val.len(), "{out}");
+    let mut right = 0;
+    for (l, r) in preds.iter().zip(&val) {
+        assert!(l.starts_with(&r[0]) && l.contains(&format!("true {}", r[2])), "{l} vs {r:?}");
+        assert!(!train_people.contains(r[3].as_str()), "{} was trained on", r[3]);
+        right += usize::from(l.ends_with("right"));
+    }
+    let people: std::collections::BTreeSet<&str> = val.iter().map(|r| r[3].as_str()).collect();
+    assert!(
+        tally[0].starts_with(&format!("{right} of {} right on {} people the model never saw (validation balanced accuracy", val.len(), people.len())),
+        "{out}"
+    );
+    // A run without validation images says so.
+    let (code, _, _) = run(&args(&s, &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:1", "--name", "nv", "--val", "none"]), d.path());
+    assert_eq!(code, 0);
+    let (code, _, err) = run(&["predict", "--held-out", "--model", "runs/nv", "--device", "cpu"], d.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("split.csv") && err.contains("no validation images"), "{err}");
+}
