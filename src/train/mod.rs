@@ -330,79 +330,82 @@ impl Trainer<'_> {
             ctx.opt = Some(self.optimizer(ctx.model));
             each(hooks, |h| h.before_stage(ctx, si))?;
             let source = sources.for_stage(ctx.model, si, ctx.reporter);
-            let steps_per_epoch = batches(&self.data.train, self.cfg.batch_size).len();
-            let total_steps = steps_per_epoch * stage.epochs;
-            let warmup = (self.cfg.warmup * total_steps as f64).round() as usize;
-            while ctx.state.stage_epoch < stage.epochs && !ctx.stop {
-                ctx.epoch = ctx.state.history.len() + 1;
-                let t0 = Instant::now();
-                tch::manual_seed(sub_seed(self.cfg.seed, 2, ctx.epoch as u64, 0) as i64 & 0x7FFF_FFFF_FFFF);
-                let mut rng = ChaCha8Rng::seed_from_u64(sub_seed(self.cfg.seed, 3, ctx.epoch as u64, 0));
-                let mut order: Vec<usize> = (0..self.data.train.len()).collect();
-                order.shuffle(&mut rng);
-                let bs = batches(&order, self.cfg.batch_size);
-                // Each person's statistics under the current trunk, from the clean training images.
-                let norm = ctx.model.cfg.subject_norm.then(|| {
-                    let g: Vec<usize> = self.data.train.iter().map(|&r| self.data.groups[r]).collect();
-                    SubjectNorm::fit(&self.pooled(ctx.model, source.cache(), &self.data.train), &g)
-                });
-                each(hooks, |h| h.before_epoch(ctx, bs.len()))?;
-                let (mut loss_sum, mut correct, mut seen) = (0.0, 0i64, 0usize);
-                for (bi, b) in bs.iter().enumerate() {
-                    ctx.lr = self.cfg.lr * self.cfg.schedule.factor(ctx.state.stage_epoch * steps_per_epoch + bi, total_steps, warmup);
-                    each(hooks, |h| h.before_batch(ctx))?;
-                    let rows: Vec<usize> = b.iter().map(|&o| self.data.train[o]).collect();
-                    let (logits, global) = self.batch_logits(ctx.model, &source, &rows, &mut rng, norm.as_ref());
-                    let y = Tensor::from_slice(&rows.iter().map(|&r| self.data.targets[r]).collect::<Vec<_>>()).to_device(self.device);
-                    let ce = |l: &Tensor| l.cross_entropy_loss(&y, Some(&cw), Reduction::Mean, -100, self.cfg.label_smoothing);
-                    let loss = ce(&logits);
-                    if let Some(opt) = ctx.opt.as_mut() {
-                        opt.zero_grad();
-                        match &global {
-                            Some(g) => (&loss + ce(g)).backward(),
-                            None => loss.backward(),
-                        }
-                        opt.step(ctx.lr);
-                    }
-                    ctx.steps += 1;
-                    let l = f64::try_from(&loss).unwrap_or(f64::NAN);
-                    loss_sum += l * b.len() as f64;
-                    correct += i64::try_from(logits.argmax(1, false).eq_tensor(&y).sum(Kind::Int64)).unwrap_or(0);
-                    seen += b.len();
-                    let end = BatchEnd {
-                        index: bi + 1,
-                        loss: l,
-                        mean_loss: loss_sum / seen as f64,
-                        accuracy: correct as f64 / seen as f64,
-                        images_per_s: seen as f64 / t0.elapsed().as_secs_f64(),
-                    };
-                    each(hooks, |h| h.after_batch(ctx, &end))?;
-                    if ctx.stop {
-                        break;
-                    }
-                }
-                let (val_loss, val_acc, val_bacc) = self.validate(ctx.model, source.cache(), &cw);
-                let row = EpochRow {
-                    epoch: ctx.epoch,
-                    stage: si + 1,
-                    block: stage.from.to_string(),
-                    lr: ctx.lr,
-                    train_loss: loss_sum / seen as f64,
-                    train_acc: correct as f64 / seen as f64,
-                    val_loss,
-                    val_acc,
-                    val_bacc,
-                    seconds: t0.elapsed().as_secs_f64(),
-                };
-                ctx.state.history.push(row.clone());
-                ctx.state.stage_epoch += 1;
-                each(hooks, |h| h.after_epoch(ctx, &row))?;
-                if ctx.state.stage_done {
-                    break;
-                }
+            while ctx.state.stage_epoch < stage.epochs && !ctx.stop && !ctx.state.stage_done {
+                self.epoch(ctx, hooks, &source, si, &cw)?;
             }
         }
         each(hooks, |h| h.after_fit(ctx))
+    }
+
+    /// One epoch of stage `si`: a seeded shuffle, the steps, validation, the epoch's history row.
+    fn epoch(&self, ctx: &mut Ctx, hooks: &mut [&mut dyn Hook], source: &source::Source, si: usize, cw: &Tensor) -> Result<()> {
+        let stage = self.cfg.stages[si];
+        let steps_per_epoch = batches(&self.data.train, self.cfg.batch_size).len();
+        let total_steps = steps_per_epoch * stage.epochs;
+        let warmup = (self.cfg.warmup * total_steps as f64).round() as usize;
+        ctx.epoch = ctx.state.history.len() + 1;
+        let t0 = Instant::now();
+        tch::manual_seed(sub_seed(self.cfg.seed, 2, ctx.epoch as u64, 0) as i64 & 0x7FFF_FFFF_FFFF);
+        let mut rng = ChaCha8Rng::seed_from_u64(sub_seed(self.cfg.seed, 3, ctx.epoch as u64, 0));
+        let mut order: Vec<usize> = (0..self.data.train.len()).collect();
+        order.shuffle(&mut rng);
+        let bs = batches(&order, self.cfg.batch_size);
+        // Each person's statistics under the current trunk, from the clean training images.
+        let norm = ctx.model.cfg.subject_norm.then(|| {
+            let g: Vec<usize> = self.data.train.iter().map(|&r| self.data.groups[r]).collect();
+            SubjectNorm::fit(&self.pooled(ctx.model, source.cache(), &self.data.train), &g)
+        });
+        each(hooks, |h| h.before_epoch(ctx, bs.len()))?;
+        let (mut loss_sum, mut correct, mut seen) = (0.0, 0i64, 0usize);
+        for (bi, b) in bs.iter().enumerate() {
+            ctx.lr = self.cfg.lr * self.cfg.schedule.factor(ctx.state.stage_epoch * steps_per_epoch + bi, total_steps, warmup);
+            each(hooks, |h| h.before_batch(ctx))?;
+            let rows: Vec<usize> = b.iter().map(|&o| self.data.train[o]).collect();
+            let (logits, global) = self.batch_logits(ctx.model, source, &rows, &mut rng, norm.as_ref());
+            let y = Tensor::from_slice(&rows.iter().map(|&r| self.data.targets[r]).collect::<Vec<_>>()).to_device(self.device);
+            let ce = |l: &Tensor| l.cross_entropy_loss(&y, Some(cw), Reduction::Mean, -100, self.cfg.label_smoothing);
+            let loss = ce(&logits);
+            if let Some(opt) = ctx.opt.as_mut() {
+                opt.zero_grad();
+                match &global {
+                    Some(g) => (&loss + ce(g)).backward(),
+                    None => loss.backward(),
+                }
+                opt.step(ctx.lr);
+            }
+            ctx.steps += 1;
+            let l = f64::try_from(&loss).unwrap_or(f64::NAN);
+            loss_sum += l * b.len() as f64;
+            correct += i64::try_from(logits.argmax(1, false).eq_tensor(&y).sum(Kind::Int64)).unwrap_or(0);
+            seen += b.len();
+            let end = BatchEnd {
+                index: bi + 1,
+                loss: l,
+                mean_loss: loss_sum / seen as f64,
+                accuracy: correct as f64 / seen as f64,
+                images_per_s: seen as f64 / t0.elapsed().as_secs_f64(),
+            };
+            each(hooks, |h| h.after_batch(ctx, &end))?;
+            if ctx.stop {
+                break;
+            }
+        }
+        let (val_loss, val_acc, val_bacc) = self.validate(ctx.model, source.cache(), cw);
+        let row = EpochRow {
+            epoch: ctx.epoch,
+            stage: si + 1,
+            block: stage.from.to_string(),
+            lr: ctx.lr,
+            train_loss: loss_sum / seen as f64,
+            train_acc: correct as f64 / seen as f64,
+            val_loss,
+            val_acc,
+            val_bacc,
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        ctx.state.history.push(row.clone());
+        ctx.state.stage_epoch += 1;
+        each(hooks, |h| h.after_epoch(ctx, &row))
     }
 }
 
