@@ -85,7 +85,8 @@ pub struct SpeedArgs {
     pub precision: Vec<Precision>,
     #[arg(long, default_value = "auto")]
     pub device: String,
-    #[arg(long)]
+    /// CPU threads for libtorch (default: libtorch's choice).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=1024))]
     pub threads: Option<i32>,
     /// Print JSON instead of a table.
     #[arg(long)]
@@ -172,7 +173,7 @@ pub struct ModelArgs {
     #[arg(long)]
     pub amp: bool,
     /// CPU threads for libtorch (default: libtorch's choice).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=1024))]
     pub threads: Option<i32>,
 }
 

@@ -172,11 +172,10 @@ fn predict_cmd(a: PredictArgs) -> anyhow::Result<bool> {
     let mut failed = 0;
     let mut json = Vec::new();
     if a.format == OutputFormat::Csv {
-        println!(
-            "path,class,{}{}",
-            cfg.classes.iter().map(|c| format!("p_{c}")).collect::<Vec<_>>().join(","),
-            if model.cfg.subject_norm { ",mode" } else { "" }
-        );
+        let mut header = vec!["path".to_string(), "class".to_string()];
+        header.extend(cfg.classes.iter().map(|c| format!("p_{c}")));
+        header.extend(model.cfg.subject_norm.then(|| "mode".to_string()));
+        println!("{}", csv_line(&header));
     }
     let mut right = 0;
     for (i, p) in preds.iter().enumerate() {
@@ -198,12 +197,12 @@ fn predict_cmd(a: PredictArgs) -> anyhow::Result<bool> {
                         cfg.classes.iter().zip(pr).map(|(c, v)| format!("{c}={v:.3}")).collect::<Vec<_>>().join(" "),
                         p.mode.map(|m| format!("\tmode={}", m.name())).unwrap_or_default()
                     ),
-                    OutputFormat::Csv => println!(
-                        "{},{class},{}{}",
-                        csv_field(&p.path.display().to_string()),
-                        pr.iter().map(|v| format!("{v:.6}")).collect::<Vec<_>>().join(","),
-                        p.mode.map(|m| format!(",{}", m.name())).unwrap_or_default()
-                    ),
+                    OutputFormat::Csv => {
+                        let mut row = vec![p.path.display().to_string(), class.clone()];
+                        row.extend(pr.iter().map(|v| format!("{v:.6}")));
+                        row.extend(p.mode.map(|m| m.name().to_string()));
+                        println!("{}", csv_line(&row));
+                    }
                     OutputFormat::Json => {
                         let named = |names: &[String], v: &[f64]| {
                             names.iter().cloned().zip(v.iter().map(|v| serde_json::json!(v))).collect::<serde_json::Map<String, serde_json::Value>>()
@@ -247,12 +246,12 @@ fn predict_cmd(a: PredictArgs) -> anyhow::Result<bool> {
     Ok(failed == 0)
 }
 
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
+/// One CSV record (the csv crate's quoting: a class or path with a comma, quote or newline stays one field).
+fn csv_line(fields: &[String]) -> String {
+    let mut w = csv::WriterBuilder::new().terminator(csv::Terminator::Any(b'\n')).from_writer(Vec::new());
+    let _ = w.write_record(fields);
+    let bytes = w.into_inner().unwrap_or_default();
+    String::from_utf8_lossy(&bytes).trim_end_matches('\n').to_string()
 }
 
 fn lr_find(a: LrFindArgs) -> anyhow::Result<()> {

@@ -309,6 +309,9 @@ pub fn resume(dir: &Path, reporter: &mut dyn Reporter, stop: Option<&AtomicBool>
     }
     // Killed before the first epoch finished: nothing to restore, start over in place.
     if let Some(t) = config.threads {
+        if !(1..=1024).contains(&t) {
+            return Err(Error::file(dir.join("config.json"), format!("threads must be 1 to 1024, got {t}")));
+        }
         tch::set_num_threads(t);
     }
     let state = if dir.join(train::STATE).exists() { Some(train::load_state(dir)?) } else { None };

@@ -184,7 +184,8 @@ fn scan_csv(csv_path: &Path) -> Result<Dataset> {
         return Err(Error::file(csv_path, format!("needs columns `path` and `label` (found: {})", headers.iter().collect::<Vec<_>>().join(", "))));
     };
     let sc = col("subject");
-    let base = csv_path.parent().unwrap_or(Path::new("."));
+    // A bare file name's parent is the empty path: the current folder.
+    let base = csv_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let base_abs = base.canonicalize().map_err(|e| Error::io(base, e))?;
     let mut samples = Vec::new();
     let mut outside = Vec::new();

@@ -242,3 +242,46 @@ fn a_diverging_rate_stops_with_a_clear_error_naming_it() {
         run(&args(&s, &["finetune", "--data", f.to_str().unwrap(), "--task", "multiclass", "--stages", "head:2,conv5:4", "--val", "none"]), d.path());
     assert_eq!(code, 0, "{err}");
 }
+
+#[test]
+fn bare_manifest_names_quoted_csv_classes_and_thread_counts() {
+    let d = tmp();
+    let w = d.path().join("trunk.safetensors");
+    trunk_only(&w, 16);
+    let s = small(&w);
+    // `--data manifest.csv` from the manifest's own folder (its parent is the empty path).
+    let m = subject_dataset(d.path(), 4, 32);
+    assert_eq!(m.file_name().unwrap(), "manifest.csv");
+    let (code, _, err) = run(&args(&s, &["finetune", "--data", "manifest.csv", "--stages", "head:1", "--val", "none", "--name", "bare"]), d.path());
+    assert_eq!(code, 0, "{err}");
+    // A class name with a comma and a quote stays one CSV field.
+    let f = d.path().join("folders");
+    for class in ["happy, \"very\"", "sad"] {
+        std::fs::create_dir_all(f.join(class)).unwrap();
+        for i in 0..4u32 {
+            gray_png(&f.join(class).join(format!("{i}.png")), 32, 32, |x, y| ((x * (3 + i) + y * if class == "sad" { 1 } else { 9 }) % 256) as u8);
+        }
+    }
+    let (code, _, err) =
+        run(&args(&s, &["finetune", "--data", f.to_str().unwrap(), "--task", "multiclass", "--stages", "head:1", "--val", "none", "--name", "q"]), d.path());
+    assert_eq!(code, 0, "{err}");
+    let img = f.join("sad/0.png");
+    let (code, out, err) = run(&["predict", "--model", "runs/q", "--format", "csv", "--device", "cpu", img.to_str().unwrap()], d.path());
+    assert_eq!(code, 0, "{err}");
+    let mut r = csv::Reader::from_reader(out.as_bytes());
+    let header: Vec<String> = r.headers().unwrap().iter().map(str::to_string).collect();
+    assert_eq!(header, ["path", "class", "p_happy, \"very\"", "p_sad"], "{out}");
+    let rows: Vec<csv::StringRecord> = r.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].len(), 4, "{out}");
+    assert!(["happy, \"very\"", "sad"].contains(&&rows[0][1]), "{out}");
+    // Thread counts below 1: a usage error, not a libtorch panic.
+    let w = w.to_str().unwrap();
+    for t in ["0", "-1"] {
+        let threads = format!("--threads={t}");
+        let a = ["finetune", "--data", "manifest.csv", "--weights", w, "--width-div", "16", "--image-size", "32", "--device", "cpu", &threads];
+        let (code, _, err) = run(&a, d.path());
+        assert_eq!(code, 2, "--threads {t}: {err}");
+        assert!(err.contains("--threads") && !err.contains("panicked"), "{err}");
+    }
+}
