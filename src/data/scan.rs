@@ -200,6 +200,10 @@ fn scan_csv(csv_path: &Path) -> Result<Dataset> {
         }
         let p = base.join(rel);
         let abs = p.canonicalize().map_err(|e| Error::file(csv_path, format!("line {line}: {}: {e}", p.display())))?;
+        // A FIFO would block the reader forever and /dev/zero would read until memory runs out.
+        if !abs.metadata().is_ok_and(|m| m.is_file()) {
+            return Err(Error::file(csv_path, format!("line {line}: {} is not a regular file", p.display())));
+        }
         if !abs.starts_with(&base_abs) {
             outside.push(abs.clone());
         }

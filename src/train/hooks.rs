@@ -122,7 +122,12 @@ pub struct Interrupt<'a>(pub &'a AtomicBool);
 impl Hook for Interrupt<'_> {
     fn before_batch(&mut self, ctx: &mut Ctx) -> Result<()> {
         if self.0.load(Ordering::SeqCst) {
-            return Err(Error::Interrupted(format!("stopped during epoch {}; the last completed epoch is saved", ctx.epoch)));
+            let saved = if ctx.state.history.is_empty() {
+                "no epoch had finished, so the run starts from the beginning when resumed"
+            } else {
+                "the last completed epoch is saved"
+            };
+            return Err(Error::Interrupted(format!("stopped during epoch {}; {saved}", ctx.epoch)));
         }
         Ok(())
     }

@@ -285,3 +285,27 @@ fn bare_manifest_names_quoted_csv_classes_and_thread_counts() {
         assert!(err.contains("--threads") && !err.contains("panicked"), "{err}");
     }
 }
+
+#[test]
+fn a_manifest_naming_a_fifo_or_a_device_is_refused_not_read() {
+    let d = tmp();
+    let m = subject_dataset(d.path(), 3, 32);
+    let fifo = d.path().join("pipe.png");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().is_ok_and(|s| s.success());
+    let w = d.path().join("trunk.safetensors");
+    trunk_only(&w, 17);
+    let s = small(&w);
+    let base = std::fs::read_to_string(&m).unwrap();
+    let mut cases = vec![("/dev/zero", "/dev/zero")];
+    if made {
+        cases.push(("pipe.png", "pipe.png"));
+    } else {
+        eprintln!("mkfifo unavailable: checking /dev/zero only");
+    }
+    for (entry, named) in cases {
+        std::fs::write(&m, format!("{base}{entry},neutral,P09\n")).unwrap();
+        let (code, _, err) = run(&args(&s, &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:1"]), d.path());
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains(named) && err.contains("is not a regular file") && err.contains("manifest.csv"), "{err}");
+    }
+}

@@ -277,3 +277,18 @@ fn resume_finishes_exactly_like_an_uninterrupted_run() {
         }
     }
 }
+
+#[test]
+fn a_stop_before_the_first_epoch_ends_says_nothing_was_saved() {
+    let _rng = torch_rng();
+    let d = tmp();
+    let m = subject_dataset(d.path(), 4, 32);
+    let cfg = train_cfg(&[(Block::Head, 2)], "none");
+    let p = prepared(&m, ValSpec::None);
+    let pre = Preprocess::new(Crop::None, 32);
+    let flag = AtomicBool::new(true);
+    let mut t = trainer(&cfg, &p, &pre);
+    t.stop = Some(&flag);
+    let err = t.run(&mut model(BnMode::Drop, HeadKind::Bn, 4), &mut Collect::default(), None).err().unwrap().to_string();
+    assert!(err.contains("no epoch had finished") && !err.contains("is saved"), "{err}");
+}
