@@ -415,7 +415,9 @@ fn execute(
     train::remove_checkpoints(dir, None);
     fsutil::remove_stale_temps(dir);
     fsutil::write_atomic(&dir.join(COMPLETE), b"")?;
-    point_latest(dir)?;
+    if let Some(w) = point_latest(dir)? {
+        reporter.message(&w);
+    }
     Ok(Summary {
         dir: dir.to_path_buf(),
         history: outcome.history,
@@ -450,14 +452,17 @@ fn new_run_dir(out: &Path, name: Option<&str>) -> Result<PathBuf> {
         }
         None => chrono::Local::now().format("%Y%m%d-%H%M%S").to_string(),
     };
-    let mut dir = out.join(&base);
-    let mut k = 2;
-    while dir.exists() {
-        dir = out.join(format!("{base}-{k}"));
-        k += 1;
+    // create_dir (not _all) either makes the folder or fails: two runs started
+    // at once (same --name, or the same second) never share one.
+    for k in 1.. {
+        let dir = if k == 1 { out.join(&base) } else { out.join(format!("{base}-{k}")) };
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(Error::file(&dir, format!("cannot create folder: {e}"))),
+        }
     }
-    fsutil::create_dir(&dir)?;
-    Ok(dir)
+    unreachable!("an unbounded range ends only by returning")
 }
 
 fn write_split(dir: &Path, p: &Prepared) -> Result<()> {
@@ -499,17 +504,26 @@ pub fn write_history(path: &Path, rows: &[EpochRow]) -> Result<()> {
 }
 
 /// Points `<out>/latest` at `dir` (a relative symlink, replaced atomically).
-fn point_latest(dir: &Path) -> Result<()> {
+/// A real folder or file named `latest` is left alone: the finished run is
+/// not failed for it, and the returned warning says so.
+fn point_latest(dir: &Path) -> Result<Option<String>> {
     let Some(parent) = dir.parent() else {
-        return Ok(());
+        return Ok(None);
     };
     let target = dir.file_name().map(PathBuf::from).unwrap_or_default();
     let link = parent.join("latest");
+    if link.symlink_metadata().is_ok_and(|m| !m.file_type().is_symlink()) {
+        return Ok(Some(format!("warning: {} is not a link made by vggft, so it was left as it is and does not point at this run", link.display())));
+    }
     let tmp = parent.join(format!(".latest.{}", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
     #[cfg(unix)]
     std::os::unix::fs::symlink(&target, &tmp).map_err(|e| Error::file(&tmp, format!("cannot create link: {e}")))?;
-    std::fs::rename(&tmp, &link).map_err(|e| Error::file(&link, format!("cannot update: {e}")))
+    std::fs::rename(&tmp, &link).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::file(&link, format!("cannot update: {e}"))
+    })?;
+    Ok(None)
 }
 
 /// Loads a finished run's model from its folder alone.

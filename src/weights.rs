@@ -196,6 +196,9 @@ fn copy_checked(path: &Path, targets: &BTreeMap<String, Tensor>, file: &BTreeMap
         match file.get(name) {
             None => missing.push(name.clone()),
             Some(src) if src.size() != dst.size() => wrong.push(format!("{name} (file {:?}, expected {:?})", src.size(), dst.size())),
+            Some(src) if dst.is_floating_point() && !src.is_floating_point() => {
+                wrong.push(format!("{name} (file {:?} values, expected floating point)", src.kind()))
+            }
             Some(_) => {}
         }
     }

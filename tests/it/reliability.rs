@@ -309,3 +309,58 @@ fn a_manifest_naming_a_fifo_or_a_device_is_refused_not_read() {
         assert!(err.contains(named) && err.contains("is not a regular file") && err.contains("manifest.csv"), "{err}");
     }
 }
+
+#[test]
+fn pgm_images_a_folder_named_latest_integer_weights_and_simultaneous_runs() {
+    let d = tmp();
+    let w = d.path().join("trunk.safetensors");
+    trunk_only(&w, 18);
+    let s = small(&w);
+    // PGM images are scanned, so they must decode.
+    let f = d.path().join("data");
+    separable_folders(&f, 3, 32);
+    image::GrayImage::from_fn(32, 32, |x, _| image::Luma([if x < 16 { 220 } else { 20 }])).save(f.join("a/extra.pgm")).unwrap();
+    // A real folder where runs/latest would go.
+    std::fs::create_dir_all(d.path().join("runs/latest")).unwrap();
+    std::fs::write(d.path().join("runs/latest/keep.txt"), "mine").unwrap();
+    let train = |name: &str| {
+        let a = args(&s, &["finetune", "--data", f.to_str().unwrap(), "--task", "multiclass", "--stages", "head:1", "--val", "none", "--name", name]);
+        bin().args(&a).current_dir(d.path()).output().unwrap()
+    };
+    let out = train("p");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("runs/latest is not a link made by vggft"), "{err}");
+    assert!(d.path().join("runs/p/COMPLETE").exists() && d.path().join("runs/latest/keep.txt").exists());
+    let split = std::fs::read_to_string(d.path().join("runs/p/split.csv")).unwrap();
+    assert!(split.contains("extra.pgm"), "{split}");
+    let stray: Vec<_> =
+        std::fs::read_dir(d.path().join("runs")).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with(".latest")).collect();
+    assert!(stray.is_empty(), "stray link left: {stray:?}");
+
+    // Two runs with one name started together get two folders.
+    let a = args(&s, &["finetune", "--data", f.to_str().unwrap(), "--task", "multiclass", "--stages", "head:1", "--val", "none", "--name", "same"]);
+    let kids: Vec<_> = (0..2).map(|_| bin().args(&a).current_dir(d.path()).stdout(std::process::Stdio::piped()).spawn().unwrap()).collect();
+    let dirs: std::collections::BTreeSet<String> = kids
+        .into_iter()
+        .map(|k| {
+            let o = k.wait_with_output().unwrap();
+            assert!(o.status.success());
+            String::from_utf8_lossy(&o.stdout).lines().find_map(|l| l.strip_prefix("run: ").map(str::to_string)).unwrap()
+        })
+        .collect();
+    assert_eq!(dirs.len(), 2, "{dirs:?}");
+
+    // An integer tensor in model.safetensors is refused, not cast.
+    let model = d.path().join("runs/p/model.safetensors");
+    let mut tensors = vggft::weights::read_tensors(&model).unwrap();
+    for (n, t) in tensors.iter_mut() {
+        if n == "head.fc.bias" {
+            *t = t.to_kind(tch::Kind::Int64);
+        }
+    }
+    vggft::weights::save_atomic(&tensors, &model).unwrap();
+    let (code, _, err) = run(&["predict", "--model", "runs/p", "--device", "cpu", f.join("a/00.png").to_str().unwrap()], d.path());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("head.fc.bias") && err.contains("Int64") && err.contains("floating point"), "{err}");
+}
