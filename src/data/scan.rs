@@ -190,6 +190,7 @@ fn scan_csv(csv_path: &Path) -> Result<Dataset> {
     let mut samples = Vec::new();
     let mut outside = Vec::new();
     let mut seen = BTreeSet::new();
+    let mut blank_subject_lines = Vec::new();
     for (i, rec) in rdr.records().enumerate() {
         let line = i + 2;
         let rec = rec.map_err(|e| Error::file(csv_path, format!("line {line}: {e}")))?;
@@ -211,7 +212,20 @@ fn scan_csv(csv_path: &Path) -> Result<Dataset> {
             return Err(Error::file(csv_path, format!("line {line}: {} is listed twice", p.display())));
         }
         let subject = sc.and_then(|c| rec.get(c)).filter(|s| !s.is_empty()).map(str::to_string);
+        if sc.is_some() && subject.is_none() {
+            blank_subject_lines.push(line);
+        }
         samples.push(Sample { path: p, label, subject });
+    }
+    // A partly filled subject column would silently drop subject grouping for everyone.
+    if samples.iter().any(|s| s.subject.is_some()) {
+        let empty: Vec<String> = blank_subject_lines.iter().map(|l| l.to_string()).collect();
+        if !empty.is_empty() {
+            return Err(Error::file(
+                csv_path,
+                format!("the subject column is empty on line(s) {}: give every image a subject id, or none", crate::error::short_list(&empty, 8)),
+            ));
+        }
     }
     samples.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(Dataset { root: csv_path.to_path_buf(), format: DataFormat::Csv, samples, outside_paths: outside })

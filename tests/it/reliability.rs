@@ -364,3 +364,20 @@ fn pgm_images_a_folder_named_latest_integer_weights_and_simultaneous_runs() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("head.fc.bias") && err.contains("Int64") && err.contains("floating point"), "{err}");
 }
+
+#[test]
+fn a_partly_empty_subject_column_is_refused_naming_the_lines() {
+    let d = tmp();
+    let m = subject_dataset(d.path(), 4, 32);
+    let text = std::fs::read_to_string(&m).unwrap();
+    // Blank the subject of the third and fifth data rows (lines 4 and 6).
+    let lines: Vec<String> =
+        text.lines().enumerate().map(|(i, l)| if i == 3 || i == 5 { format!("{},", l.rsplit_once(',').unwrap().0) } else { l.to_string() }).collect();
+    std::fs::write(&m, lines.join("\n") + "\n").unwrap();
+    let w = d.path().join("trunk.safetensors");
+    trunk_only(&w, 19);
+    let s = small(&w);
+    let (code, _, err) = run(&args(&s, &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:1"]), d.path());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("manifest.csv") && err.contains("subject column is empty on line(s) 4, 6"), "{err}");
+}
