@@ -82,7 +82,7 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Found> {
     let data = TrainData { val: vec![], ..p.data };
     let trainer = Trainer { cfg: &cfg, pre: &req.recipe.data.preprocess, data: &data, device, checkpoint_dir: None, stop: None, shared: &[] };
     let mut sweep = LrSweep::new(req.start_lr, req.end_lr, req.steps);
-    let mut ctx = Ctx { model: &mut model, reporter, state: Default::default(), opt: None, lr: 0.0, epoch: 0, steps: 0, best: None, stop: false };
+    let mut ctx = Ctx::new(&mut model, reporter, Default::default());
     trainer.fit(&mut ctx, &mut [&mut sweep], false)?;
     let points = sweep.points;
     let (suggested, method) = suggest(&points);

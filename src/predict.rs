@@ -157,15 +157,18 @@ pub fn predict(cfg: &RunConfig, model: &Vgg16, paths: &[PathBuf], subjects: &Sub
                     }
                     p
                 });
-                probs = crate::run::rows(&p).into_iter();
+                probs = split_raw(cfg, &p).into_iter();
             }
         }
         for (path, r) in prepared {
-            let probs = match r {
-                Ok(_) => Ok(probs.next().unwrap_or_default()),
-                Err(e) => Err(e),
+            let (probs, raw) = match r {
+                Ok(_) => {
+                    let (task, raw) = probs.next().unwrap_or_default();
+                    (Ok(task), raw)
+                }
+                Err(e) => (Err(e), vec![]),
             };
-            out.push(Prediction { path, probs, raw: vec![], mode: None });
+            out.push(Prediction { path, probs, raw, mode: None });
         }
     }
     if model.cfg.subject_norm && !pooled.is_empty() {
@@ -175,21 +178,20 @@ pub fn predict(cfg: &RunConfig, model: &Vgg16, paths: &[PathBuf], subjects: &Sub
         let flipped = pooled.iter().map(|p| p.1.as_ref().map(Tensor::shallow_clone)).collect::<Option<Vec<_>>>().map(|v| Tensor::cat(&v, 0));
         let keys: Vec<Option<String>> = rows.iter().map(|&i| subjects.subject(&out[i].path)).collect();
         let (p, modes) = person_or_single(model, &f, flipped.as_ref(), &keys);
-        for ((head, &i), mode) in crate::run::rows(&p).into_iter().zip(&rows).zip(modes) {
-            out[i].probs = Ok(head);
+        for (((task, raw), &i), mode) in split_raw(cfg, &p).into_iter().zip(&rows).zip(modes) {
+            out[i].probs = Ok(task);
+            out[i].raw = raw;
             out[i].mode = Some(mode);
         }
     }
-    for o in &mut out {
-        if let Ok(head) = &o.probs {
-            if !cfg.raw_to_task.is_empty() {
-                o.raw = head.clone();
-                o.probs =
-                    Ok(crate::run::rows(&crate::eval::sum_to_task(&Tensor::from_slice(head).view([1, -1]), &cfg.raw_to_task, cfg.classes.len())).remove(0));
-            }
-        }
-    }
     out
+}
+
+/// Head probabilities → per row (task-class probabilities, raw-label probabilities or empty).
+fn split_raw(cfg: &RunConfig, head: &Tensor) -> Vec<(Vec<f64>, Vec<f64>)> {
+    let task = crate::run::rows(&crate::eval::sum_to_task(head, &cfg.raw_to_task, cfg.classes.len()));
+    let raw = if cfg.raw_to_task.is_empty() { vec![vec![]; task.len()] } else { crate::run::rows(head) };
+    task.into_iter().zip(raw).collect()
 }
 
 /// Head probabilities (float64) from pooled features `f` (and their flipped

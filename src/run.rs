@@ -430,11 +430,6 @@ fn execute(
     })
 }
 
-/// Row-wise softmax to `Vec<Vec<f64>>`.
-pub fn softmax_rows(logits: &Tensor) -> Vec<Vec<f64>> {
-    rows(&logits.softmax(1, tch::Kind::Double))
-}
-
 /// A 2-D tensor as `Vec` rows of f64.
 pub fn rows(t: &Tensor) -> Vec<Vec<f64>> {
     let t = t.to_kind(tch::Kind::Double).to_device(Device::Cpu);

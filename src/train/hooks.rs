@@ -31,12 +31,17 @@ pub struct Ctx<'a> {
     pub lr: f64,
     /// 1-based epoch in progress.
     pub epoch: usize,
-    /// Steps taken in this fit (all stages).
-    pub steps: usize,
     /// The best epoch's weights so far.
     pub best: Option<Snapshot>,
     /// Set by a hook to end the fit after the current batch, without an error.
     pub stop: bool,
+}
+
+impl<'a> Ctx<'a> {
+    /// A fit's starting point: `state` (default, or a checkpoint's to resume), nothing else yet.
+    pub fn new(model: &'a mut Vgg16, reporter: &'a mut dyn Reporter, state: ResumeState) -> Self {
+        Ctx { model, reporter, state, opt: None, lr: 0.0, epoch: 0, best: None, stop: false }
+    }
 }
 
 /// One event per step of the loop; every method defaults to doing nothing.

@@ -305,7 +305,7 @@ impl Trainer<'_> {
         if let Some(h) = checkpointer.as_mut() {
             hooks.push(h);
         }
-        let mut ctx = Ctx { model, reporter, state: resume.unwrap_or_default(), opt: None, lr: 0.0, epoch: 0, steps: 0, best: None, stop: false };
+        let mut ctx = Ctx::new(model, reporter, resume.unwrap_or_default());
         self.fit(&mut ctx, &mut hooks, resumed)?;
         Ok(Outcome { history: ctx.state.history, best_epoch: ctx.state.best_epoch })
     }
@@ -373,7 +373,6 @@ impl Trainer<'_> {
                 }
                 opt.step(ctx.lr);
             }
-            ctx.steps += 1;
             let l = f64::try_from(&loss).unwrap_or(f64::NAN);
             loss_sum += l * b.len() as f64;
             correct += i64::try_from(logits.argmax(1, false).eq_tensor(&y).sum(Kind::Int64)).unwrap_or(0);
