@@ -114,11 +114,14 @@ pub fn locate(finder: &mut Option<FaceFinder>, g: &Gray, mode: &FaceMode) -> std
             if finder.is_none() {
                 *finder = Some(FaceFinder::new().map_err(|e| e.to_string())?);
             }
-            match finder.as_mut().and_then(|f| f.detect(g)) {
-                Some(b) => Ok(Some(b)),
-                None if *required => Err("no face found (--face-required)".into()),
-                None => Ok(Some(fallback(g))),
-            }
+            let found = match finder.as_mut().and_then(|f| f.detect(g)) {
+                Some(b) => b,
+                None if *required => return Err("no face found (--face-required)".into()),
+                None => fallback(g),
+            };
+            // Boxes are reported in source pixels (a shrunk picture has scale > 1).
+            let k = g.scale.max(1);
+            Ok(Some(FaceBox { x: found.x * k, y: found.y * k, w: found.w * k, h: found.h * k, ..found }))
         }
     }
 }

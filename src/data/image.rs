@@ -5,7 +5,9 @@
 use std::io::Cursor;
 use std::path::Path;
 
-use image::{imageops, ImageBuffer, ImageReader, Luma};
+use std::sync::{Condvar, Mutex};
+
+use image::{imageops, DynamicImage, ImageBuffer, ImageDecoder, ImageFormat, ImageReader, Luma};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -13,10 +15,15 @@ use crate::error::{Error, Result};
 /// Largest accepted width or height, checked from the header before any
 /// pixel buffer is allocated.
 pub const MAX_SIDE: u32 = 16384;
-/// Largest accepted decoded size in bytes.
+/// Largest accepted decoded size in bytes; also the budget shared by all
+/// threads that decode at once (see [`DecodeBudget`]).
 pub const MAX_ALLOC: u64 = 1 << 30;
 /// Smallest accepted width or height: smaller images carry no face.
 pub const MIN_SIDE: u32 = 8;
+/// Largest side kept after decoding: larger pictures are box-averaged down
+/// by a whole factor while they are converted to gray, so no full-size
+/// float copy exists (the network sees at most a few hundred pixels).
+pub const WORK_SIDE: u32 = 4096;
 
 /// A gray picture, row-major, values in [0, 1].
 #[derive(Clone, Debug, PartialEq)]
@@ -24,6 +31,9 @@ pub struct Gray {
     pub width: u32,
     pub height: u32,
     pub pixels: Vec<f32>,
+    /// Source pixels per stored pixel along each side (1 unless the source
+    /// was larger than [`WORK_SIDE`]); crop boxes are in source pixels.
+    pub scale: u32,
 }
 
 /// Rec. 601 luma, as PIL's "L" mode (what a Keras user's pipeline computes).
@@ -33,6 +43,13 @@ fn luma(r: f32, g: f32, b: f32) -> f32 {
 
 /// Decodes a file into gray.
 pub fn load_gray(path: &Path) -> Result<Gray> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(Error::image(path, "not a regular file".to_string()));
+    }
+    if meta.len() > MAX_ALLOC {
+        return Err(Error::image(path, format!("the file is {} MiB, larger than the {} MiB limit", meta.len() >> 20, MAX_ALLOC >> 20)));
+    }
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     decode_gray(&bytes).map_err(|problem| Error::image(path, problem))
 }
@@ -44,31 +61,100 @@ pub fn decode_gray(bytes: &[u8]) -> std::result::Result<Gray, String> {
     }
     let is_tiff = bytes.starts_with(b"II*\0") || bytes.starts_with(b"MM\0*");
     let mut reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| e.to_string())?;
-    if reader.format().is_none() {
-        return Err("not a recognised image format (expected TIFF, PNG, JPEG or BMP)".into());
+    match reader.format() {
+        None => return Err("not a recognised image format (expected TIFF, PNG, JPEG, BMP or PGM)".into()),
+        Some(ImageFormat::Jpeg) => super::jpeg::check_complete(bytes)?,
+        Some(_) => {}
     }
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);
     limits.max_alloc = Some(MAX_ALLOC);
     reader.limits(limits);
-    let gray = match reader.decode() {
-        Ok(img) => {
-            let (w, h) = (img.width(), img.height());
-            let rgb = img.to_rgb32f();
-            let pixels = rgb.pixels().map(|p| luma(p[0], p[1], p[2]).clamp(0.0, 1.0)).collect();
-            Gray { width: w, height: h, pixels }
+    let decoded = reader.into_decoder().and_then(|d| {
+        let need = d.total_bytes();
+        if need > MAX_ALLOC {
+            return Err(image::ImageError::Limits(image::error::LimitError::from_kind(image::error::LimitErrorKind::InsufficientMemory)));
         }
-        Err(e) if is_tiff && is_palette_error(&e) => decode_palette_tiff(bytes)?,
-        Err(image::ImageError::Limits(_)) => {
-            return Err(format!("image is larger than the limit of {MAX_SIDE}×{MAX_SIDE} pixels / {} MiB decoded", MAX_ALLOC >> 20))
-        }
-        Err(e) => return Err(describe(e)),
-    };
-    if gray.width < MIN_SIDE || gray.height < MIN_SIDE {
-        return Err(format!("image is {}×{} pixels, smaller than the minimum {MIN_SIDE}×{MIN_SIDE}", gray.width, gray.height));
+        let _held = DECODE_BUDGET.acquire(need);
+        DynamicImage::from_decoder(d)
+    });
+    match decoded {
+        Ok(img) => to_gray(&img),
+        Err(e) if is_tiff && is_palette_error(&e) => decode_palette_tiff(bytes),
+        Err(image::ImageError::Limits(_)) => Err(format!("image is larger than the limit of {MAX_SIDE}×{MAX_SIDE} pixels / {} MiB decoded", MAX_ALLOC >> 20)),
+        Err(e) => Err(describe(e)),
     }
-    Ok(gray)
+}
+
+/// Luma of a decoded picture, a row at a time (no full-size float copy).
+fn to_gray(img: &DynamicImage) -> std::result::Result<Gray, String> {
+    shrink(img.width(), img.height(), |y, out| {
+        let row = img.crop_imm(0, y, img.width(), 1).to_rgb32f();
+        out.extend(row.pixels().map(|p| luma(p[0], p[1], p[2]).clamp(0.0, 1.0)));
+    })
+}
+
+/// Builds a [`Gray`] from rows of luma; a picture above [`WORK_SIDE`] is
+/// box-averaged by a whole factor on the way, so only the decoder's own
+/// buffer is ever full size. `row(y, out)` appends row `y`'s values to `out`.
+fn shrink(w: u32, h: u32, mut row: impl FnMut(u32, &mut Vec<f32>)) -> std::result::Result<Gray, String> {
+    if w < MIN_SIDE || h < MIN_SIDE {
+        return Err(format!("image is {w}×{h} pixels, smaller than the minimum {MIN_SIDE}×{MIN_SIDE}"));
+    }
+    let k = w.max(h).div_ceil(WORK_SIDE).max(1);
+    let (ow, oh) = (w.div_ceil(k), h.div_ceil(k));
+    let mut sums = vec![0f32; ow as usize];
+    let mut line = Vec::with_capacity(w as usize);
+    let mut pixels = Vec::with_capacity(ow as usize * oh as usize);
+    for oy in 0..oh {
+        let rows = k.min(h - oy * k);
+        sums.iter_mut().for_each(|s| *s = 0.0);
+        for y in oy * k..oy * k + rows {
+            line.clear();
+            row(y, &mut line);
+            for (x, v) in line.iter().enumerate() {
+                sums[x / k as usize] += v;
+            }
+        }
+        for (ox, s) in sums.iter().enumerate() {
+            let cols = k.min(w - ox as u32 * k);
+            pixels.push(s / (cols * rows) as f32);
+        }
+    }
+    Ok(Gray { width: ow, height: oh, pixels, scale: k })
+}
+
+/// Bytes that decoders running at the same time may hold together, so that
+/// training's parallel decoding of large files stays within [`MAX_ALLOC`]:
+/// a decode waits until its buffer fits (one alone always proceeds).
+pub struct DecodeBudget {
+    used: Mutex<u64>,
+    freed: Condvar,
+}
+
+static DECODE_BUDGET: DecodeBudget = DecodeBudget { used: Mutex::new(0), freed: Condvar::new() };
+
+/// A share of the budget, returned on drop.
+pub struct Held<'a>(&'a DecodeBudget, u64);
+
+impl DecodeBudget {
+    fn acquire(&self, bytes: u64) -> Held<'_> {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        while *used > 0 && *used + bytes > MAX_ALLOC {
+            used = self.freed.wait(used).unwrap_or_else(|p| p.into_inner());
+        }
+        *used += bytes;
+        Held(self, bytes)
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let mut used = self.0.used.lock().unwrap_or_else(|p| p.into_inner());
+        *used -= self.1;
+        self.0.freed.notify_all();
+    }
 }
 
 fn is_palette_error(e: &image::ImageError) -> bool {
@@ -123,15 +209,13 @@ fn decode_palette_tiff(bytes: &[u8]) -> std::result::Result<Gray, String> {
         return Err("palette TIFF is truncated (fewer pixels than its size)".into());
     }
     let lut: Vec<f32> = (0..n).map(|i| luma(cmap[i] as f32 / 65535.0, cmap[n + i] as f32 / 65535.0, cmap[2 * n + i] as f32 / 65535.0)).collect();
-    let mut pixels = Vec::with_capacity(w as usize * h as usize);
-    for y in 0..h as usize {
-        let row = &data[y * row_bytes..(y + 1) * row_bytes];
-        for x in 0..w as usize {
+    shrink(w, h, |y, out| {
+        let row = &data[y as usize * row_bytes..(y as usize + 1) * row_bytes];
+        out.extend((0..w as usize).map(|x| {
             let idx = if bits == 8 { row[x] as usize } else { ((row[x / 2] >> (4 * (1 - x % 2))) & 0xF) as usize };
-            pixels.push(lut[idx]);
-        }
-    }
-    Ok(Gray { width: w, height: h, pixels })
+            lut[idx]
+        }));
+    })
 }
 
 /// Where to cut the picture before resizing.
@@ -186,10 +270,14 @@ pub fn prepare(img: &Gray, crop: &Crop, size: u32) -> std::result::Result<Vec<f3
     match *crop {
         Crop::None => {}
         Crop::Box { x, y, w: bw, h: bh } => {
-            if x.saturating_add(bw) > img.width || y.saturating_add(bh) > img.height {
-                return Err(format!("crop box {x},{y},{bw},{bh} does not fit the {}×{} image", img.width, img.height));
+            let k = img.scale.max(1);
+            let (sw, sh) = (img.width.saturating_mul(k), img.height.saturating_mul(k));
+            if x.saturating_add(bw) > sw || y.saturating_add(bh) > sh {
+                return Err(format!("crop box {x},{y},{bw},{bh} does not fit the {sw}×{sh} image"));
             }
-            (x0, y0, w, h) = (x, y, bw, bh);
+            // Source pixels → stored pixels (a no-op unless the picture was shrunk).
+            let (sx, sy) = (x / k, y / k);
+            (x0, y0, w, h) = (sx, sy, bw.div_ceil(k).min(img.width - sx).max(1), bh.div_ceil(k).min(img.height - sy).max(1));
         }
         Crop::Center { fraction } => {
             let (cw, ch) = (((w as f32) * fraction).round().max(1.0) as u32, ((h as f32) * fraction).round().max(1.0) as u32);
@@ -204,4 +292,53 @@ pub fn prepare(img: &Gray, crop: &Crop, size: u32) -> std::result::Result<Vec<f3
     let cut = imageops::crop_imm(&buf, x0, y0, side, side).to_image();
     let out = if side == size { cut } else { imageops::resize(&cut, size, size, imageops::FilterType::Triangle) };
     Ok(out.into_raw())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn png(img: DynamicImage) -> Vec<u8> {
+        let mut out = Vec::new();
+        img.write_to(&mut Cursor::new(&mut out), ImageFormat::Png).unwrap();
+        out
+    }
+
+    #[test]
+    fn row_wise_conversion_equals_whole_image_conversion() {
+        let rgb = image::RgbImage::from_fn(37, 29, |x, y| image::Rgb([(x * 7) as u8, (y * 9) as u8, ((x + y) * 3) as u8]));
+        let g16 = image::ImageBuffer::<Luma<u16>, _>::from_fn(37, 29, |x, y| Luma([(x * 1771 + y * 301) as u16]));
+        for img in [DynamicImage::ImageRgb8(rgb), DynamicImage::ImageLuma16(g16)] {
+            let whole: Vec<f32> = img.to_rgb32f().pixels().map(|p| luma(p[0], p[1], p[2]).clamp(0.0, 1.0)).collect();
+            let g = decode_gray(&png(img)).unwrap();
+            assert_eq!((g.width, g.height, g.scale), (37, 29, 1));
+            assert_eq!(g.pixels, whole, "bit-identical to converting the whole picture at once");
+        }
+    }
+
+    #[test]
+    fn a_picture_above_the_working_side_is_box_averaged_and_crops_map_to_it() {
+        // 4097 wide → factor 2; the last column and row average what is left.
+        let (w, h) = (WORK_SIDE + 1, 12);
+        let img = image::GrayImage::from_fn(w, h, |x, y| {
+            Luma([if x < 2 && y < 2 {
+                255
+            } else if x == w - 1 {
+                102
+            } else {
+                0
+            }])
+        });
+        let g = decode_gray(&png(DynamicImage::ImageLuma8(img))).unwrap();
+        assert_eq!((g.width, g.height, g.scale), (WORK_SIDE / 2 + 1, 6, 2));
+        assert!((g.pixels[0] - 1.0).abs() < 1e-6, "top-left 2×2 block is white: {}", g.pixels[0]);
+        assert!((g.pixels[1]).abs() < 1e-6);
+        assert!((g.pixels[g.width as usize - 1] - 0.4).abs() < 1e-6, "a 1-column block averages itself only");
+        // A box in source pixels: (2, 0, 4, 4) → stored (1, 0, 2, 2), squared, resized.
+        let out = prepare(&g, &Crop::Box { x: 2, y: 0, w: 4, h: 4 }, 2).unwrap();
+        assert!(out.iter().all(|v| v.abs() < 1e-6), "the box right of the white block is black: {out:?}");
+        let out = prepare(&g, &Crop::Box { x: 0, y: 0, w: 2, h: 2 }, 1).unwrap();
+        assert!((out[0] - 1.0).abs() < 1e-6);
+        assert!(prepare(&g, &Crop::Box { x: w - 1, y: 0, w: 4, h: 4 }, 1).is_err(), "a box past the source edge is refused");
+    }
 }

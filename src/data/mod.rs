@@ -5,6 +5,7 @@
 pub mod augment;
 pub mod face;
 pub mod image;
+pub mod jpeg;
 pub mod scan;
 pub mod split;
 

@@ -100,8 +100,9 @@ fn bad_images_get_one_clear_reason() {
     let bytes = std::fs::read(&jpg).unwrap();
     let t = d.path().join("truncated.jpg");
     std::fs::write(&t, &bytes[..bytes.len() / 3]).unwrap();
-    // A cut JPEG may decode partially (libjpeg-style) or fail; it must never panic.
-    let _ = load_gray(&t);
+    // A cut JPEG is refused (zune-jpeg alone would fill the rest with grey).
+    let e = load_gray(&t).unwrap_err().to_string();
+    assert!(e.contains("truncated.jpg") && e.contains("truncated JPEG"), "{e}");
     let missing = load_gray(&d.path().join("missing.png")).unwrap_err().to_string();
     assert!(missing.contains("missing.png") && missing.contains("cannot read"), "{missing}");
 }

@@ -381,3 +381,112 @@ fn a_partly_empty_subject_column_is_refused_naming_the_lines() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("manifest.csv") && err.contains("subject column is empty on line(s) 4, 6"), "{err}");
 }
+
+/// Runs the binary under GNU time and returns (exit code, stderr, peak RSS
+/// in KiB). `wait4` from this process would not do: a child spawned with
+/// vfork starts its maxrss at this (large, multi-threaded) test process's
+/// high-water mark; `time` is a small process that forks the binary.
+/// `None` for the peak when /usr/bin/time is missing (the reason is printed).
+fn run_peak_rss(a: &[&str], cwd: &Path) -> (i32, String, Option<u64>) {
+    const TIME: &str = "/usr/bin/time";
+    if !Path::new(TIME).exists() {
+        eprintln!("skipping the peak-memory assertion: {TIME} (GNU time) is not installed");
+        let (code, _, err) = run(a, cwd);
+        return (code, err, None);
+    }
+    let out = std::process::Command::new(TIME)
+        .args(["-f", "peak_kib=%M", env!("CARGO_BIN_EXE_vggft")])
+        .args(a)
+        .current_dir(cwd)
+        .stdout(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let peak = err.lines().find_map(|l| l.strip_prefix("peak_kib=")).and_then(|v| v.trim().parse().ok());
+    let code = err.lines().find_map(|l| l.strip_prefix("Command exited with non-zero status ")).map_or(0, |c| c.trim().parse().unwrap_or(-1));
+    assert!(peak.is_some(), "{TIME} printed no peak: {err}");
+    (code, err, peak)
+}
+
+#[test]
+fn truncated_jpegs_are_refused_and_skipped_and_a_huge_claim_is_not_decoded() {
+    let d = tmp();
+    let w = d.path().join("trunk.safetensors");
+    trunk_only(&w, 21);
+    let s = small(&w);
+    let f = d.path().join("data");
+    separable_folders(&f, 3, 32);
+    let (code, _, err) =
+        run(&args(&s, &["finetune", "--data", f.to_str().unwrap(), "--task", "multiclass", "--stages", "head:1", "--val", "none", "--name", "m"]), d.path());
+    assert_eq!(code, 0, "{err}");
+    let mut baseline = Vec::new();
+    image::RgbImage::from_fn(96, 64, |x, y| image::Rgb([(x * 2) as u8, (y * 3) as u8, ((x + y) % 255) as u8]))
+        .write_to(&mut std::io::Cursor::new(&mut baseline), image::ImageFormat::Jpeg)
+        .unwrap();
+    let progressive = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/progressive.jpg")).unwrap();
+    for (kind, full) in [("baseline", &baseline), ("progressive", &progressive)] {
+        let whole = d.path().join(format!("{kind}.jpg"));
+        std::fs::write(&whole, full).unwrap();
+        let (code, _, err) = run(&["predict", "--model", "runs/m", "--device", "cpu", whole.to_str().unwrap()], d.path());
+        assert_eq!(code, 0, "the complete {kind} JPEG decodes: {err}");
+        for pct in [10, 33, 50, 90, 99] {
+            let p = d.path().join(format!("{kind}-{pct}.jpg"));
+            std::fs::write(&p, &full[..full.len() * pct / 100]).unwrap();
+            let (code, out, err) = run(&["predict", "--model", "runs/m", "--device", "cpu", p.to_str().unwrap()], d.path());
+            assert_eq!(code, 1, "{kind} cut at {pct} %: {out}{err}");
+            assert!(err.contains(&format!("{kind}-{pct}.jpg")) && err.contains("truncated"), "{kind} cut at {pct} %: {err}");
+        }
+    }
+    // --skip-bad skips a cut JPEG in training data and names it.
+    std::fs::copy(d.path().join("progressive-90.jpg"), f.join("a/cut.jpg")).unwrap();
+    let base = args(&s, &["finetune", "--data", f.to_str().unwrap(), "--task", "multiclass", "--stages", "head:1", "--val", "none"]);
+    let (code, _, err) = run(&base, d.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("cut.jpg") && err.contains("truncated JPEG"), "{err}");
+    let (code, _, err) = run(&[&base[..], &["--skip-bad"]].concat(), d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("skipped") && err.contains("cut.jpg") && err.contains("truncated JPEG"), "{err}");
+
+    // A 2 KB JPEG whose header claims 16000×16000 pixels is refused before decoding.
+    let mut claim = baseline.clone();
+    let sof = claim.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+    claim[sof + 5..sof + 9].copy_from_slice(&[0x3E, 0x80, 0x3E, 0x80]);
+    let p = d.path().join("claims-16000.jpg");
+    std::fs::write(&p, &claim).unwrap();
+    let (code, err, peak_kib) = run_peak_rss(&["predict", "--model", "runs/m", "--device", "cpu", p.to_str().unwrap()], d.path());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("claims-16000.jpg") && err.contains("16000×16000"), "{err}");
+    if let Some(k) = peak_kib {
+        assert!(k < 400 * 1024, "peak {k} KiB: the claimed picture was allocated");
+    }
+}
+
+#[test]
+fn predict_on_a_16384_square_png_stays_within_the_memory_bound() {
+    let d = tmp();
+    let w = d.path().join("trunk.safetensors");
+    trunk_only(&w, 22);
+    let s = small(&w);
+    let f = d.path().join("data");
+    separable_folders(&f, 3, 32);
+    let (code, _, err) =
+        run(&args(&s, &["finetune", "--data", f.to_str().unwrap(), "--task", "multiclass", "--stages", "head:1", "--val", "none", "--name", "m"]), d.path());
+    assert_eq!(code, 0, "{err}");
+    // A 16384² gray PNG, mostly flat (a few hundred KB on disk, 256 MiB of 8-bit pixels).
+    let side = vggft::data::image::MAX_SIDE;
+    let p = d.path().join("big.png");
+    {
+        let img = image::GrayImage::from_fn(side, side, |x, y| image::Luma([if (x / 4096 + y / 4096) % 2 == 0 { 200 } else { 40 }]));
+        let file = std::io::BufWriter::new(std::fs::File::create(&p).unwrap());
+        let enc = image::codecs::png::PngEncoder::new_with_quality(file, image::codecs::png::CompressionType::Fast, image::codecs::png::FilterType::NoFilter);
+        img.write_with_encoder(enc).unwrap();
+    }
+    let (code, err, peak_kib) = run_peak_rss(&["predict", "--model", "runs/m", "--device", "cpu", "--format", "csv", p.to_str().unwrap()], d.path());
+    assert_eq!(code, 0, "{err}");
+    let Some(peak_kib) = peak_kib else { return };
+    // 256 MiB decoder buffer + a 4096² working copy (64 MiB) + the process.
+    // The full-size trunk adds its 56 MiB of weights (a real run measured
+    // 550 MiB; 4.65 GB before the bound); 1.5 GB is the README's promise.
+    eprintln!("peak RSS of predict on a {side}² PNG (small network): {} MiB", peak_kib / 1024);
+    assert!(peak_kib < 900 * 1024, "peak {} MiB", peak_kib / 1024);
+}
