@@ -121,7 +121,7 @@ pub struct DataArgs {
     #[arg(long)]
     pub face_required: bool,
     /// Network input side in pixels.
-    #[arg(long, default_value_t = 224, value_parser = clap::value_parser!(u32).range(32..=1024))]
+    #[arg(long, default_value_t = 224, value_parser = clap::value_parser!(u32).range(*crate::data::IMAGE_SIZES.start() as i64..=*crate::data::IMAGE_SIZES.end() as i64))]
     pub image_size: u32,
     /// Validation: subjects:F (subject-grouped fraction), or none.
     #[arg(long, default_value = "subjects:0.2")]
@@ -430,31 +430,16 @@ impl DataArgs {
 
 impl ModelArgs {
     pub fn to_options(&self) -> Result<ModelOptions> {
-        if !(0.0..1.0).contains(&self.dropout) {
-            return Err(Error::config(format!("--dropout must be in [0, 1), got {}", self.dropout)));
-        }
-        if self.hidden < 0 || self.width_div < 1 {
-            return Err(Error::config("--hidden must be ≥ 0"));
-        }
-        if self.hidden > 0 && self.head != HeadKind::Bn {
-            return Err(Error::config("--hidden applies to --head bn only"));
-        }
         let precision = if self.amp { Precision::Bf16 } else { self.precision };
         let mut features = self.features.split(',').map(|b| Block::parse(b.trim())).collect::<Result<Vec<_>>>()?;
         features.sort_unstable();
         features.dedup();
-        if features.contains(&Block::Head) {
-            return Err(Error::config(format!("--features {}: expected conv blocks, e.g. conv4,conv5", self.features)));
-        }
-        if self.head == HeadKind::Vgg && features != crate::model::conv5_only() {
-            return Err(Error::config("--features: the vgg head (fc6/fc7) takes the conv5 output only"));
-        }
         if self.head == HeadKind::Vgg && self.subject_norm == SubjectNormChoice::On {
             return Err(Error::config("--subject-norm on applies to pooled features: use --head bn or --head linear"));
         }
         // The vgg head cannot take person-normalised features: auto means off there.
         let subject_norm = if self.head == HeadKind::Vgg { SubjectNormChoice::Off } else { self.subject_norm };
-        Ok(ModelOptions {
+        let options = ModelOptions {
             bn: self.bn,
             head: self.head,
             dropout: self.dropout,
@@ -463,7 +448,9 @@ impl ModelArgs {
             precision,
             features,
             subject_norm,
-        })
+        };
+        options.validate()?;
+        Ok(options)
     }
 }
 

@@ -133,7 +133,7 @@ impl TrainConfig {
         if self.cache_views == 0 {
             return bad("--cache-views must be at least 1".into());
         }
-        if self.stages.iter().any(|s| s.epochs == 0) {
+        if self.stages.is_empty() || self.stages.iter().any(|s| s.epochs == 0) {
             return bad("--epochs must be at least 1".into());
         }
         self.augment.validate()
@@ -191,6 +191,37 @@ fn one() -> i64 {
     1
 }
 
+impl ModelOptions {
+    /// The rules of the model flags, for flags and for a loaded `config.json` alike.
+    pub fn validate(&self) -> Result<()> {
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(Error::config(format!("--dropout must be in [0, 1), got {}", self.dropout)));
+        }
+        if self.hidden < 0 {
+            return Err(Error::config(format!("--hidden must be ≥ 0, got {}", self.hidden)));
+        }
+        if !(1..=64).contains(&self.width_div) {
+            return Err(Error::config(format!("--width-div must be 1 to 64, got {}", self.width_div)));
+        }
+        if self.hidden > 0 && self.head != HeadKind::Bn {
+            return Err(Error::config("--hidden applies to --head bn only"));
+        }
+        let mut sorted = self.features.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        if self.features.is_empty() || self.features.contains(&Block::Head) || sorted != self.features {
+            return Err(Error::config(format!("--features {:?}: expected distinct conv blocks, e.g. conv4,conv5", self.features)));
+        }
+        if self.head == HeadKind::Vgg && self.features != crate::model::conv5_only() {
+            return Err(Error::config("--features: the vgg head (fc6/fc7) takes the conv5 output only"));
+        }
+        if self.head == HeadKind::Vgg && self.subject_norm == crate::subject::SubjectNormChoice::On {
+            return Err(Error::config("--subject-norm on applies to pooled features: use --head bn or --head linear"));
+        }
+        Ok(())
+    }
+}
+
 /// `config.json` of a run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RunConfig {
@@ -198,6 +229,10 @@ pub struct RunConfig {
     pub libtorch_version: String,
     pub created: String,
     pub data: DataConfig,
+    /// SHA-256 of the run's `split.csv` (paths, labels, subjects, sides,
+    /// sizes): `--resume` refuses data that no longer matches it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub data_sha256: String,
     pub classes: Vec<String>,
     /// The raw labels the head was trained on (empty: trained on `classes`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -215,6 +250,26 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
+    /// Every field checked with the rules of its flag, so a hand-edited
+    /// `config.json` is refused instead of crashing libtorch or printing NaN.
+    pub fn validate(&self) -> Result<()> {
+        self.data.preprocess.validate()?;
+        self.model.validate()?;
+        self.train.validate()?;
+        if let Some(t) = self.threads {
+            if !(1..=1024).contains(&t) {
+                return Err(Error::config(format!("--threads must be 1 to 1024, got {t}")));
+            }
+        }
+        if self.classes.len() < 2 {
+            return Err(Error::config(format!("a classifier needs at least two classes, got {:?}", self.classes)));
+        }
+        if self.raw_classes.len() != self.raw_to_task.len() || self.raw_to_task.iter().any(|&c| c >= self.classes.len()) {
+            return Err(Error::config("raw_classes and raw_to_task do not match the classes"));
+        }
+        Ok(())
+    }
+
     /// Outputs of the network's head: raw labels or task classes.
     pub fn head_classes(&self) -> usize {
         if self.raw_classes.is_empty() {

@@ -180,6 +180,7 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
             libtorch_version: LIBTORCH_VERSION.into(),
             created: chrono::Local::now().to_rfc3339(),
             data: data_cfg.clone(),
+            data_sha256: String::new(),
             classes: labels.classes.clone(),
             raw_classes,
             raw_to_task,

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use vggft::cli::{
@@ -395,8 +395,37 @@ fn inspect(file: &std::path::Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `finetune --resume RUN` takes every option from the run's config.json:
+/// any other option given with it would be silently ignored, so it is a
+/// usage error naming those options.
+fn refuse_options_with_resume(matches: &clap::ArgMatches) {
+    use clap::parser::ValueSource;
+    let Some(("finetune", m)) = matches.subcommand() else { return };
+    if m.value_source("resume") != Some(ValueSource::CommandLine) {
+        return;
+    }
+    let mut cmd = Cli::command();
+    let finetune = cmd.find_subcommand_mut("finetune").expect("finetune subcommand");
+    let given: Vec<String> = finetune
+        .get_arguments()
+        .filter(|a| !matches!(a.get_id().as_str(), "resume" | "quiet"))
+        .filter(|a| m.value_source(a.get_id().as_str()) == Some(ValueSource::CommandLine))
+        .map(|a| a.get_long().map_or_else(|| a.get_id().to_string(), |l| format!("--{l}")))
+        .collect();
+    if !given.is_empty() {
+        let msg = format!(
+            "--resume continues a run with the options saved in its config.json; {} would be ignored: drop {}, or start a new run",
+            given.join(", "),
+            if given.len() == 1 { "it" } else { "them" }
+        );
+        Cli::command().error(clap::error::ErrorKind::ArgumentConflict, msg).exit();
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    refuse_options_with_resume(&matches);
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result = match cli.command {
         Command::Finetune(a) => finetune(a).map(|_| true),
         Command::Predict(a) => predict_cmd(a),

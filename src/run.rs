@@ -274,14 +274,22 @@ pub struct FinetuneRequest {
 pub fn finetune(req: &FinetuneRequest, reporter: &mut dyn Reporter, stop: Option<&AtomicBool>) -> Result<Summary> {
     req.recipe.train.validate()?;
     let device = parse_device(&req.recipe.device)?;
-    let prepared = prepare(&req.recipe.data, req.recipe.train.seed, reporter)?;
-    let weights = weights_info(req.recipe.weights.as_deref(), req.recipe.random_init, req.recipe.model.bn.has_bn())?;
+    // Absolute, so `--resume` from another folder reads the same data.
+    let mut data = req.recipe.data.clone();
+    data.path = std::path::absolute(&data.path).map_err(|e| Error::io(&data.path, e))?;
+    let prepared = prepare(&data, req.recipe.train.seed, reporter)?;
+    let split = split_csv(&prepared);
+    let mut weights = weights_info(req.recipe.weights.as_deref(), req.recipe.random_init, req.recipe.model.bn.has_bn())?;
+    if !weights.path.as_os_str().is_empty() {
+        weights.path = std::path::absolute(&weights.path).map_err(|e| Error::io(&weights.path, e))?;
+    }
     let (raw_classes, raw_to_task) = raw_head(&prepared.labels, req.recipe.data.train_labels);
     let config = RunConfig {
         vggft_version: VERSION.into(),
         libtorch_version: LIBTORCH_VERSION.into(),
         created: chrono::Local::now().to_rfc3339(),
-        data: req.recipe.data.clone(),
+        data,
+        data_sha256: sha256_hex(&split),
         classes: prepared.labels.classes.clone(),
         raw_classes,
         raw_to_task,
@@ -293,7 +301,7 @@ pub fn finetune(req: &FinetuneRequest, reporter: &mut dyn Reporter, stop: Option
     };
     let dir = new_run_dir(&req.out, req.name.as_deref())?;
     fsutil::write_json(&dir.join("config.json"), &config)?;
-    write_split(&dir, &prepared)?;
+    fsutil::write_atomic(&dir.join("split.csv"), &split)?;
     if prepared.boxes.iter().any(Option::is_some) {
         crate::faces::write_csv(&dir.join("faces.csv"), &prepared.dataset.samples.iter().map(|s| s.path.clone()).collect::<Vec<_>>(), &prepared.boxes)?;
     }
@@ -307,16 +315,24 @@ pub fn resume(dir: &Path, reporter: &mut dyn Reporter, stop: Option<&AtomicBool>
     if dir.join(COMPLETE).exists() {
         return Err(Error::file(dir, "this run is already complete; nothing to resume"));
     }
-    // Killed before the first epoch finished: nothing to restore, start over in place.
     if let Some(t) = config.threads {
-        if !(1..=1024).contains(&t) {
-            return Err(Error::file(dir.join("config.json"), format!("threads must be 1 to 1024, got {t}")));
-        }
         tch::set_num_threads(t);
     }
+    // Killed before the first epoch finished: nothing to restore, start over in place.
     let state = if dir.join(train::STATE).exists() { Some(train::load_state(dir)?) } else { None };
     let device = parse_device(&config.device)?;
     let prepared = prepare(&config.data, config.train.seed, reporter)?;
+    let split = split_csv(&prepared);
+    if !config.data_sha256.is_empty() && sha256_hex(&split) != config.data_sha256 {
+        let p = dir.join("split.csv");
+        let old = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+        let changes = split_changes(&old, &split);
+        let what = if changes.is_empty() { "split.csv itself was edited".to_string() } else { crate::error::short_list(&changes, 5) };
+        return Err(Error::dataset(
+            &config.data.path,
+            format!("changed since the run started ({what}); --resume needs the same data: restore it, or start a new run"),
+        ));
+    }
     if prepared.labels.classes != config.classes {
         return Err(Error::file(dir.join("config.json"), format!("classes {:?} no longer match the data ({:?})", config.classes, prepared.labels.classes)));
     }
@@ -335,7 +351,15 @@ pub fn resume(dir: &Path, reporter: &mut dyn Reporter, stop: Option<&AtomicBool>
 pub fn read_config(dir: &Path) -> Result<RunConfig> {
     let p = dir.join("config.json");
     let s = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
-    serde_json::from_str(&s).map_err(|e| Error::file(&p, format!("is not a valid vggft run config: {e}")))
+    let config: RunConfig = serde_json::from_str(&s).map_err(|e| Error::file(&p, format!("is not a valid vggft run config: {e}")))?;
+    config.validate().map_err(|e| {
+        let why = match e {
+            Error::Config(m) => m,
+            other => other.to_string(),
+        };
+        Error::file(&p, format!("holds a setting its flag would refuse: {why}"))
+    })?;
+    Ok(config)
 }
 
 fn execute(
@@ -460,17 +484,49 @@ fn new_run_dir(out: &Path, name: Option<&str>) -> Result<PathBuf> {
     unreachable!("an unbounded range ends only by returning")
 }
 
-fn write_split(dir: &Path, p: &Prepared) -> Result<()> {
+/// `split.csv`: every image with its label, class, subject, side and size
+/// in bytes. Its SHA-256 is the run's data fingerprint (`data_sha256`).
+fn split_csv(p: &Prepared) -> Vec<u8> {
     let mut w = csv::Writer::from_writer(Vec::new());
-    let io = |e: csv::Error| Error::file(dir.join("split.csv"), e.to_string());
-    w.write_record(["path", "label", "class", "subject", "side"]).map_err(io)?;
+    // Writing CSV into memory cannot fail.
+    let _ = w.write_record(["path", "label", "class", "subject", "side", "bytes"]);
     for (i, s) in p.dataset.samples.iter().enumerate() {
         let side = if p.split.val.binary_search(&i).is_ok() { "val" } else { "train" };
         let class = &p.labels.classes[p.labels.targets[i] as usize];
-        w.write_record([s.path.to_string_lossy().as_ref(), &s.label, class, s.subject.as_deref().unwrap_or(""), side]).map_err(io)?;
+        let bytes = std::fs::metadata(&s.path).map(|m| m.len().to_string()).unwrap_or_default();
+        let _ = w.write_record([s.path.to_string_lossy().as_ref(), &s.label, class, s.subject.as_deref().unwrap_or(""), side, &bytes]);
     }
-    let bytes = w.into_inner().map_err(|e| Error::file(dir.join("split.csv"), e.to_string()))?;
-    fsutil::write_atomic(&dir.join("split.csv"), &bytes)
+    w.into_inner().unwrap_or_default()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What differs between a run's `split.csv` and the data scanned now, in a
+/// few words per image (removed, added, relabelled, resized, moved side).
+fn split_changes(old: &str, new: &[u8]) -> Vec<String> {
+    let rows = |text: &str| -> std::collections::BTreeMap<String, Vec<String>> {
+        csv::Reader::from_reader(text.as_bytes())
+            .records()
+            .flatten()
+            .map(|r| (r.get(0).unwrap_or_default().to_string(), r.iter().skip(1).map(str::to_string).collect()))
+            .collect()
+    };
+    let (a, b) = (rows(old), rows(&String::from_utf8_lossy(new)));
+    let mut out = Vec::new();
+    for (path, ra) in &a {
+        match b.get(path) {
+            None => out.push(format!("{path} removed")),
+            Some(rb) if ra.first() != rb.first() => out.push(format!("{path} relabelled ({} → {})", ra[0], rb[0])),
+            Some(rb) if ra.get(4) != rb.get(4) => out.push(format!("{path} changed size ({} → {} bytes)", ra[4], rb[4])),
+            Some(rb) if ra != rb => out.push(format!("{path} changed (subject or side)")),
+            Some(_) => {}
+        }
+    }
+    out.extend(b.keys().filter(|p| !a.contains_key(*p)).map(|p| format!("{p} added")));
+    out
 }
 
 /// Writes `history.csv` (empty validation cells when there is no validation set).

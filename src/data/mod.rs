@@ -22,6 +22,9 @@ use scan::Sample;
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
+/// Network input sides `--image-size` accepts.
+pub const IMAGE_SIZES: std::ops::RangeInclusive<u32> = 32..=1024;
+
 /// How a file becomes network input.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Preprocess {
@@ -37,6 +40,25 @@ pub struct Preprocess {
 impl Preprocess {
     pub fn new(crop: Crop, image_size: u32) -> Self {
         Preprocess { crop, face: face::FaceMode::None, image_size, mean: IMAGENET_MEAN, std: IMAGENET_STD }
+    }
+
+    /// The rules of `--image-size`, `--crop` and `--face`, for a loaded
+    /// `config.json` too; mean and std must be finite, std positive.
+    pub fn validate(&self) -> Result<()> {
+        if !IMAGE_SIZES.contains(&self.image_size) {
+            return Err(Error::config(format!("--image-size must be {} to {}, got {}", IMAGE_SIZES.start(), IMAGE_SIZES.end(), self.image_size)));
+        }
+        if self.mean.iter().any(|m| !m.is_finite()) || self.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+            return Err(Error::config(format!("normalisation needs finite means and positive stds, got mean {:?} std {:?}", self.mean, self.std)));
+        }
+        match self.crop {
+            Crop::Center { fraction } if !(fraction > 0.0 && fraction <= 1.0) => Err(Error::config(format!("--crop fraction must be in (0, 1], got {fraction}"))),
+            Crop::Box { w: 0, .. } | Crop::Box { h: 0, .. } => Err(Error::config("--crop x,y,w,h needs w, h > 0")),
+            _ => match self.face {
+                face::FaceMode::Fixed { w: 0, .. } | face::FaceMode::Fixed { h: 0, .. } => Err(Error::config("--face crop:x,y,w,h needs w, h > 0")),
+                _ => Ok(()),
+            },
+        }
     }
 
     /// Gray [0,1] batch (N,1,S,S) → replicated to RGB and normalised (N,3,S,S).

@@ -490,3 +490,67 @@ fn predict_on_a_16384_square_png_stays_within_the_memory_bound() {
     eprintln!("peak RSS of predict on a {side}² PNG (small network): {} MiB", peak_kib / 1024);
     assert!(peak_kib < 900 * 1024, "peak {} MiB", peak_kib / 1024);
 }
+
+#[test]
+fn resume_checks_its_data_refuses_other_options_and_every_config_field_is_validated() {
+    let d = tmp();
+    let w = d.path().join("trunk.safetensors");
+    trunk_only(&w, 23);
+    let s = small(&w);
+    separable_folders(&d.path().join("data"), 3, 32);
+    let base = ["finetune", "--data", "data", "--task", "multiclass", "--stages", "head:1", "--val", "none"];
+    let (code, _, err) = run(&args(&s, &[&base[..], &["--name", "r"]].concat()), d.path());
+    assert_eq!(code, 0, "{err}");
+    let run_dir = d.path().join("runs/r");
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("config.json")).unwrap()).unwrap();
+    assert!(Path::new(config["data"]["path"].as_str().unwrap()).is_absolute(), "{config}");
+    assert_eq!(config["data_sha256"].as_str().unwrap().len(), 64, "{config}");
+    // Make it resumable again: a run without COMPLETE starts over in its folder.
+    std::fs::remove_file(run_dir.join("COMPLETE")).unwrap();
+    let elsewhere = d.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let resume = |extra: &[&str]| run(&[&["finetune", "--resume", run_dir.to_str().unwrap()][..], extra].concat(), &elsewhere);
+
+    let (code, _, err) = resume(&["--lr", "5", "--out", "x", "--quiet"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--lr, --out would be ignored") && !err.contains("--quiet"), "{err}");
+
+    let img = d.path().join("data/a/01.png");
+    let keep = std::fs::read(&img).unwrap();
+    std::fs::remove_file(&img).unwrap();
+    let (code, _, err) = resume(&[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("changed since the run started") && err.contains("a/01.png removed"), "{err}");
+    std::fs::write(&img, [&keep[..], b"tail"].concat()).unwrap();
+    let (code, _, err) = resume(&[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("a/01.png changed size"), "{err}");
+    std::fs::write(&img, &keep).unwrap();
+    // The same data, resumed from another working folder: the stored path is absolute.
+    let (code, _, err) = resume(&[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(run_dir.join("COMPLETE").exists());
+
+    // Every field of a hand-edited config.json is checked with its flag's rule.
+    let good = std::fs::read_to_string(run_dir.join("config.json")).unwrap();
+    let png = d.path().join("data/a/00.png");
+    for (pointer, value, says) in [
+        ("/train/batch_size", serde_json::json!(0), "--batch-size must be at least 2"),
+        ("/threads", serde_json::json!(-1), "--threads must be 1 to 1024"),
+        ("/data/preprocess/image_size", serde_json::json!(16), "--image-size must be 32 to 1024"),
+        ("/data/preprocess/image_size", serde_json::json!(100000), "--image-size must be 32 to 1024"),
+        ("/model/dropout", serde_json::json!(1.5), "--dropout must be in [0, 1)"),
+        ("/data/preprocess/std", serde_json::json!([0.0, 0.224, 0.225]), "positive stds"),
+        ("/train/lr", serde_json::json!(-1.0), "--lr must be in (0, 10)"),
+        ("/model/width_div", serde_json::json!(0), "--width-div must be 1 to 64"),
+    ] {
+        let mut v: serde_json::Value = serde_json::from_str(&good).unwrap();
+        *v.pointer_mut(pointer).unwrap() = value.clone();
+        std::fs::write(run_dir.join("config.json"), v.to_string()).unwrap();
+        let (code, out, err) = run(&["predict", "--model", run_dir.to_str().unwrap(), "--device", "cpu", png.to_str().unwrap()], d.path());
+        assert_eq!(code, 1, "{pointer} = {value}: {out}{err}");
+        assert!(err.contains("config.json: holds a setting its flag would refuse") && err.contains(says), "{pointer} = {value}: {err}");
+        assert!(!err.contains("panicked") && !out.contains("NaN"), "{err}{out}");
+    }
+    std::fs::write(run_dir.join("config.json"), &good).unwrap();
+}
