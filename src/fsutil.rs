@@ -56,3 +56,31 @@ pub fn remove_stale_temps(dir: &Path) {
         }
     }
 }
+
+/// An exclusive advisory lock on a run folder, held while a process writes
+/// it (released when dropped, or by the kernel when the process dies, so a
+/// killed run can be resumed at once).
+pub struct RunLock {
+    _file: std::fs::File,
+}
+
+/// Locks `dir` for writing, or says which process holds it.
+pub fn lock_run(dir: &Path) -> Result<RunLock> {
+    use std::io::{Read, Seek, Write};
+    let p = dir.join(".lock");
+    let mut f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&p).map_err(|e| Error::io(&p, e))?;
+    match f.try_lock() {
+        Ok(()) => {
+            // Best effort: the holder's pid, for the message another process prints.
+            let _ = f.set_len(0).and_then(|_| f.rewind()).and_then(|_| write!(f, "{}", std::process::id()));
+            Ok(RunLock { _file: f })
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = f.read_to_string(&mut pid);
+            let who = if pid.trim().is_empty() { "another vggft process".to_string() } else { format!("another vggft process (pid {})", pid.trim()) };
+            Err(Error::file(dir, format!("is being written by {who}; wait for it to finish or stop it, then try again")))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&p, e)),
+    }
+}

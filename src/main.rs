@@ -15,6 +15,34 @@ use vggft::cli::{
 use vggft::train::{EpochRow, Reporter};
 use vggft::{predict, run, weights, Error};
 
+/// A line on stdout. A closed pipe (`vggft predict … | head`) ends the
+/// output quietly, as ripgrep does: exit 0, never a panic.
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write;
+        if let Err(e) = writeln!(std::io::stdout(), $($t)*) {
+            stdout_failed(e)
+        }
+    }};
+}
+
+/// A line on stderr. If stderr is gone (`vggft finetune … 2>&1 | head`) the
+/// line is dropped and the work goes on: a run keeps training.
+macro_rules! errln {
+    ($($t:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+
+fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    errln!("error: cannot write to standard output: {e}");
+    std::process::exit(1);
+}
+
 /// Progress on stderr: a bar per epoch on a terminal, plain lines otherwise.
 struct Cli2 {
     quiet: bool,
@@ -29,7 +57,7 @@ impl Reporter for Cli2 {
         }
         match &self.bar {
             Some(b) => b.println(msg),
-            None => eprintln!("{msg}"),
+            None => errln!("{msg}"),
         }
     }
     fn epoch_start(&mut self, epoch: usize, total: usize, batches: usize) {
@@ -62,7 +90,7 @@ impl Reporter for Cli2 {
             (Some(l), Some(a), Some(b)) => format!(" | val loss {l:.4} acc {a:.3} bal.acc {b:.3}"),
             _ => String::new(),
         };
-        eprintln!("epoch {:>3} [{}+] lr {:.2e} | train loss {:.4} acc {:.3}{val} | {:.1}s", r.epoch, r.block, r.lr, r.train_loss, r.train_acc, r.seconds);
+        errln!("epoch {:>3} [{}+] lr {:.2e} | train loss {:.4} acc {:.3}{val} | {:.1}s", r.epoch, r.block, r.lr, r.train_loss, r.train_acc, r.seconds);
     }
 }
 
@@ -78,7 +106,7 @@ fn stop_flag() -> Arc<AtomicBool> {
         if f.swap(true, Ordering::SeqCst) {
             std::process::exit(130);
         }
-        eprintln!("\nstopping after the current batch (Ctrl-C again to quit at once)…");
+        errln!("\nstopping after the current batch (Ctrl-C again to quit at once)…");
     });
     flag
 }
@@ -123,24 +151,24 @@ fn finetune(a: FinetuneArgs) -> anyhow::Result<()> {
     };
     let s = match summary {
         Err(Error::Interrupted(why)) => {
-            eprintln!("interrupted: {why}");
+            errln!("interrupted: {why}");
             std::process::exit(130);
         }
         other => other?,
     };
-    println!("run: {}", s.dir.display());
-    println!("best epoch {} of {}; {} training / {} validation images", s.best_epoch, s.history.len(), s.n_train, s.n_val);
+    outln!("run: {}", s.dir.display());
+    outln!("best epoch {} of {}; {} training / {} validation images", s.best_epoch, s.history.len(), s.n_train, s.n_val);
     match &s.val {
         Some(m) => {
-            println!("validation (best epoch, subject-grouped holdout unless noted in metrics.json):");
+            outln!("validation (best epoch, subject-grouped holdout unless noted in metrics.json):");
             print_metrics(m, &s.classes);
             if let Some(single) = &s.val_single {
-                println!("{}", vggft::subject::TRANSDUCTIVE);
-                println!("validation, single-image head (no other photo of the person):");
+                outln!("{}", vggft::subject::TRANSDUCTIVE);
+                outln!("validation, single-image head (no other photo of the person):");
                 print_metrics(single, &s.classes);
             }
         }
-        None => println!("no validation set (--val none): the final epoch was kept"),
+        None => outln!("no validation set (--val none): the final epoch was kept"),
     }
     Ok(())
 }
@@ -164,10 +192,10 @@ fn predict_cmd(a: PredictArgs) -> anyhow::Result<bool> {
     };
     let preds = predict::predict(&cfg, &model, &paths, &subjects, a.tta == Tta::Flip, a.batch_size, device);
     if model.cfg.subject_norm {
-        eprintln!("{}", vggft::subject::TRANSDUCTIVE);
+        errln!("{}", vggft::subject::TRANSDUCTIVE);
     }
     if a.timings {
-        eprintln!("timings: model load {loaded:.3} s, decode + forward {:.3} s", t0.elapsed().as_secs_f64() - loaded);
+        errln!("timings: model load {loaded:.3} s, decode + forward {:.3} s", t0.elapsed().as_secs_f64() - loaded);
     }
     let mut failed = 0;
     let mut json = Vec::new();
@@ -175,7 +203,7 @@ fn predict_cmd(a: PredictArgs) -> anyhow::Result<bool> {
         let mut header = vec!["path".to_string(), "class".to_string()];
         header.extend(cfg.classes.iter().map(|c| format!("p_{c}")));
         header.extend(model.cfg.subject_norm.then(|| "mode".to_string()));
-        println!("{}", csv_line(&header));
+        outln!("{}", csv_line(&header));
     }
     let mut right = 0;
     for (i, p) in preds.iter().enumerate() {
@@ -186,12 +214,12 @@ fn predict_cmd(a: PredictArgs) -> anyhow::Result<bool> {
                     right += usize::from(h.class == *class);
                     if a.format == OutputFormat::Text {
                         let verdict = if h.class == *class { "right" } else { "WRONG" };
-                        println!("{}\ttrue {}\tpredicted {class} ({:.2})\t{verdict}", p.path.display(), h.class, pr[predict::argmax(pr)]);
+                        outln!("{}\ttrue {}\tpredicted {class} ({:.2})\t{verdict}", p.path.display(), h.class, pr[predict::argmax(pr)]);
                         continue;
                     }
                 }
                 match a.format {
-                    OutputFormat::Text => println!(
+                    OutputFormat::Text => outln!(
                         "{}\t{class}\t{}{}",
                         p.path.display(),
                         cfg.classes.iter().zip(pr).map(|(c, v)| format!("{c}={v:.3}")).collect::<Vec<_>>().join(" "),
@@ -201,7 +229,7 @@ fn predict_cmd(a: PredictArgs) -> anyhow::Result<bool> {
                         let mut row = vec![p.path.display().to_string(), class.clone()];
                         row.extend(pr.iter().map(|v| format!("{v:.6}")));
                         row.extend(p.mode.map(|m| m.name().to_string()));
-                        println!("{}", csv_line(&row));
+                        outln!("{}", csv_line(&row));
                     }
                     OutputFormat::Json => {
                         let named = |names: &[String], v: &[f64]| {
@@ -220,12 +248,12 @@ fn predict_cmd(a: PredictArgs) -> anyhow::Result<bool> {
             }
             Err(e) => {
                 failed += 1;
-                eprintln!("{}: {e}", p.path.display());
+                errln!("{}: {e}", p.path.display());
             }
         }
     }
     if a.format == OutputFormat::Json {
-        println!("{}", serde_json::to_string_pretty(&json)?);
+        outln!("{}", serde_json::to_string_pretty(&json)?);
     }
     if a.held_out && a.format == OutputFormat::Text {
         let people: std::collections::BTreeSet<&str> = held.iter().map(|h| h.subject.as_str()).collect();
@@ -233,7 +261,7 @@ fn predict_cmd(a: PredictArgs) -> anyhow::Result<bool> {
             .ok()
             .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
             .and_then(|m| m["validation"]["balanced_accuracy"].as_f64());
-        println!(
+        outln!(
             "{right} of {} right on {} people the model never saw{}",
             preds.len() - failed,
             people.len(),
@@ -241,7 +269,7 @@ fn predict_cmd(a: PredictArgs) -> anyhow::Result<bool> {
         );
     }
     if failed > 0 {
-        eprintln!("{failed} of {} image(s) could not be predicted", preds.len());
+        errln!("{failed} of {} image(s) could not be predicted", preds.len());
     }
     Ok(failed == 0)
 }
@@ -264,8 +292,8 @@ fn lr_find(a: LrFindArgs) -> anyhow::Result<()> {
         out: a.out.clone(),
     };
     let r = vggft::lrfind::run(&req, &mut rep)?;
-    println!("suggested learning rate: {:.2e} ({})", r.suggested, r.method);
-    println!(
+    outln!("suggested learning rate: {:.2e} ({})", r.suggested, r.method);
+    outln!(
         "sweep: {} steps from {:.1e} to {:.1e}; loss curve in {} and {}",
         r.points.len(),
         req.start_lr,
@@ -284,7 +312,7 @@ fn evaluate(a: EvaluateArgs) -> anyhow::Result<()> {
     }
     let ev = predict::evaluate(&cfg, &model, &a.data, a.format, a.skip_bad, device)?;
     for (p, why) in &ev.skipped {
-        eprintln!("skipped {}: {why}", p.display());
+        errln!("skipped {}: {why}", p.display());
     }
     let name = a.data.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "data".into());
     let out = a.out.clone().unwrap_or_else(|| a.model.join(format!("eval-{name}")));
@@ -292,25 +320,25 @@ fn evaluate(a: EvaluateArgs) -> anyhow::Result<()> {
     let m = &ev.metrics;
     vggft::fsutil::write_json(&out.join("metrics.json"), &serde_json::json!({"model": a.model, "data": a.data, "metrics": m}))?;
     vggft::plot::confusion(&out.join("confusion.png"), &m.confusion, &cfg.classes, &format!("{} on {}", a.model.display(), a.data.display()))?;
-    println!("{} images from {}", m.n, a.data.display());
+    outln!("{} images from {}", m.n, a.data.display());
     print_metrics(m, &cfg.classes);
-    println!("written: {}, {}", out.join("metrics.json").display(), out.join("confusion.png").display());
+    outln!("written: {}, {}", out.join("metrics.json").display(), out.join("confusion.png").display());
     Ok(())
 }
 
 /// The metric table `finetune` and `evaluate` print.
 fn print_metrics(m: &vggft::eval::Metrics, classes: &[String]) {
-    println!("  {:<22} {:>8.3}", "accuracy", m.accuracy);
-    println!("  {:<22} {:>8.3}", "balanced accuracy", m.balanced_accuracy);
-    println!("  {:<22} {:>8.3}", if classes.len() == 2 { "ROC AUC" } else { "ROC AUC (macro OvR)" }, m.roc_auc);
-    println!("  {:<22} {:>8.3}", "majority baseline", m.majority_baseline);
-    println!("  {:<14} {:>9} {:>9} {:>9} {:>7}", "class", "precision", "recall", "F1", "n");
+    outln!("  {:<22} {:>8.3}", "accuracy", m.accuracy);
+    outln!("  {:<22} {:>8.3}", "balanced accuracy", m.balanced_accuracy);
+    outln!("  {:<22} {:>8.3}", if classes.len() == 2 { "ROC AUC" } else { "ROC AUC (macro OvR)" }, m.roc_auc);
+    outln!("  {:<22} {:>8.3}", "majority baseline", m.majority_baseline);
+    outln!("  {:<14} {:>9} {:>9} {:>9} {:>7}", "class", "precision", "recall", "F1", "n");
     for c in &m.per_class {
-        println!("  {:<14} {:>9.3} {:>9.3} {:>9.3} {:>7}", c.class, c.precision, c.recall, c.f1, c.support);
+        outln!("  {:<14} {:>9.3} {:>9.3} {:>9.3} {:>7}", c.class, c.precision, c.recall, c.f1, c.support);
     }
-    println!("  confusion (rows: true, columns: predicted {})", classes.join(", "));
+    outln!("  confusion (rows: true, columns: predicted {})", classes.join(", "));
     for (c, row) in classes.iter().zip(&m.confusion) {
-        println!("  {:<14} {}", c, row.iter().map(|v| format!("{v:>6}")).collect::<String>());
+        outln!("  {:<14} {}", c, row.iter().map(|v| format!("{v:>6}")).collect::<String>());
     }
 }
 
@@ -338,13 +366,13 @@ fn cv(a: CvArgs) -> anyhow::Result<()> {
             match vggft::cv::run(&req, &mut rep)? {
                 Some(s) => s,
                 None => {
-                    println!("fold {} done; results in {}/folds; merge with: vggft cv --collect {}", a.fold.unwrap_or(0), out.display(), out.display());
+                    outln!("fold {} done; results in {}/folds; merge with: vggft cv --collect {}", a.fold.unwrap_or(0), out.display(), out.display());
                     return Ok(());
                 }
             }
         }
     };
-    println!("{}", vggft::cv::markdown(&summary));
+    outln!("{}", vggft::cv::markdown(&summary));
     Ok(())
 }
 
@@ -358,14 +386,14 @@ fn speed(a: SpeedArgs) -> anyhow::Result<()> {
     let mut model = vggft::model::Vgg16::new(&vggft::model::ModelConfig::new(vggft::model::BnMode::Drop, vggft::model::HeadKind::Bn, 2), device)?;
     let r = vggft::speed::measure(&mut model, a.batch_size, a.image_size, a.reps, &a.precision);
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        outln!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(());
     }
-    println!("device {}, {} threads", r.device, r.threads);
-    println!("matmul 2048³ peak: {:.1} GFLOP/s f32, {:.1} GFLOP/s bf16", r.matmul_f32_gflops, r.matmul_bf16_gflops);
+    outln!("device {}, {} threads", r.device, r.threads);
+    outln!("matmul 2048³ peak: {:.1} GFLOP/s f32, {:.1} GFLOP/s bf16", r.matmul_f32_gflops, r.matmul_bf16_gflops);
     for f in &r.forward {
         let peak = if f.precision == vggft::model::Precision::Bf16 { r.matmul_bf16_gflops } else { r.matmul_f32_gflops };
-        println!(
+        outln!(
             "forward {} batch {:>2} at {} px: {:.2} images/s, {:.1} GFLOP/s = {:.0} % of the {} matmul peak",
             f.precision,
             f.batch,
@@ -382,15 +410,15 @@ fn speed(a: SpeedArgs) -> anyhow::Result<()> {
 fn inspect(file: &std::path::Path, json: bool) -> anyhow::Result<()> {
     let i = weights::inspect(file)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&i)?);
+        outln!("{}", serde_json::to_string_pretty(&i)?);
         return Ok(());
     }
-    println!("file:         {}", i.path);
-    println!("sha256:       {}", i.sha256);
-    println!("architecture: {}", i.description);
-    println!("tensors:      {} ({} values)", i.tensors.len(), i.parameters);
+    outln!("file:         {}", i.path);
+    outln!("sha256:       {}", i.sha256);
+    outln!("architecture: {}", i.description);
+    outln!("tensors:      {} ({} values)", i.tensors.len(), i.parameters);
     for (n, s, k) in &i.tensors {
-        println!("  {n:<36} {k:<8} {s:?}");
+        outln!("  {n:<36} {k:<8} {s:?}");
     }
     Ok(())
 }
@@ -434,22 +462,22 @@ fn main() -> ExitCode {
         Command::Cv(a) => cv(a).map(|_| true),
         Command::Faces { dir, out, tile } => vggft::faces::run(&dir, &out, tile.clamp(32, 512))
             .map(|r| {
-                println!(
+                outln!(
                     "{} images, {} without a detected face (centred crop), detection {:.1} ms per image",
                     r.images,
                     r.fallbacks.len(),
                     1000.0 * r.seconds_per_image
                 );
                 for p in &r.fallbacks {
-                    println!("  no face: {}", p.display());
+                    outln!("  no face: {}", p.display());
                 }
-                println!("crops in {}, boxes in {}, contact sheet {}", out.join("crops").display(), out.join("faces.csv").display(), r.sheet.display());
+                outln!("crops in {}, boxes in {}, contact sheet {}", out.join("crops").display(), out.join("faces.csv").display(), r.sheet.display());
                 true
             })
             .map_err(Into::into),
         Command::Report { dirs } => vggft::report::report(&dirs)
             .map(|r| {
-                println!("{r}");
+                outln!("{r}");
                 true
             })
             .map_err(Into::into),
@@ -460,7 +488,7 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
-            eprintln!("error: {}", e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": "));
+            errln!("error: {}", e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": "));
             ExitCode::from(1)
         }
     }

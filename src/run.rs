@@ -300,6 +300,7 @@ pub fn finetune(req: &FinetuneRequest, reporter: &mut dyn Reporter, stop: Option
         threads: req.threads,
     };
     let dir = new_run_dir(&req.out, req.name.as_deref())?;
+    let _lock = fsutil::lock_run(&dir)?;
     fsutil::write_json(&dir.join("config.json"), &config)?;
     fsutil::write_atomic(&dir.join("split.csv"), &split)?;
     if prepared.boxes.iter().any(Option::is_some) {
@@ -312,6 +313,7 @@ pub fn finetune(req: &FinetuneRequest, reporter: &mut dyn Reporter, stop: Option
 /// Continues an interrupted run from its last completed epoch.
 pub fn resume(dir: &Path, reporter: &mut dyn Reporter, stop: Option<&AtomicBool>) -> Result<Summary> {
     let config = read_config(dir)?;
+    let _lock = fsutil::lock_run(dir)?;
     if dir.join(COMPLETE).exists() {
         return Err(Error::file(dir, "this run is already complete; nothing to resume"));
     }

@@ -52,7 +52,9 @@ impl Preprocess {
             return Err(Error::config(format!("normalisation needs finite means and positive stds, got mean {:?} std {:?}", self.mean, self.std)));
         }
         match self.crop {
-            Crop::Center { fraction } if !(fraction > 0.0 && fraction <= 1.0) => Err(Error::config(format!("--crop fraction must be in (0, 1], got {fraction}"))),
+            Crop::Center { fraction } if !(fraction > 0.0 && fraction <= 1.0) => {
+                Err(Error::config(format!("--crop fraction must be in (0, 1], got {fraction}")))
+            }
             Crop::Box { w: 0, .. } | Crop::Box { h: 0, .. } => Err(Error::config("--crop x,y,w,h needs w, h > 0")),
             _ => match self.face {
                 face::FaceMode::Fixed { w: 0, .. } | face::FaceMode::Fixed { h: 0, .. } => Err(Error::config("--face crop:x,y,w,h needs w, h > 0")),

@@ -554,3 +554,64 @@ fn resume_checks_its_data_refuses_other_options_and_every_config_field_is_valida
     }
     std::fs::write(run_dir.join("config.json"), &good).unwrap();
 }
+
+#[test]
+fn a_run_folder_being_written_cannot_be_resumed_by_a_second_process() {
+    let d = tmp();
+    let w = d.path().join("trunk.safetensors");
+    trunk_only(&w, 24);
+    let s = small(&w);
+    separable_folders(&d.path().join("data"), 3, 32);
+    let a = args(&s, &["finetune", "--data", "data", "--task", "multiclass", "--stages", "head:100000", "--val", "none", "--name", "busy", "--quiet"]);
+    let mut first = bin().args(&a).current_dir(d.path()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let run_dir = d.path().join("runs/busy");
+    let t0 = Instant::now();
+    while !run_dir.join(vggft::train::STATE).exists() {
+        assert!(t0.elapsed() < Duration::from_secs(60), "no epoch finished within a minute");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (code, _, err) = run(&["finetune", "--resume", "runs/busy"], d.path());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("runs/busy") && err.contains(&format!("is being written by another vggft process (pid {})", first.id())), "{err}");
+    // Killed, the lock goes with the process: the run resumes at once.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let mut second = bin().args(["finetune", "--resume", "runs/busy", "--quiet"]).current_dir(d.path()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let alive = second.try_wait().unwrap().is_none();
+    second.kill().unwrap();
+    let out = second.wait_with_output().unwrap();
+    assert!(alive, "the resumed run stopped early: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn closed_pipes_end_output_quietly_and_training_goes_on() {
+    use std::process::Stdio;
+    let d = tmp();
+    let w = d.path().join("trunk.safetensors");
+    trunk_only(&w, 25);
+    let s = small(&w);
+    separable_folders(&d.path().join("data"), 3, 32);
+    // stderr closed before the first line (`finetune … 2>&1 | head -0`): the run still completes.
+    let a = args(&s, &["finetune", "--data", "data", "--task", "multiclass", "--stages", "head:3", "--val", "none", "--name", "p"]);
+    let mut child = bin().args(&a).current_dir(d.path()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    drop(child.stderr.take());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "a closed stderr must not stop training");
+    assert!(d.path().join("runs/p/COMPLETE").exists());
+    // stdout closed (`| true`): each command exits quietly with 0, no panic.
+    let img = d.path().join("data/a/00.png");
+    let cmds: Vec<Vec<&str>> = vec![
+        vec!["predict", "--model", "runs/p", "--device", "cpu", img.to_str().unwrap(), "data/a", "data/b"],
+        vec!["report", "runs/p"],
+        vec!["weights", "inspect", "--json", w.to_str().unwrap()],
+    ];
+    for c in cmds {
+        let mut child = bin().args(&c).current_dir(d.path()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{c:?}: {err}");
+        assert_eq!(out.status.code(), Some(0), "{c:?}: {err}");
+    }
+}
