@@ -39,8 +39,13 @@ def said(err, out="", want=("error", "warning", "interrupted")):
     return (hits or lines or ["(nothing)"])[0].strip()
 
 
+TMP = []
+
+
 def record(what, code, msg):
-    rows.append((what, msg.replace("|", "\\|"), code))
+    for t in TMP:
+        msg = msg.replace(t + "/", "…/")
+    rows.append((what.replace("|", "\\|"), msg.replace("|", "\\|"), code))
     print(f"{code:>3}  {what}: {msg}", file=sys.stderr)
 
 
@@ -65,6 +70,7 @@ def tiff_header(w, h):
 
 def main():
     d = tempfile.mkdtemp(prefix="vggft-bad-")
+    TMP.append(d)
     try:
         run_inventory(d)
     finally:
@@ -109,6 +115,30 @@ def run_inventory(d):
     predict_case("RGBA PNG (works; alpha ignored)", "rgba.png", make=lambda p: Image.open(ok_png).convert("RGBA").save(p))
     predict_case("CMYK JPEG (works; converted to luma)", "cmyk.jpg", make=lambda p: Image.open(ok_png).convert("CMYK").save(p))
     predict_case("1×1 image", "one.png", make=lambda p: png(p, 1, 1))
+    big_jpg = os.path.join(d, "big.jpg")
+    Image.fromarray((np.indices((96, 128)).sum(0) % 256).astype(np.uint8)).convert("RGB").save(big_jpg, quality=90)
+    prog_jpg = os.path.join(d, "prog.jpg")
+    Image.open(big_jpg).save(prog_jpg, progressive=True, quality=90)
+    for name, src in (("baseline", big_jpg), ("progressive", prog_jpg)):
+        raw = open(src, "rb").read()
+        for pct in (10, 50, 90, 99):
+            predict_case(f"{name} JPEG cut at {pct} % (Pillow: image file is truncated)", f"cut{pct}-{name}.jpg", raw[: len(raw) * pct // 100])
+    raw = bytearray(open(big_jpg, "rb").read())
+    sof = raw.index(b"\xff\xc0")
+    raw[sof + 5 : sof + 9] = struct.pack(">HH", 16000, 16000)
+    predict_case("JPEG of a few KB whose header claims 16000×16000", "claims.jpg", bytes(raw))
+    predict_case("PGM image (works)", "gray.pgm", make=lambda p: Image.open(ok_png).save(p))
+    code, out, err = vggft("predict", "/dev/zero", "--model", "runs/ok", cwd=d)
+    record("/dev/zero as an image", code, said(err, want=("error", "/dev/zero")))
+    huge = os.path.join(d, "huge16384.png")
+    a = np.full((16384, 16384), 40, np.uint8)
+    a[:8192, :8192] = 200
+    Image.fromarray(a).save(huge, compress_level=1)
+    del a
+    if os.path.exists("/usr/bin/time"):
+        p = subprocess.run(["/usr/bin/time", "-f", "peak_kib=%M", BIN, "predict", huge, "--model", "runs/ok"], cwd=d, capture_output=True, text=True)
+        peak = [l for l in p.stderr.splitlines() if l.startswith("peak_kib=")][0].split("=")[1]
+        record("16384×16384 gray PNG (works; peak memory of predict, small network)", p.returncode, f"peak RSS {int(peak) // 1024} MiB")
     predict_case("header claiming 100000×100000 pixels", "huge.tiff", tiff_header(100000, 100000))
     nonutf = os.path.join(img.encode(), b"caf\xe9.png")
     png(nonutf.decode("utf-8", "surrogateescape"))
@@ -166,6 +196,13 @@ def run_inventory(d):
     csv_case("CSV naming a missing file", "path,label\n" + "".join(f"{r},{r.split('/')[0]}\n" for r in rel) + "gone.png,neutral\n")
     shutil.copy(ok_png, os.path.join(d, "outside.png"))
     csv_case("CSV path outside its folder (allowed, reported)", "path,label\n" + "".join(f"{r},{r.split('/')[0]}\n" for r in rel) + "../outside.png,neutral\n", "--val", "none")
+    open(os.path.join(csvd, "m.csv"), "w").write("path,label\n" + "".join(f"{r},{r.split('/')[0]}\n" for r in rel))
+    code, out, err = vggft("finetune", "--data", "m.csv", "--random-init", *SMALL, "--val", "none", "--out", d + "/runs", cwd=csvd)
+    record("manifest given as a bare file name from its own folder (works)", code, "works (trains)" if code == 0 else said(err))
+    os.mkfifo(os.path.join(csvd, "pipe.png"))
+    csv_case("CSV naming a FIFO", "path,label\n" + "".join(f"{r},{r.split('/')[0]}\n" for r in rel) + "pipe.png,neutral\n")
+    csv_case("CSV naming /dev/zero", "path,label\n" + "".join(f"{r},{r.split('/')[0]}\n" for r in rel) + "/dev/zero,neutral\n")
+    csv_case("CSV whose subject column is partly empty", "path,label,subject\n" + "".join(f"{r},{r.split('/')[0]},{'' if i == 2 else 'P%d' % (i % 4)}\n" for i, r in enumerate(rel)))
 
     # Weights and runs.
     wd = os.path.join(d, "w")
@@ -229,9 +266,91 @@ def run_inventory(d):
             subprocess.run(["umount", disk])
     else:
         rows.append(("full disk", "not tried: mounting a small tmpfs needs root; the test of the same name skips likewise", "–"))
-    for opt in (["--freeze-until", "conv9"], ["--epochs", "0"], ["--lr", "-1"], ["--batch-size", "1"]):
-        code, out, err = vggft("finetune", "--data", good, "--random-init", *SMALL[:-2], *opt, cwd=d)
+    run_cases(d, good)
+    for opt in (["--freeze-until", "conv9"], ["--epochs", "0"], ["--lr", "-1"], ["--batch-size", "1"], ["--threads", "0"], ["--threads", "-1"]):
+        code, out, err = vggft("finetune", "--data", good, "--random-init", *SMALL[:6], *opt, cwd=d)
         record(" ".join(opt), code, said(err, want=("error",)))
+
+
+def run_cases(d, good):
+    """Resume, config.json edits, concurrent writers, closed pipes, divergence."""
+    data = os.path.join(d, "rdata")
+    folders(data)
+    code, out, err = vggft("finetune", "--data", data, "--random-init", *SMALL, "--val", "none", "--name", "r", "--quiet", cwd=d)
+    assert code == 0, err
+    r = os.path.join(d, "runs", "r")
+    os.remove(os.path.join(r, "COMPLETE"))
+    code, out, err = vggft("finetune", "--resume", "runs/r", "--lr", "5", "--out", "x", cwd=d)
+    record("--resume with other options (--lr 5 --out x)", code, said(err))
+    victim = os.path.join(data, "happy", "01.png")
+    keep = open(victim, "rb").read()
+    os.remove(victim)
+    code, out, err = vggft("finetune", "--resume", "runs/r", cwd=d)
+    record("--resume after an image was deleted", code, said(err))
+    open(victim, "wb").write(keep + b"x")
+    code, out, err = vggft("finetune", "--resume", "runs/r", cwd=d)
+    record("--resume after an image changed", code, said(err))
+    open(victim, "wb").write(keep)
+    busy = subprocess.Popen([BIN, "finetune", "--data", data, "--random-init", *SMALL[:-2], "--stages", "head:100000", "--val", "none", "--name", "busy", "--quiet"], cwd=d, stderr=subprocess.DEVNULL)
+    import time
+    t0 = time.time()
+    while not os.path.exists(os.path.join(d, "runs", "busy", "checkpoint.json")) and time.time() - t0 < 60:
+        time.sleep(0.05)
+    code, out, err = vggft("finetune", "--resume", "runs/busy", cwd=d)
+    busy.kill()
+    busy.wait()
+    record("--resume while another process still writes the run", code, said(err).replace(str(busy.pid), "PID"))
+    code, out, err = vggft("finetune", "--resume", "runs/r", "--quiet", cwd=d)
+    record("--resume of the same data from another folder's run (works)", code, "works: " + out.strip().splitlines()[0] if code == 0 else said(err))
+    cfg = json.load(open(os.path.join(r, "config.json")))
+    img = os.path.join(data, "neutral", "00.png")
+    for what, path, value in (
+        ("batch_size 0", ("train", "batch_size"), 0),
+        ("threads -1", ("threads",), -1),
+        ("image_size 100000", ("data", "preprocess", "image_size"), 100000),
+        ("image_size 16", ("data", "preprocess", "image_size"), 16),
+        ("dropout 1.5", ("model", "dropout"), 1.5),
+        ("std 0", ("data", "preprocess", "std"), [0.0, 0.224, 0.225]),
+    ):
+        c = json.loads(json.dumps(cfg))
+        node = c
+        for k in path[:-1]:
+            node = node[k]
+        node[path[-1]] = value
+        json.dump(c, open(os.path.join(r, "config.json"), "w"))
+        code, out, err = vggft("predict", img, "--model", "runs/r", cwd=d)
+        record(f"config.json edited: {what}", code, said(err))
+    json.dump(cfg, open(os.path.join(r, "config.json"), "w"))
+    t = load_file(os.path.join(r, "model.safetensors"))
+    t2 = dict(t)
+    t2["head.fc.bias"] = t2["head.fc.bias"].to(torch.int64)
+    save_file(t2, os.path.join(r, "model.safetensors"))
+    code, out, err = vggft("predict", img, "--model", "runs/r", cwd=d)
+    record("integer tensor in model.safetensors", code, said(err))
+    save_file(t, os.path.join(r, "model.safetensors"))
+    p = subprocess.Popen([BIN, "predict", img, "--model", "runs/r"], cwd=d, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    record("predict … | (reader gone)", p.wait(), "exits quietly" if not err.strip() else said(err))
+    p = subprocess.Popen([BIN, "finetune", "--data", data, "--random-init", *SMALL, "--val", "none", "--name", "closed"], cwd=d, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    p.stderr.close()
+    code = p.wait()
+    record("finetune … 2>&1 | head -0 (stderr gone)", code, "trains to the end; COMPLETE written: " + str(os.path.exists(os.path.join(d, "runs", "closed", "COMPLETE"))))
+    os.makedirs(os.path.join(d, "lat", "runs", "latest"))
+    code, out, err = vggft("finetune", "--data", data, "--random-init", *SMALL, "--val", "none", cwd=os.path.join(d, "lat"))
+    record("a real folder at runs/latest (warns, run completes)", code, said(err, want=("warning",)))
+    kids = [subprocess.Popen([BIN, "finetune", "--data", data, "--random-init", *SMALL, "--val", "none", "--name", "same"], cwd=d, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for _ in range(2)]
+    dirs = sorted(l for k in kids for l in k.communicate()[0].splitlines() if l.startswith("run: "))
+    record("two runs with one --name started together", max(k.returncode for k in kids), "; ".join(x.replace(d + "/", "") for x in dirs))
+    sep = os.path.join(d, "sep")
+    for c, side in (("neutral", 0), ("happy", 1)):
+        os.makedirs(os.path.join(sep, c))
+        for i in range(6):
+            a = np.full((32, 32), 30 + 3 * i, np.uint8)
+            a[:, 16 * side : 16 * side + 16] = 220 - 3 * i
+            Image.fromarray(a).save(os.path.join(sep, c, f"{i:02}.png"))
+    code, out, err = vggft("finetune", "--data", sep, "--random-init", *SMALL[:-2], "--stages", "head:2,conv5:4", "--lr", "5", "--val", "none", cwd=d)
+    record("--lr 5 (the loss climbs without becoming NaN)", code, said(err, want=("error",)))
 
 
 if __name__ == "__main__":
