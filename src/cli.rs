@@ -35,6 +35,8 @@ pub enum Command {
     Evaluate(EvaluateArgs),
     /// Subject-grouped cross-validation of the finetune recipe over folds and seeds.
     Cv(CvArgs),
+    /// Grad-CAM heatmaps: where the network looks, per image and per class.
+    Explain(ExplainArgs),
     /// Detect and crop the face in every image of a dataset; write crops, faces.csv and a contact sheet.
     Faces {
         /// Dataset folder (any layout finetune reads).
@@ -69,6 +71,34 @@ pub enum WeightsCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Args, Debug)]
+pub struct ExplainArgs {
+    /// Images, or folders of images.
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+    /// Run folder.
+    #[arg(long, default_value = "runs/latest")]
+    pub model: PathBuf,
+    /// Explain this class instead of each image's predicted class.
+    #[arg(long)]
+    pub class: Option<String>,
+    /// Block whose output the heatmap is computed on (its map is 7×7 for conv5 at 224 px).
+    #[arg(long, default_value = "conv5")]
+    pub layer: String,
+    /// Folder for the heatmaps, sheet.png and explain.csv (created).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Also write the mean heatmap of each class (over the images explained as that class).
+    #[arg(long)]
+    pub mean: bool,
+    /// Also write each image's input, heat and probabilities as safetensors (cross-checks).
+    #[arg(long)]
+    pub arrays: bool,
+    /// auto (CUDA when available), cpu, cuda, cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
 }
 
 #[derive(Args, Debug)]

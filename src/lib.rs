@@ -11,6 +11,7 @@ pub mod cv;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod explain;
 pub mod faces;
 pub mod fsutil;
 pub mod lrfind;

@@ -10,7 +10,8 @@ use clap::{CommandFactory, FromArgMatches};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use vggft::cli::{
-    Cli, Command, CvArgs, DataArgs, EvaluateArgs, FinetuneArgs, LrFindArgs, ModelArgs, OutputFormat, PredictArgs, SpeedArgs, TrainArgs, Tta, WeightsCommand,
+    Cli, Command, CvArgs, DataArgs, EvaluateArgs, ExplainArgs, FinetuneArgs, LrFindArgs, ModelArgs, OutputFormat, PredictArgs, SpeedArgs, TrainArgs, Tta,
+    WeightsCommand,
 };
 use vggft::train::{EpochRow, Reporter};
 use vggft::{predict, run, weights, Error};
@@ -171,6 +172,36 @@ fn finetune(a: FinetuneArgs) -> anyhow::Result<()> {
         None => outln!("no validation set (--val none): the final epoch was kept"),
     }
     Ok(())
+}
+
+fn explain(a: ExplainArgs) -> anyhow::Result<bool> {
+    let device = run::parse_device(&a.device)?;
+    let layer = vggft::model::Block::parse(&a.layer)?;
+    let (cfg, model) = run::load_run(&a.model, device)?;
+    let class = match &a.class {
+        Some(name) => Some(
+            cfg.classes.iter().position(|c| c == name).ok_or_else(|| anyhow::anyhow!("--class {name}: the run's classes are {}", cfg.classes.join(", ")))?,
+        ),
+        None => None,
+    };
+    let paths = predict::expand_inputs(&a.inputs);
+    let req = vggft::explain::ExplainRequest { paths: &paths, class, layer, out: &a.out, mean: a.mean, arrays: a.arrays };
+    let done = vggft::explain::explain(&cfg, &model, &req, device)?;
+    if model.cfg.subject_norm {
+        errln!("note: this subject-normalised model is explained through its single-image head");
+    }
+    let mut failed = 0;
+    for e in &done {
+        match &e.result {
+            Ok((cam, file)) => outln!("{}\t{} {:.3}\t{}", e.path.display(), cfg.classes[cam.class], cam.probs[cam.class], file.display()),
+            Err(why) => {
+                failed += 1;
+                errln!("{}: {why}", e.path.display());
+            }
+        }
+    }
+    outln!("heatmaps of {} image(s) in {} (sheet.png, explain.csv{})", done.len() - failed, a.out.display(), if a.mean { ", mean_<class>.png" } else { "" });
+    Ok(failed == 0)
 }
 
 fn predict_cmd(a: PredictArgs) -> anyhow::Result<bool> {
@@ -460,6 +491,7 @@ fn main() -> ExitCode {
         Command::LrFind(a) => lr_find(a).map(|_| true),
         Command::Evaluate(a) => evaluate(a).map(|_| true),
         Command::Cv(a) => cv(a).map(|_| true),
+        Command::Explain(a) => explain(a),
         Command::Faces { dir, out, tile } => vggft::faces::run(&dir, &out, tile.clamp(32, 512))
             .map(|r| {
                 outln!(

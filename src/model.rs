@@ -421,13 +421,23 @@ impl Vgg16 {
 
     /// The head's input (pooled features) from the output of the blocks before `from`.
     pub fn pooled_from(&self, x: &Tensor, from: Block, train: bool) -> Tensor {
+        self.pooled_tapped(x, from, train, None).0
+    }
+
+    /// `pooled_from`, also returning the output of block `tap` (a tensor of
+    /// the autograd graph, for Grad-CAM's gradient with respect to it).
+    pub fn pooled_tapped(&self, x: &Tensor, from: Block, train: bool, tap: Option<Block>) -> (Tensor, Option<Tensor>) {
         let wanted = |b: Block| self.cfg.features.contains(&b);
         let mut maps: Vec<Tensor> = Vec::with_capacity(self.cfg.features.len());
+        let mut tapped = None;
         if from > Block::Conv1 && wanted(Block::from_index(from.index() - 1)) {
             // In the trunk's memory layout, as the walk would have produced it (pooling sums in that order).
             maps.push(channels_last(x));
         }
         let last = self.walk(x, from, Block::Head, train, |b, t| {
+            if Some(b) == tap {
+                tapped = Some(t.shallow_clone());
+            }
             if wanted(b) && b != Block::Conv5 {
                 maps.push(t.shallow_clone());
             }
@@ -435,7 +445,7 @@ impl Vgg16 {
         if from <= Block::Conv5 {
             maps.push(last);
         }
-        self.pool(&maps)
+        (self.pool(&maps), tapped)
     }
 
     /// Image batch (N,3,H,W), normalised → logits (N, classes).

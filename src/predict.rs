@@ -116,7 +116,8 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Vec<PathBuf> {
     out
 }
 
-fn prepare_one(path: &Path, cfg: &RunConfig, finder: &mut Option<crate::data::face::FaceFinder>) -> std::result::Result<Vec<f32>, String> {
+/// Decodes and prepares one input as the run's preprocessing says (gray S×S).
+pub fn prepare_one(path: &Path, cfg: &RunConfig, finder: &mut Option<crate::data::face::FaceFinder>) -> std::result::Result<Vec<f32>, String> {
     if path.is_dir() {
         return Err("folder holds no images".into());
     }

@@ -6,6 +6,7 @@ mod cli;
 mod common;
 mod cv;
 mod data;
+mod explain;
 mod faces;
 mod model;
 mod reliability;

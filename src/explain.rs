@@ -1,0 +1,277 @@
+//! Grad-CAM (Selvaraju et al. 2017): where the network looks. Owns the
+//! heatmap computation on one block's output, its overlay on the gray input
+//! the network actually saw (face crop included), captioned tiles and
+//! contact sheets, and `vggft explain` (per image, per class mean).
+//!
+//! The map is taken at a block's output as vggft defines it (after the
+//! block's 2×2 pool: conv5 is 7×7 for a 224 px input), the score is the
+//! class's pre-softmax score (for a head trained on raw labels, the
+//! log-sum-exp of the class's raw logits, whose softmax is the class's
+//! summed probability). A subject-normalised model is explained through its
+//! single-image head, which needs no other image of the person.
+
+use std::path::{Path, PathBuf};
+
+use image::{imageops, Rgb, RgbImage};
+use plotters::prelude::*;
+use tch::{Device, Kind, Tensor};
+
+use crate::config::RunConfig;
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::model::{Block, Vgg16};
+
+/// One explained image.
+pub struct Cam {
+    /// The gray network input (S×S, [0, 1]).
+    pub input: Vec<f32>,
+    /// Grad-CAM heat (S×S), scaled so its maximum is 1 (all zero when no
+    /// location raises the score).
+    pub heat: Vec<f32>,
+    /// Task-class probabilities.
+    pub probs: Vec<f64>,
+    /// The explained class (predicted, or chosen).
+    pub class: usize,
+}
+
+/// Class scores (N, C) from head logits: the logits themselves, or for a
+/// raw-label head the log-sum-exp of each class's raw logits.
+fn class_scores(logits: &Tensor, raw_to_task: &[usize], classes: usize) -> Tensor {
+    if raw_to_task.is_empty() {
+        return logits.shallow_clone();
+    }
+    let cols: Vec<Tensor> = (0..classes)
+        .map(|c| {
+            let idx: Vec<i64> = raw_to_task.iter().enumerate().filter(|(_, &t)| t == c).map(|(r, _)| r as i64).collect();
+            logits.index_select(1, &Tensor::from_slice(&idx).to_device(logits.device())).logsumexp([1], false)
+        })
+        .collect();
+    Tensor::stack(&cols, 1)
+}
+
+/// Grad-CAM of one prepared gray image (S×S) at `layer`'s output, for
+/// `class` (default: the predicted class).
+pub fn grad_cam(model: &Vgg16, cfg: &RunConfig, gray: &[f32], layer: Block, class: Option<usize>, device: Device) -> Result<Cam> {
+    if layer == Block::Head {
+        return Err(Error::config("--layer must be a conv block (conv1 … conv5)"));
+    }
+    let s = cfg.data.preprocess.image_size as i64;
+    let g = Tensor::from_slice(gray).view([1, 1, s, s]).to_device(device);
+    // The input requires a gradient, so every block's output is part of the graph.
+    let x = cfg.data.preprocess.normalise(&g).detach().set_requires_grad(true);
+    let (pooled, map) = model.pooled_tapped(&x, Block::Conv1, false, Some(layer));
+    let map = map.ok_or_else(|| Error::config(format!("block {} produced no output", layer.name())))?;
+    let logits = if model.cfg.subject_norm {
+        model.classify_global(&pooled, false).unwrap_or_else(|| model.classify(&pooled, false))
+    } else {
+        model.classify(&pooled, false)
+    };
+    let probs: Vec<f64> = Vec::<f64>::try_from(cfg.task_probs(&logits).detach().to_device(Device::Cpu).view([-1])).map_err(|e| Error::config(e.to_string()))?;
+    let class = class.unwrap_or_else(|| probs.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i));
+    let score = class_scores(&logits, &cfg.raw_to_task, cfg.classes.len()).get(0).get(class as i64);
+    let grad = Tensor::run_backward(&[&score], &[&map], false, false).pop().ok_or_else(|| Error::config("no gradient reached the block"))?;
+    let a = map.detach().to_kind(Kind::Float);
+    let weights = grad.to_kind(Kind::Float).mean_dim([2i64, 3].as_slice(), true, Kind::Float);
+    let cam = (weights * a).sum_dim_intlist([1i64].as_slice(), true, Kind::Float).relu();
+    let up = cam.upsample_bilinear2d([s, s], false, None, None);
+    let max = up.max().double_value(&[]);
+    let heat = if max > 0.0 { up / max } else { up.zeros_like() };
+    let heat = Vec::<f32>::try_from(heat.to_device(Device::Cpu).view([-1])).map_err(|e| Error::config(e.to_string()))?;
+    Ok(Cam { input: gray.to_vec(), heat, probs, class })
+}
+
+/// Sums of the heat in each image quadrant, as fractions of the total
+/// (top-left, top-right, bottom-left, bottom-right).
+pub fn quadrant_mass(heat: &[f32], s: usize) -> [f64; 4] {
+    let mut q = [0f64; 4];
+    for (i, &h) in heat.iter().enumerate() {
+        let (x, y) = (i % s, i / s);
+        q[(y >= s / 2) as usize * 2 + (x >= s / 2) as usize] += h as f64;
+    }
+    let total: f64 = q.iter().sum();
+    if total > 0.0 {
+        q.iter_mut().for_each(|v| *v /= total);
+    }
+    q
+}
+
+/// The gray input with the heat laid over it in inferno, the overlay's
+/// opacity growing with the heat so cold regions still show the face.
+pub fn overlay(input: &[f32], heat: &[f32], s: u32) -> RgbImage {
+    RgbImage::from_fn(s, s, |x, y| {
+        let i = (y * s + x) as usize;
+        let g = input[i].clamp(0.0, 1.0) * 255.0;
+        let h = heat[i].clamp(0.0, 1.0);
+        let c = colorous::INFERNO.eval_continuous(h as f64);
+        let a = 0.65 * h;
+        let mix = |v: u8| ((1.0 - a) * g + a * v as f32).round().clamp(0.0, 255.0) as u8;
+        Rgb([mix(c.r), mix(c.g), mix(c.b)])
+    })
+}
+
+/// Tiles at least this wide on a sheet (small test inputs are enlarged).
+const MIN_TILE: u32 = 160;
+const LINE: u32 = 15;
+
+/// `img` enlarged to at least [`MIN_TILE`], with caption lines underneath.
+pub fn captioned(img: &RgbImage, lines: &[String]) -> Result<RgbImage> {
+    let img = if img.width() < MIN_TILE {
+        imageops::resize(img, MIN_TILE, MIN_TILE * img.height() / img.width(), imageops::FilterType::Triangle)
+    } else {
+        img.clone()
+    };
+    let (w, h) = (img.width(), img.height() + LINE * lines.len() as u32 + 4);
+    let mut canvas = RgbImage::from_pixel(w, h, Rgb([255, 255, 255]));
+    imageops::overlay(&mut canvas, &img, 0, 0);
+    let mut buf = canvas.into_raw();
+    {
+        crate::plot::register_font();
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        let font = ("sans-serif", 12).into_font();
+        let max_chars = (w / 7) as usize;
+        for (k, line) in lines.iter().enumerate() {
+            let text: String = line.chars().take(max_chars).collect();
+            root.draw(&Text::new(text, (3, (img.height() + 2 + LINE * k as u32) as i32), font.clone()))
+                .map_err(|e| Error::config(format!("cannot draw a caption: {e}")))?;
+        }
+        root.present().map_err(|e| Error::config(format!("cannot draw a caption: {e}")))?;
+    }
+    RgbImage::from_raw(w, h, buf).ok_or_else(|| Error::config("caption buffer has the wrong size"))
+}
+
+/// Tiles (equal sizes) in a grid at most 8 wide, on white.
+pub fn sheet(tiles: &[RgbImage]) -> RgbImage {
+    let Some(first) = tiles.first() else { return RgbImage::from_pixel(1, 1, Rgb([255, 255, 255])) };
+    let cols = (tiles.len() as f64).sqrt().ceil().clamp(1.0, 8.0) as u32;
+    let rows = (tiles.len() as u32).div_ceil(cols);
+    let (cw, ch) = (first.width() + 6, first.height() + 6);
+    let mut canvas = RgbImage::from_pixel(cols * cw + 6, rows * ch + 6, Rgb([255, 255, 255]));
+    for (k, t) in tiles.iter().enumerate() {
+        let (x, y) = (6 + (k as u32 % cols) * cw, 6 + (k as u32 / cols) * ch);
+        imageops::overlay(&mut canvas, t, x as i64, y as i64);
+    }
+    canvas
+}
+
+/// Writes an image as PNG, atomically.
+pub fn save_png(path: &Path, img: &RgbImage) -> Result<()> {
+    let mut png = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).map_err(|e| Error::file(path, format!("cannot encode PNG: {e}")))?;
+    fsutil::write_atomic(path, &png)
+}
+
+/// What `vggft explain` does.
+pub struct ExplainRequest<'a> {
+    pub paths: &'a [PathBuf],
+    pub class: Option<usize>,
+    pub layer: Block,
+    pub out: &'a Path,
+    /// Also write the mean heatmap of each explained class.
+    pub mean: bool,
+    /// Also write each image's network input, heat and probabilities as
+    /// safetensors (for the PyTorch cross-check in scripts/gradcam_check.py).
+    pub arrays: bool,
+}
+
+/// One explained file, or why it could not be.
+pub struct Explained {
+    pub path: PathBuf,
+    pub result: std::result::Result<(Cam, PathBuf), String>,
+}
+
+/// Explains every path; writes a PNG per image, `sheet.png`, `explain.csv`
+/// and (with `mean`) `mean_<class>.png`.
+pub fn explain(cfg: &RunConfig, model: &Vgg16, req: &ExplainRequest, device: Device) -> Result<Vec<Explained>> {
+    fsutil::create_dir(req.out)?;
+    let s = cfg.data.preprocess.image_size;
+    let mut finder = None;
+    let mut out = Vec::new();
+    let mut tiles = Vec::new();
+    for (i, p) in req.paths.iter().enumerate() {
+        let px = match crate::predict::prepare_one(p, cfg, &mut finder) {
+            Ok(px) => px,
+            Err(e) => {
+                out.push(Explained { path: p.clone(), result: Err(e) });
+                continue;
+            }
+        };
+        let cam = grad_cam(model, cfg, &px, req.layer, req.class, device)?;
+        let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let file = req.out.join(format!("{i:04}_{stem}.png"));
+        let tile = captioned(&overlay(&cam.input, &cam.heat, s), &caption(cfg, &cam, &stem, None))?;
+        save_png(&file, &tile)?;
+        if req.arrays {
+            let t = |v: &[f32]| Tensor::from_slice(v).view([s as i64, s as i64]);
+            let probs = Tensor::from_slice(&cam.probs);
+            let named = [
+                ("input".to_string(), t(&cam.input)),
+                ("heat".to_string(), t(&cam.heat)),
+                ("probs".to_string(), probs),
+                ("class".to_string(), Tensor::from_slice(&[cam.class as f64])),
+            ];
+            crate::weights::save_atomic(&named, &req.out.join(format!("{i:04}_{stem}.safetensors")))?;
+        }
+        tiles.push(tile);
+        out.push(Explained { path: p.clone(), result: Ok((cam, file)) });
+    }
+    if !tiles.is_empty() {
+        save_png(&req.out.join("sheet.png"), &sheet(&tiles))?;
+    }
+    write_csv(&req.out.join("explain.csv"), cfg, &out)?;
+    if req.mean {
+        for (c, name) in cfg.classes.iter().enumerate() {
+            let cams: Vec<&Cam> = out.iter().filter_map(|e| e.result.as_ref().ok()).map(|(cam, _)| cam).filter(|cam| cam.class == c).collect();
+            if cams.is_empty() {
+                continue;
+            }
+            let n = cams.len() as f32;
+            let mean = |f: fn(&Cam) -> &Vec<f32>| (0..(s * s) as usize).map(|i| cams.iter().map(|c| f(c)[i]).sum::<f32>() / n).collect::<Vec<f32>>();
+            let (input, heat) = (mean(|c| &c.input), mean(|c| &c.heat));
+            let max = heat.iter().copied().fold(0.0f32, f32::max);
+            let heat: Vec<f32> = heat.iter().map(|h| if max > 0.0 { h / max } else { 0.0 }).collect();
+            let lines = vec![format!("mean Grad-CAM: {name}"), format!("{} image(s), {}", cams.len(), req.layer.name())];
+            save_png(&req.out.join(format!("mean_{}.png", safe_name(name))), &captioned(&overlay(&input, &heat, s), &lines)?)?;
+        }
+    }
+    Ok(out)
+}
+
+/// Caption lines: the file, the explained class with its probability, and
+/// (when known) the true class.
+pub fn caption(cfg: &RunConfig, cam: &Cam, name: &str, truth: Option<usize>) -> Vec<String> {
+    let pred = cam.probs.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
+    let mut lines = vec![name.to_string(), format!("{} {:.2}", cfg.classes[pred], cam.probs[pred])];
+    if cam.class != pred {
+        lines.push(format!("heat for {} ({:.2})", cfg.classes[cam.class], cam.probs[cam.class]));
+    }
+    if let Some(t) = truth {
+        lines.push(format!("true {}", cfg.classes[t]));
+    }
+    lines
+}
+
+fn safe_name(s: &str) -> String {
+    s.chars().map(|c| if c.is_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+}
+
+fn write_csv(path: &Path, cfg: &RunConfig, rows: &[Explained]) -> Result<()> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let mut header = vec!["path".to_string(), "explained".into(), "heatmap".into(), "error".into()];
+    header.extend(cfg.classes.iter().map(|c| format!("p_{c}")));
+    let _ = w.write_record(&header);
+    for r in rows {
+        let mut rec = vec![r.path.display().to_string()];
+        match &r.result {
+            Ok((cam, file)) => {
+                rec.extend([cfg.classes[cam.class].clone(), file.display().to_string(), String::new()]);
+                rec.extend(cam.probs.iter().map(|p| format!("{p:.6}")));
+            }
+            Err(e) => {
+                rec.extend([String::new(), String::new(), e.clone()]);
+                rec.extend(cfg.classes.iter().map(|_| String::new()));
+            }
+        }
+        let _ = w.write_record(&rec);
+    }
+    fsutil::write_atomic(path, &w.into_inner().map_err(|e| Error::file(path, e.to_string()))?)
+}
