@@ -341,6 +341,12 @@ pub struct EvaluateArgs {
     pub out: Option<PathBuf>,
     #[arg(long)]
     pub skip_bad: bool,
+    /// Also write the N worst-predicted images (highest loss) with Grad-CAM heatmaps: top_losses.png and .csv.
+    #[arg(long, default_value_t = 0)]
+    pub top_losses: usize,
+    /// Block whose output the top-loss heatmaps are computed on.
+    #[arg(long, default_value = "conv5")]
+    pub layer: String,
     /// Convolution arithmetic (default: the run's own).
     #[arg(long, value_enum)]
     pub precision: Option<Precision>,
@@ -375,6 +381,10 @@ pub struct CvArgs {
     /// Epochs of the --baseline probe.
     #[arg(long, default_value_t = 15)]
     pub probe_epochs: usize,
+    /// Also write the N worst-predicted test images over all folds, each with a
+    /// Grad-CAM heatmap from its own fold's model: top_losses.png and .csv.
+    #[arg(long, default_value_t = 0)]
+    pub top_losses: usize,
     /// Merge the fold results in this cv folder and print the summary (runs nothing).
     #[arg(long)]
     pub collect: Option<PathBuf>,

@@ -59,6 +59,9 @@ pub struct CvConfig {
     /// Epochs of the head-only probe trained beside the recipe on every fold (`--baseline probe`).
     #[serde(default)]
     pub baseline: Option<usize>,
+    /// `--top-losses N`: heatmaps of the N worst test images over all folds.
+    #[serde(default)]
+    pub top_losses: usize,
 }
 
 pub struct Request {
@@ -69,6 +72,8 @@ pub struct Request {
     pub only_fold: Option<usize>,
     /// Also train a head-only probe of this many epochs on every fold.
     pub baseline: Option<usize>,
+    /// Heatmaps of this many worst test images over all folds (0: none).
+    pub top_losses: usize,
     pub out: PathBuf,
 }
 
@@ -90,6 +95,9 @@ pub struct FoldResult {
     pub baseline: Option<Scores>,
     pub n_train: usize,
     pub seconds: f64,
+    /// This fold's candidates for `--top-losses` (tiles relative to the cv folder).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub top: Vec<crate::explain::TopLoss>,
 }
 
 /// Probabilities and metrics of one model (or head) on a fold's test images.
@@ -193,6 +201,7 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
         folds: req.folds.clone(),
         seeds: req.seeds.clone(),
         baseline: req.baseline,
+        top_losses: req.top_losses,
     };
     fsutil::create_dir(&req.out.join("folds"))?;
     fsutil::write_json(&req.out.join("cv-config.json"), &cfg)?;
@@ -268,7 +277,33 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
             tc.seed = seed;
             let y: Vec<i64> = test.iter().map(|&i| labels.targets[i]).collect();
             let fold = Fold { run: &cfg.run, data: &data, test, y: &y, shared: &shared, device };
-            let (main, single) = fold.train_and_score(&tc)?;
+            let (main, single, model) = fold.train_and_score(&tc)?;
+            let top = if req.top_losses > 0 {
+                let rows = tch::Tensor::from_slice(&test.iter().map(|&i| i as i64).collect::<Vec<_>>());
+                let gray = prepared.data.gray.index_select(0, &rows);
+                let paths: Vec<String> = test.iter().map(|&i| ds.samples[i].path.display().to_string()).collect();
+                let picked = crate::explain::worst(&y, &main.probs, req.top_losses);
+                let tiles = req.out.join("folds").join("top");
+                fsutil::create_dir(&tiles)?;
+                let mut top = crate::explain::loss_tiles(
+                    &cfg.run,
+                    &model,
+                    &gray,
+                    &picked,
+                    &paths,
+                    &y,
+                    &main.probs,
+                    (Block::Conv5, device),
+                    (&tiles, &format!("seed{seed}-fold{fi}")),
+                )?;
+                for t in &mut top {
+                    t.tile = t.tile.strip_prefix(&req.out).map(Path::to_path_buf).unwrap_or_else(|_| t.tile.clone());
+                }
+                top
+            } else {
+                vec![]
+            };
+            drop(model);
             let baseline = match req.baseline {
                 Some(epochs) => Some(fold.train_and_score(&TrainConfig { stages: vec![Stage { from: Block::Head, epochs }], ..tc.clone() })?.0),
                 None => None,
@@ -286,6 +321,7 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
                 baseline,
                 n_train: data.train.len(),
                 seconds: t0.elapsed().as_secs_f64(),
+                top,
             };
             reporter.message(&format!(
                 "seed {seed} fold {}/{}: {} test images, balanced accuracy {:.3}{}, accuracy {:.3}, {:.1}s",
@@ -322,7 +358,7 @@ struct Fold<'a> {
 impl Fold<'_> {
     /// Trains a fresh model with `tc` and scores the test rows (and, for a
     /// subject-normalised model, its single-image head).
-    fn train_and_score(&self, tc: &TrainConfig) -> Result<(Scores, Option<Scores>)> {
+    fn train_and_score(&self, tc: &TrainConfig) -> Result<(Scores, Option<Scores>, Vgg16)> {
         let pre = &self.run.data.preprocess;
         let mut model = fresh_model(self.run, self.device, tc.seed as i64)?;
         if self.run.model.bn == BnMode::Recalibrate {
@@ -335,12 +371,13 @@ impl Fold<'_> {
             let probs = crate::run::rows(&self.run.task_probs(logits));
             Scores { metrics: eval::metrics(self.y, &probs, &self.run.classes), probs }
         };
-        Ok(if model.cfg.subject_norm {
+        let (main, single) = if model.cfg.subject_norm {
             let (person, single) = trainer.subject_logits(&model, self.shared.first(), self.test);
             (score(&person), Some(score(&single)))
         } else {
             (score(&trainer.logits(&model, self.shared.first(), self.test)), None)
-        })
+        };
+        Ok((main, single, model))
     }
 }
 
@@ -436,8 +473,38 @@ pub fn collect(dir: &Path) -> Result<Summary> {
         let scores: Vec<f64> = probs.iter().map(|p| p[1]).collect();
         plot::roc(&dir.join("roc.png"), &pos, &scores, &format!("pooled out-of-fold ROC, positive class `{}`", classes[1]))?;
     }
+    plot::subjects(&dir.join("subjects.png"), &subject_bacc(&results), &format!("per-subject balanced accuracy, pooled over {} seed(s)", cfg.seeds.len()))?;
+    if cfg.top_losses > 0 {
+        let mut top: Vec<crate::explain::TopLoss> = results.iter().flat_map(|r| r.top.iter().cloned()).collect();
+        top.sort_by(|a, b| b.loss.total_cmp(&a.loss));
+        top.truncate(cfg.top_losses);
+        top.iter_mut().for_each(|t| t.tile = dir.join(&t.tile));
+        crate::explain::write_top_losses(dir, &classes, &top)?;
+    }
     plot::spread(&dir.join("folds.png"), &results.iter().map(|r| (r.seed, r.fold, r.metrics.balanced_accuracy)).collect::<Vec<_>>(), summary.stats[3].mean)?;
     Ok(summary)
+}
+
+/// Each subject's balanced accuracy (mean recall over the classes that
+/// subject's test images have) and image count, worst first.
+pub fn subject_bacc(results: &[FoldResult]) -> Vec<(String, f64, usize)> {
+    let mut counts: BTreeMap<&str, BTreeMap<i64, (usize, usize)>> = BTreeMap::new();
+    for r in results {
+        for ((s, &t), p) in r.subjects.iter().zip(&r.y).zip(&r.probs) {
+            let e = counts.entry(s.as_str()).or_default().entry(t).or_default();
+            e.1 += 1;
+            e.0 += usize::from(crate::predict::argmax(p) as i64 == t);
+        }
+    }
+    let mut out: Vec<(String, f64, usize)> = counts
+        .into_iter()
+        .map(|(s, per)| {
+            let bacc = per.values().map(|&(c, n)| c as f64 / n as f64).sum::<f64>() / per.len() as f64;
+            (if s.is_empty() { "(no id)".to_string() } else { s.to_string() }, bacc, per.values().map(|v| v.1).sum())
+        })
+        .collect();
+    out.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+    out
 }
 
 /// The printed / saved summary.

@@ -239,7 +239,7 @@ pub fn explain(cfg: &RunConfig, model: &Vgg16, req: &ExplainRequest, device: Dev
 /// Caption lines: the file, the explained class with its probability, and
 /// (when known) the true class.
 pub fn caption(cfg: &RunConfig, cam: &Cam, name: &str, truth: Option<usize>) -> Vec<String> {
-    let pred = cam.probs.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
+    let pred = crate::predict::argmax(&cam.probs);
     let mut lines = vec![name.to_string(), format!("{} {:.2}", cfg.classes[pred], cam.probs[pred])];
     if cam.class != pred {
         lines.push(format!("heat for {} ({:.2})", cfg.classes[cam.class], cam.probs[cam.class]));
@@ -248,6 +248,82 @@ pub fn caption(cfg: &RunConfig, cam: &Cam, name: &str, truth: Option<usize>) -> 
         lines.push(format!("true {}", cfg.classes[t]));
     }
     lines
+}
+
+/// One of the worst-predicted images.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct TopLoss {
+    pub path: String,
+    pub truth: usize,
+    pub probs: Vec<f64>,
+    /// Cross-entropy of the true class, −ln p(true).
+    pub loss: f64,
+    /// Its captioned heatmap tile (PNG).
+    pub tile: PathBuf,
+}
+
+/// Indices of the `n` rows with the highest −ln p(true), highest first.
+pub fn worst(y: &[i64], probs: &[Vec<f64>], n: usize) -> Vec<(usize, f64)> {
+    let mut v: Vec<(usize, f64)> = y.iter().zip(probs).enumerate().map(|(i, (&t, p))| (i, -p[t as usize].max(1e-12).ln())).collect();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    v.truncate(n);
+    v
+}
+
+/// Grad-CAM tiles (heat for the predicted class, the probabilities that
+/// were scored, the true class and the loss in the caption) of the rows
+/// `picked` of `gray` (N,1,S,S), written into `dir` as `prefix-K.png`.
+#[allow(clippy::too_many_arguments)]
+pub fn loss_tiles(
+    cfg: &RunConfig,
+    model: &Vgg16,
+    gray: &Tensor,
+    picked: &[(usize, f64)],
+    paths: &[String],
+    y: &[i64],
+    probs: &[Vec<f64>],
+    (layer, device): (Block, Device),
+    (dir, prefix): (&Path, &str),
+) -> Result<Vec<TopLoss>> {
+    let s = cfg.data.preprocess.image_size;
+    let mut out = Vec::new();
+    for (k, &(i, loss)) in picked.iter().enumerate() {
+        let px = Vec::<f32>::try_from(gray.get(i as i64).to_device(Device::Cpu).to_kind(Kind::Float).view([-1])).map_err(|e| Error::config(e.to_string()))?;
+        let pred = crate::predict::argmax(&probs[i]);
+        let cam = grad_cam(model, cfg, &px, layer, Some(pred), device)?;
+        let name = Path::new(&paths[i]).file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let lines = vec![
+            name,
+            format!("pred {} {:.2}", cfg.classes[pred], probs[i][pred]),
+            format!("true {} {:.2}", cfg.classes[y[i] as usize], probs[i][y[i] as usize]),
+            format!("loss {loss:.2}"),
+        ];
+        let tile = dir.join(format!("{prefix}-{k:03}.png"));
+        save_png(&tile, &captioned(&overlay(&cam.input, &cam.heat, s), &lines)?)?;
+        out.push(TopLoss { path: paths[i].clone(), truth: y[i] as usize, probs: probs[i].clone(), loss, tile });
+    }
+    Ok(out)
+}
+
+/// `top_losses.png` (the tiles, worst first) and `top_losses.csv` in `dir`.
+pub fn write_top_losses(dir: &Path, classes: &[String], top: &[TopLoss]) -> Result<()> {
+    let tiles: Vec<RgbImage> = top
+        .iter()
+        .map(|t| image::open(&t.tile).map(|i| i.to_rgb8()).map_err(|e| Error::file(&t.tile, format!("cannot read tile: {e}"))))
+        .collect::<Result<_>>()?;
+    save_png(&dir.join("top_losses.png"), &sheet(&tiles))?;
+    let p = dir.join("top_losses.csv");
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let mut header = vec!["rank".to_string(), "path".into(), "true".into(), "predicted".into(), "loss".into()];
+    header.extend(classes.iter().map(|c| format!("p_{c}")));
+    let _ = w.write_record(&header);
+    for (r, t) in top.iter().enumerate() {
+        let mut rec =
+            vec![(r + 1).to_string(), t.path.clone(), classes[t.truth].clone(), classes[crate::predict::argmax(&t.probs)].clone(), format!("{:.4}", t.loss)];
+        rec.extend(t.probs.iter().map(|p| format!("{p:.6}")));
+        let _ = w.write_record(&rec);
+    }
+    fsutil::write_atomic(&p, &w.into_inner().map_err(|e| Error::file(&p, e.to_string()))?)
 }
 
 fn safe_name(s: &str) -> String {

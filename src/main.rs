@@ -354,6 +354,16 @@ fn evaluate(a: EvaluateArgs) -> anyhow::Result<()> {
     outln!("{} images from {}", m.n, a.data.display());
     print_metrics(m, &cfg.classes);
     outln!("written: {}, {}", out.join("metrics.json").display(), out.join("confusion.png").display());
+    if a.top_losses > 0 {
+        let layer = vggft::model::Block::parse(&a.layer)?;
+        let tiles = out.join("top_losses");
+        vggft::fsutil::create_dir(&tiles)?;
+        let paths: Vec<String> = ev.paths.iter().map(|p| p.display().to_string()).collect();
+        let picked = vggft::explain::worst(&ev.y, &ev.probs, a.top_losses);
+        let top = vggft::explain::loss_tiles(&cfg, &model, &ev.gray, &picked, &paths, &ev.y, &ev.probs, (layer, device), (&tiles, "loss"))?;
+        vggft::explain::write_top_losses(&out, &cfg.classes, &top)?;
+        outln!("top {} losses: {}, {}", top.len(), out.join("top_losses.png").display(), out.join("top_losses.csv").display());
+    }
     Ok(())
 }
 
@@ -392,6 +402,7 @@ fn cv(a: CvArgs) -> anyhow::Result<()> {
                 seeds,
                 only_fold: a.fold,
                 baseline: a.baseline.as_ref().map(|_| a.probe_epochs),
+                top_losses: a.top_losses,
                 out: out.clone(),
             };
             match vggft::cv::run(&req, &mut rep)? {

@@ -292,3 +292,44 @@ pub fn spread(path: &Path, folds: &[(u64, usize, f64)], baseline: f64) -> Result
         Ok(())
     })
 }
+
+/// One horizontal bar per subject (worst at the top): balanced accuracy
+/// with the image count beside it, so the people a model fails on stand out.
+pub fn subjects(path: &Path, rows: &[(String, f64, usize)], title: &str) -> Result<()> {
+    let n = rows.len().max(1);
+    let h = (90 + 18 * n as u32).min(8000);
+    render(path, 760, h, |root| {
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 16))
+            .margin(15)
+            .x_label_area_size(40)
+            .y_label_area_size(110)
+            .build_cartesian_2d(0.0..1.12, (0..n).into_segmented())
+            .map_err(e)?;
+        let names: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
+        chart
+            .configure_mesh()
+            .x_desc("balanced accuracy (mean recall over the classes the person shows)")
+            .y_labels(n)
+            .y_label_formatter(&|v| match v {
+                SegmentValue::CenterOf(i) => names.get(*i).cloned().unwrap_or_default(),
+                _ => String::new(),
+            })
+            .light_line_style(WHITE)
+            .label_style(("sans-serif", 12))
+            .draw()
+            .map_err(e)?;
+        chart
+            .draw_series(rows.iter().enumerate().map(|(i, (_, v, _))| {
+                let color = if *v < 0.5 { RED.mix(0.7) } else { BLUE.mix(0.6) };
+                Rectangle::new([(0.0, SegmentValue::Exact(i)), (v.max(0.004), SegmentValue::Exact(i + 1))], color.filled())
+            }))
+            .map_err(e)?;
+        chart
+            .draw_series(
+                rows.iter().enumerate().map(|(i, (_, v, k))| Text::new(format!("{v:.2} ({k})"), (v + 0.01, SegmentValue::CenterOf(i)), ("sans-serif", 11))),
+            )
+            .map_err(e)?;
+        Ok(())
+    })
+}

@@ -233,6 +233,8 @@ pub struct Evaluation {
     pub y: Vec<i64>,
     pub probs: Vec<Vec<f64>>,
     pub skipped: Vec<(PathBuf, String)>,
+    /// The scored images as the network saw them (N,1,S,S), for heatmaps.
+    pub gray: Tensor,
 }
 
 /// Scans `data` (labels mapped as the run was trained), predicts every image, scores it.
@@ -277,5 +279,5 @@ pub fn evaluate(
         crate::run::rows(&cfg.task_probs(&chunks(&|x| model.forward_t(x, false))))
     };
     let metrics = crate::eval::metrics(&y, &probs, &cfg.classes);
-    Ok(Evaluation { metrics, paths: ds.samples.iter().map(|s| s.path.clone()).collect(), y, probs, skipped: loaded.skipped })
+    Ok(Evaluation { metrics, paths: ds.samples.iter().map(|s| s.path.clone()).collect(), y, probs, skipped: loaded.skipped, gray: loaded.gray })
 }

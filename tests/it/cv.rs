@@ -158,3 +158,52 @@ fn leave_one_subject_out_has_one_person_per_fold() {
     }
     assert!(!d.path().join("loso/folds/seed0-fold4.json").exists());
 }
+
+#[test]
+fn cv_top_losses_and_per_subject_plot_merge_across_separately_run_folds() {
+    let d = tmp();
+    let m = subject_dataset(d.path(), 4, 32);
+    let w = d.path().join("trunk.safetensors");
+    trunk_only(&w, 4);
+    let s = small(&w);
+    let base = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = ["cv", "--data", m.to_str().unwrap(), "--folds", "loso", "--stages", "head:1", "--top-losses", "3", "--out", "top"]
+            .iter()
+            .map(|x| x.to_string())
+            .collect();
+        v.extend(extra.iter().map(|x| x.to_string()));
+        v.extend(s.iter().cloned());
+        v
+    };
+    // Folds run one by one (as a cluster would), then merged.
+    for fold in 0..4 {
+        let f = fold.to_string();
+        let a = base(&["--fold", &f]);
+        let (code, out, err) = run(&a.iter().map(String::as_str).collect::<Vec<_>>(), d.path());
+        assert_eq!(code, 0, "{out}\n{err}");
+        let r = json(&d.path().join(format!("top/folds/seed0-fold{fold}.json")));
+        assert_eq!(r["top"].as_array().unwrap().len(), 2, "each LOSO fold tests 2 images, so both are candidates");
+    }
+    let (code, out, err) = run(&["cv", "--collect", "top"], d.path());
+    assert_eq!(code, 0, "{out}\n{err}");
+    for f in ["top_losses.png", "top_losses.csv", "subjects.png"] {
+        assert!(d.path().join("top").join(f).is_file(), "{f} missing");
+    }
+    let csv = std::fs::read_to_string(d.path().join("top/top_losses.csv")).unwrap();
+    let losses: Vec<f64> = csv.lines().skip(1).map(|l| l.split(',').nth(4).unwrap().parse().unwrap()).collect();
+    assert_eq!(losses.len(), 3, "{csv}");
+    assert!(losses.windows(2).all(|w| w[0] >= w[1]), "worst first: {losses:?}");
+    // The worst over all folds: no image left out of the ranking has a higher loss.
+    let mut all = Vec::new();
+    for fold in 0..4 {
+        let r = json(&d.path().join(format!("top/folds/seed0-fold{fold}.json")));
+        let y: Vec<usize> = r["y"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+        for (p, &t) in r["probs"].as_array().unwrap().iter().zip(&y) {
+            all.push(-p[t].as_f64().unwrap().max(1e-12).ln());
+        }
+    }
+    all.sort_by(|a, b| b.total_cmp(a));
+    for (got, want) in losses.iter().zip(&all) {
+        assert!((got - want).abs() < 1e-3, "{losses:?} vs {all:?}");
+    }
+}
