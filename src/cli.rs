@@ -371,8 +371,8 @@ pub struct CvArgs {
     /// Instead of --seeds: seeds 0..R.
     #[arg(long)]
     pub repeats: Option<u64>,
-    /// Run only fold i (0-based) of each seed; merge later with --collect.
-    #[arg(long)]
+    /// Run only fold i (0-based) of each seed into the shared --out folder; merge later with --collect.
+    #[arg(long, requires = "out")]
     pub fold: Option<usize>,
     /// Also train a head-only probe on every fold (same folds, seeds, features and
     /// normalisation) and report it beside the recipe.
@@ -388,6 +388,9 @@ pub struct CvArgs {
     /// Merge the fold results in this cv folder and print the summary (runs nothing).
     #[arg(long)]
     pub collect: Option<PathBuf>,
+    /// With --collect: merge even when some folds are missing (the summary says so).
+    #[arg(long, requires = "collect")]
+    pub partial: bool,
     /// Output folder (default: runs/cv-<timestamp>).
     #[arg(long)]
     pub out: Option<PathBuf>,

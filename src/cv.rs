@@ -62,6 +62,10 @@ pub struct CvConfig {
     /// `--top-losses N`: heatmaps of the N worst test images over all folds.
     #[serde(default)]
     pub top_losses: usize,
+    /// Folds per seed (0: unknown, an older cv folder): `--collect` checks
+    /// that every seed × fold result is there.
+    #[serde(default)]
+    pub n_folds: usize,
 }
 
 pub struct Request {
@@ -202,6 +206,10 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
         seeds: req.seeds.clone(),
         baseline: req.baseline,
         top_losses: req.top_losses,
+        n_folds: match req.folds {
+            Folds::Loso => ds.samples.iter().filter_map(|s| s.subject.as_deref()).collect::<std::collections::BTreeSet<_>>().len(),
+            Folds::K { k } => k,
+        },
     };
     fsutil::create_dir(&req.out.join("folds"))?;
     fsutil::write_json(&req.out.join("cv-config.json"), &cfg)?;
@@ -342,7 +350,7 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
     if req.only_fold.is_some() {
         return Ok(None);
     }
-    collect(&req.out).map(Some)
+    collect(&req.out, false).map(Some)
 }
 
 /// One fold: the training rows (in `data`), the test rows and their task classes.
@@ -391,7 +399,7 @@ fn fresh_model(cfg: &RunConfig, device: Device, seed: i64) -> Result<Vgg16> {
 }
 
 /// Merges every `folds/*.json` of a cv folder into `cv.json`, `cv.md` and plots.
-pub fn collect(dir: &Path) -> Result<Summary> {
+pub fn collect(dir: &Path, partial: bool) -> Result<Summary> {
     let cfg_path = dir.join("cv-config.json");
     let cfg: CvConfig = serde_json::from_str(&std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?)
         .map_err(|e| Error::file(&cfg_path, format!("is not a vggft cv config: {e}")))?;
@@ -410,6 +418,27 @@ pub fn collect(dir: &Path) -> Result<Summary> {
         return Err(Error::file(&fdir, "holds no fold results"));
     }
     results.sort_by_key(|r| (r.seed, r.fold));
+    let have: std::collections::BTreeSet<(u64, usize)> = results.iter().map(|r| (r.seed, r.fold)).collect();
+    let missing: Vec<String> = cfg
+        .seeds
+        .iter()
+        .flat_map(|&s| (0..cfg.n_folds).map(move |f| (s, f)))
+        .filter(|k| !have.contains(k))
+        .map(|(s, f)| format!("seed {s} fold {f}"))
+        .collect();
+    if !missing.is_empty() && !partial {
+        return Err(Error::file(
+            &fdir,
+            format!(
+                "holds {} of {} fold results; missing: {} (run each with `vggft cv … --fold F --out {}`, or merge what is there with --collect {} --partial)",
+                have.len(),
+                cfg.seeds.len() * cfg.n_folds,
+                crate::error::short_list(&missing, 8),
+                dir.display(),
+                dir.display()
+            ),
+        ));
+    }
     let classes = cfg.run.classes.clone();
     let stats_of = |ms: &[&Metrics]| {
         let get = |f: fn(&Metrics) -> f64| ms.iter().map(|m| f(m)).collect::<Vec<_>>();
@@ -453,7 +482,7 @@ pub fn collect(dir: &Path) -> Result<Summary> {
         cfg.seeds,
         results.len(),
         if single.is_some() { format!("; {}", crate::subject::TRANSDUCTIVE) } else { String::new() }
-    );
+    ) + &if missing.is_empty() { String::new() } else { format!("; PARTIAL (--partial): {} fold result(s) missing: {}", missing.len(), crate::error::short_list(&missing, 8)) };
     let summary = Summary {
         protocol,
         classes: classes.clone(),

@@ -386,7 +386,7 @@ fn print_metrics(m: &vggft::eval::Metrics, classes: &[String]) {
 fn cv(a: CvArgs) -> anyhow::Result<()> {
     let mut rep = reporter(a.quiet);
     let summary = match &a.collect {
-        Some(dir) => vggft::cv::collect(dir)?,
+        Some(dir) => vggft::cv::collect(dir, a.partial)?,
         None => {
             let recipe = recipe(&a.data, &a.model, &a.train, &mut rep)?;
             let seeds = match a.repeats {

@@ -306,7 +306,9 @@ pub fn subjects(path: &Path, rows: &[(String, f64, usize)], title: &str) -> Resu
             .y_label_area_size(110)
             .build_cartesian_2d(0.0..1.12, (0..n).into_segmented())
             .map_err(e)?;
-        let names: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
+        // Segment 0 is drawn at the bottom: the worst (first) row takes the top one.
+        let at = |i: usize| n - 1 - i;
+        let names: Vec<String> = rows.iter().rev().map(|r| r.0.clone()).collect();
         chart
             .configure_mesh()
             .x_desc("balanced accuracy (mean recall over the classes the person shows)")
@@ -321,13 +323,14 @@ pub fn subjects(path: &Path, rows: &[(String, f64, usize)], title: &str) -> Resu
             .map_err(e)?;
         chart
             .draw_series(rows.iter().enumerate().map(|(i, (_, v, _))| {
-                let color = if *v < 0.5 { RED.mix(0.7) } else { BLUE.mix(0.6) };
-                Rectangle::new([(0.0, SegmentValue::Exact(i)), (v.max(0.004), SegmentValue::Exact(i + 1))], color.filled())
+                // At or below chance for a balanced metric over two classes: red.
+                let color = if *v <= 0.5 { RED.mix(0.7) } else { BLUE.mix(0.6) };
+                Rectangle::new([(0.0, SegmentValue::Exact(at(i))), (v.max(0.004), SegmentValue::Exact(at(i) + 1))], color.filled())
             }))
             .map_err(e)?;
         chart
             .draw_series(
-                rows.iter().enumerate().map(|(i, (_, v, k))| Text::new(format!("{v:.2} ({k})"), (v + 0.01, SegmentValue::CenterOf(i)), ("sans-serif", 11))),
+                rows.iter().enumerate().map(|(i, (_, v, k))| Text::new(format!("{v:.2} ({k})"), (v + 0.01, SegmentValue::CenterOf(at(i))), ("sans-serif", 11))),
             )
             .map_err(e)?;
         Ok(())

@@ -175,8 +175,21 @@ fn cv_top_losses_and_per_subject_plot_merge_across_separately_run_folds() {
         v.extend(s.iter().cloned());
         v
     };
+    // --fold needs the shared --out folder (a usage error otherwise).
+    let (code, _, err) = run(&["cv", "--data", m.to_str().unwrap(), "--folds", "loso", "--fold", "0"], d.path());
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--out"), "{err}");
     // Folds run one by one (as a cluster would), then merged.
     for fold in 0..4 {
+        if fold == 2 {
+            // Half the folds: --collect refuses, naming what is missing; --partial merges and says so.
+            let (code, out, err) = run(&["cv", "--collect", "top"], d.path());
+            assert_eq!(code, 1, "{out}{err}");
+            assert!(err.contains("holds 2 of 4 fold results") && err.contains("seed 0 fold 2, seed 0 fold 3") && err.contains("--partial"), "{err}");
+            let (code, out, err) = run(&["cv", "--collect", "top", "--partial"], d.path());
+            assert_eq!(code, 0, "{err}");
+            assert!(out.contains("PARTIAL") && !out.contains("NaN"), "{out}");
+        }
         let f = fold.to_string();
         let a = base(&["--fold", &f]);
         let (code, out, err) = run(&a.iter().map(String::as_str).collect::<Vec<_>>(), d.path());
