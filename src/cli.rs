@@ -16,6 +16,42 @@ use crate::model::{Block, BnMode, HeadKind, Precision};
 use crate::optim::{OptimKind, Schedule};
 use crate::subject::SubjectNormChoice;
 
+/// A clap value parser that checks a string option with the library's own
+/// parser, so a bad value is a usage error (exit 2) naming the flag; the
+/// option stays a string and is parsed again where it is used.
+fn checked<T: 'static>(parse: fn(&str) -> Result<T>) -> impl Fn(&str) -> std::result::Result<String, String> + Clone + Send + Sync + 'static {
+    move |s: &str| {
+        parse(s).map(|_| s.to_string()).map_err(|e| match e {
+            Error::Config(m) => m,
+            other => other.to_string(),
+        })
+    }
+}
+
+/// `--device` syntax (whether the device exists is checked when it is used).
+fn device_syntax(s: &str) -> Result<()> {
+    match s {
+        "auto" | "cpu" | "cuda" => Ok(()),
+        _ if s.strip_prefix("cuda:").is_some_and(|n| n.parse::<usize>().is_ok()) => Ok(()),
+        _ => Err(Error::config(format!("expected auto, cpu, cuda or cuda:N, got `{s}`"))),
+    }
+}
+
+fn face_syntax(s: &str) -> Result<()> {
+    crate::data::face::FaceMode::parse(s, false).map(|_| ())
+}
+
+fn conv_block(s: &str) -> Result<()> {
+    match Block::parse(s)? {
+        Block::Head => Err(Error::config("expected a conv block (conv1 … conv5)")),
+        _ => Ok(()),
+    }
+}
+
+fn features_syntax(s: &str) -> Result<()> {
+    s.split(',').try_for_each(|b| conv_block(b.trim()))
+}
+
 #[derive(Parser, Debug)]
 #[command(name = "vggft", version, about = "Fine-tune ImageNet VGG16 on small grayscale face datasets, honestly evaluated")]
 pub struct Cli {
@@ -85,7 +121,7 @@ pub struct ExplainArgs {
     #[arg(long)]
     pub class: Option<String>,
     /// Block whose output the heatmap is computed on (its map is 7×7 for conv5 at 224 px).
-    #[arg(long, default_value = "conv5")]
+    #[arg(long, default_value = "conv5", value_parser = checked(conv_block))]
     pub layer: String,
     /// Folder for the heatmaps, sheet.png and explain.csv (created).
     #[arg(long)]
@@ -97,7 +133,7 @@ pub struct ExplainArgs {
     #[arg(long)]
     pub arrays: bool,
     /// auto (CUDA when available), cpu, cuda, cuda:N.
-    #[arg(long, default_value = "auto")]
+    #[arg(long, default_value = "auto", value_parser = checked(device_syntax))]
     pub device: String,
 }
 
@@ -113,7 +149,7 @@ pub struct SpeedArgs {
     /// Precisions to time.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "f32,bf16")]
     pub precision: Vec<Precision>,
-    #[arg(long, default_value = "auto")]
+    #[arg(long, default_value = "auto", value_parser = checked(device_syntax))]
     pub device: String,
     /// CPU threads for libtorch (default: libtorch's choice).
     #[arg(long, value_parser = clap::value_parser!(i32).range(1..=1024))]
@@ -142,10 +178,10 @@ pub struct DataArgs {
     #[arg(long, value_enum, default_value_t = TrainLabels::Auto)]
     pub train_labels: TrainLabels,
     /// Crop before resizing: none, x,y,w,h (source pixels) or center:F.
-    #[arg(long, default_value = "none")]
+    #[arg(long, default_value = "none", value_parser = checked(Crop::parse))]
     pub crop: String,
     /// Face localisation before resizing: auto (SeetaFace detector), none, or crop:x,y,w,h.
-    #[arg(long, default_value = "none")]
+    #[arg(long, default_value = "none", value_parser = checked(face_syntax))]
     pub face: String,
     /// With --face auto: an image without a detected face is an error instead of a centred crop.
     #[arg(long)]
@@ -154,7 +190,7 @@ pub struct DataArgs {
     #[arg(long, default_value_t = 224, value_parser = clap::value_parser!(u32).range(*crate::data::IMAGE_SIZES.start() as i64..=*crate::data::IMAGE_SIZES.end() as i64))]
     pub image_size: u32,
     /// Validation: subjects:F (subject-grouped fraction), or none.
-    #[arg(long, default_value = "subjects:0.2")]
+    #[arg(long, default_value = "subjects:0.2", value_parser = checked(ValSpec::parse))]
     pub val: String,
     /// Validate on these subjects (comma-separated) instead.
     #[arg(long, value_delimiter = ',')]
@@ -181,7 +217,7 @@ pub struct ModelArgs {
     #[arg(long, default_value_t = 0)]
     pub hidden: i64,
     /// Blocks whose pooled outputs feed the head, e.g. conv4,conv5 (multi-layer features).
-    #[arg(long, default_value = "conv5")]
+    #[arg(long, default_value = "conv5", value_parser = checked(features_syntax))]
     pub features: String,
     /// Standardise each person's pooled features with that person's own statistics
     /// (auto: on when every subject id has at least 3 images).
@@ -194,7 +230,7 @@ pub struct ModelArgs {
     #[arg(long, hide = true, default_value_t = 1)]
     pub width_div: i64,
     /// auto (CUDA when available), cpu, cuda, cuda:N.
-    #[arg(long, default_value = "auto")]
+    #[arg(long, default_value = "auto", value_parser = checked(device_syntax))]
     pub device: String,
     /// Convolution arithmetic: f32, or bf16 (float32 weights, optimizer state and loss).
     #[arg(long, value_enum, default_value_t = Precision::F32)]
@@ -219,7 +255,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 3)]
     pub warmup_epochs: usize,
     /// Explicit stages, e.g. head:3,conv5:12,conv4:10 (overrides the three above).
-    #[arg(long)]
+    #[arg(long, value_parser = checked(parse_stages))]
     pub stages: Option<String>,
     #[arg(long, value_enum, default_value_t = OptimKind::Sgd)]
     pub optimizer: OptimKind,
@@ -246,7 +282,7 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value_t = ClassWeights::Auto)]
     pub class_weights: ClassWeights,
     /// Augmentation preset: none, flip, light, strong (knobs below override).
-    #[arg(long, default_value = "light")]
+    #[arg(long, default_value = "light", value_parser = checked(Augment::preset))]
     pub augment: String,
     #[arg(long)]
     pub flip: Option<bool>,
@@ -345,12 +381,12 @@ pub struct EvaluateArgs {
     #[arg(long, default_value_t = 0)]
     pub top_losses: usize,
     /// Block whose output the top-loss heatmaps are computed on.
-    #[arg(long, default_value = "conv5")]
+    #[arg(long, default_value = "conv5", value_parser = checked(conv_block))]
     pub layer: String,
     /// Convolution arithmetic (default: the run's own).
     #[arg(long, value_enum)]
     pub precision: Option<Precision>,
-    #[arg(long, default_value = "auto")]
+    #[arg(long, default_value = "auto", value_parser = checked(device_syntax))]
     pub device: String,
 }
 
@@ -363,7 +399,7 @@ pub struct CvArgs {
     #[command(flatten)]
     pub train: TrainArgs,
     /// loso (leave one subject out) or K (subject-grouped, stratified where possible).
-    #[arg(long, default_value = "5")]
+    #[arg(long, default_value = "5", value_parser = checked(crate::cv::Folds::parse))]
     pub folds: String,
     /// Seeds to repeat the folds with (each seed: new folds for K, new training randomness).
     #[arg(long, value_delimiter = ',', default_value = "0")]
@@ -443,7 +479,7 @@ pub struct PredictArgs {
     /// Print the model-load and decode + forward times on stderr.
     #[arg(long)]
     pub timings: bool,
-    #[arg(long, default_value = "auto")]
+    #[arg(long, default_value = "auto", value_parser = checked(device_syntax))]
     pub device: String,
 }
 

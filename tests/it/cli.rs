@@ -271,3 +271,27 @@ fn predict_held_out_shows_only_people_the_model_never_saw() {
     assert_eq!(code, 1);
     assert!(err.contains("split.csv") && err.contains("no validation images"), "{err}");
 }
+
+#[test]
+fn every_bad_option_value_is_a_usage_error_with_exit_2_naming_the_flag() {
+    let d = tmp();
+    let cases: [(&[&str], &str); 12] = [
+        (&["finetune", "--val", "x"], "--val"),
+        (&["finetune", "--crop", "1,2"], "--crop"),
+        (&["finetune", "--augment", "wild"], "--augment"),
+        (&["finetune", "--device", "gpu"], "--device"),
+        (&["finetune", "--stages", "conv9:3"], "--stages"),
+        (&["finetune", "--face", "maybe"], "--face"),
+        (&["finetune", "--features", "head"], "--features"),
+        (&["cv", "--folds", "one"], "--folds"),
+        (&["predict", "x.png", "--device", "tpu"], "--device"),
+        (&["explain", "x.png", "--out", "o", "--layer", "head"], "--layer"),
+        (&["evaluate", "--data", "d", "--layer", "conv9"], "--layer"),
+        (&["cv", "--fold", "1"], "--out"),
+    ];
+    for (a, flag) in cases {
+        let (code, out, err) = run(a, d.path());
+        assert_eq!(code, 2, "{a:?}: {out}{err}");
+        assert!(err.starts_with("error:") && err.contains(flag) && !err.contains("panicked"), "{a:?}: {err}");
+    }
+}
