@@ -30,6 +30,8 @@ pub fn small_cfg(bn: BnMode, head: HeadKind, classes: i64) -> ModelConfig {
 /// Writes a torchvision-layout file (trunk + classifier.0/3/6, BN with
 /// `num_batches_tracked` when `bn`), random values, narrower widths.
 pub fn torchvision_like(path: &Path, bn: bool, seed: i64) -> Vec<(String, Tensor)> {
+    // Seeding and drawing must not interleave with another test's seeding.
+    let _rng = torch_rng();
     tch::manual_seed(seed);
     let mode = if bn { BnMode::Frozen } else { BnMode::Drop };
     let m = Vgg16::new(&small_cfg(mode, HeadKind::Vgg, 10), Device::Cpu).unwrap();
@@ -53,6 +55,7 @@ pub fn torchvision_like(path: &Path, bn: bool, seed: i64) -> Vec<(String, Tensor
 
 /// A trunk-only file (like the HED stand-in): plain convs, no classifier.
 pub fn trunk_only(path: &Path, seed: i64) {
+    let _rng = torch_rng();
     tch::manual_seed(seed);
     let m = Vgg16::new(&small_cfg(BnMode::Drop, HeadKind::Linear, 2), Device::Cpu).unwrap();
     let named: Vec<(String, Tensor)> = m.named_tensors().into_iter().filter(|(n, _)| n.starts_with("features.")).collect();
@@ -220,8 +223,29 @@ pub fn run(args: &[&str], cwd: &Path) -> (i32, String, String) {
 /// and then depend on its draws (dropout) hold this lock.
 pub static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-pub fn torch_rng() -> std::sync::MutexGuard<'static, ()> {
-    TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner())
+thread_local! {
+    static HOLDING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The lock on libtorch's generator, re-entrant within one thread (the
+/// weight-file helpers take it too, and tests holding it call them).
+pub struct RngGuard(Option<std::sync::MutexGuard<'static, ()>>);
+
+impl Drop for RngGuard {
+    fn drop(&mut self) {
+        if self.0.is_some() {
+            HOLDING.with(|h| h.set(false));
+        }
+    }
+}
+
+pub fn torch_rng() -> RngGuard {
+    if HOLDING.with(|h| h.get()) {
+        return RngGuard(None);
+    }
+    let g = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    HOLDING.with(|h| h.set(true));
+    RngGuard(Some(g))
 }
 
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {

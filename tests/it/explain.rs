@@ -207,6 +207,6 @@ fn explain_writes_heatmaps_a_sheet_means_and_works_for_every_model_option() {
         &["explain", d.path().join("s01_neutral.png").to_str().unwrap(), "--model", "runs/v0", "--layer", "head", "--out", "x2", "--device", "cpu"],
         d.path(),
     );
-    assert_eq!(code, 1);
+    assert_eq!(code, 2, "a usage error: {err}");
     assert!(err.contains("--layer"), "{err}");
 }

@@ -59,6 +59,7 @@ fn prepared(path: &Path, val: ValSpec) -> Prepared {
 }
 
 fn model(bn: BnMode, head: HeadKind, seed: i64) -> Vgg16 {
+    let _rng = torch_rng();
     tch::manual_seed(seed);
     let mut cfg = small_cfg(bn, head, 2);
     cfg.dropout = 0.2;
