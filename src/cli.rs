@@ -377,6 +377,9 @@ pub struct EvaluateArgs {
     pub out: Option<PathBuf>,
     #[arg(long)]
     pub skip_bad: bool,
+    /// Score only images the run did not train on (its split.csv); without it, overlap is warned about.
+    #[arg(long)]
+    pub exclude_train: bool,
     /// Also write the N worst-predicted images (highest loss) with Grad-CAM heatmaps: top_losses.png and .csv.
     #[arg(long, default_value_t = 0)]
     pub top_losses: usize,

@@ -341,7 +341,17 @@ fn evaluate(a: EvaluateArgs) -> anyhow::Result<()> {
     if let Some(p) = a.precision {
         model.cfg.precision = p;
     }
-    let ev = predict::evaluate(&cfg, &model, &a.data, a.format, a.skip_bad, device)?;
+    let trained_on = predict::training_paths(&a.model);
+    let ev = predict::evaluate(&cfg, &model, &a.data, a.format, a.skip_bad, (&trained_on, a.exclude_train), device)?;
+    if ev.excluded > 0 {
+        errln!("note: left out {} image(s) this run was trained on (--exclude-train); scoring the other {}", ev.excluded, ev.y.len());
+    } else if ev.overlap > 0 {
+        errln!(
+            "warning: {} of these {} images were training images of this run (its split.csv): the scores below are not held-out; --exclude-train scores only the others",
+            ev.overlap,
+            ev.y.len()
+        );
+    }
     for (p, why) in &ev.skipped {
         errln!("skipped {}: {why}", p.display());
     }

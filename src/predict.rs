@@ -235,6 +235,16 @@ pub struct Evaluation {
     pub skipped: Vec<(PathBuf, String)>,
     /// The scored images as the network saw them (N,1,S,S), for heatmaps.
     pub gray: Tensor,
+    /// Images of the data that were this run's training images (its split.csv).
+    pub overlap: usize,
+    /// Of those, how many were left out (`--exclude-train`).
+    pub excluded: usize,
+}
+
+/// The training images of a run, canonicalised (empty without a split.csv).
+pub fn training_paths(dir: &Path) -> std::collections::HashSet<PathBuf> {
+    let Ok(mut r) = csv::Reader::from_path(dir.join("split.csv")) else { return Default::default() };
+    r.records().flatten().filter(|row| row.get(4) == Some("train")).filter_map(|row| std::fs::canonicalize(row.get(0)?).ok()).collect()
 }
 
 /// Scans `data` (labels mapped as the run was trained), predicts every image, scores it.
@@ -244,9 +254,18 @@ pub fn evaluate(
     data: &Path,
     format: crate::data::scan::DataFormat,
     skip_bad: bool,
+    (trained_on, exclude): (&std::collections::HashSet<PathBuf>, bool),
     device: Device,
 ) -> crate::error::Result<Evaluation> {
     let mut ds = crate::data::scan::scan(data, format)?;
+    let seen = |p: &Path| std::fs::canonicalize(p).is_ok_and(|c| trained_on.contains(&c));
+    let overlap = ds.samples.iter().filter(|s| seen(&s.path)).count();
+    if exclude {
+        ds.samples.retain(|s| !seen(&s.path));
+        if ds.samples.is_empty() {
+            return Err(Error::dataset(data, format!("every one of its {overlap} images was a training image of this run (--exclude-train)")));
+        }
+    }
     let loaded = crate::data::load_images(&ds.samples, &cfg.data.preprocess, skip_bad)?;
     ds.samples = loaded.kept.iter().map(|&i| ds.samples[i].clone()).collect();
     // Each raw label becomes a class by the run's own rule, then the run's class index.
@@ -279,5 +298,14 @@ pub fn evaluate(
         crate::run::rows(&cfg.task_probs(&chunks(&|x| model.forward_t(x, false))))
     };
     let metrics = crate::eval::metrics(&y, &probs, &cfg.classes);
-    Ok(Evaluation { metrics, paths: ds.samples.iter().map(|s| s.path.clone()).collect(), y, probs, skipped: loaded.skipped, gray: loaded.gray })
+    Ok(Evaluation {
+        metrics,
+        paths: ds.samples.iter().map(|s| s.path.clone()).collect(),
+        y,
+        probs,
+        skipped: loaded.skipped,
+        gray: loaded.gray,
+        overlap,
+        excluded: if exclude { overlap } else { 0 },
+    })
 }

@@ -126,8 +126,18 @@ pub fn assign_labels(ds: &Dataset, task: Task, map: &[(String, String)]) -> Resu
     let present: Vec<&String> = labels.classes.iter().zip(&counts).filter(|(_, &n)| n > 0).map(|(c, _)| c).collect();
     if present.len() < 2 {
         let which = present.first().map(|s| s.as_str()).unwrap_or("none");
-        let hint = if task == Task::Binary && map.is_empty() { " (binary task: labels `neutral` vs the rest)" } else { "" };
-        return Err(Error::dataset(&ds.root, format!("has only one class ({which}){hint}: a classifier needs at least two")));
+        let hint = if task == Task::Binary && map.is_empty() && which == "neutral" {
+            " (the binary task is `neutral` against the rest, and only `neutral` was found)".to_string()
+        } else if task == Task::Binary && map.is_empty() {
+            // Say what was found and what the binary task needs (the happy/sad folder case).
+            format!(
+                ". The binary task is the label `neutral` (or `NE`) against all the others; labels found: {}, none of them `neutral`. Use --task multiclass to classify these labels, or --label-map raw=class,… to choose the classes",
+                crate::error::short_list(&labels.raw_classes, 8)
+            )
+        } else {
+            String::new()
+        };
+        return Err(Error::dataset(&ds.root, format!("has only one class ({which}): a classifier needs at least two{hint}")));
     }
     if let Some((c, _)) = labels.classes.iter().zip(&counts).find(|(_, &n)| n == 0) {
         return Err(Error::dataset(&ds.root, format!("class `{c}` has no images")));

@@ -295,3 +295,27 @@ fn every_bad_option_value_is_a_usage_error_with_exit_2_naming_the_flag() {
         assert!(err.starts_with("error:") && err.contains(flag) && !err.contains("panicked"), "{a:?}: {err}");
     }
 }
+
+#[test]
+fn evaluate_warns_about_training_images_and_can_leave_them_out() {
+    let d = tmp();
+    let m = subject_dataset(d.path(), 8, 32);
+    let w = d.path().join("trunk.safetensors");
+    trunk_only(&w, 51);
+    let s = small(&w);
+    let (code, _, err) = run(&args(&s, &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:1", "--name", "e"]), d.path());
+    assert_eq!(code, 0, "{err}");
+    let split = std::fs::read_to_string(d.path().join("runs/e/split.csv")).unwrap();
+    let n_train = split.lines().filter(|l| l.contains(",train,")).count();
+    let n_val = split.lines().filter(|l| l.contains(",val,")).count();
+    assert!(n_train > 0 && n_val > 0);
+    let (code, out, err) = run(&["evaluate", "--model", "runs/e", "--data", m.to_str().unwrap(), "--device", "cpu", "--out", "ev1"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains(&format!("warning: {n_train} of these {} images were training images of this run", n_train + n_val)), "{err}");
+    assert!(out.contains(&format!("{} images from", n_train + n_val)), "{out}");
+    let (code, out, err) =
+        run(&["evaluate", "--model", "runs/e", "--data", m.to_str().unwrap(), "--device", "cpu", "--exclude-train", "--out", "ev2"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains(&format!("left out {n_train} image(s)")) && !err.contains("warning"), "{err}");
+    assert!(out.contains(&format!("{n_val} images from")), "{out}");
+}

@@ -196,6 +196,8 @@ fn dataset_errors_are_named() {
     let ds = scan(one.path(), DataFormat::Auto).unwrap();
     let e = assign_labels(&ds, Task::Binary, &[]).unwrap_err().to_string();
     assert!(e.contains("only one class (expressive)"), "{e}");
+    // Say which labels were found, that none is `neutral`, and what to do instead.
+    assert!(e.contains("labels found: happy, surprise, none of them `neutral`") && e.contains("--task multiclass") && e.contains("--label-map"), "{e}");
     let f = tmp();
     separable_folders(f.path(), 2, 16);
     std::fs::create_dir(f.path().join("empty_class")).unwrap();
