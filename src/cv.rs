@@ -161,14 +161,15 @@ fn t975(df: usize) -> f64 {
     }
 }
 
-/// Mean ± std (sample) and the t-based 95 % interval of the mean, ignoring NaN.
+/// Mean ± std (sample) and the t-based 95 % interval of the mean, ignoring
+/// NaN; every metric here is a proportion, so the interval is clipped to [0, 1].
 pub fn stat(metric: &str, values: &[f64]) -> Stat {
     let v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
     let n = v.len();
     let mean = v.iter().sum::<f64>() / n.max(1) as f64;
     let std = if n > 1 { (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt() } else { f64::NAN };
     let half = t975(n.saturating_sub(1)) * std / (n as f64).sqrt();
-    Stat { metric: metric.into(), mean, std, ci95: (mean - half, mean + half), n }
+    Stat { metric: metric.into(), mean, std, ci95: ((mean - half).max(0.0), (mean + half).min(1.0)), n }
 }
 
 /// Runs the folds (all, or `only_fold`), writes each result, then (when
@@ -472,7 +473,7 @@ pub fn collect(dir: &Path, partial: bool) -> Result<Summary> {
         }
     }
     let protocol = format!(
-        "{} cross-validation ({}), {} seed(s) {:?}, {} fold results; metrics per fold, mean ± std and t-based 95 % interval over folds × seeds; the last epoch of the fixed recipe is evaluated (no early stopping on test folds){}",
+        "{} cross-validation ({}), {} seed(s) {:?}, {} fold results; metrics per fold, mean ± std and t-based 95 % interval (clipped to [0, 1]) over folds × seeds; the last epoch of the fixed recipe is evaluated (no early stopping on test folds){}",
         match cfg.folds {
             Folds::Loso => "leave-one-subject-out".to_string(),
             Folds::K { k } => format!("{k}-fold subject-grouped"),
@@ -598,8 +599,11 @@ mod tests {
         assert_eq!(s.n, 3);
         assert!((s.mean - 0.7).abs() < 1e-12);
         assert!((s.std - 0.2).abs() < 1e-12);
-        // t(0.975, 2) = 4.303: half-width 4.303 · 0.2 / √3.
-        assert!((s.ci95.1 - (0.7 + 4.303 * 0.2 / 3f64.sqrt())).abs() < 1e-9);
+        // t(0.975, 2) = 4.303: half-width 4.303 · 0.2 / √3 = 0.497; the upper end is clipped to 1.
+        assert!((s.ci95.0 - (0.7 - 4.303 * 0.2 / 3f64.sqrt())).abs() < 1e-9);
+        assert_eq!(s.ci95.1, 1.0);
+        let low = super::stat("x", &[0.0, 0.1, 0.5]);
+        assert!(low.ci95.0 == 0.0 && low.ci95.1 < 1.0, "{low:?}");
         assert!(super::Folds::parse("1").is_err() && super::Folds::parse("loso").is_ok());
     }
 }
