@@ -77,6 +77,7 @@ pub enum Command {
     Faces {
         /// Dataset folder (any layout finetune reads).
         dir: PathBuf,
+        /// Folder for crops/, faces.csv, manifest.csv (the crops as a dataset) and contact_sheet.png.
         #[arg(long)]
         out: PathBuf,
         /// Side of each crop in pixels.
@@ -102,6 +103,7 @@ pub enum Command {
 pub enum WeightsCommand {
     /// List a safetensors file's tensors, say which architecture it matches, print its SHA-256.
     Inspect {
+        /// The safetensors file.
         file: PathBuf,
         /// Print JSON instead of a table.
         #[arg(long)]
@@ -139,8 +141,10 @@ pub struct ExplainArgs {
 
 #[derive(Args, Debug)]
 pub struct SpeedArgs {
+    /// Input side in pixels of the timed forward passes.
     #[arg(long, default_value_t = 224)]
     pub image_size: i64,
+    /// Images per timed forward pass.
     #[arg(long, default_value_t = 16)]
     pub batch_size: i64,
     /// Timed repetitions (the best is kept).
@@ -149,6 +153,7 @@ pub struct SpeedArgs {
     /// Precisions to time.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "f32,bf16")]
     pub precision: Vec<Precision>,
+    /// auto (CUDA when available), cpu, cuda, cuda:N.
     #[arg(long, default_value = "auto", value_parser = checked(device_syntax))]
     pub device: String,
     /// CPU threads for libtorch (default: libtorch's choice).
@@ -160,6 +165,7 @@ pub struct SpeedArgs {
 }
 
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Data")]
 pub struct DataArgs {
     /// Dataset: a folder (JAFFE files, class folders, or with manifest.csv) or a CSV manifest.
     #[arg(long)]
@@ -201,6 +207,7 @@ pub struct DataArgs {
 }
 
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Model")]
 pub struct ModelArgs {
     /// Pretrained weights (safetensors); default: the best file in weights/.
     #[arg(long)]
@@ -211,6 +218,7 @@ pub struct ModelArgs {
     /// Classification head.
     #[arg(long, value_enum, default_value_t = HeadKind::Bn)]
     pub head: HeadKind,
+    /// Dropout before the head's linear layer(s).
     #[arg(long, default_value_t = 0.5)]
     pub dropout: f64,
     /// Hidden layer width of the bn head (0: none).
@@ -230,20 +238,21 @@ pub struct ModelArgs {
     #[arg(long, hide = true, default_value_t = 1)]
     pub width_div: i64,
     /// auto (CUDA when available), cpu, cuda, cuda:N.
-    #[arg(long, default_value = "auto", value_parser = checked(device_syntax))]
+    #[arg(long, default_value = "auto", value_parser = checked(device_syntax), help_heading = "Cache and speed")]
     pub device: String,
     /// Convolution arithmetic: f32, or bf16 (float32 weights, optimizer state and loss).
-    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    #[arg(long, value_enum, default_value_t = Precision::F32, help_heading = "Cache and speed")]
     pub precision: Precision,
     /// Mixed precision: shorthand for --precision bf16 (CUDA or CPU).
-    #[arg(long)]
+    #[arg(long, help_heading = "Cache and speed")]
     pub amp: bool,
     /// CPU threads for libtorch (default: libtorch's choice).
-    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=1024))]
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=1024), help_heading = "Cache and speed")]
     pub threads: Option<i32>,
 }
 
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Training")]
 pub struct TrainArgs {
     /// Train this block and everything above it (after a head-only warm-up).
     #[arg(long, value_enum, default_value_t = Block::Conv5)]
@@ -257,6 +266,7 @@ pub struct TrainArgs {
     /// Explicit stages, e.g. head:3,conv5:12,conv4:10 (overrides the three above).
     #[arg(long, value_parser = checked(parse_stages))]
     pub stages: Option<String>,
+    /// Optimizer: sgd (with momentum; generalises best on small data), adam or adamw.
     #[arg(long, value_enum, default_value_t = OptimKind::Sgd)]
     pub optimizer: OptimKind,
     /// Head learning rate (default: 0.003 for sgd, 0.001 otherwise).
@@ -265,55 +275,64 @@ pub struct TrainArgs {
     /// Rate multiplier per block below the head: conv5 ×f, conv4 ×f², …
     #[arg(long, default_value_t = 0.1)]
     pub block_lr_factor: f64,
+    /// SGD momentum (ignored by adam/adamw).
     #[arg(long, default_value_t = 0.9)]
     pub momentum: f64,
     /// Weight decay on conv/linear weights (default: 0.01 for adamw, 1e-4 otherwise).
     #[arg(long, allow_negative_numbers = true)]
     pub weight_decay: Option<f64>,
+    /// Learning-rate schedule within each stage (after the warm-up).
     #[arg(long, value_enum, default_value_t = Schedule::Cosine)]
     pub schedule: Schedule,
     /// Warm-up, as a fraction of each stage's steps.
     #[arg(long, default_value_t = 0.1)]
     pub warmup: f64,
+    /// Images per training batch.
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
+    /// Label smoothing of the cross-entropy, in [0, 0.5).
     #[arg(long, default_value_t = 0.0)]
     pub label_smoothing: f64,
+    /// Loss weights per class: auto (inverse class frequency) or none.
     #[arg(long, value_enum, default_value_t = ClassWeights::Auto)]
     pub class_weights: ClassWeights,
     /// Augmentation preset: none, flip, light, strong (knobs below override).
-    #[arg(long, default_value = "light", value_parser = checked(Augment::preset))]
+    #[arg(long, default_value = "light", value_parser = checked(Augment::preset), help_heading = "Augmentation")]
     pub augment: String,
-    #[arg(long)]
+    /// Random horizontal flips: true or false (overrides the preset).
+    #[arg(long, help_heading = "Augmentation")]
     pub flip: Option<bool>,
     /// Max rotation in degrees.
-    #[arg(long)]
+    #[arg(long, help_heading = "Augmentation")]
     pub rotate: Option<f64>,
     /// Max zoom fraction.
-    #[arg(long)]
+    #[arg(long, help_heading = "Augmentation")]
     pub zoom: Option<f64>,
     /// Max shift fraction.
-    #[arg(long)]
+    #[arg(long, help_heading = "Augmentation")]
     pub translate: Option<f64>,
-    #[arg(long)]
+    /// Max brightness change, as a fraction of the range (0–1).
+    #[arg(long, help_heading = "Augmentation")]
     pub brightness: Option<f64>,
-    #[arg(long)]
+    /// Max contrast change, as a fraction (0–0.95).
+    #[arg(long, help_heading = "Augmentation")]
     pub contrast: Option<f64>,
     /// Early-stopping patience in epochs (0: off).
     #[arg(long, default_value_t = 5)]
     pub patience: usize,
     /// Do not cache the frozen blocks' output.
-    #[arg(long)]
+    #[arg(long, help_heading = "Cache and speed")]
     pub no_cache: bool,
     /// Augmented views per image in the cache.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, help_heading = "Cache and speed")]
     pub cache_views: usize,
     /// Cache memory bound in MiB.
-    #[arg(long, default_value_t = 3072)]
+    #[arg(long, default_value_t = 3072, help_heading = "Cache and speed")]
     pub cache_mem: usize,
     /// Keep the cache in float16 (half the memory; activations rounded to 11 bits).
-    #[arg(long)]
+    #[arg(long, help_heading = "Cache and speed")]
     pub cache_f16: bool,
+    /// Seed of the split, shuffles, augmentation and initialisation (a run is reproducible from it).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }
@@ -351,13 +370,16 @@ pub struct LrFindArgs {
     /// Sweep steps.
     #[arg(long, default_value_t = 200)]
     pub steps: usize,
+    /// First learning rate of the sweep.
     #[arg(long, default_value_t = 1e-6)]
     pub start_lr: f64,
+    /// Last learning rate of the sweep.
     #[arg(long, default_value_t = 1.0)]
     pub end_lr: f64,
     /// Output folder for lr-find.csv / lr-find.png.
     #[arg(long, default_value = "runs/lr-find")]
     pub out: PathBuf,
+    /// Only errors and the suggestion.
     #[arg(long, short)]
     pub quiet: bool,
 }
@@ -370,11 +392,13 @@ pub struct EvaluateArgs {
     /// Labelled dataset (any layout finetune reads).
     #[arg(long)]
     pub data: PathBuf,
+    /// Dataset layout.
     #[arg(long, value_enum, default_value_t = DataFormat::Auto)]
     pub format: DataFormat,
     /// Output folder for metrics.json and confusion.png (default: RUN/eval-<data name>).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Skip unreadable images with a warning instead of stopping.
     #[arg(long)]
     pub skip_bad: bool,
     /// Score only images the run did not train on (its split.csv); without it, overlap is warned about.
@@ -389,6 +413,7 @@ pub struct EvaluateArgs {
     /// Convolution arithmetic (default: the run's own).
     #[arg(long, value_enum)]
     pub precision: Option<Precision>,
+    /// auto (CUDA when available), cpu, cuda, cuda:N.
     #[arg(long, default_value = "auto", value_parser = checked(device_syntax))]
     pub device: String,
 }
@@ -433,6 +458,7 @@ pub struct CvArgs {
     /// Output folder (default: runs/cv-<timestamp>).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Only errors and the final summary.
     #[arg(long, short)]
     pub quiet: bool,
 }
@@ -462,6 +488,7 @@ pub struct PredictArgs {
     /// Run folder (default: runs/latest).
     #[arg(long, default_value = "runs/latest")]
     pub model: PathBuf,
+    /// Output: text (one line per image), csv or json.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub format: OutputFormat,
     /// Test-time augmentation.
@@ -474,6 +501,7 @@ pub struct PredictArgs {
     /// `parent` (one folder per person), or `none` (every input alone: the single-image head).
     #[arg(long, value_parser = ["name", "parent", "none"], default_value = "name")]
     pub subject_from: String,
+    /// Images per forward pass.
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
     /// Convolution arithmetic (default: the run's own).
@@ -482,6 +510,7 @@ pub struct PredictArgs {
     /// Print the model-load and decode + forward times on stderr.
     #[arg(long)]
     pub timings: bool,
+    /// auto (CUDA when available), cpu, cuda, cuda:N.
     #[arg(long, default_value = "auto", value_parser = checked(device_syntax))]
     pub device: String,
 }

@@ -41,6 +41,8 @@ pub fn run(dir: &Path, out: &Path, tile: u32) -> Result<FacesReport> {
     let mut boxes = Vec::new();
     let mut tiles = Vec::new();
     let mut fallbacks = Vec::new();
+    let mut manifest = csv::Writer::from_writer(Vec::new());
+    let _ = manifest.write_record(["path", "label", "subject"]);
     let mut detect_time = 0.0;
     let paths: Vec<PathBuf> = ds.samples.iter().map(|s| s.path.clone()).collect();
     for (i, p) in paths.iter().enumerate() {
@@ -57,11 +59,17 @@ pub fn run(dir: &Path, out: &Path, tile: u32) -> Result<FacesReport> {
         let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         let mut png = Vec::new();
         img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).map_err(|e| Error::file(p, e.to_string()))?;
-        fsutil::write_atomic(&out.join("crops").join(format!("{i:04}_{stem}.png")), &png)?;
+        let name = format!("{i:04}_{stem}.png");
+        fsutil::write_atomic(&out.join("crops").join(&name), &png)?;
+        let s = &ds.samples[i];
+        let _ = manifest.write_record([format!("crops/{name}"), s.label.clone(), s.subject.clone().unwrap_or_default()]);
         tiles.push((stem, img, b.score.is_none()));
         boxes.push(Some(b));
     }
     write_csv(&out.join("faces.csv"), &paths, &boxes)?;
+    // The crops as a dataset: `vggft finetune --data OUT/manifest.csv`.
+    let m = out.join("manifest.csv");
+    fsutil::write_atomic(&m, &manifest.into_inner().map_err(|e| Error::file(&m, e.to_string()))?)?;
     let sheet = out.join("contact_sheet.png");
     contact_sheet(&sheet, &tiles, tile)?;
     Ok(FacesReport { images: paths.len(), fallbacks, seconds_per_image: detect_time / paths.len().max(1) as f64, sheet })

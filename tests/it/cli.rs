@@ -319,3 +319,37 @@ fn evaluate_warns_about_training_images_and_can_leave_them_out() {
     assert!(err.contains(&format!("left out {n_train} image(s)")) && !err.contains("warning"), "{err}");
     assert!(out.contains(&format!("{n_val} images from")), "{out}");
 }
+
+/// Every visible option of every subcommand, with its help text (None: missing).
+fn all_options() -> Vec<(String, String, Option<String>)> {
+    use clap::CommandFactory;
+    fn walk(cmd: &clap::Command, path: &str, out: &mut Vec<(String, String, Option<String>)>) {
+        for a in cmd.get_arguments() {
+            if a.is_hide_set() || matches!(a.get_id().as_str(), "help" | "version") {
+                continue;
+            }
+            let name = a.get_long().map(|l| format!("--{l}")).unwrap_or_else(|| format!("<{}>", a.get_id()));
+            out.push((path.to_string(), name, a.get_help().map(|h| h.to_string())));
+        }
+        for sub in cmd.get_subcommands() {
+            walk(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(&vggft::cli::Cli::command(), "vggft", &mut out);
+    out
+}
+
+#[test]
+fn every_option_has_a_description_and_finetune_help_has_headings() {
+    let missing: Vec<String> =
+        all_options().into_iter().filter(|(_, _, h)| h.as_deref().is_none_or(|h| h.trim().is_empty())).map(|(c, n, _)| format!("{c} {n}")).collect();
+    assert!(missing.is_empty(), "options without a description: {missing:?}");
+    let (code, out, _) = run(&["finetune", "--help"], Path::new("."));
+    assert_eq!(code, 0);
+    for heading in ["Data:", "Model:", "Training:", "Augmentation:", "Cache and speed:"] {
+        assert!(out.lines().any(|l| l == heading), "finetune --help lacks the heading {heading}:\n{out}");
+    }
+    let (_, out, _) = run(&["cv", "--help"], Path::new("."));
+    assert!(out.contains("Training:") && out.contains("--top-losses"), "{out}");
+}

@@ -121,4 +121,14 @@ fn faces_command_writes_crops_csv_and_a_contact_sheet() {
     assert_eq!(std::fs::read_dir(d.path().join("fc/crops")).unwrap().count(), 6);
     let sheet = image::open(d.path().join("fc/contact_sheet.png")).unwrap().to_rgb8();
     assert!(sheet.pixels().filter(|p| p.0 != [255, 255, 255]).count() > 10_000, "contact sheet is not blank");
+    // manifest.csv makes the crops a dataset, with the source's labels and subjects.
+    let m = std::fs::read_to_string(d.path().join("fc/manifest.csv")).unwrap();
+    let rows: Vec<&str> = m.lines().collect();
+    assert_eq!(rows[0], "path,label,subject");
+    assert_eq!(rows.len(), 7, "{m}");
+    assert!(rows[1..].iter().all(|r| r.starts_with("crops/") && (r.contains(",neutral,") || r.contains(",smiling,"))), "{m}");
+    let w = d.path().join("trunk.safetensors");
+    trunk_only(&w, 61);
+    let (code, _, err) = run(&args(&small(&w), &["finetune", "--data", "fc/manifest.csv", "--stages", "head:1", "--val", "none"]), d.path());
+    assert_eq!(code, 0, "{err}");
 }
