@@ -116,7 +116,10 @@ pub struct ExplainArgs {
     /// Images, or folders of images.
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
-    /// Run folder.
+    /// Also take the images of every sub-folder of a folder.
+    #[arg(long, short)]
+    pub recursive: bool,
+    /// Run folder, or its model.safetensors.
     #[arg(long, default_value = "runs/latest")]
     pub model: PathBuf,
     /// Explain this class instead of each image's predicted class.
@@ -386,7 +389,7 @@ pub struct LrFindArgs {
 
 #[derive(Args, Debug)]
 pub struct EvaluateArgs {
-    /// Run folder.
+    /// Run folder, or its model.safetensors.
     #[arg(long, default_value = "runs/latest")]
     pub model: PathBuf,
     /// Labelled dataset (any layout finetune reads).
@@ -467,6 +470,8 @@ pub struct CvArgs {
 pub enum OutputFormat {
     Text,
     Json,
+    /// One JSON object per line, printed as each image is done.
+    Jsonl,
     Csv,
 }
 
@@ -481,14 +486,17 @@ pub struct PredictArgs {
     /// Image files or folders.
     #[arg(required_unless_present = "held_out")]
     pub inputs: Vec<PathBuf>,
+    /// Also take the images of every sub-folder of a folder.
+    #[arg(long, short)]
+    pub recursive: bool,
     /// Predict the run's own validation images (people it never trained on,
     /// from its split.csv) beside their true class, and tally them.
     #[arg(long, conflicts_with_all = ["inputs", "subject", "subject_from"])]
     pub held_out: bool,
-    /// Run folder (default: runs/latest).
+    /// Run folder, or its model.safetensors (default: runs/latest).
     #[arg(long, default_value = "runs/latest")]
     pub model: PathBuf,
-    /// Output: text (one line per image), csv or json.
+    /// Output: text (one line per image), csv, json or jsonl (one object per line).
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub format: OutputFormat,
     /// Test-time augmentation.

@@ -174,7 +174,8 @@ fn finetune(a: FinetuneArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn explain(a: ExplainArgs) -> anyhow::Result<bool> {
+fn explain(mut a: ExplainArgs) -> anyhow::Result<bool> {
+    a.model = run::run_dir(&a.model);
     let device = run::parse_device(&a.device)?;
     let layer = vggft::model::Block::parse(&a.layer)?;
     let (cfg, model) = run::load_run(&a.model, device)?;
@@ -184,7 +185,7 @@ fn explain(a: ExplainArgs) -> anyhow::Result<bool> {
         ),
         None => None,
     };
-    let paths = predict::expand_inputs(&a.inputs);
+    let paths = predict::expand_inputs(&a.inputs, a.recursive);
     let req = vggft::explain::ExplainRequest { paths: &paths, class, layer, out: &a.out, mean: a.mean, arrays: a.arrays };
     let done = vggft::explain::explain(&cfg, &model, &req, device)?;
     if model.cfg.subject_norm {
@@ -204,7 +205,8 @@ fn explain(a: ExplainArgs) -> anyhow::Result<bool> {
     Ok(failed == 0)
 }
 
-fn predict_cmd(a: PredictArgs) -> anyhow::Result<bool> {
+fn predict_cmd(mut a: PredictArgs) -> anyhow::Result<bool> {
+    a.model = run::run_dir(&a.model);
     let device = run::parse_device(&a.device)?;
     let t0 = std::time::Instant::now();
     let (cfg, mut model) = run::load_run(&a.model, device)?;
@@ -213,7 +215,7 @@ fn predict_cmd(a: PredictArgs) -> anyhow::Result<bool> {
     }
     let loaded = t0.elapsed().as_secs_f64();
     let held = if a.held_out { predict::held_out(&a.model)? } else { vec![] };
-    let paths = if a.held_out { held.iter().map(|h| h.path.clone()).collect() } else { predict::expand_inputs(&a.inputs) };
+    let paths = if a.held_out { held.iter().map(|h| h.path.clone()).collect() } else { predict::expand_inputs(&a.inputs, a.recursive) };
     let subjects = match (&a.subject, a.subject_from.as_str()) {
         _ if a.held_out => predict::SubjectFrom::Table(held.iter().map(|h| (h.path.clone(), h.subject.clone())).collect()),
         (Some(s), _) => predict::SubjectFrom::All(s.clone()),
@@ -262,7 +264,7 @@ fn predict_cmd(a: PredictArgs) -> anyhow::Result<bool> {
                         row.extend(p.mode.map(|m| m.name().to_string()));
                         outln!("{}", csv_line(&row));
                     }
-                    OutputFormat::Json => {
+                    OutputFormat::Json | OutputFormat::Jsonl => {
                         let named = |names: &[String], v: &[f64]| {
                             names.iter().cloned().zip(v.iter().map(|v| serde_json::json!(v))).collect::<serde_json::Map<String, serde_json::Value>>()
                         };
@@ -273,7 +275,11 @@ fn predict_cmd(a: PredictArgs) -> anyhow::Result<bool> {
                         if let Some(m) = p.mode {
                             o["mode"] = serde_json::json!(m.name());
                         }
-                        json.push(o);
+                        if a.format == OutputFormat::Jsonl {
+                            outln!("{o}");
+                        } else {
+                            json.push(o);
+                        }
                     }
                 }
             }
@@ -335,7 +341,8 @@ fn lr_find(a: LrFindArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn evaluate(a: EvaluateArgs) -> anyhow::Result<()> {
+fn evaluate(mut a: EvaluateArgs) -> anyhow::Result<()> {
+    a.model = run::run_dir(&a.model);
     let device = run::parse_device(&a.device)?;
     let (cfg, mut model) = run::load_run(&a.model, device)?;
     if let Some(p) = a.precision {

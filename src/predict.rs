@@ -98,17 +98,30 @@ impl SubjectFrom {
     }
 }
 
-/// Files and folders (their images, sorted, one level deep) → image paths.
-pub fn expand_inputs(inputs: &[PathBuf]) -> Vec<PathBuf> {
+/// Files and folders → image paths: a folder's images sorted, one level deep,
+/// or with `recursive` every sub-folder's too (depth first, sorted). A folder
+/// without images stays in the list, so it is reported ("holds no images").
+pub fn expand_inputs(inputs: &[PathBuf], recursive: bool) -> Vec<PathBuf> {
+    fn folder(p: &Path, recursive: bool, out: &mut Vec<PathBuf>) -> usize {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(p).into_iter().flatten().flatten().map(|e| e.path()).collect();
+        entries.sort();
+        let mut found = 0;
+        for q in entries {
+            if q.is_file() && is_image(&q) {
+                out.push(q);
+                found += 1;
+            } else if recursive && q.is_dir() && !q.is_symlink() {
+                found += folder(&q, true, out);
+            }
+        }
+        found
+    }
     let mut out = Vec::new();
     for p in inputs {
         if p.is_dir() {
-            let mut v: Vec<PathBuf> = std::fs::read_dir(p).into_iter().flatten().flatten().map(|e| e.path()).filter(|q| q.is_file() && is_image(q)).collect();
-            v.sort();
-            if v.is_empty() {
+            if folder(p, recursive, &mut out) == 0 {
                 out.push(p.clone());
             }
-            out.extend(v);
         } else {
             out.push(p.clone());
         }

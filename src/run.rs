@@ -579,6 +579,14 @@ fn point_latest(dir: &Path) -> Result<Option<String>> {
     Ok(None)
 }
 
+/// A run folder given as itself or as one of its files (`RUN/model.safetensors`).
+pub fn run_dir(p: &Path) -> PathBuf {
+    match p.parent() {
+        Some(parent) if p.is_file() && parent.join("config.json").is_file() => parent.to_path_buf(),
+        _ => p.to_path_buf(),
+    }
+}
+
 /// Loads a finished run's model from its folder alone.
 pub fn load_run(dir: &Path, device: Device) -> Result<(RunConfig, Vgg16)> {
     if !dir.exists() {

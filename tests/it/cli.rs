@@ -353,3 +353,34 @@ fn every_option_has_a_description_and_finetune_help_has_headings() {
     let (_, out, _) = run(&["cv", "--help"], Path::new("."));
     assert!(out.contains("Training:") && out.contains("--top-losses"), "{out}");
 }
+
+#[test]
+fn predict_recurses_streams_jsonl_and_takes_the_model_file() {
+    let d = tmp();
+    let w = d.path().join("trunk.safetensors");
+    trunk_only(&w, 71);
+    let s = small(&w);
+    separable_folders(&d.path().join("data"), 3, 32);
+    let (code, _, err) =
+        run(&args(&s, &["finetune", "--data", "data", "--task", "multiclass", "--stages", "head:1", "--val", "none", "--name", "p"]), d.path());
+    assert_eq!(code, 0, "{err}");
+    std::fs::create_dir_all(d.path().join("in/deeper/deepest")).unwrap();
+    std::fs::create_dir_all(d.path().join("in/empty")).unwrap();
+    std::fs::copy(d.path().join("data/a/00.png"), d.path().join("in/top.png")).unwrap();
+    std::fs::copy(d.path().join("data/b/00.png"), d.path().join("in/deeper/mid.png")).unwrap();
+    std::fs::copy(d.path().join("data/b/01.png"), d.path().join("in/deeper/deepest/low.png")).unwrap();
+    // One level by default; -r takes every sub-folder.
+    let (code, out, err) = run(&["predict", "--model", "runs/p/model.safetensors", "--device", "cpu", "in"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    let (code, out, err) = run(&["predict", "--model", "runs/p/model.safetensors", "--device", "cpu", "-r", "--format", "jsonl", "in"], d.path());
+    assert_eq!(code, 0, "{err}");
+    let objs: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(objs.len(), 3, "{out}");
+    assert!(objs.iter().any(|o| o["path"].as_str().unwrap().ends_with("deepest/low.png")), "{out}");
+    assert!(objs.iter().all(|o| o["probabilities"].as_object().unwrap().len() == 2), "{out}");
+    // A folder without images is said to be one, not counted as a broken image.
+    let (code, _, err) = run(&["predict", "--model", "runs/p", "--device", "cpu", "in/empty"], d.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("in/empty: folder holds no images"), "{err}");
+}
