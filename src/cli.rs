@@ -419,6 +419,9 @@ pub struct EvaluateArgs {
     /// auto (CUDA when available), cpu, cuda, cuda:N.
     #[arg(long, default_value = "auto", value_parser = checked(device_syntax))]
     pub device: String,
+    /// CPU threads for libtorch (default: libtorch's choice).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=1024))]
+    pub threads: Option<i32>,
 }
 
 #[derive(Args, Debug)]
@@ -521,6 +524,9 @@ pub struct PredictArgs {
     /// auto (CUDA when available), cpu, cuda, cuda:N.
     #[arg(long, default_value = "auto", value_parser = checked(device_syntax))]
     pub device: String,
+    /// CPU threads for libtorch (default: libtorch's choice).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=1024))]
+    pub threads: Option<i32>,
 }
 
 impl DataArgs {

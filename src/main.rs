@@ -206,6 +206,9 @@ fn explain(mut a: ExplainArgs) -> anyhow::Result<bool> {
 }
 
 fn predict_cmd(mut a: PredictArgs) -> anyhow::Result<bool> {
+    if let Some(t) = a.threads {
+        tch::set_num_threads(t);
+    }
     a.model = run::run_dir(&a.model);
     let device = run::parse_device(&a.device)?;
     let t0 = std::time::Instant::now();
@@ -342,6 +345,9 @@ fn lr_find(a: LrFindArgs) -> anyhow::Result<()> {
 }
 
 fn evaluate(mut a: EvaluateArgs) -> anyhow::Result<()> {
+    if let Some(t) = a.threads {
+        tch::set_num_threads(t);
+    }
     a.model = run::run_dir(&a.model);
     let device = run::parse_device(&a.device)?;
     let (cfg, mut model) = run::load_run(&a.model, device)?;
@@ -509,9 +515,30 @@ fn refuse_options_with_resume(matches: &clap::ArgMatches) {
     }
 }
 
+/// `cv` makes its own folds and evaluates the last epoch of the recipe:
+/// validation and early-stopping options would be silently ignored there.
+fn refuse_options_in_cv(matches: &clap::ArgMatches) {
+    use clap::parser::ValueSource;
+    let Some(("cv", m)) = matches.subcommand() else { return };
+    let given: Vec<&str> = [("val", "--val"), ("val_subjects", "--val-subjects"), ("patience", "--patience")]
+        .into_iter()
+        .filter(|(id, _)| m.value_source(id) == Some(ValueSource::CommandLine))
+        .map(|(_, flag)| flag)
+        .collect();
+    if !given.is_empty() {
+        let msg = format!(
+            "cv tests each fold on people left out of it and evaluates the recipe's last epoch (no validation split, no early stopping): {} {} not apply",
+            given.join(", "),
+            if given.len() == 1 { "does" } else { "do" }
+        );
+        Cli::command().error(clap::error::ErrorKind::ArgumentConflict, msg).exit();
+    }
+}
+
 fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
     refuse_options_with_resume(&matches);
+    refuse_options_in_cv(&matches);
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result = match cli.command {
         Command::Finetune(a) => finetune(a).map(|_| true),

@@ -384,3 +384,17 @@ fn predict_recurses_streams_jsonl_and_takes_the_model_file() {
     assert_eq!(code, 1);
     assert!(err.contains("in/empty: folder holds no images"), "{err}");
 }
+
+#[test]
+fn cv_refuses_options_it_would_ignore_and_predict_takes_threads() {
+    let d = tmp();
+    for (flag, value) in [("--val", "subjects:0.3"), ("--val-subjects", "P01"), ("--patience", "3")] {
+        let (code, _, err) = run(&["cv", "--data", "x.csv", flag, value], d.path());
+        assert_eq!(code, 2, "{flag}: {err}");
+        assert!(err.contains(&format!("{flag} does not apply")), "{flag}: {err}");
+    }
+    let (code, _, err) = run(&["predict", "x.png", "--threads", "0"], d.path());
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = run(&["evaluate", "--data", "d", "--threads", "2000"], d.path());
+    assert_eq!(code, 2, "{err}");
+}
