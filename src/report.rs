@@ -73,13 +73,20 @@ fn entry(dir: &Path) -> Result<Entry> {
     } else {
         return Err(Error::file(dir, "is neither a run folder (config.json) nor a cv folder (cv.json)"));
     }
+    // Hashes are compared in full but shown short.
+    for k in ["data_sha256", "weights.sha256"] {
+        if let Some(v) = recipe.get_mut(k) {
+            v.truncate(12);
+        }
+    }
     Ok(Entry { name, recipe, metrics })
 }
 
 /// The Markdown table for `dirs`.
 pub fn report(dirs: &[std::path::PathBuf]) -> Result<String> {
     let entries: Vec<Entry> = dirs.iter().map(|d| entry(d)).collect::<Result<_>>()?;
-    let ignore = ["created", "weights.path", "data.path"];
+    // Data and weights are shown when they differ (paths, the data fingerprint, the weights' hash).
+    let ignore = ["created"];
     let keys: Vec<String> = entries
         .iter()
         .flat_map(|e| e.recipe.keys().cloned())

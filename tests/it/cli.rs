@@ -398,3 +398,28 @@ fn cv_refuses_options_it_would_ignore_and_predict_takes_threads() {
     let (code, _, err) = run(&["evaluate", "--data", "d", "--threads", "2000"], d.path());
     assert_eq!(code, 2, "{err}");
 }
+
+#[test]
+fn report_shows_data_and_weights_when_they_differ() {
+    let d = tmp();
+    std::fs::create_dir_all(d.path().join("a")).unwrap();
+    std::fs::create_dir_all(d.path().join("b")).unwrap();
+    let a = subject_dataset(&d.path().join("a"), 3, 32);
+    let b = subject_dataset(&d.path().join("b"), 4, 32);
+    let w1 = d.path().join("w1.safetensors");
+    let w2 = d.path().join("w2.safetensors");
+    trunk_only(&w1, 81);
+    trunk_only(&w2, 82);
+    for (name, data, w) in [("ra", &a, &w1), ("rb", &b, &w2), ("rc", &a, &w1)] {
+        let (code, _, err) =
+            run(&args(&small(w), &["finetune", "--data", data.to_str().unwrap(), "--stages", "head:1", "--name", name, "--val", "subjects:0.34"]), d.path());
+        assert_eq!(code, 0, "{err}");
+    }
+    let (code, out, err) = run(&["report", "runs/ra", "runs/rb"], d.path());
+    assert_eq!(code, 0, "{err}");
+    for row in ["| data.path |", "| data_sha256 |", "| weights.path |", "| weights.sha256 |"] {
+        assert!(out.contains(row), "{row} missing:\n{out}");
+    }
+    let (_, out, _) = run(&["report", "runs/ra", "runs/rc"], d.path());
+    assert!(!out.contains("| data.path |") && !out.contains("| weights.sha256 |"), "the same data and weights are not rows:\n{out}");
+}
