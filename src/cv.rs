@@ -235,7 +235,8 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
             Ok(views) => {
                 let t0 = Instant::now();
                 let all: Vec<usize> = (0..n_all).collect();
-                let c = train::build_cache(&base_model, &req.recipe.train, &data_cfg.preprocess, &prepared.data.gray, from, views, &all, &all, device);
+                let c =
+                    train::build_cache(&base_model, &req.recipe.train, &data_cfg.preprocess, &prepared.data.gray, from, views, &all, &all, device, reporter);
                 // Later stages' freeze points too (e.g. the head-only warm-up's conv5 output):
                 // the folds use them while those blocks still hold the pretrained weights.
                 let probe = req.baseline.map(|_| Block::Head);
@@ -258,6 +259,8 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
             }
         }
     };
+    let total_folds = if req.only_fold.is_some() { req.seeds.len() } else { req.seeds.len() * cfg.n_folds };
+    let (mut done_folds, mut spent) = (0usize, 0.0f64);
     for &seed in &req.seeds {
         let folds = match req.folds {
             Folds::Loso => {
@@ -332,8 +335,12 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
                 seconds: t0.elapsed().as_secs_f64(),
                 top,
             };
+            done_folds += 1;
+            spent += r.seconds;
+            let left = total_folds.saturating_sub(done_folds);
+            let eta = if left > 0 { format!(", about {:.0}s left ({left} fold(s))", spent / done_folds as f64 * left as f64) } else { String::new() };
             reporter.message(&format!(
-                "seed {seed} fold {}/{}: {} test images, balanced accuracy {:.3}{}, accuracy {:.3}, {:.1}s",
+                "seed {seed} fold {}/{}: {} test images, balanced accuracy {:.3}{}, accuracy {:.3}, {:.1}s{eta}",
                 fi + 1,
                 folds.len(),
                 test.len(),

@@ -80,6 +80,34 @@ impl Reporter for Cli2 {
             b.set_message(format!("loss {loss:.4} acc {acc:.3} {ips:.1} img/s"));
         }
     }
+    fn progress(&mut self, what: &str, done: usize, total: usize) {
+        if self.quiet || total == 0 {
+            return;
+        }
+        if !self.tty {
+            // One plain line per step when stderr is not a terminal (logs, CI).
+            if done == 0 {
+                errln!("{what}: {total} image(s)…");
+            }
+            return;
+        }
+        if done == 0 || self.bar.is_none() {
+            let b = ProgressBar::new(total as u64);
+            b.set_style(
+                ProgressStyle::with_template("{msg} [{bar:25}] {pos}/{len} ETA {eta}").unwrap_or_else(|_| ProgressStyle::default_bar()).progress_chars("=> "),
+            );
+            b.set_message(what.to_string());
+            self.bar = Some(b);
+        }
+        if let Some(b) = &self.bar {
+            b.set_position(done as u64);
+        }
+        if done >= total {
+            if let Some(b) = self.bar.take() {
+                b.finish_and_clear();
+            }
+        }
+    }
     fn epoch_end(&mut self, r: &EpochRow) {
         if let Some(b) = self.bar.take() {
             b.finish_and_clear();

@@ -78,15 +78,28 @@ pub fn build_cache(
     aug_rows: &[usize],
     clean_rows: &[usize],
     device: Device,
+    reporter: &mut dyn Reporter,
 ) -> Cache {
     let n_all = gray.size()[0] as usize;
     let identity = cfg.augment.is_identity();
     let store = if cfg.cache_f16 { Kind::Half } else { Kind::Float };
+    // Images through the frozen blocks, over all views: the progress unit.
+    let total = if identity {
+        aug_rows.iter().chain(clean_rows).copied().collect::<std::collections::BTreeSet<_>>().len()
+    } else {
+        views * aug_rows.len() + clean_rows.len()
+    };
+    let what = format!("caching the frozen {} output", Block::from_index(from.index().saturating_sub(1)));
+    let done = std::cell::Cell::new(0usize);
+    let reporter = std::cell::RefCell::new(reporter);
+    reporter.borrow_mut().progress(&what, 0, total);
     let feats = |rows: &[usize], view: Option<usize>| -> Tensor {
         tch::no_grad(|| {
             let parts: Vec<Tensor> = rows
                 .chunks(8)
                 .map(|c| {
+                    done.set(done.get() + c.len());
+                    reporter.borrow_mut().progress(&what, done.get().min(total), total);
                     let g = crate::data::select(gray, c, device);
                     let g = match view {
                         Some(v) => cfg.augment.apply_seeded(&g, &c.iter().map(|&i| sub_seed(cfg.seed, 1, v as u64, i as u64)).collect::<Vec<_>>()),
@@ -277,7 +290,7 @@ impl<'a> Sources<'a> {
             None => match cache_plan(model, cfg, pre, base_from, data.train.len(), clean.len(), device) {
                 Ok(views) => {
                     let t0 = Instant::now();
-                    let c = build_cache(model, cfg, pre, &data.gray, base_from, views, &data.train, &clean, device);
+                    let c = build_cache(model, cfg, pre, &data.gray, base_from, views, &data.train, &clean, device, reporter);
                     reporter.message(&format!(
                         "cached the frozen {} output: {} view(s) of {} training images{}, in {:.1}s",
                         Block::from_index(base_from.index() - 1),

@@ -423,3 +423,23 @@ fn report_shows_data_and_weights_when_they_differ() {
     let (_, out, _) = run(&["report", "runs/ra", "runs/rc"], d.path());
     assert!(!out.contains("| data.path |") && !out.contains("| weights.sha256 |"), "the same data and weights are not rows:\n{out}");
 }
+
+#[test]
+fn long_steps_say_so_when_stderr_is_not_a_terminal() {
+    let d = tmp();
+    let m = subject_dataset(d.path(), 4, 32);
+    let w = d.path().join("trunk.safetensors");
+    trunk_only(&w, 91);
+    let s = small(&w);
+    let (code, _, err) = run(&args(&s, &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:1,conv5:1", "--val", "none"]), d.path());
+    assert_eq!(code, 0, "{err}");
+    let line = err.lines().position(|l| l.starts_with("caching the frozen conv4 output: ") && l.ends_with("image(s)…"));
+    let done = err.lines().position(|l| l.starts_with("cached the frozen conv4 output"));
+    assert!(line.is_some() && done.is_some() && line < done, "a line before the cache pass and one after it:\n{err}");
+    let (code, _, err) = run(&args(&s, &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:1,conv5:1", "--val", "none", "--quiet"]), d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("caching"), "--quiet stays quiet: {err}");
+    let (code, _, err) = run(&args(&s, &["cv", "--data", m.to_str().unwrap(), "--folds", "loso", "--stages", "head:1", "--out", "cvp"]), d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("fold 1/4") && err.contains("left (3 fold(s))") && err.contains("left (1 fold(s))"), "cv says how long is left:\n{err}");
+}

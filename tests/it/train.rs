@@ -214,7 +214,7 @@ fn caches_shared_across_folds_give_the_per_run_result() {
     let base_net = model(BnMode::Drop, HeadKind::Bn, 3);
     let all: Vec<usize> = (0..p.data.targets.len()).collect();
     let views = vggft::train::cache_plan(&base_net, &cfg, &pre, Block::Conv5, all.len(), all.len(), Device::Cpu).unwrap();
-    let base = vggft::train::build_cache(&base_net, &cfg, &pre, &p.data.gray, Block::Conv5, views, &all, &all, Device::Cpu);
+    let base = vggft::train::build_cache(&base_net, &cfg, &pre, &p.data.gray, Block::Conv5, views, &all, &all, Device::Cpu, &mut Collect::default());
     let shared = vec![vggft::train::derive_cache(&base_net, &base, Block::Head), base];
     let mut own_net = model(BnMode::Drop, HeadKind::Bn, 3);
     let own = trainer(&cfg, &p, &pre).run(&mut own_net, &mut Collect::default(), None).unwrap();
