@@ -342,6 +342,11 @@ fn predict_cmd(mut a: PredictArgs) -> anyhow::Result<bool> {
     Ok(failed == 0)
 }
 
+/// A path's last component (titles stay short; the full paths are in metrics.json).
+fn short_name(p: &std::path::Path) -> String {
+    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| p.display().to_string())
+}
+
 /// One CSV record (the csv crate's quoting: a class or path with a comma, quote or newline stays one field).
 fn csv_line(fields: &[String]) -> String {
     let mut w = csv::WriterBuilder::new().terminator(csv::Terminator::Any(b'\n')).from_writer(Vec::new());
@@ -401,7 +406,7 @@ fn evaluate(mut a: EvaluateArgs) -> anyhow::Result<()> {
     vggft::fsutil::create_dir(&out)?;
     let m = &ev.metrics;
     vggft::fsutil::write_json(&out.join("metrics.json"), &serde_json::json!({"model": a.model, "data": a.data, "metrics": m}))?;
-    vggft::plot::confusion(&out.join("confusion.png"), &m.confusion, &cfg.classes, &format!("{} on {}", a.model.display(), a.data.display()))?;
+    vggft::plot::confusion(&out.join("confusion.png"), &m.confusion, &cfg.classes, &format!("{} on {}", short_name(&a.model), short_name(&a.data)))?;
     outln!("{} images from {}", m.n, a.data.display());
     print_metrics(m, &cfg.classes);
     outln!("written: {}, {}", out.join("metrics.json").display(), out.join("confusion.png").display());

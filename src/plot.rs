@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Once;
 
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::error::{Error, Result};
 use crate::fsutil;
@@ -76,6 +77,15 @@ pub fn lr_curve(path: &Path, points: &[(f64, f64, f64)], suggested: f64) -> Resu
             .map_err(e)?
             .label("smoothed")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(2)));
+        // Raw losses outside the plotted range are clamped to its edge: mark them, not hide them.
+        let out: Vec<(f64, f64)> = finite.iter().filter(|p| p.1 > hi || p.1 < lo).map(|p| (p.0, p.1.clamp(lo, hi))).collect();
+        if !out.is_empty() {
+            chart
+                .draw_series(out.iter().map(|&(x, y)| TriangleMarker::new((x, y), 4, RGBColor(200, 100, 0).filled())))
+                .map_err(e)?
+                .label(format!("{} raw loss(es) off the scale (at its edge)", out.len()))
+                .legend(|(x, y)| TriangleMarker::new((x + 10, y), 4, RGBColor(200, 100, 0).filled()));
+        }
         chart
             .draw_series(LineSeries::new(vec![(suggested, lo), (suggested, hi)], RED.stroke_width(2)))
             .map_err(e)?
@@ -86,14 +96,16 @@ pub fn lr_curve(path: &Path, points: &[(f64, f64, f64)], suggested: f64) -> Resu
     })
 }
 
-/// Loss and accuracy per epoch, train and validation, stage boundaries marked.
-pub fn learning_curves(path: &Path, rows: &[EpochRow]) -> Result<()> {
+/// Loss and accuracy per epoch, train and validation; stage boundaries
+/// marked with the block the next stage trains from, the kept epoch marked.
+pub fn learning_curves(path: &Path, rows: &[EpochRow], kept: Option<usize>) -> Result<()> {
     if rows.is_empty() {
         return Ok(());
     }
     let n = rows.len() as f64;
     let max_loss = rows.iter().flat_map(|r| [Some(r.train_loss), r.val_loss]).flatten().filter(|v| v.is_finite()).fold(0.0f64, f64::max).max(1e-3) * 1.05;
-    let boundaries: Vec<f64> = rows.windows(2).filter(|w| w[0].stage != w[1].stage).map(|w| w[0].epoch as f64 + 0.5).collect();
+    let boundaries: Vec<(f64, String)> =
+        rows.windows(2).filter(|w| w[0].stage != w[1].stage).map(|w| (w[0].epoch as f64 + 0.5, format!("from {}", w[1].block))).collect();
     render(path, W, H + 100, |root| {
         let (top, bottom) = root.split_vertically((H + 100) / 2);
         for (area, title, is_loss) in [(top, "loss", true), (bottom, "accuracy", false)] {
@@ -107,7 +119,7 @@ pub fn learning_curves(path: &Path, rows: &[EpochRow]) -> Result<()> {
                 .map_err(e)?;
             chart
                 .configure_mesh()
-                .x_desc("epoch (grey lines: stage boundaries)")
+                .x_desc("epoch (grey: stage boundaries; green dashes: the kept epoch)")
                 .y_desc(title)
                 .x_labels(rows.len().min(20))
                 .x_label_formatter(&|v| format!("{v:.0}"))
@@ -115,8 +127,24 @@ pub fn learning_curves(path: &Path, rows: &[EpochRow]) -> Result<()> {
                 .label_style(("sans-serif", 13))
                 .draw()
                 .map_err(e)?;
-            for b in &boundaries {
+            for (b, label) in &boundaries {
                 chart.draw_series(LineSeries::new(vec![(*b, 0.0), (*b, ymax)], BLACK.mix(0.45).stroke_width(2))).map_err(e)?;
+                if is_loss {
+                    chart.draw_series(std::iter::once(Text::new(label.clone(), (*b + 0.08, ymax * 0.97), ("sans-serif", 12)))).map_err(e)?;
+                }
+            }
+            if let Some(k) = kept {
+                let x = k as f64;
+                let dashes = (0..20).map(|i| (x, ymax * i as f64 / 20.0)).collect::<Vec<_>>();
+                chart.draw_series(dashes.chunks(2).map(|p| PathElement::new(p.to_vec(), RGBColor(0, 150, 0).stroke_width(2)))).map_err(e)?;
+                if is_loss {
+                    // Left of the line in the right half, so the label stays on the chart.
+                    let right_half = x > n / 2.0;
+                    let anchor = if right_half { HPos::Right } else { HPos::Left };
+                    let style = ("sans-serif", 12).into_font().color(&RGBColor(0, 120, 0)).pos(Pos::new(anchor, VPos::Top));
+                    let at = if right_half { x - 0.08 } else { x + 0.08 };
+                    chart.draw_series(std::iter::once(Text::new(format!("kept: epoch {k}"), (at, ymax * 0.6), style))).map_err(e)?;
+                }
             }
             let series: Vec<Series> = if is_loss {
                 vec![("train", BLUE, Box::new(|r: &EpochRow| Some(r.train_loss))), ("validation", RED, Box::new(|r: &EpochRow| r.val_loss))]
@@ -132,11 +160,15 @@ pub fn learning_curves(path: &Path, rows: &[EpochRow]) -> Result<()> {
                 if pts.is_empty() {
                     continue;
                 }
+                // Plain validation accuracy is drawn wide and pale under the
+                // balanced one, so it stays visible where the two coincide.
+                let width = if !is_loss && name == "validation" { 7 } else { 2 };
+                let style = if width > 2 { color.mix(0.35).stroke_width(width) } else { color.stroke_width(width) };
                 chart
-                    .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+                    .draw_series(LineSeries::new(pts.clone(), style))
                     .map_err(e)?
                     .label(name)
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
                 chart.draw_series(pts.iter().map(|p| Circle::new(*p, 3, color.filled()))).map_err(e)?;
             }
             chart
@@ -152,7 +184,8 @@ pub fn learning_curves(path: &Path, rows: &[EpochRow]) -> Result<()> {
     })
 }
 
-/// A confusion matrix as a shaded grid with counts (rows: true, columns: predicted).
+/// A confusion matrix as a shaded grid with counts and row percentages
+/// (rows: true, columns: predicted; the shade is the row fraction).
 pub fn confusion(path: &Path, m: &[Vec<usize>], classes: &[String], title: &str) -> Result<()> {
     let c = classes.len();
     let cell = (360 / c.max(1)).clamp(40, 120) as i32;
@@ -163,7 +196,7 @@ pub fn confusion(path: &Path, m: &[Vec<usize>], classes: &[String], title: &str)
         let font = |s: u32| ("sans-serif", s).into_font();
         root.draw(&Text::new(format!("confusion matrix: {title}"), (10, 10), font(16))).map_err(e)?;
         root.draw(&Text::new("predicted →", (left, top - 40), font(14))).map_err(e)?;
-        root.draw(&Text::new("true ↓", (10, top - 40), font(14))).map_err(e)?;
+        root.draw(&Text::new("true ↓ (% of the row)", (10, top - 40), font(14))).map_err(e)?;
         for (i, row) in m.iter().enumerate() {
             let total = row.iter().sum::<usize>().max(1) as f64;
             root.draw(&Text::new(classes[i].clone(), (10, top + cell * i as i32 + cell / 2 - 8), font(14))).map_err(e)?;
@@ -174,7 +207,8 @@ pub fn confusion(path: &Path, m: &[Vec<usize>], classes: &[String], title: &str)
                 root.draw(&Rectangle::new([(x, y), (x + cell, y + cell)], RGBColor(shade, shade, 255).filled())).map_err(e)?;
                 root.draw(&Rectangle::new([(x, y), (x + cell, y + cell)], BLACK.stroke_width(1))).map_err(e)?;
                 let color = if f > 0.6 { WHITE } else { BLACK };
-                root.draw(&Text::new(format!("{v}"), (x + cell / 2 - 10, y + cell / 2 - 10), font(16).color(&color))).map_err(e)?;
+                root.draw(&Text::new(format!("{v}"), (x + cell / 2 - 10, y + cell / 2 - 16), font(16).color(&color))).map_err(e)?;
+                root.draw(&Text::new(format!("{:.0} %", 100.0 * f), (x + cell / 2 - 14, y + cell / 2 + 4), font(12).color(&color))).map_err(e)?;
             }
         }
         for (j, name) in classes.iter().enumerate() {
@@ -250,7 +284,7 @@ pub fn spread(path: &Path, folds: &[(u64, usize, f64)], baseline: f64) -> Result
     let palette = [BLUE, RED, RGBColor(0, 140, 0), RGBColor(200, 120, 0), MAGENTA, CYAN];
     render(path, 760, 520, |root| {
         let mut chart = ChartBuilder::on(&root)
-            .caption("balanced accuracy per fold (dots) and mean per seed (bar)", ("sans-serif", 16))
+            .caption("balanced accuracy per fold (dots, numbered by fold) and mean per seed (bar)", ("sans-serif", 16))
             .margin(15)
             .x_label_area_size(45)
             .y_label_area_size(55)
@@ -278,6 +312,13 @@ pub fn spread(path: &Path, folds: &[(u64, usize, f64)], baseline: f64) -> Result
             let n = vals.len().max(1) as f64;
             let pts: Vec<(f64, f64)> = vals.iter().enumerate().map(|(k, &v)| (si as f64 - 0.25 + 0.5 * (k as f64 + 0.5) / n, v)).collect();
             chart.draw_series(pts.iter().map(|p| Circle::new(*p, 4, color.filled()))).map_err(e)?;
+            // Which dot is which fold.
+            let folds_of: Vec<usize> = folds.iter().filter(|f| f.0 == *seed && f.2.is_finite()).map(|f| f.1).collect();
+            chart
+                .draw_series(
+                    pts.iter().zip(&folds_of).map(|(p, f)| Text::new(format!("{f}"), (p.0 + 0.02, p.1 + 0.03), ("sans-serif", 13).into_font().color(&color))),
+                )
+                .map_err(e)?;
             let mean = vals.iter().sum::<f64>() / n;
             chart.draw_series(LineSeries::new(vec![(si as f64 - 0.3, mean), (si as f64 + 0.3, mean)], color.stroke_width(3))).map_err(e)?;
         }

@@ -413,7 +413,7 @@ fn execute(
         other => other,
     })?;
     write_history(&dir.join("history.csv"), &outcome.history)?;
-    crate::plot::learning_curves(&dir.join("learning_curves.png"), &outcome.history)?;
+    crate::plot::learning_curves(&dir.join("learning_curves.png"), &outcome.history, Some(outcome.best_epoch))?;
     weights::save_atomic(&model.named_tensors(), &dir.join("model.safetensors"))?;
     let val_rows = &prepared.data.val;
     let y: Vec<i64> = val_rows.iter().map(|&i| prepared.labels.targets[i]).collect();
