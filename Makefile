@@ -36,7 +36,7 @@ demo: build
 	$(BIN) finetune
 	@echo "Predictions on the validation people (never seen in training):"
 	$(BIN) predict --held-out
-	@echo "The run is in runs/latest (config.json, split.csv, history.csv, metrics.json, model.safetensors)."
+	@echo "The run is in runs/latest (config.json, split.csv, history.csv, learning_curves.png, metrics.json, model.safetensors)."
 
 # vggft vs the PyTorch reference, one run, ratios (docs: scripts/bench.py; ~40 min at 224 px on 2 cores).
 bench: build

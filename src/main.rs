@@ -53,7 +53,8 @@ struct Cli2 {
 
 impl Reporter for Cli2 {
     fn message(&mut self, msg: &str) {
-        if self.quiet && !msg.starts_with("warning") {
+        // Under --quiet only warnings and which weights a run uses (a stand-in must never go unnoticed).
+        if self.quiet && !msg.starts_with("warning") && !msg.starts_with("weights:") {
             return;
         }
         match &self.bar {

@@ -439,6 +439,7 @@ fn long_steps_say_so_when_stderr_is_not_a_terminal() {
     let (code, _, err) = run(&args(&s, &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:1,conv5:1", "--val", "none", "--quiet"]), d.path());
     assert_eq!(code, 0, "{err}");
     assert!(!err.contains("caching"), "--quiet stays quiet: {err}");
+    assert!(err.contains("weights: ") && err.contains("tensors loaded"), "--quiet still says which weights: {err}");
     let (code, _, err) = run(&args(&s, &["cv", "--data", m.to_str().unwrap(), "--folds", "loso", "--stages", "head:1", "--out", "cvp"]), d.path());
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("fold 1/4") && err.contains("left (3 fold(s))") && err.contains("left (1 fold(s))"), "cv says how long is left:\n{err}");
