@@ -27,6 +27,7 @@ test: build
 	cargo test --release --locked -- --test-threads=2
 	$(PY) scripts/test_convert.py
 	$(PY) scripts/gradcam_check.py --self-test $(BIN)
+	$(PY) scripts/test_export.py $(BIN)
 
 fetch-weights: setup
 	$(PY) scripts/fetch_weights.py $(if $(SOURCE),--source $(SOURCE)) $(if $(FROM),--from $(FROM)) $(if $(FROM_BN),--from-bn $(FROM_BN))

@@ -73,6 +73,18 @@ pub enum Command {
     Cv(CvArgs),
     /// Grad-CAM heatmaps: where the network looks, per image and per class.
     Explain(ExplainArgs),
+    /// Write one image's exact network input (1×3×S×S float32, the run's crop,
+    /// gray→RGB and normalisation) as safetensors, for other tools (ONNX, PyTorch).
+    Preprocess {
+        /// The image.
+        image: PathBuf,
+        /// Run folder, or its model.safetensors.
+        #[arg(long, default_value = "runs/latest")]
+        model: PathBuf,
+        /// Output file (safetensors, one tensor named `input`).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Detect and crop the face in every image of a dataset; write crops, faces.csv and a contact sheet.
     Faces {
         /// Dataset folder (any layout finetune reads).

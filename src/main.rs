@@ -203,6 +203,16 @@ fn finetune(a: FinetuneArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn preprocess(image: &std::path::Path, model: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
+    let cfg = run::read_config(model)?;
+    let px = predict::prepare_one(image, &cfg, &mut None).map_err(|why| anyhow::anyhow!("{}: {why}", image.display()))?;
+    let s = cfg.data.preprocess.image_size as i64;
+    let x = cfg.data.preprocess.normalise(&tch::Tensor::from_slice(&px).view([1, 1, s, s]));
+    weights::save_atomic(&[("input".to_string(), x)], out)?;
+    outln!("{}: network input 1×3×{s}×{s} in {}", image.display(), out.display());
+    Ok(())
+}
+
 fn explain(mut a: ExplainArgs) -> anyhow::Result<bool> {
     a.model = run::run_dir(&a.model);
     let device = run::parse_device(&a.device)?;
@@ -581,6 +591,7 @@ fn main() -> ExitCode {
         Command::Evaluate(a) => evaluate(a).map(|_| true),
         Command::Cv(a) => cv(a).map(|_| true),
         Command::Explain(a) => explain(a),
+        Command::Preprocess { image, model, out } => preprocess(&image, &run::run_dir(&model), &out).map(|_| true),
         Command::Faces { dir, out, tile } => vggft::faces::run(&dir, &out, tile.clamp(32, 512))
             .map(|r| {
                 outln!(

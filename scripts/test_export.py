@@ -1,0 +1,68 @@
+#!/usr/bin/env python3
+"""`make test`: a tiny run per head kind, exported to ONNX; ONNX Runtime on
+`vggft_model.preprocess(...)` must give `vggft predict`'s probabilities
+within 1e-3, and the PyTorch module the same.
+
+  test_export.py [path/to/vggft]
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import export  # noqa: E402
+import vggft_model  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def main():
+    binary = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target", "release", "vggft"))
+    d = tempfile.mkdtemp(prefix="vggft-export-")
+    rng = np.random.default_rng(1)
+    for c in ("neutral", "happy", "sad"):
+        os.makedirs(os.path.join(d, "data", c))
+        for i in range(4):
+            a = (rng.integers(40, 200) + rng.integers(-20, 20, (40, 48))).astype(np.uint8)
+            Image.fromarray(a).save(os.path.join(d, "data", c, f"{i}.png"))
+    variants = {
+        "bn": ["--head", "bn", "--crop", "center:0.9"],
+        "linear": ["--head", "linear", "--features", "conv4,conv5"],
+        "raw": ["--head", "bn", "--hidden", "8", "--train-labels", "raw"],
+        "vgg-bn": ["--head", "vgg", "--bn", "train"],
+    }
+    worst = 0.0
+    for name, extra in variants.items():
+        run = [binary, "finetune", "--data", "data", "--random-init", "--width-div", "16", "--image-size", "32", "--device", "cpu",
+               "--threads", "1", "--stages", "head:1,conv5:1", "--val", "none", "--name", name, "--quiet", *extra]
+        subprocess.run(run, cwd=d, check=True, capture_output=True)
+        rd = os.path.join(d, "runs", name)
+        path = export.export(rd)
+        meta = {p.key: p.value for p in onnx.load(path).metadata_props}
+        cfg = json.load(open(os.path.join(rd, "config.json")))
+        assert json.loads(meta["classes"]) == cfg["classes"], meta
+        sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        images = [os.path.join(d, "data", c, "1.png") for c in ("neutral", "happy", "sad")]
+        out = subprocess.run([binary, "predict", *images, "--model", rd, "--format", "json", "--device", "cpu"], cwd=d, check=True, capture_output=True, text=True)
+        want = {p["path"]: [p["probabilities"][c] for c in cfg["classes"]] for p in json.loads(out.stdout)}
+        net = vggft_model.load(rd)
+        for img in images:
+            x = vggft_model.preprocess(rd, img, binary)
+            got = sess.run(["probabilities"], {"input": x})[0][0]
+            torch_got = net(torch.from_numpy(x)).detach().numpy()[0]
+            diff = max(np.abs(got - want[img]).max(), np.abs(torch_got - want[img]).max())
+            worst = max(worst, diff)
+            assert diff < 1e-3, (name, img, got, torch_got, want[img])
+    print(f"test_export: ONNX Runtime and PyTorch match vggft predict on {len(variants)} runs, largest difference {worst:.1e}: ok")
+
+
+if __name__ == "__main__":
+    main()
