@@ -220,3 +220,55 @@ fn cv_top_losses_and_per_subject_plot_merge_across_separately_run_folds() {
         assert!((got - want).abs() < 1e-3, "{losses:?} vs {all:?}");
     }
 }
+
+#[test]
+fn the_slurm_script_runs_one_task_per_fold_then_collects_the_same_summary() {
+    let d = tmp();
+    let m = subject_dataset(d.path(), 4, 32);
+    let w = d.path().join("trunk.safetensors");
+    trunk_only(&w, 5);
+    let s = small(&w);
+    // A stand-in sbatch: runs each job here and now (array tasks in order), prints a job id.
+    let bin = d.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let fake = bin.join("sbatch");
+    std::fs::write(
+        &fake,
+        r#"#!/usr/bin/env bash
+array="" wrap="" dep=""
+for a in "$@"; do case $a in --array=*) array=${a#--array=};; --wrap=*) wrap=${a#--wrap=};; --dependency=*) dep=${a#--dependency=};; esac; done
+n=$(( $(wc -l < "$SBATCH_LOG" 2>/dev/null || echo 0) + 100 ))
+echo "job $n array=$array dependency=$dep" >> "$SBATCH_LOG"
+if [[ -n $array ]]; then
+  for i in $(seq "${array%-*}" "${array#*-}"); do SLURM_ARRAY_TASK_ID=$i bash -c "$wrap" >> "$SBATCH_LOG.out" 2>&1 || exit 1; done
+else
+  bash -c "$wrap" >> "$SBATCH_LOG.out" 2>&1 || exit 1
+fi
+echo "$n"
+"#,
+    )
+    .unwrap();
+    std::process::Command::new("chmod").arg("+x").arg(&fake).status().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/cv-slurm.sh");
+    let log = d.path().join("sbatch.log");
+    let mut cmd = std::process::Command::new("bash");
+    cmd.arg(&script).arg("slurm").arg("4").args(["--data", m.to_str().unwrap(), "--folds", "loso", "--stages", "head:1", "--seeds", "0,1"]).args(&s);
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let out = cmd.current_dir(d.path()).env("PATH", path).env("VGGFT", env!("CARGO_BIN_EXE_vggft")).env("SBATCH_LOG", &log).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}{stderr}\n{}", std::fs::read_to_string(d.path().join("sbatch.log.out")).unwrap_or_default());
+    assert!(stdout.contains("array job 100 (0-3)") && stdout.contains("collect as job 101"), "{stdout}");
+    let jobs = std::fs::read_to_string(&log).unwrap();
+    assert!(jobs.contains("job 100 array=0-3 dependency=") && jobs.contains("job 101 array= dependency=afterok:100"), "{jobs}");
+    // The same numbers as one cv process.
+    let direct = [
+        &["cv", "--data", m.to_str().unwrap(), "--folds", "loso", "--stages", "head:1", "--seeds", "0,1", "--out", "direct"][..],
+        &s.iter().map(String::as_str).collect::<Vec<_>>()[..],
+    ]
+    .concat();
+    let (code, _, err) = run(&direct, d.path());
+    assert_eq!(code, 0, "{err}");
+    let (a, b) = (json(&d.path().join("slurm/cv.json")), json(&d.path().join("direct/cv.json")));
+    assert_eq!(a["stats"], b["stats"]);
+    assert_eq!(a["pooled"], b["pooled"]);
+}
