@@ -185,8 +185,8 @@ pub struct DataArgs {
     /// Dataset: a folder (JAFFE files, class folders, or with manifest.csv) or a CSV manifest.
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Dataset layout.
-    #[arg(long, value_enum, default_value_t = DataFormat::Auto)]
+    /// Dataset layout: auto, jaffe, folders or csv (`--format` is an older name).
+    #[arg(long = "layout", alias = "format", value_enum, default_value_t = DataFormat::Auto)]
     pub format: DataFormat,
     /// binary: neutral vs expressive; multiclass: every label its own class.
     #[arg(long, value_enum, default_value_t = Task::Binary)]
@@ -272,11 +272,11 @@ pub struct TrainArgs {
     /// Train this block and everything above it (after a head-only warm-up).
     #[arg(long, value_enum, default_value_t = Block::Conv5)]
     pub freeze_until: Block,
-    /// Epochs of the main stage.
+    /// Epochs of the main stage (after the --freeze-epochs head-only ones; progress counts both).
     #[arg(long, default_value_t = 12)]
     pub epochs: usize,
-    /// Head-only epochs before the main stage.
-    #[arg(long, default_value_t = 3)]
+    /// Head-only epochs before the main stage, fastai's freeze_epochs (`--warmup-epochs` is an older name).
+    #[arg(long = "freeze-epochs", alias = "warmup-epochs", default_value_t = 3)]
     pub warmup_epochs: usize,
     /// Explicit stages, e.g. head:3,conv5:12,conv4:10 (overrides the three above).
     #[arg(long, value_parser = checked(parse_stages))]
@@ -314,8 +314,8 @@ pub struct TrainArgs {
     /// Augmentation preset: none, flip, light, strong (knobs below override).
     #[arg(long, default_value = "light", value_parser = checked(Augment::preset), help_heading = "Augmentation")]
     pub augment: String,
-    /// Random horizontal flips: true or false (overrides the preset).
-    #[arg(long, help_heading = "Augmentation")]
+    /// Random horizontal flips (overrides the preset): --flip, or --flip false.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", help_heading = "Augmentation")]
     pub flip: Option<bool>,
     /// Max rotation in degrees.
     #[arg(long, help_heading = "Augmentation")]
@@ -407,8 +407,8 @@ pub struct EvaluateArgs {
     /// Labelled dataset (any layout finetune reads).
     #[arg(long)]
     pub data: PathBuf,
-    /// Dataset layout.
-    #[arg(long, value_enum, default_value_t = DataFormat::Auto)]
+    /// Dataset layout: auto, jaffe, folders or csv (`--format` is an older name).
+    #[arg(long = "layout", alias = "format", value_enum, default_value_t = DataFormat::Auto)]
     pub format: DataFormat,
     /// Output folder for metrics.json and confusion.png (default: RUN/eval-<data name>).
     #[arg(long)]

@@ -444,3 +444,25 @@ fn long_steps_say_so_when_stderr_is_not_a_terminal() {
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("fold 1/4") && err.contains("left (3 fold(s))") && err.contains("left (1 fold(s))"), "cv says how long is left:\n{err}");
 }
+
+#[test]
+fn flag_names_read_as_fastai_users_expect_and_old_names_still_work() {
+    use clap::Parser;
+    use vggft::cli::{Cli, Command};
+    let parse = |a: &[&str]| match Cli::try_parse_from([&["vggft", "finetune"][..], a].concat()).unwrap().command {
+        Command::Finetune(f) => f,
+        _ => unreachable!(),
+    };
+    let f = parse(&["--layout", "folders", "--freeze-epochs", "2", "--epochs", "5", "--flip"]);
+    assert_eq!(f.data.format, vggft::data::scan::DataFormat::Folders);
+    assert_eq!(f.train.flip, Some(true), "--flip alone turns flips on");
+    let stages = f.train.to_config().unwrap().stages;
+    assert_eq!(vggft::train::describe_stages(&stages), "head:2 → conv5:5");
+    let old = parse(&["--format", "folders", "--warmup-epochs", "2", "--flip", "false"]);
+    assert_eq!(old.data.format, vggft::data::scan::DataFormat::Folders);
+    assert_eq!(old.train.warmup_epochs, 2);
+    assert_eq!(old.train.flip, Some(false));
+    let (_, help, _) = run(&["finetune", "--help"], Path::new("."));
+    let listed = |flag: &str| help.lines().any(|l| l.trim_start().starts_with(flag));
+    assert!(listed("--layout") && listed("--freeze-epochs") && !listed("--warmup-epochs") && !listed("--format"), "old names stay hidden aliases:\n{help}");
+}
