@@ -81,14 +81,14 @@ impl Reporter for Cli2 {
             b.set_message(format!("loss {loss:.4} acc {acc:.3} {ips:.1} img/s"));
         }
     }
-    fn progress(&mut self, what: &str, done: usize, total: usize) {
+    fn progress(&mut self, what: &str, unit: &str, done: usize, total: usize) {
         if self.quiet || total == 0 {
             return;
         }
         if !self.tty {
             // One plain line per step when stderr is not a terminal (logs, CI).
             if done == 0 {
-                errln!("{what}: {total} image(s)…");
+                errln!("{what}: {total} {unit}…");
             }
             return;
         }
@@ -265,7 +265,7 @@ fn predict_cmd(mut a: PredictArgs) -> anyhow::Result<bool> {
         (None, "none") => predict::SubjectFrom::Nobody,
         _ => predict::SubjectFrom::Names,
     };
-    let preds = predict::predict(&cfg, &model, &paths, &subjects, a.tta == Tta::Flip, a.batch_size, device);
+    let preds = predict::predict(&cfg, &model, &paths, &subjects, (a.tta == Tta::Flip, a.batch_size), device, &mut reporter(false));
     if model.cfg.subject_norm {
         errln!("{}", vggft::subject::TRANSDUCTIVE);
     }

@@ -145,13 +145,29 @@ pub fn prepare_one(path: &Path, cfg: &RunConfig, finder: &mut Option<crate::data
 /// Predicts every path, in batches of `batch`. A subject-normalised model
 /// normalises each person with ≥ `subject::PERSON_MIN` inputs by that
 /// person's statistics and answers the others with its single-image head.
-pub fn predict(cfg: &RunConfig, model: &Vgg16, paths: &[PathBuf], subjects: &SubjectFrom, tta_flip: bool, batch: usize, device: Device) -> Vec<Prediction> {
+pub fn predict(
+    cfg: &RunConfig,
+    model: &Vgg16,
+    paths: &[PathBuf],
+    subjects: &SubjectFrom,
+    (tta_flip, batch): (bool, usize),
+    device: Device,
+    reporter: &mut dyn crate::train::Reporter,
+) -> Vec<Prediction> {
     let s = cfg.data.preprocess.image_size as i64;
     let mut finder = None;
     let mut out = Vec::with_capacity(paths.len());
     // Pooled features (and their flipped twins) of every decoded input, for a subject-normalised model.
     let mut pooled: Vec<(Tensor, Option<Tensor>)> = Vec::new();
+    // Progress only when there is more than one batch to do.
+    let show = paths.len() > batch.max(1);
+    if show {
+        reporter.progress("predicting", "image(s)", 0, paths.len());
+    }
     for chunk in paths.chunks(batch.max(1)) {
+        if show && !out.is_empty() {
+            reporter.progress("predicting", "image(s)", out.len(), paths.len());
+        }
         let prepared: Vec<(PathBuf, std::result::Result<Vec<f32>, String>)> = chunk.iter().map(|p| (p.clone(), prepare_one(p, cfg, &mut finder))).collect();
         let ok: Vec<&Vec<f32>> = prepared.iter().filter_map(|(_, r)| r.as_ref().ok()).collect();
         let mut probs = Vec::new().into_iter();
@@ -184,6 +200,9 @@ pub fn predict(cfg: &RunConfig, model: &Vgg16, paths: &[PathBuf], subjects: &Sub
             };
             out.push(Prediction { path, probs, raw, mode: None });
         }
+    }
+    if show {
+        reporter.progress("predicting", "image(s)", paths.len(), paths.len());
     }
     if model.cfg.subject_norm && !pooled.is_empty() {
         // Rows of the decoded inputs, in order.

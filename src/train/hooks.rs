@@ -265,6 +265,9 @@ impl LrSweep {
 
 impl Hook for LrSweep {
     fn before_batch(&mut self, ctx: &mut Ctx) -> Result<()> {
+        if self.points.is_empty() {
+            ctx.reporter.progress("lr-find sweep", "step(s)", 0, self.steps);
+        }
         ctx.lr = self.start * self.ratio.powi(self.points.len() as i32);
         Ok(())
     }
@@ -281,6 +284,9 @@ impl Hook for LrSweep {
         if self.points.len() >= self.steps {
             ctx.stop = true;
         }
+        // The sweep's end (also when it stopped early) closes the progress.
+        let done = if ctx.stop { self.steps } else { self.points.len() };
+        ctx.reporter.progress("lr-find sweep", "step(s)", done, self.steps);
         Ok(())
     }
 }

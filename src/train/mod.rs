@@ -81,8 +81,8 @@ pub trait Reporter {
     fn batch(&mut self, _done: usize, _loss: f64, _acc: f64, _images_per_s: f64) {}
     fn epoch_end(&mut self, _row: &EpochRow) {}
     /// A long step other than an epoch (the cache pass, a sweep, a folder
-    /// of predictions): `done` of `total` units of `what`; `done == total` ends it.
-    fn progress(&mut self, _what: &str, _done: usize, _total: usize) {}
+    /// of predictions): `done` of `total` `unit`s of `what`; `done == total` ends it.
+    fn progress(&mut self, _what: &str, _unit: &str, _done: usize, _total: usize) {}
 }
 
 /// A reporter that keeps messages (tests, quiet runs).

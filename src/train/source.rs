@@ -92,14 +92,14 @@ pub fn build_cache(
     let what = format!("caching the frozen {} output", Block::from_index(from.index().saturating_sub(1)));
     let done = std::cell::Cell::new(0usize);
     let reporter = std::cell::RefCell::new(reporter);
-    reporter.borrow_mut().progress(&what, 0, total);
+    reporter.borrow_mut().progress(&what, "image(s)", 0, total);
     let feats = |rows: &[usize], view: Option<usize>| -> Tensor {
         tch::no_grad(|| {
             let parts: Vec<Tensor> = rows
                 .chunks(8)
                 .map(|c| {
                     done.set(done.get() + c.len());
-                    reporter.borrow_mut().progress(&what, done.get().min(total), total);
+                    reporter.borrow_mut().progress(&what, "image(s)", done.get().min(total), total);
                     let g = crate::data::select(gray, c, device);
                     let g = match view {
                         Some(v) => cfg.augment.apply_seeded(&g, &c.iter().map(|&i| sub_seed(cfg.seed, 1, v as u64, i as u64)).collect::<Vec<_>>()),

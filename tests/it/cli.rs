@@ -443,6 +443,12 @@ fn long_steps_say_so_when_stderr_is_not_a_terminal() {
     let (code, _, err) = run(&args(&s, &["cv", "--data", m.to_str().unwrap(), "--folds", "loso", "--stages", "head:1", "--out", "cvp"]), d.path());
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("fold 1/4") && err.contains("left (3 fold(s))") && err.contains("left (1 fold(s))"), "cv says how long is left:\n{err}");
+    let (code, _, err) = run(&args(&s, &["lr-find", "--data", m.to_str().unwrap(), "--steps", "20", "--out", "lrf"]), d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("lr-find sweep: 20 step(s)…"), "{err}");
+    let (code, _, err) = run(&["predict", "--model", "runs/latest", "--device", "cpu", "--batch-size", "3", d.path().to_str().unwrap()], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(err.matches("predicting: 8 image(s)…").count(), 1, "one line for a folder of 8 in batches of 3: {err}");
 }
 
 #[test]
