@@ -168,6 +168,12 @@ def run_inventory(d):
     png(os.path.join(one, "neutral", "a.png"))
     png(os.path.join(one, "neutral", "b.png"), value=9)
     data_case("one class only", one)
+    hs = os.path.join(d, "happysad")
+    for c, v in (("happy", 60), ("sad", 180)):
+        os.makedirs(os.path.join(hs, c))
+        for i in range(3):
+            png(os.path.join(hs, c, f"{i}.png"), value=v + i)
+    data_case("folders happy/ and sad/ with the default binary task", hs)
     single = os.path.join(d, "single")
     folders(single)
     for f in os.listdir(os.path.join(single, "neutral"))[1:]:
