@@ -408,17 +408,24 @@ fn run_peak_rss(a: &[&str], cwd: &Path) -> (i32, String, Option<u64>) {
     (code, err, peak)
 }
 
+/// A tiny finished run `runs/m` in `dir` (3 images per class of
+/// `separable_folders` in `dir/data`): the small-network options and the data folder.
+fn small_run(dir: &Path, seed: i64) -> (Vec<String>, std::path::PathBuf) {
+    let w = dir.join("trunk.safetensors");
+    trunk_only(&w, seed);
+    let s = small(&w);
+    let f = dir.join("data");
+    separable_folders(&f, 3, 32);
+    let (code, _, err) =
+        run(&args(&s, &["finetune", "--data", f.to_str().unwrap(), "--task", "multiclass", "--stages", "head:1", "--val", "none", "--name", "m"]), dir);
+    assert_eq!(code, 0, "{err}");
+    (s, f)
+}
+
 #[test]
 fn truncated_jpegs_are_refused_and_skipped_and_a_huge_claim_is_not_decoded() {
     let d = tmp();
-    let w = d.path().join("trunk.safetensors");
-    trunk_only(&w, 21);
-    let s = small(&w);
-    let f = d.path().join("data");
-    separable_folders(&f, 3, 32);
-    let (code, _, err) =
-        run(&args(&s, &["finetune", "--data", f.to_str().unwrap(), "--task", "multiclass", "--stages", "head:1", "--val", "none", "--name", "m"]), d.path());
-    assert_eq!(code, 0, "{err}");
+    let (s, f) = small_run(d.path(), 21);
     let mut baseline = Vec::new();
     image::RgbImage::from_fn(96, 64, |x, y| image::Rgb([(x * 2) as u8, (y * 3) as u8, ((x + y) % 255) as u8]))
         .write_to(&mut std::io::Cursor::new(&mut baseline), image::ImageFormat::Jpeg)
@@ -464,14 +471,7 @@ fn truncated_jpegs_are_refused_and_skipped_and_a_huge_claim_is_not_decoded() {
 #[test]
 fn predict_on_a_16384_square_png_stays_within_the_memory_bound() {
     let d = tmp();
-    let w = d.path().join("trunk.safetensors");
-    trunk_only(&w, 22);
-    let s = small(&w);
-    let f = d.path().join("data");
-    separable_folders(&f, 3, 32);
-    let (code, _, err) =
-        run(&args(&s, &["finetune", "--data", f.to_str().unwrap(), "--task", "multiclass", "--stages", "head:1", "--val", "none", "--name", "m"]), d.path());
-    assert_eq!(code, 0, "{err}");
+    small_run(d.path(), 22);
     // A 16384² gray PNG, mostly flat (a few hundred KB on disk, 256 MiB of 8-bit pixels).
     let side = vggft::data::image::MAX_SIDE;
     let p = d.path().join("big.png");
