@@ -360,7 +360,7 @@ pub struct FinetuneArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub train: TrainArgs,
-    /// Folder that holds run folders.
+    /// Folder that holds run folders (as timm's --output): the run goes to OUT/NAME, and OUT/latest points to it.
     #[arg(long, default_value = "runs")]
     pub out: PathBuf,
     /// Run folder name (default: a timestamp).

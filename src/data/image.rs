@@ -71,20 +71,25 @@ pub fn decode_gray(bytes: &[u8]) -> std::result::Result<Gray, String> {
     limits.max_image_height = Some(MAX_SIDE);
     limits.max_alloc = Some(MAX_ALLOC);
     reader.limits(limits);
+    // The decoder's buffer lives until the gray copy is made: the budget is
+    // held over both.
+    let mut held = None;
     let decoded = reader.into_decoder().and_then(|d| {
         let need = d.total_bytes();
         if need > MAX_ALLOC {
             return Err(image::ImageError::Limits(image::error::LimitError::from_kind(image::error::LimitErrorKind::InsufficientMemory)));
         }
-        let _held = DECODE_BUDGET.acquire(need);
+        held = Some(DECODE_BUDGET.acquire(need));
         DynamicImage::from_decoder(d)
     });
-    match decoded {
+    let gray = match decoded {
         Ok(img) => to_gray(&img),
         Err(e) if is_tiff && is_palette_error(&e) => decode_palette_tiff(bytes),
         Err(image::ImageError::Limits(_)) => Err(format!("image is larger than the limit of {MAX_SIDE}×{MAX_SIDE} pixels / {} MiB decoded", MAX_ALLOC >> 20)),
         Err(e) => Err(describe(e)),
-    }
+    };
+    drop(held);
+    gray
 }
 
 /// Luma of a decoded picture, a row at a time (no full-size float copy).
