@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 
 import onnx
 import torch
@@ -28,6 +29,8 @@ def export(run, out=None):
     s = cfg["data"]["preprocess"]["image_size"]
     out = out or os.path.join(run, "model.onnx")
     tmp = out + ".tmp"
+    # The 7×7 pooling matrix is a constant of the traced size, by design.
+    warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
     torch.onnx.export(net, torch.zeros(1, 3, s, s), tmp, input_names=["input"], output_names=["probabilities"],
                       dynamic_axes={"input": {0: "batch"}, "probabilities": {0: "batch"}}, opset_version=17, dynamo=False)
     m = onnx.load(tmp)
