@@ -348,7 +348,15 @@ fn predict_cmd(mut a: PredictArgs) -> anyhow::Result<bool> {
         );
     }
     if failed > 0 {
-        errln!("{failed} of {} image(s) could not be predicted", preds.len());
+        // A folder without images is not a failed image: counted apart.
+        let empty = preds.iter().filter(|p| p.path.is_dir()).count();
+        let images = preds.len() - empty;
+        if failed > empty {
+            errln!("{} of {images} image(s) could not be predicted", failed - empty);
+        }
+        if empty > 0 {
+            errln!("{empty} folder(s) held no images");
+        }
     }
     Ok(failed == 0)
 }

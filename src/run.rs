@@ -590,7 +590,10 @@ pub fn run_dir(p: &Path) -> PathBuf {
 /// Loads a finished run's model from its folder alone.
 pub fn load_run(dir: &Path, device: Device) -> Result<(RunConfig, Vgg16)> {
     if !dir.exists() {
-        return Err(Error::file(dir, "run folder not found (train one with `vggft finetune`, or pass --model RUN)"));
+        return Err(Error::file(
+            dir,
+            "run folder not found (train one with `vggft finetune`, or pass --model RUN; `finetune --out DIR` puts the latest run at DIR/latest)",
+        ));
     }
     let config = read_config(dir)?;
     let weights = dir.join("model.safetensors");
