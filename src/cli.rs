@@ -571,12 +571,7 @@ impl ModelArgs {
         let mut features = self.features.split(',').map(|b| Block::parse(b.trim())).collect::<Result<Vec<_>>>()?;
         features.sort_unstable();
         features.dedup();
-        if self.head == HeadKind::Vgg && self.subject_norm == SubjectNormChoice::On {
-            return Err(Error::config("--subject-norm on applies to pooled features: use --head bn or --head linear"));
-        }
-        // The vgg head cannot take person-normalised features: auto means off there.
-        let subject_norm = if self.head == HeadKind::Vgg { SubjectNormChoice::Off } else { self.subject_norm };
-        let options = ModelOptions {
+        let mut options = ModelOptions {
             bn: self.bn,
             head: self.head,
             dropout: self.dropout,
@@ -584,9 +579,14 @@ impl ModelArgs {
             width_div: self.width_div,
             precision,
             features,
-            subject_norm,
+            subject_norm: self.subject_norm,
         };
         options.validate()?;
+        // The vgg head cannot take person-normalised features: auto means off there
+        // (`on` was refused by `validate`).
+        if options.head == HeadKind::Vgg {
+            options.subject_norm = SubjectNormChoice::Off;
+        }
         Ok(options)
     }
 }

@@ -67,7 +67,7 @@ pub fn grad_cam(model: &Vgg16, cfg: &RunConfig, gray: &[f32], layer: Block, clas
         model.classify(&pooled, false)
     };
     let probs: Vec<f64> = Vec::<f64>::try_from(cfg.task_probs(&logits).detach().to_device(Device::Cpu).view([-1])).map_err(|e| Error::config(e.to_string()))?;
-    let class = class.unwrap_or_else(|| probs.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i));
+    let class = class.unwrap_or_else(|| crate::predict::argmax(&probs));
     let score = class_scores(&logits, &cfg.raw_to_task, cfg.classes.len()).get(0).get(class as i64);
     let grad = Tensor::run_backward(&[&score], &[&map], false, false).pop().ok_or_else(|| Error::config("no gradient reached the block"))?;
     let a = map.detach().to_kind(Kind::Float);
