@@ -11,7 +11,7 @@ use crate::data::image::Crop;
 use crate::data::scan::DataFormat;
 use crate::data::split::{parse_label_map, Task, TrainLabels, ValSpec};
 use crate::data::Preprocess;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Setting};
 use crate::model::{Block, BnMode, HeadKind, Precision};
 use crate::optim::{OptimKind, Schedule};
 use crate::subject::SubjectNormChoice;
@@ -22,9 +22,34 @@ use crate::subject::SubjectNormChoice;
 fn checked<T: 'static>(parse: fn(&str) -> Result<T>) -> impl Fn(&str) -> std::result::Result<String, String> + Clone + Send + Sync + 'static {
     move |s: &str| {
         parse(s).map(|_| s.to_string()).map_err(|e| match e {
-            Error::Config(m) => m,
-            other => other.to_string(),
+            Error::Invalid { setting, problem } => setting_problem(setting, &problem),
+            other => render(&other),
         })
+    }
+}
+
+/// The flag that sets `setting` (settings without a flag keep their
+/// config.json name).
+pub fn flag(setting: Setting) -> String {
+    match setting {
+        Setting::Classes | Setting::RawLabels | Setting::Normalisation => setting.name().to_string(),
+        s => format!("--{}", s.name().replace('_', "-")),
+    }
+}
+
+fn setting_problem(setting: Setting, problem: &str) -> String {
+    format!("{}{}{problem}", flag(setting), crate::error::sep(problem))
+}
+
+/// A library error in the command line's words: settings named by their flags.
+pub fn render(e: &Error) -> String {
+    use crate::error::sep;
+    match e {
+        Error::Invalid { setting, problem } => format!("invalid option: {}", setting_problem(*setting, problem)),
+        Error::ConfigFile { path, setting, problem } => {
+            format!("{}: holds a setting its flag would refuse: {}{}{problem}", path.display(), flag(*setting), sep(problem))
+        }
+        other => other.to_string(),
     }
 }
 
@@ -33,7 +58,7 @@ fn device_syntax(s: &str) -> Result<()> {
     match s {
         "auto" | "cpu" | "cuda" => Ok(()),
         _ if s.strip_prefix("cuda:").is_some_and(|n| n.parse::<usize>().is_ok()) => Ok(()),
-        _ => Err(Error::config(format!("expected auto, cpu, cuda or cuda:N, got `{s}`"))),
+        _ => Err(Error::invalid(Setting::Device, format!("`{s}`: expected auto, cpu, cuda or cuda:N"))),
     }
 }
 
@@ -42,8 +67,8 @@ fn face_syntax(s: &str) -> Result<()> {
 }
 
 fn conv_block(s: &str) -> Result<()> {
-    match Block::parse(s)? {
-        Block::Head => Err(Error::config("expected a conv block (conv1 … conv5)")),
+    match Block::parse(s, Setting::Layer)? {
+        Block::Head => Err(Error::invalid(Setting::Layer, "must be a conv block (conv1 … conv5)")),
         _ => Ok(()),
     }
 }
@@ -553,10 +578,10 @@ impl DataArgs {
         let mut preprocess = Preprocess::new(Crop::parse(&self.crop)?, self.image_size);
         preprocess.face = crate::data::face::FaceMode::parse(&self.face, self.face_required)?;
         if preprocess.face != crate::data::face::FaceMode::None && preprocess.crop != Crop::None {
-            return Err(Error::config("--face and --crop both choose the crop: give one of them"));
+            return Err(Error::invalid(Setting::Face, "and --crop both choose the crop: give one of them"));
         }
         if self.face_required && !matches!(preprocess.face, crate::data::face::FaceMode::Auto { .. }) {
-            return Err(Error::config("--face-required applies to --face auto only"));
+            return Err(Error::invalid(Setting::FaceRequired, "applies to --face auto only"));
         }
         Ok((
             DataConfig { path, format: self.format, task: self.task, label_map, train_labels: self.train_labels, val, skip_bad: self.skip_bad, preprocess },
@@ -568,7 +593,7 @@ impl DataArgs {
 impl ModelArgs {
     pub fn to_options(&self) -> Result<ModelOptions> {
         let precision = if self.amp { Precision::Bf16 } else { self.precision };
-        let mut features = self.features.split(',').map(|b| Block::parse(b.trim())).collect::<Result<Vec<_>>>()?;
+        let mut features = self.features.split(',').map(|b| Block::parse(b.trim(), Setting::Features)).collect::<Result<Vec<_>>>()?;
         features.sort_unstable();
         features.dedup();
         let mut options = ModelOptions {
@@ -597,7 +622,7 @@ impl TrainArgs {
             Some(s) => parse_stages(s)?,
             None => {
                 if self.epochs == 0 {
-                    return Err(Error::config("--epochs must be at least 1"));
+                    return Err(Error::invalid(Setting::Epochs, "must be at least 1"));
                 }
                 stages_for(self.freeze_until, self.epochs, self.warmup_epochs)
             }

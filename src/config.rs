@@ -10,7 +10,7 @@ use crate::data::augment::Augment;
 use crate::data::scan::DataFormat;
 use crate::data::split::{Task, TrainLabels, ValSpec};
 use crate::data::Preprocess;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Setting};
 use crate::model::{Block, BnMode, HeadKind};
 use crate::optim::{OptimKind, Schedule};
 
@@ -26,16 +26,16 @@ pub fn parse_stages(s: &str) -> Result<Vec<Stage>> {
     let stages = s
         .split(',')
         .map(|p| {
-            let (b, e) = p.split_once(':').ok_or_else(|| Error::config(format!("--stages entry `{p}`: expected BLOCK:EPOCHS, e.g. conv5:12")))?;
-            let epochs: usize = e.trim().parse().map_err(|_| Error::config(format!("--stages entry `{p}`: epochs must be a whole number")))?;
+            let (b, e) = p.split_once(':').ok_or_else(|| Error::invalid(Setting::Stages, format!("entry `{p}`: expected BLOCK:EPOCHS, e.g. conv5:12")))?;
+            let epochs: usize = e.trim().parse().map_err(|_| Error::invalid(Setting::Stages, format!("entry `{p}`: epochs must be a whole number")))?;
             if epochs == 0 {
-                return Err(Error::config(format!("--stages entry `{p}`: epochs must be at least 1")));
+                return Err(Error::invalid(Setting::Stages, format!("entry `{p}`: epochs must be at least 1")));
             }
-            Ok(Stage { from: Block::parse(b)?, epochs })
+            Ok(Stage { from: Block::parse(b, Setting::Stages)?, epochs })
         })
         .collect::<Result<Vec<_>>>()?;
     if stages.is_empty() {
-        return Err(Error::config("--stages is empty"));
+        return Err(Error::invalid(Setting::Stages, "is empty"));
     }
     Ok(stages)
 }
@@ -108,33 +108,33 @@ pub struct TrainConfig {
 
 impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(Error::config(m));
+        let bad = |setting: Setting, m: String| Err(Error::invalid(setting, m));
         if !(self.lr > 0.0 && self.lr < 10.0) {
-            return bad(format!("--lr must be in (0, 10), got {}", self.lr));
+            return bad(Setting::Lr, format!("must be in (0, 10), got {}", self.lr));
         }
         if !(self.block_lr_factor > 0.0 && self.block_lr_factor <= 1.0) {
-            return bad(format!("--block-lr-factor must be in (0, 1], got {}", self.block_lr_factor));
+            return bad(Setting::BlockLrFactor, format!("must be in (0, 1], got {}", self.block_lr_factor));
         }
         if !(0.0..1.0).contains(&self.momentum) {
-            return bad(format!("--momentum must be in [0, 1), got {}", self.momentum));
+            return bad(Setting::Momentum, format!("must be in [0, 1), got {}", self.momentum));
         }
         if !(0.0..1.0).contains(&self.weight_decay) {
-            return bad(format!("--weight-decay must be in [0, 1), got {}", self.weight_decay));
+            return bad(Setting::WeightDecay, format!("must be in [0, 1), got {}", self.weight_decay));
         }
         if !(0.0..0.5).contains(&self.label_smoothing) {
-            return bad(format!("--label-smoothing must be in [0, 0.5), got {}", self.label_smoothing));
+            return bad(Setting::LabelSmoothing, format!("must be in [0, 0.5), got {}", self.label_smoothing));
         }
         if !(0.0..0.5).contains(&self.warmup) {
-            return bad(format!("--warmup must be in [0, 0.5), got {}", self.warmup));
+            return bad(Setting::Warmup, format!("must be in [0, 0.5), got {}", self.warmup));
         }
         if self.batch_size < 2 {
-            return bad(format!("--batch-size must be at least 2, got {}", self.batch_size));
+            return bad(Setting::BatchSize, format!("must be at least 2, got {}", self.batch_size));
         }
         if self.cache_views == 0 {
-            return bad("--cache-views must be at least 1".into());
+            return bad(Setting::CacheViews, "must be at least 1".into());
         }
         if self.stages.is_empty() || self.stages.iter().any(|s| s.epochs == 0) {
-            return bad("--epochs must be at least 1".into());
+            return bad(Setting::Epochs, "must be at least 1".into());
         }
         self.augment.validate()
     }
@@ -195,28 +195,28 @@ impl ModelOptions {
     /// The rules of the model flags, for flags and for a loaded `config.json` alike.
     pub fn validate(&self) -> Result<()> {
         if !(0.0..1.0).contains(&self.dropout) {
-            return Err(Error::config(format!("--dropout must be in [0, 1), got {}", self.dropout)));
+            return Err(Error::invalid(Setting::Dropout, format!("must be in [0, 1), got {}", self.dropout)));
         }
         if self.hidden < 0 {
-            return Err(Error::config(format!("--hidden must be ≥ 0, got {}", self.hidden)));
+            return Err(Error::invalid(Setting::Hidden, format!("must be ≥ 0, got {}", self.hidden)));
         }
         if !(1..=64).contains(&self.width_div) {
-            return Err(Error::config(format!("--width-div must be 1 to 64, got {}", self.width_div)));
+            return Err(Error::invalid(Setting::WidthDiv, format!("must be 1 to 64, got {}", self.width_div)));
         }
         if self.hidden > 0 && self.head != HeadKind::Bn {
-            return Err(Error::config("--hidden applies to --head bn only"));
+            return Err(Error::invalid(Setting::Hidden, "applies to --head bn only"));
         }
         let mut sorted = self.features.clone();
         sorted.sort_unstable();
         sorted.dedup();
         if self.features.is_empty() || self.features.contains(&Block::Head) || sorted != self.features {
-            return Err(Error::config(format!("--features {:?}: expected distinct conv blocks, e.g. conv4,conv5", self.features)));
+            return Err(Error::invalid(Setting::Features, format!("{:?}: expected distinct conv blocks, e.g. conv4,conv5", self.features)));
         }
         if self.head == HeadKind::Vgg && self.features != crate::model::conv5_only() {
-            return Err(Error::config("--features: the vgg head (fc6/fc7) takes the conv5 output only"));
+            return Err(Error::invalid(Setting::Features, ":the vgg head (fc6/fc7) takes the conv5 output only"));
         }
         if self.head == HeadKind::Vgg && self.subject_norm == crate::subject::SubjectNormChoice::On {
-            return Err(Error::config("--subject-norm on applies to pooled features: use --head bn or --head linear"));
+            return Err(Error::invalid(Setting::SubjectNorm, "on applies to pooled features: use --head bn or --head linear"));
         }
         Ok(())
     }
@@ -258,14 +258,14 @@ impl RunConfig {
         self.train.validate()?;
         if let Some(t) = self.threads {
             if !(1..=1024).contains(&t) {
-                return Err(Error::config(format!("--threads must be 1 to 1024, got {t}")));
+                return Err(Error::invalid(Setting::Threads, format!("must be 1 to 1024, got {t}")));
             }
         }
         if self.classes.len() < 2 {
-            return Err(Error::config(format!("a classifier needs at least two classes, got {:?}", self.classes)));
+            return Err(Error::invalid(Setting::Classes, format!("needs at least two classes, got {:?}", self.classes)));
         }
         if self.raw_classes.len() != self.raw_to_task.len() || self.raw_to_task.iter().any(|&c| c >= self.classes.len()) {
-            return Err(Error::config("raw_classes and raw_to_task do not match the classes"));
+            return Err(Error::invalid(Setting::RawLabels, "and raw_to_task do not match the classes"));
         }
         Ok(())
     }

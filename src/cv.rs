@@ -14,17 +14,15 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
-use tch::Device;
-
 use crate::config::{RunConfig, Stage, TrainConfig};
 use crate::data::split::{self, ValSpec};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Setting};
 use crate::eval::{self, Metrics};
 use crate::model::{Block, BnMode, Vgg16};
-use crate::run::{model_config, prepare, LIBTORCH_VERSION, VERSION};
+use crate::session::Session;
 use crate::train::{self, Reporter, TrainData, Trainer};
-use crate::{fsutil, plot, weights};
+use crate::{fsutil, plot};
+use serde::{Deserialize, Serialize};
 
 /// Which folds.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -42,9 +40,9 @@ impl Folds {
         if s == "loso" {
             return Ok(Folds::Loso);
         }
-        let k: usize = s.parse().map_err(|_| Error::config(format!("--folds `{s}`: expected loso or a number ≥ 2")))?;
+        let k: usize = s.parse().map_err(|_| Error::invalid(Setting::Folds, format!("`{s}`: expected loso or a number ≥ 2")))?;
         if k < 2 {
-            return Err(Error::config(format!("--folds must be at least 2, got {k}")));
+            return Err(Error::invalid(Setting::Folds, format!("must be at least 2, got {k}")));
         }
         Ok(Folds::K { k })
     }
@@ -175,34 +173,18 @@ pub fn stat(metric: &str, values: &[f64]) -> Stat {
 /// Runs the folds (all, or `only_fold`), writes each result, then (when
 /// every fold is there) the summary.
 pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>> {
-    req.recipe.train.validate()?;
     if req.seeds.is_empty() {
-        return Err(Error::config("--seeds is empty"));
+        return Err(Error::invalid(Setting::Seeds, "is empty"));
     }
-    let device = crate::run::parse_device(&req.recipe.device)?;
+    if req.baseline == Some(0) {
+        return Err(Error::invalid(Setting::ProbeEpochs, "must be at least 1"));
+    }
     let mut data_cfg = req.recipe.data.clone();
     data_cfg.val = ValSpec::None;
-    let prepared = prepare(&data_cfg, req.seeds[0], reporter)?;
-    let ds = &prepared.dataset;
-    let labels = &prepared.labels;
-    let weights = crate::run::weights_info(req.recipe.weights.as_deref(), req.recipe.random_init, req.recipe.model.bn.has_bn())?;
-    let (raw_classes, raw_to_task) = crate::run::raw_head(labels, data_cfg.train_labels);
+    let session = Session::open(&req.recipe, data_cfg, req.seeds[0], None, reporter)?;
+    let ds = &session.prepared.dataset;
     let cfg = CvConfig {
-        run: RunConfig {
-            vggft_version: VERSION.into(),
-            libtorch_version: LIBTORCH_VERSION.into(),
-            created: chrono::Local::now().to_rfc3339(),
-            data: data_cfg.clone(),
-            data_sha256: String::new(),
-            classes: labels.classes.clone(),
-            raw_classes,
-            raw_to_task,
-            model: crate::run::resolve_subject_norm(&req.recipe.model, ds)?,
-            train: req.recipe.train.clone(),
-            weights,
-            device: req.recipe.device.clone(),
-            threads: None,
-        },
+        run: session.config.clone(),
         folds: req.folds.clone(),
         seeds: req.seeds.clone(),
         baseline: req.baseline,
@@ -217,124 +199,21 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
     if !ds.samples.iter().all(|s| s.subject.is_some()) {
         reporter.message("no subject ids in this dataset: folds are stratified image folds (the same person may be in training and test)");
     }
-    let n_all = ds.samples.len();
-    let seed0 = req.recipe.train.seed;
-    // The frozen prefix does not depend on the fold when BN statistics are
-    // not re-estimated: compute it once for all folds and seeds.
-    let base_model = fresh_model(&cfg.run, device, seed0 as i64)?;
-    let cap = base_model.cfg.deepest_start();
-    let from = req.recipe.train.stages.iter().map(|s| s.from).min().unwrap_or(Block::Head).min(cap);
-    if req.baseline == Some(0) {
-        return Err(Error::config("--probe-epochs must be at least 1"));
-    }
-    let shared = if req.recipe.model.bn == BnMode::Recalibrate {
-        reporter.message("frozen-prefix cache per fold: --bn recalibrate re-estimates statistics on each fold's training images");
-        vec![]
-    } else {
-        match train::cache_plan(&base_model, &req.recipe.train, &data_cfg.preprocess, from, n_all, n_all, device) {
-            Ok(views) => {
-                let t0 = Instant::now();
-                let all: Vec<usize> = (0..n_all).collect();
-                let c =
-                    train::build_cache(&base_model, &req.recipe.train, &data_cfg.preprocess, &prepared.data.gray, from, views, &all, &all, device, reporter);
-                // Later stages' freeze points too (e.g. the head-only warm-up's conv5 output):
-                // the folds use them while those blocks still hold the pretrained weights.
-                let probe = req.baseline.map(|_| Block::Head);
-                let mut points: Vec<Block> = req.recipe.train.stages.iter().map(|s| s.from).chain(probe).map(|b| b.min(cap)).filter(|&b| b > from).collect();
-                points.sort_unstable();
-                points.dedup();
-                let mut caches: Vec<train::Cache> = points.iter().map(|&b| train::derive_cache(&base_model, &c, b)).collect();
-                caches.insert(0, c);
-                reporter.message(&format!(
-                    "cached the frozen {} output{} once for every fold and seed: {views} view(s) of {n_all} images, in {:.1}s",
-                    Block::from_index(from.index() - 1),
-                    points.iter().map(|b| format!(" (and the {} output)", Block::from_index(b.index() - 1))).collect::<String>(),
-                    t0.elapsed().as_secs_f64()
-                ));
-                caches
-            }
-            Err(why) => {
-                reporter.message(&format!("frozen-prefix cache {why}"));
-                vec![]
-            }
-        }
-    };
+    let shared = shared_caches(req, &session, reporter)?;
     let total_folds = if req.only_fold.is_some() { req.seeds.len() } else { req.seeds.len() * cfg.n_folds };
     let (mut done_folds, mut spent) = (0usize, 0.0f64);
     for &seed in &req.seeds {
-        let folds = match req.folds {
-            Folds::Loso => {
-                let subjects: Vec<String> =
-                    ds.samples.iter().map(|s| s.subject.clone().unwrap_or_default()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
-                if subjects.len() < 2 || subjects.iter().any(String::is_empty) {
-                    return Err(Error::dataset(&ds.root, "--folds loso needs subject ids for every image"));
-                }
-                subjects.iter().map(|s| (0..n_all).filter(|&i| ds.samples[i].subject.as_deref() == Some(s)).collect()).collect()
-            }
-            Folds::K { k } => split::kfold(ds, labels, k, seed)?,
-        };
+        let folds = test_folds(&req.folds, &session, seed)?;
         if let Some(f) = req.only_fold {
             if f >= folds.len() {
-                return Err(Error::config(format!("--fold {f}: there are {} folds (0–{})", folds.len(), folds.len() - 1)));
+                return Err(Error::invalid(Setting::Fold, format!("{f}: there are {} folds (0–{})", folds.len(), folds.len() - 1)));
             }
         }
         for (fi, test) in folds.iter().enumerate() {
             if req.only_fold.is_some_and(|f| f != fi) {
                 continue;
             }
-            let t0 = Instant::now();
-            let train: Vec<usize> = (0..n_all).filter(|i| test.binary_search(i).is_err()).collect();
-            let data = crate::run::train_data(prepared.data.gray.shallow_clone(), ds, labels, data_cfg.train_labels, train, vec![]);
-            let mut tc = req.recipe.train.clone();
-            tc.seed = seed;
-            let y: Vec<i64> = test.iter().map(|&i| labels.targets[i]).collect();
-            let fold = Fold { run: &cfg.run, data: &data, test, y: &y, shared: &shared, device };
-            let (main, single, model) = fold.train_and_score(&tc)?;
-            let top = if req.top_losses > 0 {
-                let rows = tch::Tensor::from_slice(&test.iter().map(|&i| i as i64).collect::<Vec<_>>());
-                let gray = prepared.data.gray.index_select(0, &rows);
-                let paths: Vec<String> = test.iter().map(|&i| ds.samples[i].path.display().to_string()).collect();
-                let picked = crate::explain::worst(&y, &main.probs, req.top_losses);
-                let tiles = req.out.join("folds").join("top");
-                fsutil::create_dir(&tiles)?;
-                let mut top = crate::explain::loss_tiles(
-                    &cfg.run,
-                    &model,
-                    &gray,
-                    &picked,
-                    &paths,
-                    &y,
-                    &main.probs,
-                    (Block::Conv5, device),
-                    (&tiles, &format!("seed{seed}-fold{fi}")),
-                )?;
-                for t in &mut top {
-                    t.tile = t.tile.strip_prefix(&req.out).map(Path::to_path_buf).unwrap_or_else(|_| t.tile.clone());
-                }
-                top
-            } else {
-                vec![]
-            };
-            drop(model);
-            let baseline = match req.baseline {
-                Some(epochs) => Some(fold.train_and_score(&TrainConfig { stages: vec![Stage { from: Block::Head, epochs }], ..tc.clone() })?.0),
-                None => None,
-            };
-            let (probs, metrics) = (main.probs, main.metrics);
-            let r = FoldResult {
-                seed,
-                fold: fi,
-                paths: test.iter().map(|&i| ds.samples[i].path.display().to_string()).collect(),
-                subjects: test.iter().map(|&i| ds.samples[i].subject.clone().unwrap_or_default()).collect(),
-                y,
-                probs,
-                metrics,
-                single,
-                baseline,
-                n_train: data.train.len(),
-                seconds: t0.elapsed().as_secs_f64(),
-                top,
-            };
+            let r = run_fold(req, &session, &shared, (seed, fi), test)?;
             done_folds += 1;
             spent += r.seconds;
             let left = total_folds.saturating_sub(done_folds);
@@ -361,31 +240,150 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
     collect(&req.out, false).map(Some)
 }
 
+/// The frozen prefix does not depend on the fold when BN statistics are not
+/// re-estimated: computed once for all folds and seeds (with the later
+/// stages' freeze points derived from it).
+fn shared_caches(req: &Request, session: &Session, reporter: &mut dyn Reporter) -> Result<Vec<train::Cache>> {
+    if req.recipe.model.bn == BnMode::Recalibrate {
+        reporter.message("frozen-prefix cache per fold: --bn recalibrate re-estimates statistics on each fold's training images");
+        return Ok(vec![]);
+    }
+    let (pre, device) = (&session.config.data.preprocess, session.device);
+    let (base_model, _) = session.fresh_model(req.recipe.train.seed as i64, true)?;
+    let cap = base_model.cfg.deepest_start();
+    let from = req.recipe.train.stages.iter().map(|s| s.from).min().unwrap_or(Block::Head).min(cap);
+    let n_all = session.prepared.dataset.samples.len();
+    let views = match train::cache_plan(&base_model, &req.recipe.train, pre, from, n_all, n_all, device) {
+        Ok(views) => views,
+        Err(why) => {
+            reporter.message(&format!("frozen-prefix cache {why}"));
+            return Ok(vec![]);
+        }
+    };
+    let t0 = Instant::now();
+    let all: Vec<usize> = (0..n_all).collect();
+    let c = train::build_cache(&base_model, &req.recipe.train, pre, &session.prepared.data.gray, from, views, &all, &all, device, reporter);
+    // Later stages' freeze points too (e.g. the head-only warm-up's conv5 output):
+    // the folds use them while those blocks still hold the pretrained weights.
+    let probe = req.baseline.map(|_| Block::Head);
+    let mut points: Vec<Block> = req.recipe.train.stages.iter().map(|s| s.from).chain(probe).map(|b| b.min(cap)).filter(|&b| b > from).collect();
+    points.sort_unstable();
+    points.dedup();
+    let mut caches: Vec<train::Cache> = points.iter().map(|&b| train::derive_cache(&base_model, &c, b)).collect();
+    caches.insert(0, c);
+    reporter.message(&format!(
+        "cached the frozen {} output{} once for every fold and seed: {views} view(s) of {n_all} images, in {:.1}s",
+        Block::from_index(from.index() - 1),
+        points.iter().map(|b| format!(" (and the {} output)", Block::from_index(b.index() - 1))).collect::<String>(),
+        t0.elapsed().as_secs_f64()
+    ));
+    Ok(caches)
+}
+
+/// Each fold's test rows for one seed (sorted).
+fn test_folds(folds: &Folds, session: &Session, seed: u64) -> Result<Vec<Vec<usize>>> {
+    let ds = &session.prepared.dataset;
+    match folds {
+        Folds::Loso => {
+            let subjects: Vec<String> =
+                ds.samples.iter().map(|s| s.subject.clone().unwrap_or_default()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+            if subjects.len() < 2 || subjects.iter().any(String::is_empty) {
+                return Err(Error::dataset(&ds.root, "--folds loso needs subject ids for every image"));
+            }
+            Ok(subjects.iter().map(|s| (0..ds.samples.len()).filter(|&i| ds.samples[i].subject.as_deref() == Some(s)).collect()).collect())
+        }
+        Folds::K { k } => split::kfold(ds, &session.prepared.labels, *k, seed),
+    }
+}
+
+/// Trains the recipe (and the probe) on one fold and scores its test rows.
+fn run_fold(req: &Request, session: &Session, shared: &[train::Cache], (seed, fi): (u64, usize), test: &[usize]) -> Result<FoldResult> {
+    let t0 = Instant::now();
+    let (ds, labels) = (&session.prepared.dataset, &session.prepared.labels);
+    let train: Vec<usize> = (0..ds.samples.len()).filter(|i| test.binary_search(i).is_err()).collect();
+    let data = session.train_data(train, vec![]);
+    let tc = TrainConfig { seed, ..req.recipe.train.clone() };
+    let y: Vec<i64> = test.iter().map(|&i| labels.targets[i]).collect();
+    let fold = Fold { session, data: &data, test, y: &y, shared };
+    let (main, single, model) = fold.train_and_score(&tc)?;
+    let top = if req.top_losses > 0 { top_losses(req, session, &model, (seed, fi), test, &y, &main.probs)? } else { vec![] };
+    drop(model);
+    let baseline = match req.baseline {
+        Some(epochs) => Some(fold.train_and_score(&TrainConfig { stages: vec![Stage { from: Block::Head, epochs }], ..tc.clone() })?.0),
+        None => None,
+    };
+    Ok(FoldResult {
+        seed,
+        fold: fi,
+        paths: test.iter().map(|&i| ds.samples[i].path.display().to_string()).collect(),
+        subjects: test.iter().map(|&i| ds.samples[i].subject.clone().unwrap_or_default()).collect(),
+        y,
+        probs: main.probs,
+        metrics: main.metrics,
+        single,
+        baseline,
+        n_train: data.train.len(),
+        seconds: t0.elapsed().as_secs_f64(),
+        top,
+    })
+}
+
+/// This fold's `--top-losses` candidates, with their heatmap tiles.
+fn top_losses(
+    req: &Request,
+    session: &Session,
+    model: &Vgg16,
+    (seed, fi): (u64, usize),
+    test: &[usize],
+    y: &[i64],
+    probs: &[Vec<f64>],
+) -> Result<Vec<crate::explain::TopLoss>> {
+    let ds = &session.prepared.dataset;
+    let rows = tch::Tensor::from_slice(&test.iter().map(|&i| i as i64).collect::<Vec<_>>());
+    let gray = session.prepared.data.gray.index_select(0, &rows);
+    let paths: Vec<String> = test.iter().map(|&i| ds.samples[i].path.display().to_string()).collect();
+    let picked = crate::explain::worst(y, probs, req.top_losses);
+    let tiles = req.out.join("folds").join("top");
+    fsutil::create_dir(&tiles)?;
+    let mut top = crate::explain::loss_tiles(
+        &session.config,
+        model,
+        &gray,
+        &picked,
+        &paths,
+        y,
+        probs,
+        (Block::Conv5, session.device),
+        (&tiles, &format!("seed{seed}-fold{fi}")),
+    )?;
+    for t in &mut top {
+        t.tile = t.tile.strip_prefix(&req.out).map(Path::to_path_buf).unwrap_or_else(|_| t.tile.clone());
+    }
+    Ok(top)
+}
+
 /// One fold: the training rows (in `data`), the test rows and their task classes.
 struct Fold<'a> {
-    run: &'a RunConfig,
+    session: &'a Session,
     data: &'a TrainData,
     test: &'a [usize],
     y: &'a [i64],
     shared: &'a [train::Cache],
-    device: Device,
 }
 
 impl Fold<'_> {
     /// Trains a fresh model with `tc` and scores the test rows (and, for a
     /// subject-normalised model, its single-image head).
     fn train_and_score(&self, tc: &TrainConfig) -> Result<(Scores, Option<Scores>, Vgg16)> {
-        let pre = &self.run.data.preprocess;
-        let mut model = fresh_model(self.run, self.device, tc.seed as i64)?;
-        if self.run.model.bn == BnMode::Recalibrate {
-            let imgs: Vec<tch::Tensor> = self.data.train.chunks(32).map(|c| pre.normalise(&crate::data::select(&self.data.gray, c, self.device))).collect();
-            model.recalibrate(&imgs)?;
-        }
-        let trainer = Trainer { cfg: tc, pre, data: self.data, device: self.device, checkpoint_dir: None, stop: None, shared: self.shared };
+        let run = &self.session.config;
+        let (mut model, _) = self.session.fresh_model(tc.seed as i64, true)?;
+        self.session.recalibrate(&mut model, &self.data.train)?;
+        let trainer =
+            Trainer { cfg: tc, pre: &run.data.preprocess, data: self.data, device: self.session.device, checkpoint_dir: None, stop: None, shared: self.shared };
         trainer.run(&mut model, &mut train::Collect::default(), None)?;
         let score = |logits: &tch::Tensor| {
-            let probs = crate::run::rows(&self.run.task_probs(logits));
-            Scores { metrics: eval::metrics(self.y, &probs, &self.run.classes), probs }
+            let probs = crate::run::rows(&run.task_probs(logits));
+            Scores { metrics: eval::metrics(self.y, &probs, &run.classes), probs }
         };
         let (main, single) = if model.cfg.subject_norm {
             let (person, single) = trainer.subject_logits(&model, self.shared.first(), self.test);
@@ -395,15 +393,6 @@ impl Fold<'_> {
         };
         Ok((main, single, model))
     }
-}
-
-fn fresh_model(cfg: &RunConfig, device: Device, seed: i64) -> Result<Vgg16> {
-    tch::manual_seed(seed);
-    let mut model = Vgg16::new(&model_config(&cfg.model, cfg.head_classes()), device)?;
-    if !cfg.weights.path.as_os_str().is_empty() {
-        weights::load_pretrained(&mut model, &cfg.weights.path)?;
-    }
-    Ok(model)
 }
 
 /// Merges every `folds/*.json` of a cv folder into `cv.json`, `cv.md` and plots.

@@ -22,11 +22,23 @@ pub enum Error {
     #[error("dataset {path}: {problem}")]
     Dataset { path: PathBuf, problem: String },
 
-    #[error("invalid option: {0}")]
-    Config(String),
+    /// A setting (a flag, or its field in a run's `config.json`) with a value
+    /// its rule refuses. `problem` follows the setting's name; the binary
+    /// writes the name as the flag (`cli::render`).
+    #[error("invalid {}{}{problem}", .setting.name(), sep(.problem))]
+    Invalid { setting: Setting, problem: String },
 
+    /// A run's `config.json` holds a value its setting's rule refuses.
+    #[error("{path}: holds a setting its flag would refuse: {}{}{problem}", .setting.name(), sep(.problem))]
+    ConfigFile { path: PathBuf, setting: Setting, problem: String },
+
+    /// libtorch refused an operation (a tensor of an unexpected shape or kind).
     #[error("libtorch: {0}")]
     Torch(tch::TchError),
+
+    /// A state the code should never reach (a bug, not bad input).
+    #[error("internal error: {0}")]
+    Internal(String),
 
     #[error("interrupted: {0}")]
     Interrupted(String),
@@ -54,9 +66,89 @@ impl Error {
     pub fn dataset(path: impl Into<PathBuf>, problem: impl Into<String>) -> Self {
         Error::Dataset { path: path.into(), problem: problem.into() }
     }
-    pub fn config(problem: impl Into<String>) -> Self {
-        Error::Config(problem.into())
+    pub fn invalid(setting: Setting, problem: impl Into<String>) -> Self {
+        Error::Invalid { setting, problem: problem.into() }
     }
+    pub fn internal(problem: impl Into<String>) -> Self {
+        Error::Internal(problem.into())
+    }
+}
+
+impl From<tch::TchError> for Error {
+    fn from(e: tch::TchError) -> Self {
+        Error::Torch(e)
+    }
+}
+
+/// What separates a setting's name from its problem: nothing before `:`.
+pub fn sep(problem: &str) -> &'static str {
+    if problem.starts_with(':') {
+        ""
+    } else {
+        " "
+    }
+}
+
+macro_rules! settings {
+    ($($(#[$doc:meta])* $v:ident => $name:literal,)*) => {
+        /// Every setting an error can name: recipe fields, command options and
+        /// the run-config fields without a flag. `name` is the config field
+        /// (snake_case); the binary maps it to the flag.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Setting {
+            $($(#[$doc])* $v,)*
+        }
+        impl Setting {
+            pub const ALL: &'static [Setting] = &[$(Setting::$v,)*];
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Setting::$v => $name,)*
+                }
+            }
+        }
+    };
+}
+
+settings! {
+    Augment => "augment",
+    BatchSize => "batch_size",
+    BlockLrFactor => "block_lr_factor",
+    Bn => "bn",
+    CacheViews => "cache_views",
+    Crop => "crop",
+    Data => "data",
+    Device => "device",
+    Dropout => "dropout",
+    Epochs => "epochs",
+    Face => "face",
+    FaceRequired => "face_required",
+    Features => "features",
+    Fold => "fold",
+    Folds => "folds",
+    Hidden => "hidden",
+    ImageSize => "image_size",
+    LabelMap => "label_map",
+    LabelSmoothing => "label_smoothing",
+    Layer => "layer",
+    Lr => "lr",
+    Momentum => "momentum",
+    Name => "name",
+    ProbeEpochs => "probe_epochs",
+    Seeds => "seeds",
+    Stages => "stages",
+    StartLr => "start_lr",
+    Steps => "steps",
+    SubjectNorm => "subject_norm",
+    Threads => "threads",
+    Val => "val",
+    Warmup => "warmup",
+    Weights => "weights",
+    WeightDecay => "weight_decay",
+    WidthDiv => "width_div",
+    /// Run-config fields without a flag.
+    Classes => "classes",
+    RawLabels => "raw_classes",
+    Normalisation => "mean/std",
 }
 
 /// Lists at most `max` names, then "and N more", so error sentences stay readable.

@@ -17,7 +17,7 @@ use plotters::prelude::*;
 use tch::{Device, Kind, Tensor};
 
 use crate::config::RunConfig;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Setting};
 use crate::fsutil;
 use crate::model::{Block, Vgg16};
 
@@ -53,30 +53,30 @@ fn class_scores(logits: &Tensor, raw_to_task: &[usize], classes: usize) -> Tenso
 /// `class` (default: the predicted class).
 pub fn grad_cam(model: &Vgg16, cfg: &RunConfig, gray: &[f32], layer: Block, class: Option<usize>, device: Device) -> Result<Cam> {
     if layer == Block::Head {
-        return Err(Error::config("--layer must be a conv block (conv1 … conv5)"));
+        return Err(Error::invalid(Setting::Layer, "must be a conv block (conv1 … conv5)"));
     }
     let s = cfg.data.preprocess.image_size as i64;
     let g = Tensor::from_slice(gray).view([1, 1, s, s]).to_device(device);
     // The input requires a gradient, so every block's output is part of the graph.
     let x = cfg.data.preprocess.normalise(&g).detach().set_requires_grad(true);
     let (pooled, map) = model.pooled_tapped(&x, Block::Conv1, false, Some(layer));
-    let map = map.ok_or_else(|| Error::config(format!("block {} produced no output", layer.name())))?;
+    let map = map.ok_or_else(|| Error::internal(format!("block {} produced no output", layer.name())))?;
     let logits = if model.cfg.subject_norm {
         model.classify_global(&pooled, false).unwrap_or_else(|| model.classify(&pooled, false))
     } else {
         model.classify(&pooled, false)
     };
-    let probs: Vec<f64> = Vec::<f64>::try_from(cfg.task_probs(&logits).detach().to_device(Device::Cpu).view([-1])).map_err(|e| Error::config(e.to_string()))?;
+    let probs: Vec<f64> = Vec::<f64>::try_from(cfg.task_probs(&logits).detach().to_device(Device::Cpu).view([-1])).map_err(Error::Torch)?;
     let class = class.unwrap_or_else(|| crate::predict::argmax(&probs));
     let score = class_scores(&logits, &cfg.raw_to_task, cfg.classes.len()).get(0).get(class as i64);
-    let grad = Tensor::run_backward(&[&score], &[&map], false, false).pop().ok_or_else(|| Error::config("no gradient reached the block"))?;
+    let grad = Tensor::run_backward(&[&score], &[&map], false, false).pop().ok_or_else(|| Error::internal("no gradient reached the block"))?;
     let a = map.detach().to_kind(Kind::Float);
     let weights = grad.to_kind(Kind::Float).mean_dim([2i64, 3].as_slice(), true, Kind::Float);
     let cam = (weights * a).sum_dim_intlist([1i64].as_slice(), true, Kind::Float).relu();
     let up = cam.upsample_bilinear2d([s, s], false, None, None);
     let max = up.max().double_value(&[]);
     let heat = if max > 0.0 { up / max } else { up.zeros_like() };
-    let heat = Vec::<f32>::try_from(heat.to_device(Device::Cpu).view([-1])).map_err(|e| Error::config(e.to_string()))?;
+    let heat = Vec::<f32>::try_from(heat.to_device(Device::Cpu).view([-1])).map_err(Error::Torch)?;
     Ok(Cam { input: gray.to_vec(), heat, probs, class })
 }
 
@@ -132,11 +132,11 @@ pub fn captioned(img: &RgbImage, lines: &[String]) -> Result<RgbImage> {
         for (k, line) in lines.iter().enumerate() {
             let text: String = line.chars().take(max_chars).collect();
             root.draw(&Text::new(text, (3, (img.height() + 2 + LINE * k as u32) as i32), font.clone()))
-                .map_err(|e| Error::config(format!("cannot draw a caption: {e}")))?;
+                .map_err(|e| Error::internal(format!("cannot draw a caption: {e}")))?;
         }
-        root.present().map_err(|e| Error::config(format!("cannot draw a caption: {e}")))?;
+        root.present().map_err(|e| Error::internal(format!("cannot draw a caption: {e}")))?;
     }
-    RgbImage::from_raw(w, h, buf).ok_or_else(|| Error::config("caption buffer has the wrong size"))
+    RgbImage::from_raw(w, h, buf).ok_or_else(|| Error::internal("caption buffer has the wrong size"))
 }
 
 /// Tiles (equal sizes) in a grid at most 8 wide, on white.
@@ -288,7 +288,7 @@ pub fn loss_tiles(
     let s = cfg.data.preprocess.image_size;
     let mut out = Vec::new();
     for (k, &(i, loss)) in picked.iter().enumerate() {
-        let px = Vec::<f32>::try_from(gray.get(i as i64).to_device(Device::Cpu).to_kind(Kind::Float).view([-1])).map_err(|e| Error::config(e.to_string()))?;
+        let px = Vec::<f32>::try_from(gray.get(i as i64).to_device(Device::Cpu).to_kind(Kind::Float).view([-1])).map_err(Error::Torch)?;
         let pred = crate::predict::argmax(&probs[i]);
         let cam = grad_cam(model, cfg, &px, layer, Some(pred), device)?;
         let name = Path::new(&paths[i]).file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();

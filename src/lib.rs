@@ -21,6 +21,7 @@ pub mod plot;
 pub mod predict;
 pub mod report;
 pub mod run;
+pub mod session;
 pub mod speed;
 pub mod subject;
 pub mod train;

@@ -6,12 +6,12 @@ use std::path::PathBuf;
 
 use crate::config::Stage;
 use crate::data::augment::Augment;
-use crate::error::{Error, Result};
-use crate::model::{Block, Vgg16};
-use crate::run::{model_config, prepare, resolve_weights};
+use crate::error::{Error, Result, Setting};
+use crate::model::Block;
+use crate::session::Session;
 use crate::train::hooks::LrSweep;
 use crate::train::{batches, Ctx, Reporter, TrainData, Trainer};
-use crate::{fsutil, plot, weights};
+use crate::{fsutil, plot};
 
 pub struct Request {
     pub recipe: crate::config::Recipe,
@@ -58,18 +58,15 @@ pub fn suggest(points: &[(f64, f64, f64)]) -> (f64, String) {
 }
 
 pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Found> {
-    if !(req.start_lr > 0.0 && req.end_lr > req.start_lr) || req.steps < 10 {
-        return Err(Error::config("lr-find needs 0 < --start-lr < --end-lr and --steps ≥ 10"));
+    if !(req.start_lr > 0.0 && req.end_lr > req.start_lr) {
+        return Err(Error::invalid(Setting::StartLr, format!("must be > 0 and below --end-lr, got {:e} and {:e}", req.start_lr, req.end_lr)));
     }
-    req.recipe.train.validate()?;
-    let device = crate::run::parse_device(&req.recipe.device)?;
-    let p = prepare(&req.recipe.data, req.recipe.train.seed, reporter)?;
-    tch::manual_seed(req.recipe.train.seed as i64);
-    let mut model = Vgg16::new(&model_config(&crate::run::resolve_subject_norm(&req.recipe.model, &p.dataset)?, p.data.num_classes), device)?;
-    if !req.recipe.random_init {
-        let w = resolve_weights(req.recipe.weights.as_deref(), req.recipe.model.bn.has_bn())?;
-        weights::load_pretrained(&mut model, &w)?;
+    if req.steps < 10 {
+        return Err(Error::invalid(Setting::Steps, format!("must be at least 10, got {}", req.steps)));
     }
+    let session = Session::open(&req.recipe, req.recipe.data.clone(), req.recipe.train.seed, None, reporter)?;
+    let (mut model, _) = session.fresh_model(req.recipe.train.seed as i64, true)?;
+    let p = session.prepared;
     // One stage from the deepest freeze point, on the training images without
     // augmentation (the sweep measures the rate, not generalisation), so the
     // frozen prefix is cached once; the sweep hook sets each step's rate.
@@ -80,7 +77,7 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Found> {
     cfg.augment = Augment::preset("none")?;
     cfg.patience = 0;
     let data = TrainData { val: vec![], ..p.data };
-    let trainer = Trainer { cfg: &cfg, pre: &req.recipe.data.preprocess, data: &data, device, checkpoint_dir: None, stop: None, shared: &[] };
+    let trainer = Trainer { cfg: &cfg, pre: &req.recipe.data.preprocess, data: &data, device: session.device, checkpoint_dir: None, stop: None, shared: &[] };
     let mut sweep = LrSweep::new(req.start_lr, req.end_lr, req.steps);
     let mut ctx = Ctx::new(&mut model, reporter, Default::default());
     trainer.fit(&mut ctx, &mut [&mut sweep], false)?;

@@ -14,7 +14,7 @@ use vggft::cli::{
     WeightsCommand,
 };
 use vggft::train::{EpochRow, Reporter};
-use vggft::{predict, run, weights, Error};
+use vggft::{predict, run, session, weights, Error};
 
 /// A line on stdout. A closed pipe (`vggft predict … | head`) ends the
 /// output quietly, as ripgrep does: exit 0, never a panic.
@@ -147,7 +147,7 @@ fn recipe(data: &DataArgs, model: &ModelArgs, train: &TrainArgs, rep: &mut Cli2)
     if let Some(t) = model.threads {
         tch::set_num_threads(t);
     }
-    let (data, bundled) = data.to_config(run::bundled_sample)?;
+    let (data, bundled) = data.to_config(session::bundled_sample)?;
     if bundled {
         rep.message(&format!(
             "no --data given: using the bundled sample {} (the London faces: 204 photos of 102 people, CC BY 4.0, see data/sample/README.md)",
@@ -215,8 +215,8 @@ fn preprocess(image: &std::path::Path, model: &std::path::Path, out: &std::path:
 
 fn explain(mut a: ExplainArgs) -> anyhow::Result<bool> {
     a.model = run::run_dir(&a.model);
-    let device = run::parse_device(&a.device)?;
-    let layer = vggft::model::Block::parse(&a.layer)?;
+    let device = session::parse_device(&a.device)?;
+    let layer = vggft::model::Block::parse(&a.layer, vggft::error::Setting::Layer)?;
     let (cfg, model) = run::load_run(&a.model, device)?;
     let class = match &a.class {
         Some(name) => Some(
@@ -249,7 +249,7 @@ fn predict_cmd(mut a: PredictArgs) -> anyhow::Result<bool> {
         tch::set_num_threads(t);
     }
     a.model = run::run_dir(&a.model);
-    let device = run::parse_device(&a.device)?;
+    let device = session::parse_device(&a.device)?;
     let t0 = std::time::Instant::now();
     let (cfg, mut model) = run::load_run(&a.model, device)?;
     if let Some(p) = a.precision {
@@ -401,7 +401,7 @@ fn evaluate(mut a: EvaluateArgs) -> anyhow::Result<()> {
         tch::set_num_threads(t);
     }
     a.model = run::run_dir(&a.model);
-    let device = run::parse_device(&a.device)?;
+    let device = session::parse_device(&a.device)?;
     let (cfg, mut model) = run::load_run(&a.model, device)?;
     if let Some(p) = a.precision {
         model.cfg.precision = p;
@@ -430,7 +430,7 @@ fn evaluate(mut a: EvaluateArgs) -> anyhow::Result<()> {
     print_metrics(m, &cfg.classes);
     outln!("written: {}, {}", out.join("metrics.json").display(), out.join("confusion.png").display());
     if a.top_losses > 0 {
-        let layer = vggft::model::Block::parse(&a.layer)?;
+        let layer = vggft::model::Block::parse(&a.layer, vggft::error::Setting::Layer)?;
         let tiles = out.join("top_losses");
         vggft::fsutil::create_dir(&tiles)?;
         let paths: Vec<String> = ev.paths.iter().map(|p| p.display().to_string()).collect();
@@ -498,7 +498,7 @@ fn speed(a: SpeedArgs) -> anyhow::Result<()> {
     if let Some(t) = a.threads {
         tch::set_num_threads(t);
     }
-    let device = run::parse_device(&a.device)?;
+    let device = session::parse_device(&a.device)?;
     tch::manual_seed(0);
     let mut model = vggft::model::Vgg16::new(&vggft::model::ModelConfig::new(vggft::model::BnMode::Drop, vggft::model::HeadKind::Bn, 2), device)?;
     let r = vggft::speed::measure(&mut model, a.batch_size, a.image_size, a.reps, &a.precision);
@@ -628,7 +628,8 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
-            errln!("error: {}", e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": "));
+            let says = |c: &(dyn std::error::Error + 'static)| c.downcast_ref::<Error>().map(vggft::cli::render).unwrap_or_else(|| c.to_string());
+            errln!("error: {}", e.chain().map(says).collect::<Vec<_>>().join(": "));
             ExitCode::from(1)
         }
     }

@@ -11,7 +11,7 @@
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::Module, nn::ModuleT, Device, Kind, Tensor};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Setting};
 
 /// The same values with NHWC strides ("channels last"): oneDNN then runs
 /// every following convolution, ReLU and pooling in that layout, measured
@@ -23,14 +23,59 @@ pub fn channels_last(x: &Tensor) -> Tensor {
     x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
 }
 
-/// Channel count of each of VGG16's 13 conv layers.
-pub const CHANNELS: [i64; 13] = [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512];
-/// Block (0-based: conv1 = 0) of each conv layer.
-pub const BLOCK_OF_CONV: [usize; 13] = [0, 0, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4];
-/// torchvision `features.N` index of each conv in plain VGG16.
-pub const PLAIN_CONV_IDX: [usize; 13] = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28];
-/// torchvision `features.N` index of each conv in VGG16-BN (its BN is at N+1).
-pub const BN_CONV_IDX: [usize; 13] = [0, 3, 7, 10, 14, 17, 20, 24, 27, 30, 34, 37, 40];
+/// One conv layer of VGG16: the single description of the trunk from which
+/// widths, block boundaries, torchvision indices, freezing and FLOP counts
+/// are derived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvSpec {
+    pub block: Block,
+    /// Output channels at full width.
+    pub channels: i64,
+    /// A 2×2 max-pool follows (the block ends here).
+    pub last_in_block: bool,
+    /// torchvision `features.N` index in plain VGG16 (conv, ReLU; pool after a block).
+    pub plain_idx: usize,
+    /// torchvision `features.N` index in VGG16-BN (conv, BN at N+1, ReLU; pool after a block).
+    pub bn_idx: usize,
+}
+
+impl ConvSpec {
+    /// The `features.N` index of this conv for the plain or the BN network.
+    pub fn idx(&self, bn: bool) -> usize {
+        if bn {
+            self.bn_idx
+        } else {
+            self.plain_idx
+        }
+    }
+}
+
+/// torchvision's configuration "D": (convs, channels) per block.
+const BLOCKS: [(usize, i64); 5] = [(2, 64), (2, 128), (3, 256), (3, 512), (3, 512)];
+
+/// VGG16's 13 conv layers, in order.
+pub const CONVS: [ConvSpec; 13] = conv_specs();
+
+const fn conv_specs() -> [ConvSpec; 13] {
+    let mut out = [ConvSpec { block: Block::Conv1, channels: 0, last_in_block: false, plain_idx: 0, bn_idx: 0 }; 13];
+    let (mut l, mut plain, mut bn, mut b) = (0, 0, 0, 0);
+    while b < BLOCKS.len() {
+        let (n, channels) = BLOCKS[b];
+        let mut k = 0;
+        while k < n {
+            out[l] = ConvSpec { block: Block::ALL[b], channels, last_in_block: k + 1 == n, plain_idx: plain, bn_idx: bn };
+            plain += 2;
+            bn += 3;
+            l += 1;
+            k += 1;
+        }
+        plain += 1;
+        bn += 1;
+        b += 1;
+    }
+    out
+}
+
 /// BatchNorm epsilon used by torchvision.
 pub const BN_EPS: f64 = 1e-5;
 
@@ -57,12 +102,13 @@ impl Block {
     pub fn name(self) -> &'static str {
         ["conv1", "conv2", "conv3", "conv4", "conv5", "head"][self.index()]
     }
-    pub fn parse(s: &str) -> Result<Block> {
+    /// A block by name, for the setting that names it.
+    pub fn parse(s: &str, setting: Setting) -> Result<Block> {
         Block::ALL
             .iter()
             .copied()
             .find(|b| b.name() == s.trim())
-            .ok_or_else(|| Error::config(format!("unknown block `{s}` (allowed: conv1, conv2, conv3, conv4, conv5, head)")))
+            .ok_or_else(|| Error::invalid(setting, format!("unknown block `{s}` (allowed: conv1, conv2, conv3, conv4, conv5, head)")))
     }
 }
 
@@ -184,7 +230,7 @@ impl ModelConfig {
     }
     /// Channels of block `b`'s output.
     pub fn block_out(&self, b: Block) -> i64 {
-        self.channels(BLOCK_OF_CONV.iter().rposition(|&k| k == b.index()).unwrap_or(12))
+        self.channels(CONVS.iter().rposition(|c| c.block == b).unwrap_or(12))
     }
     /// Width of the pooled features that enter the head (per pooling).
     pub fn pooled_width(&self) -> i64 {
@@ -197,7 +243,7 @@ impl ModelConfig {
         self.features.first().map(|b| Block::from_index(b.index() + 1)).unwrap_or(Block::Head)
     }
     pub fn channels(&self, layer: usize) -> i64 {
-        (CHANNELS[layer] / self.width_div).max(1)
+        (CONVS[layer].channels / self.width_div).max(1)
     }
     /// Width of the trunk's final feature map.
     pub fn trunk_out(&self) -> i64 {
@@ -212,8 +258,7 @@ impl ModelConfig {
 struct ConvLayer {
     conv: nn::Conv2D,
     bn: Option<nn::BatchNorm>,
-    block: usize,
-    last_in_block: bool,
+    spec: ConvSpec,
 }
 
 #[allow(clippy::large_enum_variant)] // one per model
@@ -247,7 +292,6 @@ pub struct Vgg16 {
     head: Head,
     /// The single-image head of a subject-normalised model.
     global: Option<Head>,
-    trainable_from: Block,
 }
 
 /// Parameters of one block that share a learning-rate factor and weight-decay choice.
@@ -272,19 +316,19 @@ impl Vgg16 {
 
     fn build(cfg: &ModelConfig, device: Device, random: bool) -> Result<Self> {
         if cfg.num_classes < 2 {
-            return Err(Error::config(format!("a classifier needs at least 2 classes, got {}", cfg.num_classes)));
+            return Err(Error::invalid(Setting::Classes, format!("needs at least 2 classes, got {}", cfg.num_classes)));
         }
         if cfg.width_div < 1 {
-            return Err(Error::config("width_div must be ≥ 1"));
+            return Err(Error::invalid(Setting::WidthDiv, "must be ≥ 1"));
         }
         if cfg.features.is_empty() || cfg.features.contains(&Block::Head) || !cfg.features.windows(2).all(|w| w[0] < w[1]) {
-            return Err(Error::config(format!("features {:?}: expected conv blocks in ascending order, e.g. conv4,conv5", cfg.features)));
+            return Err(Error::invalid(Setting::Features, format!("{:?}: expected conv blocks in ascending order, e.g. conv4,conv5", cfg.features)));
         }
         if cfg.head == HeadKind::Vgg && cfg.features != conv5_only() {
-            return Err(Error::config("the vgg head (fc6/fc7) takes the conv5 output only: use --features conv5 or another head"));
+            return Err(Error::invalid(Setting::Features, ": the vgg head (fc6/fc7) takes the conv5 output only: use conv5 or another head"));
         }
         if cfg.head == HeadKind::Vgg && cfg.subject_norm {
-            return Err(Error::config("per-subject normalisation applies to pooled features: use the bn or linear head"));
+            return Err(Error::invalid(Setting::SubjectNorm, "on applies to pooled features: use the bn or linear head"));
         }
         let vs = nn::VarStore::new(device);
         let root = vs.root();
@@ -296,14 +340,14 @@ impl Vgg16 {
             nn::ConvConfig { padding: 1, ws_init: zero, bs_init: zero, ..Default::default() }
         };
         let lin = || if random { nn::LinearConfig::default() } else { nn::LinearConfig { ws_init: zero, bs_init: Some(zero), bias: true } };
-        let idx = if cfg.bn_mode.has_bn() { BN_CONV_IDX } else { PLAIN_CONV_IDX };
+        let has_bn = cfg.bn_mode.has_bn();
         let mut layers = Vec::with_capacity(13);
         let mut c_in = 3;
-        for l in 0..13 {
+        for (l, spec) in CONVS.iter().enumerate() {
             let c_out = cfg.channels(l);
-            let conv = nn::conv2d(&feats / idx[l], c_in, c_out, 3, conv_cfg);
-            let bn = cfg.bn_mode.has_bn().then(|| nn::batch_norm2d(&feats / (idx[l] + 1), c_out, Default::default()));
-            layers.push(ConvLayer { conv, bn, block: BLOCK_OF_CONV[l], last_in_block: l == 12 || BLOCK_OF_CONV[l + 1] != BLOCK_OF_CONV[l] });
+            let conv = nn::conv2d(&feats / spec.idx(has_bn), c_in, c_out, 3, conv_cfg);
+            let bn = has_bn.then(|| nn::batch_norm2d(&feats / (spec.bn_idx + 1), c_out, Default::default()));
+            layers.push(ConvLayer { conv, bn, spec: *spec });
             c_in = c_out;
         }
         let c = cfg.pooled_width();
@@ -333,7 +377,7 @@ impl Vgg16 {
         };
         let head = make_head(&root / "head");
         let global = cfg.subject_norm.then(|| make_head(&root / "head_global"));
-        Ok(Vgg16 { vs, cfg: cfg.clone(), layers, head, global, trainable_from: Block::Conv1 })
+        Ok(Vgg16 { vs, cfg: cfg.clone(), layers, head, global })
     }
 
     pub fn device(&self) -> Device {
@@ -359,7 +403,7 @@ impl Vgg16 {
         let bn_train = self.trunk_bn_train(train);
         let low = self.cfg.precision.low();
         let mut x = channels_last(x);
-        for layer in self.layers.iter().filter(|l| l.block >= from.index() && l.block < to.index()) {
+        for layer in self.layers.iter().filter(|l| l.spec.block >= from && l.spec.block < to) {
             x = match low {
                 None => layer.conv.forward(&x),
                 Some(k) => {
@@ -372,9 +416,9 @@ impl Vgg16 {
             }
             // In place: x is always a fresh conv/BN output here, and neither backward needs it.
             x = x.relu_();
-            if layer.last_in_block {
+            if layer.spec.last_in_block {
                 x = x.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false);
-                tap(Block::from_index(layer.block), &x);
+                tap(layer.spec.block, &x);
             }
         }
         if low.is_some() {
@@ -459,9 +503,8 @@ impl Vgg16 {
             return Some(Block::Head);
         }
         let n: usize = name.strip_prefix("features.")?.split('.').next()?.parse().ok()?;
-        let idx = if self.cfg.bn_mode.has_bn() { BN_CONV_IDX } else { PLAIN_CONV_IDX };
-        let l = idx.iter().position(|&i| i == n || (self.cfg.bn_mode.has_bn() && i + 1 == n))?;
-        Some(Block::from_index(BLOCK_OF_CONV[l]))
+        let bn = self.cfg.bn_mode.has_bn();
+        CONVS.iter().find(|c| c.idx(bn) == n || (bn && c.bn_idx + 1 == n)).map(|c| c.block)
     }
 
     /// Running statistics are buffers, never trained.
@@ -479,11 +522,6 @@ impl Vgg16 {
             let b = self.block_of_name(&name).unwrap_or(Block::Head);
             let _ = t.set_requires_grad(b >= block);
         }
-        self.trainable_from = block;
-    }
-
-    pub fn trainable_from(&self) -> Block {
-        self.trainable_from
     }
 
     /// Trainable parameters grouped by block and by whether weight decay
@@ -516,7 +554,7 @@ impl Vgg16 {
         name.strip_prefix("features.")
             .and_then(|s| s.split('.').next())
             .and_then(|s| s.parse::<usize>().ok())
-            .is_some_and(|n| BN_CONV_IDX.iter().any(|&i| i + 1 == n))
+            .is_some_and(|n| CONVS.iter().any(|c| c.bn_idx + 1 == n))
     }
 
     /// AdaBN, exactly: layer by layer in order, sets each BN layer's running
@@ -525,10 +563,10 @@ impl Vgg16 {
     /// Holds one layer's activations for all images (N × largest map).
     pub fn recalibrate(&mut self, images: &[Tensor]) -> Result<()> {
         if !self.cfg.bn_mode.has_bn() {
-            return Err(Error::config("BN recalibration needs a VGG16-BN model (--bn recalibrate with BN weights)"));
+            return Err(Error::invalid(Setting::Bn, "recalibrate needs a VGG16-BN model (BN weights)"));
         }
         if images.is_empty() {
-            return Err(Error::config("BN recalibration needs at least one training image"));
+            return Err(Error::internal("BN recalibration needs at least one training image"));
         }
         tch::no_grad(|| {
             let mut acts: Vec<Tensor> = images.iter().map(|t| t.to_device(self.device())).collect();
@@ -553,7 +591,7 @@ impl Vgg16 {
                 rv.copy_(&var.to_kind(Kind::Float));
                 for a in acts.iter_mut() {
                     let mut y = bn.forward_t(&layer.conv.forward(a), false).relu();
-                    if layer.last_in_block {
+                    if layer.spec.last_in_block {
                         y = y.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false);
                     }
                     *a = y;
@@ -582,7 +620,7 @@ impl Vgg16 {
                 } else {
                     x = y.relu();
                 }
-                if layer.last_in_block {
+                if layer.spec.last_in_block {
                     x = x.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false);
                 }
             }
@@ -596,9 +634,23 @@ impl Vgg16 {
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     }
+}
 
-    /// Expected name → shape of every tensor of the network.
-    pub fn expected_shapes(&self) -> Vec<(String, Vec<i64>)> {
-        self.named_tensors().into_iter().map(|(n, t)| (n, t.size())).collect()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The derived table against torchvision's `vgg16()` / `vgg16_bn()` module lists.
+    #[test]
+    fn conv_table_matches_torchvision() {
+        let plain: Vec<usize> = CONVS.iter().map(|c| c.plain_idx).collect();
+        let bn: Vec<usize> = CONVS.iter().map(|c| c.bn_idx).collect();
+        assert_eq!(plain, [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]);
+        assert_eq!(bn, [0, 3, 7, 10, 14, 17, 20, 24, 27, 30, 34, 37, 40]);
+        let channels: Vec<i64> = CONVS.iter().map(|c| c.channels).collect();
+        assert_eq!(channels, [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]);
+        let ends: Vec<usize> = (0..13).filter(|&l| CONVS[l].last_in_block).collect();
+        assert_eq!(ends, [1, 3, 6, 9, 12]);
+        assert_eq!(CONVS[12].block, Block::Conv5);
     }
 }

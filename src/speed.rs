@@ -7,7 +7,7 @@ use std::time::Instant;
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
-use crate::model::{Block, ModelConfig, Precision, Vgg16, BLOCK_OF_CONV};
+use crate::model::{Block, ModelConfig, Precision, Vgg16, CONVS};
 
 /// Forward throughput of one configuration.
 #[derive(Clone, Debug, Serialize)]
@@ -27,10 +27,10 @@ pub fn forward_flops(cfg: &ModelConfig, size: i64) -> f64 {
     let mut side = size;
     let mut c_in = 3;
     let mut total = 0.0;
-    for l in 0..13 {
+    for (l, spec) in CONVS.iter().enumerate() {
         let c_out = cfg.channels(l);
         total += 2.0 * (c_in * c_out * 9) as f64 * (side * side) as f64;
-        if l == 12 || BLOCK_OF_CONV[l + 1] != BLOCK_OF_CONV[l] {
+        if spec.last_in_block {
             side /= 2;
         }
         c_in = c_out;

@@ -14,7 +14,7 @@ use tch::{Kind, Tensor};
 
 use crate::error::{short_list, Error, Result};
 use crate::fsutil;
-use crate::model::{HeadKind, Vgg16, BN_CONV_IDX, BN_EPS, PLAIN_CONV_IDX};
+use crate::model::{HeadKind, Vgg16, BN_EPS, CONVS};
 
 /// What a weights file holds, judged by its tensor names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -119,7 +119,8 @@ pub fn detect_arch(names: &[&str]) -> FileArch {
 pub fn fold_bn(path: &Path, tensors: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>> {
     let mut map: BTreeMap<String, Tensor> = tensors.into_iter().collect();
     let mut out = Vec::new();
-    for (l, &i) in BN_CONV_IDX.iter().enumerate() {
+    for spec in &CONVS {
+        let i = spec.bn_idx;
         let mut take = |n: String| map.remove(&n).ok_or_else(|| Error::weights(path, format!("VGG16-BN file lacks {n}")));
         let w = take(format!("features.{i}.weight"))?.to_kind(Kind::Double);
         let b = take(format!("features.{i}.bias"))?.to_kind(Kind::Double);
@@ -131,7 +132,7 @@ pub fn fold_bn(path: &Path, tensors: Vec<(String, Tensor)>) -> Result<Vec<(Strin
         let scale = &g / (var + BN_EPS).sqrt();
         let w2 = &w * scale.view([-1, 1, 1, 1]);
         let b2 = (b - mu) * &scale + beta;
-        let p = PLAIN_CONV_IDX[l];
+        let p = spec.plain_idx;
         out.push((format!("features.{p}.weight"), w2.to_kind(Kind::Float)));
         out.push((format!("features.{p}.bias"), b2.to_kind(Kind::Float)));
     }

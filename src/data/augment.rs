@@ -7,7 +7,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Setting};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Augment {
@@ -31,7 +31,7 @@ impl Augment {
             "flip" => Ok(Augment { flip: true, ..Augment::preset("none")? }),
             "light" => Ok(Augment { flip: true, rotate: 10.0, zoom: 0.1, translate: 0.05, brightness: 0.1, contrast: 0.1 }),
             "strong" => Ok(Augment { flip: true, rotate: 20.0, zoom: 0.2, translate: 0.1, brightness: 0.2, contrast: 0.25 }),
-            other => Err(Error::config(format!("--augment `{other}`: expected none, flip, light or strong"))),
+            other => Err(Error::invalid(Setting::Augment, format!("`{other}`: expected none, flip, light or strong"))),
         }
     }
 
@@ -48,7 +48,7 @@ impl Augment {
         if ok {
             Ok(())
         } else {
-            Err(Error::config("augmentation out of range: rotate 0–180°, zoom 0–0.9, translate 0–0.5, brightness 0–1, contrast 0–0.95"))
+            Err(Error::invalid(Setting::Augment, "values out of range: rotate 0–180°, zoom 0–0.9, translate 0–0.5, brightness 0–1, contrast 0–0.95"))
         }
     }
 

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::image::{Crop, Gray};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Setting};
 
 static MODEL: &[u8] = include_bytes!("../../assets/face/seeta_fd_frontal_v1.0.bin");
 
@@ -31,7 +31,7 @@ impl FaceMode {
             "auto" => Ok(FaceMode::Auto { required }),
             other => match other.strip_prefix("crop:").map(Crop::parse) {
                 Some(Ok(Crop::Box { x, y, w, h })) => Ok(FaceMode::Fixed { x, y, w, h }),
-                _ => Err(Error::config(format!("--face `{other}`: expected auto, none or crop:x,y,w,h"))),
+                _ => Err(Error::invalid(Setting::Face, format!("`{other}`: expected auto, none or crop:x,y,w,h"))),
             },
         }
     }
@@ -68,7 +68,7 @@ pub struct FaceFinder {
 
 impl FaceFinder {
     pub fn new() -> Result<FaceFinder> {
-        let model = rustface::read_model(std::io::Cursor::new(MODEL)).map_err(|e| Error::config(format!("embedded face model cannot be read: {e}")))?;
+        let model = rustface::read_model(std::io::Cursor::new(MODEL)).map_err(|e| Error::internal(format!("embedded face model cannot be read: {e}")))?;
         let mut det = rustface::create_detector_with_model(model);
         det.set_min_face_size(20);
         det.set_score_thresh(2.0);

@@ -10,7 +10,7 @@ use std::sync::{Condvar, Mutex};
 use image::{imageops, DynamicImage, ImageBuffer, ImageDecoder, ImageFormat, ImageReader, Luma};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Setting};
 
 /// Largest accepted width or height, checked from the header before any
 /// pixel buffer is allocated.
@@ -250,9 +250,9 @@ impl Crop {
         }
         let frac = s.strip_prefix("center:").unwrap_or(s);
         if !frac.contains(',') {
-            let f: f32 = frac.parse().map_err(|_| Error::config(format!("--crop `{s}`: expected none, x,y,w,h or center:F")))?;
+            let f: f32 = frac.parse().map_err(|_| Error::invalid(Setting::Crop, format!("`{s}`: expected none, x,y,w,h or center:F")))?;
             if !(f > 0.0 && f <= 1.0) {
-                return Err(Error::config(format!("--crop fraction must be in (0, 1], got {f}")));
+                return Err(Error::invalid(Setting::Crop, format!("fraction must be in (0, 1], got {f}")));
             }
             return Ok(Crop::Center { fraction: f });
         }
@@ -260,10 +260,10 @@ impl Crop {
             .split(',')
             .map(|p| p.trim().parse::<u32>())
             .collect::<std::result::Result<_, _>>()
-            .map_err(|_| Error::config(format!("--crop `{s}`: expected x,y,w,h in pixels")))?;
+            .map_err(|_| Error::invalid(Setting::Crop, format!("`{s}`: expected x,y,w,h in pixels")))?;
         match v[..] {
             [x, y, w, h] if w > 0 && h > 0 => Ok(Crop::Box { x, y, w, h }),
-            _ => Err(Error::config(format!("--crop `{s}`: expected x,y,w,h with w, h > 0"))),
+            _ => Err(Error::invalid(Setting::Crop, format!("`{s}`: expected x,y,w,h with w, h > 0"))),
         }
     }
 }

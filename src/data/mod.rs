@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Setting};
 use image::Crop;
 use scan::Sample;
 
@@ -46,18 +46,18 @@ impl Preprocess {
     /// `config.json` too; mean and std must be finite, std positive.
     pub fn validate(&self) -> Result<()> {
         if !IMAGE_SIZES.contains(&self.image_size) {
-            return Err(Error::config(format!("--image-size must be {} to {}, got {}", IMAGE_SIZES.start(), IMAGE_SIZES.end(), self.image_size)));
+            return Err(Error::invalid(Setting::ImageSize, format!("must be {} to {}, got {}", IMAGE_SIZES.start(), IMAGE_SIZES.end(), self.image_size)));
         }
         if self.mean.iter().any(|m| !m.is_finite()) || self.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
-            return Err(Error::config(format!("normalisation needs finite means and positive stds, got mean {:?} std {:?}", self.mean, self.std)));
+            return Err(Error::invalid(Setting::Normalisation, format!("needs finite means and positive stds, got mean {:?} std {:?}", self.mean, self.std)));
         }
         match self.crop {
             Crop::Center { fraction } if !(fraction > 0.0 && fraction <= 1.0) => {
-                Err(Error::config(format!("--crop fraction must be in (0, 1], got {fraction}")))
+                Err(Error::invalid(Setting::Crop, format!("fraction must be in (0, 1], got {fraction}")))
             }
-            Crop::Box { w: 0, .. } | Crop::Box { h: 0, .. } => Err(Error::config("--crop x,y,w,h needs w, h > 0")),
+            Crop::Box { w: 0, .. } | Crop::Box { h: 0, .. } => Err(Error::invalid(Setting::Crop, "x,y,w,h needs w, h > 0")),
             _ => match self.face {
-                face::FaceMode::Fixed { w: 0, .. } | face::FaceMode::Fixed { h: 0, .. } => Err(Error::config("--face crop:x,y,w,h needs w, h > 0")),
+                face::FaceMode::Fixed { w: 0, .. } | face::FaceMode::Fixed { h: 0, .. } => Err(Error::invalid(Setting::Face, "crop:x,y,w,h needs w, h > 0")),
                 _ => Ok(()),
             },
         }
@@ -118,7 +118,7 @@ pub fn load_images(samples: &[Sample], pre: &Preprocess, skip_bad: bool) -> Resu
         handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
     });
     if results.len() != samples.len() {
-        return Err(Error::config("an image decoding thread failed"));
+        return Err(Error::internal("an image decoding thread failed"));
     }
     let mut data = Vec::with_capacity(samples.len() * size * size);
     let mut kept = Vec::new();

@@ -10,7 +10,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::scan::Dataset;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Setting};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -76,7 +76,7 @@ pub fn parse_label_map(s: &str) -> Result<Vec<(String, String)>> {
             p.split_once('=')
                 .map(|(a, b)| (a.trim().to_string(), b.trim().to_string()))
                 .filter(|(a, b)| !a.is_empty() && !b.is_empty())
-                .ok_or_else(|| Error::config(format!("--label-map entry `{p}`: expected raw=class")))
+                .ok_or_else(|| Error::invalid(Setting::LabelMap, format!("entry `{p}`: expected raw=class")))
         })
         .collect()
 }
@@ -168,9 +168,9 @@ impl ValSpec {
             return Ok(ValSpec::None);
         }
         let f = s.strip_prefix("subjects:").unwrap_or(s);
-        let fraction: f64 = f.parse().map_err(|_| Error::config(format!("--val `{s}`: expected none or subjects:F with 0 < F < 1")))?;
+        let fraction: f64 = f.parse().map_err(|_| Error::invalid(Setting::Val, format!("`{s}`: expected none or subjects:F with 0 < F < 1")))?;
         if !(fraction > 0.0 && fraction < 1.0) {
-            return Err(Error::config(format!("--val fraction must be between 0 and 1, got {fraction}")));
+            return Err(Error::invalid(Setting::Val, format!("fraction must be between 0 and 1, got {fraction}")));
         }
         Ok(ValSpec::Subjects { fraction })
     }
@@ -304,7 +304,7 @@ fn pick_subjects(groups: &BTreeMap<Vec<i64>, Vec<String>>, fraction: f64, seed: 
 /// image folds without subjects. Returns each fold's held-out indices.
 pub fn kfold(ds: &Dataset, labels: &Labels, k: usize, seed: u64) -> Result<Vec<Vec<usize>>> {
     if k < 2 {
-        return Err(Error::config(format!("--folds must be at least 2, got {k}")));
+        return Err(Error::invalid(Setting::Folds, format!("must be at least 2, got {k}")));
     }
     let n = ds.samples.len();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);

@@ -27,7 +27,7 @@ pub use source::{build_cache, cache_plan, derive_cache, Cache};
 
 use crate::config::{ClassWeights, Stage, TrainConfig};
 use crate::data::Preprocess;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Setting};
 use crate::eval;
 use crate::model::{Block, Vgg16};
 use crate::optim::{Group, Optimizer};
@@ -292,7 +292,7 @@ impl Trainer<'_> {
         let resumed = resume.is_some();
         let mut checkpointer = match (&self.checkpoint_dir, resumed) {
             (Some(dir), _) => Some(Checkpointer::new(dir.clone(), resumed)),
-            (None, true) => return Err(Error::config("resume needs a run folder")),
+            (None, true) => return Err(Error::internal("resume needs a run folder")),
             (None, false) => None,
         };
         let mut progress = Progress { total_epochs: self.cfg.total_epochs() };
@@ -316,7 +316,7 @@ impl Trainer<'_> {
     /// The loop: stages → epochs → batches from `ctx.state` on, calling every hook at each step.
     pub fn fit(&self, ctx: &mut Ctx, hooks: &mut [&mut dyn Hook], resumed: bool) -> Result<()> {
         if self.data.train.len() < 2 {
-            return Err(Error::config("training needs at least 2 images"));
+            return Err(Error::invalid(Setting::Data, "holds fewer than 2 training images"));
         }
         each(hooks, |h| h.before_fit(ctx))?;
         let cw = self.weights_tensor();

@@ -475,3 +475,30 @@ fn flag_names_read_as_fastai_users_expect_and_old_names_still_work() {
     let listed = |flag: &str| help.lines().any(|l| l.trim_start().starts_with(flag));
     assert!(listed("--layout") && listed("--freeze-epochs") && !listed("--warmup-epochs") && !listed("--format"), "old names stay hidden aliases:\n{help}");
 }
+
+/// Library errors name a setting; the binary writes it as a flag, which must
+/// be a real option of some subcommand.
+#[test]
+fn every_setting_an_error_can_name_is_a_flag_or_a_config_field() {
+    use clap::CommandFactory;
+    use vggft::error::Setting;
+    fn walk(cmd: &clap::Command, out: &mut std::collections::BTreeSet<String>) {
+        out.extend(cmd.get_arguments().filter_map(|a| a.get_long()).map(|l| format!("--{l}")));
+        cmd.get_subcommands().for_each(|s| walk(s, out));
+    }
+    let mut flags = std::collections::BTreeSet::new();
+    walk(&vggft::cli::Cli::command(), &mut flags);
+    for &s in Setting::ALL {
+        let f = vggft::cli::flag(s);
+        if f.starts_with("--") {
+            assert!(flags.contains(&f), "{s:?} is rendered as {f}, which no subcommand has");
+        } else {
+            assert_eq!(f, s.name(), "{s:?}");
+        }
+    }
+    let e = vggft::Error::invalid(Setting::BatchSize, "must be at least 2, got 0");
+    assert_eq!(e.to_string(), "invalid batch_size must be at least 2, got 0");
+    assert_eq!(vggft::cli::render(&e), "invalid option: --batch-size must be at least 2, got 0");
+    let e = vggft::Error::invalid(Setting::Features, ": the vgg head takes conv5 only");
+    assert_eq!(vggft::cli::render(&e), "invalid option: --features: the vgg head takes conv5 only");
+}

