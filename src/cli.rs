@@ -13,8 +13,8 @@ use crate::data::split::{parse_label_map, Task, TrainLabels, ValSpec};
 use crate::data::Preprocess;
 use crate::error::{Error, Result, Setting};
 use crate::model::{Block, BnMode, HeadKind, Precision};
-use crate::optim::{OptimKind, Schedule};
 use crate::subject::SubjectNormChoice;
+use crate::train::optim::{OptimKind, Schedule};
 
 /// A clap value parser that checks a string option with the library's own
 /// parser, so a bad value is a usage error (exit 2) naming the flag; the
@@ -470,7 +470,7 @@ pub struct CvArgs {
     #[command(flatten)]
     pub train: TrainArgs,
     /// loso (leave one subject out) or K (subject-grouped, stratified where possible).
-    #[arg(long, default_value = "5", value_parser = checked(crate::cv::Folds::parse))]
+    #[arg(long, default_value = "5", value_parser = checked(crate::eval::cv::Folds::parse))]
     pub folds: String,
     /// Seeds to repeat the folds with (each seed: new folds for K, new training randomness).
     #[arg(long, value_delimiter = ',', default_value = "0")]

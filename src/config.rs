@@ -12,7 +12,7 @@ use crate::data::split::{Task, TrainLabels, ValSpec};
 use crate::data::Preprocess;
 use crate::error::{Error, Result, Setting};
 use crate::model::{Block, BnMode, HeadKind};
-use crate::optim::{OptimKind, Schedule};
+use crate::train::optim::{OptimKind, Schedule};
 
 /// One training stage: blocks from `from` upward are trained for `epochs`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,7 +22,7 @@ pub struct Stage {
 }
 
 /// Parses `head:3,conv5:12,conv4:10`.
-pub fn parse_stages(s: &str) -> Result<Vec<Stage>> {
+pub(crate) fn parse_stages(s: &str) -> Result<Vec<Stage>> {
     let stages = s
         .split(',')
         .map(|p| {
@@ -42,7 +42,7 @@ pub fn parse_stages(s: &str) -> Result<Vec<Stage>> {
 
 /// The stages `--freeze-until B` means: a head-only warm-up of
 /// `warmup_epochs` (when B is below the head), then B and above for `epochs`.
-pub fn stages_for(freeze_until: Block, epochs: usize, warmup_epochs: usize) -> Vec<Stage> {
+pub(crate) fn stages_for(freeze_until: Block, epochs: usize, warmup_epochs: usize) -> Vec<Stage> {
     let mut v = Vec::new();
     if freeze_until != Block::Head && warmup_epochs > 0 {
         v.push(Stage { from: Block::Head, epochs: warmup_epochs });
@@ -107,7 +107,7 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
-    pub fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         let bad = |setting: Setting, m: String| Err(Error::invalid(setting, m));
         if !(self.lr > 0.0 && self.lr < 10.0) {
             return bad(Setting::Lr, format!("must be in (0, 10), got {}", self.lr));
@@ -139,7 +139,7 @@ impl TrainConfig {
         self.augment.validate()
     }
 
-    pub fn total_epochs(&self) -> usize {
+    pub(crate) fn total_epochs(&self) -> usize {
         self.stages.iter().map(|s| s.epochs).sum()
     }
 }
@@ -193,7 +193,7 @@ fn one() -> i64 {
 
 impl ModelOptions {
     /// The rules of the model flags, for flags and for a loaded `config.json` alike.
-    pub fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(Error::invalid(Setting::Dropout, format!("must be in [0, 1), got {}", self.dropout)));
         }
@@ -252,7 +252,7 @@ pub struct RunConfig {
 impl RunConfig {
     /// Every field checked with the rules of its flag, so a hand-edited
     /// `config.json` is refused instead of crashing libtorch or printing NaN.
-    pub fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         self.data.preprocess.validate()?;
         self.model.validate()?;
         self.train.validate()?;
@@ -271,7 +271,7 @@ impl RunConfig {
     }
 
     /// Outputs of the network's head: raw labels or task classes.
-    pub fn head_classes(&self) -> usize {
+    pub(crate) fn head_classes(&self) -> usize {
         if self.raw_classes.is_empty() {
             self.classes.len()
         } else {

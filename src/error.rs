@@ -19,6 +19,11 @@ pub enum Error {
     #[error("{path}: cannot decode image: {problem}")]
     Image { path: PathBuf, problem: String },
 
+    /// A picture's problem where its file is not known (decoding bytes,
+    /// cropping, face finding); `at` names the file once a caller knows it.
+    #[error("{0}")]
+    Picture(String),
+
     #[error("dataset {path}: {problem}")]
     Dataset { path: PathBuf, problem: String },
 
@@ -69,8 +74,23 @@ impl Error {
     pub fn invalid(setting: Setting, problem: impl Into<String>) -> Self {
         Error::Invalid { setting, problem: problem.into() }
     }
-    pub fn internal(problem: impl Into<String>) -> Self {
+    pub(crate) fn internal(problem: impl Into<String>) -> Self {
         Error::Internal(problem.into())
+    }
+    /// A `Picture` problem as the problem of the file `path`; others unchanged.
+    pub fn at(self, path: impl Into<PathBuf>) -> Self {
+        match self {
+            Error::Picture(problem) => Error::Image { path: path.into(), problem },
+            other => other,
+        }
+    }
+    /// The problem without the file it concerns (for lines that name it already).
+    pub fn problem(&self) -> String {
+        match self {
+            Error::Image { problem, .. } | Error::File { problem, .. } => problem.clone(),
+            Error::Io { reason, .. } => format!("cannot read: {reason}"),
+            other => other.to_string(),
+        }
     }
 }
 
@@ -81,7 +101,7 @@ impl From<tch::TchError> for Error {
 }
 
 /// What separates a setting's name from its problem: nothing before `:`.
-pub fn sep(problem: &str) -> &'static str {
+pub(crate) fn sep(problem: &str) -> &'static str {
     if problem.starts_with(':') {
         ""
     } else {
@@ -152,7 +172,7 @@ settings! {
 }
 
 /// Lists at most `max` names, then "and N more", so error sentences stay readable.
-pub fn short_list(names: &[String], max: usize) -> String {
+pub(crate) fn short_list(names: &[String], max: usize) -> String {
     if names.len() <= max {
         names.join(", ")
     } else {

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::fsutil;
 
 /// Writes `path,x,y,w,h,score` ("fallback" for the centred crop).
-pub fn write_csv(path: &Path, paths: &[PathBuf], boxes: &[Option<FaceBox>]) -> Result<()> {
+pub(crate) fn write_csv(path: &Path, paths: &[PathBuf], boxes: &[Option<FaceBox>]) -> Result<()> {
     let mut w = csv::Writer::from_writer(Vec::new());
     let err = |e: csv::Error| Error::file(path, e.to_string());
     w.write_record(["path", "x", "y", "w", "h", "score"]).map_err(err)?;
@@ -53,7 +53,7 @@ pub fn run(dir: &Path, out: &Path, tile: u32) -> Result<FacesReport> {
         if b.score.is_none() {
             fallbacks.push(p.clone());
         }
-        let px = prepare(&g, &b.crop(), tile).map_err(|e| Error::image(p, e))?;
+        let px = prepare(&g, &b.crop(), tile).map_err(|e| e.at(p))?;
         let img = image::GrayImage::from_raw(tile, tile, px.iter().map(|v| (v * 255.0).round().clamp(0.0, 255.0) as u8).collect())
             .ok_or_else(|| Error::image(p, "crop has the wrong size"))?;
         let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
@@ -88,7 +88,7 @@ fn contact_sheet(path: &Path, tiles: &[(String, image::GrayImage, bool)], tile: 
     }
     let mut buf = canvas.into_raw();
     {
-        crate::plot::register_font();
+        crate::eval::plot::register_font();
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
         let font = ("sans-serif", 12).into_font();
         for (k, (name, _, fallback)) in tiles.iter().enumerate() {

@@ -9,13 +9,13 @@ use crate::error::{Error, Result};
 
 /// A temporary sibling of `path` (same folder, so the rename is atomic).
 /// Its name ends in the same extension, for writers that choose a format by it.
-pub fn temp_sibling(path: &Path) -> PathBuf {
+pub(crate) fn temp_sibling(path: &Path) -> PathBuf {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     path.with_file_name(format!(".{name}.{}.tmp.{name}", std::process::id()))
 }
 
 /// Runs `write` on a temporary path, syncs it and renames it onto `path`.
-pub fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+pub(crate) fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let tmp = temp_sibling(path);
     let result = write(&tmp).and_then(|_| {
         std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
@@ -28,7 +28,7 @@ pub fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -
 }
 
 /// Writes bytes atomically.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic_with(path, |tmp| {
         let mut f = std::fs::File::create(tmp).map_err(|e| Error::file(tmp, format!("cannot create: {e}")))?;
         f.write_all(bytes).map_err(|e| Error::file(path, format!("cannot write: {e}")))
@@ -48,7 +48,7 @@ pub fn create_dir(path: &Path) -> Result<()> {
 }
 
 /// Removes temporary files that a killed writer left in `dir` (any process's).
-pub fn remove_stale_temps(dir: &Path) {
+pub(crate) fn remove_stale_temps(dir: &Path) {
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let n = e.file_name().to_string_lossy().into_owned();
         if n.starts_with('.') && n.contains(".tmp.") {
@@ -65,7 +65,7 @@ pub struct RunLock {
 }
 
 /// Locks `dir` for writing, or says which process holds it.
-pub fn lock_run(dir: &Path) -> Result<RunLock> {
+pub(crate) fn lock_run(dir: &Path) -> Result<RunLock> {
     use std::io::{Read, Seek, Write};
     let p = dir.join(".lock");
     let mut f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&p).map_err(|e| Error::io(&p, e))?;

@@ -7,24 +7,16 @@
 
 pub mod cli;
 pub mod config;
-pub mod cv;
 pub mod data;
 pub mod error;
 pub mod eval;
-pub mod explain;
 pub mod faces;
 pub mod fsutil;
-pub mod lrfind;
 pub mod model;
-pub mod optim;
-pub mod plot;
-pub mod predict;
-pub mod report;
 pub mod run;
 pub mod session;
 pub mod speed;
 pub mod subject;
 pub mod train;
-pub mod weights;
 
 pub use error::{Error, Result};

@@ -13,14 +13,14 @@ use crate::config::RunConfig;
 use crate::error::{Error, Result, Setting};
 use crate::eval::{self, Metrics};
 use crate::fsutil;
+use crate::model::weights;
 use crate::model::Vgg16;
 use crate::session::{model_config, raw_head, Prepared, Session};
 use crate::train::{self, EpochRow, Reporter, Trainer};
-use crate::weights;
 
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub(crate) const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The libtorch version tch 0.26 is built against (checked by torch-sys at build time).
-pub const LIBTORCH_VERSION: &str = "2.13.0";
+pub(crate) const LIBTORCH_VERSION: &str = "2.13.0";
 /// Marks a run folder whose outputs are all written.
 pub const COMPLETE: &str = "COMPLETE";
 
@@ -173,7 +173,7 @@ fn execute(session: &Session, dir: &Path, reporter: &mut dyn Reporter, stop: Opt
         other => other,
     })?;
     write_history(&dir.join("history.csv"), &outcome.history)?;
-    crate::plot::learning_curves(&dir.join("learning_curves.png"), &outcome.history, Some(outcome.best_epoch))?;
+    crate::eval::plot::learning_curves(&dir.join("learning_curves.png"), &outcome.history, Some(outcome.best_epoch))?;
     weights::save_atomic(&model.named_tensors(), &dir.join("model.safetensors"))?;
     let (val, val_single) = validate(session, &trainer, &model);
     finish(session, dir, &outcome, &val, &val_single, reporter)?;

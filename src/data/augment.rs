@@ -35,11 +35,11 @@ impl Augment {
         }
     }
 
-    pub fn is_identity(&self) -> bool {
+    pub(crate) fn is_identity(&self) -> bool {
         !self.flip && self.rotate == 0.0 && self.zoom == 0.0 && self.translate == 0.0 && self.brightness == 0.0 && self.contrast == 0.0
     }
 
-    pub fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         let ok = (0.0..=180.0).contains(&self.rotate)
             && (0.0..0.9).contains(&self.zoom)
             && (0.0..=0.5).contains(&self.translate)
@@ -64,7 +64,7 @@ impl Augment {
 
     /// One random view of each image, image i drawn from its own `seeds[i]`
     /// (so a view depends on the image, not on the batch it is in).
-    pub fn apply_seeded(&self, gray: &Tensor, seeds: &[u64]) -> Tensor {
+    pub(crate) fn apply_seeded(&self, gray: &Tensor, seeds: &[u64]) -> Tensor {
         if self.is_identity() {
             return gray.shallow_clone();
         }

@@ -56,10 +56,10 @@ impl FaceBox {
 /// Side of the square crop relative to the detector's box: SeetaFace's box
 /// spans roughly brows to mouth; 1.5× with the centre moved down by 10 % of
 /// the box holds brows to chin on the London faces (see `vggft faces`).
-pub const MARGIN: f64 = 1.5;
-pub const SHIFT_DOWN: f64 = 0.10;
+pub(crate) const MARGIN: f64 = 1.5;
+pub(crate) const SHIFT_DOWN: f64 = 0.10;
 /// Centred fallback: a square of this fraction of the shorter side.
-pub const FALLBACK: f64 = 0.8;
+pub(crate) const FALLBACK: f64 = 0.8;
 
 /// A detector, one per thread (rustface's is not shareable).
 pub struct FaceFinder {
@@ -106,17 +106,17 @@ pub fn fallback(g: &Gray) -> FaceBox {
 }
 
 /// The face box for `mode` (`None` mode: no box).
-pub fn locate(finder: &mut Option<FaceFinder>, g: &Gray, mode: &FaceMode) -> std::result::Result<Option<FaceBox>, String> {
+pub fn locate(finder: &mut Option<FaceFinder>, g: &Gray, mode: &FaceMode) -> Result<Option<FaceBox>> {
     match mode {
         FaceMode::None => Ok(None),
         FaceMode::Fixed { x, y, w, h } => Ok(Some(FaceBox { x: *x, y: *y, w: *w, h: *h, score: None })),
         FaceMode::Auto { required } => {
             if finder.is_none() {
-                *finder = Some(FaceFinder::new().map_err(|e| e.to_string())?);
+                *finder = Some(FaceFinder::new()?);
             }
             let found = match finder.as_mut().and_then(|f| f.detect(g)) {
                 Some(b) => b,
-                None if *required => return Err("no face found (--face-required)".into()),
+                None if *required => return Err(Error::Picture("no face found (--face-required)".into())),
                 None => fallback(g),
             };
             // Boxes are reported in source pixels (a shrunk picture has scale > 1).

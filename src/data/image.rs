@@ -17,13 +17,13 @@ use crate::error::{Error, Result, Setting};
 pub const MAX_SIDE: u32 = 16384;
 /// Largest accepted decoded size in bytes; also the budget shared by all
 /// threads that decode at once (see [`DecodeBudget`]).
-pub const MAX_ALLOC: u64 = 1 << 30;
+pub(crate) const MAX_ALLOC: u64 = 1 << 30;
 /// Smallest accepted width or height: smaller images carry no face.
-pub const MIN_SIDE: u32 = 8;
+pub(crate) const MIN_SIDE: u32 = 8;
 /// Largest side kept after decoding: larger pictures are box-averaged down
 /// by a whole factor while they are converted to gray, so no full-size
 /// float copy exists (the network sees at most a few hundred pixels).
-pub const WORK_SIDE: u32 = 4096;
+pub(crate) const WORK_SIDE: u32 = 4096;
 
 /// A gray picture, row-major, values in [0, 1].
 #[derive(Clone, Debug, PartialEq)]
@@ -51,11 +51,15 @@ pub fn load_gray(path: &Path) -> Result<Gray> {
         return Err(Error::image(path, format!("the file is {} MiB, larger than the {} MiB limit", meta.len() >> 20, MAX_ALLOC >> 20)));
     }
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    decode_gray(&bytes).map_err(|problem| Error::image(path, problem))
+    decode_gray(&bytes).map_err(|e| e.at(path))
 }
 
-/// Decodes bytes into gray; the error is the problem alone (no file name).
-pub fn decode_gray(bytes: &[u8]) -> std::result::Result<Gray, String> {
+/// Decodes bytes into gray; the error is a `Picture` problem (no file name).
+pub fn decode_gray(bytes: &[u8]) -> Result<Gray> {
+    decode(bytes).map_err(Error::Picture)
+}
+
+fn decode(bytes: &[u8]) -> std::result::Result<Gray, String> {
     if bytes.is_empty() {
         return Err("the file is empty (0 bytes)".into());
     }
@@ -270,7 +274,7 @@ impl Crop {
 
 /// Crops (then centre-crops to a square so faces keep their aspect) and
 /// resizes to `size`×`size` with a triangle (bilinear) filter.
-pub fn prepare(img: &Gray, crop: &Crop, size: u32) -> std::result::Result<Vec<f32>, String> {
+pub fn prepare(img: &Gray, crop: &Crop, size: u32) -> Result<Vec<f32>> {
     let (mut x0, mut y0, mut w, mut h) = (0u32, 0u32, img.width, img.height);
     match *crop {
         Crop::None => {}
@@ -278,7 +282,7 @@ pub fn prepare(img: &Gray, crop: &Crop, size: u32) -> std::result::Result<Vec<f3
             let k = img.scale.max(1);
             let (sw, sh) = (img.width.saturating_mul(k), img.height.saturating_mul(k));
             if x.saturating_add(bw) > sw || y.saturating_add(bh) > sh {
-                return Err(format!("crop box {x},{y},{bw},{bh} does not fit the {sw}×{sh} image"));
+                return Err(Error::Picture(format!("crop box {x},{y},{bw},{bh} does not fit the {sw}×{sh} image")));
             }
             // Source pixels → stored pixels (a no-op unless the picture was shrunk).
             let (sx, sy) = (x / k, y / k);
@@ -293,7 +297,7 @@ pub fn prepare(img: &Gray, crop: &Crop, size: u32) -> std::result::Result<Vec<f3
     x0 += (w - side) / 2;
     y0 += (h - side) / 2;
     let buf: ImageBuffer<Luma<f32>, Vec<f32>> =
-        ImageBuffer::from_raw(img.width, img.height, img.pixels.clone()).ok_or("pixel buffer does not match the image size")?;
+        ImageBuffer::from_raw(img.width, img.height, img.pixels.clone()).ok_or_else(|| Error::internal("pixel buffer does not match the image size"))?;
     let cut = imageops::crop_imm(&buf, x0, y0, side, side).to_image();
     let out = if side == size { cut } else { imageops::resize(&cut, size, size, imageops::FilterType::Triangle) };
     Ok(out.into_raw())

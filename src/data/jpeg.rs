@@ -21,7 +21,7 @@ struct Frame {
 
 /// `Ok` when the marker structure of `bytes` (starting with SOI) is complete;
 /// otherwise the problem in words.
-pub fn check_complete(bytes: &[u8]) -> Result<(), String> {
+pub(crate) fn check_complete(bytes: &[u8]) -> Result<(), String> {
     const TRUNCATED: &str = "truncated JPEG: the data ends before the end-of-image marker";
     if !bytes.starts_with(&[0xFF, 0xD8]) {
         return Err("not a JPEG (no start-of-image marker)".into());

@@ -19,11 +19,11 @@ use image::Crop;
 use scan::Sample;
 
 /// ImageNet channel statistics (RGB), which torchvision's weights expect.
-pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
-pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+pub(crate) const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub(crate) const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 /// Network input sides `--image-size` accepts.
-pub const IMAGE_SIZES: std::ops::RangeInclusive<u32> = 32..=1024;
+pub(crate) const IMAGE_SIZES: std::ops::RangeInclusive<u32> = 32..=1024;
 
 /// How a file becomes network input.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -44,7 +44,7 @@ impl Preprocess {
 
     /// The rules of `--image-size`, `--crop` and `--face`, for a loaded
     /// `config.json` too; mean and std must be finite, std positive.
-    pub fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         if !IMAGE_SIZES.contains(&self.image_size) {
             return Err(Error::invalid(Setting::ImageSize, format!("must be {} to {}, got {}", IMAGE_SIZES.start(), IMAGE_SIZES.end(), self.image_size)));
         }
@@ -84,18 +84,14 @@ pub struct Loaded {
 }
 
 /// Decoded gray → the network's pixels: face box (or `crop`), square, resize.
-pub fn prepare_image(
-    g: &image::Gray,
-    pre: &Preprocess,
-    finder: &mut Option<face::FaceFinder>,
-) -> std::result::Result<(Vec<f32>, Option<face::FaceBox>), String> {
+pub fn prepare_image(g: &image::Gray, pre: &Preprocess, finder: &mut Option<face::FaceFinder>) -> Result<(Vec<f32>, Option<face::FaceBox>)> {
     let b = face::locate(finder, g, &pre.face)?;
     let crop = b.as_ref().map(face::FaceBox::crop).unwrap_or_else(|| pre.crop.clone());
     Ok((image::prepare(g, &crop, pre.image_size)?, b))
 }
 
 /// Decodes and prepares images in parallel (one thread per core).
-pub fn load_images(samples: &[Sample], pre: &Preprocess, skip_bad: bool) -> Result<Loaded> {
+pub(crate) fn load_images(samples: &[Sample], pre: &Preprocess, skip_bad: bool) -> Result<Loaded> {
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8);
     let size = pre.image_size as usize;
     let chunk = samples.len().div_ceil(threads).max(1);
@@ -109,7 +105,7 @@ pub fn load_images(samples: &[Sample], pre: &Preprocess, skip_bad: bool) -> Resu
                     part.iter()
                         .map(|s| {
                             let g = image::load_gray(&s.path)?;
-                            prepare_image(&g, pre, &mut finder).map_err(|p| Error::image(&s.path, p))
+                            prepare_image(&g, pre, &mut finder).map_err(|e| e.at(&s.path))
                         })
                         .collect::<Vec<_>>()
                 })
@@ -140,7 +136,7 @@ pub fn load_images(samples: &[Sample], pre: &Preprocess, skip_bad: bool) -> Resu
 }
 
 /// Stacks selected rows of a tensor onto a device.
-pub fn select(t: &Tensor, idx: &[usize], device: Device) -> Tensor {
+pub(crate) fn select(t: &Tensor, idx: &[usize], device: Device) -> Tensor {
     let i = Tensor::from_slice(&idx.iter().map(|&i| i as i64).collect::<Vec<_>>());
     let rows = t.index_select(0, &i);
     match device {

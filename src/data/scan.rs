@@ -9,10 +9,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-pub const IMAGE_EXTENSIONS: [&str; 7] = ["tif", "tiff", "png", "jpg", "jpeg", "bmp", "pgm"];
+pub(crate) const IMAGE_EXTENSIONS: [&str; 7] = ["tif", "tiff", "png", "jpg", "jpeg", "bmp", "pgm"];
 
 /// JAFFE expression codes and their names.
-pub const JAFFE_CODES: [(&str, &str); 7] =
+pub(crate) const JAFFE_CODES: [(&str, &str); 7] =
     [("AN", "angry"), ("DI", "disgust"), ("FE", "fear"), ("HA", "happy"), ("NE", "neutral"), ("SA", "sad"), ("SU", "surprise")];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -42,7 +42,7 @@ pub struct Dataset {
     pub outside_paths: Vec<PathBuf>,
 }
 
-pub fn is_image(path: &Path) -> bool {
+pub(crate) fn is_image(path: &Path) -> bool {
     path.extension().and_then(|e| e.to_str()).is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 

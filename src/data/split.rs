@@ -21,7 +21,7 @@ pub enum Task {
     Multiclass,
 }
 
-pub const BINARY_CLASSES: [&str; 2] = ["neutral", "expressive"];
+pub(crate) const BINARY_CLASSES: [&str; 2] = ["neutral", "expressive"];
 
 /// Which labels the head is trained on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -69,7 +69,7 @@ impl Labels {
 }
 
 /// Parses `raw=class,raw2=class2`.
-pub fn parse_label_map(s: &str) -> Result<Vec<(String, String)>> {
+pub(crate) fn parse_label_map(s: &str) -> Result<Vec<(String, String)>> {
     s.split(',')
         .filter(|p| !p.trim().is_empty())
         .map(|p| {
@@ -240,7 +240,7 @@ pub fn holdout(ds: &Dataset, labels: &Labels, spec: &ValSpec, seed: u64) -> Resu
 }
 
 /// Every class must be on both sides, or the split is useless.
-pub fn check_sides(ds: &Dataset, labels: &Labels, split: &Split) -> Result<()> {
+pub(crate) fn check_sides(ds: &Dataset, labels: &Labels, split: &Split) -> Result<()> {
     for (side, idx) in [("training", &split.train), ("validation", &split.val)] {
         for (c, name) in labels.classes.iter().enumerate() {
             if !idx.iter().any(|&i| labels.targets[i] == c as i64) {
@@ -259,7 +259,7 @@ pub fn check_sides(ds: &Dataset, labels: &Labels, split: &Split) -> Result<()> {
 
 /// Subjects grouped by the multiset of classes they have, sorted, so that
 /// taking the same fraction of each group stratifies the split.
-pub fn subject_groups(ds: &Dataset, labels: &Labels) -> BTreeMap<Vec<i64>, Vec<String>> {
+pub(crate) fn subject_groups(ds: &Dataset, labels: &Labels) -> BTreeMap<Vec<i64>, Vec<String>> {
     let mut per_subject: BTreeMap<String, Vec<i64>> = BTreeMap::new();
     for (s, &t) in ds.samples.iter().zip(&labels.targets) {
         per_subject.entry(s.subject.clone().unwrap_or_default()).or_default().push(t);

@@ -9,9 +9,10 @@ use tch::Tensor;
 
 use super::ResumeState;
 use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::model::weights;
 use crate::model::Vgg16;
-use crate::optim::Optimizer;
-use crate::{fsutil, weights};
+use crate::train::optim::Optimizer;
 
 pub const STATE: &str = "checkpoint.json";
 
@@ -19,7 +20,7 @@ pub const STATE: &str = "checkpoint.json";
 /// then the state that names that file, each atomically: a kill at any moment
 /// leaves the previous state and its tensor file intact. Older tensor files
 /// are removed only after the new state is in place.
-pub fn save_checkpoint(dir: &Path, model: &Vgg16, opt: &Optimizer, best: Option<&[(String, Tensor)]>, st: &mut ResumeState) -> Result<()> {
+pub(crate) fn save_checkpoint(dir: &Path, model: &Vgg16, opt: &Optimizer, best: Option<&[(String, Tensor)]>, st: &mut ResumeState) -> Result<()> {
     let mut all: Vec<(String, Tensor)> = model.named_tensors().into_iter().map(|(n, t)| (format!("model.{n}"), t)).collect();
     all.extend(opt.state_tensors());
     if let Some(b) = best {
@@ -34,7 +35,7 @@ pub fn save_checkpoint(dir: &Path, model: &Vgg16, opt: &Optimizer, best: Option<
 }
 
 /// Removes checkpoint tensor files other than `keep`.
-pub fn remove_checkpoints(dir: &Path, keep: Option<&str>) {
+pub(crate) fn remove_checkpoints(dir: &Path, keep: Option<&str>) {
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let n = e.file_name().to_string_lossy().into_owned();
         if n.starts_with("checkpoint-e") && n.ends_with(".safetensors") && Some(n.as_str()) != keep {

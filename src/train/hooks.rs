@@ -14,7 +14,7 @@ use super::checkpoint::{load_checkpoint, save_checkpoint};
 use super::{EpochRow, Reporter, ResumeState};
 use crate::error::{Error, Result};
 use crate::model::Vgg16;
-use crate::optim::Optimizer;
+use crate::train::optim::Optimizer;
 
 /// Deep copies of a model's tensors (the best epoch's weights).
 pub type Snapshot = Vec<(String, Tensor)>;
@@ -108,7 +108,7 @@ impl Hook for Progress {
 pub struct DivergenceGuard;
 
 impl DivergenceGuard {
-    pub const FACTOR: f64 = 25.0;
+    pub(crate) const FACTOR: f64 = 25.0;
 }
 
 impl Hook for DivergenceGuard {

@@ -10,6 +10,8 @@
 
 pub mod checkpoint;
 pub mod hooks;
+pub mod lrfind;
+pub mod optim;
 pub mod source;
 
 use std::path::PathBuf;
@@ -21,7 +23,8 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Reduction, Tensor};
 
-pub use checkpoint::{load_state, remove_checkpoints, save_checkpoint, STATE};
+pub(crate) use checkpoint::remove_checkpoints;
+pub use checkpoint::{load_state, STATE};
 pub use hooks::{BatchEnd, Ctx, Hook};
 pub use source::{build_cache, cache_plan, derive_cache, Cache};
 
@@ -30,8 +33,8 @@ use crate::data::Preprocess;
 use crate::error::{Error, Result, Setting};
 use crate::eval;
 use crate::model::{Block, Vgg16};
-use crate::optim::{Group, Optimizer};
 use crate::subject::SubjectNorm;
+use crate::train::optim::{Group, Optimizer};
 use hooks::{BestWeights, Checkpointer, DivergenceGuard, EarlyStopping, Interrupt, Progress};
 use source::Sources;
 
@@ -232,10 +235,10 @@ impl Trainer<'_> {
     /// head on features standardised with each person's statistics over that
     /// person's rows in `idx` (transductive), and the single-image head on the raw features.
     /// A person with fewer than `subject::PERSON_MIN` rows gets the single-image head in both.
-    pub fn subject_logits(&self, model: &Vgg16, cache: Option<&Cache>, idx: &[usize]) -> (Tensor, Tensor) {
+    pub(crate) fn subject_logits(&self, model: &Vgg16, cache: Option<&Cache>, idx: &[usize]) -> (Tensor, Tensor) {
         let f = self.pooled(model, cache, idx);
         let keys: Vec<Option<usize>> = idx.iter().map(|&i| Some(self.data.groups[i])).collect();
-        let (person, _) = crate::predict::person_or_single(model, &f, None, &keys);
+        let (person, _) = crate::eval::predict::person_or_single(model, &f, None, &keys);
         let single = tch::no_grad(|| model.classify_global(&f, false).unwrap_or_else(|| model.classify(&f, false)));
         (person.log().to_kind(Kind::Float), single)
     }
@@ -263,7 +266,7 @@ impl Trainer<'_> {
     }
 
     /// Logits for the validation rows.
-    pub fn val_logits(&self, model: &Vgg16, cache: Option<&Cache>) -> Tensor {
+    pub(crate) fn val_logits(&self, model: &Vgg16, cache: Option<&Cache>) -> Tensor {
         self.logits(model, cache, &self.data.val)
     }
 

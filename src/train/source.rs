@@ -44,7 +44,7 @@ impl Cache {
     }
 
     /// Whether it holds augmented views of every `train` and clean rows of every `eval` image.
-    pub fn covers(&self, train: &[usize], eval: &[usize]) -> bool {
+    pub(crate) fn covers(&self, train: &[usize], eval: &[usize]) -> bool {
         train.iter().all(|&i| self.aug_row.get(i).is_some_and(Option::is_some)) && eval.iter().all(|&i| self.clean_row.get(i).is_some_and(Option::is_some))
     }
 

@@ -49,7 +49,7 @@ pub fn torchvision_like(path: &Path, bn: bool, seed: i64) -> Vec<(String, Tensor
             named.push((format!("features.{}.num_batches_tracked", i + 1), Tensor::from_slice(&[100i64])));
         }
     }
-    vggft::weights::save_atomic(&named, path).unwrap();
+    vggft::model::weights::save_atomic(&named, path).unwrap();
     named
 }
 
@@ -59,7 +59,7 @@ pub fn trunk_only(path: &Path, seed: i64) {
     tch::manual_seed(seed);
     let m = Vgg16::new(&small_cfg(BnMode::Drop, HeadKind::Linear, 2), Device::Cpu).unwrap();
     let named: Vec<(String, Tensor)> = m.named_tensors().into_iter().filter(|(n, _)| n.starts_with("features.")).collect();
-    vggft::weights::save_atomic(&named, path).unwrap();
+    vggft::model::weights::save_atomic(&named, path).unwrap();
 }
 
 pub fn tmp() -> tempfile::TempDir {

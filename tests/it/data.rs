@@ -112,7 +112,7 @@ fn crop_and_resize() {
     let g = decode_gray(&tiff(40, 20, 8, &ramp(40, 20), None, false)).unwrap();
     assert_eq!(prepare(&g, &Crop::None, 16).unwrap().len(), 256, "non-square → centre square → 16²");
     assert_eq!(prepare(&g, &Crop::Box { x: 0, y: 0, w: 10, h: 10 }, 10).unwrap()[3], 3.0 / 255.0);
-    assert!(prepare(&g, &Crop::Box { x: 35, y: 0, w: 10, h: 10 }, 10).unwrap_err().contains("does not fit"));
+    assert!(prepare(&g, &Crop::Box { x: 35, y: 0, w: 10, h: 10 }, 10).unwrap_err().to_string().contains("does not fit"));
     assert_eq!(Crop::parse("10,20,30,40").unwrap(), Crop::Box { x: 10, y: 20, w: 30, h: 40 });
     assert_eq!(Crop::parse("center:0.8").unwrap(), Crop::Center { fraction: 0.8 });
     assert!(Crop::parse("1.5").is_err() && Crop::parse("1,2,3").is_err());

@@ -34,10 +34,10 @@ fn mean_quadrants(dir: &Path, size: usize) -> [f64; 4] {
     let mut n = 0.0;
     for e in std::fs::read_dir(dir).unwrap().flatten() {
         if e.path().extension().is_some_and(|x| x == "safetensors") {
-            let t = vggft::weights::read_tensors(&e.path()).unwrap();
+            let t = vggft::model::weights::read_tensors(&e.path()).unwrap();
             let heat = t.iter().find(|(k, _)| k == "heat").unwrap().1.shallow_clone();
             let v = Vec::<f32>::try_from(heat.view([-1])).unwrap();
-            let q = vggft::explain::quadrant_mass(&v, size);
+            let q = vggft::eval::explain::quadrant_mass(&v, size);
             (0..4).for_each(|i| sum[i] += q[i]);
             n += 1.0;
         }

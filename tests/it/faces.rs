@@ -49,7 +49,7 @@ fn blank_and_non_face_images_fall_back_or_fail_when_required() {
         let b = locate(&mut None, &g, &FaceMode::Auto { required: false }).unwrap().unwrap();
         assert_eq!(b, fallback(&g), "{}", p.display());
         assert_eq!((b.w, b.score), ((g.width.min(g.height) as f64 * 0.8).round() as u32, None), "80 % of the shorter side, centred");
-        let e = locate(&mut None, &g, &FaceMode::Auto { required: true }).unwrap_err();
+        let e = locate(&mut None, &g, &FaceMode::Auto { required: true }).unwrap_err().to_string();
         assert!(e.contains("no face found"), "{e}");
     }
     assert_eq!(FaceMode::parse("crop:10,20,30,40", false).unwrap(), FaceMode::Fixed { x: 10, y: 20, w: 30, h: 40 });

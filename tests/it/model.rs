@@ -2,9 +2,9 @@
 //! BN modes (fold, recalibration), parameter groups.
 
 use tch::{Device, Kind, Tensor};
+use vggft::model::weights::{self, FileArch};
 use vggft::model::{Block, BnMode, HeadKind, Precision, Vgg16};
-use vggft::optim::{Group, OptimKind, Optimizer};
-use vggft::weights::{self, FileArch};
+use vggft::train::optim::{Group, OptimKind, Optimizer};
 
 use crate::common::*;
 

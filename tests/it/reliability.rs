@@ -353,13 +353,13 @@ fn pgm_images_a_folder_named_latest_integer_weights_and_simultaneous_runs() {
 
     // An integer tensor in model.safetensors is refused, not cast.
     let model = d.path().join("runs/p/model.safetensors");
-    let mut tensors = vggft::weights::read_tensors(&model).unwrap();
+    let mut tensors = vggft::model::weights::read_tensors(&model).unwrap();
     for (n, t) in tensors.iter_mut() {
         if n == "head.fc.bias" {
             *t = t.to_kind(tch::Kind::Int64);
         }
     }
-    vggft::weights::save_atomic(&tensors, &model).unwrap();
+    vggft::model::weights::save_atomic(&tensors, &model).unwrap();
     let (code, _, err) = run(&["predict", "--model", "runs/p", "--device", "cpu", f.join("a/00.png").to_str().unwrap()], d.path());
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("head.fc.bias") && err.contains("Int64") && err.contains("floating point"), "{err}");

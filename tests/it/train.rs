@@ -12,8 +12,8 @@ use vggft::data::scan::DataFormat;
 use vggft::data::split::{Task, TrainLabels, ValSpec};
 use vggft::data::Preprocess;
 use vggft::model::{Block, BnMode, HeadKind, Vgg16};
-use vggft::optim::{OptimKind, Schedule};
 use vggft::session::{prepare, Prepared};
+use vggft::train::optim::{OptimKind, Schedule};
 use vggft::train::{Collect, EpochRow, Reporter, Trainer};
 
 use crate::common::*;

@@ -16,7 +16,7 @@ use crate::model::{Block, Vgg16};
 pub struct Prediction {
     pub path: PathBuf,
     /// Task-class probabilities.
-    pub probs: std::result::Result<Vec<f64>, String>,
+    pub probs: crate::error::Result<Vec<f64>>,
     /// Raw-label probabilities, when the head was trained on raw labels (else empty).
     pub raw: Vec<f64>,
     /// Which head of a subject-normalised model answered (`None` for other models).
@@ -130,16 +130,12 @@ pub fn expand_inputs(inputs: &[PathBuf], recursive: bool) -> Vec<PathBuf> {
 }
 
 /// Decodes and prepares one input as the run's preprocessing says (gray S×S).
-pub fn prepare_one(path: &Path, cfg: &RunConfig, finder: &mut Option<crate::data::face::FaceFinder>) -> std::result::Result<Vec<f32>, String> {
+pub fn prepare_one(path: &Path, cfg: &RunConfig, finder: &mut Option<crate::data::face::FaceFinder>) -> crate::error::Result<Vec<f32>> {
     if path.is_dir() {
-        return Err("folder holds no images".into());
+        return Err(Error::file(path, "folder holds no images"));
     }
-    let g = image::load_gray(path).map_err(|e| match e {
-        Error::Image { problem, .. } => problem,
-        Error::Io { reason, .. } => format!("cannot read: {reason}"),
-        other => other.to_string(),
-    })?;
-    crate::data::prepare_image(&g, &cfg.data.preprocess, finder).map(|(px, _)| px)
+    let g = image::load_gray(path)?;
+    crate::data::prepare_image(&g, &cfg.data.preprocess, finder).map(|(px, _)| px).map_err(|e| e.at(path))
 }
 
 /// Predicts every path, in batches of `batch`. A subject-normalised model
@@ -168,7 +164,7 @@ pub fn predict(
         if show && !out.is_empty() {
             reporter.progress("predicting", "image(s)", out.len(), paths.len());
         }
-        let prepared: Vec<(PathBuf, std::result::Result<Vec<f32>, String>)> = chunk.iter().map(|p| (p.clone(), prepare_one(p, cfg, &mut finder))).collect();
+        let prepared: Vec<(PathBuf, crate::error::Result<Vec<f32>>)> = chunk.iter().map(|p| (p.clone(), prepare_one(p, cfg, &mut finder))).collect();
         let ok: Vec<&Vec<f32>> = prepared.iter().filter_map(|(_, r)| r.as_ref().ok()).collect();
         let mut probs = Vec::new().into_iter();
         if !ok.is_empty() {
@@ -230,7 +226,7 @@ fn split_raw(cfg: &RunConfig, head: &Tensor) -> Vec<(Vec<f64>, Vec<f64>)> {
 /// Head probabilities (float64) from pooled features `f` (and their flipped
 /// twins, averaged in): person-normalised for subjects with enough rows, the
 /// single-image head for the rest.
-pub fn person_or_single<T: PartialEq + Clone>(model: &Vgg16, f: &Tensor, flipped: Option<&Tensor>, subjects: &[Option<T>]) -> (Tensor, Vec<Mode>) {
+pub(crate) fn person_or_single<T: PartialEq + Clone>(model: &Vgg16, f: &Tensor, flipped: Option<&Tensor>, subjects: &[Option<T>]) -> (Tensor, Vec<Mode>) {
     let groups = crate::subject::groups(subjects);
     let mut count = vec![0usize; groups.iter().max().map_or(0, |m| m + 1)];
     for &g in &groups {

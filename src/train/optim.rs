@@ -37,7 +37,7 @@ pub enum Schedule {
 
 impl Schedule {
     /// Multiplier of the base rate at `step` of `total` (warm-up: first `warmup` steps).
-    pub fn factor(self, step: usize, total: usize, warmup: usize) -> f64 {
+    pub(crate) fn factor(self, step: usize, total: usize, warmup: usize) -> f64 {
         let total = total.max(1);
         let t = step as f64 / total as f64;
         if self == Schedule::Onecycle {
@@ -119,54 +119,13 @@ impl Optimizer {
                     if !grad.defined() {
                         continue;
                     }
-                    let mut p = p.shallow_clone();
+                    let p = p.shallow_clone();
+                    let state = &mut self.state;
                     match self.kind {
-                        OptimKind::Sgd => {
-                            // In place and fused (addcmul with a scalar tensor): no temporaries the
-                            // size of the parameters, which cost more than the arithmetic on a CPU.
-                            let mut d = grad.shallow_clone();
-                            if wd != 0.0 {
-                                let _ = d.addcmul_(&p, &Tensor::from(wd as f32));
-                            }
-                            let d = if self.momentum != 0.0 {
-                                match self.state.get_mut(&format!("{name}.momentum")) {
-                                    Some(buf) => {
-                                        let _ = buf.g_mul_scalar_(self.momentum).g_add_(&d);
-                                        buf.shallow_clone()
-                                    }
-                                    None => {
-                                        let buf = d.copy();
-                                        self.state.insert(format!("{name}.momentum"), buf.shallow_clone());
-                                        buf
-                                    }
-                                }
-                            } else {
-                                d
-                            };
-                            let _ = p.addcmul_(&d, &Tensor::from(-lr as f32));
-                        }
-                        OptimKind::Adam | OptimKind::Adamw => {
-                            let d = if self.kind == OptimKind::Adam && wd != 0.0 { &grad + &p * wd } else { grad.shallow_clone() };
-                            if self.kind == OptimKind::Adamw && wd != 0.0 {
-                                let _ = p.g_mul_scalar_(1.0 - lr * wd);
-                            }
-                            let m = self.state.entry(format!("{name}.exp_avg")).or_insert_with(|| p.zeros_like());
-                            let _ = m.g_mul_scalar_(BETA1).g_add_(&(&d * (1.0 - BETA1)));
-                            let m = m.shallow_clone();
-                            let v = self.state.entry(format!("{name}.exp_avg_sq")).or_insert_with(|| p.zeros_like());
-                            let _ = v.g_mul_scalar_(BETA2).g_add_(&(d.square() * (1.0 - BETA2)));
-                            let bc1 = 1.0 - BETA1.powf(t);
-                            let bc2 = 1.0 - BETA2.powf(t);
-                            let denom = (v.shallow_clone() / bc2).sqrt() + ADAM_EPS;
-                            let _ = p.g_sub_(&(m / denom * (lr / bc1)));
-                        }
-                        OptimKind::Rmsprop => {
-                            let d = if wd != 0.0 { &grad + &p * wd } else { grad.shallow_clone() };
-                            let sq = self.state.entry(format!("{name}.square_avg")).or_insert_with(|| p.zeros_like());
-                            let _ = sq.g_mul_scalar_(RMS_ALPHA).g_add_(&(d.square() * (1.0 - RMS_ALPHA)));
-                            let denom = sq.sqrt() + ADAM_EPS;
-                            let _ = p.g_sub_(&(d / denom * lr));
-                        }
+                        OptimKind::Sgd => sgd(p, &grad, state, name, (lr, wd), self.momentum),
+                        OptimKind::Adam => adam(p, &grad, state, name, (lr, wd), t, false),
+                        OptimKind::Adamw => adam(p, &grad, state, name, (lr, wd), t, true),
+                        OptimKind::Rmsprop => rmsprop(p, &grad, state, name, (lr, wd)),
                     }
                 }
             }
@@ -174,7 +133,7 @@ impl Optimizer {
     }
 
     /// State tensors for a checkpoint (`optim.<param>.<buffer>`, plus the step count).
-    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+    pub(crate) fn state_tensors(&self) -> Vec<(String, Tensor)> {
         let mut v: Vec<(String, Tensor)> = self.state.iter().map(|(k, t)| (format!("optim.{k}"), t.shallow_clone())).collect();
         v.push(("optim.steps".into(), Tensor::from_slice(&[self.steps])));
         v
@@ -188,6 +147,60 @@ impl Optimizer {
             tensors.iter().filter_map(|(k, t)| k.strip_prefix("optim.").filter(|k| *k != "steps").map(|k| (k.to_string(), t.shallow_clone()))).collect();
         Ok(())
     }
+}
+
+/// One parameter's SGD step (PyTorch's rule: weight decay added to the
+/// gradient, then momentum). In place and fused (addcmul with a scalar
+/// tensor): no temporaries the size of the parameters, which cost more than
+/// the arithmetic on a CPU.
+fn sgd(mut p: Tensor, grad: &Tensor, state: &mut BTreeMap<String, Tensor>, name: &str, (lr, wd): (f64, f64), momentum: f64) {
+    let mut d = grad.shallow_clone();
+    if wd != 0.0 {
+        let _ = d.addcmul_(&p, &Tensor::from(wd as f32));
+    }
+    let d = if momentum != 0.0 {
+        match state.get_mut(&format!("{name}.momentum")) {
+            Some(buf) => {
+                let _ = buf.g_mul_scalar_(momentum).g_add_(&d);
+                buf.shallow_clone()
+            }
+            None => {
+                let buf = d.copy();
+                state.insert(format!("{name}.momentum"), buf.shallow_clone());
+                buf
+            }
+        }
+    } else {
+        d
+    };
+    let _ = p.addcmul_(&d, &Tensor::from(-lr as f32));
+}
+
+/// One parameter's Adam step; `decoupled` is AdamW (decay applied to the
+/// weights, not added to the gradient).
+fn adam(mut p: Tensor, grad: &Tensor, state: &mut BTreeMap<String, Tensor>, name: &str, (lr, wd): (f64, f64), t: f64, decoupled: bool) {
+    let d = if !decoupled && wd != 0.0 { grad + &p * wd } else { grad.shallow_clone() };
+    if decoupled && wd != 0.0 {
+        let _ = p.g_mul_scalar_(1.0 - lr * wd);
+    }
+    let m = state.entry(format!("{name}.exp_avg")).or_insert_with(|| p.zeros_like());
+    let _ = m.g_mul_scalar_(BETA1).g_add_(&(&d * (1.0 - BETA1)));
+    let m = m.shallow_clone();
+    let v = state.entry(format!("{name}.exp_avg_sq")).or_insert_with(|| p.zeros_like());
+    let _ = v.g_mul_scalar_(BETA2).g_add_(&(d.square() * (1.0 - BETA2)));
+    let bc1 = 1.0 - BETA1.powf(t);
+    let bc2 = 1.0 - BETA2.powf(t);
+    let denom = (v.shallow_clone() / bc2).sqrt() + ADAM_EPS;
+    let _ = p.g_sub_(&(m / denom * (lr / bc1)));
+}
+
+/// One parameter's RMSprop step (PyTorch's defaults: alpha 0.99, no momentum).
+fn rmsprop(mut p: Tensor, grad: &Tensor, state: &mut BTreeMap<String, Tensor>, name: &str, (lr, wd): (f64, f64)) {
+    let d = if wd != 0.0 { grad + &p * wd } else { grad.shallow_clone() };
+    let sq = state.entry(format!("{name}.square_avg")).or_insert_with(|| p.zeros_like());
+    let _ = sq.g_mul_scalar_(RMS_ALPHA).g_add_(&(d.square() * (1.0 - RMS_ALPHA)));
+    let denom = sq.sqrt() + ADAM_EPS;
+    let _ = p.g_sub_(&(d / denom * lr));
 }
 
 #[cfg(test)]

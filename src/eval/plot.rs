@@ -18,9 +18,9 @@ static FONT: Once = Once::new();
 const W: u32 = 900;
 const H: u32 = 560;
 
-pub fn register_font() {
+pub(crate) fn register_font() {
     FONT.call_once(|| {
-        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, include_bytes!("../assets/fonts/DejaVuSans.ttf"));
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, include_bytes!("../../assets/fonts/DejaVuSans.ttf"));
     });
 }
 
@@ -45,7 +45,7 @@ fn e<T: std::fmt::Display>(x: T) -> String {
 }
 
 /// Loss against learning rate (log axis), raw and smoothed, with the suggestion marked.
-pub fn lr_curve(path: &Path, points: &[(f64, f64, f64)], suggested: f64) -> Result<()> {
+pub(crate) fn lr_curve(path: &Path, points: &[(f64, f64, f64)], suggested: f64) -> Result<()> {
     let finite: Vec<&(f64, f64, f64)> = points.iter().filter(|p| p.2.is_finite() && p.1.is_finite()).collect();
     let lo = finite.iter().map(|p| p.2).fold(f64::INFINITY, f64::min);
     let first = finite.first().map(|p| p.2).unwrap_or(1.0);
@@ -279,7 +279,7 @@ pub fn roc(path: &Path, positive: &[bool], scores: &[f64], title: &str) -> Resul
 }
 
 /// Balanced accuracy of each fold, one column per seed, with the mean and the majority baseline.
-pub fn spread(path: &Path, folds: &[(u64, usize, f64)], baseline: f64) -> Result<()> {
+pub(crate) fn spread(path: &Path, folds: &[(u64, usize, f64)], baseline: f64) -> Result<()> {
     let seeds: Vec<u64> = folds.iter().map(|f| f.0).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
     let palette = [BLUE, RED, RGBColor(0, 140, 0), RGBColor(200, 120, 0), MAGENTA, CYAN];
     render(path, 760, 520, |root| {

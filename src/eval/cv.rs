@@ -17,11 +17,12 @@ use std::time::Instant;
 use crate::config::{RunConfig, Stage, TrainConfig};
 use crate::data::split::{self, ValSpec};
 use crate::error::{Error, Result, Setting};
+use crate::eval::plot;
 use crate::eval::{self, Metrics};
+use crate::fsutil;
 use crate::model::{Block, BnMode, Vgg16};
 use crate::session::Session;
 use crate::train::{self, Reporter, TrainData, Trainer};
-use crate::{fsutil, plot};
 use serde::{Deserialize, Serialize};
 
 /// Which folds.
@@ -99,7 +100,7 @@ pub struct FoldResult {
     pub seconds: f64,
     /// This fold's candidates for `--top-losses` (tiles relative to the cv folder).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub top: Vec<crate::explain::TopLoss>,
+    pub top: Vec<crate::eval::explain::TopLoss>,
 }
 
 /// Probabilities and metrics of one model (or head) on a fold's test images.
@@ -161,7 +162,7 @@ fn t975(df: usize) -> f64 {
 
 /// Mean ± std (sample) and the t-based 95 % interval of the mean, ignoring
 /// NaN; every metric here is a proportion, so the interval is clipped to [0, 1].
-pub fn stat(metric: &str, values: &[f64]) -> Stat {
+pub(crate) fn stat(metric: &str, values: &[f64]) -> Stat {
     let v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
     let n = v.len();
     let mean = v.iter().sum::<f64>() / n.max(1) as f64;
@@ -337,15 +338,15 @@ fn top_losses(
     test: &[usize],
     y: &[i64],
     probs: &[Vec<f64>],
-) -> Result<Vec<crate::explain::TopLoss>> {
+) -> Result<Vec<crate::eval::explain::TopLoss>> {
     let ds = &session.prepared.dataset;
     let rows = tch::Tensor::from_slice(&test.iter().map(|&i| i as i64).collect::<Vec<_>>());
     let gray = session.prepared.data.gray.index_select(0, &rows);
     let paths: Vec<String> = test.iter().map(|&i| ds.samples[i].path.display().to_string()).collect();
-    let picked = crate::explain::worst(y, probs, req.top_losses);
+    let picked = crate::eval::explain::worst(y, probs, req.top_losses);
     let tiles = req.out.join("folds").join("top");
     fsutil::create_dir(&tiles)?;
-    let mut top = crate::explain::loss_tiles(
+    let mut top = crate::eval::explain::loss_tiles(
         &session.config,
         model,
         &gray,
@@ -400,6 +401,15 @@ pub fn collect(dir: &Path, partial: bool) -> Result<Summary> {
     let cfg_path = dir.join("cv-config.json");
     let cfg: CvConfig = serde_json::from_str(&std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?)
         .map_err(|e| Error::file(&cfg_path, format!("is not a vggft cv config: {e}")))?;
+    let (results, missing) = read_results(dir, &cfg, partial)?;
+    let summary = summarise(&cfg, &results, &missing);
+    write_outputs(dir, &cfg, &summary, &results)?;
+    Ok(summary)
+}
+
+/// Every fold result of a cv folder, sorted, and the seed × fold results
+/// missing (refused unless `partial`).
+fn read_results(dir: &Path, cfg: &CvConfig, partial: bool) -> Result<(Vec<FoldResult>, Vec<String>)> {
     let fdir = dir.join("folds");
     let mut files: Vec<PathBuf> =
         std::fs::read_dir(&fdir).map_err(|e| Error::io(&fdir, e))?.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "json")).collect();
@@ -436,6 +446,11 @@ pub fn collect(dir: &Path, partial: bool) -> Result<Summary> {
             ),
         ));
     }
+    Ok((results, missing))
+}
+
+/// Mean ± std per metric over folds, pooled metrics, per-subject counts and the protocol line.
+fn summarise(cfg: &CvConfig, results: &[FoldResult], missing: &[String]) -> Summary {
     let classes = cfg.run.classes.clone();
     let stats_of = |ms: &[&Metrics]| {
         let get = |f: fn(&Metrics) -> f64| ms.iter().map(|m| f(m)).collect::<Vec<_>>();
@@ -459,11 +474,11 @@ pub fn collect(dir: &Path, partial: bool) -> Result<Summary> {
     let single = alt(|r| r.single.as_ref());
     let baseline = alt(|r| r.baseline.as_ref());
     let mut per_subject: BTreeMap<String, (usize, usize)> = BTreeMap::new();
-    for r in &results {
+    for r in results {
         for ((s, &t), p) in r.subjects.iter().zip(&r.y).zip(&r.probs) {
             let e = per_subject.entry(s.clone()).or_default();
             e.1 += 1;
-            if crate::predict::argmax(p) as i64 == t {
+            if crate::eval::predict::argmax(p) as i64 == t {
                 e.0 += 1;
             }
         }
@@ -479,8 +494,8 @@ pub fn collect(dir: &Path, partial: bool) -> Result<Summary> {
         cfg.seeds,
         results.len(),
         if single.is_some() { format!("; {}", crate::subject::TRANSDUCTIVE) } else { String::new() }
-    ) + &if missing.is_empty() { String::new() } else { format!("; PARTIAL (--partial): {} fold result(s) missing: {}", missing.len(), crate::error::short_list(&missing, 8)) };
-    let summary = Summary {
+    ) + &if missing.is_empty() { String::new() } else { format!("; PARTIAL (--partial): {} fold result(s) missing: {}", missing.len(), crate::error::short_list(missing, 8)) };
+    Summary {
         protocol,
         classes: classes.clone(),
         stats,
@@ -490,36 +505,42 @@ pub fn collect(dir: &Path, partial: bool) -> Result<Summary> {
         single,
         baseline,
         probe_epochs: cfg.baseline,
-    };
-    fsutil::write_json(&dir.join("cv.json"), &summary)?;
-    fsutil::write_atomic(&dir.join("cv.md"), markdown(&summary).as_bytes())?;
-    plot::confusion(&dir.join("confusion.png"), &summary.pooled.confusion, &classes, "pooled out-of-fold predictions")?;
+    }
+}
+
+/// `cv.json`, `cv.md` and the plots (and the top-loss sheet) of a summary.
+fn write_outputs(dir: &Path, cfg: &CvConfig, summary: &Summary, results: &[FoldResult]) -> Result<()> {
+    let classes = &summary.classes;
+    fsutil::write_json(&dir.join("cv.json"), summary)?;
+    fsutil::write_atomic(&dir.join("cv.md"), markdown(summary).as_bytes())?;
+    plot::confusion(&dir.join("confusion.png"), &summary.pooled.confusion, classes, "pooled out-of-fold predictions")?;
     if classes.len() == 2 {
+        let y: Vec<i64> = results.iter().flat_map(|r| r.y.clone()).collect();
+        let probs: Vec<Vec<f64>> = results.iter().flat_map(|r| r.probs.clone()).collect();
         let pos: Vec<bool> = y.iter().map(|&t| t == 1).collect();
         let scores: Vec<f64> = probs.iter().map(|p| p[1]).collect();
         plot::roc(&dir.join("roc.png"), &pos, &scores, &format!("pooled out-of-fold ROC, positive class `{}`", classes[1]))?;
     }
-    plot::subjects(&dir.join("subjects.png"), &subject_bacc(&results), &format!("per-subject balanced accuracy, pooled over {} seed(s)", cfg.seeds.len()))?;
+    plot::subjects(&dir.join("subjects.png"), &subject_bacc(results), &format!("per-subject balanced accuracy, pooled over {} seed(s)", cfg.seeds.len()))?;
     if cfg.top_losses > 0 {
-        let mut top: Vec<crate::explain::TopLoss> = results.iter().flat_map(|r| r.top.iter().cloned()).collect();
+        let mut top: Vec<crate::eval::explain::TopLoss> = results.iter().flat_map(|r| r.top.iter().cloned()).collect();
         top.sort_by(|a, b| b.loss.total_cmp(&a.loss));
         top.truncate(cfg.top_losses);
         top.iter_mut().for_each(|t| t.tile = dir.join(&t.tile));
-        crate::explain::write_top_losses(dir, &classes, &top)?;
+        crate::eval::explain::write_top_losses(dir, classes, &top)?;
     }
-    plot::spread(&dir.join("folds.png"), &results.iter().map(|r| (r.seed, r.fold, r.metrics.balanced_accuracy)).collect::<Vec<_>>(), summary.stats[3].mean)?;
-    Ok(summary)
+    plot::spread(&dir.join("folds.png"), &results.iter().map(|r| (r.seed, r.fold, r.metrics.balanced_accuracy)).collect::<Vec<_>>(), summary.stats[3].mean)
 }
 
 /// Each subject's balanced accuracy (mean recall over the classes that
 /// subject's test images have) and image count, worst first.
-pub fn subject_bacc(results: &[FoldResult]) -> Vec<(String, f64, usize)> {
+pub(crate) fn subject_bacc(results: &[FoldResult]) -> Vec<(String, f64, usize)> {
     let mut counts: BTreeMap<&str, BTreeMap<i64, (usize, usize)>> = BTreeMap::new();
     for r in results {
         for ((s, &t), p) in r.subjects.iter().zip(&r.y).zip(&r.probs) {
             let e = counts.entry(s.as_str()).or_default().entry(t).or_default();
             e.1 += 1;
-            e.0 += usize::from(crate::predict::argmax(p) as i64 == t);
+            e.0 += usize::from(crate::eval::predict::argmax(p) as i64 == t);
         }
     }
     let mut out: Vec<(String, f64, usize)> = counts

@@ -7,11 +7,12 @@ use std::path::PathBuf;
 use crate::config::Stage;
 use crate::data::augment::Augment;
 use crate::error::{Error, Result, Setting};
+use crate::eval::plot;
+use crate::fsutil;
 use crate::model::Block;
 use crate::session::Session;
 use crate::train::hooks::LrSweep;
 use crate::train::{batches, Ctx, Reporter, TrainData, Trainer};
-use crate::{fsutil, plot};
 
 pub struct Request {
     pub recipe: crate::config::Recipe,
@@ -33,7 +34,7 @@ pub struct Found {
 /// fastai's "valley": the longest decreasing run (subsequence) of the
 /// smoothed loss, and the point half-way (in steps) along it — robust to the
 /// noisy start of the sweep that fools a plain steepest-slope pick.
-pub fn suggest(points: &[(f64, f64, f64)]) -> (f64, String) {
+pub(crate) fn suggest(points: &[(f64, f64, f64)]) -> (f64, String) {
     let loss: Vec<f64> = points.iter().map(|p| p.2).collect();
     let n = loss.len();
     if n < 5 {

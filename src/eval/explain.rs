@@ -51,7 +51,7 @@ fn class_scores(logits: &Tensor, raw_to_task: &[usize], classes: usize) -> Tenso
 
 /// Grad-CAM of one prepared gray image (S×S) at `layer`'s output, for
 /// `class` (default: the predicted class).
-pub fn grad_cam(model: &Vgg16, cfg: &RunConfig, gray: &[f32], layer: Block, class: Option<usize>, device: Device) -> Result<Cam> {
+pub(crate) fn grad_cam(model: &Vgg16, cfg: &RunConfig, gray: &[f32], layer: Block, class: Option<usize>, device: Device) -> Result<Cam> {
     if layer == Block::Head {
         return Err(Error::invalid(Setting::Layer, "must be a conv block (conv1 … conv5)"));
     }
@@ -67,7 +67,7 @@ pub fn grad_cam(model: &Vgg16, cfg: &RunConfig, gray: &[f32], layer: Block, clas
         model.classify(&pooled, false)
     };
     let probs: Vec<f64> = Vec::<f64>::try_from(cfg.task_probs(&logits).detach().to_device(Device::Cpu).view([-1])).map_err(Error::Torch)?;
-    let class = class.unwrap_or_else(|| crate::predict::argmax(&probs));
+    let class = class.unwrap_or_else(|| crate::eval::predict::argmax(&probs));
     let score = class_scores(&logits, &cfg.raw_to_task, cfg.classes.len()).get(0).get(class as i64);
     let grad = Tensor::run_backward(&[&score], &[&map], false, false).pop().ok_or_else(|| Error::internal("no gradient reached the block"))?;
     let a = map.detach().to_kind(Kind::Float);
@@ -97,7 +97,7 @@ pub fn quadrant_mass(heat: &[f32], s: usize) -> [f64; 4] {
 
 /// The gray input with the heat laid over it in inferno, the overlay's
 /// opacity growing with the heat so cold regions still show the face.
-pub fn overlay(input: &[f32], heat: &[f32], s: u32) -> RgbImage {
+pub(crate) fn overlay(input: &[f32], heat: &[f32], s: u32) -> RgbImage {
     RgbImage::from_fn(s, s, |x, y| {
         let i = (y * s + x) as usize;
         let g = input[i].clamp(0.0, 1.0) * 255.0;
@@ -114,7 +114,7 @@ const MIN_TILE: u32 = 160;
 const LINE: u32 = 15;
 
 /// `img` enlarged to at least [`MIN_TILE`], with caption lines underneath.
-pub fn captioned(img: &RgbImage, lines: &[String]) -> Result<RgbImage> {
+pub(crate) fn captioned(img: &RgbImage, lines: &[String]) -> Result<RgbImage> {
     let img = if img.width() < MIN_TILE {
         imageops::resize(img, MIN_TILE, MIN_TILE * img.height() / img.width(), imageops::FilterType::Triangle)
     } else {
@@ -125,7 +125,7 @@ pub fn captioned(img: &RgbImage, lines: &[String]) -> Result<RgbImage> {
     imageops::overlay(&mut canvas, &img, 0, 0);
     let mut buf = canvas.into_raw();
     {
-        crate::plot::register_font();
+        crate::eval::plot::register_font();
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
         let font = ("sans-serif", 12).into_font();
         let max_chars = (w / 7) as usize;
@@ -154,7 +154,7 @@ pub fn sheet(tiles: &[RgbImage]) -> RgbImage {
 }
 
 /// Writes an image as PNG, atomically.
-pub fn save_png(path: &Path, img: &RgbImage) -> Result<()> {
+pub(crate) fn save_png(path: &Path, img: &RgbImage) -> Result<()> {
     let mut png = Vec::new();
     img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).map_err(|e| Error::file(path, format!("cannot encode PNG: {e}")))?;
     fsutil::write_atomic(path, &png)
@@ -176,7 +176,7 @@ pub struct ExplainRequest<'a> {
 /// One explained file, or why it could not be.
 pub struct Explained {
     pub path: PathBuf,
-    pub result: std::result::Result<(Cam, PathBuf), String>,
+    pub result: Result<(Cam, PathBuf)>,
 }
 
 /// Explains every path; writes a PNG per image, `sheet.png`, `explain.csv`
@@ -188,7 +188,7 @@ pub fn explain(cfg: &RunConfig, model: &Vgg16, req: &ExplainRequest, device: Dev
     let mut out = Vec::new();
     let mut tiles = Vec::new();
     for (i, p) in req.paths.iter().enumerate() {
-        let px = match crate::predict::prepare_one(p, cfg, &mut finder) {
+        let px = match crate::eval::predict::prepare_one(p, cfg, &mut finder) {
             Ok(px) => px,
             Err(e) => {
                 out.push(Explained { path: p.clone(), result: Err(e) });
@@ -209,7 +209,7 @@ pub fn explain(cfg: &RunConfig, model: &Vgg16, req: &ExplainRequest, device: Dev
                 ("probs".to_string(), probs),
                 ("class".to_string(), Tensor::from_slice(&[cam.class as f64])),
             ];
-            crate::weights::save_atomic(&named, &req.out.join(format!("{i:04}_{stem}.safetensors")))?;
+            crate::model::weights::save_atomic(&named, &req.out.join(format!("{i:04}_{stem}.safetensors")))?;
         }
         tiles.push(tile);
         out.push(Explained { path: p.clone(), result: Ok((cam, file)) });
@@ -238,8 +238,8 @@ pub fn explain(cfg: &RunConfig, model: &Vgg16, req: &ExplainRequest, device: Dev
 
 /// Caption lines: the file, the explained class with its probability, and
 /// (when known) the true class.
-pub fn caption(cfg: &RunConfig, cam: &Cam, name: &str, truth: Option<usize>) -> Vec<String> {
-    let pred = crate::predict::argmax(&cam.probs);
+pub(crate) fn caption(cfg: &RunConfig, cam: &Cam, name: &str, truth: Option<usize>) -> Vec<String> {
+    let pred = crate::eval::predict::argmax(&cam.probs);
     let mut lines = vec![name.to_string(), format!("{} {:.2}", cfg.classes[pred], cam.probs[pred])];
     if cam.class != pred {
         lines.push(format!("heat for {} ({:.2})", cfg.classes[cam.class], cam.probs[cam.class]));
@@ -289,7 +289,7 @@ pub fn loss_tiles(
     let mut out = Vec::new();
     for (k, &(i, loss)) in picked.iter().enumerate() {
         let px = Vec::<f32>::try_from(gray.get(i as i64).to_device(Device::Cpu).to_kind(Kind::Float).view([-1])).map_err(Error::Torch)?;
-        let pred = crate::predict::argmax(&probs[i]);
+        let pred = crate::eval::predict::argmax(&probs[i]);
         let cam = grad_cam(model, cfg, &px, layer, Some(pred), device)?;
         let name = Path::new(&paths[i]).file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let lines = vec![
@@ -318,8 +318,13 @@ pub fn write_top_losses(dir: &Path, classes: &[String], top: &[TopLoss]) -> Resu
     header.extend(classes.iter().map(|c| format!("p_{c}")));
     let _ = w.write_record(&header);
     for (r, t) in top.iter().enumerate() {
-        let mut rec =
-            vec![(r + 1).to_string(), t.path.clone(), classes[t.truth].clone(), classes[crate::predict::argmax(&t.probs)].clone(), format!("{:.4}", t.loss)];
+        let mut rec = vec![
+            (r + 1).to_string(),
+            t.path.clone(),
+            classes[t.truth].clone(),
+            classes[crate::eval::predict::argmax(&t.probs)].clone(),
+            format!("{:.4}", t.loss),
+        ];
         rec.extend(t.probs.iter().map(|p| format!("{p:.6}")));
         let _ = w.write_record(&rec);
     }
@@ -343,7 +348,7 @@ fn write_csv(path: &Path, cfg: &RunConfig, rows: &[Explained]) -> Result<()> {
                 rec.extend(cam.probs.iter().map(|p| format!("{p:.6}")));
             }
             Err(e) => {
-                rec.extend([String::new(), String::new(), e.clone()]);
+                rec.extend([String::new(), String::new(), e.problem()]);
                 rec.extend(cfg.classes.iter().map(|_| String::new()));
             }
         }

@@ -2,6 +2,12 @@
 //! next to balanced accuracy, per-class precision / recall / F1, ROC AUC and
 //! the majority-class baseline.
 
+pub mod cv;
+pub mod explain;
+pub mod plot;
+pub mod predict;
+pub mod report;
+
 use serde::{Deserialize, Serialize};
 
 pub fn accuracy(y: &[i64], pred: &[i64]) -> f64 {
@@ -128,7 +134,7 @@ pub fn task_probs(logits: &tch::Tensor, raw_to_task: &[usize], n_task: usize) ->
 }
 
 /// Raw-label probabilities (float64) → task-class probabilities (sums); unchanged without a map.
-pub fn sum_to_task(p: &tch::Tensor, raw_to_task: &[usize], n_task: usize) -> tch::Tensor {
+pub(crate) fn sum_to_task(p: &tch::Tensor, raw_to_task: &[usize], n_task: usize) -> tch::Tensor {
     if raw_to_task.is_empty() {
         return p.shallow_clone();
     }

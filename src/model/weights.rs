@@ -33,7 +33,7 @@ pub enum FileArch {
 }
 
 impl FileArch {
-    pub fn describe(self) -> &'static str {
+    pub(crate) fn describe(self) -> &'static str {
         match self {
             FileArch::Vgg16 => "VGG16 (torchvision layout: conv trunk + classifier)",
             FileArch::Vgg16Bn => "VGG16-BN (torchvision layout: conv trunk with BatchNorm + classifier)",
@@ -81,7 +81,7 @@ pub fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
 }
 
 /// Refuses NaN or Inf anywhere in floating-point tensors.
-pub fn check_finite(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
+pub(crate) fn check_finite(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
     let bad: Vec<String> = tensors
         .iter()
         .filter(|(_, t)| t.is_floating_point() && t.numel() > 0)
@@ -97,7 +97,7 @@ pub fn check_finite(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
     }
 }
 
-pub fn detect_arch(names: &[&str]) -> FileArch {
+pub(crate) fn detect_arch(names: &[&str]) -> FileArch {
     let has = |n: &str| names.contains(&n);
     if names.iter().any(|n| n.starts_with("head.")) {
         return FileArch::Checkpoint;
@@ -116,7 +116,7 @@ pub fn detect_arch(names: &[&str]) -> FileArch {
 
 /// Folds each BN layer into the conv before it (exact in eval mode):
 /// w' = w·γ/√(σ²+ε), b' = (b−μ)·γ/√(σ²+ε) + β; renames to plain VGG16 indices.
-pub fn fold_bn(path: &Path, tensors: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>> {
+pub(crate) fn fold_bn(path: &Path, tensors: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>> {
     let mut map: BTreeMap<String, Tensor> = tensors.into_iter().collect();
     let mut out = Vec::new();
     for spec in &CONVS {
@@ -243,7 +243,7 @@ fn io_reason(msg: &str) -> String {
 }
 
 /// Hex SHA-256 of a file, streamed.
-pub fn sha256_file(path: &Path) -> Result<String> {
+pub(crate) fn sha256_file(path: &Path) -> Result<String> {
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];

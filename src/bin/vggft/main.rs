@@ -1,132 +1,23 @@
 //! The `vggft` binary: parse, call the library, print results and errors,
 //! map outcomes to exit codes (0 ok, 1 error, 2 usage, 130 interrupted).
 
-use std::io::IsTerminal;
+#[macro_use]
+mod output;
+
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use clap::{CommandFactory, FromArgMatches};
-use indicatif::{ProgressBar, ProgressStyle};
 
+use output::{print_metrics, reporter, Cli2};
 use vggft::cli::{
-    Cli, Command, CvArgs, DataArgs, EvaluateArgs, ExplainArgs, FinetuneArgs, LrFindArgs, ModelArgs, OutputFormat, PredictArgs, SpeedArgs, TrainArgs, Tta,
-    WeightsCommand,
+    Cli, Command, CvArgs, DataArgs, EvaluateArgs, ExplainArgs, FinetuneArgs, LrFindArgs, ModelArgs, PredictArgs, SpeedArgs, TrainArgs, Tta, WeightsCommand,
 };
-use vggft::train::{EpochRow, Reporter};
-use vggft::{predict, run, session, weights, Error};
-
-/// A line on stdout. A closed pipe (`vggft predict … | head`) ends the
-/// output quietly, as ripgrep does: exit 0, never a panic.
-macro_rules! outln {
-    ($($t:tt)*) => {{
-        use std::io::Write;
-        if let Err(e) = writeln!(std::io::stdout(), $($t)*) {
-            stdout_failed(e)
-        }
-    }};
-}
-
-/// A line on stderr. If stderr is gone (`vggft finetune … 2>&1 | head`) the
-/// line is dropped and the work goes on: a run keeps training.
-macro_rules! errln {
-    ($($t:tt)*) => {{
-        use std::io::Write;
-        let _ = writeln!(std::io::stderr(), $($t)*);
-    }};
-}
-
-fn stdout_failed(e: std::io::Error) -> ! {
-    if e.kind() == std::io::ErrorKind::BrokenPipe {
-        std::process::exit(0);
-    }
-    errln!("error: cannot write to standard output: {e}");
-    std::process::exit(1);
-}
-
-/// Progress on stderr: a bar per epoch on a terminal, plain lines otherwise.
-struct Cli2 {
-    quiet: bool,
-    tty: bool,
-    bar: Option<ProgressBar>,
-}
-
-impl Reporter for Cli2 {
-    fn message(&mut self, msg: &str) {
-        // Under --quiet only warnings and which weights a run uses (a stand-in must never go unnoticed).
-        if self.quiet && !msg.starts_with("warning") && !msg.starts_with("weights:") {
-            return;
-        }
-        match &self.bar {
-            Some(b) => b.println(msg),
-            None => errln!("{msg}"),
-        }
-    }
-    fn epoch_start(&mut self, epoch: usize, total: usize, batches: usize) {
-        if self.quiet || !self.tty {
-            return;
-        }
-        let b = ProgressBar::new(batches as u64);
-        b.set_style(
-            ProgressStyle::with_template("epoch {prefix} [{bar:25}] {pos}/{len} {msg} ETA {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-        );
-        b.set_prefix(format!("{epoch}/{total}"));
-        self.bar = Some(b);
-    }
-    fn batch(&mut self, done: usize, loss: f64, acc: f64, ips: f64) {
-        if let Some(b) = &self.bar {
-            b.set_position(done as u64);
-            b.set_message(format!("loss {loss:.4} acc {acc:.3} {ips:.1} img/s"));
-        }
-    }
-    fn progress(&mut self, what: &str, unit: &str, done: usize, total: usize) {
-        if self.quiet || total == 0 {
-            return;
-        }
-        if !self.tty {
-            // One plain line per step when stderr is not a terminal (logs, CI).
-            if done == 0 {
-                errln!("{what}: {total} {unit}…");
-            }
-            return;
-        }
-        if done == 0 || self.bar.is_none() {
-            let b = ProgressBar::new(total as u64);
-            b.set_style(
-                ProgressStyle::with_template("{msg} [{bar:25}] {pos}/{len} ETA {eta}").unwrap_or_else(|_| ProgressStyle::default_bar()).progress_chars("=> "),
-            );
-            b.set_message(what.to_string());
-            self.bar = Some(b);
-        }
-        if let Some(b) = &self.bar {
-            b.set_position(done as u64);
-        }
-        if done >= total {
-            if let Some(b) = self.bar.take() {
-                b.finish_and_clear();
-            }
-        }
-    }
-    fn epoch_end(&mut self, r: &EpochRow) {
-        if let Some(b) = self.bar.take() {
-            b.finish_and_clear();
-        }
-        if self.quiet {
-            return;
-        }
-        let val = match (r.val_loss, r.val_acc, r.val_bacc) {
-            (Some(l), Some(a), Some(b)) => format!(" | val loss {l:.4} acc {a:.3} bal.acc {b:.3}"),
-            _ => String::new(),
-        };
-        errln!("epoch {:>3} [{}+] lr {:.2e} | train loss {:.4} acc {:.3}{val} | {:.1}s", r.epoch, r.block, r.lr, r.train_loss, r.train_acc, r.seconds);
-    }
-}
-
-fn reporter(quiet: bool) -> Cli2 {
-    Cli2 { quiet, tty: std::io::stderr().is_terminal(), bar: None }
-}
+use vggft::eval::predict;
+use vggft::model::weights;
+use vggft::train::Reporter;
+use vggft::{run, session, Error};
 
 /// Ctrl-C sets a flag; training stops after the current batch.
 fn stop_flag() -> Arc<AtomicBool> {
@@ -205,7 +96,7 @@ fn finetune(a: FinetuneArgs) -> anyhow::Result<()> {
 
 fn preprocess(image: &std::path::Path, model: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
     let cfg = run::read_config(model)?;
-    let px = predict::prepare_one(image, &cfg, &mut None).map_err(|why| anyhow::anyhow!("{}: {why}", image.display()))?;
+    let px = predict::prepare_one(image, &cfg, &mut None)?;
     let s = cfg.data.preprocess.image_size as i64;
     let x = cfg.data.preprocess.normalise(&tch::Tensor::from_slice(&px).view([1, 1, s, s]));
     weights::save_atomic(&[("input".to_string(), x)], out)?;
@@ -225,8 +116,8 @@ fn explain(mut a: ExplainArgs) -> anyhow::Result<bool> {
         None => None,
     };
     let paths = predict::expand_inputs(&a.inputs, a.recursive);
-    let req = vggft::explain::ExplainRequest { paths: &paths, class, layer, out: &a.out, mean: a.mean, arrays: a.arrays };
-    let done = vggft::explain::explain(&cfg, &model, &req, device)?;
+    let req = vggft::eval::explain::ExplainRequest { paths: &paths, class, layer, out: &a.out, mean: a.mean, arrays: a.arrays };
+    let done = vggft::eval::explain::explain(&cfg, &model, &req, device)?;
     if model.cfg.subject_norm {
         errln!("note: this subject-normalised model is explained through its single-image head");
     }
@@ -236,7 +127,7 @@ fn explain(mut a: ExplainArgs) -> anyhow::Result<bool> {
             Ok((cam, file)) => outln!("{}\t{} {:.3}\t{}", e.path.display(), cfg.classes[cam.class], cam.probs[cam.class], file.display()),
             Err(why) => {
                 failed += 1;
-                errln!("{}: {why}", e.path.display());
+                errln!("{}: {}", e.path.display(), why.problem());
             }
         }
     }
@@ -272,93 +163,7 @@ fn predict_cmd(mut a: PredictArgs) -> anyhow::Result<bool> {
     if a.timings {
         errln!("timings: model load {loaded:.3} s, decode + forward {:.3} s", t0.elapsed().as_secs_f64() - loaded);
     }
-    let mut failed = 0;
-    let mut json = Vec::new();
-    if a.format == OutputFormat::Csv {
-        let mut header = vec!["path".to_string(), "class".to_string()];
-        header.extend(cfg.classes.iter().map(|c| format!("p_{c}")));
-        header.extend(model.cfg.subject_norm.then(|| "mode".to_string()));
-        outln!("{}", csv_line(&header));
-    }
-    let mut right = 0;
-    for (i, p) in preds.iter().enumerate() {
-        match &p.probs {
-            Ok(pr) => {
-                let class = &cfg.classes[predict::argmax(pr)];
-                if let Some(h) = held.get(i) {
-                    right += usize::from(h.class == *class);
-                    if a.format == OutputFormat::Text {
-                        let verdict = if h.class == *class { "right" } else { "WRONG" };
-                        outln!("{}\ttrue {}\tpredicted {class} ({:.2})\t{verdict}", p.path.display(), h.class, pr[predict::argmax(pr)]);
-                        continue;
-                    }
-                }
-                match a.format {
-                    OutputFormat::Text => outln!(
-                        "{}\t{class}\t{}{}",
-                        p.path.display(),
-                        cfg.classes.iter().zip(pr).map(|(c, v)| format!("{c}={v:.3}")).collect::<Vec<_>>().join(" "),
-                        p.mode.map(|m| format!("\tmode={}", m.name())).unwrap_or_default()
-                    ),
-                    OutputFormat::Csv => {
-                        let mut row = vec![p.path.display().to_string(), class.clone()];
-                        row.extend(pr.iter().map(|v| format!("{v:.6}")));
-                        row.extend(p.mode.map(|m| m.name().to_string()));
-                        outln!("{}", csv_line(&row));
-                    }
-                    OutputFormat::Json | OutputFormat::Jsonl => {
-                        let named = |names: &[String], v: &[f64]| {
-                            names.iter().cloned().zip(v.iter().map(|v| serde_json::json!(v))).collect::<serde_json::Map<String, serde_json::Value>>()
-                        };
-                        let mut o = serde_json::json!({"path": p.path.display().to_string(), "class": class, "probabilities": named(&cfg.classes, pr)});
-                        if !p.raw.is_empty() {
-                            o["raw_probabilities"] = serde_json::Value::Object(named(&cfg.raw_classes, &p.raw));
-                        }
-                        if let Some(m) = p.mode {
-                            o["mode"] = serde_json::json!(m.name());
-                        }
-                        if a.format == OutputFormat::Jsonl {
-                            outln!("{o}");
-                        } else {
-                            json.push(o);
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                failed += 1;
-                errln!("{}: {e}", p.path.display());
-            }
-        }
-    }
-    if a.format == OutputFormat::Json {
-        outln!("{}", serde_json::to_string_pretty(&json)?);
-    }
-    if a.held_out && a.format == OutputFormat::Text {
-        let people: std::collections::BTreeSet<&str> = held.iter().map(|h| h.subject.as_str()).collect();
-        let val = std::fs::read_to_string(a.model.join("metrics.json"))
-            .ok()
-            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-            .and_then(|m| m["validation"]["balanced_accuracy"].as_f64());
-        outln!(
-            "{right} of {} right on {} people the model never saw{}",
-            preds.len() - failed,
-            people.len(),
-            val.map(|b| format!(" (validation balanced accuracy {b:.3}, metrics.json)")).unwrap_or_default()
-        );
-    }
-    if failed > 0 {
-        // A folder without images is not a failed image: counted apart.
-        let empty = preds.iter().filter(|p| p.path.is_dir()).count();
-        let images = preds.len() - empty;
-        if failed > empty {
-            errln!("{} of {images} image(s) could not be predicted", failed - empty);
-        }
-        if empty > 0 {
-            errln!("{empty} folder(s) held no images");
-        }
-    }
-    Ok(failed == 0)
+    output::predictions(&a, &cfg, model.cfg.subject_norm, &preds, &held)
 }
 
 /// A path's last component (titles stay short; the full paths are in metrics.json).
@@ -367,23 +172,16 @@ fn short_name(p: &std::path::Path) -> String {
 }
 
 /// One CSV record (the csv crate's quoting: a class or path with a comma, quote or newline stays one field).
-fn csv_line(fields: &[String]) -> String {
-    let mut w = csv::WriterBuilder::new().terminator(csv::Terminator::Any(b'\n')).from_writer(Vec::new());
-    let _ = w.write_record(fields);
-    let bytes = w.into_inner().unwrap_or_default();
-    String::from_utf8_lossy(&bytes).trim_end_matches('\n').to_string()
-}
-
 fn lr_find(a: LrFindArgs) -> anyhow::Result<()> {
     let mut rep = reporter(a.quiet);
-    let req = vggft::lrfind::Request {
+    let req = vggft::train::lrfind::Request {
         recipe: recipe(&a.data, &a.model, &a.train, &mut rep)?,
         steps: a.steps,
         start_lr: a.start_lr,
         end_lr: a.end_lr,
         out: a.out.clone(),
     };
-    let r = vggft::lrfind::run(&req, &mut rep)?;
+    let r = vggft::train::lrfind::run(&req, &mut rep)?;
     outln!("suggested learning rate: {:.2e} ({})", r.suggested, r.method);
     outln!(
         "sweep: {} steps from {:.1e} to {:.1e}; loss curve in {} and {}",
@@ -425,7 +223,7 @@ fn evaluate(mut a: EvaluateArgs) -> anyhow::Result<()> {
     vggft::fsutil::create_dir(&out)?;
     let m = &ev.metrics;
     vggft::fsutil::write_json(&out.join("metrics.json"), &serde_json::json!({"model": a.model, "data": a.data, "metrics": m}))?;
-    vggft::plot::confusion(&out.join("confusion.png"), &m.confusion, &cfg.classes, &format!("{} on {}", short_name(&a.model), short_name(&a.data)))?;
+    vggft::eval::plot::confusion(&out.join("confusion.png"), &m.confusion, &cfg.classes, &format!("{} on {}", short_name(&a.model), short_name(&a.data)))?;
     outln!("{} images from {}", m.n, a.data.display());
     print_metrics(m, &cfg.classes);
     outln!("written: {}, {}", out.join("metrics.json").display(), out.join("confusion.png").display());
@@ -434,34 +232,19 @@ fn evaluate(mut a: EvaluateArgs) -> anyhow::Result<()> {
         let tiles = out.join("top_losses");
         vggft::fsutil::create_dir(&tiles)?;
         let paths: Vec<String> = ev.paths.iter().map(|p| p.display().to_string()).collect();
-        let picked = vggft::explain::worst(&ev.y, &ev.probs, a.top_losses);
-        let top = vggft::explain::loss_tiles(&cfg, &model, &ev.gray, &picked, &paths, &ev.y, &ev.probs, (layer, device), (&tiles, "loss"))?;
-        vggft::explain::write_top_losses(&out, &cfg.classes, &top)?;
+        let picked = vggft::eval::explain::worst(&ev.y, &ev.probs, a.top_losses);
+        let top = vggft::eval::explain::loss_tiles(&cfg, &model, &ev.gray, &picked, &paths, &ev.y, &ev.probs, (layer, device), (&tiles, "loss"))?;
+        vggft::eval::explain::write_top_losses(&out, &cfg.classes, &top)?;
         outln!("top {} losses: {}, {}", top.len(), out.join("top_losses.png").display(), out.join("top_losses.csv").display());
     }
     Ok(())
 }
 
 /// The metric table `finetune` and `evaluate` print.
-fn print_metrics(m: &vggft::eval::Metrics, classes: &[String]) {
-    outln!("  {:<22} {:>8.3}", "accuracy", m.accuracy);
-    outln!("  {:<22} {:>8.3}", "balanced accuracy", m.balanced_accuracy);
-    outln!("  {:<22} {:>8.3}", if classes.len() == 2 { "ROC AUC" } else { "ROC AUC (macro OvR)" }, m.roc_auc);
-    outln!("  {:<22} {:>8.3}", "majority baseline", m.majority_baseline);
-    outln!("  {:<14} {:>9} {:>9} {:>9} {:>7}", "class", "precision", "recall", "F1", "n");
-    for c in &m.per_class {
-        outln!("  {:<14} {:>9.3} {:>9.3} {:>9.3} {:>7}", c.class, c.precision, c.recall, c.f1, c.support);
-    }
-    outln!("  confusion (rows: true, columns: predicted {})", classes.join(", "));
-    for (c, row) in classes.iter().zip(&m.confusion) {
-        outln!("  {:<14} {}", c, row.iter().map(|v| format!("{v:>6}")).collect::<String>());
-    }
-}
-
 fn cv(a: CvArgs) -> anyhow::Result<()> {
     let mut rep = reporter(a.quiet);
     let summary = match &a.collect {
-        Some(dir) => vggft::cv::collect(dir, a.partial)?,
+        Some(dir) => vggft::eval::cv::collect(dir, a.partial)?,
         None => {
             let recipe = recipe(&a.data, &a.model, &a.train, &mut rep)?;
             let seeds = match a.repeats {
@@ -471,16 +254,16 @@ fn cv(a: CvArgs) -> anyhow::Result<()> {
             };
             let out = a.out.clone().unwrap_or_else(|| std::path::PathBuf::from("runs").join(format!("cv-{}", chrono::Local::now().format("%Y%m%d-%H%M%S"))));
             rep.message(&format!("cv folder: {}", out.display()));
-            let req = vggft::cv::Request {
+            let req = vggft::eval::cv::Request {
                 recipe,
-                folds: vggft::cv::Folds::parse(&a.folds)?,
+                folds: vggft::eval::cv::Folds::parse(&a.folds)?,
                 seeds,
                 only_fold: a.fold,
                 baseline: a.baseline.as_ref().map(|_| a.probe_epochs),
                 top_losses: a.top_losses,
                 out: out.clone(),
             };
-            match vggft::cv::run(&req, &mut rep)? {
+            match vggft::eval::cv::run(&req, &mut rep)? {
                 Some(s) => s,
                 None => {
                     outln!("fold {} done; results in {}/folds; merge with: vggft cv --collect {}", a.fold.unwrap_or(0), out.display(), out.display());
@@ -489,7 +272,7 @@ fn cv(a: CvArgs) -> anyhow::Result<()> {
             }
         }
     };
-    outln!("{}", vggft::cv::markdown(&summary));
+    outln!("{}", vggft::eval::cv::markdown(&summary));
     Ok(())
 }
 
@@ -615,7 +398,7 @@ fn main() -> ExitCode {
                 true
             })
             .map_err(Into::into),
-        Command::Report { dirs } => vggft::report::report(&dirs)
+        Command::Report { dirs } => vggft::eval::report::report(&dirs)
             .map(|r| {
                 outln!("{r}");
                 true

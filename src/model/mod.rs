@@ -13,10 +13,12 @@ use tch::{nn, nn::Module, nn::ModuleT, Device, Kind, Tensor};
 
 use crate::error::{Error, Result, Setting};
 
+pub mod weights;
+
 /// The same values with NHWC strides ("channels last"): oneDNN then runs
 /// every following convolution, ReLU and pooling in that layout, measured
 /// ~1.4× faster for a VGG16 forward on a 2-core AVX-512 CPU (float32 and bfloat16).
-pub fn channels_last(x: &Tensor) -> Tensor {
+pub(crate) fn channels_last(x: &Tensor) -> Tensor {
     if x.dim() != 4 || x.stride()[1] == 1 {
         return x.shallow_clone();
     }
@@ -41,7 +43,7 @@ pub struct ConvSpec {
 
 impl ConvSpec {
     /// The `features.N` index of this conv for the plain or the BN network.
-    pub fn idx(&self, bn: bool) -> usize {
+    pub(crate) fn idx(&self, bn: bool) -> usize {
         if bn {
             self.bn_idx
         } else {
@@ -96,7 +98,7 @@ impl Block {
     pub fn index(self) -> usize {
         self as usize
     }
-    pub fn from_index(i: usize) -> Block {
+    pub(crate) fn from_index(i: usize) -> Block {
         Block::ALL[i.min(5)]
     }
     pub fn name(self) -> &'static str {
@@ -229,7 +231,7 @@ impl ModelConfig {
         }
     }
     /// Channels of block `b`'s output.
-    pub fn block_out(&self, b: Block) -> i64 {
+    pub(crate) fn block_out(&self, b: Block) -> i64 {
         self.channels(CONVS.iter().rposition(|c| c.block == b).unwrap_or(12))
     }
     /// Width of the pooled features that enter the head (per pooling).
@@ -246,11 +248,11 @@ impl ModelConfig {
         (CONVS[layer].channels / self.width_div).max(1)
     }
     /// Width of the trunk's final feature map.
-    pub fn trunk_out(&self) -> i64 {
+    pub(crate) fn trunk_out(&self) -> i64 {
         self.channels(12)
     }
     /// fc6/fc7 width of the `vgg` head (4096 in VGG16).
-    pub fn fc_width(&self) -> i64 {
+    pub(crate) fn fc_width(&self) -> i64 {
         (4096 / self.width_div).max(1)
     }
 }
@@ -310,7 +312,7 @@ impl Vgg16 {
 
     /// Builds the network with zeroed weights, for loading a complete checkpoint
     /// right after (skips ~90 ms of random initialisation in `predict`).
-    pub fn for_loading(cfg: &ModelConfig, device: Device) -> Result<Self> {
+    pub(crate) fn for_loading(cfg: &ModelConfig, device: Device) -> Result<Self> {
         Self::build(cfg, device, false)
     }
 
@@ -430,7 +432,7 @@ impl Vgg16 {
     /// The head's input from the feature blocks' outputs (`maps`, one per
     /// `cfg.features`, ascending): avg + max pooled for the bn head, avg for
     /// the linear head, the 7×7 average of conv5 for the vgg head.
-    pub fn pool(&self, maps: &[Tensor]) -> Tensor {
+    pub(crate) fn pool(&self, maps: &[Tensor]) -> Tensor {
         let avg = || maps.iter().map(|m| m.adaptive_avg_pool2d([1, 1]).flatten(1, -1).to_kind(Kind::Float));
         match &self.head {
             Head::Linear { .. } => Tensor::cat(&avg().collect::<Vec<_>>(), 1),
@@ -442,12 +444,12 @@ impl Vgg16 {
     }
 
     /// The head on pooled features.
-    pub fn classify(&self, f: &Tensor, train: bool) -> Tensor {
+    pub(crate) fn classify(&self, f: &Tensor, train: bool) -> Tensor {
         self.head.forward(f, self.cfg.dropout, train)
     }
 
     /// The single-image head of a subject-normalised model on (globally) pooled features.
-    pub fn classify_global(&self, f: &Tensor, train: bool) -> Option<Tensor> {
+    pub(crate) fn classify_global(&self, f: &Tensor, train: bool) -> Option<Tensor> {
         self.global.as_ref().map(|h| h.forward(f, self.cfg.dropout, train))
     }
 
@@ -464,13 +466,13 @@ impl Vgg16 {
     }
 
     /// The head's input (pooled features) from the output of the blocks before `from`.
-    pub fn pooled_from(&self, x: &Tensor, from: Block, train: bool) -> Tensor {
+    pub(crate) fn pooled_from(&self, x: &Tensor, from: Block, train: bool) -> Tensor {
         self.pooled_tapped(x, from, train, None).0
     }
 
     /// `pooled_from`, also returning the output of block `tap` (a tensor of
     /// the autograd graph, for Grad-CAM's gradient with respect to it).
-    pub fn pooled_tapped(&self, x: &Tensor, from: Block, train: bool, tap: Option<Block>) -> (Tensor, Option<Tensor>) {
+    pub(crate) fn pooled_tapped(&self, x: &Tensor, from: Block, train: bool, tap: Option<Block>) -> (Tensor, Option<Tensor>) {
         let wanted = |b: Block| self.cfg.features.contains(&b);
         let mut maps: Vec<Tensor> = Vec::with_capacity(self.cfg.features.len());
         let mut tapped = None;

@@ -1,0 +1,241 @@
+//! What the binary shows: stdout/stderr lines that survive closed pipes,
+//! progress (bars on a terminal, plain lines otherwise), prediction output
+//! (text, CSV, JSON, JSON lines) and metric tables. The library returns
+//! data; it never prints.
+
+use std::io::IsTerminal;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use vggft::cli::{OutputFormat, PredictArgs};
+use vggft::config::RunConfig;
+use vggft::eval::predict;
+use vggft::train::{EpochRow, Reporter};
+
+/// A line on stdout. A closed pipe (`vggft predict … | head`) ends the
+/// output quietly, as ripgrep does: exit 0, never a panic.
+#[macro_export]
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write;
+        if let Err(e) = writeln!(std::io::stdout(), $($t)*) {
+            $crate::output::stdout_failed(e)
+        }
+    }};
+}
+
+/// A line on stderr. If stderr is gone (`vggft finetune … 2>&1 | head`) the
+/// line is dropped and the work goes on: a run keeps training.
+#[macro_export]
+macro_rules! errln {
+    ($($t:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+
+pub fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    errln!("error: cannot write to standard output: {e}");
+    std::process::exit(1);
+}
+
+/// Progress on stderr: a bar per epoch on a terminal, plain lines otherwise.
+pub struct Cli2 {
+    quiet: bool,
+    tty: bool,
+    bar: Option<ProgressBar>,
+}
+
+impl Reporter for Cli2 {
+    fn message(&mut self, msg: &str) {
+        // Under --quiet only warnings and which weights a run uses (a stand-in must never go unnoticed).
+        if self.quiet && !msg.starts_with("warning") && !msg.starts_with("weights:") {
+            return;
+        }
+        match &self.bar {
+            Some(b) => b.println(msg),
+            None => errln!("{msg}"),
+        }
+    }
+    fn epoch_start(&mut self, epoch: usize, total: usize, batches: usize) {
+        if self.quiet || !self.tty {
+            return;
+        }
+        let b = ProgressBar::new(batches as u64);
+        b.set_style(
+            ProgressStyle::with_template("epoch {prefix} [{bar:25}] {pos}/{len} {msg} ETA {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        b.set_prefix(format!("{epoch}/{total}"));
+        self.bar = Some(b);
+    }
+    fn batch(&mut self, done: usize, loss: f64, acc: f64, ips: f64) {
+        if let Some(b) = &self.bar {
+            b.set_position(done as u64);
+            b.set_message(format!("loss {loss:.4} acc {acc:.3} {ips:.1} img/s"));
+        }
+    }
+    fn progress(&mut self, what: &str, unit: &str, done: usize, total: usize) {
+        if self.quiet || total == 0 {
+            return;
+        }
+        if !self.tty {
+            // One plain line per step when stderr is not a terminal (logs, CI).
+            if done == 0 {
+                errln!("{what}: {total} {unit}…");
+            }
+            return;
+        }
+        if done == 0 || self.bar.is_none() {
+            let b = ProgressBar::new(total as u64);
+            b.set_style(
+                ProgressStyle::with_template("{msg} [{bar:25}] {pos}/{len} ETA {eta}").unwrap_or_else(|_| ProgressStyle::default_bar()).progress_chars("=> "),
+            );
+            b.set_message(what.to_string());
+            self.bar = Some(b);
+        }
+        if let Some(b) = &self.bar {
+            b.set_position(done as u64);
+        }
+        if done >= total {
+            if let Some(b) = self.bar.take() {
+                b.finish_and_clear();
+            }
+        }
+    }
+    fn epoch_end(&mut self, r: &EpochRow) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+        if self.quiet {
+            return;
+        }
+        let val = match (r.val_loss, r.val_acc, r.val_bacc) {
+            (Some(l), Some(a), Some(b)) => format!(" | val loss {l:.4} acc {a:.3} bal.acc {b:.3}"),
+            _ => String::new(),
+        };
+        errln!("epoch {:>3} [{}+] lr {:.2e} | train loss {:.4} acc {:.3}{val} | {:.1}s", r.epoch, r.block, r.lr, r.train_loss, r.train_acc, r.seconds);
+    }
+}
+
+pub fn reporter(quiet: bool) -> Cli2 {
+    Cli2 { quiet, tty: std::io::stderr().is_terminal(), bar: None }
+}
+
+/// Prints `predict`'s results in the chosen format (with the held-out
+/// tally), and the failed images on stderr; false when some image failed.
+pub fn predictions(a: &PredictArgs, cfg: &RunConfig, subject_norm: bool, preds: &[predict::Prediction], held: &[predict::HeldOut]) -> anyhow::Result<bool> {
+    let mut failed = 0;
+    let mut json = Vec::new();
+    if a.format == OutputFormat::Csv {
+        let mut header = vec!["path".to_string(), "class".to_string()];
+        header.extend(cfg.classes.iter().map(|c| format!("p_{c}")));
+        header.extend(subject_norm.then(|| "mode".to_string()));
+        outln!("{}", csv_line(&header));
+    }
+    let mut right = 0;
+    for (i, p) in preds.iter().enumerate() {
+        match &p.probs {
+            Ok(pr) => {
+                let class = &cfg.classes[predict::argmax(pr)];
+                if let Some(h) = held.get(i) {
+                    right += usize::from(h.class == *class);
+                    if a.format == OutputFormat::Text {
+                        let verdict = if h.class == *class { "right" } else { "WRONG" };
+                        outln!("{}\ttrue {}\tpredicted {class} ({:.2})\t{verdict}", p.path.display(), h.class, pr[predict::argmax(pr)]);
+                        continue;
+                    }
+                }
+                match a.format {
+                    OutputFormat::Text => outln!(
+                        "{}\t{class}\t{}{}",
+                        p.path.display(),
+                        cfg.classes.iter().zip(pr).map(|(c, v)| format!("{c}={v:.3}")).collect::<Vec<_>>().join(" "),
+                        p.mode.map(|m| format!("\tmode={}", m.name())).unwrap_or_default()
+                    ),
+                    OutputFormat::Csv => {
+                        let mut row = vec![p.path.display().to_string(), class.clone()];
+                        row.extend(pr.iter().map(|v| format!("{v:.6}")));
+                        row.extend(p.mode.map(|m| m.name().to_string()));
+                        outln!("{}", csv_line(&row));
+                    }
+                    OutputFormat::Json | OutputFormat::Jsonl => {
+                        let named = |names: &[String], v: &[f64]| {
+                            names.iter().cloned().zip(v.iter().map(|v| serde_json::json!(v))).collect::<serde_json::Map<String, serde_json::Value>>()
+                        };
+                        let mut o = serde_json::json!({"path": p.path.display().to_string(), "class": class, "probabilities": named(&cfg.classes, pr)});
+                        if !p.raw.is_empty() {
+                            o["raw_probabilities"] = serde_json::Value::Object(named(&cfg.raw_classes, &p.raw));
+                        }
+                        if let Some(m) = p.mode {
+                            o["mode"] = serde_json::json!(m.name());
+                        }
+                        if a.format == OutputFormat::Jsonl {
+                            outln!("{o}");
+                        } else {
+                            json.push(o);
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                errln!("{}: {}", p.path.display(), e.problem());
+            }
+        }
+    }
+    if a.format == OutputFormat::Json {
+        outln!("{}", serde_json::to_string_pretty(&json)?);
+    }
+    if a.held_out && a.format == OutputFormat::Text {
+        let people: std::collections::BTreeSet<&str> = held.iter().map(|h| h.subject.as_str()).collect();
+        let val = std::fs::read_to_string(a.model.join("metrics.json"))
+            .ok()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+            .and_then(|m| m["validation"]["balanced_accuracy"].as_f64());
+        outln!(
+            "{right} of {} right on {} people the model never saw{}",
+            preds.len() - failed,
+            people.len(),
+            val.map(|b| format!(" (validation balanced accuracy {b:.3}, metrics.json)")).unwrap_or_default()
+        );
+    }
+    if failed > 0 {
+        // A folder without images is not a failed image: counted apart.
+        let empty = preds.iter().filter(|p| p.path.is_dir()).count();
+        let images = preds.len() - empty;
+        if failed > empty {
+            errln!("{} of {images} image(s) could not be predicted", failed - empty);
+        }
+        if empty > 0 {
+            errln!("{empty} folder(s) held no images");
+        }
+    }
+    Ok(failed == 0)
+}
+
+pub fn print_metrics(m: &vggft::eval::Metrics, classes: &[String]) {
+    outln!("  {:<22} {:>8.3}", "accuracy", m.accuracy);
+    outln!("  {:<22} {:>8.3}", "balanced accuracy", m.balanced_accuracy);
+    outln!("  {:<22} {:>8.3}", if classes.len() == 2 { "ROC AUC" } else { "ROC AUC (macro OvR)" }, m.roc_auc);
+    outln!("  {:<22} {:>8.3}", "majority baseline", m.majority_baseline);
+    outln!("  {:<14} {:>9} {:>9} {:>9} {:>7}", "class", "precision", "recall", "F1", "n");
+    for c in &m.per_class {
+        outln!("  {:<14} {:>9.3} {:>9.3} {:>9.3} {:>7}", c.class, c.precision, c.recall, c.f1, c.support);
+    }
+    outln!("  confusion (rows: true, columns: predicted {})", classes.join(", "));
+    for (c, row) in classes.iter().zip(&m.confusion) {
+        outln!("  {:<14} {}", c, row.iter().map(|v| format!("{v:>6}")).collect::<String>());
+    }
+}
+
+fn csv_line(fields: &[String]) -> String {
+    let mut w = csv::WriterBuilder::new().terminator(csv::Terminator::Any(b'\n')).from_writer(Vec::new());
+    let _ = w.write_record(fields);
+    let bytes = w.into_inner().unwrap_or_default();
+    String::from_utf8_lossy(&bytes).trim_end_matches('\n').to_string()
+}
