@@ -12,6 +12,8 @@ Each person is one London face (the first 10 subjects of the manifest):
   draws in the brows and presses the lips, disgust raises the upper lip and
   narrows the eyes, fear raises the brows, widens the eyes and stretches the
   mouth sideways;
+- the picture is then cut to the face's square (about 150 px of the 256 px
+  London photo) and scaled back to 256 px, so the face fills it as in JAFFE;
 - the three samples differ by expression strength (0.7–1.0), a small shift
   and rotation and brightness;
 - every photo of a person gets that person's own gamma, contrast, brightness
@@ -47,6 +49,8 @@ CODES = ["AN", "DI", "FE", "HA", "NE", "SA", "SU"]
 MOUTH = (128, 160, 26, 14)
 BROW_L, BROW_R = (105, 100, 16, 8), (151, 100, 16, 8)
 EYE_L, EYE_R = (105, 115, 14, 7), (151, 115, 14, 7)
+# The face's square in the London photos (x, y, side), scaled up to 256 px.
+CROP = (53, 55, 150)
 
 
 def bump(region, scale=1.6):
@@ -132,6 +136,9 @@ def main():
                 base = photos["smiling"] if code == "HA" else photos["neutral"]
                 dx, dy = field(code, k) if code not in ("HA", "NE") else (0.0, 0.0)
                 g = warp(base, dx, dy, rng.uniform(-3, 3, 2), np.deg2rad(rng.uniform(-3, 3)))
+                # Framed as JAFFE is: the face fills the picture.
+                x0, y0, side = CROP
+                g = np.asarray(Image.fromarray(g[y0 : y0 + side, x0 : x0 + side].astype(np.float32), "F").resize((SIZE, SIZE), Image.BILINEAR), dtype=np.float64)
                 g = g * rng.uniform(0.92, 1.08)
                 g = 255 * (np.clip(g, 0, 255) / 255) ** gamma
                 g = np.clip((g - 128) * contrast + 128 + offset + overlay, 0, 255)

@@ -294,9 +294,9 @@ pub struct ModelArgs {
 #[derive(Args, Debug, Clone)]
 #[command(next_help_heading = "Training")]
 pub struct TrainArgs {
-    /// Train this block and everything above it (after a head-only warm-up).
-    #[arg(long, value_enum, default_value_t = Block::Conv5)]
-    pub freeze_until: Block,
+    /// Train this block and everything above it (after a head-only warm-up); default conv5, or head (a probe of --freeze-epochs + --epochs epochs) when per-subject normalisation is on.
+    #[arg(long, value_enum)]
+    pub freeze_until: Option<Block>,
     /// Epochs of the main stage (after the --freeze-epochs head-only ones; progress counts both).
     #[arg(long, default_value_t = 12)]
     pub epochs: usize,
@@ -617,6 +617,11 @@ impl ModelArgs {
 }
 
 impl TrainArgs {
+    /// Neither --stages nor --freeze-until given: the session picks the freeze point.
+    pub fn auto_freeze(&self) -> bool {
+        self.stages.is_none() && self.freeze_until.is_none()
+    }
+
     pub fn to_config(&self) -> Result<TrainConfig> {
         let stages = match &self.stages {
             Some(s) => parse_stages(s)?,
@@ -624,7 +629,7 @@ impl TrainArgs {
                 if self.epochs == 0 {
                     return Err(Error::invalid(Setting::Epochs, "must be at least 1"));
                 }
-                stages_for(self.freeze_until, self.epochs, self.warmup_epochs)
+                stages_for(self.freeze_until.unwrap_or(Block::Conv5), self.epochs, self.warmup_epochs)
             }
         };
         let mut augment = Augment::preset(&self.augment)?;

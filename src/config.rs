@@ -156,6 +156,9 @@ pub struct Recipe {
     /// Random initialisation instead of pretrained weights (tests, ablations).
     pub random_init: bool,
     pub device: String,
+    /// The stages are the default ones: with per-subject normalisation on,
+    /// the session trains the head alone (measured best: docs/results/accuracy).
+    pub auto_freeze: bool,
 }
 
 /// Which weights a run started from.

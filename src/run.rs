@@ -1,8 +1,8 @@
-//! A fine-tuning run from start to finish, and its folder: resolving data
-//! and weights, preparing images, building and loading the model, BN
-//! recalibration, training, and writing `config.json`, `history.csv`,
-//! `model.safetensors`, `metrics.json` atomically, with `runs/latest`
-//! pointing at the finished run.
+//! A fine-tuning run and its folder: a new run or a resumed one on its
+//! `Session`, training, and writing `config.json`, `split.csv` (the data
+//! fingerprint), `history.csv`, `model.safetensors`, `metrics.json`
+//! atomically, with `runs/latest` pointing at the finished run; loading a
+//! finished run back.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;

@@ -8,12 +8,13 @@ use std::path::{Path, PathBuf};
 
 use tch::{Device, Tensor};
 
+use crate::config::Stage;
 use crate::config::{DataConfig, ModelOptions, Recipe, RunConfig, WeightsInfo};
 use crate::data::scan::{self, Dataset};
 use crate::data::split::{self, Labels, Split, TrainLabels};
 use crate::error::{Error, Result, Setting};
 use crate::model::weights::{self, LoadReport};
-use crate::model::{BnMode, ModelConfig, Vgg16};
+use crate::model::{Block, BnMode, ModelConfig, Vgg16};
 use crate::run::{LIBTORCH_VERSION, VERSION};
 use crate::subject::SubjectNormChoice;
 use crate::train::{Reporter, TaskView, TrainData};
@@ -35,7 +36,7 @@ impl Session {
         let prepared = prepare(&data, seed, reporter)?;
         let weights = weights_info(recipe.weights.as_deref(), recipe.random_init, recipe.model.bn.has_bn())?;
         let (raw_classes, raw_to_task) = raw_head(&prepared.labels, data.train_labels);
-        let config = RunConfig {
+        let mut config = RunConfig {
             vggft_version: VERSION.into(),
             libtorch_version: LIBTORCH_VERSION.into(),
             created: chrono::Local::now().to_rfc3339(),
@@ -50,6 +51,14 @@ impl Session {
             data,
             data_sha256: String::new(),
         };
+        if recipe.auto_freeze && config.model.subject_norm == SubjectNormChoice::On {
+            let epochs = config.train.stages.iter().map(|s| s.epochs).sum();
+            config.train.stages = vec![Stage { from: Block::Head, epochs }];
+            reporter.message(&format!(
+                "per-subject normalisation is on: training the head alone ({}), the recipe that measured best with person statistics (docs/results/accuracy); --freeze-until conv5 fine-tunes",
+                crate::train::describe_stages(&config.train.stages)
+            ));
+        }
         Ok(Session { config, prepared, device })
     }
 

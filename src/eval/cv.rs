@@ -250,11 +250,11 @@ fn shared_caches(req: &Request, session: &Session, reporter: &mut dyn Reporter) 
         return Ok(vec![]);
     }
     let (pre, device) = (&session.config.data.preprocess, session.device);
-    let (base_model, _) = session.fresh_model(req.recipe.train.seed as i64, true)?;
+    let (base_model, _) = session.fresh_model(session.config.train.seed as i64, true)?;
     let cap = base_model.cfg.deepest_start();
-    let from = req.recipe.train.stages.iter().map(|s| s.from).min().unwrap_or(Block::Head).min(cap);
+    let from = session.config.train.stages.iter().map(|s| s.from).min().unwrap_or(Block::Head).min(cap);
     let n_all = session.prepared.dataset.samples.len();
-    let views = match train::cache_plan(&base_model, &req.recipe.train, pre, from, n_all, n_all, device) {
+    let views = match train::cache_plan(&base_model, &session.config.train, pre, from, n_all, n_all, device) {
         Ok(views) => views,
         Err(why) => {
             reporter.message(&format!("frozen-prefix cache {why}"));
@@ -263,11 +263,11 @@ fn shared_caches(req: &Request, session: &Session, reporter: &mut dyn Reporter) 
     };
     let t0 = Instant::now();
     let all: Vec<usize> = (0..n_all).collect();
-    let c = train::build_cache(&base_model, &req.recipe.train, pre, &session.prepared.data.gray, from, views, &all, &all, device, reporter);
+    let c = train::build_cache(&base_model, &session.config.train, pre, &session.prepared.data.gray, from, views, &all, &all, device, reporter);
     // Later stages' freeze points too (e.g. the head-only warm-up's conv5 output):
     // the folds use them while those blocks still hold the pretrained weights.
     let probe = req.baseline.map(|_| Block::Head);
-    let mut points: Vec<Block> = req.recipe.train.stages.iter().map(|s| s.from).chain(probe).map(|b| b.min(cap)).filter(|&b| b > from).collect();
+    let mut points: Vec<Block> = session.config.train.stages.iter().map(|s| s.from).chain(probe).map(|b| b.min(cap)).filter(|&b| b > from).collect();
     points.sort_unstable();
     points.dedup();
     let mut caches: Vec<train::Cache> = points.iter().map(|&b| train::derive_cache(&base_model, &c, b)).collect();
@@ -303,7 +303,7 @@ fn run_fold(req: &Request, session: &Session, shared: &[train::Cache], (seed, fi
     let (ds, labels) = (&session.prepared.dataset, &session.prepared.labels);
     let train: Vec<usize> = (0..ds.samples.len()).filter(|i| test.binary_search(i).is_err()).collect();
     let data = session.train_data(train, vec![]);
-    let tc = TrainConfig { seed, ..req.recipe.train.clone() };
+    let tc = TrainConfig { seed, ..session.config.train.clone() };
     let y: Vec<i64> = test.iter().map(|&i| labels.targets[i]).collect();
     let fold = Fold { session, data: &data, test, y: &y, shared };
     let (main, single, model) = fold.train_and_score(&tc)?;

@@ -71,7 +71,7 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Found> {
     // One stage from the deepest freeze point, on the training images without
     // augmentation (the sweep measures the rate, not generalisation), so the
     // frozen prefix is cached once; the sweep hook sets each step's rate.
-    let mut cfg = req.recipe.train.clone();
+    let mut cfg = session.config.train.clone();
     let from = cfg.stages.iter().map(|s| s.from).min().unwrap_or(Block::Head);
     let per_epoch = batches(&p.data.train, cfg.batch_size).len().max(1);
     cfg.stages = vec![Stage { from, epochs: req.steps.div_ceil(per_epoch) }];

@@ -325,3 +325,26 @@ fn a_person_shown_with_one_expression_only() {
     }
     eprintln!("two new people: {}", report.join("; "));
 }
+
+/// With per-subject normalisation on and no --stages / --freeze-until, the
+/// head is trained alone (the measured default); --freeze-until still fine-tunes.
+#[test]
+fn default_stages_are_a_probe_when_person_statistics_are_on() {
+    let d = tmp();
+    let m = identity_dominated(d.path(), 4, 2, 32);
+    let w = d.path().join("trunk.safetensors");
+    trunk_only(&w, 25);
+    let s = small(&w);
+    let stages = |name: &str| json(&d.path().join("runs").join(name).join("config.json"))["train"]["stages"].clone();
+    let base = ["finetune", "--data", m.to_str().unwrap(), "--augment", "none", "--epochs", "2", "--freeze-epochs", "1"];
+    let (code, out, err) = run(&args(&s, &[&base[..], &["--name", "auto"]].concat()), d.path());
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(stages("auto"), serde_json::json!([{"from": "head", "epochs": 3}]), "{err}");
+    assert!(err.contains("training the head alone (head:3)") || out.contains("training the head alone (head:3)"), "{out}\n{err}");
+    let (code, out, err) = run(&args(&s, &[&base[..], &["--name", "ft", "--freeze-until", "conv5"]].concat()), d.path());
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(stages("ft"), serde_json::json!([{"from": "head", "epochs": 1}, {"from": "conv5", "epochs": 2}]));
+    let (code, out, err) = run(&args(&s, &[&base[..], &["--name", "off", "--subject-norm", "off"]].concat()), d.path());
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(stages("off"), serde_json::json!([{"from": "head", "epochs": 1}, {"from": "conv5", "epochs": 2}]));
+}

@@ -52,6 +52,7 @@ fn recipe(data: &DataArgs, model: &ModelArgs, train: &TrainArgs, rep: &mut Cli2)
         weights: model.weights.clone(),
         random_init: model.random_init,
         device: model.device.clone(),
+        auto_freeze: train.auto_freeze(),
     })
 }
 
