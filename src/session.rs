@@ -8,8 +8,7 @@ use std::path::{Path, PathBuf};
 
 use tch::{Device, Tensor};
 
-use crate::config::Stage;
-use crate::config::{DataConfig, ModelOptions, Recipe, RunConfig, WeightsInfo};
+use crate::config::{DataConfig, ModelOptions, Recipe, RunConfig, Stage, WeightsInfo};
 use crate::data::scan::{self, Dataset};
 use crate::data::split::{self, Labels, Split, TrainLabels};
 use crate::error::{Error, Result, Setting};
