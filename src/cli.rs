@@ -47,7 +47,7 @@ pub fn render(e: &Error) -> String {
     match e {
         Error::Invalid { setting, problem } => format!("invalid option: {}", setting_problem(*setting, problem)),
         Error::ConfigFile { path, setting, problem } => {
-            format!("{}: holds a setting its flag would refuse: {}{}{problem}", path.display(), flag(*setting), sep(problem))
+            format!("{}: {}: {}{}{problem}", path.display(), crate::error::REFUSED_SETTING, flag(*setting), sep(problem))
         }
         other => other.to_string(),
     }

@@ -34,7 +34,7 @@ pub enum Error {
     Invalid { setting: Setting, problem: String },
 
     /// A run's `config.json` holds a value its setting's rule refuses.
-    #[error("{path}: holds a setting its flag would refuse: {}{}{problem}", .setting.name(), sep(.problem))]
+    #[error("{path}: {REFUSED_SETTING}: {}{}{problem}", .setting.name(), sep(.problem))]
     ConfigFile { path: PathBuf, setting: Setting, problem: String },
 
     /// libtorch refused an operation (a tensor of an unexpected shape or kind).
@@ -99,6 +99,9 @@ impl From<tch::TchError> for Error {
         Error::Torch(e)
     }
 }
+
+/// How a run's `config.json` with a refused value is described (library and binary alike).
+pub(crate) const REFUSED_SETTING: &str = "holds a setting its flag would refuse";
 
 /// What separates a setting's name from its problem: nothing before `:`.
 pub(crate) fn sep(problem: &str) -> &'static str {

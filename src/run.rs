@@ -121,7 +121,7 @@ pub fn read_config(dir: &Path) -> Result<RunConfig> {
     let config: RunConfig = serde_json::from_str(&s).map_err(|e| Error::file(&p, format!("is not a valid vggft run config: {e}")))?;
     config.validate().map_err(|e| match e {
         Error::Invalid { setting, problem } => Error::ConfigFile { path: p.clone(), setting, problem },
-        other => Error::file(&p, format!("holds a setting its flag would refuse: {other}")),
+        other => Error::file(&p, format!("{}: {other}", crate::error::REFUSED_SETTING)),
     })?;
     Ok(config)
 }
