@@ -264,9 +264,10 @@ pub struct ModelArgs {
     /// Hidden layer width of the bn head (0: none).
     #[arg(long, default_value_t = 0)]
     pub hidden: i64,
-    /// Blocks whose pooled outputs feed the head, e.g. conv4,conv5 (multi-layer features).
-    #[arg(long, default_value = "conv5", value_parser = checked(features_syntax))]
-    pub features: String,
+    /// Blocks whose pooled outputs feed the head, e.g. conv4,conv5 (multi-layer
+    /// features); default conv5, or conv4,conv5 when per-subject normalisation is on.
+    #[arg(long, value_parser = checked(features_syntax))]
+    pub features: Option<String>,
     /// Standardise each person's pooled features with that person's own statistics
     /// (auto: on when every subject id has at least 3 images).
     #[arg(long, value_enum, default_value_t = SubjectNormChoice::Auto)]
@@ -450,6 +451,9 @@ pub struct EvaluateArgs {
     /// Block whose output the top-loss heatmaps are computed on.
     #[arg(long, default_value = "conv5", value_parser = checked(conv_block))]
     pub layer: String,
+    /// Test-time augmentation (as `predict --tta`).
+    #[arg(long, value_enum, default_value_t = Tta::Auto)]
+    pub tta: Tta,
     /// Convolution arithmetic (default: the run's own).
     #[arg(long, value_enum)]
     pub precision: Option<Precision>,
@@ -488,6 +492,10 @@ pub struct CvArgs {
     /// Epochs of the --baseline probe.
     #[arg(long, default_value_t = 15)]
     pub probe_epochs: usize,
+    /// Test-time augmentation of the test folds: flip averages each image's
+    /// probabilities with its mirror image's (as `predict --tta flip`).
+    #[arg(long, value_enum, default_value_t = Tta::Auto)]
+    pub tta: Tta,
     /// Also write the N worst-predicted test images over all folds, each with a
     /// Grad-CAM heatmap from its own fold's model: top_losses.png and .csv.
     #[arg(long, default_value_t = 0)]
@@ -515,10 +523,25 @@ pub enum OutputFormat {
     Csv,
 }
 
+/// Test-time augmentation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Tta {
+    /// flip for a model with per-subject normalisation (where it measured better: docs/results/accuracy), none otherwise.
+    Auto,
     None,
+    /// Average each image's probabilities with its mirror image's.
     Flip,
+}
+
+impl Tta {
+    /// Flip or not; `None` for auto (the model decides).
+    pub fn choice(self) -> Option<bool> {
+        match self {
+            Tta::Auto => None,
+            Tta::None => Some(false),
+            Tta::Flip => Some(true),
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -540,7 +563,7 @@ pub struct PredictArgs {
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub format: OutputFormat,
     /// Test-time augmentation.
-    #[arg(long, value_enum, default_value_t = Tta::None)]
+    #[arg(long, value_enum, default_value_t = Tta::Auto)]
     pub tta: Tta,
     /// Subject-normalised models: every input shows this one person.
     #[arg(long, conflicts_with = "subject_from")]
@@ -593,7 +616,8 @@ impl DataArgs {
 impl ModelArgs {
     pub fn to_options(&self) -> Result<ModelOptions> {
         let precision = if self.amp { Precision::Bf16 } else { self.precision };
-        let mut features = self.features.split(',').map(|b| Block::parse(b.trim(), Setting::Features)).collect::<Result<Vec<_>>>()?;
+        let mut features =
+            self.features.as_deref().unwrap_or("conv5").split(',').map(|b| Block::parse(b.trim(), Setting::Features)).collect::<Result<Vec<_>>>()?;
         features.sort_unstable();
         features.dedup();
         let mut options = ModelOptions {

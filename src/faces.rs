@@ -4,12 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
-use image::{imageops, RgbImage};
-use plotters::prelude::*;
-
 use crate::data::face::{FaceBox, FaceFinder};
 use crate::data::image::{load_gray, prepare};
 use crate::error::{Error, Result};
+use crate::eval::explain;
 use crate::fsutil;
 
 /// Writes `path,x,y,w,h,score` ("fallback" for the centred crop).
@@ -71,38 +69,26 @@ pub fn run(dir: &Path, out: &Path, tile: u32) -> Result<FacesReport> {
     let m = out.join("manifest.csv");
     fsutil::write_atomic(&m, &manifest.into_inner().map_err(|e| Error::file(&m, e.to_string()))?)?;
     let sheet = out.join("contact_sheet.png");
-    contact_sheet(&sheet, &tiles, tile)?;
+    contact_sheet(&sheet, &tiles)?;
     Ok(FacesReport { images: paths.len(), fallbacks, seconds_per_image: detect_time / paths.len().max(1) as f64, sheet })
 }
 
 /// A grid of tiles with their names underneath; fallbacks framed in red.
-fn contact_sheet(path: &Path, tiles: &[(String, image::GrayImage, bool)], tile: u32) -> Result<()> {
-    let cols = (tiles.len() as f64).sqrt().ceil().clamp(1.0, 12.0) as u32;
-    let rows = (tiles.len() as u32).div_ceil(cols).max(1);
-    let (cw, ch) = (tile + 8, tile + 24);
-    let (w, h) = (cols * cw + 8, rows * ch + 8);
-    let mut canvas = RgbImage::from_pixel(w, h, image::Rgb([255, 255, 255]));
-    for (k, (_, img, _)) in tiles.iter().enumerate() {
-        let (x, y) = (8 + (k as u32 % cols) * cw, 8 + (k as u32 / cols) * ch);
-        imageops::overlay(&mut canvas, &image::DynamicImage::ImageLuma8(img.clone()).to_rgb8(), x as i64, y as i64);
-    }
-    let mut buf = canvas.into_raw();
-    {
-        crate::eval::plot::register_font();
-        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
-        let font = ("sans-serif", 12).into_font();
-        for (k, (name, _, fallback)) in tiles.iter().enumerate() {
-            let (x, y) = ((8 + (k as u32 % cols) * cw) as i32, (8 + (k as u32 / cols) * ch) as i32);
-            let label: String = name.chars().take((tile / 7) as usize).collect();
-            root.draw(&Text::new(label, (x, y + tile as i32 + 3), font.clone())).map_err(|e| Error::file(path, e.to_string()))?;
+fn contact_sheet(path: &Path, tiles: &[(String, image::GrayImage, bool)]) -> Result<()> {
+    let captioned = tiles
+        .iter()
+        .map(|(name, img, fallback)| {
+            let mut rgb = image::DynamicImage::ImageLuma8(img.clone()).to_rgb8();
             if *fallback {
-                root.draw(&Rectangle::new([(x, y), (x + tile as i32, y + tile as i32)], RED.stroke_width(3))).map_err(|e| Error::file(path, e.to_string()))?;
+                let (w, h) = rgb.dimensions();
+                for (x, y, px) in rgb.enumerate_pixels_mut() {
+                    if x < 3 || y < 3 || x + 3 >= w || y + 3 >= h {
+                        *px = image::Rgb([220, 0, 0]);
+                    }
+                }
             }
-        }
-        root.present().map_err(|e| Error::file(path, e.to_string()))?;
-    }
-    let img = RgbImage::from_raw(w, h, buf).ok_or_else(|| Error::file(path, "sheet buffer has the wrong size"))?;
-    let mut png = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).map_err(|e| Error::file(path, e.to_string()))?;
-    fsutil::write_atomic(path, &png)
+            explain::captioned(&rgb, std::slice::from_ref(name))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    explain::save_png(path, &explain::sheet(&captioned))
 }

@@ -196,14 +196,12 @@ fn validate(session: &Session, trainer: &Trainer, model: &Vgg16) -> (Option<Metr
     let val_rows = &prepared.data.val;
     let y: Vec<i64> = val_rows.iter().map(|&i| prepared.labels.targets[i]).collect();
     let score = |logits: &Tensor| eval::metrics(&y, &rows(&config.task_probs(logits)), &config.classes);
-    match (val_rows.is_empty(), model.cfg.subject_norm) {
-        (true, _) => (None, None),
-        (false, false) => (Some(score(&trainer.val_logits(model, None))), None),
-        (false, true) => {
-            let (person, single) = trainer.subject_logits(model, None, val_rows);
-            (Some(score(&person)), Some(score(&single)))
-        }
+    if val_rows.is_empty() {
+        return (None, None);
     }
+    // A subject-normalised model is scored as predict and evaluate score it by default: with flip TTA.
+    let (main, single) = trainer.scores(model, None, val_rows, model.cfg.subject_norm);
+    (Some(score(&main)), single.as_ref().map(score))
 }
 
 /// Writes `metrics.json`, removes the checkpoints, marks the run complete
@@ -224,6 +222,7 @@ fn finish(
     });
     if val_single.is_some() {
         metrics["subject_norm"] = serde_json::json!(crate::subject::TRANSDUCTIVE);
+        metrics["tta"] = serde_json::json!(crate::eval::FLIP_TTA);
         metrics["validation_single_image"] = serde_json::json!(val_single);
     }
     fsutil::write_json(&dir.join("metrics.json"), &metrics)?;

@@ -50,13 +50,23 @@ impl Session {
             data,
             data_sha256: String::new(),
         };
-        if recipe.auto_freeze && config.model.subject_norm == SubjectNormChoice::On {
-            let epochs = config.train.stages.iter().map(|s| s.epochs).sum();
-            config.train.stages = vec![Stage { from: Block::Head, epochs }];
-            reporter.message(&format!(
-                "per-subject normalisation is on: training the head alone ({}), the recipe that measured best with person statistics (docs/results/accuracy); --freeze-until conv5 fine-tunes",
-                crate::train::describe_stages(&config.train.stages)
-            ));
+        if config.model.subject_norm == SubjectNormChoice::On {
+            let mut chose = Vec::new();
+            if recipe.auto_freeze {
+                let epochs = config.train.stages.iter().map(|s| s.epochs).sum();
+                config.train.stages = vec![Stage { from: Block::Head, epochs }];
+                chose.push(format!("training the head alone ({}; --freeze-until conv5 fine-tunes)", crate::train::describe_stages(&config.train.stages)));
+            }
+            if recipe.auto_features {
+                config.model.features = vec![Block::Conv4, Block::Conv5];
+                chose.push("on the pooled conv4 and conv5 outputs (--features conv5: the last block alone)".into());
+            }
+            if !chose.is_empty() {
+                reporter.message(&format!(
+                    "per-subject normalisation is on: {}, the recipe that measured best with person statistics (docs/results/accuracy)",
+                    chose.join(", ")
+                ));
+            }
         }
         Ok(Session { config, prepared, device })
     }

@@ -58,6 +58,9 @@ pub struct CvConfig {
     /// Epochs of the head-only probe trained beside the recipe on every fold (`--baseline probe`).
     #[serde(default)]
     pub baseline: Option<usize>,
+    /// `--tta flip`: each test image's probabilities averaged with its mirror image's.
+    #[serde(default)]
+    pub tta_flip: bool,
     /// `--top-losses N`: heatmaps of the N worst test images over all folds.
     #[serde(default)]
     pub top_losses: usize,
@@ -75,6 +78,9 @@ pub struct Request {
     pub only_fold: Option<usize>,
     /// Also train a head-only probe of this many epochs on every fold.
     pub baseline: Option<usize>,
+    /// Flip test-time augmentation of the test folds (`None`: for a
+    /// subject-normalised recipe, where it measured better).
+    pub tta_flip: Option<bool>,
     /// Heatmaps of this many worst test images over all folds (0: none).
     pub top_losses: usize,
     pub out: PathBuf,
@@ -189,6 +195,7 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
         folds: req.folds.clone(),
         seeds: req.seeds.clone(),
         baseline: req.baseline,
+        tta_flip: req.tta_flip.unwrap_or(session.config.model.subject_norm == crate::subject::SubjectNormChoice::On),
         top_losses: req.top_losses,
         n_folds: match req.folds {
             Folds::Loso => ds.samples.iter().filter_map(|s| s.subject.as_deref()).collect::<std::collections::BTreeSet<_>>().len(),
@@ -200,7 +207,7 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
     if !ds.samples.iter().all(|s| s.subject.is_some()) {
         reporter.message("no subject ids in this dataset: folds are stratified image folds (the same person may be in training and test)");
     }
-    let shared = shared_caches(req, &session, reporter)?;
+    let shared = shared_caches(req, &session, cfg.tta_flip, reporter)?;
     let total_folds = if req.only_fold.is_some() { req.seeds.len() } else { req.seeds.len() * cfg.n_folds };
     let (mut done_folds, mut spent) = (0usize, 0.0f64);
     for &seed in &req.seeds {
@@ -214,7 +221,7 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
             if req.only_fold.is_some_and(|f| f != fi) {
                 continue;
             }
-            let r = run_fold(req, &session, &shared, (seed, fi), test)?;
+            let r = run_fold(req, &session, &shared, (seed, fi, cfg.tta_flip), test)?;
             done_folds += 1;
             spent += r.seconds;
             let left = total_folds.saturating_sub(done_folds);
@@ -244,15 +251,14 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
 /// The frozen prefix does not depend on the fold when BN statistics are not
 /// re-estimated: computed once for all folds and seeds (with the later
 /// stages' freeze points derived from it).
-fn shared_caches(req: &Request, session: &Session, reporter: &mut dyn Reporter) -> Result<Vec<train::Cache>> {
+fn shared_caches(req: &Request, session: &Session, tta_flip: bool, reporter: &mut dyn Reporter) -> Result<Vec<train::Cache>> {
     if req.recipe.model.bn == BnMode::Recalibrate {
         reporter.message("frozen-prefix cache per fold: --bn recalibrate re-estimates statistics on each fold's training images");
         return Ok(vec![]);
     }
     let (pre, device) = (&session.config.data.preprocess, session.device);
     let (base_model, _) = session.fresh_model(session.config.train.seed as i64, true)?;
-    let cap = base_model.cfg.deepest_start();
-    let from = session.config.train.stages.iter().map(|s| s.from).min().unwrap_or(Block::Head).min(cap);
+    let from = session.config.train.stages.iter().map(|s| s.from).min().unwrap_or(Block::Head);
     let n_all = session.prepared.dataset.samples.len();
     let views = match train::cache_plan(&base_model, &session.config.train, pre, from, n_all, n_all, device) {
         Ok(views) => views,
@@ -263,19 +269,23 @@ fn shared_caches(req: &Request, session: &Session, reporter: &mut dyn Reporter) 
     };
     let t0 = Instant::now();
     let all: Vec<usize> = (0..n_all).collect();
-    let c = train::build_cache(&base_model, &session.config.train, pre, &session.prepared.data.gray, from, views, &all, &all, device, reporter);
+    let mut c = train::build_cache(&base_model, &session.config.train, pre, &session.prepared.data.gray, from, views, &all, &all, device, reporter);
+    if tta_flip {
+        c.add_flipped(&base_model, pre, &session.prepared.data.gray, device);
+    }
     // Later stages' freeze points too (e.g. the head-only warm-up's conv5 output):
     // the folds use them while those blocks still hold the pretrained weights.
     let probe = req.baseline.map(|_| Block::Head);
-    let mut points: Vec<Block> = session.config.train.stages.iter().map(|s| s.from).chain(probe).map(|b| b.min(cap)).filter(|&b| b > from).collect();
+    let mut points: Vec<Block> = session.config.train.stages.iter().map(|s| s.from).chain(probe).filter(|&b| b > from).collect();
     points.sort_unstable();
     points.dedup();
     let mut caches: Vec<train::Cache> = points.iter().map(|&b| train::derive_cache(&base_model, &c, b)).collect();
     caches.insert(0, c);
     reporter.message(&format!(
-        "cached the frozen {} output{} once for every fold and seed: {views} view(s) of {n_all} images, in {:.1}s",
-        Block::from_index(from.index() - 1),
-        points.iter().map(|b| format!(" (and the {} output)", Block::from_index(b.index() - 1))).collect::<String>(),
+        "cached the frozen {}{} once for every fold and seed: {views} view(s) of {n_all} images{}, in {:.1}s",
+        train::holds(from),
+        points.iter().map(|&b| format!(" (and the {})", train::holds(b))).collect::<String>(),
+        if tta_flip { " and their mirror images" } else { "" },
         t0.elapsed().as_secs_f64()
     ));
     Ok(caches)
@@ -298,19 +308,22 @@ fn test_folds(folds: &Folds, session: &Session, seed: u64) -> Result<Vec<Vec<usi
 }
 
 /// Trains the recipe (and the probe) on one fold and scores its test rows.
-fn run_fold(req: &Request, session: &Session, shared: &[train::Cache], (seed, fi): (u64, usize), test: &[usize]) -> Result<FoldResult> {
+fn run_fold(req: &Request, session: &Session, shared: &[train::Cache], (seed, fi, tta_flip): (u64, usize, bool), test: &[usize]) -> Result<FoldResult> {
     let t0 = Instant::now();
     let (ds, labels) = (&session.prepared.dataset, &session.prepared.labels);
     let train: Vec<usize> = (0..ds.samples.len()).filter(|i| test.binary_search(i).is_err()).collect();
     let data = session.train_data(train, vec![]);
     let tc = TrainConfig { seed, ..session.config.train.clone() };
     let y: Vec<i64> = test.iter().map(|&i| labels.targets[i]).collect();
-    let fold = Fold { session, data: &data, test, y: &y, shared };
+    let fold = Fold { session, data: &data, test, y: &y, shared, tta_flip };
     let (main, single, model) = fold.train_and_score(&tc)?;
     let top = if req.top_losses > 0 { top_losses(req, session, &model, (seed, fi), test, &y, &main.probs)? } else { vec![] };
     drop(model);
+    let probe = |epochs| vec![Stage { from: Block::Head, epochs }];
     let baseline = match req.baseline {
-        Some(epochs) => Some(fold.train_and_score(&TrainConfig { stages: vec![Stage { from: Block::Head, epochs }], ..tc.clone() })?.0),
+        // The recipe already is that probe (the default with person statistics): the same training, so its scores.
+        Some(epochs) if tc.stages == probe(epochs) => Some(main.clone()),
+        Some(epochs) => Some(fold.train_and_score(&TrainConfig { stages: probe(epochs), ..tc.clone() })?.0),
         None => None,
     };
     Ok(FoldResult {
@@ -370,6 +383,7 @@ struct Fold<'a> {
     test: &'a [usize],
     y: &'a [i64],
     shared: &'a [train::Cache],
+    tta_flip: bool,
 }
 
 impl Fold<'_> {
@@ -386,13 +400,8 @@ impl Fold<'_> {
             let probs = crate::run::rows(&run.task_probs(logits));
             Scores { metrics: eval::metrics(self.y, &probs, &run.classes), probs }
         };
-        let (main, single) = if model.cfg.subject_norm {
-            let (person, single) = trainer.subject_logits(&model, self.shared.first(), self.test);
-            (score(&person), Some(score(&single)))
-        } else {
-            (score(&trainer.logits(&model, self.shared.first(), self.test)), None)
-        };
-        Ok((main, single, model))
+        let (main, single) = trainer.scores(&model, self.shared.first(), self.test, self.tta_flip);
+        Ok((score(&main), single.as_ref().map(score), model))
     }
 }
 
@@ -473,18 +482,10 @@ fn summarise(cfg: &CvConfig, results: &[FoldResult], missing: &[String]) -> Summ
     };
     let single = alt(|r| r.single.as_ref());
     let baseline = alt(|r| r.baseline.as_ref());
-    let mut per_subject: BTreeMap<String, (usize, usize)> = BTreeMap::new();
-    for r in results {
-        for ((s, &t), p) in r.subjects.iter().zip(&r.y).zip(&r.probs) {
-            let e = per_subject.entry(s.clone()).or_default();
-            e.1 += 1;
-            if crate::eval::predict::argmax(p) as i64 == t {
-                e.0 += 1;
-            }
-        }
-    }
+    let per_subject: BTreeMap<String, (usize, usize)> =
+        subject_counts(results).into_iter().map(|(s, per)| (s.to_string(), per.values().fold((0, 0), |a, v| (a.0 + v.0, a.1 + v.1)))).collect();
     let protocol = format!(
-        "{} cross-validation ({}), {} seed(s) {:?}, {} fold results; metrics per fold, mean ± std and t-based 95 % interval (clipped to [0, 1]) over folds × seeds; the last epoch of the fixed recipe is evaluated (no early stopping on test folds){}",
+        "{} cross-validation ({}), {} seed(s) {:?}, {} fold results; metrics per fold, mean ± std and t-based 95 % interval (clipped to [0, 1]) over folds × seeds; the last epoch of the fixed recipe is evaluated (no early stopping on test folds){}{}",
         match cfg.folds {
             Folds::Loso => "leave-one-subject-out".to_string(),
             Folds::K { k } => format!("{k}-fold subject-grouped"),
@@ -493,6 +494,7 @@ fn summarise(cfg: &CvConfig, results: &[FoldResult], missing: &[String]) -> Summ
         cfg.seeds.len(),
         cfg.seeds,
         results.len(),
+        if cfg.tta_flip { format!("; {}", crate::eval::FLIP_TTA) } else { String::new() },
         if single.is_some() { format!("; {}", crate::subject::TRANSDUCTIVE) } else { String::new() }
     ) + &if missing.is_empty() { String::new() } else { format!("; PARTIAL (--partial): {} fold result(s) missing: {}", missing.len(), crate::error::short_list(missing, 8)) };
     Summary {
@@ -532,9 +534,8 @@ fn write_outputs(dir: &Path, cfg: &CvConfig, summary: &Summary, results: &[FoldR
     plot::spread(&dir.join("folds.png"), &results.iter().map(|r| (r.seed, r.fold, r.metrics.balanced_accuracy)).collect::<Vec<_>>(), summary.stats[3].mean)
 }
 
-/// Each subject's balanced accuracy (mean recall over the classes that
-/// subject's test images have) and image count, worst first.
-pub(crate) fn subject_bacc(results: &[FoldResult]) -> Vec<(String, f64, usize)> {
+/// (correct, tested) per subject and true class, pooled over every fold result.
+fn subject_counts(results: &[FoldResult]) -> BTreeMap<&str, BTreeMap<i64, (usize, usize)>> {
     let mut counts: BTreeMap<&str, BTreeMap<i64, (usize, usize)>> = BTreeMap::new();
     for r in results {
         for ((s, &t), p) in r.subjects.iter().zip(&r.y).zip(&r.probs) {
@@ -543,7 +544,13 @@ pub(crate) fn subject_bacc(results: &[FoldResult]) -> Vec<(String, f64, usize)> 
             e.0 += usize::from(crate::eval::predict::argmax(p) as i64 == t);
         }
     }
-    let mut out: Vec<(String, f64, usize)> = counts
+    counts
+}
+
+/// Each subject's balanced accuracy (mean recall over the classes that
+/// subject's test images have) and image count, worst first.
+pub(crate) fn subject_bacc(results: &[FoldResult]) -> Vec<(String, f64, usize)> {
+    let mut out: Vec<(String, f64, usize)> = subject_counts(results)
         .into_iter()
         .map(|(s, per)| {
             let bacc = per.values().map(|&(c, n)| c as f64 / n as f64).sum::<f64>() / per.len() as f64;

@@ -10,6 +10,9 @@ pub mod report;
 
 use serde::{Deserialize, Serialize};
 
+/// What a summary says when scores use flip test-time augmentation.
+pub const FLIP_TTA: &str = "flip test-time augmentation: each image's probabilities averaged with its mirror image's";
+
 pub fn accuracy(y: &[i64], pred: &[i64]) -> f64 {
     if y.is_empty() {
         return f64::NAN;

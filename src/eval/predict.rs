@@ -283,7 +283,7 @@ pub fn evaluate(
     format: crate::data::scan::DataFormat,
     skip_bad: bool,
     (trained_on, exclude): (&std::collections::HashSet<PathBuf>, bool),
-    device: Device,
+    (tta_flip, device): (bool, Device),
 ) -> crate::error::Result<Evaluation> {
     let mut ds = crate::data::scan::scan(data, format)?;
     let seen = |p: &Path| std::fs::canonicalize(p).is_ok_and(|c| trained_on.contains(&c));
@@ -320,10 +320,15 @@ pub fn evaluate(
     let probs = if model.cfg.subject_norm {
         // Each person of the dataset is normalised by their own images (transductive).
         let f = chunks(&|x| model.pooled_from(x, Block::Conv1, false));
-        let (p, _) = person_or_single(model, &f, None, &ds.samples.iter().map(|s| s.subject.clone()).collect::<Vec<_>>());
+        let g = tta_flip.then(|| chunks(&|x| model.pooled_from(&x.flip([3]), Block::Conv1, false)));
+        let (p, _) = person_or_single(model, &f, g.as_ref(), &ds.samples.iter().map(|s| s.subject.clone()).collect::<Vec<_>>());
         crate::run::rows(&crate::eval::sum_to_task(&p, &cfg.raw_to_task, cfg.classes.len()))
     } else {
-        crate::run::rows(&cfg.task_probs(&chunks(&|x| model.forward_t(x, false))))
+        let mut p = chunks(&|x| model.forward_t(x, false)).softmax(1, tch::Kind::Double);
+        if tta_flip {
+            p = (p + chunks(&|x| model.forward_t(&x.flip([3]), false)).softmax(1, tch::Kind::Double)) / 2.0;
+        }
+        crate::run::rows(&crate::eval::sum_to_task(&p, &cfg.raw_to_task, cfg.classes.len()))
     };
     let metrics = crate::eval::metrics(&y, &probs, &cfg.classes);
     Ok(Evaluation {

@@ -238,12 +238,6 @@ impl ModelConfig {
     pub fn pooled_width(&self) -> i64 {
         self.features.iter().map(|&b| self.block_out(b)).sum()
     }
-    /// The highest block a cached input may start from: the head needs the
-    /// output of every feature block, so the walk must begin at or below the
-    /// block after the lowest one.
-    pub fn deepest_start(&self) -> Block {
-        self.features.first().map(|b| Block::from_index(b.index() + 1)).unwrap_or(Block::Head)
-    }
     pub fn channels(&self, layer: usize) -> i64 {
         (CONVS[layer].channels / self.width_div).max(1)
     }
@@ -400,6 +394,18 @@ impl Vgg16 {
         self.walk(x, from, to, train, |_, _| {})
     }
 
+    /// What a frozen-prefix cache at `to` holds for input `x` entering at
+    /// `from` (eval mode): the output of the blocks `from..to`, or at the
+    /// head the pooled features themselves — small, and all a head-only
+    /// stage needs, whichever blocks `--features` pools.
+    pub fn prefix(&self, x: &Tensor, from: Block, to: Block) -> Tensor {
+        if to == Block::Head {
+            self.pooled_from(x, from, false)
+        } else {
+            self.features(x, from, to, false)
+        }
+    }
+
     /// `features`, calling `tap` with each block's output as it is produced.
     fn walk(&self, x: &Tensor, from: Block, to: Block, train: bool, mut tap: impl FnMut(Block, &Tensor)) -> Tensor {
         let bn_train = self.trunk_bn_train(train);
@@ -458,14 +464,14 @@ impl Vgg16 {
         self.classify(&self.pool(maps), train)
     }
 
-    /// Continues from the output of the blocks before `from` to the logits.
-    /// `x` is the output of the block before `from`, which must not lie above
-    /// `cfg.deepest_start()` (the head needs every feature block's output).
+    /// Continues from the output of the blocks before `from` to the logits
+    /// (`from` = `Head`: `x` is the pooled features, as a head-level cache holds them).
     pub fn forward_from(&self, x: &Tensor, from: Block, train: bool) -> Tensor {
         self.classify(&self.pooled_from(x, from, train), train)
     }
 
-    /// The head's input (pooled features) from the output of the blocks before `from`.
+    /// The head's input (pooled features) from the output of the blocks
+    /// before `from` (`from` = `Head`: `x` already is the pooled features).
     pub(crate) fn pooled_from(&self, x: &Tensor, from: Block, train: bool) -> Tensor {
         self.pooled_tapped(x, from, train, None).0
     }
@@ -473,6 +479,9 @@ impl Vgg16 {
     /// `pooled_from`, also returning the output of block `tap` (a tensor of
     /// the autograd graph, for Grad-CAM's gradient with respect to it).
     pub(crate) fn pooled_tapped(&self, x: &Tensor, from: Block, train: bool, tap: Option<Block>) -> (Tensor, Option<Tensor>) {
+        if from == Block::Head {
+            return (x.shallow_clone(), None);
+        }
         let wanted = |b: Block| self.cfg.features.contains(&b);
         let mut maps: Vec<Tensor> = Vec::with_capacity(self.cfg.features.len());
         let mut tapped = None;

@@ -26,6 +26,7 @@ use tch::{Device, Kind, Reduction, Tensor};
 pub(crate) use checkpoint::remove_checkpoints;
 pub use checkpoint::{load_state, STATE};
 pub use hooks::{BatchEnd, Ctx, Hook};
+pub(crate) use source::holds;
 pub use source::{build_cache, cache_plan, derive_cache, Cache};
 
 use crate::config::{ClassWeights, Stage, TrainConfig};
@@ -215,15 +216,24 @@ impl Trainer<'_> {
         Optimizer::new(self.cfg.optimizer, groups, self.cfg.momentum)
     }
 
-    /// Eval-mode `f(input, first block)` over dataset rows `idx` in chunks,
-    /// from the cache's clean rows when it has them; `width` columns when `idx` is empty.
-    fn eval_rows(&self, cache: Option<&Cache>, idx: &[usize], width: i64, f: impl Fn(&Tensor, Block) -> Tensor) -> Tensor {
+    /// Eval-mode `f(input, first block)` over dataset rows `idx` in chunks
+    /// (mirrored left–right when `flip`), from the cache's clean rows when it
+    /// has them; `width` columns when `idx` is empty.
+    fn eval_rows(&self, cache: Option<&Cache>, idx: &[usize], width: i64, flip: bool, f: impl Fn(&Tensor, Block) -> Tensor) -> Tensor {
         tch::no_grad(|| {
             let parts: Vec<Tensor> = idx
                 .chunks(32)
-                .map(|c| match cache.filter(|k| k.covers(&[], c)) {
-                    Some(k) => f(&k.clean_rows(c, self.device), k.from),
-                    None => f(&self.pre.normalise(&crate::data::select(&self.data.gray, c, self.device)), Block::Conv1),
+                .map(|c| {
+                    let cached = cache
+                        .filter(|k| k.covers(&[], c))
+                        .and_then(|k| Some((if flip { k.flipped_rows(c, self.device)? } else { k.clean_rows(c, self.device) }, k.from)));
+                    match cached {
+                        Some((x, from)) => f(&x, from),
+                        None => {
+                            let g = crate::data::select(&self.data.gray, c, self.device);
+                            f(&self.pre.normalise(&if flip { g.flip([3]) } else { g }), Block::Conv1)
+                        }
+                    }
                 })
                 .collect();
             if parts.is_empty() {
@@ -237,27 +247,38 @@ impl Trainer<'_> {
     /// Eval-mode logits of the main head for dataset rows `idx` (for a
     /// subject-normalised model: each person normalised by that person's rows in `idx`).
     pub fn logits(&self, model: &Vgg16, cache: Option<&Cache>, idx: &[usize]) -> Tensor {
-        if model.cfg.subject_norm {
-            return self.subject_logits(model, cache, idx).0;
+        self.scores(model, cache, idx, false).0
+    }
+
+    /// Eval-mode pooled features (the head's input) of dataset rows `idx`, mirrored when `flip`.
+    pub fn pooled(&self, model: &Vgg16, cache: Option<&Cache>, idx: &[usize], flip: bool) -> Tensor {
+        self.eval_rows(cache, idx, 0, flip, |x, from| model.pooled_from(x, from, false))
+    }
+
+    /// Eval-mode scores of rows `idx` (logits, or log-probabilities where
+    /// several are combined): the main head and, for a subject-normalised
+    /// model, its single-image head. The main head of such a model sees
+    /// features standardised with each person's statistics over that
+    /// person's rows in `idx` (transductive); a person with fewer than
+    /// `subject::PERSON_MIN` rows gets the single-image head. With `tta_flip`
+    /// each image's probabilities are averaged with its mirror image's.
+    pub(crate) fn scores(&self, model: &Vgg16, cache: Option<&Cache>, idx: &[usize], tta_flip: bool) -> (Tensor, Option<Tensor>) {
+        let probs = |t: Tensor| t.softmax(1, Kind::Double);
+        let log = |p: Tensor| p.log().to_kind(Kind::Float);
+        if !model.cfg.subject_norm {
+            let logits = |flip| self.eval_rows(cache, idx, model.cfg.num_classes, flip, |x, from| model.forward_from(x, from, false));
+            return (if tta_flip { log((probs(logits(false)) + probs(logits(true))) / 2.0) } else { logits(false) }, None);
         }
-        self.eval_rows(cache, idx, model.cfg.num_classes, |x, from| model.forward_from(x, from, false))
-    }
-
-    /// Eval-mode pooled features (the head's input) of dataset rows `idx`.
-    pub fn pooled(&self, model: &Vgg16, cache: Option<&Cache>, idx: &[usize]) -> Tensor {
-        self.eval_rows(cache, idx, 0, |x, from| model.pooled_from(x, from, false))
-    }
-
-    /// A subject-normalised model's eval-mode logits for rows `idx`: the main
-    /// head on features standardised with each person's statistics over that
-    /// person's rows in `idx` (transductive), and the single-image head on the raw features.
-    /// A person with fewer than `subject::PERSON_MIN` rows gets the single-image head in both.
-    pub(crate) fn subject_logits(&self, model: &Vgg16, cache: Option<&Cache>, idx: &[usize]) -> (Tensor, Tensor) {
-        let f = self.pooled(model, cache, idx);
+        let f = self.pooled(model, cache, idx, false);
+        let g = tta_flip.then(|| self.pooled(model, cache, idx, true));
         let keys: Vec<Option<usize>> = idx.iter().map(|&i| Some(self.data.groups[i])).collect();
-        let (person, _) = crate::eval::predict::person_or_single(model, &f, None, &keys);
-        let single = tch::no_grad(|| model.classify_global(&f, false).unwrap_or_else(|| model.classify(&f, false)));
-        (person.log().to_kind(Kind::Float), single)
+        let (person, _) = crate::eval::predict::person_or_single(model, &f, g.as_ref(), &keys);
+        let single = |f: &Tensor| tch::no_grad(|| model.classify_global(f, false).unwrap_or_else(|| model.classify(f, false)));
+        let single = match &g {
+            Some(g) => log((probs(single(&f)) + probs(single(g))) / 2.0),
+            None => single(&f),
+        };
+        (log(person), Some(single))
     }
 
     /// Training-mode logits of one batch of dataset rows (and, for a
@@ -376,7 +397,7 @@ impl Trainer<'_> {
         // Each person's statistics under the current trunk, from the clean training images.
         let norm = ctx.model.cfg.subject_norm.then(|| {
             let g: Vec<usize> = self.data.train.iter().map(|&r| self.data.groups[r]).collect();
-            SubjectNorm::fit(&self.pooled(ctx.model, source.cache(), &self.data.train), &g)
+            SubjectNorm::fit(&self.pooled(ctx.model, source.cache(), &self.data.train, false), &g)
         });
         each(hooks, |h| h.before_epoch(ctx, bs.len()))?;
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0i64, 0usize);

@@ -28,6 +28,8 @@ pub struct Cache {
     /// Unaugmented rows (validation / test images; all images without augmentation).
     clean: Tensor,
     clean_row: Vec<Option<usize>>,
+    /// The clean rows mirrored left–right (flip test-time augmentation), when asked for.
+    flipped: Option<Tensor>,
 }
 
 impl Cache {
@@ -40,7 +42,30 @@ impl Cache {
             aug_row: self.aug_row.clone(),
             clean: self.clean.shallow_clone(),
             clean_row: self.clean_row.clone(),
+            flipped: self.flipped.as_ref().map(Tensor::shallow_clone),
         }
+    }
+
+    /// Adds the mirrored twin of every clean row (for flip test-time augmentation).
+    pub fn add_flipped(&mut self, model: &Vgg16, pre: &Preprocess, gray: &Tensor, device: Device) {
+        let mut rows = vec![0usize; self.clean_row.iter().flatten().count()];
+        for (i, r) in self.clean_row.iter().enumerate() {
+            if let Some(r) = r {
+                rows[*r] = i;
+            }
+        }
+        let store = self.clean.kind();
+        let parts: Vec<Tensor> = rows
+            .chunks(8)
+            .map(|c| tch::no_grad(|| model.prefix(&pre.normalise(&crate::data::select(gray, c, device).flip([3])), Block::Conv1, self.from).to_kind(store)))
+            .collect();
+        self.flipped = Some(if parts.is_empty() { self.clean.shallow_clone() } else { Tensor::cat(&parts, 0) });
+    }
+
+    /// Mirrored clean rows of dataset rows `rows`, when the cache holds them.
+    pub(crate) fn flipped_rows(&self, rows: &[usize], device: Device) -> Option<Tensor> {
+        let f = self.flipped.as_ref()?;
+        Some(f.index_select(0, &index(rows.iter().map(|&i| self.clean_row[i].unwrap_or(0)), device)).to_kind(Kind::Float))
     }
 
     /// Whether it holds augmented views of every `train` and clean rows of every `eval` image.
@@ -57,6 +82,15 @@ impl Cache {
     fn views_of(&self, rows: &[usize], rng: &mut ChaCha8Rng, device: Device) -> Tensor {
         let pick = rows.iter().map(|&r| rng.gen_range(0..self.views) * self.n_aug + self.aug_row[r].unwrap_or(0)).collect::<Vec<_>>();
         self.aug.index_select(0, &index(pick.into_iter(), device)).to_kind(Kind::Float)
+    }
+}
+
+/// What a cache entering at `from` holds, in words.
+pub(crate) fn holds(from: Block) -> String {
+    if from == Block::Head {
+        "pooled features".into()
+    } else {
+        format!("{} output", Block::from_index(from.index().saturating_sub(1)))
     }
 }
 
@@ -89,7 +123,7 @@ pub fn build_cache(
     } else {
         views * aug_rows.len() + clean_rows.len()
     };
-    let what = format!("caching the frozen {} output", Block::from_index(from.index().saturating_sub(1)));
+    let what = format!("caching the frozen {}", holds(from));
     let done = std::cell::Cell::new(0usize);
     let reporter = std::cell::RefCell::new(reporter);
     reporter.borrow_mut().progress(&what, "image(s)", 0, total);
@@ -105,7 +139,7 @@ pub fn build_cache(
                         Some(v) => cfg.augment.apply_seeded(&g, &c.iter().map(|&i| sub_seed(cfg.seed, 1, v as u64, i as u64)).collect::<Vec<_>>()),
                         None => g,
                     };
-                    model.features(&pre.normalise(&g), Block::Conv1, from, false).to_kind(store)
+                    model.prefix(&pre.normalise(&g), Block::Conv1, from).to_kind(store)
                 })
                 .collect();
             Tensor::cat(&parts, 0)
@@ -124,7 +158,7 @@ pub fn build_cache(
         all.dedup();
         let clean = feats(&all, None);
         let rows = row_map(&all);
-        return Cache { from, aug: clean.shallow_clone(), views: 1, n_aug: all.len(), aug_row: rows.clone(), clean, clean_row: rows };
+        return Cache { from, aug: clean.shallow_clone(), views: 1, n_aug: all.len(), aug_row: rows.clone(), clean, clean_row: rows, flipped: None };
     }
     let banks: Vec<Tensor> = (0..views).map(|v| feats(aug_rows, Some(v))).collect();
     Cache {
@@ -135,6 +169,7 @@ pub fn build_cache(
         aug_row: row_map(aug_rows),
         clean: if clean_rows.is_empty() { Tensor::zeros([0], (Kind::Float, device)) } else { feats(clean_rows, None) },
         clean_row: row_map(clean_rows),
+        flipped: None,
     }
 }
 
@@ -149,10 +184,8 @@ pub fn derive_cache(model: &Vgg16, base: &Cache, from: Block) -> Cache {
             return t.shallow_clone();
         }
         tch::no_grad(|| {
-            let parts: Vec<Tensor> = (0..n)
-                .step_by(64)
-                .map(|s| model.features(&t.narrow(0, s, (n - s).min(64)).to_kind(Kind::Float), base.from, from, false).to_kind(t.kind()))
-                .collect();
+            let parts: Vec<Tensor> =
+                (0..n).step_by(64).map(|s| model.prefix(&t.narrow(0, s, (n - s).min(64)).to_kind(Kind::Float), base.from, from).to_kind(t.kind())).collect();
             Tensor::cat(&parts, 0)
         })
     };
@@ -166,6 +199,7 @@ pub fn derive_cache(model: &Vgg16, base: &Cache, from: Block) -> Cache {
         n_aug: base.n_aug,
         aug_row: base.aug_row.clone(),
         clean_row: base.clean_row.clone(),
+        flipped: base.flipped.as_ref().map(run),
     }
 }
 
@@ -190,7 +224,7 @@ pub fn cache_plan(
     }
     let views = if cfg.augment.is_identity() { 1 } else { cfg.cache_views };
     let s = pre.image_size as i64;
-    let probe = tch::no_grad(|| model.features(&Tensor::zeros([1, 3, s, s], (Kind::Float, device)), Block::Conv1, from, false));
+    let probe = tch::no_grad(|| model.prefix(&Tensor::zeros([1, 3, s, s], (Kind::Float, device)), Block::Conv1, from));
     let per = probe.numel() * if cfg.cache_f16 { 2 } else { 4 };
     let budget = cfg.cache_mem_mb << 20;
     let fixed = per * n_clean;
@@ -256,8 +290,6 @@ pub(crate) struct Sources<'a> {
     base: Option<Cache>,
     /// Whether the fit resumed from a checkpoint (shared caches then no longer match the weights).
     resumed: bool,
-    /// The highest freeze point a cache may hold (the head needs every feature block's output).
-    cap: Block,
 }
 
 impl<'a> Sources<'a> {
@@ -274,9 +306,8 @@ impl<'a> Sources<'a> {
         resumed: bool,
         reporter: &mut dyn Reporter,
     ) -> Self {
-        let cap = model.cfg.deepest_start();
-        let mut s = Sources { cfg, pre, data, device, shared, base: None, resumed, cap };
-        let base_from = cfg.stages.iter().skip(first_stage).map(|s| s.from).min().unwrap_or(Block::Head).min(cap);
+        let mut s = Sources { cfg, pre, data, device, shared, base: None, resumed };
+        let base_from = cfg.stages.iter().skip(first_stage).map(|s| s.from).min().unwrap_or(Block::Head);
         // Person statistics are taken from clean images, the training images' too.
         let clean: Vec<usize> = if model.cfg.subject_norm {
             let mut v: Vec<usize> = data.train.iter().chain(&data.val).copied().collect();
@@ -292,8 +323,8 @@ impl<'a> Sources<'a> {
                     let t0 = Instant::now();
                     let c = build_cache(model, cfg, pre, &data.gray, base_from, views, &data.train, &clean, device, reporter);
                     reporter.message(&format!(
-                        "cached the frozen {} output: {} view(s) of {} training images{}, in {:.1}s",
-                        Block::from_index(base_from.index() - 1),
+                        "cached the frozen {}: {} view(s) of {} training images{}, in {:.1}s",
+                        holds(base_from),
                         views,
                         data.train.len(),
                         if data.val.is_empty() { String::new() } else { format!(" and {} validation images", data.val.len()) },
@@ -319,7 +350,7 @@ impl<'a> Sources<'a> {
         let stage: Stage = self.cfg.stages[si];
         // Blocks no earlier stage trained still hold the weights a shared cache was built with.
         let untouched = !self.resumed && self.cfg.stages[..si].iter().all(|s| s.from >= stage.from);
-        let target = stage.from.min(self.cap);
+        let target = stage.from;
         let reusable = self.base.as_ref().filter(|b| target > b.from && untouched).and_then(|_| self.shared(target));
         let cache = match (&self.base, reusable) {
             (_, Some(c)) => Some(c.shallow()),
@@ -328,10 +359,10 @@ impl<'a> Sources<'a> {
                 let c = derive_cache(model, b, target);
                 if target > b.from {
                     reporter.message(&format!(
-                        "stage {} ({}+): extended the cache to the {} output in {:.1}s",
+                        "stage {} ({}+): extended the cache to the {} in {:.1}s",
                         si + 1,
                         stage.from,
-                        Block::from_index(target.index() - 1),
+                        holds(target),
                         t0.elapsed().as_secs_f64()
                     ));
                 }

@@ -132,9 +132,10 @@ fn multi_layer_features_train_from_the_conv4_cache_and_predict() {
     let (code, out, err) =
         run(&args(&s, &["finetune", "--data", data.to_str().unwrap(), "--features", "conv4,conv5", "--stages", "head:2,conv5:1", "--name", "ml"]), d.path());
     assert_eq!(code, 0, "{out}\n{err}");
-    // The head needs conv4's output, so the cache stops there and the head-only stage is not extended.
+    // The conv5 stage starts from conv4's output; the head-only stage trains
+    // from the pooled conv4 and conv5 features, derived from that cache.
     assert!(err.contains("cached the frozen conv4 output"), "{err}");
-    assert!(!err.contains("extended the cache"), "{err}");
+    assert!(err.contains("stage 1 (head+): extended the cache to the pooled features"), "{err}");
     let cfg = json(&d.path().join("runs/ml/config.json"));
     assert_eq!(cfg["model"]["features"], serde_json::json!(["conv4", "conv5"]));
     let history = std::fs::read_to_string(d.path().join("runs/ml/history.csv")).unwrap();
@@ -173,7 +174,7 @@ fn per_subject_normalisation_lifts_accuracy_when_identity_dominates() {
     eprintln!("LOSO balanced accuracy: global {global:.3}, per-subject {person:.3}, single-image head {single:?}");
     assert!(none.is_none() && single.is_some());
     assert!(person > global + 0.2, "per-subject {person} vs global {global}");
-    // The probe baseline ran on the same folds; here the recipe is a probe of the same length, so they agree.
+    // The probe baseline is reported on the same folds; here the recipe is that probe, whose scores it reuses.
     let cv = json(&d.path().join("on/cv.json"));
     let probe_bacc = cv["baseline"]["stats"][0]["mean"].as_f64().unwrap();
     assert!((probe_bacc - person).abs() < 1e-9, "probe {probe_bacc} vs recipe {person}");
@@ -202,6 +203,7 @@ fn subject_normalised_runs_report_both_heads_and_predict_groups_by_person() {
     assert_eq!(json(&run_dir.join("config.json"))["model"]["subject_norm"], "on");
     let metrics = json(&run_dir.join("metrics.json"));
     assert!(metrics["validation"]["balanced_accuracy"].is_f64() && metrics["validation_single_image"]["balanced_accuracy"].is_f64(), "{metrics}");
+    assert!(metrics["tta"].as_str().is_some_and(|t| t.starts_with("flip")), "{metrics}");
 
     let img = |s: usize, label: &str, i: usize| d.path().join(format!("p{s:02}_{label}_{i}.png"));
     let lines = |out: &str| out.lines().map(|l| l.to_string()).collect::<Vec<_>>();
@@ -213,6 +215,16 @@ fn subject_normalised_runs_report_both_heads_and_predict_groups_by_person() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(lines(&out).len(), 3);
     assert!(lines(&out).iter().all(|l| l.ends_with("mode=person")), "{out}");
+    // A subject-normalised model predicts with flip TTA unless told otherwise, and says so.
+    assert!(err.contains("flip test-time augmentation"), "{err}");
+    let flipped = out.clone();
+    a.extend(["--tta", "flip"]);
+    let (_, out, _) = run(&a, d.path());
+    assert_eq!(out, flipped, "auto is flip for this model");
+    a.truncate(a.len() - 2);
+    a.extend(["--tta", "none"]);
+    let (_, out, err) = run(&a, d.path());
+    assert!(out != flipped && !err.contains("test-time augmentation"), "{out}\n{err}");
     let (_, out, _) = run(&["predict", "--device", "cpu", "--subject", "P00", three[0].to_str().unwrap()], d.path());
     assert!(out.trim_end().ends_with("mode=single-image"), "{out}");
 
@@ -327,7 +339,8 @@ fn a_person_shown_with_one_expression_only() {
 }
 
 /// With per-subject normalisation on and no --stages / --freeze-until, the
-/// head is trained alone (the measured default); --freeze-until still fine-tunes.
+/// head is trained alone, and without --features it takes conv4 and conv5
+/// (the measured default); --freeze-until and --features still choose.
 #[test]
 fn default_stages_are_a_probe_when_person_statistics_are_on() {
     let d = tmp();
@@ -335,16 +348,22 @@ fn default_stages_are_a_probe_when_person_statistics_are_on() {
     let w = d.path().join("trunk.safetensors");
     trunk_only(&w, 25);
     let s = small(&w);
-    let stages = |name: &str| json(&d.path().join("runs").join(name).join("config.json"))["train"]["stages"].clone();
+    let config = |name: &str| json(&d.path().join("runs").join(name).join("config.json"));
+    let stages = |name: &str| config(name)["train"]["stages"].clone();
+    let features = |name: &str| config(name)["model"]["features"].clone();
     let base = ["finetune", "--data", m.to_str().unwrap(), "--augment", "none", "--epochs", "2", "--freeze-epochs", "1"];
     let (code, out, err) = run(&args(&s, &[&base[..], &["--name", "auto"]].concat()), d.path());
     assert_eq!(code, 0, "{out}\n{err}");
     assert_eq!(stages("auto"), serde_json::json!([{"from": "head", "epochs": 3}]), "{err}");
-    assert!(err.contains("training the head alone (head:3)") || out.contains("training the head alone (head:3)"), "{out}\n{err}");
-    let (code, out, err) = run(&args(&s, &[&base[..], &["--name", "ft", "--freeze-until", "conv5"]].concat()), d.path());
+    assert_eq!(features("auto"), serde_json::json!(["conv4", "conv5"]), "{err}");
+    assert!(err.contains("training the head alone (head:3;") && err.contains("on the pooled conv4 and conv5 outputs"), "{out}\n{err}");
+    let (code, out, err) = run(&args(&s, &[&base[..], &["--name", "ft", "--freeze-until", "conv5", "--features", "conv5"]].concat()), d.path());
     assert_eq!(code, 0, "{out}\n{err}");
     assert_eq!(stages("ft"), serde_json::json!([{"from": "head", "epochs": 1}, {"from": "conv5", "epochs": 2}]));
+    assert_eq!(features("ft"), serde_json::json!(["conv5"]));
+    assert!(!err.contains("per-subject normalisation is on:"), "nothing left to choose: {err}");
     let (code, out, err) = run(&args(&s, &[&base[..], &["--name", "off", "--subject-norm", "off"]].concat()), d.path());
     assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(features("off"), serde_json::json!(["conv5"]));
     assert_eq!(stages("off"), serde_json::json!([{"from": "head", "epochs": 1}, {"from": "conv5", "epochs": 2}]));
 }

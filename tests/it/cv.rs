@@ -37,7 +37,7 @@ fn cv_end_to_end_folds_collect_and_reproducibility() {
     let (code, out, err) = run(&a.iter().map(String::as_str).collect::<Vec<_>>(), d.path());
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("balanced_accuracy") && out.contains("95 % interval") && out.contains("majority_baseline"), "{out}");
-    assert!(err.contains("cached the frozen conv4 output (and the conv5 output) once for every fold and seed"), "{err}");
+    assert!(err.contains("cached the frozen conv4 output (and the pooled features) once for every fold and seed"), "{err}");
     let dir = d.path().join("cv-a");
     for p in ["confusion.png", "roc.png", "folds.png"] {
         non_blank_png(&dir.join(p));
@@ -271,4 +271,119 @@ echo "$n"
     let (a, b) = (json(&d.path().join("slurm/cv.json")), json(&d.path().join("direct/cv.json")));
     assert_eq!(a["stats"], b["stats"]);
     assert_eq!(a["pooled"], b["pooled"]);
+}
+
+/// People × {neutral, expressive} × 2 photos, 32 px; `mirror_symmetric`
+/// makes every image its own mirror image, else each carries a one-sided mark.
+fn mirror_set(root: &Path, mirror_symmetric: bool) -> std::path::PathBuf {
+    std::fs::create_dir_all(root).unwrap();
+    let mut csv = String::from("path,label,subject\n");
+    for s in 0..6u32 {
+        for (label, bar) in [("neutral", false), ("expressive", true)] {
+            for i in 0..2u32 {
+                let name = format!("p{s}_{label}_{i}.png");
+                gray_png(&root.join(&name), 32, 32, |x, y| {
+                    let x = if mirror_symmetric { x.min(31 - x) } else { x };
+                    let mark = if x < 8 && y < 8 { 60 } else { 0 };
+                    let mouth = if bar && (22..26).contains(&y) && (8..24).contains(&x) { 90 } else { 0 };
+                    let noise = ((x * 7 + y * 13 + i * 31 + s * 5) % 11) as u8;
+                    40 + (s * 12) as u8 + noise + mark + mouth
+                });
+                csv.push_str(&format!("{name},{label},P{s}\n"));
+            }
+        }
+    }
+    let p = root.join("manifest.csv");
+    std::fs::write(&p, csv).unwrap();
+    p
+}
+
+#[test]
+fn cv_flip_tta_averages_each_image_with_its_mirror_image() {
+    let d = tmp();
+    let w = d.path().join("trunk.safetensors");
+    trunk_only(&w, 5);
+    let s = small(&w);
+    // Probabilities of every test image, per fold file, of one cv.
+    let probs = |dir: &Path| -> Vec<f64> {
+        let mut files: Vec<_> =
+            std::fs::read_dir(dir.join("folds")).unwrap().flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "json")).collect();
+        files.sort();
+        files
+            .iter()
+            .flat_map(|f| {
+                json(f)["probs"].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap())).collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let mut gap = Vec::new();
+    for (name, symmetric) in [("sym", true), ("asym", false)] {
+        let m = mirror_set(&d.path().join(name), symmetric);
+        let cv = |out: &str, extra: &[&str]| -> Vec<f64> {
+            let dir = d.path().join(out);
+            let mut a = vec![
+                "cv",
+                "--data",
+                m.to_str().unwrap(),
+                "--folds",
+                "3",
+                "--seeds",
+                "0",
+                "--stages",
+                "head:3",
+                "--augment",
+                "none",
+                "--out",
+                dir.to_str().unwrap(),
+            ];
+            a.extend_from_slice(extra);
+            let (code, out, err) = run(&args(&s, &a), d.path());
+            assert_eq!(code, 0, "{out}\n{err}");
+            probs(&dir)
+        };
+        let plain = cv(&format!("{name}-plain"), &["--tta", "none"]);
+        let tta = cv(&format!("{name}-tta"), &["--tta", "flip"]);
+        assert_eq!(plain.len(), tta.len());
+        gap.push(plain.iter().zip(&tta).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max));
+        if name == "asym" {
+            let md = std::fs::read_to_string(d.path().join("asym-tta/cv.md")).unwrap();
+            assert!(md.contains("flip test-time augmentation"), "{md}");
+            // Without a cache the mirror images come from the images themselves: the same numbers.
+            let uncached = cv("asym-tta-nocache", &["--tta", "flip", "--no-cache"]);
+            let diff = tta.iter().zip(&uncached).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+            assert!(diff < 1e-4, "cached vs uncached flip TTA differ by {diff}");
+        }
+    }
+    eprintln!("largest probability change from flip TTA: mirror-symmetric {:.2e}, one-sided {:.2e}", gap[0], gap[1]);
+    // An image that is its own mirror image gets the same probabilities; a one-sided one does not.
+    assert!(gap[0] < 1e-5, "mirror-symmetric images moved by {}", gap[0]);
+    assert!(gap[1] > 1e-3, "one-sided images unchanged by flip TTA ({})", gap[1]);
+}
+
+#[test]
+fn the_probe_baseline_is_the_probe_recipe_on_the_same_folds() {
+    let d = tmp();
+    let w = d.path().join("trunk.safetensors");
+    trunk_only(&w, 6);
+    let s = small(&w);
+    let m = mirror_set(&d.path().join("data"), false);
+    let cv = |out: &str, extra: &[&str]| -> serde_json::Value {
+        let dir = d.path().join(out);
+        let mut a = vec!["cv", "--data", m.to_str().unwrap(), "--folds", "3", "--seeds", "0", "--out", dir.to_str().unwrap()];
+        a.extend_from_slice(extra);
+        let (code, out, err) = run(&args(&s, &a), d.path());
+        assert_eq!(code, 0, "{out}\n{err}");
+        json(&dir.join("folds/seed0-fold1.json"))
+    };
+    // A fine-tune with a 3-epoch probe beside it, and that probe as the recipe itself.
+    let tuned = cv("tuned", &["--stages", "head:2,conv5:1", "--baseline", "probe", "--probe-epochs", "3"]);
+    let probe = cv("probe", &["--stages", "head:3"]);
+    let flat = |v: &serde_json::Value| -> Vec<f64> {
+        v.as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect::<Vec<_>>()).collect()
+    };
+    let (a, b) = (flat(&tuned["baseline"]["probs"]), flat(&probe["probs"]));
+    assert_eq!(a.len(), b.len());
+    let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+    assert!(diff < 1e-3, "the baseline probe and the probe recipe differ by {diff}");
+    assert!(flat(&tuned["probs"]).iter().zip(&a).any(|(x, y)| (x - y).abs() > 1e-3), "the fine-tune's own scores are not the probe's");
 }

@@ -272,9 +272,12 @@ fn multi_layer_features_pool_every_named_block() {
             assert_eq!(m.vs.variables()["head.norm.weight"].size(), vec![128]);
         }
         assert_eq!(m.vs.variables()["head.fc.weight"].size()[1], if head == HeadKind::Bn { 128 } else { 64 });
-        assert_eq!(cfg.deepest_start(), Block::Conv5, "a cache may hold the conv4 output, not the conv5 output");
         let x = input(2, 64);
         let whole = tch::no_grad(|| m.forward_t(&x, false));
+        // A head-level cache holds the pooled conv4 and conv5 features; the head alone finishes from them.
+        let pooled = tch::no_grad(|| m.prefix(&x, Block::Conv1, Block::Head));
+        assert_eq!(pooled.size(), vec![2, if head == HeadKind::Bn { 128 } else { 64 }]);
+        assert!(max_abs_diff(&whole, &tch::no_grad(|| m.forward_from(&pooled, Block::Head, false))) < 1e-5, "{head:?}");
         // From the cached conv4 output, the head still sees conv4's pooled output.
         let pool4 = tch::no_grad(|| m.features(&x, Block::Conv1, Block::Conv5, false));
         let from_cache = tch::no_grad(|| m.forward_from(&pool4, Block::Conv5, false));

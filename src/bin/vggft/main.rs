@@ -12,7 +12,7 @@ use clap::{CommandFactory, FromArgMatches};
 
 use output::{print_metrics, reporter, Cli2};
 use vggft::cli::{
-    Cli, Command, CvArgs, DataArgs, EvaluateArgs, ExplainArgs, FinetuneArgs, LrFindArgs, ModelArgs, PredictArgs, SpeedArgs, TrainArgs, Tta, WeightsCommand,
+    Cli, Command, CvArgs, DataArgs, EvaluateArgs, ExplainArgs, FinetuneArgs, LrFindArgs, ModelArgs, PredictArgs, SpeedArgs, TrainArgs, WeightsCommand,
 };
 use vggft::eval::predict;
 use vggft::model::weights;
@@ -53,6 +53,7 @@ fn recipe(data: &DataArgs, model: &ModelArgs, train: &TrainArgs, rep: &mut Cli2)
         random_init: model.random_init,
         device: model.device.clone(),
         auto_freeze: train.auto_freeze(),
+        auto_features: model.features.is_none(),
     })
 }
 
@@ -85,7 +86,7 @@ fn finetune(a: FinetuneArgs) -> anyhow::Result<()> {
             outln!("validation (best epoch, subject-grouped holdout unless noted in metrics.json):");
             print_metrics(m, &s.classes);
             if let Some(single) = &s.val_single {
-                outln!("{}", vggft::subject::TRANSDUCTIVE);
+                outln!("{}; {}", vggft::subject::TRANSDUCTIVE, vggft::eval::FLIP_TTA);
                 outln!("validation, single-image head (no other photo of the person):");
                 print_metrics(single, &s.classes);
             }
@@ -157,9 +158,13 @@ fn predict_cmd(mut a: PredictArgs) -> anyhow::Result<bool> {
         (None, "none") => predict::SubjectFrom::Nobody,
         _ => predict::SubjectFrom::Names,
     };
-    let preds = predict::predict(&cfg, &model, &paths, &subjects, (a.tta == Tta::Flip, a.batch_size), device, &mut reporter(false));
+    let tta_flip = a.tta.choice().unwrap_or(model.cfg.subject_norm);
+    let preds = predict::predict(&cfg, &model, &paths, &subjects, (tta_flip, a.batch_size), device, &mut reporter(false));
     if model.cfg.subject_norm {
         errln!("{}", vggft::subject::TRANSDUCTIVE);
+    }
+    if tta_flip {
+        errln!("{}", vggft::eval::FLIP_TTA);
     }
     if a.timings {
         errln!("timings: model load {loaded:.3} s, decode + forward {:.3} s", t0.elapsed().as_secs_f64() - loaded);
@@ -206,7 +211,8 @@ fn evaluate(mut a: EvaluateArgs) -> anyhow::Result<()> {
         model.cfg.precision = p;
     }
     let trained_on = predict::training_paths(&a.model);
-    let ev = predict::evaluate(&cfg, &model, &a.data, a.format, a.skip_bad, (&trained_on, a.exclude_train), device)?;
+    let tta_flip = a.tta.choice().unwrap_or(model.cfg.subject_norm);
+    let ev = predict::evaluate(&cfg, &model, &a.data, a.format, a.skip_bad, (&trained_on, a.exclude_train), (tta_flip, device))?;
     if ev.excluded > 0 {
         errln!("note: left out {} image(s) this run was trained on (--exclude-train); scoring the other {}", ev.excluded, ev.y.len());
     } else if ev.overlap > 0 {
@@ -219,11 +225,17 @@ fn evaluate(mut a: EvaluateArgs) -> anyhow::Result<()> {
     for (p, why) in &ev.skipped {
         errln!("skipped {}: {why}", p.display());
     }
+    if tta_flip {
+        errln!("{}", vggft::eval::FLIP_TTA);
+    }
     let name = a.data.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "data".into());
     let out = a.out.clone().unwrap_or_else(|| a.model.join(format!("eval-{name}")));
     vggft::fsutil::create_dir(&out)?;
     let m = &ev.metrics;
-    vggft::fsutil::write_json(&out.join("metrics.json"), &serde_json::json!({"model": a.model, "data": a.data, "metrics": m}))?;
+    vggft::fsutil::write_json(
+        &out.join("metrics.json"),
+        &serde_json::json!({"model": a.model, "data": a.data, "tta": if tta_flip { "flip" } else { "none" }, "metrics": m}),
+    )?;
     vggft::eval::plot::confusion(&out.join("confusion.png"), &m.confusion, &cfg.classes, &format!("{} on {}", short_name(&a.model), short_name(&a.data)))?;
     outln!("{} images from {}", m.n, a.data.display());
     print_metrics(m, &cfg.classes);
@@ -261,6 +273,7 @@ fn cv(a: CvArgs) -> anyhow::Result<()> {
                 seeds,
                 only_fold: a.fold,
                 baseline: a.baseline.as_ref().map(|_| a.probe_epochs),
+                tta_flip: a.tta.choice(),
                 top_losses: a.top_losses,
                 out: out.clone(),
             };
