@@ -199,8 +199,8 @@ fn validate(session: &Session, trainer: &Trainer, model: &Vgg16) -> (Option<Metr
     if val_rows.is_empty() {
         return (None, None);
     }
-    // A subject-normalised model is scored as predict and evaluate score it by default: with flip TTA.
-    let (main, single) = trainer.scores(model, None, val_rows, model.cfg.subject_norm);
+    // Scored as predict and evaluate score it by default.
+    let (main, single) = trainer.scores(model, None, val_rows, eval::flip_tta(None, model.cfg.subject_norm));
     (Some(score(&main)), single.as_ref().map(score))
 }
 
@@ -220,9 +220,11 @@ fn finish(
         "protocol": if session.prepared.split.val_subjects.is_empty() { "holdout (image split)" } else { "holdout, subject-grouped" },
         "validation": val,
     });
+    if val.is_some() && eval::flip_tta(None, session.config.model.subject_norm == crate::subject::SubjectNormChoice::On) {
+        metrics["tta"] = serde_json::json!(eval::FLIP_TTA);
+    }
     if val_single.is_some() {
         metrics["subject_norm"] = serde_json::json!(crate::subject::TRANSDUCTIVE);
-        metrics["tta"] = serde_json::json!(crate::eval::FLIP_TTA);
         metrics["validation_single_image"] = serde_json::json!(val_single);
     }
     fsutil::write_json(&dir.join("metrics.json"), &metrics)?;

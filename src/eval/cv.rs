@@ -58,7 +58,7 @@ pub struct CvConfig {
     /// Epochs of the head-only probe trained beside the recipe on every fold (`--baseline probe`).
     #[serde(default)]
     pub baseline: Option<usize>,
-    /// `--tta flip`: each test image's probabilities averaged with its mirror image's.
+    /// Flip test-time augmentation of the test folds (`--tta`, resolved).
     #[serde(default)]
     pub tta_flip: bool,
     /// `--top-losses N`: heatmaps of the N worst test images over all folds.
@@ -78,8 +78,7 @@ pub struct Request {
     pub only_fold: Option<usize>,
     /// Also train a head-only probe of this many epochs on every fold.
     pub baseline: Option<usize>,
-    /// Flip test-time augmentation of the test folds (`None`: for a
-    /// subject-normalised recipe, where it measured better).
+    /// Flip test-time augmentation of the test folds (`None`: `eval::flip_tta`'s default).
     pub tta_flip: Option<bool>,
     /// Heatmaps of this many worst test images over all folds (0: none).
     pub top_losses: usize,
@@ -195,7 +194,7 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
         folds: req.folds.clone(),
         seeds: req.seeds.clone(),
         baseline: req.baseline,
-        tta_flip: req.tta_flip.unwrap_or(session.config.model.subject_norm == crate::subject::SubjectNormChoice::On),
+        tta_flip: eval::flip_tta(req.tta_flip, session.config.model.subject_norm == crate::subject::SubjectNormChoice::On),
         top_losses: req.top_losses,
         n_folds: match req.folds {
             Folds::Loso => ds.samples.iter().filter_map(|s| s.subject.as_deref()).collect::<std::collections::BTreeSet<_>>().len(),

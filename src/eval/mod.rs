@@ -13,6 +13,13 @@ use serde::{Deserialize, Serialize};
 /// What a summary says when scores use flip test-time augmentation.
 pub const FLIP_TTA: &str = "flip test-time augmentation: each image's probabilities averaged with its mirror image's";
 
+/// Whether to score with flip test-time augmentation: the user's choice, or
+/// by default for a subject-normalised model — the JAFFE recipe, where it
+/// measured better (docs/results/accuracy) — and not otherwise.
+pub fn flip_tta(choice: Option<bool>, subject_norm: bool) -> bool {
+    choice.unwrap_or(subject_norm)
+}
+
 pub fn accuracy(y: &[i64], pred: &[i64]) -> f64 {
     if y.is_empty() {
         return f64::NAN;

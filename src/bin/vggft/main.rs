@@ -158,7 +158,7 @@ fn predict_cmd(mut a: PredictArgs) -> anyhow::Result<bool> {
         (None, "none") => predict::SubjectFrom::Nobody,
         _ => predict::SubjectFrom::Names,
     };
-    let tta_flip = a.tta.choice().unwrap_or(model.cfg.subject_norm);
+    let tta_flip = vggft::eval::flip_tta(a.tta.choice(), model.cfg.subject_norm);
     let preds = predict::predict(&cfg, &model, &paths, &subjects, (tta_flip, a.batch_size), device, &mut reporter(false));
     if model.cfg.subject_norm {
         errln!("{}", vggft::subject::TRANSDUCTIVE);
@@ -211,7 +211,7 @@ fn evaluate(mut a: EvaluateArgs) -> anyhow::Result<()> {
         model.cfg.precision = p;
     }
     let trained_on = predict::training_paths(&a.model);
-    let tta_flip = a.tta.choice().unwrap_or(model.cfg.subject_norm);
+    let tta_flip = vggft::eval::flip_tta(a.tta.choice(), model.cfg.subject_norm);
     let ev = predict::evaluate(&cfg, &model, &a.data, a.format, a.skip_bad, (&trained_on, a.exclude_train), (tta_flip, device))?;
     if ev.excluded > 0 {
         errln!("note: left out {} image(s) this run was trained on (--exclude-train); scoring the other {}", ev.excluded, ev.y.len());
