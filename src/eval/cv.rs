@@ -270,7 +270,7 @@ fn shared_caches(req: &Request, session: &Session, tta_flip: bool, reporter: &mu
     let all: Vec<usize> = (0..n_all).collect();
     let mut c = train::build_cache(&base_model, &session.config.train, pre, &session.prepared.data.gray, from, views, &all, &all, device, reporter);
     if tta_flip {
-        c.add_flipped(&base_model, pre, &session.prepared.data.gray, device);
+        c.add_flipped(&base_model, pre, &session.prepared.data.gray, device, reporter);
     }
     // Later stages' freeze points too (e.g. the head-only warm-up's conv5 output):
     // the folds use them while those blocks still hold the pretrained weights.

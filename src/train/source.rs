@@ -47,18 +47,20 @@ impl Cache {
     }
 
     /// Adds the mirrored twin of every clean row (for flip test-time augmentation).
-    pub fn add_flipped(&mut self, model: &Vgg16, pre: &Preprocess, gray: &Tensor, device: Device) {
+    pub fn add_flipped(&mut self, model: &Vgg16, pre: &Preprocess, gray: &Tensor, device: Device, reporter: &mut dyn Reporter) {
         let mut rows = vec![0usize; self.clean_row.iter().flatten().count()];
         for (i, r) in self.clean_row.iter().enumerate() {
             if let Some(r) = r {
                 rows[*r] = i;
             }
         }
-        let store = self.clean.kind();
-        let parts: Vec<Tensor> = rows
-            .chunks(8)
-            .map(|c| tch::no_grad(|| model.prefix(&pre.normalise(&crate::data::select(gray, c, device).flip([3])), Block::Conv1, self.from).to_kind(store)))
-            .collect();
+        let (store, what) = (self.clean.kind(), format!("caching the mirror images' {}", holds(self.from)));
+        let mut parts: Vec<Tensor> = Vec::new();
+        for (k, c) in rows.chunks(8).enumerate() {
+            reporter.progress(&what, "image(s)", k * 8, rows.len());
+            parts.push(tch::no_grad(|| model.prefix(&pre.normalise(&crate::data::select(gray, c, device).flip([3])), Block::Conv1, self.from).to_kind(store)));
+        }
+        reporter.progress(&what, "image(s)", rows.len(), rows.len());
         self.flipped = Some(if parts.is_empty() { self.clean.shallow_clone() } else { Tensor::cat(&parts, 0) });
     }
 
