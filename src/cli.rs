@@ -265,7 +265,8 @@ pub struct ModelArgs {
     #[arg(long, default_value_t = 0)]
     pub hidden: i64,
     /// Blocks whose pooled outputs feed the head, e.g. conv4,conv5 (multi-layer
-    /// features); default conv5, or conv4,conv5 when per-subject normalisation is on.
+    /// features); default conv5, or conv4,conv5 when per-subject normalisation
+    /// is on and every person has at least 3 images.
     #[arg(long, value_parser = checked(features_syntax))]
     pub features: Option<String>,
     /// Standardise each person's pooled features with that person's own statistics

@@ -159,8 +159,9 @@ pub struct Recipe {
     /// The stages are the default ones: with per-subject normalisation on,
     /// the session trains the head alone (measured best: docs/results/accuracy).
     pub auto_freeze: bool,
-    /// `--features` was not given: with per-subject normalisation on, the
-    /// head takes the pooled conv4 and conv5 outputs (measured: docs/results/accuracy).
+    /// `--features` was not given: with per-subject normalisation on and at
+    /// least 3 photos of every person, the head takes the pooled conv4 and
+    /// conv5 outputs (measured: docs/results/accuracy).
     pub auto_features: bool,
 }
 

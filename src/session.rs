@@ -57,7 +57,9 @@ impl Session {
                 config.train.stages = vec![Stage { from: Block::Head, epochs }];
                 chose.push(format!("training the head alone ({}; --freeze-until conv5 fine-tunes)", crate::train::describe_stages(&config.train.stages)));
             }
-            if recipe.auto_features {
+            // conv4 + conv5 measured better with several photos per person (7-way
+            // JAFFE-format), worse on pairs forced on (London): only where auto turns it on.
+            if recipe.auto_features && SubjectNormChoice::Auto.resolve(subject_counts(&prepared.dataset).as_deref()) {
                 config.model.features = vec![Block::Conv4, Block::Conv5];
                 chose.push("on the pooled conv4 and conv5 outputs (--features conv5: the last block alone)".into());
             }

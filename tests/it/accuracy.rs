@@ -362,6 +362,34 @@ fn default_stages_are_a_probe_when_person_statistics_are_on() {
     assert_eq!(stages("ft"), serde_json::json!([{"from": "head", "epochs": 1}, {"from": "conv5", "epochs": 2}]));
     assert_eq!(features("ft"), serde_json::json!(["conv5"]));
     assert!(!err.contains("per-subject normalisation is on:"), "nothing left to choose: {err}");
+    // Pairs (2 photos per person) forced on: the probe, on conv5 (conv4 + conv5 measured worse there).
+    let pairs_dir = d.path().join("pairs");
+    std::fs::create_dir_all(&pairs_dir).unwrap();
+    let pairs = identity_dominated(&pairs_dir, 4, 1, 32);
+    let (code, out, err) = run(
+        &args(
+            &s,
+            &[
+                "finetune",
+                "--data",
+                pairs.to_str().unwrap(),
+                "--augment",
+                "none",
+                "--epochs",
+                "2",
+                "--freeze-epochs",
+                "1",
+                "--subject-norm",
+                "on",
+                "--name",
+                "pairs",
+            ],
+        ),
+        d.path(),
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(stages("pairs"), serde_json::json!([{"from": "head", "epochs": 3}]));
+    assert_eq!(features("pairs"), serde_json::json!(["conv5"]), "{err}");
     let (code, out, err) = run(&args(&s, &[&base[..], &["--name", "off", "--subject-norm", "off"]].concat()), d.path());
     assert_eq!(code, 0, "{out}\n{err}");
     assert_eq!(features("off"), serde_json::json!(["conv5"]));
