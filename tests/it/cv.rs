@@ -273,6 +273,16 @@ echo "$n"
     assert_eq!(a["pooled"], b["pooled"]);
 }
 
+/// A fold result's `probs` (rows of class probabilities), flattened.
+fn flat_probs(v: &serde_json::Value) -> Vec<f64> {
+    v.as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap())).collect()
+}
+
+/// The largest absolute difference between two equally long lists.
+fn largest_gap(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+}
+
 /// People × {neutral, expressive} × 2 photos, 32 px; `mirror_symmetric`
 /// makes every image its own mirror image, else each carries a one-sided mark.
 fn mirror_set(root: &Path, mirror_symmetric: bool) -> std::path::PathBuf {
@@ -309,12 +319,7 @@ fn cv_flip_tta_averages_each_image_with_its_mirror_image() {
         let mut files: Vec<_> =
             std::fs::read_dir(dir.join("folds")).unwrap().flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "json")).collect();
         files.sort();
-        files
-            .iter()
-            .flat_map(|f| {
-                json(f)["probs"].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap())).collect::<Vec<_>>()
-            })
-            .collect()
+        files.iter().flat_map(|f| flat_probs(&json(f)["probs"])).collect()
     };
     let mut gap = Vec::new();
     for (name, symmetric) in [("sym", true), ("asym", false)] {
@@ -344,13 +349,13 @@ fn cv_flip_tta_averages_each_image_with_its_mirror_image() {
         let plain = cv(&format!("{name}-plain"), &["--tta", "none"]);
         let tta = cv(&format!("{name}-tta"), &["--tta", "flip"]);
         assert_eq!(plain.len(), tta.len());
-        gap.push(plain.iter().zip(&tta).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max));
+        gap.push(largest_gap(&plain, &tta));
         if name == "asym" {
             let md = std::fs::read_to_string(d.path().join("asym-tta/cv.md")).unwrap();
             assert!(md.contains("flip test-time augmentation"), "{md}");
             // Without a cache the mirror images come from the images themselves: the same numbers.
             let uncached = cv("asym-tta-nocache", &["--tta", "flip", "--no-cache"]);
-            let diff = tta.iter().zip(&uncached).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+            let diff = largest_gap(&tta, &uncached);
             assert!(diff < 1e-4, "cached vs uncached flip TTA differ by {diff}");
         }
     }
@@ -378,12 +383,9 @@ fn the_probe_baseline_is_the_probe_recipe_on_the_same_folds() {
     // A fine-tune with a 3-epoch probe beside it, and that probe as the recipe itself.
     let tuned = cv("tuned", &["--stages", "head:2,conv5:1", "--baseline", "probe", "--probe-epochs", "3"]);
     let probe = cv("probe", &["--stages", "head:3"]);
-    let flat = |v: &serde_json::Value| -> Vec<f64> {
-        v.as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect::<Vec<_>>()).collect()
-    };
-    let (a, b) = (flat(&tuned["baseline"]["probs"]), flat(&probe["probs"]));
+    let (a, b) = (flat_probs(&tuned["baseline"]["probs"]), flat_probs(&probe["probs"]));
     assert_eq!(a.len(), b.len());
-    let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+    let diff = largest_gap(&a, &b);
     assert!(diff < 1e-3, "the baseline probe and the probe recipe differ by {diff}");
-    assert!(flat(&tuned["probs"]).iter().zip(&a).any(|(x, y)| (x - y).abs() > 1e-3), "the fine-tune's own scores are not the probe's");
+    assert!(flat_probs(&tuned["probs"]).iter().zip(&a).any(|(x, y)| (x - y).abs() > 1e-3), "the fine-tune's own scores are not the probe's");
 }
