@@ -101,6 +101,10 @@ pub struct FoldResult {
     /// With `--baseline probe`: the head-only probe on the same fold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline: Option<Scores>,
+    /// With per-subject normalisation: the main head with each test person's
+    /// statistics from that person's images of one class at a time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub one_class: Option<Scores>,
     pub n_train: usize,
     pub seconds: f64,
     /// This fold's candidates for `--top-losses` (tiles relative to the cv folder).
@@ -139,6 +143,9 @@ pub struct Summary {
     /// With `--baseline probe`: the head-only probe on the same folds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline: Option<Alternative>,
+    /// With per-subject normalisation: each test person shown with one class only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub one_class: Option<Alternative>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe_epochs: Option<usize>,
 }
@@ -315,14 +322,14 @@ fn run_fold(req: &Request, session: &Session, shared: &[train::Cache], (seed, fi
     let tc = TrainConfig { seed, ..session.config.train.clone() };
     let y: Vec<i64> = test.iter().map(|&i| labels.targets[i]).collect();
     let fold = Fold { session, data: &data, test, y: &y, shared, tta_flip };
-    let (main, single, model) = fold.train_and_score(&tc)?;
-    let top = if req.top_losses > 0 { top_losses(req, session, &model, (seed, fi), test, &y, &main.probs)? } else { vec![] };
+    let (main, model) = fold.train_and_score(&tc)?;
+    let top = if req.top_losses > 0 { top_losses(req, session, &model, (seed, fi), test, &y, &main.main.probs)? } else { vec![] };
     drop(model);
     let probe = |epochs| vec![Stage { from: Block::Head, epochs }];
     let baseline = match req.baseline {
         // The recipe already is that probe (the default with person statistics): the same training, so its scores.
-        Some(epochs) if tc.stages == probe(epochs) => Some(main.clone()),
-        Some(epochs) => Some(fold.train_and_score(&TrainConfig { stages: probe(epochs), ..tc.clone() })?.0),
+        Some(epochs) if tc.stages == probe(epochs) => Some(main.main.clone()),
+        Some(epochs) => Some(fold.train_and_score(&TrainConfig { stages: probe(epochs), ..tc.clone() })?.0.main),
         None => None,
     };
     Ok(FoldResult {
@@ -331,10 +338,11 @@ fn run_fold(req: &Request, session: &Session, shared: &[train::Cache], (seed, fi
         paths: test.iter().map(|&i| ds.samples[i].path.display().to_string()).collect(),
         subjects: test.iter().map(|&i| ds.samples[i].subject.clone().unwrap_or_default()).collect(),
         y,
-        probs: main.probs,
-        metrics: main.metrics,
-        single,
+        probs: main.main.probs,
+        metrics: main.main.metrics,
+        single: main.single,
         baseline,
+        one_class: main.one_class,
         n_train: data.train.len(),
         seconds: t0.elapsed().as_secs_f64(),
         top,
@@ -387,8 +395,9 @@ struct Fold<'a> {
 
 impl Fold<'_> {
     /// Trains a fresh model with `tc` and scores the test rows (and, for a
-    /// subject-normalised model, its single-image head).
-    fn train_and_score(&self, tc: &TrainConfig) -> Result<(Scores, Option<Scores>, Vgg16)> {
+    /// subject-normalised model, its single-image head and each test person
+    /// shown with one class only).
+    fn train_and_score(&self, tc: &TrainConfig) -> Result<(FoldScores, Vgg16)> {
         let run = &self.session.config;
         let (mut model, _) = self.session.fresh_model(tc.seed as i64, true)?;
         self.session.recalibrate(&mut model, &self.data.train)?;
@@ -399,9 +408,16 @@ impl Fold<'_> {
             let probs = crate::run::rows(&run.task_probs(logits));
             Scores { metrics: eval::metrics(self.y, &probs, &run.classes), probs }
         };
-        let (main, single) = trainer.scores(&model, self.shared.first(), self.test, self.tta_flip);
-        Ok((score(&main), single.as_ref().map(score), model))
+        let s = trainer.scores(&model, self.shared.first(), self.test, self.tta_flip, Some(self.y));
+        Ok((FoldScores { main: score(&s.main), single: s.single.as_ref().map(score), one_class: s.one_class.as_ref().map(score) }, model))
     }
+}
+
+/// One trained model's scores on a fold's test images.
+struct FoldScores {
+    main: Scores,
+    single: Option<Scores>,
+    one_class: Option<Scores>,
 }
 
 /// Merges every `folds/*.json` of a cv folder into `cv.json`, `cv.md` and plots.
@@ -481,6 +497,7 @@ fn summarise(cfg: &CvConfig, results: &[FoldResult], missing: &[String]) -> Summ
     };
     let single = alt(|r| r.single.as_ref());
     let baseline = alt(|r| r.baseline.as_ref());
+    let one_class = alt(|r| r.one_class.as_ref());
     let per_subject: BTreeMap<String, (usize, usize)> =
         subject_counts(results).into_iter().map(|(s, per)| (s.to_string(), per.values().fold((0, 0), |a, v| (a.0 + v.0, a.1 + v.1)))).collect();
     let protocol = format!(
@@ -505,6 +522,7 @@ fn summarise(cfg: &CvConfig, results: &[FoldResult], missing: &[String]) -> Summ
         folds: results.iter().map(|r| (r.seed, r.fold, r.metrics.clone())).collect(),
         single,
         baseline,
+        one_class,
         probe_epochs: cfg.baseline,
     }
 }
@@ -573,6 +591,11 @@ pub fn markdown(s: &Summary) -> String {
     let sections = [
         ("Single-image head (no other photo of the person; same folds)".to_string(), &s.single),
         (format!("Probe baseline (head only, {} epochs, same folds and seeds)", s.probe_epochs.unwrap_or(0)), &s.baseline),
+        (
+            "Each test person shown with one class only (the recipe's model; each person's statistics from that person's images of one class at a time; same folds)"
+                .to_string(),
+            &s.one_class,
+        ),
     ];
     for (title, alt) in sections {
         if let Some(a) = alt {

@@ -63,6 +63,15 @@ pub struct TaskView {
     pub classes: usize,
 }
 
+/// What `Trainer::scores` gives: logits or log-probabilities per row.
+pub(crate) struct Scored {
+    pub main: Tensor,
+    /// The single-image head of a subject-normalised model.
+    pub single: Option<Tensor>,
+    /// The main head with each person's statistics from one class of that person's rows at a time.
+    pub one_class: Option<Tensor>,
+}
+
 /// One line of `history.csv`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EpochRow {
@@ -247,7 +256,7 @@ impl Trainer<'_> {
     /// Eval-mode logits of the main head for dataset rows `idx` (for a
     /// subject-normalised model: each person normalised by that person's rows in `idx`).
     pub fn logits(&self, model: &Vgg16, cache: Option<&Cache>, idx: &[usize]) -> Tensor {
-        self.scores(model, cache, idx, false).0
+        self.scores(model, cache, idx, false, None).main
     }
 
     /// Eval-mode pooled features (the head's input) of dataset rows `idx`, mirrored when `flip`.
@@ -262,23 +271,35 @@ impl Trainer<'_> {
     /// person's rows in `idx` (transductive); a person with fewer than
     /// `subject::PERSON_MIN` rows gets the single-image head. With `tta_flip`
     /// each image's probabilities are averaged with its mirror image's.
-    pub(crate) fn scores(&self, model: &Vgg16, cache: Option<&Cache>, idx: &[usize], tta_flip: bool) -> (Tensor, Option<Tensor>) {
+    /// With `classes` (each row's true class) the main head is also scored
+    /// with each person's statistics taken from that person's rows of one
+    /// class at a time — a person shown with one expression only — where
+    /// some person has `subject::PERSON_MIN` rows of one class.
+    pub(crate) fn scores(&self, model: &Vgg16, cache: Option<&Cache>, idx: &[usize], tta_flip: bool, classes: Option<&[i64]>) -> Scored {
         let probs = |t: Tensor| t.softmax(1, Kind::Double);
         let log = |p: Tensor| p.log().to_kind(Kind::Float);
         if !model.cfg.subject_norm {
             let logits = |flip| self.eval_rows(cache, idx, model.cfg.num_classes, flip, |x, from| model.forward_from(x, from, false));
-            return (if tta_flip { log((probs(logits(false)) + probs(logits(true))) / 2.0) } else { logits(false) }, None);
+            let main = if tta_flip { log((probs(logits(false)) + probs(logits(true))) / 2.0) } else { logits(false) };
+            return Scored { main, single: None, one_class: None };
         }
         let f = self.pooled(model, cache, idx, false);
         let g = tta_flip.then(|| self.pooled(model, cache, idx, true));
-        let keys: Vec<Option<usize>> = idx.iter().map(|&i| Some(self.data.groups[i])).collect();
-        let (person, _) = crate::eval::predict::person_or_single(model, &f, g.as_ref(), &keys);
+        let person = |keys: &[Option<(usize, i64)>]| log(crate::eval::predict::person_or_single(model, &f, g.as_ref(), keys).0);
+        let keys: Vec<Option<(usize, i64)>> = idx.iter().map(|&i| Some((self.data.groups[i], 0))).collect();
+        // Only where some person has enough photos of one class for statistics of their own (not the London pairs).
+        let one_class = classes.map(|c| idx.iter().zip(c).map(|(&i, &c)| Some((self.data.groups[i], c))).collect::<Vec<_>>()).filter(|k| {
+            let mut n = vec![0; k.len()];
+            crate::subject::groups(k).into_iter().for_each(|g| n[g] += 1);
+            n.iter().any(|&c| c >= crate::subject::PERSON_MIN)
+        });
+        let one_class = one_class.map(|k| person(&k));
         let single = |f: &Tensor| tch::no_grad(|| model.classify_global(f, false).unwrap_or_else(|| model.classify(f, false)));
         let single = match &g {
             Some(g) => log((probs(single(&f)) + probs(single(g))) / 2.0),
             None => single(&f),
         };
-        (log(person), Some(single))
+        Scored { main: person(&keys), single: Some(single), one_class }
     }
 
     /// Training-mode logits of one batch of dataset rows (and, for a
