@@ -200,8 +200,8 @@ fn validate(session: &Session, trainer: &Trainer, model: &Vgg16) -> (Option<Metr
         return (None, None);
     }
     // Scored as predict and evaluate score it by default.
-    let s = trainer.scores(model, None, val_rows, eval::flip_tta(None, model.cfg.subject_norm), None);
-    (Some(score(&s.main)), s.single.as_ref().map(score))
+    let s = trainer.scores(model, None, val_rows, eval::flip_tta(None, model.cfg.subject_norm), None).map(score);
+    (Some(s.main), s.single)
 }
 
 /// Writes `metrics.json`, removes the checkpoints, marks the run complete

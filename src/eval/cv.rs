@@ -397,7 +397,7 @@ impl Fold<'_> {
     /// Trains a fresh model with `tc` and scores the test rows (and, for a
     /// subject-normalised model, its single-image head and each test person
     /// shown with one class only).
-    fn train_and_score(&self, tc: &TrainConfig) -> Result<(FoldScores, Vgg16)> {
+    fn train_and_score(&self, tc: &TrainConfig) -> Result<(train::Scored<Scores>, Vgg16)> {
         let run = &self.session.config;
         let (mut model, _) = self.session.fresh_model(tc.seed as i64, true)?;
         self.session.recalibrate(&mut model, &self.data.train)?;
@@ -408,16 +408,8 @@ impl Fold<'_> {
             let probs = crate::run::rows(&run.task_probs(logits));
             Scores { metrics: eval::metrics(self.y, &probs, &run.classes), probs }
         };
-        let s = trainer.scores(&model, self.shared.first(), self.test, self.tta_flip, Some(self.y));
-        Ok((FoldScores { main: score(&s.main), single: s.single.as_ref().map(score), one_class: s.one_class.as_ref().map(score) }, model))
+        Ok((trainer.scores(&model, self.shared.first(), self.test, self.tta_flip, Some(self.y)).map(score), model))
     }
-}
-
-/// One trained model's scores on a fold's test images.
-struct FoldScores {
-    main: Scores,
-    single: Option<Scores>,
-    one_class: Option<Scores>,
 }
 
 /// Merges every `folds/*.json` of a cv folder into `cv.json`, `cv.md` and plots.

@@ -63,13 +63,20 @@ pub struct TaskView {
     pub classes: usize,
 }
 
-/// What `Trainer::scores` gives: logits or log-probabilities per row.
-pub(crate) struct Scored {
-    pub main: Tensor,
+/// What `Trainer::scores` gives (logits or log-probabilities per row), or
+/// anything made of them.
+pub(crate) struct Scored<T = Tensor> {
+    pub main: T,
     /// The single-image head of a subject-normalised model.
-    pub single: Option<Tensor>,
+    pub single: Option<T>,
     /// The main head with each person's statistics from one class of that person's rows at a time.
-    pub one_class: Option<Tensor>,
+    pub one_class: Option<T>,
+}
+
+impl<T> Scored<T> {
+    pub(crate) fn map<U>(&self, f: impl Fn(&T) -> U) -> Scored<U> {
+        Scored { main: f(&self.main), single: self.single.as_ref().map(&f), one_class: self.one_class.as_ref().map(&f) }
+    }
 }
 
 /// One line of `history.csv`.
@@ -285,21 +292,19 @@ impl Trainer<'_> {
         }
         let f = self.pooled(model, cache, idx, false);
         let g = tta_flip.then(|| self.pooled(model, cache, idx, true));
-        let person = |keys: &[Option<(usize, i64)>]| log(crate::eval::predict::person_or_single(model, &f, g.as_ref(), keys).0);
+        let person = |keys: &[Option<(usize, i64)>]| crate::eval::predict::person_or_single(model, &f, g.as_ref(), keys);
         let keys: Vec<Option<(usize, i64)>> = idx.iter().map(|&i| Some((self.data.groups[i], 0))).collect();
         // Only where some person has enough photos of one class for statistics of their own (not the London pairs).
-        let one_class = classes.map(|c| idx.iter().zip(c).map(|(&i, &c)| Some((self.data.groups[i], c))).collect::<Vec<_>>()).filter(|k| {
-            let mut n = vec![0; k.len()];
-            crate::subject::groups(k).into_iter().for_each(|g| n[g] += 1);
-            n.iter().any(|&c| c >= crate::subject::PERSON_MIN)
-        });
-        let one_class = one_class.map(|k| person(&k));
+        let one_class = classes
+            .map(|c| person(&idx.iter().zip(c).map(|(&i, &c)| Some((self.data.groups[i], c))).collect::<Vec<_>>()))
+            .filter(|(_, modes)| modes.contains(&crate::eval::predict::Mode::Person))
+            .map(|(p, _)| log(p));
         let single = |f: &Tensor| tch::no_grad(|| model.classify_global(f, false).unwrap_or_else(|| model.classify(f, false)));
         let single = match &g {
             Some(g) => log((probs(single(&f)) + probs(single(g))) / 2.0),
             None => single(&f),
         };
-        Scored { main: person(&keys), single: Some(single), one_class }
+        Scored { main: log(person(&keys).0), single: Some(single), one_class }
     }
 
     /// Training-mode logits of one batch of dataset rows (and, for a
