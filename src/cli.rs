@@ -501,6 +501,12 @@ pub struct CvArgs {
     /// Grad-CAM heatmap from its own fold's model: top_losses.png and .csv.
     #[arg(long, default_value_t = 0)]
     pub top_losses: usize,
+    /// Write the shared pooled-feature cache to this safetensors file (study scripts).
+    #[arg(long, hide = true)]
+    pub dump_features: Option<PathBuf>,
+    /// Read that cache back instead of computing it (probe recipes; study scripts).
+    #[arg(long, hide = true)]
+    pub load_features: Option<PathBuf>,
     /// Merge the fold results in this cv folder and print the summary (runs nothing).
     #[arg(long)]
     pub collect: Option<PathBuf>,

@@ -83,6 +83,12 @@ pub struct Request {
     /// Heatmaps of this many worst test images over all folds (0: none).
     pub top_losses: usize,
     pub out: PathBuf,
+    /// Write the shared pooled-feature cache here (safetensors, with the
+    /// images' paths and subjects in a JSON beside it) for study scripts.
+    pub dump_features: Option<PathBuf>,
+    /// Read the pooled-feature cache from such a dump instead of computing
+    /// it (a probe recipe on the same data, weights and seed 0's views).
+    pub load_features: Option<PathBuf>,
 }
 
 /// One fold of one seed.
@@ -214,6 +220,9 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
         reporter.message("no subject ids in this dataset: folds are stratified image folds (the same person may be in training and test)");
     }
     let shared = shared_caches(req, &session, cfg.tta_flip, reporter)?;
+    if let Some(path) = &req.dump_features {
+        dump_features(path, &session, &shared)?;
+    }
     let total_folds = if req.only_fold.is_some() { req.seeds.len() } else { req.seeds.len() * cfg.n_folds };
     let (mut done_folds, mut spent) = (0usize, 0.0f64);
     for &seed in &req.seeds {
@@ -263,6 +272,20 @@ fn shared_caches(req: &Request, session: &Session, tta_flip: bool, reporter: &mu
         return Ok(vec![]);
     }
     let (pre, device) = (&session.config.data.preprocess, session.device);
+    if let Some(path) = &req.load_features {
+        if session.config.train.stages.iter().any(|s| s.from != Block::Head) || req.baseline.is_some() {
+            return Err(Error::invalid(Setting::Stages, "must all be head-only to train from a saved feature cache (no fine-tune, no --baseline probe)"));
+        }
+        let t = tch::Tensor::read_safetensors(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+        let key: Option<serde_json::Value> = std::fs::read(path.with_extension("json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        if key.as_ref() != Some(&features_key(session)) {
+            return Err(Error::file(path, "was dumped for other images, weights, preprocessing, views or pooling (its .json beside it differs)"));
+        }
+        let n = session.prepared.dataset.samples.len();
+        let c = train::Cache::from_named(t, n, device).ok_or_else(|| Error::file(path, format!("does not hold the pooled features of these {n} images")))?;
+        reporter.message(&format!("pooled features from {} (not recomputed)", path.display()));
+        return Ok(vec![c]);
+    }
     let (base_model, _) = session.fresh_model(session.config.train.seed as i64, true)?;
     let from = session.config.train.stages.iter().map(|s| s.from).min().unwrap_or(Block::Head);
     let n_all = session.prepared.dataset.samples.len();
@@ -295,6 +318,33 @@ fn shared_caches(req: &Request, session: &Session, tta_flip: bool, reporter: &mu
         t0.elapsed().as_secs_f64()
     ));
     Ok(caches)
+}
+
+/// The head-level shared cache and, in `PATH.json`, what it depends on
+/// (`features_key`) and each row's path and subject.
+fn dump_features(path: &Path, session: &Session, shared: &[train::Cache]) -> Result<()> {
+    let Some(c) = shared.iter().find(|c| c.from == Block::Head) else {
+        return Err(Error::invalid(Setting::Data, "has no pooled-feature cache to dump (a probe recipe or --baseline probe makes one)"));
+    };
+    let t = c.named_tensors();
+    fsutil::write_atomic_with(path, |tmp| tch::Tensor::write_safetensors(&t, tmp).map_err(|e| Error::file(path, format!("cannot write: {e}"))))?;
+    fsutil::write_json(&path.with_extension("json"), &features_key(session))
+}
+
+/// Everything the pooled features of a cv's cache depend on: the images, the
+/// weights, preprocessing, augmented views and the pooling.
+fn features_key(session: &Session) -> serde_json::Value {
+    let (c, ds) = (&session.config, &session.prepared.dataset);
+    let rows: Vec<(String, Option<String>)> = ds.samples.iter().map(|s| (s.path.display().to_string(), s.subject.clone())).collect();
+    serde_json::json!({
+        "weights_sha256": c.weights.sha256,
+        "preprocess": c.data.preprocess,
+        "augment": c.train.augment,
+        "views": c.train.cache_views,
+        "seed": c.train.seed,
+        "pooling": [serde_json::json!(c.model.head), serde_json::json!(c.model.features), serde_json::json!(c.model.bn), serde_json::json!(c.model.width_div), serde_json::json!(c.model.precision)],
+        "rows": rows,
+    })
 }
 
 /// Each fold's test rows for one seed (sorted).

@@ -64,6 +64,34 @@ impl Cache {
         self.flipped = Some(if parts.is_empty() { self.clean.shallow_clone() } else { Tensor::cat(&parts, 0) });
     }
 
+    /// Its tensors by name (`aug`: view v of image i at row v·n + i when
+    /// every image has views; `clean`; `flipped`), for study scripts.
+    pub(crate) fn named_tensors(&self) -> Vec<(&'static str, Tensor)> {
+        let mut t = vec![("aug", self.aug.to_kind(Kind::Float)), ("clean", self.clean.to_kind(Kind::Float))];
+        t.extend(self.flipped.as_ref().map(|f| ("flipped", f.to_kind(Kind::Float))));
+        t
+    }
+
+    /// A head-level cache of all `n` dataset rows back from `named_tensors`
+    /// (`None` when the tensors do not fit: rows or names differ).
+    pub(crate) fn from_named(mut t: Vec<(String, Tensor)>, n: usize, device: Device) -> Option<Cache> {
+        let mut take = |name: &str| t.iter().position(|(k, _)| k == name).map(|i| t.swap_remove(i).1.to_device(device));
+        let (aug, clean, flipped) = (take("aug")?, take("clean")?, take("flipped"));
+        let rows = |x: &Tensor| x.size().first().map_or(0, |&r| r as usize);
+        let views = rows(&aug) / n.max(1);
+        let ok = n > 0 && rows(&clean) == n && views >= 1 && rows(&aug) == views * n && flipped.as_ref().is_none_or(|f| f.size() == clean.size());
+        ok.then(|| Cache {
+            from: Block::Head,
+            aug,
+            views,
+            n_aug: n,
+            aug_row: (0..n).map(Some).collect(),
+            clean,
+            clean_row: (0..n).map(Some).collect(),
+            flipped,
+        })
+    }
+
     /// Mirrored clean rows of dataset rows `rows`, when the cache holds them.
     pub(crate) fn flipped_rows(&self, rows: &[usize], device: Device) -> Option<Tensor> {
         let f = self.flipped.as_ref()?;

@@ -389,3 +389,35 @@ fn the_probe_baseline_is_the_probe_recipe_on_the_same_folds() {
     assert!(diff < 1e-3, "the baseline probe and the probe recipe differ by {diff}");
     assert!(flat_probs(&tuned["probs"]).iter().zip(&a).any(|(x, y)| (x - y).abs() > 1e-3), "the fine-tune's own scores are not the probe's");
 }
+
+/// `--dump-features` / `--load-features` (study scripts): a probe run on the
+/// loaded cache scores exactly as the run that computed it; a dump made for
+/// other pooling is refused with one sentence naming the file.
+#[test]
+fn a_dumped_feature_cache_reproduces_the_probe_and_refuses_other_pooling() {
+    let d = tmp();
+    let m = subject_dataset(d.path(), 4, 32);
+    let w = d.path().join("trunk.safetensors");
+    trunk_only(&w, 3);
+    let s = small(&w);
+    let cv = |extra: &[&str], out: &str| {
+        let mut v = vec!["cv", "--data", m.to_str().unwrap(), "--folds", "loso", "--stages", "head:3", "--out", out];
+        v.extend(s.iter().map(String::as_str));
+        v.extend(extra);
+        run(&v, d.path())
+    };
+    let (code, out, err) = cv(&["--dump-features", "f.safetensors"], "a");
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(d.path().join("f.safetensors").exists() && d.path().join("f.json").exists());
+    let (code, out, err) = cv(&["--load-features", "f.safetensors"], "b");
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(err.contains("pooled features from f.safetensors (not recomputed)"), "{err}");
+    assert!(!err.contains("caching the frozen"), "{err}");
+    for fold in 0..4 {
+        let (a, b) = (json(&d.path().join(format!("a/folds/seed0-fold{fold}.json"))), json(&d.path().join(format!("b/folds/seed0-fold{fold}.json"))));
+        assert_eq!(a["probs"], b["probs"], "fold {fold}");
+    }
+    let (code, _, err) = cv(&["--load-features", "f.safetensors", "--head", "linear"], "c");
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("f.safetensors: was dumped for other images, weights, preprocessing, views or pooling"), "{err}");
+}

@@ -276,6 +276,8 @@ fn cv(a: CvArgs) -> anyhow::Result<()> {
                 tta_flip: a.tta.choice(),
                 top_losses: a.top_losses,
                 out: out.clone(),
+                dump_features: a.dump_features.clone(),
+                load_features: a.load_features.clone(),
             };
             match vggft::eval::cv::run(&req, &mut rep)? {
                 Some(s) => s,
