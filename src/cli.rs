@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::config::{parse_stages, stages_for, ClassWeights, DataConfig, ModelOptions, TrainConfig};
+use crate::config::{parse_stages, stages_for, ClassWeights, DataConfig, ModelOptions, ProbeRequest, TrainConfig};
 use crate::data::augment::Augment;
 use crate::data::image::Crop;
 use crate::data::scan::DataFormat;
@@ -296,22 +296,22 @@ pub struct ModelArgs {
 #[derive(Args, Debug, Clone)]
 #[command(next_help_heading = "Training")]
 pub struct TrainArgs {
-    /// Train this block and everything above it (after a head-only warm-up); default conv5, or head (a probe of --freeze-epochs + --epochs epochs) when per-subject normalisation is on.
+    /// Train this block and everything above it (after a head-only warm-up); default conv5, or head (a probe) when per-subject normalisation is on: --freeze-epochs + --epochs epochs, or with at least 3 photos of every person 50 epochs at --lr 0.01 unless those are given.
     #[arg(long, value_enum)]
     pub freeze_until: Option<Block>,
-    /// Epochs of the main stage (after the --freeze-epochs head-only ones; progress counts both).
-    #[arg(long, default_value_t = 12)]
-    pub epochs: usize,
-    /// Head-only epochs before the main stage, fastai's freeze_epochs (`--warmup-epochs` is an older name).
-    #[arg(long = "freeze-epochs", alias = "warmup-epochs", default_value_t = 3)]
-    pub warmup_epochs: usize,
+    /// Epochs of the main stage (after the --freeze-epochs head-only ones; progress counts both) [default: 12].
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Head-only epochs before the main stage, fastai's freeze_epochs (`--warmup-epochs` is an older name) [default: 3].
+    #[arg(long = "freeze-epochs", alias = "warmup-epochs")]
+    pub warmup_epochs: Option<usize>,
     /// Explicit stages, e.g. head:3,conv5:12,conv4:10 (overrides the three above).
     #[arg(long, value_parser = checked(parse_stages))]
     pub stages: Option<String>,
     /// Optimizer: sgd (with momentum; generalises best on small data), adam or adamw.
     #[arg(long, value_enum, default_value_t = OptimKind::Sgd)]
     pub optimizer: OptimKind,
-    /// Head learning rate (default: 0.003 for sgd, 0.001 otherwise).
+    /// Head learning rate (default: 0.003 for sgd, 0.001 otherwise; 0.01 for an sgd probe on person statistics with at least 3 photos of every person).
     #[arg(long, allow_negative_numbers = true)]
     pub lr: Option<f64>,
     /// Rate multiplier per block below the head: conv5 ×f, conv4 ×f², …
@@ -490,9 +490,9 @@ pub struct CvArgs {
     /// normalisation) and report it beside the recipe.
     #[arg(long, value_parser = ["probe"])]
     pub baseline: Option<String>,
-    /// Epochs of the --baseline probe.
-    #[arg(long, default_value_t = 15)]
-    pub probe_epochs: usize,
+    /// Epochs of the --baseline probe [default: the session's probe: 15, or 50 at --lr 0.01 on person statistics with at least 3 photos of every person].
+    #[arg(long)]
+    pub probe_epochs: Option<usize>,
     /// Test-time augmentation of the test folds: flip averages each image's
     /// probabilities with its mirror image's (as `predict --tta flip`).
     #[arg(long, value_enum, default_value_t = Tta::Auto)]
@@ -647,20 +647,43 @@ impl ModelArgs {
     }
 }
 
+/// `--epochs` and `--freeze-epochs` when not given.
+const EPOCHS: usize = 12;
+const FREEZE_EPOCHS: usize = 3;
+
+/// `--lr` when not given (a fine-tune's head rate; the blocks below get less).
+fn default_lr(optimizer: OptimKind) -> f64 {
+    if optimizer == OptimKind::Sgd {
+        3e-3
+    } else {
+        1e-3
+    }
+}
+
 impl TrainArgs {
     /// Neither --stages nor --freeze-until given: the session picks the freeze point.
     pub fn auto_freeze(&self) -> bool {
         self.stages.is_none() && self.freeze_until.is_none()
     }
 
+    /// What was asked of the head-only probe (`config::Probe::resolve` fills in the rest).
+    pub fn probe(&self) -> ProbeRequest {
+        let epochs = match (self.epochs, self.warmup_epochs) {
+            (None, None) => None,
+            (e, w) => Some(e.unwrap_or(EPOCHS) + w.unwrap_or(FREEZE_EPOCHS)),
+        };
+        ProbeRequest { epochs, lr: self.lr }
+    }
+
     pub fn to_config(&self) -> Result<TrainConfig> {
         let stages = match &self.stages {
             Some(s) => parse_stages(s)?,
             None => {
-                if self.epochs == 0 {
+                let epochs = self.epochs.unwrap_or(EPOCHS);
+                if epochs == 0 {
                     return Err(Error::invalid(Setting::Epochs, "must be at least 1"));
                 }
-                stages_for(self.freeze_until.unwrap_or(Block::Conv5), self.epochs, self.warmup_epochs)
+                stages_for(self.freeze_until.unwrap_or(Block::Conv5), epochs, self.warmup_epochs.unwrap_or(FREEZE_EPOCHS))
             }
         };
         let mut augment = Augment::preset(&self.augment)?;
@@ -679,7 +702,7 @@ impl TrainArgs {
         knob!(translate);
         knob!(brightness);
         knob!(contrast);
-        let lr = self.lr.unwrap_or(if self.optimizer == OptimKind::Sgd { 3e-3 } else { 1e-3 });
+        let lr = self.lr.unwrap_or(default_lr(self.optimizer));
         let weight_decay = self.weight_decay.unwrap_or(if self.optimizer == OptimKind::Adamw { 0.01 } else { 1e-4 });
         let cfg = TrainConfig {
             stages,

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use tch::{Device, Tensor};
 
-use crate::config::{DataConfig, ModelOptions, Recipe, RunConfig, Stage, WeightsInfo};
+use crate::config::{DataConfig, ModelOptions, Probe, ProbeRequest, Recipe, RunConfig, Stage, WeightsInfo};
 use crate::data::scan::{self, Dataset};
 use crate::data::split::{self, Labels, Split, TrainLabels};
 use crate::error::{Error, Result, Setting};
@@ -50,16 +50,21 @@ impl Session {
             data,
             data_sha256: String::new(),
         };
+        let probe = probe_for(&config, &prepared.dataset, recipe.probe);
         if config.model.subject_norm == SubjectNormChoice::On {
             let mut chose = Vec::new();
             if recipe.auto_freeze {
-                let epochs = config.train.stages.iter().map(|s| s.epochs).sum();
-                config.train.stages = vec![Stage { from: Block::Head, epochs }];
-                chose.push(format!("training the head alone ({}; --freeze-until conv5 fine-tunes)", crate::train::describe_stages(&config.train.stages)));
+                config.train.stages = vec![Stage { from: Block::Head, epochs: probe.epochs }];
+                config.train.lr = probe.lr;
+                chose.push(format!(
+                    "training the head alone ({} at --lr {}; --freeze-until conv5 fine-tunes)",
+                    crate::train::describe_stages(&config.train.stages),
+                    probe.lr
+                ));
             }
             // conv4 + conv5 measured better with several photos per person (7-way
             // JAFFE-format), worse on pairs forced on (London): only where auto turns it on.
-            if recipe.auto_features && SubjectNormChoice::Auto.resolve(subject_counts(&prepared.dataset).as_deref()) {
+            if recipe.auto_features && several_photos(&config, &prepared.dataset) {
                 config.model.features = vec![Block::Conv4, Block::Conv5];
                 chose.push("on the pooled conv4 and conv5 outputs (--features conv5: the last block alone)".into());
             }
@@ -71,6 +76,12 @@ impl Session {
             }
         }
         Ok(Session { config, prepared, device })
+    }
+
+    /// The head-only probe for this session's data: the one it trains by
+    /// default with person statistics, and `cv --baseline probe`.
+    pub(crate) fn probe(&self, req: ProbeRequest) -> Probe {
+        probe_for(&self.config, &self.prepared.dataset, req)
     }
 
     /// A saved run's session: its data prepared again as its config says.
@@ -284,6 +295,18 @@ pub(crate) fn subject_groups(ds: &Dataset) -> Vec<usize> {
 }
 
 /// Images per subject id (`None` when some image has no subject id).
+/// Person statistics on and at least 3 photos of every person (JAFFE's
+/// structure, not pairs forced on as in the London faces): where the
+/// multi-layer features and the long probe measured best.
+fn several_photos(config: &RunConfig, ds: &Dataset) -> bool {
+    config.model.subject_norm == SubjectNormChoice::On && SubjectNormChoice::Auto.resolve(subject_counts(ds).as_deref())
+}
+
+/// `Probe::resolve` for this data (before the session's choices change `config`).
+fn probe_for(config: &RunConfig, ds: &Dataset, req: ProbeRequest) -> Probe {
+    Probe::resolve(req, several_photos(config, ds), &config.train)
+}
+
 pub(crate) fn subject_counts(ds: &Dataset) -> Option<Vec<usize>> {
     let mut m: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
     for s in &ds.samples {

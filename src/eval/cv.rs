@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::config::{RunConfig, Stage, TrainConfig};
+use crate::config::{Probe, RunConfig, Stage, TrainConfig};
 use crate::data::split::{self, ValSpec};
 use crate::error::{Error, Result, Setting};
 use crate::eval::plot;
@@ -58,6 +58,9 @@ pub struct CvConfig {
     /// Epochs of the head-only probe trained beside the recipe on every fold (`--baseline probe`).
     #[serde(default)]
     pub baseline: Option<usize>,
+    /// That probe's learning rate (absent in older cv folders).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_lr: Option<f64>,
     /// Flip test-time augmentation of the test folds (`--tta`, resolved).
     #[serde(default)]
     pub tta_flip: bool,
@@ -76,8 +79,10 @@ pub struct Request {
     pub seeds: Vec<u64>,
     /// Run only this fold (0-based) of each seed.
     pub only_fold: Option<usize>,
-    /// Also train a head-only probe of this many epochs on every fold.
-    pub baseline: Option<usize>,
+    /// Also train the session's head-only probe on every fold (`--baseline probe`)…
+    pub baseline: bool,
+    /// …for this many epochs instead of its own.
+    pub probe_epochs: Option<usize>,
     /// Flip test-time augmentation of the test folds (`None`: `eval::flip_tta`'s default).
     pub tta_flip: Option<bool>,
     /// Heatmaps of this many worst test images over all folds (0: none).
@@ -154,6 +159,8 @@ pub struct Summary {
     pub one_class: Option<Alternative>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe_epochs: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_lr: Option<f64>,
 }
 
 /// Another model's (or head's) results on the same folds, beside the recipe's.
@@ -195,18 +202,23 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
     if req.seeds.is_empty() {
         return Err(Error::invalid(Setting::Seeds, "is empty"));
     }
-    if req.baseline == Some(0) {
+    if req.probe_epochs == Some(0) {
         return Err(Error::invalid(Setting::ProbeEpochs, "must be at least 1"));
     }
     let mut data_cfg = req.recipe.data.clone();
     data_cfg.val = ValSpec::None;
     let session = Session::open(&req.recipe, data_cfg, req.seeds[0], None, reporter)?;
+    let probe = req.baseline.then(|| {
+        let p = session.probe(req.recipe.probe);
+        Probe { epochs: req.probe_epochs.unwrap_or(p.epochs), ..p }
+    });
     let ds = &session.prepared.dataset;
     let cfg = CvConfig {
         run: session.config.clone(),
         folds: req.folds.clone(),
         seeds: req.seeds.clone(),
-        baseline: req.baseline,
+        baseline: probe.map(|p| p.epochs),
+        probe_lr: probe.map(|p| p.lr),
         tta_flip: eval::flip_tta(req.tta_flip, session.config.model.subject_norm == crate::subject::SubjectNormChoice::On),
         top_losses: req.top_losses,
         n_folds: match req.folds {
@@ -219,7 +231,7 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
     if !ds.samples.iter().all(|s| s.subject.is_some()) {
         reporter.message("no subject ids in this dataset: folds are stratified image folds (the same person may be in training and test)");
     }
-    let shared = shared_caches(req, &session, cfg.tta_flip, reporter)?;
+    let shared = shared_caches(req, &session, cfg.tta_flip, probe.is_some(), reporter)?;
     if let Some(path) = &req.dump_features {
         dump_features(path, &session, &shared)?;
     }
@@ -236,7 +248,7 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
             if req.only_fold.is_some_and(|f| f != fi) {
                 continue;
             }
-            let r = run_fold(req, &session, &shared, (seed, fi, cfg.tta_flip), test)?;
+            let r = run_fold(req, &session, &shared, (seed, fi, cfg.tta_flip, probe), test)?;
             done_folds += 1;
             spent += r.seconds;
             let left = total_folds.saturating_sub(done_folds);
@@ -266,15 +278,15 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
 /// The frozen prefix does not depend on the fold when BN statistics are not
 /// re-estimated: computed once for all folds and seeds (with the later
 /// stages' freeze points derived from it).
-fn shared_caches(req: &Request, session: &Session, tta_flip: bool, reporter: &mut dyn Reporter) -> Result<Vec<train::Cache>> {
-    if req.recipe.model.bn == BnMode::Recalibrate {
-        reporter.message("frozen-prefix cache per fold: --bn recalibrate re-estimates statistics on each fold's training images");
-        return Ok(vec![]);
-    }
+fn shared_caches(req: &Request, session: &Session, tta_flip: bool, baseline: bool, reporter: &mut dyn Reporter) -> Result<Vec<train::Cache>> {
+    let recalibrate = req.recipe.model.bn == BnMode::Recalibrate;
     let (pre, device) = (&session.config.data.preprocess, session.device);
     if let Some(path) = &req.load_features {
-        if session.config.train.stages.iter().any(|s| s.from != Block::Head) || req.baseline.is_some() {
-            return Err(Error::invalid(Setting::Stages, "must all be head-only to train from a saved feature cache (no fine-tune, no --baseline probe)"));
+        if session.config.train.stages.iter().any(|s| s.from != Block::Head) || baseline || recalibrate {
+            return Err(Error::invalid(
+                Setting::Stages,
+                "must all be head-only to train from a saved feature cache (no fine-tune, no --baseline probe, no --bn recalibrate)",
+            ));
         }
         let t = tch::Tensor::read_safetensors(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
         let key: Option<serde_json::Value> = std::fs::read(path.with_extension("json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
@@ -285,6 +297,10 @@ fn shared_caches(req: &Request, session: &Session, tta_flip: bool, reporter: &mu
         let c = train::Cache::from_named(t, n, device).ok_or_else(|| Error::file(path, format!("does not hold the pooled features of these {n} images")))?;
         reporter.message(&format!("pooled features from {} (not recomputed)", path.display()));
         return Ok(vec![c]);
+    }
+    if recalibrate {
+        reporter.message("frozen-prefix cache per fold: --bn recalibrate re-estimates statistics on each fold's training images");
+        return Ok(vec![]);
     }
     let (base_model, _) = session.fresh_model(session.config.train.seed as i64, true)?;
     let from = session.config.train.stages.iter().map(|s| s.from).min().unwrap_or(Block::Head);
@@ -304,7 +320,7 @@ fn shared_caches(req: &Request, session: &Session, tta_flip: bool, reporter: &mu
     }
     // Later stages' freeze points too (e.g. the head-only warm-up's conv5 output):
     // the folds use them while those blocks still hold the pretrained weights.
-    let probe = req.baseline.map(|_| Block::Head);
+    let probe = baseline.then_some(Block::Head);
     let mut points: Vec<Block> = session.config.train.stages.iter().map(|s| s.from).chain(probe).filter(|&b| b > from).collect();
     points.sort_unstable();
     points.dedup();
@@ -364,7 +380,13 @@ fn test_folds(folds: &Folds, session: &Session, seed: u64) -> Result<Vec<Vec<usi
 }
 
 /// Trains the recipe (and the probe) on one fold and scores its test rows.
-fn run_fold(req: &Request, session: &Session, shared: &[train::Cache], (seed, fi, tta_flip): (u64, usize, bool), test: &[usize]) -> Result<FoldResult> {
+fn run_fold(
+    req: &Request,
+    session: &Session,
+    shared: &[train::Cache],
+    (seed, fi, tta_flip, probe): (u64, usize, bool, Option<Probe>),
+    test: &[usize],
+) -> Result<FoldResult> {
     let t0 = Instant::now();
     let (ds, labels) = (&session.prepared.dataset, &session.prepared.labels);
     let train: Vec<usize> = (0..ds.samples.len()).filter(|i| test.binary_search(i).is_err()).collect();
@@ -375,11 +397,10 @@ fn run_fold(req: &Request, session: &Session, shared: &[train::Cache], (seed, fi
     let (main, model) = fold.train_and_score(&tc)?;
     let top = if req.top_losses > 0 { top_losses(req, session, &model, (seed, fi), test, &y, &main.main.probs)? } else { vec![] };
     drop(model);
-    let probe = |epochs| vec![Stage { from: Block::Head, epochs }];
-    let baseline = match req.baseline {
+    let baseline = match probe.map(|p| TrainConfig { stages: vec![Stage { from: Block::Head, epochs: p.epochs }], lr: p.lr, ..tc.clone() }) {
         // The recipe already is that probe (the default with person statistics): the same training, so its scores.
-        Some(epochs) if tc.stages == probe(epochs) => Some(main.main.clone()),
-        Some(epochs) => Some(fold.train_and_score(&TrainConfig { stages: probe(epochs), ..tc.clone() })?.0.main),
+        Some(p) if (&p.stages, p.lr) == (&tc.stages, tc.lr) => Some(main.main.clone()),
+        Some(p) => Some(fold.train_and_score(&p)?.0.main),
         None => None,
     };
     Ok(FoldResult {
@@ -566,6 +587,7 @@ fn summarise(cfg: &CvConfig, results: &[FoldResult], missing: &[String]) -> Summ
         baseline,
         one_class,
         probe_epochs: cfg.baseline,
+        probe_lr: cfg.probe_lr,
     }
 }
 
@@ -632,7 +654,14 @@ pub fn markdown(s: &Summary) -> String {
     table(&mut out, &s.stats);
     let sections = [
         ("Single-image head (no other photo of the person; same folds)".to_string(), &s.single),
-        (format!("Probe baseline (head only, {} epochs, same folds and seeds)", s.probe_epochs.unwrap_or(0)), &s.baseline),
+        (
+            format!(
+                "Probe baseline (head only, {} epochs{}, same folds and seeds)",
+                s.probe_epochs.unwrap_or(0),
+                s.probe_lr.map(|lr| format!(" at learning rate {lr}")).unwrap_or_default()
+            ),
+            &s.baseline,
+        ),
         (
             "Each test person shown with one class only (the recipe's model; each person's statistics from that person's images of one class at a time; same folds)"
                 .to_string(),

@@ -469,7 +469,7 @@ fn flag_names_read_as_fastai_users_expect_and_old_names_still_work() {
     assert_eq!(vggft::train::describe_stages(&stages), "head:2 → conv5:5");
     let old = parse(&["--format", "folders", "--warmup-epochs", "2", "--flip", "false"]);
     assert_eq!(old.data.format, vggft::data::scan::DataFormat::Folders);
-    assert_eq!(old.train.warmup_epochs, 2);
+    assert_eq!(old.train.warmup_epochs, Some(2));
     assert_eq!(old.train.flip, Some(false));
     let (_, help, _) = run(&["finetune", "--help"], Path::new("."));
     let listed = |flag: &str| help.lines().any(|l| l.trim_start().starts_with(flag));

@@ -380,9 +380,9 @@ fn the_probe_baseline_is_the_probe_recipe_on_the_same_folds() {
         assert_eq!(code, 0, "{out}\n{err}");
         json(&dir.join("folds/seed0-fold1.json"))
     };
-    // A fine-tune with a 3-epoch probe beside it, and that probe as the recipe itself.
+    // A fine-tune with a 3-epoch probe beside it (at the probe's rate), and that probe as the recipe itself.
     let tuned = cv("tuned", &["--stages", "head:2,conv5:1", "--baseline", "probe", "--probe-epochs", "3"]);
-    let probe = cv("probe", &["--stages", "head:3"]);
+    let probe = cv("probe", &["--stages", "head:3", "--lr", "0.01"]);
     let (a, b) = (flat_probs(&tuned["baseline"]["probs"]), flat_probs(&probe["probs"]));
     assert_eq!(a.len(), b.len());
     let diff = largest_gap(&a, &b);

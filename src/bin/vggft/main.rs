@@ -53,6 +53,7 @@ fn recipe(data: &DataArgs, model: &ModelArgs, train: &TrainArgs, rep: &mut Cli2)
         random_init: model.random_init,
         device: model.device.clone(),
         auto_freeze: train.auto_freeze(),
+        probe: train.probe(),
         auto_features: model.features.is_none(),
     })
 }
@@ -272,7 +273,8 @@ fn cv(a: CvArgs) -> anyhow::Result<()> {
                 folds: vggft::eval::cv::Folds::parse(&a.folds)?,
                 seeds,
                 only_fold: a.fold,
-                baseline: a.baseline.as_ref().map(|_| a.probe_epochs),
+                baseline: a.baseline.is_some(),
+                probe_epochs: a.probe_epochs,
                 tta_flip: a.tta.choice(),
                 top_losses: a.top_losses,
                 out: out.clone(),
