@@ -105,7 +105,9 @@ def main():
     subj = [s for _, s in rows]
     people = sorted(set(subj))
     g = torch.tensor([people.index(s) for s in subj])
-    clean, flipped, aug = t["clean"], t["flipped"], t["aug"]
+    # A dump without mirror images (flip TTA off): score the clean view alone.
+    clean, aug = t["clean"], t["aug"]
+    flipped = t.get("flipped", clean)
     n = clean.shape[0]
     views = aug.shape[0] // n
     if a.blocks != "all":

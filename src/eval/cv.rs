@@ -358,7 +358,7 @@ fn features_key(session: &Session) -> serde_json::Value {
         "augment": c.train.augment,
         "views": c.train.cache_views,
         "seed": c.train.seed,
-        "pooling": [serde_json::json!(c.model.head), serde_json::json!(c.model.features), serde_json::json!(c.model.bn), serde_json::json!(c.model.width_div), serde_json::json!(c.model.precision)],
+        "pooling": [c.model.head, c.model.features, c.model.bn, c.model.width_div, c.model.precision],
         "rows": rows,
     })
 }
