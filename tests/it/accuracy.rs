@@ -64,10 +64,6 @@ fn task_probabilities_are_sums_of_raw_probabilities() {
     assert_eq!(max_abs_diff(&vggft::eval::task_probs(&logits, &[], 3), &raw), 0.0);
 }
 
-fn json(p: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
-}
-
 #[test]
 fn finetune_on_raw_labels_reports_task_classes_everywhere() {
     let d = tmp();

@@ -248,6 +248,11 @@ pub fn torch_rng() -> RngGuard {
     RngGuard(Some(g))
 }
 
+/// A JSON file the binary wrote.
+pub fn json(p: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
+}
+
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     f64::try_from((a - b).abs().max()).unwrap()
 }

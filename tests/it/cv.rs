@@ -5,10 +5,6 @@ use std::path::Path;
 
 use crate::common::*;
 
-fn json(p: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
-}
-
 fn non_blank_png(p: &Path) {
     let img = image::open(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).to_rgb8();
     let coloured = img.pixels().filter(|px| px.0 != [255, 255, 255]).count();
