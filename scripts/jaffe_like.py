@@ -24,7 +24,14 @@ The synthetic expressions are crude: figures on this set say how recipes
 compare on JAFFE's structure (10 people, 21 photos each, 7 raw labels, 30
 neutral of 210), not what JAFFE itself scores.
 
-    .venv/bin/python scripts/jaffe_like.py ../shared/data/london-faces OUT
+    .venv/bin/python scripts/jaffe_like.py ../shared/data/london-faces OUT [SIDE [OVERLAY]]
+
+SIDE (default 150) is the side of the square, in London pixels, that is
+scaled to 256 px: 150 lets the face fill the picture; 200 keeps hair, ears
+and neck around it, 256 keeps the London photo's whole frame (a face about
+a third of the width) — for measuring face localisation (`--face auto`).
+OVERLAY (default 1) scales the person-specific overlay: at 1 its stripes
+hide most faces from the detector, at 0.5 it finds every face.
 
 Deterministic (seeded). Attribution: the London faces (DeBruine & Jones,
 2017, CC BY 4.0).
@@ -117,6 +124,11 @@ def warp(gray: np.ndarray, dx, dy, shift, angle) -> np.ndarray:
 
 def main():
     src, out = Path(sys.argv[1]), Path(sys.argv[2])
+    side = int(sys.argv[3]) if len(sys.argv) > 3 else CROP[2]
+    strength = float(sys.argv[4]) if len(sys.argv) > 4 else 1.0
+    # The same centre as CROP, clamped to the London frame.
+    cx, cy = CROP[0] + CROP[2] // 2, CROP[1] + CROP[2] // 2
+    x0, y0 = (min(max(c - side // 2, 0), SIZE - side) for c in (cx, cy))
     rows = list(csv.DictReader(open(src / "manifest.csv")))
     subjects = []
     for r in rows:
@@ -129,6 +141,7 @@ def main():
         name = "ABCDEFGHIJ"[n] + "K"
         photos = {r["label"]: np.asarray(Image.open(src / r["path"]).convert("L"), dtype=np.float64) for r in rows if r["subject"] == subj}
         gamma, contrast, offset, overlay = distortion(subj, SIZE)
+        overlay = overlay * strength
         rng = np.random.default_rng(zlib.crc32(subj.encode()))
         for code in CODES:
             for sample in (1, 2, 3):
@@ -136,8 +149,7 @@ def main():
                 base = photos["smiling"] if code == "HA" else photos["neutral"]
                 dx, dy = field(code, k) if code not in ("HA", "NE") else (0.0, 0.0)
                 g = warp(base, dx, dy, rng.uniform(-3, 3, 2), np.deg2rad(rng.uniform(-3, 3)))
-                # Framed as JAFFE is: the face fills the picture.
-                x0, y0, side = CROP
+                # Framed as JAFFE is (by default the face fills the picture).
                 g = np.asarray(Image.fromarray(g[y0 : y0 + side, x0 : x0 + side].astype(np.float32), "F").resize((SIZE, SIZE), Image.BILINEAR), dtype=np.float64)
                 g = g * rng.uniform(0.92, 1.08)
                 g = 255 * (np.clip(g, 0, 255) / 255) ** gamma

@@ -226,9 +226,12 @@ pub struct DataArgs {
     /// Crop before resizing: none, x,y,w,h (source pixels) or center:F.
     #[arg(long, default_value = "none", value_parser = checked(Crop::parse))]
     pub crop: String,
-    /// Face localisation before resizing: auto (SeetaFace detector), none, or crop:x,y,w,h.
-    #[arg(long, default_value = "none", value_parser = checked(face_syntax))]
-    pub face: String,
+    /// Face localisation before resizing: auto (SeetaFace detector, each photo's own box), person (the median
+    /// of the boxes found in each person's photos, the same for all of them), none, or crop:x,y,w,h; default
+    /// person with per-subject normalisation and at least 3 images of every person (head-and-shoulders frames
+    /// such as JAFFE's; the whole frame when no face is found in any image), else none.
+    #[arg(long, value_parser = checked(face_syntax))]
+    pub face: Option<String>,
     /// With --face auto: an image without a detected face is an error instead of a centred crop.
     #[arg(long)]
     pub face_required: bool,
@@ -597,6 +600,12 @@ pub struct PredictArgs {
 }
 
 impl DataArgs {
+    /// Neither `--face` nor `--crop` was given: the session may locate faces
+    /// (with person statistics and several photos of every person).
+    pub fn auto_face(&self) -> bool {
+        self.face.is_none() && Crop::parse(&self.crop).is_ok_and(|c| c == Crop::None)
+    }
+
     /// The data config; `None` data means the bundled sample at `sample`.
     pub fn to_config(&self, sample: impl FnOnce() -> Result<PathBuf>) -> Result<(DataConfig, bool)> {
         let (path, bundled) = match &self.data {
@@ -606,7 +615,7 @@ impl DataArgs {
         let val = if self.val_subjects.is_empty() { ValSpec::parse(&self.val)? } else { ValSpec::Named { subjects: self.val_subjects.clone() } };
         let label_map = self.label_map.as_deref().map(parse_label_map).transpose()?.unwrap_or_default();
         let mut preprocess = Preprocess::new(Crop::parse(&self.crop)?, self.image_size);
-        preprocess.face = crate::data::face::FaceMode::parse(&self.face, self.face_required)?;
+        preprocess.face = crate::data::face::FaceMode::parse(self.face.as_deref().unwrap_or("none"), self.face_required)?;
         if preprocess.face != crate::data::face::FaceMode::None && preprocess.crop != Crop::None {
             return Err(Error::invalid(Setting::Face, "and --crop both choose the crop: give one of them"));
         }

@@ -166,6 +166,10 @@ pub struct Recipe {
     /// least 3 photos of every person, the head takes the pooled conv4 and
     /// conv5 outputs (measured: docs/results/accuracy).
     pub auto_features: bool,
+    /// Neither `--face` nor `--crop` was given: with per-subject normalisation
+    /// on and at least 3 photos of every person, faces are located and cropped
+    /// (measured: docs/results/accuracy).
+    pub auto_face: bool,
 }
 
 /// A head-only probe's epochs and learning rate.

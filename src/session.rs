@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use tch::{Device, Tensor};
 
 use crate::config::{DataConfig, ModelOptions, Probe, ProbeRequest, Recipe, RunConfig, Stage, WeightsInfo};
+use crate::data::face::FaceMode;
 use crate::data::scan::{self, Dataset};
 use crate::data::split::{self, Labels, Split, TrainLabels};
 use crate::error::{Error, Result, Setting};
@@ -28,11 +29,28 @@ pub struct Session {
 
 impl Session {
     /// Checks the recipe, prepares `data` (split with `seed`) and resolves
-    /// the weights and `--subject-norm auto`.
+    /// the weights, `--subject-norm auto` and the recipe's other defaults
+    /// that depend on the data (stages, features, face crop).
     pub fn open(recipe: &Recipe, data: DataConfig, seed: u64, threads: Option<i32>, reporter: &mut dyn Reporter) -> Result<Session> {
         recipe.train.validate()?;
         let device = parse_device(&recipe.device)?;
-        let prepared = prepare(&data, seed, reporter)?;
+        let mut data = data;
+        let dataset = scan_data(&data, reporter)?;
+        // JAFFE-style head-and-shoulders frames: the crop to the face measured
+        // better with person statistics (docs/results/accuracy); photos in which
+        // the detector finds no face at all keep the whole frame.
+        let mut faces_cropped = recipe.auto_face && several_photos_with(recipe.model.subject_norm, &dataset);
+        if faces_cropped {
+            data.preprocess.face = FaceMode::Person;
+        }
+        let mut loaded = crate::data::load_images(&dataset.samples, &data.preprocess, data.skip_bad)?;
+        if faces_cropped && loaded.boxes.iter().all(|b| b.as_ref().is_none_or(|b| b.score.is_none())) {
+            reporter.message("no face found in any image: using the whole frame (--face person crops the centre instead)");
+            faces_cropped = false;
+            data.preprocess.face = FaceMode::None;
+            loaded = crate::data::load_images(&dataset.samples, &data.preprocess, data.skip_bad)?;
+        }
+        let prepared = finish(dataset, loaded, &data, seed, reporter)?;
         let weights = weights_info(recipe.weights.as_deref(), recipe.random_init, recipe.model.bn.has_bn())?;
         let (raw_classes, raw_to_task) = raw_head(&prepared.labels, data.train_labels);
         let mut config = RunConfig {
@@ -67,6 +85,9 @@ impl Session {
             if recipe.auto_features && several_photos(&config, &prepared.dataset) {
                 config.model.features = vec![Block::Conv4, Block::Conv5];
                 chose.push("on the pooled conv4 and conv5 outputs (--features conv5: the last block alone)".into());
+            }
+            if faces_cropped {
+                chose.push("cropped to each person's face (--face none: the whole frame)".into());
             }
             if !chose.is_empty() {
                 reporter.message(&format!(
@@ -237,7 +258,14 @@ pub struct Prepared {
 
 /// Scans, labels, decodes and splits a dataset as `dc` says.
 pub fn prepare(dc: &DataConfig, seed: u64, reporter: &mut dyn Reporter) -> Result<Prepared> {
-    let mut dataset = scan::scan(&dc.path, dc.format)?;
+    let dataset = scan_data(dc, reporter)?;
+    let loaded = crate::data::load_images(&dataset.samples, &dc.preprocess, dc.skip_bad)?;
+    finish(dataset, loaded, dc, seed, reporter)
+}
+
+/// The dataset's files, subjects and raw labels (nothing decoded yet).
+fn scan_data(dc: &DataConfig, reporter: &mut dyn Reporter) -> Result<Dataset> {
+    let dataset = scan::scan(&dc.path, dc.format)?;
     if let Some(first) = dataset.outside_paths.first() {
         reporter.message(&format!(
             "note: {} manifest path(s) lie outside its folder (first: {}); split.csv lists every path",
@@ -245,7 +273,11 @@ pub fn prepare(dc: &DataConfig, seed: u64, reporter: &mut dyn Reporter) -> Resul
             first.display()
         ));
     }
-    let loaded = crate::data::load_images(&dataset.samples, &dc.preprocess, dc.skip_bad)?;
+    Ok(dataset)
+}
+
+/// Labels and splits the decoded images of `dataset`.
+fn finish(mut dataset: Dataset, loaded: crate::data::Loaded, dc: &DataConfig, seed: u64, reporter: &mut dyn Reporter) -> Result<Prepared> {
     if !loaded.skipped.is_empty() {
         for (p, why) in &loaded.skipped {
             reporter.message(&format!("skipped {}: {why}", p.display()));
@@ -267,7 +299,7 @@ pub fn prepare(dc: &DataConfig, seed: u64, reporter: &mut dyn Reporter) -> Resul
         .samples
         .iter()
         .zip(&loaded.boxes)
-        .filter(|(_, b)| b.as_ref().is_some_and(|b| b.score.is_none()) && matches!(dc.preprocess.face, crate::data::face::FaceMode::Auto { .. }))
+        .filter(|(_, b)| b.as_ref().is_some_and(|b| b.score.is_none()) && matches!(dc.preprocess.face, FaceMode::Auto { .. } | FaceMode::Person))
         .map(|(s, _)| s.path.display().to_string())
         .collect();
     if !fallbacks.is_empty() {
@@ -294,12 +326,16 @@ pub(crate) fn subject_groups(ds: &Dataset) -> Vec<usize> {
     crate::subject::groups(&keys)
 }
 
-/// Images per subject id (`None` when some image has no subject id).
 /// Person statistics on and at least 3 photos of every person (JAFFE's
 /// structure, not pairs forced on as in the London faces): where the
-/// multi-layer features and the long probe measured best.
+/// multi-layer features, the long probe and the face crop measured best.
 fn several_photos(config: &RunConfig, ds: &Dataset) -> bool {
-    config.model.subject_norm == SubjectNormChoice::On && SubjectNormChoice::Auto.resolve(subject_counts(ds).as_deref())
+    several_photos_with(config.model.subject_norm, ds)
+}
+
+/// `several_photos` before `--subject-norm` is resolved (`auto` turns on with 3 photos each).
+fn several_photos_with(choice: SubjectNormChoice, ds: &Dataset) -> bool {
+    choice != SubjectNormChoice::Off && SubjectNormChoice::Auto.resolve(subject_counts(ds).as_deref())
 }
 
 /// `Probe::resolve` for this data (before the session's choices change `config`).
@@ -307,6 +343,7 @@ fn probe_for(config: &RunConfig, ds: &Dataset, req: ProbeRequest) -> Probe {
     Probe::resolve(req, several_photos(config, ds), &config.train)
 }
 
+/// Images per subject id (`None` when some image has no subject id).
 pub(crate) fn subject_counts(ds: &Dataset) -> Option<Vec<usize>> {
     let mut m: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
     for s in &ds.samples {

@@ -19,19 +19,26 @@ pub enum FaceMode {
     None,
     /// Detect; fall back to a centred crop (or fail with `required`).
     Auto { required: bool },
+    /// Detect in every photo, then give every photo of a person the median
+    /// of the boxes found in that person's photos: one steady frame per
+    /// person, so the detector's jitter (a few % of the face) does not pass
+    /// for a change of expression. A photo without a subject id, or of a
+    /// person in whose photos no face is found, is framed as with `Auto`.
+    Person,
     /// A fixed box in source pixels.
     Fixed { x: u32, y: u32, w: u32, h: u32 },
 }
 
 impl FaceMode {
-    /// `auto`, `none` or `crop:x,y,w,h`.
+    /// `auto`, `person`, `none` or `crop:x,y,w,h`.
     pub fn parse(s: &str, required: bool) -> Result<FaceMode> {
         match s.trim() {
             "none" => Ok(FaceMode::None),
             "auto" => Ok(FaceMode::Auto { required }),
+            "person" => Ok(FaceMode::Person),
             other => match other.strip_prefix("crop:").map(Crop::parse) {
                 Some(Ok(Crop::Box { x, y, w, h })) => Ok(FaceMode::Fixed { x, y, w, h }),
-                _ => Err(Error::invalid(Setting::Face, format!("`{other}`: expected auto, none or crop:x,y,w,h"))),
+                _ => Err(Error::invalid(Setting::Face, format!("`{other}`: expected auto, person, none or crop:x,y,w,h"))),
             },
         }
     }
@@ -110,13 +117,14 @@ pub fn locate(finder: &mut Option<FaceFinder>, g: &Gray, mode: &FaceMode) -> Res
     match mode {
         FaceMode::None => Ok(None),
         FaceMode::Fixed { x, y, w, h } => Ok(Some(FaceBox { x: *x, y: *y, w: *w, h: *h, score: None })),
-        FaceMode::Auto { required } => {
+        FaceMode::Auto { .. } | FaceMode::Person => {
+            let required = matches!(mode, FaceMode::Auto { required: true });
             if finder.is_none() {
                 *finder = Some(FaceFinder::new()?);
             }
             let found = match finder.as_mut().and_then(|f| f.detect(g)) {
                 Some(b) => b,
-                None if *required => return Err(Error::Picture("no face found (--face-required)".into())),
+                None if required => return Err(Error::Picture("no face found (--face-required)".into())),
                 None => fallback(g),
             };
             // Boxes are reported in source pixels (a shrunk picture has scale > 1).
@@ -124,4 +132,51 @@ pub fn locate(finder: &mut Option<FaceFinder>, g: &Gray, mode: &FaceMode) -> Res
             Ok(Some(FaceBox { x: found.x * k, y: found.y * k, w: found.w * k, h: found.h * k, ..found }))
         }
     }
+}
+
+/// `FaceMode::Person`: `found[i]` is photo i's box (source pixels; found
+/// or the fallback) and its size in source pixels, `None` when it did not
+/// decode; `subjects[i]` its person. Each photo of a person in whose photos a
+/// face was found gets the median centre and side of those detections
+/// (fitted inside the photo, scored with their median score); the others
+/// keep their own box.
+pub fn per_person<K: PartialEq + Clone>(found: &[Option<(FaceBox, (u32, u32))>], subjects: &[Option<K>]) -> Vec<Option<FaceBox>> {
+    let groups = crate::subject::groups(subjects);
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        }
+    };
+    let detected = |i: usize| found[i].as_ref().map(|f| &f.0).filter(|b| subjects[i].is_some() && b.score.is_some());
+    let person: Vec<Option<(f64, f64, f64, f64)>> = (0..groups.iter().max().map_or(0, |m| m + 1))
+        .map(|g| {
+            let boxes: Vec<&FaceBox> = (0..found.len()).filter(|&i| groups[i] == g).filter_map(detected).collect();
+            if boxes.is_empty() {
+                return None;
+            }
+            let m = |f: fn(&FaceBox) -> f64| median(boxes.iter().map(|b| f(b)).collect());
+            Some((m(|b| b.x as f64 + b.w as f64 / 2.0), m(|b| b.y as f64 + b.h as f64 / 2.0), m(|b| b.w.max(b.h) as f64), m(|b| b.score.unwrap_or(0.0))))
+        })
+        .collect();
+    found
+        .iter()
+        .zip(&groups)
+        .map(|(f, &g)| {
+            let (b, (w, h)) = f.as_ref()?;
+            Some(match person[g] {
+                Some((cx, cy, side, score)) => {
+                    let side = side.min(*w.min(h) as f64).max(1.0);
+                    let s = side.round() as u32;
+                    let x = (cx - side / 2.0).round().clamp(0.0, (w - s) as f64) as u32;
+                    let y = (cy - side / 2.0).round().clamp(0.0, (h - s) as f64) as u32;
+                    FaceBox { x, y, w: s, h: s, score: Some(score) }
+                }
+                None => b.clone(),
+            })
+        })
+        .collect()
 }

@@ -85,33 +85,75 @@ pub struct Loaded {
 
 /// Decoded gray → the network's pixels: face box (or `crop`), square, resize.
 pub fn prepare_image(g: &image::Gray, pre: &Preprocess, finder: &mut Option<face::FaceFinder>) -> Result<(Vec<f32>, Option<face::FaceBox>)> {
-    let b = face::locate(finder, g, &pre.face)?;
+    prepare_image_in(g, pre, finder, None)
+}
+
+/// `prepare_image` with the box already chosen (`--face person`: the person's box).
+pub(crate) fn prepare_image_in(
+    g: &image::Gray,
+    pre: &Preprocess,
+    finder: &mut Option<face::FaceFinder>,
+    given: Option<&face::FaceBox>,
+) -> Result<(Vec<f32>, Option<face::FaceBox>)> {
+    let b = match given {
+        Some(b) => Some(b.clone()),
+        None => face::locate(finder, g, &pre.face)?,
+    };
     let crop = b.as_ref().map(face::FaceBox::crop).unwrap_or_else(|| pre.crop.clone());
     Ok((image::prepare(g, &crop, pre.image_size)?, b))
 }
 
-/// Decodes and prepares images in parallel (one thread per core).
-pub(crate) fn load_images(samples: &[Sample], pre: &Preprocess, skip_bad: bool) -> Result<Loaded> {
+/// A decoded picture's size in source pixels.
+pub(crate) fn source_size(g: &image::Gray) -> (u32, u32) {
+    let k = g.scale.max(1);
+    (g.width.saturating_mul(k), g.height.saturating_mul(k))
+}
+
+/// `f(i, sample, finder)` over the samples in parallel (one thread per core,
+/// a face detector each), in order.
+fn par_map<T: Send>(samples: &[Sample], f: impl Fn(usize, &Sample, &mut Option<face::FaceFinder>) -> T + Sync) -> Vec<T> {
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8);
-    let size = pre.image_size as usize;
     let chunk = samples.len().div_ceil(threads).max(1);
-    type One = Result<(Vec<f32>, Option<face::FaceBox>)>;
-    let results: Vec<One> = std::thread::scope(|scope| {
+    let f = &f;
+    std::thread::scope(|scope| {
         let handles: Vec<_> = samples
             .chunks(chunk)
-            .map(|part| {
+            .enumerate()
+            .map(|(c, part)| {
                 scope.spawn(move || {
                     let mut finder = None;
-                    part.iter()
-                        .map(|s| {
-                            let g = image::load_gray(&s.path)?;
-                            prepare_image(&g, pre, &mut finder).map_err(|e| e.at(&s.path))
-                        })
-                        .collect::<Vec<_>>()
+                    part.iter().enumerate().map(|(j, s)| f(c * chunk + j, s, &mut finder)).collect::<Vec<_>>()
                 })
             })
             .collect();
         handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+    })
+}
+
+/// With `--face person`, each image's box from its person's detections
+/// (`None` for an image that does not decode: the main pass reports it).
+fn person_boxes(samples: &[Sample], pre: &Preprocess) -> Option<Vec<Option<face::FaceBox>>> {
+    if pre.face != face::FaceMode::Person {
+        return None;
+    }
+    let found = par_map(samples, |_, s, finder| {
+        let g = image::load_gray(&s.path).ok()?;
+        Some((face::locate(finder, &g, &pre.face).ok()??, source_size(&g)))
+    });
+    if found.len() != samples.len() {
+        return Some(vec![None; samples.len()]); // a thread failed: the main pass reports it
+    }
+    let subjects: Vec<Option<&str>> = samples.iter().map(|s| s.subject.as_deref()).collect();
+    Some(face::per_person(&found, &subjects))
+}
+
+/// Decodes and prepares images in parallel (one thread per core).
+pub(crate) fn load_images(samples: &[Sample], pre: &Preprocess, skip_bad: bool) -> Result<Loaded> {
+    let size = pre.image_size as usize;
+    let given = person_boxes(samples, pre);
+    let results = par_map(samples, |i, s, finder| {
+        let g = image::load_gray(&s.path)?;
+        prepare_image_in(&g, pre, finder, given.as_ref().and_then(|v| v[i].as_ref())).map_err(|e| e.at(&s.path))
     });
     if results.len() != samples.len() {
         return Err(Error::internal("an image decoding thread failed"));

@@ -21,6 +21,8 @@ pub struct Prediction {
     pub raw: Vec<f64>,
     /// Which head of a subject-normalised model answered (`None` for other models).
     pub mode: Option<Mode>,
+    /// The face box the input was cropped to (models trained with `--face`).
+    pub face: Option<crate::data::face::FaceBox>,
 }
 
 /// How a subject-normalised model predicted one image.
@@ -129,13 +131,43 @@ pub fn expand_inputs(inputs: &[PathBuf], recursive: bool) -> Vec<PathBuf> {
     out
 }
 
-/// Decodes and prepares one input as the run's preprocessing says (gray S×S).
-pub fn prepare_one(path: &Path, cfg: &RunConfig, finder: &mut Option<crate::data::face::FaceFinder>) -> crate::error::Result<Vec<f32>> {
+/// Decodes and prepares one input as the run's preprocessing says (gray S×S,
+/// and the face box used); `given`: its box chosen beforehand (`--face
+/// person`: its person's).
+pub fn prepare_one(
+    path: &Path,
+    cfg: &RunConfig,
+    finder: &mut Option<crate::data::face::FaceFinder>,
+    given: Option<&crate::data::face::FaceBox>,
+) -> crate::error::Result<(Vec<f32>, Option<crate::data::face::FaceBox>)> {
     if path.is_dir() {
         return Err(Error::file(path, "folder holds no images"));
     }
     let g = image::load_gray(path)?;
-    crate::data::prepare_image(&g, &cfg.data.preprocess, finder).map(|(px, _)| px).map_err(|e| e.at(path))
+    crate::data::prepare_image_in(&g, &cfg.data.preprocess, finder, given).map_err(|e| e.at(path))
+}
+
+/// With `--face person`, each input's box from the faces found in its
+/// person's inputs (as `subjects` groups them; a lone photo keeps its own).
+fn person_boxes(
+    cfg: &RunConfig,
+    paths: &[PathBuf],
+    subjects: &SubjectFrom,
+    finder: &mut Option<crate::data::face::FaceFinder>,
+) -> Vec<Option<crate::data::face::FaceBox>> {
+    use crate::data::face;
+    let keys: Vec<Option<String>> = paths.iter().map(|p| subjects.subject(p)).collect();
+    if cfg.data.preprocess.face != face::FaceMode::Person || keys.iter().all(Option::is_none) {
+        return vec![None; paths.len()];
+    }
+    let found: Vec<Option<(face::FaceBox, (u32, u32))>> = paths
+        .iter()
+        .map(|p| {
+            let g = image::load_gray(p).ok()?;
+            Some((face::locate(finder, &g, &cfg.data.preprocess.face).ok()??, crate::data::source_size(&g)))
+        })
+        .collect();
+    face::per_person(&found, &keys)
 }
 
 /// Predicts every path, in batches of `batch`. A subject-normalised model
@@ -160,12 +192,16 @@ pub fn predict(
     if show {
         reporter.progress("predicting", "image(s)", 0, paths.len());
     }
+    let given = person_boxes(cfg, paths, subjects, &mut finder);
     for chunk in paths.chunks(batch.max(1)) {
         if show && !out.is_empty() {
             reporter.progress("predicting", "image(s)", out.len(), paths.len());
         }
-        let prepared: Vec<(PathBuf, crate::error::Result<Vec<f32>>)> = chunk.iter().map(|p| (p.clone(), prepare_one(p, cfg, &mut finder))).collect();
-        let ok: Vec<&Vec<f32>> = prepared.iter().filter_map(|(_, r)| r.as_ref().ok()).collect();
+        let base = out.len();
+        type One = crate::error::Result<(Vec<f32>, Option<crate::data::face::FaceBox>)>;
+        let prepared: Vec<(PathBuf, One)> =
+            chunk.iter().enumerate().map(|(j, p)| (p.clone(), prepare_one(p, cfg, &mut finder, given[base + j].as_ref()))).collect();
+        let ok: Vec<&Vec<f32>> = prepared.iter().filter_map(|(_, r)| r.as_ref().ok().map(|(px, _)| px)).collect();
         let mut probs = Vec::new().into_iter();
         if !ok.is_empty() {
             let flat: Vec<f32> = ok.iter().flat_map(|v| v.iter().copied()).collect();
@@ -187,14 +223,14 @@ pub fn predict(
             }
         }
         for (path, r) in prepared {
-            let (probs, raw) = match r {
-                Ok(_) => {
+            let (probs, raw, face) = match r {
+                Ok((_, face)) => {
                     let (task, raw) = probs.next().unwrap_or_default();
-                    (Ok(task), raw)
+                    (Ok(task), raw, face)
                 }
-                Err(e) => (Err(e), vec![]),
+                Err(e) => (Err(e), vec![], None),
             };
-            out.push(Prediction { path, probs, raw, mode: None });
+            out.push(Prediction { path, probs, raw, mode: None, face });
         }
     }
     if show {

@@ -132,3 +132,111 @@ fn faces_command_writes_crops_csv_and_a_contact_sheet() {
     let (code, _, err) = run(&args(&small(&w), &["finetune", "--data", "fc/manifest.csv", "--stages", "head:1", "--val", "none"]), d.path());
     assert_eq!(code, 0, "{err}");
 }
+
+#[test]
+fn with_person_statistics_faces_are_cropped_by_default() {
+    let d = tmp();
+    let Some(src) = london_dir() else {
+        eprintln!("skipped: ../shared/data/london-faces is absent");
+        return;
+    };
+    // Three London people with four photos each (each photo and a copy): person
+    // statistics turn on by default, and with them the face crop.
+    let manifest = std::fs::read_to_string(src.join("manifest.csv")).unwrap();
+    let mut rows = String::from("path,label,subject\n");
+    let mut blank_rows = rows.clone();
+    let lines: Vec<Vec<&str>> = manifest.lines().skip(1).map(|l| l.split(',').collect()).collect();
+    let people: std::collections::BTreeSet<&str> = lines.iter().map(|f| f[2]).take(3).collect();
+    let mut chosen: Vec<&Vec<&str>> = lines.iter().filter(|f| people.contains(f[2])).collect();
+    chosen.sort_by_key(|f| f[2]); // person by person
+    for (i, f) in chosen.into_iter().enumerate() {
+        for copy in 0..2 {
+            let p = d.path().join(format!("{i}-{copy}.jpg"));
+            std::fs::copy(src.join(f[0]), &p).unwrap();
+            rows.push_str(&format!("{},{},{}\n", p.display(), f[1], f[2]));
+            let b = d.path().join(format!("blank-{i}-{copy}.png"));
+            gray_png(&b, 64, 64, |x, y| ((x * 3 + y * 5 + 40 * i as u32 + 17 * copy) % 256) as u8);
+            blank_rows.push_str(&format!("{},{},{}\n", b.display(), f[1], f[2]));
+        }
+    }
+    std::fs::write(d.path().join("faces.csv"), rows).unwrap();
+    std::fs::write(d.path().join("blank.csv"), blank_rows).unwrap();
+    let w = d.path().join("trunk.safetensors");
+    trunk_only(&w, 3);
+    let s = small(&w);
+    let face = |name: &str| json(&d.path().join("runs").join(name).join("config.json"))["data"]["preprocess"]["face"]["kind"].clone();
+    let base = ["finetune", "--stages", "head:1", "--val", "none", "--augment", "none"];
+    let (code, out, err) = run(&args(&s, &[&base[..], &["--data", "faces.csv", "--name", "auto"]].concat()), d.path());
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(face("auto"), "person", "{err}");
+    assert!(err.contains("cropped to each person's face (--face none: the whole frame)"), "{err}");
+    // Boxes per person (file name → box) as faces.csv records them.
+    let boxes = |run: &str| -> Vec<(String, String)> {
+        let csv = std::fs::read_to_string(d.path().join("runs").join(run).join("faces.csv")).unwrap();
+        assert_eq!((csv.lines().count(), csv.contains("fallback")), (13, false), "a face in each of 12 photos:\n{csv}");
+        csv.lines().skip(1).map(|l| (l.split(',').next().unwrap().to_string(), l.split(',').skip(1).take(4).collect::<Vec<_>>().join(","))).collect()
+    };
+    let (code, out, err) = run(&args(&s, &[&base[..], &["--data", "faces.csv", "--name", "each", "--face", "auto"]].concat()), d.path());
+    assert_eq!(code, 0, "{out}\n{err}");
+    // Rows come person by person (4 each): with `auto` some person's photos differ, with `person` none do.
+    let per_person =
+        |b: &[(String, String)]| b.chunks(4).map(|c| c.iter().map(|(_, b)| b.clone()).collect::<std::collections::BTreeSet<_>>().len()).collect::<Vec<_>>();
+    assert!(per_person(&boxes("each")).iter().any(|&n| n > 1), "the detector's boxes differ within a person: {:?}", boxes("each"));
+    assert_eq!(per_person(&boxes("auto")), vec![1, 1, 1], "one box per person: {:?}", boxes("auto"));
+    // predict frames a person's inputs alike (--subject groups them); alone, each photo keeps its own box.
+    let person: Vec<String> = boxes("auto").iter().take(4).map(|(p, _)| p.clone()).collect();
+    let faces_of = |extra: &[&str]| -> Vec<serde_json::Value> {
+        let mut a: Vec<&str> = vec!["predict", "--model", "runs/auto", "--format", "json"];
+        a.extend(extra);
+        a.extend(person.iter().map(String::as_str));
+        let (code, out, err) = run(&a, d.path());
+        assert_eq!(code, 0, "{out}\n{err}");
+        serde_json::from_str::<Vec<serde_json::Value>>(&out).unwrap().iter().map(|p| p["face"].clone()).collect()
+    };
+    let together = faces_of(&["--subject", "p"]);
+    assert!(together.iter().all(|f| f == &together[0] && f["w"].as_u64().is_some_and(|w| w >= 96)), "{together:?}");
+    let each: Vec<String> = boxes("each").iter().take(4).map(|(_, b)| b.clone()).collect();
+    let alone: Vec<String> = faces_of(&["--subject-from", "none"]).iter().map(|f| format!("{},{},{},{}", f["x"], f["y"], f["w"], f["h"])).collect();
+    assert_eq!(alone, each, "a lone photo is framed as --face auto frames it");
+    // Asked for: --face none, a --crop, or person statistics off keep the whole frame.
+    for (name, extra) in [("none", &["--face", "none"][..]), ("crop", &["--crop", "center:0.9"]), ("off", &["--subject-norm", "off"])] {
+        let (code, out, err) = run(&args(&s, &[&base[..], &["--data", "faces.csv", "--name", name], extra].concat()), d.path());
+        assert_eq!(code, 0, "{name}: {out}\n{err}");
+        assert_eq!(face(name), "none", "{name}: {err}");
+        assert!(!err.contains("photo's face"), "{name}: {err}");
+    }
+    // Pictures in which no face is found at all keep the whole frame, and say so.
+    let (code, out, err) = run(&args(&s, &[&base[..], &["--data", "blank.csv", "--name", "blank"]].concat()), d.path());
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(face("blank"), "none", "{err}");
+    assert!(err.contains("no face found in any image: using the whole frame"), "{err}");
+    assert!(!err.contains("photo's face") && !err.contains("used a centred crop"), "{err}");
+    assert!(!d.path().join("runs/blank/faces.csv").exists());
+}
+
+#[test]
+fn a_persons_photos_share_the_median_of_their_boxes() {
+    use vggft::data::face::{per_person, FaceBox};
+    let b = |x, y, side, score: Option<f64>| FaceBox { x, y, w: side, h: side, score };
+    let boxes = [
+        b(10, 10, 100, Some(5.0)),
+        b(14, 20, 110, Some(7.0)),
+        b(30, 30, 120, Some(9.0)),
+        b(40, 40, 160, None),   // no face found: the person's median instead
+        b(0, 0, 50, None),      // a person with no face found keeps the fallback
+        b(5, 6, 70, Some(3.0)), // no subject id: its own box
+        b(0, 0, 90, Some(4.0)), // a small photo of the first person: the median box fitted inside
+    ];
+    let sizes = [(256, 256), (256, 256), (256, 256), (256, 256), (256, 256), (256, 256), (100, 100)];
+    let mut found: Vec<Option<(FaceBox, (u32, u32))>> = boxes.iter().cloned().zip(sizes).map(Some).collect();
+    found.push(None); // a photo that did not decode stays without a box
+    let subjects = [Some("a"), Some("a"), Some("a"), Some("a"), Some("b"), None, Some("a"), Some("a")];
+    let out: Vec<FaceBox> = per_person(&found, &subjects).into_iter().map(|o| o.unwrap_or_else(|| b(0, 0, 0, None))).collect();
+    // Centres (60,60) (69,75) (90,90) (45,45): medians (cx 64.5, cy 67.5); sides 100 110 120 90 → 105; scores 4 5 7 9 → 6.
+    let median = b(12, 15, 105, Some(6.0));
+    assert_eq!(out[..4], [median.clone(), median.clone(), median.clone(), median.clone()]);
+    assert_eq!(out[4], boxes[4]);
+    assert_eq!(out[5], boxes[5]);
+    assert_eq!(out[7], b(0, 0, 0, None), "no box for a photo that did not decode");
+    assert_eq!(out[6], b(0, 0, 100, Some(6.0)), "shrunk and moved to fit the 100×100 photo");
+}

@@ -38,6 +38,7 @@ fn recipe(data: &DataArgs, model: &ModelArgs, train: &TrainArgs, rep: &mut Cli2)
     if let Some(t) = model.threads {
         tch::set_num_threads(t);
     }
+    let auto_face = data.auto_face();
     let (data, bundled) = data.to_config(session::bundled_sample)?;
     if bundled {
         rep.message(&format!(
@@ -55,6 +56,7 @@ fn recipe(data: &DataArgs, model: &ModelArgs, train: &TrainArgs, rep: &mut Cli2)
         auto_freeze: train.auto_freeze(),
         probe: train.probe(),
         auto_features: model.features.is_none(),
+        auto_face,
     })
 }
 
@@ -99,7 +101,7 @@ fn finetune(a: FinetuneArgs) -> anyhow::Result<()> {
 
 fn preprocess(image: &std::path::Path, model: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
     let cfg = run::read_config(model)?;
-    let px = predict::prepare_one(image, &cfg, &mut None)?;
+    let px = predict::prepare_one(image, &cfg, &mut None, None)?.0;
     let s = cfg.data.preprocess.image_size as i64;
     let x = cfg.data.preprocess.normalise(&tch::Tensor::from_slice(&px).view([1, 1, s, s]));
     weights::save_atomic(&[("input".to_string(), x)], out)?;

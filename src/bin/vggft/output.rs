@@ -174,6 +174,9 @@ pub fn predictions(a: &PredictArgs, cfg: &RunConfig, subject_norm: bool, preds: 
                         if let Some(m) = p.mode {
                             o["mode"] = serde_json::json!(m.name());
                         }
+                        if let Some(f) = &p.face {
+                            o["face"] = serde_json::json!(f);
+                        }
                         if a.format == OutputFormat::Jsonl {
                             outln!("{o}");
                         } else {
