@@ -10,6 +10,9 @@ use crate::error::{Error, Result, Setting};
 
 static MODEL: &[u8] = include_bytes!("../../assets/face/seeta_fd_frontal_v1.0.bin");
 
+/// What a cross-validation summary of a `--face person` recipe says.
+pub const PERSON_BOX: &str = "face crop per person (--face person): each person's photos, a test person's included, set that person's face box";
+
 /// How to find the face.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
 #[serde(tag = "kind", rename_all = "lowercase")]

@@ -564,7 +564,7 @@ fn summarise(cfg: &CvConfig, results: &[FoldResult], missing: &[String]) -> Summ
     let per_subject: BTreeMap<String, (usize, usize)> =
         subject_counts(results).into_iter().map(|(s, per)| (s.to_string(), per.values().fold((0, 0), |a, v| (a.0 + v.0, a.1 + v.1)))).collect();
     let protocol = format!(
-        "{} cross-validation ({}), {} seed(s) {:?}, {} fold results; metrics per fold, mean ± std and t-based 95 % interval (clipped to [0, 1]) over folds × seeds; the last epoch of the fixed recipe is evaluated (no early stopping on test folds){}{}",
+        "{} cross-validation ({}), {} seed(s) {:?}, {} fold results; metrics per fold, mean ± std and t-based 95 % interval (clipped to [0, 1]) over folds × seeds; the last epoch of the fixed recipe is evaluated (no early stopping on test folds){}{}{}",
         match cfg.folds {
             Folds::Loso => "leave-one-subject-out".to_string(),
             Folds::K { k } => format!("{k}-fold subject-grouped"),
@@ -574,7 +574,8 @@ fn summarise(cfg: &CvConfig, results: &[FoldResult], missing: &[String]) -> Summ
         cfg.seeds,
         results.len(),
         if cfg.tta_flip { format!("; {}", crate::eval::FLIP_TTA) } else { String::new() },
-        if single.is_some() { format!("; {}", crate::subject::TRANSDUCTIVE) } else { String::new() }
+        if single.is_some() { format!("; {}", crate::subject::TRANSDUCTIVE) } else { String::new() },
+        if cfg.run.data.preprocess.face == crate::data::face::FaceMode::Person { format!("; {}", crate::data::face::PERSON_BOX) } else { String::new() }
     ) + &if missing.is_empty() { String::new() } else { format!("; PARTIAL (--partial): {} fold result(s) missing: {}", missing.len(), crate::error::short_list(missing, 8)) };
     Summary {
         protocol,

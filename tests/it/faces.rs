@@ -198,6 +198,12 @@ fn with_person_statistics_faces_are_cropped_by_default() {
     let each: Vec<String> = boxes("each").iter().take(4).map(|(_, b)| b.clone()).collect();
     let alone: Vec<String> = faces_of(&["--subject-from", "none"]).iter().map(|f| format!("{},{},{},{}", f["x"], f["y"], f["w"], f["h"])).collect();
     assert_eq!(alone, each, "a lone photo is framed as --face auto frames it");
+    // cv's summary says that test persons' photos set their face box.
+    let (code, out, err) =
+        run(&args(&s, &["cv", "--data", "faces.csv", "--folds", "loso", "--seeds", "0", "--stages", "head:1", "--augment", "none", "--out", "cv"]), d.path());
+    assert_eq!(code, 0, "{out}\n{err}");
+    let md = std::fs::read_to_string(d.path().join("cv/cv.md")).unwrap();
+    assert!(md.contains("face crop per person (--face person): each person's photos, a test person's included, set that person's face box"), "{md}");
     // Asked for: --face none, a --crop, or person statistics off keep the whole frame.
     for (name, extra) in [("none", &["--face", "none"][..]), ("crop", &["--crop", "center:0.9"]), ("off", &["--subject-norm", "off"])] {
         let (code, out, err) = run(&args(&s, &[&base[..], &["--data", "faces.csv", "--name", name], extra].concat()), d.path());
