@@ -228,8 +228,7 @@ pub struct DataArgs {
     pub crop: String,
     /// Face localisation before resizing: auto (SeetaFace detector, each photo's own box), person (the median
     /// of the boxes found in each person's photos, the same for all of them), none, or crop:x,y,w,h; default
-    /// person with per-subject normalisation and at least 3 images of every person (head-and-shoulders frames
-    /// such as JAFFE's; the whole frame when no face is found in any image), else none.
+    /// person when per-subject normalisation is on (the whole frame when no face is found in any image), else none.
     #[arg(long, value_parser = checked(face_syntax))]
     pub face: Option<String>,
     /// With --face auto: an image without a detected face is an error instead of a centred crop.
@@ -601,7 +600,7 @@ pub struct PredictArgs {
 
 impl DataArgs {
     /// Neither `--face` nor `--crop` was given: the session may locate faces
-    /// (with person statistics and several photos of every person).
+    /// (with person statistics).
     pub fn auto_face(&self) -> bool {
         self.face.is_none() && Crop::parse(&self.crop).is_ok_and(|c| c == Crop::None)
     }

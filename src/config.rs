@@ -167,8 +167,8 @@ pub struct Recipe {
     /// conv5 outputs (measured: docs/results/accuracy).
     pub auto_features: bool,
     /// Neither `--face` nor `--crop` was given: with per-subject normalisation
-    /// on and at least 3 photos of every person, faces are located and cropped
-    /// (measured: docs/results/accuracy).
+    /// on, each person's face is located and cropped (`--face person`;
+    /// measured: docs/results/accuracy).
     pub auto_face: bool,
 }
 

@@ -36,10 +36,10 @@ impl Session {
         let device = parse_device(&recipe.device)?;
         let mut data = data;
         let dataset = scan_data(&data, reporter)?;
-        // JAFFE-style head-and-shoulders frames: the crop to the face measured
-        // better with person statistics (docs/results/accuracy); photos in which
-        // the detector finds no face at all keep the whole frame.
-        let mut faces_cropped = recipe.auto_face && several_photos_with(recipe.model.subject_norm, &dataset);
+        // With person statistics the crop to each person's face measured better
+        // (JAFFE-format frames and London pairs: docs/results/accuracy); photos in
+        // which the detector finds no face at all keep the whole frame.
+        let mut faces_cropped = recipe.auto_face && recipe.model.subject_norm.resolve(subject_counts(&dataset).as_deref());
         if faces_cropped {
             data.preprocess.face = FaceMode::Person;
         }
@@ -328,14 +328,9 @@ pub(crate) fn subject_groups(ds: &Dataset) -> Vec<usize> {
 
 /// Person statistics on and at least 3 photos of every person (JAFFE's
 /// structure, not pairs forced on as in the London faces): where the
-/// multi-layer features, the long probe and the face crop measured best.
+/// multi-layer features and the long probe measured best.
 fn several_photos(config: &RunConfig, ds: &Dataset) -> bool {
-    several_photos_with(config.model.subject_norm, ds)
-}
-
-/// `several_photos` before `--subject-norm` is resolved (`auto` turns on with 3 photos each).
-fn several_photos_with(choice: SubjectNormChoice, ds: &Dataset) -> bool {
-    choice != SubjectNormChoice::Off && SubjectNormChoice::Auto.resolve(subject_counts(ds).as_deref())
+    config.model.subject_norm == SubjectNormChoice::On && SubjectNormChoice::Auto.resolve(subject_counts(ds).as_deref())
 }
 
 /// `Probe::resolve` for this data (before the session's choices change `config`).

@@ -211,6 +211,11 @@ fn with_person_statistics_faces_are_cropped_by_default() {
         assert_eq!(face(name), "none", "{name}: {err}");
         assert!(!err.contains("photo's face"), "{name}: {err}");
     }
+    // Pairs (2 photos per person) with person statistics forced on: the crop too.
+    let pairs = london_slice(d.path(), 3).unwrap();
+    let (code, out, err) = run(&args(&s, &[&base[..], &["--data", pairs.to_str().unwrap(), "--name", "pairs", "--subject-norm", "on"]].concat()), d.path());
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(face("pairs"), "person", "{err}");
     // Pictures in which no face is found at all keep the whole frame, and say so.
     let (code, out, err) = run(&args(&s, &[&base[..], &["--data", "blank.csv", "--name", "blank"]].concat()), d.path());
     assert_eq!(code, 0, "{out}\n{err}");
