@@ -36,6 +36,14 @@ pub struct Gray {
     pub scale: u32,
 }
 
+impl Gray {
+    /// Width and height in source pixels (crop boxes are in these).
+    pub fn source_size(&self) -> (u32, u32) {
+        let k = self.scale.max(1);
+        (self.width.saturating_mul(k), self.height.saturating_mul(k))
+    }
+}
+
 /// Rec. 601 luma, as PIL's "L" mode (what a Keras user's pipeline computes).
 fn luma(r: f32, g: f32, b: f32) -> f32 {
     0.299 * r + 0.587 * g + 0.114 * b
@@ -280,7 +288,7 @@ pub fn prepare(img: &Gray, crop: &Crop, size: u32) -> Result<Vec<f32>> {
         Crop::None => {}
         Crop::Box { x, y, w: bw, h: bh } => {
             let k = img.scale.max(1);
-            let (sw, sh) = (img.width.saturating_mul(k), img.height.saturating_mul(k));
+            let (sw, sh) = img.source_size();
             if x.saturating_add(bw) > sw || y.saturating_add(bh) > sh {
                 return Err(Error::Picture(format!("crop box {x},{y},{bw},{bh} does not fit the {sw}×{sh} image")));
             }

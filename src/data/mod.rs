@@ -103,12 +103,6 @@ pub(crate) fn prepare_image_in(
     Ok((image::prepare(g, &crop, pre.image_size)?, b))
 }
 
-/// A decoded picture's size in source pixels.
-pub(crate) fn source_size(g: &image::Gray) -> (u32, u32) {
-    let k = g.scale.max(1);
-    (g.width.saturating_mul(k), g.height.saturating_mul(k))
-}
-
 /// `f(i, sample, finder)` over the samples in parallel (one thread per core,
 /// a face detector each), in order.
 fn par_map<T: Send>(samples: &[Sample], f: impl Fn(usize, &Sample, &mut Option<face::FaceFinder>) -> T + Sync) -> Vec<T> {
@@ -138,7 +132,7 @@ fn person_boxes(samples: &[Sample], pre: &Preprocess) -> Option<Vec<Option<face:
     }
     let found = par_map(samples, |_, s, finder| {
         let g = image::load_gray(&s.path).ok()?;
-        Some((face::locate(finder, &g, &pre.face).ok()??, source_size(&g)))
+        Some((face::locate(finder, &g, &pre.face).ok()??, g.source_size()))
     });
     if found.len() != samples.len() {
         return Some(vec![None; samples.len()]); // a thread failed: the main pass reports it

@@ -164,7 +164,7 @@ fn person_boxes(
         .iter()
         .map(|p| {
             let g = image::load_gray(p).ok()?;
-            Some((face::locate(finder, &g, &cfg.data.preprocess.face).ok()??, crate::data::source_size(&g)))
+            Some((face::locate(finder, &g, &cfg.data.preprocess.face).ok()??, g.source_size()))
         })
         .collect();
     face::per_person(&found, &keys)
