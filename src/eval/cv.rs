@@ -71,6 +71,11 @@ pub struct CvConfig {
     /// that every seed × fold result is there.
     #[serde(default)]
     pub n_folds: usize,
+    /// Every seed trained from one cache of the frozen trunk's outputs for
+    /// the first seed's augmented views: then seeds differ in the training
+    /// of what is above the cache alone.
+    #[serde(default)]
+    pub shared_views: bool,
 }
 
 pub struct Request {
@@ -161,6 +166,24 @@ pub struct Summary {
     pub probe_epochs: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe_lr: Option<f64>,
+    /// Each seed's means over its folds (what one user with that seed would
+    /// report), with two or more seeds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seeds: Vec<SeedMean>,
+    /// Balanced accuracy over the per-seed means: their spread is how far
+    /// apart two users with different seeds land.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed_spread: Option<Stat>,
+}
+
+/// One seed's figures: means over that seed's fold results.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SeedMean {
+    pub seed: u64,
+    pub folds: usize,
+    pub balanced_accuracy: f64,
+    pub accuracy: f64,
+    pub roc_auc: f64,
 }
 
 /// Another model's (or head's) results on the same folds, beside the recipe's.
@@ -225,13 +248,15 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
             Folds::Loso => ds.samples.iter().filter_map(|s| s.subject.as_deref()).collect::<std::collections::BTreeSet<_>>().len(),
             Folds::K { k } => k,
         },
+        shared_views: false,
     };
     fsutil::create_dir(&req.out.join("folds"))?;
-    fsutil::write_json(&req.out.join("cv-config.json"), &cfg)?;
     if !ds.samples.iter().all(|s| s.subject.is_some()) {
         reporter.message("no subject ids in this dataset: folds are stratified image folds (the same person may be in training and test)");
     }
     let shared = shared_caches(req, &session, cfg.tta_flip, probe.is_some(), reporter)?;
+    let cfg = CvConfig { shared_views: !shared.is_empty(), ..cfg };
+    fsutil::write_json(&req.out.join("cv-config.json"), &cfg)?;
     if let Some(path) = &req.dump_features {
         dump_features(path, &session, &shared)?;
     }
@@ -564,7 +589,7 @@ fn summarise(cfg: &CvConfig, results: &[FoldResult], missing: &[String]) -> Summ
     let per_subject: BTreeMap<String, (usize, usize)> =
         subject_counts(results).into_iter().map(|(s, per)| (s.to_string(), per.values().fold((0, 0), |a, v| (a.0 + v.0, a.1 + v.1)))).collect();
     let protocol = format!(
-        "{} cross-validation ({}), {} seed(s) {:?}, {} fold results; metrics per fold, mean ± std and t-based 95 % interval (clipped to [0, 1]) over folds × seeds; the last epoch of the fixed recipe is evaluated (no early stopping on test folds){}{}{}",
+        "{} cross-validation ({}), {} seed(s) {:?}, {} fold results; metrics per fold, mean ± std and t-based 95 % interval (clipped to [0, 1]) over folds × seeds; the last epoch of the fixed recipe is evaluated (no early stopping on test folds){}{}{}{}",
         match cfg.folds {
             Folds::Loso => "leave-one-subject-out".to_string(),
             Folds::K { k } => format!("{k}-fold subject-grouped"),
@@ -575,8 +600,11 @@ fn summarise(cfg: &CvConfig, results: &[FoldResult], missing: &[String]) -> Summ
         results.len(),
         if cfg.tta_flip { format!("; {}", crate::eval::FLIP_TTA) } else { String::new() },
         if single.is_some() { format!("; {}", crate::subject::TRANSDUCTIVE) } else { String::new() },
-        if cfg.run.data.preprocess.face == crate::data::face::FaceMode::Person { format!("; {}", crate::data::face::PERSON_BOX) } else { String::new() }
+        if cfg.run.data.preprocess.face == crate::data::face::FaceMode::Person { format!("; {}", crate::data::face::PERSON_BOX) } else { String::new() },
+        if cfg.shared_views && cfg.seeds.len() > 1 { format!("; {SHARED_VIEWS}") } else { String::new() }
     ) + &if missing.is_empty() { String::new() } else { format!("; PARTIAL (--partial): {} fold result(s) missing: {}", missing.len(), crate::error::short_list(missing, 8)) };
+    let seeds = seed_means(results);
+    let seed_spread = (seeds.len() > 1).then(|| stat("balanced_accuracy", &seeds.iter().map(|m| m.balanced_accuracy).collect::<Vec<_>>()));
     Summary {
         protocol,
         classes: classes.clone(),
@@ -589,7 +617,28 @@ fn summarise(cfg: &CvConfig, results: &[FoldResult], missing: &[String]) -> Summ
         one_class,
         probe_epochs: cfg.baseline,
         probe_lr: cfg.probe_lr,
+        seeds: if seed_spread.is_some() { seeds } else { vec![] },
+        seed_spread,
     }
+}
+
+/// What seeds share within one cv when the frozen trunk's outputs are cached once.
+pub const SHARED_VIEWS: &str =
+    "the seeds share one cache of the frozen trunk's outputs (the first seed's augmented views), so they differ in the training above it; seeds run as separate cv commands differ in their views too";
+
+/// Each seed's means over its fold results (sorted by seed), NaN ignored.
+fn seed_means(results: &[FoldResult]) -> Vec<SeedMean> {
+    let mut by_seed: BTreeMap<u64, Vec<&Metrics>> = BTreeMap::new();
+    for r in results {
+        by_seed.entry(r.seed).or_default().push(&r.metrics);
+    }
+    by_seed
+        .into_iter()
+        .map(|(seed, ms)| {
+            let mean = |f: fn(&Metrics) -> f64| stat("", &ms.iter().map(|m| f(m)).collect::<Vec<_>>()).mean;
+            SeedMean { seed, folds: ms.len(), balanced_accuracy: mean(|m| m.balanced_accuracy), accuracy: mean(|m| m.accuracy), roc_auc: mean(|m| m.roc_auc) }
+        })
+        .collect()
 }
 
 /// `cv.json`, `cv.md` and the plots (and the top-loss sheet) of a summary.
@@ -685,6 +734,19 @@ pub fn markdown(s: &Summary) -> String {
     out.push_str("\n## Per fold\n\n| seed | fold | n | accuracy | balanced accuracy | ROC AUC |\n|---|---|---|---|---|---|\n");
     for (seed, fold, m) in &s.folds {
         out.push_str(&format!("| {seed} | {fold} | {} | {:.3} | {:.3} | {:.3} |\n", m.n, m.accuracy, m.balanced_accuracy, m.roc_auc));
+    }
+    if let Some(sp) = &s.seed_spread {
+        out.push_str(&format!(
+            "\n## Per seed (means over each seed's folds)\n\nspread over seeds: balanced accuracy {:.3} ± {:.3} (std of the {} per-seed means; range {:.3}–{:.3})\n\n| seed | folds | accuracy | balanced accuracy | ROC AUC |\n|---|---|---|---|---|\n",
+            sp.mean,
+            sp.std,
+            sp.n,
+            s.seeds.iter().map(|m| m.balanced_accuracy).fold(f64::INFINITY, f64::min),
+            s.seeds.iter().map(|m| m.balanced_accuracy).fold(f64::NEG_INFINITY, f64::max),
+        ));
+        for m in &s.seeds {
+            out.push_str(&format!("| {} | {} | {:.3} | {:.3} | {:.3} |\n", m.seed, m.folds, m.accuracy, m.balanced_accuracy, m.roc_auc));
+        }
     }
     out.push_str(&format!(
         "\n## Pooled out-of-fold predictions\n\naccuracy {:.3}, balanced accuracy {:.3}, ROC AUC {:.3}, majority baseline {:.3}\n\n| true \\ predicted | {} |\n|---|{}\n",

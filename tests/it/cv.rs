@@ -59,6 +59,25 @@ fn cv_end_to_end_folds_collect_and_reproducibility() {
         }
     }
     let cv_a = json(&dir.join("cv.json"));
+    // Each seed's mean over its folds, by hand from the fold files, and their spread.
+    let seed_mean = |seed: u64| -> f64 {
+        (0..3).map(|f| json(&dir.join(format!("folds/seed{seed}-fold{f}.json")))["metrics"]["balanced_accuracy"].as_f64().unwrap()).sum::<f64>() / 3.0
+    };
+    let (m0, m1) = (seed_mean(0), seed_mean(1));
+    let seeds = cv_a["seeds"].as_array().unwrap();
+    assert_eq!(seeds.len(), 2);
+    assert!((seeds[0]["balanced_accuracy"].as_f64().unwrap() - m0).abs() < 1e-12 && seeds[0]["folds"] == 3, "{seeds:?}");
+    assert!((seeds[1]["balanced_accuracy"].as_f64().unwrap() - m1).abs() < 1e-12, "{seeds:?}");
+    let spread = &cv_a["seed_spread"];
+    assert_eq!(spread["n"], 2);
+    assert!((spread["std"].as_f64().unwrap() - (m0 - m1).abs() / 2f64.sqrt()).abs() < 1e-12, "sample std of two means: {spread}");
+    let md = std::fs::read_to_string(dir.join("cv.md")).unwrap();
+    assert!(
+        md.contains("## Per seed")
+            && md.contains(&format!("spread over seeds: balanced accuracy {:.3} ± {:.3}", (m0 + m1) / 2.0, (m0 - m1).abs() / 2f64.sqrt())),
+        "{md}"
+    );
+    assert!(md.contains("the seeds share one cache of the frozen trunk's outputs (the first seed's augmented views)"), "{md}");
     // Same seeds again: the same numbers.
     let b = base("cv-b");
     assert_eq!(run(&b.iter().map(String::as_str).collect::<Vec<_>>(), d.path()).0, 0);
@@ -153,6 +172,9 @@ fn leave_one_subject_out_has_one_person_per_fold() {
         assert_eq!(r["n_train"], 6);
     }
     assert!(!d.path().join("loso/folds/seed0-fold4.json").exists());
+    let summary = json(&d.path().join("loso/cv.json"));
+    assert!(summary.get("seeds").is_none() && summary.get("seed_spread").is_none(), "one seed: no spread to report");
+    assert!(!out.contains("## Per seed") && !out.contains("the seeds share"), "{out}");
 }
 
 #[test]
