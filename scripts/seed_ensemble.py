@@ -3,11 +3,13 @@
 so averaging the seeds' test probabilities image by image scores an ensemble
 of those seeds' models (geometric mean of the probabilities, i.e. averaged
 log-probabilities — for linear heads the same answer as one head with the
-averaged logits). For K = 1, 3, 5, 7 it draws random K-subsets of the
-folder's seeds and prints each ensemble size's mean balanced accuracy (the
-mean over folds, as `cv.md` reports it) and the spread (std) over draws —
-how far apart two users with different seeds would land — and, per task
-class, how many test photos change answer between seeds.
+averaged logits). For K = 3, 5, 7 it draws random K-subsets of the
+folder's seeds (K = 1: every seed once) and prints each ensemble size's mean
+balanced accuracy (the mean over folds, as `cv.md` reports it) and the
+spread over draws (standard deviation dividing by the number of draws;
+`cv.md`'s "Per seed" divides by n − 1) — how far apart two users with
+different seeds would land — and, per task class, how many test photos
+change answer between seeds.
 
     .venv/bin/python scripts/seed_ensemble.py CV_DIR [DRAWS]
     .venv/bin/python scripts/seed_ensemble.py --self-test   (make test)
@@ -86,7 +88,38 @@ def self_test():
         # fold 1 photo 2 (0.1·0.45)^½ = 0.21 < (0.9·0.55)^½ = 0.70 → 1; every photo right.
         assert abs(score(folds, [1, 2]) - 1.0) < 1e-12, score(folds, [1, 2])
         assert dict(changed(folds)) == {0: [3, 3], 1: [2, 1]}, dict(changed(folds))
+        # The printed report: each seed alone (0.625, 0.875 and 0.75: mean 0.750, std ÷ n 0.102), all 3 together, the changes.
+        lines = report(d, 50)
+        assert lines[1] == "  1 seed(s) averaged: balanced accuracy 0.750, std over draws 0.102", lines
+        assert lines[2] == "  3 seed(s) averaged: balanced accuracy 1.000, std over draws 0.000", lines
+        assert lines[3:] == ["  class 0: 3 of 3 test photos change answer between seeds", "  class 1: 1 of 2 test photos change answer between seeds"], lines
     print("seed_ensemble self-test: ok")
+
+
+def report(d, draws):
+    """The printed lines for cv folder `d`."""
+    folds = read(d)
+    seeds = sorted(folds)
+    if not seeds or len({len(v) for v in folds.values()}) != 1:
+        sys.exit(f"{d}/folds: expected every seed's folds (a finished cv folder)")
+    rng = random.Random(0)
+    lines = [f"{d}: {len(seeds)} seeds × {len(folds[seeds[0]])} folds"]
+    for k in (1, 3, 5, 7):
+        if k > len(seeds):
+            break
+        if k == 1:
+            subsets = [[s] for s in seeds]  # every seed once: the spread of the per-seed means
+        elif k == len(seeds):
+            subsets = [seeds]
+        else:
+            subsets = [rng.sample(seeds, k) for _ in range(draws)]
+        r = [score(folds, sub) for sub in subsets]
+        lines.append(f"  {k} seed(s) averaged: balanced accuracy {np.mean(r):.3f}, std over draws {np.std(r):.3f}")
+    # Photos whose answer depends on the seed: the source of the spread.
+    classes = json.load(open(f"{d}/cv.json"))["classes"] if glob.glob(f"{d}/cv.json") else None
+    for c, (n, moved) in sorted(changed(folds).items()):
+        lines.append(f"  class {classes[c] if classes else c}: {moved} of {n} test photos change answer between seeds")
+    return lines
 
 
 def main():
@@ -94,26 +127,7 @@ def main():
         return self_test()
     if len(sys.argv) not in (2, 3):
         sys.exit(__doc__)
-    d, draws = sys.argv[1], int(sys.argv[2]) if len(sys.argv) == 3 else 300
-    folds = read(d)
-    seeds = sorted(folds)
-    if not seeds or len({len(v) for v in folds.values()}) != 1:
-        sys.exit(f"{d}/folds: expected every seed's folds (a finished cv folder)")
-    fold_ids = sorted(folds[seeds[0]])
-
-    rng = random.Random(0)
-    print(f"{d}: {len(seeds)} seeds × {len(fold_ids)} folds")
-    for k in (1, 3, 5, 7):
-        if k > len(seeds):
-            break
-        r = [score(folds, seeds if k == len(seeds) else rng.sample(seeds, k)) for _ in range(draws if k < len(seeds) else 1)]
-        print(f"  {k} seed(s) averaged: balanced accuracy {np.mean(r):.3f}, std over draws {np.std(r):.3f}")
-    # Photos whose answer depends on the seed: the source of the spread.
-    flips = changed(folds)
-    classes = json.load(open(f"{d}/cv.json"))["classes"] if glob.glob(f"{d}/cv.json") else None
-    for c, (n, changed) in sorted(flips.items()):
-        name = classes[c] if classes else c
-        print(f"  class {name}: {changed} of {n} test photos change answer between seeds")
+    print("\n".join(report(sys.argv[1], int(sys.argv[2]) if len(sys.argv) == 3 else 300)))
 
 
 if __name__ == "__main__":
