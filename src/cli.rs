@@ -313,6 +313,9 @@ pub struct TrainArgs {
     /// Optimizer: sgd (with momentum; generalises best on small data), adam or adamw.
     #[arg(long, value_enum, default_value_t = OptimKind::Sgd)]
     pub optimizer: OptimKind,
+    /// Heads trained side by side, each on its own batch order and augmented views, and averaged into one head when training ends (head-only stages; the saved model has one head) [default: 5 for the probe on person statistics with at least 3 photos of every person, else 1].
+    #[arg(long)]
+    pub members: Option<usize>,
     /// Head learning rate (default: 0.003 for sgd, 0.001 otherwise; 0.01 for an sgd probe on person statistics with at least 3 photos of every person).
     #[arg(long, allow_negative_numbers = true)]
     pub lr: Option<f64>,
@@ -680,7 +683,7 @@ impl TrainArgs {
             (None, None) => None,
             (e, w) => Some(e.unwrap_or(EPOCHS) + w.unwrap_or(FREEZE_EPOCHS)),
         };
-        ProbeRequest { epochs, lr: self.lr }
+        ProbeRequest { epochs, lr: self.lr, members: self.members }
     }
 
     pub fn to_config(&self) -> Result<TrainConfig> {
@@ -731,6 +734,8 @@ impl TrainArgs {
             cache_mem_mb: self.cache_mem,
             cache_f16: self.cache_f16,
             seed: self.seed,
+            // With the session's freeze point, --members goes to the probe it may choose (`probe`).
+            members: if self.auto_freeze() { 1 } else { self.members.unwrap_or(1) },
         };
         cfg.validate()?;
         Ok(cfg)

@@ -154,6 +154,7 @@ settings! {
     LabelSmoothing => "label_smoothing",
     Layer => "layer",
     Lr => "lr",
+    Members => "members",
     Momentum => "momentum",
     Name => "name",
     ProbeEpochs => "probe_epochs",

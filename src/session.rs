@@ -74,10 +74,12 @@ impl Session {
             if recipe.auto_freeze {
                 config.train.stages = vec![Stage { from: Block::Head, epochs: probe.epochs }];
                 config.train.lr = probe.lr;
+                config.train.members = probe.members;
                 chose.push(format!(
-                    "training the head alone ({} at --lr {}; --freeze-until conv5 fine-tunes)",
+                    "training the head alone ({} at --lr {}{}; --freeze-until conv5 fine-tunes)",
                     crate::train::describe_stages(&config.train.stages),
-                    probe.lr
+                    probe.lr,
+                    if probe.members > 1 { format!(", {} heads averaged into one", probe.members) } else { String::new() }
                 ));
             }
             // conv4 + conv5 measured better with several photos per person (7-way
@@ -95,6 +97,11 @@ impl Session {
                     chose.join(", ")
                 ));
             }
+        }
+        // --members with the session's freeze point, which chose a fine-tune here: refused by validation.
+        if let (true, Some(m), false) = (recipe.auto_freeze, recipe.probe.members, config.train.stages.iter().all(|s| s.from == Block::Head)) {
+            config.train.members = m;
+            config.train.validate()?;
         }
         Ok(Session { config, prepared, device })
     }

@@ -61,6 +61,9 @@ pub struct CvConfig {
     /// That probe's learning rate (absent in older cv folders).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe_lr: Option<f64>,
+    /// That probe's heads averaged into one (absent in older cv folders and with one head).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_members: Option<usize>,
     /// Flip test-time augmentation of the test folds (`--tta`, resolved).
     #[serde(default)]
     pub tta_flip: bool,
@@ -166,6 +169,8 @@ pub struct Summary {
     pub probe_epochs: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe_lr: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_members: Option<usize>,
     /// Each seed's means over its folds (what one user with that seed would
     /// report), with two or more seeds.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -242,6 +247,7 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
         seeds: req.seeds.clone(),
         baseline: probe.map(|p| p.epochs),
         probe_lr: probe.map(|p| p.lr),
+        probe_members: probe.map(|p| p.members).filter(|&m| m > 1),
         tta_flip: eval::flip_tta(req.tta_flip, session.config.model.subject_norm == crate::subject::SubjectNormChoice::On),
         top_losses: req.top_losses,
         n_folds: match req.folds {
@@ -422,9 +428,10 @@ fn run_fold(
     let (main, model) = fold.train_and_score(&tc)?;
     let top = if req.top_losses > 0 { top_losses(req, session, &model, (seed, fi), test, &y, &main.main.probs)? } else { vec![] };
     drop(model);
-    let baseline = match probe.map(|p| TrainConfig { stages: vec![Stage { from: Block::Head, epochs: p.epochs }], lr: p.lr, ..tc.clone() }) {
+    let baseline = match probe.map(|p| TrainConfig { stages: vec![Stage { from: Block::Head, epochs: p.epochs }], lr: p.lr, members: p.members, ..tc.clone() })
+    {
         // The recipe already is that probe (the default with person statistics): the same training, so its scores.
-        Some(p) if (&p.stages, p.lr) == (&tc.stages, tc.lr) => Some(main.main.clone()),
+        Some(p) if (&p.stages, p.lr, p.members) == (&tc.stages, tc.lr, tc.members) => Some(main.main.clone()),
         Some(p) => Some(fold.train_and_score(&p)?.0.main),
         None => None,
     };
@@ -589,7 +596,7 @@ fn summarise(cfg: &CvConfig, results: &[FoldResult], missing: &[String]) -> Summ
     let per_subject: BTreeMap<String, (usize, usize)> =
         subject_counts(results).into_iter().map(|(s, per)| (s.to_string(), per.values().fold((0, 0), |a, v| (a.0 + v.0, a.1 + v.1)))).collect();
     let protocol = format!(
-        "{} cross-validation ({}), {} seed(s) {:?}, {} fold results; metrics per fold, mean ± std and t-based 95 % interval (clipped to [0, 1]) over folds × seeds; the last epoch of the fixed recipe is evaluated (no early stopping on test folds){}{}{}{}",
+        "{} cross-validation ({}), {} seed(s) {:?}, {} fold results; metrics per fold, mean ± std and t-based 95 % interval (clipped to [0, 1]) over folds × seeds; the last epoch of the fixed recipe is evaluated (no early stopping on test folds){}{}{}{}{}",
         match cfg.folds {
             Folds::Loso => "leave-one-subject-out".to_string(),
             Folds::K { k } => format!("{k}-fold subject-grouped"),
@@ -601,7 +608,8 @@ fn summarise(cfg: &CvConfig, results: &[FoldResult], missing: &[String]) -> Summ
         if cfg.tta_flip { format!("; {}", crate::eval::FLIP_TTA) } else { String::new() },
         if single.is_some() { format!("; {}", crate::subject::TRANSDUCTIVE) } else { String::new() },
         if cfg.run.data.preprocess.face == crate::data::face::FaceMode::Person { format!("; {}", crate::data::face::PERSON_BOX) } else { String::new() },
-        if cfg.shared_views && cfg.seeds.len() > 1 { format!("; {SHARED_VIEWS}") } else { String::new() }
+        if cfg.shared_views && cfg.seeds.len() > 1 { format!("; {SHARED_VIEWS}") } else { String::new() },
+        if cfg.run.train.members > 1 { format!("; {}", members_sentence(cfg.run.train.members)) } else { String::new() }
     ) + &if missing.is_empty() { String::new() } else { format!("; PARTIAL (--partial): {} fold result(s) missing: {}", missing.len(), crate::error::short_list(missing, 8)) };
     let seeds = seed_means(results);
     let seed_spread = (seeds.len() > 1).then(|| stat("balanced_accuracy", &seeds.iter().map(|m| m.balanced_accuracy).collect::<Vec<_>>()));
@@ -617,9 +625,15 @@ fn summarise(cfg: &CvConfig, results: &[FoldResult], missing: &[String]) -> Summ
         one_class,
         probe_epochs: cfg.baseline,
         probe_lr: cfg.probe_lr,
+        probe_members: cfg.probe_members,
         seeds: if seed_spread.is_some() { seeds } else { vec![] },
         seed_spread,
     }
+}
+
+/// What a model of `k` ensemble members is (`--members`).
+pub fn members_sentence(k: usize) -> String {
+    format!("each model is {k} heads trained side by side (own starts, dropout, batch orders and draws of the views) and averaged into one")
 }
 
 /// What seeds share within one cv when the frozen trunk's outputs are cached once.
@@ -706,9 +720,10 @@ pub fn markdown(s: &Summary) -> String {
         ("Single-image head (no other photo of the person; same folds)".to_string(), &s.single),
         (
             format!(
-                "Probe baseline (head only, {} epochs{}, same folds and seeds)",
+                "Probe baseline (head only, {} epochs{}{}, same folds and seeds)",
                 s.probe_epochs.unwrap_or(0),
-                s.probe_lr.map(|lr| format!(" at learning rate {lr}")).unwrap_or_default()
+                s.probe_lr.map(|lr| format!(" at learning rate {lr}")).unwrap_or_default(),
+                s.probe_members.map(|k| format!(", {k} heads averaged into one")).unwrap_or_default()
             ),
             &s.baseline,
         ),

@@ -278,6 +278,54 @@ impl Head {
             Head::Vgg { fc6, fc7, fc8 } => f.apply(fc6).relu().dropout(dropout, train).apply(fc7).relu().dropout(dropout, train).apply(fc8),
         }
     }
+
+    /// The evaluation-mode head as `x ↦ x·Wᵀ + b` (W, b), where it is one
+    /// affine map: BatchNorm's `(x − mean)/√(var + ε)·γ + β` folds into the
+    /// linear layer after it.
+    fn affine(&self) -> Option<(Tensor, Tensor)> {
+        let bias = |fc: &nn::Linear| fc.bs.as_ref().map_or_else(|| Tensor::zeros([fc.ws.size()[0]], (Kind::Float, fc.ws.device())), Tensor::shallow_clone);
+        match self {
+            Head::Linear { fc } => Some((fc.ws.shallow_clone(), bias(fc))),
+            Head::Bn { norm, hidden: None, fc } => {
+                let ones = || Tensor::ones_like(&norm.running_mean);
+                let gamma = norm.ws.as_ref().map_or_else(ones, Tensor::shallow_clone);
+                let beta = norm.bs.as_ref().map_or_else(|| ones() * 0.0, Tensor::shallow_clone);
+                let scale = gamma / (&norm.running_var + BN_EPS).sqrt();
+                let shift = beta - &norm.running_mean * &scale;
+                let w = &fc.ws * scale.unsqueeze(0);
+                let b = bias(fc) + fc.ws.matmul(&shift.unsqueeze(1)).squeeze_dim(1);
+                Some((w, b))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A new head of `cfg`'s kind under `h` (`root` holds the vgg head's `classifier`).
+fn make_head(cfg: &ModelConfig, root: &nn::Path, h: nn::Path, random: bool) -> Head {
+    let zero = nn::Init::Const(0.0);
+    let lin = || if random { nn::LinearConfig::default() } else { nn::LinearConfig { ws_init: zero, bs_init: Some(zero), bias: true } };
+    let c = cfg.pooled_width();
+    match cfg.head {
+        HeadKind::Linear => Head::Linear { fc: nn::linear(&h / "fc", c, cfg.num_classes, lin()) },
+        HeadKind::Bn => {
+            let norm = nn::batch_norm1d(&h / "norm", 2 * c, Default::default());
+            let (hidden, width) = if cfg.hidden > 0 {
+                let lin = nn::linear(&h / "hidden", 2 * c, cfg.hidden, lin());
+                let bn = nn::batch_norm1d(&h / "hidden_norm", cfg.hidden, Default::default());
+                (Some((lin, bn)), cfg.hidden)
+            } else {
+                (None, 2 * c)
+            };
+            let fc = nn::linear(&h / "fc", width, cfg.num_classes, lin());
+            Head::Bn { norm, hidden, fc }
+        }
+        HeadKind::Vgg => {
+            let cl = root / "classifier";
+            let w = cfg.fc_width();
+            Head::Vgg { fc6: nn::linear(&cl / 0, c * 49, w, lin()), fc7: nn::linear(&cl / 3, w, w, lin()), fc8: nn::linear(&cl / 6, w, cfg.num_classes, lin()) }
+        }
+    }
 }
 
 /// VGG16 (plain or BN) with a classification head, its variables in `vs`.
@@ -288,6 +336,8 @@ pub struct Vgg16 {
     head: Head,
     /// The single-image head of a subject-normalised model.
     global: Option<Head>,
+    /// Heads trained beside `head` as an ensemble (`add_members`), until folded.
+    members: Vec<Head>,
 }
 
 /// Parameters of one block that share a learning-rate factor and weight-decay choice.
@@ -335,7 +385,6 @@ impl Vgg16 {
         } else {
             nn::ConvConfig { padding: 1, ws_init: zero, bs_init: zero, ..Default::default() }
         };
-        let lin = || if random { nn::LinearConfig::default() } else { nn::LinearConfig { ws_init: zero, bs_init: Some(zero), bias: true } };
         let has_bn = cfg.bn_mode.has_bn();
         let mut layers = Vec::with_capacity(13);
         let mut c_in = 3;
@@ -346,34 +395,92 @@ impl Vgg16 {
             layers.push(ConvLayer { conv, bn, spec: *spec });
             c_in = c_out;
         }
-        let c = cfg.pooled_width();
-        let make_head = |h: nn::Path| match cfg.head {
-            HeadKind::Linear => Head::Linear { fc: nn::linear(&h / "fc", c, cfg.num_classes, lin()) },
-            HeadKind::Bn => {
-                let norm = nn::batch_norm1d(&h / "norm", 2 * c, Default::default());
-                let (hidden, width) = if cfg.hidden > 0 {
-                    let lin = nn::linear(&h / "hidden", 2 * c, cfg.hidden, lin());
-                    let bn = nn::batch_norm1d(&h / "hidden_norm", cfg.hidden, Default::default());
-                    (Some((lin, bn)), cfg.hidden)
-                } else {
-                    (None, 2 * c)
-                };
-                let fc = nn::linear(&h / "fc", width, cfg.num_classes, lin());
-                Head::Bn { norm, hidden, fc }
-            }
-            HeadKind::Vgg => {
-                let cl = &root / "classifier";
-                let w = cfg.fc_width();
-                Head::Vgg {
-                    fc6: nn::linear(&cl / 0, c * 49, w, lin()),
-                    fc7: nn::linear(&cl / 3, w, w, lin()),
-                    fc8: nn::linear(&cl / 6, w, cfg.num_classes, lin()),
+        let head = make_head(cfg, &root, &root / "head", random);
+        let global = cfg.subject_norm.then(|| make_head(cfg, &root, &root / "head_global", random));
+        Ok(Vgg16 { vs, cfg: cfg.clone(), layers, head, global, members: Vec::new() })
+    }
+
+    /// Heads in the ensemble the main head belongs to (`--members`): 1 unless
+    /// `add_members` was called.
+    pub fn member_count(&self) -> usize {
+        1 + self.members.len()
+    }
+
+    /// Adds `n` more randomly initialised heads beside the main one
+    /// (`head_member.K.*`), trained side by side on their own batches and
+    /// averaged at evaluation, until `fold_members` makes them one head.
+    /// Only heads that are one affine map at evaluation can be folded: the
+    /// linear head and the bn head without a hidden layer.
+    pub(crate) fn add_members(&mut self, n: usize) -> Result<()> {
+        if n > 0 && !self.foldable() {
+            return Err(Error::invalid(
+                Setting::Members,
+                "above 1 needs the linear head or the bn head without a hidden layer (their members average into one head)",
+            ));
+        }
+        let root = self.vs.root();
+        for _ in 0..n {
+            let k = self.member_count();
+            self.members.push(make_head(&self.cfg, &root, &root / "head_member" / k, true));
+        }
+        Ok(())
+    }
+
+    fn foldable(&self) -> bool {
+        match self.head {
+            Head::Linear { .. } => true,
+            Head::Bn { ref hidden, .. } => hidden.is_none(),
+            Head::Vgg { .. } => false,
+        }
+    }
+
+    /// Replaces the ensemble by one head computing the average of its
+    /// members' evaluation-mode logits, exactly: each member is an affine map
+    /// of the pooled features (the bn head's BatchNorm folds into its last
+    /// layer), so their average is one; the bn head keeps an identity
+    /// BatchNorm. The result has the plain model's variables only, so it
+    /// saves and loads like any model.
+    pub(crate) fn fold_members(&mut self) -> Result<()> {
+        if self.members.is_empty() {
+            return Ok(());
+        }
+        let (w, b) = tch::no_grad(|| {
+            let maps: Vec<(Tensor, Tensor)> = std::iter::once(&self.head).chain(&self.members).filter_map(Head::affine).collect();
+            let k = maps.len() as f64;
+            let w = maps.iter().map(|m| m.0.shallow_clone()).reduce(|a, b| a + b).map(|t| t / k);
+            let b = maps.iter().map(|m| m.1.shallow_clone()).reduce(|a, b| a + b).map(|t| t / k);
+            w.zip(b)
+        })
+        .ok_or_else(|| Error::internal("the head has no affine form to fold"))?;
+        let mut folded = Vgg16::for_loading(&self.cfg, self.device())?;
+        folded.vs.copy(&self.vs).map_err(|e| Error::internal(format!("folding the ensemble: {e}")))?;
+        tch::no_grad(|| {
+            let set = |t: &Tensor, v: &Tensor| {
+                let mut t = t.shallow_clone();
+                t.copy_(v);
+            };
+            match &folded.head {
+                Head::Linear { fc } => {
+                    set(&fc.ws, &w);
+                    fc.bs.iter().for_each(|t| set(t, &b));
                 }
+                Head::Bn { norm, fc, .. } => {
+                    let _ = norm.running_mean.shallow_clone().fill_(0.0);
+                    let _ = norm.running_var.shallow_clone().fill_(1.0 - BN_EPS);
+                    norm.ws.iter().for_each(|t| {
+                        let _ = t.shallow_clone().fill_(1.0);
+                    });
+                    norm.bs.iter().for_each(|t| {
+                        let _ = t.shallow_clone().fill_(0.0);
+                    });
+                    set(&fc.ws, &w);
+                    fc.bs.iter().for_each(|t| set(t, &b));
+                }
+                Head::Vgg { .. } => {}
             }
-        };
-        let head = make_head(&root / "head");
-        let global = cfg.subject_norm.then(|| make_head(&root / "head_global"));
-        Ok(Vgg16 { vs, cfg: cfg.clone(), layers, head, global })
+        });
+        *self = folded;
+        Ok(())
     }
 
     pub fn device(&self) -> Device {
@@ -449,9 +556,21 @@ impl Vgg16 {
         }
     }
 
-    /// The head on pooled features.
+    /// The head on pooled features; with ensemble members (`add_members`),
+    /// the average of their logits in evaluation mode and the main head's alone
+    /// in training mode (`classify_member` trains the others).
     pub(crate) fn classify(&self, f: &Tensor, train: bool) -> Tensor {
-        self.head.forward(f, self.cfg.dropout, train)
+        if train || self.members.is_empty() {
+            return self.head.forward(f, self.cfg.dropout, train);
+        }
+        let sum = self.members.iter().fold(self.head.forward(f, self.cfg.dropout, false), |acc, h| acc + h.forward(f, self.cfg.dropout, false));
+        sum / self.member_count() as f64
+    }
+
+    /// Ensemble member `k` (0: the main head) on pooled features.
+    pub(crate) fn classify_member(&self, k: usize, f: &Tensor, train: bool) -> Tensor {
+        let h = if k == 0 { &self.head } else { &self.members[k - 1] };
+        h.forward(f, self.cfg.dropout, train)
     }
 
     /// The single-image head of a subject-normalised model on (globally) pooled features.
@@ -510,7 +629,7 @@ impl Vgg16 {
 
     /// Which block a variable belongs to, from its torchvision name.
     pub fn block_of_name(&self, name: &str) -> Option<Block> {
-        if name.starts_with("head.") || name.starts_with("head_global.") || name.starts_with("classifier.") {
+        if name.starts_with("head.") || name.starts_with("head_global.") || name.starts_with("head_member.") || name.starts_with("classifier.") {
             return Some(Block::Head);
         }
         let n: usize = name.strip_prefix("features.")?.split('.').next()?.parse().ok()?;
@@ -663,5 +782,46 @@ mod tests {
         let ends: Vec<usize> = (0..13).filter(|&l| CONVS[l].last_in_block).collect();
         assert_eq!(ends, [1, 3, 6, 9, 12]);
         assert_eq!(CONVS[12].block, Block::Conv5);
+    }
+
+    /// Folding an ensemble gives exactly the average of its members'
+    /// evaluation-mode logits, and leaves a model with the plain variables.
+    #[test]
+    fn folded_members_equal_the_average_of_their_logits() {
+        for head in [HeadKind::Bn, HeadKind::Linear] {
+            tch::manual_seed(5);
+            let mut cfg = ModelConfig::new(BnMode::Drop, head, 3);
+            cfg.width_div = 16;
+            let plain: Vec<String> = Vgg16::new(&cfg, Device::Cpu).unwrap().named_tensors().into_iter().map(|(n, _)| n).collect();
+            let mut m = Vgg16::new(&cfg, Device::Cpu).unwrap();
+            m.add_members(2).unwrap();
+            assert_eq!(m.member_count(), 3);
+            // Trained-looking BatchNorm statistics and affine parameters, different per member.
+            tch::no_grad(|| {
+                for (n, t) in m.vs.variables() {
+                    if n.contains("norm.") {
+                        let r = Tensor::rand_like(&t);
+                        t.shallow_clone().copy_(&if n.ends_with("running_var") { r + 0.5 } else { r * 2.0 - 1.0 });
+                    }
+                }
+            });
+            let width = if head == HeadKind::Bn { 2 * cfg.pooled_width() } else { cfg.pooled_width() };
+            let f = Tensor::randn([6, width], (Kind::Float, Device::Cpu));
+            let members: Vec<Tensor> = (0..3).map(|k| m.classify_member(k, &f, false)).collect();
+            let mean = (&members[0] + &members[1] + &members[2]) / 3.0;
+            assert!(f64::try_from((&members[0] - &members[1]).abs().max()).unwrap() > 1e-3, "the members differ");
+            let before = m.classify(&f, false);
+            m.fold_members().unwrap();
+            let after = m.classify(&f, false);
+            assert_eq!(m.member_count(), 1);
+            let diff = |a: &Tensor, b: &Tensor| f64::try_from((a - b).abs().max()).unwrap();
+            assert!(diff(&before, &mean) < 1e-6, "{head:?}: eval logits are the members' average");
+            assert!(diff(&after, &mean) < 1e-4, "{head:?}: folded {}", diff(&after, &mean));
+            assert_eq!(m.named_tensors().into_iter().map(|(n, _)| n).collect::<Vec<_>>(), plain, "{head:?}");
+        }
+        let mut cfg = ModelConfig::new(BnMode::Drop, HeadKind::Bn, 3);
+        (cfg.width_div, cfg.hidden) = (16, 8);
+        let err = Vgg16::new(&cfg, Device::Cpu).unwrap().add_members(1).unwrap_err().to_string();
+        assert!(err.contains("members") && err.contains("hidden layer"), "{err}");
     }
 }

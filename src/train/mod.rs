@@ -307,9 +307,10 @@ impl Trainer<'_> {
         Scored { main: log(person(&keys).0), single: Some(single), one_class }
     }
 
-    /// Training-mode logits of one batch of dataset rows (and, for a
-    /// subject-normalised model, the single-image head's logits, which train
-    /// on the features without moving the trunk).
+    /// Training-mode logits of ensemble member `member` (0: the main head) on
+    /// one batch of dataset rows (and, for a subject-normalised model and
+    /// member 0, the single-image head's logits, which train on the features
+    /// without moving the trunk).
     fn batch_logits(
         &self,
         model: &Vgg16,
@@ -317,14 +318,17 @@ impl Trainer<'_> {
         rows: &[usize],
         rng: &mut ChaCha8Rng,
         norm: Option<&SubjectNorm>,
+        member: usize,
     ) -> (Tensor, Option<Tensor>) {
         let x = source.train_batch(rows, rng);
+        let f = model.pooled_from(&x, source.from(), true);
         match norm {
-            None => (model.forward_from(&x, source.from(), true), None),
+            None => (model.classify_member(member, &f, true), None),
             Some(n) => {
-                let f = model.pooled_from(&x, source.from(), true);
                 let g: Vec<usize> = rows.iter().map(|&r| self.data.groups[r]).collect();
-                (model.classify(&n.apply(&f, &g), true), model.classify_global(&f.detach(), true))
+                // The main head first: the dropout masks are drawn in the order a single head drew them.
+                let main = model.classify_member(member, &n.apply(&f, &g), true);
+                (main, if member == 0 { model.classify_global(&f.detach(), true) } else { None })
             }
         }
     }
@@ -375,9 +379,19 @@ impl Trainer<'_> {
         if let Some(h) = checkpointer.as_mut() {
             hooks.push(h);
         }
+        // Members are added before the fit so that a resumed run's checkpoint (which holds them) loads into them.
+        if self.cfg.members > model.member_count() {
+            model.add_members(self.cfg.members - model.member_count())?;
+            reporter.message(&format!(
+                "training {} heads side by side, each on its own batch order and views, averaged into one head at the end (--members 1: a single head)",
+                self.cfg.members
+            ));
+        }
         let mut ctx = Ctx::new(model, reporter, resume.unwrap_or_default());
         self.fit(&mut ctx, &mut hooks, resumed)?;
-        Ok(Outcome { history: ctx.state.history, best_epoch: ctx.state.best_epoch })
+        let Ctx { state, .. } = ctx;
+        model.fold_members()?;
+        Ok(Outcome { history: state.history, best_epoch: state.best_epoch })
     }
 
     /// The loop: stages → epochs → batches from `ctx.state` on, calling every hook at each step.
@@ -416,42 +430,61 @@ impl Trainer<'_> {
         ctx.epoch = ctx.state.history.len() + 1;
         let t0 = Instant::now();
         tch::manual_seed(sub_seed(self.cfg.seed, 2, ctx.epoch as u64, 0) as i64 & 0x7FFF_FFFF_FFFF);
-        let mut rng = ChaCha8Rng::seed_from_u64(sub_seed(self.cfg.seed, 3, ctx.epoch as u64, 0));
-        let mut order: Vec<usize> = (0..self.data.train.len()).collect();
-        order.shuffle(&mut rng);
-        let bs = batches(&order, self.cfg.batch_size);
+        // Each ensemble member draws its own batch order and views (member 0 the single head's).
+        let members = ctx.model.member_count();
+        let mut rngs: Vec<ChaCha8Rng> = (0..members).map(|m| ChaCha8Rng::seed_from_u64(sub_seed(self.cfg.seed, 3, ctx.epoch as u64, m as u64))).collect();
+        let orders: Vec<Vec<Vec<usize>>> = rngs
+            .iter_mut()
+            .map(|rng| {
+                let mut order: Vec<usize> = (0..self.data.train.len()).collect();
+                order.shuffle(rng);
+                batches(&order, self.cfg.batch_size)
+            })
+            .collect();
         // Each person's statistics under the current trunk, from the clean training images.
         let norm = ctx.model.cfg.subject_norm.then(|| {
             let g: Vec<usize> = self.data.train.iter().map(|&r| self.data.groups[r]).collect();
             SubjectNorm::fit(&self.pooled(ctx.model, source.cache(), &self.data.train, false), &g)
         });
-        each(hooks, |h| h.before_epoch(ctx, bs.len()))?;
+        each(hooks, |h| h.before_epoch(ctx, orders[0].len()))?;
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0i64, 0usize);
-        for (bi, b) in bs.iter().enumerate() {
+        #[allow(clippy::needless_range_loop)] // step `bi` of every member's batch list
+        for bi in 0..orders[0].len() {
             ctx.lr = self.cfg.lr * self.cfg.schedule.factor(ctx.state.stage_epoch * steps_per_epoch + bi, total_steps, warmup);
             each(hooks, |h| h.before_batch(ctx))?;
-            let rows: Vec<usize> = b.iter().map(|&o| self.data.train[o]).collect();
-            let (logits, global) = self.batch_logits(ctx.model, source, &rows, &mut rng, norm.as_ref());
-            let y = Tensor::from_slice(&rows.iter().map(|&r| self.data.targets[r]).collect::<Vec<_>>()).to_device(self.device);
-            let ce = |l: &Tensor| l.cross_entropy_loss(&y, Some(cw), Reduction::Mean, -100, self.cfg.label_smoothing);
-            let loss = ce(&logits);
-            if let Some(opt) = ctx.opt.as_mut() {
+            let (mut loss, mut batch_loss, mut batch_correct) = (None::<Tensor>, 0.0, 0i64);
+            for (m, rng) in rngs.iter_mut().enumerate() {
+                let rows: Vec<usize> = orders[m][bi].iter().map(|&o| self.data.train[o]).collect();
+                let (logits, global) = self.batch_logits(ctx.model, source, &rows, rng, norm.as_ref(), m);
+                let y = Tensor::from_slice(&rows.iter().map(|&r| self.data.targets[r]).collect::<Vec<_>>()).to_device(self.device);
+                let ce = |l: &Tensor| l.cross_entropy_loss(&y, Some(cw), Reduction::Mean, -100, self.cfg.label_smoothing);
+                let l = ce(&logits);
+                batch_loss += f64::try_from(&l).unwrap_or(f64::NAN) / members as f64;
+                batch_correct += i64::try_from(logits.argmax(1, false).eq_tensor(&y).sum(Kind::Int64)).unwrap_or(0);
+                // The members' parameters are disjoint: one backward through the sum trains each on its own batch.
+                let l = match &global {
+                    Some(g) => l + ce(g),
+                    None => l,
+                };
+                loss = Some(match loss {
+                    Some(t) => t + l,
+                    None => l,
+                });
+            }
+            if let (Some(opt), Some(loss)) = (ctx.opt.as_mut(), loss) {
                 opt.zero_grad();
-                match &global {
-                    Some(g) => (&loss + ce(g)).backward(),
-                    None => loss.backward(),
-                }
+                loss.backward();
                 opt.step(ctx.lr);
             }
-            let l = f64::try_from(&loss).unwrap_or(f64::NAN);
-            loss_sum += l * b.len() as f64;
-            correct += i64::try_from(logits.argmax(1, false).eq_tensor(&y).sum(Kind::Int64)).unwrap_or(0);
-            seen += b.len();
+            let n = orders[0][bi].len();
+            loss_sum += batch_loss * n as f64;
+            correct += batch_correct;
+            seen += n;
             let end = BatchEnd {
                 index: bi + 1,
-                loss: l,
+                loss: batch_loss,
                 mean_loss: loss_sum / seen as f64,
-                accuracy: correct as f64 / seen as f64,
+                accuracy: correct as f64 / (seen * members) as f64,
                 images_per_s: seen as f64 / t0.elapsed().as_secs_f64(),
             };
             each(hooks, |h| h.after_batch(ctx, &end))?;
@@ -466,7 +499,7 @@ impl Trainer<'_> {
             block: stage.from.to_string(),
             lr: ctx.lr,
             train_loss: loss_sum / seen as f64,
-            train_acc: correct as f64 / seen as f64,
+            train_acc: correct as f64 / (seen * members) as f64,
             val_loss,
             val_acc,
             val_bacc,

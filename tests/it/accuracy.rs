@@ -363,14 +363,25 @@ fn default_stages_are_a_probe_when_person_statistics_are_on() {
     assert_eq!(code, 0, "{out}\n{err}");
     assert_eq!(stages("auto"), serde_json::json!([{"from": "head", "epochs": 3}]), "{err}");
     assert_eq!(features("auto"), serde_json::json!(["conv4", "conv5"]), "{err}");
-    assert!(err.contains("training the head alone (head:3 at --lr 0.01;") && err.contains("on the pooled conv4 and conv5 outputs"), "{out}\n{err}");
+    assert!(
+        err.contains("training the head alone (head:3 at --lr 0.01, 5 heads averaged into one;") && err.contains("on the pooled conv4 and conv5 outputs"),
+        "{out}\n{err}"
+    );
     assert_eq!(config("auto")["train"]["lr"], 0.01, "the probe's rate");
+    assert_eq!(config("auto")["train"]["members"], 5, "the long probe averages 5 heads");
+    let saved = tch::Tensor::read_safetensors(d.path().join("runs/auto/model.safetensors")).unwrap();
+    assert!(saved.iter().all(|(n, _)| !n.starts_with("head_member")), "the members were folded into one head");
     // No epochs given: the long probe's 50 (several photos of every person); --lr given: that rate.
-    let bare = ["finetune", "--data", m.to_str().unwrap(), "--augment", "none", "--name", "bare", "--lr", "0.002"];
+    let bare = ["finetune", "--data", m.to_str().unwrap(), "--augment", "none", "--name", "bare", "--lr", "0.002", "--members", "2"];
     let (code, out, err) = run(&args(&s, &bare), d.path());
     assert_eq!(code, 0, "{out}\n{err}");
     assert_eq!(stages("bare"), serde_json::json!([{"from": "head", "epochs": 50}]), "{err}");
     assert_eq!(config("bare")["train"]["lr"], 0.002);
+    assert_eq!(config("bare")["train"]["members"], 2);
+    // A fine-tune trains the trunk under the heads: --members is refused, in one sentence.
+    let (code, _, err) = run(&args(&s, &[&base[..], &["--name", "ftm", "--subject-norm", "off", "--members", "3"]].concat()), d.path());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("members") && err.contains("head-only stages, got head:1 → conv5:2"), "{err}");
     let (code, out, err) = run(&args(&s, &[&base[..], &["--name", "ft", "--freeze-until", "conv5", "--features", "conv5"]].concat()), d.path());
     assert_eq!(code, 0, "{out}\n{err}");
     assert_eq!(stages("ft"), serde_json::json!([{"from": "head", "epochs": 1}, {"from": "conv5", "epochs": 2}]));
@@ -405,6 +416,7 @@ fn default_stages_are_a_probe_when_person_statistics_are_on() {
     assert_eq!(stages("pairs"), serde_json::json!([{"from": "head", "epochs": 3}]));
     assert_eq!(features("pairs"), serde_json::json!(["conv5"]), "{err}");
     assert_eq!(config("pairs")["train"]["lr"], 0.003, "pairs keep the recipe's rate (the long probe measured worse there)");
+    assert_eq!(config("pairs")["train"]["members"], 1, "and one head (the members were measured on several photos per person)");
     let (code, out, err) = run(&args(&s, &[&base[..], &["--name", "off", "--subject-norm", "off"]].concat()), d.path());
     assert_eq!(code, 0, "{out}\n{err}");
     assert_eq!(features("off"), serde_json::json!(["conv5"]));

@@ -398,14 +398,23 @@ fn the_probe_baseline_is_the_probe_recipe_on_the_same_folds() {
         assert_eq!(code, 0, "{out}\n{err}");
         json(&dir.join("folds/seed0-fold1.json"))
     };
-    // A fine-tune with a 3-epoch probe beside it (at the probe's rate), and that probe as the recipe itself.
+    // A fine-tune with a 3-epoch probe beside it (at the probe's rate; 5 heads
+    // averaged, as with several photos of every person), and that probe as the recipe itself.
     let tuned = cv("tuned", &["--stages", "head:2,conv5:1", "--baseline", "probe", "--probe-epochs", "3"]);
-    let probe = cv("probe", &["--stages", "head:3", "--lr", "0.01"]);
+    let probe = cv("probe", &["--stages", "head:3", "--lr", "0.01", "--members", "5"]);
     let (a, b) = (flat_probs(&tuned["baseline"]["probs"]), flat_probs(&probe["probs"]));
     assert_eq!(a.len(), b.len());
     let diff = largest_gap(&a, &b);
     assert!(diff < 1e-3, "the baseline probe and the probe recipe differ by {diff}");
     assert!(flat_probs(&tuned["probs"]).iter().zip(&a).any(|(x, y)| (x - y).abs() > 1e-3), "the fine-tune's own scores are not the probe's");
+    let md = |out: &str| std::fs::read_to_string(d.path().join(out).join("cv.md")).unwrap();
+    assert!(md("tuned").contains("Probe baseline (head only, 3 epochs at learning rate 0.01, 5 heads averaged into one,"), "{}", md("tuned"));
+    assert!(md("probe").contains(&vggft::eval::cv::members_sentence(5)), "{}", md("probe"));
+    // One head: other scores, and cv.md says nothing of members.
+    let one = cv("one", &["--stages", "head:3", "--lr", "0.01", "--members", "1"]);
+    assert!(flat_probs(&one["probs"]).iter().zip(&b).any(|(x, y)| (x - y).abs() > 1e-3), "five heads score as one");
+    assert_eq!(json(&d.path().join("one/cv-config.json"))["run"]["train"]["members"], 1);
+    assert!(!md("one").contains("heads trained side by side"), "{}", md("one"));
 }
 
 /// `--dump-features` / `--load-features` (study scripts): a probe run on the

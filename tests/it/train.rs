@@ -51,6 +51,7 @@ fn train_cfg(stages: &[(Block, usize)], augment: &str) -> TrainConfig {
         cache_mem_mb: 512,
         cache_f16: false,
         seed: 7,
+        members: 1,
     }
 }
 
@@ -292,4 +293,66 @@ fn a_stop_before_the_first_epoch_ends_says_nothing_was_saved() {
     t.stop = Some(&flag);
     let err = t.run(&mut model(BnMode::Drop, HeadKind::Bn, 4), &mut Collect::default(), None).err().unwrap().to_string();
     assert!(err.contains("no epoch had finished") && !err.contains("is saved"), "{err}");
+}
+
+/// `--members K`: K heads trained side by side, each on its own batch order
+/// and views, folded into one head when the fit ends. The saved model has the
+/// plain model's variables and scores like the ensemble it replaces; the run
+/// replays bit for bit, a resumed run finishes like an uninterrupted one, and
+/// stages that train the trunk are refused.
+#[test]
+fn ensemble_members_fold_into_one_head_and_resume_exactly() {
+    let _rng = torch_rng();
+    let d = tmp();
+    let m = subject_dataset(d.path(), 8, 32);
+    let mut cfg = train_cfg(&[(Block::Head, 4)], "light");
+    cfg.members = 3;
+    let (full, wfull) = run_once(&m, &cfg, None);
+    let (again, wagain) = run_once(&m, &cfg, None);
+    assert_eq!(strip(&full), strip(&again));
+    for ((n, x), (_, y)) in wfull.iter().zip(&wagain) {
+        assert_eq!(max_abs_diff(x, y), 0.0, "{n}");
+    }
+    let (single, wsingle) = run_once(&m, &TrainConfig { members: 1, ..cfg.clone() }, None);
+    let names = |w: &[(String, Tensor)]| w.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&wfull), names(&wsingle), "the folded model has the plain model's variables");
+    assert_ne!(strip(&full), strip(&single), "three heads train differently from one");
+    // The last epoch's validation loss was computed on the members' averaged
+    // logits; the folded head gives the same loss.
+    let p = prepared(&m, ValSpec::Subjects { fraction: 0.25 });
+    let pre = Preprocess::new(Crop::None, 32);
+    let mut net = model(BnMode::Drop, HeadKind::Bn, 3);
+    let t = trainer(&cfg, &p, &pre);
+    t.run(&mut net, &mut Collect::default(), None).unwrap();
+    let logits = t.logits(&net, None, &p.data.val);
+    let y = Tensor::from_slice(&p.data.val.iter().map(|&r| p.data.targets[r]).collect::<Vec<_>>());
+    let w = Tensor::from_slice(&vggft::train::class_weights(cfg.class_weights, &p.data)).to_kind(tch::Kind::Float);
+    let loss = f64::try_from(logits.cross_entropy_loss(&y, Some(&w), tch::Reduction::Mean, -100, 0.0)).unwrap();
+    let last = full.last().unwrap().val_loss.unwrap();
+    assert!((loss - last).abs() < 1e-5, "folded {loss} vs ensemble {last}");
+    // Killed after epoch 2 and resumed: the same history and weights.
+    let run_dir = tmp();
+    let flag = AtomicBool::new(false);
+    let mut net = model(BnMode::Drop, HeadKind::Bn, 3);
+    let mut t = trainer(&cfg, &p, &pre);
+    t.checkpoint_dir = Some(run_dir.path().to_path_buf());
+    t.stop = Some(&flag);
+    assert!(t.run(&mut net, &mut StopAfter { after: 2, flag: &flag }, None).is_err());
+    let state = vggft::train::load_state(run_dir.path()).unwrap();
+    let mut fresh = model(BnMode::Drop, HeadKind::Bn, 99);
+    let mut t2 = trainer(&cfg, &p, &pre);
+    t2.checkpoint_dir = Some(run_dir.path().to_path_buf());
+    let out = t2.run(&mut fresh, &mut Collect::default(), Some(state)).unwrap();
+    assert_eq!(strip(&out.history), strip(&full));
+    let now = fresh.vs.variables();
+    for (n, t) in &wfull {
+        assert_eq!(max_abs_diff(&now[n], t), 0.0, "{n} after resuming");
+    }
+    // Members need a frozen trunk.
+    let err = TrainConfig { stages: vec![Stage { from: Block::Head, epochs: 1 }, Stage { from: Block::Conv5, epochs: 1 }], ..cfg.clone() }
+        .validate()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("members") && err.contains("head-only"), "{err}");
+    assert!(TrainConfig { members: 0, ..cfg }.validate().is_err());
 }
