@@ -495,7 +495,7 @@ pub struct CvArgs {
     /// normalisation) and report it beside the recipe.
     #[arg(long, value_parser = ["probe"])]
     pub baseline: Option<String>,
-    /// Epochs of the --baseline probe [default: the session's probe: 15, or 50 at --lr 0.01 on person statistics with at least 3 photos of every person].
+    /// Epochs of the --baseline probe [default: the session's probe: 15, or 50 at --lr 0.01 with 5 heads averaged (--members) on person statistics with at least 3 photos of every person].
     #[arg(long)]
     pub probe_epochs: Option<usize>,
     /// Test-time augmentation of the test folds: flip averages each image's
