@@ -226,9 +226,9 @@ impl Probe {
     pub const LONG_SGD_LR: f64 = 0.01;
     /// Everywhere else: the fine-tune's default head-only warm-up + main epochs.
     pub const EPOCHS: usize = 15;
-    /// Heads of the long probe, averaged into one: measured on the
-    /// JAFFE-format sets, 5 independently trained probes averaged lifted 7-way
-    /// by 0.04–0.05 and left neutral vs rest where it was (docs/results/accuracy).
+    /// Heads of the long probe, averaged into one: measured on both
+    /// JAFFE-format sets over 10 seeds, 5 lifted neutral vs rest and 7-way by
+    /// 0.02–0.05 and narrowed the binary spread over seeds (docs/results/accuracy).
     pub const LONG_MEMBERS: usize = 5;
 
     /// The probe for `req`: `long` where person statistics are on with at

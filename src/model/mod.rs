@@ -287,9 +287,8 @@ impl Head {
         match self {
             Head::Linear { fc } => Some((fc.ws.shallow_clone(), bias(fc))),
             Head::Bn { norm, hidden: None, fc } => {
-                let ones = || Tensor::ones_like(&norm.running_mean);
-                let gamma = norm.ws.as_ref().map_or_else(ones, Tensor::shallow_clone);
-                let beta = norm.bs.as_ref().map_or_else(|| ones() * 0.0, Tensor::shallow_clone);
+                let gamma = norm.ws.as_ref().map_or_else(|| Tensor::ones_like(&norm.running_mean), Tensor::shallow_clone);
+                let beta = norm.bs.as_ref().map_or_else(|| Tensor::zeros_like(&norm.running_mean), Tensor::shallow_clone);
                 let scale = gamma / (&norm.running_var + BN_EPS).sqrt();
                 let shift = beta - &norm.running_mean * &scale;
                 let w = &fc.ws * scale.unsqueeze(0);
@@ -412,7 +411,7 @@ impl Vgg16 {
     /// Only heads that are one affine map at evaluation can be folded: the
     /// linear head and the bn head without a hidden layer.
     pub(crate) fn add_members(&mut self, n: usize) -> Result<()> {
-        if n > 0 && !self.foldable() {
+        if n > 0 && self.head.affine().is_none() {
             return Err(Error::invalid(
                 Setting::Members,
                 "above 1 needs the linear head or the bn head without a hidden layer (their members average into one head)",
@@ -424,14 +423,6 @@ impl Vgg16 {
             self.members.push(make_head(&self.cfg, &root, &root / "head_member" / k, true));
         }
         Ok(())
-    }
-
-    fn foldable(&self) -> bool {
-        match self.head {
-            Head::Linear { .. } => true,
-            Head::Bn { ref hidden, .. } => hidden.is_none(),
-            Head::Vgg { .. } => false,
-        }
     }
 
     /// Replaces the ensemble by one head computing the average of its
@@ -454,6 +445,11 @@ impl Vgg16 {
         .ok_or_else(|| Error::internal("the head has no affine form to fold"))?;
         let mut folded = Vgg16::for_loading(&self.cfg, self.device())?;
         folded.vs.copy(&self.vs).map_err(|e| Error::internal(format!("folding the ensemble: {e}")))?;
+        // Frozen stays frozen (no parameter gradients in Grad-CAM of the folded model).
+        let was = self.vs.variables();
+        for (name, t) in folded.vs.variables() {
+            let _ = t.set_requires_grad(was.get(&name).is_some_and(Tensor::requires_grad));
+        }
         tch::no_grad(|| {
             let set = |t: &Tensor, v: &Tensor| {
                 let mut t = t.shallow_clone();
@@ -794,6 +790,7 @@ mod tests {
             cfg.width_div = 16;
             let plain: Vec<String> = Vgg16::new(&cfg, Device::Cpu).unwrap().named_tensors().into_iter().map(|(n, _)| n).collect();
             let mut m = Vgg16::new(&cfg, Device::Cpu).unwrap();
+            m.set_trainable_from(Block::Head);
             m.add_members(2).unwrap();
             assert_eq!(m.member_count(), 3);
             // Trained-looking BatchNorm statistics and affine parameters, different per member.
@@ -818,6 +815,8 @@ mod tests {
             assert!(diff(&before, &mean) < 1e-6, "{head:?}: eval logits are the members' average");
             assert!(diff(&after, &mean) < 1e-4, "{head:?}: folded {}", diff(&after, &mean));
             assert_eq!(m.named_tensors().into_iter().map(|(n, _)| n).collect::<Vec<_>>(), plain, "{head:?}");
+            let vars = m.vs.variables();
+            assert!(!vars["features.28.weight"].requires_grad() && vars["head.fc.weight"].requires_grad(), "the trunk stays frozen");
         }
         let mut cfg = ModelConfig::new(BnMode::Drop, HeadKind::Bn, 3);
         (cfg.width_div, cfg.hidden) = (16, 8);
