@@ -455,11 +455,9 @@ impl Vgg16 {
                 let mut t = t.shallow_clone();
                 t.copy_(v);
             };
-            match &folded.head {
-                Head::Linear { fc } => {
-                    set(&fc.ws, &w);
-                    fc.bs.iter().for_each(|t| set(t, &b));
-                }
+            // The bn head's BatchNorm becomes the identity; the last layer takes the averaged map.
+            let fc = match &folded.head {
+                Head::Linear { fc } => Some(fc),
                 Head::Bn { norm, fc, .. } => {
                     let _ = norm.running_mean.shallow_clone().fill_(0.0);
                     let _ = norm.running_var.shallow_clone().fill_(1.0 - BN_EPS);
@@ -469,10 +467,13 @@ impl Vgg16 {
                     norm.bs.iter().for_each(|t| {
                         let _ = t.shallow_clone().fill_(0.0);
                     });
-                    set(&fc.ws, &w);
-                    fc.bs.iter().for_each(|t| set(t, &b));
+                    Some(fc)
                 }
-                Head::Vgg { .. } => {}
+                Head::Vgg { .. } => None,
+            };
+            if let Some(fc) = fc {
+                set(&fc.ws, &w);
+                fc.bs.iter().for_each(|t| set(t, &b));
             }
         });
         *self = folded;
