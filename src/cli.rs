@@ -12,6 +12,7 @@ use crate::data::scan::DataFormat;
 use crate::data::split::{parse_label_map, Task, TrainLabels, ValSpec};
 use crate::data::Preprocess;
 use crate::error::{Error, Result, Setting};
+use crate::eval::threshold::ThresholdChoice;
 use crate::model::{Block, BnMode, HeadKind, Precision};
 use crate::subject::SubjectNormChoice;
 use crate::train::optim::{OptimKind, Schedule};
@@ -26,6 +27,14 @@ fn checked<T: 'static>(parse: fn(&str) -> Result<T>) -> impl Fn(&str) -> std::re
             other => render(&other),
         })
     }
+}
+
+/// `--threshold`, parsed by the library (a bad value is a usage error naming the flag).
+fn threshold_arg(s: &str) -> std::result::Result<ThresholdChoice, String> {
+    ThresholdChoice::parse(s).map_err(|e| match e {
+        Error::Invalid { setting, problem } => setting_problem(setting, &problem),
+        other => render(&other),
+    })
 }
 
 /// The flag that sets `setting` (settings without a flag keep their
@@ -316,6 +325,9 @@ pub struct TrainArgs {
     /// Heads trained side by side, each on its own batch order and augmented views, and averaged into one head when training ends (head-only stages; the saved model has one head) [default: 5 for the probe on person statistics with at least 3 photos of every person, else 1].
     #[arg(long)]
     pub members: Option<usize>,
+    /// Two-class tasks: the threshold on P(first class, e.g. neutral) at or above which the model answers that class — auto (inner for the probe on person statistics with at least 3 photos of every person, where the larger probability left half the neutral photos wrong; else off), inner (set after training by a 3-fold subject-grouped cross-validation over the training people: 3 more fits), off (the larger probability) or a probability P.
+    #[arg(long, default_value = "auto", value_parser = threshold_arg)]
+    pub threshold: ThresholdChoice,
     /// Head learning rate (default: 0.003 for sgd, 0.001 otherwise; 0.01 for an sgd probe on person statistics with at least 3 photos of every person).
     #[arg(long, allow_negative_numbers = true)]
     pub lr: Option<f64>,
@@ -683,7 +695,7 @@ impl TrainArgs {
             (None, None) => None,
             (e, w) => Some(e.unwrap_or(EPOCHS) + w.unwrap_or(FREEZE_EPOCHS)),
         };
-        ProbeRequest { epochs, lr: self.lr, members: self.members }
+        ProbeRequest { epochs, lr: self.lr, members: self.members, threshold: self.threshold }
     }
 
     pub fn to_config(&self) -> Result<TrainConfig> {
@@ -736,6 +748,7 @@ impl TrainArgs {
             seed: self.seed,
             // With the session's freeze point, --members goes to the probe it may choose (`probe`).
             members: if self.auto_freeze() { 1 } else { self.members.unwrap_or(1) },
+            threshold: self.threshold,
         };
         cfg.validate()?;
         Ok(cfg)

@@ -110,6 +110,10 @@ pub struct TrainConfig {
     /// adds: measured on the JAFFE-format sets, docs/results/accuracy.
     #[serde(default = "one_usize")]
     pub members: usize,
+    /// How a two-class task decides (`--threshold`; a run's config holds it
+    /// resolved: inner, off or fixed).
+    #[serde(default)]
+    pub threshold: crate::eval::threshold::ThresholdChoice,
 }
 
 fn one_usize() -> usize {
@@ -158,6 +162,11 @@ impl TrainConfig {
                 format!("above 1 trains several heads on one frozen trunk: it needs head-only stages, got {}", crate::train::describe_stages(&self.stages)),
             );
         }
+        if let crate::eval::threshold::ThresholdChoice::Fixed(t) = self.threshold {
+            if !(t > 0.0 && t < 1.0) {
+                return bad(Setting::Threshold, format!("must lie between 0 and 1, got {t}"));
+            }
+        }
         self.augment.validate()
     }
 
@@ -201,6 +210,8 @@ pub struct Probe {
     pub lr: f64,
     /// Heads averaged into one (`TrainConfig::members`).
     pub members: usize,
+    /// How its two-class decisions are made (`--threshold`, resolved by the session).
+    pub threshold: crate::eval::threshold::ThresholdChoice,
 }
 
 /// What the command line asked of the probe: `--freeze-epochs` + `--epochs`
@@ -210,6 +221,8 @@ pub struct ProbeRequest {
     pub epochs: Option<usize>,
     pub lr: Option<f64>,
     pub members: Option<usize>,
+    /// `--threshold` as given (`auto` resolves per recipe).
+    pub threshold: crate::eval::threshold::ThresholdChoice,
 }
 
 impl Probe {
@@ -238,7 +251,7 @@ impl Probe {
         let sgd = train.optimizer == crate::train::optim::OptimKind::Sgd;
         let lr = if req.lr.is_none() && long && sgd { Probe::LONG_SGD_LR } else { train.lr };
         let members = req.members.unwrap_or(if long { Probe::LONG_MEMBERS } else { 1 });
-        Probe { epochs, lr, members }
+        Probe { epochs, lr, members, threshold: req.threshold }
     }
 }
 
@@ -331,6 +344,11 @@ pub struct RunConfig {
     /// libtorch CPU threads: results are bit-identical only for the same count.
     #[serde(default)]
     pub threads: Option<i32>,
+    /// Two-class tasks: the threshold on P(first class) the model decides at
+    /// (set after training by `--threshold inner`, or given); absent: the
+    /// larger probability.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<crate::eval::threshold::Threshold>,
 }
 
 impl RunConfig {
@@ -348,6 +366,12 @@ impl RunConfig {
         if self.classes.len() < 2 {
             return Err(Error::invalid(Setting::Classes, format!("needs at least two classes, got {:?}", self.classes)));
         }
+        self.train.threshold.validate(self.classes.len())?;
+        if let Some(t) = &self.threshold {
+            if self.classes.len() != 2 || [Some(t.person), t.single].iter().flatten().any(|p| !(*p > 0.0 && *p < 1.0)) {
+                return Err(Error::invalid(Setting::Threshold, "must lie between 0 and 1, for a two-class task"));
+            }
+        }
         if self.raw_classes.len() != self.raw_to_task.len() || self.raw_to_task.iter().any(|&c| c >= self.classes.len()) {
             return Err(Error::invalid(Setting::RawLabels, "and raw_to_task do not match the classes"));
         }
@@ -361,6 +385,11 @@ impl RunConfig {
         } else {
             self.raw_classes.len()
         }
+    }
+
+    /// The threshold for a prediction made in `mode` (`None`: the larger probability).
+    pub fn threshold_for(&self, mode: Option<crate::eval::predict::Mode>) -> Option<f64> {
+        self.threshold.as_ref().map(|t| t.for_mode(mode))
     }
 
     /// Task-class probabilities (float64) from head logits.

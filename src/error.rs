@@ -164,6 +164,7 @@ settings! {
     Steps => "steps",
     SubjectNorm => "subject_norm",
     Threads => "threads",
+    Threshold => "threshold",
     Val => "val",
     Warmup => "warmup",
     Weights => "weights",

@@ -11,10 +11,12 @@ use tch::{Device, Tensor};
 
 use crate::config::RunConfig;
 use crate::error::{Error, Result, Setting};
+use crate::eval::predict::Mode;
+use crate::eval::threshold::{self, ThresholdChoice, INNER_FOLDS};
 use crate::eval::{self, Metrics};
 use crate::fsutil;
 use crate::model::weights;
-use crate::model::Vgg16;
+use crate::model::{Block, Vgg16};
 use crate::session::{model_config, raw_head, Prepared, Session};
 use crate::train::{self, EpochRow, Reporter, Trainer};
 
@@ -35,6 +37,8 @@ pub struct Summary {
     pub classes: Vec<String>,
     pub n_train: usize,
     pub n_val: usize,
+    /// The threshold the model decides at (two-class runs that set or were given one).
+    pub threshold: Option<threshold::Threshold>,
 }
 
 /// Options for a new run.
@@ -159,6 +163,12 @@ fn execute(session: &Session, dir: &Path, reporter: &mut dyn Reporter, stop: Opt
         config.classes.join(" vs "),
         train::describe_stages(&tc.stages)
     ));
+    let tta = eval::flip_tta(None, model.cfg.subject_norm);
+    // The inner fits that set a threshold share one cache of the pooled features with the run (head-only recipes).
+    let shared = match (tc.threshold, state.is_none()) {
+        (ThresholdChoice::Inner, true) => threshold_cache(session, &model, tta, reporter),
+        _ => vec![],
+    };
     let trainer = Trainer {
         cfg: tc,
         pre: &config.data.preprocess,
@@ -166,17 +176,36 @@ fn execute(session: &Session, dir: &Path, reporter: &mut dyn Reporter, stop: Opt
         device: session.device,
         checkpoint_dir: Some(dir.to_path_buf()),
         stop,
-        shared: &[],
+        shared: &shared,
     };
-    let outcome = trainer.run(&mut model, reporter, state).map_err(|e| match e {
+    let resume_hint = |e: Error| match e {
         Error::Interrupted(why) => Error::Interrupted(format!("{why}; continue with: vggft finetune --resume {}", dir.display())),
         other => other,
-    })?;
+    };
+    let outcome = trainer.run(&mut model, reporter, state).map_err(resume_hint)?;
     write_history(&dir.join("history.csv"), &outcome.history)?;
     crate::eval::plot::learning_curves(&dir.join("learning_curves.png"), &outcome.history, Some(outcome.best_epoch))?;
     weights::save_atomic(&model.named_tensors(), &dir.join("model.safetensors"))?;
-    let (val, val_single) = validate(session, &trainer, &model);
-    finish(session, dir, &outcome, &val, &val_single, reporter)?;
+    let mut config = config.clone();
+    if tc.threshold == ThresholdChoice::Inner {
+        // A resumed run's fit built its own cache.
+        let rebuilt;
+        let inner_shared: &[train::Cache] = if shared.is_empty() && tc.stages.iter().all(|s| s.from == Block::Head) {
+            rebuilt = threshold_cache(session, &model, tta, reporter);
+            &rebuilt
+        } else {
+            &shared
+        };
+        reporter.message(&format!("setting the threshold on P({}): {} inner fits on the training people…", config.classes[0], INNER_FOLDS));
+        config.threshold = threshold::inner_threshold(session, tc, &prepared.data, inner_shared, tta, stop).map_err(resume_hint)?;
+        match &config.threshold {
+            Some(t) => reporter.message(&format!("the model {}", t.describe(&config.classes[0]))),
+            None => reporter.message("fewer than 2 training people: the larger probability decides"),
+        }
+        fsutil::write_json(&dir.join("config.json"), &config)?;
+    }
+    let (val, val_single) = validate(session, &config, &trainer, &model);
+    finish(session, dir, &outcome, (&val, &val_single, config.threshold.as_ref()), reporter)?;
     Ok(Summary {
         dir: dir.to_path_buf(),
         history: outcome.history,
@@ -186,22 +215,53 @@ fn execute(session: &Session, dir: &Path, reporter: &mut dyn Reporter, stop: Opt
         classes: config.classes.clone(),
         n_train: prepared.data.train.len(),
         n_val: prepared.data.val.len(),
+        threshold: config.threshold,
     })
 }
 
 /// The finished model on the validation images (and, for a subject-normalised
 /// model, its single-image head on the same images).
-fn validate(session: &Session, trainer: &Trainer, model: &Vgg16) -> (Option<Metrics>, Option<Metrics>) {
-    let (config, prepared) = (&session.config, &session.prepared);
+fn validate(session: &Session, config: &RunConfig, trainer: &Trainer, model: &Vgg16) -> (Option<Metrics>, Option<Metrics>) {
+    let prepared = &session.prepared;
     let val_rows = &prepared.data.val;
     let y: Vec<i64> = val_rows.iter().map(|&i| prepared.labels.targets[i]).collect();
-    let score = |logits: &Tensor| eval::metrics(&y, &rows(&config.task_probs(logits)), &config.classes);
+    let score = |logits: &Tensor, mode| eval::metrics_at(&y, &rows(&config.task_probs(logits)), &config.classes, |_| config.threshold_for(mode));
     if val_rows.is_empty() {
         return (None, None);
     }
-    // Scored as predict and evaluate score it by default.
-    let s = trainer.scores(model, None, val_rows, eval::flip_tta(None, model.cfg.subject_norm), None).map(score);
-    (Some(s.main), s.single)
+    // Scored as predict and evaluate score it by default (at the model's threshold).
+    let s = trainer.scores(model, trainer.shared.first(), val_rows, eval::flip_tta(None, model.cfg.subject_norm), None);
+    let single = s.single.as_ref().map(|l| score(l, Some(Mode::Single)));
+    (Some(score(&s.main, Some(Mode::Person))), single)
+}
+
+/// The pooled features of every image (augmented views of the training
+/// images, clean and, with flip test-time augmentation, mirrored rows of
+/// all), built once for a run and the inner fits that set its threshold
+/// (none when the cache is off).
+fn threshold_cache(session: &Session, model: &Vgg16, tta: bool, reporter: &mut dyn Reporter) -> Vec<train::Cache> {
+    let (config, data, device) = (&session.config, &session.prepared.data, session.device);
+    let pre = &config.data.preprocess;
+    let all: Vec<usize> = (0..data.targets.len()).collect();
+    let views = match train::cache_plan(model, &config.train, pre, Block::Head, data.train.len(), all.len(), device) {
+        Ok(v) => v,
+        Err(why) => {
+            reporter.message(&format!("frozen-prefix cache {why}"));
+            return vec![];
+        }
+    };
+    let t0 = std::time::Instant::now();
+    let mut c = train::build_cache(model, &config.train, pre, &data.gray, Block::Head, views, &data.train, &all, device, reporter);
+    if tta {
+        c.add_flipped(model, pre, &data.gray, device, reporter);
+    }
+    reporter.message(&format!(
+        "cached the frozen pooled features: {views} view(s) of {} training images, every image clean{}, in {:.1}s",
+        data.train.len(),
+        if tta { " and mirrored" } else { "" },
+        t0.elapsed().as_secs_f64()
+    ));
+    vec![c]
 }
 
 /// Writes `metrics.json`, removes the checkpoints, marks the run complete
@@ -210,8 +270,7 @@ fn finish(
     session: &Session,
     dir: &Path,
     outcome: &train::Outcome,
-    val: &Option<Metrics>,
-    val_single: &Option<Metrics>,
+    (val, val_single, threshold): (&Option<Metrics>, &Option<Metrics>, Option<&threshold::Threshold>),
     reporter: &mut dyn Reporter,
 ) -> Result<()> {
     let mut metrics = serde_json::json!({
@@ -222,6 +281,9 @@ fn finish(
     });
     if val.is_some() && eval::flip_tta(None, session.config.model.subject_norm == crate::subject::SubjectNormChoice::On) {
         metrics["tta"] = serde_json::json!(eval::FLIP_TTA);
+    }
+    if let Some(t) = threshold {
+        metrics["threshold"] = serde_json::json!(t.describe(&session.config.classes[0]));
     }
     if val_single.is_some() {
         metrics["subject_norm"] = serde_json::json!(crate::subject::TRANSDUCTIVE);

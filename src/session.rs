@@ -13,6 +13,7 @@ use crate::data::face::FaceMode;
 use crate::data::scan::{self, Dataset};
 use crate::data::split::{self, Labels, Split, TrainLabels};
 use crate::error::{Error, Result, Setting};
+use crate::eval::threshold::{Threshold, ThresholdChoice};
 use crate::model::weights::{self, LoadReport};
 use crate::model::{Block, BnMode, ModelConfig, Vgg16};
 use crate::run::{LIBTORCH_VERSION, VERSION};
@@ -67,6 +68,7 @@ impl Session {
             threads,
             data,
             data_sha256: String::new(),
+            threshold: None,
         };
         let probe = probe_for(&config, &prepared.dataset, recipe.probe);
         if config.model.subject_norm == SubjectNormChoice::On {
@@ -102,6 +104,18 @@ impl Session {
         if let (true, Some(m), false) = (recipe.auto_freeze, recipe.probe.members, config.train.stages.iter().all(|s| s.from == Block::Head)) {
             config.train.members = m;
             config.train.validate()?;
+        }
+        let head_only = config.train.stages.iter().all(|s| s.from == Block::Head);
+        config.train.threshold = resolve_threshold(recipe.train.threshold, several_photos(&config, &prepared.dataset), head_only, config.classes.len())?;
+        match config.train.threshold {
+            ThresholdChoice::Fixed(t) => config.threshold = Some(Threshold::fixed(t)),
+            ThresholdChoice::Inner if recipe.train.threshold == ThresholdChoice::Auto => reporter.message(&format!(
+                "the threshold on P({}) is set after training by a {}-fold subject-grouped cross-validation over the training people ({} more fits of the head; --threshold off: the larger probability)",
+                config.classes[0],
+                crate::eval::threshold::INNER_FOLDS,
+                crate::eval::threshold::INNER_FOLDS
+            )),
+            _ => {}
         }
         Ok(Session { config, prepared, device })
     }
@@ -342,7 +356,23 @@ fn several_photos(config: &RunConfig, ds: &Dataset) -> bool {
 
 /// `Probe::resolve` for this data (before the session's choices change `config`).
 fn probe_for(config: &RunConfig, ds: &Dataset, req: ProbeRequest) -> Probe {
-    Probe::resolve(req, several_photos(config, ds), &config.train)
+    let long = several_photos(config, ds);
+    let p = Probe::resolve(req, long, &config.train);
+    // Validated with the recipe's own choice; a probe is head-only.
+    Probe { threshold: resolve_threshold(req.threshold, long, true, config.classes.len()).unwrap_or(ThresholdChoice::Off), ..p }
+}
+
+/// `--threshold auto` → `inner` where it was measured (docs/results/accuracy):
+/// a head-only recipe on person statistics with at least 3 photos of every
+/// person (`several`) and two classes; `off` elsewhere. Other choices are
+/// kept, checked against the number of classes.
+pub(crate) fn resolve_threshold(choice: ThresholdChoice, several: bool, head_only: bool, classes: usize) -> Result<ThresholdChoice> {
+    choice.validate(classes)?;
+    Ok(match choice {
+        ThresholdChoice::Auto if several && head_only && classes == 2 => ThresholdChoice::Inner,
+        ThresholdChoice::Auto => ThresholdChoice::Off,
+        c => c,
+    })
 }
 
 /// Images per subject id (`None` when some image has no subject id).

@@ -18,6 +18,8 @@ use crate::config::{Probe, RunConfig, Stage, TrainConfig};
 use crate::data::split::{self, ValSpec};
 use crate::error::{Error, Result, Setting};
 use crate::eval::plot;
+use crate::eval::predict::Mode;
+use crate::eval::threshold::{self, Threshold, ThresholdChoice};
 use crate::eval::{self, Metrics};
 use crate::fsutil;
 use crate::model::{Block, BnMode, Vgg16};
@@ -124,6 +126,10 @@ pub struct FoldResult {
     /// statistics from that person's images of one class at a time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub one_class: Option<Scores>,
+    /// Two-class tasks with `--threshold`: what this fold's model decided at
+    /// (its metrics are at it; `probs` hold the probabilities).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<Threshold>,
     pub n_train: usize,
     pub seconds: f64,
     /// This fold's candidates for `--top-losses` (tiles relative to the cv folder).
@@ -136,6 +142,9 @@ pub struct FoldResult {
 pub struct Scores {
     pub probs: Vec<Vec<f64>>,
     pub metrics: Metrics,
+    /// The threshold on P(first class) its metrics decided at (none: the larger probability).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
 }
 
 /// Mean, standard deviation and 95 % interval of one metric over folds × seeds.
@@ -165,6 +174,9 @@ pub struct Summary {
     /// With per-subject normalisation: each test person shown with one class only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub one_class: Option<Alternative>,
+    /// With a threshold set in training: the same models deciding by the larger probability.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_half: Option<Alternative>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe_epochs: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -284,19 +296,21 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
             spent += r.seconds;
             let left = total_folds.saturating_sub(done_folds);
             let eta = if left > 0 { format!(", about {:.0}s left ({left} fold(s))", spent / done_folds as f64 * left as f64) } else { String::new() };
-            reporter.message(&format!(
-                "seed {seed} fold {}/{}: {} test images, balanced accuracy {:.3}{}, accuracy {:.3}, {:.1}s{eta}",
-                fi + 1,
-                folds.len(),
-                test.len(),
-                r.metrics.balanced_accuracy,
-                [("single-image head", &r.single), ("probe", &r.baseline)]
-                    .iter()
-                    .filter_map(|(what, s)| s.as_ref().map(|s| format!(", {what} {:.3}", s.metrics.balanced_accuracy)))
-                    .collect::<String>(),
-                r.metrics.accuracy,
-                r.seconds
-            ));
+            reporter.message(
+                &(format!(
+                    "seed {seed} fold {}/{}: {} test images, balanced accuracy {:.3}{}, accuracy {:.3}, {:.1}s{eta}",
+                    fi + 1,
+                    folds.len(),
+                    test.len(),
+                    r.metrics.balanced_accuracy,
+                    [("single-image head", &r.single), ("probe", &r.baseline)]
+                        .iter()
+                        .filter_map(|(what, s)| s.as_ref().map(|s| format!(", {what} {:.3}", s.metrics.balanced_accuracy)))
+                        .collect::<String>(),
+                    r.metrics.accuracy,
+                    r.seconds
+                ) + &r.threshold.as_ref().map(|t| format!(" (threshold on P({}) {:.3})", cfg.run.classes[0], t.person)).unwrap_or_default()),
+            );
             fsutil::write_json(&req.out.join("folds").join(format!("seed{seed}-fold{fi}.json")), &r)?;
         }
     }
@@ -425,13 +439,18 @@ fn run_fold(
     let tc = TrainConfig { seed, ..session.config.train.clone() };
     let y: Vec<i64> = test.iter().map(|&i| labels.targets[i]).collect();
     let fold = Fold { session, data: &data, test, y: &y, shared, tta_flip };
-    let (main, model) = fold.train_and_score(&tc)?;
-    let top = if req.top_losses > 0 { top_losses(req, session, &model, (seed, fi), test, &y, &main.main.probs)? } else { vec![] };
+    let (main, model, threshold) = fold.train_and_score(&tc)?;
+    let top = if req.top_losses > 0 { top_losses(req, session, &model, (seed, fi), test, &y, (&main.main.probs, main.main.threshold))? } else { vec![] };
     drop(model);
-    let baseline = match probe.map(|p| TrainConfig { stages: vec![Stage { from: Block::Head, epochs: p.epochs }], lr: p.lr, members: p.members, ..tc.clone() })
-    {
+    let baseline = match probe.map(|p| TrainConfig {
+        stages: vec![Stage { from: Block::Head, epochs: p.epochs }],
+        lr: p.lr,
+        members: p.members,
+        threshold: p.threshold,
+        ..tc.clone()
+    }) {
         // The recipe already is that probe (the default with person statistics): the same training, so its scores.
-        Some(p) if (&p.stages, p.lr, p.members) == (&tc.stages, tc.lr, tc.members) => Some(main.main.clone()),
+        Some(p) if (&p.stages, p.lr, p.members, p.threshold) == (&tc.stages, tc.lr, tc.members, tc.threshold) => Some(main.main.clone()),
         Some(p) => Some(fold.train_and_score(&p)?.0.main),
         None => None,
     };
@@ -446,6 +465,7 @@ fn run_fold(
         single: main.single,
         baseline,
         one_class: main.one_class,
+        threshold,
         n_train: data.train.len(),
         seconds: t0.elapsed().as_secs_f64(),
         top,
@@ -460,7 +480,7 @@ fn top_losses(
     (seed, fi): (u64, usize),
     test: &[usize],
     y: &[i64],
-    probs: &[Vec<f64>],
+    (probs, threshold): (&[Vec<f64>], Option<f64>),
 ) -> Result<Vec<crate::eval::explain::TopLoss>> {
     let ds = &session.prepared.dataset;
     let rows = tch::Tensor::from_slice(&test.iter().map(|&i| i as i64).collect::<Vec<_>>());
@@ -476,7 +496,7 @@ fn top_losses(
         &picked,
         &paths,
         y,
-        probs,
+        (probs, &vec![threshold; probs.len()]),
         (Block::Conv5, session.device),
         (&tiles, &format!("seed{seed}-fold{fi}")),
     )?;
@@ -500,18 +520,32 @@ impl Fold<'_> {
     /// Trains a fresh model with `tc` and scores the test rows (and, for a
     /// subject-normalised model, its single-image head and each test person
     /// shown with one class only).
-    fn train_and_score(&self, tc: &TrainConfig) -> Result<(train::Scored<Scores>, Vgg16)> {
+    /// With `--threshold inner` the threshold comes from an inner
+    /// cross-validation over this fold's training people alone.
+    fn train_and_score(&self, tc: &TrainConfig) -> Result<(train::Scored<Scores>, Vgg16, Option<Threshold>)> {
         let run = &self.session.config;
         let (mut model, _) = self.session.fresh_model(tc.seed as i64, true)?;
         self.session.recalibrate(&mut model, &self.data.train)?;
         let trainer =
             Trainer { cfg: tc, pre: &run.data.preprocess, data: self.data, device: self.session.device, checkpoint_dir: None, stop: None, shared: self.shared };
         trainer.run(&mut model, &mut train::Collect::default(), None)?;
-        let score = |logits: &tch::Tensor| {
-            let probs = crate::run::rows(&run.task_probs(logits));
-            Scores { metrics: eval::metrics(self.y, &probs, &run.classes), probs }
+        let threshold = match tc.threshold {
+            ThresholdChoice::Inner => threshold::inner_threshold(self.session, tc, self.data, self.shared, self.tta_flip, None)?,
+            ThresholdChoice::Fixed(t) => Some(Threshold::fixed(t)),
+            ThresholdChoice::Off | ThresholdChoice::Auto => None,
         };
-        Ok((trainer.scores(&model, self.shared.first(), self.test, self.tta_flip, Some(self.y)).map(score), model))
+        let score = |logits: &tch::Tensor, t: Option<f64>| {
+            let probs = crate::run::rows(&run.task_probs(logits));
+            Scores { metrics: eval::metrics_at(self.y, &probs, &run.classes, |_| t), probs, threshold: t }
+        };
+        let s = trainer.scores(&model, self.shared.first(), self.test, self.tta_flip, Some(self.y));
+        let (person, single) = (threshold.as_ref().map(|t| t.person), threshold.as_ref().map(|t| t.for_mode(Some(Mode::Single))));
+        let scored = train::Scored {
+            main: score(&s.main, person),
+            single: s.single.as_ref().map(|l| score(l, single)),
+            one_class: s.one_class.as_ref().map(|l| score(l, person)),
+        };
+        Ok((scored, model, threshold))
     }
 }
 
@@ -583,20 +617,30 @@ fn summarise(cfg: &CvConfig, results: &[FoldResult], missing: &[String]) -> Summ
     let stats = stats_of(&results.iter().map(|r| &r.metrics).collect::<Vec<_>>());
     let y: Vec<i64> = results.iter().flat_map(|r| r.y.clone()).collect();
     let probs: Vec<Vec<f64>> = results.iter().flat_map(|r| r.probs.clone()).collect();
-    let pooled = eval::metrics(&y, &probs, &classes);
+    // Each pooled row decided at its own fold's threshold (as that fold's metrics are).
+    let person_t: Vec<Option<f64>> = results.iter().flat_map(|r| std::iter::repeat_n(r.threshold.as_ref().map(|t| t.person), r.y.len())).collect();
+    let pooled = eval::metrics_at(&y, &probs, &classes, |i| person_t[i]);
     let alt = |pick: fn(&FoldResult) -> Option<&Scores>| {
-        results.iter().map(pick).collect::<Option<Vec<_>>>().map(|s| Alternative {
-            stats: stats_of(&s.iter().map(|x| &x.metrics).collect::<Vec<_>>()),
-            pooled: eval::metrics(&y, &s.iter().flat_map(|x| x.probs.clone()).collect::<Vec<_>>(), &classes),
+        results.iter().map(pick).collect::<Option<Vec<_>>>().map(|s| {
+            let t: Vec<Option<f64>> = s.iter().flat_map(|x| std::iter::repeat_n(x.threshold, x.probs.len())).collect();
+            Alternative {
+                stats: stats_of(&s.iter().map(|x| &x.metrics).collect::<Vec<_>>()),
+                pooled: eval::metrics_at(&y, &s.iter().flat_map(|x| x.probs.clone()).collect::<Vec<_>>(), &classes, |i| t[i]),
+            }
         })
     };
     let single = alt(|r| r.single.as_ref());
     let baseline = alt(|r| r.baseline.as_ref());
     let one_class = alt(|r| r.one_class.as_ref());
+    // The same models at the larger probability, beside a threshold set in training.
+    let at_half = results.iter().any(|r| r.threshold.is_some()).then(|| {
+        let ms: Vec<Metrics> = results.iter().map(|r| eval::metrics(&r.y, &r.probs, &classes)).collect();
+        Alternative { stats: stats_of(&ms.iter().collect::<Vec<_>>()), pooled: eval::metrics(&y, &probs, &classes) }
+    });
     let per_subject: BTreeMap<String, (usize, usize)> =
         subject_counts(results).into_iter().map(|(s, per)| (s.to_string(), per.values().fold((0, 0), |a, v| (a.0 + v.0, a.1 + v.1)))).collect();
     let protocol = format!(
-        "{} cross-validation ({}), {} seed(s) {:?}, {} fold results; metrics per fold, mean ± std and t-based 95 % interval (clipped to [0, 1]) over folds × seeds; the last epoch of the fixed recipe is evaluated (no early stopping on test folds){}{}{}{}{}",
+        "{} cross-validation ({}), {} seed(s) {:?}, {} fold results; metrics per fold, mean ± std and t-based 95 % interval (clipped to [0, 1]) over folds × seeds; the last epoch of the fixed recipe is evaluated (no early stopping on test folds){}{}{}{}{}{}",
         match cfg.folds {
             Folds::Loso => "leave-one-subject-out".to_string(),
             Folds::K { k } => format!("{k}-fold subject-grouped"),
@@ -609,7 +653,8 @@ fn summarise(cfg: &CvConfig, results: &[FoldResult], missing: &[String]) -> Summ
         if single.is_some() { format!("; {}", crate::subject::TRANSDUCTIVE) } else { String::new() },
         if cfg.run.data.preprocess.face == crate::data::face::FaceMode::Person { format!("; {}", crate::data::face::PERSON_BOX) } else { String::new() },
         if cfg.shared_views && cfg.seeds.len() > 1 { format!("; {SHARED_VIEWS}") } else { String::new() },
-        if cfg.run.train.members > 1 { format!("; {}", members_sentence(cfg.run.train.members)) } else { String::new() }
+        if cfg.run.train.members > 1 { format!("; {}", members_sentence(cfg.run.train.members)) } else { String::new() },
+        threshold_sentence(results, &classes).map(|t| format!("; {t}")).unwrap_or_default()
     ) + &if missing.is_empty() { String::new() } else { format!("; PARTIAL (--partial): {} fold result(s) missing: {}", missing.len(), crate::error::short_list(missing, 8)) };
     let seeds = seed_means(results);
     let seed_spread = (seeds.len() > 1).then(|| stat("balanced_accuracy", &seeds.iter().map(|m| m.balanced_accuracy).collect::<Vec<_>>()));
@@ -623,12 +668,32 @@ fn summarise(cfg: &CvConfig, results: &[FoldResult], missing: &[String]) -> Summ
         single,
         baseline,
         one_class,
+        at_half,
         probe_epochs: cfg.baseline,
         probe_lr: cfg.probe_lr,
         probe_members: cfg.probe_members,
         seeds: if seed_spread.is_some() { seeds } else { vec![] },
         seed_spread,
     }
+}
+
+/// How the folds' models decided, when a threshold was set or given: the
+/// thresholds' median and range.
+fn threshold_sentence(results: &[FoldResult], classes: &[String]) -> Option<String> {
+    let mut ts: Vec<f64> = results.iter().filter_map(|r| r.threshold.as_ref().map(|t| t.person)).collect();
+    if ts.is_empty() {
+        return None;
+    }
+    ts.sort_by(f64::total_cmp);
+    let (median, lo, hi) = (ts[ts.len() / 2], ts[0], ts[ts.len() - 1]);
+    let first = &classes[0];
+    Some(match results.iter().find_map(|r| r.threshold.as_ref().and_then(|t| t.inner.as_ref())) {
+        Some(i) => format!(
+            "{first} is answered where P({first}) reaches a threshold set for each fold by an inner {}-fold subject-grouped cross-validation over that fold's training people alone (median {median:.3}, range {lo:.3}–{hi:.3}; the larger probability: see below)",
+            i.folds
+        ),
+        None => format!("{first} is answered where P({first}) ≥ {median:.3} (--threshold)"),
+    })
 }
 
 /// What a model of `k` ensemble members is (`--members`).
@@ -683,10 +748,11 @@ fn write_outputs(dir: &Path, cfg: &CvConfig, summary: &Summary, results: &[FoldR
 fn subject_counts(results: &[FoldResult]) -> BTreeMap<&str, BTreeMap<i64, (usize, usize)>> {
     let mut counts: BTreeMap<&str, BTreeMap<i64, (usize, usize)>> = BTreeMap::new();
     for r in results {
+        let cut = r.threshold.as_ref().map(|t| t.person);
         for ((s, &t), p) in r.subjects.iter().zip(&r.y).zip(&r.probs) {
             let e = counts.entry(s.as_str()).or_default().entry(t).or_default();
             e.1 += 1;
-            e.0 += usize::from(crate::eval::predict::argmax(p) as i64 == t);
+            e.0 += usize::from(threshold::decide(p, cut) as i64 == t);
         }
     }
     counts
@@ -727,6 +793,7 @@ pub fn markdown(s: &Summary) -> String {
             ),
             &s.baseline,
         ),
+        ("The same models deciding by the larger probability (threshold 0.5)".to_string(), &s.at_half),
         (
             "Each test person shown with one class only (the recipe's model; each person's statistics from that person's images of one class at a time; same folds)"
                 .to_string(),

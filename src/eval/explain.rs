@@ -67,7 +67,7 @@ pub(crate) fn grad_cam(model: &Vgg16, cfg: &RunConfig, gray: &[f32], layer: Bloc
         model.classify(&pooled, false)
     };
     let probs: Vec<f64> = Vec::<f64>::try_from(cfg.task_probs(&logits).detach().to_device(Device::Cpu).view([-1])).map_err(Error::Torch)?;
-    let class = class.unwrap_or_else(|| crate::eval::predict::argmax(&probs));
+    let class = class.unwrap_or_else(|| cam_class(cfg, &probs));
     let score = class_scores(&logits, &cfg.raw_to_task, cfg.classes.len()).get(0).get(class as i64);
     let grad = Tensor::run_backward(&[&score], &[&map], false, false).pop().ok_or_else(|| Error::internal("no gradient reached the block"))?;
     let a = map.detach().to_kind(Kind::Float);
@@ -78,6 +78,13 @@ pub(crate) fn grad_cam(model: &Vgg16, cfg: &RunConfig, gray: &[f32], layer: Bloc
     let heat = if max > 0.0 { up / max } else { up.zeros_like() };
     let heat = Vec::<f32>::try_from(heat.to_device(Device::Cpu).view([-1])).map_err(Error::Torch)?;
     Ok(Cam { input: gray.to_vec(), heat, probs, class })
+}
+
+/// The class a run answers for one image's Grad-CAM probabilities: those
+/// of the single-image head for a subject-normalised model, so at its threshold.
+fn cam_class(cfg: &RunConfig, probs: &[f64]) -> usize {
+    let mode = (cfg.model.subject_norm == crate::subject::SubjectNormChoice::On).then_some(crate::eval::predict::Mode::Single);
+    crate::eval::threshold::decide(probs, cfg.threshold_for(mode))
 }
 
 /// Sums of the heat in each image quadrant, as fractions of the total
@@ -239,7 +246,7 @@ pub fn explain(cfg: &RunConfig, model: &Vgg16, req: &ExplainRequest, device: Dev
 /// Caption lines: the file, the explained class with its probability, and
 /// (when known) the true class.
 pub(crate) fn caption(cfg: &RunConfig, cam: &Cam, name: &str, truth: Option<usize>) -> Vec<String> {
-    let pred = crate::eval::predict::argmax(&cam.probs);
+    let pred = cam_class(cfg, &cam.probs);
     let mut lines = vec![name.to_string(), format!("{} {:.2}", cfg.classes[pred], cam.probs[pred])];
     if cam.class != pred {
         lines.push(format!("heat for {} ({:.2})", cfg.classes[cam.class], cam.probs[cam.class]));
@@ -258,6 +265,9 @@ pub struct TopLoss {
     pub probs: Vec<f64>,
     /// Cross-entropy of the true class, −ln p(true).
     pub loss: f64,
+    /// The class the model answered (at its threshold; absent in older cv folders: the most probable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predicted: Option<usize>,
     /// Its captioned heatmap tile (PNG).
     pub tile: PathBuf,
 }
@@ -272,7 +282,8 @@ pub fn worst(y: &[i64], probs: &[Vec<f64>], n: usize) -> Vec<(usize, f64)> {
 
 /// Grad-CAM tiles (heat for the predicted class, the probabilities that
 /// were scored, the true class and the loss in the caption) of the rows
-/// `picked` of `gray` (N,1,S,S), written into `dir` as `prefix-K.png`.
+/// `picked` of `gray` (N,1,S,S), written into `dir` as `prefix-K.png`;
+/// row i's class is decided at `thresholds[i]` (`threshold::decide`).
 #[allow(clippy::too_many_arguments)]
 pub fn loss_tiles(
     cfg: &RunConfig,
@@ -281,7 +292,7 @@ pub fn loss_tiles(
     picked: &[(usize, f64)],
     paths: &[String],
     y: &[i64],
-    probs: &[Vec<f64>],
+    (probs, thresholds): (&[Vec<f64>], &[Option<f64>]),
     (layer, device): (Block, Device),
     (dir, prefix): (&Path, &str),
 ) -> Result<Vec<TopLoss>> {
@@ -289,7 +300,7 @@ pub fn loss_tiles(
     let mut out = Vec::new();
     for (k, &(i, loss)) in picked.iter().enumerate() {
         let px = Vec::<f32>::try_from(gray.get(i as i64).to_device(Device::Cpu).to_kind(Kind::Float).view([-1])).map_err(Error::Torch)?;
-        let pred = crate::eval::predict::argmax(&probs[i]);
+        let pred = crate::eval::threshold::decide(&probs[i], thresholds.get(i).copied().flatten());
         let cam = grad_cam(model, cfg, &px, layer, Some(pred), device)?;
         let name = Path::new(&paths[i]).file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let lines = vec![
@@ -300,7 +311,7 @@ pub fn loss_tiles(
         ];
         let tile = dir.join(format!("{prefix}-{k:03}.png"));
         save_png(&tile, &captioned(&overlay(&cam.input, &cam.heat, s), &lines)?)?;
-        out.push(TopLoss { path: paths[i].clone(), truth: y[i] as usize, probs: probs[i].clone(), loss, tile });
+        out.push(TopLoss { path: paths[i].clone(), truth: y[i] as usize, probs: probs[i].clone(), loss, predicted: Some(pred), tile });
     }
     Ok(out)
 }
@@ -322,7 +333,7 @@ pub fn write_top_losses(dir: &Path, classes: &[String], top: &[TopLoss]) -> Resu
             (r + 1).to_string(),
             t.path.clone(),
             classes[t.truth].clone(),
-            classes[crate::eval::predict::argmax(&t.probs)].clone(),
+            classes[t.predicted.unwrap_or_else(|| crate::eval::predict::argmax(&t.probs))].clone(),
             format!("{:.4}", t.loss),
         ];
         rec.extend(t.probs.iter().map(|p| format!("{p:.6}")));

@@ -7,6 +7,7 @@ pub mod explain;
 pub mod plot;
 pub mod predict;
 pub mod report;
+pub mod threshold;
 
 use serde::{Deserialize, Serialize};
 
@@ -97,10 +98,18 @@ pub struct Metrics {
     pub confusion: Vec<Vec<usize>>,
 }
 
-/// All metrics from true classes and per-class probabilities (rows sum to 1).
+/// All metrics from true classes and per-class probabilities (rows sum to 1),
+/// each row's class the most probable.
 pub fn metrics(y: &[i64], probs: &[Vec<f64>], classes: &[String]) -> Metrics {
+    metrics_at(y, probs, classes, |_| None)
+}
+
+/// All metrics, row `i`'s class decided at `threshold(i)` on P(first class)
+/// (`threshold::decide`; `None`: the most probable). Ranking metrics (ROC
+/// AUC) do not depend on it.
+pub fn metrics_at(y: &[i64], probs: &[Vec<f64>], classes: &[String], threshold: impl Fn(usize) -> Option<f64>) -> Metrics {
     let c = classes.len();
-    let pred: Vec<i64> = probs.iter().map(|p| p.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i as i64).unwrap_or(0)).collect();
+    let pred: Vec<i64> = probs.iter().enumerate().map(|(i, p)| threshold::decide(p, threshold(i)) as i64).collect();
     let m = confusion(y, &pred, c);
     let per_class = (0..c)
         .map(|k| {

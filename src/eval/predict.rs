@@ -285,6 +285,13 @@ pub(crate) fn person_or_single<T: PartialEq + Clone>(model: &Vgg16, f: &Tensor, 
     (p, modes)
 }
 
+impl Prediction {
+    /// The class index the run answers for this image (at its threshold), when it was predicted.
+    pub fn class(&self, cfg: &RunConfig) -> Option<usize> {
+        self.probs.as_ref().ok().map(|p| crate::eval::threshold::decide(p, cfg.threshold_for(self.mode)))
+    }
+}
+
 /// The most probable class.
 pub fn argmax(p: &[f64]) -> usize {
     p.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0)
@@ -292,7 +299,12 @@ pub fn argmax(p: &[f64]) -> usize {
 
 /// `vggft evaluate`: a finished run on a labelled dataset.
 pub struct Evaluation {
+    /// At the run's threshold (two-class runs that set one), else by the larger probability.
     pub metrics: crate::eval::Metrics,
+    /// The larger probability's metrics, when the run decides at a threshold.
+    pub at_half: Option<crate::eval::Metrics>,
+    /// How each image was predicted (subject-normalised models).
+    pub modes: Vec<Option<Mode>>,
     pub paths: Vec<PathBuf>,
     pub y: Vec<i64>,
     pub probs: Vec<Vec<f64>>,
@@ -353,22 +365,26 @@ pub fn evaluate(
     let chunks = |f: &dyn Fn(&Tensor) -> Tensor| -> Tensor {
         Tensor::cat(&tch::no_grad(|| (0..n).step_by(32).map(|s| f(&x.narrow(0, s, (n - s).min(32)))).collect::<Vec<_>>()), 0)
     };
-    let probs = if model.cfg.subject_norm {
+    let (probs, modes) = if model.cfg.subject_norm {
         // Each person of the dataset is normalised by their own images (transductive).
         let f = chunks(&|x| model.pooled_from(x, Block::Conv1, false));
         let g = tta_flip.then(|| chunks(&|x| model.pooled_from(&x.flip([3]), Block::Conv1, false)));
-        let (p, _) = person_or_single(model, &f, g.as_ref(), &ds.samples.iter().map(|s| s.subject.clone()).collect::<Vec<_>>());
-        crate::run::rows(&crate::eval::sum_to_task(&p, &cfg.raw_to_task, cfg.classes.len()))
+        let (p, modes) = person_or_single(model, &f, g.as_ref(), &ds.samples.iter().map(|s| s.subject.clone()).collect::<Vec<_>>());
+        (crate::run::rows(&crate::eval::sum_to_task(&p, &cfg.raw_to_task, cfg.classes.len())), modes.into_iter().map(Some).collect())
     } else {
         let mut p = chunks(&|x| model.forward_t(x, false)).softmax(1, tch::Kind::Double);
         if tta_flip {
             p = (p + chunks(&|x| model.forward_t(&x.flip([3]), false)).softmax(1, tch::Kind::Double)) / 2.0;
         }
-        crate::run::rows(&crate::eval::sum_to_task(&p, &cfg.raw_to_task, cfg.classes.len()))
+        (crate::run::rows(&crate::eval::sum_to_task(&p, &cfg.raw_to_task, cfg.classes.len())), vec![None; y.len()])
     };
-    let metrics = crate::eval::metrics(&y, &probs, &cfg.classes);
+    // At the run's threshold (each image's mode's), and at the larger probability beside it.
+    let metrics = crate::eval::metrics_at(&y, &probs, &cfg.classes, |i| cfg.threshold_for(modes[i]));
+    let at_half = cfg.threshold.is_some().then(|| crate::eval::metrics(&y, &probs, &cfg.classes));
     Ok(Evaluation {
         metrics,
+        at_half,
+        modes,
         paths: ds.samples.iter().map(|s| s.path.clone()).collect(),
         y,
         probs,

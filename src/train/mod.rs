@@ -73,12 +73,6 @@ pub(crate) struct Scored<T = Tensor> {
     pub one_class: Option<T>,
 }
 
-impl<T> Scored<T> {
-    pub(crate) fn map<U>(&self, f: impl Fn(&T) -> U) -> Scored<U> {
-        Scored { main: f(&self.main), single: self.single.as_ref().map(&f), one_class: self.one_class.as_ref().map(&f) }
-    }
-}
-
 /// One line of `history.csv`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EpochRow {

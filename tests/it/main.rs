@@ -10,4 +10,5 @@ mod explain;
 mod faces;
 mod model;
 mod reliability;
+mod threshold;
 mod train;

@@ -52,6 +52,7 @@ fn train_cfg(stages: &[(Block, usize)], augment: &str) -> TrainConfig {
         cache_f16: false,
         seed: 7,
         members: 1,
+        threshold: Default::default(),
     }
 }
 

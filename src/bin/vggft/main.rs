@@ -87,6 +87,9 @@ fn finetune(a: FinetuneArgs) -> anyhow::Result<()> {
     match &s.val {
         Some(m) => {
             outln!("validation (best epoch, subject-grouped holdout unless noted in metrics.json):");
+            if let Some(t) = &s.threshold {
+                outln!("the model {}", t.describe(&s.classes[0]));
+            }
             print_metrics(m, &s.classes);
             if let Some(single) = &s.val_single {
                 outln!("{}; {}", vggft::subject::TRANSDUCTIVE, vggft::eval::FLIP_TTA);
@@ -169,6 +172,9 @@ fn predict_cmd(mut a: PredictArgs) -> anyhow::Result<bool> {
     if tta_flip {
         errln!("{}", vggft::eval::FLIP_TTA);
     }
+    if let Some(t) = &cfg.threshold {
+        errln!("the model {}", t.describe(&cfg.classes[0]));
+    }
     if a.timings {
         errln!("timings: model load {loaded:.3} s, decode + forward {:.3} s", t0.elapsed().as_secs_f64() - loaded);
     }
@@ -237,11 +243,21 @@ fn evaluate(mut a: EvaluateArgs) -> anyhow::Result<()> {
     let m = &ev.metrics;
     vggft::fsutil::write_json(
         &out.join("metrics.json"),
-        &serde_json::json!({"model": a.model, "data": a.data, "tta": if tta_flip { "flip" } else { "none" }, "metrics": m}),
+        &serde_json::json!({
+            "model": a.model, "data": a.data, "tta": if tta_flip { "flip" } else { "none" }, "metrics": m,
+            "threshold": cfg.threshold.as_ref().map(|t| t.describe(&cfg.classes[0])),
+            "metrics_at_half": ev.at_half,
+        }),
     )?;
     vggft::eval::plot::confusion(&out.join("confusion.png"), &m.confusion, &cfg.classes, &format!("{} on {}", short_name(&a.model), short_name(&a.data)))?;
     outln!("{} images from {}", m.n, a.data.display());
+    if let Some(t) = &cfg.threshold {
+        outln!("the model {}", t.describe(&cfg.classes[0]));
+    }
     print_metrics(m, &cfg.classes);
+    if let Some(h) = &ev.at_half {
+        outln!("  by the larger probability instead (threshold 0.5): balanced accuracy {:.3}, accuracy {:.3}", h.balanced_accuracy, h.accuracy);
+    }
     outln!("written: {}, {}", out.join("metrics.json").display(), out.join("confusion.png").display());
     if a.top_losses > 0 {
         let layer = vggft::model::Block::parse(&a.layer, vggft::error::Setting::Layer)?;
@@ -249,7 +265,8 @@ fn evaluate(mut a: EvaluateArgs) -> anyhow::Result<()> {
         vggft::fsutil::create_dir(&tiles)?;
         let paths: Vec<String> = ev.paths.iter().map(|p| p.display().to_string()).collect();
         let picked = vggft::eval::explain::worst(&ev.y, &ev.probs, a.top_losses);
-        let top = vggft::eval::explain::loss_tiles(&cfg, &model, &ev.gray, &picked, &paths, &ev.y, &ev.probs, (layer, device), (&tiles, "loss"))?;
+        let cuts: Vec<Option<f64>> = ev.modes.iter().map(|&m| cfg.threshold_for(m)).collect();
+        let top = vggft::eval::explain::loss_tiles(&cfg, &model, &ev.gray, &picked, &paths, &ev.y, (&ev.probs, &cuts), (layer, device), (&tiles, "loss"))?;
         vggft::eval::explain::write_top_losses(&out, &cfg.classes, &top)?;
         outln!("top {} losses: {}, {}", top.len(), out.join("top_losses.png").display(), out.join("top_losses.csv").display());
     }

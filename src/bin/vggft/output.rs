@@ -141,12 +141,13 @@ pub fn predictions(a: &PredictArgs, cfg: &RunConfig, subject_norm: bool, preds: 
     for (i, p) in preds.iter().enumerate() {
         match &p.probs {
             Ok(pr) => {
-                let class = &cfg.classes[predict::argmax(pr)];
+                let k = p.class(cfg).unwrap_or_else(|| predict::argmax(pr));
+                let class = &cfg.classes[k];
                 if let Some(h) = held.get(i) {
                     right += usize::from(h.class == *class);
                     if a.format == OutputFormat::Text {
                         let verdict = if h.class == *class { "right" } else { "WRONG" };
-                        outln!("{}\ttrue {}\tpredicted {class} ({:.2})\t{verdict}", p.path.display(), h.class, pr[predict::argmax(pr)]);
+                        outln!("{}\ttrue {}\tpredicted {class} ({:.2})\t{verdict}", p.path.display(), h.class, pr[k]);
                         continue;
                     }
                 }
@@ -173,6 +174,9 @@ pub fn predictions(a: &PredictArgs, cfg: &RunConfig, subject_norm: bool, preds: 
                         }
                         if let Some(m) = p.mode {
                             o["mode"] = serde_json::json!(m.name());
+                        }
+                        if let Some(t) = cfg.threshold_for(p.mode) {
+                            o["threshold"] = serde_json::json!(t);
                         }
                         if let Some(f) = &p.face {
                             o["face"] = serde_json::json!(f);

@@ -1,0 +1,269 @@
+//! The decision rule of a two-class task: the threshold on P(first class)
+//! at or above which the model answers the first class, and the inner
+//! cross-validation that sets it.
+//!
+//! The larger probability (threshold 0.5) is right only when the model's
+//! probabilities are calibrated for people it never saw. With person
+//! statistics on the JAFFE-format sets they are not: the neutral photos sit
+//! at P(neutral) ≈ 0.5, so about half of them are called expressive
+//! (docs/results/accuracy). `--threshold inner` (the default of the probe on
+//! person statistics) holds some training people out in turn, trains the
+//! same recipe on the others, scores the held-out people, and keeps the
+//! threshold that maximises balanced accuracy on those scores — no test
+//! person's label is used.
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::config::TrainConfig;
+use crate::error::{Error, Result, Setting};
+use crate::session::Session;
+use crate::train::{self, Cache, TrainData, Trainer};
+
+/// Inner folds: the training people are dealt into this many groups (fewer
+/// when there are fewer people), each held out once. Measured on the
+/// JAFFE-format sets (docs/results/accuracy, "A threshold set in training").
+pub const INNER_FOLDS: usize = 3;
+
+/// What `--threshold` asks for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ThresholdChoice {
+    /// `inner` for the probe on person statistics with at least 3 photos of
+    /// every person and a two-class task (where it was measured), else `off`.
+    Auto,
+    /// Set by an inner subject-grouped cross-validation over the training people.
+    Inner,
+    /// The larger probability (also what a run config from before thresholds means).
+    #[default]
+    Off,
+    /// This threshold on P(first class).
+    Fixed(f64),
+}
+
+impl ThresholdChoice {
+    /// `auto`, `inner`, `off` or a probability strictly between 0 and 1.
+    pub fn parse(s: &str) -> Result<ThresholdChoice> {
+        match s {
+            "auto" => Ok(ThresholdChoice::Auto),
+            "inner" => Ok(ThresholdChoice::Inner),
+            "off" => Ok(ThresholdChoice::Off),
+            _ => match s.parse::<f64>() {
+                Ok(t) if t > 0.0 && t < 1.0 => Ok(ThresholdChoice::Fixed(t)),
+                _ => Err(Error::invalid(Setting::Threshold, format!("`{s}`: expected auto, inner, off or a probability between 0 and 1"))),
+            },
+        }
+    }
+
+    /// The rules of the flag, for a loaded `config.json` too: a fixed
+    /// threshold lies strictly between 0 and 1 and needs two classes.
+    pub(crate) fn validate(self, classes: usize) -> Result<()> {
+        match self {
+            ThresholdChoice::Fixed(t) if !(t > 0.0 && t < 1.0) => Err(Error::invalid(Setting::Threshold, format!("must lie between 0 and 1, got {t}"))),
+            ThresholdChoice::Fixed(_) | ThresholdChoice::Inner if classes != 2 => Err(Error::invalid(
+                Setting::Threshold,
+                format!("applies to two-class tasks (a threshold on the first class's probability); this one has {classes} classes"),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A trained model's threshold(s) on P(first class), in its `config.json`
+/// (and each cv fold's result).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Threshold {
+    /// For the main head (person-normalised, for a subject-normalised model).
+    pub person: f64,
+    /// For the single-image head of a subject-normalised model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub single: Option<f64>,
+    /// How the inner cross-validation set it (none: given with `--threshold P`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inner: Option<InnerCv>,
+}
+
+/// What the inner cross-validation that set a threshold saw.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InnerCv {
+    pub folds: usize,
+    /// Training people dealt into the folds.
+    pub people: usize,
+    /// Balanced accuracy of the held-out people's scores at 0.5 and at the threshold.
+    pub at_half: f64,
+    pub at_threshold: f64,
+}
+
+impl Threshold {
+    /// A threshold given on the command line.
+    pub fn fixed(t: f64) -> Threshold {
+        Threshold { person: t, single: None, inner: None }
+    }
+
+    /// The threshold for a prediction made in `mode` (`None`: a model without person statistics).
+    pub fn for_mode(&self, mode: Option<crate::eval::predict::Mode>) -> f64 {
+        match mode {
+            Some(crate::eval::predict::Mode::Single) => self.single.unwrap_or(self.person),
+            _ => self.person,
+        }
+    }
+
+    /// One line for summaries.
+    pub fn describe(&self, first_class: &str) -> String {
+        let single = self.single.filter(|s| *s != self.person).map(|s| format!(" ({s:.3} for the single-image head)")).unwrap_or_default();
+        match &self.inner {
+            None => format!("answers {first_class} where P({first_class}) ≥ {:.3} (--threshold)", self.person),
+            Some(i) => format!(
+                "answers {first_class} where P({first_class}) ≥ {:.3}{single}, set by a {}-fold subject-grouped cross-validation over the {} training people (their held-out balanced accuracy {:.3} at 0.5, {:.3} at the threshold; --threshold off: the larger probability)",
+                self.person, i.folds, i.people, i.at_half, i.at_threshold
+            ),
+        }
+    }
+}
+
+/// The class for probabilities `p`: the first where a threshold is given and
+/// P(first) reaches it (two classes), else the most probable.
+pub fn decide(p: &[f64], threshold: Option<f64>) -> usize {
+    match threshold {
+        Some(t) if p.len() == 2 => usize::from(p[0] < t),
+        _ => crate::eval::predict::argmax(p),
+    }
+}
+
+/// The threshold on `p0` (P(first class)) that maximises the balanced
+/// accuracy of `first` (whether each row is of the first class): 0.5 and
+/// the midpoints between consecutive distinct scores are tried; ties go to
+/// the one nearest 0.5. Without rows of both classes: 0.5.
+pub fn best_threshold(first: &[bool], p0: &[f64]) -> f64 {
+    let (n1, n0) = (first.iter().filter(|&&f| f).count(), first.iter().filter(|&&f| !f).count());
+    if n1 == 0 || n0 == 0 {
+        return 0.5;
+    }
+    let mut s: Vec<f64> = p0.to_vec();
+    s.sort_by(f64::total_cmp);
+    s.dedup();
+    let candidates = std::iter::once(0.5).chain(s.windows(2).map(|w| (w[0] + w[1]) / 2.0));
+    let bacc = |t: f64| balanced_at(first, p0, t);
+    let mut best: (f64, f64) = (f64::NEG_INFINITY, 0.5);
+    for t in candidates {
+        let b = bacc(t);
+        if b > best.0 + 1e-12 || ((b - best.0).abs() <= 1e-12 && (t - 0.5).abs() < (best.1 - 0.5).abs()) {
+            best = (b, t);
+        }
+    }
+    best.1
+}
+
+/// Balanced accuracy of "first class where `p0` ≥ `t`".
+pub fn balanced_at(first: &[bool], p0: &[f64], t: f64) -> f64 {
+    let y: Vec<i64> = first.iter().map(|&f| i64::from(!f)).collect();
+    let pred: Vec<i64> = p0.iter().map(|&p| i64::from(p < t)).collect();
+    crate::eval::balanced_accuracy(&y, &pred, 2)
+}
+
+/// Each training person's inner fold: the people (groups of `data.train`)
+/// shuffled with `seed` and dealt into `k` folds.
+fn inner_folds(data: &TrainData, k: usize, seed: u64) -> Vec<Vec<usize>> {
+    let mut people: Vec<usize> = data.train.iter().map(|&r| data.groups[r]).collect();
+    people.sort_unstable();
+    people.dedup();
+    people.shuffle(&mut ChaCha8Rng::seed_from_u64(train::sub_seed(seed, 6, 0, 0)));
+    let fold_of: std::collections::HashMap<usize, usize> = people.iter().enumerate().map(|(i, &g)| (g, i % k)).collect();
+    (0..k).map(|f| data.train.iter().copied().filter(|&r| fold_of[&data.groups[r]] == f).collect()).collect()
+}
+
+/// Sets the threshold of a model trained with `tc` on `data.train` by an
+/// inner subject-grouped cross-validation over the training people: each
+/// inner fold's people are scored (as the final model is scored: flip
+/// test-time augmentation when `tta_flip`, person statistics from each
+/// person's own photos) by the recipe trained on the other people. `None`
+/// with fewer than 2 people. `stop` (Ctrl-C) is checked between inner fits.
+pub(crate) fn inner_threshold(
+    session: &Session,
+    tc: &TrainConfig,
+    data: &TrainData,
+    shared: &[Cache],
+    tta_flip: bool,
+    stop: Option<&std::sync::atomic::AtomicBool>,
+) -> Result<Option<Threshold>> {
+    let people = data.train.iter().map(|&r| data.groups[r]).collect::<std::collections::BTreeSet<_>>().len();
+    if people < 2 {
+        return Ok(None);
+    }
+    let k = INNER_FOLDS.min(people);
+    let task = |r: usize| data.task.as_ref().map_or(data.targets[r], |t| t.targets[r]);
+    let (mut first, mut p_main, mut p_single) = (Vec::new(), Vec::new(), Vec::new());
+    for held in inner_folds(data, k, tc.seed) {
+        if stop.is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst)) {
+            return Err(Error::Interrupted("stopped while setting the decision threshold (the trained model's last epoch is saved)".into()));
+        }
+        let rest: Vec<usize> = data.train.iter().copied().filter(|r| held.binary_search(r).is_err()).collect();
+        let inner = TrainData {
+            gray: data.gray.shallow_clone(),
+            targets: data.targets.clone(),
+            train: rest,
+            val: vec![],
+            num_classes: data.num_classes,
+            groups: data.groups.clone(),
+            task: data.task.clone(),
+        };
+        let (mut model, _) = session.fresh_model(tc.seed as i64, true)?;
+        session.recalibrate(&mut model, &inner.train)?;
+        let trainer = Trainer { cfg: tc, pre: &session.config.data.preprocess, data: &inner, device: session.device, checkpoint_dir: None, stop: None, shared };
+        trainer.run(&mut model, &mut train::Collect::default(), None)?;
+        let scores = trainer.scores(&model, shared.first(), &held, tta_flip, None);
+        let p0 = |logits: &tch::Tensor| crate::run::rows(&session.config.task_probs(logits)).into_iter().map(|p| p[0]).collect::<Vec<f64>>();
+        first.extend(held.iter().map(|&r| task(r) == 0));
+        p_main.extend(p0(&scores.main));
+        if let Some(s) = &scores.single {
+            p_single.extend(p0(s));
+        }
+    }
+    let person = best_threshold(&first, &p_main);
+    Ok(Some(Threshold {
+        person,
+        single: (p_single.len() == first.len()).then(|| best_threshold(&first, &p_single)),
+        inner: Some(InnerCv { folds: k, people, at_half: balanced_at(&first, &p_main, 0.5), at_threshold: balanced_at(&first, &p_main, person) }),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_best_threshold_separates_and_ties_go_to_one_half() {
+        // First-class rows below 0.5 but above every other row: 0.5 gets them all wrong.
+        let first = [true, true, false, false];
+        let p0 = [0.40, 0.45, 0.20, 0.30];
+        let t = best_threshold(&first, &p0);
+        assert!((t - 0.35).abs() < 1e-12, "{t}");
+        assert_eq!(balanced_at(&first, &p0, 0.5), 0.5);
+        assert_eq!(balanced_at(&first, &p0, t), 1.0);
+        // Perfect at 0.5 already: kept.
+        assert_eq!(best_threshold(&[true, false], &[0.9, 0.1]), 0.5);
+        // One class only: nothing to set.
+        assert_eq!(best_threshold(&[true, true], &[0.1, 0.2]), 0.5);
+    }
+
+    #[test]
+    fn decide_uses_the_threshold_for_two_classes_only() {
+        assert_eq!(decide(&[0.4, 0.6], None), 1);
+        assert_eq!(decide(&[0.4, 0.6], Some(0.3)), 0);
+        assert_eq!(decide(&[0.3, 0.7], Some(0.3)), 0, "at the threshold: the first class");
+        assert_eq!(decide(&[0.2, 0.5, 0.3], Some(0.1)), 1, "three classes: the most probable");
+    }
+
+    #[test]
+    fn choices_parse_and_validate() {
+        assert_eq!(ThresholdChoice::parse("inner").unwrap(), ThresholdChoice::Inner);
+        assert_eq!(ThresholdChoice::parse("0.3").unwrap(), ThresholdChoice::Fixed(0.3));
+        for bad in ["1", "0", "-0.2", "half", "nan"] {
+            assert!(ThresholdChoice::parse(bad).unwrap_err().to_string().contains("threshold"), "{bad}");
+        }
+        assert!(ThresholdChoice::Inner.validate(7).unwrap_err().to_string().contains("two-class"));
+        assert!(ThresholdChoice::Auto.validate(7).is_ok() && ThresholdChoice::Fixed(0.4).validate(2).is_ok());
+    }
+}

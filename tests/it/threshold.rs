@@ -1,0 +1,200 @@
+//! The decision threshold of a two-class task (`--threshold`): set after
+//! training by an inner subject-grouped cross-validation over the training
+//! people alone, saved in the run's config, and used by every place that
+//! turns probabilities into a class (cv's metrics, validation, predict,
+//! evaluate), with the larger probability reported beside it.
+
+use std::path::Path;
+
+use crate::common::*;
+
+/// Balanced accuracy of a two-class fold: neutral (0) where P(neutral) ≥ `t`, else the larger probability.
+fn bacc_at(y: &[i64], probs: &[Vec<f64>], t: Option<f64>) -> f64 {
+    let pred: Vec<i64> = probs
+        .iter()
+        .map(|p| match t {
+            Some(t) => i64::from(p[0] < t),
+            None => i64::from(p[1] >= p[0]),
+        })
+        .collect();
+    let recall = |c: i64| {
+        let n = y.iter().filter(|&&v| v == c).count();
+        y.iter().zip(&pred).filter(|(&v, &p)| v == c && p == c).count() as f64 / n as f64
+    };
+    (recall(0) + recall(1)) / 2.0
+}
+
+fn vec_i64(v: &serde_json::Value) -> Vec<i64> {
+    v.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect()
+}
+
+fn probs(v: &serde_json::Value) -> Vec<Vec<f64>> {
+    v.as_array().unwrap().iter().map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()).collect()
+}
+
+/// The same manifest with person `P00`'s labels swapped (neutral ↔ expressive).
+fn swapped_manifest(m: &Path) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(m).unwrap();
+    let out: String = text
+        .lines()
+        .map(|l| {
+            if l.ends_with(",P00") {
+                if l.contains(",neutral,") {
+                    l.replace(",neutral,", ",expressive,")
+                } else {
+                    l.replace(",expressive,", ",neutral,")
+                }
+            } else {
+                l.to_string()
+            }
+        })
+        .map(|l| l + "\n")
+        .collect();
+    let p = m.with_file_name("swapped.csv");
+    std::fs::write(&p, out).unwrap();
+    p
+}
+
+#[test]
+fn cv_sets_each_folds_threshold_from_its_training_people_alone() {
+    let d = tmp();
+    let m = identity_dominated(d.path(), 6, 3, 32);
+    let w = d.path().join("trunk.safetensors");
+    trunk_only(&w, 31);
+    let s = small(&w);
+    let cv = |manifest: &Path, name: &str, extra: &[&str]| {
+        let out = d.path().join(name);
+        let mut a =
+            vec!["cv", "--data", manifest.to_str().unwrap(), "--folds", "loso", "--seeds", "0", "--augment", "none", "--epochs", "4", "--freeze-epochs", "1"];
+        a.extend_from_slice(&["--out", out.to_str().unwrap()]);
+        a.extend_from_slice(extra);
+        let (code, o, err) = run(&args(&s, &a), d.path());
+        assert_eq!(code, 0, "{o}\n{err}");
+        (out, err)
+    };
+    // The default recipe here (person statistics, 3 photos of every person in each class, two classes): inner thresholds.
+    let (out, err) = cv(&m, "all", &[]);
+    assert!(err.contains("the threshold on P(neutral) is set after training by a 3-fold subject-grouped cross-validation"), "{err}");
+    let fold = |dir: &Path, f: usize| json(&dir.join(format!("folds/seed0-fold{f}.json")));
+    let mut at_half = Vec::new();
+    for f in 0..6 {
+        let r = fold(&out, f);
+        let t = &r["threshold"];
+        let person = t["person"].as_f64().unwrap();
+        assert!(person > 0.0 && person < 1.0, "{t}");
+        assert_eq!(t["inner"]["folds"], 3, "{t}");
+        assert_eq!(t["inner"]["people"], 5, "the fold's training people: {t}");
+        let (y, p) = (vec_i64(&r["y"]), probs(&r["probs"]));
+        // The fold's metrics are decided at its threshold; its single-image head at that head's own.
+        let bacc = r["metrics"]["balanced_accuracy"].as_f64().unwrap();
+        assert!((bacc - bacc_at(&y, &p, Some(person))).abs() < 1e-12, "fold {f}: {bacc} vs {}", bacc_at(&y, &p, Some(person)));
+        assert_eq!(r["single"]["threshold"], t["single"], "fold {f}");
+        let single = r["single"]["metrics"]["balanced_accuracy"].as_f64().unwrap();
+        assert!((single - bacc_at(&y, &probs(&r["single"]["probs"]), t["single"].as_f64())).abs() < 1e-12);
+        at_half.push(bacc_at(&y, &p, None));
+    }
+    // Beside it, the same models by the larger probability.
+    let summary = json(&out.join("cv.json"));
+    let half = summary["at_half"]["stats"][0]["mean"].as_f64().unwrap();
+    assert!((half - at_half.iter().sum::<f64>() / 6.0).abs() < 1e-12, "{half} vs {at_half:?}");
+    let md = std::fs::read_to_string(out.join("cv.md")).unwrap();
+    assert!(
+        md.contains("neutral is answered where P(neutral) reaches a threshold set for each fold by an inner 3-fold subject-grouped cross-validation over that fold's training people alone (median ")
+            && md.contains("## The same models deciding by the larger probability (threshold 0.5)"),
+        "{md}"
+    );
+    // No label of the test person reaches its fold's threshold: with P00's labels swapped, fold 0
+    // (P00 held out) has the same threshold and probabilities, and other scores.
+    let (swapped, _) = cv(&swapped_manifest(&m), "swapped", &["--fold", "0"]);
+    let (a, b) = (fold(&out, 0), fold(&swapped, 0));
+    assert_eq!(a["subjects"][0], "P00");
+    assert_eq!(a["threshold"], b["threshold"], "the test person's labels changed the threshold");
+    assert_eq!(a["probs"], b["probs"]);
+    assert_ne!(a["y"], b["y"]);
+    // --threshold off: the larger probability, nothing beside it; a given threshold: that one on every fold.
+    let (off, _) = cv(&m, "off", &["--threshold", "off"]);
+    assert!(fold(&off, 0).get("threshold").is_none() && json(&off.join("cv.json")).get("at_half").is_none());
+    let r = fold(&off, 2);
+    let bacc = r["metrics"]["balanced_accuracy"].as_f64().unwrap();
+    assert!((bacc - bacc_at(&vec_i64(&r["y"]), &probs(&r["probs"]), None)).abs() < 1e-12);
+    let (fixed, _) = cv(&m, "fixed", &["--threshold", "0.3", "--fold", "1"]);
+    let r = fold(&fixed, 1);
+    assert_eq!(r["threshold"]["person"], 0.3);
+    assert!(r["threshold"].get("inner").is_none());
+    let bacc = r["metrics"]["balanced_accuracy"].as_f64().unwrap();
+    assert!((bacc - bacc_at(&vec_i64(&r["y"]), &probs(&r["probs"]), Some(0.3))).abs() < 1e-12);
+}
+
+#[test]
+fn a_run_keeps_its_threshold_and_predict_and_evaluate_decide_at_it() {
+    let d = tmp();
+    let m = identity_dominated(d.path(), 5, 3, 32);
+    let w = d.path().join("trunk.safetensors");
+    trunk_only(&w, 32);
+    let s = small(&w);
+    let base = ["finetune", "--data", m.to_str().unwrap(), "--augment", "none", "--epochs", "4", "--freeze-epochs", "1", "--val", "subjects:0.4"];
+    let (code, out, err) = run(&args(&s, &[&base[..], &["--name", "inner"]].concat()), d.path());
+    assert_eq!(code, 0, "{out}\n{err}");
+    let dir = d.path().join("runs/inner");
+    let cfg = json(&dir.join("config.json"));
+    assert_eq!(cfg["train"]["threshold"], "inner");
+    let t = &cfg["threshold"];
+    let person = t["person"].as_f64().unwrap();
+    assert!(person > 0.0 && person < 1.0 && t["single"].as_f64().is_some(), "{t}");
+    assert_eq!(t["inner"]["folds"], 3);
+    assert_eq!(t["inner"]["people"], 3, "3 of 5 people train, 2 validate: {t}");
+    assert!(out.contains("the model answers neutral where P(neutral) ≥") && out.contains("3-fold subject-grouped"), "{out}");
+    let metrics = json(&dir.join("metrics.json"));
+    assert!(metrics["threshold"].as_str().unwrap().starts_with("answers neutral where P(neutral) ≥"), "{metrics}");
+    // predict: each class decided at the run's threshold (person mode here: 3 photos of each person).
+    let (code, out, err) = run(&["predict", "--model", dir.to_str().unwrap(), "--held-out", "--format", "json"], d.path());
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(err.contains("the model answers neutral where P(neutral) ≥"), "{err}");
+    let preds: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let preds = preds.as_array().unwrap();
+    assert_eq!(preds.len(), 12);
+    for p in preds {
+        assert_eq!(p["mode"], "person");
+        assert_eq!(p["threshold"].as_f64(), Some(person));
+        let pn = p["probabilities"]["neutral"].as_f64().unwrap();
+        assert_eq!(p["class"], if pn >= person { "neutral" } else { "expressive" }, "{p}");
+    }
+    // evaluate: at the threshold, and by the larger probability beside it.
+    let (code, out, err) = run(&["evaluate", "--model", dir.to_str().unwrap(), "--data", m.to_str().unwrap(), "--exclude-train"], d.path());
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("the model answers neutral where") && out.contains("by the larger probability instead (threshold 0.5): balanced accuracy"), "{out}");
+    let ev = json(&dir.join("eval-manifest/metrics.json"));
+    assert!(ev["metrics_at_half"]["balanced_accuracy"].is_number() && ev["threshold"].is_string(), "{ev}");
+    // A given threshold is kept as given; off keeps none.
+    let (code, out, err) = run(&args(&s, &[&base[..], &["--name", "fixed", "--threshold", "0.3"]].concat()), d.path());
+    assert_eq!(code, 0, "{out}\n{err}");
+    let cfg = json(&d.path().join("runs/fixed/config.json"));
+    assert_eq!(cfg["threshold"]["person"], 0.3);
+    assert!(cfg["threshold"].get("inner").is_none());
+    let (code, out, err) = run(&args(&s, &[&base[..], &["--name", "off", "--threshold", "off"]].concat()), d.path());
+    assert_eq!(code, 0, "{out}\n{err}");
+    let cfg = json(&d.path().join("runs/off/config.json"));
+    assert!(cfg.get("threshold").is_none() && cfg["train"]["threshold"] == "off", "{cfg}");
+    assert!(!out.contains("the model answers"), "{out}");
+    // A fine-tune decides by the larger probability unless told (auto is measured on the probe only).
+    let (code, out, err) = run(&args(&s, &[&base[..], &["--name", "ft", "--freeze-until", "conv5"]].concat()), d.path());
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(json(&d.path().join("runs/ft/config.json"))["train"]["threshold"], "off");
+    // Bad values: one sentence naming the flag.
+    let (code, _, err) = run(&args(&s, &[&base[..], &["--name", "bad", "--threshold", "1.5"]].concat()), d.path());
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--threshold") && err.contains("between 0 and 1"), "{err}");
+    let three = d.path().join("three");
+    for (k, class) in ["happy", "neutral", "sad"].iter().enumerate() {
+        std::fs::create_dir_all(three.join(class)).unwrap();
+        for i in 0..4 {
+            gray_png(&three.join(class).join(format!("{i}.png")), 32, 32, |x, y| ((x * 3 / 32 == k as u32) as u8) * 200 + ((x + y + i) % 7) as u8);
+        }
+    }
+    let (code, _, err) = run(
+        &args(&s, &["finetune", "--data", three.to_str().unwrap(), "--task", "multiclass", "--threshold", "inner", "--epochs", "1", "--freeze-epochs", "0"]),
+        d.path(),
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--threshold") && err.contains("two-class tasks") && err.contains("3 classes"), "{err}");
+}
