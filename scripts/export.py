@@ -6,8 +6,9 @@
 The graph takes the network input of `vggft preprocess` (float32, N×3×S×S:
 the run's crop, gray replicated to RGB, ImageNet normalisation) and returns
 the class probabilities in the order of config.json's `classes`. The ONNX
-metadata holds `classes` and `preprocess` (JSON, as in config.json) and the
-vggft version. Rebuilt in PyTorch by scripts/vggft_model.py; checked against
+metadata holds `classes` and `preprocess` (JSON, as in config.json), the
+vggft version and, for a two-class run that decides at a threshold, that
+`threshold` on P(first class) (answer the first class at or above it). Rebuilt in PyTorch by scripts/vggft_model.py; checked against
 `vggft predict` by scripts/test_export.py (part of `make test`).
 """
 import argparse
@@ -23,6 +24,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import vggft_model  # noqa: E402
 
 
+def exported_threshold(cfg):
+    """The run's threshold on P(first class) for the exported head (a
+    subject-normalised run exports its single-image head), or None: the
+    larger probability decides."""
+    t = cfg.get("threshold")
+    if not t:
+        return None
+    return t.get("single", t["person"]) if cfg["model"].get("subject_norm") == "on" else t["person"]
+
+
 def export(run, out=None):
     cfg = json.load(open(os.path.join(run, "config.json")))
     net = vggft_model.load(run)
@@ -35,6 +46,9 @@ def export(run, out=None):
                       dynamic_axes={"input": {0: "batch"}, "probabilities": {0: "batch"}}, opset_version=17, dynamo=False)
     m = onnx.load(tmp)
     meta = {"classes": json.dumps(cfg["classes"]), "preprocess": json.dumps(cfg["data"]["preprocess"]), "vggft_version": cfg.get("vggft_version", "")}
+    t = exported_threshold(cfg)
+    if t is not None:
+        meta["threshold"] = repr(t)
     for k, v in meta.items():
         p = m.metadata_props.add()
         p.key, p.value = k, v

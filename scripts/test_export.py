@@ -35,7 +35,7 @@ def main():
             Image.fromarray(a).save(os.path.join(d, "data", c, f"{i}.png"))
     variants = {
         "bn": ["--head", "bn", "--crop", "center:0.9"],
-        "linear": ["--head", "linear", "--features", "conv4,conv5"],
+        "linear": ["--head", "linear", "--features", "conv4,conv5", "--threshold", "0.3"],
         "raw": ["--head", "bn", "--hidden", "8", "--train-labels", "raw"],
         "vgg-bn": ["--head", "vgg", "--bn", "train"],
     }
@@ -49,6 +49,7 @@ def main():
         meta = {p.key: p.value for p in onnx.load(path).metadata_props}
         cfg = json.load(open(os.path.join(rd, "config.json")))
         assert json.loads(meta["classes"]) == cfg["classes"], meta
+        assert meta.get("threshold") == ("0.3" if name == "linear" else None), meta
         sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         images = [os.path.join(d, "data", c, "1.png") for c in ("neutral", "happy", "sad")]
         out = subprocess.run([binary, "predict", *images, "--model", rd, "--format", "json", "--device", "cpu"], cwd=d, check=True, capture_output=True, text=True)
