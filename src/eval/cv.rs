@@ -183,6 +183,9 @@ pub struct Summary {
     pub probe_lr: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probe_members: Option<usize>,
+    /// That probe decided at a threshold (set or given), not by the larger probability.
+    #[serde(default)]
+    pub probe_threshold: bool,
     /// Each seed's means over its folds (what one user with that seed would
     /// report), with two or more seeds.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -672,6 +675,7 @@ fn summarise(cfg: &CvConfig, results: &[FoldResult], missing: &[String]) -> Summ
         probe_epochs: cfg.baseline,
         probe_lr: cfg.probe_lr,
         probe_members: cfg.probe_members,
+        probe_threshold: results.iter().any(|r| r.baseline.as_ref().is_some_and(|b| b.threshold.is_some())),
         seeds: if seed_spread.is_some() { seeds } else { vec![] },
         seed_spread,
     }
@@ -790,6 +794,7 @@ pub fn markdown(s: &Summary) -> String {
                 s.probe_epochs.unwrap_or(0),
                 s.probe_lr.map(|lr| format!(" at learning rate {lr}")).unwrap_or_default(),
                 s.probe_members.map(|k| format!(", {k} heads averaged into one")).unwrap_or_default()
+                    + if s.probe_threshold { ", deciding at its own threshold" } else { "" }
             ),
             &s.baseline,
         ),

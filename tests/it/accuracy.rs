@@ -166,7 +166,8 @@ fn per_subject_normalisation_lifts_accuracy_when_identity_dominates() {
     let s = small(&w);
     let probe = ["--stages", "head:8", "--augment", "none", "--lr", "0.01"];
     let (global, none) = loso(d.path(), &m, &s, &[&probe[..], &["--subject-norm", "off"]].concat(), "off");
-    let (person, single) = loso(d.path(), &m, &s, &[&probe[..], &["--subject-norm", "on", "--members", "5", "--baseline", "probe", "--probe-epochs", "8"]].concat(), "on");
+    let (person, single) =
+        loso(d.path(), &m, &s, &[&probe[..], &["--subject-norm", "on", "--members", "5", "--baseline", "probe", "--probe-epochs", "8"]].concat(), "on");
     eprintln!("LOSO balanced accuracy: global {global:.3}, per-subject {person:.3}, single-image head {single:?}");
     assert!(none.is_none() && single.is_some());
     assert!(person > global + 0.2, "per-subject {person} vs global {global}");
@@ -177,6 +178,7 @@ fn per_subject_normalisation_lifts_accuracy_when_identity_dominates() {
     let md = std::fs::read_to_string(d.path().join("on/cv.md")).unwrap();
     assert!(
         md.contains("## Probe baseline (head only, 8 epochs")
+            && md.contains("heads averaged into one, deciding at its own threshold, same folds")
             && md.contains("## Single-image head")
             && md.contains("each test person's unlabelled images")
             && md.contains("## Each test person shown with one class only"),
