@@ -164,9 +164,11 @@ fn execute(session: &Session, dir: &Path, reporter: &mut dyn Reporter, stop: Opt
         train::describe_stages(&tc.stages)
     ));
     let tta = eval::flip_tta(None, model.cfg.subject_norm);
-    // The inner fits that set a threshold share one cache of the pooled features with the run (head-only recipes).
-    let shared = match (tc.threshold, state.is_none()) {
-        (ThresholdChoice::Inner, true) => threshold_cache(session, &model, tta, reporter),
+    // The inner fits that set a threshold share one cache of the pooled features with the run (head-only recipes;
+    // a fine-tune's inner fits each cache what their own stages need).
+    let head_only = tc.stages.iter().all(|s| s.from == Block::Head);
+    let shared = match (tc.threshold, state.is_none(), head_only) {
+        (ThresholdChoice::Inner, true, true) => threshold_cache(session, &model, tta, reporter),
         _ => vec![],
     };
     let trainer = Trainer {
@@ -190,7 +192,7 @@ fn execute(session: &Session, dir: &Path, reporter: &mut dyn Reporter, stop: Opt
     if tc.threshold == ThresholdChoice::Inner {
         // A resumed run's fit built its own cache.
         let rebuilt;
-        let inner_shared: &[train::Cache] = if shared.is_empty() && tc.stages.iter().all(|s| s.from == Block::Head) {
+        let inner_shared: &[train::Cache] = if shared.is_empty() && head_only {
             rebuilt = threshold_cache(session, &model, tta, reporter);
             &rebuilt
         } else {
