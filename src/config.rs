@@ -162,11 +162,7 @@ impl TrainConfig {
                 format!("above 1 trains several heads on one frozen trunk: it needs head-only stages, got {}", crate::train::describe_stages(&self.stages)),
             );
         }
-        if let crate::eval::threshold::ThresholdChoice::Fixed(t) = self.threshold {
-            if !(t > 0.0 && t < 1.0) {
-                return bad(Setting::Threshold, format!("must lie between 0 and 1, got {t}"));
-            }
-        }
+        self.threshold.check_range()?;
         self.augment.validate()
     }
 

@@ -51,17 +51,25 @@ impl ThresholdChoice {
             "inner" => Ok(ThresholdChoice::Inner),
             "off" => Ok(ThresholdChoice::Off),
             _ => match s.parse::<f64>() {
-                Ok(t) if t > 0.0 && t < 1.0 => Ok(ThresholdChoice::Fixed(t)),
+                Ok(t) if ThresholdChoice::Fixed(t).check_range().is_ok() => Ok(ThresholdChoice::Fixed(t)),
                 _ => Err(Error::invalid(Setting::Threshold, format!("`{s}`: expected auto, inner, off or a probability between 0 and 1"))),
             },
         }
     }
 
-    /// The rules of the flag, for a loaded `config.json` too: a fixed
-    /// threshold lies strictly between 0 and 1 and needs two classes.
-    pub(crate) fn validate(self, classes: usize) -> Result<()> {
+    /// A fixed threshold lies strictly between 0 and 1 (the rule of the
+    /// flag, for a loaded `config.json` too).
+    pub(crate) fn check_range(self) -> Result<()> {
         match self {
             ThresholdChoice::Fixed(t) if !(t > 0.0 && t < 1.0) => Err(Error::invalid(Setting::Threshold, format!("must lie between 0 and 1, got {t}"))),
+            _ => Ok(()),
+        }
+    }
+
+    /// `check_range`, and a threshold (inner or fixed) needs two classes.
+    pub(crate) fn validate(self, classes: usize) -> Result<()> {
+        self.check_range()?;
+        match self {
             ThresholdChoice::Fixed(_) | ThresholdChoice::Inner if classes != 2 => Err(Error::invalid(
                 Setting::Threshold,
                 format!("applies to two-class tasks (a threshold on the first class's probability); this one has {classes} classes"),
@@ -163,15 +171,25 @@ pub fn balanced_at(first: &[bool], p0: &[f64], t: f64) -> f64 {
     crate::eval::balanced_accuracy(&y, &pred, 2)
 }
 
-/// Each training person's inner fold: the people (groups of `data.train`)
-/// shuffled with `seed` and dealt into `k` folds.
-fn inner_folds(data: &TrainData, k: usize, seed: u64) -> Vec<Vec<usize>> {
+/// The training people (groups of `data.train`), sorted.
+fn people(data: &TrainData) -> Vec<usize> {
     let mut people: Vec<usize> = data.train.iter().map(|&r| data.groups[r]).collect();
     people.sort_unstable();
     people.dedup();
+    people
+}
+
+/// The rows of each inner fold (sorted): `people` shuffled with `seed` and dealt into `k` folds.
+fn inner_folds(data: &TrainData, mut people: Vec<usize>, k: usize, seed: u64) -> Vec<Vec<usize>> {
     people.shuffle(&mut ChaCha8Rng::seed_from_u64(train::sub_seed(seed, 6, 0, 0)));
     let fold_of: std::collections::HashMap<usize, usize> = people.iter().enumerate().map(|(i, &g)| (g, i % k)).collect();
-    (0..k).map(|f| data.train.iter().copied().filter(|&r| fold_of[&data.groups[r]] == f).collect()).collect()
+    (0..k)
+        .map(|f| {
+            let mut rows: Vec<usize> = data.train.iter().copied().filter(|&r| fold_of[&data.groups[r]] == f).collect();
+            rows.sort_unstable();
+            rows
+        })
+        .collect()
 }
 
 /// Sets the threshold of a model trained with `tc` on `data.train` by an
@@ -188,14 +206,14 @@ pub(crate) fn inner_threshold(
     tta_flip: bool,
     stop: Option<&std::sync::atomic::AtomicBool>,
 ) -> Result<Option<Threshold>> {
-    let people = data.train.iter().map(|&r| data.groups[r]).collect::<std::collections::BTreeSet<_>>().len();
-    if people < 2 {
+    let people = people(data);
+    if people.len() < 2 {
         return Ok(None);
     }
-    let k = INNER_FOLDS.min(people);
+    let (n_people, k) = (people.len(), INNER_FOLDS.min(people.len()));
     let task = |r: usize| data.task.as_ref().map_or(data.targets[r], |t| t.targets[r]);
     let (mut first, mut p_main, mut p_single) = (Vec::new(), Vec::new(), Vec::new());
-    for held in inner_folds(data, k, tc.seed) {
+    for held in inner_folds(data, people, k, tc.seed) {
         if stop.is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst)) {
             return Err(Error::Interrupted("stopped while setting the decision threshold (the trained model's last epoch is saved)".into()));
         }
@@ -225,7 +243,7 @@ pub(crate) fn inner_threshold(
     Ok(Some(Threshold {
         person,
         single: (p_single.len() == first.len()).then(|| best_threshold(&first, &p_single)),
-        inner: Some(InnerCv { folds: k, people, at_half: balanced_at(&first, &p_main, 0.5), at_threshold: balanced_at(&first, &p_main, person) }),
+        inner: Some(InnerCv { folds: k, people: n_people, at_half: balanced_at(&first, &p_main, 0.5), at_threshold: balanced_at(&first, &p_main, person) }),
     }))
 }
 
