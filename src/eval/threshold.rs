@@ -102,6 +102,9 @@ pub struct InnerCv {
     /// Balanced accuracy of the held-out people's scores at 0.5 and at the threshold.
     pub at_half: f64,
     pub at_threshold: f64,
+    /// The same for the single-image head (at 0.5, at its threshold).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub single: Option<(f64, f64)>,
 }
 
 impl Threshold {
@@ -120,7 +123,9 @@ impl Threshold {
 
     /// One line for summaries.
     pub fn describe(&self, first_class: &str) -> String {
-        let single = self.single.filter(|s| *s != self.person).map(|s| format!(" ({s:.3} for the single-image head)")).unwrap_or_default();
+        let evidence =
+            self.inner.as_ref().and_then(|i| i.single).map(|(h, t)| format!(", whose held-out balanced accuracy went {h:.3} → {t:.3}")).unwrap_or_default();
+        let single = self.single.filter(|s| *s != self.person).map(|s| format!(" ({s:.3} for the single-image head{evidence})")).unwrap_or_default();
         match &self.inner {
             None => format!("answers {first_class} where P({first_class}) ≥ {:.3} (--threshold)", self.person),
             Some(i) => format!(
@@ -240,10 +245,17 @@ pub(crate) fn inner_threshold(
         }
     }
     let person = best_threshold(&first, &p_main);
+    let single = (p_single.len() == first.len()).then(|| best_threshold(&first, &p_single));
     Ok(Some(Threshold {
         person,
-        single: (p_single.len() == first.len()).then(|| best_threshold(&first, &p_single)),
-        inner: Some(InnerCv { folds: k, people: n_people, at_half: balanced_at(&first, &p_main, 0.5), at_threshold: balanced_at(&first, &p_main, person) }),
+        single,
+        inner: Some(InnerCv {
+            folds: k,
+            people: n_people,
+            at_half: balanced_at(&first, &p_main, 0.5),
+            at_threshold: balanced_at(&first, &p_main, person),
+            single: single.map(|t| (balanced_at(&first, &p_single, 0.5), balanced_at(&first, &p_single, t))),
+        }),
     }))
 }
 

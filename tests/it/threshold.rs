@@ -142,6 +142,11 @@ fn a_run_keeps_its_threshold_and_predict_and_evaluate_decide_at_it() {
     let person = t["person"].as_f64().unwrap();
     assert!(person > 0.0 && person < 1.0 && t["single"].as_f64().is_some(), "{t}");
     assert_eq!(t["inner"]["folds"], 3);
+    // 0.5 is one of the candidates: the chosen thresholds do at least as well on the held-out people, both heads.
+    let f = |v: &serde_json::Value| v.as_f64().unwrap();
+    assert!(f(&t["inner"]["at_threshold"]) >= f(&t["inner"]["at_half"]), "{t}");
+    let single = &t["inner"]["single"];
+    assert!(f(&single[1]) >= f(&single[0]), "{t}");
     assert_eq!(t["inner"]["people"], 3, "3 of 5 people train, 2 validate: {t}");
     assert!(out.contains("the model answers neutral where P(neutral) ≥") && out.contains("3-fold subject-grouped"), "{out}");
     let metrics = json(&dir.join("metrics.json"));
