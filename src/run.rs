@@ -245,18 +245,14 @@ fn threshold_cache(session: &Session, model: &Vgg16, tta: bool, reporter: &mut d
     let (config, data, device) = (&session.config, &session.prepared.data, session.device);
     let pre = &config.data.preprocess;
     let all: Vec<usize> = (0..data.targets.len()).collect();
-    let views = match train::cache_plan(model, &config.train, pre, Block::Head, data.train.len(), all.len(), device) {
-        Ok(v) => v,
+    let t0 = std::time::Instant::now();
+    let (c, views) = match train::plan_and_build(model, &config.train, pre, &data.gray, Block::Head, (&data.train, &all), tta, device, reporter) {
+        Ok(built) => built,
         Err(why) => {
             reporter.message(&format!("frozen-prefix cache {why}"));
             return vec![];
         }
     };
-    let t0 = std::time::Instant::now();
-    let mut c = train::build_cache(model, &config.train, pre, &data.gray, Block::Head, views, &data.train, &all, device, reporter);
-    if tta {
-        c.add_flipped(model, pre, &data.gray, device, reporter);
-    }
     reporter.message(&format!(
         "cached the frozen pooled features: {views} view(s) of {} training images, every image clean{}, in {:.1}s",
         data.train.len(),

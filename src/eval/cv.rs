@@ -353,19 +353,16 @@ fn shared_caches(req: &Request, session: &Session, tta_flip: bool, baseline: boo
     let (base_model, _) = session.fresh_model(session.config.train.seed as i64, true)?;
     let from = session.config.train.stages.iter().map(|s| s.from).min().unwrap_or(Block::Head);
     let n_all = session.prepared.dataset.samples.len();
-    let views = match train::cache_plan(&base_model, &session.config.train, pre, from, n_all, n_all, device) {
-        Ok(views) => views,
-        Err(why) => {
-            reporter.message(&format!("frozen-prefix cache {why}"));
-            return Ok(vec![]);
-        }
-    };
     let t0 = Instant::now();
     let all: Vec<usize> = (0..n_all).collect();
-    let mut c = train::build_cache(&base_model, &session.config.train, pre, &session.prepared.data.gray, from, views, &all, &all, device, reporter);
-    if tta_flip {
-        c.add_flipped(&base_model, pre, &session.prepared.data.gray, device, reporter);
-    }
+    let (c, views) =
+        match train::plan_and_build(&base_model, &session.config.train, pre, &session.prepared.data.gray, from, (&all, &all), tta_flip, device, reporter) {
+            Ok(built) => built,
+            Err(why) => {
+                reporter.message(&format!("frozen-prefix cache {why}"));
+                return Ok(vec![]);
+            }
+        };
     // Later stages' freeze points too (e.g. the head-only warm-up's conv5 output):
     // the folds use them while those blocks still hold the pretrained weights.
     let probe = baseline.then_some(Block::Head);

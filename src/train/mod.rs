@@ -27,7 +27,7 @@ pub(crate) use checkpoint::remove_checkpoints;
 pub use checkpoint::{load_state, STATE};
 pub use hooks::{BatchEnd, Ctx, Hook};
 pub(crate) use source::holds;
-pub use source::{build_cache, cache_plan, derive_cache, Cache};
+pub use source::{build_cache, cache_plan, derive_cache, plan_and_build, Cache};
 
 use crate::config::{ClassWeights, Stage, TrainConfig};
 use crate::data::Preprocess;

@@ -203,6 +203,30 @@ pub fn build_cache(
     }
 }
 
+/// `cache_plan`, then `build_cache` for augmented views of `aug_rows` and
+/// clean rows of `clean_rows` (and with `flipped` their mirror images,
+/// `Cache::add_flipped`): the cache of the blocks below `from` and its view
+/// count, or why the cache is off.
+#[allow(clippy::too_many_arguments)]
+pub fn plan_and_build(
+    model: &Vgg16,
+    cfg: &TrainConfig,
+    pre: &Preprocess,
+    gray: &Tensor,
+    from: Block,
+    (aug_rows, clean_rows): (&[usize], &[usize]),
+    flipped: bool,
+    device: Device,
+    reporter: &mut dyn Reporter,
+) -> std::result::Result<(Cache, usize), String> {
+    let views = cache_plan(model, cfg, pre, from, aug_rows.len(), clean_rows.len(), device)?;
+    let mut c = build_cache(model, cfg, pre, gray, from, views, aug_rows, clean_rows, device, reporter);
+    if flipped {
+        c.add_flipped(model, pre, gray, device, reporter);
+    }
+    Ok((c, views))
+}
+
 /// Runs a cache on through the blocks `base.from..from` (frozen in the stage that needs it).
 pub fn derive_cache(model: &Vgg16, base: &Cache, from: Block) -> Cache {
     if from == base.from {
@@ -348,25 +372,26 @@ impl<'a> Sources<'a> {
         };
         s.base = match s.shared(base_from).filter(|_| first_stage == 0 && !resumed) {
             Some(c) => Some(c.shallow()),
-            None => match cache_plan(model, cfg, pre, base_from, data.train.len(), clean.len(), device) {
-                Ok(views) => {
-                    let t0 = Instant::now();
-                    let c = build_cache(model, cfg, pre, &data.gray, base_from, views, &data.train, &clean, device, reporter);
-                    reporter.message(&format!(
-                        "cached the frozen {}: {} view(s) of {} training images{}, in {:.1}s",
-                        holds(base_from),
-                        views,
-                        data.train.len(),
-                        if data.val.is_empty() { String::new() } else { format!(" and {} validation images", data.val.len()) },
-                        t0.elapsed().as_secs_f64()
-                    ));
-                    Some(c)
+            None => {
+                let t0 = Instant::now();
+                match plan_and_build(model, cfg, pre, &data.gray, base_from, (&data.train, &clean), false, device, reporter) {
+                    Ok((c, views)) => {
+                        reporter.message(&format!(
+                            "cached the frozen {}: {} view(s) of {} training images{}, in {:.1}s",
+                            holds(base_from),
+                            views,
+                            data.train.len(),
+                            if data.val.is_empty() { String::new() } else { format!(" and {} validation images", data.val.len()) },
+                            t0.elapsed().as_secs_f64()
+                        ));
+                        Some(c)
+                    }
+                    Err(why) => {
+                        reporter.message(&format!("frozen-prefix cache {why}"));
+                        None
+                    }
                 }
-                Err(why) => {
-                    reporter.message(&format!("frozen-prefix cache {why}"));
-                    None
-                }
-            },
+            }
         };
         s
     }
