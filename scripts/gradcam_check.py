@@ -101,7 +101,12 @@ def compare(run, explain_dir, layer):
 
 def self_test(binary):
     binary = os.path.abspath(binary)
-    d = tempfile.mkdtemp(prefix="vggft-gradcam-")
+    # Removed afterwards, pass or fail: make test runs this on every call.
+    with tempfile.TemporaryDirectory(prefix="vggft-gradcam-") as d:
+        return _self_test(binary, d)
+
+
+def _self_test(binary, d):
     rng = np.random.default_rng(0)
     for c in ("a", "b"):
         os.makedirs(os.path.join(d, "data", c))

@@ -26,7 +26,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def main():
     binary = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target", "release", "vggft"))
-    d = tempfile.mkdtemp(prefix="vggft-export-")
+    # Removed afterwards, pass or fail: make test runs this on every call.
+    with tempfile.TemporaryDirectory(prefix="vggft-export-") as d:
+        check(binary, d)
+
+
+def check(binary, d):
     rng = np.random.default_rng(1)
     for c in ("neutral", "happy", "sad"):
         os.makedirs(os.path.join(d, "data", c))
