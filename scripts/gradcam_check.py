@@ -34,7 +34,7 @@ HEAT_TOL, PROB_TOL = 1e-4, 1e-5
 def forward(sd, cfg, x, layer):
     """Logits and the output of block `layer` (after its pool) of vggft's network."""
     model = cfg["model"]
-    if model["bn"] not in ("drop",) or model["features"] != ["conv5"] or model["head"] not in ("bn", "linear") or model.get("subject_norm") == "on":
+    if model["bn"] not in ("drop",) or model["features"] != ["conv5"] or model["head"] not in ("bn", "linear") or model.get("subject_norm") == "on" or model.get("pool_grid", "1x1") != "1x1":
         sys.exit(f"gradcam_check.py covers plain trunks with a bn/linear head on conv5 features, not {model}")
     i, block, tapped = 0, 0, None
     for v in CFG:

@@ -41,13 +41,16 @@ def check(binary, d):
     variants = {
         "bn": ["--head", "bn", "--crop", "center:0.9"],
         "linear": ["--head", "linear", "--features", "conv4,conv5", "--threshold", "0.3"],
-        "raw": ["--head", "bn", "--hidden", "8", "--train-labels", "raw"],
+        "raw": ["--head", "bn", "--hidden", "8", "--train-labels", "raw", "--pool-grid", "2x1"],
+        "grid": ["--head", "linear", "--pool-grid", "2x3", "--image-size", "96"],  # conv5 3×3: cells of unequal size
         "vgg-bn": ["--head", "vgg", "--bn", "train"],
     }
     worst = 0.0
     for name, extra in variants.items():
-        run = [binary, "finetune", "--data", "data", "--random-init", "--width-div", "16", "--image-size", "32", "--device", "cpu",
+        run = [binary, "finetune", "--data", "data", "--random-init", "--width-div", "16", "--device", "cpu",
                "--threads", "1", "--stages", "head:1,conv5:1", "--val", "none", "--name", name, "--quiet", *extra]
+        if "--image-size" not in extra:
+            run += ["--image-size", "32"]
         subprocess.run(run, cwd=d, check=True, capture_output=True)
         rd = os.path.join(d, "runs", name)
         path = export.export(rd)

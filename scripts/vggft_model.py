@@ -7,7 +7,7 @@
 
 `load` rebuilds the network from the run's config.json and model.safetensors
 with torchvision's layer names: the VGG16 trunk (plain, or with BatchNorm for
-`--bn frozen|recalibrate|train`), the pooled features of `--features`, the
+`--bn frozen|recalibrate|train`), the pooled features of `--features` and `--pool-grid`, the
 `linear`, `bn` (optional hidden layer) or `vgg` head. Its output is the task
 classes' probabilities (for a head trained on raw labels, each class's summed
 raw probabilities). A subject-normalised run is rebuilt with its single-image
@@ -39,6 +39,7 @@ class VggftNet(nn.Module):
         model = config["model"]
         self.head_kind = model["head"]
         self.features_wanted = model.get("features") or ["conv5"]
+        self.grid = tuple(int(n) for n in model.get("pool_grid", "1x1").split("x"))
         self.dropout = model.get("dropout", 0.5)
         has_bn = model["bn"] != "drop"
         div = model.get("width_div", 1)
@@ -106,31 +107,42 @@ class VggftNet(nn.Module):
                     maps.append(x)
                 block += 1
         if self.head_kind == "vgg":
-            f = adaptive_avg_7x7(x)
+            f = adaptive_avg(x, 7, 7)
             logits = self.fc8(F.relu(self.fc7(F.relu(self.fc6(f)))))
         elif self.head_kind == "bn":
-            f = torch.cat([t for m in maps for t in (F.adaptive_avg_pool2d(m, 1).flatten(1), F.adaptive_max_pool2d(m, 1).flatten(1))], 1)
-            h = self.norm(f)
+            h = self.norm(self.pooled(maps, True))
             if self.hidden is not None:
                 h = self.hidden_norm(F.relu(self.hidden(h)))
             logits = self.fc(h)
         else:
-            logits = self.fc(torch.cat([F.adaptive_avg_pool2d(m, 1).flatten(1) for m in maps], 1))
+            logits = self.fc(self.pooled(maps, False))
         return torch.softmax(logits, 1) @ self.to_task
 
+    def pooled(self, maps, with_max):
+        """vggft's head input: per block the global average, the global maximum
+        (bn head) and each cell's average of the `pool_grid` (unless 1x1)."""
+        parts = []
+        for m in maps:
+            parts.append(F.adaptive_avg_pool2d(m, 1).flatten(1))
+            if with_max:
+                parts.append(F.adaptive_max_pool2d(m, 1).flatten(1))
+            if self.grid != (1, 1):
+                parts.append(adaptive_avg(m, *self.grid))
+        return torch.cat(parts, 1)
 
-def adaptive_avg_7x7(x):
-    """torch's adaptive_avg_pool2d(x, 7).flatten(1) as a fixed averaging
-    matrix over the (static) input size, so ONNX export works for any size
-    (its exporter refuses 7×7 bins that do not divide the input)."""
+
+def adaptive_avg(x, rows, cols):
+    """torch's adaptive_avg_pool2d(x, (rows, cols)).flatten(1) as a fixed
+    averaging matrix over the (static) input size, so ONNX export works for
+    any size (its exporter refuses bins that do not divide the input)."""
     h, w = int(x.shape[2]), int(x.shape[3])  # constants when traced for export
-    p = np.zeros((49, h, w), np.float32)
-    for i in range(7):
-        y0, y1 = (i * h) // 7, -((-(i + 1) * h) // 7)
-        for j in range(7):
-            x0, x1 = (j * w) // 7, -((-(j + 1) * w) // 7)
-            p[i * 7 + j, y0:y1, x0:x1] = 1.0 / ((y1 - y0) * (x1 - x0))
-    # (N, C, 49), then channel-major like torch's flatten of (N, C, 7, 7).
+    p = np.zeros((rows * cols, h, w), np.float32)
+    for i in range(rows):
+        y0, y1 = (i * h) // rows, -((-(i + 1) * h) // rows)
+        for j in range(cols):
+            x0, x1 = (j * w) // cols, -((-(j + 1) * w) // cols)
+            p[i * cols + j, y0:y1, x0:x1] = 1.0 / ((y1 - y0) * (x1 - x0))
+    # (N, C, rows·cols), then channel-major like torch's flatten of (N, C, rows, cols).
     return torch.einsum("nchw,khw->nck", x, torch.from_numpy(p)).flatten(1)
 
 

@@ -13,7 +13,7 @@ use crate::data::split::{parse_label_map, Task, TrainLabels, ValSpec};
 use crate::data::Preprocess;
 use crate::error::{Error, Result, Setting};
 use crate::eval::threshold::ThresholdChoice;
-use crate::model::{Block, BnMode, HeadKind, Precision};
+use crate::model::{Block, BnMode, HeadKind, PoolGrid, Precision};
 use crate::subject::SubjectNormChoice;
 use crate::train::optim::{OptimKind, Schedule};
 
@@ -280,6 +280,12 @@ pub struct ModelArgs {
     /// is on and every person has at least 3 images.
     #[arg(long, value_parser = checked(features_syntax))]
     pub features: Option<String>,
+    /// Also average each feature block's output over the cells of a ROWSxCOLS
+    /// grid (2x2: the face's quarters; 2x1: upper and lower face), as
+    /// expressions are local; 1x1: global pooling only. Default 2x2 when
+    /// per-subject normalisation is on and every person has at least 3 images.
+    #[arg(long, value_name = "RxC", value_parser = checked(PoolGrid::parse))]
+    pub pool_grid: Option<String>,
     /// Standardise each person's pooled features with that person's own statistics
     /// (auto: on when every subject id has at least 3 images).
     #[arg(long, value_enum, default_value_t = SubjectNormChoice::Auto)]
@@ -659,6 +665,7 @@ impl ModelArgs {
             precision,
             features,
             subject_norm: self.subject_norm,
+            pool_grid: self.pool_grid.as_deref().map(PoolGrid::parse).transpose()?.unwrap_or_default(),
         };
         options.validate()?;
         // The vgg head cannot take person-normalised features: auto means off there

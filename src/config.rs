@@ -193,6 +193,10 @@ pub struct Recipe {
     /// least 3 photos of every person, the head takes the pooled conv4 and
     /// conv5 outputs (measured: docs/results/accuracy).
     pub auto_features: bool,
+    /// `--pool-grid` was not given: with per-subject normalisation on and at
+    /// least 3 photos of every person, each block is also averaged over the
+    /// cells of `session::AUTO_GRID` (measured: docs/results/accuracy).
+    pub auto_grid: bool,
     /// Neither `--face` nor `--crop` was given: with per-subject normalisation
     /// on, each person's face is located and cropped (`--face person`;
     /// measured: docs/results/accuracy).
@@ -278,6 +282,9 @@ pub struct ModelOptions {
     /// Per-subject normalisation (`--subject-norm`); a run's config holds it resolved (on / off).
     #[serde(default)]
     pub subject_norm: crate::subject::SubjectNormChoice,
+    /// Cells each feature block is also averaged over (`--pool-grid`; 1x1: none).
+    #[serde(default)]
+    pub pool_grid: crate::model::PoolGrid,
 }
 
 fn one() -> i64 {
@@ -307,6 +314,9 @@ impl ModelOptions {
         }
         if self.head == HeadKind::Vgg && self.features != crate::model::conv5_only() {
             return Err(Error::invalid(Setting::Features, ":the vgg head (fc6/fc7) takes the conv5 output only"));
+        }
+        if self.head == HeadKind::Vgg && self.pool_grid.cells() > 0 {
+            return Err(Error::invalid(Setting::PoolGrid, "applies to pooled features: use --head bn or --head linear"));
         }
         if self.head == HeadKind::Vgg && self.subject_norm == crate::subject::SubjectNormChoice::On {
             return Err(Error::invalid(Setting::SubjectNorm, "on applies to pooled features: use --head bn or --head linear"));

@@ -157,6 +157,7 @@ settings! {
     Members => "members",
     Momentum => "momentum",
     Name => "name",
+    PoolGrid => "pool_grid",
     ProbeEpochs => "probe_epochs",
     Seeds => "seeds",
     Stages => "stages",

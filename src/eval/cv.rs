@@ -397,7 +397,7 @@ fn dump_features(path: &Path, session: &Session, shared: &[train::Cache]) -> Res
 fn features_key(session: &Session) -> serde_json::Value {
     let (c, ds) = (&session.config, &session.prepared.dataset);
     let rows: Vec<(String, Option<String>)> = ds.samples.iter().map(|s| (s.path.display().to_string(), s.subject.clone())).collect();
-    serde_json::json!({
+    let mut key = serde_json::json!({
         "weights_sha256": c.weights.sha256,
         "preprocess": c.data.preprocess,
         "augment": c.train.augment,
@@ -405,7 +405,12 @@ fn features_key(session: &Session) -> serde_json::Value {
         "seed": c.train.seed,
         "pooling": [c.model.head, c.model.features, c.model.bn, c.model.width_div, c.model.precision],
         "rows": rows,
-    })
+    });
+    // Only when cells are pooled, so that dumps made before `--pool-grid` stay valid.
+    if c.model.pool_grid.cells() > 0 {
+        key["pool_grid"] = c.model.pool_grid.to_string().into();
+    }
+    key
 }
 
 /// Each fold's test rows for one seed (sorted).

@@ -205,6 +205,66 @@ pub struct ModelConfig {
     /// (`head_global.*`) reads the raw pooled ones for single images.
     #[serde(default)]
     pub subject_norm: bool,
+    /// Cells each feature block's output is also averaged over (`--pool-grid`;
+    /// 1x1: global pooling only). Expressions are local (brows, eyes, mouth):
+    /// a global average keeps what fired but not where.
+    #[serde(default)]
+    pub pool_grid: PoolGrid,
+}
+
+/// A grid of `rows` × `cols` cells over a feature map (`--pool-grid RxC`),
+/// written `2x2` in flags and config.json; 1x1 adds nothing to global pooling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PoolGrid {
+    pub rows: i64,
+    pub cols: i64,
+}
+
+impl PoolGrid {
+    /// More cells a side than conv5 has rows at 224 px would only repeat them.
+    pub const MAX_SIDE: i64 = 7;
+    pub const GLOBAL: PoolGrid = PoolGrid { rows: 1, cols: 1 };
+
+    pub fn parse(s: &str) -> Result<PoolGrid> {
+        let bad = || Error::invalid(Setting::PoolGrid, format!("`{s}`: expected ROWSxCOLS, each 1 to {}, e.g. 2x2", Self::MAX_SIDE));
+        let (r, c) = s.trim().split_once(['x', '×']).ok_or_else(bad)?;
+        let side = |t: &str| t.trim().parse::<i64>().ok().filter(|n| (1..=Self::MAX_SIDE).contains(n));
+        Ok(PoolGrid { rows: side(r).ok_or_else(bad)?, cols: side(c).ok_or_else(bad)? })
+    }
+    /// Cells beyond the global pooling (0 for 1x1).
+    pub fn cells(self) -> i64 {
+        if self == Self::GLOBAL {
+            0
+        } else {
+            self.rows * self.cols
+        }
+    }
+}
+
+impl Default for PoolGrid {
+    fn default() -> Self {
+        Self::GLOBAL
+    }
+}
+
+impl std::fmt::Display for PoolGrid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}x{}", self.rows, self.cols)
+    }
+}
+
+impl From<PoolGrid> for String {
+    fn from(g: PoolGrid) -> String {
+        g.to_string()
+    }
+}
+
+impl TryFrom<String> for PoolGrid {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        PoolGrid::parse(&s).map_err(|e| e.to_string())
+    }
 }
 
 fn one() -> i64 {
@@ -228,15 +288,19 @@ impl ModelConfig {
             precision: Precision::F32,
             features: conv5_only(),
             subject_norm: false,
+            pool_grid: PoolGrid::GLOBAL,
         }
     }
     /// Channels of block `b`'s output.
     pub(crate) fn block_out(&self, b: Block) -> i64 {
         self.channels(CONVS.iter().rposition(|c| c.block == b).unwrap_or(12))
     }
-    /// Width of the pooled features that enter the head (per pooling).
+    /// Width of the pooled features that enter the `linear` or `bn` head:
+    /// per feature block its global average, for the bn head its global
+    /// maximum, and each grid cell's average (`Vgg16::pool`).
     pub fn pooled_width(&self) -> i64 {
-        self.features.iter().map(|&b| self.block_out(b)).sum()
+        let per_channel = 1 + i64::from(self.head == HeadKind::Bn) + self.pool_grid.cells();
+        per_channel * self.features.iter().map(|&b| self.block_out(b)).sum::<i64>()
     }
     pub fn channels(&self, layer: usize) -> i64 {
         (CONVS[layer].channels / self.width_div).max(1)
@@ -337,13 +401,13 @@ fn make_head(cfg: &ModelConfig, root: &nn::Path, h: nn::Path, random: bool) -> H
     match cfg.head {
         HeadKind::Linear => Head::Linear { fc: nn::linear(&h / "fc", c, cfg.num_classes, lin()) },
         HeadKind::Bn => {
-            let norm = nn::batch_norm1d(&h / "norm", 2 * c, Default::default());
+            let norm = nn::batch_norm1d(&h / "norm", c, Default::default());
             let (hidden, width) = if cfg.hidden > 0 {
-                let lin = nn::linear(&h / "hidden", 2 * c, cfg.hidden, lin());
+                let lin = nn::linear(&h / "hidden", c, cfg.hidden, lin());
                 let bn = nn::batch_norm1d(&h / "hidden_norm", cfg.hidden, Default::default());
                 (Some((lin, bn)), cfg.hidden)
             } else {
-                (None, 2 * c)
+                (None, c)
             };
             let fc = nn::linear(&h / "fc", width, cfg.num_classes, lin());
             Head::Bn { norm, hidden, fc }
@@ -569,17 +633,31 @@ impl Vgg16 {
     }
 
     /// The head's input from the feature blocks' outputs (`maps`, one per
-    /// `cfg.features`, ascending): avg + max pooled for the bn head, avg for
-    /// the linear head, the 7×7 average of conv5 for the vgg head.
+    /// `cfg.features`, ascending): per block avg (+ max for the bn head, + the
+    /// average of each cell of `cfg.pool_grid`, channel-major, cells row by
+    /// row), the 7×7 average of conv5 for the vgg head.
     pub(crate) fn pool(&self, maps: &[Tensor]) -> Tensor {
-        let avg = || maps.iter().map(|m| m.adaptive_avg_pool2d([1, 1]).flatten(1, -1).to_kind(Kind::Float));
-        match &self.head {
-            Head::Linear { .. } => Tensor::cat(&avg().collect::<Vec<_>>(), 1),
-            Head::Bn { .. } => {
-                Tensor::cat(&avg().zip(maps).flat_map(|(a, m)| [a, m.adaptive_max_pool2d([1, 1]).0.flatten(1, -1).to_kind(Kind::Float)]).collect::<Vec<_>>(), 1)
-            }
-            Head::Vgg { .. } => maps[maps.len() - 1].adaptive_avg_pool2d([7, 7]).flatten(1, -1),
-        }
+        let flat = |t: Tensor| t.flatten(1, -1).to_kind(Kind::Float);
+        let max = match &self.head {
+            Head::Vgg { .. } => return maps[maps.len() - 1].adaptive_avg_pool2d([7, 7]).flatten(1, -1),
+            Head::Bn { .. } => true,
+            Head::Linear { .. } => false,
+        };
+        let grid = self.cfg.pool_grid;
+        let parts: Vec<Tensor> = maps
+            .iter()
+            .flat_map(|m| {
+                let mut p = vec![flat(m.adaptive_avg_pool2d([1, 1]))];
+                if max {
+                    p.push(flat(m.adaptive_max_pool2d([1, 1]).0));
+                }
+                if grid.cells() > 0 {
+                    p.push(flat(m.adaptive_avg_pool2d([grid.rows, grid.cols])));
+                }
+                p
+            })
+            .collect();
+        Tensor::cat(&parts, 1)
     }
 
     /// The head on pooled features; with ensemble members (`add_members`),
@@ -832,7 +910,7 @@ mod tests {
                     }
                 }
             });
-            let width = if head == HeadKind::Bn { 2 * cfg.pooled_width() } else { cfg.pooled_width() };
+            let width = cfg.pooled_width();
             let f = Tensor::randn([6, width], (Kind::Float, Device::Cpu));
             let members: Vec<Tensor> = (0..3).map(|k| m.classify_member(k, &f, false)).collect();
             let mean = (&members[0] + &members[1] + &members[2]) / 3.0;
@@ -852,6 +930,50 @@ mod tests {
         (cfg.width_div, cfg.hidden) = (16, 8);
         let err = Vgg16::new(&cfg, Device::Cpu).unwrap().add_members(1).unwrap_err().to_string();
         assert!(err.contains("members") && err.contains("hidden layer"), "{err}");
+    }
+
+    /// With a grid, each block's pooled features are its global average (and
+    /// maximum, bn head) followed by the averages of the grid's cells,
+    /// channel-major, cells row by row, as wide as `pooled_width` says; cells
+    /// that split the map evenly are the plain means of their pixels.
+    #[test]
+    fn a_grid_averages_each_cell_of_each_block() {
+        for (head, rows, cols) in [(HeadKind::Bn, 2, 2), (HeadKind::Linear, 3, 1), (HeadKind::Bn, 2, 1), (HeadKind::Bn, 1, 1)] {
+            let mut cfg = ModelConfig::new(BnMode::Drop, head, 2);
+            (cfg.width_div, cfg.pool_grid, cfg.features) = (64, PoolGrid { rows, cols }, vec![Block::Conv4, Block::Conv5]);
+            let m = Vgg16::new(&cfg, Device::Cpu).unwrap();
+            // conv4 (8 channels, 6×6) and conv5 (8 channels, 6×4: not square).
+            let maps = [Tensor::randn([3, 8, 6, 6], (Kind::Float, Device::Cpu)), Tensor::randn([3, 8, 6, 4], (Kind::Float, Device::Cpu))];
+            let f = m.pool(&maps);
+            assert_eq!(f.size(), [3, cfg.pooled_width()]);
+            let cells = if rows * cols > 1 { rows * cols } else { 0 };
+            assert_eq!(cfg.pooled_width(), (if head == HeadKind::Bn { 2 } else { 1 } + cells) * 16);
+            let close = |a: &Tensor, b: &Tensor| f64::try_from((a - b).abs().max()).unwrap() < 1e-5;
+            let mut at = 0;
+            for map in &maps {
+                assert!(close(&f.narrow(1, at, 8), &map.mean_dim(&[2i64, 3][..], false, Kind::Float)), "global average first");
+                at += 8;
+                if head == HeadKind::Bn {
+                    assert!(close(&f.narrow(1, at, 8), &map.amax(&[2i64, 3][..], false)), "then the maximum");
+                    at += 8;
+                }
+                if cells > 0 {
+                    let (h, w) = (6 / rows, map.size()[3] / cols);
+                    let got = f.narrow(1, at, 8 * cells).view([3, 8, cells]);
+                    for (k, (i, j)) in (0..rows).flat_map(|i| (0..cols).map(move |j| (i, j))).enumerate() {
+                        let want = map.narrow(2, i * h, h).narrow(3, j * w, w).mean_dim(&[2i64, 3][..], false, Kind::Float);
+                        assert!(close(&got.select(2, k as i64), &want), "cell ({i}, {j}) of {rows}x{cols}");
+                    }
+                    at += 8 * cells;
+                }
+            }
+            assert_eq!(at, cfg.pooled_width(), "nothing else in the head's input");
+        }
+        assert_eq!(PoolGrid::parse("2x2").unwrap(), PoolGrid { rows: 2, cols: 2 });
+        assert_eq!(PoolGrid::parse(" 3×1 ").unwrap().to_string(), "3x1");
+        for bad in ["2", "0x2", "8x1", "2x", "axb"] {
+            assert!(PoolGrid::parse(bad).unwrap_err().to_string().contains("expected ROWSxCOLS"), "{bad}");
+        }
     }
 
     /// The CPU dropout keeps each element with probability 1 − p, scales the

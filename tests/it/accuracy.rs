@@ -348,8 +348,9 @@ fn a_person_shown_with_one_expression_only() {
 }
 
 /// With per-subject normalisation on and no --stages / --freeze-until, the
-/// head is trained alone, and without --features it takes conv4 and conv5
-/// (the measured default); --freeze-until and --features still choose.
+/// head is trained alone, and without --features / --pool-grid it takes conv4
+/// and conv5, each also averaged over a 2x2 grid (the measured default);
+/// --freeze-until, --features and --pool-grid still choose.
 #[test]
 fn default_stages_are_a_probe_when_person_statistics_are_on() {
     let d = tmp();
@@ -360,13 +361,17 @@ fn default_stages_are_a_probe_when_person_statistics_are_on() {
     let config = |name: &str| json(&d.path().join("runs").join(name).join("config.json"));
     let stages = |name: &str| config(name)["train"]["stages"].clone();
     let features = |name: &str| config(name)["model"]["features"].clone();
+    let grid = |name: &str| config(name)["model"]["pool_grid"].clone();
     let base = ["finetune", "--data", m.to_str().unwrap(), "--augment", "none", "--epochs", "2", "--freeze-epochs", "1"];
     let (code, out, err) = run(&args(&s, &[&base[..], &["--name", "auto"]].concat()), d.path());
     assert_eq!(code, 0, "{out}\n{err}");
     assert_eq!(stages("auto"), serde_json::json!([{"from": "head", "epochs": 3}]), "{err}");
     assert_eq!(features("auto"), serde_json::json!(["conv4", "conv5"]), "{err}");
+    assert_eq!(grid("auto"), "2x2", "{err}");
     assert!(
-        err.contains("training the head alone (head:3 at --lr 0.01, 5 heads averaged into one;") && err.contains("on the pooled conv4 and conv5 outputs"),
+        err.contains("training the head alone (head:3 at --lr 0.01, 5 heads averaged into one;")
+            && err.contains("on the pooled conv4 and conv5 outputs")
+            && err.contains("each block also averaged over a 2x2 grid of the face (--pool-grid 1x1: global pooling only)"),
         "{out}\n{err}"
     );
     assert_eq!(config("auto")["train"]["lr"], 0.01, "the probe's rate");
@@ -384,10 +389,12 @@ fn default_stages_are_a_probe_when_person_statistics_are_on() {
     let (code, _, err) = run(&args(&s, &[&base[..], &["--name", "ftm", "--subject-norm", "off", "--members", "3"]].concat()), d.path());
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("members") && err.contains("head-only stages, got head:1 → conv5:2"), "{err}");
-    let (code, out, err) = run(&args(&s, &[&base[..], &["--name", "ft", "--freeze-until", "conv5", "--features", "conv5"]].concat()), d.path());
+    let (code, out, err) =
+        run(&args(&s, &[&base[..], &["--name", "ft", "--freeze-until", "conv5", "--features", "conv5", "--pool-grid", "1x1"]].concat()), d.path());
     assert_eq!(code, 0, "{out}\n{err}");
     assert_eq!(stages("ft"), serde_json::json!([{"from": "head", "epochs": 1}, {"from": "conv5", "epochs": 2}]));
     assert_eq!(features("ft"), serde_json::json!(["conv5"]));
+    assert_eq!(grid("ft"), "1x1");
     assert!(!err.contains("per-subject normalisation is on:"), "nothing left to choose: {err}");
     // Pairs (2 photos per person) forced on: the probe, on conv5 (conv4 + conv5 measured worse there).
     let pairs_dir = d.path().join("pairs");
@@ -417,11 +424,24 @@ fn default_stages_are_a_probe_when_person_statistics_are_on() {
     assert_eq!(code, 0, "{out}\n{err}");
     assert_eq!(stages("pairs"), serde_json::json!([{"from": "head", "epochs": 3}]));
     assert_eq!(features("pairs"), serde_json::json!(["conv5"]), "{err}");
+    assert_eq!(grid("pairs"), "1x1", "the grid was measured with several photos per person");
     assert_eq!(config("pairs")["train"]["lr"], 0.003, "pairs keep the recipe's rate (the long probe measured worse there)");
     assert_eq!(config("pairs")["train"]["members"], 1, "and one head (the members were measured on several photos per person)");
     let (code, out, err) = run(&args(&s, &[&base[..], &["--name", "off", "--subject-norm", "off"]].concat()), d.path());
     assert_eq!(code, 0, "{out}\n{err}");
     assert_eq!(features("off"), serde_json::json!(["conv5"]));
+    assert_eq!(grid("off"), "1x1");
+    // A grid on a fine-tune without person statistics, where it is asked for; refused where it cannot apply.
+    let (code, out, err) = run(&args(&s, &[&base[..], &["--name", "ob", "--subject-norm", "off", "--pool-grid", "3x1"]].concat()), d.path());
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(grid("ob"), "3x1");
+    for (bad, code_wanted, says) in
+        [(&["--pool-grid", "0x2"][..], 2, "expected ROWSxCOLS"), (&["--pool-grid", "2x2", "--head", "vgg"][..], 1, "applies to pooled features")]
+    {
+        let (code, _, err) = run(&args(&s, &[&base[..], &["--name", "bad"], bad].concat()), d.path());
+        assert_eq!(code, code_wanted, "{bad:?}: {err}");
+        assert!(err.contains("--pool-grid") && err.contains(says) && !err.contains("panicked"), "{bad:?}: {err}");
+    }
     assert_eq!(stages("off"), serde_json::json!([{"from": "head", "epochs": 1}, {"from": "conv5", "epochs": 2}]));
     assert_eq!(config("off")["train"]["lr"], 0.003, "a fine-tune keeps the fine-tune's head rate");
 }

@@ -24,6 +24,7 @@ pub fn small_cfg(bn: BnMode, head: HeadKind, classes: i64) -> ModelConfig {
         precision: Precision::F32,
         features: vggft::model::conv5_only(),
         subject_norm: false,
+        pool_grid: vggft::model::PoolGrid::GLOBAL,
     }
 }
 

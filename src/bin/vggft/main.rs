@@ -56,6 +56,7 @@ fn recipe(data: &DataArgs, model: &ModelArgs, train: &TrainArgs, rep: &mut Cli2)
         auto_freeze: train.auto_freeze(),
         probe: train.probe(),
         auto_features: model.features.is_none(),
+        auto_grid: model.pool_grid.is_none(),
         auto_face,
     })
 }
