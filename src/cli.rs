@@ -281,8 +281,8 @@ pub struct ModelArgs {
     #[arg(long, value_parser = checked(features_syntax))]
     pub features: Option<String>,
     /// Also average each feature block's output over the cells of a ROWSxCOLS
-    /// grid (2x2: the face's quarters; 2x1: upper and lower face), as
-    /// expressions are local; 1x1: global pooling only. Default 2x2 when
+    /// grid (3x3: brows, eyes and nose, mouth, each in three columns), as
+    /// expressions are local; 1x1: global pooling only. Default 3x3 when
     /// per-subject normalisation is on and every person has at least 3 images.
     #[arg(long, value_name = "RxC", value_parser = checked(PoolGrid::parse))]
     pub pool_grid: Option<String>,

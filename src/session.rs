@@ -21,8 +21,8 @@ use crate::subject::SubjectNormChoice;
 use crate::train::{Reporter, TaskView, TrainData};
 
 /// `--pool-grid` chosen with person statistics and several photos of everyone:
-/// the face's quarters (brows and eyes above, mouth below, each side).
-pub const AUTO_GRID: PoolGrid = PoolGrid { rows: 2, cols: 2 };
+/// three rows (brows, eyes and nose, mouth) by three columns of the face.
+pub const AUTO_GRID: PoolGrid = PoolGrid { rows: 3, cols: 3 };
 
 /// A recipe made concrete for one dataset.
 pub struct Session {

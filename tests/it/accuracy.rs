@@ -349,7 +349,7 @@ fn a_person_shown_with_one_expression_only() {
 
 /// With per-subject normalisation on and no --stages / --freeze-until, the
 /// head is trained alone, and without --features / --pool-grid it takes conv4
-/// and conv5, each also averaged over a 2x2 grid (the measured default);
+/// and conv5, each also averaged over a 3x3 grid (the measured default);
 /// --freeze-until, --features and --pool-grid still choose.
 #[test]
 fn default_stages_are_a_probe_when_person_statistics_are_on() {
@@ -367,11 +367,11 @@ fn default_stages_are_a_probe_when_person_statistics_are_on() {
     assert_eq!(code, 0, "{out}\n{err}");
     assert_eq!(stages("auto"), serde_json::json!([{"from": "head", "epochs": 3}]), "{err}");
     assert_eq!(features("auto"), serde_json::json!(["conv4", "conv5"]), "{err}");
-    assert_eq!(grid("auto"), "2x2", "{err}");
+    assert_eq!(grid("auto"), "3x3", "{err}");
     assert!(
         err.contains("training the head alone (head:3 at --lr 0.01, 5 heads averaged into one;")
             && err.contains("on the pooled conv4 and conv5 outputs")
-            && err.contains("each block also averaged over a 2x2 grid of the face (--pool-grid 1x1: global pooling only)"),
+            && err.contains("each block also averaged over a 3x3 grid of the face (--pool-grid 1x1: global pooling only)"),
         "{out}\n{err}"
     );
     assert_eq!(config("auto")["train"]["lr"], 0.01, "the probe's rate");
