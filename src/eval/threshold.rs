@@ -31,8 +31,8 @@ pub const INNER_FOLDS: usize = 3;
 /// held-out scores put neutral photos at P(neutral) of 0.01 and less (wide
 /// pooled features, overconfident heads), and thresholds that far out (down
 /// to 1e-14 for the single-image head) rested on a handful of inner scores:
-/// bounded at 0.1, balanced accuracy rose or held in each of 9 ten-fold
-/// cross-validations measured, for both heads (docs/results/accuracy).
+/// clipped at 0.1 / 0.9, balanced accuracy rose or held in each of the 9
+/// leave-one-subject-out runs at hand, for both heads (docs/results/accuracy).
 pub const BOUND: f64 = 0.1;
 
 /// What `--threshold` asks for.
