@@ -79,6 +79,17 @@ impl SubjectNorm {
         let idx = Tensor::from_slice(&groups.iter().map(|&k| k as i64).collect::<Vec<_>>()).to_device(feats.device());
         (feats - self.mean.index_select(0, &idx)) / self.std.index_select(0, &idx)
     }
+
+    /// `apply`, where rows of people the statistics do not cover (`None`)
+    /// pass unchanged (a zero mean and unit spread are appended for them).
+    pub fn apply_covered(&self, feats: &Tensor, groups: &[Option<usize>]) -> Tensor {
+        let (g, dev) = (self.mean.size()[0], self.mean.device());
+        let opts = (Kind::Float, dev);
+        let mean = Tensor::cat(&[self.mean.shallow_clone(), Tensor::zeros([1, self.mean.size()[1]], opts)], 0);
+        let std = Tensor::cat(&[self.std.shallow_clone(), Tensor::ones([1, self.std.size()[1]], opts)], 0);
+        let idx = Tensor::from_slice(&groups.iter().map(|k| k.map_or(g, |k| k as i64)).collect::<Vec<_>>()).to_device(feats.device());
+        (feats - mean.index_select(0, &idx)) / std.index_select(0, &idx)
+    }
 }
 
 /// Group ids 0..G for `keys` (e.g. subject names), in order of first appearance.

@@ -342,18 +342,15 @@ pub(crate) fn dropout(x: &Tensor, p: f64, train: bool) -> Tensor {
     if x.device() != Device::Cpu {
         return x.dropout(p, true);
     }
-    use rand::{RngCore, SeedableRng};
+    use rand::{Rng, SeedableRng};
     let seed = i64::try_from(Tensor::randint(i64::MAX, [1], (Kind::Int64, Device::Cpu))).unwrap_or(0);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed as u64);
-    let cut = (p * 65536.0).round().clamp(1.0, 65535.0) as u64;
-    let scale = (65536.0 / (65536 - cut) as f64) as f32;
-    let n = x.numel();
-    let mut mask = Vec::with_capacity(n + 3);
-    while mask.len() < n {
-        let r = rng.next_u64();
-        mask.extend((0..4).map(|k| if (r >> (16 * k)) & 0xFFFF >= cut { scale } else { 0.0 }));
-    }
-    mask.truncate(n);
+    let cut = (p * 65536.0).round().clamp(1.0, 65535.0) as u16;
+    let scale = (65536.0 / (65536 - u32::from(cut)) as f64) as f32;
+    // 16 random bits per element, filled in one go (the stream's 64-bit words split low half first).
+    let mut bits = vec![0u16; x.numel()];
+    rng.fill(&mut bits[..]);
+    let mask: Vec<f32> = bits.iter().map(|&b| if b >= cut { scale } else { 0.0 }).collect();
     x * Tensor::from_slice(&mask).view(x.size().as_slice()).to_kind(x.kind())
 }
 

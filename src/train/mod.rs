@@ -304,7 +304,9 @@ impl Trainer<'_> {
     /// Training-mode logits of ensemble member `member` (0: the main head) on
     /// one batch of dataset rows (and, for a subject-normalised model and
     /// member 0, the single-image head's logits, which train on the features
-    /// without moving the trunk).
+    /// without moving the trunk). The main head's features are standardised
+    /// per person by `norm`, or come so from the source when it holds person
+    /// views (a frozen trunk).
     fn batch_logits(
         &self,
         model: &Vgg16,
@@ -314,6 +316,10 @@ impl Trainer<'_> {
         norm: Option<&SubjectNorm>,
         member: usize,
     ) -> (Tensor, Option<Tensor>) {
+        if let Some((z, x)) = source.person_batch(rows, rng, member == 0) {
+            let main = model.classify_member(member, &z, true);
+            return (main, x.and_then(|x| model.classify_global(&x, true)));
+        }
         let x = source.train_batch(rows, rng);
         let f = model.pooled_from(&x, source.from(), true);
         match norm {
@@ -325,6 +331,13 @@ impl Trainer<'_> {
                 (main, if member == 0 { model.classify_global(&f.detach(), true) } else { None })
             }
         }
+    }
+
+    /// Each training person's feature statistics under the model's current
+    /// trunk, from the clean training images.
+    fn person_norm(&self, model: &Vgg16, source: &source::Source) -> SubjectNorm {
+        let g: Vec<usize> = self.data.train.iter().map(|&r| self.data.groups[r]).collect();
+        SubjectNorm::fit(&self.pooled(model, source.cache(), &self.data.train, false), &g)
     }
 
     /// Logits for the validation rows.
@@ -407,7 +420,12 @@ impl Trainer<'_> {
             ctx.model.set_trainable_from(stage.from);
             ctx.opt = Some(self.optimizer(ctx.model));
             each(hooks, |h| h.before_stage(ctx, si))?;
-            let source = sources.for_stage(ctx.model, si, ctx.reporter);
+            let mut source = sources.for_stage(ctx.model, si, ctx.reporter);
+            if ctx.model.cfg.subject_norm && source.from() == Block::Head {
+                let train: std::collections::BTreeSet<usize> = self.data.train.iter().copied().collect();
+                let norm = self.person_norm(ctx.model, &source);
+                source = source.with_person_views(&norm, |i| train.contains(&i).then(|| self.data.groups[i]));
+            }
             while ctx.state.stage_epoch < stage.epochs && !ctx.stop && !ctx.state.stage_done {
                 self.epoch(ctx, hooks, &source, si, &cw)?;
             }
@@ -435,11 +453,8 @@ impl Trainer<'_> {
                 batches(&order, self.cfg.batch_size)
             })
             .collect();
-        // Each person's statistics under the current trunk, from the clean training images.
-        let norm = ctx.model.cfg.subject_norm.then(|| {
-            let g: Vec<usize> = self.data.train.iter().map(|&r| self.data.groups[r]).collect();
-            SubjectNorm::fit(&self.pooled(ctx.model, source.cache(), &self.data.train, false), &g)
-        });
+        // Each person's statistics under the current trunk (fixed, and applied once, when it is frozen).
+        let norm = (ctx.model.cfg.subject_norm && !source.has_person_views()).then(|| self.person_norm(ctx.model, source));
         each(hooks, |h| h.before_epoch(ctx, orders[0].len()))?;
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0i64, 0usize);
         #[allow(clippy::needless_range_loop)] // step `bi` of every member's batch list

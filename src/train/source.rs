@@ -13,6 +13,7 @@ use super::{sub_seed, Reporter, TrainData};
 use crate::config::{Stage, TrainConfig};
 use crate::data::Preprocess;
 use crate::model::{Block, BnMode, Vgg16};
+use crate::subject::SubjectNorm;
 
 /// The frozen prefix's outputs, indexed by dataset row. Each image's views
 /// depend only on the seed and the image (not on which split it is in), so
@@ -108,10 +109,15 @@ impl Cache {
         self.clean.index_select(0, &index(rows.iter().map(|&i| self.clean_row[i].unwrap_or(0)), device)).to_kind(Kind::Float)
     }
 
+    /// The rows of `aug` holding one randomly drawn view of each dataset row in `rows`.
+    fn pick(&self, rows: &[usize], rng: &mut ChaCha8Rng, device: Device) -> Tensor {
+        let pick = rows.iter().map(|&r| rng.gen_range(0..self.views) * self.n_aug + self.aug_row[r].unwrap_or(0)).collect::<Vec<_>>();
+        index(pick.into_iter(), device)
+    }
+
     /// One randomly drawn augmented view of each dataset row in `rows`.
     fn views_of(&self, rows: &[usize], rng: &mut ChaCha8Rng, device: Device) -> Tensor {
-        let pick = rows.iter().map(|&r| rng.gen_range(0..self.views) * self.n_aug + self.aug_row[r].unwrap_or(0)).collect::<Vec<_>>();
-        self.aug.index_select(0, &index(pick.into_iter(), device)).to_kind(Kind::Float)
+        self.aug.index_select(0, &self.pick(rows, rng, device)).to_kind(Kind::Float)
     }
 }
 
@@ -298,8 +304,10 @@ pub fn cache_plan(
 pub(crate) enum Source<'a> {
     /// Gray images through the whole network, augmented on the fly.
     Plain { cfg: &'a TrainConfig, pre: &'a Preprocess, data: &'a TrainData, device: Device },
-    /// The frozen prefix's output, read from a cache.
-    Cached { cache: Cache, device: Device },
+    /// The frozen prefix's output, read from a cache; for a head-level cache
+    /// of a subject-normalised model also its augmented views standardised
+    /// per person (`with_person_views`).
+    Cached { cache: Cache, device: Device, person: Option<Tensor> },
 }
 
 impl Source<'_> {
@@ -326,7 +334,46 @@ impl Source<'_> {
                 let g = if cfg.augment.is_identity() { g } else { cfg.augment.apply(&g, rng) };
                 pre.normalise(&g)
             }
-            Source::Cached { cache, device } => cache.views_of(rows, rng, *device),
+            Source::Cached { cache, device, .. } => cache.views_of(rows, rng, *device),
+        }
+    }
+
+    /// Whether `person_batch` serves batches (`with_person_views` was applied).
+    pub(crate) fn has_person_views(&self) -> bool {
+        matches!(self, Source::Cached { person: Some(_), .. })
+    }
+
+    /// Like `train_batch`, from the views standardised per person (the same
+    /// draws from `rng`), with the unstandardised ones when `raw`; `None`
+    /// without `with_person_views`.
+    pub(crate) fn person_batch(&self, rows: &[usize], rng: &mut ChaCha8Rng, raw: bool) -> Option<(Tensor, Option<Tensor>)> {
+        let Source::Cached { cache, device, person: Some(person) } = self else {
+            return None;
+        };
+        let pick = cache.pick(rows, rng, *device);
+        Some((person.index_select(0, &pick), raw.then(|| cache.aug.index_select(0, &pick).to_kind(Kind::Float))))
+    }
+
+    /// The source with a head-level cache's augmented views also held
+    /// standardised by `norm` (dataset row i by its person `group(i)`; rows
+    /// the statistics do not cover, `None`, are never drawn and pass
+    /// unchanged). With the trunk frozen a person's statistics are fixed for
+    /// the stage: standardising every view once replaces standardising each
+    /// batch of each ensemble member. Other sources are returned as they are.
+    pub(crate) fn with_person_views(self, norm: &SubjectNorm, group: impl Fn(usize) -> Option<usize>) -> Self {
+        match self {
+            Source::Cached { cache, device, .. } if cache.from == Block::Head => {
+                let mut of_row = vec![None; cache.n_aug];
+                for (i, r) in cache.aug_row.iter().enumerate() {
+                    if let Some(r) = *r {
+                        of_row[r] = group(i);
+                    }
+                }
+                let groups: Vec<Option<usize>> = (0..cache.views).flat_map(|_| of_row.iter().copied()).collect();
+                let person = tch::no_grad(|| norm.apply_covered(&cache.aug.to_kind(Kind::Float), &groups));
+                Source::Cached { cache, device, person: Some(person) }
+            }
+            other => other,
         }
     }
 }
@@ -426,8 +473,48 @@ impl<'a> Sources<'a> {
             _ => None,
         };
         match cache {
-            Some(cache) => Source::Cached { cache, device: self.device },
+            Some(cache) => Source::Cached { cache, device: self.device, person: None },
             None => Source::Plain { cfg: self.cfg, pre: self.pre, data: self.data, device: self.device },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+
+    use super::*;
+
+    #[test]
+    fn person_views_are_the_batches_standardised_per_person() {
+        // Six images of three people (the third not in training), two views each.
+        tch::manual_seed(3);
+        let (n, d) = (6, 5);
+        let aug = Tensor::randn([2 * n, d], (Kind::Float, Device::Cpu)) * 3.0 + 1.0;
+        let clean = Tensor::randn([n, d], (Kind::Float, Device::Cpu));
+        let cache = Cache::from_named(vec![("aug".into(), aug.shallow_clone()), ("clean".into(), clean)], n as usize, Device::Cpu).expect("fits");
+        let groups = [0usize, 0, 1, 1, 2, 2];
+        let train = [0usize, 1, 2, 3];
+        let norm = SubjectNorm::fit(&cache.clean_rows(&train, Device::Cpu), &groups[..4]);
+        let source = Source::Cached { cache: cache.shallow(), device: Device::Cpu, person: None };
+        assert!(!source.has_person_views() && source.person_batch(&train, &mut ChaCha8Rng::seed_from_u64(0), true).is_none());
+        let source = source.with_person_views(&norm, |i| (i < 4).then_some(groups[i]));
+        assert!(source.has_person_views());
+        for seed in 0..4 {
+            let rows = [3usize, 0, 2, 1, 1];
+            let (z, raw) = source.person_batch(&rows, &mut ChaCha8Rng::seed_from_u64(seed), true).expect("person views");
+            let x = source.train_batch(&rows, &mut ChaCha8Rng::seed_from_u64(seed));
+            let g: Vec<usize> = rows.iter().map(|&r| groups[r]).collect();
+            // The same draws, standardised exactly as a batch would have been.
+            assert!(raw.expect("raw asked for").equal(&x), "seed {seed}");
+            assert!(z.equal(&norm.apply(&x, &g)), "seed {seed}");
+            assert!(source.person_batch(&rows, &mut ChaCha8Rng::seed_from_u64(seed), false).is_some_and(|(_, r)| r.is_none()));
+        }
+        // The person outside training is left as it was: row 4 and row n + 4 (its second view).
+        let Source::Cached { person: Some(p), .. } = &source else { panic!("person views") };
+        for r in [4, n + 4, 5] {
+            assert!(p.get(r).equal(&aug.get(r)), "row {r}");
+        }
+        assert!(!p.get(0).equal(&aug.get(0)));
     }
 }
