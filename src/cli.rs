@@ -382,6 +382,12 @@ pub struct TrainArgs {
     /// Max contrast change, as a fraction (0–0.95).
     #[arg(long, help_heading = "Augmentation")]
     pub contrast: Option<f64>,
+    /// Cached training also draws each image's unaugmented view and its
+    /// mirror image beside the augmented ones: --clean-views, or
+    /// --clean-views false [default: on for the probe with per-subject
+    /// normalisation and at least 3 photos of every person]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", help_heading = "Augmentation")]
+    pub clean_views: Option<bool>,
     /// Early-stopping patience in epochs (0: off).
     #[arg(long, default_value_t = 5)]
     pub patience: usize,
@@ -702,7 +708,7 @@ impl TrainArgs {
             (None, None) => None,
             (e, w) => Some(e.unwrap_or(EPOCHS) + w.unwrap_or(FREEZE_EPOCHS)),
         };
-        ProbeRequest { epochs, lr: self.lr, members: self.members, threshold: self.threshold }
+        ProbeRequest { epochs, lr: self.lr, members: self.members, threshold: self.threshold, clean_views: self.clean_views }
     }
 
     pub fn to_config(&self) -> Result<TrainConfig> {
@@ -752,6 +758,7 @@ impl TrainArgs {
             cache_views: self.cache_views,
             cache_mem_mb: self.cache_mem,
             cache_f16: self.cache_f16,
+            clean_views: self.clean_views.unwrap_or(false),
             seed: self.seed,
             // With the session's freeze point, --members goes to the probe it may choose (`probe`).
             members: if self.auto_freeze() { 1 } else { self.members.unwrap_or(1) },

@@ -275,7 +275,9 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
     if !ds.samples.iter().all(|s| s.subject.is_some()) {
         reporter.message("no subject ids in this dataset: folds are stratified image folds (the same person may be in training and test)");
     }
-    let shared = shared_caches(req, &session, cfg.tta_flip, probe.is_some(), reporter)?;
+    // Mirror images for flip TTA, and for training where the recipe or its baseline probe draws clean views.
+    let mirrors = cfg.tta_flip || session.config.train.clean_views || probe.is_some_and(|p| p.clean_views);
+    let shared = shared_caches(req, &session, mirrors, probe.is_some(), reporter)?;
     let cfg = CvConfig { shared_views: !shared.is_empty(), ..cfg };
     fsutil::write_json(&req.out.join("cv-config.json"), &cfg)?;
     if let Some(path) = &req.dump_features {
@@ -326,7 +328,7 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
 /// The frozen prefix does not depend on the fold when BN statistics are not
 /// re-estimated: computed once for all folds and seeds (with the later
 /// stages' freeze points derived from it).
-fn shared_caches(req: &Request, session: &Session, tta_flip: bool, baseline: bool, reporter: &mut dyn Reporter) -> Result<Vec<train::Cache>> {
+fn shared_caches(req: &Request, session: &Session, mirrors: bool, baseline: bool, reporter: &mut dyn Reporter) -> Result<Vec<train::Cache>> {
     let recalibrate = req.recipe.model.bn == BnMode::Recalibrate;
     let (pre, device) = (&session.config.data.preprocess, session.device);
     if let Some(path) = &req.load_features {
@@ -343,6 +345,9 @@ fn shared_caches(req: &Request, session: &Session, tta_flip: bool, baseline: boo
         }
         let n = session.prepared.dataset.samples.len();
         let c = train::Cache::from_named(t, n, device).ok_or_else(|| Error::file(path, format!("does not hold the pooled features of these {n} images")))?;
+        if session.config.train.clean_views && !c.has_flipped() {
+            return Err(Error::file(path, "holds no mirror images, which --clean-views trains on (dump it again, or give --clean-views false)"));
+        }
         reporter.message(&format!("pooled features from {} (not recomputed)", path.display()));
         return Ok(vec![c]);
     }
@@ -356,7 +361,7 @@ fn shared_caches(req: &Request, session: &Session, tta_flip: bool, baseline: boo
     let t0 = Instant::now();
     let all: Vec<usize> = (0..n_all).collect();
     let (c, views) =
-        match train::plan_and_build(&base_model, &session.config.train, pre, &session.prepared.data.gray, from, (&all, &all), tta_flip, device, reporter) {
+        match train::plan_and_build(&base_model, &session.config.train, pre, &session.prepared.data.gray, from, (&all, &all), mirrors, device, reporter) {
             Ok(built) => built,
             Err(why) => {
                 reporter.message(&format!("frozen-prefix cache {why}"));
@@ -375,7 +380,7 @@ fn shared_caches(req: &Request, session: &Session, tta_flip: bool, baseline: boo
         "cached the frozen {}{} once for every fold and seed: {views} view(s) of {n_all} images{}, in {:.1}s",
         train::holds(from),
         points.iter().map(|&b| format!(" (and the {})", train::holds(b))).collect::<String>(),
-        if tta_flip { " and their mirror images" } else { "" },
+        if mirrors { " and their mirror images" } else { "" },
         t0.elapsed().as_secs_f64()
     ));
     Ok(caches)
@@ -452,10 +457,13 @@ fn run_fold(
         lr: p.lr,
         members: p.members,
         threshold: p.threshold,
+        clean_views: p.clean_views,
         ..tc.clone()
     }) {
         // The recipe already is that probe (the default with person statistics): the same training, so its scores.
-        Some(p) if (&p.stages, p.lr, p.members, p.threshold) == (&tc.stages, tc.lr, tc.members, tc.threshold) => Some(main.main.clone()),
+        Some(p) if (&p.stages, p.lr, p.members, p.threshold, p.clean_views) == (&tc.stages, tc.lr, tc.members, tc.threshold, tc.clean_views) => {
+            Some(main.main.clone())
+        }
         Some(p) => Some(fold.train_and_score(&p)?.0.main),
         None => None,
     };

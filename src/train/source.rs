@@ -99,6 +99,11 @@ impl Cache {
         Some(f.index_select(0, &index(rows.iter().map(|&i| self.clean_row[i].unwrap_or(0)), device)).to_kind(Kind::Float))
     }
 
+    /// Whether it holds the mirror images of its clean rows.
+    pub(crate) fn has_flipped(&self) -> bool {
+        self.flipped.is_some()
+    }
+
     /// Whether it holds augmented views of every `train` and clean rows of every `eval` image.
     pub(crate) fn covers(&self, train: &[usize], eval: &[usize]) -> bool {
         train.iter().all(|&i| self.aug_row.get(i).is_some_and(Option::is_some)) && eval.iter().all(|&i| self.clean_row.get(i).is_some_and(Option::is_some))
@@ -113,6 +118,31 @@ impl Cache {
     fn pick(&self, rows: &[usize], rng: &mut ChaCha8Rng, device: Device) -> Tensor {
         let pick = rows.iter().map(|&r| rng.gen_range(0..self.views) * self.n_aug + self.aug_row[r].unwrap_or(0)).collect::<Vec<_>>();
         index(pick.into_iter(), device)
+    }
+
+    /// The cache with each image's clean view and its mirror image appended
+    /// as two more views (`--clean-views`): training then draws among K + 2
+    /// views, one of them the view the image is scored from. Returned as it
+    /// is where some image with augmented views has no clean or mirrored
+    /// row, or where the augmented views are the clean ones (no augmentation).
+    pub(crate) fn with_clean_views(self) -> Cache {
+        let mut image = vec![None; self.n_aug];
+        for (i, r) in self.aug_row.iter().enumerate() {
+            if let Some(r) = *r {
+                image[r] = Some(i);
+            }
+        }
+        let rows: Option<Vec<usize>> = image.iter().map(|i| i.and_then(|i| self.clean_row[i])).collect();
+        let (Some(rows), Some(flipped)) = (rows, self.flipped.as_ref()) else {
+            return self;
+        };
+        if self.aug.data_ptr() == self.clean.data_ptr() {
+            return self;
+        }
+        let idx = index(rows.into_iter(), self.aug.device());
+        let store = self.aug.kind();
+        let aug = Tensor::cat(&[self.aug.shallow_clone(), self.clean.index_select(0, &idx).to_kind(store), flipped.index_select(0, &idx).to_kind(store)], 0);
+        Cache { aug, views: self.views + 2, ..self }
     }
 
     /// One randomly drawn augmented view of each dataset row in `rows`.
@@ -409,8 +439,8 @@ impl<'a> Sources<'a> {
     ) -> Self {
         let mut s = Sources { cfg, pre, data, device, shared, base: None, resumed };
         let base_from = cfg.stages.iter().skip(first_stage).map(|s| s.from).min().unwrap_or(Block::Head);
-        // Person statistics are taken from clean images, the training images' too.
-        let clean: Vec<usize> = if model.cfg.subject_norm {
+        // Person statistics are taken from clean images, the training images' too; clean views train.
+        let clean: Vec<usize> = if model.cfg.subject_norm || cfg.clean_views {
             let mut v: Vec<usize> = data.train.iter().chain(&data.val).copied().collect();
             v.sort_unstable();
             v
@@ -421,7 +451,7 @@ impl<'a> Sources<'a> {
             Some(c) => Some(c.shallow()),
             None => {
                 let t0 = Instant::now();
-                match plan_and_build(model, cfg, pre, &data.gray, base_from, (&data.train, &clean), false, device, reporter) {
+                match plan_and_build(model, cfg, pre, &data.gray, base_from, (&data.train, &clean), cfg.clean_views, device, reporter) {
                     Ok((c, views)) => {
                         reporter.message(&format!(
                             "cached the frozen {}: {} view(s) of {} training images{}, in {:.1}s",
@@ -473,7 +503,7 @@ impl<'a> Sources<'a> {
             _ => None,
         };
         match cache {
-            Some(cache) => Source::Cached { cache, device: self.device, person: None },
+            Some(cache) => Source::Cached { cache: if self.cfg.clean_views { cache.with_clean_views() } else { cache }, device: self.device, person: None },
             None => Source::Plain { cfg: self.cfg, pre: self.pre, data: self.data, device: self.device },
         }
     }
@@ -485,13 +515,20 @@ mod tests {
 
     use super::*;
 
+    /// (rows, cols) of values drawn from a local stream (libtorch's global
+    /// generator is shared with the tests running beside this one).
+    fn values(rows: i64, cols: i64, seed: u64) -> Tensor {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let v: Vec<f32> = (0..rows * cols).map(|_| rng.gen_range(-3.0..4.0)).collect();
+        Tensor::from_slice(&v).view([rows, cols])
+    }
+
     #[test]
     fn person_views_are_the_batches_standardised_per_person() {
         // Six images of three people (the third not in training), two views each.
-        tch::manual_seed(3);
         let (n, d) = (6, 5);
-        let aug = Tensor::randn([2 * n, d], (Kind::Float, Device::Cpu)) * 3.0 + 1.0;
-        let clean = Tensor::randn([n, d], (Kind::Float, Device::Cpu));
+        let aug = values(2 * n, d, 1);
+        let clean = values(n, d, 2);
         let cache = Cache::from_named(vec![("aug".into(), aug.shallow_clone()), ("clean".into(), clean)], n as usize, Device::Cpu).expect("fits");
         let groups = [0usize, 0, 1, 1, 2, 2];
         let train = [0usize, 1, 2, 3];
@@ -516,5 +553,35 @@ mod tests {
             assert!(p.get(r).equal(&aug.get(r)), "row {r}");
         }
         assert!(!p.get(0).equal(&aug.get(0)));
+    }
+
+    #[test]
+    fn clean_views_follow_the_augmented_ones() {
+        let (n, d) = (3i64, 4);
+        let named = |flipped: bool| {
+            let mut t: Vec<(String, Tensor)> =
+                vec![("aug".into(), values(2 * n, d, 3)), ("clean".into(), Tensor::arange(n * d, (Kind::Float, Device::Cpu)).view([n, d]))];
+            if flipped {
+                t.push(("flipped".into(), -Tensor::arange(n * d, (Kind::Float, Device::Cpu)).view([n, d])));
+            }
+            Cache::from_named(t, n as usize, Device::Cpu).expect("fits")
+        };
+        // Without mirror images there is nothing to add: unchanged.
+        let plain = named(false).with_clean_views();
+        assert_eq!((plain.views, plain.aug.size()[0]), (2, 2 * n));
+        let c = named(true);
+        let aug = c.aug.shallow_clone();
+        let c = c.with_clean_views();
+        assert_eq!((c.views, c.aug.size()[0]), (4, 4 * n));
+        // Views 0-1 as before, view 2 each image's clean row, view 3 its mirror image, in the images' order.
+        assert!(c.aug.narrow(0, 0, 2 * n).equal(&aug));
+        assert!(c.aug.narrow(0, 2 * n, n).equal(&c.clean) && c.aug.narrow(0, 3 * n, n).equal(c.flipped.as_ref().unwrap()));
+        // Draws reach them: each of the 4 views of image 1 comes up.
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let seen: std::collections::BTreeSet<i64> =
+            (0..64).map(|_| i64::try_from(c.views_of(&[1], &mut rng, Device::Cpu).sum(Kind::Float) * 1000.0).unwrap()).collect();
+        assert_eq!(seen.len(), 4, "{seen:?}");
+        // Scoring still reads the clean and mirrored rows alone.
+        assert!(c.clean_rows(&[2], Device::Cpu).equal(&c.clean.get(2).unsqueeze(0)));
     }
 }

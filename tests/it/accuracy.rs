@@ -349,8 +349,9 @@ fn a_person_shown_with_one_expression_only() {
 
 /// With per-subject normalisation on and no --stages / --freeze-until, the
 /// head is trained alone, and without --features / --pool-grid it takes conv4
-/// and conv5, each also averaged over a 3x3 grid (the measured default);
-/// --freeze-until, --features and --pool-grid still choose.
+/// and conv5, each also averaged over a 3x3 grid, and trains on the clean
+/// views too (the measured default); --freeze-until, --features, --pool-grid
+/// and --clean-views still choose.
 #[test]
 fn default_stages_are_a_probe_when_person_statistics_are_on() {
     let d = tmp();
@@ -371,9 +372,12 @@ fn default_stages_are_a_probe_when_person_statistics_are_on() {
     assert!(
         err.contains("training the head alone (head:3 at --lr 0.01, 5 heads averaged into one;")
             && err.contains("on the pooled conv4 and conv5 outputs")
-            && err.contains("each block also averaged over a 3x3 grid of the face (--pool-grid 1x1: global pooling only)"),
+            && err.contains("each block also averaged over a 3x3 grid of the face (--pool-grid 1x1: global pooling only)")
+            && err.contains("unaugmented view and mirror image beside its augmented views (--clean-views false"),
         "{out}\n{err}"
     );
+    let clean = |name: &str| config(name)["train"]["clean_views"].clone();
+    assert_eq!(clean("auto"), true);
     assert_eq!(config("auto")["train"]["lr"], 0.01, "the probe's rate");
     assert_eq!(config("auto")["train"]["members"], 5, "the long probe averages 5 heads");
     let saved = tch::Tensor::read_safetensors(d.path().join("runs/auto/model.safetensors")).unwrap();
@@ -385,6 +389,10 @@ fn default_stages_are_a_probe_when_person_statistics_are_on() {
     assert_eq!(stages("bare"), serde_json::json!([{"from": "head", "epochs": 50}]), "{err}");
     assert_eq!(config("bare")["train"]["lr"], 0.002);
     assert_eq!(config("bare")["train"]["members"], 2);
+    let (code, out, err) = run(&args(&s, &[&base[..], &["--name", "dirty", "--clean-views", "false"]].concat()), d.path());
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(clean("dirty"), false, "--clean-views false is kept");
+    assert!(!err.contains("unaugmented view"), "{err}");
     // A fine-tune trains the trunk under the heads: --members is refused, in one sentence.
     let (code, _, err) = run(&args(&s, &[&base[..], &["--name", "ftm", "--subject-norm", "off", "--members", "3"]].concat()), d.path());
     assert_eq!(code, 1, "{err}");
@@ -395,6 +403,7 @@ fn default_stages_are_a_probe_when_person_statistics_are_on() {
     assert_eq!(stages("ft"), serde_json::json!([{"from": "head", "epochs": 1}, {"from": "conv5", "epochs": 2}]));
     assert_eq!(features("ft"), serde_json::json!(["conv5"]));
     assert_eq!(grid("ft"), "1x1");
+    assert_eq!(clean("ft"), false, "measured with the probe only");
     assert!(!err.contains("per-subject normalisation is on:"), "nothing left to choose: {err}");
     // Pairs (2 photos per person) forced on: the probe, on conv5 (conv4 + conv5 measured worse there).
     let pairs_dir = d.path().join("pairs");
@@ -425,12 +434,14 @@ fn default_stages_are_a_probe_when_person_statistics_are_on() {
     assert_eq!(stages("pairs"), serde_json::json!([{"from": "head", "epochs": 3}]));
     assert_eq!(features("pairs"), serde_json::json!(["conv5"]), "{err}");
     assert_eq!(grid("pairs"), "1x1", "the grid was measured with several photos per person");
+    assert_eq!(clean("pairs"), false);
     assert_eq!(config("pairs")["train"]["lr"], 0.003, "pairs keep the recipe's rate (the long probe measured worse there)");
     assert_eq!(config("pairs")["train"]["members"], 1, "and one head (the members were measured on several photos per person)");
     let (code, out, err) = run(&args(&s, &[&base[..], &["--name", "off", "--subject-norm", "off"]].concat()), d.path());
     assert_eq!(code, 0, "{out}\n{err}");
     assert_eq!(features("off"), serde_json::json!(["conv5"]));
     assert_eq!(grid("off"), "1x1");
+    assert_eq!(clean("off"), false);
     // A grid on a fine-tune without person statistics, where it is asked for; refused where it cannot apply.
     let (code, out, err) = run(&args(&s, &[&base[..], &["--name", "ob", "--subject-norm", "off", "--pool-grid", "3x1"]].concat()), d.path());
     assert_eq!(code, 0, "{out}\n{err}");

@@ -406,6 +406,9 @@ fn the_probe_baseline_is_the_probe_recipe_on_the_same_folds() {
     assert_eq!(a.len(), b.len());
     let diff = largest_gap(&a, &b);
     assert!(diff < 1e-3, "the baseline probe and the probe recipe differ by {diff}");
+    // Both train on the clean views (several photos of everyone, head only), the fine-tune itself does not.
+    let clean = |out: &str| json(&d.path().join(out).join("cv-config.json"))["run"]["train"]["clean_views"].clone();
+    assert_eq!((clean("probe"), clean("tuned")), (serde_json::json!(true), serde_json::json!(false)));
     assert!(flat_probs(&tuned["probs"]).iter().zip(&a).any(|(x, y)| (x - y).abs() > 1e-3), "the fine-tune's own scores are not the probe's");
     let md = |out: &str| std::fs::read_to_string(d.path().join(out).join("cv.md")).unwrap();
     assert!(md("tuned").contains("Probe baseline (head only, 3 epochs at learning rate 0.01, 5 heads averaged into one,"), "{}", md("tuned"));

@@ -50,6 +50,7 @@ fn train_cfg(stages: &[(Block, usize)], augment: &str) -> TrainConfig {
         cache_views: 2,
         cache_mem_mb: 512,
         cache_f16: false,
+        clean_views: false,
         seed: 7,
         members: 1,
         threshold: Default::default(),
