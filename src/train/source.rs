@@ -49,12 +49,7 @@ impl Cache {
 
     /// Adds the mirrored twin of every clean row (for flip test-time augmentation).
     pub fn add_flipped(&mut self, model: &Vgg16, pre: &Preprocess, gray: &Tensor, device: Device, reporter: &mut dyn Reporter) {
-        let mut rows = vec![0usize; self.clean_row.iter().flatten().count()];
-        for (i, r) in self.clean_row.iter().enumerate() {
-            if let Some(r) = r {
-                rows[*r] = i;
-            }
-        }
+        let rows: Vec<usize> = images_of(&self.clean_row, self.clean_row.iter().flatten().count()).into_iter().flatten().collect();
         let (store, what) = (self.clean.kind(), format!("caching the mirror images' {}", holds(self.from)));
         let mut parts: Vec<Tensor> = Vec::new();
         for (k, c) in rows.chunks(8).enumerate() {
@@ -126,13 +121,7 @@ impl Cache {
     /// is where some image with augmented views has no clean or mirrored
     /// row, or where the augmented views are the clean ones (no augmentation).
     pub(crate) fn with_clean_views(self) -> Cache {
-        let mut image = vec![None; self.n_aug];
-        for (i, r) in self.aug_row.iter().enumerate() {
-            if let Some(r) = *r {
-                image[r] = Some(i);
-            }
-        }
-        let rows: Option<Vec<usize>> = image.iter().map(|i| i.and_then(|i| self.clean_row[i])).collect();
+        let rows: Option<Vec<usize>> = images_of(&self.aug_row, self.n_aug).into_iter().map(|i| i.and_then(|i| self.clean_row[i])).collect();
         let (Some(rows), Some(flipped)) = (rows, self.flipped.as_ref()) else {
             return self;
         };
@@ -147,8 +136,25 @@ impl Cache {
 
     /// One randomly drawn augmented view of each dataset row in `rows`.
     fn views_of(&self, rows: &[usize], rng: &mut ChaCha8Rng, device: Device) -> Tensor {
-        self.aug.index_select(0, &self.pick(rows, rng, device)).to_kind(Kind::Float)
+        self.aug_at(&self.pick(rows, rng, device))
     }
+
+    /// The rows `pick` of the augmented views, as float32.
+    fn aug_at(&self, pick: &Tensor) -> Tensor {
+        self.aug.index_select(0, pick).to_kind(Kind::Float)
+    }
+}
+
+/// The dataset row held at each of a bank's `n` rows, from its row map
+/// (dataset row → bank row, as `aug_row` and `clean_row` are).
+fn images_of(row_map: &[Option<usize>], n: usize) -> Vec<Option<usize>> {
+    let mut image = vec![None; n];
+    for (i, r) in row_map.iter().enumerate() {
+        if let Some(r) = *r {
+            image[r] = Some(i);
+        }
+    }
+    image
 }
 
 /// What a cache entering at `from` holds, in words.
@@ -381,7 +387,7 @@ impl Source<'_> {
             return None;
         };
         let pick = cache.pick(rows, rng, *device);
-        Some((person.index_select(0, &pick), raw.then(|| cache.aug.index_select(0, &pick).to_kind(Kind::Float))))
+        Some((person.index_select(0, &pick), raw.then(|| cache.aug_at(&pick))))
     }
 
     /// The source with a head-level cache's augmented views also held
@@ -393,12 +399,7 @@ impl Source<'_> {
     pub(crate) fn with_person_views(self, norm: &SubjectNorm, group: impl Fn(usize) -> Option<usize>) -> Self {
         match self {
             Source::Cached { cache, device, .. } if cache.from == Block::Head => {
-                let mut of_row = vec![None; cache.n_aug];
-                for (i, r) in cache.aug_row.iter().enumerate() {
-                    if let Some(r) = *r {
-                        of_row[r] = group(i);
-                    }
-                }
+                let of_row: Vec<Option<usize>> = images_of(&cache.aug_row, cache.n_aug).into_iter().map(|i| i.and_then(&group)).collect();
                 let groups: Vec<Option<usize>> = (0..cache.views).flat_map(|_| of_row.iter().copied()).collect();
                 let person = tch::no_grad(|| norm.apply_covered(&cache.aug.to_kind(Kind::Float), &groups));
                 Source::Cached { cache, device, person: Some(person) }
