@@ -76,8 +76,7 @@ impl SubjectNorm {
 
     /// Standardises `feats` (N, D) with the statistics of each row's group.
     pub fn apply(&self, feats: &Tensor, groups: &[usize]) -> Tensor {
-        let idx = Tensor::from_slice(&groups.iter().map(|&k| k as i64).collect::<Vec<_>>()).to_device(feats.device());
-        (feats - self.mean.index_select(0, &idx)) / self.std.index_select(0, &idx)
+        self.apply_covered(feats, &groups.iter().map(|&k| Some(k)).collect::<Vec<_>>())
     }
 
     /// `apply`, where rows of people the statistics do not cover (`None`)
