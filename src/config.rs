@@ -156,6 +156,11 @@ impl TrainConfig {
         if self.cache_views == 0 {
             return bad(Setting::CacheViews, "must be at least 1".into());
         }
+        // The clean views are rows of the feature cache; uncached training
+        // draws fresh augmentations and would record an option it ignored.
+        if self.clean_views && !self.cache {
+            return bad(Setting::CleanViews, "trains on cached views: it needs the cache (drop --no-cache, or give --clean-views false)".into());
+        }
         if self.stages.is_empty() || self.stages.iter().any(|s| s.epochs == 0) {
             return bad(Setting::Epochs, "must be at least 1".into());
         }
@@ -219,8 +224,8 @@ pub struct Probe {
     /// How its two-class decisions are made (`--threshold`, resolved by the session).
     pub threshold: crate::eval::threshold::ThresholdChoice,
     /// It also trains on the clean views (`TrainConfig::clean_views`): the
-    /// long probe unless `--clean-views` says otherwise (measured there:
-    /// docs/results/accuracy).
+    /// long probe from the cache unless `--clean-views` says otherwise
+    /// (measured there: docs/results/accuracy).
     pub clean_views: bool,
 }
 
@@ -263,7 +268,7 @@ impl Probe {
         let sgd = train.optimizer == crate::train::optim::OptimKind::Sgd;
         let lr = if req.lr.is_none() && long && sgd { Probe::LONG_SGD_LR } else { train.lr };
         let members = req.members.unwrap_or(if long { Probe::LONG_MEMBERS } else { 1 });
-        Probe { epochs, lr, members, threshold: req.threshold, clean_views: req.clean_views.unwrap_or(long) }
+        Probe { epochs, lr, members, threshold: req.threshold, clean_views: req.clean_views.unwrap_or(long && train.cache) }
     }
 }
 

@@ -261,7 +261,12 @@ pub fn plan_and_build(
     device: Device,
     reporter: &mut dyn Reporter,
 ) -> std::result::Result<(Cache, usize), String> {
-    let views = cache_plan(model, cfg, pre, from, aug_rows.len(), clean_rows.len(), device)?;
+    // The mirror images are fixed rows too: counted against --cache-mem with the clean ones.
+    let fixed_rows = clean_rows.len() * if flipped { 2 } else { 1 };
+    let views = cache_plan(model, cfg, pre, from, aug_rows.len(), fixed_rows, device)?;
+    if !cfg.augment.is_identity() && views < cfg.cache_views {
+        reporter.message(&format!("--cache-mem {} MiB holds {views} of the {} augmented views asked for (--cache-views)", cfg.cache_mem_mb, cfg.cache_views));
+    }
     let mut c = build_cache(model, cfg, pre, gray, from, views, aug_rows, clean_rows, device, reporter);
     if flipped {
         c.add_flipped(model, pre, gray, device, reporter);

@@ -393,6 +393,14 @@ fn default_stages_are_a_probe_when_person_statistics_are_on() {
     assert_eq!(code, 0, "{out}\n{err}");
     assert_eq!(clean("dirty"), false, "--clean-views false is kept");
     assert!(!err.contains("unaugmented view"), "{err}");
+    // The clean views are cache rows: off without the cache, and refused when asked for there.
+    let (code, out, err) = run(&args(&s, &[&base[..], &["--name", "uncached", "--no-cache"]].concat()), d.path());
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(clean("uncached"), false, "no cache, no clean views");
+    let (code, _, err) = run(&args(&s, &[&base[..], &["--name", "uncached2", "--no-cache", "--clean-views"]].concat()), d.path());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--clean-views trains on cached views") && err.contains("--no-cache"), "{err}");
+    assert_eq!(err.lines().filter(|l| l.starts_with("error")).count(), 1, "{err}");
     // A fine-tune trains the trunk under the heads: --members is refused, in one sentence.
     let (code, _, err) = run(&args(&s, &[&base[..], &["--name", "ftm", "--subject-norm", "off", "--members", "3"]].concat()), d.path());
     assert_eq!(code, 1, "{err}");

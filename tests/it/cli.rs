@@ -439,6 +439,12 @@ fn long_steps_say_so_when_stderr_is_not_a_terminal() {
     let line = err.lines().position(|l| l.starts_with("caching the frozen conv4 output: ") && l.ends_with("image(s)…"));
     let done = err.lines().position(|l| l.starts_with("cached the frozen conv4 output"));
     assert!(line.is_some() && done.is_some() && line < done, "a line before the cache pass and one after it:\n{err}");
+    let (code, _, err) = run(
+        &args(&s, &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:1,conv5:1", "--val", "none", "--cache-views", "5000", "--cache-mem", "1"]),
+        d.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("--cache-mem 1 MiB holds ") && err.contains(" of the 5000 augmented views asked for"), "fewer views than asked for are said:\n{err}");
     let (code, _, err) = run(&args(&s, &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:1,conv5:1", "--val", "none", "--quiet"]), d.path());
     assert_eq!(code, 0, "{err}");
     assert!(!err.contains("caching"), "--quiet stays quiet: {err}");
