@@ -161,7 +161,24 @@ fn explain_writes_heatmaps_a_sheet_means_and_works_for_every_model_option() {
         let csv = std::fs::read_to_string(out.join("explain.csv")).unwrap();
         assert!(csv.lines().count() > 1 && !csv.contains("NaN"), "{csv}");
         if v.contains(&"on") {
-            assert!(err.contains("single-image head"), "{err}");
+            assert!(err.contains("single-image head") && err.contains("--tta none gives these"), "{err}");
+            // The numbers it explains are predict's single-image answer without flip TTA.
+            let photo = d.path().join("s00_neutral.png");
+            let (code, out, err) = run(
+                &["predict", photo.to_str().unwrap(), "--model", &format!("runs/{name}"), "--tta", "none", "--format", "json", "--device", "cpu"],
+                d.path(),
+            );
+            assert_eq!(code, 0, "{err}");
+            let p: serde_json::Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(p[0]["mode"], "single-image", "{out}");
+            let row: Vec<&str> = csv.lines().nth(1).unwrap().split(',').collect();
+            let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+            assert_eq!(header.iter().filter(|h| h.starts_with("p_")).count(), 2, "{csv}");
+            for (i, h) in header.iter().enumerate().filter(|(_, h)| h.starts_with("p_")) {
+                let want = p[0]["probabilities"][&h[2..]].as_f64().unwrap();
+                let got: f64 = row[i].parse().unwrap();
+                assert!((got - want).abs() < 1e-4, "{h}: explain {got} vs predict --tta none {want}");
+            }
         }
     }
     // Batch BN modes explain too (--bn train keeps BatchNorm in the trunk).

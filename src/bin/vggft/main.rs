@@ -128,7 +128,10 @@ fn explain(mut a: ExplainArgs) -> anyhow::Result<bool> {
     let req = vggft::eval::explain::ExplainRequest { paths: &paths, class, layer, out: &a.out, mean: a.mean, arrays: a.arrays };
     let done = vggft::eval::explain::explain(&cfg, &model, &req, device)?;
     if model.cfg.subject_norm {
-        errln!("note: this subject-normalised model is explained through its single-image head");
+        // predict's default for such a model averages the mirror image in: its numbers differ.
+        errln!(
+            "note: this subject-normalised model is explained through its single-image head, from the photo alone (predict's default also averages in the mirror image's probabilities: --tta none gives these)"
+        );
     }
     let mut failed = 0;
     for e in &done {
