@@ -159,7 +159,7 @@ pub enum HeadKind {
 pub enum Precision {
     #[default]
     F32,
-    /// bfloat16 convolutions: faster on CPUs with AMX and on recent GPUs; on an
+    /// bfloat16 convolutions: faster on CPUs with AMX (~4×) and on recent GPUs; on an
     /// AVX512-BF16 CPU without AMX libtorch measured ~1.5× slower than float32 (`make bench`).
     Bf16,
 }
@@ -172,6 +172,18 @@ impl Precision {
             Precision::Bf16 => Some(Kind::BFloat16),
         }
     }
+}
+
+/// Whether the CPU has AMX-BF16 tiles, by the kernel's flags (Linux; `false`
+/// elsewhere or when unreadable): there bf16 convolutions ran ~4× faster
+/// than float32 (`make bench`, 2026-12-03), so a float32 run says so.
+pub fn cpu_has_amx_bf16() -> bool {
+    std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|info| amx_bf16_in(&info))
+}
+
+/// `cpu_has_amx_bf16` on the text of `/proc/cpuinfo`: the `flags` line names `amx_bf16`.
+fn amx_bf16_in(cpuinfo: &str) -> bool {
+    cpuinfo.lines().filter(|l| l.starts_with("flags")).any(|l| l.split_whitespace().any(|f| f == "amx_bf16"))
 }
 
 impl std::fmt::Display for Precision {
@@ -883,6 +895,14 @@ mod tests {
         let ends: Vec<usize> = (0..13).filter(|&l| CONVS[l].last_in_block).collect();
         assert_eq!(ends, [1, 3, 6, 9, 12]);
         assert_eq!(CONVS[12].block, Block::Conv5);
+    }
+
+    #[test]
+    fn amx_bf16_is_read_from_the_flags_line_only() {
+        let flags = |f: &str| format!("processor\t: 0\nmodel name\t: Xeon amx_bf16 in a name\nflags\t\t: fpu sse2 {f} avx512f\n");
+        assert!(amx_bf16_in(&flags("amx_bf16 amx_tile")));
+        assert!(!amx_bf16_in(&flags("amx_int8 amx_tile avx512_bf16")), "avx512_bf16 is not AMX");
+        assert!(!amx_bf16_in(""));
     }
 
     /// Folding an ensemble gives exactly the average of its members'
