@@ -304,7 +304,9 @@ pub fn derive_cache(model: &Vgg16, base: &Cache, from: Block) -> Cache {
     }
 }
 
-/// How many views fit the memory bound, or why the cache is off.
+/// How many augmented views of `n_aug` images fit the memory bound beside
+/// `n_clean` fixed rows (clean views, and mirror images where kept), or why
+/// the cache is off.
 pub fn cache_plan(
     model: &Vgg16,
     cfg: &TrainConfig,
@@ -332,7 +334,7 @@ pub fn cache_plan(
     let fit = if fixed + per * n_aug > budget { 0 } else { ((budget - fixed) / (per * n_aug.max(1))).min(views) };
     if fit == 0 {
         return Err(format!(
-            "off: one view of {} images needs {} MiB, over --cache-mem {} MiB",
+            "off: one augmented view with the clean (and mirrored) rows, {} rows, needs {} MiB, over --cache-mem {} MiB",
             n_aug + n_clean,
             (per * (n_aug + n_clean)) >> 20,
             cfg.cache_mem_mb
