@@ -38,16 +38,26 @@ def check(binary, d):
         for i in range(4):
             a = (rng.integers(40, 200) + rng.integers(-20, 20, (40, 48))).astype(np.uint8)
             Image.fromarray(a).save(os.path.join(d, "data", c, f"{i}.png"))
+    # The same photos as 4 people with 3 each, for the subject-normalised runs (which export the single-image head).
+    with open(os.path.join(d, "people.csv"), "w") as f:
+        f.write("path,label,subject\n")
+        for c in ("neutral", "happy", "sad"):
+            for i in range(4):
+                f.write(f"data/{c}/{i}.png,{c},P{i}\n")
     variants = {
         "bn": ["--head", "bn", "--crop", "center:0.9"],
         "linear": ["--head", "linear", "--features", "conv4,conv5", "--threshold", "0.3"],
         "raw": ["--head", "bn", "--hidden", "8", "--train-labels", "raw", "--pool-grid", "2x1"],
         "grid": ["--head", "linear", "--pool-grid", "2x3", "--image-size", "96"],  # conv5 3×3: cells of unequal size
         "vgg-bn": ["--head", "vgg", "--bn", "train"],
+        # Single-image heads: on the task's classes (the default) and on the raw labels.
+        "single-task": ["--data", "people.csv", "--subject-norm", "on", "--train-labels", "raw", "--threshold", "off"],
+        "single-raw": ["--data", "people.csv", "--subject-norm", "on", "--train-labels", "raw", "--threshold", "off", "--single-labels", "raw"],
     }
     worst = 0.0
     for name, extra in variants.items():
-        run = [binary, "finetune", "--data", "data", "--random-init", "--width-div", "16", "--device", "cpu",
+        data = [] if "--data" in extra else ["--data", "data"]
+        run = [binary, "finetune", *data, "--random-init", "--width-div", "16", "--device", "cpu",
                "--threads", "1", "--stages", "head:1,conv5:1", "--val", "none", "--name", name, "--quiet", *extra]
         if "--image-size" not in extra:
             run += ["--image-size", "32"]
@@ -60,7 +70,7 @@ def check(binary, d):
         assert meta.get("threshold") == ("0.3" if name == "linear" else None), meta
         sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         images = [os.path.join(d, "data", c, "1.png") for c in ("neutral", "happy", "sad")]
-        out = subprocess.run([binary, "predict", *images, "--model", rd, "--format", "json", "--device", "cpu"], cwd=d, check=True, capture_output=True, text=True)
+        out = subprocess.run([binary, "predict", *images, "--model", rd, "--format", "json", "--device", "cpu", "--tta", "none"], cwd=d, check=True, capture_output=True, text=True)
         want = {p["path"]: [p["probabilities"][c] for c in cfg["classes"]] for p in json.loads(out.stdout)}
         net = vggft_model.load(rd)
         for img in images:

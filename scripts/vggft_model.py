@@ -91,6 +91,8 @@ class VggftNet(nn.Module):
         else:
             self.fc = linear(f"{prefix}.fc")
         raw_to_task = config.get("raw_to_task") or []
+        if prefix == "head_global" and model.get("single_labels") == "task":
+            raw_to_task = []  # the single-image head learnt the task's classes directly
         n_classes = len(config["classes"])
         m = torch.zeros(len(raw_to_task) or n_classes, n_classes)
         for r, t in enumerate(raw_to_task or range(n_classes)):

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::config::{parse_stages, stages_for, ClassWeights, DataConfig, ModelOptions, ProbeRequest, TrainConfig};
+use crate::config::{parse_stages, stages_for, ClassWeights, DataConfig, ModelOptions, ProbeRequest, SingleLabels, TrainConfig};
 use crate::data::augment::Augment;
 use crate::data::image::Crop;
 use crate::data::scan::DataFormat;
@@ -290,6 +290,11 @@ pub struct ModelArgs {
     /// (auto: on when every subject id has at least 3 images).
     #[arg(long, value_enum, default_value_t = SubjectNormChoice::Auto)]
     pub subject_norm: SubjectNormChoice,
+    /// What the single-image head (per-subject normalisation's answer for a
+    /// person without other photos) learns when the main head learns raw labels:
+    /// task (the task's classes directly) or raw (the raw labels, as the main head).
+    #[arg(long, value_enum, default_value_t = SingleLabels::Task)]
+    pub single_labels: SingleLabels,
     /// Start from random weights (ablations, tests).
     #[arg(long, hide = true)]
     pub random_init: bool,
@@ -672,6 +677,7 @@ impl ModelArgs {
             features,
             subject_norm: self.subject_norm,
             pool_grid: self.pool_grid.as_deref().map(PoolGrid::parse).transpose()?.unwrap_or_default(),
+            single_labels: self.single_labels,
         };
         options.validate()?;
         // The vgg head cannot take person-normalised features: auto means off there

@@ -302,6 +302,22 @@ pub struct ModelOptions {
     /// Cells each feature block is also averaged over (`--pool-grid`; 1x1: none).
     #[serde(default)]
     pub pool_grid: crate::model::PoolGrid,
+    /// What the single-image head learns where the main head learns raw
+    /// labels (`--single-labels`); runs from before the flag: raw.
+    #[serde(default)]
+    pub single_labels: SingleLabels,
+}
+
+/// The labels of a subject-normalised model's single-image head when the
+/// main head learns raw labels.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SingleLabels {
+    /// The raw labels, as the main head.
+    #[default]
+    Raw,
+    /// The task's classes directly.
+    Task,
 }
 
 fn one() -> i64 {

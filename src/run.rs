@@ -150,8 +150,13 @@ fn execute(session: &Session, dir: &Path, reporter: &mut dyn Reporter, stop: Opt
         }
     }
     if !config.raw_classes.is_empty() {
+        let single = if model.cfg.single_to_task.is_empty() {
+            ""
+        } else {
+            "; the single-image head learns the classes themselves (--single-labels raw: the raw labels)"
+        };
         reporter.message(&format!(
-            "the head learns the {} raw labels ({}); each class's probability is the sum of its raw labels' (--train-labels task learns the classes directly)",
+            "the head learns the {} raw labels ({}); each class's probability is the sum of its raw labels' (--train-labels task learns the classes directly){single}",
             config.raw_classes.len(),
             crate::error::short_list(&config.raw_classes, 8)
         ));
@@ -442,7 +447,7 @@ pub fn load_run(dir: &Path, device: Device) -> Result<(RunConfig, Vgg16)> {
     if !weights.is_file() {
         return Err(Error::file(dir, "has no model.safetensors: the run did not finish (resume it with `vggft finetune --resume RUN`)"));
     }
-    let mut model = Vgg16::for_loading(&model_config(&config.model, config.head_classes()), device)?;
+    let mut model = Vgg16::for_loading(&model_config(&config), device)?;
     weights::load_checkpoint(&mut model, &weights)?;
     Ok((config, model))
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use tch::{Device, Tensor};
 
-use crate::config::{DataConfig, ModelOptions, Probe, ProbeRequest, Recipe, RunConfig, Stage, WeightsInfo};
+use crate::config::{DataConfig, ModelOptions, Probe, ProbeRequest, Recipe, RunConfig, SingleLabels, Stage, WeightsInfo};
 use crate::data::face::FaceMode;
 use crate::data::scan::{self, Dataset};
 use crate::data::split::{self, Labels, Split, TrainLabels};
@@ -159,7 +159,7 @@ impl Session {
     /// recipe starts from random weights.
     pub(crate) fn fresh_model(&self, seed: i64, load: bool) -> Result<(Vgg16, Option<LoadReport>)> {
         tch::manual_seed(seed);
-        let mut model = Vgg16::new(&model_config(&self.config.model, self.config.head_classes()), self.device)?;
+        let mut model = Vgg16::new(&model_config(&self.config), self.device)?;
         let w = &self.config.weights.path;
         let report = if load && !w.as_os_str().is_empty() { Some(weights::load_pretrained(&mut model, w)?) } else { None };
         Ok((model, report))
@@ -273,7 +273,10 @@ pub(crate) fn weights_info(given: Option<&Path>, random_init: bool, needs_bn: bo
     Ok(WeightsInfo { sha256: weights::sha256_file(&p)?, source: weights_source(&p), path: p.canonicalize().unwrap_or(p) })
 }
 
-pub(crate) fn model_config(m: &ModelOptions, classes: usize) -> ModelConfig {
+pub(crate) fn model_config(config: &RunConfig) -> ModelConfig {
+    let m = &config.model;
+    let classes = config.head_classes();
+    let single_task = m.subject_norm == SubjectNormChoice::On && m.single_labels == SingleLabels::Task && !config.raw_to_task.is_empty();
     ModelConfig {
         bn_mode: m.bn,
         head: m.head,
@@ -285,6 +288,7 @@ pub(crate) fn model_config(m: &ModelOptions, classes: usize) -> ModelConfig {
         features: m.features.clone(),
         subject_norm: m.subject_norm == SubjectNormChoice::On,
         pool_grid: m.pool_grid,
+        single_to_task: if single_task { config.raw_to_task.clone() } else { Vec::new() },
     }
 }
 

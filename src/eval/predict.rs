@@ -245,7 +245,8 @@ pub fn predict(
         let (p, modes) = person_or_single(model, &f, flipped.as_ref(), &keys);
         for (((task, raw), &i), mode) in split_raw(cfg, &p).into_iter().zip(&rows).zip(modes) {
             out[i].probs = Ok(task);
-            out[i].raw = raw;
+            // A single-image head that learnt the task's classes has no raw-label answer to give.
+            out[i].raw = if mode == Mode::Single && !model.cfg.single_to_task.is_empty() { Vec::new() } else { raw };
             out[i].mode = Some(mode);
         }
     }

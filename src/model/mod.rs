@@ -222,6 +222,12 @@ pub struct ModelConfig {
     /// a global average keeps what fired but not where.
     #[serde(default)]
     pub pool_grid: PoolGrid,
+    /// The task class of each raw label when the single-image head
+    /// (`head_global.*`) learns the task's classes directly while the main
+    /// head learns the raw labels (`--single-labels task`); empty: it learns
+    /// what the main head learns.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub single_to_task: Vec<usize>,
 }
 
 /// A grid of `rows` × `cols` cells over a feature map (`--pool-grid RxC`),
@@ -301,6 +307,7 @@ impl ModelConfig {
             features: conv5_only(),
             subject_norm: false,
             pool_grid: PoolGrid::GLOBAL,
+            single_to_task: Vec::new(),
         }
     }
     /// Channels of block `b`'s output.
@@ -497,7 +504,11 @@ impl Vgg16 {
             c_in = c_out;
         }
         let head = make_head(cfg, &root, &root / "head", random);
-        let global = cfg.subject_norm.then(|| make_head(cfg, &root, &root / "head_global", random));
+        let global_classes = cfg.single_to_task.iter().max().map_or(cfg.num_classes, |&m| m as i64 + 1);
+        if !cfg.single_to_task.is_empty() && (cfg.single_to_task.len() as i64 != cfg.num_classes || global_classes < 2) {
+            return Err(Error::invalid(Setting::RawLabels, "and the single-image head's classes do not match"));
+        }
+        let global = cfg.subject_norm.then(|| make_head(&ModelConfig { num_classes: global_classes, ..cfg.clone() }, &root, &root / "head_global", random));
         Ok(Vgg16 { vs, cfg: cfg.clone(), layers, head, global, members: Vec::new() })
     }
 
@@ -687,8 +698,21 @@ impl Vgg16 {
     }
 
     /// The single-image head of a subject-normalised model on (globally) pooled features.
+    /// Its logits are in the main head's raw labels either way: a head trained
+    /// on the task's classes gives each raw label its class's logit less the
+    /// log of the class's raw-label count, so that summing the raw softmax
+    /// probabilities gives back the head's own (and a cross-entropy on raw
+    /// targets is the task's cross-entropy plus a constant).
     pub(crate) fn classify_global(&self, f: &Tensor, train: bool) -> Option<Tensor> {
-        self.global.as_ref().map(|h| h.forward(f, self.cfg.dropout, train))
+        let z = self.global.as_ref()?.forward(f, self.cfg.dropout, train);
+        if self.cfg.single_to_task.is_empty() {
+            return Some(z);
+        }
+        let map = &self.cfg.single_to_task;
+        let idx: Vec<i64> = map.iter().map(|&t| t as i64).collect();
+        let shift: Vec<f32> = map.iter().map(|&t| (map.iter().filter(|&&u| u == t).count() as f32).ln()).collect();
+        let idx = Tensor::from_slice(&idx).to_device(z.device());
+        Some(z.index_select(1, &idx) - Tensor::from_slice(&shift).to_kind(z.kind()).to_device(z.device()))
     }
 
     /// The head on the feature blocks' outputs.
@@ -903,6 +927,32 @@ mod tests {
         assert!(amx_bf16_in(&flags("amx_bf16 amx_tile")));
         assert!(!amx_bf16_in(&flags("amx_int8 amx_tile avx512_bf16")), "avx512_bf16 is not AMX");
         assert!(!amx_bf16_in(""));
+    }
+
+    /// A single-image head on the task's classes answers in the raw labels:
+    /// summed, its raw softmax probabilities are its own; a cross-entropy on
+    /// a raw target is the task's plus the log of the class's raw-label count.
+    #[test]
+    fn a_task_class_single_image_head_answers_in_raw_labels() {
+        tch::manual_seed(3);
+        let mut cfg = ModelConfig::new(BnMode::Drop, HeadKind::Linear, 4);
+        (cfg.width_div, cfg.subject_norm, cfg.single_to_task) = (16, true, vec![1, 0, 1, 1]);
+        let m = Vgg16::new(&cfg, Device::Cpu).unwrap();
+        let shape = |n: &str| m.named_tensors().into_iter().find(|(k, _)| k == n).map(|(_, t)| t.size());
+        assert_eq!((shape("head.fc.bias"), shape("head_global.fc.bias")), (Some(vec![4]), Some(vec![2])));
+        let f = Tensor::randn([5, cfg.pooled_width()], (Kind::Float, Device::Cpu));
+        let raw = m.classify_global(&f, false).unwrap();
+        assert_eq!(raw.size(), [5, 4]);
+        let own = m.global.as_ref().unwrap().forward(&f, 0.0, false).softmax(1, Kind::Double);
+        let summed = crate::eval::task_probs(&raw, &cfg.single_to_task, 2);
+        assert!(f64::try_from((summed - &own).abs().max()).unwrap() < 1e-6);
+        // Raw target 2 (task class 1, one of 3 raw labels): −log p_raw = −log p_task + ln 3.
+        let lp = raw.to_kind(Kind::Double).log_softmax(1, Kind::Double);
+        let d = -lp.double_value(&[0, 2]) + own.double_value(&[0, 1]).ln();
+        assert!((d - 3f64.ln()).abs() < 1e-6, "{d}");
+        // The map must cover every raw label.
+        cfg.single_to_task = vec![1, 0];
+        assert!(Vgg16::new(&cfg, Device::Cpu).is_err());
     }
 
     /// Folding an ensemble gives exactly the average of its members'

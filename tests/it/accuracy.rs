@@ -117,6 +117,88 @@ fn finetune_on_raw_labels_reports_task_classes_everywhere() {
     assert!(!out.contains("raw_probabilities"), "{out}");
 }
 
+/// JAFFE-named photos of `people` persons, `per_code` each of NE, HA and SU:
+/// three raw labels, two binary classes, a subject id per photo.
+fn jaffe_three_labels(root: &Path, people: usize, per_code: usize, size: u32) {
+    std::fs::create_dir_all(root).unwrap();
+    let mut serial = 0;
+    for p in 0..people {
+        for (k, code) in ["HA", "NE", "SU"].iter().enumerate() {
+            for i in 0..per_code {
+                serial += 1;
+                gray_png(&root.join(format!("P{p}.{code}{}.{serial}.png", i + 1)), size, size, |x, y| {
+                    let noise = ((x * 7 + y * 13 + serial as u32 * 31) % 17) as u8;
+                    (if x * 3 / size == k as u32 { 180 } else { 30 }) + 10 * p as u8 + noise
+                });
+            }
+        }
+    }
+}
+
+#[test]
+fn the_single_image_head_learns_the_task_classes_where_the_main_head_learns_raw_labels() {
+    let d = tmp();
+    let data = d.path().join("jaffe");
+    jaffe_three_labels(&data, 4, 2, 32);
+    let w = d.path().join("trunk.safetensors");
+    trunk_only(&w, 25);
+    let s = small(&w);
+    let data_s = data.to_str().unwrap();
+    let shapes = |name: &str| {
+        let (code, out, _) = run(&["weights", "inspect", "--json", d.path().join("runs").join(name).join("model.safetensors").to_str().unwrap()], d.path());
+        assert_eq!(code, 0);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let shape = |t: &str| v["tensors"].as_array().unwrap().iter().find(|r| r[0] == t).map(|r| r[1].clone());
+        (shape("head.fc.bias"), shape("head_global.fc.bias"))
+    };
+    let train = |name: &str, extra: &[&str]| {
+        let mut a = vec!["finetune", "--data", data_s, "--stages", "head:3", "--val", "none", "--threshold", "off", "--name", name];
+        a.extend_from_slice(extra);
+        let (code, out, err) = run(&args(&s, &a), d.path());
+        assert_eq!(code, 0, "{out}\n{err}");
+        (json(&d.path().join("runs").join(name).join("config.json")), err)
+    };
+    // Default: 6 photos a person (per-subject normalisation on), 3 raw labels for 2 classes.
+    let (cfg, err) = train("task", &[]);
+    assert!(err.contains("the single-image head learns the classes themselves"), "{err}");
+    assert_eq!((cfg["model"]["subject_norm"].as_str(), cfg["model"]["single_labels"].as_str()), (Some("on"), Some("task")), "{cfg}");
+    assert_eq!(shapes("task"), (Some(serde_json::json!([3])), Some(serde_json::json!([2]))), "main head: raw labels; single-image head: the task's classes");
+    // One photo alone is the single-image head's: task probabilities, no raw ones; with the
+    // person's other photos, the main head's: raw probabilities summing to the task's.
+    let one = data.join("P0.SU1.5.png");
+    let predict = |files: &[&Path]| {
+        let mut a = vec!["predict", "--device", "cpu", "--format", "json"];
+        a.extend(files.iter().map(|p| p.to_str().unwrap()));
+        let (code, out, err) = run(&a, d.path());
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    let v = predict(&[&one]);
+    let f = |x: &serde_json::Value| x.as_f64().unwrap();
+    assert_eq!(v[0]["mode"], "single-image", "{v}");
+    assert!(v[0].get("raw_probabilities").is_none(), "{v}");
+    assert!((f(&v[0]["probabilities"]["neutral"]) + f(&v[0]["probabilities"]["expressive"]) - 1.0).abs() < 1e-9, "{v}");
+    let person: Vec<std::path::PathBuf> = ["P0.HA1.1.png", "P0.NE1.3.png", "P0.SU1.5.png"].iter().map(|n| data.join(n)).collect();
+    let v = predict(&person.iter().map(|p| p.as_path()).collect::<Vec<_>>());
+    let (p, r) = (&v[2]["probabilities"], &v[2]["raw_probabilities"]);
+    assert_eq!(v[2]["mode"], "person", "{v}");
+    assert!((f(&p["expressive"]) - f(&r["happy"]) - f(&r["surprise"])).abs() < 1e-9, "{v}");
+
+    // --single-labels raw: the single-image head learns the raw labels, as before the flag.
+    let (cfg, err) = train("raw", &["--single-labels", "raw"]);
+    assert_eq!(cfg["model"]["single_labels"], "raw");
+    assert!(!err.contains("single-image head learns"), "{err}");
+    assert_eq!(shapes("raw"), (Some(serde_json::json!([3])), Some(serde_json::json!([3]))));
+    assert!(predict(&[&one])[0]["raw_probabilities"].is_object());
+    // A run folder from before the flag (no single_labels in its config.json) loads with a raw-label single-image head.
+    let path = d.path().join("runs/raw/config.json");
+    let mut old = json(&path);
+    old["model"].as_object_mut().unwrap().remove("single_labels");
+    std::fs::write(&path, serde_json::to_string_pretty(&old).unwrap()).unwrap();
+    let (code, _, err) = run(&["predict", "--device", "cpu", "--model", d.path().join("runs/raw").to_str().unwrap(), one.to_str().unwrap()], d.path());
+    assert_eq!(code, 0, "{err}");
+}
+
 #[test]
 fn multi_layer_features_train_from_the_conv4_cache_and_predict() {
     let d = tmp();

@@ -25,6 +25,7 @@ pub fn small_cfg(bn: BnMode, head: HeadKind, classes: i64) -> ModelConfig {
         features: vggft::model::conv5_only(),
         subject_norm: false,
         pool_grid: vggft::model::PoolGrid::GLOBAL,
+        single_to_task: Vec::new(),
     }
 }
 
