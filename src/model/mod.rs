@@ -702,7 +702,8 @@ impl Vgg16 {
     /// on the task's classes gives each raw label its class's logit less the
     /// log of the class's raw-label count, so that summing the raw softmax
     /// probabilities gives back the head's own (and a cross-entropy on raw
-    /// targets is the task's cross-entropy plus a constant).
+    /// targets is the task's cross-entropy plus a constant; label smoothing
+    /// still spreads over the raw labels).
     pub(crate) fn classify_global(&self, f: &Tensor, train: bool) -> Option<Tensor> {
         let z = self.global.as_ref()?.forward(f, self.cfg.dropout, train);
         if self.cfg.single_to_task.is_empty() {
