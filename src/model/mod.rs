@@ -444,6 +444,9 @@ pub struct Vgg16 {
     head: Head,
     /// The single-image head of a subject-normalised model.
     global: Option<Head>,
+    /// For a single-image head on the task's classes: the class of each raw
+    /// label (index) and the log of that class's raw-label count (`classify_global`).
+    global_to_raw: Option<(Tensor, Tensor)>,
     /// Heads trained beside `head` as an ensemble (`add_members`), until folded.
     members: Vec<Head>,
 }
@@ -509,7 +512,13 @@ impl Vgg16 {
             return Err(Error::invalid(Setting::RawLabels, "and the single-image head's classes do not match"));
         }
         let global = cfg.subject_norm.then(|| make_head(&ModelConfig { num_classes: global_classes, ..cfg.clone() }, &root, &root / "head_global", random));
-        Ok(Vgg16 { vs, cfg: cfg.clone(), layers, head, global, members: Vec::new() })
+        let map = &cfg.single_to_task;
+        let global_to_raw = (!map.is_empty()).then(|| {
+            let idx: Vec<i64> = map.iter().map(|&t| t as i64).collect();
+            let shift: Vec<f32> = map.iter().map(|&t| (map.iter().filter(|&&u| u == t).count() as f32).ln()).collect();
+            (Tensor::from_slice(&idx).to_device(device), Tensor::from_slice(&shift).to_device(device))
+        });
+        Ok(Vgg16 { vs, cfg: cfg.clone(), layers, head, global, global_to_raw, members: Vec::new() })
     }
 
     /// Heads in the ensemble the main head belongs to (`--members`): 1 unless
@@ -706,14 +715,10 @@ impl Vgg16 {
     /// still spreads over the raw labels).
     pub(crate) fn classify_global(&self, f: &Tensor, train: bool) -> Option<Tensor> {
         let z = self.global.as_ref()?.forward(f, self.cfg.dropout, train);
-        if self.cfg.single_to_task.is_empty() {
-            return Some(z);
-        }
-        let map = &self.cfg.single_to_task;
-        let idx: Vec<i64> = map.iter().map(|&t| t as i64).collect();
-        let shift: Vec<f32> = map.iter().map(|&t| (map.iter().filter(|&&u| u == t).count() as f32).ln()).collect();
-        let idx = Tensor::from_slice(&idx).to_device(z.device());
-        Some(z.index_select(1, &idx) - Tensor::from_slice(&shift).to_kind(z.kind()).to_device(z.device()))
+        Some(match &self.global_to_raw {
+            None => z,
+            Some((class, log_count)) => z.index_select(1, class) - log_count.to_kind(z.kind()),
+        })
     }
 
     /// The head on the feature blocks' outputs.
