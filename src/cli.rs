@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::config::{parse_stages, stages_for, ClassWeights, DataConfig, ModelOptions, ProbeRequest, SingleLabels, TrainConfig};
+use crate::config::{parse_stages, stages_for, ClassWeights, DataConfig, Keep, ModelOptions, ProbeRequest, SingleLabels, TrainConfig};
 use crate::data::augment::Augment;
 use crate::data::image::Crop;
 use crate::data::scan::DataFormat;
@@ -393,9 +393,12 @@ pub struct TrainArgs {
     /// normalisation and at least 3 photos of every person]
     #[arg(long, num_args = 0..=1, default_missing_value = "true", help_heading = "Augmentation")]
     pub clean_views: Option<bool>,
-    /// Early-stopping patience in epochs (0: off).
-    #[arg(long, default_value_t = 5)]
-    pub patience: usize,
+    /// Early-stopping patience in epochs within a stage, on validation loss (0: off) [default: 5; off for the head-only probe chosen with per-subject normalisation and at least 3 photos of every person]
+    #[arg(long)]
+    pub patience: Option<usize>,
+    /// Which epoch's weights the run keeps: best (lowest validation loss) or last [default: best; last for the head-only probe chosen with per-subject normalisation and at least 3 photos of every person: the model `cv` measures]
+    #[arg(long, value_enum)]
+    pub keep: Option<Keep>,
     /// Do not cache the frozen blocks' output.
     #[arg(long, help_heading = "Cache and speed")]
     pub no_cache: bool,
@@ -692,6 +695,8 @@ impl ModelArgs {
 /// `--epochs` and `--freeze-epochs` when not given.
 const EPOCHS: usize = 12;
 const FREEZE_EPOCHS: usize = 3;
+/// `--patience` when not given.
+const PATIENCE: usize = 5;
 
 /// `--lr` when not given (a fine-tune's head rate; the blocks below get less).
 fn default_lr(optimizer: OptimKind) -> f64 {
@@ -714,7 +719,15 @@ impl TrainArgs {
             (None, None) => None,
             (e, w) => Some(e.unwrap_or(EPOCHS) + w.unwrap_or(FREEZE_EPOCHS)),
         };
-        ProbeRequest { epochs, lr: self.lr, members: self.members, threshold: self.threshold, clean_views: self.clean_views }
+        ProbeRequest {
+            epochs,
+            lr: self.lr,
+            members: self.members,
+            threshold: self.threshold,
+            clean_views: self.clean_views,
+            patience: self.patience,
+            keep: self.keep,
+        }
     }
 
     pub fn to_config(&self) -> Result<TrainConfig> {
@@ -759,7 +772,8 @@ impl TrainArgs {
             label_smoothing: self.label_smoothing,
             class_weights: self.class_weights,
             augment,
-            patience: self.patience,
+            patience: self.patience.unwrap_or(PATIENCE),
+            keep: self.keep.unwrap_or_default(),
             cache: !self.no_cache,
             cache_views: self.cache_views,
             cache_mem_mb: self.cache_mem,

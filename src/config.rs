@@ -94,6 +94,10 @@ pub struct TrainConfig {
     pub augment: Augment,
     /// Early-stopping patience in epochs within a stage (0: off).
     pub patience: usize,
+    /// Which epoch's weights the run keeps (`--keep`); runs from before the
+    /// flag kept the best.
+    #[serde(default)]
+    pub keep: Keep,
     /// Cache the frozen prefix's output.
     pub cache: bool,
     /// Augmented views per image kept in the cache.
@@ -214,6 +218,18 @@ pub struct Recipe {
     pub auto_face: bool,
 }
 
+/// Which epoch's weights a run with a validation split keeps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Keep {
+    /// The epoch of lowest validation loss (Keras's `restore_best_weights`).
+    #[default]
+    Best,
+    /// The last epoch trained: what `cv` measures, as its folds have no
+    /// validation split to choose by.
+    Last,
+}
+
 /// A head-only probe's epochs and learning rate.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Probe {
@@ -227,6 +243,13 @@ pub struct Probe {
     /// long probe from the cache unless `--clean-views` says otherwise
     /// (measured there: docs/results/accuracy).
     pub clean_views: bool,
+    /// Early stopping and the epoch kept: the long probe trains all its
+    /// epochs and keeps the last, the recipe `cv` measured (its cosine rate
+    /// is still near its peak when a 2-person validation loss first stops
+    /// improving, and the inner fits that set the threshold train every
+    /// epoch); elsewhere `--patience` / `--keep` as the recipe has them.
+    pub patience: usize,
+    pub keep: Keep,
 }
 
 /// What the command line asked of the probe: `--freeze-epochs` + `--epochs`
@@ -240,6 +263,10 @@ pub struct ProbeRequest {
     pub threshold: crate::eval::threshold::ThresholdChoice,
     /// `--clean-views` as given (not given: on for the long probe).
     pub clean_views: Option<bool>,
+    /// `--patience` as given (not given: off for the long probe).
+    pub patience: Option<usize>,
+    /// `--keep` as given (not given: the last epoch for the long probe).
+    pub keep: Option<Keep>,
 }
 
 impl Probe {
@@ -268,7 +295,9 @@ impl Probe {
         let sgd = train.optimizer == crate::train::optim::OptimKind::Sgd;
         let lr = if req.lr.is_none() && long && sgd { Probe::LONG_SGD_LR } else { train.lr };
         let members = req.members.unwrap_or(if long { Probe::LONG_MEMBERS } else { 1 });
-        Probe { epochs, lr, members, threshold: req.threshold, clean_views: req.clean_views.unwrap_or(long && train.cache) }
+        let patience = req.patience.unwrap_or(if long { 0 } else { train.patience });
+        let keep = req.keep.unwrap_or(if long { Keep::Last } else { train.keep });
+        Probe { epochs, lr, members, threshold: req.threshold, clean_views: req.clean_views.unwrap_or(long && train.cache), patience, keep }
     }
 }
 

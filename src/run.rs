@@ -30,7 +30,10 @@ pub const COMPLETE: &str = "COMPLETE";
 pub struct Summary {
     pub dir: PathBuf,
     pub history: Vec<EpochRow>,
+    /// Epoch of the lowest validation loss.
     pub best_epoch: usize,
+    /// Epoch whose weights the run kept (`--keep`).
+    pub kept_epoch: usize,
     pub val: Option<Metrics>,
     /// With per-subject normalisation: the single-image head on the same images.
     pub val_single: Option<Metrics>,
@@ -191,7 +194,7 @@ fn execute(session: &Session, dir: &Path, reporter: &mut dyn Reporter, stop: Opt
     };
     let outcome = trainer.run(&mut model, reporter, state).map_err(resume_hint)?;
     write_history(&dir.join("history.csv"), &outcome.history)?;
-    crate::eval::plot::learning_curves(&dir.join("learning_curves.png"), &outcome.history, Some(outcome.best_epoch))?;
+    crate::eval::plot::learning_curves(&dir.join("learning_curves.png"), &outcome.history, Some(outcome.kept_epoch))?;
     weights::save_atomic(&model.named_tensors(), &dir.join("model.safetensors"))?;
     let mut config = config.clone();
     if tc.threshold == ThresholdChoice::Inner {
@@ -217,6 +220,7 @@ fn execute(session: &Session, dir: &Path, reporter: &mut dyn Reporter, stop: Opt
         dir: dir.to_path_buf(),
         history: outcome.history,
         best_epoch: outcome.best_epoch,
+        kept_epoch: outcome.kept_epoch,
         val,
         val_single,
         classes: config.classes.clone(),
@@ -278,6 +282,7 @@ fn finish(
 ) -> Result<()> {
     let mut metrics = serde_json::json!({
         "best_epoch": outcome.best_epoch,
+        "kept_epoch": outcome.kept_epoch,
         "epochs_run": outcome.history.len(),
         "protocol": if session.prepared.split.val_subjects.is_empty() { "holdout (image split)" } else { "holdout, subject-grouped" },
         "validation": val,

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use tch::{Device, Tensor};
 
-use crate::config::{DataConfig, ModelOptions, Probe, ProbeRequest, Recipe, RunConfig, SingleLabels, Stage, WeightsInfo};
+use crate::config::{DataConfig, Keep, ModelOptions, Probe, ProbeRequest, Recipe, RunConfig, SingleLabels, Stage, WeightsInfo};
 use crate::data::face::FaceMode;
 use crate::data::scan::{self, Dataset};
 use crate::data::split::{self, Labels, Split, TrainLabels};
@@ -82,11 +82,14 @@ impl Session {
                 config.train.stages = vec![Stage { from: Block::Head, epochs: probe.epochs }];
                 config.train.lr = probe.lr;
                 config.train.members = probe.members;
+                let keeps_last = probe.keep == Keep::Last && config.train.keep == Keep::Best && probe.patience == 0;
+                (config.train.patience, config.train.keep) = (probe.patience, probe.keep);
                 chose.push(format!(
-                    "training the head alone ({} at --lr {}{}; --freeze-until conv5 fine-tunes)",
+                    "training the head alone ({} at --lr {}{}{}; --freeze-until conv5 fine-tunes)",
                     crate::train::describe_stages(&config.train.stages),
                     probe.lr,
-                    if probe.members > 1 { format!(", {} heads averaged into one", probe.members) } else { String::new() }
+                    if probe.members > 1 { format!(", {} heads averaged into one", probe.members) } else { String::new() },
+                    if keeps_last { ", every epoch trained and the last kept (--keep best: the epoch of lowest validation loss)" } else { "" }
                 ));
             }
             // conv4 + conv5 measured better with several photos per person (7-way

@@ -138,10 +138,12 @@ impl Hook for Interrupt<'_> {
     }
 }
 
-/// Tracks the lowest validation loss and keeps that epoch's weights, which
-/// the model gets back when the fit ends. Without a validation set the last
-/// epoch counts as the best.
-pub struct BestWeights;
+/// Tracks the lowest validation loss and, with `restore`, keeps that epoch's
+/// weights, which the model gets back when the fit ends (`--keep best`).
+/// Without a validation set the last epoch counts as the best.
+pub struct BestWeights {
+    pub restore: bool,
+}
 
 impl Hook for BestWeights {
     fn after_epoch(&mut self, ctx: &mut Ctx, row: &EpochRow) -> Result<()> {
@@ -151,7 +153,9 @@ impl Hook for BestWeights {
                 st.best_loss = Some(l);
                 st.best_epoch = row.epoch;
                 st.since_best = 0;
-                ctx.best = Some(snapshot(ctx.model));
+                if self.restore {
+                    ctx.best = Some(snapshot(ctx.model));
+                }
             }
             Some(_) => st.since_best += 1,
             None => st.best_epoch = row.epoch,

@@ -135,8 +135,10 @@ pub struct ResumeState {
 
 pub struct Outcome {
     pub history: Vec<EpochRow>,
-    /// 1-based epoch whose weights were kept.
+    /// 1-based epoch of the lowest validation loss (the last without a validation set).
     pub best_epoch: usize,
+    /// 1-based epoch whose weights were kept (`TrainConfig::keep`).
+    pub kept_epoch: usize,
 }
 
 /// Class weights for the loss, from the training split: inverse frequency,
@@ -376,7 +378,7 @@ impl Trainer<'_> {
         let mut progress = Progress { total_epochs: self.cfg.total_epochs() };
         let mut interrupt = self.stop.map(Interrupt);
         let mut early = EarlyStopping { patience: self.cfg.patience, stage_epochs: self.cfg.stages.iter().map(|s| s.epochs).collect() };
-        let (mut guard, mut best) = (DivergenceGuard, BestWeights);
+        let (mut guard, mut best) = (DivergenceGuard, BestWeights { restore: self.cfg.keep == crate::config::Keep::Best });
         let mut hooks: Vec<&mut dyn Hook> = vec![&mut guard, &mut progress];
         if let Some(h) = interrupt.as_mut() {
             hooks.push(h);
@@ -398,7 +400,11 @@ impl Trainer<'_> {
         self.fit(&mut ctx, &mut hooks, resumed)?;
         let Ctx { state, .. } = ctx;
         model.fold_members()?;
-        Ok(Outcome { history: state.history, best_epoch: state.best_epoch })
+        let kept_epoch = match self.cfg.keep {
+            crate::config::Keep::Best => state.best_epoch,
+            crate::config::Keep::Last => state.history.last().map_or(state.best_epoch, |r| r.epoch),
+        };
+        Ok(Outcome { history: state.history, best_epoch: state.best_epoch, kept_epoch })
     }
 
     /// The loop: stages → epochs → batches from `ctx.state` on, calling every hook at each step.

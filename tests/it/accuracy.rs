@@ -452,7 +452,7 @@ fn default_stages_are_a_probe_when_person_statistics_are_on() {
     assert_eq!(features("auto"), serde_json::json!(["conv4", "conv5"]), "{err}");
     assert_eq!(grid("auto"), "3x3", "{err}");
     assert!(
-        err.contains("training the head alone (head:3 at --lr 0.01, 5 heads averaged into one;")
+        err.contains("training the head alone (head:3 at --lr 0.01, 5 heads averaged into one, every epoch trained and the last kept (--keep best: the epoch of lowest validation loss); --freeze-until conv5 fine-tunes)")
             && err.contains("on the pooled conv4 and conv5 outputs")
             && err.contains("each block also averaged over a 3x3 grid of the face (--pool-grid 1x1: global pooling only)")
             && err.contains("unaugmented view and mirror image beside its augmented views (--clean-views false"),
@@ -471,6 +471,11 @@ fn default_stages_are_a_probe_when_person_statistics_are_on() {
     assert_eq!(stages("bare"), serde_json::json!([{"from": "head", "epochs": 50}]), "{err}");
     assert_eq!(config("bare")["train"]["lr"], 0.002);
     assert_eq!(config("bare")["train"]["members"], 2);
+    // The long probe trains every epoch and keeps the last (what cv measures); a fine-tune keeps the best.
+    assert_eq!((config("bare")["train"]["patience"].clone(), config("bare")["train"]["keep"].clone()), (serde_json::json!(0), serde_json::json!("last")));
+    let metrics = json(&d.path().join("runs/bare/metrics.json"));
+    assert_eq!((metrics["epochs_run"].clone(), metrics["kept_epoch"].clone()), (serde_json::json!(50), serde_json::json!(50)), "{metrics}");
+    assert!(err.contains("every epoch trained and the last kept (--keep best: the epoch of lowest validation loss)"), "{err}");
     let (code, out, err) = run(&args(&s, &[&base[..], &["--name", "dirty", "--clean-views", "false"]].concat()), d.path());
     assert_eq!(code, 0, "{out}\n{err}");
     assert_eq!(clean("dirty"), false, "--clean-views false is kept");
@@ -494,6 +499,7 @@ fn default_stages_are_a_probe_when_person_statistics_are_on() {
     assert_eq!(features("ft"), serde_json::json!(["conv5"]));
     assert_eq!(grid("ft"), "1x1");
     assert_eq!(clean("ft"), false, "measured with the probe only");
+    assert_eq!((config("ft")["train"]["patience"].clone(), config("ft")["train"]["keep"].clone()), (serde_json::json!(5), serde_json::json!("best")));
     assert!(!err.contains("per-subject normalisation is on:"), "nothing left to choose: {err}");
     // Pairs (2 photos per person) forced on: the probe, on conv5 (conv4 + conv5 measured worse there).
     let pairs_dir = d.path().join("pairs");

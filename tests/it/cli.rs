@@ -391,7 +391,7 @@ fn predict_recurses_streams_jsonl_and_takes_the_model_file() {
 #[test]
 fn cv_refuses_options_it_would_ignore_and_predict_takes_threads() {
     let d = tmp();
-    for (flag, value) in [("--val", "subjects:0.3"), ("--val-subjects", "P01"), ("--patience", "3")] {
+    for (flag, value) in [("--val", "subjects:0.3"), ("--val-subjects", "P01"), ("--patience", "3"), ("--keep", "best")] {
         let (code, _, err) = run(&["cv", "--data", "x.csv", flag, value], d.path());
         assert_eq!(code, 2, "{flag}: {err}");
         assert!(err.contains(&format!("{flag} does not apply")), "{flag}: {err}");

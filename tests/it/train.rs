@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tch::{Device, Tensor};
-use vggft::config::{ClassWeights, DataConfig, Stage, TrainConfig};
+use vggft::config::{ClassWeights, DataConfig, Keep, Stage, TrainConfig};
 use vggft::data::augment::Augment;
 use vggft::data::image::Crop;
 use vggft::data::scan::DataFormat;
@@ -46,6 +46,7 @@ fn train_cfg(stages: &[(Block, usize)], augment: &str) -> TrainConfig {
         class_weights: ClassWeights::Auto,
         augment: Augment::preset(augment).unwrap(),
         patience: 0,
+        keep: Keep::Best,
         cache: true,
         cache_views: 2,
         cache_mem_mb: 512,
@@ -147,6 +148,40 @@ fn strip(rows: &[EpochRow]) -> Vec<String> {
             format!("{} {} {} {:e} {:e} {:e} {:?} {:?} {:?}", r.epoch, r.stage, r.block, r.lr, r.train_loss, r.train_acc, r.val_loss, r.val_acc, r.val_bacc)
         })
         .collect()
+}
+
+/// `--keep best` hands back the weights of the epoch of lowest validation
+/// loss, `--keep last` those of the last epoch: the finished model's own
+/// validation loss is that epoch's history row, and no other's.
+#[test]
+fn keep_best_restores_the_lowest_validation_loss_and_keep_last_the_last_epoch() {
+    let _rng = torch_rng();
+    let d = tmp();
+    let m = subject_dataset(d.path(), 8, 32);
+    let p = prepared(&m, ValSpec::Subjects { fraction: 0.25 });
+    let pre = Preprocess::new(Crop::None, 32);
+    let mut cfg = train_cfg(&[(Block::Head, 2), (Block::Conv4, 8)], "none");
+    cfg.lr = 0.1;
+    let weights = Tensor::from_slice(&vggft::train::class_weights(cfg.class_weights, &p.data)).to_kind(tch::Kind::Float);
+    let y = Tensor::from_slice(&p.data.val.iter().map(|&r| p.data.targets[r]).collect::<Vec<_>>());
+    let mut kept = vec![];
+    for keep in [Keep::Best, Keep::Last] {
+        cfg.keep = keep;
+        let mut net = model(BnMode::Drop, HeadKind::Bn, 3);
+        let t = trainer(&cfg, &p, &pre);
+        let out = t.run(&mut net, &mut Collect::default(), None).unwrap();
+        let loss = f64::try_from(t.logits(&net, None, &p.data.val).cross_entropy_loss(&y, Some(&weights), tch::Reduction::Mean, -100, 0.0)).unwrap();
+        let rows: Vec<f64> = out.history.iter().map(|r| r.val_loss.unwrap()).collect();
+        let nearest = 1 + (0..rows.len()).min_by(|&a, &b| (rows[a] - loss).abs().total_cmp(&(rows[b] - loss).abs())).unwrap();
+        let best = 1 + (0..rows.len()).min_by(|&a, &b| rows[a].total_cmp(&rows[b])).unwrap();
+        assert_eq!(out.best_epoch, best, "{rows:?}");
+        assert!(best < rows.len(), "the test needs a best epoch before the last: {rows:?}");
+        let want = if keep == Keep::Best { best } else { rows.len() };
+        assert_eq!((out.kept_epoch, nearest), (want, want), "{keep:?}: the model's validation loss {loss} against {rows:?}");
+        assert!((rows[want - 1] - loss).abs() < 1e-4, "{keep:?}: {loss} vs {}", rows[want - 1]);
+        kept.push(strip(&out.history));
+    }
+    assert_eq!(kept[0], kept[1], "--keep changes which weights are handed back, not the training");
 }
 
 #[test]

@@ -84,10 +84,15 @@ fn finetune(a: FinetuneArgs) -> anyhow::Result<()> {
         other => other?,
     };
     outln!("run: {}", s.dir.display());
-    outln!("best epoch {} of {}; {} training / {} validation images", s.best_epoch, s.history.len(), s.n_train, s.n_val);
+    let kept = if s.kept_epoch == s.best_epoch {
+        format!("best epoch {} of {}", s.best_epoch, s.history.len())
+    } else {
+        format!("kept epoch {} of {} (lowest validation loss: epoch {})", s.kept_epoch, s.history.len(), s.best_epoch)
+    };
+    outln!("{kept}; {} training / {} validation images", s.n_train, s.n_val);
     match &s.val {
         Some(m) => {
-            outln!("validation (best epoch, subject-grouped holdout unless noted in metrics.json):");
+            outln!("validation ({} epoch, subject-grouped holdout unless noted in metrics.json):", if s.kept_epoch == s.best_epoch { "best" } else { "kept" });
             if let Some(t) = &s.threshold {
                 outln!("the model {}", t.describe(&s.classes[0]));
             }
@@ -396,7 +401,7 @@ fn refuse_options_with_resume(matches: &clap::ArgMatches) {
 fn refuse_options_in_cv(matches: &clap::ArgMatches) {
     use clap::parser::ValueSource;
     let Some(("cv", m)) = matches.subcommand() else { return };
-    let given: Vec<&str> = [("val", "--val"), ("val_subjects", "--val-subjects"), ("patience", "--patience")]
+    let given: Vec<&str> = [("val", "--val"), ("val_subjects", "--val-subjects"), ("patience", "--patience"), ("keep", "--keep")]
         .into_iter()
         .filter(|(id, _)| m.value_source(id) == Some(ValueSource::CommandLine))
         .map(|(_, flag)| flag)
