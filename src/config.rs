@@ -296,7 +296,8 @@ impl Probe {
         let lr = if req.lr.is_none() && long && sgd { Probe::LONG_SGD_LR } else { train.lr };
         let members = req.members.unwrap_or(if long { Probe::LONG_MEMBERS } else { 1 });
         let patience = req.patience.unwrap_or(if long { 0 } else { train.patience });
-        let keep = req.keep.unwrap_or(if long { Keep::Last } else { train.keep });
+        // `--patience` alone asks for early stopping, whose point is the best epoch.
+        let keep = req.keep.unwrap_or(if long && req.patience.is_none() { Keep::Last } else { train.keep });
         Probe { epochs, lr, members, threshold: req.threshold, clean_views: req.clean_views.unwrap_or(long && train.cache), patience, keep }
     }
 }

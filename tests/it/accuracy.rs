@@ -476,6 +476,11 @@ fn default_stages_are_a_probe_when_person_statistics_are_on() {
     let metrics = json(&d.path().join("runs/bare/metrics.json"));
     assert_eq!((metrics["epochs_run"].clone(), metrics["kept_epoch"].clone()), (serde_json::json!(50), serde_json::json!(50)), "{metrics}");
     assert!(err.contains("every epoch trained and the last kept (--keep best: the epoch of lowest validation loss)"), "{err}");
+    // --patience alone there asks for early stopping, which keeps the best epoch.
+    let (code, out, err) = run(&args(&s, &[&base[..], &["--name", "patient", "--patience", "2"]].concat()), d.path());
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!((config("patient")["train"]["patience"].clone(), config("patient")["train"]["keep"].clone()), (serde_json::json!(2), serde_json::json!("best")));
+    assert!(!err.contains("the last kept"), "{err}");
     let (code, out, err) = run(&args(&s, &[&base[..], &["--name", "dirty", "--clean-views", "false"]].concat()), d.path());
     assert_eq!(code, 0, "{out}\n{err}");
     assert_eq!(clean("dirty"), false, "--clean-views false is kept");
