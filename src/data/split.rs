@@ -81,6 +81,11 @@ pub(crate) fn parse_label_map(s: &str) -> Result<Vec<(String, String)>> {
         .collect()
 }
 
+/// The expression a JAFFE code (`AN`, `ne`, …) names: a label map may use either.
+fn jaffe_name(code: &str) -> Option<&'static str> {
+    crate::data::scan::JAFFE_CODES.iter().find(|(c, _)| c.eq_ignore_ascii_case(code)).map(|&(_, n)| n)
+}
+
 /// Turns raw labels into classes. A label map, when given, defines the classes.
 pub fn assign_labels(ds: &Dataset, task: Task, map: &[(String, String)]) -> Result<Labels> {
     let mapped: Vec<String> = ds
@@ -90,10 +95,12 @@ pub fn assign_labels(ds: &Dataset, task: Task, map: &[(String, String)]) -> Resu
             if map.is_empty() {
                 return Ok(s.label.clone());
             }
-            map.iter()
-                .find(|(raw, _)| raw.eq_ignore_ascii_case(&s.label))
-                .map(|(_, c)| c.clone())
-                .ok_or_else(|| Error::file(&s.path, format!("label `{}` is not in --label-map", s.label)))
+            map.iter().find(|(raw, _)| raw.eq_ignore_ascii_case(&s.label) || jaffe_name(raw) == Some(s.label.as_str())).map(|(_, c)| c.clone()).ok_or_else(
+                || {
+                    let labels: Vec<String> = ds.samples.iter().map(|s| s.label.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+                    Error::file(&s.path, format!("label `{}` is not in --label-map (the data's labels: {})", s.label, crate::error::short_list(&labels, 12)))
+                },
+            )
         })
         .collect::<Result<_>>()?;
     let classes: Vec<String> = if !map.is_empty() || task == Task::Multiclass {

@@ -198,6 +198,9 @@ fn dataset_errors_are_named() {
     assert!(e.contains("only one class (expressive)"), "{e}");
     // Say which labels were found, that none is `neutral`, and what to do instead.
     assert!(e.contains("labels found: happy, surprise, none of them `neutral`") && e.contains("--task multiclass") && e.contains("--label-map"), "{e}");
+    // A label map may name JAFFE's expressions by their codes, as the file names do.
+    let l = assign_labels(&ds, Task::Binary, &[("HA".into(), "smile".into()), ("su".into(), "surprise".into())]).unwrap();
+    assert_eq!(l.classes, ["smile", "surprise"]);
     let f = tmp();
     separable_folders(f.path(), 2, 16);
     std::fs::create_dir(f.path().join("empty_class")).unwrap();
@@ -207,7 +210,7 @@ fn dataset_errors_are_named() {
     separable_folders(lm.path(), 2, 16);
     let ds = scan(lm.path(), DataFormat::Auto).unwrap();
     let e = assign_labels(&ds, Task::Binary, &[("a".into(), "x".into())]).unwrap_err().to_string();
-    assert!(e.contains("label `b` is not in --label-map"), "{e}");
+    assert!(e.contains("label `b` is not in --label-map (the data's labels: a, b)"), "{e}");
 }
 
 #[test]
