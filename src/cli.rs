@@ -113,7 +113,7 @@ pub enum Command {
         /// The image.
         image: PathBuf,
         /// Run folder, or its model.safetensors.
-        #[arg(long, default_value = "runs/latest")]
+        #[arg(long, visible_alias = "run", default_value = "runs/latest")]
         model: PathBuf,
         /// Output file (safetensors, one tensor named `input`).
         #[arg(long)]
@@ -166,7 +166,7 @@ pub struct ExplainArgs {
     #[arg(long, short)]
     pub recursive: bool,
     /// Run folder, or its model.safetensors.
-    #[arg(long, default_value = "runs/latest")]
+    #[arg(long, visible_alias = "run", default_value = "runs/latest")]
     pub model: PathBuf,
     /// Explain this class instead of each image's predicted class.
     #[arg(long)]
@@ -466,7 +466,7 @@ pub struct LrFindArgs {
 #[derive(Args, Debug)]
 pub struct EvaluateArgs {
     /// Run folder, or its model.safetensors.
-    #[arg(long, default_value = "runs/latest")]
+    #[arg(long, visible_alias = "run", default_value = "runs/latest")]
     pub model: PathBuf,
     /// Labelled dataset (any layout finetune reads).
     #[arg(long)]
@@ -601,7 +601,7 @@ pub struct PredictArgs {
     #[arg(long, conflicts_with_all = ["inputs", "subject", "subject_from"])]
     pub held_out: bool,
     /// Run folder, or its model.safetensors (default: runs/latest).
-    #[arg(long, default_value = "runs/latest")]
+    #[arg(long, visible_alias = "run", default_value = "runs/latest")]
     pub model: PathBuf,
     /// Output: text (one line per image), csv, json or jsonl (one object per line).
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]

@@ -132,6 +132,12 @@ fn bad_options_and_inputs_fail_clearly() {
     let (code, _, err) = run(&["predict", data, "--model", "runs/none"], d.path());
     assert_eq!(code, 1);
     assert!(err.contains("runs/none") && err.contains("not found"), "{err}");
+    // --run, what the help calls it, names the run folder too.
+    for cmd in [&["predict", data][..], &["evaluate", "--data", data], &["explain", data, "--out", "x"]] {
+        let (code, _, err) = run(&[cmd, &["--run", "runs/none"]].concat(), d.path());
+        assert_eq!(code, 1, "{cmd:?}: {err}");
+        assert!(err.contains("runs/none") && err.contains("not found"), "{cmd:?}: {err}");
+    }
     let (code, _, err) = run(&args(&s, &["finetune", "--data", d.path().join("nowhere").to_str().unwrap()]), d.path());
     assert_eq!(code, 1);
     assert!(err.contains("nowhere"), "{err}");
