@@ -24,14 +24,16 @@ The synthetic expressions are crude: figures on this set say how recipes
 compare on JAFFE's structure (10 people, 21 photos each, 7 raw labels, 30
 neutral of 210), not what JAFFE itself scores.
 
-    .venv/bin/python scripts/jaffe_like.py ../shared/data/london-faces OUT [SIDE [OVERLAY]]
+    .venv/bin/python scripts/jaffe_like.py ../shared/data/london-faces OUT [SIDE [OVERLAY [FIRST]]]
 
 SIDE (default 150) is the side of the square, in London pixels, that is
 scaled to 256 px: 150 lets the face fill the picture; 200 keeps hair, ears
 and neck around it, 256 keeps the London photo's whole frame (a face about
 a third of the width) — for measuring face localisation (`--face auto`).
 OVERLAY (default 1) scales the person-specific overlay: at 1 its stripes
-hide most faces from the detector, at 0.5 it finds every face.
+hide most faces from the detector, at 0.5 it finds every face. FIRST
+(default 0) skips that many subjects of the manifest: 10 takes the 11th to
+20th, a set of other people for checking a choice made on the first ten.
 
 Deterministic (seeded). Attribution: the London faces (DeBruine & Jones,
 2017, CC BY 4.0).
@@ -126,6 +128,7 @@ def main():
     src, out = Path(sys.argv[1]), Path(sys.argv[2])
     side = int(sys.argv[3]) if len(sys.argv) > 3 else CROP[2]
     strength = float(sys.argv[4]) if len(sys.argv) > 4 else 1.0
+    first = int(sys.argv[5]) if len(sys.argv) > 5 else 0
     # The same centre as CROP, clamped to the London frame.
     cx, cy = CROP[0] + CROP[2] // 2, CROP[1] + CROP[2] // 2
     x0, y0 = (min(max(c - side // 2, 0), SIZE - side) for c in (cx, cy))
@@ -137,7 +140,8 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     serial = 0
     listing = []
-    for n, subj in enumerate(subjects[:10]):
+    people = subjects[first : first + 10]
+    for n, subj in enumerate(people):
         name = "ABCDEFGHIJ"[n] + "K"
         photos = {r["label"]: np.asarray(Image.open(src / r["path"]).convert("L"), dtype=np.float64) for r in rows if r["subject"] == subj}
         gamma, contrast, offset, overlay = distortion(subj, SIZE)
@@ -158,7 +162,7 @@ def main():
                 fname = f"{name}.{code}{sample}.{serial}.tiff"
                 Image.fromarray(g.round().astype(np.uint8), "L").save(out / fname)
                 listing.append(fname)
-    print(f"{len(listing)} images of {len(subjects[:10])} people in {out}")
+    print(f"{len(listing)} images of {len(people)} people in {out}")
 
 
 if __name__ == "__main__":
