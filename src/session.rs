@@ -82,7 +82,7 @@ impl Session {
                 config.train.stages = vec![Stage { from: Block::Head, epochs: probe.epochs }];
                 config.train.lr = probe.lr;
                 config.train.members = probe.members;
-                let keeps_last = probe.keep == Keep::Last && config.train.keep == Keep::Best && probe.patience == 0;
+                let keeps_last = recipe.probe.keep.is_none() && probe.keep == Keep::Last;
                 (config.train.patience, config.train.keep) = (probe.patience, probe.keep);
                 chose.push(format!(
                     "training the head alone ({} at --lr {}{}{}; --freeze-until conv5 fine-tunes)",
