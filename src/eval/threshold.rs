@@ -178,16 +178,17 @@ pub fn best_threshold(first: &[bool], p0: &[f64]) -> f64 {
     s.sort_by(f64::total_cmp);
     s.dedup();
     let inside = |t: &f64| (BOUND..=1.0 - BOUND).contains(t);
-    let candidates = [0.5, BOUND, 1.0 - BOUND].into_iter().chain(s.windows(2).map(|w| (w[0] + w[1]) / 2.0).filter(inside));
+    let candidates = [BOUND, 1.0 - BOUND].into_iter().chain(s.windows(2).map(|w| (w[0] + w[1]) / 2.0).filter(inside));
     let bacc = |t: f64| balanced_at(first, p0, t);
-    let mut best: (f64, f64) = (f64::NEG_INFINITY, 0.5);
+    let half = bacc(0.5);
+    let mut best: (f64, f64) = (half, 0.5);
     for t in candidates {
         let b = bacc(t);
         if b > best.0 + 1e-12 || ((b - best.0).abs() <= 1e-12 && (t - 0.5).abs() < (best.1 - 0.5).abs()) {
             best = (b, t);
         }
     }
-    if best.0 < bacc(0.5) + MIN_GAIN {
+    if best.0 < half + MIN_GAIN {
         return 0.5;
     }
     best.1

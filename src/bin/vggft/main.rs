@@ -84,15 +84,15 @@ fn finetune(a: FinetuneArgs) -> anyhow::Result<()> {
         other => other?,
     };
     outln!("run: {}", s.dir.display());
-    let kept = if s.kept_epoch == s.best_epoch {
-        format!("best epoch {} of {}", s.best_epoch, s.history.len())
+    let (which, kept) = if s.kept_epoch == s.best_epoch {
+        ("best", format!("best epoch {} of {}", s.best_epoch, s.history.len()))
     } else {
-        format!("kept epoch {} of {} (lowest validation loss: epoch {})", s.kept_epoch, s.history.len(), s.best_epoch)
+        ("kept", format!("kept epoch {} of {} (lowest validation loss: epoch {})", s.kept_epoch, s.history.len(), s.best_epoch))
     };
     outln!("{kept}; {} training / {} validation images", s.n_train, s.n_val);
     match &s.val {
         Some(m) => {
-            outln!("validation ({} epoch, subject-grouped holdout unless noted in metrics.json):", if s.kept_epoch == s.best_epoch { "best" } else { "kept" });
+            outln!("validation ({which} epoch, subject-grouped holdout unless noted in metrics.json):");
             if let Some(t) = &s.threshold {
                 outln!("the model {}", t.describe(&s.classes[0]));
             }
