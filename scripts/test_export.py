@@ -53,6 +53,8 @@ def check(binary, d):
         # Single-image heads: on the task's classes (the default) and on the raw labels.
         "single-task": ["--data", "people.csv", "--subject-norm", "on", "--train-labels", "raw", "--threshold", "off"],
         "single-raw": ["--data", "people.csv", "--subject-norm", "on", "--train-labels", "raw", "--threshold", "off", "--single-labels", "raw"],
+        # An inner threshold: the single-image head's probabilities calibrated, the threshold on them.
+        "single-calibrated": ["--data", "people.csv", "--subject-norm", "on", "--train-labels", "raw", "--threshold", "inner"],
     }
     worst = 0.0
     for name, extra in variants.items():
@@ -67,7 +69,9 @@ def check(binary, d):
         meta = {p.key: p.value for p in onnx.load(path).metadata_props}
         cfg = json.load(open(os.path.join(rd, "config.json")))
         assert json.loads(meta["classes"]) == cfg["classes"], meta
-        assert meta.get("threshold") == ("0.3" if name == "linear" else None), meta
+        expected = {"linear": "0.3", "single-calibrated": repr(cfg.get("threshold", {}).get("single"))}.get(name)
+        assert meta.get("threshold") == expected, (meta, cfg.get("threshold"))
+        assert (name == "single-calibrated") == ("calibration" in cfg.get("threshold", {})), cfg.get("threshold")
         sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         images = [os.path.join(d, "data", c, "1.png") for c in ("neutral", "happy", "sad")]
         out = subprocess.run([binary, "predict", *images, "--model", rd, "--format", "json", "--device", "cpu", "--tta", "none"], cwd=d, check=True, capture_output=True, text=True)

@@ -11,7 +11,8 @@ with torchvision's layer names: the VGG16 trunk (plain, or with BatchNorm for
 `linear`, `bn` (optional hidden layer) or `vgg` head. Its output is the task
 classes' probabilities (for a head trained on raw labels, each class's summed
 raw probabilities). A subject-normalised run is rebuilt with its single-image
-head (person statistics need other photos of the person).
+head (person statistics need other photos of the person), its probabilities
+calibrated as `vggft predict` reports them where the run has a calibration.
 
 `preprocess` asks the vggft binary for the exact network input (`vggft
 preprocess`: the run's crop or face box, gray, resize, normalisation), so the
@@ -98,6 +99,9 @@ class VggftNet(nn.Module):
         for r, t in enumerate(raw_to_task or range(n_classes)):
             m[r, t] = 1.0
         self.register_buffer("to_task", m)
+        # The single-image head's probabilities as vggft reports them: Platt scaling set by the inner fits.
+        cal = (config.get("threshold") or {}).get("calibration")
+        self.calibration = (cal["scale"], cal["shift"]) if cal and prefix == "head_global" and n_classes == 2 else None
 
     def forward(self, x):
         maps = []
@@ -118,6 +122,13 @@ class VggftNet(nn.Module):
             logits = self.fc(h)
         else:
             logits = self.fc(self.pooled(maps, False))
+        if self.calibration is not None:
+            # P(first) = σ(scale · z + shift), z the head's log-odds of the two classes (from the logits: exact in
+            # float32 where the probabilities would underflow; vggft floors each at 1e-300, so |z| ≤ 691).
+            lse = [torch.logsumexp(logits.masked_fill(self.to_task[:, c] == 0, float("-inf")), 1) for c in (0, 1)]
+            z = (lse[0] - lse[1]).clamp(-690.8, 690.8)
+            p0 = torch.sigmoid(self.calibration[0] * z + self.calibration[1])
+            return torch.stack([p0, 1 - p0], 1)
         return torch.softmax(logits, 1) @ self.to_task
 
     def pooled(self, maps, with_max):

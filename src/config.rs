@@ -461,6 +461,15 @@ impl RunConfig {
         self.threshold.as_ref().map(|t| t.for_mode(mode))
     }
 
+    /// Task-class probability rows made in `mode`, as reported (the single-image head's calibrated).
+    pub fn calibrate(&self, mode: Option<crate::eval::predict::Mode>, rows: &mut [Vec<f64>]) {
+        if let Some(t) = &self.threshold {
+            for p in rows {
+                t.calibrate(mode, p, &mut [], &[]);
+            }
+        }
+    }
+
     /// Task-class probabilities (float64) from head logits.
     pub fn task_probs(&self, logits: &tch::Tensor) -> tch::Tensor {
         crate::eval::task_probs(logits, &self.raw_to_task, self.classes.len())

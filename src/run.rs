@@ -236,7 +236,11 @@ fn validate(session: &Session, config: &RunConfig, trainer: &Trainer, model: &Vg
     let prepared = &session.prepared;
     let val_rows = &prepared.data.val;
     let y: Vec<i64> = val_rows.iter().map(|&i| prepared.labels.targets[i]).collect();
-    let score = |logits: &Tensor, mode| eval::metrics_at(&y, &rows(&config.task_probs(logits)), &config.classes, |_| config.threshold_for(mode));
+    let score = |logits: &Tensor, mode| {
+        let mut probs = rows(&config.task_probs(logits));
+        config.calibrate(mode, &mut probs);
+        eval::metrics_at(&y, &probs, &config.classes, |_| config.threshold_for(mode))
+    };
     if val_rows.is_empty() {
         return (None, None);
     }

@@ -547,16 +547,21 @@ impl Fold<'_> {
             ThresholdChoice::Fixed(t) => Some(Threshold::fixed(t)),
             ThresholdChoice::Off | ThresholdChoice::Auto => None,
         };
-        let score = |logits: &tch::Tensor, t: Option<f64>| {
-            let probs = crate::run::rows(&run.task_probs(logits));
+        let score = |logits: &tch::Tensor, mode: Mode| {
+            let mut probs = crate::run::rows(&run.task_probs(logits));
+            let t = threshold.as_ref().map(|t| t.for_mode(Some(mode)));
+            if let Some(th) = &threshold {
+                for p in &mut probs {
+                    th.calibrate(Some(mode), p, &mut [], &[]);
+                }
+            }
             Scores { metrics: eval::metrics_at(self.y, &probs, &run.classes, |_| t), probs, threshold: t }
         };
         let s = trainer.scores(&model, self.shared.first(), self.test, self.tta_flip, Some(self.y));
-        let (person, single) = (threshold.as_ref().map(|t| t.person), threshold.as_ref().map(|t| t.for_mode(Some(Mode::Single))));
         let scored = train::Scored {
-            main: score(&s.main, person),
-            single: s.single.as_ref().map(|l| score(l, single)),
-            one_class: s.one_class.as_ref().map(|l| score(l, person)),
+            main: score(&s.main, Mode::Person),
+            single: s.single.as_ref().map(|l| score(l, Mode::Single)),
+            one_class: s.one_class.as_ref().map(|l| score(l, Mode::Person)),
         };
         Ok((scored, model, threshold))
     }

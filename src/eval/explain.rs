@@ -66,7 +66,8 @@ pub(crate) fn grad_cam(model: &Vgg16, cfg: &RunConfig, gray: &[f32], layer: Bloc
     } else {
         model.classify(&pooled, false)
     };
-    let probs: Vec<f64> = Vec::<f64>::try_from(cfg.task_probs(&logits).detach().to_device(Device::Cpu).view([-1])).map_err(Error::Torch)?;
+    let mut probs: Vec<f64> = Vec::<f64>::try_from(cfg.task_probs(&logits).detach().to_device(Device::Cpu).view([-1])).map_err(Error::Torch)?;
+    cfg.calibrate(cam_mode(cfg), std::slice::from_mut(&mut probs));
     let class = class.unwrap_or_else(|| cam_class(cfg, &probs));
     let score = class_scores(&logits, &cfg.raw_to_task, cfg.classes.len()).get(0).get(class as i64);
     let grad = Tensor::run_backward(&[&score], &[&map], false, false).pop().ok_or_else(|| Error::internal("no gradient reached the block"))?;
@@ -83,8 +84,12 @@ pub(crate) fn grad_cam(model: &Vgg16, cfg: &RunConfig, gray: &[f32], layer: Bloc
 /// The class a run answers for one image's Grad-CAM probabilities: those
 /// of the single-image head for a subject-normalised model, so at its threshold.
 fn cam_class(cfg: &RunConfig, probs: &[f64]) -> usize {
-    let mode = (cfg.model.subject_norm == crate::subject::SubjectNormChoice::On).then_some(crate::eval::predict::Mode::Single);
-    crate::eval::threshold::decide(probs, cfg.threshold_for(mode))
+    crate::eval::threshold::decide(probs, cfg.threshold_for(cam_mode(cfg)))
+}
+
+/// Grad-CAM's head: the single-image head of a subject-normalised model.
+fn cam_mode(cfg: &RunConfig) -> Option<crate::eval::predict::Mode> {
+    (cfg.model.subject_norm == crate::subject::SubjectNormChoice::On).then_some(crate::eval::predict::Mode::Single)
 }
 
 /// Sums of the heat in each image quadrant, as fractions of the total

@@ -243,7 +243,10 @@ pub fn predict(
         let flipped = pooled.iter().map(|p| p.1.as_ref().map(Tensor::shallow_clone)).collect::<Option<Vec<_>>>().map(|v| Tensor::cat(&v, 0));
         let keys: Vec<Option<String>> = rows.iter().map(|&i| subjects.subject(&out[i].path)).collect();
         let (p, modes) = person_or_single(model, &f, flipped.as_ref(), &keys);
-        for (((task, raw), &i), mode) in split_raw(cfg, &p).into_iter().zip(&rows).zip(modes) {
+        for (((mut task, mut raw), &i), mode) in split_raw(cfg, &p).into_iter().zip(&rows).zip(modes) {
+            if let Some(t) = &cfg.threshold {
+                t.calibrate(Some(mode), &mut task, &mut raw, &cfg.raw_to_task);
+            }
             out[i].probs = Ok(task);
             // A single-image head that learnt the task's classes has no raw-label answer to give.
             out[i].raw = if mode == Mode::Single && !model.cfg.single_to_task.is_empty() { Vec::new() } else { raw };
@@ -371,7 +374,11 @@ pub fn evaluate(
         let f = chunks(&|x| model.pooled_from(x, Block::Conv1, false));
         let g = tta_flip.then(|| chunks(&|x| model.pooled_from(&x.flip([3]), Block::Conv1, false)));
         let (p, modes) = person_or_single(model, &f, g.as_ref(), &ds.samples.iter().map(|s| s.subject.clone()).collect::<Vec<_>>());
-        (crate::run::rows(&crate::eval::sum_to_task(&p, &cfg.raw_to_task, cfg.classes.len())), modes.into_iter().map(Some).collect())
+        let mut rows = crate::run::rows(&crate::eval::sum_to_task(&p, &cfg.raw_to_task, cfg.classes.len()));
+        for (row, &mode) in rows.iter_mut().zip(&modes) {
+            cfg.calibrate(Some(mode), std::slice::from_mut(row));
+        }
+        (rows, modes.into_iter().map(Some).collect())
     } else {
         let mut p = chunks(&|x| model.forward_t(x, false)).softmax(1, tch::Kind::Double);
         if tta_flip {

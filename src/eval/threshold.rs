@@ -109,6 +109,116 @@ pub struct Threshold {
     /// How the inner cross-validation set it (none: given with `--threshold P`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inner: Option<InnerCv>,
+    /// The single-image head's probabilities as reported: fitted on the
+    /// inner held-out scores (none: reported as the head gives them).
+    /// `single` is on the calibrated probabilities.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<Calibration>,
+}
+
+/// Platt scaling of a two-class head: P(first) = σ(`scale` · z + `shift`),
+/// z = ln P(first) − ln P(second) as the head gives them. The long probe's
+/// single-image head is near max-margin on its training people (P(neutral)
+/// 0.000 or 1.000 for most new people's photos: log loss 3.7 against the
+/// prior's 0.41 on the JAFFE-framed set, docs/results/accuracy); a scale
+/// fitted on people the head never saw says how sure it can be. `scale` > 0,
+/// so every decision stays what it was at the mapped threshold.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    pub scale: f64,
+    pub shift: f64,
+}
+
+impl Calibration {
+    /// The box the fitted parameters are kept in: a positive scale keeps the
+    /// head's order, and a calibrated threshold from [`BOUND`, 1 − `BOUND`]
+    /// stays strictly inside (0, 1) in floating point.
+    const SCALE: (f64, f64) = (1e-3, 10.0);
+    const SHIFT: f64 = 10.0;
+
+    /// z of a row of two task-class probabilities (each floored at 1e-300, so |z| ≤ 691).
+    pub fn log_odds(p: &[f64]) -> f64 {
+        p[0].max(1e-300).ln() - p[1].max(1e-300).ln()
+    }
+
+    /// Fits scale and shift by maximum likelihood on held-out scores `z` of
+    /// rows whose first class is `first`, with Platt's smoothed targets
+    /// ((n₁ + 1)/(n₁ + 2) and 1/(n₀ + 2): a few dozen scores must not
+    /// teach certainty), by Newton's method with a backtracking line search
+    /// (Lin, Lin & Weng 2007). `None` without rows of both classes.
+    pub fn fit(first: &[bool], z: &[f64]) -> Option<Calibration> {
+        let n1 = first.iter().filter(|&&f| f).count() as f64;
+        let n0 = first.len() as f64 - n1;
+        if n1 == 0.0 || n0 == 0.0 {
+            return None;
+        }
+        let target: Vec<f64> = first.iter().map(|&f| if f { (n1 + 1.0) / (n1 + 2.0) } else { 1.0 / (n0 + 2.0) }).collect();
+        // −log-likelihood, stable for large |s|: log(1 + e^s) − t·s.
+        let loss = |a: f64, b: f64| -> f64 {
+            z.iter()
+                .zip(&target)
+                .map(|(&z, &t)| {
+                    let s = a * z + b;
+                    let softplus = if s > 0.0 { s + (-s).exp().ln_1p() } else { s.exp().ln_1p() };
+                    softplus - t * s
+                })
+                .sum()
+        };
+        let (mut a, mut b) = (0.0, ((n1 + 1.0) / (n0 + 1.0)).ln());
+        let mut f = loss(a, b);
+        for _ in 0..100 {
+            let (mut ga, mut gb, mut haa, mut hab, mut hbb) = (0.0, 0.0, 1e-12, 0.0, 1e-12);
+            for (&z, &t) in z.iter().zip(&target) {
+                let p = 1.0 / (1.0 + (-(a * z + b)).exp());
+                let w = p * (1.0 - p);
+                (ga, gb) = (ga + (p - t) * z, gb + (p - t));
+                (haa, hab, hbb) = (haa + w * z * z, hab + w * z, hbb + w);
+            }
+            if ga.abs() < 1e-9 && gb.abs() < 1e-9 {
+                break;
+            }
+            let det = haa * hbb - hab * hab;
+            let (da, db) = (-(hbb * ga - hab * gb) / det, -(haa * gb - hab * ga) / det);
+            let descent = ga * da + gb * db;
+            let mut step = 1.0;
+            while step > 1e-10 {
+                let g = loss(a + step * da, b + step * db);
+                if g < f + 1e-4 * step * descent {
+                    (a, b, f) = (a + step * da, b + step * db, g);
+                    break;
+                }
+                step /= 2.0;
+            }
+            if step <= 1e-10 {
+                break;
+            }
+        }
+        Some(Calibration { scale: a.clamp(Self::SCALE.0, Self::SCALE.1), shift: b.clamp(-Self::SHIFT, Self::SHIFT) })
+    }
+
+    /// The calibrated P(first) of a head's P(first) (`p0` = 1 − P(second)).
+    pub fn p0(&self, z: f64) -> f64 {
+        1.0 / (1.0 + (-(self.scale * z + self.shift)).exp())
+    }
+
+    /// A threshold on the head's P(first) → the same decisions' threshold on the calibrated one.
+    pub fn threshold(&self, t: f64) -> f64 {
+        self.p0(t.ln() - (1.0 - t).ln())
+    }
+
+    /// Calibrated task-class probabilities of a row of two (and the row's raw-label
+    /// probabilities `raw`, of task classes `raw_to_task`, rescaled to sum to them).
+    pub fn apply(&self, p: &mut [f64], raw: &mut [f64], raw_to_task: &[usize]) {
+        let q0 = self.p0(Self::log_odds(p));
+        let q = [q0, 1.0 - q0];
+        for c in 0..2 {
+            let members = raw_to_task.iter().filter(|&&t| t == c).count().max(1) as f64;
+            for (r, _) in raw.iter_mut().zip(raw_to_task).filter(|(_, &t)| t == c) {
+                *r = if p[c] > 0.0 { *r * q[c] / p[c] } else { q[c] / members };
+            }
+        }
+        p.copy_from_slice(&q);
+    }
 }
 
 /// What the inner cross-validation that set a threshold saw.
@@ -128,7 +238,15 @@ pub struct InnerCv {
 impl Threshold {
     /// A threshold given on the command line.
     pub fn fixed(t: f64) -> Threshold {
-        Threshold { person: t, single: None, inner: None }
+        Threshold { person: t, single: None, inner: None, calibration: None }
+    }
+
+    /// A row of task-class probabilities (and its raw labels', of task classes
+    /// `raw_to_task`) made in `mode`, as reported: the single-image head's calibrated.
+    pub fn calibrate(&self, mode: Option<crate::eval::predict::Mode>, task: &mut [f64], raw: &mut [f64], raw_to_task: &[usize]) {
+        if let (Some(crate::eval::predict::Mode::Single), Some(c), 2) = (mode, &self.calibration, task.len()) {
+            c.apply(task, raw, raw_to_task);
+        }
     }
 
     /// The threshold for a prediction made in `mode` (`None`: a model without person statistics).
@@ -143,7 +261,19 @@ impl Threshold {
     pub fn describe(&self, first_class: &str) -> String {
         let evidence =
             self.inner.as_ref().and_then(|i| i.single).map(|(h, t)| format!(", whose held-out balanced accuracy went {h:.3} → {t:.3}")).unwrap_or_default();
-        let single = self.single.filter(|s| *s != self.person).map(|s| format!(" ({s:.3} for the single-image head{evidence})")).unwrap_or_default();
+        let calibrated = self
+            .calibration
+            .map(|c| {
+                format!(
+                    "; its probabilities calibrated on the same held-out scores, P = σ({:.3} × the head's log-odds {} {:.3})",
+                    c.scale,
+                    if c.shift < 0.0 { "−" } else { "+" },
+                    c.shift.abs()
+                )
+            })
+            .unwrap_or_default();
+        let single =
+            self.single.filter(|s| *s != self.person).map(|s| format!(" ({s:.3} for the single-image head{evidence}{calibrated})")).unwrap_or_default();
         match &self.inner {
             None => format!("answers {first_class} where P({first_class}) ≥ {:.3} (--threshold)", self.person),
             Some(i) => format!(
@@ -262,25 +392,33 @@ pub(crate) fn inner_threshold(
         let trainer = Trainer { cfg: tc, pre: &session.config.data.preprocess, data: &inner, device: session.device, checkpoint_dir: None, stop: None, shared };
         trainer.run(&mut model, &mut train::Collect::default(), None)?;
         let scores = trainer.scores(&model, shared.first(), &held, tta_flip, None);
-        let p0 = |logits: &tch::Tensor| crate::run::rows(&session.config.task_probs(logits)).into_iter().map(|p| p[0]).collect::<Vec<f64>>();
+        let rows = |logits: &tch::Tensor| crate::run::rows(&session.config.task_probs(logits));
         first.extend(held.iter().map(|&r| task(r) == 0));
-        p_main.extend(p0(&scores.main));
+        p_main.extend(rows(&scores.main).into_iter().map(|p| p[0]));
         if let Some(s) = &scores.single {
-            p_single.extend(p0(s));
+            p_single.extend(rows(s));
         }
     }
     let person = best_threshold(&first, &p_main);
-    let single = (p_single.len() == first.len()).then(|| best_threshold(&first, &p_single));
+    // The single-image head's threshold is chosen on its own probabilities, then carried to the calibrated ones.
+    let single = (p_single.len() == first.len()).then(|| {
+        let p0: Vec<f64> = p_single.iter().map(|p| p[0]).collect();
+        let t = best_threshold(&first, &p0);
+        let z: Vec<f64> = p_single.iter().map(|p| Calibration::log_odds(p)).collect();
+        let calibration = Calibration::fit(&first, &z);
+        (calibration.map_or(t, |c| c.threshold(t)), (balanced_at(&first, &p0, 0.5), balanced_at(&first, &p0, t)), calibration)
+    });
     Ok(Some(Threshold {
         person,
-        single,
+        single: single.map(|s| s.0),
         inner: Some(InnerCv {
             folds: k,
             people: n_people,
             at_half: balanced_at(&first, &p_main, 0.5),
             at_threshold: balanced_at(&first, &p_main, person),
-            single: single.map(|t| (balanced_at(&first, &p_single, 0.5), balanced_at(&first, &p_single, t))),
+            single: single.map(|s| s.1),
         }),
+        calibration: single.and_then(|s| s.2),
     }))
 }
 
@@ -320,6 +458,38 @@ mod tests {
         p0[1] = 0.45;
         p0[2] = 0.45;
         assert!((best_threshold(&first, &p0) - 0.325).abs() < 1e-12, "{}", best_threshold(&first, &p0));
+    }
+
+    #[test]
+    fn platt_scaling_recovers_a_known_scale_and_keeps_every_decision() {
+        // Scores of an overconfident head: true P(first) = σ(0.05·z − 1), z spread over ±100.
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let z: Vec<f64> = (0..4000).map(|i| -100.0 + 200.0 * (i as f64 + 0.5) / 4000.0).collect();
+        let first: Vec<bool> = z.iter().map(|&z| rand::Rng::gen::<f64>(&mut rng) < 1.0 / (1.0 + (-(0.05 * z - 1.0)).exp())).collect();
+        let c = Calibration::fit(&first, &z).unwrap();
+        assert!((c.scale - 0.05).abs() < 0.01 && (c.shift + 1.0).abs() < 0.2, "{c:?}");
+        // A head's row → calibrated: the order is kept, and a decision at t is the decision at the mapped threshold.
+        let t = 0.3;
+        for &p0 in &[1e-200, 1e-9, 0.2, 0.29, 0.31, 0.7, 1.0 - 1e-12, 1.0] {
+            let mut row = [p0, 1.0 - p0];
+            c.apply(&mut row, &mut [], &[]);
+            assert!((row[0] + row[1] - 1.0).abs() < 1e-12 && row[0] > 0.0 && row[0] < 1.0, "{row:?}");
+            assert_eq!(p0 >= t, row[0] >= c.threshold(t), "{p0} → {row:?}");
+        }
+        // Saturated rows come back as what a fitted scale allows: 1 − 1e-12 (log-odds 27.6) → σ(0.38) ≈ 0.6.
+        let mut row = [1.0 - 1e-12, 1e-12];
+        c.apply(&mut row, &mut [], &[]);
+        assert!(row[0] > 0.5 && row[0] < 0.75, "{row:?}");
+        // Raw-label probabilities rescale within their class and sum to it.
+        let (mut task, mut raw) = ([0.9, 0.1], [0.9, 0.06, 0.04]);
+        c.apply(&mut task, &mut raw, &[0, 1, 1]);
+        assert!((raw[0] - task[0]).abs() < 1e-12 && (raw[1] + raw[2] - task[1]).abs() < 1e-12 && (raw[1] / raw[2] - 1.5).abs() < 1e-9, "{raw:?}");
+        // A head that knows nothing: the scale stays positive (decisions kept), the probabilities near the prior.
+        let flat: Vec<bool> = (0..300).map(|i| i % 3 == 0).collect();
+        let zs: Vec<f64> = (0..300).map(|i| ((i * 37) % 101) as f64 - 50.0).collect();
+        let c = Calibration::fit(&flat, &zs).unwrap();
+        assert!(c.scale > 0.0 && c.scale < 0.01 && (c.p0(0.0) - 1.0 / 3.0).abs() < 0.05, "{c:?}");
+        assert!(Calibration::fit(&[true, true], &[1.0, 2.0]).is_none());
     }
 
     #[test]

@@ -32,6 +32,19 @@ fn probs(v: &serde_json::Value) -> Vec<Vec<f64>> {
     v.as_array().unwrap().iter().map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()).collect()
 }
 
+/// A copy of folder `from` (and its folders) at `to`.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
 /// The same manifest with person `P00`'s labels swapped (neutral ↔ expressive).
 fn swapped_manifest(m: &Path) -> std::path::PathBuf {
     let text = std::fs::read_to_string(m).unwrap();
@@ -89,6 +102,7 @@ fn cv_sets_each_folds_threshold_from_its_training_people_alone() {
         let bacc = r["metrics"]["balanced_accuracy"].as_f64().unwrap();
         assert!((bacc - bacc_at(&y, &p, Some(person))).abs() < 1e-12, "fold {f}: {bacc} vs {}", bacc_at(&y, &p, Some(person)));
         assert_eq!(r["single"]["threshold"], t["single"], "fold {f}");
+        assert!(t["calibration"]["scale"].as_f64().unwrap() > 0.0, "the single-image head's probabilities are calibrated: {t}");
         let single = r["single"]["metrics"]["balanced_accuracy"].as_f64().unwrap();
         assert!((single - bacc_at(&y, &probs(&r["single"]["probs"]), t["single"].as_f64())).abs() < 1e-12);
         at_half.push(bacc_at(&y, &p, None));
@@ -163,6 +177,37 @@ fn a_run_keeps_its_threshold_and_predict_and_evaluate_decide_at_it() {
         assert_eq!(p["threshold"].as_f64(), Some(person));
         let pn = p["probabilities"]["neutral"].as_f64().unwrap();
         assert_eq!(p["class"], if pn >= person { "neutral" } else { "expressive" }, "{p}");
+    }
+    // Alone (--subject-from none) each photo gets the single-image head, its probabilities calibrated by the
+    // scale and shift the inner fits set, at the threshold carried to them: the same decisions as the head's own
+    // probabilities at its own threshold (the run without the calibration, below).
+    let held_out: Vec<String> = preds.iter().map(|p| p["path"].as_str().unwrap().to_string()).collect();
+    let c = &t["calibration"];
+    let (a, b, t_single) = (f(&c["scale"]), f(&c["shift"]), f(&t["single"]));
+    assert!(a > 0.0 && a <= 10.0 && b.abs() <= 10.0, "{t}");
+    let logit = |p: f64| p.max(1e-300).ln() - (1.0 - p).max(1e-300).ln();
+    let alone = |dir: &Path| {
+        let mut a = vec!["predict", "--model", dir.to_str().unwrap(), "--subject-from", "none", "--format", "json"];
+        a.extend(held_out.iter().map(String::as_str));
+        let (code, out, err) = run(&a, d.path());
+        assert_eq!(code, 0, "{out}\n{err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap().as_array().unwrap().clone()
+    };
+    let raw_dir = d.path().join("runs/uncalibrated");
+    copy_dir(&dir, &raw_dir);
+    let mut raw_cfg = cfg.clone();
+    raw_cfg["threshold"].as_object_mut().unwrap().remove("calibration");
+    raw_cfg["threshold"]["single"] = serde_json::json!(1.0 / (1.0 + (-(logit(t_single) - b) / a).exp()));
+    std::fs::write(raw_dir.join("config.json"), serde_json::to_string_pretty(&raw_cfg).unwrap()).unwrap();
+    let (cal, uncal) = (alone(&dir), alone(&raw_dir));
+    assert_eq!(cal.len(), 12);
+    for (p, q) in cal.iter().zip(&uncal) {
+        assert_eq!(p["mode"], "single-image", "{p}");
+        assert_eq!(p["threshold"].as_f64(), Some(t_single));
+        let (pn, qn) = (f(&p["probabilities"]["neutral"]), f(&q["probabilities"]["neutral"]));
+        assert_eq!(p["class"], if pn >= t_single { "neutral" } else { "expressive" }, "{p}");
+        assert_eq!(p["class"], q["class"], "calibrated {p} vs the head's own {q}");
+        assert!((pn - 1.0 / (1.0 + (-(a * logit(qn) + b)).exp())).abs() < 1e-9, "{pn} vs σ({a}·logit({qn}) + {b})");
     }
     // evaluate: at the threshold, and by the larger probability beside it.
     let (code, out, err) = run(&["evaluate", "--model", dir.to_str().unwrap(), "--data", m.to_str().unwrap(), "--exclude-train"], d.path());
