@@ -708,8 +708,13 @@ fn threshold_sentence(results: &[FoldResult], classes: &[String]) -> Option<Stri
     let first = &classes[0];
     Some(match results.iter().find_map(|r| r.threshold.as_ref().and_then(|t| t.inner.as_ref())) {
         Some(i) => format!(
-            "{first} is answered where P({first}) reaches a threshold set for each fold by an inner {}-fold subject-grouped cross-validation over that fold's training people alone (median {median:.3}, range {lo:.3}–{hi:.3}; the larger probability: see below)",
-            i.folds
+            "{first} is answered where P({first}) reaches a threshold set for each fold by an inner {}-fold subject-grouped cross-validation over that fold's training people alone (median {median:.3}, range {lo:.3}–{hi:.3}; the larger probability: see below){}",
+            i.folds,
+            if results.iter().any(|r| r.threshold.as_ref().is_some_and(|t| t.calibration.is_some())) {
+                "; the single-image head's probabilities are calibrated on the same inner held-out scores (Platt scaling; its decisions at its own threshold unchanged)"
+            } else {
+                ""
+            }
         ),
         None => format!("{first} is answered where P({first}) ≥ {median:.3} (--threshold)"),
     })

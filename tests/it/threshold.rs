@@ -114,6 +114,7 @@ fn cv_sets_each_folds_threshold_from_its_training_people_alone() {
     let md = std::fs::read_to_string(out.join("cv.md")).unwrap();
     assert!(
         md.contains("neutral is answered where P(neutral) reaches a threshold set for each fold by an inner 3-fold subject-grouped cross-validation over that fold's training people alone (median ")
+            && md.contains("; the single-image head's probabilities are calibrated on the same inner held-out scores")
             && md.contains("## The same models deciding by the larger probability (threshold 0.5)"),
         "{md}"
     );
