@@ -727,6 +727,7 @@ impl TrainArgs {
             clean_views: self.clean_views,
             patience: self.patience,
             keep: self.keep,
+            weight_decay: self.weight_decay,
         }
     }
 

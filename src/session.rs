@@ -82,12 +82,18 @@ impl Session {
                 config.train.stages = vec![Stage { from: Block::Head, epochs: probe.epochs }];
                 config.train.lr = probe.lr;
                 config.train.members = probe.members;
+                config.train.weight_decay = probe.weight_decay;
                 let keeps_last = recipe.probe.keep.is_none() && probe.keep == Keep::Last;
                 (config.train.patience, config.train.keep) = (probe.patience, probe.keep);
                 chose.push(format!(
-                    "training the head alone ({} at --lr {}{}{}; --freeze-until conv5 fine-tunes)",
+                    "training the head alone ({} at --lr {}{}{}{}; --freeze-until conv5 fine-tunes)",
                     crate::train::describe_stages(&config.train.stages),
                     probe.lr,
+                    if recipe.probe.weight_decay.is_none() && probe.weight_decay == Probe::LONG_SGD_WEIGHT_DECAY {
+                        format!(" with --weight-decay {}", probe.weight_decay)
+                    } else {
+                        String::new()
+                    },
                     if probe.members > 1 { format!(", {} heads averaged into one", probe.members) } else { String::new() },
                     if keeps_last { ", every epoch trained and the last kept (--keep best: the epoch of lowest validation loss)" } else { "" }
                 ));

@@ -458,10 +458,14 @@ fn run_fold(
         members: p.members,
         threshold: p.threshold,
         clean_views: p.clean_views,
+        weight_decay: p.weight_decay,
         ..tc.clone()
     }) {
         // The recipe already is that probe (the default with person statistics): the same training, so its scores.
-        Some(p) if (&p.stages, p.lr, p.members, p.threshold, p.clean_views) == (&tc.stages, tc.lr, tc.members, tc.threshold, tc.clean_views) => {
+        Some(p)
+            if (&p.stages, p.lr, p.members, p.threshold, p.clean_views, p.weight_decay)
+                == (&tc.stages, tc.lr, tc.members, tc.threshold, tc.clean_views, tc.weight_decay) =>
+        {
             Some(main.main.clone())
         }
         Some(p) => Some(fold.train_and_score(&p)?.0.main),

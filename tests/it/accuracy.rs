@@ -452,7 +452,7 @@ fn default_stages_are_a_probe_when_person_statistics_are_on() {
     assert_eq!(features("auto"), serde_json::json!(["conv4", "conv5"]), "{err}");
     assert_eq!(grid("auto"), "3x3", "{err}");
     assert!(
-        err.contains("training the head alone (head:3 at --lr 0.01, 5 heads averaged into one, every epoch trained and the last kept (--keep best: the epoch of lowest validation loss); --freeze-until conv5 fine-tunes)")
+        err.contains("training the head alone (head:3 at --lr 0.01 with --weight-decay 0.01, 5 heads averaged into one, every epoch trained and the last kept (--keep best: the epoch of lowest validation loss); --freeze-until conv5 fine-tunes)")
             && err.contains("on the pooled conv4 and conv5 outputs")
             && err.contains("each block also averaged over a 3x3 grid of the face (--pool-grid 1x1: global pooling only)")
             && err.contains("unaugmented view and mirror image beside its augmented views (--clean-views false"),
@@ -462,15 +462,19 @@ fn default_stages_are_a_probe_when_person_statistics_are_on() {
     assert_eq!(clean("auto"), true);
     assert_eq!(config("auto")["train"]["lr"], 0.01, "the probe's rate");
     assert_eq!(config("auto")["train"]["members"], 5, "the long probe averages 5 heads");
+    assert_eq!(config("auto")["train"]["weight_decay"], 0.01, "the long probe's weight decay");
     let saved = tch::Tensor::read_safetensors(d.path().join("runs/auto/model.safetensors")).unwrap();
     assert!(saved.iter().all(|(n, _)| !n.starts_with("head_member")), "the members were folded into one head");
     // No epochs given: the long probe's 50 (several photos of every person); --lr given: that rate.
-    let bare = ["finetune", "--data", m.to_str().unwrap(), "--augment", "none", "--name", "bare", "--lr", "0.002", "--members", "2"];
+    let bare =
+        ["finetune", "--data", m.to_str().unwrap(), "--augment", "none", "--name", "bare", "--lr", "0.002", "--members", "2", "--weight-decay", "0.0005"];
     let (code, out, err) = run(&args(&s, &bare), d.path());
     assert_eq!(code, 0, "{out}\n{err}");
     assert_eq!(stages("bare"), serde_json::json!([{"from": "head", "epochs": 50}]), "{err}");
     assert_eq!(config("bare")["train"]["lr"], 0.002);
     assert_eq!(config("bare")["train"]["members"], 2);
+    assert_eq!(config("bare")["train"]["weight_decay"], 0.0005, "--weight-decay given: that one");
+    assert!(!err.contains("with --weight-decay"), "{err}");
     // The long probe trains every epoch and keeps the last (what cv measures); a fine-tune keeps the best.
     assert_eq!((config("bare")["train"]["patience"].clone(), config("bare")["train"]["keep"].clone()), (serde_json::json!(0), serde_json::json!("last")));
     let metrics = json(&d.path().join("runs/bare/metrics.json"));
@@ -538,6 +542,7 @@ fn default_stages_are_a_probe_when_person_statistics_are_on() {
     assert_eq!(clean("pairs"), false);
     assert_eq!(config("pairs")["train"]["lr"], 0.003, "pairs keep the recipe's rate (the long probe measured worse there)");
     assert_eq!(config("pairs")["train"]["members"], 1, "and one head (the members were measured on several photos per person)");
+    assert_eq!(config("pairs")["train"]["weight_decay"], 1e-4, "and the recipe's weight decay");
     let (code, out, err) = run(&args(&s, &[&base[..], &["--name", "off", "--subject-norm", "off"]].concat()), d.path());
     assert_eq!(code, 0, "{out}\n{err}");
     assert_eq!(features("off"), serde_json::json!(["conv5"]));
@@ -556,4 +561,5 @@ fn default_stages_are_a_probe_when_person_statistics_are_on() {
     }
     assert_eq!(stages("off"), serde_json::json!([{"from": "head", "epochs": 1}, {"from": "conv5", "epochs": 2}]));
     assert_eq!(config("off")["train"]["lr"], 0.003, "a fine-tune keeps the fine-tune's head rate");
+    assert_eq!(config("ft")["train"]["weight_decay"], 1e-4, "and its weight decay");
 }
