@@ -475,9 +475,7 @@ impl RunConfig {
     /// Task-class probability rows made in `mode`, as reported (the single-image head's calibrated).
     pub fn calibrate(&self, mode: Option<crate::eval::predict::Mode>, rows: &mut [Vec<f64>]) {
         if let Some(t) = &self.threshold {
-            for p in rows {
-                t.calibrate(mode, p, &mut [], &[]);
-            }
+            t.calibrate_rows(mode, rows);
         }
     }
 

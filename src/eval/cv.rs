@@ -555,9 +555,7 @@ impl Fold<'_> {
             let mut probs = crate::run::rows(&run.task_probs(logits));
             let t = threshold.as_ref().map(|t| t.for_mode(Some(mode)));
             if let Some(th) = &threshold {
-                for p in &mut probs {
-                    th.calibrate(Some(mode), p, &mut [], &[]);
-                }
+                th.calibrate_rows(Some(mode), &mut probs);
             }
             Scores { metrics: eval::metrics_at(self.y, &probs, &run.classes, |_| t), probs, threshold: t }
         };

@@ -196,7 +196,7 @@ impl Calibration {
         Some(Calibration { scale: a.clamp(Self::SCALE.0, Self::SCALE.1), shift: b.clamp(-Self::SHIFT, Self::SHIFT) })
     }
 
-    /// The calibrated P(first) of a head's P(first) (`p0` = 1 − P(second)).
+    /// The calibrated P(first) of a head's log-odds `z`.
     pub fn p0(&self, z: f64) -> f64 {
         1.0 / (1.0 + (-(self.scale * z + self.shift)).exp())
     }
@@ -246,6 +246,13 @@ impl Threshold {
     pub fn calibrate(&self, mode: Option<crate::eval::predict::Mode>, task: &mut [f64], raw: &mut [f64], raw_to_task: &[usize]) {
         if let (Some(crate::eval::predict::Mode::Single), Some(c), 2) = (mode, &self.calibration, task.len()) {
             c.apply(task, raw, raw_to_task);
+        }
+    }
+
+    /// `calibrate` for rows of task-class probabilities alone.
+    pub fn calibrate_rows(&self, mode: Option<crate::eval::predict::Mode>, rows: &mut [Vec<f64>]) {
+        for p in rows {
+            self.calibrate(mode, p, &mut [], &[]);
         }
     }
 
