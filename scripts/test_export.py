@@ -55,6 +55,8 @@ def check(binary, d):
         "single-raw": ["--data", "people.csv", "--subject-norm", "on", "--train-labels", "raw", "--threshold", "off", "--single-labels", "raw"],
         # An inner threshold: the single-image head's probabilities calibrated, the threshold on them.
         "single-calibrated": ["--data", "people.csv", "--subject-norm", "on", "--train-labels", "raw", "--threshold", "inner"],
+        # Three classes: the single-image head's probabilities at a fitted temperature.
+        "multi-calibrated": ["--data", "people.csv", "--subject-norm", "on", "--task", "multiclass", "--calibrate", "inner"],
     }
     worst = 0.0
     for name, extra in variants.items():
@@ -71,7 +73,8 @@ def check(binary, d):
         assert json.loads(meta["classes"]) == cfg["classes"], meta
         expected = {"linear": "0.3", "single-calibrated": repr(cfg.get("threshold", {}).get("single"))}.get(name)
         assert meta.get("threshold") == expected, (meta, cfg.get("threshold"))
-        assert (name == "single-calibrated") == ("calibration" in cfg.get("threshold", {})), cfg.get("threshold")
+        assert (name in ("single-calibrated", "multi-calibrated")) == ("calibration" in cfg), cfg.get("calibration")
+        assert name != "multi-calibrated" or cfg["calibration"]["shift"] == 0.0, cfg["calibration"]
         sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         images = [os.path.join(d, "data", c, "1.png") for c in ("neutral", "happy", "sad")]
         out = subprocess.run([binary, "predict", *images, "--model", rd, "--format", "json", "--device", "cpu", "--tta", "none"], cwd=d, check=True, capture_output=True, text=True)

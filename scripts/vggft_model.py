@@ -99,9 +99,10 @@ class VggftNet(nn.Module):
         for r, t in enumerate(raw_to_task or range(n_classes)):
             m[r, t] = 1.0
         self.register_buffer("to_task", m)
-        # The single-image head's probabilities as vggft reports them: Platt scaling set by the inner fits.
-        cal = (config.get("threshold") or {}).get("calibration")
-        self.calibration = (cal["scale"], cal["shift"]) if cal and prefix == "head_global" and n_classes == 2 else None
+        # The single-image head's probabilities as vggft reports them, set by the inner fits: Platt scaling for two
+        # classes, a temperature for more (configs of 2026-12-03 kept it under "threshold").
+        cal = config.get("calibration") or (config.get("threshold") or {}).get("calibration")
+        self.calibration = (cal["scale"], cal["shift"]) if cal and prefix == "head_global" else None
 
     def forward(self, x):
         maps = []
@@ -123,12 +124,17 @@ class VggftNet(nn.Module):
         else:
             logits = self.fc(self.pooled(maps, False))
         if self.calibration is not None:
-            # P(first) = σ(scale · z + shift), z the head's log-odds of the two classes (from the logits: exact in
-            # float32 where the probabilities would underflow; vggft floors each at 1e-300, so |z| ≤ 691).
-            lse = [torch.logsumexp(logits.masked_fill(self.to_task[:, c] == 0, float("-inf")), 1) for c in (0, 1)]
-            z = (lse[0] - lse[1]).clamp(-690.8, 690.8)
-            p0 = torch.sigmoid(self.calibration[0] * z + self.calibration[1])
-            return torch.stack([p0, 1 - p0], 1)
+            # Each task class's log-probability from the logits (exact in float32 where the probabilities would
+            # underflow; vggft floors each probability at 1e-300, i.e. the log at −690.8).
+            scale, shift = self.calibration
+            lp = torch.log_softmax(logits, 1)
+            lt = torch.stack([torch.logsumexp(lp.masked_fill(self.to_task[:, c] == 0, float("-inf")), 1)
+                              for c in range(self.to_task.shape[1])], 1).clamp(min=-690.8)
+            if lt.shape[1] == 2:
+                # P(first) = σ(scale · z + shift), z the head's log-odds of the two classes.
+                p0 = torch.sigmoid(scale * (lt[:, 0] - lt[:, 1]) + shift)
+                return torch.stack([p0, 1 - p0], 1)
+            return torch.softmax(scale * lt, 1)  # P ∝ p^scale: a temperature
         return torch.softmax(logits, 1) @ self.to_task
 
     def pooled(self, maps, with_max):

@@ -12,7 +12,7 @@ use crate::data::scan::DataFormat;
 use crate::data::split::{parse_label_map, Task, TrainLabels, ValSpec};
 use crate::data::Preprocess;
 use crate::error::{Error, Result, Setting};
-use crate::eval::threshold::ThresholdChoice;
+use crate::eval::threshold::{CalibrateChoice, ThresholdChoice};
 use crate::model::{Block, BnMode, HeadKind, PoolGrid, Precision};
 use crate::subject::SubjectNormChoice;
 use crate::train::optim::{OptimKind, Schedule};
@@ -32,6 +32,14 @@ fn checked<T: 'static>(parse: fn(&str) -> Result<T>) -> impl Fn(&str) -> std::re
 /// `--threshold`, parsed by the library (a bad value is a usage error naming the flag).
 fn threshold_arg(s: &str) -> std::result::Result<ThresholdChoice, String> {
     ThresholdChoice::parse(s).map_err(|e| match e {
+        Error::Invalid { setting, problem } => setting_problem(setting, &problem),
+        other => render(&other),
+    })
+}
+
+/// `--calibrate`, parsed by the library.
+fn calibrate_arg(s: &str) -> std::result::Result<CalibrateChoice, String> {
+    CalibrateChoice::parse(s).map_err(|e| match e {
         Error::Invalid { setting, problem } => setting_problem(setting, &problem),
         other => render(&other),
     })
@@ -339,6 +347,9 @@ pub struct TrainArgs {
     /// Two-class tasks: the threshold on P(first class, e.g. neutral) at or above which the model answers that class — auto (inner for the probe on person statistics with at least 3 photos of every person, where the larger probability left half the neutral photos wrong; else off), inner (set after training by a 3-fold subject-grouped cross-validation over the training people: 3 more fits), off (the larger probability) or a probability P.
     #[arg(long, default_value = "auto", value_parser = threshold_arg)]
     pub threshold: ThresholdChoice,
+    /// The single-image head's probabilities (a photo with no other photo of its person): auto (inner where the inner fits run — --threshold inner — and for the probe on person statistics with at least 3 photos of every person, where the head was near-certain on a coin toss; else off), inner (calibrated on the held-out scores of a 3-fold subject-grouped cross-validation over the training people: two classes Platt scaling, more a temperature; every decision unchanged) or off (as the head gives them).
+    #[arg(long, default_value = "auto", value_parser = calibrate_arg)]
+    pub calibrate: CalibrateChoice,
     /// Head learning rate (default: 0.003 for sgd, 0.001 otherwise; 0.01 for an sgd probe on person statistics with at least 3 photos of every person).
     #[arg(long, allow_negative_numbers = true)]
     pub lr: Option<f64>,
@@ -784,6 +795,7 @@ impl TrainArgs {
             // With the session's freeze point, --members goes to the probe it may choose (`probe`).
             members: if self.auto_freeze() { 1 } else { self.members.unwrap_or(1) },
             threshold: self.threshold,
+            calibrate: self.calibrate,
         };
         cfg.validate()?;
         Ok(cfg)

@@ -124,6 +124,10 @@ pub struct TrainConfig {
     /// resolved: inner, off or fixed).
     #[serde(default)]
     pub threshold: crate::eval::threshold::ThresholdChoice,
+    /// Whether inner fits calibrate the single-image head's probabilities
+    /// (`--calibrate`; a run's config holds it resolved: inner or off).
+    #[serde(default)]
+    pub calibrate: crate::eval::threshold::CalibrateChoice,
 }
 
 fn one_usize() -> usize {
@@ -179,6 +183,22 @@ impl TrainConfig {
         }
         self.threshold.check_range()?;
         self.augment.validate()
+    }
+
+    /// The single-image head is calibrated after training (`auto`, from a
+    /// config written before `--calibrate`: where the threshold was set by inner fits).
+    pub fn calibrates(&self) -> bool {
+        use crate::eval::threshold::{CalibrateChoice, ThresholdChoice};
+        match self.calibrate {
+            CalibrateChoice::Inner => true,
+            CalibrateChoice::Off => false,
+            CalibrateChoice::Auto => self.threshold == ThresholdChoice::Inner,
+        }
+    }
+
+    /// Inner fits on the training people run after training (to set a threshold or a calibration).
+    pub fn inner_fits(&self) -> bool {
+        self.threshold == crate::eval::threshold::ThresholdChoice::Inner || self.calibrates()
     }
 
     pub(crate) fn total_epochs(&self) -> usize {
@@ -429,6 +449,11 @@ pub struct RunConfig {
     /// larger probability.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threshold: Option<crate::eval::threshold::Threshold>,
+    /// The single-image head's probabilities as reported, fitted on the
+    /// inner fits' held-out scores (`--calibrate`); absent: as the head
+    /// gives them. A two-class `threshold.single` is on the calibrated scale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<crate::eval::threshold::Calibration>,
 }
 
 impl RunConfig {
@@ -452,6 +477,16 @@ impl RunConfig {
                 return Err(Error::invalid(Setting::Threshold, "must lie between 0 and 1, for a two-class task"));
             }
         }
+        if let Some(c) = self.single_calibration() {
+            // A scale ≤ 0 would reverse or erase the head's order (a decision would no longer match its
+            // probability); a shift would move the most probable of more than two classes.
+            if !(c.scale > 0.0 && c.scale.is_finite() && c.shift.is_finite() && (self.classes.len() == 2 || c.shift == 0.0)) {
+                return Err(Error::invalid(
+                    Setting::Calibrate,
+                    format!("needs a positive, finite scale and a finite shift (0 for more than two classes), got scale {} and shift {}", c.scale, c.shift),
+                ));
+            }
+        }
         if self.raw_classes.len() != self.raw_to_task.len() || self.raw_to_task.iter().any(|&c| c >= self.classes.len()) {
             return Err(Error::invalid(Setting::RawLabels, "and raw_to_task do not match the classes"));
         }
@@ -472,10 +507,34 @@ impl RunConfig {
         self.threshold.as_ref().map(|t| t.for_mode(mode))
     }
 
+    /// The single-image head's calibration (also where configs of 2026-12-03 kept it).
+    pub fn single_calibration(&self) -> Option<&crate::eval::threshold::Calibration> {
+        self.calibration.as_ref().or(self.threshold.as_ref().and_then(|t| t.legacy_calibration.as_ref()))
+    }
+
+    /// A row of task-class probabilities (and its raw labels') made in `mode`, as reported: the single-image head's calibrated.
+    pub fn calibrate_row(&self, mode: Option<crate::eval::predict::Mode>, task: &mut [f64], raw: &mut [f64]) {
+        if let (Some(crate::eval::predict::Mode::Single), Some(c)) = (mode, self.single_calibration()) {
+            c.apply(task, raw, &self.raw_to_task);
+        }
+    }
+
     /// Task-class probability rows made in `mode`, as reported (the single-image head's calibrated).
     pub fn calibrate(&self, mode: Option<crate::eval::predict::Mode>, rows: &mut [Vec<f64>]) {
-        if let Some(t) = &self.threshold {
-            t.calibrate_rows(mode, rows);
+        for p in rows {
+            self.calibrate_row(mode, p, &mut []);
+        }
+    }
+
+    /// The decision rule's line for summaries (none: the larger probability, uncalibrated).
+    pub fn describe_decisions(&self) -> Option<String> {
+        match (&self.threshold, self.single_calibration()) {
+            (Some(t), c) => Some(t.describe(&self.classes[0], c)),
+            (None, Some(c)) => Some(format!(
+                "answers the most probable class; its single-image head's probabilities are calibrated on inner fits' held-out scores, {}",
+                c.describe()
+            )),
+            (None, None) => None,
         }
     }
 

@@ -138,6 +138,7 @@ settings! {
     BlockLrFactor => "block_lr_factor",
     Bn => "bn",
     CacheViews => "cache_views",
+    Calibrate => "calibrate",
     CleanViews => "clean_views",
     Crop => "crop",
     Data => "data",

@@ -42,6 +42,9 @@ pub struct Summary {
     pub n_val: usize,
     /// The threshold the model decides at (two-class runs that set or were given one).
     pub threshold: Option<threshold::Threshold>,
+    /// How it decides and what its single-image head's probabilities mean, for summaries
+    /// (`RunConfig::describe_decisions`).
+    pub decisions: Option<String>,
 }
 
 /// Options for a new run.
@@ -175,8 +178,8 @@ fn execute(session: &Session, dir: &Path, reporter: &mut dyn Reporter, stop: Opt
     // The inner fits that set a threshold share one cache of the pooled features with the run (head-only recipes;
     // a fine-tune's inner fits each cache what their own stages need).
     let head_only = tc.stages.iter().all(|s| s.from == Block::Head);
-    let shared = match (tc.threshold, state.is_none(), head_only) {
-        (ThresholdChoice::Inner, true, true) => threshold_cache(session, &model, tta, reporter),
+    let shared = match (tc.inner_fits(), state.is_none(), head_only) {
+        (true, true, true) => threshold_cache(session, &model, tta, reporter),
         _ => vec![],
     };
     let trainer = Trainer {
@@ -197,7 +200,7 @@ fn execute(session: &Session, dir: &Path, reporter: &mut dyn Reporter, stop: Opt
     crate::eval::plot::learning_curves(&dir.join("learning_curves.png"), &outcome.history, Some(outcome.kept_epoch))?;
     weights::save_atomic(&model.named_tensors(), &dir.join("model.safetensors"))?;
     let mut config = config.clone();
-    if tc.threshold == ThresholdChoice::Inner {
+    if tc.inner_fits() {
         // A resumed run's fit built its own cache.
         let rebuilt;
         let inner_shared: &[train::Cache] = if shared.is_empty() && head_only {
@@ -206,16 +209,26 @@ fn execute(session: &Session, dir: &Path, reporter: &mut dyn Reporter, stop: Opt
         } else {
             &shared
         };
-        reporter.message(&format!("setting the threshold on P({}): {} inner fits on the training people…", config.classes[0], INNER_FOLDS));
-        config.threshold = threshold::inner_threshold(session, tc, &prepared.data, inner_shared, tta, stop).map_err(resume_hint)?;
-        match &config.threshold {
-            Some(t) => reporter.message(&format!("the model {}", t.describe(&config.classes[0]))),
-            None => reporter.message("fewer than 2 training people: the larger probability decides"),
+        let what = if tc.threshold == ThresholdChoice::Inner {
+            format!("setting the threshold on P({})", config.classes[0])
+        } else {
+            "calibrating the single-image head's probabilities".to_string()
+        };
+        reporter.message(&format!("{what}: {} inner fits on the training people…", INNER_FOLDS));
+        let fits = threshold::inner_fits(session, tc, &prepared.data, inner_shared, tta, stop).map_err(resume_hint)?;
+        let fits = fits.unwrap_or_default();
+        if tc.threshold == ThresholdChoice::Inner {
+            config.threshold = fits.threshold;
+        }
+        config.calibration = fits.calibration;
+        match config.describe_decisions() {
+            Some(d) => reporter.message(&format!("the model {d}")),
+            None => reporter.message("fewer than 2 training people: the larger probability decides, the single-image head's probabilities as it gives them"),
         }
         fsutil::write_json(&dir.join("config.json"), &config)?;
     }
     let (val, val_single) = validate(session, &config, &trainer, &model);
-    finish(session, dir, &outcome, (&val, &val_single, config.threshold.as_ref()), reporter)?;
+    finish(session, dir, &outcome, (&val, &val_single, &config), reporter)?;
     Ok(Summary {
         dir: dir.to_path_buf(),
         history: outcome.history,
@@ -226,6 +239,7 @@ fn execute(session: &Session, dir: &Path, reporter: &mut dyn Reporter, stop: Opt
         classes: config.classes.clone(),
         n_train: prepared.data.train.len(),
         n_val: prepared.data.val.len(),
+        decisions: config.describe_decisions(),
         threshold: config.threshold,
     })
 }
@@ -281,7 +295,7 @@ fn finish(
     session: &Session,
     dir: &Path,
     outcome: &train::Outcome,
-    (val, val_single, threshold): (&Option<Metrics>, &Option<Metrics>, Option<&threshold::Threshold>),
+    (val, val_single, config): (&Option<Metrics>, &Option<Metrics>, &RunConfig),
     reporter: &mut dyn Reporter,
 ) -> Result<()> {
     let mut metrics = serde_json::json!({
@@ -294,8 +308,11 @@ fn finish(
     if val.is_some() && eval::flip_tta(None, session.config.model.subject_norm == crate::subject::SubjectNormChoice::On) {
         metrics["tta"] = serde_json::json!(eval::FLIP_TTA);
     }
-    if let Some(t) = threshold {
-        metrics["threshold"] = serde_json::json!(t.describe(&session.config.classes[0]));
+    if let Some(t) = &config.threshold {
+        metrics["threshold"] = serde_json::json!(t.describe(&config.classes[0], config.single_calibration()));
+    }
+    if let Some(c) = config.single_calibration() {
+        metrics["calibration"] = serde_json::json!(format!("the single-image head's probabilities: {}", c.describe()));
     }
     if val_single.is_some() {
         metrics["subject_norm"] = serde_json::json!(crate::subject::TRANSDUCTIVE);

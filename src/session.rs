@@ -13,7 +13,7 @@ use crate::data::face::FaceMode;
 use crate::data::scan::{self, Dataset};
 use crate::data::split::{self, Labels, Split, TrainLabels};
 use crate::error::{Error, Result, Setting};
-use crate::eval::threshold::{Threshold, ThresholdChoice};
+use crate::eval::threshold::{CalibrateChoice, Threshold, ThresholdChoice};
 use crate::model::weights::{self, LoadReport};
 use crate::model::{Block, BnMode, ModelConfig, PoolGrid, Vgg16};
 use crate::run::{LIBTORCH_VERSION, VERSION};
@@ -73,6 +73,7 @@ impl Session {
             data,
             data_sha256: String::new(),
             threshold: None,
+            calibration: None,
         };
         let probe = probe_for(&config, &prepared.dataset, recipe.probe);
         let several = several_photos(&config, &prepared.dataset);
@@ -143,6 +144,18 @@ impl Session {
                 crate::eval::threshold::INNER_FOLDS
             )),
             _ => {}
+        }
+        let person_stats = config.model.subject_norm == SubjectNormChoice::On;
+        config.train.calibrate = resolve_calibrate(recipe.train.calibrate, config.train.threshold, several && head_only, person_stats)?;
+        if config.train.calibrate == CalibrateChoice::Inner
+            && recipe.train.calibrate == CalibrateChoice::Auto
+            && config.train.threshold != ThresholdChoice::Inner
+        {
+            reporter.message(&format!(
+                "the single-image head's probabilities are calibrated after training on a {}-fold subject-grouped cross-validation over the training people ({} more fits of the head; --calibrate off: as the head gives them)",
+                crate::eval::threshold::INNER_FOLDS,
+                crate::eval::threshold::INNER_FOLDS
+            ));
         }
         if device == Device::Cpu && config.model.precision == crate::model::Precision::F32 && crate::model::cpu_has_amx_bf16() {
             reporter.message("this CPU has AMX-BF16: --precision bf16 runs the network's convolutions about 4× faster here (README, Speed); f32 stays the default, so that results do not depend on the CPU");
@@ -406,6 +419,24 @@ pub(crate) fn resolve_threshold(choice: ThresholdChoice, several: bool, head_onl
     Ok(match choice {
         ThresholdChoice::Auto if several && head_only && classes == 2 => ThresholdChoice::Inner,
         ThresholdChoice::Auto => ThresholdChoice::Off,
+        c => c,
+    })
+}
+
+/// `--calibrate auto` → `inner` where the inner fits run anyway (`threshold`
+/// inner) and for the long probe (`long_probe`: head-only, person statistics,
+/// at least 3 photos of every person, any number of classes), for a model
+/// with a single-image head (`person_stats`); `off` elsewhere. `inner` needs that head.
+pub(crate) fn resolve_calibrate(choice: CalibrateChoice, threshold: ThresholdChoice, long_probe: bool, person_stats: bool) -> Result<CalibrateChoice> {
+    Ok(match choice {
+        CalibrateChoice::Inner if !person_stats => {
+            return Err(Error::invalid(
+                Setting::Calibrate,
+                "inner calibrates the single-image head, which only a model on person statistics has (--subject-norm on)",
+            ))
+        }
+        CalibrateChoice::Auto if person_stats && (threshold == ThresholdChoice::Inner || long_probe) => CalibrateChoice::Inner,
+        CalibrateChoice::Auto => CalibrateChoice::Off,
         c => c,
     })
 }

@@ -19,7 +19,7 @@ use crate::data::split::{self, ValSpec};
 use crate::error::{Error, Result, Setting};
 use crate::eval::plot;
 use crate::eval::predict::Mode;
-use crate::eval::threshold::{self, Threshold, ThresholdChoice};
+use crate::eval::threshold::{self, CalibrateChoice, Calibration, InnerFits, Threshold, ThresholdChoice};
 use crate::eval::{self, Metrics};
 use crate::fsutil;
 use crate::model::{Block, BnMode, Vgg16};
@@ -130,6 +130,10 @@ pub struct FoldResult {
     /// (its metrics are at it; `probs` hold the probabilities).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threshold: Option<Threshold>,
+    /// With `--calibrate inner`: this fold's calibration of the single-image
+    /// head (`single.probs` are calibrated by it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<Calibration>,
     pub n_train: usize,
     pub seconds: f64,
     /// This fold's candidates for `--top-losses` (tiles relative to the cv folder).
@@ -449,7 +453,7 @@ fn run_fold(
     let tc = TrainConfig { seed, ..session.config.train.clone() };
     let y: Vec<i64> = test.iter().map(|&i| labels.targets[i]).collect();
     let fold = Fold { session, data: &data, test, y: &y, shared, tta_flip };
-    let (main, model, threshold) = fold.train_and_score(&tc)?;
+    let (main, model, InnerFits { threshold, calibration }) = fold.train_and_score(&tc)?;
     let top = if req.top_losses > 0 { top_losses(req, session, &model, (seed, fi), test, &y, (&main.main.probs, main.main.threshold))? } else { vec![] };
     drop(model);
     let baseline = match probe.map(|p| TrainConfig {
@@ -459,6 +463,8 @@ fn run_fold(
         threshold: p.threshold,
         clean_views: p.clean_views,
         weight_decay: p.weight_decay,
+        // Only its main head is reported.
+        calibrate: CalibrateChoice::Off,
         ..tc.clone()
     }) {
         // The recipe already is that probe (the default with person statistics): the same training, so its scores.
@@ -483,6 +489,7 @@ fn run_fold(
         baseline,
         one_class: main.one_class,
         threshold,
+        calibration,
         n_train: data.train.len(),
         seconds: t0.elapsed().as_secs_f64(),
         top,
@@ -537,25 +544,31 @@ impl Fold<'_> {
     /// Trains a fresh model with `tc` and scores the test rows (and, for a
     /// subject-normalised model, its single-image head and each test person
     /// shown with one class only).
-    /// With `--threshold inner` the threshold comes from an inner
+    /// With `--threshold inner` the threshold (and with `--calibrate inner`
+    /// the single-image head's calibration) comes from an inner
     /// cross-validation over this fold's training people alone.
-    fn train_and_score(&self, tc: &TrainConfig) -> Result<(train::Scored<Scores>, Vgg16, Option<Threshold>)> {
+    fn train_and_score(&self, tc: &TrainConfig) -> Result<(train::Scored<Scores>, Vgg16, InnerFits)> {
         let run = &self.session.config;
         let (mut model, _) = self.session.fresh_model(tc.seed as i64, true)?;
         self.session.recalibrate(&mut model, &self.data.train)?;
         let trainer =
             Trainer { cfg: tc, pre: &run.data.preprocess, data: self.data, device: self.session.device, checkpoint_dir: None, stop: None, shared: self.shared };
         trainer.run(&mut model, &mut train::Collect::default(), None)?;
-        let threshold = match tc.threshold {
-            ThresholdChoice::Inner => threshold::inner_threshold(self.session, tc, self.data, self.shared, self.tta_flip, None)?,
-            ThresholdChoice::Fixed(t) => Some(Threshold::fixed(t)),
-            ThresholdChoice::Off | ThresholdChoice::Auto => None,
+        let mut fits = if tc.inner_fits() {
+            threshold::inner_fits(self.session, tc, self.data, self.shared, self.tta_flip, None)?.unwrap_or_default()
+        } else {
+            InnerFits::default()
         };
+        if let ThresholdChoice::Fixed(t) = tc.threshold {
+            fits.threshold = Some(Threshold::fixed(t));
+        }
         let score = |logits: &tch::Tensor, mode: Mode| {
             let mut probs = crate::run::rows(&run.task_probs(logits));
-            let t = threshold.as_ref().map(|t| t.for_mode(Some(mode)));
-            if let Some(th) = &threshold {
-                th.calibrate_rows(Some(mode), &mut probs);
+            let t = fits.threshold.as_ref().map(|t| t.for_mode(Some(mode)));
+            if let (Mode::Single, Some(c)) = (mode, &fits.calibration) {
+                for p in &mut probs {
+                    c.apply(p, &mut [], &[]);
+                }
             }
             Scores { metrics: eval::metrics_at(self.y, &probs, &run.classes, |_| t), probs, threshold: t }
         };
@@ -565,7 +578,7 @@ impl Fold<'_> {
             single: s.single.as_ref().map(|l| score(l, Mode::Single)),
             one_class: s.one_class.as_ref().map(|l| score(l, Mode::Person)),
         };
-        Ok((scored, model, threshold))
+        Ok((scored, model, fits))
     }
 }
 
@@ -675,6 +688,7 @@ fn summarise(cfg: &CvConfig, results: &[FoldResult], missing: &[String]) -> Summ
         if cfg.shared_views && cfg.seeds.len() > 1 { format!("; {SHARED_VIEWS}") } else { String::new() },
         if cfg.run.train.members > 1 { format!("; {}", members_sentence(cfg.run.train.members)) } else { String::new() },
         threshold_sentence(results, &classes).map(|t| format!("; {t}")).unwrap_or_default()
+            + &calibration_sentence(results).map(|t| format!("; {t}")).unwrap_or_default()
     ) + &if missing.is_empty() { String::new() } else { format!("; PARTIAL (--partial): {} fold result(s) missing: {}", missing.len(), crate::error::short_list(missing, 8)) };
     let seeds = seed_means(results);
     let seed_spread = (seeds.len() > 1).then(|| stat("balanced_accuracy", &seeds.iter().map(|m| m.balanced_accuracy).collect::<Vec<_>>()));
@@ -710,15 +724,34 @@ fn threshold_sentence(results: &[FoldResult], classes: &[String]) -> Option<Stri
     let first = &classes[0];
     Some(match results.iter().find_map(|r| r.threshold.as_ref().and_then(|t| t.inner.as_ref())) {
         Some(i) => format!(
-            "{first} is answered where P({first}) reaches a threshold set for each fold by an inner {}-fold subject-grouped cross-validation over that fold's training people alone (median {median:.3}, range {lo:.3}–{hi:.3}; the larger probability: see below){}",
+            "{first} is answered where P({first}) reaches a threshold set for each fold by an inner {}-fold subject-grouped cross-validation over that fold's training people alone (median {median:.3}, range {lo:.3}–{hi:.3}; the larger probability: see below)",
             i.folds,
-            if results.iter().any(|r| r.threshold.as_ref().is_some_and(|t| t.calibration.is_some())) {
-                "; the single-image head's probabilities are calibrated on the same inner held-out scores (Platt scaling; its decisions at its own threshold unchanged)"
-            } else {
-                ""
-            }
         ),
         None => format!("{first} is answered where P({first}) ≥ {median:.3} (--threshold)"),
+    })
+}
+
+/// How the single-image head's probabilities were calibrated, when they were (`--calibrate`).
+fn calibration_sentence(results: &[FoldResult]) -> Option<String> {
+    let fitted: Vec<&Calibration> =
+        results.iter().filter_map(|r| r.calibration.as_ref().or(r.threshold.as_ref().and_then(|t| t.legacy_calibration.as_ref()))).collect();
+    let first = fitted.first()?;
+    let by = if results.iter().any(|r| r.threshold.as_ref().is_some_and(|t| t.inner.is_some())) {
+        "the same inner held-out scores".to_string()
+    } else {
+        format!("an inner {}-fold subject-grouped cross-validation over each fold's training people", threshold::INNER_FOLDS)
+    };
+    Some(if first.shift == 0.0 && results.iter().all(|r| r.probs.first().is_none_or(|p| p.len() > 2)) {
+        let mut t: Vec<f64> = fitted.iter().map(|c| 1.0 / c.scale).collect();
+        t.sort_by(f64::total_cmp);
+        format!(
+            "the single-image head's probabilities are calibrated on {by} (temperature scaling, median temperature {:.1}, range {:.1}–{:.1}; its most probable class unchanged)",
+            t[t.len() / 2],
+            t[0],
+            t[t.len() - 1]
+        )
+    } else {
+        format!("the single-image head's probabilities are calibrated on {by} (Platt scaling; its decisions at its own threshold unchanged)")
     })
 }
 

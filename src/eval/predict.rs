@@ -244,9 +244,7 @@ pub fn predict(
         let keys: Vec<Option<String>> = rows.iter().map(|&i| subjects.subject(&out[i].path)).collect();
         let (p, modes) = person_or_single(model, &f, flipped.as_ref(), &keys);
         for (((mut task, mut raw), &i), mode) in split_raw(cfg, &p).into_iter().zip(&rows).zip(modes) {
-            if let Some(t) = &cfg.threshold {
-                t.calibrate(Some(mode), &mut task, &mut raw, &cfg.raw_to_task);
-            }
+            cfg.calibrate_row(Some(mode), &mut task, &mut raw);
             out[i].probs = Ok(task);
             // A single-image head that learnt the task's classes has no raw-label answer to give.
             out[i].raw = if mode == Mode::Single && !model.cfg.single_to_task.is_empty() { Vec::new() } else { raw };

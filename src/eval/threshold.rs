@@ -10,7 +10,9 @@
 //! person statistics) holds some training people out in turn, trains the
 //! same recipe on the others, scores the held-out people, and keeps the
 //! threshold that maximises balanced accuracy on those scores — no test
-//! person's label is used.
+//! person's label is used. The same held-out scores calibrate the
+//! single-image head's probabilities (`--calibrate`), for any number of
+//! classes.
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -97,6 +99,32 @@ impl ThresholdChoice {
     }
 }
 
+/// What `--calibrate` asks for: the single-image head's probabilities
+/// calibrated on the inner fits' held-out scores.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CalibrateChoice {
+    /// `inner` where the inner fits run anyway (`--threshold inner`) and for
+    /// the probe on person statistics with at least 3 photos of every person
+    /// (any number of classes), else `off`. In a run config from before the
+    /// flag: calibrated exactly where the threshold was set by inner fits.
+    #[default]
+    Auto,
+    Inner,
+    Off,
+}
+
+impl CalibrateChoice {
+    pub fn parse(s: &str) -> Result<CalibrateChoice> {
+        match s {
+            "auto" => Ok(CalibrateChoice::Auto),
+            "inner" => Ok(CalibrateChoice::Inner),
+            "off" => Ok(CalibrateChoice::Off),
+            _ => Err(Error::invalid(Setting::Calibrate, format!("`{s}`: expected auto, inner or off"))),
+        }
+    }
+}
+
 /// A trained model's threshold(s) on P(first class), in its `config.json`
 /// (and each cv fold's result).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -109,20 +137,23 @@ pub struct Threshold {
     /// How the inner cross-validation set it (none: given with `--threshold P`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inner: Option<InnerCv>,
-    /// The single-image head's probabilities as reported: fitted on the
-    /// inner held-out scores (none: reported as the head gives them).
-    /// `single` is on the calibrated probabilities.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub calibration: Option<Calibration>,
+    /// Where configs written on 2026-12-03 kept the single-image head's
+    /// calibration (now `RunConfig::calibration`): read, never written.
+    #[serde(default, rename = "calibration", skip_serializing)]
+    pub(crate) legacy_calibration: Option<Calibration>,
 }
 
-/// Platt scaling of a two-class head: P(first) = σ(`scale` · z + `shift`),
-/// z = ln P(first) − ln P(second) as the head gives them. The long probe's
-/// single-image head is near max-margin on its training people (P(neutral)
-/// 0.000 or 1.000 for most new people's photos: log loss 3.7 against the
-/// prior's 0.41 on the JAFFE-framed set, docs/results/accuracy); a scale
-/// fitted on people the head never saw says how sure it can be. `scale` > 0,
-/// so every decision stays what it was at the mapped threshold.
+/// The single-image head's probabilities as reported: P_k ∝ p_k^`scale`,
+/// and for two classes `shift` added to the log-odds — Platt scaling,
+/// P(first) = σ(`scale` · z + `shift`) with z = ln p₁ − ln p₂ as the head
+/// gives them; for more classes temperature scaling (`shift` 0). The long
+/// probe's single-image head is near max-margin on its training people
+/// (P(neutral) 0.000 or 1.000 for most new people's photos: log loss 3.7
+/// against the prior's 0.41 on the JAFFE-framed set; 7-way 5.5–6.4 against
+/// chance's 1.95, docs/results/accuracy); a scale fitted on people the head
+/// never saw says how sure it can be. `scale` > 0 keeps the head's order, so
+/// every decision stays what it was (two classes: at the mapped threshold;
+/// more: the most probable class is the same).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Calibration {
     pub scale: f64,
@@ -139,6 +170,65 @@ impl Calibration {
     /// z of a row of two task-class probabilities (each floored at 1e-300, so |z| ≤ 691).
     pub fn log_odds(p: &[f64]) -> f64 {
         p[0].max(1e-300).ln() - p[1].max(1e-300).ln()
+    }
+
+    /// Fits the calibration of probability rows `rows` of classes `y` (held-out
+    /// scores): Platt scaling for two classes ([`Calibration::fit`]), a
+    /// temperature for more ([`Calibration::fit_temperature`]).
+    pub fn fit_rows(y: &[i64], rows: &[Vec<f64>]) -> Option<Calibration> {
+        match rows.first().map(Vec::len) {
+            Some(2) => {
+                let first: Vec<bool> = y.iter().map(|&c| c == 0).collect();
+                let z: Vec<f64> = rows.iter().map(|p| Calibration::log_odds(p)).collect();
+                Calibration::fit(&first, &z)
+            }
+            Some(k) if k > 2 => Calibration::fit_temperature(y, rows),
+            _ => None,
+        }
+    }
+
+    /// The scale (1 / temperature) that maximises the likelihood of classes
+    /// `y` under P_k ∝ p_k^scale, within [`Calibration::SCALE`]: the negative
+    /// log-likelihood is convex in the scale, so a bisection on its slope
+    /// (60 halvings of ln scale) finds it. `None` with fewer than 2 classes
+    /// present (no spread to learn from).
+    pub fn fit_temperature(y: &[i64], rows: &[Vec<f64>]) -> Option<Calibration> {
+        let mut present: Vec<i64> = y.to_vec();
+        present.sort_unstable();
+        present.dedup();
+        if present.len() < 2 || y.len() != rows.len() {
+            return None;
+        }
+        let logs: Vec<Vec<f64>> = rows.iter().map(|p| p.iter().map(|q| q.max(1e-300).ln()).collect()).collect();
+        // d/da of the mean −log-likelihood: E_q[l] − l_y for each row, q the calibrated row.
+        let slope = |a: f64| -> f64 {
+            logs.iter()
+                .zip(y)
+                .map(|(l, &c)| {
+                    let top = l.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(a * v));
+                    let w: Vec<f64> = l.iter().map(|&v| (a * v - top).exp()).collect();
+                    let sum: f64 = w.iter().sum();
+                    w.iter().zip(l).map(|(w, v)| w / sum * v).sum::<f64>() - l[c as usize]
+                })
+                .sum::<f64>()
+                / y.len() as f64
+        };
+        let (mut lo, mut hi) = (Self::SCALE.0.ln(), Self::SCALE.1.ln());
+        if slope(lo.exp()) >= 0.0 {
+            return Some(Calibration { scale: Self::SCALE.0, shift: 0.0 });
+        }
+        if slope(hi.exp()) <= 0.0 {
+            return Some(Calibration { scale: Self::SCALE.1, shift: 0.0 });
+        }
+        for _ in 0..60 {
+            let mid = (lo + hi) / 2.0;
+            if slope(mid.exp()) < 0.0 {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        Some(Calibration { scale: ((lo + hi) / 2.0).exp(), shift: 0.0 })
     }
 
     /// Fits scale and shift by maximum likelihood on held-out scores `z` of
@@ -196,6 +286,15 @@ impl Calibration {
         Some(Calibration { scale: a.clamp(Self::SCALE.0, Self::SCALE.1), shift: b.clamp(-Self::SHIFT, Self::SHIFT) })
     }
 
+    /// The formula, for summaries.
+    pub fn describe(&self) -> String {
+        if self.shift == 0.0 && self.scale != 0.0 {
+            format!("P ∝ (the head's P)^{:.3} (temperature {:.1})", self.scale, 1.0 / self.scale)
+        } else {
+            format!("P = σ({:.3} × the head's log-odds {} {:.3})", self.scale, if self.shift < 0.0 { "−" } else { "+" }, self.shift.abs())
+        }
+    }
+
     /// The calibrated P(first) of a head's log-odds `z`.
     pub fn p0(&self, z: f64) -> f64 {
         1.0 / (1.0 + (-(self.scale * z + self.shift)).exp())
@@ -206,12 +305,20 @@ impl Calibration {
         self.p0(t.ln() - (1.0 - t).ln())
     }
 
-    /// Calibrated task-class probabilities of a row of two (and the row's raw-label
+    /// Calibrated task-class probabilities of a row (and the row's raw-label
     /// probabilities `raw`, of task classes `raw_to_task`, rescaled to sum to them).
     pub fn apply(&self, p: &mut [f64], raw: &mut [f64], raw_to_task: &[usize]) {
-        let q0 = self.p0(Self::log_odds(p));
-        let q = [q0, 1.0 - q0];
-        for c in 0..2 {
+        let q: Vec<f64> = if p.len() == 2 {
+            let q0 = self.p0(Self::log_odds(p));
+            vec![q0, 1.0 - q0]
+        } else {
+            let l: Vec<f64> = p.iter().map(|q| self.scale * q.max(1e-300).ln()).collect();
+            let top = l.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v));
+            let w: Vec<f64> = l.iter().map(|v| (v - top).exp()).collect();
+            let sum: f64 = w.iter().sum();
+            w.iter().map(|w| w / sum).collect()
+        };
+        for c in 0..p.len() {
             let members = raw_to_task.iter().filter(|&&t| t == c).count().max(1) as f64;
             for (r, _) in raw.iter_mut().zip(raw_to_task).filter(|(_, &t)| t == c) {
                 *r = if p[c] > 0.0 { *r * q[c] / p[c] } else { q[c] / members };
@@ -238,22 +345,7 @@ pub struct InnerCv {
 impl Threshold {
     /// A threshold given on the command line.
     pub fn fixed(t: f64) -> Threshold {
-        Threshold { person: t, single: None, inner: None, calibration: None }
-    }
-
-    /// A row of task-class probabilities (and its raw labels', of task classes
-    /// `raw_to_task`) made in `mode`, as reported: the single-image head's calibrated.
-    pub fn calibrate(&self, mode: Option<crate::eval::predict::Mode>, task: &mut [f64], raw: &mut [f64], raw_to_task: &[usize]) {
-        if let (Some(crate::eval::predict::Mode::Single), Some(c), 2) = (mode, &self.calibration, task.len()) {
-            c.apply(task, raw, raw_to_task);
-        }
-    }
-
-    /// `calibrate` for rows of task-class probabilities alone.
-    pub fn calibrate_rows(&self, mode: Option<crate::eval::predict::Mode>, rows: &mut [Vec<f64>]) {
-        for p in rows {
-            self.calibrate(mode, p, &mut [], &[]);
-        }
+        Threshold { person: t, single: None, inner: None, legacy_calibration: None }
     }
 
     /// The threshold for a prediction made in `mode` (`None`: a model without person statistics).
@@ -264,23 +356,16 @@ impl Threshold {
         }
     }
 
-    /// One line for summaries.
-    pub fn describe(&self, first_class: &str) -> String {
+    /// One line for summaries; `calibration`: the single-image head's, whose scale its threshold is on.
+    pub fn describe(&self, first_class: &str, calibration: Option<&Calibration>) -> String {
         let evidence =
             self.inner.as_ref().and_then(|i| i.single).map(|(h, t)| format!(", whose held-out balanced accuracy went {h:.3} → {t:.3}")).unwrap_or_default();
-        let calibrated = self
-            .calibration
-            .map(|c| {
-                format!(
-                    "; its probabilities calibrated on the same held-out scores, P = σ({:.3} × the head's log-odds {} {:.3})",
-                    c.scale,
-                    if c.shift < 0.0 { "−" } else { "+" },
-                    c.shift.abs()
-                )
-            })
-            .unwrap_or_default();
-        let single =
-            self.single.filter(|s| *s != self.person).map(|s| format!(" ({s:.3} for the single-image head{evidence}{calibrated})")).unwrap_or_default();
+        let calibrated = calibration.map(|c| format!("; its probabilities calibrated on the same held-out scores, {}", c.describe())).unwrap_or_default();
+        // The single-image head's part: its own threshold where it differs, its calibration where fitted.
+        let single = match self.single {
+            Some(s) if s != self.person || calibration.is_some() => format!(" ({s:.3} for the single-image head{evidence}{calibrated})"),
+            _ => String::new(),
+        };
         match &self.inner {
             None => format!("answers {first_class} where P({first_class}) ≥ {:.3} (--threshold)", self.person),
             Some(i) => format!(
@@ -359,30 +444,39 @@ fn inner_folds(data: &TrainData, mut people: Vec<usize>, k: usize, seed: u64) ->
         .collect()
 }
 
-/// Sets the threshold of a model trained with `tc` on `data.train` by an
-/// inner subject-grouped cross-validation over the training people: each
-/// inner fold's people are scored (as the final model is scored: flip
-/// test-time augmentation when `tta_flip`, person statistics from each
-/// person's own photos) by the recipe trained on the other people. `None`
-/// with fewer than 2 people. `stop` (Ctrl-C) is checked between inner fits.
-pub(crate) fn inner_threshold(
+/// What the inner fits set: the threshold(s) of a two-class task and the
+/// single-image head's calibration.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct InnerFits {
+    pub threshold: Option<Threshold>,
+    pub calibration: Option<Calibration>,
+}
+
+/// Sets the threshold (`tc.threshold` inner) and the single-image head's
+/// calibration (`tc.calibrates()`) of a model trained with `tc` on
+/// `data.train` by an inner subject-grouped cross-validation over the
+/// training people: each inner fold's people are scored (as the final model
+/// is scored: flip test-time augmentation when `tta_flip`, person statistics
+/// from each person's own photos) by the recipe trained on the other people.
+/// `None` with fewer than 2 people. `stop` (Ctrl-C) is checked between inner fits.
+pub(crate) fn inner_fits(
     session: &Session,
     tc: &TrainConfig,
     data: &TrainData,
     shared: &[Cache],
     tta_flip: bool,
     stop: Option<&std::sync::atomic::AtomicBool>,
-) -> Result<Option<Threshold>> {
+) -> Result<Option<InnerFits>> {
     let people = people(data);
     if people.len() < 2 {
         return Ok(None);
     }
     let (n_people, k) = (people.len(), INNER_FOLDS.min(people.len()));
     let task = |r: usize| data.task.as_ref().map_or(data.targets[r], |t| t.targets[r]);
-    let (mut first, mut p_main, mut p_single) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut y, mut p_main, mut p_single) = (Vec::new(), Vec::new(), Vec::new());
     for held in inner_folds(data, people, k, tc.seed) {
         if stop.is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst)) {
-            return Err(Error::Interrupted("stopped while setting the decision threshold (the trained model's last epoch is saved)".into()));
+            return Err(Error::Interrupted("stopped during the inner fits on the training people (the trained model's last epoch is saved)".into()));
         }
         let rest: Vec<usize> = data.train.iter().copied().filter(|r| held.binary_search(r).is_err()).collect();
         let inner = TrainData {
@@ -400,33 +494,38 @@ pub(crate) fn inner_threshold(
         trainer.run(&mut model, &mut train::Collect::default(), None)?;
         let scores = trainer.scores(&model, shared.first(), &held, tta_flip, None);
         let rows = |logits: &tch::Tensor| crate::run::rows(&session.config.task_probs(logits));
-        first.extend(held.iter().map(|&r| task(r) == 0));
-        p_main.extend(rows(&scores.main).into_iter().map(|p| p[0]));
+        y.extend(held.iter().map(|&r| task(r)));
+        p_main.extend(rows(&scores.main));
         if let Some(s) = &scores.single {
             p_single.extend(rows(s));
         }
     }
-    let person = best_threshold(&first, &p_main);
-    // The single-image head's threshold is chosen on its own probabilities, then carried to the calibrated ones.
-    let single = (p_single.len() == first.len()).then(|| {
-        let p0: Vec<f64> = p_single.iter().map(|p| p[0]).collect();
-        let t = best_threshold(&first, &p0);
-        let z: Vec<f64> = p_single.iter().map(|p| Calibration::log_odds(p)).collect();
-        let calibration = Calibration::fit(&first, &z);
-        (calibration.map_or(t, |c| c.threshold(t)), (balanced_at(&first, &p0, 0.5), balanced_at(&first, &p0, t)), calibration)
+    let single = (p_single.len() == y.len()).then_some(&p_single);
+    let calibration = single.filter(|_| tc.calibrates()).and_then(|rows| Calibration::fit_rows(&y, rows));
+    let threshold = (tc.threshold == ThresholdChoice::Inner && session.config.classes.len() == 2).then(|| {
+        let first: Vec<bool> = y.iter().map(|&c| c == 0).collect();
+        let main: Vec<f64> = p_main.iter().map(|p| p[0]).collect();
+        let person = best_threshold(&first, &main);
+        // The single-image head's threshold is chosen on its own probabilities, then carried to the calibrated ones.
+        let single = single.map(|rows| {
+            let p0: Vec<f64> = rows.iter().map(|p| p[0]).collect();
+            let t = best_threshold(&first, &p0);
+            (calibration.map_or(t, |c| c.threshold(t)), (balanced_at(&first, &p0, 0.5), balanced_at(&first, &p0, t)))
+        });
+        Threshold {
+            person,
+            single: single.map(|s| s.0),
+            inner: Some(InnerCv {
+                folds: k,
+                people: n_people,
+                at_half: balanced_at(&first, &main, 0.5),
+                at_threshold: balanced_at(&first, &main, person),
+                single: single.map(|s| s.1),
+            }),
+            legacy_calibration: None,
+        }
     });
-    Ok(Some(Threshold {
-        person,
-        single: single.map(|s| s.0),
-        inner: Some(InnerCv {
-            folds: k,
-            people: n_people,
-            at_half: balanced_at(&first, &p_main, 0.5),
-            at_threshold: balanced_at(&first, &p_main, person),
-            single: single.map(|s| s.1),
-        }),
-        calibration: single.and_then(|s| s.2),
-    }))
+    Ok(Some(InnerFits { threshold, calibration }))
 }
 
 #[cfg(test)]
@@ -497,6 +596,68 @@ mod tests {
         let c = Calibration::fit(&flat, &zs).unwrap();
         assert!(c.scale > 0.0 && c.scale < 0.01 && (c.p0(0.0) - 1.0 / 3.0).abs() < 0.05, "{c:?}");
         assert!(Calibration::fit(&[true, true], &[1.0, 2.0]).is_none());
+    }
+
+    #[test]
+    fn the_summary_names_the_single_image_heads_calibration_even_at_the_same_threshold() {
+        let inner = InnerCv { folds: 3, people: 9, at_half: 0.6, at_threshold: 0.7, single: Some((0.5, 0.55)) };
+        let c = Calibration { scale: 0.01, shift: -1.5 };
+        let t = Threshold { person: 0.3, single: Some(0.3), inner: Some(inner), legacy_calibration: None };
+        let s = t.describe("neutral", Some(&c));
+        assert!(s.contains("(0.300 for the single-image head") && s.contains("P = σ(0.010 × the head's log-odds − 1.500)"), "{s}");
+        // Same threshold, nothing fitted: no single-image part.
+        assert!(!t.describe("neutral", None).contains("single-image"), "{}", t.describe("neutral", None));
+        // Its own threshold: named, uncalibrated.
+        let t = Threshold { single: Some(0.2), ..t };
+        assert!(t.describe("neutral", None).contains("(0.200 for the single-image head, whose held-out balanced accuracy went 0.500 → 0.550)"));
+        // A temperature (more than two classes) reads as one.
+        assert_eq!(Calibration { scale: 0.125, shift: 0.0 }.describe(), "P ∝ (the head's P)^0.125 (temperature 8.0)");
+    }
+
+    #[test]
+    fn a_temperature_recovers_a_known_scale_and_keeps_the_most_probable_class() {
+        // An overconfident 4-class head: its log-probabilities are 8× what the truth's are.
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let (mut y, mut rows) = (Vec::new(), Vec::new());
+        for _ in 0..3000 {
+            let logits: Vec<f64> = (0..4).map(|_| rand::Rng::gen_range(&mut rng, -2.0..2.0)).collect();
+            let truth = softmax(&logits);
+            let u: f64 = rand::Rng::gen(&mut rng);
+            let mut acc = 0.0;
+            let c = truth.iter().position(|&p| {
+                acc += p;
+                u < acc
+            });
+            y.push(c.unwrap_or(3) as i64);
+            rows.push(softmax(&logits.iter().map(|l| 8.0 * l).collect::<Vec<_>>()));
+        }
+        let c = Calibration::fit_rows(&y, &rows).unwrap();
+        assert!(c.shift == 0.0 && (c.scale - 0.125).abs() < 0.02, "{c:?}");
+        for row in rows.iter().take(50) {
+            let (mut q, mut raw) = (row.clone(), vec![]);
+            c.apply(&mut q, &mut raw, &[]);
+            assert!((q.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+            assert_eq!(crate::eval::predict::argmax(&q), crate::eval::predict::argmax(row));
+            // Calibrated back to the truth's spread: P ∝ p^scale.
+            let want = softmax(&row.iter().map(|p| c.scale * p.ln()).collect::<Vec<_>>());
+            assert!(q.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-12));
+        }
+        // Saturated rows (probabilities of 0) stay finite and ordered.
+        let mut q = vec![1.0, 0.0, 0.0];
+        Calibration { scale: 0.1, shift: 0.0 }.apply(&mut q, &mut [], &[]);
+        assert!(q[0] > 0.99 && q[1] > 0.0 && (q[1] - q[2]).abs() < 1e-15, "{q:?}");
+        // A head that knows nothing: the smallest scale (uniform); one class only: nothing to fit.
+        let flat: Vec<i64> = (0..300).map(|i| i % 3).collect();
+        let sure: Vec<Vec<f64>> = (0..300).map(|i| (0..3).map(|k| if k == (i * 7 + 1) % 3 { 0.98 } else { 0.01 }).collect()).collect();
+        assert!(Calibration::fit_rows(&flat, &sure).unwrap().scale < 0.01);
+        assert!(Calibration::fit_rows(&[1, 1], &[vec![0.2, 0.7, 0.1], vec![0.1, 0.8, 0.1]]).is_none());
+    }
+
+    fn softmax(l: &[f64]) -> Vec<f64> {
+        let top = l.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v));
+        let w: Vec<f64> = l.iter().map(|v| (v - top).exp()).collect();
+        let s: f64 = w.iter().sum();
+        w.iter().map(|w| w / s).collect()
     }
 
     #[test]

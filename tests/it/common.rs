@@ -276,19 +276,26 @@ pub fn args<'a>(v: &'a [String], extra: &[&'a str]) -> Vec<&'a str> {
 /// bright bar at a fixed place ("the mouth"). Each person has `per_class`
 /// neutral and `per_class` expressive images (per-image noise differs).
 pub fn identity_dominated(root: &Path, subjects: usize, per_class: usize, size: u32) -> PathBuf {
+    identity_dominated_labels(root, subjects, per_class, size, &["neutral", "expressive"])
+}
+
+/// `identity_dominated` with more labels: the first without a bar, the second
+/// with the mouth bar, the third with a brow bar across the top.
+pub fn identity_dominated_labels(root: &Path, subjects: usize, per_class: usize, size: u32, labels: &[&str]) -> PathBuf {
     let mut csv = String::from("path,label,subject\n");
     for s in 0..subjects as u32 {
         // Person-specific blob pattern and offset (a fixed pseudo-random function of s).
         let h = |x: u32, y: u32, k: u32| ((x / 4 * 73 + y / 4 * 151 + k * 977 + 13).wrapping_mul(2_654_435_761) >> 24) as i32;
         let offset = (s as i32 * 37 % 90) - 45;
-        for (label, bar) in [("neutral", false), ("expressive", true)] {
+        for (k, label) in labels.iter().enumerate() {
             for i in 0..per_class as u32 {
                 let name = format!("p{s:02}_{label}_{i}.png");
                 gray_png(&root.join(&name), size, size, |x, y| {
                     let person = h(x, y, s) / 2 - 64 + offset;
                     let noise = ((x * 7 + y * 13 + i * 31 + s * 5) % 11) as i32 - 5;
-                    let mouth = if bar && y >= size * 3 / 4 && y < size * 3 / 4 + size / 8 && x >= size / 4 && x < size * 3 / 4 { 28 } else { 0 };
-                    (128 + person + noise + mouth).clamp(0, 255) as u8
+                    let mouth = if k == 1 && y >= size * 3 / 4 && y < size * 3 / 4 + size / 8 && x >= size / 4 && x < size * 3 / 4 { 28 } else { 0 };
+                    let brow = if k == 2 && y >= size / 8 && y < size / 4 && x >= size / 4 && x < size * 3 / 4 { 28 } else { 0 };
+                    (128 + person + noise + mouth + brow).clamp(0, 255) as u8
                 });
                 csv.push_str(&format!("{name},{label},P{s:02}\n"));
             }

@@ -102,7 +102,7 @@ fn cv_sets_each_folds_threshold_from_its_training_people_alone() {
         let bacc = r["metrics"]["balanced_accuracy"].as_f64().unwrap();
         assert!((bacc - bacc_at(&y, &p, Some(person))).abs() < 1e-12, "fold {f}: {bacc} vs {}", bacc_at(&y, &p, Some(person)));
         assert_eq!(r["single"]["threshold"], t["single"], "fold {f}");
-        assert!(t["calibration"]["scale"].as_f64().unwrap() > 0.0, "the single-image head's probabilities are calibrated: {t}");
+        assert!(r["calibration"]["scale"].as_f64().unwrap() > 0.0, "the single-image head's probabilities are calibrated: {r}");
         let single = r["single"]["metrics"]["balanced_accuracy"].as_f64().unwrap();
         assert!((single - bacc_at(&y, &probs(&r["single"]["probs"]), t["single"].as_f64())).abs() < 1e-12);
         at_half.push(bacc_at(&y, &p, None));
@@ -183,7 +183,7 @@ fn a_run_keeps_its_threshold_and_predict_and_evaluate_decide_at_it() {
     // scale and shift the inner fits set, at the threshold carried to them: the same decisions as the head's own
     // probabilities at its own threshold (the run without the calibration, below).
     let held_out: Vec<String> = preds.iter().map(|p| p["path"].as_str().unwrap().to_string()).collect();
-    let c = &t["calibration"];
+    let c = &cfg["calibration"];
     let (a, b, t_single) = (f(&c["scale"]), f(&c["shift"]), f(&t["single"]));
     assert!(a > 0.0 && a <= 10.0 && b.abs() <= 10.0, "{t}");
     let logit = |p: f64| p.max(1e-300).ln() - (1.0 - p).max(1e-300).ln();
@@ -197,7 +197,7 @@ fn a_run_keeps_its_threshold_and_predict_and_evaluate_decide_at_it() {
     let raw_dir = d.path().join("runs/uncalibrated");
     copy_dir(&dir, &raw_dir);
     let mut raw_cfg = cfg.clone();
-    raw_cfg["threshold"].as_object_mut().unwrap().remove("calibration");
+    raw_cfg.as_object_mut().unwrap().remove("calibration");
     raw_cfg["threshold"]["single"] = serde_json::json!(1.0 / (1.0 + (-(logit(t_single) - b) / a).exp()));
     std::fs::write(raw_dir.join("config.json"), serde_json::to_string_pretty(&raw_cfg).unwrap()).unwrap();
     let (cal, uncal) = (alone(&dir), alone(&raw_dir));
@@ -209,6 +209,16 @@ fn a_run_keeps_its_threshold_and_predict_and_evaluate_decide_at_it() {
         assert_eq!(p["class"], if pn >= t_single { "neutral" } else { "expressive" }, "{p}");
         assert_eq!(p["class"], q["class"], "calibrated {p} vs the head's own {q}");
         assert!((pn - 1.0 / (1.0 + (-(a * logit(qn) + b)).exp())).abs() < 1e-9, "{pn} vs σ({a}·logit({qn}) + {b})");
+    }
+    // A hand-edited calibration that would reverse the head's order (or erase it) is refused, naming the file.
+    for (scale, shift) in [(-0.5, 0.0), (0.0, 0.0)] {
+        let mut bad = cfg.clone();
+        bad["calibration"] = serde_json::json!({"scale": scale, "shift": shift});
+        std::fs::write(raw_dir.join("config.json"), serde_json::to_string_pretty(&bad).unwrap()).unwrap();
+        let (code, out, err) = run(&["predict", "--model", raw_dir.to_str().unwrap(), "--subject-from", "none", &held_out[0]], d.path());
+        assert_eq!(code, 1, "{out}{err}");
+        assert!(err.contains("config.json: holds a setting its flag would refuse") && err.contains("positive, finite scale"), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
     }
     // evaluate: at the threshold, and by the larger probability beside it.
     let (code, out, err) = run(&["evaluate", "--model", dir.to_str().unwrap(), "--data", m.to_str().unwrap(), "--exclude-train"], d.path());
@@ -226,7 +236,13 @@ fn a_run_keeps_its_threshold_and_predict_and_evaluate_decide_at_it() {
     assert_eq!(code, 0, "{out}\n{err}");
     let cfg = json(&d.path().join("runs/off/config.json"));
     assert!(cfg.get("threshold").is_none() && cfg["train"]["threshold"] == "off", "{cfg}");
-    assert!(!out.contains("the model answers"), "{out}");
+    assert!(!out.contains("the model answers neutral where"), "{out}");
+    // The probe's single-image head is still calibrated (--calibrate auto), its decisions the larger probability.
+    assert!(
+        cfg["calibration"]["scale"].is_number()
+            && out.contains("the model answers the most probable class; its single-image head's probabilities are calibrated"),
+        "{out}"
+    );
     // A fine-tune decides by the larger probability unless told (auto is measured on the probe only).
     let (code, out, err) = run(&args(&s, &[&base[..], &["--name", "ft", "--freeze-until", "conv5"]].concat()), d.path());
     assert_eq!(code, 0, "{out}\n{err}");
@@ -248,4 +264,68 @@ fn a_run_keeps_its_threshold_and_predict_and_evaluate_decide_at_it() {
     );
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("--threshold") && err.contains("two-class tasks") && err.contains("3 classes"), "{err}");
+}
+
+#[test]
+fn a_seven_way_style_probe_calibrates_its_single_image_head_by_a_temperature() {
+    let d = tmp();
+    let m = identity_dominated_labels(d.path(), 5, 3, 32, &["neutral", "happy", "angry"]);
+    let w = d.path().join("trunk.safetensors");
+    trunk_only(&w, 33);
+    let s = small(&w);
+    let base = ["--data", m.to_str().unwrap(), "--task", "multiclass", "--augment", "none", "--epochs", "6", "--freeze-epochs", "0"];
+    // The long probe on person statistics (3 classes, every person 9 photos): calibrated by default, in cv too.
+    let out = d.path().join("cv");
+    let (code, o, err) = run(&args(&s, &[&["cv", "--folds", "loso", "--seeds", "0", "--out", out.to_str().unwrap()][..], &base[..]].concat()), d.path());
+    assert_eq!(code, 0, "{o}\n{err}");
+    assert!(err.contains("the single-image head's probabilities are calibrated after training on a 3-fold subject-grouped cross-validation"), "{err}");
+    let r = json(&out.join("folds/seed0-fold0.json"));
+    let c = &r["calibration"];
+    assert!(c["shift"] == 0.0 && c["scale"].as_f64().is_some_and(|a| a > 0.0 && a <= 10.0), "{r}");
+    assert!(r.get("threshold").is_none(), "no threshold for three classes: {r}");
+    let md = std::fs::read_to_string(out.join("cv.md")).unwrap();
+    assert!(md.contains("the single-image head's probabilities are calibrated on an inner 3-fold subject-grouped cross-validation over each fold's training people (temperature scaling, median temperature"), "{md}");
+    // A run: its config holds the temperature, predict reports P ∝ p^scale for a photo alone — the same classes
+    // as the head's own probabilities (the run without it).
+    let (code, o, err) = run(&args(&s, &[&["finetune", "--val", "subjects:0.4", "--name", "t"][..], &base[..]].concat()), d.path());
+    assert_eq!(code, 0, "{o}\n{err}");
+    assert!(o.contains("the model answers the most probable class; its single-image head's probabilities are calibrated") && o.contains("temperature"), "{o}");
+    let dir = d.path().join("runs/t");
+    let cfg = json(&dir.join("config.json"));
+    let a = cfg["calibration"]["scale"].as_f64().unwrap();
+    assert!(cfg["calibration"]["shift"] == 0.0 && cfg.get("threshold").is_none() && cfg["train"]["calibrate"] == "inner", "{cfg}");
+    assert!(json(&dir.join("metrics.json"))["calibration"].as_str().unwrap().contains("temperature"));
+    let raw_dir = d.path().join("runs/uncalibrated");
+    copy_dir(&dir, &raw_dir);
+    let mut raw_cfg = cfg.clone();
+    raw_cfg.as_object_mut().unwrap().remove("calibration");
+    std::fs::write(raw_dir.join("config.json"), serde_json::to_string_pretty(&raw_cfg).unwrap()).unwrap();
+    let photos: Vec<String> =
+        (0..3).map(|i| d.path().join(format!("p04_{}_{i}.png", ["neutral", "happy", "angry"][i])).to_str().unwrap().to_string()).collect();
+    let alone = |dir: &Path| {
+        let mut a = vec!["predict", "--model", dir.to_str().unwrap(), "--subject-from", "none", "--format", "json"];
+        a.extend(photos.iter().map(String::as_str));
+        let (code, out, err) = run(&a, d.path());
+        assert_eq!(code, 0, "{out}\n{err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap().as_array().unwrap().clone()
+    };
+    let classes: Vec<String> = cfg["classes"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_string()).collect();
+    for (p, q) in alone(&dir).iter().zip(&alone(&raw_dir)) {
+        assert_eq!(p["mode"], "single-image", "{p}");
+        assert_eq!(p["class"], q["class"], "calibrated {p} vs the head's own {q}");
+        let own: Vec<f64> = classes.iter().map(|c| q["probabilities"][c].as_f64().unwrap()).collect();
+        let w: Vec<f64> = own.iter().map(|p| (a * p.max(1e-300).ln()).exp()).collect();
+        for (k, c) in classes.iter().enumerate() {
+            let want = w[k] / w.iter().sum::<f64>();
+            assert!((p["probabilities"][c].as_f64().unwrap() - want).abs() < 1e-6, "{c}: {p} vs {want}");
+        }
+    }
+    // --calibrate off: none fitted; inner without person statistics: refused, naming the flag.
+    let (code, o, err) = run(&args(&s, &[&["finetune", "--val", "none", "--name", "off", "--calibrate", "off"][..], &base[..]].concat()), d.path());
+    assert_eq!(code, 0, "{o}\n{err}");
+    assert!(json(&d.path().join("runs/off/config.json")).get("calibration").is_none() && !err.contains("calibrated after training"), "{err}");
+    let (code, _, err) =
+        run(&args(&s, &[&["finetune", "--val", "none", "--name", "no", "--calibrate", "inner", "--subject-norm", "off"][..], &base[..]].concat()), d.path());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--calibrate") && err.contains("single-image head") && err.contains("--subject-norm on"), "{err}");
 }

@@ -55,6 +55,7 @@ fn train_cfg(stages: &[(Block, usize)], augment: &str) -> TrainConfig {
         seed: 7,
         members: 1,
         threshold: Default::default(),
+        calibrate: Default::default(),
     }
 }
 

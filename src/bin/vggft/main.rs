@@ -93,8 +93,8 @@ fn finetune(a: FinetuneArgs) -> anyhow::Result<()> {
     match &s.val {
         Some(m) => {
             outln!("validation ({which} epoch, subject-grouped holdout unless noted in metrics.json):");
-            if let Some(t) = &s.threshold {
-                outln!("the model {}", t.describe(&s.classes[0]));
+            if let Some(d) = &s.decisions {
+                outln!("the model {d}");
             }
             print_metrics(m, &s.classes);
             if let Some(single) = &s.val_single {
@@ -181,8 +181,8 @@ fn predict_cmd(mut a: PredictArgs) -> anyhow::Result<bool> {
     if tta_flip {
         errln!("{}", vggft::eval::FLIP_TTA);
     }
-    if let Some(t) = &cfg.threshold {
-        errln!("the model {}", t.describe(&cfg.classes[0]));
+    if let Some(d) = cfg.describe_decisions() {
+        errln!("the model {d}");
     }
     if a.timings {
         errln!("timings: model load {loaded:.3} s, decode + forward {:.3} s", t0.elapsed().as_secs_f64() - loaded);
@@ -254,14 +254,15 @@ fn evaluate(mut a: EvaluateArgs) -> anyhow::Result<()> {
         &out.join("metrics.json"),
         &serde_json::json!({
             "model": a.model, "data": a.data, "tta": if tta_flip { "flip" } else { "none" }, "metrics": m,
-            "threshold": cfg.threshold.as_ref().map(|t| t.describe(&cfg.classes[0])),
+            "threshold": cfg.threshold.as_ref().map(|t| t.describe(&cfg.classes[0], cfg.single_calibration())),
+            "calibration": cfg.single_calibration().map(|c| c.describe()),
             "metrics_at_half": ev.at_half,
         }),
     )?;
     vggft::eval::plot::confusion(&out.join("confusion.png"), &m.confusion, &cfg.classes, &format!("{} on {}", short_name(&a.model), short_name(&a.data)))?;
     outln!("{} images from {}", m.n, a.data.display());
-    if let Some(t) = &cfg.threshold {
-        outln!("the model {}", t.describe(&cfg.classes[0]));
+    if let Some(d) = cfg.describe_decisions() {
+        outln!("the model {d}");
     }
     print_metrics(m, &cfg.classes);
     if let Some(h) = &ev.at_half {
