@@ -210,6 +210,12 @@ fn a_run_keeps_its_threshold_and_predict_and_evaluate_decide_at_it() {
         assert_eq!(p["class"], q["class"], "calibrated {p} vs the head's own {q}");
         assert!((pn - 1.0 / (1.0 + (-(a * logit(qn) + b)).exp())).abs() < 1e-9, "{pn} vs σ({a}·logit({qn}) + {b})");
     }
+    // A config written on 2026-12-03 kept the calibration under `threshold`: still read, the same answers.
+    let mut legacy = cfg.clone();
+    let moved = legacy.as_object_mut().unwrap().remove("calibration").unwrap();
+    legacy["threshold"]["calibration"] = moved;
+    std::fs::write(raw_dir.join("config.json"), serde_json::to_string_pretty(&legacy).unwrap()).unwrap();
+    assert_eq!(alone(&raw_dir), cal, "the calibration's earlier place");
     // A hand-edited calibration that would reverse the head's order (or erase it) is refused, naming the file.
     for (scale, shift) in [(-0.5, 0.0), (0.0, 0.0)] {
         let mut bad = cfg.clone();
