@@ -521,8 +521,8 @@ impl RunConfig {
 
     /// Task-class probability rows made in `mode`, as reported (the single-image head's calibrated).
     pub fn calibrate(&self, mode: Option<crate::eval::predict::Mode>, rows: &mut [Vec<f64>]) {
-        for p in rows {
-            self.calibrate_row(mode, p, &mut []);
+        if let (Some(crate::eval::predict::Mode::Single), Some(c)) = (mode, self.single_calibration()) {
+            c.apply_rows(rows);
         }
     }
 

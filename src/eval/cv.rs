@@ -566,9 +566,7 @@ impl Fold<'_> {
             let mut probs = crate::run::rows(&run.task_probs(logits));
             let t = fits.threshold.as_ref().map(|t| t.for_mode(Some(mode)));
             if let (Mode::Single, Some(c)) = (mode, &fits.calibration) {
-                for p in &mut probs {
-                    c.apply(p, &mut [], &[]);
-                }
+                c.apply_rows(&mut probs);
             }
             Scores { metrics: eval::metrics_at(self.y, &probs, &run.classes, |_| t), probs, threshold: t }
         };

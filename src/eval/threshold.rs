@@ -202,16 +202,7 @@ impl Calibration {
         let logs: Vec<Vec<f64>> = rows.iter().map(|p| p.iter().map(|q| q.max(1e-300).ln()).collect()).collect();
         // d/da of the mean −log-likelihood: E_q[l] − l_y for each row, q the calibrated row.
         let slope = |a: f64| -> f64 {
-            logs.iter()
-                .zip(y)
-                .map(|(l, &c)| {
-                    let top = l.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(a * v));
-                    let w: Vec<f64> = l.iter().map(|&v| (a * v - top).exp()).collect();
-                    let sum: f64 = w.iter().sum();
-                    w.iter().zip(l).map(|(w, v)| w / sum * v).sum::<f64>() - l[c as usize]
-                })
-                .sum::<f64>()
-                / y.len() as f64
+            logs.iter().zip(y).map(|(l, &c)| softmax_scaled(a, l).iter().zip(l).map(|(q, v)| q * v).sum::<f64>() - l[c as usize]).sum::<f64>() / y.len() as f64
         };
         let (mut lo, mut hi) = (Self::SCALE.0.ln(), Self::SCALE.1.ln());
         if slope(lo.exp()) >= 0.0 {
@@ -286,9 +277,16 @@ impl Calibration {
         Some(Calibration { scale: a.clamp(Self::SCALE.0, Self::SCALE.1), shift: b.clamp(-Self::SHIFT, Self::SHIFT) })
     }
 
+    /// `apply` to rows of task-class probabilities alone.
+    pub fn apply_rows(&self, rows: &mut [Vec<f64>]) {
+        for p in rows {
+            self.apply(p, &mut [], &[]);
+        }
+    }
+
     /// The formula, for summaries.
     pub fn describe(&self) -> String {
-        if self.shift == 0.0 && self.scale != 0.0 {
+        if self.shift == 0.0 {
             format!("P ∝ (the head's P)^{:.3} (temperature {:.1})", self.scale, 1.0 / self.scale)
         } else {
             format!("P = σ({:.3} × the head's log-odds {} {:.3})", self.scale, if self.shift < 0.0 { "−" } else { "+" }, self.shift.abs())
@@ -312,11 +310,7 @@ impl Calibration {
             let q0 = self.p0(Self::log_odds(p));
             vec![q0, 1.0 - q0]
         } else {
-            let l: Vec<f64> = p.iter().map(|q| self.scale * q.max(1e-300).ln()).collect();
-            let top = l.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v));
-            let w: Vec<f64> = l.iter().map(|v| (v - top).exp()).collect();
-            let sum: f64 = w.iter().sum();
-            w.iter().map(|w| w / sum).collect()
+            softmax_scaled(self.scale, &p.iter().map(|q| q.max(1e-300).ln()).collect::<Vec<_>>())
         };
         for c in 0..p.len() {
             let members = raw_to_task.iter().filter(|&&t| t == c).count().max(1) as f64;
@@ -326,6 +320,14 @@ impl Calibration {
         }
         p.copy_from_slice(&q);
     }
+}
+
+/// softmax(a · `logs`), computed from the largest term so that no exponential overflows.
+fn softmax_scaled(a: f64, logs: &[f64]) -> Vec<f64> {
+    let top = logs.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(a * v));
+    let w: Vec<f64> = logs.iter().map(|&v| (a * v - top).exp()).collect();
+    let sum: f64 = w.iter().sum();
+    w.iter().map(|w| w / sum).collect()
 }
 
 /// What the inner cross-validation that set a threshold saw.
@@ -654,10 +656,7 @@ mod tests {
     }
 
     fn softmax(l: &[f64]) -> Vec<f64> {
-        let top = l.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v));
-        let w: Vec<f64> = l.iter().map(|v| (v - top).exp()).collect();
-        let s: f64 = w.iter().sum();
-        w.iter().map(|w| w / s).collect()
+        softmax_scaled(1.0, l)
     }
 
     #[test]
