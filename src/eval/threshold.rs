@@ -475,6 +475,9 @@ pub(crate) fn inner_fits(
     }
     let (n_people, k) = (people.len(), INNER_FOLDS.min(people.len()));
     let task = |r: usize| data.task.as_ref().map_or(data.targets[r], |t| t.targets[r]);
+    // For a calibration alone only the single-image head's scores count, and that head trains beside the
+    // first of the main heads: the other members are left out (a third of the heads to train).
+    let fit_cfg = TrainConfig { members: if tc.threshold == ThresholdChoice::Inner { tc.members } else { 1 }, ..tc.clone() };
     let (mut y, mut p_main, mut p_single) = (Vec::new(), Vec::new(), Vec::new());
     for held in inner_folds(data, people, k, tc.seed) {
         if stop.is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst)) {
@@ -492,7 +495,8 @@ pub(crate) fn inner_fits(
         };
         let (mut model, _) = session.fresh_model(tc.seed as i64, true)?;
         session.recalibrate(&mut model, &inner.train)?;
-        let trainer = Trainer { cfg: tc, pre: &session.config.data.preprocess, data: &inner, device: session.device, checkpoint_dir: None, stop: None, shared };
+        let trainer =
+            Trainer { cfg: &fit_cfg, pre: &session.config.data.preprocess, data: &inner, device: session.device, checkpoint_dir: None, stop: None, shared };
         trainer.run(&mut model, &mut train::Collect::default(), None)?;
         let scores = trainer.scores(&model, shared.first(), &held, tta_flip, None);
         let rows = |logits: &tch::Tensor| crate::run::rows(&session.config.task_probs(logits));
