@@ -140,6 +140,15 @@ fn cv_sets_each_folds_threshold_from_its_training_people_alone() {
     assert!((bacc - bacc_at(&vec_i64(&r["y"]), &probs(&r["probs"]), Some(0.3))).abs() < 1e-12);
 }
 
+/// `predict --format json` of the model in `dir` on `photos`, each alone (`--subject-from none`: the single-image head).
+fn predict_alone(dir: &Path, photos: &[String], cwd: &Path) -> Vec<serde_json::Value> {
+    let mut a = vec!["predict", "--model", dir.to_str().unwrap(), "--subject-from", "none", "--format", "json"];
+    a.extend(photos.iter().map(String::as_str));
+    let (code, out, err) = run(&a, cwd);
+    assert_eq!(code, 0, "{out}\n{err}");
+    serde_json::from_str::<serde_json::Value>(&out).unwrap().as_array().unwrap().clone()
+}
+
 #[test]
 fn a_run_keeps_its_threshold_and_predict_and_evaluate_decide_at_it() {
     let d = tmp();
@@ -187,13 +196,7 @@ fn a_run_keeps_its_threshold_and_predict_and_evaluate_decide_at_it() {
     let (a, b, t_single) = (f(&c["scale"]), f(&c["shift"]), f(&t["single"]));
     assert!(a > 0.0 && a <= 10.0 && b.abs() <= 10.0, "{t}");
     let logit = |p: f64| p.max(1e-300).ln() - (1.0 - p).max(1e-300).ln();
-    let alone = |dir: &Path| {
-        let mut a = vec!["predict", "--model", dir.to_str().unwrap(), "--subject-from", "none", "--format", "json"];
-        a.extend(held_out.iter().map(String::as_str));
-        let (code, out, err) = run(&a, d.path());
-        assert_eq!(code, 0, "{out}\n{err}");
-        serde_json::from_str::<serde_json::Value>(&out).unwrap().as_array().unwrap().clone()
-    };
+    let alone = |dir: &Path| predict_alone(dir, &held_out, d.path());
     let raw_dir = d.path().join("runs/uncalibrated");
     copy_dir(&dir, &raw_dir);
     let mut raw_cfg = cfg.clone();
@@ -308,13 +311,7 @@ fn a_seven_way_style_probe_calibrates_its_single_image_head_by_a_temperature() {
     std::fs::write(raw_dir.join("config.json"), serde_json::to_string_pretty(&raw_cfg).unwrap()).unwrap();
     let photos: Vec<String> =
         (0..3).map(|i| d.path().join(format!("p04_{}_{i}.png", ["neutral", "happy", "angry"][i])).to_str().unwrap().to_string()).collect();
-    let alone = |dir: &Path| {
-        let mut a = vec!["predict", "--model", dir.to_str().unwrap(), "--subject-from", "none", "--format", "json"];
-        a.extend(photos.iter().map(String::as_str));
-        let (code, out, err) = run(&a, d.path());
-        assert_eq!(code, 0, "{out}\n{err}");
-        serde_json::from_str::<serde_json::Value>(&out).unwrap().as_array().unwrap().clone()
-    };
+    let alone = |dir: &Path| predict_alone(dir, &photos, d.path());
     let classes: Vec<String> = cfg["classes"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_string()).collect();
     for (p, q) in alone(&dir).iter().zip(&alone(&raw_dir)) {
         assert_eq!(p["mode"], "single-image", "{p}");
