@@ -215,8 +215,7 @@ fn execute(session: &Session, dir: &Path, reporter: &mut dyn Reporter, stop: Opt
             "calibrating the single-image head's probabilities".to_string()
         };
         reporter.message(&format!("{what}: {} inner fits on the training people…", INNER_FOLDS));
-        let fits = threshold::inner_fits(session, tc, &prepared.data, inner_shared, tta, stop).map_err(resume_hint)?;
-        let fits = fits.unwrap_or_default();
+        let fits = threshold::inner_fits(session, tc, &prepared.data, inner_shared, tta, stop).map_err(resume_hint)?.unwrap_or_default();
         if tc.threshold == ThresholdChoice::Inner {
             config.threshold = fits.threshold;
         }

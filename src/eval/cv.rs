@@ -686,7 +686,7 @@ fn summarise(cfg: &CvConfig, results: &[FoldResult], missing: &[String]) -> Summ
         if cfg.shared_views && cfg.seeds.len() > 1 { format!("; {SHARED_VIEWS}") } else { String::new() },
         if cfg.run.train.members > 1 { format!("; {}", members_sentence(cfg.run.train.members)) } else { String::new() },
         threshold_sentence(results, &classes).map(|t| format!("; {t}")).unwrap_or_default()
-            + &calibration_sentence(results).map(|t| format!("; {t}")).unwrap_or_default()
+            + &calibration_sentence(results, classes.len()).map(|t| format!("; {t}")).unwrap_or_default()
     ) + &if missing.is_empty() { String::new() } else { format!("; PARTIAL (--partial): {} fold result(s) missing: {}", missing.len(), crate::error::short_list(missing, 8)) };
     let seeds = seed_means(results);
     let seed_spread = (seeds.len() > 1).then(|| stat("balanced_accuracy", &seeds.iter().map(|m| m.balanced_accuracy).collect::<Vec<_>>()));
@@ -713,12 +713,11 @@ fn summarise(cfg: &CvConfig, results: &[FoldResult], missing: &[String]) -> Summ
 /// How the folds' models decided, when a threshold was set or given: the
 /// thresholds' median and range.
 fn threshold_sentence(results: &[FoldResult], classes: &[String]) -> Option<String> {
-    let mut ts: Vec<f64> = results.iter().filter_map(|r| r.threshold.as_ref().map(|t| t.person)).collect();
+    let ts: Vec<f64> = results.iter().filter_map(|r| r.threshold.as_ref().map(|t| t.person)).collect();
     if ts.is_empty() {
         return None;
     }
-    ts.sort_by(f64::total_cmp);
-    let (median, lo, hi) = (ts[ts.len() / 2], ts[0], ts[ts.len() - 1]);
+    let (median, lo, hi) = median_range(ts);
     let first = &classes[0];
     Some(match results.iter().find_map(|r| r.threshold.as_ref().and_then(|t| t.inner.as_ref())) {
         Some(i) => format!(
@@ -729,24 +728,28 @@ fn threshold_sentence(results: &[FoldResult], classes: &[String]) -> Option<Stri
     })
 }
 
+/// The median (the upper one of an even count), smallest and largest of non-empty `v`.
+fn median_range(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], v[0], v[v.len() - 1])
+}
+
 /// How the single-image head's probabilities were calibrated, when they were (`--calibrate`).
-fn calibration_sentence(results: &[FoldResult]) -> Option<String> {
+fn calibration_sentence(results: &[FoldResult], classes: usize) -> Option<String> {
     let fitted: Vec<&Calibration> =
         results.iter().filter_map(|r| r.calibration.as_ref().or(r.threshold.as_ref().and_then(|t| t.legacy_calibration.as_ref()))).collect();
-    let first = fitted.first()?;
+    if fitted.is_empty() {
+        return None;
+    }
     let by = if results.iter().any(|r| r.threshold.as_ref().is_some_and(|t| t.inner.is_some())) {
         "the same inner held-out scores".to_string()
     } else {
         format!("an inner {}-fold subject-grouped cross-validation over each fold's training people", threshold::INNER_FOLDS)
     };
-    Some(if first.shift == 0.0 && results.iter().all(|r| r.probs.first().is_none_or(|p| p.len() > 2)) {
-        let mut t: Vec<f64> = fitted.iter().map(|c| 1.0 / c.scale).collect();
-        t.sort_by(f64::total_cmp);
+    Some(if classes > 2 {
+        let (median, lo, hi) = median_range(fitted.iter().map(|c| 1.0 / c.scale).collect());
         format!(
-            "the single-image head's probabilities are calibrated on {by} (temperature scaling, median temperature {:.1}, range {:.1}–{:.1}; its most probable class unchanged)",
-            t[t.len() / 2],
-            t[0],
-            t[t.len() - 1]
+            "the single-image head's probabilities are calibrated on {by} (temperature scaling, median temperature {median:.1}, range {lo:.1}–{hi:.1}; its most probable class unchanged)"
         )
     } else {
         format!("the single-image head's probabilities are calibrated on {by} (Platt scaling; its decisions at its own threshold unchanged)")
