@@ -180,8 +180,7 @@ impl Session {
     /// session's pretrained weights loaded unless `load` is false or the
     /// recipe starts from random weights.
     pub(crate) fn fresh_model(&self, seed: i64, load: bool) -> Result<(Vgg16, Option<LoadReport>)> {
-        tch::manual_seed(seed);
-        let mut model = Vgg16::new(&model_config(&self.config), self.device)?;
+        let mut model = crate::model::seeded(seed, || Vgg16::new(&model_config(&self.config), self.device))?;
         let w = &self.config.weights.path;
         let report = if load && !w.as_os_str().is_empty() { Some(weights::load_pretrained(&mut model, w)?) } else { None };
         Ok((model, report))

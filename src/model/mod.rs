@@ -347,13 +347,39 @@ enum Head {
     Vgg { fc6: nn::Linear, fc7: nn::Linear, fc8: nn::Linear },
 }
 
+/// libtorch's random generator is one for the whole process. Whatever seeds it
+/// and then draws from it (a model's initialisation) holds this lock, so that
+/// fits running on several threads at once (`cv`'s parallel folds) draw what
+/// they would alone; dropout on the CPU draws from its thread's own stream
+/// instead (`seed_dropout`).
+static GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs `f` right after `tch::manual_seed(seed)`, with no other thread's draws in between.
+pub(crate) fn seeded<T>(seed: i64, f: impl FnOnce() -> T) -> T {
+    let _only = GENERATOR.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    tch::manual_seed(seed);
+    f()
+}
+
+thread_local! {
+    /// This thread's dropout stream on the CPU (`seed_dropout`).
+    static DROPOUT: std::cell::RefCell<Option<rand_chacha::ChaCha8Rng>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Seeds this thread's CPU dropout masks (each training epoch does; until
+/// then they follow libtorch's generator, so `tch::manual_seed` fixes them).
+pub(crate) fn seed_dropout(seed: u64) {
+    use rand::SeedableRng;
+    DROPOUT.with(|d| *d.borrow_mut() = Some(rand_chacha::ChaCha8Rng::seed_from_u64(seed)));
+}
+
 /// Inverted dropout. On the CPU its mask comes from a ChaCha8 stream seeded by
-/// one draw of libtorch's generator (so `tch::manual_seed` still fixes it):
-/// libtorch's CPU Bernoulli sampler draws each element in turn from its global
-/// generator on one thread, and was most of a probe's training time (profiled
-/// on a cached 5-head probe: ~30 % of the samples, with the second core
-/// spinning idle beside it). Each element is kept with probability
-/// 1 − ⌊p·2¹⁶⌉/2¹⁶ (p itself for p = 0.5) and scaled to keep its mean.
+/// one draw of the thread's dropout stream (`seed_dropout`; before it, of
+/// libtorch's generator): libtorch's CPU Bernoulli sampler draws each element
+/// in turn from its global generator on one thread, and was most of a probe's
+/// training time (profiled on a cached 5-head probe: ~30 % of the samples,
+/// with the second core spinning idle beside it). Each element is kept with
+/// probability 1 − ⌊p·2¹⁶⌉/2¹⁶ (p itself for p = 0.5) and scaled to keep its mean.
 pub(crate) fn dropout(x: &Tensor, p: f64, train: bool) -> Tensor {
     if !train || p <= 0.0 {
         return x.shallow_clone();
@@ -361,9 +387,12 @@ pub(crate) fn dropout(x: &Tensor, p: f64, train: bool) -> Tensor {
     if x.device() != Device::Cpu {
         return x.dropout(p, true);
     }
-    use rand::{Rng, SeedableRng};
-    let seed = i64::try_from(Tensor::randint(i64::MAX, [1], (Kind::Int64, Device::Cpu))).unwrap_or(0);
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed as u64);
+    use rand::{Rng, RngCore, SeedableRng};
+    let seed = DROPOUT.with(|d| d.borrow_mut().as_mut().map(RngCore::next_u64)).unwrap_or_else(|| {
+        let _only = GENERATOR.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        i64::try_from(Tensor::randint(i64::MAX, [1], (Kind::Int64, Device::Cpu))).unwrap_or(0) as u64
+    });
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let cut = (p * 65536.0).round().clamp(1.0, 65535.0) as u16;
     let scale = (65536.0 / (65536 - u32::from(cut)) as f64) as f32;
     // 16 random bits per element, filled in one go (the stream's 64-bit words split low half first).
@@ -1051,16 +1080,16 @@ mod tests {
 
     /// The CPU dropout keeps each element with probability 1 − p, scales the
     /// kept ones by 1/(1 − p), draws a new mask per call, repeats its masks
-    /// under the same `manual_seed`, and is the identity in evaluation mode;
+    /// under the same `seed_dropout`, and is the identity in evaluation mode;
     /// gradients flow through the kept elements only.
     #[test]
     fn dropout_masks_are_fair_seeded_and_scaled() {
         let x = Tensor::ones([64, 1000], (Kind::Float, Device::Cpu)).set_requires_grad(true);
         for p in [0.5, 0.2] {
-            tch::manual_seed(3);
+            seed_dropout(3);
             let a = dropout(&x, p, true);
             let b = dropout(&x, p, true);
-            tch::manual_seed(3);
+            seed_dropout(3);
             let a2 = dropout(&x, p, true);
             let kept = f64::try_from(a.gt(0.0).to_kind(Kind::Float).mean(Kind::Float)).unwrap();
             assert!((kept - (1.0 - p)).abs() < 0.01, "p {p}: kept {kept}");
@@ -1074,5 +1103,30 @@ mod tests {
         let y = dropout(&x, 0.5, true);
         y.sum(Kind::Float).backward();
         assert!(x.grad().equal(&y.detach()), "the gradient is the mask");
+    }
+
+    #[test]
+    fn a_threads_dropout_stream_ignores_libtorchs_generator_and_other_threads() {
+        // Seeded streams on threads of their own, with and without libtorch's generator reseeded and drawn from between the masks.
+        let masks = |seed: u64, disturb: bool| {
+            std::thread::spawn(move || {
+                let x = Tensor::ones([16, 100], (Kind::Float, Device::Cpu));
+                let disturb = || {
+                    if disturb {
+                        let _drawn = seeded(99, || Tensor::randint(9, [100], (Kind::Int64, Device::Cpu)));
+                    }
+                };
+                seed_dropout(seed);
+                disturb();
+                let a = dropout(&x, 0.5, true);
+                disturb();
+                let b = dropout(&x, 0.5, true);
+                (Vec::<f32>::try_from(a.flatten(0, -1)).unwrap(), Vec::<f32>::try_from(b.flatten(0, -1)).unwrap())
+            })
+        };
+        let (one, two, other) = (masks(4, false), masks(4, true), masks(5, false));
+        let (one, two, other) = (one.join().unwrap(), two.join().unwrap(), other.join().unwrap());
+        assert_eq!(one, two, "the same seed, the same masks, whatever else draws");
+        assert!(one.0 != one.1 && one.0 != other.0, "a new mask per call and per seed");
     }
 }
