@@ -340,6 +340,9 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
             in_parallel(w, &jobs, |job| read.fold(req, job, (cfg.tta_flip, probe)), &mut finished)?;
         }
         None => {
+            // Every fold draws from a stream of its own, as on the parallel path: the same training gives the
+            // same numbers on either (a fine-tune's `--baseline probe` and that probe as the recipe).
+            let _own = crate::model::own_stream();
             for job in &jobs {
                 let r = run_fold(req, &session, &shared, (job.seed, job.fold, cfg.tta_flip, probe), &job.test)?;
                 finished(job, &r)?;
@@ -381,7 +384,8 @@ struct ReadOnly<'a>(&'a Session, &'a [train::Cache]);
 // SAFETY: the fold threads only read these tensors (new tensors come from
 // them; none is written in place) and libtorch's reference counts are atomic;
 // the rest of a Session is plain data. What draws from libtorch's one random
-// generator is serialised (`model::seeded`, `model::dropout`).
+// generator is serialised (`model::seeded`), and each fold thread draws from
+// a stream of its own (`model::own_stream`).
 unsafe impl Sync for ReadOnly<'_> {}
 
 impl ReadOnly<'_> {
@@ -410,6 +414,7 @@ fn in_parallel<J: Sync, T: Send>(
             scope.spawn(move || {
                 // libtorch's thread count is per calling thread (OpenMP); a new thread starts from the process's.
                 tch::set_num_threads(1);
+                let _own = crate::model::own_stream();
                 while !stop.load(Ordering::SeqCst) {
                     let i = next.fetch_add(1, Ordering::SeqCst);
                     let Some(job) = jobs.get(i) else { break };

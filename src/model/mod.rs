@@ -350,8 +350,8 @@ enum Head {
 /// libtorch's random generator is one for the whole process. Whatever seeds it
 /// and then draws from it (a model's initialisation) holds this lock, so that
 /// fits running on several threads at once (`cv`'s parallel folds) draw what
-/// they would alone; dropout on the CPU draws from its thread's own stream
-/// instead (`seed_dropout`).
+/// they would alone; such threads draw their dropout masks from a stream of
+/// their own instead (`own_stream`).
 static GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Runs `f` right after `tch::manual_seed(seed)`, with no other thread's draws in between.
@@ -362,24 +362,65 @@ pub(crate) fn seeded<T>(seed: i64, f: impl FnOnce() -> T) -> T {
 }
 
 thread_local! {
-    /// This thread's dropout stream on the CPU (`seed_dropout`).
+    /// This thread's own dropout stream (`own_stream`), reseeded by `seed_epoch`.
     static DROPOUT: std::cell::RefCell<Option<rand_chacha::ChaCha8Rng>> = const { std::cell::RefCell::new(None) };
 }
 
-/// Seeds this thread's CPU dropout masks (each training epoch does; until
-/// then they follow libtorch's generator, so `tch::manual_seed` fixes them).
-pub(crate) fn seed_dropout(seed: u64) {
+/// Gives this thread a random stream of its own for the CPU dropout masks and
+/// for what `draw` draws: a fit on it no longer depends on what other threads
+/// draw from libtorch's generator. (A thread without one continues libtorch's
+/// generator, as everything on one thread always has: same numbers as before.)
+/// The stream lasts as long as the returned guard.
+pub(crate) fn own_stream() -> OwnStream {
     use rand::SeedableRng;
-    DROPOUT.with(|d| *d.borrow_mut() = Some(rand_chacha::ChaCha8Rng::seed_from_u64(seed)));
+    DROPOUT.with(|d| *d.borrow_mut() = Some(rand_chacha::ChaCha8Rng::seed_from_u64(0)));
+    OwnStream(std::marker::PhantomData)
+}
+
+/// This thread's own random stream (`own_stream`); dropping it returns the
+/// thread to libtorch's generator.
+pub(crate) struct OwnStream(std::marker::PhantomData<*const ()>);
+
+impl Drop for OwnStream {
+    fn drop(&mut self) {
+        DROPOUT.with(|d| *d.borrow_mut() = None);
+    }
+}
+
+fn has_own_stream() -> bool {
+    DROPOUT.with(|d| d.borrow().is_some())
+}
+
+/// Seeds an epoch's random draws (its dropout masks): this thread's own
+/// stream where it has one, else libtorch's generator.
+pub(crate) fn seed_epoch(seed: u64) {
+    use rand::SeedableRng;
+    if has_own_stream() {
+        DROPOUT.with(|d| *d.borrow_mut() = Some(rand_chacha::ChaCha8Rng::seed_from_u64(seed)));
+    } else {
+        seeded(seed as i64 & 0x7FFF_FFFF_FFFF, || ());
+    }
+}
+
+/// Runs `f`, which initialises from libtorch's generator: on a thread with its
+/// own stream right after seeding the generator with `seed` (under the lock),
+/// else where the generator stands.
+pub(crate) fn draw<T>(seed: u64, f: impl FnOnce() -> T) -> T {
+    if has_own_stream() {
+        seeded(seed as i64 & 0x7FFF_FFFF_FFFF, f)
+    } else {
+        f()
+    }
 }
 
 /// Inverted dropout. On the CPU its mask comes from a ChaCha8 stream seeded by
-/// one draw of the thread's dropout stream (`seed_dropout`; before it, of
-/// libtorch's generator): libtorch's CPU Bernoulli sampler draws each element
-/// in turn from its global generator on one thread, and was most of a probe's
-/// training time (profiled on a cached 5-head probe: ~30 % of the samples,
-/// with the second core spinning idle beside it). Each element is kept with
-/// probability 1 − ⌊p·2¹⁶⌉/2¹⁶ (p itself for p = 0.5) and scaled to keep its mean.
+/// one draw of libtorch's generator (so `tch::manual_seed` still fixes it), or
+/// of the thread's own stream (`own_stream`): libtorch's CPU Bernoulli sampler
+/// draws each element in turn from its global generator on one thread, and was
+/// most of a probe's training time (profiled on a cached 5-head probe: ~30 % of
+/// the samples, with the second core spinning idle beside it). Each element is
+/// kept with probability 1 − ⌊p·2¹⁶⌉/2¹⁶ (p itself for p = 0.5) and scaled to
+/// keep its mean.
 pub(crate) fn dropout(x: &Tensor, p: f64, train: bool) -> Tensor {
     if !train || p <= 0.0 {
         return x.shallow_clone();
@@ -1080,16 +1121,16 @@ mod tests {
 
     /// The CPU dropout keeps each element with probability 1 − p, scales the
     /// kept ones by 1/(1 − p), draws a new mask per call, repeats its masks
-    /// under the same `seed_dropout`, and is the identity in evaluation mode;
+    /// under the same `manual_seed`, and is the identity in evaluation mode;
     /// gradients flow through the kept elements only.
     #[test]
     fn dropout_masks_are_fair_seeded_and_scaled() {
         let x = Tensor::ones([64, 1000], (Kind::Float, Device::Cpu)).set_requires_grad(true);
         for p in [0.5, 0.2] {
-            seed_dropout(3);
+            tch::manual_seed(3);
             let a = dropout(&x, p, true);
             let b = dropout(&x, p, true);
-            seed_dropout(3);
+            tch::manual_seed(3);
             let a2 = dropout(&x, p, true);
             let kept = f64::try_from(a.gt(0.0).to_kind(Kind::Float).mean(Kind::Float)).unwrap();
             assert!((kept - (1.0 - p)).abs() < 0.01, "p {p}: kept {kept}");
@@ -1116,7 +1157,8 @@ mod tests {
                         let _drawn = seeded(99, || Tensor::randint(9, [100], (Kind::Int64, Device::Cpu)));
                     }
                 };
-                seed_dropout(seed);
+                let _own = own_stream();
+                seed_epoch(seed);
                 disturb();
                 let a = dropout(&x, 0.5, true);
                 disturb();

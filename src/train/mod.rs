@@ -391,7 +391,7 @@ impl Trainer<'_> {
         // Members are added before the fit so that a resumed run's checkpoint (which holds them) loads into them.
         if self.cfg.members > model.member_count() {
             let n = self.cfg.members - model.member_count();
-            crate::model::seeded(sub_seed(self.cfg.seed, 7, 0, 0) as i64 & 0x7FFF_FFFF_FFFF, || model.add_members(n))?;
+            crate::model::draw(sub_seed(self.cfg.seed, 7, 0, 0), || model.add_members(n))?;
             reporter.message(&format!(
                 "training {} heads side by side, each on its own batch order and views, averaged into one head at the end (--members 1: a single head)",
                 self.cfg.members
@@ -448,10 +448,7 @@ impl Trainer<'_> {
         let warmup = (self.cfg.warmup * total_steps as f64).round() as usize;
         ctx.epoch = ctx.state.history.len() + 1;
         let t0 = Instant::now();
-        let seed = sub_seed(self.cfg.seed, 2, ctx.epoch as u64, 0);
-        // Dropout's seed: the thread's own stream on the CPU, libtorch's generator elsewhere.
-        crate::model::seed_dropout(seed);
-        crate::model::seeded(seed as i64 & 0x7FFF_FFFF_FFFF, || ());
+        crate::model::seed_epoch(sub_seed(self.cfg.seed, 2, ctx.epoch as u64, 0));
         // Each ensemble member draws its own batch order and views (member 0 the single head's).
         let members = ctx.model.member_count();
         let mut rngs: Vec<ChaCha8Rng> = (0..members).map(|m| ChaCha8Rng::seed_from_u64(sub_seed(self.cfg.seed, 3, ctx.epoch as u64, m as u64))).collect();
