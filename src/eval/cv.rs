@@ -366,11 +366,11 @@ struct Job {
 /// How many folds train at once, each on one core, when every fit of the
 /// fold is a head trained from the shared cache on the CPU (`None`: one after
 /// another, each with libtorch's threads). Such a fit is many small,
-/// memory-bound operations that two threads share badly: two single-core
-/// folds side by side measured 1.55× the folds per second of one fold on two
-/// cores (JAFFE-format set, the default 5-head probe with its inner fits).
-/// One core per fold also makes a fold's numbers independent of the
-/// machine's thread count.
+/// memory-bound operations that two threads share badly: ten folds two at a
+/// time on one core each took 82 s against 116 s one at a time on two cores
+/// (JAFFE-format set, the default 5-head probe with its inner fits; ~0.3 GB
+/// more memory per extra fold). One core per fold also makes a fold's
+/// numbers independent of the machine's thread count.
 fn parallel_workers(req: &Request, session: &Session, shared: &[train::Cache], jobs: usize) -> Option<usize> {
     // (The baseline probe always trains the head alone.)
     let head_only = session.config.train.stages.iter().all(|s| s.from == Block::Head);
