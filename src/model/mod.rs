@@ -354,16 +354,22 @@ enum Head {
 /// their own instead (`own_stream`).
 static GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// Runs `f` right after `tch::manual_seed(seed)`, with no other thread's draws in between.
+/// Runs `f` right after `tch::manual_seed(seed)`, with no other thread's draws
+/// in between (`f` must not call `dropout`, which takes the same lock).
 pub(crate) fn seeded<T>(seed: i64, f: impl FnOnce() -> T) -> T {
     let _only = GENERATOR.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     tch::manual_seed(seed);
     f()
 }
 
+/// A 64-bit seed as libtorch takes it (non-negative).
+fn torch_seed(seed: u64) -> i64 {
+    (seed & 0x7FFF_FFFF_FFFF) as i64
+}
+
 thread_local! {
-    /// This thread's own dropout stream (`own_stream`), reseeded by `seed_epoch`.
-    static DROPOUT: std::cell::RefCell<Option<rand_chacha::ChaCha8Rng>> = const { std::cell::RefCell::new(None) };
+    /// This thread's own random stream (`own_stream`), reseeded by `seed_epoch`.
+    static OWN_STREAM: std::cell::RefCell<Option<rand_chacha::ChaCha8Rng>> = const { std::cell::RefCell::new(None) };
 }
 
 /// Gives this thread a random stream of its own for the CPU dropout masks and
@@ -373,7 +379,7 @@ thread_local! {
 /// The stream lasts as long as the returned guard.
 pub(crate) fn own_stream() -> OwnStream {
     use rand::SeedableRng;
-    DROPOUT.with(|d| *d.borrow_mut() = Some(rand_chacha::ChaCha8Rng::seed_from_u64(0)));
+    OWN_STREAM.with(|d| *d.borrow_mut() = Some(rand_chacha::ChaCha8Rng::seed_from_u64(0)));
     OwnStream(std::marker::PhantomData)
 }
 
@@ -383,12 +389,12 @@ pub(crate) struct OwnStream(std::marker::PhantomData<*const ()>);
 
 impl Drop for OwnStream {
     fn drop(&mut self) {
-        DROPOUT.with(|d| *d.borrow_mut() = None);
+        OWN_STREAM.with(|d| *d.borrow_mut() = None);
     }
 }
 
 fn has_own_stream() -> bool {
-    DROPOUT.with(|d| d.borrow().is_some())
+    OWN_STREAM.with(|d| d.borrow().is_some())
 }
 
 /// Seeds an epoch's random draws (its dropout masks): this thread's own
@@ -396,9 +402,9 @@ fn has_own_stream() -> bool {
 pub(crate) fn seed_epoch(seed: u64) {
     use rand::SeedableRng;
     if has_own_stream() {
-        DROPOUT.with(|d| *d.borrow_mut() = Some(rand_chacha::ChaCha8Rng::seed_from_u64(seed)));
+        OWN_STREAM.with(|d| *d.borrow_mut() = Some(rand_chacha::ChaCha8Rng::seed_from_u64(seed)));
     } else {
-        seeded(seed as i64 & 0x7FFF_FFFF_FFFF, || ());
+        seeded(torch_seed(seed), || ());
     }
 }
 
@@ -407,7 +413,7 @@ pub(crate) fn seed_epoch(seed: u64) {
 /// else where the generator stands.
 pub(crate) fn draw<T>(seed: u64, f: impl FnOnce() -> T) -> T {
     if has_own_stream() {
-        seeded(seed as i64 & 0x7FFF_FFFF_FFFF, f)
+        seeded(torch_seed(seed), f)
     } else {
         f()
     }
@@ -429,7 +435,7 @@ pub(crate) fn dropout(x: &Tensor, p: f64, train: bool) -> Tensor {
         return x.dropout(p, true);
     }
     use rand::{Rng, RngCore, SeedableRng};
-    let seed = DROPOUT.with(|d| d.borrow_mut().as_mut().map(RngCore::next_u64)).unwrap_or_else(|| {
+    let seed = OWN_STREAM.with(|d| d.borrow_mut().as_mut().map(RngCore::next_u64)).unwrap_or_else(|| {
         let _only = GENERATOR.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         i64::try_from(Tensor::randint(i64::MAX, [1], (Kind::Int64, Device::Cpu))).unwrap_or(0) as u64
     });
