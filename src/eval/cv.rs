@@ -917,7 +917,7 @@ fn write_outputs(dir: &Path, cfg: &CvConfig, summary: &Summary, results: &[FoldR
         top.iter_mut().for_each(|t| t.tile = dir.join(&t.tile));
         crate::eval::explain::write_top_losses(dir, classes, &top)?;
     }
-    plot::spread(&dir.join("folds.png"), &results.iter().map(|r| (r.seed, r.fold, r.metrics.balanced_accuracy)).collect::<Vec<_>>(), summary.stats[3].mean)
+    plot::spread(&dir.join("folds.png"), &results.iter().map(|r| (r.seed, r.fold, r.metrics.balanced_accuracy)).collect::<Vec<_>>(), summary.classes.len())
 }
 
 /// (correct, tested) per subject and true class, pooled over every fold result.

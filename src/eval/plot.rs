@@ -278,8 +278,11 @@ pub fn roc(path: &Path, positive: &[bool], scores: &[f64], title: &str) -> Resul
     })
 }
 
-/// Balanced accuracy of each fold, one column per seed, with the mean and the majority baseline.
-pub(crate) fn spread(path: &Path, folds: &[(u64, usize, f64)], baseline: f64) -> Result<()> {
+/// Balanced accuracy of each fold, one column per seed, with the mean and
+/// chance: the balanced accuracy of one answer for every photo, 1/K — not the
+/// majority class's accuracy, which is the baseline of plain accuracy.
+pub(crate) fn spread(path: &Path, folds: &[(u64, usize, f64)], classes: usize) -> Result<()> {
+    let chance = 1.0 / classes.max(1) as f64;
     let seeds: Vec<u64> = folds.iter().map(|f| f.0).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
     let palette = [BLUE, RED, RGBColor(0, 140, 0), RGBColor(200, 120, 0), MAGENTA, CYAN];
     render(path, 760, 520, |root| {
@@ -302,9 +305,9 @@ pub(crate) fn spread(path: &Path, folds: &[(u64, usize, f64)], baseline: f64) ->
             .draw()
             .map_err(e)?;
         chart
-            .draw_series(LineSeries::new(vec![(-0.5, baseline), (seeds.len() as f64 - 0.5, baseline)], BLACK.mix(0.5).stroke_width(2)))
+            .draw_series(LineSeries::new(vec![(-0.5, chance), (seeds.len() as f64 - 0.5, chance)], BLACK.mix(0.5).stroke_width(2)))
             .map_err(e)?
-            .label(format!("majority baseline {baseline:.2}"))
+            .label(format!("chance (one answer for all) {chance:.2}"))
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.5).stroke_width(2)));
         for (si, seed) in seeds.iter().enumerate() {
             let color = palette[si % palette.len()];
