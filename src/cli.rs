@@ -318,7 +318,8 @@ pub struct ModelArgs {
     /// Mixed precision: shorthand for --precision bf16 (CUDA or CPU).
     #[arg(long, help_heading = "Cache and speed")]
     pub amp: bool,
-    /// CPU threads for libtorch (default: libtorch's choice).
+    /// CPU threads for libtorch (default: libtorch's choice). `cv` trains a
+    /// head-only recipe's folds this many at a time, one core each.
     #[arg(long, value_parser = clap::value_parser!(i32).range(1..=1024), help_heading = "Cache and speed")]
     pub threads: Option<i32>,
 }
