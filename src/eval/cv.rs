@@ -334,18 +334,16 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
         );
         fsutil::write_json(&req.out.join("folds").join(format!("seed{}-fold{}.json", job.seed, job.fold)), r)
     };
+    let read = ReadOnly(&session, &shared);
+    let fold = |job: &Job| read.fold(req, job, (cfg.tta_flip, probe));
     match workers {
-        Some(w) => {
-            let read = ReadOnly(&session, &shared);
-            in_parallel(w, &jobs, |job| read.fold(req, job, (cfg.tta_flip, probe)), &mut finished)?;
-        }
+        Some(w) => in_parallel(w, &jobs, fold, &mut finished)?,
         None => {
             // Every fold draws from a stream of its own, as on the parallel path: the same training gives the
             // same numbers on either (a fine-tune's `--baseline probe` and that probe as the recipe).
             let _own = crate::model::own_stream();
             for job in &jobs {
-                let r = run_fold(req, &session, &shared, (job.seed, job.fold, cfg.tta_flip, probe), &job.test)?;
-                finished(job, &r)?;
+                finished(job, &fold(job)?)?;
             }
         }
     }
