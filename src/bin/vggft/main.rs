@@ -306,6 +306,7 @@ fn cv(a: CvArgs) -> anyhow::Result<()> {
                 probe_epochs: a.probe_epochs,
                 tta_flip: a.tta.choice(),
                 top_losses: a.top_losses,
+                parallel_folds: a.parallel_folds,
                 out: out.clone(),
                 dump_features: a.dump_features.clone(),
                 load_features: a.load_features.clone(),
