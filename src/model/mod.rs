@@ -485,6 +485,20 @@ impl Head {
     }
 }
 
+/// tch's BatchNorm defaults (scales drawn uniformly from [0, 1)), or for a
+/// network about to be overwritten (`random` false) scales of 1: that draws
+/// nothing from libtorch's one generator, which a fit on another thread may
+/// hold seeded (`seeded`): an ensemble's folding builds such a network while
+/// other cv folds train beside it (`--parallel-folds`), and its draws made
+/// their heads' starts depend on timing.
+fn bn_config(random: bool) -> nn::BatchNormConfig {
+    if random {
+        Default::default()
+    } else {
+        nn::BatchNormConfig { ws_init: nn::Init::Const(1.0), ..Default::default() }
+    }
+}
+
 /// A new head of `cfg`'s kind under `h` (`root` holds the vgg head's `classifier`).
 fn make_head(cfg: &ModelConfig, root: &nn::Path, h: nn::Path, random: bool) -> Head {
     let zero = nn::Init::Const(0.0);
@@ -493,10 +507,10 @@ fn make_head(cfg: &ModelConfig, root: &nn::Path, h: nn::Path, random: bool) -> H
     match cfg.head {
         HeadKind::Linear => Head::Linear { fc: nn::linear(&h / "fc", c, cfg.num_classes, lin()) },
         HeadKind::Bn => {
-            let norm = nn::batch_norm1d(&h / "norm", c, Default::default());
+            let norm = nn::batch_norm1d(&h / "norm", c, bn_config(random));
             let (hidden, width) = if cfg.hidden > 0 {
                 let lin = nn::linear(&h / "hidden", c, cfg.hidden, lin());
-                let bn = nn::batch_norm1d(&h / "hidden_norm", cfg.hidden, Default::default());
+                let bn = nn::batch_norm1d(&h / "hidden_norm", cfg.hidden, bn_config(random));
                 (Some((lin, bn)), cfg.hidden)
             } else {
                 (None, c)
@@ -578,7 +592,7 @@ impl Vgg16 {
         for (l, spec) in CONVS.iter().enumerate() {
             let c_out = cfg.channels(l);
             let conv = nn::conv2d(&feats / spec.idx(has_bn), c_in, c_out, 3, conv_cfg);
-            let bn = has_bn.then(|| nn::batch_norm2d(&feats / (spec.bn_idx + 1), c_out, Default::default()));
+            let bn = has_bn.then(|| nn::batch_norm2d(&feats / (spec.bn_idx + 1), c_out, bn_config(random)));
             layers.push(ConvLayer { conv, bn, spec: *spec });
             c_in = c_out;
         }
@@ -1152,6 +1166,33 @@ mod tests {
         let y = dropout(&x, 0.5, true);
         y.sum(Kind::Float).backward();
         assert!(x.grad().equal(&y.detach()), "the gradient is the mask");
+    }
+
+    /// A network built to be overwritten (an ensemble's folding, a saved
+    /// model's loading) draws nothing from libtorch's generator: cv's folds
+    /// side by side seed it for their models' starts (`seeded`) while another
+    /// fold folds its ensemble, and a draw in between changed their starts.
+    #[test]
+    fn building_a_network_to_load_into_draws_nothing_from_libtorchs_generator() {
+        for (bn, head) in [(BnMode::Drop, HeadKind::Bn), (BnMode::Train, HeadKind::Bn), (BnMode::Drop, HeadKind::Linear)] {
+            let cfg = ModelConfig { hidden: 8, width_div: 16, subject_norm: head == HeadKind::Bn, ..ModelConfig::new(bn, head, 2) };
+            let (plain, after) = seeded(11, || {
+                let plain = Tensor::rand([8], (Kind::Float, Device::Cpu));
+                tch::manual_seed(11);
+                Vgg16::for_loading(&cfg, Device::Cpu).unwrap();
+                (plain, Tensor::rand([8], (Kind::Float, Device::Cpu)))
+            });
+            assert!(plain.equal(&after), "{bn:?} {head:?}: building to load drew from the generator");
+        }
+        // (A random start does draw: the check above can see a draw.)
+        let cfg = ModelConfig { width_div: 16, ..ModelConfig::new(BnMode::Drop, HeadKind::Bn, 2) };
+        let (plain, after) = seeded(11, || {
+            let plain = Tensor::rand([8], (Kind::Float, Device::Cpu));
+            tch::manual_seed(11);
+            Vgg16::new(&cfg, Device::Cpu).unwrap();
+            (plain, Tensor::rand([8], (Kind::Float, Device::Cpu)))
+        });
+        assert!(!plain.equal(&after));
     }
 
     #[test]
