@@ -318,8 +318,8 @@ pub struct ModelArgs {
     /// Mixed precision: shorthand for --precision bf16 (CUDA or CPU).
     #[arg(long, help_heading = "Cache and speed")]
     pub amp: bool,
-    /// CPU threads for libtorch (default: libtorch's choice). `cv
-    /// --parallel-folds` trains a head-only recipe's folds this many at a time.
+    /// CPU threads for libtorch (default: libtorch's choice). `cv` trains a
+    /// head-only recipe's folds this many at a time (`--parallel-folds`).
     #[arg(long, value_parser = clap::value_parser!(i32).range(1..=1024), help_heading = "Cache and speed")]
     pub threads: Option<i32>,
 }
@@ -550,10 +550,11 @@ pub struct CvArgs {
     /// Grad-CAM heatmap from its own fold's model: top_losses.png and .csv.
     #[arg(long, default_value_t = 0)]
     pub top_losses: usize,
-    /// Train a head-only recipe's folds side by side, --threads at a time,
-    /// one core each (~1.4× faster on 2 cores; off by default: a rare
-    /// run-to-run difference between such runs is not yet explained).
-    #[arg(long)]
+    /// Train a head-only recipe's folds side by side on the CPU, --threads
+    /// at a time, one core each (~1.4× faster on 2 cores; a fold's numbers
+    /// then do not depend on the thread count). --parallel-folds false: one
+    /// fold at a time on all threads (less memory: ~0.3 GB per extra fold)
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = true, action = clap::ArgAction::Set, help_heading = "Cache and speed")]
     pub parallel_folds: bool,
     /// Write the shared pooled-feature cache to this safetensors file (study scripts).
     #[arg(long, hide = true)]

@@ -306,7 +306,7 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
         }));
     }
     let workers = parallel_workers(req, &session, &shared, jobs.len());
-    if let Some(w) = workers {
+    if let Some(w) = workers.filter(|&w| w > 1) {
         reporter.message(&format!(
             "training {w} fold(s) at a time, each on one core (a head-only recipe on the cached features: its folds' numbers do not depend on the thread count)"
         ));
@@ -370,9 +370,9 @@ struct Job {
 /// time on one core each took 82 s against 116 s one at a time on two cores
 /// (JAFFE-format set, the default 5-head probe with its inner fits; ~0.3 GB
 /// more memory per extra fold). One core per fold also makes a fold's
-/// numbers independent of the machine's thread count. Opt-in
-/// (`--parallel-folds`): an integration test saw a fold differ between such
-/// runs now and then (not explained yet); one fold at a time never does.
+/// numbers independent of the machine's thread count (and of how many
+/// folds run beside it: nothing a fold draws comes from a generator another
+/// fold draws from without the lock). `--parallel-folds false` turns it off.
 fn parallel_workers(req: &Request, session: &Session, shared: &[train::Cache], jobs: usize) -> Option<usize> {
     // (The baseline probe always trains the head alone.)
     let head_only = session.config.train.stages.iter().all(|s| s.from == Block::Head);

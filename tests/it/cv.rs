@@ -447,21 +447,20 @@ fn a_dumped_feature_cache_reproduces_the_probe_and_refuses_other_pooling() {
         let (a, b) = (json(&d.path().join(format!("a/folds/seed0-fold{fold}.json"))), json(&d.path().join(format!("b/folds/seed0-fold{fold}.json"))));
         assert_eq!(a["probs"], b["probs"], "fold {fold}");
     }
-    // With --parallel-folds a head-only recipe's folds train side by side, one core each: every fold result
-    // (all but its time) is the one a single fold at a time on one core gives (`--threads 1`).
-    assert!(!err.contains("fold(s) at a time"), "one fold at a time unless asked: {err}");
+    // A head-only recipe's folds train side by side, --threads at a time, one core each: every fold result
+    // (all but its time) is the one a single fold at a time on one core gives (`--threads 1`, or
+    // `--parallel-folds false` on one thread).
+    assert!(err.contains("training 2 fold(s) at a time, each on one core"), "{err}");
     assert_eq!(s[s.len() - 2..], ["--threads", "2"]);
-    for threads in ["1", "3"] {
-        let out = format!("t{threads}");
-        let mut v = vec!["cv", "--data", m.to_str().unwrap(), "--folds", "loso", "--stages", "head:3", "--out", &out, "--threads", threads];
+    for (name, extra) in [("t1", &["--threads", "1"][..]), ("t3", &["--threads", "3"]), ("off", &["--threads", "1", "--parallel-folds", "false"])] {
+        let mut v = vec!["cv", "--data", m.to_str().unwrap(), "--folds", "loso", "--stages", "head:3", "--out", name];
+        v.extend(extra);
         v.extend(s[..s.len() - 2].iter().map(String::as_str));
         v.extend(["--load-features", "f.safetensors", "--seeds", "0,1"]);
-        if threads == "3" {
-            v.push("--parallel-folds");
-        }
         let (code, _, err) = run(&v, d.path());
         assert_eq!(code, 0, "{err}");
-        assert_eq!(err.contains("training 3 fold(s) at a time"), threads == "3", "{err}");
+        assert_eq!(err.contains("training 3 fold(s) at a time"), name == "t3", "{err}");
+        assert_eq!(err.contains("fold(s) at a time"), name == "t3", "no message for one at a time: {err}");
     }
     let without_time = |p: std::path::PathBuf| {
         let mut v = json(&p);
@@ -470,7 +469,9 @@ fn a_dumped_feature_cache_reproduces_the_probe_and_refuses_other_pooling() {
     };
     for (seed, fold) in (0..2).flat_map(|s| (0..4).map(move |f| (s, f))) {
         let name = format!("folds/seed{seed}-fold{fold}.json");
-        assert_eq!(without_time(d.path().join("t1").join(&name)), without_time(d.path().join("t3").join(&name)), "{name}");
+        let t1 = without_time(d.path().join("t1").join(&name));
+        assert_eq!(t1, without_time(d.path().join("t3").join(&name)), "{name}");
+        assert_eq!(t1, without_time(d.path().join("off").join(&name)), "{name}");
     }
     let (code, _, err) = cv(&["--load-features", "f.safetensors", "--head", "linear"], "c");
     assert_eq!(code, 1, "{err}");
