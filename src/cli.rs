@@ -551,9 +551,10 @@ pub struct CvArgs {
     #[arg(long, default_value_t = 0)]
     pub top_losses: usize,
     /// Train a head-only recipe's folds side by side on the CPU, --threads
-    /// at a time, one core each (~1.4× faster on 2 cores; a fold's numbers
-    /// then do not depend on the thread count). --parallel-folds false: one
-    /// fold at a time on all threads (less memory: ~0.3 GB per extra fold)
+    /// at a time (fewer where they would take over half the free memory),
+    /// one core each (~1.4× faster on 2 cores; a fold's numbers then do not
+    /// depend on the thread count). --parallel-folds false: one fold at a
+    /// time on all threads
     #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = true, action = clap::ArgAction::Set, help_heading = "Cache and speed")]
     pub parallel_folds: bool,
     /// Write the shared pooled-feature cache to this safetensors file (study scripts).

@@ -34,6 +34,12 @@ pub struct Cache {
 }
 
 impl Cache {
+    /// Bytes its tensors hold.
+    pub(crate) fn bytes(&self) -> u64 {
+        let size = |t: &Tensor| t.numel() as u64 * t.kind().elt_size_in_bytes() as u64;
+        size(&self.aug) + if self.clean.data_ptr() == self.aug.data_ptr() { 0 } else { size(&self.clean) } + self.flipped.as_ref().map_or(0, size)
+    }
+
     pub(crate) fn shallow(&self) -> Cache {
         Cache {
             from: self.from,
