@@ -370,8 +370,8 @@ struct Job {
 /// another, each with libtorch's threads). Such a fit is many small,
 /// memory-bound operations that two threads share badly: ten folds two at a
 /// time on one core each took 82 s against 116 s one at a time on two cores
-/// (JAFFE-format set, the default 5-head probe with its inner fits; ~0.3 GB
-/// more memory per extra fold). One core per fold also makes a fold's
+/// (JAFFE-format set, the default 5-head probe with its inner fits; ~350
+/// MiB more memory per extra fold, `fold_bytes`). One core per fold also makes a fold's
 /// numbers independent of the machine's thread count (and of how many
 /// folds run beside it: nothing a fold draws comes from a generator another
 /// fold draws from without the lock). `--parallel-folds false` turns it off.
