@@ -354,10 +354,17 @@ enum Head {
 /// their own instead (`own_stream`).
 static GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// Holds libtorch's generator until dropped: for whatever seeds it and draws
+/// from it (a test that draws, too). Not re-entrant: while it is held, this
+/// thread must not call `dropout` without a stream of its own.
+fn lock_generator() -> std::sync::MutexGuard<'static, ()> {
+    GENERATOR.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Runs `f` right after `tch::manual_seed(seed)`, with no other thread's draws
 /// in between (`f` must not call `dropout`, which takes the same lock).
 pub(crate) fn seeded<T>(seed: i64, f: impl FnOnce() -> T) -> T {
-    let _only = GENERATOR.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _only = lock_generator();
     tch::manual_seed(seed);
     f()
 }
@@ -436,7 +443,7 @@ pub(crate) fn dropout(x: &Tensor, p: f64, train: bool) -> Tensor {
     }
     use rand::{Rng, RngCore, SeedableRng};
     let seed = OWN_STREAM.with(|d| d.borrow_mut().as_mut().map(RngCore::next_u64)).unwrap_or_else(|| {
-        let _only = GENERATOR.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _only = lock_generator();
         i64::try_from(Tensor::randint(i64::MAX, [1], (Kind::Int64, Device::Cpu))).unwrap_or(0) as u64
     });
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
@@ -1003,14 +1010,6 @@ impl Vgg16 {
 mod tests {
     use super::*;
 
-    /// libtorch's one generator, held by a test that draws from it (as
-    /// `seeded` holds it), so that a test checking the generator's position
-    /// sees no draw of a test running beside it. (Such a test must not call
-    /// `dropout` without a stream of its own: it takes the same lock.)
-    fn generator() -> std::sync::MutexGuard<'static, ()> {
-        GENERATOR.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     /// The derived table against torchvision's `vgg16()` / `vgg16_bn()` module lists.
     #[test]
     fn conv_table_matches_torchvision() {
@@ -1038,7 +1037,8 @@ mod tests {
     /// a raw target is the task's plus the log of the class's raw-label count.
     #[test]
     fn a_task_class_single_image_head_answers_in_raw_labels() {
-        let _g = generator();
+        // Held while drawing: a test checking the generator's position must see no draw of this one.
+        let _g = lock_generator();
         tch::manual_seed(3);
         let mut cfg = ModelConfig::new(BnMode::Drop, HeadKind::Linear, 4);
         (cfg.width_div, cfg.subject_norm, cfg.single_to_task) = (16, true, vec![1, 0, 1, 1]);
@@ -1064,7 +1064,8 @@ mod tests {
     /// evaluation-mode logits, and leaves a model with the plain variables.
     #[test]
     fn folded_members_equal_the_average_of_their_logits() {
-        let _g = generator();
+        // Held while drawing: a test checking the generator's position must see no draw of this one.
+        let _g = lock_generator();
         for head in [HeadKind::Bn, HeadKind::Linear] {
             tch::manual_seed(5);
             let mut cfg = ModelConfig::new(BnMode::Drop, head, 3);
@@ -1111,7 +1112,8 @@ mod tests {
     /// that split the map evenly are the plain means of their pixels.
     #[test]
     fn a_grid_averages_each_cell_of_each_block() {
-        let _g = generator();
+        // Held while drawing: a test checking the generator's position must see no draw of this one.
+        let _g = lock_generator();
         for (head, rows, cols) in [(HeadKind::Bn, 2, 2), (HeadKind::Linear, 3, 1), (HeadKind::Bn, 2, 1), (HeadKind::Bn, 1, 1)] {
             let mut cfg = ModelConfig::new(BnMode::Drop, head, 2);
             (cfg.width_div, cfg.pool_grid, cfg.features) = (64, PoolGrid { rows, cols }, vec![Block::Conv4, Block::Conv5]);
