@@ -53,11 +53,23 @@ pub struct SubjectNorm {
     /// (G, D) per group.
     mean: Tensor,
     std: Tensor,
+    /// (D) the variance each person's own is shrunk towards.
+    prior: Tensor,
 }
 
 impl SubjectNorm {
-    /// Statistics of `feats` (N, D), row i belonging to group `groups[i]` (0..G).
+    /// Statistics of `feats` (N, D), row i belonging to group `groups[i]`
+    /// (0..G), each person's variance shrunk towards the pooled within-person
+    /// variance of these people (training people: `prior` keeps it for
+    /// scoring new ones).
     pub fn fit(feats: &Tensor, groups: &[usize]) -> SubjectNorm {
+        Self::fit_towards(feats, groups, None)
+    }
+
+    /// `fit`, shrinking towards `prior` (D) when given: a model's training
+    /// people's within-person variance. New people's statistics then depend on
+    /// each person's own images alone, not on who else is scored beside them.
+    pub fn fit_towards(feats: &Tensor, groups: &[usize], prior: Option<&Tensor>) -> SubjectNorm {
         let g = groups.iter().max().map_or(0, |m| m + 1) as i64;
         let dev = feats.device();
         let f = feats.to_kind(Kind::Double);
@@ -69,9 +81,17 @@ impl SubjectNorm {
         let centred = &f - mean.index_select(0, &idx);
         let var = zeros().index_add(0, &idx, &centred.square()) / n.clamp_min(1.0);
         // The typical within-person variance, weighting people by their image count.
-        let pooled = (&var * &n).sum_dim_intlist(0, true, Kind::Double) / n.sum(Kind::Double).clamp_min(1.0);
+        let pooled = match prior {
+            Some(p) => p.to_device(dev).to_kind(Kind::Double).view([1, d]),
+            None => (&var * &n).sum_dim_intlist(0, true, Kind::Double) / n.sum(Kind::Double).clamp_min(1.0),
+        };
         let var = (&var * &n + &pooled * VAR_PRIOR) / (&n + VAR_PRIOR);
-        SubjectNorm { mean: mean.to_kind(Kind::Float), std: (var + 1e-5).sqrt().to_kind(Kind::Float) }
+        SubjectNorm { mean: mean.to_kind(Kind::Float), std: (var + 1e-5).sqrt().to_kind(Kind::Float), prior: pooled.view([d]).to_kind(Kind::Float) }
+    }
+
+    /// The variance each person's own was shrunk towards (D).
+    pub fn prior(&self) -> &Tensor {
+        &self.prior
     }
 
     /// Standardises `feats` (N, D) with the statistics of each row's group.
@@ -127,5 +147,28 @@ mod tests {
         assert_eq!(groups(&["b", "a", "b", "c"]), [0, 1, 0, 2]);
         assert!(SubjectNormChoice::Auto.resolve(Some(&[3, 4])) && !SubjectNormChoice::Auto.resolve(Some(&[3, 2])));
         assert!(!SubjectNormChoice::Auto.resolve(None) && SubjectNormChoice::On.resolve(None));
+    }
+
+    /// Shrunk towards a fixed prior, a person's statistics depend on that
+    /// person's rows alone; shrunk towards the pooled variance of the people
+    /// fitted together, they change with who else is there.
+    #[test]
+    fn with_a_prior_a_persons_statistics_are_their_own() {
+        let anna = Tensor::from_slice(&[1.0f32, 2.0, 4.0, 3.0, 0.0, 8.0]).view([3, 2]);
+        let ben = Tensor::from_slice(&[10.0f32, -9.0, 30.0, 9.0]).view([2, 2]);
+        let both = Tensor::cat(&[&anna, &ben], 0);
+        let prior = Tensor::from_slice(&[2.0f32, 5.0]);
+        let alone = SubjectNorm::fit_towards(&anna, &[0, 0, 0], Some(&prior)).apply(&anna, &[0, 0, 0]);
+        let beside = SubjectNorm::fit_towards(&both, &[0, 0, 0, 1, 1], Some(&prior)).apply(&both, &[0, 0, 0, 1, 1]);
+        assert!(alone.allclose(&beside.narrow(0, 0, 3), 1e-6, 1e-6, false), "{alone} {beside}");
+        // The shrinkage itself: anna's first feature has mean 5/3 and biased variance 26/9; (3 × 26/9 + 2 × 2) / 5.
+        let want = (1.0 - 5.0 / 3.0) / ((3.0 * 26.0 / 9.0 + 2.0 * 2.0) / 5.0 + 1e-5f64).sqrt();
+        assert!((alone.double_value(&[0, 0]) - want).abs() < 1e-5, "{alone} vs {want}");
+        let pooled_alone = SubjectNorm::fit(&anna, &[0, 0, 0]).apply(&anna, &[0, 0, 0]);
+        let pooled_beside = SubjectNorm::fit(&both, &[0, 0, 0, 1, 1]).apply(&both, &[0, 0, 0, 1, 1]);
+        assert!(!pooled_alone.allclose(&pooled_beside.narrow(0, 0, 3), 1e-3, 1e-3, false));
+        // What a training fit keeps for new people: the image-weighted mean of the people's variances.
+        let fit = SubjectNorm::fit(&both, &[0, 0, 0, 1, 1]);
+        assert!((fit.prior().double_value(&[0]) - (3.0 * 26.0 / 9.0 + 2.0 * 100.0) / 5.0).abs() < 1e-4, "{}", fit.prior());
     }
 }

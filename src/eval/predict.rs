@@ -262,8 +262,9 @@ fn split_raw(cfg: &RunConfig, head: &Tensor) -> Vec<(Vec<f64>, Vec<f64>)> {
 }
 
 /// Head probabilities (float64) from pooled features `f` (and their flipped
-/// twins, averaged in): person-normalised for subjects with enough rows, the
-/// single-image head for the rest.
+/// twins, averaged in): person-normalised for subjects with enough rows (each
+/// by that person's rows alone, their variance shrunk towards the training
+/// people's), the single-image head for the rest.
 pub(crate) fn person_or_single<T: PartialEq + Clone>(model: &Vgg16, f: &Tensor, flipped: Option<&Tensor>, subjects: &[Option<T>]) -> (Tensor, Vec<Mode>) {
     let groups = crate::subject::groups(subjects);
     let mut count = vec![0usize; groups.iter().max().map_or(0, |m| m + 1)];
@@ -272,9 +273,11 @@ pub(crate) fn person_or_single<T: PartialEq + Clone>(model: &Vgg16, f: &Tensor, 
     }
     let modes: Vec<Mode> =
         subjects.iter().zip(&groups).map(|(s, &g)| if s.is_some() && count[g] >= crate::subject::PERSON_MIN { Mode::Person } else { Mode::Single }).collect();
+    let prior = model.person_prior();
     let probs = |f: &Tensor| {
         tch::no_grad(|| {
-            let person = model.classify(&crate::subject::SubjectNorm::fit(f, &groups).apply(f, &groups), false).softmax(1, tch::Kind::Double);
+            let norm = crate::subject::SubjectNorm::fit_towards(f, &groups, prior.as_ref());
+            let person = model.classify(&norm.apply(f, &groups), false).softmax(1, tch::Kind::Double);
             let single = model.classify_global(f, false).unwrap_or_else(|| model.classify(f, false)).softmax(1, tch::Kind::Double);
             let use_person = Tensor::from_slice(&modes.iter().map(|&m| m == Mode::Person).collect::<Vec<_>>()).to_device(f.device()).unsqueeze(1);
             person.where_self(&use_person, &single)

@@ -533,6 +533,9 @@ fn make_head(cfg: &ModelConfig, root: &nn::Path, h: nn::Path, random: bool) -> H
     }
 }
 
+/// The name of `Vgg16::person_var` in the variable store and in model files.
+pub(crate) const PERSON_VAR: &str = "head.person_var";
+
 /// VGG16 (plain or BN) with a classification head, its variables in `vs`.
 pub struct Vgg16 {
     pub vs: nn::VarStore,
@@ -546,6 +549,10 @@ pub struct Vgg16 {
     global_to_raw: Option<(Tensor, Tensor)>,
     /// Heads trained beside `head` as an ensemble (`add_members`), until folded.
     members: Vec<Head>,
+    /// A subject-normalised model's `head.person_var` (D): its training
+    /// people's pooled within-person variance of the pooled features, which a
+    /// new person's few-image variance is shrunk towards (`person_prior`).
+    person_var: Option<Tensor>,
 }
 
 /// Parameters of one block that share a learning-rate factor and weight-decay choice.
@@ -615,7 +622,8 @@ impl Vgg16 {
             let shift: Vec<f32> = map.iter().map(|&t| (map.iter().filter(|&&u| u == t).count() as f32).ln()).collect();
             (Tensor::from_slice(&idx).to_device(device), Tensor::from_slice(&shift).to_device(device))
         });
-        Ok(Vgg16 { vs, cfg: cfg.clone(), layers, head, global, global_to_raw, members: Vec::new() })
+        let person_var = cfg.subject_norm.then(|| (&root / "head").zeros_no_train("person_var", &[cfg.pooled_width()]));
+        Ok(Vgg16 { vs, cfg: cfg.clone(), layers, head, global, global_to_raw, members: Vec::new(), person_var })
     }
 
     /// Heads in the ensemble the main head belongs to (`--members`): 1 unless
@@ -797,6 +805,23 @@ impl Vgg16 {
         sum / self.member_count() as f64
     }
 
+    /// The training people's within-person variance (D) that a new person's
+    /// statistics are shrunk towards; `None` before a fit set it, and for a
+    /// run saved before vggft kept it (all zeros: its people are then shrunk
+    /// towards the pooled variance of those scored together, as it was).
+    pub(crate) fn person_prior(&self) -> Option<Tensor> {
+        let v = self.person_var.as_ref()?;
+        (f64::try_from(v.abs().max()).unwrap_or(0.0) > 0.0).then(|| v.shallow_clone())
+    }
+
+    /// Keeps `var` (D), the training people's within-person variance under the
+    /// current trunk, with the model (`head.person_var`).
+    pub(crate) fn set_person_prior(&self, var: &Tensor) {
+        if let Some(v) = &self.person_var {
+            tch::no_grad(|| v.shallow_clone().copy_(&var.to_kind(v.kind()).to_device(v.device())));
+        }
+    }
+
     /// Ensemble member `k` (0: the main head) on pooled features.
     pub(crate) fn classify_member(&self, k: usize, f: &Tensor, train: bool) -> Tensor {
         let h = if k == 0 { &self.head } else { &self.members[k - 1] };
@@ -879,7 +904,7 @@ impl Vgg16 {
 
     /// Running statistics are buffers, never trained.
     pub fn is_buffer(name: &str) -> bool {
-        name.ends_with("running_mean") || name.ends_with("running_var") || name.ends_with("num_batches_tracked")
+        name.ends_with("running_mean") || name.ends_with("running_var") || name.ends_with("num_batches_tracked") || name == PERSON_VAR
     }
 
     /// Freezes every parameter before `block` (no gradient, and so not in
@@ -1058,6 +1083,37 @@ mod tests {
         // The map must cover every raw label.
         cfg.single_to_task = vec![1, 0];
         assert!(Vgg16::new(&cfg, Device::Cpu).is_err());
+    }
+
+    /// A subject-normalised model keeps its training people's within-person
+    /// variance in its file, untrained; a file saved without it still loads.
+    #[test]
+    fn the_person_prior_is_saved_with_the_model_and_never_trained() {
+        let mut cfg = ModelConfig::new(BnMode::Drop, HeadKind::Bn, 2);
+        (cfg.width_div, cfg.subject_norm) = (16, true);
+        let m = Vgg16::for_loading(&cfg, Device::Cpu).unwrap();
+        assert!(m.person_prior().is_none(), "none before a fit sets it");
+        let var = Tensor::arange(cfg.pooled_width(), (Kind::Float, Device::Cpu)) + 0.5;
+        m.set_person_prior(&var);
+        assert!(m.person_prior().unwrap().equal(&var));
+        let mut m = m;
+        m.set_trainable_from(Block::Conv1);
+        assert!(m.param_groups().iter().all(|g| g.params.iter().all(|(n, _)| n != PERSON_VAR)), "never in the optimizer");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.safetensors");
+        weights::save_atomic(&m.named_tensors(), &path).unwrap();
+        let mut back = Vgg16::for_loading(&cfg, Device::Cpu).unwrap();
+        weights::load_checkpoint(&mut back, &path).unwrap();
+        assert!(back.person_prior().unwrap().equal(&var));
+        // A run saved before the prior was kept.
+        let old: Vec<(String, Tensor)> = m.named_tensors().into_iter().filter(|(n, _)| n != PERSON_VAR).collect();
+        weights::save_atomic(&old, &path).unwrap();
+        let mut back = Vgg16::for_loading(&cfg, Device::Cpu).unwrap();
+        weights::load_checkpoint(&mut back, &path).unwrap();
+        assert!(back.person_prior().is_none());
+        // Models without person statistics have no such tensor.
+        cfg.subject_norm = false;
+        assert!(Vgg16::for_loading(&cfg, Device::Cpu).unwrap().named_tensors().iter().all(|(n, _)| n != PERSON_VAR));
     }
 
     /// Folding an ensemble gives exactly the average of its members'

@@ -183,8 +183,12 @@ pub fn load_pretrained(model: &mut Vgg16, path: &Path) -> Result<LoadReport> {
 pub fn load_checkpoint(model: &mut Vgg16, path: &Path) -> Result<LoadReport> {
     let tensors = read_tensors(path)?;
     check_finite(path, &tensors)?;
-    let targets: BTreeMap<String, Tensor> = model.named_tensors().into_iter().collect();
+    let mut targets: BTreeMap<String, Tensor> = model.named_tensors().into_iter().collect();
     let file: BTreeMap<String, Tensor> = tensors.into_iter().collect();
+    // Runs saved before vggft kept it load without it (it stays zero: `Vgg16::person_prior`).
+    if !file.contains_key(crate::model::PERSON_VAR) {
+        targets.remove(crate::model::PERSON_VAR);
+    }
     let mut report = LoadReport::default();
     copy_checked(path, &targets, &file, &mut report)?;
     Ok(report)

@@ -336,10 +336,13 @@ impl Trainer<'_> {
     }
 
     /// Each training person's feature statistics under the model's current
-    /// trunk, from the clean training images.
+    /// trunk, from the clean training images; their pooled within-person
+    /// variance goes with the model, for new people (`Vgg16::person_prior`).
     fn person_norm(&self, model: &Vgg16, source: &source::Source) -> SubjectNorm {
         let g: Vec<usize> = self.data.train.iter().map(|&r| self.data.groups[r]).collect();
-        SubjectNorm::fit(&self.pooled(model, source.cache(), &self.data.train, false), &g)
+        let norm = SubjectNorm::fit(&self.pooled(model, source.cache(), &self.data.train, false), &g);
+        model.set_person_prior(norm.prior());
+        norm
     }
 
     /// Logits for the validation rows.
