@@ -9,7 +9,8 @@ OUT/bench.md and prints the table.
 Environment: BENCH_OUT (default runs/bench), BENCH_SIZE (224), BENCH_CV=0 skips
 the 10-fold x 3-seed cross-validation, BENCH_QUICK=1 shrinks everything (64 px,
 3 folds, 1 seed) to check the script itself, BENCH_ONLY=finetune (speed, the
-whole fine-tune and predict only), BENCH_DEVICE (cpu; with a GPU present the
+whole fine-tune and predict only; BENCH_ONLY=cv: speed and the
+cross-validations only), BENCH_DEVICE (cpu; with a GPU present the
 CUDA rows, f32 and --amp, are added).
 """
 import csv
@@ -32,7 +33,8 @@ QUICK = os.environ.get("BENCH_QUICK") == "1"
 SIZE = int(os.environ.get("BENCH_SIZE", "64" if QUICK else "224"))
 DEVICE = os.environ.get("BENCH_DEVICE", "cpu")
 CV = os.environ.get("BENCH_CV", "1") == "1"
-# BENCH_ONLY=finetune runs only speed, the whole-fine-tune comparison and predict (into runs/bench-finetune).
+# BENCH_ONLY=finetune runs only speed, the whole-fine-tune comparison and predict (into runs/bench-finetune);
+# BENCH_ONLY=cv speed and the cross-validations (into runs/bench-cv).
 
 
 def run(cmd, label):
@@ -115,48 +117,49 @@ def main():
         row("conv5 epoch, vggft uncached f32", uncached, ref_epoch, "s")
         row("peak memory, conv5 epoch cached / uncached", rss_c, rss_r, "MiB", "", f"uncached {rss_u:.0f} MiB, bf16 {rss_b:.0f} MiB")
 
-    # 4. the whole default fine-tune, same split, same recipe.
-    _, _, ft_s, ft_rss = run([BIN, "finetune", *common, "--name", "finetune"], "finetune")
-    met = json.load(open(os.path.join(OUT, "finetune", "metrics.json")))
-    out, _, ref_s, ref_rss = run([PY, os.path.join(ROOT, "scripts", "reference.py"), "finetune", "--run", os.path.join(OUT, "finetune"), "--weights", WEIGHTS], "finetune-reference")
-    ref = json.loads(out)
-    va = met["validation"]
-    row(
-        "default finetune (head:3 → conv5:12, early stopping), wall; the reference runs the epochs vggft ran",
-        ft_s,
-        ref_s,
-        "s",
-        "≥ 3× faster",
-        f"val bacc vggft {va['balanced_accuracy']:.3f} / reference {ref['val_bacc']:.3f}; acc {va['accuracy']:.3f} / {ref['val_acc']:.3f}; "
-        f"best epoch {met.get('best_epoch', '?')} / {ref['best_epoch']}",
-    )
-    row("peak memory, default finetune", ft_rss, ref_rss, "MiB", "≤ reference and ≤ 3072 MiB")
+    if ONLY in ("", "finetune"):
+        # 4. the whole default fine-tune, same split, same recipe.
+        _, _, ft_s, ft_rss = run([BIN, "finetune", *common, "--name", "finetune"], "finetune")
+        met = json.load(open(os.path.join(OUT, "finetune", "metrics.json")))
+        out, _, ref_s, ref_rss = run([PY, os.path.join(ROOT, "scripts", "reference.py"), "finetune", "--run", os.path.join(OUT, "finetune"), "--weights", WEIGHTS], "finetune-reference")
+        ref = json.loads(out)
+        va = met["validation"]
+        row(
+            "default finetune (head:3 → conv5:12, early stopping), wall; the reference runs the epochs vggft ran",
+            ft_s,
+            ref_s,
+            "s",
+            "≥ 3× faster",
+            f"val bacc vggft {va['balanced_accuracy']:.3f} / reference {ref['val_bacc']:.3f}; acc {va['accuracy']:.3f} / {ref['val_acc']:.3f}; "
+            f"best epoch {met.get('best_epoch', '?')} / {ref['best_epoch']}",
+        )
+        row("peak memory, default finetune", ft_rss, ref_rss, "MiB", "≤ reference and ≤ 3072 MiB")
 
-    # 5. predict one image, model load included.
-    img = os.path.join(os.path.dirname(DATA), "smiling", sorted(os.listdir(os.path.join(os.path.dirname(DATA), "smiling")))[0])
-    _, _, start_s, _ = run([BIN, "--version"], "startup")
-    _, err, pr_s, pr_rss = run([BIN, "predict", img, "--model", os.path.join(OUT, "finetune"), "--device", DEVICE, "--timings"], "predict")
-    m = re.search(r"model load ([0-9.]+) s, decode \+ forward ([0-9.]+) s", err)
-    inproc = float(m.group(1)) + float(m.group(2))
-    row(
-        "predict one image: model load + decode + forward",
-        inproc,
-        None,
-        "s",
-        "≤ 2× one forward",
-        f"{inproc / one_forward:.2f}× one batch-1 forward ({one_forward:.3f} s); load {float(m.group(1)):.3f} s",
-    )
-    row(
-        "predict one image: process wall",
-        pr_s,
-        None,
-        "s",
-        "",
-        f"{pr_s / one_forward:.2f}× one forward; of which process start-up (libtorch initialisation, `vggft --version`) {start_s:.2f} s; peak {pr_rss:.0f} MiB",
-    )
+        # 5. predict one image, model load included.
+        img = os.path.join(os.path.dirname(DATA), "smiling", sorted(os.listdir(os.path.join(os.path.dirname(DATA), "smiling")))[0])
+        _, _, start_s, _ = run([BIN, "--version"], "startup")
+        _, err, pr_s, pr_rss = run([BIN, "predict", img, "--model", os.path.join(OUT, "finetune"), "--device", DEVICE, "--timings"], "predict")
+        m = re.search(r"model load ([0-9.]+) s, decode \+ forward ([0-9.]+) s", err)
+        inproc = float(m.group(1)) + float(m.group(2))
+        row(
+            "predict one image: model load + decode + forward",
+            inproc,
+            None,
+            "s",
+            "≤ 2× one forward",
+            f"{inproc / one_forward:.2f}× one batch-1 forward ({one_forward:.3f} s); load {float(m.group(1)):.3f} s",
+        )
+        row(
+            "predict one image: process wall",
+            pr_s,
+            None,
+            "s",
+            "",
+            f"{pr_s / one_forward:.2f}× one forward; of which process start-up (libtorch initialisation, `vggft --version`) {start_s:.2f} s; peak {pr_rss:.0f} MiB",
+        )
 
     # 6. 10-fold subject-grouped cv x 3 seeds, conv5 + head, 12 epochs, flip.
-    if CV and not ONLY:
+    if CV and ONLY in ("", "cv"):
         folds, seeds = ("3", "0") if QUICK else ("10", "0,1,2")
         cv = [BIN, "cv", *common[:-2], "--out", os.path.join(OUT, "cv"), "--folds", folds, "--seeds", seeds, "--augment", "flip", "--cache-views", "2"]
         _, _, cv_s, cv_rss = run(cv, "cv")

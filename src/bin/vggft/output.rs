@@ -205,9 +205,9 @@ pub fn predictions(a: &PredictArgs, cfg: &RunConfig, subject_norm: bool, preds: 
             .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
             .and_then(|m| m["validation"]["balanced_accuracy"].as_f64());
         outln!(
-            "{right} of {} right on {} people the model never saw{}",
+            "{right} of {} right on {} the model never saw{}",
             preds.len() - failed,
-            people.len(),
+            if people.len() == 1 { "1 person".to_string() } else { format!("{} people", people.len()) },
             val.map(|b| format!(" (validation balanced accuracy {b:.3}, metrics.json)")).unwrap_or_default()
         );
     }
