@@ -18,7 +18,7 @@ pub(crate) const MIN_IMAGES: usize = 3;
 /// Fewest images of one person for that person's own statistics at
 /// evaluation and prediction (one image cannot set its own statistics: it
 /// would normalise to zero); fewer go to the single-image head.
-pub(crate) const PERSON_MIN: usize = 2;
+pub const PERSON_MIN: usize = 2;
 
 /// Pseudo-images of the pooled within-person variance mixed into each
 /// person's own variance: with few images a person's variance is noisy (with

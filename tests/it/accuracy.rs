@@ -296,6 +296,29 @@ fn subject_normalised_runs_report_both_heads_and_predict_groups_by_person() {
     assert!(metrics["validation"]["balanced_accuracy"].is_f64() && metrics["validation_single_image"]["balanced_accuracy"].is_f64(), "{metrics}");
     assert!(metrics["tta"].as_str().is_some_and(|t| t.starts_with("flip")), "{metrics}");
 
+    // evaluate says how many images had their person's statistics: all of them with the manifest's
+    // subject ids (4 photos each), none in class folders without ids.
+    let (code, out, err) = run(&["evaluate", "--device", "cpu", "--data", m.to_str().unwrap(), "--out", "ev-people"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("24 scored with their person's statistics, 0 by the single-image head\n") && err.contains("each test person's unlabelled images"),
+        "{out}\n{err}"
+    );
+    assert_eq!(json(&d.path().join("ev-people/metrics.json"))["modes"], serde_json::json!({"person": 24, "single-image": 0}));
+    for (i, label) in ["neutral", "expressive"].iter().enumerate() {
+        let dir = d.path().join("folders").join(label);
+        std::fs::create_dir_all(&dir).unwrap();
+        for p in 0..2 {
+            std::fs::copy(d.path().join(format!("p{p:02}_{label}_0.png")), dir.join(format!("{i}{p}.png"))).unwrap();
+        }
+    }
+    let (code, out, err) = run(&["evaluate", "--device", "cpu", "--data", d.path().join("folders").to_str().unwrap(), "--out", "ev-folders"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("0 scored with their person's statistics, 4 by the single-image head (no subject id") && !err.contains("unlabelled images"),
+        "{out}\n{err}"
+    );
+
     let img = |s: usize, label: &str, i: usize| d.path().join(format!("p{s:02}_{label}_{i}.png"));
     let lines = |out: &str| out.lines().map(|l| l.to_string()).collect::<Vec<_>>();
     // --subject: three images of one person → person statistics; one alone → the single-image head.

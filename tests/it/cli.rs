@@ -267,10 +267,7 @@ fn predict_held_out_shows_only_people_the_model_never_saw() {
     }
     let people: std::collections::BTreeSet<&str> = val.iter().map(|r| r[3].as_str()).collect();
     let who = if people.len() == 1 { "1 person".to_string() } else { format!("{} people", people.len()) };
-    assert!(
-        tally[0].starts_with(&format!("{right} of {} right on {who} the model never saw (validation balanced accuracy", val.len())),
-        "{out}"
-    );
+    assert!(tally[0].starts_with(&format!("{right} of {} right on {who} the model never saw (validation balanced accuracy", val.len())), "{out}");
     // A run without validation images says so.
     let (code, _, _) = run(&args(&s, &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:1", "--name", "nv", "--val", "none"]), d.path());
     assert_eq!(code, 0);

@@ -246,6 +246,12 @@ fn evaluate(mut a: EvaluateArgs) -> anyhow::Result<()> {
     if tta_flip {
         errln!("{}", vggft::eval::FLIP_TTA);
     }
+    // A subject-normalised model: how many images had their person's statistics (a dataset without subject ids has none).
+    let count = |mode| ev.modes.iter().filter(|&&m| m == Some(mode)).count();
+    let modes = model.cfg.subject_norm.then(|| (count(predict::Mode::Person), count(predict::Mode::Single)));
+    if modes.is_some_and(|(person, _)| person > 0) {
+        errln!("{}", vggft::subject::TRANSDUCTIVE);
+    }
     let name = a.data.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "data".into());
     let out = a.out.clone().unwrap_or_else(|| a.model.join(format!("eval-{name}")));
     vggft::fsutil::create_dir(&out)?;
@@ -257,10 +263,17 @@ fn evaluate(mut a: EvaluateArgs) -> anyhow::Result<()> {
             "threshold": cfg.threshold.as_ref().map(|t| t.describe(&cfg.classes[0], cfg.single_calibration())),
             "calibration": cfg.single_calibration().map(|c| c.describe()),
             "metrics_at_half": ev.at_half,
+            "modes": modes.map(|(person, single)| serde_json::json!({"person": person, "single-image": single})),
         }),
     )?;
     vggft::eval::plot::confusion(&out.join("confusion.png"), &m.confusion, &cfg.classes, &format!("{} on {}", short_name(&a.model), short_name(&a.data)))?;
     outln!("{} images from {}", m.n, a.data.display());
+    if let Some((person, single)) = modes {
+        outln!(
+            "{person} scored with their person's statistics, {single} by the single-image head{}",
+            if single > 0 { format!(" (no subject id, or fewer than {} images of that person)", vggft::subject::PERSON_MIN) } else { String::new() }
+        );
+    }
     if let Some(d) = cfg.describe_decisions() {
         outln!("the model {d}");
     }
