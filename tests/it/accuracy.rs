@@ -386,6 +386,12 @@ fn subject_normalised_runs_report_both_heads_and_predict_groups_by_person() {
         run(&["predict", "--device", "cpu", "--subject-from", "parent", "--format", "json", people.join("anna").to_str().unwrap()], d.path());
     assert_eq!(code, 0, "{err}");
     assert_eq!(probs(&serde_json::from_str(&alone).unwrap()), probs(&v));
+    // Files named from inside the person's folder (`0.png`, `./1.png`) belong to that folder's person.
+    let model = d.path().join("runs/sn");
+    let (code, out, err) =
+        run(&["predict", "--device", "cpu", "--model", model.to_str().unwrap(), "--subject-from", "parent", "0.png", "./1.png", "2.png"], &people.join("anna"));
+    assert_eq!(code, 0, "{err}");
+    assert!(lines(&out).len() == 3 && lines(&out).iter().all(|l| l.ends_with("mode=person")), "{out}");
 
     // JAFFE names (the default): the subject is the name's first part.
     let jaffe = d.path().join("jaffe");
