@@ -94,12 +94,14 @@ impl SubjectFrom {
             SubjectFrom::Names => path.file_name().and_then(|n| crate::data::scan::parse_jaffe_name(&n.to_string_lossy())).and_then(|r| r.ok()).map(|(s, _)| s),
             SubjectFrom::All(s) => Some(s.clone()),
             // `x.png` and `./x.png` have no folder name in the path itself: the working folder's.
-            SubjectFrom::Parent => path.parent().and_then(|p| {
-                let p = if p.as_os_str().is_empty() { Path::new(".") } else { p };
-                p.file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .or_else(|| Some(std::fs::canonicalize(p).ok()?.file_name()?.to_string_lossy().into_owned()))
-            }),
+            SubjectFrom::Parent => {
+                let dir = Some(path.parent()?).filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                let name = match dir.file_name() {
+                    Some(n) => n.to_os_string(),
+                    None => std::fs::canonicalize(dir).ok()?.file_name()?.to_os_string(),
+                };
+                Some(name.to_string_lossy().into_owned())
+            }
             SubjectFrom::Nobody => None,
             SubjectFrom::Table(t) => t.get(path).cloned(),
         }
