@@ -83,7 +83,10 @@ def main():
     sp = json.loads(out)
     peak = sp["matmul_f32_gflops"]
     row("libtorch matmul peak f32 (2048³)", peak, None, "GFLOP/s")
-    row("libtorch matmul peak bf16 (2048³)", sp["matmul_bf16_gflops"], None, "GFLOP/s")
+    # null where the CPU has no bf16 arithmetic (libtorch emulates it, ~10x slower): the bf16 rows are skipped.
+    has_bf16 = DEVICE != "cpu" or sp["matmul_bf16_gflops"] is not None
+    no_bf16 = "skipped: this CPU has no bf16 arithmetic (no AMX-BF16 or AVX512-BF16; libtorch emulates it, ~10x slower)"
+    row("libtorch matmul peak bf16 (2048³)", sp["matmul_bf16_gflops"], None, "GFLOP/s", "", "" if has_bf16 else no_bf16)
     one_forward = None
     for f in sp["forward"]:
         pk = sp["matmul_bf16_gflops"] if f["precision"] == "bf16" else peak
@@ -106,16 +109,18 @@ def main():
         cached = sum(float(r["seconds"]) for r in h) / len(h)
         _, _, _, rss_u = run([BIN, *ep, "--stages", "conv5:1", "--no-cache", "--name", "epoch-uncached"], "epoch-uncached")
         uncached = float(history(os.path.join(OUT, "epoch-uncached"))[0]["seconds"])
-        _, err_b, _, rss_b = run([BIN, *ep, "--stages", "conv5:2", "--cache-views", "2", "--precision", "bf16", "--name", "epoch-bf16"], "epoch-bf16")
-        hb = history(os.path.join(OUT, "epoch-bf16"))
-        bf16 = sum(float(r["seconds"]) for r in hb) / len(hb)
+        bf16 = rss_b = None
+        if has_bf16:
+            _, err_b, _, rss_b = run([BIN, *ep, "--stages", "conv5:2", "--cache-views", "2", "--precision", "bf16", "--name", "epoch-bf16"], "epoch-bf16")
+            hb = history(os.path.join(OUT, "epoch-bf16"))
+            bf16 = sum(float(r["seconds"]) for r in hb) / len(hb)
         out, _, _, rss_r = run([PY, os.path.join(ROOT, "scripts", "reference.py"), "epoch", "--data", DATA, "--weights", WEIGHTS, "--image-size", str(SIZE)], "epoch-reference")
         ref_epoch = json.loads(out)["epoch_seconds"]
         cache_note = f"cache pass (conv1–4, 2 views of 204 images) {cache_seconds(err):.1f} s once"
         row("conv5 epoch, vggft cached f32", cached, ref_epoch, "s", "≥ 4× faster", cache_note)
-        row("conv5 epoch, vggft cached bf16", bf16, ref_epoch, "s", "", f"cache pass {cache_seconds(err_b):.1f} s once")
+        row("conv5 epoch, vggft cached bf16", bf16, ref_epoch if has_bf16 else None, "s", "", f"cache pass {cache_seconds(err_b):.1f} s once" if has_bf16 else no_bf16)
         row("conv5 epoch, vggft uncached f32", uncached, ref_epoch, "s")
-        row("peak memory, conv5 epoch cached / uncached", rss_c, rss_r, "MiB", "", f"uncached {rss_u:.0f} MiB, bf16 {rss_b:.0f} MiB")
+        row("peak memory, conv5 epoch cached / uncached", rss_c, rss_r, "MiB", "", f"uncached {rss_u:.0f} MiB" + (f", bf16 {rss_b:.0f} MiB" if has_bf16 else ""))
 
     if ONLY in ("", "finetune"):
         # 4. the whole default fine-tune, same split, same recipe.
@@ -167,23 +172,26 @@ def main():
         b = next(s for s in summ["stats"] if s["metric"] == "balanced_accuracy")
         row(f"cv {folds} folds × seeds {seeds} (head:3 → conv5:12, flip), wall", cv_s, None, "s", "≤ 900 s", f"bacc {b['mean']:.3f} ± {b['std']:.3f}; peak {cv_rss:.0f} MiB")
         # bf16 on the same folds (seed 0's), against the f32 run's seed-0 folds.
-        _, _, bf_s, _ = run([*cv[:cv.index("--out")], "--out", os.path.join(OUT, "cv-bf16"), "--folds", folds, "--seeds", "0", "--augment", "flip", "--cache-views", "2", "--precision", "bf16"], "cv-bf16")
-        def seed0(d):
-            fs = [json.load(open(os.path.join(d, "folds", f))) for f in sorted(os.listdir(os.path.join(d, "folds"))) if f.startswith("seed0-")]
-            v = [f["metrics"]["balanced_accuracy"] for f in fs]
-            m = sum(v) / len(v)
-            sd = (sum((x - m) ** 2 for x in v) / max(len(v) - 1, 1)) ** 0.5
-            return m, sd, sum(f["seconds"] for f in fs)
-        f32m, f32sd, f32s = seed0(os.path.join(OUT, "cv"))
-        bfm, bfsd, bfs = seed0(os.path.join(OUT, "cv-bf16"))
-        row(
-            f"cv seed 0, {folds} folds, bf16: summed fold time",
-            bfs,
-            None,
-            "s",
-            "",
-            f"f32 on the same folds {f32s:.0f} s; bacc bf16 {bfm:.3f} ± {bfsd:.3f} vs f32 {f32m:.3f} ± {f32sd:.3f}; bf16 cv wall {bf_s:.0f} s",
-        )
+        if not has_bf16:
+            row(f"cv seed 0, {folds} folds, bf16", None, None, "s", "", no_bf16)
+        else:
+            _, _, bf_s, _ = run([*cv[:cv.index("--out")], "--out", os.path.join(OUT, "cv-bf16"), "--folds", folds, "--seeds", "0", "--augment", "flip", "--cache-views", "2", "--precision", "bf16"], "cv-bf16")
+            def seed0(d):
+                fs = [json.load(open(os.path.join(d, "folds", f))) for f in sorted(os.listdir(os.path.join(d, "folds"))) if f.startswith("seed0-")]
+                v = [f["metrics"]["balanced_accuracy"] for f in fs]
+                m = sum(v) / len(v)
+                sd = (sum((x - m) ** 2 for x in v) / max(len(v) - 1, 1)) ** 0.5
+                return m, sd, sum(f["seconds"] for f in fs)
+            f32m, f32sd, f32s = seed0(os.path.join(OUT, "cv"))
+            bfm, bfsd, bfs = seed0(os.path.join(OUT, "cv-bf16"))
+            row(
+                f"cv seed 0, {folds} folds, bf16: summed fold time",
+                bfs,
+                None,
+                "s",
+                "",
+                f"f32 on the same folds {f32s:.0f} s; bacc bf16 {bfm:.3f} ± {bfsd:.3f} vs f32 {f32m:.3f} ± {f32sd:.3f}; bf16 cv wall {bf_s:.0f} s",
+            )
 
     # CUDA: the same epoch on the GPU, f32 and --amp, against the reference on the GPU.
     import torch

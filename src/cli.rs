@@ -207,8 +207,8 @@ pub struct SpeedArgs {
     /// Timed repetitions (the best is kept).
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
-    /// Precisions to time.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "f32,bf16")]
+    /// Precisions to time [default: f32, and bf16 unless the CPU has no bf16 arithmetic (no AMX-BF16 or AVX512-BF16: emulated, ~10× slower)].
+    #[arg(long, value_enum, value_delimiter = ',')]
     pub precision: Vec<Precision>,
     /// auto (CUDA when available), cpu, cuda, cuda:N.
     #[arg(long, default_value = "auto", value_parser = checked(device_syntax))]

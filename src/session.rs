@@ -157,8 +157,10 @@ impl Session {
                 crate::eval::threshold::INNER_FOLDS
             ));
         }
-        if device == Device::Cpu && config.model.precision == crate::model::Precision::F32 && crate::model::cpu_has_amx_bf16() {
-            reporter.message("this CPU has AMX-BF16: --precision bf16 runs the network's convolutions about 4× faster here (README, Speed); f32 stays the default, so that results do not depend on the CPU");
+        if device == Device::Cpu {
+            if let Some(msg) = bf16_advice(config.model.precision, crate::model::CpuBf16::detect()) {
+                reporter.message(msg);
+            }
         }
         Ok(Session { config, prepared, device })
     }
@@ -492,4 +494,44 @@ pub(crate) fn duplicates_across_classes(ds: &Dataset, labels: &Labels) -> Vec<St
         }
     }
     out
+}
+
+/// What a CPU run says about bfloat16: where AMX makes it ~4× faster, that
+/// it exists (f32 stays the default, so that results do not depend on the
+/// CPU); where libtorch emulates it (~10× slower), a warning before a run
+/// that would take hours instead of minutes.
+fn bf16_advice(precision: crate::model::Precision, cpu: crate::model::CpuBf16) -> Option<&'static str> {
+    use crate::model::{CpuBf16, Precision};
+    match (precision, cpu) {
+        (Precision::F32, CpuBf16::Amx) => Some(
+            "this CPU has AMX-BF16: --precision bf16 runs the network's convolutions about 4× faster here (README, Speed); f32 stays the default, so that results do not depend on the CPU",
+        ),
+        (Precision::Bf16, CpuBf16::Emulated) => Some(
+            "warning: this CPU has no bfloat16 arithmetic (neither AMX-BF16 nor AVX512-BF16 among its flags), so libtorch emulates it: --precision bf16 (or --amp) runs the network about 10× slower than float32 here; drop it to use float32",
+        ),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bf16_advice;
+    use crate::model::{CpuBf16, Precision};
+
+    #[test]
+    fn bf16_advice_is_a_tip_on_amx_and_a_warning_where_it_is_emulated() {
+        assert!(bf16_advice(Precision::F32, CpuBf16::Amx).is_some_and(|m| m.starts_with("this CPU has AMX-BF16")));
+        // A warning: shown under --quiet too.
+        assert!(bf16_advice(Precision::Bf16, CpuBf16::Emulated).is_some_and(|m| m.starts_with("warning: ") && m.contains("10× slower")));
+        for (p, c) in [
+            (Precision::Bf16, CpuBf16::Amx),
+            (Precision::Bf16, CpuBf16::Native),
+            (Precision::Bf16, CpuBf16::Unknown),
+            (Precision::F32, CpuBf16::Native),
+            (Precision::F32, CpuBf16::Emulated),
+            (Precision::F32, CpuBf16::Unknown),
+        ] {
+            assert_eq!(bf16_advice(p, c), None, "{p} on {c:?}");
+        }
+    }
 }

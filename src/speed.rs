@@ -7,7 +7,7 @@ use std::time::Instant;
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
-use crate::model::{Block, ModelConfig, Precision, Vgg16, CONVS};
+use crate::model::{Block, CpuBf16, ModelConfig, Precision, Vgg16, CONVS};
 
 /// Forward throughput of one configuration.
 #[derive(Clone, Debug, Serialize)]
@@ -90,15 +90,26 @@ pub struct Report {
     pub device: String,
     pub threads: i32,
     pub matmul_f32_gflops: f64,
-    pub matmul_bf16_gflops: f64,
+    /// Measured when bf16 is timed (null otherwise).
+    pub matmul_bf16_gflops: Option<f64>,
     pub forward: Vec<Forward>,
+}
+
+/// The precisions `vggft speed` times unless told: float32, and bfloat16
+/// where the device has bf16 arithmetic — not on a CPU where libtorch
+/// emulates it, whose 2048³ product alone takes about a minute there.
+pub fn default_precisions(device: Device, cpu: CpuBf16) -> Vec<Precision> {
+    match (device, cpu) {
+        (Device::Cpu, CpuBf16::Emulated) => vec![Precision::F32],
+        _ => vec![Precision::F32, Precision::Bf16],
+    }
 }
 
 /// Measures the matmul peaks and forward throughput at `batch` and at batch 1, in each precision.
 pub fn measure(model: &mut Vgg16, batch: i64, size: i64, reps: usize, precisions: &[Precision]) -> Report {
     let device = model.device();
     let matmul_f32_gflops = matmul_peak(Kind::Float, device, 2048, 10);
-    let matmul_bf16_gflops = matmul_peak(Kind::BFloat16, device, 2048, 10);
+    let matmul_bf16_gflops = precisions.contains(&Precision::Bf16).then(|| matmul_peak(Kind::BFloat16, device, 2048, 10));
     let mut fw = Vec::new();
     for &p in precisions {
         model.cfg.precision = p;

@@ -160,7 +160,8 @@ pub enum Precision {
     #[default]
     F32,
     /// bfloat16 convolutions: faster on CPUs with AMX (~4×) and on recent GPUs; on an
-    /// AVX512-BF16 CPU without AMX libtorch measured ~1.5× slower than float32 (`make bench`).
+    /// AVX512-BF16 CPU without AMX libtorch measured ~1.5× slower than float32 (`make bench`),
+    /// and ~10× slower on a CPU without bf16 arithmetic (`CpuBf16`).
     Bf16,
 }
 
@@ -174,16 +175,58 @@ impl Precision {
     }
 }
 
-/// Whether the CPU has AMX-BF16 tiles, by the kernel's flags (Linux; `false`
-/// elsewhere or when unreadable): there bf16 convolutions ran ~4× faster
-/// than float32 (`make bench`, 2026-12-03), so a float32 run says so.
-pub fn cpu_has_amx_bf16() -> bool {
-    std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|info| amx_bf16_in(&info))
+/// What this CPU does with bfloat16, by the kernel's flags (Linux's
+/// `/proc/cpuinfo`): bf16 convolutions ran ~4× faster than float32 with AMX,
+/// ~1.5× slower with AVX512-BF16 alone, and ~10× slower where libtorch
+/// emulates them (a 2-core AVX2 EPYC, 2026-12-03: vggft's 224 px cache pass
+/// of 21 photos 156 s against 15 s; a bare 2048³ bf16 matmul 0.28 against
+/// 94 GFLOP/s).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CpuBf16 {
+    /// AMX-BF16 tiles.
+    Amx,
+    /// bf16 instructions without AMX (x86 `avx512_bf16`, Arm `bf16`).
+    Native,
+    /// No bf16 arithmetic: emulated in float32, one element at a time.
+    Emulated,
+    /// No flags to read (not Linux, or unreadable).
+    Unknown,
 }
 
-/// `cpu_has_amx_bf16` on the text of `/proc/cpuinfo`: the `flags` line names `amx_bf16`.
-fn amx_bf16_in(cpuinfo: &str) -> bool {
-    cpuinfo.lines().filter(|l| l.starts_with("flags")).any(|l| l.split_whitespace().any(|f| f == "amx_bf16"))
+impl CpuBf16 {
+    /// This machine's, read once per call.
+    pub fn detect() -> CpuBf16 {
+        std::fs::read_to_string("/proc/cpuinfo").map_or(CpuBf16::Unknown, |info| CpuBf16::from_cpuinfo(&info))
+    }
+
+    /// From the text of `/proc/cpuinfo`: x86's `flags` line or Arm's
+    /// `Features` line (names elsewhere, e.g. in the model name, do not count).
+    pub fn from_cpuinfo(cpuinfo: &str) -> CpuBf16 {
+        let mut seen = false;
+        let (mut amx, mut native) = (false, false);
+        for line in cpuinfo.lines() {
+            let Some((key, values)) = line.split_once(':') else { continue };
+            if !matches!(key.trim(), "flags" | "Features") {
+                continue;
+            }
+            seen = true;
+            for f in values.split_whitespace() {
+                amx |= f == "amx_bf16";
+                native |= f == "avx512_bf16" || f == "bf16";
+            }
+        }
+        match (seen, amx, native) {
+            (false, ..) => CpuBf16::Unknown,
+            (true, true, _) => CpuBf16::Amx,
+            (true, false, true) => CpuBf16::Native,
+            (true, false, false) => CpuBf16::Emulated,
+        }
+    }
+}
+
+/// Whether the CPU has AMX-BF16 tiles (`CpuBf16::detect`).
+pub fn cpu_has_amx_bf16() -> bool {
+    CpuBf16::detect() == CpuBf16::Amx
 }
 
 impl std::fmt::Display for Precision {
@@ -1050,11 +1093,16 @@ mod tests {
     }
 
     #[test]
-    fn amx_bf16_is_read_from_the_flags_line_only() {
-        let flags = |f: &str| format!("processor\t: 0\nmodel name\t: Xeon amx_bf16 in a name\nflags\t\t: fpu sse2 {f} avx512f\n");
-        assert!(amx_bf16_in(&flags("amx_bf16 amx_tile")));
-        assert!(!amx_bf16_in(&flags("amx_int8 amx_tile avx512_bf16")), "avx512_bf16 is not AMX");
-        assert!(!amx_bf16_in(""));
+    fn bf16_support_is_read_from_the_flags_line_only() {
+        let flags = |f: &str| format!("processor\t: 0\nmodel name\t: Xeon amx_bf16 bf16 in a name\nflags\t\t: fpu sse2 {f} avx512f\n");
+        assert_eq!(CpuBf16::from_cpuinfo(&flags("amx_bf16 amx_tile")), CpuBf16::Amx);
+        assert_eq!(CpuBf16::from_cpuinfo(&flags("amx_int8 amx_tile avx512_bf16")), CpuBf16::Native, "avx512_bf16 is not AMX");
+        assert_eq!(CpuBf16::from_cpuinfo(&flags("avx avx2 fma")), CpuBf16::Emulated, "the model name's words do not count");
+        let arm = |f: &str| format!("processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd {f} atomics\n");
+        assert_eq!(CpuBf16::from_cpuinfo(&arm("bf16 i8mm")), CpuBf16::Native);
+        assert_eq!(CpuBf16::from_cpuinfo(&arm("sve")), CpuBf16::Emulated);
+        assert_eq!(CpuBf16::from_cpuinfo(""), CpuBf16::Unknown);
+        assert_eq!(CpuBf16::from_cpuinfo("processor\t: 0\nmodel name\t: something\n"), CpuBf16::Unknown);
     }
 
     /// A single-image head on the task's classes answers in the raw labels:

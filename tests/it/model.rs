@@ -354,8 +354,17 @@ fn forward_flops_match_vgg16s_published_count_and_speed_reports_rates() {
     let (code, out, err) = run(&["speed", "--image-size", "32", "--batch-size", "2", "--reps", "1", "--device", "cpu", "--json"], d.path());
     assert_eq!(code, 0, "{err}");
     let r: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert!(r["matmul_f32_gflops"].as_f64().unwrap() > 1.0 && r["matmul_bf16_gflops"].as_f64().unwrap() > 1.0, "{out}");
+    assert!(r["matmul_f32_gflops"].as_f64().unwrap() > 1.0, "{out}");
     let fw = r["forward"].as_array().unwrap();
-    assert_eq!(fw.len(), 4, "f32 and bf16, batch 2 and 1: {out}");
     assert!(fw.iter().all(|f| f["images_per_s"].as_f64().unwrap() > 0.0 && f["gflops"].as_f64().unwrap() > 0.0), "{out}");
+    // bf16 is timed unless this CPU would emulate it (its 2048³ product alone takes about a minute there).
+    if vggft::model::CpuBf16::detect() == vggft::model::CpuBf16::Emulated {
+        assert!(r["matmul_bf16_gflops"].is_null(), "{out}");
+        assert_eq!(fw.len(), 2, "f32 alone, batch 2 and 1: {out}");
+        assert!(err.contains("bf16 not timed: this CPU has no bfloat16 arithmetic"), "{err}");
+    } else {
+        assert!(r["matmul_bf16_gflops"].as_f64().unwrap() > 1.0, "{out}");
+        assert_eq!(fw.len(), 4, "f32 and bf16, batch 2 and 1: {out}");
+        assert!(!err.contains("bf16"), "{err}");
+    }
 }

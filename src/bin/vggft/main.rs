@@ -345,15 +345,31 @@ fn speed(a: SpeedArgs) -> anyhow::Result<()> {
     let device = session::parse_device(&a.device)?;
     tch::manual_seed(0);
     let mut model = vggft::model::Vgg16::new(&vggft::model::ModelConfig::new(vggft::model::BnMode::Drop, vggft::model::HeadKind::Bn, 2), device)?;
-    let r = vggft::speed::measure(&mut model, a.batch_size, a.image_size, a.reps, &a.precision);
+    let cpu = vggft::model::CpuBf16::detect();
+    let precisions = if a.precision.is_empty() { vggft::speed::default_precisions(device, cpu) } else { a.precision.clone() };
+    let bf16 = precisions.contains(&vggft::model::Precision::Bf16);
+    if device == tch::Device::Cpu && cpu == vggft::model::CpuBf16::Emulated {
+        if bf16 {
+            errln!("warning: this CPU has no bfloat16 arithmetic (libtorch emulates it): the bf16 timings take minutes (the 2048³ product alone about a minute) and run ~10× slower than f32");
+        } else {
+            errln!("bf16 not timed: this CPU has no bfloat16 arithmetic (neither AMX-BF16 nor AVX512-BF16; libtorch emulates it, ~10× slower); --precision f32,bf16 times it anyway");
+        }
+    }
+    let r = vggft::speed::measure(&mut model, a.batch_size, a.image_size, a.reps, &precisions);
     if a.json {
         outln!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(());
     }
     outln!("device {}, {} threads", r.device, r.threads);
-    outln!("matmul 2048³ peak: {:.1} GFLOP/s f32, {:.1} GFLOP/s bf16", r.matmul_f32_gflops, r.matmul_bf16_gflops);
+    match r.matmul_bf16_gflops {
+        Some(b) => outln!("matmul 2048³ peak: {:.1} GFLOP/s f32, {:.1} GFLOP/s bf16", r.matmul_f32_gflops, b),
+        None => outln!("matmul 2048³ peak: {:.1} GFLOP/s f32", r.matmul_f32_gflops),
+    }
     for f in &r.forward {
-        let peak = if f.precision == vggft::model::Precision::Bf16 { r.matmul_bf16_gflops } else { r.matmul_f32_gflops };
+        let peak = match f.precision {
+            vggft::model::Precision::Bf16 => r.matmul_bf16_gflops.unwrap_or(f64::NAN),
+            vggft::model::Precision::F32 => r.matmul_f32_gflops,
+        };
         outln!(
             "forward {} batch {:>2} at {} px: {:.2} images/s, {:.1} GFLOP/s = {:.0} % of the {} matmul peak",
             f.precision,
