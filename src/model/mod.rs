@@ -1039,6 +1039,57 @@ impl Vgg16 {
         Ok(())
     }
 
+    /// Precise BN (Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021):
+    /// sets each trunk BN layer's running mean and (biased) variance to the
+    /// statistics of its input over all `images` with the current weights,
+    /// in one streamed pass — each chunk normalised with its own batch
+    /// statistics on the way, as in training — so that eval mode uses the
+    /// population's statistics, not an exponential average of small, noisy
+    /// batches taken while the weights moved. Memory: one chunk's forward.
+    pub fn precise_bn(&mut self, images: &[Tensor]) -> Result<()> {
+        if !self.cfg.bn_mode.has_bn() {
+            return Err(Error::invalid(Setting::Bn, "precise BN statistics need a VGG16-BN model (BN weights)"));
+        }
+        if images.is_empty() {
+            return Err(Error::internal("precise BN statistics need at least one training image"));
+        }
+        let device = self.device();
+        tch::no_grad(|| {
+            let zeros = |c: i64| Tensor::zeros([c], (Kind::Double, device));
+            let mut moments: Vec<(Tensor, Tensor, i64)> =
+                self.layers.iter().filter(|l| l.bn.is_some()).map(|l| (zeros(l.conv.ws.size()[0]), zeros(l.conv.ws.size()[0]), 0)).collect();
+            for img in images {
+                let mut x = img.to_device(device);
+                let mut k = 0;
+                for layer in &self.layers {
+                    let mut y = layer.conv.forward(&x);
+                    if let Some(bn) = &layer.bn {
+                        let (sum, sq, count) = &mut moments[k];
+                        let yd = y.to_kind(Kind::Double);
+                        let s = y.size();
+                        *count += s[0] * s[2] * s[3];
+                        *sum += yd.sum_dim_intlist([0, 2, 3].as_slice(), false, Kind::Double);
+                        *sq += yd.square().sum_dim_intlist([0, 2, 3].as_slice(), false, Kind::Double);
+                        y = Tensor::batch_norm(&y, bn.ws.as_ref(), bn.bs.as_ref(), None::<&Tensor>, None::<&Tensor>, true, 0.0, BN_EPS, false);
+                        k += 1;
+                    }
+                    y = y.relu();
+                    if layer.spec.last_in_block {
+                        y = y.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false);
+                    }
+                    x = y;
+                }
+            }
+            for (bn, (sum, sq, count)) in self.layers.iter().filter_map(|l| l.bn.as_ref()).zip(&moments) {
+                let mean = sum / *count as f64;
+                let var = (sq / *count as f64 - mean.square()).clamp_min(0.0);
+                bn.running_mean.shallow_clone().copy_(&mean.to_kind(Kind::Float));
+                bn.running_var.shallow_clone().copy_(&var.to_kind(Kind::Float));
+            }
+        });
+        Ok(())
+    }
+
     /// The BN layers' running statistics, in order (for tests and reports).
     pub fn bn_layers(&self) -> Vec<(Tensor, Tensor)> {
         self.layers.iter().filter_map(|l| l.bn.as_ref().map(|b| (b.running_mean.shallow_clone(), b.running_var.shallow_clone()))).collect()

@@ -248,6 +248,40 @@ fn bn_train_mode_updates_statistics_and_frozen_does_not() {
 }
 
 #[test]
+fn precise_bn_sets_the_population_statistics_in_one_streamed_pass() {
+    let _rng = torch_rng();
+    tch::manual_seed(3);
+    let mut m = Vgg16::new(&small_cfg(BnMode::Train, HeadKind::Linear, 2), Device::Cpu).unwrap();
+    let x = input(12, 32) * 1.7 + 0.4;
+    // Stale statistics first, as after training on small batches.
+    for _ in 0..3 {
+        let _ = tch::no_grad(|| m.forward_t(&(input(3, 32) - 1.0), true));
+    }
+    // In chunks: the first layer's statistics are exactly its input's over all 12.
+    m.precise_bn(&[x.narrow(0, 0, 5), x.narrow(0, 5, 7)]).unwrap();
+    let conv1 = {
+        let s = m.named_tensors();
+        let w = s.iter().find(|(n, _)| n == "features.0.weight").unwrap().1.shallow_clone();
+        let b = s.iter().find(|(n, _)| n == "features.0.bias").unwrap().1.shallow_clone();
+        tch::no_grad(|| x.conv2d(&w, Some(&b), [1, 1], [1, 1], [1, 1], 1)).to_kind(Kind::Double)
+    };
+    let mean = conv1.mean_dim([0, 2, 3].as_slice(), false, Kind::Double);
+    let var = conv1.var_dim([0, 2, 3].as_slice(), false, false);
+    let (rm, rv) = &m.bn_layers()[0];
+    assert!(
+        max_abs_diff(&rm.to_kind(Kind::Double), &mean) < 1e-5 && max_abs_diff(&rv.to_kind(Kind::Double), &var) < 1e-4,
+        "first layer: population mean and biased variance"
+    );
+    // In one chunk: eval mode is then train mode on that whole batch, at every layer.
+    m.precise_bn(&[x.shallow_clone()]).unwrap();
+    let eval = tch::no_grad(|| m.features(&x, Block::Conv1, Block::Head, false));
+    let batch = tch::no_grad(|| m.features(&x, Block::Conv1, Block::Head, true));
+    let rel = max_abs_diff(&eval, &batch) / f64::try_from(batch.abs().max()).unwrap();
+    assert!(rel < 1e-4, "eval-mode output differs from the batch's by {rel} of its range");
+    assert!(Vgg16::new(&small_cfg(BnMode::Drop, HeadKind::Linear, 2), Device::Cpu).unwrap().precise_bn(&[x]).is_err(), "no BN, no statistics");
+}
+
+#[test]
 fn other_input_sizes_and_heads_work() {
     let _rng = torch_rng();
     for head in [HeadKind::Linear, HeadKind::Bn, HeadKind::Vgg] {

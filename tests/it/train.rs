@@ -95,6 +95,13 @@ fn learns_a_trivially_separable_set() {
     let pred = tch::no_grad(|| net.forward_t(&x, false)).argmax(1, false);
     let y = Tensor::from_slice(&p.data.targets);
     assert_eq!(i64::try_from(pred.eq_tensor(&y).sum(tch::Kind::Int64)).unwrap(), 16);
+    // --bn train: eval mode normalises with the training images' own statistics
+    // (precise BN after every epoch), so the trunk's eval-mode output on them is
+    // its train-mode output with all 16 in one batch — not the running averages
+    // of batches of 6 (with those, on one CPU, this set was answered 8/16 above).
+    let (eval, batch) = tch::no_grad(|| (net.features(&x, Block::Conv1, Block::Head, false), net.features(&x, Block::Conv1, Block::Head, true)));
+    let rel = f64::try_from((&eval - &batch).abs().max()).unwrap() / f64::try_from(batch.abs().max()).unwrap();
+    assert!(rel < 1e-3, "eval-mode features differ from the whole set's batch statistics by {rel} of their range");
 }
 
 fn changed(before: &[(String, Tensor)], net: &Vgg16) -> Vec<String> {
