@@ -30,6 +30,7 @@ test: build
 	$(PY) scripts/test_export.py $(BIN)
 	$(PY) scripts/seed_ensemble.py --self-test
 	$(PY) scripts/threshold_check.py --self-test
+	$(PY) scripts/heldout_study.py --self-test $(BIN)
 
 fetch-weights: setup
 	$(PY) scripts/fetch_weights.py $(if $(SOURCE),--source $(SOURCE)) $(if $(FROM),--from $(FROM)) $(if $(FROM_BN),--from-bn $(FROM_BN))
