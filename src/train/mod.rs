@@ -361,7 +361,7 @@ impl Trainer<'_> {
         if model.cfg.bn_mode != BnMode::Train || self.data.train.is_empty() {
             return Ok(());
         }
-        let images: Vec<Tensor> = self.data.train.chunks(32).map(|c| self.pre.normalise(&crate::data::select(&self.data.gray, c, self.device))).collect();
+        let images: Vec<Tensor> = self.data.train.chunks(16).map(|c| self.pre.normalise(&crate::data::select(&self.data.gray, c, self.device))).collect();
         model.precise_bn(&images)
     }
 
