@@ -6,7 +6,8 @@
 //! (`features.N.weight`, `classifier.6.bias`), the five conv blocks
 //! addressable by name, the freeze point, the BatchNorm mode held per layer
 //! (so "head in train mode, BN in eval mode" is possible), exact BN
-//! recalibration (AdaBN) and the optimizer's parameter groups.
+//! recalibration (AdaBN) and precise BN statistics for `--bn train`, and the
+//! optimizer's parameter groups.
 
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::Module, nn::ModuleT, Device, Kind, Tensor};
@@ -187,7 +188,7 @@ pub enum CpuBf16 {
     Amx,
     /// bf16 instructions without AMX (x86 `avx512_bf16`, Arm `bf16`).
     Native,
-    /// No bf16 arithmetic: emulated in float32, one element at a time.
+    /// No bf16 arithmetic: libtorch emulates it in software.
     Emulated,
     /// No flags to read (not Linux, or unreadable).
     Unknown,
