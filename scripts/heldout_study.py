@@ -72,15 +72,12 @@ def fmt(ms):
 def summarise(path):
     with open(path) as f:
         s = json.load(f)
-    seeds = [m["balanced_accuracy"] for m in s.get("seeds") or []]
-    sd = None
-    if len(seeds) > 1:
-        mu = sum(seeds) / len(seeds)
-        sd = (sum((x - mu) ** 2 for x in seeds) / (len(seeds) - 1)) ** 0.5
+    # cv's own sd of the per-seed balanced accuracies (absent with one seed).
+    spread = s.get("seed_spread")
     alt = lambda k: fmt(stat((s.get(k) or {}).get("stats"), "balanced_accuracy"))
     return {
         "bacc": fmt(stat(s["stats"], "balanced_accuracy")),
-        "seed_sd": "—" if sd is None else f"{sd:.3f}",
+        "seed_sd": "—" if spread is None else f"{spread['std']:.3f}",
         "auc": fmt(stat(s["stats"], "roc_auc")),
         "single": alt("single"),
         "one_class": alt("one_class"),

@@ -225,11 +225,6 @@ impl CpuBf16 {
     }
 }
 
-/// Whether the CPU has AMX-BF16 tiles (`CpuBf16::detect`).
-pub fn cpu_has_amx_bf16() -> bool {
-    CpuBf16::detect() == CpuBf16::Amx
-}
-
 impl std::fmt::Display for Precision {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

@@ -450,7 +450,7 @@ fn long_steps_say_so_when_stderr_is_not_a_terminal() {
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("--cache-mem 1 MiB holds ") && err.contains(" of the 5000 augmented views asked for"), "fewer views than asked for are said:\n{err}");
     // Said on a CPU with AMX-BF16 (where bf16 ran ~4x faster), never elsewhere or when bf16 is asked for.
-    assert_eq!(err.contains("this CPU has AMX-BF16: --precision bf16"), vggft::model::cpu_has_amx_bf16(), "{err}");
+    assert_eq!(err.contains("this CPU has AMX-BF16: --precision bf16"), (vggft::model::CpuBf16::detect() == vggft::model::CpuBf16::Amx), "{err}");
     assert!(!err.contains("no bfloat16 arithmetic"), "a float32 run is not warned: {err}");
     let (code, _, err) =
         run(&args(&s, &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:1", "--val", "none", "--precision", "bf16", "--name", "b16"]), d.path());
