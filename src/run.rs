@@ -127,6 +127,9 @@ fn check_same_data(session: &Session, dir: &Path) -> Result<()> {
 /// Reads and checks a run's `config.json`.
 pub fn read_config(dir: &Path) -> Result<RunConfig> {
     let p = dir.join("config.json");
+    if dir.is_dir() && !p.exists() {
+        return Err(Error::file(dir, "is not a vggft run folder (it has no config.json; `finetune --out DIR` puts the latest run at DIR/latest)"));
+    }
     let s = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
     let config: RunConfig = serde_json::from_str(&s).map_err(|e| Error::file(&p, format!("is not a valid vggft run config: {e}")))?;
     config.validate().map_err(|e| match e {
@@ -451,10 +454,13 @@ fn point_latest(dir: &Path) -> Result<Option<String>> {
     Ok(None)
 }
 
-/// A run folder given as itself or as one of its files (`RUN/model.safetensors`).
+/// A run folder given as itself, as one of its files (`RUN/model.safetensors`),
+/// or as the runs folder it was written into (`finetune --out DIR`: its
+/// `DIR/latest`), the three paths a user has at hand after training.
 pub fn run_dir(p: &Path) -> PathBuf {
     match p.parent() {
         Some(parent) if p.is_file() && parent.join("config.json").is_file() => parent.to_path_buf(),
+        _ if p.is_dir() && !p.join("config.json").exists() && p.join("latest").join("config.json").is_file() => p.join("latest"),
         _ => p.to_path_buf(),
     }
 }

@@ -81,6 +81,14 @@ fn finetune_then_predict_on_london_faces() {
     assert_eq!(code, 0);
     assert_eq!(out.lines().next().unwrap(), "path,class,p_neutral,p_expressive");
     assert_eq!(out.lines().count(), 3);
+    // The runs folder itself (`finetune --out`) stands for its latest run; a
+    // folder that holds no run says so.
+    let (code, from_runs, err) = run(&["predict", i1, i2, "--format", "csv", "--model", "runs"], d.path());
+    assert_eq!((code, from_runs.as_str()), (0, out.as_str()), "{err}");
+    std::fs::create_dir(d.path().join("not-a-run")).unwrap();
+    let (code, _, err) = run(&["predict", i1, "--model", "not-a-run"], d.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("is not a vggft run folder") && err.lines().count() == 1, "{err}");
 
     // Partial failure: the bad file is named on stderr, the good one still predicted, exit 1.
     let bad = d.path().join("broken.jpg");
@@ -262,6 +270,9 @@ fn predict_held_out_shows_only_people_the_model_never_saw() {
     let mut right = 0;
     for (l, r) in preds.iter().zip(&val) {
         assert!(l.starts_with(&r[0]) && l.contains(&format!("true {}", r[2])), "{l} vs {r:?}");
+        // Every class's probability beside the answer.
+        let probs: f64 = l.split('\t').nth(3).unwrap().split(' ').map(|kv| kv.split_once('=').unwrap().1.parse::<f64>().unwrap()).sum();
+        assert!((probs - 1.0).abs() <= 0.011, "{l}");
         assert!(!train_people.contains(r[3].as_str()), "{} was trained on", r[3]);
         right += usize::from(l.ends_with("right"));
     }

@@ -146,8 +146,16 @@ pub fn predictions(a: &PredictArgs, cfg: &RunConfig, subject_norm: bool, preds: 
                 if let Some(h) = held.get(i) {
                     right += usize::from(h.class == *class);
                     if a.format == OutputFormat::Text {
+                        // Every class's probability, as the plain lines give them: with a
+                        // threshold set in training the answered class need not be the likelier.
                         let verdict = if h.class == *class { "right" } else { "WRONG" };
-                        outln!("{}\ttrue {}\tpredicted {class} ({:.2})\t{verdict}", p.path.display(), h.class, pr[k]);
+                        outln!(
+                            "{}\ttrue {}\tpredicted {class}\t{}{}\t{verdict}",
+                            p.path.display(),
+                            h.class,
+                            cfg.classes.iter().zip(pr).map(|(c, v)| format!("{c}={v:.2}")).collect::<Vec<_>>().join(" "),
+                            p.mode.map(|m| format!("\tmode={}", m.name())).unwrap_or_default()
+                        );
                         continue;
                     }
                 }
