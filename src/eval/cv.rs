@@ -277,18 +277,10 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
         },
         shared_views: false,
     };
-    fsutil::create_dir(&req.out.join("folds"))?;
     if !ds.samples.iter().all(|s| s.subject.is_some()) {
         reporter.message("no subject ids in this dataset: folds are stratified image folds (the same person may be in training and test)");
     }
-    // Mirror images for flip TTA, and for training where the recipe or its baseline probe draws clean views.
-    let mirrors = cfg.tta_flip || session.config.train.clean_views || probe.is_some_and(|p| p.clean_views);
-    let shared = shared_caches(req, &session, mirrors, probe.is_some(), reporter)?;
-    let cfg = CvConfig { shared_views: !shared.is_empty(), ..cfg };
-    fsutil::write_json(&req.out.join("cv-config.json"), &cfg)?;
-    if let Some(path) = &req.dump_features {
-        dump_features(path, &session, &shared)?;
-    }
+    // The folds before the cache pass (minutes at 224 px): a dataset that cannot make them fails at once.
     let mut jobs = Vec::new();
     for &seed in &req.seeds {
         let folds = test_folds(&req.folds, &session, seed)?;
@@ -304,6 +296,15 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
             of: n,
             test,
         }));
+    }
+    fsutil::create_dir(&req.out.join("folds"))?;
+    // Mirror images for flip TTA, and for training where the recipe or its baseline probe draws clean views.
+    let mirrors = cfg.tta_flip || session.config.train.clean_views || probe.is_some_and(|p| p.clean_views);
+    let shared = shared_caches(req, &session, mirrors, probe.is_some(), reporter)?;
+    let cfg = CvConfig { shared_views: !shared.is_empty(), ..cfg };
+    fsutil::write_json(&req.out.join("cv-config.json"), &cfg)?;
+    if let Some(path) = &req.dump_features {
+        dump_features(path, &session, &shared)?;
     }
     let workers = parallel_workers(req, &session, &shared, jobs.len());
     if let Some(w) = workers.as_ref().filter(|w| w.count > 1 || w.memory.is_some()) {

@@ -101,6 +101,14 @@ fn cv_end_to_end_folds_collect_and_reproducibility() {
     );
     assert_eq!(code, 1);
     assert!(err.contains("--fold 7: there are 3 folds"), "{err}");
+    // Folds the people cannot make fail before the cache pass, and leave no folder.
+    let (code, _, err) = run(
+        &[&["cv", "--data", m.to_str().unwrap(), "--folds", "7", "--out", "cv-e"][..], &s.iter().map(String::as_str).collect::<Vec<_>>()[..]].concat(),
+        d.path(),
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("6 subjects cannot make 7 subject-grouped folds") && !err.contains("cach"), "{err}");
+    assert!(!d.path().join("cv-e").exists());
 
     // report: a run and a cv side by side, the differing recipe keys listed.
     let (code, _, err) = run(
