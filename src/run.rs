@@ -15,7 +15,7 @@ use crate::eval::predict::Mode;
 use crate::eval::threshold::{self, ThresholdChoice, INNER_FOLDS};
 use crate::eval::{self, Metrics};
 use crate::fsutil;
-use crate::model::weights;
+use crate::model::weights::{self, LoadReport};
 use crate::model::{Block, Vgg16};
 use crate::session::{model_config, raw_head, Prepared, Session};
 use crate::train::{self, EpochRow, Reporter, Trainer};
@@ -67,6 +67,9 @@ pub fn finetune(req: &FinetuneRequest, reporter: &mut dyn Reporter, stop: Option
     if !weights.path.as_os_str().is_empty() {
         weights.path = std::path::absolute(&weights.path).map_err(|e| Error::io(&weights.path, e))?;
     }
+    // The weights are read before the run folder exists: a missing, corrupt or
+    // wrong-shape file leaves nothing behind.
+    let built = session.fresh_model(session.config.train.seed as i64, true)?;
     let dir = new_run_dir(&req.out, req.name.as_deref())?;
     let _lock = fsutil::lock_run(&dir)?;
     fsutil::write_json(&dir.join("config.json"), &session.config)?;
@@ -76,7 +79,7 @@ pub fn finetune(req: &FinetuneRequest, reporter: &mut dyn Reporter, stop: Option
         crate::faces::write_csv(&dir.join("faces.csv"), &p.dataset.samples.iter().map(|s| s.path.clone()).collect::<Vec<_>>(), &p.boxes)?;
     }
     reporter.message(&format!("run folder: {}", dir.display()));
-    execute(&session, &dir, reporter, stop, None)
+    execute(&session, &dir, reporter, stop, None, Some(built))
 }
 
 /// Continues an interrupted run from its last completed epoch.
@@ -97,7 +100,7 @@ pub fn resume(dir: &Path, reporter: &mut dyn Reporter, stop: Option<&AtomicBool>
         Some(s) => reporter.message(&format!("resuming {} after epoch {}", dir.display(), s.history.len())),
         None => reporter.message(&format!("{}: no epoch had finished; training from the start in the same folder", dir.display())),
     }
-    execute(&session, dir, reporter, stop, state)
+    execute(&session, dir, reporter, stop, state, None)
 }
 
 /// Refuses to resume on data that differs from the run's `split.csv` or labels.
@@ -139,12 +142,23 @@ pub fn read_config(dir: &Path) -> Result<RunConfig> {
     Ok(config)
 }
 
-/// Trains the session's model in `dir` and writes the run's outputs.
-fn execute(session: &Session, dir: &Path, reporter: &mut dyn Reporter, stop: Option<&AtomicBool>, state: Option<train::ResumeState>) -> Result<Summary> {
+/// Trains the session's model in `dir` and writes the run's outputs; `built`
+/// is the fresh model with its pretrained weights when the caller has it.
+fn execute(
+    session: &Session,
+    dir: &Path,
+    reporter: &mut dyn Reporter,
+    stop: Option<&AtomicBool>,
+    state: Option<train::ResumeState>,
+    built: Option<(Vgg16, Option<LoadReport>)>,
+) -> Result<Summary> {
     let (config, prepared) = (&session.config, &session.prepared);
     let tc = &config.train;
     // A resumed run's weights come from its checkpoint.
-    let (mut model, loaded) = session.fresh_model(tc.seed as i64, state.is_none())?;
+    let (mut model, loaded) = match built {
+        Some(b) => b,
+        None => session.fresh_model(tc.seed as i64, state.is_none())?,
+    };
     if let Some(rep) = loaded {
         reporter.message(&format!(
             "weights: {} [{}], {} tensors loaded{}{}",

@@ -137,6 +137,20 @@ fn bad_options_and_inputs_fail_clearly() {
     assert_eq!(code, 1);
     assert!(err.contains("plain.safetensors") && err.contains("vgg16-bn"), "{err}");
     assert!(!d.path().join("runs/latest").exists(), "no run marked finished");
+    // Weights that cannot be loaded fail before the run folder is made.
+    let narrow = d.path().join("narrow.safetensors");
+    torchvision_like(&narrow, false, 5);
+    let mut t = tch::Tensor::read_safetensors(&narrow).unwrap();
+    t.iter_mut().find(|(n, _)| n == "features.0.weight").unwrap().1 = tch::Tensor::zeros([5, 3, 3, 3], (tch::Kind::Float, tch::Device::Cpu));
+    tch::Tensor::write_safetensors(&t, &narrow).unwrap();
+    let not_st = d.path().join("photo.safetensors");
+    std::fs::write(&not_st, b"a photo, not weights").unwrap();
+    for w in [&narrow, &not_st] {
+        let (code, _, err) = run(&args(&small(w), &["finetune", "--data", data, "--stages", "head:1", "--out", "wruns"]), d.path());
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains(w.file_name().unwrap().to_str().unwrap()) && err.lines().count() == 1, "{err}");
+        assert!(!d.path().join("wruns").exists(), "a run folder was left behind for {}", w.display());
+    }
     let (code, _, err) = run(&["predict", data, "--model", "runs/none"], d.path());
     assert_eq!(code, 1);
     assert!(err.contains("runs/none") && err.contains("not found"), "{err}");
