@@ -754,6 +754,9 @@ impl Fold<'_> {
 /// Merges every `folds/*.json` of a cv folder into `cv.json`, `cv.md` and plots.
 pub fn collect(dir: &Path, partial: bool) -> Result<Summary> {
     let cfg_path = dir.join("cv-config.json");
+    if dir.is_dir() && !cfg_path.exists() {
+        return Err(Error::file(dir, "is not a vggft cv folder (it has no cv-config.json, which `vggft cv --out DIR` writes first)"));
+    }
     let cfg: CvConfig = serde_json::from_str(&std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?)
         .map_err(|e| Error::file(&cfg_path, format!("is not a vggft cv config: {e}")))?;
     let (results, missing) = read_results(dir, &cfg, partial)?;

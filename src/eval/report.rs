@@ -71,7 +71,9 @@ fn entry(dir: &Path) -> Result<Entry> {
         }
         metrics.insert("protocol".into(), m["protocol"].as_str().unwrap_or("holdout").to_string());
     } else {
-        return Err(Error::file(dir, "is neither a run folder (config.json) nor a cv folder (cv.json)"));
+        let hint =
+            if dir.join("latest").join("config.json").is_file() { format!(" (its latest run: {})", dir.join("latest").display()) } else { String::new() };
+        return Err(Error::file(dir, format!("is neither a run folder (config.json) nor a cv folder (cv.json){hint}")));
     }
     // Hashes are compared in full but shown short.
     for k in ["data_sha256", "weights.sha256"] {

@@ -123,6 +123,13 @@ fn cv_end_to_end_folds_collect_and_reproducibility() {
     let (code, out, err) = run(&["report", "runs/r", "cv-a"], d.path());
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("| train.stages.0.epochs | 1 | 2 |") && out.contains("**balanced_accuracy**") && out.contains("±"), "{out}");
+    // A runs folder given for a run, a run folder for a cv: each named for what it is not.
+    let (code, _, err) = run(&["report", "runs"], d.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("is neither a run folder") && err.contains("its latest run: runs/latest"), "{err}");
+    let (code, _, err) = run(&["cv", "--collect", "runs/r"], d.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("runs/r: is not a vggft cv folder") && err.lines().count() == 1, "{err}");
 
     // evaluate: metrics and a confusion matrix for a labelled set.
     let (code, out, err) = run(&["evaluate", "--model", "runs/r", "--data", m.to_str().unwrap(), "--out", "ev"], d.path());

@@ -226,4 +226,9 @@ fn explain_writes_heatmaps_a_sheet_means_and_works_for_every_model_option() {
     );
     assert_eq!(code, 2, "a usage error: {err}");
     assert!(err.contains("--layer"), "{err}");
+    // Nothing explained: no claim of heatmaps.
+    std::fs::create_dir(d.path().join("empty")).unwrap();
+    let (code, out, err) = run(&["explain", "empty", "--model", "runs/v0", "--out", "x3", "--device", "cpu"], d.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("empty: folder holds no images") && out.starts_with("no image could be explained") && !out.contains("heatmaps"), "{out}\n{err}");
 }

@@ -148,7 +148,16 @@ fn explain(mut a: ExplainArgs) -> anyhow::Result<bool> {
             }
         }
     }
-    outln!("heatmaps of {} image(s) in {} (sheet.png, explain.csv{})", done.len() - failed, a.out.display(), if a.mean { ", mean_<class>.png" } else { "" });
+    if failed == done.len() {
+        outln!("no image could be explained ({} says why for each)", a.out.join("explain.csv").display());
+    } else {
+        outln!(
+            "heatmaps of {} image(s) in {} (sheet.png, explain.csv{})",
+            done.len() - failed,
+            a.out.display(),
+            if a.mean { ", mean_<class>.png" } else { "" }
+        );
+    }
     Ok(failed == 0)
 }
 
