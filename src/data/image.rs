@@ -7,6 +7,7 @@ use std::path::Path;
 
 use std::sync::{Condvar, Mutex};
 
+use image::metadata::Orientation;
 use image::{imageops, DynamicImage, ImageBuffer, ImageDecoder, ImageFormat, ImageReader, Luma};
 use serde::{Deserialize, Serialize};
 
@@ -86,13 +87,20 @@ fn decode(bytes: &[u8]) -> std::result::Result<Gray, String> {
     // The decoder's buffer lives until the gray copy is made: the budget is
     // held over both.
     let mut held = None;
-    let decoded = reader.into_decoder().and_then(|d| {
+    let decoded = reader.into_decoder().and_then(|mut d| {
         let need = d.total_bytes();
         if need > MAX_ALLOC {
             return Err(image::ImageError::Limits(image::error::LimitError::from_kind(image::error::LimitErrorKind::InsufficientMemory)));
         }
-        held = Some(DECODE_BUDGET.acquire(need));
-        DynamicImage::from_decoder(d)
+        // A phone photo's pixels are stored as the sensor saw them and its EXIF
+        // (JPEG, TIFF) says how to turn them upright: a face on its side is no
+        // face to the detector or the network. Turning it may copy the picture.
+        let orientation = d.orientation().unwrap_or(Orientation::NoTransforms);
+        let copies = if orientation == Orientation::NoTransforms { 1 } else { 2 };
+        held = Some(DECODE_BUDGET.acquire(copies * need));
+        let mut img = DynamicImage::from_decoder(d)?;
+        img.apply_orientation(orientation);
+        Ok(img)
     });
     let gray = match decoded {
         Ok(img) => to_gray(&img),
@@ -319,6 +327,42 @@ mod tests {
         let mut out = Vec::new();
         img.write_to(&mut Cursor::new(&mut out), ImageFormat::Png).unwrap();
         out
+    }
+
+    /// A JPEG of `img` whose EXIF says `orientation` (1–8): the bytes a phone writes.
+    fn jpeg_with_orientation(img: &image::GrayImage, orientation: u16) -> Vec<u8> {
+        use image::ImageEncoder;
+        // Little-endian TIFF header, IFD0 with one entry: Orientation (0x0112), SHORT, 1 value.
+        let mut exif = b"II*\0\x08\0\0\0\x01\0\x12\x01\x03\0\x01\0\0\0".to_vec();
+        exif.extend_from_slice(&orientation.to_le_bytes());
+        exif.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        let mut out = Vec::new();
+        let mut enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 95);
+        enc.set_exif_metadata(exif).unwrap();
+        enc.write_image(img.as_raw(), img.width(), img.height(), image::ExtendedColorType::L8).unwrap();
+        out
+    }
+
+    #[test]
+    fn exif_orientation_turns_a_phone_photo_upright() {
+        // Stored 40 wide × 24 high, bright in the left half; orientation 6 says
+        // "turn 90° clockwise to view": 24 wide × 40 high, bright at the top.
+        let stored = image::GrayImage::from_fn(40, 24, |x, _| Luma([if x < 20 { 230 } else { 20 }]));
+        let g = decode_gray(&jpeg_with_orientation(&stored, 6)).unwrap();
+        assert_eq!((g.width, g.height), (24, 40));
+        let at = |x: u32, y: u32| g.pixels[(y * g.width + x) as usize];
+        assert!(at(12, 5) > 0.8 && at(12, 34) < 0.2, "top {} bottom {}", at(12, 5), at(12, 34));
+        // 8: turn 90° counter-clockwise — bright at the bottom; 3: upside down — bright on the right.
+        let g = decode_gray(&jpeg_with_orientation(&stored, 8)).unwrap();
+        assert_eq!((g.width, g.height), (24, 40));
+        assert!(g.pixels[(34 * 24 + 12) as usize] > 0.8 && g.pixels[(5 * 24 + 12) as usize] < 0.2);
+        let g = decode_gray(&jpeg_with_orientation(&stored, 3)).unwrap();
+        assert_eq!((g.width, g.height), (40, 24));
+        assert!(g.pixels[(12 * 40 + 35) as usize] > 0.8 && g.pixels[(12 * 40 + 4) as usize] < 0.2);
+        // 1 (upright) leaves the pixels as stored.
+        let g = decode_gray(&jpeg_with_orientation(&stored, 1)).unwrap();
+        assert_eq!((g.width, g.height), (40, 24));
+        assert!(g.pixels[(12 * 40 + 4) as usize] > 0.8);
     }
 
     #[test]
