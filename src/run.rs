@@ -131,7 +131,7 @@ fn check_same_data(session: &Session, dir: &Path) -> Result<()> {
 pub fn read_config(dir: &Path) -> Result<RunConfig> {
     let p = dir.join("config.json");
     if dir.is_dir() && !p.exists() {
-        return Err(Error::file(dir, "is not a vggft run folder (it has no config.json; `finetune --out DIR` puts the latest run at DIR/latest)"));
+        return Err(Error::file(&p, "is missing: not a vggft run folder (`finetune --out DIR` puts the latest run at DIR/latest)"));
     }
     let s = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
     let config: RunConfig = serde_json::from_str(&s).map_err(|e| Error::file(&p, format!("is not a valid vggft run config: {e}")))?;

@@ -88,7 +88,7 @@ fn finetune_then_predict_on_london_faces() {
     std::fs::create_dir(d.path().join("not-a-run")).unwrap();
     let (code, _, err) = run(&["predict", i1, "--model", "not-a-run"], d.path());
     assert_eq!(code, 1);
-    assert!(err.contains("is not a vggft run folder") && err.lines().count() == 1, "{err}");
+    assert!(err.contains("not-a-run/config.json: is missing: not a vggft run folder") && err.lines().count() == 1, "{err}");
 
     // Partial failure: the bad file is named on stderr, the good one still predicted, exit 1.
     let bad = d.path().join("broken.jpg");
@@ -239,7 +239,7 @@ fn runs_and_data_that_are_broken_get_clear_errors() {
     std::fs::remove_file(d.path().join("runs/ok/config.json")).unwrap();
     let (code, _, err) = run(&["predict", im, "--model", "runs/ok"], d.path());
     assert_eq!(code, 1);
-    assert!(err.contains("config.json") && err.contains("cannot read"), "{err}");
+    assert!(err.contains("runs/ok/config.json: is missing: not a vggft run folder"), "{err}");
     // An output "folder" that is a file.
     std::fs::write(d.path().join("blocked"), "x").unwrap();
     let (code, _, err) = run(&args(&s, &["finetune", "--data", data, "--out", "blocked"]), d.path());
