@@ -171,6 +171,18 @@ fn scan_folders(dir: &Path) -> Result<Dataset> {
             return Err(Error::dataset(&class_dir, format!("class `{label}` has no images")));
         }
     }
+    // JAFFE is often shared sorted into expression folders with its names
+    // kept (`happy/KA.HA1.29.tiff`): the person is in the name, and without it
+    // the split would put one person on both sides. The folder stays the label.
+    let people: Option<Vec<String>> = samples
+        .iter()
+        .map(|s| s.path.file_name().and_then(|n| n.to_str()).and_then(parse_jaffe_name).and_then(|r| r.ok()).map(|(subject, _)| subject))
+        .collect();
+    if let Some(people) = people.filter(|p| p.iter().collect::<std::collections::BTreeSet<_>>().len() >= 2) {
+        for (s, id) in samples.iter_mut().zip(people) {
+            s.subject = Some(id);
+        }
+    }
     Ok(Dataset { root: dir.to_path_buf(), format: DataFormat::Folders, samples, outside_paths: vec![] })
 }
 

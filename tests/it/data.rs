@@ -152,6 +152,24 @@ fn scans_jaffe_folders_and_csv_in_sorted_order() {
     let labels = assign_labels(&ds, Task::Multiclass, &[]).unwrap();
     assert_eq!(labels.classes, vec!["a", "b"]);
 
+    // JAFFE sorted into expression folders: the folders label, the names give the person.
+    let j = tmp();
+    for (folder, code) in [("happy", "HA"), ("calm", "NE")] {
+        for (k, who) in ["KA", "KL", "MK"].iter().enumerate() {
+            let p = j.path().join(folder).join(format!("{who}.{code}1.{k}.tiff"));
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            gray_png(&p.with_extension("png"), 16, 16, |x, y| (x * 9 + y * k as u32) as u8);
+            std::fs::rename(p.with_extension("png"), &p).unwrap();
+        }
+    }
+    let ds = scan(j.path(), DataFormat::Auto).unwrap();
+    assert_eq!(ds.format, DataFormat::Folders);
+    let found: Vec<(&str, &str)> = ds.samples.iter().map(|s| (s.label.as_str(), s.subject.as_deref().unwrap())).collect();
+    assert_eq!(found, [("calm", "KA"), ("calm", "KL"), ("calm", "MK"), ("happy", "KA"), ("happy", "KL"), ("happy", "MK")]);
+    // One file without a JAFFE name: no subjects for anyone (a partial grouping would mislead).
+    gray_png(&j.path().join("calm/portrait.png"), 16, 16, |x, _| x as u8);
+    assert!(scan(j.path(), DataFormat::Auto).unwrap().samples.iter().all(|s| s.subject.is_none()));
+
     let c = tmp();
     let manifest = subject_dataset(c.path(), 4, 16);
     let ds = scan(&manifest, DataFormat::Auto).unwrap();
