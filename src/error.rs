@@ -180,7 +180,7 @@ settings! {
 }
 
 /// Lists at most `max` names, then "and N more", so error sentences stay readable.
-pub(crate) fn short_list(names: &[String], max: usize) -> String {
+pub fn short_list(names: &[String], max: usize) -> String {
     if names.len() <= max {
         names.join(", ")
     } else {

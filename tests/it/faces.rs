@@ -88,6 +88,13 @@ fn training_records_boxes_and_predict_crops_the_same_way() {
     let (code, out, err) = run(&["predict", first[0], "--model", "runs/f"], d.path());
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("neutral="), "{out}");
+    assert!(!err.contains("no face found"), "{err}");
+    // A picture without a face is still answered, and the answer is flagged.
+    gray_png(&d.path().join("wall.png"), 64, 64, |_, _| 128);
+    let (code, out, err) = run(&["predict", first[0], "wall.png", "--model", "runs/f"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(err.contains("warning: no face found in 1 image(s), used a centred crop: wall.png"), "{err}");
     // --face-required turns a blank image into an error naming it.
     let blank_dir = d.path().join("blank");
     for (c, v) in [("a", 100u8), ("b", 150)] {

@@ -206,6 +206,12 @@ pub fn predictions(a: &PredictArgs, cfg: &RunConfig, subject_norm: bool, preds: 
     if a.format == OutputFormat::Json {
         outln!("{}", serde_json::to_string_pretty(&json)?);
     }
+    // As training says it: an answer for a picture without a face is an answer about the centre of the frame.
+    let faceless: Vec<String> =
+        preds.iter().filter(|p| p.probs.is_ok() && p.face.as_ref().is_some_and(|f| f.score.is_none())).map(|p| p.path.display().to_string()).collect();
+    if !faceless.is_empty() {
+        errln!("warning: no face found in {} image(s), used a centred crop: {}", faceless.len(), vggft::error::short_list(&faceless, 8));
+    }
     if a.held_out && a.format == OutputFormat::Text {
         let people: std::collections::BTreeSet<&str> = held.iter().map(|h| h.subject.as_str()).collect();
         let val = std::fs::read_to_string(a.model.join("metrics.json"))
