@@ -377,7 +377,7 @@ fn new_run_dir(out: &Path, name: Option<&str>) -> Result<PathBuf> {
 
 /// `split.csv`: every image with its label, class, subject, side and size
 /// in bytes. Its SHA-256 is the run's data fingerprint (`data_sha256`).
-fn split_csv(p: &Prepared) -> Vec<u8> {
+pub(crate) fn split_csv(p: &Prepared) -> Vec<u8> {
     let mut w = csv::Writer::from_writer(Vec::new());
     // Writing CSV into memory cannot fail.
     let _ = w.write_record(["path", "label", "class", "subject", "side", "bytes"]);
@@ -390,7 +390,7 @@ fn split_csv(p: &Prepared) -> Vec<u8> {
     w.into_inner().unwrap_or_default()
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }

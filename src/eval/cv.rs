@@ -262,8 +262,10 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
         Probe { epochs: req.probe_epochs.unwrap_or(p.epochs), ..p }
     });
     let ds = &session.prepared.dataset;
+    // What the images are (paths, labels, subjects, file sizes), so a cv resumed on other data is refused.
+    let run_cfg = RunConfig { data_sha256: crate::run::sha256_hex(&crate::run::split_csv(&session.prepared)), ..session.config.clone() };
     let cfg = CvConfig {
-        run: session.config.clone(),
+        run: run_cfg,
         folds: req.folds.clone(),
         seeds: req.seeds.clone(),
         baseline: probe.map(|p| p.epochs),
@@ -296,6 +298,23 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
             of: n,
             test,
         }));
+    }
+    // A cv stopped part-way (killed, or the machine went down) and started
+    // again with the same command keeps the fold results it wrote: each fold
+    // draws from streams of its own, so the others do not depend on them.
+    let done = finished_folds(&req.out, &cfg)?;
+    if !done.is_empty() {
+        let before = jobs.len();
+        jobs.retain(|j| !done.contains(&(j.seed, j.fold)));
+        reporter.message(&format!(
+            "resuming {}: {} fold result(s) of this same cv are there already (its cv-config.json matches); {} to run",
+            req.out.display(),
+            before - jobs.len(),
+            jobs.len()
+        ));
+        if jobs.is_empty() {
+            return if req.only_fold.is_some() { Ok(None) } else { collect(&req.out, false).map(Some) };
+        }
     }
     fsutil::create_dir(&req.out.join("folds"))?;
     // Mirror images for flip TTA, and for training where the recipe or its baseline probe draws clean views.
@@ -356,6 +375,76 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
         return Ok(None);
     }
     collect(&req.out, false).map(Some)
+}
+
+/// The (seed, fold) results an earlier start of this same cv left in `out`;
+/// refuses a folder that holds another cv's (its fold files would be merged
+/// into this one's summary).
+fn finished_folds(out: &Path, cfg: &CvConfig) -> Result<std::collections::BTreeSet<(u64, usize)>> {
+    let cfg_path = out.join("cv-config.json");
+    let fdir = out.join("folds");
+    let has_results = std::fs::read_dir(&fdir).is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| e.path().extension().is_some_and(|x| x == "json"))));
+    if !cfg_path.exists() {
+        if has_results {
+            return Err(Error::file(&fdir, "holds fold results but its cv-config.json is gone: give another --out, or remove the folder"));
+        }
+        return Ok(Default::default());
+    }
+    // What may differ between two starts of one cv: when each started, and whether its folds share one cache.
+    let comparable = |mut v: serde_json::Value| {
+        if let Some(o) = v.as_object_mut() {
+            o.remove("shared_views");
+            if let Some(r) = o.get_mut("run").and_then(|r| r.as_object_mut()) {
+                r.remove("created");
+            }
+        }
+        v
+    };
+    let s = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+    let old = comparable(serde_json::from_str(&s).map_err(|e| Error::file(&cfg_path, format!("is not a vggft cv config: {e}")))?);
+    // Through text, as the file was written (an f32 becomes another f64 by `to_value`).
+    let text = serde_json::to_string(cfg).map_err(|e| Error::file(&cfg_path, e.to_string()))?;
+    let new = comparable(serde_json::from_str(&text).map_err(|e| Error::file(&cfg_path, e.to_string()))?);
+    if old != new {
+        let mut keys = Vec::new();
+        differing_keys("", &old, &new, &mut keys);
+        return Err(Error::file(
+            out,
+            format!(
+                "holds another cross-validation (its cv-config.json differs in {}): give another --out, or remove the folder to start over",
+                crate::error::short_list(&keys, 5)
+            ),
+        ));
+    }
+    let mut done = std::collections::BTreeSet::new();
+    for &seed in &cfg.seeds {
+        for fold in 0..cfg.n_folds {
+            let p = fdir.join(format!("seed{seed}-fold{fold}.json"));
+            // A file that does not read back as this fold's result is run again (and overwritten).
+            let ok =
+                std::fs::read_to_string(&p).ok().and_then(|s| serde_json::from_str::<FoldResult>(&s).ok()).is_some_and(|r| r.seed == seed && r.fold == fold);
+            if ok {
+                done.insert((seed, fold));
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// The dotted paths at which two JSON values differ.
+fn differing_keys(at: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+    match (a, b) {
+        (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                let null = serde_json::Value::Null;
+                let path = if at.is_empty() { k.clone() } else { format!("{at}.{k}") };
+                differing_keys(&path, x.get(k).unwrap_or(&null), y.get(k).unwrap_or(&null), out);
+            }
+        }
+        _ if a != b => out.push(if at.is_empty() { "the whole file".into() } else { at.to_string() }),
+        _ => {}
+    }
 }
 
 /// One fold of one seed to run: `fold` of `of`, its test rows.

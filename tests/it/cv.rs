@@ -82,6 +82,26 @@ fn cv_end_to_end_folds_collect_and_reproducibility() {
     let b = base("cv-b");
     assert_eq!(run(&b.iter().map(String::as_str).collect::<Vec<_>>(), d.path()).0, 0);
     assert_eq!(json(&d.path().join("cv-b/cv.json"))["stats"], cv_a["stats"]);
+    // Stopped part-way (two fold results lost), the same command again runs only
+    // what is missing, and the numbers are those of the whole run.
+    std::fs::remove_file(d.path().join("cv-b/folds/seed0-fold0.json")).unwrap();
+    std::fs::write(d.path().join("cv-b/folds/seed1-fold2.json"), "{\"seed\": 1, \"fol").unwrap();
+    let (code, out, err) = run(&b.iter().map(String::as_str).collect::<Vec<_>>(), d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("resuming cv-b: 4 fold result(s) of this same cv are there already") && err.contains("; 2 to run"), "{err}");
+    assert!(err.contains("seed 0 fold 1/3") && err.contains("seed 1 fold 3/3") && !err.contains("seed 0 fold 2/3"), "{err}");
+    assert_eq!(json(&d.path().join("cv-b/cv.json"))["stats"], cv_a["stats"], "{out}");
+    // Nothing missing: no cache pass, no fold trained.
+    let (code, _, err) = run(&b.iter().map(String::as_str).collect::<Vec<_>>(), d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("; 0 to run") && !err.contains("cach") && !err.contains("seed 0 fold"), "{err}");
+    // Another recipe into the same folder is refused: its folds would mix with these.
+    let mut other = base("cv-b");
+    let at = other.iter().position(|x| x == "0,1").unwrap();
+    other[at] = "0".into();
+    let (code, _, err) = run(&other.iter().map(String::as_str).collect::<Vec<_>>(), d.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("cv-b: holds another cross-validation (its cv-config.json differs in seeds)"), "{err}");
     // Folds one process at a time, then --collect: the same numbers.
     for fold in 0..3 {
         let mut c = base("cv-c");
@@ -190,6 +210,21 @@ fn leave_one_subject_out_has_one_person_per_fold() {
     let summary = json(&d.path().join("loso/cv.json"));
     assert!(summary.get("seeds").is_none() && summary.get("seed_spread").is_none(), "one seed: no spread to report");
     assert!(!out.contains("## Per seed") && !out.contains("the seeds share"), "{out}");
+    // Resumed with folds trained side by side (a head-only recipe): the same numbers.
+    assert!(err.contains("fold(s) at a time"), "{err}");
+    std::fs::remove_file(d.path().join("loso/folds/seed0-fold1.json")).unwrap();
+    std::fs::remove_file(d.path().join("loso/folds/seed0-fold2.json")).unwrap();
+    let (code, _, err) = run(
+        &[
+            &["cv", "--data", m.to_str().unwrap(), "--folds", "loso", "--repeats", "1", "--stages", "head:1", "--out", "loso"][..],
+            &s.iter().map(String::as_str).collect::<Vec<_>>()[..],
+        ]
+        .concat(),
+        d.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("; 2 to run"), "{err}");
+    assert_eq!(json(&d.path().join("loso/cv.json"))["stats"], summary["stats"]);
 }
 
 #[test]
