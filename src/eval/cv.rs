@@ -872,6 +872,14 @@ fn read_results(dir: &Path, cfg: &CvConfig, partial: bool) -> Result<(Vec<FoldRe
         return Err(Error::file(&fdir, "holds no fold results"));
     }
     results.sort_by_key(|r| (r.seed, r.fold));
+    let stray: Vec<String> =
+        results.iter().filter(|r| !cfg.seeds.contains(&r.seed) || r.fold >= cfg.n_folds).map(|r| format!("seed {} fold {}", r.seed, r.fold)).collect();
+    if !stray.is_empty() {
+        return Err(Error::file(
+            &fdir,
+            format!("holds fold results that are not of this cv (seeds {:?}, {} folds): {}", cfg.seeds, cfg.n_folds, crate::error::short_list(&stray, 5)),
+        ));
+    }
     let have: std::collections::BTreeSet<(u64, usize)> = results.iter().map(|r| (r.seed, r.fold)).collect();
     let missing: Vec<String> = cfg
         .seeds

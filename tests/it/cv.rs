@@ -287,6 +287,13 @@ fn cv_top_losses_and_per_subject_plot_merge_across_separately_run_folds() {
     for (got, want) in losses.iter().zip(&all) {
         assert!((got - want).abs() < 1e-3, "{losses:?} vs {all:?}");
     }
+    // A fold file of another plan (here: a seed this cv did not run) is not merged.
+    let mut stray = json(&d.path().join("top/folds/seed0-fold1.json"));
+    stray["seed"] = 7.into();
+    std::fs::write(d.path().join("top/folds/seed7-fold1.json"), stray.to_string()).unwrap();
+    let (code, _, err) = run(&["cv", "--collect", "top"], d.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("holds fold results that are not of this cv (seeds [0], 4 folds): seed 7 fold 1"), "{err}");
 }
 
 #[test]
