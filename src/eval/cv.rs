@@ -85,6 +85,9 @@ pub struct CvConfig {
 
 pub struct Request {
     pub recipe: crate::config::Recipe,
+    /// Set (by Ctrl-C) to stop: no fold starts after it, running folds stop
+    /// after their current batch; the finished folds' files stay for a resume.
+    pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     pub folds: Folds,
     pub seeds: Vec<u64>,
     /// Run only this fold (0-based) of each seed.
@@ -359,17 +362,31 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
         fsutil::write_json(&req.out.join("folds").join(format!("seed{}-fold{}.json", job.seed, job.fold)), r)
     };
     let read = ReadOnly(&session, &shared);
-    let fold = |job: &Job| read.fold(req, job, (cfg.tta_flip, probe));
-    match workers {
-        Some(w) => in_parallel(w.count, &jobs, fold, &mut finished)?,
+    let stopped = || req.stop.as_deref().is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst));
+    let fold = |job: &Job| {
+        if stopped() {
+            return Err(Error::Interrupted(String::new()));
+        }
+        read.fold(req, job, (cfg.tta_flip, probe))
+    };
+    let ran = match workers {
+        Some(w) => in_parallel(w.count, &jobs, fold, &mut finished),
         None => {
             // Every fold draws from a stream of its own, as on the parallel path: the same training gives the
             // same numbers on either (a fine-tune's `--baseline probe` and that probe as the recipe).
             let _own = crate::model::own_stream();
-            for job in &jobs {
-                finished(job, &fold(job)?)?;
-            }
+            jobs.iter().try_for_each(|job| finished(job, &fold(job)?))
         }
+    };
+    match ran {
+        Err(Error::Interrupted(_)) => {
+            return Err(Error::Interrupted(format!(
+                "the finished folds are kept in {}; the same command with --out {} runs the rest",
+                req.out.join("folds").display(),
+                req.out.display()
+            )))
+        }
+        other => other?,
     }
     if req.only_fold.is_some() {
         return Ok(None);
@@ -712,7 +729,7 @@ fn run_fold(
     let data = session.train_data(train, vec![]);
     let tc = TrainConfig { seed, ..session.config.train.clone() };
     let y: Vec<i64> = test.iter().map(|&i| labels.targets[i]).collect();
-    let fold = Fold { session, data: &data, test, y: &y, shared, tta_flip };
+    let fold = Fold { session, data: &data, test, y: &y, shared, tta_flip, stop: req.stop.as_deref() };
     let (main, model, InnerFits { threshold, calibration }) = fold.train_and_score(&tc)?;
     let top = if req.top_losses > 0 { top_losses(req, session, &model, (seed, fi), test, &y, (&main.main.probs, main.main.threshold))? } else { vec![] };
     drop(model);
@@ -798,6 +815,7 @@ struct Fold<'a> {
     y: &'a [i64],
     shared: &'a [train::Cache],
     tta_flip: bool,
+    stop: Option<&'a std::sync::atomic::AtomicBool>,
 }
 
 impl Fold<'_> {
@@ -811,8 +829,15 @@ impl Fold<'_> {
         let run = &self.session.config;
         let (mut model, _) = self.session.fresh_model(tc.seed as i64, true)?;
         self.session.recalibrate(&mut model, &self.data.train)?;
-        let trainer =
-            Trainer { cfg: tc, pre: &run.data.preprocess, data: self.data, device: self.session.device, checkpoint_dir: None, stop: None, shared: self.shared };
+        let trainer = Trainer {
+            cfg: tc,
+            pre: &run.data.preprocess,
+            data: self.data,
+            device: self.session.device,
+            checkpoint_dir: None,
+            stop: self.stop,
+            shared: self.shared,
+        };
         trainer.run(&mut model, &mut train::Collect::default(), None)?;
         let mut fits = if tc.inner_fits() {
             threshold::inner_fits(self.session, tc, self.data, self.shared, self.tta_flip, None)?.unwrap_or_default()

@@ -142,6 +142,41 @@ fn ctrl_c_through_the_binary_stops_after_the_batch_and_resume_finishes_the_run()
     assert_eq!(history_without_seconds(&dir.join("history.csv")), history_without_seconds(&d.path().join("runs/whole/history.csv")));
 }
 
+#[test]
+fn ctrl_c_stops_a_cv_and_the_same_command_runs_only_the_missing_folds() {
+    let d = tmp();
+    let m = subject_dataset(d.path(), 6, 48);
+    let w = d.path().join("trunk.safetensors");
+    trunk_only(&w, 14);
+    let cv = |out: &str| -> Vec<String> {
+        let mut v: Vec<String> =
+            ["cv", "--data", m.to_str().unwrap(), "--folds", "loso", "--stages", "head:2,conv5:200", "--out", out].iter().map(|s| s.to_string()).collect();
+        v.extend(small(&w));
+        v
+    };
+    let (code, _, err) = run(&cv("whole").iter().map(String::as_str).collect::<Vec<_>>(), d.path());
+    assert_eq!(code, 0, "{err}");
+    let child = bin().args(cv("stopped")).current_dir(d.path()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let first = d.path().join("stopped/folds/seed0-fold0.json");
+    let t = Instant::now();
+    while !first.exists() && t.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let sent = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(sent.success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted: the finished folds are kept in stopped/folds; the same command with --out stopped runs the rest"), "{err}");
+    assert!(!d.path().join("stopped/cv.json").exists());
+    let kept = std::fs::read_dir(d.path().join("stopped/folds")).unwrap().flatten().filter(|e| e.path().extension().is_some_and(|x| x == "json")).count();
+    assert!((1..6).contains(&kept), "{kept} fold files after the stop");
+    let (code, _, err) = run(&cv("stopped").iter().map(String::as_str).collect::<Vec<_>>(), d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains(&format!("resuming stopped: {kept} fold result(s) of this same cv are there already")), "{err}");
+    assert_eq!(json(&d.path().join("stopped/cv.json"))["stats"], json(&d.path().join("whole/cv.json"))["stats"]);
+}
+
 /// Unmounts on drop, so a failing assertion does not leave the mount behind.
 struct Mount(std::path::PathBuf);
 

@@ -321,6 +321,8 @@ fn cv(a: CvArgs) -> anyhow::Result<()> {
             rep.message(&format!("cv folder: {}", out.display()));
             let req = vggft::eval::cv::Request {
                 recipe,
+                // Ctrl-C: no fold starts after it, running ones stop after their batch; the finished ones stay.
+                stop: Some(stop_flag()),
                 folds: vggft::eval::cv::Folds::parse(&a.folds)?,
                 seeds,
                 only_fold: a.fold,
@@ -333,9 +335,14 @@ fn cv(a: CvArgs) -> anyhow::Result<()> {
                 dump_features: a.dump_features.clone(),
                 load_features: a.load_features.clone(),
             };
-            match vggft::eval::cv::run(&req, &mut rep)? {
-                Some(s) => s,
-                None => {
+            match vggft::eval::cv::run(&req, &mut rep) {
+                Err(Error::Interrupted(why)) => {
+                    errln!("interrupted: {why}");
+                    std::process::exit(130);
+                }
+                Err(e) => return Err(e.into()),
+                Ok(Some(s)) => s,
+                Ok(None) => {
                     outln!("fold {} done; results in {}/folds; merge with: vggft cv --collect {}", a.fold.unwrap_or(0), out.display(), out.display());
                     return Ok(());
                 }
