@@ -423,8 +423,11 @@ fn finished_folds(out: &Path, cfg: &CvConfig) -> Result<std::collections::BTreeS
     let text = serde_json::to_string(cfg).map_err(|e| Error::file(&cfg_path, e.to_string()))?;
     let new = comparable(serde_json::from_str(&text).map_err(|e| Error::file(&cfg_path, e.to_string()))?);
     if old != new {
-        let mut keys = Vec::new();
-        differing_keys("", &old, &new, &mut keys);
+        let (mut was, mut is) = (BTreeMap::new(), BTreeMap::new());
+        crate::eval::report::flatten("", &old, &mut was);
+        crate::eval::report::flatten("", &new, &mut is);
+        let keys: Vec<String> =
+            was.keys().chain(is.keys()).filter(|k| was.get(*k) != is.get(*k)).cloned().collect::<std::collections::BTreeSet<_>>().into_iter().collect();
         return Err(Error::file(
             out,
             format!(
@@ -446,22 +449,6 @@ fn finished_folds(out: &Path, cfg: &CvConfig) -> Result<std::collections::BTreeS
         }
     }
     Ok(done)
-}
-
-/// The dotted paths at which two JSON values differ.
-fn differing_keys(at: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
-    match (a, b) {
-        (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
-            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
-            for k in keys {
-                let null = serde_json::Value::Null;
-                let path = if at.is_empty() { k.clone() } else { format!("{at}.{k}") };
-                differing_keys(&path, x.get(k).unwrap_or(&null), y.get(k).unwrap_or(&null), out);
-            }
-        }
-        _ if a != b => out.push(if at.is_empty() { "the whole file".into() } else { at.to_string() }),
-        _ => {}
-    }
 }
 
 /// One fold of one seed to run: `fold` of `of`, its test rows.

@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 
 /// Flattens JSON into `a.b.c` → scalar text.
-fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, String>) {
+pub(crate) fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, String>) {
     match v {
         Value::Object(m) => {
             for (k, v) in m {
