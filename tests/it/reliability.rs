@@ -113,6 +113,20 @@ fn long_run(data: &Path, weights: &Path, name: &str) -> Vec<String> {
     v
 }
 
+/// Runs vggft with `args` in `cwd`, sends SIGINT (as Ctrl-C in a terminal
+/// does) once `appears` exists, and returns its exit code and stderr.
+fn ctrl_c_once(args: &[String], cwd: &Path, appears: &Path) -> (Option<i32>, String) {
+    let child = bin().args(args).current_dir(cwd).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let t = Instant::now();
+    while !appears.exists() && t.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let sent = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(sent.success());
+    let out = child.wait_with_output().unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
 #[test]
 fn ctrl_c_through_the_binary_stops_after_the_batch_and_resume_finishes_the_run() {
     let d = tmp();
@@ -121,18 +135,9 @@ fn ctrl_c_through_the_binary_stops_after_the_batch_and_resume_finishes_the_run()
     trunk_only(&w, 12);
     let (code, _, err) = run(&long_run(&m, &w, "whole").iter().map(String::as_str).collect::<Vec<_>>(), d.path());
     assert_eq!(code, 0, "{err}");
-    let child = bin().args(long_run(&m, &w, "stopped")).current_dir(d.path()).stderr(std::process::Stdio::piped()).spawn().unwrap();
     let dir = d.path().join("runs/stopped");
-    let t = Instant::now();
-    while !dir.join("checkpoint.json").exists() && t.elapsed() < Duration::from_secs(60) {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    // SIGINT, as Ctrl-C in a terminal sends.
-    let sent = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
-    assert!(sent.success());
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{err}");
+    let (code, err) = ctrl_c_once(&long_run(&m, &w, "stopped"), d.path(), &dir.join("checkpoint.json"));
+    assert_eq!(code, Some(130), "{err}");
     assert!(err.contains("stopping after the current batch"), "{err}");
     assert!(err.contains("the last completed epoch is saved") && err.contains(&format!("--resume {}", Path::new("runs").join("stopped").display())), "{err}");
     assert!(!dir.join("COMPLETE").exists() && dir.join("checkpoint.json").exists());
@@ -156,17 +161,8 @@ fn ctrl_c_stops_a_cv_and_the_same_command_runs_only_the_missing_folds() {
     };
     let (code, _, err) = run(&cv("whole").iter().map(String::as_str).collect::<Vec<_>>(), d.path());
     assert_eq!(code, 0, "{err}");
-    let child = bin().args(cv("stopped")).current_dir(d.path()).stderr(std::process::Stdio::piped()).spawn().unwrap();
-    let first = d.path().join("stopped/folds/seed0-fold0.json");
-    let t = Instant::now();
-    while !first.exists() && t.elapsed() < Duration::from_secs(120) {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let sent = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
-    assert!(sent.success());
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{err}");
+    let (code, err) = ctrl_c_once(&cv("stopped"), d.path(), &d.path().join("stopped/folds/seed0-fold0.json"));
+    assert_eq!(code, Some(130), "{err}");
     assert!(err.contains("interrupted: the finished folds are kept in stopped/folds; the same command with --out stopped runs the rest"), "{err}");
     assert!(!d.path().join("stopped/cv.json").exists());
     let kept = std::fs::read_dir(d.path().join("stopped/folds")).unwrap().flatten().filter(|e| e.path().extension().is_some_and(|x| x == "json")).count();
