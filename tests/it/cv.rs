@@ -190,14 +190,9 @@ fn leave_one_subject_out_has_one_person_per_fold() {
     let w = d.path().join("trunk.safetensors");
     trunk_only(&w, 3);
     let s = small(&w);
-    let (code, out, err) = run(
-        &[
-            &["cv", "--data", m.to_str().unwrap(), "--folds", "loso", "--repeats", "1", "--stages", "head:1", "--out", "loso"][..],
-            &s.iter().map(String::as_str).collect::<Vec<_>>()[..],
-        ]
-        .concat(),
-        d.path(),
-    );
+    let loso =
+        [&["cv", "--data", m.to_str().unwrap(), "--folds", "loso", "--repeats", "1", "--stages", "head:1", "--out", "loso"][..], &args(&s, &[])[..]].concat();
+    let (code, out, err) = run(&loso, d.path());
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("leave-one-subject-out"), "{out}");
     for fold in 0..4 {
@@ -214,14 +209,7 @@ fn leave_one_subject_out_has_one_person_per_fold() {
     assert!(err.contains("fold(s) at a time"), "{err}");
     std::fs::remove_file(d.path().join("loso/folds/seed0-fold1.json")).unwrap();
     std::fs::remove_file(d.path().join("loso/folds/seed0-fold2.json")).unwrap();
-    let (code, _, err) = run(
-        &[
-            &["cv", "--data", m.to_str().unwrap(), "--folds", "loso", "--repeats", "1", "--stages", "head:1", "--out", "loso"][..],
-            &s.iter().map(String::as_str).collect::<Vec<_>>()[..],
-        ]
-        .concat(),
-        d.path(),
-    );
+    let (code, _, err) = run(&loso, d.path());
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("; 2 to run"), "{err}");
     assert_eq!(json(&d.path().join("loso/cv.json"))["stats"], summary["stats"]);
