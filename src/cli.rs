@@ -304,7 +304,7 @@ pub struct ModelArgs {
     #[arg(long, value_enum, default_value_t = SingleLabels::Task)]
     pub single_labels: SingleLabels,
     /// Start from random weights (ablations, tests).
-    #[arg(long, hide = true)]
+    #[arg(long, hide = true, conflicts_with = "weights")]
     pub random_init: bool,
     /// Divide every layer's width (tests only).
     #[arg(long, hide = true, default_value_t = 1)]

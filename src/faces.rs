@@ -33,10 +33,26 @@ pub struct FacesReport {
 
 /// Detects the face in every image of `dir` (any dataset layout), writes crops, CSV and contact sheet.
 pub fn run(dir: &Path, out: &Path, tile: u32) -> Result<FacesReport> {
-    let ds = crate::data::scan::scan(dir, crate::data::scan::DataFormat::Auto)?;
+    use crate::data::scan::{scan, DataFormat};
+    let ds = scan(dir, DataFormat::Auto)?;
+    // The crops are images and the manifest is `manifest.csv`: written into
+    // the data folder they would become part of it (class folders read
+    // `faces/` as a class; `manifest.csv` would replace the data's own).
+    let root = if ds.format == DataFormat::Csv { ds.root.parent().unwrap_or(Path::new(".")) } else { ds.root.as_path() };
+    let (root_abs, out_abs) = (absolute(root), absolute(out));
+    if out_abs == root_abs || (ds.format == DataFormat::Folders && out_abs.starts_with(&root_abs)) {
+        let problem = if out_abs == root_abs {
+            "is the data folder itself: the crops and their manifest.csv would be mixed with the data".to_string()
+        } else {
+            format!("is inside the data folder {}: its crops would be read as a class of that data", root.display())
+        };
+        return Err(Error::file(out, format!("{problem}; choose an --out outside it")));
+    }
+    let stale = earlier_crops(out);
     fsutil::create_dir(&out.join("crops"))?;
     let mut finder = FaceFinder::new()?;
     let mut boxes = Vec::new();
+    let mut written = std::collections::HashSet::new();
     let mut tiles = Vec::new();
     let mut fallbacks = Vec::new();
     let mut manifest = csv::Writer::from_writer(Vec::new());
@@ -61,6 +77,7 @@ pub fn run(dir: &Path, out: &Path, tile: u32) -> Result<FacesReport> {
         fsutil::write_atomic(&out.join("crops").join(&name), &png)?;
         let s = &ds.samples[i];
         let _ = manifest.write_record([format!("crops/{name}"), s.label.clone(), s.subject.clone().unwrap_or_default()]);
+        written.insert(format!("crops/{name}"));
         tiles.push((stem, img, b.score.is_none()));
         boxes.push(Some(b));
     }
@@ -70,7 +87,41 @@ pub fn run(dir: &Path, out: &Path, tile: u32) -> Result<FacesReport> {
     fsutil::write_atomic(&m, &manifest.into_inner().map_err(|e| Error::file(&m, e.to_string()))?)?;
     let sheet = out.join("contact_sheet.png");
     contact_sheet(&sheet, &tiles)?;
+    // A second run into the same folder (other data, or images removed)
+    // would leave the first run's crops beside the new ones: remove the
+    // crops the previous manifest listed and this one does not.
+    for old in stale.iter().filter(|c| !written.contains(*c)) {
+        let _ = std::fs::remove_file(out.join(old));
+    }
     Ok(FacesReport { images: paths.len(), fallbacks, seconds_per_image: detect_time / paths.len().max(1) as f64, sheet })
+}
+
+/// `path` made absolute through its nearest existing ancestor (`out` may not exist yet).
+fn absolute(path: &Path) -> PathBuf {
+    let mut tail = Vec::new();
+    let mut p = if path.is_absolute() { path.to_path_buf() } else { std::env::current_dir().unwrap_or_default().join(path) };
+    loop {
+        if let Ok(c) = p.canonicalize() {
+            return tail.iter().rev().fold(c, |acc: PathBuf, n: &std::ffi::OsString| acc.join(n));
+        }
+        match (p.file_name().map(|n| n.to_os_string()), p.parent()) {
+            (Some(n), Some(parent)) => {
+                tail.push(n);
+                p = parent.to_path_buf();
+            }
+            _ => return path.to_path_buf(),
+        }
+    }
+}
+
+/// The crops a previous `vggft faces` run listed in `out/manifest.csv`
+/// (only `crops/NAME.png` entries: nothing else of the folder is touched).
+fn earlier_crops(out: &Path) -> Vec<String> {
+    let Ok(mut r) = csv::Reader::from_path(out.join("manifest.csv")) else { return vec![] };
+    r.records()
+        .filter_map(|rec| rec.ok()?.get(0).map(str::to_owned))
+        .filter(|p| p.strip_prefix("crops/").is_some_and(|n| !n.contains(['/', '\\']) && n.ends_with(".png")))
+        .collect()
 }
 
 /// A grid of tiles with their names underneath; fallbacks framed in red.

@@ -151,6 +151,14 @@ fn scan_jaffe(dir: &Path) -> Result<Dataset> {
     Ok(Dataset { root: dir.to_path_buf(), format: DataFormat::Jaffe, samples, outside_paths: vec![] })
 }
 
+/// Whether `dir` holds what `finetune`/`cv --out` or `faces --out` write:
+/// an output folder put inside class folders reads as an empty class.
+fn vggft_output(dir: &Path) -> bool {
+    let marks = ["latest", "config.json", "cv-config.json", "faces.csv"];
+    let has = |d: &Path| marks.iter().any(|m| d.join(m).exists());
+    has(dir) || std::fs::read_dir(dir).into_iter().flatten().flatten().any(|e| e.path().is_dir() && has(&e.path()))
+}
+
 fn scan_folders(dir: &Path) -> Result<Dataset> {
     let mut samples = Vec::new();
     for class_dir in sorted_entries(dir)? {
@@ -168,6 +176,9 @@ fn scan_folders(dir: &Path) -> Result<Dataset> {
             }
         }
         if samples.len() == before {
+            if vggft_output(&class_dir) {
+                return Err(Error::dataset(&class_dir, format!("is vggft's output (runs, cv or face crops), read here as a class `{label}` of the data: move it out of the data folder and keep --out outside it")));
+            }
             return Err(Error::dataset(&class_dir, format!("class `{label}` has no images")));
         }
     }

@@ -261,6 +261,14 @@ fn runs_and_data_that_are_broken_get_clear_errors() {
         run(&args(&s, &["finetune", "--data", dup.to_str().unwrap(), "--task", "multiclass", "--stages", "head:1", "--val", "none"]), d.path());
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("1 identical file(s) carry different classes") && err.contains("00.png (a)") && err.contains("99.png (b)"), "{err}");
+    // Runs written inside class folders: the next run reads them as a class;
+    // the error says what the folder is (not just "class `runs` has no images").
+    let inside = ["finetune", "--data", "dup", "--out", "dup/runs", "--task", "multiclass", "--stages", "head:1", "--val", "none"];
+    let (code, _, err) = run(&args(&s, &inside), d.path());
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(&args(&s, &inside), d.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("dup/runs: is vggft's output") && err.contains("keep --out outside"), "{err}");
 }
 
 #[test]
@@ -304,7 +312,7 @@ fn predict_held_out_shows_only_people_the_model_never_saw() {
 #[test]
 fn every_bad_option_value_is_a_usage_error_with_exit_2_naming_the_flag() {
     let d = tmp();
-    let cases: [(&[&str], &str); 12] = [
+    let cases: [(&[&str], &str); 13] = [
         (&["finetune", "--val", "x"], "--val"),
         (&["finetune", "--crop", "1,2"], "--crop"),
         (&["finetune", "--augment", "wild"], "--augment"),
@@ -317,6 +325,8 @@ fn every_bad_option_value_is_a_usage_error_with_exit_2_naming_the_flag() {
         (&["explain", "x.png", "--out", "o", "--layer", "head"], "--layer"),
         (&["evaluate", "--data", "d", "--layer", "conv9"], "--layer"),
         (&["cv", "--fold", "1"], "--out"),
+        // Random initialisation would silently ignore the weights file.
+        (&["finetune", "--random-init", "--weights", "w.safetensors"], "--weights"),
     ];
     for (a, flag) in cases {
         let (code, out, err) = run(a, d.path());

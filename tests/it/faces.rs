@@ -258,3 +258,53 @@ fn a_persons_photos_share_the_median_of_their_boxes() {
     assert_eq!(out[7], b(0, 0, 0, None), "no box for a photo that did not decode");
     assert_eq!(out[6], b(0, 0, 100, Some(6.0)), "shrunk and moved to fit the 100×100 photo");
 }
+
+#[test]
+fn faces_refuses_an_output_inside_the_data_and_clears_its_own_stale_crops() {
+    let d = tmp();
+    separable_folders(&d.path().join("data"), 3, 48);
+    // Inside class folders the crops would become a class `faces` of the data;
+    // into a manifest's own folder they would replace its manifest.csv.
+    let (code, _, err) = run(&["faces", "data", "--out", "data/faces", "--tile", "32"], d.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("data/faces: is inside the data folder data") && err.contains("read as a class"), "{err}");
+    assert!(!d.path().join("data/faces").exists(), "nothing written");
+    let manifest = subject_dataset(&d.path().join("data/a"), 1, 40);
+    let before = std::fs::read_to_string(&manifest).unwrap();
+    let (code, _, err) = run(&["faces", "data/a/manifest.csv", "--out", "data/a", "--tile", "32"], d.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("is the data folder itself"), "{err}");
+    assert_eq!(std::fs::read_to_string(&manifest).unwrap(), before, "the data's own manifest is untouched");
+    std::fs::remove_file(&manifest).unwrap();
+    for f in ["s00_neutral.png", "s00_smiling.png"] {
+        std::fs::remove_file(d.path().join("data/a").join(f)).unwrap();
+    }
+
+    // A second run into the same folder with fewer images: the first run's
+    // extra crops go, a file the user put there stays.
+    let (code, _, err) = run(&["faces", "data", "--out", "fc", "--tile", "32"], d.path());
+    assert_eq!(code, 0, "{err}");
+    let crops = |dir: &str| {
+        let mut v: Vec<String> = std::fs::read_dir(d.path().join(dir)).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(crops("fc/crops").len(), 6);
+    std::fs::write(d.path().join("fc/crops/mine.png"), b"not a crop of vggft's").unwrap();
+    for i in 1..3 {
+        std::fs::remove_file(d.path().join(format!("data/a/{i:02}.png"))).unwrap();
+    }
+    let (code, out, err) = run(&["faces", "data", "--out", "fc", "--tile", "32"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("4 images"), "{out}");
+    let listed: Vec<String> = std::fs::read_to_string(d.path().join("fc/manifest.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap().trim_start_matches("crops/").to_owned())
+        .collect();
+    let mut expected = listed.clone();
+    expected.push("mine.png".into());
+    expected.sort();
+    assert_eq!(crops("fc/crops"), expected);
+}
