@@ -66,12 +66,20 @@ pub struct RunLock {
 
 /// Locks `dir` for writing, or says which process holds it.
 pub(crate) fn lock_run(dir: &Path) -> Result<RunLock> {
+    lock_file(dir, ".lock", false)
+}
+
+/// Locks `dir/name`: exclusively, or shared with other shared holders
+/// (`cv --fold i` runs share their cv folder; a whole cv excludes them).
+pub(crate) fn lock_file(dir: &Path, name: &str, shared: bool) -> Result<RunLock> {
     use std::io::{Read, Seek, Write};
-    let p = dir.join(".lock");
+    let p = dir.join(name);
     let mut f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&p).map_err(|e| Error::io(&p, e))?;
-    match f.try_lock() {
+    let got = if shared { f.try_lock_shared() } else { f.try_lock() };
+    match got {
         Ok(()) => {
-            // Best effort: the holder's pid, for the message another process prints.
+            // Best effort: the holder's pid, for the message another process
+            // prints (with shared holders, the last one's).
             let _ = f.set_len(0).and_then(|_| f.rewind()).and_then(|_| write!(f, "{}", std::process::id()));
             Ok(RunLock { _file: f })
         }

@@ -302,6 +302,11 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
             test,
         }));
     }
+    // One process at a time per cv folder (the same command started twice
+    // would run every fold twice); `--fold i` runs share it, one per fold.
+    fsutil::create_dir(&req.out)?;
+    let _lock = fsutil::lock_file(&req.out, ".lock", req.only_fold.is_some())?;
+    let _fold_lock = req.only_fold.map(|f| fsutil::lock_file(&req.out, &format!(".lock-fold-{f}"), false)).transpose()?;
     // A cv stopped part-way (killed, or the machine went down) and started
     // again with the same command keeps the fold results it wrote: each fold
     // draws from streams of its own, so the others do not depend on them.

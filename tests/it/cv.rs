@@ -110,6 +110,25 @@ fn cv_end_to_end_folds_collect_and_reproducibility() {
         assert_eq!(code, 0, "{err}");
         assert!(out.contains("--collect"), "{out}");
     }
+    // One process at a time per cv folder: a second start of the whole cv is
+    // refused while another holds the folder (here the test itself, as a
+    // whole cv would), and a `--fold` run shares it only with other folds.
+    {
+        let lock = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(d.path().join("cv-c/.lock")).unwrap();
+        lock.try_lock().unwrap();
+        let mut c = base("cv-c");
+        c.extend(["--fold".to_string(), "0".to_string()]);
+        let (code, _, err) = run(&c.iter().map(String::as_str).collect::<Vec<_>>(), d.path());
+        assert_eq!(code, 1);
+        assert!(err.contains("cv-c: is being written by another vggft process"), "{err}");
+        lock.unlock().unwrap();
+        lock.lock_shared().unwrap();
+        let (code, _, err) = run(&base("cv-c").iter().map(String::as_str).collect::<Vec<_>>(), d.path());
+        assert_eq!(code, 1);
+        assert!(err.contains("is being written by another vggft process"), "{err}");
+        let (code, _, err) = run(&c.iter().map(String::as_str).collect::<Vec<_>>(), d.path());
+        assert_eq!(code, 0, "a fold beside another fold: {err}");
+    }
     let (code, out, _) = run(&["cv", "--collect", "cv-c"], d.path());
     assert_eq!(code, 0);
     assert!(out.contains("balanced_accuracy"));
