@@ -69,6 +69,9 @@ pub(crate) fn lock_run(dir: &Path) -> Result<RunLock> {
     lock_file(dir, ".lock", false)
 }
 
+/// "No locks available" (Linux's and the BSDs' numbers).
+const ENOLCK: i32 = if cfg!(target_os = "linux") { 37 } else { 77 };
+
 /// Locks `dir/name`: exclusively, or shared with other shared holders
 /// (`cv --fold i` runs share their cv folder; a whole cv excludes them).
 pub(crate) fn lock_file(dir: &Path, name: &str, shared: bool) -> Result<RunLock> {
@@ -89,6 +92,9 @@ pub(crate) fn lock_file(dir: &Path, name: &str, shared: bool) -> Result<RunLock>
             let who = if pid.trim().is_empty() { "another vggft process".to_string() } else { format!("another vggft process (pid {})", pid.trim()) };
             Err(Error::file(dir, format!("is being written by {who}; wait for it to finish or stop it, then try again")))
         }
+        // A file system without locks (some NFS and Lustre mounts, where
+        // `cv --fold` runs of a cluster meet): write unguarded, as before locks.
+        Err(std::fs::TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported || e.raw_os_error() == Some(ENOLCK) => Ok(RunLock { _file: f }),
         Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&p, e)),
     }
 }
