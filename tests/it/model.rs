@@ -166,6 +166,18 @@ fn recalibration_normalises_every_bn_input() {
     // "Training images": shifted and scaled away from the ImageNet statistics.
     let imgs: Vec<Tensor> = (0..3).map(|_| Tensor::rand([8, 3, 64, 64], (Kind::Float, Device::Cpu)) * 3.0 - 0.5).collect();
     m.recalibrate(&imgs).unwrap();
+    // Recomputing blocks from their input (two blocks: `recalibrate`'s way to
+    // save memory) gives the same statistics as keeping every layer's input.
+    for recompute in [0, 5] {
+        let mut r = Vgg16::new(&small_cfg(BnMode::Recalibrate, HeadKind::Bn, 2), Device::Cpu).unwrap();
+        weights::load_pretrained(&mut r, &p).unwrap();
+        r.recalibrate_with(&imgs, recompute).unwrap();
+        for (l, ((m0, v0), (m1, v1))) in m.bn_layers().iter().zip(r.bn_layers()).enumerate() {
+            let scale = f64::try_from(v0.abs().max()).unwrap().max(1e-6);
+            assert!(max_abs_diff(m0, &m1) <= 1e-4 * scale.sqrt().max(1.0), "recompute {recompute}, layer {l}: means differ");
+            assert!(max_abs_diff(v0, &v1) <= 1e-4 * scale, "recompute {recompute}, layer {l}: variances differ");
+        }
+    }
     let all = Tensor::cat(&imgs, 0);
     let inputs = m.bn_inputs(&all);
     let stats = m.bn_layers();
