@@ -215,8 +215,18 @@ fn scan_csv(csv_path: &Path) -> Result<Dataset> {
     let mut seen = BTreeSet::new();
     let mut blank_subject_lines = Vec::new();
     for (i, rec) in rdr.records().enumerate() {
-        let line = i + 2;
-        let rec = rec.map_err(|e| Error::file(csv_path, format!("line {line}: {e}")))?;
+        let rec = rec.map_err(|e| {
+            let problem = match e.kind() {
+                csv::ErrorKind::UnequalLengths { pos, expected_len, len } => format!(
+                    "line {}: has {len} field(s) where the header has {expected_len} (a comma missing or extra? quote a field that holds a comma)",
+                    pos.as_ref().map_or(i + 2, |p| p.line() as usize)
+                ),
+                _ => format!("line {}: {e}", i + 2),
+            };
+            Error::file(csv_path, problem)
+        })?;
+        // The record's own line (blank lines and quoted line breaks count).
+        let line = rec.position().map_or(i + 2, |p| p.line() as usize);
         let rel = rec.get(pc).unwrap_or("");
         let label = rec.get(lc).unwrap_or("").to_string();
         if rel.is_empty() || label.is_empty() {

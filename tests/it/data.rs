@@ -194,6 +194,10 @@ fn csv_with_bom_quotes_and_errors() {
     std::fs::write(&m, "path,label\nmissing.png,neutral\n").unwrap();
     let e = scan(&m, DataFormat::Auto).unwrap_err().to_string();
     assert!(e.contains("line 2") && e.contains("missing.png"), "{e}");
+    // An unquoted comma in a name: the row's field count, said plainly.
+    std::fs::write(&m, "path,label,subject\nc.png,happy,P2\na, b.png,neutral,P1\n").unwrap();
+    let e = scan(&m, DataFormat::Auto).unwrap_err().to_string();
+    assert!(e.contains("line 3: has 4 field(s) where the header has 3") && e.contains("quote a field"), "{e}");
     let outside = tmp();
     gray_png(&outside.path().join("o.png"), 16, 16, |_, _| 9);
     std::fs::write(&m, format!("path,label\n{}/o.png,neutral\nc.png,happy\n", outside.path().display())).unwrap();
