@@ -199,6 +199,7 @@ def run_inventory(d):
     rel = [f"{c}/{i:02}.png" for c in ("neutral", "happy") for i in range(4)]
     csv_case("CSV with a BOM and quoted fields (works)", "\ufeff\"path\",\"label\"\n" + "".join(f'"{r}","{r.split("/")[0]}"\n' for r in rel), "--val", "none")
     csv_case("CSV missing the label column", "path,subject\n" + "".join(f"{r},s\n" for r in rel))
+    csv_case("CSV row with an unquoted comma in its path", "path,label\n" + "".join(f"{r},{r.split('/')[0]}\n" for r in rel) + "a, b.png,neutral\n")
     csv_case("CSV naming a missing file", "path,label\n" + "".join(f"{r},{r.split('/')[0]}\n" for r in rel) + "gone.png,neutral\n")
     shutil.copy(ok_png, os.path.join(d, "outside.png"))
     csv_case("CSV path outside its folder (allowed, reported)", "path,label\n" + "".join(f"{r},{r.split('/')[0]}\n" for r in rel) + "../outside.png,neutral\n", "--val", "none")
@@ -253,6 +254,8 @@ def run_inventory(d):
     open(os.path.join(d, "blocked"), "w").write("x")
     code, out, err = vggft("finetune", "--data", good, "--random-init", *SMALL, "--out", "blocked", cwd=d)
     record("output folder that cannot be created (a file is in the way)", code, said(err))
+    code, out, err = vggft("faces", good, "--out", os.path.join(good, "faces"), cwd=d)
+    record("`faces --out` inside the class folders it reads", code, said(err))
     ro = os.path.join(d, "ro")
     os.makedirs(ro)
     os.chmod(ro, 0o555)
