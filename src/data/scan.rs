@@ -151,10 +151,11 @@ fn scan_jaffe(dir: &Path) -> Result<Dataset> {
     Ok(Dataset { root: dir.to_path_buf(), format: DataFormat::Jaffe, samples, outside_paths: vec![] })
 }
 
-/// Whether `dir` holds what `finetune`/`cv --out` or `faces --out` write:
-/// an output folder put inside class folders reads as an empty class.
+/// Whether `dir` holds what `finetune`/`cv`, `faces` or `explain --out`
+/// write: put inside class folders, such a folder would read as a class (of
+/// no images, or of contact sheets and heatmaps).
 fn vggft_output(dir: &Path) -> bool {
-    let marks = ["latest", "config.json", "cv-config.json", "faces.csv"];
+    let marks = ["latest", "config.json", "cv-config.json", "faces.csv", "explain.csv"];
     let has = |d: &Path| marks.iter().any(|m| d.join(m).exists());
     has(dir) || std::fs::read_dir(dir).into_iter().flatten().flatten().any(|e| e.path().is_dir() && has(&e.path()))
 }
@@ -169,6 +170,9 @@ fn scan_folders(dir: &Path) -> Result<Dataset> {
         if label.starts_with('.') {
             continue;
         }
+        if vggft_output(&class_dir) {
+            return Err(Error::dataset(&class_dir, format!("is vggft's output (runs, cv, face crops or heatmaps), read here as a class `{label}` of the data: move it out of the data folder and keep --out outside it")));
+        }
         let before = samples.len();
         for p in sorted_entries(&class_dir)? {
             if p.is_file() && is_image(&p) {
@@ -176,9 +180,6 @@ fn scan_folders(dir: &Path) -> Result<Dataset> {
             }
         }
         if samples.len() == before {
-            if vggft_output(&class_dir) {
-                return Err(Error::dataset(&class_dir, format!("is vggft's output (runs, cv or face crops), read here as a class `{label}` of the data: move it out of the data folder and keep --out outside it")));
-            }
             return Err(Error::dataset(&class_dir, format!("class `{label}` has no images")));
         }
     }

@@ -269,6 +269,14 @@ fn runs_and_data_that_are_broken_get_clear_errors() {
     let (code, _, err) = run(&args(&s, &inside), d.path());
     assert_eq!(code, 1);
     assert!(err.contains("dup/runs: is vggft's output") && err.contains("keep --out outside"), "{err}");
+    // Heatmaps of `explain --out` there would be a class of pictures: refused too.
+    std::fs::remove_dir_all(dup.join("runs")).unwrap();
+    std::fs::create_dir(dup.join("ex")).unwrap();
+    std::fs::copy(dup.join("a/00.png"), dup.join("ex/0000_00.png")).unwrap();
+    std::fs::write(dup.join("ex/explain.csv"), "path\n").unwrap();
+    let (code, _, err) = run(&args(&s, &inside), d.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("dup/ex: is vggft's output"), "{err}");
 }
 
 #[test]
