@@ -76,8 +76,9 @@ pub fn run(dir: &Path, out: &Path, tile: u32) -> Result<FacesReport> {
         let name = format!("{i:04}_{stem}.png");
         fsutil::write_atomic(&out.join("crops").join(&name), &png)?;
         let s = &ds.samples[i];
-        let _ = manifest.write_record([format!("crops/{name}"), s.label.clone(), s.subject.clone().unwrap_or_default()]);
-        written.insert(format!("crops/{name}"));
+        let crop = format!("crops/{name}");
+        let _ = manifest.write_record([crop.clone(), s.label.clone(), s.subject.clone().unwrap_or_default()]);
+        written.insert(crop);
         tiles.push((stem, img, b.score.is_none()));
         boxes.push(Some(b));
     }
@@ -99,7 +100,7 @@ pub fn run(dir: &Path, out: &Path, tile: u32) -> Result<FacesReport> {
 /// `path` made absolute through its nearest existing ancestor (`out` may not exist yet).
 fn absolute(path: &Path) -> PathBuf {
     let mut tail = Vec::new();
-    let mut p = if path.is_absolute() { path.to_path_buf() } else { std::env::current_dir().unwrap_or_default().join(path) };
+    let mut p = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     loop {
         if let Ok(c) = p.canonicalize() {
             return tail.iter().rev().fold(c, |acc: PathBuf, n: &std::ffi::OsString| acc.join(n));

@@ -217,14 +217,14 @@ fn scan_csv(csv_path: &Path) -> Result<Dataset> {
     let mut blank_subject_lines = Vec::new();
     for (i, rec) in rdr.records().enumerate() {
         let rec = rec.map_err(|e| {
+            let at = e.position().map_or(i + 2, |p| p.line() as usize);
             let problem = match e.kind() {
-                csv::ErrorKind::UnequalLengths { pos, expected_len, len } => format!(
-                    "line {}: has {len} field(s) where the header has {expected_len} (a comma missing or extra? quote a field that holds a comma)",
-                    pos.as_ref().map_or(i + 2, |p| p.line() as usize)
-                ),
-                _ => format!("line {}: {e}", i + 2),
+                csv::ErrorKind::UnequalLengths { expected_len, len, .. } => {
+                    format!("has {len} field(s) where the header has {expected_len} (a comma missing or extra? quote a field that holds a comma)")
+                }
+                _ => e.to_string(),
             };
-            Error::file(csv_path, problem)
+            Error::file(csv_path, format!("line {at}: {problem}"))
         })?;
         // The record's own line (blank lines and quoted line breaks count).
         let line = rec.position().map_or(i + 2, |p| p.line() as usize);
