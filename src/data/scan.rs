@@ -151,13 +151,17 @@ fn scan_jaffe(dir: &Path) -> Result<Dataset> {
     Ok(Dataset { root: dir.to_path_buf(), format: DataFormat::Jaffe, samples, outside_paths: vec![] })
 }
 
-/// Whether `dir` holds what `finetune`/`cv`, `faces` or `explain --out`
-/// write: put inside class folders, such a folder would read as a class (of
-/// no images, or of contact sheets and heatmaps).
+/// Whether `dir` itself is a folder vggft wrote: a runs folder, a run, a cv
+/// folder, `faces --out` or `explain --out` (by the file each of them leaves).
+pub fn is_vggft_output(dir: &Path) -> bool {
+    ["latest", "config.json", "cv-config.json", "faces.csv", "explain.csv"].iter().any(|m| dir.join(m).exists())
+}
+
+/// Whether `dir` or one of its sub-folders is vggft's output: put inside
+/// class folders, such a folder would read as a class (of no images, or of
+/// contact sheets and heatmaps).
 fn vggft_output(dir: &Path) -> bool {
-    let marks = ["latest", "config.json", "cv-config.json", "faces.csv", "explain.csv"];
-    let has = |d: &Path| marks.iter().any(|m| d.join(m).exists());
-    has(dir) || std::fs::read_dir(dir).into_iter().flatten().flatten().any(|e| e.path().is_dir() && has(&e.path()))
+    is_vggft_output(dir) || std::fs::read_dir(dir).into_iter().flatten().flatten().any(|e| e.path().is_dir() && is_vggft_output(&e.path()))
 }
 
 fn scan_folders(dir: &Path) -> Result<Dataset> {

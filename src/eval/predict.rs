@@ -108,32 +108,48 @@ impl SubjectFrom {
     }
 }
 
+/// The images `expand_inputs` found, and the sub-folders it left out.
+#[derive(Debug, Default)]
+pub struct Inputs {
+    pub paths: Vec<PathBuf>,
+    /// Sub-folders met while recursing that vggft wrote itself (runs, cv
+    /// folders, face crops, heatmaps): `predict -r data` would otherwise
+    /// answer for `explain`'s heatmaps and the crops as if they were photos.
+    pub skipped: Vec<PathBuf>,
+}
+
 /// Files and folders → image paths: a folder's images sorted, one level deep,
-/// or with `recursive` every sub-folder's too (depth first, sorted). A folder
-/// without images stays in the list, so it is reported ("holds no images").
-pub fn expand_inputs(inputs: &[PathBuf], recursive: bool) -> Vec<PathBuf> {
-    fn folder(p: &Path, recursive: bool, out: &mut Vec<PathBuf>) -> usize {
+/// or with `recursive` every sub-folder's too (depth first, sorted), except
+/// sub-folders of vggft's own output (a folder named on the command line is
+/// always read). A folder without images stays in the list, so it is
+/// reported ("holds no images").
+pub fn expand_inputs(inputs: &[PathBuf], recursive: bool) -> Inputs {
+    fn folder(p: &Path, recursive: bool, out: &mut Inputs) -> usize {
         let mut entries: Vec<PathBuf> = std::fs::read_dir(p).into_iter().flatten().flatten().map(|e| e.path()).collect();
         entries.sort();
         let mut found = 0;
         for q in entries {
             if q.is_file() && is_image(&q) {
-                out.push(q);
+                out.paths.push(q);
                 found += 1;
             } else if recursive && q.is_dir() && !q.is_symlink() {
-                found += folder(&q, true, out);
+                if crate::data::scan::is_vggft_output(&q) {
+                    out.skipped.push(q);
+                } else {
+                    found += folder(&q, true, out);
+                }
             }
         }
         found
     }
-    let mut out = Vec::new();
+    let mut out = Inputs::default();
     for p in inputs {
         if p.is_dir() {
             if folder(p, recursive, &mut out) == 0 {
-                out.push(p.clone());
+                out.paths.push(p.clone());
             }
         } else {
-            out.push(p.clone());
+            out.paths.push(p.clone());
         }
     }
     out

@@ -416,6 +416,10 @@ fn predict_recurses_streams_jsonl_and_takes_the_model_file() {
     std::fs::copy(d.path().join("data/a/00.png"), d.path().join("in/top.png")).unwrap();
     std::fs::copy(d.path().join("data/b/00.png"), d.path().join("in/deeper/mid.png")).unwrap();
     std::fs::copy(d.path().join("data/b/01.png"), d.path().join("in/deeper/deepest/low.png")).unwrap();
+    // explain's heatmaps written inside the folder: -r leaves them out, naming them; named, they are read.
+    std::fs::create_dir_all(d.path().join("in/heat")).unwrap();
+    std::fs::copy(d.path().join("data/a/01.png"), d.path().join("in/heat/top_a.png")).unwrap();
+    std::fs::write(d.path().join("in/heat/explain.csv"), "path,class\n").unwrap();
     // One level by default; -r takes every sub-folder.
     let (code, out, err) = run(&["predict", "--model", "runs/p/model.safetensors", "--device", "cpu", "in"], d.path());
     assert_eq!(code, 0, "{err}");
@@ -426,6 +430,10 @@ fn predict_recurses_streams_jsonl_and_takes_the_model_file() {
     assert_eq!(objs.len(), 3, "{out}");
     assert!(objs.iter().any(|o| o["path"].as_str().unwrap().ends_with("deepest/low.png")), "{out}");
     assert!(objs.iter().all(|o| o["probabilities"].as_object().unwrap().len() == 2), "{out}");
+    assert!(err.contains("skipped in/heat: vggft's own output") && !out.contains("top_a.png"), "{err}\n{out}");
+    let (code, out, err) = run(&["predict", "--model", "runs/p", "--device", "cpu", "-r", "in/heat"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().count() == 1 && out.contains("top_a.png") && !err.contains("skipped"), "{err}\n{out}");
     // A folder without images is said to be one, not counted as a broken image.
     let (code, _, err) = run(&["predict", "--model", "runs/p", "--device", "cpu", "in/empty"], d.path());
     assert_eq!(code, 1);

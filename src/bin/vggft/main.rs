@@ -118,6 +118,16 @@ fn preprocess(image: &std::path::Path, model: &std::path::Path, out: &std::path:
     Ok(())
 }
 
+/// The images of the command line's files and folders; says which
+/// sub-folders `-r` left out as vggft's own output.
+fn input_paths(inputs: &[std::path::PathBuf], recursive: bool) -> Vec<std::path::PathBuf> {
+    let found = predict::expand_inputs(inputs, recursive);
+    for d in &found.skipped {
+        errln!("skipped {}: vggft's own output (a run, cv folder, face crops or heatmaps), not photos; name it on the command line to read it", d.display());
+    }
+    found.paths
+}
+
 fn explain(mut a: ExplainArgs) -> anyhow::Result<bool> {
     a.model = run::run_dir(&a.model);
     let device = session::parse_device(&a.device)?;
@@ -129,7 +139,7 @@ fn explain(mut a: ExplainArgs) -> anyhow::Result<bool> {
         ),
         None => None,
     };
-    let paths = predict::expand_inputs(&a.inputs, a.recursive);
+    let paths = input_paths(&a.inputs, a.recursive);
     let req = vggft::eval::explain::ExplainRequest { paths: &paths, class, layer, out: &a.out, mean: a.mean, arrays: a.arrays };
     let done = vggft::eval::explain::explain(&cfg, &model, &req, device)?;
     if model.cfg.subject_norm {
@@ -174,7 +184,7 @@ fn predict_cmd(mut a: PredictArgs) -> anyhow::Result<bool> {
     }
     let loaded = t0.elapsed().as_secs_f64();
     let held = if a.held_out { predict::held_out(&a.model)? } else { vec![] };
-    let paths = if a.held_out { held.iter().map(|h| h.path.clone()).collect() } else { predict::expand_inputs(&a.inputs, a.recursive) };
+    let paths = if a.held_out { held.iter().map(|h| h.path.clone()).collect() } else { input_paths(&a.inputs, a.recursive) };
     let subjects = match (&a.subject, a.subject_from.as_str()) {
         _ if a.held_out => predict::SubjectFrom::Table(held.iter().map(|h| (h.path.clone(), h.subject.clone())).collect()),
         (Some(s), _) => predict::SubjectFrom::All(s.clone()),
