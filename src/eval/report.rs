@@ -70,6 +70,8 @@ fn entry(dir: &Path) -> Result<Entry> {
             }
         }
         metrics.insert("protocol".into(), m["protocol"].as_str().unwrap_or("holdout").to_string());
+    } else if !dir.exists() {
+        return Err(Error::file(dir, "does not exist"));
     } else {
         let hint =
             if dir.join("latest").join("config.json").is_file() { format!(" (its latest run: {})", dir.join("latest").display()) } else { String::new() };

@@ -63,6 +63,10 @@ pub fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
     if meta.is_dir() {
         return Err(Error::weights(path, "is a folder, not a weights file"));
     }
+    if !meta.is_file() {
+        // A device or FIFO: /dev/zero would read forever, a FIFO block.
+        return Err(Error::weights(path, "is not a regular file"));
+    }
     if meta.len() == 0 {
         return Err(Error::weights(path, "is empty (0 bytes)"));
     }

@@ -166,6 +166,9 @@ fn cv_end_to_end_folds_collect_and_reproducibility() {
     let (code, _, err) = run(&["report", "runs"], d.path());
     assert_eq!(code, 1);
     assert!(err.contains("is neither a run folder") && err.contains("its latest run: runs/latest"), "{err}");
+    let (code, _, err) = run(&["report", "runs/typo"], d.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("runs/typo: does not exist"), "{err}");
     let (code, _, err) = run(&["cv", "--collect", "runs/r"], d.path());
     assert_eq!(code, 1);
     assert!(err.contains("runs/r: is not a vggft cv folder") && err.lines().count() == 1, "{err}");

@@ -91,6 +91,9 @@ fn wrong_shapes_missing_keys_and_bad_files_are_named() {
     let z = d.path().join("empty.safetensors");
     std::fs::write(&z, b"").unwrap();
     assert!(weights::load_pretrained(&mut m, &z).unwrap_err().to_string().contains("empty (0 bytes)"));
+    // A device is not read (/dev/zero has no end).
+    let e = weights::load_pretrained(&mut m, std::path::Path::new("/dev/zero")).unwrap_err().to_string();
+    assert!(e.contains("/dev/zero: is not a regular file"), "{e}");
     let txt = d.path().join("text.safetensors");
     std::fs::write(&txt, b"hello, this is not a weights file at all").unwrap();
     let e = weights::load_pretrained(&mut m, &txt).unwrap_err().to_string();
