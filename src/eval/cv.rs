@@ -254,6 +254,10 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
     if req.seeds.is_empty() {
         return Err(Error::invalid(Setting::Seeds, "is empty"));
     }
+    // A seed given twice repeats its folds exactly: counted twice, it would narrow the spread over seeds.
+    if let Some(s) = req.seeds.iter().enumerate().find_map(|(i, s)| req.seeds[..i].contains(s).then_some(s)) {
+        return Err(Error::invalid(Setting::Seeds, format!("gives seed {s} twice (the same seed repeats the same folds and training exactly)")));
+    }
     if req.probe_epochs == Some(0) {
         return Err(Error::invalid(Setting::ProbeEpochs, "must be at least 1"));
     }

@@ -29,6 +29,11 @@ fn cv_end_to_end_folds_collect_and_reproducibility() {
         v.extend(s.iter().cloned());
         v
     };
+    // A seed given twice would count the same folds twice: refused before anything is written.
+    let twice: Vec<String> = base("cv-twice").into_iter().map(|x| if x == "0,1" { "0,1,0".into() } else { x }).collect();
+    let (code, _, err) = run(&twice.iter().map(String::as_str).collect::<Vec<_>>(), d.path());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--seeds gives seed 0 twice") && !d.path().join("cv-twice").exists(), "{err}");
     let a: Vec<String> = base("cv-a");
     let (code, out, err) = run(&a.iter().map(String::as_str).collect::<Vec<_>>(), d.path());
     assert_eq!(code, 0, "{out}\n{err}");
