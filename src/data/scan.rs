@@ -106,6 +106,29 @@ pub fn scan(path: &Path, format: DataFormat) -> Result<Dataset> {
     if ds.samples.is_empty() {
         return Err(Error::dataset(path, "contains no images (looked for .tiff, .png, .jpg, .bmp)"));
     }
+    // `Neutral` and `neutral` would be two classes (and two raw labels of the
+    // binary task, whose `neutral` ignores case): a typo, not a distinction.
+    let mut seen: std::collections::HashMap<String, &Sample> = std::collections::HashMap::new();
+    for s in &ds.samples {
+        match seen.get(&s.label.to_lowercase()) {
+            Some(first) if first.label != s.label => {
+                return Err(Error::dataset(
+                    path,
+                    format!(
+                        "labels `{}` ({}) and `{}` ({}) differ only in case: spell each class one way",
+                        first.label,
+                        first.path.display(),
+                        s.label,
+                        s.path.display()
+                    ),
+                ));
+            }
+            Some(_) => {}
+            None => {
+                seen.insert(s.label.to_lowercase(), s);
+            }
+        }
+    }
     Ok(ds)
 }
 

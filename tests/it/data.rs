@@ -198,6 +198,10 @@ fn csv_with_bom_quotes_and_errors() {
     std::fs::write(&m, "path,label,subject\nc.png,happy,P2\na, b.png,neutral,P1\n").unwrap();
     let e = scan(&m, DataFormat::Auto).unwrap_err().to_string();
     assert!(e.contains("line 3: has 4 field(s) where the header has 3") && e.contains("quote a field"), "{e}");
+    // Two spellings of one class differing only in case are a typo, not two classes.
+    std::fs::write(&m, "path,label\nc.png,happy\n\"a b.png\",Happy\n").unwrap();
+    let e = scan(&m, DataFormat::Auto).unwrap_err().to_string();
+    assert!(e.contains("m.csv: labels `") && e.contains("`happy` (") && e.contains("`Happy` (") && e.contains("differ only in case"), "{e}");
     let outside = tmp();
     gray_png(&outside.path().join("o.png"), 16, 16, |_, _| 9);
     std::fs::write(&m, format!("path,label\n{}/o.png,neutral\nc.png,happy\n", outside.path().display())).unwrap();
