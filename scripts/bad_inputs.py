@@ -209,6 +209,7 @@ def run_inventory(d):
     os.mkfifo(os.path.join(csvd, "pipe.png"))
     csv_case("CSV naming a FIFO", "path,label\n" + "".join(f"{r},{r.split('/')[0]}\n" for r in rel) + "pipe.png,neutral\n")
     csv_case("CSV naming /dev/zero", "path,label\n" + "".join(f"{r},{r.split('/')[0]}\n" for r in rel) + "/dev/zero,neutral\n")
+    csv_case("CSV labels differing only in case (Neutral / neutral)", "path,label\n" + "".join(f"{r},{'Neutral' if i == 0 else r.split('/')[0]}\n" for i, r in enumerate(rel)))
     csv_case("CSV whose subject column is partly empty", "path,label,subject\n" + "".join(f"{r},{r.split('/')[0]},{'' if i == 2 else 'P%d' % (i % 4)}\n" for i, r in enumerate(rel)))
 
     # Weights and runs.
@@ -236,6 +237,7 @@ def run_inventory(d):
         weights_case("--bn recalibrate with plain VGG16 weights", W, "--bn", "recalibrate")
     save_file({"encoder.conv.weight": torch.zeros(3, 3)}, os.path.join(wd, "keys.safetensors"))
     weights_case("wrong keys", os.path.join(wd, "keys.safetensors"))
+    weights_case("/dev/zero as the weights file", "/dev/zero")
     r = os.path.join(d, "runs", "ok")
     cfg = open(os.path.join(r, "config.json")).read()
     open(os.path.join(r, "config.json"), "w").write(cfg[:40])
@@ -279,6 +281,8 @@ def run_inventory(d):
     for opt in (["--freeze-until", "conv9"], ["--epochs", "0"], ["--lr", "-1"], ["--batch-size", "1"], ["--threads", "0"], ["--threads", "-1"]):
         code, out, err = vggft("finetune", "--data", good, "--random-init", *SMALL[:6], *opt, cwd=d)
         record(" ".join(opt), code, said(err, want=("error",)))
+    code, out, err = vggft("cv", "--data", good, "--random-init", *SMALL[:6], "--seeds", "0,1,0", "--out", "cv-twice", cwd=d)
+    record("cv --seeds 0,1,0 (a seed twice)", code, said(err, want=("error",)))
 
 
 def run_cases(d, good):

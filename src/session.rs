@@ -263,10 +263,12 @@ pub(crate) fn weights_source(path: &Path) -> String {
 /// Picks the weights file: the given one, or the best in `weights/`.
 pub(crate) fn resolve_weights(given: Option<&Path>, needs_bn: bool) -> Result<PathBuf> {
     if let Some(p) = given {
-        if !p.is_file() {
-            return Err(Error::file(p, "weights file not found"));
-        }
-        return Ok(p.to_path_buf());
+        return match std::fs::metadata(p) {
+            Ok(m) if m.is_file() => Ok(p.to_path_buf()),
+            Ok(m) if m.is_dir() => Err(Error::file(p, "is a folder, not a weights file")),
+            Ok(_) => Err(Error::file(p, "is not a regular file")),
+            Err(_) => Err(Error::file(p, "weights file not found")),
+        };
     }
     let names: &[&str] = if needs_bn { &["vgg16_bn.safetensors"] } else { &["vgg16.safetensors", "vgg16_bn.safetensors", "vgg16-hed.safetensors"] };
     for root in search_roots() {

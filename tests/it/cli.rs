@@ -222,6 +222,12 @@ fn runs_and_data_that_are_broken_get_clear_errors() {
     assert_eq!(code, 0, "{err}");
     let img = d.path().join("s00_neutral.png");
     let im = img.to_str().unwrap();
+    // A weights path that is a device or a folder is named for what it is (nothing read, no run made).
+    for (path, says) in [("/dev/zero", "/dev/zero: is not a regular file"), ("runs", "runs: is a folder, not a weights file")] {
+        let (code, _, err) = run(&["finetune", "--data", data, "--weights", path, "--device", "cpu", "--name", "bad"], d.path());
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains(says) && !d.path().join("runs/bad").exists(), "{err}");
+    }
     // Edited config.json.
     std::fs::copy(d.path().join("runs/ok/config.json"), d.path().join("config.bak")).unwrap();
     std::fs::write(d.path().join("runs/ok/config.json"), "{\"classes\": 3").unwrap();
