@@ -16,6 +16,9 @@ pub(crate) fn temp_sibling(path: &Path) -> PathBuf {
 
 /// Runs `write` on a temporary path, syncs it and renames it onto `path`.
 pub(crate) fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    if path.is_dir() {
+        return Err(Error::file(path, "is a folder: give the name of a file to write"));
+    }
     let tmp = temp_sibling(path);
     let result = write(&tmp).and_then(|_| {
         std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
@@ -96,5 +99,23 @@ pub(crate) fn lock_file(dir: &Path, name: &str, shared: bool) -> Result<RunLock>
         // `cv --fold` runs of a cluster meet): write unguarded, as before locks.
         Err(std::fs::TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported || e.raw_os_error() == Some(ENOLCK) => Ok(RunLock { _file: f }),
         Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&p, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A folder in the way of an output file is named before anything is
+    /// written, and the folder and the writer's temporary file are gone.
+    #[test]
+    fn an_output_named_like_a_folder_is_refused_and_nothing_is_left() {
+        let d = tempfile::tempdir().unwrap();
+        let e = write_atomic(d.path(), b"x").unwrap_err().to_string();
+        assert!(e.contains("is a folder: give the name of a file to write"), "{e}");
+        let f = d.path().join("ok.json");
+        write_json(&f, &serde_json::json!({"a": 1})).unwrap();
+        let left: Vec<_> = std::fs::read_dir(d.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("ok.json")]);
     }
 }
