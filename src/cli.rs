@@ -445,6 +445,12 @@ pub struct FinetuneArgs {
     /// Continue an interrupted run (all other options come from its config.json).
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// Train the recipe saved in RUN's config.json again as a new run: the
+    /// same data, weights, options, thread count and seed (--seed: another
+    /// one); on the same CPU it reproduces RUN's history.csv. Only --seed,
+    /// --out, --name and --quiet go with it
+    #[arg(long, value_name = "RUN", conflicts_with = "resume")]
+    pub rerun: Option<PathBuf>,
     /// Only errors and the final summary.
     #[arg(long, short)]
     pub quiet: bool,

@@ -67,19 +67,96 @@ pub fn finetune(req: &FinetuneRequest, reporter: &mut dyn Reporter, stop: Option
     if !weights.path.as_os_str().is_empty() {
         weights.path = std::path::absolute(&weights.path).map_err(|e| Error::io(&weights.path, e))?;
     }
+    start(&session, &req.out, req.name.as_deref(), reporter, stop)
+}
+
+/// A new run with the recipe saved in another run's `config.json`.
+pub struct RerunRequest {
+    /// The run folder (or its config.json) whose recipe is trained again.
+    pub from: PathBuf,
+    /// Another seed (split, draws, initialisation); none: the run's own.
+    pub seed: Option<u64>,
+    pub out: PathBuf,
+    pub name: Option<String>,
+}
+
+/// Trains the recipe of a finished (or any) run again into a new run folder:
+/// the same data, weights, resolved options, thread count and seed unless
+/// `seed` says otherwise — on the same CPU its `history.csv` is the
+/// original's. Refused when the weights file changed since; with the same
+/// seed, data that changed since is said (the run then trains on it as it is).
+pub fn rerun(req: &RerunRequest, reporter: &mut dyn Reporter, stop: Option<&AtomicBool>) -> Result<Summary> {
+    let from =
+        if req.from.file_name().is_some_and(|n| n == "config.json") { req.from.parent().unwrap_or(Path::new(".")).to_path_buf() } else { req.from.clone() };
+    let mut config = read_config(&from)?;
+    let w = &config.weights;
+    if !w.path.as_os_str().is_empty() {
+        let sha = weights::sha256_file(&w.path)?;
+        if sha != w.sha256 {
+            return Err(Error::file(
+                &w.path,
+                format!(
+                    "differs from the weights {} was trained from (SHA-256 {} in its config.json, {} now): put that file back to rerun it",
+                    from.display(),
+                    short(&w.sha256),
+                    short(&sha)
+                ),
+            ));
+        }
+    }
+    let same_seed = req.seed.is_none_or(|s| s == config.train.seed);
+    if let Some(seed) = req.seed {
+        config.train.seed = seed;
+    }
+    // What the run learnt is learnt again; a fixed threshold is part of the recipe.
+    if config.train.threshold == ThresholdChoice::Inner {
+        config.threshold = None;
+    }
+    config.calibration = None;
+    config.created = chrono::Local::now().to_rfc3339();
+    config.vggft_version = VERSION.into();
+    config.libtorch_version = LIBTORCH_VERSION.into();
+    if let Some(t) = config.threads {
+        tch::set_num_threads(t);
+    }
+    let old_sha = std::mem::take(&mut config.data_sha256);
+    let mut session = Session::reopen(config, reporter)?;
+    let split = split_csv(&session.prepared);
+    session.config.data_sha256 = sha256_hex(&split);
+    if same_seed && !old_sha.is_empty() && old_sha != session.config.data_sha256 {
+        let old = std::fs::read_to_string(from.join("split.csv")).unwrap_or_default();
+        let changes = split_changes(&old, &split);
+        let what = if changes.is_empty() { "its split.csv differs".to_string() } else { crate::error::short_list(&changes, 5) };
+        reporter.message(&format!(
+            "warning: the data at {} changed since {} was trained ({what}); this run trains on it as it is now",
+            session.config.data.path.display(),
+            from.display()
+        ));
+    }
+    reporter.message(&format!("the recipe of {} (its config.json), seed {}", from.display(), session.config.train.seed));
+    start(&session, &req.out, req.name.as_deref(), reporter, stop)
+}
+
+/// The first 12 hex digits of a SHA-256, for messages.
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
+}
+
+/// Creates the run folder of a new run on `session` and trains it there.
+fn start(session: &Session, out: &Path, name: Option<&str>, reporter: &mut dyn Reporter, stop: Option<&AtomicBool>) -> Result<Summary> {
     // The weights are read before the run folder exists: a missing, corrupt or
     // wrong-shape file leaves nothing behind.
     let built = session.fresh_model(session.config.train.seed as i64, true)?;
-    let dir = new_run_dir(&req.out, req.name.as_deref())?;
+    let dir = new_run_dir(out, name)?;
     let _lock = fsutil::lock_run(&dir)?;
     fsutil::write_json(&dir.join("config.json"), &session.config)?;
-    fsutil::write_atomic(&dir.join("split.csv"), &split)?;
+    fsutil::write_atomic(&dir.join("split.csv"), &split_csv(&session.prepared))?;
     let p = &session.prepared;
     if p.boxes.iter().any(Option::is_some) {
         crate::faces::write_csv(&dir.join("faces.csv"), &p.dataset.samples.iter().map(|s| s.path.clone()).collect::<Vec<_>>(), &p.boxes)?;
     }
     reporter.message(&format!("run folder: {}", dir.display()));
-    execute(&session, &dir, reporter, stop, None, Some(built))
+    execute(session, &dir, reporter, stop, None, Some(built))
 }
 
 /// Continues an interrupted run from its last completed epoch.

@@ -646,3 +646,50 @@ fn closed_pipes_end_output_quietly_and_training_goes_on() {
         assert_eq!(out.status.code(), Some(0), "{c:?}: {err}");
     }
 }
+
+/// `finetune --rerun RUN` trains RUN's saved recipe again: the same history
+/// and model bytes with its seed, another history with `--seed`; options it
+/// would ignore are a usage error; a weights file that changed since is
+/// refused; data that changed since is said.
+#[test]
+fn rerun_reproduces_a_run_from_its_config_alone() {
+    let d = tmp();
+    let m = subject_dataset(d.path(), 6, 32);
+    let w = d.path().join("trunk.safetensors");
+    trunk_only(&w, 5);
+    let s = small(&w);
+    let data = m.to_str().unwrap();
+    let (code, _, err) = run(&args(&s, &["finetune", "--data", data, "--stages", "head:2,conv5:2", "--lr", "0.02", "--name", "a", "--quiet"]), d.path());
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(&["finetune", "--rerun", "runs/a", "--name", "b"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("the recipe of runs/a (its config.json), seed 0"), "{err}");
+    let runs = d.path().join("runs");
+    assert_eq!(history_without_seconds(&runs.join("a/history.csv")), history_without_seconds(&runs.join("b/history.csv")));
+    assert!(std::fs::read(runs.join("a/model.safetensors")).unwrap() == std::fs::read(runs.join("b/model.safetensors")).unwrap(), "the same weights");
+    let (a, b) = (json(&runs.join("a/config.json")), json(&runs.join("b/config.json")));
+    assert!(a["train"] == b["train"] && a["model"] == b["model"] && a["data"] == b["data"] && a["data_sha256"] == b["data_sha256"], "{a}\n{b}");
+    // Another seed: another split and draws, the same options otherwise.
+    let (code, _, err) = run(&["finetune", "--rerun", "runs/a/config.json", "--seed", "4", "--name", "c", "--quiet"], d.path());
+    assert_eq!(code, 0, "{err}");
+    let c = json(&runs.join("c/config.json"));
+    assert_eq!(c["train"]["seed"], 4);
+    assert_eq!(c["train"]["stages"], a["train"]["stages"]);
+    assert_ne!(history_without_seconds(&runs.join("a/history.csv")), history_without_seconds(&runs.join("c/history.csv")));
+    // An option the rerun would ignore.
+    let (code, _, err) = run(&["finetune", "--rerun", "runs/a", "--lr", "0.1"], d.path());
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--rerun trains the recipe saved in a run's config.json") && err.contains("--lr would be ignored"), "{err}");
+    // Data changed since: said, and trained on as it is.
+    std::fs::remove_file(d.path().join("s05_smiling.png")).unwrap();
+    let csv = std::fs::read_to_string(&m).unwrap().lines().filter(|l| !l.contains("s05_smiling")).map(|l| format!("{l}\n")).collect::<String>();
+    std::fs::write(&m, csv).unwrap();
+    let (code, _, err) = run(&["finetune", "--rerun", "runs/a", "--name", "d", "--quiet"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("changed since runs/a was trained") && err.contains("s05_smiling.png removed"), "{err}");
+    // Other weights under the same name: refused before a run folder exists.
+    trunk_only(&w, 6);
+    let (code, _, err) = run(&["finetune", "--rerun", "runs/a", "--name", "e"], d.path());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("trunk.safetensors: differs from the weights runs/a was trained from") && !runs.join("e").exists(), "{err}");
+}

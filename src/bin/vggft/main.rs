@@ -61,12 +61,17 @@ fn recipe(data: &DataArgs, model: &ModelArgs, train: &TrainArgs, rep: &mut Cli2)
     })
 }
 
-fn finetune(a: FinetuneArgs) -> anyhow::Result<()> {
+/// `seed_given`: `--seed` was on the command line (a rerun keeps its run's seed otherwise).
+fn finetune(a: FinetuneArgs, seed_given: bool) -> anyhow::Result<()> {
     let mut rep = reporter(a.quiet);
     let stop = stop_flag();
-    let summary = match &a.resume {
-        Some(dir) => run::resume(dir, &mut rep, Some(&stop)),
-        None => {
+    let summary = match (&a.resume, &a.rerun) {
+        (Some(dir), _) => run::resume(dir, &mut rep, Some(&stop)),
+        (None, Some(from)) => {
+            let req = run::RerunRequest { from: run::run_dir(from), seed: seed_given.then_some(a.train.seed), out: a.out.clone(), name: a.name.clone() };
+            run::rerun(&req, &mut rep, Some(&stop))
+        }
+        (None, None) => {
             let req = run::FinetuneRequest {
                 recipe: recipe(&a.data, &a.model, &a.train, &mut rep)?,
                 out: a.out.clone(),
@@ -426,29 +431,30 @@ fn inspect(file: &std::path::Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `finetune --resume RUN` takes every option from the run's config.json:
-/// any other option given with it would be silently ignored, so it is a
-/// usage error naming those options.
+/// `finetune --resume RUN` takes every option from the run's config.json,
+/// and `--rerun RUN` all but the seed and where the new run goes: any other
+/// option given with them would be silently ignored, so it is a usage error
+/// naming those options.
 fn refuse_options_with_resume(matches: &clap::ArgMatches) {
     use clap::parser::ValueSource;
     let Some(("finetune", m)) = matches.subcommand() else { return };
-    if m.value_source("resume") != Some(ValueSource::CommandLine) {
+    let (flag, allowed, what): (&str, &[&str], &str) = if m.value_source("resume") == Some(ValueSource::CommandLine) {
+        ("--resume", &["resume", "quiet"], "continues a run with the options saved in its config.json")
+    } else if m.value_source("rerun") == Some(ValueSource::CommandLine) {
+        ("--rerun", &["rerun", "quiet", "seed", "out", "name"], "trains the recipe saved in a run's config.json (only --seed, --out and --name go with it)")
+    } else {
         return;
-    }
+    };
     let mut cmd = Cli::command();
     let finetune = cmd.find_subcommand_mut("finetune").expect("finetune subcommand");
     let given: Vec<String> = finetune
         .get_arguments()
-        .filter(|a| !matches!(a.get_id().as_str(), "resume" | "quiet"))
+        .filter(|a| !allowed.contains(&a.get_id().as_str()))
         .filter(|a| m.value_source(a.get_id().as_str()) == Some(ValueSource::CommandLine))
         .map(|a| a.get_long().map_or_else(|| a.get_id().to_string(), |l| format!("--{l}")))
         .collect();
     if !given.is_empty() {
-        let msg = format!(
-            "--resume continues a run with the options saved in its config.json; {} would be ignored: drop {}, or start a new run",
-            given.join(", "),
-            if given.len() == 1 { "it" } else { "them" }
-        );
+        let msg = format!("{flag} {what}; {} would be ignored: drop {}, or start a new run", given.join(", "), if given.len() == 1 { "it" } else { "them" });
         Cli::command().error(clap::error::ErrorKind::ArgumentConflict, msg).exit();
     }
 }
@@ -479,7 +485,10 @@ fn main() -> ExitCode {
     refuse_options_in_cv(&matches);
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result = match cli.command {
-        Command::Finetune(a) => finetune(a).map(|_| true),
+        Command::Finetune(a) => {
+            let seed_given = matches.subcommand_matches("finetune").is_some_and(|m| m.value_source("seed") == Some(clap::parser::ValueSource::CommandLine));
+            finetune(a, seed_given).map(|_| true)
+        }
         Command::Predict(a) => predict_cmd(a),
         Command::LrFind(a) => lr_find(a).map(|_| true),
         Command::Evaluate(a) => evaluate(a).map(|_| true),
