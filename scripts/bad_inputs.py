@@ -295,6 +295,8 @@ def run_cases(d, good):
     os.remove(os.path.join(r, "COMPLETE"))
     code, out, err = vggft("finetune", "--resume", "runs/r", "--lr", "5", "--out", "x", cwd=d)
     record("--resume with other options (--lr 5 --out x)", code, said(err))
+    code, out, err = vggft("finetune", "--rerun", "runs/r", "--lr", "5", cwd=d)
+    record("--rerun with an option it would ignore (--lr 5)", code, said(err))
     victim = os.path.join(data, "happy", "01.png")
     keep = open(victim, "rb").read()
     os.remove(victim)
