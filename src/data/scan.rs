@@ -261,7 +261,16 @@ fn scan_csv(csv_path: &Path) -> Result<Dataset> {
             return Err(Error::file(csv_path, format!("line {line}: empty path or label")));
         }
         let p = base.join(rel);
-        let abs = p.canonicalize().map_err(|e| Error::file(csv_path, format!("line {line}: {}: {e}", p.display())))?;
+        let abs = p.canonicalize().map_err(|e| {
+            // A manifest written on Windows: `neutral\001.png` names no file here.
+            let slashed = base.join(rel.replace('\\', "/"));
+            let hint = if rel.contains('\\') && slashed.exists() {
+                format!(" ({} exists: write paths with / between folders, not \\ as Windows does)", slashed.display())
+            } else {
+                String::new()
+            };
+            Error::file(csv_path, format!("line {line}: {}: {e}{hint}", p.display()))
+        })?;
         // A FIFO would block the reader forever and /dev/zero would read until memory runs out.
         if !abs.metadata().is_ok_and(|m| m.is_file()) {
             return Err(Error::file(csv_path, format!("line {line}: {} is not a regular file", p.display())));

@@ -194,6 +194,12 @@ fn csv_with_bom_quotes_and_errors() {
     std::fs::write(&m, "path,label\nmissing.png,neutral\n").unwrap();
     let e = scan(&m, DataFormat::Auto).unwrap_err().to_string();
     assert!(e.contains("line 2") && e.contains("missing.png"), "{e}");
+    // A manifest made on Windows: the path that does exist is named.
+    std::fs::create_dir_all(d.path().join("sub")).unwrap();
+    gray_png(&d.path().join("sub/w.png"), 16, 16, |x, _| x as u8);
+    std::fs::write(&m, "path,label\nc.png,happy\nsub\\w.png,neutral\n").unwrap();
+    let e = scan(&m, DataFormat::Auto).unwrap_err().to_string();
+    assert!(e.contains("line 3: ") && e.contains("sub/w.png exists: write paths with / between folders"), "{e}");
     // An unquoted comma in a name: the row's field count, said plainly.
     std::fs::write(&m, "path,label,subject\nc.png,happy,P2\na, b.png,neutral,P1\n").unwrap();
     let e = scan(&m, DataFormat::Auto).unwrap_err().to_string();
