@@ -440,6 +440,12 @@ fn predict_recurses_streams_jsonl_and_takes_the_model_file() {
     let (code, out, err) = run(&["predict", "--model", "runs/p", "--device", "cpu", "-r", "in/heat"], d.path());
     assert_eq!(code, 0, "{err}");
     assert!(out.lines().count() == 1 && out.contains("top_a.png") && !err.contains("skipped"), "{err}\n{out}");
+    // A line break or tab in a file name stays inside its one text line, escaped.
+    std::fs::create_dir_all(d.path().join("odd")).unwrap();
+    std::fs::copy(d.path().join("data/a/00.png"), d.path().join("odd/fake\nline\tb.png")).unwrap();
+    let (code, out, err) = run(&["predict", "--model", "runs/p", "--device", "cpu", "odd"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().count() == 1 && out.starts_with("odd/fake\\nline\\tb.png\t") && out.split('\t').count() == 3, "{out}");
     // A folder without images is said to be one, not counted as a broken image.
     let (code, _, err) = run(&["predict", "--model", "runs/p", "--device", "cpu", "in/empty"], d.path());
     assert_eq!(code, 1);

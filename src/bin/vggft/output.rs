@@ -42,6 +42,18 @@ pub fn stdout_failed(e: std::io::Error) -> ! {
     std::process::exit(1);
 }
 
+/// A path for the tab-separated text lines: control characters (a tab or a
+/// line break in a file name) escaped as `\t`, `\n`…, so one image stays one
+/// line of three fields. CSV and JSON quote such names themselves.
+fn text_path(p: &std::path::Path) -> String {
+    let s = p.display().to_string();
+    if s.chars().any(char::is_control) {
+        s.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+    } else {
+        s
+    }
+}
+
 /// Progress on stderr: a bar per epoch on a terminal, plain lines otherwise.
 pub struct Cli2 {
     quiet: bool,
@@ -151,7 +163,7 @@ pub fn predictions(a: &PredictArgs, cfg: &RunConfig, subject_norm: bool, preds: 
                         let verdict = if h.class == *class { "right" } else { "WRONG" };
                         outln!(
                             "{}\ttrue {}\tpredicted {class}\t{}{}\t{verdict}",
-                            p.path.display(),
+                            text_path(&p.path),
                             h.class,
                             cfg.classes.iter().zip(pr).map(|(c, v)| format!("{c}={v:.2}")).collect::<Vec<_>>().join(" "),
                             p.mode.map(|m| format!("\tmode={}", m.name())).unwrap_or_default()
@@ -162,7 +174,7 @@ pub fn predictions(a: &PredictArgs, cfg: &RunConfig, subject_norm: bool, preds: 
                 match a.format {
                     OutputFormat::Text => outln!(
                         "{}\t{class}\t{}{}",
-                        p.path.display(),
+                        text_path(&p.path),
                         cfg.classes.iter().zip(pr).map(|(c, v)| format!("{c}={v:.3}")).collect::<Vec<_>>().join(" "),
                         p.mode.map(|m| format!("\tmode={}", m.name())).unwrap_or_default()
                     ),
