@@ -89,6 +89,12 @@ pub fn rerun(req: &RerunRequest, reporter: &mut dyn Reporter, stop: Option<&Atom
     let from =
         if req.from.file_name().is_some_and(|n| n == "config.json") { req.from.parent().unwrap_or(Path::new(".")).to_path_buf() } else { req.from.clone() };
     let mut config = read_config(&from)?;
+    if !config.data.path.exists() {
+        return Err(Error::file(
+            from.join("config.json"),
+            format!("names the data {}, which is not there (moved, or another machine's path?)", config.data.path.display()),
+        ));
+    }
     let w = &config.weights;
     if !w.path.as_os_str().is_empty() {
         let sha = weights::sha256_file(&w.path)?;

@@ -687,6 +687,16 @@ fn rerun_reproduces_a_run_from_its_config_alone() {
     let (code, _, err) = run(&["finetune", "--rerun", "runs/a", "--name", "d", "--quiet"], d.path());
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("changed since runs/a was trained") && err.contains("s05_smiling.png removed"), "{err}");
+    // Data moved away: the config's path is named.
+    let cfg = runs.join("a/config.json");
+    let saved = std::fs::read_to_string(&cfg).unwrap();
+    let mut moved = json(&cfg);
+    moved["data"]["path"] = serde_json::json!("/nowhere/manifest.csv");
+    std::fs::write(&cfg, moved.to_string()).unwrap();
+    let (code, _, err) = run(&["finetune", "--rerun", "runs/a"], d.path());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("runs/a/config.json: names the data /nowhere/manifest.csv, which is not there"), "{err}");
+    std::fs::write(&cfg, saved).unwrap();
     // Other weights under the same name: refused before a run folder exists.
     trunk_only(&w, 6);
     let (code, _, err) = run(&["finetune", "--rerun", "runs/a", "--name", "e"], d.path());
