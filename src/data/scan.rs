@@ -207,7 +207,19 @@ fn scan_folders(dir: &Path) -> Result<Dataset> {
             }
         }
         if samples.len() == before {
-            return Err(Error::dataset(&class_dir, format!("class `{label}` has no images")));
+            // People often sort a class by person: `neutral/KA/…`.
+            let nested = sorted_entries(&class_dir)?
+                .into_iter()
+                .filter(|p| p.is_dir())
+                .find(|d| sorted_entries(d).is_ok_and(|e| e.iter().any(|p| p.is_file() && is_image(p))));
+            let hint = match nested {
+                Some(d) => format!(
+                    " directly inside it ({} holds some): only a class folder's own images are read; move them up, or list them in a manifest.csv with a subject column",
+                    d.display()
+                ),
+                None => String::new(),
+            };
+            return Err(Error::dataset(&class_dir, format!("class `{label}` has no images{hint}")));
         }
     }
     // JAFFE is often shared sorted into expression folders with its names

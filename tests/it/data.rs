@@ -243,6 +243,15 @@ fn dataset_errors_are_named() {
     let ds = scan(lm.path(), DataFormat::Auto).unwrap();
     let e = assign_labels(&ds, Task::Binary, &[("a".into(), "x".into())]).unwrap_err().to_string();
     assert!(e.contains("label `b` is not in --label-map (the data's labels: a, b)"), "{e}");
+    // A class sorted by person one level deeper: said where its images are.
+    let nest = tmp();
+    separable_folders(nest.path(), 2, 16);
+    std::fs::create_dir_all(nest.path().join("a/KA")).unwrap();
+    for f in std::fs::read_dir(nest.path().join("a")).unwrap().flatten().filter(|f| f.path().is_file()) {
+        std::fs::rename(f.path(), nest.path().join("a/KA").join(f.file_name())).unwrap();
+    }
+    let e = scan(nest.path(), DataFormat::Auto).unwrap_err().to_string();
+    assert!(e.contains("class `a` has no images directly inside it (") && e.contains("a/KA holds some)"), "{e}");
 }
 
 #[test]
