@@ -229,6 +229,20 @@ fn scan_folders(dir: &Path) -> Result<Dataset> {
         .iter()
         .map(|s| s.path.file_name().and_then(|n| n.to_str()).and_then(parse_jaffe_name).and_then(|r| r.ok()).map(|(subject, _)| subject))
         .collect();
+    // `--data data` where data/jaffe/ is the JAFFE folder: one "class" named after the folder.
+    if let (Some(_), Some(first)) = (&people, samples.first()) {
+        if samples.iter().all(|s| s.label == first.label) {
+            let folder = first.path.parent().unwrap_or(dir);
+            return Err(Error::dataset(
+                dir,
+                format!(
+                    "holds one folder, `{}`, of JAFFE-named images, which would be one class: give that folder itself (--data {}) to read each image's expression from its name",
+                    first.label,
+                    folder.display()
+                ),
+            ));
+        }
+    }
     if let Some(people) = people.filter(|p| p.iter().collect::<std::collections::BTreeSet<_>>().len() >= 2) {
         for (s, id) in samples.iter_mut().zip(people) {
             s.subject = Some(id);

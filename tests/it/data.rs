@@ -252,6 +252,12 @@ fn dataset_errors_are_named() {
     }
     let e = scan(nest.path(), DataFormat::Auto).unwrap_err().to_string();
     assert!(e.contains("class `a` has no images directly inside it (") && e.contains("a/KA holds some)"), "{e}");
+    // The folder above a JAFFE folder: that folder is named.
+    let wrap = tmp();
+    std::fs::create_dir_all(wrap.path().join("jaffe")).unwrap();
+    jaffe_dir(&wrap.path().join("jaffe"), &["KA", "KB"], &["HA", "NE"]);
+    let e = scan(wrap.path(), DataFormat::Auto).unwrap_err().to_string();
+    assert!(e.contains("holds one folder, `jaffe`, of JAFFE-named images") && e.contains("jaffe) to read each image's expression"), "{e}");
 }
 
 #[test]
