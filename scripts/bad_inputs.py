@@ -184,6 +184,18 @@ def run_inventory(d):
     for n in ["KA.NE1.26.tiff", "KA.HA1.29.tiff", "KL.NE1.155.tiff", "KL.XX1.158.tiff"]:
         Image.open(ok_png).save(os.path.join(jaffe, n))
     data_case("unknown JAFFE expression code", jaffe)
+    wrap = os.path.join(d, "wrap")
+    os.makedirs(os.path.join(wrap, "jaffe"))
+    for n in ["KA.NE1.26.tiff", "KA.HA1.29.tiff", "KL.NE1.155.tiff", "KL.SU1.158.tiff"]:
+        Image.open(ok_png).save(os.path.join(wrap, "jaffe", n))
+    data_case("the folder above a JAFFE folder", wrap)
+    nest = os.path.join(d, "nest")
+    folders(nest)
+    os.makedirs(os.path.join(nest, "neutral", "KA"))
+    for f in os.listdir(os.path.join(nest, "neutral")):
+        if f.endswith(".png"):
+            os.rename(os.path.join(nest, "neutral", f), os.path.join(nest, "neutral", "KA", f))
+    data_case("a class folder sorted by person (neutral/KA/*.png)", nest)
     dup = os.path.join(d, "dup")
     folders(dup)
     shutil.copy(os.path.join(dup, "neutral", "00.png"), os.path.join(dup, "happy", "99.png"))
