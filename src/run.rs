@@ -72,7 +72,7 @@ pub fn finetune(req: &FinetuneRequest, reporter: &mut dyn Reporter, stop: Option
 
 /// A new run with the recipe saved in another run's `config.json`.
 pub struct RerunRequest {
-    /// The run folder (or its config.json) whose recipe is trained again.
+    /// The run folder (its config.json, or a runs folder: its latest run) whose recipe is trained again.
     pub from: PathBuf,
     /// Another seed (split, draws, initialisation); none: the run's own.
     pub seed: Option<u64>,
@@ -86,8 +86,7 @@ pub struct RerunRequest {
 /// original's. Refused when the weights file changed since; with the same
 /// seed, data that changed since is said (the run then trains on it as it is).
 pub fn rerun(req: &RerunRequest, reporter: &mut dyn Reporter, stop: Option<&AtomicBool>) -> Result<Summary> {
-    let from =
-        if req.from.file_name().is_some_and(|n| n == "config.json") { req.from.parent().unwrap_or(Path::new(".")).to_path_buf() } else { req.from.clone() };
+    let from = run_dir(&req.from);
     let mut config = read_config(&from)?;
     if !config.data.path.exists() {
         return Err(Error::file(

@@ -68,7 +68,7 @@ fn finetune(a: FinetuneArgs, seed_given: bool) -> anyhow::Result<()> {
     let summary = match (&a.resume, &a.rerun) {
         (Some(dir), _) => run::resume(dir, &mut rep, Some(&stop)),
         (None, Some(from)) => {
-            let req = run::RerunRequest { from: run::run_dir(from), seed: seed_given.then_some(a.train.seed), out: a.out.clone(), name: a.name.clone() };
+            let req = run::RerunRequest { from: from.clone(), seed: seed_given.then_some(a.train.seed), out: a.out.clone(), name: a.name.clone() };
             run::rerun(&req, &mut rep, Some(&stop))
         }
         (None, None) => {
