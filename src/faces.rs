@@ -70,7 +70,7 @@ pub fn run(dir: &Path, out: &Path, tile: u32) -> Result<FacesReport> {
         let px = prepare(&g, &b.crop(), tile).map_err(|e| e.at(p))?;
         let img = image::GrayImage::from_raw(tile, tile, px.iter().map(|v| (v * 255.0).round().clamp(0.0, 255.0) as u8).collect())
             .ok_or_else(|| Error::image(p, "crop has the wrong size"))?;
-        let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let stem = crate::fsutil::output_stem(p);
         let mut png = Vec::new();
         img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).map_err(|e| Error::file(p, e.to_string()))?;
         let name = format!("{i:04}_{stem}.png");

@@ -45,6 +45,13 @@ pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
     write_atomic(path, s.as_bytes())
 }
 
+/// The name of an output file vggft derives from an input's (a heatmap, a
+/// face crop): the input's file stem, control characters (a line break or tab
+/// in the name) as `_`, so listings of the outputs stay one line per file.
+pub(crate) fn output_stem(input: &Path) -> String {
+    input.file_stem().map(|s| s.to_string_lossy().chars().map(|c| if c.is_control() { '_' } else { c }).collect()).unwrap_or_default()
+}
+
 /// Creates a folder and its parents, naming it in the error.
 pub fn create_dir(path: &Path) -> Result<()> {
     std::fs::create_dir_all(path).map_err(|e| Error::file(path, format!("cannot create folder: {e}")))
@@ -117,5 +124,12 @@ mod tests {
         write_json(&f, &serde_json::json!({"a": 1})).unwrap();
         let left: Vec<_> = std::fs::read_dir(d.path()).unwrap().flatten().map(|e| e.file_name()).collect();
         assert_eq!(left, vec![std::ffi::OsString::from("ok.json")]);
+    }
+
+    /// Output names made from input names keep no line break or tab.
+    #[test]
+    fn output_stems_replace_control_characters() {
+        assert_eq!(output_stem(Path::new("a/x\ny\tz.tiff")), "x_y_z");
+        assert_eq!(output_stem(Path::new("KA.HA1.29.tiff")), "KA.HA1.29");
     }
 }

@@ -208,7 +208,7 @@ pub fn explain(cfg: &RunConfig, model: &Vgg16, req: &ExplainRequest, device: Dev
             }
         };
         let cam = grad_cam(model, cfg, &px, req.layer, req.class, device)?;
-        let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let stem = crate::fsutil::output_stem(p);
         let file = req.out.join(format!("{i:04}_{stem}.png"));
         let tile = captioned(&overlay(&cam.input, &cam.heat, s), &caption(cfg, &cam, &stem, None))?;
         save_png(&file, &tile)?;

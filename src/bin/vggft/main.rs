@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use clap::{CommandFactory, FromArgMatches};
 
-use output::{print_metrics, reporter, Cli2};
+use output::{print_metrics, reporter, text_path, Cli2};
 use vggft::cli::{
     Cli, Command, CvArgs, DataArgs, EvaluateArgs, ExplainArgs, FinetuneArgs, LrFindArgs, ModelArgs, PredictArgs, SpeedArgs, TrainArgs, WeightsCommand,
 };
@@ -156,7 +156,7 @@ fn explain(mut a: ExplainArgs) -> anyhow::Result<bool> {
     let mut failed = 0;
     for e in &done {
         match &e.result {
-            Ok((cam, file)) => outln!("{}\t{} {:.3}\t{}", e.path.display(), cfg.classes[cam.class], cam.probs[cam.class], file.display()),
+            Ok((cam, file)) => outln!("{}\t{} {:.3}\t{}", text_path(&e.path), cfg.classes[cam.class], cam.probs[cam.class], file.display()),
             Err(why) => {
                 failed += 1;
                 errln!("{}: {}", e.path.display(), why.problem());
@@ -504,7 +504,7 @@ fn main() -> ExitCode {
                     1000.0 * r.seconds_per_image
                 );
                 for p in &r.fallbacks {
-                    outln!("  no face: {}", p.display());
+                    outln!("  no face: {}", text_path(p));
                 }
                 outln!("crops in {}, boxes in {}, contact sheet {}", out.join("crops").display(), out.join("faces.csv").display(), r.sheet.display());
                 true

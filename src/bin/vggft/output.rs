@@ -44,8 +44,8 @@ pub fn stdout_failed(e: std::io::Error) -> ! {
 
 /// A path for the tab-separated text lines: control characters (a tab or a
 /// line break in a file name) escaped as `\t`, `\n`…, so one image stays one
-/// line of three fields. CSV and JSON quote such names themselves.
-fn text_path(p: &std::path::Path) -> String {
+/// line of tab-separated fields. CSV and JSON quote such names themselves.
+pub fn text_path(p: &std::path::Path) -> String {
     let s = p.display().to_string();
     if s.chars().any(char::is_control) {
         s.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
