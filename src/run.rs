@@ -67,7 +67,7 @@ pub fn finetune(req: &FinetuneRequest, reporter: &mut dyn Reporter, stop: Option
     if !weights.path.as_os_str().is_empty() {
         weights.path = std::path::absolute(&weights.path).map_err(|e| Error::io(&weights.path, e))?;
     }
-    start(&session, &req.out, req.name.as_deref(), reporter, stop)
+    start(&session, &split, &req.out, req.name.as_deref(), reporter, stop)
 }
 
 /// A new run with the recipe saved in another run's `config.json`.
@@ -129,9 +129,7 @@ pub fn rerun(req: &RerunRequest, reporter: &mut dyn Reporter, stop: Option<&Atom
     let split = split_csv(&session.prepared);
     session.config.data_sha256 = sha256_hex(&split);
     if same_seed && !old_sha.is_empty() && old_sha != session.config.data_sha256 {
-        let old = std::fs::read_to_string(from.join("split.csv")).unwrap_or_default();
-        let changes = split_changes(&old, &split);
-        let what = if changes.is_empty() { "its split.csv differs".to_string() } else { crate::error::short_list(&changes, 5) };
+        let what = describe_changes(&std::fs::read_to_string(from.join("split.csv")).unwrap_or_default(), &split);
         reporter.message(&format!(
             "warning: the data at {} changed since {} was trained ({what}); this run trains on it as it is now",
             session.config.data.path.display(),
@@ -139,7 +137,7 @@ pub fn rerun(req: &RerunRequest, reporter: &mut dyn Reporter, stop: Option<&Atom
         ));
     }
     reporter.message(&format!("the recipe of {} (its config.json), seed {}", from.display(), session.config.train.seed));
-    start(&session, &req.out, req.name.as_deref(), reporter, stop)
+    start(&session, &split, &req.out, req.name.as_deref(), reporter, stop)
 }
 
 /// The first 12 hex digits of a SHA-256, for messages.
@@ -147,15 +145,16 @@ fn short(sha: &str) -> &str {
     &sha[..sha.len().min(12)]
 }
 
-/// Creates the run folder of a new run on `session` and trains it there.
-fn start(session: &Session, out: &Path, name: Option<&str>, reporter: &mut dyn Reporter, stop: Option<&AtomicBool>) -> Result<Summary> {
+/// Creates the run folder of a new run on `session` (`split`: its split.csv)
+/// and trains it there.
+fn start(session: &Session, split: &[u8], out: &Path, name: Option<&str>, reporter: &mut dyn Reporter, stop: Option<&AtomicBool>) -> Result<Summary> {
     // The weights are read before the run folder exists: a missing, corrupt or
     // wrong-shape file leaves nothing behind.
     let built = session.fresh_model(session.config.train.seed as i64, true)?;
     let dir = new_run_dir(out, name)?;
     let _lock = fsutil::lock_run(&dir)?;
     fsutil::write_json(&dir.join("config.json"), &session.config)?;
-    fsutil::write_atomic(&dir.join("split.csv"), &split_csv(&session.prepared))?;
+    fsutil::write_atomic(&dir.join("split.csv"), split)?;
     let p = &session.prepared;
     if p.boxes.iter().any(Option::is_some) {
         crate::faces::write_csv(&dir.join("faces.csv"), &p.dataset.samples.iter().map(|s| s.path.clone()).collect::<Vec<_>>(), &p.boxes)?;
@@ -191,9 +190,7 @@ fn check_same_data(session: &Session, dir: &Path) -> Result<()> {
     let split = split_csv(prepared);
     if !config.data_sha256.is_empty() && sha256_hex(&split) != config.data_sha256 {
         let p = dir.join("split.csv");
-        let old = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
-        let changes = split_changes(&old, &split);
-        let what = if changes.is_empty() { "split.csv itself was edited".to_string() } else { crate::error::short_list(&changes, 5) };
+        let what = describe_changes(&std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?, &split);
         return Err(Error::dataset(
             &config.data.path,
             format!("changed since the run started ({what}); --resume needs the same data: restore it, or start a new run"),
@@ -475,6 +472,16 @@ pub(crate) fn split_csv(p: &Prepared) -> Vec<u8> {
 pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `split_changes` for a message: the first few, or that split.csv itself was edited.
+fn describe_changes(old: &str, new: &[u8]) -> String {
+    let changes = split_changes(old, new);
+    if changes.is_empty() {
+        "split.csv itself was edited".to_string()
+    } else {
+        crate::error::short_list(&changes, 5)
+    }
 }
 
 /// What differs between a run's `split.csv` and the data scanned now, in a

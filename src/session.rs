@@ -264,9 +264,7 @@ pub(crate) fn weights_source(path: &Path) -> String {
 pub(crate) fn resolve_weights(given: Option<&Path>, needs_bn: bool) -> Result<PathBuf> {
     if let Some(p) = given {
         return match std::fs::metadata(p) {
-            Ok(m) if m.is_file() => Ok(p.to_path_buf()),
-            Ok(m) if m.is_dir() => Err(Error::file(p, "is a folder, not a weights file")),
-            Ok(_) => Err(Error::file(p, "is not a regular file")),
+            Ok(m) => weights::not_a_weights_file(&m).map_or_else(|| Ok(p.to_path_buf()), |why| Err(Error::file(p, why))),
             Err(_) => Err(Error::file(p, "weights file not found")),
         };
     }

@@ -57,15 +57,23 @@ pub struct LoadReport {
     pub folded_bn: bool,
 }
 
+/// Why a path with this metadata cannot be a weights file: a folder, or a
+/// device or FIFO (/dev/zero would read forever, a FIFO block).
+pub(crate) fn not_a_weights_file(meta: &std::fs::Metadata) -> Option<&'static str> {
+    if meta.is_dir() {
+        Some("is a folder, not a weights file")
+    } else if !meta.is_file() {
+        Some("is not a regular file")
+    } else {
+        None
+    }
+}
+
 /// Reads every tensor of a safetensors file, mapping failures to one sentence.
 pub fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-    if meta.is_dir() {
-        return Err(Error::weights(path, "is a folder, not a weights file"));
-    }
-    if !meta.is_file() {
-        // A device or FIFO: /dev/zero would read forever, a FIFO block.
-        return Err(Error::weights(path, "is not a regular file"));
+    if let Some(why) = not_a_weights_file(&meta) {
+        return Err(Error::weights(path, why));
     }
     if meta.len() == 0 {
         return Err(Error::weights(path, "is empty (0 bytes)"));
