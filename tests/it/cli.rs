@@ -446,6 +446,11 @@ fn predict_recurses_streams_jsonl_and_takes_the_model_file() {
     let (code, out, err) = run(&["predict", "--model", "runs/p", "--device", "cpu", "odd"], d.path());
     assert_eq!(code, 0, "{err}");
     assert!(out.lines().count() == 1 && out.starts_with("odd/fake\\nline\\tb.png\t") && out.split('\t').count() == 3, "{out}");
+    // So does its error on stderr: one line per problem, the name escaped.
+    std::fs::write(d.path().join("odd/broken\nerror: fake.png"), b"not an image").unwrap();
+    let (code, _, err) = run(&["predict", "--model", "runs/p", "--device", "cpu", "odd/broken\nerror: fake.png"], d.path());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("odd/broken\\nerror: fake.png: ") && !err.lines().any(|l| l.starts_with("error: fake")), "{err}");
     // A folder without images is said to be one, not counted as a broken image.
     let (code, _, err) = run(&["predict", "--model", "runs/p", "--device", "cpu", "in/empty"], d.path());
     assert_eq!(code, 1);

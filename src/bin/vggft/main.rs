@@ -27,7 +27,8 @@ fn stop_flag() -> Arc<AtomicBool> {
         if f.swap(true, Ordering::SeqCst) {
             std::process::exit(130);
         }
-        errln!("\nstopping after the current batch (Ctrl-C again to quit at once)…");
+        errln!();
+        errln!("stopping after the current batch (Ctrl-C again to quit at once)…");
     });
     flag
 }

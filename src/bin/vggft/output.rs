@@ -25,12 +25,18 @@ macro_rules! outln {
 }
 
 /// A line on stderr. If stderr is gone (`vggft finetune … 2>&1 | head`) the
-/// line is dropped and the work goes on: a run keeps training.
+/// line is dropped and the work goes on: a run keeps training. Control
+/// characters are escaped (`text`): a file name with a line break in it
+/// cannot make an error or a warning look like two.
 #[macro_export]
 macro_rules! errln {
+    () => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr());
+    }};
     ($($t:tt)*) => {{
         use std::io::Write;
-        let _ = writeln!(std::io::stderr(), $($t)*);
+        let _ = writeln!(std::io::stderr(), "{}", $crate::output::text(&format!($($t)*)));
     }};
 }
 
@@ -46,11 +52,16 @@ pub fn stdout_failed(e: std::io::Error) -> ! {
 /// line break in a file name) escaped as `\t`, `\n`…, so one image stays one
 /// line of tab-separated fields. CSV and JSON quote such names themselves.
 pub fn text_path(p: &std::path::Path) -> String {
-    let s = p.display().to_string();
+    text(&p.display().to_string())
+}
+
+/// `s` with its control characters escaped (`\t`, `\n`, `\u{1b}`…): one
+/// line stays one line, and a file name cannot send terminal escapes.
+pub fn text(s: &str) -> String {
     if s.chars().any(char::is_control) {
         s.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
     } else {
-        s
+        s.to_string()
     }
 }
 
@@ -68,7 +79,7 @@ impl Reporter for Cli2 {
             return;
         }
         match &self.bar {
-            Some(b) => b.println(msg),
+            Some(b) => b.println(text(msg)),
             None => errln!("{msg}"),
         }
     }
@@ -107,7 +118,7 @@ impl Reporter for Cli2 {
             b.set_style(
                 ProgressStyle::with_template("{msg} [{bar:25}] {pos}/{len} ETA {eta}").unwrap_or_else(|_| ProgressStyle::default_bar()).progress_chars("=> "),
             );
-            b.set_message(what.to_string());
+            b.set_message(text(what));
             self.bar = Some(b);
         }
         if let Some(b) = &self.bar {
