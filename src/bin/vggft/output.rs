@@ -70,6 +70,36 @@ pub struct Cli2 {
     quiet: bool,
     tty: bool,
     bar: Option<ProgressBar>,
+    /// The long step under way when stderr is a log, not a terminal.
+    log: Option<LogProgress>,
+}
+
+/// Progress of a long step (a cache pass of minutes on a slow CPU) in a log:
+/// after the step's first line, one line every `every` with what is done and
+/// an estimate of what is left, so a log does not fall silent for minutes.
+struct LogProgress {
+    every: std::time::Duration,
+    start: std::time::Instant,
+    last: std::time::Instant,
+}
+
+impl LogProgress {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+    fn new(now: std::time::Instant, every: std::time::Duration) -> Self {
+        LogProgress { every, start: now, last: now }
+    }
+
+    /// The line due at `now`, if one is (never for a finished step: its caller says that).
+    fn line(&mut self, what: &str, unit: &str, done: usize, total: usize, now: std::time::Instant) -> Option<String> {
+        if done == 0 || done >= total || now.duration_since(self.last) < self.every {
+            return None;
+        }
+        self.last = now;
+        let spent = now.duration_since(self.start).as_secs_f64();
+        let left = spent * (total - done) as f64 / done as f64;
+        Some(format!("{what}: {done} of {total} {unit} in {spent:.0}s, about {left:.0}s left"))
+    }
 }
 
 impl Reporter for Cli2 {
@@ -107,9 +137,13 @@ impl Reporter for Cli2 {
             return;
         }
         if !self.tty {
-            // One plain line per step when stderr is not a terminal (logs, CI).
+            // Plain lines when stderr is not a terminal (logs, CI): the step, then a line every 30 s.
+            let now = std::time::Instant::now();
             if done == 0 {
                 errln!("{what}: {total} {unit}…");
+                self.log = Some(LogProgress::new(now, LogProgress::EVERY));
+            } else if let Some(line) = self.log.as_mut().and_then(|l| l.line(what, unit, done, total, now)) {
+                errln!("{line}");
             }
             return;
         }
@@ -146,7 +180,7 @@ impl Reporter for Cli2 {
 }
 
 pub fn reporter(quiet: bool) -> Cli2 {
-    Cli2 { quiet, tty: std::io::stderr().is_terminal(), bar: None }
+    Cli2 { quiet, tty: std::io::stderr().is_terminal(), bar: None, log: None }
 }
 
 /// Prints `predict`'s results in the chosen format (with the held-out
@@ -282,4 +316,22 @@ fn csv_line(fields: &[String]) -> String {
     let _ = w.write_record(fields);
     let bytes = w.into_inner().unwrap_or_default();
     String::from_utf8_lossy(&bytes).trim_end_matches('\n').to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LogProgress;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_long_step_in_a_log_says_how_far_it_is_every_interval() {
+        let t0 = Instant::now();
+        let mut p = LogProgress::new(t0, Duration::from_secs(30));
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert_eq!(p.line("caching", "image(s)", 100, 1000, at(29)), None, "not before the interval");
+        assert_eq!(p.line("caching", "image(s)", 120, 1000, at(30)).as_deref(), Some("caching: 120 of 1000 image(s) in 30s, about 220s left"));
+        assert_eq!(p.line("caching", "image(s)", 150, 1000, at(45)), None, "the interval counts from the last line");
+        assert_eq!(p.line("caching", "image(s)", 240, 1000, at(60)).as_deref(), Some("caching: 240 of 1000 image(s) in 60s, about 190s left"));
+        assert_eq!(p.line("caching", "image(s)", 1000, 1000, at(200)), None, "the finished step is said by its caller");
+    }
 }
