@@ -468,6 +468,12 @@ fn cv_refuses_options_it_would_ignore_and_predict_takes_threads() {
         assert_eq!(code, 2, "{flag}: {err}");
         assert!(err.contains(&format!("{flag} does not apply")), "{flag}: {err}");
     }
+    // Nor does cv --help offer them; finetune --help does.
+    let (_, cv_help, _) = run(&["cv", "--help"], d.path());
+    let (_, ft_help, _) = run(&["finetune", "--help"], d.path());
+    for flag in ["--val ", "--val-subjects", "--patience", "--keep"] {
+        assert!(!cv_help.contains(flag) && ft_help.contains(flag), "{flag}:\n{cv_help}");
+    }
     let (code, _, err) = run(&["predict", "x.png", "--threads", "0"], d.path());
     assert_eq!(code, 2, "{err}");
     let (code, _, err) = run(&["evaluate", "--data", "d", "--threads", "2000"], d.path());

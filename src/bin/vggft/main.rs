@@ -462,26 +462,31 @@ fn refuse_options_with_resume(matches: &clap::ArgMatches) {
 
 /// `cv` makes its own folds and evaluates the last epoch of the recipe:
 /// validation and early-stopping options would be silently ignored there.
+/// Options `cv` shares with `finetune` (one set of training arguments) that
+/// a cross-validation has no use for: hidden from `cv --help`, refused when given.
+const NOT_IN_CV: [(&str, &str); 4] = [("val", "--val"), ("val_subjects", "--val-subjects"), ("patience", "--patience"), ("keep", "--keep")];
+
+/// The command line, with `cv --help` leaving out the options it refuses.
+fn command() -> clap::Command {
+    Cli::command().mut_subcommand("cv", |c| NOT_IN_CV.iter().fold(c, |c, (id, _)| c.mut_arg(*id, |a| a.hide(true))))
+}
+
 fn refuse_options_in_cv(matches: &clap::ArgMatches) {
     use clap::parser::ValueSource;
     let Some(("cv", m)) = matches.subcommand() else { return };
-    let given: Vec<&str> = [("val", "--val"), ("val_subjects", "--val-subjects"), ("patience", "--patience"), ("keep", "--keep")]
-        .into_iter()
-        .filter(|(id, _)| m.value_source(id) == Some(ValueSource::CommandLine))
-        .map(|(_, flag)| flag)
-        .collect();
+    let given: Vec<&str> = NOT_IN_CV.into_iter().filter(|(id, _)| m.value_source(id) == Some(ValueSource::CommandLine)).map(|(_, flag)| flag).collect();
     if !given.is_empty() {
         let msg = format!(
             "cv tests each fold on people left out of it and evaluates the recipe's last epoch (no validation split, no early stopping): {} {} not apply",
             given.join(", "),
             if given.len() == 1 { "does" } else { "do" }
         );
-        Cli::command().error(clap::error::ErrorKind::ArgumentConflict, msg).exit();
+        command().error(clap::error::ErrorKind::ArgumentConflict, msg).exit();
     }
 }
 
 fn main() -> ExitCode {
-    let matches = Cli::command().get_matches();
+    let matches = command().get_matches();
     refuse_options_with_resume(&matches);
     refuse_options_in_cv(&matches);
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
