@@ -460,8 +460,6 @@ fn refuse_options_with_resume(matches: &clap::ArgMatches) {
     }
 }
 
-/// `cv` makes its own folds and evaluates the last epoch of the recipe:
-/// validation and early-stopping options would be silently ignored there.
 /// Options `cv` shares with `finetune` (one set of training arguments) that
 /// a cross-validation has no use for: hidden from `cv --help`, refused when given.
 const NOT_IN_CV: [(&str, &str); 4] = [("val", "--val"), ("val_subjects", "--val-subjects"), ("patience", "--patience"), ("keep", "--keep")];
@@ -471,6 +469,8 @@ fn command() -> clap::Command {
     Cli::command().mut_subcommand("cv", |c| NOT_IN_CV.iter().fold(c, |c, (id, _)| c.mut_arg(*id, |a| a.hide(true))))
 }
 
+/// `cv` makes its own folds and evaluates the last epoch of the recipe:
+/// validation and early-stopping options would be silently ignored there.
 fn refuse_options_in_cv(matches: &clap::ArgMatches) {
     use clap::parser::ValueSource;
     let Some(("cv", m)) = matches.subcommand() else { return };
