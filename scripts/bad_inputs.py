@@ -144,6 +144,12 @@ def run_inventory(d):
     png(nonutf.decode("utf-8", "surrogateescape"))
     p = subprocess.run([BIN.encode(), b"predict", nonutf, b"--model", b"runs/ok"], cwd=d, capture_output=True)
     record("non-UTF-8 file name (works; shown lossily)", p.returncode, p.stdout.decode("utf-8", "replace").strip().replace(d + "/", ""))
+    brk = os.path.join(img, "bad\nerror: fake.png")
+    open(brk, "wb").write(b"not an image")
+    code, out, err = vggft("predict", brk, "--model", "runs/ok", cwd=d)
+    lines = [l for l in err.splitlines() if l.strip()]
+    fake = any(l.startswith("error: fake") for l in lines)
+    record("not an image, named with a line break (bad⏎error: fake.png)", code, ("a FAKE error line; " if fake else "the name escaped, no fake line: ") + (lines[0] if lines else "(nothing)"))
     os.symlink("loop.png", os.path.join(img, "loop.png"))
     code, out, err = vggft("predict", os.path.join(img, "loop.png"), "--model", "runs/ok", cwd=d)
     record("symlink loop", code, said(err, want=("error", os.path.join(img, "loop.png"))))
