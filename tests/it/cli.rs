@@ -517,6 +517,7 @@ fn long_steps_say_so_when_stderr_is_not_a_terminal() {
     let line = err.lines().position(|l| l.starts_with("caching the frozen conv4 output: ") && l.ends_with("image(s)…"));
     let done = err.lines().position(|l| l.starts_with("cached the frozen conv4 output"));
     assert!(line.is_some() && done.is_some() && line < done, "a line before the cache pass and one after it:\n{err}");
+    assert!(err.contains("epoch   1/2 [head+] lr") && err.contains("epoch   2/2 [conv5+] lr"), "each epoch line says of how many:\n{err}");
     let (code, _, err) = run(
         &args(&s, &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:1,conv5:1", "--val", "none", "--cache-views", "5000", "--cache-mem", "1"]),
         d.path(),

@@ -72,6 +72,8 @@ pub struct Cli2 {
     bar: Option<ProgressBar>,
     /// The long step under way when stderr is a log, not a terminal.
     log: Option<LogProgress>,
+    /// The run's epochs in all, for the epoch lines (0 before the first epoch).
+    epochs: usize,
 }
 
 /// Progress of a long step (a cache pass of minutes on a slow CPU) in a log:
@@ -114,6 +116,7 @@ impl Reporter for Cli2 {
         }
     }
     fn epoch_start(&mut self, epoch: usize, total: usize, batches: usize) {
+        self.epochs = total;
         if self.quiet || !self.tty {
             return;
         }
@@ -175,12 +178,13 @@ impl Reporter for Cli2 {
             (Some(l), Some(a), Some(b)) => format!(" | val loss {l:.4} acc {a:.3} bal.acc {b:.3}"),
             _ => String::new(),
         };
-        errln!("epoch {:>3} [{}+] lr {:.2e} | train loss {:.4} acc {:.3}{val} | {:.1}s", r.epoch, r.block, r.lr, r.train_loss, r.train_acc, r.seconds);
+        let of = if self.epochs >= r.epoch { format!("/{}", self.epochs) } else { String::new() };
+        errln!("epoch {:>3}{of} [{}+] lr {:.2e} | train loss {:.4} acc {:.3}{val} | {:.1}s", r.epoch, r.block, r.lr, r.train_loss, r.train_acc, r.seconds);
     }
 }
 
 pub fn reporter(quiet: bool) -> Cli2 {
-    Cli2 { quiet, tty: std::io::stderr().is_terminal(), bar: None, log: None }
+    Cli2 { quiet, tty: std::io::stderr().is_terminal(), bar: None, log: None, epochs: 0 }
 }
 
 /// Prints `predict`'s results in the chosen format (with the held-out
