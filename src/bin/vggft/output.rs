@@ -77,10 +77,9 @@ pub struct Cli2 {
 }
 
 /// Progress of a long step (a cache pass of minutes on a slow CPU) in a log:
-/// after the step's first line, one line every `every` with what is done and
+/// after the step's first line, one line every `EVERY` with what is done and
 /// an estimate of what is left, so a log does not fall silent for minutes.
 struct LogProgress {
-    every: std::time::Duration,
     start: std::time::Instant,
     last: std::time::Instant,
 }
@@ -88,13 +87,13 @@ struct LogProgress {
 impl LogProgress {
     const EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
-    fn new(now: std::time::Instant, every: std::time::Duration) -> Self {
-        LogProgress { every, start: now, last: now }
+    fn new(now: std::time::Instant) -> Self {
+        LogProgress { start: now, last: now }
     }
 
     /// The line due at `now`, if one is (never for a finished step: its caller says that).
     fn line(&mut self, what: &str, unit: &str, done: usize, total: usize, now: std::time::Instant) -> Option<String> {
-        if done == 0 || done >= total || now.duration_since(self.last) < self.every {
+        if done == 0 || done >= total || now.duration_since(self.last) < Self::EVERY {
             return None;
         }
         self.last = now;
@@ -144,7 +143,7 @@ impl Reporter for Cli2 {
             let now = std::time::Instant::now();
             if done == 0 {
                 errln!("{what}: {total} {unit}…");
-                self.log = Some(LogProgress::new(now, LogProgress::EVERY));
+                self.log = Some(LogProgress::new(now));
             } else if let Some(line) = self.log.as_mut().and_then(|l| l.line(what, unit, done, total, now)) {
                 errln!("{line}");
             }
@@ -330,7 +329,8 @@ mod tests {
     #[test]
     fn a_long_step_in_a_log_says_how_far_it_is_every_interval() {
         let t0 = Instant::now();
-        let mut p = LogProgress::new(t0, Duration::from_secs(30));
+        assert_eq!(LogProgress::EVERY, Duration::from_secs(30));
+        let mut p = LogProgress::new(t0);
         let at = |s: u64| t0 + Duration::from_secs(s);
         assert_eq!(p.line("caching", "image(s)", 100, 1000, at(29)), None, "not before the interval");
         assert_eq!(p.line("caching", "image(s)", 120, 1000, at(30)).as_deref(), Some("caching: 120 of 1000 image(s) in 30s, about 220s left"));
