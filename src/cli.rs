@@ -563,6 +563,14 @@ pub struct CvArgs {
     /// time on all threads
     #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = true, action = clap::ArgAction::Set, help_heading = "Cache and speed")]
     pub parallel_folds: bool,
+    /// Keep a head-only recipe's pooled features in this folder, and read them
+    /// back when a later cv uses the same images, weights and settings: the
+    /// pass through the trunk (minutes on a laptop CPU) is done once. Entries
+    /// are found by a hash of the pixels, weights, settings and this program;
+    /// the least recently used go beyond 2 GiB. Default: $VGGFT_FEATURE_CACHE,
+    /// else $XDG_CACHE_HOME/vggft/features (~/.cache/vggft/features); off: none
+    #[arg(long, value_name = "DIR|off", help_heading = "Cache and speed")]
+    pub feature_cache: Option<String>,
     /// Write the shared pooled-feature cache to this safetensors file (study scripts).
     #[arg(long, hide = true)]
     pub dump_features: Option<PathBuf>,

@@ -17,10 +17,10 @@ use std::time::Instant;
 use crate::config::{Probe, RunConfig, Stage, TrainConfig};
 use crate::data::split::{self, ValSpec};
 use crate::error::{Error, Result, Setting};
-use crate::eval::plot;
 use crate::eval::predict::Mode;
 use crate::eval::threshold::{self, CalibrateChoice, Calibration, InnerFits, Threshold, ThresholdChoice};
 use crate::eval::{self, Metrics};
+use crate::eval::{features, plot};
 use crate::fsutil;
 use crate::model::{Block, BnMode, Vgg16};
 use crate::session::Session;
@@ -109,6 +109,10 @@ pub struct Request {
     /// Read the pooled-feature cache from such a dump instead of computing
     /// it (a probe recipe on the same data, weights and seed 0's views).
     pub load_features: Option<PathBuf>,
+    /// A folder of pooled-feature caches (`eval::features`): a head-only
+    /// recipe's features are read back from it when an earlier cv left them
+    /// for the same images and settings, and kept there otherwise (`None`: off).
+    pub feature_cache: Option<PathBuf>,
 }
 
 /// One fold of one seed.
@@ -335,7 +339,7 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
     let cfg = CvConfig { shared_views: !shared.is_empty(), ..cfg };
     fsutil::write_json(&req.out.join("cv-config.json"), &cfg)?;
     if let Some(path) = &req.dump_features {
-        dump_features(path, &session, &shared)?;
+        features::dump(path, &features::key(&session), &shared)?;
     }
     let workers = parallel_workers(req, &session, &shared, jobs.len());
     if let Some(w) = workers.as_ref().filter(|w| w.count > 1 || w.memory.is_some()) {
@@ -623,22 +627,23 @@ fn shared_caches(req: &Request, session: &Session, mirrors: bool, baseline: bool
                 "must all be head-only to train from a saved feature cache (no fine-tune, no --baseline probe, no --bn recalibrate)",
             ));
         }
-        let t = tch::Tensor::read_safetensors(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
-        let key: Option<serde_json::Value> = std::fs::read(path.with_extension("json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
-        if key.as_ref() != Some(&features_key(session)) {
-            return Err(Error::file(path, "was dumped for other images, weights, preprocessing, views or pooling (its .json beside it differs)"));
-        }
-        let n = session.prepared.dataset.samples.len();
-        let c = train::Cache::from_named(t, n, device).ok_or_else(|| Error::file(path, format!("does not hold the pooled features of these {n} images")))?;
-        if session.config.train.clean_views && !c.has_flipped() {
-            return Err(Error::file(path, "holds no mirror images, which --clean-views trains on (dump it again, or give --clean-views false)"));
-        }
+        let c = features::load(path, &features::key(session), session, session.config.train.clean_views)?;
         reporter.message(&format!("pooled features from {} (not recomputed)", path.display()));
         return Ok(vec![c]);
     }
     if recalibrate {
         reporter.message("frozen-prefix cache per fold: --bn recalibrate re-estimates statistics on each fold's training images");
         return Ok(vec![]);
+    }
+    // The feature cache holds a head-only recipe's one cache (in float32, as dumps do).
+    let head_only = session.config.train.stages.iter().all(|s| s.from == Block::Head) && !baseline && !session.config.train.cache_f16;
+    let entry = req.feature_cache.as_deref().filter(|_| head_only).and_then(|dir| features::Entry::new(dir, session, mirrors));
+    if let Some(c) = entry.as_ref().and_then(|e| e.read(session, reporter)) {
+        reporter.message(&format!(
+            "pooled features from the feature cache, not recomputed: {} (an earlier cv's pass over the same images, weights and settings; --feature-cache off computes them again)",
+            entry.as_ref().map_or_else(String::new, |e| e.path.display().to_string())
+        ));
+        return Ok(vec![c]);
     }
     let (base_model, _) = session.fresh_model(session.config.train.seed as i64, true)?;
     let from = session.config.train.stages.iter().map(|s| s.from).min().unwrap_or(Block::Head);
@@ -668,39 +673,17 @@ fn shared_caches(req: &Request, session: &Session, mirrors: bool, baseline: bool
         if mirrors { " and their mirror images" } else { "" },
         t0.elapsed().as_secs_f64()
     ));
-    Ok(caches)
-}
-
-/// The head-level shared cache and, in `PATH.json`, what it depends on
-/// (`features_key`) and each row's path and subject.
-fn dump_features(path: &Path, session: &Session, shared: &[train::Cache]) -> Result<()> {
-    let Some(c) = shared.iter().find(|c| c.from == Block::Head) else {
-        return Err(Error::invalid(Setting::Data, "has no pooled-feature cache to dump (a probe recipe or --baseline probe makes one)"));
-    };
-    let t = c.named_tensors();
-    fsutil::write_atomic_with(path, |tmp| tch::Tensor::write_safetensors(&t, tmp).map_err(|e| Error::file(path, format!("cannot write: {e}"))))?;
-    fsutil::write_json(&path.with_extension("json"), &features_key(session))
-}
-
-/// Everything the pooled features of a cv's cache depend on: the images, the
-/// weights, preprocessing, augmented views and the pooling.
-fn features_key(session: &Session) -> serde_json::Value {
-    let (c, ds) = (&session.config, &session.prepared.dataset);
-    let rows: Vec<(String, Option<String>)> = ds.samples.iter().map(|s| (s.path.display().to_string(), s.subject.clone())).collect();
-    let mut key = serde_json::json!({
-        "weights_sha256": c.weights.sha256,
-        "preprocess": c.data.preprocess,
-        "augment": c.train.augment,
-        "views": c.train.cache_views,
-        "seed": c.train.seed,
-        "pooling": [c.model.head, c.model.features, c.model.bn, c.model.width_div, c.model.precision],
-        "rows": rows,
-    });
-    // Only when cells are pooled, so that dumps made before `--pool-grid` stay valid.
-    if c.model.pool_grid.cells() > 0 {
-        key["pool_grid"] = c.model.pool_grid.to_string().into();
+    if let Some(e) = &entry {
+        match e.write(&caches) {
+            Ok(bytes) => reporter.message(&format!(
+                "kept them in the feature cache for the next cv on the same images and settings: {} ({} MiB)",
+                e.path.display(),
+                bytes.div_ceil(1 << 20)
+            )),
+            Err(err) => reporter.message(&format!("feature cache: {err}; going on without it")),
+        }
     }
-    key
+    Ok(caches)
 }
 
 /// Each fold's test rows for one seed (sorted).

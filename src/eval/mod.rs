@@ -4,6 +4,7 @@
 
 pub mod cv;
 pub mod explain;
+pub mod features;
 pub mod plot;
 pub mod predict;
 pub mod report;

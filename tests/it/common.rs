@@ -211,8 +211,12 @@ pub fn london_slice(dir: &Path, n_subjects: usize) -> Option<PathBuf> {
     Some(p)
 }
 
+/// The binary, with the feature cache off (`--feature-cache` gives one):
+/// no test reads what another left in the user's cache folder.
 pub fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_vggft"))
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vggft"));
+    c.env("VGGFT_FEATURE_CACHE", "off");
+    c
 }
 
 /// Runs the binary, returning (exit code, stdout, stderr).

@@ -344,7 +344,14 @@ echo "$n"
     let mut cmd = std::process::Command::new("bash");
     cmd.arg(&script).arg("slurm").arg("4").args(["--data", m.to_str().unwrap(), "--folds", "loso", "--stages", "head:1", "--seeds", "0,1"]).args(&s);
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
-    let out = cmd.current_dir(d.path()).env("PATH", path).env("VGGFT", env!("CARGO_BIN_EXE_vggft")).env("SBATCH_LOG", &log).output().unwrap();
+    let out = cmd
+        .current_dir(d.path())
+        .env("PATH", path)
+        .env("VGGFT", env!("CARGO_BIN_EXE_vggft"))
+        .env("VGGFT_FEATURE_CACHE", "off")
+        .env("SBATCH_LOG", &log)
+        .output()
+        .unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{stdout}{stderr}\n{}", std::fs::read_to_string(d.path().join("sbatch.log.out")).unwrap_or_default());
     assert!(stdout.contains("array job 100 (0-3)") && stdout.contains("collect as job 101"), "{stdout}");
@@ -548,4 +555,89 @@ fn a_dumped_feature_cache_reproduces_the_probe_and_refuses_other_pooling() {
     let (code, _, err) = cv(&["--load-features", "f.safetensors", "--head", "linear"], "c");
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("f.safetensors: was dumped for other images, weights, preprocessing, views or pooling"), "{err}");
+}
+
+/// The feature cache (`--feature-cache DIR`): a second cv on the same images
+/// and settings reads the pooled features back and scores every fold exactly
+/// as the first; other pooling or a changed image computes them again (a new
+/// entry); `off`, or the variable set to `off`, keeps none.
+#[test]
+fn a_second_cv_reads_its_features_from_the_cache_until_the_images_change() {
+    let d = tmp();
+    let m = subject_dataset(d.path(), 4, 32);
+    let w = d.path().join("trunk.safetensors");
+    trunk_only(&w, 3);
+    let s = small(&w);
+    let cache = d.path().join("fc");
+    let cv = |extra: &[&str], out: &str| {
+        let mut v = vec!["cv", "--data", m.to_str().unwrap(), "--folds", "loso", "--stages", "head:3", "--out", out];
+        v.extend(s.iter().map(String::as_str));
+        v.extend(extra);
+        run(&v, d.path())
+    };
+    let with_cache = ["--feature-cache", cache.to_str().unwrap()];
+    let entries = || std::fs::read_dir(&cache).map_or(0, |r| r.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "safetensors")).count());
+    let (code, out, err) = cv(&with_cache, "a");
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(err.contains("caching the frozen") && err.contains("kept them in the feature cache for the next cv"), "{err}");
+    assert_eq!(entries(), 1);
+    let (code, out, err) = cv(&with_cache, "b");
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(err.contains("pooled features from the feature cache, not recomputed"), "{err}");
+    assert!(!err.contains("caching the frozen"), "{err}");
+    let without_time = |p: std::path::PathBuf| {
+        let mut v = json(&p);
+        v.as_object_mut().unwrap().remove("seconds");
+        v
+    };
+    for fold in 0..4 {
+        let name = format!("folds/seed0-fold{fold}.json");
+        assert_eq!(without_time(d.path().join("a").join(&name)), without_time(d.path().join("b").join(&name)), "{name}");
+    }
+    // Other pooling: another entry.
+    let (code, _, err) = cv(&[&with_cache[..], &["--head", "linear"]].concat(), "c");
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("caching the frozen"), "{err}");
+    assert_eq!(entries(), 2);
+    // The same file names, one image's pixels changed: computed again.
+    let img = d.path().join("s01_smiling.png");
+    gray_png(&img, 32, 32, |x, y| ((x * 7 + y * 3) % 251) as u8);
+    let (code, _, err) = cv(&with_cache, "e");
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("caching the frozen") && !err.contains("from the feature cache"), "{err}");
+    assert_eq!(entries(), 3);
+    // Off: neither read nor written.
+    let (code, _, err) = cv(&["--feature-cache", "off"], "f");
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("caching the frozen") && !err.contains("feature cache"), "{err}");
+    let out = bin()
+        .args(["cv", "--data", m.to_str().unwrap(), "--folds", "loso", "--stages", "head:3", "--out", "g"])
+        .args(&s)
+        .current_dir(d.path())
+        .env("VGGFT_FEATURE_CACHE", &cache)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains("pooled features from the feature cache"), "the variable names the folder: {err}");
+    assert_eq!(entries(), 3);
+    // A damaged entry is computed again and replaced; a folder that cannot be made costs only the reuse.
+    let newest = std::fs::read_dir(&cache)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .max_by_key(|p| std::fs::metadata(p).unwrap().modified().unwrap())
+        .unwrap();
+    std::fs::write(&newest, b"not safetensors").unwrap();
+    let (code, _, err) = cv(&with_cache, "h");
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("feature cache: ") && err.contains("cannot read") && err.contains("computing the features again"), "{err}");
+    assert!(err.contains("kept them in the feature cache"), "{err}");
+    let (code, _, err) = cv(&with_cache, "i");
+    assert!(code == 0 && err.contains("pooled features from the feature cache"), "{err}");
+    let blocked = d.path().join("a-file");
+    std::fs::write(&blocked, b"").unwrap();
+    let (code, _, err) = cv(&["--feature-cache", blocked.join("fc").to_str().unwrap()], "j");
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("feature cache: ") && err.contains("going on without it"), "{err}");
 }

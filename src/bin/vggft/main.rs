@@ -350,6 +350,7 @@ fn cv(a: CvArgs) -> anyhow::Result<()> {
                 out: out.clone(),
                 dump_features: a.dump_features.clone(),
                 load_features: a.load_features.clone(),
+                feature_cache: feature_cache_dir(a.feature_cache.as_deref()),
             };
             match vggft::eval::cv::run(&req, &mut rep) {
                 Err(Error::Interrupted(why)) => {
@@ -367,6 +368,18 @@ fn cv(a: CvArgs) -> anyhow::Result<()> {
     };
     outln!("{}", vggft::eval::cv::markdown(&summary));
     Ok(())
+}
+
+/// The feature cache's folder: `--feature-cache`, else `$VGGFT_FEATURE_CACHE`,
+/// else the XDG cache folder; `off` (either way) or no home: none.
+fn feature_cache_dir(arg: Option<&str>) -> Option<std::path::PathBuf> {
+    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
+    let given = arg.map(std::path::PathBuf::from).or_else(|| var("VGGFT_FEATURE_CACHE"));
+    match given {
+        Some(p) if p.as_os_str() == "off" => None,
+        Some(p) => Some(p),
+        None => var("XDG_CACHE_HOME").or_else(|| var("HOME").map(|h| h.join(".cache"))).map(|c| c.join("vggft").join("features")),
+    }
 }
 
 /// Random weights: speed does not depend on their values.
