@@ -674,7 +674,7 @@ fn shared_caches(req: &Request, session: &Session, mirrors: bool, baseline: bool
         t0.elapsed().as_secs_f64()
     ));
     if let Some(e) = &entry {
-        match e.write(&caches) {
+        match e.write(&caches, features::CACHE_BUDGET) {
             Ok(bytes) => reporter.message(&format!(
                 "kept them in the feature cache for the next cv on the same images and settings: {} ({} MiB)",
                 e.path.display(),

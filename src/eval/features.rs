@@ -112,12 +112,17 @@ impl Entry {
     }
 
     /// Keeps `shared`'s head-level features for the next run, then trims the
-    /// folder to `CACHE_BUDGET`. Returns the bytes written.
-    pub(crate) fn write(&self, shared: &[train::Cache]) -> Result<u64> {
+    /// folder to `budget` bytes (`CACHE_BUDGET`); features larger than that
+    /// are not kept. Returns the bytes written.
+    pub(crate) fn write(&self, shared: &[train::Cache], budget: u64) -> Result<u64> {
+        let bytes: u64 = shared.iter().filter(|c| c.from == Block::Head).map(train::Cache::bytes).sum();
+        if bytes > budget {
+            return Err(Error::file(&self.path, format!("not kept: the features ({} MiB) exceed the cache's {} MiB", bytes.div_ceil(1 << 20), budget >> 20)));
+        }
         let dir = self.path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, format!("cannot make the folder: {e}")))?;
         dump(&self.path, &self.key, shared)?;
-        trim(dir, CACHE_BUDGET, &self.path);
+        trim(dir, budget, &self.path);
         Ok(std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0))
     }
 }
@@ -146,6 +151,21 @@ fn trim(dir: &Path, budget: u64, keep: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn features_larger_than_the_budget_are_not_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let (n, width) = (3, 1000);
+        let rows = |k: i64| tch::Tensor::ones([k * n, width], (tch::Kind::Float, tch::Device::Cpu));
+        let named = vec![("aug".to_string(), rows(2)), ("clean".to_string(), rows(1))];
+        let c = train::Cache::from_named(named, n as usize, tch::Device::Cpu).unwrap();
+        let e = Entry { path: d.path().join("fc").join("e.safetensors"), key: serde_json::json!({"k": 1}) };
+        let err = e.write(std::slice::from_ref(&c), 20_000).unwrap_err().to_string();
+        assert!(err.contains("e.safetensors: not kept: the features (1 MiB) exceed the cache's 0 MiB"), "{err}");
+        assert!(!e.path.exists());
+        let bytes = e.write(std::slice::from_ref(&c), 1 << 20).unwrap();
+        assert!(bytes > 36_000 && e.path.exists() && e.path.with_extension("json").exists(), "{bytes}");
+    }
 
     #[test]
     fn the_cache_keeps_the_most_recently_used_entries_within_its_budget() {
