@@ -499,6 +499,22 @@ fn the_probe_baseline_is_the_probe_recipe_on_the_same_folds() {
     assert!(!md("one").contains("heads trained side by side"), "{}", md("one"));
 }
 
+/// A leave-one-subject-out probe cv (`head:3`) of `m` in `dir`, with the
+/// small-network options `s` and `extra`, into `out`.
+fn probe_cv(dir: &Path, m: &Path, s: &[String], extra: &[&str], out: &str) -> (i32, String, String) {
+    let mut v = vec!["cv", "--data", m.to_str().unwrap(), "--folds", "loso", "--stages", "head:3", "--out", out];
+    v.extend(s.iter().map(String::as_str));
+    v.extend(extra);
+    run(&v, dir)
+}
+
+/// A fold result without its time.
+fn without_time(p: std::path::PathBuf) -> serde_json::Value {
+    let mut v = json(&p);
+    v.as_object_mut().unwrap().remove("seconds");
+    v
+}
+
 /// `--dump-features` / `--load-features` (study scripts): a probe run on the
 /// loaded cache scores exactly as the run that computed it; a dump made for
 /// other pooling is refused with one sentence naming the file.
@@ -509,12 +525,7 @@ fn a_dumped_feature_cache_reproduces_the_probe_and_refuses_other_pooling() {
     let w = d.path().join("trunk.safetensors");
     trunk_only(&w, 3);
     let s = small(&w);
-    let cv = |extra: &[&str], out: &str| {
-        let mut v = vec!["cv", "--data", m.to_str().unwrap(), "--folds", "loso", "--stages", "head:3", "--out", out];
-        v.extend(s.iter().map(String::as_str));
-        v.extend(extra);
-        run(&v, d.path())
-    };
+    let cv = |extra: &[&str], out: &str| probe_cv(d.path(), &m, &s, extra, out);
     let (code, out, err) = cv(&["--dump-features", "f.safetensors"], "a");
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(d.path().join("f.safetensors").exists() && d.path().join("f.json").exists());
@@ -541,11 +552,6 @@ fn a_dumped_feature_cache_reproduces_the_probe_and_refuses_other_pooling() {
         assert_eq!(err.contains("training 3 fold(s) at a time"), name == "t3", "{err}");
         assert_eq!(err.contains("fold(s) at a time"), name == "t3", "no message for one at a time: {err}");
     }
-    let without_time = |p: std::path::PathBuf| {
-        let mut v = json(&p);
-        v.as_object_mut().unwrap().remove("seconds");
-        v
-    };
     for (seed, fold) in (0..2).flat_map(|s| (0..4).map(move |f| (s, f))) {
         let name = format!("folds/seed{seed}-fold{fold}.json");
         let t1 = without_time(d.path().join("t1").join(&name));
@@ -569,12 +575,7 @@ fn a_second_cv_reads_its_features_from_the_cache_until_the_images_change() {
     trunk_only(&w, 3);
     let s = small(&w);
     let cache = d.path().join("fc");
-    let cv = |extra: &[&str], out: &str| {
-        let mut v = vec!["cv", "--data", m.to_str().unwrap(), "--folds", "loso", "--stages", "head:3", "--out", out];
-        v.extend(s.iter().map(String::as_str));
-        v.extend(extra);
-        run(&v, d.path())
-    };
+    let cv = |extra: &[&str], out: &str| probe_cv(d.path(), &m, &s, extra, out);
     let with_cache = ["--feature-cache", cache.to_str().unwrap()];
     let entries = || std::fs::read_dir(&cache).map_or(0, |r| r.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "safetensors")).count());
     let (code, out, err) = cv(&with_cache, "a");
@@ -585,11 +586,6 @@ fn a_second_cv_reads_its_features_from_the_cache_until_the_images_change() {
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(err.contains("pooled features from the feature cache, not recomputed"), "{err}");
     assert!(!err.contains("caching the frozen"), "{err}");
-    let without_time = |p: std::path::PathBuf| {
-        let mut v = json(&p);
-        v.as_object_mut().unwrap().remove("seconds");
-        v
-    };
     for fold in 0..4 {
         let name = format!("folds/seed0-fold{fold}.json");
         assert_eq!(without_time(d.path().join("a").join(&name)), without_time(d.path().join("b").join(&name)), "{name}");
