@@ -71,10 +71,12 @@ pub(crate) fn load(path: &Path, key: &serde_json::Value, session: &Session, mirr
     Ok(c)
 }
 
-/// The feature cache's entry for this session: its file and its key.
+/// The feature cache's entry for this session: its file, its key and
+/// whether it holds the mirror images.
 pub(crate) struct Entry {
     pub path: PathBuf,
     pub key: serde_json::Value,
+    pub mirrors: bool,
 }
 
 impl Entry {
@@ -91,7 +93,7 @@ impl Entry {
         key["device"] = format!("{:?}", session.device).into();
         key["program_sha256"] = program.into();
         let name = crate::run::sha256_hex(key.to_string().as_bytes());
-        Some(Entry { path: dir.join(format!("{}.safetensors", &name[..32])), key })
+        Some(Entry { path: dir.join(format!("{}.safetensors", &name[..32])), key, mirrors })
     }
 
     /// The cached features, when an earlier run left them (marked as just used).
@@ -99,7 +101,7 @@ impl Entry {
         if !self.path.exists() {
             return None;
         }
-        match load(&self.path, &self.key, session, self.key["mirrors"] == true) {
+        match load(&self.path, &self.key, session, self.mirrors) {
             Ok(c) => {
                 let _ = std::fs::File::options().write(true).open(&self.path).and_then(|f| f.set_modified(std::time::SystemTime::now()));
                 Some(c)
@@ -159,7 +161,7 @@ mod tests {
         let rows = |k: i64| tch::Tensor::ones([k * n, width], (tch::Kind::Float, tch::Device::Cpu));
         let named = vec![("aug".to_string(), rows(2)), ("clean".to_string(), rows(1))];
         let c = train::Cache::from_named(named, n as usize, tch::Device::Cpu).unwrap();
-        let e = Entry { path: d.path().join("fc").join("e.safetensors"), key: serde_json::json!({"k": 1}) };
+        let e = Entry { path: d.path().join("fc").join("e.safetensors"), key: serde_json::json!({"k": 1}), mirrors: false };
         let err = e.write(std::slice::from_ref(&c), 20_000).unwrap_err().to_string();
         assert!(err.contains("e.safetensors: not kept: the features (1 MiB) exceed the cache's 0 MiB"), "{err}");
         assert!(!e.path.exists());
