@@ -638,10 +638,10 @@ fn shared_caches(req: &Request, session: &Session, mirrors: bool, baseline: bool
     // The feature cache holds a head-only recipe's one cache (in float32, as dumps do).
     let head_only = session.config.train.stages.iter().all(|s| s.from == Block::Head) && !baseline && !session.config.train.cache_f16;
     let entry = req.feature_cache.as_deref().filter(|_| head_only).and_then(|dir| features::Entry::new(dir, session, mirrors));
-    if let Some(c) = entry.as_ref().and_then(|e| e.read(session, reporter)) {
+    if let Some((e, c)) = entry.as_ref().and_then(|e| Some((e, e.read(session, reporter)?))) {
         reporter.message(&format!(
             "pooled features from the feature cache, not recomputed: {} (an earlier cv's pass over the same images, weights and settings; --feature-cache off computes them again)",
-            entry.as_ref().map_or_else(String::new, |e| e.path.display().to_string())
+            e.path.display()
         ));
         return Ok(vec![c]);
     }
