@@ -13,11 +13,16 @@ use crate::model::{Block, CpuBf16, ModelConfig, Precision, Vgg16, CONVS};
 #[derive(Clone, Debug, Serialize)]
 pub struct Forward {
     pub precision: Precision,
+    /// `direct` (libtorch's convolution) or `winograd` (a frozen pass on a
+    /// CPU: blocks conv3–conv5 by Winograd, `Vgg16::frozen`).
+    pub convolution: &'static str,
     pub batch: i64,
     pub image_size: i64,
     /// Best of the timed repetitions, seconds per batch.
     pub seconds_per_batch: f64,
     pub images_per_s: f64,
+    /// The direct convolution's FLOPs per second taken: above the matmul
+    /// peak where Winograd does fewer multiplications.
     pub gflops: f64,
 }
 
@@ -63,11 +68,13 @@ pub(crate) fn matmul_peak(kind: Kind, device: Device, n: i64, reps: usize) -> f6
     })
 }
 
-/// Eval-mode, no-grad forward passes of the whole network on random images.
-pub fn forward(model: &Vgg16, batch: i64, size: i64, reps: usize) -> Forward {
+/// Eval-mode, no-grad forward passes of the whole network on random images;
+/// with `winograd` all inside one frozen pass, as a cache build runs them
+/// (its Winograd forms made in the untimed warm-up: ~0.06 s, once a pass).
+pub fn forward(model: &Vgg16, batch: i64, size: i64, reps: usize, winograd: bool) -> Forward {
     let device = model.device();
     let x = Tensor::randn([batch, 3, size, size], (Kind::Float, device));
-    let best = tch::no_grad(|| {
+    let time = || {
         let _ = model.forward_from(&x, Block::Conv1, false);
         sync(device);
         let mut best = f64::INFINITY;
@@ -79,9 +86,19 @@ pub fn forward(model: &Vgg16, batch: i64, size: i64, reps: usize) -> Forward {
             drop(y);
         }
         best
-    });
+    };
+    let best = if winograd { model.frozen(time) } else { tch::no_grad(time) };
     let flops = forward_flops(&model.cfg, size) * batch as f64;
-    Forward { precision: model.cfg.precision, batch, image_size: size, seconds_per_batch: best, images_per_s: batch as f64 / best, gflops: flops / best / 1e9 }
+    let convolution = if winograd { "winograd" } else { "direct" };
+    Forward {
+        precision: model.cfg.precision,
+        convolution,
+        batch,
+        image_size: size,
+        seconds_per_batch: best,
+        images_per_s: batch as f64 / best,
+        gflops: flops / best / 1e9,
+    }
 }
 
 /// Everything `vggft speed` measures.
@@ -105,7 +122,8 @@ pub fn default_precisions(device: Device, cpu: CpuBf16) -> Vec<Precision> {
     }
 }
 
-/// Measures the matmul peaks and forward throughput at `batch` and at batch 1, in each precision.
+/// Measures the matmul peaks and forward throughput at `batch` and at batch 1, in each
+/// precision; on a CPU in float32 at `batch` both with the direct convolution and with Winograd.
 pub fn measure(model: &mut Vgg16, batch: i64, size: i64, reps: usize, precisions: &[Precision]) -> Report {
     let device = model.device();
     let matmul_f32_gflops = matmul_peak(Kind::Float, device, 2048, 10);
@@ -114,7 +132,11 @@ pub fn measure(model: &mut Vgg16, batch: i64, size: i64, reps: usize, precisions
     for &p in precisions {
         model.cfg.precision = p;
         for b in [batch, 1] {
-            fw.push(forward(model, b, size, reps));
+            fw.push(forward(model, b, size, reps, false));
+            // A single image takes the direct path inside a frozen pass too.
+            if device == Device::Cpu && p == Precision::F32 && b > 1 {
+                fw.push(forward(model, b, size, reps, true));
+            }
         }
     }
     Report { device: format!("{device:?}"), threads: tch::get_num_threads(), matmul_f32_gflops, matmul_bf16_gflops, forward: fw }

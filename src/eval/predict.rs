@@ -232,11 +232,11 @@ pub fn predict(
             let gray = Tensor::from_slice(&flat).view([ok.len() as i64, 1, s, s]).to_device(device);
             let x = cfg.data.preprocess.normalise(&gray);
             if model.cfg.subject_norm {
-                let f = tch::no_grad(|| model.pooled_from(&x, Block::Conv1, false));
-                let flipped = tta_flip.then(|| tch::no_grad(|| model.pooled_from(&x.flip([3]), Block::Conv1, false)));
+                let (f, flipped) =
+                    model.frozen(|| (model.pooled_from(&x, Block::Conv1, false), tta_flip.then(|| model.pooled_from(&x.flip([3]), Block::Conv1, false))));
                 pooled.push((f, flipped));
             } else {
-                let p = tch::no_grad(|| {
+                let p = model.frozen(|| {
                     let mut p = model.forward_t(&x, false).softmax(1, tch::Kind::Double);
                     if tta_flip {
                         p = (p + model.forward_t(&x.flip([3]), false).softmax(1, tch::Kind::Double)) / 2.0;
@@ -392,7 +392,7 @@ pub fn evaluate(
     let x = cfg.data.preprocess.normalise(&loaded.gray.to_device(device));
     let n = x.size()[0];
     let chunks = |f: &dyn Fn(&Tensor) -> Tensor| -> Tensor {
-        Tensor::cat(&tch::no_grad(|| (0..n).step_by(32).map(|s| f(&x.narrow(0, s, (n - s).min(32)))).collect::<Vec<_>>()), 0)
+        Tensor::cat(&model.frozen(|| (0..n).step_by(32).map(|s| f(&x.narrow(0, s, (n - s).min(32)))).collect::<Vec<_>>()), 0)
     };
     let (probs, modes) = if model.cfg.subject_norm {
         // Each person of the dataset is normalised by their own images (transductive).

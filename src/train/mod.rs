@@ -231,8 +231,8 @@ impl Trainer<'_> {
     /// Eval-mode `f(input, first block)` over dataset rows `idx` in chunks
     /// (mirrored left–right when `flip`), from the cache's clean rows when it
     /// has them; `width` columns when `idx` is empty.
-    fn eval_rows(&self, cache: Option<&Cache>, idx: &[usize], width: i64, flip: bool, f: impl Fn(&Tensor, Block) -> Tensor) -> Tensor {
-        tch::no_grad(|| {
+    fn eval_rows(&self, model: &Vgg16, cache: Option<&Cache>, idx: &[usize], width: i64, flip: bool, f: impl Fn(&Tensor, Block) -> Tensor) -> Tensor {
+        model.frozen(|| {
             let parts: Vec<Tensor> = idx
                 .chunks(32)
                 .map(|c| {
@@ -264,7 +264,7 @@ impl Trainer<'_> {
 
     /// Eval-mode pooled features (the head's input) of dataset rows `idx`, mirrored when `flip`.
     pub fn pooled(&self, model: &Vgg16, cache: Option<&Cache>, idx: &[usize], flip: bool) -> Tensor {
-        self.eval_rows(cache, idx, 0, flip, |x, from| model.pooled_from(x, from, false))
+        self.eval_rows(model, cache, idx, 0, flip, |x, from| model.pooled_from(x, from, false))
     }
 
     /// Eval-mode scores of rows `idx` (logits, or log-probabilities where
@@ -282,7 +282,7 @@ impl Trainer<'_> {
         let probs = |t: Tensor| t.softmax(1, Kind::Double);
         let log = |p: Tensor| p.log().to_kind(Kind::Float);
         if !model.cfg.subject_norm {
-            let logits = |flip| self.eval_rows(cache, idx, model.cfg.num_classes, flip, |x, from| model.forward_from(x, from, false));
+            let logits = |flip| self.eval_rows(model, cache, idx, model.cfg.num_classes, flip, |x, from| model.forward_from(x, from, false));
             let main = if tta_flip { log((probs(logits(false)) + probs(logits(true))) / 2.0) } else { logits(false) };
             return Scored { main, single: None, one_class: None };
         }

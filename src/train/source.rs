@@ -273,10 +273,13 @@ pub fn plan_and_build(
     if !cfg.augment.is_identity() && views < cfg.cache_views {
         reporter.message(&format!("--cache-mem {} MiB holds {views} of the {} augmented views asked for (--cache-views)", cfg.cache_mem_mb, cfg.cache_views));
     }
-    let mut c = build_cache(model, cfg, pre, gray, from, views, aug_rows, clean_rows, device, reporter);
-    if flipped {
-        c.add_flipped(model, pre, gray, device, reporter);
-    }
+    let c = model.frozen(|| {
+        let mut c = build_cache(model, cfg, pre, gray, from, views, aug_rows, clean_rows, device, reporter);
+        if flipped {
+            c.add_flipped(model, pre, gray, device, reporter);
+        }
+        c
+    });
     Ok((c, views))
 }
 
@@ -290,7 +293,7 @@ pub fn derive_cache(model: &Vgg16, base: &Cache, from: Block) -> Cache {
         if n == 0 {
             return t.shallow_clone();
         }
-        tch::no_grad(|| {
+        model.frozen(|| {
             let parts: Vec<Tensor> =
                 (0..n).step_by(64).map(|s| model.prefix(&t.narrow(0, s, (n - s).min(64)).to_kind(Kind::Float), base.from, from).to_kind(t.kind())).collect();
             Tensor::cat(&parts, 0)

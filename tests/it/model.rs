@@ -406,14 +406,59 @@ fn forward_flops_match_vgg16s_published_count_and_speed_reports_rates() {
     assert!(r["matmul_f32_gflops"].as_f64().unwrap() > 1.0, "{out}");
     let fw = r["forward"].as_array().unwrap();
     assert!(fw.iter().all(|f| f["images_per_s"].as_f64().unwrap() > 0.0 && f["gflops"].as_f64().unwrap() > 0.0), "{out}");
+    // On the CPU float32 is timed with both convolutions.
+    let ways: Vec<(&str, &str, i64)> =
+        fw.iter().map(|f| (f["precision"].as_str().unwrap(), f["convolution"].as_str().unwrap(), f["batch"].as_i64().unwrap())).collect();
+    assert_eq!(ways[..3], [("f32", "direct", 2), ("f32", "winograd", 2), ("f32", "direct", 1)], "{out}");
     // bf16 is timed unless this CPU would emulate it (its 2048³ product alone takes about a minute there).
     if vggft::model::CpuBf16::detect() == vggft::model::CpuBf16::Emulated {
         assert!(r["matmul_bf16_gflops"].is_null(), "{out}");
-        assert_eq!(fw.len(), 2, "f32 alone, batch 2 and 1: {out}");
+        assert_eq!(fw.len(), 3, "f32 alone: {out}");
         assert!(err.contains("bf16 not timed: this CPU has no bfloat16 arithmetic"), "{err}");
     } else {
         assert!(r["matmul_bf16_gflops"].as_f64().unwrap() > 1.0, "{out}");
-        assert_eq!(fw.len(), 4, "f32 and bf16, batch 2 and 1: {out}");
+        assert_eq!(fw.len(), 5, "f32 both ways and bf16, batch 2 and 1: {out}");
         assert!(!err.contains("bf16"), "{err}");
+    }
+}
+
+#[test]
+fn a_frozen_pass_gives_the_plain_forwards_features_and_follows_changed_weights() {
+    let _rng = torch_rng();
+    let d = tmp();
+    let p = d.path().join("vgg16_bn.safetensors");
+    torchvision_like(&p, true, 5);
+    // 44 px: conv3–conv5 run at 11, 5 and 2 px, so Winograd meets partial tiles.
+    let x = input(3, 44);
+    for bn in [BnMode::Drop, BnMode::Frozen] {
+        // `twin` never enters a frozen pass: the reference.
+        let load = || {
+            let mut net = Vgg16::new(&small_cfg(bn, HeadKind::Bn, 2), Device::Cpu).unwrap();
+            weights::load_pretrained(&mut net, &p).unwrap();
+            net
+        };
+        let (net, twin) = (load(), load());
+        let plain = |net: &Vgg16| tch::no_grad(|| net.features(&x, Block::Conv1, Block::Head, false));
+        let frozen = |net: &Vgg16| net.frozen(|| net.features(&x, Block::Conv1, Block::Head, false));
+        let rel = |a: &Tensor, b: &Tensor| max_abs_diff(a, b) / f64::try_from(b.abs().max()).unwrap();
+        let (p0, f0) = (plain(&twin), frozen(&net));
+        // Not bit-equal (rounding differs): the frozen pass did take the Winograd path.
+        assert!(rel(&f0, &p0) > 0.0 && rel(&f0, &p0) < 1e-5, "{bn:?}: the Winograd path differs from the direct one by {} of the range", rel(&f0, &p0));
+        assert!(max_abs_diff(&net.frozen(|| frozen(&net)), &f0) == 0.0, "{bn:?}: a nested pass reuses the outer one's forms");
+        assert!(max_abs_diff(&plain(&net), &p0) == 0.0, "{bn:?}: a frozen pass leaves nothing behind");
+        // Weights changed between passes (a training step): the next pass sees them.
+        for m in [&net, &twin] {
+            tch::no_grad(|| {
+                for (name, mut t) in m.vs.variables() {
+                    if name.starts_with("features.") && name.ends_with(".weight") && t.dim() == 4 {
+                        let _ = t.g_mul_scalar_(0.5);
+                    }
+                }
+            });
+        }
+        let (p1, f1) = (plain(&twin), frozen(&net));
+        assert!(max_abs_diff(&p1, &p0) > 0.0, "{bn:?}: the weights changed");
+        assert!(rel(&f1, &p1) < 1e-5, "{bn:?}: a frozen pass after a weight change used stale forms ({})", rel(&f1, &p1));
+        assert!(max_abs_diff(&plain(&net), &p1) == 0.0, "{bn:?}: a frozen pass leaves nothing behind");
     }
 }

@@ -416,8 +416,9 @@ fn speed(a: SpeedArgs) -> anyhow::Result<()> {
             vggft::model::Precision::F32 => r.matmul_f32_gflops,
         };
         outln!(
-            "forward {} batch {:>2} at {} px: {:.2} images/s, {:.1} GFLOP/s = {:.0} % of the {} matmul peak",
+            "forward {} {:<8} batch {:>2} at {} px: {:.2} images/s, {:.1} GFLOP/s = {:.0} % of the {} matmul peak",
             f.precision,
+            f.convolution,
             f.batch,
             f.image_size,
             f.images_per_s,
