@@ -448,9 +448,17 @@ pub struct FinetuneArgs {
     /// Train the recipe saved in RUN's config.json again as a new run: the
     /// same data, weights, options, thread count and seed (--seed: another
     /// one); on the same CPU it reproduces RUN's history.csv. Only --seed,
-    /// --out, --name and --quiet go with it
+    /// --out, --name, --feature-cache and --quiet go with it
     #[arg(long, value_name = "RUN", conflicts_with = "resume")]
     pub rerun: Option<PathBuf>,
+    /// Keep a head-only recipe's pooled features in this folder, and read them
+    /// back when a later finetune uses the same images, split, weights and
+    /// settings (another --lr, --epochs or --members: the pass through the
+    /// trunk, minutes on a laptop CPU, is done once). As cv's: default
+    /// $VGGFT_FEATURE_CACHE, else $XDG_CACHE_HOME/vggft/features
+    /// (~/.cache/vggft/features); off: none
+    #[arg(long, value_name = "DIR|off", help_heading = "Cache and speed")]
+    pub feature_cache: Option<String>,
     /// Only errors and the final summary.
     #[arg(long, short)]
     pub quiet: bool,

@@ -53,6 +53,8 @@ pub struct FinetuneRequest {
     pub out: PathBuf,
     pub name: Option<String>,
     pub threads: Option<i32>,
+    /// The feature cache folder (`Session::feature_cache`).
+    pub feature_cache: Option<PathBuf>,
 }
 
 /// Starts a new run.
@@ -61,6 +63,7 @@ pub fn finetune(req: &FinetuneRequest, reporter: &mut dyn Reporter, stop: Option
     let mut data = req.recipe.data.clone();
     data.path = std::path::absolute(&data.path).map_err(|e| Error::io(&data.path, e))?;
     let mut session = Session::open(&req.recipe, data, req.recipe.train.seed, req.threads, reporter)?;
+    session.feature_cache = req.feature_cache.clone();
     let split = split_csv(&session.prepared);
     session.config.data_sha256 = sha256_hex(&split);
     let weights = &mut session.config.weights;
@@ -78,6 +81,8 @@ pub struct RerunRequest {
     pub seed: Option<u64>,
     pub out: PathBuf,
     pub name: Option<String>,
+    /// The feature cache folder (`Session::feature_cache`).
+    pub feature_cache: Option<PathBuf>,
 }
 
 /// Trains the recipe of a finished (or any) run again into a new run folder:
@@ -126,6 +131,7 @@ pub fn rerun(req: &RerunRequest, reporter: &mut dyn Reporter, stop: Option<&Atom
     }
     let old_sha = std::mem::take(&mut config.data_sha256);
     let mut session = Session::reopen(config, reporter)?;
+    session.feature_cache = req.feature_cache.clone();
     let split = split_csv(&session.prepared);
     session.config.data_sha256 = sha256_hex(&split);
     if same_seed && !old_sha.is_empty() && old_sha != session.config.data_sha256 {
@@ -362,11 +368,23 @@ fn validate(session: &Session, config: &RunConfig, trainer: &Trainer, model: &Vg
 /// The pooled features of every image (augmented views of the training
 /// images, clean and, with flip test-time augmentation, mirrored rows of
 /// all), built once for a run and the inner fits that set its threshold
-/// (none when the cache is off).
+/// (none when the cache is off) — or read back from the feature cache
+/// (`Session::feature_cache`), where an earlier finetune on the same
+/// images, split, weights and settings left them, and kept there if not.
 fn threshold_cache(session: &Session, model: &Vgg16, tta: bool, reporter: &mut dyn Reporter) -> Vec<train::Cache> {
     let (config, data, device) = (&session.config, &session.prepared.data, session.device);
     let pre = &config.data.preprocess;
     let all: Vec<usize> = (0..data.targets.len()).collect();
+    // Kept in float32, as cv keeps them; a cache that is off stays off.
+    let keep = config.train.cache && !config.train.cache_f16;
+    let entry = session.feature_cache.as_deref().filter(|_| keep).and_then(|dir| crate::eval::features::Entry::new(dir, session, Some(&data.train), tta));
+    if let Some((e, c)) = entry.as_ref().and_then(|e| Some((e, e.read(session, reporter)?))) {
+        reporter.message(&format!(
+            "pooled features from the feature cache, not recomputed: {} (an earlier finetune's pass over the same images, split, weights and settings; --feature-cache off computes them again)",
+            e.path.display()
+        ));
+        return vec![c];
+    }
     let t0 = std::time::Instant::now();
     let (c, views) = match train::plan_and_build(model, &config.train, pre, &data.gray, Block::Head, (&data.train, &all), tta, device, reporter) {
         Ok(built) => built,
@@ -381,7 +399,18 @@ fn threshold_cache(session: &Session, model: &Vgg16, tta: bool, reporter: &mut d
         if tta { " and mirrored" } else { "" },
         t0.elapsed().as_secs_f64()
     ));
-    vec![c]
+    let shared = vec![c];
+    if let Some(e) = &entry {
+        match e.write(&shared, crate::eval::features::CACHE_BUDGET) {
+            Ok(bytes) => reporter.message(&format!(
+                "kept them in the feature cache for the next finetune on the same images, split and settings: {} ({} MiB)",
+                e.path.display(),
+                bytes.div_ceil(1 << 20)
+            )),
+            Err(err) => reporter.message(&format!("feature cache: {err}; going on without it")),
+        }
+    }
+    shared
 }
 
 /// Writes `metrics.json`, removes the checkpoints, marks the run complete

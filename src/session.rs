@@ -30,6 +30,9 @@ pub struct Session {
     pub config: RunConfig,
     pub prepared: Prepared,
     pub device: Device,
+    /// The feature cache folder a head-only finetune keeps its pooled
+    /// features in and reads them back from (`--feature-cache`; none: off).
+    pub feature_cache: Option<std::path::PathBuf>,
 }
 
 impl Session {
@@ -162,7 +165,7 @@ impl Session {
                 reporter.message(msg);
             }
         }
-        Ok(Session { config, prepared, device })
+        Ok(Session { config, prepared, device, feature_cache: None })
     }
 
     /// The head-only probe for this session's data: the one it trains by
@@ -175,7 +178,7 @@ impl Session {
     pub(crate) fn reopen(config: RunConfig, reporter: &mut dyn Reporter) -> Result<Session> {
         let device = parse_device(&config.device)?;
         let prepared = prepare(&config.data, config.train.seed, reporter)?;
-        Ok(Session { config, prepared, device })
+        Ok(Session { config, prepared, device, feature_cache: None })
     }
 
     /// A new model seeded with `seed` (the head's initialisation), with the

@@ -627,7 +627,7 @@ fn shared_caches(req: &Request, session: &Session, mirrors: bool, baseline: bool
                 "must all be head-only to train from a saved feature cache (no fine-tune, no --baseline probe, no --bn recalibrate)",
             ));
         }
-        let c = features::load(path, &features::key(session), session, session.config.train.clean_views)?;
+        let c = features::load(path, &features::key(session), session, None, session.config.train.clean_views)?;
         reporter.message(&format!("pooled features from {} (not recomputed)", path.display()));
         return Ok(vec![c]);
     }
@@ -637,7 +637,7 @@ fn shared_caches(req: &Request, session: &Session, mirrors: bool, baseline: bool
     }
     // The feature cache holds a head-only recipe's one cache (in float32, as dumps do).
     let head_only = session.config.train.stages.iter().all(|s| s.from == Block::Head) && !baseline && !session.config.train.cache_f16;
-    let entry = req.feature_cache.as_deref().filter(|_| head_only).and_then(|dir| features::Entry::new(dir, session, mirrors));
+    let entry = req.feature_cache.as_deref().filter(|_| head_only).and_then(|dir| features::Entry::new(dir, session, None, mirrors));
     if let Some((e, c)) = entry.as_ref().and_then(|e| Some((e, e.read(session, reporter)?))) {
         reporter.message(&format!(
             "pooled features from the feature cache, not recomputed: {} (an earlier cv's pass over the same images, weights and settings; --feature-cache off computes them again)",

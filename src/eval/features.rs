@@ -1,8 +1,9 @@
 //! Pooled features kept on disk between runs: the dump and load of the study
 //! scripts (`cv --dump-features` / `--load-features`) and the feature cache
-//! (`cv --feature-cache DIR`), from which a later cv on the same images,
-//! weights and settings reads its features back instead of repeating the
-//! pass through the trunk — minutes on a laptop CPU, most of a probe's cv.
+//! (`cv` / `finetune --feature-cache DIR`), from which a later cv or
+//! finetune on the same images, split, weights and settings reads its
+//! features back instead of repeating the pass through the trunk — minutes
+//! on a laptop CPU, most of a probe's cv or finetune.
 //!
 //! A cache entry is found by a hash of everything its features depend on:
 //! the dump key (weights, preprocessing, views, seed, pooling, rows), the
@@ -55,45 +56,54 @@ pub(crate) fn dump(path: &Path, key: &serde_json::Value, shared: &[train::Cache]
 }
 
 /// A dump back, refused unless its `.json` is `key` and it holds a row of
-/// every image of the session (and the mirror images, where `mirrors`).
-pub(crate) fn load(path: &Path, key: &serde_json::Value, session: &Session, mirrors: bool) -> Result<train::Cache> {
+/// every image of the session, augmented views of `aug_rows` (`None`: every
+/// image) and the mirror images where `mirrors`.
+pub(crate) fn load(path: &Path, key: &serde_json::Value, session: &Session, aug_rows: Option<&[usize]>, mirrors: bool) -> Result<train::Cache> {
     let t = tch::Tensor::read_safetensors(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
     let saved: Option<serde_json::Value> = std::fs::read(path.with_extension("json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
     if saved.as_ref() != Some(key) {
         return Err(Error::file(path, "was dumped for other images, weights, preprocessing, views or pooling (its .json beside it differs)"));
     }
     let n = session.prepared.dataset.samples.len();
-    let c =
-        train::Cache::from_named(t, n, session.device).ok_or_else(|| Error::file(path, format!("does not hold the pooled features of these {n} images")))?;
+    let c = train::Cache::from_named(t, n, aug_rows, session.device)
+        .ok_or_else(|| Error::file(path, format!("does not hold the pooled features of these {n} images")))?;
     if mirrors && !c.has_flipped() {
         return Err(Error::file(path, "holds no mirror images, which --clean-views trains on (dump it again, or give --clean-views false)"));
     }
     Ok(c)
 }
 
-/// The feature cache's entry for this session: its file, its key and
-/// whether it holds the mirror images.
+/// The feature cache's entry for this session: its file, its key, the rows
+/// with augmented views (`None`: all) and whether it holds the mirror images.
 pub(crate) struct Entry {
     pub path: PathBuf,
     pub key: serde_json::Value,
+    pub aug_rows: Option<Vec<usize>>,
     pub mirrors: bool,
 }
 
 impl Entry {
-    /// The entry in `dir` for the session's features (with mirror images where
-    /// `mirrors`); `None` where this program's file cannot be read.
-    pub(crate) fn new(dir: &Path, session: &Session, mirrors: bool) -> Option<Entry> {
+    /// The entry in `dir` for the session's features: augmented views of
+    /// `aug_rows` (a finetune's training images; `None`: every image, as cv
+    /// keeps them), clean rows of all, with mirror images where `mirrors`.
+    /// `None` where this program's file cannot be read.
+    pub(crate) fn new(dir: &Path, session: &Session, aug_rows: Option<&[usize]>, mirrors: bool) -> Option<Entry> {
         let program = std::env::current_exe().ok().and_then(|p| crate::model::weights::sha256_file(&p).ok())?;
         let gray = session.prepared.data.gray.contiguous();
         let pixels: Vec<u8> = Vec::try_from(gray.view_dtype(tch::Kind::Uint8).flatten(0, -1)).ok()?;
         let mut key = key(session);
         key["pixels_sha256"] = crate::run::sha256_hex(&pixels).into();
         key["mirrors"] = mirrors.into();
+        // The bound can cut the views a cache holds.
+        key["cache_mem_mb"] = session.config.train.cache_mem_mb.into();
+        if let Some(rows) = aug_rows {
+            key["aug_rows"] = rows.into();
+        }
         key["threads"] = tch::get_num_threads().into();
         key["device"] = format!("{:?}", session.device).into();
         key["program_sha256"] = program.into();
         let name = crate::run::sha256_hex(key.to_string().as_bytes());
-        Some(Entry { path: dir.join(format!("{}.safetensors", &name[..32])), key, mirrors })
+        Some(Entry { path: dir.join(format!("{}.safetensors", &name[..32])), key, aug_rows: aug_rows.map(<[usize]>::to_vec), mirrors })
     }
 
     /// The cached features, when an earlier run left them (marked as just used).
@@ -101,7 +111,7 @@ impl Entry {
         if !self.path.exists() {
             return None;
         }
-        match load(&self.path, &self.key, session, self.mirrors) {
+        match load(&self.path, &self.key, session, self.aug_rows.as_deref(), self.mirrors) {
             Ok(c) => {
                 let _ = std::fs::File::options().write(true).open(&self.path).and_then(|f| f.set_modified(std::time::SystemTime::now()));
                 Some(c)
@@ -160,8 +170,8 @@ mod tests {
         let (n, width) = (3, 1000);
         let rows = |k: i64| tch::Tensor::ones([k * n, width], (tch::Kind::Float, tch::Device::Cpu));
         let named = vec![("aug".to_string(), rows(2)), ("clean".to_string(), rows(1))];
-        let c = train::Cache::from_named(named, n as usize, tch::Device::Cpu).unwrap();
-        let e = Entry { path: d.path().join("fc").join("e.safetensors"), key: serde_json::json!({"k": 1}), mirrors: false };
+        let c = train::Cache::from_named(named, n as usize, None, tch::Device::Cpu).unwrap();
+        let e = Entry { path: d.path().join("fc").join("e.safetensors"), key: serde_json::json!({"k": 1}), aug_rows: None, mirrors: false };
         let err = e.write(std::slice::from_ref(&c), 20_000).unwrap_err().to_string();
         assert!(err.contains("e.safetensors: not kept: the features (1 MiB) exceed the cache's 0 MiB"), "{err}");
         assert!(!e.path.exists());

@@ -74,24 +74,29 @@ impl Cache {
         t
     }
 
-    /// A head-level cache of all `n` dataset rows back from `named_tensors`
-    /// (`None` when the tensors do not fit: rows or names differ).
-    pub(crate) fn from_named(mut t: Vec<(String, Tensor)>, n: usize, device: Device) -> Option<Cache> {
+    /// A head-level cache of all `n` dataset rows back from `named_tensors`,
+    /// its augmented views those of dataset rows `aug_rows` (ascending; `None`:
+    /// every row) — `None` when the tensors do not fit: rows or names differ.
+    pub(crate) fn from_named(mut t: Vec<(String, Tensor)>, n: usize, aug_rows: Option<&[usize]>, device: Device) -> Option<Cache> {
         let mut take = |name: &str| t.iter().position(|(k, _)| k == name).map(|i| t.swap_remove(i).1.to_device(device));
         let (aug, clean, flipped) = (take("aug")?, take("clean")?, take("flipped"));
         let rows = |x: &Tensor| x.size().first().map_or(0, |&r| r as usize);
-        let views = rows(&aug) / n.max(1);
-        let ok = n > 0 && rows(&clean) == n && views >= 1 && rows(&aug) == views * n && flipped.as_ref().is_none_or(|f| f.size() == clean.size());
-        ok.then(|| Cache {
-            from: Block::Head,
-            aug,
-            views,
-            n_aug: n,
-            aug_row: (0..n).map(Some).collect(),
-            clean,
-            clean_row: (0..n).map(Some).collect(),
-            flipped,
-        })
+        let all: Vec<usize> = (0..n).collect();
+        let aug_rows = aug_rows.unwrap_or(&all);
+        let n_aug = aug_rows.len();
+        let views = rows(&aug) / n_aug.max(1);
+        let ok = n > 0
+            && n_aug > 0
+            && aug_rows.iter().all(|&i| i < n)
+            && rows(&clean) == n
+            && views >= 1
+            && rows(&aug) == views * n_aug
+            && flipped.as_ref().is_none_or(|f| f.size() == clean.size());
+        let mut aug_row = vec![None; n];
+        for (r, &i) in aug_rows.iter().enumerate() {
+            aug_row[i] = Some(r);
+        }
+        ok.then(|| Cache { from: Block::Head, aug, views, n_aug, aug_row, clean, clean_row: (0..n).map(Some).collect(), flipped })
     }
 
     /// Mirrored clean rows of dataset rows `rows`, when the cache holds them.
@@ -546,7 +551,7 @@ mod tests {
         let (n, d) = (6, 5);
         let aug = values(2 * n, d, 1);
         let clean = values(n, d, 2);
-        let cache = Cache::from_named(vec![("aug".into(), aug.shallow_clone()), ("clean".into(), clean)], n as usize, Device::Cpu).expect("fits");
+        let cache = Cache::from_named(vec![("aug".into(), aug.shallow_clone()), ("clean".into(), clean)], n as usize, None, Device::Cpu).expect("fits");
         let groups = [0usize, 0, 1, 1, 2, 2];
         let train = [0usize, 1, 2, 3];
         let norm = SubjectNorm::fit(&cache.clean_rows(&train, Device::Cpu), &groups[..4]);
@@ -581,7 +586,7 @@ mod tests {
             if flipped {
                 t.push(("flipped".into(), -Tensor::arange(n * d, (Kind::Float, Device::Cpu)).view([n, d])));
             }
-            Cache::from_named(t, n as usize, Device::Cpu).expect("fits")
+            Cache::from_named(t, n as usize, None, Device::Cpu).expect("fits")
         };
         // Without mirror images there is nothing to add: unchanged.
         let plain = named(false).with_clean_views();

@@ -637,3 +637,58 @@ fn a_second_cv_reads_its_features_from_the_cache_until_the_images_change() {
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("feature cache: ") && err.contains("going on without it"), "{err}");
 }
+
+/// `finetune --feature-cache`: a head-only finetune whose inner fits share
+/// one cache keeps it; the next finetune on the same images, split and
+/// settings reads it back and trains exactly the same model, while another
+/// split (seed) computes its own; `--rerun` takes the flag too.
+#[test]
+fn a_second_finetune_reads_its_features_from_the_cache_and_trains_the_same_model() {
+    let d = tmp();
+    let m = identity_dominated(d.path(), 4, 3, 32);
+    let w = d.path().join("trunk.safetensors");
+    trunk_only(&w, 3);
+    let s = small(&w);
+    let cache = d.path().join("fc");
+    let entries = || std::fs::read_dir(&cache).map_or(0, |r| r.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "safetensors")).count());
+    let fc = cache.to_str().unwrap();
+    let finetune = |name: &str, fc: &str, extra: &[&str]| {
+        let mut v = vec!["finetune", "--data", m.to_str().unwrap(), "--stages", "head:3", "--subject-norm", "on", "--threshold", "inner", "--name", name];
+        v.extend(s.iter().map(String::as_str));
+        v.extend(["--feature-cache", fc]);
+        v.extend(extra);
+        run(&v, d.path())
+    };
+    let (code, out, err) = finetune("a", fc, &[]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(err.contains("caching the frozen") && err.contains("kept them in the feature cache for the next finetune"), "{err}");
+    assert_eq!(entries(), 1);
+    let (code, out, err) = finetune("b", fc, &[]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(err.contains("pooled features from the feature cache, not recomputed"), "{err}");
+    assert!(!err.contains("caching the frozen"), "{err}");
+    let run_dir = |n: &str| d.path().join("runs").join(n);
+    let same_model =
+        |a: &str, b: &str| std::fs::read(run_dir(a).join("model.safetensors")).unwrap() == std::fs::read(run_dir(b).join("model.safetensors")).unwrap();
+    assert!(same_model("a", "b"), "the same model");
+    let metrics = |n: &str| {
+        let mut v = json(&run_dir(n).join("metrics.json"));
+        v.as_object_mut().unwrap().retain(|k, _| k.starts_with("val"));
+        v
+    };
+    assert_eq!(metrics("a"), metrics("b"));
+    // Another seed splits and draws otherwise: its own entry. A rerun of it reads that.
+    let (code, _, err) = finetune("c", fc, &["--seed", "1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("caching the frozen"), "{err}");
+    assert_eq!(entries(), 2);
+    let (code, _, err) = run(&["finetune", "--rerun", run_dir("c").to_str().unwrap(), "--name", "c2", "--feature-cache", fc], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("pooled features from the feature cache"), "{err}");
+    assert!(same_model("c", "c2"), "the rerun's model");
+    // Off: neither read nor written.
+    let (code, _, err) = finetune("e", "off", &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("caching the frozen") && !err.contains("feature cache"), "{err}");
+    assert_eq!(entries(), 2);
+}

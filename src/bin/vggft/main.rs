@@ -69,7 +69,13 @@ fn finetune(a: FinetuneArgs, seed_given: bool) -> anyhow::Result<()> {
     let summary = match (&a.resume, &a.rerun) {
         (Some(dir), _) => run::resume(dir, &mut rep, Some(&stop)),
         (None, Some(from)) => {
-            let req = run::RerunRequest { from: from.clone(), seed: seed_given.then_some(a.train.seed), out: a.out.clone(), name: a.name.clone() };
+            let req = run::RerunRequest {
+                from: from.clone(),
+                seed: seed_given.then_some(a.train.seed),
+                out: a.out.clone(),
+                name: a.name.clone(),
+                feature_cache: feature_cache_dir(a.feature_cache.as_deref()),
+            };
             run::rerun(&req, &mut rep, Some(&stop))
         }
         (None, None) => {
@@ -78,6 +84,7 @@ fn finetune(a: FinetuneArgs, seed_given: bool) -> anyhow::Result<()> {
                 out: a.out.clone(),
                 name: a.name.clone(),
                 threads: a.model.threads,
+                feature_cache: feature_cache_dir(a.feature_cache.as_deref()),
             };
             run::finetune(&req, &mut rep, Some(&stop))
         }
@@ -456,7 +463,11 @@ fn refuse_options_with_resume(matches: &clap::ArgMatches) {
     let (flag, allowed, what): (&str, &[&str], &str) = if m.value_source("resume") == Some(ValueSource::CommandLine) {
         ("--resume", &["resume", "quiet"], "continues a run with the options saved in its config.json")
     } else if m.value_source("rerun") == Some(ValueSource::CommandLine) {
-        ("--rerun", &["rerun", "quiet", "seed", "out", "name"], "trains the recipe saved in a run's config.json (only --seed, --out and --name go with it)")
+        (
+            "--rerun",
+            &["rerun", "quiet", "seed", "out", "name", "feature_cache"],
+            "trains the recipe saved in a run's config.json (only --seed, --out, --name and --feature-cache go with it)",
+        )
     } else {
         return;
     };
