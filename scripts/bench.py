@@ -42,7 +42,8 @@ def run(cmd, label):
     print(f"[bench] {label}: {' '.join(os.path.relpath(c, ROOT) if c.startswith(ROOT) else c for c in cmd)}", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     out_f, err_f = open(os.path.join(OUT, f"{label}.out"), "w+"), open(os.path.join(OUT, f"{label}.err"), "w+")
-    p = subprocess.Popen(cmd, stdout=out_f, stderr=err_f, cwd=OUT)
+    # Every command computes what it times: no pooled features from an earlier run's feature cache.
+    p = subprocess.Popen(cmd, stdout=out_f, stderr=err_f, cwd=OUT, env={**os.environ, "VGGFT_FEATURE_CACHE": "off"})
     _, status, ru = os.wait4(p.pid, 0)
     secs = time.perf_counter() - t0
     out_f.seek(0)
