@@ -462,3 +462,28 @@ fn a_frozen_pass_gives_the_plain_forwards_features_and_follows_changed_weights()
         assert!(max_abs_diff(&plain(&net), &p1) == 0.0, "{bn:?}: a frozen pass leaves nothing behind");
     }
 }
+
+/// The Winograd path on the real pretrained trunk at full size: the conv5
+/// output and the pooled features stay within float32 rounding of the direct
+/// convolution's (the small-weight test above cannot show how the error
+/// grows over nine layers of real filters).
+#[test]
+fn a_frozen_pass_on_the_pretrained_trunk_at_224_px_stays_within_rounding() {
+    let w = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("weights").join("vgg16-hed.safetensors");
+    if !w.exists() {
+        eprintln!("skipped: {} is absent (make fetch-weights)", w.display());
+        return;
+    }
+    let _rng = torch_rng();
+    let mut net = Vgg16::new(&vggft::model::ModelConfig::new(BnMode::Drop, HeadKind::Bn, 2), Device::Cpu).unwrap();
+    weights::load_pretrained(&mut net, &w).unwrap();
+    let x = input(2, 224);
+    let direct = tch::no_grad(|| net.features(&x, Block::Conv1, Block::Head, false));
+    let frozen = net.frozen(|| net.features(&x, Block::Conv1, Block::Head, false));
+    let rel = f64::try_from((&frozen - &direct).norm() / direct.norm()).unwrap();
+    assert!(rel > 0.0 && rel < 1e-5, "conv5 output: relative error {rel}");
+    let pooled = |f: &Tensor| f.mean_dim(&[2i64, 3][..], false, Kind::Float);
+    let rel_pooled = f64::try_from((pooled(&frozen) - pooled(&direct)).norm() / pooled(&direct).norm()).unwrap();
+    assert!(rel_pooled < 1e-5, "pooled: relative error {rel_pooled}");
+    eprintln!("Winograd against direct at 224 px, pretrained trunk: conv5 output {rel:.1e}, pooled {rel_pooled:.1e} relative");
+}
