@@ -378,11 +378,8 @@ fn threshold_cache(session: &Session, model: &Vgg16, tta: bool, reporter: &mut d
     // Kept in float32, as cv keeps them; a cache that is off stays off.
     let keep = config.train.cache && !config.train.cache_f16;
     let entry = session.feature_cache.as_deref().filter(|_| keep).and_then(|dir| crate::eval::features::Entry::new(dir, session, Some(&data.train), tta));
-    if let Some((e, c)) = entry.as_ref().and_then(|e| Some((e, e.read(session, reporter)?))) {
-        reporter.message(&format!(
-            "pooled features from the feature cache, not recomputed: {} (an earlier finetune's pass over the same images, split, weights and settings; --feature-cache off computes them again)",
-            e.path.display()
-        ));
+    if let Some(c) = entry.as_ref().and_then(|e| e.read_said(session, reporter, "an earlier finetune's pass over the same images, split, weights and settings"))
+    {
         return vec![c];
     }
     let t0 = std::time::Instant::now();
@@ -401,14 +398,7 @@ fn threshold_cache(session: &Session, model: &Vgg16, tta: bool, reporter: &mut d
     ));
     let shared = vec![c];
     if let Some(e) = &entry {
-        match e.write(&shared, crate::eval::features::CACHE_BUDGET) {
-            Ok(bytes) => reporter.message(&format!(
-                "kept them in the feature cache for the next finetune on the same images, split and settings: {} ({} MiB)",
-                e.path.display(),
-                bytes.div_ceil(1 << 20)
-            )),
-            Err(err) => reporter.message(&format!("feature cache: {err}; going on without it")),
-        }
+        e.keep(&shared, reporter, "the next finetune on the same images, split and settings");
     }
     shared
 }

@@ -638,11 +638,7 @@ fn shared_caches(req: &Request, session: &Session, mirrors: bool, baseline: bool
     // The feature cache holds a head-only recipe's one cache (in float32, as dumps do).
     let head_only = session.config.train.stages.iter().all(|s| s.from == Block::Head) && !baseline && !session.config.train.cache_f16;
     let entry = req.feature_cache.as_deref().filter(|_| head_only).and_then(|dir| features::Entry::new(dir, session, None, mirrors));
-    if let Some((e, c)) = entry.as_ref().and_then(|e| Some((e, e.read(session, reporter)?))) {
-        reporter.message(&format!(
-            "pooled features from the feature cache, not recomputed: {} (an earlier cv's pass over the same images, weights and settings; --feature-cache off computes them again)",
-            e.path.display()
-        ));
+    if let Some(c) = entry.as_ref().and_then(|e| e.read_said(session, reporter, "an earlier cv's pass over the same images, weights and settings")) {
         return Ok(vec![c]);
     }
     let (base_model, _) = session.fresh_model(session.config.train.seed as i64, true)?;
@@ -674,14 +670,7 @@ fn shared_caches(req: &Request, session: &Session, mirrors: bool, baseline: bool
         t0.elapsed().as_secs_f64()
     ));
     if let Some(e) = &entry {
-        match e.write(&caches, features::CACHE_BUDGET) {
-            Ok(bytes) => reporter.message(&format!(
-                "kept them in the feature cache for the next cv on the same images and settings: {} ({} MiB)",
-                e.path.display(),
-                bytes.div_ceil(1 << 20)
-            )),
-            Err(err) => reporter.message(&format!("feature cache: {err}; going on without it")),
-        }
+        e.keep(&caches, reporter, "the next cv on the same images and settings");
     }
     Ok(caches)
 }

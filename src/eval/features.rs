@@ -123,6 +123,27 @@ impl Entry {
         }
     }
 
+    /// `read`, saying so on a hit: the features come from `earlier` (e.g.
+    /// "an earlier cv's pass over the same images, weights and settings").
+    pub(crate) fn read_said(&self, session: &Session, reporter: &mut dyn Reporter, earlier: &str) -> Option<train::Cache> {
+        let c = self.read(session, reporter)?;
+        reporter.message(&format!(
+            "pooled features from the feature cache, not recomputed: {} ({earlier}; --feature-cache off computes them again)",
+            self.path.display()
+        ));
+        Some(c)
+    }
+
+    /// `write` with the budget, saying what became of it: kept for `next`
+    /// (e.g. "the next cv on the same images and settings"), or why not; a
+    /// cache that cannot be written only costs the reuse.
+    pub(crate) fn keep(&self, shared: &[train::Cache], reporter: &mut dyn Reporter, next: &str) {
+        match self.write(shared, CACHE_BUDGET) {
+            Ok(bytes) => reporter.message(&format!("kept them in the feature cache for {next}: {} ({} MiB)", self.path.display(), bytes.div_ceil(1 << 20))),
+            Err(err) => reporter.message(&format!("feature cache: {err}; going on without it")),
+        }
+    }
+
     /// Keeps `shared`'s head-level features for the next run, then trims the
     /// folder to `budget` bytes (`CACHE_BUDGET`); features larger than that
     /// are not kept. Returns the bytes written.
