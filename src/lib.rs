@@ -5,6 +5,7 @@
 //! `model::Vgg16` (torchvision names, BN mode, freeze point, new head) →
 //! `train` (staged fine-tuning) → run folder (`run`) → `predict`.
 
+pub mod alloc;
 pub mod cli;
 pub mod config;
 pub mod data;

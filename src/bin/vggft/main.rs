@@ -511,6 +511,7 @@ fn refuse_options_in_cv(matches: &clap::ArgMatches) {
 }
 
 fn main() -> ExitCode {
+    vggft::alloc::keep_freed_memory();
     let matches = command().get_matches();
     refuse_options_with_resume(&matches);
     refuse_options_in_cv(&matches);
