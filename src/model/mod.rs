@@ -14,6 +14,7 @@ use tch::{nn, nn::Module, nn::ModuleT, Device, Kind, Tensor};
 
 use crate::error::{Error, Result, Setting};
 
+mod fused;
 pub mod weights;
 mod winograd;
 
@@ -501,6 +502,12 @@ pub(crate) fn dropout(x: &Tensor, p: f64, train: bool) -> Tensor {
     if x.device() != Device::Cpu {
         return x.dropout(p, true);
     }
+    x * Tensor::from_slice(&dropout_mask(x.numel(), p)).view(x.size().as_slice()).to_kind(x.kind())
+}
+
+/// A CPU dropout mask of `n` elements (0 or the keep scale), from the next
+/// seed of this thread's stream or libtorch's generator (`dropout`).
+fn dropout_mask(n: usize, p: f64) -> Vec<f32> {
     use rand::{Rng, RngCore, SeedableRng};
     let seed = OWN_STREAM.with(|d| d.borrow_mut().as_mut().map(RngCore::next_u64)).unwrap_or_else(|| {
         let _only = lock_generator();
@@ -510,13 +517,37 @@ pub(crate) fn dropout(x: &Tensor, p: f64, train: bool) -> Tensor {
     let cut = (p * 65536.0).round().clamp(1.0, 65535.0) as u16;
     let scale = (65536.0 / (65536 - u32::from(cut)) as f64) as f32;
     // 16 random bits per element, filled in one go (the stream's 64-bit words split low half first).
-    let mut bits = vec![0u16; x.numel()];
+    let mut bits = vec![0u16; n];
     rng.fill(&mut bits[..]);
-    let mask: Vec<f32> = bits.iter().map(|&b| if b >= cut { scale } else { 0.0 }).collect();
-    x * Tensor::from_slice(&mask).view(x.size().as_slice()).to_kind(x.kind())
+    bits.iter().map(|&b| if b >= cut { scale } else { 0.0 }).collect()
 }
 
+/// One of a model's heads: the main one (0) or an ensemble member (1..), or the single-image head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum HeadRef {
+    Member(usize),
+    Global,
+}
+
+/// A head's training step taken without autograd (`Vgg16::fused_forward`), for its backward.
+pub(crate) struct FusedStep(fused::Step);
+
 impl Head {
+    /// Training-mode logits on `f`, which needs no gradient, by `fused`; `None` where autograd must train this head.
+    fn fused_forward(&self, f: &Tensor, p: f64) -> Option<(Tensor, FusedStep)> {
+        let Head::Bn { norm, hidden: None, fc } = self else {
+            return None;
+        };
+        let (z, step) = fused::forward(norm, fc, f, |n| (p > 0.0).then(|| dropout_mask(n, p)))?;
+        Some((z, FusedStep(step)))
+    }
+
+    fn fused_backward(&self, step: &FusedStep, dz: &Tensor) {
+        if let Head::Bn { norm, hidden: None, fc } = self {
+            fused::backward(norm, fc, &step.0, dz);
+        }
+    }
+
     fn forward(&self, f: &Tensor, p: f64, train: bool) -> Tensor {
         match self {
             Head::Linear { fc } => dropout(f, p, train).apply(fc),
@@ -952,6 +983,39 @@ impl Vgg16 {
             None => z,
             Some((class, log_count)) => z.index_select(1, class) - log_count.to_kind(z.kind()),
         })
+    }
+
+    fn head_ref(&self, h: HeadRef) -> Option<&Head> {
+        match h {
+            HeadRef::Member(0) => Some(&self.head),
+            HeadRef::Member(k) => self.members.get(k - 1),
+            HeadRef::Global => self.global.as_ref(),
+        }
+    }
+
+    /// Training-mode logits of head `h` on pooled features `f` that need no
+    /// gradient (a head-level cache's), taken without autograd
+    /// (`model::fused`): a leaf that requires a gradient, and the step for
+    /// `fused_backward` once the loss's backward has given the leaf its
+    /// gradient. The single-image head's logits come mapped to the raw
+    /// labels, as `classify_global` gives them (the mapping on the leaf).
+    /// `None` where autograd must train it: a head other than a bn head
+    /// without a hidden layer, or other than float32 on the CPU.
+    pub(crate) fn fused_forward(&self, h: HeadRef, f: &Tensor) -> Option<(Tensor, Tensor, FusedStep)> {
+        let (z, step) = self.head_ref(h)?.fused_forward(f, self.cfg.dropout)?;
+        let leaf = z.set_requires_grad(true);
+        let logits = match (h, &self.global_to_raw) {
+            (HeadRef::Global, Some((class, log_count))) => leaf.index_select(1, class) - log_count.to_kind(leaf.kind()),
+            _ => leaf.shallow_clone(),
+        };
+        Some((logits, leaf, step))
+    }
+
+    /// Adds head `h`'s parameter gradients for `fused_forward`'s step, given its leaf's gradient `dz`.
+    pub(crate) fn fused_backward(&self, h: HeadRef, step: &FusedStep, dz: &Tensor) {
+        if let Some(head) = self.head_ref(h) {
+            head.fused_backward(step, dz);
+        }
     }
 
     /// The head on the feature blocks' outputs.
@@ -1399,6 +1463,68 @@ mod tests {
         for bad in ["2", "0x2", "8x1", "2x", "axb"] {
             assert!(PoolGrid::parse(bad).unwrap_err().to_string().contains("expected ROWSxCOLS"), "{bad}");
         }
+    }
+
+    /// The bn heads' training step without autograd (`fused_forward` /
+    /// `fused_backward`, as the trainer takes it on cached features) against
+    /// autograd's: the main head, two ensemble members and the single-image
+    /// head on the task's classes (its logits mapped to the raw labels), with
+    /// dropout drawn from one seeded stream in the same order, give the same
+    /// logits, parameter gradients and running statistics.
+    #[test]
+    fn the_heads_fused_step_draws_and_trains_as_autograds() {
+        let _g = lock_generator();
+        tch::manual_seed(11);
+        let mut cfg = ModelConfig::new(BnMode::Drop, HeadKind::Bn, 3);
+        (cfg.width_div, cfg.subject_norm, cfg.single_to_task, cfg.dropout) = (64, true, vec![0, 1, 1], 0.5);
+        let mut a = Vgg16::new(&cfg, Device::Cpu).unwrap();
+        a.add_members(2).unwrap();
+        let mut f = Vgg16::new(&cfg, Device::Cpu).unwrap();
+        f.add_members(2).unwrap();
+        f.vs.copy(&a.vs).unwrap();
+        let d = cfg.pooled_width();
+        let xs: Vec<Tensor> = (0..4).map(|_| Tensor::randn([6, d], (Kind::Float, Device::Cpu))).collect();
+        let r: Vec<Tensor> = (0..4).map(|_| Tensor::randn([6, 3], (Kind::Float, Device::Cpu))).collect();
+        let _own = own_stream();
+        seed_epoch(9);
+        let mut want = Vec::new();
+        for k in 0..3 {
+            want.push(a.classify_member(k, &xs[k], true));
+            if k == 0 {
+                want.push(a.classify_global(&xs[3], true).unwrap());
+            }
+        }
+        seed_epoch(9);
+        let (mut got, mut steps) = (Vec::new(), Vec::new());
+        for k in 0..3 {
+            for (h, x) in std::iter::once((HeadRef::Member(k), &xs[k])).chain((k == 0).then_some((HeadRef::Global, &xs[3]))) {
+                let (logits, leaf, step) = f.fused_forward(h, x).expect("a bn head on float32 CPU features takes the fused step");
+                got.push(logits);
+                steps.push((h, leaf, step));
+            }
+        }
+        let order = [0, 3, 1, 2]; // want/got hold member 0, the single-image head, members 1 and 2
+        let loss = |z: &[Tensor]| z.iter().zip(order).map(|(z, i)| (z * &r[i]).sum(Kind::Float)).fold(Tensor::from(0f32), |s, t| s + t);
+        for (w, g) in want.iter().zip(&got) {
+            assert!(f64::try_from((w - g).abs().max()).unwrap() < 1e-4, "logits differ");
+        }
+        loss(&want).backward();
+        loss(&got).backward();
+        for (h, leaf, step) in &steps {
+            f.fused_backward(*h, step, &leaf.grad());
+        }
+        let (va, vf) = (a.vs.variables(), f.vs.variables());
+        let mut grads = 0;
+        for (name, t) in &va {
+            let u = &vf[name];
+            assert!(f64::try_from((t - u).abs().max()).unwrap() < 1e-4, "{name} differs");
+            if t.requires_grad() && t.grad().defined() {
+                let diff = f64::try_from((t.grad() - u.grad()).abs().max()).unwrap();
+                assert!(diff < 1e-4, "the gradient of {name} differs by {diff}");
+                grads += 1;
+            }
+        }
+        assert_eq!(grads, 4 * 4, "γ, β, W and b of four heads");
     }
 
     /// The CPU dropout keeps each element with probability 1 − p, scales the

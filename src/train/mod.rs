@@ -33,7 +33,7 @@ use crate::config::{ClassWeights, Stage, TrainConfig};
 use crate::data::Preprocess;
 use crate::error::{Error, Result, Setting};
 use crate::eval;
-use crate::model::{Block, BnMode, Vgg16};
+use crate::model::{Block, BnMode, FusedStep, HeadRef, Vgg16};
 use crate::subject::SubjectNorm;
 use crate::train::optim::{Group, Optimizer};
 use hooks::{BestWeights, Checkpointer, DivergenceGuard, EarlyStopping, Interrupt, Progress};
@@ -309,6 +309,7 @@ impl Trainer<'_> {
     /// without moving the trunk). The main head's features are standardised
     /// per person by `norm`, or come so from the source when it holds person
     /// views (a frozen trunk).
+    #[allow(clippy::too_many_arguments)]
     fn batch_logits(
         &self,
         model: &Vgg16,
@@ -317,12 +318,28 @@ impl Trainer<'_> {
         rng: &mut ChaCha8Rng,
         norm: Option<&SubjectNorm>,
         member: usize,
+        fused: &mut Vec<(HeadRef, Tensor, FusedStep)>,
     ) -> (Tensor, Option<Tensor>) {
+        // Features from a head-level cache need no gradient: the bn head's step runs without autograd there.
+        let mut head = |h: HeadRef, f: &Tensor| match model.fused_forward(h, f) {
+            Some((logits, leaf, step)) => {
+                fused.push((h, leaf, step));
+                Some(logits)
+            }
+            None => match h {
+                HeadRef::Global => model.classify_global(f, true),
+                HeadRef::Member(k) => Some(model.classify_member(k, f, true)),
+            },
+        };
         if let Some((z, x)) = source.person_batch(rows, rng, member == 0) {
-            let main = model.classify_member(member, &z, true);
-            return (main, x.and_then(|x| model.classify_global(&x, true)));
+            let main = head(HeadRef::Member(member), &z).unwrap_or_else(|| model.classify_member(member, &z, true));
+            return (main, x.and_then(|x| head(HeadRef::Global, &x)));
         }
         let x = source.train_batch(rows, rng);
+        if source.from() == Block::Head && norm.is_none() {
+            let f = model.pooled_from(&x, Block::Head, true);
+            return (head(HeadRef::Member(member), &f).unwrap_or_else(|| model.classify_member(member, &f, true)), None);
+        }
         let f = model.pooled_from(&x, source.from(), true);
         match norm {
             None => (model.classify_member(member, &f, true), None),
@@ -487,9 +504,10 @@ impl Trainer<'_> {
             ctx.lr = self.cfg.lr * self.cfg.schedule.factor(ctx.state.stage_epoch * steps_per_epoch + bi, total_steps, warmup);
             each(hooks, |h| h.before_batch(ctx))?;
             let (mut loss, mut batch_loss, mut batch_correct) = (None::<Tensor>, 0.0, 0i64);
+            let mut fused = Vec::new();
             for (m, rng) in rngs.iter_mut().enumerate() {
                 let rows: Vec<usize> = orders[m][bi].iter().map(|&o| self.data.train[o]).collect();
-                let (logits, global) = self.batch_logits(ctx.model, source, &rows, rng, norm.as_ref(), m);
+                let (logits, global) = self.batch_logits(ctx.model, source, &rows, rng, norm.as_ref(), m, &mut fused);
                 let y = Tensor::from_slice(&rows.iter().map(|&r| self.data.targets[r]).collect::<Vec<_>>()).to_device(self.device);
                 let ce = |l: &Tensor| l.cross_entropy_loss(&y, Some(cw), Reduction::Mean, -100, self.cfg.label_smoothing);
                 let l = ce(&logits);
@@ -508,6 +526,9 @@ impl Trainer<'_> {
             if let (Some(opt), Some(loss)) = (ctx.opt.as_mut(), loss) {
                 opt.zero_grad();
                 loss.backward();
+                for (h, leaf, step) in &fused {
+                    ctx.model.fused_backward(*h, step, &leaf.grad());
+                }
                 opt.step(ctx.lr);
             }
             let n = orders[0][bi].len();
