@@ -1,5 +1,6 @@
 //! The bn head's training step on inputs that need no gradient (cached
-//! pooled features), on a CPU in float32, without autograd.
+//! pooled features, or a trunk's that does not train), on a CPU in
+//! float32, without autograd.
 //!
 //! A cached probe's time is almost all this step: BatchNorm on the batch's
 //! statistics, dropout and a linear layer over a B × D batch (D ≈ 11 000 for

@@ -994,7 +994,7 @@ impl Vgg16 {
     }
 
     /// Training-mode logits of head `h` on pooled features `f` that need no
-    /// gradient (a head-level cache's), taken without autograd
+    /// gradient (a head-level cache's, or a trunk's that does not train), taken without autograd
     /// (`model::fused`): a leaf that requires a gradient, and the step for
     /// `fused_backward` once the loss's backward has given the leaf its
     /// gradient. The single-image head's logits come mapped to the raw

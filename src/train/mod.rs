@@ -320,29 +320,22 @@ impl Trainer<'_> {
         member: usize,
         fused: &mut Vec<(HeadRef, Tensor, FusedStep)>,
     ) -> (Tensor, Option<Tensor>) {
-        // Features from a head-level cache need no gradient: the bn head's step runs without autograd there.
-        let mut head = |h: HeadRef, f: &Tensor| match model.fused_forward(h, f) {
-            Some((logits, leaf, step)) => {
+        // Where the features need no gradient (a head-level cache's; a trunk that does not train) the bn head's
+        // step runs without autograd.
+        let mut fused_step = |h: HeadRef, f: &Tensor| {
+            model.fused_forward(h, f).map(|(logits, leaf, step)| {
                 fused.push((h, leaf, step));
-                Some(logits)
-            }
-            None => match h {
-                HeadRef::Global => model.classify_global(f, true),
-                HeadRef::Member(k) => Some(model.classify_member(k, f, true)),
-            },
+                logits
+            })
         };
         if let Some((z, x)) = source.person_batch(rows, rng, member == 0) {
-            let main = head(HeadRef::Member(member), &z).unwrap_or_else(|| model.classify_member(member, &z, true));
-            return (main, x.and_then(|x| head(HeadRef::Global, &x)));
+            let main = fused_step(HeadRef::Member(member), &z).unwrap_or_else(|| model.classify_member(member, &z, true));
+            return (main, x.and_then(|x| fused_step(HeadRef::Global, &x).or_else(|| model.classify_global(&x, true))));
         }
         let x = source.train_batch(rows, rng);
-        if source.from() == Block::Head && norm.is_none() {
-            let f = model.pooled_from(&x, Block::Head, true);
-            return (head(HeadRef::Member(member), &f).unwrap_or_else(|| model.classify_member(member, &f, true)), None);
-        }
         let f = model.pooled_from(&x, source.from(), true);
         match norm {
-            None => (model.classify_member(member, &f, true), None),
+            None => (fused_step(HeadRef::Member(member), &f).unwrap_or_else(|| model.classify_member(member, &f, true)), None),
             Some(n) => {
                 let g: Vec<usize> = rows.iter().map(|&r| self.data.groups[r]).collect();
                 // The main head first: the dropout masks are drawn in the order a single head drew them.
