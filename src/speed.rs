@@ -14,7 +14,7 @@ use crate::model::{Block, CpuBf16, ModelConfig, Precision, Vgg16, CONVS};
 pub struct Forward {
     pub precision: Precision,
     /// `direct` (libtorch's convolution) or `winograd` (a frozen pass on a
-    /// CPU: blocks conv3–conv5 by Winograd, `Vgg16::frozen`).
+    /// CPU: every conv layer but the first by Winograd, `Vgg16::frozen`).
     pub convolution: &'static str,
     pub batch: i64,
     pub image_size: i64,
