@@ -79,11 +79,10 @@ impl Winograd {
     /// the CPU in float32), returned in channels-last layout as the trunk
     /// keeps its activations.
     ///
-    /// The tiles go through in blocks of about `BLOCK` values a channel row,
-    /// so that a block's transformed tiles stay in the second-level cache
-    /// between the input transform, the 36 products and the output
-    /// transform; the blocks are shared among libtorch's threads, each
-    /// running its products on one.
+    /// The tiles go through in blocks of `BLOCK`, so that a block's
+    /// transformed tiles stay in cache from the input transform through the
+    /// 36 products to the output transform; the blocks are shared among
+    /// libtorch's threads, each running its products on one.
     pub(crate) fn forward(&self, x: &Tensor, post: Post) -> Tensor {
         let [n, _, h, w] = x.size()[..] else { unreachable!("a conv layer's input is 4-D") };
         let (c_in, c_out) = (self.u.size()[1] as usize, self.u.size()[2] as usize);
@@ -94,9 +93,9 @@ impl Winograd {
         let xs = x.to_kind(Kind::Float).permute([0, 2, 3, 1]).contiguous();
         let (oh, ow) = if post.pool { (h / 2, w / 2) } else { (h, w) };
         let y = Tensor::empty([n, oh, ow, c_out as i64], (Kind::Float, Device::Cpu));
-        let block = BLOCK.min(tiles.div_ceil(tch::get_num_threads().max(1) as usize)).max(1);
-        let blocks = tiles.div_ceil(block);
         let own = tch::get_num_threads().max(1);
+        let block = BLOCK.min(tiles.div_ceil(own as usize)).max(1);
+        let blocks = tiles.div_ceil(block);
         let threads = (own as usize).min(blocks);
         let input = values(&xs);
         let out = Out(y.data_ptr() as *mut f32);
