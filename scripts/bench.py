@@ -93,7 +93,7 @@ def main():
         pk = sp["matmul_bf16_gflops"] if f["precision"] == "bf16" else peak
         wino = f.get("convolution") == "winograd"
         row(
-            f"forward {f['precision']}{' winograd (conv3–conv5)' if wino else ''} batch {f['batch']} at {SIZE} px",
+            f"forward {f['precision']}{' winograd (every conv but the first)' if wino else ''} batch {f['batch']} at {SIZE} px",
             f["images_per_s"],
             None,
             "images/s",
