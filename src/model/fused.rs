@@ -19,6 +19,7 @@
 //! fit draws what it drew through autograd and differs from it only by
 //! rounding.
 
+use super::raw::{cpu_f32, values, values_mut};
 use tch::{nn, Device, Kind, Tensor};
 
 /// tch's BatchNorm defaults, which the head's BatchNorm is built with (`bn_config`).
@@ -35,27 +36,6 @@ pub(crate) struct Step {
     mask: Option<Vec<f32>>,
     /// The linear layer's input (B × D).
     h: Tensor,
-}
-
-/// Whether `t` is a float32 tensor on the CPU.
-fn cpu_f32(t: &Tensor) -> bool {
-    t.device() == Device::Cpu && t.kind() == Kind::Float
-}
-
-/// A contiguous float32 CPU tensor's elements.
-fn values(t: &Tensor) -> &[f32] {
-    debug_assert!(cpu_f32(t) && t.is_contiguous());
-    // SAFETY: `t` is a contiguous float32 CPU tensor of `numel` elements that outlives the slice.
-    unsafe { std::slice::from_raw_parts(t.data_ptr() as *const f32, t.numel()) }
-}
-
-/// Writable elements of a contiguous float32 CPU tensor.
-#[allow(clippy::mut_from_ref)] // a tensor is a handle to its storage
-fn values_mut(t: &Tensor) -> &mut [f32] {
-    debug_assert!(cpu_f32(t) && t.is_contiguous());
-    // SAFETY: as `values`. Only the head's running statistics and parameter gradients are written, which
-    // nothing reads during the step (a fit trains its model on one thread).
-    unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, t.numel()) }
 }
 
 /// Whether the fused step can train this head on `x`: a B × D batch (B ≥ 2)

@@ -15,6 +15,7 @@ use tch::{nn, nn::Module, nn::ModuleT, Device, Kind, Tensor};
 use crate::error::{Error, Result, Setting};
 
 mod fused;
+mod raw;
 pub mod weights;
 mod winograd;
 

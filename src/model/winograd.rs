@@ -19,6 +19,7 @@
 //! convolution's to float32 rounding (the pretrained trunk's conv5 output at
 //! 224 px: ~2e-6 relative).
 
+use super::raw::{values, values_mut};
 use tch::{Device, Kind, Tensor};
 
 /// Filter transform G (6×3).
@@ -170,21 +171,6 @@ struct Geo<'a> {
 struct Out(*mut f32);
 // SAFETY: each worker writes only its own blocks' pixels (`Winograd::forward`).
 unsafe impl Sync for Out {}
-
-/// A contiguous float32 CPU tensor's elements.
-fn values(t: &Tensor) -> &[f32] {
-    debug_assert!(t.device() == Device::Cpu && t.kind() == Kind::Float && t.is_contiguous());
-    // SAFETY: `t` is a contiguous float32 CPU tensor of `numel` elements that outlives the slice.
-    unsafe { std::slice::from_raw_parts(t.data_ptr() as *const f32, t.numel()) }
-}
-
-/// Writable elements of a contiguous float32 CPU tensor that only the caller uses.
-#[allow(clippy::mut_from_ref)] // a tensor is a handle to its storage
-fn values_mut(t: &Tensor) -> &mut [f32] {
-    debug_assert!(t.device() == Device::Cpu && t.kind() == Kind::Float && t.is_contiguous());
-    // SAFETY: as `values`; each worker's block buffers are its own.
-    unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, t.numel()) }
-}
 
 /// `transform_in`, compiled for AVX2 where the CPU has it (8 lanes instead
 /// of SSE2's 4). The transforms are element-wise over channels with no fused
