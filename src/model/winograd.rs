@@ -348,14 +348,15 @@ mod tests {
 
     #[test]
     fn equals_the_direct_convolution_on_whole_and_partial_tiles() {
-        tch::manual_seed(3);
         let own = tch::get_num_threads();
         // 8×8: whole tiles; 7×10: partial tiles in both directions; 1×1: a single padded pixel;
         // 5×29×31: 320 tiles, in blocks of 96 (the last one partial), shared among the threads.
         for (n, c_in, c_out, h, w) in [(2, 5, 3, 8, 8), (3, 4, 6, 7, 10), (1, 2, 2, 1, 1), (5, 4, 6, 29, 31)] {
-            let x = Tensor::randn([n, c_in, h, w], (Kind::Float, Device::Cpu));
-            let wt = Tensor::randn([c_out, c_in, 3, 3], (Kind::Float, Device::Cpu));
-            let b = Tensor::randn([c_out], (Kind::Float, Device::Cpu));
+            // Drawn under the generator's lock: another test checks that nothing draws between its own seeding and draws.
+            let (x, wt, b) = crate::model::seeded(3, || {
+                let f = (Kind::Float, Device::Cpu);
+                (Tensor::randn([n, c_in, h, w], f), Tensor::randn([c_out, c_in, 3, 3], f), Tensor::randn([c_out], f))
+            });
             let direct = x.conv2d(&wt, Some(&b), [1, 1], [1, 1], [1, 1], 1);
             let y = Winograd::new(&wt, Some(&b)).forward(&x, Post::default());
             assert_eq!(y.size(), direct.size());
