@@ -339,8 +339,10 @@ impl Trainer<'_> {
             Some(n) => {
                 let g: Vec<usize> = rows.iter().map(|&r| self.data.groups[r]).collect();
                 // The main head first: the dropout masks are drawn in the order a single head drew them.
-                let main = model.classify_member(member, &n.apply(&f, &g), true);
-                (main, if member == 0 { model.classify_global(&f.detach(), true) } else { None })
+                let z = n.apply(&f, &g);
+                let main = fused_step(HeadRef::Member(member), &z).unwrap_or_else(|| model.classify_member(member, &z, true));
+                let x = f.detach();
+                (main, if member == 0 { fused_step(HeadRef::Global, &x).or_else(|| model.classify_global(&x, true)) } else { None })
             }
         }
     }
