@@ -157,6 +157,7 @@ fn start(session: &Session, split: &[u8], out: &Path, name: Option<&str>, report
     // The weights are read before the run folder exists: a missing, corrupt or
     // wrong-shape file leaves nothing behind.
     let built = session.fresh_model(session.config.train.seed as i64, true)?;
+    session.advise(reporter);
     let dir = new_run_dir(out, name)?;
     let _lock = fsutil::lock_run(&dir)?;
     fsutil::write_json(&dir.join("config.json"), &session.config)?;

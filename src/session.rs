@@ -33,6 +33,10 @@ pub struct Session {
     /// The feature cache folder a head-only finetune keeps its pooled
     /// features in and reads them back from (`--feature-cache`; none: off).
     pub feature_cache: Option<std::path::PathBuf>,
+    /// What this CPU means for `--precision` (`bf16_advice`), said by
+    /// `advise` once the weights have loaded: a wrong weights file then
+    /// fails with its one error line and no tip before it.
+    advice: Option<&'static str>,
 }
 
 impl Session {
@@ -160,12 +164,8 @@ impl Session {
                 crate::eval::threshold::INNER_FOLDS
             ));
         }
-        if device == Device::Cpu {
-            if let Some(msg) = bf16_advice(config.model.precision, crate::model::CpuBf16::detect()) {
-                reporter.message(msg);
-            }
-        }
-        Ok(Session { config, prepared, device, feature_cache: None })
+        let advice = if device == Device::Cpu { bf16_advice(config.model.precision, crate::model::CpuBf16::detect()) } else { None };
+        Ok(Session { config, prepared, device, feature_cache: None, advice })
     }
 
     /// The head-only probe for this session's data: the one it trains by
@@ -178,7 +178,16 @@ impl Session {
     pub(crate) fn reopen(config: RunConfig, reporter: &mut dyn Reporter) -> Result<Session> {
         let device = parse_device(&config.device)?;
         let prepared = prepare(&config.data, config.train.seed, reporter)?;
-        Ok(Session { config, prepared, device, feature_cache: None })
+        Ok(Session { config, prepared, device, feature_cache: None, advice: None })
+    }
+
+    /// Says what this CPU means for `--precision` (AMX: bf16 is ~4× faster;
+    /// emulated bf16: ~10× slower), if anything: called by a command once
+    /// its first model has loaded the weights, before the trunk's passes.
+    pub(crate) fn advise(&self, reporter: &mut dyn Reporter) {
+        if let Some(msg) = self.advice {
+            reporter.message(msg);
+        }
     }
 
     /// A new model seeded with `seed` (the head's initialisation), with the

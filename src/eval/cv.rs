@@ -633,6 +633,8 @@ fn shared_caches(req: &Request, session: &Session, mirrors: bool, baseline: bool
     }
     if recalibrate {
         reporter.message("frozen-prefix cache per fold: --bn recalibrate re-estimates statistics on each fold's training images");
+        // (Each fold loads the weights; the trunk's passes are the folds'.)
+        session.advise(reporter);
         return Ok(vec![]);
     }
     // The feature cache holds a head-only recipe's one cache (in float32, as dumps do).
@@ -642,6 +644,7 @@ fn shared_caches(req: &Request, session: &Session, mirrors: bool, baseline: bool
         return Ok(vec![c]);
     }
     let (base_model, _) = session.fresh_model(session.config.train.seed as i64, true)?;
+    session.advise(reporter);
     let from = session.config.train.stages.iter().map(|s| s.from).min().unwrap_or(Block::Head);
     let n_all = session.prepared.dataset.samples.len();
     let t0 = Instant::now();

@@ -67,6 +67,7 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Found> {
     }
     let session = Session::open(&req.recipe, req.recipe.data.clone(), req.recipe.train.seed, None, reporter)?;
     let (mut model, _) = session.fresh_model(req.recipe.train.seed as i64, true)?;
+    session.advise(reporter);
     let p = session.prepared;
     // One stage from the deepest freeze point, on the training images without
     // augmentation (the sweep measures the rate, not generalisation), so the
