@@ -77,23 +77,39 @@ pub fn roc_auc(positive: &[bool], scores: &[f64]) -> f64 {
     (sum_pos - (np * (np + 1)) as f64 / 2.0) / (np * nn) as f64
 }
 
+/// A metric back from JSON, where an undefined one (NaN) is `null`:
+/// serde_json writes NaN so, e.g. the ROC AUC of a fold whose test images
+/// are all of one class, or the recall of a class it does not hold.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ClassMetrics {
     pub class: String,
     pub support: usize,
+    #[serde(deserialize_with = "nan_if_null")]
     pub precision: f64,
+    /// NaN (`null`) for a class without images here.
+    #[serde(deserialize_with = "nan_if_null")]
     pub recall: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub f1: f64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Metrics {
     pub n: usize,
+    #[serde(deserialize_with = "nan_if_null")]
     pub accuracy: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub balanced_accuracy: f64,
-    /// Binary: AUC of the second class's probability; multiclass: macro one-vs-rest.
+    /// Binary: AUC of the second class's probability; multiclass: macro
+    /// one-vs-rest. NaN (`null`) where the images are all of one class.
+    #[serde(deserialize_with = "nan_if_null")]
     pub roc_auc: f64,
     /// Accuracy of always answering the most frequent class.
+    #[serde(deserialize_with = "nan_if_null")]
     pub majority_baseline: f64,
     pub per_class: Vec<ClassMetrics>,
     pub confusion: Vec<Vec<usize>>,

@@ -242,6 +242,38 @@ fn leave_one_subject_out_has_one_person_per_fold() {
     assert_eq!(json(&d.path().join("loso/cv.json"))["stats"], summary["stats"]);
 }
 
+/// A person photographed with one class only leaves their leave-one-out fold
+/// without a ROC AUC (undefined: written as `null`): the fold results are
+/// read back, and the summary's AUC is over the folds that have one.
+#[test]
+fn a_person_with_one_class_only_gets_a_fold_without_roc_auc() {
+    let d = tmp();
+    let m = subject_dataset(d.path(), 4, 32);
+    // Two more people, neutral only.
+    let mut csv = std::fs::read_to_string(&m).unwrap();
+    for s in 4..6 {
+        std::fs::copy(d.path().join(format!("s0{}_neutral.png", s - 4)), d.path().join(format!("s0{s}_neutral.png"))).unwrap();
+        csv.push_str(&format!("s0{s}_neutral.png,neutral,P0{s}\n"));
+    }
+    std::fs::write(&m, csv).unwrap();
+    let w = d.path().join("trunk.safetensors");
+    trunk_only(&w, 3);
+    let s = small(&w);
+    let cmd = [&["cv", "--data", m.to_str().unwrap(), "--folds", "loso", "--stages", "head:1", "--out", "one"][..], &args(&s, &[])[..]].concat();
+    let (code, out, err) = run(&cmd, d.path());
+    assert_eq!(code, 0, "{out}\n{err}");
+    let undefined = (0..6).filter(|f| json(&d.path().join(format!("one/folds/seed0-fold{f}.json")))["metrics"]["roc_auc"].is_null()).count();
+    assert_eq!(undefined, 2, "the two one-class people's folds have no ROC AUC");
+    let summary = json(&d.path().join("one/cv.json"));
+    let n = |metric: &str| summary["stats"].as_array().unwrap().iter().find(|s| s["metric"] == metric).unwrap()["n"].as_u64().unwrap();
+    assert_eq!((n("balanced_accuracy"), n("roc_auc")), (6, 4), "{summary}");
+    assert!(summary["pooled"]["roc_auc"].as_f64().is_some_and(f64::is_finite), "pooled over folds both classes are there");
+    // Resumed: the folds without a ROC AUC count as done.
+    let (code, _, err) = run(&cmd, d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("6 fold result(s) of this same cv are there already") && err.contains("; 0 to run"), "{err}");
+}
+
 #[test]
 fn cv_top_losses_and_per_subject_plot_merge_across_separately_run_folds() {
     let d = tmp();
