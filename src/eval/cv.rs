@@ -310,6 +310,9 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
             test,
         }));
     }
+    if let Some(msg) = folds_missing_a_class(&jobs, &session.prepared.labels) {
+        reporter.message(&msg);
+    }
     // One process at a time per cv folder (the same command started twice
     // would run every fold twice); `--fold i` runs share it, one per fold.
     fsutil::create_dir(&req.out)?;
@@ -463,6 +466,32 @@ fn finished_folds(out: &Path, cfg: &CvConfig) -> Result<std::collections::BTreeS
         }
     }
     Ok(done)
+}
+
+/// A warning naming the folds whose training images hold no image of some
+/// class (leave-one-subject-out where the test person is the only one
+/// photographed with it): their models cannot answer that class, which
+/// their figures will show. Said before the training, not after.
+fn folds_missing_a_class(jobs: &[Job], labels: &crate::data::split::Labels) -> Option<String> {
+    let missing: Vec<String> = jobs
+        .iter()
+        .filter_map(|j| {
+            let mut in_training = vec![true; labels.targets.len()];
+            j.test.iter().for_each(|&i| in_training[i] = false);
+            let mut seen = vec![false; labels.classes.len()];
+            labels.targets.iter().zip(&in_training).filter(|(_, &t)| t).for_each(|(&c, _)| seen[c as usize] = true);
+            let absent: Vec<&str> = labels.classes.iter().zip(&seen).filter(|(_, &s)| !s).map(|(c, _)| c.as_str()).collect();
+            (!absent.is_empty()).then(|| format!("seed {} fold {}/{}: no {}", j.seed, j.fold + 1, j.of, absent.join(", ")))
+        })
+        .collect();
+    (!missing.is_empty()).then(|| {
+        let more = if missing.len() > 3 { format!(", and {} more", missing.len() - 3) } else { String::new() };
+        format!(
+            "warning: in {} fold(s) the training images hold no image of a class, which those folds' models then never answer ({}{more})",
+            missing.len(),
+            missing[..missing.len().min(3)].join("; ")
+        )
+    })
 }
 
 /// One fold of one seed to run: `fold` of `of`, its test rows.

@@ -246,7 +246,7 @@ fn leave_one_subject_out_has_one_person_per_fold() {
 /// without a ROC AUC (undefined: written as `null`): the fold results are
 /// read back, and the summary's AUC is over the folds that have one.
 #[test]
-fn a_person_with_one_class_only_gets_a_fold_without_roc_auc() {
+fn a_person_with_one_class_only_gets_a_fold_without_roc_auc_and_a_fold_without_the_class_is_warned_of() {
     let d = tmp();
     let m = subject_dataset(d.path(), 4, 32);
     // Two more people, neutral only.
@@ -262,6 +262,8 @@ fn a_person_with_one_class_only_gets_a_fold_without_roc_auc() {
     let cmd = [&["cv", "--data", m.to_str().unwrap(), "--folds", "loso", "--stages", "head:1", "--out", "one"][..], &args(&s, &[])[..]].concat();
     let (code, out, err) = run(&cmd, d.path());
     assert_eq!(code, 0, "{out}\n{err}");
+    // Every person has a neutral photo: no fold's training images lack a class.
+    assert!(!err.contains("hold no image of a class"), "{err}");
     let undefined = (0..6).filter(|f| json(&d.path().join(format!("one/folds/seed0-fold{f}.json")))["metrics"]["roc_auc"].is_null()).count();
     assert_eq!(undefined, 2, "the two one-class people's folds have no ROC AUC");
     let summary = json(&d.path().join("one/cv.json"));
@@ -272,6 +274,19 @@ fn a_person_with_one_class_only_gets_a_fold_without_roc_auc() {
     let (code, _, err) = run(&cmd, d.path());
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("6 fold result(s) of this same cv are there already") && err.contains("; 0 to run"), "{err}");
+    // Only one person photographed smiling: their fold trains on no expressive image, said before the training.
+    let mut csv = String::from("path,label,subject\n");
+    for s in 0..4 {
+        csv.push_str(&format!("s0{s}_neutral.png,neutral,P0{s}\n"));
+    }
+    csv.push_str("s00_smiling.png,smiling,P00\n");
+    std::fs::write(&m, csv).unwrap();
+    let cmd = [&["cv", "--data", m.to_str().unwrap(), "--folds", "loso", "--stages", "head:1", "--out", "lone"][..], &args(&s, &[])[..]].concat();
+    let (code, _, err) = run(&cmd, d.path());
+    assert_eq!(code, 0, "{err}");
+    let warning = err.lines().position(|l| l.starts_with("warning: in 1 fold(s) the training images hold no image of a class"));
+    assert!(warning.is_some() && err.contains("(seed 0 fold 1/4: no expressive)"), "{err}");
+    assert!(warning < err.lines().position(|l| l.starts_with("seed 0 fold ")), "before the folds train: {err}");
 }
 
 #[test]
