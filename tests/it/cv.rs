@@ -153,6 +153,8 @@ fn cv_end_to_end_folds_collect_and_reproducibility() {
     assert_eq!(code, 1);
     assert!(err.contains("6 subjects cannot make 7 subject-grouped folds") && !err.contains("cach"), "{err}");
     assert!(!d.path().join("cv-e").exists());
+    // Nor is a folder named that was never made.
+    assert!(!err.contains("cv folder"), "{err}");
 
     // report: a run and a cv side by side, the differing recipe keys listed.
     let (code, _, err) = run(

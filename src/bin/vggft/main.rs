@@ -341,7 +341,6 @@ fn cv(a: CvArgs) -> anyhow::Result<()> {
                 None => a.seeds.clone(),
             };
             let out = a.out.clone().unwrap_or_else(|| std::path::PathBuf::from("runs").join(format!("cv-{}", chrono::Local::now().format("%Y%m%d-%H%M%S"))));
-            rep.message(&format!("cv folder: {}", out.display()));
             let req = vggft::eval::cv::Request {
                 recipe,
                 // Ctrl-C: no fold starts after it, running ones stop after their batch; the finished ones stay.
