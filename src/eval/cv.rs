@@ -475,14 +475,14 @@ fn finished_folds(out: &Path, cfg: &CvConfig) -> Result<std::collections::BTreeS
 /// photographed with it): their models cannot answer that class, which
 /// their figures will show. Said before the training, not after.
 fn folds_missing_a_class(jobs: &[Job], labels: &crate::data::split::Labels) -> Option<String> {
+    let all = labels.counts();
     let missing: Vec<String> = jobs
         .iter()
         .filter_map(|j| {
-            let mut in_training = vec![true; labels.targets.len()];
-            j.test.iter().for_each(|&i| in_training[i] = false);
-            let mut seen = vec![false; labels.classes.len()];
-            labels.targets.iter().zip(&in_training).filter(|(_, &t)| t).for_each(|(&c, _)| seen[c as usize] = true);
-            let absent: Vec<&str> = labels.classes.iter().zip(&seen).filter(|(_, &s)| !s).map(|(c, _)| c.as_str()).collect();
+            // The training side of the fold is every image but its test ones.
+            let mut left = all.clone();
+            j.test.iter().for_each(|&i| left[labels.targets[i] as usize] -= 1);
+            let absent: Vec<&str> = labels.classes.iter().zip(&left).filter(|(_, &n)| n == 0).map(|(c, _)| c.as_str()).collect();
             (!absent.is_empty()).then(|| format!("seed {} fold {}/{}: no {}", j.seed, j.fold + 1, j.of, absent.join(", ")))
         })
         .collect();
