@@ -1025,9 +1025,15 @@ fn threshold_sentence(results: &[FoldResult], classes: &[String]) -> Option<Stri
     }
     let (median, lo, hi) = median_range(ts);
     let first = &classes[0];
+    // Folds whose training people include some shown with one class only: those are left out of the choice.
+    let one_sided = results.iter().filter(|r| r.threshold.as_ref().and_then(|t| t.inner.as_ref()).is_some_and(|i| i.one_sided > 0)).count();
+    let left_out = match one_sided {
+        0 => String::new(),
+        n => format!(", people shown with one class only left out of the choice in {n} fold(s)"),
+    };
     Some(match results.iter().find_map(|r| r.threshold.as_ref().and_then(|t| t.inner.as_ref())) {
         Some(i) => format!(
-            "{first} is answered where P({first}) reaches a threshold set for each fold by an inner {}-fold subject-grouped cross-validation over that fold's training people alone (median {median:.3}, range {lo:.3}–{hi:.3}; the larger probability: see below)",
+            "{first} is answered where P({first}) reaches a threshold set for each fold by an inner {}-fold subject-grouped cross-validation over that fold's training people alone (median {median:.3}, range {lo:.3}–{hi:.3}{left_out}; the larger probability: see below)",
             i.folds,
         ),
         None => format!("{first} is answered where P({first}) ≥ {median:.3} (--threshold)"),

@@ -261,9 +261,17 @@ fn a_person_with_one_class_only_gets_a_fold_without_roc_auc_and_a_fold_without_t
     let w = d.path().join("trunk.safetensors");
     trunk_only(&w, 3);
     let s = small(&w);
-    let cmd = [&["cv", "--data", m.to_str().unwrap(), "--folds", "loso", "--stages", "head:1", "--out", "one"][..], &args(&s, &[])[..]].concat();
+    let cmd = [&["cv", "--data", m.to_str().unwrap(), "--folds", "loso", "--stages", "head:1", "--threshold", "inner", "--out", "one"][..], &args(&s, &[])[..]]
+        .concat();
     let (code, out, err) = run(&cmd, d.path());
     assert_eq!(code, 0, "{out}\n{err}");
+    // The inner threshold is chosen on the training people shown with both classes: the neutral-only
+    // ones are counted out (both of them, or the one left in training).
+    let one_sided: Vec<u64> =
+        (0..6).map(|f| json(&d.path().join(format!("one/folds/seed0-fold{f}.json")))["threshold"]["inner"]["one_sided"].as_u64().unwrap_or(0)).collect();
+    assert_eq!(one_sided, [2, 2, 2, 2, 1, 1]);
+    let md = std::fs::read_to_string(d.path().join("one/cv.md")).unwrap();
+    assert!(md.contains("people shown with one class only left out of the choice in 6 fold(s)"), "{md}");
     // Every person has a neutral photo: no fold's training images lack a class.
     assert!(!err.contains("hold no image of a class"), "{err}");
     let undefined = (0..6).filter(|f| json(&d.path().join(format!("one/folds/seed0-fold{f}.json")))["metrics"]["roc_auc"].is_null()).count();
