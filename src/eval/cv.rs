@@ -178,6 +178,10 @@ pub struct Summary {
     pub pooled: Metrics,
     pub per_subject: BTreeMap<String, (usize, usize)>,
     pub folds: Vec<(u64, usize, Metrics)>,
+    /// Each fold's test people (in `folds`' order; empty without subject ids,
+    /// and in summaries written before it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fold_people: Vec<Vec<String>>,
     /// With per-subject normalisation: the single-image head on the same folds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub single: Option<Alternative>,
@@ -302,11 +306,10 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
                 return Err(Error::invalid(Setting::Fold, format!("{f}: there are {} folds (0–{})", folds.len(), folds.len() - 1)));
             }
         }
-        let n = folds.len();
         jobs.extend(folds.into_iter().enumerate().filter(|(fi, _)| req.only_fold.is_none_or(|f| f == *fi)).map(|(fi, test)| Job {
+            name: fold_name(seed, fi, &test, ds),
             seed,
             fold: fi,
-            of: n,
             test,
         }));
     }
@@ -364,10 +367,8 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
             if left > 0 { format!(", about {:.0}s left ({left} fold(s))", folds_left_seconds(fold_seconds, done, left, side_by_side)) } else { String::new() };
         reporter.message(
             &(format!(
-                "seed {} fold {}/{}: {} test images, balanced accuracy {:.3}{}, accuracy {:.3}, {:.1}s{eta}",
-                job.seed,
-                job.fold + 1,
-                job.of,
+                "{}: {} test images, balanced accuracy {:.3}{}, accuracy {:.3}, {:.1}s{eta}",
+                job.name,
                 job.test.len(),
                 r.metrics.balanced_accuracy,
                 [("single-image head", &r.single), ("probe", &r.baseline)]
@@ -483,7 +484,7 @@ fn folds_missing_a_class(jobs: &[Job], labels: &crate::data::split::Labels) -> O
             let mut left = all.clone();
             j.test.iter().for_each(|&i| left[labels.targets[i] as usize] -= 1);
             let absent: Vec<&str> = labels.classes.iter().zip(&left).filter(|(_, &n)| n == 0).map(|(c, _)| c.as_str()).collect();
-            (!absent.is_empty()).then(|| format!("seed {} fold {}/{}: no {}", j.seed, j.fold + 1, j.of, absent.join(", ")))
+            (!absent.is_empty()).then(|| format!("{}: no {}", j.name, absent.join(", ")))
         })
         .collect();
     (!missing.is_empty()).then(|| {
@@ -496,12 +497,23 @@ fn folds_missing_a_class(jobs: &[Job], labels: &crate::data::split::Labels) -> O
     })
 }
 
-/// One fold of one seed to run: `fold` of `of`, its test rows.
+/// One fold of one seed to run: its test rows, and its name in messages.
 struct Job {
+    name: String,
     seed: u64,
     fold: usize,
-    of: usize,
     test: Vec<usize>,
+}
+
+/// A fold as messages name it: numbered from 0, as `--fold`, the fold
+/// files, `cv.md` and `folds.png` number it, with its test people (up to 3)
+/// where the dataset has subject ids — "seed 0 fold 2 (CK)".
+fn fold_name(seed: u64, fold: usize, test: &[usize], ds: &crate::data::scan::Dataset) -> String {
+    let people: Vec<String> = test.iter().filter_map(|&i| ds.samples[i].subject.clone()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    match people.len() {
+        0 => format!("seed {seed} fold {fold}"),
+        _ => format!("seed {seed} fold {fold} ({})", crate::error::short_list(&people, 3)),
+    }
 }
 
 /// How many folds train at once, each on one core, when every fit of the
@@ -1003,6 +1015,14 @@ fn summarise(cfg: &CvConfig, results: &[FoldResult], missing: &[String]) -> Summ
         pooled,
         per_subject,
         folds: results.iter().map(|r| (r.seed, r.fold, r.metrics.clone())).collect(),
+        fold_people: if results.iter().all(|r| r.subjects.iter().all(String::is_empty)) {
+            vec![]
+        } else {
+            results
+                .iter()
+                .map(|r| r.subjects.iter().filter(|s| !s.is_empty()).cloned().collect::<std::collections::BTreeSet<_>>().into_iter().collect())
+                .collect()
+        },
         single,
         baseline,
         one_class,
@@ -1186,9 +1206,19 @@ pub fn markdown(s: &Summary) -> String {
             ));
         }
     }
-    out.push_str("\n## Per fold\n\n| seed | fold | n | accuracy | balanced accuracy | ROC AUC |\n|---|---|---|---|---|---|\n");
-    for (seed, fold, m) in &s.folds {
-        out.push_str(&format!("| {seed} | {fold} | {} | {:.3} | {:.3} | {:.3} |\n", m.n, m.accuracy, m.balanced_accuracy, m.roc_auc));
+    // Test people (up to 3 named) where the summary has them.
+    let people = !s.fold_people.is_empty();
+    out.push_str(if people {
+        "\n## Per fold\n\n| seed | fold | test people | n | accuracy | balanced accuracy | ROC AUC |\n|---|---|---|---|---|---|---|\n"
+    } else {
+        "\n## Per fold\n\n| seed | fold | n | accuracy | balanced accuracy | ROC AUC |\n|---|---|---|---|---|---|\n"
+    });
+    for (i, (seed, fold, m)) in s.folds.iter().enumerate() {
+        let who = match s.fold_people.get(i) {
+            Some(p) if people => format!(" {} |", crate::error::short_list(p, 3)),
+            _ => String::new(),
+        };
+        out.push_str(&format!("| {seed} | {fold} |{who} {} | {:.3} | {:.3} | {:.3} |\n", m.n, m.accuracy, m.balanced_accuracy, m.roc_auc));
     }
     if let Some(sp) = &s.seed_spread {
         out.push_str(&format!(

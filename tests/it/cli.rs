@@ -542,7 +542,10 @@ fn long_steps_say_so_when_stderr_is_not_a_terminal() {
     assert!(err.contains("weights: ") && err.contains("tensors loaded"), "--quiet still says which weights: {err}");
     let (code, _, err) = run(&args(&s, &["cv", "--data", m.to_str().unwrap(), "--folds", "loso", "--stages", "head:1", "--out", "cvp"]), d.path());
     assert_eq!(code, 0, "{err}");
-    assert!(err.contains("fold 1/4") && err.contains("left (3 fold(s))") && err.contains("left (1 fold(s))"), "cv says how long is left:\n{err}");
+    assert!(
+        err.contains("seed 0 fold 0 (P00): 2 test images") && err.contains("left (3 fold(s))") && err.contains("left (1 fold(s))"),
+        "cv says how long is left:\n{err}"
+    );
     let (code, _, err) = run(&args(&s, &["lr-find", "--data", m.to_str().unwrap(), "--steps", "20", "--out", "lrf"]), d.path());
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("lr-find sweep: 20 step(s)…"), "{err}");

@@ -94,7 +94,13 @@ fn cv_end_to_end_folds_collect_and_reproducibility() {
     let (code, out, err) = run(&b.iter().map(String::as_str).collect::<Vec<_>>(), d.path());
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("resuming cv-b: 4 fold result(s) of this same cv are there already") && err.contains("; 2 to run"), "{err}");
-    assert!(err.contains("seed 0 fold 1/3") && err.contains("seed 1 fold 3/3") && !err.contains("seed 0 fold 2/3"), "{err}");
+    // Folds are named from 0, as their files, with their test people.
+    let people = |seed: u64, fold: usize| -> String {
+        let r = json(&d.path().join(format!("cv-b/folds/seed{seed}-fold{fold}.json")));
+        let p: BTreeSet<&str> = r["subjects"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+        format!("seed {seed} fold {fold} ({}): ", p.into_iter().collect::<Vec<_>>().join(", "))
+    };
+    assert!(err.contains(&people(0, 0)) && err.contains(&people(1, 2)) && !err.contains(&people(0, 1)), "{err}");
     assert_eq!(json(&d.path().join("cv-b/cv.json"))["stats"], cv_a["stats"], "{out}");
     // Nothing missing: no cache pass, no fold trained.
     let (code, _, err) = run(&b.iter().map(String::as_str).collect::<Vec<_>>(), d.path());
@@ -276,6 +282,9 @@ fn a_person_with_one_class_only_gets_a_fold_without_roc_auc_and_a_fold_without_t
     assert!(!err.contains("hold no image of a class"), "{err}");
     let undefined = (0..6).filter(|f| json(&d.path().join(format!("one/folds/seed0-fold{f}.json")))["metrics"]["roc_auc"].is_null()).count();
     assert_eq!(undefined, 2, "the two one-class people's folds have no ROC AUC");
+    // cv.md names each fold's test person.
+    let md = std::fs::read_to_string(d.path().join("one/cv.md")).unwrap();
+    assert!(md.contains("| seed | fold | test people | n |") && md.contains("| 0 | 4 | P04 | 1 |"), "{md}");
     let summary = json(&d.path().join("one/cv.json"));
     let n = |metric: &str| summary["stats"].as_array().unwrap().iter().find(|s| s["metric"] == metric).unwrap()["n"].as_u64().unwrap();
     assert_eq!((n("balanced_accuracy"), n("roc_auc")), (6, 4), "{summary}");
@@ -295,7 +304,7 @@ fn a_person_with_one_class_only_gets_a_fold_without_roc_auc_and_a_fold_without_t
     let (code, _, err) = run(&cmd, d.path());
     assert_eq!(code, 0, "{err}");
     let warning = err.lines().position(|l| l.starts_with("warning: in 1 fold(s) the training images hold no image of a class"));
-    assert!(warning.is_some() && err.contains("(seed 0 fold 1/4: no expressive)"), "{err}");
+    assert!(warning.is_some() && err.contains("(seed 0 fold 0 (P00): no expressive)"), "{err}");
     assert!(warning < err.lines().position(|l| l.starts_with("seed 0 fold ")), "before the folds train: {err}");
 }
 
