@@ -44,6 +44,15 @@ fn e<T: std::fmt::Display>(x: T) -> String {
     x.to_string()
 }
 
+/// Every chart's legend: a framed, lightly shaded box at `at`, labels at `size` px.
+fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    at: SeriesLabelPosition,
+    size: u32,
+) -> std::result::Result<(), String> {
+    chart.configure_series_labels().position(at).background_style(WHITE.mix(0.85)).border_style(BLACK).label_font(("sans-serif", size)).draw().map_err(e)
+}
+
 /// Loss against learning rate (log axis), raw and smoothed, with the suggestion marked.
 pub(crate) fn lr_curve(path: &Path, points: &[(f64, f64, f64)], suggested: f64) -> Result<()> {
     let finite: Vec<&(f64, f64, f64)> = points.iter().filter(|p| p.2.is_finite() && p.1.is_finite()).collect();
@@ -91,7 +100,7 @@ pub(crate) fn lr_curve(path: &Path, points: &[(f64, f64, f64)], suggested: f64) 
             .map_err(e)?
             .label(format!("suggested {suggested:.1e}"))
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED.stroke_width(2)));
-        chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).label_font(("sans-serif", 14)).draw().map_err(e)?;
+        legend(&mut chart, SeriesLabelPosition::MiddleRight, 14)?;
         Ok(())
     })
 }
@@ -171,14 +180,7 @@ pub fn learning_curves(path: &Path, rows: &[EpochRow], kept: Option<usize>) -> R
                     .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
                 chart.draw_series(pts.iter().map(|p| Circle::new(*p, 3, color.filled()))).map_err(e)?;
             }
-            chart
-                .configure_series_labels()
-                .position(if is_loss { SeriesLabelPosition::UpperRight } else { SeriesLabelPosition::LowerRight })
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .label_font(("sans-serif", 13))
-                .draw()
-                .map_err(e)?;
+            legend(&mut chart, if is_loss { SeriesLabelPosition::UpperRight } else { SeriesLabelPosition::LowerRight }, 13)?;
         }
         Ok(())
     })
@@ -266,14 +268,7 @@ pub fn roc(path: &Path, positive: &[bool], scores: &[f64], title: &str) -> Resul
             .map_err(e)?
             .label(format!("AUC {auc:.3}"))
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(2)));
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 14))
-            .draw()
-            .map_err(e)?;
+        legend(&mut chart, SeriesLabelPosition::LowerRight, 14)?;
         Ok(())
     })
 }
@@ -325,14 +320,7 @@ pub(crate) fn spread(path: &Path, folds: &[(u64, usize, f64)], classes: usize) -
             let mean = vals.iter().sum::<f64>() / n;
             chart.draw_series(LineSeries::new(vec![(si as f64 - 0.3, mean), (si as f64 + 0.3, mean)], color.stroke_width(3))).map_err(e)?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 13))
-            .draw()
-            .map_err(e)?;
+        legend(&mut chart, SeriesLabelPosition::LowerRight, 13)?;
         Ok(())
     })
 }
