@@ -285,17 +285,17 @@ pub struct ModelArgs {
     pub hidden: i64,
     /// Blocks whose pooled outputs feed the head, e.g. conv4,conv5 (multi-layer
     /// features); default conv5, or conv4,conv5 when per-subject normalisation
-    /// is on and every person has at least 3 images.
+    /// is on and there are several photos per person.
     #[arg(long, value_parser = checked(features_syntax))]
     pub features: Option<String>,
     /// Also average each feature block's output over the cells of a ROWSxCOLS
     /// grid (3x3: brows, eyes and nose, mouth, each in three columns), as
     /// expressions are local; 1x1: global pooling only. Default 3x3 when
-    /// per-subject normalisation is on and every person has at least 3 images.
+    /// per-subject normalisation is on and there are several photos per person.
     #[arg(long, value_name = "RxC", value_parser = checked(PoolGrid::parse))]
     pub pool_grid: Option<String>,
     /// Standardise each person's pooled features with that person's own statistics
-    /// (auto: on when every subject id has at least 3 images).
+    /// (auto: on with several photos per person: at least 2 of every person and at least 3 of at least half of them).
     #[arg(long, value_enum, default_value_t = SubjectNormChoice::Auto)]
     pub subject_norm: SubjectNormChoice,
     /// What the single-image head (per-subject normalisation's answer for a
@@ -327,7 +327,7 @@ pub struct ModelArgs {
 #[derive(Args, Debug, Clone)]
 #[command(next_help_heading = "Training")]
 pub struct TrainArgs {
-    /// Train this block and everything above it (after a head-only warm-up); default conv5, or head (a probe) when per-subject normalisation is on: --freeze-epochs + --epochs epochs, or with at least 3 photos of every person 50 epochs at --lr 0.01 unless those are given.
+    /// Train this block and everything above it (after a head-only warm-up); default conv5, or head (a probe) when per-subject normalisation is on: --freeze-epochs + --epochs epochs, or with several photos per person 50 epochs at --lr 0.01 unless those are given.
     #[arg(long, value_enum)]
     pub freeze_until: Option<Block>,
     /// Epochs of the main stage (after the --freeze-epochs head-only ones; progress counts both) [default: 12].
@@ -342,16 +342,16 @@ pub struct TrainArgs {
     /// Optimizer: sgd (with momentum; generalises best on small data), adam or adamw.
     #[arg(long, value_enum, default_value_t = OptimKind::Sgd)]
     pub optimizer: OptimKind,
-    /// Heads trained side by side, each on its own batch order and augmented views, and averaged into one head when training ends (head-only stages; the saved model has one head) [default: 5 for the probe on person statistics with at least 3 photos of every person, else 1].
+    /// Heads trained side by side, each on its own batch order and augmented views, and averaged into one head when training ends (head-only stages; the saved model has one head) [default: 5 for the probe on person statistics with several photos per person, else 1].
     #[arg(long)]
     pub members: Option<usize>,
-    /// Two-class tasks: the threshold on P(first class, e.g. neutral) at or above which the model answers that class — auto (inner for the probe on person statistics with at least 3 photos of every person, where the larger probability left half the neutral photos wrong; else off), inner (set after training by a 3-fold subject-grouped cross-validation over the training people: 3 more fits), off (the larger probability) or a probability P.
+    /// Two-class tasks: the threshold on P(first class, e.g. neutral) at or above which the model answers that class — auto (inner for the probe on person statistics with several photos per person, where the larger probability left half the neutral photos wrong; else off), inner (set after training by a 3-fold subject-grouped cross-validation over the training people: 3 more fits), off (the larger probability) or a probability P.
     #[arg(long, default_value = "auto", value_parser = threshold_arg)]
     pub threshold: ThresholdChoice,
-    /// The single-image head's probabilities (a photo with no other photo of its person): auto (inner where the inner fits run — --threshold inner — and for the probe on person statistics with at least 3 photos of every person, where the head was near-certain on a coin toss; else off), inner (calibrated on the held-out scores of a 3-fold subject-grouped cross-validation over the training people: two classes Platt scaling, more a temperature; every decision unchanged) or off (as the head gives them).
+    /// The single-image head's probabilities (a photo with no other photo of its person): auto (inner where the inner fits run — --threshold inner — and for the probe on person statistics with several photos per person, where the head was near-certain on a coin toss; else off), inner (calibrated on the held-out scores of a 3-fold subject-grouped cross-validation over the training people: two classes Platt scaling, more a temperature; every decision unchanged) or off (as the head gives them).
     #[arg(long, default_value = "auto", value_parser = calibrate_arg)]
     pub calibrate: CalibrateChoice,
-    /// Head learning rate (default: 0.003 for sgd, 0.001 otherwise; 0.01 for an sgd probe on person statistics with at least 3 photos of every person).
+    /// Head learning rate (default: 0.003 for sgd, 0.001 otherwise; 0.01 for an sgd probe on person statistics with several photos per person).
     #[arg(long, allow_negative_numbers = true)]
     pub lr: Option<f64>,
     /// Rate multiplier per block below the head: conv5 ×f, conv4 ×f², …
@@ -402,13 +402,13 @@ pub struct TrainArgs {
     /// Cached training also draws each image's unaugmented view and its
     /// mirror image beside the augmented ones: --clean-views, or
     /// --clean-views false [default: on for the probe with per-subject
-    /// normalisation and at least 3 photos of every person]
+    /// normalisation and several photos per person]
     #[arg(long, num_args = 0..=1, default_missing_value = "true", help_heading = "Augmentation")]
     pub clean_views: Option<bool>,
-    /// Early-stopping patience in epochs within a stage, on validation loss (0: off) [default: 5; off for the head-only probe chosen with per-subject normalisation and at least 3 photos of every person]
+    /// Early-stopping patience in epochs within a stage, on validation loss (0: off) [default: 5; off for the head-only probe chosen with per-subject normalisation and several photos per person]
     #[arg(long)]
     pub patience: Option<usize>,
-    /// Which epoch's weights the run keeps: best (lowest validation loss) or last [default: best; last for the head-only probe chosen with per-subject normalisation and at least 3 photos of every person: the model `cv` measures]
+    /// Which epoch's weights the run keeps: best (lowest validation loss) or last [default: best; last for the head-only probe chosen with per-subject normalisation and several photos per person: the model `cv` measures]
     #[arg(long, value_enum)]
     pub keep: Option<Keep>,
     /// Do not cache the frozen blocks' output.
@@ -553,7 +553,7 @@ pub struct CvArgs {
     /// normalisation) and report it beside the recipe.
     #[arg(long, value_parser = ["probe"])]
     pub baseline: Option<String>,
-    /// Epochs of the --baseline probe [default: the session's probe: 15, or 50 at --lr 0.01 with 5 heads averaged (--members) on person statistics with at least 3 photos of every person].
+    /// Epochs of the --baseline probe [default: the session's probe: 15, or 50 at --lr 0.01 with 5 heads averaged (--members) on person statistics with several photos per person].
     #[arg(long)]
     pub probe_epochs: Option<usize>,
     /// Test-time augmentation of the test folds: flip averages each image's

@@ -224,12 +224,12 @@ pub struct Recipe {
     /// What the command line asked of the head-only probe (the session's
     /// choice with per-subject normalisation, and `cv --baseline probe`).
     pub probe: ProbeRequest,
-    /// `--features` was not given: with per-subject normalisation on and at
-    /// least 3 photos of every person, the head takes the pooled conv4 and
+    /// `--features` was not given: with per-subject normalisation on and
+    /// several photos per person (`subject::several_photos`), the head takes the pooled conv4 and
     /// conv5 outputs (measured: docs/results/accuracy).
     pub auto_features: bool,
-    /// `--pool-grid` was not given: with per-subject normalisation on and at
-    /// least 3 photos of every person, each block is also averaged over the
+    /// `--pool-grid` was not given: with per-subject normalisation on and
+    /// several photos per person, each block is also averaged over the
     /// cells of `session::AUTO_GRID` (measured: docs/results/accuracy).
     pub auto_grid: bool,
     /// Neither `--face` nor `--crop` was given: with per-subject normalisation
@@ -294,8 +294,8 @@ pub struct ProbeRequest {
 }
 
 impl Probe {
-    /// Where person statistics are on and every person has at least 3
-    /// photos (JAFFE's structure), a probe trained from the pooled-feature
+    /// Where person statistics are on with several photos per
+    /// person (JAFFE's structure), a probe trained from the pooled-feature
     /// cache gets many epochs (seconds) at a higher SGD rate: measured on the
     /// JAFFE-format set, 15 epochs at the fine-tune's head rate (0.003) left
     /// it short (7-way 0.379, neutral vs rest 0.565; 50 at 0.01: 0.468 and
@@ -318,8 +318,8 @@ impl Probe {
     /// cells level (docs/results/accuracy, "Weight decay of the long probe").
     pub const LONG_SGD_WEIGHT_DECAY: f64 = 0.01;
 
-    /// The probe for `req`: `long` where person statistics are on with at
-    /// least 3 photos of every person; `train` is the recipe's (its rate).
+    /// The probe for `req`: `long` where person statistics are on with
+    /// several photos per person; `train` is the recipe's (its rate).
     pub fn resolve(req: ProbeRequest, long: bool, train: &TrainConfig) -> Probe {
         let epochs = req.epochs.unwrap_or(if long { Probe::LONG_EPOCHS } else { Probe::EPOCHS });
         let sgd = train.optimizer == crate::train::optim::OptimKind::Sgd;

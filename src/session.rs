@@ -33,9 +33,12 @@ pub struct Session {
     /// The feature cache folder a head-only finetune keeps its pooled
     /// features in and reads them back from (`--feature-cache`; none: off).
     pub feature_cache: Option<std::path::PathBuf>,
-    /// What this CPU means for `--precision` (`bf16_advice`), said by
-    /// `advise` once the weights have loaded: a wrong weights file then
-    /// fails with its one error line and no tip before it.
+    /// Why `--subject-norm auto` left person statistics off
+    /// (`subject_norm_off`), said by `advise` (or `notes` where no trunk
+    /// pass follows) once the weights have loaded: a wrong weights file then
+    /// fails with its one error line and nothing before it.
+    notes: Vec<String>,
+    /// What this CPU means for `--precision` (`bf16_advice`), said by `advise` alike.
     advice: Option<&'static str>,
 }
 
@@ -82,6 +85,10 @@ impl Session {
             threshold: None,
             calibration: None,
         };
+        let mut notes: Vec<String> = Vec::new();
+        if recipe.model.subject_norm == SubjectNormChoice::Auto && config.model.subject_norm == SubjectNormChoice::Off {
+            notes.extend(subject_norm_off(&prepared.dataset));
+        }
         let probe = probe_for(&config, &prepared.dataset, recipe.probe);
         let several = several_photos(&config, &prepared.dataset);
         if config.model.subject_norm == SubjectNormChoice::On {
@@ -165,7 +172,7 @@ impl Session {
             ));
         }
         let advice = if device == Device::Cpu { bf16_advice(config.model.precision, crate::model::CpuBf16::detect()) } else { None };
-        Ok(Session { config, prepared, device, feature_cache: None, advice })
+        Ok(Session { config, prepared, device, feature_cache: None, notes, advice })
     }
 
     /// The head-only probe for this session's data: the one it trains by
@@ -178,14 +185,24 @@ impl Session {
     pub(crate) fn reopen(config: RunConfig, reporter: &mut dyn Reporter) -> Result<Session> {
         let device = parse_device(&config.device)?;
         let prepared = prepare(&config.data, config.train.seed, reporter)?;
-        Ok(Session { config, prepared, device, feature_cache: None, advice: None })
+        Ok(Session { config, prepared, device, feature_cache: None, notes: vec![], advice: None })
     }
 
-    /// Says what this CPU means for `--precision` (AMX: bf16 is ~4× faster;
-    /// emulated bf16: ~10× slower), if anything: called by a command once
-    /// its first model has loaded the weights, before the trunk's passes.
+    /// Says the recipe's notes and what this CPU means for `--precision`
+    /// (AMX: bf16 is ~4× faster; emulated bf16: ~10× slower), if anything:
+    /// called by a command once its first model has loaded the weights,
+    /// before the trunk's passes.
     pub(crate) fn advise(&self, reporter: &mut dyn Reporter) {
+        self.notes(reporter);
         if let Some(msg) = self.advice {
+            reporter.message(msg);
+        }
+    }
+
+    /// Says the recipe's notes alone (`notes`): for a command that runs no
+    /// trunk pass (a cv whose features come from a cache).
+    pub(crate) fn notes(&self, reporter: &mut dyn Reporter) {
+        for msg in &self.notes {
             reporter.message(msg);
         }
     }
@@ -411,7 +428,7 @@ pub(crate) fn subject_groups(ds: &Dataset) -> Vec<usize> {
     crate::subject::groups(&keys)
 }
 
-/// Person statistics on and at least 3 photos of every person (JAFFE's
+/// Person statistics on and several photos per person (JAFFE's
 /// structure, not pairs forced on as in the London faces): where the
 /// multi-layer features and the long probe measured best.
 fn several_photos(config: &RunConfig, ds: &Dataset) -> bool {
@@ -427,7 +444,7 @@ fn probe_for(config: &RunConfig, ds: &Dataset, req: ProbeRequest) -> Probe {
 }
 
 /// `--threshold auto` → `inner` where it was measured (docs/results/accuracy):
-/// a head-only recipe on person statistics with at least 3 photos of every
+/// a head-only recipe on person statistics with several photos per
 /// person (`several`) and two classes; `off` elsewhere. Other choices are
 /// kept, checked against the number of classes.
 pub(crate) fn resolve_threshold(choice: ThresholdChoice, several: bool, head_only: bool, classes: usize) -> Result<ThresholdChoice> {
@@ -441,7 +458,7 @@ pub(crate) fn resolve_threshold(choice: ThresholdChoice, several: bool, head_onl
 
 /// `--calibrate auto` → `inner` where the inner fits run anyway (`threshold`
 /// inner) and for the long probe (`long_probe`: head-only, person statistics,
-/// at least 3 photos of every person, any number of classes), for a model
+/// several photos per person, any number of classes), for a model
 /// with a single-image head (`person_stats`); `off` elsewhere. `inner` needs that head.
 pub(crate) fn resolve_calibrate(choice: CalibrateChoice, threshold: ThresholdChoice, long_probe: bool, person_stats: bool) -> Result<CalibrateChoice> {
     Ok(match choice {
@@ -464,6 +481,26 @@ pub(crate) fn subject_counts(ds: &Dataset) -> Option<Vec<usize>> {
         *m.entry(s.subject.as_deref()?).or_default() += 1;
     }
     Some(m.into_values().collect())
+}
+
+/// Why `--subject-norm auto` left person statistics off for a dataset with
+/// subject ids (none without them: nothing to say): the people with too few
+/// photos. Said before training, since it changes the whole recipe.
+fn subject_norm_off(ds: &Dataset) -> Option<String> {
+    let mut m: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for s in &ds.samples {
+        *m.entry(s.subject.as_deref()?).or_default() += 1;
+    }
+    let few: Vec<String> = m.iter().filter(|(_, &n)| n < crate::subject::MIN_IMAGES).map(|(p, n)| format!("{p}: {n}")).collect();
+    Some(format!(
+        "per-subject normalisation is off (--subject-norm auto: on where every person has at least {} photos and at least half of them {}; here {} of {} people have fewer than {}: {}); --subject-norm on turns it on",
+        crate::subject::PERSON_MIN,
+        crate::subject::MIN_IMAGES,
+        few.len(),
+        m.len(),
+        crate::subject::MIN_IMAGES,
+        crate::error::short_list(&few, 3)
+    ))
 }
 
 /// Resolves `--subject-norm auto` for a dataset, and refuses `on` without subject ids.

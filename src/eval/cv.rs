@@ -672,6 +672,7 @@ fn shared_caches(req: &Request, session: &Session, mirrors: bool, baseline: bool
         }
         let c = features::load(path, &features::key(session), session, None, session.config.train.clean_views)?;
         reporter.message(&format!("pooled features from {} (not recomputed)", path.display()));
+        session.notes(reporter);
         return Ok(vec![c]);
     }
     if recalibrate {
@@ -684,6 +685,7 @@ fn shared_caches(req: &Request, session: &Session, mirrors: bool, baseline: bool
     let head_only = session.config.train.stages.iter().all(|s| s.from == Block::Head) && !baseline && !session.config.train.cache_f16;
     let entry = req.feature_cache.as_deref().filter(|_| head_only).and_then(|dir| features::Entry::new(dir, session, None, mirrors));
     if let Some(c) = entry.as_ref().and_then(|e| e.read_said(session, reporter, "an earlier cv's pass over the same images, weights and settings")) {
+        session.notes(reporter);
         return Ok(vec![c]);
     }
     let (base_model, _) = session.fresh_model(session.config.train.seed as i64, true)?;

@@ -52,8 +52,8 @@ pub const MIN_GAIN: f64 = 0.02;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ThresholdChoice {
-    /// `inner` for the probe on person statistics with at least 3 photos of
-    /// every person and a two-class task (where it was measured), else `off`.
+    /// `inner` for the probe on person statistics with several photos per
+    /// person and a two-class task (where it was measured), else `off`.
     Auto,
     /// Set by an inner subject-grouped cross-validation over the training people.
     Inner,
@@ -106,7 +106,7 @@ impl ThresholdChoice {
 #[serde(rename_all = "lowercase")]
 pub enum CalibrateChoice {
     /// `inner` where the inner fits run anyway (`--threshold inner`) and for
-    /// the probe on person statistics with at least 3 photos of every person
+    /// the probe on person statistics with several photos per person
     /// (any number of classes), else `off`. In a run config from before the
     /// flag: calibrated exactly where the threshold was set by inner fits.
     #[default]

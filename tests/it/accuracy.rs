@@ -606,3 +606,34 @@ fn default_stages_are_a_probe_when_person_statistics_are_on() {
     assert_eq!(config("off")["train"]["lr"], 0.003, "a fine-tune keeps the fine-tune's head rate");
     assert_eq!(config("ft")["train"]["weight_decay"], 1e-4, "and its weight decay");
 }
+
+/// `--subject-norm auto` takes several photos per person: one person with 2
+/// photos among people with 4 keeps person statistics on (it used to turn
+/// them off for everyone); pairs alone leave them off, and the run says why,
+/// naming the people with fewer than 3.
+#[test]
+fn one_person_with_two_photos_keeps_person_statistics_on_and_pairs_say_why_they_are_off() {
+    let d = tmp();
+    let m = identity_dominated(d.path(), 5, 2, 32);
+    // P04 keeps one photo of each class.
+    let csv = std::fs::read_to_string(&m).unwrap();
+    let kept: Vec<&str> = csv.lines().filter(|l| !(l.contains(",P04") && l.contains("_1.png"))).collect();
+    assert_eq!(kept.len(), 1 + 4 * 4 + 2);
+    std::fs::write(&m, kept.join("\n") + "\n").unwrap();
+    let w = d.path().join("trunk.safetensors");
+    trunk_only(&w, 8);
+    let s = small(&w);
+    let (code, _, err) = run(&args(&s, &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:1", "--val", "none", "--name", "mixed"]), d.path());
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&d.path().join("runs/mixed/config.json"))["model"]["subject_norm"], "on", "{err}");
+    assert!(!err.contains("per-subject normalisation is off"), "{err}");
+    std::fs::create_dir(d.path().join("pairs")).unwrap();
+    let pairs = subject_dataset(&d.path().join("pairs"), 4, 32);
+    let (code, _, err) = run(&args(&s, &["finetune", "--data", pairs.to_str().unwrap(), "--stages", "head:1", "--val", "none", "--name", "pairs"]), d.path());
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&d.path().join("runs/pairs/config.json"))["model"]["subject_norm"], "off");
+    assert!(
+        err.contains("per-subject normalisation is off (--subject-norm auto: on where every person has at least 2 photos and at least half of them 3; here 4 of 4 people have fewer than 3: P00: 2, P01: 2, P02: 2, and 1 more); --subject-norm on turns it on"),
+        "{err}"
+    );
+}
