@@ -55,7 +55,7 @@ impl SubjectNormChoice {
 /// rule until one person with 2 photos among ten with 21 turned person
 /// statistics off for all and with them the recipe they measured best with
 /// (JAFFE-framed set: docs/results/accuracy, "A person with 2 photos among
-/// many"); pairs alone (the London faces) stay off, as measured there.
+/// many"); pairs alone (the London faces) stay off, as before.
 pub(crate) fn several_photos(counts: &[usize]) -> bool {
     let mut c = counts.to_vec();
     c.sort_unstable();
