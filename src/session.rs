@@ -476,21 +476,23 @@ pub(crate) fn resolve_calibrate(choice: CalibrateChoice, threshold: ThresholdCho
 
 /// Images per subject id (`None` when some image has no subject id).
 pub(crate) fn subject_counts(ds: &Dataset) -> Option<Vec<usize>> {
+    Some(people(ds)?.into_values().collect())
+}
+
+/// Each subject id and its number of images (`None` when some image has no subject id).
+fn people(ds: &Dataset) -> Option<std::collections::BTreeMap<&str, usize>> {
     let mut m: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
     for s in &ds.samples {
         *m.entry(s.subject.as_deref()?).or_default() += 1;
     }
-    Some(m.into_values().collect())
+    Some(m)
 }
 
 /// Why `--subject-norm auto` left person statistics off for a dataset with
 /// subject ids (none without them: nothing to say): the people with too few
 /// photos. Said before training, since it changes the whole recipe.
 fn subject_norm_off(ds: &Dataset) -> Option<String> {
-    let mut m: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
-    for s in &ds.samples {
-        *m.entry(s.subject.as_deref()?).or_default() += 1;
-    }
+    let m = people(ds)?;
     let few: Vec<String> = m.iter().filter(|(_, &n)| n < crate::subject::MIN_IMAGES).map(|(p, n)| format!("{p}: {n}")).collect();
     Some(format!(
         "per-subject normalisation is off (--subject-norm auto: on where every person has at least {} photos and at least half of them {}; here {} of {} people have fewer than {}: {}); --subject-norm on turns it on",
