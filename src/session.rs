@@ -494,14 +494,18 @@ fn people(ds: &Dataset) -> Option<std::collections::BTreeMap<&str, usize>> {
 fn subject_norm_off(ds: &Dataset) -> Option<String> {
     let m = people(ds)?;
     let few: Vec<String> = m.iter().filter(|(_, &n)| n < crate::subject::MIN_IMAGES).map(|(p, n)| format!("{p}: {n}")).collect();
+    let mut counts: Vec<usize> = m.values().copied().collect();
+    counts.sort_unstable();
+    counts.dedup();
+    let here = match counts[..] {
+        // Pairs (the London faces): nobody to name.
+        [n] => format!("here every person has {n}"),
+        _ => format!("here {} of {} people have fewer than {}: {}", few.len(), m.len(), crate::subject::MIN_IMAGES, crate::error::short_list(&few, 3)),
+    };
     Some(format!(
-        "per-subject normalisation is off (--subject-norm auto: on where every person has at least {} photos and at least half of them {}; here {} of {} people have fewer than {}: {}); --subject-norm on turns it on",
+        "per-subject normalisation is off (--subject-norm auto: on where every person has at least {} photos and at least half of them {}; {here}); --subject-norm on turns it on",
         crate::subject::PERSON_MIN,
         crate::subject::MIN_IMAGES,
-        few.len(),
-        m.len(),
-        crate::subject::MIN_IMAGES,
-        crate::error::short_list(&few, 3)
     ))
 }
 

@@ -633,7 +633,14 @@ fn one_person_with_two_photos_keeps_person_statistics_on_and_pairs_say_why_they_
     assert_eq!(code, 0, "{err}");
     assert_eq!(json(&d.path().join("runs/pairs/config.json"))["model"]["subject_norm"], "off");
     assert!(
-        err.contains("per-subject normalisation is off (--subject-norm auto: on where every person has at least 2 photos and at least half of them 3; here 4 of 4 people have fewer than 3: P00: 2, P01: 2, P02: 2, and 1 more); --subject-norm on turns it on"),
+        err.contains("per-subject normalisation is off (--subject-norm auto: on where every person has at least 2 photos and at least half of them 3; here every person has 2); --subject-norm on turns it on"),
         "{err}"
     );
+    // Some people with 1 photo: named.
+    let csv = std::fs::read_to_string(&pairs).unwrap();
+    let kept: Vec<&str> = csv.lines().filter(|l| !l.starts_with("s00_smiling") && !l.starts_with("s02_smiling")).collect();
+    std::fs::write(&pairs, kept.join("\n") + "\n").unwrap();
+    let (code, _, err) = run(&args(&s, &["finetune", "--data", pairs.to_str().unwrap(), "--stages", "head:1", "--val", "none", "--name", "ones"]), d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("; here 4 of 4 people have fewer than 3: P00: 1, P01: 2, P02: 1, and 1 more); --subject-norm on"), "{err}");
 }
