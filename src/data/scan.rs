@@ -60,11 +60,14 @@ pub fn parse_jaffe_name(name: &str) -> Option<std::result::Result<(String, Strin
         return None;
     }
     let (code, sample) = parts[1].split_at(2);
-    if !sample.chars().all(|c| c.is_ascii_digit()) || !code.chars().all(|c| c.is_ascii_uppercase()) {
+    if !sample.chars().all(|c| c.is_ascii_digit()) || !code.chars().all(|c| c.is_ascii_alphabetic()) {
         return None;
     }
+    // Case-blind, as copies of the set renamed to lower case read the same
+    // (`ka.ne1.26.tiff` is KA's neutral photo, and KA is one person however spelt).
+    let code = code.to_ascii_uppercase();
     Some(match JAFFE_CODES.iter().find(|(c, _)| *c == code) {
-        Some((_, n)) => Ok((parts[0].to_string(), n.to_string())),
+        Some((_, n)) => Ok((parts[0].to_uppercase(), n.to_string())),
         None => Err(format!("unknown JAFFE expression code `{code}` (known: AN, DI, FE, HA, NE, SA, SU)")),
     })
 }
@@ -334,6 +337,10 @@ mod tests {
     #[test]
     fn jaffe_names_parse_and_odd_ones_are_not_jaffe() {
         assert_eq!(parse_jaffe_name("KA.NE1.26.tiff"), Some(Ok(("KA".into(), "neutral".into()))));
+        // Lower case (a renamed copy) and other image extensions read the same.
+        assert_eq!(parse_jaffe_name("ka.ne1.26.tiff"), Some(Ok(("KA".into(), "neutral".into()))));
+        assert_eq!(parse_jaffe_name("Ka.Ha2.7.TIF"), Some(Ok(("KA".into(), "happy".into()))));
+        assert!(parse_jaffe_name("ka.xx1.158.tiff").unwrap().unwrap_err().contains("XX"));
         assert!(parse_jaffe_name("KL.XX1.158.tiff").unwrap().unwrap_err().contains("XX"));
         assert_eq!(parse_jaffe_name("photo.jpg"), None);
         // A multi-byte character where the expression code is (a libFuzzer find: it used to panic).
