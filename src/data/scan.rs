@@ -254,10 +254,18 @@ fn scan_folders(dir: &Path) -> Result<Dataset> {
     Ok(Dataset { root: dir.to_path_buf(), format: DataFormat::Folders, samples, outside_paths: vec![] })
 }
 
+/// The manifest's field separator, from its header line: a comma, else a
+/// semicolon (what a spreadsheet saves as CSV where the comma is the decimal
+/// mark) or a tab, whichever the header holds.
+fn delimiter(text: &[u8]) -> u8 {
+    let header = text.split(|&b| b == b'\n').next().unwrap_or_default();
+    [b',', b';', b'\t'].into_iter().find(|d| header.contains(d)).unwrap_or(b',')
+}
+
 fn scan_csv(csv_path: &Path) -> Result<Dataset> {
     let bytes = std::fs::read(csv_path).map_err(|e| Error::io(csv_path, e))?;
     let text = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
-    let mut rdr = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(text);
+    let mut rdr = csv::ReaderBuilder::new().delimiter(delimiter(text)).trim(csv::Trim::All).from_reader(text);
     let headers = rdr.headers().map_err(|e| Error::file(csv_path, format!("bad CSV header: {e}")))?.clone();
     let col = |name: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(name));
     let (Some(pc), Some(lc)) = (col("path"), col("label")) else {

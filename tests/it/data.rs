@@ -188,6 +188,12 @@ fn csv_with_bom_quotes_and_errors() {
     let ds = scan(&m, DataFormat::Auto).unwrap();
     assert_eq!(ds.samples.len(), 2);
     assert_eq!(ds.samples[0].subject.as_deref(), Some("P1"));
+    // A spreadsheet's export where the comma is the decimal mark (semicolons, CRLF), and a tab-separated one.
+    for sheet in ["path;label;subject\r\na b.png;neutral;P1\r\nc.png;happy;P2\r\n", "path\tlabel\tsubject\na b.png\tneutral\tP1\nc.png\thappy\tP2\n"] {
+        std::fs::write(&m, sheet).unwrap();
+        let ds = scan(&m, DataFormat::Auto).unwrap();
+        assert_eq!(ds.samples.iter().map(|s| (s.label.as_str(), s.subject.as_deref())).collect::<Vec<_>>(), [("neutral", Some("P1")), ("happy", Some("P2"))]);
+    }
     std::fs::write(&m, "file,label\na b.png,neutral\n").unwrap();
     let e = scan(&m, DataFormat::Auto).unwrap_err().to_string();
     assert!(e.contains("m.csv") && e.contains("`path` and `label`"), "{e}");
