@@ -509,11 +509,16 @@ struct Job {
 /// files, `cv.md` and `folds.png` number it, with its test people (up to 3)
 /// where the dataset has subject ids — "seed 0 fold 2 (CK)".
 fn fold_name(seed: u64, fold: usize, test: &[usize], ds: &crate::data::scan::Dataset) -> String {
-    let people: Vec<String> = test.iter().filter_map(|&i| ds.samples[i].subject.clone()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    let people = distinct(test.iter().filter_map(|&i| ds.samples[i].subject.as_deref()));
     match people.len() {
         0 => format!("seed {seed} fold {fold}"),
         _ => format!("seed {seed} fold {fold} ({})", crate::error::short_list(&people, 3)),
     }
+}
+
+/// The distinct non-empty names among `names`, sorted: a fold's test people.
+fn distinct<'a>(names: impl Iterator<Item = &'a str>) -> Vec<String> {
+    names.filter(|s| !s.is_empty()).map(String::from).collect::<std::collections::BTreeSet<_>>().into_iter().collect()
 }
 
 /// How many folds train at once, each on one core, when every fit of the
@@ -1020,10 +1025,7 @@ fn summarise(cfg: &CvConfig, results: &[FoldResult], missing: &[String]) -> Summ
         fold_people: if results.iter().all(|r| r.subjects.iter().all(String::is_empty)) {
             vec![]
         } else {
-            results
-                .iter()
-                .map(|r| r.subjects.iter().filter(|s| !s.is_empty()).cloned().collect::<std::collections::BTreeSet<_>>().into_iter().collect())
-                .collect()
+            results.iter().map(|r| distinct(r.subjects.iter().map(String::as_str))).collect()
         },
         single,
         baseline,
