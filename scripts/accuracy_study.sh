@@ -2,7 +2,10 @@
 # The accuracy comparisons of docs/results/accuracy/: each recipe in a
 # subject-grouped K-fold cv × seeds, with the head-only probe on the same
 # folds (--baseline probe), on the London faces and on their identity-
-# dominated variant (scripts/distort_london.py).
+# dominated variant (scripts/distort_london.py). `global` is the recipe
+# without person statistics (the pairs' default until 2026-12-04; its
+# folders in docs/results/accuracy are named `*-default`), `subject-norm`
+# the one `--subject-norm auto` picks for pairs now.
 #
 #   scripts/accuracy_study.sh OUT          # VGGFT=path/to/vggft, SIZE=112, FOLDS=5, SEEDS=0,1,2
 set -euo pipefail
@@ -23,7 +26,7 @@ for data in london-distorted london; do
     "$vggft" cv --data "$path" --image-size "$size" --folds "$folds" --seeds "$seeds" --baseline probe \
       --device cpu --out "$out/$data-$name" --quiet $args > "$out/$data-$name.log" 2>&1
   done <<'RECIPES'
-default
+global --subject-norm off
 subject-norm --subject-norm on
 RECIPES
 done

@@ -295,7 +295,7 @@ pub struct ModelArgs {
     #[arg(long, value_name = "RxC", value_parser = checked(PoolGrid::parse))]
     pub pool_grid: Option<String>,
     /// Standardise each person's pooled features with that person's own statistics
-    /// (auto: on with several photos per person: at least 2 of every person and at least 3 of at least half of them).
+    /// (auto: on where every person has at least 2 photos; with several — at least 3 of at least half of them, as in JAFFE — the recipe also changes: conv4+conv5, 3x3 grid, long probe).
     #[arg(long, value_enum, default_value_t = SubjectNormChoice::Auto)]
     pub subject_norm: SubjectNormChoice,
     /// What the single-image head (per-subject normalisation's answer for a

@@ -34,7 +34,7 @@ pub struct Session {
     /// features in and reads them back from (`--feature-cache`; none: off).
     pub feature_cache: Option<std::path::PathBuf>,
     /// Why `--subject-norm auto` left person statistics off
-    /// (`subject_norm_off`), said by `advise` (or `notes` where no trunk
+    /// (`subject_norm_off`) or that no face was found for `--face person`, said by `advise` (or `notes` where no trunk
     /// pass follows) once the weights have loaded: a wrong weights file then
     /// fails with its one error line and nothing before it.
     notes: Vec<String>,
@@ -58,9 +58,11 @@ impl Session {
         if faces_cropped {
             data.preprocess.face = FaceMode::Person;
         }
+        // Said once the weights have loaded (`advise`): a wrong weights file fails with its one line.
+        let mut notes: Vec<String> = Vec::new();
         let mut loaded = crate::data::load_images(&dataset.samples, &data.preprocess, data.skip_bad)?;
         if faces_cropped && loaded.boxes.iter().all(|b| b.as_ref().is_none_or(|b| b.score.is_none())) {
-            reporter.message("no face found in any image: using the whole frame (--face person crops the centre instead)");
+            notes.push("no face found in any image: using the whole frame (--face person crops the centre instead)".into());
             faces_cropped = false;
             data.preprocess.face = FaceMode::None;
             loaded = crate::data::load_images(&dataset.samples, &data.preprocess, data.skip_bad)?;
@@ -85,7 +87,6 @@ impl Session {
             threshold: None,
             calibration: None,
         };
-        let mut notes: Vec<String> = Vec::new();
         if recipe.model.subject_norm == SubjectNormChoice::Auto && config.model.subject_norm == SubjectNormChoice::Off {
             notes.extend(subject_norm_off(&prepared.dataset));
         }
@@ -429,10 +430,10 @@ pub(crate) fn subject_groups(ds: &Dataset) -> Vec<usize> {
 }
 
 /// Person statistics on and several photos per person (JAFFE's
-/// structure, not pairs forced on as in the London faces): where the
-/// multi-layer features and the long probe measured best.
+/// structure, not pairs as in the London faces): where the multi-layer
+/// features and the long probe measured best.
 fn several_photos(config: &RunConfig, ds: &Dataset) -> bool {
-    config.model.subject_norm == SubjectNormChoice::On && SubjectNormChoice::Auto.resolve(subject_counts(ds).as_deref())
+    config.model.subject_norm == SubjectNormChoice::On && subject_counts(ds).as_deref().is_some_and(crate::subject::several_photos)
 }
 
 /// `Probe::resolve` for this data (before the session's choices change `config`).
@@ -489,23 +490,17 @@ fn people(ds: &Dataset) -> Option<std::collections::BTreeMap<&str, usize>> {
 }
 
 /// Why `--subject-norm auto` left person statistics off for a dataset with
-/// subject ids (none without them: nothing to say): the people with too few
-/// photos. Said before training, since it changes the whole recipe.
+/// subject ids (none without them: nothing to say): the people with a
+/// single photo. Said before training, since it changes the whole recipe.
 fn subject_norm_off(ds: &Dataset) -> Option<String> {
     let m = people(ds)?;
-    let few: Vec<String> = m.iter().filter(|(_, &n)| n < crate::subject::MIN_IMAGES).map(|(p, n)| format!("{p}: {n}")).collect();
-    let mut counts: Vec<usize> = m.values().copied().collect();
-    counts.sort_unstable();
-    counts.dedup();
-    let here = match counts[..] {
-        // Pairs (the London faces): nobody to name.
-        [n] => format!("here every person has {n}"),
-        _ => format!("here {} of {} people have fewer than {}: {}", few.len(), m.len(), crate::subject::MIN_IMAGES, crate::error::short_list(&few, 3)),
-    };
+    let few: Vec<String> = m.iter().filter(|(_, &n)| n < crate::subject::PERSON_MIN).map(|(p, n)| format!("{p}: {n}")).collect();
     Some(format!(
-        "per-subject normalisation is off (--subject-norm auto: on where every person has at least {} photos and at least half of them {}; {here}); --subject-norm on turns it on",
+        "per-subject normalisation is off (--subject-norm auto: on where every person has at least {} photos; here {} of {} people have fewer: {}); --subject-norm on turns it on",
         crate::subject::PERSON_MIN,
-        crate::subject::MIN_IMAGES,
+        few.len(),
+        m.len(),
+        crate::error::short_list(&few, 3),
     ))
 }
 

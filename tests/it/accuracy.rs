@@ -607,12 +607,13 @@ fn default_stages_are_a_probe_when_person_statistics_are_on() {
     assert_eq!(config("ft")["train"]["weight_decay"], 1e-4, "and its weight decay");
 }
 
-/// `--subject-norm auto` takes several photos per person: one person with 2
+/// `--subject-norm auto` needs 2 photos of every person: one person with 2
 /// photos among people with 4 keeps person statistics on (it used to turn
-/// them off for everyone); pairs alone leave them off, and the run says why,
-/// naming the people with fewer than 3.
+/// them off for everyone), and so do pairs (off until 2026-12-04), with the
+/// pairs' recipe (conv5, one grid cell); a person with a single photo turns
+/// them off, and the run says why, naming the people with one photo.
 #[test]
-fn one_person_with_two_photos_keeps_person_statistics_on_and_pairs_say_why_they_are_off() {
+fn pairs_keep_person_statistics_on_and_a_person_with_one_photo_turns_them_off() {
     let d = tmp();
     let m = identity_dominated(d.path(), 5, 2, 32);
     // P04 keeps one photo of each class.
@@ -631,16 +632,20 @@ fn one_person_with_two_photos_keeps_person_statistics_on_and_pairs_say_why_they_
     let pairs = subject_dataset(&d.path().join("pairs"), 4, 32);
     let (code, _, err) = run(&args(&s, &["finetune", "--data", pairs.to_str().unwrap(), "--stages", "head:1", "--val", "none", "--name", "pairs"]), d.path());
     assert_eq!(code, 0, "{err}");
-    assert_eq!(json(&d.path().join("runs/pairs/config.json"))["model"]["subject_norm"], "off");
-    assert!(
-        err.contains("per-subject normalisation is off (--subject-norm auto: on where every person has at least 2 photos and at least half of them 3; here every person has 2); --subject-norm on turns it on"),
-        "{err}"
-    );
+    let c = json(&d.path().join("runs/pairs/config.json"));
+    assert_eq!(c["model"]["subject_norm"], "on", "{err}");
+    assert!(!err.contains("per-subject normalisation is off"), "{err}");
+    assert_eq!(c["model"]["features"], serde_json::json!(["conv5"]), "the multi-layer features need several photos per person");
+    assert_eq!(c["model"]["pool_grid"], "1x1");
     // Some people with 1 photo: named.
     let csv = std::fs::read_to_string(&pairs).unwrap();
     let kept: Vec<&str> = csv.lines().filter(|l| !l.starts_with("s00_smiling") && !l.starts_with("s02_smiling")).collect();
     std::fs::write(&pairs, kept.join("\n") + "\n").unwrap();
     let (code, _, err) = run(&args(&s, &["finetune", "--data", pairs.to_str().unwrap(), "--stages", "head:1", "--val", "none", "--name", "ones"]), d.path());
     assert_eq!(code, 0, "{err}");
-    assert!(err.contains("; here 4 of 4 people have fewer than 3: P00: 1, P01: 2, P02: 1, and 1 more); --subject-norm on"), "{err}");
+    assert_eq!(json(&d.path().join("runs/ones/config.json"))["model"]["subject_norm"], "off");
+    assert!(
+        err.contains("per-subject normalisation is off (--subject-norm auto: on where every person has at least 2 photos; here 2 of 4 people have fewer: P00: 1, P02: 1); --subject-norm on turns it on"),
+        "{err}"
+    );
 }

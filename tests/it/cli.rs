@@ -79,7 +79,8 @@ fn finetune_then_predict_on_london_faces() {
     assert!((total - 1.0).abs() < 1e-6);
     let (code, out, _) = run(&["predict", i1, i2, "--format", "csv"], d.path());
     assert_eq!(code, 0);
-    assert_eq!(out.lines().next().unwrap(), "path,class,p_neutral,p_expressive");
+    // Pairs train person statistics (`--subject-norm auto`): each line says which head answered.
+    assert_eq!(out.lines().next().unwrap(), "path,class,p_neutral,p_expressive,mode");
     assert_eq!(out.lines().count(), 3);
     // The runs folder itself (`finetune --out`) stands for its latest run; a
     // folder that holds no run says so.
