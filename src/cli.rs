@@ -638,8 +638,10 @@ pub struct PredictArgs {
     #[arg(long, short)]
     pub recursive: bool,
     /// Predict the run's own validation images (people it never trained on,
-    /// from its split.csv) beside their true class, and tally them.
-    #[arg(long, conflicts_with_all = ["inputs", "subject", "subject_from"])]
+    /// from its split.csv) beside their true class, and tally them; each
+    /// image's person comes from split.csv (`--subject-from none`: every
+    /// photo alone, the single-image head of a subject-normalised model).
+    #[arg(long, conflicts_with_all = ["inputs", "subject"])]
     pub held_out: bool,
     /// Run folder, or its model.safetensors (default: runs/latest).
     #[arg(long, visible_alias = "run", default_value = "runs/latest")]

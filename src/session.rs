@@ -51,10 +51,14 @@ impl Session {
         let device = parse_device(&recipe.device)?;
         let mut data = data;
         let dataset = scan_data(&data, reporter)?;
-        // With person statistics the crop to each person's face measured better
-        // (JAFFE-format frames and London pairs: docs/results/accuracy); photos in
-        // which the detector finds no face at all keep the whole frame.
-        let mut faces_cropped = recipe.auto_face && recipe.model.subject_norm.resolve(subject_counts(&dataset).as_deref());
+        // With person statistics and several photos per person the crop to each
+        // person's face measured better (JAFFE-format frames: docs/results/accuracy);
+        // photos in which the detector finds no face at all keep the whole frame.
+        // Pairs keep the whole frame: there the person box flattered the
+        // single-image head, whose lone photos get their own box ("Pairs").
+        let counts = subject_counts(&dataset);
+        let mut faces_cropped =
+            recipe.auto_face && recipe.model.subject_norm.resolve(counts.as_deref()) && counts.as_deref().is_some_and(crate::subject::several_photos);
         if faces_cropped {
             data.preprocess.face = FaceMode::Person;
         }

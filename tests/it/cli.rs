@@ -317,7 +317,33 @@ fn predict_held_out_shows_only_people_the_model_never_saw() {
     }
     let people: std::collections::BTreeSet<&str> = val.iter().map(|r| r[3].as_str()).collect();
     let who = if people.len() == 1 { "1 person".to_string() } else { format!("{} people", people.len()) };
-    assert!(tally[0].starts_with(&format!("{right} of {} right on {who} the model never saw (validation balanced accuracy", val.len())), "{out}");
+    // Pairs train person statistics: the tally says which head answered, and that head's validation figure.
+    let metrics = json(&d.path().join("runs/h/metrics.json"));
+    let bacc = |key: &str| format!("{:.3}", metrics[key]["balanced_accuracy"].as_f64().unwrap());
+    assert_eq!(
+        tally[0],
+        format!(
+            "{right} of {} right on {who} the model never saw, each person's photos scored together (validation balanced accuracy {}, metrics.json)",
+            val.len(),
+            bacc("validation")
+        ),
+        "{out}"
+    );
+    let (code, out, err) = run(&["predict", "--held-out", "--subject-from", "none", "--model", "runs/h", "--device", "cpu"], d.path());
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[..lines.len() - 1].iter().all(|l| l.contains("mode=single-image")), "{out}");
+    let tally = lines[lines.len() - 1];
+    assert!(
+        tally.ends_with(&format!(
+            "the model never saw, each photo alone (the single-image head) (validation balanced accuracy {} of that head, metrics.json)",
+            bacc("validation_single_image")
+        )),
+        "{out}"
+    );
+    let (code, _, err) = run(&["predict", "--held-out", "--subject-from", "parent", "--model", "runs/h", "--device", "cpu"], d.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("--held-out takes each image's person from the run's split.csv") && err.lines().count() == 1, "{err}");
     // A run without validation images says so.
     let (code, _, _) = run(&args(&s, &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:1", "--name", "nv", "--val", "none"]), d.path());
     assert_eq!(code, 0);

@@ -196,9 +196,13 @@ fn predict_cmd(mut a: PredictArgs) -> anyhow::Result<bool> {
         model.cfg.precision = p;
     }
     let loaded = t0.elapsed().as_secs_f64();
+    if a.held_out && a.subject_from == "parent" {
+        anyhow::bail!("--held-out takes each image's person from the run's split.csv: of --subject-from only `none` (every photo alone) goes with it");
+    }
     let held = if a.held_out { predict::held_out(&a.model)? } else { vec![] };
     let paths = if a.held_out { held.iter().map(|h| h.path.clone()).collect() } else { input_paths(&a.inputs, a.recursive) };
     let subjects = match (&a.subject, a.subject_from.as_str()) {
+        _ if a.held_out && a.subject_from == "none" => predict::SubjectFrom::Nobody,
         _ if a.held_out => predict::SubjectFrom::Table(held.iter().map(|h| (h.path.clone(), h.subject.clone())).collect()),
         (Some(s), _) => predict::SubjectFrom::All(s.clone()),
         (None, "parent") => predict::SubjectFrom::Parent,

@@ -274,15 +274,24 @@ pub fn predictions(a: &PredictArgs, cfg: &RunConfig, subject_norm: bool, preds: 
     }
     if a.held_out && a.format == OutputFormat::Text {
         let people: std::collections::BTreeSet<&str> = held.iter().map(|h| h.subject.as_str()).collect();
+        // A subject-normalised model: which head answered, and that head's own validation figure.
+        let singles = preds.iter().filter(|p| p.mode == Some(predict::Mode::Single)).count();
+        let (how, key) = match (subject_norm, singles) {
+            (false, _) => ("", "validation"),
+            (true, 0) => (", each person's photos scored together", "validation"),
+            (true, n) if n == preds.len() => (", each photo alone (the single-image head)", "validation_single_image"),
+            (true, _) => (", by both heads (the mode column)", "validation"),
+        };
         let val = std::fs::read_to_string(a.model.join("metrics.json"))
             .ok()
             .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-            .and_then(|m| m["validation"]["balanced_accuracy"].as_f64());
+            .and_then(|m| m[key]["balanced_accuracy"].as_f64());
         outln!(
-            "{right} of {} right on {} the model never saw{}",
+            "{right} of {} right on {} the model never saw{how}{}",
             preds.len() - failed,
             if people.len() == 1 { "1 person".to_string() } else { format!("{} people", people.len()) },
-            val.map(|b| format!(" (validation balanced accuracy {b:.3}, metrics.json)")).unwrap_or_default()
+            val.map(|b| format!(" (validation balanced accuracy {b:.3}{}, metrics.json)", if key == "validation" { "" } else { " of that head" }))
+                .unwrap_or_default()
         );
     }
     if failed > 0 {
