@@ -34,9 +34,10 @@ pub struct Session {
     /// features in and reads them back from (`--feature-cache`; none: off).
     pub feature_cache: Option<std::path::PathBuf>,
     /// Why `--subject-norm auto` left person statistics off
-    /// (`subject_norm_off`) or that no face was found for `--face person`, said by `advise` (or `notes` where no trunk
-    /// pass follows) once the weights have loaded: a wrong weights file then
-    /// fails with its one error line and nothing before it.
+    /// (`subject_norm_off`), or that `--face person` found no face, said by
+    /// `advise` (or `notes` where no trunk pass follows) once the weights
+    /// have loaded: a wrong weights file then fails with its one error line
+    /// and nothing before it.
     notes: Vec<String>,
     /// What this CPU means for `--precision` (`bf16_advice`), said by `advise` alike.
     advice: Option<&'static str>,

@@ -276,11 +276,11 @@ pub fn predictions(a: &PredictArgs, cfg: &RunConfig, subject_norm: bool, preds: 
         let people: std::collections::BTreeSet<&str> = held.iter().map(|h| h.subject.as_str()).collect();
         // A subject-normalised model: which head answered, and that head's own validation figure.
         let singles = preds.iter().filter(|p| p.mode == Some(predict::Mode::Single)).count();
-        let (how, key) = match (subject_norm, singles) {
-            (false, _) => ("", "validation"),
-            (true, 0) => (", each person's photos scored together", "validation"),
-            (true, n) if n == preds.len() => (", each photo alone (the single-image head)", "validation_single_image"),
-            (true, _) => (", by both heads (the mode column)", "validation"),
+        let (how, key, whose) = match (subject_norm, singles) {
+            (false, _) => ("", "validation", ""),
+            (true, 0) => (", each person's photos scored together", "validation", ""),
+            (true, n) if n == preds.len() => (", each photo alone (the single-image head)", "validation_single_image", " of that head"),
+            (true, _) => (", by both heads (the mode column)", "validation", ""),
         };
         let val = std::fs::read_to_string(a.model.join("metrics.json"))
             .ok()
@@ -290,8 +290,7 @@ pub fn predictions(a: &PredictArgs, cfg: &RunConfig, subject_norm: bool, preds: 
             "{right} of {} right on {} the model never saw{how}{}",
             preds.len() - failed,
             if people.len() == 1 { "1 person".to_string() } else { format!("{} people", people.len()) },
-            val.map(|b| format!(" (validation balanced accuracy {b:.3}{}, metrics.json)", if key == "validation" { "" } else { " of that head" }))
-                .unwrap_or_default()
+            val.map(|b| format!(" (validation balanced accuracy {b:.3}{whose}, metrics.json)")).unwrap_or_default()
         );
     }
     if failed > 0 {
