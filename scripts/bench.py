@@ -74,7 +74,8 @@ def main():
     os.makedirs(OUT)
     # --subject-norm off: the globally normalised fine-tune, which the reference reproduces (the
     # bundled pairs default to person statistics and the probe since 2026-12-04).
-    common = ["--data", DATA, "--weights", WEIGHTS, "--image-size", str(SIZE), "--device", DEVICE, "--out", OUT, "--subject-norm", "off"]
+    # (`--out OUT` stays last: the cv rows replace it.)
+    common = ["--data", DATA, "--weights", WEIGHTS, "--image-size", str(SIZE), "--device", DEVICE, "--subject-norm", "off", "--out", OUT]
     rows = []
 
     def row(item, vggft, reference, unit, target="", note=""):
@@ -204,7 +205,7 @@ def main():
     if ONLY:
         pass
     elif DEVICE == "cpu" and torch.cuda.is_available():
-        gcommon = ["--data", DATA, "--weights", WEIGHTS, "--image-size", str(SIZE), "--device", "cuda", "--out", OUT, "--subject-norm", "off"]
+        gcommon = ["--data", DATA, "--weights", WEIGHTS, "--image-size", str(SIZE), "--device", "cuda", "--subject-norm", "off", "--out", OUT]
         out, _, _, _ = run([BIN, "speed", "--json", "--image-size", str(SIZE), "--device", "cuda", "--reps", "5"], "cuda-speed")
         for f in json.loads(out)["forward"]:
             row(f"CUDA forward {f['precision']} batch {f['batch']}", f["images_per_s"], None, "images/s", "", f"{f['gflops']:.0f} GFLOP/s")
