@@ -211,6 +211,10 @@ pub struct Summary {
     /// apart two users with different seeds land.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed_spread: Option<Stat>,
+    /// Test persons' photos were cropped to their person's face box
+    /// (`--face person`): the single-image head's figures are an upper bound.
+    #[serde(default)]
+    pub person_box: bool,
 }
 
 /// One seed's figures: means over that seed's fold results.
@@ -1037,6 +1041,7 @@ fn summarise(cfg: &CvConfig, results: &[FoldResult], missing: &[String]) -> Summ
         probe_threshold: results.iter().any(|r| r.baseline.as_ref().is_some_and(|b| b.threshold.is_some())),
         seeds: if seed_spread.is_some() { seeds } else { vec![] },
         seed_spread,
+        person_box: cfg.run.data.preprocess.face == crate::data::face::FaceMode::Person,
     }
 }
 
@@ -1179,7 +1184,13 @@ pub fn markdown(s: &Summary) -> String {
     };
     table(&mut out, &s.stats);
     let sections = [
-        ("Single-image head (no other photo of the person; same folds)".to_string(), &s.single),
+        (
+            format!(
+                "Single-image head (no other photo of the person; same folds{})",
+                if s.person_box { format!("; {}", crate::data::face::PERSON_BOX_SINGLE) } else { String::new() }
+            ),
+            &s.single,
+        ),
         (
             format!(
                 "Probe baseline (head only, {} epochs{}{}, same folds and seeds)",

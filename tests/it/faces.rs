@@ -177,6 +177,14 @@ fn with_person_statistics_faces_are_cropped_by_default() {
     assert_eq!(code, 0, "{out}\n{err}");
     assert_eq!(face("auto"), "person", "{err}");
     assert!(err.contains("cropped to each person's face (--face none: the whole frame)"), "{err}");
+    // A run's own validation says the same of its single-image head.
+    let (code, out, err) =
+        run(&args(&s, &["finetune", "--stages", "head:1", "--augment", "none", "--data", "faces.csv", "--name", "val", "--val", "subjects:0.34"]), d.path());
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("validation, single-image head (no other photo of the person; its photos cropped to their person's face box, which a lone photo in predict does not get (it gets its own box): an upper bound):"),
+        "{out}"
+    );
     // Boxes per person (file name → box) as faces.csv records them.
     let boxes = |run: &str| -> Vec<(String, String)> {
         let csv = std::fs::read_to_string(d.path().join("runs").join(run).join("faces.csv")).unwrap();
@@ -211,6 +219,11 @@ fn with_person_statistics_faces_are_cropped_by_default() {
     assert_eq!(code, 0, "{out}\n{err}");
     let md = std::fs::read_to_string(d.path().join("cv/cv.md")).unwrap();
     assert!(md.contains("face crop per person (--face person): each person's photos, a test person's included, set that person's face box"), "{md}");
+    // The single-image head's figures come from those boxes too, which a lone photo does not get.
+    assert!(
+        md.contains("## Single-image head (no other photo of the person; same folds; its photos cropped to their person's face box, which a lone photo in predict does not get (it gets its own box): an upper bound)"),
+        "{md}"
+    );
     // Asked for: --face none, a --crop, or person statistics off keep the whole frame.
     for (name, extra) in [("none", &["--face", "none"][..]), ("crop", &["--crop", "center:0.9"]), ("off", &["--subject-norm", "off"])] {
         let (code, out, err) = run(&args(&s, &[&base[..], &["--data", "faces.csv", "--name", name], extra].concat()), d.path());
