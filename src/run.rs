@@ -45,6 +45,9 @@ pub struct Summary {
     /// How it decides and what its single-image head's probabilities mean, for summaries
     /// (`RunConfig::describe_decisions`).
     pub decisions: Option<String>,
+    /// Photos cropped to their person's face box (`--face person`): `val_single`
+    /// is an upper bound for a lone photo (`data::face::PERSON_BOX_SINGLE`).
+    pub person_box: bool,
 }
 
 /// Options for a new run.
@@ -343,6 +346,7 @@ fn execute(
         n_val: prepared.data.val.len(),
         decisions: config.describe_decisions(),
         threshold: config.threshold,
+        person_box: config.data.preprocess.face == crate::data::face::FaceMode::Person,
     })
 }
 

@@ -112,10 +112,9 @@ fn finetune(a: FinetuneArgs, seed_given: bool) -> anyhow::Result<()> {
             print_metrics(m, &s.classes);
             if let Some(single) = &s.val_single {
                 outln!("{}; {}", vggft::subject::TRANSDUCTIVE, vggft::eval::FLIP_TTA);
-                let person_box = run::read_config(&s.dir).is_ok_and(|c| c.data.preprocess.face == vggft::data::face::FaceMode::Person);
                 outln!(
                     "validation, single-image head (no other photo of the person{}):",
-                    if person_box { format!("; {}", vggft::data::face::PERSON_BOX_SINGLE) } else { String::new() }
+                    if s.person_box { format!("; {}", vggft::data::face::PERSON_BOX_SINGLE) } else { String::new() }
                 );
                 print_metrics(single, &s.classes);
             }
