@@ -59,17 +59,20 @@ pub(crate) fn enough_photos(counts: &[usize]) -> bool {
     !counts.is_empty() && counts.iter().all(|&n| n >= PERSON_MIN)
 }
 
-/// Several photos per person: at least `PERSON_MIN` images of every person
-/// and `MIN_IMAGES` of at least half of them (the lower median). Where the
+/// Several photos per person: enough for person statistics
+/// (`enough_photos`) and `MIN_IMAGES` of at least half of them (the lower median). Where the
 /// multi-layer features, the 3x3 grid and the long probe measured best
 /// (JAFFE-format sets); on pairs they measured worse or were not measured.
 /// The lower median keeps one person with 2 photos among ten with 21 from
 /// turning that recipe off for all (docs/results/accuracy, "A person with 2
 /// photos among many").
 pub(crate) fn several_photos(counts: &[usize]) -> bool {
+    if !enough_photos(counts) {
+        return false;
+    }
     let mut c = counts.to_vec();
     c.sort_unstable();
-    !c.is_empty() && c[0] >= PERSON_MIN && c[(c.len() - 1) / 2] >= MIN_IMAGES
+    c[(c.len() - 1) / 2] >= MIN_IMAGES
 }
 
 /// Per-person mean and standard deviation of pooled features.
