@@ -238,7 +238,14 @@ impl Session {
     /// The session's images with another train/test division (a cv fold).
     pub(crate) fn train_data(&self, train: Vec<usize>, val: Vec<usize>) -> TrainData {
         let p = &self.prepared;
-        train_data(p.data.gray.shallow_clone(), &p.dataset, &p.labels, self.config.data.train_labels, train, val)
+        train_data(
+            (p.data.gray.shallow_clone(), p.data.lone.as_ref().map(Tensor::shallow_clone)),
+            &p.dataset,
+            &p.labels,
+            self.config.data.train_labels,
+            train,
+            val,
+        )
     }
 }
 
@@ -402,7 +409,7 @@ fn finish(mut dataset: Dataset, loaded: crate::data::Loaded, dc: &DataConfig, se
     if let Some(n) = &split.note {
         reporter.message(n);
     }
-    let data = train_data(loaded.gray, &dataset, &labels, dc.train_labels, split.train.clone(), split.val.clone());
+    let data = train_data((loaded.gray, loaded.lone), &dataset, &labels, dc.train_labels, split.train.clone(), split.val.clone());
     let fallbacks: Vec<String> = dataset
         .samples
         .iter()
@@ -418,13 +425,20 @@ fn finish(mut dataset: Dataset, loaded: crate::data::Loaded, dc: &DataConfig, se
 
 /// Training data for `labels`: the head's targets are the raw labels or the
 /// task's classes, as `choice` resolves for these labels.
-pub(crate) fn train_data(gray: Tensor, ds: &Dataset, labels: &Labels, choice: TrainLabels, train: Vec<usize>, val: Vec<usize>) -> TrainData {
+pub(crate) fn train_data(
+    (gray, lone): (Tensor, Option<Tensor>),
+    ds: &Dataset,
+    labels: &Labels,
+    choice: TrainLabels,
+    train: Vec<usize>,
+    val: Vec<usize>,
+) -> TrainData {
     let groups = subject_groups(ds);
     if labels.train_on_raw(choice) {
         let task = TaskView { targets: labels.targets.clone(), raw_to_task: labels.raw_to_task.clone(), classes: labels.classes.len() };
-        TrainData { gray, targets: labels.raw_targets.clone(), train, val, num_classes: labels.raw_classes.len(), groups, task: Some(task) }
+        TrainData { gray, lone, targets: labels.raw_targets.clone(), train, val, num_classes: labels.raw_classes.len(), groups, task: Some(task) }
     } else {
-        TrainData { gray, targets: labels.targets.clone(), train, val, num_classes: labels.classes.len(), groups, task: None }
+        TrainData { gray, lone, targets: labels.targets.clone(), train, val, num_classes: labels.classes.len(), groups, task: None }
     }
 }
 

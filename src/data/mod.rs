@@ -81,6 +81,10 @@ pub struct Loaded {
     pub skipped: Vec<(PathBuf, String)>,
     /// The face box of each kept image (when `--face` is not `none`).
     pub boxes: Vec<Option<face::FaceBox>>,
+    /// With `--face person`: each kept image cropped to its own box instead
+    /// of its person's, as `predict` crops a lone photo. The single-image
+    /// head is scored from these, so its figures are what a lone photo gets.
+    pub lone: Option<Tensor>,
 }
 
 /// Decoded gray → the network's pixels: face box (or `crop`), square, resize.
@@ -124,9 +128,11 @@ fn par_map<T: Send>(samples: &[Sample], f: impl Fn(usize, &Sample, &mut Option<f
     })
 }
 
-/// With `--face person`, each image's box from its person's detections
-/// (`None` for an image that does not decode: the main pass reports it).
-fn person_boxes(samples: &[Sample], pre: &Preprocess) -> Option<Vec<Option<face::FaceBox>>> {
+/// With `--face person`, each image's box from its person's detections and
+/// its own box (`None` for an image that does not decode: the main pass reports it).
+type PersonAndOwn = (Vec<Option<face::FaceBox>>, Vec<Option<face::FaceBox>>);
+
+fn person_boxes(samples: &[Sample], pre: &Preprocess) -> Option<PersonAndOwn> {
     if pre.face != face::FaceMode::Person {
         return None;
     }
@@ -135,19 +141,27 @@ fn person_boxes(samples: &[Sample], pre: &Preprocess) -> Option<Vec<Option<face:
         Some((face::locate(finder, &g, &pre.face).ok()??, g.source_size()))
     });
     if found.len() != samples.len() {
-        return Some(vec![None; samples.len()]); // a thread failed: the main pass reports it
+        return Some((vec![None; samples.len()], vec![None; samples.len()])); // a thread failed: the main pass reports it
     }
     let subjects: Vec<Option<&str>> = samples.iter().map(|s| s.subject.as_deref()).collect();
-    Some(face::per_person(&found, &subjects))
+    let own = found.iter().map(|f| f.as_ref().map(|f| f.0.clone())).collect();
+    Some((face::per_person(&found, &subjects), own))
 }
 
 /// Decodes and prepares images in parallel (one thread per core).
 pub(crate) fn load_images(samples: &[Sample], pre: &Preprocess, skip_bad: bool) -> Result<Loaded> {
     let size = pre.image_size as usize;
     let given = person_boxes(samples, pre);
-    let results = par_map(samples, |i, s, finder| {
+    let results = par_map(samples, |i, s, finder| -> Result<_> {
         let g = image::load_gray(&s.path)?;
-        prepare_image_in(&g, pre, finder, given.as_ref().and_then(|v| v[i].as_ref())).map_err(|e| e.at(&s.path))
+        let (px, b) = prepare_image_in(&g, pre, finder, given.as_ref().and_then(|(v, _)| v[i].as_ref())).map_err(|e| e.at(&s.path))?;
+        // Its own box (found, or the fallback): the crop a lone photo gets in predict.
+        let lone = match given.as_ref().map(|(_, own)| own[i].as_ref()) {
+            Some(Some(own)) => Some(prepare_image_in(&g, pre, finder, Some(own)).map_err(|e| e.at(&s.path))?.0),
+            Some(None) => Some(prepare_image_in(&g, pre, finder, None).map_err(|e| e.at(&s.path))?.0),
+            None => None,
+        };
+        Ok((px, b, lone))
     });
     if results.len() != samples.len() {
         return Err(Error::internal("an image decoding thread failed"));
@@ -156,19 +170,23 @@ pub(crate) fn load_images(samples: &[Sample], pre: &Preprocess, skip_bad: bool) 
     let mut kept = Vec::new();
     let mut skipped = Vec::new();
     let mut boxes = Vec::new();
+    let mut lone = Vec::new();
     for (i, r) in results.into_iter().enumerate() {
         match r {
-            Ok((px, b)) => {
+            Ok((px, b, own)) => {
                 data.extend_from_slice(&px);
                 kept.push(i);
                 boxes.push(b);
+                lone.extend(own.unwrap_or_default());
             }
             Err(e) if skip_bad => skipped.push((samples[i].path.clone(), e.to_string())),
             Err(e) => return Err(e),
         }
     }
-    let gray = Tensor::from_slice(&data).view([kept.len() as i64, 1, size as i64, size as i64]);
-    Ok(Loaded { gray, kept, skipped, boxes })
+    let shape = [kept.len() as i64, 1, size as i64, size as i64];
+    let gray = Tensor::from_slice(&data).view(shape);
+    let lone = (given.is_some() && lone.len() == data.len()).then(|| Tensor::from_slice(&lone).view(shape));
+    Ok(Loaded { gray, kept, skipped, boxes, lone })
 }
 
 /// Stacks selected rows of a tensor onto a device.

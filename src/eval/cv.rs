@@ -128,6 +128,11 @@ pub struct FoldResult {
     /// With per-subject normalisation: the single-image head on the same images.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub single: Option<Scores>,
+    /// With `--face person`: `single` scored each photo cropped to its own
+    /// box, as `predict` crops a lone photo (folds from before this: to its
+    /// person's box, which flatters the head).
+    #[serde(default)]
+    pub single_own_box: bool,
     /// With `--baseline probe`: the head-only probe on the same fold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline: Option<Scores>,
@@ -211,10 +216,15 @@ pub struct Summary {
     /// apart two users with different seeds land.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed_spread: Option<Stat>,
-    /// Test persons' photos were cropped to their person's face box
-    /// (`--face person`): the single-image head's figures are an upper bound.
+    /// The single-image head's figures come from photos cropped to their
+    /// person's face box (`--face person`, folds scored before own-box
+    /// crops, `FoldResult::single_own_box`): an upper bound for a lone photo.
     #[serde(default)]
     pub person_box: bool,
+    /// `--face person` with every fold's single-image head scored on each
+    /// photo's own box, as predict crops a lone photo.
+    #[serde(default)]
+    pub single_own_box: bool,
 }
 
 /// One seed's figures: means over that seed's fold results.
@@ -703,7 +713,7 @@ fn shared_caches(req: &Request, session: &Session, mirrors: bool, baseline: bool
     let n_all = session.prepared.dataset.samples.len();
     let t0 = Instant::now();
     let all: Vec<usize> = (0..n_all).collect();
-    let (c, views) =
+    let (mut c, views) =
         match train::plan_and_build(&base_model, &session.config.train, pre, &session.prepared.data.gray, from, (&all, &all), mirrors, device, reporter) {
             Ok(built) => built,
             Err(why) => {
@@ -711,6 +721,9 @@ fn shared_caches(req: &Request, session: &Session, mirrors: bool, baseline: bool
                 return Ok(vec![]);
             }
         };
+    if let Some(lone) = &session.prepared.data.lone {
+        base_model.frozen(|| c.add_lone(&base_model, pre, lone, device, reporter));
+    }
     // Later stages' freeze points too (e.g. the head-only warm-up's conv5 output):
     // the folds use them while those blocks still hold the pretrained weights.
     let probe = baseline.then_some(Block::Head);
@@ -720,10 +733,15 @@ fn shared_caches(req: &Request, session: &Session, mirrors: bool, baseline: bool
     let mut caches: Vec<train::Cache> = points.iter().map(|&b| train::derive_cache(&base_model, &c, b)).collect();
     caches.insert(0, c);
     reporter.message(&format!(
-        "cached the frozen {}{} once for every fold and seed: {views} view(s) of {n_all} images{}, in {:.1}s",
+        "cached the frozen {}{} once for every fold and seed: {views} view(s) of {n_all} images{}{}, in {:.1}s",
         train::holds(from),
         points.iter().map(|&b| format!(" (and the {})", train::holds(b))).collect::<String>(),
         if mirrors { " and their mirror images" } else { "" },
+        if session.prepared.data.lone.is_some() {
+            ", and each cropped to its own face box for the single-image head (as predict crops a lone photo)"
+        } else {
+            ""
+        },
         t0.elapsed().as_secs_f64()
     ));
     if let Some(e) = &entry {
@@ -795,6 +813,7 @@ fn run_fold(
         y,
         probs: main.main.probs,
         metrics: main.main.metrics,
+        single_own_box: main.single.is_some() && data.lone.is_some(),
         single: main.single,
         baseline,
         one_class: main.one_class,
@@ -1041,7 +1060,8 @@ fn summarise(cfg: &CvConfig, results: &[FoldResult], missing: &[String]) -> Summ
         probe_threshold: results.iter().any(|r| r.baseline.as_ref().is_some_and(|b| b.threshold.is_some())),
         seeds: if seed_spread.is_some() { seeds } else { vec![] },
         seed_spread,
-        person_box: cfg.run.data.preprocess.face == crate::data::face::FaceMode::Person,
+        person_box: cfg.run.data.preprocess.face == crate::data::face::FaceMode::Person && results.iter().any(|r| r.single.is_some() && !r.single_own_box),
+        single_own_box: results.iter().any(|r| r.single.is_some()) && results.iter().all(|r| r.single.is_none() || r.single_own_box),
     }
 }
 
@@ -1187,7 +1207,11 @@ pub fn markdown(s: &Summary) -> String {
         (
             format!(
                 "Single-image head (no other photo of the person; same folds{})",
-                if s.person_box { format!("; {}", crate::data::face::PERSON_BOX_SINGLE) } else { String::new() }
+                match (s.person_box, s.single_own_box) {
+                    (true, _) => format!("; {}", crate::data::face::PERSON_BOX_SINGLE),
+                    (false, true) => format!("; {}", crate::data::face::OWN_BOX_SINGLE),
+                    _ => String::new(),
+                }
             ),
             &s.single,
         ),

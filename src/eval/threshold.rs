@@ -529,6 +529,7 @@ pub(crate) fn inner_fits(
         let rest: Vec<usize> = data.train.iter().copied().filter(|r| held.binary_search(r).is_err()).collect();
         let inner = TrainData {
             gray: data.gray.shallow_clone(),
+            lone: data.lone.as_ref().map(tch::Tensor::shallow_clone),
             targets: data.targets.clone(),
             train: rest,
             val: vec![],

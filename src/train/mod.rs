@@ -43,6 +43,9 @@ use source::Sources;
 pub struct TrainData {
     /// (N,1,S,S) gray in [0,1].
     pub gray: Tensor,
+    /// With `--face person`: the same images cropped to each one's own box
+    /// (`data::Loaded::lone`), which the single-image head is scored from.
+    pub lone: Option<Tensor>,
     /// What the head is trained on: task classes, or raw labels (see `task`).
     pub targets: Vec<i64>,
     pub train: Vec<usize>,
@@ -229,20 +232,38 @@ impl Trainer<'_> {
     }
 
     /// Eval-mode `f(input, first block)` over dataset rows `idx` in chunks
-    /// (mirrored left–right when `flip`), from the cache's clean rows when it
-    /// has them; `width` columns when `idx` is empty.
-    fn eval_rows(&self, model: &Vgg16, cache: Option<&Cache>, idx: &[usize], width: i64, flip: bool, f: impl Fn(&Tensor, Block) -> Tensor) -> Tensor {
+    /// (mirrored left–right when `flip`; each image cropped to its own face
+    /// box when `lone`, `TrainData::lone`), from the cache's rows when it has
+    /// them; `width` columns when `idx` is empty.
+    fn eval_rows(
+        &self,
+        model: &Vgg16,
+        cache: Option<&Cache>,
+        idx: &[usize],
+        width: i64,
+        (flip, lone): (bool, bool),
+        f: impl Fn(&Tensor, Block) -> Tensor,
+    ) -> Tensor {
+        let images = match (lone, &self.data.lone) {
+            (true, Some(l)) => l,
+            _ => &self.data.gray,
+        };
         model.frozen(|| {
             let parts: Vec<Tensor> = idx
                 .chunks(32)
                 .map(|c| {
-                    let cached = cache
-                        .filter(|k| k.covers(&[], c))
-                        .and_then(|k| Some((if flip { k.flipped_rows(c, self.device)? } else { k.clean_rows(c, self.device) }, k.from)));
+                    let cached = cache.filter(|k| k.covers(&[], c)).and_then(|k| {
+                        let x = match (lone, flip) {
+                            (true, _) => k.lone_rows(c, flip, self.device)?,
+                            (false, true) => k.flipped_rows(c, self.device)?,
+                            (false, false) => k.clean_rows(c, self.device),
+                        };
+                        Some((x, k.from))
+                    });
                     match cached {
                         Some((x, from)) => f(&x, from),
                         None => {
-                            let g = crate::data::select(&self.data.gray, c, self.device);
+                            let g = crate::data::select(images, c, self.device);
                             f(&self.pre.normalise(&if flip { g.flip([3]) } else { g }), Block::Conv1)
                         }
                     }
@@ -264,7 +285,7 @@ impl Trainer<'_> {
 
     /// Eval-mode pooled features (the head's input) of dataset rows `idx`, mirrored when `flip`.
     pub fn pooled(&self, model: &Vgg16, cache: Option<&Cache>, idx: &[usize], flip: bool) -> Tensor {
-        self.eval_rows(model, cache, idx, 0, flip, |x, from| model.pooled_from(x, from, false))
+        self.eval_rows(model, cache, idx, 0, (flip, false), |x, from| model.pooled_from(x, from, false))
     }
 
     /// Eval-mode scores of rows `idx` (logits, or log-probabilities where
@@ -282,7 +303,7 @@ impl Trainer<'_> {
         let probs = |t: Tensor| t.softmax(1, Kind::Double);
         let log = |p: Tensor| p.log().to_kind(Kind::Float);
         if !model.cfg.subject_norm {
-            let logits = |flip| self.eval_rows(model, cache, idx, model.cfg.num_classes, flip, |x, from| model.forward_from(x, from, false));
+            let logits = |flip| self.eval_rows(model, cache, idx, model.cfg.num_classes, (flip, false), |x, from| model.forward_from(x, from, false));
             let main = if tta_flip { log((probs(logits(false)) + probs(logits(true))) / 2.0) } else { logits(false) };
             return Scored { main, single: None, one_class: None };
         }
@@ -295,12 +316,16 @@ impl Trainer<'_> {
             .map(|c| person(&idx.iter().zip(c).map(|(&i, &c)| Some((self.data.groups[i], c))).collect::<Vec<_>>()))
             .filter(|(_, modes)| modes.contains(&crate::eval::predict::Mode::Person))
             .map(|(p, _)| log(p));
+        let main = log(person(&keys).0);
         let single = |f: &Tensor| tch::no_grad(|| model.classify_global(f, false).unwrap_or_else(|| model.classify(f, false)));
+        // With `--face person` the single-image head sees each photo's own box, as a lone photo gets in predict.
+        let own = |flip| self.eval_rows(model, cache, idx, 0, (flip, true), |x, from| model.pooled_from(x, from, false));
+        let (f, g) = if self.data.lone.is_some() { (own(false), tta_flip.then(|| own(true))) } else { (f, g) };
         let single = match &g {
             Some(g) => log((probs(single(&f)) + probs(single(g))) / 2.0),
             None => single(&f),
         };
-        Scored { main: log(person(&keys).0), single: Some(single), one_class }
+        Scored { main, single: Some(single), one_class }
     }
 
     /// Training-mode logits of ensemble member `member` (0: the main head) on
@@ -580,6 +605,7 @@ mod tests {
         let n = targets.len();
         TrainData {
             gray: Tensor::zeros([n as i64, 1, 2, 2], (tch::Kind::Float, tch::Device::Cpu)),
+            lone: None,
             targets,
             train: (0..n).collect(),
             val: vec![],
@@ -587,6 +613,99 @@ mod tests {
             groups: (0..n).collect(),
             task,
         }
+    }
+
+    /// `--face person`: the single-image head is scored from each photo's own
+    /// crop (`TrainData::lone`), as predict scores a lone photo, straight from
+    /// the images and from a cache that holds them alike; the main head from
+    /// the person-box crops (`gray`).
+    #[test]
+    fn the_single_image_head_is_scored_from_each_photos_own_crop() {
+        use crate::config::{Keep, TrainConfig};
+        use crate::model::{HeadKind, ModelConfig, PoolGrid, Precision};
+        tch::manual_seed(3);
+        let cfg = ModelConfig {
+            bn_mode: BnMode::Frozen,
+            head: HeadKind::Linear,
+            num_classes: 2,
+            dropout: 0.0,
+            hidden: 0,
+            width_div: 16,
+            precision: Precision::F32,
+            features: crate::model::conv5_only(),
+            subject_norm: true,
+            pool_grid: PoolGrid::GLOBAL,
+            single_to_task: Vec::new(),
+        };
+        let model = Vgg16::new(&cfg, Device::Cpu).unwrap();
+        // A head that tells pictures apart: the initial one answers almost alike for all.
+        for (name, mut t) in model.named_tensors() {
+            if name.starts_with("head_global.fc.weight") {
+                tch::no_grad(|| t.f_mul_(&Tensor::from(1000.0)).unwrap());
+            }
+        }
+        let n = 6;
+        let mut d = data(vec![0, 1, 0, 1, 0, 1], 2, None);
+        d.groups = vec![0, 0, 0, 1, 1, 1];
+        d.gray = Tensor::rand([n, 1, 32, 32], (Kind::Float, Device::Cpu));
+        // Another crop of each: here a darker, blurred picture.
+        let lone = d.gray.avg_pool2d([5, 5], [1, 1], [2, 2], false, true, None::<i64>) * 0.3;
+        let tc = TrainConfig {
+            stages: vec![Stage { from: Block::Head, epochs: 1 }],
+            optimizer: optim::OptimKind::Sgd,
+            lr: 0.01,
+            block_lr_factor: 0.5,
+            momentum: 0.9,
+            weight_decay: 0.0,
+            schedule: optim::Schedule::Cosine,
+            warmup: 0.0,
+            batch_size: 4,
+            label_smoothing: 0.0,
+            class_weights: ClassWeights::Auto,
+            augment: crate::data::augment::Augment::preset("none").unwrap(),
+            patience: 0,
+            keep: Keep::Last,
+            cache: true,
+            cache_views: 1,
+            cache_mem_mb: 64,
+            cache_f16: false,
+            clean_views: false,
+            seed: 1,
+            members: 1,
+            threshold: Default::default(),
+            calibrate: Default::default(),
+        };
+        let pre = Preprocess::new(crate::data::image::Crop::None, 32);
+        let idx: Vec<usize> = (0..n as usize).collect();
+        // The single-image head by hand, on the flip-averaged probabilities of given crops.
+        let by_hand = |g: &Tensor| {
+            let p = |x: &Tensor| {
+                tch::no_grad(|| model.classify_global(&model.pooled_from(&pre.normalise(x), Block::Conv1, false), false).unwrap()).softmax(1, Kind::Double)
+            };
+            ((p(g) + p(&g.flip([3]))) / 2.0).log().to_kind(Kind::Float)
+        };
+        let score = |d: &TrainData, cache: Option<&Cache>| {
+            let t = Trainer { cfg: &tc, pre: &pre, data: d, device: Device::Cpu, checkpoint_dir: None, stop: None, shared: &[] };
+            let s = t.scores(&model, cache, &idx, true, None);
+            (s.main, s.single.unwrap())
+        };
+        let (main_before, single_before) = score(&d, None);
+        assert!(single_before.allclose(&by_hand(&d.gray), 1e-5, 1e-5, false));
+        d.lone = Some(lone.shallow_clone());
+        let (main, single) = score(&d, None);
+        assert!(single.allclose(&by_hand(&lone), 1e-5, 1e-5, false), "the own crops");
+        assert!(!single.allclose(&single_before, 1e-3, 1e-3, false));
+        assert!(main.allclose(&main_before, 1e-6, 1e-6, false), "the main head keeps the person-box crops");
+        // From a cache of the pooled features that holds the own crops too.
+        let mut c = build_cache(&model, &tc, &pre, &d.gray, Block::Head, 1, &idx, &idx, Device::Cpu, &mut Collect::default());
+        c.add_flipped(&model, &pre, &d.gray, Device::Cpu, &mut Collect::default());
+        c.add_lone(&model, &pre, &lone, Device::Cpu, &mut Collect::default());
+        let (cached_main, cached_single) = score(&d, Some(&c));
+        assert!(cached_single.allclose(&single, 1e-5, 1e-5, false) && cached_main.allclose(&main, 1e-5, 1e-5, false));
+        // A cache written and read back (a dump) keeps them.
+        let back = Cache::from_named(c.named_tensors().into_iter().map(|(k, t)| (k.to_string(), t)).collect(), n as usize, None, Device::Cpu).unwrap();
+        assert!(back.has_lone());
+        assert!(score(&d, Some(&back)).1.allclose(&single, 1e-5, 1e-5, false));
     }
 
     /// A task head: inverse class frequency. A raw-label head: every task class

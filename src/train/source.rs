@@ -31,13 +31,20 @@ pub struct Cache {
     clean_row: Vec<Option<usize>>,
     /// The clean rows mirrored left–right (flip test-time augmentation), when asked for.
     flipped: Option<Tensor>,
+    /// With `--face person`: the clean rows cropped to each image's own box
+    /// (`data::Loaded::lone`) and, beside `flipped`, their mirror images —
+    /// what the single-image head is scored from.
+    lone: Option<(Tensor, Option<Tensor>)>,
 }
 
 impl Cache {
     /// Bytes its tensors hold.
     pub(crate) fn bytes(&self) -> u64 {
         let size = |t: &Tensor| t.numel() as u64 * t.kind().elt_size_in_bytes() as u64;
-        size(&self.aug) + if self.clean.data_ptr() == self.aug.data_ptr() { 0 } else { size(&self.clean) } + self.flipped.as_ref().map_or(0, size)
+        size(&self.aug)
+            + if self.clean.data_ptr() == self.aug.data_ptr() { 0 } else { size(&self.clean) }
+            + self.flipped.as_ref().map_or(0, size)
+            + self.lone.as_ref().map_or(0, |(c, f)| size(c) + f.as_ref().map_or(0, size))
     }
 
     pub(crate) fn shallow(&self) -> Cache {
@@ -50,6 +57,7 @@ impl Cache {
             clean: self.clean.shallow_clone(),
             clean_row: self.clean_row.clone(),
             flipped: self.flipped.as_ref().map(Tensor::shallow_clone),
+            lone: self.lone.as_ref().map(|(c, f)| (c.shallow_clone(), f.as_ref().map(Tensor::shallow_clone))),
         }
     }
 
@@ -66,11 +74,60 @@ impl Cache {
         self.flipped = Some(if parts.is_empty() { self.clean.shallow_clone() } else { Tensor::cat(&parts, 0) });
     }
 
+    /// Adds every clean row's own-box crop (`lone`: `TrainData::lone`) through
+    /// the frozen blocks and, where the cache holds mirror images, its mirror
+    /// image: the single-image head's input, as a lone photo's in `predict`.
+    pub fn add_lone(&mut self, model: &Vgg16, pre: &Preprocess, lone: &Tensor, device: Device, reporter: &mut dyn Reporter) {
+        let rows: Vec<usize> = images_of(&self.clean_row, self.clean_row.iter().flatten().count()).into_iter().flatten().collect();
+        let store = self.clean.kind();
+        let what = format!("caching the photos' own face crops' {}", holds(self.from));
+        let mirrored = [false].into_iter().chain(self.flipped.is_some().then_some(true));
+        let total = rows.len() * mirrored.clone().count();
+        let mut done = 0;
+        let mut pass = |flip: bool| -> Tensor {
+            let parts: Vec<Tensor> = rows
+                .chunks(8)
+                .map(|c| {
+                    reporter.progress(&what, "image(s)", done, total);
+                    done += c.len();
+                    let g = crate::data::select(lone, c, device);
+                    tch::no_grad(|| model.prefix(&pre.normalise(&if flip { g.flip([3]) } else { g }), Block::Conv1, self.from).to_kind(store))
+                })
+                .collect();
+            if parts.is_empty() {
+                self.clean.shallow_clone()
+            } else {
+                Tensor::cat(&parts, 0)
+            }
+        };
+        let clean = pass(false);
+        let flipped = self.flipped.is_some().then(|| pass(true));
+        reporter.progress(&what, "image(s)", total, total);
+        self.lone = Some((clean, flipped));
+    }
+
+    /// Whether it holds the own-box crops (`add_lone`).
+    pub(crate) fn has_lone(&self) -> bool {
+        self.lone.is_some()
+    }
+
+    /// Own-box rows (`add_lone`) of dataset rows `rows`, mirrored when `flip`,
+    /// when the cache holds them.
+    pub(crate) fn lone_rows(&self, rows: &[usize], flip: bool, device: Device) -> Option<Tensor> {
+        let (clean, flipped) = self.lone.as_ref()?;
+        let t = if flip { flipped.as_ref()? } else { clean };
+        Some(t.index_select(0, &index(rows.iter().map(|&i| self.clean_row[i].unwrap_or(0)), device)).to_kind(Kind::Float))
+    }
+
     /// Its tensors by name (`aug`: view v of image i at row v·n + i when
     /// every image has views; `clean`; `flipped`), for study scripts.
     pub(crate) fn named_tensors(&self) -> Vec<(&'static str, Tensor)> {
         let mut t = vec![("aug", self.aug.to_kind(Kind::Float)), ("clean", self.clean.to_kind(Kind::Float))];
         t.extend(self.flipped.as_ref().map(|f| ("flipped", f.to_kind(Kind::Float))));
+        if let Some((c, f)) = &self.lone {
+            t.push(("lone", c.to_kind(Kind::Float)));
+            t.extend(f.as_ref().map(|f| ("lone_flipped", f.to_kind(Kind::Float))));
+        }
         t
     }
 
@@ -80,6 +137,7 @@ impl Cache {
     pub(crate) fn from_named(mut t: Vec<(String, Tensor)>, n: usize, aug_rows: Option<&[usize]>, device: Device) -> Option<Cache> {
         let mut take = |name: &str| t.iter().position(|(k, _)| k == name).map(|i| t.swap_remove(i).1.to_device(device));
         let (aug, clean, flipped) = (take("aug")?, take("clean")?, take("flipped"));
+        let lone = take("lone").map(|c| (c, take("lone_flipped")));
         let rows = |x: &Tensor| x.size().first().map_or(0, |&r| r as usize);
         let all: Vec<usize> = (0..n).collect();
         let aug_rows = aug_rows.unwrap_or(&all);
@@ -91,12 +149,15 @@ impl Cache {
             && rows(&clean) == n
             && views >= 1
             && rows(&aug) == views * n_aug
-            && flipped.as_ref().is_none_or(|f| f.size() == clean.size());
+            && flipped.as_ref().is_none_or(|f| f.size() == clean.size())
+            && lone.as_ref().is_none_or(|(c, f)| {
+                c.size() == clean.size() && f.as_ref().is_some() == flipped.is_some() && f.as_ref().is_none_or(|f| f.size() == clean.size())
+            });
         let mut aug_row = vec![None; n];
         for (r, &i) in aug_rows.iter().enumerate() {
             aug_row[i] = Some(r);
         }
-        ok.then(|| Cache { from: Block::Head, aug, views, n_aug, aug_row, clean, clean_row: (0..n).map(Some).collect(), flipped })
+        ok.then(|| Cache { from: Block::Head, aug, views, n_aug, aug_row, clean, clean_row: (0..n).map(Some).collect(), flipped, lone })
     }
 
     /// Mirrored clean rows of dataset rows `rows`, when the cache holds them.
@@ -241,7 +302,17 @@ pub fn build_cache(
         all.dedup();
         let clean = feats(&all, None);
         let rows = row_map(&all);
-        return Cache { from, aug: clean.shallow_clone(), views: 1, n_aug: all.len(), aug_row: rows.clone(), clean, clean_row: rows, flipped: None };
+        return Cache {
+            from,
+            aug: clean.shallow_clone(),
+            views: 1,
+            n_aug: all.len(),
+            aug_row: rows.clone(),
+            clean,
+            clean_row: rows,
+            flipped: None,
+            lone: None,
+        };
     }
     let banks: Vec<Tensor> = (0..views).map(|v| feats(aug_rows, Some(v))).collect();
     Cache {
@@ -253,6 +324,7 @@ pub fn build_cache(
         clean: if clean_rows.is_empty() { Tensor::zeros([0], (Kind::Float, device)) } else { feats(clean_rows, None) },
         clean_row: row_map(clean_rows),
         flipped: None,
+        lone: None,
     }
 }
 
@@ -315,6 +387,7 @@ pub fn derive_cache(model: &Vgg16, base: &Cache, from: Block) -> Cache {
         aug_row: base.aug_row.clone(),
         clean_row: base.clean_row.clone(),
         flipped: base.flipped.as_ref().map(run),
+        lone: base.lone.as_ref().map(|(c, f)| (run(c), f.as_ref().map(run))),
     }
 }
 

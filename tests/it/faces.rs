@@ -182,7 +182,7 @@ fn with_person_statistics_faces_are_cropped_by_default() {
         run(&args(&s, &["finetune", "--stages", "head:1", "--augment", "none", "--data", "faces.csv", "--name", "val", "--val", "subjects:0.34"]), d.path());
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(
-        out.contains("validation, single-image head (no other photo of the person; its photos cropped to their person's face box, which a lone photo in predict does not get (it gets its own box): an upper bound):"),
+        out.contains("validation, single-image head (no other photo of the person; each photo cropped to its own face box, as predict crops a lone photo):"),
         "{out}"
     );
     // Boxes per person (file name → box) as faces.csv records them.
@@ -214,15 +214,31 @@ fn with_person_statistics_faces_are_cropped_by_default() {
     let alone: Vec<String> = faces_of(&["--subject-from", "none"]).iter().map(|f| format!("{},{},{},{}", f["x"], f["y"], f["w"], f["h"])).collect();
     assert_eq!(alone, each, "a lone photo is framed as --face auto frames it");
     // cv's summary says that test persons' photos set their face box.
-    let (code, out, err) =
-        run(&args(&s, &["cv", "--data", "faces.csv", "--folds", "loso", "--seeds", "0", "--stages", "head:1", "--augment", "none", "--out", "cv"]), d.path());
+    let cv = ["cv", "--data", "faces.csv", "--folds", "loso", "--seeds", "0", "--stages", "head:1", "--augment", "none"];
+    let (code, out, err) = run(&args(&s, &[&cv[..], &["--out", "cv", "--dump-features", "f.safetensors"]].concat()), d.path());
     assert_eq!(code, 0, "{out}\n{err}");
+    assert!(err.contains("and each cropped to its own face box for the single-image head (as predict crops a lone photo)"), "{err}");
     let md = std::fs::read_to_string(d.path().join("cv/cv.md")).unwrap();
     assert!(md.contains("face crop per person (--face person): each person's photos, a test person's included, set that person's face box"), "{md}");
-    // The single-image head's figures come from those boxes too, which a lone photo does not get.
+    // The single-image head's figures come from each photo's own box, as a lone photo's in predict.
     assert!(
-        md.contains("## Single-image head (no other photo of the person; same folds; its photos cropped to their person's face box, which a lone photo in predict does not get (it gets its own box): an upper bound)"),
+        md.contains("## Single-image head (no other photo of the person; same folds; each photo cropped to its own face box, as predict crops a lone photo)"),
         "{md}"
+    );
+    let summary = json(&d.path().join("cv/cv.json"));
+    assert_eq!((summary["person_box"].as_bool(), summary["single_own_box"].as_bool()), (Some(false), Some(true)), "{summary}");
+    // The dump holds those crops' features; one without them is refused in one line.
+    let dump = d.path().join("f.safetensors");
+    let named = tch::Tensor::read_safetensors(&dump).unwrap();
+    let names: Vec<&str> = named.iter().map(|(k, _)| k.as_str()).collect();
+    assert!(names.contains(&"lone") && names.contains(&"lone_flipped"), "{names:?}");
+    let kept: Vec<(String, tch::Tensor)> = named.into_iter().filter(|(k, _)| !k.starts_with("lone")).collect();
+    tch::Tensor::write_safetensors(&kept, &dump).unwrap();
+    let (code, out, err) = run(&args(&s, &[&cv[..], &["--out", "cv-old", "--load-features", "f.safetensors"]].concat()), d.path());
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        err.contains("f.safetensors: holds no own-box crops, which the single-image head of a --face person recipe is scored from (dump it again)"),
+        "{err}"
     );
     // Asked for: --face none, a --crop, or person statistics off keep the whole frame.
     for (name, extra) in [("none", &["--face", "none"][..]), ("crop", &["--crop", "center:0.9"]), ("off", &["--subject-norm", "off"])] {
@@ -326,4 +342,50 @@ fn faces_refuses_an_output_inside_the_data_and_clears_its_own_stale_crops() {
     expected.push("mine.png".into());
     expected.sort();
     assert_eq!(crops("fc/crops"), expected);
+}
+
+/// With `--face person` each photo is also kept cropped to its own box — the
+/// crop `predict` gives a lone photo — which the single-image head is scored
+/// from (cv, a run's validation, the inner fits); other face modes keep none.
+#[test]
+fn person_boxes_keep_each_photos_own_crop_beside() {
+    use vggft::config::DataConfig;
+    use vggft::data::image::Crop;
+    use vggft::data::scan::DataFormat;
+    use vggft::data::split::{Task, TrainLabels, ValSpec};
+    use vggft::data::Preprocess;
+    let d = tmp();
+    let Some(pairs) = london_slice(d.path(), 3) else {
+        eprintln!("skipped: ../shared/data/london-faces is absent");
+        return;
+    };
+    let dc = |face: FaceMode| DataConfig {
+        path: pairs.clone(),
+        format: DataFormat::Auto,
+        task: Task::Binary,
+        label_map: vec![],
+        train_labels: TrainLabels::Auto,
+        val: ValSpec::None,
+        skip_bad: false,
+        preprocess: Preprocess { face, ..Preprocess::new(Crop::None, 48) },
+    };
+    let p = vggft::session::prepare(&dc(FaceMode::Person), 0, &mut vggft::train::Collect::default()).unwrap();
+    let lone = p.data.lone.as_ref().expect("own crops with --face person");
+    assert_eq!(lone.size(), p.data.gray.size());
+    let pre = &dc(FaceMode::Person).preprocess;
+    let mut finder = None;
+    let mut differ = 0;
+    for (i, s) in (0i64..).zip(&p.dataset.samples) {
+        // What predict does with one photo and no other of its person.
+        let (px, _) = vggft::data::prepare_image(&load_gray(&s.path).unwrap(), pre, &mut finder).unwrap();
+        let own = tch::Tensor::from_slice(&px).view([1, 48, 48]);
+        assert!(max_abs_diff(&lone.get(i), &own) < 1e-6, "{}", s.path.display());
+        differ += usize::from(max_abs_diff(&p.data.gray.get(i), &own) > 1e-3);
+    }
+    // Two photos per person: the person box is the mean of the two, neither photo's own.
+    assert!(differ >= 4, "{differ} of 6 photos framed differently by their person's box");
+    for face in [FaceMode::None, FaceMode::Auto { required: false }] {
+        let p = vggft::session::prepare(&dc(face.clone()), 0, &mut vggft::train::Collect::default()).unwrap();
+        assert!(p.data.lone.is_none(), "{face:?}");
+    }
 }

@@ -114,7 +114,7 @@ fn finetune(a: FinetuneArgs, seed_given: bool) -> anyhow::Result<()> {
                 outln!("{}; {}", vggft::subject::TRANSDUCTIVE, vggft::eval::FLIP_TTA);
                 outln!(
                     "validation, single-image head (no other photo of the person{}):",
-                    if s.person_box { format!("; {}", vggft::data::face::PERSON_BOX_SINGLE) } else { String::new() }
+                    if s.single_own_box { format!("; {}", vggft::data::face::OWN_BOX_SINGLE) } else { String::new() }
                 );
                 print_metrics(single, &s.classes);
             }
