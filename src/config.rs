@@ -454,6 +454,13 @@ pub struct RunConfig {
     /// gives them. A two-class `threshold.single` is on the calibrated scale.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calibration: Option<crate::eval::threshold::Calibration>,
+    /// The single-image head reads each photo's whole frame (or `--crop`)
+    /// while the main head reads the person's face box (`--face person`):
+    /// `predict` frames a photo it answers with that head so. Absent (a
+    /// model from before): that head read the face box, and a lone photo
+    /// gets its own.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub single_frame: bool,
 }
 
 impl RunConfig {

@@ -45,9 +45,9 @@ pub struct Summary {
     /// How it decides and what its single-image head's probabilities mean, for summaries
     /// (`RunConfig::describe_decisions`).
     pub decisions: Option<String>,
-    /// `--face person`: `val_single` scored each photo cropped to its own box,
-    /// as predict crops a lone photo (`data::face::OWN_BOX_SINGLE`).
-    pub single_own_box: bool,
+    /// `--face person`: `val_single` read each photo's whole frame, as
+    /// predict frames a lone photo (`data::face::FRAME_SINGLE`).
+    pub single_frame: bool,
 }
 
 /// Options for a new run.
@@ -346,7 +346,7 @@ fn execute(
         n_val: prepared.data.val.len(),
         decisions: config.describe_decisions(),
         threshold: config.threshold,
-        single_own_box: prepared.data.lone.is_some(),
+        single_frame: prepared.data.lone.is_some(),
     })
 }
 
@@ -388,21 +388,19 @@ fn threshold_cache(session: &Session, model: &Vgg16, tta: bool, reporter: &mut d
         return vec![c];
     }
     let t0 = std::time::Instant::now();
-    let (mut c, views) = match train::plan_and_build(model, &config.train, pre, &data.gray, Block::Head, (&data.train, &all), tta, device, reporter) {
-        Ok(built) => built,
-        Err(why) => {
-            reporter.message(&format!("frozen-prefix cache {why}"));
-            return vec![];
-        }
-    };
-    if let Some(lone) = &data.lone {
-        model.frozen(|| c.add_lone(model, pre, lone, device, reporter));
-    }
+    let (c, views) =
+        match train::plan_and_build(model, &config.train, pre, (&data.gray, data.lone.as_ref()), Block::Head, (&data.train, &all), tta, device, reporter) {
+            Ok(built) => built,
+            Err(why) => {
+                reporter.message(&format!("frozen-prefix cache {why}"));
+                return vec![];
+            }
+        };
     reporter.message(&format!(
         "cached the frozen pooled features: {views} view(s) of {} training images, every image clean{}{}, in {:.1}s",
         data.train.len(),
         if tta { " and mirrored" } else { "" },
-        if data.lone.is_some() { ", and each cropped to its own face box for the single-image head" } else { "" },
+        if data.lone.is_some() { ", and each one's whole frame for the single-image head" } else { "" },
         t0.elapsed().as_secs_f64()
     ));
     let shared = vec![c];

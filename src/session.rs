@@ -55,8 +55,8 @@ impl Session {
         // With person statistics and several photos per person the crop to each
         // person's face measured better (JAFFE-format frames: docs/results/accuracy);
         // photos in which the detector finds no face at all keep the whole frame.
-        // Pairs keep the whole frame: there the person box flattered the
-        // single-image head, whose lone photos get their own box ("Pairs").
+        // The single-image head reads the whole frame either way (`Loaded::lone`).
+        // Pairs keep the whole frame for the main head too (measured: "Pairs").
         let counts = subject_counts(&dataset);
         let mut faces_cropped =
             recipe.auto_face && recipe.model.subject_norm.resolve(counts.as_deref()) && counts.as_deref().is_some_and(crate::subject::several_photos);
@@ -91,9 +91,16 @@ impl Session {
             data_sha256: String::new(),
             threshold: None,
             calibration: None,
+            single_frame: false,
         };
         if recipe.model.subject_norm == SubjectNormChoice::Auto && config.model.subject_norm == SubjectNormChoice::Off {
             notes.extend(subject_norm_off(&prepared.dataset));
+        }
+        // The whole frames are for the single-image head, which only person statistics bring.
+        config.single_frame = config.model.subject_norm == SubjectNormChoice::On && prepared.data.lone.is_some();
+        let mut prepared = prepared;
+        if !config.single_frame {
+            prepared.data.lone = None;
         }
         let probe = probe_for(&config, &prepared.dataset, recipe.probe);
         let several = several_photos(&config, &prepared.dataset);
@@ -190,7 +197,10 @@ impl Session {
     /// A saved run's session: its data prepared again as its config says.
     pub(crate) fn reopen(config: RunConfig, reporter: &mut dyn Reporter) -> Result<Session> {
         let device = parse_device(&config.device)?;
-        let prepared = prepare(&config.data, config.train.seed, reporter)?;
+        let mut prepared = prepare(&config.data, config.train.seed, reporter)?;
+        if !config.single_frame {
+            prepared.data.lone = None;
+        }
         Ok(Session { config, prepared, device, feature_cache: None, notes: vec![], advice: None })
     }
 

@@ -13,12 +13,13 @@ static MODEL: &[u8] = include_bytes!("../../assets/face/seeta_fd_frontal_v1.0.bi
 /// What a cross-validation summary of a `--face person` recipe says.
 pub const PERSON_BOX: &str = "face crop per person (--face person): each person's photos, a test person's included, set that person's face box";
 
-/// What a `--face person` recipe's single-image figures say: each photo is
-/// scored cropped to its own box (`Loaded::lone`), as `predict` crops a lone photo.
-pub const OWN_BOX_SINGLE: &str = "each photo cropped to its own face box, as predict crops a lone photo";
+/// What a `--face person` recipe's single-image figures say: that head reads
+/// each photo's whole frame (`Loaded::lone`), as `predict` frames a lone photo.
+pub const FRAME_SINGLE: &str = "each photo's whole frame, as predict frames a lone photo";
 
-/// What they said when scored on the person's box (cv folds from before own-box
-/// scoring): a lone photo gets its own box, so they flatter it (docs/results/accuracy, "Pairs").
+/// What they said when that head read the person's box (cv folds from
+/// before whole frames): a lone photo has no person's box, so they flatter
+/// it (docs/results/accuracy, "Pairs").
 pub const PERSON_BOX_SINGLE: &str =
     "its photos cropped to their person's face box, which a lone photo in predict does not get (it gets its own box): an upper bound";
 

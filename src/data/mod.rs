@@ -81,9 +81,10 @@ pub struct Loaded {
     pub skipped: Vec<(PathBuf, String)>,
     /// The face box of each kept image (when `--face` is not `none`).
     pub boxes: Vec<Option<face::FaceBox>>,
-    /// With `--face person`: each kept image cropped to its own box instead
-    /// of its person's, as `predict` crops a lone photo. The single-image
-    /// head is scored from these, so its figures are what a lone photo gets.
+    /// With `--face person`: each kept image's whole frame (or `--crop`),
+    /// which the single-image head reads (a lone photo in predict has no
+    /// person to take a box from): trained on its clean and mirrored views
+    /// and scored from them.
     pub lone: Option<Tensor>,
 }
 
@@ -128,11 +129,9 @@ fn par_map<T: Send>(samples: &[Sample], f: impl Fn(usize, &Sample, &mut Option<f
     })
 }
 
-/// With `--face person`, each image's box from its person's detections and
-/// its own box (`None` for an image that does not decode: the main pass reports it).
-type PersonAndOwn = (Vec<Option<face::FaceBox>>, Vec<Option<face::FaceBox>>);
-
-fn person_boxes(samples: &[Sample], pre: &Preprocess) -> Option<PersonAndOwn> {
+/// With `--face person`, each image's box from its person's detections
+/// (`None` for an image that does not decode: the main pass reports it).
+fn person_boxes(samples: &[Sample], pre: &Preprocess) -> Option<Vec<Option<face::FaceBox>>> {
     if pre.face != face::FaceMode::Person {
         return None;
     }
@@ -141,26 +140,22 @@ fn person_boxes(samples: &[Sample], pre: &Preprocess) -> Option<PersonAndOwn> {
         Some((face::locate(finder, &g, &pre.face).ok()??, g.source_size()))
     });
     if found.len() != samples.len() {
-        return Some((vec![None; samples.len()], vec![None; samples.len()])); // a thread failed: the main pass reports it
+        return Some(vec![None; samples.len()]); // a thread failed: the main pass reports it
     }
     let subjects: Vec<Option<&str>> = samples.iter().map(|s| s.subject.as_deref()).collect();
-    let own = found.iter().map(|f| f.as_ref().map(|f| f.0.clone())).collect();
-    Some((face::per_person(&found, &subjects), own))
+    Some(face::per_person(&found, &subjects))
 }
 
 /// Decodes and prepares images in parallel (one thread per core).
 pub(crate) fn load_images(samples: &[Sample], pre: &Preprocess, skip_bad: bool) -> Result<Loaded> {
     let size = pre.image_size as usize;
     let given = person_boxes(samples, pre);
+    // The single-image head's frame: the photo as `--face none` prepares it.
+    let frame = Preprocess { face: face::FaceMode::None, ..pre.clone() };
     let results = par_map(samples, |i, s, finder| -> Result<_> {
         let g = image::load_gray(&s.path)?;
-        let (px, b) = prepare_image_in(&g, pre, finder, given.as_ref().and_then(|(v, _)| v[i].as_ref())).map_err(|e| e.at(&s.path))?;
-        // Its own box (found, or the fallback): the crop a lone photo gets in predict.
-        let lone = match given.as_ref().map(|(_, own)| own[i].as_ref()) {
-            Some(Some(own)) => Some(prepare_image_in(&g, pre, finder, Some(own)).map_err(|e| e.at(&s.path))?.0),
-            Some(None) => Some(prepare_image_in(&g, pre, finder, None).map_err(|e| e.at(&s.path))?.0),
-            None => None,
-        };
+        let (px, b) = prepare_image_in(&g, pre, finder, given.as_ref().and_then(|v| v[i].as_ref())).map_err(|e| e.at(&s.path))?;
+        let lone = given.as_ref().map(|_| prepare_image_in(&g, &frame, finder, None).map(|(px, _)| px)).transpose().map_err(|e| e.at(&s.path))?;
         Ok((px, b, lone))
     });
     if results.len() != samples.len() {

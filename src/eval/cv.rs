@@ -128,11 +128,11 @@ pub struct FoldResult {
     /// With per-subject normalisation: the single-image head on the same images.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub single: Option<Scores>,
-    /// With `--face person`: `single` scored each photo cropped to its own
-    /// box, as `predict` crops a lone photo (folds from before this: to its
-    /// person's box, which flatters the head).
+    /// With `--face person`: `single` read each photo's whole frame, as
+    /// `predict` frames a lone photo (folds from before this: its person's
+    /// box, which flatters the head).
     #[serde(default)]
-    pub single_own_box: bool,
+    pub single_frame: bool,
     /// With `--baseline probe`: the head-only probe on the same fold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline: Option<Scores>,
@@ -217,14 +217,14 @@ pub struct Summary {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed_spread: Option<Stat>,
     /// The single-image head's figures come from photos cropped to their
-    /// person's face box (`--face person`, folds scored before own-box
-    /// crops, `FoldResult::single_own_box`): an upper bound for a lone photo.
+    /// person's face box (`--face person`, folds scored before the whole
+    /// frames, `FoldResult::single_frame`): an upper bound for a lone photo.
     #[serde(default)]
     pub person_box: bool,
-    /// `--face person` with every fold's single-image head scored on each
-    /// photo's own box, as predict crops a lone photo.
+    /// `--face person` with every fold's single-image head on each photo's
+    /// whole frame, as predict frames a lone photo.
     #[serde(default)]
-    pub single_own_box: bool,
+    pub single_frame: bool,
 }
 
 /// One seed's figures: means over that seed's fold results.
@@ -713,17 +713,15 @@ fn shared_caches(req: &Request, session: &Session, mirrors: bool, baseline: bool
     let n_all = session.prepared.dataset.samples.len();
     let t0 = Instant::now();
     let all: Vec<usize> = (0..n_all).collect();
-    let (mut c, views) =
-        match train::plan_and_build(&base_model, &session.config.train, pre, &session.prepared.data.gray, from, (&all, &all), mirrors, device, reporter) {
+    let data = &session.prepared.data;
+    let (c, views) =
+        match train::plan_and_build(&base_model, &session.config.train, pre, (&data.gray, data.lone.as_ref()), from, (&all, &all), mirrors, device, reporter) {
             Ok(built) => built,
             Err(why) => {
                 reporter.message(&format!("frozen-prefix cache {why}"));
                 return Ok(vec![]);
             }
         };
-    if let Some(lone) = &session.prepared.data.lone {
-        base_model.frozen(|| c.add_lone(&base_model, pre, lone, device, reporter));
-    }
     // Later stages' freeze points too (e.g. the head-only warm-up's conv5 output):
     // the folds use them while those blocks still hold the pretrained weights.
     let probe = baseline.then_some(Block::Head);
@@ -737,11 +735,7 @@ fn shared_caches(req: &Request, session: &Session, mirrors: bool, baseline: bool
         train::holds(from),
         points.iter().map(|&b| format!(" (and the {})", train::holds(b))).collect::<String>(),
         if mirrors { " and their mirror images" } else { "" },
-        if session.prepared.data.lone.is_some() {
-            ", and each cropped to its own face box for the single-image head (as predict crops a lone photo)"
-        } else {
-            ""
-        },
+        if session.prepared.data.lone.is_some() { ", and each one's whole frame for the single-image head (as predict frames a lone photo)" } else { "" },
         t0.elapsed().as_secs_f64()
     ));
     if let Some(e) = &entry {
@@ -813,7 +807,7 @@ fn run_fold(
         y,
         probs: main.main.probs,
         metrics: main.main.metrics,
-        single_own_box: main.single.is_some() && data.lone.is_some(),
+        single_frame: main.single.is_some() && data.lone.is_some(),
         single: main.single,
         baseline,
         one_class: main.one_class,
@@ -837,7 +831,9 @@ fn top_losses(
 ) -> Result<Vec<crate::eval::explain::TopLoss>> {
     let ds = &session.prepared.dataset;
     let rows = tch::Tensor::from_slice(&test.iter().map(|&i| i as i64).collect::<Vec<_>>());
-    let gray = session.prepared.data.gray.index_select(0, &rows);
+    // Grad-CAM explains the single-image head of a subject-normalised model: the images as it reads them.
+    let data = &session.prepared.data;
+    let gray = data.lone.as_ref().unwrap_or(&data.gray).index_select(0, &rows);
     let paths: Vec<String> = test.iter().map(|&i| ds.samples[i].path.display().to_string()).collect();
     let picked = crate::eval::explain::worst(y, probs, req.top_losses);
     let tiles = req.out.join("folds").join("top");
@@ -1060,8 +1056,8 @@ fn summarise(cfg: &CvConfig, results: &[FoldResult], missing: &[String]) -> Summ
         probe_threshold: results.iter().any(|r| r.baseline.as_ref().is_some_and(|b| b.threshold.is_some())),
         seeds: if seed_spread.is_some() { seeds } else { vec![] },
         seed_spread,
-        person_box: cfg.run.data.preprocess.face == crate::data::face::FaceMode::Person && results.iter().any(|r| r.single.is_some() && !r.single_own_box),
-        single_own_box: results.iter().any(|r| r.single.is_some()) && results.iter().all(|r| r.single.is_none() || r.single_own_box),
+        person_box: cfg.run.data.preprocess.face == crate::data::face::FaceMode::Person && results.iter().any(|r| r.single.is_some() && !r.single_frame),
+        single_frame: results.iter().any(|r| r.single.is_some()) && results.iter().all(|r| r.single.is_none() || r.single_frame),
     }
 }
 
@@ -1207,9 +1203,9 @@ pub fn markdown(s: &Summary) -> String {
         (
             format!(
                 "Single-image head (no other photo of the person; same folds{})",
-                match (s.person_box, s.single_own_box) {
+                match (s.person_box, s.single_frame) {
                     (true, _) => format!("; {}", crate::data::face::PERSON_BOX_SINGLE),
-                    (false, true) => format!("; {}", crate::data::face::OWN_BOX_SINGLE),
+                    (false, true) => format!("; {}", crate::data::face::FRAME_SINGLE),
                     _ => String::new(),
                 }
             ),
@@ -1328,6 +1324,7 @@ mod tests {
 
     #[test]
     fn parallel_jobs_run_once_each_on_one_core_and_the_first_error_stops_the_rest() {
+        let _threads = crate::model::THREAD_SETTING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let before = tch::get_num_threads();
         let jobs: Vec<u64> = (0..20).collect();
         let mut got = Vec::new();

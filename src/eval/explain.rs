@@ -200,7 +200,7 @@ pub fn explain(cfg: &RunConfig, model: &Vgg16, req: &ExplainRequest, device: Dev
     let mut out = Vec::new();
     let mut tiles = Vec::new();
     for (i, p) in req.paths.iter().enumerate() {
-        let px = match crate::eval::predict::prepare_one(p, cfg, &mut finder, None).map(|(px, _)| px) {
+        let px = match crate::eval::predict::prepare_alone(p, cfg, &mut finder).map(|(px, _)| px) {
             Ok(px) => px,
             Err(e) => {
                 out.push(Explained { path: p.clone(), result: Err(e) });

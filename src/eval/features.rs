@@ -71,7 +71,7 @@ pub(crate) fn load(path: &Path, key: &serde_json::Value, session: &Session, aug_
         return Err(Error::file(path, "holds no mirror images, which --clean-views trains on (dump it again, or give --clean-views false)"));
     }
     if session.prepared.data.lone.is_some() && !c.has_lone() {
-        return Err(Error::file(path, "holds no own-box crops, which the single-image head of a --face person recipe is scored from (dump it again)"));
+        return Err(Error::file(path, "holds no whole frames, which the single-image head of a --face person recipe reads (dump it again)"));
     }
     Ok(c)
 }

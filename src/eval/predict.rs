@@ -164,11 +164,41 @@ pub fn prepare_one(
     finder: &mut Option<crate::data::face::FaceFinder>,
     given: Option<&crate::data::face::FaceBox>,
 ) -> crate::error::Result<(Vec<f32>, Option<crate::data::face::FaceBox>)> {
+    prepare_with(path, &cfg.data.preprocess, finder, given)
+}
+
+/// `prepare_one` for a photo the single-image head answers (no other photo
+/// of its person): the whole frame where that head reads it
+/// (`RunConfig::single_frame`), else as the run prepares every photo.
+pub fn prepare_alone(
+    path: &Path,
+    cfg: &RunConfig,
+    finder: &mut Option<crate::data::face::FaceFinder>,
+) -> crate::error::Result<(Vec<f32>, Option<crate::data::face::FaceBox>)> {
+    prepare_with(path, &single_preprocess(cfg), finder, None)
+}
+
+/// How the single-image head's photos are prepared (`prepare_alone`).
+pub(crate) fn single_preprocess(cfg: &RunConfig) -> crate::data::Preprocess {
+    let pre = &cfg.data.preprocess;
+    if cfg.single_frame {
+        crate::data::Preprocess { face: crate::data::face::FaceMode::None, ..pre.clone() }
+    } else {
+        pre.clone()
+    }
+}
+
+fn prepare_with(
+    path: &Path,
+    pre: &crate::data::Preprocess,
+    finder: &mut Option<crate::data::face::FaceFinder>,
+    given: Option<&crate::data::face::FaceBox>,
+) -> crate::error::Result<(Vec<f32>, Option<crate::data::face::FaceBox>)> {
     if path.is_dir() {
         return Err(Error::file(path, "folder holds no images"));
     }
     let g = image::load_gray(path)?;
-    crate::data::prepare_image_in(&g, &cfg.data.preprocess, finder, given).map_err(|e| e.at(path))
+    crate::data::prepare_image_in(&g, pre, finder, given).map_err(|e| e.at(path))
 }
 
 /// With `--face person`, each input's box from the faces found in its
@@ -217,14 +247,24 @@ pub fn predict(
         reporter.progress("predicting", "image(s)", 0, paths.len());
     }
     let given = person_boxes(cfg, paths, subjects, &mut finder);
+    // Inputs the single-image head will answer (too few photos of their person), where it reads the whole frame.
+    let keys: Vec<Option<String>> = paths.iter().map(|p| subjects.subject(p)).collect();
+    let framed = cfg.single_frame && model.cfg.subject_norm;
+    let alone: Vec<bool> = modes_of(&keys).into_iter().map(|m| framed && m == Mode::Single).collect();
     for chunk in paths.chunks(batch.max(1)) {
         if show && !out.is_empty() {
             reporter.progress("predicting", "image(s)", out.len(), paths.len());
         }
         let base = out.len();
         type One = crate::error::Result<(Vec<f32>, Option<crate::data::face::FaceBox>)>;
-        let prepared: Vec<(PathBuf, One)> =
-            chunk.iter().enumerate().map(|(j, p)| (p.clone(), prepare_one(p, cfg, &mut finder, given[base + j].as_ref()))).collect();
+        let prepared: Vec<(PathBuf, One)> = chunk
+            .iter()
+            .enumerate()
+            .map(|(j, p)| {
+                let r = if alone[base + j] { prepare_alone(p, cfg, &mut finder) } else { prepare_one(p, cfg, &mut finder, given[base + j].as_ref()) };
+                (p.clone(), r)
+            })
+            .collect();
         let ok: Vec<&Vec<f32>> = prepared.iter().filter_map(|(_, r)| r.as_ref().ok().map(|(px, _)| px)).collect();
         let mut probs = Vec::new().into_iter();
         if !ok.is_empty() {
@@ -265,7 +305,19 @@ pub fn predict(
         let rows: Vec<usize> = (0..out.len()).filter(|&i| out[i].probs.is_ok()).collect();
         let f = Tensor::cat(&pooled.iter().map(|p| p.0.shallow_clone()).collect::<Vec<_>>(), 0);
         let flipped = pooled.iter().map(|p| p.1.as_ref().map(Tensor::shallow_clone)).collect::<Option<Vec<_>>>().map(|v| Tensor::cat(&v, 0));
-        let keys: Vec<Option<String>> = rows.iter().map(|&i| subjects.subject(&out[i].path)).collect();
+        let keys: Vec<Option<String>> = rows.iter().map(|&i| keys[i].clone()).collect();
+        // A person left with too few decoded inputs (some did not decode) is answered alone too: framed so.
+        let late: Vec<usize> = modes_of(&keys).iter().enumerate().filter(|&(k, &m)| framed && m == Mode::Single && !alone[rows[k]]).map(|(k, _)| k).collect();
+        let (f, flipped) = match reframed(cfg, model, &late.iter().map(|&k| out[rows[k]].path.clone()).collect::<Vec<_>>(), tta_flip, device) {
+            Some((lf, lg)) => {
+                let at = Tensor::from_slice(&late.iter().map(|&k| k as i64).collect::<Vec<_>>()).to_device(f.device());
+                for &k in &late {
+                    out[rows[k]].face = None;
+                }
+                (f.index_copy(0, &at, &lf), flipped.zip(lg).map(|(g, lg)| g.index_copy(0, &at, &lg)))
+            }
+            None => (f, flipped),
+        };
         let (p, modes) = person_or_single(model, &f, flipped.as_ref(), &keys);
         for (((mut task, mut raw), &i), mode) in split_raw(cfg, &p).into_iter().zip(&rows).zip(modes) {
             cfg.calibrate_row(Some(mode), &mut task, &mut raw);
@@ -285,18 +337,36 @@ fn split_raw(cfg: &RunConfig, head: &Tensor) -> Vec<(Vec<f64>, Vec<f64>)> {
     task.into_iter().zip(raw).collect()
 }
 
+/// Each input's mode by how many inputs its person has (`subject::PERSON_MIN`).
+fn modes_of<T: PartialEq + Clone>(subjects: &[Option<T>]) -> Vec<Mode> {
+    let groups = crate::subject::groups(subjects);
+    let mut count = vec![0usize; groups.iter().max().map_or(0, |m| m + 1)];
+    for &g in &groups {
+        count[g] += 1;
+    }
+    subjects.iter().zip(&groups).map(|(s, &g)| if s.is_some() && count[g] >= crate::subject::PERSON_MIN { Mode::Person } else { Mode::Single }).collect()
+}
+
+/// The pooled features (and with `tta_flip` their mirror images') of
+/// `paths` prepared as the single-image head reads them (`prepare_alone`);
+/// `None` when there are none, or one no longer decodes.
+fn reframed(cfg: &RunConfig, model: &Vgg16, paths: &[PathBuf], tta_flip: bool, device: Device) -> Option<(Tensor, Option<Tensor>)> {
+    if paths.is_empty() {
+        return None;
+    }
+    let s = cfg.data.preprocess.image_size as i64;
+    let px: Vec<f32> = paths.iter().map(|p| prepare_alone(p, cfg, &mut None).ok().map(|(px, _)| px)).collect::<Option<Vec<_>>>()?.concat();
+    let x = cfg.data.preprocess.normalise(&Tensor::from_slice(&px).view([paths.len() as i64, 1, s, s]).to_device(device));
+    Some(model.frozen(|| (model.pooled_from(&x, Block::Conv1, false), tta_flip.then(|| model.pooled_from(&x.flip([3]), Block::Conv1, false)))))
+}
+
 /// Head probabilities (float64) from pooled features `f` (and their flipped
 /// twins, averaged in): person-normalised for subjects with enough rows (each
 /// by that person's rows alone, their variance shrunk towards the training
 /// people's), the single-image head for the rest.
 pub(crate) fn person_or_single<T: PartialEq + Clone>(model: &Vgg16, f: &Tensor, flipped: Option<&Tensor>, subjects: &[Option<T>]) -> (Tensor, Vec<Mode>) {
     let groups = crate::subject::groups(subjects);
-    let mut count = vec![0usize; groups.iter().max().map_or(0, |m| m + 1)];
-    for &g in &groups {
-        count[g] += 1;
-    }
-    let modes: Vec<Mode> =
-        subjects.iter().zip(&groups).map(|(s, &g)| if s.is_some() && count[g] >= crate::subject::PERSON_MIN { Mode::Person } else { Mode::Single }).collect();
+    let modes = modes_of(subjects);
     let prior = model.person_prior();
     let probs = |f: &Tensor| {
         tch::no_grad(|| {
@@ -389,7 +459,21 @@ pub fn evaluate(
             None => return Err(Error::file(&smp.path, format!("class `{name}` is not one the model was trained on ({})", cfg.classes.join(", ")))),
         }
     }
-    let x = cfg.data.preprocess.normalise(&loaded.gray.to_device(device));
+    let subjects: Vec<Option<String>> = ds.samples.iter().map(|s| s.subject.clone()).collect();
+    // Images the single-image head answers, as it reads them (`RunConfig::single_frame`: the whole frame).
+    let gray = match (&loaded.lone, cfg.single_frame && model.cfg.subject_norm) {
+        (Some(lone), true) => {
+            let rows: Vec<i64> = modes_of(&subjects).iter().enumerate().filter(|&(_, &m)| m == Mode::Single).map(|(i, _)| i as i64).collect();
+            let at = Tensor::from_slice(&rows);
+            if rows.is_empty() {
+                loaded.gray
+            } else {
+                loaded.gray.index_copy(0, &at, &lone.index_select(0, &at))
+            }
+        }
+        _ => loaded.gray,
+    };
+    let x = cfg.data.preprocess.normalise(&gray.to_device(device));
     let n = x.size()[0];
     let chunks = |f: &dyn Fn(&Tensor) -> Tensor| -> Tensor {
         Tensor::cat(&model.frozen(|| (0..n).step_by(32).map(|s| f(&x.narrow(0, s, (n - s).min(32)))).collect::<Vec<_>>()), 0)
@@ -398,7 +482,7 @@ pub fn evaluate(
         // Each person of the dataset is normalised by their own images (transductive).
         let f = chunks(&|x| model.pooled_from(x, Block::Conv1, false));
         let g = tta_flip.then(|| chunks(&|x| model.pooled_from(&x.flip([3]), Block::Conv1, false)));
-        let (p, modes) = person_or_single(model, &f, g.as_ref(), &ds.samples.iter().map(|s| s.subject.clone()).collect::<Vec<_>>());
+        let (p, modes) = person_or_single(model, &f, g.as_ref(), &subjects);
         let mut rows = crate::run::rows(&crate::eval::sum_to_task(&p, &cfg.raw_to_task, cfg.classes.len()));
         for (row, &mode) in rows.iter_mut().zip(&modes) {
             cfg.calibrate(Some(mode), std::slice::from_mut(row));
@@ -422,7 +506,7 @@ pub fn evaluate(
         y,
         probs,
         skipped: loaded.skipped,
-        gray: loaded.gray,
+        gray,
         overlap,
         excluded: if exclude { overlap } else { 0 },
     })

@@ -416,6 +416,12 @@ enum Head {
 /// their own instead (`own_stream`).
 static GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// Unit tests that run the Winograd forward (its workers set libtorch's
+/// thread count, which a new thread inherits) or check that setting hold
+/// this, so that one does not see the other's setting.
+#[cfg(test)]
+pub(crate) static THREAD_SETTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Holds libtorch's generator until dropped: for whatever seeds it and draws
 /// from it (a test that draws, too). Not re-entrant: while it is held, this
 /// thread must not call `dropout` without a stream of its own.

@@ -348,6 +348,7 @@ mod tests {
 
     #[test]
     fn equals_the_direct_convolution_on_whole_and_partial_tiles() {
+        let _threads = crate::model::THREAD_SETTING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let own = tch::get_num_threads();
         // 8×8: whole tiles; 7×10: partial tiles in both directions; 1×1: a single padded pixel;
         // 5×29×31: 320 tiles, in blocks of 96 (the last one partial), shared among the threads.

@@ -43,8 +43,8 @@ use source::Sources;
 pub struct TrainData {
     /// (N,1,S,S) gray in [0,1].
     pub gray: Tensor,
-    /// With `--face person`: the same images cropped to each one's own box
-    /// (`data::Loaded::lone`), which the single-image head is scored from.
+    /// With `--face person`: the same images' whole frames
+    /// (`data::Loaded::lone`), which the single-image head reads.
     pub lone: Option<Tensor>,
     /// What the head is trained on: task classes, or raw labels (see `task`).
     pub targets: Vec<i64>,
@@ -232,9 +232,9 @@ impl Trainer<'_> {
     }
 
     /// Eval-mode `f(input, first block)` over dataset rows `idx` in chunks
-    /// (mirrored left–right when `flip`; each image cropped to its own face
-    /// box when `lone`, `TrainData::lone`), from the cache's rows when it has
-    /// them; `width` columns when `idx` is empty.
+    /// (mirrored left–right when `flip`; each image's whole frame when `lone`,
+    /// `TrainData::lone`), from the cache's rows when it has them; `width`
+    /// columns when `idx` is empty.
     fn eval_rows(
         &self,
         model: &Vgg16,
@@ -318,7 +318,7 @@ impl Trainer<'_> {
             .map(|(p, _)| log(p));
         let main = log(person(&keys).0);
         let single = |f: &Tensor| tch::no_grad(|| model.classify_global(f, false).unwrap_or_else(|| model.classify(f, false)));
-        // With `--face person` the single-image head sees each photo's own box, as a lone photo gets in predict.
+        // With `--face person` the single-image head reads each photo's whole frame, as predict frames a lone photo.
         let own = |flip| self.eval_rows(model, cache, idx, 0, (flip, true), |x, from| model.pooled_from(x, from, false));
         let (f, g) = if self.data.lone.is_some() { (own(false), tta_flip.then(|| own(true))) } else { (f, g) };
         let single = match &g {
@@ -366,8 +366,15 @@ impl Trainer<'_> {
                 // The main head first: the dropout masks are drawn in the order a single head drew them.
                 let z = n.apply(&f, &g);
                 let main = fused_step(HeadRef::Member(member), &z).unwrap_or_else(|| model.classify_member(member, &z, true));
-                let x = f.detach();
-                (main, if member == 0 { fused_step(HeadRef::Global, &x).or_else(|| model.classify_global(&x, true)) } else { None })
+                if member != 0 {
+                    return (main, None);
+                }
+                // With `--face person` the single-image head reads the whole frame (`TrainData::lone`).
+                let x = match source.single_batch(rows) {
+                    Some((s, from)) => tch::no_grad(|| model.pooled_from(&s, from, false)),
+                    None => f.detach(),
+                };
+                (main, fused_step(HeadRef::Global, &x).or_else(|| model.classify_global(&x, true)))
             }
         }
     }
@@ -615,15 +622,16 @@ mod tests {
         }
     }
 
-    /// `--face person`: the single-image head is scored from each photo's own
-    /// crop (`TrainData::lone`), as predict scores a lone photo, straight from
-    /// the images and from a cache that holds them alike; the main head from
-    /// the person-box crops (`gray`).
+    /// `--face person`: the single-image head is scored from each photo's
+    /// whole frame (`TrainData::lone`), as predict scores a lone photo,
+    /// straight from the images and from a cache that holds them alike; the
+    /// main head from the person-box crops (`gray`).
     #[test]
-    fn the_single_image_head_is_scored_from_each_photos_own_crop() {
+    fn the_single_image_head_reads_the_whole_frame_where_it_is_given() {
         use crate::config::{Keep, TrainConfig};
         use crate::model::{HeadKind, ModelConfig, PoolGrid, Precision};
-        tch::manual_seed(3);
+        // The frozen model's Winograd forward sets the thread count in its workers.
+        let _threads = crate::model::THREAD_SETTING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let cfg = ModelConfig {
             bn_mode: BnMode::Frozen,
             head: HeadKind::Linear,
@@ -637,7 +645,8 @@ mod tests {
             pool_grid: PoolGrid::GLOBAL,
             single_to_task: Vec::new(),
         };
-        let model = Vgg16::new(&cfg, Device::Cpu).unwrap();
+        // Drawn under the generator's lock (another test checks that nothing draws between its seeding and draws).
+        let (model, gray) = crate::model::seeded(3, || (Vgg16::new(&cfg, Device::Cpu).unwrap(), Tensor::rand([6, 1, 32, 32], (Kind::Float, Device::Cpu))));
         // A head that tells pictures apart: the initial one answers almost alike for all.
         for (name, mut t) in model.named_tensors() {
             if name.starts_with("head_global.fc.weight") {
@@ -647,8 +656,8 @@ mod tests {
         let n = 6;
         let mut d = data(vec![0, 1, 0, 1, 0, 1], 2, None);
         d.groups = vec![0, 0, 0, 1, 1, 1];
-        d.gray = Tensor::rand([n, 1, 32, 32], (Kind::Float, Device::Cpu));
-        // Another crop of each: here a darker, blurred picture.
+        d.gray = gray;
+        // Another frame of each: here a darker, blurred picture.
         let lone = d.gray.avg_pool2d([5, 5], [1, 1], [2, 2], false, true, None::<i64>) * 0.3;
         let tc = TrainConfig {
             stages: vec![Stage { from: Block::Head, epochs: 1 }],
@@ -693,10 +702,10 @@ mod tests {
         assert!(single_before.allclose(&by_hand(&d.gray), 1e-5, 1e-5, false));
         d.lone = Some(lone.shallow_clone());
         let (main, single) = score(&d, None);
-        assert!(single.allclose(&by_hand(&lone), 1e-5, 1e-5, false), "the own crops");
+        assert!(single.allclose(&by_hand(&lone), 1e-5, 1e-5, false), "the whole frames");
         assert!(!single.allclose(&single_before, 1e-3, 1e-3, false));
         assert!(main.allclose(&main_before, 1e-6, 1e-6, false), "the main head keeps the person-box crops");
-        // From a cache of the pooled features that holds the own crops too.
+        // From a cache of the pooled features that holds the whole frames too.
         let mut c = build_cache(&model, &tc, &pre, &d.gray, Block::Head, 1, &idx, &idx, Device::Cpu, &mut Collect::default());
         c.add_flipped(&model, &pre, &d.gray, Device::Cpu, &mut Collect::default());
         c.add_lone(&model, &pre, &lone, Device::Cpu, &mut Collect::default());

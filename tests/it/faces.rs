@@ -181,10 +181,24 @@ fn with_person_statistics_faces_are_cropped_by_default() {
     let (code, out, err) =
         run(&args(&s, &["finetune", "--stages", "head:1", "--augment", "none", "--data", "faces.csv", "--name", "val", "--val", "subjects:0.34"]), d.path());
     assert_eq!(code, 0, "{out}\n{err}");
-    assert!(
-        out.contains("validation, single-image head (no other photo of the person; each photo cropped to its own face box, as predict crops a lone photo):"),
-        "{out}"
-    );
+    assert!(out.contains("validation, single-image head (no other photo of the person; each photo's whole frame, as predict frames a lone photo):"), "{out}");
+    // And predict gives the held-out photos, each alone, the same answers: the same frames, head, calibration and threshold.
+    let split = std::fs::read_to_string(d.path().join("runs/val/split.csv")).unwrap();
+    let truth: std::collections::BTreeMap<String, String> =
+        split.lines().skip(1).map(|l| l.split(',').collect::<Vec<_>>()).filter(|r| r[4] == "val").map(|r| (r[0].to_string(), r[2].to_string())).collect();
+    let (code, out, err) = run(&["predict", "--held-out", "--subject-from", "none", "--model", "runs/val", "--format", "json"], d.path());
+    assert_eq!(code, 0, "{out}\n{err}");
+    let preds: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let classes = ["neutral", "expressive"];
+    let y: Vec<i64> = preds.iter().map(|p| classes.iter().position(|c| *c == truth[p["path"].as_str().unwrap()]).unwrap() as i64).collect();
+    let said: Vec<i64> = preds.iter().map(|p| classes.iter().position(|c| p["class"] == *c).unwrap() as i64).collect();
+    let p1: Vec<f64> = preds.iter().map(|p| p["probabilities"]["expressive"].as_f64().unwrap()).collect();
+    assert!(preds.iter().all(|p| p["mode"] == "single-image" && p["face"].is_null()), "the whole frame: {out}");
+    let val = &json(&d.path().join("runs/val/metrics.json"))["validation_single_image"];
+    assert_eq!(preds.len() as u64, val["n"].as_u64().unwrap());
+    let auc = vggft::eval::roc_auc(&y.iter().map(|&c| c == 1).collect::<Vec<_>>(), &p1);
+    assert!((auc - val["roc_auc"].as_f64().unwrap()).abs() < 1e-9, "{auc} vs {val}");
+    assert!((vggft::eval::balanced_accuracy(&y, &said, 2) - val["balanced_accuracy"].as_f64().unwrap()).abs() < 1e-9, "{said:?} vs {val}");
     // Boxes per person (file name → box) as faces.csv records them.
     let boxes = |run: &str| -> Vec<(String, String)> {
         let csv = std::fs::read_to_string(d.path().join("runs").join(run).join("faces.csv")).unwrap();
@@ -198,7 +212,7 @@ fn with_person_statistics_faces_are_cropped_by_default() {
         |b: &[(String, String)]| b.chunks(4).map(|c| c.iter().map(|(_, b)| b.clone()).collect::<std::collections::BTreeSet<_>>().len()).collect::<Vec<_>>();
     assert!(per_person(&boxes("each")).iter().any(|&n| n > 1), "the detector's boxes differ within a person: {:?}", boxes("each"));
     assert_eq!(per_person(&boxes("auto")), vec![1, 1, 1], "one box per person: {:?}", boxes("auto"));
-    // predict frames a person's inputs alike (--subject groups them); alone, each photo keeps its own box.
+    // predict frames a person's inputs alike (--subject groups them); alone, the single-image head reads the whole frame.
     let person: Vec<String> = boxes("auto").iter().take(4).map(|(p, _)| p.clone()).collect();
     let faces_of = |extra: &[&str]| -> Vec<serde_json::Value> {
         let mut a: Vec<&str> = vec!["predict", "--model", "runs/auto", "--format", "json"];
@@ -210,6 +224,13 @@ fn with_person_statistics_faces_are_cropped_by_default() {
     };
     let together = faces_of(&["--subject", "p"]);
     assert!(together.iter().all(|f| f == &together[0] && f["w"].as_u64().is_some_and(|w| w >= 96)), "{together:?}");
+    assert!(faces_of(&["--subject-from", "none"]).iter().all(serde_json::Value::is_null), "no face box alone");
+    // A model from before the whole frames (no single_frame in its config): a lone photo gets its own box.
+    let config = d.path().join("runs/auto/config.json");
+    let mut c = json(&config);
+    assert_eq!(c["single_frame"], true);
+    c.as_object_mut().unwrap().remove("single_frame");
+    std::fs::write(&config, serde_json::to_string(&c).unwrap()).unwrap();
     let each: Vec<String> = boxes("each").iter().take(4).map(|(_, b)| b.clone()).collect();
     let alone: Vec<String> = faces_of(&["--subject-from", "none"]).iter().map(|f| format!("{},{},{},{}", f["x"], f["y"], f["w"], f["h"])).collect();
     assert_eq!(alone, each, "a lone photo is framed as --face auto frames it");
@@ -217,16 +238,13 @@ fn with_person_statistics_faces_are_cropped_by_default() {
     let cv = ["cv", "--data", "faces.csv", "--folds", "loso", "--seeds", "0", "--stages", "head:1", "--augment", "none"];
     let (code, out, err) = run(&args(&s, &[&cv[..], &["--out", "cv", "--dump-features", "f.safetensors"]].concat()), d.path());
     assert_eq!(code, 0, "{out}\n{err}");
-    assert!(err.contains("and each cropped to its own face box for the single-image head (as predict crops a lone photo)"), "{err}");
+    assert!(err.contains(", and each one's whole frame for the single-image head (as predict frames a lone photo)"), "{err}");
     let md = std::fs::read_to_string(d.path().join("cv/cv.md")).unwrap();
     assert!(md.contains("face crop per person (--face person): each person's photos, a test person's included, set that person's face box"), "{md}");
-    // The single-image head's figures come from each photo's own box, as a lone photo's in predict.
-    assert!(
-        md.contains("## Single-image head (no other photo of the person; same folds; each photo cropped to its own face box, as predict crops a lone photo)"),
-        "{md}"
-    );
+    // The single-image head's figures come from each photo's whole frame, as a lone photo's in predict.
+    assert!(md.contains("## Single-image head (no other photo of the person; same folds; each photo's whole frame, as predict frames a lone photo)"), "{md}");
     let summary = json(&d.path().join("cv/cv.json"));
-    assert_eq!((summary["person_box"].as_bool(), summary["single_own_box"].as_bool()), (Some(false), Some(true)), "{summary}");
+    assert_eq!((summary["person_box"].as_bool(), summary["single_frame"].as_bool()), (Some(false), Some(true)), "{summary}");
     // The dump holds those crops' features; one without them is refused in one line.
     let dump = d.path().join("f.safetensors");
     let named = tch::Tensor::read_safetensors(&dump).unwrap();
@@ -236,10 +254,7 @@ fn with_person_statistics_faces_are_cropped_by_default() {
     tch::Tensor::write_safetensors(&kept, &dump).unwrap();
     let (code, out, err) = run(&args(&s, &[&cv[..], &["--out", "cv-old", "--load-features", "f.safetensors"]].concat()), d.path());
     assert_eq!(code, 1, "{out}\n{err}");
-    assert!(
-        err.contains("f.safetensors: holds no own-box crops, which the single-image head of a --face person recipe is scored from (dump it again)"),
-        "{err}"
-    );
+    assert!(err.contains("f.safetensors: holds no whole frames, which the single-image head of a --face person recipe reads (dump it again)"), "{err}");
     // Asked for: --face none, a --crop, or person statistics off keep the whole frame.
     for (name, extra) in [("none", &["--face", "none"][..]), ("crop", &["--crop", "center:0.9"]), ("off", &["--subject-norm", "off"])] {
         let (code, out, err) = run(&args(&s, &[&base[..], &["--data", "faces.csv", "--name", name], extra].concat()), d.path());
@@ -344,11 +359,12 @@ fn faces_refuses_an_output_inside_the_data_and_clears_its_own_stale_crops() {
     assert_eq!(crops("fc/crops"), expected);
 }
 
-/// With `--face person` each photo is also kept cropped to its own box — the
-/// crop `predict` gives a lone photo — which the single-image head is scored
-/// from (cv, a run's validation, the inner fits); other face modes keep none.
+/// With `--face person` each photo's whole frame is kept beside its person's
+/// face box — the frame `predict` gives a photo it answers alone — which the
+/// single-image head reads (cv, a run's validation, the inner fits); other
+/// face modes keep none.
 #[test]
-fn person_boxes_keep_each_photos_own_crop_beside() {
+fn person_boxes_keep_each_photos_whole_frame_beside() {
     use vggft::config::DataConfig;
     use vggft::data::image::Crop;
     use vggft::data::scan::DataFormat;
@@ -367,23 +383,21 @@ fn person_boxes_keep_each_photos_own_crop_beside() {
         train_labels: TrainLabels::Auto,
         val: ValSpec::None,
         skip_bad: false,
-        preprocess: Preprocess { face, ..Preprocess::new(Crop::None, 48) },
+        preprocess: Preprocess { face, ..Preprocess::new(Crop::Center { fraction: 0.9 }, 48) },
     };
     let p = vggft::session::prepare(&dc(FaceMode::Person), 0, &mut vggft::train::Collect::default()).unwrap();
-    let lone = p.data.lone.as_ref().expect("own crops with --face person");
+    let lone = p.data.lone.as_ref().expect("whole frames with --face person");
     assert_eq!(lone.size(), p.data.gray.size());
-    let pre = &dc(FaceMode::Person).preprocess;
+    let frame = dc(FaceMode::None).preprocess;
     let mut finder = None;
-    let mut differ = 0;
     for (i, s) in (0i64..).zip(&p.dataset.samples) {
-        // What predict does with one photo and no other of its person.
-        let (px, _) = vggft::data::prepare_image(&load_gray(&s.path).unwrap(), pre, &mut finder).unwrap();
-        let own = tch::Tensor::from_slice(&px).view([1, 48, 48]);
-        assert!(max_abs_diff(&lone.get(i), &own) < 1e-6, "{}", s.path.display());
-        differ += usize::from(max_abs_diff(&p.data.gray.get(i), &own) > 1e-3);
+        // --face none's frame (with the run's --crop): what predict gives a photo alone.
+        let (px, b) = vggft::data::prepare_image(&load_gray(&s.path).unwrap(), &frame, &mut finder).unwrap();
+        assert!(b.is_none());
+        let whole = tch::Tensor::from_slice(&px).view([1, 48, 48]);
+        assert!(max_abs_diff(&lone.get(i), &whole) < 1e-6, "{}", s.path.display());
+        assert!(max_abs_diff(&p.data.gray.get(i), &whole) > 1e-2, "the face box is not the frame: {}", s.path.display());
     }
-    // Two photos per person: the person box is the mean of the two, neither photo's own.
-    assert!(differ >= 4, "{differ} of 6 photos framed differently by their person's box");
     for face in [FaceMode::None, FaceMode::Auto { required: false }] {
         let p = vggft::session::prepare(&dc(face.clone()), 0, &mut vggft::train::Collect::default()).unwrap();
         assert!(p.data.lone.is_none(), "{face:?}");

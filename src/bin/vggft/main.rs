@@ -114,7 +114,7 @@ fn finetune(a: FinetuneArgs, seed_given: bool) -> anyhow::Result<()> {
                 outln!("{}; {}", vggft::subject::TRANSDUCTIVE, vggft::eval::FLIP_TTA);
                 outln!(
                     "validation, single-image head (no other photo of the person{}):",
-                    if s.single_own_box { format!("; {}", vggft::data::face::OWN_BOX_SINGLE) } else { String::new() }
+                    if s.single_frame { format!("; {}", vggft::data::face::FRAME_SINGLE) } else { String::new() }
                 );
                 print_metrics(single, &s.classes);
             }
@@ -126,7 +126,7 @@ fn finetune(a: FinetuneArgs, seed_given: bool) -> anyhow::Result<()> {
 
 fn preprocess(image: &std::path::Path, model: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
     let cfg = run::read_config(model)?;
-    let px = predict::prepare_one(image, &cfg, &mut None, None)?.0;
+    let px = predict::prepare_alone(image, &cfg, &mut None)?.0;
     let s = cfg.data.preprocess.image_size as i64;
     let x = cfg.data.preprocess.normalise(&tch::Tensor::from_slice(&px).view([1, 1, s, s]));
     weights::save_atomic(&[("input".to_string(), x)], out)?;
