@@ -79,8 +79,8 @@ def summarise(path):
         "bacc": fmt(stat(s["stats"], "balanced_accuracy")),
         "seed_sd": "—" if spread is None else f"{spread['std']:.3f}",
         "auc": fmt(stat(s["stats"], "roc_auc")),
-        # With --face person a test person's photos share that person's box, which a lone photo
-        # in predict does not get: the single-image figure is then an upper bound (marked †).
+        # A cv from before the single-image head read the whole frame scored it on the person's
+        # box, which a lone photo in predict does not get: an upper bound (marked †).
         "single": alt("single") + (" †" if s.get("person_box") and s.get("single") else ""),
         "one_class": alt("one_class"),
     }
@@ -161,8 +161,9 @@ def main():
         "",
         f"`vggft cv --data {a.data} --folds loso --seeds {a.seeds} [--task multiclass] FLAGS{' ' + a.extra if a.extra else ''}`;"
         " leave-one-subject-out, balanced accuracy mean ± std over folds × seeds, the sd of the per-seed means,"
-        " the single-image head and each test person shown with one class only on the same folds"
-        " († the photos cropped to their person's face box, which a lone photo in predict does not get: an upper bound).",
+        " the single-image head (on each photo's whole frame, as predict answers a lone photo) and each test person"
+        " shown with one class only on the same folds († a cv from before 2026-12-05, whose single-image head read"
+        " the person's face box, which a lone photo in predict does not get: an upper bound).",
         "",
         "| row | task | balanced accuracy | sd of seed means | ROC AUC | single-image head | one class at a time | wall |",
         "|---|---|---|---|---|---|---|---|",

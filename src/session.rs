@@ -52,14 +52,13 @@ impl Session {
         let device = parse_device(&recipe.device)?;
         let mut data = data;
         let dataset = scan_data(&data, reporter)?;
-        // With person statistics and several photos per person the crop to each
-        // person's face measured better (JAFFE-format frames: docs/results/accuracy);
-        // photos in which the detector finds no face at all keep the whole frame.
-        // The single-image head reads the whole frame either way (`Loaded::lone`).
-        // Pairs keep the whole frame for the main head too (measured: "Pairs").
+        // With person statistics the crop to each person's face measured better
+        // (JAFFE-format frames; the London pairs: docs/results/accuracy, "The
+        // single-image head"); photos in which the detector finds no face at all
+        // keep the whole frame. The single-image head reads the whole frame
+        // (`Loaded::lone`): a lone photo has no person's box.
         let counts = subject_counts(&dataset);
-        let mut faces_cropped =
-            recipe.auto_face && recipe.model.subject_norm.resolve(counts.as_deref()) && counts.as_deref().is_some_and(crate::subject::several_photos);
+        let mut faces_cropped = recipe.auto_face && recipe.model.subject_norm.resolve(counts.as_deref());
         if faces_cropped {
             data.preprocess.face = FaceMode::Person;
         }
@@ -146,7 +145,7 @@ impl Session {
                 );
             }
             if faces_cropped {
-                chose.push("cropped to each person's face (--face none: the whole frame)".into());
+                chose.push("cropped to each person's face, the single-image head reading the whole frame (--face none: the whole frame for both)".into());
             }
             if !chose.is_empty() {
                 reporter.message(&format!(

@@ -124,17 +124,17 @@ impl Cache {
             Some((c, f)) => (c, f.as_ref()),
             None => (&self.clean, self.flipped.as_ref()),
         };
-        let n = self.clean_row.iter().flatten().count();
-        let at: Option<Vec<usize>> = rows
-            .iter()
-            .zip(mirrored)
-            .map(|(&i, &m)| self.clean_row.get(i).copied().flatten().map(|r| r + if m && flipped.is_some() { n } else { 0 }))
-            .collect();
-        let both = match flipped {
-            Some(f) => Tensor::cat(&[clean.shallow_clone(), f.shallow_clone()], 0),
-            None => clean.shallow_clone(),
+        let at: Option<Vec<usize>> = rows.iter().map(|&i| self.clean_row.get(i).copied().flatten()).collect();
+        let at = index(at?.into_iter(), device);
+        let x = clean.index_select(0, &at);
+        let x = match flipped {
+            Some(f) => {
+                let m = Tensor::from_slice(mirrored).to_device(device).unsqueeze(1);
+                f.index_select(0, &at).where_self(&m, &x)
+            }
+            None => x,
         };
-        Some(both.index_select(0, &index(at?.into_iter(), device)).to_kind(Kind::Float))
+        Some(x.to_kind(Kind::Float))
     }
 
     /// Whole-frame rows (`add_lone`) of dataset rows `rows`, mirrored when `flip`,
@@ -593,14 +593,19 @@ impl<'a> Sources<'a> {
             Some(c) => Some(c.shallow()),
             None => {
                 let t0 = Instant::now();
-                match plan_and_build(model, cfg, pre, (&data.gray, data.lone.as_ref()), base_from, (&data.train, &clean), cfg.clean_views, device, reporter) {
+                // Mirror images for the clean views and for the single-image head, which trains on each
+                // photo's clean view and its mirror image (as in cv, whose cache holds them for flip TTA).
+                let mirrors = cfg.clean_views || model.cfg.subject_norm;
+                match plan_and_build(model, cfg, pre, (&data.gray, data.lone.as_ref()), base_from, (&data.train, &clean), mirrors, device, reporter) {
                     Ok((c, views)) => {
                         reporter.message(&format!(
-                            "cached the frozen {}: {} view(s) of {} training images{}, in {:.1}s",
+                            "cached the frozen {}: {} view(s) of {} training images{}{}{}, in {:.1}s",
                             holds(base_from),
                             views,
                             data.train.len(),
                             if data.val.is_empty() { String::new() } else { format!(" and {} validation images", data.val.len()) },
+                            if mirrors { ", every image's mirror image" } else { "" },
+                            if data.lone.is_some() { ", and every image's whole frame for the single-image head" } else { "" },
                             t0.elapsed().as_secs_f64()
                         ));
                         Some(c)

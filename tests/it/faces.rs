@@ -176,7 +176,7 @@ fn with_person_statistics_faces_are_cropped_by_default() {
     let (code, out, err) = run(&args(&s, &[&base[..], &["--data", "faces.csv", "--name", "auto"]].concat()), d.path());
     assert_eq!(code, 0, "{out}\n{err}");
     assert_eq!(face("auto"), "person", "{err}");
-    assert!(err.contains("cropped to each person's face (--face none: the whole frame)"), "{err}");
+    assert!(err.contains("cropped to each person's face, the single-image head reading the whole frame (--face none: the whole frame for both)"), "{err}");
     // A run's own validation says the same of its single-image head.
     let (code, out, err) =
         run(&args(&s, &["finetune", "--stages", "head:1", "--augment", "none", "--data", "faces.csv", "--name", "val", "--val", "subjects:0.34"]), d.path());
@@ -225,6 +225,12 @@ fn with_person_statistics_faces_are_cropped_by_default() {
     let together = faces_of(&["--subject", "p"]);
     assert!(together.iter().all(|f| f == &together[0] && f["w"].as_u64().is_some_and(|w| w >= 96)), "{together:?}");
     assert!(faces_of(&["--subject-from", "none"]).iter().all(serde_json::Value::is_null), "no face box alone");
+    // A person's other input does not decode: the one left is answered alone, on its whole frame.
+    std::fs::write(d.path().join("broken.jpg"), b"not a jpeg").unwrap();
+    let (code, out, err) = run(&["predict", "--model", "runs/auto", "--format", "json", "--subject", "p", &person[0], "broken.jpg"], d.path());
+    assert_eq!(code, 1, "{out}\n{err}");
+    let left: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!((left.len(), &left[0]["mode"], left[0].get("face")), (1, &"single-image".into(), None), "{out}\n{err}");
     // A model from before the whole frames (no single_frame in its config): a lone photo gets its own box.
     let config = d.path().join("runs/auto/config.json");
     let mut c = json(&config);
@@ -262,17 +268,22 @@ fn with_person_statistics_faces_are_cropped_by_default() {
         assert_eq!(face(name), "none", "{name}: {err}");
         assert!(!err.contains("photo's face"), "{name}: {err}");
     }
-    // Pairs (2 photos per person) with person statistics (on by default now): the whole
-    // frame, since a lone photo's own box is not the person box the single-image head
-    // would have trained on (docs/results/accuracy, "Pairs"); asked for, the crop.
+    // Pairs (2 photos per person) with person statistics (on by default): cropped too,
+    // the single-image head on the whole frame (docs/results/accuracy, "The single-image head").
     let pairs = london_slice(d.path(), 3).unwrap();
     let (code, out, err) = run(&args(&s, &[&base[..], &["--data", pairs.to_str().unwrap(), "--name", "pairs"]].concat()), d.path());
     assert_eq!(code, 0, "{out}\n{err}");
-    assert_eq!(json(&d.path().join("runs/pairs/config.json"))["model"]["subject_norm"], "on", "{err}");
-    assert_eq!(face("pairs"), "none", "{err}");
-    let (code, out, err) = run(&args(&s, &[&base[..], &["--data", pairs.to_str().unwrap(), "--name", "pairs-face", "--face", "person"]].concat()), d.path());
+    let config = json(&d.path().join("runs/pairs/config.json"));
+    assert_eq!((&config["model"]["subject_norm"], &config["single_frame"]), (&"on".into(), &true.into()), "{err}");
+    assert_eq!(face("pairs"), "person", "{err}");
+    // Person statistics off: no single-image head, no whole frames kept for it.
+    let (code, out, err) = run(
+        &args(&s, &[&base[..], &["--data", pairs.to_str().unwrap(), "--name", "pairs-off", "--subject-norm", "off", "--face", "person"]].concat()),
+        d.path(),
+    );
     assert_eq!(code, 0, "{out}\n{err}");
-    assert_eq!(face("pairs-face"), "person", "{err}");
+    assert_eq!(face("pairs-off"), "person", "{err}");
+    assert!(json(&d.path().join("runs/pairs-off/config.json")).get("single_frame").is_none(), "{err}");
     // Pictures in which no face is found at all keep the whole frame, and say so.
     let (code, out, err) = run(&args(&s, &[&base[..], &["--data", "blank.csv", "--name", "blank"]].concat()), d.path());
     assert_eq!(code, 0, "{out}\n{err}");
