@@ -71,7 +71,7 @@ impl Session {
             data.preprocess.face = FaceMode::None;
             loaded = crate::data::load_images(&dataset.samples, &data.preprocess, data.skip_bad)?;
         }
-        let prepared = finish(dataset, loaded, &data, seed, reporter)?;
+        let mut prepared = finish(dataset, loaded, &data, seed, reporter)?;
         let weights = weights_info(recipe.weights.as_deref(), recipe.random_init, recipe.model.bn.has_bn())?;
         let (raw_classes, raw_to_task) = raw_head(&prepared.labels, data.train_labels);
         let mut config = RunConfig {
@@ -97,7 +97,6 @@ impl Session {
         }
         // The whole frames are for the single-image head, which only person statistics bring.
         config.single_frame = config.model.subject_norm == SubjectNormChoice::On && prepared.data.lone.is_some();
-        let mut prepared = prepared;
         if !config.single_frame {
             prepared.data.lone = None;
         }

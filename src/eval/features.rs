@@ -102,6 +102,10 @@ impl Entry {
         if let Some(rows) = aug_rows {
             key["aug_rows"] = rows.into();
         }
+        // The single-image head's whole frames (`--face person` with person statistics) are kept beside the rest.
+        if session.prepared.data.lone.is_some() {
+            key["whole_frames"] = true.into();
+        }
         key["threads"] = tch::get_num_threads().into();
         key["device"] = format!("{:?}", session.device).into();
         key["program_sha256"] = program.into();
