@@ -202,26 +202,30 @@ fn prepare_with(
 }
 
 /// With `--face person`, each input's box from the faces found in its
-/// person's inputs (as `subjects` groups them; a lone photo keeps its own).
+/// person's inputs (as `keys` groups them; a lone photo keeps its own); none
+/// for the inputs `alone` marks, which are framed whole.
 fn person_boxes(
     cfg: &RunConfig,
     paths: &[PathBuf],
-    subjects: &SubjectFrom,
+    (keys, alone): (&[Option<String>], &[bool]),
     finder: &mut Option<crate::data::face::FaceFinder>,
 ) -> Vec<Option<crate::data::face::FaceBox>> {
     use crate::data::face;
-    let keys: Vec<Option<String>> = paths.iter().map(|p| subjects.subject(p)).collect();
     if cfg.data.preprocess.face != face::FaceMode::Person || keys.iter().all(Option::is_none) {
         return vec![None; paths.len()];
     }
     let found: Vec<Option<(face::FaceBox, (u32, u32))>> = paths
         .iter()
-        .map(|p| {
+        .zip(alone)
+        .map(|(p, &alone)| {
+            if alone {
+                return None;
+            }
             let g = image::load_gray(p).ok()?;
             Some((face::locate(finder, &g, &cfg.data.preprocess.face).ok()??, g.source_size()))
         })
         .collect();
-    face::per_person(&found, &keys)
+    face::per_person(&found, keys)
 }
 
 /// Predicts every path, in batches of `batch`. A subject-normalised model
@@ -246,11 +250,11 @@ pub fn predict(
     if show {
         reporter.progress("predicting", "image(s)", 0, paths.len());
     }
-    let given = person_boxes(cfg, paths, subjects, &mut finder);
     // Inputs the single-image head will answer (too few photos of their person), where it reads the whole frame.
     let keys: Vec<Option<String>> = paths.iter().map(|p| subjects.subject(p)).collect();
     let framed = cfg.single_frame && model.cfg.subject_norm;
     let alone: Vec<bool> = modes_of(&keys).into_iter().map(|m| framed && m == Mode::Single).collect();
+    let given = person_boxes(cfg, paths, (&keys, &alone), &mut finder);
     for chunk in paths.chunks(batch.max(1)) {
         if show && !out.is_empty() {
             reporter.progress("predicting", "image(s)", out.len(), paths.len());

@@ -63,47 +63,45 @@ impl Cache {
 
     /// Adds the mirrored twin of every clean row (for flip test-time augmentation).
     pub fn add_flipped(&mut self, model: &Vgg16, pre: &Preprocess, gray: &Tensor, device: Device, reporter: &mut dyn Reporter) {
-        let rows: Vec<usize> = images_of(&self.clean_row, self.clean_row.iter().flatten().count()).into_iter().flatten().collect();
-        let (store, what) = (self.clean.kind(), format!("caching the mirror images' {}", holds(self.from)));
-        let mut parts: Vec<Tensor> = Vec::new();
-        for (k, c) in rows.chunks(8).enumerate() {
-            reporter.progress(&what, "image(s)", k * 8, rows.len());
-            parts.push(tch::no_grad(|| model.prefix(&pre.normalise(&crate::data::select(gray, c, device).flip([3])), Block::Conv1, self.from).to_kind(store)));
-        }
-        reporter.progress(&what, "image(s)", rows.len(), rows.len());
-        self.flipped = Some(if parts.is_empty() { self.clean.shallow_clone() } else { Tensor::cat(&parts, 0) });
+        let what = format!("caching the mirror images' {}", holds(self.from));
+        self.flipped = Some(self.clean_rows_through(model, pre, (gray, true), device, (&what, reporter)));
     }
 
     /// Adds every clean row's whole frame (`lone`: `TrainData::lone`) through
     /// the frozen blocks and, where the cache holds mirror images, its mirror
     /// image: the single-image head's input, as a lone photo's in `predict`.
     pub fn add_lone(&mut self, model: &Vgg16, pre: &Preprocess, lone: &Tensor, device: Device, reporter: &mut dyn Reporter) {
+        let what = format!("caching the whole frames' {} for the single-image head", holds(self.from));
+        let clean = self.clean_rows_through(model, pre, (lone, false), device, (&what, reporter));
+        let what = format!("caching the whole frames' mirror images' {}", holds(self.from));
+        let flipped = self.flipped.is_some().then(|| self.clean_rows_through(model, pre, (lone, true), device, (&what, reporter)));
+        self.lone = Some((clean, flipped));
+    }
+
+    /// The clean rows' images in `images` (mirrored when `flip`) through the
+    /// frozen blocks below `from`, in the clean rows' order and the cache's precision.
+    fn clean_rows_through(
+        &self,
+        model: &Vgg16,
+        pre: &Preprocess,
+        (images, flip): (&Tensor, bool),
+        device: Device,
+        (what, reporter): (&str, &mut dyn Reporter),
+    ) -> Tensor {
         let rows: Vec<usize> = images_of(&self.clean_row, self.clean_row.iter().flatten().count()).into_iter().flatten().collect();
         let store = self.clean.kind();
-        let what = format!("caching the whole frames' {} for the single-image head", holds(self.from));
-        let mirrored = [false].into_iter().chain(self.flipped.is_some().then_some(true));
-        let total = rows.len() * mirrored.clone().count();
-        let mut done = 0;
-        let mut pass = |flip: bool| -> Tensor {
-            let parts: Vec<Tensor> = rows
-                .chunks(8)
-                .map(|c| {
-                    reporter.progress(&what, "image(s)", done, total);
-                    done += c.len();
-                    let g = crate::data::select(lone, c, device);
-                    tch::no_grad(|| model.prefix(&pre.normalise(&if flip { g.flip([3]) } else { g }), Block::Conv1, self.from).to_kind(store))
-                })
-                .collect();
-            if parts.is_empty() {
-                self.clean.shallow_clone()
-            } else {
-                Tensor::cat(&parts, 0)
-            }
-        };
-        let clean = pass(false);
-        let flipped = self.flipped.is_some().then(|| pass(true));
-        reporter.progress(&what, "image(s)", total, total);
-        self.lone = Some((clean, flipped));
+        let mut parts: Vec<Tensor> = Vec::new();
+        for (k, c) in rows.chunks(8).enumerate() {
+            reporter.progress(what, "image(s)", k * 8, rows.len());
+            let g = crate::data::select(images, c, device);
+            parts.push(tch::no_grad(|| model.prefix(&pre.normalise(&if flip { g.flip([3]) } else { g }), Block::Conv1, self.from).to_kind(store)));
+        }
+        reporter.progress(what, "image(s)", rows.len(), rows.len());
+        if parts.is_empty() {
+            self.clean.shallow_clone()
+        } else {
+            Tensor::cat(&parts, 0)
+        }
     }
 
     /// Whether it holds the whole frames (`add_lone`).
