@@ -230,8 +230,70 @@ fn person_boxes(
 
 /// Predicts every path, in batches of `batch`. A subject-normalised model
 /// normalises each person with ≥ `subject::PERSON_MIN` inputs by that
-/// person's statistics and answers the others with its single-image head.
+/// person's statistics and answers the others with its single-image head;
+/// an input that repeats an earlier one of its person (the same file, or
+/// the same bytes) counts once there and gets that one's answer, so that
+/// `a.jpg a.jpg` is one photo, not a person with nothing to tell apart.
 pub fn predict(
+    cfg: &RunConfig,
+    model: &Vgg16,
+    paths: &[PathBuf],
+    subjects: &SubjectFrom,
+    (tta_flip, batch): (bool, usize),
+    device: Device,
+    reporter: &mut dyn crate::train::Reporter,
+) -> Vec<Prediction> {
+    let first = if model.cfg.subject_norm { repeats(paths, subjects) } else { (0..paths.len()).collect() };
+    let distinct: Vec<usize> = (0..paths.len()).filter(|&i| first[i] == i).collect();
+    if distinct.len() == paths.len() {
+        return predict_distinct(cfg, model, paths, subjects, (tta_flip, batch), device, reporter);
+    }
+    reporter.message(&format!(
+        "{} input(s) repeat an earlier one of the same person (the same file, or identical bytes; first: {}): each is answered as that one and counted once in its person's statistics",
+        paths.len() - distinct.len(),
+        paths[(0..paths.len()).find(|&i| first[i] != i).unwrap_or(0)].display()
+    ));
+    let unique: Vec<PathBuf> = distinct.iter().map(|&i| paths[i].clone()).collect();
+    let mut done = predict_distinct(cfg, model, &unique, subjects, (tta_flip, batch), device, reporter).into_iter();
+    let mut out: Vec<Prediction> = Vec::with_capacity(paths.len());
+    for (i, p) in paths.iter().enumerate() {
+        // A repeat's first comes before it, so its answer is already in `out`.
+        let one = if first[i] == i {
+            done.next()
+        } else {
+            let f = &out[first[i]];
+            Some(Prediction {
+                path: p.clone(),
+                probs: f.probs.as_ref().map(Clone::clone).map_err(|e| Error::image(p, e.problem())),
+                raw: f.raw.clone(),
+                mode: f.mode,
+                face: f.face.clone(),
+            })
+        };
+        out.extend(one);
+    }
+    out
+}
+
+/// For each input, the index of the first input that is the same photo of
+/// the same person: the same file (by its canonical path) or a regular
+/// file with the same bytes (SHA-256). An input that cannot be read is its
+/// own (its error is reported where it is decoded).
+fn repeats(paths: &[PathBuf], subjects: &SubjectFrom) -> Vec<usize> {
+    use sha2::Digest;
+    let mut seen: std::collections::HashMap<(Option<String>, Vec<u8>), usize> = std::collections::HashMap::new();
+    paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let file = std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.len() <= image::MAX_ALLOC);
+            let Some(bytes) = file.then(|| std::fs::read(p).ok()).flatten() else { return i };
+            *seen.entry((subjects.subject(p), sha2::Sha256::digest(&bytes).to_vec())).or_insert(i)
+        })
+        .collect()
+}
+
+fn predict_distinct(
     cfg: &RunConfig,
     model: &Vgg16,
     paths: &[PathBuf],

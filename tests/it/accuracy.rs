@@ -341,6 +341,28 @@ fn subject_normalised_runs_report_both_heads_and_predict_groups_by_person() {
     assert!(out != flipped && !err.contains("test-time augmentation"), "{out}\n{err}");
     let (_, out, _) = run(&["predict", "--device", "cpu", "--subject", "P00", three[0].to_str().unwrap()], d.path());
     assert!(out.trim_end().ends_with("mode=single-image"), "{out}");
+    // A photo given twice is one photo: not a person whose photos cannot be told apart.
+    let twice = |extra: &[&Path]| {
+        let mut a: Vec<&str> = vec!["predict", "--device", "cpu", "--subject", "P00"];
+        a.extend(extra.iter().map(|p| p.to_str().unwrap()));
+        run(&a, d.path())
+    };
+    let (code, out, err) = twice(&[&three[0], &three[0]]);
+    assert_eq!(code, 0, "{err}");
+    assert!(lines(&out).len() == 2 && lines(&out).iter().all(|l| l.ends_with("mode=single-image")), "{out}");
+    assert!(err.contains("1 input(s) repeat an earlier one of the same person"), "{err}");
+    assert_eq!(lines(&out)[0], lines(&out)[1]);
+    // Repeats (the same path, and a byte-identical copy under another name) change nothing
+    // for the person's other photos, and each gets its first's answer under its own name.
+    let copy = d.path().join("copy-of-third.png");
+    std::fs::copy(&three[2], &copy).unwrap();
+    let (code, out, err) = twice(&[&three[0], &three[1], &three[1], &three[2], &copy]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("2 input(s) repeat an earlier one"), "{err}");
+    let got = lines(&out);
+    assert_eq!(vec![got[0].clone(), got[1].clone(), got[3].clone()], lines(&flipped));
+    assert_eq!(got[2], got[1]);
+    assert_eq!(got[4], got[3].replace(three[2].to_str().unwrap(), copy.to_str().unwrap()));
 
     // --subject-from parent: a folder per person; the one with a single image gets the single-image head.
     for (person, n) in [("anna", 4), ("ben", 1)] {
