@@ -244,7 +244,7 @@ pub struct DataArgs {
     #[arg(long, default_value = "none", value_parser = checked(Crop::parse))]
     pub crop: String,
     /// Face localisation before resizing: auto (SeetaFace detector, each photo's own box), person (the median
-    /// of the boxes found in each person's photos, the same for all of them), none, or crop:x,y,w,h; default
+    /// of the boxes found in each person's photos of one size, the same for all of them), none, or crop:x,y,w,h; default
     /// person when per-subject normalisation is on (the whole frame when no face is found in any image), else none.
     /// With person, the single-image head reads the whole frame (a lone photo has no person's box).
     #[arg(long, value_parser = checked(face_syntax))]

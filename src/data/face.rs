@@ -149,12 +149,14 @@ pub fn locate(finder: &mut Option<FaceFinder>, g: &Gray, mode: &FaceMode) -> Res
 
 /// `FaceMode::Person`: `found[i]` is photo i's box (source pixels; found
 /// or the fallback) and its size in source pixels, `None` when it did not
-/// decode; `subjects[i]` its person. Each photo of a person in whose photos a
-/// face was found gets the median centre and side of those detections
-/// (fitted inside the photo, scored with their median score); the others
-/// keep their own box.
+/// decode; `subjects[i]` its person. Each photo of a person in whose photos
+/// of the same size a face was found gets the median centre and side of
+/// those detections (fitted inside the photo, scored with their median
+/// score); the others keep their own box. Boxes are in pixels: a 4000-px
+/// phone photo and a 256-px crop of the same person share no frame.
 pub fn per_person<K: PartialEq + Clone>(found: &[Option<(FaceBox, (u32, u32))>], subjects: &[Option<K>]) -> Vec<Option<FaceBox>> {
-    let groups = crate::subject::groups(subjects);
+    let subjects: Vec<Option<(K, (u32, u32))>> = subjects.iter().zip(found).map(|(s, f)| s.clone().zip(f.as_ref().map(|f| f.1))).collect();
+    let groups = crate::subject::groups(&subjects);
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         let n = v.len();

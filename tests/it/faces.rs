@@ -301,23 +301,31 @@ fn a_persons_photos_share_the_median_of_their_boxes() {
         b(10, 10, 100, Some(5.0)),
         b(14, 20, 110, Some(7.0)),
         b(30, 30, 120, Some(9.0)),
-        b(40, 40, 160, None),   // no face found: the person's median instead
-        b(0, 0, 50, None),      // a person with no face found keeps the fallback
-        b(5, 6, 70, Some(3.0)), // no subject id: its own box
-        b(0, 0, 90, Some(4.0)), // a small photo of the first person: the median box fitted inside
+        b(40, 40, 160, None),        // no face found: the person's median instead
+        b(0, 0, 50, None),           // a person with no face found keeps the fallback
+        b(5, 6, 70, Some(3.0)),      // no subject id: its own box
+        b(0, 0, 90, Some(4.0)),      // a photo of the first person of another size: its own box, not in the median
+        b(2, 4, 60, Some(2.0)),      // and another of that size: the two share their own median
+        b(150, 150, 200, Some(8.0)), // a larger photo of the first person: its own box
     ];
-    let sizes = [(256, 256), (256, 256), (256, 256), (256, 256), (256, 256), (256, 256), (100, 100)];
+    let sizes = [(256, 256), (256, 256), (256, 256), (256, 256), (256, 256), (256, 256), (100, 100), (100, 100), (1024, 768)];
     let mut found: Vec<Option<(FaceBox, (u32, u32))>> = boxes.iter().cloned().zip(sizes).map(Some).collect();
     found.push(None); // a photo that did not decode stays without a box
-    let subjects = [Some("a"), Some("a"), Some("a"), Some("a"), Some("b"), None, Some("a"), Some("a")];
+    let subjects = [Some("a"), Some("a"), Some("a"), Some("a"), Some("b"), None, Some("a"), Some("a"), Some("a"), Some("a")];
     let out: Vec<FaceBox> = per_person(&found, &subjects).into_iter().map(|o| o.unwrap_or_else(|| b(0, 0, 0, None))).collect();
-    // Centres (60,60) (69,75) (90,90) (45,45): medians (cx 64.5, cy 67.5); sides 100 110 120 90 → 105; scores 4 5 7 9 → 6.
-    let median = b(12, 15, 105, Some(6.0));
+    // The 256-px photos: centres (60,60) (69,75) (90,90): medians (69, 75); sides 100 110 120 → 110; scores 5 7 9 → 7.
+    let median = b(14, 20, 110, Some(7.0));
     assert_eq!(out[..4], [median.clone(), median.clone(), median.clone(), median.clone()]);
     assert_eq!(out[4], boxes[4]);
     assert_eq!(out[5], boxes[5]);
-    assert_eq!(out[7], b(0, 0, 0, None), "no box for a photo that did not decode");
-    assert_eq!(out[6], b(0, 0, 100, Some(6.0)), "shrunk and moved to fit the 100×100 photo");
+    // The 100-px photos: centres (45,45) (32,34): (38.5, 39.5); sides 90 60 → 75; scores 4 2 → 3.
+    assert_eq!(out[6..8], [b(1, 2, 75, Some(3.0)), b(1, 2, 75, Some(3.0))], "boxes of another size are not mixed in");
+    assert_eq!(out[8], boxes[8]);
+    assert_eq!(out[9], b(0, 0, 0, None), "no box for a photo that did not decode");
+    // A median box larger than a photo (sides only of detections of its size, so only where the
+    // photo's own box overhangs it) is shrunk and moved inside.
+    let big = [Some((b(0, 0, 120, Some(1.0)), (100, 100))), Some((b(10, 10, 90, Some(1.0)), (100, 100)))];
+    assert_eq!(per_person(&big, &[Some("c"), Some("c")]), vec![Some(b(0, 0, 100, Some(1.0))); 2], "shrunk and moved to fit the 100×100 photo");
 }
 
 #[test]
