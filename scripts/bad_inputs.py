@@ -277,6 +277,8 @@ def run_inventory(d):
     record("output folder that cannot be created (a file is in the way)", code, said(err))
     code, out, err = vggft("faces", good, "--out", os.path.join(good, "faces"), cwd=d)
     record("`faces --out` inside the class folders it reads", code, said(err))
+    code, out, err = vggft("finetune", "--data", good, "--random-init", *SMALL, "--out", os.path.join(good, "runs"), cwd=d)
+    record("`finetune --out` inside the class folders it reads (cv and lr-find alike)", code, said(err))
     ro = os.path.join(d, "ro")
     os.makedirs(ro)
     os.chmod(ro, 0o555)

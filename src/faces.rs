@@ -39,7 +39,7 @@ pub fn run(dir: &Path, out: &Path, tile: u32) -> Result<FacesReport> {
     // the data folder they would become part of it (class folders read
     // `faces/` as a class; `manifest.csv` would replace the data's own).
     let root = if ds.format == DataFormat::Csv { ds.root.parent().unwrap_or(Path::new(".")) } else { ds.root.as_path() };
-    let (root_abs, out_abs) = (absolute(root), absolute(out));
+    let (root_abs, out_abs) = (fsutil::absolute(root), fsutil::absolute(out));
     if out_abs == root_abs || (ds.format == DataFormat::Folders && out_abs.starts_with(&root_abs)) {
         let problem = if out_abs == root_abs {
             "is the data folder itself: the crops and their manifest.csv would be mixed with the data".to_string()
@@ -95,24 +95,6 @@ pub fn run(dir: &Path, out: &Path, tile: u32) -> Result<FacesReport> {
         let _ = std::fs::remove_file(out.join(old));
     }
     Ok(FacesReport { images: paths.len(), fallbacks, seconds_per_image: detect_time / paths.len().max(1) as f64, sheet })
-}
-
-/// `path` made absolute through its nearest existing ancestor (`out` may not exist yet).
-fn absolute(path: &Path) -> PathBuf {
-    let mut tail = Vec::new();
-    let mut p = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    loop {
-        if let Ok(c) = p.canonicalize() {
-            return tail.iter().rev().fold(c, |acc: PathBuf, n: &std::ffi::OsString| acc.join(n));
-        }
-        match (p.file_name().map(|n| n.to_os_string()), p.parent()) {
-            (Some(n), Some(parent)) => {
-                tail.push(n);
-                p = parent.to_path_buf();
-            }
-            _ => return path.to_path_buf(),
-        }
-    }
 }
 
 /// The crops a previous `vggft faces` run listed in `out/manifest.csv`

@@ -178,9 +178,29 @@ fn scan_jaffe(dir: &Path) -> Result<Dataset> {
 }
 
 /// Whether `dir` itself is a folder vggft wrote: a runs folder, a run, a cv
-/// folder, `faces --out` or `explain --out` (by the file each of them leaves).
+/// folder, `faces --out`, `explain --out` or `lr-find --out` (by the file
+/// each of them leaves).
 pub fn is_vggft_output(dir: &Path) -> bool {
-    ["latest", "config.json", "cv-config.json", "faces.csv", "explain.csv"].iter().any(|m| dir.join(m).exists())
+    ["latest", "config.json", "cv-config.json", "faces.csv", "explain.csv", "lr-find.csv"].iter().any(|m| dir.join(m).exists())
+}
+
+/// Refuses an `out` folder that the next scan of the data at `data` would
+/// read as part of it: inside (or equal to) a class-folder dataset's folder,
+/// where what vggft writes there (`what`) becomes a class. A JAFFE folder
+/// reads only its images and a manifest only its rows: no refusal. Data
+/// that does not scan is left to the command's own error.
+pub fn refuse_output_inside(data: &Path, format: DataFormat, out: &Path, what: &str) -> Result<()> {
+    let Ok(ds) = scan(data, format) else { return Ok(()) };
+    if ds.format != DataFormat::Folders || !crate::fsutil::absolute(out).starts_with(crate::fsutil::absolute(&ds.root)) {
+        return Ok(());
+    }
+    Err(Error::file(
+        out,
+        format!(
+            "is inside the data folder {}: {what} would be read as part of that data the next time it is read; choose an --out outside it",
+            ds.root.display()
+        ),
+    ))
 }
 
 /// Whether `dir` or one of its sub-folders is vggft's output: put inside

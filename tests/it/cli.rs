@@ -270,12 +270,18 @@ fn runs_and_data_that_are_broken_get_clear_errors() {
         run(&args(&s, &["finetune", "--data", dup.to_str().unwrap(), "--task", "multiclass", "--stages", "head:1", "--val", "none"]), d.path());
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("1 identical file(s) carry different classes") && err.contains("00.png (a)") && err.contains("99.png (b)"), "{err}");
-    // Runs written inside class folders: the next run reads them as a class;
-    // the error says what the folder is (not just "class `runs` has no images").
+    // Runs written inside class folders are refused before anything is written
+    // (reliability.rs); a runs folder moved there reads as a class: the error
+    // says what the folder is (not just "class `runs` has no images").
     let inside = ["finetune", "--data", "dup", "--out", "dup/runs", "--task", "multiclass", "--stages", "head:1", "--val", "none"];
     let (code, _, err) = run(&args(&s, &inside), d.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("dup/runs: is inside the data folder"), "{err}");
+    let outside = ["finetune", "--data", "dup", "--out", "elsewhere", "--task", "multiclass", "--stages", "head:1", "--val", "none"];
+    let (code, _, err) = run(&args(&s, &outside), d.path());
     assert_eq!(code, 0, "{err}");
-    let (code, _, err) = run(&args(&s, &inside), d.path());
+    std::fs::rename(d.path().join("elsewhere"), dup.join("runs")).unwrap();
+    let (code, _, err) = run(&args(&s, &outside), d.path());
     assert_eq!(code, 1);
     assert!(err.contains("dup/runs: is vggft's output") && err.contains("keep --out outside"), "{err}");
     // Heatmaps of `explain --out` there would be a class of pictures: refused too.
@@ -283,7 +289,7 @@ fn runs_and_data_that_are_broken_get_clear_errors() {
     std::fs::create_dir(dup.join("ex")).unwrap();
     std::fs::copy(dup.join("a/00.png"), dup.join("ex/0000_00.png")).unwrap();
     std::fs::write(dup.join("ex/explain.csv"), "path\n").unwrap();
-    let (code, _, err) = run(&args(&s, &inside), d.path());
+    let (code, _, err) = run(&args(&s, &outside), d.path());
     assert_eq!(code, 1);
     assert!(err.contains("dup/ex: is vggft's output"), "{err}");
 }

@@ -703,3 +703,60 @@ fn rerun_reproduces_a_run_from_its_config_alone() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("trunk.safetensors: differs from the weights runs/a was trained from") && !runs.join("e").exists(), "{err}");
 }
+
+#[test]
+fn an_output_inside_a_class_folder_dataset_is_refused_before_anything_is_written() {
+    let d = tmp();
+    let f = d.path().join("data");
+    separable_folders(&f, 3, 32);
+    let w = d.path().join("trunk.safetensors");
+    trunk_only(&w, 16);
+    let s = small(&w);
+    let listing = |p: &Path| {
+        let mut v: Vec<String> = walk(p).into_iter().map(|q| q.strip_prefix(p).unwrap().display().to_string()).collect();
+        v.sort();
+        v
+    };
+    let before = listing(&f);
+    // The run folders, a cv's folds or the sweep's plot written into the data would be read as a class of it.
+    for (cmd, out) in [
+        (vec!["finetune", "--stages", "head:1"], "data"),
+        (vec!["finetune", "--stages", "head:1"], "data/runs"),
+        (vec!["cv", "--folds", "2", "--stages", "head:1"], "data"),
+        (vec!["cv", "--folds", "2", "--stages", "head:1"], "data/a/cv"),
+        (vec!["lr-find", "--steps", "10"], "./data/../data/lr"),
+    ] {
+        let mut a = cmd.clone();
+        a.extend(["--data", "data", "--out", out]);
+        let (code, stdout, err) = run(&args(&s, &a), d.path());
+        assert_eq!(code, 1, "{cmd:?} --out {out}: {stdout}\n{err}");
+        assert!(err.contains(&format!("{out}: is inside the data folder ")) && err.contains("data: ") && err.contains("choose an --out outside it"), "{err}");
+        assert_eq!(listing(&f), before, "{cmd:?} --out {out} wrote into the data");
+    }
+    // Run from inside the data folder, finetune's default --out (runs) is inside it too.
+    let (code, _, err) = run(&args(&s, &["finetune", "--data", ".", "--stages", "head:1"]), &f);
+    assert_eq!(code, 1);
+    assert!(err.contains("runs: is inside the data folder "), "{err}");
+    assert_eq!(listing(&f), before);
+    // A manifest's folder reads only its rows: a run folder beside it is allowed.
+    std::fs::create_dir_all(d.path().join("m")).unwrap();
+    let m = subject_dataset(&d.path().join("m"), 4, 32);
+    let (code, _, err) = run(&args(&s, &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:1", "--out", "m/runs"]), d.path());
+    assert_eq!(code, 0, "{err}");
+}
+
+/// Every file and folder under `p`.
+fn walk(p: &Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(p)
+        .unwrap()
+        .flatten()
+        .flat_map(|e| {
+            let q = e.path();
+            let mut v = vec![q.clone()];
+            if q.is_dir() {
+                v.extend(walk(&q));
+            }
+            v
+        })
+        .collect()
+}
