@@ -178,10 +178,10 @@ fn scan_jaffe(dir: &Path) -> Result<Dataset> {
 }
 
 /// Whether `dir` itself is a folder vggft wrote: a runs folder, a run, a cv
-/// folder, `faces --out`, `explain --out` or `lr-find --out` (by the file
-/// each of them leaves).
+/// folder, `faces --out`, `explain --out`, `lr-find --out` or `evaluate
+/// --out` (by the file each of them leaves).
 pub fn is_vggft_output(dir: &Path) -> bool {
-    ["latest", "config.json", "cv-config.json", "faces.csv", "explain.csv", "lr-find.csv"].iter().any(|m| dir.join(m).exists())
+    ["latest", "config.json", "cv-config.json", "faces.csv", "explain.csv", "lr-find.csv", "metrics.json"].iter().any(|m| dir.join(m).exists())
 }
 
 /// Refuses an `out` folder that the next scan of the data at `data` would

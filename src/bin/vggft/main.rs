@@ -263,6 +263,9 @@ fn evaluate(mut a: EvaluateArgs) -> anyhow::Result<()> {
     }
     a.model = run::run_dir(&a.model);
     let device = session::parse_device(&a.device)?;
+    let name = a.data.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "data".into());
+    let out = a.out.clone().unwrap_or_else(|| a.model.join(format!("eval-{name}")));
+    vggft::data::scan::refuse_output_inside(&a.data, a.format, &out, "the scores and plots")?;
     let (cfg, mut model) = run::load_run(&a.model, device)?;
     if let Some(p) = a.precision {
         model.cfg.precision = p;
@@ -291,8 +294,6 @@ fn evaluate(mut a: EvaluateArgs) -> anyhow::Result<()> {
     if modes.is_some_and(|(person, _)| person > 0) {
         errln!("{}", vggft::subject::TRANSDUCTIVE);
     }
-    let name = a.data.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "data".into());
-    let out = a.out.clone().unwrap_or_else(|| a.model.join(format!("eval-{name}")));
     vggft::fsutil::create_dir(&out)?;
     let m = &ev.metrics;
     vggft::fsutil::write_json(
