@@ -97,9 +97,7 @@ impl Session {
         }
         // The whole frames are for the single-image head, which only person statistics bring.
         config.single_frame = config.model.subject_norm == SubjectNormChoice::On && prepared.data.lone.is_some();
-        if !config.single_frame {
-            prepared.data.lone = None;
-        }
+        prepared.keep_frames(config.single_frame);
         let probe = probe_for(&config, &prepared.dataset, recipe.probe);
         let several = several_photos(&config, &prepared.dataset);
         if config.model.subject_norm == SubjectNormChoice::On {
@@ -196,9 +194,7 @@ impl Session {
     pub(crate) fn reopen(config: RunConfig, reporter: &mut dyn Reporter) -> Result<Session> {
         let device = parse_device(&config.device)?;
         let mut prepared = prepare(&config.data, config.train.seed, reporter)?;
-        if !config.single_frame {
-            prepared.data.lone = None;
-        }
+        prepared.keep_frames(config.single_frame);
         Ok(Session { config, prepared, device, feature_cache: None, notes: vec![], advice: None })
     }
 
@@ -374,6 +370,16 @@ pub struct Prepared {
     pub skipped: Vec<(PathBuf, String)>,
     /// Face box per image (with `--face`).
     pub boxes: Vec<Option<crate::data::face::FaceBox>>,
+}
+
+impl Prepared {
+    /// Drops the whole frames loaded beside the person-box crops unless the
+    /// run's single-image head reads them (`RunConfig::single_frame`).
+    fn keep_frames(&mut self, single_frame: bool) {
+        if !single_frame {
+            self.data.lone = None;
+        }
+    }
 }
 
 /// Scans, labels, decodes and splits a dataset as `dc` says.
