@@ -613,6 +613,17 @@ fn default_stages_are_a_probe_when_person_statistics_are_on() {
     assert_eq!(features("off"), serde_json::json!(["conv5"]));
     assert_eq!(grid("off"), "1x1");
     assert_eq!(clean("off"), false);
+    // Such a model answers every photo alone: a person given to predict is said to change nothing.
+    let photo = d.path().join("p00_neutral_0.png");
+    let off = d.path().join("runs/off");
+    for given in [&["--subject", "P00"][..], &["--subject-from", "parent"]] {
+        let (code, out, err) = run(&[&["predict", "--device", "cpu", "--model", off.to_str().unwrap(), photo.to_str().unwrap()][..], given].concat(), d.path());
+        assert_eq!(code, 0, "{err}");
+        assert!(err.contains(&format!("note: {} changes nothing here: this model was trained without per-subject normalisation", given[0])), "{err}");
+        assert!(!out.contains("mode="), "{out}");
+    }
+    let (_, _, err) = run(&["predict", "--device", "cpu", "--model", off.to_str().unwrap(), photo.to_str().unwrap()], d.path());
+    assert!(!err.contains("changes nothing"), "{err}");
     // A grid on a fine-tune without person statistics, where it is asked for; refused where it cannot apply.
     let (code, out, err) = run(&args(&s, &[&base[..], &["--name", "ob", "--subject-norm", "off", "--pool-grid", "3x1"]].concat()), d.path());
     assert_eq!(code, 0, "{out}\n{err}");

@@ -212,6 +212,12 @@ fn predict_cmd(mut a: PredictArgs) -> anyhow::Result<bool> {
         (None, "none") => predict::SubjectFrom::Nobody,
         _ => predict::SubjectFrom::Names,
     };
+    if !model.cfg.subject_norm && (a.subject.is_some() || a.subject_from != "name") {
+        errln!(
+            "note: {} changes nothing here: this model was trained without per-subject normalisation and answers every photo alone",
+            if a.subject.is_some() { "--subject" } else { "--subject-from" }
+        );
+    }
     let tta_flip = vggft::eval::flip_tta(a.tta.choice(), model.cfg.subject_norm);
     let preds = predict::predict(&cfg, &model, &paths, &subjects, (tta_flip, a.batch_size), device, &mut reporter(false));
     if model.cfg.subject_norm {
