@@ -29,6 +29,8 @@ pub struct FacesReport {
     pub fallbacks: Vec<PathBuf>,
     pub seconds_per_image: f64,
     pub sheet: PathBuf,
+    /// Pictures of the folder in a format vggft does not read (not cropped).
+    pub unread: Vec<PathBuf>,
 }
 
 /// Detects the face in every image of `dir` (any dataset layout), writes crops, CSV and contact sheet.
@@ -94,7 +96,7 @@ pub fn run(dir: &Path, out: &Path, tile: u32) -> Result<FacesReport> {
     for old in stale.iter().filter(|c| !written.contains(*c)) {
         let _ = std::fs::remove_file(out.join(old));
     }
-    Ok(FacesReport { images: paths.len(), fallbacks, seconds_per_image: detect_time / paths.len().max(1) as f64, sheet })
+    Ok(FacesReport { images: paths.len(), fallbacks, seconds_per_image: detect_time / paths.len().max(1) as f64, sheet, unread: ds.unread })
 }
 
 /// The crops a previous `vggft faces` run listed in `out/manifest.csv`

@@ -399,6 +399,9 @@ fn scan_data(dc: &DataConfig, reporter: &mut dyn Reporter) -> Result<Dataset> {
             first.display()
         ));
     }
+    if let Some(w) = scan::unread_warning(&dataset.unread) {
+        reporter.message(&w);
+    }
     if dataset.format == scan::DataFormat::Folders && dataset.samples.first().is_some_and(|s| s.subject.is_some()) {
         reporter.message("subject ids from the JAFFE file names in the class folders (KA.HA1.29.tiff: KA); the folders are the labels");
     }

@@ -40,10 +40,34 @@ pub struct Dataset {
     /// Manifest rows whose path resolved outside the manifest's folder.
     #[serde(default)]
     pub outside_paths: Vec<PathBuf>,
+    /// Pictures in the data's folders that vggft does not decode (WebP,
+    /// HEIC, …): not samples, but said (`unread_warning`).
+    #[serde(default)]
+    pub unread: Vec<PathBuf>,
 }
 
 pub(crate) fn is_image(path: &Path) -> bool {
     path.extension().and_then(|e| e.to_str()).is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// Picture formats vggft does not decode, which a folder of photos often
+/// holds (phones save HEIC, the web WebP and GIF): left out of a folder's
+/// images, but said, not silently.
+const OTHER_PICTURE_EXTENSIONS: [&str; 12] = ["webp", "gif", "heic", "heif", "avif", "jxl", "jp2", "tga", "dng", "cr2", "nef", "arw"];
+
+/// Whether `path` is a regular file named as a picture vggft does not read.
+pub(crate) fn is_unread_picture(path: &Path) -> bool {
+    path.is_file() && path.extension().and_then(|e| e.to_str()).is_some_and(|e| OTHER_PICTURE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// What a list of pictures left out is told as (`unread`).
+pub fn unread_warning(unread: &[PathBuf]) -> Option<String> {
+    let first = unread.first()?;
+    Some(format!(
+        "warning: left out {} picture(s) in a format vggft does not read (it reads TIFF, PNG, JPEG, BMP and PGM; first: {}): convert them to PNG or JPEG to use them",
+        unread.len(),
+        first.display()
+    ))
 }
 
 /// Parses a JAFFE name `SS.EEn.NNN.tiff` → (subject, expression name).
@@ -163,7 +187,12 @@ fn detect(path: &Path, is_dir: bool) -> Result<DataFormat> {
 
 fn scan_jaffe(dir: &Path) -> Result<Dataset> {
     let mut samples = Vec::new();
+    let mut unread = Vec::new();
     for p in sorted_entries(dir)? {
+        if is_unread_picture(&p) {
+            unread.push(p);
+            continue;
+        }
         if !p.is_file() || !is_image(&p) {
             continue;
         }
@@ -174,7 +203,7 @@ fn scan_jaffe(dir: &Path) -> Result<Dataset> {
             None => return Err(Error::file(&p, "is not a JAFFE file name (SS.EEn.NNN.tiff)")),
         }
     }
-    Ok(Dataset { root: dir.to_path_buf(), format: DataFormat::Jaffe, samples, outside_paths: vec![] })
+    Ok(Dataset { root: dir.to_path_buf(), format: DataFormat::Jaffe, samples, outside_paths: vec![], unread })
 }
 
 /// Whether `dir` itself is a folder vggft wrote: a runs folder, a run, a cv
@@ -212,6 +241,7 @@ fn vggft_output(dir: &Path) -> bool {
 
 fn scan_folders(dir: &Path) -> Result<Dataset> {
     let mut samples = Vec::new();
+    let mut unread = Vec::new();
     for class_dir in sorted_entries(dir)? {
         if !class_dir.is_dir() {
             continue;
@@ -224,9 +254,12 @@ fn scan_folders(dir: &Path) -> Result<Dataset> {
             return Err(Error::dataset(&class_dir, format!("is vggft's output (runs, cv, face crops or heatmaps), read here as a class `{label}` of the data: move it out of the data folder and keep --out outside it")));
         }
         let before = samples.len();
+        let unread_before = unread.len();
         for p in sorted_entries(&class_dir)? {
             if p.is_file() && is_image(&p) {
                 samples.push(Sample { path: p, label: label.clone(), subject: None });
+            } else if is_unread_picture(&p) {
+                unread.push(p);
             }
         }
         if samples.len() == before {
@@ -235,12 +268,17 @@ fn scan_folders(dir: &Path) -> Result<Dataset> {
                 .into_iter()
                 .filter(|p| p.is_dir())
                 .find(|d| sorted_entries(d).is_ok_and(|e| e.iter().any(|p| p.is_file() && is_image(p))));
-            let hint = match nested {
-                Some(d) => format!(
+            let hint = match (nested, unread.get(unread_before)) {
+                (_, Some(u)) => format!(
+                    " vggft reads ({} picture(s) in other formats, first {}: convert them to PNG or JPEG)",
+                    unread.len() - unread_before,
+                    u.display()
+                ),
+                (Some(d), None) => format!(
                     " directly inside it ({} holds some): only a class folder's own images are read; move them up, or list them in a manifest.csv with a subject column",
                     d.display()
                 ),
-                None => String::new(),
+                (None, None) => String::new(),
             };
             return Err(Error::dataset(&class_dir, format!("class `{label}` has no images{hint}")));
         }
@@ -271,7 +309,7 @@ fn scan_folders(dir: &Path) -> Result<Dataset> {
             s.subject = Some(id);
         }
     }
-    Ok(Dataset { root: dir.to_path_buf(), format: DataFormat::Folders, samples, outside_paths: vec![] })
+    Ok(Dataset { root: dir.to_path_buf(), format: DataFormat::Folders, samples, outside_paths: vec![], unread })
 }
 
 /// The manifest's field separator, from its header line: a comma, else a
@@ -355,7 +393,7 @@ fn scan_csv(csv_path: &Path) -> Result<Dataset> {
         }
     }
     samples.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(Dataset { root: csv_path.to_path_buf(), format: DataFormat::Csv, samples, outside_paths: outside })
+    Ok(Dataset { root: csv_path.to_path_buf(), format: DataFormat::Csv, samples, outside_paths: outside, unread: vec![] })
 }
 
 #[cfg(test)]

@@ -116,7 +116,12 @@ pub struct Inputs {
     /// folders, face crops, heatmaps): `predict -r data` would otherwise
     /// answer for `explain`'s heatmaps and the crops as if they were photos.
     pub skipped: Vec<PathBuf>,
+    /// Pictures in the folders in a format vggft does not read (WebP, HEIC, …).
+    pub unread: Vec<PathBuf>,
 }
+
+/// Why a picture in a format vggft does not decode was left out.
+pub const UNREAD: &str = "a picture format vggft does not read (it reads TIFF, PNG, JPEG, BMP and PGM): convert it to PNG or JPEG";
 
 /// Files and folders → image paths: a folder's images sorted, one level deep,
 /// or with `recursive` every sub-folder's too (depth first, sorted), except
@@ -132,6 +137,8 @@ pub fn expand_inputs(inputs: &[PathBuf], recursive: bool) -> Inputs {
             if q.is_file() && is_image(&q) {
                 out.paths.push(q);
                 found += 1;
+            } else if crate::data::scan::is_unread_picture(&q) {
+                out.unread.push(q);
             } else if recursive && q.is_dir() && !q.is_symlink() {
                 if crate::data::scan::is_vggft_output(&q) {
                     out.skipped.push(q);
@@ -571,7 +578,8 @@ pub fn evaluate(
         paths: ds.samples.iter().map(|s| s.path.clone()).collect(),
         y,
         probs,
-        skipped: loaded.skipped,
+        // Pictures the scan left out (a format vggft does not read) are skipped too, and said.
+        skipped: loaded.skipped.into_iter().chain(ds.unread.iter().map(|p| (p.clone(), UNREAD.to_string()))).collect(),
         gray,
         overlap,
         excluded: if exclude { overlap } else { 0 },

@@ -360,3 +360,42 @@ fn non_utf8_file_names_train_and_predict() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("caf"), "{}", String::from_utf8_lossy(&out.stdout));
 }
+
+#[test]
+fn pictures_in_formats_vggft_does_not_read_are_said_not_silently_left_out() {
+    let d = tmp();
+    let f = d.path().join("data");
+    separable_folders(&f, 3, 32);
+    // Not decodable by vggft whatever their bytes: the name says what they are.
+    for name in ["a/phone.HEIC", "b/web.webp", "b/anim.gif"] {
+        std::fs::copy(f.join("a/00.png"), f.join(name)).unwrap();
+    }
+    std::fs::write(f.join("a/notes.txt"), "not a picture").unwrap();
+    let ds = scan(&f, DataFormat::Auto).unwrap();
+    assert_eq!(ds.samples.len(), 6);
+    let names: Vec<String> = ds.unread.iter().map(|p| p.strip_prefix(&f).unwrap().display().to_string()).collect();
+    assert_eq!(names, ["a/phone.HEIC", "b/anim.gif", "b/web.webp"], "the text file is no picture");
+    let w = d.path().join("trunk.safetensors");
+    trunk_only(&w, 17);
+    let s = small(&w);
+    let (code, _, err) = run(&args(&s, &["finetune", "--data", "data", "--task", "multiclass", "--stages", "head:1", "--val", "none", "--quiet"]), d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("warning: left out 3 picture(s) in a format vggft does not read") && err.contains("data/a/phone.HEIC"), "{err}");
+    // predict on the folder, evaluate on the data, faces on the data: each says so.
+    let (code, out, err) = run(&["predict", "--device", "cpu", "data/b"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 3, "{out}");
+    assert!(err.contains("left out 2 picture(s)") && err.contains("data/b/anim.gif"), "{err}");
+    let (code, _, err) = run(&["evaluate", "--device", "cpu", "--data", "data", "--out", "ev"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("skipped data/b/web.webp: a picture format vggft does not read"), "{err}");
+    let (code, _, err) = run(&["faces", "data", "--out", "fc", "--tile", "32"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("left out 3 picture(s)"), "{err}");
+    // A class of such pictures alone: its error says why it has none.
+    for p in ["b/00.png", "b/01.png", "b/02.png"] {
+        std::fs::remove_file(f.join(p)).unwrap();
+    }
+    let e = scan(&f, DataFormat::Auto).unwrap_err().to_string();
+    assert!(e.contains("class `b` has no images vggft reads (2 picture(s) in other formats, first ") && e.contains("convert them to PNG or JPEG"), "{e}");
+}

@@ -141,6 +141,9 @@ fn input_paths(inputs: &[std::path::PathBuf], recursive: bool) -> Vec<std::path:
     for d in &found.skipped {
         errln!("skipped {}: vggft's own output (a run, cv folder, face crops or heatmaps), not photos; name it on the command line to read it", d.display());
     }
+    if let Some(w) = vggft::data::scan::unread_warning(&found.unread) {
+        errln!("{w}");
+    }
     found.paths
 }
 
@@ -550,6 +553,9 @@ fn main() -> ExitCode {
                 );
                 for p in &r.fallbacks {
                     outln!("  no face: {}", text_path(p));
+                }
+                if let Some(w) = vggft::data::scan::unread_warning(&r.unread) {
+                    errln!("{w}");
                 }
                 outln!("crops in {}, boxes in {}, contact sheet {}", out.join("crops").display(), out.join("faces.csv").display(), r.sheet.display());
                 true
