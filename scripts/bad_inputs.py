@@ -206,6 +206,10 @@ def run_inventory(d):
     folders(dup)
     shutil.copy(os.path.join(dup, "neutral", "00.png"), os.path.join(dup, "happy", "99.png"))
     data_case("the same file under two classes (warns)", dup, "--val", "none")
+    webp = os.path.join(d, "webp")
+    folders(webp)
+    Image.open(os.path.join(webp, "neutral", "00.png")).convert("RGB").save(os.path.join(webp, "neutral", "phone.webp"))
+    data_case("a WebP picture in a class folder (left out, with a warning)", webp, "--val", "none")
     csvd = os.path.join(d, "csv")
     folders(csvd)
 
