@@ -206,7 +206,10 @@ pub fn holdout(ds: &Dataset, labels: &Labels, spec: &ValSpec, seed: u64) -> Resu
             if let Some(s) = subjects.iter().find(|s| !known.contains(s.as_str())) {
                 return Err(Error::dataset(
                     &ds.root,
-                    format!("--val-subjects: no subject `{s}` (subjects: {})", known.iter().copied().collect::<Vec<_>>().join(", ")),
+                    format!(
+                        "--val-subjects: no subject `{s}` (subjects: {})",
+                        crate::error::short_list(&known.iter().map(|k| k.to_string()).collect::<Vec<_>>(), 10)
+                    ),
                 ));
             }
             let set: BTreeSet<&str> = subjects.iter().map(String::as_str).collect();

@@ -752,8 +752,14 @@ fn test_folds(folds: &Folds, session: &Session, seed: u64) -> Result<Vec<Vec<usi
         Folds::Loso => {
             let subjects: Vec<String> =
                 ds.samples.iter().map(|s| s.subject.clone().unwrap_or_default()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
-            if subjects.len() < 2 || subjects.iter().any(String::is_empty) {
+            if subjects.iter().any(String::is_empty) {
                 return Err(Error::dataset(&ds.root, "--folds loso needs subject ids for every image"));
+            }
+            if subjects.len() < 2 {
+                return Err(Error::dataset(
+                    &ds.root,
+                    format!("--folds loso needs at least two subjects, and every image is of `{}`", subjects.first().map_or("", String::as_str)),
+                ));
             }
             Ok(subjects.iter().map(|s| (0..ds.samples.len()).filter(|&i| ds.samples[i].subject.as_deref() == Some(s)).collect()).collect())
         }

@@ -248,6 +248,19 @@ fn leave_one_subject_out_has_one_person_per_fold() {
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("; 2 to run"), "{err}");
     assert_eq!(json(&d.path().join("loso/cv.json"))["stats"], summary["stats"]);
+    // One person only: said as that, not as missing subject ids.
+    let one: String = std::fs::read_to_string(&m)
+        .unwrap()
+        .lines()
+        .map(|l| format!("{}\n", l.replace(",P01", ",P00").replace(",P02", ",P00").replace(",P03", ",P00")))
+        .collect();
+    std::fs::write(d.path().join("one.csv"), one).unwrap();
+    let mut one_person = loso.clone();
+    one_person[2] = "one.csv";
+    one_person[10] = "one-out";
+    let (code, _, err) = run(&one_person, d.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("--folds loso needs at least two subjects, and every image is of `P00`"), "{err}");
 }
 
 /// A person photographed with one class only leaves their leave-one-out fold
