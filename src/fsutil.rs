@@ -109,6 +109,24 @@ pub(crate) fn lock_file(dir: &Path, name: &str, shared: bool) -> Result<RunLock>
     }
 }
 
+/// `path` made absolute through its nearest existing ancestor (`out` may not exist yet).
+pub(crate) fn absolute(path: &Path) -> PathBuf {
+    let mut tail = Vec::new();
+    let mut p = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    loop {
+        if let Ok(c) = p.canonicalize() {
+            return tail.iter().rev().fold(c, |acc: PathBuf, n: &std::ffi::OsString| acc.join(n));
+        }
+        match (p.file_name().map(|n| n.to_os_string()), p.parent()) {
+            (Some(n), Some(parent)) => {
+                tail.push(n);
+                p = parent.to_path_buf();
+            }
+            _ => return path.to_path_buf(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,23 +149,5 @@ mod tests {
     fn output_stems_replace_control_characters() {
         assert_eq!(output_stem(Path::new("a/x\ny\tz.tiff")), "x_y_z");
         assert_eq!(output_stem(Path::new("KA.HA1.29.tiff")), "KA.HA1.29");
-    }
-}
-
-/// `path` made absolute through its nearest existing ancestor (`out` may not exist yet).
-pub(crate) fn absolute(path: &Path) -> PathBuf {
-    let mut tail = Vec::new();
-    let mut p = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    loop {
-        if let Ok(c) = p.canonicalize() {
-            return tail.iter().rev().fold(c, |acc: PathBuf, n: &std::ffi::OsString| acc.join(n));
-        }
-        match (p.file_name().map(|n| n.to_os_string()), p.parent()) {
-            (Some(n), Some(parent)) => {
-                tail.push(n);
-                p = parent.to_path_buf();
-            }
-            _ => return path.to_path_buf(),
-        }
     }
 }

@@ -283,19 +283,21 @@ pub fn predict(
 }
 
 /// For each input, the index of the first input that is the same photo of
-/// the same person: the same file (by its canonical path) or a regular
-/// file with the same bytes (SHA-256). An input that cannot be read is its
-/// own (its error is reported where it is decoded).
+/// the same person: a regular file with the same bytes (SHA-256 of its
+/// contents; the same file named twice is one). An input without a person
+/// (answered alone anyway) or that cannot be read is its own (its error is
+/// reported where it is decoded).
 fn repeats(paths: &[PathBuf], subjects: &SubjectFrom) -> Vec<usize> {
     use sha2::Digest;
-    let mut seen: std::collections::HashMap<(Option<String>, Vec<u8>), usize> = std::collections::HashMap::new();
+    let mut seen: std::collections::HashMap<(String, Vec<u8>), usize> = std::collections::HashMap::new();
     paths
         .iter()
         .enumerate()
         .map(|(i, p)| {
+            let Some(person) = subjects.subject(p) else { return i };
             let file = std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.len() <= image::MAX_ALLOC);
             let Some(bytes) = file.then(|| std::fs::read(p).ok()).flatten() else { return i };
-            *seen.entry((subjects.subject(p), sha2::Sha256::digest(&bytes).to_vec())).or_insert(i)
+            *seen.entry((person, sha2::Sha256::digest(&bytes).to_vec())).or_insert(i)
         })
         .collect()
 }
