@@ -418,9 +418,16 @@ fn finish(mut dataset: Dataset, loaded: crate::data::Loaded, dc: &DataConfig, se
         dataset.samples = loaded.kept.iter().map(|&i| dataset.samples[i].clone()).collect();
     }
     let labels = split::assign_labels(&dataset, dc.task, &dc.label_map)?;
-    let dups = duplicates_across_classes(&dataset, &labels);
-    if !dups.is_empty() {
-        reporter.message(&format!("warning: {} identical file(s) carry different classes: {}", dups.len(), crate::error::short_list(&dups, 5)));
+    let (classes, people) = duplicates(&dataset, &labels);
+    if !classes.is_empty() {
+        reporter.message(&format!("warning: {} identical file(s) carry different classes: {}", classes.len(), crate::error::short_list(&classes, 5)));
+    }
+    if !people.is_empty() {
+        reporter.message(&format!(
+            "warning: {} identical file(s) carry different subject ids: {}; a subject-grouped split or cv fold can put the same photo on both sides, which flatters its scores",
+            people.len(),
+            crate::error::short_list(&people, 5)
+        ));
     }
     let split = split::holdout(&dataset, &labels, &dc.val, seed)?;
     if let Some(n) = &split.note {
@@ -560,29 +567,31 @@ pub(crate) fn raw_head(labels: &Labels, choice: TrainLabels) -> (Vec<String>, Ve
 }
 
 /// Pairs of byte-identical files whose classes differ (a labelling mistake
-/// that silently caps accuracy), as `a (class) = b (class)`.
-pub(crate) fn duplicates_across_classes(ds: &Dataset, labels: &Labels) -> Vec<String> {
+/// that silently caps accuracy), as `a (class) = b (class)`; and those whose
+/// subject ids differ (the same photo filed under two people, which a
+/// subject-grouped split can put on both sides), as `a (subject) = b (subject)`.
+pub(crate) fn duplicates(ds: &Dataset, labels: &Labels) -> (Vec<String>, Vec<String>) {
     use sha2::Digest;
     let mut seen: std::collections::HashMap<Vec<u8>, usize> = std::collections::HashMap::new();
-    let mut out = Vec::new();
+    let (mut classes, mut people) = (Vec::new(), Vec::new());
     for (i, s) in ds.samples.iter().enumerate() {
         let Ok(bytes) = std::fs::read(&s.path) else { continue };
         let h = sha2::Sha256::digest(&bytes).to_vec();
-        match seen.get(&h) {
-            Some(&j) if labels.targets[j] != labels.targets[i] => out.push(format!(
-                "{} ({}) = {} ({})",
-                ds.samples[j].path.display(),
-                labels.classes[labels.targets[j] as usize],
-                s.path.display(),
-                labels.classes[labels.targets[i] as usize]
-            )),
-            Some(_) => {}
-            None => {
-                seen.insert(h, i);
+        let Some(&j) = seen.get(&h) else {
+            seen.insert(h, i);
+            continue;
+        };
+        let (t, u) = (labels.targets[j] as usize, labels.targets[i] as usize);
+        if t != u {
+            classes.push(format!("{} ({}) = {} ({})", ds.samples[j].path.display(), labels.classes[t], s.path.display(), labels.classes[u]));
+        }
+        if let (Some(a), Some(b)) = (&ds.samples[j].subject, &s.subject) {
+            if a != b {
+                people.push(format!("{} ({a}) = {} ({b})", ds.samples[j].path.display(), s.path.display()));
             }
         }
     }
-    out
+    (classes, people)
 }
 
 /// What a CPU run says about bfloat16: where AMX makes it ~4× faster, that

@@ -270,6 +270,21 @@ fn runs_and_data_that_are_broken_get_clear_errors() {
         run(&args(&s, &["finetune", "--data", dup.to_str().unwrap(), "--task", "multiclass", "--stages", "head:1", "--val", "none"]), d.path());
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("1 identical file(s) carry different classes") && err.contains("00.png (a)") && err.contains("99.png (b)"), "{err}");
+    assert!(!err.contains("subject ids"), "{err}");
+    // The same bytes filed under two people: a subject-grouped split could put that photo on both sides.
+    let two = d.path().join("two");
+    std::fs::create_dir_all(&two).unwrap();
+    let m = subject_dataset(&two, 3, 32);
+    std::fs::copy(two.join("s00_neutral.png"), two.join("s01_neutral.png")).unwrap();
+    let (code, _, err) = run(&args(&s, &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:1", "--val", "none", "--quiet"]), d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("warning: 1 identical file(s) carry different subject ids: ")
+            && err.contains("s00_neutral.png (P00) = ")
+            && err.contains("s01_neutral.png (P01); a subject-grouped split or cv fold can put the same photo on both sides"),
+        "{err}"
+    );
+    assert!(!err.contains("different classes"), "{err}");
     // Runs written inside class folders are refused before anything is written
     // (reliability.rs); a runs folder moved there reads as a class: the error
     // says what the folder is (not just "class `runs` has no images").
