@@ -70,6 +70,24 @@ pub fn unread_warning(unread: &[PathBuf]) -> Option<String> {
     ))
 }
 
+/// Subject ids that differ only in case (`ka` and `KA`): two people to every
+/// split and statistic, though most likely one person spelt two ways, whose
+/// photos a subject-grouped split could then put on both sides.
+pub fn subjects_differing_in_case(ds: &Dataset) -> Vec<(String, String)> {
+    let ids: BTreeSet<&str> = ds.samples.iter().filter_map(|s| s.subject.as_deref()).collect();
+    let mut first: std::collections::HashMap<String, &str> = std::collections::HashMap::new();
+    let mut out = Vec::new();
+    for id in ids {
+        match first.get(&id.to_lowercase()) {
+            Some(&a) => out.push((a.to_string(), id.to_string())),
+            None => {
+                first.insert(id.to_lowercase(), id);
+            }
+        }
+    }
+    out
+}
+
 /// Parses a JAFFE name `SS.EEn.NNN.tiff` → (subject, expression name).
 pub fn parse_jaffe_name(name: &str) -> Option<std::result::Result<(String, String), String>> {
     let parts: Vec<&str> = name.split('.').collect();

@@ -284,7 +284,13 @@ fn runs_and_data_that_are_broken_get_clear_errors() {
             && err.contains("s01_neutral.png (P01); a subject-grouped split or cv fold can put the same photo on both sides"),
         "{err}"
     );
-    assert!(!err.contains("different classes"), "{err}");
+    assert!(!err.contains("different classes") && !err.contains("differ only in case"), "{err}");
+    // One person's id spelt two ways: two people to the split, said.
+    let csv = std::fs::read_to_string(&m).unwrap().replace("s02_smiling.png,smiling,P02", "s02_smiling.png,smiling,p02");
+    std::fs::write(&m, csv).unwrap();
+    let (code, _, err) = run(&args(&s, &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:1", "--val", "none", "--quiet"]), d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("warning: subject ids `P02` and `p02` differ only in case: each is a person of its own here"), "{err}");
     // Runs written inside class folders are refused before anything is written
     // (reliability.rs); a runs folder moved there reads as a class: the error
     // says what the folder is (not just "class `runs` has no images").
