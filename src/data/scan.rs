@@ -226,9 +226,11 @@ fn scan_jaffe(dir: &Path) -> Result<Dataset> {
 
 /// Whether `dir` itself is a folder vggft wrote: a runs folder, a run, a cv
 /// folder, `faces --out`, `explain --out`, `lr-find --out` or `evaluate
-/// --out` (by the file each of them leaves).
+/// --out` (by the file each of them leaves; evaluate's `metrics.json` only
+/// beside its `confusion.png`, as the name alone is common).
 pub fn is_vggft_output(dir: &Path) -> bool {
-    ["latest", "config.json", "cv-config.json", "faces.csv", "explain.csv", "lr-find.csv", "metrics.json"].iter().any(|m| dir.join(m).exists())
+    ["latest", "config.json", "cv-config.json", "faces.csv", "explain.csv", "lr-find.csv"].iter().any(|m| dir.join(m).exists())
+        || ["metrics.json", "confusion.png"].iter().all(|m| dir.join(m).exists())
 }
 
 /// Refuses an `out` folder that the next scan of the data at `data` would
@@ -429,5 +431,24 @@ mod tests {
         assert_eq!(parse_jaffe_name("photo.jpg"), None);
         // A multi-byte character where the expression code is (a libFuzzer find: it used to panic).
         assert_eq!(parse_jaffe_name("@.N\u{14b}EK.216.tiff"), None);
+    }
+
+    #[test]
+    fn vggft_output_is_known_by_the_files_each_command_leaves() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = |name: &str, files: &[&str]| {
+            let p = d.path().join(name);
+            std::fs::create_dir(&p).unwrap();
+            for f in files {
+                std::fs::write(p.join(f), "").unwrap();
+            }
+            super::is_vggft_output(&p)
+        };
+        assert!(dir("lr", &["lr-find.csv", "lr-find.png"]));
+        assert!(dir("eval", &["metrics.json", "confusion.png"]));
+        assert!(dir("run", &["config.json"]));
+        // A photo folder with a file of a common name is still photos.
+        assert!(!dir("photos", &["metrics.json", "a.png"]));
+        assert!(!dir("plain", &["a.png"]));
     }
 }
