@@ -41,15 +41,10 @@ pub fn run(dir: &Path, out: &Path, tile: u32) -> Result<FacesReport> {
     // the data folder they would become part of it (class folders read
     // `faces/` as a class; `manifest.csv` would replace the data's own).
     let root = if ds.format == DataFormat::Csv { ds.root.parent().unwrap_or(Path::new(".")) } else { ds.root.as_path() };
-    let (root_abs, out_abs) = (fsutil::absolute(root), fsutil::absolute(out));
-    if out_abs == root_abs || (ds.format == DataFormat::Folders && out_abs.starts_with(&root_abs)) {
-        let problem = if out_abs == root_abs {
-            "is the data folder itself: the crops and their manifest.csv would be mixed with the data".to_string()
-        } else {
-            format!("is inside the data folder {}: its crops would be read as a class of that data", root.display())
-        };
-        return Err(Error::file(out, format!("{problem}; choose an --out outside it")));
+    if fsutil::absolute(out) == fsutil::absolute(root) {
+        return Err(Error::file(out, "is the data folder itself: the crops and their manifest.csv would be mixed with the data; choose an --out outside it"));
     }
+    crate::data::scan::refuse_output_in(&ds, out, "its crops")?;
     let stale = earlier_crops(out);
     fsutil::create_dir(&out.join("crops"))?;
     let mut finder = FaceFinder::new()?;

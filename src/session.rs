@@ -578,12 +578,10 @@ pub(crate) fn raw_head(labels: &Labels, choice: TrainLabels) -> (Vec<String>, Ve
 /// subject ids differ (the same photo filed under two people, which a
 /// subject-grouped split can put on both sides), as `a (subject) = b (subject)`.
 pub(crate) fn duplicates(ds: &Dataset, labels: &Labels) -> (Vec<String>, Vec<String>) {
-    use sha2::Digest;
-    let mut seen: std::collections::HashMap<Vec<u8>, usize> = std::collections::HashMap::new();
+    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     let (mut classes, mut people) = (Vec::new(), Vec::new());
     for (i, s) in ds.samples.iter().enumerate() {
-        let Ok(bytes) = std::fs::read(&s.path) else { continue };
-        let h = sha2::Sha256::digest(&bytes).to_vec();
+        let Ok(h) = crate::model::weights::sha256_file(&s.path) else { continue };
         let Some(&j) = seen.get(&h) else {
             seen.insert(h, i);
             continue;

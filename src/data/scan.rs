@@ -239,17 +239,18 @@ pub fn is_vggft_output(dir: &Path) -> bool {
 /// reads only its images and a manifest only its rows: no refusal. Data
 /// that does not scan is left to the command's own error.
 pub fn refuse_output_inside(data: &Path, format: DataFormat, out: &Path, what: &str) -> Result<()> {
-    let Ok(ds) = scan(data, format) else { return Ok(()) };
+    match scan(data, format) {
+        Ok(ds) => refuse_output_in(&ds, out, what),
+        Err(_) => Ok(()),
+    }
+}
+
+/// `refuse_output_inside` for a scanned dataset.
+pub(crate) fn refuse_output_in(ds: &Dataset, out: &Path, what: &str) -> Result<()> {
     if ds.format != DataFormat::Folders || !crate::fsutil::absolute(out).starts_with(crate::fsutil::absolute(&ds.root)) {
         return Ok(());
     }
-    Err(Error::file(
-        out,
-        format!(
-            "is inside the data folder {}: {what} would be read as part of that data the next time it is read; choose an --out outside it",
-            ds.root.display()
-        ),
-    ))
+    Err(Error::file(out, format!("is inside the data folder {}: {what} would be read as a class of that data; choose an --out outside it", ds.root.display())))
 }
 
 /// Whether `dir` or one of its sub-folders is vggft's output: put inside

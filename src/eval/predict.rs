@@ -288,16 +288,15 @@ pub fn predict(
 /// (answered alone anyway) or that cannot be read is its own (its error is
 /// reported where it is decoded).
 fn repeats(paths: &[PathBuf], subjects: &SubjectFrom) -> Vec<usize> {
-    use sha2::Digest;
-    let mut seen: std::collections::HashMap<(String, Vec<u8>), usize> = std::collections::HashMap::new();
+    let mut seen: std::collections::HashMap<(String, String), usize> = std::collections::HashMap::new();
     paths
         .iter()
         .enumerate()
         .map(|(i, p)| {
             let Some(person) = subjects.subject(p) else { return i };
             let file = std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.len() <= image::MAX_ALLOC);
-            let Some(bytes) = file.then(|| std::fs::read(p).ok()).flatten() else { return i };
-            *seen.entry((person, sha2::Sha256::digest(&bytes).to_vec())).or_insert(i)
+            let Some(sha) = file.then(|| crate::model::weights::sha256_file(p).ok()).flatten() else { return i };
+            *seen.entry((person, sha)).or_insert(i)
         })
         .collect()
 }

@@ -746,7 +746,7 @@ fn an_output_inside_a_class_folder_dataset_is_refused_before_anything_is_written
     // evaluate's scores and confusion plot likewise.
     let (code, _, err) = run(&["evaluate", "--model", "m/runs", "--device", "cpu", "--data", "data", "--out", "data/scores"], d.path());
     assert_eq!(code, 1);
-    assert!(err.contains("data/scores: is inside the data folder data: the scores and plots would be read as part of that data"), "{err}");
+    assert!(err.contains("data/scores: is inside the data folder data: the scores and plots would be read as a class of that data"), "{err}");
     assert_eq!(listing(&f), before);
     let (code, _, err) = run(&["evaluate", "--model", "m/runs", "--device", "cpu", "--data", "data", "--out", "scores"], d.path());
     assert_eq!(code, 0, "{err}");
