@@ -202,7 +202,11 @@ fn prepare_with(
     given: Option<&crate::data::face::FaceBox>,
 ) -> crate::error::Result<(Vec<f32>, Option<crate::data::face::FaceBox>)> {
     if path.is_dir() {
-        return Err(Error::file(path, "folder holds no images"));
+        // A folder that cannot be listed is not an empty one.
+        return Err(match std::fs::read_dir(path) {
+            Err(e) => Error::io(path, e),
+            Ok(_) => Error::file(path, "folder holds no images"),
+        });
     }
     let g = image::load_gray(path)?;
     crate::data::prepare_image_in(&g, pre, finder, given).map_err(|e| e.at(path))

@@ -249,6 +249,45 @@ fn an_unreadable_image_is_named() {
 }
 
 #[test]
+fn a_folder_predict_cannot_list_is_named_as_unreadable_not_empty() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tmp();
+    let f = d.path().join("data");
+    separable_folders(&f, 3, 32);
+    let w = d.path().join("trunk.safetensors");
+    trunk_only(&w, 18);
+    let s = small(&w);
+    let (code, _, err) = run(&args(&s, &["finetune", "--data", "data", "--stages", "head:1", "--val", "none", "--task", "multiclass"]), d.path());
+    assert_eq!(code, 0, "{err}");
+    let locked = d.path().join("locked");
+    std::fs::create_dir(&locked).unwrap();
+    std::fs::copy(f.join("a/00.png"), locked.join("00.png")).unwrap();
+    let empty = d.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let a = ["predict", "--device", "cpu", "locked", "empty"];
+    // Root lists any folder: run the binary as `nobody` (setpriv) so the permission bits count.
+    let out = if std::fs::read_dir(&locked).is_ok() {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_vggft")]).args(a).current_dir(d.path());
+        match c.output() {
+            Ok(o) if !String::from_utf8_lossy(&o.stderr).starts_with("setpriv:") => o,
+            _ => {
+                eprintln!("skipped: running as root and setpriv cannot drop privileges here, so permission bits do not stop reads");
+                return;
+            }
+        }
+    } else {
+        bin().args(a).current_dir(d.path()).output().unwrap()
+    };
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("locked: cannot read: Permission denied"), "{err}");
+    assert!(err.contains("empty: folder holds no images"), "{err}");
+}
+
+#[test]
 fn a_diverging_rate_stops_with_a_clear_error_naming_it() {
     let d = tmp();
     let f = d.path().join("data");
