@@ -127,10 +127,15 @@ pub const UNREAD: &str = "a picture format vggft does not read (it reads TIFF, P
 /// or with `recursive` every sub-folder's too (depth first, sorted), except
 /// sub-folders of vggft's own output (a folder named on the command line is
 /// always read). A folder without images stays in the list, so it is
-/// reported ("holds no images").
+/// reported ("holds no images"), as does one that cannot be listed, at any
+/// depth ("cannot read").
 pub fn expand_inputs(inputs: &[PathBuf], recursive: bool) -> Inputs {
     fn folder(p: &Path, recursive: bool, out: &mut Inputs) -> usize {
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(p).into_iter().flatten().flatten().map(|e| e.path()).collect();
+        let Ok(listing) = std::fs::read_dir(p) else {
+            out.paths.push(p.to_path_buf());
+            return 1;
+        };
+        let mut entries: Vec<PathBuf> = listing.flatten().map(|e| e.path()).collect();
         entries.sort();
         let mut found = 0;
         for q in entries {

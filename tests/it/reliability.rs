@@ -259,14 +259,21 @@ fn a_folder_predict_cannot_list_is_named_as_unreadable_not_empty() {
     let s = small(&w);
     let (code, _, err) = run(&args(&s, &["finetune", "--data", "data", "--stages", "head:1", "--val", "none", "--task", "multiclass"]), d.path());
     assert_eq!(code, 0, "{err}");
+    // Named on the command line, and met in a folder read with -r.
     let locked = d.path().join("locked");
     std::fs::create_dir(&locked).unwrap();
+    std::fs::create_dir_all(d.path().join("tree/ok")).unwrap();
+    std::fs::copy(f.join("a/00.png"), d.path().join("tree/ok/00.png")).unwrap();
+    let deep = d.path().join("tree/locked");
+    std::fs::create_dir(&deep).unwrap();
+    std::fs::copy(f.join("a/00.png"), deep.join("00.png")).unwrap();
+    std::fs::set_permissions(&deep, std::fs::Permissions::from_mode(0o000)).unwrap();
     std::fs::copy(f.join("a/00.png"), locked.join("00.png")).unwrap();
     let empty = d.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
     std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
     std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let a = ["predict", "--device", "cpu", "locked", "empty"];
+    let a = ["predict", "--device", "cpu", "locked", "empty", "-r", "tree"];
     // Root lists any folder: run the binary as `nobody` (setpriv) so the permission bits count.
     let out = if std::fs::read_dir(&locked).is_ok() {
         let mut c = std::process::Command::new("setpriv");
@@ -281,10 +288,16 @@ fn a_folder_predict_cannot_list_is_named_as_unreadable_not_empty() {
     } else {
         bin().args(a).current_dir(d.path()).output().unwrap()
     };
+    // Listable again, so that the temporary folder can be removed by any user.
+    for p in [&locked, &deep] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("locked: cannot read: Permission denied"), "{err}");
     assert!(err.contains("empty: folder holds no images"), "{err}");
+    assert!(err.contains("tree/locked: cannot read: Permission denied"), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("tree/ok/00.png"), "the readable sub-folder is still predicted");
 }
 
 #[test]
