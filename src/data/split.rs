@@ -70,7 +70,8 @@ impl Labels {
 
 /// Parses `raw=class,raw2=class2`.
 pub(crate) fn parse_label_map(s: &str) -> Result<Vec<(String, String)>> {
-    s.split(',')
+    let map: Vec<(String, String)> = s
+        .split(',')
         .filter(|p| !p.trim().is_empty())
         .map(|p| {
             p.split_once('=')
@@ -78,7 +79,14 @@ pub(crate) fn parse_label_map(s: &str) -> Result<Vec<(String, String)>> {
                 .filter(|(a, b)| !a.is_empty() && !b.is_empty())
                 .ok_or_else(|| Error::invalid(Setting::LabelMap, format!("entry `{p}`: expected raw=class")))
         })
-        .collect()
+        .collect::<Result<_>>()?;
+    // The first entry for a label would win silently.
+    for (i, (raw, class)) in map.iter().enumerate() {
+        if let Some((_, first)) = map[..i].iter().find(|(r, c)| r == raw && c != class) {
+            return Err(Error::invalid(Setting::LabelMap, format!("maps `{raw}` twice, to `{first}` and to `{class}`")));
+        }
+    }
+    Ok(map)
 }
 
 /// The expression a JAFFE code (`AN`, `ne`, …) names: a label map may use either.
@@ -353,4 +361,19 @@ pub fn kfold(ds: &Dataset, labels: &Labels, k: usize, seed: u64) -> Result<Vec<V
         f.sort_unstable();
     }
     Ok(folds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_label_map;
+
+    #[test]
+    fn a_label_map_names_each_raw_label_once() {
+        assert_eq!(parse_label_map("neutral=calm, HA=smile,").unwrap(), [("neutral".to_string(), "calm".to_string()), ("HA".into(), "smile".into())]);
+        // The same entry twice is harmless; two classes for one label are a mistake the first would hide.
+        assert_eq!(parse_label_map("a=x,a=x").unwrap().len(), 2);
+        let e = parse_label_map("neutral=a,smiling=c,neutral=b").unwrap_err().to_string();
+        assert!(e.contains("maps `neutral` twice, to `a` and to `b`"), "{e}");
+        assert!(parse_label_map("smiling=").unwrap_err().to_string().contains("expected raw=class"));
+    }
 }
