@@ -216,6 +216,25 @@ fn a_full_disk_is_one_clear_error_and_leaves_no_half_written_file() {
     assert!(!disk.join("latest").exists(), "no run marked as the latest");
 }
 
+/// vggft with `a` in `cwd`, where permission bits count: as this process
+/// when they already stop it (`stopped`), else — root reads and lists
+/// anything — as `nobody` through setpriv; `None`, said, where privileges
+/// cannot be dropped here.
+fn unprivileged(a: &[&str], cwd: &Path, stopped: bool) -> Option<std::process::Output> {
+    if stopped {
+        return Some(bin().args(a).current_dir(cwd).output().unwrap());
+    }
+    let mut c = std::process::Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_vggft")]).args(a).current_dir(cwd);
+    match c.output() {
+        Ok(o) if !String::from_utf8_lossy(&o.stderr).starts_with("setpriv:") => Some(o),
+        _ => {
+            eprintln!("skipped: running as root and setpriv cannot drop privileges here, so permission bits do not stop reads");
+            None
+        }
+    }
+}
+
 #[test]
 fn an_unreadable_image_is_named() {
     use std::os::unix::fs::PermissionsExt;
@@ -228,21 +247,8 @@ fn an_unreadable_image_is_named() {
     trunk_only(&w, 14);
     let s = small(&w);
     let a = args(&s, &["finetune", "--data", f.to_str().unwrap()]);
-    // Root reads any file: run the binary as `nobody` (setpriv) so the permission bits count.
-    let out = if std::fs::read(&p).is_ok() {
-        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-        let mut c = std::process::Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_vggft")]).args(&a).current_dir(d.path());
-        match c.output() {
-            Ok(o) if !String::from_utf8_lossy(&o.stderr).starts_with("setpriv:") => o,
-            _ => {
-                eprintln!("skipped: running as root and setpriv cannot drop privileges here, so permission bits do not stop reads");
-                return;
-            }
-        }
-    } else {
-        bin().args(&a).current_dir(d.path()).output().unwrap()
-    };
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let Some(out) = unprivileged(&a, d.path(), std::fs::read(&p).is_err()) else { return };
     let (code, err) = (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned());
     assert_eq!(code, 1);
     assert!(err.contains("00.png") && err.contains("Permission denied"), "{err}");
@@ -274,20 +280,7 @@ fn a_folder_predict_cannot_list_is_named_as_unreadable_not_empty() {
     std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
     std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let a = ["predict", "--device", "cpu", "locked", "empty", "-r", "tree"];
-    // Root lists any folder: run the binary as `nobody` (setpriv) so the permission bits count.
-    let out = if std::fs::read_dir(&locked).is_ok() {
-        let mut c = std::process::Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_vggft")]).args(a).current_dir(d.path());
-        match c.output() {
-            Ok(o) if !String::from_utf8_lossy(&o.stderr).starts_with("setpriv:") => o,
-            _ => {
-                eprintln!("skipped: running as root and setpriv cannot drop privileges here, so permission bits do not stop reads");
-                return;
-            }
-        }
-    } else {
-        bin().args(a).current_dir(d.path()).output().unwrap()
-    };
+    let Some(out) = unprivileged(&a, d.path(), std::fs::read_dir(&locked).is_err()) else { return };
     // Listable again, so that the temporary folder can be removed by any user.
     for p in [&locked, &deep] {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
