@@ -402,12 +402,8 @@ fn scan_data(dc: &DataConfig, reporter: &mut dyn Reporter) -> Result<Dataset> {
     if let Some(w) = scan::unread_warning(&dataset.unread) {
         reporter.message(&w);
     }
-    let cased: Vec<String> = scan::subjects_differing_in_case(&dataset).iter().map(|(a, b)| format!("`{a}` and `{b}`")).collect();
-    if !cased.is_empty() {
-        reporter.message(&format!(
-            "warning: subject ids {} differ only in case: each is a person of its own here; if they are one person, spell the id one way (a subject-grouped split can put one person on both sides)",
-            crate::error::short_list(&cased, 3)
-        ));
+    if let Some(w) = scan::case_warning(&dataset) {
+        reporter.message(&w);
     }
     if dataset.format == scan::DataFormat::Folders && dataset.samples.first().is_some_and(|s| s.subject.is_some()) {
         reporter.message("subject ids from the JAFFE file names in the class folders (KA.HA1.29.tiff: KA); the folders are the labels");

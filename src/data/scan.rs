@@ -88,6 +88,17 @@ pub fn subjects_differing_in_case(ds: &Dataset) -> Vec<(String, String)> {
     out
 }
 
+/// What `subjects_differing_in_case` finds is told as, if anything.
+pub fn case_warning(ds: &Dataset) -> Option<String> {
+    let cased: Vec<String> = subjects_differing_in_case(ds).iter().map(|(a, b)| format!("`{a}` and `{b}`")).collect();
+    (!cased.is_empty()).then(|| {
+        format!(
+            "warning: subject ids {} differ only in case: each is a person of its own here; if they are one person, spell the id one way (a subject-grouped split can put one person on both sides)",
+            crate::error::short_list(&cased, 3)
+        )
+    })
+}
+
 /// Parses a JAFFE name `SS.EEn.NNN.tiff` → (subject, expression name).
 pub fn parse_jaffe_name(name: &str) -> Option<std::result::Result<(String, String), String>> {
     let parts: Vec<&str> = name.split('.').collect();

@@ -497,6 +497,9 @@ pub struct Evaluation {
     pub overlap: usize,
     /// Of those, how many were left out (`--exclude-train`).
     pub excluded: usize,
+    /// What the data's subject ids may get wrong for person statistics
+    /// (ids differing only in case), for a subject-normalised model.
+    pub warnings: Vec<String>,
 }
 
 /// The training images of a run, canonicalised (empty without a split.csv).
@@ -593,5 +596,6 @@ pub fn evaluate(
         gray,
         overlap,
         excluded: if exclude { overlap } else { 0 },
+        warnings: if model.cfg.subject_norm { crate::data::scan::case_warning(&ds).into_iter().collect() } else { vec![] },
     })
 }

@@ -305,6 +305,13 @@ fn subject_normalised_runs_report_both_heads_and_predict_groups_by_person() {
         "{out}\n{err}"
     );
     assert_eq!(json(&d.path().join("ev-people/metrics.json"))["modes"], serde_json::json!({"person": 24, "single-image": 0}));
+    assert!(!err.contains("differ only in case"), "{err}");
+    // One person's id spelt two ways splits that person's statistics in two: said.
+    let cased = d.path().join("cased.csv");
+    std::fs::write(&cased, std::fs::read_to_string(&m).unwrap().replace("p01_expressive_1.png,expressive,P01", "p01_expressive_1.png,expressive,p01")).unwrap();
+    let (code, _, err) = run(&["evaluate", "--device", "cpu", "--data", cased.to_str().unwrap(), "--out", "ev-cased"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("warning: subject ids `P01` and `p01` differ only in case"), "{err}");
     for (i, label) in ["neutral", "expressive"].iter().enumerate() {
         let dir = d.path().join("folders").join(label);
         std::fs::create_dir_all(&dir).unwrap();

@@ -294,6 +294,9 @@ fn evaluate(mut a: EvaluateArgs) -> anyhow::Result<()> {
     for (p, why) in &ev.skipped {
         errln!("skipped {}: {why}", p.display());
     }
+    for w in &ev.warnings {
+        errln!("{w}");
+    }
     if tta_flip {
         errln!("{}", vggft::eval::FLIP_TTA);
     }
