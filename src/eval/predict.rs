@@ -259,18 +259,19 @@ pub fn predict(
     device: Device,
     reporter: &mut dyn crate::train::Reporter,
 ) -> Vec<Prediction> {
-    let first = if model.cfg.subject_norm { repeats(paths, subjects) } else { (0..paths.len()).collect() };
+    let keys: Vec<Option<String>> = paths.iter().map(|p| subjects.subject(p)).collect();
+    let first = if model.cfg.subject_norm { repeats(paths, &keys) } else { (0..paths.len()).collect() };
     let distinct: Vec<usize> = (0..paths.len()).filter(|&i| first[i] == i).collect();
-    if distinct.len() == paths.len() {
-        return predict_distinct(cfg, model, paths, subjects, (tta_flip, batch), device, reporter);
+    if let Some(r) = (0..paths.len()).find(|&i| first[i] != i) {
+        reporter.message(&format!(
+            "{} input(s) repeat an earlier one of the same person (the same file, or identical bytes; first: {}): each is answered as that one and counted once in its person's statistics",
+            paths.len() - distinct.len(),
+            paths[r].display()
+        ));
     }
-    reporter.message(&format!(
-        "{} input(s) repeat an earlier one of the same person (the same file, or identical bytes; first: {}): each is answered as that one and counted once in its person's statistics",
-        paths.len() - distinct.len(),
-        paths[(0..paths.len()).find(|&i| first[i] != i).unwrap_or(0)].display()
-    ));
     let unique: Vec<PathBuf> = distinct.iter().map(|&i| paths[i].clone()).collect();
-    let mut done = predict_distinct(cfg, model, &unique, subjects, (tta_flip, batch), device, reporter).into_iter();
+    let unique_keys: Vec<Option<String>> = distinct.iter().map(|&i| keys[i].clone()).collect();
+    let mut done = predict_distinct(cfg, model, (&unique, &unique_keys), (tta_flip, batch), device, reporter).into_iter();
     let mut out: Vec<Prediction> = Vec::with_capacity(paths.len());
     for (i, p) in paths.iter().enumerate() {
         // A repeat's first comes before it, so its answer is already in `out`.
@@ -292,17 +293,18 @@ pub fn predict(
 }
 
 /// For each input, the index of the first input that is the same photo of
-/// the same person: a regular file with the same bytes (SHA-256 of its
-/// contents; the same file named twice is one). An input without a person
-/// (answered alone anyway) or that cannot be read is its own (its error is
-/// reported where it is decoded).
-fn repeats(paths: &[PathBuf], subjects: &SubjectFrom) -> Vec<usize> {
-    let mut seen: std::collections::HashMap<(String, String), usize> = std::collections::HashMap::new();
+/// the same person (`keys`): a regular file with the same bytes (SHA-256 of
+/// its contents; the same file named twice is one). An input without a
+/// person (answered alone anyway) or that cannot be read is its own (its
+/// error is reported where it is decoded).
+fn repeats(paths: &[PathBuf], keys: &[Option<String>]) -> Vec<usize> {
+    let mut seen: std::collections::HashMap<(&str, String), usize> = std::collections::HashMap::new();
     paths
         .iter()
+        .zip(keys)
         .enumerate()
-        .map(|(i, p)| {
-            let Some(person) = subjects.subject(p) else { return i };
+        .map(|(i, (p, key))| {
+            let Some(person) = key.as_deref() else { return i };
             let file = std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.len() <= image::MAX_ALLOC);
             let Some(sha) = file.then(|| crate::model::weights::sha256_file(p).ok()).flatten() else { return i };
             *seen.entry((person, sha)).or_insert(i)
@@ -310,11 +312,11 @@ fn repeats(paths: &[PathBuf], subjects: &SubjectFrom) -> Vec<usize> {
         .collect()
 }
 
+/// `predict` of inputs none of which repeats another; `keys`: each one's person.
 fn predict_distinct(
     cfg: &RunConfig,
     model: &Vgg16,
-    paths: &[PathBuf],
-    subjects: &SubjectFrom,
+    (paths, keys): (&[PathBuf], &[Option<String>]),
     (tta_flip, batch): (bool, usize),
     device: Device,
     reporter: &mut dyn crate::train::Reporter,
@@ -330,10 +332,9 @@ fn predict_distinct(
         reporter.progress("predicting", "image(s)", 0, paths.len());
     }
     // Inputs the single-image head will answer (too few photos of their person), where it reads the whole frame.
-    let keys: Vec<Option<String>> = paths.iter().map(|p| subjects.subject(p)).collect();
     let framed = cfg.single_frame && model.cfg.subject_norm;
-    let alone: Vec<bool> = modes_of(&keys).into_iter().map(|m| framed && m == Mode::Single).collect();
-    let given = person_boxes(cfg, paths, (&keys, &alone), &mut finder);
+    let alone: Vec<bool> = modes_of(keys).into_iter().map(|m| framed && m == Mode::Single).collect();
+    let given = person_boxes(cfg, paths, (keys, &alone), &mut finder);
     for chunk in paths.chunks(batch.max(1)) {
         if show && !out.is_empty() {
             reporter.progress("predicting", "image(s)", out.len(), paths.len());
