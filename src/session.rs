@@ -436,6 +436,9 @@ fn finish(mut dataset: Dataset, loaded: crate::data::Loaded, dc: &DataConfig, se
     if let Some(n) = &split.note {
         reporter.message(n);
     }
+    if let Some(w) = lopsided_warning(&split) {
+        reporter.message(&w);
+    }
     let data = train_data((loaded.gray, loaded.lone), &dataset, &labels, dc.train_labels, split.train.clone(), split.val.clone());
     let fallbacks: Vec<String> = dataset
         .samples
@@ -448,6 +451,18 @@ fn finish(mut dataset: Dataset, loaded: crate::data::Loaded, dc: &DataConfig, se
         reporter.message(&format!("warning: no face found in {} image(s), used a centred crop: {}", fallbacks.len(), crate::error::short_list(&fallbacks, 8)));
     }
     Ok(Prepared { dataset, labels, split, data, skipped: loaded.skipped, boxes: loaded.boxes })
+}
+
+/// A warning when the validation side holds more images than training: an
+/// `--val 0.8` meant as "train on 80 %" trains on a fifth of the data.
+fn lopsided_warning(split: &Split) -> Option<String> {
+    (split.val.len() > split.train.len()).then(|| {
+        format!(
+            "warning: this split trains on {} image(s) and validates on {}: --val F is the fraction held out for validation, so most of the data is not trained on (--val 0.2 keeps 80 % for training)",
+            split.train.len(),
+            split.val.len()
+        )
+    })
 }
 
 /// Training data for `labels`: the head's targets are the raw labels or the

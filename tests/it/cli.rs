@@ -214,6 +214,29 @@ fn skip_bad_warns_and_counts() {
 }
 
 #[test]
+fn a_lopsided_split_is_warned_of_and_preprocess_makes_its_folder() {
+    let d = tmp();
+    let m = subject_dataset(d.path(), 4, 32);
+    let w = d.path().join("trunk.safetensors");
+    trunk_only(&w, 8);
+    let s = small(&w);
+    let data = m.to_str().unwrap();
+    // --val 0.75 read as "train on 75 %": one person of four trains.
+    let (code, _, err) = run(&args(&s, &["finetune", "--data", data, "--stages", "head:1", "--val", "subjects:0.75", "--name", "few"]), d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("warning: this split trains on 2 image(s) and validates on 6: --val F is the fraction held out"), "{err}");
+    let (code, _, err) = run(&args(&s, &["finetune", "--data", data, "--stages", "head:1", "--val", "subjects:0.25", "--name", "ok"]), d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("this split trains on"), "{err}");
+    // preprocess writes the network input, making the folder it names.
+    let (code, out, err) = run(&["preprocess", "s00_neutral.png", "--model", "runs/ok", "--out", "new/dir/x.safetensors"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("network input 1×3×32×32"), "{out}");
+    let t = tch::Tensor::read_safetensors(d.path().join("new/dir/x.safetensors")).unwrap();
+    assert_eq!((t.len(), t[0].0.as_str(), t[0].1.size()), (1, "input", vec![1, 3, 32, 32]));
+}
+
+#[test]
 fn runs_and_data_that_are_broken_get_clear_errors() {
     let d = tmp();
     let m = subject_dataset(d.path(), 4, 32);

@@ -129,6 +129,9 @@ fn preprocess(image: &std::path::Path, model: &std::path::Path, out: &std::path:
     let px = predict::prepare_alone(image, &cfg, &mut None)?.0;
     let s = cfg.data.preprocess.image_size as i64;
     let x = cfg.data.preprocess.normalise(&tch::Tensor::from_slice(&px).view([1, 1, s, s]));
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        vggft::fsutil::create_dir(dir)?;
+    }
     weights::save_atomic(&[("input".to_string(), x)], out)?;
     outln!("{}: network input 1×3×{s}×{s} in {}", image.display(), out.display());
     Ok(())
