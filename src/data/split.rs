@@ -331,7 +331,10 @@ pub fn kfold(ds: &Dataset, labels: &Labels, k: usize, seed: u64) -> Result<Vec<V
         let groups = subject_groups(ds, labels);
         let total: usize = groups.values().map(Vec::len).sum();
         if total < k {
-            return Err(Error::dataset(&ds.root, format!("{total} subjects cannot make {k} subject-grouped folds")));
+            return Err(Error::dataset(
+                &ds.root,
+                format!("{total} subjects cannot make {k} subject-grouped folds (at most {total}: --folds loso leaves out one subject at a time)"),
+            ));
         }
         let mut next = 0;
         let mut fold_of: BTreeMap<String, usize> = BTreeMap::new();
@@ -347,6 +350,12 @@ pub fn kfold(ds: &Dataset, labels: &Labels, k: usize, seed: u64) -> Result<Vec<V
             folds[fold_of[ds.samples[i].subject.as_deref().unwrap_or("")]].push(i);
         }
     } else {
+        if n < k {
+            return Err(Error::dataset(
+                &ds.root,
+                format!("{n} images cannot make {k} folds (at most {n}; this data has no subject ids, so its folds are of images)"),
+            ));
+        }
         let mut next = 0;
         for c in 0..labels.classes.len() {
             let mut idx: Vec<usize> = (0..n).filter(|&i| labels.targets[i] == c as i64).collect();

@@ -169,8 +169,13 @@ pub struct Scores {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Stat {
     pub metric: String,
+    /// NaN (`null` in cv.json) where no fold gave the metric.
+    #[serde(deserialize_with = "crate::eval::nan_if_null")]
     pub mean: f64,
+    /// NaN (`null`) with fewer than two folds that gave it.
+    #[serde(deserialize_with = "crate::eval::nan_if_null")]
     pub std: f64,
+    #[serde(deserialize_with = "crate::eval::nan_pair_if_null")]
     pub ci95: (f64, f64),
     pub n: usize,
 }
@@ -264,7 +269,11 @@ fn t975(df: usize) -> f64 {
 pub(crate) fn stat(metric: &str, values: &[f64]) -> Stat {
     let v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
     let n = v.len();
-    let mean = v.iter().sum::<f64>() / n.max(1) as f64;
+    if n == 0 {
+        // No fold could compute it (ROC AUC of one-class test folds): no figure, not a zero.
+        return Stat { metric: metric.into(), mean: f64::NAN, std: f64::NAN, ci95: (f64::NAN, f64::NAN), n };
+    }
+    let mean = v.iter().sum::<f64>() / n as f64;
     let std = if n > 1 { (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt() } else { f64::NAN };
     let half = t975(n.saturating_sub(1)) * std / (n as f64).sqrt();
     Stat { metric: metric.into(), mean, std, ci95: ((mean - half).max(0.0), (mean + half).min(1.0)), n }
@@ -442,10 +451,12 @@ fn finished_folds(out: &Path, cfg: &CvConfig) -> Result<std::collections::BTreeS
         }
         return Ok(Default::default());
     }
-    // What may differ between two starts of one cv: when each started, and whether its folds share one cache.
+    // What may differ between two starts of one cv: when each started, whether its folds share one cache,
+    // and seeds appended to the list (checked below).
     let comparable = |mut v: serde_json::Value| {
         if let Some(o) = v.as_object_mut() {
             o.remove("shared_views");
+            o.remove("seeds");
             if let Some(r) = o.get_mut("run").and_then(|r| r.as_object_mut()) {
                 r.remove("created");
             }
@@ -468,6 +479,25 @@ fn finished_folds(out: &Path, cfg: &CvConfig) -> Result<std::collections::BTreeS
             format!(
                 "holds another cross-validation (its cv-config.json differs in {}): give another --out, or remove the folder to start over",
                 crate::error::short_list(&keys, 5)
+            ),
+        ));
+    }
+    // More seeds for the same cv: the earlier ones first, in their order, so
+    // that the first seed (whose views a shared cache holds) stays the same
+    // and the folder equals a cv of the longer list run from the start.
+    let old_seeds: Vec<u64> = serde_json::from_str::<serde_json::Value>(&s)
+        .ok()
+        .and_then(|v| v.get("seeds").and_then(|x| serde_json::from_value(x.clone()).ok()))
+        .ok_or_else(|| Error::file(&cfg_path, "is not a vggft cv config: no seeds"))?;
+    if !cfg.seeds.starts_with(&old_seeds) {
+        let list = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+        let more = cfg.seeds.iter().filter(|x| !old_seeds.contains(x)).copied().collect::<Vec<_>>();
+        let example = if more.is_empty() { format!("{},N", list(&old_seeds)) } else { list(&[old_seeds.clone(), more].concat()) };
+        return Err(Error::file(
+            out,
+            format!(
+                "holds this cross-validation with --seeds {}: to add seeds give that list first (--seeds {example}), or give another --out",
+                list(&old_seeds)
             ),
         ));
     }
@@ -1019,13 +1049,17 @@ fn summarise(cfg: &CvConfig, results: &[FoldResult], missing: &[String]) -> Summ
         let ms: Vec<Metrics> = results.iter().map(|r| eval::metrics(&r.y, &r.probs, &classes)).collect();
         Alternative { stats: stats_of(&ms.iter().collect::<Vec<_>>()), pooled: eval::metrics(&y, &probs, &classes) }
     });
-    let per_subject: BTreeMap<String, (usize, usize)> =
-        subject_counts(results).into_iter().map(|(s, per)| (s.to_string(), per.values().fold((0, 0), |a, v| (a.0 + v.0, a.1 + v.1)))).collect();
+    let per_subject: BTreeMap<String, (usize, usize)> = subject_counts(results)
+        .into_iter()
+        .filter(|(s, _)| !s.is_empty())
+        .map(|(s, per)| (s.to_string(), per.values().fold((0, 0), |a, v| (a.0 + v.0, a.1 + v.1))))
+        .collect();
     let protocol = format!(
         "{} cross-validation ({}), {} seed(s) {:?}, {} fold results; metrics per fold, mean ± std and t-based 95 % interval (clipped to [0, 1]) over folds × seeds; the last epoch of the fixed recipe is evaluated (no early stopping on test folds){}{}{}{}{}{}",
         match cfg.folds {
             Folds::Loso => "leave-one-subject-out".to_string(),
-            Folds::K { k } => format!("{k}-fold subject-grouped"),
+            Folds::K { k } if has_subjects(results) => format!("{k}-fold subject-grouped"),
+            Folds::K { k } => format!("{k}-fold stratified image (no subject ids: the same person may be on both sides)"),
         },
         classes.join(" vs "),
         cfg.seeds.len(),
@@ -1157,7 +1191,13 @@ fn write_outputs(dir: &Path, cfg: &CvConfig, summary: &Summary, results: &[FoldR
         let scores: Vec<f64> = probs.iter().map(|p| p[1]).collect();
         plot::roc(&dir.join("roc.png"), &pos, &scores, &format!("pooled out-of-fold ROC, positive class `{}`", classes[1]))?;
     }
-    plot::subjects(&dir.join("subjects.png"), &subject_bacc(results), &format!("per-subject balanced accuracy, pooled over {} seed(s)", cfg.seeds.len()))?;
+    let subjects = dir.join("subjects.png");
+    if has_subjects(results) {
+        plot::subjects(&subjects, &subject_bacc(results), &format!("per-subject balanced accuracy, pooled over {} seed(s)", cfg.seeds.len()))?;
+    } else {
+        // Data without subject ids: one nameless "subject" is no plot.
+        let _ = std::fs::remove_file(&subjects);
+    }
     if cfg.top_losses > 0 {
         let mut top: Vec<crate::eval::explain::TopLoss> = results.iter().flat_map(|r| r.top.iter().cloned()).collect();
         top.sort_by(|a, b| b.loss.total_cmp(&a.loss));
@@ -1166,6 +1206,11 @@ fn write_outputs(dir: &Path, cfg: &CvConfig, summary: &Summary, results: &[FoldR
         crate::eval::explain::write_top_losses(dir, classes, &top)?;
     }
     plot::spread(&dir.join("folds.png"), &results.iter().map(|r| (r.seed, r.fold, r.metrics.balanced_accuracy)).collect::<Vec<_>>(), summary.classes.len())
+}
+
+/// Whether the folds' images carry subject ids (a dataset without them leaves each empty).
+fn has_subjects(results: &[FoldResult]) -> bool {
+    results.iter().any(|r| r.subjects.iter().any(|s| !s.is_empty()))
 }
 
 /// (correct, tested) per subject and true class, pooled over every fold result.
@@ -1196,13 +1241,23 @@ pub(crate) fn subject_bacc(results: &[FoldResult]) -> Vec<(String, f64, usize)> 
     out
 }
 
+/// A figure of the tables, three decimals; "–" where it could not be computed
+/// (ROC AUC of a fold whose test images are of one class).
+fn fig(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x:.3}")
+    } else {
+        "–".into()
+    }
+}
+
 /// The printed / saved summary.
 pub fn markdown(s: &Summary) -> String {
     let mut out = format!("# Cross-validation\n\n{}\n\n", s.protocol);
     let table = |out: &mut String, stats: &[Stat]| {
         out.push_str("| metric | mean ± std | 95 % interval | n |\n|---|---|---|---|\n");
         for st in stats {
-            out.push_str(&format!("| {} | {:.3} ± {:.3} | [{:.3}, {:.3}] | {} |\n", st.metric, st.mean, st.std, st.ci95.0, st.ci95.1, st.n));
+            out.push_str(&format!("| {} | {} ± {} | [{}, {}] | {} |\n", st.metric, fig(st.mean), fig(st.std), fig(st.ci95.0), fig(st.ci95.1), st.n));
         }
     };
     table(&mut out, &s.stats);
@@ -1260,7 +1315,7 @@ pub fn markdown(s: &Summary) -> String {
             Some(p) if people => format!(" {} |", crate::error::short_list(p, 3)),
             _ => String::new(),
         };
-        out.push_str(&format!("| {seed} | {fold} |{who} {} | {:.3} | {:.3} | {:.3} |\n", m.n, m.accuracy, m.balanced_accuracy, m.roc_auc));
+        out.push_str(&format!("| {seed} | {fold} |{who} {} | {:.3} | {:.3} | {} |\n", m.n, m.accuracy, m.balanced_accuracy, fig(m.roc_auc)));
     }
     if let Some(sp) = &s.seed_spread {
         out.push_str(&format!(
@@ -1272,7 +1327,7 @@ pub fn markdown(s: &Summary) -> String {
             s.seeds.iter().map(|m| m.balanced_accuracy).fold(f64::NEG_INFINITY, f64::max),
         ));
         for m in &s.seeds {
-            out.push_str(&format!("| {} | {} | {:.3} | {:.3} | {:.3} |\n", m.seed, m.folds, m.accuracy, m.balanced_accuracy, m.roc_auc));
+            out.push_str(&format!("| {} | {} | {:.3} | {:.3} | {} |\n", m.seed, m.folds, m.accuracy, m.balanced_accuracy, fig(m.roc_auc)));
         }
     }
     out.push_str(&format!(
@@ -1286,6 +1341,9 @@ pub fn markdown(s: &Summary) -> String {
     ));
     for (c, row) in s.classes.iter().zip(&s.pooled.confusion) {
         out.push_str(&format!("| {c} | {} |\n", row.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(" | ")));
+    }
+    if s.per_subject.is_empty() {
+        return out;
     }
     out.push_str("\n## Per subject (correct / tested, pooled over seeds)\n\n");
     let worst: Vec<String> = {

@@ -80,8 +80,14 @@ pub fn roc_auc(positive: &[bool], scores: &[f64]) -> f64 {
 /// A metric back from JSON, where an undefined one (NaN) is `null`:
 /// serde_json writes NaN so, e.g. the ROC AUC of a fold whose test images
 /// are all of one class, or the recall of a class it does not hold.
-fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+pub(crate) fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
     Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
+/// A pair of figures that may each be NaN, written as `null`.
+pub(crate) fn nan_pair_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<(f64, f64), D::Error> {
+    let (a, b) = <(Option<f64>, Option<f64>)>::deserialize(d)?;
+    Ok((a.unwrap_or(f64::NAN), b.unwrap_or(f64::NAN)))
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -455,7 +455,7 @@ impl Trainer<'_> {
             let n = self.cfg.members - model.member_count();
             crate::model::draw(sub_seed(self.cfg.seed, 7, 0, 0), || model.add_members(n))?;
             reporter.message(&format!(
-                "training {} heads side by side, each on its own batch order and views, averaged into one head at the end (--members 1: a single head)",
+                "training {} heads side by side, each on its own batch order and views, averaged into one head at the end (--members 1: a single head); their train loss is on augmented views with dropout on and can climb while the rate warms up: the validation columns are the ones to read",
                 self.cfg.members
             ));
         }

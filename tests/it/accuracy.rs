@@ -69,9 +69,7 @@ fn finetune_on_raw_labels_reports_task_classes_everywhere() {
     let d = tmp();
     let data = d.path().join("data");
     three_labels(&data, 6, 32);
-    let w = d.path().join("trunk.safetensors");
-    trunk_only(&w, 21);
-    let s = small(&w);
+    let s = small_trunk(d.path(), 21);
     let data_s = data.to_str().unwrap();
     let (code, out, err) = run(&args(&s, &["finetune", "--data", data_s, "--stages", "head:3", "--name", "raw", "--seed", "1"]), d.path());
     assert_eq!(code, 0, "{out}\n{err}");
@@ -140,9 +138,7 @@ fn the_single_image_head_learns_the_task_classes_where_the_main_head_learns_raw_
     let d = tmp();
     let data = d.path().join("jaffe");
     jaffe_three_labels(&data, 4, 2, 32);
-    let w = d.path().join("trunk.safetensors");
-    trunk_only(&w, 25);
-    let s = small(&w);
+    let s = small_trunk(d.path(), 25);
     let data_s = data.to_str().unwrap();
     let shapes = |name: &str| {
         let (code, out, _) = run(&["weights", "inspect", "--json", d.path().join("runs").join(name).join("model.safetensors").to_str().unwrap()], d.path());
@@ -204,9 +200,7 @@ fn multi_layer_features_train_from_the_conv4_cache_and_predict() {
     let d = tmp();
     let data = d.path().join("data");
     three_labels(&data, 5, 32);
-    let w = d.path().join("trunk.safetensors");
-    trunk_only(&w, 22);
-    let s = small(&w);
+    let s = small_trunk(d.path(), 22);
     let (code, out, err) =
         run(&args(&s, &["finetune", "--data", data.to_str().unwrap(), "--features", "conv4,conv5", "--stages", "head:2,conv5:1", "--name", "ml"]), d.path());
     assert_eq!(code, 0, "{out}\n{err}");
@@ -243,9 +237,7 @@ fn loso(d: &Path, manifest: &Path, s: &[String], extra: &[&str], name: &str) -> 
 fn per_subject_normalisation_lifts_accuracy_when_identity_dominates() {
     let d = tmp();
     let m = identity_dominated(d.path(), 8, 3, 32);
-    let w = d.path().join("trunk.safetensors");
-    trunk_only(&w, 23);
-    let s = small(&w);
+    let s = small_trunk(d.path(), 23);
     let probe = ["--stages", "head:8", "--augment", "none", "--lr", "0.01"];
     let (global, none) = loso(d.path(), &m, &s, &[&probe[..], &["--subject-norm", "off"]].concat(), "off");
     let (person, single) =
@@ -280,9 +272,7 @@ fn per_subject_normalisation_lifts_accuracy_when_identity_dominates() {
 fn subject_normalised_runs_report_both_heads_and_predict_groups_by_person() {
     let d = tmp();
     let m = identity_dominated(d.path(), 6, 2, 32);
-    let w = d.path().join("trunk.safetensors");
-    trunk_only(&w, 24);
-    let s = small(&w);
+    let s = small_trunk(d.path(), 24);
     let (code, out, err) = run(
         &args(&s, &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:3", "--augment", "none", "--name", "sn", "--val", "subjects:0.34"]),
         d.path(),
@@ -454,9 +444,7 @@ fn a_person_shown_with_one_expression_only() {
     let new = d.path().join("new");
     std::fs::create_dir_all(&new).unwrap();
     identity_dominated(&new, 10, 3, 32);
-    let w = d.path().join("trunk.safetensors");
-    trunk_only(&w, 23);
-    let s = small(&w);
+    let s = small_trunk(d.path(), 23);
     let (code, _, err) =
         run(&args(&s, &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:8", "--augment", "none", "--lr", "0.01", "--val", "none"]), d.path());
     assert_eq!(code, 0, "{err}");
@@ -510,9 +498,7 @@ fn a_person_shown_with_one_expression_only() {
 fn default_stages_are_a_probe_when_person_statistics_are_on() {
     let d = tmp();
     let m = identity_dominated(d.path(), 4, 2, 32);
-    let w = d.path().join("trunk.safetensors");
-    trunk_only(&w, 25);
-    let s = small(&w);
+    let s = small_trunk(d.path(), 25);
     let config = |name: &str| json(&d.path().join("runs").join(name).join("config.json"));
     let stages = |name: &str| config(name)["train"]["stages"].clone();
     let features = |name: &str| config(name)["model"]["features"].clone();
@@ -661,9 +647,7 @@ fn pairs_keep_person_statistics_on_and_a_person_with_one_photo_turns_them_off() 
     let kept: Vec<&str> = csv.lines().filter(|l| !(l.contains(",P04") && l.contains("_1.png"))).collect();
     assert_eq!(kept.len(), 1 + 4 * 4 + 2);
     std::fs::write(&m, kept.join("\n") + "\n").unwrap();
-    let w = d.path().join("trunk.safetensors");
-    trunk_only(&w, 8);
-    let s = small(&w);
+    let s = small_trunk(d.path(), 8);
     let (code, _, err) = run(&args(&s, &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:1", "--val", "none", "--name", "mixed"]), d.path());
     assert_eq!(code, 0, "{err}");
     assert_eq!(json(&d.path().join("runs/mixed/config.json"))["model"]["subject_norm"], "on", "{err}");

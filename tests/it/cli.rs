@@ -34,9 +34,7 @@ fn finetune_then_predict_on_london_faces() {
         eprintln!("skipped: ../shared/data/london-faces is absent");
         return;
     };
-    let w = d.path().join("trunk.safetensors");
-    trunk_only(&w, 2);
-    let s = small(&w);
+    let s = small_trunk(d.path(), 2);
     let (code, out, err) =
         run(&args(&s, &["finetune", "--data", manifest.to_str().unwrap(), "--stages", "head:2,conv5:2", "--name", "r1", "--seed", "3"]), d.path());
     assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
@@ -103,9 +101,7 @@ fn finetune_then_predict_on_london_faces() {
 #[test]
 fn bundled_sample_is_used_without_data() {
     let d = tmp();
-    let w = d.path().join("trunk.safetensors");
-    trunk_only(&w, 4);
-    let s = small(&w);
+    let s = small_trunk(d.path(), 4);
     let out_dir = d.path().join("runs");
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let (code, out, err) = run(&args(&s, &["finetune", "--stages", "head:1", "--out", out_dir.to_str().unwrap(), "--quiet"]), repo);
@@ -181,9 +177,7 @@ fn bad_options_and_inputs_fail_clearly() {
 fn lr_find_writes_csv_png_and_a_suggestion() {
     let d = tmp();
     let m = subject_dataset(d.path(), 6, 32);
-    let w = d.path().join("trunk.safetensors");
-    trunk_only(&w, 6);
-    let s = small(&w);
+    let s = small_trunk(d.path(), 6);
     let (code, out, err) = run(&args(&s, &["lr-find", "--data", m.to_str().unwrap(), "--steps", "60", "--out", "lr"]), d.path());
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("suggested learning rate"), "{out}");
@@ -202,9 +196,7 @@ fn skip_bad_warns_and_counts() {
     let mut csv = std::fs::read_to_string(&m).unwrap();
     csv.push_str("broken.png,smiling,P00\n");
     std::fs::write(&m, csv).unwrap();
-    let w = d.path().join("trunk.safetensors");
-    trunk_only(&w, 7);
-    let s = small(&w);
+    let s = small_trunk(d.path(), 7);
     let (code, _, err) = run(&args(&s, &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:1"]), d.path());
     assert_eq!(code, 1);
     assert!(err.contains("broken.png"), "{err}");
@@ -217,9 +209,7 @@ fn skip_bad_warns_and_counts() {
 fn a_lopsided_split_is_warned_of_and_preprocess_makes_its_folder() {
     let d = tmp();
     let m = subject_dataset(d.path(), 4, 32);
-    let w = d.path().join("trunk.safetensors");
-    trunk_only(&w, 8);
-    let s = small(&w);
+    let s = small_trunk(d.path(), 8);
     let data = m.to_str().unwrap();
     // --val 0.75 read as "train on 75 %": one person of four trains.
     let (code, _, err) = run(&args(&s, &["finetune", "--data", data, "--stages", "head:1", "--val", "subjects:0.75", "--name", "few"]), d.path());
@@ -240,9 +230,7 @@ fn a_lopsided_split_is_warned_of_and_preprocess_makes_its_folder() {
 fn runs_and_data_that_are_broken_get_clear_errors() {
     let d = tmp();
     let m = subject_dataset(d.path(), 4, 32);
-    let w = d.path().join("trunk.safetensors");
-    trunk_only(&w, 8);
-    let s = small(&w);
+    let s = small_trunk(d.path(), 8);
     let data = m.to_str().unwrap();
     let (code, _, err) = run(&args(&s, &["finetune", "--data", data, "--stages", "head:1", "--name", "ok", "--val", "none"]), d.path());
     assert_eq!(code, 0, "{err}");
@@ -342,9 +330,7 @@ fn runs_and_data_that_are_broken_get_clear_errors() {
 fn predict_held_out_shows_only_people_the_model_never_saw() {
     let d = tmp();
     let m = subject_dataset(d.path(), 8, 32);
-    let w = d.path().join("trunk.safetensors");
-    trunk_only(&w, 31);
-    let s = small(&w);
+    let s = small_trunk(d.path(), 31);
     let (code, _, err) = run(&args(&s, &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:2", "--name", "h"]), d.path());
     assert_eq!(code, 0, "{err}");
     let split = std::fs::read_to_string(d.path().join("runs/h/split.csv")).unwrap();
@@ -432,9 +418,7 @@ fn every_bad_option_value_is_a_usage_error_with_exit_2_naming_the_flag() {
 fn evaluate_warns_about_training_images_and_can_leave_them_out() {
     let d = tmp();
     let m = subject_dataset(d.path(), 8, 32);
-    let w = d.path().join("trunk.safetensors");
-    trunk_only(&w, 51);
-    let s = small(&w);
+    let s = small_trunk(d.path(), 51);
     let (code, _, err) = run(&args(&s, &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:1", "--name", "e"]), d.path());
     assert_eq!(code, 0, "{err}");
     let split = std::fs::read_to_string(d.path().join("runs/e/split.csv")).unwrap();
@@ -489,9 +473,7 @@ fn every_option_has_a_description_and_finetune_help_has_headings() {
 #[test]
 fn predict_recurses_streams_jsonl_and_takes_the_model_file() {
     let d = tmp();
-    let w = d.path().join("trunk.safetensors");
-    trunk_only(&w, 71);
-    let s = small(&w);
+    let s = small_trunk(d.path(), 71);
     separable_folders(&d.path().join("data"), 3, 32);
     let (code, _, err) =
         run(&args(&s, &["finetune", "--data", "data", "--task", "multiclass", "--stages", "head:1", "--val", "none", "--name", "p"]), d.path());
@@ -588,9 +570,7 @@ fn report_shows_data_and_weights_when_they_differ() {
 fn long_steps_say_so_when_stderr_is_not_a_terminal() {
     let d = tmp();
     let m = subject_dataset(d.path(), 4, 32);
-    let w = d.path().join("trunk.safetensors");
-    trunk_only(&w, 91);
-    let s = small(&w);
+    let s = small_trunk(d.path(), 91);
     let (code, _, err) = run(&args(&s, &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:1,conv5:1", "--val", "none"]), d.path());
     assert_eq!(code, 0, "{err}");
     let line = err.lines().position(|l| l.starts_with("caching the frozen conv4 output: ") && l.ends_with("image(s)…"));

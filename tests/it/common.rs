@@ -271,6 +271,14 @@ pub fn small(weights: &Path) -> Vec<String> {
         .collect()
 }
 
+/// A small random trunk (`trunk_only`, `seed`) written into `dir`, and the
+/// options that run vggft on it at 32 px on the CPU (`small`).
+pub fn small_trunk(dir: &Path, seed: i64) -> Vec<String> {
+    let w = dir.join("trunk.safetensors");
+    trunk_only(&w, seed);
+    small(&w)
+}
+
 pub fn args<'a>(v: &'a [String], extra: &[&'a str]) -> Vec<&'a str> {
     extra.iter().copied().chain(v.iter().map(String::as_str)).collect()
 }

@@ -12,15 +12,40 @@ fn non_blank_png(p: &Path) {
 }
 
 #[test]
+fn cv_without_subject_ids_says_its_folds_are_of_images() {
+    let d = tmp();
+    let data = d.path().join("data");
+    separable_folders(&data, 3, 32);
+    let s = small_trunk(d.path(), 4);
+    let cv = |folds: &str, out: &str| {
+        let v = ["cv", "--data", "data", "--task", "multiclass", "--stages", "head:1", "--folds", folds, "--out", out];
+        run(&args(&s, &v), d.path())
+    };
+    let (code, _, err) = cv("7", "cv7");
+    assert_eq!(code, 1);
+    assert!(err.contains("data: 6 images cannot make 7 folds (at most 6; this data has no subject ids"), "{err}");
+    // One image a fold: each fold's ROC AUC is undefined, and the summary says so instead of a zero.
+    let (code, out, err) = cv("6", "cv6");
+    assert_eq!(code, 0, "{err}");
+    let md = std::fs::read_to_string(d.path().join("cv6/cv.md")).unwrap();
+    assert_eq!(out.trim(), md.trim());
+    assert!(md.contains("6-fold stratified image (no subject ids: the same person may be on both sides) cross-validation (a vs b)"), "{md}");
+    assert!(md.contains("| roc_auc | – ± – | [–, –] | 0 |") && md.contains("| 0 | 0 | 1 | ") && !md.contains("NaN"), "{md}");
+    assert!(!md.contains("subject-grouped") && !md.contains("## Per subject"), "{md}");
+    assert!(!d.path().join("cv6/subjects.png").exists() && d.path().join("cv6/folds.png").exists());
+    let stats = json(&d.path().join("cv6/cv.json"))["stats"].clone();
+    let auc = stats.as_array().unwrap().iter().find(|st| st["metric"] == "roc_auc").unwrap().clone();
+    assert_eq!((auc["mean"].is_null(), auc["n"].as_u64()), (true, Some(0)), "{auc}");
+}
+
+#[test]
 fn cv_end_to_end_folds_collect_and_reproducibility() {
     let d = tmp();
     let Some(m) = london_slice(d.path(), 6) else {
         eprintln!("skipped: ../shared/data/london-faces is absent");
         return;
     };
-    let w = d.path().join("trunk.safetensors");
-    trunk_only(&w, 1);
-    let s = small(&w);
+    let s = small_trunk(d.path(), 1);
     let base = |out: &str| -> Vec<String> {
         let mut v: Vec<String> = ["cv", "--data", m.to_str().unwrap(), "--stages", "head:2,conv5:2", "--folds", "3", "--seeds", "0,1", "--out", out]
             .iter()
@@ -107,12 +132,25 @@ fn cv_end_to_end_folds_collect_and_reproducibility() {
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("; 0 to run") && !err.contains("cach") && !err.contains("seed 0 fold"), "{err}");
     // Another recipe into the same folder is refused: its folds would mix with these.
-    let mut other = base("cv-b");
-    let at = other.iter().position(|x| x == "0,1").unwrap();
-    other[at] = "0".into();
-    let (code, _, err) = run(&other.iter().map(String::as_str).collect::<Vec<_>>(), d.path());
+    let with = |out: &str, from: &str, to: &str| -> Vec<String> { base(out).into_iter().map(|x| if x == from { to.into() } else { x }).collect() };
+    let (code, _, err) = run(&with("cv-b", "head:2,conv5:2", "head:3,conv5:2").iter().map(String::as_str).collect::<Vec<_>>(), d.path());
     assert_eq!(code, 1);
-    assert!(err.contains("cv-b: holds another cross-validation (its cv-config.json differs in seeds)"), "{err}");
+    assert!(err.contains("cv-b: holds another cross-validation (its cv-config.json differs in run.train.stages"), "{err}");
+    // Seeds can be added after the earlier ones; fewer, or another order, are another cv.
+    for seeds in ["0", "1,0", "1,0,2"] {
+        let (code, _, err) = run(&with("cv-b", "0,1", seeds).iter().map(String::as_str).collect::<Vec<_>>(), d.path());
+        assert_eq!(code, 1, "{seeds}");
+        assert!(err.contains("cv-b: holds this cross-validation with --seeds 0,1: to add seeds give that list first (--seeds 0,1,"), "{seeds}: {err}");
+    }
+    // A cv of seed 0, then seeds 0,1 into the same folder: only seed 1's folds
+    // run, and the summary is that of both seeds run from the start.
+    assert_eq!(run(&with("cv-s", "0,1", "0").iter().map(String::as_str).collect::<Vec<_>>(), d.path()).0, 0);
+    let (code, _, err) = run(&base("cv-s").iter().map(String::as_str).collect::<Vec<_>>(), d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("resuming cv-s: 3 fold result(s) of this same cv are there already") && err.contains("; 3 to run"), "{err}");
+    assert!(!err.contains("seed 0 fold"), "{err}");
+    assert_eq!(json(&d.path().join("cv-s/cv.json"))["stats"], cv_a["stats"]);
+    assert_eq!(json(&d.path().join("cv-s/cv-config.json"))["seeds"], serde_json::json!([0, 1]));
     // Folds one process at a time, then --collect: the same numbers.
     for fold in 0..3 {
         let mut c = base("cv-c");
@@ -198,9 +236,7 @@ fn cv_end_to_end_folds_collect_and_reproducibility() {
 #[test]
 fn evaluate_refuses_classes_the_model_never_saw() {
     let d = tmp();
-    let w = d.path().join("trunk.safetensors");
-    trunk_only(&w, 2);
-    let s = small(&w);
+    let s = small_trunk(d.path(), 2);
     separable_folders(&d.path().join("train"), 4, 32);
     let (code, _, err) = run(
         &[
@@ -222,9 +258,7 @@ fn evaluate_refuses_classes_the_model_never_saw() {
 fn leave_one_subject_out_has_one_person_per_fold() {
     let d = tmp();
     let m = subject_dataset(d.path(), 4, 32);
-    let w = d.path().join("trunk.safetensors");
-    trunk_only(&w, 3);
-    let s = small(&w);
+    let s = small_trunk(d.path(), 3);
     let loso =
         [&["cv", "--data", m.to_str().unwrap(), "--folds", "loso", "--repeats", "1", "--stages", "head:1", "--out", "loso"][..], &args(&s, &[])[..]].concat();
     let (code, out, err) = run(&loso, d.path());
@@ -277,9 +311,7 @@ fn a_person_with_one_class_only_gets_a_fold_without_roc_auc_and_a_fold_without_t
         csv.push_str(&format!("s0{s}_neutral.png,neutral,P0{s}\n"));
     }
     std::fs::write(&m, csv).unwrap();
-    let w = d.path().join("trunk.safetensors");
-    trunk_only(&w, 3);
-    let s = small(&w);
+    let s = small_trunk(d.path(), 3);
     let cmd = [&["cv", "--data", m.to_str().unwrap(), "--folds", "loso", "--stages", "head:1", "--threshold", "inner", "--out", "one"][..], &args(&s, &[])[..]]
         .concat();
     let (code, out, err) = run(&cmd, d.path());
@@ -394,9 +426,7 @@ fn cv_top_losses_and_per_subject_plot_merge_across_separately_run_folds() {
 fn the_slurm_script_runs_one_task_per_fold_then_collects_the_same_summary() {
     let d = tmp();
     let m = subject_dataset(d.path(), 4, 32);
-    let w = d.path().join("trunk.safetensors");
-    trunk_only(&w, 5);
-    let s = small(&w);
+    let s = small_trunk(d.path(), 5);
     // A stand-in sbatch: runs each job here and now (array tasks in order), prints a job id.
     let bin = d.path().join("bin");
     std::fs::create_dir(&bin).unwrap();
@@ -487,9 +517,7 @@ fn mirror_set(root: &Path, mirror_symmetric: bool) -> std::path::PathBuf {
 #[test]
 fn cv_flip_tta_averages_each_image_with_its_mirror_image() {
     let d = tmp();
-    let w = d.path().join("trunk.safetensors");
-    trunk_only(&w, 5);
-    let s = small(&w);
+    let s = small_trunk(d.path(), 5);
     // Probabilities of every test image, per fold file, of one cv.
     let probs = |dir: &Path| -> Vec<f64> {
         let mut files: Vec<_> =
@@ -544,9 +572,7 @@ fn cv_flip_tta_averages_each_image_with_its_mirror_image() {
 #[test]
 fn the_probe_baseline_is_the_probe_recipe_on_the_same_folds() {
     let d = tmp();
-    let w = d.path().join("trunk.safetensors");
-    trunk_only(&w, 6);
-    let s = small(&w);
+    let s = small_trunk(d.path(), 6);
     let m = mirror_set(&d.path().join("data"), false);
     let cv = |out: &str, extra: &[&str]| -> serde_json::Value {
         let dir = d.path().join(out);
@@ -601,9 +627,7 @@ fn without_time(p: std::path::PathBuf) -> serde_json::Value {
 fn a_dumped_feature_cache_reproduces_the_probe_and_refuses_other_pooling() {
     let d = tmp();
     let m = subject_dataset(d.path(), 4, 32);
-    let w = d.path().join("trunk.safetensors");
-    trunk_only(&w, 3);
-    let s = small(&w);
+    let s = small_trunk(d.path(), 3);
     let cv = |extra: &[&str], out: &str| probe_cv(d.path(), &m, &s, extra, out);
     let (code, out, err) = cv(&["--dump-features", "f.safetensors"], "a");
     assert_eq!(code, 0, "{out}\n{err}");
@@ -650,9 +674,7 @@ fn a_dumped_feature_cache_reproduces_the_probe_and_refuses_other_pooling() {
 fn a_second_cv_reads_its_features_from_the_cache_until_the_images_change() {
     let d = tmp();
     let m = subject_dataset(d.path(), 4, 32);
-    let w = d.path().join("trunk.safetensors");
-    trunk_only(&w, 3);
-    let s = small(&w);
+    let s = small_trunk(d.path(), 3);
     let cache = d.path().join("fc");
     let cv = |extra: &[&str], out: &str| probe_cv(d.path(), &m, &s, extra, out);
     let with_cache = ["--feature-cache", cache.to_str().unwrap()];
@@ -725,9 +747,7 @@ fn a_second_cv_reads_its_features_from_the_cache_until_the_images_change() {
 fn a_second_finetune_reads_its_features_from_the_cache_and_trains_the_same_model() {
     let d = tmp();
     let m = identity_dominated(d.path(), 4, 3, 32);
-    let w = d.path().join("trunk.safetensors");
-    trunk_only(&w, 3);
-    let s = small(&w);
+    let s = small_trunk(d.path(), 3);
     let cache = d.path().join("fc");
     let entries = || std::fs::read_dir(&cache).map_or(0, |r| r.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "safetensors")).count());
     let fc = cache.to_str().unwrap();

@@ -348,9 +348,7 @@ fn non_utf8_file_names_train_and_predict() {
     separable_folders(&f, 3, 32);
     let odd = f.join("a").join(std::ffi::OsStr::from_bytes(b"caf\xe9.png"));
     std::fs::rename(f.join("a/00.png"), &odd).unwrap();
-    let w = d.path().join("trunk.safetensors");
-    trunk_only(&w, 15);
-    let s = small(&w);
+    let s = small_trunk(d.path(), 15);
     let (code, out, err) =
         run(&args(&s, &["finetune", "--data", f.to_str().unwrap(), "--task", "multiclass", "--stages", "head:1", "--val", "none", "--name", "r"]), d.path());
     assert_eq!(code, 0, "{out}\n{err}");
@@ -375,9 +373,7 @@ fn pictures_in_formats_vggft_does_not_read_are_said_not_silently_left_out() {
     assert_eq!(ds.samples.len(), 6);
     let names: Vec<String> = ds.unread.iter().map(|p| p.strip_prefix(&f).unwrap().display().to_string()).collect();
     assert_eq!(names, ["a/phone.HEIC", "b/anim.gif", "b/web.webp"], "the text file is no picture");
-    let w = d.path().join("trunk.safetensors");
-    trunk_only(&w, 17);
-    let s = small(&w);
+    let s = small_trunk(d.path(), 17);
     let (code, _, err) = run(&args(&s, &["finetune", "--data", "data", "--task", "multiclass", "--stages", "head:1", "--val", "none", "--quiet"]), d.path());
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("warning: left out 3 picture(s) in a format vggft does not read") && err.contains("data/a/phone.HEIC"), "{err}");

@@ -243,9 +243,7 @@ fn an_unreadable_image_is_named() {
     separable_folders(&f, 3, 32);
     let p = f.join("a/00.png");
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o000)).unwrap();
-    let w = d.path().join("trunk.safetensors");
-    trunk_only(&w, 14);
-    let s = small(&w);
+    let s = small_trunk(d.path(), 14);
     let a = args(&s, &["finetune", "--data", f.to_str().unwrap()]);
     std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let Some(out) = unprivileged(&a, d.path(), std::fs::read(&p).is_err()) else { return };
@@ -260,9 +258,7 @@ fn a_folder_predict_cannot_list_is_named_as_unreadable_not_empty() {
     let d = tmp();
     let f = d.path().join("data");
     separable_folders(&f, 3, 32);
-    let w = d.path().join("trunk.safetensors");
-    trunk_only(&w, 18);
-    let s = small(&w);
+    let s = small_trunk(d.path(), 18);
     let (code, _, err) = run(&args(&s, &["finetune", "--data", "data", "--stages", "head:1", "--val", "none", "--task", "multiclass"]), d.path());
     assert_eq!(code, 0, "{err}");
     // Named on the command line, and met in a folder read with -r.
@@ -298,9 +294,7 @@ fn a_diverging_rate_stops_with_a_clear_error_naming_it() {
     let d = tmp();
     let f = d.path().join("data");
     separable_folders(&f, 6, 32);
-    let w = d.path().join("trunk.safetensors");
-    trunk_only(&w, 15);
-    let s = small(&w);
+    let s = small_trunk(d.path(), 15);
     let (code, _, err) = run(
         &args(
             &s,
@@ -368,9 +362,7 @@ fn a_manifest_naming_a_fifo_or_a_device_is_refused_not_read() {
     let m = subject_dataset(d.path(), 3, 32);
     let fifo = d.path().join("pipe.png");
     let made = std::process::Command::new("mkfifo").arg(&fifo).status().is_ok_and(|s| s.success());
-    let w = d.path().join("trunk.safetensors");
-    trunk_only(&w, 17);
-    let s = small(&w);
+    let s = small_trunk(d.path(), 17);
     let base = std::fs::read_to_string(&m).unwrap();
     let mut cases = vec![("/dev/zero", "/dev/zero")];
     if made {
@@ -389,9 +381,7 @@ fn a_manifest_naming_a_fifo_or_a_device_is_refused_not_read() {
 #[test]
 fn pgm_images_a_folder_named_latest_integer_weights_and_simultaneous_runs() {
     let d = tmp();
-    let w = d.path().join("trunk.safetensors");
-    trunk_only(&w, 18);
-    let s = small(&w);
+    let s = small_trunk(d.path(), 18);
     // PGM images are scanned, so they must decode.
     let f = d.path().join("data");
     separable_folders(&f, 3, 32);
@@ -450,9 +440,7 @@ fn a_partly_empty_subject_column_is_refused_naming_the_lines() {
     let lines: Vec<String> =
         text.lines().enumerate().map(|(i, l)| if i == 3 || i == 5 { format!("{},", l.rsplit_once(',').unwrap().0) } else { l.to_string() }).collect();
     std::fs::write(&m, lines.join("\n") + "\n").unwrap();
-    let w = d.path().join("trunk.safetensors");
-    trunk_only(&w, 19);
-    let s = small(&w);
+    let s = small_trunk(d.path(), 19);
     let (code, _, err) = run(&args(&s, &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:1"]), d.path());
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("manifest.csv") && err.contains("subject column is empty on line(s) 4, 6"), "{err}");
@@ -487,9 +475,7 @@ fn run_peak_rss(a: &[&str], cwd: &Path) -> (i32, String, Option<u64>) {
 /// A tiny finished run `runs/m` in `dir` (3 images per class of
 /// `separable_folders` in `dir/data`): the small-network options and the data folder.
 fn small_run(dir: &Path, seed: i64) -> (Vec<String>, std::path::PathBuf) {
-    let w = dir.join("trunk.safetensors");
-    trunk_only(&w, seed);
-    let s = small(&w);
+    let s = small_trunk(dir, seed);
     let f = dir.join("data");
     separable_folders(&f, 3, 32);
     let (code, _, err) =
@@ -570,9 +556,7 @@ fn predict_on_a_16384_square_png_stays_within_the_memory_bound() {
 #[test]
 fn resume_checks_its_data_refuses_other_options_and_every_config_field_is_validated() {
     let d = tmp();
-    let w = d.path().join("trunk.safetensors");
-    trunk_only(&w, 23);
-    let s = small(&w);
+    let s = small_trunk(d.path(), 23);
     separable_folders(&d.path().join("data"), 3, 32);
     let base = ["finetune", "--data", "data", "--task", "multiclass", "--stages", "head:1", "--val", "none"];
     let (code, _, err) = run(&args(&s, &[&base[..], &["--name", "r"]].concat()), d.path());
@@ -634,9 +618,7 @@ fn resume_checks_its_data_refuses_other_options_and_every_config_field_is_valida
 #[test]
 fn a_run_folder_being_written_cannot_be_resumed_by_a_second_process() {
     let d = tmp();
-    let w = d.path().join("trunk.safetensors");
-    trunk_only(&w, 24);
-    let s = small(&w);
+    let s = small_trunk(d.path(), 24);
     separable_folders(&d.path().join("data"), 3, 32);
     let a = args(&s, &["finetune", "--data", "data", "--task", "multiclass", "--stages", "head:100000", "--val", "none", "--name", "busy", "--quiet"]);
     let mut first = bin().args(&a).current_dir(d.path()).stderr(std::process::Stdio::null()).spawn().unwrap();
@@ -754,9 +736,7 @@ fn an_output_inside_a_class_folder_dataset_is_refused_before_anything_is_written
     let d = tmp();
     let f = d.path().join("data");
     separable_folders(&f, 3, 32);
-    let w = d.path().join("trunk.safetensors");
-    trunk_only(&w, 16);
-    let s = small(&w);
+    let s = small_trunk(d.path(), 16);
     let listing = |p: &Path| {
         let mut v: Vec<String> = walk(p).into_iter().map(|q| q.strip_prefix(p).unwrap().display().to_string()).collect();
         v.sort();

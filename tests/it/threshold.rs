@@ -72,9 +72,7 @@ fn swapped_manifest(m: &Path) -> std::path::PathBuf {
 fn cv_sets_each_folds_threshold_from_its_training_people_alone() {
     let d = tmp();
     let m = identity_dominated(d.path(), 6, 3, 32);
-    let w = d.path().join("trunk.safetensors");
-    trunk_only(&w, 31);
-    let s = small(&w);
+    let s = small_trunk(d.path(), 31);
     let cv = |manifest: &Path, name: &str, extra: &[&str]| {
         let out = d.path().join(name);
         let mut a =
@@ -153,9 +151,7 @@ fn predict_alone(dir: &Path, photos: &[String], cwd: &Path) -> Vec<serde_json::V
 fn a_run_keeps_its_threshold_and_predict_and_evaluate_decide_at_it() {
     let d = tmp();
     let m = identity_dominated(d.path(), 5, 3, 32);
-    let w = d.path().join("trunk.safetensors");
-    trunk_only(&w, 32);
-    let s = small(&w);
+    let s = small_trunk(d.path(), 32);
     let base = ["finetune", "--data", m.to_str().unwrap(), "--augment", "none", "--epochs", "4", "--freeze-epochs", "1", "--val", "subjects:0.4"];
     let (code, out, err) = run(&args(&s, &[&base[..], &["--name", "inner"]].concat()), d.path());
     assert_eq!(code, 0, "{out}\n{err}");
