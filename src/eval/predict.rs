@@ -503,6 +503,33 @@ pub struct Evaluation {
     pub warnings: Vec<String>,
 }
 
+/// What the data's labels may get wrong for a score: labels the run never
+/// trained on that the binary rule reads as the rest (folders `a/` and `b/`
+/// for a neutral-vs-rest model), and classes of the model the data lacks.
+fn label_warnings(cfg: &RunConfig, ds: &crate::data::scan::Dataset, y: &[i64]) -> Vec<String> {
+    let mut out = Vec::new();
+    if cfg.data.task == crate::data::split::Task::Binary && cfg.data.label_map.is_empty() && !cfg.raw_classes.is_empty() {
+        let known = |l: &str| l.eq_ignore_ascii_case("ne") || cfg.raw_classes.iter().any(|r| r.eq_ignore_ascii_case(l));
+        let new: std::collections::BTreeSet<&str> = ds.samples.iter().map(|s| s.label.as_str()).filter(|l| !known(l)).collect();
+        if !new.is_empty() {
+            out.push(format!(
+                "warning: label(s) {} are not among the run's training labels ({}): the binary task reads them as `{}`",
+                new.into_iter().collect::<Vec<_>>().join(", "),
+                cfg.raw_classes.join(", "),
+                crate::data::split::BINARY_CLASSES[1]
+            ));
+        }
+    }
+    let absent: Vec<&str> = cfg.classes.iter().enumerate().filter(|&(k, _)| !y.contains(&(k as i64))).map(|(_, c)| c.as_str()).collect();
+    if !absent.is_empty() {
+        out.push(format!(
+            "warning: the data holds no image of class {}: its scores cover the other class(es) alone (balanced accuracy is their recall, ROC AUC undefined)",
+            absent.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    out
+}
+
 /// The training images of a run, canonicalised (empty without a split.csv).
 pub fn training_paths(dir: &Path) -> std::collections::HashSet<PathBuf> {
     let Ok(mut r) = csv::Reader::from_path(dir.join("split.csv")) else { return Default::default() };
@@ -585,6 +612,7 @@ pub fn evaluate(
     // At the run's threshold (each image's mode's), and at the larger probability beside it.
     let metrics = crate::eval::metrics_at(&y, &probs, &cfg.classes, |i| cfg.threshold_for(modes[i]));
     let at_half = cfg.threshold.is_some().then(|| crate::eval::metrics(&y, &probs, &cfg.classes));
+    let warnings = label_warnings(cfg, &ds, &y).into_iter().chain(if model.cfg.subject_norm { crate::data::scan::case_warning(&ds) } else { None }).collect();
     Ok(Evaluation {
         metrics,
         at_half,
@@ -597,6 +625,6 @@ pub fn evaluate(
         gray,
         overlap,
         excluded: if exclude { overlap } else { 0 },
-        warnings: if model.cfg.subject_norm { crate::data::scan::case_warning(&ds).into_iter().collect() } else { vec![] },
+        warnings,
     })
 }

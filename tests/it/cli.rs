@@ -436,6 +436,39 @@ fn evaluate_warns_about_training_images_and_can_leave_them_out() {
     assert!(out.contains(&format!("{n_val} images from")), "{out}");
 }
 
+#[test]
+fn evaluate_warns_of_labels_the_run_never_saw_and_classes_the_data_lacks() {
+    let d = tmp();
+    let m = subject_dataset(d.path(), 6, 32);
+    // Three raw labels for the two classes: the head learns the raw labels.
+    let mut csv = std::fs::read_to_string(&m).unwrap();
+    for p in ["s00", "s02", "s04"] {
+        csv = csv.replace(&format!("{p}_smiling.png,smiling"), &format!("{p}_smiling.png,laughing"));
+    }
+    std::fs::write(&m, csv).unwrap();
+    let s = small_trunk(d.path(), 52);
+    let (code, _, err) = run(&args(&s, &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:1", "--val", "none", "--name", "e"]), d.path());
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&d.path().join("runs/e/config.json"))["raw_classes"], serde_json::json!(["laughing", "neutral", "smiling"]));
+    // Smiles filed as `grinning`, and no neutral photo: both said, and still scored.
+    let other = d.path().join("other.csv");
+    std::fs::write(&other, "path,label\ns01_smiling.png,grinning\ns03_smiling.png,smiling\n").unwrap();
+    let (code, out, err) = run(&["evaluate", "--model", "runs/e", "--data", "other.csv", "--device", "cpu", "--out", "ev"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(
+            "warning: label(s) grinning are not among the run's training labels (laughing, neutral, smiling): the binary task reads them as `expressive`"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("warning: the data holds no image of class `neutral`: its scores cover the other class(es) alone"), "{err}");
+    assert!(out.contains("2 images from"), "{out}");
+    // The run's own labels: neither warning.
+    let (code, _, err) = run(&["evaluate", "--model", "runs/e", "--data", m.to_str().unwrap(), "--device", "cpu", "--out", "ev2"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("training labels") && !err.contains("holds no image of class"), "{err}");
+}
+
 /// Every visible option of every subcommand, with its help text (None: missing).
 fn all_options() -> Vec<(String, String, Option<String>)> {
     use clap::CommandFactory;
