@@ -210,7 +210,28 @@ fn prepare_with(
         // A folder that cannot be listed is not an empty one.
         return Err(match std::fs::read_dir(path) {
             Err(e) => Error::io(path, e),
-            Ok(_) => Error::file(path, "folder holds no images"),
+            Ok(listing) => {
+                // Class folders (`data/neutral/…`) given without -r: say where the images are.
+                let mut with_images: Vec<String> = listing
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|q| q.is_dir() && !crate::data::scan::is_vggft_output(q))
+                    .filter(|q| std::fs::read_dir(q).into_iter().flatten().flatten().any(|e| e.path().is_file() && is_image(&e.path())))
+                    .map(|q| q.file_name().unwrap_or_default().to_string_lossy().into_owned())
+                    .collect();
+                with_images.sort();
+                if with_images.is_empty() {
+                    Error::file(path, "folder holds no images")
+                } else {
+                    Error::file(
+                        path,
+                        format!(
+                            "folder holds no images itself, its sub-folders do ({}): -r (--recursive) reads them",
+                            crate::error::short_list(&with_images, 5)
+                        ),
+                    )
+                }
+            }
         });
     }
     let g = image::load_gray(path)?;

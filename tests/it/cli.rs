@@ -552,6 +552,10 @@ fn predict_recurses_streams_jsonl_and_takes_the_model_file() {
         err.contains("in/empty: folder holds no images") && err.contains("1 folder(s) held no images") && !err.contains("image(s) could not be predicted"),
         "{err}"
     );
+    // Class folders given without -r: where the images are is said.
+    let (code, _, err) = run(&["predict", "--model", "runs/p", "--device", "cpu", "data"], d.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("data: folder holds no images itself, its sub-folders do (a, b): -r (--recursive) reads them"), "{err}");
 }
 
 #[test]
