@@ -134,8 +134,8 @@ pub enum Command {
         /// Folder for crops/, faces.csv, manifest.csv (the crops as a dataset) and contact_sheet.png.
         #[arg(long)]
         out: PathBuf,
-        /// Side of each crop in pixels.
-        #[arg(long, default_value_t = 128)]
+        /// Side of each crop in pixels (32 to 512).
+        #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(32..=512))]
         tile: u32,
     },
     /// Compare runs and cross-validations side by side (Markdown).

@@ -391,7 +391,7 @@ fn predict_held_out_shows_only_people_the_model_never_saw() {
 #[test]
 fn every_bad_option_value_is_a_usage_error_with_exit_2_naming_the_flag() {
     let d = tmp();
-    let cases: [(&[&str], &str); 13] = [
+    let cases: [(&[&str], &str); 14] = [
         (&["finetune", "--val", "x"], "--val"),
         (&["finetune", "--crop", "1,2"], "--crop"),
         (&["finetune", "--augment", "wild"], "--augment"),
@@ -404,6 +404,7 @@ fn every_bad_option_value_is_a_usage_error_with_exit_2_naming_the_flag() {
         (&["explain", "x.png", "--out", "o", "--layer", "head"], "--layer"),
         (&["evaluate", "--data", "d", "--layer", "conv9"], "--layer"),
         (&["cv", "--fold", "1"], "--out"),
+        (&["faces", "d", "--out", "o", "--tile", "5000"], "--tile"),
         // Random initialisation would silently ignore the weights file.
         (&["finetune", "--random-init", "--weights", "w.safetensors"], "--weights"),
     ];
