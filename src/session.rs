@@ -421,7 +421,7 @@ fn finish(mut dataset: Dataset, loaded: crate::data::Loaded, dc: &DataConfig, se
         dataset.samples = loaded.kept.iter().map(|&i| dataset.samples[i].clone()).collect();
     }
     let labels = split::assign_labels(&dataset, dc.task, &dc.label_map)?;
-    let (classes, people) = duplicates(&dataset, &labels);
+    let (classes, people, copies) = duplicates(&dataset, &labels);
     if !classes.is_empty() {
         reporter.message(&format!("warning: {} identical file(s) carry different classes: {}", classes.len(), crate::error::short_list(&classes, 5)));
     }
@@ -430,6 +430,13 @@ fn finish(mut dataset: Dataset, loaded: crate::data::Loaded, dc: &DataConfig, se
             "warning: {} identical file(s) carry different subject ids: {}; a subject-grouped split or cv fold can put the same photo on both sides, which flatters its scores",
             people.len(),
             crate::error::short_list(&people, 5)
+        ));
+    }
+    if !copies.is_empty() {
+        reporter.message(&format!(
+            "warning: {} file(s) are byte-identical copies of another of the same class: {}; without subject ids a split or cv fold can put a copy on each side, which flatters its scores (remove the copies, or give subject ids)",
+            copies.len(),
+            crate::error::short_list(&copies, 5)
         ));
     }
     let split = split::holdout(&dataset, &labels, &dc.val, seed)?;
@@ -587,10 +594,12 @@ pub(crate) fn raw_head(labels: &Labels, choice: TrainLabels) -> (Vec<String>, Ve
 /// Pairs of byte-identical files whose classes differ (a labelling mistake
 /// that silently caps accuracy), as `a (class) = b (class)`; and those whose
 /// subject ids differ (the same photo filed under two people, which a
-/// subject-grouped split can put on both sides), as `a (subject) = b (subject)`.
-pub(crate) fn duplicates(ds: &Dataset, labels: &Labels) -> (Vec<String>, Vec<String>) {
+/// subject-grouped split can put on both sides), as `a (subject) = b (subject)`;
+/// and copies within one class without subject ids (an image split can put
+/// one on each side), as `a = b`.
+pub(crate) fn duplicates(ds: &Dataset, labels: &Labels) -> (Vec<String>, Vec<String>, Vec<String>) {
     let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-    let (mut classes, mut people) = (Vec::new(), Vec::new());
+    let (mut classes, mut people, mut copies) = (Vec::new(), Vec::new(), Vec::new());
     for (i, s) in ds.samples.iter().enumerate() {
         let Ok(h) = crate::model::weights::sha256_file(&s.path) else { continue };
         let Some(&j) = seen.get(&h) else {
@@ -601,13 +610,13 @@ pub(crate) fn duplicates(ds: &Dataset, labels: &Labels) -> (Vec<String>, Vec<Str
         if t != u {
             classes.push(format!("{} ({}) = {} ({})", ds.samples[j].path.display(), labels.classes[t], s.path.display(), labels.classes[u]));
         }
-        if let (Some(a), Some(b)) = (&ds.samples[j].subject, &s.subject) {
-            if a != b {
-                people.push(format!("{} ({a}) = {} ({b})", ds.samples[j].path.display(), s.path.display()));
-            }
+        match (&ds.samples[j].subject, &s.subject) {
+            (Some(a), Some(b)) if a != b => people.push(format!("{} ({a}) = {} ({b})", ds.samples[j].path.display(), s.path.display())),
+            (None, _) | (_, None) if t == u => copies.push(format!("{} = {}", ds.samples[j].path.display(), s.path.display())),
+            _ => {}
         }
     }
-    (classes, people)
+    (classes, people, copies)
 }
 
 /// What a CPU run says about bfloat16: where AMX makes it ~4× faster, that

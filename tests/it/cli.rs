@@ -282,6 +282,17 @@ fn runs_and_data_that_are_broken_get_clear_errors() {
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("1 identical file(s) carry different classes") && err.contains("00.png (a)") && err.contains("99.png (b)"), "{err}");
     assert!(!err.contains("subject ids"), "{err}");
+    // A copy within one class, without subject ids: an image split can put one copy on each side.
+    std::fs::copy(dup.join("a/01.png"), dup.join("a/98.png")).unwrap();
+    let (code, _, err) = run(&args(&s, &["finetune", "--data", dup.to_str().unwrap(), "--task", "multiclass", "--stages", "head:1"]), d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("warning: 1 file(s) are byte-identical copies of another of the same class: ")
+            && err.contains("a/01.png = ")
+            && err.contains("a/98.png; without subject ids a split or cv fold can put a copy on each side"),
+        "{err}"
+    );
+    std::fs::remove_file(dup.join("a/98.png")).unwrap();
     // The same bytes filed under two people: a subject-grouped split could put that photo on both sides.
     let two = d.path().join("two");
     std::fs::create_dir_all(&two).unwrap();
