@@ -29,6 +29,14 @@ fn checked<T: 'static>(parse: fn(&str) -> Result<T>) -> impl Fn(&str) -> std::re
     }
 }
 
+/// `--subject`: a person id, not blank (a blank id names nobody).
+fn person_id(s: &str) -> std::result::Result<String, String> {
+    if s.trim().is_empty() {
+        return Err("give a person id (it is empty); --subject-from none answers every input alone".into());
+    }
+    Ok(s.to_string())
+}
+
 /// `--threshold`, parsed by the library (a bad value is a usage error naming the flag).
 fn threshold_arg(s: &str) -> std::result::Result<ThresholdChoice, String> {
     ThresholdChoice::parse(s).map_err(|e| match e {
@@ -654,7 +662,7 @@ pub struct PredictArgs {
     #[arg(long, value_enum, default_value_t = Tta::Auto)]
     pub tta: Tta,
     /// Subject-normalised models: every input shows this one person.
-    #[arg(long, conflicts_with = "subject_from")]
+    #[arg(long, conflicts_with = "subject_from", value_parser = person_id)]
     pub subject: Option<String>,
     /// Subject-normalised models: each input's person from `name` (JAFFE file names),
     /// `parent` (one folder per person), or `none` (every input alone: the single-image head).

@@ -402,7 +402,7 @@ fn predict_held_out_shows_only_people_the_model_never_saw() {
 #[test]
 fn every_bad_option_value_is_a_usage_error_with_exit_2_naming_the_flag() {
     let d = tmp();
-    let cases: [(&[&str], &str); 14] = [
+    let cases: [(&[&str], &str); 15] = [
         (&["finetune", "--val", "x"], "--val"),
         (&["finetune", "--crop", "1,2"], "--crop"),
         (&["finetune", "--augment", "wild"], "--augment"),
@@ -416,6 +416,7 @@ fn every_bad_option_value_is_a_usage_error_with_exit_2_naming_the_flag() {
         (&["evaluate", "--data", "d", "--layer", "conv9"], "--layer"),
         (&["cv", "--fold", "1"], "--out"),
         (&["faces", "d", "--out", "o", "--tile", "5000"], "--tile"),
+        (&["predict", "x.png", "--subject", " "], "--subject"),
         // Random initialisation would silently ignore the weights file.
         (&["finetune", "--random-init", "--weights", "w.safetensors"], "--weights"),
     ];
