@@ -44,7 +44,11 @@ struct Entry {
 }
 
 fn entry(dir: &Path) -> Result<Entry> {
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| dir.display().to_string());
+    let mut name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| dir.display().to_string());
+    // `runs/latest` and other links: which run they name today.
+    if let Some(target) = std::fs::read_link(dir).ok().and_then(|t| t.file_name().map(|n| n.to_string_lossy().into_owned())) {
+        name = format!("{name} → {target}");
+    }
     let mut recipe = BTreeMap::new();
     let mut metrics = BTreeMap::new();
     if dir.join("cv.json").is_file() {
@@ -54,10 +58,11 @@ fn entry(dir: &Path) -> Result<Entry> {
         recipe.insert("cv.seeds".into(), cfg["seeds"].to_string());
         let cv = read_json(&dir.join("cv.json"))?;
         for s in cv["stats"].as_array().into_iter().flatten() {
-            metrics.insert(
-                s["metric"].as_str().unwrap_or("?").to_string(),
-                format!("{:.3} ± {:.3}", s["mean"].as_f64().unwrap_or(f64::NAN), s["std"].as_f64().unwrap_or(f64::NAN)),
-            );
+            metrics.insert(s["metric"].as_str().unwrap_or("?").to_string(), {
+                // `null`: no fold could compute it (or one fold, for the std).
+                let f = |v: &serde_json::Value| v.as_f64().map_or("–".to_string(), |x| format!("{x:.3}"));
+                format!("{} ± {}", f(&s["mean"]), f(&s["std"]))
+            });
         }
         metrics.insert("protocol".into(), "cv".into());
     } else if dir.join("config.json").is_file() {

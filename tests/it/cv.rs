@@ -213,6 +213,10 @@ fn cv_end_to_end_folds_collect_and_reproducibility() {
     let (code, out, err) = run(&["report", "runs/r", "cv-a"], d.path());
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("| train.stages.0.epochs | 1 | 2 |") && out.contains("**balanced_accuracy**") && out.contains("±"), "{out}");
+    // runs/latest is named with the run it points at.
+    let (code, out, err) = run(&["report", "runs/latest", "cv-a"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("| | latest → r | cv-a |"), "{out}");
     // A runs folder given for a run, a run folder for a cv: each named for what it is not.
     let (code, _, err) = run(&["report", "runs"], d.path());
     assert_eq!(code, 1);
