@@ -1241,23 +1241,21 @@ pub(crate) fn subject_bacc(results: &[FoldResult]) -> Vec<(String, f64, usize)> 
     out
 }
 
-/// A figure of the tables, three decimals; "–" where it could not be computed
-/// (ROC AUC of a fold whose test images are of one class).
-fn fig(x: f64) -> String {
-    if x.is_finite() {
-        format!("{x:.3}")
-    } else {
-        "–".into()
-    }
-}
-
 /// The printed / saved summary.
 pub fn markdown(s: &Summary) -> String {
     let mut out = format!("# Cross-validation\n\n{}\n\n", s.protocol);
     let table = |out: &mut String, stats: &[Stat]| {
         out.push_str("| metric | mean ± std | 95 % interval | n |\n|---|---|---|---|\n");
         for st in stats {
-            out.push_str(&format!("| {} | {} ± {} | [{}, {}] | {} |\n", st.metric, fig(st.mean), fig(st.std), fig(st.ci95.0), fig(st.ci95.1), st.n));
+            out.push_str(&format!(
+                "| {} | {} ± {} | [{}, {}] | {} |\n",
+                st.metric,
+                crate::eval::fig(st.mean),
+                crate::eval::fig(st.std),
+                crate::eval::fig(st.ci95.0),
+                crate::eval::fig(st.ci95.1),
+                st.n
+            ));
         }
     };
     table(&mut out, &s.stats);
@@ -1315,7 +1313,7 @@ pub fn markdown(s: &Summary) -> String {
             Some(p) if people => format!(" {} |", crate::error::short_list(p, 3)),
             _ => String::new(),
         };
-        out.push_str(&format!("| {seed} | {fold} |{who} {} | {:.3} | {:.3} | {} |\n", m.n, m.accuracy, m.balanced_accuracy, fig(m.roc_auc)));
+        out.push_str(&format!("| {seed} | {fold} |{who} {} | {:.3} | {:.3} | {} |\n", m.n, m.accuracy, m.balanced_accuracy, crate::eval::fig(m.roc_auc)));
     }
     if let Some(sp) = &s.seed_spread {
         out.push_str(&format!(
@@ -1327,14 +1325,14 @@ pub fn markdown(s: &Summary) -> String {
             s.seeds.iter().map(|m| m.balanced_accuracy).fold(f64::NEG_INFINITY, f64::max),
         ));
         for m in &s.seeds {
-            out.push_str(&format!("| {} | {} | {:.3} | {:.3} | {} |\n", m.seed, m.folds, m.accuracy, m.balanced_accuracy, fig(m.roc_auc)));
+            out.push_str(&format!("| {} | {} | {:.3} | {:.3} | {} |\n", m.seed, m.folds, m.accuracy, m.balanced_accuracy, crate::eval::fig(m.roc_auc)));
         }
     }
     out.push_str(&format!(
-        "\n## Pooled out-of-fold predictions\n\naccuracy {:.3}, balanced accuracy {:.3}, ROC AUC {:.3}, majority baseline {:.3}\n\n| true \\ predicted | {} |\n|---|{}\n",
+        "\n## Pooled out-of-fold predictions\n\naccuracy {:.3}, balanced accuracy {:.3}, ROC AUC {}, majority baseline {:.3}\n\n| true \\ predicted | {} |\n|---|{}\n",
         s.pooled.accuracy,
         s.pooled.balanced_accuracy,
-        s.pooled.roc_auc,
+        crate::eval::fig(s.pooled.roc_auc),
         s.pooled.majority_baseline,
         s.classes.join(" | "),
         "---|".repeat(s.classes.len())

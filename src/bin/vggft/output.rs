@@ -308,13 +308,14 @@ pub fn predictions(a: &PredictArgs, cfg: &RunConfig, subject_norm: bool, preds: 
 }
 
 pub fn print_metrics(m: &vggft::eval::Metrics, classes: &[String]) {
+    use vggft::eval::fig;
     outln!("  {:<22} {:>8.3}", "accuracy", m.accuracy);
     outln!("  {:<22} {:>8.3}", "balanced accuracy", m.balanced_accuracy);
-    outln!("  {:<22} {:>8.3}", if classes.len() == 2 { "ROC AUC" } else { "ROC AUC (macro OvR)" }, m.roc_auc);
+    outln!("  {:<22} {:>8}", if classes.len() == 2 { "ROC AUC" } else { "ROC AUC (macro OvR)" }, fig(m.roc_auc));
     outln!("  {:<22} {:>8.3}", "majority baseline", m.majority_baseline);
     outln!("  {:<14} {:>9} {:>9} {:>9} {:>7}", "class", "precision", "recall", "F1", "n");
     for c in &m.per_class {
-        outln!("  {:<14} {:>9.3} {:>9.3} {:>9.3} {:>7}", c.class, c.precision, c.recall, c.f1, c.support);
+        outln!("  {:<14} {:>9} {:>9} {:>9} {:>7}", c.class, fig(c.precision), fig(c.recall), fig(c.f1), c.support);
     }
     outln!("  confusion (rows: true, columns: predicted {})", classes.join(", "));
     for (c, row) in classes.iter().zip(&m.confusion) {
