@@ -336,8 +336,14 @@ fn subject_normalised_runs_report_both_heads_and_predict_groups_by_person() {
     a.extend(["--tta", "none"]);
     let (_, out, err) = run(&a, d.path());
     assert!(out != flipped && !err.contains("test-time augmentation"), "{out}\n{err}");
+    assert!(!err.contains("no file name here names its person"), "{err}");
     let (_, out, _) = run(&["predict", "--device", "cpu", "--subject", "P00", three[0].to_str().unwrap()], d.path());
     assert!(out.trim_end().ends_with("mode=single-image"), "{out}");
+    // The same photos without --subject: names that give no person, each alone, and how to give one said.
+    let (code, out, err) = run(&["predict", "--device", "cpu", three[0].to_str().unwrap(), three[1].to_str().unwrap()], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(lines(&out).iter().all(|l| l.ends_with("mode=single-image")), "{out}");
+    assert!(err.contains("note: no file name here names its person as JAFFE's do") && err.contains("--subject ID (all one person)"), "{err}");
     // A photo given twice is one photo: not a person whose photos cannot be told apart.
     let twice = |extra: &[&Path]| {
         let mut a: Vec<&str> = vec!["predict", "--device", "cpu", "--subject", "P00"];

@@ -229,6 +229,13 @@ fn predict_cmd(mut a: PredictArgs) -> anyhow::Result<bool> {
     if model.cfg.subject_norm {
         errln!("{}", vggft::subject::TRANSDUCTIVE);
     }
+    // Several photos, none with a person by its name: say how to give them one.
+    let answered: Vec<_> = preds.iter().filter(|p| p.probs.is_ok() && p.mode.is_some()).collect();
+    if matches!(subjects, predict::SubjectFrom::Names) && answered.len() > 1 && answered.iter().all(|p| subjects.subject(&p.path).is_none()) {
+        errln!(
+            "note: no file name here names its person as JAFFE's do (KA.HA1.29.tiff), so each photo was answered alone by the single-image head; --subject ID (all one person) or --subject-from parent (a folder per person) lets a person's photos set that person's normalisation"
+        );
+    }
     if tta_flip {
         errln!("{}", vggft::eval::FLIP_TTA);
     }
