@@ -497,6 +497,14 @@ pub(crate) fn subject_groups(ds: &Dataset) -> Vec<usize> {
     crate::subject::groups(&keys)
 }
 
+impl Session {
+    /// Whether the probe here is the long one (person statistics, several
+    /// photos per person), whose rate and epochs were chosen by measurement.
+    pub(crate) fn long_probe(&self) -> bool {
+        several_photos(&self.config, &self.prepared.dataset)
+    }
+}
+
 /// Person statistics on and several photos per person (JAFFE's
 /// structure, not pairs as in the London faces): where the multi-layer
 /// features and the long probe measured best.

@@ -29,6 +29,22 @@ pub struct Found {
     pub method: String,
     pub csv: PathBuf,
     pub png: PathBuf,
+    /// The rate the recipe itself trains at (`--lr`, or its default), and
+    /// whether that default was chosen by cross-validated accuracy (the
+    /// probe on person statistics), where a loss-curve heuristic can mislead.
+    pub recipe_lr: f64,
+    pub recipe_lr_measured: bool,
+}
+
+impl Found {
+    /// The sweep's smoothed loss at the step nearest `lr` (None outside the sweep), and its lowest point.
+    pub fn loss_at(&self, lr: f64) -> (Option<f64>, (f64, f64)) {
+        let finite = || self.points.iter().filter(|p| p.2.is_finite());
+        let low = finite().min_by(|a, b| a.2.total_cmp(&b.2)).map_or((f64::NAN, f64::NAN), |p| (p.0, p.2));
+        let inside = self.points.first().is_some_and(|p| p.0 <= lr) && self.points.last().is_some_and(|p| p.0 >= lr);
+        let near = finite().min_by(|a, b| (a.0.ln() - lr.ln()).abs().total_cmp(&(b.0.ln() - lr.ln()).abs())).map(|p| p.2);
+        (near.filter(|_| inside), low)
+    }
 }
 
 /// fastai's "valley": the longest decreasing run (subsequence) of the
@@ -69,6 +85,7 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Found> {
     let session = Session::open(&req.recipe, req.recipe.data.clone(), req.recipe.train.seed, None, reporter)?;
     let (mut model, _) = session.fresh_model(req.recipe.train.seed as i64, true)?;
     session.advise(reporter);
+    let recipe_lr_measured = req.recipe.auto_freeze && req.recipe.probe.lr.is_none() && session.long_probe();
     let p = session.prepared;
     // One stage from the deepest freeze point, on the training images without
     // augmentation (the sweep measures the rate, not generalisation), so the
@@ -95,7 +112,7 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Found> {
     fsutil::write_atomic(&csv, s.as_bytes())?;
     let png = req.out.join("lr-find.png");
     plot::lr_curve(&png, &points, suggested)?;
-    Ok(Found { points, suggested, method, csv, png })
+    Ok(Found { points, suggested, method, csv, png, recipe_lr: session.config.train.lr, recipe_lr_measured })
 }
 
 #[cfg(test)]

@@ -181,6 +181,17 @@ fn lr_find_writes_csv_png_and_a_suggestion() {
     let (code, out, err) = run(&args(&s, &["lr-find", "--data", m.to_str().unwrap(), "--steps", "60", "--out", "lr"]), d.path());
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("suggested learning rate"), "{out}");
+    // The rate the recipe trains at, and the sweep's loss there.
+    assert!(out.contains("this recipe trains at --lr 3.0e-3: smoothed loss ") && out.contains(", lowest "), "{out}");
+    let (code, out, err) = run(&args(&s, &["lr-find", "--data", m.to_str().unwrap(), "--steps", "60", "--lr", "3", "--out", "lr3"]), d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("this recipe trains at --lr 3.0e0: smoothed loss – (outside the sweep)"), "{out}");
+    // Several photos per person: the long probe, whose rate was chosen by cross-validated accuracy, says so.
+    std::fs::create_dir_all(d.path().join("many")).unwrap();
+    let many = identity_dominated(&d.path().join("many"), 4, 2, 32);
+    let (code, out, err) = run(&args(&s, &["lr-find", "--data", many.to_str().unwrap(), "--steps", "30", "--out", "lr-many"]), d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("this recipe trains at --lr 1.0e-2 (the default of the probe on person statistics, chosen by cross-validated accuracy"), "{out}");
     let csv = std::fs::read_to_string(d.path().join("lr/lr-find.csv")).unwrap();
     assert!(csv.lines().count() > 11);
     let png = image::open(d.path().join("lr/lr-find.png")).unwrap().to_rgb8();

@@ -273,6 +273,17 @@ fn lr_find(a: LrFindArgs) -> anyhow::Result<()> {
         r.csv.display(),
         r.png.display()
     );
+    let (there, (low_lr, low)) = r.loss_at(r.recipe_lr);
+    outln!(
+        "this recipe trains at --lr {:.1e}{}: smoothed loss {} there, lowest {low:.3} at {low_lr:.1e}",
+        r.recipe_lr,
+        if r.recipe_lr_measured {
+            " (the default of the probe on person statistics, chosen by cross-validated accuracy on JAFFE-format data: docs/results/accuracy, \"How long the probe trains\"; the suggestion reads the training loss alone)"
+        } else {
+            ""
+        },
+        there.map_or("– (outside the sweep)".to_string(), |l| format!("{l:.3}"))
+    );
     Ok(())
 }
 
