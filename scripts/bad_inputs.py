@@ -210,6 +210,7 @@ def run_inventory(d):
     folders(copies)
     shutil.copy(os.path.join(copies, "happy", "00.png"), os.path.join(copies, "happy", "00 (1).png"))
     data_case("a copy of a photo in its own class, no subject ids (warns: a split can put one copy on each side)", copies)
+    data_case("a run folder given as --data (vggft's output, not photos)", os.path.join(d, "runs", "ok"))
     webp = os.path.join(d, "webp")
     folders(webp)
     Image.open(os.path.join(webp, "neutral", "00.png")).convert("RGB").save(os.path.join(webp, "neutral", "phone.webp"))

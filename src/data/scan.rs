@@ -146,6 +146,19 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Scans `path` in the given (or detected) layout.
 pub fn scan(path: &Path, format: DataFormat) -> Result<Dataset> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    // A folder vggft wrote (not the crops' manifest of `faces`), before its PNGs are read as photos.
+    let manifest = format == DataFormat::Csv || (format == DataFormat::Auto && path.join("manifest.csv").is_file());
+    if meta.is_dir() && !manifest {
+        if let Some(kind) = output_kind(path) {
+            // A run's or cv's own record of the data it read.
+            let read = |file: &str, at: &str| {
+                let c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path.join(file)).ok()?).ok()?;
+                c.pointer(at)?.as_str().map(|d| format!(" (its data: {d})"))
+            };
+            let trained_on = read("config.json", "/data/path").or_else(|| read("cv-config.json", "/run/data/path")).unwrap_or_default();
+            return Err(Error::dataset(path, format!("is {kind} that vggft wrote, not a folder of photos: give the photos' folder{trained_on}")));
+        }
+    }
     let format = match format {
         DataFormat::Auto => detect(path, meta.is_dir())?,
         f => f,
@@ -242,6 +255,27 @@ fn scan_jaffe(dir: &Path) -> Result<Dataset> {
 pub fn is_vggft_output(dir: &Path) -> bool {
     ["latest", "config.json", "cv-config.json", "faces.csv", "explain.csv", "lr-find.csv"].iter().any(|m| dir.join(m).exists())
         || ["metrics.json", "confusion.png"].iter().all(|m| dir.join(m).exists())
+}
+
+/// What vggft output folder `dir` is, by the files each command leaves
+/// (none for a `faces` folder: its manifest.csv is a dataset of the crops).
+fn output_kind(dir: &Path) -> Option<&'static str> {
+    let has = |m: &str| dir.join(m).exists();
+    if has("config.json") && has("model.safetensors") {
+        Some("a run folder")
+    } else if has("cv-config.json") {
+        Some("a cv folder")
+    } else if dir.join("latest").is_symlink() {
+        Some("a folder of runs")
+    } else if has("explain.csv") {
+        Some("a folder of heatmaps")
+    } else if has("lr-find.csv") {
+        Some("an lr-find folder")
+    } else if has("metrics.json") && has("confusion.png") {
+        Some("an evaluate folder")
+    } else {
+        None
+    }
 }
 
 /// Refuses an `out` folder that the next scan of the data at `data` would

@@ -253,6 +253,17 @@ fn runs_and_data_that_are_broken_get_clear_errors() {
         assert_eq!(code, 1, "{err}");
         assert!(err.contains(says) && !d.path().join("runs/bad").exists(), "{err}");
     }
+    // A run folder, or the folder of runs, given as the data: named for what it is, not read as photos.
+    for (data, says) in
+        [("runs/ok", "runs/ok: is a run folder that vggft wrote, not a folder of photos"), ("runs", "runs: is a folder of runs that vggft wrote")]
+    {
+        let (code, _, err) = run(&args(&s, &["finetune", "--data", data, "--stages", "head:1", "--name", "bad"]), d.path());
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains(says) && !d.path().join("runs/bad").exists(), "{err}");
+    }
+    let (code, _, err) = run(&["evaluate", "--model", "runs/ok", "--data", "runs/ok", "--device", "cpu"], d.path());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&format!("give the photos' folder (its data: {}", m.display())), "{err}");
     // Edited config.json.
     std::fs::copy(d.path().join("runs/ok/config.json"), d.path().join("config.bak")).unwrap();
     std::fs::write(d.path().join("runs/ok/config.json"), "{\"classes\": 3").unwrap();
