@@ -77,9 +77,6 @@ pub fn roc_auc(positive: &[bool], scores: &[f64]) -> f64 {
     (sum_pos - (np * (np + 1)) as f64 / 2.0) / (np * nn) as f64
 }
 
-/// A metric back from JSON, where an undefined one (NaN) is `null`:
-/// serde_json writes NaN so, e.g. the ROC AUC of a fold whose test images
-/// are all of one class, or the recall of a class it does not hold.
 /// A figure as tables and summaries print it, three decimals; "–" where it
 /// could not be computed (ROC AUC of test images of one class, a recall
 /// without support).
@@ -91,6 +88,9 @@ pub fn fig(x: f64) -> String {
     }
 }
 
+/// A metric back from JSON, where an undefined one (NaN) is `null`:
+/// serde_json writes NaN so, e.g. the ROC AUC of a fold whose test images
+/// are all of one class, or the recall of a class it does not hold.
 pub(crate) fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
     Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }

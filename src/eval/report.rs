@@ -58,11 +58,9 @@ fn entry(dir: &Path) -> Result<Entry> {
         recipe.insert("cv.seeds".into(), cfg["seeds"].to_string());
         let cv = read_json(&dir.join("cv.json"))?;
         for s in cv["stats"].as_array().into_iter().flatten() {
-            metrics.insert(s["metric"].as_str().unwrap_or("?").to_string(), {
-                // `null`: no fold could compute it (or one fold, for the std).
-                let f = |v: &serde_json::Value| v.as_f64().map_or("–".to_string(), |x| format!("{x:.3}"));
-                format!("{} ± {}", f(&s["mean"]), f(&s["std"]))
-            });
+            // `null`: no fold could compute it (or one fold, for the std).
+            let f = |k: &str| crate::eval::fig(s[k].as_f64().unwrap_or(f64::NAN));
+            metrics.insert(s["metric"].as_str().unwrap_or("?").to_string(), format!("{} ± {}", f("mean"), f("std")));
         }
         metrics.insert("protocol".into(), "cv".into());
     } else if dir.join("config.json").is_file() {
