@@ -250,23 +250,24 @@ fn scan_jaffe(dir: &Path) -> Result<Dataset> {
 
 /// Whether `dir` itself is a folder vggft wrote: a runs folder, a run, a cv
 /// folder, `faces --out`, `explain --out`, `lr-find --out` or `evaluate
-/// --out` (by the file each of them leaves; evaluate's `metrics.json` only
-/// beside its `confusion.png`, as the name alone is common).
+/// --out` (`output_kind`).
 pub fn is_vggft_output(dir: &Path) -> bool {
-    ["latest", "config.json", "cv-config.json", "faces.csv", "explain.csv", "lr-find.csv"].iter().any(|m| dir.join(m).exists())
-        || ["metrics.json", "confusion.png"].iter().all(|m| dir.join(m).exists())
+    output_kind(dir).is_some()
 }
 
 /// What vggft output folder `dir` is, by the files each command leaves
-/// (none for a `faces` folder: its manifest.csv is a dataset of the crops).
+/// (evaluate's by `metrics.json` beside `confusion.png`, as `metrics.json`
+/// alone is a common name).
 fn output_kind(dir: &Path) -> Option<&'static str> {
     let has = |m: &str| dir.join(m).exists();
-    if has("config.json") && has("model.safetensors") {
+    if has("config.json") {
         Some("a run folder")
     } else if has("cv-config.json") {
         Some("a cv folder")
-    } else if dir.join("latest").is_symlink() {
+    } else if has("latest") {
         Some("a folder of runs")
+    } else if has("faces.csv") {
+        Some("a faces folder")
     } else if has("explain.csv") {
         Some("a folder of heatmaps")
     } else if has("lr-find.csv") {
