@@ -125,6 +125,12 @@ pub fn parse_jaffe_name(name: &str) -> Option<std::result::Result<(String, Strin
     })
 }
 
+/// A hidden entry (`.DS_Store`, macOS's `._photo.jpg` metadata files, `.git`):
+/// never a photo or a class.
+pub(crate) fn hidden(path: &Path) -> bool {
+    path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))
+}
+
 /// Sorted entries of a folder. An entry that cannot be resolved (a broken
 /// link, a symlink loop) is an error, never silently skipped; hidden entries
 /// are ignored.
@@ -133,7 +139,7 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut v = Vec::new();
     for e in rd {
         let p = e.map_err(|e| Error::io(dir, e))?.path();
-        if p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
+        if hidden(&p) {
             continue;
         }
         std::fs::metadata(&p).map_err(|e| Error::file(&p, format!("cannot read: {e}")))?;
@@ -314,9 +320,6 @@ fn scan_folders(dir: &Path) -> Result<Dataset> {
             continue;
         }
         let label = class_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        if label.starts_with('.') {
-            continue;
-        }
         if vggft_output(&class_dir) {
             return Err(Error::dataset(&class_dir, format!("is vggft's output (runs, cv, face crops or heatmaps), read here as a class `{label}` of the data: move it out of the data folder and keep --out outside it")));
         }

@@ -139,6 +139,10 @@ pub fn expand_inputs(inputs: &[PathBuf], recursive: bool) -> Inputs {
         entries.sort();
         let mut found = 0;
         for q in entries {
+            // Hidden entries are skipped as the dataset scan skips them.
+            if crate::data::scan::hidden(&q) {
+                continue;
+            }
             if q.is_file() && is_image(&q) {
                 out.paths.push(q);
                 found += 1;
@@ -215,8 +219,14 @@ fn prepare_with(
                 let mut with_images: Vec<String> = listing
                     .flatten()
                     .map(|e| e.path())
-                    .filter(|q| q.is_dir() && !crate::data::scan::is_vggft_output(q))
-                    .filter(|q| std::fs::read_dir(q).into_iter().flatten().flatten().any(|e| e.path().is_file() && is_image(&e.path())))
+                    .filter(|q| q.is_dir() && !crate::data::scan::hidden(q) && !crate::data::scan::is_vggft_output(q))
+                    .filter(|q| {
+                        std::fs::read_dir(q)
+                            .into_iter()
+                            .flatten()
+                            .flatten()
+                            .any(|e| !crate::data::scan::hidden(&e.path()) && e.path().is_file() && is_image(&e.path()))
+                    })
                     .map(|q| q.file_name().unwrap_or_default().to_string_lossy().into_owned())
                     .collect();
                 with_images.sort();

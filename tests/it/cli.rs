@@ -549,6 +549,8 @@ fn predict_recurses_streams_jsonl_and_takes_the_model_file() {
     std::fs::create_dir_all(d.path().join("in/deeper/deepest")).unwrap();
     std::fs::create_dir_all(d.path().join("in/empty")).unwrap();
     std::fs::copy(d.path().join("data/a/00.png"), d.path().join("in/top.png")).unwrap();
+    // macOS's metadata twin of a photo on a shared drive: hidden, no photo, not read.
+    std::fs::write(d.path().join("in/._top.png"), b"\x00\x05\x16\x07Mac OS X").unwrap();
     std::fs::copy(d.path().join("data/b/00.png"), d.path().join("in/deeper/mid.png")).unwrap();
     std::fs::copy(d.path().join("data/b/01.png"), d.path().join("in/deeper/deepest/low.png")).unwrap();
     // explain's heatmaps written inside the folder: -r leaves them out, naming them; named, they are read.
