@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-pub(crate) const IMAGE_EXTENSIONS: [&str; 7] = ["tif", "tiff", "png", "jpg", "jpeg", "bmp", "pgm"];
+/// `jfif` and `jpe`: JPEGs as Windows saves them from a browser.
+pub(crate) const IMAGE_EXTENSIONS: [&str; 9] = ["tif", "tiff", "png", "jpg", "jpeg", "jfif", "jpe", "bmp", "pgm"];
 
 /// JAFFE expression codes and their names.
 pub(crate) const JAFFE_CODES: [(&str, &str); 7] =

@@ -360,6 +360,20 @@ fn non_utf8_file_names_train_and_predict() {
 }
 
 #[test]
+fn jpegs_named_jfif_or_jpe_are_read_as_photos() {
+    let d = tmp();
+    let f = d.path().join("data");
+    separable_folders(&f, 2, 32);
+    let img = image::GrayImage::from_fn(32, 32, |x, _| image::Luma([if x < 16 { 200 } else { 30 }]));
+    for name in ["a/saved.jfif", "b/saved.JPE"] {
+        img.save_with_format(f.join(name), image::ImageFormat::Jpeg).unwrap();
+    }
+    let ds = scan(&f, DataFormat::Auto).unwrap();
+    assert_eq!((ds.samples.len(), ds.unread.len()), (6, 0));
+    assert_eq!(load_gray(&f.join("a/saved.jfif")).unwrap().width, 32);
+}
+
+#[test]
 fn pictures_in_formats_vggft_does_not_read_are_said_not_silently_left_out() {
     let d = tmp();
     let f = d.path().join("data");
