@@ -166,6 +166,8 @@ pub(crate) fn load_images(samples: &[Sample], pre: &Preprocess, skip_bad: bool) 
     let mut skipped = Vec::new();
     let mut boxes = Vec::new();
     let mut lone = Vec::new();
+    // Every image was tried: say how many failed with the first, and the way past them.
+    let failed = results.iter().filter(|r| r.is_err()).count();
     for (i, r) in results.into_iter().enumerate() {
         match r {
             Ok((px, b, own)) => {
@@ -175,7 +177,13 @@ pub(crate) fn load_images(samples: &[Sample], pre: &Preprocess, skip_bad: bool) 
                 lone.extend(own.unwrap_or_default());
             }
             Err(e) if skip_bad => skipped.push((samples[i].path.clone(), e.to_string())),
-            Err(e) => return Err(e),
+            Err(e) => {
+                return Err(Error::Picture(format!(
+                    "{e} ({failed} of {} images cannot be read{}; --skip-bad leaves them out, naming each)",
+                    samples.len(),
+                    if failed > 1 { ", this the first" } else { "" }
+                )))
+            }
         }
     }
     let shape = [kept.len() as i64, 1, size as i64, size as i64];

@@ -210,7 +210,8 @@ fn skip_bad_warns_and_counts() {
     let s = small_trunk(d.path(), 7);
     let (code, _, err) = run(&args(&s, &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:1"]), d.path());
     assert_eq!(code, 1);
-    assert!(err.contains("broken.png"), "{err}");
+    assert!(err.contains("broken.png") && err.contains("(1 of 11 images cannot be read; --skip-bad leaves them out, naming each)"), "{err}");
+    assert_eq!(err.lines().filter(|l| l.starts_with("error")).count(), 1, "{err}");
     let (code, out, err) = run(&args(&s, &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:1", "--skip-bad"]), d.path());
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(err.contains("skipped 1 unreadable image(s)") && err.contains("broken.png"), "{err}");
