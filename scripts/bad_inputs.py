@@ -229,6 +229,8 @@ def run_inventory(d):
     csv_case("CSV missing the label column", "path,subject\n" + "".join(f"{r},s\n" for r in rel))
     csv_case("CSV row with an unquoted comma in its path", "path,label\n" + "".join(f"{r},{r.split('/')[0]}\n" for r in rel) + "a, b.png,neutral\n")
     csv_case("CSV with Windows paths (neutral\\00.png)", "path,label\n" + "".join(f"{r.replace('/', chr(92))},{r.split('/')[0]}\n" for r in rel))
+    open(os.path.join(csvd, "m.csv"), "wb").write(("path,label\n" + "".join(f"{r},{r.split('/')[0]}\n" for r in rel) + "José.png,neutral\n").encode("cp1252"))
+    data_case("CSV saved by Excel in Windows-1252 (José.png)", os.path.join(csvd, "m.csv"))
     csv_case("CSV naming a missing file", "path,label\n" + "".join(f"{r},{r.split('/')[0]}\n" for r in rel) + "gone.png,neutral\n")
     shutil.copy(ok_png, os.path.join(d, "outside.png"))
     csv_case("CSV path outside its folder (allowed, reported)", "path,label\n" + "".join(f"{r},{r.split('/')[0]}\n" for r in rel) + "../outside.png,neutral\n", "--val", "none")

@@ -415,6 +415,10 @@ fn scan_csv(csv_path: &Path) -> Result<Dataset> {
                 csv::ErrorKind::UnequalLengths { expected_len, len, .. } => {
                     format!("has {len} field(s) where the header has {expected_len} (a comma missing or extra? quote a field that holds a comma)")
                 }
+                csv::ErrorKind::Utf8 { err, .. } => format!(
+                    "field {} is not UTF-8 text (the manifest was saved in another encoding, e.g. Windows-1252 by Excel): save it as UTF-8",
+                    err.field() + 1
+                ),
                 _ => e.to_string(),
             };
             Error::file(csv_path, format!("line {at}: {problem}"))

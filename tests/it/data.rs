@@ -210,6 +210,10 @@ fn csv_with_bom_quotes_and_errors() {
     std::fs::write(&m, "path,label,subject\nc.png,happy,P2\na, b.png,neutral,P1\n").unwrap();
     let e = scan(&m, DataFormat::Auto).unwrap_err().to_string();
     assert!(e.contains("line 3: has 4 field(s) where the header has 3") && e.contains("quote a field"), "{e}");
+    // Saved by Excel in Windows-1252 (`José` as one byte é): the encoding is named.
+    std::fs::write(&m, b"path,label\nc.png,happy\nJos\xe9.png,neutral\n").unwrap();
+    let e = scan(&m, DataFormat::Auto).unwrap_err().to_string();
+    assert!(e.contains("m.csv: line 3: field 1 is not UTF-8 text") && e.contains("save it as UTF-8"), "{e}");
     // Two spellings of one class differing only in case are a typo, not two classes.
     std::fs::write(&m, "path,label\nc.png,happy\n\"a b.png\",Happy\n").unwrap();
     let e = scan(&m, DataFormat::Auto).unwrap_err().to_string();
