@@ -206,15 +206,15 @@ pub struct ExplainArgs {
 
 #[derive(Args, Debug)]
 pub struct SpeedArgs {
-    /// Input side in pixels of the timed forward passes.
-    #[arg(long, default_value_t = 224)]
+    /// Input side in pixels of the timed forward passes (32 to 1024, as for training).
+    #[arg(long, default_value_t = 224, value_parser = clap::value_parser!(i64).range(32..=1024))]
     pub image_size: i64,
     /// Images per timed forward pass.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(i64).range(1..=4096))]
     pub batch_size: i64,
     /// Timed repetitions (the best is kept).
-    #[arg(long, default_value_t = 3)]
-    pub reps: usize,
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub reps: u64,
     /// Precisions to time [default: f32, and bf16 unless the CPU has no bf16 arithmetic (no AMX-BF16 or AVX512-BF16: emulated, ~10× slower)].
     #[arg(long, value_enum, value_delimiter = ',')]
     pub precision: Vec<Precision>,
@@ -669,8 +669,8 @@ pub struct PredictArgs {
     #[arg(long, value_parser = ["name", "parent", "none"], default_value = "name")]
     pub subject_from: String,
     /// Images per forward pass.
-    #[arg(long, default_value_t = 16)]
-    pub batch_size: usize,
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub batch_size: u64,
     /// Convolution arithmetic (default: the run's own).
     #[arg(long, value_enum)]
     pub precision: Option<Precision>,

@@ -425,7 +425,7 @@ fn predict_held_out_shows_only_people_the_model_never_saw() {
 #[test]
 fn every_bad_option_value_is_a_usage_error_with_exit_2_naming_the_flag() {
     let d = tmp();
-    let cases: [(&[&str], &str); 15] = [
+    let cases: [(&[&str], &str); 19] = [
         (&["finetune", "--val", "x"], "--val"),
         (&["finetune", "--crop", "1,2"], "--crop"),
         (&["finetune", "--augment", "wild"], "--augment"),
@@ -440,6 +440,11 @@ fn every_bad_option_value_is_a_usage_error_with_exit_2_naming_the_flag() {
         (&["cv", "--fold", "1"], "--out"),
         (&["faces", "d", "--out", "o", "--tile", "5000"], "--tile"),
         (&["predict", "x.png", "--subject", " "], "--subject"),
+        (&["predict", "x.png", "--batch-size", "0"], "--batch-size"),
+        // `speed` at 5 px panicked in libtorch's pooling (conv5's output has no pixel left).
+        (&["speed", "--image-size", "5"], "--image-size"),
+        (&["speed", "--batch-size", "0"], "--batch-size"),
+        (&["speed", "--reps", "0"], "--reps"),
         // Random initialisation would silently ignore the weights file.
         (&["finetune", "--random-init", "--weights", "w.safetensors"], "--weights"),
     ];

@@ -225,7 +225,7 @@ fn predict_cmd(mut a: PredictArgs) -> anyhow::Result<bool> {
         );
     }
     let tta_flip = vggft::eval::flip_tta(a.tta.choice(), model.cfg.subject_norm);
-    let preds = predict::predict(&cfg, &model, &paths, &subjects, (tta_flip, a.batch_size), device, &mut reporter(false));
+    let preds = predict::predict(&cfg, &model, &paths, &subjects, (tta_flip, a.batch_size as usize), device, &mut reporter(false));
     if model.cfg.subject_norm {
         errln!("{}", vggft::subject::TRANSDUCTIVE);
     }
@@ -447,7 +447,7 @@ fn speed(a: SpeedArgs) -> anyhow::Result<()> {
             errln!("bf16 not timed: this CPU has no bfloat16 arithmetic (neither AMX-BF16 nor AVX512-BF16; libtorch emulates it, ~10× slower); --precision f32,bf16 times it anyway");
         }
     }
-    let r = vggft::speed::measure(&mut model, a.batch_size, a.image_size, a.reps, &precisions);
+    let r = vggft::speed::measure(&mut model, a.batch_size, a.image_size, a.reps as usize, &precisions);
     if a.json {
         outln!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(());
