@@ -137,6 +137,9 @@ fn one_usize() -> usize {
 /// Most ensemble members `--members` accepts.
 pub const MAX_MEMBERS: usize = 32;
 
+/// The most augmented views per image a cache may hold (`--cache-views`).
+pub const MAX_CACHE_VIEWS: usize = 64;
+
 impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |setting: Setting, m: String| Err(Error::invalid(setting, m));
@@ -161,8 +164,11 @@ impl TrainConfig {
         if self.batch_size < 2 {
             return bad(Setting::BatchSize, format!("must be at least 2, got {}", self.batch_size));
         }
-        if self.cache_views == 0 {
-            return bad(Setting::CacheViews, "must be at least 1".into());
+        // Each view is a pass of every training image through the frozen trunk:
+        // 64 already costs 16× the default's cache pass, and more views measured
+        // little better (8 against 4: +0.018 on the JAFFE-framed probe).
+        if !(1..=MAX_CACHE_VIEWS).contains(&self.cache_views) {
+            return bad(Setting::CacheViews, format!("must be 1 to {MAX_CACHE_VIEWS}, got {}", self.cache_views));
         }
         // The clean views are rows of the feature cache; uncached training
         // draws fresh augmentations and would record an option it ignored.

@@ -123,9 +123,13 @@ fn bad_options_and_inputs_fail_clearly() {
     let (code, _, err) = run(&args(&s, &["finetune", "--data", data, "--freeze-until", "conv9"]), d.path());
     assert_eq!(code, 2);
     assert!(err.contains("conv9") && err.contains("conv5") && err.contains("head"), "{err}");
-    for (opt, val, want) in
-        [("--epochs", "0", "--epochs must be at least 1"), ("--lr", "-1", "--lr must be in (0, 10)"), ("--batch-size", "1", "--batch-size must be at least 2")]
-    {
+    for (opt, val, want) in [
+        ("--epochs", "0", "--epochs must be at least 1"),
+        ("--lr", "-1", "--lr must be in (0, 10)"),
+        ("--batch-size", "1", "--batch-size must be at least 2"),
+        // A million views would be a million passes of every image through the trunk.
+        ("--cache-views", "1000000", "--cache-views must be 1 to 64, got 1000000"),
+    ] {
         let (code, _, err) = run(&args(&s, &["finetune", "--data", data, opt, val]), d.path());
         assert_eq!(code, 1, "{opt} {val}");
         assert!(err.contains(want), "{opt} {val}: {err}");
