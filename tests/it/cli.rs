@@ -661,12 +661,13 @@ fn long_steps_say_so_when_stderr_is_not_a_terminal() {
     let done = err.lines().position(|l| l.starts_with("cached the frozen conv4 output"));
     assert!(line.is_some() && done.is_some() && line < done, "a line before the cache pass and one after it:\n{err}");
     assert!(err.contains("epoch   1/2 [head+] lr") && err.contains("epoch   2/2 [conv5+] lr"), "each epoch line says of how many:\n{err}");
-    let (code, _, err) = run(
-        &args(&s, &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:1,conv5:1", "--val", "none", "--cache-views", "5000", "--cache-mem", "1"]),
-        d.path(),
-    );
+    // 128 px, so that 1 MiB holds fewer than the 64 views asked for.
+    let w = d.path().join("trunk.safetensors");
+    let big = ["--weights", w.to_str().unwrap(), "--width-div", "16", "--image-size", "128", "--device", "cpu", "--threads", "2"];
+    let many = ["finetune", "--data", m.to_str().unwrap(), "--stages", "head:1,conv5:1", "--val", "none", "--cache-views", "64", "--cache-mem", "1"];
+    let (code, _, err) = run(&[&many[..], &big[..]].concat(), d.path());
     assert_eq!(code, 0, "{err}");
-    assert!(err.contains("--cache-mem 1 MiB holds ") && err.contains(" of the 5000 augmented views asked for"), "fewer views than asked for are said:\n{err}");
+    assert!(err.contains("--cache-mem 1 MiB holds ") && err.contains(" of the 64 augmented views asked for"), "fewer views than asked for are said:\n{err}");
     // Said on a CPU with AMX-BF16 (where bf16 ran ~4x faster), never elsewhere or when bf16 is asked for.
     assert_eq!(err.contains("this CPU has AMX-BF16: --precision bf16"), (vggft::model::CpuBf16::detect() == vggft::model::CpuBf16::Amx), "{err}");
     assert!(!err.contains("no bfloat16 arithmetic"), "a float32 run is not warned: {err}");
