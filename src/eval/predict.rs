@@ -123,6 +123,12 @@ pub struct Inputs {
 /// Why a picture in a format vggft does not decode was left out.
 pub const UNREAD: &str = "a picture format vggft does not read (it reads TIFF, PNG, JPEG, BMP and PGM): convert it to PNG or JPEG";
 
+/// A file a folder gives as a photo: named as an image vggft reads, and not
+/// hidden (macOS's `._photo.jpg` metadata twins), as the dataset scan has it.
+fn is_photo(path: &Path) -> bool {
+    !crate::data::scan::hidden(path) && path.is_file() && is_image(path)
+}
+
 /// Files and folders → image paths: a folder's images sorted, one level deep,
 /// or with `recursive` every sub-folder's too (depth first, sorted), except
 /// sub-folders of vggft's own output (a folder named on the command line is
@@ -139,11 +145,11 @@ pub fn expand_inputs(inputs: &[PathBuf], recursive: bool) -> Inputs {
         entries.sort();
         let mut found = 0;
         for q in entries {
-            // Hidden entries are skipped as the dataset scan skips them.
+            // Hidden entries (files and folders) are skipped as the dataset scan skips them.
             if crate::data::scan::hidden(&q) {
                 continue;
             }
-            if q.is_file() && is_image(&q) {
+            if is_photo(&q) {
                 out.paths.push(q);
                 found += 1;
             } else if crate::data::scan::is_unread_picture(&q) {
@@ -220,13 +226,7 @@ fn prepare_with(
                     .flatten()
                     .map(|e| e.path())
                     .filter(|q| q.is_dir() && !crate::data::scan::hidden(q) && !crate::data::scan::is_vggft_output(q))
-                    .filter(|q| {
-                        std::fs::read_dir(q)
-                            .into_iter()
-                            .flatten()
-                            .flatten()
-                            .any(|e| !crate::data::scan::hidden(&e.path()) && e.path().is_file() && is_image(&e.path()))
-                    })
+                    .filter(|q| std::fs::read_dir(q).into_iter().flatten().flatten().any(|e| is_photo(&e.path())))
                     .map(|q| q.file_name().unwrap_or_default().to_string_lossy().into_owned())
                     .collect();
                 with_images.sort();
