@@ -194,11 +194,14 @@ pub struct Explained {
 /// Explains every path; writes a PNG per image, `sheet.png`, `explain.csv`
 /// and (with `mean`) `mean_<class>.png`.
 pub fn explain(cfg: &RunConfig, model: &Vgg16, req: &ExplainRequest, device: Device) -> Result<Vec<Explained>> {
+    refuse_out_among_inputs(req.out, req.paths)?;
+    let stale = earlier_outputs(req.out);
     fsutil::create_dir(req.out)?;
     let s = cfg.data.preprocess.image_size;
     let mut finder = None;
     let mut out = Vec::new();
     let mut tiles = Vec::new();
+    let mut written = std::collections::HashSet::new();
     for (i, p) in req.paths.iter().enumerate() {
         let px = match crate::eval::predict::prepare_alone(p, cfg, &mut finder).map(|(px, _)| px) {
             Ok(px) => px,
@@ -212,6 +215,7 @@ pub fn explain(cfg: &RunConfig, model: &Vgg16, req: &ExplainRequest, device: Dev
         let file = req.out.join(format!("{i:04}_{stem}.png"));
         let tile = captioned(&overlay(&cam.input, &cam.heat, s), &caption(cfg, &cam, &stem, None))?;
         save_png(&file, &tile)?;
+        written.insert(file.clone());
         if req.arrays {
             let t = |v: &[f32]| Tensor::from_slice(v).view([s as i64, s as i64]);
             let probs = Tensor::from_slice(&cam.probs);
@@ -221,13 +225,16 @@ pub fn explain(cfg: &RunConfig, model: &Vgg16, req: &ExplainRequest, device: Dev
                 ("probs".to_string(), probs),
                 ("class".to_string(), Tensor::from_slice(&[cam.class as f64])),
             ];
-            crate::model::weights::save_atomic(&named, &req.out.join(format!("{i:04}_{stem}.safetensors")))?;
+            let arrays = req.out.join(format!("{i:04}_{stem}.safetensors"));
+            crate::model::weights::save_atomic(&named, &arrays)?;
+            written.insert(arrays);
         }
         tiles.push(tile);
         out.push(Explained { path: p.clone(), result: Ok((cam, file)) });
     }
     if !tiles.is_empty() {
         save_png(&req.out.join("sheet.png"), &sheet(&tiles))?;
+        written.insert(req.out.join("sheet.png"));
     }
     write_csv(&req.out.join("explain.csv"), cfg, &out)?;
     if req.mean {
@@ -242,10 +249,64 @@ pub fn explain(cfg: &RunConfig, model: &Vgg16, req: &ExplainRequest, device: Dev
             let max = heat.iter().copied().fold(0.0f32, f32::max);
             let heat: Vec<f32> = heat.iter().map(|h| if max > 0.0 { h / max } else { 0.0 }).collect();
             let lines = vec![format!("mean Grad-CAM: {name}"), format!("{} image(s), {}", cams.len(), req.layer.name())];
-            save_png(&req.out.join(format!("mean_{}.png", safe_name(name))), &captioned(&overlay(&input, &heat, s), &lines)?)?;
+            let file = req.out.join(format!("mean_{}.png", safe_name(name)));
+            save_png(&file, &captioned(&overlay(&input, &heat, s), &lines)?)?;
+            written.insert(file);
         }
     }
+    // A second explain into the same folder (other images, fewer, or none
+    // readable) would leave the first one's heatmaps, sheet and means beside
+    // an explain.csv that no longer lists them: remove what it wrote and this
+    // one did not.
+    for old in stale.iter().filter(|f| !written.contains(*f)) {
+        let _ = std::fs::remove_file(old);
+    }
     Ok(out)
+}
+
+/// Refuses an `--out` folder that holds photos being explained: the heatmaps
+/// (PNGs) and `sheet.png` would be mixed with them, and the next `predict` or
+/// `explain` of that folder would read them as photos.
+fn refuse_out_among_inputs(out: &Path, paths: &[PathBuf]) -> Result<()> {
+    let dir = fsutil::absolute(out);
+    match paths.iter().find(|p| p.parent().map(|d| fsutil::absolute(if d.as_os_str().is_empty() { Path::new(".") } else { d })) == Some(dir.clone())) {
+        Some(p) => Err(Error::file(
+            out,
+            format!(
+                "holds photos being explained ({}): the heatmaps and sheet.png would be mixed with them and read as photos by the next predict or explain of that folder; give another --out (e.g. {})",
+                p.display(),
+                out.join("heatmaps").display()
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// What an earlier `vggft explain` wrote into `out`, found by its
+/// `explain.csv`: the heatmaps it lists (`NNNN_name.png`, by file name, so a
+/// run from another working folder counts) and their `--arrays` twins,
+/// `sheet.png` and `mean_*.png`. Nothing when `out` holds no explain.csv:
+/// a folder explain did not write is not touched.
+fn earlier_outputs(out: &Path) -> Vec<PathBuf> {
+    let Ok(mut r) = csv::Reader::from_path(out.join("explain.csv")) else { return vec![] };
+    let column = r.headers().ok().and_then(|h| h.iter().position(|c| c == "heatmap"));
+    let is_tile = |n: &str| n.len() > 9 && n.as_bytes()[..4].iter().all(u8::is_ascii_digit) && n.as_bytes()[4] == b'_' && n.ends_with(".png");
+    let mut files: Vec<PathBuf> = r
+        .records()
+        .filter_map(|rec| Some(Path::new(rec.ok()?.get(column?)?).file_name()?.to_string_lossy().into_owned()))
+        .filter(|n| is_tile(n))
+        .flat_map(|n| [out.join(&n), out.join(n).with_extension("safetensors")])
+        .collect();
+    files.push(out.join("sheet.png"));
+    files.extend(
+        std::fs::read_dir(out)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("mean_") && n.to_string_lossy().ends_with(".png"))),
+    );
+    files
 }
 
 /// Caption lines: the file, the explained class with its probability, and

@@ -232,3 +232,48 @@ fn explain_writes_heatmaps_a_sheet_means_and_works_for_every_model_option() {
     assert_eq!(code, 1);
     assert!(err.contains("empty: folder holds no images") && out.starts_with("no image could be explained") && !out.contains("heatmaps"), "{out}\n{err}");
 }
+
+#[test]
+fn explain_into_an_earlier_explain_folder_replaces_it_and_never_writes_among_the_photos() {
+    let d = tmp();
+    let s = small_trunk(d.path(), 43);
+    let m = subject_dataset(d.path(), 4, 32);
+    let (code, _, err) =
+        run(&args(&s, &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:1", "--val", "none", "--name", "r", "--quiet"]), d.path());
+    assert_eq!(code, 0, "{err}");
+    let photo = |n: &str| d.path().join(n).to_str().unwrap().to_string();
+    let explain = |extra: &[&str], inputs: &[String]| {
+        let mut a = vec!["explain", "--model", "runs/r", "--device", "cpu"];
+        a.extend_from_slice(extra);
+        a.extend(inputs.iter().map(String::as_str));
+        run(&a, d.path())
+    };
+    let listing = |dir: &str| {
+        let mut v: Vec<String> = std::fs::read_dir(d.path().join(dir)).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
+    };
+    let (code, _, err) = explain(&["--out", "ex", "--mean", "--arrays"], &[photo("s00_neutral.png"), photo("s00_smiling.png"), photo("s01_smiling.png")]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(listing("ex").len(), 10, "3 heatmaps, 3 arrays, the sheet, the CSV and two means: {:?}", listing("ex"));
+    // A second explain of one other photo: the folder is that explain's alone.
+    std::fs::write(d.path().join("ex/notes.txt"), "mine").unwrap();
+    let (code, _, err) = explain(&["--out", "ex"], &[photo("s02_neutral.png")]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(listing("ex"), ["0000_s02_neutral.png", "explain.csv", "notes.txt", "sheet.png"], "a file explain did not write stays");
+    // Nothing readable: no stale sheet or heatmap beside a CSV of errors.
+    let (code, _, _) = explain(&["--out", "ex"], &[photo("gone.png")]);
+    assert_eq!(code, 1);
+    assert_eq!(listing("ex"), ["explain.csv", "notes.txt"]);
+    // --out the folder of the photos: refused, nothing written there.
+    let photos = std::fs::create_dir(d.path().join("photos")).map(|_| d.path().join("photos")).unwrap();
+    std::fs::copy(d.path().join("s03_smiling.png"), photos.join("a.png")).unwrap();
+    for (out, input) in [("photos", "photos"), ("photos", "photos/a.png"), ("photos/.", "./photos")] {
+        let (code, _, err) = explain(&["--out", out], &[input.to_string()]);
+        assert_eq!(code, 1, "{out} {input}");
+        assert!(err.contains("holds photos being explained") && err.contains("heatmaps"), "{err}");
+        assert_eq!(listing("photos"), ["a.png"], "{out} {input}");
+    }
+    let (code, _, err) = explain(&["--out", "photos/heatmaps"], &["photos".to_string()]);
+    assert_eq!(code, 0, "the folder the error suggests: {err}");
+}
