@@ -382,6 +382,23 @@ pub fn loss_tiles(
     Ok(out)
 }
 
+/// Removes the top losses an earlier evaluation wrote into `dir`
+/// (`top_losses.png`, `.csv` and the `top_losses/loss-NNN.png` tiles, nothing
+/// else): a later evaluation into the same folder, with fewer or none, would
+/// otherwise leave them beside metrics that are not theirs.
+pub fn clear_top_losses(dir: &Path) {
+    let _ = std::fs::remove_file(dir.join("top_losses.png"));
+    let _ = std::fs::remove_file(dir.join("top_losses.csv"));
+    let tiles = dir.join("top_losses");
+    for e in std::fs::read_dir(&tiles).into_iter().flatten().flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.strip_prefix("loss-").and_then(|r| r.strip_suffix(".png")).is_some_and(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit())) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    let _ = std::fs::remove_dir(tiles);
+}
+
 /// `top_losses.png` (the tiles, worst first) and `top_losses.csv` in `dir`.
 pub fn write_top_losses(dir: &Path, classes: &[String], top: &[TopLoss]) -> Result<()> {
     let tiles: Vec<RgbImage> = top

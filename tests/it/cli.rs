@@ -479,6 +479,17 @@ fn evaluate_warns_about_training_images_and_can_leave_them_out() {
     assert_eq!(code, 0, "{err}");
     assert!(err.contains(&format!("left out {n_train} image(s)")) && !err.contains("warning"), "{err}");
     assert!(out.contains(&format!("{n_val} images from")), "{out}");
+    // Top losses, then fewer, then none into the same folder: only this evaluation's are there.
+    let tiles = |dir: &str| std::fs::read_dir(d.path().join(dir).join("top_losses")).map(|r| r.count()).unwrap_or(0);
+    for (n, want) in [("4", 4), ("2", 2), ("0", 0)] {
+        let (code, out, err) =
+            run(&["evaluate", "--model", "runs/e", "--data", m.to_str().unwrap(), "--device", "cpu", "--out", "ev1", "--top-losses", n], d.path());
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(tiles("ev1"), want, "--top-losses {n}: {out}");
+        let csv = std::fs::read_to_string(d.path().join("ev1/top_losses.csv")).unwrap_or_default();
+        assert_eq!(csv.lines().count().saturating_sub(1), want, "{csv}");
+        assert_eq!(d.path().join("ev1/top_losses.png").is_file(), want > 0);
+    }
 }
 
 #[test]

@@ -328,6 +328,7 @@ fn evaluate(mut a: EvaluateArgs) -> anyhow::Result<()> {
         errln!("{}", vggft::subject::TRANSDUCTIVE);
     }
     vggft::fsutil::create_dir(&out)?;
+    vggft::eval::explain::clear_top_losses(&out);
     let m = &ev.metrics;
     vggft::fsutil::write_json(
         &out.join("metrics.json"),
