@@ -76,9 +76,7 @@ fn entry(dir: &Path) -> Result<Entry> {
     } else if !dir.exists() {
         return Err(Error::file(dir, "does not exist"));
     } else {
-        let hint =
-            if dir.join("latest").join("config.json").is_file() { format!(" (its latest run: {})", dir.join("latest").display()) } else { String::new() };
-        return Err(Error::file(dir, format!("is neither a run folder (config.json) nor a cv folder (cv.json){hint}")));
+        return Err(Error::file(dir, "is neither a run folder (config.json), a cv folder (cv.json) nor a folder of them"));
     }
     // Hashes are compared in full but shown short.
     for k in ["data_sha256", "weights.sha256"] {
@@ -89,9 +87,59 @@ fn entry(dir: &Path) -> Result<Entry> {
     Ok(Entry { name, recipe, metrics })
 }
 
-/// The Markdown table for `dirs`.
+/// A recipe value as shown: numbers that JSON wrote in full (a fitted
+/// threshold's 0.47916666666666663) to 4 significant digits; rows are still
+/// told apart by the full values.
+fn show(v: &str) -> String {
+    let short = |part: &str| -> String {
+        let long = part.split_once('.').is_some_and(|(_, frac)| frac.trim_start_matches('-').len() > 6);
+        match part.parse::<f64>() {
+            Ok(x) if long && x.is_finite() && x != 0.0 => {
+                let mag = x.abs().log10().floor() as i32;
+                if (-3..6).contains(&mag) {
+                    let t = format!("{x:.*}", (3 - mag).max(0) as usize);
+                    if t.contains('.') {
+                        t.trim_end_matches('0').trim_end_matches('.').to_string()
+                    } else {
+                        t
+                    }
+                } else {
+                    format!("{x:.3e}")
+                }
+            }
+            _ => part.to_string(),
+        }
+    };
+    v.split(',').map(short).collect::<Vec<_>>().join(",")
+}
+
+/// The folders a `report` argument stands for: itself when it is a run or a
+/// cv folder, else (a folder of runs, `finetune --out DIR`'s) the run and cv
+/// folders directly inside it by name, without its `latest` link (a second
+/// column of the run it names).
+fn expand(dir: &Path) -> Vec<std::path::PathBuf> {
+    let is_result = |d: &Path| d.join("cv.json").is_file() || d.join("config.json").is_file();
+    if is_result(dir) {
+        return vec![dir.to_path_buf()];
+    }
+    let mut inside: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().is_some_and(|n| n != "latest") && is_result(p))
+        .collect();
+    inside.sort();
+    if inside.is_empty() {
+        vec![dir.to_path_buf()]
+    } else {
+        inside
+    }
+}
+
+/// The Markdown table for `dirs` (run folders, cv folders, folders of runs).
 pub fn report(dirs: &[std::path::PathBuf]) -> Result<String> {
-    let entries: Vec<Entry> = dirs.iter().map(|d| entry(d)).collect::<Result<_>>()?;
+    let entries: Vec<Entry> = dirs.iter().flat_map(|d| expand(d)).map(|d| entry(&d)).collect::<Result<_>>()?;
     // Data and weights are shown when they differ (paths, the data fingerprint, the weights' hash).
     let ignore = ["created"];
     let keys: Vec<String> = entries
@@ -107,7 +155,7 @@ pub fn report(dirs: &[std::path::PathBuf]) -> Result<String> {
         .collect();
     let mut out = format!("| | {} |\n|---|{}\n", entries.iter().map(|e| e.name.as_str()).collect::<Vec<_>>().join(" | "), "---|".repeat(entries.len()));
     for k in &keys {
-        out.push_str(&format!("| {k} | {} |\n", entries.iter().map(|e| e.recipe.get(k).map(String::as_str).unwrap_or("–")).collect::<Vec<_>>().join(" | ")));
+        out.push_str(&format!("| {k} | {} |\n", entries.iter().map(|e| e.recipe.get(k).map_or("–".to_string(), |v| show(v))).collect::<Vec<_>>().join(" | ")));
     }
     for m in ["protocol", "balanced_accuracy", "accuracy", "roc_auc", "majority_baseline"] {
         out.push_str(&format!(
@@ -119,4 +167,21 @@ pub fn report(dirs: &[std::path::PathBuf]) -> Result<String> {
         out.push_str("\n(no recipe differences: the same settings throughout)\n");
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::show;
+
+    #[test]
+    fn long_numbers_are_shown_to_four_significant_digits() {
+        assert_eq!(show("0.47916666666666663,0.579861111111111"), "0.4792,0.5799");
+        assert_eq!(show("-1.7799097863974713"), "-1.78");
+        assert_eq!(show("0.000012345678"), "1.235e-5");
+        assert_eq!(show("123.45678901"), "123.5");
+        // Short numbers, integers and text stay as written.
+        for v in ["0.003", "0.0001", "50", "best", "1e-5", "conv4,conv5", "0.5"] {
+            assert_eq!(show(v), v);
+        }
+    }
 }

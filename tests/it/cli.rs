@@ -659,6 +659,13 @@ fn report_shows_data_and_weights_when_they_differ() {
     }
     let (_, out, _) = run(&["report", "runs/ra", "runs/rc"], d.path());
     assert!(!out.contains("| data.path |") && !out.contains("| weights.sha256 |"), "the same data and weights are not rows:\n{out}");
+    // The folder of runs: each run once (not again as `latest`).
+    let (code, out, err) = run(&["report", "runs"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("| | ra | rb | rc |\n"), "{out}");
+    let (code, _, err) = run(&["report", "a"], d.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("a: is neither a run folder (config.json), a cv folder (cv.json) nor a folder of them"), "{err}");
 }
 
 #[test]
