@@ -189,6 +189,25 @@ pub fn prepare_one(
     prepare_with(path, &cfg.data.preprocess, finder, given)
 }
 
+/// Refuses a `vggft preprocess --out` that would replace something it did
+/// not write: the file must be named `.safetensors` (so a slip such as
+/// `--out face.tiff` cannot overwrite the photo with tensors), and an existing
+/// file must be an earlier preprocess output (one tensor, `input`), not a
+/// weights file or a model.
+pub fn check_input_file(out: &Path) -> crate::error::Result<()> {
+    use crate::error::Error;
+    if out.extension().is_none_or(|e| e != "safetensors") {
+        return Err(Error::file(out, "the network input is written as safetensors: give --out a name ending in .safetensors"));
+    }
+    if std::fs::symlink_metadata(out).is_ok() && crate::model::weights::header_names(out).is_none_or(|names| names != ["input"]) {
+        return Err(Error::file(
+            out,
+            "exists and is not an earlier `vggft preprocess` output (one tensor named `input`): it is left as it is; give another --out",
+        ));
+    }
+    Ok(())
+}
+
 /// `prepare_one` for a photo the single-image head answers (no other photo
 /// of its person): the whole frame where that head reads it
 /// (`RunConfig::single_frame`), else as the run prepares every photo.

@@ -241,6 +241,24 @@ fn copy_checked(path: &Path, targets: &BTreeMap<String, Tensor>, file: &BTreeMap
     Ok(())
 }
 
+/// The tensor names in a safetensors file's header (read alone, not the
+/// data), or None where the file is not safetensors.
+pub(crate) fn header_names(path: &Path) -> Option<Vec<String>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).ok().filter(|f| f.metadata().is_ok_and(|m| m.is_file()))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).ok()?;
+    let len = u64::from_le_bytes(len);
+    // The format caps its header at 100 MB.
+    if len > 100_000_000 {
+        return None;
+    }
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&header).ok()?;
+    Some(v.as_object()?.keys().filter(|k| *k != "__metadata__").cloned().collect())
+}
+
 /// Saves named tensors as safetensors, atomically (temp file + rename).
 pub fn save_atomic(named: &[(String, Tensor)], path: &Path) -> Result<()> {
     let contiguous: Vec<(String, Tensor)> = named.iter().map(|(n, t)| (n.clone(), t.to_device(tch::Device::Cpu).contiguous())).collect();

@@ -240,6 +240,23 @@ fn a_lopsided_split_is_warned_of_and_preprocess_makes_its_folder() {
     assert!(out.contains("network input 1×3×32×32"), "{out}");
     let t = tch::Tensor::read_safetensors(d.path().join("new/dir/x.safetensors")).unwrap();
     assert_eq!((t.len(), t[0].0.as_str(), t[0].1.size()), (1, "input", vec![1, 3, 32, 32]));
+    // Its own earlier output is replaced; the photo itself, an image name, the
+    // run's model and the weights are never written over.
+    let (code, _, err) = run(&["preprocess", "s00_neutral.png", "--model", "runs/ok", "--out", "new/dir/x.safetensors"], d.path());
+    assert_eq!(code, 0, "{err}");
+    let before: Vec<Vec<u8>> = ["s00_neutral.png", "runs/ok/model.safetensors", "trunk.safetensors"].map(|f| std::fs::read(d.path().join(f)).unwrap()).into();
+    for (out, why) in [
+        ("s00_neutral.png", "give --out a name ending in .safetensors"),
+        ("x.tiff", "give --out a name ending in .safetensors"),
+        ("runs/ok/model.safetensors", "exists and is not an earlier `vggft preprocess` output"),
+        ("trunk.safetensors", "exists and is not an earlier `vggft preprocess` output"),
+    ] {
+        let (code, _, err) = run(&["preprocess", "s00_neutral.png", "--model", "runs/ok", "--out", out], d.path());
+        assert_eq!(code, 1, "{out}");
+        assert!(err.starts_with(&format!("error: {out}: ")) && err.contains(why), "{err}");
+    }
+    let after: Vec<Vec<u8>> = ["s00_neutral.png", "runs/ok/model.safetensors", "trunk.safetensors"].map(|f| std::fs::read(d.path().join(f)).unwrap()).into();
+    assert!(before == after && !d.path().join("x.tiff").exists());
 }
 
 #[test]

@@ -125,6 +125,7 @@ fn finetune(a: FinetuneArgs, seed_given: bool) -> anyhow::Result<()> {
 }
 
 fn preprocess(image: &std::path::Path, model: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
+    predict::check_input_file(out)?;
     let cfg = run::read_config(model)?;
     let px = predict::prepare_alone(image, &cfg, &mut None)?.0;
     let s = cfg.data.preprocess.image_size as i64;
