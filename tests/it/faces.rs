@@ -344,6 +344,15 @@ fn faces_refuses_an_output_inside_the_data_and_clears_its_own_stale_crops() {
     assert_eq!(code, 1);
     assert!(err.contains("is the data folder itself"), "{err}");
     assert_eq!(std::fs::read_to_string(&manifest).unwrap(), before, "the data's own manifest is untouched");
+    // Nor is another dataset's manifest, in a folder faces did not write.
+    std::fs::create_dir(d.path().join("other")).unwrap();
+    let other = subject_dataset(&d.path().join("other"), 1, 40);
+    let theirs = std::fs::read_to_string(&other).unwrap();
+    let (code, _, err) = run(&["faces", "data", "--out", "other", "--tile", "32"], d.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("other: holds a manifest.csv that `vggft faces` did not write"), "{err}");
+    assert_eq!(std::fs::read_to_string(&other).unwrap(), theirs);
+    assert!(!d.path().join("other/crops").exists(), "nothing written");
     std::fs::remove_file(&manifest).unwrap();
     for f in ["s00_neutral.png", "s00_smiling.png"] {
         std::fs::remove_file(d.path().join("data/a").join(f)).unwrap();
