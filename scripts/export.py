@@ -39,6 +39,9 @@ def export(run, out=None):
     net = vggft_model.load(run)
     s = cfg["data"]["preprocess"]["image_size"]
     out = out or os.path.join(run, "model.onnx")
+    # A slip such as `--out RUN/model.safetensors` must not replace the model.
+    if not out.endswith(".onnx"):
+        raise SystemExit(f"error: {out}: the export is an ONNX file: give --out a name ending in .onnx")
     tmp = out + ".tmp"
     # The 7×7 pooling matrix is a constant of the traced size, by design.
     warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)

@@ -87,6 +87,16 @@ def check(binary, d):
             diff = max(np.abs(got - want[img]).max(), np.abs(torch_got - want[img]).max())
             worst = max(worst, diff)
             assert diff < 1e-3, (name, img, got, torch_got, want[img])
+        if name == "linear":
+            # --out naming the model (a slip) is refused; the model stays.
+            model = os.path.join(rd, "model.safetensors")
+            before = open(model, "rb").read()
+            try:
+                export.export(rd, model)
+                raise AssertionError("export over model.safetensors was not refused")
+            except SystemExit as e:
+                assert "give --out a name ending in .onnx" in str(e), e
+            assert open(model, "rb").read() == before
     print(f"test_export: ONNX Runtime and PyTorch match vggft predict on {len(variants)} runs, largest difference {worst:.1e}: ok")
 
 

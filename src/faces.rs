@@ -45,6 +45,7 @@ pub fn run(dir: &Path, out: &Path, tile: u32) -> Result<FacesReport> {
         return Err(Error::file(out, "is the data folder itself: the crops and their manifest.csv would be mixed with the data; choose an --out outside it"));
     }
     crate::data::scan::refuse_output_in(&ds, out, "its crops")?;
+    crate::data::scan::refuse_other_output(out, "a faces folder", "the crops, faces.csv and their manifest")?;
     // Another dataset's manifest (a folder that `faces` did not write: no
     // faces.csv beside it) would be replaced by the crops' manifest.
     if out.join("manifest.csv").exists() && !out.join("faces.csv").exists() {

@@ -265,7 +265,7 @@ pub fn is_vggft_output(dir: &Path) -> bool {
 /// What vggft output folder `dir` is, by the files each command leaves
 /// (evaluate's by `metrics.json` beside `confusion.png`, as `metrics.json`
 /// alone is a common name).
-fn output_kind(dir: &Path) -> Option<&'static str> {
+pub(crate) fn output_kind(dir: &Path) -> Option<&'static str> {
     let has = |m: &str| dir.join(m).exists();
     if has("config.json") {
         Some("a run folder")
@@ -295,6 +295,21 @@ pub fn refuse_output_inside(data: &Path, format: DataFormat, out: &Path, what: &
     match scan(data, format) {
         Ok(ds) => refuse_output_in(&ds, out, what),
         Err(_) => Ok(()),
+    }
+}
+
+/// Refuses an `--out` folder that another vggft command wrote (a run, a cv
+/// folder, face crops, …): `own` is what this command's output reads as
+/// (`output_kind`), `what` what it would write. Written in, the two would
+/// mix and files of the same name be replaced (an evaluation's
+/// `metrics.json` over the run's own record).
+pub fn refuse_other_output(out: &Path, own: &str, what: &str) -> Result<()> {
+    match output_kind(out) {
+        Some(kind) if kind != own => Err(Error::file(
+            out,
+            format!("is {kind} that vggft wrote: {what} would be mixed with its files (and replace those of the same name); give another --out"),
+        )),
+        _ => Ok(()),
     }
 }
 

@@ -775,6 +775,32 @@ fn an_output_inside_a_class_folder_dataset_is_refused_before_anything_is_written
     assert_eq!(listing(&f), before);
     let (code, _, err) = run(&["evaluate", "--model", "m/runs", "--device", "cpu", "--data", "data", "--out", "scores"], d.path());
     assert_eq!(code, 0, "{err}");
+    // Another command's output folder is not written into: an evaluation into
+    // the run's own folder replaced the run's metrics.json.
+    let run_dir = std::fs::canonicalize(d.path().join("m/runs/latest")).unwrap();
+    let run_dir = run_dir.to_str().unwrap();
+    let record = |dir: &str| walk(Path::new(dir)).into_iter().map(|p| (p.clone(), std::fs::read(&p).ok())).collect::<Vec<_>>();
+    let (run_before, scores_before) = (record(run_dir), record(d.path().join("scores").to_str().unwrap()));
+    let m_s = m.to_str().unwrap();
+    for (a, out, kind) in [
+        (vec!["evaluate", "--model", "m/runs", "--device", "cpu", "--data", "data"], run_dir, "a run folder"),
+        (vec!["explain", "data/a", "--model", "m/runs", "--device", "cpu"], run_dir, "a run folder"),
+        (vec!["faces", "data"], "m/runs", "a folder of runs"),
+        (vec!["finetune", "--data", m_s, "--stages", "head:1"], "scores", "an evaluate folder"),
+        (vec!["cv", "--data", m_s, "--folds", "2", "--stages", "head:1"], run_dir, "a run folder"),
+        (vec!["lr-find", "--data", m_s, "--steps", "10"], "scores", "an evaluate folder"),
+    ] {
+        let mut a = a.clone();
+        a.extend(["--out", out]);
+        let a = if ["finetune", "cv", "lr-find"].contains(&a[0]) { args(&s, &a) } else { a };
+        let (code, _, err) = run(&a, d.path());
+        assert_eq!(code, 1, "{a:?}: {err}");
+        assert!(err.contains(&format!("{out}: is {kind} that vggft wrote: ")) && err.contains("give another --out"), "{a:?}: {err}");
+    }
+    assert!(record(run_dir) == run_before && record(d.path().join("scores").to_str().unwrap()) == scores_before, "nothing was written");
+    // Its own kind is written again.
+    let (code, _, err) = run(&["evaluate", "--model", "m/runs", "--device", "cpu", "--data", "data", "--out", "scores"], d.path());
+    assert_eq!(code, 0, "{err}");
 }
 
 /// Every file and folder under `p`.
