@@ -203,6 +203,10 @@ def run_inventory(d):
         if f.endswith(".png"):
             os.rename(os.path.join(nest, "neutral", f), os.path.join(nest, "neutral", "KA", f))
     data_case("a class folder sorted by person (neutral/KA/*.png)", nest)
+    pre = os.path.join(d, "presplit")
+    folders(os.path.join(pre, "train"))
+    folders(os.path.join(pre, "test"))
+    data_case("a dataset shared split beforehand (train/ and test/ of the same class folders)", pre)
     dup = os.path.join(d, "dup")
     folders(dup)
     shutil.copy(os.path.join(dup, "neutral", "00.png"), os.path.join(dup, "happy", "99.png"))

@@ -328,7 +328,58 @@ fn vggft_output(dir: &Path) -> bool {
     is_vggft_output(dir) || std::fs::read_dir(dir).into_iter().flatten().flatten().any(|e| e.path().is_dir() && is_vggft_output(&e.path()))
 }
 
+/// Datasets shared split beforehand (`train/happy/…`, `test/happy/…`, as
+/// RAF-DB and FER2013's image folders are): the split folders, each holding
+/// the same class folders, and those classes; None when `dir` is not laid out
+/// so (a folder with images of its own, or sub-folders with other names).
+fn presplit(dir: &Path) -> Option<(Vec<PathBuf>, Vec<String>)> {
+    let tops: Vec<PathBuf> = sorted_entries(dir).ok()?.into_iter().filter(|p| p.is_dir()).collect();
+    // Named as splits are (train, test, val, validation, dev, eval, …), not
+    // as a class sorted by person (`neutral/KA/…`) is.
+    let split_name = |p: &PathBuf| {
+        let n = p.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+        ["train", "test", "val", "dev", "eval"].iter().any(|s| n.starts_with(s))
+    };
+    if !tops.iter().all(split_name) {
+        return None;
+    }
+    let mut classes: Option<std::collections::BTreeSet<String>> = None;
+    for top in &tops {
+        let inside = sorted_entries(top).ok()?;
+        if inside.iter().any(|p| p.is_file() && is_image(p)) {
+            return None;
+        }
+        let names: std::collections::BTreeSet<String> = inside
+            .iter()
+            .filter(|d| d.is_dir() && sorted_entries(d).is_ok_and(|e| e.iter().any(|p| p.is_file() && is_image(p))))
+            .filter_map(|d| Some(d.file_name()?.to_string_lossy().into_owned()))
+            .collect();
+        classes = Some(match classes {
+            None => names,
+            Some(c) => c.intersection(&names).cloned().collect(),
+        });
+    }
+    let classes: Vec<String> = classes?.into_iter().collect();
+    (tops.len() >= 2 && classes.len() >= 2).then_some((tops, classes))
+}
+
 fn scan_folders(dir: &Path) -> Result<Dataset> {
+    if let Some((tops, classes)) = presplit(dir) {
+        let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let is_train = |p: &&PathBuf| ["train", "training"].contains(&name(p).to_lowercase().as_str());
+        let train = tops.iter().find(is_train).unwrap_or(&tops[0]);
+        let other = tops.iter().find(|t| *t != train).unwrap_or(&tops[0]);
+        return Err(Error::dataset(
+            dir,
+            format!(
+                "holds the folders {}, each of the same class folders ({}): a split made beforehand, not classes; train on one (--data {}) and score the other with `vggft evaluate --data {}`",
+                tops.iter().map(|t| format!("`{}`", name(t))).collect::<Vec<_>>().join(", "),
+                classes.join(", "),
+                train.display(),
+                other.display()
+            ),
+        ));
+    }
     let mut samples = Vec::new();
     let mut unread = Vec::new();
     for class_dir in sorted_entries(dir)? {

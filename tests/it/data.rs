@@ -262,6 +262,30 @@ fn dataset_errors_are_named() {
     }
     let e = scan(nest.path(), DataFormat::Auto).unwrap_err().to_string();
     assert!(e.contains("class `a` has no images directly inside it (") && e.contains("a/KA holds some)"), "{e}");
+    // Both classes sorted by the same two people is still that, not a split.
+    for c in ["a", "b"] {
+        for p in ["KA", "KB"] {
+            std::fs::create_dir_all(nest.path().join(c).join(p)).unwrap();
+            gray_png(&nest.path().join(c).join(p).join("x.png"), 16, 16, |x, _| x as u8);
+        }
+    }
+    for f in std::fs::read_dir(nest.path().join("b")).unwrap().flatten().filter(|f| f.path().is_file()) {
+        std::fs::remove_file(f.path()).unwrap();
+    }
+    let e = scan(nest.path(), DataFormat::Auto).unwrap_err().to_string();
+    assert!(e.contains("has no images directly inside it"), "{e}");
+    // A dataset shared split beforehand (train/ and test/ of the same classes): the split is named.
+    let pre = tmp();
+    for split in ["Test", "train"] {
+        separable_folders(&pre.path().join(split), 2, 16);
+    }
+    let e = scan(pre.path(), DataFormat::Auto).unwrap_err().to_string();
+    let root = pre.path().display();
+    assert!(
+        e.contains("holds the folders `Test`, `train`, each of the same class folders (a, b): a split made beforehand, not classes")
+            && e.contains(&format!("(--data {root}/train) and score the other with `vggft evaluate --data {root}/Test`")),
+        "{e}"
+    );
     // The folder above a JAFFE folder: that folder is named.
     let wrap = tmp();
     std::fs::create_dir_all(wrap.path().join("jaffe")).unwrap();
