@@ -461,7 +461,20 @@ fn scan_csv(csv_path: &Path) -> Result<Dataset> {
     let bytes = std::fs::read(csv_path).map_err(|e| Error::io(csv_path, e))?;
     let text = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
     let mut rdr = csv::ReaderBuilder::new().delimiter(delimiter(text)).trim(csv::Trim::All).from_reader(text);
-    let headers = rdr.headers().map_err(|e| Error::file(csv_path, format!("bad CSV header: {e}")))?.clone();
+    let headers = rdr
+        .headers()
+        .map_err(|e| {
+            // A picture or other binary file given as the manifest, or a header in another encoding.
+            let problem = match e.kind() {
+                csv::ErrorKind::Utf8 { .. } if bytes.contains(&0) || image::guess_format(&bytes).is_ok() => {
+                    "is not a CSV manifest (it holds binary data: a picture?): give a folder or a .csv text file".to_string()
+                }
+                csv::ErrorKind::Utf8 { .. } => "line 1 (the header) is not UTF-8 text: save the manifest as UTF-8".to_string(),
+                _ => format!("bad CSV header: {e}"),
+            };
+            Error::file(csv_path, problem)
+        })?
+        .clone();
     let col = |name: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(name));
     let (Some(pc), Some(lc)) = (col("path"), col("label")) else {
         return Err(Error::file(csv_path, format!("needs columns `path` and `label` (found: {})", headers.iter().collect::<Vec<_>>().join(", "))));

@@ -214,6 +214,13 @@ fn csv_with_bom_quotes_and_errors() {
     std::fs::write(&m, b"path,label\nc.png,happy\nJos\xe9.png,neutral\n").unwrap();
     let e = scan(&m, DataFormat::Auto).unwrap_err().to_string();
     assert!(e.contains("m.csv: line 3: field 1 is not UTF-8 text") && e.contains("save it as UTF-8"), "{e}");
+    std::fs::write(&m, b"p\xe9th,label\nc.png,happy\n").unwrap();
+    let e = scan(&m, DataFormat::Auto).unwrap_err().to_string();
+    assert!(e.contains("m.csv: line 1 (the header) is not UTF-8 text: save the manifest as UTF-8"), "{e}");
+    // A picture given (or named) as the manifest.
+    std::fs::copy(d.path().join("c.png"), &m).unwrap();
+    let e = scan(&m, DataFormat::Csv).unwrap_err().to_string();
+    assert!(e.contains("m.csv: is not a CSV manifest (it holds binary data: a picture?)"), "{e}");
     // Two spellings of one class differing only in case are a typo, not two classes.
     std::fs::write(&m, "path,label\nc.png,happy\n\"a b.png\",Happy\n").unwrap();
     let e = scan(&m, DataFormat::Auto).unwrap_err().to_string();
