@@ -175,7 +175,7 @@ pub enum WeightsCommand {
 
 #[derive(Args, Debug)]
 pub struct ExplainArgs {
-    /// Images, or folders of images.
+    /// Images, folders of images, or CSV manifests (their `path` column).
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
     /// Also take the images of every sub-folder of a folder.
@@ -640,7 +640,7 @@ impl Tta {
 
 #[derive(Args, Debug)]
 pub struct PredictArgs {
-    /// Image files or folders.
+    /// Image files, folders, or CSV manifests (their `path` column; a `subject` column groups the photos by person).
     #[arg(required_unless_present = "held_out")]
     pub inputs: Vec<PathBuf>,
     /// Also take the images of every sub-folder of a folder.

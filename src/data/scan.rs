@@ -458,6 +458,14 @@ fn delimiter(text: &[u8]) -> u8 {
 }
 
 fn scan_csv(csv_path: &Path) -> Result<Dataset> {
+    read_manifest(csv_path, true)
+}
+
+/// Reads a CSV manifest: `path` (relative to the manifest's folder),
+/// `label` (required where `labelled`; else read where present, `""` where
+/// not: `predict` takes a manifest of unlabelled photos) and an optional
+/// `subject` column.
+pub fn read_manifest(csv_path: &Path, labelled: bool) -> Result<Dataset> {
     let bytes = std::fs::read(csv_path).map_err(|e| Error::io(csv_path, e))?;
     let text = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
     let mut rdr = csv::ReaderBuilder::new().delimiter(delimiter(text)).trim(csv::Trim::All).from_reader(text);
@@ -476,8 +484,10 @@ fn scan_csv(csv_path: &Path) -> Result<Dataset> {
         })?
         .clone();
     let col = |name: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(name));
-    let (Some(pc), Some(lc)) = (col("path"), col("label")) else {
-        return Err(Error::file(csv_path, format!("needs columns `path` and `label` (found: {})", headers.iter().collect::<Vec<_>>().join(", "))));
+    let (pc, lc) = (col("path"), col("label"));
+    let Some(pc) = pc.filter(|_| lc.is_some() || !labelled) else {
+        let needs = if labelled { "columns `path` and `label`" } else { "a column `path`" };
+        return Err(Error::file(csv_path, format!("needs {needs} (found: {})", headers.iter().collect::<Vec<_>>().join(", "))));
     };
     let sc = col("subject");
     // A bare file name's parent is the empty path: the current folder.
@@ -505,9 +515,9 @@ fn scan_csv(csv_path: &Path) -> Result<Dataset> {
         // The record's own line (blank lines and quoted line breaks count).
         let line = rec.position().map_or(i + 2, |p| p.line() as usize);
         let rel = rec.get(pc).unwrap_or("");
-        let label = rec.get(lc).unwrap_or("").to_string();
-        if rel.is_empty() || label.is_empty() {
-            return Err(Error::file(csv_path, format!("line {line}: empty path or label")));
+        let label = lc.and_then(|c| rec.get(c)).unwrap_or("").to_string();
+        if rel.is_empty() || (labelled && label.is_empty()) {
+            return Err(Error::file(csv_path, format!("line {line}: empty path{}", if labelled { " or label" } else { "" })));
         }
         let p = base.join(rel);
         let abs = p.canonicalize().map_err(|e| {

@@ -118,6 +118,8 @@ pub struct Inputs {
     pub skipped: Vec<PathBuf>,
     /// Pictures in the folders in a format vggft does not read (WebP, HEIC, …).
     pub unread: Vec<PathBuf>,
+    /// Each image's person, where a CSV manifest named it (its `subject` column).
+    pub subjects: std::collections::HashMap<PathBuf, String>,
 }
 
 /// Why a picture in a format vggft does not decode was left out.
@@ -134,8 +136,9 @@ fn is_photo(path: &Path) -> bool {
 /// sub-folders of vggft's own output (a folder named on the command line is
 /// always read). A folder without images stays in the list, so it is
 /// reported ("holds no images"), as does one that cannot be listed, at any
-/// depth ("cannot read").
-pub fn expand_inputs(inputs: &[PathBuf], recursive: bool) -> Inputs {
+/// depth ("cannot read"). A `.csv` file is a manifest: its `path` column's
+/// images (no label needed), each with its `subject` where it has one.
+pub fn expand_inputs(inputs: &[PathBuf], recursive: bool) -> crate::error::Result<Inputs> {
     fn folder(p: &Path, recursive: bool, out: &mut Inputs) -> usize {
         let Ok(listing) = std::fs::read_dir(p) else {
             out.paths.push(p.to_path_buf());
@@ -170,11 +173,18 @@ pub fn expand_inputs(inputs: &[PathBuf], recursive: bool) -> Inputs {
             if folder(p, recursive, &mut out) == 0 {
                 out.paths.push(p.clone());
             }
+        } else if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")) {
+            for s in crate::data::scan::read_manifest(p, false)?.samples {
+                if let Some(subject) = s.subject {
+                    out.subjects.insert(s.path.clone(), subject);
+                }
+                out.paths.push(s.path);
+            }
         } else {
             out.paths.push(p.clone());
         }
     }
-    out
+    Ok(out)
 }
 
 /// Decodes and prepares one input as the run's preprocessing says (gray S×S,

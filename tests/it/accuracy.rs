@@ -417,6 +417,22 @@ fn subject_normalised_runs_report_both_heads_and_predict_groups_by_person() {
         run(&["predict", "--device", "cpu", "--model", model.to_str().unwrap(), "--subject-from", "parent", "0.png", "./1.png", "2.png"], &people.join("anna"));
     assert_eq!(code, 0, "{err}");
     assert!(lines(&out).len() == 3 && lines(&out).iter().all(|l| l.ends_with("mode=person")), "{out}");
+    // A manifest given as the input: its subject column groups the photos (no
+    // label needed), the same answers as the folder per person.
+    std::fs::write(people.join("m.csv"), "path,subject\nanna/0.png,A\nanna/1.png,A\nanna/2.png,A\nanna/3.png,A\nben/0.png,B\n").unwrap();
+    let (code, out, err) = run(&["predict", "--device", "cpu", "--format", "json", people.join("m.csv").to_str().unwrap()], d.path());
+    assert_eq!(code, 0, "{err}");
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(probs(&listed), probs(&v), "{out}");
+    let modes: Vec<&str> = listed.as_array().unwrap().iter().map(|p| p["mode"].as_str().unwrap()).collect();
+    assert_eq!(modes, ["person", "person", "person", "person", "single-image"]);
+    // --subject-from none still answers each alone; a manifest naming a missing file is an error.
+    let (code, out, _) = run(&["predict", "--device", "cpu", "--subject-from", "none", people.join("m.csv").to_str().unwrap()], d.path());
+    assert!(code == 0 && lines(&out).iter().all(|l| l.ends_with("mode=single-image")), "{out}");
+    std::fs::write(people.join("bad.csv"), "path\ngone.png\n").unwrap();
+    let (code, _, err) = run(&["predict", "--device", "cpu", people.join("bad.csv").to_str().unwrap()], d.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("bad.csv: line 2: ") && err.contains("gone.png: No such file"), "{err}");
 
     // JAFFE names (the default): the subject is the name's first part.
     let jaffe = d.path().join("jaffe");

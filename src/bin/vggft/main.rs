@@ -140,15 +140,15 @@ fn preprocess(image: &std::path::Path, model: &std::path::Path, out: &std::path:
 
 /// The images of the command line's files and folders; says which
 /// sub-folders `-r` left out as vggft's own output.
-fn input_paths(inputs: &[std::path::PathBuf], recursive: bool) -> Vec<std::path::PathBuf> {
-    let found = predict::expand_inputs(inputs, recursive);
+fn input_paths(inputs: &[std::path::PathBuf], recursive: bool) -> vggft::error::Result<predict::Inputs> {
+    let found = predict::expand_inputs(inputs, recursive)?;
     for d in &found.skipped {
         errln!("skipped {}: vggft's own output (a run, cv folder, face crops or heatmaps), not photos; name it on the command line to read it", d.display());
     }
     if let Some(w) = vggft::data::scan::unread_warning(&found.unread) {
         errln!("{w}");
     }
-    found.paths
+    Ok(found)
 }
 
 fn explain(mut a: ExplainArgs) -> anyhow::Result<bool> {
@@ -162,7 +162,7 @@ fn explain(mut a: ExplainArgs) -> anyhow::Result<bool> {
         ),
         None => None,
     };
-    let paths = input_paths(&a.inputs, a.recursive);
+    let paths = input_paths(&a.inputs, a.recursive)?.paths;
     let req = vggft::eval::explain::ExplainRequest { paths: &paths, class, layer, out: &a.out, mean: a.mean, arrays: a.arrays };
     let done = vggft::eval::explain::explain(&cfg, &model, &req, device)?;
     if model.cfg.subject_norm {
@@ -210,13 +210,18 @@ fn predict_cmd(mut a: PredictArgs) -> anyhow::Result<bool> {
         anyhow::bail!("--held-out takes each image's person from the run's split.csv: of --subject-from only `none` (every photo alone) goes with it");
     }
     let held = if a.held_out { predict::held_out(&a.model)? } else { vec![] };
-    let paths = if a.held_out { held.iter().map(|h| h.path.clone()).collect() } else { input_paths(&a.inputs, a.recursive) };
+    let found = if a.held_out { predict::Inputs::default() } else { input_paths(&a.inputs, a.recursive)? };
+    let paths = if a.held_out { held.iter().map(|h| h.path.clone()).collect() } else { found.paths.clone() };
     let subjects = match (&a.subject, a.subject_from.as_str()) {
         _ if a.held_out && a.subject_from == "none" => predict::SubjectFrom::Nobody,
         _ if a.held_out => predict::SubjectFrom::Table(held.iter().map(|h| (h.path.clone(), h.subject.clone())).collect()),
         (Some(s), _) => predict::SubjectFrom::All(s.clone()),
         (None, "parent") => predict::SubjectFrom::Parent,
         (None, "none") => predict::SubjectFrom::Nobody,
+        // A manifest's subject column, else the JAFFE name.
+        _ if !found.subjects.is_empty() => predict::SubjectFrom::Table(
+            paths.iter().filter_map(|p| Some((p.clone(), found.subjects.get(p).cloned().or_else(|| predict::SubjectFrom::Names.subject(p))?))).collect(),
+        ),
         _ => predict::SubjectFrom::Names,
     };
     if !model.cfg.subject_norm && (a.subject.is_some() || a.subject_from != "name") {
@@ -234,7 +239,7 @@ fn predict_cmd(mut a: PredictArgs) -> anyhow::Result<bool> {
     let answered: Vec<_> = preds.iter().filter(|p| p.probs.is_ok() && p.mode.is_some()).collect();
     if matches!(subjects, predict::SubjectFrom::Names) && answered.len() > 1 && answered.iter().all(|p| subjects.subject(&p.path).is_none()) {
         errln!(
-            "note: no file name here names its person as JAFFE's do (KA.HA1.29.tiff), so each photo was answered alone by the single-image head; --subject ID (all one person) or --subject-from parent (a folder per person) lets a person's photos set that person's normalisation"
+            "note: no file name here names its person as JAFFE's do (KA.HA1.29.tiff), so each photo was answered alone by the single-image head; --subject ID (all one person), --subject-from parent (a folder per person) or a manifest.csv with a subject column given as the input lets a person's photos set that person's normalisation"
         );
     }
     if tta_flip {
