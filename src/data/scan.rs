@@ -267,13 +267,15 @@ pub fn is_vggft_output(dir: &Path) -> bool {
 /// alone is a common name).
 pub(crate) fn output_kind(dir: &Path) -> Option<&'static str> {
     let has = |m: &str| dir.join(m).exists();
-    if has("config.json") {
+    // A run writes config.json and split.csv first: config.json alone is a
+    // common name (a project's own settings).
+    if has("config.json") && has("split.csv") {
         Some("a run folder")
     } else if has("cv-config.json") {
         Some("a cv folder")
-    } else if has("latest") {
+    } else if dir.join("latest").is_symlink() || has("latest/config.json") {
         Some("a folder of runs")
-    } else if has("faces.csv") {
+    } else if has("faces.csv") && has("manifest.csv") {
         Some("a faces folder")
     } else if has("explain.csv") {
         Some("a folder of heatmaps")
@@ -590,7 +592,11 @@ mod tests {
         };
         assert!(dir("lr", &["lr-find.csv", "lr-find.png"]));
         assert!(dir("eval", &["metrics.json", "confusion.png"]));
-        assert!(dir("run", &["config.json"]));
+        assert!(dir("run", &["config.json", "split.csv"]));
+        assert!(dir("faces", &["faces.csv", "manifest.csv", "contact_sheet.png"]));
+        // A project folder with its own settings, or a file named latest, is not a run.
+        assert!(!dir("project", &["config.json", "a.png"]));
+        assert!(!dir("notes", &["latest", "a.png"]));
         // A photo folder with a file of a common name is still photos.
         assert!(!dir("photos", &["metrics.json", "a.png"]));
         assert!(!dir("plain", &["a.png"]));
