@@ -120,6 +120,8 @@ pub struct Inputs {
     pub unread: Vec<PathBuf>,
     /// Each image's person, where a CSV manifest named it (its `subject` column).
     pub subjects: std::collections::HashMap<PathBuf, String>,
+    /// Manifests given that label their images (`evaluate` would score them).
+    pub labelled: Vec<PathBuf>,
 }
 
 /// Why a picture in a format vggft does not decode was left out.
@@ -174,7 +176,11 @@ pub fn expand_inputs(inputs: &[PathBuf], recursive: bool) -> crate::error::Resul
                 out.paths.push(p.clone());
             }
         } else if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")) {
-            for s in crate::data::scan::read_manifest(p, false)?.samples {
+            let listed = crate::data::scan::read_manifest(p, false)?.samples;
+            if !listed.is_empty() && listed.iter().all(|s| !s.label.is_empty()) {
+                out.labelled.push(p.clone());
+            }
+            for s in listed {
                 if let Some(subject) = s.subject {
                     out.subjects.insert(s.path.clone(), subject);
                 }

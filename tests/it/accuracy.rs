@@ -426,6 +426,12 @@ fn subject_normalised_runs_report_both_heads_and_predict_groups_by_person() {
     assert_eq!(probs(&listed), probs(&v), "{out}");
     let modes: Vec<&str> = listed.as_array().unwrap().iter().map(|p| p["mode"].as_str().unwrap()).collect();
     assert_eq!(modes, ["person", "person", "person", "person", "single-image"]);
+    assert!(!err.contains("labels its images"), "{err}");
+    // A labelled manifest: predicted the same, and evaluate named.
+    std::fs::write(people.join("l.csv"), "path,label,subject\nanna/0.png,neutral,A\nben/0.png,smiling,B\n").unwrap();
+    let (code, _, err) = run(&["predict", "--device", "cpu", people.join("l.csv").to_str().unwrap()], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("l.csv labels its images: `vggft evaluate --data ") && err.contains("l.csv` scores the model on them"), "{err}");
     // --subject-from none still answers each alone; a manifest naming a missing file is an error.
     let (code, out, _) = run(&["predict", "--device", "cpu", "--subject-from", "none", people.join("m.csv").to_str().unwrap()], d.path());
     assert!(code == 0 && lines(&out).iter().all(|l| l.ends_with("mode=single-image")), "{out}");
