@@ -122,6 +122,8 @@ pub struct Inputs {
     pub subjects: std::collections::HashMap<PathBuf, String>,
     /// Manifests given that label their images (`evaluate` would score them).
     pub labelled: Vec<PathBuf>,
+    /// The `manifest.csv` of a folder given, which listed its images.
+    pub manifests: Vec<PathBuf>,
 }
 
 /// Why a picture in a format vggft does not decode was left out.
@@ -139,7 +141,8 @@ fn is_photo(path: &Path) -> bool {
 /// always read). A folder without images stays in the list, so it is
 /// reported ("holds no images"), as does one that cannot be listed, at any
 /// depth ("cannot read"). A `.csv` file is a manifest: its `path` column's
-/// images (no label needed), each with its `subject` where it has one.
+/// images (no label needed), each with its `subject` where it has one; a
+/// folder holding `manifest.csv` is read through it, as a dataset's is.
 pub fn expand_inputs(inputs: &[PathBuf], recursive: bool) -> crate::error::Result<Inputs> {
     fn folder(p: &Path, recursive: bool, out: &mut Inputs) -> usize {
         let Ok(listing) = std::fs::read_dir(p) else {
@@ -170,22 +173,30 @@ pub fn expand_inputs(inputs: &[PathBuf], recursive: bool) -> crate::error::Resul
         found
     }
     let mut out = Inputs::default();
+    let manifest = |m: &Path, out: &mut Inputs| -> crate::error::Result<()> {
+        let listed = crate::data::scan::read_manifest(m, false)?.samples;
+        if !listed.is_empty() && listed.iter().all(|s| !s.label.is_empty()) {
+            out.labelled.push(m.to_path_buf());
+        }
+        for s in listed {
+            if let Some(subject) = s.subject {
+                out.subjects.insert(s.path.clone(), subject);
+            }
+            out.paths.push(s.path);
+        }
+        Ok(())
+    };
     for p in inputs {
-        if p.is_dir() {
+        if p.is_dir() && p.join("manifest.csv").is_file() {
+            // As a dataset folder is read: its manifest lists the images (and their people).
+            manifest(&p.join("manifest.csv"), &mut out)?;
+            out.manifests.push(p.join("manifest.csv"));
+        } else if p.is_dir() {
             if folder(p, recursive, &mut out) == 0 {
                 out.paths.push(p.clone());
             }
         } else if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")) {
-            let listed = crate::data::scan::read_manifest(p, false)?.samples;
-            if !listed.is_empty() && listed.iter().all(|s| !s.label.is_empty()) {
-                out.labelled.push(p.clone());
-            }
-            for s in listed {
-                if let Some(subject) = s.subject {
-                    out.subjects.insert(s.path.clone(), subject);
-                }
-                out.paths.push(s.path);
-            }
+            manifest(p, &mut out)?;
         } else {
             out.paths.push(p.clone());
         }

@@ -432,6 +432,14 @@ fn subject_normalised_runs_report_both_heads_and_predict_groups_by_person() {
     let (code, _, err) = run(&["predict", "--device", "cpu", people.join("l.csv").to_str().unwrap()], d.path());
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("l.csv labels its images: `vggft evaluate --data ") && err.contains("l.csv` scores the model on them"), "{err}");
+    // A folder holding manifest.csv is read through it, as a dataset folder is.
+    std::fs::copy(people.join("m.csv"), people.join("manifest.csv")).unwrap();
+    let (code, out, err) = run(&["predict", "--device", "cpu", "--format", "json", people.to_str().unwrap()], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("note: read the images ") && err.contains("manifest.csv lists"), "{err}");
+    let through: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(probs(&through), probs(&v), "{out}");
+    std::fs::remove_file(people.join("manifest.csv")).unwrap();
     // --subject-from none still answers each alone; a manifest naming a missing file is an error.
     let (code, out, _) = run(&["predict", "--device", "cpu", "--subject-from", "none", people.join("m.csv").to_str().unwrap()], d.path());
     assert!(code == 0 && lines(&out).iter().all(|l| l.ends_with("mode=single-image")), "{out}");

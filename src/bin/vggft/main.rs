@@ -148,6 +148,9 @@ fn input_paths(inputs: &[std::path::PathBuf], recursive: bool) -> vggft::error::
     if let Some(w) = vggft::data::scan::unread_warning(&found.unread) {
         errln!("{w}");
     }
+    for m in &found.manifests {
+        errln!("note: read the images {} lists (a folder with a manifest is read through it, as a dataset is)", m.display());
+    }
     for m in &found.labelled {
         errln!("note: {} labels its images: `vggft evaluate --data {}` scores the model on them", m.display(), m.display());
     }
