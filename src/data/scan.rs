@@ -173,7 +173,7 @@ pub fn scan(path: &Path, format: DataFormat) -> Result<Dataset> {
     let ds = match format {
         DataFormat::Csv => {
             let csv = if meta.is_dir() { path.join("manifest.csv") } else { path.to_path_buf() };
-            scan_csv(&csv)?
+            read_manifest(&csv, true)?
         }
         DataFormat::Jaffe => scan_jaffe(path)?,
         DataFormat::Folders => scan_folders(path)?,
@@ -330,6 +330,11 @@ fn vggft_output(dir: &Path) -> bool {
     is_vggft_output(dir) || std::fs::read_dir(dir).into_iter().flatten().flatten().any(|e| e.path().is_dir() && is_vggft_output(&e.path()))
 }
 
+/// Whether a folder holds images of its own (not in sub-folders).
+fn holds_images(dir: &Path) -> bool {
+    sorted_entries(dir).is_ok_and(|e| e.iter().any(|p| p.is_file() && is_image(p)))
+}
+
 /// Datasets shared split beforehand (`train/happy/…`, `test/happy/…`, as
 /// RAF-DB and FER2013's image folders are): the split folders, each holding
 /// the same class folders, and those classes; None when `dir` is not laid out
@@ -347,13 +352,13 @@ fn presplit(dir: &Path) -> Option<(Vec<PathBuf>, Vec<String>)> {
     }
     let mut classes: Option<std::collections::BTreeSet<String>> = None;
     for top in &tops {
-        let inside = sorted_entries(top).ok()?;
-        if inside.iter().any(|p| p.is_file() && is_image(p)) {
+        if holds_images(top) {
             return None;
         }
-        let names: std::collections::BTreeSet<String> = inside
+        let names: std::collections::BTreeSet<String> = sorted_entries(top)
+            .ok()?
             .iter()
-            .filter(|d| d.is_dir() && sorted_entries(d).is_ok_and(|e| e.iter().any(|p| p.is_file() && is_image(p))))
+            .filter(|d| d.is_dir() && holds_images(d))
             .filter_map(|d| Some(d.file_name()?.to_string_lossy().into_owned()))
             .collect();
         classes = Some(match classes {
@@ -403,10 +408,7 @@ fn scan_folders(dir: &Path) -> Result<Dataset> {
         }
         if samples.len() == before {
             // People often sort a class by person: `neutral/KA/…`.
-            let nested = sorted_entries(&class_dir)?
-                .into_iter()
-                .filter(|p| p.is_dir())
-                .find(|d| sorted_entries(d).is_ok_and(|e| e.iter().any(|p| p.is_file() && is_image(p))));
+            let nested = sorted_entries(&class_dir)?.into_iter().find(|d| d.is_dir() && holds_images(d));
             let hint = match (nested, unread.get(unread_before)) {
                 (_, Some(u)) => format!(
                     " vggft reads ({} picture(s) in other formats, first {}: convert them to PNG or JPEG)",
@@ -457,10 +459,6 @@ fn scan_folders(dir: &Path) -> Result<Dataset> {
 fn delimiter(text: &[u8]) -> u8 {
     let header = text.split(|&b| b == b'\n').next().unwrap_or_default();
     [b',', b';', b'\t'].into_iter().find(|d| header.contains(d)).unwrap_or(b',')
-}
-
-fn scan_csv(csv_path: &Path) -> Result<Dataset> {
-    read_manifest(csv_path, true)
 }
 
 /// Reads a CSV manifest: `path` (relative to the manifest's folder),
