@@ -45,15 +45,12 @@ pub fn run(dir: &Path, out: &Path, tile: u32) -> Result<FacesReport> {
         return Err(Error::file(out, "is the data folder itself: the crops and their manifest.csv would be mixed with the data; choose an --out outside it"));
     }
     crate::data::scan::refuse_output_in(&ds, out, "its crops")?;
-    crate::data::scan::refuse_other_output(out, "a faces folder", "the crops, faces.csv and their manifest")?;
-    // Another dataset's manifest (a folder that `faces` did not write: no
-    // faces.csv beside it) would be replaced by the crops' manifest.
-    if out.join("manifest.csv").exists() && !out.join("faces.csv").exists() {
-        return Err(Error::file(
-            out,
-            "holds a manifest.csv that `vggft faces` did not write (no faces.csv beside it): the crops' manifest would replace it; give another --out",
-        ));
-    }
+    crate::data::scan::refuse_other_output(
+        out,
+        "a faces folder",
+        "the crops, faces.csv and their manifest",
+        &["manifest.csv", "faces.csv", "contact_sheet.png"],
+    )?;
     let stale = earlier_crops(out);
     fsutil::create_dir(&out.join("crops"))?;
     let mut finder = FaceFinder::new()?;

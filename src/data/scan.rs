@@ -301,17 +301,23 @@ pub fn refuse_output_inside(data: &Path, format: DataFormat, out: &Path, what: &
 }
 
 /// Refuses an `--out` folder that another vggft command wrote (a run, a cv
-/// folder, face crops, …): `own` is what this command's output reads as
-/// (`output_kind`), `what` what it would write. Written in, the two would
-/// mix and files of the same name be replaced (an evaluation's
-/// `metrics.json` over the run's own record).
-pub fn refuse_other_output(out: &Path, own: &str, what: &str) -> Result<()> {
+/// folder, face crops, …), or that holds a file of a name this command
+/// writes (`writes`) without being this command's output: `own` is what
+/// its output reads as (`output_kind`), `what` what it would write. Written
+/// in, files of the same name would be replaced (an evaluation's
+/// `metrics.json` over the run's own record, the crops' `manifest.csv` over
+/// another dataset's).
+pub fn refuse_other_output(out: &Path, own: &str, what: &str, writes: &[&str]) -> Result<()> {
     match output_kind(out) {
         Some(kind) if kind != own => Err(Error::file(
             out,
             format!("is {kind} that vggft wrote: {what} would be mixed with its files (and replace those of the same name); give another --out"),
         )),
-        _ => Ok(()),
+        Some(_) => Ok(()),
+        None => match writes.iter().find(|f| out.join(f).exists()) {
+            Some(f) => Err(Error::file(out, format!("holds a {f} that this command did not write: {what} would replace it; give another --out"))),
+            None => Ok(()),
+        },
     }
 }
 

@@ -295,7 +295,12 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
     let mut data_cfg = req.recipe.data.clone();
     data_cfg.val = ValSpec::None;
     crate::data::scan::refuse_output_inside(&data_cfg.path, data_cfg.format, &req.out, "the cv's folds and plots")?;
-    crate::data::scan::refuse_other_output(&req.out, "a cv folder", "the cv's folds, summary and plots")?;
+    crate::data::scan::refuse_other_output(
+        &req.out,
+        "a cv folder",
+        "the cv's folds, summary and plots",
+        &["cv.md", "cv.json", "folds", "confusion.png", "roc.png", "folds.png", "subjects.png", "top_losses.png", "top_losses.csv"],
+    )?;
     let session = Session::open(&req.recipe, data_cfg, req.seeds[0], None, reporter)?;
     let probe = req.baseline.then(|| {
         let p = session.probe(req.recipe.probe);

@@ -195,7 +195,7 @@ pub struct Explained {
 /// and (with `mean`) `mean_<class>.png`.
 pub fn explain(cfg: &RunConfig, model: &Vgg16, req: &ExplainRequest, device: Device) -> Result<Vec<Explained>> {
     refuse_out_among_inputs(req.out, req.paths)?;
-    crate::data::scan::refuse_other_output(req.out, "a folder of heatmaps", "the heatmaps, sheet.png and explain.csv")?;
+    crate::data::scan::refuse_other_output(req.out, "a folder of heatmaps", "the heatmaps, sheet.png and explain.csv", &["explain.csv", "sheet.png"])?;
     let stale = earlier_outputs(req.out);
     fsutil::create_dir(req.out)?;
     let s = cfg.data.preprocess.image_size;

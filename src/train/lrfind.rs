@@ -82,7 +82,7 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Found> {
         return Err(Error::invalid(Setting::Steps, format!("must be at least 10, got {}", req.steps)));
     }
     crate::data::scan::refuse_output_inside(&req.recipe.data.path, req.recipe.data.format, &req.out, "the sweep's plot")?;
-    crate::data::scan::refuse_other_output(&req.out, "an lr-find folder", "the sweep's CSV and plot")?;
+    crate::data::scan::refuse_other_output(&req.out, "an lr-find folder", "the sweep's CSV and plot", &["lr-find.csv", "lr-find.png"])?;
     let session = Session::open(&req.recipe, req.recipe.data.clone(), req.recipe.train.seed, None, reporter)?;
     let (mut model, _) = session.fresh_model(req.recipe.train.seed as i64, true)?;
     session.advise(reporter);

@@ -350,7 +350,7 @@ fn faces_refuses_an_output_inside_the_data_and_clears_its_own_stale_crops() {
     let theirs = std::fs::read_to_string(&other).unwrap();
     let (code, _, err) = run(&["faces", "data", "--out", "other", "--tile", "32"], d.path());
     assert_eq!(code, 1);
-    assert!(err.contains("other: holds a manifest.csv that `vggft faces` did not write"), "{err}");
+    assert!(err.contains("other: holds a manifest.csv that this command did not write: the crops, faces.csv and their manifest would replace it"), "{err}");
     assert_eq!(std::fs::read_to_string(&other).unwrap(), theirs);
     assert!(!d.path().join("other/crops").exists(), "nothing written");
     std::fs::remove_file(&manifest).unwrap();

@@ -801,6 +801,20 @@ fn an_output_inside_a_class_folder_dataset_is_refused_before_anything_is_written
     // Its own kind is written again.
     let (code, _, err) = run(&["evaluate", "--model", "m/runs", "--device", "cpu", "--data", "data", "--out", "scores"], d.path());
     assert_eq!(code, 0, "{err}");
+    // A folder of someone else's with a file of a name the command writes: refused, the file kept.
+    std::fs::create_dir(d.path().join("mine")).unwrap();
+    std::fs::write(d.path().join("mine/metrics.json"), "{\"mine\": 1}").unwrap();
+    std::fs::write(d.path().join("mine/sheet.png"), "mine").unwrap();
+    for a in [
+        vec!["evaluate", "--model", "m/runs", "--device", "cpu", "--data", "data", "--out", "mine"],
+        vec!["explain", "data/a", "--model", "m/runs", "--device", "cpu", "--out", "mine"],
+    ] {
+        let (code, _, err) = run(&a, d.path());
+        assert_eq!(code, 1, "{a:?}: {err}");
+        assert!(err.contains("mine: holds a ") && err.contains(" that this command did not write: ") && err.contains("would replace it"), "{err}");
+    }
+    assert_eq!(std::fs::read_to_string(d.path().join("mine/metrics.json")).unwrap(), "{\"mine\": 1}");
+    assert_eq!(std::fs::read_dir(d.path().join("mine")).unwrap().count(), 2, "nothing written");
 }
 
 /// Every file and folder under `p`.

@@ -308,7 +308,12 @@ fn evaluate(mut a: EvaluateArgs) -> anyhow::Result<()> {
     let name = a.data.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "data".into());
     let out = a.out.clone().unwrap_or_else(|| a.model.join(format!("eval-{name}")));
     vggft::data::scan::refuse_output_inside(&a.data, a.format, &out, "the scores and plots")?;
-    vggft::data::scan::refuse_other_output(&out, "an evaluate folder", "metrics.json and the plots")?;
+    vggft::data::scan::refuse_other_output(
+        &out,
+        "an evaluate folder",
+        "metrics.json and the plots",
+        &["metrics.json", "confusion.png", "top_losses.png", "top_losses.csv"],
+    )?;
     let (cfg, mut model) = run::load_run(&a.model, device)?;
     if let Some(p) = a.precision {
         model.cfg.precision = p;
