@@ -299,7 +299,7 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
         &req.out,
         "a cv folder",
         "the cv's folds, summary and plots",
-        &["cv.md", "cv.json", "folds", "confusion.png", "roc.png", "folds.png", "subjects.png", "top_losses.png", "top_losses.csv"],
+        &["cv.md", "cv.json", "confusion.png", "roc.png", "folds.png", "subjects.png", "top_losses.png", "top_losses.csv"],
     )?;
     let session = Session::open(&req.recipe, data_cfg, req.seeds[0], None, reporter)?;
     let probe = req.baseline.then(|| {

@@ -233,11 +233,13 @@ pub fn explain(cfg: &RunConfig, model: &Vgg16, req: &ExplainRequest, device: Dev
         tiles.push(tile);
         out.push(Explained { path: p.clone(), result: Ok((cam, file)) });
     }
+    // explain.csv first: it marks the folder as explain's own, so a call
+    // killed before the sheet can be run again into it.
+    write_csv(&req.out.join("explain.csv"), cfg, &out)?;
     if !tiles.is_empty() {
         save_png(&req.out.join("sheet.png"), &sheet(&tiles))?;
         written.insert(req.out.join("sheet.png"));
     }
-    write_csv(&req.out.join("explain.csv"), cfg, &out)?;
     if req.mean {
         for (c, name) in cfg.classes.iter().enumerate() {
             let cams: Vec<&Cam> = out.iter().filter_map(|e| e.result.as_ref().ok()).map(|(cam, _)| cam).filter(|cam| cam.class == c).collect();

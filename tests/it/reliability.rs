@@ -815,6 +815,10 @@ fn an_output_inside_a_class_folder_dataset_is_refused_before_anything_is_written
     }
     assert_eq!(std::fs::read_to_string(d.path().join("mine/metrics.json")).unwrap(), "{\"mine\": 1}");
     assert_eq!(std::fs::read_dir(d.path().join("mine")).unwrap().count(), 2, "nothing written");
+    // A cv stopped during its cache pass has left only its empty folds/: the same command runs into it.
+    std::fs::create_dir_all(d.path().join("cvk/folds")).unwrap();
+    let (code, _, err) = run(&args(&s, &["cv", "--data", m_s, "--folds", "2", "--stages", "head:1", "--out", "cvk"]), d.path());
+    assert_eq!(code, 0, "{err}");
 }
 
 /// Every file and folder under `p`.
