@@ -264,9 +264,21 @@ pub fn is_vggft_output(dir: &Path) -> bool {
 
 /// What vggft output folder `dir` is, by the files each command leaves
 /// (evaluate's by `metrics.json` beside `confusion.png`, as `metrics.json`
-/// alone is a common name).
+/// alone is a common name). A command stopped between its first two files
+/// left one of them: faces' `faces.csv` and evaluate's `metrics.json` are
+/// then known by what they hold, so the same command runs there again.
 pub(crate) fn output_kind(dir: &Path) -> Option<&'static str> {
     let has = |m: &str| dir.join(m).exists();
+    let read = |m: &str| {
+        use std::io::Read;
+        let mut buf = Vec::new();
+        let read = std::fs::File::open(dir.join(m)).and_then(|f| f.take(1 << 20).read_to_end(&mut buf));
+        read.map(|_| buf).unwrap_or_default()
+    };
+    // `faces::write_csv`'s header; evaluate's record names its model, data and metrics.
+    let faces_csv = || read("faces.csv").starts_with(b"path,x,y,w,h,score");
+    let evaluate_json =
+        || serde_json::from_slice::<serde_json::Value>(&read("metrics.json")).is_ok_and(|v| ["model", "data", "metrics"].iter().all(|k| v.get(k).is_some()));
     // A run writes config.json and split.csv first: config.json alone is a
     // common name (a project's own settings).
     if has("config.json") && has("split.csv") {
@@ -275,13 +287,13 @@ pub(crate) fn output_kind(dir: &Path) -> Option<&'static str> {
         Some("a cv folder")
     } else if dir.join("latest").is_symlink() || has("latest/config.json") {
         Some("a folder of runs")
-    } else if has("faces.csv") && has("manifest.csv") {
+    } else if has("faces.csv") && (has("manifest.csv") || faces_csv()) {
         Some("a faces folder")
     } else if has("explain.csv") {
         Some("a folder of heatmaps")
     } else if has("lr-find.csv") {
         Some("an lr-find folder")
-    } else if has("metrics.json") && has("confusion.png") {
+    } else if has("metrics.json") && (has("confusion.png") || evaluate_json()) {
         Some("an evaluate folder")
     } else {
         None
@@ -604,5 +616,18 @@ mod tests {
         // A photo folder with a file of a common name is still photos.
         assert!(!dir("photos", &["metrics.json", "a.png"]));
         assert!(!dir("plain", &["a.png"]));
+        // A command stopped between its first two files: the one it wrote is
+        // known by what it holds (a run's own metrics.json is not an evaluation).
+        let one = |name: &str, file: &str, text: &str| {
+            let p = d.path().join(name);
+            std::fs::create_dir(&p).unwrap();
+            std::fs::write(p.join(file), text).unwrap();
+            super::output_kind(&p)
+        };
+        assert_eq!(one("e1", "metrics.json", r#"{"data": "d", "metrics": {}, "model": "runs/x", "tta": "none"}"#), Some("an evaluate folder"));
+        assert_eq!(one("e2", "metrics.json", r#"{"best_epoch": 3, "validation": {}}"#), None);
+        assert_eq!(one("e3", "metrics.json", "not json"), None);
+        assert_eq!(one("f1", "faces.csv", "path,x,y,w,h,score\na.jpg,1,2,3,4,0.9\n"), Some("a faces folder"));
+        assert_eq!(one("f2", "faces.csv", "name,smile\n"), None);
     }
 }

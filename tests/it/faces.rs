@@ -385,6 +385,11 @@ fn faces_refuses_an_output_inside_the_data_and_clears_its_own_stale_crops() {
     expected.push("mine.png".into());
     expected.sort();
     assert_eq!(crops("fc/crops"), expected);
+    // A run stopped between faces.csv and manifest.csv: the folder is still its own.
+    std::fs::remove_file(d.path().join("fc/manifest.csv")).unwrap();
+    let (code, _, err) = run(&["faces", "data", "--out", "fc", "--tile", "32"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(d.path().join("fc/manifest.csv").exists());
 }
 
 /// With `--face person` each photo's whole frame is kept beside its person's

@@ -798,9 +798,13 @@ fn an_output_inside_a_class_folder_dataset_is_refused_before_anything_is_written
         assert!(err.contains(&format!("{out}: is {kind} that vggft wrote: ")) && err.contains("give another --out"), "{a:?}: {err}");
     }
     assert!(record(run_dir) == run_before && record(d.path().join("scores").to_str().unwrap()) == scores_before, "nothing was written");
-    // Its own kind is written again.
+    // Its own kind is written again, also where a stopped evaluation left only its metrics.json.
     let (code, _, err) = run(&["evaluate", "--model", "m/runs", "--device", "cpu", "--data", "data", "--out", "scores"], d.path());
     assert_eq!(code, 0, "{err}");
+    std::fs::remove_file(d.path().join("scores/confusion.png")).unwrap();
+    let (code, _, err) = run(&["evaluate", "--model", "m/runs", "--device", "cpu", "--data", "data", "--out", "scores"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(d.path().join("scores/confusion.png").exists());
     // A folder of someone else's with a file of a name the command writes: refused, the file kept.
     std::fs::create_dir(d.path().join("mine")).unwrap();
     std::fs::write(d.path().join("mine/metrics.json"), "{\"mine\": 1}").unwrap();
