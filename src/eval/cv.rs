@@ -294,6 +294,7 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
     }
     let mut data_cfg = req.recipe.data.clone();
     data_cfg.val = ValSpec::None;
+    data_cfg.path = recorded_data_path(&req.out, &data_cfg.path);
     crate::data::scan::refuse_output_inside(&data_cfg.path, data_cfg.format, &req.out, "the cv's folds and plots")?;
     crate::data::scan::refuse_other_output(
         &req.out,
@@ -308,7 +309,10 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
     });
     let ds = &session.prepared.dataset;
     // What the images are (paths, labels, subjects, file sizes), so a cv resumed on other data is refused.
-    let run_cfg = RunConfig { data_sha256: crate::run::sha256_hex(&crate::run::split_csv(&session.prepared)), ..session.config.clone() };
+    let mut run_cfg = RunConfig { data_sha256: crate::run::sha256_hex(&crate::run::split_csv(&session.prepared)), ..session.config.clone() };
+    if let Ok(w) = std::path::absolute(&run_cfg.weights.path) {
+        run_cfg.weights.path = w;
+    }
     let cfg = CvConfig {
         run: run_cfg,
         folds: req.folds.clone(),
@@ -444,6 +448,26 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
     collect(&req.out, false).map(Some)
 }
 
+/// The data path a cv reads and records: canonical, so that the same cv
+/// started again from another folder, or with the path spelt another way,
+/// is known as the same (its image paths are part of its identity). A cv
+/// folder that recorded the path relative (before 2026-12-05) keeps that
+/// spelling where it names the same folder. A path that does not resolve is
+/// left as given, for the scan to name.
+fn recorded_data_path(out: &Path, given: &Path) -> PathBuf {
+    let Ok(canonical) = std::fs::canonicalize(given) else {
+        return given.to_path_buf();
+    };
+    let earlier = std::fs::read_to_string(out.join("cv-config.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+        .and_then(|v| v.pointer("/run/data/path")?.as_str().map(PathBuf::from));
+    match earlier {
+        Some(p) if p.is_relative() && std::fs::canonicalize(&p).is_ok_and(|c| c == canonical) => p,
+        _ => canonical,
+    }
+}
+
 /// The (seed, fold) results an earlier start of this same cv left in `out`;
 /// refuses a folder that holds another cv's (its fold files would be merged
 /// into this one's summary).
@@ -465,6 +489,10 @@ fn finished_folds(out: &Path, cfg: &CvConfig) -> Result<std::collections::BTreeS
             o.remove("seeds");
             if let Some(r) = o.get_mut("run").and_then(|r| r.as_object_mut()) {
                 r.remove("created");
+                // The weights are known by their SHA-256 (their path was recorded relative before 2026-12-05).
+                if let Some(w) = r.get_mut("weights").and_then(|w| w.as_object_mut()) {
+                    w.remove("path");
+                }
             }
         }
         v

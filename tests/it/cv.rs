@@ -131,6 +131,25 @@ fn cv_end_to_end_folds_collect_and_reproducibility() {
     let (code, _, err) = run(&b.iter().map(String::as_str).collect::<Vec<_>>(), d.path());
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("; 0 to run") && !err.contains("cach") && !err.contains("seed 0 fold"), "{err}");
+    // The same cv from another folder, its data path spelt from there: the same cv (its record holds the path resolved).
+    std::fs::create_dir(d.path().join("sub")).unwrap();
+    let from_sub: Vec<String> = b
+        .iter()
+        .map(|x| {
+            if x.as_str() == m.to_str().unwrap() {
+                "../london.csv".into()
+            } else if x == "cv-b" {
+                "../cv-b".into()
+            } else {
+                x.clone()
+            }
+        })
+        .collect();
+    let (code, _, err) = run(&from_sub.iter().map(String::as_str).collect::<Vec<_>>(), &d.path().join("sub"));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("; 0 to run"), "{err}");
+    let recorded = json(&d.path().join("cv-b/cv-config.json"))["run"]["data"]["path"].as_str().unwrap().to_owned();
+    assert_eq!(Path::new(&recorded), m.canonicalize().unwrap());
     // Another recipe into the same folder is refused: its folds would mix with these.
     let with = |out: &str, from: &str, to: &str| -> Vec<String> { base(out).into_iter().map(|x| if x == from { to.into() } else { x }).collect() };
     let (code, _, err) = run(&with("cv-b", "head:2,conv5:2", "head:3,conv5:2").iter().map(String::as_str).collect::<Vec<_>>(), d.path());
