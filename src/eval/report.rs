@@ -116,30 +116,62 @@ fn show(v: &str) -> String {
 /// The folders a `report` argument stands for: itself when it is a run or a
 /// cv folder, else (a folder of runs, `finetune --out DIR`'s) the run and cv
 /// folders directly inside it by name, without its `latest` link (a second
-/// column of the run it names).
-fn expand(dir: &Path) -> Vec<std::path::PathBuf> {
-    let is_result = |d: &Path| d.join("cv.json").is_file() || d.join("config.json").is_file();
-    if is_result(dir) {
-        return vec![dir.to_path_buf()];
+/// column of the run it names). Those inside that have not finished (a run
+/// still training, a cv with folds to run) are left out and named in the
+/// second list: one of them would stop the report of the others.
+fn expand(dir: &Path) -> (Vec<std::path::PathBuf>, Vec<std::path::PathBuf>) {
+    let started = |d: &Path| d.join("cv-config.json").is_file() || d.join("config.json").is_file();
+    if started(dir) {
+        return (vec![dir.to_path_buf()], vec![]);
     }
     let mut inside: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.file_name().is_some_and(|n| n != "latest") && is_result(p))
+        .filter(|p| p.file_name().is_some_and(|n| n != "latest") && started(p))
         .collect();
     inside.sort();
-    if inside.is_empty() {
-        vec![dir.to_path_buf()]
+    let (done, unfinished): (Vec<_>, Vec<_>) = inside.into_iter().partition(|d| unfinished(d).is_none());
+    if done.is_empty() && unfinished.is_empty() {
+        (vec![dir.to_path_buf()], vec![])
     } else {
-        inside
+        (done, unfinished)
+    }
+}
+
+/// Why a run or cv folder has no figures yet, or None when it has them.
+fn unfinished(dir: &Path) -> Option<String> {
+    let d = dir.display();
+    if dir.join("cv-config.json").is_file() && !dir.join("cv.json").is_file() {
+        Some(format!(
+            "is a cross-validation whose summary (cv.json) is not written yet: its folds are not all done; the same `vggft cv` command runs the rest, `vggft cv --collect {d} --partial` summarises those that are there"
+        ))
+    } else if dir.join("config.json").is_file() && !dir.join("metrics.json").is_file() {
+        Some(format!("is a run that has not finished (no metrics.json yet): it may still be training; `vggft finetune --resume {d}` continues a stopped one"))
+    } else {
+        None
     }
 }
 
 /// The Markdown table for `dirs` (run folders, cv folders, folders of runs).
 pub fn report(dirs: &[std::path::PathBuf]) -> Result<String> {
-    let entries: Vec<Entry> = dirs.iter().flat_map(|d| expand(d)).map(|d| entry(&d)).collect::<Result<_>>()?;
+    let mut paths = Vec::new();
+    let mut left_out = Vec::new();
+    for d in dirs {
+        let (done, unfinished) = expand(d);
+        if done.is_empty() {
+            return Err(Error::file(d, format!("holds no finished run or cross-validation (not finished: {})", names(&unfinished))));
+        }
+        paths.extend(done);
+        left_out.extend(unfinished);
+    }
+    for p in &paths {
+        if let Some(why) = unfinished(p) {
+            return Err(Error::file(p, why));
+        }
+    }
+    let entries: Vec<Entry> = paths.iter().map(|d| entry(d)).collect::<Result<_>>()?;
     // Data and weights are shown when they differ (paths, the data fingerprint, the weights' hash).
     let ignore = ["created"];
     let keys: Vec<String> = entries
@@ -166,7 +198,16 @@ pub fn report(dirs: &[std::path::PathBuf]) -> Result<String> {
     if keys.is_empty() {
         out.push_str("\n(no recipe differences: the same settings throughout)\n");
     }
+    if !left_out.is_empty() {
+        out.push_str(&format!("\n(left out, not finished: {})\n", names(&left_out)));
+    }
     Ok(out)
+}
+
+/// Folders by their last component, for a one-line list.
+fn names(dirs: &[std::path::PathBuf]) -> String {
+    let v: Vec<String> = dirs.iter().map(|d| d.file_name().map_or_else(|| d.display().to_string(), |n| n.to_string_lossy().into_owned())).collect();
+    crate::error::short_list(&v, 5)
 }
 
 #[cfg(test)]

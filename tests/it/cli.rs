@@ -680,6 +680,27 @@ fn report_shows_data_and_weights_when_they_differ() {
     let (code, out, err) = run(&["report", "runs"], d.path());
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with("| | ra | rb | rc |\n"), "{out}");
+    // A run still training (no metrics.json yet) beside them is left out and named; alone it is said to be unfinished.
+    let copy = d.path().join("runs/rd");
+    std::fs::create_dir(&copy).unwrap();
+    for f in ["config.json", "split.csv"] {
+        std::fs::copy(d.path().join("runs/rc").join(f), copy.join(f)).unwrap();
+    }
+    let (code, out, err) = run(&["report", "runs"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("| | ra | rb | rc |\n") && out.contains("\n(left out, not finished: rd)\n"), "{out}");
+    let (code, _, err) = run(&["report", "runs/rd"], d.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("runs/rd: is a run that has not finished (no metrics.json yet): ") && err.contains("vggft finetune --resume runs/rd"), "{err}");
+    // A cv with folds still to run: what finishes it.
+    std::fs::create_dir_all(d.path().join("cv-open/folds")).unwrap();
+    std::fs::write(d.path().join("cv-open/cv-config.json"), "{}").unwrap();
+    let (code, _, err) = run(&["report", "runs/ra", "cv-open"], d.path());
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("cv-open: is a cross-validation whose summary (cv.json) is not written yet") && err.contains("vggft cv --collect cv-open --partial"),
+        "{err}"
+    );
     let (code, _, err) = run(&["report", "a"], d.path());
     assert_eq!(code, 1);
     assert!(err.contains("a: is neither a run folder (config.json), a cv folder (cv.json) nor a folder of them"), "{err}");
