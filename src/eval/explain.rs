@@ -197,7 +197,13 @@ pub fn explain(cfg: &RunConfig, model: &Vgg16, req: &ExplainRequest, device: Dev
     refuse_out_among_inputs(req.out, req.paths)?;
     crate::data::scan::refuse_other_output(req.out, "a folder of heatmaps", "the heatmaps, sheet.png and explain.csv", &["explain.csv", "sheet.png"])?;
     let stale = earlier_outputs(req.out);
+    let planned = planned_files(cfg, req);
+    refuse_others_files(req.out, &planned, &stale)?;
     fsutil::create_dir(req.out)?;
+    // explain.csv first, listing what this call writes and what an earlier
+    // one left: a call stopped part-way leaves a folder the next call knows
+    // as its own, down to each file.
+    write_plan(&req.out.join("explain.csv"), &cfg.classes, req.paths, &stale)?;
     let s = cfg.data.preprocess.image_size;
     let mut finder = None;
     let mut out = Vec::new();
@@ -213,7 +219,7 @@ pub fn explain(cfg: &RunConfig, model: &Vgg16, req: &ExplainRequest, device: Dev
         };
         let cam = grad_cam(model, cfg, &px, req.layer, req.class, device)?;
         let stem = crate::fsutil::output_stem(p);
-        let file = req.out.join(format!("{i:04}_{stem}.png"));
+        let file = req.out.join(tile_name(i, p));
         let tile = captioned(&overlay(&cam.input, &cam.heat, s), &caption(cfg, &cam, &stem, None))?;
         save_png(&file, &tile)?;
         written.insert(file.clone());
@@ -233,8 +239,7 @@ pub fn explain(cfg: &RunConfig, model: &Vgg16, req: &ExplainRequest, device: Dev
         tiles.push(tile);
         out.push(Explained { path: p.clone(), result: Ok((cam, file)) });
     }
-    // explain.csv first: it marks the folder as explain's own, so a call
-    // killed before the sheet can be run again into it.
+    // Before the sheet: a call killed there left a listing of what it wrote.
     write_csv(&req.out.join("explain.csv"), cfg, &out)?;
     if !tiles.is_empty() {
         save_png(&req.out.join("sheet.png"), &sheet(&tiles))?;
@@ -265,6 +270,44 @@ pub fn explain(cfg: &RunConfig, model: &Vgg16, req: &ExplainRequest, device: Dev
         let _ = std::fs::remove_file(old);
     }
     Ok(out)
+}
+
+/// The heatmap files a call writes by name: `NNNN_<photo>.png`, its
+/// `--arrays` twin, `mean_<class>.png`.
+fn planned_files(cfg: &RunConfig, req: &ExplainRequest) -> Vec<PathBuf> {
+    let mut names = Vec::new();
+    for (i, p) in req.paths.iter().enumerate() {
+        let tile = tile_name(i, p);
+        if req.arrays {
+            names.push(req.out.join(&tile).with_extension("safetensors"));
+        }
+        names.push(req.out.join(tile));
+    }
+    if req.mean {
+        names.extend(cfg.classes.iter().map(|c| req.out.join(format!("mean_{}.png", safe_name(c)))));
+    }
+    names
+}
+
+/// The heatmap file name of the `i`-th input.
+fn tile_name(i: usize, p: &Path) -> String {
+    format!("{i:04}_{}.png", crate::fsutil::output_stem(p))
+}
+
+/// Refuses an `out` folder holding a file of a name this call writes
+/// (`planned`) that no earlier explain listed (`stale`): a file of the
+/// user's, which would be replaced.
+fn refuse_others_files(out: &Path, planned: &[PathBuf], stale: &[PathBuf]) -> Result<()> {
+    match planned.iter().find(|f| f.exists() && !stale.contains(f)) {
+        Some(f) => Err(Error::file(
+            out,
+            format!(
+                "holds a {} that this command did not write: a heatmap of that name would replace it; give another --out",
+                f.file_name().unwrap_or_default().to_string_lossy()
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Refuses an `--out` folder that holds photos being explained: the heatmaps
@@ -432,11 +475,39 @@ fn safe_name(s: &str) -> String {
     s.chars().map(|c| if c.is_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
 }
 
+/// `explain.csv` before any heatmap is written: each input with the heatmap
+/// it will have, and the heatmaps an earlier call left (`stale`), to be
+/// removed at the end; the finished call replaces it with its results.
+fn write_plan(path: &Path, classes: &[String], inputs: &[PathBuf], stale: &[PathBuf]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new(""));
+    let mut rows: Vec<(String, PathBuf, &str)> =
+        inputs.iter().enumerate().map(|(i, p)| (p.display().to_string(), dir.join(tile_name(i, p)), "not explained yet (the call was stopped)")).collect();
+    let planned: Vec<PathBuf> = rows.iter().map(|r| r.1.clone()).collect();
+    rows.extend(
+        stale
+            .iter()
+            .filter(|f| f.extension().is_some_and(|x| x == "png") && !planned.contains(f))
+            .map(|f| (String::new(), f.clone(), "left by an earlier explain")),
+    );
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let _ = w.write_record(csv_header(classes));
+    for (input, file, why) in rows {
+        let mut rec = vec![input, String::new(), file.display().to_string(), why.to_string()];
+        rec.extend(classes.iter().map(|_| String::new()));
+        let _ = w.write_record(&rec);
+    }
+    fsutil::write_atomic(path, &w.into_inner().map_err(|e| Error::file(path, e.to_string()))?)
+}
+
+fn csv_header(classes: &[String]) -> Vec<String> {
+    let mut header = vec!["path".to_string(), "explained".into(), "heatmap".into(), "error".into()];
+    header.extend(classes.iter().map(|c| format!("p_{c}")));
+    header
+}
+
 fn write_csv(path: &Path, cfg: &RunConfig, rows: &[Explained]) -> Result<()> {
     let mut w = csv::Writer::from_writer(Vec::new());
-    let mut header = vec!["path".to_string(), "explained".into(), "heatmap".into(), "error".into()];
-    header.extend(cfg.classes.iter().map(|c| format!("p_{c}")));
-    let _ = w.write_record(&header);
+    let _ = w.write_record(csv_header(&cfg.classes));
     for r in rows {
         let mut rec = vec![r.path.display().to_string()];
         match &r.result {
@@ -452,4 +523,31 @@ fn write_csv(path: &Path, cfg: &RunConfig, rows: &[Explained]) -> Result<()> {
         let _ = w.write_record(&rec);
     }
     fsutil::write_atomic(path, &w.into_inner().map_err(|e| Error::file(path, e.to_string()))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    /// The listing written before any heatmap names this call's heatmaps and
+    /// an earlier call's, so a call stopped part-way leaves files the next
+    /// one knows as explain's (`earlier_outputs`).
+    #[test]
+    fn the_plan_lists_this_calls_heatmaps_and_the_earlier_ones() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path();
+        let classes = ["neutral".to_string(), "expressive".to_string()];
+        let inputs = [PathBuf::from("photos/a.jpg"), PathBuf::from("b.v2.png")];
+        let earlier = [out.join("0000_old.png"), out.join("0000_old.safetensors"), out.join("sheet.png")];
+        super::write_plan(&out.join("explain.csv"), &classes, &inputs, &earlier).unwrap();
+        let mut listed = super::earlier_outputs(out);
+        listed.sort();
+        let mut expected: Vec<PathBuf> =
+            ["0000_a.png", "0000_a.safetensors", "0000_old.png", "0000_old.safetensors", "0001_b.v2.png", "0001_b.v2.safetensors", "sheet.png"]
+                .iter()
+                .map(|n| out.join(n))
+                .collect();
+        expected.sort();
+        assert_eq!(listed, expected);
+    }
 }

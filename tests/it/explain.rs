@@ -265,6 +265,27 @@ fn explain_into_an_earlier_explain_folder_replaces_it_and_never_writes_among_the
     let (code, _, _) = explain(&["--out", "ex"], &[photo("gone.png")]);
     assert_eq!(code, 1);
     assert_eq!(listing("ex"), ["explain.csv", "notes.txt"]);
+    // A file of the user's named as a heatmap of this call: refused, kept.
+    std::fs::create_dir(d.path().join("mine")).unwrap();
+    std::fs::write(d.path().join("mine/0001_s01_smiling.png"), "mine").unwrap();
+    let (code, _, err) = explain(&["--out", "mine"], &[photo("s00_neutral.png"), photo("s01_smiling.png")]);
+    assert_eq!(code, 1);
+    assert!(err.contains("mine: holds a 0001_s01_smiling.png that this command did not write"), "{err}");
+    assert_eq!(listing("mine"), ["0001_s01_smiling.png"]);
+    // A call stopped after its first heatmap (its explain.csv lists what it was writing, and what an
+    // earlier call left): the same call again replaces that heatmap and removes the earlier one's.
+    let (code, _, err) = explain(&["--out", "ex"], &[photo("s03_neutral.png")]);
+    assert_eq!(code, 0, "{err}");
+    let plan = "path,explained,heatmap,error,p_neutral,p_expressive\n\
+                a,,ex/0000_s00_neutral.png,not explained yet (the call was stopped),,\n\
+                b,,ex/0001_s01_smiling.png,not explained yet (the call was stopped),,\n\
+                ,,ex/0000_s03_neutral.png,left by an earlier explain,,\n";
+    std::fs::write(d.path().join("ex/explain.csv"), plan).unwrap();
+    std::fs::write(d.path().join("ex/0000_s00_neutral.png"), "half-written").unwrap();
+    std::fs::remove_file(d.path().join("ex/sheet.png")).unwrap();
+    let (code, _, err) = explain(&["--out", "ex"], &[photo("s00_neutral.png"), photo("s01_smiling.png")]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(listing("ex"), ["0000_s00_neutral.png", "0001_s01_smiling.png", "explain.csv", "notes.txt", "sheet.png"]);
     // --out the folder of the photos: refused, nothing written there.
     let photos = std::fs::create_dir(d.path().join("photos")).map(|_| d.path().join("photos")).unwrap();
     std::fs::copy(d.path().join("s03_smiling.png"), photos.join("a.png")).unwrap();
