@@ -294,6 +294,11 @@ fn tile_name(i: usize, p: &Path) -> String {
     format!("{i:04}_{}.png", crate::fsutil::output_stem(p))
 }
 
+/// Whether a file name has `tile_name`'s shape.
+fn is_tile(n: &str) -> bool {
+    n.len() > 9 && n.as_bytes()[..4].iter().all(u8::is_ascii_digit) && n.as_bytes()[4] == b'_' && n.ends_with(".png")
+}
+
 /// Refuses an `out` folder holding a file of a name this call writes
 /// (`planned`) that no earlier explain listed (`stale`): a file of the
 /// user's, which would be replaced.
@@ -336,7 +341,6 @@ fn refuse_out_among_inputs(out: &Path, paths: &[PathBuf]) -> Result<()> {
 fn earlier_outputs(out: &Path) -> Vec<PathBuf> {
     let Ok(mut r) = csv::Reader::from_path(out.join("explain.csv")) else { return vec![] };
     let column = r.headers().ok().and_then(|h| h.iter().position(|c| c == "heatmap"));
-    let is_tile = |n: &str| n.len() > 9 && n.as_bytes()[..4].iter().all(u8::is_ascii_digit) && n.as_bytes()[4] == b'_' && n.ends_with(".png");
     let mut files: Vec<PathBuf> = r
         .records()
         .filter_map(|rec| Some(Path::new(rec.ok()?.get(column?)?).file_name()?.to_string_lossy().into_owned()))
@@ -486,7 +490,7 @@ fn write_plan(path: &Path, classes: &[String], inputs: &[PathBuf], stale: &[Path
     rows.extend(
         stale
             .iter()
-            .filter(|f| f.extension().is_some_and(|x| x == "png") && !planned.contains(f))
+            .filter(|f| f.file_name().is_some_and(|n| is_tile(&n.to_string_lossy())) && !planned.contains(f))
             .map(|f| (String::new(), f.clone(), "left by an earlier explain")),
     );
     let mut w = csv::Writer::from_writer(Vec::new());
