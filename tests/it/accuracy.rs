@@ -391,9 +391,26 @@ fn subject_normalised_runs_report_both_heads_and_predict_groups_by_person() {
         d.path(),
     );
     assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("warning"), "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let modes: Vec<(&str, &str)> = v.as_array().unwrap().iter().map(|p| (p["path"].as_str().unwrap(), p["mode"].as_str().unwrap())).collect();
     assert_eq!(modes.len(), 5);
+    // Class folders taken for people: each "person" one expression, which their statistics would remove.
+    let by_class = d.path().join("by-class");
+    for (class, i) in [("neutral", 0), ("Happy", 1)] {
+        std::fs::create_dir_all(by_class.join(class)).unwrap();
+        std::fs::copy(&three[i], by_class.join(class).join("0.png")).unwrap();
+        std::fs::copy(&three[i + 1], by_class.join(class).join("1.png")).unwrap();
+    }
+    let (code, _, err) = run(
+        &["predict", "--device", "cpu", "--subject-from", "parent", by_class.join("neutral").to_str().unwrap(), by_class.join("Happy").to_str().unwrap()],
+        d.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("warning: --subject-from parent takes each photo's folder for its person, and folders are named as expressions (Happy, neutral)"),
+        "{err}"
+    );
     for (path, mode) in &modes {
         assert_eq!(*mode, if path.contains("anna") { "person" } else { "single-image" }, "{path}");
     }

@@ -236,6 +236,16 @@ fn predict_cmd(mut a: PredictArgs) -> anyhow::Result<bool> {
             if a.subject.is_some() { "--subject" } else { "--subject-from" }
         );
     }
+    if model.cfg.subject_norm && matches!(subjects, predict::SubjectFrom::Parent) {
+        let named = predict::folders_named_as_labels(&cfg, &paths);
+        if !named.is_empty() {
+            errln!(
+                "warning: --subject-from parent takes each photo's folder for its person, and {} ({}): if such a folder holds one expression of many people, that \"person's\" statistics remove the expression and the answers fall to chance; give a folder per person, a manifest with a subject column, or --subject-from none",
+                if named.len() == 1 { "one folder is named as an expression" } else { "folders are named as expressions" },
+                vggft::error::short_list(&named, 5)
+            );
+        }
+    }
     let tta_flip = vggft::eval::flip_tta(a.tta.choice(), model.cfg.subject_norm);
     let preds = predict::predict(&cfg, &model, &paths, &subjects, (tta_flip, a.batch_size as usize), device, &mut reporter(false));
     if model.cfg.subject_norm {
