@@ -295,7 +295,24 @@ fn subject_normalised_runs_report_both_heads_and_predict_groups_by_person() {
         "{out}\n{err}"
     );
     assert_eq!(json(&d.path().join("ev-people/metrics.json"))["modes"], serde_json::json!({"person": 24, "single-image": 0}));
-    assert!(!err.contains("differ only in case"), "{err}");
+    assert!(!err.contains("differ only in case") && !err.contains("one class only"), "{err}");
+    // Each person's photos of one class (the id split by label): person statistics would remove it, said.
+    let split = d.path().join("split-people.csv");
+    let rows: Vec<String> = std::fs::read_to_string(&m)
+        .unwrap()
+        .lines()
+        .enumerate()
+        .map(|(i, l)| if i == 0 { l.to_string() } else { format!("{l}-{}", l.split(',').nth(1).unwrap()) })
+        .collect();
+    std::fs::write(&split, rows.join("\n") + "\n").unwrap();
+    let (code, _, err) = run(&["evaluate", "--device", "cpu", "--data", split.to_str().unwrap(), "--out", "ev-split"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(
+            "warning: 12 of the 12 people scored with their own statistics show one class only here (P00-expressive, P00-neutral, P01-expressive, and 9 more)"
+        ),
+        "{err}"
+    );
     // One person's id spelt two ways splits that person's statistics in two: said.
     let cased = d.path().join("cased.csv");
     std::fs::write(&cased, std::fs::read_to_string(&m).unwrap().replace("p01_expressive_1.png,expressive,P01", "p01_expressive_1.png,expressive,p01")).unwrap();
