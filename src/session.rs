@@ -58,7 +58,8 @@ impl Session {
         // keep the whole frame. The single-image head reads the whole frame
         // (`Loaded::lone`): a lone photo has no person's box.
         let counts = subject_counts(&dataset);
-        let mut faces_cropped = recipe.auto_face && recipe.model.subject_norm.resolve(counts.as_deref());
+        let one_class = one_class_each(&dataset, &data);
+        let mut faces_cropped = recipe.auto_face && person_stats(recipe.model.subject_norm, counts.as_deref(), one_class.is_some());
         if faces_cropped {
             data.preprocess.face = FaceMode::Person;
         }
@@ -81,7 +82,7 @@ impl Session {
             classes: prepared.labels.classes.clone(),
             raw_classes,
             raw_to_task,
-            model: resolve_subject_norm(&recipe.model, &prepared.dataset)?,
+            model: resolve_subject_norm(&recipe.model, &prepared.dataset, one_class.is_some())?,
             train: recipe.train.clone(),
             weights,
             device: recipe.device.clone(),
@@ -92,8 +93,15 @@ impl Session {
             calibration: None,
             single_frame: false,
         };
-        if recipe.model.subject_norm == SubjectNormChoice::Auto && config.model.subject_norm == SubjectNormChoice::Off {
-            notes.extend(subject_norm_off(&prepared.dataset));
+        match (&one_class, recipe.model.subject_norm) {
+            (Some(people), SubjectNormChoice::Auto) => notes.push(format!(
+                "per-subject normalisation is off (--subject-norm auto): every person here shows one class only ({people}), and a person's own statistics would remove that class itself; --subject-norm on turns it on"
+            )),
+            (Some(people), SubjectNormChoice::On) => notes.push(format!(
+                "warning: every person here shows one class only ({people}): per-subject normalisation (--subject-norm on) removes each person's mean, here that person's class, and leaves the head little to learn"
+            )),
+            (None, SubjectNormChoice::Auto) if config.model.subject_norm == SubjectNormChoice::Off => notes.extend(subject_norm_off(&prepared.dataset)),
+            _ => {}
         }
         // The whole frames are for the single-image head, which only person statistics bring.
         config.single_frame = config.model.subject_norm == SubjectNormChoice::On && prepared.data.lone.is_some();
@@ -580,14 +588,41 @@ fn subject_norm_off(ds: &Dataset) -> Option<String> {
     ))
 }
 
-/// Resolves `--subject-norm auto` for a dataset, and refuses `on` without subject ids.
-pub(crate) fn resolve_subject_norm(m: &ModelOptions, ds: &Dataset) -> Result<ModelOptions> {
+/// Resolves `--subject-norm auto` for a dataset (off where every person
+/// shows `one_class` only), and refuses `on` without subject ids.
+pub(crate) fn resolve_subject_norm(m: &ModelOptions, ds: &Dataset, one_class: bool) -> Result<ModelOptions> {
     let counts = subject_counts(ds);
     if m.subject_norm == SubjectNormChoice::On && counts.is_none() {
         return Err(Error::dataset(&ds.root, "per-subject normalisation (--subject-norm on) needs a subject id for every image"));
     }
-    let on = m.subject_norm.resolve(counts.as_deref());
+    let on = person_stats(m.subject_norm, counts.as_deref(), one_class);
     Ok(ModelOptions { subject_norm: if on { SubjectNormChoice::On } else { SubjectNormChoice::Off }, ..m.clone() })
+}
+
+/// `--subject-norm` resolved: `auto` stays off where every person shows one
+/// class only (`one_class_each`), whatever their photo counts.
+fn person_stats(choice: SubjectNormChoice, counts: Option<&[usize]>, one_class: bool) -> bool {
+    choice.resolve(counts) && !(one_class && choice == SubjectNormChoice::Auto)
+}
+
+/// When every person (two or more, each with `PERSON_MIN` photos or more)
+/// shows one of the task's classes only, those people as `id: class`, for a
+/// message: a person's own statistics would then remove the class itself
+/// (the head learns nothing: a subject column that repeats the label, or a
+/// set whose people each posed one expression). None otherwise, and where
+/// the labels do not resolve (the later split names that).
+fn one_class_each(ds: &Dataset, data: &DataConfig) -> Option<String> {
+    let labels = split::assign_labels(ds, data.task, &data.label_map).ok()?;
+    let mut seen: std::collections::BTreeMap<&str, std::collections::BTreeSet<usize>> = Default::default();
+    for (s, &t) in ds.samples.iter().zip(&labels.targets) {
+        seen.entry(s.subject.as_deref()?).or_default().insert(t as usize);
+    }
+    let counts = people(ds)?;
+    let all_one = seen.len() >= 2 && seen.values().all(|c| c.len() == 1) && counts.values().all(|&n| n >= crate::subject::PERSON_MIN);
+    all_one.then(|| {
+        let v: Vec<String> = seen.iter().map(|(p, c)| format!("{p}: {}", c.iter().map(|&k| labels.classes[k].as_str()).collect::<Vec<_>>().join(""))).collect();
+        crate::error::short_list(&v, 3)
+    })
 }
 
 /// The raw labels a head trains on and their task classes (empty when it trains on the task's classes).

@@ -313,6 +313,19 @@ fn subject_normalised_runs_report_both_heads_and_predict_groups_by_person() {
         ),
         "{err}"
     );
+    // Trained on such people, `auto` leaves person statistics off (they would remove each person's class); `on` warns.
+    for (choice, said) in [
+        ("auto", "per-subject normalisation is off (--subject-norm auto): every person here shows one class only (P00-expressive: expressive, P00-neutral: neutral, P01-expressive: expressive, and 9 more)"),
+        ("on", "warning: every person here shows one class only (P00-expressive: expressive"),
+    ] {
+        let name = format!("split-{choice}");
+        let (code, out, err) =
+            run(&args(&s, &["finetune", "--data", split.to_str().unwrap(), "--stages", "head:1", "--subject-norm", choice, "--name", &name]), d.path());
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains(said) || err.contains(said), "{choice}: {out}\n{err}");
+        let expected = if choice == "on" { "on" } else { "off" };
+        assert_eq!(json(&d.path().join("runs").join(&name).join("config.json"))["model"]["subject_norm"], expected);
+    }
     // One person's id spelt two ways splits that person's statistics in two: said.
     let cased = d.path().join("cased.csv");
     std::fs::write(&cased, std::fs::read_to_string(&m).unwrap().replace("p01_expressive_1.png,expressive,P01", "p01_expressive_1.png,expressive,p01")).unwrap();
