@@ -410,6 +410,9 @@ fn scan_data(dc: &DataConfig, reporter: &mut dyn Reporter) -> Result<Dataset> {
     if let Some(w) = scan::unread_warning(&dataset.unread) {
         reporter.message(&w);
     }
+    if let Some(w) = scan::jaffe_folder_warning(&dataset) {
+        reporter.message(&w);
+    }
     if let Some(w) = scan::case_warning(&dataset) {
         reporter.message(&w);
     }

@@ -100,6 +100,44 @@ pub fn case_warning(ds: &Dataset) -> Option<String> {
     })
 }
 
+/// A warning when JAFFE-named images sorted into class folders disagree
+/// with their folder (`happy/KA.NE1.26.tiff`): a sorting mistake labels
+/// them by the folder. Only folders named as an expression count (`happy`,
+/// `Happiness`, `HA`, …); a folder of another name (`smiling`, `pos`) is a
+/// label of the user's own.
+pub fn jaffe_folder_warning(ds: &Dataset) -> Option<String> {
+    if ds.format != DataFormat::Folders {
+        return None;
+    }
+    // Each JAFFE expression and the folder names that mean it.
+    let names: [(&str, &[&str]); 7] = [
+        ("angry", &["an", "angry", "anger"]),
+        ("disgust", &["di", "disgust", "disgusted"]),
+        ("fear", &["fe", "fear", "fearful", "afraid", "scared"]),
+        ("happy", &["ha", "happy", "happiness", "joy"]),
+        ("neutral", &["ne", "neutral"]),
+        ("sad", &["sa", "sad", "sadness"]),
+        ("surprise", &["su", "surprise", "surprised"]),
+    ];
+    let meaning = |folder: &str| names.iter().find(|(_, n)| n.iter().any(|x| x.eq_ignore_ascii_case(folder))).map(|(e, _)| *e);
+    let odd: Vec<String> = ds
+        .samples
+        .iter()
+        .filter_map(|s| {
+            let (_, named) = parse_jaffe_name(s.path.file_name()?.to_str()?)?.ok()?;
+            let folder = meaning(&s.label)?;
+            (folder != named).then(|| format!("{} ({named} by its name)", s.path.display()))
+        })
+        .collect();
+    (!odd.is_empty()).then(|| {
+        format!(
+            "warning: {} JAFFE-named image(s) sit in a class folder of another expression, and are labelled by the folder: {}; if they were sorted by mistake, move them",
+            odd.len(),
+            crate::error::short_list(&odd, 3)
+        )
+    })
+}
+
 /// Parses a JAFFE name `SS.EEn.NNN.tiff` → (subject, expression name).
 pub fn parse_jaffe_name(name: &str) -> Option<std::result::Result<(String, String), String>> {
     let parts: Vec<&str> = name.split('.').collect();
@@ -593,6 +631,32 @@ mod tests {
         assert_eq!(parse_jaffe_name("photo.jpg"), None);
         // A multi-byte character where the expression code is (a libFuzzer find: it used to panic).
         assert_eq!(parse_jaffe_name("@.N\u{14b}EK.216.tiff"), None);
+    }
+
+    #[test]
+    fn jaffe_names_in_a_folder_of_another_expression_are_warned_of() {
+        use super::{DataFormat, Dataset, Sample};
+        let sample = |path: &str, label: &str| Sample { path: path.into(), label: label.into(), subject: Some("KA".into()) };
+        let mut ds = Dataset {
+            root: "d".into(),
+            format: DataFormat::Folders,
+            samples: vec![
+                sample("d/Happiness/KA.HA1.29.tiff", "Happiness"),
+                sample("d/NE/KA.NE1.26.tiff", "NE"),
+                sample("d/smiling/KA.SU1.36.tiff", "smiling"),
+            ],
+            outside_paths: vec![],
+            unread: vec![],
+        };
+        // Every image in its expression's folder, or in a folder of the user's own naming: nothing to say.
+        assert_eq!(super::jaffe_folder_warning(&ds), None);
+        ds.samples.push(sample("d/happy/KA.NE2.27.tiff", "happy"));
+        let w = super::jaffe_folder_warning(&ds).unwrap();
+        assert!(
+            w.starts_with("warning: 1 JAFFE-named image(s) sit in a class folder of another expression")
+                && w.contains("d/happy/KA.NE2.27.tiff (neutral by its name)"),
+            "{w}"
+        );
     }
 
     #[test]
