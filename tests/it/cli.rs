@@ -391,6 +391,14 @@ fn predict_held_out_shows_only_people_the_model_never_saw() {
     let split = std::fs::read_to_string(d.path().join("runs/h/split.csv")).unwrap();
     let rows: Vec<Vec<String>> = split.lines().skip(1).map(|l| l.split(',').map(str::to_string).collect()).collect();
     let train_people: std::collections::BTreeSet<&str> = rows.iter().filter(|r| r[4] == "train").map(|r| r[3].as_str()).collect();
+    // Photos it trained on are named as such when predicted; its validation people's are not.
+    let side = |s: &str| rows.iter().find(|r| r[4] == s).map(|r| r[0].clone()).unwrap();
+    let (code, _, err) = run(&["predict", "--model", "runs/h", "--device", "cpu", &side("train"), &side("val")], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("note: 1 of these 2 input(s) were training images of this run (its split.csv)"), "{err}");
+    let (code, _, err) = run(&["predict", "--model", "runs/h", "--device", "cpu", &side("val")], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("training images"), "{err}");
     let (code, out, err) = run(&["predict", "--held-out", "--model", "runs/h", "--device", "cpu"], d.path());
     assert_eq!(code, 0, "{err}");
     let lines: Vec<&str> = out.lines().collect();
