@@ -616,14 +616,10 @@ fn person_stats(choice: SubjectNormChoice, counts: Option<&[usize]>, one_class: 
 /// the labels do not resolve (the later split names that).
 fn one_class_each(ds: &Dataset, data: &DataConfig) -> Option<String> {
     let labels = split::assign_labels(ds, data.task, &data.label_map).ok()?;
-    let mut seen: std::collections::BTreeMap<&str, std::collections::BTreeSet<usize>> = Default::default();
-    for (s, &t) in ds.samples.iter().zip(&labels.targets) {
-        seen.entry(s.subject.as_deref()?).or_default().insert(t as usize);
-    }
-    let counts = people(ds)?;
-    let all_one = seen.len() >= 2 && seen.values().all(|c| c.len() == 1) && counts.values().all(|&n| n >= crate::subject::PERSON_MIN);
-    all_one.then(|| {
-        let v: Vec<String> = seen.iter().map(|(p, c)| format!("{p}: {}", c.iter().map(|&k| labels.classes[k].as_str()).collect::<Vec<_>>().join(""))).collect();
+    let photos: Option<Vec<(&str, usize)>> = ds.samples.iter().zip(&labels.targets).map(|(s, &t)| Some((s.subject.as_deref()?, t as usize))).collect();
+    let (one, people) = crate::subject::one_class_people(photos?);
+    (people >= 2 && one.len() == people && crate::subject::enough_photos(&subject_counts(ds)?)).then(|| {
+        let v: Vec<String> = one.iter().map(|&(p, c)| format!("{p}: {}", labels.classes[c])).collect();
         crate::error::short_list(&v, 3)
     })
 }

@@ -75,6 +75,19 @@ pub(crate) fn several_photos(counts: &[usize]) -> bool {
     c[(c.len() - 1) / 2] >= MIN_IMAGES
 }
 
+/// The people whose photos here are all of one class, each with that class,
+/// and how many people there are: their own statistics would remove that
+/// class (a person's mean is then that class's face). `photos` pairs each
+/// photo's person with its class.
+pub(crate) fn one_class_people<'a>(photos: impl IntoIterator<Item = (&'a str, usize)>) -> (Vec<(&'a str, usize)>, usize) {
+    let mut classes: std::collections::BTreeMap<&str, std::collections::BTreeSet<usize>> = Default::default();
+    for (person, class) in photos {
+        classes.entry(person).or_default().insert(class);
+    }
+    let one = classes.iter().filter(|(_, c)| c.len() == 1).filter_map(|(&p, c)| Some((p, *c.first()?))).collect();
+    (one, classes.len())
+}
+
 /// Per-person mean and standard deviation of pooled features.
 pub struct SubjectNorm {
     /// (G, D) per group.

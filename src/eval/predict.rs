@@ -624,18 +624,13 @@ fn label_warnings(cfg: &RunConfig, ds: &crate::data::scan::Dataset, y: &[i64]) -
 /// and neutral photos, each person one class: 0.47 balanced accuracy where
 /// the same photos mixed per person score 0.95).
 fn one_class_people(subjects: &[Option<String>], modes: &[Option<Mode>], y: &[i64]) -> Option<String> {
-    let mut classes: std::collections::BTreeMap<&str, std::collections::BTreeSet<i64>> = Default::default();
-    for ((s, m), &c) in subjects.iter().zip(modes).zip(y) {
-        if let (Some(s), Some(Mode::Person)) = (s, m) {
-            classes.entry(s.as_str()).or_default().insert(c);
-        }
-    }
-    let one: Vec<String> = classes.iter().filter(|(_, c)| c.len() == 1).map(|(s, _)| s.to_string()).collect();
+    let scored = subjects.iter().zip(modes).zip(y).filter_map(|((s, m), &c)| (*m == Some(Mode::Person)).then_some((s.as_deref()?, c as usize)));
+    let (one, people) = crate::subject::one_class_people(scored);
+    let one: Vec<String> = one.into_iter().map(|(p, _)| p.to_string()).collect();
     (!one.is_empty()).then(|| {
         format!(
-            "warning: {} of the {} people scored with their own statistics show one class only here ({}): those statistics assume a mix of expressions and remove a single one, so these scores understate the model on such people and are not what it does on mixed photos; a manifest without its subject column scores every photo by the single-image head",
+            "warning: {} of the {people} people scored with their own statistics show one class only here ({}): those statistics assume a mix of expressions and remove a single one, so these scores understate the model on such people and are not what it does on mixed photos; a manifest without its subject column scores every photo by the single-image head",
             one.len(),
-            classes.len(),
             crate::error::short_list(&one, 3)
         )
     })
@@ -647,6 +642,11 @@ pub fn training_paths(dir: &Path) -> std::collections::HashSet<PathBuf> {
     r.records().flatten().filter(|row| row.get(4) == Some("train")).filter_map(|row| std::fs::canonicalize(row.get(0)?).ok()).collect()
 }
 
+/// Whether `p` is one of `training_paths`, however it is spelt.
+pub fn trained_on(training: &std::collections::HashSet<PathBuf>, p: &Path) -> bool {
+    std::fs::canonicalize(p).is_ok_and(|c| training.contains(&c))
+}
+
 /// Scans `data` (labels mapped as the run was trained), predicts every image, scores it.
 pub fn evaluate(
     cfg: &RunConfig,
@@ -654,11 +654,11 @@ pub fn evaluate(
     data: &Path,
     format: crate::data::scan::DataFormat,
     skip_bad: bool,
-    (trained_on, exclude): (&std::collections::HashSet<PathBuf>, bool),
+    (training, exclude): (&std::collections::HashSet<PathBuf>, bool),
     (tta_flip, device): (bool, Device),
 ) -> crate::error::Result<Evaluation> {
     let mut ds = crate::data::scan::scan(data, format)?;
-    let seen = |p: &Path| std::fs::canonicalize(p).is_ok_and(|c| trained_on.contains(&c));
+    let seen = |p: &Path| trained_on(training, p);
     let overlap = ds.samples.iter().filter(|s| seen(&s.path)).count();
     if exclude {
         ds.samples.retain(|s| !seen(&s.path));

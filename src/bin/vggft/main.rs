@@ -238,8 +238,8 @@ fn predict_cmd(mut a: PredictArgs) -> anyhow::Result<bool> {
     }
     // Answers for the photos the model learnt from are no test of it: said, as evaluate says it.
     if !a.held_out {
-        let trained_on = predict::training_paths(&a.model);
-        let seen = paths.iter().filter(|p| std::fs::canonicalize(p).is_ok_and(|c| trained_on.contains(&c))).count();
+        let training = predict::training_paths(&a.model);
+        let seen = paths.iter().filter(|p| predict::trained_on(&training, p)).count();
         if seen > 0 {
             errln!(
                 "note: {seen} of these {} input(s) were training images of this run (its split.csv): their answers say what it learnt, not how it does on new photos (--held-out predicts its validation people)",
