@@ -147,7 +147,8 @@ pub fn assign_labels(ds: &Dataset, task: Task, map: &[(String, String)]) -> Resu
             // Say what was found and what the binary task needs (the happy/sad folder case).
             format!(
                 ". The binary task is the label `neutral` (or `NE`) against all the others; labels found: {}, none of them `neutral`. Use --task multiclass to classify these labels, or --label-map raw=class,… to choose the classes",
-                crate::error::short_list(&labels.raw_classes, 8)
+                // Quoted, so that a space in a folder's name (`neutral `) shows.
+                crate::error::short_list(&labels.raw_classes.iter().map(|l| format!("`{l}`")).collect::<Vec<_>>(), 8)
             )
         } else {
             String::new()

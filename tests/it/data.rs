@@ -246,7 +246,17 @@ fn dataset_errors_are_named() {
     let e = assign_labels(&ds, Task::Binary, &[]).unwrap_err().to_string();
     assert!(e.contains("only one class (expressive)"), "{e}");
     // Say which labels were found, that none is `neutral`, and what to do instead.
-    assert!(e.contains("labels found: happy, surprise, none of them `neutral`") && e.contains("--task multiclass") && e.contains("--label-map"), "{e}");
+    assert!(e.contains("labels found: `happy`, `surprise`, none of them `neutral`") && e.contains("--task multiclass") && e.contains("--label-map"), "{e}");
+    // Quoted, a space at the end of a folder's name shows.
+    let spaced = tmp();
+    for (class, v) in [("neutral ", 40u8), ("happy", 200)] {
+        std::fs::create_dir(spaced.path().join(class)).unwrap();
+        for i in 0..2 {
+            gray_png(&spaced.path().join(class).join(format!("{i}.png")), 16, 16, |x, _| v.wrapping_add((x + i) as u8));
+        }
+    }
+    let e = assign_labels(&scan(spaced.path(), DataFormat::Auto).unwrap(), Task::Binary, &[]).unwrap_err().to_string();
+    assert!(e.contains("labels found: `happy`, `neutral `, none of them `neutral`"), "{e}");
     // A label map may name JAFFE's expressions by their codes, as the file names do.
     let l = assign_labels(&ds, Task::Binary, &[("HA".into(), "smile".into()), ("su".into(), "surprise".into())]).unwrap();
     assert_eq!(l.classes, ["smile", "surprise"]);
