@@ -60,7 +60,14 @@ impl Error {
         Error::File { path: path.into(), problem: problem.into() }
     }
     pub fn io(path: impl Into<PathBuf>, reason: std::io::Error) -> Self {
-        Error::Io { path: path.into(), reason }
+        let path = path.into();
+        // `--data https://…`, `predict https://…`: not found as a path (made
+        // absolute it even reads `/folder/https:/…`), said for what it is.
+        let web = path.components().any(|c| matches!(c.as_os_str().to_str(), Some("http:" | "https:" | "ftp:")));
+        if web && reason.kind() == std::io::ErrorKind::NotFound {
+            return Error::File { path, problem: "is a web address: vggft reads local files; download it first".into() };
+        }
+        Error::Io { path, reason }
     }
     pub fn weights(path: impl Into<PathBuf>, problem: impl Into<String>) -> Self {
         Error::Weights { path: path.into(), problem: problem.into() }
@@ -185,5 +192,21 @@ pub fn short_list(names: &[String], max: usize) -> String {
         names.join(", ")
     } else {
         format!("{}, and {} more", names[..max].join(", "), names.len() - max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Error;
+
+    #[test]
+    fn a_web_address_not_found_is_said_to_be_one() {
+        let gone = || std::io::Error::from(std::io::ErrorKind::NotFound);
+        for p in ["https://example.com/a.jpg", "/work/https:/x/y.zip", "http://h/d"] {
+            assert_eq!(Error::io(p, gone()).to_string(), format!("{p}: is a web address: vggft reads local files; download it first"));
+        }
+        // A local path, or another failure at a web-like path, stays as it is.
+        assert_eq!(Error::io("face.jpg", gone()).to_string(), "face.jpg: cannot read: entity not found");
+        assert!(Error::io("https://h/a", std::io::Error::from(std::io::ErrorKind::PermissionDenied)).to_string().contains("cannot read"));
     }
 }
