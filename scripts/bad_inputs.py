@@ -131,6 +131,8 @@ def run_inventory(d):
     predict_case("PGM image (works)", "gray.pgm", make=lambda p: Image.open(ok_png).save(p))
     code, out, err = vggft("predict", "/dev/zero", "--model", "runs/ok", cwd=d)
     record("/dev/zero as an image", code, said(err, want=("error", "/dev/zero")))
+    code, out, err = vggft("predict", "https://example.com/face.jpg", "--model", "runs/ok", cwd=d)
+    record("a web address as an image", code, said(err, want=("https://",)))
     huge = os.path.join(d, "huge16384.png")
     a = np.full((16384, 16384), 40, np.uint8)
     a[:8192, :8192] = 200
