@@ -197,13 +197,14 @@ pub fn explain(cfg: &RunConfig, model: &Vgg16, req: &ExplainRequest, device: Dev
     refuse_out_among_inputs(req.out, req.paths)?;
     crate::data::scan::refuse_other_output(req.out, "a folder of heatmaps", "the heatmaps, sheet.png and explain.csv", &["explain.csv", "sheet.png"])?;
     let stale = earlier_outputs(req.out);
-    let planned = planned_files(cfg, req);
-    refuse_others_files(req.out, &planned, &stale)?;
+    // Each input's heatmap, by the input's place and name.
+    let heatmaps: Vec<PathBuf> = req.paths.iter().enumerate().map(|(i, p)| req.out.join(tile_name(i, p))).collect();
+    refuse_others_files(req.out, &planned_files(cfg, req, &heatmaps), &stale)?;
     fsutil::create_dir(req.out)?;
     // explain.csv first, listing what this call writes and what an earlier
     // one left: a call stopped part-way leaves a folder the next call knows
     // as its own, down to each file.
-    write_plan(&req.out.join("explain.csv"), &cfg.classes, req.paths, &stale)?;
+    write_plan(&req.out.join("explain.csv"), &cfg.classes, req.paths, &heatmaps, &stale)?;
     let s = cfg.data.preprocess.image_size;
     let mut finder = None;
     let mut out = Vec::new();
@@ -219,7 +220,7 @@ pub fn explain(cfg: &RunConfig, model: &Vgg16, req: &ExplainRequest, device: Dev
         };
         let cam = grad_cam(model, cfg, &px, req.layer, req.class, device)?;
         let stem = crate::fsutil::output_stem(p);
-        let file = req.out.join(tile_name(i, p));
+        let file = heatmaps[i].clone();
         let tile = captioned(&overlay(&cam.input, &cam.heat, s), &caption(cfg, &cam, &stem, None))?;
         save_png(&file, &tile)?;
         written.insert(file.clone());
@@ -232,7 +233,7 @@ pub fn explain(cfg: &RunConfig, model: &Vgg16, req: &ExplainRequest, device: Dev
                 ("probs".to_string(), probs),
                 ("class".to_string(), Tensor::from_slice(&[cam.class as f64])),
             ];
-            let arrays = req.out.join(format!("{i:04}_{stem}.safetensors"));
+            let arrays = file.with_extension("safetensors");
             crate::model::weights::save_atomic(&named, &arrays)?;
             written.insert(arrays);
         }
@@ -272,16 +273,12 @@ pub fn explain(cfg: &RunConfig, model: &Vgg16, req: &ExplainRequest, device: Dev
     Ok(out)
 }
 
-/// The heatmap files a call writes by name: `NNNN_<photo>.png`, its
-/// `--arrays` twin, `mean_<class>.png`.
-fn planned_files(cfg: &RunConfig, req: &ExplainRequest) -> Vec<PathBuf> {
-    let mut names = Vec::new();
-    for (i, p) in req.paths.iter().enumerate() {
-        let tile = tile_name(i, p);
-        if req.arrays {
-            names.push(req.out.join(&tile).with_extension("safetensors"));
-        }
-        names.push(req.out.join(tile));
+/// The files a call writes by name: each input's heatmap
+/// (`NNNN_<photo>.png`), its `--arrays` twin, `mean_<class>.png`.
+fn planned_files(cfg: &RunConfig, req: &ExplainRequest, heatmaps: &[PathBuf]) -> Vec<PathBuf> {
+    let mut names = heatmaps.to_vec();
+    if req.arrays {
+        names.extend(heatmaps.iter().map(|h| h.with_extension("safetensors")));
     }
     if req.mean {
         names.extend(cfg.classes.iter().map(|c| req.out.join(format!("mean_{}.png", safe_name(c)))));
@@ -482,16 +479,14 @@ fn safe_name(s: &str) -> String {
 /// `explain.csv` before any heatmap is written: each input with the heatmap
 /// it will have, and the heatmaps an earlier call left (`stale`), to be
 /// removed at the end; the finished call replaces it with its results.
-fn write_plan(path: &Path, classes: &[String], inputs: &[PathBuf], stale: &[PathBuf]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new(""));
-    let mut rows: Vec<(String, PathBuf, &str)> =
-        inputs.iter().enumerate().map(|(i, p)| (p.display().to_string(), dir.join(tile_name(i, p)), "not explained yet (the call was stopped)")).collect();
-    let planned: Vec<PathBuf> = rows.iter().map(|r| r.1.clone()).collect();
+fn write_plan(path: &Path, classes: &[String], inputs: &[PathBuf], heatmaps: &[PathBuf], stale: &[PathBuf]) -> Result<()> {
+    let mut rows: Vec<(String, &PathBuf, &str)> =
+        inputs.iter().zip(heatmaps).map(|(p, h)| (p.display().to_string(), h, "not explained yet (the call was stopped)")).collect();
     rows.extend(
         stale
             .iter()
-            .filter(|f| f.file_name().is_some_and(|n| is_tile(&n.to_string_lossy())) && !planned.contains(f))
-            .map(|f| (String::new(), f.clone(), "left by an earlier explain")),
+            .filter(|f| f.file_name().is_some_and(|n| is_tile(&n.to_string_lossy())) && !heatmaps.contains(f))
+            .map(|f| (String::new(), f, "left by an earlier explain")),
     );
     let mut w = csv::Writer::from_writer(Vec::new());
     let _ = w.write_record(csv_header(classes));
@@ -543,7 +538,8 @@ mod tests {
         let classes = ["neutral".to_string(), "expressive".to_string()];
         let inputs = [PathBuf::from("photos/a.jpg"), PathBuf::from("b.v2.png")];
         let earlier = [out.join("0000_old.png"), out.join("0000_old.safetensors"), out.join("sheet.png")];
-        super::write_plan(&out.join("explain.csv"), &classes, &inputs, &earlier).unwrap();
+        let heatmaps = [out.join("0000_a.png"), out.join("0001_b.v2.png")];
+        super::write_plan(&out.join("explain.csv"), &classes, &inputs, &heatmaps, &earlier).unwrap();
         let mut listed = super::earlier_outputs(out);
         listed.sort();
         let mut expected: Vec<PathBuf> =

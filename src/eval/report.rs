@@ -118,11 +118,15 @@ fn show(v: &str) -> String {
 /// folders directly inside it by name, without its `latest` link (a second
 /// column of the run it names). Those inside that have not finished (a run
 /// still training, a cv with folds to run) are left out and named in the
-/// second list: one of them would stop the report of the others.
-fn expand(dir: &Path) -> (Vec<std::path::PathBuf>, Vec<std::path::PathBuf>) {
+/// second list: one of them would stop the report of the others. Named
+/// itself, an unfinished run or cv is refused with what finishes it.
+fn expand(dir: &Path) -> Result<(Vec<std::path::PathBuf>, Vec<std::path::PathBuf>)> {
     let started = |d: &Path| d.join("cv-config.json").is_file() || d.join("config.json").is_file();
     if started(dir) {
-        return (vec![dir.to_path_buf()], vec![]);
+        return match unfinished(dir) {
+            Some(why) => Err(Error::file(dir, why)),
+            None => Ok((vec![dir.to_path_buf()], vec![])),
+        };
     }
     let mut inside: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
         .into_iter()
@@ -134,9 +138,9 @@ fn expand(dir: &Path) -> (Vec<std::path::PathBuf>, Vec<std::path::PathBuf>) {
     inside.sort();
     let (done, unfinished): (Vec<_>, Vec<_>) = inside.into_iter().partition(|d| unfinished(d).is_none());
     if done.is_empty() && unfinished.is_empty() {
-        (vec![dir.to_path_buf()], vec![])
+        Ok((vec![dir.to_path_buf()], vec![]))
     } else {
-        (done, unfinished)
+        Ok((done, unfinished))
     }
 }
 
@@ -159,17 +163,12 @@ pub fn report(dirs: &[std::path::PathBuf]) -> Result<String> {
     let mut paths = Vec::new();
     let mut left_out = Vec::new();
     for d in dirs {
-        let (done, unfinished) = expand(d);
+        let (done, unfinished) = expand(d)?;
         if done.is_empty() {
             return Err(Error::file(d, format!("holds no finished run or cross-validation (not finished: {})", names(&unfinished))));
         }
         paths.extend(done);
         left_out.extend(unfinished);
-    }
-    for p in &paths {
-        if let Some(why) = unfinished(p) {
-            return Err(Error::file(p, why));
-        }
     }
     let entries: Vec<Entry> = paths.iter().map(|d| entry(d)).collect::<Result<_>>()?;
     // Data and weights are shown when they differ (paths, the data fingerprint, the weights' hash).
