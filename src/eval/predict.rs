@@ -23,7 +23,21 @@ pub struct Prediction {
     pub mode: Option<Mode>,
     /// The face box the input was cropped to (models trained with `--face`).
     pub face: Option<crate::data::face::FaceBox>,
+    /// How far the input's features lie from the training photos' under the
+    /// head that answered (`Vgg16::feature_distance`; about 1 for training
+    /// photos, above [`UNUSUAL`] for a picture unlike them). `None` for a
+    /// head without statistics.
+    pub distance: Option<f64>,
 }
+
+/// Feature distance (`Prediction::distance`) above which an input is said
+/// to be unlike the training photos. A training photo's features average a
+/// distance of about 1 (the statistics are theirs); 4 means each feature
+/// four training standard deviations off on average. Measured
+/// (docs/results/unusual-inputs.md, six runs): of 242 held-out faces of the
+/// runs' own kind one lay above 3 (3.41, a plain conv5 fine-tune), none
+/// above 3.5; blank frames, noise, a gradient and a chart lay at 4.0–377.
+pub const UNUSUAL: f64 = 4.0;
 
 /// How a subject-normalised model predicted one image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -373,6 +387,7 @@ pub fn predict(
                 raw: f.raw.clone(),
                 mode: f.mode,
                 face: f.face.clone(),
+                distance: f.distance,
             })
         };
         out.extend(one);
@@ -439,6 +454,7 @@ fn predict_distinct(
             .collect();
         let ok: Vec<&Vec<f32>> = prepared.iter().filter_map(|(_, r)| r.as_ref().ok().map(|(px, _)| px)).collect();
         let mut probs = Vec::new().into_iter();
+        let mut distances = Vec::new().into_iter();
         if !ok.is_empty() {
             let flat: Vec<f32> = ok.iter().flat_map(|v| v.iter().copied()).collect();
             let gray = Tensor::from_slice(&flat).view([ok.len() as i64, 1, s, s]).to_device(device);
@@ -448,25 +464,27 @@ fn predict_distinct(
                     model.frozen(|| (model.pooled_from(&x, Block::Conv1, false), tta_flip.then(|| model.pooled_from(&x.flip([3]), Block::Conv1, false))));
                 pooled.push((f, flipped));
             } else {
-                let p = model.frozen(|| {
-                    let mut p = model.forward_t(&x, false).softmax(1, tch::Kind::Double);
+                let (p, d) = model.frozen(|| {
+                    let f = model.pooled_from(&x, Block::Conv1, false);
+                    let mut p = model.classify(&f, false).softmax(1, tch::Kind::Double);
                     if tta_flip {
                         p = (p + model.forward_t(&x.flip([3]), false).softmax(1, tch::Kind::Double)) / 2.0;
                     }
-                    p
+                    (p, model.feature_distance(&f, false))
                 });
                 probs = split_raw(cfg, &p).into_iter();
+                distances = d.map(|d| Vec::<f64>::try_from(d.to_kind(tch::Kind::Double)).unwrap_or_default()).unwrap_or_default().into_iter();
             }
         }
         for (path, r) in prepared {
-            let (probs, raw, face) = match r {
+            let (probs, raw, face, distance) = match r {
                 Ok((_, face)) => {
                     let (task, raw) = probs.next().unwrap_or_default();
-                    (Ok(task), raw, face)
+                    (Ok(task), raw, face, distances.next())
                 }
-                Err(e) => (Err(e), vec![], None),
+                Err(e) => (Err(e), vec![], None, None),
             };
-            out.push(Prediction { path, probs, raw, mode: None, face });
+            out.push(Prediction { path, probs, raw, mode: None, face, distance });
         }
     }
     if show {
@@ -490,8 +508,10 @@ fn predict_distinct(
             }
             None => (f, flipped),
         };
-        let (p, modes) = person_or_single(model, &f, flipped.as_ref(), &keys);
-        for (((mut task, mut raw), &i), mode) in split_raw(cfg, &p).into_iter().zip(&rows).zip(modes) {
+        let (p, modes, distance) = person_or_single(model, &f, flipped.as_ref(), &keys);
+        let distance: Vec<f64> = distance.map(|d| Vec::<f64>::try_from(d.to_kind(tch::Kind::Double)).unwrap_or_default()).unwrap_or_default();
+        for (k, (((mut task, mut raw), &i), mode)) in split_raw(cfg, &p).into_iter().zip(&rows).zip(modes).enumerate() {
+            out[i].distance = distance.get(k).copied();
             cfg.calibrate_row(Some(mode), &mut task, &mut raw);
             out[i].probs = Ok(task);
             // A single-image head that learnt the task's classes has no raw-label answer to give.
@@ -535,25 +555,33 @@ fn reframed(cfg: &RunConfig, model: &Vgg16, paths: &[PathBuf], tta_flip: bool, d
 /// Head probabilities (float64) from pooled features `f` (and their flipped
 /// twins, averaged in): person-normalised for subjects with enough rows (each
 /// by that person's rows alone, their variance shrunk towards the training
-/// people's), the single-image head for the rest.
-pub(crate) fn person_or_single<T: PartialEq + Clone>(model: &Vgg16, f: &Tensor, flipped: Option<&Tensor>, subjects: &[Option<T>]) -> (Tensor, Vec<Mode>) {
+/// people's), the single-image head for the rest. Also each row's feature
+/// distance from the training photos as the head that answered it read
+/// them (`Vgg16::feature_distance`; `None` for a run saved without them).
+pub(crate) fn person_or_single<T: PartialEq + Clone>(
+    model: &Vgg16,
+    f: &Tensor,
+    flipped: Option<&Tensor>,
+    subjects: &[Option<T>],
+) -> (Tensor, Vec<Mode>, Option<Tensor>) {
     let groups = crate::subject::groups(subjects);
     let modes = modes_of(subjects);
     let prior = model.person_prior();
+    let use_person = Tensor::from_slice(&modes.iter().map(|&m| m == Mode::Person).collect::<Vec<_>>()).to_device(f.device());
     let probs = |f: &Tensor| {
         tch::no_grad(|| {
             let norm = crate::subject::SubjectNorm::fit_towards(f, &groups, prior.as_ref());
             let person = model.classify(&norm.apply(f, &groups), false).softmax(1, tch::Kind::Double);
             let single = model.classify_global(f, false).unwrap_or_else(|| model.classify(f, false)).softmax(1, tch::Kind::Double);
-            let use_person = Tensor::from_slice(&modes.iter().map(|&m| m == Mode::Person).collect::<Vec<_>>()).to_device(f.device()).unsqueeze(1);
-            person.where_self(&use_person, &single)
+            let distance = model.feature_distance(f, false).zip(model.feature_distance(f, true)).map(|(p, s)| p.where_self(&use_person, &s));
+            (person.where_self(&use_person.unsqueeze(1), &single), distance)
         })
     };
-    let mut p = probs(f);
+    let (mut p, distance) = probs(f);
     if let Some(g) = flipped {
-        p = (p + probs(g)) / 2.0;
+        p = (p + probs(g).0) / 2.0;
     }
-    (p, modes)
+    (p, modes, distance)
 }
 
 impl Prediction {
@@ -636,6 +664,24 @@ fn one_class_people(subjects: &[Option<String>], modes: &[Option<Mode>], y: &[i6
     })
 }
 
+/// The warning for inputs whose features lie far from the training photos'
+/// (distance above [`UNUSUAL`]): the model answers anything it is given,
+/// with full confidence for a blank frame, so the answer alone does not
+/// show that the picture was nothing like what it learnt.
+pub fn unusual_warning(names: &[String], distance: &[f64]) -> Option<String> {
+    let mut far: Vec<(&String, f64)> = names.iter().zip(distance).filter(|&(_, &d)| d > UNUSUAL).map(|(n, &d)| (n, d)).collect();
+    if far.is_empty() {
+        return None;
+    }
+    far.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let listed: Vec<String> = far.iter().map(|(n, d)| format!("{n} ({d:.1})")).collect();
+    Some(format!(
+        "warning: {} image(s) look unlike every photo the model was trained on (feature distance above {UNUSUAL}, where training photos score about 1: a blank or dark frame, no face, or a very different kind of picture), and their answers mean little: {}",
+        far.len(),
+        crate::error::short_list(&listed, 8)
+    ))
+}
+
 /// The training images of a run, canonicalised (empty without a split.csv).
 pub fn training_paths(dir: &Path) -> std::collections::HashSet<PathBuf> {
     let Ok(mut r) = csv::Reader::from_path(dir.join("split.csv")) else { return Default::default() };
@@ -703,23 +749,24 @@ pub fn evaluate(
     let chunks = |f: &dyn Fn(&Tensor) -> Tensor| -> Tensor {
         Tensor::cat(&model.frozen(|| (0..n).step_by(32).map(|s| f(&x.narrow(0, s, (n - s).min(32)))).collect::<Vec<_>>()), 0)
     };
-    let (probs, modes) = if model.cfg.subject_norm {
+    let f = chunks(&|x| model.pooled_from(x, Block::Conv1, false));
+    let (probs, modes, distance) = if model.cfg.subject_norm {
         // Each person of the dataset is normalised by their own images (transductive).
-        let f = chunks(&|x| model.pooled_from(x, Block::Conv1, false));
         let g = tta_flip.then(|| chunks(&|x| model.pooled_from(&x.flip([3]), Block::Conv1, false)));
-        let (p, modes) = person_or_single(model, &f, g.as_ref(), &subjects);
+        let (p, modes, distance) = person_or_single(model, &f, g.as_ref(), &subjects);
         let mut rows = crate::run::rows(&crate::eval::sum_to_task(&p, &cfg.raw_to_task, cfg.classes.len()));
         for (row, &mode) in rows.iter_mut().zip(&modes) {
             cfg.calibrate(Some(mode), std::slice::from_mut(row));
         }
-        (rows, modes.into_iter().map(Some).collect())
+        (rows, modes.into_iter().map(Some).collect(), distance)
     } else {
-        let mut p = chunks(&|x| model.forward_t(x, false)).softmax(1, tch::Kind::Double);
+        let mut p = model.frozen(|| model.classify(&f, false)).softmax(1, tch::Kind::Double);
         if tta_flip {
             p = (p + chunks(&|x| model.forward_t(&x.flip([3]), false)).softmax(1, tch::Kind::Double)) / 2.0;
         }
-        (crate::run::rows(&crate::eval::sum_to_task(&p, &cfg.raw_to_task, cfg.classes.len())), vec![None; y.len()])
+        (crate::run::rows(&crate::eval::sum_to_task(&p, &cfg.raw_to_task, cfg.classes.len())), vec![None; y.len()], model.feature_distance(&f, false))
     };
+    let distance: Vec<f64> = distance.map(|d| Vec::<f64>::try_from(d.to_kind(tch::Kind::Double)).unwrap_or_default()).unwrap_or_default();
     // At the run's threshold (each image's mode's), and at the larger probability beside it.
     let metrics = crate::eval::metrics_at(&y, &probs, &cfg.classes, |i| cfg.threshold_for(modes[i]));
     let at_half = cfg.threshold.is_some().then(|| crate::eval::metrics(&y, &probs, &cfg.classes));
@@ -727,6 +774,7 @@ pub fn evaluate(
         .into_iter()
         .chain(if model.cfg.subject_norm { crate::data::scan::case_warning(&ds) } else { None })
         .chain(one_class_people(&subjects, &modes, &y))
+        .chain(unusual_warning(&ds.samples.iter().map(|s| s.path.display().to_string()).collect::<Vec<_>>(), &distance))
         .collect();
     Ok(Evaluation {
         metrics,
@@ -742,4 +790,21 @@ pub fn evaluate(
         excluded: if exclude { overlap } else { 0 },
         warnings,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only inputs above the limit are named, the farthest first, each with its distance.
+    #[test]
+    fn the_unusual_warning_names_the_inputs_beyond_the_limit() {
+        let names: Vec<String> = ["face.png", "black.png", "chart.png", "edge.png"].iter().map(|s| s.to_string()).collect();
+        let w = unusual_warning(&names, &[0.9, 5.24, 11.0, UNUSUAL]).unwrap();
+        assert!(w.contains("(feature distance above 4, where training photos score about 1"), "{w}");
+        assert!(w.starts_with("warning: 2 image(s) look unlike every photo the model was trained on"), "{w}");
+        assert!(w.ends_with("chart.png (11.0), black.png (5.2)"), "{w}");
+        assert!(unusual_warning(&names, &[0.9, 1.2, 3.9, UNUSUAL]).is_none(), "at the limit or below: no warning");
+        assert!(unusual_warning(&names, &[]).is_none(), "a run without statistics: no warning");
+    }
 }

@@ -363,6 +363,15 @@ impl ModelConfig {
         let per_channel = 1 + i64::from(self.head == HeadKind::Bn) + self.pool_grid.cells();
         per_channel * self.features.iter().map(|&b| self.block_out(b)).sum::<i64>()
     }
+    /// Width of what the head reads: the pooled features, or the `vgg`
+    /// head's 7 × 7 conv5 map, flattened.
+    pub(crate) fn head_in_width(&self) -> i64 {
+        if self.head == HeadKind::Vgg {
+            self.trunk_out() * 49
+        } else {
+            self.pooled_width()
+        }
+    }
     pub fn channels(&self, layer: usize) -> i64 {
         (CONVS[layer].channels / self.width_div).max(1)
     }
@@ -633,6 +642,8 @@ fn make_head(cfg: &ModelConfig, root: &nn::Path, h: nn::Path, random: bool) -> H
 
 /// The name of `Vgg16::person_var` in the variable store and in model files.
 pub(crate) const PERSON_VAR: &str = "head.person_var";
+/// The name of `Vgg16::feature_stats` in the variable store and in model files.
+pub(crate) const FEATURE_STATS: &str = "head.feature_stats";
 
 type Forms = std::cell::RefCell<Option<Vec<Option<winograd::Winograd>>>>;
 
@@ -653,6 +664,13 @@ pub struct Vgg16 {
     /// people's pooled within-person variance of the pooled features, which a
     /// new person's few-image variance is shrunk towards (`person_prior`).
     person_var: Option<Tensor>,
+    /// `head.feature_stats` (4 × D): the mean and variance of the training
+    /// photos' pooled features as the main head reads them (before each
+    /// person's normalisation), then as the single-image head reads them
+    /// (a subject-normalised model's; else the same again) — what an input
+    /// is compared with to see that it is unlike them (`feature_distance`).
+    /// All zeros until a run sets them, and in a run saved before vggft kept them.
+    feature_stats: Tensor,
     /// While a `frozen` pass runs, per conv layer its Winograd form once made; `None` outside one.
     winograd: Forms,
 }
@@ -725,7 +743,8 @@ impl Vgg16 {
             (Tensor::from_slice(&idx).to_device(device), Tensor::from_slice(&shift).to_device(device))
         });
         let person_var = cfg.subject_norm.then(|| (&root / "head").zeros_no_train("person_var", &[cfg.pooled_width()]));
-        Ok(Vgg16 { vs, cfg: cfg.clone(), layers, head, global, global_to_raw, members: Vec::new(), person_var, winograd: Default::default() })
+        let feature_stats = (&root / "head").zeros_no_train("feature_stats", &[4, cfg.head_in_width()]);
+        Ok(Vgg16 { vs, cfg: cfg.clone(), layers, head, global, global_to_raw, members: Vec::new(), person_var, feature_stats, winograd: Default::default() })
     }
 
     /// Heads in the ensemble the main head belongs to (`--members`): 1 unless
@@ -987,6 +1006,28 @@ impl Vgg16 {
         }
     }
 
+    /// Keeps the mean and variance over rows of the training photos' pooled
+    /// features as the main head reads them (`main`, before any person
+    /// normalisation) and as the single-image head does (`single`) with the
+    /// model (`head.feature_stats`, for `feature_distance`).
+    pub(crate) fn set_feature_stats(&self, main: &Tensor, single: &Tensor) {
+        if main.size()[0] < 2 || single.size()[0] < 2 {
+            return;
+        }
+        tch::no_grad(|| {
+            let moments = |f: &Tensor| {
+                let f = f.to_kind(Kind::Float);
+                [f.mean_dim(0, false, Kind::Float), f.var_dim(0, false, false)]
+            };
+            let [a, b] = moments(main);
+            let [c, d] = moments(single);
+            let stats = Tensor::stack(&[a, b, c, d], 0).to_device(self.feature_stats.device());
+            if stats.size() == self.feature_stats.size() {
+                self.feature_stats.shallow_clone().copy_(&stats);
+            }
+        });
+    }
+
     /// Ensemble member `k` (0: the main head) on pooled features.
     pub(crate) fn classify_member(&self, k: usize, f: &Tensor, train: bool) -> Tensor {
         let h = if k == 0 { &self.head } else { &self.members[k - 1] };
@@ -1006,6 +1047,21 @@ impl Vgg16 {
             None => z,
             Some((class, log_count)) => z.index_select(1, class) - log_count.to_kind(z.kind()),
         })
+    }
+
+    /// How far each row of pooled features `f` lies from the training
+    /// photos' (`head.feature_stats`; `single`: as the single-image head
+    /// reads them, else as the main head does before any person
+    /// normalisation): the root mean square over the features of their
+    /// z-scores. Training photos average about 1 by construction; a picture
+    /// unlike any of them (a blank frame, a chart) far more
+    /// (`predict::UNUSUAL`). `None` for a run saved before vggft kept them.
+    pub(crate) fn feature_distance(&self, f: &Tensor, single: bool) -> Option<Tensor> {
+        let row = if single { 2 } else { 0 };
+        let (mean, var) = (self.feature_stats.get(row), self.feature_stats.get(row + 1));
+        let fits = f.dim() == 2 && f.size()[1] == var.size()[0];
+        (fits && f64::try_from(var.max()).unwrap_or(0.0) > 0.0)
+            .then(|| tch::no_grad(|| ((f.to_kind(Kind::Float) - mean) / (var + BN_EPS).sqrt()).square().mean_dim(1, false, Kind::Float).sqrt()))
     }
 
     fn head_ref(&self, h: HeadRef) -> Option<&Head> {
@@ -1102,7 +1158,7 @@ impl Vgg16 {
 
     /// Running statistics are buffers, never trained.
     pub fn is_buffer(name: &str) -> bool {
-        name.ends_with("running_mean") || name.ends_with("running_var") || name.ends_with("num_batches_tracked") || name == PERSON_VAR
+        name.ends_with("running_mean") || name.ends_with("running_var") || name.ends_with("num_batches_tracked") || name == PERSON_VAR || name == FEATURE_STATS
     }
 
     /// Freezes every parameter before `block` (no gradient, and so not in
@@ -1394,6 +1450,47 @@ mod tests {
         // Models without person statistics have no such tensor.
         cfg.subject_norm = false;
         assert!(Vgg16::for_loading(&cfg, Device::Cpu).unwrap().named_tensors().iter().all(|(n, _)| n != PERSON_VAR));
+    }
+
+    /// The training photos' feature statistics go with the model, untrained,
+    /// and say how far an input lies from them: about 1 for the photos
+    /// themselves, each head's own; a file saved without them still loads
+    /// and is not checked.
+    #[test]
+    fn feature_statistics_measure_how_far_an_input_lies_from_the_training_photos() {
+        let mut cfg = ModelConfig::new(BnMode::Drop, HeadKind::Bn, 2);
+        (cfg.width_div, cfg.subject_norm) = (16, true);
+        let d = cfg.pooled_width();
+        let m = Vgg16::for_loading(&cfg, Device::Cpu).unwrap();
+        let some = Tensor::ones([3, d], (Kind::Float, Device::Cpu));
+        assert!(m.feature_distance(&some, false).is_none(), "none before a run sets them");
+        // The main head's photos around 2 with spread 0.5; the single-image head's around 10 with spread 3.
+        let (main, single) =
+            seeded(5, || (Tensor::randn([400, d], (Kind::Float, Device::Cpu)) * 0.5 + 2.0, Tensor::randn([400, d], (Kind::Float, Device::Cpu)) * 3.0 + 10.0));
+        m.set_feature_stats(&main, &single);
+        let mean_sq = |t: Tensor| f64::try_from(t.square().mean(Kind::Float)).unwrap();
+        // By construction the photos' squared distances average 1.
+        assert!((mean_sq(m.feature_distance(&main, false).unwrap()) - 1.0).abs() < 1e-3);
+        assert!((mean_sq(m.feature_distance(&single, true).unwrap()) - 1.0).abs() < 1e-3);
+        // A row four spreads from the main photos' mean in every feature: 4 from them, and far closer to the single's.
+        let far = Tensor::full([1, d], 4.0, (Kind::Float, Device::Cpu));
+        let (dm, ds) = (m.feature_distance(&far, false).unwrap().double_value(&[0]), m.feature_distance(&far, true).unwrap().double_value(&[0]));
+        assert!((dm - 4.0).abs() < 0.2 && (ds - 2.0).abs() < 0.2, "{dm} {ds}");
+        let mut m = m;
+        m.set_trainable_from(Block::Conv1);
+        assert!(m.param_groups().iter().all(|g| g.params.iter().all(|(n, _)| n != FEATURE_STATS)), "never in the optimizer");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.safetensors");
+        weights::save_atomic(&m.named_tensors(), &path).unwrap();
+        let mut back = Vgg16::for_loading(&cfg, Device::Cpu).unwrap();
+        weights::load_checkpoint(&mut back, &path).unwrap();
+        assert_eq!(back.feature_distance(&far, false).unwrap().double_value(&[0]), dm);
+        // A run saved before the statistics were kept.
+        let old: Vec<(String, Tensor)> = m.named_tensors().into_iter().filter(|(n, _)| n != FEATURE_STATS).collect();
+        weights::save_atomic(&old, &path).unwrap();
+        let mut back = Vgg16::for_loading(&cfg, Device::Cpu).unwrap();
+        weights::load_checkpoint(&mut back, &path).unwrap();
+        assert!(back.feature_distance(&far, false).is_none() && back.feature_distance(&far, true).is_none());
     }
 
     /// Folding an ensemble gives exactly the average of its members'

@@ -187,7 +187,8 @@ pub fn load_pretrained(model: &mut Vgg16, path: &Path) -> Result<LoadReport> {
     let targets: BTreeMap<String, Tensor> = model.named_tensors().into_iter().filter(|(n, _)| is_pretrained(n)).collect();
     let file: BTreeMap<String, Tensor> = tensors.into_iter().collect();
     copy_checked(path, &targets, &file, &mut report)?;
-    report.new = model.named_tensors().into_iter().map(|(n, _)| n).filter(|n| !is_pretrained(n)).collect();
+    // The training photos' feature statistics are no layer: a run sets them.
+    report.new = model.named_tensors().into_iter().map(|(n, _)| n).filter(|n| !is_pretrained(n) && n != crate::model::FEATURE_STATS).collect();
     Ok(report)
 }
 
@@ -197,9 +198,12 @@ pub fn load_checkpoint(model: &mut Vgg16, path: &Path) -> Result<LoadReport> {
     check_finite(path, &tensors)?;
     let mut targets: BTreeMap<String, Tensor> = model.named_tensors().into_iter().collect();
     let file: BTreeMap<String, Tensor> = tensors.into_iter().collect();
-    // Runs saved before vggft kept it load without it (it stays zero: `Vgg16::person_prior`).
-    if !file.contains_key(crate::model::PERSON_VAR) {
-        targets.remove(crate::model::PERSON_VAR);
+    // Runs saved before vggft kept them load without them (they stay zero: `Vgg16::person_prior`,
+    // `Vgg16::person_feature_distance`).
+    for optional in [crate::model::PERSON_VAR, crate::model::FEATURE_STATS] {
+        if !file.contains_key(optional) {
+            targets.remove(optional);
+        }
     }
     let mut report = LoadReport::default();
     copy_checked(path, &targets, &file, &mut report)?;

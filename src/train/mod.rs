@@ -309,7 +309,10 @@ impl Trainer<'_> {
         }
         let f = self.pooled(model, cache, idx, false);
         let g = tta_flip.then(|| self.pooled(model, cache, idx, true));
-        let person = |keys: &[Option<(usize, i64)>]| crate::eval::predict::person_or_single(model, &f, g.as_ref(), keys);
+        let person = |keys: &[Option<(usize, i64)>]| {
+            let (p, modes, _) = crate::eval::predict::person_or_single(model, &f, g.as_ref(), keys);
+            (p, modes)
+        };
         let keys: Vec<Option<(usize, i64)>> = idx.iter().map(|&i| Some((self.data.groups[i], 0))).collect();
         // Only where some person has enough photos of one class for statistics of their own (not the London pairs).
         let one_class = classes
@@ -478,6 +481,7 @@ impl Trainer<'_> {
         each(hooks, |h| h.before_fit(ctx))?;
         let cw = self.weights_tensor();
         let sources = Sources::new(ctx.model, self.cfg, self.pre, self.data, self.device, self.shared, ctx.state.stage, resumed, ctx.reporter);
+        let mut last = None;
         for (si, stage) in self.cfg.stages.iter().enumerate() {
             let st = &mut ctx.state;
             if ctx.stop || si < st.stage || (si == st.stage && (st.stage_done || st.stage_epoch >= stage.epochs)) {
@@ -498,8 +502,28 @@ impl Trainer<'_> {
             while ctx.state.stage_epoch < stage.epochs && !ctx.stop && !ctx.state.stage_done {
                 self.epoch(ctx, hooks, &source, si, &cw)?;
             }
+            last = Some(source);
         }
-        each(hooks, |h| h.after_fit(ctx))
+        each(hooks, |h| h.after_fit(ctx))?;
+        // The model keeps its training photos' feature statistics, under the weights it keeps (the best epoch's
+        // are restored by now), for `predict` to tell inputs unlike them: one more pass over the clean training
+        // images through the trained blocks (from the stage's cache where it has one).
+        if let Some(source) = &last {
+            self.keep_feature_stats(ctx.model, source);
+        }
+        Ok(())
+    }
+
+    /// The training photos' pooled features (clean views), as the main head
+    /// and as the single-image head read them, go with the model (`Vgg16::set_feature_stats`).
+    fn keep_feature_stats(&self, model: &Vgg16, source: &source::Source) {
+        let main = self.pooled(model, source.cache(), &self.data.train, false);
+        let single = match (model.cfg.subject_norm, &self.data.lone) {
+            // With `--face person` the single-image head reads each photo's whole frame (`TrainData::lone`).
+            (true, Some(_)) => self.eval_rows(model, source.cache(), &self.data.train, 0, (false, true), |x, from| model.pooled_from(x, from, false)),
+            _ => main.shallow_clone(),
+        };
+        model.set_feature_stats(&main, &single);
     }
 
     /// One epoch of stage `si`: a seeded shuffle, the steps, validation, the epoch's history row.

@@ -249,6 +249,9 @@ pub fn predictions(a: &PredictArgs, cfg: &RunConfig, subject_norm: bool, preds: 
                         if let Some(f) = &p.face {
                             o["face"] = serde_json::json!(f);
                         }
+                        if let Some(d) = p.distance {
+                            o["feature_distance"] = serde_json::json!(d);
+                        }
                         if a.format == OutputFormat::Jsonl {
                             outln!("{o}");
                         } else {
@@ -271,6 +274,11 @@ pub fn predictions(a: &PredictArgs, cfg: &RunConfig, subject_norm: bool, preds: 
         preds.iter().filter(|p| p.probs.is_ok() && p.face.as_ref().is_some_and(|f| f.score.is_none())).map(|p| p.path.display().to_string()).collect();
     if !faceless.is_empty() {
         errln!("warning: no face found in {} image(s), used a centred crop: {}", faceless.len(), vggft::error::short_list(&faceless, 8));
+    }
+    let scored: Vec<(String, f64)> = preds.iter().filter(|p| p.probs.is_ok()).filter_map(|p| Some((p.path.display().to_string(), p.distance?))).collect();
+    let (names, distance): (Vec<String>, Vec<f64>) = scored.into_iter().unzip();
+    if let Some(w) = predict::unusual_warning(&names, &distance) {
+        errln!("{w}");
     }
     if a.held_out && a.format == OutputFormat::Text {
         let people: std::collections::BTreeSet<&str> = held.iter().map(|h| h.subject.as_str()).collect();
