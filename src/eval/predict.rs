@@ -36,7 +36,8 @@ pub struct Prediction {
 /// four training standard deviations off on average. Measured
 /// (docs/results/unusual-inputs.md, six runs): of 242 held-out faces of the
 /// runs' own kind one lay above 3 (3.41, a plain conv5 fine-tune), none
-/// above 3.5; blank frames, noise, a gradient and a chart lay at 4.0–377.
+/// above 3.5; pictures without a face (blank frames, noise, a gradient, a
+/// chart) at 5.1–377 alone, 4.0–48 among a person's photos.
 pub const UNUSUAL: f64 = 4.0;
 
 /// How a subject-normalised model predicted one image.
