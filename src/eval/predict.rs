@@ -474,7 +474,7 @@ fn predict_distinct(
                     (p, model.feature_distance(&f, false))
                 });
                 probs = split_raw(cfg, &p).into_iter();
-                distances = d.map(|d| Vec::<f64>::try_from(d.to_kind(tch::Kind::Double)).unwrap_or_default()).unwrap_or_default().into_iter();
+                distances = per_row(d).into_iter();
             }
         }
         for (path, r) in prepared {
@@ -510,7 +510,7 @@ fn predict_distinct(
             None => (f, flipped),
         };
         let (p, modes, distance) = person_or_single(model, &f, flipped.as_ref(), &keys);
-        let distance: Vec<f64> = distance.map(|d| Vec::<f64>::try_from(d.to_kind(tch::Kind::Double)).unwrap_or_default()).unwrap_or_default();
+        let distance = per_row(distance);
         for (k, (((mut task, mut raw), &i), mode)) in split_raw(cfg, &p).into_iter().zip(&rows).zip(modes).enumerate() {
             out[i].distance = distance.get(k).copied();
             cfg.calibrate_row(Some(mode), &mut task, &mut raw);
@@ -574,14 +574,14 @@ pub(crate) fn person_or_single<T: PartialEq + Clone>(
             let norm = crate::subject::SubjectNorm::fit_towards(f, &groups, prior.as_ref());
             let person = model.classify(&norm.apply(f, &groups), false).softmax(1, tch::Kind::Double);
             let single = model.classify_global(f, false).unwrap_or_else(|| model.classify(f, false)).softmax(1, tch::Kind::Double);
-            let distance = model.feature_distance(f, false).zip(model.feature_distance(f, true)).map(|(p, s)| p.where_self(&use_person, &s));
-            (person.where_self(&use_person.unsqueeze(1), &single), distance)
+            person.where_self(&use_person.unsqueeze(1), &single)
         })
     };
-    let (mut p, distance) = probs(f);
+    let mut p = probs(f);
     if let Some(g) = flipped {
-        p = (p + probs(g).0) / 2.0;
+        p = (p + probs(g)) / 2.0;
     }
+    let distance = model.feature_distance(f, false).zip(model.feature_distance(f, true)).map(|(p, s)| p.where_self(&use_person, &s));
     (p, modes, distance)
 }
 
@@ -663,6 +663,12 @@ fn one_class_people(subjects: &[Option<String>], modes: &[Option<Mode>], y: &[i6
             crate::error::short_list(&one, 3)
         )
     })
+}
+
+/// Feature distances (`Vgg16::feature_distance`) as numbers, one per row;
+/// none for a run without statistics.
+fn per_row(distance: Option<Tensor>) -> Vec<f64> {
+    distance.and_then(|d| Vec::<f64>::try_from(d.to_kind(tch::Kind::Double)).ok()).unwrap_or_default()
 }
 
 /// The warning for inputs whose features lie far from the training photos'
@@ -767,7 +773,7 @@ pub fn evaluate(
         }
         (crate::run::rows(&crate::eval::sum_to_task(&p, &cfg.raw_to_task, cfg.classes.len())), vec![None; y.len()], model.feature_distance(&f, false))
     };
-    let distance: Vec<f64> = distance.map(|d| Vec::<f64>::try_from(d.to_kind(tch::Kind::Double)).unwrap_or_default()).unwrap_or_default();
+    let distance = per_row(distance);
     // At the run's threshold (each image's mode's), and at the larger probability beside it.
     let metrics = crate::eval::metrics_at(&y, &probs, &cfg.classes, |i| cfg.threshold_for(modes[i]));
     let at_half = cfg.threshold.is_some().then(|| crate::eval::metrics(&y, &probs, &cfg.classes));
