@@ -78,7 +78,10 @@ fn finetune_then_predict_on_london_faces() {
     let (code, out, _) = run(&["predict", i1, i2, "--format", "csv"], d.path());
     assert_eq!(code, 0);
     // Pairs train person statistics (`--subject-norm auto`): each line says which head answered.
-    assert_eq!(out.lines().next().unwrap(), "path,class,p_neutral,p_expressive,mode");
+    // And how far each photo lies from the training photos (`feature_distance`).
+    assert_eq!(out.lines().next().unwrap(), "path,class,p_neutral,p_expressive,mode,feature_distance");
+    let far: f64 = out.lines().nth(1).unwrap().rsplit(',').next().unwrap().parse().unwrap();
+    assert!(far > 0.0, "{out}");
     assert_eq!(out.lines().count(), 3);
     // The runs folder itself (`finetune --out`) stands for its latest run; a
     // folder that holds no run says so.

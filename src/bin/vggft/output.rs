@@ -191,10 +191,13 @@ pub fn reporter(quiet: bool) -> Cli2 {
 pub fn predictions(a: &PredictArgs, cfg: &RunConfig, subject_norm: bool, preds: &[predict::Prediction], held: &[predict::HeldOut]) -> anyhow::Result<bool> {
     let mut failed = 0;
     let mut json = Vec::new();
+    // A run saved with its training photos' feature statistics gives each answer's distance from them.
+    let distances = preds.iter().any(|p| p.distance.is_some());
     if a.format == OutputFormat::Csv {
         let mut header = vec!["path".to_string(), "class".to_string()];
         header.extend(cfg.classes.iter().map(|c| format!("p_{c}")));
         header.extend(subject_norm.then(|| "mode".to_string()));
+        header.extend(distances.then(|| "feature_distance".to_string()));
         outln!("{}", csv_line(&header));
     }
     let mut right = 0;
@@ -230,6 +233,7 @@ pub fn predictions(a: &PredictArgs, cfg: &RunConfig, subject_norm: bool, preds: 
                         let mut row = vec![p.path.display().to_string(), class.clone()];
                         row.extend(pr.iter().map(|v| format!("{v:.6}")));
                         row.extend(p.mode.map(|m| m.name().to_string()));
+                        row.extend(distances.then(|| p.distance.map(|d| format!("{d:.3}")).unwrap_or_default()));
                         outln!("{}", csv_line(&row));
                     }
                     OutputFormat::Json | OutputFormat::Jsonl => {
