@@ -32,6 +32,8 @@ pub struct Cam {
     pub probs: Vec<f64>,
     /// The explained class (predicted, or chosen).
     pub class: usize,
+    /// How far the image lies from the training photos (`Prediction::distance`).
+    pub distance: Option<f64>,
 }
 
 /// Class scores (N, C) from head logits: the logits themselves, or for a
@@ -78,7 +80,9 @@ pub(crate) fn grad_cam(model: &Vgg16, cfg: &RunConfig, gray: &[f32], layer: Bloc
     let max = up.max().double_value(&[]);
     let heat = if max > 0.0 { up / max } else { up.zeros_like() };
     let heat = Vec::<f32>::try_from(heat.to_device(Device::Cpu).view([-1])).map_err(Error::Torch)?;
-    Ok(Cam { input: gray.to_vec(), heat, probs, class })
+    // Under the head explained: a subject-normalised model's single-image head.
+    let distance = model.feature_distance(&pooled.detach(), model.cfg.subject_norm).map(|d| d.double_value(&[0]));
+    Ok(Cam { input: gray.to_vec(), heat, probs, class, distance })
 }
 
 /// The class a run answers for one image's Grad-CAM probabilities: those

@@ -871,7 +871,7 @@ fn distances(d: &Path, model: &str, inputs: &[&str]) -> (Vec<f64>, String) {
 /// each answer's distance from them, the training photos stay within the
 /// limit and are not warned of. An input beyond it — here every input, the
 /// statistics' variance narrowed 10⁴-fold in the model file — is warned
-/// of by predict alone, among a person's photos, and by evaluate; with and
+/// of by predict alone, among a person's photos, by evaluate and explain; with and
 /// without person statistics. (What lies beyond it with real weights:
 /// `pictures_unlike_the_training_photos_are_said_to_be`.)
 #[test]
@@ -910,6 +910,9 @@ fn predict_and_evaluate_say_how_far_each_input_lies_from_the_training_photos() {
         let (code, _, err) = run(&["evaluate", "--model", &model, "--data", manifest.to_str().unwrap(), "--out", &format!("ev-{name}")], d.path());
         assert_eq!(code, 0, "{err}");
         assert!(err.contains(" image(s) look unlike every photo the model was trained on"), "{name}: {err}");
+        let (code, _, err) = run(&["explain", "--model", &model, "--out", &format!("ex-{name}"), inputs[0]], d.path());
+        assert_eq!(code, 0, "{err}");
+        assert!(err.contains("warning: 1 image(s) look unlike every photo the model was trained on"), "{name}: {err}");
     }
 }
 
@@ -940,5 +943,8 @@ fn pictures_unlike_the_training_photos_are_said_to_be() {
         let (code, _, err) = run(&["predict", "--model", &model, "--subject", "P1", inputs[0], inputs[1], &odd[0], &odd[1]], d.path());
         assert_eq!(code, 0, "{err}");
         assert!(err.contains("warning: 2 image(s) look unlike") && !err.contains(inputs[0]), "{name}: {err}");
+        let (code, _, err) = run(&["explain", "--model", &model, "--out", &format!("ex-{name}"), inputs[0], &odd[0]], d.path());
+        assert_eq!(code, 0, "{err}");
+        assert!(err.contains("warning: 1 image(s) look unlike") && err.contains("black.png ("), "{name}: {err}");
     }
 }

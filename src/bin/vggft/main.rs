@@ -187,6 +187,11 @@ fn explain(mut a: ExplainArgs) -> anyhow::Result<bool> {
             }
         }
     }
+    let (names, distance): (Vec<String>, Vec<f64>) =
+        done.iter().filter_map(|e| Some((e.path.display().to_string(), e.result.as_ref().ok()?.0.distance?))).unzip();
+    if let Some(w) = vggft::eval::predict::unusual_warning(&names, &distance) {
+        errln!("{w}");
+    }
     if failed == done.len() {
         outln!("no image could be explained ({} says why for each)", a.out.join("explain.csv").display());
     } else {
