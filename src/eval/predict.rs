@@ -618,6 +618,9 @@ pub struct Evaluation {
     /// What the data's subject ids may get wrong for person statistics
     /// (ids differing only in case), for a subject-normalised model.
     pub warnings: Vec<String>,
+    /// Each scored image's feature distance from the training photos
+    /// (`Prediction::distance`; empty for a run without their statistics).
+    pub distances: Vec<f64>,
 }
 
 /// What the data's labels may get wrong for a score: labels the run never
@@ -783,6 +786,7 @@ pub fn evaluate(
         .chain(one_class_people(&subjects, &modes, &y))
         .chain(unusual_warning(&ds.samples.iter().map(|s| s.path.display().to_string()).collect::<Vec<_>>(), &distance))
         .collect();
+    let distances = distance;
     Ok(Evaluation {
         metrics,
         at_half,
@@ -796,6 +800,7 @@ pub fn evaluate(
         overlap,
         excluded: if exclude { overlap } else { 0 },
         warnings,
+        distances,
     })
 }
 

@@ -889,6 +889,10 @@ fn predict_and_evaluate_say_how_far_each_input_lies_from_the_training_photos() {
         let most = dist.iter().copied().fold(0.0, f64::max);
         assert!(most > 0.0 && most <= 3.0, "{name}: {dist:?}");
         assert!(!err.contains("look unlike"), "{name}: {err}");
+        let (code, _, err) = run(&["evaluate", "--model", &model, "--data", manifest.to_str().unwrap(), "--out", &format!("ev0-{name}")], d.path());
+        assert_eq!(code, 0, "{err}");
+        let m = json(&d.path().join(format!("ev0-{name}/metrics.json")));
+        assert!(m["unusual"]["count"] == 0 && m["unusual"]["largest_distance"].as_f64().unwrap() <= 3.0 && !err.contains("look unlike"), "{name}: {m}\n{err}");
         // The same run with its statistics' spread narrowed 10⁴-fold: every input lies far (up to 100 times as far).
         let file = d.path().join(&model).join("model.safetensors");
         let mut named = tch::Tensor::read_safetensors(&file).unwrap();
@@ -910,6 +914,9 @@ fn predict_and_evaluate_say_how_far_each_input_lies_from_the_training_photos() {
         let (code, _, err) = run(&["evaluate", "--model", &model, "--data", manifest.to_str().unwrap(), "--out", &format!("ev-{name}")], d.path());
         assert_eq!(code, 0, "{err}");
         assert!(err.contains(" image(s) look unlike every photo the model was trained on"), "{name}: {err}");
+        let m = json(&d.path().join(format!("ev-{name}/metrics.json")));
+        assert_eq!(m["unusual"]["count"].as_u64().unwrap(), m["metrics"]["n"].as_u64().unwrap(), "{name}: every image: {m}");
+        assert_eq!(m["unusual"]["limit"], 4.0);
         let (code, _, err) = run(&["explain", "--model", &model, "--out", &format!("ex-{name}"), inputs[0]], d.path());
         assert_eq!(code, 0, "{err}");
         assert!(err.contains("warning: 1 image(s) look unlike every photo the model was trained on"), "{name}: {err}");

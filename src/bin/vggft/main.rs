@@ -382,6 +382,12 @@ fn evaluate(mut a: EvaluateArgs) -> anyhow::Result<()> {
             "calibration": cfg.single_calibration().map(|c| c.describe()),
             "metrics_at_half": ev.at_half,
             "modes": modes.map(|(person, single)| serde_json::json!({"person": person, "single-image": single})),
+            // How many images lay far from every training photo (the warning's count).
+            "unusual": (!ev.distances.is_empty()).then(|| serde_json::json!({
+                "limit": predict::UNUSUAL,
+                "count": ev.distances.iter().filter(|&&d| d > predict::UNUSUAL).count(),
+                "largest_distance": ev.distances.iter().copied().fold(0.0, f64::max),
+            })),
         }),
     )?;
     vggft::eval::plot::confusion(&out.join("confusion.png"), &m.confusion, &cfg.classes, &format!("{} on {}", short_name(&a.model), short_name(&a.data)))?;
