@@ -340,10 +340,10 @@ fn bare_manifest_names_quoted_csv_classes_and_thread_counts() {
     assert_eq!(code, 0, "{err}");
     let mut r = csv::Reader::from_reader(out.as_bytes());
     let header: Vec<String> = r.headers().unwrap().iter().map(str::to_string).collect();
-    assert_eq!(header, ["path", "class", "p_happy, \"very\"", "p_sad"], "{out}");
+    assert_eq!(header, ["path", "class", "p_happy, \"very\"", "p_sad", "feature_distance"], "{out}");
     let rows: Vec<csv::StringRecord> = r.records().map(Result::unwrap).collect();
     assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].len(), 4, "{out}");
+    assert_eq!(rows[0].len(), 5, "{out}");
     assert!(["happy, \"very\"", "sad"].contains(&&rows[0][1]), "{out}");
     // Thread counts below 1: a usage error, not a libtorch panic.
     let w = w.to_str().unwrap();
