@@ -153,6 +153,10 @@ pub struct FoldResult {
     /// This fold's candidates for `--top-losses` (tiles relative to the cv folder).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub top: Vec<crate::eval::explain::TopLoss>,
+    /// Each test image's feature distance from the fold's training photos,
+    /// as `predict` gives it (empty in folds scored before vggft kept it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub distances: Vec<f64>,
 }
 
 /// Probabilities and metrics of one model (or head) on a fold's test images.
@@ -230,6 +234,23 @@ pub struct Summary {
     /// whole frame, as predict frames a lone photo.
     #[serde(default)]
     pub single_frame: bool,
+    /// How far the test photos lay from their fold's training photos: what
+    /// `predict`'s warning would have said of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unusual: Option<Unusual>,
+}
+
+/// The test photos' feature distances over a cross-validation's folds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Unusual {
+    /// `predict::UNUSUAL`.
+    pub limit: f64,
+    /// Test photos above it, of `of` scored (over seeds: a photo per seed).
+    pub count: usize,
+    pub of: usize,
+    pub largest: f64,
+    /// The photo farthest from its fold's training photos.
+    pub farthest: String,
 }
 
 /// One seed's figures: means over that seed's fold results.
@@ -887,6 +908,7 @@ fn run_fold(
         n_train: data.train.len(),
         seconds: t0.elapsed().as_secs_f64(),
         top,
+        distances: main.distances,
     })
 }
 
@@ -979,6 +1001,7 @@ impl Fold<'_> {
             main: score(&s.main, Mode::Person),
             single: s.single.as_ref().map(|l| score(l, Mode::Single)),
             one_class: s.one_class.as_ref().map(|l| score(l, Mode::Person)),
+            distances: trainer.distances(&model, self.shared.first(), self.test),
         };
         Ok((scored, model, fits))
     }
@@ -1133,7 +1156,19 @@ fn summarise(cfg: &CvConfig, results: &[FoldResult], missing: &[String]) -> Summ
         seed_spread,
         person_box: cfg.run.data.preprocess.face == crate::data::face::FaceMode::Person && results.iter().any(|r| r.single.is_some() && !r.single_frame),
         single_frame: results.iter().any(|r| r.single.is_some()) && results.iter().all(|r| r.single.is_none() || r.single_frame),
+        unusual: unusual(results),
     }
+}
+
+/// The test photos' feature distances, where every fold kept them.
+fn unusual(results: &[FoldResult]) -> Option<Unusual> {
+    if results.is_empty() || results.iter().any(|r| r.distances.len() != r.paths.len()) {
+        return None;
+    }
+    let all = results.iter().flat_map(|r| r.paths.iter().zip(&r.distances));
+    let (farthest, &largest) = all.clone().max_by(|a, b| a.1.total_cmp(b.1))?;
+    let limit = crate::eval::predict::UNUSUAL;
+    Some(Unusual { limit, count: all.clone().filter(|&(_, &d)| d > limit).count(), of: all.count(), largest, farthest: farthest.clone() })
 }
 
 /// How the folds' models decided, when a threshold was set or given: the
@@ -1373,6 +1408,12 @@ pub fn markdown(s: &Summary) -> String {
     ));
     for (c, row) in s.classes.iter().zip(&s.pooled.confusion) {
         out.push_str(&format!("| {c} | {} |\n", row.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(" | ")));
+    }
+    if let Some(u) = &s.unusual {
+        out.push_str(&format!(
+            "\n## Test photos unlike their training photos\n\n{} of {} test photos (pooled over seeds) lay farther than {} from their fold's training photos (feature distance, as `predict` gives it, which warns above it); the farthest: {} ({:.2})\n",
+            u.count, u.of, u.limit, u.farthest, u.largest
+        ));
     }
     if s.per_subject.is_empty() {
         return out;

@@ -74,6 +74,8 @@ pub(crate) struct Scored<T = Tensor> {
     pub single: Option<T>,
     /// The main head with each person's statistics from one class of that person's rows at a time.
     pub one_class: Option<T>,
+    /// Each row's feature distance from the training photos (`Trainer::distances`), where asked for.
+    pub distances: Vec<f64>,
 }
 
 /// One line of `history.csv`.
@@ -305,7 +307,7 @@ impl Trainer<'_> {
         if !model.cfg.subject_norm {
             let logits = |flip| self.eval_rows(model, cache, idx, model.cfg.num_classes, (flip, false), |x, from| model.forward_from(x, from, false));
             let main = if tta_flip { log((probs(logits(false)) + probs(logits(true))) / 2.0) } else { logits(false) };
-            return Scored { main, single: None, one_class: None };
+            return Scored { main, single: None, one_class: None, distances: Vec::new() };
         }
         let f = self.pooled(model, cache, idx, false);
         let g = tta_flip.then(|| self.pooled(model, cache, idx, true));
@@ -328,7 +330,28 @@ impl Trainer<'_> {
             Some(g) => log((probs(single(&f)) + probs(single(g))) / 2.0),
             None => single(&f),
         };
-        Scored { main, single: Some(single), one_class }
+        Scored { main, single: Some(single), one_class, distances: Vec::new() }
+    }
+
+    /// Each of rows `idx`'s feature distance from the training photos
+    /// (`Vgg16::feature_distance`) under the head that answers it as
+    /// `scores` scores it: the main head's features, or for a person with
+    /// too few rows the single-image head's (its whole frame with `--face
+    /// person`); empty for a model without the statistics.
+    pub(crate) fn distances(&self, model: &Vgg16, cache: Option<&Cache>, idx: &[usize]) -> Vec<f64> {
+        let numbers = |d: Option<Tensor>| d.and_then(|d| Vec::<f64>::try_from(d.to_kind(Kind::Double)).ok()).unwrap_or_default();
+        let f = self.pooled(model, cache, idx, false);
+        if !model.cfg.subject_norm {
+            return numbers(model.feature_distance(&f, false));
+        }
+        let own = match self.data.lone {
+            Some(_) => self.eval_rows(model, cache, idx, 0, (false, true), |x, from| model.pooled_from(x, from, false)),
+            None => f.shallow_clone(),
+        };
+        let keys: Vec<Option<usize>> = idx.iter().map(|&i| Some(self.data.groups[i])).collect();
+        let person = crate::eval::predict::modes_of(&keys).iter().map(|&m| m == crate::eval::predict::Mode::Person).collect::<Vec<_>>();
+        let person = Tensor::from_slice(&person).to_device(f.device());
+        numbers(model.feature_distance(&f, false).zip(model.feature_distance(&own, true)).map(|(p, s)| p.where_self(&person, &s)))
     }
 
     /// Training-mode logits of ensemble member `member` (0: the main head) on

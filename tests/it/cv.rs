@@ -108,6 +108,25 @@ fn cv_end_to_end_folds_collect_and_reproducibility() {
         "{md}"
     );
     assert!(md.contains("the seeds share one cache of the frozen trunk's outputs (the first seed's augmented views)"), "{md}");
+    // Each test photo's feature distance from its fold's training photos, as predict gives it; the summary counts
+    // those above predict's limit and names the farthest.
+    let distances: Vec<f64> = (0..2)
+        .flat_map(|seed| (0..3).map(move |f| (seed, f)))
+        .flat_map(|(seed, f)| {
+            let r = json(&dir.join(format!("folds/seed{seed}-fold{f}.json")));
+            assert_eq!(r["distances"].as_array().unwrap().len(), r["paths"].as_array().unwrap().len());
+            r["distances"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect::<Vec<_>>()
+        })
+        .collect();
+    let u = &cv_a["unusual"];
+    assert_eq!((u["of"].as_u64(), u["limit"].as_f64()), (Some(24), Some(4.0)), "{u}");
+    assert_eq!(u["count"].as_u64().unwrap() as usize, distances.iter().filter(|&&x| x > 4.0).count(), "{u}");
+    assert_eq!(u["largest"].as_f64().unwrap(), distances.iter().copied().fold(0.0, f64::max), "{u}");
+    assert!(
+        distances.iter().all(|&x| x > 0.0)
+            && md.contains(&format!(" of 24 test photos (pooled over seeds) lay farther than 4 from their fold's training photos")),
+        "{md}"
+    );
     // Same seeds again: the same numbers.
     let b = base("cv-b");
     assert_eq!(run(&b.iter().map(String::as_str).collect::<Vec<_>>(), d.path()).0, 0);
