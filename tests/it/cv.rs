@@ -123,8 +123,7 @@ fn cv_end_to_end_folds_collect_and_reproducibility() {
     assert_eq!(u["count"].as_u64().unwrap() as usize, distances.iter().filter(|&&x| x > 4.0).count(), "{u}");
     assert_eq!(u["largest"].as_f64().unwrap(), distances.iter().copied().fold(0.0, f64::max), "{u}");
     assert!(
-        distances.iter().all(|&x| x > 0.0)
-            && md.contains(&format!(" of 24 test photos (pooled over seeds) lay farther than 4 from their fold's training photos")),
+        distances.iter().all(|&x| x > 0.0) && md.contains(" of 24 test photos (pooled over seeds) lay farther than 4 from their fold's training photos"),
         "{md}"
     );
     // Same seeds again: the same numbers.
