@@ -134,6 +134,21 @@ impl SubjectNorm {
         &self.prior
     }
 
+    /// How far each row of `feats` (N, D) lies from its person's average,
+    /// in units of the within-person spread this was shrunk towards (a
+    /// model's training people's, `Vgg16::person_prior`): the root mean
+    /// square over the features. About 1 where a person's photos vary as
+    /// the training people's did; far more for a photo unlike the person's
+    /// others in a way those never were (a blank frame among faces). A
+    /// person who differs from the training people as a whole (another
+    /// camera, an overlay of their own) does not count: the person head
+    /// reads each photo against that person's own average.
+    pub fn spread_distance(&self, feats: &Tensor, groups: &[usize]) -> Tensor {
+        let idx = Tensor::from_slice(&groups.iter().map(|&k| k as i64).collect::<Vec<_>>()).to_device(feats.device());
+        let centred = feats.to_kind(Kind::Float) - self.mean.index_select(0, &idx);
+        (centred.square() / (&self.prior + 1e-5).unsqueeze(0)).mean_dim(1, false, Kind::Float).sqrt()
+    }
+
     /// Standardises `feats` (N, D) with the statistics of each row's group.
     pub fn apply(&self, feats: &Tensor, groups: &[usize]) -> Tensor {
         self.apply_covered(feats, &groups.iter().map(|&k| Some(k)).collect::<Vec<_>>())
@@ -195,6 +210,25 @@ mod tests {
         assert!(
             !several_photos(&[2, 2, 2]) && !several_photos(&[3, 2]) && !several_photos(&[2, 2, 3]) && !several_photos(&[21, 21, 1]) && !several_photos(&[])
         );
+    }
+
+    /// A person's photos are measured against that person's average in the
+    /// prior's spread: a person shifted as a whole is not far, one odd
+    /// photo is (and drags the person's average, so the others move too).
+    #[test]
+    fn the_spread_distance_measures_a_photo_against_its_persons_others() {
+        // Two features, prior variance 1; anna around 0 (±1), ben the same pattern shifted by 100, carl with one odd photo.
+        let rows = [[-1.0f32, 1.0], [1.0, -1.0], [-1.0, -1.0], [1.0, 1.0]];
+        let mut f: Vec<f32> = rows.iter().flatten().copied().collect();
+        f.extend(rows.iter().flatten().map(|v| v + 100.0));
+        f.extend(rows.iter().flatten().copied().chain([40.0, 40.0]));
+        let f = Tensor::from_slice(&f).view([13, 2]);
+        let g = [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 2];
+        let d: Vec<f32> =
+            Vec::try_from(SubjectNorm::fit_towards(&f, &g, Some(&Tensor::ones([2], (Kind::Float, tch::Device::Cpu)))).spread_distance(&f, &g)).unwrap();
+        assert!(d[..8].iter().all(|&x| (x - 1.0).abs() < 1e-3), "anna and ben as the prior's spread: {d:?}");
+        // carl's average is (8, 8): his odd photo lies 32 from it (RMS over the features), his others 7 to 9.
+        assert!((d[12] - 32.0).abs() < 1e-3 && d[8..12].iter().all(|&x| x > 6.99 && x < 9.01), "{d:?}");
     }
 
     /// Shrunk towards a fixed prior, a person's statistics depend on that

@@ -23,10 +23,11 @@ pub struct Prediction {
     pub mode: Option<Mode>,
     /// The face box the input was cropped to (models trained with `--face`).
     pub face: Option<crate::data::face::FaceBox>,
-    /// How far the input's features lie from the training photos' under the
-    /// head that answered (`Vgg16::feature_distance`; about 1 for training
-    /// photos, above [`UNUSUAL`] for a picture unlike them). `None` for a
-    /// head without statistics.
+    /// How far the input's features lie from the training photos' (alone:
+    /// `Vgg16::feature_distance`; with person statistics, from its person's
+    /// others: `SubjectNorm::spread_distance`); about 1 for training photos,
+    /// above [`UNUSUAL`] for a picture unlike them. `None` for a run saved
+    /// without the statistics.
     pub distance: Option<f64>,
 }
 
@@ -37,7 +38,7 @@ pub struct Prediction {
 /// (docs/results/unusual-inputs.md, six runs): of 242 held-out faces of the
 /// runs' own kind one lay above 3 (3.41, a plain conv5 fine-tune), none
 /// above 3.5; pictures without a face (blank frames, noise, a gradient, a
-/// chart) at 5.1–377 alone, 4.0–48 among a person's photos.
+/// chart) at 5.1–377 alone, 5.1–49 among a person's photos.
 pub const UNUSUAL: f64 = 4.0;
 
 /// How a subject-normalised model predicted one image.
@@ -557,8 +558,10 @@ fn reframed(cfg: &RunConfig, model: &Vgg16, paths: &[PathBuf], tta_flip: bool, d
 /// twins, averaged in): person-normalised for subjects with enough rows (each
 /// by that person's rows alone, their variance shrunk towards the training
 /// people's), the single-image head for the rest. Also each row's feature
-/// distance from the training photos as the head that answered it read
-/// them (`Vgg16::feature_distance`; `None` for a run saved without them).
+/// distance (`None` for a run saved without the statistics): a photo
+/// answered alone from the training photos as the single-image head read
+/// them (`Vgg16::feature_distance`), a person's photo from that person's
+/// others (`SubjectNorm::spread_distance`).
 pub(crate) fn person_or_single<T: PartialEq + Clone>(
     model: &Vgg16,
     f: &Tensor,
@@ -574,14 +577,16 @@ pub(crate) fn person_or_single<T: PartialEq + Clone>(
             let norm = crate::subject::SubjectNorm::fit_towards(f, &groups, prior.as_ref());
             let person = model.classify(&norm.apply(f, &groups), false).softmax(1, tch::Kind::Double);
             let single = model.classify_global(f, false).unwrap_or_else(|| model.classify(f, false)).softmax(1, tch::Kind::Double);
-            person.where_self(&use_person.unsqueeze(1), &single)
+            (person.where_self(&use_person.unsqueeze(1), &single), norm)
         })
     };
-    let mut p = probs(f);
+    let (mut p, norm) = probs(f);
     if let Some(g) = flipped {
-        p = (p + probs(g)) / 2.0;
+        p = (p + probs(g).0) / 2.0;
     }
-    let distance = model.feature_distance(f, false).zip(model.feature_distance(f, true)).map(|(p, s)| p.where_self(&use_person, &s));
+    // A person's photo against that person's others, in the training people's within-person spread; a photo
+    // answered alone against the training photos.
+    let distance = model.feature_distance(f, true).map(|s| tch::no_grad(|| norm.spread_distance(f, &groups).where_self(&use_person, &s)));
     (p, modes, distance)
 }
 

@@ -665,10 +665,12 @@ pub struct Vgg16 {
     /// new person's few-image variance is shrunk towards (`person_prior`).
     person_var: Option<Tensor>,
     /// `head.feature_stats` (4 × D): the mean and variance of the training
-    /// photos' pooled features as the main head reads them (before each
-    /// person's normalisation), then as the single-image head reads them
+    /// photos' pooled features as the main head reads them (before any
+    /// person normalisation), then as the single-image head reads them
     /// (a subject-normalised model's; else the same again) — what an input
-    /// is compared with to see that it is unlike them (`feature_distance`).
+    /// answered without person statistics is compared with to see that it
+    /// is unlike them (`feature_distance`; a person's photo is compared with
+    /// that person's others, `SubjectNorm::spread_distance`).
     /// All zeros until a run sets them, and in a run saved before vggft kept them.
     feature_stats: Tensor,
     /// While a `frozen` pass runs, per conv layer its Winograd form once made; `None` outside one.

@@ -333,11 +333,10 @@ impl Trainer<'_> {
         Scored { main, single: Some(single), one_class, distances: Vec::new() }
     }
 
-    /// Each of rows `idx`'s feature distance from the training photos
-    /// (`Vgg16::feature_distance`) under the head that answers it as
-    /// `scores` scores it: the main head's features, or for a person with
-    /// too few rows the single-image head's (its whole frame with `--face
-    /// person`); empty for a model without the statistics.
+    /// Each of rows `idx`'s feature distance as `predict` gives it
+    /// (`predict::person_or_single`): for a person with too few rows from
+    /// the training photos as the single-image head read them (its whole
+    /// frame with `--face person`); empty for a model without the statistics.
     pub(crate) fn distances(&self, model: &Vgg16, cache: Option<&Cache>, idx: &[usize]) -> Vec<f64> {
         let numbers = |d: Option<Tensor>| d.and_then(|d| Vec::<f64>::try_from(d.to_kind(Kind::Double)).ok()).unwrap_or_default();
         let f = self.pooled(model, cache, idx, false);
@@ -349,9 +348,11 @@ impl Trainer<'_> {
             None => f.shallow_clone(),
         };
         let keys: Vec<Option<usize>> = idx.iter().map(|&i| Some(self.data.groups[i])).collect();
-        let person = crate::eval::predict::modes_of(&keys).iter().map(|&m| m == crate::eval::predict::Mode::Person).collect::<Vec<_>>();
-        let person = Tensor::from_slice(&person).to_device(f.device());
-        numbers(model.feature_distance(&f, false).zip(model.feature_distance(&own, true)).map(|(p, s)| p.where_self(&person, &s)))
+        numbers(crate::eval::predict::person_or_single(model, &f, None, &keys).2.zip(model.feature_distance(&own, true)).map(|(p, own)| {
+            let single =
+                Tensor::from_slice(&crate::eval::predict::modes_of(&keys).iter().map(|&m| m == crate::eval::predict::Mode::Single).collect::<Vec<_>>());
+            own.where_self(&single.to_device(own.device()), &p)
+        }))
     }
 
     /// Training-mode logits of ensemble member `member` (0: the main head) on
