@@ -532,7 +532,7 @@ fn split_raw(cfg: &RunConfig, head: &Tensor) -> Vec<(Vec<f64>, Vec<f64>)> {
 }
 
 /// Each input's mode by how many inputs its person has (`subject::PERSON_MIN`).
-pub(crate) fn modes_of<T: PartialEq + Clone>(subjects: &[Option<T>]) -> Vec<Mode> {
+fn modes_of<T: PartialEq + Clone>(subjects: &[Option<T>]) -> Vec<Mode> {
     let groups = crate::subject::groups(subjects);
     let mut count = vec![0usize; groups.iter().max().map_or(0, |m| m + 1)];
     for &g in &groups {

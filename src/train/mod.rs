@@ -323,9 +323,10 @@ impl Trainer<'_> {
             .map(|(p, _)| log(p));
         let main = log(person(&keys).0);
         let single = |f: &Tensor| tch::no_grad(|| model.classify_global(f, false).unwrap_or_else(|| model.classify(f, false)));
-        // With `--face person` the single-image head reads each photo's whole frame, as predict frames a lone photo.
-        let own = |flip| self.eval_rows(model, cache, idx, 0, (flip, true), |x, from| model.pooled_from(x, from, false));
-        let (f, g) = if self.data.lone.is_some() { (own(false), tta_flip.then(|| own(true))) } else { (f, g) };
+        let (f, g) = match self.lone_pooled(model, cache, idx, false) {
+            Some(own) => (own, if tta_flip { self.lone_pooled(model, cache, idx, true) } else { None }),
+            None => (f, g),
+        };
         let single = match &g {
             Some(g) => log((probs(single(&f)) + probs(single(g))) / 2.0),
             None => single(&f),
@@ -343,16 +344,22 @@ impl Trainer<'_> {
         if !model.cfg.subject_norm {
             return numbers(model.feature_distance(&f, false));
         }
-        let own = match self.data.lone {
-            Some(_) => self.eval_rows(model, cache, idx, 0, (false, true), |x, from| model.pooled_from(x, from, false)),
-            None => f.shallow_clone(),
-        };
         let keys: Vec<Option<usize>> = idx.iter().map(|&i| Some(self.data.groups[i])).collect();
-        numbers(crate::eval::predict::person_or_single(model, &f, None, &keys).2.zip(model.feature_distance(&own, true)).map(|(p, own)| {
-            let single =
-                Tensor::from_slice(&crate::eval::predict::modes_of(&keys).iter().map(|&m| m == crate::eval::predict::Mode::Single).collect::<Vec<_>>());
-            own.where_self(&single.to_device(own.device()), &p)
-        }))
+        let (_, modes, d) = crate::eval::predict::person_or_single(model, &f, None, &keys);
+        let Some(own) = self.lone_pooled(model, cache, idx, false) else { return numbers(d) };
+        // A row answered alone is measured as the single-image head read it: its whole frame.
+        let single = Tensor::from_slice(&modes.iter().map(|&m| m == crate::eval::predict::Mode::Single).collect::<Vec<_>>()).to_device(own.device());
+        numbers(d.zip(model.feature_distance(&own, true)).map(|(d, own)| own.where_self(&single, &d)))
+    }
+
+    /// The pooled features of rows `idx` (mirrored with `flip`) as a
+    /// subject-normalised model's single-image head reads them where that
+    /// differs from the main head: each photo's whole frame with `--face
+    /// person` (`TrainData::lone`), as predict frames a lone photo; `None`
+    /// where both read the same.
+    fn lone_pooled(&self, model: &Vgg16, cache: Option<&Cache>, idx: &[usize], flip: bool) -> Option<Tensor> {
+        self.data.lone.as_ref()?;
+        Some(self.eval_rows(model, cache, idx, 0, (flip, true), |x, from| model.pooled_from(x, from, false)))
     }
 
     /// Training-mode logits of ensemble member `member` (0: the main head) on
@@ -542,12 +549,8 @@ impl Trainer<'_> {
     /// and as the single-image head read them, go with the model (`Vgg16::set_feature_stats`).
     fn keep_feature_stats(&self, model: &Vgg16, source: &source::Source) {
         let main = self.pooled(model, source.cache(), &self.data.train, false);
-        let single = match (model.cfg.subject_norm, &self.data.lone) {
-            // With `--face person` the single-image head reads each photo's whole frame (`TrainData::lone`).
-            (true, Some(_)) => self.eval_rows(model, source.cache(), &self.data.train, 0, (false, true), |x, from| model.pooled_from(x, from, false)),
-            _ => main.shallow_clone(),
-        };
-        model.set_feature_stats(&main, &single);
+        let single = if model.cfg.subject_norm { self.lone_pooled(model, source.cache(), &self.data.train, false) } else { None };
+        model.set_feature_stats(&main, single.as_ref().unwrap_or(&main));
     }
 
     /// One epoch of stage `si`: a seeded shuffle, the steps, validation, the epoch's history row.

@@ -279,8 +279,8 @@ pub fn predictions(a: &PredictArgs, cfg: &RunConfig, subject_norm: bool, preds: 
     if !faceless.is_empty() {
         errln!("warning: no face found in {} image(s), used a centred crop: {}", faceless.len(), vggft::error::short_list(&faceless, 8));
     }
-    let scored: Vec<(String, f64)> = preds.iter().filter(|p| p.probs.is_ok()).filter_map(|p| Some((p.path.display().to_string(), p.distance?))).collect();
-    let (names, distance): (Vec<String>, Vec<f64>) = scored.into_iter().unzip();
+    let (names, distance): (Vec<String>, Vec<f64>) =
+        preds.iter().filter(|p| p.probs.is_ok()).filter_map(|p| Some((p.path.display().to_string(), p.distance?))).unzip();
     if let Some(w) = predict::unusual_warning(&names, &distance) {
         errln!("{w}");
     }
