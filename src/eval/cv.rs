@@ -1167,8 +1167,8 @@ fn unusual(results: &[FoldResult]) -> Option<Unusual> {
     }
     let all = results.iter().flat_map(|r| r.paths.iter().zip(&r.distances));
     let (farthest, &largest) = all.clone().max_by(|a, b| a.1.total_cmp(b.1))?;
-    let limit = crate::eval::predict::UNUSUAL;
-    Some(Unusual { limit, count: all.clone().filter(|&(_, &d)| d > limit).count(), of: all.count(), largest, farthest: farthest.clone() })
+    let count = all.clone().filter(|&(_, &d)| crate::eval::predict::is_unusual(d)).count();
+    Some(Unusual { limit: crate::eval::predict::UNUSUAL, count, of: all.count(), largest, farthest: farthest.clone() })
 }
 
 /// How the folds' models decided, when a threshold was set or given: the

@@ -41,6 +41,12 @@ pub struct Prediction {
 /// chart) at 5.1–377 alone, 5.1–49 among a person's photos.
 pub const UNUSUAL: f64 = 4.0;
 
+/// Whether a feature distance is beyond [`UNUSUAL`]: the one rule behind
+/// `predict`'s and `explain`'s warning, `evaluate`'s count and `cv`'s.
+pub fn is_unusual(distance: f64) -> bool {
+    distance > UNUSUAL
+}
+
 /// How a subject-normalised model predicted one image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -684,7 +690,7 @@ fn per_row(distance: Option<Tensor>) -> Vec<f64> {
 /// with full confidence for a blank frame, so the answer alone does not
 /// show that the picture was nothing like what it learnt.
 pub fn unusual_warning(names: &[String], distance: &[f64]) -> Option<String> {
-    let mut far: Vec<(&String, f64)> = names.iter().zip(distance).filter(|&(_, &d)| d > UNUSUAL).map(|(n, &d)| (n, d)).collect();
+    let mut far: Vec<(&String, f64)> = names.iter().zip(distance).filter(|&(_, &d)| is_unusual(d)).map(|(n, &d)| (n, d)).collect();
     if far.is_empty() {
         return None;
     }

@@ -385,7 +385,7 @@ fn evaluate(mut a: EvaluateArgs) -> anyhow::Result<()> {
             // How many images lay far from every training photo (the warning's count).
             "unusual": (!ev.distances.is_empty()).then(|| serde_json::json!({
                 "limit": predict::UNUSUAL,
-                "count": ev.distances.iter().filter(|&&d| d > predict::UNUSUAL).count(),
+                "count": ev.distances.iter().filter(|&&d| predict::is_unusual(d)).count(),
                 "largest_distance": ev.distances.iter().copied().fold(0.0, f64::max),
             })),
         }),
