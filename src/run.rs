@@ -300,6 +300,7 @@ fn execute(
         checkpoint_dir: Some(dir.to_path_buf()),
         stop,
         shared: &shared,
+        keep_stats: true,
     };
     let resume_hint = |e: Error| match e {
         Error::Interrupted(why) => Error::Interrupted(format!("{why}; continue with: vggft finetune --resume {}", dir.display())),

@@ -978,6 +978,7 @@ impl Fold<'_> {
             checkpoint_dir: None,
             stop: self.stop,
             shared: self.shared,
+            keep_stats: true,
         };
         trainer.run(&mut model, &mut train::Collect::default(), None)?;
         let mut fits = if tc.inner_fits() {

@@ -210,6 +210,11 @@ pub struct Trainer<'a> {
     /// Caches of the untrained (pretrained) model, built once for several
     /// runs (cross-validation folds), at one or more freeze points.
     pub shared: &'a [Cache],
+    /// Whether the model keeps its training photos' feature statistics at
+    /// the end of `fit` (`Vgg16::set_feature_stats`): false for fits whose
+    /// model is thrown away (lr-find's sweep, the inner fits that set a
+    /// threshold), which would pay one more pass for nothing.
+    pub keep_stats: bool,
 }
 
 impl Trainer<'_> {
@@ -539,7 +544,7 @@ impl Trainer<'_> {
         // The model keeps its training photos' feature statistics, under the weights it keeps (the best epoch's
         // are restored by now), for `predict` to tell inputs unlike them: one more pass over the clean training
         // images through the trained blocks (from the stage's cache where it has one).
-        if let Some(source) = &last {
+        if let Some(source) = last.as_ref().filter(|_| self.keep_stats) {
             self.keep_feature_stats(ctx.model, source);
         }
         Ok(())
@@ -745,7 +750,7 @@ mod tests {
             ((p(g) + p(&g.flip([3]))) / 2.0).log().to_kind(Kind::Float)
         };
         let score = |d: &TrainData, cache: Option<&Cache>| {
-            let t = Trainer { cfg: &tc, pre: &pre, data: d, device: Device::Cpu, checkpoint_dir: None, stop: None, shared: &[] };
+            let t = Trainer { cfg: &tc, pre: &pre, data: d, device: Device::Cpu, checkpoint_dir: None, stop: None, shared: &[], keep_stats: true };
             let s = t.scores(&model, cache, &idx, true, None);
             (s.main, s.single.unwrap())
         };
@@ -766,6 +771,15 @@ mod tests {
         let back = Cache::from_named(c.named_tensors().into_iter().map(|(k, t)| (k.to_string(), t)).collect(), n as usize, None, Device::Cpu).unwrap();
         assert!(back.has_lone());
         assert!(score(&d, Some(&back)).1.allclose(&single, 1e-5, 1e-5, false));
+        // Only a fit whose model is kept pays for the training photos' feature statistics (lr-find's sweep and
+        // the inner fits that set a threshold throw theirs away).
+        let mut model = model;
+        let pooled = model.pooled_from(&pre.normalise(&d.gray), Block::Conv1, false);
+        for keep_stats in [false, true] {
+            let t = Trainer { cfg: &tc, pre: &pre, data: &d, device: Device::Cpu, checkpoint_dir: None, stop: None, shared: &[], keep_stats };
+            t.run(&mut model, &mut Collect::default(), None).unwrap();
+            assert_eq!(model.feature_distance(&pooled, false).is_some(), keep_stats, "statistics kept: {keep_stats}");
+        }
     }
 
     /// A task head: inverse class frequency. A raw-label head: every task class

@@ -72,7 +72,7 @@ fn model(bn: BnMode, head: HeadKind, seed: i64) -> Vgg16 {
 }
 
 fn trainer<'a>(cfg: &'a TrainConfig, p: &'a Prepared, pre: &'a Preprocess) -> Trainer<'a> {
-    Trainer { cfg, pre, data: &p.data, device: Device::Cpu, checkpoint_dir: None, stop: None, shared: &[] }
+    Trainer { cfg, pre, data: &p.data, device: Device::Cpu, checkpoint_dir: None, stop: None, shared: &[], keep_stats: true }
 }
 
 #[test]
