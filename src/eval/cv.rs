@@ -868,6 +868,8 @@ fn run_fold(
     let y: Vec<i64> = test.iter().map(|&i| labels.targets[i]).collect();
     let fold = Fold { session, data: &data, test, y: &y, shared, tta_flip, stop: req.stop.as_deref() };
     let (main, model, InnerFits { threshold, calibration }) = fold.train_and_score(&tc)?;
+    // How far each test photo lies from the fold's training photos, as `predict` would say (the recipe's model).
+    let distances = fold.trainer(&tc).distances(&model, shared.first(), test);
     let top = if req.top_losses > 0 { top_losses(req, session, &model, (seed, fi), test, &y, (&main.main.probs, main.main.threshold))? } else { vec![] };
     drop(model);
     let baseline = match probe.map(|p| TrainConfig {
@@ -908,7 +910,7 @@ fn run_fold(
         n_train: data.train.len(),
         seconds: t0.elapsed().as_secs_f64(),
         top,
-        distances: main.distances,
+        distances,
     })
 }
 
@@ -970,16 +972,7 @@ impl Fold<'_> {
         let run = &self.session.config;
         let (mut model, _) = self.session.fresh_model(tc.seed as i64, true)?;
         self.session.recalibrate(&mut model, &self.data.train)?;
-        let trainer = Trainer {
-            cfg: tc,
-            pre: &run.data.preprocess,
-            data: self.data,
-            device: self.session.device,
-            checkpoint_dir: None,
-            stop: self.stop,
-            shared: self.shared,
-            keep_stats: true,
-        };
+        let trainer = self.trainer(tc);
         trainer.run(&mut model, &mut train::Collect::default(), None)?;
         let mut fits = if tc.inner_fits() {
             threshold::inner_fits(self.session, tc, self.data, self.shared, self.tta_flip, None)?.unwrap_or_default()
@@ -1002,9 +995,23 @@ impl Fold<'_> {
             main: score(&s.main, Mode::Person),
             single: s.single.as_ref().map(|l| score(l, Mode::Single)),
             one_class: s.one_class.as_ref().map(|l| score(l, Mode::Person)),
-            distances: trainer.distances(&model, self.shared.first(), self.test),
         };
         Ok((scored, model, fits))
+    }
+
+    /// This fold's trainer with `tc` (the model it trains keeps its training
+    /// photos' feature statistics, for the test photos' distances).
+    fn trainer<'t>(&'t self, tc: &'t TrainConfig) -> Trainer<'t> {
+        Trainer {
+            cfg: tc,
+            pre: &self.session.config.data.preprocess,
+            data: self.data,
+            device: self.session.device,
+            checkpoint_dir: None,
+            stop: self.stop,
+            shared: self.shared,
+            keep_stats: true,
+        }
     }
 }
 

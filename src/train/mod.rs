@@ -74,8 +74,6 @@ pub(crate) struct Scored<T = Tensor> {
     pub single: Option<T>,
     /// The main head with each person's statistics from one class of that person's rows at a time.
     pub one_class: Option<T>,
-    /// Each row's feature distance from the training photos (`Trainer::distances`), where asked for.
-    pub distances: Vec<f64>,
 }
 
 /// One line of `history.csv`.
@@ -312,7 +310,7 @@ impl Trainer<'_> {
         if !model.cfg.subject_norm {
             let logits = |flip| self.eval_rows(model, cache, idx, model.cfg.num_classes, (flip, false), |x, from| model.forward_from(x, from, false));
             let main = if tta_flip { log((probs(logits(false)) + probs(logits(true))) / 2.0) } else { logits(false) };
-            return Scored { main, single: None, one_class: None, distances: Vec::new() };
+            return Scored { main, single: None, one_class: None };
         }
         let f = self.pooled(model, cache, idx, false);
         let g = tta_flip.then(|| self.pooled(model, cache, idx, true));
@@ -336,7 +334,7 @@ impl Trainer<'_> {
             Some(g) => log((probs(single(&f)) + probs(single(g))) / 2.0),
             None => single(&f),
         };
-        Scored { main, single: Some(single), one_class, distances: Vec::new() }
+        Scored { main, single: Some(single), one_class }
     }
 
     /// Each of rows `idx`'s feature distance as `predict` gives it
