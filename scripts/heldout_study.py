@@ -24,8 +24,10 @@ the person), each test person shown with one class only, ROC AUC, and the
 cv's wall time.
 """
 import argparse
+import csv
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -76,8 +78,6 @@ def fixed_box(vggft, data, out):
         r = subprocess.run([vggft, "faces", data, "--out", folder], capture_output=True, text=True)
         if r.returncode != 0:
             sys.exit(f"vggft faces failed (exit {r.returncode}): {r.stderr.strip()}")
-    import csv
-
     with open(csv_path, newline="") as f:
         boxes = list(csv.DictReader(f))
     found = [b for b in boxes if b["score"] != "fallback"] or boxes
@@ -156,8 +156,6 @@ def self_test(binary):
             print(f"tiny study: unexpected table:\n{table}")
             return False
         # The fixed box: the mean of `vggft faces`' boxes (here the centred fallbacks of noise), given to the row's cv.
-        import re
-
         box = re.search(r"`face-fixed` \(`--face crop:(\d+),(\d+),(\d+),(\d+)`\)", table)
         if not box or not all(0 < int(v) <= 48 for v in box.groups()[2:]):
             print(f"tiny study: the face-fixed row has no box from vggft faces:\n{table}")
@@ -204,7 +202,7 @@ def main():
         "",
         f"`vggft cv --data {a.data} --folds loso --seeds {a.seeds} [--task multiclass] FLAGS{' ' + a.extra if a.extra else ''}`;"
         " leave-one-subject-out, balanced accuracy mean ± std over folds × seeds, the sd of the per-seed means,"
-        " the single-image head (on each photo's whole frame, as predict answers a lone photo) and each test person"
+        " the single-image head (on each photo's whole frame, as predict answers a lone photo; on the row's crop where its `--face` gives one: `face-auto`, `face-fixed`) and each test person"
         " shown with one class only on the same folds († a cv from before 2026-12-05, whose single-image head read"
         " the person's face box, which a lone photo in predict does not get: an upper bound).",
         "",
