@@ -188,6 +188,8 @@ impl Session {
                 crate::eval::threshold::INNER_FOLDS
             ));
         }
+        // The recipe as resolved for this data (the probe's settings among it) obeys the flags' rules too.
+        config.validate()?;
         let advice = if device == Device::Cpu { bf16_advice(config.model.precision, crate::model::CpuBf16::detect()) } else { None };
         Ok(Session { config, prepared, device, feature_cache: None, notes, advice })
     }

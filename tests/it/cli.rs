@@ -132,6 +132,9 @@ fn bad_options_and_inputs_fail_clearly() {
         ("--batch-size", "1", "--batch-size must be at least 2"),
         // A million views would be a million passes of every image through the trunk.
         ("--cache-views", "1000000", "--cache-views must be 1 to 64, got 1000000"),
+        // Pairs with person statistics: the session's probe takes --members, checked as a fine-tune's is.
+        ("--members", "0", "--members must be in 1..=32, got 0"),
+        ("--members", "1000", "--members must be in 1..=32, got 1000"),
     ] {
         let (code, _, err) = run(&args(&s, &["finetune", "--data", data, opt, val]), d.path());
         assert_eq!(code, 1, "{opt} {val}");
