@@ -187,9 +187,9 @@ pub struct ExplainArgs {
     /// Explain this class instead of each image's predicted class.
     #[arg(long)]
     pub class: Option<String>,
-    /// Block whose output the heatmap is computed on (its map is 7×7 for conv5 at 224 px).
-    #[arg(long, default_value = "conv5", value_parser = checked(conv_block))]
-    pub layer: String,
+    /// Block whose output the heatmap is computed on (its map is 7×7 for conv5 at 224 px) [default: the last block the head reads: conv5, or the last of the run's --features].
+    #[arg(long, value_parser = checked(conv_block))]
+    pub layer: Option<String>,
     /// Folder for the heatmaps, sheet.png and explain.csv (created).
     #[arg(long)]
     pub out: PathBuf,
@@ -521,9 +521,9 @@ pub struct EvaluateArgs {
     /// Also write the N worst-predicted images (highest loss) with Grad-CAM heatmaps: top_losses.png and .csv.
     #[arg(long, default_value_t = 0)]
     pub top_losses: usize,
-    /// Block whose output the top-loss heatmaps are computed on.
-    #[arg(long, default_value = "conv5", value_parser = checked(conv_block))]
-    pub layer: String,
+    /// Block whose output the top-loss heatmaps are computed on [default: the last block the head reads: conv5, or the last of the run's --features].
+    #[arg(long, value_parser = checked(conv_block))]
+    pub layer: Option<String>,
     /// Test-time augmentation (as `predict --tta`).
     #[arg(long, value_enum, default_value_t = Tta::Auto)]
     pub tta: Tta,

@@ -392,6 +392,12 @@ fn one() -> i64 {
 }
 
 impl ModelOptions {
+    /// The last block whose output the head reads (conv5 unless `--features`
+    /// ends earlier): Grad-CAM's default layer, and the last a stage may train.
+    pub fn last_feature_block(&self) -> Block {
+        self.features.iter().copied().max().unwrap_or(Block::Conv5)
+    }
+
     /// The rules of the model flags, for flags and for a loaded `config.json` alike.
     pub(crate) fn validate(&self) -> Result<()> {
         if !(0.0..1.0).contains(&self.dropout) {
@@ -476,6 +482,21 @@ impl RunConfig {
         self.data.preprocess.validate()?;
         self.model.validate()?;
         self.train.validate()?;
+        // A stage from a block after the last feature block would train weights the head never reads.
+        let last = self.model.last_feature_block();
+        if let Some(s) = self.train.stages.iter().find(|s| s.from != Block::Head && s.from > last) {
+            return Err(Error::invalid(
+                Setting::Stages,
+                format!(
+                    "`{}:{}` would train {} and after, which the head never reads (--features ends at {}): give head-only stages (e.g. --stages head:15) or start them at {} or before",
+                    s.from.name(),
+                    s.epochs,
+                    s.from.name(),
+                    last.name(),
+                    last.name()
+                ),
+            ));
+        }
         if let Some(t) = self.threads {
             if !(1..=1024).contains(&t) {
                 return Err(Error::invalid(Setting::Threads, format!("must be 1 to 1024, got {t}")));

@@ -941,7 +941,7 @@ fn top_losses(
         &paths,
         y,
         (probs, &vec![threshold; probs.len()]),
-        (Block::Conv5, session.device),
+        (session.config.model.last_feature_block(), session.device),
         (&tiles, &format!("seed{seed}-fold{fi}")),
     )?;
     for t in &mut top {

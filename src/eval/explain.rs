@@ -51,12 +51,31 @@ fn class_scores(logits: &Tensor, raw_to_task: &[usize], classes: usize) -> Tenso
     Tensor::stack(&cols, 1)
 }
 
-/// Grad-CAM of one prepared gray image (S×S) at `layer`'s output, for
-/// `class` (default: the predicted class).
-pub(crate) fn grad_cam(model: &Vgg16, cfg: &RunConfig, gray: &[f32], layer: Block, class: Option<usize>, device: Device) -> Result<Cam> {
+/// Whether Grad-CAM can be taken at `layer` in this run: a conv block the
+/// head reads from (a block after the last of `--features` gets no gradient).
+pub fn check_layer(cfg: &RunConfig, layer: Block) -> Result<()> {
     if layer == Block::Head {
         return Err(Error::invalid(Setting::Layer, "must be a conv block (conv1 … conv5)"));
     }
+    let last = cfg.model.last_feature_block();
+    if layer > last {
+        return Err(Error::invalid(
+            Setting::Layer,
+            format!(
+                "{} comes after everything the run's head reads (its features end at {}): give --layer {} or an earlier block",
+                layer.name(),
+                last.name(),
+                last.name()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Grad-CAM of one prepared gray image (S×S) at `layer`'s output, for
+/// `class` (default: the predicted class).
+pub(crate) fn grad_cam(model: &Vgg16, cfg: &RunConfig, gray: &[f32], layer: Block, class: Option<usize>, device: Device) -> Result<Cam> {
+    check_layer(cfg, layer)?;
     let s = cfg.data.preprocess.image_size as i64;
     let g = Tensor::from_slice(gray).view([1, 1, s, s]).to_device(device);
     // The input requires a gradient, so every block's output is part of the graph.
@@ -198,6 +217,7 @@ pub struct Explained {
 /// Explains every path; writes a PNG per image, `sheet.png`, `explain.csv`
 /// and (with `mean`) `mean_<class>.png`.
 pub fn explain(cfg: &RunConfig, model: &Vgg16, req: &ExplainRequest, device: Device) -> Result<Vec<Explained>> {
+    check_layer(cfg, req.layer)?;
     refuse_out_among_inputs(req.out, req.paths)?;
     crate::data::scan::refuse_other_output(req.out, "a folder of heatmaps", "the heatmaps, sheet.png and explain.csv", &["explain.csv", "sheet.png"])?;
     let stale = earlier_outputs(req.out);

@@ -1129,7 +1129,9 @@ impl Vgg16 {
             // In the trunk's memory layout, as the walk would have produced it (pooling sums in that order).
             maps.push(channels_last(x));
         }
-        let last = self.walk(x, from, Block::Head, train, |b, t| {
+        // Through the last block the features or the tap read: blocks after it would be computed for nothing.
+        let end = self.cfg.features.iter().copied().chain(tap).max().unwrap_or(Block::Conv5);
+        let last = self.walk(x, from, Block::from_index(end.index() + 1), train, |b, t| {
             if Some(b) == tap {
                 tapped = Some(t.shallow_clone());
             }
@@ -1137,7 +1139,7 @@ impl Vgg16 {
                 maps.push(t.shallow_clone());
             }
         });
-        if from <= Block::Conv5 {
+        if from <= Block::Conv5 && wanted(Block::Conv5) {
             maps.push(last);
         }
         (self.pool(&maps), tapped)
@@ -1584,6 +1586,30 @@ mod tests {
         assert_eq!(PoolGrid::parse(" 3×1 ").unwrap().to_string(), "3x1");
         for bad in ["2", "0x2", "8x1", "2x", "axb"] {
             assert!(PoolGrid::parse(bad).unwrap_err().to_string().contains("expected ROWSxCOLS"), "{bad}");
+        }
+    }
+
+    /// Features that end before conv5 are what the head reads: each wanted
+    /// block's pooled output and nothing after it (the conv5 output once
+    /// came along and the head, sized by `pooled_width`, refused it), and a
+    /// Grad-CAM tap past the last feature block still reaches its block.
+    #[test]
+    fn features_without_conv5_are_the_head_s_input() {
+        let _g = lock_generator();
+        tch::manual_seed(3);
+        for features in [vec![Block::Conv4], vec![Block::Conv3], vec![Block::Conv2, Block::Conv4], vec![Block::Conv4, Block::Conv5]] {
+            let mut cfg = ModelConfig::new(BnMode::Drop, HeadKind::Bn, 2);
+            (cfg.width_div, cfg.features) = (16, features.clone());
+            let m = Vgg16::new(&cfg, Device::Cpu).unwrap();
+            let x = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+            let f = m.pooled_from(&x, Block::Conv1, false);
+            assert_eq!(f.size(), [2, cfg.pooled_width()], "{features:?}");
+            assert_eq!(m.forward_t(&x, false).size(), [2, 2], "{features:?}");
+            // The same features from each wanted block's own output.
+            let maps: Vec<Tensor> = features.iter().map(|&b| m.pooled_tapped(&x, Block::Conv1, false, Some(b)).1.unwrap()).collect();
+            assert!(f64::try_from((m.pool(&maps) - &f).abs().max()).unwrap() < 1e-5, "{features:?}");
+            let (g, tapped) = m.pooled_tapped(&x, Block::Conv1, false, Some(Block::Conv5));
+            assert!(tapped.is_some() && f64::try_from((g - &f).abs().max()).unwrap() < 1e-5, "{features:?}: a tap past the features changes nothing");
         }
     }
 

@@ -140,6 +140,26 @@ fn bad_options_and_inputs_fail_clearly() {
         assert_eq!(code, 1, "{opt} {val}");
         assert!(err.contains(want), "{opt} {val}: {err}");
     }
+    // Features that end before conv5: a conv5 stage would train what the head never reads; the probe trains.
+    let (code, _, err) = run(&args(&s, &["finetune", "--data", data, "--features", "conv4", "--subject-norm", "off"]), d.path());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--stages") && err.contains("`conv5:12`") && err.contains("ends at conv4") && err.lines().count() == 1, "{err}");
+    let (code, _, err) = run(&args(&s, &["finetune", "--data", data, "--features", "conv3,conv4", "--stages", "head:2", "--out", "c4"]), d.path());
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = run(&["predict", data, "--run", "c4/latest", "--threads", "2"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().filter(|l| l.contains(".png")).count(), 8, "{out}");
+    // Grad-CAM takes the last block the head reads; a later one has no gradient and is refused before any output.
+    let one = d.path().join("s00_neutral.png");
+    let (code, _, err) = run(&["explain", one.to_str().unwrap(), "--run", "c4/latest", "--out", "cam"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(d.path().join("cam/sheet.png").exists());
+    let (code, _, err) = run(&["explain", one.to_str().unwrap(), "--run", "c4/latest", "--out", "cam5", "--layer", "conv5"], d.path());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--layer conv5") && err.contains("end at conv4") && !d.path().join("cam5").exists(), "{err}");
+    let (code, _, err) = run(&["evaluate", "--data", data, "--run", "c4/latest", "--out", "ev", "--top-losses", "2"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(d.path().join("ev/top_losses.png").exists());
     let (code, _, err) = run(&args(&s, &["finetune", "--data", data, "--bn", "recalibrate"]), d.path());
     assert_eq!(code, 1);
     assert!(err.contains("plain.safetensors") && err.contains("vgg16-bn"), "{err}");

@@ -160,8 +160,9 @@ fn input_paths(inputs: &[std::path::PathBuf], recursive: bool) -> vggft::error::
 fn explain(mut a: ExplainArgs) -> anyhow::Result<bool> {
     a.model = run::run_dir(&a.model);
     let device = session::parse_device(&a.device)?;
-    let layer = vggft::model::Block::parse(&a.layer, vggft::error::Setting::Layer)?;
+    let layer = a.layer.as_deref().map(|l| vggft::model::Block::parse(l, vggft::error::Setting::Layer)).transpose()?;
     let (cfg, model) = run::load_run(&a.model, device)?;
+    let layer = layer.unwrap_or_else(|| cfg.model.last_feature_block());
     let class = match &a.class {
         Some(name) => Some(
             cfg.classes.iter().position(|c| c == name).ok_or_else(|| anyhow::anyhow!("--class {name}: the run's classes are {}", cfg.classes.join(", ")))?,
@@ -344,6 +345,12 @@ fn evaluate(mut a: EvaluateArgs) -> anyhow::Result<()> {
     if let Some(p) = a.precision {
         model.cfg.precision = p;
     }
+    // The top losses' layer, checked before anything is scored or written.
+    let layer =
+        a.layer.as_deref().map(|l| vggft::model::Block::parse(l, vggft::error::Setting::Layer)).transpose()?.unwrap_or_else(|| cfg.model.last_feature_block());
+    if a.top_losses > 0 {
+        vggft::eval::explain::check_layer(&cfg, layer)?;
+    }
     let trained_on = predict::training_paths(&a.model);
     let tta_flip = vggft::eval::flip_tta(a.tta.choice(), model.cfg.subject_norm);
     let ev = predict::evaluate(&cfg, &model, &a.data, a.format, a.skip_bad, (&trained_on, a.exclude_train), (tta_flip, device))?;
@@ -407,7 +414,6 @@ fn evaluate(mut a: EvaluateArgs) -> anyhow::Result<()> {
     }
     outln!("written: {}, {}", out.join("metrics.json").display(), out.join("confusion.png").display());
     if a.top_losses > 0 {
-        let layer = vggft::model::Block::parse(&a.layer, vggft::error::Setting::Layer)?;
         let tiles = out.join("top_losses");
         vggft::fsutil::create_dir(&tiles)?;
         let paths: Vec<String> = ev.paths.iter().map(|p| p.display().to_string()).collect();
