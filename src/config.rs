@@ -497,6 +497,23 @@ impl RunConfig {
                 ),
             ));
         }
+        // A stage trains from the output of the block before its first (cached or not, that is where it
+        // enters): a feature block earlier than that is gone by then.
+        let first = self.model.features.iter().copied().min().unwrap_or(Block::Conv5);
+        if let Some(s) = self.train.stages.iter().find(|s| s.from != Block::Head && s.from.index() > first.index() + 1) {
+            let entry = Block::from_index(s.from.index() - 1);
+            return Err(Error::invalid(
+                Setting::Stages,
+                format!(
+                    "`{}:{}` enters at the {} output, after {} (in --features) is gone: start them at {} or before, or give head-only stages (e.g. --stages head:15)",
+                    s.from.name(),
+                    s.epochs,
+                    entry.name(),
+                    first.name(),
+                    Block::from_index(first.index() + 1).name()
+                ),
+            ));
+        }
         if let Some(t) = self.threads {
             if !(1..=1024).contains(&t) {
                 return Err(Error::invalid(Setting::Threads, format!("must be 1 to 1024, got {t}")));

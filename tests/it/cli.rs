@@ -144,6 +144,12 @@ fn bad_options_and_inputs_fail_clearly() {
     let (code, _, err) = run(&args(&s, &["finetune", "--data", data, "--features", "conv4", "--subject-norm", "off"]), d.path());
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("--stages") && err.contains("`conv5:12`") && err.contains("ends at conv4") && err.lines().count() == 1, "{err}");
+    // A conv5 stage enters at the conv4 output: conv3's features are gone by then (with conv4 among them, they are not).
+    let (code, _, err) = run(&args(&s, &["finetune", "--data", data, "--features", "conv3,conv5", "--stages", "head:1,conv5:1"]), d.path());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("`conv5:1`") && err.contains("conv4 output") && err.contains("conv3") && err.lines().count() == 1, "{err}");
+    let (code, _, err) = run(&args(&s, &["finetune", "--data", data, "--features", "conv3,conv5", "--stages", "head:1,conv4:1", "--out", "c35"]), d.path());
+    assert_eq!(code, 0, "{err}");
     let (code, _, err) = run(&args(&s, &["finetune", "--data", data, "--features", "conv3,conv4", "--stages", "head:2", "--out", "c4"]), d.path());
     assert_eq!(code, 0, "{err}");
     let (code, out, err) = run(&["predict", data, "--run", "c4/latest", "--threads", "2"], d.path());
