@@ -419,7 +419,7 @@ impl ModelOptions {
             return Err(Error::invalid(Setting::Features, format!("{:?}: expected distinct conv blocks, e.g. conv4,conv5", self.features)));
         }
         if self.head == HeadKind::Vgg && self.features != crate::model::conv5_only() {
-            return Err(Error::invalid(Setting::Features, ":the vgg head (fc6/fc7) takes the conv5 output only"));
+            return Err(Error::invalid(Setting::Features, "the vgg head (fc6/fc7) takes the conv5 output only"));
         }
         if self.head == HeadKind::Vgg && self.pool_grid.cells() > 0 {
             return Err(Error::invalid(Setting::PoolGrid, "applies to pooled features: use --head bn or --head linear"));

@@ -965,3 +965,41 @@ fn pictures_unlike_the_training_photos_are_said_to_be() {
         assert!(err.contains("warning: 1 image(s) look unlike") && err.contains("black.png ("), "{name}: {err}");
     }
 }
+
+/// Every combination of feature blocks, stages, head and person statistics
+/// either trains or is refused in one line naming --stages — none panics
+/// (`--features conv4` and `--features conv3,conv5` with a conv5 stage once
+/// did, inside libtorch). A stage trains when it starts at the last feature
+/// block or before and at most one block after the first (it enters at the
+/// output of the block before it).
+#[test]
+fn recipe_combinations_train_or_are_refused_in_one_line() {
+    let d = tmp();
+    let m = subject_dataset(d.path(), 6, 32);
+    let s = small_trunk(d.path(), 4);
+    let data = m.to_str().unwrap();
+    let (mut trained, mut refused) = (0, 0);
+    for features in ["conv4", "conv2,conv4", "conv1,conv3,conv5", "conv4,conv5"] {
+        let blocks: Vec<usize> = features.split(',').map(|b| b[4..].parse().unwrap()).collect();
+        let (first, last) = (blocks[0], *blocks.last().unwrap());
+        for (stages, from) in [("head:1", None), ("head:1,conv4:1", Some(4)), ("head:1,conv5:1", Some(5))] {
+            for (head, sn) in [("bn", "on"), ("linear", "off")] {
+                let what = format!("--features {features} --stages {stages} --head {head} --subject-norm {sn}");
+                let (code, _, err) = run(
+                    &args(&s, &["finetune", "--data", data, "--features", features, "--stages", stages, "--head", head, "--subject-norm", sn, "--out", "runs"]),
+                    d.path(),
+                );
+                assert!(!err.contains("panicked"), "{what}: {err}");
+                if from.is_none_or(|f| f <= last && f <= first + 1) {
+                    assert_eq!(code, 0, "{what}: {err}");
+                    trained += 1;
+                } else {
+                    assert_eq!(code, 1, "{what}: {err}");
+                    assert!(err.starts_with("error: invalid option: --stages") && err.lines().count() == 1, "{what}: {err}");
+                    refused += 1;
+                }
+            }
+        }
+    }
+    assert_eq!((trained, refused), (14, 10));
+}
