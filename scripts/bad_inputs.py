@@ -329,6 +329,14 @@ def run_inventory(d):
         record(" ".join(opt), code, said(err, want=("error",)))
     code, out, err = vggft("cv", "--data", good, "--random-init", *SMALL[:6], "--seeds", "0,1,0", "--out", "cv-twice", cwd=d)
     record("cv --seeds 0,1,0 (a seed twice)", code, said(err, want=("error",)))
+    # Feature blocks and stages that do not fit together (both once panicked inside libtorch).
+    for opt in (["--features", "conv4"], ["--features", "conv3,conv5", "--stages", "head:1,conv5:1"]):
+        code, out, err = vggft("finetune", "--data", good, "--random-init", *SMALL[:6], *opt, cwd=d)
+        record(" ".join(opt) + (" (the default fine-tune head:3 → conv5:12)" if len(opt) == 2 else ""), code, said(err, want=("error",)))
+    code, out, err = vggft("finetune", "--data", good, "--random-init", *SMALL, "--features", "conv4", "--val", "none", "--name", "c4", "--quiet", cwd=d)
+    record("--features conv4 --stages head:1 (works)", code, "works (trains)" if code == 0 else said(err))
+    code, out, err = vggft("explain", os.path.join(good, "neutral", "00.png"), "--model", "runs/c4", "--layer", "conv5", "--out", "cam", cwd=d)
+    record("explain --layer conv5 of that run", code, said(err, want=("error",)))
 
 
 def run_cases(d, good):
@@ -389,7 +397,8 @@ def run_cases(d, good):
     code, out, err = vggft("predict", img, "--model", "runs/r", cwd=d)
     record("integer tensor in model.safetensors", code, said(err))
     save_file(t, os.path.join(r, "model.safetensors"))
-    p = subprocess.Popen([BIN, "predict", img, "--model", "runs/r"], cwd=d, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # A photo the run was not trained on: its training photos get a note on stderr.
+    p = subprocess.Popen([BIN, "predict", os.path.join(good, "neutral", "00.png"), "--model", "runs/r"], cwd=d, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     p.stdout.close()
     err = p.stderr.read().decode()
     record("predict … | (reader gone)", p.wait(), "exits quietly" if not err.strip() else said(err))
