@@ -373,6 +373,7 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
     }
     // One process at a time per cv folder (the same command started twice
     // would run every fold twice); `--fold i` runs share it, one per fold.
+    check_load_features(req, &session, probe.is_some())?;
     fsutil::create_dir(&req.out)?;
     // Said once it exists (as finetune's run folder is): a cv refused before this leaves none.
     reporter.message(&format!("cv folder: {}", req.out.display()));
@@ -762,6 +763,20 @@ fn folds_left_seconds(fold_seconds: f64, done: usize, left: usize, side_by_side:
     fold_seconds / done.max(1) as f64 * left as f64 / side_by_side.max(1) as f64
 }
 
+/// Whether `--load-features` can be used: head-only stages and a file that
+/// is there (checked before the cv folder is made).
+fn check_load_features(req: &Request, session: &Session, baseline: bool) -> Result<()> {
+    let Some(path) = &req.load_features else { return Ok(()) };
+    if session.config.train.stages.iter().any(|s| s.from != Block::Head) || baseline || req.recipe.model.bn == BnMode::Recalibrate {
+        return Err(Error::invalid(
+            Setting::Stages,
+            "must all be head-only to train from a saved feature cache (no fine-tune, no --baseline probe, no --bn recalibrate)",
+        ));
+    }
+    // A missing file in the OS's words, not the safetensors reader's debug form.
+    std::fs::metadata(path).map(|_| ()).map_err(|e| Error::io(path, e))
+}
+
 /// The frozen prefix does not depend on the fold when BN statistics are not
 /// re-estimated: computed once for all folds and seeds (with the later
 /// stages' freeze points derived from it).
@@ -769,12 +784,7 @@ fn shared_caches(req: &Request, session: &Session, mirrors: bool, baseline: bool
     let recalibrate = req.recipe.model.bn == BnMode::Recalibrate;
     let (pre, device) = (&session.config.data.preprocess, session.device);
     if let Some(path) = &req.load_features {
-        if session.config.train.stages.iter().any(|s| s.from != Block::Head) || baseline || recalibrate {
-            return Err(Error::invalid(
-                Setting::Stages,
-                "must all be head-only to train from a saved feature cache (no fine-tune, no --baseline probe, no --bn recalibrate)",
-            ));
-        }
+        check_load_features(req, session, baseline)?;
         let c = features::load(path, &features::key(session), session, None, session.config.train.clean_views)?;
         reporter.message(&format!("pooled features from {} (not recomputed)", path.display()));
         session.notes(reporter);

@@ -705,6 +705,10 @@ fn a_dumped_feature_cache_reproduces_the_probe_and_refuses_other_pooling() {
     let (code, _, err) = cv(&["--load-features", "f.safetensors", "--head", "linear"], "c");
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("f.safetensors: was dumped for other images, weights, preprocessing, views or pooling"), "{err}");
+    let (code, _, err) = cv(&["--load-features", "gone.safetensors"], "g");
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("gone.safetensors") && err.contains("No such file") && !err.contains("IoError") && err.lines().count() == 1, "{err}");
+    assert!(!d.path().join("g").exists(), "refused before the cv folder is made");
 }
 
 /// The feature cache (`--feature-cache DIR`): a second cv on the same images
