@@ -497,8 +497,8 @@ impl RunConfig {
                 ),
             ));
         }
-        // A stage trains from the output of the block before its first (cached or not, that is where it
-        // enters): a feature block earlier than that is gone by then.
+        // A stage's cache holds the output of the block before its first: a feature block earlier than that
+        // is not in it. (Uncached training could read it; one rule keeps a recipe valid with and without the cache.)
         let first = self.model.features.iter().copied().min().unwrap_or(Block::Conv5);
         if let Some(s) = self.train.stages.iter().find(|s| s.from != Block::Head && s.from.index() > first.index() + 1) {
             let entry = Block::from_index(s.from.index() - 1);

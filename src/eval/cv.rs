@@ -371,9 +371,9 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
     if let Some(msg) = folds_missing_a_class(&jobs, &session.prepared.labels) {
         reporter.message(&msg);
     }
+    check_load_features(req, &session, probe.is_some())?;
     // One process at a time per cv folder (the same command started twice
     // would run every fold twice); `--fold i` runs share it, one per fold.
-    check_load_features(req, &session, probe.is_some())?;
     fsutil::create_dir(&req.out)?;
     // Said once it exists (as finetune's run folder is): a cv refused before this leaves none.
     reporter.message(&format!("cv folder: {}", req.out.display()));
