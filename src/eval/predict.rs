@@ -703,15 +703,45 @@ pub fn unusual_warning(names: &[String], distance: &[f64]) -> Option<String> {
     ))
 }
 
-/// The training images of a run, canonicalised (empty without a split.csv).
-pub fn training_paths(dir: &Path) -> std::collections::HashSet<PathBuf> {
-    let Ok(mut r) = csv::Reader::from_path(dir.join("split.csv")) else { return Default::default() };
-    r.records().flatten().filter(|row| row.get(4) == Some("train")).filter_map(|row| std::fs::canonicalize(row.get(0)?).ok()).collect()
+/// A run's training images (its split.csv; none without one), to tell an
+/// input that is one of them: by its path however it is spelt, or as a
+/// byte-identical copy elsewhere (a dataset folder copied, then predicted or
+/// evaluated on, would otherwise pass for new photos).
+#[derive(Default)]
+pub struct Training {
+    paths: std::collections::HashSet<PathBuf>,
+    /// The training files by size: only an input of one of these sizes can be a copy.
+    by_size: std::collections::HashMap<u64, Vec<PathBuf>>,
+    /// SHA-256 of the training files of each size asked about (hashed on first need).
+    hashes: std::cell::RefCell<std::collections::HashMap<u64, std::collections::HashSet<String>>>,
 }
 
-/// Whether `p` is one of `training_paths`, however it is spelt.
-pub fn trained_on(training: &std::collections::HashSet<PathBuf>, p: &Path) -> bool {
-    std::fs::canonicalize(p).is_ok_and(|c| training.contains(&c))
+impl Training {
+    /// Whether `p` is one of the training images or a copy of one.
+    pub fn has(&self, p: &Path) -> bool {
+        let Ok(c) = std::fs::canonicalize(p) else { return false };
+        if self.paths.contains(&c) {
+            return true;
+        }
+        let Some((size, same)) = std::fs::metadata(&c).ok().and_then(|m| Some((m.len(), self.by_size.get(&m.len())?))) else { return false };
+        let Ok(h) = crate::model::weights::sha256_file(&c) else { return false };
+        let mut hashes = self.hashes.borrow_mut();
+        hashes.entry(size).or_insert_with(|| same.iter().filter_map(|t| crate::model::weights::sha256_file(t).ok()).collect()).contains(&h)
+    }
+}
+
+/// The training images of run `dir` (`Training::has`).
+pub fn training_paths(dir: &Path) -> Training {
+    let Ok(mut r) = csv::Reader::from_path(dir.join("split.csv")) else { return Training::default() };
+    let paths: std::collections::HashSet<PathBuf> =
+        r.records().flatten().filter(|row| row.get(4) == Some("train")).filter_map(|row| std::fs::canonicalize(row.get(0)?).ok()).collect();
+    let mut by_size: std::collections::HashMap<u64, Vec<PathBuf>> = Default::default();
+    for p in &paths {
+        if let Ok(m) = std::fs::metadata(p) {
+            by_size.entry(m.len()).or_default().push(p.clone());
+        }
+    }
+    Training { paths, by_size, hashes: Default::default() }
 }
 
 /// Scans `data` (labels mapped as the run was trained), predicts every image, scores it.
@@ -721,11 +751,11 @@ pub fn evaluate(
     data: &Path,
     format: crate::data::scan::DataFormat,
     skip_bad: bool,
-    (training, exclude): (&std::collections::HashSet<PathBuf>, bool),
+    (training, exclude): (&Training, bool),
     (tta_flip, device): (bool, Device),
 ) -> crate::error::Result<Evaluation> {
     let mut ds = crate::data::scan::scan(data, format)?;
-    let seen = |p: &Path| trained_on(training, p);
+    let seen = |p: &Path| training.has(p);
     let overlap = ds.samples.iter().filter(|s| seen(&s.path)).count();
     if exclude {
         ds.samples.retain(|s| !seen(&s.path));

@@ -427,7 +427,7 @@ fn predict_held_out_shows_only_people_the_model_never_saw() {
     let side = |s: &str| rows.iter().find(|r| r[4] == s).map(|r| r[0].clone()).unwrap();
     let (code, _, err) = run(&["predict", "--model", "runs/h", "--device", "cpu", &side("train"), &side("val")], d.path());
     assert_eq!(code, 0, "{err}");
-    assert!(err.contains("note: 1 of these 2 input(s) were training images of this run (its split.csv)"), "{err}");
+    assert!(err.contains("note: 1 of these 2 input(s) were training images of this run (its split.csv, by path or identical bytes)"), "{err}");
     let (code, _, err) = run(&["predict", "--model", "runs/h", "--device", "cpu", &side("val")], d.path());
     assert_eq!(code, 0, "{err}");
     assert!(!err.contains("training images"), "{err}");
@@ -536,6 +536,27 @@ fn evaluate_warns_about_training_images_and_can_leave_them_out() {
     assert_eq!(code, 0, "{err}");
     assert!(err.contains(&format!("left out {n_train} image(s)")) && !err.contains("warning"), "{err}");
     assert!(out.contains(&format!("{n_val} images from")), "{out}");
+    // A copy of the dataset folder elsewhere: its training photos are still known, by their bytes (the
+    // validation photos, of the same sizes, are not counted).
+    let copy = d.path().join("copy");
+    std::fs::create_dir(&copy).unwrap();
+    for e in std::fs::read_dir(d.path()).unwrap().flatten().filter(|e| e.path().is_file()) {
+        std::fs::copy(e.path(), copy.join(e.file_name())).unwrap();
+    }
+    let copied = copy.join("manifest.csv");
+    let (code, _, err) = run(&["evaluate", "--model", "runs/e", "--data", copied.to_str().unwrap(), "--device", "cpu", "--out", "ev3"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains(&format!("warning: {n_train} of these {} images were training images of this run", n_train + n_val)), "{err}");
+    let (code, out, err) =
+        run(&["evaluate", "--model", "runs/e", "--data", copied.to_str().unwrap(), "--device", "cpu", "--exclude-train", "--out", "ev4"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains(&format!("left out {n_train} image(s)")) && out.contains(&format!("{n_val} images from")), "{err}{out}");
+    let trained = split.lines().find(|l| l.contains(",train,")).unwrap().split(',').next().unwrap();
+    let val = split.lines().find(|l| l.contains(",val,")).unwrap().split(',').next().unwrap();
+    let name = |p: &str| copy.join(std::path::Path::new(p).file_name().unwrap());
+    let (code, _, err) = run(&["predict", name(trained).to_str().unwrap(), name(val).to_str().unwrap(), "--model", "runs/e"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("note: 1 of these 2 input(s) were training images of this run"), "{err}");
     // Top losses, then fewer, then none into the same folder: only this evaluation's are there.
     let tiles = |dir: &str| std::fs::read_dir(d.path().join(dir).join("top_losses")).map(|r| r.count()).unwrap_or(0);
     for (n, want) in [("4", 4), ("2", 2), ("0", 0)] {

@@ -245,10 +245,10 @@ fn predict_cmd(mut a: PredictArgs) -> anyhow::Result<bool> {
     // Answers for the photos the model learnt from are no test of it: said, as evaluate says it.
     if !a.held_out {
         let training = predict::training_paths(&a.model);
-        let seen = paths.iter().filter(|p| predict::trained_on(&training, p)).count();
+        let seen = paths.iter().filter(|p| training.has(p)).count();
         if seen > 0 {
             errln!(
-                "note: {seen} of these {} input(s) were training images of this run (its split.csv): their answers say what it learnt, not how it does on new photos (--held-out predicts its validation people)",
+                "note: {seen} of these {} input(s) were training images of this run (its split.csv, by path or identical bytes): their answers say what it learnt, not how it does on new photos (--held-out predicts its validation people)",
                 paths.len()
             );
         }
@@ -358,7 +358,7 @@ fn evaluate(mut a: EvaluateArgs) -> anyhow::Result<()> {
         errln!("note: left out {} image(s) this run was trained on (--exclude-train); scoring the other {}", ev.excluded, ev.y.len());
     } else if ev.overlap > 0 {
         errln!(
-            "warning: {} of these {} images were training images of this run (its split.csv): the scores below are not held-out; --exclude-train scores only the others",
+            "warning: {} of these {} images were training images of this run (its split.csv, by path or identical bytes): the scores below are not held-out; --exclude-train scores only the others",
             ev.overlap,
             ev.y.len()
         );
