@@ -482,36 +482,20 @@ impl RunConfig {
         self.data.preprocess.validate()?;
         self.model.validate()?;
         self.train.validate()?;
-        // A stage from a block after the last feature block would train weights the head never reads.
-        let last = self.model.last_feature_block();
-        if let Some(s) = self.train.stages.iter().find(|s| s.from != Block::Head && s.from > last) {
+        // A stage from a block after the last feature block would train weights the head never reads; and a
+        // stage's cache holds the output of the block before its first, without any feature block earlier than
+        // that. (Uncached training could read it; one rule keeps a recipe valid with and without the cache.)
+        let (first, last) = (self.model.features.iter().copied().min().unwrap_or(Block::Conv5), self.model.last_feature_block());
+        let latest = last.min(Block::from_index(first.index() + 1));
+        if let Some(s) = self.train.stages.iter().find(|s| s.from != Block::Head && s.from > latest) {
+            let why = if s.from > last {
+                format!("would train {} and after, which the head never reads (--features ends at {})", s.from.name(), last.name())
+            } else {
+                format!("enters at the {} output, after {} (in --features) is gone", Block::from_index(s.from.index() - 1).name(), first.name())
+            };
             return Err(Error::invalid(
                 Setting::Stages,
-                format!(
-                    "`{}:{}` would train {} and after, which the head never reads (--features ends at {}): give head-only stages (e.g. --stages head:15) or start them at {} or before",
-                    s.from.name(),
-                    s.epochs,
-                    s.from.name(),
-                    last.name(),
-                    last.name()
-                ),
-            ));
-        }
-        // A stage's cache holds the output of the block before its first: a feature block earlier than that
-        // is not in it. (Uncached training could read it; one rule keeps a recipe valid with and without the cache.)
-        let first = self.model.features.iter().copied().min().unwrap_or(Block::Conv5);
-        if let Some(s) = self.train.stages.iter().find(|s| s.from != Block::Head && s.from.index() > first.index() + 1) {
-            let entry = Block::from_index(s.from.index() - 1);
-            return Err(Error::invalid(
-                Setting::Stages,
-                format!(
-                    "`{}:{}` enters at the {} output, after {} (in --features) is gone: start them at {} or before, or give head-only stages (e.g. --stages head:15)",
-                    s.from.name(),
-                    s.epochs,
-                    entry.name(),
-                    first.name(),
-                    Block::from_index(first.index() + 1).name()
-                ),
+                format!("`{}:{}` {why}: give head-only stages (e.g. --stages head:15) or start them at {} or before", s.from.name(), s.epochs, latest.name()),
             ));
         }
         if let Some(t) = self.threads {
