@@ -755,10 +755,11 @@ pub fn evaluate(
     (tta_flip, device): (bool, Device),
 ) -> crate::error::Result<Evaluation> {
     let mut ds = crate::data::scan::scan(data, format)?;
-    let seen = |p: &Path| training.has(p);
-    let overlap = ds.samples.iter().filter(|s| seen(&s.path)).count();
+    // Once per image: a copy is known by hashing it.
+    let seen: std::collections::HashSet<PathBuf> = ds.samples.iter().filter(|s| training.has(&s.path)).map(|s| s.path.clone()).collect();
+    let overlap = ds.samples.iter().filter(|s| seen.contains(&s.path)).count();
     if exclude {
-        ds.samples.retain(|s| !seen(&s.path));
+        ds.samples.retain(|s| !seen.contains(&s.path));
         if ds.samples.is_empty() {
             return Err(Error::dataset(data, format!("every one of its {overlap} images was a training image of this run (--exclude-train)")));
         }
