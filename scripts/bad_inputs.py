@@ -111,6 +111,8 @@ def run_inventory(d):
     predict_case("truncated PNG", "cut.png", open(ok_png, "rb").read()[:60])
     predict_case("truncated JPEG (libjpeg-style: decodes what is there)", "cut.jpg", open(ok_jpg, "rb").read()[:400])
     predict_case("text file named .tiff", "text.tiff", b"this is a text file\n")
+    predict_case("32-bit float TIFF (ImageJ, MATLAB)", "float.tiff", make=lambda p: Image.fromarray(np.random.rand(32, 32).astype(np.float32)).save(p))
+    predict_case("GIF given by name", "anim.gif", make=lambda p: Image.fromarray(np.zeros((32, 32), np.uint8)).save(p))
     predict_case("16-bit gray TIFF (must work)", "gray16.tiff", make=lambda p: Image.fromarray((np.arange(1024).reshape(32, 32) * 60).astype(np.uint16)).save(p))
     predict_case("palette TIFF (must work)", "palette.tiff", make=lambda p: Image.open(ok_png).convert("P").save(p))
     predict_case("RGBA PNG (works; alpha ignored)", "rgba.png", make=lambda p: Image.open(ok_png).convert("RGBA").save(p))
@@ -397,8 +399,10 @@ def run_cases(d, good):
     code, out, err = vggft("predict", img, "--model", "runs/r", cwd=d)
     record("integer tensor in model.safetensors", code, said(err))
     save_file(t, os.path.join(r, "model.safetensors"))
-    # A photo the run was not trained on: its training photos get a note on stderr.
-    p = subprocess.Popen([BIN, "predict", os.path.join(good, "neutral", "00.png"), "--model", "runs/r"], cwd=d, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # A photo the run was not trained on, nor a copy of one: its training photos get a note on stderr.
+    fresh = os.path.join(d, "fresh.png")
+    png(fresh, value=77)
+    p = subprocess.Popen([BIN, "predict", fresh, "--model", "runs/r"], cwd=d, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     p.stdout.close()
     err = p.stderr.read().decode()
     record("predict … | (reader gone)", p.wait(), "exits quietly" if not err.strip() else said(err))

@@ -187,10 +187,19 @@ fn is_palette_error(e: &image::ImageError) -> bool {
     s.contains("Palette") || s.contains("palette")
 }
 
+/// Why a picture in a format vggft does not decode is refused or left out.
+pub const UNREAD: &str = "a picture format vggft does not read (it reads TIFF, PNG, JPEG, BMP and PGM): convert it to PNG or JPEG";
+
 fn describe(e: image::ImageError) -> String {
+    use image::error::UnsupportedErrorKind;
     match e {
         image::ImageError::Decoding(d) => format!("corrupt or truncated: {d}"),
-        image::ImageError::Unsupported(u) => format!("unsupported: {u}"),
+        // A GIF or WebP given by name: said as a folder's left-out pictures are.
+        image::ImageError::Unsupported(u) if matches!(u.kind(), UnsupportedErrorKind::Format(_)) => UNREAD.into(),
+        // Floating-point or 32-bit samples (a TIFF from ImageJ or MATLAB): what to save instead.
+        image::ImageError::Unsupported(u) => {
+            format!("unsupported samples ({u}): vggft reads 8- and 16-bit gray, palette, RGB and RGBA pictures; save it as one of those")
+        }
         // Decoders read from memory: an I/O error means the data ran out.
         image::ImageError::IoError(io) => format!("corrupt or truncated: {io}"),
         other => other.to_string(),
@@ -327,6 +336,25 @@ mod tests {
         let mut out = Vec::new();
         img.write_to(&mut Cursor::new(&mut out), ImageFormat::Png).unwrap();
         out
+    }
+
+    /// Pictures vggft cannot read say what to do: floating-point or 32-bit
+    /// integer samples (a TIFF from ImageJ or MATLAB) what to save instead,
+    /// a format without a decoder here (GIF) to convert it.
+    #[test]
+    fn unreadable_samples_and_formats_say_what_to_save_instead() {
+        use tiff::encoder::{colortype, TiffEncoder};
+        let mut f32_tiff = Cursor::new(Vec::new());
+        TiffEncoder::new(&mut f32_tiff).unwrap().write_image::<colortype::Gray32Float>(4, 4, &[0.5f32; 16]).unwrap();
+        let mut i32_tiff = Cursor::new(Vec::new());
+        TiffEncoder::new(&mut i32_tiff).unwrap().write_image::<colortype::Gray32>(4, 4, &[7u32; 16]).unwrap();
+        for bytes in [f32_tiff.into_inner(), i32_tiff.into_inner()] {
+            let e = decode_gray(&bytes).unwrap_err().to_string();
+            assert!(e.contains("unsupported samples") && e.contains("8- and 16-bit") && e.contains("save it as"), "{e}");
+        }
+        let gif = b"GIF89a\x01\x00\x01\x00\x00\x00\x00;";
+        let e = decode_gray(gif).unwrap_err().to_string();
+        assert!(e.contains(UNREAD), "{e}");
     }
 
     /// A JPEG of `img` whose EXIF says `orientation` (1–8): the bytes a phone writes.

@@ -159,8 +159,7 @@ pub struct Inputs {
     pub manifests: Vec<PathBuf>,
 }
 
-/// Why a picture in a format vggft does not decode was left out.
-pub const UNREAD: &str = "a picture format vggft does not read (it reads TIFF, PNG, JPEG, BMP and PGM): convert it to PNG or JPEG";
+pub use crate::data::image::UNREAD;
 
 /// A file a folder gives as a photo: named as an image vggft reads, and not
 /// hidden (macOS's `._photo.jpg` metadata twins), as the dataset scan has it.
