@@ -159,7 +159,7 @@ pub struct Inputs {
     pub manifests: Vec<PathBuf>,
 }
 
-pub use crate::data::image::UNREAD;
+use crate::data::image::UNREAD;
 
 /// A file a folder gives as a photo: named as an image vggft reads, and not
 /// hidden (macOS's `._photo.jpg` metadata twins), as the dataset scan has it.
@@ -716,6 +716,20 @@ pub struct Training {
 }
 
 impl Training {
+    /// The training images of run `dir`: its split.csv's `train` rows.
+    pub fn of_run(dir: &Path) -> Training {
+        let Ok(mut r) = csv::Reader::from_path(dir.join("split.csv")) else { return Training::default() };
+        let paths: std::collections::HashSet<PathBuf> =
+            r.records().flatten().filter(|row| row.get(4) == Some("train")).filter_map(|row| std::fs::canonicalize(row.get(0)?).ok()).collect();
+        let mut by_size: std::collections::HashMap<u64, Vec<PathBuf>> = Default::default();
+        for p in &paths {
+            if let Ok(m) = std::fs::metadata(p) {
+                by_size.entry(m.len()).or_default().push(p.clone());
+            }
+        }
+        Training { paths, by_size, hashes: Default::default() }
+    }
+
     /// Whether `p` is one of the training images or a copy of one.
     pub fn has(&self, p: &Path) -> bool {
         let Ok(c) = std::fs::canonicalize(p) else { return false };
@@ -727,20 +741,6 @@ impl Training {
         let mut hashes = self.hashes.borrow_mut();
         hashes.entry(size).or_insert_with(|| same.iter().filter_map(|t| crate::model::weights::sha256_file(t).ok()).collect()).contains(&h)
     }
-}
-
-/// The training images of run `dir` (`Training::has`).
-pub fn training_paths(dir: &Path) -> Training {
-    let Ok(mut r) = csv::Reader::from_path(dir.join("split.csv")) else { return Training::default() };
-    let paths: std::collections::HashSet<PathBuf> =
-        r.records().flatten().filter(|row| row.get(4) == Some("train")).filter_map(|row| std::fs::canonicalize(row.get(0)?).ok()).collect();
-    let mut by_size: std::collections::HashMap<u64, Vec<PathBuf>> = Default::default();
-    for p in &paths {
-        if let Ok(m) = std::fs::metadata(p) {
-            by_size.entry(m.len()).or_default().push(p.clone());
-        }
-    }
-    Training { paths, by_size, hashes: Default::default() }
 }
 
 /// Scans `data` (labels mapped as the run was trained), predicts every image, scores it.

@@ -244,7 +244,7 @@ fn predict_cmd(mut a: PredictArgs) -> anyhow::Result<bool> {
     }
     // Answers for the photos the model learnt from are no test of it: said, as evaluate says it.
     if !a.held_out {
-        let training = predict::training_paths(&a.model);
+        let training = predict::Training::of_run(&a.model);
         let seen = paths.iter().filter(|p| training.has(p)).count();
         if seen > 0 {
             errln!(
@@ -351,9 +351,9 @@ fn evaluate(mut a: EvaluateArgs) -> anyhow::Result<()> {
     if a.top_losses > 0 {
         vggft::eval::explain::check_layer(&cfg, layer)?;
     }
-    let trained_on = predict::training_paths(&a.model);
+    let training = predict::Training::of_run(&a.model);
     let tta_flip = vggft::eval::flip_tta(a.tta.choice(), model.cfg.subject_norm);
-    let ev = predict::evaluate(&cfg, &model, &a.data, a.format, a.skip_bad, (&trained_on, a.exclude_train), (tta_flip, device))?;
+    let ev = predict::evaluate(&cfg, &model, &a.data, a.format, a.skip_bad, (&training, a.exclude_train), (tta_flip, device))?;
     if ev.excluded > 0 {
         errln!("note: left out {} image(s) this run was trained on (--exclude-train); scoring the other {}", ev.excluded, ev.y.len());
     } else if ev.overlap > 0 {
