@@ -223,6 +223,12 @@ fn check_same_data(session: &Session, dir: &Path) -> Result<()> {
 /// Reads and checks a run's `config.json`.
 pub fn read_config(dir: &Path) -> Result<RunConfig> {
     let p = dir.join("config.json");
+    if dir.join("cv-config.json").is_file() && !p.exists() {
+        return Err(Error::file(
+            dir,
+            "is a cross-validation folder, and cv keeps no model (each fold's model is scored, then dropped): train one on all the data with `vggft finetune` and the cv's options",
+        ));
+    }
     if dir.is_dir() && !p.exists() {
         return Err(Error::file(&p, "is missing: not a vggft run folder (`finetune --out DIR` puts the latest run at DIR/latest)"));
     }

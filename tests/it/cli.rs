@@ -91,6 +91,11 @@ fn finetune_then_predict_on_london_faces() {
     let (code, _, err) = run(&["predict", i1, "--model", "not-a-run"], d.path());
     assert_eq!(code, 1);
     assert!(err.contains("not-a-run/config.json: is missing: not a vggft run folder") && err.lines().count() == 1, "{err}");
+    // A cross-validation folder keeps no model: said as such, not as a missing config.json.
+    std::fs::write(d.path().join("not-a-run/cv-config.json"), "{}").unwrap();
+    let (code, _, err) = run(&["predict", i1, "--model", "not-a-run"], d.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("not-a-run: is a cross-validation folder, and cv keeps no model") && err.lines().count() == 1, "{err}");
 
     // Partial failure: the bad file is named on stderr, the good one still predicted, exit 1.
     let bad = d.path().join("broken.jpg");
