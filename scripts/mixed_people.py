@@ -14,6 +14,7 @@ one person's photos). A Markdown table on stdout.
 Each CV (a `vggft cv` folder) adds the same per-person medians for its test
 people, one person each: how far real people's photos spread.
 """
+import argparse
 import csv
 import json
 import os
@@ -48,15 +49,12 @@ def medians(distances, people):
 
 
 def main():
-    args = sys.argv[1:]
-    vggft = os.path.join(ROOT, "target", "release", "vggft")
-    if "--vggft" in args:
-        i = args.index("--vggft")
-        vggft = args[i + 1]
-        del args[i : i + 2]
-    if not args:
-        sys.exit(__doc__)
-    run, cvs = args[0], args[1:]
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run", help="a subject-normalised vggft run folder")
+    ap.add_argument("cvs", nargs="*", metavar="CV", help="vggft cv folders whose test people add their medians")
+    ap.add_argument("--vggft", default=os.path.join(ROOT, "target", "release", "vggft"), help="the binary")
+    a = ap.parse_args()
+    vggft, run, cvs = a.vggft, a.run, a.cvs
     split = list(csv.DictReader(open(os.path.join(run, "split.csv"))))
     classes = json.load(open(os.path.join(run, "config.json")))["classes"]
     truth = {r["path"]: r["class"] for r in split}

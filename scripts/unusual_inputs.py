@@ -14,6 +14,7 @@ person is; for a subject-normalised run also the validation people's photos
 each person's together (`--held-out`), and one of them with the pictures
 without a face given as that person's photos too (`--subject`).
 """
+import argparse
 import csv
 import glob
 import json
@@ -69,22 +70,19 @@ def distances(vggft, run, paths):
 
 
 def main():
-    args = sys.argv[1:]
-    vggft = os.path.join(ROOT, "target", "release", "vggft")
-    if "--vggft" in args:
-        i = args.index("--vggft")
-        vggft = args[i + 1]
-        del args[i : i + 2]
-    if not args:
-        sys.exit(__doc__)
-    run, groups, rows = args[0], [], []
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run", help="a vggft run folder")
+    ap.add_argument("sets", nargs="*", metavar="NAME=GLOB", help="other face sets, each a group of its own")
+    ap.add_argument("--vggft", default=os.path.join(ROOT, "target", "release", "vggft"), help="the binary")
+    a = ap.parse_args()
+    vggft, run, groups, rows = a.vggft, a.run, [], []
     split = os.path.join(run, "split.csv")
     if os.path.exists(split):
         with open(split) as f:
             rows = list(csv.DictReader(f))
         for side in ("train", "val"):
             groups.append((f"the run's {side} photos", [r["path"] for r in rows if r["side"] == side]))
-    for g in args[1:]:
+    for g in a.sets:
         name, pattern = g.split("=", 1)
         groups.append((name, sorted(glob.glob(pattern))))
     with tempfile.TemporaryDirectory() as tmp:

@@ -539,16 +539,7 @@ pub(crate) fn inner_fits(
         };
         let (mut model, _) = session.fresh_model(tc.seed as i64, true)?;
         session.recalibrate(&mut model, &inner.train)?;
-        let trainer = Trainer {
-            cfg: &fit_cfg,
-            pre: &session.config.data.preprocess,
-            data: &inner,
-            device: session.device,
-            checkpoint_dir: None,
-            stop: None,
-            shared,
-            keep_stats: false,
-        };
+        let trainer = Trainer::throwaway(&fit_cfg, &session.config.data.preprocess, &inner, session.device, shared);
         trainer.run(&mut model, &mut train::Collect::default(), None)?;
         let scores = trainer.scores(&model, shared.first(), &held, tta_flip, None);
         let rows = |logits: &tch::Tensor| crate::run::rows(&session.config.task_probs(logits));

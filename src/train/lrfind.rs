@@ -98,16 +98,7 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Found> {
     cfg.augment = Augment::preset("none")?;
     cfg.patience = 0;
     let data = TrainData { val: vec![], ..p.data };
-    let trainer = Trainer {
-        cfg: &cfg,
-        pre: &req.recipe.data.preprocess,
-        data: &data,
-        device: session.device,
-        checkpoint_dir: None,
-        stop: None,
-        shared: &[],
-        keep_stats: false,
-    };
+    let trainer = Trainer::throwaway(&cfg, &req.recipe.data.preprocess, &data, session.device, &[]);
     let mut sweep = LrSweep::new(req.start_lr, req.end_lr, req.steps);
     let mut ctx = Ctx::new(&mut model, reporter, Default::default());
     trainer.fit(&mut ctx, &mut [&mut sweep], false)?;

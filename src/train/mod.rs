@@ -215,6 +215,15 @@ pub struct Trainer<'a> {
     pub keep_stats: bool,
 }
 
+impl<'a> Trainer<'a> {
+    /// A trainer for a fit whose model is thrown away (lr-find's sweep, the
+    /// inner fits that set a threshold): no checkpoints, no stop flag, no
+    /// feature statistics kept.
+    pub fn throwaway(cfg: &'a TrainConfig, pre: &'a Preprocess, data: &'a TrainData, device: Device, shared: &'a [Cache]) -> Self {
+        Trainer { cfg, pre, data, device, checkpoint_dir: None, stop: None, shared, keep_stats: false }
+    }
+}
+
 impl Trainer<'_> {
     fn weights_tensor(&self) -> Tensor {
         let w = class_weights(self.cfg.class_weights, self.data);
