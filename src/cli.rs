@@ -138,7 +138,11 @@ pub enum Command {
     /// Detect and crop the face in every image of a dataset; write crops, faces.csv and a contact sheet.
     Faces {
         /// Dataset folder (any layout finetune reads).
-        dir: PathBuf,
+        #[arg(required_unless_present = "data")]
+        dir: Option<PathBuf>,
+        /// The dataset folder given as finetune and cv take it.
+        #[arg(long, value_name = "DIR", conflicts_with = "dir")]
+        data: Option<PathBuf>,
         /// Folder for crops/, faces.csv, manifest.csv (the crops as a dataset) and contact_sheet.png.
         #[arg(long)]
         out: PathBuf,

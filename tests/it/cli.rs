@@ -491,7 +491,7 @@ fn predict_held_out_shows_only_people_the_model_never_saw() {
 #[test]
 fn every_bad_option_value_is_a_usage_error_with_exit_2_naming_the_flag() {
     let d = tmp();
-    let cases: [(&[&str], &str); 19] = [
+    let cases: [(&[&str], &str); 21] = [
         (&["finetune", "--val", "x"], "--val"),
         (&["finetune", "--crop", "1,2"], "--crop"),
         (&["finetune", "--augment", "wild"], "--augment"),
@@ -505,6 +505,9 @@ fn every_bad_option_value_is_a_usage_error_with_exit_2_naming_the_flag() {
         (&["evaluate", "--data", "d", "--layer", "conv9"], "--layer"),
         (&["cv", "--fold", "1"], "--out"),
         (&["faces", "d", "--out", "o", "--tile", "5000"], "--tile"),
+        // `faces` takes its dataset as a word or as `--data`, as finetune and cv do: one of the two.
+        (&["faces", "d", "--data", "d", "--out", "o"], "--data"),
+        (&["faces", "--out", "o"], "<DIR>"),
         (&["predict", "x.png", "--subject", " "], "--subject"),
         (&["predict", "x.png", "--batch-size", "0"], "--batch-size"),
         // `speed` at 5 px panicked in libtorch's pooling (conv5's output has no pixel left).

@@ -372,7 +372,8 @@ fn faces_refuses_an_output_inside_the_data_and_clears_its_own_stale_crops() {
     for i in 1..3 {
         std::fs::remove_file(d.path().join(format!("data/a/{i:02}.png"))).unwrap();
     }
-    let (code, out, err) = run(&["faces", "data", "--out", "fc", "--tile", "32"], d.path());
+    // The dataset given as finetune and cv take it.
+    let (code, out, err) = run(&["faces", "--data", "data", "--out", "fc", "--tile", "32"], d.path());
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("4 images"), "{out}");
     let listed: Vec<String> = std::fs::read_to_string(d.path().join("fc/manifest.csv"))

@@ -624,7 +624,8 @@ fn main() -> ExitCode {
         Command::Cv(a) => cv(a).map(|_| true),
         Command::Explain(a) => explain(a),
         Command::Preprocess { image, model, out } => preprocess(&image, &run::run_dir(&model), &out).map(|_| true),
-        Command::Faces { dir, out, tile } => vggft::faces::run(&dir, &out, tile)
+        // clap requires one of the two.
+        Command::Faces { dir, data, out, tile } => vggft::faces::run(&dir.or(data).unwrap_or_default(), &out, tile)
             .map(|r| {
                 outln!(
                     "{} images, {} without a detected face (centred crop), detection {:.1} ms per image",
