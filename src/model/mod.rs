@@ -163,9 +163,10 @@ pub enum HeadKind {
 pub enum Precision {
     #[default]
     F32,
-    /// bfloat16 convolutions: faster on CPUs with AMX (~4×) and on recent GPUs; on an
-    /// AVX512-BF16 CPU without AMX libtorch measured ~1.5× slower than float32 (`make bench`),
-    /// and ~10× slower on a CPU without bf16 arithmetic (`CpuBf16`).
+    /// bfloat16 convolutions: faster on CPUs with AMX (~4×) and on recent GPUs; on
+    /// AVX512-BF16 CPUs without AMX it depends on the CPU (measured ~1.5× slower to ~2×
+    /// faster than float32: `vggft speed` says which), and ~10× slower on a CPU without
+    /// bf16 arithmetic (`CpuBf16`).
     Bf16,
 }
 
@@ -181,7 +182,8 @@ impl Precision {
 
 /// What this CPU does with bfloat16, by the kernel's flags (Linux's
 /// `/proc/cpuinfo`): bf16 convolutions ran ~4× faster than float32 with AMX,
-/// ~1.5× slower with AVX512-BF16 alone, and ~10× slower where libtorch
+/// ~1.5× slower to ~2× faster with AVX512-BF16 alone (two CPUs, README
+/// "Speed"), and ~10× slower where libtorch
 /// emulates them (a 2-core AVX2 EPYC, 2026-12-03: vggft's 224 px cache pass
 /// of 21 photos 156 s against 15 s; a bare 2048³ bf16 matmul 0.28 against
 /// 94 GFLOP/s).
