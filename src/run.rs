@@ -506,6 +506,25 @@ pub(crate) fn split_csv(p: &Prepared) -> Vec<u8> {
     w.into_inner().unwrap_or_default()
 }
 
+/// The data's fingerprint whatever the split: the SHA-256 of `split.csv`
+/// with every image on the training side, as a cross-validation (which has
+/// no holdout) records it in its `data_sha256`. Runs of other seeds on the
+/// same images, and a cv of them, share it; None for a file that is not a
+/// `split.csv`.
+pub(crate) fn images_sha256(split: &[u8]) -> Option<String> {
+    let mut r = csv::Reader::from_reader(split);
+    let header = r.byte_headers().ok()?.clone();
+    let side = header.iter().position(|h| h == b"side")?;
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_byte_record(&header).ok()?;
+    for row in r.byte_records() {
+        let row = row.ok()?;
+        let fields: Vec<&[u8]> = row.iter().enumerate().map(|(i, f)| if i == side { b"train".as_slice() } else { f }).collect();
+        w.write_record(&fields).ok()?;
+    }
+    Some(sha256_hex(&w.into_inner().ok()?))
+}
+
 pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
@@ -621,4 +640,20 @@ pub fn load_run(dir: &Path, device: Device) -> Result<(RunConfig, Vgg16)> {
     let mut model = Vgg16::for_loading(&model_config(&config), device)?;
     weights::load_checkpoint(&mut model, &weights)?;
     Ok((config, model))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{images_sha256, sha256_hex};
+
+    #[test]
+    fn the_images_fingerprint_sets_every_side_to_train_and_keeps_the_rest() {
+        let held = "path,label,class,subject,side,bytes\n/d/a.png,NE,neutral,KA,val,10\n\"/d/b,c.png\",HA,expressive,KL,train,12\n";
+        let all = "path,label,class,subject,side,bytes\n/d/a.png,NE,neutral,KA,train,10\n\"/d/b,c.png\",HA,expressive,KL,train,12\n";
+        assert_eq!(images_sha256(held.as_bytes()), Some(sha256_hex(all.as_bytes())));
+        assert_eq!(images_sha256(all.as_bytes()), Some(sha256_hex(all.as_bytes())), "already all train: the file's own hash");
+        let other = all.replace(",12\n", ",13\n");
+        assert_ne!(images_sha256(other.as_bytes()), images_sha256(all.as_bytes()), "a changed size is other data");
+        assert_eq!(images_sha256(b"path,label\n/d/a.png,NE\n"), None, "no side column: not a split.csv");
+    }
 }

@@ -65,6 +65,10 @@ fn entry(dir: &Path) -> Result<Entry> {
         metrics.insert("protocol".into(), "cv".into());
     } else if dir.join("config.json").is_file() {
         flatten("", &read_json(&dir.join("config.json"))?, &mut recipe);
+        // A run's `data_sha256` covers its split too; the report compares the images.
+        if let Some(sha) = std::fs::read(dir.join("split.csv")).ok().and_then(|b| crate::run::images_sha256(&b)) {
+            recipe.insert("data_sha256".into(), sha);
+        }
         let m = read_json(&dir.join("metrics.json"))?;
         let v = &m["validation"];
         for k in ["balanced_accuracy", "accuracy", "roc_auc", "majority_baseline"] {
@@ -78,8 +82,12 @@ fn entry(dir: &Path) -> Result<Entry> {
     } else {
         return Err(Error::file(dir, "is neither a run folder (config.json), a cv folder (cv.json) nor a folder of them"));
     }
-    // Hashes are compared in full but shown short.
-    for k in ["data_sha256", "weights.sha256"] {
+    // Hashes are compared in full but shown short; the data's beside its path
+    // (the images, labels, subjects and sizes, whatever the split).
+    if let Some(v) = recipe.remove("data_sha256") {
+        recipe.insert("data.sha256".into(), v);
+    }
+    for k in ["data.sha256", "weights.sha256"] {
         if let Some(v) = recipe.get_mut(k) {
             v.truncate(12);
         }

@@ -740,11 +740,25 @@ fn report_shows_data_and_weights_when_they_differ() {
     }
     let (code, out, err) = run(&["report", "runs/ra", "runs/rb"], d.path());
     assert_eq!(code, 0, "{err}");
-    for row in ["| data.path |", "| data_sha256 |", "| weights.path |", "| weights.sha256 |"] {
+    for row in ["| data.path |", "| data.sha256 |", "| weights.path |", "| weights.sha256 |"] {
         assert!(out.contains(row), "{row} missing:\n{out}");
     }
     let (_, out, _) = run(&["report", "runs/ra", "runs/rc"], d.path());
     assert!(!out.contains("| data.path |") && !out.contains("| weights.sha256 |"), "the same data and weights are not rows:\n{out}");
+    // Another split of the same images (another seed), and a cv of them, are the same data.
+    let (code, _, err) = run(
+        &args(&small(&w1), &["finetune", "--data", a.to_str().unwrap(), "--stages", "head:1", "--name", "rs", "--val", "subjects:0.34", "--seed", "2"]),
+        d.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    let split = |r: &str| std::fs::read_to_string(d.path().join("runs").join(r).join("split.csv")).unwrap();
+    assert_ne!(split("ra"), split("rs"), "seed 2 splits the people otherwise");
+    let (code, _, err) = run(&args(&small(&w1), &["cv", "--data", a.to_str().unwrap(), "--stages", "head:1", "--folds", "3", "--out", "cv-a"]), d.path());
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = run(&["report", "runs/ra", "runs/rs", "cv-a"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("sha256") && !out.contains("| data.path |"), "one data fingerprint for all three:\n{out}");
+    std::fs::remove_dir_all(d.path().join("runs/rs")).unwrap();
     // The folder of runs: each run once (not again as `latest`).
     let (code, out, err) = run(&["report", "runs"], d.path());
     assert_eq!(code, 0, "{err}");
