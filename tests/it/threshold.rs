@@ -184,10 +184,17 @@ fn a_run_keeps_its_threshold_and_predict_and_evaluate_decide_at_it() {
         let pn = p["probabilities"]["neutral"].as_f64().unwrap();
         assert_eq!(p["class"], if pn >= person { "neutral" } else { "expressive" }, "{p}");
     }
+    let held_out: Vec<String> = preds.iter().map(|p| p["path"].as_str().unwrap().to_string()).collect();
+    // explain answers the same class, at the same threshold, and says so (the class asked for: no need).
+    let (code, out, err) = run(&["explain", "--model", dir.to_str().unwrap(), &held_out[0], "--out", "ex"], d.path());
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(err.contains("the model answers neutral where P(neutral) ≥"), "{err}");
+    let (code, out, err) = run(&["explain", "--model", dir.to_str().unwrap(), &held_out[0], "--out", "ex2", "--class", "neutral"], d.path());
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(!err.contains("the model answers"), "{err}");
     // Alone (--subject-from none) each photo gets the single-image head, its probabilities calibrated by the
     // scale and shift the inner fits set, at the threshold carried to them: the same decisions as the head's own
     // probabilities at its own threshold (the run without the calibration, below).
-    let held_out: Vec<String> = preds.iter().map(|p| p["path"].as_str().unwrap().to_string()).collect();
     let c = &cfg["calibration"];
     let (a, b, t_single) = (f(&c["scale"]), f(&c["shift"]), f(&t["single"]));
     assert!(a > 0.0 && a <= 10.0 && b.abs() <= 10.0, "{t}");

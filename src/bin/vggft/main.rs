@@ -178,6 +178,10 @@ fn explain(mut a: ExplainArgs) -> anyhow::Result<bool> {
             "note: this subject-normalised model is explained through its single-image head, from the photo alone (predict's default also averages in the mirror image's probabilities: --tta none gives these)"
         );
     }
+    // The class explained is the one the model answers: at its threshold, which predict says too.
+    if let Some(d) = cfg.describe_decisions().filter(|_| class.is_none()) {
+        errln!("the model {d}");
+    }
     let mut failed = 0;
     for e in &done {
         match &e.result {
