@@ -157,12 +157,17 @@ fn input_paths(inputs: &[std::path::PathBuf], recursive: bool) -> vggft::error::
     Ok(found)
 }
 
+/// Grad-CAM's layer: `--layer`, else the last block the run's head reads.
+fn cam_layer(layer: Option<&str>, cfg: &vggft::config::RunConfig) -> anyhow::Result<vggft::model::Block> {
+    let given = layer.map(|l| vggft::model::Block::parse(l, vggft::error::Setting::Layer)).transpose()?;
+    Ok(given.unwrap_or_else(|| cfg.model.last_feature_block()))
+}
+
 fn explain(mut a: ExplainArgs) -> anyhow::Result<bool> {
     a.model = run::run_dir(&a.model);
     let device = session::parse_device(&a.device)?;
-    let layer = a.layer.as_deref().map(|l| vggft::model::Block::parse(l, vggft::error::Setting::Layer)).transpose()?;
     let (cfg, model) = run::load_run(&a.model, device)?;
-    let layer = layer.unwrap_or_else(|| cfg.model.last_feature_block());
+    let layer = cam_layer(a.layer.as_deref(), &cfg)?;
     let class = match &a.class {
         Some(name) => Some(
             cfg.classes.iter().position(|c| c == name).ok_or_else(|| anyhow::anyhow!("--class {name}: the run's classes are {}", cfg.classes.join(", ")))?,
@@ -350,8 +355,7 @@ fn evaluate(mut a: EvaluateArgs) -> anyhow::Result<()> {
         model.cfg.precision = p;
     }
     // The top losses' layer, checked before anything is scored or written.
-    let layer =
-        a.layer.as_deref().map(|l| vggft::model::Block::parse(l, vggft::error::Setting::Layer)).transpose()?.unwrap_or_else(|| cfg.model.last_feature_block());
+    let layer = cam_layer(a.layer.as_deref(), &cfg)?;
     if a.top_losses > 0 {
         vggft::eval::explain::check_layer(&cfg, layer)?;
     }
