@@ -25,6 +25,10 @@ pub(crate) fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, String
                 flatten(&format!("{prefix}.{i}"), v, out);
             }
         }
+        // Not set (e.g. `threads`: libtorch's own choice), not the word `null`.
+        Value::Null => {
+            out.insert(prefix.to_string(), "—".to_string());
+        }
         other => {
             out.insert(prefix.to_string(), other.to_string().trim_matches('"').to_string());
         }
@@ -219,7 +223,15 @@ fn names(dirs: &[std::path::PathBuf]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::show;
+    use super::{flatten, show};
+
+    #[test]
+    fn a_setting_left_unset_shows_as_a_dash() {
+        let mut out = std::collections::BTreeMap::new();
+        flatten("", &serde_json::json!({"threads": null, "train": {"seed": 0, "stages": ["head:15"]}}), &mut out);
+        assert_eq!(out["threads"], "—");
+        assert_eq!((out["train.seed"].as_str(), out["train.stages"].as_str()), ("0", "head:15"));
+    }
 
     #[test]
     fn long_numbers_are_shown_to_four_significant_digits() {
