@@ -1119,8 +1119,8 @@ fn summarise(cfg: &CvConfig, results: &[FoldResult], missing: &[String]) -> Summ
     let single = alt(|r| r.single.as_ref());
     let baseline = alt(|r| r.baseline.as_ref());
     let one_class = alt(|r| r.one_class.as_ref());
-    // The same models at the larger probability, beside a threshold set in training.
-    let at_half = results.iter().any(|r| r.threshold.is_some()).then(|| {
+    // The same models at the larger probability, beside a threshold set in training (not beside 0.5 itself).
+    let at_half = results.iter().any(|r| r.threshold.as_ref().is_some_and(|t| t.person != 0.5)).then(|| {
         let ms: Vec<Metrics> = results.iter().map(|r| eval::metrics(&r.y, &r.probs, &classes)).collect();
         Alternative { stats: stats_of(&ms.iter().collect::<Vec<_>>()), pooled: eval::metrics(&y, &probs, &classes) }
     });

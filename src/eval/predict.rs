@@ -820,7 +820,9 @@ pub fn evaluate(
     let distance = per_row(distance);
     // At the run's threshold (each image's mode's), and at the larger probability beside it.
     let metrics = crate::eval::metrics_at(&y, &probs, &cfg.classes, |i| cfg.threshold_for(modes[i]));
-    let at_half = cfg.threshold.is_some().then(|| crate::eval::metrics(&y, &probs, &cfg.classes));
+    // Only where some image was decided off 0.5: otherwise the same figures twice.
+    let off_half = (0..y.len()).any(|i| cfg.threshold_for(modes[i]).is_some_and(|t| t != 0.5));
+    let at_half = off_half.then(|| crate::eval::metrics(&y, &probs, &cfg.classes));
     let warnings = label_warnings(cfg, &ds, &y)
         .into_iter()
         .chain(if model.cfg.subject_norm { crate::data::scan::case_warning(&ds) } else { None })

@@ -136,6 +136,11 @@ fn cv_sets_each_folds_threshold_from_its_training_people_alone() {
     assert!(r["threshold"].get("inner").is_none());
     let bacc = r["metrics"]["balanced_accuracy"].as_f64().unwrap();
     assert!((bacc - bacc_at(&vec_i64(&r["y"]), &probs(&r["probs"]), Some(0.3))).abs() < 1e-12);
+    // A threshold of 0.5 is the larger probability: nothing is repeated beside it.
+    let (half, _) = cv(&m, "half", &["--threshold", "0.5"]);
+    assert_eq!(fold(&half, 1)["threshold"]["person"], 0.5);
+    assert!(json(&half.join("cv.json")).get("at_half").is_none());
+    assert!(!std::fs::read_to_string(half.join("cv.md")).unwrap().contains("deciding by the larger probability"));
 }
 
 /// `predict --format json` of the model in `dir` on `photos`, each alone (`--subject-from none`: the single-image head).
@@ -244,6 +249,20 @@ fn a_run_keeps_its_threshold_and_predict_and_evaluate_decide_at_it() {
     let cfg = json(&d.path().join("runs/fixed/config.json"));
     assert_eq!(cfg["threshold"]["person"], 0.3);
     assert!(cfg["threshold"].get("inner").is_none());
+    // At 0.5 (both heads) evaluate has nothing to add by the larger probability: the same figures.
+    let half = d.path().join("runs/half");
+    copy_dir(&d.path().join("runs/fixed"), &half);
+    let mut at_half = cfg.clone();
+    at_half["threshold"] = serde_json::json!({"person": 0.5});
+    std::fs::write(half.join("config.json"), serde_json::to_string_pretty(&at_half).unwrap()).unwrap();
+    let (code, out, err) = run(&["evaluate", "--model", half.to_str().unwrap(), "--data", m.to_str().unwrap(), "--exclude-train"], d.path());
+    assert_eq!(
+        code, 0,
+        "{out}
+{err}"
+    );
+    assert!(out.contains("the model answers neutral where P(neutral) ≥ 0.500") && !out.contains("by the larger probability instead"), "{out}");
+    assert!(json(&half.join("eval-manifest/metrics.json")).get("metrics_at_half").is_none_or(|v| v.is_null()));
     let (code, out, err) = run(&args(&s, &[&base[..], &["--name", "off", "--threshold", "off"]].concat()), d.path());
     assert_eq!(code, 0, "{out}\n{err}");
     let cfg = json(&d.path().join("runs/off/config.json"));
