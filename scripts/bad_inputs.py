@@ -249,6 +249,9 @@ def run_inventory(d):
     csv_case("CSV naming a FIFO", "path,label\n" + "".join(f"{r},{r.split('/')[0]}\n" for r in rel) + "pipe.png,neutral\n")
     csv_case("CSV naming /dev/zero", "path,label\n" + "".join(f"{r},{r.split('/')[0]}\n" for r in rel) + "/dev/zero,neutral\n")
     csv_case("CSV labels differing only in case (Neutral / neutral)", "path,label\n" + "".join(f"{r},{'Neutral' if i == 0 else r.split('/')[0]}\n" for i, r in enumerate(rel)))
+    csv_case("CSV saved with Windows line ends naming a missing file (line 10 named)", "path,label\r\n" + "".join(f"{r},{r.split('/')[0]}\r\n" for r in rel) + "gone.png,neutral\r\n")
+    tabbed = '"neu\ttral"'
+    csv_case("CSV label holding a tab (quoted)", "path,label\n" + "".join(f"{r},{tabbed if i == 0 else r.split('/')[0]}\n" for i, r in enumerate(rel)))
     csv_case("CSV whose subject column is partly empty", "path,label,subject\n" + "".join(f"{r},{r.split('/')[0]},{'' if i == 2 else 'P%d' % (i % 4)}\n" for i, r in enumerate(rel)))
 
     # Weights and runs.

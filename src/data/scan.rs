@@ -220,6 +220,22 @@ pub fn scan(path: &Path, format: DataFormat) -> Result<Dataset> {
     if ds.samples.is_empty() {
         return Err(Error::dataset(path, "contains no images (looked for .tiff, .png, .jpg, .bmp)"));
     }
+    // A tab or line break in a label or subject id would break predict's
+    // tab-separated lines, split.csv's readers and every table that names it.
+    for s in &ds.samples {
+        for (what, v) in [("label", Some(&s.label)), ("subject id", s.subject.as_ref())] {
+            if let Some(v) = v.filter(|v| v.chars().any(char::is_control)) {
+                return Err(Error::dataset(
+                    path,
+                    format!(
+                        "{what} `{}` ({}) holds a tab, line break or other control character: name it with printable characters",
+                        v.escape_debug(),
+                        s.path.display()
+                    ),
+                ));
+            }
+        }
+    }
     // `Neutral` and `neutral` would be two classes (and two raw labels of the
     // binary task, whose `neutral` ignores case): a typo, not a distinction.
     let mut seen: std::collections::HashMap<String, &Sample> = std::collections::HashMap::new();
@@ -521,6 +537,18 @@ fn delimiter(text: &[u8]) -> u8 {
 /// `label` (required where `labelled`; else read where present, `""` where
 /// not: `predict` takes a manifest of unlabelled photos) and an optional
 /// `subject` column.
+/// The 1-based line a CSV record starts on. Not `Position::line`: in a file
+/// with Windows line ends (Excel's, Python's `csv`) a record's position is
+/// taken before the `\n` that ends the line above, so it named one line early.
+fn line_of(text: &[u8], at: &csv::Position) -> usize {
+    let start = (at.byte() as usize).min(text.len());
+    // The record's first byte: past the line end above and any blank lines.
+    let first = start + text[start..].iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+    // Line ends as csv reads them: `\n`, `\r\n` or a lone `\r` (old Mac files).
+    let lone_cr = (0..first).filter(|&i| text[i] == b'\r' && text.get(i + 1) != Some(&b'\n')).count();
+    1 + text[..first].iter().filter(|&&b| b == b'\n').count() + lone_cr
+}
+
 pub fn read_manifest(csv_path: &Path, labelled: bool) -> Result<Dataset> {
     let bytes = std::fs::read(csv_path).map_err(|e| Error::io(csv_path, e))?;
     let text = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
@@ -555,7 +583,7 @@ pub fn read_manifest(csv_path: &Path, labelled: bool) -> Result<Dataset> {
     let mut blank_subject_lines = Vec::new();
     for (i, rec) in rdr.records().enumerate() {
         let rec = rec.map_err(|e| {
-            let at = e.position().map_or(i + 2, |p| p.line() as usize);
+            let at = e.position().map_or(i + 2, |p| line_of(text, p));
             let problem = match e.kind() {
                 csv::ErrorKind::UnequalLengths { expected_len, len, .. } => {
                     format!("has {len} field(s) where the header has {expected_len} (a comma missing or extra? quote a field that holds a comma)")
@@ -569,7 +597,7 @@ pub fn read_manifest(csv_path: &Path, labelled: bool) -> Result<Dataset> {
             Error::file(csv_path, format!("line {at}: {problem}"))
         })?;
         // The record's own line (blank lines and quoted line breaks count).
-        let line = rec.position().map_or(i + 2, |p| p.line() as usize);
+        let line = rec.position().map_or(i + 2, |p| line_of(text, p));
         let rel = rec.get(pc).unwrap_or("");
         let label = lc.and_then(|c| rec.get(c)).unwrap_or("").to_string();
         if rel.is_empty() || (labelled && label.is_empty()) {
@@ -657,6 +685,39 @@ mod tests {
                 && w.contains("d/happy/KA.NE2.27.tiff (neutral by its name)"),
             "{w}"
         );
+    }
+
+    #[test]
+    fn manifest_errors_name_the_line_whatever_its_line_ends() {
+        let d = tempfile::tempdir().unwrap();
+        for f in ["a.png", "b.png"] {
+            image::GrayImage::new(8, 8).save(d.path().join(f)).unwrap();
+        }
+        for (name, eol) in [("unix.csv", "\n"), ("windows.csv", "\r\n"), ("old-mac.csv", "\r")] {
+            let p = d.path().join(name);
+            // Line 4 (after a blank line 3) has no label; then line 5 names a missing file.
+            std::fs::write(&p, ["path,label", "a.png,x", "", "b.png,", "c.png,y", ""].join(eol)).unwrap();
+            let e = super::read_manifest(&p, true).unwrap_err().to_string();
+            assert!(e.ends_with("line 4: empty path or label"), "{name}: {e}");
+            std::fs::write(&p, ["path,label", "a.png,x", "", "b.png,y", "c.png,y", ""].join(eol)).unwrap();
+            let e = super::read_manifest(&p, true).unwrap_err().to_string();
+            assert!(e.contains("line 5: ") && e.contains("c.png: No such file"), "{name}: {e}");
+            std::fs::write(&p, ["path,label", "a.png,x", "b.png,y,z", ""].join(eol)).unwrap();
+            let e = super::read_manifest(&p, true).unwrap_err().to_string();
+            assert!(e.contains("line 3: has 3 field(s)"), "{name}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_label_or_subject_with_a_control_character_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        image::GrayImage::new(8, 8).save(d.path().join("a.png")).unwrap();
+        for (row, what) in [("a.png,\"neu\ttral\",k", "label `neu\\ttral`"), ("a.png,neutral,\"K\nA\"", "subject id `K\\nA`")] {
+            let p = d.path().join("m.csv");
+            std::fs::write(&p, format!("path,label,subject\n{row}\n")).unwrap();
+            let e = super::scan(&p, super::DataFormat::Csv).unwrap_err().to_string();
+            assert!(e.contains(what) && e.contains("a.png) holds a tab, line break or other control character"), "{e}");
+        }
     }
 
     #[test]
