@@ -1397,7 +1397,7 @@ pub fn markdown(s: &Summary) -> String {
     });
     for (i, (seed, fold, m)) in s.folds.iter().enumerate() {
         let who = match s.fold_people.get(i) {
-            Some(p) if people => format!(" {} |", crate::error::short_list(p, 3)),
+            Some(p) if people => format!(" {} |", crate::eval::cell(&crate::error::short_list(p, 3))),
             _ => String::new(),
         };
         out.push_str(&format!("| {seed} | {fold} |{who} {} | {:.3} | {:.3} | {} |\n", m.n, m.accuracy, m.balanced_accuracy, crate::eval::fig(m.roc_auc)));
@@ -1421,11 +1421,11 @@ pub fn markdown(s: &Summary) -> String {
         s.pooled.balanced_accuracy,
         crate::eval::fig(s.pooled.roc_auc),
         s.pooled.majority_baseline,
-        s.classes.join(" | "),
+        s.classes.iter().map(|c| crate::eval::cell(c)).collect::<Vec<_>>().join(" | "),
         "---|".repeat(s.classes.len())
     ));
     for (c, row) in s.classes.iter().zip(&s.pooled.confusion) {
-        out.push_str(&format!("| {c} | {} |\n", row.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(" | ")));
+        out.push_str(&format!("| {} | {} |\n", crate::eval::cell(c), row.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(" | ")));
     }
     if let Some(u) = &s.unusual {
         out.push_str(&format!(

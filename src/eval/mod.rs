@@ -88,6 +88,12 @@ pub fn fig(x: f64) -> String {
     }
 }
 
+/// Text for a Markdown table cell: a `|` in a class name, subject id or path
+/// would end the cell (GitHub's tables read `\|` as the character).
+pub fn cell(text: &str) -> String {
+    text.replace('|', "\\|")
+}
+
 /// A metric back from JSON, where an undefined one (NaN) is `null`:
 /// serde_json writes NaN so, e.g. the ROC AUC of a fold whose test images
 /// are all of one class, or the recall of a class it does not hold.

@@ -25,9 +25,9 @@ pub(crate) fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, String
                 flatten(&format!("{prefix}.{i}"), v, out);
             }
         }
-        // Not set (e.g. `threads`: libtorch's own choice), not the word `null`.
+        // Not set (e.g. `threads`: libtorch's own choice): shown as a setting a run lacks, not as `null`.
         Value::Null => {
-            out.insert(prefix.to_string(), "—".to_string());
+            out.insert(prefix.to_string(), "–".to_string());
         }
         other => {
             out.insert(prefix.to_string(), other.to_string().trim_matches('"').to_string());
@@ -196,9 +196,14 @@ pub fn report(dirs: &[std::path::PathBuf]) -> Result<String> {
             vals.len() > 1
         })
         .collect();
-    let mut out = format!("| | {} |\n|---|{}\n", entries.iter().map(|e| e.name.as_str()).collect::<Vec<_>>().join(" | "), "---|".repeat(entries.len()));
+    let cell = crate::eval::cell;
+    let mut out = format!("| | {} |\n|---|{}\n", entries.iter().map(|e| cell(&e.name)).collect::<Vec<_>>().join(" | "), "---|".repeat(entries.len()));
     for k in &keys {
-        out.push_str(&format!("| {k} | {} |\n", entries.iter().map(|e| e.recipe.get(k).map_or("–".to_string(), |v| show(v))).collect::<Vec<_>>().join(" | ")));
+        out.push_str(&format!(
+            "| {} | {} |\n",
+            cell(k),
+            entries.iter().map(|e| e.recipe.get(k).map_or("–".to_string(), |v| cell(&show(v)))).collect::<Vec<_>>().join(" | ")
+        ));
     }
     for m in ["protocol", "balanced_accuracy", "accuracy", "roc_auc", "majority_baseline"] {
         out.push_str(&format!(
@@ -223,14 +228,27 @@ fn names(dirs: &[std::path::PathBuf]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{flatten, show};
+    use super::show;
 
     #[test]
-    fn a_setting_left_unset_shows_as_a_dash() {
-        let mut out = std::collections::BTreeMap::new();
-        flatten("", &serde_json::json!({"threads": null, "train": {"seed": 0, "stages": ["head:15"]}}), &mut out);
-        assert_eq!(out["threads"], "—");
-        assert_eq!((out["train.seed"].as_str(), out["train.stages"].as_str()), ("0", "head:15"));
+    fn a_setting_left_unset_shows_as_a_dash_and_a_pipe_stays_in_its_cell() {
+        let d = tempfile::tempdir().unwrap();
+        for (name, cfg) in
+            [("a|run", r#"{"classes": ["neu|tral", "smiling"], "threads": null}"#), ("b", r#"{"classes": ["neutral", "smiling"], "threads": 2}"#)]
+        {
+            let dir = d.path().join(name);
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::write(dir.join("config.json"), cfg).unwrap();
+            std::fs::write(dir.join("metrics.json"), r#"{"validation": {"balanced_accuracy": 0.75}}"#).unwrap();
+        }
+        let md = super::report(&[d.path().join("a|run"), d.path().join("b")]).unwrap();
+        let lines: Vec<&str> = md.lines().collect();
+        assert_eq!(lines[0], r"| | a\|run | b |", "{md}");
+        assert!(lines.contains(&r"| classes | neu\|tral,smiling | neutral,smiling |"), "{md}");
+        assert!(lines.contains(&"| threads | – | 2 |"), "{md}");
+        // Every row has the same cells as the header: no `|` of a value split one.
+        let cells = |l: &str| l.replace(r"\|", "").matches('|').count();
+        assert!(lines.iter().take_while(|l| l.starts_with('|')).all(|l| cells(l) == cells(lines[0])), "{md}");
     }
 
     #[test]

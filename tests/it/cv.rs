@@ -836,3 +836,25 @@ fn a_second_finetune_reads_its_features_from_the_cache_and_trains_the_same_model
     assert!(err.contains("caching the frozen") && !err.contains("feature cache"), "{err}");
     assert_eq!(entries(), 2);
 }
+
+#[test]
+fn a_pipe_in_a_class_name_or_subject_id_stays_in_its_markdown_cell() {
+    let d = tmp();
+    let m = identity_dominated_labels(d.path(), 4, 2, 32, &["neutral", "ha|ppy"]);
+    // Subject ids with a pipe too: P00 → P|00.
+    let text = std::fs::read_to_string(&m).unwrap().replace(",P", ",P|");
+    std::fs::write(&m, text).unwrap();
+    let s = small_trunk(d.path(), 41);
+    let v = ["cv", "--data", m.to_str().unwrap(), "--task", "multiclass", "--stages", "head:1", "--folds", "2", "--seeds", "0", "--out", "cv"];
+    let (code, out, err) = run(&args(&s, &v), d.path());
+    assert_eq!(code, 0, "{out}\n{err}");
+    let md = std::fs::read_to_string(d.path().join("cv/cv.md")).unwrap();
+    assert!(md.contains(r"| true \ predicted | ha\|ppy | neutral |") && md.contains(r"| ha\|ppy | "), "{md}");
+    assert!(md.contains(r"P\|0"), "the test people of each fold: {md}");
+    // In every table, each row has as many cells as its header.
+    let cells = |l: &str| l.replace(r"\|", "").matches('|').count();
+    for table in md.split("\n\n").filter(|b| b.starts_with('|')) {
+        let rows: Vec<&str> = table.lines().collect();
+        assert!(rows.iter().all(|r| cells(r) == cells(rows[0])), "{table}");
+    }
+}
