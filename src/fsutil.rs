@@ -54,7 +54,14 @@ pub(crate) fn output_stem(input: &Path) -> String {
 
 /// Creates a folder and its parents, naming it in the error.
 pub fn create_dir(path: &Path) -> Result<()> {
-    std::fs::create_dir_all(path).map_err(|e| Error::file(path, format!("cannot create folder: {e}")))
+    std::fs::create_dir_all(path).map_err(|e| {
+        // A file where the folder (or one above it) must go: say so, not errno's "File exists".
+        match path.ancestors().find(|a| a.exists() && !a.is_dir()) {
+            Some(file) if file == path => Error::file(path, "cannot create folder: a file of that name is in the way"),
+            Some(file) => Error::file(path, format!("cannot create folder: {} is a file, not a folder", file.display())),
+            None => Error::file(path, format!("cannot create folder: {e}")),
+        }
+    })
 }
 
 /// Removes temporary files that a killed writer left in `dir` (any process's).

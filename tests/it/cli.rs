@@ -345,7 +345,10 @@ fn runs_and_data_that_are_broken_get_clear_errors() {
     std::fs::write(d.path().join("blocked"), "x").unwrap();
     let (code, _, err) = run(&args(&s, &["finetune", "--data", data, "--out", "blocked"]), d.path());
     assert_eq!(code, 1);
-    assert!(err.contains("blocked") && err.contains("cannot create folder"), "{err}");
+    assert!(err.contains("blocked: cannot create folder: a file of that name is in the way"), "{err}");
+    let (code, _, err) = run(&args(&s, &["finetune", "--data", data, "--out", "blocked/runs"]), d.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("blocked/runs: cannot create folder: blocked is a file, not a folder"), "{err}");
     // A symlink loop in a class folder is named, not skipped.
     let f = d.path().join("loop");
     separable_folders(&f, 2, 32);
