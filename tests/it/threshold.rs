@@ -249,6 +249,15 @@ fn a_run_keeps_its_threshold_and_predict_and_evaluate_decide_at_it() {
     let cfg = json(&d.path().join("runs/fixed/config.json"));
     assert_eq!(cfg["threshold"]["person"], 0.3);
     assert!(cfg["threshold"].get("inner").is_none());
+    // Its text lines name the threshold each answer was decided at.
+    let fixed = d.path().join("runs/fixed");
+    for extra in [&[][..], &["--subject-from", "none"][..]] {
+        let a = [&["predict", "--model", fixed.to_str().unwrap(), "--held-out"][..], extra].concat();
+        let (code, out, err) = run(&a, d.path());
+        assert_eq!(code, 0, "{out}\n{err}");
+        let lines: Vec<&str> = out.lines().filter(|l| l.contains("\ttrue ")).collect();
+        assert!(lines.len() == 12 && lines.iter().all(|l| l.contains("\tthreshold=0.300\tmode=")), "{out}");
+    }
     // At 0.5 (both heads) evaluate has nothing to add by the larger probability: the same figures.
     let half = d.path().join("runs/half");
     copy_dir(&d.path().join("runs/fixed"), &half);
@@ -262,6 +271,8 @@ fn a_run_keeps_its_threshold_and_predict_and_evaluate_decide_at_it() {
 {err}"
     );
     assert!(out.contains("the model answers neutral where P(neutral) ≥ 0.500") && !out.contains("by the larger probability instead"), "{out}");
+    let (code, out, err) = run(&["predict", "--model", half.to_str().unwrap(), "--held-out"], d.path());
+    assert!(code == 0 && out.contains("\tmode=person") && !out.contains("threshold="), "{out}\n{err}");
     assert!(json(&half.join("eval-manifest/metrics.json")).get("metrics_at_half").is_none_or(|v| v.is_null()));
     let (code, out, err) = run(&args(&s, &[&base[..], &["--name", "off", "--threshold", "off"]].concat()), d.path());
     assert_eq!(code, 0, "{out}\n{err}");

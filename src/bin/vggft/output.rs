@@ -206,6 +206,8 @@ pub fn predictions(a: &PredictArgs, cfg: &RunConfig, subject_norm: bool, preds: 
             Ok(pr) => {
                 let k = p.class(cfg).unwrap_or_else(|| predict::argmax(pr));
                 let class = &cfg.classes[k];
+                // Text lines name a threshold other than 0.5: with it the answer need not be the likelier class.
+                let at = cfg.threshold_for(p.mode).filter(|&t| t != 0.5).map(|t| format!("\tthreshold={t:.3}")).unwrap_or_default();
                 if let Some(h) = held.get(i) {
                     right += usize::from(h.class == *class);
                     if a.format == OutputFormat::Text {
@@ -213,7 +215,7 @@ pub fn predictions(a: &PredictArgs, cfg: &RunConfig, subject_norm: bool, preds: 
                         // threshold set in training the answered class need not be the likelier.
                         let verdict = if h.class == *class { "right" } else { "WRONG" };
                         outln!(
-                            "{}\ttrue {}\tpredicted {class}\t{}{}\t{verdict}",
+                            "{}\ttrue {}\tpredicted {class}\t{}{at}{}\t{verdict}",
                             text_path(&p.path),
                             h.class,
                             cfg.classes.iter().zip(pr).map(|(c, v)| format!("{c}={v:.2}")).collect::<Vec<_>>().join(" "),
@@ -224,7 +226,7 @@ pub fn predictions(a: &PredictArgs, cfg: &RunConfig, subject_norm: bool, preds: 
                 }
                 match a.format {
                     OutputFormat::Text => outln!(
-                        "{}\t{class}\t{}{}",
+                        "{}\t{class}\t{}{at}{}",
                         text_path(&p.path),
                         cfg.classes.iter().zip(pr).map(|(c, v)| format!("{c}={v:.3}")).collect::<Vec<_>>().join(" "),
                         p.mode.map(|m| format!("\tmode={}", m.name())).unwrap_or_default()
