@@ -337,9 +337,9 @@ fn execute(
             config.threshold = fits.threshold;
         }
         config.calibration = fits.calibration;
-        match config.describe_decisions() {
-            Some(d) => reporter.message(&format!("the model {d}")),
-            None => reporter.message("fewer than 2 training people: the larger probability decides, the single-image head's probabilities as it gives them"),
+        // What it set is said once, in the summary (`Summary::decisions`).
+        if config.describe_decisions().is_none() {
+            reporter.message("fewer than 2 training people: the larger probability decides, the single-image head's probabilities as it gives them");
         }
         fsutil::write_json(&dir.join("config.json"), &config)?;
     }

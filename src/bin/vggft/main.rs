@@ -103,12 +103,12 @@ fn finetune(a: FinetuneArgs, seed_given: bool) -> anyhow::Result<()> {
         ("kept", format!("kept epoch {} of {} (lowest validation loss: epoch {})", s.kept_epoch, s.history.len(), s.best_epoch))
     };
     outln!("{kept}; {} training / {} validation images", s.n_train, s.n_val);
+    if let Some(d) = &s.decisions {
+        outln!("the model {d}");
+    }
     match &s.val {
         Some(m) => {
             outln!("validation ({which} epoch, subject-grouped holdout unless noted in metrics.json):");
-            if let Some(d) = &s.decisions {
-                outln!("the model {d}");
-            }
             print_metrics(m, &s.classes);
             if let Some(single) = &s.val_single {
                 outln!("{}; {}", vggft::subject::TRANSDUCTIVE, vggft::eval::FLIP_TTA);
