@@ -111,7 +111,7 @@ fn cam_class(cfg: &RunConfig, probs: &[f64]) -> usize {
 }
 
 /// Grad-CAM's head: the single-image head of a subject-normalised model.
-fn cam_mode(cfg: &RunConfig) -> Option<crate::eval::predict::Mode> {
+pub fn cam_mode(cfg: &RunConfig) -> Option<crate::eval::predict::Mode> {
     (cfg.model.subject_norm == crate::subject::SubjectNormChoice::On).then_some(crate::eval::predict::Mode::Single)
 }
 

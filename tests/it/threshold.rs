@@ -194,6 +194,9 @@ fn a_run_keeps_its_threshold_and_predict_and_evaluate_decide_at_it() {
     let (code, out, err) = run(&["explain", "--model", dir.to_str().unwrap(), &held_out[0], "--out", "ex"], d.path());
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(err.contains("the model answers neutral where P(neutral) ≥"), "{err}");
+    // Its line names the single-image head's threshold where that is not 0.5.
+    let t_alone = f(&t["single"]);
+    assert_eq!(out.contains(&format!(" (threshold {t_alone:.3})\t")), t_alone != 0.5, "{out}");
     let (code, out, err) = run(&["explain", "--model", dir.to_str().unwrap(), &held_out[0], "--out", "ex2", "--class", "neutral"], d.path());
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(!err.contains("the model answers"), "{err}");

@@ -187,10 +187,16 @@ fn explain(mut a: ExplainArgs) -> anyhow::Result<bool> {
     if let Some(d) = cfg.describe_decisions().filter(|_| class.is_none()) {
         errln!("the model {d}");
     }
+    // As predict's lines: a threshold other than 0.5 is named where it decided the class.
+    let at = cfg
+        .threshold_for(vggft::eval::explain::cam_mode(&cfg))
+        .filter(|&t| t != 0.5 && class.is_none())
+        .map(|t| format!(" (threshold {t:.3})"))
+        .unwrap_or_default();
     let mut failed = 0;
     for e in &done {
         match &e.result {
-            Ok((cam, file)) => outln!("{}\t{} {:.3}\t{}", text_path(&e.path), cfg.classes[cam.class], cam.probs[cam.class], file.display()),
+            Ok((cam, file)) => outln!("{}\t{} {:.3}{at}\t{}", text_path(&e.path), cfg.classes[cam.class], cam.probs[cam.class], file.display()),
             Err(why) => {
                 failed += 1;
                 errln!("{}: {}", e.path.display(), why.problem());
