@@ -848,7 +848,10 @@ fn test_folds(folds: &Folds, session: &Session, seed: u64) -> Result<Vec<Vec<usi
             let subjects: Vec<String> =
                 ds.samples.iter().map(|s| s.subject.clone().unwrap_or_default()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
             if subjects.iter().any(String::is_empty) {
-                return Err(Error::dataset(&ds.root, "--folds loso needs subject ids for every image"));
+                return Err(Error::dataset(
+                    &ds.root,
+                    "--folds loso needs subject ids for every image (JAFFE file names, or a `subject` column in a manifest.csv); without them --folds K makes K image folds",
+                ));
             }
             if subjects.len() < 2 {
                 return Err(Error::dataset(

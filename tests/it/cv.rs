@@ -21,6 +21,9 @@ fn cv_without_subject_ids_says_its_folds_are_of_images() {
         let v = ["cv", "--data", "data", "--task", "multiclass", "--stages", "head:1", "--folds", folds, "--out", out];
         run(&args(&s, &v), d.path())
     };
+    let (code, _, err) = cv("loso", "cvl");
+    assert_eq!(code, 1);
+    assert!(err.contains("data: --folds loso needs subject ids for every image (JAFFE file names, or a `subject` column"), "{err}");
     let (code, _, err) = cv("7", "cv7");
     assert_eq!(code, 1);
     assert!(err.contains("data: 6 images cannot make 7 folds (at most 6; this data has no subject ids"), "{err}");
