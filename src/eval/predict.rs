@@ -434,8 +434,11 @@ fn predict_distinct(
     let s = cfg.data.preprocess.image_size as i64;
     let mut finder = None;
     let mut out = Vec::with_capacity(paths.len());
-    // Pooled features (and their flipped twins) of every decoded input, for a subject-normalised model.
+    // A subject-normalised model: the pooled features (and their flipped twins) of the decoded inputs
+    // with other photos of their person, kept until all of them are in. An input alone from the start
+    // (no subject id, or its person's only photo) is answered with its chunk, and nothing of it kept.
     let mut pooled: Vec<(Tensor, Option<Tensor>)> = Vec::new();
+    let alone_from_start: Vec<bool> = modes_of(keys).into_iter().map(|m| m == Mode::Single).collect();
     // Progress only when there is more than one batch to do.
     let show = paths.len() > batch.max(1);
     if show {
@@ -462,6 +465,8 @@ fn predict_distinct(
         let ok: Vec<&Vec<f32>> = prepared.iter().filter_map(|(_, r)| r.as_ref().ok().map(|(px, _)| px)).collect();
         let mut probs = Vec::new().into_iter();
         let mut distances = Vec::new().into_iter();
+        // Subject-normalised: which of the chunk's decoded inputs were answered alone now.
+        let mut answered_now = Vec::new().into_iter();
         if !ok.is_empty() {
             let flat: Vec<f32> = ok.iter().flat_map(|v| v.iter().copied()).collect();
             let gray = Tensor::from_slice(&flat).view([ok.len() as i64, 1, s, s]).to_device(device);
@@ -469,7 +474,23 @@ fn predict_distinct(
             if model.cfg.subject_norm {
                 let (f, flipped) =
                     model.frozen(|| (model.pooled_from(&x, Block::Conv1, false), tta_flip.then(|| model.pooled_from(&x.flip([3]), Block::Conv1, false))));
-                pooled.push((f, flipped));
+                let decoded: Vec<usize> = (0..chunk.len()).filter(|&j| prepared[j].1.is_ok()).map(|j| base + j).collect();
+                let now: Vec<bool> = decoded.iter().map(|&i| alone_from_start[i]).collect();
+                let pick = |t: &Tensor, want: bool| {
+                    let at: Vec<i64> = (0..now.len()).filter(|&r| now[r] == want).map(|r| r as i64).collect();
+                    t.index_select(0, &Tensor::from_slice(&at).to_device(t.device()))
+                };
+                if now.iter().any(|&a| !a) {
+                    pooled.push((pick(&f, false), flipped.as_ref().map(|g| pick(g, false))));
+                }
+                if now.iter().any(|&a| a) {
+                    let alone_f = pick(&f, true);
+                    let n = alone_f.size()[0] as usize;
+                    let (p, _, d) = person_or_single::<String>(model, &alone_f, flipped.as_ref().map(|g| pick(g, true)).as_ref(), &vec![None; n]);
+                    probs = split_raw(cfg, &p).into_iter();
+                    distances = per_row(d).into_iter();
+                }
+                answered_now = now.into_iter();
             } else {
                 let (p, d) = model.frozen(|| {
                     let f = model.pooled_from(&x, Block::Conv1, false);
@@ -484,22 +505,30 @@ fn predict_distinct(
             }
         }
         for (path, r) in prepared {
-            let (probs, raw, face, distance) = match r {
+            let p = match r {
+                // Subject-normalised and waiting for the rest of its person: answered below.
+                Ok((_, face)) if answered_now.next() == Some(false) => Prediction { path, probs: Ok(vec![]), raw: vec![], mode: None, face, distance: None },
                 Ok((_, face)) => {
                     let (task, raw) = probs.next().unwrap_or_default();
-                    (Ok(task), raw, face, distances.next())
+                    let mut p = Prediction { path, probs: Ok(vec![]), raw: vec![], mode: None, face, distance: distances.next() };
+                    if model.cfg.subject_norm {
+                        p.answer(cfg, model, (task, raw), Mode::Single);
+                    } else {
+                        (p.probs, p.raw) = (Ok(task), raw);
+                    }
+                    p
                 }
-                Err(e) => (Err(e), vec![], None, None),
+                Err(e) => Prediction { path, probs: Err(e), raw: vec![], mode: None, face: None, distance: None },
             };
-            out.push(Prediction { path, probs, raw, mode: None, face, distance });
+            out.push(p);
         }
     }
     if show {
         reporter.progress("predicting", "image(s)", paths.len(), paths.len());
     }
     if model.cfg.subject_norm && !pooled.is_empty() {
-        // Rows of the decoded inputs, in order.
-        let rows: Vec<usize> = (0..out.len()).filter(|&i| out[i].probs.is_ok()).collect();
+        // Rows of the decoded inputs that waited for their person, in order.
+        let rows: Vec<usize> = (0..out.len()).filter(|&i| out[i].probs.is_ok() && out[i].mode.is_none()).collect();
         let f = Tensor::cat(&pooled.iter().map(|p| p.0.shallow_clone()).collect::<Vec<_>>(), 0);
         let flipped = pooled.iter().map(|p| p.1.as_ref().map(Tensor::shallow_clone)).collect::<Option<Vec<_>>>().map(|v| Tensor::cat(&v, 0));
         let keys: Vec<Option<String>> = rows.iter().map(|&i| keys[i].clone()).collect();
@@ -517,13 +546,9 @@ fn predict_distinct(
         };
         let (p, modes, distance) = person_or_single(model, &f, flipped.as_ref(), &keys);
         let distance = per_row(distance);
-        for (k, (((mut task, mut raw), &i), mode)) in split_raw(cfg, &p).into_iter().zip(&rows).zip(modes).enumerate() {
+        for (k, ((answer, &i), mode)) in split_raw(cfg, &p).into_iter().zip(&rows).zip(modes).enumerate() {
             out[i].distance = distance.get(k).copied();
-            cfg.calibrate_row(Some(mode), &mut task, &mut raw);
-            out[i].probs = Ok(task);
-            // A single-image head that learnt the task's classes has no raw-label answer to give.
-            out[i].raw = if mode == Mode::Single && !model.cfg.single_to_task.is_empty() { Vec::new() } else { raw };
-            out[i].mode = Some(mode);
+            out[i].answer(cfg, model, answer, mode);
         }
     }
     out
@@ -596,6 +621,16 @@ pub(crate) fn person_or_single<T: PartialEq + Clone>(
 }
 
 impl Prediction {
+    /// Sets a subject-normalised model's answer made in `mode`: its (task,
+    /// raw-label) probabilities as reported, the single-image head's calibrated.
+    fn answer(&mut self, cfg: &RunConfig, model: &Vgg16, (mut task, mut raw): (Vec<f64>, Vec<f64>), mode: Mode) {
+        cfg.calibrate_row(Some(mode), &mut task, &mut raw);
+        self.probs = Ok(task);
+        // A single-image head that learnt the task's classes has no raw-label answer to give.
+        self.raw = if mode == Mode::Single && !model.cfg.single_to_task.is_empty() { Vec::new() } else { raw };
+        self.mode = Some(mode);
+    }
+
     /// The class index the run answers for this image (at its threshold), when it was predicted.
     pub fn class(&self, cfg: &RunConfig) -> Option<usize> {
         self.probs.as_ref().ok().map(|p| crate::eval::threshold::decide(p, cfg.threshold_for(self.mode)))
