@@ -533,26 +533,33 @@ fn delimiter(text: &[u8]) -> u8 {
     [b',', b';', b'\t'].into_iter().find(|d| header.contains(d)).unwrap_or(b',')
 }
 
+/// Where each line of `text` starts, as csv reads line ends: `\n`, `\r\n`
+/// or a lone `\r` (old Mac files).
+fn line_starts(text: &[u8]) -> Vec<usize> {
+    let ends = (0..text.len()).filter(|&i| text[i] == b'\n' || (text[i] == b'\r' && text.get(i + 1) != Some(&b'\n')));
+    std::iter::once(0).chain(ends.map(|i| i + 1)).collect()
+}
+
+/// The 1-based line a CSV record starts on (`starts`: `line_starts(text)`).
+/// Not `Position::line`: in a file with Windows line ends (Excel's, Python's
+/// `csv`) a record's position is taken before the `\n` that ends the line
+/// above, so it named one line early.
+fn line_of(text: &[u8], starts: &[usize], at: &csv::Position) -> usize {
+    let start = (at.byte() as usize).min(text.len());
+    // The record's first byte: past the line end above and any blank lines.
+    let first = start + text[start..].iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+    starts.partition_point(|&s| s <= first)
+}
+
 /// Reads a CSV manifest: `path` (relative to the manifest's folder),
 /// `label` (required where `labelled`; else read where present, `""` where
 /// not: `predict` takes a manifest of unlabelled photos) and an optional
 /// `subject` column.
-/// The 1-based line a CSV record starts on. Not `Position::line`: in a file
-/// with Windows line ends (Excel's, Python's `csv`) a record's position is
-/// taken before the `\n` that ends the line above, so it named one line early.
-fn line_of(text: &[u8], at: &csv::Position) -> usize {
-    let start = (at.byte() as usize).min(text.len());
-    // The record's first byte: past the line end above and any blank lines.
-    let first = start + text[start..].iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
-    // Line ends as csv reads them: `\n`, `\r\n` or a lone `\r` (old Mac files).
-    let lone_cr = (0..first).filter(|&i| text[i] == b'\r' && text.get(i + 1) != Some(&b'\n')).count();
-    1 + text[..first].iter().filter(|&&b| b == b'\n').count() + lone_cr
-}
-
 pub fn read_manifest(csv_path: &Path, labelled: bool) -> Result<Dataset> {
     let bytes = std::fs::read(csv_path).map_err(|e| Error::io(csv_path, e))?;
     let text = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
     let mut rdr = csv::ReaderBuilder::new().delimiter(delimiter(text)).trim(csv::Trim::All).from_reader(text);
+    let starts = line_starts(text);
     let headers = rdr
         .headers()
         .map_err(|e| {
@@ -583,7 +590,7 @@ pub fn read_manifest(csv_path: &Path, labelled: bool) -> Result<Dataset> {
     let mut blank_subject_lines = Vec::new();
     for (i, rec) in rdr.records().enumerate() {
         let rec = rec.map_err(|e| {
-            let at = e.position().map_or(i + 2, |p| line_of(text, p));
+            let at = e.position().map_or(i + 2, |p| line_of(text, &starts, p));
             let problem = match e.kind() {
                 csv::ErrorKind::UnequalLengths { expected_len, len, .. } => {
                     format!("has {len} field(s) where the header has {expected_len} (a comma missing or extra? quote a field that holds a comma)")
@@ -597,7 +604,7 @@ pub fn read_manifest(csv_path: &Path, labelled: bool) -> Result<Dataset> {
             Error::file(csv_path, format!("line {at}: {problem}"))
         })?;
         // The record's own line (blank lines and quoted line breaks count).
-        let line = rec.position().map_or(i + 2, |p| line_of(text, p));
+        let line = rec.position().map_or(i + 2, |p| line_of(text, &starts, p));
         let rel = rec.get(pc).unwrap_or("");
         let label = lc.and_then(|c| rec.get(c)).unwrap_or("").to_string();
         if rel.is_empty() || (labelled && label.is_empty()) {
