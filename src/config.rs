@@ -542,6 +542,12 @@ impl RunConfig {
         self.threshold.as_ref().map(|t| t.for_mode(mode))
     }
 
+    /// `threshold_for`, where it is not 0.5: a threshold whose answers can
+    /// differ from the larger probability's, so output names it.
+    pub fn threshold_off_half(&self, mode: Option<crate::eval::predict::Mode>) -> Option<f64> {
+        self.threshold_for(mode).filter(|&t| t != 0.5)
+    }
+
     /// The single-image head's calibration (also where configs of 2026-12-03 kept it).
     pub fn single_calibration(&self) -> Option<&crate::eval::threshold::Calibration> {
         self.calibration.as_ref().or(self.threshold.as_ref().and_then(|t| t.legacy_calibration.as_ref()))

@@ -856,7 +856,7 @@ pub fn evaluate(
     // At the run's threshold (each image's mode's), and at the larger probability beside it.
     let metrics = crate::eval::metrics_at(&y, &probs, &cfg.classes, |i| cfg.threshold_for(modes[i]));
     // Only where some image was decided off 0.5: otherwise the same figures twice.
-    let off_half = (0..y.len()).any(|i| cfg.threshold_for(modes[i]).is_some_and(|t| t != 0.5));
+    let off_half = (0..y.len()).any(|i| cfg.threshold_off_half(modes[i]).is_some());
     let at_half = off_half.then(|| crate::eval::metrics(&y, &probs, &cfg.classes));
     let warnings = label_warnings(cfg, &ds, &y)
         .into_iter()

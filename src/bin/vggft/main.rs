@@ -188,11 +188,8 @@ fn explain(mut a: ExplainArgs) -> anyhow::Result<bool> {
         errln!("the model {d}");
     }
     // As predict's lines: a threshold other than 0.5 is named where it decided the class.
-    let at = cfg
-        .threshold_for(vggft::eval::explain::cam_mode(&cfg))
-        .filter(|&t| t != 0.5 && class.is_none())
-        .map(|t| format!(" (threshold {t:.3})"))
-        .unwrap_or_default();
+    let at =
+        cfg.threshold_off_half(vggft::eval::explain::cam_mode(&cfg)).filter(|_| class.is_none()).map(|t| format!(" (threshold {t:.3})")).unwrap_or_default();
     let mut failed = 0;
     for e in &done {
         match &e.result {

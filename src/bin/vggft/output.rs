@@ -207,7 +207,7 @@ pub fn predictions(a: &PredictArgs, cfg: &RunConfig, subject_norm: bool, preds: 
                 let k = p.class(cfg).unwrap_or_else(|| predict::argmax(pr));
                 let class = &cfg.classes[k];
                 // Text lines name a threshold other than 0.5: with it the answer need not be the likelier class.
-                let at = cfg.threshold_for(p.mode).filter(|&t| t != 0.5).map(|t| format!("\tthreshold={t:.3}")).unwrap_or_default();
+                let at = cfg.threshold_off_half(p.mode).map(|t| format!("\tthreshold={t:.3}")).unwrap_or_default();
                 if let Some(h) = held.get(i) {
                     right += usize::from(h.class == *class);
                     if a.format == OutputFormat::Text {
