@@ -465,8 +465,6 @@ fn predict_distinct(
         let ok: Vec<&Vec<f32>> = prepared.iter().filter_map(|(_, r)| r.as_ref().ok().map(|(px, _)| px)).collect();
         let mut probs = Vec::new().into_iter();
         let mut distances = Vec::new().into_iter();
-        // Subject-normalised: which of the chunk's decoded inputs were answered alone now.
-        let mut answered_now = Vec::new().into_iter();
         if !ok.is_empty() {
             let flat: Vec<f32> = ok.iter().flat_map(|v| v.iter().copied()).collect();
             let gray = Tensor::from_slice(&flat).view([ok.len() as i64, 1, s, s]).to_device(device);
@@ -474,8 +472,8 @@ fn predict_distinct(
             if model.cfg.subject_norm {
                 let (f, flipped) =
                     model.frozen(|| (model.pooled_from(&x, Block::Conv1, false), tta_flip.then(|| model.pooled_from(&x.flip([3]), Block::Conv1, false))));
-                let decoded: Vec<usize> = (0..chunk.len()).filter(|&j| prepared[j].1.is_ok()).map(|j| base + j).collect();
-                let now: Vec<bool> = decoded.iter().map(|&i| alone_from_start[i]).collect();
+                // For each decoded input of the chunk: answered alone now, or kept for its person.
+                let now: Vec<bool> = (0..chunk.len()).filter(|&j| prepared[j].1.is_ok()).map(|j| alone_from_start[base + j]).collect();
                 let pick = |t: &Tensor, want: bool| {
                     let at: Vec<i64> = (0..now.len()).filter(|&r| now[r] == want).map(|r| r as i64).collect();
                     t.index_select(0, &Tensor::from_slice(&at).to_device(t.device()))
@@ -490,7 +488,6 @@ fn predict_distinct(
                     probs = split_raw(cfg, &p).into_iter();
                     distances = per_row(d).into_iter();
                 }
-                answered_now = now.into_iter();
             } else {
                 let (p, d) = model.frozen(|| {
                     let f = model.pooled_from(&x, Block::Conv1, false);
@@ -504,10 +501,12 @@ fn predict_distinct(
                 distances = per_row(d).into_iter();
             }
         }
-        for (path, r) in prepared {
+        for (j, (path, r)) in prepared.into_iter().enumerate() {
             let p = match r {
                 // Subject-normalised and waiting for the rest of its person: answered below.
-                Ok((_, face)) if answered_now.next() == Some(false) => Prediction { path, probs: Ok(vec![]), raw: vec![], mode: None, face, distance: None },
+                Ok((_, face)) if model.cfg.subject_norm && !alone_from_start[base + j] => {
+                    Prediction { path, probs: Ok(vec![]), raw: vec![], mode: None, face, distance: None }
+                }
                 Ok((_, face)) => {
                     let (task, raw) = probs.next().unwrap_or_default();
                     let mut p = Prediction { path, probs: Ok(vec![]), raw: vec![], mode: None, face, distance: distances.next() };
