@@ -115,6 +115,7 @@ def run_inventory(d):
     predict_case("GIF given by name", "anim.gif", make=lambda p: Image.fromarray(np.zeros((32, 32), np.uint8)).save(p))
     predict_case("16-bit gray TIFF (must work)", "gray16.tiff", make=lambda p: Image.fromarray((np.arange(1024).reshape(32, 32) * 60).astype(np.uint16)).save(p))
     predict_case("palette TIFF (must work)", "palette.tiff", make=lambda p: Image.open(ok_png).convert("P").save(p))
+    predict_case("gray + alpha TIFF, as PIL's LA writes it (works; alpha ignored)", "gray-alpha.tiff", make=lambda p: Image.open(ok_png).convert("LA").save(p))
     predict_case("RGBA PNG (works; alpha ignored)", "rgba.png", make=lambda p: Image.open(ok_png).convert("RGBA").save(p))
     predict_case("CMYK JPEG (works; converted to luma)", "cmyk.jpg", make=lambda p: Image.open(ok_png).convert("CMYK").save(p))
     predict_case("1×1 image", "one.png", make=lambda p: png(p, 1, 1))

@@ -1,5 +1,5 @@
 //! Decoding any supported image (TIFF, PNG, JPEG, BMP; gray 8/16-bit,
-//! palette, RGB, RGBA) into a gray `f32` picture in [0, 1], cropping and
+//! gray + alpha, palette, RGB, RGBA) into a gray `f32` picture in [0, 1], cropping and
 //! resizing it. Free of libtorch, so it can be fuzzed on its own.
 
 use std::io::Cursor;
@@ -105,6 +105,7 @@ fn decode(bytes: &[u8]) -> std::result::Result<Gray, String> {
     let gray = match decoded {
         Ok(img) => to_gray(&img),
         Err(e) if is_tiff && is_palette_error(&e) => decode_palette_tiff(bytes),
+        Err(e @ image::ImageError::Unsupported(_)) if is_tiff => decode_gray_extra_tiff(bytes).unwrap_or_else(|| Err(describe(e))),
         Err(image::ImageError::Limits(_)) => Err(format!("image is larger than the limit of {MAX_SIDE}×{MAX_SIDE} pixels / {} MiB decoded", MAX_ALLOC >> 20)),
         Err(e) => Err(describe(e)),
     };
@@ -198,7 +199,7 @@ fn describe(e: image::ImageError) -> String {
         image::ImageError::Unsupported(u) if matches!(u.kind(), UnsupportedErrorKind::Format(_)) => UNREAD.into(),
         // Floating-point or 32-bit samples (a TIFF from ImageJ or MATLAB): what to save instead.
         image::ImageError::Unsupported(u) => {
-            format!("unsupported samples ({u}): vggft reads 8- and 16-bit gray, palette, RGB and RGBA pictures; save it as one of those")
+            format!("unsupported samples ({u}): vggft reads 8- and 16-bit gray, gray + alpha, palette, RGB and RGBA pictures; save it as one of those")
         }
         // Decoders read from memory: an I/O error means the data ran out.
         image::ImageError::IoError(io) => format!("corrupt or truncated: {io}"),
@@ -250,6 +251,55 @@ fn decode_palette_tiff(bytes: &[u8]) -> std::result::Result<Gray, String> {
             lut[idx]
         }));
     })
+}
+
+/// Gray TIFFs with extra samples (gray + alpha, as GIMP and PIL's `LA`
+/// write them), which `image` refuses since `tiff` calls them multiband:
+/// the first sample is the gray, the others (alpha, masks) are dropped as
+/// a PNG's alpha is. `None` where the file is not such a TIFF, so the
+/// caller keeps `image`'s own error.
+fn decode_gray_extra_tiff(bytes: &[u8]) -> Option<std::result::Result<Gray, String>> {
+    use tiff::decoder::{Decoder, DecodingResult};
+    use tiff::tags::Tag;
+    let mut d = Decoder::new(Cursor::new(bytes)).ok()?;
+    let tiff::ColorType::Multiband { bit_depth: bits @ (8 | 16), num_samples } = d.colortype().ok()? else {
+        return None;
+    };
+    // 1 = BlackIsZero; WhiteIsZero's inversion `tiff` does not do for multiband.
+    let photometric = d.get_tag_u32(Tag::PhotometricInterpretation).ok()?;
+    let unsigned = d.find_tag_unsigned_vec::<u16>(Tag::SampleFormat).ok()?.is_none_or(|f| f.iter().all(|&f| f == 1));
+    if photometric != 1 || !unsigned {
+        return None;
+    }
+    let err = |e: tiff::TiffError| format!("gray TIFF with {num_samples} samples a pixel: {e}");
+    let decode = |d: &mut Decoder<Cursor<&[u8]>>| -> std::result::Result<Gray, String> {
+        let (w, h) = d.dimensions().map_err(err)?;
+        if w > MAX_SIDE || h > MAX_SIDE {
+            return Err(format!("image is larger than the limit of {MAX_SIDE}×{MAX_SIDE} pixels"));
+        }
+        let need = w as u64 * h as u64 * num_samples as u64 * (bits as u64 / 8);
+        if need > MAX_ALLOC {
+            return Err(format!("image is larger than the limit of {MAX_SIDE}×{MAX_SIDE} pixels / {} MiB decoded", MAX_ALLOC >> 20));
+        }
+        let _held = DECODE_BUDGET.acquire(need);
+        let data = d.read_image().map_err(err)?;
+        // Chunky files give every sample of a pixel in turn, planar ones the
+        // first plane (the gray) alone.
+        let (len, sample): (usize, Box<dyn Fn(usize) -> f32 + '_>) = match &data {
+            DecodingResult::U8(v) => (v.len(), Box::new(|i| v[i] as f32 / 255.0)),
+            DecodingResult::U16(v) => (v.len(), Box::new(|i| v[i] as f32 / 65535.0)),
+            _ => return Err(format!("gray TIFF with {num_samples} samples a pixel: unexpected sample type")),
+        };
+        let stride = len / (w as usize * h as usize).max(1);
+        if stride == 0 {
+            return Err("corrupt or truncated: fewer pixels than its size".into());
+        }
+        shrink(w, h, |y, out| {
+            let row = y as usize * w as usize * stride;
+            out.extend((0..w as usize).map(|x| sample(row + x * stride)));
+        })
+    };
+    Some(decode(&mut d))
 }
 
 /// Where to cut the picture before resizing.
@@ -355,6 +405,45 @@ mod tests {
         let gif = b"GIF89a\x01\x00\x01\x00\x00\x00\x00;";
         let e = decode_gray(gif).unwrap_err().to_string();
         assert!(e.contains(UNREAD), "{e}");
+    }
+
+    /// Gray TIFFs with an alpha sample (GIMP's and PIL's `LA`), 8- and
+    /// 16-bit, plain and LZW: read as the gray alone, as a PNG with alpha is.
+    #[test]
+    fn gray_tiffs_with_alpha_read_as_their_gray() {
+        use tiff::encoder::{colortype, Compression, TiffEncoder};
+        use tiff::tags::ExtraSamples;
+        let (w, h) = (12u32, 9u32);
+        let gray8: Vec<u8> = (0..w * h).map(|i| (i * 37 % 251) as u8).collect();
+        let alpha = |i: usize| if i % 3 == 0 { 0 } else { 200 };
+        let expected = decode_gray(&png(DynamicImage::ImageLuma8(image::GrayImage::from_raw(w, h, gray8.clone()).unwrap()))).unwrap();
+        let with_alpha8: Vec<u8> = gray8.iter().enumerate().flat_map(|(i, &g)| [g, alpha(i)]).collect();
+        let with_alpha16: Vec<u16> = gray8.iter().enumerate().flat_map(|(i, &g)| [g as u16 * 257, alpha(i) as u16 * 257]).collect();
+        let mut files = Vec::new();
+        for lzw in [false, true] {
+            let mut f = Cursor::new(Vec::new());
+            let mut enc = TiffEncoder::new(&mut f).unwrap().with_compression(if lzw { Compression::Lzw } else { Compression::Uncompressed });
+            let mut img = enc.new_image::<colortype::Gray8>(w, h).unwrap();
+            img.extra_samples(&[ExtraSamples::UnassociatedAlpha]).unwrap();
+            img.write_data(&with_alpha8).unwrap();
+            files.push(f.into_inner());
+        }
+        let mut f = Cursor::new(Vec::new());
+        let mut enc = TiffEncoder::new(&mut f).unwrap();
+        let mut img = enc.new_image::<colortype::Gray16>(w, h).unwrap();
+        img.extra_samples(&[ExtraSamples::UnassociatedAlpha]).unwrap();
+        img.write_data(&with_alpha16).unwrap();
+        files.push(f.into_inner());
+        for bytes in &files {
+            let got = decode_gray(bytes).unwrap();
+            assert_eq!((got.width, got.height), (w, h));
+            for (a, b) in got.pixels.iter().zip(&expected.pixels) {
+                assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+            }
+        }
+        // Cut short, it is refused as corrupt, not read as black.
+        let cut = &files[0][..files[0].len() - 60];
+        assert!(decode_gray(cut).is_err());
     }
 
     /// A JPEG of `img` whose EXIF says `orientation` (1–8): the bytes a phone writes.
