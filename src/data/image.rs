@@ -75,7 +75,12 @@ fn decode(bytes: &[u8]) -> std::result::Result<Gray, String> {
     let is_tiff = bytes.starts_with(b"II*\0") || bytes.starts_with(b"MM\0*");
     let mut reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| e.to_string())?;
     match reader.format() {
-        None => return Err("not a recognised image format (expected TIFF, PNG, JPEG, BMP or PGM)".into()),
+        None => {
+            return Err(match archive_kind(bytes) {
+                Some(kind) => format!("a {kind} archive, not a picture: unpack it and give the photos or their folder"),
+                None => "not a recognised image format (expected TIFF, PNG, JPEG, BMP or PGM)".into(),
+            })
+        }
         Some(ImageFormat::Jpeg) => super::jpeg::check_complete(bytes)?,
         Some(_) => {}
     }
@@ -111,6 +116,21 @@ fn decode(bytes: &[u8]) -> std::result::Result<Gray, String> {
     };
     drop(held);
     gray
+}
+
+/// The archive format that a file's first bytes (up to 512) show, if any:
+/// face sets such as JAFFE come as one, and a user may hand it over whole.
+pub(crate) fn archive_kind(head: &[u8]) -> Option<&'static str> {
+    const MAGIC: [(&[u8], &str); 7] = [
+        (b"PK\x03\x04", "zip"),
+        (b"\x1f\x8b", "gzip"),
+        (b"BZh", "bzip2"),
+        (b"\xfd7zXZ\0", "xz"),
+        (b"\x28\xb5\x2f\xfd", "zstd"),
+        (b"7z\xbc\xaf\x27\x1c", "7-Zip"),
+        (b"Rar!\x1a\x07", "RAR"),
+    ];
+    MAGIC.iter().find(|(m, _)| head.starts_with(m)).map(|(_, k)| *k).or_else(|| (head.get(257..262) == Some(b"ustar")).then_some("tar"))
 }
 
 /// Luma of a decoded picture, a row at a time (no full-size float copy).
@@ -405,6 +425,8 @@ mod tests {
         let gif = b"GIF89a\x01\x00\x01\x00\x00\x00\x00;";
         let e = decode_gray(gif).unwrap_err().to_string();
         assert!(e.contains(UNREAD), "{e}");
+        let e = decode_gray(b"PK\x03\x04\x14\0\0\0\x08\0rest of a zip").unwrap_err().to_string();
+        assert!(e.contains("a zip archive, not a picture: unpack it"), "{e}");
     }
 
     /// Gray TIFFs with an alpha sample (GIMP's and PIL's `LA`), 8- and

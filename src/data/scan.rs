@@ -262,12 +262,27 @@ pub fn scan(path: &Path, format: DataFormat) -> Result<Dataset> {
     Ok(ds)
 }
 
+/// The archive format a file's first bytes show, if any.
+fn archive_kind(path: &Path) -> Option<&'static str> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(512);
+    std::fs::File::open(path).ok()?.take(512).read_to_end(&mut head).ok()?;
+    super::image::archive_kind(&head)
+}
+
 fn detect(path: &Path, is_dir: bool) -> Result<DataFormat> {
     if !is_dir {
         return if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")) {
             Ok(DataFormat::Csv)
         } else {
-            Err(Error::dataset(path, "is a file but not a CSV manifest: give a folder or a .csv"))
+            Err(Error::dataset(
+                path,
+                match archive_kind(path) {
+                    // JAFFE and most face sets come as an archive.
+                    Some(kind) => format!("is a {kind} archive, not a folder of photos or a CSV manifest: unpack it and give the folder"),
+                    None => "is a file but not a CSV manifest: give a folder or a .csv".into(),
+                },
+            ))
         };
     }
     if path.join("manifest.csv").is_file() {

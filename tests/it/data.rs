@@ -221,6 +221,19 @@ fn csv_with_bom_quotes_and_errors() {
     std::fs::copy(d.path().join("c.png"), &m).unwrap();
     let e = scan(&m, DataFormat::Csv).unwrap_err().to_string();
     assert!(e.contains("m.csv: is not a CSV manifest (it holds binary data: a picture?)"), "{e}");
+    // The archive a face set comes in, given as the data: unpack it first.
+    let zip = d.path().join("jaffedbase.zip");
+    std::fs::write(&zip, b"PK\x03\x04\x14\0\0\0\x08\0rest of a zip").unwrap();
+    let e = scan(&zip, DataFormat::Auto).unwrap_err().to_string();
+    assert!(e.contains("jaffedbase.zip: is a zip archive, not a folder of photos or a CSV manifest: unpack it"), "{e}");
+    let tar = d.path().join("faces.tar");
+    let mut header = vec![0u8; 512];
+    header[257..262].copy_from_slice(b"ustar");
+    std::fs::write(&tar, &header).unwrap();
+    let e = scan(&tar, DataFormat::Auto).unwrap_err().to_string();
+    assert!(e.contains("faces.tar: is a tar archive"), "{e}");
+    let e = scan(&d.path().join("c.png"), DataFormat::Auto).unwrap_err().to_string();
+    assert!(e.contains("c.png: is a file but not a CSV manifest: give a folder or a .csv"), "{e}");
     // Two spellings of one class differing only in case are a typo, not two classes.
     std::fs::write(&m, "path,label\nc.png,happy\n\"a b.png\",Happy\n").unwrap();
     let e = scan(&m, DataFormat::Auto).unwrap_err().to_string();
