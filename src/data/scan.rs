@@ -593,7 +593,14 @@ pub fn read_manifest(csv_path: &Path, labelled: bool) -> Result<Dataset> {
     let (pc, lc) = (col("path"), col("label"));
     let Some(pc) = pc.filter(|_| lc.is_some() || !labelled) else {
         let needs = if labelled { "columns `path` and `label`" } else { "a column `path`" };
-        return Err(Error::file(csv_path, format!("needs {needs} (found: {})", headers.iter().collect::<Vec<_>>().join(", "))));
+        let found = headers.iter().collect::<Vec<_>>().join(", ");
+        // FER-2013 and its kin hold each face as a `pixels` string of numbers.
+        let pixels = if col("pixels").is_some() {
+            "; its `pixels` column holds pictures as numbers (FER-2013's format), which vggft does not read: save each row as a PNG in a folder named by its class and give that folder"
+        } else {
+            ""
+        };
+        return Err(Error::file(csv_path, format!("needs {needs} (found: {found}){pixels}")));
     };
     let sc = col("subject");
     // A bare file name's parent is the empty path: the current folder.

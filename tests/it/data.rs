@@ -221,6 +221,13 @@ fn csv_with_bom_quotes_and_errors() {
     std::fs::copy(d.path().join("c.png"), &m).unwrap();
     let e = scan(&m, DataFormat::Csv).unwrap_err().to_string();
     assert!(e.contains("m.csv: is not a CSV manifest (it holds binary data: a picture?)"), "{e}");
+    // FER-2013's CSV (faces as strings of numbers) says what it is.
+    std::fs::write(&m, "emotion,pixels,Usage\n0,\"1 2 3 4\",Training\n").unwrap();
+    let e = scan(&m, DataFormat::Auto).unwrap_err().to_string();
+    assert!(
+        e.contains("needs columns `path` and `label` (found: emotion, pixels, Usage); its `pixels` column holds pictures as numbers (FER-2013's format)"),
+        "{e}"
+    );
     // The archive a face set comes in, given as the data: unpack it first.
     let zip = d.path().join("jaffedbase.zip");
     std::fs::write(&zip, b"PK\x03\x04\x14\0\0\0\x08\0rest of a zip").unwrap();
