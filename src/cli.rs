@@ -179,7 +179,7 @@ pub enum WeightsCommand {
 
 #[derive(Args, Debug)]
 pub struct ExplainArgs {
-    /// Images, folders of images, or CSV manifests (their `path` column).
+    /// Images, folders of images, or CSV manifests (their `path` column); `-` reads more of them from standard input, one per line.
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
     /// Also take the images of every sub-folder of a folder.
@@ -644,7 +644,7 @@ impl Tta {
 
 #[derive(Args, Debug)]
 pub struct PredictArgs {
-    /// Image files, folders, or CSV manifests (their `path` column; a `subject` column groups the photos by person).
+    /// Image files, folders, or CSV manifests (their `path` column; a `subject` column groups the photos by person); `-` reads more of them from standard input, one per line (`find … | vggft predict -`).
     #[arg(required_unless_present = "held_out")]
     pub inputs: Vec<PathBuf>,
     /// Also take the images of every sub-folder of a folder.

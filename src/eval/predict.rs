@@ -167,6 +167,42 @@ fn is_photo(path: &Path) -> bool {
     !crate::data::scan::hidden(path) && path.is_file() && is_image(path)
 }
 
+/// The paths that `-` reads from standard input (`find … | vggft predict -`;
+/// one call, so a subject-normalised model sees each person's photos
+/// together, where `xargs` may split them over calls): one per line, or
+/// NUL-separated as `find -print0` writes them; blank lines and a Windows
+/// line end's `\r` are dropped. Each is an input as on the command line
+/// (a file, folder or manifest). A picture piped in whole is refused.
+pub fn listed_inputs(mut from: impl std::io::Read) -> crate::error::Result<Vec<PathBuf>> {
+    const STDIN: &str = "standard input (-)";
+    let mut bytes = Vec::new();
+    from.read_to_end(&mut bytes).map_err(|e| crate::error::Error::io(STDIN, e))?;
+    if ::image::guess_format(&bytes).is_ok() || crate::data::image::archive_kind(&bytes).is_some() {
+        return Err(crate::error::Error::file(
+            STDIN,
+            "holds a picture or archive, not a list of paths: give the picture's path, or pipe in the paths one per line",
+        ));
+    }
+    let sep = if bytes.contains(&0) { 0 } else { b'\n' };
+    let paths: Vec<PathBuf> =
+        bytes.split(|&b| b == sep).map(|l| l.strip_suffix(b"\r").unwrap_or(l)).filter(|l| !l.iter().all(u8::is_ascii_whitespace)).map(path_of_bytes).collect();
+    if paths.is_empty() {
+        return Err(crate::error::Error::file(STDIN, "lists no paths (give them one per line)"));
+    }
+    Ok(paths)
+}
+
+#[cfg(unix)]
+fn path_of_bytes(b: &[u8]) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    PathBuf::from(std::ffi::OsStr::from_bytes(b))
+}
+
+#[cfg(not(unix))]
+fn path_of_bytes(b: &[u8]) -> PathBuf {
+    PathBuf::from(String::from_utf8_lossy(b).into_owned())
+}
+
 /// Files and folders → image paths: a folder's images sorted, one level deep,
 /// or with `recursive` every sub-folder's too (depth first, sorted), except
 /// sub-folders of vggft's own output (a folder named on the command line is

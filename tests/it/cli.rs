@@ -681,6 +681,35 @@ fn predict_recurses_streams_jsonl_and_takes_the_model_file() {
     let (code, out, err) = run(&["predict", "--model", "runs/p", "--device", "cpu", "-r", "in/heat"], d.path());
     assert_eq!(code, 0, "{err}");
     assert!(out.lines().count() == 1 && out.contains("top_a.png") && !err.contains("skipped"), "{err}\n{out}");
+    // `-` takes the paths piped in (one per line, or NUL-separated as
+    // `find -print0` writes them) beside those given, in one call.
+    let piped = |stdin: &[u8], extra: &[&str]| {
+        use std::io::Write;
+        let mut c = bin()
+            .args(["predict", "--model", "runs/p", "--device", "cpu"])
+            .args(extra)
+            .current_dir(d.path())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin.take().unwrap().write_all(stdin).unwrap();
+        let out = c.wait_with_output().unwrap();
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, out, err) = piped(b"in/deeper/mid.png\r\n\nin/deeper\n", &["in/top.png", "-"]);
+    assert_eq!(code, 0, "{err}");
+    let named: Vec<&str> = out.lines().map(|l| l.split('\t').next().unwrap()).collect();
+    assert_eq!(named, ["in/top.png", "in/deeper/mid.png", "in/deeper/mid.png"], "{out}");
+    let (code, out, err) = piped(b"in/top.png\0in/deeper/deepest/low.png\0", &["-"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().count() == 2 && out.contains("deepest/low.png\t"), "{out}");
+    let photo = std::fs::read(d.path().join("in/top.png")).unwrap();
+    for (stdin, said) in [(&photo[..], "holds a picture or archive, not a list of paths"), (b"\n\n", "lists no paths")] {
+        let (code, out, err) = piped(stdin, &["-"]);
+        assert!(code == 1 && out.is_empty() && err.contains(&format!("error: standard input (-): {said}")), "{code} {err}");
+    }
     // A line break or tab in a file name stays inside its one text line, escaped.
     std::fs::create_dir_all(d.path().join("odd")).unwrap();
     std::fs::copy(d.path().join("data/a/00.png"), d.path().join("odd/fake\nline\tb.png")).unwrap();

@@ -141,7 +141,19 @@ fn preprocess(image: &std::path::Path, model: &std::path::Path, out: &std::path:
 /// The images of the command line's files and folders; says which
 /// sub-folders `-r` left out as vggft's own output.
 fn input_paths(inputs: &[std::path::PathBuf], recursive: bool) -> vggft::error::Result<predict::Inputs> {
-    let found = predict::expand_inputs(inputs, recursive)?;
+    // `-`: the paths piped in, where it stands among the others.
+    if inputs.iter().filter(|p| p.as_os_str() == "-").count() > 1 {
+        return Err(vggft::error::Error::file("standard input (-)", "given more than once: give `-` once"));
+    }
+    let mut expanded = Vec::with_capacity(inputs.len());
+    for p in inputs {
+        if p.as_os_str() == "-" {
+            expanded.extend(predict::listed_inputs(std::io::stdin().lock())?);
+        } else {
+            expanded.push(p.clone());
+        }
+    }
+    let found = predict::expand_inputs(&expanded, recursive)?;
     for d in &found.skipped {
         errln!("skipped {}: vggft's own output (a run, cv folder, face crops or heatmaps), not photos; name it on the command line to read it", d.display());
     }
