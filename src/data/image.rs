@@ -437,7 +437,7 @@ mod tests {
         use tiff::tags::ExtraSamples;
         let (w, h) = (12u32, 9u32);
         let gray8: Vec<u8> = (0..w * h).map(|i| (i * 37 % 251) as u8).collect();
-        let alpha = |i: usize| if i % 3 == 0 { 0 } else { 200 };
+        let alpha = |i: usize| if i.is_multiple_of(3) { 0 } else { 200 };
         let expected = decode_gray(&png(DynamicImage::ImageLuma8(image::GrayImage::from_raw(w, h, gray8.clone()).unwrap()))).unwrap();
         let with_alpha8: Vec<u8> = gray8.iter().enumerate().flat_map(|(i, &g)| [g, alpha(i)]).collect();
         let with_alpha16: Vec<u16> = gray8.iter().enumerate().flat_map(|(i, &g)| [g as u16 * 257, alpha(i) as u16 * 257]).collect();
