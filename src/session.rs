@@ -583,6 +583,14 @@ fn people(ds: &Dataset) -> Option<std::collections::BTreeMap<&str, usize>> {
 /// single photo. Said before training, since it changes the whole recipe.
 fn subject_norm_off(ds: &Dataset) -> Option<String> {
     let m = people(ds)?;
+    // One id per photo: the column names photos, not people (a file id, a
+    // row number), and a subject-grouped split groups nothing.
+    if m.len() >= 4 && m.values().all(|&n| n == 1) {
+        return Some(format!(
+            "warning: each of the {} photos has a subject id of its own: a subject id should name the person, so that a split keeps each person's photos on one side (`cv --folds loso` here holds out one photo a fold) and a person's photos set their statistics; if the people are unknown, leave the subject column out (per-subject normalisation is off)",
+            m.len()
+        ));
+    }
     let few: Vec<String> = m.iter().filter(|(_, &n)| n < crate::subject::PERSON_MIN).map(|(p, n)| format!("{p}: {n}")).collect();
     Some(format!(
         "per-subject normalisation is off (--subject-norm auto: on where every person has at least {} photos; here {} of {} people have fewer: {}); --subject-norm on turns it on",

@@ -755,4 +755,15 @@ fn pairs_keep_person_statistics_on_and_a_person_with_one_photo_turns_them_off() 
         err.contains("per-subject normalisation is off (--subject-norm auto: on where every person has at least 2 photos; here 2 of 4 people have fewer: P00: 1, P02: 1); --subject-norm on turns it on"),
         "{err}"
     );
+    // A subject column that names each photo (a file id) is no person's: warned.
+    let csv = std::fs::read_to_string(&pairs).unwrap();
+    let own: Vec<String> =
+        csv.lines().enumerate().map(|(i, l)| if i == 0 { l.to_string() } else { format!("{},photo{i}", l.rsplit_once(',').unwrap().0) }).collect();
+    std::fs::write(&pairs, own.join("\n") + "\n").unwrap();
+    let (code, _, err) = run(&args(&s, &["finetune", "--data", pairs.to_str().unwrap(), "--stages", "head:1", "--val", "none", "--name", "own"]), d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("warning: each of the 6 photos has a subject id of its own: a subject id should name the person") && !err.contains("have fewer"),
+        "{err}"
+    );
 }
