@@ -81,6 +81,11 @@ pub enum SubjectFrom {
     Table(std::collections::HashMap<PathBuf, String>),
 }
 
+/// A path's folder; `x.png` and `./x.png` have none in the path itself: the working folder.
+fn folder_of(path: &Path) -> &Path {
+    path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."))
+}
+
 /// One image of a run's validation side.
 pub struct HeldOut {
     pub path: PathBuf,
@@ -111,13 +116,40 @@ pub fn held_out(dir: &Path) -> crate::error::Result<Vec<HeldOut>> {
 }
 
 impl SubjectFrom {
+    /// Each input's subject. With `Parent`, two different folders of one
+    /// name (`alice/2020/`, `bob/2020/`) are two people, each then named by
+    /// its path as first given, where the name alone would make them one.
+    pub fn keys(&self, paths: &[PathBuf]) -> Vec<Option<String>> {
+        let named: Vec<Option<String>> = paths.iter().map(|p| self.subject(p)).collect();
+        if *self != SubjectFrom::Parent {
+            return named;
+        }
+        let dir = |p: &Path| folder_of(p).to_path_buf();
+        let mut folders: std::collections::HashMap<&str, std::collections::HashMap<PathBuf, String>> = std::collections::HashMap::new();
+        let ids: Vec<PathBuf> = paths.iter().map(|p| std::fs::canonicalize(dir(p)).unwrap_or_else(|_| dir(p))).collect();
+        for ((p, name), id) in paths.iter().zip(&named).zip(&ids) {
+            if let Some(name) = name {
+                folders.entry(name).or_default().entry(id.clone()).or_insert_with(|| dir(p).display().to_string());
+            }
+        }
+        named
+            .iter()
+            .zip(&ids)
+            .map(|(name, id)| {
+                let name = name.as_deref()?;
+                let same = &folders[name];
+                Some(if same.len() > 1 { same[id].clone() } else { name.to_string() })
+            })
+            .collect()
+    }
+
     pub fn subject(&self, path: &Path) -> Option<String> {
         match self {
             SubjectFrom::Names => path.file_name().and_then(|n| crate::data::scan::parse_jaffe_name(&n.to_string_lossy())).and_then(|r| r.ok()).map(|(s, _)| s),
             SubjectFrom::All(s) => Some(s.clone()),
             // `x.png` and `./x.png` have no folder name in the path itself: the working folder's.
             SubjectFrom::Parent => {
-                let dir = Some(path.parent()?).filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                let dir = folder_of(path);
                 let name = match dir.file_name() {
                     Some(n) => n.to_os_string(),
                     None => std::fs::canonicalize(dir).ok()?.file_name()?.to_os_string(),
@@ -404,7 +436,7 @@ pub fn predict(
     device: Device,
     reporter: &mut dyn crate::train::Reporter,
 ) -> Vec<Prediction> {
-    let keys: Vec<Option<String>> = paths.iter().map(|p| subjects.subject(p)).collect();
+    let keys = subjects.keys(paths);
     let first = if model.cfg.subject_norm { repeats(paths, &keys) } else { (0..paths.len()).collect() };
     let distinct: Vec<usize> = (0..paths.len()).filter(|&i| first[i] == i).collect();
     if let Some(r) = (0..paths.len()).find(|&i| first[i] != i) {

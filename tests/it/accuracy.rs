@@ -458,6 +458,24 @@ fn subject_normalised_runs_report_both_heads_and_predict_groups_by_person() {
         run(&["predict", "--device", "cpu", "--subject-from", "parent", "--format", "json", people.join("anna").to_str().unwrap()], d.path());
     assert_eq!(code, 0, "{err}");
     assert_eq!(probs(&serde_json::from_str(&alone).unwrap()), probs(&v));
+    // Two people's folders of one name (`anna/2020/`, `ben/2020/`) are two people, not one "2020".
+    for (person, n) in [("anna", 4), ("ben", 1)] {
+        let dir = d.path().join("sessions").join(person).join("2020");
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..n {
+            std::fs::copy(people.join(person).join(format!("{i}.png")), dir.join(format!("{i}.png"))).unwrap();
+        }
+    }
+    let (code, out, err) = run(&["predict", "--device", "cpu", "--subject-from", "parent", "--format", "json", "-r", "sessions"], d.path());
+    assert_eq!(code, 0, "{err}");
+    let sessions: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let modes: Vec<(&str, &str)> = sessions.as_array().unwrap().iter().map(|p| (p["path"].as_str().unwrap(), p["mode"].as_str().unwrap())).collect();
+    assert_eq!(modes.len(), 5, "{out}");
+    for (path, mode) in &modes {
+        assert_eq!(*mode, if path.contains("anna") { "person" } else { "single-image" }, "{path}");
+    }
+    let answers = |v: &serde_json::Value| -> Vec<String> { v.as_array().unwrap().iter().map(|p| p["probabilities"].to_string()).collect() };
+    assert_eq!(answers(&sessions), answers(&v), "{out}");
     // Files named from inside the person's folder (`0.png`, `./1.png`) belong to that folder's person.
     let model = d.path().join("runs/sn");
     let (code, out, err) =
