@@ -286,6 +286,8 @@ def run_inventory(d):
     save_file({"encoder.conv.weight": torch.zeros(3, 3)}, os.path.join(wd, "keys.safetensors"))
     weights_case("wrong keys", os.path.join(wd, "keys.safetensors"))
     weights_case("/dev/zero as the weights file", "/dev/zero")
+    torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3)}, os.path.join(wd, "vgg16-397923af.pth"))
+    weights_case("torchvision's own download (a torch.save .pth) as the weights", os.path.join(wd, "vgg16-397923af.pth"))
     code, out, err = vggft("preprocess", ok_png, "--model", "runs/ok", "--out", ok_png, cwd=d)
     record("`preprocess --out` naming the photo it reads", code, said(err))
     photos = os.path.join(d, "photos")

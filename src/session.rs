@@ -51,6 +51,10 @@ impl Session {
         recipe.train.validate()?;
         let device = parse_device(&recipe.device)?;
         let mut data = data;
+        // A wrong weights file given is said at once, before the photos load.
+        if let (Some(given), false) = (&recipe.weights, recipe.random_init) {
+            resolve_weights(Some(given), recipe.model.bn.has_bn())?;
+        }
         let dataset = scan_data(&data, reporter)?;
         // With person statistics the crop to each person's face measured better
         // (JAFFE-format frames; the London pairs: docs/results/accuracy, "The
@@ -320,7 +324,12 @@ pub(crate) fn weights_source(path: &Path) -> String {
 pub(crate) fn resolve_weights(given: Option<&Path>, needs_bn: bool) -> Result<PathBuf> {
     if let Some(p) = given {
         return match std::fs::metadata(p) {
-            Ok(m) => weights::not_a_weights_file(&m).map_or_else(|| Ok(p.to_path_buf()), |why| Err(Error::file(p, why))),
+            Ok(m) => {
+                match weights::not_a_weights_file(&m).map(String::from).or_else(|| weights::pytorch_checkpoint(p)).or_else(|| weights::header_problem(p)) {
+                    Some(why) => Err(Error::file(p, why)),
+                    None => Ok(p.to_path_buf()),
+                }
+            }
             Err(_) => Err(Error::file(p, "weights file not found")),
         };
     }

@@ -69,6 +69,46 @@ pub(crate) fn not_a_weights_file(meta: &std::fs::Metadata) -> Option<&'static st
     }
 }
 
+/// What to do with a PyTorch checkpoint (`torch.save`: a zip, or before
+/// PyTorch 1.6 a pickle), the form torchvision's own VGG16 downloads in.
+pub(crate) fn pytorch_checkpoint(path: &Path) -> Option<String> {
+    use std::io::Read;
+    let mut head = [0u8; 4];
+    std::fs::File::open(path).ok()?.read_exact(&mut head).ok()?;
+    (head == *b"PK\x03\x04" || head[0] == 0x80 && (2..=5).contains(&head[1])).then(|| {
+        format!(
+            "is a PyTorch checkpoint (torch.save, as torchvision's vgg16-397923af.pth), not safetensors: convert it with `make fetch-weights FROM={}` in the vggft folder (FROM_BN= for VGG16-BN), which writes weights/vgg16.safetensors",
+            path.canonicalize().unwrap_or_else(|_| path.to_path_buf()).display()
+        )
+    })
+}
+
+/// A safetensors file's header read against its size, without loading a
+/// tensor: why it cannot be one (bad header, data cut short), or None.
+/// Lets a run refuse a broken weights file before its photos load.
+pub fn header_problem(path: &Path) -> Option<String> {
+    let len = std::fs::metadata(path).ok()?.len();
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut n = [0u8; 8];
+    if len == 0 {
+        return Some("is empty (0 bytes)".into());
+    }
+    if len < 8 || f.read_exact(&mut n).is_err() {
+        return Some("is not a safetensors file (bad header): shorter than its 8-byte header length".into());
+    }
+    let n = u64::from_le_bytes(n);
+    if n > (len - 8).min(100 << 20) {
+        return Some("is not a safetensors file (bad header)".into());
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header).ok()?;
+    let Ok(serde_json::Value::Object(entries)) = serde_json::from_slice(&header) else {
+        return Some("is not a safetensors file (bad header)".into());
+    };
+    let end = entries.iter().filter(|(k, _)| *k != "__metadata__").filter_map(|(_, v)| v["data_offsets"][1].as_u64()).max().unwrap_or(0);
+    (8 + n + end > len).then(|| format!("is truncated or corrupt (its header lists {} bytes of tensor data, the file holds {})", end, len - 8 - n))
+}
+
 /// Reads every tensor of a safetensors file, mapping failures to one sentence.
 pub fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
@@ -77,6 +117,9 @@ pub fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
     }
     if meta.len() == 0 {
         return Err(Error::weights(path, "is empty (0 bytes)"));
+    }
+    if let Some(why) = pytorch_checkpoint(path) {
+        return Err(Error::weights(path, why));
     }
     let tensors = Tensor::read_safetensors(path).map_err(|e| {
         let msg = e.to_string();

@@ -98,6 +98,19 @@ fn wrong_shapes_missing_keys_and_bad_files_are_named() {
     std::fs::write(&txt, b"hello, this is not a weights file at all").unwrap();
     let e = weights::load_pretrained(&mut m, &txt).unwrap_err().to_string();
     assert!(e.contains("text.safetensors") && e.contains("safetensors"), "{e}");
+    // The same problems are found from the header alone, before a run loads its photos.
+    for (f, says) in [(&t, "is truncated or corrupt (its header lists"), (&z, "is empty (0 bytes)"), (&txt, "is not a safetensors file (bad header)")] {
+        let e = weights::header_problem(f).unwrap();
+        assert!(e.starts_with(says), "{}: {e}", f.display());
+    }
+    assert_eq!(weights::header_problem(&p), None);
+    // torchvision's own download (a torch.save zip, or an older pickle): how to convert it.
+    for (name, head) in [("vgg16-397923af.pth", &b"PK\x03\x04\x00\x00\x08\x08archive/data.pkl"[..]), ("old.pth", b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8")] {
+        let pth = d.path().join(name);
+        std::fs::write(&pth, head).unwrap();
+        let e = weights::load_pretrained(&mut m, &pth).unwrap_err().to_string();
+        assert!(e.contains(&format!("{name}: is a PyTorch checkpoint")) && e.contains("convert it with `make fetch-weights FROM=/"), "{e}");
+    }
     let nan = torchvision_like(&p, false, 4);
     let _ = tch::no_grad(|| nan[0].1.get(0).fill_(f64::NAN));
     let nanp = d.path().join("nan.safetensors");
