@@ -194,9 +194,14 @@ fn a_run_keeps_its_threshold_and_predict_and_evaluate_decide_at_it() {
     let (code, out, err) = run(&["explain", "--model", dir.to_str().unwrap(), &held_out[0], "--out", "ex"], d.path());
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(err.contains("the model answers neutral where P(neutral) ≥"), "{err}");
-    // Its line names the single-image head's threshold where that is not 0.5.
+    // Its line names the single-image head's threshold where that is not 0.5,
+    // with the probability it is set on.
     let t_alone = f(&t["single"]);
-    assert_eq!(out.contains(&format!(" (threshold {t_alone:.3})\t")), t_alone != 0.5, "{out}");
+    let said = out.contains(&format!(" (P(neutral) ≥ threshold {t_alone:.3})\t")) || out.contains(&format!(" < threshold {t_alone:.3})\t"));
+    assert_eq!(said, t_alone != 0.5, "{out}");
+    if let Some(line) = out.lines().find(|l| l.contains("\texpressive ")) {
+        assert!(line.contains(" (P(neutral) 0.") || t_alone == 0.5, "{line}");
+    }
     let (code, out, err) = run(&["explain", "--model", dir.to_str().unwrap(), &held_out[0], "--out", "ex2", "--class", "neutral"], d.path());
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(!err.contains("the model answers"), "{err}");

@@ -199,13 +199,18 @@ fn explain(mut a: ExplainArgs) -> anyhow::Result<bool> {
     if let Some(d) = cfg.describe_decisions().filter(|_| class.is_none()) {
         errln!("the model {d}");
     }
-    // As predict's lines: a threshold other than 0.5 is named where it decided the class.
-    let at =
-        cfg.threshold_off_half(vggft::eval::explain::cam_mode(&cfg)).filter(|_| class.is_none()).map(|t| format!(" (threshold {t:.3})")).unwrap_or_default();
+    // As predict's lines: a threshold other than 0.5 is named where it decided
+    // the class, with the probability it was set on (the first class's).
+    let threshold = cfg.threshold_off_half(vggft::eval::explain::cam_mode(&cfg)).filter(|_| class.is_none());
+    let at = |cam: &vggft::eval::explain::Cam| match threshold {
+        Some(t) if cam.class == 0 => format!(" (P({}) ≥ threshold {t:.3})", cfg.classes[0]),
+        Some(t) => format!(" (P({}) {:.3} < threshold {t:.3})", cfg.classes[0], cam.probs[0]),
+        None => String::new(),
+    };
     let mut failed = 0;
     for e in &done {
         match &e.result {
-            Ok((cam, file)) => outln!("{}\t{} {:.3}{at}\t{}", text_path(&e.path), cfg.classes[cam.class], cam.probs[cam.class], file.display()),
+            Ok((cam, file)) => outln!("{}\t{} {:.3}{}\t{}", text_path(&e.path), cfg.classes[cam.class], cam.probs[cam.class], at(cam), file.display()),
             Err(why) => {
                 failed += 1;
                 errln!("{}: {}", e.path.display(), why.problem());
