@@ -184,9 +184,18 @@ impl ValSpec {
             return Ok(ValSpec::None);
         }
         let f = s.strip_prefix("subjects:").unwrap_or(s);
-        let fraction: f64 = f.parse().map_err(|_| Error::invalid(Setting::Val, format!("`{s}`: expected none or subjects:F with 0 < F < 1")))?;
+        let fraction: f64 = f.parse().map_err(|_| {
+            // People's ids where a fraction goes: --val-subjects names them.
+            let named = if f.chars().any(char::is_alphabetic) { format!(" (to hold out these people: --val-subjects {f})") } else { String::new() };
+            Error::invalid(Setting::Val, format!("`{s}`: expected none or subjects:F with 0 < F < 1{named}"))
+        })?;
         if !(fraction > 0.0 && fraction < 1.0) {
-            return Err(Error::invalid(Setting::Val, format!("fraction must be between 0 and 1, got {fraction}")));
+            let hint = match fraction {
+                0.0 => " (--val none: no validation)",
+                f if f >= 1.0 && f.fract() == 0.0 => " of the people, not a count (--val-subjects ID,… names the people to hold out)",
+                _ => "",
+            };
+            return Err(Error::invalid(Setting::Val, format!("fraction must be between 0 and 1, got {fraction}{hint}")));
         }
         Ok(ValSpec::Subjects { fraction })
     }
@@ -375,7 +384,23 @@ pub fn kfold(ds: &Dataset, labels: &Labels, k: usize, seed: u64) -> Result<Vec<V
 
 #[cfg(test)]
 mod tests {
-    use super::parse_label_map;
+    use super::{parse_label_map, ValSpec};
+
+    /// What a user may mean by a `--val` that is not a fraction is said.
+    #[test]
+    fn a_val_that_is_no_fraction_says_what_was_meant() {
+        assert_eq!(ValSpec::parse("subjects:0.25").unwrap(), ValSpec::Subjects { fraction: 0.25 });
+        assert_eq!(ValSpec::parse(" none ").unwrap(), ValSpec::None);
+        for (given, says) in [
+            ("0", "got 0 (--val none: no validation)"),
+            ("subjects:2", "got 2 of the people, not a count (--val-subjects ID,… names the people to hold out)"),
+            ("subjects:AK,BK", "(to hold out these people: --val-subjects AK,BK)"),
+            ("1.5", "got 1.5"),
+        ] {
+            let e = ValSpec::parse(given).unwrap_err().to_string();
+            assert!(e.contains(says), "{given}: {e}");
+        }
+    }
 
     #[test]
     fn a_label_map_names_each_raw_label_once() {
