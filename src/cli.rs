@@ -92,14 +92,20 @@ fn face_syntax(s: &str) -> Result<()> {
 }
 
 fn conv_block(s: &str) -> Result<()> {
-    match Block::parse(s, Setting::Layer)? {
-        Block::Head => Err(Error::invalid(Setting::Layer, "must be a conv block (conv1 … conv5)")),
-        _ => Ok(()),
+    conv_block_of(s, Setting::Layer)
+}
+
+/// A conv block's name, refused in the words of the option that gave it.
+fn conv_block_of(s: &str, setting: Setting) -> Result<()> {
+    match Block::parse(s, setting) {
+        Ok(Block::Head) => Err(Error::invalid(setting, "must be a conv block (conv1 … conv5)")),
+        Ok(_) => Ok(()),
+        Err(_) => Err(Error::invalid(setting, format!("unknown block `{s}` (allowed: conv1, conv2, conv3, conv4, conv5)"))),
     }
 }
 
 fn features_syntax(s: &str) -> Result<()> {
-    s.split(',').try_for_each(|b| conv_block(b.trim()))
+    s.split(',').try_for_each(|b| conv_block_of(b.trim(), Setting::Features))
 }
 
 #[derive(Parser, Debug)]
@@ -349,8 +355,8 @@ pub struct TrainArgs {
     /// Head-only epochs before the main stage, fastai's freeze_epochs (`--warmup-epochs` is an older name) [default: 3].
     #[arg(long = "freeze-epochs", alias = "warmup-epochs")]
     pub warmup_epochs: Option<usize>,
-    /// Explicit stages, e.g. head:3,conv5:12,conv4:10 (overrides the three above).
-    #[arg(long, value_parser = checked(parse_stages))]
+    /// Explicit stages, e.g. head:3,conv5:12,conv4:10 (instead of the three above: given with one of them, refused rather than one silently ignored).
+    #[arg(long, value_parser = checked(parse_stages), conflicts_with_all = ["freeze_until", "epochs", "warmup_epochs"])]
     pub stages: Option<String>,
     /// Optimizer: sgd (with momentum; generalises best on small data), adam or adamw.
     #[arg(long, value_enum, default_value_t = OptimKind::Sgd)]

@@ -494,7 +494,7 @@ fn predict_held_out_shows_only_people_the_model_never_saw() {
 #[test]
 fn every_bad_option_value_is_a_usage_error_with_exit_2_naming_the_flag() {
     let d = tmp();
-    let cases: [(&[&str], &str); 21] = [
+    let cases: [(&[&str], &str); 23] = [
         (&["finetune", "--val", "x"], "--val"),
         (&["finetune", "--crop", "1,2"], "--crop"),
         (&["finetune", "--augment", "wild"], "--augment"),
@@ -502,6 +502,9 @@ fn every_bad_option_value_is_a_usage_error_with_exit_2_naming_the_flag() {
         (&["finetune", "--stages", "conv9:3"], "--stages"),
         (&["finetune", "--face", "maybe"], "--face"),
         (&["finetune", "--features", "head"], "--features"),
+        (&["finetune", "--features", "conv4,conv6"], "--features unknown block `conv6` (allowed: conv1, conv2, conv3, conv4, conv5)"),
+        // --stages replaces the three: given with one, that one would be silently ignored.
+        (&["finetune", "--stages", "head:2", "--epochs", "5"], "--epochs"),
         (&["cv", "--folds", "one"], "--folds"),
         (&["predict", "x.png", "--device", "tpu"], "--device"),
         (&["explain", "x.png", "--out", "o", "--layer", "head"], "--layer"),
@@ -524,6 +527,8 @@ fn every_bad_option_value_is_a_usage_error_with_exit_2_naming_the_flag() {
         let (code, out, err) = run(a, d.path());
         assert_eq!(code, 2, "{a:?}: {out}{err}");
         assert!(err.starts_with("error:") && err.contains(flag) && !err.contains("panicked"), "{a:?}: {err}");
+        // The message inside names the option given, not another.
+        assert!(flag == "--layer" || !err.contains("--layer"), "{a:?}: {err}");
     }
 }
 
