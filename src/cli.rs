@@ -29,6 +29,16 @@ fn checked<T: 'static>(parse: fn(&str) -> Result<T>) -> impl Fn(&str) -> std::re
     }
 }
 
+/// One of `--seeds`; a range (`0-4`, `0..4`) is said how to write.
+fn seed(s: &str) -> std::result::Result<u64, String> {
+    s.trim().parse().map_err(|_| match s.split_once('-').or_else(|| s.split_once("..")) {
+        Some((a, b)) if a.trim().parse::<u64>().is_ok() && b.trim().parse::<u64>().is_ok() => {
+            format!("`{s}` is a range: list the seeds (0,1,2) or give --repeats N for seeds 0 to N−1")
+        }
+        _ => format!("`{s}` is not a seed (a whole number from 0)"),
+    })
+}
+
 /// `--subject`: a person id, not blank (a blank id names nobody).
 fn person_id(s: &str) -> std::result::Result<String, String> {
     if s.trim().is_empty() {
@@ -560,7 +570,7 @@ pub struct CvArgs {
     #[arg(long, default_value = "5", value_parser = checked(crate::eval::cv::Folds::parse))]
     pub folds: String,
     /// Seeds to repeat the folds with (each seed: new folds for K, new training randomness).
-    #[arg(long, value_delimiter = ',', default_value = "0")]
+    #[arg(long, value_delimiter = ',', default_value = "0", value_parser = seed)]
     pub seeds: Vec<u64>,
     /// Instead of --seeds: seeds 0..R.
     #[arg(long)]

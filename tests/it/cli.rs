@@ -494,7 +494,7 @@ fn predict_held_out_shows_only_people_the_model_never_saw() {
 #[test]
 fn every_bad_option_value_is_a_usage_error_with_exit_2_naming_the_flag() {
     let d = tmp();
-    let cases: [(&[&str], &str); 23] = [
+    let cases: [(&[&str], &str); 24] = [
         (&["finetune", "--val", "x"], "--val"),
         (&["finetune", "--crop", "1,2"], "--crop"),
         (&["finetune", "--augment", "wild"], "--augment"),
@@ -506,6 +506,7 @@ fn every_bad_option_value_is_a_usage_error_with_exit_2_naming_the_flag() {
         // --stages replaces the three: given with one, that one would be silently ignored.
         (&["finetune", "--stages", "head:2", "--epochs", "5"], "--epochs"),
         (&["cv", "--folds", "one"], "--folds"),
+        (&["cv", "--seeds", "0-4"], "`0-4` is a range: list the seeds (0,1,2) or give --repeats N"),
         (&["predict", "x.png", "--device", "tpu"], "--device"),
         (&["explain", "x.png", "--out", "o", "--layer", "head"], "--layer"),
         (&["evaluate", "--data", "d", "--layer", "conv9"], "--layer"),
