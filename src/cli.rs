@@ -255,6 +255,9 @@ pub struct DataArgs {
     /// Dataset: a folder (JAFFE files, class folders, or with manifest.csv) or a CSV manifest.
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// The dataset given as a word (`vggft finetune jaffe/`), as --data.
+    #[arg(value_name = "DATA", conflicts_with = "data")]
+    pub dataset: Option<PathBuf>,
     /// Dataset layout: auto, jaffe, folders or csv (`--format` is an older name).
     #[arg(long = "layout", alias = "format", value_enum, default_value_t = DataFormat::Auto)]
     pub format: DataFormat,
@@ -524,8 +527,11 @@ pub struct EvaluateArgs {
     #[arg(long, visible_alias = "run", default_value = "runs/latest")]
     pub model: PathBuf,
     /// Labelled dataset (any layout finetune reads).
-    #[arg(long)]
-    pub data: PathBuf,
+    #[arg(long, required_unless_present = "dataset")]
+    pub data: Option<PathBuf>,
+    /// The dataset given as a word (`vggft evaluate test/`), as --data.
+    #[arg(value_name = "DATA", conflicts_with = "data")]
+    pub dataset: Option<PathBuf>,
     /// Dataset layout: auto, jaffe, folders or csv (`--format` is an older name).
     #[arg(long = "layout", alias = "format", value_enum, default_value_t = DataFormat::Auto)]
     pub format: DataFormat,
@@ -714,7 +720,7 @@ impl DataArgs {
 
     /// The data config; `None` data means the bundled sample at `sample`.
     pub fn to_config(&self, sample: impl FnOnce() -> Result<PathBuf>) -> Result<(DataConfig, bool)> {
-        let (path, bundled) = match &self.data {
+        let (path, bundled) = match self.data.as_ref().or(self.dataset.as_ref()) {
             Some(p) => (p.clone(), false),
             None => (sample()?, true),
         };

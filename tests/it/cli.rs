@@ -494,7 +494,7 @@ fn predict_held_out_shows_only_people_the_model_never_saw() {
 #[test]
 fn every_bad_option_value_is_a_usage_error_with_exit_2_naming_the_flag() {
     let d = tmp();
-    let cases: [(&[&str], &str); 24] = [
+    let cases: [(&[&str], &str); 26] = [
         (&["finetune", "--val", "x"], "--val"),
         (&["finetune", "--crop", "1,2"], "--crop"),
         (&["finetune", "--augment", "wild"], "--augment"),
@@ -506,6 +506,9 @@ fn every_bad_option_value_is_a_usage_error_with_exit_2_naming_the_flag() {
         // --stages replaces the three: given with one, that one would be silently ignored.
         (&["finetune", "--stages", "head:2", "--epochs", "5"], "--epochs"),
         (&["cv", "--folds", "one"], "--folds"),
+        // The dataset as a word or as --data: one of the two.
+        (&["finetune", "d", "--data", "d"], "--data"),
+        (&["evaluate", "d", "--data", "d"], "--data"),
         (&["cv", "--seeds", "0-4"], "`0-4` is a range: list the seeds (0,1,2) or give --repeats N"),
         (&["predict", "x.png", "--device", "tpu"], "--device"),
         (&["explain", "x.png", "--out", "o", "--layer", "head"], "--layer"),
@@ -538,7 +541,8 @@ fn evaluate_warns_about_training_images_and_can_leave_them_out() {
     let d = tmp();
     let m = subject_dataset(d.path(), 8, 32);
     let s = small_trunk(d.path(), 51);
-    let (code, _, err) = run(&args(&s, &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:1", "--name", "e"]), d.path());
+    // The dataset given as a word, as `--data` (finetune, evaluate below).
+    let (code, _, err) = run(&args(&s, &["finetune", m.to_str().unwrap(), "--stages", "head:1", "--name", "e"]), d.path());
     assert_eq!(code, 0, "{err}");
     let split = std::fs::read_to_string(d.path().join("runs/e/split.csv")).unwrap();
     let n_train = split.lines().filter(|l| l.contains(",train,")).count();
@@ -548,8 +552,7 @@ fn evaluate_warns_about_training_images_and_can_leave_them_out() {
     assert_eq!(code, 0, "{err}");
     assert!(err.contains(&format!("warning: {n_train} of these {} images were training images of this run", n_train + n_val)), "{err}");
     assert!(out.contains(&format!("{} images from", n_train + n_val)), "{out}");
-    let (code, out, err) =
-        run(&["evaluate", "--model", "runs/e", "--data", m.to_str().unwrap(), "--device", "cpu", "--exclude-train", "--out", "ev2"], d.path());
+    let (code, out, err) = run(&["evaluate", "--model", "runs/e", m.to_str().unwrap(), "--device", "cpu", "--exclude-train", "--out", "ev2"], d.path());
     assert_eq!(code, 0, "{err}");
     assert!(err.contains(&format!("left out {n_train} image(s)")) && !err.contains("warning"), "{err}");
     assert!(out.contains(&format!("{n_val} images from")), "{out}");

@@ -574,6 +574,9 @@ fn resume_checks_its_data_refuses_other_options_and_every_config_field_is_valida
     let (code, _, err) = resume(&["--lr", "5", "--out", "x", "--quiet"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--lr, --out would be ignored") && !err.contains("--quiet"), "{err}");
+    // The dataset as a word is named by what was typed.
+    let (code, _, err) = resume(&["photos"]);
+    assert!(code == 2 && err.contains("`photos` would be ignored: drop it"), "{err}");
 
     let img = d.path().join("data/a/01.png");
     let keep = std::fs::read(&img).unwrap();

@@ -356,14 +356,16 @@ fn lr_find(a: LrFindArgs) -> anyhow::Result<()> {
 }
 
 fn evaluate(mut a: EvaluateArgs) -> anyhow::Result<()> {
+    // Given as --data or as a word; clap requires one of the two.
+    let data = a.data.take().or(a.dataset.take()).unwrap_or_default();
     if let Some(t) = a.threads {
         tch::set_num_threads(t);
     }
     a.model = run::run_dir(&a.model);
     let device = session::parse_device(&a.device)?;
-    let name = a.data.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "data".into());
+    let name = data.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "data".into());
     let out = a.out.clone().unwrap_or_else(|| a.model.join(format!("eval-{name}")));
-    vggft::data::scan::refuse_output_inside(&a.data, a.format, &out, "the scores and plots")?;
+    vggft::data::scan::refuse_output_inside(&data, a.format, &out, "the scores and plots")?;
     vggft::data::scan::refuse_other_output(
         &out,
         "an evaluate folder",
@@ -381,7 +383,7 @@ fn evaluate(mut a: EvaluateArgs) -> anyhow::Result<()> {
     }
     let training = predict::Training::of_run(&a.model);
     let tta_flip = vggft::eval::flip_tta(a.tta.choice(), model.cfg.subject_norm);
-    let ev = predict::evaluate(&cfg, &model, &a.data, a.format, a.skip_bad, (&training, a.exclude_train), (tta_flip, device))?;
+    let ev = predict::evaluate(&cfg, &model, &data, a.format, a.skip_bad, (&training, a.exclude_train), (tta_flip, device))?;
     if ev.excluded > 0 {
         errln!("note: left out {} image(s) this run was trained on (--exclude-train); scoring the other {}", ev.excluded, ev.y.len());
     } else if ev.overlap > 0 {
@@ -412,7 +414,7 @@ fn evaluate(mut a: EvaluateArgs) -> anyhow::Result<()> {
     vggft::fsutil::write_json(
         &out.join("metrics.json"),
         &serde_json::json!({
-            "model": a.model, "data": a.data, "tta": if tta_flip { "flip" } else { "none" }, "metrics": m,
+            "model": a.model, "data": data, "tta": if tta_flip { "flip" } else { "none" }, "metrics": m,
             "threshold": cfg.threshold.as_ref().map(|t| t.describe(&cfg.classes[0], cfg.single_calibration())),
             "calibration": cfg.single_calibration().map(|c| c.describe()),
             "metrics_at_half": ev.at_half,
@@ -425,8 +427,8 @@ fn evaluate(mut a: EvaluateArgs) -> anyhow::Result<()> {
             })),
         }),
     )?;
-    vggft::eval::plot::confusion(&out.join("confusion.png"), &m.confusion, &cfg.classes, &format!("{} on {}", short_name(&a.model), short_name(&a.data)))?;
-    outln!("{} images from {}", m.n, a.data.display());
+    vggft::eval::plot::confusion(&out.join("confusion.png"), &m.confusion, &cfg.classes, &format!("{} on {}", short_name(&a.model), short_name(&data)))?;
+    outln!("{} images from {}", m.n, data.display());
     if let Some((person, single)) = modes {
         outln!(
             "{person} scored with their person's statistics, {single} by the single-image head{}",
@@ -602,7 +604,12 @@ fn refuse_options_with_resume(matches: &clap::ArgMatches) {
         .get_arguments()
         .filter(|a| !allowed.contains(&a.get_id().as_str()))
         .filter(|a| m.value_source(a.get_id().as_str()) == Some(ValueSource::CommandLine))
-        .map(|a| a.get_long().map_or_else(|| a.get_id().to_string(), |l| format!("--{l}")))
+        // A positional (the dataset as a word) is named by what was typed.
+        .map(|a| match (a.get_long(), m.try_get_one::<std::path::PathBuf>(a.get_id().as_str())) {
+            (Some(l), _) => format!("--{l}"),
+            (None, Ok(Some(v))) => format!("`{}`", v.display()),
+            (None, _) => a.get_id().to_string(),
+        })
         .collect();
     if !given.is_empty() {
         let msg = format!("{flag} {what}; {} would be ignored: drop {}, or start a new run", given.join(", "), if given.len() == 1 { "it" } else { "them" });
