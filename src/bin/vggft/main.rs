@@ -148,6 +148,10 @@ fn input_paths(inputs: &[std::path::PathBuf], recursive: bool) -> vggft::error::
     let mut expanded = Vec::with_capacity(inputs.len());
     for p in inputs {
         if p.as_os_str() == "-" {
+            // Typed at a terminal, `-` would wait silently: say what it waits for.
+            if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                errln!("reading the inputs' paths from standard input, one per line (Ctrl-D ends the list)");
+            }
             expanded.extend(predict::listed_inputs(std::io::stdin().lock())?);
         } else {
             expanded.push(p.clone());
