@@ -58,8 +58,14 @@ fn entry(dir: &Path) -> Result<Entry> {
     if dir.join("cv.json").is_file() {
         let cfg = read_json(&dir.join("cv-config.json"))?;
         flatten("", &cfg["run"], &mut recipe);
-        recipe.insert("cv.folds".into(), cfg["folds"].to_string());
-        recipe.insert("cv.seeds".into(), cfg["seeds"].to_string());
+        // As given on the command line: `--folds loso` / `--folds 5`, `--seeds 0,1,2`.
+        let folds = match (cfg["folds"]["kind"].as_str(), cfg["folds"]["k"].as_u64()) {
+            (Some("k"), Some(k)) => k.to_string(),
+            (Some(kind), _) => kind.to_string(),
+            _ => cfg["folds"].to_string(),
+        };
+        recipe.insert("cv.folds".into(), folds);
+        flatten("cv.seeds", &cfg["seeds"], &mut recipe);
         let cv = read_json(&dir.join("cv.json"))?;
         for s in cv["stats"].as_array().into_iter().flatten() {
             // `null`: no fold could compute it (or one fold, for the std).
@@ -182,6 +188,10 @@ pub fn report(dirs: &[std::path::PathBuf]) -> Result<String> {
         paths.extend(done);
         left_out.extend(unfinished);
     }
+    // The same folder twice (`runs/latest` beside the run it names, or a run
+    // given and found again in its folder) is one column.
+    let mut seen = std::collections::HashSet::new();
+    paths.retain(|d| seen.insert(std::fs::canonicalize(d).unwrap_or_else(|_| d.clone())));
     let entries: Vec<Entry> = paths.iter().map(|d| entry(d)).collect::<Result<_>>()?;
     // Data and weights are shown when they differ (paths, the data fingerprint, the weights' hash).
     let ignore = ["created"];

@@ -799,11 +799,17 @@ fn report_shows_data_and_weights_when_they_differ() {
     let (code, out, err) = run(&["report", "runs/ra", "runs/rs", "cv-a"], d.path());
     assert_eq!(code, 0, "{err}");
     assert!(!out.contains("sha256") && !out.contains("| data.path |"), "one data fingerprint for all three:\n{out}");
+    // The cv's folds and seeds as they are given on the command line.
+    assert!(out.contains("| cv.folds | – | – | 3 |") && out.contains("| cv.seeds | – | – | 0 |"), "{out}");
     std::fs::remove_dir_all(d.path().join("runs/rs")).unwrap();
     // The folder of runs: each run once (not again as `latest`).
     let (code, out, err) = run(&["report", "runs"], d.path());
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with("| | ra | rb | rc |\n"), "{out}");
+    // A run given again beside its folder, or by another path: one column.
+    let (code, out, err) = run(&["report", "runs/rc", "runs", "./runs/../runs/rc"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("| | rc | ra | rb |\n"), "{out}");
     // A run still training (no metrics.json yet) beside them is left out and named; alone it is said to be unfinished.
     let copy = d.path().join("runs/rd");
     std::fs::create_dir(&copy).unwrap();
