@@ -218,7 +218,13 @@ fn cv_end_to_end_folds_collect_and_reproducibility() {
         let (code, _, err) = run(&c.iter().map(String::as_str).collect::<Vec<_>>(), d.path());
         assert_eq!(code, 0, "a fold beside another fold: {err}");
     }
-    let (code, out, _) = run(&["cv", "--collect", "cv-c"], d.path());
+    // Options that merging has no use for are refused, not silently ignored.
+    let (code, _, err) = run(&["cv", "--collect", "cv-c", "--lr", "5", "data"], d.path());
+    assert!(
+        code == 2 && err.contains("--collect summarises the folds already in its folder") && err.contains("`data`, --lr would be ignored: drop them"),
+        "{err}"
+    );
+    let (code, out, _) = run(&["cv", "--collect", "cv-c", "--quiet"], d.path());
     assert_eq!(code, 0);
     assert!(out.contains("balanced_accuracy"));
     assert_eq!(json(&d.path().join("cv-c/cv.json"))["stats"], cv_a["stats"]);

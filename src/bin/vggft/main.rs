@@ -585,26 +585,38 @@ fn inspect(file: &std::path::Path, json: bool) -> anyhow::Result<()> {
 }
 
 /// `finetune --resume RUN` takes every option from the run's config.json,
-/// and `--rerun RUN` all but the seed and where the new run goes: any other
-/// option given with them would be silently ignored, so it is a usage error
-/// naming those options.
+/// `--rerun RUN` all but the seed and where the new run goes, and `cv
+/// --collect DIR` summarises folds already run: any other option given with
+/// them would be silently ignored, so it is a usage error naming those options.
 fn refuse_options_with_resume(matches: &clap::ArgMatches) {
     use clap::parser::ValueSource;
-    let Some(("finetune", m)) = matches.subcommand() else { return };
-    let (flag, allowed, what): (&str, &[&str], &str) = if m.value_source("resume") == Some(ValueSource::CommandLine) {
-        ("--resume", &["resume", "quiet"], "continues a run with the options saved in its config.json")
-    } else if m.value_source("rerun") == Some(ValueSource::CommandLine) {
+    let Some((command @ ("finetune" | "cv"), m)) = matches.subcommand() else { return };
+    let typed = |id: &str| m.try_contains_id(id).unwrap_or(false) && m.value_source(id) == Some(ValueSource::CommandLine);
+    let (flag, allowed, what, otherwise): (&str, &[&str], &str, &str) = if command == "cv" {
+        if !typed("collect") {
+            return;
+        }
+        (
+            "--collect",
+            &["collect", "partial", "quiet"],
+            "summarises the folds already in its folder (only --partial goes with it)",
+            "run a cv without --collect",
+        )
+    } else if typed("resume") {
+        ("--resume", &["resume", "quiet"], "continues a run with the options saved in its config.json", "start a new run")
+    } else if typed("rerun") {
         (
             "--rerun",
             &["rerun", "quiet", "seed", "out", "name", "feature_cache"],
             "trains the recipe saved in a run's config.json (only --seed, --out, --name and --feature-cache go with it)",
+            "start a new run",
         )
     } else {
         return;
     };
     let mut cmd = Cli::command();
-    let finetune = cmd.find_subcommand_mut("finetune").expect("finetune subcommand");
-    let given: Vec<String> = finetune
+    let sub = cmd.find_subcommand_mut(command).expect("finetune and cv are subcommands");
+    let given: Vec<String> = sub
         .get_arguments()
         .filter(|a| !allowed.contains(&a.get_id().as_str()))
         .filter(|a| m.value_source(a.get_id().as_str()) == Some(ValueSource::CommandLine))
@@ -616,7 +628,7 @@ fn refuse_options_with_resume(matches: &clap::ArgMatches) {
         })
         .collect();
     if !given.is_empty() {
-        let msg = format!("{flag} {what}; {} would be ignored: drop {}, or start a new run", given.join(", "), if given.len() == 1 { "it" } else { "them" });
+        let msg = format!("{flag} {what}; {} would be ignored: drop {}, or {otherwise}", given.join(", "), if given.len() == 1 { "it" } else { "them" });
         Cli::command().error(clap::error::ErrorKind::ArgumentConflict, msg).exit();
     }
 }
