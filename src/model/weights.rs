@@ -73,9 +73,12 @@ pub(crate) fn not_a_weights_file(meta: &std::fs::Metadata) -> Option<&'static st
 /// PyTorch 1.6 a pickle), the form torchvision's own VGG16 downloads in.
 pub(crate) fn pytorch_checkpoint(path: &Path) -> Option<String> {
     use std::io::Read;
+    // A safetensors file whose header is 640 bytes long starts 80 02 00 …,
+    // as a pickle does: only a file that is no safetensors is looked at.
+    header_problem(path)?;
     let mut head = [0u8; 4];
     std::fs::File::open(path).ok()?.read_exact(&mut head).ok()?;
-    (head == *b"PK\x03\x04" || head[0] == 0x80 && (2..=5).contains(&head[1])).then(|| {
+    (head == *b"PK\x03\x04" || head[0] == 0x80 && (2..=5).contains(&head[1]) && head[2] != 0).then(|| {
         format!(
             "is a PyTorch checkpoint (torch.save, as torchvision's vgg16-397923af.pth), not safetensors: convert it with `make fetch-weights FROM={}` in the vggft folder (FROM_BN= for VGG16-BN), which writes weights/vgg16.safetensors",
             path.canonicalize().unwrap_or_else(|_| path.to_path_buf()).display()

@@ -104,6 +104,19 @@ fn wrong_shapes_missing_keys_and_bad_files_are_named() {
         assert!(e.starts_with(says), "{}: {e}", f.display());
     }
     assert_eq!(weights::header_problem(&p), None);
+    // A safetensors header of 640 bytes starts 80 02 00 00 …, as a pickle does: still read as safetensors.
+    let mut header = br#"{"features.0.bias":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#.to_vec();
+    header.resize(640, b' ');
+    let mut file = (header.len() as u64).to_le_bytes().to_vec();
+    assert_eq!(&file[..2], b"\x80\x02");
+    file.extend(&header);
+    file.extend(1.5f32.to_le_bytes());
+    let padded = d.path().join("padded.safetensors");
+    std::fs::write(&padded, &file).unwrap();
+    assert_eq!(weights::header_problem(&padded), None);
+    let read = weights::read_tensors(&padded).unwrap();
+    assert_eq!(read.len(), 1);
+    assert_eq!(f64::try_from(&read[0].1.sum(Kind::Double)).unwrap(), 1.5);
     // torchvision's own download (a torch.save zip, or an older pickle): how to convert it.
     for (name, head) in [("vgg16-397923af.pth", &b"PK\x03\x04\x00\x00\x08\x08archive/data.pkl"[..]), ("old.pth", b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8")] {
         let pth = d.path().join(name);
