@@ -121,16 +121,22 @@ fn decode(bytes: &[u8]) -> std::result::Result<Gray, String> {
 /// The archive format that a file's first bytes (up to 512) show, if any:
 /// face sets such as JAFFE come as one, and a user may hand it over whole.
 pub(crate) fn archive_kind(head: &[u8]) -> Option<&'static str> {
-    const MAGIC: [(&[u8], &str); 7] = [
+    const MAGIC: [(&[u8], &str); 6] = [
         (b"PK\x03\x04", "zip"),
         (b"\x1f\x8b", "gzip"),
-        (b"BZh", "bzip2"),
         (b"\xfd7zXZ\0", "xz"),
         (b"\x28\xb5\x2f\xfd", "zstd"),
         (b"7z\xbc\xaf\x27\x1c", "7-Zip"),
         (b"Rar!\x1a\x07", "RAR"),
     ];
-    MAGIC.iter().find(|(m, _)| head.starts_with(m)).map(|(_, k)| *k).or_else(|| (head.get(257..262) == Some(b"ustar")).then_some("tar"))
+    // bzip2: `BZh`, the block size 1–9, then the first block's magic (π's digits).
+    let bzip2 = head.starts_with(b"BZh") && head.get(3).is_some_and(|b| (b'1'..=b'9').contains(b)) && head.get(4..10) == Some(b"1AY&SY");
+    MAGIC
+        .iter()
+        .find(|(m, _)| head.starts_with(m))
+        .map(|(_, k)| *k)
+        .or_else(|| bzip2.then_some("bzip2"))
+        .or_else(|| (head.get(257..262) == Some(b"ustar")).then_some("tar"))
 }
 
 /// Luma of a decoded picture, a row at a time (no full-size float copy).
@@ -427,6 +433,8 @@ mod tests {
         assert!(e.contains(UNREAD), "{e}");
         let e = decode_gray(b"PK\x03\x04\x14\0\0\0\x08\0rest of a zip").unwrap_err().to_string();
         assert!(e.contains("a zip archive, not a picture: unpack it"), "{e}");
+        assert_eq!(archive_kind(b"BZh91AY&SY\x12\x34"), Some("bzip2"));
+        assert_eq!(archive_kind(b"BZh_notes.png\n"), None);
     }
 
     /// Gray TIFFs with an alpha sample (GIMP's and PIL's `LA`), 8- and

@@ -209,7 +209,11 @@ pub fn listed_inputs(mut from: impl std::io::Read) -> crate::error::Result<Vec<P
     const STDIN: &str = "standard input (-)";
     let mut bytes = Vec::new();
     from.read_to_end(&mut bytes).map_err(|e| crate::error::Error::io(STDIN, e))?;
-    if ::image::guess_format(&bytes).is_ok() || crate::data::image::archive_kind(&bytes).is_some() {
+    // A picture's magic can begin a path too (`BMW.jpg` is a BMP's `BM`,
+    // `P5/x.png` a PGM's `P5`): only binary data (no UTF-8 text) is one.
+    let head = &bytes[..bytes.len().min(512)];
+    let binary = std::str::from_utf8(head).is_err_and(|e| e.error_len().is_some());
+    if binary && (::image::guess_format(&bytes).is_ok() || crate::data::image::archive_kind(&bytes).is_some()) {
         return Err(crate::error::Error::file(
             STDIN,
             "holds a picture or archive, not a list of paths: give the picture's path, or pipe in the paths one per line",

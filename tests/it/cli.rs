@@ -711,6 +711,13 @@ fn predict_recurses_streams_jsonl_and_takes_the_model_file() {
     assert_eq!(code, 0, "{err}");
     let named: Vec<&str> = out.lines().map(|l| l.split('\t').next().unwrap()).collect();
     assert_eq!(named, ["in/top.png", "in/deeper/mid.png", "in/deeper/mid.png"], "{out}");
+    // A first name that begins as a picture's magic does (`BM…`, a BMP's; `P5…`, a PGM's) is a name.
+    std::fs::copy(d.path().join("in/top.png"), d.path().join("BMW.png")).unwrap();
+    std::fs::copy(d.path().join("in/top.png"), d.path().join("P5.png")).unwrap();
+    let (code, out, err) = piped(b"BMW.png\nP5.png\n", &["-"]);
+    assert!(code == 0 && out.lines().count() == 2, "{err}");
+    let (code, out, err) = piped(b"P5.png\n", &["-"]);
+    assert!(code == 0 && out.starts_with("P5.png\t"), "{err}");
     let (code, out, err) = piped(b"in/top.png\0in/deeper/deepest/low.png\0", &["-"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.lines().count() == 2 && out.contains("deepest/low.png\t"), "{out}");
