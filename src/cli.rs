@@ -29,6 +29,15 @@ fn checked<T: 'static>(parse: fn(&str) -> Result<T>) -> impl Fn(&str) -> std::re
     }
 }
 
+/// A decimal number; one written with a decimal comma (`0,001`, as some
+/// locales write it) is said how to write.
+fn decimal(s: &str) -> std::result::Result<f64, String> {
+    s.trim().parse().map_err(|e| match s.replace(',', ".").trim().parse::<f64>() {
+        Ok(x) if s.matches(',').count() == 1 => format!("`{s}`: write decimals with a point ({x})"),
+        _ => format!("`{s}`: {e}"),
+    })
+}
+
 /// One of `--seeds`; a range (`0-4`, `0..4`) is said how to write.
 fn seed(s: &str) -> std::result::Result<u64, String> {
     s.trim().parse().map_err(|_| match s.split_once('-').or_else(|| s.split_once("..")) {
@@ -310,7 +319,7 @@ pub struct ModelArgs {
     #[arg(long, value_enum, default_value_t = HeadKind::Bn)]
     pub head: HeadKind,
     /// Dropout before the head's linear layer(s).
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, value_parser = decimal, default_value_t = 0.5)]
     pub dropout: f64,
     /// Hidden layer width of the bn head (0: none).
     #[arg(long, default_value_t = 0)]
@@ -384,28 +393,28 @@ pub struct TrainArgs {
     #[arg(long, default_value = "auto", value_parser = calibrate_arg)]
     pub calibrate: CalibrateChoice,
     /// Head learning rate (default: 0.003 for sgd, 0.001 otherwise; 0.01 for an sgd probe on person statistics with several photos per person).
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, value_parser = decimal, allow_negative_numbers = true)]
     pub lr: Option<f64>,
     /// Rate multiplier per block below the head: conv5 ×f, conv4 ×f², …
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, value_parser = decimal, default_value_t = 0.1)]
     pub block_lr_factor: f64,
     /// SGD momentum (ignored by adam/adamw).
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, value_parser = decimal, default_value_t = 0.9)]
     pub momentum: f64,
     /// Weight decay on conv/linear weights (default: 0.01 for adamw, 1e-4 otherwise).
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, value_parser = decimal, allow_negative_numbers = true)]
     pub weight_decay: Option<f64>,
     /// Learning-rate schedule within each stage (after the warm-up).
     #[arg(long, value_enum, default_value_t = Schedule::Cosine)]
     pub schedule: Schedule,
     /// Warm-up, as a fraction of each stage's steps.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, value_parser = decimal, default_value_t = 0.1)]
     pub warmup: f64,
     /// Images per training batch.
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
     /// Label smoothing of the cross-entropy, in [0, 0.5).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, value_parser = decimal, default_value_t = 0.0)]
     pub label_smoothing: f64,
     /// Loss weights per class: auto (inverse class frequency) or none.
     #[arg(long, value_enum, default_value_t = ClassWeights::Auto)]
@@ -417,19 +426,19 @@ pub struct TrainArgs {
     #[arg(long, num_args = 0..=1, default_missing_value = "true", help_heading = "Augmentation")]
     pub flip: Option<bool>,
     /// Max rotation in degrees.
-    #[arg(long, help_heading = "Augmentation")]
+    #[arg(long, value_parser = decimal, help_heading = "Augmentation")]
     pub rotate: Option<f64>,
     /// Max zoom fraction.
-    #[arg(long, help_heading = "Augmentation")]
+    #[arg(long, value_parser = decimal, help_heading = "Augmentation")]
     pub zoom: Option<f64>,
     /// Max shift fraction.
-    #[arg(long, help_heading = "Augmentation")]
+    #[arg(long, value_parser = decimal, help_heading = "Augmentation")]
     pub translate: Option<f64>,
     /// Max brightness change, as a fraction of the range (0–1).
-    #[arg(long, help_heading = "Augmentation")]
+    #[arg(long, value_parser = decimal, help_heading = "Augmentation")]
     pub brightness: Option<f64>,
     /// Max contrast change, as a fraction (0–0.95).
-    #[arg(long, help_heading = "Augmentation")]
+    #[arg(long, value_parser = decimal, help_heading = "Augmentation")]
     pub contrast: Option<f64>,
     /// Cached training also draws each image's unaugmented view and its
     /// mirror image beside the augmented ones: --clean-views, or
@@ -508,10 +517,10 @@ pub struct LrFindArgs {
     #[arg(long, default_value_t = 200)]
     pub steps: usize,
     /// First learning rate of the sweep.
-    #[arg(long, default_value_t = 1e-6)]
+    #[arg(long, value_parser = decimal, default_value_t = 1e-6)]
     pub start_lr: f64,
     /// Last learning rate of the sweep.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, value_parser = decimal, default_value_t = 1.0)]
     pub end_lr: f64,
     /// Output folder for lr-find.csv / lr-find.png.
     #[arg(long, default_value = "runs/lr-find")]

@@ -494,7 +494,7 @@ fn predict_held_out_shows_only_people_the_model_never_saw() {
 #[test]
 fn every_bad_option_value_is_a_usage_error_with_exit_2_naming_the_flag() {
     let d = tmp();
-    let cases: [(&[&str], &str); 26] = [
+    let cases: [(&[&str], &str); 27] = [
         (&["finetune", "--val", "x"], "--val"),
         (&["finetune", "--crop", "1,2"], "--crop"),
         (&["finetune", "--augment", "wild"], "--augment"),
@@ -509,6 +509,7 @@ fn every_bad_option_value_is_a_usage_error_with_exit_2_naming_the_flag() {
         // The dataset as a word or as --data: one of the two.
         (&["finetune", "d", "--data", "d"], "--data"),
         (&["evaluate", "d", "--data", "d"], "--data"),
+        (&["finetune", "--lr", "0,001"], "`0,001`: write decimals with a point (0.001)"),
         (&["cv", "--seeds", "0-4"], "`0-4` is a range: list the seeds (0,1,2) or give --repeats N"),
         (&["predict", "x.png", "--device", "tpu"], "--device"),
         (&["explain", "x.png", "--out", "o", "--layer", "head"], "--layer"),
