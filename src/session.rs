@@ -324,12 +324,10 @@ pub(crate) fn weights_source(path: &Path) -> String {
 pub(crate) fn resolve_weights(given: Option<&Path>, needs_bn: bool) -> Result<PathBuf> {
     if let Some(p) = given {
         return match std::fs::metadata(p) {
-            Ok(m) => {
-                match weights::not_a_weights_file(&m).map(String::from).or_else(|| weights::pytorch_checkpoint(p)).or_else(|| weights::header_problem(p)) {
-                    Some(why) => Err(Error::file(p, why)),
-                    None => Ok(p.to_path_buf()),
-                }
-            }
+            Ok(m) => match weights::not_a_weights_file(&m).map(String::from).or_else(|| weights::header_problem(p)) {
+                Some(why) => Err(Error::file(p, why)),
+                None => Ok(p.to_path_buf()),
+            },
             Err(_) => Err(Error::file(p, "weights file not found")),
         };
     }

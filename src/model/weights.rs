@@ -69,13 +69,21 @@ pub(crate) fn not_a_weights_file(meta: &std::fs::Metadata) -> Option<&'static st
     }
 }
 
+/// Why a file cannot be a safetensors weights file, from its header read
+/// against its size, without loading a tensor: a PyTorch checkpoint (with
+/// the line that converts it), a bad header, tensor data cut short; None
+/// where it can be one. Lets a run refuse a broken weights file before its
+/// photos load.
+pub fn header_problem(path: &Path) -> Option<String> {
+    let why = safetensors_problem(path)?;
+    // Only a file that is no safetensors is looked at for a checkpoint: a
+    // safetensors header of 640 bytes starts 80 02 00 …, as a pickle does.
+    Some(pytorch_checkpoint(path).unwrap_or(why))
+}
+
 /// What to do with a PyTorch checkpoint (`torch.save`: a zip, or before
 /// PyTorch 1.6 a pickle), the form torchvision's own VGG16 downloads in.
-pub(crate) fn pytorch_checkpoint(path: &Path) -> Option<String> {
-    use std::io::Read;
-    // A safetensors file whose header is 640 bytes long starts 80 02 00 …,
-    // as a pickle does: only a file that is no safetensors is looked at.
-    header_problem(path)?;
+fn pytorch_checkpoint(path: &Path) -> Option<String> {
     let mut head = [0u8; 4];
     std::fs::File::open(path).ok()?.read_exact(&mut head).ok()?;
     (head == *b"PK\x03\x04" || head[0] == 0x80 && (2..=5).contains(&head[1]) && head[2] != 0).then(|| {
@@ -86,10 +94,8 @@ pub(crate) fn pytorch_checkpoint(path: &Path) -> Option<String> {
     })
 }
 
-/// A safetensors file's header read against its size, without loading a
-/// tensor: why it cannot be one (bad header, data cut short), or None.
-/// Lets a run refuse a broken weights file before its photos load.
-pub fn header_problem(path: &Path) -> Option<String> {
+/// A safetensors header against the file's size: why it cannot be one.
+fn safetensors_problem(path: &Path) -> Option<String> {
     let len = std::fs::metadata(path).ok()?.len();
     let mut f = std::fs::File::open(path).ok()?;
     let mut n = [0u8; 8];
@@ -118,10 +124,7 @@ pub fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
     if let Some(why) = not_a_weights_file(&meta) {
         return Err(Error::weights(path, why));
     }
-    if meta.len() == 0 {
-        return Err(Error::weights(path, "is empty (0 bytes)"));
-    }
-    if let Some(why) = pytorch_checkpoint(path) {
+    if let Some(why) = header_problem(path) {
         return Err(Error::weights(path, why));
     }
     let tensors = Tensor::read_safetensors(path).map_err(|e| {
