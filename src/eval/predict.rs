@@ -81,6 +81,20 @@ pub enum SubjectFrom {
     Table(std::collections::HashMap<PathBuf, String>),
 }
 
+/// The people `subjects` groups by that hold photos whose JAFFE names give
+/// them to several people, each as `(group, those people)`: `--subject-from
+/// parent` on one flat JAFFE folder, or `--subject ID` over many people's
+/// photos, would mix them in one person's statistics.
+pub fn groups_of_several_named_people(subjects: &SubjectFrom, paths: &[PathBuf]) -> Vec<(String, Vec<String>)> {
+    let mut named: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> = std::collections::BTreeMap::new();
+    for (group, path) in subjects.keys(paths).into_iter().zip(paths) {
+        if let (Some(group), Some(person)) = (group, SubjectFrom::Names.subject(path)) {
+            named.entry(group).or_default().insert(person);
+        }
+    }
+    named.into_iter().filter(|(_, people)| people.len() > 1).map(|(group, people)| (group, people.into_iter().collect())).collect()
+}
+
 /// A path's folder; `x.png` and `./x.png` have none in the path itself: the working folder.
 fn folder_of(path: &Path) -> &Path {
     path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."))

@@ -476,6 +476,17 @@ fn subject_normalised_runs_report_both_heads_and_predict_groups_by_person() {
     }
     let answers = |v: &serde_json::Value| -> Vec<String> { v.as_array().unwrap().iter().map(|p| p["probabilities"].to_string()).collect() };
     assert_eq!(answers(&sessions), answers(&v), "{out}");
+    // One flat folder of two people by their JAFFE names: --subject-from parent would make them one.
+    let flat = d.path().join("flat");
+    std::fs::create_dir_all(&flat).unwrap();
+    for (i, name) in ["KA.HA1.1.png", "KA.NE1.2.png", "KM.HA1.3.png", "KM.NE1.4.png"].iter().enumerate() {
+        std::fs::copy(people.join("anna").join(format!("{i}.png")), flat.join(name)).unwrap();
+    }
+    let (code, _, err) = run(&["predict", "--device", "cpu", "--subject-from", "parent", "flat"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("warning: --subject-from parent makes one person of photos whose JAFFE names give them to 2 people (flat: KA, KM)"), "{err}");
+    let (code, _, err) = run(&["predict", "--device", "cpu", "flat"], d.path());
+    assert!(code == 0 && !err.contains("makes one person"), "{err}");
     // Files named from inside the person's folder (`0.png`, `./1.png`) belong to that folder's person.
     let model = d.path().join("runs/sn");
     let (code, out, err) =

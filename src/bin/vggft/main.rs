@@ -296,6 +296,17 @@ fn predict_cmd(mut a: PredictArgs) -> anyhow::Result<bool> {
             );
         }
     }
+    // A grouping given by hand that puts several people, by their JAFFE names, into one.
+    if model.cfg.subject_norm && matches!(subjects, predict::SubjectFrom::Parent | predict::SubjectFrom::All(_)) {
+        if let Some((group, people)) = predict::groups_of_several_named_people(&subjects, &paths).first() {
+            let by = if a.subject.is_some() { "--subject" } else { "--subject-from parent" };
+            errln!(
+                "warning: {by} makes one person of photos whose JAFFE names give them to {} people ({group}: {}): one person's statistics then mix several faces and the answers suffer; without {by} the names group the photos by person",
+                people.len(),
+                vggft::error::short_list(people, 4)
+            );
+        }
+    }
     let tta_flip = vggft::eval::flip_tta(a.tta.choice(), model.cfg.subject_norm);
     let preds = predict::predict(&cfg, &model, &paths, &subjects, (tta_flip, a.batch_size as usize), device, &mut reporter(false));
     if model.cfg.subject_norm {
