@@ -107,6 +107,7 @@ impl Session {
             (None, SubjectNormChoice::Auto) if config.model.subject_norm == SubjectNormChoice::Off => notes.extend(subject_norm_off(&prepared.dataset)),
             _ => {}
         }
+        notes.extend(ids_against_names(&prepared.dataset, config.model.subject_norm == SubjectNormChoice::On));
         // The whole frames are for the single-image head, which only person statistics bring.
         config.single_frame = config.model.subject_norm == SubjectNormChoice::On && prepared.data.lone.is_some();
         prepared.keep_frames(config.single_frame);
@@ -574,6 +575,38 @@ pub(crate) fn resolve_calibrate(choice: CalibrateChoice, threshold: ThresholdCho
 /// Images per subject id (`None` when some image has no subject id).
 pub(crate) fn subject_counts(ds: &Dataset) -> Option<Vec<usize>> {
     Some(people(ds)?.into_values().collect())
+}
+
+/// Where a manifest's subject ids and its files' JAFFE names disagree on who
+/// is who, a warning: one person under several ids (a split can put them on
+/// both sides: the validation figure flatters), or, with person statistics
+/// on (`norm`), several people under one id (their statistics mix faces).
+fn ids_against_names(ds: &Dataset, norm: bool) -> Vec<String> {
+    use std::collections::{BTreeMap, BTreeSet};
+    let mut people_of: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+    let mut ids_of: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
+    for s in &ds.samples {
+        let named = s.path.file_name().and_then(|n| scan::parse_jaffe_name(&n.to_string_lossy())).and_then(|r| r.ok());
+        if let (Some(id), Some((person, _))) = (s.subject.as_deref(), named) {
+            people_of.entry(id).or_default().insert(person.clone());
+            ids_of.entry(person).or_default().insert(id);
+        }
+    }
+    let shown = |set: Vec<String>| crate::error::short_list(&set, 4);
+    let mut out = Vec::new();
+    if let Some((person, ids)) = ids_of.iter().find(|(_, ids)| ids.len() > 1) {
+        out.push(format!(
+            "warning: the subject column gives one person, by the JAFFE names, several ids ({person}: {}): a subject-grouped split can put that person on both sides, and the validation figure then flatters; give each person one id",
+            shown(ids.iter().map(|i| i.to_string()).collect())
+        ));
+    }
+    if let Some((id, people)) = people_of.iter().find(|(_, people)| people.len() > 1).filter(|_| norm) {
+        out.push(format!(
+            "warning: the subject column puts several people, by the JAFFE names, under one id ({id}: {}): that id's statistics mix their faces; give each person their own id",
+            shown(people.iter().cloned().collect())
+        ));
+    }
+    out
 }
 
 /// Each subject id and its number of images (`None` when some image has no subject id).

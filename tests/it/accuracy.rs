@@ -784,6 +784,33 @@ fn pairs_keep_person_statistics_on_and_a_person_with_one_photo_turns_them_off() 
         err.contains("per-subject normalisation is off (--subject-norm auto: on where every person has at least 2 photos; here 2 of 4 people have fewer: P00: 1, P02: 1); --subject-norm on turns it on"),
         "{err}"
     );
+    // A manifest's ids that the files' JAFFE names contradict: two people under one id, one person under two.
+    let named = d.path().join("named");
+    std::fs::create_dir(&named).unwrap();
+    for (i, person) in ["AA", "BB", "CC", "DD"].iter().enumerate() {
+        for (code, label) in [("NE", "neutral"), ("HA", "smiling")] {
+            std::fs::copy(d.path().join("pairs").join(format!("s{:02}_{label}.png", i % 4)), named.join(format!("{person}.{code}1.{i}.png"))).unwrap();
+        }
+    }
+    let manifest = |ids: [&str; 8]| {
+        let mut csv = String::from("path,label,subject\n");
+        for (k, id) in ids.iter().enumerate() {
+            let (person, code, label) = (["AA", "BB", "CC", "DD"][k / 2], ["NE", "HA"][k % 2], ["neutral", "smiling"][k % 2]);
+            csv.push_str(&format!("{person}.{code}1.{}.png,{label},{id}\n", k / 2));
+        }
+        std::fs::write(named.join("manifest.csv"), csv).unwrap();
+    };
+    manifest(["X", "X", "X", "X", "Y", "Y", "Y", "Y"]);
+    let (code, _, err) = run(&args(&s, &["finetune", named.to_str().unwrap(), "--stages", "head:1", "--val", "none", "--name", "two-in-one"]), d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("warning: the subject column puts several people, by the JAFFE names, under one id (X: AA, BB)"), "{err}");
+    manifest(["A1", "A2", "B", "B", "C", "C", "D", "D"]);
+    let (code, _, err) = run(&args(&s, &["finetune", named.to_str().unwrap(), "--stages", "head:1", "--val", "none", "--name", "one-in-two"]), d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("warning: the subject column gives one person, by the JAFFE names, several ids (AA: A1, A2)"), "{err}");
+    manifest(["A", "A", "B", "B", "C", "C", "D", "D"]);
+    let (code, _, err) = run(&args(&s, &["finetune", named.to_str().unwrap(), "--stages", "head:1", "--val", "none", "--name", "agree"]), d.path());
+    assert!(code == 0 && !err.contains("by the JAFFE names"), "{err}");
     // A subject column that names each photo (a file id) is no person's: warned.
     let csv = std::fs::read_to_string(&pairs).unwrap();
     let own: Vec<String> =
