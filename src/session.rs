@@ -582,28 +582,28 @@ pub(crate) fn subject_counts(ds: &Dataset) -> Option<Vec<usize>> {
 /// both sides: the validation figure flatters), or, with person statistics
 /// on (`norm`), several people under one id (their statistics mix faces).
 fn ids_against_names(ds: &Dataset, norm: bool) -> Vec<String> {
-    use std::collections::{BTreeMap, BTreeSet};
-    let mut people_of: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
-    let mut ids_of: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
-    for s in &ds.samples {
-        let named = s.path.file_name().and_then(|n| scan::parse_jaffe_name(&n.to_string_lossy())).and_then(|r| r.ok());
-        if let (Some(id), Some((person, _))) = (s.subject.as_deref(), named) {
-            people_of.entry(id).or_default().insert(person.clone());
-            ids_of.entry(person).or_default().insert(id);
-        }
-    }
+    let named: Vec<(&str, String)> = ds
+        .samples
+        .iter()
+        .filter_map(|s| {
+            let (person, _) = scan::parse_jaffe_name(&s.path.file_name()?.to_string_lossy())?.ok()?;
+            Some((s.subject.as_deref()?, person))
+        })
+        .collect();
+    let ids_of = crate::subject::several(named.iter().map(|(id, person)| (person, *id)));
+    let people_of = crate::subject::several(named.iter().map(|(id, person)| (*id, person)));
     let shown = |set: Vec<String>| crate::error::short_list(&set, 4);
     let mut out = Vec::new();
-    if let Some((person, ids)) = ids_of.iter().find(|(_, ids)| ids.len() > 1) {
+    if let Some((person, ids)) = ids_of.first() {
         out.push(format!(
             "warning: the subject column gives one person, by the JAFFE names, several ids ({person}: {}): a subject-grouped split can put that person on both sides, and the validation figure then flatters; give each person one id",
             shown(ids.iter().map(|i| i.to_string()).collect())
         ));
     }
-    if let Some((id, people)) = people_of.iter().find(|(_, people)| people.len() > 1).filter(|_| norm) {
+    if let Some((id, people)) = people_of.first().filter(|_| norm) {
         out.push(format!(
             "warning: the subject column puts several people, by the JAFFE names, under one id ({id}: {}): that id's statistics mix their faces; give each person their own id",
-            shown(people.iter().cloned().collect())
+            shown(people.iter().map(|p| p.to_string()).collect())
         ));
     }
     out

@@ -86,13 +86,7 @@ pub enum SubjectFrom {
 /// parent` on one flat JAFFE folder, or `--subject ID` over many people's
 /// photos, would mix them in one person's statistics.
 pub fn groups_of_several_named_people(subjects: &SubjectFrom, paths: &[PathBuf]) -> Vec<(String, Vec<String>)> {
-    let mut named: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> = std::collections::BTreeMap::new();
-    for (group, path) in subjects.keys(paths).into_iter().zip(paths) {
-        if let (Some(group), Some(person)) = (group, SubjectFrom::Names.subject(path)) {
-            named.entry(group).or_default().insert(person);
-        }
-    }
-    named.into_iter().filter(|(_, people)| people.len() > 1).map(|(group, people)| (group, people.into_iter().collect())).collect()
+    crate::subject::several(subjects.keys(paths).into_iter().zip(paths).filter_map(|(group, path)| Some((group?, SubjectFrom::Names.subject(path)?))))
 }
 
 /// A path's folder; `x.png` and `./x.png` have none in the path itself: the working folder.
