@@ -226,8 +226,13 @@ mod tests {
     /// A bn head (BatchNorm1d → linear) with drawn parameters and running statistics.
     fn head(rng: &mut rand_chacha::ChaCha8Rng, d: i64, c: i64) -> (nn::VarStore, nn::BatchNorm, nn::Linear) {
         let vs = nn::VarStore::new(Device::Cpu);
-        let norm = nn::batch_norm1d(vs.root() / "norm", d, Default::default());
-        let fc = nn::linear(vs.root() / "fc", d, c, Default::default());
+        // The layers' own initialisation draws from libtorch's generator (then
+        // overwritten below): under its lock, as another test checks that
+        // nothing draws between its seeding and its draws.
+        let (norm, fc) = {
+            let _g = crate::model::lock_generator();
+            (nn::batch_norm1d(vs.root() / "norm", d, Default::default()), nn::linear(vs.root() / "fc", d, c, Default::default()))
+        };
         tch::no_grad(|| {
             for t in [norm.ws.as_ref().unwrap(), norm.bs.as_ref().unwrap(), &norm.running_mean, &fc.ws, fc.bs.as_ref().unwrap()] {
                 t.shallow_clone().copy_(&draw(rng, &t.size()));
