@@ -194,7 +194,7 @@ pub enum Command {
 pub enum WeightsCommand {
     /// List a safetensors file's tensors, say which architecture it matches, print its SHA-256.
     Inspect {
-        /// The safetensors file.
+        /// The safetensors file, or a run folder (its model.safetensors).
         file: PathBuf,
         /// Print JSON instead of a table.
         #[arg(long)]

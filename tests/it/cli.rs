@@ -294,6 +294,15 @@ fn a_lopsided_split_is_warned_of_and_preprocess_makes_its_folder() {
     }
     let after: Vec<Vec<u8>> = ["s00_neutral.png", "runs/ok/model.safetensors", "trunk.safetensors"].map(|f| std::fs::read(d.path().join(f)).unwrap()).into();
     assert!(before == after && !d.path().join("x.tiff").exists());
+    // A folder of photos is one image too many (it said "folder holds no images").
+    let (code, _, err) = run(&["preprocess", ".", "--model", "runs/ok", "--out", "y.safetensors"], d.path());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.starts_with("error: .: is a folder: preprocess writes one image's network input") && !err.contains("holds no images"), "{err}");
+    assert!(!d.path().join("y.safetensors").exists());
+    // `weights inspect` takes a run folder as --model does.
+    let (code, out, err) = run(&["weights", "inspect", "runs/ok"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("runs/ok/model.safetensors") && out.contains("a vggft checkpoint"), "{out}");
 }
 
 #[test]

@@ -126,6 +126,10 @@ fn finetune(a: FinetuneArgs, seed_given: bool) -> anyhow::Result<()> {
 
 fn preprocess(image: &std::path::Path, model: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
     predict::check_input_file(out)?;
+    // A folder reached the per-photo reader, which took it for an empty one.
+    if image.is_dir() {
+        return Err(vggft::error::Error::file(image, "is a folder: preprocess writes one image's network input, give one image (predict and explain take folders)").into());
+    }
     let cfg = run::read_config(model)?;
     let px = predict::prepare_alone(image, &cfg, &mut None)?.0;
     let s = cfg.data.preprocess.image_size as i64;
@@ -580,6 +584,9 @@ fn speed(a: SpeedArgs) -> anyhow::Result<()> {
 }
 
 fn inspect(file: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    // A run folder, as --model takes it: its model.safetensors.
+    let model = file.join("model.safetensors");
+    let file = if file.is_dir() && model.is_file() { &model } else { file };
     let i = weights::inspect(file)?;
     if json {
         outln!("{}", serde_json::to_string_pretty(&i)?);
