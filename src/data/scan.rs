@@ -164,10 +164,14 @@ pub fn parse_jaffe_name(name: &str) -> Option<std::result::Result<(String, Strin
     })
 }
 
-/// A hidden entry (`.DS_Store`, macOS's `._photo.jpg` metadata files, `.git`):
-/// never a photo or a class.
+/// A hidden entry (`.DS_Store`, macOS's `._photo.jpg` metadata files, `.git`)
+/// or the `__MACOSX` folder of resource forks that a zip made on a Mac
+/// unpacks beside the photos: never a photo or a class.
 pub(crate) fn hidden(path: &Path) -> bool {
-    path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))
+    path.file_name().is_some_and(|n| {
+        let n = n.to_string_lossy();
+        n.starts_with('.') || n == "__MACOSX"
+    })
 }
 
 /// Sorted entries of a folder. An entry that cannot be resolved (a broken

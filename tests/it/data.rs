@@ -146,6 +146,9 @@ fn scans_jaffe_folders_and_csv_in_sorted_order() {
 
     let f = tmp();
     separable_folders(f.path(), 3, 16);
+    // A zip made on a Mac unpacks `__MACOSX/` (AppleDouble `._` files) beside the class folders: not a class.
+    std::fs::create_dir_all(f.path().join("__MACOSX/a")).unwrap();
+    std::fs::write(f.path().join("__MACOSX/a/._0.png"), b"\0\x05\x16\x07").unwrap();
     let ds = scan(f.path(), DataFormat::Auto).unwrap();
     assert_eq!(ds.format, DataFormat::Folders);
     assert!(ds.samples.iter().all(|s| s.subject.is_none()));
