@@ -426,6 +426,9 @@ fn scan_data(dc: &DataConfig, reporter: &mut dyn Reporter) -> Result<Dataset> {
     if let Some(w) = scan::case_warning(&dataset) {
         reporter.message(&w);
     }
+    if let Some(w) = scan::unnamed_jaffe_warning(&dataset, "no split or person statistics here knows who is who (one person can land on both sides)") {
+        reporter.message(&w);
+    }
     if dataset.format == scan::DataFormat::Folders && dataset.samples.first().is_some_and(|s| s.subject.is_some()) {
         reporter.message("subject ids from the JAFFE file names in the class folders (KA.HA1.29.tiff: KA); the folders are the labels");
     }

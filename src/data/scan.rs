@@ -89,6 +89,37 @@ pub fn subjects_differing_in_case(ds: &Dataset) -> Vec<(String, String)> {
     out
 }
 
+/// Class folders whose files are mostly JAFFE-named, some not: the people
+/// come from the names only when every file has one, so a stray file (a
+/// file manager's `KA.NE1.26 copy.tiff`, a `portrait.png`) silently turns
+/// the subject-grouped split into an image split. Says which files, and
+/// `consequence` (what losing the people costs where it is called).
+pub fn unnamed_jaffe_warning(ds: &Dataset, consequence: &str) -> Option<String> {
+    if ds.format != DataFormat::Folders || ds.samples.iter().any(|s| s.subject.is_some()) {
+        return None;
+    }
+    let name = |s: &Sample| s.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let (named, unnamed): (Vec<&Sample>, Vec<&Sample>) = ds.samples.iter().partition(|s| matches!(parse_jaffe_name(&name(s)), Some(Ok(_))));
+    let people: std::collections::BTreeSet<String> = named.iter().filter_map(|s| parse_jaffe_name(&name(s))?.ok()).map(|(p, _)| p).collect();
+    if people.len() < 2 || named.len() < unnamed.len() {
+        return None;
+    }
+    let list: Vec<String> = unnamed
+        .iter()
+        .map(|s| match copy_of(&name(s)) {
+            Some(original) => format!("{} (a copy of {original}?)", s.path.display()),
+            None => s.path.display().to_string(),
+        })
+        .collect();
+    Some(format!(
+        "warning: {} of {} images have JAFFE names that give their person, but {} do not: {}; people are read from the names only when every file has one, so {consequence} — rename or remove those files, or list the images in a manifest.csv with a subject column",
+        named.len(),
+        ds.samples.len(),
+        unnamed.len(),
+        crate::error::short_list(&list, 3)
+    ))
+}
+
 /// What `subjects_differing_in_case` finds is told as, if anything.
 pub fn case_warning(ds: &Dataset) -> Option<String> {
     let cased: Vec<String> = subjects_differing_in_case(ds).iter().map(|(a, b)| format!("`{a}` and `{b}`")).collect();
@@ -136,6 +167,32 @@ pub fn jaffe_folder_warning(ds: &Dataset) -> Option<String> {
             crate::error::short_list(&odd, 3)
         )
     })
+}
+
+/// The JAFFE name a file manager's duplicate was made from: `KA.NE1.26
+/// copy.tiff`, `… copy 2.tiff` (macOS), `… - Copy.tiff`, `… - Copy (2).tiff`,
+/// `… (1).tiff` (Windows, browsers); None for any other name.
+pub fn copy_of(name: &str) -> Option<String> {
+    let (stem, ext) = name.rsplit_once('.')?;
+    let mut base = stem.trim_end();
+    let numbered = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit());
+    loop {
+        let before = base;
+        if let Some(b) = base.strip_suffix(')').and_then(|b| b.rsplit_once(" (")).filter(|(_, n)| numbered(n)) {
+            base = b.0;
+        }
+        if let Some(b) = base.rsplit_once(" copy ").filter(|(_, n)| numbered(n)) {
+            base = b.0;
+        }
+        for suffix in [" copy", " - Copy", " - copy"] {
+            base = base.strip_suffix(suffix).unwrap_or(base);
+        }
+        if base == before {
+            break;
+        }
+    }
+    let original = format!("{base}.{ext}");
+    (base != stem && matches!(parse_jaffe_name(&original), Some(Ok(_)))).then_some(original)
 }
 
 /// Parses a JAFFE name `SS.EEn.NNN.tiff` → (subject, expression name).
@@ -322,7 +379,15 @@ fn scan_jaffe(dir: &Path) -> Result<Dataset> {
         match parse_jaffe_name(&name) {
             Some(Ok((subject, label))) => samples.push(Sample { path: p, label, subject: Some(subject) }),
             Some(Err(problem)) => return Err(Error::file(&p, problem)),
-            None => return Err(Error::file(&p, "is not a JAFFE file name (SS.EEn.NNN.tiff)")),
+            None => match copy_of(&name) {
+                Some(original) => {
+                    return Err(Error::file(
+                        &p,
+                        format!("is not a JAFFE file name (SS.EEn.NNN.tiff): it looks like a file manager's copy of {original}; remove it (a photo counted twice can land on both sides of a split)"),
+                    ))
+                }
+                None => return Err(Error::file(&p, "is not a JAFFE file name (SS.EEn.NNN.tiff)")),
+            },
         }
     }
     Ok(Dataset { root: dir.to_path_buf(), format: DataFormat::Jaffe, samples, outside_paths: vec![], unread })
@@ -692,6 +757,18 @@ mod tests {
         assert_eq!(parse_jaffe_name("photo.jpg"), None);
         // A multi-byte character where the expression code is (a libFuzzer find: it used to panic).
         assert_eq!(parse_jaffe_name("@.N\u{14b}EK.216.tiff"), None);
+    }
+
+    #[test]
+    fn a_file_managers_copy_of_a_jaffe_photo_is_told() {
+        use super::copy_of;
+        for copy in ["KA.NE1.26 copy.tiff", "KA.NE1.26 copy 2.tiff", "KA.NE1.26 - Copy.tiff", "KA.NE1.26 - Copy (3).tiff", "KA.NE1.26 (1).tiff", "KA.NE1.26 copy (1).tiff"] {
+            assert_eq!(copy_of(copy).as_deref(), Some("KA.NE1.26.tiff"), "{copy}");
+        }
+        // The JAFFE name itself, another name, or a copy of a name that is no JAFFE name: none.
+        for other in ["KA.NE1.26.tiff", "photo copy.jpg", "KA.NE1 copy.tiff", "KA.NE1.26 (x).tiff", "KA.NE1.26copy.tiff", "copy"] {
+            assert_eq!(copy_of(other), None, "{other}");
+        }
     }
 
     #[test]

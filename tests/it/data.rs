@@ -143,6 +143,11 @@ fn scans_jaffe_folders_and_csv_in_sorted_order() {
     assert_eq!(labels.counts(), vec![3, 6], "neutral vs expressive");
     let multi = assign_labels(&ds, Task::Multiclass, &[]).unwrap();
     assert_eq!(multi.classes, vec!["happy", "neutral", "surprise"]);
+    // A file manager's duplicate in the flat folder is refused as what it is.
+    std::fs::copy(&ds.samples[0].path, d.path().join("KA.HA1.2 (1).tiff")).unwrap();
+    let e = scan(d.path(), DataFormat::Auto).unwrap_err().to_string();
+    assert!(e.contains("KA.HA1.2 (1).tiff: is not a JAFFE file name (SS.EEn.NNN.tiff): it looks like a file manager's copy of KA.HA1.2.tiff; remove it"), "{e}");
+    std::fs::remove_file(d.path().join("KA.HA1.2 (1).tiff")).unwrap();
 
     let f = tmp();
     separable_folders(f.path(), 3, 16);
@@ -169,9 +174,21 @@ fn scans_jaffe_folders_and_csv_in_sorted_order() {
     assert_eq!(ds.format, DataFormat::Folders);
     let found: Vec<(&str, &str)> = ds.samples.iter().map(|s| (s.label.as_str(), s.subject.as_deref().unwrap())).collect();
     assert_eq!(found, [("calm", "KA"), ("calm", "KL"), ("calm", "MK"), ("happy", "KA"), ("happy", "KL"), ("happy", "MK")]);
-    // One file without a JAFFE name: no subjects for anyone (a partial grouping would mislead).
+    assert_eq!(vggft::data::scan::unnamed_jaffe_warning(&ds, "…"), None);
+    // One file without a JAFFE name: no subjects for anyone (a partial grouping would mislead),
+    // and a warning names it (a file manager's copy as such).
     gray_png(&j.path().join("calm/portrait.png"), 16, 16, |x, _| x as u8);
-    assert!(scan(j.path(), DataFormat::Auto).unwrap().samples.iter().all(|s| s.subject.is_none()));
+    std::fs::copy(j.path().join("happy/KA.HA1.0.tiff"), j.path().join("happy/KA.HA1.0 copy.tiff")).unwrap();
+    let ds = scan(j.path(), DataFormat::Auto).unwrap();
+    assert!(ds.samples.iter().all(|s| s.subject.is_none()));
+    let w = vggft::data::scan::unnamed_jaffe_warning(&ds, "SO").unwrap();
+    assert!(w.starts_with("warning: 6 of 8 images have JAFFE names that give their person, but 2 do not: "), "{w}");
+    assert!(w.contains("calm/portrait.png") && w.contains("happy/KA.HA1.0 copy.tiff (a copy of KA.HA1.0.tiff?)") && w.contains(", so SO — rename"), "{w}");
+    // Mostly other names: a few JAFFE-like ones say nothing.
+    for k in 0..6 {
+        gray_png(&j.path().join(format!("calm/p{k}.png")), 16, 16, |x, _| x as u8);
+    }
+    assert_eq!(vggft::data::scan::unnamed_jaffe_warning(&scan(j.path(), DataFormat::Auto).unwrap(), "…"), None);
 
     let c = tmp();
     let manifest = subject_dataset(c.path(), 4, 16);
