@@ -699,7 +699,7 @@ pub struct PredictArgs {
     /// Subject-normalised models: every input shows this one person.
     #[arg(long, conflicts_with = "subject_from", value_parser = person_id)]
     pub subject: Option<String>,
-    /// Subject-normalised models: each input's person from `name` (JAFFE file names),
+    /// Subject-normalised models: each input's person from `name` (JAFFE or CK+ file names),
     /// `parent` (one folder per person), or `none` (every input alone: the single-image head).
     #[arg(long, value_parser = ["name", "parent", "none"], default_value = "name")]
     pub subject_from: String,

@@ -426,11 +426,11 @@ fn scan_data(dc: &DataConfig, reporter: &mut dyn Reporter) -> Result<Dataset> {
     if let Some(w) = scan::case_warning(&dataset) {
         reporter.message(&w);
     }
-    if let Some(w) = scan::unnamed_jaffe_warning(&dataset, "no split or person statistics here knows who is who (one person can land on both sides)") {
+    if let Some(w) = scan::unnamed_people_warning(&dataset, "no split or person statistics here knows who is who (one person can land on both sides)") {
         reporter.message(&w);
     }
     if dataset.format == scan::DataFormat::Folders && dataset.samples.first().is_some_and(|s| s.subject.is_some()) {
-        reporter.message("subject ids from the JAFFE file names in the class folders (KA.HA1.29.tiff: KA); the folders are the labels");
+        reporter.message("subject ids from the file names in the class folders (JAFFE's KA.HA1.29.tiff: KA; CK+'s S010_004_00000017.png: S010); the folders are the labels");
     }
     Ok(dataset)
 }
@@ -580,7 +580,8 @@ pub(crate) fn subject_counts(ds: &Dataset) -> Option<Vec<usize>> {
     Some(people(ds)?.into_values().collect())
 }
 
-/// Where a manifest's subject ids and its files' JAFFE names disagree on who
+/// Where a manifest's subject ids and its files' names (JAFFE's, CK+'s:
+/// `scan::person_in_name`) disagree on who
 /// is who, a warning: one person under several ids (a split can put them on
 /// both sides: the validation figure flatters), or, with person statistics
 /// on (`norm`), several people under one id (their statistics mix faces).
@@ -589,7 +590,7 @@ fn ids_against_names(ds: &Dataset, norm: bool) -> Vec<String> {
         .samples
         .iter()
         .filter_map(|s| {
-            let (person, _) = scan::parse_jaffe_name(&s.path.file_name()?.to_string_lossy())?.ok()?;
+            let person = scan::person_in_name(&s.path.file_name()?.to_string_lossy())?;
             Some((s.subject.as_deref()?, person))
         })
         .collect();
@@ -599,13 +600,13 @@ fn ids_against_names(ds: &Dataset, norm: bool) -> Vec<String> {
     let mut out = Vec::new();
     if let Some((person, ids)) = ids_of.first() {
         out.push(format!(
-            "warning: the subject column gives one person, by the JAFFE names, several ids ({person}: {}): a subject-grouped split can put that person on both sides, and the validation figure then flatters; give each person one id",
+            "warning: the subject column gives one person, by the file names, several ids ({person}: {}): a subject-grouped split can put that person on both sides, and the validation figure then flatters; give each person one id",
             shown(ids.iter().map(|i| i.to_string()).collect())
         ));
     }
     if let Some((id, people)) = people_of.first().filter(|_| norm) {
         out.push(format!(
-            "warning: the subject column puts several people, by the JAFFE names, under one id ({id}: {}): that id's statistics mix their faces; give each person their own id",
+            "warning: the subject column puts several people, by the file names, under one id ({id}: {}): that id's statistics mix their faces; give each person their own id",
             shown(people.iter().map(|p| p.to_string()).collect())
         ));
     }

@@ -89,18 +89,19 @@ pub fn subjects_differing_in_case(ds: &Dataset) -> Vec<(String, String)> {
     out
 }
 
-/// Class folders whose files are mostly JAFFE-named, some not: the people
-/// come from the names only when every file has one, so a stray file (a
-/// file manager's `KA.NE1.26 copy.tiff`, a `portrait.png`) silently turns
+/// Class folders whose files mostly have names that give their person
+/// (`person_in_name`), some not: the people come from the names only when
+/// every file has one, so a stray file (a file manager's `KA.NE1.26
+/// copy.tiff`, a `portrait.png`) silently turns
 /// the subject-grouped split into an image split. Says which files, and
 /// `consequence` (what losing the people costs where it is called).
-pub fn unnamed_jaffe_warning(ds: &Dataset, consequence: &str) -> Option<String> {
+pub fn unnamed_people_warning(ds: &Dataset, consequence: &str) -> Option<String> {
     if ds.format != DataFormat::Folders || ds.samples.iter().any(|s| s.subject.is_some()) {
         return None;
     }
     let name = |s: &Sample| s.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let (named, unnamed): (Vec<&Sample>, Vec<&Sample>) = ds.samples.iter().partition(|s| matches!(parse_jaffe_name(&name(s)), Some(Ok(_))));
-    let people: std::collections::BTreeSet<String> = named.iter().filter_map(|s| parse_jaffe_name(&name(s))?.ok()).map(|(p, _)| p).collect();
+    let (named, unnamed): (Vec<&Sample>, Vec<&Sample>) = ds.samples.iter().partition(|s| person_in_name(&name(s)).is_some());
+    let people: std::collections::BTreeSet<String> = named.iter().filter_map(|s| person_in_name(&name(s))).collect();
     if people.len() < 2 || named.len() < unnamed.len() {
         return None;
     }
@@ -112,7 +113,7 @@ pub fn unnamed_jaffe_warning(ds: &Dataset, consequence: &str) -> Option<String> 
         })
         .collect();
     Some(format!(
-        "warning: {} of {} images have JAFFE names that give their person, but {} do not: {}; people are read from the names only when every file has one, so {consequence} — rename or remove those files, or list the images in a manifest.csv with a subject column",
+        "warning: {} of {} images have names that give their person (JAFFE's or CK+'s), but {} do not: {}; people are read from the names only when every file has one, so {consequence} — rename or remove those files, or list the images in a manifest.csv with a subject column",
         named.len(),
         ds.samples.len(),
         unnamed.len(),
@@ -169,7 +170,7 @@ pub fn jaffe_folder_warning(ds: &Dataset) -> Option<String> {
     })
 }
 
-/// The JAFFE name a file manager's duplicate was made from: `KA.NE1.26
+/// The JAFFE (or CK+) name a file manager's duplicate was made from: `KA.NE1.26
 /// copy.tiff`, `… copy 2.tiff` (macOS), `… - Copy.tiff`, `… - Copy (2).tiff`,
 /// `… (1).tiff` (Windows, browsers); None for any other name.
 pub fn copy_of(name: &str) -> Option<String> {
@@ -192,7 +193,26 @@ pub fn copy_of(name: &str) -> Option<String> {
         }
     }
     let original = format!("{base}.{ext}");
-    (base != stem && matches!(parse_jaffe_name(&original), Some(Ok(_)))).then_some(original)
+    (base != stem && person_in_name(&original).is_some()).then_some(original)
+}
+
+/// The person a face set's file name gives: JAFFE's `KA.AN1.39.tiff` → `KA`,
+/// or CK+'s `S010_004_00000017.png` (subject, sequence, frame, as CK+ and
+/// its shared copies such as CK+48 name their frames) → `S010`; None for
+/// other names. Several frames of one CK+ sequence are near-identical: split
+/// by image, they sit on both sides.
+pub fn person_in_name(name: &str) -> Option<String> {
+    if let Some(Ok((person, _))) = parse_jaffe_name(name) {
+        return Some(person);
+    }
+    let (stem, _) = name.rsplit_once('.')?;
+    let digits = |s: &str, n: std::ops::RangeInclusive<usize>| n.contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit());
+    match stem.split('_').collect::<Vec<_>>()[..] {
+        [subject, sequence, frame] if is_image(Path::new(name)) && subject.len() == 4 && subject.starts_with(['S', 's']) && digits(&subject[1..], 3..=3) && digits(sequence, 3..=3) && digits(frame, 1..=8) => {
+            Some(subject.to_ascii_uppercase())
+        }
+        _ => None,
+    }
 }
 
 /// Parses a JAFFE name `SS.EEn.NNN.tiff` → (subject, expression name).
@@ -581,14 +601,13 @@ fn scan_folders(dir: &Path) -> Result<Dataset> {
         }
     }
     // JAFFE is often shared sorted into expression folders with its names
-    // kept (`happy/KA.HA1.29.tiff`): the person is in the name, and without it
-    // the split would put one person on both sides. The folder stays the label.
-    let people: Option<Vec<String>> = samples
-        .iter()
-        .map(|s| s.path.file_name().and_then(|n| n.to_str()).and_then(parse_jaffe_name).and_then(|r| r.ok()).map(|(subject, _)| subject))
-        .collect();
+    // kept (`happy/KA.HA1.29.tiff`), CK+ always (`anger/S010_004_00000017.png`):
+    // the person is in the name, and without it the split would put one
+    // person on both sides. The folder stays the label.
+    let name_of = |s: &Sample| s.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let people: Option<Vec<String>> = samples.iter().map(|s| person_in_name(&name_of(s))).collect();
     // `--data data` where data/jaffe/ is the JAFFE folder: one "class" named after the folder.
-    if let (Some(_), Some(first)) = (&people, samples.first()) {
+    if let Some(first) = samples.first().filter(|_| samples.iter().all(|s| matches!(parse_jaffe_name(&name_of(s)), Some(Ok(_))))) {
         if samples.iter().all(|s| s.label == first.label) {
             let folder = first.path.parent().unwrap_or(dir);
             return Err(Error::dataset(
@@ -757,6 +776,17 @@ mod tests {
         assert_eq!(parse_jaffe_name("photo.jpg"), None);
         // A multi-byte character where the expression code is (a libFuzzer find: it used to panic).
         assert_eq!(parse_jaffe_name("@.N\u{14b}EK.216.tiff"), None);
+    }
+
+    #[test]
+    fn the_person_is_read_from_jaffe_and_ck_names() {
+        use super::person_in_name;
+        assert_eq!(person_in_name("KA.NE1.26.tiff").as_deref(), Some("KA"));
+        assert_eq!(person_in_name("S010_004_00000017.png").as_deref(), Some("S010"));
+        assert_eq!(person_in_name("s505_002_7.JPG").as_deref(), Some("S505"));
+        for other in ["S010_004_00000017_emotion.txt", "S010_004_00000017.txt", "S10_004_00000017.png", "S010_04_00000017.png", "X010_004_00000017.png", "S010_004_000000170.png", "S010_004.png", "photo.jpg", "KA.XX1.1.tiff"] {
+            assert_eq!(person_in_name(other), None, "{other}");
+        }
     }
 
     #[test]

@@ -68,7 +68,8 @@ impl Mode {
 /// Where `predict` reads each input's subject from.
 #[derive(Clone, Debug, PartialEq)]
 pub enum SubjectFrom {
-    /// JAFFE file names (`KA.AN1.39.tiff` → `KA`); other names have none.
+    /// The file names (JAFFE's `KA.AN1.39.tiff` → `KA`, CK+'s
+    /// `S010_004_00000017.png` → `S010`); other names have none.
     Names,
     /// One subject for every input (`--subject ID`).
     All(String),
@@ -153,7 +154,7 @@ impl SubjectFrom {
 
     pub fn subject(&self, path: &Path) -> Option<String> {
         match self {
-            SubjectFrom::Names => path.file_name().and_then(|n| crate::data::scan::parse_jaffe_name(&n.to_string_lossy())).and_then(|r| r.ok()).map(|(s, _)| s),
+            SubjectFrom::Names => path.file_name().and_then(|n| crate::data::scan::person_in_name(&n.to_string_lossy())),
             SubjectFrom::All(s) => Some(s.clone()),
             // `x.png` and `./x.png` have no folder name in the path itself: the working folder's.
             SubjectFrom::Parent => {
@@ -940,7 +941,7 @@ pub fn evaluate(
     let warnings = label_warnings(cfg, &ds, &y)
         .into_iter()
         .chain(if model.cfg.subject_norm { crate::data::scan::case_warning(&ds) } else { None })
-        .chain(if model.cfg.subject_norm { crate::data::scan::unnamed_jaffe_warning(&ds, "every photo is answered alone, by the single-image head") } else { None })
+        .chain(if model.cfg.subject_norm { crate::data::scan::unnamed_people_warning(&ds, "every photo is answered alone, by the single-image head") } else { None })
         .chain(one_class_people(&subjects, &modes, &y))
         .chain(unusual_warning(&ds.samples.iter().map(|s| s.path.display().to_string()).collect::<Vec<_>>(), &distance))
         .collect();

@@ -484,7 +484,7 @@ fn subject_normalised_runs_report_both_heads_and_predict_groups_by_person() {
     }
     let (code, _, err) = run(&["predict", "--device", "cpu", "--subject-from", "parent", "flat"], d.path());
     assert_eq!(code, 0, "{err}");
-    assert!(err.contains("warning: --subject-from parent makes one person of photos whose JAFFE names give them to 2 people (flat: KA, KM)"), "{err}");
+    assert!(err.contains("warning: --subject-from parent makes one person of photos whose file names give them to 2 people (flat: KA, KM)"), "{err}");
     let (code, _, err) = run(&["predict", "--device", "cpu", "flat"], d.path());
     assert!(code == 0 && !err.contains("makes one person"), "{err}");
     // Files named from inside the person's folder (`0.png`, `./1.png`) belong to that folder's person.
@@ -803,14 +803,14 @@ fn pairs_keep_person_statistics_on_and_a_person_with_one_photo_turns_them_off() 
     manifest(["X", "X", "X", "X", "Y", "Y", "Y", "Y"]);
     let (code, _, err) = run(&args(&s, &["finetune", named.to_str().unwrap(), "--stages", "head:1", "--val", "none", "--name", "two-in-one"]), d.path());
     assert_eq!(code, 0, "{err}");
-    assert!(err.contains("warning: the subject column puts several people, by the JAFFE names, under one id (X: AA, BB)"), "{err}");
+    assert!(err.contains("warning: the subject column puts several people, by the file names, under one id (X: AA, BB)"), "{err}");
     manifest(["A1", "A2", "B", "B", "C", "C", "D", "D"]);
     let (code, _, err) = run(&args(&s, &["finetune", named.to_str().unwrap(), "--stages", "head:1", "--val", "none", "--name", "one-in-two"]), d.path());
     assert_eq!(code, 0, "{err}");
-    assert!(err.contains("warning: the subject column gives one person, by the JAFFE names, several ids (AA: A1, A2)"), "{err}");
+    assert!(err.contains("warning: the subject column gives one person, by the file names, several ids (AA: A1, A2)"), "{err}");
     manifest(["A", "A", "B", "B", "C", "C", "D", "D"]);
     let (code, _, err) = run(&args(&s, &["finetune", named.to_str().unwrap(), "--stages", "head:1", "--val", "none", "--name", "agree"]), d.path());
-    assert!(code == 0 && !err.contains("by the JAFFE names"), "{err}");
+    assert!(code == 0 && !err.contains("by the file names"), "{err}");
     // A subject column that names each photo (a file id) is no person's: warned.
     let csv = std::fs::read_to_string(&pairs).unwrap();
     let own: Vec<String> =

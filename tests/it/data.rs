@@ -174,21 +174,36 @@ fn scans_jaffe_folders_and_csv_in_sorted_order() {
     assert_eq!(ds.format, DataFormat::Folders);
     let found: Vec<(&str, &str)> = ds.samples.iter().map(|s| (s.label.as_str(), s.subject.as_deref().unwrap())).collect();
     assert_eq!(found, [("calm", "KA"), ("calm", "KL"), ("calm", "MK"), ("happy", "KA"), ("happy", "KL"), ("happy", "MK")]);
-    assert_eq!(vggft::data::scan::unnamed_jaffe_warning(&ds, "…"), None);
+    assert_eq!(vggft::data::scan::unnamed_people_warning(&ds, "…"), None);
     // One file without a JAFFE name: no subjects for anyone (a partial grouping would mislead),
     // and a warning names it (a file manager's copy as such).
     gray_png(&j.path().join("calm/portrait.png"), 16, 16, |x, _| x as u8);
     std::fs::copy(j.path().join("happy/KA.HA1.0.tiff"), j.path().join("happy/KA.HA1.0 copy.tiff")).unwrap();
     let ds = scan(j.path(), DataFormat::Auto).unwrap();
     assert!(ds.samples.iter().all(|s| s.subject.is_none()));
-    let w = vggft::data::scan::unnamed_jaffe_warning(&ds, "SO").unwrap();
-    assert!(w.starts_with("warning: 6 of 8 images have JAFFE names that give their person, but 2 do not: "), "{w}");
+    let w = vggft::data::scan::unnamed_people_warning(&ds, "SO").unwrap();
+    assert!(w.starts_with("warning: 6 of 8 images have names that give their person (JAFFE's or CK+'s), but 2 do not: "), "{w}");
     assert!(w.contains("calm/portrait.png") && w.contains("happy/KA.HA1.0 copy.tiff (a copy of KA.HA1.0.tiff?)") && w.contains(", so SO — rename"), "{w}");
     // Mostly other names: a few JAFFE-like ones say nothing.
     for k in 0..6 {
         gray_png(&j.path().join(format!("calm/p{k}.png")), 16, 16, |x, _| x as u8);
     }
-    assert_eq!(vggft::data::scan::unnamed_jaffe_warning(&scan(j.path(), DataFormat::Auto).unwrap(), "…"), None);
+    assert_eq!(vggft::data::scan::unnamed_people_warning(&scan(j.path(), DataFormat::Auto).unwrap(), "…"), None);
+
+    // CK+ as shared (CK+48: `anger/S010_004_00000017.png`): each name gives its person, the folder the label.
+    let k = tmp();
+    for (folder, seq) in [("anger", 1), ("happy", 4), ("neutral", 2)] {
+        std::fs::create_dir(k.path().join(folder)).unwrap();
+        for who in ["S005", "S010", "S011"] {
+            for frame in 1..=3 {
+                gray_png(&k.path().join(folder).join(format!("{who}_{seq:03}_{frame:08}.png")), 16, 16, |x, y| (x * 9 + y * frame) as u8);
+            }
+        }
+    }
+    let ds = scan(k.path(), DataFormat::Auto).unwrap();
+    assert_eq!(ds.format, DataFormat::Folders);
+    assert_eq!(ds.samples.iter().filter(|s| s.subject.as_deref() == Some("S010")).count(), 9);
+    assert!(ds.samples.iter().all(|s| s.subject.as_deref() == Some(&s.path.file_name().unwrap().to_str().unwrap()[..4])));
 
     let c = tmp();
     let manifest = subject_dataset(c.path(), 4, 16);

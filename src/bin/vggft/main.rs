@@ -305,7 +305,7 @@ fn predict_cmd(mut a: PredictArgs) -> anyhow::Result<bool> {
         if let Some((group, people)) = predict::groups_of_several_named_people(&subjects, &paths).first() {
             let by = if a.subject.is_some() { "--subject" } else { "--subject-from parent" };
             errln!(
-                "warning: {by} makes one person of photos whose JAFFE names give them to {} people ({group}: {}): one person's statistics then mix several faces and the answers suffer; without {by} the names group the photos by person",
+                "warning: {by} makes one person of photos whose file names give them to {} people ({group}: {}): one person's statistics then mix several faces and the answers suffer; without {by} the names group the photos by person",
                 people.len(),
                 vggft::error::short_list(people, 4)
             );
