@@ -21,6 +21,9 @@ pub(crate) const JAFFE_CODES: [(&str, &str); 7] =
 pub enum DataFormat {
     Auto,
     Jaffe,
+    /// KDEF as distributed: a folder per person and session (`AF01/`) of
+    /// photos whose names give person, expression and angle (`AF01ANS.JPG`).
+    Kdef,
     Folders,
     Csv,
 }
@@ -45,6 +48,10 @@ pub struct Dataset {
     /// HEIC, …): not samples, but said (`unread_warning`).
     #[serde(default)]
     pub unread: Vec<PathBuf>,
+    /// What the layout's reading left out or assumed, said once (KDEF's
+    /// photos at other angles than straight ahead).
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 pub(crate) fn is_image(path: &Path) -> bool {
@@ -113,7 +120,7 @@ pub fn unnamed_people_warning(ds: &Dataset, consequence: &str) -> Option<String>
         })
         .collect();
     Some(format!(
-        "warning: {} of {} images have names that give their person (JAFFE's or CK+'s), but {} do not: {}; people are read from the names only when every file has one, so {consequence} — rename or remove those files, or list the images in a manifest.csv with a subject column",
+        "warning: {} of {} images have names that give their person (JAFFE's, KDEF's or CK+'s), but {} do not: {}; people are read from the names only when every file has one, so {consequence} — rename or remove those files, or list the images in a manifest.csv with a subject column",
         named.len(),
         ds.samples.len(),
         unnamed.len(),
@@ -197,12 +204,15 @@ pub fn copy_of(name: &str) -> Option<String> {
 }
 
 /// The person a face set's file name gives: JAFFE's `KA.AN1.39.tiff` → `KA`,
-/// or CK+'s `S010_004_00000017.png` (subject, sequence, frame, as CK+ and
+/// KDEF's `AF01ANS.JPG` → `F01` (`parse_kdef_name`), or CK+'s `S010_004_00000017.png` (subject, sequence, frame, as CK+ and
 /// its shared copies such as CK+48 name their frames) → `S010`; None for
 /// other names. Several frames of one CK+ sequence are near-identical: split
 /// by image, they sit on both sides.
 pub fn person_in_name(name: &str) -> Option<String> {
     if let Some(Ok((person, _))) = parse_jaffe_name(name) {
+        return Some(person);
+    }
+    if let Some((person, _, _)) = parse_kdef_name(name) {
         return Some(person);
     }
     let (stem, _) = name.rsplit_once('.')?;
@@ -295,6 +305,7 @@ pub fn scan(path: &Path, format: DataFormat) -> Result<Dataset> {
             read_manifest(&csv, true)?
         }
         DataFormat::Jaffe => scan_jaffe(path)?,
+        DataFormat::Kdef => scan_kdef(path)?,
         DataFormat::Folders => scan_folders(path)?,
         DataFormat::Auto => unreachable!("detect() returns a concrete format"),
     };
@@ -375,6 +386,9 @@ fn detect(path: &Path, is_dir: bool) -> Result<DataFormat> {
     if jaffe > 0 && jaffe * 2 >= images.len() {
         return Ok(DataFormat::Jaffe);
     }
+    if kdef_layout(&entries) {
+        return Ok(DataFormat::Kdef);
+    }
     if entries.iter().any(|p| p.is_dir()) {
         return Ok(DataFormat::Folders);
     }
@@ -382,6 +396,79 @@ fn detect(path: &Path, is_dir: bool) -> Result<DataFormat> {
         return Err(Error::dataset(path, "is empty: no images, class folders or manifest.csv"));
     }
     Err(Error::dataset(path, "holds loose images that are not JAFFE-named (SS.EEn.NNN.tiff): put them in class folders or list them in a manifest.csv"))
+}
+
+/// KDEF's expression codes and their names (JAFFE's, `AF` afraid = fear).
+const KDEF_CODES: [(&str, &str); 7] =
+    [("AF", "fear"), ("AN", "angry"), ("DI", "disgust"), ("HA", "happy"), ("NE", "neutral"), ("SA", "sad"), ("SU", "surprise")];
+
+/// A KDEF person-and-session code: `AF01` (session A or B, F or M, two digits).
+fn kdef_person_code(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 4 && b"ABab".contains(&b[0]) && b"FMfm".contains(&b[1]) && b[2..].iter().all(u8::is_ascii_digit)
+}
+
+/// Parses a KDEF name `AF01ANS.JPG` (session, sex, number, expression,
+/// angle: S straight, HL/HR half, FL/FR full left/right) → (person,
+/// expression name, angle). The person is sex and number (`F01`): sessions A
+/// and B photographed the same people.
+pub fn parse_kdef_name(name: &str) -> Option<(String, String, String)> {
+    let (stem, _) = name.rsplit_once('.')?;
+    if !is_image(Path::new(name)) || !stem.is_ascii() || !(7..=8).contains(&stem.len()) || !kdef_person_code(&stem[..4]) {
+        return None;
+    }
+    let stem = stem.to_ascii_uppercase();
+    let (code, angle) = stem[4..].split_at(2);
+    let (_, label) = KDEF_CODES.iter().find(|(c, _)| *c == code)?;
+    ["S", "HL", "HR", "FL", "FR"].contains(&angle).then(|| (stem[1..4].to_string(), label.to_string(), angle.to_string()))
+}
+
+/// Whether a folder's entries are KDEF's: sub-folders named by person and
+/// session (`AF01`), none other, holding KDEF-named photos.
+fn kdef_layout(entries: &[PathBuf]) -> bool {
+    let dirs: Vec<&PathBuf> = entries.iter().filter(|p| p.is_dir()).collect();
+    let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    !dirs.is_empty()
+        && dirs.iter().all(|d| kdef_person_code(&name(d)))
+        && dirs.iter().any(|d| std::fs::read_dir(d).into_iter().flatten().flatten().any(|e| parse_kdef_name(&name(&e.path())).is_some()))
+}
+
+/// KDEF's own layout: labels and people from the names; the straight-ahead
+/// photos only, as expression studies on KDEF use them (a profile shows
+/// half a face, and five angles of one pose would weigh it five times).
+fn scan_kdef(dir: &Path) -> Result<Dataset> {
+    let (mut samples, mut unread, mut angled) = (Vec::new(), Vec::new(), 0usize);
+    for folder in sorted_entries(dir)?.into_iter().filter(|p| p.is_dir()) {
+        for p in sorted_entries(&folder)? {
+            if is_unread_picture(&p) {
+                unread.push(p);
+                continue;
+            }
+            if !p.is_file() || !is_image(&p) {
+                continue;
+            }
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            match parse_kdef_name(&name) {
+                Some((person, label, angle)) if angle == "S" => samples.push(Sample { path: p, label, subject: Some(person) }),
+                Some(_) => angled += 1,
+                None => {
+                    let hint = copy_of(&name).map(|o| format!(": it looks like a file manager's copy of {o}; remove it")).unwrap_or_default();
+                    return Err(Error::file(&p, format!("is not a KDEF file name (AF01ANS.JPG: session, sex, number, expression, angle){hint}")));
+                }
+            }
+        }
+    }
+    if samples.is_empty() && angled > 0 {
+        return Err(Error::dataset(dir, format!("holds {angled} KDEF photos, none of them straight ahead (…S.JPG), which are the ones read: list the others in a manifest.csv to use them")));
+    }
+    let mut notes = vec!["KDEF layout: each photo's expression and person from its name (AF01ANS.JPG: person F01, angry; sessions A and B are one person)".to_string()];
+    if angled > 0 {
+        notes.push(format!(
+            "KDEF: read the {} straight-ahead photos (…S.JPG); {angled} at other angles (half and full profiles) left out — list them in a manifest.csv to use them",
+            samples.len()
+        ));
+    }
+    Ok(Dataset { root: dir.to_path_buf(), format: DataFormat::Kdef, samples, outside_paths: vec![], unread, notes })
 }
 
 fn scan_jaffe(dir: &Path) -> Result<Dataset> {
@@ -410,7 +497,7 @@ fn scan_jaffe(dir: &Path) -> Result<Dataset> {
             },
         }
     }
-    Ok(Dataset { root: dir.to_path_buf(), format: DataFormat::Jaffe, samples, outside_paths: vec![], unread })
+    Ok(Dataset { root: dir.to_path_buf(), format: DataFormat::Jaffe, samples, outside_paths: vec![], unread, notes: vec![] })
 }
 
 /// Whether `dir` itself is a folder vggft wrote: a runs folder, a run, a cv
@@ -625,7 +712,7 @@ fn scan_folders(dir: &Path) -> Result<Dataset> {
             s.subject = Some(id);
         }
     }
-    Ok(Dataset { root: dir.to_path_buf(), format: DataFormat::Folders, samples, outside_paths: vec![], unread })
+    Ok(Dataset { root: dir.to_path_buf(), format: DataFormat::Folders, samples, outside_paths: vec![], unread, notes: vec![] })
 }
 
 /// The manifest's field separator, from its header line: a comma, else a
@@ -758,7 +845,7 @@ pub fn read_manifest(csv_path: &Path, labelled: bool) -> Result<Dataset> {
         }
     }
     samples.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(Dataset { root: csv_path.to_path_buf(), format: DataFormat::Csv, samples, outside_paths: outside, unread: vec![] })
+    Ok(Dataset { root: csv_path.to_path_buf(), format: DataFormat::Csv, samples, outside_paths: outside, unread: vec![], notes: vec![] })
 }
 
 #[cfg(test)]
@@ -790,6 +877,20 @@ mod tests {
     }
 
     #[test]
+    fn kdef_names_give_person_expression_and_angle() {
+        use super::{parse_kdef_name, person_in_name};
+        let p = |n: &str| parse_kdef_name(n).map(|(a, b, c)| format!("{a} {b} {c}"));
+        assert_eq!(p("AF01ANS.JPG").as_deref(), Some("F01 angry S"));
+        assert_eq!(p("BM35AFHL.jpg").as_deref(), Some("M35 fear HL"));
+        assert_eq!(p("bf07nefr.JPEG").as_deref(), Some("F07 neutral FR"));
+        // Sessions A and B are one person; the name gives it in class folders too.
+        assert_eq!(person_in_name("BF01HAS.JPG"), person_in_name("AF01SUS.JPG"));
+        for other in ["AF01XXS.JPG", "AF01ANX.JPG", "CF01ANS.JPG", "AX01ANS.JPG", "AF1ANS.JPG", "AF01ANS.txt", "AF01ANSS.JPG", "AF01AN.JPG", "KA.NE1.26.tiff"] {
+            assert_eq!(parse_kdef_name(other), None, "{other}");
+        }
+    }
+
+    #[test]
     fn a_file_managers_copy_of_a_jaffe_photo_is_told() {
         use super::copy_of;
         for copy in ["KA.NE1.26 copy.tiff", "KA.NE1.26 copy 2.tiff", "KA.NE1.26 - Copy.tiff", "KA.NE1.26 - Copy (3).tiff", "KA.NE1.26 (1).tiff", "KA.NE1.26 copy (1).tiff"] {
@@ -815,6 +916,7 @@ mod tests {
             ],
             outside_paths: vec![],
             unread: vec![],
+            notes: vec![],
         };
         // Every image in its expression's folder, or in a folder of the user's own naming: nothing to say.
         assert_eq!(super::jaffe_folder_warning(&ds), None);

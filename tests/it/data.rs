@@ -182,7 +182,7 @@ fn scans_jaffe_folders_and_csv_in_sorted_order() {
     let ds = scan(j.path(), DataFormat::Auto).unwrap();
     assert!(ds.samples.iter().all(|s| s.subject.is_none()));
     let w = vggft::data::scan::unnamed_people_warning(&ds, "SO").unwrap();
-    assert!(w.starts_with("warning: 6 of 8 images have names that give their person (JAFFE's or CK+'s), but 2 do not: "), "{w}");
+    assert!(w.starts_with("warning: 6 of 8 images have names that give their person (JAFFE's, KDEF's or CK+'s), but 2 do not: "), "{w}");
     assert!(w.contains("calm/portrait.png") && w.contains("happy/KA.HA1.0 copy.tiff (a copy of KA.HA1.0.tiff?)") && w.contains(", so SO — rename"), "{w}");
     // Mostly other names: a few JAFFE-like ones say nothing.
     for k in 0..6 {
@@ -204,6 +204,34 @@ fn scans_jaffe_folders_and_csv_in_sorted_order() {
     assert_eq!(ds.format, DataFormat::Folders);
     assert_eq!(ds.samples.iter().filter(|s| s.subject.as_deref() == Some("S010")).count(), 9);
     assert!(ds.samples.iter().all(|s| s.subject.as_deref() == Some(&s.path.file_name().unwrap().to_str().unwrap()[..4])));
+
+    // KDEF as distributed: a folder per person and session; labels and people from the names, straight-ahead photos only.
+    let kd = tmp();
+    for who in ["AF01", "BF01", "AM02"] {
+        std::fs::create_dir(kd.path().join(who)).unwrap();
+        for code in ["NE", "HA", "AF"] {
+            for angle in ["S", "HL", "FR"] {
+                gray_png(&kd.path().join(who).join(format!("{who}{code}{angle}.JPG")), 16, 16, |x, y| (x * 9 + y) as u8);
+            }
+        }
+    }
+    let ds = scan(kd.path(), DataFormat::Auto).unwrap();
+    assert_eq!(ds.format, DataFormat::Kdef);
+    let found: Vec<String> = ds.samples.iter().map(|s| format!("{} {}", s.label, s.subject.as_deref().unwrap())).collect();
+    assert_eq!(found, ["fear F01", "happy F01", "neutral F01", "fear M02", "happy M02", "neutral M02", "fear F01", "happy F01", "neutral F01"]);
+    assert!(ds.notes.iter().any(|n| n.contains("read the 9 straight-ahead photos (…S.JPG); 18 at other angles")), "{:?}", ds.notes);
+    // Only profiles: said, not "no images".
+    for who in ["AF01", "BF01", "AM02"] {
+        for code in ["NE", "HA", "AF"] {
+            std::fs::remove_file(kd.path().join(who).join(format!("{who}{code}S.JPG"))).unwrap();
+        }
+    }
+    let e = scan(kd.path(), DataFormat::Auto).unwrap_err().to_string();
+    assert!(e.contains("holds 18 KDEF photos, none of them straight ahead"), "{e}");
+    // A stray file in a person's folder is named.
+    gray_png(&kd.path().join("AF01/AF01NES (1).JPG"), 16, 16, |x, _| x as u8);
+    let e = scan(kd.path(), DataFormat::Auto).unwrap_err().to_string();
+    assert!(e.contains("AF01NES (1).JPG: is not a KDEF file name") && e.contains("a file manager's copy of AF01NES.JPG"), "{e}");
 
     let c = tmp();
     let manifest = subject_dataset(c.path(), 4, 16);
