@@ -261,7 +261,7 @@ pub struct SpeedArgs {
 #[derive(Args, Debug, Clone)]
 #[command(next_help_heading = "Data")]
 pub struct DataArgs {
-    /// Dataset: a folder (JAFFE files, class folders, or with manifest.csv) or a CSV manifest.
+    /// Dataset: a folder (JAFFE files, KDEF, class folders, or with manifest.csv) or a CSV manifest.
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// The dataset given as a word (`vggft finetune jaffe/`), as --data.

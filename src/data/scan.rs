@@ -19,12 +19,16 @@ pub(crate) const JAFFE_CODES: [(&str, &str); 7] =
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum DataFormat {
+    /// Told from the folder's contents.
     Auto,
+    /// A flat folder of JAFFE-named photos (`KA.AN1.39.tiff`: person, expression).
     Jaffe,
     /// KDEF as distributed: a folder per person and session (`AF01/`) of
     /// photos whose names give person, expression and angle (`AF01ANS.JPG`).
     Kdef,
+    /// A folder per class (`neutral/`, `happy/`).
     Folders,
+    /// A manifest: `path,label[,subject]`.
     Csv,
 }
 
