@@ -941,7 +941,11 @@ pub fn evaluate(
     let warnings = label_warnings(cfg, &ds, &y)
         .into_iter()
         .chain(if model.cfg.subject_norm { crate::data::scan::case_warning(&ds) } else { None })
-        .chain(if model.cfg.subject_norm { crate::data::scan::unnamed_people_warning(&ds, "every photo is answered alone, by the single-image head") } else { None })
+        .chain(if model.cfg.subject_norm {
+            crate::data::scan::unnamed_people_warning(&ds, "every photo is answered alone, by the single-image head")
+        } else {
+            None
+        })
         .chain(one_class_people(&subjects, &modes, &y))
         .chain(unusual_warning(&ds.samples.iter().map(|s| s.path.display().to_string()).collect::<Vec<_>>(), &distance))
         .collect();

@@ -128,7 +128,11 @@ fn preprocess(image: &std::path::Path, model: &std::path::Path, out: &std::path:
     predict::check_input_file(out)?;
     // A folder reached the per-photo reader, which took it for an empty one.
     if image.is_dir() {
-        return Err(vggft::error::Error::file(image, "is a folder: preprocess writes one image's network input, give one image (predict and explain take folders)").into());
+        return Err(vggft::error::Error::file(
+            image,
+            "is a folder: preprocess writes one image's network input, give one image (predict and explain take folders)",
+        )
+        .into());
     }
     let cfg = run::read_config(model)?;
     let px = predict::prepare_alone(image, &cfg, &mut None)?.0;
