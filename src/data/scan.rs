@@ -26,6 +26,9 @@ pub enum DataFormat {
     /// KDEF as distributed: a folder per person and session (`AF01/`) of
     /// photos whose names give person, expression and angle (`AF01ANS.JPG`).
     Kdef,
+    /// CK+ as distributed: `cohn-kanade-images/S005/001/` frames beside
+    /// `Emotion/S005/001/…_emotion.txt` labels.
+    Ckplus,
     /// A folder per class (`neutral/`, `happy/`).
     Folders,
     /// A manifest: `path,label[,subject]`.
@@ -222,7 +225,14 @@ pub fn person_in_name(name: &str) -> Option<String> {
     let (stem, _) = name.rsplit_once('.')?;
     let digits = |s: &str, n: std::ops::RangeInclusive<usize>| n.contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit());
     match stem.split('_').collect::<Vec<_>>()[..] {
-        [subject, sequence, frame] if is_image(Path::new(name)) && subject.len() == 4 && subject.starts_with(['S', 's']) && digits(&subject[1..], 3..=3) && digits(sequence, 3..=3) && digits(frame, 1..=8) => {
+        [subject, sequence, frame]
+            if is_image(Path::new(name))
+                && subject.len() == 4
+                && subject.starts_with(['S', 's'])
+                && digits(&subject[1..], 3..=3)
+                && digits(sequence, 3..=3)
+                && digits(frame, 1..=8) =>
+        {
             Some(subject.to_ascii_uppercase())
         }
         _ => None,
@@ -310,6 +320,7 @@ pub fn scan(path: &Path, format: DataFormat) -> Result<Dataset> {
         }
         DataFormat::Jaffe => scan_jaffe(path)?,
         DataFormat::Kdef => scan_kdef(path)?,
+        DataFormat::Ckplus => scan_ckplus(path)?,
         DataFormat::Folders => scan_folders(path)?,
         DataFormat::Auto => unreachable!("detect() returns a concrete format"),
     };
@@ -393,6 +404,9 @@ fn detect(path: &Path, is_dir: bool) -> Result<DataFormat> {
     if kdef_layout(&entries) {
         return Ok(DataFormat::Kdef);
     }
+    if ckplus_root(path).is_some() {
+        return Ok(DataFormat::Ckplus);
+    }
     if entries.iter().any(|p| p.is_dir()) {
         return Ok(DataFormat::Folders);
     }
@@ -437,6 +451,84 @@ fn kdef_layout(entries: &[PathBuf]) -> bool {
         && dirs.iter().any(|d| std::fs::read_dir(d).into_iter().flatten().flatten().any(|e| parse_kdef_name(&name(&e.path())).is_some()))
 }
 
+/// CK+'s emotion codes (`Emotion/…_emotion.txt`: 0–7) and their names
+/// (JAFFE's, and contempt).
+const CK_CODES: [&str; 8] = ["neutral", "angry", "contempt", "disgust", "fear", "happy", "sad", "surprise"];
+
+/// How many frames up to a sequence's peak (the frame its emotion file
+/// names) carry its emotion, as CK+48 takes them; its first frame is neutral.
+pub const CK_PEAK_FRAMES: usize = 3;
+
+/// The folder holding CK+'s `cohn-kanade-images/` and `Emotion/`, given
+/// itself or as its images folder.
+fn ckplus_root(path: &Path) -> Option<PathBuf> {
+    let both = |d: &Path| d.join("cohn-kanade-images").is_dir() && d.join("Emotion").is_dir();
+    if both(path) {
+        return Some(path.to_path_buf());
+    }
+    let path = path.canonicalize().ok()?;
+    let parent = path.parent()?;
+    (path.file_name()? == "cohn-kanade-images" && both(parent)).then(|| parent.to_path_buf())
+}
+
+/// CK+ as distributed: each sequence with an emotion file gives its first
+/// frame as neutral and the `CK_PEAK_FRAMES` frames up to its peak as its
+/// emotion; the person is the sequence's folder (`S005`). Sequences without
+/// an emotion file (CK+ labels 327 of 593) are counted in a note.
+fn scan_ckplus(path: &Path) -> Result<Dataset> {
+    let root = ckplus_root(path).ok_or_else(|| Error::dataset(path, "is not CK+ as distributed: no cohn-kanade-images/ and Emotion/ folders"))?;
+    let images = root.join("cohn-kanade-images");
+    let (mut samples, mut unread, mut sequences, mut unlabelled) = (Vec::new(), Vec::new(), 0usize, 0usize);
+    for person in sorted_entries(&images)?.into_iter().filter(|p| p.is_dir()) {
+        let subject = person.file_name().map(|n| n.to_string_lossy().to_uppercase()).unwrap_or_default();
+        for seq in sorted_entries(&person)?.into_iter().filter(|p| p.is_dir()) {
+            let labels = root.join("Emotion").join(seq.strip_prefix(&images).unwrap_or(&seq));
+            let emotion = if labels.is_dir() {
+                sorted_entries(&labels)?.into_iter().find(|p| p.is_file() && p.to_string_lossy().ends_with("_emotion.txt"))
+            } else {
+                None
+            };
+            let Some(emotion) = emotion else {
+                unlabelled += 1;
+                continue;
+            };
+            let text = std::fs::read_to_string(&emotion).map_err(|e| Error::io(&emotion, e))?;
+            let code = text.trim().parse::<f64>().ok().filter(|c| c.fract() == 0.0 && (0.0..CK_CODES.len() as f64).contains(c));
+            let Some(code) = code else {
+                return Err(Error::file(&emotion, format!("is not a CK+ emotion file (one number, 0 to 7): it holds `{}`", text.trim().escape_debug())));
+            };
+            let mut frames = Vec::new();
+            for p in sorted_entries(&seq)? {
+                if is_unread_picture(&p) {
+                    unread.push(p);
+                } else if p.is_file() && is_image(&p) {
+                    frames.push(p);
+                }
+            }
+            // The peak: the frame the emotion file is named after (`S005_001_00000011_emotion.txt`).
+            let peak_name = emotion.file_name().map(|n| n.to_string_lossy().trim_end_matches("_emotion.txt").to_string()).unwrap_or_default();
+            let Some(peak) = frames.iter().position(|f| f.file_stem().is_some_and(|s| s.to_string_lossy() == peak_name)) else {
+                return Err(Error::file(&emotion, format!("names frame {peak_name}, which {} does not hold", seq.display())));
+            };
+            if peak < CK_PEAK_FRAMES {
+                return Err(Error::file(&emotion, format!("names frame {peak_name}, frame {} of its sequence: a CK+ sequence needs a neutral first frame and {CK_PEAK_FRAMES} frames up to its peak", peak + 1)));
+            }
+            samples.push(Sample { path: frames[0].clone(), label: CK_CODES[0].to_string(), subject: Some(subject.clone()) });
+            for f in &frames[peak + 1 - CK_PEAK_FRAMES..=peak] {
+                samples.push(Sample { path: f.clone(), label: CK_CODES[code as usize].to_string(), subject: Some(subject.clone()) });
+            }
+            sequences += 1;
+        }
+    }
+    let mut notes = vec![format!(
+        "CK+ layout: {sequences} sequence(s) with an emotion file; each one's first frame is read as neutral and the {CK_PEAK_FRAMES} frames up to its peak as its emotion (as CK+48 takes them); the person from its folder (S005)"
+    )];
+    if unlabelled > 0 {
+        notes.push(format!("CK+: {unlabelled} sequence(s) without an emotion file (Emotion/…/…_emotion.txt) left out"));
+    }
+    Ok(Dataset { root, format: DataFormat::Ckplus, samples, outside_paths: vec![], unread, notes })
+}
+
 /// KDEF's own layout: labels and people from the names; the straight-ahead
 /// photos only, as expression studies on KDEF use them (a profile shows
 /// half a face, and five angles of one pose would weigh it five times).
@@ -463,9 +555,13 @@ fn scan_kdef(dir: &Path) -> Result<Dataset> {
         }
     }
     if samples.is_empty() && angled > 0 {
-        return Err(Error::dataset(dir, format!("holds {angled} KDEF photos, none of them straight ahead (…S.JPG), which are the ones read: list the others in a manifest.csv to use them")));
+        return Err(Error::dataset(
+            dir,
+            format!("holds {angled} KDEF photos, none of them straight ahead (…S.JPG), which are the ones read: list the others in a manifest.csv to use them"),
+        ));
     }
-    let mut notes = vec!["KDEF layout: each photo's expression and person from its name (AF01ANS.JPG: person F01, angry; sessions A and B are one person)".to_string()];
+    let mut notes =
+        vec!["KDEF layout: each photo's expression and person from its name (AF01ANS.JPG: person F01, angry; sessions A and B are one person)".to_string()];
     if angled > 0 {
         notes.push(format!(
             "KDEF: read the {} straight-ahead photos (…S.JPG); {angled} at other angles (half and full profiles) left out — list them in a manifest.csv to use them",
@@ -875,7 +971,17 @@ mod tests {
         assert_eq!(person_in_name("KA.NE1.26.tiff").as_deref(), Some("KA"));
         assert_eq!(person_in_name("S010_004_00000017.png").as_deref(), Some("S010"));
         assert_eq!(person_in_name("s505_002_7.JPG").as_deref(), Some("S505"));
-        for other in ["S010_004_00000017_emotion.txt", "S010_004_00000017.txt", "S10_004_00000017.png", "S010_04_00000017.png", "X010_004_00000017.png", "S010_004_000000170.png", "S010_004.png", "photo.jpg", "KA.XX1.1.tiff"] {
+        for other in [
+            "S010_004_00000017_emotion.txt",
+            "S010_004_00000017.txt",
+            "S10_004_00000017.png",
+            "S010_04_00000017.png",
+            "X010_004_00000017.png",
+            "S010_004_000000170.png",
+            "S010_004.png",
+            "photo.jpg",
+            "KA.XX1.1.tiff",
+        ] {
             assert_eq!(person_in_name(other), None, "{other}");
         }
     }
@@ -897,7 +1003,14 @@ mod tests {
     #[test]
     fn a_file_managers_copy_of_a_jaffe_photo_is_told() {
         use super::copy_of;
-        for copy in ["KA.NE1.26 copy.tiff", "KA.NE1.26 copy 2.tiff", "KA.NE1.26 - Copy.tiff", "KA.NE1.26 - Copy (3).tiff", "KA.NE1.26 (1).tiff", "KA.NE1.26 copy (1).tiff"] {
+        for copy in [
+            "KA.NE1.26 copy.tiff",
+            "KA.NE1.26 copy 2.tiff",
+            "KA.NE1.26 - Copy.tiff",
+            "KA.NE1.26 - Copy (3).tiff",
+            "KA.NE1.26 (1).tiff",
+            "KA.NE1.26 copy (1).tiff",
+        ] {
             assert_eq!(copy_of(copy).as_deref(), Some("KA.NE1.26.tiff"), "{copy}");
         }
         // The JAFFE name itself, another name, or a copy of a name that is no JAFFE name: none.

@@ -146,7 +146,10 @@ fn scans_jaffe_folders_and_csv_in_sorted_order() {
     // A file manager's duplicate in the flat folder is refused as what it is.
     std::fs::copy(&ds.samples[0].path, d.path().join("KA.HA1.2 (1).tiff")).unwrap();
     let e = scan(d.path(), DataFormat::Auto).unwrap_err().to_string();
-    assert!(e.contains("KA.HA1.2 (1).tiff: is not a JAFFE file name (SS.EEn.NNN.tiff): it looks like a file manager's copy of KA.HA1.2.tiff; remove it"), "{e}");
+    assert!(
+        e.contains("KA.HA1.2 (1).tiff: is not a JAFFE file name (SS.EEn.NNN.tiff): it looks like a file manager's copy of KA.HA1.2.tiff; remove it"),
+        "{e}"
+    );
     std::fs::remove_file(d.path().join("KA.HA1.2 (1).tiff")).unwrap();
 
     let f = tmp();
@@ -232,6 +235,60 @@ fn scans_jaffe_folders_and_csv_in_sorted_order() {
     gray_png(&kd.path().join("AF01/AF01NES (1).JPG"), 16, 16, |x, _| x as u8);
     let e = scan(kd.path(), DataFormat::Auto).unwrap_err().to_string();
     assert!(e.contains("AF01NES (1).JPG: is not a KDEF file name") && e.contains("a file manager's copy of AF01NES.JPG"), "{e}");
+
+    // CK+ as distributed: frames in cohn-kanade-images/, labels in Emotion/ (one number, as CK+ writes it).
+    let ck = tmp();
+    let frames = |seq: &str, n: u32| {
+        let dir = ck.path().join("cohn-kanade-images").join(seq);
+        std::fs::create_dir_all(&dir).unwrap();
+        let name = seq.replace('/', "_");
+        for f in 1..=n {
+            gray_png(&dir.join(format!("{name}_{f:08}.png")), 16, 16, |x, y| (x * 9 + y * f) as u8);
+        }
+    };
+    let emotion = |seq: &str, peak: u32, text: &str| {
+        let dir = ck.path().join("Emotion").join(seq);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{}_{peak:08}_emotion.txt", seq.replace('/', "_"))), text).unwrap();
+    };
+    frames("S005/001", 5);
+    emotion("S005/001", 5, "   3.0000000e+00\n");
+    frames("S010/002", 6);
+    emotion("S010/002", 4, "   5.0000000e+00\n");
+    frames("S010/003", 4);
+    for given in [ck.path().to_path_buf(), ck.path().join("cohn-kanade-images")] {
+        let ds = scan(&given, DataFormat::Auto).unwrap();
+        assert_eq!(ds.format, DataFormat::Ckplus);
+        let found: Vec<String> =
+            ds.samples.iter().map(|s| format!("{} {} {}", s.path.file_stem().unwrap().to_str().unwrap(), s.label, s.subject.as_deref().unwrap())).collect();
+        assert_eq!(
+            found,
+            [
+                "S005_001_00000001 neutral S005",
+                "S005_001_00000003 disgust S005",
+                "S005_001_00000004 disgust S005",
+                "S005_001_00000005 disgust S005",
+                "S010_002_00000001 neutral S010",
+                "S010_002_00000002 happy S010",
+                "S010_002_00000003 happy S010",
+                "S010_002_00000004 happy S010"
+            ]
+        );
+        assert!(
+            ds.notes.iter().any(|n| n.contains("2 sequence(s) with an emotion file"))
+                && ds.notes.iter().any(|n| n.contains("1 sequence(s) without an emotion file")),
+            "{:?}",
+            ds.notes
+        );
+    }
+    // A label file that is no CK+ code, and a peak too early, are named.
+    emotion("S010/003", 4, "happy");
+    let e = scan(ck.path(), DataFormat::Auto).unwrap_err().to_string();
+    assert!(e.contains("S010_003_00000004_emotion.txt: is not a CK+ emotion file (one number, 0 to 7): it holds `happy`"), "{e}");
+    std::fs::remove_file(ck.path().join("Emotion/S010/003/S010_003_00000004_emotion.txt")).unwrap();
+    emotion("S010/003", 2, "1");
+    let e = scan(ck.path(), DataFormat::Auto).unwrap_err().to_string();
+    assert!(e.contains("names frame S010_003_00000002, frame 2 of its sequence"), "{e}");
 
     let c = tmp();
     let manifest = subject_dataset(c.path(), 4, 16);
