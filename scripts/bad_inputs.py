@@ -221,6 +221,32 @@ def run_inventory(d):
     shutil.copy(os.path.join(copies, "happy", "00.png"), os.path.join(copies, "happy", "00 (1).png"))
     data_case("a copy of a photo in its own class, no subject ids (warns: a split can put one copy on each side)", copies)
     data_case("a run folder given as --data (vggft's output, not photos)", os.path.join(d, "runs", "ok"))
+    jcopy = os.path.join(d, "jaffecopy")
+    os.makedirs(jcopy)
+    for n in ["KA.NE1.26.tiff", "KA.HA1.29.tiff", "KL.NE1.155.tiff", "KL.SU1.158.tiff", "KA.HA1.29 copy.tiff"]:
+        Image.open(ok_png).save(os.path.join(jcopy, n))
+    data_case("a file manager's copy in a JAFFE folder (KA.HA1.29 copy.tiff)", jcopy)
+    mixed = os.path.join(d, "mostlyjaffe")
+    for c, names in (("neutral", ["KA.NE1.26.tiff", "KL.NE1.155.tiff"]), ("happy", ["KA.HA1.29.tiff", "KL.HA1.158.tiff", "portrait.png"])):
+        os.makedirs(os.path.join(mixed, c))
+        for n in names:
+            Image.open(ok_png).save(os.path.join(mixed, c, n))
+    data_case("class folders of JAFFE-named files but one (warns: the people are not read)", mixed, "--val", "none")
+    kdef = os.path.join(d, "kdef")
+    for who in ["AF01", "AM02"]:
+        os.makedirs(os.path.join(kdef, who))
+        for n in [f"{who}NES.JPG", f"{who}HAS.JPG", f"{who}HAHL.JPG"]:
+            Image.open(ok_png).save(os.path.join(kdef, who, n), format="JPEG")
+    Image.open(ok_png).save(os.path.join(kdef, "AF01", "IMG_0042.JPG"), format="JPEG")
+    data_case("KDEF as distributed, with a stray photo in a person's folder", kdef)
+    ck = os.path.join(d, "ckplus")
+    os.makedirs(os.path.join(ck, "cohn-kanade-images", "S005", "001"))
+    os.makedirs(os.path.join(ck, "Emotion", "S005", "001"))
+    for f in range(1, 5):
+        Image.open(ok_png).save(os.path.join(ck, "cohn-kanade-images", "S005", "001", f"S005_001_{f:08}.png"))
+    with open(os.path.join(ck, "Emotion", "S005", "001", "S005_001_00000004_emotion.txt"), "w") as fh:
+        fh.write("happy\n")
+    data_case("CK+ as distributed, an emotion file that holds a word", ck)
     jz = os.path.join(d, "jaffedbase.zip")
     shutil.make_archive(jz[:-4], "zip", os.path.join(d, "good"))
     data_case("the archive a face set comes in, given as --data (jaffedbase.zip)", jz)
@@ -290,6 +316,8 @@ def run_inventory(d):
     weights_case("torchvision's own download (a torch.save .pth) as the weights", os.path.join(wd, "vgg16-397923af.pth"))
     code, out, err = vggft("preprocess", ok_png, "--model", "runs/ok", "--out", ok_png, cwd=d)
     record("`preprocess --out` naming the photo it reads", code, said(err))
+    code, out, err = vggft("preprocess", img, "--model", "runs/ok", "--out", "x.safetensors", cwd=d)
+    record("`preprocess` given a folder of photos (it writes one image's input)", code, said(err))
     photos = os.path.join(d, "photos")
     os.makedirs(photos)
     shutil.copy(ok_png, photos)

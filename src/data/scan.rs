@@ -127,10 +127,10 @@ pub fn unnamed_people_warning(ds: &Dataset, consequence: &str) -> Option<String>
         })
         .collect();
     Some(format!(
-        "warning: {} of {} images have names that give their person (JAFFE's, KDEF's or CK+'s), but {} do not: {}; people are read from the names only when every file has one, so {consequence} — rename or remove those files, or list the images in a manifest.csv with a subject column",
-        named.len(),
-        ds.samples.len(),
+        "warning: {} of {} images lack a name that gives their person, as JAFFE's, KDEF's and CK+'s give it for the other {}: {}; people are read from the names only when every file has one, so {consequence} — rename or remove those files, or list the images in a manifest.csv with a subject column",
         unnamed.len(),
+        ds.samples.len(),
+        named.len(),
         crate::error::short_list(&list, 3)
     ))
 }
@@ -495,7 +495,7 @@ fn scan_ckplus(path: &Path) -> Result<Dataset> {
             let text = std::fs::read_to_string(&emotion).map_err(|e| Error::io(&emotion, e))?;
             let code = text.trim().parse::<f64>().ok().filter(|c| c.fract() == 0.0 && (0.0..CK_CODES.len() as f64).contains(c));
             let Some(code) = code else {
-                return Err(Error::file(&emotion, format!("is not a CK+ emotion file (one number, 0 to 7): it holds `{}`", text.trim().escape_debug())));
+                return Err(Error::file(&emotion, format!("is not a CK+ emotion file (one number, 0 to 7): it holds \"{}\"", text.trim().escape_debug())));
             };
             let mut frames = Vec::new();
             for p in sorted_entries(&seq)? {

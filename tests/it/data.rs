@@ -185,7 +185,7 @@ fn scans_jaffe_folders_and_csv_in_sorted_order() {
     let ds = scan(j.path(), DataFormat::Auto).unwrap();
     assert!(ds.samples.iter().all(|s| s.subject.is_none()));
     let w = vggft::data::scan::unnamed_people_warning(&ds, "SO").unwrap();
-    assert!(w.starts_with("warning: 6 of 8 images have names that give their person (JAFFE's, KDEF's or CK+'s), but 2 do not: "), "{w}");
+    assert!(w.starts_with("warning: 2 of 8 images lack a name that gives their person, as JAFFE's, KDEF's and CK+'s give it for the other 6: "), "{w}");
     assert!(w.contains("calm/portrait.png") && w.contains("happy/KA.HA1.0 copy.tiff (a copy of KA.HA1.0.tiff?)") && w.contains(", so SO — rename"), "{w}");
     // Mostly other names: a few JAFFE-like ones say nothing.
     for k in 0..6 {
@@ -284,7 +284,7 @@ fn scans_jaffe_folders_and_csv_in_sorted_order() {
     // A label file that is no CK+ code, and a peak too early, are named.
     emotion("S010/003", 4, "happy");
     let e = scan(ck.path(), DataFormat::Auto).unwrap_err().to_string();
-    assert!(e.contains("S010_003_00000004_emotion.txt: is not a CK+ emotion file (one number, 0 to 7): it holds `happy`"), "{e}");
+    assert!(e.contains("S010_003_00000004_emotion.txt: is not a CK+ emotion file (one number, 0 to 7): it holds \"happy\""), "{e}");
     std::fs::remove_file(ck.path().join("Emotion/S010/003/S010_003_00000004_emotion.txt")).unwrap();
     emotion("S010/003", 2, "1");
     let e = scan(ck.path(), DataFormat::Auto).unwrap_err().to_string();
