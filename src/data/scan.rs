@@ -106,9 +106,9 @@ pub fn subjects_differing_in_case(ds: &Dataset) -> Vec<(String, String)> {
 /// Class folders whose files mostly have names that give their person
 /// (`person_in_name`), some not: the people come from the names only when
 /// every file has one, so a stray file (a file manager's `KA.NE1.26
-/// copy.tiff`, a `portrait.png`) silently turns
-/// the subject-grouped split into an image split. Says which files, and
-/// `consequence` (what losing the people costs where it is called).
+/// copy.tiff`, a `portrait.png`) silently turns the subject-grouped split
+/// into an image split. Says which files, and `consequence` (what losing the
+/// people costs where it is called).
 pub fn unnamed_people_warning(ds: &Dataset, consequence: &str) -> Option<String> {
     if ds.format != DataFormat::Folders || ds.samples.iter().any(|s| s.subject.is_some()) {
         return None;
@@ -184,9 +184,10 @@ pub fn jaffe_folder_warning(ds: &Dataset) -> Option<String> {
     })
 }
 
-/// The JAFFE (or CK+) name a file manager's duplicate was made from: `KA.NE1.26
-/// copy.tiff`, `… copy 2.tiff` (macOS), `… - Copy.tiff`, `… - Copy (2).tiff`,
-/// `… (1).tiff` (Windows, browsers); None for any other name.
+/// The name that gives a person (`person_in_name`) a file manager's
+/// duplicate was made from: `KA.NE1.26 copy.tiff`, `… copy 2.tiff` (macOS),
+/// `… - Copy.tiff`, `… - Copy (2).tiff`, `… (1).tiff` (Windows, browsers);
+/// None for any other name.
 pub fn copy_of(name: &str) -> Option<String> {
     let (stem, ext) = name.rsplit_once('.')?;
     let mut base = stem.trim_end();
@@ -211,10 +212,11 @@ pub fn copy_of(name: &str) -> Option<String> {
 }
 
 /// The person a face set's file name gives: JAFFE's `KA.AN1.39.tiff` → `KA`,
-/// KDEF's `AF01ANS.JPG` → `F01` (`parse_kdef_name`), or CK+'s `S010_004_00000017.png` (subject, sequence, frame, as CK+ and
-/// its shared copies such as CK+48 name their frames) → `S010`; None for
-/// other names. Several frames of one CK+ sequence are near-identical: split
-/// by image, they sit on both sides.
+/// KDEF's `AF01ANS.JPG` → `F01` (`parse_kdef_name`), or CK+'s
+/// `S010_004_00000017.png` (subject, sequence, frame, as CK+ and its shared
+/// copies such as CK+48 name their frames) → `S010`; None for other names.
+/// Several frames of one CK+ sequence are near-identical: split by image,
+/// they sit on both sides.
 pub fn person_in_name(name: &str) -> Option<String> {
     if let Some(Ok((person, _))) = parse_jaffe_name(name) {
         return Some(person);
