@@ -772,6 +772,17 @@ fn scan_folders(dir: &Path) -> Result<Dataset> {
             }
         }
         if samples.len() == before {
+            // A face set's own layout one level down (`KDEF_and_AKDEF/KDEF/`, a folder above CK+'s): give it itself.
+            let inner = sorted_entries(&class_dir).ok().filter(|e| kdef_layout(e)).map(|_| "KDEF").or_else(|| ckplus_root(&class_dir).map(|_| "CK+"));
+            if let Some(set) = inner {
+                return Err(Error::dataset(
+                    dir,
+                    format!(
+                        "holds {set} as distributed in `{label}`, which would be read as one class: give that folder itself (--data {})",
+                        class_dir.display()
+                    ),
+                ));
+            }
             // People often sort a class by person: `neutral/KA/…`.
             let nested = sorted_entries(&class_dir)?.into_iter().find(|d| d.is_dir() && holds_images(d));
             let hint = match (nested, unread.get(unread_before)) {

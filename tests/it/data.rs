@@ -231,6 +231,15 @@ fn scans_jaffe_folders_and_csv_in_sorted_order() {
     }
     let e = scan(kd.path(), DataFormat::Auto).unwrap_err().to_string();
     assert!(e.contains("holds 18 KDEF photos, none of them straight ahead"), "{e}");
+    // KDEF_and_AKDEF/KDEF/… given from the folder above: named, not read as a class.
+    let above = tmp();
+    std::fs::create_dir_all(above.path().join("AKDEF")).unwrap();
+    gray_png(&above.path().join("AKDEF/AFS.JPG"), 16, 16, |x, _| x as u8);
+    let kdef_copy = above.path().join("KDEF");
+    std::fs::create_dir_all(kdef_copy.join("AF01")).unwrap();
+    gray_png(&kdef_copy.join("AF01/AF01NES.JPG"), 16, 16, |x, _| x as u8);
+    let e = scan(above.path(), DataFormat::Auto).unwrap_err().to_string();
+    assert!(e.contains("holds KDEF as distributed in `KDEF`, which would be read as one class: give that folder itself (--data "), "{e}");
     // A stray file in a person's folder is named.
     gray_png(&kd.path().join("AF01/AF01NES (1).JPG"), 16, 16, |x, _| x as u8);
     let e = scan(kd.path(), DataFormat::Auto).unwrap_err().to_string();
@@ -281,6 +290,14 @@ fn scans_jaffe_folders_and_csv_in_sorted_order() {
             ds.notes
         );
     }
+    // Given from the folder above, beside a folder of other photos: named, not read as a class.
+    let above = tmp();
+    std::fs::create_dir_all(above.path().join("ck/cohn-kanade-images/S005")).unwrap();
+    std::fs::create_dir_all(above.path().join("ck/Emotion")).unwrap();
+    std::fs::create_dir_all(above.path().join("other")).unwrap();
+    gray_png(&above.path().join("other/a.png"), 16, 16, |x, _| x as u8);
+    let e = scan(above.path(), DataFormat::Auto).unwrap_err().to_string();
+    assert!(e.contains("holds CK+ as distributed in `ck`, which would be read as one class"), "{e}");
     // A label file that is no CK+ code, and a peak too early, are named.
     emotion("S010/003", 4, "happy");
     let e = scan(ck.path(), DataFormat::Auto).unwrap_err().to_string();
