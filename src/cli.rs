@@ -261,13 +261,13 @@ pub struct SpeedArgs {
 #[derive(Args, Debug, Clone)]
 #[command(next_help_heading = "Data")]
 pub struct DataArgs {
-    /// Dataset: a folder (JAFFE files, KDEF, CK+, class folders, or with manifest.csv) or a CSV manifest.
+    /// Dataset: a folder (JAFFE files, KDEF, RaFD, CK+, class folders, or with manifest.csv) or a CSV manifest.
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// The dataset given as a word (`vggft finetune jaffe/`), as --data.
     #[arg(value_name = "DATA", conflicts_with = "data")]
     pub dataset: Option<PathBuf>,
-    /// Dataset layout: auto, jaffe, kdef, ckplus, folders or csv (`--format` is an older name).
+    /// Dataset layout: auto, jaffe, kdef, rafd, ckplus, folders or csv (`--format` is an older name).
     #[arg(long = "layout", alias = "format", value_enum, default_value_t = DataFormat::Auto)]
     pub format: DataFormat,
     /// binary: neutral vs expressive; multiclass: every label its own class.
@@ -541,7 +541,7 @@ pub struct EvaluateArgs {
     /// The dataset given as a word (`vggft evaluate test/`), as --data.
     #[arg(value_name = "DATA", conflicts_with = "data")]
     pub dataset: Option<PathBuf>,
-    /// Dataset layout: auto, jaffe, kdef, ckplus, folders or csv (`--format` is an older name).
+    /// Dataset layout: auto, jaffe, kdef, rafd, ckplus, folders or csv (`--format` is an older name).
     #[arg(long = "layout", alias = "format", value_enum, default_value_t = DataFormat::Auto)]
     pub format: DataFormat,
     /// Output folder for metrics.json and confusion.png (default: RUN/eval-<data name>).
@@ -699,7 +699,7 @@ pub struct PredictArgs {
     /// Subject-normalised models: every input shows this one person.
     #[arg(long, conflicts_with = "subject_from", value_parser = person_id)]
     pub subject: Option<String>,
-    /// Subject-normalised models: each input's person from `name` (JAFFE, KDEF or CK+ file names),
+    /// Subject-normalised models: each input's person from `name` (JAFFE, KDEF, RaFD or CK+ file names),
     /// `parent` (one folder per person), or `none` (every input alone: the single-image head).
     #[arg(long, value_parser = ["name", "parent", "none"], default_value = "name")]
     pub subject_from: String,

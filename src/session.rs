@@ -433,7 +433,9 @@ fn scan_data(dc: &DataConfig, reporter: &mut dyn Reporter) -> Result<Dataset> {
         reporter.message(&w);
     }
     if dataset.format == scan::DataFormat::Folders && dataset.samples.first().is_some_and(|s| s.subject.is_some()) {
-        reporter.message("subject ids from the file names in the class folders (JAFFE's KA.HA1.29.tiff: KA; KDEF's AF01HAS.JPG: F01; CK+'s S010_004_00000017.png: S010); the folders are the labels");
+        reporter.message(
+            "subject ids from the file names in the class folders (JAFFE's, KDEF's, RaFD's or CK+'s: KA.HA1.29.tiff → KA); the folders are the labels",
+        );
     }
     Ok(dataset)
 }
@@ -583,7 +585,7 @@ pub(crate) fn subject_counts(ds: &Dataset) -> Option<Vec<usize>> {
     Some(people(ds)?.into_values().collect())
 }
 
-/// Where a manifest's subject ids and its files' names (JAFFE's, KDEF's, CK+'s:
+/// Where a manifest's subject ids and its files' names (JAFFE's, KDEF's, RaFD's, CK+'s:
 /// `scan::person_in_name`) disagree on who
 /// is who, a warning: one person under several ids (a split can put them on
 /// both sides: the validation figure flatters), or, with person statistics

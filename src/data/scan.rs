@@ -26,6 +26,9 @@ pub enum DataFormat {
     /// KDEF as distributed: a folder per person and session (`AF01/`) of
     /// photos whose names give person, expression and angle (`AF01ANS.JPG`).
     Kdef,
+    /// RaFD as distributed: a flat folder of photos whose names give camera,
+    /// person, expression and gaze (`Rafd090_01_Caucasian_female_angry_frontal.jpg`).
+    Rafd,
     /// CK+ as distributed: `cohn-kanade-images/S005/001/` frames beside
     /// `Emotion/S005/001/…_emotion.txt` labels.
     Ckplus,
@@ -127,7 +130,7 @@ pub fn unnamed_people_warning(ds: &Dataset, consequence: &str) -> Option<String>
         })
         .collect();
     Some(format!(
-        "warning: {} of {} images lack a name that gives their person, as JAFFE's, KDEF's and CK+'s give it for the other {}: {}; people are read from the names only when every file has one, so {consequence} — rename or remove those files, or list the images in a manifest.csv with a subject column",
+        "warning: {} of {} images lack a name that gives their person, as JAFFE's, KDEF's, RaFD's and CK+'s give it for the other {}: {}; people are read from the names only when every file has one, so {consequence} — rename or remove those files, or list the images in a manifest.csv with a subject column",
         unnamed.len(),
         ds.samples.len(),
         named.len(),
@@ -212,7 +215,8 @@ pub fn copy_of(name: &str) -> Option<String> {
 }
 
 /// The person a face set's file name gives: JAFFE's `KA.AN1.39.tiff` → `KA`,
-/// KDEF's `AF01ANS.JPG` → `F01` (`parse_kdef_name`), or CK+'s
+/// KDEF's `AF01ANS.JPG` → `F01` (`parse_kdef_name`), RaFD's
+/// `Rafd090_01_Caucasian_female_angry_frontal.jpg` → `01`, or CK+'s
 /// `S010_004_00000017.png` (subject, sequence, frame, as CK+ and its shared
 /// copies such as CK+48 name their frames) → `S010`; None for other names.
 /// Several frames of one CK+ sequence are near-identical: split by image,
@@ -222,6 +226,9 @@ pub fn person_in_name(name: &str) -> Option<String> {
         return Some(person);
     }
     if let Some((person, _, _)) = parse_kdef_name(name) {
+        return Some(person);
+    }
+    if let Some((person, _, _)) = parse_rafd_name(name) {
         return Some(person);
     }
     let (stem, _) = name.rsplit_once('.')?;
@@ -322,6 +329,7 @@ pub fn scan(path: &Path, format: DataFormat) -> Result<Dataset> {
         }
         DataFormat::Jaffe => scan_jaffe(path)?,
         DataFormat::Kdef => scan_kdef(path)?,
+        DataFormat::Rafd => scan_rafd(path)?,
         DataFormat::Ckplus => scan_ckplus(path)?,
         DataFormat::Folders => scan_folders(path)?,
         DataFormat::Auto => unreachable!("detect() returns a concrete format"),
@@ -403,6 +411,10 @@ fn detect(path: &Path, is_dir: bool) -> Result<DataFormat> {
     if jaffe > 0 && jaffe * 2 >= images.len() {
         return Ok(DataFormat::Jaffe);
     }
+    let rafd = images.iter().filter(|p| p.file_name().is_some_and(|n| parse_rafd_name(&n.to_string_lossy()).is_some())).count();
+    if rafd > 0 && rafd * 2 >= images.len() {
+        return Ok(DataFormat::Rafd);
+    }
     if kdef_layout(&entries) {
         return Ok(DataFormat::Kdef);
     }
@@ -451,6 +463,90 @@ fn kdef_layout(entries: &[PathBuf]) -> bool {
     !dirs.is_empty()
         && dirs.iter().all(|d| kdef_person_code(&name(d)))
         && dirs.iter().any(|d| std::fs::read_dir(d).into_iter().flatten().flatten().any(|e| parse_kdef_name(&name(&e.path())).is_some()))
+}
+
+/// RaFD's expression words and their names (JAFFE's, and contempt).
+const RAFD_WORDS: [(&str, &str); 8] = [
+    ("angry", "angry"),
+    ("contemptuous", "contempt"),
+    ("disgusted", "disgust"),
+    ("fearful", "fear"),
+    ("happy", "happy"),
+    ("neutral", "neutral"),
+    ("sad", "sad"),
+    ("surprised", "surprise"),
+];
+
+/// Parses a RaFD name `Rafd090_01_Caucasian_female_angry_frontal.jpg`
+/// (camera angle, person, group, sex, expression, gaze) → (person,
+/// expression name, camera angle).
+pub fn parse_rafd_name(name: &str) -> Option<(String, String, String)> {
+    let (stem, _) = name.rsplit_once('.')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    match stem.split('_').collect::<Vec<_>>()[..] {
+        [camera, person, group, sex, expression, gaze]
+            if is_image(Path::new(name))
+                && camera.len() == 7
+                && camera.is_ascii()
+                && camera[..4].eq_ignore_ascii_case("rafd")
+                && digits(&camera[4..])
+                && digits(person)
+                && person.len() <= 3
+                && !group.is_empty()
+                && group.chars().all(char::is_alphabetic)
+                && ["female", "male"].iter().any(|s| s.eq_ignore_ascii_case(sex))
+                && ["frontal", "left", "right"].iter().any(|g| g.eq_ignore_ascii_case(gaze)) =>
+        {
+            let (_, label) = RAFD_WORDS.iter().find(|(w, _)| w.eq_ignore_ascii_case(expression))?;
+            Some((person.to_string(), label.to_string(), camera[4..].to_string()))
+        }
+        _ => None,
+    }
+}
+
+/// RaFD's own layout: labels and people from the names; the frontal
+/// camera's photos only (`Rafd090_…`, all three gaze directions), as
+/// expression studies on RaFD use them.
+fn scan_rafd(dir: &Path) -> Result<Dataset> {
+    let (mut samples, mut unread, mut angled) = (Vec::new(), Vec::new(), 0usize);
+    for p in sorted_entries(dir)? {
+        if is_unread_picture(&p) {
+            unread.push(p);
+            continue;
+        }
+        if !p.is_file() || !is_image(&p) {
+            continue;
+        }
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        match parse_rafd_name(&name) {
+            Some((person, label, camera)) if camera == "090" => samples.push(Sample { path: p, label, subject: Some(person) }),
+            Some(_) => angled += 1,
+            None => {
+                let hint = copy_of(&name).map(|o| format!(": it looks like a file manager's copy of {o}; remove it")).unwrap_or_default();
+                return Err(Error::file(
+                    &p,
+                    format!("is not a RaFD file name (Rafd090_01_Caucasian_female_angry_frontal.jpg: camera, person, group, sex, expression, gaze){hint}"),
+                ));
+            }
+        }
+    }
+    if samples.is_empty() && angled > 0 {
+        return Err(Error::dataset(
+            dir,
+            format!(
+                "holds {angled} RaFD photos, none from the frontal camera (Rafd090_…), which are the ones read: list the others in a manifest.csv to use them"
+            ),
+        ));
+    }
+    let mut notes =
+        vec!["RaFD layout: each photo's expression and person from its name (Rafd090_01_Caucasian_female_angry_frontal.jpg: person 01, angry)".to_string()];
+    if angled > 0 {
+        notes.push(format!(
+            "RaFD: read the {} photos of the frontal camera (Rafd090_…, all three gaze directions); {angled} from the other cameras left out — list them in a manifest.csv to use them",
+            samples.len()
+        ));
+    }
+    Ok(Dataset { root: dir.to_path_buf(), format: DataFormat::Rafd, samples, outside_paths: vec![], unread, notes })
 }
 
 /// CK+'s emotion codes (`Emotion/…_emotion.txt`: 0–7) and their names
@@ -1010,6 +1106,29 @@ mod tests {
         assert_eq!(person_in_name("BF01HAS.JPG"), person_in_name("AF01SUS.JPG"));
         for other in ["AF01XXS.JPG", "AF01ANX.JPG", "CF01ANS.JPG", "AX01ANS.JPG", "AF1ANS.JPG", "AF01ANS.txt", "AF01ANSS.JPG", "AF01AN.JPG", "KA.NE1.26.tiff"] {
             assert_eq!(parse_kdef_name(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn rafd_names_give_person_expression_and_camera() {
+        use super::{parse_rafd_name, person_in_name};
+        let p = |n: &str| parse_rafd_name(n).map(|(a, b, c)| format!("{a} {b} {c}"));
+        assert_eq!(p("Rafd090_01_Caucasian_female_angry_frontal.jpg").as_deref(), Some("01 angry 090"));
+        assert_eq!(p("Rafd045_49_Moroccan_male_contemptuous_left.JPG").as_deref(), Some("49 contempt 045"));
+        assert_eq!(p("rafd180_12_Kid_female_surprised_right.png").as_deref(), Some("12 surprise 180"));
+        assert_eq!(person_in_name("Rafd090_07_Caucasian_male_fearful_frontal.jpg").as_deref(), Some("07"));
+        for other in [
+            "Rafd090_01_Caucasian_female_bored_frontal.jpg",
+            "Rafd090_01_Caucasian_female_angry_up.jpg",
+            "Rafd090_01_Caucasian_other_angry_frontal.jpg",
+            "Rafd90_01_Caucasian_female_angry_frontal.jpg",
+            "Rafx090_01_Caucasian_female_angry_frontal.jpg",
+            "Rafd090_01_Caucasian_female_angry_frontal.txt",
+            "Rafd090_01_female_angry_frontal.jpg",
+            "Rafd090_x1_Caucasian_female_angry_frontal.jpg",
+            "R\u{e4}fd090_01_Caucasian_female_angry_frontal.jpg",
+        ] {
+            assert_eq!(parse_rafd_name(other), None, "{other}");
         }
     }
 

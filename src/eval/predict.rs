@@ -68,7 +68,7 @@ impl Mode {
 /// Where `predict` reads each input's subject from.
 #[derive(Clone, Debug, PartialEq)]
 pub enum SubjectFrom {
-    /// The file names (JAFFE's `KA.AN1.39.tiff` → `KA`, CK+'s
+    /// The file names (`scan::person_in_name`: JAFFE's `KA.AN1.39.tiff` → `KA`, CK+'s
     /// `S010_004_00000017.png` → `S010`); other names have none.
     Names,
     /// One subject for every input (`--subject ID`).

@@ -185,7 +185,7 @@ fn scans_jaffe_folders_and_csv_in_sorted_order() {
     let ds = scan(j.path(), DataFormat::Auto).unwrap();
     assert!(ds.samples.iter().all(|s| s.subject.is_none()));
     let w = vggft::data::scan::unnamed_people_warning(&ds, "SO").unwrap();
-    assert!(w.starts_with("warning: 2 of 8 images lack a name that gives their person, as JAFFE's, KDEF's and CK+'s give it for the other 6: "), "{w}");
+    assert!(w.starts_with("warning: 2 of 8 images lack a name that gives their person, as JAFFE's, KDEF's, RaFD's and CK+'s give it for the other 6: "), "{w}");
     assert!(w.contains("calm/portrait.png") && w.contains("happy/KA.HA1.0 copy.tiff (a copy of KA.HA1.0.tiff?)") && w.contains(", so SO — rename"), "{w}");
     // Mostly other names: a few JAFFE-like ones say nothing.
     for k in 0..6 {
@@ -244,6 +244,41 @@ fn scans_jaffe_folders_and_csv_in_sorted_order() {
     gray_png(&kd.path().join("AF01/AF01NES (1).JPG"), 16, 16, |x, _| x as u8);
     let e = scan(kd.path(), DataFormat::Auto).unwrap_err().to_string();
     assert!(e.contains("AF01NES (1).JPG: is not a KDEF file name") && e.contains("a file manager's copy of AF01NES.JPG"), "{e}");
+
+    // RaFD as distributed: one flat folder; labels and people from the names, the frontal camera only.
+    let rf = tmp();
+    for (who, group, sex) in [("01", "Caucasian", "female"), ("02", "Moroccan", "male")] {
+        for expression in ["neutral", "happy", "contemptuous"] {
+            for (camera, gaze) in [("090", "frontal"), ("090", "left"), ("045", "frontal")] {
+                gray_png(&rf.path().join(format!("Rafd{camera}_{who}_{group}_{sex}_{expression}_{gaze}.jpg")), 16, 16, |x, y| (x * 9 + y) as u8);
+            }
+        }
+    }
+    let ds = scan(rf.path(), DataFormat::Auto).unwrap();
+    assert_eq!(ds.format, DataFormat::Rafd);
+    let found: Vec<String> = ds.samples.iter().map(|s| format!("{} {}", s.label, s.subject.as_deref().unwrap())).collect();
+    assert_eq!(
+        found,
+        [
+            "contempt 01",
+            "contempt 01",
+            "happy 01",
+            "happy 01",
+            "neutral 01",
+            "neutral 01",
+            "contempt 02",
+            "contempt 02",
+            "happy 02",
+            "happy 02",
+            "neutral 02",
+            "neutral 02"
+        ]
+    );
+    assert!(
+        ds.notes.iter().any(|n| n.contains("read the 12 photos of the frontal camera (Rafd090_…, all three gaze directions); 6 from the other cameras")),
+        "{:?}",
+        ds.notes
+    );
 
     // CK+ as distributed: frames in cohn-kanade-images/, labels in Emotion/ (one number, as CK+ writes it).
     let ck = tmp();
