@@ -938,8 +938,12 @@ pub fn evaluate(
     // Only where some image was decided off 0.5: otherwise the same figures twice.
     let off_half = (0..y.len()).any(|i| cfg.threshold_off_half(modes[i]).is_some());
     let at_half = off_half.then(|| crate::eval::metrics(&y, &probs, &cfg.classes));
-    let warnings = label_warnings(cfg, &ds, &y)
-        .into_iter()
+    // What the layout's reading left out (KDEF's profiles) leads, as finetune says it.
+    let warnings = ds
+        .notes
+        .iter()
+        .cloned()
+        .chain(label_warnings(cfg, &ds, &y))
         .chain(if model.cfg.subject_norm { crate::data::scan::case_warning(&ds) } else { None })
         .chain(if model.cfg.subject_norm {
             crate::data::scan::unnamed_people_warning(&ds, "every photo is answered alone, by the single-image head")

@@ -345,6 +345,20 @@ fn subject_normalised_runs_report_both_heads_and_predict_groups_by_person() {
         out.contains("0 scored with their person's statistics, 4 by the single-image head (no subject id") && !err.contains("unlabelled images"),
         "{out}\n{err}"
     );
+    // KDEF's layout: the names give people and expressions, and the profiles left out are said.
+    for (p, who) in ["AF01", "AM02"].iter().enumerate() {
+        let dir = d.path().join("kdef").join(who);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (label, code) in [("neutral", "NE"), ("expressive", "HA")] {
+            for angle in ["S", "HL"] {
+                std::fs::copy(d.path().join(format!("p{p:02}_{label}_{}.png", (angle == "HL") as usize)), dir.join(format!("{who}{code}{angle}.JPG"))).unwrap();
+            }
+        }
+    }
+    let (code, out, err) = run(&["evaluate", "--device", "cpu", "--data", d.path().join("kdef").to_str().unwrap(), "--out", "ev-kdef"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("KDEF: read the 4 straight-ahead photos (…S.JPG); 4 at other angles"), "{err}");
+    assert!(out.contains("4 scored with their person's statistics, 0 by the single-image head"), "{out}\n{err}");
 
     let img = |s: usize, label: &str, i: usize| d.path().join(format!("p{s:02}_{label}_{i}.png"));
     let lines = |out: &str| out.lines().map(|l| l.to_string()).collect::<Vec<_>>();
