@@ -31,6 +31,8 @@ pub struct FacesReport {
     pub sheet: PathBuf,
     /// Pictures of the folder in a format vggft does not read (not cropped).
     pub unread: Vec<PathBuf>,
+    /// What the layout's reading left out or assumed (`Dataset::notes`).
+    pub notes: Vec<String>,
 }
 
 /// Detects the face in every image of `dir` (any dataset layout), writes crops, CSV and contact sheet.
@@ -97,7 +99,7 @@ pub fn run(dir: &Path, out: &Path, tile: u32) -> Result<FacesReport> {
     for old in stale.iter().filter(|c| !written.contains(*c)) {
         let _ = std::fs::remove_file(out.join(old));
     }
-    Ok(FacesReport { images: paths.len(), fallbacks, seconds_per_image: detect_time / paths.len().max(1) as f64, sheet, unread: ds.unread })
+    Ok(FacesReport { images: paths.len(), fallbacks, seconds_per_image: detect_time / paths.len().max(1) as f64, sheet, unread: ds.unread, notes: ds.notes })
 }
 
 /// The crops a previous `vggft faces` run listed in `out/manifest.csv`

@@ -138,6 +138,18 @@ fn faces_command_writes_crops_csv_and_a_contact_sheet() {
     trunk_only(&w, 61);
     let (code, _, err) = run(&args(&small(&w), &["finetune", "--data", "fc/manifest.csv", "--stages", "head:1", "--val", "none"]), d.path());
     assert_eq!(code, 0, "{err}");
+    // KDEF's layout: the crops carry the names' expressions and people, and the profiles left out are said.
+    let kdef = d.path().join("kdef/AF01");
+    std::fs::create_dir_all(&kdef).unwrap();
+    let photos: Vec<String> = rows[1..].iter().map(|r| r.split(',').next().unwrap().to_string()).collect();
+    for (photo, name) in photos.iter().zip(["AF01NES.JPG", "AF01HAS.JPG", "AF01HAFL.JPG"]) {
+        std::fs::copy(d.path().join("fc").join(photo), kdef.join(name)).unwrap();
+    }
+    let (code, _, err) = run(&["faces", "kdef", "--out", "fk", "--tile", "64"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("KDEF: read the 2 straight-ahead photos (…S.JPG); 1 at other angles"), "{err}");
+    let m = std::fs::read_to_string(d.path().join("fk/manifest.csv")).unwrap();
+    assert_eq!(m.lines().skip(1).map(|r| r.split_once(',').unwrap().1).collect::<Vec<_>>(), ["happy,F01", "neutral,F01"], "{m}");
 }
 
 #[test]

@@ -712,6 +712,9 @@ fn main() -> ExitCode {
                 if let Some(w) = vggft::data::scan::unread_warning(&r.unread) {
                     errln!("{w}");
                 }
+                for note in &r.notes {
+                    errln!("{note}");
+                }
                 outln!("crops in {}, boxes in {}, contact sheet {}", out.join("crops").display(), out.join("faces.csv").display(), r.sheet.display());
                 true
             })
