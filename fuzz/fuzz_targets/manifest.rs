@@ -1,11 +1,11 @@
-//! Any bytes as a CSV manifest (and as a JAFFE file name) → scan → labels →
+//! Any bytes as a CSV manifest (and as a face set's file name) → scan → labels →
 //! holdout and k-fold splits: an error naming the problem, never a panic.
 #![no_main]
 
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use vggft::data::scan::{parse_jaffe_name, scan, DataFormat};
+use vggft::data::scan::{copy_of, parse_jaffe_name, parse_kdef_name, parse_rafd_name, person_in_name, scan, DataFormat};
 use vggft::data::split::{assign_labels, holdout, kfold, Task, ValSpec};
 
 /// A folder with a few real files the manifest may name (a.png … d.png, sub/e.png).
@@ -22,7 +22,8 @@ fn dir() -> &'static tempfile::TempDir {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let _ = parse_jaffe_name(&String::from_utf8_lossy(data));
+    let name = String::from_utf8_lossy(data);
+    let _ = (parse_jaffe_name(&name), parse_kdef_name(&name), parse_rafd_name(&name), person_in_name(&name), copy_of(&name));
     let p = dir().path().join("manifest.csv");
     std::fs::write(&p, data).unwrap();
     let Ok(ds) = scan(&p, DataFormat::Csv) else { return };

@@ -1132,6 +1132,35 @@ mod tests {
         }
     }
 
+    /// The name readers slice by byte: any name, multi-byte characters
+    /// anywhere (as fuzzing found for JAFFE's), gives an answer, never a panic.
+    #[test]
+    fn name_readers_never_panic_on_near_miss_names() {
+        use super::{copy_of, parse_kdef_name, parse_rafd_name, person_in_name};
+        let seeds = ["KA.NE1.26.tiff", "AF01ANS.JPG", "Rafd090_01_Caucasian_female_angry_frontal.jpg", "S010_004_00000017.png", "KA.NE1.26 - Copy (2).tiff"];
+        let extra = ['ä', 'ŋ', '_', '.', ' ', '(', ')', '0', 'S', 'a'];
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |n: usize| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (state >> 33) as usize % n.max(1)
+        };
+        for _ in 0..20_000 {
+            let mut chars: Vec<char> = seeds[next(seeds.len())].chars().collect();
+            for _ in 0..1 + next(3) {
+                let at = next(chars.len() + 1);
+                match next(3) {
+                    0 if at < chars.len() => {
+                        chars.remove(at);
+                    }
+                    1 if at < chars.len() => chars[at] = extra[next(extra.len())],
+                    _ => chars.insert(at, extra[next(extra.len())]),
+                }
+            }
+            let name: String = chars.into_iter().collect();
+            let _ = (person_in_name(&name), copy_of(&name), parse_kdef_name(&name), parse_rafd_name(&name), parse_jaffe_name(&name));
+        }
+    }
+
     #[test]
     fn a_file_managers_copy_of_a_jaffe_photo_is_told() {
         use super::copy_of;
