@@ -508,8 +508,42 @@ pub fn parse_rafd_name(name: &str) -> Option<(String, String, String)> {
 /// camera's photos only (`Rafd090_…`, all three gaze directions), as
 /// expression studies on RaFD use them.
 fn scan_rafd(dir: &Path) -> Result<Dataset> {
-    let (mut samples, mut unread, mut angled) = (Vec::new(), Vec::new(), 0usize);
-    for p in sorted_entries(dir)? {
+    let set = NamedSet {
+        format: DataFormat::Rafd,
+        name: "RaFD",
+        pattern: "Rafd090_01_Caucasian_female_angry_frontal.jpg: camera, person, group, sex, expression, gaze",
+        parse: parse_rafd_name,
+        view: "090",
+        read: "photos of the frontal camera (Rafd090_…, all three gaze directions)",
+        none_read: "none from the frontal camera (Rafd090_…)",
+        others: "from the other cameras",
+        how: "RaFD layout: each photo's expression and person from its name (Rafd090_01_Caucasian_female_angry_frontal.jpg: person 01, angry)",
+    };
+    scan_named(dir, sorted_entries(dir)?, &set)
+}
+
+/// A face set whose file names give person, expression and view (KDEF,
+/// RaFD), and how its layout is read: one view, the others counted.
+struct NamedSet {
+    format: DataFormat,
+    name: &'static str,
+    /// An example name and what its parts are.
+    pattern: &'static str,
+    /// Name → (person, expression, view).
+    parse: fn(&str) -> Option<(String, String, String)>,
+    /// The view read.
+    view: &'static str,
+    read: &'static str,
+    none_read: &'static str,
+    others: &'static str,
+    how: &'static str,
+}
+
+/// The photos among `entries` of a `NamedSet`, its one view read; a file
+/// that is no such name is refused (named as a copy where it is one).
+fn scan_named(dir: &Path, entries: Vec<PathBuf>, set: &NamedSet) -> Result<Dataset> {
+    let (mut samples, mut unread, mut other_views) = (Vec::new(), Vec::new(), 0usize);
+    for p in entries {
         if is_unread_picture(&p) {
             unread.push(p);
             continue;
@@ -518,35 +552,32 @@ fn scan_rafd(dir: &Path) -> Result<Dataset> {
             continue;
         }
         let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        match parse_rafd_name(&name) {
-            Some((person, label, camera)) if camera == "090" => samples.push(Sample { path: p, label, subject: Some(person) }),
-            Some(_) => angled += 1,
+        match (set.parse)(&name) {
+            Some((person, label, view)) if view == set.view => samples.push(Sample { path: p, label, subject: Some(person) }),
+            Some(_) => other_views += 1,
             None => {
                 let hint = copy_of(&name).map(|o| format!(": it looks like a file manager's copy of {o}; remove it")).unwrap_or_default();
-                return Err(Error::file(
-                    &p,
-                    format!("is not a RaFD file name (Rafd090_01_Caucasian_female_angry_frontal.jpg: camera, person, group, sex, expression, gaze){hint}"),
-                ));
+                return Err(Error::file(&p, format!("is not a {} file name ({}){hint}", set.name, set.pattern)));
             }
         }
     }
-    if samples.is_empty() && angled > 0 {
+    if samples.is_empty() && other_views > 0 {
         return Err(Error::dataset(
             dir,
-            format!(
-                "holds {angled} RaFD photos, none from the frontal camera (Rafd090_…), which are the ones read: list the others in a manifest.csv to use them"
-            ),
+            format!("holds {other_views} {} photos, {}, which are the ones read: list the others in a manifest.csv to use them", set.name, set.none_read),
         ));
     }
-    let mut notes =
-        vec!["RaFD layout: each photo's expression and person from its name (Rafd090_01_Caucasian_female_angry_frontal.jpg: person 01, angry)".to_string()];
-    if angled > 0 {
+    let mut notes = vec![set.how.to_string()];
+    if other_views > 0 {
         notes.push(format!(
-            "RaFD: read the {} photos of the frontal camera (Rafd090_…, all three gaze directions); {angled} from the other cameras left out — list them in a manifest.csv to use them",
-            samples.len()
+            "{}: read the {} {}; {other_views} {} left out — list them in a manifest.csv to use them",
+            set.name,
+            samples.len(),
+            set.read,
+            set.others
         ));
     }
-    Ok(Dataset { root: dir.to_path_buf(), format: DataFormat::Rafd, samples, outside_paths: vec![], unread, notes })
+    Ok(Dataset { root: dir.to_path_buf(), format: set.format, samples, outside_paths: vec![], unread, notes })
 }
 
 /// CK+'s emotion codes (`Emotion/…_emotion.txt`: 0–7) and their names
@@ -631,42 +662,22 @@ fn scan_ckplus(path: &Path) -> Result<Dataset> {
 /// photos only, as expression studies on KDEF use them (a profile shows
 /// half a face, and five angles of one pose would weigh it five times).
 fn scan_kdef(dir: &Path) -> Result<Dataset> {
-    let (mut samples, mut unread, mut angled) = (Vec::new(), Vec::new(), 0usize);
+    let set = NamedSet {
+        format: DataFormat::Kdef,
+        name: "KDEF",
+        pattern: "AF01ANS.JPG: session, sex, number, expression, angle",
+        parse: parse_kdef_name,
+        view: "S",
+        read: "straight-ahead photos (…S.JPG)",
+        none_read: "none of them straight ahead (…S.JPG)",
+        others: "at other angles (half and full profiles)",
+        how: "KDEF layout: each photo's expression and person from its name (AF01ANS.JPG: person F01, angry; sessions A and B are one person)",
+    };
+    let mut entries = Vec::new();
     for folder in sorted_entries(dir)?.into_iter().filter(|p| p.is_dir()) {
-        for p in sorted_entries(&folder)? {
-            if is_unread_picture(&p) {
-                unread.push(p);
-                continue;
-            }
-            if !p.is_file() || !is_image(&p) {
-                continue;
-            }
-            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            match parse_kdef_name(&name) {
-                Some((person, label, angle)) if angle == "S" => samples.push(Sample { path: p, label, subject: Some(person) }),
-                Some(_) => angled += 1,
-                None => {
-                    let hint = copy_of(&name).map(|o| format!(": it looks like a file manager's copy of {o}; remove it")).unwrap_or_default();
-                    return Err(Error::file(&p, format!("is not a KDEF file name (AF01ANS.JPG: session, sex, number, expression, angle){hint}")));
-                }
-            }
-        }
+        entries.extend(sorted_entries(&folder)?);
     }
-    if samples.is_empty() && angled > 0 {
-        return Err(Error::dataset(
-            dir,
-            format!("holds {angled} KDEF photos, none of them straight ahead (…S.JPG), which are the ones read: list the others in a manifest.csv to use them"),
-        ));
-    }
-    let mut notes =
-        vec!["KDEF layout: each photo's expression and person from its name (AF01ANS.JPG: person F01, angry; sessions A and B are one person)".to_string()];
-    if angled > 0 {
-        notes.push(format!(
-            "KDEF: read the {} straight-ahead photos (…S.JPG); {angled} at other angles (half and full profiles) left out — list them in a manifest.csv to use them",
-            samples.len()
-        ));
-    }
-    Ok(Dataset { root: dir.to_path_buf(), format: DataFormat::Kdef, samples, outside_paths: vec![], unread, notes })
+    scan_named(dir, entries, &set)
 }
 
 fn scan_jaffe(dir: &Path) -> Result<Dataset> {
