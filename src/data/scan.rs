@@ -117,9 +117,10 @@ pub fn unnamed_people_warning(ds: &Dataset, consequence: &str) -> Option<String>
         return None;
     }
     let name = |s: &Sample| s.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let (named, unnamed): (Vec<&Sample>, Vec<&Sample>) = ds.samples.iter().partition(|s| person_in_name(&name(s)).is_some());
-    let people: std::collections::BTreeSet<String> = named.iter().filter_map(|s| person_in_name(&name(s))).collect();
-    if people.len() < 2 || named.len() < unnamed.len() {
+    let people: Vec<Option<String>> = ds.samples.iter().map(|s| person_in_name(&name(s))).collect();
+    let named = people.iter().flatten().count();
+    let unnamed: Vec<&Sample> = ds.samples.iter().zip(&people).filter(|(_, p)| p.is_none()).map(|(s, _)| s).collect();
+    if people.iter().flatten().collect::<std::collections::BTreeSet<_>>().len() < 2 || named < unnamed.len() {
         return None;
     }
     let list: Vec<String> = unnamed
@@ -133,7 +134,7 @@ pub fn unnamed_people_warning(ds: &Dataset, consequence: &str) -> Option<String>
         "warning: {} of {} images lack a name that gives their person, as JAFFE's, KDEF's, RaFD's and CK+'s give it for the other {}: {}; people are read from the names only when every file has one, so {consequence} — rename or remove those files, or list the images in a manifest.csv with a subject column",
         unnamed.len(),
         ds.samples.len(),
-        named.len(),
+        named,
         crate::error::short_list(&list, 3)
     ))
 }
@@ -522,6 +523,17 @@ fn scan_rafd(dir: &Path) -> Result<Dataset> {
     scan_named(dir, sorted_entries(dir)?, &set)
 }
 
+/// A file in a face set's layout whose name is none of the set's: which
+/// names it takes, and where the file is a file manager's copy of one of
+/// them, that.
+fn not_a_name(path: &Path, set: &str, pattern: &str) -> Error {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let copy = copy_of(&name)
+        .map(|o| format!(": it looks like a file manager's copy of {o}; remove it (a photo counted twice can land on both sides of a split)"))
+        .unwrap_or_default();
+    Error::file(path, format!("is not a {set} file name ({pattern}){copy}"))
+}
+
 /// A face set whose file names give person, expression and view (KDEF,
 /// RaFD), and how its layout is read: one view, the others counted.
 struct NamedSet {
@@ -555,10 +567,7 @@ fn scan_named(dir: &Path, entries: Vec<PathBuf>, set: &NamedSet) -> Result<Datas
         match (set.parse)(&name) {
             Some((person, label, view)) if view == set.view => samples.push(Sample { path: p, label, subject: Some(person) }),
             Some(_) => other_views += 1,
-            None => {
-                let hint = copy_of(&name).map(|o| format!(": it looks like a file manager's copy of {o}; remove it")).unwrap_or_default();
-                return Err(Error::file(&p, format!("is not a {} file name ({}){hint}", set.name, set.pattern)));
-            }
+            None => return Err(not_a_name(&p, set.name, set.pattern)),
         }
     }
     if samples.is_empty() && other_views > 0 {
@@ -695,15 +704,7 @@ fn scan_jaffe(dir: &Path) -> Result<Dataset> {
         match parse_jaffe_name(&name) {
             Some(Ok((subject, label))) => samples.push(Sample { path: p, label, subject: Some(subject) }),
             Some(Err(problem)) => return Err(Error::file(&p, problem)),
-            None => match copy_of(&name) {
-                Some(original) => {
-                    return Err(Error::file(
-                        &p,
-                        format!("is not a JAFFE file name (SS.EEn.NNN.tiff): it looks like a file manager's copy of {original}; remove it (a photo counted twice can land on both sides of a split)"),
-                    ))
-                }
-                None => return Err(Error::file(&p, "is not a JAFFE file name (SS.EEn.NNN.tiff)")),
-            },
+            None => return Err(not_a_name(&p, "JAFFE", "SS.EEn.NNN.tiff")),
         }
     }
     Ok(Dataset { root: dir.to_path_buf(), format: DataFormat::Jaffe, samples, outside_paths: vec![], unread, notes: vec![] })
