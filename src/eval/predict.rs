@@ -68,8 +68,8 @@ impl Mode {
 /// Where `predict` reads each input's subject from.
 #[derive(Clone, Debug, PartialEq)]
 pub enum SubjectFrom {
-    /// The file names (`scan::person_in_name`: JAFFE's `KA.AN1.39.tiff` → `KA`, CK+'s
-    /// `S010_004_00000017.png` → `S010`); other names have none.
+    /// The file names (`scan::person_in_name`: JAFFE's `KA.AN1.39.tiff` →
+    /// `KA`, and KDEF's, RaFD's and CK+'s); other names have none.
     Names,
     /// One subject for every input (`--subject ID`).
     All(String),
@@ -938,7 +938,7 @@ pub fn evaluate(
     // Only where some image was decided off 0.5: otherwise the same figures twice.
     let off_half = (0..y.len()).any(|i| cfg.threshold_off_half(modes[i]).is_some());
     let at_half = off_half.then(|| crate::eval::metrics(&y, &probs, &cfg.classes));
-    // What the layout's reading left out (KDEF's profiles) leads, as finetune says it.
+    // First what the layout's reading left out (KDEF's profiles), as finetune says it.
     let warnings = ds
         .notes
         .iter()
