@@ -878,19 +878,34 @@ pub fn evaluate(
             return Err(Error::dataset(data, format!("every one of its {overlap} images was a training image of this run (--exclude-train)")));
         }
     }
-    let loaded = crate::data::load_images(&ds.samples, &cfg.data.preprocess, skip_bad)?;
-    ds.samples = loaded.kept.iter().map(|&i| ds.samples[i].clone()).collect();
     // Each raw label becomes a class by the run's own rule, then the run's class index.
-    let mut y = Vec::with_capacity(ds.samples.len());
-    for smp in &ds.samples {
-        let name = if !cfg.data.label_map.is_empty() {
-            cfg.data.label_map.iter().find(|(raw, _)| raw.eq_ignore_ascii_case(&smp.label)).map(|(_, c)| c.clone()).unwrap_or_else(|| smp.label.clone())
+    let class_of = |label: &str| -> String {
+        if !cfg.data.label_map.is_empty() {
+            cfg.data.label_map.iter().find(|(raw, _)| raw.eq_ignore_ascii_case(label)).map(|(_, c)| c.clone()).unwrap_or_else(|| label.to_string())
         } else if cfg.data.task == crate::data::split::Task::Binary {
-            let neutral = smp.label.eq_ignore_ascii_case("neutral") || smp.label.eq_ignore_ascii_case("ne");
+            let neutral = label.eq_ignore_ascii_case("neutral") || label.eq_ignore_ascii_case("ne");
             crate::data::split::BINARY_CLASSES[if neutral { 0 } else { 1 }].to_string()
         } else {
-            smp.label.clone()
-        };
+            label.to_string()
+        }
+    };
+    // A class the model never learnt (CK+'s contempt for a JAFFE model), before any image is decoded.
+    if let Some(first) = ds.samples.iter().find(|s| !cfg.classes.contains(&class_of(&s.label))) {
+        let name = class_of(&first.label);
+        let n = ds.samples.iter().filter(|s| class_of(&s.label) == name).count();
+        return Err(Error::file(
+            &first.path,
+            format!(
+                "class `{name}` ({n} image(s) of the data, this the first) is not one the model was trained on ({}): leave those images out, e.g. with a manifest.csv that lists the others",
+                cfg.classes.join(", ")
+            ),
+        ));
+    }
+    let loaded = crate::data::load_images(&ds.samples, &cfg.data.preprocess, skip_bad)?;
+    ds.samples = loaded.kept.iter().map(|&i| ds.samples[i].clone()).collect();
+    let mut y = Vec::with_capacity(ds.samples.len());
+    for smp in &ds.samples {
+        let name = class_of(&smp.label);
         match cfg.classes.iter().position(|c| *c == name) {
             Some(k) => y.push(k as i64),
             None => return Err(Error::file(&smp.path, format!("class `{name}` is not one the model was trained on ({})", cfg.classes.join(", ")))),

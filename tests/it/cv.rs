@@ -298,10 +298,17 @@ fn evaluate_refuses_classes_the_model_never_saw() {
     );
     assert_eq!(code, 0, "{err}");
     std::fs::create_dir_all(d.path().join("other/zebra")).unwrap();
+    std::fs::create_dir_all(d.path().join("other/a")).unwrap();
     gray_png(&d.path().join("other/zebra/1.png"), 32, 32, |_, _| 3);
+    gray_png(&d.path().join("other/zebra/2.png"), 32, 32, |_, _| 9);
+    // Said before any image is decoded: a broken one of a known class does not speak first.
+    std::fs::write(d.path().join("other/a/broken.png"), b"not a picture").unwrap();
     let (code, _, err) = run(&["evaluate", "--model", "runs/m", "--data", "other"], d.path());
     assert_eq!(code, 1);
-    assert!(err.contains("class `zebra` is not one the model was trained on (a, b)"), "{err}");
+    assert!(
+        err.contains("zebra/1.png: class `zebra` (2 image(s) of the data, this the first) is not one the model was trained on (a, b): leave those images out"),
+        "{err}"
+    );
 }
 
 #[test]
