@@ -64,6 +64,12 @@ pub struct Dataset {
     pub notes: Vec<String>,
 }
 
+/// A path's last component as text (empty for `/` or `..`): what the name
+/// readers and messages look at.
+fn file_name(path: &Path) -> String {
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
 pub(crate) fn is_image(path: &Path) -> bool {
     path.extension().and_then(|e| e.to_str()).is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
@@ -116,8 +122,7 @@ pub fn unnamed_people_warning(ds: &Dataset, consequence: &str) -> Option<String>
     if ds.format != DataFormat::Folders || ds.samples.iter().any(|s| s.subject.is_some()) {
         return None;
     }
-    let name = |s: &Sample| s.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let people: Vec<Option<String>> = ds.samples.iter().map(|s| person_in_name(&name(s))).collect();
+    let people: Vec<Option<String>> = ds.samples.iter().map(|s| person_in_name(&file_name(&s.path))).collect();
     let named = people.iter().flatten().count();
     let unnamed: Vec<&Sample> = ds.samples.iter().zip(&people).filter(|(_, p)| p.is_none()).map(|(s, _)| s).collect();
     if people.iter().flatten().collect::<std::collections::BTreeSet<_>>().len() < 2 || named < unnamed.len() {
@@ -125,7 +130,7 @@ pub fn unnamed_people_warning(ds: &Dataset, consequence: &str) -> Option<String>
     }
     let list: Vec<String> = unnamed
         .iter()
-        .map(|s| match copy_of(&name(s)) {
+        .map(|s| match copy_of(&file_name(&s.path)) {
             Some(original) => format!("{} (a copy of {original}?)", s.path.display()),
             None => s.path.display().to_string(),
         })
@@ -460,10 +465,9 @@ pub fn parse_kdef_name(name: &str) -> Option<(String, String, String)> {
 /// session (`AF01`), none other, holding KDEF-named photos.
 fn kdef_layout(entries: &[PathBuf]) -> bool {
     let dirs: Vec<&PathBuf> = entries.iter().filter(|p| p.is_dir()).collect();
-    let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     !dirs.is_empty()
-        && dirs.iter().all(|d| kdef_person_code(&name(d)))
-        && dirs.iter().any(|d| std::fs::read_dir(d).into_iter().flatten().flatten().any(|e| parse_kdef_name(&name(&e.path())).is_some()))
+        && dirs.iter().all(|d| kdef_person_code(&file_name(d)))
+        && dirs.iter().any(|d| std::fs::read_dir(d).into_iter().flatten().flatten().any(|e| parse_kdef_name(&file_name(&e.path())).is_some()))
 }
 
 /// RaFD's expression words and their names (JAFFE's, and contempt).
@@ -527,7 +531,7 @@ fn scan_rafd(dir: &Path) -> Result<Dataset> {
 /// names it takes, and where the file is a file manager's copy of one of
 /// them, that.
 fn not_a_name(path: &Path, set: &str, pattern: &str) -> Error {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = file_name(path);
     let copy = copy_of(&name)
         .map(|o| format!(": it looks like a file manager's copy of {o}; remove it (a photo counted twice can land on both sides of a split)"))
         .unwrap_or_default();
@@ -563,7 +567,7 @@ fn scan_named(dir: &Path, entries: Vec<PathBuf>, set: &NamedSet) -> Result<Datas
         if !p.is_file() || !is_image(&p) {
             continue;
         }
-        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = file_name(&p);
         match (set.parse)(&name) {
             Some((person, label, view)) if view == set.view => samples.push(Sample { path: p, label, subject: Some(person) }),
             Some(_) => other_views += 1,
@@ -700,7 +704,7 @@ fn scan_jaffe(dir: &Path) -> Result<Dataset> {
         if !p.is_file() || !is_image(&p) {
             continue;
         }
-        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = file_name(&p);
         match parse_jaffe_name(&name) {
             Some(Ok((subject, label))) => samples.push(Sample { path: p, label, subject: Some(subject) }),
             Some(Err(problem)) => return Err(Error::file(&p, problem)),
@@ -845,15 +849,14 @@ fn presplit(dir: &Path) -> Option<(Vec<PathBuf>, Vec<String>)> {
 
 fn scan_folders(dir: &Path) -> Result<Dataset> {
     if let Some((tops, classes)) = presplit(dir) {
-        let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let is_train = |p: &&PathBuf| ["train", "training"].contains(&name(p).to_lowercase().as_str());
+        let is_train = |p: &&PathBuf| ["train", "training"].contains(&file_name(p).to_lowercase().as_str());
         let train = tops.iter().find(is_train).unwrap_or(&tops[0]);
         let other = tops.iter().find(|t| *t != train).unwrap_or(&tops[0]);
         return Err(Error::dataset(
             dir,
             format!(
                 "holds the folders {}, each of the same class folders ({}): a split made beforehand, not classes; train on one (--data {}) and score the other with `vggft evaluate --data {}`",
-                tops.iter().map(|t| format!("`{}`", name(t))).collect::<Vec<_>>().join(", "),
+                tops.iter().map(|t| format!("`{}`", file_name(t))).collect::<Vec<_>>().join(", "),
                 classes.join(", "),
                 train.display(),
                 other.display()
@@ -866,7 +869,7 @@ fn scan_folders(dir: &Path) -> Result<Dataset> {
         if !class_dir.is_dir() {
             continue;
         }
-        let label = class_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let label = file_name(&class_dir);
         if vggft_output(&class_dir) {
             return Err(Error::dataset(&class_dir, format!("is vggft's output (runs, cv, face crops or heatmaps), read here as a class `{label}` of the data: move it out of the data folder and keep --out outside it")));
         }
@@ -912,10 +915,9 @@ fn scan_folders(dir: &Path) -> Result<Dataset> {
     // kept (`happy/KA.HA1.29.tiff`), CK+ always (`anger/S010_004_00000017.png`):
     // the person is in the name, and without it the split would put one
     // person on both sides. The folder stays the label.
-    let name_of = |s: &Sample| s.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let people: Option<Vec<String>> = samples.iter().map(|s| person_in_name(&name_of(s))).collect();
+    let people: Option<Vec<String>> = samples.iter().map(|s| person_in_name(&file_name(&s.path))).collect();
     // `--data data` where data/jaffe/ is the JAFFE folder: one "class" named after the folder.
-    if let Some(first) = samples.first().filter(|_| samples.iter().all(|s| matches!(parse_jaffe_name(&name_of(s)), Some(Ok(_))))) {
+    if let Some(first) = samples.first().filter(|_| samples.iter().all(|s| matches!(parse_jaffe_name(&file_name(&s.path)), Some(Ok(_))))) {
         if samples.iter().all(|s| s.label == first.label) {
             let folder = first.path.parent().unwrap_or(dir);
             return Err(Error::dataset(
