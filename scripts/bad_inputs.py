@@ -365,11 +365,17 @@ def run_inventory(d):
     else:
         rows.append(("full disk", "not tried: mounting a small tmpfs needs root; the test of the same name skips likewise", "–"))
     run_cases(d, good)
-    for opt in (["--freeze-until", "conv9"], ["--epochs", "0"], ["--lr", "-1"], ["--batch-size", "1"], ["--threads", "0"], ["--threads", "-1"]):
+    big = "18446744073709551615"  # u64::MAX: these panicked allocating, wrapped, or ran as asked
+    for opt in (["--freeze-until", "conv9"], ["--epochs", "0"], ["--epochs", big], ["--hidden", "100000000"], ["--lr", "-1"], ["--batch-size", "1"], ["--threads", "0"], ["--threads", "-1"]):
         code, out, err = vggft("finetune", "--data", good, "--random-init", *SMALL[:6], *opt, cwd=d)
         record(" ".join(opt), code, said(err, want=("error",)))
     code, out, err = vggft("cv", "--data", good, "--random-init", *SMALL[:6], "--seeds", "0,1,0", "--out", "cv-twice", cwd=d)
     record("cv --seeds 0,1,0 (a seed twice)", code, said(err, want=("error",)))
+    for opt in (["--folds", big], ["--repeats", big]):
+        code, out, err = vggft("cv", "--data", good, "--random-init", *SMALL[:6], *opt, "--out", "cv-big", cwd=d)
+        record("cv " + " ".join(opt), code, said(err, want=("error",)))
+    code, out, err = vggft("lr-find", "--data", good, "--random-init", *SMALL[:6], "--steps", big, "--out", "lr-big", cwd=d)
+    record("lr-find --steps " + big, code, said(err, want=("error",)))
     # Feature blocks and stages that do not fit together (both once panicked inside libtorch).
     for opt in (["--features", "conv4"], ["--features", "conv3,conv5", "--stages", "head:1,conv5:1"]):
         code, out, err = vggft("finetune", "--data", good, "--random-init", *SMALL[:6], *opt, cwd=d)
@@ -401,7 +407,7 @@ def run_cases(d, good):
     code, out, err = vggft("finetune", "--resume", "runs/r", cwd=d)
     record("--resume after an image changed", code, said(err))
     open(victim, "wb").write(keep)
-    busy = subprocess.Popen([BIN, "finetune", "--data", data, "--random-init", *SMALL[:-2], "--stages", "head:100000", "--val", "none", "--name", "busy", "--quiet"], cwd=d, stderr=subprocess.DEVNULL)
+    busy = subprocess.Popen([BIN, "finetune", "--data", data, "--random-init", *SMALL[:-2], "--stages", "head:10000", "--val", "none", "--name", "busy", "--quiet"], cwd=d, stderr=subprocess.DEVNULL)
     import time
     t0 = time.time()
     while not os.path.exists(os.path.join(d, "runs", "busy", "checkpoint.json")) and time.time() - t0 < 60:

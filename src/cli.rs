@@ -372,10 +372,10 @@ pub struct TrainArgs {
     #[arg(long, value_enum)]
     pub freeze_until: Option<Block>,
     /// Epochs of the main stage (after the --freeze-epochs head-only ones; progress counts both) [default: 12].
-    #[arg(long)]
+    #[arg(long, value_parser = crate::config::epoch_count)]
     pub epochs: Option<usize>,
     /// Head-only epochs before the main stage, fastai's freeze_epochs (`--warmup-epochs` is an older name) [default: 3].
-    #[arg(long = "freeze-epochs", alias = "warmup-epochs")]
+    #[arg(long = "freeze-epochs", alias = "warmup-epochs", value_parser = crate::config::epoch_count)]
     pub warmup_epochs: Option<usize>,
     /// Explicit stages, e.g. head:3,conv5:12,conv4:10 (instead of the three above: given with one of them, refused rather than one silently ignored).
     #[arg(long, value_parser = checked(parse_stages), conflicts_with_all = ["freeze_until", "epochs", "warmup_epochs"])]
@@ -587,8 +587,8 @@ pub struct CvArgs {
     /// Seeds to repeat the folds with (each seed: new folds for K, new training randomness).
     #[arg(long, value_delimiter = ',', default_value = "0", value_parser = seed)]
     pub seeds: Vec<u64>,
-    /// Instead of --seeds: seeds 0..R.
-    #[arg(long)]
+    /// Instead of --seeds: seeds 0..R (at most 1000: the spread over seeds settles long before).
+    #[arg(long, conflicts_with = "seeds", value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub repeats: Option<u64>,
     /// Run only fold i (0-based) of each seed into the shared --out folder; merge later with --collect.
     #[arg(long, requires = "out")]
@@ -598,7 +598,7 @@ pub struct CvArgs {
     #[arg(long, value_parser = ["probe"])]
     pub baseline: Option<String>,
     /// Epochs of the --baseline probe [default: the session's probe: 15, or 50 at --lr 0.01 with 5 heads averaged (--members) on person statistics with several photos per person].
-    #[arg(long)]
+    #[arg(long, value_parser = crate::config::epoch_count)]
     pub probe_epochs: Option<usize>,
     /// Test-time augmentation of the test folds: flip averages each image's
     /// probabilities with its mirror image's (as `predict --tta flip`).

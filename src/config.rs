@@ -21,6 +21,20 @@ pub struct Stage {
     pub epochs: usize,
 }
 
+/// The most epochs one stage may train: the defaults train 15 (50 for the
+/// long probe); far more is a slip, and unbounded counts wrapped when the
+/// warm-up was added (`--epochs 18446744073709551615` trained 2 epochs).
+pub const MAX_EPOCHS: usize = 10_000;
+
+/// `--epochs`, `--freeze-epochs`, `--probe-epochs`: a whole number up to [`MAX_EPOCHS`].
+pub(crate) fn epoch_count(s: &str) -> std::result::Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n <= MAX_EPOCHS => Ok(n),
+        Ok(n) => Err(format!("{n} epochs: at most {MAX_EPOCHS}")),
+        Err(_) => Err(format!("`{s}` is not a whole number of epochs")),
+    }
+}
+
 /// Parses `head:3,conv5:12,conv4:10`.
 pub(crate) fn parse_stages(s: &str) -> Result<Vec<Stage>> {
     let stages = s
@@ -28,8 +42,8 @@ pub(crate) fn parse_stages(s: &str) -> Result<Vec<Stage>> {
         .map(|p| {
             let (b, e) = p.split_once(':').ok_or_else(|| Error::invalid(Setting::Stages, format!("entry `{p}`: expected BLOCK:EPOCHS, e.g. conv5:12")))?;
             let epochs: usize = e.trim().parse().map_err(|_| Error::invalid(Setting::Stages, format!("entry `{p}`: epochs must be a whole number")))?;
-            if epochs == 0 {
-                return Err(Error::invalid(Setting::Stages, format!("entry `{p}`: epochs must be at least 1")));
+            if !(1..=MAX_EPOCHS).contains(&epochs) {
+                return Err(Error::invalid(Setting::Stages, format!("entry `{p}`: epochs must be 1 to {MAX_EPOCHS}")));
             }
             Ok(Stage { from: Block::parse(b, Setting::Stages)?, epochs })
         })
@@ -137,6 +151,9 @@ fn one_usize() -> usize {
 /// Most ensemble members `--members` accepts.
 pub const MAX_MEMBERS: usize = 32;
 
+/// The widest hidden layer of the bn head (`--hidden`): twice VGG16's fc6.
+pub const MAX_HIDDEN: i64 = 8192;
+
 /// The most augmented views per image a cache may hold (`--cache-views`).
 pub const MAX_CACHE_VIEWS: usize = 64;
 
@@ -177,6 +194,9 @@ impl TrainConfig {
         }
         if self.stages.is_empty() || self.stages.iter().any(|s| s.epochs == 0) {
             return bad(Setting::Epochs, "must be at least 1".into());
+        }
+        if let Some(s) = self.stages.iter().find(|s| s.epochs > MAX_EPOCHS) {
+            return bad(Setting::Epochs, format!("must be at most {MAX_EPOCHS} a stage, got {}", s.epochs));
         }
         if !(1..=MAX_MEMBERS).contains(&self.members) {
             return bad(Setting::Members, format!("must be in 1..={MAX_MEMBERS}, got {}", self.members));
@@ -403,8 +423,9 @@ impl ModelOptions {
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(Error::invalid(Setting::Dropout, format!("must be in [0, 1), got {}", self.dropout)));
         }
-        if self.hidden < 0 {
-            return Err(Error::invalid(Setting::Hidden, format!("must be ≥ 0, got {}", self.hidden)));
+        // Wider than VGG16's own 4096-wide fc layers is a slip: 10^8 asked libtorch for 25 GB and panicked.
+        if !(0..=MAX_HIDDEN).contains(&self.hidden) {
+            return Err(Error::invalid(Setting::Hidden, format!("must be 0 to {MAX_HIDDEN}, got {}", self.hidden)));
         }
         if !(1..=64).contains(&self.width_div) {
             return Err(Error::invalid(Setting::WidthDiv, format!("must be 1 to 64, got {}", self.width_div)));
@@ -595,6 +616,12 @@ mod tests {
         assert_eq!(s[2], Stage { from: Block::Conv4, epochs: 10 });
         assert!(parse_stages("conv9:3").unwrap_err().to_string().contains("conv1, conv2"));
         assert!(parse_stages("conv5:0").is_err() && parse_stages("conv5").is_err());
+        // The bound that keeps stage sums from wrapping: 10000 is a stage, 10001 is not.
+        assert_eq!(parse_stages("head:10000").unwrap()[0].epochs, MAX_EPOCHS);
+        assert!(parse_stages("head:10001").unwrap_err().to_string().contains("epochs must be 1 to 10000"));
+        assert_eq!((epoch_count("0"), epoch_count(" 10000")), (Ok(0), Ok(MAX_EPOCHS)));
+        assert_eq!(epoch_count("18446744073709551615"), Err("18446744073709551615 epochs: at most 10000".into()));
+        assert!(epoch_count("1e3").unwrap_err().contains("not a whole number"));
         assert_eq!(stages_for(Block::Conv5, 12, 3), vec![Stage { from: Block::Head, epochs: 3 }, Stage { from: Block::Conv5, epochs: 12 }]);
         assert_eq!(stages_for(Block::Head, 5, 3), vec![Stage { from: Block::Head, epochs: 5 }]);
     }

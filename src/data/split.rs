@@ -336,7 +336,8 @@ pub fn kfold(ds: &Dataset, labels: &Labels, k: usize, seed: u64) -> Result<Vec<V
     }
     let n = ds.samples.len();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut folds = vec![Vec::new(); k];
+    // Allocated after the count checks: `--folds 18446744073709551615` is an error, not an allocation.
+    let mut folds = Vec::new();
     if ds.samples.iter().all(|s| s.subject.is_some()) {
         let groups = subject_groups(ds, labels);
         let total: usize = groups.values().map(Vec::len).sum();
@@ -346,6 +347,7 @@ pub fn kfold(ds: &Dataset, labels: &Labels, k: usize, seed: u64) -> Result<Vec<V
                 format!("{total} subjects cannot make {k} subject-grouped folds (at most {total}: --folds loso leaves out one subject at a time)"),
             ));
         }
+        folds.resize(k, Vec::new());
         let mut next = 0;
         let mut fold_of: BTreeMap<String, usize> = BTreeMap::new();
         for subjects in groups.values() {
@@ -366,6 +368,7 @@ pub fn kfold(ds: &Dataset, labels: &Labels, k: usize, seed: u64) -> Result<Vec<V
                 format!("{n} images cannot make {k} folds (at most {n}; this data has no subject ids, so its folds are of images)"),
             ));
         }
+        folds.resize(k, Vec::new());
         let mut next = 0;
         for c in 0..labels.classes.len() {
             let mut idx: Vec<usize> = (0..n).filter(|&i| labels.targets[i] == c as i64).collect();

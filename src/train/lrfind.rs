@@ -74,12 +74,16 @@ pub(crate) fn suggest(points: &[(f64, f64, f64)]) -> (f64, String) {
     (points[idx].0, format!("valley: the longest descent of the smoothed loss runs from {:.1e} to {:.1e}", points[start].0, points[end].0))
 }
 
+/// The longest sweep `--steps` asks for.
+pub const MAX_STEPS: usize = 10_000;
+
 pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Found> {
     if !(req.start_lr > 0.0 && req.end_lr > req.start_lr) {
         return Err(Error::invalid(Setting::StartLr, format!("must be > 0 and below --end-lr, got {:e} and {:e}", req.start_lr, req.end_lr)));
     }
-    if req.steps < 10 {
-        return Err(Error::invalid(Setting::Steps, format!("must be at least 10, got {}", req.steps)));
+    // fastai sweeps 100 steps; a million would run for days at a rate that barely moves.
+    if !(10..=MAX_STEPS).contains(&req.steps) {
+        return Err(Error::invalid(Setting::Steps, format!("must be 10 to {MAX_STEPS}, got {}", req.steps)));
     }
     crate::data::scan::refuse_output_inside(&req.recipe.data.path, req.recipe.data.format, &req.out, "the sweep's plot")?;
     crate::data::scan::refuse_other_output(&req.out, "an lr-find folder", "the sweep's CSV and plot", &["lr-find.csv", "lr-find.png"])?;

@@ -140,6 +140,8 @@ fn bad_options_and_inputs_fail_clearly() {
         // Pairs with person statistics: the session's probe takes --members, checked as a fine-tune's is.
         ("--members", "0", "--members must be in 1..=32, got 0"),
         ("--members", "1000", "--members must be in 1..=32, got 1000"),
+        // 10^8 asked libtorch for 25 GB and panicked inside it.
+        ("--hidden", "100000000", "--hidden must be 0 to 8192, got 100000000"),
     ] {
         let (code, _, err) = run(&args(&s, &["finetune", "--data", data, opt, val]), d.path());
         assert_eq!(code, 1, "{opt} {val}");
@@ -233,6 +235,10 @@ fn lr_find_writes_csv_png_and_a_suggestion() {
     let (code, out, err) = run(&args(&s, &["lr-find", "--data", many.to_str().unwrap(), "--steps", "30", "--out", "lr-many"]), d.path());
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("this recipe trains at --lr 1.0e-2 (the default of the probe on person statistics, chosen by cross-validated accuracy"), "{out}");
+    // A sweep of u64::MAX steps ran as asked (an estimate of 10^16 s left); refused before any image is read.
+    let (code, _, err) = run(&args(&s, &["lr-find", "--data", m.to_str().unwrap(), "--steps", "18446744073709551615", "--out", "lr-max"]), d.path());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--steps must be 10 to 10000, got 18446744073709551615") && !d.path().join("lr-max").exists(), "{err}");
     let csv = std::fs::read_to_string(d.path().join("lr/lr-find.csv")).unwrap();
     assert!(csv.lines().count() > 11);
     let png = image::open(d.path().join("lr/lr-find.png")).unwrap().to_rgb8();
@@ -503,7 +509,7 @@ fn predict_held_out_shows_only_people_the_model_never_saw() {
 #[test]
 fn every_bad_option_value_is_a_usage_error_with_exit_2_naming_the_flag() {
     let d = tmp();
-    let cases: [(&[&str], &str); 27] = [
+    let cases: [(&[&str], &str); 34] = [
         (&["finetune", "--val", "x"], "--val"),
         (&["finetune", "--crop", "1,2"], "--crop"),
         (&["finetune", "--augment", "wild"], "--augment"),
@@ -520,6 +526,11 @@ fn every_bad_option_value_is_a_usage_error_with_exit_2_naming_the_flag() {
         (&["evaluate", "d", "--data", "d"], "--data"),
         (&["finetune", "--lr", "0,001"], "`0,001`: write decimals with a point (0.001)"),
         (&["cv", "--seeds", "0-4"], "`0-4` is a range: list the seeds (0,1,2) or give --repeats N"),
+        // --repeats u64::MAX panicked allocating its seeds; 10^6 ran as asked.
+        (&["cv", "--repeats", "18446744073709551615"], "--repeats"),
+        (&["cv", "--repeats", "0"], "--repeats"),
+        // Given with --seeds, --repeats silently won.
+        (&["cv", "--repeats", "3", "--seeds", "5"], "--seeds"),
         (&["predict", "x.png", "--device", "tpu"], "--device"),
         (&["explain", "x.png", "--out", "o", "--layer", "head"], "--layer"),
         (&["evaluate", "--data", "d", "--layer", "conv9"], "--layer"),
@@ -534,6 +545,11 @@ fn every_bad_option_value_is_a_usage_error_with_exit_2_naming_the_flag() {
         (&["speed", "--image-size", "5"], "--image-size"),
         (&["speed", "--batch-size", "0"], "--batch-size"),
         (&["speed", "--reps", "0"], "--reps"),
+        // Huge epoch counts wrapped when the warm-up was added (u64::MAX trained 2 epochs).
+        (&["finetune", "--epochs", "18446744073709551615"], "--epochs"),
+        (&["finetune", "--freeze-epochs", "10001"], "--freeze-epochs"),
+        (&["finetune", "--stages", "head:1,conv5:18446744073709551615"], "--stages"),
+        (&["cv", "--probe-epochs", "10001"], "--probe-epochs"),
         // Random initialisation would silently ignore the weights file.
         (&["finetune", "--random-init", "--weights", "w.safetensors"], "--weights"),
     ];

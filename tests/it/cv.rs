@@ -27,6 +27,9 @@ fn cv_without_subject_ids_says_its_folds_are_of_images() {
     let (code, _, err) = cv("7", "cv7");
     assert_eq!(code, 1);
     assert!(err.contains("data: 6 images cannot make 7 folds (at most 6; this data has no subject ids"), "{err}");
+    let (code, _, err) = cv("18446744073709551615", "cvmax");
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("data: 6 images cannot make 18446744073709551615 folds"), "{err}");
     // One image a fold: each fold's ROC AUC is undefined, and the summary says so instead of a zero.
     let (code, out, err) = cv("6", "cv6");
     assert_eq!(code, 0, "{err}");
@@ -243,6 +246,17 @@ fn cv_end_to_end_folds_collect_and_reproducibility() {
     assert_eq!(code, 1);
     assert!(err.contains("6 subjects cannot make 7 subject-grouped folds") && !err.contains("cach"), "{err}");
     assert!(!d.path().join("cv-e").exists());
+    // So are more folds than memory holds (u64::MAX panicked allocating them).
+    let (code, _, err) = run(
+        &[
+            &["cv", "--data", m.to_str().unwrap(), "--folds", "18446744073709551615", "--out", "cv-e"][..],
+            &s.iter().map(String::as_str).collect::<Vec<_>>()[..],
+        ]
+        .concat(),
+        d.path(),
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("6 subjects cannot make 18446744073709551615 subject-grouped folds") && !err.contains("panicked"), "{err}");
     // Nor is a folder named that was never made.
     assert!(!err.contains("cv folder"), "{err}");
 

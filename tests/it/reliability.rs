@@ -606,6 +606,7 @@ fn resume_checks_its_data_refuses_other_options_and_every_config_field_is_valida
         ("/data/preprocess/std", serde_json::json!([0.0, 0.224, 0.225]), "positive stds"),
         ("/train/lr", serde_json::json!(-1.0), "--lr must be in (0, 10)"),
         ("/model/width_div", serde_json::json!(0), "--width-div must be 1 to 64"),
+        ("/train/stages/0/epochs", serde_json::json!(10001), "--epochs must be at most 10000 a stage"),
     ] {
         let mut v: serde_json::Value = serde_json::from_str(&good).unwrap();
         *v.pointer_mut(pointer).unwrap() = value.clone();
@@ -623,7 +624,7 @@ fn a_run_folder_being_written_cannot_be_resumed_by_a_second_process() {
     let d = tmp();
     let s = small_trunk(d.path(), 24);
     separable_folders(&d.path().join("data"), 3, 32);
-    let a = args(&s, &["finetune", "--data", "data", "--task", "multiclass", "--stages", "head:100000", "--val", "none", "--name", "busy", "--quiet"]);
+    let a = args(&s, &["finetune", "--data", "data", "--task", "multiclass", "--stages", "head:10000", "--val", "none", "--name", "busy", "--quiet"]);
     let mut first = bin().args(&a).current_dir(d.path()).stderr(std::process::Stdio::null()).spawn().unwrap();
     let run_dir = d.path().join("runs/busy");
     let t0 = Instant::now();

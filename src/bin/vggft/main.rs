@@ -487,8 +487,7 @@ fn cv(a: CvArgs) -> anyhow::Result<()> {
         None => {
             let recipe = recipe(&a.data, &a.model, &a.train, &mut rep)?;
             let seeds = match a.repeats {
-                Some(r) if r > 0 => (0..r).collect(),
-                Some(_) => anyhow::bail!("--repeats must be at least 1"),
+                Some(r) => (0..r).collect(),
                 None => a.seeds.clone(),
             };
             let out = a.out.clone().unwrap_or_else(|| std::path::PathBuf::from("runs").join(format!("cv-{}", chrono::Local::now().format("%Y%m%d-%H%M%S"))));
