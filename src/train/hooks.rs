@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tch::Tensor;
 
-use super::checkpoint::{load_checkpoint, save_checkpoint};
+use super::checkpoint::{load_checkpoint, save_checkpoint, Base};
 use super::{EpochRow, Reporter, ResumeState};
 use crate::error::{Error, Result};
 use crate::model::Vgg16;
@@ -197,20 +197,23 @@ pub struct Checkpointer {
     /// Resuming from the saved state (the loop starts from it).
     pub resume: bool,
     optim: Option<(usize, BTreeMap<String, Tensor>)>,
+    /// What the fit's checkpoints are written against (the first writes it).
+    base: Option<Base>,
 }
 
 impl Checkpointer {
     pub fn new(dir: PathBuf, resume: bool) -> Self {
-        Checkpointer { dir, resume, optim: None }
+        Checkpointer { dir, resume, optim: None, base: None }
     }
 }
 
 impl Hook for Checkpointer {
     fn before_fit(&mut self, ctx: &mut Ctx) -> Result<()> {
         if self.resume {
-            let (optim, best) = load_checkpoint(&self.dir, &ctx.state.checkpoint, ctx.model)?;
+            let ((optim, best), base) = load_checkpoint(&self.dir, &ctx.state, ctx.model)?;
             self.optim = Some((ctx.state.stage, optim));
             ctx.best = best;
+            self.base = base;
         }
         Ok(())
     }
@@ -225,7 +228,7 @@ impl Hook for Checkpointer {
     }
     fn after_epoch(&mut self, ctx: &mut Ctx, _row: &EpochRow) -> Result<()> {
         let Some(opt) = ctx.opt.as_ref() else { return Ok(()) };
-        save_checkpoint(&self.dir, ctx.model, opt, ctx.best.as_deref(), &mut ctx.state)
+        save_checkpoint(&self.dir, ctx.model, opt, ctx.best.as_deref(), &mut ctx.state, &mut self.base)
     }
 }
 

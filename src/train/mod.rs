@@ -131,6 +131,14 @@ pub struct ResumeState {
     /// the state file is the commit point of a checkpoint).
     #[serde(default)]
     pub checkpoint: String,
+    /// The base file `checkpoint` holds its differences from
+    /// (`checkpoint::BASE`); empty: `checkpoint` holds every tensor.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub base: String,
+    /// `checkpoint` saved best-epoch weights (with a base, a best epoch
+    /// equal to it would otherwise leave no trace).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub has_best: bool,
     /// The fit's first training loss, the divergence guard's reference.
     #[serde(default)]
     pub start_loss: Option<f64>,

@@ -141,9 +141,19 @@ fn ctrl_c_through_the_binary_stops_after_the_batch_and_resume_finishes_the_run()
     assert!(err.contains("stopping after the current batch"), "{err}");
     assert!(err.contains("the last completed epoch is saved") && err.contains(&format!("--resume {}", Path::new("runs").join("stopped").display())), "{err}");
     assert!(!dir.join("COMPLETE").exists() && dir.join("checkpoint.json").exists());
+    // The checkpoint holds what moved since the fit's first checkpoint (the head, not conv1, which never
+    // trains); the base file that it names holds the rest, written once.
+    let st = json(&dir.join("checkpoint.json"));
+    assert_eq!(st["base"], "checkpoint-base.safetensors", "{st}");
+    let names = |f: &str| tch::Tensor::read_safetensors(dir.join(f)).unwrap().into_iter().map(|(n, _)| n).collect::<Vec<_>>();
+    let (own, base) = (names(st["checkpoint"].as_str().unwrap()), names("checkpoint-base.safetensors"));
+    assert!(own.iter().any(|n| n.starts_with("model.head.")) && !own.contains(&"model.features.0.weight".to_string()), "{own:?}");
+    assert!(base.contains(&"features.0.weight".to_string()), "{base:?}");
     let (code, _, err) = run(&["finetune", "--resume", dir.to_str().unwrap(), "--quiet"], d.path());
     assert_eq!(code, 0, "{err}");
     assert!(dir.join("COMPLETE").exists());
+    // Finished, no checkpoint file is left, the base included.
+    assert!(std::fs::read_dir(&dir).unwrap().flatten().all(|e| !e.file_name().to_string_lossy().starts_with("checkpoint")));
     assert_eq!(history_without_seconds(&dir.join("history.csv")), history_without_seconds(&d.path().join("runs/whole/history.csv")));
 }
 
