@@ -24,6 +24,11 @@ pub enum Error {
     #[error("{0}")]
     Picture(String),
 
+    /// A picture that decodes but cannot be framed as asked (a `--crop` box
+    /// outside it, no face with `--face-required`): not a decoding problem.
+    #[error("{0}")]
+    Framing(String),
+
     #[error("dataset {path}: {problem}")]
     Dataset { path: PathBuf, problem: String },
 
@@ -84,10 +89,11 @@ impl Error {
     pub(crate) fn internal(problem: impl Into<String>) -> Self {
         Error::Internal(problem.into())
     }
-    /// A `Picture` problem as the problem of the file `path`; others unchanged.
+    /// A `Picture` or `Framing` problem as the problem of the file `path`; others unchanged.
     pub fn at(self, path: impl Into<PathBuf>) -> Self {
         match self {
             Error::Picture(problem) => Error::Image { path: path.into(), problem },
+            Error::Framing(problem) => Error::File { path: path.into(), problem },
             other => other,
         }
     }

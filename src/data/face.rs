@@ -137,7 +137,7 @@ pub fn locate(finder: &mut Option<FaceFinder>, g: &Gray, mode: &FaceMode) -> Res
             }
             let found = match finder.as_mut().and_then(|f| f.detect(g)) {
                 Some(b) => b,
-                None if required => return Err(Error::Picture("no face found (--face-required)".into())),
+                None if required => return Err(Error::Framing("no face found (--face-required)".into())),
                 None => fallback(g),
             };
             // Boxes are reported in source pixels (a shrunk picture has scale > 1).

@@ -383,7 +383,7 @@ pub fn prepare(img: &Gray, crop: &Crop, size: u32) -> Result<Vec<f32>> {
             let k = img.scale.max(1);
             let (sw, sh) = img.source_size();
             if x.saturating_add(bw) > sw || y.saturating_add(bh) > sh {
-                return Err(Error::Picture(format!("crop box {x},{y},{bw},{bh} does not fit the {sw}×{sh} image")));
+                return Err(Error::Framing(format!("the --crop box {x},{y},{bw},{bh} (x,y,width,height) does not fit inside this {sw}×{sh} image")));
             }
             // Source pixels → stored pixels (a no-op unless the picture was shrunk).
             let (sx, sy) = (x / k, y / k);

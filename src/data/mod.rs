@@ -178,11 +178,17 @@ pub(crate) fn load_images(samples: &[Sample], pre: &Preprocess, skip_bad: bool) 
             }
             Err(e) if skip_bad => skipped.push((samples[i].path.clone(), e.to_string())),
             Err(e) => {
-                return Err(Error::Picture(format!(
-                    "{e} ({failed} of {} images cannot be read{}; --skip-bad leaves them out, naming each)",
-                    samples.len(),
-                    if failed > 1 { ", this the first" } else { "" }
-                )))
+                // Every image failed (a --crop box that fits none): leaving them out would leave nothing.
+                let hint = if failed == samples.len() && failed > 1 {
+                    format!("none of the {failed} images can be used, this the first")
+                } else {
+                    format!(
+                        "{failed} of {} images cannot be read{}; --skip-bad leaves them out, naming each",
+                        samples.len(),
+                        if failed > 1 { ", this the first" } else { "" }
+                    )
+                };
+                return Err(Error::Picture(format!("{e} ({hint})")));
             }
         }
     }

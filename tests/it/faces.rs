@@ -106,7 +106,15 @@ fn training_records_boxes_and_predict_crops_the_same_way() {
     let (code, _, err) =
         run(&[&["finetune", "--data", "blank", "--face", "auto", "--face-required", "--stages", "head:1", "--val", "none"][..], &small[..]].concat(), d.path());
     assert_eq!(code, 1);
-    assert!(err.contains("0.png") && err.contains("no face found"), "{err}");
+    assert!(err.contains("0.png: no face found (--face-required) (none of the 4 images can be used, this the first)"), "{err}");
+    // Not a decoding problem, and --skip-bad would leave nothing: neither is said.
+    assert!(!err.contains("cannot decode") && !err.contains("--skip-bad"), "{err}");
+    // A --crop box that fits no image is the box's problem, said so.
+    let (code, _, err) =
+        run(&[&["finetune", "--data", "blank", "--crop", "8,8,100,100", "--stages", "head:1", "--val", "none"][..], &small[..]].concat(), d.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("0.png: the --crop box 8,8,100,100 (x,y,width,height) does not fit inside this 64×64 image (none of the 4"), "{err}");
+    assert!(!err.contains("cannot decode") && !err.contains("--skip-bad"), "{err}");
     let (code, _, err) = run(
         &[&["finetune", "--data", "blank", "--face", "auto", "--stages", "head:1", "--val", "none", "--task", "multiclass"][..], &small[..]].concat(),
         d.path(),
