@@ -509,6 +509,21 @@ pub fn parse_rafd_name(name: &str) -> Option<(String, String, String)> {
     }
 }
 
+const RAFD_READ: &str = "photos of the frontal camera (Rafd090_…, all three gaze directions)";
+const KDEF_READ: &str = "straight-ahead photos (…S.JPG)";
+
+/// A face set read from its own layout (KDEF, RaFD, CK+) and what of it a
+/// run reads, where the folder holds more (profiles, other cameras, every
+/// frame of a sequence): `predict` given the whole folder answers it all.
+pub fn layout_reads(format: DataFormat) -> Option<(&'static str, &'static str)> {
+    match format {
+        DataFormat::Kdef => Some(("KDEF", KDEF_READ)),
+        DataFormat::Rafd => Some(("RaFD", RAFD_READ)),
+        DataFormat::Ckplus => Some(("CK+", "frames (each labelled sequence's first and the 3 up to its peak)")),
+        _ => None,
+    }
+}
+
 /// RaFD's own layout: labels and people from the names; the frontal
 /// camera's photos only (`Rafd090_…`, all three gaze directions), as
 /// expression studies on RaFD use them.
@@ -519,7 +534,7 @@ fn scan_rafd(dir: &Path) -> Result<Dataset> {
         pattern: "Rafd090_01_Caucasian_female_angry_frontal.jpg: camera, person, group, sex, expression, gaze",
         parse: parse_rafd_name,
         view: "090",
-        read: "photos of the frontal camera (Rafd090_…, all three gaze directions)",
+        read: RAFD_READ,
         none_read: "none from the frontal camera (Rafd090_…)",
         others: "from the other cameras",
         how: "RaFD layout: each photo's expression and person from its name (Rafd090_01_Caucasian_female_angry_frontal.jpg: person 01, angry)",
@@ -681,7 +696,7 @@ fn scan_kdef(dir: &Path) -> Result<Dataset> {
         pattern: "AF01ANS.JPG: session, sex, number, expression, angle",
         parse: parse_kdef_name,
         view: "S",
-        read: "straight-ahead photos (…S.JPG)",
+        read: KDEF_READ,
         none_read: "none of them straight ahead (…S.JPG)",
         others: "at other angles (half and full profiles)",
         how: "KDEF layout: each photo's expression and person from its name (AF01ANS.JPG: person F01, angry; sessions A and B are one person)",

@@ -483,6 +483,24 @@ pub fn predict(
     out
 }
 
+/// A face set as distributed (KDEF, RaFD, CK+) given whole to `predict`,
+/// which answers every picture in it (KDEF's profiles, RaFD's other
+/// cameras, every CK+ frame) where a run trained on it reads fewer: which
+/// ones, and the command that scores those against their labels.
+pub fn distributed_set_note(dir: &Path, paths: &[PathBuf]) -> Option<String> {
+    let ds = crate::data::scan::scan(dir, crate::data::scan::DataFormat::Auto).ok()?;
+    let (set, reads) = crate::data::scan::layout_reads(ds.format)?;
+    let here = paths.iter().filter(|p| p.starts_with(dir)).count();
+    (here > ds.samples.len()).then(|| {
+        format!(
+            "{} is {set} as distributed: predict answers all {here} pictures given here, where a run trained on it reads its {} {reads}; `vggft evaluate --data {}` scores those against their labels",
+            dir.display(),
+            ds.samples.len(),
+            dir.display()
+        )
+    })
+}
+
 /// For each input, the index of the first input that is the same photo of
 /// the same person (`keys`): a regular file with the same bytes (SHA-256 of
 /// its contents; the same file named twice is one). An input without a

@@ -359,6 +359,21 @@ fn subject_normalised_runs_report_both_heads_and_predict_groups_by_person() {
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("KDEF: read the 4 straight-ahead photos (…S.JPG); 4 at other angles"), "{err}");
     assert!(out.contains("4 scored with their person's statistics, 0 by the single-image head"), "{out}\n{err}");
+    // predict given the whole folder answers the profiles too, and says which photos a run reads and how to score them.
+    let kdef = d.path().join("kdef");
+    let (code, out, err) = run(&["predict", "--device", "cpu", "-r", kdef.to_str().unwrap()], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 8, "{out}");
+    let said = format!(
+        "note: {} is KDEF as distributed: predict answers all 8 pictures given here, where a run trained on it reads its 4 straight-ahead photos (…S.JPG); `vggft evaluate --data {}` scores those",
+        kdef.display(),
+        kdef.display()
+    );
+    assert!(err.contains(&said), "{err}");
+    // One person's folder is no KDEF: nothing said.
+    let (code, _, err) = run(&["predict", "--device", "cpu", "-r", kdef.join("AF01").to_str().unwrap()], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("as distributed"), "{err}");
 
     let img = |s: usize, label: &str, i: usize| d.path().join(format!("p{s:02}_{label}_{i}.png"));
     let lines = |out: &str| out.lines().map(|l| l.to_string()).collect::<Vec<_>>();

@@ -265,6 +265,11 @@ fn predict_cmd(mut a: PredictArgs) -> anyhow::Result<bool> {
     let held = if a.held_out { predict::held_out(&a.model)? } else { vec![] };
     let found = if a.held_out { predict::Inputs::default() } else { input_paths(&a.inputs, a.recursive)? };
     let paths = if a.held_out { held.iter().map(|h| h.path.clone()).collect() } else { found.paths.clone() };
+    for d in a.inputs.iter().filter(|d| !a.held_out && d.is_dir()) {
+        if let Some(n) = predict::distributed_set_note(d, &paths) {
+            errln!("note: {n}");
+        }
+    }
     let subjects = match (&a.subject, a.subject_from.as_str()) {
         _ if a.held_out && a.subject_from == "none" => predict::SubjectFrom::Nobody,
         _ if a.held_out => predict::SubjectFrom::Table(held.iter().map(|h| (h.path.clone(), h.subject.clone())).collect()),
