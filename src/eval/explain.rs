@@ -7,8 +7,10 @@
 //! block's 2×2 pool: conv5 is 7×7 for a 224 px input), the score is the
 //! class's pre-softmax score (for a head trained on raw labels, the
 //! log-sum-exp of the class's raw logits, whose softmax is the class's
-//! summed probability). A subject-normalised model is explained through its
-//! single-image head, which needs no other image of the person.
+//! summed probability). A subject-normalised model is explained as
+//! `predict` answers: a photo among enough of its person's through the
+//! person-normalised head (that person's statistics held fixed while the
+//! gradient flows), a photo alone through the single-image head.
 
 use std::path::{Path, PathBuf};
 
@@ -18,6 +20,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::config::RunConfig;
 use crate::error::{Error, Result, Setting};
+use crate::eval::predict::{Mode, SubjectFrom};
 use crate::fsutil;
 use crate::model::{Block, Vgg16};
 
@@ -34,7 +37,13 @@ pub struct Cam {
     pub class: usize,
     /// How far the image lies from the training photos (`Prediction::distance`).
     pub distance: Option<f64>,
+    /// Which head of a subject-normalised model answered (none: the only head).
+    pub mode: Option<Mode>,
 }
+
+/// A photo's person statistics (predict's person mode): the statistics of
+/// that person's photos among the inputs and the person's row in them.
+pub(crate) type PersonOf<'a> = (&'a crate::subject::SubjectNorm, usize);
 
 /// Class scores (N, C) from head logits: the logits themselves, or for a
 /// raw-label head the log-sum-exp of each class's raw logits.
@@ -73,8 +82,17 @@ pub fn check_layer(cfg: &RunConfig, layer: Block) -> Result<()> {
 }
 
 /// Grad-CAM of one prepared gray image (S×S) at `layer`'s output, for
-/// `class` (default: the predicted class).
-pub(crate) fn grad_cam(model: &Vgg16, cfg: &RunConfig, gray: &[f32], layer: Block, class: Option<usize>, device: Device) -> Result<Cam> {
+/// `class` (default: the predicted class); with `person`, through the
+/// person-normalised head, the statistics a constant (a subject-normalised
+/// model's single-image head otherwise).
+pub(crate) fn grad_cam(
+    model: &Vgg16,
+    cfg: &RunConfig,
+    gray: &[f32],
+    (layer, class): (Block, Option<usize>),
+    person: Option<PersonOf>,
+    device: Device,
+) -> Result<Cam> {
     check_layer(cfg, layer)?;
     let s = cfg.data.preprocess.image_size as i64;
     let g = Tensor::from_slice(gray).view([1, 1, s, s]).to_device(device);
@@ -82,14 +100,16 @@ pub(crate) fn grad_cam(model: &Vgg16, cfg: &RunConfig, gray: &[f32], layer: Bloc
     let x = cfg.data.preprocess.normalise(&g).detach().set_requires_grad(true);
     let (pooled, map) = model.pooled_tapped(&x, Block::Conv1, false, Some(layer));
     let map = map.ok_or_else(|| Error::internal(format!("block {} produced no output", layer.name())))?;
-    let logits = if model.cfg.subject_norm {
-        model.classify_global(&pooled, false).unwrap_or_else(|| model.classify(&pooled, false))
-    } else {
-        model.classify(&pooled, false)
+    let person = person.filter(|_| model.cfg.subject_norm);
+    let mode = model.cfg.subject_norm.then_some(if person.is_some() { Mode::Person } else { Mode::Single });
+    let logits = match person {
+        Some((norm, g)) => model.classify(&norm.apply(&pooled, &[g]), false),
+        None if model.cfg.subject_norm => model.classify_global(&pooled, false).unwrap_or_else(|| model.classify(&pooled, false)),
+        None => model.classify(&pooled, false),
     };
     let mut probs: Vec<f64> = Vec::<f64>::try_from(cfg.task_probs(&logits).detach().to_device(Device::Cpu).view([-1])).map_err(Error::Torch)?;
-    cfg.calibrate(cam_mode(cfg), std::slice::from_mut(&mut probs));
-    let class = class.unwrap_or_else(|| cam_class(cfg, &probs));
+    cfg.calibrate(mode, std::slice::from_mut(&mut probs));
+    let class = class.unwrap_or_else(|| cam_class(cfg, &probs, mode));
     let score = class_scores(&logits, &cfg.raw_to_task, cfg.classes.len()).get(0).get(class as i64);
     let grad = Tensor::run_backward(&[&score], &[&map], false, false).pop().ok_or_else(|| Error::internal("no gradient reached the block"))?;
     let a = map.detach().to_kind(Kind::Float);
@@ -99,20 +119,79 @@ pub(crate) fn grad_cam(model: &Vgg16, cfg: &RunConfig, gray: &[f32], layer: Bloc
     let max = up.max().double_value(&[]);
     let heat = if max > 0.0 { up / max } else { up.zeros_like() };
     let heat = Vec::<f32>::try_from(heat.to_device(Device::Cpu).view([-1])).map_err(Error::Torch)?;
-    // Under the head explained: a subject-normalised model's single-image head.
-    let distance = model.feature_distance(&pooled.detach(), model.cfg.subject_norm).map(|d| d.double_value(&[0]));
-    Ok(Cam { input: gray.to_vec(), heat, probs, class, distance })
+    // Under the head explained, as predict measures it: against the person's photos, or the training photos.
+    let f = pooled.detach();
+    let distance = model
+        .feature_distance(&f, model.cfg.subject_norm)
+        .map(|d| tch::no_grad(|| person.map_or(d, |(norm, g)| norm.spread_distance(&f, &[g]))).double_value(&[0]));
+    Ok(Cam { input: gray.to_vec(), heat, probs, class, distance, mode })
 }
 
-/// The class a run answers for one image's Grad-CAM probabilities: those
-/// of the single-image head for a subject-normalised model, so at its threshold.
-fn cam_class(cfg: &RunConfig, probs: &[f64]) -> usize {
-    crate::eval::threshold::decide(probs, cfg.threshold_for(cam_mode(cfg)))
+/// The class a run answers for one image's Grad-CAM probabilities, at the
+/// threshold of the head that gave them.
+fn cam_class(cfg: &RunConfig, probs: &[f64], mode: Option<Mode>) -> usize {
+    crate::eval::threshold::decide(probs, cfg.threshold_for(mode))
 }
 
-/// Grad-CAM's head: the single-image head of a subject-normalised model.
-pub fn cam_mode(cfg: &RunConfig) -> Option<crate::eval::predict::Mode> {
-    (cfg.model.subject_norm == crate::subject::SubjectNormChoice::On).then_some(crate::eval::predict::Mode::Single)
+/// Grad-CAM's head where no person statistics are given (the top losses of
+/// `evaluate` and `cv`): the single-image head of a subject-normalised model.
+pub fn cam_mode(cfg: &RunConfig) -> Option<Mode> {
+    (cfg.model.subject_norm == crate::subject::SubjectNormChoice::On).then_some(Mode::Single)
+}
+
+/// Each input prepared as `predict` frames it (the person's face box for a
+/// photo among enough of its person's, the single-image head's frame
+/// otherwise), with the person statistics of the first kind: those of its
+/// person's decoded inputs, as `predict` fits them (without the mirror images).
+#[allow(clippy::type_complexity)]
+fn prepared_with_people(
+    cfg: &RunConfig,
+    model: &Vgg16,
+    (paths, subjects): (&[PathBuf], &SubjectFrom),
+    finder: &mut Option<crate::data::face::FaceFinder>,
+    device: Device,
+) -> (Vec<Result<Vec<f32>>>, Option<(crate::subject::SubjectNorm, Vec<Option<usize>>)>) {
+    use crate::eval::predict::{modes_of, person_boxes, prepare_alone, prepare_one};
+    let keys = if model.cfg.subject_norm { subjects.keys(paths) } else { vec![None; paths.len()] };
+    let wanted: Vec<bool> = modes_of(&keys).into_iter().map(|m| m == Mode::Person).collect();
+    let alone: Vec<bool> = wanted.iter().map(|w| !w).collect();
+    let given = person_boxes(cfg, paths, (&keys, &alone), finder);
+    let mut px: Vec<Result<Vec<f32>>> = paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| if wanted[i] { prepare_one(p, cfg, finder, given[i].as_ref()) } else { prepare_alone(p, cfg, finder) }.map(|(v, _)| v))
+        .collect();
+    // A person left with too few decoded photos is answered alone: framed so.
+    let decoded: Vec<Option<String>> = (0..paths.len()).map(|i| keys[i].clone().filter(|_| wanted[i] && px[i].is_ok())).collect();
+    let person: Vec<bool> = modes_of(&decoded).into_iter().map(|m| m == Mode::Person).collect();
+    for i in 0..paths.len() {
+        if wanted[i] && px[i].is_ok() && !person[i] {
+            px[i] = prepare_alone(&paths[i], cfg, finder).map(|(v, _)| v);
+        }
+    }
+    let rows: Vec<usize> = (0..paths.len()).filter(|&i| person[i]).collect();
+    if rows.is_empty() {
+        return (px, None);
+    }
+    let s = cfg.data.preprocess.image_size as i64;
+    let f = tch::no_grad(|| {
+        let chunks: Vec<Tensor> = rows
+            .chunks(16)
+            .map(|chunk| {
+                let flat: Vec<f32> = chunk.iter().flat_map(|&i| px[i].as_ref().map(Vec::as_slice).unwrap_or_default().iter().copied()).collect();
+                let g = Tensor::from_slice(&flat).view([chunk.len() as i64, 1, s, s]).to_device(device);
+                model.frozen(|| model.pooled_from(&cfg.data.preprocess.normalise(&g), Block::Conv1, false))
+            })
+            .collect();
+        Tensor::cat(&chunks, 0)
+    });
+    let groups = crate::subject::groups(&rows.iter().map(|&i| keys[i].clone()).collect::<Vec<_>>());
+    let norm = tch::no_grad(|| crate::subject::SubjectNorm::fit_towards(&f, &groups, model.person_prior().as_ref()));
+    let mut group_of = vec![None; paths.len()];
+    for (k, &i) in rows.iter().enumerate() {
+        group_of[i] = Some(groups[k]);
+    }
+    (px, Some((norm, group_of)))
 }
 
 /// Sums of the heat in each image quadrant, as fractions of the total
@@ -206,6 +285,8 @@ pub struct ExplainRequest<'a> {
     /// Also write each image's network input, heat and probabilities as
     /// safetensors (for the PyTorch cross-check in scripts/gradcam_check.py).
     pub arrays: bool,
+    /// Each input's person, as `predict` takes it (a subject-normalised model).
+    pub subjects: &'a SubjectFrom,
 }
 
 /// One explained file, or why it could not be.
@@ -234,15 +315,17 @@ pub fn explain(cfg: &RunConfig, model: &Vgg16, req: &ExplainRequest, device: Dev
     let mut out = Vec::new();
     let mut tiles = Vec::new();
     let mut written = std::collections::HashSet::new();
-    for (i, p) in req.paths.iter().enumerate() {
-        let px = match crate::eval::predict::prepare_alone(p, cfg, &mut finder).map(|(px, _)| px) {
+    let (prepared, people) = prepared_with_people(cfg, model, (req.paths, req.subjects), &mut finder, device);
+    for ((i, p), px) in req.paths.iter().enumerate().zip(prepared) {
+        let px = match px {
             Ok(px) => px,
             Err(e) => {
                 out.push(Explained { path: p.clone(), result: Err(e) });
                 continue;
             }
         };
-        let cam = grad_cam(model, cfg, &px, req.layer, req.class, device)?;
+        let person = people.as_ref().and_then(|(norm, group_of)| group_of[i].map(|g| (norm, g)));
+        let cam = grad_cam(model, cfg, &px, (req.layer, req.class), person, device)?;
         let stem = crate::fsutil::output_stem(p);
         let file = heatmaps[i].clone();
         let tile = captioned(&overlay(&cam.input, &cam.heat, s), &caption(cfg, &cam, &stem, None))?;
@@ -383,7 +466,7 @@ fn earlier_outputs(out: &Path) -> Vec<PathBuf> {
 /// Caption lines: the file, the explained class with its probability, and
 /// (when known) the true class.
 pub(crate) fn caption(cfg: &RunConfig, cam: &Cam, name: &str, truth: Option<usize>) -> Vec<String> {
-    let pred = cam_class(cfg, &cam.probs);
+    let pred = cam_class(cfg, &cam.probs, cam.mode);
     let mut lines = vec![name.to_string(), format!("{} {:.2}", cfg.classes[pred], cam.probs[pred])];
     if cam.class != pred {
         lines.push(format!("heat for {} ({:.2})", cfg.classes[cam.class], cam.probs[cam.class]));
@@ -438,7 +521,7 @@ pub fn loss_tiles(
     for (k, &(i, loss)) in picked.iter().enumerate() {
         let px = Vec::<f32>::try_from(gray.get(i as i64).to_device(Device::Cpu).to_kind(Kind::Float).view([-1])).map_err(Error::Torch)?;
         let pred = crate::eval::threshold::decide(&probs[i], thresholds.get(i).copied().flatten());
-        let cam = grad_cam(model, cfg, &px, layer, Some(pred), device)?;
+        let cam = grad_cam(model, cfg, &px, (layer, Some(pred)), None, device)?;
         let name = Path::new(&paths[i]).file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let lines = vec![
             name,

@@ -410,7 +410,7 @@ fn prepare_with(
 /// With `--face person`, each input's box from the faces found in its
 /// person's inputs (as `keys` groups them; a lone photo keeps its own); none
 /// for the inputs `alone` marks, which are framed whole.
-fn person_boxes(
+pub(crate) fn person_boxes(
     cfg: &RunConfig,
     paths: &[PathBuf],
     (keys, alone): (&[Option<String>], &[bool]),
@@ -660,7 +660,7 @@ fn split_raw(cfg: &RunConfig, head: &Tensor) -> Vec<(Vec<f64>, Vec<f64>)> {
 }
 
 /// Each input's mode by how many inputs its person has (`subject::PERSON_MIN`).
-fn modes_of<T: PartialEq + Clone>(subjects: &[Option<T>]) -> Vec<Mode> {
+pub(crate) fn modes_of<T: PartialEq + Clone>(subjects: &[Option<T>]) -> Vec<Mode> {
     let groups = crate::subject::groups(subjects);
     let mut count = vec![0usize; groups.iter().max().map_or(0, |m| m + 1)];
     for &g in &groups {

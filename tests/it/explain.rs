@@ -298,3 +298,62 @@ fn explain_into_an_earlier_explain_folder_replaces_it_and_never_writes_among_the
     let (code, _, err) = explain(&["--out", "photos/heatmaps"], &["photos".to_string()]);
     assert_eq!(code, 0, "the folder the error suggests: {err}");
 }
+
+/// A subject-normalised model is explained as `predict` answers: a person's
+/// photos through the person-normalised head (the person's statistics held
+/// fixed), a photo alone through the single-image head — each line's class,
+/// probability and mode those of `predict --tta none`. It explained every
+/// photo through the single-image head, which on identity-dominated faces
+/// disagreed with predict's answers.
+#[test]
+fn a_subject_normalised_model_is_explained_as_predict_answers() {
+    let d = tmp();
+    let s = small_trunk(d.path(), 44);
+    std::fs::create_dir_all(d.path().join("data")).unwrap();
+    let m = identity_dominated(&d.path().join("data"), 6, 3, 32);
+    let (code, _, err) =
+        run(&args(&s, &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:5", "--val", "none", "--name", "sn", "--quiet"]), d.path());
+    assert_eq!(code, 0, "{err}");
+    // (path, class, its probability, mode) of each line.
+    let explained = |out: &str| -> Vec<(String, String, String, String)> {
+        out.lines()
+            .filter(|l| l.contains("\tmode="))
+            .map(|l| {
+                let f: Vec<&str> = l.split('\t').collect();
+                let (class, p) = f[1].split_once(' ').unwrap();
+                (f[0].to_string(), class.to_string(), p[..5].to_string(), f.last().unwrap().to_string())
+            })
+            .collect()
+    };
+    let predicted = |out: &str| -> Vec<(String, String, String, String)> {
+        out.lines()
+            .map(|l| {
+                let f: Vec<&str> = l.split('\t').collect();
+                let p = f[2].split(' ').find_map(|kv| kv.strip_prefix(&format!("{}=", f[1]))).unwrap();
+                (f[0].to_string(), f[1].to_string(), p.to_string(), f.last().unwrap().to_string())
+            })
+            .collect()
+    };
+    // The manifest as the input: its subject column gives each photo's person, for both commands.
+    let (code, out, err) = run(&["explain", "--model", "runs/sn", "--device", "cpu", "--out", "ex", m.to_str().unwrap()], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("explained as predict answers"), "{err}");
+    let e = explained(&out);
+    assert_eq!(e.len(), 36, "{out}");
+    assert!(e.iter().all(|r| r.3 == "mode=person"), "{out}");
+    let (code, out, err) = run(&["predict", "--model", "runs/sn", "--device", "cpu", "--tta", "none", m.to_str().unwrap()], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(e, predicted(&out));
+    // The person's answers differ from the single-image head's (else this test would not tell them apart).
+    let one = d.path().join("data/p00_neutral_0.png");
+    let (code, out, err) = run(&["explain", "--model", "runs/sn", "--device", "cpu", "--out", "ex1", one.to_str().unwrap()], d.path());
+    assert_eq!(code, 0, "{err}");
+    let alone = explained(&out);
+    assert_eq!(alone.len(), 1);
+    assert_eq!(alone[0].3, "mode=single-image", "{out}");
+    let (code, out, err) = run(&["predict", "--model", "runs/sn", "--device", "cpu", "--tta", "none", one.to_str().unwrap()], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(alone, predicted(&out));
+    let in_person = e.iter().find(|r| r.0 == alone[0].0).unwrap();
+    assert_ne!((&in_person.1, &in_person.2), (&alone[0].1, &alone[0].2), "the two heads gave the same answer");
+}

@@ -198,13 +198,23 @@ fn explain(mut a: ExplainArgs) -> anyhow::Result<bool> {
         ),
         None => None,
     };
-    let paths = input_paths(&a.inputs, a.recursive)?.paths;
-    let req = vggft::eval::explain::ExplainRequest { paths: &paths, class, layer, out: &a.out, mean: a.mean, arrays: a.arrays };
+    let found = input_paths(&a.inputs, a.recursive)?;
+    let paths = found.paths;
+    // Each photo's person as predict takes it by default: a manifest's subject column, else the file name.
+    let subjects = if found.subjects.is_empty() {
+        predict::SubjectFrom::Names
+    } else {
+        predict::SubjectFrom::Table(
+            paths.iter().filter_map(|p| Some((p.clone(), found.subjects.get(p).cloned().or_else(|| predict::SubjectFrom::Names.subject(p))?))).collect(),
+        )
+    };
+    let req = vggft::eval::explain::ExplainRequest { paths: &paths, class, layer, out: &a.out, mean: a.mean, arrays: a.arrays, subjects: &subjects };
     let done = vggft::eval::explain::explain(&cfg, &model, &req, device)?;
     if model.cfg.subject_norm {
         // predict's default for such a model averages the mirror image in: its numbers differ.
         errln!(
-            "note: this subject-normalised model is explained through its single-image head, from the photo alone (predict's default also averages in the mirror image's probabilities: --tta none gives these)"
+            "note: this subject-normalised model is explained as predict answers: each photo among {} or more of its person's (by name, or a manifest's subject column) through the person-normalised head, that person's statistics held fixed, others alone through the single-image head (mode= on each line; predict's default also averages in the mirror image's probabilities: --tta none gives these)",
+            vggft::subject::PERSON_MIN
         );
     }
     // The class explained is the one the model answers: at its threshold, which predict says too.
@@ -213,8 +223,7 @@ fn explain(mut a: ExplainArgs) -> anyhow::Result<bool> {
     }
     // As predict's lines: a threshold other than 0.5 is named where it decided
     // the class, with the probability it was set on (the first class's).
-    let threshold = cfg.threshold_off_half(vggft::eval::explain::cam_mode(&cfg)).filter(|_| class.is_none());
-    let at = |cam: &vggft::eval::explain::Cam| match threshold {
+    let at = |cam: &vggft::eval::explain::Cam| match cfg.threshold_off_half(cam.mode).filter(|_| class.is_none()) {
         Some(t) if cam.class == 0 => format!(" (P({}) ≥ threshold {t:.3})", cfg.classes[0]),
         Some(t) => format!(" (P({}) {:.3} < threshold {t:.3})", cfg.classes[0], cam.probs[0]),
         None => String::new(),
@@ -222,7 +231,10 @@ fn explain(mut a: ExplainArgs) -> anyhow::Result<bool> {
     let mut failed = 0;
     for e in &done {
         match &e.result {
-            Ok((cam, file)) => outln!("{}\t{} {:.3}{}\t{}", text_path(&e.path), cfg.classes[cam.class], cam.probs[cam.class], at(cam), file.display()),
+            Ok((cam, file)) => {
+                let mode = cam.mode.map(|m| format!("\tmode={}", m.name())).unwrap_or_default();
+                outln!("{}\t{} {:.3}{}\t{}{mode}", text_path(&e.path), cfg.classes[cam.class], cam.probs[cam.class], at(cam), file.display())
+            }
             Err(why) => {
                 failed += 1;
                 errln!("{}: {}", e.path.display(), why.problem());
