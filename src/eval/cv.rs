@@ -939,9 +939,19 @@ fn top_losses(
 ) -> Result<Vec<crate::eval::explain::TopLoss>> {
     let ds = &session.prepared.dataset;
     let rows = tch::Tensor::from_slice(&test.iter().map(|&i| i as i64).collect::<Vec<_>>());
-    // Grad-CAM explains the single-image head of a subject-normalised model: the images as it reads them.
+    // Each test photo explained through the head that scored it, on the images as it reads them: a person's
+    // photos through the person-normalised head (that person's statistics among the test photos), others alone.
     let data = &session.prepared.data;
-    let gray = data.lone.as_ref().unwrap_or(&data.gray).index_select(0, &rows);
+    let keys: Vec<Option<String>> = if model.cfg.subject_norm { test.iter().map(|&i| ds.samples[i].subject.clone()).collect() } else { vec![None; test.len()] };
+    let modes = crate::eval::predict::modes_of(&keys);
+    let person: Vec<Option<String>> = keys.iter().zip(&modes).map(|(k, m)| k.clone().filter(|_| *m == crate::eval::predict::Mode::Person)).collect();
+    let alone: Vec<i64> = (0..test.len()).filter(|&k| person[k].is_none()).map(|k| k as i64).collect();
+    let mut gray = data.gray.index_select(0, &rows);
+    if let (Some(lone), false) = (&data.lone, alone.is_empty()) {
+        let at = tch::Tensor::from_slice(&alone);
+        gray = gray.index_copy(0, &at, &lone.index_select(0, &rows).index_select(0, &at));
+    }
+    let people = crate::eval::explain::people_of(model, &session.config, &gray, &person);
     let paths: Vec<String> = test.iter().map(|&i| ds.samples[i].path.display().to_string()).collect();
     let picked = crate::eval::explain::worst(y, probs, req.top_losses);
     let tiles = req.out.join("folds").join("top");
@@ -954,6 +964,7 @@ fn top_losses(
         &paths,
         y,
         (probs, &vec![threshold; probs.len()]),
+        people.as_ref(),
         (session.config.model.last_feature_block(), session.device),
         (&tiles, &format!("seed{seed}-fold{fi}")),
     )?;

@@ -133,8 +133,8 @@ fn cam_class(cfg: &RunConfig, probs: &[f64], mode: Option<Mode>) -> usize {
     crate::eval::threshold::decide(probs, cfg.threshold_for(mode))
 }
 
-/// Grad-CAM's head where no person statistics are given (the top losses of
-/// `evaluate` and `cv`): the single-image head of a subject-normalised model.
+/// Grad-CAM's head where no person statistics are given: the single-image
+/// head of a subject-normalised model.
 pub fn cam_mode(cfg: &RunConfig) -> Option<Mode> {
     (cfg.model.subject_norm == crate::subject::SubjectNormChoice::On).then_some(Mode::Single)
 }
@@ -143,14 +143,12 @@ pub fn cam_mode(cfg: &RunConfig) -> Option<Mode> {
 /// photo among enough of its person's, the single-image head's frame
 /// otherwise), with the person statistics of the first kind: those of its
 /// person's decoded inputs, as `predict` fits them (without the mirror images).
-#[allow(clippy::type_complexity)]
 fn prepared_with_people(
     cfg: &RunConfig,
     model: &Vgg16,
     (paths, subjects): (&[PathBuf], &SubjectFrom),
     finder: &mut Option<crate::data::face::FaceFinder>,
-    device: Device,
-) -> (Vec<Result<Vec<f32>>>, Option<(crate::subject::SubjectNorm, Vec<Option<usize>>)>) {
+) -> (Vec<Result<Vec<f32>>>, Option<People>) {
     use crate::eval::predict::{modes_of, person_boxes, prepare_alone, prepare_one};
     let keys = if model.cfg.subject_norm { subjects.keys(paths) } else { vec![None; paths.len()] };
     let wanted: Vec<bool> = modes_of(&keys).into_iter().map(|m| m == Mode::Person).collect();
@@ -169,29 +167,56 @@ fn prepared_with_people(
             px[i] = prepare_alone(&paths[i], cfg, finder).map(|(v, _)| v);
         }
     }
-    let rows: Vec<usize> = (0..paths.len()).filter(|&i| person[i]).collect();
-    if rows.is_empty() {
+    if !model.cfg.subject_norm {
         return (px, None);
     }
-    let s = cfg.data.preprocess.image_size as i64;
+    let s = cfg.data.preprocess.image_size as usize;
+    let flat: Vec<f32> = px.iter().flat_map(|r| r.as_ref().map_or_else(|_| vec![0.0; s * s], Clone::clone)).collect();
+    let gray = Tensor::from_slice(&flat).view([paths.len() as i64, 1, s as i64, s as i64]);
+    let keys: Vec<Option<String>> = (0..paths.len()).map(|i| keys[i].clone().filter(|_| person[i])).collect();
+    let people = people_of(model, cfg, &gray, &keys);
+    (px, people)
+}
+
+/// The person statistics a subject-normalised model answers photos in
+/// person mode with: fitted, as `predict` fits them, on the rows of `gray`
+/// (N,1,S,S, as the person-normalised head reads them) whose `person` is
+/// given — those answered in that mode — and each row's person among them.
+pub struct People {
+    norm: crate::subject::SubjectNorm,
+    group_of: Vec<Option<usize>>,
+}
+
+impl People {
+    fn of_row(&self, i: usize) -> Option<PersonOf<'_>> {
+        self.group_of.get(i).copied().flatten().map(|g| (&self.norm, g))
+    }
+}
+
+/// `People` of `gray`'s rows in person mode (`person[i]` given); none where no row is.
+pub fn people_of(model: &Vgg16, cfg: &RunConfig, gray: &Tensor, person: &[Option<String>]) -> Option<People> {
+    let rows: Vec<usize> = (0..person.len()).filter(|&i| person[i].is_some()).collect();
+    if rows.is_empty() || !model.cfg.subject_norm {
+        return None;
+    }
     let f = tch::no_grad(|| {
         let chunks: Vec<Tensor> = rows
             .chunks(16)
             .map(|chunk| {
-                let flat: Vec<f32> = chunk.iter().flat_map(|&i| px[i].as_ref().map(Vec::as_slice).unwrap_or_default().iter().copied()).collect();
-                let g = Tensor::from_slice(&flat).view([chunk.len() as i64, 1, s, s]).to_device(device);
+                let at = Tensor::from_slice(&chunk.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(gray.device());
+                let g = gray.index_select(0, &at).to_device(model.device()).to_kind(Kind::Float);
                 model.frozen(|| model.pooled_from(&cfg.data.preprocess.normalise(&g), Block::Conv1, false))
             })
             .collect();
         Tensor::cat(&chunks, 0)
     });
-    let groups = crate::subject::groups(&rows.iter().map(|&i| keys[i].clone()).collect::<Vec<_>>());
+    let groups = crate::subject::groups(&rows.iter().map(|&i| person[i].clone()).collect::<Vec<_>>());
     let norm = tch::no_grad(|| crate::subject::SubjectNorm::fit_towards(&f, &groups, model.person_prior().as_ref()));
-    let mut group_of = vec![None; paths.len()];
+    let mut group_of = vec![None; person.len()];
     for (k, &i) in rows.iter().enumerate() {
         group_of[i] = Some(groups[k]);
     }
-    (px, Some((norm, group_of)))
+    Some(People { norm, group_of })
 }
 
 /// Sums of the heat in each image quadrant, as fractions of the total
@@ -315,7 +340,7 @@ pub fn explain(cfg: &RunConfig, model: &Vgg16, req: &ExplainRequest, device: Dev
     let mut out = Vec::new();
     let mut tiles = Vec::new();
     let mut written = std::collections::HashSet::new();
-    let (prepared, people) = prepared_with_people(cfg, model, (req.paths, req.subjects), &mut finder, device);
+    let (prepared, people) = prepared_with_people(cfg, model, (req.paths, req.subjects), &mut finder);
     for ((i, p), px) in req.paths.iter().enumerate().zip(prepared) {
         let px = match px {
             Ok(px) => px,
@@ -324,7 +349,7 @@ pub fn explain(cfg: &RunConfig, model: &Vgg16, req: &ExplainRequest, device: Dev
                 continue;
             }
         };
-        let person = people.as_ref().and_then(|(norm, group_of)| group_of[i].map(|g| (norm, g)));
+        let person = people.as_ref().and_then(|p| p.of_row(i));
         let cam = grad_cam(model, cfg, &px, (req.layer, req.class), person, device)?;
         let stem = crate::fsutil::output_stem(p);
         let file = heatmaps[i].clone();
@@ -503,7 +528,9 @@ pub fn worst(y: &[i64], probs: &[Vec<f64>], n: usize) -> Vec<(usize, f64)> {
 /// Grad-CAM tiles (heat for the predicted class, the probabilities that
 /// were scored, the true class and the loss in the caption) of the rows
 /// `picked` of `gray` (N,1,S,S), written into `dir` as `prefix-K.png`;
-/// row i's class is decided at `thresholds[i]` (`threshold::decide`).
+/// row i's class is decided at `thresholds[i]` (`threshold::decide`), its
+/// heat taken through the head that scored it (`people`: the rows scored
+/// with their person's statistics).
 #[allow(clippy::too_many_arguments)]
 pub fn loss_tiles(
     cfg: &RunConfig,
@@ -513,6 +540,7 @@ pub fn loss_tiles(
     paths: &[String],
     y: &[i64],
     (probs, thresholds): (&[Vec<f64>], &[Option<f64>]),
+    people: Option<&People>,
     (layer, device): (Block, Device),
     (dir, prefix): (&Path, &str),
 ) -> Result<Vec<TopLoss>> {
@@ -521,7 +549,7 @@ pub fn loss_tiles(
     for (k, &(i, loss)) in picked.iter().enumerate() {
         let px = Vec::<f32>::try_from(gray.get(i as i64).to_device(Device::Cpu).to_kind(Kind::Float).view([-1])).map_err(Error::Torch)?;
         let pred = crate::eval::threshold::decide(&probs[i], thresholds.get(i).copied().flatten());
-        let cam = grad_cam(model, cfg, &px, (layer, Some(pred)), None, device)?;
+        let cam = grad_cam(model, cfg, &px, (layer, Some(pred)), people.and_then(|p| p.of_row(i)), device)?;
         let name = Path::new(&paths[i]).file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let lines = vec![
             name,

@@ -754,6 +754,8 @@ pub struct Evaluation {
     pub skipped: Vec<(PathBuf, String)>,
     /// The scored images as the network saw them (N,1,S,S), for heatmaps.
     pub gray: Tensor,
+    /// Each scored image's person (a subject-normalised model's statistics).
+    pub subjects: Vec<Option<String>>,
     /// Images of the data that were this run's training images (its split.csv).
     pub overlap: usize,
     /// Of those, how many were left out (`--exclude-train`).
@@ -997,6 +999,7 @@ pub fn evaluate(
         // Pictures the scan left out (a format vggft does not read) are skipped too, and said.
         skipped: loaded.skipped.into_iter().chain(ds.unread.iter().map(|p| (p.clone(), UNREAD.to_string()))).collect(),
         gray,
+        subjects: subjects.clone(),
         overlap,
         excluded: if exclude { overlap } else { 0 },
         warnings,

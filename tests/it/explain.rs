@@ -356,4 +356,26 @@ fn a_subject_normalised_model_is_explained_as_predict_answers() {
     assert_eq!(alone, predicted(&out));
     let in_person = e.iter().find(|r| r.0 == alone[0].0).unwrap();
     assert_ne!((&in_person.1, &in_person.2), (&alone[0].1, &alone[0].2), "the two heads gave the same answer");
+    // evaluate's top losses take their heat through the head that scored them: each tile's picture (above
+    // its caption) is explain's of the same photo among the same people.
+    let (code, _, err) = run(
+        &["evaluate", "--model", "runs/sn", "--device", "cpu", "--tta", "none", "--data", m.to_str().unwrap(), "--out", "ev", "--top-losses", "3"],
+        d.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    let csv = std::fs::read_to_string(d.path().join("ev/top_losses.csv")).unwrap();
+    let picture = |p: &Path| {
+        let img = image::open(p).unwrap().to_rgb8();
+        let w = img.width();
+        image::imageops::crop_imm(&img, 0, 0, w, w).to_image().into_raw()
+    };
+    let tiles: Vec<_> = std::fs::read_dir(d.path().join("ev/top_losses")).unwrap().flatten().map(|e| e.path()).collect();
+    assert_eq!(tiles.len(), 3, "{tiles:?}");
+    for (k, row) in csv.lines().skip(1).enumerate() {
+        let path = row.split(',').nth(1).unwrap();
+        let i = e.iter().position(|r| r.0 == path).unwrap_or_else(|| panic!("{path} not explained"));
+        let explained = d.path().join("ex").join(format!("{i:04}_{}.png", Path::new(path).file_stem().unwrap().to_string_lossy()));
+        let tile = d.path().join(format!("ev/top_losses/loss-{k:03}.png"));
+        assert!(picture(&tile) == picture(&explained), "{} differs from {}", tile.display(), explained.display());
+    }
 }

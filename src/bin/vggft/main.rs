@@ -489,7 +489,22 @@ fn evaluate(mut a: EvaluateArgs) -> anyhow::Result<()> {
         let paths: Vec<String> = ev.paths.iter().map(|p| p.display().to_string()).collect();
         let picked = vggft::eval::explain::worst(&ev.y, &ev.probs, a.top_losses);
         let cuts: Vec<Option<f64>> = ev.modes.iter().map(|&m| cfg.threshold_for(m)).collect();
-        let top = vggft::eval::explain::loss_tiles(&cfg, &model, &ev.gray, &picked, &paths, &ev.y, (&ev.probs, &cuts), (layer, device), (&tiles, "loss"))?;
+        // The rows scored with their person's statistics are explained through that head, as explain does.
+        let person: Vec<Option<String>> =
+            ev.subjects.iter().zip(&ev.modes).map(|(s, m)| s.clone().filter(|_| *m == Some(vggft::eval::predict::Mode::Person))).collect();
+        let people = vggft::eval::explain::people_of(&model, &cfg, &ev.gray, &person);
+        let top = vggft::eval::explain::loss_tiles(
+            &cfg,
+            &model,
+            &ev.gray,
+            &picked,
+            &paths,
+            &ev.y,
+            (&ev.probs, &cuts),
+            people.as_ref(),
+            (layer, device),
+            (&tiles, "loss"),
+        )?;
         vggft::eval::explain::write_top_losses(&out, &cfg.classes, &top)?;
         outln!("top {} losses: {}, {}", top.len(), out.join("top_losses.png").display(), out.join("top_losses.csv").display());
     }
