@@ -228,6 +228,13 @@ pub struct ExplainArgs {
     /// Also write each image's input, heat and probabilities as safetensors (cross-checks).
     #[arg(long)]
     pub arrays: bool,
+    /// Subject-normalised models: every input shows this one person (as predict's).
+    #[arg(long, conflicts_with = "subject_from", value_parser = person_id)]
+    pub subject: Option<String>,
+    /// Subject-normalised models: each input's person from `name`, `parent` (one folder per person) or `none`
+    /// (every input alone: the single-image head), as predict's.
+    #[arg(long, value_parser = ["name", "parent", "none"], default_value = "name")]
+    pub subject_from: String,
     /// auto (CUDA when available), cpu, cuda, cuda:N.
     #[arg(long, default_value = "auto", value_parser = checked(device_syntax))]
     pub device: String,

@@ -202,6 +202,23 @@ pub struct Inputs {
 
 use crate::data::image::UNREAD;
 
+impl Inputs {
+    /// Each input's person as `predict` and `explain` take it: `--subject`
+    /// (every input one person), `--subject-from parent` or `none`, else a
+    /// manifest's subject column, else the file name.
+    pub fn subjects(&self, subject: Option<&str>, from: &str) -> SubjectFrom {
+        match (subject, from) {
+            (Some(s), _) => SubjectFrom::All(s.to_string()),
+            (None, "parent") => SubjectFrom::Parent,
+            (None, "none") => SubjectFrom::Nobody,
+            _ if !self.subjects.is_empty() => SubjectFrom::Table(
+                self.paths.iter().filter_map(|p| Some((p.clone(), self.subjects.get(p).cloned().or_else(|| SubjectFrom::Names.subject(p))?))).collect(),
+            ),
+            _ => SubjectFrom::Names,
+        }
+    }
+}
+
 /// A file a folder gives as a photo: named as an image vggft reads, and not
 /// hidden (macOS's `._photo.jpg` metadata twins), as the dataset scan has it.
 fn is_photo(path: &Path) -> bool {

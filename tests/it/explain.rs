@@ -354,6 +354,22 @@ fn a_subject_normalised_model_is_explained_as_predict_answers() {
     let (code, out, err) = run(&["predict", "--model", "runs/sn", "--device", "cpu", "--tta", "none", one.to_str().unwrap()], d.path());
     assert_eq!(code, 0, "{err}");
     assert_eq!(alone, predicted(&out));
+    // --subject and --subject-from as predict's: three photos given as one person, or each alone.
+    let three: Vec<String> =
+        ["p01_neutral_0.png", "p01_expressive_0.png", "p01_expressive_1.png"].iter().map(|n| d.path().join("data").join(n).display().to_string()).collect();
+    for (opt, mode) in [(["--subject", "P01"], "mode=person"), (["--subject-from", "none"], "mode=single-image")] {
+        let mut a = vec!["explain", "--model", "runs/sn", "--device", "cpu", "--out", "ex3", opt[0], opt[1]];
+        a.extend(three.iter().map(String::as_str));
+        let (code, out, err) = run(&a, d.path());
+        assert_eq!(code, 0, "{err}");
+        let lines = explained(&out);
+        assert!(lines.len() == 3 && lines.iter().all(|r| r.3 == mode), "{opt:?}: {out}");
+        let mut a = vec!["predict", "--model", "runs/sn", "--device", "cpu", "--tta", "none", opt[0], opt[1]];
+        a.extend(three.iter().map(String::as_str));
+        let (code, out, err) = run(&a, d.path());
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(lines, predicted(&out), "{opt:?}");
+    }
     let in_person = e.iter().find(|r| r.0 == alone[0].0).unwrap();
     assert_ne!((&in_person.1, &in_person.2), (&alone[0].1, &alone[0].2), "the two heads gave the same answer");
     // evaluate's top losses take their heat through the head that scored them: each tile's picture (above

@@ -199,21 +199,15 @@ fn explain(mut a: ExplainArgs) -> anyhow::Result<bool> {
         None => None,
     };
     let found = input_paths(&a.inputs, a.recursive)?;
+    // Each photo's person as predict takes it.
+    let subjects = found.subjects(a.subject.as_deref(), &a.subject_from);
     let paths = found.paths;
-    // Each photo's person as predict takes it by default: a manifest's subject column, else the file name.
-    let subjects = if found.subjects.is_empty() {
-        predict::SubjectFrom::Names
-    } else {
-        predict::SubjectFrom::Table(
-            paths.iter().filter_map(|p| Some((p.clone(), found.subjects.get(p).cloned().or_else(|| predict::SubjectFrom::Names.subject(p))?))).collect(),
-        )
-    };
     let req = vggft::eval::explain::ExplainRequest { paths: &paths, class, layer, out: &a.out, mean: a.mean, arrays: a.arrays, subjects: &subjects };
     let done = vggft::eval::explain::explain(&cfg, &model, &req, device)?;
     if model.cfg.subject_norm {
         // predict's default for such a model averages the mirror image in: its numbers differ.
         errln!(
-            "note: this subject-normalised model is explained as predict answers: each photo among {} or more of its person's (by name, or a manifest's subject column) through the person-normalised head, that person's statistics held fixed, others alone through the single-image head (mode= on each line; predict's default also averages in the mirror image's probabilities: --tta none gives these)",
+            "note: this subject-normalised model is explained as predict answers: each photo among {} or more of its person's (by name, a manifest's subject column, --subject or --subject-from parent) through the person-normalised head, that person's statistics held fixed, others alone through the single-image head (mode= on each line; predict's default also averages in the mirror image's probabilities: --tta none gives these)",
             vggft::subject::PERSON_MIN
         );
     }
@@ -282,17 +276,10 @@ fn predict_cmd(mut a: PredictArgs) -> anyhow::Result<bool> {
             errln!("note: {n}");
         }
     }
-    let subjects = match (&a.subject, a.subject_from.as_str()) {
-        _ if a.held_out && a.subject_from == "none" => predict::SubjectFrom::Nobody,
+    let subjects = match a.subject_from.as_str() {
+        "none" if a.held_out => predict::SubjectFrom::Nobody,
         _ if a.held_out => predict::SubjectFrom::Table(held.iter().map(|h| (h.path.clone(), h.subject.clone())).collect()),
-        (Some(s), _) => predict::SubjectFrom::All(s.clone()),
-        (None, "parent") => predict::SubjectFrom::Parent,
-        (None, "none") => predict::SubjectFrom::Nobody,
-        // A manifest's subject column, else the JAFFE name.
-        _ if !found.subjects.is_empty() => predict::SubjectFrom::Table(
-            paths.iter().filter_map(|p| Some((p.clone(), found.subjects.get(p).cloned().or_else(|| predict::SubjectFrom::Names.subject(p))?))).collect(),
-        ),
-        _ => predict::SubjectFrom::Names,
+        from => found.subjects(a.subject.as_deref(), from),
     };
     if !model.cfg.subject_norm && (a.subject.is_some() || a.subject_from != "name") {
         errln!(
