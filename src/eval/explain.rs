@@ -133,12 +133,6 @@ fn cam_class(cfg: &RunConfig, probs: &[f64], mode: Option<Mode>) -> usize {
     crate::eval::threshold::decide(probs, cfg.threshold_for(mode))
 }
 
-/// Grad-CAM's head where no person statistics are given: the single-image
-/// head of a subject-normalised model.
-pub fn cam_mode(cfg: &RunConfig) -> Option<Mode> {
-    (cfg.model.subject_norm == crate::subject::SubjectNormChoice::On).then_some(Mode::Single)
-}
-
 /// Each input prepared as `predict` frames it (the person's face box for a
 /// photo among enough of its person's, the single-image head's frame
 /// otherwise), with the person statistics of the first kind: those of its

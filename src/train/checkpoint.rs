@@ -104,7 +104,10 @@ pub(crate) type Restored = (BTreeMap<String, Tensor>, Option<Vec<(String, Tensor
 /// next checkpoints (none: a checkpoint written whole, before bases).
 pub(crate) fn load_checkpoint(dir: &Path, st: &ResumeState, model: &mut Vgg16) -> Result<(Restored, Option<Base>)> {
     let file = &st.checkpoint;
-    if file.is_empty() || file.contains('/') || !(st.base.is_empty() || st.base == BASE) {
+    if !(st.base.is_empty() || st.base == BASE) {
+        return Err(Error::file(dir.join(STATE), format!("names the base file `{}`, where vggft writes {BASE}", st.base.escape_debug())));
+    }
+    if file.is_empty() || file.contains('/') {
         return Err(Error::file(dir.join(STATE), "names no checkpoint file"));
     }
     let p = dir.join(file);
