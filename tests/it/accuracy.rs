@@ -755,6 +755,11 @@ fn default_stages_are_a_probe_when_person_statistics_are_on() {
         assert_eq!(code, 0, "{err}");
         assert!(err.contains(&format!("note: {} changes nothing here: this model was trained without per-subject normalisation", given[0])), "{err}");
         assert!(!out.contains("mode="), "{out}");
+        // explain, which takes the same options, says the same.
+        let (code, out, err) =
+            run(&[&["explain", "--device", "cpu", "--model", off.to_str().unwrap(), "--out", "ex-off", photo.to_str().unwrap()][..], given].concat(), d.path());
+        assert_eq!(code, 0, "{err}");
+        assert!(err.contains(&format!("note: {} changes nothing here", given[0])) && !out.contains("mode="), "{err}{out}");
     }
     let (_, _, err) = run(&["predict", "--device", "cpu", "--model", off.to_str().unwrap(), photo.to_str().unwrap()], d.path());
     assert!(!err.contains("changes nothing"), "{err}");

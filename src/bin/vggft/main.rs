@@ -187,6 +187,16 @@ fn cam_layer(layer: Option<&str>, cfg: &vggft::config::RunConfig) -> anyhow::Res
     Ok(given.unwrap_or_else(|| cfg.model.last_feature_block()))
 }
 
+/// `--subject` / `--subject-from` given for a model without person statistics: said, not silently ignored.
+fn person_options_note(subject_norm: bool, subject: Option<&str>, from: &str) {
+    if !subject_norm && (subject.is_some() || from != "name") {
+        errln!(
+            "note: {} changes nothing here: this model was trained without per-subject normalisation and answers every photo alone",
+            if subject.is_some() { "--subject" } else { "--subject-from" }
+        );
+    }
+}
+
 fn explain(mut a: ExplainArgs) -> anyhow::Result<bool> {
     a.model = run::run_dir(&a.model);
     let device = session::parse_device(&a.device)?;
@@ -202,6 +212,7 @@ fn explain(mut a: ExplainArgs) -> anyhow::Result<bool> {
     // Each photo's person as predict takes it.
     let subjects = found.subjects(a.subject.as_deref(), &a.subject_from);
     let paths = found.paths;
+    person_options_note(model.cfg.subject_norm, a.subject.as_deref(), &a.subject_from);
     let req = vggft::eval::explain::ExplainRequest { paths: &paths, class, layer, out: &a.out, mean: a.mean, arrays: a.arrays, subjects: &subjects };
     let done = vggft::eval::explain::explain(&cfg, &model, &req, device)?;
     if model.cfg.subject_norm {
@@ -281,12 +292,7 @@ fn predict_cmd(mut a: PredictArgs) -> anyhow::Result<bool> {
         _ if a.held_out => predict::SubjectFrom::Table(held.iter().map(|h| (h.path.clone(), h.subject.clone())).collect()),
         from => found.subjects(a.subject.as_deref(), from),
     };
-    if !model.cfg.subject_norm && (a.subject.is_some() || a.subject_from != "name") {
-        errln!(
-            "note: {} changes nothing here: this model was trained without per-subject normalisation and answers every photo alone",
-            if a.subject.is_some() { "--subject" } else { "--subject-from" }
-        );
-    }
+    person_options_note(model.cfg.subject_norm, a.subject.as_deref(), &a.subject_from);
     // Answers for the photos the model learnt from are no test of it: said, as evaluate says it.
     if !a.held_out {
         let training = predict::Training::of_run(&a.model);
