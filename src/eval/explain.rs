@@ -137,14 +137,37 @@ fn cam_class(cfg: &RunConfig, probs: &[f64], mode: Option<Mode>) -> usize {
 /// photo among enough of its person's, the single-image head's frame
 /// otherwise), with the person statistics of the first kind: those of its
 /// person's decoded inputs, as `predict` fits them (without the mirror images).
+/// An input that repeats an earlier one of its person (the same file, or
+/// the same bytes) counts once in its person's statistics and is explained
+/// as that one, as `predict` answers it.
 fn prepared_with_people(
     cfg: &RunConfig,
     model: &Vgg16,
     (paths, subjects): (&[PathBuf], &SubjectFrom),
     finder: &mut Option<crate::data::face::FaceFinder>,
 ) -> (Vec<Result<Vec<f32>>>, Option<People>) {
-    use crate::eval::predict::{modes_of, person_boxes, prepare_alone, prepare_one};
     let keys = if model.cfg.subject_norm { subjects.keys(paths) } else { vec![None; paths.len()] };
+    let first = crate::eval::predict::repeats(paths, &keys);
+    let distinct: Vec<usize> = (0..paths.len()).filter(|&i| first[i] == i).collect();
+    if distinct.len() == paths.len() {
+        return prepared_distinct(cfg, model, (paths, keys), finder);
+    }
+    let at: std::collections::HashMap<usize, usize> = distinct.iter().enumerate().map(|(k, &i)| (i, k)).collect();
+    let (d_paths, d_keys): (Vec<PathBuf>, Vec<Option<String>>) = distinct.iter().map(|&i| (paths[i].clone(), keys[i].clone())).unzip();
+    let (d_px, d_people) = prepared_distinct(cfg, model, (&d_paths, d_keys), finder);
+    let px = paths.iter().zip(&first).map(|(p, f)| d_px[at[f]].as_ref().map(Clone::clone).map_err(|e| Error::image(p, e.problem()))).collect();
+    let people = d_people.map(|d| People { group_of: first.iter().map(|f| d.group_of[at[f]]).collect(), norm: d.norm });
+    (px, people)
+}
+
+/// `prepared_with_people` of inputs none of which repeats another; `keys`: each one's person.
+fn prepared_distinct(
+    cfg: &RunConfig,
+    model: &Vgg16,
+    (paths, keys): (&[PathBuf], Vec<Option<String>>),
+    finder: &mut Option<crate::data::face::FaceFinder>,
+) -> (Vec<Result<Vec<f32>>>, Option<People>) {
+    use crate::eval::predict::{modes_of, person_boxes, prepare_alone, prepare_one};
     let wanted: Vec<bool> = modes_of(&keys).into_iter().map(|m| m == Mode::Person).collect();
     let alone: Vec<bool> = wanted.iter().map(|w| !w).collect();
     let given = person_boxes(cfg, paths, (&keys, &alone), finder);

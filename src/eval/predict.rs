@@ -523,7 +523,7 @@ pub fn distributed_set_note(dir: &Path, paths: &[PathBuf]) -> Option<String> {
 /// its contents; the same file named twice is one). An input without a
 /// person (answered alone anyway) or that cannot be read is its own (its
 /// error is reported where it is decoded).
-fn repeats(paths: &[PathBuf], keys: &[Option<String>]) -> Vec<usize> {
+pub(crate) fn repeats(paths: &[PathBuf], keys: &[Option<String>]) -> Vec<usize> {
     let mut seen: std::collections::HashMap<(&str, String), usize> = std::collections::HashMap::new();
     paths
         .iter()

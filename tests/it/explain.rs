@@ -370,6 +370,21 @@ fn a_subject_normalised_model_is_explained_as_predict_answers() {
         assert_eq!(code, 0, "{err}");
         assert_eq!(lines, predicted(&out), "{opt:?}");
     }
+    // A photo given twice counts once in its person's statistics, as predict counts it: the answers of
+    // a, a, b are those of a, b.
+    let twice = [three[0].clone(), three[0].clone(), three[1].clone()];
+    let lines = |inputs: &[String], out_dir: &str| {
+        let mut a = vec!["explain", "--model", "runs/sn", "--device", "cpu", "--out", out_dir, "--subject", "P01"];
+        a.extend(inputs.iter().map(String::as_str));
+        let (code, out, err) = run(&a, d.path());
+        assert_eq!(code, 0, "{err}");
+        explained(&out)
+    };
+    let (with_repeat, once) = (lines(&twice, "ex4"), lines(&three[..2], "ex5"));
+    assert_eq!(with_repeat.len(), 3);
+    assert_eq!([&with_repeat[0], &with_repeat[2]], [&once[0], &once[1]]);
+    assert_eq!(with_repeat[1], with_repeat[0]);
+    assert!(once.iter().all(|r| r.3 == "mode=person"), "{once:?}");
     let in_person = e.iter().find(|r| r.0 == alone[0].0).unwrap();
     assert_ne!((&in_person.1, &in_person.2), (&alone[0].1, &alone[0].2), "the two heads gave the same answer");
     // evaluate's top losses take their heat through the head that scored them: each tile's picture (above
