@@ -227,8 +227,23 @@ pub fn people_of(model: &Vgg16, cfg: &RunConfig, gray: &Tensor, person: &[Option
             .collect();
         Tensor::cat(&chunks, 0)
     });
+    people_of_rows(model, &f, &rows, person)
+}
+
+/// `people_of` from the pooled features the rows were scored with (N, D), without another trunk pass.
+pub fn people_of_features(model: &Vgg16, features: &Tensor, person: &[Option<String>]) -> Option<People> {
+    let rows: Vec<usize> = (0..person.len()).filter(|&i| person[i].is_some()).collect();
+    if rows.is_empty() || !model.cfg.subject_norm {
+        return None;
+    }
+    let at = Tensor::from_slice(&rows.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(features.device());
+    people_of_rows(model, &features.index_select(0, &at), &rows, person)
+}
+
+/// `People` from the features `f` of `rows` (those with a `person`).
+fn people_of_rows(model: &Vgg16, f: &Tensor, rows: &[usize], person: &[Option<String>]) -> Option<People> {
     let groups = crate::subject::groups(&rows.iter().map(|&i| person[i].clone()).collect::<Vec<_>>());
-    let norm = tch::no_grad(|| crate::subject::SubjectNorm::fit_towards(&f, &groups, model.person_prior().as_ref()));
+    let norm = tch::no_grad(|| crate::subject::SubjectNorm::fit_towards(f, &groups, model.person_prior().as_ref()));
     let mut group_of = vec![None; person.len()];
     for (k, &i) in rows.iter().enumerate() {
         group_of[i] = Some(groups[k]);

@@ -773,6 +773,8 @@ pub struct Evaluation {
     pub gray: Tensor,
     /// Each scored image's person (a subject-normalised model's statistics).
     pub subjects: Vec<Option<String>>,
+    /// Each scored image's pooled features (N, D), as the head read them before any person statistics.
+    pub features: Tensor,
     /// Images of the data that were this run's training images (its split.csv).
     pub overlap: usize,
     /// Of those, how many were left out (`--exclude-train`).
@@ -1017,6 +1019,7 @@ pub fn evaluate(
         skipped: loaded.skipped.into_iter().chain(ds.unread.iter().map(|p| (p.clone(), UNREAD.to_string()))).collect(),
         gray,
         subjects: subjects.clone(),
+        features: f,
         overlap,
         excluded: if exclude { overlap } else { 0 },
         warnings,

@@ -485,7 +485,7 @@ fn evaluate(mut a: EvaluateArgs) -> anyhow::Result<()> {
         // The rows scored with their person's statistics are explained through that head, as explain does.
         let person: Vec<Option<String>> =
             ev.subjects.iter().zip(&ev.modes).map(|(s, m)| s.clone().filter(|_| *m == Some(vggft::eval::predict::Mode::Person))).collect();
-        let people = vggft::eval::explain::people_of(&model, &cfg, &ev.gray, &person);
+        let people = vggft::eval::explain::people_of_features(&model, &ev.features, &person);
         let top = vggft::eval::explain::loss_tiles(
             &cfg,
             &model,
