@@ -235,6 +235,9 @@ pub struct ExplainArgs {
     /// (every input alone: the single-image head), as predict's.
     #[arg(long, value_parser = ["name", "parent", "none"], default_value = "name")]
     pub subject_from: String,
+    /// CPU threads for libtorch (default: libtorch's choice).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=1024))]
+    pub threads: Option<i32>,
     /// auto (CUDA when available), cpu, cuda, cuda:N.
     #[arg(long, default_value = "auto", value_parser = checked(device_syntax))]
     pub device: String,

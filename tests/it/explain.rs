@@ -346,7 +346,8 @@ fn a_subject_normalised_model_is_explained_as_predict_answers() {
     assert_eq!(e, predicted(&out));
     // The person's answers differ from the single-image head's (else this test would not tell them apart).
     let one = d.path().join("data/p00_neutral_0.png");
-    let (code, out, err) = run(&["explain", "--model", "runs/sn", "--device", "cpu", "--out", "ex1", one.to_str().unwrap()], d.path());
+    // --threads as the other commands take it.
+    let (code, out, err) = run(&["explain", "--model", "runs/sn", "--device", "cpu", "--threads", "1", "--out", "ex1", one.to_str().unwrap()], d.path());
     assert_eq!(code, 0, "{err}");
     let alone = explained(&out);
     assert_eq!(alone.len(), 1);

@@ -198,6 +198,9 @@ fn person_options_note(subject_norm: bool, subject: Option<&str>, from: &str) {
 }
 
 fn explain(mut a: ExplainArgs) -> anyhow::Result<bool> {
+    if let Some(t) = a.threads {
+        tch::set_num_threads(t);
+    }
     a.model = run::run_dir(&a.model);
     let device = session::parse_device(&a.device)?;
     let (cfg, model) = run::load_run(&a.model, device)?;
