@@ -84,6 +84,20 @@ pub(crate) fn is_unread_picture(path: &Path) -> bool {
     path.is_file() && path.extension().and_then(|e| e.to_str()).is_some_and(|e| OTHER_PICTURE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
+/// The photos among `entries` that vggft decodes, in order; pictures in a
+/// format it does not read go to `unread` (said, not silently dropped).
+fn photos_of(entries: Vec<PathBuf>, unread: &mut Vec<PathBuf>) -> Vec<PathBuf> {
+    let mut photos = Vec::new();
+    for p in entries {
+        if is_unread_picture(&p) {
+            unread.push(p);
+        } else if p.is_file() && is_image(&p) {
+            photos.push(p);
+        }
+    }
+    photos
+}
+
 /// What a list of pictures left out is told as (`unread`).
 pub fn unread_warning(unread: &[PathBuf]) -> Option<String> {
     let first = unread.first()?;
@@ -574,14 +588,7 @@ struct NamedSet {
 /// that is no such name is refused (named as a copy where it is one).
 fn scan_named(dir: &Path, entries: Vec<PathBuf>, set: &NamedSet) -> Result<Dataset> {
     let (mut samples, mut unread, mut other_views) = (Vec::new(), Vec::new(), 0usize);
-    for p in entries {
-        if is_unread_picture(&p) {
-            unread.push(p);
-            continue;
-        }
-        if !p.is_file() || !is_image(&p) {
-            continue;
-        }
+    for p in photos_of(entries, &mut unread) {
         let name = file_name(&p);
         match (set.parse)(&name) {
             Some((person, label, view)) if view == set.view => samples.push(Sample { path: p, label, subject: Some(person) }),
@@ -654,14 +661,7 @@ fn scan_ckplus(path: &Path) -> Result<Dataset> {
             let Some(code) = code else {
                 return Err(Error::file(&emotion, format!("is not a CK+ emotion file (one number, 0 to 7): it holds \"{}\"", text.trim().escape_debug())));
             };
-            let mut frames = Vec::new();
-            for p in sorted_entries(&seq)? {
-                if is_unread_picture(&p) {
-                    unread.push(p);
-                } else if p.is_file() && is_image(&p) {
-                    frames.push(p);
-                }
-            }
+            let frames = photos_of(sorted_entries(&seq)?, &mut unread);
             // The peak: the frame the emotion file is named after (`S005_001_00000011_emotion.txt`).
             let peak_name = emotion.file_name().map(|n| n.to_string_lossy().trim_end_matches("_emotion.txt").to_string()).unwrap_or_default();
             let Some(peak) = frames.iter().position(|f| f.file_stem().is_some_and(|s| s.to_string_lossy() == peak_name)) else {
@@ -711,14 +711,7 @@ fn scan_kdef(dir: &Path) -> Result<Dataset> {
 fn scan_jaffe(dir: &Path) -> Result<Dataset> {
     let mut samples = Vec::new();
     let mut unread = Vec::new();
-    for p in sorted_entries(dir)? {
-        if is_unread_picture(&p) {
-            unread.push(p);
-            continue;
-        }
-        if !p.is_file() || !is_image(&p) {
-            continue;
-        }
+    for p in photos_of(sorted_entries(dir)?, &mut unread) {
         let name = file_name(&p);
         match parse_jaffe_name(&name) {
             Some(Ok((subject, label))) => samples.push(Sample { path: p, label, subject: Some(subject) }),
@@ -890,13 +883,7 @@ fn scan_folders(dir: &Path) -> Result<Dataset> {
         }
         let before = samples.len();
         let unread_before = unread.len();
-        for p in sorted_entries(&class_dir)? {
-            if p.is_file() && is_image(&p) {
-                samples.push(Sample { path: p, label: label.clone(), subject: None });
-            } else if is_unread_picture(&p) {
-                unread.push(p);
-            }
-        }
+        samples.extend(photos_of(sorted_entries(&class_dir)?, &mut unread).into_iter().map(|p| Sample { path: p, label: label.clone(), subject: None }));
         if samples.len() == before {
             // A face set's own layout one level down (`KDEF_and_AKDEF/KDEF/`, a folder above CK+'s): give it itself.
             let inner = sorted_entries(&class_dir).ok().filter(|e| kdef_layout(e)).map(|_| "KDEF").or_else(|| ckplus_root(&class_dir).map(|_| "CK+"));
