@@ -462,9 +462,31 @@ pub fn predict(
     model: &Vgg16,
     paths: &[PathBuf],
     subjects: &SubjectFrom,
+    options: (bool, usize),
+    device: Device,
+    reporter: &mut dyn crate::train::Reporter,
+) -> Vec<Prediction> {
+    predict_each(cfg, model, paths, subjects, options, device, reporter, &mut |_| {})
+}
+
+/// `predict`, handing each answer to `each` in input order as soon as it is
+/// known (`reporter.suspend` around it, so a progress bar stays whole): an
+/// input answered alone with its batch, a person's photos once that
+/// person's last input is in (their features are then let go), so a long
+/// `predict -r` prints as it goes and holds the features of one person at a
+/// time, not of every input. A model saved before `head.person_var` pools
+/// the people's spread over all of them (its old rule) and answers its
+/// people at the end.
+#[allow(clippy::too_many_arguments)]
+pub fn predict_each(
+    cfg: &RunConfig,
+    model: &Vgg16,
+    paths: &[PathBuf],
+    subjects: &SubjectFrom,
     (tta_flip, batch): (bool, usize),
     device: Device,
     reporter: &mut dyn crate::train::Reporter,
+    each: &mut dyn FnMut(&Prediction),
 ) -> Vec<Prediction> {
     let keys = subjects.keys(paths);
     let first = if model.cfg.subject_norm { repeats(paths, &keys) } else { (0..paths.len()).collect() };
@@ -478,25 +500,33 @@ pub fn predict(
     }
     let unique: Vec<PathBuf> = distinct.iter().map(|&i| paths[i].clone()).collect();
     let unique_keys: Vec<Option<String>> = distinct.iter().map(|&i| keys[i].clone()).collect();
-    let mut done = predict_distinct(cfg, model, (&unique, &unique_keys), (tta_flip, batch), device, reporter).into_iter();
     let mut out: Vec<Prediction> = Vec::with_capacity(paths.len());
-    for (i, p) in paths.iter().enumerate() {
-        // A repeat's first comes before it, so its answer is already in `out`.
-        let one = if first[i] == i {
-            done.next()
-        } else {
-            let f = &out[first[i]];
-            Some(Prediction {
-                path: p.clone(),
-                probs: f.probs.as_ref().map(Clone::clone).map_err(|e| Error::image(p, e.problem())),
-                raw: f.raw.clone(),
-                mode: f.mode,
-                face: f.face.clone(),
-                distance: f.distance,
-            })
-        };
-        out.extend(one);
-    }
+    // A repeat's first comes before it, so its answer is already in `out`.
+    let repeat = |out: &[Prediction], i: usize| {
+        let f = &out[first[i]];
+        Prediction {
+            path: paths[i].clone(),
+            probs: f.probs.as_ref().map(Clone::clone).map_err(|e| Error::image(&paths[i], e.problem())),
+            raw: f.raw.clone(),
+            mode: f.mode,
+            face: f.face.clone(),
+            distance: f.distance,
+        }
+    };
+    // Hands on the repeats before the next distinct input, then that input.
+    let mut take = |out: &mut Vec<Prediction>, next: Option<Prediction>| {
+        while out.len() < paths.len() && first[out.len()] != out.len() {
+            let r = repeat(out, out.len());
+            each(&r);
+            out.push(r);
+        }
+        if let Some(p) = next {
+            each(&p);
+            out.push(p);
+        }
+    };
+    predict_distinct(cfg, model, (&unique, &unique_keys), (tta_flip, batch), device, reporter, &mut |p| take(&mut out, Some(p)));
+    take(&mut out, None);
     out
 }
 
@@ -538,7 +568,11 @@ pub(crate) fn repeats(paths: &[PathBuf], keys: &[Option<String>]) -> Vec<usize> 
         .collect()
 }
 
-/// `predict` of inputs none of which repeats another; `keys`: each one's person.
+/// A photo waiting for the rest of its person: its pooled features (and their mirror image's), one row each.
+type Waiting = (Tensor, Option<Tensor>);
+
+/// `predict` of inputs none of which repeats another; `keys`: each one's
+/// person. Each answer goes to `emit`, in input order, once it is known.
 fn predict_distinct(
     cfg: &RunConfig,
     model: &Vgg16,
@@ -546,15 +580,26 @@ fn predict_distinct(
     (tta_flip, batch): (bool, usize),
     device: Device,
     reporter: &mut dyn crate::train::Reporter,
-) -> Vec<Prediction> {
+    emit: &mut dyn FnMut(Prediction),
+) {
     let s = cfg.data.preprocess.image_size as i64;
     let mut finder = None;
-    let mut out = Vec::with_capacity(paths.len());
-    // A subject-normalised model: the pooled features (and their flipped twins) of the decoded inputs
-    // with other photos of their person, kept until all of them are in. An input alone from the start
-    // (no subject id, or its person's only photo) is answered with its chunk, and nothing of it kept.
-    let mut pooled: Vec<(Tensor, Option<Tensor>)> = Vec::new();
+    // Each input's answer until it is handed on; `None` once handed on (or not yet made).
+    let mut out: Vec<Option<Prediction>> = Vec::with_capacity(paths.len());
+    let mut handed = 0;
+    // A subject-normalised model: the pooled features of each decoded input with other photos of its
+    // person, kept until that person's last input is in. An input alone from the start (no subject id,
+    // or its person's only photo) is answered with its chunk, and nothing of it kept.
+    let mut waiting: std::collections::BTreeMap<usize, Waiting> = std::collections::BTreeMap::new();
     let alone_from_start: Vec<bool> = modes_of(keys).into_iter().map(|m| m == Mode::Single).collect();
+    let groups = crate::subject::groups(keys);
+    // The input after which each person's photos are all in (a model without `head.person_var` pools
+    // the people's spread over everyone it answers: its people wait for the last input).
+    let own = model.person_prior().is_some();
+    let mut last = vec![0usize; groups.iter().max().map_or(0, |m| m + 1)];
+    for (i, &g) in groups.iter().enumerate() {
+        last[g] = if own { i } else { paths.len() - 1 };
+    }
     // Progress only when there is more than one batch to do.
     let show = paths.len() > batch.max(1);
     if show {
@@ -563,12 +608,32 @@ fn predict_distinct(
     // Inputs the single-image head will answer (too few photos of their person), where it reads the whole frame.
     let framed = cfg.single_frame && model.cfg.subject_norm;
     let alone: Vec<bool> = modes_of(keys).into_iter().map(|m| framed && m == Mode::Single).collect();
-    let given = person_boxes(cfg, paths, (keys, &alone), &mut finder);
+    // Each person's face box (`--face person`), found when the person's first input comes up.
+    let mut given: Vec<Option<crate::data::face::FaceBox>> = vec![None; paths.len()];
+    let mut members: Vec<Vec<usize>> = vec![Vec::new(); last.len()];
+    for (i, &g) in groups.iter().enumerate() {
+        members[g].push(i);
+    }
     for chunk in paths.chunks(batch.max(1)) {
         if show && !out.is_empty() {
             reporter.progress("predicting", "image(s)", out.len(), paths.len());
         }
         let base = out.len();
+        for i in base..base + chunk.len() {
+            let rows = std::mem::take(&mut members[groups[i]]);
+            if !rows.is_empty() {
+                let pick = |v: &[Option<String>]| rows.iter().map(|&k| v[k].clone()).collect::<Vec<_>>();
+                let found = person_boxes(
+                    cfg,
+                    &rows.iter().map(|&k| paths[k].clone()).collect::<Vec<_>>(),
+                    (&pick(keys), &rows.iter().map(|&k| alone[k]).collect::<Vec<_>>()),
+                    &mut finder,
+                );
+                for (k, b) in rows.into_iter().zip(found) {
+                    given[k] = b;
+                }
+            }
+        }
         type One = crate::error::Result<(Vec<f32>, Option<crate::data::face::FaceBox>)>;
         let prepared: Vec<(PathBuf, One)> = chunk
             .iter()
@@ -578,29 +643,34 @@ fn predict_distinct(
                 (p.clone(), r)
             })
             .collect();
-        let ok: Vec<&Vec<f32>> = prepared.iter().filter_map(|(_, r)| r.as_ref().ok().map(|(px, _)| px)).collect();
+        let decoded: Vec<usize> = (0..chunk.len()).filter(|&j| prepared[j].1.is_ok()).collect();
         let mut probs = Vec::new().into_iter();
         let mut distances = Vec::new().into_iter();
-        if !ok.is_empty() {
-            let flat: Vec<f32> = ok.iter().flat_map(|v| v.iter().copied()).collect();
-            let gray = Tensor::from_slice(&flat).view([ok.len() as i64, 1, s, s]).to_device(device);
+        if !decoded.is_empty() {
+            let flat: Vec<f32> = prepared.iter().filter_map(|(_, r)| r.as_ref().ok()).flat_map(|(px, _)| px.iter().copied()).collect();
+            let gray = Tensor::from_slice(&flat).view([decoded.len() as i64, 1, s, s]).to_device(device);
             let x = cfg.data.preprocess.normalise(&gray);
             if model.cfg.subject_norm {
                 let (f, flipped) =
                     model.frozen(|| (model.pooled_from(&x, Block::Conv1, false), tta_flip.then(|| model.pooled_from(&x.flip([3]), Block::Conv1, false))));
-                // For each decoded input of the chunk: answered alone now, or kept for its person.
-                let now: Vec<bool> = (0..chunk.len()).filter(|&j| prepared[j].1.is_ok()).map(|j| alone_from_start[base + j]).collect();
-                let pick = |t: &Tensor, want: bool| {
-                    let at: Vec<i64> = (0..now.len()).filter(|&r| now[r] == want).map(|r| r as i64).collect();
-                    t.index_select(0, &Tensor::from_slice(&at).to_device(t.device()))
-                };
-                if now.iter().any(|&a| !a) {
-                    pooled.push((pick(&f, false), flipped.as_ref().map(|g| pick(g, false))));
+                // Each decoded input of the chunk: answered alone now, or kept for its person.
+                let mut now = Vec::new();
+                for (r, &j) in decoded.iter().enumerate() {
+                    if alone_from_start[base + j] {
+                        now.push(r as i64);
+                    } else {
+                        let row = |t: &Tensor| t.narrow(0, r as i64, 1);
+                        waiting.insert(base + j, (row(&f), flipped.as_ref().map(row)));
+                    }
                 }
-                if now.iter().any(|&a| a) {
-                    let alone_f = pick(&f, true);
-                    let n = alone_f.size()[0] as usize;
-                    let (p, _, d) = person_or_single::<String>(model, &alone_f, flipped.as_ref().map(|g| pick(g, true)).as_ref(), &vec![None; n]);
+                if !now.is_empty() {
+                    let at = Tensor::from_slice(&now).to_device(f.device());
+                    let (p, _, d) = person_or_single::<String>(
+                        model,
+                        &f.index_select(0, &at),
+                        flipped.as_ref().map(|g| g.index_select(0, &at)).as_ref(),
+                        &vec![None; now.len()],
+                    );
                     probs = split_raw(cfg, &p).into_iter();
                     distances = per_row(d).into_iter();
                 }
@@ -619,7 +689,7 @@ fn predict_distinct(
         }
         for (j, (path, r)) in prepared.into_iter().enumerate() {
             let p = match r {
-                // Subject-normalised and waiting for the rest of its person: answered below.
+                // Subject-normalised and waiting for the rest of its person: answered in `answer_people`.
                 Ok((_, face)) if model.cfg.subject_norm && !alone_from_start[base + j] => {
                     Prediction { path, probs: Ok(vec![]), raw: vec![], mode: None, face, distance: None }
                 }
@@ -635,38 +705,66 @@ fn predict_distinct(
                 }
                 Err(e) => Prediction { path, probs: Err(e), raw: vec![], mode: None, face: None, distance: None },
             };
-            out.push(p);
+            out.push(Some(p));
+        }
+        // The people whose last input was in this chunk.
+        let end = out.len();
+        let ready: Vec<usize> = waiting.keys().copied().filter(|&i| last[groups[i]] < end).collect();
+        if !ready.is_empty() {
+            let rows: Vec<(usize, Waiting)> = ready.iter().filter_map(|i| waiting.remove_entry(i)).collect();
+            answer_people(cfg, model, (keys, framed, &alone), rows, (tta_flip, device), &mut out);
+        }
+        if show && end == paths.len() {
+            reporter.progress("predicting", "image(s)", end, paths.len());
+        }
+        // Hand on every answer up to the first input still waiting for its person.
+        while handed < out.len() && !waiting.contains_key(&handed) {
+            let mut p = out[handed].take();
+            reporter.suspend(&mut || p.take().into_iter().for_each(&mut *emit));
+            handed += 1;
         }
     }
-    if show {
-        reporter.progress("predicting", "image(s)", paths.len(), paths.len());
-    }
-    if model.cfg.subject_norm && !pooled.is_empty() {
-        // Rows of the decoded inputs that waited for their person, in order.
-        let rows: Vec<usize> = (0..out.len()).filter(|&i| out[i].probs.is_ok() && out[i].mode.is_none()).collect();
-        let f = Tensor::cat(&pooled.iter().map(|p| p.0.shallow_clone()).collect::<Vec<_>>(), 0);
-        let flipped = pooled.iter().map(|p| p.1.as_ref().map(Tensor::shallow_clone)).collect::<Option<Vec<_>>>().map(|v| Tensor::cat(&v, 0));
-        let keys: Vec<Option<String>> = rows.iter().map(|&i| keys[i].clone()).collect();
-        // A person left with too few decoded inputs (some did not decode) is answered alone too: framed so.
-        let late: Vec<usize> = modes_of(&keys).iter().enumerate().filter(|&(k, &m)| framed && m == Mode::Single && !alone[rows[k]]).map(|(k, _)| k).collect();
-        let (f, flipped) = match reframed(cfg, model, &late.iter().map(|&k| out[rows[k]].path.clone()).collect::<Vec<_>>(), tta_flip, device) {
-            Some((lf, lg)) => {
-                let at = Tensor::from_slice(&late.iter().map(|&k| k as i64).collect::<Vec<_>>()).to_device(f.device());
-                for &k in &late {
-                    out[rows[k]].face = None;
+}
+
+/// Answers the decoded inputs `rows` (index, features) that waited for
+/// their person, with all of those people's photos among them: each person
+/// by that person's statistics, or — left with too few decoded inputs
+/// (some did not decode) — alone, framed as the single-image head reads.
+fn answer_people(
+    cfg: &RunConfig,
+    model: &Vgg16,
+    (keys, framed, alone): (&[Option<String>], bool, &[bool]),
+    rows: Vec<(usize, Waiting)>,
+    (tta_flip, device): (bool, Device),
+    out: &mut [Option<Prediction>],
+) {
+    let (rows, feats): (Vec<usize>, Vec<Waiting>) = rows.into_iter().unzip();
+    let f = Tensor::cat(&feats.iter().map(|p| p.0.shallow_clone()).collect::<Vec<_>>(), 0);
+    let flipped = feats.iter().map(|p| p.1.as_ref().map(Tensor::shallow_clone)).collect::<Option<Vec<_>>>().map(|v| Tensor::cat(&v, 0));
+    drop(feats);
+    let keys: Vec<Option<String>> = rows.iter().map(|&i| keys[i].clone()).collect();
+    let path = |i: usize| out[i].as_ref().map(|p| p.path.clone()).unwrap_or_default();
+    let late: Vec<usize> = modes_of(&keys).iter().enumerate().filter(|&(k, &m)| framed && m == Mode::Single && !alone[rows[k]]).map(|(k, _)| k).collect();
+    let (f, flipped) = match reframed(cfg, model, &late.iter().map(|&k| path(rows[k])).collect::<Vec<_>>(), tta_flip, device) {
+        Some((lf, lg)) => {
+            let at = Tensor::from_slice(&late.iter().map(|&k| k as i64).collect::<Vec<_>>()).to_device(f.device());
+            for &k in &late {
+                if let Some(p) = out[rows[k]].as_mut() {
+                    p.face = None;
                 }
-                (f.index_copy(0, &at, &lf), flipped.zip(lg).map(|(g, lg)| g.index_copy(0, &at, &lg)))
             }
-            None => (f, flipped),
-        };
-        let (p, modes, distance) = person_or_single(model, &f, flipped.as_ref(), &keys);
-        let distance = per_row(distance);
-        for (k, ((answer, &i), mode)) in split_raw(cfg, &p).into_iter().zip(&rows).zip(modes).enumerate() {
-            out[i].distance = distance.get(k).copied();
-            out[i].answer(cfg, model, answer, mode);
+            (f.index_copy(0, &at, &lf), flipped.zip(lg).map(|(g, lg)| g.index_copy(0, &at, &lg)))
+        }
+        None => (f, flipped),
+    };
+    let (p, modes, distance) = person_or_single(model, &f, flipped.as_ref(), &keys);
+    let distance = per_row(distance);
+    for (k, ((answer, &i), mode)) in split_raw(cfg, &p).into_iter().zip(&rows).zip(modes).enumerate() {
+        if let Some(p) = out[i].as_mut() {
+            p.distance = distance.get(k).copied();
+            p.answer(cfg, model, answer, mode);
         }
     }
-    out
 }
 
 /// Head probabilities → per row (task-class probabilities, raw-label probabilities or empty).

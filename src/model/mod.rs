@@ -1068,6 +1068,13 @@ impl Vgg16 {
             .then(|| tch::no_grad(|| ((f.to_kind(Kind::Float) - mean) / (var + BN_EPS).sqrt()).square().mean_dim(1, false, Kind::Float).sqrt()))
     }
 
+    /// Whether this model gives `feature_distance`s (a run saved with its
+    /// training photos' statistics), known before any input is answered.
+    pub fn measures_distance(&self) -> bool {
+        let row = if self.cfg.subject_norm { 3 } else { 1 };
+        f64::try_from(self.feature_stats.get(row).max()).unwrap_or(0.0) > 0.0
+    }
+
     fn head_ref(&self, h: HeadRef) -> Option<&Head> {
         match h {
             HeadRef::Member(0) => Some(&self.head),

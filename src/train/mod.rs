@@ -100,6 +100,10 @@ pub trait Reporter {
     /// A long step other than an epoch (the cache pass, a sweep, a folder
     /// of predictions): `done` of `total` `unit`s of `what`; `done == total` ends it.
     fn progress(&mut self, _what: &str, _unit: &str, _done: usize, _total: usize) {}
+    /// Runs `f`, which writes to standard output, with any progress bar out of the way.
+    fn suspend(&mut self, f: &mut dyn FnMut()) {
+        f()
+    }
 }
 
 /// A reporter that keeps messages (tests, quiet runs).

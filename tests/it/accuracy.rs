@@ -857,3 +857,65 @@ fn pairs_keep_person_statistics_on_and_a_person_with_one_photo_turns_them_off() 
         "{err}"
     );
 }
+
+/// What `predict_each` saw, in order: the progress it reported and the answers it handed on.
+#[derive(Default)]
+struct Events(std::rc::Rc<std::cell::RefCell<Vec<String>>>);
+
+impl vggft::train::Reporter for Events {
+    fn message(&mut self, _: &str) {}
+    fn progress(&mut self, _: &str, _: &str, done: usize, _: usize) {
+        self.0.borrow_mut().push(format!("progress {done}"));
+    }
+}
+
+#[test]
+fn predict_hands_on_each_person_once_their_last_photo_is_in() {
+    use vggft::eval::predict::{predict, predict_each, Mode, SubjectFrom};
+    let d = tmp();
+    let m = identity_dominated(d.path(), 4, 2, 32);
+    let s = small_trunk(d.path(), 31);
+    let (code, out, err) =
+        run(&args(&s, &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:3", "--val", "none", "--name", "sn", "--quiet"]), d.path());
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (cfg, model) = vggft::run::load_run(&d.path().join("runs/sn"), tch::Device::Cpu).unwrap();
+    assert!(model.cfg.subject_norm);
+    // P00's four photos, then P01's and P02's interleaved, one of P03's (alone), and P00's first again.
+    let photo = |s: usize, label: &str, i: usize| d.path().join(format!("p{s:02}_{label}_{i}.png"));
+    let mut paths: Vec<std::path::PathBuf> = ["neutral", "expressive"].iter().flat_map(|l| (0..2).map(move |i| (l, i))).map(|(l, i)| photo(0, l, i)).collect();
+    for (l, i) in [("neutral", 0), ("expressive", 0), ("neutral", 1), ("expressive", 1)] {
+        paths.push(photo(1, l, i));
+        paths.push(photo(2, l, i));
+    }
+    paths.push(photo(3, "expressive", 1));
+    paths.push(paths[0].clone());
+    let table: std::collections::HashMap<_, _> = paths.iter().map(|p| (p.clone(), p.file_name().unwrap().to_string_lossy()[..3].to_uppercase())).collect();
+    let subjects = SubjectFrom::Table(table);
+    let events = Events::default();
+    let log = events.0.clone();
+    let mut reporter = events;
+    let preds = predict_each(&cfg, &model, &paths, &subjects, (true, 1), tch::Device::Cpu, &mut reporter, &mut |p| {
+        log.borrow_mut().push(format!("answer {}", p.path.file_name().unwrap().to_string_lossy()))
+    });
+    let log = log.borrow().clone();
+    let at = |e: &str| log.iter().position(|l| l == e).unwrap_or_else(|| panic!("{e} not in {log:?}"));
+    // Every answer handed on once, in input order.
+    let answers: Vec<String> = log.iter().filter_map(|l| l.strip_prefix("answer ").map(String::from)).collect();
+    assert_eq!(answers, paths.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect::<Vec<_>>());
+    // P00's four answers before the fifth input is read, not at the end.
+    assert!(log[..at("progress 4")].iter().filter(|l| l.starts_with("answer p00")).count() == 4, "{log:?}");
+    // P01's photos wait for P01's last (input 10); P02's, interleaved with them, for P02's last (input 11).
+    let read = |i: usize| at(&format!("progress {i}"));
+    assert!(read(10) < at("answer p01_neutral_0.png") && at("answer p01_neutral_0.png") < read(11), "{log:?}");
+    assert!(at("answer p02_neutral_0.png") > read(11), "{log:?}");
+    // The same answers as all inputs in one batch, each person answered with everyone else present.
+    let all = predict(&cfg, &model, &paths, &subjects, (true, paths.len()), tch::Device::Cpu, &mut vggft::train::Collect::default());
+    for (a, b) in preds.iter().zip(&all) {
+        assert_eq!((&a.path, a.mode), (&b.path, b.mode));
+        let (pa, pb) = (a.probs.as_ref().unwrap(), b.probs.as_ref().unwrap());
+        assert!(pa.iter().zip(pb).all(|(x, y)| (x - y).abs() < 1e-5), "{}: {pa:?} against {pb:?}", a.path.display());
+    }
+    let modes: Vec<Mode> = preds.iter().filter_map(|p| p.mode).collect();
+    assert_eq!(modes.iter().filter(|&&m| m == Mode::Single).count(), 1, "P03's one photo alone");
+    assert_eq!(preds[0].probs.as_ref().unwrap(), preds[paths.len() - 1].probs.as_ref().unwrap(), "the repeat answered as its first");
+}

@@ -329,16 +329,9 @@ fn predict_cmd(mut a: PredictArgs) -> anyhow::Result<bool> {
         }
     }
     let tta_flip = vggft::eval::flip_tta(a.tta.choice(), model.cfg.subject_norm);
-    let preds = predict::predict(&cfg, &model, &paths, &subjects, (tta_flip, a.batch_size as usize), device, &mut reporter(false));
+    // What holds for every answer, said before the answers (they are printed as they come).
     if model.cfg.subject_norm {
         errln!("{}", vggft::subject::TRANSDUCTIVE);
-    }
-    // Several photos, none with a person by its name: say how to give them one.
-    let answered: Vec<_> = preds.iter().filter(|p| p.probs.is_ok() && p.mode.is_some()).collect();
-    if matches!(subjects, predict::SubjectFrom::Names) && answered.len() > 1 && answered.iter().all(|p| subjects.subject(&p.path).is_none()) {
-        errln!(
-            "note: no file name here names its person as JAFFE's do (KA.HA1.29.tiff), so each photo was answered alone by the single-image head; --subject ID (all one person), --subject-from parent (a folder per person) or a manifest.csv with a subject column given as the input lets a person's photos set that person's normalisation"
-        );
     }
     if tta_flip {
         errln!("{}", vggft::eval::FLIP_TTA);
@@ -346,10 +339,19 @@ fn predict_cmd(mut a: PredictArgs) -> anyhow::Result<bool> {
     if let Some(d) = cfg.describe_decisions() {
         errln!("the model {d}");
     }
+    let mut out = output::Predictions::new(&a, &cfg, &held, (model.cfg.subject_norm, model.measures_distance()));
+    let preds = predict::predict_each(&cfg, &model, &paths, &subjects, (tta_flip, a.batch_size as usize), device, &mut reporter(false), &mut |p| out.line(p));
+    // Several photos, none with a person by its name: say how to give them one.
+    let answered: Vec<_> = preds.iter().filter(|p| p.probs.is_ok() && p.mode.is_some()).collect();
+    if matches!(subjects, predict::SubjectFrom::Names) && answered.len() > 1 && answered.iter().all(|p| subjects.subject(&p.path).is_none()) {
+        errln!(
+            "note: no file name here names its person as JAFFE's do (KA.HA1.29.tiff), so each photo was answered alone by the single-image head; --subject ID (all one person), --subject-from parent (a folder per person) or a manifest.csv with a subject column given as the input lets a person's photos set that person's normalisation"
+        );
+    }
     if a.timings {
         errln!("timings: model load {loaded:.3} s, decode + forward {:.3} s", t0.elapsed().as_secs_f64() - loaded);
     }
-    output::predictions(&a, &cfg, model.cfg.subject_norm, &preds, &held)
+    out.finish(&preds)
 }
 
 /// A path's last component (titles stay short; the full paths are in metrics.json).

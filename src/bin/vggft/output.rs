@@ -166,6 +166,12 @@ impl Reporter for Cli2 {
             }
         }
     }
+    fn suspend(&mut self, f: &mut dyn FnMut()) {
+        match &self.bar {
+            Some(b) => b.suspend(f),
+            None => f(),
+        }
+    }
     fn epoch_end(&mut self, r: &EpochRow) {
         if let Some(b) = self.bar.take() {
             b.finish_and_clear();
@@ -186,30 +192,49 @@ pub fn reporter(quiet: bool) -> Cli2 {
     Cli2 { quiet, tty: std::io::stderr().is_terminal(), bar: None, log: None, epochs: 0 }
 }
 
-/// Prints `predict`'s results in the chosen format (with the held-out
-/// tally), and the failed images on stderr; false when some image failed.
-pub fn predictions(a: &PredictArgs, cfg: &RunConfig, subject_norm: bool, preds: &[predict::Prediction], held: &[predict::HeldOut]) -> anyhow::Result<bool> {
-    let mut failed = 0;
-    let mut json = Vec::new();
-    // A run saved with its training photos' feature statistics gives each answer's distance from them.
-    let distances = preds.iter().any(|p| p.distance.is_some());
-    if a.format == OutputFormat::Csv {
-        let mut header = vec!["path".to_string(), "class".to_string()];
-        header.extend(cfg.classes.iter().map(|c| format!("p_{c}")));
-        header.extend(subject_norm.then(|| "mode".to_string()));
-        header.extend(distances.then(|| "feature_distance".to_string()));
-        outln!("{}", csv_line(&header));
+/// Prints `predict`'s results in the chosen format as they come (`line`),
+/// the failed images on stderr, then what is said of all of them (`finish`:
+/// the held-out tally, warnings; a JSON array is one document, written there).
+pub struct Predictions<'a> {
+    a: &'a PredictArgs,
+    cfg: &'a RunConfig,
+    held: &'a [predict::HeldOut],
+    /// Which head answered goes with each line of a subject-normalised model.
+    subject_norm: bool,
+    /// A run saved with its training photos' feature statistics gives each answer's distance from them.
+    distances: bool,
+    failed: usize,
+    right: usize,
+    json: Vec<serde_json::Value>,
+    lines: usize,
+}
+
+impl<'a> Predictions<'a> {
+    pub fn new(a: &'a PredictArgs, cfg: &'a RunConfig, held: &'a [predict::HeldOut], (subject_norm, distances): (bool, bool)) -> Self {
+        let p = Predictions { a, cfg, held, subject_norm, distances, failed: 0, right: 0, json: Vec::new(), lines: 0 };
+        if a.format == OutputFormat::Csv {
+            let mut header = vec!["path".to_string(), "class".to_string()];
+            header.extend(cfg.classes.iter().map(|c| format!("p_{c}")));
+            header.extend(subject_norm.then(|| "mode".to_string()));
+            header.extend(distances.then(|| "feature_distance".to_string()));
+            outln!("{}", csv_line(&header));
+        }
+        p
     }
-    let mut right = 0;
-    for (i, p) in preds.iter().enumerate() {
+
+    /// The next input's answer (inputs in the order given).
+    pub fn line(&mut self, p: &predict::Prediction) {
+        let (a, cfg) = (self.a, self.cfg);
+        let i = self.lines;
+        self.lines += 1;
         match &p.probs {
             Ok(pr) => {
                 let k = p.class(cfg).unwrap_or_else(|| predict::argmax(pr));
                 let class = &cfg.classes[k];
                 // Text lines name a threshold other than 0.5: with it the answer need not be the likelier class.
                 let at = cfg.threshold_off_half(p.mode).map(|t| format!("\tthreshold={t:.3}")).unwrap_or_default();
-                if let Some(h) = held.get(i) {
-                    right += usize::from(h.class == *class);
+                if let Some(h) = self.held.get(i) {
+                    self.right += usize::from(h.class == *class);
                     if a.format == OutputFormat::Text {
                         // Every class's probability, as the plain lines give them: with a
                         // threshold set in training the answered class need not be the likelier.
@@ -221,7 +246,7 @@ pub fn predictions(a: &PredictArgs, cfg: &RunConfig, subject_norm: bool, preds: 
                             cfg.classes.iter().zip(pr).map(|(c, v)| format!("{c}={v:.2}")).collect::<Vec<_>>().join(" "),
                             p.mode.map(|m| format!("\tmode={}", m.name())).unwrap_or_default()
                         );
-                        continue;
+                        return;
                     }
                 }
                 match a.format {
@@ -235,7 +260,7 @@ pub fn predictions(a: &PredictArgs, cfg: &RunConfig, subject_norm: bool, preds: 
                         let mut row = vec![p.path.display().to_string(), class.clone()];
                         row.extend(pr.iter().map(|v| format!("{v:.6}")));
                         row.extend(p.mode.map(|m| m.name().to_string()));
-                        row.extend(distances.then(|| p.distance.map(|d| format!("{d:.3}")).unwrap_or_default()));
+                        row.extend(self.distances.then(|| p.distance.map(|d| format!("{d:.3}")).unwrap_or_default()));
                         outln!("{}", csv_line(&row));
                     }
                     OutputFormat::Json | OutputFormat::Jsonl => {
@@ -261,64 +286,70 @@ pub fn predictions(a: &PredictArgs, cfg: &RunConfig, subject_norm: bool, preds: 
                         if a.format == OutputFormat::Jsonl {
                             outln!("{o}");
                         } else {
-                            json.push(o);
+                            self.json.push(o);
                         }
                     }
                 }
             }
             Err(e) => {
-                failed += 1;
+                self.failed += 1;
                 errln!("{}: {}", p.path.display(), e.problem());
             }
         }
     }
-    if a.format == OutputFormat::Json {
-        outln!("{}", serde_json::to_string_pretty(&json)?);
-    }
-    // As training says it: an answer for a picture without a face is an answer about the centre of the frame.
-    let faceless: Vec<String> =
-        preds.iter().filter(|p| p.probs.is_ok() && p.face.as_ref().is_some_and(|f| f.score.is_none())).map(|p| p.path.display().to_string()).collect();
-    if !faceless.is_empty() {
-        errln!("warning: no face found in {} image(s), used a centred crop: {}", faceless.len(), vggft::error::short_list(&faceless, 8));
-    }
-    let (names, distance): (Vec<String>, Vec<f64>) =
-        preds.iter().filter(|p| p.probs.is_ok()).filter_map(|p| Some((p.path.display().to_string(), p.distance?))).unzip();
-    if let Some(w) = predict::unusual_warning(&names, &distance) {
-        errln!("{w}");
-    }
-    if a.held_out && a.format == OutputFormat::Text {
-        let people: std::collections::BTreeSet<&str> = held.iter().map(|h| h.subject.as_str()).collect();
-        // A subject-normalised model: which head answered, and that head's own validation figure.
-        let singles = preds.iter().filter(|p| p.mode == Some(predict::Mode::Single)).count();
-        let (how, key, whose) = match (subject_norm, singles) {
-            (false, _) => ("", "validation", ""),
-            (true, 0) => (", each person's photos scored together", "validation", ""),
-            (true, n) if n == preds.len() => (", each photo alone (the single-image head)", "validation_single_image", " of that head"),
-            (true, _) => (", by both heads (the mode column)", "validation", ""),
-        };
-        let val = std::fs::read_to_string(a.model.join("metrics.json"))
-            .ok()
-            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-            .and_then(|m| m[key]["balanced_accuracy"].as_f64());
-        outln!(
-            "{right} of {} right on {} the model never saw{how}{}",
-            preds.len() - failed,
-            if people.len() == 1 { "1 person".to_string() } else { format!("{} people", people.len()) },
-            val.map(|b| format!(" (validation balanced accuracy {b:.3}{whose}, metrics.json)")).unwrap_or_default()
-        );
-    }
-    if failed > 0 {
-        // A folder without images is not a failed image: counted apart.
-        let empty = preds.iter().filter(|p| p.path.is_dir()).count();
-        let images = preds.len() - empty;
-        if failed > empty {
-            errln!("{} of {images} image(s) could not be predicted", failed - empty);
+
+    /// After the last line: the JSON array, the warnings and the held-out
+    /// tally over all of `preds`; false when some image failed.
+    pub fn finish(self, preds: &[predict::Prediction]) -> anyhow::Result<bool> {
+        let Predictions { a, held, subject_norm, failed, right, json, .. } = self;
+        if a.format == OutputFormat::Json {
+            outln!("{}", serde_json::to_string_pretty(&json)?);
         }
-        if empty > 0 {
-            errln!("{empty} folder(s) held no images");
+        // As training says it: an answer for a picture without a face is an answer about the centre of the frame.
+        let faceless: Vec<String> =
+            preds.iter().filter(|p| p.probs.is_ok() && p.face.as_ref().is_some_and(|f| f.score.is_none())).map(|p| p.path.display().to_string()).collect();
+        if !faceless.is_empty() {
+            errln!("warning: no face found in {} image(s), used a centred crop: {}", faceless.len(), vggft::error::short_list(&faceless, 8));
         }
+        let (names, distance): (Vec<String>, Vec<f64>) =
+            preds.iter().filter(|p| p.probs.is_ok()).filter_map(|p| Some((p.path.display().to_string(), p.distance?))).unzip();
+        if let Some(w) = predict::unusual_warning(&names, &distance) {
+            errln!("{w}");
+        }
+        if a.held_out && a.format == OutputFormat::Text {
+            let people: std::collections::BTreeSet<&str> = held.iter().map(|h| h.subject.as_str()).collect();
+            // A subject-normalised model: which head answered, and that head's own validation figure.
+            let singles = preds.iter().filter(|p| p.mode == Some(predict::Mode::Single)).count();
+            let (how, key, whose) = match (subject_norm, singles) {
+                (false, _) => ("", "validation", ""),
+                (true, 0) => (", each person's photos scored together", "validation", ""),
+                (true, n) if n == preds.len() => (", each photo alone (the single-image head)", "validation_single_image", " of that head"),
+                (true, _) => (", by both heads (the mode column)", "validation", ""),
+            };
+            let val = std::fs::read_to_string(a.model.join("metrics.json"))
+                .ok()
+                .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+                .and_then(|m| m[key]["balanced_accuracy"].as_f64());
+            outln!(
+                "{right} of {} right on {} the model never saw{how}{}",
+                preds.len() - failed,
+                if people.len() == 1 { "1 person".to_string() } else { format!("{} people", people.len()) },
+                val.map(|b| format!(" (validation balanced accuracy {b:.3}{whose}, metrics.json)")).unwrap_or_default()
+            );
+        }
+        if failed > 0 {
+            // A folder without images is not a failed image: counted apart.
+            let empty = preds.iter().filter(|p| p.path.is_dir()).count();
+            let images = preds.len() - empty;
+            if failed > empty {
+                errln!("{} of {images} image(s) could not be predicted", failed - empty);
+            }
+            if empty > 0 {
+                errln!("{empty} folder(s) held no images");
+            }
+        }
+        Ok(failed == 0)
     }
-    Ok(failed == 0)
 }
 
 pub fn print_metrics(m: &vggft::eval::Metrics, classes: &[String]) {
