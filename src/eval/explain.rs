@@ -25,6 +25,7 @@ use crate::fsutil;
 use crate::model::{Block, Vgg16};
 
 /// One explained image.
+#[derive(Clone)]
 pub struct Cam {
     /// The gray network input (S×S, [0, 1]).
     pub input: Vec<f32>,
@@ -139,25 +140,32 @@ fn cam_class(cfg: &RunConfig, probs: &[f64], mode: Option<Mode>) -> usize {
 /// person's decoded inputs, as `predict` fits them (without the mirror images).
 /// An input that repeats an earlier one of its person (the same file, or
 /// the same bytes) counts once in its person's statistics and is explained
-/// as that one, as `predict` answers it.
+/// as that one, as `predict` answers it; so is one that repeats an earlier
+/// input answered alone. Also each input's first (`repeats`): a repeat's
+/// heat is its first's.
+type Prepared = (Vec<Result<Vec<f32>>>, Option<People>, Vec<usize>);
+
 fn prepared_with_people(
     cfg: &RunConfig,
     model: &Vgg16,
     (paths, subjects): (&[PathBuf], &SubjectFrom),
     finder: &mut Option<crate::data::face::FaceFinder>,
-) -> (Vec<Result<Vec<f32>>>, Option<People>) {
+) -> Prepared {
     let keys = if model.cfg.subject_norm { subjects.keys(paths) } else { vec![None; paths.len()] };
-    let first = crate::eval::predict::repeats(paths, &keys);
+    // Photos alone (no person) repeat each other too: the same bytes, the same heat.
+    let same: Vec<Option<String>> = keys.iter().map(|k| Some(k.as_ref().map_or_else(|| "alone".to_string(), |k| format!("person {k}")))).collect();
+    let first = crate::eval::predict::repeats(paths, &same);
     let distinct: Vec<usize> = (0..paths.len()).filter(|&i| first[i] == i).collect();
     if distinct.len() == paths.len() {
-        return prepared_distinct(cfg, model, (paths, keys), finder);
+        let (px, people) = prepared_distinct(cfg, model, (paths, keys), finder);
+        return (px, people, first);
     }
     let at: std::collections::HashMap<usize, usize> = distinct.iter().enumerate().map(|(k, &i)| (i, k)).collect();
     let (d_paths, d_keys): (Vec<PathBuf>, Vec<Option<String>>) = distinct.iter().map(|&i| (paths[i].clone(), keys[i].clone())).unzip();
     let (d_px, d_people) = prepared_distinct(cfg, model, (&d_paths, d_keys), finder);
     let px = paths.iter().zip(&first).map(|(p, f)| d_px[at[f]].as_ref().map(Clone::clone).map_err(|e| Error::image(p, e.problem()))).collect();
     let people = d_people.map(|d| People { group_of: first.iter().map(|f| d.group_of[at[f]]).collect(), norm: d.norm });
-    (px, people)
+    (px, people, first)
 }
 
 /// `prepared_with_people` of inputs none of which repeats another; `keys`: each one's person.
@@ -372,7 +380,7 @@ pub fn explain(cfg: &RunConfig, model: &Vgg16, req: &ExplainRequest, device: Dev
     let mut out = Vec::new();
     let mut tiles = Vec::new();
     let mut written = std::collections::HashSet::new();
-    let (prepared, people) = prepared_with_people(cfg, model, (req.paths, req.subjects), &mut finder);
+    let (prepared, people, first) = prepared_with_people(cfg, model, (req.paths, req.subjects), &mut finder);
     for ((i, p), px) in req.paths.iter().enumerate().zip(prepared) {
         let px = match px {
             Ok(px) => px,
@@ -381,8 +389,12 @@ pub fn explain(cfg: &RunConfig, model: &Vgg16, req: &ExplainRequest, device: Dev
                 continue;
             }
         };
-        let person = people.as_ref().and_then(|p| p.of_row(i));
-        let cam = grad_cam(model, cfg, &px, (req.layer, req.class), person, device)?;
+        // A repeat's heat is its first's (`out` holds one entry per input before it).
+        let earlier = (first[i] != i).then(|| out.get(first[i])).flatten();
+        let cam = match earlier.and_then(|e: &Explained| e.result.as_ref().ok()) {
+            Some((cam, _)) => cam.clone(),
+            None => grad_cam(model, cfg, &px, (req.layer, req.class), people.as_ref().and_then(|p| p.of_row(i)), device)?,
+        };
         let stem = crate::fsutil::output_stem(p);
         let file = heatmaps[i].clone();
         let tile = captioned(&overlay(&cam.input, &cam.heat, s), &caption(cfg, &cam, &stem, None))?;
