@@ -247,6 +247,9 @@ def run_inventory(d):
     with open(os.path.join(ck, "Emotion", "S005", "001", "S005_001_00000004_emotion.txt"), "w") as fh:
         fh.write("happy\n")
     data_case("CK+ as distributed, an emotion file that holds a word", ck)
+    ckf = os.path.join(d, "ckplus-frames")
+    shutil.copytree(os.path.join(ck, "cohn-kanade-images"), os.path.join(ckf, "cohn-kanade-images"))
+    data_case("CK+'s frames without Emotion_labels.zip unpacked", ckf)
     jz = os.path.join(d, "jaffedbase.zip")
     shutil.make_archive(jz[:-4], "zip", os.path.join(d, "good"))
     data_case("the archive a face set comes in, given as --data (jaffedbase.zip)", jz)

@@ -441,6 +441,9 @@ fn detect(path: &Path, is_dir: bool) -> Result<DataFormat> {
     if ckplus_root(path).is_some() {
         return Ok(DataFormat::Ckplus);
     }
+    if let Some(e) = ckplus_without_labels(path) {
+        return Err(e);
+    }
     if entries.iter().any(|p| p.is_dir()) {
         return Ok(DataFormat::Folders);
     }
@@ -623,16 +626,50 @@ const CK_CODES: [&str; 8] = ["neutral", "angry", "contempt", "disgust", "fear", 
 /// names) carry its emotion, as CK+48 takes them; its first frame is neutral.
 pub const CK_PEAK_FRAMES: usize = 3;
 
-/// The folder holding CK+'s `cohn-kanade-images/` and `Emotion/`, given
-/// itself or as its images folder.
+/// CK+'s emotion labels beside its `cohn-kanade-images/` in `root`:
+/// `Emotion/` as distributed, or as `Emotion_labels.zip` unpacks into a
+/// folder of its own (`Emotion_labels/Emotion/`, or `Emotion_labels/`
+/// holding the people's folders) — any folder whose name starts with
+/// "emotion", in any case.
+fn ckplus_labels(root: &Path) -> Option<PathBuf> {
+    let emotion = |p: &PathBuf| p.is_dir() && p.file_name().is_some_and(|n| n.to_string_lossy().to_lowercase().starts_with("emotion"));
+    let mut found: Vec<PathBuf> = sorted_entries(root).ok()?.into_iter().filter(emotion).collect();
+    // `Emotion` itself first.
+    found.sort_by_key(|p| p.file_name().is_none_or(|n| n != "Emotion"));
+    let outer = found.into_iter().next()?;
+    let inner = sorted_entries(&outer).ok().and_then(|e| e.into_iter().find(emotion));
+    Some(inner.unwrap_or(outer))
+}
+
+/// The folder holding CK+'s `cohn-kanade-images/` and its labels
+/// (`ckplus_labels`), given itself or as its images folder.
 fn ckplus_root(path: &Path) -> Option<PathBuf> {
-    let both = |d: &Path| d.join("cohn-kanade-images").is_dir() && d.join("Emotion").is_dir();
+    let both = |d: &Path| d.join("cohn-kanade-images").is_dir() && ckplus_labels(d).is_some();
     if both(path) {
         return Some(path.to_path_buf());
     }
     let path = path.canonicalize().ok()?;
     let parent = path.parent()?;
     (path.file_name()? == "cohn-kanade-images" && both(parent)).then(|| parent.to_path_buf())
+}
+
+/// CK+'s frames without its labels (`cohn-kanade-images/` given, or a
+/// folder holding it, with no emotion folder beside it): said, where the
+/// class-folder reader would call each person a class.
+fn ckplus_without_labels(path: &Path) -> Option<Error> {
+    let named = |p: &Path| p.file_name().is_some_and(|n| n == "cohn-kanade-images");
+    let images = if named(path) { path.to_path_buf() } else { path.join("cohn-kanade-images") };
+    let root = if named(path) { path.canonicalize().ok()?.parent()?.to_path_buf() } else { path.to_path_buf() };
+    let what = if named(path) { "is CK+'s frames without its labels beside it" } else { "holds CK+'s frames (cohn-kanade-images/) but not its labels" };
+    (images.is_dir() && ckplus_labels(&root).is_none()).then(|| {
+        Error::dataset(
+            path,
+            format!(
+                "{what}: unpack Emotion_labels.zip into {} (it makes Emotion/S005/001/…_emotion.txt), or give the labelled frames as class folders or a manifest.csv",
+                root.display()
+            ),
+        )
+    })
 }
 
 /// CK+ as distributed: each sequence with an emotion file gives its first
@@ -642,11 +679,12 @@ fn ckplus_root(path: &Path) -> Option<PathBuf> {
 fn scan_ckplus(path: &Path) -> Result<Dataset> {
     let root = ckplus_root(path).ok_or_else(|| Error::dataset(path, "is not CK+ as distributed: no cohn-kanade-images/ and Emotion/ folders"))?;
     let images = root.join("cohn-kanade-images");
+    let emotions = ckplus_labels(&root).unwrap_or_else(|| root.join("Emotion"));
     let (mut samples, mut unread, mut sequences, mut unlabelled) = (Vec::new(), Vec::new(), 0usize, 0usize);
     for person in sorted_entries(&images)?.into_iter().filter(|p| p.is_dir()) {
         let subject = person.file_name().map(|n| n.to_string_lossy().to_uppercase()).unwrap_or_default();
         for seq in sorted_entries(&person)?.into_iter().filter(|p| p.is_dir()) {
-            let labels = root.join("Emotion").join(seq.strip_prefix(&images).unwrap_or(&seq));
+            let labels = emotions.join(seq.strip_prefix(&images).unwrap_or(&seq));
             let emotion = if labels.is_dir() {
                 sorted_entries(&labels)?.into_iter().find(|p| p.is_file() && p.to_string_lossy().ends_with("_emotion.txt"))
             } else {
@@ -677,11 +715,12 @@ fn scan_ckplus(path: &Path) -> Result<Dataset> {
             sequences += 1;
         }
     }
+    let from = emotions.strip_prefix(&root).unwrap_or(&emotions).display().to_string();
     let mut notes = vec![format!(
-        "CK+ layout: {sequences} sequence(s) with an emotion file; each one's first frame is read as neutral and the {CK_PEAK_FRAMES} frames up to its peak as its emotion (as CK+48 takes them); the person from its folder (S005)"
+        "CK+ layout: {sequences} sequence(s) with an emotion file ({from}/); each one's first frame is read as neutral and the {CK_PEAK_FRAMES} frames up to its peak as its emotion (as CK+48 takes them); the person from its folder (S005)"
     )];
     if unlabelled > 0 {
-        notes.push(format!("CK+: {unlabelled} sequence(s) without an emotion file (Emotion/…/…_emotion.txt) left out"));
+        notes.push(format!("CK+: {unlabelled} sequence(s) without an emotion file ({from}/…/…_emotion.txt) left out"));
     }
     Ok(Dataset { root, format: DataFormat::Ckplus, samples, outside_paths: vec![], unread, notes })
 }
@@ -886,7 +925,11 @@ fn scan_folders(dir: &Path) -> Result<Dataset> {
         samples.extend(photos_of(sorted_entries(&class_dir)?, &mut unread).into_iter().map(|p| Sample { path: p, label: label.clone(), subject: None }));
         if samples.len() == before {
             // A face set's own layout one level down (`KDEF_and_AKDEF/KDEF/`, a folder above CK+'s): give it itself.
-            let inner = sorted_entries(&class_dir).ok().filter(|e| kdef_layout(e)).map(|_| "KDEF").or_else(|| ckplus_root(&class_dir).map(|_| "CK+"));
+            let inner = sorted_entries(&class_dir)
+                .ok()
+                .filter(|e| kdef_layout(e))
+                .map(|_| "KDEF")
+                .or_else(|| (ckplus_root(&class_dir).is_some() || ckplus_without_labels(&class_dir).is_some()).then_some("CK+"));
             if let Some(set) = inner {
                 return Err(Error::dataset(
                     dir,

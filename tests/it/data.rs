@@ -341,6 +341,19 @@ fn scans_jaffe_folders_and_csv_in_sorted_order() {
     emotion("S010/003", 2, "1");
     let e = scan(ck.path(), DataFormat::Auto).unwrap_err().to_string();
     assert!(e.contains("names frame S010_003_00000002, frame 2 of its sequence"), "{e}");
+    // The labels as Emotion_labels.zip unpacks into a folder of its own: found, and named in the note.
+    std::fs::remove_dir_all(ck.path().join("Emotion/S010/003")).unwrap();
+    std::fs::create_dir_all(ck.path().join("Emotion_labels")).unwrap();
+    std::fs::rename(ck.path().join("Emotion"), ck.path().join("Emotion_labels/Emotion")).unwrap();
+    let ds = scan(ck.path(), DataFormat::Auto).unwrap();
+    assert_eq!((ds.format, ds.samples.len()), (DataFormat::Ckplus, 8));
+    assert!(ds.notes.iter().any(|n| n.contains("2 sequence(s) with an emotion file (Emotion_labels/Emotion/)")), "{:?}", ds.notes);
+    // Without them: said, where the people would have been read as classes.
+    std::fs::remove_dir_all(ck.path().join("Emotion_labels")).unwrap();
+    for (given, what) in [(ck.path().to_path_buf(), "holds CK+'s frames"), (ck.path().join("cohn-kanade-images"), "is CK+'s frames")] {
+        let e = scan(&given, DataFormat::Auto).unwrap_err().to_string();
+        assert!(e.contains(what) && e.contains("unpack Emotion_labels.zip into"), "{e}");
+    }
 
     let c = tmp();
     let manifest = subject_dataset(c.path(), 4, 16);
