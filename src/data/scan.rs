@@ -744,7 +744,25 @@ fn scan_kdef(dir: &Path) -> Result<Dataset> {
     for folder in sorted_entries(dir)?.into_iter().filter(|p| p.is_dir()) {
         entries.extend(sorted_entries(&folder)?);
     }
-    scan_named(dir, entries, &set)
+    let mut ds = scan_named(dir, entries, &set)?;
+    // A photo moved into another person's folder (`AF01/AM02NES.JPG`) is read by its name: said.
+    let misfiled: Vec<String> = ds
+        .samples
+        .iter()
+        .filter_map(|s| {
+            let folder = s.path.parent()?.file_name()?.to_string_lossy().to_uppercase();
+            let code = file_name(&s.path).get(..4)?.to_uppercase();
+            (kdef_person_code(&folder) && code != folder).then(|| format!("{folder}/{}", file_name(&s.path)))
+        })
+        .collect();
+    if !misfiled.is_empty() {
+        ds.notes.push(format!(
+            "warning: KDEF: {} photo(s) lie in another person's folder ({}): each is read as the person its name gives, not as its folder's",
+            misfiled.len(),
+            crate::error::short_list(&misfiled, 4)
+        ));
+    }
+    Ok(ds)
 }
 
 fn scan_jaffe(dir: &Path) -> Result<Dataset> {

@@ -223,6 +223,13 @@ fn scans_jaffe_folders_and_csv_in_sorted_order() {
     let found: Vec<String> = ds.samples.iter().map(|s| format!("{} {}", s.label, s.subject.as_deref().unwrap())).collect();
     assert_eq!(found, ["fear F01", "happy F01", "neutral F01", "fear M02", "happy M02", "neutral M02", "fear F01", "happy F01", "neutral F01"]);
     assert!(ds.notes.iter().any(|n| n.contains("read the 9 straight-ahead photos (…S.JPG); 18 at other angles")), "{:?}", ds.notes);
+    assert!(!ds.notes.iter().any(|n| n.contains("another person's folder")), "{:?}", ds.notes);
+    // A photo moved into another person's folder: read by its name, and said.
+    std::fs::rename(kd.path().join("AM02/AM02HAS.JPG"), kd.path().join("AF01/AM02HAS.JPG")).unwrap();
+    let ds = scan(kd.path(), DataFormat::Auto).unwrap();
+    assert!(ds.samples.iter().any(|s| s.path.ends_with("AF01/AM02HAS.JPG") && s.subject.as_deref() == Some("M02") && s.label == "happy"));
+    assert!(ds.notes.iter().any(|n| n.starts_with("warning: KDEF: 1 photo(s) lie in another person's folder (AF01/AM02HAS.JPG)")), "{:?}", ds.notes);
+    std::fs::rename(kd.path().join("AF01/AM02HAS.JPG"), kd.path().join("AM02/AM02HAS.JPG")).unwrap();
     // Only profiles: said, not "no images".
     for who in ["AF01", "BF01", "AM02"] {
         for code in ["NE", "HA", "AF"] {
