@@ -367,7 +367,11 @@ impl Crop {
             .collect::<std::result::Result<_, _>>()
             .map_err(|_| Error::invalid(Setting::Crop, format!("`{s}`: expected x,y,w,h in pixels")))?;
         match v[..] {
-            [x, y, w, h] if w > 0 && h > 0 => Ok(Crop::Box { x, y, w, h }),
+            [x, y, w, h] if w >= MIN_SIDE && h >= MIN_SIDE => Ok(Crop::Box { x, y, w, h }),
+            [_, _, w, h] if w > 0 && h > 0 => Err(Error::invalid(
+                Setting::Crop,
+                format!("`{s}`: a {w}×{h} box is smaller than {MIN_SIDE}×{MIN_SIDE} pixels, the smallest picture vggft reads (the network would see a few pixels blown up)"),
+            )),
             _ => Err(Error::invalid(Setting::Crop, format!("`{s}`: expected x,y,w,h with w, h > 0"))),
         }
     }
@@ -391,6 +395,15 @@ pub fn prepare(img: &Gray, crop: &Crop, size: u32) -> Result<Vec<f32>> {
         }
         Crop::Center { fraction } => {
             let (cw, ch) = (((w as f32) * fraction).round().max(1.0) as u32, ((h as f32) * fraction).round().max(1.0) as u32);
+            let (sw, sh) = img.source_size();
+            let k = img.scale.max(1);
+            if cw * k < MIN_SIDE.min(sw) || ch * k < MIN_SIDE.min(sh) {
+                return Err(Error::Framing(format!(
+                    "--crop center:{fraction} leaves {}×{} pixels of this {sw}×{sh} image, fewer than the {MIN_SIDE}×{MIN_SIDE} of the smallest picture vggft reads",
+                    cw * k,
+                    ch * k
+                )));
+            }
             (x0, y0, w, h) = ((w - cw) / 2, (h - ch) / 2, cw, ch);
         }
     }

@@ -55,9 +55,13 @@ impl Preprocess {
             Crop::Center { fraction } if !(fraction > 0.0 && fraction <= 1.0) => {
                 Err(Error::invalid(Setting::Crop, format!("fraction must be in (0, 1], got {fraction}")))
             }
-            Crop::Box { w: 0, .. } | Crop::Box { h: 0, .. } => Err(Error::invalid(Setting::Crop, "x,y,w,h needs w, h > 0")),
+            Crop::Box { w, h, .. } if w < image::MIN_SIDE || h < image::MIN_SIDE => {
+                Err(Error::invalid(Setting::Crop, format!("x,y,w,h needs w, h ≥ {} (the smallest picture vggft reads), got {w}×{h}", image::MIN_SIDE)))
+            }
             _ => match self.face {
-                face::FaceMode::Fixed { w: 0, .. } | face::FaceMode::Fixed { h: 0, .. } => Err(Error::invalid(Setting::Face, "crop:x,y,w,h needs w, h > 0")),
+                face::FaceMode::Fixed { w, h, .. } if w < image::MIN_SIDE || h < image::MIN_SIDE => {
+                    Err(Error::invalid(Setting::Face, format!("crop:x,y,w,h needs w, h ≥ {} (the smallest picture vggft reads), got {w}×{h}", image::MIN_SIDE)))
+                }
                 _ => Ok(()),
             },
         }

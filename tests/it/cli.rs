@@ -509,9 +509,12 @@ fn predict_held_out_shows_only_people_the_model_never_saw() {
 #[test]
 fn every_bad_option_value_is_a_usage_error_with_exit_2_naming_the_flag() {
     let d = tmp();
-    let cases: [(&[&str], &str); 34] = [
+    let cases: [(&[&str], &str); 36] = [
         (&["finetune", "--val", "x"], "--val"),
         (&["finetune", "--crop", "1,2"], "--crop"),
+        // A box of a pixel or two trained on that pixel blown up.
+        (&["finetune", "--crop", "10,10,1,1"], "--crop `10,10,1,1`: a 1×1 box is smaller than 8×8 pixels"),
+        (&["finetune", "--face", "crop:0,0,4,40"], "--face `0,0,4,40`: a 4×40 box is smaller than 8×8 pixels"),
         (&["finetune", "--augment", "wild"], "--augment"),
         (&["finetune", "--device", "gpu"], "--device"),
         (&["finetune", "--stages", "conv9:3"], "--stages"),

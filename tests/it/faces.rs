@@ -115,6 +115,11 @@ fn training_records_boxes_and_predict_crops_the_same_way() {
     assert_eq!(code, 1);
     assert!(err.contains("0.png: the --crop box 8,8,100,100 (x,y,width,height) does not fit inside this 64×64 image (none of the 4"), "{err}");
     assert!(!err.contains("cannot decode") && !err.contains("--skip-bad"), "{err}");
+    // A centred fraction that leaves a few pixels of each image: said, as a box that small is.
+    let (code, _, err) =
+        run(&[&["finetune", "--data", "blank", "--crop", "center:0.05", "--stages", "head:1", "--val", "none"][..], &small[..]].concat(), d.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("0.png: --crop center:0.05 leaves 3×3 pixels of this 64×64 image, fewer than the 8×8"), "{err}");
     let (code, _, err) = run(
         &[&["finetune", "--data", "blank", "--face", "auto", "--stages", "head:1", "--val", "none", "--task", "multiclass"][..], &small[..]].concat(),
         d.path(),
