@@ -255,6 +255,13 @@ def run_inventory(d):
     ckf = os.path.join(d, "ckplus-frames")
     shutil.copytree(os.path.join(ck, "cohn-kanade-images"), os.path.join(ckf, "cohn-kanade-images"))
     data_case("CK+'s frames without Emotion_labels.zip unpacked", ckf)
+    ou = os.path.join(d, "oulu", "OriginalImg")
+    for light in ["Dark", "Strong"]:
+        for e in ["Anger", "Happiness"]:
+            os.makedirs(os.path.join(ou, "VL", light, "P001", e))
+            for f in range(5):
+                Image.open(ok_png).save(os.path.join(ou, "VL", light, "P001", e, f"{f:03}.jpeg"), format="JPEG")
+    data_case("Oulu-CASIA given whole (OriginalImg/, two lightings)", ou)
     jz = os.path.join(d, "jaffedbase.zip")
     shutil.make_archive(jz[:-4], "zip", os.path.join(d, "good"))
     data_case("the archive a face set comes in, given as --data (jaffedbase.zip)", jz)

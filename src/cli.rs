@@ -277,7 +277,7 @@ pub struct DataArgs {
     /// The dataset given as a word (`vggft finetune jaffe/`), as --data.
     #[arg(value_name = "DATA", conflicts_with = "data")]
     pub dataset: Option<PathBuf>,
-    /// Dataset layout: auto, jaffe, kdef, rafd, ckplus, folders or csv (`--format` is an older name).
+    /// Dataset layout: auto, jaffe, kdef, rafd, ckplus, oulu, folders or csv (`--format` is an older name).
     #[arg(long = "layout", alias = "format", value_enum, default_value_t = DataFormat::Auto)]
     pub format: DataFormat,
     /// binary: neutral vs expressive; multiclass: every label its own class.
@@ -551,7 +551,7 @@ pub struct EvaluateArgs {
     /// The dataset given as a word (`vggft evaluate test/`), as --data.
     #[arg(value_name = "DATA", conflicts_with = "data")]
     pub dataset: Option<PathBuf>,
-    /// Dataset layout: auto, jaffe, kdef, rafd, ckplus, folders or csv (`--format` is an older name).
+    /// Dataset layout: auto, jaffe, kdef, rafd, ckplus, oulu, folders or csv (`--format` is an older name).
     #[arg(long = "layout", alias = "format", value_enum, default_value_t = DataFormat::Auto)]
     pub format: DataFormat,
     /// Output folder for metrics.json and confusion.png (default: RUN/eval-<data name>).

@@ -32,6 +32,9 @@ pub enum DataFormat {
     /// CK+ as distributed: `cohn-kanade-images/S005/001/` frames beside
     /// `Emotion/S005/001/…_emotion.txt` labels.
     Ckplus,
+    /// Oulu-CASIA as distributed, one camera and lighting (`VL/Strong/`): a
+    /// folder per person (`P001/`) of its six expression sequences (`Anger/`).
+    Oulu,
     /// A folder per class (`neutral/`, `happy/`).
     Folders,
     /// A manifest: `path,label[,subject]`.
@@ -351,6 +354,7 @@ pub fn scan(path: &Path, format: DataFormat) -> Result<Dataset> {
         DataFormat::Kdef => scan_kdef(path)?,
         DataFormat::Rafd => scan_rafd(path)?,
         DataFormat::Ckplus => scan_ckplus(path)?,
+        DataFormat::Oulu => scan_oulu(path)?,
         DataFormat::Folders => scan_folders(path)?,
         DataFormat::Auto => unreachable!("detect() returns a concrete format"),
     };
@@ -442,6 +446,12 @@ fn detect(path: &Path, is_dir: bool) -> Result<DataFormat> {
         return Ok(DataFormat::Ckplus);
     }
     if let Some(e) = ckplus_without_labels(path) {
+        return Err(e);
+    }
+    if oulu_layout(&entries) {
+        return Ok(DataFormat::Oulu);
+    }
+    if let Some(e) = oulu_above(path) {
         return Err(e);
     }
     if entries.iter().any(|p| p.is_dir()) {
@@ -537,6 +547,7 @@ pub fn layout_reads(format: DataFormat) -> Option<(&'static str, &'static str)> 
         DataFormat::Kdef => Some(("KDEF", KDEF_READ)),
         DataFormat::Rafd => Some(("RaFD", RAFD_READ)),
         DataFormat::Ckplus => Some(("CK+", "frames (each labelled sequence's first and the 3 up to its peak)")),
+        DataFormat::Oulu => Some(("Oulu-CASIA", OULU_READ)),
         _ => None,
     }
 }
@@ -723,6 +734,100 @@ fn scan_ckplus(path: &Path) -> Result<Dataset> {
         notes.push(format!("CK+: {unlabelled} sequence(s) without an emotion file ({from}/…/…_emotion.txt) left out"));
     }
     Ok(Dataset { root, format: DataFormat::Ckplus, samples, outside_paths: vec![], unread, notes })
+}
+
+/// Oulu-CASIA's six expression folders in each person's (`P001/Anger/`)
+/// and the names vggft gives them (JAFFE's).
+const OULU_CODES: [(&str, &str); 6] =
+    [("Anger", "angry"), ("Disgust", "disgust"), ("Fear", "fear"), ("Happiness", "happy"), ("Sadness", "sad"), ("Surprise", "surprise")];
+
+const OULU_READ: &str = "frames (each sequence's first, and its last 3)";
+
+/// A folder of Oulu-CASIA's people, one camera and lighting: every
+/// sub-folder a person (`P001`) holding expression folders (`Anger/`).
+fn oulu_layout(entries: &[PathBuf]) -> bool {
+    let person = |d: &Path| {
+        let n = file_name(d);
+        n.len() == 4 && n.starts_with(['P', 'p']) && n[1..].bytes().all(|b| b.is_ascii_digit())
+    };
+    let dirs: Vec<&PathBuf> = entries.iter().filter(|p| p.is_dir()).collect();
+    !dirs.is_empty() && dirs.iter().all(|d| person(d)) && dirs.iter().any(|d| OULU_CODES.iter().any(|(folder, _)| d.join(folder).is_dir()))
+}
+
+/// Oulu-CASIA given above one camera and lighting (`OriginalImg/`, or
+/// `VL/`): the folder to give, where the class-folder reader would take
+/// the cameras or lightings for classes.
+fn oulu_above(path: &Path) -> Option<Error> {
+    let sets = |d: &Path| -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        for a in sorted_entries(d).unwrap_or_default().into_iter().filter(|p| p.is_dir()) {
+            if sorted_entries(&a).is_ok_and(|e| oulu_layout(&e)) {
+                found.push(a.clone());
+            }
+            for b in sorted_entries(&a).unwrap_or_default().into_iter().filter(|p| p.is_dir()) {
+                if sorted_entries(&b).is_ok_and(|e| oulu_layout(&e)) {
+                    found.push(b);
+                }
+            }
+        }
+        found
+    };
+    let found = sets(path);
+    // Studies read the visible-light camera under strong lighting.
+    let pick = found.iter().find(|p| p.ends_with("VL/Strong")).or_else(|| found.iter().find(|p| p.ends_with("Strong"))).or(found.first())?;
+    let names: Vec<String> = found.iter().map(|p| p.strip_prefix(path).unwrap_or(p).display().to_string()).collect();
+    Some(Error::dataset(
+        path,
+        match &names[..] {
+            [one] => {
+                format!("holds Oulu-CASIA as distributed in `{one}`, which would be read as one class: give that folder itself (--data {})", pick.display())
+            }
+            _ => format!(
+                "holds Oulu-CASIA for {} camera and lighting conditions ({}): give one, as studies read it (--data {})",
+                names.len(),
+                crate::error::short_list(&names, 6),
+                pick.display()
+            ),
+        },
+    ))
+}
+
+/// Oulu-CASIA as distributed, one camera and lighting: each person's six
+/// sequences run from a neutral face to the expression's apex, so each
+/// gives its first frame as neutral and its last `CK_PEAK_FRAMES` as its
+/// expression (as CK+'s are read); the person from its folder (`P001`).
+fn scan_oulu(dir: &Path) -> Result<Dataset> {
+    let (mut samples, mut unread, mut sequences, mut short) = (Vec::new(), Vec::new(), 0usize, Vec::new());
+    for person in sorted_entries(dir)?.into_iter().filter(|p| p.is_dir()) {
+        let subject = file_name(&person).to_uppercase();
+        for (folder, label) in OULU_CODES {
+            let seq = person.join(folder);
+            if !seq.is_dir() {
+                continue;
+            }
+            let frames = photos_of(sorted_entries(&seq)?, &mut unread);
+            if frames.len() <= CK_PEAK_FRAMES {
+                short.push(seq.strip_prefix(dir).unwrap_or(&seq).display().to_string());
+                continue;
+            }
+            samples.push(Sample { path: frames[0].clone(), label: "neutral".to_string(), subject: Some(subject.clone()) });
+            for f in &frames[frames.len() - CK_PEAK_FRAMES..] {
+                samples.push(Sample { path: f.clone(), label: label.to_string(), subject: Some(subject.clone()) });
+            }
+            sequences += 1;
+        }
+    }
+    let mut notes = vec![format!(
+        "Oulu-CASIA layout: {sequences} sequence(s); each one's first frame is read as neutral and its last {CK_PEAK_FRAMES} (the apex) as its expression, as CK+'s are; the person from its folder (P001)"
+    )];
+    if !short.is_empty() {
+        notes.push(format!(
+            "warning: Oulu-CASIA: {} sequence(s) with {CK_PEAK_FRAMES} frames or fewer left out ({})",
+            short.len(),
+            crate::error::short_list(&short, 4)
+        ));
+    }
+    Ok(Dataset { root: dir.to_path_buf(), format: DataFormat::Oulu, samples, outside_paths: vec![], unread, notes })
 }
 
 /// KDEF's own layout: labels and people from the names; the straight-ahead

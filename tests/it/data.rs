@@ -340,6 +340,46 @@ fn scans_jaffe_folders_and_csv_in_sorted_order() {
     gray_png(&above.path().join("other/a.png"), 16, 16, |x, _| x as u8);
     let e = scan(above.path(), DataFormat::Auto).unwrap_err().to_string();
     assert!(e.contains("holds CK+ as distributed in `ck`, which would be read as one class"), "{e}");
+    // Oulu-CASIA as distributed: a folder per camera and lighting, per person, per expression sequence.
+    let ou = tmp();
+    for light in ["Dark", "Strong"] {
+        for who in ["P001", "P002"] {
+            for (k, expression) in ["Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise"].iter().enumerate() {
+                let dir = ou.path().join("OriginalImg/VL").join(light).join(who).join(expression);
+                std::fs::create_dir_all(&dir).unwrap();
+                let n = if who == "P002" && *expression == "Fear" { 3 } else { 5 + k as u32 % 2 };
+                for f in 0..n {
+                    gray_png(&dir.join(format!("{f:03}.png")), 16, 16, |x, y| (x * 9 + y * f) as u8);
+                }
+            }
+        }
+    }
+    let strong = ou.path().join("OriginalImg/VL/Strong");
+    let ds = scan(&strong, DataFormat::Auto).unwrap();
+    assert_eq!(ds.format, DataFormat::Oulu);
+    let found: Vec<String> =
+        ds.samples.iter().map(|s| format!("{} {} {}", s.path.strip_prefix(&strong).unwrap().display(), s.label, s.subject.as_deref().unwrap())).collect();
+    assert_eq!(found.len(), 11 * 4, "{found:?}");
+    assert_eq!(
+        found[..8],
+        [
+            "P001/Anger/000.png neutral P001",
+            "P001/Anger/002.png angry P001",
+            "P001/Anger/003.png angry P001",
+            "P001/Anger/004.png angry P001",
+            "P001/Disgust/000.png neutral P001",
+            "P001/Disgust/003.png disgust P001",
+            "P001/Disgust/004.png disgust P001",
+            "P001/Disgust/005.png disgust P001"
+        ]
+    );
+    assert!(found.iter().any(|f| f == "P002/Happiness/004.png happy P002") && !found.iter().any(|f| f.contains("P002/Fear")));
+    assert!(ds.notes.iter().any(|n| n.contains("Oulu-CASIA: 1 sequence(s) with 3 frames or fewer left out (P002/Fear)")), "{:?}", ds.notes);
+    // Given above one camera and lighting: the folder to give, not the lightings read as classes.
+    for (given, want) in [("OriginalImg", "(VL/Dark, VL/Strong): give one, as studies read it (--data "), ("OriginalImg/VL", "(Dark, Strong): give one")] {
+        let e = scan(&ou.path().join(given), DataFormat::Auto).unwrap_err().to_string();
+        assert!(e.contains("holds Oulu-CASIA for 2 camera and lighting conditions") && e.contains(want) && e.contains("VL/Strong)"), "{e}");
+    }
     // A label file that is no CK+ code, and a peak too early, are named.
     emotion("S010/003", 4, "happy");
     let e = scan(ck.path(), DataFormat::Auto).unwrap_err().to_string();
