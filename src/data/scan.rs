@@ -244,6 +244,17 @@ pub fn copy_of(name: &str) -> Option<String> {
 /// copies such as CK+48 name their frames) → `S010`; None for other names.
 /// Several frames of one CK+ sequence are near-identical: split by image,
 /// they sit on both sides.
+/// The person a photo's path gives: its name's (`person_in_name`), or for
+/// an Oulu-CASIA frame (`P001/Anger/000.jpeg`) its person's folder.
+pub fn person_in_path(path: &Path) -> Option<String> {
+    if let Some(p) = path.file_name().and_then(|n| person_in_name(&n.to_string_lossy())) {
+        return Some(p);
+    }
+    let sequence = path.parent()?;
+    let person = sequence.parent()?;
+    (OULU_CODES.iter().any(|(folder, _)| sequence.file_name().is_some_and(|n| n == *folder)) && oulu_person(person)).then(|| file_name(person).to_uppercase())
+}
+
 pub fn person_in_name(name: &str) -> Option<String> {
     if let Some(Ok((person, _))) = parse_jaffe_name(name) {
         return Some(person);
@@ -746,12 +757,14 @@ const OULU_READ: &str = "frames (each sequence's first, and its last 3)";
 /// A folder of Oulu-CASIA's people, one camera and lighting: every
 /// sub-folder a person (`P001`) holding expression folders (`Anger/`).
 fn oulu_layout(entries: &[PathBuf]) -> bool {
-    let person = |d: &Path| {
-        let n = file_name(d);
-        n.len() == 4 && n.starts_with(['P', 'p']) && n[1..].bytes().all(|b| b.is_ascii_digit())
-    };
     let dirs: Vec<&PathBuf> = entries.iter().filter(|p| p.is_dir()).collect();
-    !dirs.is_empty() && dirs.iter().all(|d| person(d)) && dirs.iter().any(|d| OULU_CODES.iter().any(|(folder, _)| d.join(folder).is_dir()))
+    !dirs.is_empty() && dirs.iter().all(|d| oulu_person(d)) && dirs.iter().any(|d| OULU_CODES.iter().any(|(folder, _)| d.join(folder).is_dir()))
+}
+
+/// An Oulu-CASIA person folder's name (`P001`).
+fn oulu_person(d: &Path) -> bool {
+    let n = file_name(d);
+    n.len() == 4 && n.starts_with(['P', 'p']) && n[1..].bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Oulu-CASIA given above one camera and lighting (`OriginalImg/`, or
@@ -1262,6 +1275,12 @@ mod tests {
         assert_eq!(person_in_name("KA.NE1.26.tiff").as_deref(), Some("KA"));
         assert_eq!(person_in_name("S010_004_00000017.png").as_deref(), Some("S010"));
         assert_eq!(person_in_name("s505_002_7.JPG").as_deref(), Some("S505"));
+        use super::person_in_path;
+        let path = |s: &str| std::path::PathBuf::from(s);
+        assert_eq!(person_in_path(&path("VL/Strong/P012/Happiness/007.jpeg")).as_deref(), Some("P012"));
+        assert_eq!(person_in_path(&path("x/KA.NE1.26.tiff")).as_deref(), Some("KA"));
+        assert_eq!(person_in_path(&path("VL/Strong/P012/happy/007.jpeg")), None, "not an Oulu expression folder");
+        assert_eq!(person_in_path(&path("VL/Strong/Anna/Anger/007.jpeg")), None, "not an Oulu person folder");
         for other in [
             "S010_004_00000017_emotion.txt",
             "S010_004_00000017.txt",

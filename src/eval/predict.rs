@@ -154,7 +154,7 @@ impl SubjectFrom {
 
     pub fn subject(&self, path: &Path) -> Option<String> {
         match self {
-            SubjectFrom::Names => path.file_name().and_then(|n| crate::data::scan::person_in_name(&n.to_string_lossy())),
+            SubjectFrom::Names => crate::data::scan::person_in_path(path),
             SubjectFrom::All(s) => Some(s.clone()),
             // `x.png` and `./x.png` have no folder name in the path itself: the working folder's.
             SubjectFrom::Parent => {
