@@ -432,7 +432,9 @@ fn scan_data(dc: &DataConfig, reporter: &mut dyn Reporter) -> Result<Dataset> {
     if let Some(w) = scan::unnamed_people_warning(&dataset, "no split or person statistics here knows who is who (one person can land on both sides)") {
         reporter.message(&w);
     }
-    if dataset.format == scan::DataFormat::Folders && dataset.samples.first().is_some_and(|s| s.subject.is_some()) {
+    // (Not where the folders name the people: `KA/neutral/…`, said in the dataset's notes.)
+    let named = |s: &scan::Sample| s.path.file_name().and_then(|n| scan::person_in_name(&n.to_string_lossy())) == s.subject;
+    if dataset.format == scan::DataFormat::Folders && dataset.samples.first().is_some_and(|s| s.subject.is_some() && named(s)) {
         reporter.message(
             "subject ids from the file names in the class folders (JAFFE's, KDEF's, RaFD's or CK+'s: KA.HA1.29.tiff → KA); the folders are the labels",
         );

@@ -1030,6 +1030,91 @@ fn presplit(dir: &Path) -> Option<(Vec<PathBuf>, Vec<String>)> {
     (tops.len() >= 2 && classes.len() >= 2).then_some((tops, classes))
 }
 
+/// Folder names read as expressions when telling a folder per person from
+/// a folder per class (JAFFE's seven, their other spellings, the binary
+/// task's `expressive`, `smiling`).
+const EXPRESSION_WORDS: [&str; 20] = [
+    "neutral",
+    "expressive",
+    "angry",
+    "anger",
+    "disgust",
+    "disgusted",
+    "fear",
+    "fearful",
+    "afraid",
+    "happy",
+    "happiness",
+    "smile",
+    "smiling",
+    "sad",
+    "sadness",
+    "surprise",
+    "surprised",
+    "contempt",
+    "contemptuous",
+    "calm",
+];
+
+/// Which level of a two-level folder layout holds the classes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Nested {
+    /// `KA/neutral/*.png`: a folder per person, of class folders.
+    PersonThenClass,
+    /// `neutral/KA/*.png`: a folder per class, of person folders.
+    ClassThenPerson,
+}
+
+/// A two-level layout of `dir` — every sub-folder holds no images itself
+/// but folders of them — and which level is the class: the one whose names
+/// are all expressions (`EXPRESSION_WORDS`), where the other's are not.
+/// `None` otherwise (one level of class folders, or names that do not tell).
+fn nested_layout(dir: &Path) -> Option<Nested> {
+    let tops: Vec<PathBuf> = sorted_entries(dir).ok()?.into_iter().filter(|p| p.is_dir()).collect();
+    if tops.len() < 2 || tops.iter().any(|t| holds_images(t)) {
+        return None;
+    }
+    let mut inner = std::collections::BTreeSet::new();
+    for t in &tops {
+        let found: Vec<String> = sorted_entries(t).ok()?.iter().filter(|d| d.is_dir() && holds_images(d)).map(|d| file_name(d)).collect();
+        if found.is_empty() {
+            return None;
+        }
+        inner.extend(found);
+    }
+    let word = |n: &String| EXPRESSION_WORDS.contains(&n.to_lowercase().as_str());
+    match (tops.iter().map(|t| file_name(t)).all(|n| word(&n)), inner.iter().all(word)) {
+        (false, true) => Some(Nested::PersonThenClass),
+        (true, false) => Some(Nested::ClassThenPerson),
+        _ => None,
+    }
+}
+
+/// A two-level layout (`nested_layout`): each image's class and person
+/// from its two folders, said in a note.
+fn scan_nested(dir: &Path, how: Nested) -> Result<Dataset> {
+    let (mut samples, mut unread) = (Vec::new(), Vec::new());
+    for top in sorted_entries(dir)?.into_iter().filter(|p| p.is_dir()) {
+        for inner in sorted_entries(&top)?.into_iter().filter(|p| p.is_dir()) {
+            let (person, label) = match how {
+                Nested::PersonThenClass => (file_name(&top), file_name(&inner)),
+                Nested::ClassThenPerson => (file_name(&inner), file_name(&top)),
+            };
+            samples.extend(photos_of(sorted_entries(&inner)?, &mut unread).into_iter().map(|p| Sample {
+                path: p,
+                label: label.clone(),
+                subject: Some(person.clone()),
+            }));
+        }
+    }
+    let (people, classes) = match how {
+        Nested::PersonThenClass => ("a folder per person", "its class folders (KA/neutral/…): the person from the outer folder, the class from the inner"),
+        Nested::ClassThenPerson => ("a folder per class", "its person folders (neutral/KA/…): the class from the outer folder, the person from the inner"),
+    };
+    let notes = vec![format!("two levels of folders: {people}, each of {classes}, as their names tell (the class folders are named as expressions)")];
+    Ok(Dataset { root: dir.to_path_buf(), format: DataFormat::Folders, samples, outside_paths: vec![], unread, notes })
+}
+
 fn scan_folders(dir: &Path) -> Result<Dataset> {
     if let Some((tops, classes)) = presplit(dir) {
         let is_train = |p: &&PathBuf| ["train", "training"].contains(&file_name(p).to_lowercase().as_str());
@@ -1045,6 +1130,9 @@ fn scan_folders(dir: &Path) -> Result<Dataset> {
                 other.display()
             ),
         ));
+    }
+    if let Some(how) = nested_layout(dir) {
+        return scan_nested(dir, how);
     }
     let mut samples = Vec::new();
     let mut unread = Vec::new();

@@ -543,6 +543,26 @@ fn dataset_errors_are_named() {
     }
     let e = scan(nest.path(), DataFormat::Auto).unwrap_err().to_string();
     assert!(e.contains("has no images directly inside it"), "{e}");
+    // Two levels whose names tell which is the class (the one named as expressions): read, the other the person.
+    for (outer, inner, layout) in [(["KA", "Kb"], ["neutral", "Happy"], "a folder per person"), (["neutral", "Happy"], ["KA", "Kb"], "a folder per class")] {
+        let two = tmp();
+        for o in outer {
+            for i in inner {
+                std::fs::create_dir_all(two.path().join(o).join(i)).unwrap();
+                for k in 0..2 {
+                    gray_png(&two.path().join(o).join(i).join(format!("{k}.png")), 16, 16, |x, y| (x * 3 + y * k) as u8);
+                }
+            }
+        }
+        let ds = scan(two.path(), DataFormat::Auto).unwrap();
+        assert_eq!((ds.format, ds.samples.len()), (DataFormat::Folders, 8));
+        for sample in &ds.samples {
+            let (o, i) = (sample.path.parent().unwrap().parent().unwrap().file_name().unwrap(), sample.path.parent().unwrap().file_name().unwrap());
+            let (person, class) = if layout == "a folder per person" { (o, i) } else { (i, o) };
+            assert_eq!((sample.subject.as_deref(), sample.label.as_str()), (person.to_str(), class.to_str().unwrap()), "{}", sample.path.display());
+        }
+        assert!(ds.notes.iter().any(|n| n.starts_with(&format!("two levels of folders: {layout}"))), "{:?}", ds.notes);
+    }
     // A dataset shared split beforehand (train/ and test/ of the same classes): the split is named.
     let pre = tmp();
     for split in ["Test", "train"] {
