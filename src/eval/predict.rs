@@ -473,8 +473,9 @@ pub fn predict(
 /// known (`reporter.suspend` around it, so a progress bar stays whole): an
 /// input answered alone with its batch, a person's photos once that
 /// person's last input is in (their features are then let go), so a long
-/// `predict -r` prints as it goes and holds the features of one person at a
-/// time, not of every input. A model saved before `head.person_var` pools
+/// `predict -r` prints as it goes and holds the features of the people
+/// under way (one at a time when their inputs come together), not of every
+/// input. A model saved before `head.person_var` pools
 /// the people's spread over all of them (its old rule) and answers its
 /// people at the end.
 #[allow(clippy::too_many_arguments)]
