@@ -1090,6 +1090,15 @@ fn nested_layout(dir: &Path) -> Option<Nested> {
     }
 }
 
+/// The people a two-level folder layout gives (`nested_layout`): each
+/// image's path and person, and how the layout was read (its note); `None`
+/// for other folders. `predict -r` groups such a folder's photos so.
+pub fn nested_people(dir: &Path) -> Option<(Vec<(PathBuf, String)>, String)> {
+    let ds = scan_nested(dir, nested_layout(dir)?).ok()?;
+    let note = ds.notes.first().cloned().unwrap_or_default();
+    Some((ds.samples.into_iter().filter_map(|s| Some((s.path, s.subject?))).collect(), note))
+}
+
 /// A two-level layout (`nested_layout`): each image's class and person
 /// from its two folders, said in a note.
 fn scan_nested(dir: &Path, how: Nested) -> Result<Dataset> {

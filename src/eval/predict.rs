@@ -198,6 +198,10 @@ pub struct Inputs {
     pub labelled: Vec<PathBuf>,
     /// The `manifest.csv` of a folder given, which listed its images.
     pub manifests: Vec<PathBuf>,
+    /// Folders given (`-r`) in two levels, a folder per person of class
+    /// folders or the reverse (`scan::nested_people`), and how each was read:
+    /// their photos' people are the person folders.
+    pub nested: Vec<(PathBuf, String)>,
 }
 
 use crate::data::image::UNREAD;
@@ -324,6 +328,11 @@ pub fn expand_inputs(inputs: &[PathBuf], recursive: bool) -> crate::error::Resul
         } else if p.is_dir() {
             if folder(p, recursive, &mut out) == 0 {
                 out.paths.push(p.clone());
+            }
+            // As a dataset folder in two levels is read: the person folders give the people.
+            if let Some((people, how)) = recursive.then(|| crate::data::scan::nested_people(p)).flatten() {
+                out.subjects.extend(people);
+                out.nested.push((p.clone(), how));
             }
         } else if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")) {
             manifest(p, &mut out)?;

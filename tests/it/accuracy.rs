@@ -919,3 +919,43 @@ fn predict_hands_on_each_person_once_their_last_photo_is_in() {
     assert_eq!(modes.iter().filter(|&&m| m == Mode::Single).count(), 1, "P03's one photo alone");
     assert_eq!(preds[0].probs.as_ref().unwrap(), preds[paths.len() - 1].probs.as_ref().unwrap(), "the repeat answered as its first");
 }
+
+#[test]
+fn predict_groups_a_folder_per_person_of_class_folders_by_person() {
+    let d = tmp();
+    let m = identity_dominated(d.path(), 4, 2, 32);
+    let s = small_trunk(d.path(), 32);
+    let (code, out, err) =
+        run(&args(&s, &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:3", "--val", "none", "--name", "sn", "--quiet"]), d.path());
+    assert_eq!(code, 0, "{out}\n{err}");
+    // The same photos as a folder per person of class folders: P00/neutral/p00_neutral_0.png.
+    for s in 0..4 {
+        for label in ["neutral", "expressive"] {
+            let dir = d.path().join(format!("people/P{s:02}/{label}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..2 {
+                let name = format!("p{s:02}_{label}_{i}.png");
+                std::fs::copy(d.path().join(&name), dir.join(&name)).unwrap();
+            }
+        }
+    }
+    let answers = |out: &str| -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = out
+            .lines()
+            .map(|l| {
+                let f: Vec<&str> = l.split('\t').collect();
+                (std::path::Path::new(f[0]).file_name().unwrap().to_string_lossy().into_owned(), f[1..].join("\t"))
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let (code, nested, err) = run(&["predict", "--model", "runs/sn", "--device", "cpu", "-r", "people"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("note: people is read as a dataset is: two levels of folders: a folder per person"), "{err}");
+    assert_eq!(nested.lines().filter(|l| l.ends_with("mode=person")).count(), 16, "{nested}");
+    // The answers the manifest's subject column gives.
+    let (code, listed, err) = run(&["predict", "--model", "runs/sn", "--device", "cpu", m.to_str().unwrap()], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(answers(&nested), answers(&listed));
+}

@@ -175,6 +175,9 @@ fn input_paths(inputs: &[std::path::PathBuf], recursive: bool) -> vggft::error::
     for m in &found.manifests {
         errln!("note: read the images {} lists (a folder with a manifest is read through it, as a dataset is)", m.display());
     }
+    for (d, how) in &found.nested {
+        errln!("note: {} is read as a dataset is: {how}", d.display());
+    }
     for m in &found.labelled {
         errln!("note: {} labels its images: `vggft evaluate --data {}` scores the model on them", m.display(), m.display());
     }
