@@ -958,4 +958,9 @@ fn predict_groups_a_folder_per_person_of_class_folders_by_person() {
     let (code, listed, err) = run(&["predict", "--model", "runs/sn", "--device", "cpu", m.to_str().unwrap()], d.path());
     assert_eq!(code, 0, "{err}");
     assert_eq!(answers(&nested), answers(&listed));
+    // One person's class folders given alone: answered alone, and the note does not send them to --subject-from parent.
+    let (code, out, err) = run(&["predict", "--model", "runs/sn", "--device", "cpu", "-r", "people/P00"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().all(|l| l.ends_with("mode=single-image")), "{out}");
+    assert!(err.contains("--subject-from parent (a folder per person; not here, where the folders are expressions: expressive, neutral)"), "{err}");
 }

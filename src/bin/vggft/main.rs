@@ -347,8 +347,15 @@ fn predict_cmd(mut a: PredictArgs) -> anyhow::Result<bool> {
     // Several photos, none with a person by its name: say how to give them one.
     let answered: Vec<_> = preds.iter().filter(|p| p.probs.is_ok() && p.mode.is_some()).collect();
     if matches!(subjects, predict::SubjectFrom::Names) && answered.len() > 1 && answered.iter().all(|p| subjects.subject(&p.path).is_none()) {
+        // Photos in folders named as expressions (one person's class folders): their folders are no people.
+        let by_class = predict::folders_named_as_labels(&cfg, &paths);
+        let parent = if by_class.is_empty() {
+            "--subject-from parent (a folder per person)".to_string()
+        } else {
+            format!("--subject-from parent (a folder per person; not here, where the folders are expressions: {})", by_class.join(", "))
+        };
         errln!(
-            "note: no file name here names its person as JAFFE's do (KA.HA1.29.tiff), so each photo was answered alone by the single-image head; --subject ID (all one person), --subject-from parent (a folder per person) or a manifest.csv with a subject column given as the input lets a person's photos set that person's normalisation"
+            "note: no file name here names its person as JAFFE's do (KA.HA1.29.tiff), so each photo was answered alone by the single-image head; --subject ID (all one person), {parent} or a manifest.csv with a subject column given as the input lets a person's photos set that person's normalisation"
         );
     }
     if a.timings {
