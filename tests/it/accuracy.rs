@@ -858,6 +858,18 @@ fn pairs_keep_person_statistics_on_and_a_person_with_one_photo_turns_them_off() 
     );
 }
 
+/// A subject-normalised run (`runs/sn`, head:3 on a small trunk drawn with
+/// `seed`) on 4 identity-dominated people of 4 photos each, and their manifest.
+fn person_run(seed: i64) -> (tempfile::TempDir, std::path::PathBuf) {
+    let d = tmp();
+    let m = identity_dominated(d.path(), 4, 2, 32);
+    let s = small_trunk(d.path(), seed);
+    let (code, out, err) =
+        run(&args(&s, &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:3", "--val", "none", "--name", "sn", "--quiet"]), d.path());
+    assert_eq!(code, 0, "{out}\n{err}");
+    (d, m)
+}
+
 /// What `predict_each` saw, in order: the progress it reported and the answers it handed on.
 #[derive(Default)]
 struct Events(std::rc::Rc<std::cell::RefCell<Vec<String>>>);
@@ -872,12 +884,7 @@ impl vggft::train::Reporter for Events {
 #[test]
 fn predict_hands_on_each_person_once_their_last_photo_is_in() {
     use vggft::eval::predict::{predict, predict_each, Mode, SubjectFrom};
-    let d = tmp();
-    let m = identity_dominated(d.path(), 4, 2, 32);
-    let s = small_trunk(d.path(), 31);
-    let (code, out, err) =
-        run(&args(&s, &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:3", "--val", "none", "--name", "sn", "--quiet"]), d.path());
-    assert_eq!(code, 0, "{out}\n{err}");
+    let (d, _) = person_run(31);
     let (cfg, model) = vggft::run::load_run(&d.path().join("runs/sn"), tch::Device::Cpu).unwrap();
     assert!(model.cfg.subject_norm);
     // P00's four photos, then P01's and P02's interleaved, one of P03's (alone), and P00's first again.
@@ -922,12 +929,7 @@ fn predict_hands_on_each_person_once_their_last_photo_is_in() {
 
 #[test]
 fn predict_groups_a_folder_per_person_of_class_folders_by_person() {
-    let d = tmp();
-    let m = identity_dominated(d.path(), 4, 2, 32);
-    let s = small_trunk(d.path(), 32);
-    let (code, out, err) =
-        run(&args(&s, &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:3", "--val", "none", "--name", "sn", "--quiet"]), d.path());
-    assert_eq!(code, 0, "{out}\n{err}");
+    let (d, m) = person_run(32);
     // The same photos as a folder per person of class folders: P00/neutral/p00_neutral_0.png.
     for s in 0..4 {
         for label in ["neutral", "expressive"] {
