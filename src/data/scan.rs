@@ -771,21 +771,16 @@ fn oulu_person(d: &Path) -> bool {
 /// `VL/`): the folder to give, where the class-folder reader would take
 /// the cameras or lightings for classes.
 fn oulu_above(path: &Path) -> Option<Error> {
-    let sets = |d: &Path| -> Vec<PathBuf> {
-        let mut found = Vec::new();
-        for a in sorted_entries(d).unwrap_or_default().into_iter().filter(|p| p.is_dir()) {
-            if sorted_entries(&a).is_ok_and(|e| oulu_layout(&e)) {
-                found.push(a.clone());
-            }
-            for b in sorted_entries(&a).unwrap_or_default().into_iter().filter(|p| p.is_dir()) {
-                if sorted_entries(&b).is_ok_and(|e| oulu_layout(&e)) {
-                    found.push(b);
-                }
-            }
+    // Each folder one or two levels down that is one camera and lighting.
+    let mut found = Vec::new();
+    for a in sorted_entries(path).unwrap_or_default().into_iter().filter(|p| p.is_dir()) {
+        let entries = sorted_entries(&a).unwrap_or_default();
+        if oulu_layout(&entries) {
+            found.push(a);
+            continue;
         }
-        found
-    };
-    let found = sets(path);
+        found.extend(entries.into_iter().filter(|b| b.is_dir() && sorted_entries(b).is_ok_and(|e| oulu_layout(&e))));
+    }
     // Studies read the visible-light camera under strong lighting.
     let pick = found.iter().find(|p| p.ends_with("VL/Strong")).or_else(|| found.iter().find(|p| p.ends_with("Strong"))).or(found.first())?;
     let names: Vec<String> = found.iter().map(|p| p.strip_prefix(path).unwrap_or(p).display().to_string()).collect();
@@ -1030,10 +1025,11 @@ fn presplit(dir: &Path) -> Option<(Vec<PathBuf>, Vec<String>)> {
     (tops.len() >= 2 && classes.len() >= 2).then_some((tops, classes))
 }
 
-/// Folder names read as expressions when telling a folder per person from
-/// a folder per class (JAFFE's seven, their other spellings, the binary
-/// task's `expressive`, `smiling`).
-const EXPRESSION_WORDS: [&str; 20] = [
+/// Folder names read as expressions (JAFFE's seven, their other spellings,
+/// the binary task's `expressive`, `smiling`): telling a folder per person
+/// from a folder per class, and folders that `predict --subject-from parent`
+/// would take for people.
+pub(crate) const EXPRESSION_WORDS: [&str; 20] = [
     "neutral",
     "expressive",
     "angry",
@@ -1071,13 +1067,14 @@ enum Nested {
 /// `None` otherwise (one level of class folders, or names that do not tell).
 fn nested_layout(dir: &Path) -> Option<Nested> {
     let tops: Vec<PathBuf> = sorted_entries(dir).ok()?.into_iter().filter(|p| p.is_dir()).collect();
-    if tops.len() < 2 || tops.iter().any(|t| holds_images(t)) {
+    if tops.len() < 2 {
         return None;
     }
     let mut inner = std::collections::BTreeSet::new();
     for t in &tops {
-        let found: Vec<String> = sorted_entries(t).ok()?.iter().filter(|d| d.is_dir() && holds_images(d)).map(|d| file_name(d)).collect();
-        if found.is_empty() {
+        let entries = sorted_entries(t).ok()?;
+        let found: Vec<String> = entries.iter().filter(|d| d.is_dir() && holds_images(d)).map(|d| file_name(d)).collect();
+        if found.is_empty() || entries.iter().any(|p| p.is_file() && is_image(p)) {
             return None;
         }
         inner.extend(found);

@@ -172,12 +172,13 @@ impl SubjectFrom {
 }
 
 /// The folders `--subject-from parent` would take for people that are named
-/// as expressions (the model's classes or raw labels, JAFFE's seven,
-/// `smiling`): class folders, most likely, where each "person" would be one
-/// expression and that person's statistics would remove it.
+/// as expressions (the model's classes or raw labels, `scan::EXPRESSION_WORDS`:
+/// JAFFE's seven and their other spellings, `smiling`): class folders, most
+/// likely, where each "person" would be one expression and that person's
+/// statistics would remove it.
 pub fn folders_named_as_labels(cfg: &RunConfig, paths: &[PathBuf]) -> Vec<String> {
-    let jaffe = crate::data::scan::JAFFE_CODES.iter().map(|(_, l)| *l);
-    let labels: Vec<&str> = cfg.classes.iter().chain(&cfg.raw_classes).map(String::as_str).chain(jaffe).chain(["smiling", "smile"]).collect();
+    let words = crate::data::scan::EXPRESSION_WORDS.iter().copied();
+    let labels: Vec<&str> = cfg.classes.iter().chain(&cfg.raw_classes).map(String::as_str).chain(words).collect();
     let folders: std::collections::BTreeSet<String> = paths.iter().filter_map(|p| SubjectFrom::Parent.subject(p)).collect();
     folders.into_iter().filter(|f| labels.iter().any(|l| l.eq_ignore_ascii_case(f))).collect()
 }
