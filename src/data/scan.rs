@@ -252,7 +252,7 @@ pub fn person_in_path(path: &Path) -> Option<String> {
     }
     let sequence = path.parent()?;
     let person = sequence.parent()?;
-    (OULU_CODES.iter().any(|(folder, _)| sequence.file_name().is_some_and(|n| n == *folder)) && oulu_person(person)).then(|| file_name(person).to_uppercase())
+    (OULU_CODES.iter().any(|(folder, _)| file_name(sequence).eq_ignore_ascii_case(folder)) && oulu_person(person)).then(|| file_name(person).to_uppercase())
 }
 
 pub fn person_in_name(name: &str) -> Option<String> {
@@ -758,7 +758,14 @@ const OULU_READ: &str = "frames (each sequence's first, and its last 3)";
 /// sub-folder a person (`P001`) holding expression folders (`Anger/`).
 fn oulu_layout(entries: &[PathBuf]) -> bool {
     let dirs: Vec<&PathBuf> = entries.iter().filter(|p| p.is_dir()).collect();
-    !dirs.is_empty() && dirs.iter().all(|d| oulu_person(d)) && dirs.iter().any(|d| OULU_CODES.iter().any(|(folder, _)| d.join(folder).is_dir()))
+    !dirs.is_empty() && dirs.iter().all(|d| oulu_person(d)) && dirs.iter().any(|d| !oulu_sequences(d).is_empty())
+}
+
+/// A person folder's expression sequences (`Anger/`, in any case) and the
+/// label each gives, in `OULU_CODES`' order.
+fn oulu_sequences(person: &Path) -> Vec<(PathBuf, &'static str)> {
+    let dirs: Vec<PathBuf> = sorted_entries(person).unwrap_or_default().into_iter().filter(|p| p.is_dir()).collect();
+    OULU_CODES.iter().filter_map(|&(folder, label)| Some((dirs.iter().find(|d| file_name(d).eq_ignore_ascii_case(folder))?.clone(), label))).collect()
 }
 
 /// An Oulu-CASIA person folder's name (`P001`).
@@ -808,11 +815,7 @@ fn scan_oulu(dir: &Path) -> Result<Dataset> {
     let (mut samples, mut unread, mut sequences, mut short) = (Vec::new(), Vec::new(), 0usize, Vec::new());
     for person in sorted_entries(dir)?.into_iter().filter(|p| p.is_dir()) {
         let subject = file_name(&person).to_uppercase();
-        for (folder, label) in OULU_CODES {
-            let seq = person.join(folder);
-            if !seq.is_dir() {
-                continue;
-            }
+        for (seq, label) in oulu_sequences(&person) {
             let frames = photos_of(sorted_entries(&seq)?, &mut unread);
             if frames.len() <= CK_PEAK_FRAMES {
                 short.push(seq.strip_prefix(dir).unwrap_or(&seq).display().to_string());

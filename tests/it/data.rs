@@ -375,6 +375,11 @@ fn scans_jaffe_folders_and_csv_in_sorted_order() {
     );
     assert!(found.iter().any(|f| f == "P002/Happiness/004.png happy P002") && !found.iter().any(|f| f.contains("P002/Fear")));
     assert!(ds.notes.iter().any(|n| n.contains("Oulu-CASIA: 1 sequence(s) with 3 frames or fewer left out (P002/Fear)")), "{:?}", ds.notes);
+    // Expression folders renamed in lower case (a case-sensitive copy): the same reading.
+    std::fs::rename(strong.join("P001/Anger"), strong.join("P001/anger")).unwrap();
+    let ds = scan(&strong, DataFormat::Auto).unwrap();
+    assert_eq!((ds.format, ds.samples.len()), (DataFormat::Oulu, 44));
+    assert!(ds.samples.iter().any(|s| s.path.ends_with("P001/anger/004.png") && s.label == "angry"));
     // Given above one camera and lighting: the folder to give, not the lightings read as classes.
     for (given, want) in [("OriginalImg", "(VL/Dark, VL/Strong): give one, as studies read it (--data "), ("OriginalImg/VL", "(Dark, Strong): give one")] {
         let e = scan(&ou.path().join(given), DataFormat::Auto).unwrap_err().to_string();
