@@ -51,8 +51,8 @@ impl FaceMode {
             "person" => Ok(FaceMode::Person),
             other => match other.strip_prefix("crop:").map(Crop::parse) {
                 Some(Ok(Crop::Box { x, y, w, h })) => Ok(FaceMode::Fixed { x, y, w, h }),
-                // A box of the right shape but too small: that reason, not the syntax.
-                Some(Err(Error::Invalid { problem, .. })) if problem.contains("box is smaller") => Err(Error::invalid(Setting::Face, problem)),
+                // A box that does not parse, or is too small: the box's own reason.
+                Some(Err(Error::Invalid { problem, .. })) => Err(Error::invalid(Setting::Face, problem)),
                 _ => Err(Error::invalid(Setting::Face, format!("`{other}`: expected auto, person, none or crop:x,y,w,h"))),
             },
         }
