@@ -208,6 +208,19 @@ def run_inventory(d):
         if f.endswith(".png"):
             os.rename(os.path.join(nest, "neutral", f), os.path.join(nest, "neutral", "KA", f))
     data_case("a class folder sorted by person (neutral/KA/*.png)", nest)
+    two = os.path.join(d, "two-levels")
+    for who in ["KA", "KB"]:
+        for cls in ["neutral", "happy"]:
+            os.makedirs(os.path.join(two, who, cls))
+            for k in range(2):
+                png(os.path.join(two, who, cls, f"{k}.png"), value=40 + 60 * k + (20 if cls == "happy" else 0) + (5 if who == "KB" else 0))
+    data_case("a folder per person of class folders (KA/neutral/*.png; works)", two)
+    untold = os.path.join(d, "untold")
+    for top in ["a", "b"]:
+        for inner in ["KA", "KB"]:
+            os.makedirs(os.path.join(untold, top, inner))
+            png(os.path.join(untold, top, inner, "0.png"))
+    data_case("two levels whose names do not tell which is the class (a/KA/*.png)", untold)
     pre = os.path.join(d, "presplit")
     folders(os.path.join(pre, "train"))
     folders(os.path.join(pre, "test"))

@@ -1181,7 +1181,7 @@ fn scan_folders(dir: &Path) -> Result<Dataset> {
                     u.display()
                 ),
                 (Some(d), None) => format!(
-                    " directly inside it ({} holds some): only a class folder's own images are read; move them up, or list them in a manifest.csv with a subject column",
+                    " directly inside it ({} holds some): only a class folder's own images are read; move them up, or list them in a manifest.csv with a subject column (two levels of folders are read where no top folder holds images of its own and one level's folders are all named as expressions: KA/neutral/… or neutral/KA/…)",
                     d.display()
                 ),
                 (None, None) => String::new(),
