@@ -75,9 +75,6 @@ pub(crate) fn several_photos(counts: &[usize]) -> bool {
     c[(c.len() - 1) / 2] >= MIN_IMAGES
 }
 
-/// The people whose photos here are all of one class, each with that class,
-/// and how many people there are: their own statistics would remove that
-/// class (a person's mean is then that class's face). `photos` pairs each
 /// The keys that pair with more than one distinct value, each with those
 /// values sorted: the ids under which several people (by their JAFFE names)
 /// stand, or the people who stand under several ids.
@@ -89,6 +86,9 @@ pub(crate) fn several<K: Ord, V: Ord>(pairs: impl IntoIterator<Item = (K, V)>) -
     by_key.into_iter().filter(|(_, vs)| vs.len() > 1).map(|(k, vs)| (k, vs.into_iter().collect())).collect()
 }
 
+/// The people whose photos here are all of one class, each with that class,
+/// and how many people there are: their own statistics would remove that
+/// class (a person's mean is then that class's face). `photos` pairs each
 /// photo's person with its class.
 pub(crate) fn one_class_people<'a>(photos: impl IntoIterator<Item = (&'a str, usize)>) -> (Vec<(&'a str, usize)>, usize) {
     let mut classes: std::collections::BTreeMap<&str, std::collections::BTreeSet<usize>> = Default::default();

@@ -237,13 +237,6 @@ pub fn copy_of(name: &str) -> Option<String> {
     (base != stem && person_in_name(&original).is_some()).then_some(original)
 }
 
-/// The person a face set's file name gives: JAFFE's `KA.AN1.39.tiff` → `KA`,
-/// KDEF's `AF01ANS.JPG` → `F01` (`parse_kdef_name`), RaFD's
-/// `Rafd090_01_Caucasian_female_angry_frontal.jpg` → `01`, or CK+'s
-/// `S010_004_00000017.png` (subject, sequence, frame, as CK+ and its shared
-/// copies such as CK+48 name their frames) → `S010`; None for other names.
-/// Several frames of one CK+ sequence are near-identical: split by image,
-/// they sit on both sides.
 /// The person a photo's path gives: its name's (`person_in_name`), or for
 /// an Oulu-CASIA frame (`P001/Anger/000.jpeg`) its person's folder.
 pub fn person_in_path(path: &Path) -> Option<String> {
@@ -255,6 +248,13 @@ pub fn person_in_path(path: &Path) -> Option<String> {
     (OULU_CODES.iter().any(|(folder, _)| file_name(sequence).eq_ignore_ascii_case(folder)) && oulu_person(person)).then(|| file_name(person).to_uppercase())
 }
 
+/// The person a face set's file name gives: JAFFE's `KA.AN1.39.tiff` → `KA`,
+/// KDEF's `AF01ANS.JPG` → `F01` (`parse_kdef_name`), RaFD's
+/// `Rafd090_01_Caucasian_female_angry_frontal.jpg` → `01`, or CK+'s
+/// `S010_004_00000017.png` (subject, sequence, frame, as CK+ and its shared
+/// copies such as CK+48 name their frames) → `S010`; None for other names.
+/// Several frames of one CK+ sequence are near-identical: split by image,
+/// they sit on both sides.
 pub fn person_in_name(name: &str) -> Option<String> {
     if let Some(Ok((person, _))) = parse_jaffe_name(name) {
         return Some(person);

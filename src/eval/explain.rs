@@ -134,6 +134,10 @@ fn cam_class(cfg: &RunConfig, probs: &[f64], mode: Option<Mode>) -> usize {
     crate::eval::threshold::decide(probs, cfg.threshold_for(mode))
 }
 
+/// Each input's network input (or why it has none), the people's
+/// statistics, and the index of the input each one repeats (itself if none).
+type Prepared = (Vec<Result<Vec<f32>>>, Option<People>, Vec<usize>);
+
 /// Each input prepared as `predict` frames it (the person's face box for a
 /// photo among enough of its person's, the single-image head's frame
 /// otherwise), with the person statistics of the first kind: those of its
@@ -143,8 +147,6 @@ fn cam_class(cfg: &RunConfig, probs: &[f64], mode: Option<Mode>) -> usize {
 /// as that one, as `predict` answers it; so is one that repeats an earlier
 /// input answered alone. Also each input's first (`repeats`): a repeat's
 /// heat is its first's.
-type Prepared = (Vec<Result<Vec<f32>>>, Option<People>, Vec<usize>);
-
 fn prepared_with_people(
     cfg: &RunConfig,
     model: &Vgg16,
