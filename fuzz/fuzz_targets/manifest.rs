@@ -5,7 +5,7 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use vggft::data::scan::{copy_of, parse_jaffe_name, parse_kdef_name, parse_rafd_name, person_in_name, scan, DataFormat};
+use vggft::data::scan::{copy_of, parse_jaffe_name, parse_kdef_name, parse_rafd_name, person_in_name, person_in_path, scan, DataFormat};
 use vggft::data::split::{assign_labels, holdout, kfold, Task, ValSpec};
 
 /// A folder with a few real files the manifest may name (a.png … d.png, sub/e.png).
@@ -24,6 +24,8 @@ fn dir() -> &'static tempfile::TempDir {
 fuzz_target!(|data: &[u8]| {
     let name = String::from_utf8_lossy(data);
     let _ = (parse_jaffe_name(&name), parse_kdef_name(&name), parse_rafd_name(&name), person_in_name(&name), copy_of(&name));
+    // As a path too: an Oulu-CASIA frame's person comes from its folders.
+    let _ = person_in_path(std::path::Path::new(&*name));
     let p = dir().path().join("manifest.csv");
     std::fs::write(&p, data).unwrap();
     let Ok(ds) = scan(&p, DataFormat::Csv) else { return };
