@@ -62,6 +62,7 @@ fuzz: setup
 lint: setup
 	cargo fmt --check
 	cargo clippy --release --locked -- -D warnings
+	RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --release --locked
 
 clean:
 	cargo clean

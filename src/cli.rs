@@ -554,7 +554,7 @@ pub struct EvaluateArgs {
     /// Dataset layout: auto, jaffe, kdef, rafd, ckplus, oulu, folders or csv (`--format` is an older name).
     #[arg(long = "layout", alias = "format", value_enum, default_value_t = DataFormat::Auto)]
     pub format: DataFormat,
-    /// Output folder for metrics.json and confusion.png (default: RUN/eval-<data name>).
+    /// Output folder for metrics.json and confusion.png (default: `RUN/eval-<data name>`).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Skip unreadable images with a warning instead of stopping.
@@ -645,7 +645,7 @@ pub struct CvArgs {
     /// With --collect: merge even when some folds are missing (the summary says so).
     #[arg(long, requires = "collect")]
     pub partial: bool,
-    /// Output folder (default: runs/cv-<timestamp>).
+    /// Output folder (default: `runs/cv-<timestamp>`).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Only errors and the final summary.

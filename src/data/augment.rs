@@ -18,7 +18,7 @@ pub struct Augment {
     pub zoom: f64,
     /// Maximum shift, as a fraction of the side.
     pub translate: f64,
-    /// Maximum brightness shift (added to [0,1] pixels).
+    /// Maximum brightness shift (added to pixels in \[0, 1\]).
     pub brightness: f64,
     /// Maximum contrast change (factor uniform in 1 ± contrast).
     pub contrast: f64,

@@ -33,7 +33,7 @@ pub struct Gray {
     pub height: u32,
     pub pixels: Vec<f32>,
     /// Source pixels per stored pixel along each side (1 unless the source
-    /// was larger than [`WORK_SIDE`]); crop boxes are in source pixels.
+    /// was larger than `WORK_SIDE`); crop boxes are in source pixels.
     pub scale: u32,
 }
 
@@ -178,7 +178,7 @@ fn shrink(w: u32, h: u32, mut row: impl FnMut(u32, &mut Vec<f32>)) -> std::resul
 }
 
 /// Bytes that decoders running at the same time may hold together, so that
-/// training's parallel decoding of large files stays within [`MAX_ALLOC`]:
+/// training's parallel decoding of large files stays within `MAX_ALLOC`:
 /// a decode waits until its buffer fits (one alone always proceeds).
 pub struct DecodeBudget {
     used: Mutex<u64>,

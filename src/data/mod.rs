@@ -67,7 +67,7 @@ impl Preprocess {
         }
     }
 
-    /// Gray [0,1] batch (N,1,S,S) → replicated to RGB and normalised (N,3,S,S).
+    /// Gray batch in \[0, 1\] (N,1,S,S) → replicated to RGB and normalised (N,3,S,S).
     pub fn normalise(&self, gray: &Tensor) -> Tensor {
         let dev = gray.device();
         let mean = Tensor::from_slice(&self.mean).to_device(dev).view([1, 3, 1, 1]);
@@ -76,7 +76,7 @@ impl Preprocess {
     }
 }
 
-/// Decoded images, gray in [0,1], (N,1,S,S) on the CPU, and the files that
+/// Decoded images, gray in \[0, 1\], (N,1,S,S) on the CPU, and the files that
 /// were skipped with `--skip-bad`.
 pub struct Loaded {
     pub gray: Tensor,

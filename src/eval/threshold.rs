@@ -189,7 +189,7 @@ impl Calibration {
     }
 
     /// The scale (1 / temperature) that maximises the likelihood of classes
-    /// `y` under P_k ∝ p_k^scale, within [`Calibration::SCALE`]: the negative
+    /// `y` under P_k ∝ p_k^scale, within `Calibration::SCALE`: the negative
     /// log-likelihood is convex in the scale, so a bisection on its slope
     /// (60 halvings of ln scale) finds it. `None` with fewer than 2 classes
     /// present (no spread to learn from).

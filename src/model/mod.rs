@@ -150,7 +150,7 @@ impl BnMode {
 pub enum HeadKind {
     /// Global average pool → dropout → linear.
     Linear,
-    /// Concatenated average+max pool → BatchNorm1d → dropout → [hidden] → linear (fastai-style).
+    /// Concatenated average+max pool → BatchNorm1d → dropout → \[hidden\] → linear (fastai-style).
     Bn,
     /// Pretrained fc6/fc7 (`classifier.0/3`) kept, new final layer `classifier.6`.
     Vgg,

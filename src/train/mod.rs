@@ -41,7 +41,7 @@ use source::Sources;
 
 /// Images and labels for training, already decoded (gray, CPU).
 pub struct TrainData {
-    /// (N,1,S,S) gray in [0,1].
+    /// (N,1,S,S) gray in \[0, 1\].
     pub gray: Tensor,
     /// With `--face person`: the same images' whole frames
     /// (`data::Loaded::lone`), which the single-image head reads.
