@@ -560,6 +560,12 @@ pub struct EvaluateArgs {
     /// Skip unreadable images with a warning instead of stopping.
     #[arg(long)]
     pub skip_bad: bool,
+    /// The data's labels read as the run's: data=label,… (`smiling=happy`,
+    /// `calm=neutral`; on the left a JAFFE code stands for its expression),
+    /// then mapped to classes by the run's own rule: for a face set that
+    /// names an expression otherwise.
+    #[arg(long, value_name = "DATA=LABEL,…")]
+    pub label_map: Option<String>,
     /// Score only images the run did not train on (its split.csv); without it, overlap is warned about.
     #[arg(long)]
     pub exclude_train: bool,

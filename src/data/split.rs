@@ -69,7 +69,7 @@ impl Labels {
 }
 
 /// Parses `raw=class,raw2=class2`.
-pub(crate) fn parse_label_map(s: &str) -> Result<Vec<(String, String)>> {
+pub fn parse_label_map(s: &str) -> Result<Vec<(String, String)>> {
     let map: Vec<(String, String)> = s
         .split(',')
         .filter(|p| !p.trim().is_empty())
@@ -94,6 +94,13 @@ fn jaffe_name(code: &str) -> Option<&'static str> {
     crate::data::scan::JAFFE_CODES.iter().find(|(c, _)| c.eq_ignore_ascii_case(code)).map(|&(_, n)| n)
 }
 
+/// The class a label map gives `label`: the entry naming it (in any case)
+/// or, for one of JAFFE's expressions, its code (`HA=smile` maps `happy`,
+/// the name JAFFE's reader gives). Training and `evaluate` read a map so.
+pub fn mapped_label<'a>(map: &'a [(String, String)], label: &str) -> Option<&'a str> {
+    map.iter().find(|(raw, _)| raw.eq_ignore_ascii_case(label) || jaffe_name(raw) == Some(label)).map(|(_, c)| c.as_str())
+}
+
 /// Turns raw labels into classes. A label map, when given, defines the classes.
 pub fn assign_labels(ds: &Dataset, task: Task, map: &[(String, String)]) -> Result<Labels> {
     let mapped: Vec<String> = ds
@@ -103,12 +110,10 @@ pub fn assign_labels(ds: &Dataset, task: Task, map: &[(String, String)]) -> Resu
             if map.is_empty() {
                 return Ok(s.label.clone());
             }
-            map.iter().find(|(raw, _)| raw.eq_ignore_ascii_case(&s.label) || jaffe_name(raw) == Some(s.label.as_str())).map(|(_, c)| c.clone()).ok_or_else(
-                || {
-                    let labels: Vec<String> = ds.samples.iter().map(|s| s.label.clone()).collect::<BTreeSet<_>>().into_iter().collect();
-                    Error::file(&s.path, format!("label `{}` is not in --label-map (the data's labels: {})", s.label, crate::error::short_list(&labels, 12)))
-                },
-            )
+            mapped_label(map, &s.label).map(str::to_string).ok_or_else(|| {
+                let labels: Vec<String> = ds.samples.iter().map(|s| s.label.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+                Error::file(&s.path, format!("label `{}` is not in --label-map (the data's labels: {})", s.label, crate::error::short_list(&labels, 12)))
+            })
         })
         .collect::<Result<_>>()?;
     let classes: Vec<String> = if !map.is_empty() || task == Task::Multiclass {
@@ -403,6 +408,18 @@ mod tests {
             let e = ValSpec::parse(given).unwrap_err().to_string();
             assert!(e.contains(says), "{given}: {e}");
         }
+    }
+
+    #[test]
+    fn a_label_map_entry_matches_its_label_in_any_case_or_by_jaffe_code() {
+        use super::mapped_label;
+        let map = parse_label_map("HA=smile,neutral=calm").unwrap();
+        // JAFFE's reader names the expression (`happy`); a map may give its code.
+        assert_eq!(mapped_label(&map, "happy"), Some("smile"));
+        assert_eq!(mapped_label(&map, "ha"), Some("smile"));
+        assert_eq!(mapped_label(&map, "Neutral"), Some("calm"));
+        assert_eq!(mapped_label(&map, "surprise"), None);
+        assert_eq!(mapped_label(&[], "happy"), None);
     }
 
     #[test]

@@ -899,11 +899,12 @@ pub struct Evaluation {
 /// What the data's labels may get wrong for a score: labels the run never
 /// trained on that the binary rule reads as the rest (folders `a/` and `b/`
 /// for a neutral-vs-rest model), and classes of the model the data lacks.
-fn label_warnings(cfg: &RunConfig, ds: &crate::data::scan::Dataset, y: &[i64]) -> Vec<String> {
+fn label_warnings(cfg: &RunConfig, (ds, names): (&crate::data::scan::Dataset, &[(String, String)]), y: &[i64]) -> Vec<String> {
     let mut out = Vec::new();
     if cfg.data.task == crate::data::split::Task::Binary && cfg.data.label_map.is_empty() && !cfg.raw_classes.is_empty() {
         let known = |l: &str| l.eq_ignore_ascii_case("ne") || cfg.raw_classes.iter().any(|r| r.eq_ignore_ascii_case(l));
-        let new: std::collections::BTreeSet<&str> = ds.samples.iter().map(|s| s.label.as_str()).filter(|l| !known(l)).collect();
+        let new: std::collections::BTreeSet<&str> =
+            ds.samples.iter().map(|s| crate::data::split::mapped_label(names, &s.label).unwrap_or(&s.label)).filter(|l| !known(l)).collect();
         if !new.is_empty() {
             out.push(format!(
                 "warning: label(s) {} are not among the run's training labels ({}): the binary task reads them as `{}`",
@@ -1007,11 +1008,13 @@ impl Training {
 }
 
 /// Scans `data` (labels mapped as the run was trained), predicts every image, scores it.
+/// `names`: the data's own labels read as the run's (`evaluate --label-map`,
+/// `smiling=happy`), before the run's rule.
 pub fn evaluate(
     cfg: &RunConfig,
     model: &Vgg16,
     data: &Path,
-    format: crate::data::scan::DataFormat,
+    (format, names): (crate::data::scan::DataFormat, &[(String, String)]),
     skip_bad: bool,
     (training, exclude): (&Training, bool),
     (tta_flip, device): (bool, Device),
@@ -1026,10 +1029,13 @@ pub fn evaluate(
             return Err(Error::dataset(data, format!("every one of its {overlap} images was a training image of this run (--exclude-train)")));
         }
     }
-    // Each raw label becomes a class by the run's own rule, then the run's class index.
+    // Each raw label becomes a class by the run's own rule (its label map
+    // read as training read it), then the run's class index.
+    use crate::data::split::mapped_label;
     let class_of = |label: &str| -> String {
+        let label = mapped_label(names, label).unwrap_or(label);
         if !cfg.data.label_map.is_empty() {
-            cfg.data.label_map.iter().find(|(raw, _)| raw.eq_ignore_ascii_case(label)).map(|(_, c)| c.clone()).unwrap_or_else(|| label.to_string())
+            mapped_label(&cfg.data.label_map, label).unwrap_or(label).to_string()
         } else if cfg.data.task == crate::data::split::Task::Binary {
             let neutral = label.eq_ignore_ascii_case("neutral") || label.eq_ignore_ascii_case("ne");
             crate::data::split::BINARY_CLASSES[if neutral { 0 } else { 1 }].to_string()
@@ -1044,8 +1050,9 @@ pub fn evaluate(
         return Err(Error::file(
             &first.path,
             format!(
-                "class `{name}` ({n} image(s) of the data, this the first) is not one the model was trained on ({}): leave those images out, e.g. with a manifest.csv that lists the others",
-                cfg.classes.join(", ")
+                "class `{name}` ({n} image(s) of the data, this the first) is not one the model was trained on ({}): `--label-map {}=CLASS` reads that label as one of them, or leave those images out, e.g. with a manifest.csv that lists the others",
+                cfg.classes.join(", "),
+                first.label
             ),
         ));
     }
@@ -1106,7 +1113,7 @@ pub fn evaluate(
         .notes
         .iter()
         .cloned()
-        .chain(label_warnings(cfg, &ds, &y))
+        .chain(label_warnings(cfg, (&ds, names), &y))
         .chain(if model.cfg.subject_norm { crate::data::scan::case_warning(&ds) } else { None })
         .chain(if model.cfg.subject_norm {
             crate::data::scan::unnamed_people_warning(&ds, "every photo is answered alone, by the single-image head")

@@ -320,9 +320,56 @@ fn evaluate_refuses_classes_the_model_never_saw() {
     let (code, _, err) = run(&["evaluate", "--model", "runs/m", "--data", "other"], d.path());
     assert_eq!(code, 1);
     assert!(
-        err.contains("zebra/1.png: class `zebra` (2 image(s) of the data, this the first) is not one the model was trained on (a, b): leave those images out"),
+        err.contains(
+            "zebra/1.png: class `zebra` (2 image(s) of the data, this the first) is not one the model was trained on (a, b): `--label-map zebra=CLASS` reads that label as one of them, or leave those images out"
+        ),
         "{err}"
     );
+    // Read as the run's `b`, the data scores (the broken image skipped); metrics.json says how the labels were read.
+    let (code, out, err) = run(&["evaluate", "--model", "runs/m", "--data", "other", "--label-map", "zebra=b", "--skip-bad", "--out", "ev"], d.path());
+    assert_eq!(code, 0, "{out}\n{err}");
+    let ev = json(&d.path().join("ev/metrics.json"));
+    assert_eq!((ev["metrics"]["n"].as_u64(), &ev["label_map"]), (Some(2), &serde_json::json!(["zebra=b"])), "{ev}");
+    let support: Vec<u64> = ev["metrics"]["per_class"].as_array().unwrap().iter().map(|c| c["support"].as_u64().unwrap()).collect();
+    assert_eq!(support, [0, 2], "both images scored as class b: {ev}");
+}
+
+/// A run trained with a label map in JAFFE's codes (`HA=smile`) is scored
+/// on JAFFE-named data as it was trained: the reader names the expressions
+/// (`happy`), and `evaluate` reads the map's codes for them, as training did.
+#[test]
+fn evaluate_reads_a_runs_label_map_as_training_read_it() {
+    let d = tmp();
+    let s = small_trunk(d.path(), 4);
+    std::fs::create_dir_all(d.path().join("jaffe")).unwrap();
+    let mut serial = 0;
+    for person in ["KA", "KL"] {
+        for (k, code) in ["HA", "NE", "SU"].iter().enumerate() {
+            for i in 1..=2 {
+                serial += 1;
+                gray_png(&d.path().join(format!("jaffe/{person}.{code}{i}.{serial}.png")), 32, 32, |x, y| {
+                    if x * 3 / 32 == k as u32 {
+                        200
+                    } else {
+                        30 + ((x + y + serial) % 9) as u8
+                    }
+                });
+            }
+        }
+    }
+    let train = [
+        &["finetune", "--data", "jaffe", "--label-map", "HA=smile,SU=smile,NE=calm", "--val", "none", "--stages", "head:1", "--name", "m"][..],
+        &args(&s, &[])[..],
+    ]
+    .concat();
+    let (code, out, err) = run(&train, d.path());
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(json(&d.path().join("runs/m/config.json"))["classes"], serde_json::json!(["calm", "smile"]));
+    let (code, out, err) = run(&["evaluate", "--model", "runs/m", "--data", "jaffe", "--out", "ev"], d.path());
+    assert_eq!(code, 0, "{out}\n{err}");
+    let ev = json(&d.path().join("ev/metrics.json"));
+    let support: Vec<u64> = ev["metrics"]["per_class"].as_array().unwrap().iter().map(|c| c["support"].as_u64().unwrap()).collect();
+    assert_eq!(support, [4, 8], "calm: the 4 NE photos, smile: the 8 HA and SU: {ev}");
 }
 
 #[test]

@@ -431,7 +431,8 @@ fn evaluate(mut a: EvaluateArgs) -> anyhow::Result<()> {
     }
     let training = predict::Training::of_run(&a.model);
     let tta_flip = vggft::eval::flip_tta(a.tta.choice(), model.cfg.subject_norm);
-    let ev = predict::evaluate(&cfg, &model, &data, a.format, a.skip_bad, (&training, a.exclude_train), (tta_flip, device))?;
+    let names = a.label_map.as_deref().map(vggft::data::split::parse_label_map).transpose()?.unwrap_or_default();
+    let ev = predict::evaluate(&cfg, &model, &data, (a.format, &names), a.skip_bad, (&training, a.exclude_train), (tta_flip, device))?;
     if ev.excluded > 0 {
         errln!("note: left out {} image(s) this run was trained on (--exclude-train); scoring the other {}", ev.excluded, ev.y.len());
     } else if ev.overlap > 0 {
@@ -463,6 +464,8 @@ fn evaluate(mut a: EvaluateArgs) -> anyhow::Result<()> {
         &out.join("metrics.json"),
         &serde_json::json!({
             "model": a.model, "data": data, "tta": if tta_flip { "flip" } else { "none" }, "metrics": m,
+            // The data's labels as read for the run (--label-map), where given.
+            "label_map": (!names.is_empty()).then(|| names.iter().map(|(d, l)| format!("{d}={l}")).collect::<Vec<_>>()),
             "threshold": cfg.threshold.as_ref().map(|t| t.describe(&cfg.classes[0], cfg.single_calibration())),
             "calibration": cfg.single_calibration().map(|c| c.describe()),
             "metrics_at_half": ev.at_half,
