@@ -907,10 +907,11 @@ fn label_warnings(cfg: &RunConfig, (ds, names): (&crate::data::scan::Dataset, &[
             ds.samples.iter().map(|s| crate::data::split::mapped_label(names, &s.label).unwrap_or(&s.label)).filter(|l| !known(l)).collect();
         if !new.is_empty() {
             out.push(format!(
-                "warning: label(s) {} are not among the run's training labels ({}): the binary task reads them as `{}`",
-                new.into_iter().collect::<Vec<_>>().join(", "),
+                "warning: label(s) {} are not among the run's training labels ({}): the binary task reads them as `{}` (--label-map {}=LABEL reads one as a training label)",
+                new.iter().copied().collect::<Vec<_>>().join(", "),
                 cfg.raw_classes.join(", "),
-                crate::data::split::BINARY_CLASSES[1]
+                crate::data::split::BINARY_CLASSES[1],
+                new.first().copied().unwrap_or_default()
             ));
         }
     }

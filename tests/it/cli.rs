@@ -640,10 +640,16 @@ fn evaluate_warns_of_labels_the_run_never_saw_and_classes_the_data_lacks() {
     assert_eq!(code, 0, "{err}");
     assert!(
         err.contains(
-            "warning: label(s) grinning are not among the run's training labels (laughing, neutral, smiling): the binary task reads them as `expressive`"
+            "warning: label(s) grinning are not among the run's training labels (laughing, neutral, smiling): the binary task reads them as `expressive` (--label-map grinning=LABEL reads one as a training label)"
         ),
         "{err}"
     );
+    // Read as the run's `smiling`: no such warning, and the same two images scored.
+    let (code, _, err) =
+        run(&["evaluate", "--model", "runs/e", "--data", "other.csv", "--device", "cpu", "--out", "ev3", "--label-map", "grinning=smiling"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("training labels") && err.contains("holds no image of class `neutral`"), "{err}");
+    assert_eq!(json(&d.path().join("ev3/metrics.json"))["metrics"]["n"], 2);
     assert!(err.contains("warning: the data holds no image of class `neutral`: its scores cover the other class(es) alone"), "{err}");
     assert!(out.contains("2 images from") && out.contains("ROC AUC                       –") && !out.contains("NaN"), "{out}");
     // The run's own labels: neither warning.
