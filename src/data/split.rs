@@ -94,6 +94,28 @@ fn jaffe_name(code: &str) -> Option<&'static str> {
     crate::data::scan::JAFFE_CODES.iter().find(|(c, _)| c.eq_ignore_ascii_case(code)).map(|&(_, n)| n)
 }
 
+/// Other spellings of the expressions JAFFE's reader names (as CK+, RaFD,
+/// Oulu-CASIA and class folders spell them), each with that name.
+const SPELLINGS: [(&str, &str); 11] = [
+    ("anger", "angry"),
+    ("disgusted", "disgust"),
+    ("fearful", "fear"),
+    ("afraid", "fear"),
+    ("happiness", "happy"),
+    ("smile", "happy"),
+    ("smiling", "happy"),
+    ("sadness", "sad"),
+    ("surprised", "surprise"),
+    ("contemptuous", "contempt"),
+    ("calm", "neutral"),
+];
+
+/// The expression name (`happy`) another spelling of it (`happiness`,
+/// `Smiling`) or its JAFFE code (`HA`) stands for; None for other words.
+pub fn expression_name(word: &str) -> Option<&'static str> {
+    jaffe_name(word).or_else(|| SPELLINGS.iter().find(|(w, _)| w.eq_ignore_ascii_case(word)).map(|&(_, n)| n))
+}
+
 /// The class a label map gives `label`: the entry naming it (in any case)
 /// or, for one of JAFFE's expressions, its code (`HA=smile` maps `happy`,
 /// the name JAFFE's reader gives). Training and `evaluate` read a map so.
@@ -420,6 +442,16 @@ mod tests {
         assert_eq!(mapped_label(&map, "Neutral"), Some("calm"));
         assert_eq!(mapped_label(&map, "surprise"), None);
         assert_eq!(mapped_label(&[], "happy"), None);
+    }
+
+    #[test]
+    fn other_spellings_of_an_expression_give_its_name() {
+        use super::expression_name;
+        assert_eq!(expression_name("Happiness"), Some("happy"));
+        assert_eq!(expression_name("smiling"), Some("happy"));
+        assert_eq!(expression_name("ha"), Some("happy"));
+        assert_eq!(expression_name("surprised"), Some("surprise"));
+        assert_eq!(expression_name("zebra"), None);
     }
 
     #[test]

@@ -1048,12 +1048,17 @@ pub fn evaluate(
     if let Some(first) = ds.samples.iter().find(|s| !cfg.classes.contains(&class_of(&s.label))) {
         let name = class_of(&first.label);
         let n = ds.samples.iter().filter(|s| class_of(&s.label) == name).count();
+        // Another spelling of an expression the run knows (`happiness` for `happy`): that one suggested.
+        let spelt = crate::data::split::expression_name(&first.label).filter(|e| cfg.classes.contains(&class_of(e)) && *e != first.label);
+        let map = match spelt {
+            Some(e) => format!("`--label-map {}={e}` reads that label as the run's `{e}`", first.label),
+            None => format!("`--label-map {}=CLASS` reads that label as one of them", first.label),
+        };
         return Err(Error::file(
             &first.path,
             format!(
-                "class `{name}` ({n} image(s) of the data, this the first) is not one the model was trained on ({}): `--label-map {}=CLASS` reads that label as one of them, or leave those images out, e.g. with a manifest.csv that lists the others",
+                "class `{name}` ({n} image(s) of the data, this the first) is not one the model was trained on ({}): {map}, or leave those images out, e.g. with a manifest.csv that lists the others",
                 cfg.classes.join(", "),
-                first.label
             ),
         ));
     }

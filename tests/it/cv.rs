@@ -370,6 +370,13 @@ fn evaluate_reads_a_runs_label_map_as_training_read_it() {
     let ev = json(&d.path().join("ev/metrics.json"));
     let support: Vec<u64> = ev["metrics"]["per_class"].as_array().unwrap().iter().map(|c| c["support"].as_u64().unwrap()).collect();
     assert_eq!(support, [4, 8], "calm: the 4 NE photos, smile: the 8 HA and SU: {ev}");
+    // Another spelling of an expression the run knows: the error suggests the map that reads it.
+    std::fs::write(d.path().join("other.csv"), "path,label\njaffe/KA.HA1.1.png,happiness\njaffe/KA.NE1.3.png,neutral\n").unwrap();
+    let (code, _, err) = run(&["evaluate", "--model", "runs/m", "--data", "other.csv", "--out", "ev2"], d.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("class `happiness` (1 image(s) of the data, this the first) is not one the model was trained on (calm, smile): `--label-map happiness=happy` reads that label as the run's `happy`"), "{err}");
+    let (code, out, err) = run(&["evaluate", "--model", "runs/m", "--data", "other.csv", "--out", "ev2", "--label-map", "happiness=happy"], d.path());
+    assert_eq!(code, 0, "{out}\n{err}");
 }
 
 #[test]
