@@ -452,6 +452,10 @@ mod tests {
         assert_eq!(expression_name("ha"), Some("happy"));
         assert_eq!(expression_name("surprised"), Some("surprise"));
         assert_eq!(expression_name("zebra"), None);
+        // One vocabulary: every spelling, and the name it stands for, is a word the folder readers know as an expression.
+        for (word, name) in super::SPELLINGS {
+            assert!(crate::data::scan::EXPRESSION_WORDS.contains(&word) && crate::data::scan::EXPRESSION_WORDS.contains(&name), "{word} → {name}");
+        }
     }
 
     #[test]
