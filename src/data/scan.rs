@@ -1526,6 +1526,17 @@ mod tests {
         }
     }
 
+    /// The face sets' own words for the expressions (RaFD's, Oulu-CASIA's
+    /// folders) name what `evaluate` suggests for those spellings: one vocabulary.
+    #[test]
+    fn each_readers_expression_words_agree_with_the_spellings_evaluate_suggests() {
+        use super::{EXPRESSION_WORDS, OULU_CODES, RAFD_WORDS};
+        for (word, name) in RAFD_WORDS.iter().chain(&OULU_CODES) {
+            assert_eq!(crate::data::split::expression_name(word).unwrap_or(word), *name, "{word}");
+            assert!(EXPRESSION_WORDS.contains(&word.to_lowercase().as_str()), "{word}");
+        }
+    }
+
     #[test]
     fn a_label_or_subject_with_a_control_character_is_refused() {
         let d = tempfile::tempdir().unwrap();

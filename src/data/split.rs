@@ -110,10 +110,11 @@ const SPELLINGS: [(&str, &str); 11] = [
     ("calm", "neutral"),
 ];
 
-/// The expression name (`happy`) another spelling of it (`happiness`,
-/// `Smiling`) or its JAFFE code (`HA`) stands for; None for other words.
+/// The expression name (`happy`) a spelling of it (`happiness`, `Smiling`,
+/// `Happy`) or its JAFFE code (`HA`) stands for; None for other words.
 pub fn expression_name(word: &str) -> Option<&'static str> {
-    jaffe_name(word).or_else(|| SPELLINGS.iter().find(|(w, _)| w.eq_ignore_ascii_case(word)).map(|&(_, n)| n))
+    let names = crate::data::scan::JAFFE_CODES.iter().map(|&(_, n)| (n, n)).chain([("contempt", "contempt")]);
+    jaffe_name(word).or_else(|| SPELLINGS.iter().copied().chain(names).find(|(w, _)| w.eq_ignore_ascii_case(word)).map(|(_, n)| n))
 }
 
 /// The class a label map gives `label`: the entry naming it (in any case)
@@ -451,6 +452,7 @@ mod tests {
         assert_eq!(expression_name("smiling"), Some("happy"));
         assert_eq!(expression_name("ha"), Some("happy"));
         assert_eq!(expression_name("surprised"), Some("surprise"));
+        assert_eq!(expression_name("Happy"), Some("happy"));
         assert_eq!(expression_name("zebra"), None);
         // One vocabulary: every spelling, and the name it stands for, is a word the folder readers know as an expression.
         for (word, name) in super::SPELLINGS {
