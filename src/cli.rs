@@ -177,8 +177,8 @@ pub enum Command {
     },
     /// Compare runs and cross-validations side by side (Markdown).
     Report {
-        /// Run or cv folders.
-        #[arg(required = true)]
+        /// Run or cv folders, or folders of them (finetune's and cv's `runs/`).
+        #[arg(default_value = "runs")]
         dirs: Vec<PathBuf>,
     },
     /// Measure this machine: libtorch matmul peak and VGG16 forward throughput (part of `make bench`).

@@ -3,7 +3,7 @@
 //! (mean ± std for a cross-validation).
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
@@ -137,16 +137,22 @@ fn show(v: &str) -> String {
 /// column of the run it names). Those inside that have not finished (a run
 /// still training, a cv with folds to run) are left out and named in the
 /// second list: one of them would stop the report of the others. Named
-/// itself, an unfinished run or cv is refused with what finishes it.
-fn expand(dir: &Path) -> Result<(Vec<std::path::PathBuf>, Vec<std::path::PathBuf>)> {
-    let started = |d: &Path| d.join("cv-config.json").is_file() || d.join("config.json").is_file();
-    if started(dir) {
-        return match unfinished(dir) {
-            Some(why) => Err(Error::file(dir, why)),
-            None => Ok((vec![dir.to_path_buf()], vec![])),
-        };
-    }
-    let mut inside: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+/// itself, an unfinished run or cv is refused with what finishes it. The
+/// third list: folders of runs inside it (`runs/` of a project folder),
+/// not read but named, so that `vggft report .` says where the runs are.
+struct Expanded {
+    done: Vec<PathBuf>,
+    unfinished: Vec<PathBuf>,
+    folders_of_runs: Vec<PathBuf>,
+}
+
+fn started(d: &Path) -> bool {
+    d.join("cv-config.json").is_file() || d.join("config.json").is_file()
+}
+
+/// The run and cv folders directly inside `dir` (not its `latest` link), sorted.
+fn runs_in(dir: &Path) -> Vec<PathBuf> {
+    let mut inside: Vec<PathBuf> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
@@ -154,12 +160,26 @@ fn expand(dir: &Path) -> Result<(Vec<std::path::PathBuf>, Vec<std::path::PathBuf
         .filter(|p| p.file_name().is_some_and(|n| n != "latest") && started(p))
         .collect();
     inside.sort();
-    let (done, unfinished): (Vec<_>, Vec<_>) = inside.into_iter().partition(|d| unfinished(d).is_none());
-    if done.is_empty() && unfinished.is_empty() {
-        Ok((vec![dir.to_path_buf()], vec![]))
-    } else {
-        Ok((done, unfinished))
+    inside
+}
+
+fn expand(dir: &Path) -> Result<Expanded> {
+    if started(dir) {
+        return match unfinished(dir) {
+            Some(why) => Err(Error::file(dir, why)),
+            None => Ok(Expanded { done: vec![dir.to_path_buf()], unfinished: vec![], folders_of_runs: vec![] }),
+        };
     }
+    let (done, unfinished): (Vec<_>, Vec<_>) = runs_in(dir).into_iter().partition(|d| unfinished(d).is_none());
+    let mut folders_of_runs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| !crate::data::scan::hidden(p) && p.file_name().is_some_and(|n| n != "latest") && !started(p) && !runs_in(p).is_empty())
+        .collect();
+    folders_of_runs.sort();
+    Ok(Expanded { done, unfinished, folders_of_runs })
 }
 
 /// Why a run or cv folder has no figures yet, or None when it has them.
@@ -177,13 +197,28 @@ fn unfinished(dir: &Path) -> Option<String> {
 }
 
 /// The Markdown table for `dirs` (run folders, cv folders, folders of runs).
-pub fn report(dirs: &[std::path::PathBuf]) -> Result<String> {
+pub fn report(dirs: &[PathBuf]) -> Result<String> {
     let mut paths = Vec::new();
     let mut left_out = Vec::new();
+    let mut not_read = Vec::new();
     for d in dirs {
-        let (done, unfinished) = expand(d)?;
+        let Expanded { done, unfinished, folders_of_runs } = expand(d)?;
+        let hint = |nested: &[PathBuf]| {
+            let shown: Vec<String> = nested.iter().map(|p| p.strip_prefix(".").unwrap_or(p).display().to_string()).collect();
+            format!("{} {} runs: `vggft report {}`", crate::error::short_list(&shown, 5), if shown.len() == 1 { "holds" } else { "hold" }, shown.join(" "))
+        };
+        if done.is_empty() && unfinished.is_empty() {
+            if !d.exists() {
+                return Err(Error::file(d, "does not exist (give run or cv folders, or a folder of them: finetune and cv write theirs into `runs`)"));
+            }
+            let also = if folders_of_runs.is_empty() { String::new() } else { format!("; {}", hint(&folders_of_runs)) };
+            return Err(Error::file(d, format!("is neither a run folder (config.json), a cv folder (cv.json) nor a folder of them{also}")));
+        }
         if done.is_empty() {
             return Err(Error::file(d, format!("holds no finished run or cross-validation (not finished: {})", names(&unfinished))));
+        }
+        if !folders_of_runs.is_empty() {
+            not_read.push(hint(&folders_of_runs));
         }
         paths.extend(done);
         left_out.extend(unfinished);
@@ -227,11 +262,14 @@ pub fn report(dirs: &[std::path::PathBuf]) -> Result<String> {
     if !left_out.is_empty() {
         out.push_str(&format!("\n(left out, not finished: {})\n", names(&left_out)));
     }
+    for n in not_read {
+        out.push_str(&format!("\n(not read, a folder of runs inside a folder given: {n})\n"));
+    }
     Ok(out)
 }
 
 /// Folders by their last component, for a one-line list.
-fn names(dirs: &[std::path::PathBuf]) -> String {
+fn names(dirs: &[PathBuf]) -> String {
     let v: Vec<String> = dirs.iter().map(|d| d.file_name().map_or_else(|| d.display().to_string(), |n| n.to_string_lossy().into_owned())).collect();
     crate::error::short_list(&v, 5)
 }

@@ -876,6 +876,32 @@ fn report_shows_data_and_weights_when_they_differ() {
     let (code, _, err) = run(&["report", "a"], d.path());
     assert_eq!(code, 1);
     assert!(err.contains("a: is neither a run folder (config.json), a cv folder (cv.json) nor a folder of them"), "{err}");
+    // No folder given: `runs`, where finetune and cv write.
+    let (code, out, err) = run(&["report"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("| | ra | rb | rc |\n"), "{out}");
+    // The folder above the runs: its cv is read, and the folder of runs inside it is named, not read.
+    let (code, out, err) = run(&["report", "."], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("| | cv-a |\n") && out.contains("(not read, a folder of runs inside a folder given: runs holds runs: `vggft report runs`)"),
+        "{out}"
+    );
+    // Without a run or cv of its own, the folder above the runs is refused with where they are.
+    let up = d.path().join("project");
+    std::fs::create_dir(&up).unwrap();
+    std::fs::rename(d.path().join("runs"), up.join("runs")).unwrap();
+    let (code, _, err) = run(&["report", "project"], d.path());
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(
+            "project: is neither a run folder (config.json), a cv folder (cv.json) nor a folder of them; project/runs holds runs: `vggft report project/runs`"
+        ),
+        "{err}"
+    );
+    let (code, _, err) = run(&["report"], d.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("runs: does not exist (give run or cv folders, or a folder of them: finetune and cv write theirs into `runs`)"), "{err}");
 }
 
 #[test]
