@@ -21,7 +21,7 @@ pub(crate) fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> Result
     }
     let tmp = temp_sibling(path);
     let result = write(&tmp).and_then(|_| {
-        std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| Error::io(&tmp, e))?;
+        std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| Error::file(path, format!("cannot write: {e}")))?;
         std::fs::rename(&tmp, path).map_err(|e| Error::file(path, format!("cannot move the finished file into place: {e}")))
     });
     if result.is_err() {
@@ -33,7 +33,7 @@ pub(crate) fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> Result
 /// Writes bytes atomically.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic_with(path, |tmp| {
-        let mut f = std::fs::File::create(tmp).map_err(|e| Error::file(tmp, format!("cannot create: {e}")))?;
+        let mut f = std::fs::File::create(tmp).map_err(|e| Error::file(path, format!("cannot create: {e}")))?;
         f.write_all(bytes).map_err(|e| Error::file(path, format!("cannot write: {e}")))
     })
 }

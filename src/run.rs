@@ -251,6 +251,32 @@ fn execute(
     state: Option<train::ResumeState>,
     built: Option<(Vgg16, Option<LoadReport>)>,
 ) -> Result<Summary> {
+    execute_in(session, dir, reporter, stop, state, built).map_err(|e| resumable(e, dir))
+}
+
+/// A file of the run that could not be written (a full disk): the run's
+/// folder and checkpoints stay, so the error says how to go on.
+fn resumable(e: Error, dir: &Path) -> Error {
+    match e {
+        Error::File { path, problem } if path.starts_with(dir) && problem.starts_with("cannot ") => Error::File {
+            problem: format!(
+                "{problem}; the run's folder and its last checkpoint are kept: make room, then `vggft finetune --resume {}` goes on",
+                dir.display()
+            ),
+            path,
+        },
+        other => other,
+    }
+}
+
+fn execute_in(
+    session: &Session,
+    dir: &Path,
+    reporter: &mut dyn Reporter,
+    stop: Option<&AtomicBool>,
+    state: Option<train::ResumeState>,
+    built: Option<(Vgg16, Option<LoadReport>)>,
+) -> Result<Summary> {
     let (config, prepared) = (&session.config, &session.prepared);
     let tc = &config.train;
     // A resumed run's weights come from its checkpoint.

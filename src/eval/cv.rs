@@ -462,6 +462,17 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
                 req.out.display()
             )))
         }
+        // A fold result that could not be written (a full disk): the others are kept.
+        Err(Error::File { path, problem }) if path.starts_with(&req.out) && problem.starts_with("cannot ") => {
+            return Err(Error::File {
+                problem: format!(
+                    "{problem}; the finished folds are kept in {}: make room, then the same command with --out {} runs the rest",
+                    req.out.join("folds").display(),
+                    req.out.display()
+                ),
+                path,
+            })
+        }
         other => other?,
     }
     if req.only_fold.is_some() {

@@ -193,7 +193,7 @@ impl Drop for Mount {
 }
 
 #[test]
-fn a_full_disk_is_one_clear_error_and_leaves_no_half_written_file() {
+fn a_full_disk_is_one_clear_error_that_says_how_to_go_on_and_loses_nothing() {
     let d = tmp();
     let m = subject_dataset(d.path(), 4, 32);
     let w = d.path().join("trunk.safetensors");
@@ -219,11 +219,41 @@ fn a_full_disk_is_one_clear_error_and_leaves_no_half_written_file() {
     assert_eq!(line.len(), 1, "{err}");
     assert!(line[0].contains(disk.to_str().unwrap()) && line[0].contains("No space left on device"), "{err}");
     let run_dir = disk.join("r");
+    // What to do next: the run is kept, and resuming it goes on.
+    let hint = format!("the run's folder and its last checkpoint are kept: make room, then `vggft finetune --resume {}` goes on", run_dir.display());
+    assert!(line[0].contains(&hint), "{err}");
     assert!(!run_dir.join("COMPLETE").exists());
     let left: Vec<String> =
         std::fs::read_dir(&run_dir).map(|r| r.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default();
     assert!(left.iter().all(|n| !n.contains(".tmp")), "temporary files left: {left:?}");
     assert!(!disk.join("latest").exists(), "no run marked as the latest");
+    let grown = std::process::Command::new("mount").args(["-o", "remount,size=16m", disk.to_str().unwrap()]).status().is_ok_and(|s| s.success());
+    assert!(grown, "remounting the tmpfs larger");
+    let (code, _, err) = run(&["finetune", "--resume", run_dir.to_str().unwrap()], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(run_dir.join("COMPLETE").exists() && run_dir.join("model.safetensors").exists(), "{err}");
+    // A cv whose disk fills after its first fold result (12 KiB: the lock, cv-config.json and one fold's
+    // result, a page each): the finished fold is kept, and the same command runs the other one.
+    let disk2 = d.path().join("disk2");
+    std::fs::create_dir_all(&disk2).unwrap();
+    let ok = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=12k", "tmpfs", disk2.to_str().unwrap()]).status().is_ok_and(|s| s.success());
+    assert!(ok, "mounting a second tmpfs");
+    let _guard2 = Mount(disk2.clone());
+    let out = disk2.join("cv");
+    let cv = args(&s, &["cv", "--data", m.to_str().unwrap(), "--stages", "head:1", "--folds", "2", "--out", out.to_str().unwrap()]);
+    let (code, _, err) = run(&cv, d.path());
+    assert_eq!(code, 1, "{err}");
+    let line: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(line.len(), 1, "{err}");
+    let hint =
+        format!("the finished folds are kept in {}: make room, then the same command with --out {} runs the rest", out.join("folds").display(), out.display());
+    assert!(line[0].contains("No space left on device") && line[0].contains(&hint), "{err}");
+    let kept: Vec<_> = std::fs::read_dir(out.join("folds")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(kept.len(), 1, "one fold result kept, no temporary file: {kept:?}");
+    assert!(std::process::Command::new("mount").args(["-o", "remount,size=16m", disk2.to_str().unwrap()]).status().is_ok_and(|s| s.success()));
+    let (code, _, err) = run(&cv, d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("1 fold result(s) of this same cv are there already") && out.join("cv.json").exists(), "{err}");
 }
 
 /// vggft with `a` in `cwd`, where permission bits count: as this process
