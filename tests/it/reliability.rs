@@ -116,12 +116,17 @@ fn long_run(data: &Path, weights: &Path, name: &str) -> Vec<String> {
 /// Runs vggft with `args` in `cwd`, sends SIGINT (as Ctrl-C in a terminal
 /// does) once `appears` exists, and returns its exit code and stderr.
 fn ctrl_c_once(args: &[String], cwd: &Path, appears: &Path) -> (Option<i32>, String) {
+    signal_once(args, cwd, appears, "-INT")
+}
+
+/// As `ctrl_c_once`, with the signal `kill` sends as `signal` (`-TERM`: `kill PID`, `timeout`).
+fn signal_once(args: &[String], cwd: &Path, appears: &Path, signal: &str) -> (Option<i32>, String) {
     let child = bin().args(args).current_dir(cwd).stderr(std::process::Stdio::piped()).spawn().unwrap();
     let t = Instant::now();
     while !appears.exists() && t.elapsed() < Duration::from_secs(120) {
         std::thread::sleep(Duration::from_millis(5));
     }
-    let sent = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let sent = std::process::Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
     assert!(sent.success());
     let out = child.wait_with_output().unwrap();
     (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
@@ -155,6 +160,12 @@ fn ctrl_c_through_the_binary_stops_after_the_batch_and_resume_finishes_the_run()
     // Finished, no checkpoint file is left, the base included.
     assert!(std::fs::read_dir(&dir).unwrap().flatten().all(|e| !e.file_name().to_string_lossy().starts_with("checkpoint")));
     assert_eq!(history_without_seconds(&dir.join("history.csv")), history_without_seconds(&d.path().join("runs/whole/history.csv")));
+    // `kill PID` (SIGTERM, as `timeout` and job schedulers send it) stops the same way, with what to run next.
+    let dir = d.path().join("runs/terminated");
+    let (code, err) = signal_once(&long_run(&m, &w, "terminated"), d.path(), &dir.join("checkpoint.json"), "-TERM");
+    assert_eq!(code, Some(130), "{err}");
+    assert!(err.contains("stopping after the current batch") && err.contains(&format!("--resume {}", Path::new("runs").join("terminated").display())), "{err}");
+    assert!(!dir.join("COMPLETE").exists() && dir.join("checkpoint.json").exists());
 }
 
 #[test]
