@@ -16,7 +16,11 @@ export PATH := $(VENV)/bin:$(PATH)
 setup: $(STAMP)
 $(STAMP): scripts/requirements.txt
 	@command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first"; exit 1; }
-	@test -x $(PY) || python3 -m venv $(VENV)
+	@command -v python3 >/dev/null || { echo "python3 not found: install Python 3 first"; exit 1; }
+	@# A venv without pip (python3 -m venv fails half-way where ensurepip is missing,
+	@# e.g. Debian without python3-venv) is made again, not used.
+	@$(PY) -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV) && python3 -m venv $(VENV); } || \
+	  { echo "could not create .venv with pip (on Debian/Ubuntu: apt install python3-venv), then run make again"; exit 1; }
 	$(PY) -m pip install --disable-pip-version-check -q -r scripts/requirements.txt
 	@touch $@
 
