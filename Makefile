@@ -5,6 +5,9 @@ VENV := $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(TORCH_VERSION)
 BIN := target/release/vggft
+# The Python that makes .venv; the pinned wheels (scripts/requirements.txt) exist for 3.11 to 3.14.
+PYTHON ?= python3
+PY_SUPPORTED := import sys; v = sys.version_info[:2]; sys.exit(0 if (3, 11) <= v <= (3, 14) else "Python %d.%d: the pinned packages of scripts/requirements.txt (torch 2.13, numpy 2.4, onnxruntime 1.32) have wheels for Python 3.11 to 3.14; install one of those and run make PYTHON=python3.12 (for example)" % v)
 
 # torch-sys finds libtorch in the venv's torch wheel; build.rs embeds its rpath.
 export LIBTORCH_USE_PYTORCH := 1
@@ -16,11 +19,14 @@ export PATH := $(VENV)/bin:$(PATH)
 setup: $(STAMP)
 $(STAMP): scripts/requirements.txt
 	@command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first"; exit 1; }
-	@command -v python3 >/dev/null || { echo "python3 not found: install Python 3 first"; exit 1; }
 	@# A venv without pip (python3 -m venv fails half-way where ensurepip is missing,
-	@# e.g. Debian without python3-venv) is made again, not used.
-	@$(PY) -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV) && python3 -m venv $(VENV); } || \
-	  { echo "could not create .venv with pip (on Debian/Ubuntu: apt install python3-venv), then run make again"; exit 1; }
+	@# e.g. Debian without python3-venv) or of a Python the wheels lack is made again.
+	@{ $(PY) -m pip --version && $(PY) -c '$(PY_SUPPORTED)'; } >/dev/null 2>&1 || { \
+	  rm -rf $(VENV); hash -r; \
+	  command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11 to 3.14 first"; exit 1; }; \
+	  $(PYTHON) -c '$(PY_SUPPORTED)' || exit 1; \
+	  $(PYTHON) -m venv $(VENV) || \
+	    { echo "could not create .venv with pip (on Debian/Ubuntu: apt install python3-venv), then run make again"; exit 1; }; }
 	$(PY) -m pip install --disable-pip-version-check -q -r scripts/requirements.txt
 	@touch $@
 
@@ -35,6 +41,7 @@ test: build
 	$(PY) scripts/seed_ensemble.py --self-test
 	$(PY) scripts/threshold_check.py --self-test
 	$(PY) scripts/heldout_study.py --self-test $(BIN)
+	bash scripts/test_setup.sh
 
 fetch-weights: setup
 	$(PY) scripts/fetch_weights.py $(if $(SOURCE),--source $(SOURCE)) $(if $(FROM),--from $(FROM)) $(if $(FROM_BN),--from-bn $(FROM_BN))
