@@ -79,7 +79,10 @@ def main():
     print("| bad input | what vggft says | exit |")
     print("|---|---|---|")
     for what, msg, code in rows:
-        print(f"| {what} | `{msg}` | {code} |")
+        # A message that quotes a command in backticks needs a longer fence to stay one code span.
+        fence = "``" if "`" in msg else "`"
+        pad = " " if "`" in msg else ""
+        print(f"| {what} | {fence}{pad}{msg}{pad}{fence} | {code} |")
 
 
 def run_inventory(d):
