@@ -7,11 +7,30 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
+/// Longest file name most filesystems take (ext4, XFS, btrfs, APFS: 255 bytes).
+const NAME_MAX: usize = 255;
+
+/// `name` cut at a character boundary to at most `max` bytes, keeping its
+/// extension (the part from the last `.`, where that is short).
+fn cut_name(name: &str, max: usize) -> String {
+    if name.len() <= max {
+        return name.to_string();
+    }
+    let ext = name.rfind('.').map(|i| &name[i..]).filter(|e| e.len() <= 16).unwrap_or("");
+    let mut keep = max.saturating_sub(ext.len());
+    while !name.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    format!("{}{ext}", &name[..keep])
+}
+
 /// A temporary sibling of `path` (same folder, so the rename is atomic).
-/// Its name ends in the same extension, for writers that choose a format by it.
+/// Its name ends in the same extension, for writers that choose a format by
+/// it, and stays within `NAME_MAX` wherever `path`'s own name does.
 pub(crate) fn temp_sibling(path: &Path) -> PathBuf {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.{}.tmp.{name}", std::process::id()))
+    let prefix = format!(".{}.tmp.", std::process::id());
+    path.with_file_name(format!("{prefix}{}", cut_name(&name, NAME_MAX - prefix.len())))
 }
 
 /// Runs `write` on a temporary path, syncs it and renames it onto `path`.
@@ -46,10 +65,13 @@ pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
 }
 
 /// The name of an output file vggft derives from an input's (a heatmap, a
-/// face crop): the input's file stem, control characters (a line break or tab
-/// in the name) as `_`, so listings of the outputs stay one line per file.
-pub(crate) fn output_stem(input: &Path) -> String {
-    input.file_stem().map(|s| s.to_string_lossy().chars().map(|c| if c.is_control() { '_' } else { c }).collect()).unwrap_or_default()
+/// face crop, an evaluate folder): the input's file stem, control characters
+/// (a line break or tab in the name) as `_`, so listings of the outputs stay
+/// one line per file; cut to 200 bytes, so that a prefix and an extension
+/// added to the longest name a filesystem takes still make a name it takes.
+pub fn output_stem(input: &Path) -> String {
+    let stem: String = input.file_stem().map(|s| s.to_string_lossy().chars().map(|c| if c.is_control() { '_' } else { c }).collect()).unwrap_or_default();
+    cut_name(&stem, 200)
 }
 
 /// Creates a folder and its parents, naming it in the error.
@@ -151,10 +173,30 @@ mod tests {
         assert_eq!(left, vec![std::ffi::OsString::from("ok.json")]);
     }
 
-    /// Output names made from input names keep no line break or tab.
+    /// Output names made from input names keep no line break or tab, and
+    /// leave room for a prefix and an extension.
     #[test]
-    fn output_stems_replace_control_characters() {
+    fn output_stems_replace_control_characters_and_fit_a_file_name() {
         assert_eq!(output_stem(Path::new("a/x\ny\tz.tiff")), "x_y_z");
         assert_eq!(output_stem(Path::new("KA.HA1.29.tiff")), "KA.HA1.29");
+        // 250 bytes of name, two-byte characters: cut at a character boundary.
+        let long = format!("{}.jpg", "é".repeat(123));
+        let stem = output_stem(Path::new(&long));
+        assert_eq!((stem.len(), stem.chars().all(|c| c == 'é')), (200, true));
+    }
+
+    /// The longest name a filesystem takes has a temporary sibling it takes
+    /// too, ending in the same extension (writers choose formats by it).
+    #[test]
+    fn a_temporary_sibling_of_a_longest_name_is_a_name_too() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join(format!("{}.png", "a".repeat(NAME_MAX - 4)));
+        let tmp = temp_sibling(&path);
+        let name = tmp.file_name().unwrap().to_str().unwrap();
+        assert!(name.len() <= NAME_MAX && name.ends_with(".png") && name.starts_with('.') && name.contains(".tmp."), "{name}");
+        write_atomic(&path, b"x").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"x");
+        assert_eq!(cut_name("short.png", 20), "short.png");
+        assert_eq!(cut_name("abcdefghij.png", 8), "abcd.png");
     }
 }

@@ -596,7 +596,7 @@ pub fn loss_tiles(
         let px = Vec::<f32>::try_from(gray.get(i as i64).to_device(Device::Cpu).to_kind(Kind::Float).view([-1])).map_err(Error::Torch)?;
         let pred = crate::eval::threshold::decide(&probs[i], thresholds.get(i).copied().flatten());
         let cam = grad_cam(model, cfg, &px, (layer, Some(pred)), people.and_then(|p| p.of_row(i)), device)?;
-        let name = Path::new(&paths[i]).file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = crate::fsutil::output_stem(Path::new(&paths[i]));
         let lines = vec![
             name,
             format!("pred {} {:.2}", cfg.classes[pred], probs[i][pred]),

@@ -226,6 +226,15 @@ fn explain_writes_heatmaps_a_sheet_means_and_works_for_every_model_option() {
     );
     assert_eq!(code, 2, "a usage error: {err}");
     assert!(err.contains("--layer"), "{err}");
+    // A photo with the longest name a filesystem takes (255 bytes) gets its heatmap, its name cut to fit.
+    let long = d.path().join("long");
+    std::fs::create_dir(&long).unwrap();
+    let name = format!("{}.png", "n".repeat(251));
+    std::fs::copy(d.path().join("s01_neutral.png"), long.join(&name)).unwrap();
+    let (code, out, err) = run(&["explain", long.join(&name).to_str().unwrap(), "--model", "runs/v0", "--out", "exlong", "--device", "cpu"], d.path());
+    assert_eq!(code, 0, "{err}");
+    let heat = format!("0000_{}.png", "n".repeat(200));
+    assert!(d.path().join("exlong").join(&heat).is_file() && out.contains(&heat), "{out}");
     // Nothing explained: no claim of heatmaps.
     std::fs::create_dir(d.path().join("empty")).unwrap();
     let (code, out, err) = run(&["explain", "empty", "--model", "runs/v0", "--out", "x3", "--device", "cpu"], d.path());

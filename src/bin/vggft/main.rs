@@ -411,7 +411,7 @@ fn evaluate(mut a: EvaluateArgs) -> anyhow::Result<()> {
     }
     a.model = run::run_dir(&a.model);
     let device = session::parse_device(&a.device)?;
-    let name = data.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "data".into());
+    let name = Some(vggft::fsutil::output_stem(&data)).filter(|n| !n.is_empty()).unwrap_or_else(|| "data".into());
     let out = a.out.clone().unwrap_or_else(|| a.model.join(format!("eval-{name}")));
     vggft::data::scan::refuse_output_inside(&data, a.format, &out, "the scores and plots")?;
     vggft::data::scan::refuse_other_output(
