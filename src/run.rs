@@ -645,13 +645,32 @@ fn point_latest(dir: &Path) -> Result<Option<String>> {
 pub fn run_dir(p: &Path) -> PathBuf {
     match p.parent() {
         Some(parent) if p.is_file() && parent.join("config.json").is_file() => parent.to_path_buf(),
-        _ if p.is_dir() && !p.join("config.json").exists() && p.join("latest").join("config.json").is_file() => p.join("latest"),
+        // Its `latest` link, also when that names a run no longer there (for `load_run` to say so).
+        _ if p.is_dir() && !p.join("config.json").exists() && (p.join("latest").join("config.json").is_file() || dangling(&p.join("latest")).is_some()) => {
+            p.join("latest")
+        }
         _ => p.to_path_buf(),
+    }
+}
+
+/// The target of a link at `p` that names nothing (`runs/latest` after its run was deleted).
+fn dangling(p: &Path) -> Option<PathBuf> {
+    let is_link = std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink());
+    if is_link && !p.exists() {
+        std::fs::read_link(p).ok()
+    } else {
+        None
     }
 }
 
 /// Loads a finished run's model from its folder alone.
 pub fn load_run(dir: &Path, device: Device) -> Result<(RunConfig, Vgg16)> {
+    if let Some(target) = dangling(dir) {
+        return Err(Error::file(
+            dir,
+            format!("names {}, which is not there any more (moved or deleted): train a run with `vggft finetune`, or pass --model RUN", target.display()),
+        ));
+    }
     if !dir.exists() {
         return Err(Error::file(
             dir,

@@ -96,6 +96,14 @@ fn finetune_then_predict_on_london_faces() {
     let (code, _, err) = run(&["predict", i1, "--model", "not-a-run"], d.path());
     assert_eq!(code, 1);
     assert!(err.contains("not-a-run: is a cross-validation folder, and cv keeps no model") && err.lines().count() == 1, "{err}");
+    // A `latest` link whose run was deleted: said as such, given as the link or as its runs folder.
+    std::fs::create_dir(d.path().join("old-runs")).unwrap();
+    std::os::unix::fs::symlink("gone", d.path().join("old-runs/latest")).unwrap();
+    for model in ["old-runs/latest", "old-runs"] {
+        let (code, _, err) = run(&["predict", i1, "--model", model], d.path());
+        assert_eq!(code, 1);
+        assert!(err.contains("old-runs/latest: names gone, which is not there any more (moved or deleted)") && err.lines().count() == 1, "{model}: {err}");
+    }
 
     // Partial failure: the bad file is named on stderr, the good one still predicted, exit 1.
     let bad = d.path().join("broken.jpg");
