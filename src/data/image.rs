@@ -1,4 +1,4 @@
-//! Decoding any supported image (TIFF, PNG, JPEG, BMP; gray 8/16-bit,
+//! Decoding any supported image (TIFF, PNG, JPEG, WebP, BMP; gray 8/16-bit,
 //! gray + alpha, palette, RGB, RGBA) into a gray `f32` picture in [0, 1], cropping and
 //! resizing it. Free of libtorch, so it can be fuzzed on its own.
 
@@ -78,7 +78,7 @@ fn decode(bytes: &[u8]) -> std::result::Result<Gray, String> {
         None => {
             return Err(match archive_kind(bytes) {
                 Some(kind) => format!("a {kind} archive, not a picture: unpack it and give the photos or their folder"),
-                None => "not a recognised image format (expected TIFF, PNG, JPEG, BMP or PGM)".into(),
+                None => "not a recognised image format (expected TIFF, PNG, JPEG, WebP, BMP or PGM)".into(),
             })
         }
         Some(ImageFormat::Jpeg) => super::jpeg::check_complete(bytes)?,
@@ -92,16 +92,22 @@ fn decode(bytes: &[u8]) -> std::result::Result<Gray, String> {
     // The decoder's buffer lives until the gray copy is made: the budget is
     // held over both.
     let mut held = None;
+    // WebP's decoder works in buffers beside the one it returns (a lossless
+    // picture without alpha: an RGBA copy of it; an animation: its canvas and
+    // frame), up to three times that one's size: counted, so the bound holds.
+    let working = if reader.format() == Some(ImageFormat::WebP) { 3 } else { 1 };
+    let mut size = None;
     let decoded = reader.into_decoder().and_then(|mut d| {
         let need = d.total_bytes();
-        if need > MAX_ALLOC {
+        size = Some(d.dimensions());
+        if need.saturating_mul(working) > MAX_ALLOC {
             return Err(image::ImageError::Limits(image::error::LimitError::from_kind(image::error::LimitErrorKind::InsufficientMemory)));
         }
         // A phone photo's pixels are stored as the sensor saw them and its EXIF
         // (JPEG, TIFF) says how to turn them upright: a face on its side is no
         // face to the detector or the network. Turning it may copy the picture.
         let orientation = d.orientation().unwrap_or(Orientation::NoTransforms);
-        let copies = if orientation == Orientation::NoTransforms { 1 } else { 2 };
+        let copies = if orientation == Orientation::NoTransforms { working } else { working + 1 };
         held = Some(DECODE_BUDGET.acquire(copies * need));
         let mut img = DynamicImage::from_decoder(d)?;
         img.apply_orientation(orientation);
@@ -111,6 +117,10 @@ fn decode(bytes: &[u8]) -> std::result::Result<Gray, String> {
         Ok(img) => to_gray(&img),
         Err(e) if is_tiff && is_palette_error(&e) => decode_palette_tiff(bytes),
         Err(e @ image::ImageError::Unsupported(_)) if is_tiff => decode_gray_extra_tiff(bytes).unwrap_or_else(|| Err(describe(e))),
+        Err(image::ImageError::Limits(_)) if working > 1 && size.is_some_and(|(w, h)| w <= MAX_SIDE && h <= MAX_SIDE) => {
+            let (w, h) = size.unwrap_or_default();
+            Err(format!("a {w}×{h} WebP needs more than the {} MiB limit to decode (its decoder holds up to 3 copies of the picture): save it smaller, or as PNG or JPEG", MAX_ALLOC >> 20))
+        }
         Err(image::ImageError::Limits(_)) => Err(format!("image is larger than the limit of {MAX_SIDE}×{MAX_SIDE} pixels / {} MiB decoded", MAX_ALLOC >> 20)),
         Err(e) => Err(describe(e)),
     };
@@ -215,13 +225,13 @@ fn is_palette_error(e: &image::ImageError) -> bool {
 }
 
 /// Why a picture in a format vggft does not decode is refused or left out.
-pub const UNREAD: &str = "a picture format vggft does not read (it reads TIFF, PNG, JPEG, BMP and PGM): convert it to PNG or JPEG";
+pub const UNREAD: &str = "a picture format vggft does not read (it reads TIFF, PNG, JPEG, WebP, BMP and PGM): convert it to PNG or JPEG";
 
 fn describe(e: image::ImageError) -> String {
     use image::error::UnsupportedErrorKind;
     match e {
         image::ImageError::Decoding(d) => format!("corrupt or truncated: {d}"),
-        // A GIF or WebP given by name: said as a folder's left-out pictures are.
+        // A GIF or HEIC given by name: said as a folder's left-out pictures are.
         image::ImageError::Unsupported(u) if matches!(u.kind(), UnsupportedErrorKind::Format(_)) => UNREAD.into(),
         // Floating-point or 32-bit samples (a TIFF from ImageJ or MATLAB): what to save instead.
         image::ImageError::Unsupported(u) => {

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
 /// `jfif` and `jpe`: JPEGs as Windows saves them from a browser.
-pub(crate) const IMAGE_EXTENSIONS: [&str; 9] = ["tif", "tiff", "png", "jpg", "jpeg", "jfif", "jpe", "bmp", "pgm"];
+pub(crate) const IMAGE_EXTENSIONS: [&str; 10] = ["tif", "tiff", "png", "jpg", "jpeg", "jfif", "jpe", "webp", "bmp", "pgm"];
 
 /// JAFFE expression codes and their names.
 pub(crate) const JAFFE_CODES: [(&str, &str); 7] =
@@ -57,7 +57,7 @@ pub struct Dataset {
     /// Manifest rows whose path resolved outside the manifest's folder.
     #[serde(default)]
     pub outside_paths: Vec<PathBuf>,
-    /// Pictures in the data's folders that vggft does not decode (WebP,
+    /// Pictures in the data's folders that vggft does not decode (GIF,
     /// HEIC, …): not samples, but said (`unread_warning`).
     #[serde(default)]
     pub unread: Vec<PathBuf>,
@@ -78,9 +78,9 @@ pub(crate) fn is_image(path: &Path) -> bool {
 }
 
 /// Picture formats vggft does not decode, which a folder of photos often
-/// holds (phones save HEIC, the web WebP and GIF): left out of a folder's
+/// holds (phones save HEIC, the web GIF and AVIF): left out of a folder's
 /// images, but said, not silently.
-const OTHER_PICTURE_EXTENSIONS: [&str; 12] = ["webp", "gif", "heic", "heif", "avif", "jxl", "jp2", "tga", "dng", "cr2", "nef", "arw"];
+const OTHER_PICTURE_EXTENSIONS: [&str; 11] = ["gif", "heic", "heif", "avif", "jxl", "jp2", "tga", "dng", "cr2", "nef", "arw"];
 
 /// Whether `path` is a regular file named as a picture vggft does not read.
 pub(crate) fn is_unread_picture(path: &Path) -> bool {
@@ -105,7 +105,7 @@ fn photos_of(entries: Vec<PathBuf>, unread: &mut Vec<PathBuf>) -> Vec<PathBuf> {
 pub fn unread_warning(unread: &[PathBuf]) -> Option<String> {
     let first = unread.first()?;
     Some(format!(
-        "warning: left out {} picture(s) in a format vggft does not read (it reads TIFF, PNG, JPEG, BMP and PGM; first: {}): convert them to PNG or JPEG to use them",
+        "warning: left out {} picture(s) in a format vggft does not read (it reads TIFF, PNG, JPEG, WebP, BMP and PGM; first: {}): convert them to PNG or JPEG to use them",
         unread.len(),
         first.display()
     ))
@@ -370,7 +370,7 @@ pub fn scan(path: &Path, format: DataFormat) -> Result<Dataset> {
         DataFormat::Auto => unreachable!("detect() returns a concrete format"),
     };
     if ds.samples.is_empty() {
-        return Err(Error::dataset(path, "contains no images (looked for .tiff, .png, .jpg, .bmp)"));
+        return Err(Error::dataset(path, "contains no images (looked for .tiff, .png, .jpg, .webp, .bmp)"));
     }
     // A tab or line break in a label or subject id would break predict's
     // tab-separated lines, split.csv's readers and every table that names it.

@@ -191,7 +191,7 @@ pub struct Inputs {
     /// folders, face crops, heatmaps): `predict -r data` would otherwise
     /// answer for `explain`'s heatmaps and the crops as if they were photos.
     pub skipped: Vec<PathBuf>,
-    /// Pictures in the folders in a format vggft does not read (WebP, HEIC, …).
+    /// Pictures in the folders in a format vggft does not read (GIF, HEIC, …).
     pub unread: Vec<PathBuf>,
     /// Each image's person, where a CSV manifest named it (its `subject` column).
     pub subjects: std::collections::HashMap<PathBuf, String>,

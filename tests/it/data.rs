@@ -662,6 +662,46 @@ fn cmyk_jpeg_decodes_to_luma() {
     assert!(at(0, 0) > at(0, 15) + 0.2, "more magenta is darker: {} vs {}", at(0, 0), at(0, 15));
 }
 
+/// WebP, as pictures saved from the web are: lossy and lossless, with and
+/// without alpha, an animation's first frame; a class folder of them trains.
+#[test]
+fn webp_pictures_read_as_the_other_formats_do() {
+    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    // Lossy (VP8), against Pillow's own decoding of the same file (tests/fixtures/make_webp.py).
+    let g = load_gray(&fx.join("lossy.webp")).unwrap_or_else(|e| panic!("{e}"));
+    let pillow = load_gray(&fx.join("lossy-pillow.png")).unwrap();
+    assert_eq!((g.width, g.height), (40, 32));
+    let diff = g.pixels.iter().zip(&pillow.pixels).map(|(a, b)| (a - b).abs()).sum::<f32>() / g.pixels.len() as f32;
+    assert!(diff < 2.0 / 255.0, "mean difference from Pillow's decoding {:.2}/255", diff * 255.0);
+    // Lossless, RGB and RGBA: exactly the gray of the same picture as PNG.
+    let rgba = image::RgbaImage::from_fn(20, 12, |x, y| image::Rgba([(x * 12) as u8, (y * 20) as u8, 90, if x < 10 { 255 } else { 30 }]));
+    let d = tmp();
+    for (name, img) in
+        [("rgb", image::DynamicImage::ImageRgb8(image::DynamicImage::ImageRgba8(rgba.clone()).to_rgb8())), ("rgba", image::DynamicImage::ImageRgba8(rgba))]
+    {
+        img.save_with_format(d.path().join(format!("{name}.webp")), image::ImageFormat::WebP).unwrap();
+        img.save_with_format(d.path().join(format!("{name}.png")), image::ImageFormat::Png).unwrap();
+        assert_eq!(load_gray(&d.path().join(format!("{name}.webp"))).unwrap(), load_gray(&d.path().join(format!("{name}.png"))).unwrap(), "{name}");
+    }
+    // An animation: its first frame (dark, 40), not the second (220).
+    let a = load_gray(&fx.join("anim.webp")).unwrap();
+    assert!(a.pixels.iter().all(|v| (v * 255.0 - 40.0).abs() < 1.0), "{:?}", &a.pixels[..4]);
+    // Cut short: one sentence; a 16383² WebP (10 KiB on disk) would need over the decoding bound.
+    let lossy = std::fs::read(fx.join("lossy.webp")).unwrap();
+    std::fs::write(d.path().join("cut.webp"), &lossy[..lossy.len() / 2]).unwrap();
+    let e = load_gray(&d.path().join("cut.webp")).unwrap_err().to_string();
+    assert!(e.contains("cut.webp: cannot decode image: corrupt or truncated"), "{e}");
+    let e = load_gray(&fx.join("big.webp")).unwrap_err().to_string();
+    assert!(e.contains("a 16383×16383 WebP needs more than the 1024 MiB limit to decode"), "{e}");
+    // Class folders with WebP photos: read as samples, not left out.
+    let f = d.path().join("data");
+    separable_folders(&f, 2, 32);
+    std::fs::copy(fx.join("lossy.webp"), f.join("a/web.webp")).unwrap();
+    std::fs::copy(fx.join("lossy.webp"), f.join("b/web.WEBP")).unwrap();
+    let ds = scan(&f, DataFormat::Auto).unwrap();
+    assert_eq!((ds.samples.len(), ds.unread.len()), (6, 0));
+}
+
 #[test]
 fn non_utf8_file_names_train_and_predict() {
     use std::os::unix::ffi::OsStrExt;
@@ -701,14 +741,14 @@ fn pictures_in_formats_vggft_does_not_read_are_said_not_silently_left_out() {
     let f = d.path().join("data");
     separable_folders(&f, 3, 32);
     // Not decodable by vggft whatever their bytes: the name says what they are.
-    for name in ["a/phone.HEIC", "b/web.webp", "b/anim.gif"] {
+    for name in ["a/phone.HEIC", "b/web.avif", "b/anim.gif"] {
         std::fs::copy(f.join("a/00.png"), f.join(name)).unwrap();
     }
     std::fs::write(f.join("a/notes.txt"), "not a picture").unwrap();
     let ds = scan(&f, DataFormat::Auto).unwrap();
     assert_eq!(ds.samples.len(), 6);
     let names: Vec<String> = ds.unread.iter().map(|p| p.strip_prefix(&f).unwrap().display().to_string()).collect();
-    assert_eq!(names, ["a/phone.HEIC", "b/anim.gif", "b/web.webp"], "the text file is no picture");
+    assert_eq!(names, ["a/phone.HEIC", "b/anim.gif", "b/web.avif"], "the text file is no picture");
     let s = small_trunk(d.path(), 17);
     let (code, _, err) = run(&args(&s, &["finetune", "--data", "data", "--task", "multiclass", "--stages", "head:1", "--val", "none", "--quiet"]), d.path());
     assert_eq!(code, 0, "{err}");
@@ -720,7 +760,7 @@ fn pictures_in_formats_vggft_does_not_read_are_said_not_silently_left_out() {
     assert!(err.contains("left out 2 picture(s)") && err.contains("data/b/anim.gif"), "{err}");
     let (code, _, err) = run(&["evaluate", "--device", "cpu", "--data", "data", "--out", "ev"], d.path());
     assert_eq!(code, 0, "{err}");
-    assert!(err.contains("skipped data/b/web.webp: a picture format vggft does not read"), "{err}");
+    assert!(err.contains("skipped data/b/web.avif: a picture format vggft does not read"), "{err}");
     let (code, _, err) = run(&["faces", "data", "--out", "fc", "--tile", "32"], d.path());
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("left out 3 picture(s)"), "{err}");
