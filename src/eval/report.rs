@@ -227,7 +227,14 @@ pub fn report(dirs: &[PathBuf]) -> Result<String> {
     // given and found again in its folder) is one column.
     let mut seen = std::collections::HashSet::new();
     paths.retain(|d| seen.insert(std::fs::canonicalize(d).unwrap_or_else(|_| d.clone())));
-    let entries: Vec<Entry> = paths.iter().map(|d| entry(d)).collect::<Result<_>>()?;
+    let mut entries: Vec<Entry> = paths.iter().map(|d| entry(d)).collect::<Result<_>>()?;
+    // Two folders of one name (`a/r1`, `b/r1`): each column named by its path instead.
+    let column: Vec<String> = entries.iter().map(|e| e.name.clone()).collect();
+    for (e, d) in entries.iter_mut().zip(&paths) {
+        if column.iter().filter(|n| **n == e.name).count() > 1 {
+            e.name = e.name.replacen(&d.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), &d.display().to_string(), 1);
+        }
+    }
     // Data and weights are shown when they differ (paths, the data fingerprint, the weights' hash).
     let ignore = ["created"];
     let keys: Vec<String> = entries

@@ -884,6 +884,13 @@ fn report_shows_data_and_weights_when_they_differ() {
     let (code, _, err) = run(&["report", "a"], d.path());
     assert_eq!(code, 1);
     assert!(err.contains("a: is neither a run folder (config.json), a cv folder (cv.json) nor a folder of them"), "{err}");
+    // Two runs of one name in different folders: each column named by its path.
+    std::fs::create_dir(d.path().join("more")).unwrap();
+    copy_dir(&d.path().join("runs/ra"), &d.path().join("more/ra"));
+    let (code, out, err) = run(&["report", "runs/ra", "more/ra"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("| | runs/ra | more/ra |\n"), "{out}");
+    std::fs::remove_dir_all(d.path().join("more")).unwrap();
     // No folder given: `runs`, where finetune and cv write.
     let (code, out, err) = run(&["report"], d.path());
     assert_eq!(code, 0, "{err}");

@@ -32,19 +32,6 @@ fn probs(v: &serde_json::Value) -> Vec<Vec<f64>> {
     v.as_array().unwrap().iter().map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()).collect()
 }
 
-/// A copy of folder `from` (and its folders) at `to`.
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
-}
-
 /// The same manifest with person `P00`'s labels swapped (neutral ↔ expressive).
 fn swapped_manifest(m: &Path) -> std::path::PathBuf {
     let text = std::fs::read_to_string(m).unwrap();
