@@ -166,6 +166,27 @@ fn ctrl_c_through_the_binary_stops_after_the_batch_and_resume_finishes_the_run()
     assert_eq!(code, Some(130), "{err}");
     assert!(err.contains("stopping after the current batch") && err.contains(&format!("--resume {}", Path::new("runs").join("terminated").display())), "{err}");
     assert!(!dir.join("COMPLETE").exists() && dir.join("checkpoint.json").exists());
+    // Under `nohup` a closed terminal's SIGHUP is ignored, as before: the run goes on to the end.
+    let dir = d.path().join("runs/nohup");
+    let mut a = vec!["nohup".to_string(), env!("CARGO_BIN_EXE_vggft").to_string()];
+    a.extend(long_run(&m, &w, "nohup"));
+    let child = std::process::Command::new(&a[0])
+        .args(&a[1..])
+        .env("VGGFT_FEATURE_CACHE", "off")
+        .current_dir(d.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !dir.join("checkpoint.json").exists() && t.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(std::process::Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap().success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(dir.join("COMPLETE").exists() && !err.contains("stopping after the current batch"), "{err}");
 }
 
 #[test]

@@ -19,10 +19,13 @@ use vggft::model::weights;
 use vggft::train::Reporter;
 use vggft::{run, session, Error};
 
-/// Ctrl-C sets a flag; training stops after the current batch.
+/// Ctrl-C (and SIGTERM, SIGHUP) sets a flag; training stops after the current batch.
 fn stop_flag() -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
     let f = flag.clone();
+    // A signal the caller set to be ignored stays ignored: `nohup vggft cv …`
+    // (SIGHUP) or `vggft … &` from a script (SIGINT) must not stop the run.
+    let ignored: Vec<libc::c_int> = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP].into_iter().filter(|&s| is_ignored(s)).collect();
     let _ = ctrlc::set_handler(move || {
         if f.swap(true, Ordering::SeqCst) {
             std::process::exit(130);
@@ -30,7 +33,20 @@ fn stop_flag() -> Arc<AtomicBool> {
         errln!();
         errln!("stopping after the current batch (Ctrl-C again to quit at once)…");
     });
+    for s in ignored {
+        // SAFETY: setting a signal's disposition to SIG_IGN installs no handler code.
+        unsafe { libc::signal(s, libc::SIG_IGN) };
+    }
     flag
+}
+
+/// Whether `signal` is set to be ignored (as `nohup` sets SIGHUP).
+fn is_ignored(signal: libc::c_int) -> bool {
+    // SAFETY: sigaction with a null new action only reads the current one into `old`.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(signal, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN
+    }
 }
 
 /// The data, model and training options every training command shares;
