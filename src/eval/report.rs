@@ -87,10 +87,9 @@ fn entry(dir: &Path) -> Result<Entry> {
             }
         }
         metrics.insert("protocol".into(), m["protocol"].as_str().unwrap_or("holdout").to_string());
-    } else if !dir.exists() {
-        return Err(Error::file(dir, "does not exist"));
     } else {
-        return Err(Error::file(dir, "is neither a run folder (config.json), a cv folder (cv.json) nor a folder of them"));
+        // `expand` gave it as a finished run or cv; gone or changed since.
+        return Err(Error::file(dir, "is no longer a finished run or cv folder (config.json and metrics.json, or cv.json)"));
     }
     // Hashes are compared in full but shown short; the data's beside its path
     // (the images, labels, subjects and sizes, whatever the split).
@@ -131,21 +130,17 @@ fn show(v: &str) -> String {
     v.split(',').map(short).collect::<Vec<_>>().join(",")
 }
 
-/// The folders a `report` argument stands for: itself when it is a run or a
-/// cv folder, else (a folder of runs, `finetune --out DIR`'s) the run and cv
-/// folders directly inside it by name, without its `latest` link (a second
-/// column of the run it names). Those inside that have not finished (a run
-/// still training, a cv with folds to run) are left out and named in the
-/// second list: one of them would stop the report of the others. Named
-/// itself, an unfinished run or cv is refused with what finishes it. The
-/// third list: folders of runs inside it (`runs/` of a project folder),
-/// not read but named, so that `vggft report .` says where the runs are.
+/// What one `report` argument stands for (`expand`).
 struct Expanded {
+    /// Finished runs and cvs: the columns.
     done: Vec<PathBuf>,
+    /// Runs still training, cvs with folds to run: named below the table.
     unfinished: Vec<PathBuf>,
+    /// Folders of runs one level down: named, not read.
     folders_of_runs: Vec<PathBuf>,
 }
 
+/// Whether `d` is a run or cv folder, finished or not.
 fn started(d: &Path) -> bool {
     d.join("cv-config.json").is_file() || d.join("config.json").is_file()
 }
@@ -163,6 +158,15 @@ fn runs_in(dir: &Path) -> Vec<PathBuf> {
     inside
 }
 
+/// The folders a `report` argument stands for: itself when it is a run or a
+/// cv folder, else (a folder of runs, `finetune --out DIR`'s) the run and cv
+/// folders directly inside it by name, without its `latest` link (a second
+/// column of the run it names). Those inside that have not finished (a run
+/// still training, a cv with folds to run) are left out and named: one of
+/// them would stop the report of the others. Named itself, an unfinished run
+/// or cv is refused with what finishes it. Folders of runs inside it
+/// (`runs/` of a project folder) are not read but named, so that `vggft
+/// report .` says where the runs are.
 fn expand(dir: &Path) -> Result<Expanded> {
     if started(dir) {
         return match unfinished(dir) {
