@@ -260,7 +260,7 @@ fn resumable(e: Error, dir: &Path) -> Error {
     match e {
         Error::File { path, problem } if path.starts_with(dir) && problem.starts_with("cannot ") => Error::File {
             problem: format!(
-                "{problem}; the run's folder and its last checkpoint are kept: make room, then `vggft finetune --resume {}` goes on",
+                "{problem}; the run's folder is kept, with its last epoch's checkpoint if one finished: make room, then `vggft finetune --resume {}` goes on",
                 dir.display()
             ),
             path,

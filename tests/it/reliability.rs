@@ -252,7 +252,10 @@ fn a_full_disk_is_one_clear_error_that_says_how_to_go_on_and_loses_nothing() {
     assert!(line[0].contains(disk.to_str().unwrap()) && line[0].contains("No space left on device"), "{err}");
     let run_dir = disk.join("r");
     // What to do next: the run is kept, and resuming it goes on.
-    let hint = format!("the run's folder and its last checkpoint are kept: make room, then `vggft finetune --resume {}` goes on", run_dir.display());
+    let hint = format!(
+        "the run's folder is kept, with its last epoch's checkpoint if one finished: make room, then `vggft finetune --resume {}` goes on",
+        run_dir.display()
+    );
     assert!(line[0].contains(&hint), "{err}");
     assert!(!run_dir.join("COMPLETE").exists());
     let left: Vec<String> =
