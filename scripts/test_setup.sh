@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The Makefile's setup on a fresh machine where it cannot succeed: each case
-# must stop at once with one line saying what to do, and leave no .venv that
-# a later `make` would take for a working one. Runs `make setup` in a scratch
-# copy with stand-in interpreters (no network is used: every case stops
-# before pip).
+# The Makefile's setup and build on a fresh machine where they cannot
+# succeed: each case must stop at once with one line saying what to do, and
+# leave no .venv that a later `make` would take for a working one. Runs
+# `make setup` / `make build` in a scratch copy with stand-in interpreters
+# and a PATH without a C++ compiler (no network is used: every case stops
+# before pip or cargo).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 real=$(PATH=$(echo "$PATH" | tr ':' '\n' | grep -v '/\.venv/' | paste -sd:) command -v python3)
@@ -49,3 +50,12 @@ expect "no ensurepip, again" "$tmp/noensurepip" "could not create .venv with pip
 rm -rf "$tmp/p/.venv" && "$tmp/py310/python3" -m venv "$tmp/p/.venv" && ln -sf "$tmp/py310/python3" "$tmp/p/.venv/bin/python"
 expect "a .venv of Python 3.10, PYTHON missing" "" "no-such-python not found: install Python 3.11 to 3.14 first" PYTHON=no-such-python
 [ ! -e "$tmp/p/.venv" ] || fail "the .venv of Python 3.10 was kept"
+# No C++ compiler (Rust alone brings only a linker): `make build` says so before cargo starts.
+mkdir -p "$tmp/p/.venv" "$tmp/bin"
+touch "$tmp/p/.venv/.installed-$(sed -n 's/^TORCH_VERSION := //p' "$here/Makefile")"
+ln -s "$(command -v bash)" "$tmp/bin/bash"
+ln -s "$(command -v make)" "$tmp/bin/make"
+if out=$(cd "$tmp/p" && env -u CXX PATH="$tmp/bin" make -s build 2>&1); then fail "no C++ compiler: make build succeeded"; fi
+grep -qF "no C++ compiler found (c++): tch's libtorch bindings are C++; install one (Debian/Ubuntu: apt install g++) or set CXX" <<<"$out" ||
+  fail "no C++ compiler: expected the message in: $out"
+echo "ok: no C++ compiler"
