@@ -50,7 +50,7 @@ expect "no ensurepip, again" "$tmp/noensurepip" "could not create .venv with pip
 rm -rf "$tmp/p/.venv" && "$tmp/py310/python3" -m venv "$tmp/p/.venv" && ln -sf "$tmp/py310/python3" "$tmp/p/.venv/bin/python"
 expect "a .venv of Python 3.10, PYTHON missing" "" "no-such-python not found: install Python 3.11 to 3.14 first" PYTHON=no-such-python
 [ ! -e "$tmp/p/.venv" ] || fail "the .venv of Python 3.10 was kept"
-# No C++ compiler (Rust alone brings only a linker): `make build` says so before cargo starts.
+# No C++ compiler (Rust itself needs only a C linker): `make build` says so before cargo starts.
 mkdir -p "$tmp/p/.venv" "$tmp/bin"
 touch "$tmp/p/.venv/.installed-$(sed -n 's/^TORCH_VERSION := //p' "$here/Makefile")"
 ln -s "$(command -v bash)" "$tmp/bin/bash"
