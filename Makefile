@@ -31,7 +31,7 @@ $(STAMP): scripts/requirements.txt
 	@touch $@
 
 build: setup
-	@# torch-sys compiles libtorch's C++ bindings with `c++` (or $$CXX) (Rust itself needs only a C linker).
+	@# torch-sys compiles libtorch's C++ bindings with `c++` or $$CXX; Rust itself needs only a C linker.
 	@[ -n "$$CXX" ] || command -v c++ >/dev/null || \
 	  { echo "no C++ compiler found (c++): tch's libtorch bindings are C++; install one (Debian/Ubuntu: apt install g++) or set CXX"; exit 1; }
 	cargo build --release --locked
