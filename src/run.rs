@@ -174,7 +174,7 @@ fn start(session: &Session, split: &[u8], out: &Path, name: Option<&str>, report
         crate::faces::write_csv(&dir.join("faces.csv"), &p.dataset.samples.iter().map(|s| s.path.clone()).collect::<Vec<_>>(), &p.boxes)?;
     }
     reporter.message(&format!("run folder: {}", dir.display()));
-    execute(session, &dir, reporter, stop, None, Some(built))
+    execute(session, &dir, reporter, stop, None, Some(built)).map_err(|e| resumable(e, &dir))
 }
 
 /// Continues an interrupted run from its last completed epoch.
@@ -195,7 +195,7 @@ pub fn resume(dir: &Path, reporter: &mut dyn Reporter, stop: Option<&AtomicBool>
         Some(s) => reporter.message(&format!("resuming {} after epoch {}", dir.display(), s.history.len())),
         None => reporter.message(&format!("{}: no epoch had finished; training from the start in the same folder", dir.display())),
     }
-    execute(&session, dir, reporter, stop, state, None)
+    execute(&session, dir, reporter, stop, state, None).map_err(|e| resumable(e, dir))
 }
 
 /// Refuses to resume on data that differs from the run's `split.csv` or labels.
@@ -241,23 +241,12 @@ pub fn read_config(dir: &Path) -> Result<RunConfig> {
     Ok(config)
 }
 
-/// Trains the session's model in `dir` and writes the run's outputs; `built`
-/// is the fresh model with its pretrained weights when the caller has it.
-fn execute(
-    session: &Session,
-    dir: &Path,
-    reporter: &mut dyn Reporter,
-    stop: Option<&AtomicBool>,
-    state: Option<train::ResumeState>,
-    built: Option<(Vgg16, Option<LoadReport>)>,
-) -> Result<Summary> {
-    execute_in(session, dir, reporter, stop, state, built).map_err(|e| resumable(e, dir))
-}
-
-/// A file of the run that could not be written (a full disk): the run's
-/// folder and checkpoints stay, so the error says how to go on.
+/// A run in `dir` that stopped part-way — interrupted (Ctrl-C, SIGTERM), or a
+/// file of it that could not be written (a full disk) — keeps its folder and
+/// checkpoints, so the error says how to go on.
 fn resumable(e: Error, dir: &Path) -> Error {
     match e {
+        Error::Interrupted(why) => Error::Interrupted(format!("{why}; continue with: vggft finetune --resume {}", dir.display())),
         Error::File { path, problem } if path.starts_with(dir) && problem.starts_with("cannot ") => Error::File {
             problem: format!(
                 "{problem}; the run's folder is kept, with its last epoch's checkpoint if one finished: make room, then `vggft finetune --resume {}` goes on",
@@ -269,7 +258,9 @@ fn resumable(e: Error, dir: &Path) -> Error {
     }
 }
 
-fn execute_in(
+/// Trains the session's model in `dir` and writes the run's outputs; `built`
+/// is the fresh model with its pretrained weights when the caller has it.
+fn execute(
     session: &Session,
     dir: &Path,
     reporter: &mut dyn Reporter,
@@ -334,11 +325,7 @@ fn execute_in(
         shared: &shared,
         keep_stats: true,
     };
-    let resume_hint = |e: Error| match e {
-        Error::Interrupted(why) => Error::Interrupted(format!("{why}; continue with: vggft finetune --resume {}", dir.display())),
-        other => other,
-    };
-    let outcome = trainer.run(&mut model, reporter, state).map_err(resume_hint)?;
+    let outcome = trainer.run(&mut model, reporter, state)?;
     write_history(&dir.join("history.csv"), &outcome.history)?;
     crate::eval::plot::learning_curves(&dir.join("learning_curves.png"), &outcome.history, Some(outcome.kept_epoch))?;
     weights::save_atomic(&model.named_tensors(), &dir.join("model.safetensors"))?;
@@ -358,7 +345,7 @@ fn execute_in(
             "calibrating the single-image head's probabilities".to_string()
         };
         reporter.message(&format!("{what}: {} inner fits on the training people…", INNER_FOLDS));
-        let fits = threshold::inner_fits(session, tc, &prepared.data, inner_shared, tta, stop).map_err(resume_hint)?.unwrap_or_default();
+        let fits = threshold::inner_fits(session, tc, &prepared.data, inner_shared, tta, stop)?.unwrap_or_default();
         if tc.threshold == ThresholdChoice::Inner {
             config.threshold = fits.threshold;
         }
