@@ -78,8 +78,17 @@ pub fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// A scratch folder whose random name holds no `nan` in any case: tests
+/// assert that outputs, which name their files, hold no `NaN`, and a name
+/// such as `.tmpYNaNKI` made one of them fail on a clean clone. (Only the
+/// random part is redrawn: a `TMPDIR` spelt with `nan` is left to the tests.)
 pub fn tmp() -> tempfile::TempDir {
-    tempfile::tempdir().unwrap()
+    loop {
+        let d = tempfile::tempdir().unwrap();
+        if !d.path().file_name().is_some_and(|n| n.to_string_lossy().to_lowercase().contains("nan")) {
+            return d;
+        }
+    }
 }
 
 /// Minimal uncompressed TIFF writer: one strip; `colormap` makes it a palette TIFF.
