@@ -312,7 +312,8 @@ fn execute(
     // a fine-tune's inner fits each cache what their own stages need).
     let head_only = tc.stages.iter().all(|s| s.from == Block::Head);
     let shared = match (tc.inner_fits(), state.is_none(), head_only) {
-        (true, true, true) => threshold_cache(session, &model, tta, reporter),
+        (true, true, true) => threshold_cache(session, &model, tta, &mut train::Pass::new(reporter, stop))
+            .map_err(|e| interrupted(e, "no epoch had finished, so the run starts from the beginning when resumed"))?,
         _ => vec![],
     };
     let trainer = Trainer {
@@ -334,7 +335,7 @@ fn execute(
         // A resumed run's fit built its own cache.
         let rebuilt;
         let inner_shared: &[train::Cache] = if shared.is_empty() && head_only {
-            rebuilt = threshold_cache(session, &model, tta, reporter);
+            rebuilt = threshold_cache(session, &model, tta, &mut train::Pass::new(reporter, stop)).map_err(|e| interrupted(e, "every epoch is saved"))?;
             &rebuilt
         } else {
             &shared
@@ -399,28 +400,30 @@ fn validate(session: &Session, config: &RunConfig, trainer: &Trainer, model: &Vg
 /// all), built once for a run and the inner fits that set its threshold
 /// (none when the cache is off) — or read back from the feature cache
 /// (`Session::feature_cache`), where an earlier finetune on the same
-/// images, split, weights and settings left them, and kept there if not.
-fn threshold_cache(session: &Session, model: &Vgg16, tta: bool, reporter: &mut dyn Reporter) -> Vec<train::Cache> {
+/// images, split, weights and settings left them, and kept there if not;
+/// an error where the pass was stopped.
+fn threshold_cache(session: &Session, model: &Vgg16, tta: bool, pass: &mut train::Pass) -> Result<Vec<train::Cache>> {
     let (config, data, device) = (&session.config, &session.prepared.data, session.device);
     let pre = &config.data.preprocess;
     let all: Vec<usize> = (0..data.targets.len()).collect();
     // Kept in float32, as cv keeps them; a cache that is off stays off.
     let keep = config.train.cache && !config.train.cache_f16;
     let entry = session.feature_cache.as_deref().filter(|_| keep).and_then(|dir| crate::eval::features::Entry::new(dir, session, Some(&data.train), tta));
-    if let Some(c) = entry.as_ref().and_then(|e| e.read_said(session, reporter, "an earlier finetune's pass over the same images, split, weights and settings"))
+    if let Some(c) =
+        entry.as_ref().and_then(|e| e.read_said(session, pass.reporter, "an earlier finetune's pass over the same images, split, weights and settings"))
     {
-        return vec![c];
+        return Ok(vec![c]);
     }
     let t0 = std::time::Instant::now();
     let (c, views) =
-        match train::plan_and_build(model, &config.train, pre, (&data.gray, data.lone.as_ref()), Block::Head, (&data.train, &all), tta, device, reporter) {
+        match train::plan_and_build(model, &config.train, pre, (&data.gray, data.lone.as_ref()), Block::Head, (&data.train, &all), tta, device, pass)? {
             Ok(built) => built,
             Err(why) => {
-                reporter.message(&format!("frozen-prefix cache {why}"));
-                return vec![];
+                pass.reporter.message(&format!("frozen-prefix cache {why}"));
+                return Ok(vec![]);
             }
         };
-    reporter.message(&format!(
+    pass.reporter.message(&format!(
         "cached the frozen pooled features: {views} view(s) of {} training images, every image clean{}{}, in {:.1}s",
         data.train.len(),
         if tta { " and mirrored" } else { "" },
@@ -429,9 +432,17 @@ fn threshold_cache(session: &Session, model: &Vgg16, tta: bool, reporter: &mut d
     ));
     let shared = vec![c];
     if let Some(e) = &entry {
-        e.keep(&shared, reporter, "the next finetune on the same images, split and settings");
+        e.keep(&shared, pass.reporter, "the next finetune on the same images, split and settings");
     }
-    shared
+    Ok(shared)
+}
+
+/// A cache pass stopped outside the fit, with what the run keeps for `--resume`.
+fn interrupted(e: Error, saved: &str) -> Error {
+    match e {
+        Error::Interrupted(why) => Error::Interrupted(format!("{why}; {saved}")),
+        e => e,
+    }
 }
 
 /// Writes `metrics.json`, removes the checkpoints, marks the run complete

@@ -399,7 +399,11 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
     fsutil::create_dir(&req.out.join("folds"))?;
     // Mirror images for flip TTA, and for training where the recipe or its baseline probe draws clean views.
     let mirrors = cfg.tta_flip || session.config.train.clean_views || probe.is_some_and(|p| p.clean_views);
-    let shared = shared_caches(req, &session, mirrors, probe.is_some(), reporter)?;
+    let shared = shared_caches(req, &session, mirrors, probe.is_some(), reporter).map_err(|e| match e {
+        // Stopped in the cache pass, before any fold: the same command starts them.
+        Error::Interrupted(why) => Error::Interrupted(format!("{why}, before any fold ran; the same command with --out {} starts again", req.out.display())),
+        e => e,
+    })?;
     let cfg = CvConfig { shared_views: !shared.is_empty(), ..cfg };
     fsutil::write_json(&req.out.join("cv-config.json"), &cfg)?;
     if let Some(path) = &req.dump_features {
@@ -821,8 +825,10 @@ fn shared_caches(req: &Request, session: &Session, mirrors: bool, baseline: bool
     let t0 = Instant::now();
     let all: Vec<usize> = (0..n_all).collect();
     let data = &session.prepared.data;
+    let mut pass = train::Pass::new(reporter, req.stop.as_deref());
     let (c, views) =
-        match train::plan_and_build(&base_model, &session.config.train, pre, (&data.gray, data.lone.as_ref()), from, (&all, &all), mirrors, device, reporter) {
+        match train::plan_and_build(&base_model, &session.config.train, pre, (&data.gray, data.lone.as_ref()), from, (&all, &all), mirrors, device, &mut pass)?
+        {
             Ok(built) => built,
             Err(why) => {
                 reporter.message(&format!("frozen-prefix cache {why}"));

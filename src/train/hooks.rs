@@ -127,14 +127,18 @@ pub struct Interrupt<'a>(pub &'a AtomicBool);
 impl Hook for Interrupt<'_> {
     fn before_batch(&mut self, ctx: &mut Ctx) -> Result<()> {
         if self.0.load(Ordering::SeqCst) {
-            let saved = if ctx.state.history.is_empty() {
-                "no epoch had finished, so the run starts from the beginning when resumed"
-            } else {
-                "the last completed epoch is saved"
-            };
-            return Err(Error::Interrupted(format!("stopped during epoch {}; {saved}", ctx.epoch)));
+            return Err(Error::Interrupted(format!("stopped during epoch {}; {}", ctx.epoch, saved(&ctx.state))));
         }
         Ok(())
+    }
+}
+
+/// What a run stopped with `state` keeps for `--resume`.
+pub(crate) fn saved(state: &ResumeState) -> &'static str {
+    if state.history.is_empty() {
+        "no epoch had finished, so the run starts from the beginning when resumed"
+    } else {
+        "the last completed epoch is saved"
     }
 }
 

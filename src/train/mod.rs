@@ -27,7 +27,7 @@ pub(crate) use checkpoint::remove_checkpoints;
 pub use checkpoint::{load_state, STATE};
 pub use hooks::{BatchEnd, Ctx, Hook};
 pub(crate) use source::holds;
-pub use source::{build_cache, cache_plan, derive_cache, plan_and_build, Cache};
+pub use source::{build_cache, cache_plan, derive_cache, plan_and_build, Cache, Pass};
 
 use crate::config::{ClassWeights, Stage, TrainConfig};
 use crate::data::Preprocess;
@@ -538,7 +538,12 @@ impl Trainer<'_> {
         }
         each(hooks, |h| h.before_fit(ctx))?;
         let cw = self.weights_tensor();
-        let sources = Sources::new(ctx.model, self.cfg, self.pre, self.data, self.device, self.shared, ctx.state.stage, resumed, ctx.reporter);
+        let mut pass = Pass::new(ctx.reporter, self.stop);
+        let sources =
+            Sources::new(ctx.model, self.cfg, self.pre, self.data, self.device, self.shared, ctx.state.stage, resumed, &mut pass).map_err(|e| match e {
+                Error::Interrupted(why) => Error::Interrupted(format!("{why}; {}", hooks::saved(&ctx.state))),
+                e => e,
+            })?;
         let mut last = None;
         for (si, stage) in self.cfg.stages.iter().enumerate() {
             let st = &mut ctx.state;
@@ -784,9 +789,11 @@ mod tests {
         assert!(!single.allclose(&single_before, 1e-3, 1e-3, false));
         assert!(main.allclose(&main_before, 1e-6, 1e-6, false), "the main head keeps the person-box crops");
         // From a cache of the pooled features that holds the whole frames too.
-        let mut c = build_cache(&model, &tc, &pre, &d.gray, Block::Head, 1, &idx, &idx, Device::Cpu, &mut Collect::default());
-        c.add_flipped(&model, &pre, &d.gray, Device::Cpu, &mut Collect::default());
-        c.add_lone(&model, &pre, &lone, Device::Cpu, &mut Collect::default());
+        let mut quiet = Collect::default();
+        let mut pass = Pass::new(&mut quiet, None);
+        let mut c = build_cache(&model, &tc, &pre, &d.gray, Block::Head, 1, &idx, &idx, Device::Cpu, &mut pass).unwrap();
+        c.add_flipped(&model, &pre, &d.gray, Device::Cpu, &mut pass).unwrap();
+        c.add_lone(&model, &pre, &lone, Device::Cpu, &mut pass).unwrap();
         let (cached_main, cached_single) = score(&d, Some(&c));
         assert!(cached_single.allclose(&single, 1e-5, 1e-5, false) && cached_main.allclose(&main, 1e-5, 1e-5, false));
         // A cache written and read back (a dump) keeps them.

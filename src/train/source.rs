@@ -3,6 +3,7 @@
 //! network; the cached source reads the frozen prefix's output (a bank of
 //! augmented views per image) and runs only the blocks that train.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use rand::Rng;
@@ -14,6 +15,37 @@ use crate::config::{Stage, TrainConfig};
 use crate::data::Preprocess;
 use crate::model::{Block, BnMode, Vgg16};
 use crate::subject::SubjectNorm;
+use crate::{Error, Result};
+
+/// A cache pass's line to the user: where it says how far it is, and the
+/// flag (Ctrl-C, SIGTERM) that stops it between two chunks of images — a
+/// pass over a few hundred photos at 224 px takes minutes on a laptop CPU,
+/// too long to run on after being told to stop.
+pub struct Pass<'a> {
+    pub reporter: &'a mut dyn Reporter,
+    pub stop: Option<&'a AtomicBool>,
+}
+
+impl<'a> Pass<'a> {
+    pub fn new(reporter: &'a mut dyn Reporter, stop: Option<&'a AtomicBool>) -> Self {
+        Pass { reporter, stop }
+    }
+
+    /// Reports `done` of `total` images of `what` before the next chunk, or
+    /// ends the pass when a stop was asked for.
+    fn step(&mut self, what: &str, done: usize, total: usize) -> Result<()> {
+        self.reporter.progress(what, "image(s)", done, total);
+        if self.stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
+            return Err(Error::Interrupted(format!("stopped while {what}")));
+        }
+        Ok(())
+    }
+
+    /// Reports the pass's end.
+    fn finish(&mut self, what: &str, total: usize) {
+        self.reporter.progress(what, "image(s)", total, total);
+    }
+}
 
 /// The frozen prefix's outputs, indexed by dataset row. Each image's views
 /// depend only on the seed and the image (not on which split it is in), so
@@ -62,20 +94,25 @@ impl Cache {
     }
 
     /// Adds the mirrored twin of every clean row (for flip test-time augmentation).
-    pub fn add_flipped(&mut self, model: &Vgg16, pre: &Preprocess, gray: &Tensor, device: Device, reporter: &mut dyn Reporter) {
+    pub fn add_flipped(&mut self, model: &Vgg16, pre: &Preprocess, gray: &Tensor, device: Device, pass: &mut Pass) -> Result<()> {
         let what = format!("caching the mirror images' {}", holds(self.from));
-        self.flipped = Some(self.clean_rows_through(model, pre, (gray, true), device, (&what, reporter)));
+        self.flipped = Some(self.clean_rows_through(model, pre, (gray, true), device, (&what, pass))?);
+        Ok(())
     }
 
     /// Adds every clean row's whole frame (`lone`: `TrainData::lone`) through
     /// the frozen blocks and, where the cache holds mirror images, its mirror
     /// image: the single-image head's input, as a lone photo's in `predict`.
-    pub fn add_lone(&mut self, model: &Vgg16, pre: &Preprocess, lone: &Tensor, device: Device, reporter: &mut dyn Reporter) {
+    pub fn add_lone(&mut self, model: &Vgg16, pre: &Preprocess, lone: &Tensor, device: Device, pass: &mut Pass) -> Result<()> {
         let what = format!("caching the whole frames' {} for the single-image head", holds(self.from));
-        let clean = self.clean_rows_through(model, pre, (lone, false), device, (&what, reporter));
+        let clean = self.clean_rows_through(model, pre, (lone, false), device, (&what, pass))?;
         let what = format!("caching the whole frames' mirror images' {}", holds(self.from));
-        let flipped = self.flipped.is_some().then(|| self.clean_rows_through(model, pre, (lone, true), device, (&what, reporter)));
+        let flipped = match self.flipped {
+            Some(_) => Some(self.clean_rows_through(model, pre, (lone, true), device, (&what, pass))?),
+            None => None,
+        };
         self.lone = Some((clean, flipped));
+        Ok(())
     }
 
     /// The clean rows' images in `images` (mirrored when `flip`) through the
@@ -86,22 +123,18 @@ impl Cache {
         pre: &Preprocess,
         (images, flip): (&Tensor, bool),
         device: Device,
-        (what, reporter): (&str, &mut dyn Reporter),
-    ) -> Tensor {
+        (what, pass): (&str, &mut Pass),
+    ) -> Result<Tensor> {
         let rows: Vec<usize> = images_of(&self.clean_row, self.clean_row.iter().flatten().count()).into_iter().flatten().collect();
         let store = self.clean.kind();
         let mut parts: Vec<Tensor> = Vec::new();
         for (k, c) in rows.chunks(8).enumerate() {
-            reporter.progress(what, "image(s)", k * 8, rows.len());
+            pass.step(what, k * 8, rows.len())?;
             let g = crate::data::select(images, c, device);
             parts.push(tch::no_grad(|| model.prefix(&pre.normalise(&if flip { g.flip([3]) } else { g }), Block::Conv1, self.from).to_kind(store)));
         }
-        reporter.progress(what, "image(s)", rows.len(), rows.len());
-        if parts.is_empty() {
-            self.clean.shallow_clone()
-        } else {
-            Tensor::cat(&parts, 0)
-        }
+        pass.finish(what, rows.len());
+        Ok(if parts.is_empty() { self.clean.shallow_clone() } else { Tensor::cat(&parts, 0) })
     }
 
     /// Whether it holds the whole frames (`add_lone`).
@@ -280,8 +313,8 @@ pub fn build_cache(
     aug_rows: &[usize],
     clean_rows: &[usize],
     device: Device,
-    reporter: &mut dyn Reporter,
-) -> Cache {
+    pass: &mut Pass,
+) -> Result<Cache> {
     let n_all = gray.size()[0] as usize;
     let identity = cfg.augment.is_identity();
     let store = if cfg.cache_f16 { Kind::Half } else { Kind::Float };
@@ -293,24 +326,23 @@ pub fn build_cache(
     };
     let what = format!("caching the frozen {}", holds(from));
     let done = std::cell::Cell::new(0usize);
-    let reporter = std::cell::RefCell::new(reporter);
-    reporter.borrow_mut().progress(&what, "image(s)", 0, total);
-    let feats = |rows: &[usize], view: Option<usize>| -> Tensor {
+    let pass = std::cell::RefCell::new(pass);
+    let feats = |rows: &[usize], view: Option<usize>| -> Result<Tensor> {
         tch::no_grad(|| {
             let parts: Vec<Tensor> = rows
                 .chunks(8)
                 .map(|c| {
+                    pass.borrow_mut().step(&what, done.get().min(total), total)?;
                     done.set(done.get() + c.len());
-                    reporter.borrow_mut().progress(&what, "image(s)", done.get().min(total), total);
                     let g = crate::data::select(gray, c, device);
                     let g = match view {
                         Some(v) => cfg.augment.apply_seeded(&g, &c.iter().map(|&i| sub_seed(cfg.seed, 1, v as u64, i as u64)).collect::<Vec<_>>()),
                         None => g,
                     };
-                    model.prefix(&pre.normalise(&g), Block::Conv1, from).to_kind(store)
+                    Ok(model.prefix(&pre.normalise(&g), Block::Conv1, from).to_kind(store))
                 })
-                .collect();
-            Tensor::cat(&parts, 0)
+                .collect::<Result<_>>()?;
+            Ok(Tensor::cat(&parts, 0))
         })
     };
     let row_map = |rows: &[usize]| {
@@ -324,9 +356,10 @@ pub fn build_cache(
         let mut all: Vec<usize> = aug_rows.iter().chain(clean_rows).copied().collect();
         all.sort_unstable();
         all.dedup();
-        let clean = feats(&all, None);
+        let clean = feats(&all, None)?;
+        pass.borrow_mut().finish(&what, total);
         let rows = row_map(&all);
-        return Cache {
+        return Ok(Cache {
             from,
             aug: clean.shallow_clone(),
             views: 1,
@@ -336,27 +369,29 @@ pub fn build_cache(
             clean_row: rows,
             flipped: None,
             lone: None,
-        };
+        });
     }
-    let banks: Vec<Tensor> = (0..views).map(|v| feats(aug_rows, Some(v))).collect();
-    Cache {
+    let banks: Vec<Tensor> = (0..views).map(|v| feats(aug_rows, Some(v))).collect::<Result<_>>()?;
+    let clean = if clean_rows.is_empty() { Tensor::zeros([0], (Kind::Float, device)) } else { feats(clean_rows, None)? };
+    pass.borrow_mut().finish(&what, total);
+    Ok(Cache {
         from,
         aug: Tensor::cat(&banks, 0),
         views,
         n_aug: aug_rows.len(),
         aug_row: row_map(aug_rows),
-        clean: if clean_rows.is_empty() { Tensor::zeros([0], (Kind::Float, device)) } else { feats(clean_rows, None) },
+        clean,
         clean_row: row_map(clean_rows),
         flipped: None,
         lone: None,
-    }
+    })
 }
 
 /// `cache_plan`, then `build_cache` for augmented views of `aug_rows` and
 /// clean rows of `clean_rows` (and with `flipped` their mirror images,
 /// `Cache::add_flipped`; with `lone` their whole frames, `Cache::add_lone`):
 /// the cache of the blocks below `from` and its view count, or why the
-/// cache is off.
+/// cache is off; an error where the pass was stopped (`Pass`).
 #[allow(clippy::too_many_arguments)]
 pub fn plan_and_build(
     model: &Vgg16,
@@ -367,25 +402,29 @@ pub fn plan_and_build(
     (aug_rows, clean_rows): (&[usize], &[usize]),
     flipped: bool,
     device: Device,
-    reporter: &mut dyn Reporter,
-) -> std::result::Result<(Cache, usize), String> {
+    pass: &mut Pass,
+) -> Result<std::result::Result<(Cache, usize), String>> {
     // The mirror images are fixed rows too: counted against --cache-mem with the clean ones (and the whole frames).
     let fixed_rows = clean_rows.len() * if flipped { 2 } else { 1 } * if lone.is_some() { 2 } else { 1 };
-    let views = cache_plan(model, cfg, pre, from, aug_rows.len(), fixed_rows, device)?;
+    let views = match cache_plan(model, cfg, pre, from, aug_rows.len(), fixed_rows, device) {
+        Ok(v) => v,
+        Err(why) => return Ok(Err(why)),
+    };
     if !cfg.augment.is_identity() && views < cfg.cache_views {
-        reporter.message(&format!("--cache-mem {} MiB holds {views} of the {} augmented views asked for (--cache-views)", cfg.cache_mem_mb, cfg.cache_views));
+        pass.reporter
+            .message(&format!("--cache-mem {} MiB holds {views} of the {} augmented views asked for (--cache-views)", cfg.cache_mem_mb, cfg.cache_views));
     }
     let c = model.frozen(|| {
-        let mut c = build_cache(model, cfg, pre, gray, from, views, aug_rows, clean_rows, device, reporter);
+        let mut c = build_cache(model, cfg, pre, gray, from, views, aug_rows, clean_rows, device, pass)?;
         if flipped {
-            c.add_flipped(model, pre, gray, device, reporter);
+            c.add_flipped(model, pre, gray, device, pass)?;
         }
         if let Some(lone) = lone {
-            c.add_lone(model, pre, lone, device, reporter);
+            c.add_lone(model, pre, lone, device, pass)?;
         }
-        c
-    });
-    Ok((c, views))
+        Ok::<_, Error>(c)
+    })?;
+    Ok(Ok((c, views)))
 }
 
 /// Runs a cache on through the blocks `base.from..from` (frozen in the stage that needs it).
@@ -564,7 +603,8 @@ pub(crate) struct Sources<'a> {
 }
 
 impl<'a> Sources<'a> {
-    /// Plans (and builds) the base cache for the stages from `first_stage` on.
+    /// Plans (and builds) the base cache for the stages from `first_stage` on;
+    /// an error where the pass was stopped.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         model: &Vgg16,
@@ -575,8 +615,8 @@ impl<'a> Sources<'a> {
         shared: &'a [Cache],
         first_stage: usize,
         resumed: bool,
-        reporter: &mut dyn Reporter,
-    ) -> Self {
+        pass: &mut Pass,
+    ) -> Result<Self> {
         let mut s = Sources { cfg, pre, data, device, shared, base: None, resumed };
         let base_from = cfg.stages.iter().skip(first_stage).map(|s| s.from).min().unwrap_or(Block::Head);
         // Person statistics are taken from clean images, the training images' too; clean views train.
@@ -594,9 +634,9 @@ impl<'a> Sources<'a> {
                 // Mirror images for the clean views and for the single-image head, which trains on each
                 // photo's clean view and its mirror image (as in cv, whose cache holds them for flip TTA).
                 let mirrors = cfg.clean_views || model.cfg.subject_norm;
-                match plan_and_build(model, cfg, pre, (&data.gray, data.lone.as_ref()), base_from, (&data.train, &clean), mirrors, device, reporter) {
+                match plan_and_build(model, cfg, pre, (&data.gray, data.lone.as_ref()), base_from, (&data.train, &clean), mirrors, device, pass)? {
                     Ok((c, views)) => {
-                        reporter.message(&format!(
+                        pass.reporter.message(&format!(
                             "cached the frozen {}: {} view(s) of {} training images{}{}{}, in {:.1}s",
                             holds(base_from),
                             views,
@@ -609,13 +649,13 @@ impl<'a> Sources<'a> {
                         Some(c)
                     }
                     Err(why) => {
-                        reporter.message(&format!("frozen-prefix cache {why}"));
+                        pass.reporter.message(&format!("frozen-prefix cache {why}"));
                         None
                     }
                 }
             }
         };
-        s
+        Ok(s)
     }
 
     fn shared(&self, from: Block) -> Option<&'a Cache> {

@@ -265,7 +265,9 @@ fn caches_shared_across_folds_give_the_per_run_result() {
     let base_net = model(BnMode::Drop, HeadKind::Bn, 3);
     let all: Vec<usize> = (0..p.data.targets.len()).collect();
     let views = vggft::train::cache_plan(&base_net, &cfg, &pre, Block::Conv5, all.len(), all.len(), Device::Cpu).unwrap();
-    let base = vggft::train::build_cache(&base_net, &cfg, &pre, &p.data.gray, Block::Conv5, views, &all, &all, Device::Cpu, &mut Collect::default());
+    let mut quiet = Collect::default();
+    let mut pass = vggft::train::Pass::new(&mut quiet, None);
+    let base = vggft::train::build_cache(&base_net, &cfg, &pre, &p.data.gray, Block::Conv5, views, &all, &all, Device::Cpu, &mut pass).unwrap();
     let shared = vec![vggft::train::derive_cache(&base_net, &base, Block::Head), base];
     let mut own_net = model(BnMode::Drop, HeadKind::Bn, 3);
     let own = trainer(&cfg, &p, &pre).run(&mut own_net, &mut Collect::default(), None).unwrap();
@@ -328,6 +330,58 @@ fn resume_finishes_exactly_like_an_uninterrupted_run() {
             assert_eq!(max_abs_diff(&now[n], t), 0.0, "{n} after resuming from epoch {stop_after}");
         }
     }
+}
+
+/// Sets the stop flag (like Ctrl-C) once a cache pass has done `after` images.
+struct StopInPass<'a> {
+    after: usize,
+    flag: &'a AtomicBool,
+    /// The furthest point of the cache pass reported.
+    reached: usize,
+}
+
+impl Reporter for StopInPass<'_> {
+    fn message(&mut self, _: &str) {}
+    fn progress(&mut self, what: &str, _: &str, done: usize, _: usize) {
+        if what.starts_with("caching") {
+            self.reached = self.reached.max(done);
+            if done >= self.after {
+                self.flag.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+/// A cache pass takes minutes at 224 px on a laptop CPU: a stop asked for
+/// during it ends it before its next chunk of images (not after it, at the
+/// first batch), and the resumed run finishes like an uninterrupted one.
+#[test]
+fn a_stop_during_the_cache_pass_ends_it_and_resume_finishes_the_run() {
+    let _rng = torch_rng();
+    let d = tmp();
+    let m = subject_dataset(d.path(), 8, 32);
+    let cfg = train_cfg(&[(Block::Head, 2), (Block::Conv5, 2)], "light");
+    let (full, _) = run_once(&m, &cfg, None);
+    let run_dir = tmp();
+    let p = prepared(&m, ValSpec::Subjects { fraction: 0.25 });
+    let pre = Preprocess::new(Crop::None, 32);
+    let flag = AtomicBool::new(false);
+    let mut t = trainer(&cfg, &p, &pre);
+    t.checkpoint_dir = Some(run_dir.path().to_path_buf());
+    t.stop = Some(&flag);
+    let mut rep = StopInPass { after: 8, flag: &flag, reached: 0 };
+    let err = t.run(&mut model(BnMode::Drop, HeadKind::Bn, 3), &mut rep, None).err().unwrap();
+    let total = p.data.train.len() * cfg.cache_views + p.data.train.len() + p.data.val.len();
+    assert!(
+        matches!(&err, vggft::Error::Interrupted(why) if why.starts_with("stopped while caching the frozen") && why.contains("no epoch had finished")),
+        "{err}"
+    );
+    assert_eq!(rep.reached, 8, "the pass of {total} images ended at the chunk after the stop");
+    assert!(vggft::train::load_state(run_dir.path()).is_err(), "no checkpoint: no epoch ran");
+    let mut t2 = trainer(&cfg, &p, &pre);
+    t2.checkpoint_dir = Some(run_dir.path().to_path_buf());
+    let out = t2.run(&mut model(BnMode::Drop, HeadKind::Bn, 3), &mut Collect::default(), None).unwrap();
+    assert_eq!(strip(&out.history), strip(&full));
 }
 
 #[test]
