@@ -382,11 +382,23 @@ def run_inventory(d):
     ro = os.path.join(d, "ro")
     os.makedirs(ro)
     os.chmod(ro, 0o555)
-    if os.geteuid() != 0:
-        code, out, err = vggft("finetune", "--data", good, "--random-init", *SMALL, "--out", ro, cwd=d)
-        record("read-only output folder", code, said(err))
+    # Root writes anywhere: as root these run as `nobody` (setpriv), where permission bits count.
+    user = [] if os.geteuid() != 0 else ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    os.chmod(d, 0o755)
+
+    def unwritable(*args):
+        p = subprocess.run([*user, BIN, *args], cwd=ro, capture_output=True, text=True, errors="replace")
+        return p.returncode, p.stderr
+
+    code, err = unwritable("finetune", "--data", good, "--random-init", *SMALL, "--out", os.path.join(ro, "runs"))
+    if err.startswith("setpriv:"):
+        rows.append(("read-only output folder", "not tried: running as root and setpriv cannot drop privileges here", "–"))
     else:
-        rows.append(("read-only output folder", "not reproducible as root; the same `cannot create folder` / `cannot write` error path as above", "1"))
+        record("read-only output folder (`--out` given)", code, said(err))
+        code, err = unwritable("finetune", "--data", good, "--random-init", *SMALL)
+        record("a working folder this user cannot write (finetune's default `--out runs`; cv and lr-find alike)", code, said(err))
+        code, err = unwritable("evaluate", "--model", os.path.join(d, "runs", "ok"), "--data", good)
+        record("evaluate a model whose folder is read-only (the default `--out` is inside it; before any photo is scored)", code, said(err))
     disk = os.path.join(d, "disk")
     os.makedirs(disk)
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48k", "tmpfs", disk], capture_output=True).returncode == 0:

@@ -81,9 +81,48 @@ pub fn create_dir(path: &Path) -> Result<()> {
         match path.ancestors().find(|a| a.exists() && !a.is_dir()) {
             Some(file) if file == path => Error::file(path, "cannot create folder: a file of that name is in the way"),
             Some(file) => Error::file(path, format!("cannot create folder: {} is a file, not a folder", file.display())),
+            // A relative path says where it is (a `runs` in a folder this user cannot write).
+            None if path.is_relative() => match std::env::current_dir() {
+                Ok(here) => Error::file(path, format!("cannot create folder in {}: {e}", here.display())),
+                Err(_) => Error::file(path, format!("cannot create folder: {e}")),
+            },
             None => Error::file(path, format!("cannot create folder: {e}")),
         }
     })
+}
+
+/// An output folder made before a long computation, so that one that cannot
+/// be made (a model folder shared read-only, a working folder of another
+/// user) fails at once rather than after minutes of work; unless `keep` is
+/// called, dropping it removes the folders it made again, where still empty
+/// (the computation failed before writing anything).
+pub struct NewDir {
+    /// The folders made, the deepest first.
+    made: Vec<PathBuf>,
+}
+
+impl NewDir {
+    pub fn create(path: &Path) -> Result<Self> {
+        let made: Vec<PathBuf> = path.ancestors().filter(|a| !a.as_os_str().is_empty()).take_while(|a| !a.exists()).map(Path::to_path_buf).collect();
+        create_dir(path)?;
+        Ok(NewDir { made })
+    }
+
+    /// Keeps the folder (the computation wrote into it, or succeeded).
+    pub fn keep(mut self) {
+        self.made.clear();
+    }
+}
+
+impl Drop for NewDir {
+    fn drop(&mut self) {
+        for d in &self.made {
+            // remove_dir removes only an empty folder.
+            if std::fs::remove_dir(d).is_err() {
+                break;
+            }
+        }
+    }
 }
 
 /// Removes temporary files that a killed writer left in `dir` (any process's).
@@ -159,6 +198,25 @@ pub(crate) fn absolute(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_dir_not_kept_is_removed_with_the_parents_it_made_and_only_those() {
+        let d = tempfile::tempdir().unwrap();
+        let deep = d.path().join("a/b/c");
+        drop(NewDir::create(&deep).unwrap());
+        assert!(!d.path().join("a").exists(), "all three made, all three removed");
+        std::fs::create_dir(d.path().join("a")).unwrap();
+        let nd = NewDir::create(&deep).unwrap();
+        assert!(deep.is_dir());
+        drop(nd);
+        assert!(d.path().join("a").is_dir() && !d.path().join("a/b").exists(), "the folder that was there stays");
+        let nd = NewDir::create(&deep).unwrap();
+        std::fs::write(deep.join("metrics.json"), "{}").unwrap();
+        drop(nd);
+        assert!(deep.join("metrics.json").exists(), "a folder written into is never removed");
+        NewDir::create(&d.path().join("kept")).unwrap().keep();
+        assert!(d.path().join("kept").is_dir());
+    }
 
     /// A folder in the way of an output file is named before anything is
     /// written, and the folder and the writer's temporary file are gone.

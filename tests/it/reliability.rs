@@ -410,6 +410,55 @@ fn an_unreadable_image_is_named() {
     assert!(err.contains("00.png") && err.contains("Permission denied"), "{err}");
 }
 
+/// A default output folder that cannot be made — `runs` in a working folder
+/// this user cannot write, `eval-…` inside a model folder shared read-only —
+/// is said before any work, with where it would be and `--out` to mend it.
+#[test]
+fn an_output_folder_that_cannot_be_made_is_said_at_once_with_out_to_mend_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tmp();
+    let f = d.path().join("data");
+    separable_folders(&f, 4, 32);
+    let s = small_trunk(d.path(), 19);
+    let (code, _, err) = run(&args(&s, &["finetune", "--data", "data", "--stages", "head:1", "--name", "m", "--task", "multiclass"]), d.path());
+    assert_eq!(code, 0, "{err}");
+    let ro = d.path().join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    for p in [d.path(), &ro] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    // Whether permission bits stop this process already (not root).
+    let stopped = std::fs::create_dir(ro.join("probe")).map(|_| std::fs::remove_dir(ro.join("probe")).unwrap()).is_err();
+    let data = f.to_str().unwrap();
+    let hint = "; --out DIR puts it in a folder you can write";
+    let Some(out) = unprivileged(&args(&s, &["finetune", "--data", data, "--stages", "head:1", "--task", "multiclass"]), &ro, stopped) else { return };
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("error: runs: cannot create folder in {}: Permission denied (os error 13){hint}", ro.display())), "{err}");
+    // Given, --out is the user's own choice: no hint.
+    let given = ro.join("mine");
+    let Some(out) =
+        unprivileged(&args(&s, &["finetune", "--data", data, "--stages", "head:1", "--task", "multiclass", "--out", given.to_str().unwrap()]), &ro, stopped)
+    else {
+        return;
+    };
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(err.contains("cannot create folder: Permission denied") && !err.contains(hint), "{err}");
+    // evaluate says so before it scores a photo (it made the folder last), and leaves nothing.
+    let model = d.path().join("runs/m");
+    let Some(out) = unprivileged(&["evaluate", "--model", model.to_str().unwrap(), "--data", data, "--device", "cpu"], &ro, stopped) else { return };
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("{}: cannot create folder: Permission denied (os error 13){hint}", model.join("eval-data").display())), "{err}");
+    assert!(!err.contains("predicting"), "nothing scored first: {err}");
+    // An evaluate that fails after making its folder (no image it can score) removes it again.
+    let empty = d.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let (code, _, err) = run(&["evaluate", "--model", model.to_str().unwrap(), "--data", "empty", "--out", "e/v"], d.path());
+    assert_eq!(code, 1, "{err}");
+    assert!(!d.path().join("e").exists(), "the folders it made are gone: {err}");
+}
+
 #[test]
 fn a_folder_predict_cannot_list_is_named_as_unreadable_not_empty() {
     use std::os::unix::fs::PermissionsExt;

@@ -436,6 +436,9 @@ fn evaluate(mut a: EvaluateArgs) -> anyhow::Result<()> {
         "metrics.json and the plots",
         &["metrics.json", "confusion.png", "top_losses.png", "top_losses.csv"],
     )?;
+    // Made before scoring (minutes for a few hundred photos), so that a folder that cannot be
+    // made — the default one inside a model folder shared read-only — fails at once.
+    let made = vggft::fsutil::NewDir::create(&out)?;
     let (cfg, mut model) = run::load_run(&a.model, device)?;
     if let Some(p) = a.precision {
         model.cfg.precision = p;
@@ -473,7 +476,7 @@ fn evaluate(mut a: EvaluateArgs) -> anyhow::Result<()> {
     if modes.is_some_and(|(person, _)| person > 0) {
         errln!("{}", vggft::subject::TRANSDUCTIVE);
     }
-    vggft::fsutil::create_dir(&out)?;
+    made.keep();
     vggft::eval::explain::clear_top_losses(&out);
     let m = &ev.metrics;
     vggft::fsutil::write_json(
@@ -738,6 +741,20 @@ fn refuse_options_in_cv(matches: &clap::ArgMatches) {
     }
 }
 
+/// Whether `e` is an output folder that could not be made for want of
+/// permission (or on a read-only file system) where `--out` was left to its
+/// default (`runs` in the working folder, `eval-…` inside the model's
+/// folder): the one choice the user did not make, and the one that mends it.
+fn default_out_refused(e: &anyhow::Error, matches: &clap::ArgMatches) -> bool {
+    let Some((_, m)) = matches.subcommand() else { return false };
+    let defaulted = m.try_get_raw("out").is_ok() && m.value_source("out") != Some(clap::parser::ValueSource::CommandLine);
+    defaulted
+        && e.chain().any(|c| {
+            matches!(c.downcast_ref::<Error>(), Some(Error::File { problem, .. })
+                if problem.starts_with("cannot create folder") && (problem.contains("Permission denied") || problem.contains("Read-only file system")))
+        })
+}
+
 fn main() -> ExitCode {
     vggft::alloc::keep_freed_memory();
     let matches = command().get_matches();
@@ -791,7 +808,8 @@ fn main() -> ExitCode {
         Ok(false) => ExitCode::from(1),
         Err(e) => {
             let says = |c: &(dyn std::error::Error + 'static)| c.downcast_ref::<Error>().map(vggft::cli::render).unwrap_or_else(|| c.to_string());
-            errln!("error: {}", e.chain().map(says).collect::<Vec<_>>().join(": "));
+            let hint = if default_out_refused(&e, &matches) { "; --out DIR puts it in a folder you can write" } else { "" };
+            errln!("error: {}{hint}", e.chain().map(says).collect::<Vec<_>>().join(": "));
             ExitCode::from(1)
         }
     }
