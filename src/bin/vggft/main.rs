@@ -436,10 +436,10 @@ fn evaluate(mut a: EvaluateArgs) -> anyhow::Result<()> {
         "metrics.json and the plots",
         &["metrics.json", "confusion.png", "top_losses.png", "top_losses.csv"],
     )?;
-    // Made before scoring (minutes for a few hundred photos), so that a folder that cannot be
-    // made — the default one inside a model folder shared read-only — fails at once.
-    let made = vggft::fsutil::NewDir::create(&out)?;
     let (cfg, mut model) = run::load_run(&a.model, device)?;
+    // Made before scoring (minutes for a few hundred photos), once the model is known to be there, so that a
+    // folder that cannot be made — the default one inside a model folder shared read-only — fails at once.
+    let made = vggft::fsutil::NewDir::create(&out)?;
     if let Some(p) = a.precision {
         model.cfg.precision = p;
     }
