@@ -197,6 +197,9 @@ def run_inventory(d):
     for f in os.listdir(os.path.join(single, "neutral"))[1:]:
         os.remove(os.path.join(single, "neutral", f))
     data_case("a class with a single image (the split needs two)", single)
+    data_case("`--subject-pattern` that is not a regular expression", good, "--subject-pattern", "^([^_")
+    data_case("`--subject-pattern` with two groups", good, "--subject-pattern", "^(.)(.)")
+    data_case("a file name `--subject-pattern` does not match (`^(\\d+)_` on `00.png`)", good, "--subject-pattern", "^(\\d+)_")
     jaffe = os.path.join(d, "jaffe")
     os.makedirs(jaffe)
     for n in ["KA.NE1.26.tiff", "KA.HA1.29.tiff", "KL.NE1.155.tiff", "KL.XX1.158.tiff"]:

@@ -314,6 +314,9 @@ pub struct DataArgs {
     /// Skip unreadable images with a warning instead of stopping.
     #[arg(long)]
     pub skip_bad: bool,
+    /// Each photo's person from its file name, where the names follow no face set's convention: a regular expression whose group (or whole match) is the person, e.g. '^([^_]+)_' for 002_03.jpg → 002. It overrides the layout's people, and predict and evaluate of the run take it too
+    #[arg(long, value_name = "REGEX", value_parser = checked(crate::data::scan::SubjectPattern::new))]
+    pub subject_pattern: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -715,8 +718,8 @@ pub struct PredictArgs {
     /// Subject-normalised models: every input shows this one person.
     #[arg(long, conflicts_with = "subject_from", value_parser = person_id)]
     pub subject: Option<String>,
-    /// Subject-normalised models: each input's person from `name` (JAFFE, KDEF, RaFD or CK+ file names),
-    /// `parent` (one folder per person), or `none` (every input alone: the single-image head).
+    /// Subject-normalised models: each input's person from `name` (the run's --subject-pattern if it has one, then JAFFE, KDEF, RaFD
+    /// or CK+ file names), `parent` (one folder per person), or `none` (every input alone: the single-image head).
     #[arg(long, value_parser = ["name", "parent", "none"], default_value = "name")]
     pub subject_from: String,
     /// Images per forward pass.
@@ -760,7 +763,17 @@ impl DataArgs {
             return Err(Error::invalid(Setting::FaceRequired, "applies to --face auto only"));
         }
         Ok((
-            DataConfig { path, format: self.format, task: self.task, label_map, train_labels: self.train_labels, val, skip_bad: self.skip_bad, preprocess },
+            DataConfig {
+                path,
+                format: self.format,
+                task: self.task,
+                label_map,
+                train_labels: self.train_labels,
+                val,
+                skip_bad: self.skip_bad,
+                preprocess,
+                subject_pattern: self.subject_pattern.clone(),
+            },
             bundled,
         ))
     }

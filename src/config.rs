@@ -87,6 +87,10 @@ pub struct DataConfig {
     pub val: ValSpec,
     pub skip_bad: bool,
     pub preprocess: Preprocess,
+    /// `--subject-pattern`: each photo's person from its file name
+    /// (`scan::SubjectPattern`); absent in runs from before the flag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_pattern: Option<String>,
 }
 
 /// Hyper-parameters of training.

@@ -179,6 +179,7 @@ settings! {
     StartLr => "start_lr",
     Steps => "steps",
     SubjectNorm => "subject_norm",
+    SubjectPattern => "subject_pattern",
     Threads => "threads",
     Threshold => "threshold",
     Val => "val",

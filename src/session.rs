@@ -409,7 +409,10 @@ pub fn prepare(dc: &DataConfig, seed: u64, reporter: &mut dyn Reporter) -> Resul
 
 /// The dataset's files, subjects and raw labels (nothing decoded yet).
 fn scan_data(dc: &DataConfig, reporter: &mut dyn Reporter) -> Result<Dataset> {
-    let dataset = scan::scan(&dc.path, dc.format)?;
+    let mut dataset = scan::scan(&dc.path, dc.format)?;
+    if let Some(p) = &dc.subject_pattern {
+        scan::SubjectPattern::new(p)?.apply(&mut dataset)?;
+    }
     if let Some(first) = dataset.outside_paths.first() {
         reporter.message(&format!(
             "note: {} manifest path(s) lie outside its folder (first: {}); split.csv lists every path",

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Setting};
 
 /// `jfif` and `jpe`: JPEGs as Windows saves them from a browser.
 pub(crate) const IMAGE_EXTENSIONS: [&str; 10] = ["tif", "tiff", "png", "jpg", "jpeg", "jfif", "jpe", "webp", "bmp", "pgm"];
@@ -246,6 +246,83 @@ pub fn person_in_path(path: &Path) -> Option<String> {
     let sequence = path.parent()?;
     let person = sequence.parent()?;
     (OULU_CODES.iter().any(|(folder, _)| file_name(sequence).eq_ignore_ascii_case(folder)) && oulu_person(person)).then(|| file_name(person).to_uppercase())
+}
+
+/// How a dataset without people gets them (the end of the sentence that says it has none).
+pub const NO_SUBJECTS: &str =
+    "; --subject-pattern REGEX takes each photo's person from its file name ('^([^_]+)_' for 002_03.jpg), or a manifest.csv with a subject column lists them";
+
+/// `--subject-pattern`: each photo's person from its file name, where the
+/// names follow no face set's convention (`002_03.jpg` → `002` with
+/// `^([^_]+)_`) — without a person per photo the split is of images, and the
+/// same person sits on both sides of it.
+#[derive(Clone, Debug)]
+pub struct SubjectPattern(regex::Regex);
+
+/// Patterns are equal when written alike.
+impl PartialEq for SubjectPattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
+}
+
+impl SubjectPattern {
+    /// The pattern, or why it is not one: a regular expression with at most
+    /// one group (the person's part of the name; none: the whole match).
+    pub fn new(pattern: &str) -> Result<Self> {
+        let re = regex::Regex::new(pattern).map_err(|e| {
+            // The parser's own message spans lines (the pattern, a caret, the error): its last line says what is wrong.
+            let why = e.to_string();
+            let why = why.lines().last().unwrap_or_default().trim_start_matches("error: ").to_string();
+            Error::invalid(Setting::SubjectPattern, format!("`{pattern}` is not a regular expression: {why}"))
+        })?;
+        if re.captures_len() > 2 {
+            return Err(Error::invalid(
+                Setting::SubjectPattern,
+                format!(
+                    "`{pattern}` has {} groups: give one, around the person's part of the file name (`^([^_]+)_` for 002_03.jpg; `(?:…)` groups without capturing), or none to take the whole match",
+                    re.captures_len() - 1
+                ),
+            ));
+        }
+        Ok(SubjectPattern(re))
+    }
+
+    /// The person in `path`'s file name: the group's text (or the whole
+    /// match); None where the name does not match or the person is empty.
+    pub fn subject(&self, path: &Path) -> Option<String> {
+        let name = path.file_name()?.to_string_lossy();
+        let c = self.0.captures(&name)?;
+        let m = c.get(1).or_else(|| c.get(0))?;
+        (!m.as_str().is_empty()).then(|| m.as_str().to_string())
+    }
+
+    /// Sets every sample's person from its name; a name that gives none is
+    /// an error naming it (a training set needs the person of every photo).
+    pub fn apply(&self, ds: &mut Dataset) -> Result<()> {
+        for s in &mut ds.samples {
+            s.subject = Some(self.subject(&s.path).ok_or_else(|| {
+                Error::file(
+                    &s.path,
+                    format!(
+                        "its name gives no person by --subject-pattern `{}`: every photo's name must, where the pattern sets the people (or list the photos in a manifest.csv with a subject column)",
+                        self.0.as_str()
+                    ),
+                )
+            })?);
+        }
+        Ok(())
+    }
+
+    /// Sets the person of each sample whose name gives one (a run's pattern
+    /// on other data: the others keep what their layout gives).
+    pub fn apply_where_named(&self, ds: &mut Dataset) {
+        for s in &mut ds.samples {
+            if let Some(id) = self.subject(&s.path) {
+                s.subject = Some(id);
+            }
+        }
+    }
 }
 
 /// The person a face set's file name gives: JAFFE's `KA.AN1.39.tiff` → `KA`,
@@ -1352,6 +1429,20 @@ pub fn read_manifest(csv_path: &Path, labelled: bool) -> Result<Dataset> {
 #[cfg(test)]
 mod tests {
     use super::parse_jaffe_name;
+
+    #[test]
+    fn a_subject_pattern_reads_its_group_or_its_whole_match_from_the_file_name() {
+        use super::SubjectPattern;
+        use std::path::Path;
+        let group = SubjectPattern::new(r"^([^_]+)_").unwrap();
+        assert_eq!(group.subject(Path::new("faces/smiling/002_08.jpg")).as_deref(), Some("002"), "the name, not the folders");
+        assert_eq!(group.subject(Path::new("faces_x/002.jpg")), None);
+        let whole = SubjectPattern::new(r"[A-Z]{2}\d").unwrap();
+        assert_eq!(whole.subject(Path::new("img-AB1-smile.png")).as_deref(), Some("AB1"));
+        // An empty person is none (`^(\d*)` matches every name).
+        assert_eq!(SubjectPattern::new(r"^(\d*)").unwrap().subject(Path::new("x.png")), None);
+        assert!(SubjectPattern::new("(?:a)(b)").is_ok(), "groups that do not capture are not counted");
+    }
 
     #[test]
     fn jaffe_names_parse_and_odd_ones_are_not_jaffe() {

@@ -287,7 +287,10 @@ pub fn holdout(ds: &Dataset, labels: &Labels, spec: &ValSpec, seed: u64) -> Resu
                 train,
                 val,
                 val_subjects: vec![],
-                note: Some("no subject ids in this dataset: using a stratified image split (the same person may be on both sides)".into()),
+                note: Some(format!(
+                    "no subject ids in this dataset: using a stratified image split (the same person may be on both sides){}",
+                    crate::data::scan::NO_SUBJECTS
+                )),
             }
         }
     };

@@ -350,7 +350,10 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
         shared_views: false,
     };
     if !ds.samples.iter().all(|s| s.subject.is_some()) {
-        reporter.message("no subject ids in this dataset: folds are stratified image folds (the same person may be in training and test)");
+        reporter.message(&format!(
+            "no subject ids in this dataset: folds are stratified image folds (the same person may be in training and test){}",
+            crate::data::scan::NO_SUBJECTS
+        ));
     }
     // The folds before the cache pass (minutes at 224 px): a dataset that cannot make them fails at once.
     let mut jobs = Vec::new();

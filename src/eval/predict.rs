@@ -80,6 +80,15 @@ pub enum SubjectFrom {
     Nobody,
     /// Known per path (a run's split.csv).
     Table(std::collections::HashMap<PathBuf, String>),
+    /// The run's `--subject-pattern` on the file names, then `Names` for
+    /// names it does not match.
+    Pattern(crate::data::scan::SubjectPattern),
+}
+
+/// The run's `--subject-pattern`, for the photos `predict`, `explain` and
+/// `evaluate` are given (named as its training photos were).
+pub fn run_pattern(cfg: &RunConfig) -> crate::error::Result<Option<crate::data::scan::SubjectPattern>> {
+    cfg.data.subject_pattern.as_deref().map(crate::data::scan::SubjectPattern::new).transpose()
 }
 
 /// The people `subjects` groups by that hold photos whose JAFFE names give
@@ -167,6 +176,7 @@ impl SubjectFrom {
             }
             SubjectFrom::Nobody => None,
             SubjectFrom::Table(t) => t.get(path).cloned(),
+            SubjectFrom::Pattern(p) => p.subject(path).or_else(|| crate::data::scan::person_in_path(path)),
         }
     }
 }
@@ -211,15 +221,18 @@ impl Inputs {
     /// Each input's person as `predict` and `explain` take it: `--subject`
     /// (every input one person), `--subject-from parent` or `none`, else a
     /// manifest's subject column, else the file name.
-    pub fn subjects(&self, subject: Option<&str>, from: &str) -> SubjectFrom {
+    /// Each input's person by `--subject`, `--subject-from` and the run's
+    /// `--subject-pattern` (`pattern`: with `name`, tried first).
+    pub fn subjects(&self, subject: Option<&str>, from: &str, pattern: Option<&crate::data::scan::SubjectPattern>) -> SubjectFrom {
+        let names = pattern.map_or(SubjectFrom::Names, |p| SubjectFrom::Pattern(p.clone()));
         match (subject, from) {
             (Some(s), _) => SubjectFrom::All(s.to_string()),
             (None, "parent") => SubjectFrom::Parent,
             (None, "none") => SubjectFrom::Nobody,
-            _ if !self.subjects.is_empty() => SubjectFrom::Table(
-                self.paths.iter().filter_map(|p| Some((p.clone(), self.subjects.get(p).cloned().or_else(|| SubjectFrom::Names.subject(p))?))).collect(),
-            ),
-            _ => SubjectFrom::Names,
+            _ if !self.subjects.is_empty() => {
+                SubjectFrom::Table(self.paths.iter().filter_map(|p| Some((p.clone(), self.subjects.get(p).cloned().or_else(|| names.subject(p))?))).collect())
+            }
+            _ => names,
         }
     }
 }
@@ -1021,6 +1034,9 @@ pub fn evaluate(
     (tta_flip, device): (bool, Device),
 ) -> crate::error::Result<Evaluation> {
     let mut ds = crate::data::scan::scan(data, format)?;
+    if let Some(p) = run_pattern(cfg)? {
+        p.apply_where_named(&mut ds);
+    }
     // Once per image: a copy is known by hashing it.
     let seen: std::collections::HashSet<PathBuf> = ds.samples.iter().filter(|s| training.has(&s.path)).map(|s| s.path.clone()).collect();
     let overlap = ds.samples.iter().filter(|s| seen.contains(&s.path)).count();

@@ -771,3 +771,73 @@ fn pictures_in_formats_vggft_does_not_read_are_said_not_silently_left_out() {
     let e = scan(&f, DataFormat::Auto).unwrap_err().to_string();
     assert!(e.contains("class `b` has no images vggft reads (2 picture(s) in other formats, first ") && e.contains("convert them to PNG or JPEG"), "{e}");
 }
+
+/// Class folders whose file names give the person by no face set's
+/// convention (`003_08.png`): `--subject-pattern` makes the split and the
+/// folds subject-grouped, is kept in config.json, and predict and evaluate
+/// of the run group a person's photos by it; a name it does not match and a
+/// pattern that is not one are said.
+#[test]
+fn a_subject_pattern_takes_each_photos_person_from_its_name() {
+    let d = tmp();
+    let data = d.path().join("data");
+    for (class, code, left) in [("neutral", "03", true), ("smiling", "08", false)] {
+        std::fs::create_dir_all(data.join(class)).unwrap();
+        for s in 0..10u32 {
+            gray_png(&data.join(class).join(format!("{s:03}_{code}.png")), 32, 32, |x, y| {
+                let noise = ((x * 5 + y * 11 + s * 29) % 23) as u8;
+                if (x < 16) == left {
+                    190 + noise
+                } else {
+                    40 + noise
+                }
+            });
+        }
+    }
+    let s = small_trunk(d.path(), 21);
+    let train = |extra: &[&str]| run(&args(&s, &[&["finetune", "--data", "data", "--stages", "head:2"], extra].concat()), d.path());
+    // Without it: no people, an image split, and how to give them.
+    let (code, _, err) = train(&["--name", "plain"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("stratified image split") && err.contains("--subject-pattern REGEX takes each photo's person from its file name"), "{err}");
+    let (code, _, err) = train(&["--name", "p", "--subject-pattern", r"^(\d+)_"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("stratified"), "{err}");
+    let run_dir = d.path().join("runs/p");
+    let mut sides: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> = Default::default();
+    let mut rdr = csv::Reader::from_path(run_dir.join("split.csv")).unwrap();
+    for r in rdr.deserialize::<std::collections::HashMap<String, String>>() {
+        let r = r.unwrap();
+        let name = Path::new(&r["path"]).file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(r["subject"], name[..3], "{name}");
+        sides.entry(r["subject"].clone()).or_default().insert(r["side"].clone());
+    }
+    assert_eq!(sides.len(), 10);
+    assert!(sides.values().all(|v| v.len() == 1), "no person on both sides: {sides:?}");
+    assert_eq!(json(&run_dir.join("config.json"))["data"]["subject_pattern"], r"^(\d+)_");
+    // predict groups a person's two photos by the run's pattern; a photo alone stays alone.
+    let photos = ["data/neutral/007_03.png", "data/smiling/007_08.png", "data/neutral/008_03.png"];
+    let (code, out, err) = run(&[&["predict", "--model", "runs/p", "--device", "cpu"][..], &photos].concat(), d.path());
+    assert_eq!(code, 0, "{err}");
+    let modes: Vec<&str> = out.lines().map(|l| l.rsplit('\t').next().unwrap()).collect();
+    assert_eq!(modes, ["mode=person", "mode=person", "mode=single-image"], "{out}");
+    // evaluate too: every photo with its person's statistics.
+    let (code, out, err) = run(&["evaluate", "--model", "runs/p", "--data", "data", "--device", "cpu"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(format!("{out}{err}").contains("20 scored with their person's statistics, 0 by the single-image head"), "{out}{err}");
+    // cv's folds by it: every fold names people.
+    let (code, _, err) =
+        run(&args(&s, &["cv", "--data", "data", "--stages", "head:1", "--folds", "2", "--out", "cv", "--subject-pattern", r"^(\d+)_"]), d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("stratified") && err.contains("seed 0 fold 0 (000,"), "{err}");
+    // A name the pattern does not match, and patterns that are not one.
+    gray_png(&data.join("neutral/extra.png"), 32, 32, |x, _| x as u8);
+    let (code, _, err) = train(&["--subject-pattern", r"^(\d+)_"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("extra.png: its name gives no person by --subject-pattern `^(\\d+)_`"), "{err}");
+    for (bad, why) in [("^([^_", "is not a regular expression: unclosed character class"), ("^(a)(b)", "has 2 groups: give one")] {
+        let (code, _, err) = train(&["--subject-pattern", bad]);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains(why), "{err}");
+    }
+}

@@ -443,6 +443,7 @@ fn person_boxes_keep_each_photos_whole_frame_beside() {
         val: ValSpec::None,
         skip_bad: false,
         preprocess: Preprocess { face, ..Preprocess::new(Crop::Center { fraction: 0.9 }, 48) },
+        subject_pattern: None,
     };
     let p = vggft::session::prepare(&dc(FaceMode::Person), 0, &mut vggft::train::Collect::default()).unwrap();
     let lone = p.data.lone.as_ref().expect("whole frames with --face person");

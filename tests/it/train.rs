@@ -28,6 +28,7 @@ fn data_cfg(path: &Path, val: ValSpec, size: u32) -> DataConfig {
         val,
         skip_bad: false,
         preprocess: Preprocess::new(Crop::None, size),
+        subject_pattern: None,
     }
 }
 

@@ -232,7 +232,7 @@ fn explain(mut a: ExplainArgs) -> anyhow::Result<bool> {
     };
     let found = input_paths(&a.inputs, a.recursive)?;
     // Each photo's person as predict takes it.
-    let subjects = found.subjects(a.subject.as_deref(), &a.subject_from);
+    let subjects = found.subjects(a.subject.as_deref(), &a.subject_from, predict::run_pattern(&cfg)?.as_ref());
     let paths = found.paths;
     person_options_note(model.cfg.subject_norm, a.subject.as_deref(), &a.subject_from);
     let req = vggft::eval::explain::ExplainRequest { paths: &paths, class, layer, out: &a.out, mean: a.mean, arrays: a.arrays, subjects: &subjects };
@@ -312,7 +312,7 @@ fn predict_cmd(mut a: PredictArgs) -> anyhow::Result<bool> {
     let subjects = match a.subject_from.as_str() {
         "none" if a.held_out => predict::SubjectFrom::Nobody,
         _ if a.held_out => predict::SubjectFrom::Table(held.iter().map(|h| (h.path.clone(), h.subject.clone())).collect()),
-        from => found.subjects(a.subject.as_deref(), from),
+        from => found.subjects(a.subject.as_deref(), from, predict::run_pattern(&cfg)?.as_ref()),
     };
     person_options_note(model.cfg.subject_norm, a.subject.as_deref(), &a.subject_from);
     // Answers for the photos the model learnt from are no test of it: said, as evaluate says it.
@@ -362,7 +362,10 @@ fn predict_cmd(mut a: PredictArgs) -> anyhow::Result<bool> {
     let preds = predict::predict_each(&cfg, &model, &paths, &subjects, (tta_flip, a.batch_size as usize), device, &mut reporter(false), &mut |p| out.line(p));
     // Several photos, none with a person by its name: say how to give them one.
     let answered: Vec<_> = preds.iter().filter(|p| p.probs.is_ok() && p.mode.is_some()).collect();
-    if matches!(subjects, predict::SubjectFrom::Names) && answered.len() > 1 && answered.iter().all(|p| subjects.subject(&p.path).is_none()) {
+    if matches!(subjects, predict::SubjectFrom::Names | predict::SubjectFrom::Pattern(_))
+        && answered.len() > 1
+        && answered.iter().all(|p| subjects.subject(&p.path).is_none())
+    {
         // Photos in folders named as expressions (one person's class folders): their folders are no people.
         let by_class = predict::folders_named_as_labels(&cfg, &paths);
         let parent = if by_class.is_empty() {
@@ -370,8 +373,12 @@ fn predict_cmd(mut a: PredictArgs) -> anyhow::Result<bool> {
         } else {
             format!("--subject-from parent (a folder per person; not here, where the folders are expressions: {})", by_class.join(", "))
         };
+        let named = match &cfg.data.subject_pattern {
+            Some(p) => format!("by the run's --subject-pattern `{p}` or as JAFFE's do (KA.HA1.29.tiff)"),
+            None => "as JAFFE's do (KA.HA1.29.tiff)".to_string(),
+        };
         errln!(
-            "note: no file name here names its person as JAFFE's do (KA.HA1.29.tiff), so each photo was answered alone by the single-image head; --subject ID (all one person), {parent} or a manifest.csv with a subject column given as the input lets a person's photos set that person's normalisation"
+            "note: no file name here names its person {named}, so each photo was answered alone by the single-image head; --subject ID (all one person), {parent} or a manifest.csv with a subject column given as the input lets a person's photos set that person's normalisation"
         );
     }
     if a.timings {
