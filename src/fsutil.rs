@@ -91,38 +91,22 @@ pub fn create_dir(path: &Path) -> Result<()> {
     })
 }
 
-/// An output folder made before a long computation, so that one that cannot
-/// be made (a model folder shared read-only, a working folder of another
-/// user) fails at once rather than after minutes of work; unless `keep` is
-/// called, dropping it removes the folders it made again, where still empty
-/// (the computation failed before writing anything).
-pub struct NewDir {
-    /// The folders made, the deepest first.
-    made: Vec<PathBuf>,
-}
-
-impl NewDir {
-    pub fn create(path: &Path) -> Result<Self> {
-        let made: Vec<PathBuf> = path.ancestors().filter(|a| !a.as_os_str().is_empty()).take_while(|a| !a.exists()).map(Path::to_path_buf).collect();
-        create_dir(path)?;
-        Ok(NewDir { made })
-    }
-
-    /// Keeps the folder (the computation wrote into it, or succeeded).
-    pub fn keep(mut self) {
-        self.made.clear();
-    }
-}
-
-impl Drop for NewDir {
-    fn drop(&mut self) {
-        for d in &self.made {
-            // remove_dir removes only an empty folder.
-            if std::fs::remove_dir(d).is_err() {
-                break;
-            }
+/// Checks, before a long computation, that output folder `path` can be
+/// made — made, and removed again where it was not there — so that one that
+/// cannot (a model folder shared read-only, another user's working folder)
+/// fails at once rather than after minutes of work, and a computation
+/// stopped part-way leaves no empty folder behind.
+pub fn check_creatable(path: &Path) -> Result<()> {
+    // The folders that are not there yet, the deepest first.
+    let made: Vec<PathBuf> = path.ancestors().filter(|a| !a.as_os_str().is_empty()).take_while(|a| !a.exists()).map(Path::to_path_buf).collect();
+    create_dir(path)?;
+    for d in &made {
+        // remove_dir removes only an empty folder: one another process wrote into meanwhile stays.
+        if std::fs::remove_dir(d).is_err() {
+            break;
         }
     }
+    Ok(())
 }
 
 /// Removes temporary files that a killed writer left in `dir` (any process's).
@@ -200,22 +184,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_new_dir_not_kept_is_removed_with_the_parents_it_made_and_only_those() {
+    fn checking_that_a_folder_can_be_made_leaves_the_tree_as_it_was() {
         let d = tempfile::tempdir().unwrap();
         let deep = d.path().join("a/b/c");
-        drop(NewDir::create(&deep).unwrap());
+        check_creatable(&deep).unwrap();
         assert!(!d.path().join("a").exists(), "all three made, all three removed");
         std::fs::create_dir(d.path().join("a")).unwrap();
-        let nd = NewDir::create(&deep).unwrap();
-        assert!(deep.is_dir());
-        drop(nd);
+        check_creatable(&deep).unwrap();
         assert!(d.path().join("a").is_dir() && !d.path().join("a/b").exists(), "the folder that was there stays");
-        let nd = NewDir::create(&deep).unwrap();
-        std::fs::write(deep.join("metrics.json"), "{}").unwrap();
-        drop(nd);
-        assert!(deep.join("metrics.json").exists(), "a folder written into is never removed");
-        NewDir::create(&d.path().join("kept")).unwrap().keep();
-        assert!(d.path().join("kept").is_dir());
+        std::fs::write(d.path().join("f"), "").unwrap();
+        let e = check_creatable(&d.path().join("f/g")).unwrap_err().to_string();
+        assert!(e.contains("is a file, not a folder"), "{e}");
     }
 
     /// A folder in the way of an output file is named before anything is

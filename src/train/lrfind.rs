@@ -87,8 +87,8 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Found> {
     }
     crate::data::scan::refuse_output_inside(&req.recipe.data.path, req.recipe.data.format, &req.out, "the sweep's plot")?;
     crate::data::scan::refuse_other_output(&req.out, "an lr-find folder", "the sweep's CSV and plot", &["lr-find.csv", "lr-find.png"])?;
-    // Made before the sweep (minutes at 224 px), so that a folder that cannot be made fails at once.
-    let out = fsutil::NewDir::create(&req.out)?;
+    // Before the sweep (minutes at 224 px): a folder that cannot be made fails at once.
+    fsutil::check_creatable(&req.out)?;
     let session = Session::open(&req.recipe, req.recipe.data.clone(), req.recipe.train.seed, None, reporter)?;
     let (mut model, _) = session.fresh_model(req.recipe.train.seed as i64, true)?;
     session.advise(reporter);
@@ -110,7 +110,7 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Found> {
     trainer.fit(&mut ctx, &mut [&mut sweep], false)?;
     let points = sweep.points;
     let (suggested, method) = suggest(&points);
-    out.keep();
+    fsutil::create_dir(&req.out)?;
     let csv = req.out.join("lr-find.csv");
     let mut s = String::from("lr,loss,smoothed_loss\n");
     for (lr, l, sm) in &points {

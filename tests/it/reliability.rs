@@ -444,19 +444,23 @@ fn an_output_folder_that_cannot_be_made_is_said_at_once_with_out_to_mend_it() {
     };
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(err.contains("cannot create folder: Permission denied") && !err.contains(hint), "{err}");
-    // evaluate says so before it scores a photo (it made the folder last), and leaves nothing.
+    // evaluate says so before it scores a photo (it made the folder last, after minutes of scoring), and leaves nothing.
     let model = d.path().join("runs/m");
-    let Some(out) = unprivileged(&["evaluate", "--model", model.to_str().unwrap(), "--data", data, "--device", "cpu"], &ro, stopped) else { return };
+    // A photo it cannot read, skipped (and said) as it scores: said only where scoring began.
+    std::fs::write(f.join("a/broken.png"), b"not a picture").unwrap();
+    let Some(out) = unprivileged(&["evaluate", "--model", model.to_str().unwrap(), "--data", data, "--device", "cpu", "--skip-bad"], &ro, stopped) else {
+        return;
+    };
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains(&format!("{}: cannot create folder: Permission denied (os error 13){hint}", model.join("eval-data").display())), "{err}");
-    assert!(!err.contains("predicting"), "nothing scored first: {err}");
-    // An evaluate that fails after making its folder (no image it can score) removes it again.
+    assert!(!err.contains("broken.png"), "nothing scored first: {err}");
+    // An evaluate that fails after checking its folder (no image it can score) leaves none: the check made none.
     let empty = d.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
     let (code, _, err) = run(&["evaluate", "--model", model.to_str().unwrap(), "--data", "empty", "--out", "e/v"], d.path());
     assert_eq!(code, 1, "{err}");
-    assert!(!d.path().join("e").exists(), "the folders it made are gone: {err}");
+    assert!(!d.path().join("e").exists(), "no folder made: {err}");
 }
 
 #[test]

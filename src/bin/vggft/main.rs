@@ -444,9 +444,9 @@ fn evaluate(mut a: EvaluateArgs) -> anyhow::Result<()> {
         &["metrics.json", "confusion.png", "top_losses.png", "top_losses.csv"],
     )?;
     let (cfg, mut model) = run::load_run(&a.model, device)?;
-    // Made before scoring (minutes for a few hundred photos), once the model is known to be there, so that a
-    // folder that cannot be made — the default one inside a model folder shared read-only — fails at once.
-    let made = vggft::fsutil::NewDir::create(&out)?;
+    // Before scoring (minutes for a few hundred photos), once the model is known to be there: a folder
+    // that cannot be made — the default one inside a model folder shared read-only — fails at once.
+    vggft::fsutil::check_creatable(&out)?;
     if let Some(p) = a.precision {
         model.cfg.precision = p;
     }
@@ -483,7 +483,7 @@ fn evaluate(mut a: EvaluateArgs) -> anyhow::Result<()> {
     if modes.is_some_and(|(person, _)| person > 0) {
         errln!("{}", vggft::subject::TRANSDUCTIVE);
     }
-    made.keep();
+    vggft::fsutil::create_dir(&out)?;
     vggft::eval::explain::clear_top_losses(&out);
     let m = &ev.metrics;
     vggft::fsutil::write_json(
