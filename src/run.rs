@@ -623,7 +623,7 @@ fn point_latest(dir: &Path) -> Result<Option<String>> {
     };
     let target = dir.file_name().map(PathBuf::from).unwrap_or_default();
     let link = parent.join("latest");
-    if link.symlink_metadata().is_ok_and(|m| !m.file_type().is_symlink()) {
+    if link.symlink_metadata().is_ok_and(|m| !m.file_type().is_symlink()) && link_as_text(&link).is_none() {
         return Ok(Some(format!("warning: {} is not a link made by vggft, so it was left as it is and does not point at this run", link.display())));
     }
     let tmp = parent.join(format!(".latest.{}", std::process::id()));
@@ -641,6 +641,9 @@ fn point_latest(dir: &Path) -> Result<Option<String>> {
 /// or as the runs folder it was written into (`finetune --out DIR`: its
 /// `DIR/latest`), the three paths a user has at hand after training.
 pub fn run_dir(p: &Path) -> PathBuf {
+    if let Some(run) = link_as_text(p).or_else(|| link_as_text(&p.join("latest"))) {
+        return run;
+    }
     match p.parent() {
         Some(parent) if p.is_file() && parent.join("config.json").is_file() => parent.to_path_buf(),
         // Its `latest` link, also when that names a run no longer there (for `load_run` to say so).
@@ -649,6 +652,22 @@ pub fn run_dir(p: &Path) -> PathBuf {
         }
         _ => p.to_path_buf(),
     }
+}
+
+/// The run that `latest` names where it is a file holding the name, not a
+/// link: a runs folder copied where links are not kept (git with
+/// `core.symlinks` off writes a link as such a file, as some zip and sync
+/// tools do). None for anything else named `latest` (a user's own file).
+fn link_as_text(p: &Path) -> Option<PathBuf> {
+    let meta = std::fs::symlink_metadata(p).ok()?;
+    if !meta.is_file() || meta.len() > 4096 || p.file_name()? != "latest" {
+        return None;
+    }
+    let text = std::fs::read_to_string(p).ok()?;
+    let name = text.trim();
+    let run = p.parent()?.join(name);
+    let one_name = !name.is_empty() && !name.contains(['/', '\\']) && name != "." && name != "..";
+    (one_name && run.join("config.json").is_file()).then_some(run)
 }
 
 /// The target of a link at `p` that names nothing (`runs/latest` after its run was deleted).

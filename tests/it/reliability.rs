@@ -589,6 +589,59 @@ fn a_manifest_naming_a_fifo_or_a_device_is_refused_not_read() {
     }
 }
 
+/// A runs folder copied where links are not kept (git with `core.symlinks`
+/// off, some zip and sync tools) holds `latest` as a file of the run's name:
+/// predict follows it as it follows the link, and the next finetune makes it
+/// a link again; a file of other words named `latest` is still the user's.
+#[test]
+fn a_latest_link_kept_as_text_is_followed_and_made_a_link_again() {
+    let d = tmp();
+    let s = small_trunk(d.path(), 22);
+    let f = d.path().join("data");
+    separable_folders(&f, 3, 32);
+    let train = |name: &str| {
+        // Each its own seed: the runs answer differently, so which one answered shows.
+        let seed = name.as_bytes()[0].to_string();
+        run(
+            &args(
+                &s,
+                &["finetune", "--data", f.to_str().unwrap(), "--task", "multiclass", "--stages", "head:1", "--val", "none", "--name", name, "--seed", &seed],
+            ),
+            d.path(),
+        )
+    };
+    for name in ["a", "b"] {
+        let (code, _, err) = train(name);
+        assert_eq!(code, 0, "{err}");
+    }
+    let latest = d.path().join("runs/latest");
+    std::fs::remove_file(&latest).unwrap();
+    std::fs::write(&latest, "a\n").unwrap();
+    let photo = f.join("a/00.png");
+    let predict = |model: Option<&str>| {
+        let mut a = vec!["predict", photo.to_str().unwrap(), "--device", "cpu"];
+        a.extend(model.map(|m| ["--model", m]).into_iter().flatten());
+        let (code, out, err) = run(&a, d.path());
+        assert_eq!(code, 0, "{model:?}: {err}");
+        out
+    };
+    let (of_a, of_b) = (predict(Some("runs/a")), predict(Some("runs/b")));
+    assert_ne!(of_a, of_b);
+    for m in [None, Some("runs/latest"), Some("runs")] {
+        assert_eq!(predict(m), of_a, "{m:?} follows the text");
+    }
+    let (code, _, err) = train("c");
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("not a link made by vggft"), "{err}");
+    assert_eq!(std::fs::read_link(&latest).unwrap(), Path::new("c"));
+    // Other words in a file named `latest` are the user's: warned of and left.
+    std::fs::remove_file(&latest).unwrap();
+    std::fs::write(&latest, "my notes").unwrap();
+    let (code, _, err) = train("e");
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("runs/latest is not a link made by vggft") && std::fs::read_to_string(&latest).unwrap() == "my notes", "{err}");
+}
+
 #[test]
 fn pgm_images_a_folder_named_latest_integer_weights_and_simultaneous_runs() {
     let d = tmp();
