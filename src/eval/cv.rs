@@ -870,7 +870,7 @@ fn test_folds(folds: &Folds, session: &Session, seed: u64) -> Result<Vec<Vec<usi
             if subjects.iter().any(String::is_empty) {
                 return Err(Error::dataset(
                     &ds.root,
-                    "--folds loso needs subject ids for every image (JAFFE file names, or a `subject` column in a manifest.csv); without them --folds K makes K image folds",
+                    "--folds loso needs subject ids for every image (JAFFE file names, a `subject` column in a manifest.csv, or --subject-pattern REGEX on the file names); without them --folds K makes K image folds",
                 ));
             }
             if subjects.len() < 2 {

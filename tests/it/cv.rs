@@ -23,7 +23,10 @@ fn cv_without_subject_ids_says_its_folds_are_of_images() {
     };
     let (code, _, err) = cv("loso", "cvl");
     assert_eq!(code, 1);
-    assert!(err.contains("data: --folds loso needs subject ids for every image (JAFFE file names, or a `subject` column"), "{err}");
+    assert!(
+        err.contains("data: --folds loso needs subject ids for every image (JAFFE file names, a `subject` column in a manifest.csv, or --subject-pattern"),
+        "{err}"
+    );
     let (code, _, err) = cv("7", "cv7");
     assert_eq!(code, 1);
     assert!(err.contains("data: 6 images cannot make 7 folds (at most 6; this data has no subject ids"), "{err}");
