@@ -247,26 +247,10 @@ fn a_signal_during_the_cache_pass_stops_finetune_and_cv_at_once() {
     assert!(!err.contains("cached the frozen"), "the pass did not finish: {err}");
     eprintln!("cv ended {took:?} after the signal");
     // Started again, it runs from the start (a smaller network: the pass itself is not what is tested here).
-    let small_cv = [
-        "cv",
-        "--data",
-        ms,
-        "--folds",
-        "2",
-        "--out",
-        "cv",
-        "--stages",
-        "head:1",
-        "--random-init",
-        "--width-div",
-        "16",
-        "--image-size",
-        "32",
-        "--device",
-        "cpu",
-        "--feature-cache",
-        "off",
-    ];
+    let small_cv: Vec<&str> = ["cv", "--data", ms, "--folds", "2", "--out", "cv", "--stages", "head:1", "--random-init"]
+        .into_iter()
+        .chain("--width-div 16 --image-size 32 --device cpu --feature-cache off".split(' '))
+        .collect();
     let (code, _, err) = run(&small_cv, d.path());
     assert_eq!(code, 0, "{err}");
     assert!(d.path().join("cv/cv.json").exists(), "{err}");
@@ -416,12 +400,7 @@ fn an_unreadable_image_is_named() {
 #[test]
 fn an_output_folder_that_cannot_be_made_is_said_at_once_with_out_to_mend_it() {
     use std::os::unix::fs::PermissionsExt;
-    let d = tmp();
-    let f = d.path().join("data");
-    separable_folders(&f, 4, 32);
-    let s = small_trunk(d.path(), 19);
-    let (code, _, err) = run(&args(&s, &["finetune", "--data", "data", "--stages", "head:1", "--name", "m", "--task", "multiclass"]), d.path());
-    assert_eq!(code, 0, "{err}");
+    let (d, f, s) = trained(4, 19, &["--name", "m"]);
     let ro = d.path().join("ro");
     std::fs::create_dir(&ro).unwrap();
     for p in [d.path(), &ro] {
@@ -463,15 +442,23 @@ fn an_output_folder_that_cannot_be_made_is_said_at_once_with_out_to_mend_it() {
     assert!(!d.path().join("e").exists(), "no folder made: {err}");
 }
 
+/// A scratch folder with `per_class` photos of two classes in `data/`, a
+/// small trunk (`seed`) and the options for it, and a run of one epoch
+/// trained there (`extra`: its own options).
+fn trained(per_class: usize, seed: i64, extra: &[&str]) -> (tempfile::TempDir, std::path::PathBuf, Vec<String>) {
+    let d = tmp();
+    let f = d.path().join("data");
+    separable_folders(&f, per_class, 32);
+    let s = small_trunk(d.path(), seed);
+    let (code, _, err) = run(&args(&s, &[&["finetune", "--data", "data", "--stages", "head:1", "--task", "multiclass"], extra].concat()), d.path());
+    assert_eq!(code, 0, "{err}");
+    (d, f, s)
+}
+
 #[test]
 fn a_folder_predict_cannot_list_is_named_as_unreadable_not_empty() {
     use std::os::unix::fs::PermissionsExt;
-    let d = tmp();
-    let f = d.path().join("data");
-    separable_folders(&f, 3, 32);
-    let s = small_trunk(d.path(), 18);
-    let (code, _, err) = run(&args(&s, &["finetune", "--data", "data", "--stages", "head:1", "--val", "none", "--task", "multiclass"]), d.path());
-    assert_eq!(code, 0, "{err}");
+    let (d, f, _) = trained(3, 18, &["--val", "none"]);
     // Named on the command line, and met in a folder read with -r.
     let locked = d.path().join("locked");
     std::fs::create_dir(&locked).unwrap();
