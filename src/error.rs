@@ -61,6 +61,14 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
+    /// An interruption's reason followed by `more` (what the run keeps, how
+    /// to go on); any other error as it is.
+    pub(crate) fn if_interrupted(self, more: &str) -> Self {
+        match self {
+            Error::Interrupted(why) => Error::Interrupted(format!("{why}; {more}")),
+            e => e,
+        }
+    }
     pub fn file(path: impl Into<PathBuf>, problem: impl Into<String>) -> Self {
         Error::File { path: path.into(), problem: problem.into() }
     }

@@ -246,7 +246,7 @@ pub fn read_config(dir: &Path) -> Result<RunConfig> {
 /// checkpoints, so the error says how to go on.
 fn resumable(e: Error, dir: &Path) -> Error {
     match e {
-        Error::Interrupted(why) => Error::Interrupted(format!("{why}; continue with: vggft finetune --resume {}", dir.display())),
+        e @ Error::Interrupted(_) => e.if_interrupted(&format!("continue with: vggft finetune --resume {}", dir.display())),
         Error::File { path, problem } if path.starts_with(dir) && problem.starts_with("cannot ") => Error::File {
             problem: format!(
                 "{problem}; the run's folder is kept, with its last epoch's checkpoint if one finished: make room, then `vggft finetune --resume {}` goes on",
@@ -313,7 +313,7 @@ fn execute(
     let head_only = tc.stages.iter().all(|s| s.from == Block::Head);
     let shared = match (tc.inner_fits(), state.is_none(), head_only) {
         (true, true, true) => threshold_cache(session, &model, tta, &mut train::Pass::new(reporter, stop))
-            .map_err(|e| interrupted(e, "no epoch had finished, so the run starts from the beginning when resumed"))?,
+            .map_err(|e| e.if_interrupted(train::hooks::saved(&train::ResumeState::default())))?,
         _ => vec![],
     };
     let trainer = Trainer {
@@ -335,7 +335,7 @@ fn execute(
         // A resumed run's fit built its own cache.
         let rebuilt;
         let inner_shared: &[train::Cache] = if shared.is_empty() && head_only {
-            rebuilt = threshold_cache(session, &model, tta, &mut train::Pass::new(reporter, stop)).map_err(|e| interrupted(e, "every epoch is saved"))?;
+            rebuilt = threshold_cache(session, &model, tta, &mut train::Pass::new(reporter, stop)).map_err(|e| e.if_interrupted("every epoch is saved"))?;
             &rebuilt
         } else {
             &shared
@@ -435,14 +435,6 @@ fn threshold_cache(session: &Session, model: &Vgg16, tta: bool, pass: &mut train
         e.keep(&shared, pass.reporter, "the next finetune on the same images, split and settings");
     }
     Ok(shared)
-}
-
-/// A cache pass stopped outside the fit, with what the run keeps for `--resume`.
-fn interrupted(e: Error, saved: &str) -> Error {
-    match e {
-        Error::Interrupted(why) => Error::Interrupted(format!("{why}; {saved}")),
-        e => e,
-    }
 }
 
 /// Writes `metrics.json`, removes the checkpoints, marks the run complete

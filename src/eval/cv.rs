@@ -402,11 +402,8 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
     fsutil::create_dir(&req.out.join("folds"))?;
     // Mirror images for flip TTA, and for training where the recipe or its baseline probe draws clean views.
     let mirrors = cfg.tta_flip || session.config.train.clean_views || probe.is_some_and(|p| p.clean_views);
-    let shared = shared_caches(req, &session, mirrors, probe.is_some(), reporter).map_err(|e| match e {
-        // Stopped in the cache pass, before any fold: the same command starts them.
-        Error::Interrupted(why) => Error::Interrupted(format!("{why}, before any fold ran; the same command with --out {} starts again", req.out.display())),
-        e => e,
-    })?;
+    let shared = shared_caches(req, &session, mirrors, probe.is_some(), reporter)
+        .map_err(|e| e.if_interrupted(&format!("no fold had run: the same command with --out {} starts again", req.out.display())))?;
     let cfg = CvConfig { shared_views: !shared.is_empty(), ..cfg };
     fsutil::write_json(&req.out.join("cv-config.json"), &cfg)?;
     if let Some(path) = &req.dump_features {

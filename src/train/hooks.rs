@@ -134,7 +134,7 @@ impl Hook for Interrupt<'_> {
 }
 
 /// What a run stopped with `state` keeps for `--resume`.
-pub(crate) fn saved(state: &ResumeState) -> &'static str {
+pub fn saved(state: &ResumeState) -> &'static str {
     if state.history.is_empty() {
         "no epoch had finished, so the run starts from the beginning when resumed"
     } else {

@@ -539,11 +539,8 @@ impl Trainer<'_> {
         each(hooks, |h| h.before_fit(ctx))?;
         let cw = self.weights_tensor();
         let mut pass = Pass::new(ctx.reporter, self.stop);
-        let sources =
-            Sources::new(ctx.model, self.cfg, self.pre, self.data, self.device, self.shared, ctx.state.stage, resumed, &mut pass).map_err(|e| match e {
-                Error::Interrupted(why) => Error::Interrupted(format!("{why}; {}", hooks::saved(&ctx.state))),
-                e => e,
-            })?;
+        let sources = Sources::new(ctx.model, self.cfg, self.pre, self.data, self.device, self.shared, ctx.state.stage, resumed, &mut pass)
+            .map_err(|e| e.if_interrupted(hooks::saved(&ctx.state)))?;
         let mut last = None;
         for (si, stage) in self.cfg.stages.iter().enumerate() {
             let st = &mut ctx.state;

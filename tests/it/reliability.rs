@@ -241,7 +241,7 @@ fn a_signal_during_the_cache_pass_stops_finetune_and_cv_at_once() {
     let (code, err, took) = signal_on_line(&cv, d.path(), "caching the frozen", "-INT");
     assert_eq!(code, Some(130), "{err}");
     assert!(
-        err.contains("interrupted: stopped while caching the frozen pooled features, before any fold ran; the same command with --out cv starts again"),
+        err.contains("interrupted: stopped while caching the frozen pooled features; no fold had run: the same command with --out cv starts again"),
         "{err}"
     );
     assert!(!err.contains("cached the frozen"), "the pass did not finish: {err}");
