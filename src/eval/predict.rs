@@ -220,9 +220,8 @@ use crate::data::image::UNREAD;
 impl Inputs {
     /// Each input's person as `predict` and `explain` take it: `--subject`
     /// (every input one person), `--subject-from parent` or `none`, else a
-    /// manifest's subject column, else the file name.
-    /// Each input's person by `--subject`, `--subject-from` and the run's
-    /// `--subject-pattern` (`pattern`: with `name`, tried first).
+    /// manifest's subject column, else the file name — by the run's
+    /// `--subject-pattern` (`pattern`) first where it has one.
     pub fn subjects(&self, subject: Option<&str>, from: &str, pattern: Option<&crate::data::scan::SubjectPattern>) -> SubjectFrom {
         let names = pattern.map_or(SubjectFrom::Names, |p| SubjectFrom::Pattern(p.clone()));
         match (subject, from) {
