@@ -235,6 +235,10 @@ pub struct ExplainArgs {
     /// (every input alone: the single-image head), as predict's.
     #[arg(long, value_parser = ["name", "parent", "none"], default_value = "name")]
     pub subject_from: String,
+    /// With --subject-from name: each input's person from its file name by this regular expression (its group, or
+    /// its whole match), instead of the run's own --subject-pattern; names it does not match as without it (as predict's).
+    #[arg(long, value_name = "REGEX", conflicts_with = "subject", value_parser = checked(crate::data::scan::SubjectPattern::new))]
+    pub subject_pattern: Option<String>,
     /// CPU threads for libtorch (default: libtorch's choice).
     #[arg(long, value_parser = clap::value_parser!(i32).range(1..=1024))]
     pub threads: Option<i32>,
@@ -722,6 +726,11 @@ pub struct PredictArgs {
     /// or CK+ file names), `parent` (one folder per person), or `none` (every input alone: the single-image head).
     #[arg(long, value_parser = ["name", "parent", "none"], default_value = "name")]
     pub subject_from: String,
+    /// With --subject-from name: each input's person from its file name by this regular expression (its group, or
+    /// its whole match, e.g. '^([^_]+)_' for anna_1.jpg → anna), instead of the run's own --subject-pattern; names it
+    /// does not match as without it.
+    #[arg(long, value_name = "REGEX", conflicts_with_all = ["subject", "held_out"], value_parser = checked(crate::data::scan::SubjectPattern::new))]
+    pub subject_pattern: Option<String>,
     /// Images per forward pass.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub batch_size: u64,

@@ -288,6 +288,11 @@ impl SubjectPattern {
         Ok(SubjectPattern(re))
     }
 
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+
     /// The person in `path`'s file name: the group's text (or the whole
     /// match); None where the name does not match or the person is empty.
     pub fn subject(&self, path: &Path) -> Option<String> {

@@ -85,10 +85,11 @@ pub enum SubjectFrom {
     Pattern(crate::data::scan::SubjectPattern),
 }
 
-/// The run's `--subject-pattern`, for the photos `predict`, `explain` and
-/// `evaluate` are given (named as its training photos were).
-pub fn run_pattern(cfg: &RunConfig) -> crate::error::Result<Option<crate::data::scan::SubjectPattern>> {
-    cfg.data.subject_pattern.as_deref().map(crate::data::scan::SubjectPattern::new).transpose()
+/// The `--subject-pattern` given to `predict` or `explain`, else the run's
+/// own, for the photos `predict`, `explain` and `evaluate` are given (named
+/// as its training photos were).
+pub fn run_pattern(given: Option<&str>, cfg: &RunConfig) -> crate::error::Result<Option<crate::data::scan::SubjectPattern>> {
+    given.or(cfg.data.subject_pattern.as_deref()).map(crate::data::scan::SubjectPattern::new).transpose()
 }
 
 /// The people `subjects` groups by that hold photos whose JAFFE names give
@@ -1033,7 +1034,7 @@ pub fn evaluate(
     (tta_flip, device): (bool, Device),
 ) -> crate::error::Result<Evaluation> {
     let mut ds = crate::data::scan::scan(data, format)?;
-    if let Some(p) = run_pattern(cfg)? {
+    if let Some(p) = run_pattern(None, cfg)? {
         p.apply_where_named(&mut ds);
     }
     // Once per image: a copy is known by hashing it.

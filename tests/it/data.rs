@@ -821,6 +821,14 @@ fn a_subject_pattern_takes_each_photos_person_from_its_name() {
     assert_eq!(code, 0, "{err}");
     let modes: Vec<&str> = out.lines().map(|l| l.rsplit('\t').next().unwrap()).collect();
     assert_eq!(modes, ["mode=person", "mode=person", "mode=single-image"], "{out}");
+    // One given to predict stands instead of the run's: the first digit (0 for all three) makes them one person.
+    let (code, out, err) = run(&[&["predict", "--model", "runs/p", "--device", "cpu", "--subject-pattern", r"^(\d)"][..], &photos].concat(), d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().all(|l| l.ends_with("mode=person")), "{out}");
+    // Names it does not match: each alone, and the note names the pattern.
+    let (code, out, err) = run(&[&["predict", "--model", "runs/p", "--device", "cpu", "--subject-pattern", "^x(.)"][..], &photos].concat(), d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().all(|l| l.ends_with("mode=single-image")) && err.contains("names its person by --subject-pattern `^x(.)`"), "{out}{err}");
     // evaluate too: every photo with its person's statistics.
     let (code, out, err) = run(&["evaluate", "--model", "runs/p", "--data", "data", "--device", "cpu"], d.path());
     assert_eq!(code, 0, "{err}");

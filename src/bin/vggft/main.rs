@@ -232,7 +232,7 @@ fn explain(mut a: ExplainArgs) -> anyhow::Result<bool> {
     };
     let found = input_paths(&a.inputs, a.recursive)?;
     // Each photo's person as predict takes it.
-    let subjects = found.subjects(a.subject.as_deref(), &a.subject_from, predict::run_pattern(&cfg)?.as_ref());
+    let subjects = found.subjects(a.subject.as_deref(), &a.subject_from, predict::run_pattern(a.subject_pattern.as_deref(), &cfg)?.as_ref());
     let paths = found.paths;
     person_options_note(model.cfg.subject_norm, a.subject.as_deref(), &a.subject_from);
     let req = vggft::eval::explain::ExplainRequest { paths: &paths, class, layer, out: &a.out, mean: a.mean, arrays: a.arrays, subjects: &subjects };
@@ -312,7 +312,7 @@ fn predict_cmd(mut a: PredictArgs) -> anyhow::Result<bool> {
     let subjects = match a.subject_from.as_str() {
         "none" if a.held_out => predict::SubjectFrom::Nobody,
         _ if a.held_out => predict::SubjectFrom::Table(held.iter().map(|h| (h.path.clone(), h.subject.clone())).collect()),
-        from => found.subjects(a.subject.as_deref(), from, predict::run_pattern(&cfg)?.as_ref()),
+        from => found.subjects(a.subject.as_deref(), from, predict::run_pattern(a.subject_pattern.as_deref(), &cfg)?.as_ref()),
     };
     person_options_note(model.cfg.subject_norm, a.subject.as_deref(), &a.subject_from);
     // Answers for the photos the model learnt from are no test of it: said, as evaluate says it.
@@ -373,12 +373,12 @@ fn predict_cmd(mut a: PredictArgs) -> anyhow::Result<bool> {
         } else {
             format!("--subject-from parent (a folder per person; not here, where the folders are expressions: {})", by_class.join(", "))
         };
-        let named = match &cfg.data.subject_pattern {
-            Some(p) => format!("by the run's --subject-pattern `{p}` or as JAFFE's do (KA.HA1.29.tiff)"),
-            None => "as JAFFE's do (KA.HA1.29.tiff)".to_string(),
+        let named = match &subjects {
+            predict::SubjectFrom::Pattern(p) => format!("by --subject-pattern `{}` or as JAFFE's do (KA.HA1.29.tiff)", p.as_str()),
+            _ => "as JAFFE's do (KA.HA1.29.tiff)".to_string(),
         };
         errln!(
-            "note: no file name here names its person {named}, so each photo was answered alone by the single-image head; --subject ID (all one person), {parent} or a manifest.csv with a subject column given as the input lets a person's photos set that person's normalisation"
+            "note: no file name here names its person {named}, so each photo was answered alone by the single-image head; --subject ID (all one person), {parent}, --subject-pattern REGEX (the person in each file name) or a manifest.csv with a subject column given as the input lets a person's photos set that person's normalisation"
         );
     }
     if a.timings {
