@@ -318,7 +318,7 @@ pub struct DataArgs {
     /// Skip unreadable images with a warning instead of stopping.
     #[arg(long)]
     pub skip_bad: bool,
-    /// Each photo's person from its file name, where the names follow no face set's convention: a regular expression whose group (or whole match) is the person, e.g. '^([^_]+)_' for 002_03.jpg → 002. It overrides the layout's people, and predict and evaluate of the run take it too
+    /// Each photo's person from its file name, where the names follow no face set's convention: a regular expression whose group (or whole match) is the person, e.g. '^([^_]+)_' for 002_03.jpg → 002. It overrides the layout's people, and predict, explain and evaluate of the run take it too.
     #[arg(long, value_name = "REGEX", value_parser = checked(crate::data::scan::SubjectPattern::new))]
     pub subject_pattern: Option<String>,
 }
