@@ -225,18 +225,20 @@ fn a_signal_during_the_cache_pass_stops_finetune_and_cv_at_once() {
     let finetune = [&["finetune", "--data", ms, "--name", "r"][..], &wide].concat();
     let (code, err, took) = signal_on_line(&finetune, d.path(), "caching the frozen", "-TERM");
     assert_eq!(code, Some(130), "{err}");
-    let want = format!(
-        "interrupted: stopped while caching the frozen pooled features; no epoch had finished, so the run starts from the beginning when resumed; continue with: vggft finetune --resume {}",
-        Path::new("runs").join("r").display()
-    );
-    assert!(err.contains(&want), "{err}");
+    let want = |run: &str| {
+        format!(
+            "interrupted: stopped while caching the frozen pooled features; no epoch had finished, so the run starts from the beginning when resumed; continue with: vggft finetune --resume {}",
+            Path::new("runs").join(run).display()
+        )
+    };
+    assert!(err.contains(&want("r")), "{err}");
     assert!(!err.contains("cached the frozen"), "the pass did not finish: {err}");
     eprintln!("finetune ended {took:?} after the signal");
     // The pass that the inner fits setting a threshold share with the run (before it).
     let inner = [&["finetune", "--data", ms, "--name", "t", "--threshold", "inner"][..], &wide].concat();
     let (code, err, _) = signal_on_line(&inner, d.path(), "caching the frozen", "-TERM");
     assert_eq!(code, Some(130), "{err}");
-    assert!(err.contains(&want.replace(&format!("runs{}r", std::path::MAIN_SEPARATOR), &format!("runs{}t", std::path::MAIN_SEPARATOR))), "{err}");
+    assert!(err.contains(&want("t")), "{err}");
     let cv = [&["cv", "--data", ms, "--folds", "2", "--out", "cv"][..], &wide].concat();
     let (code, err, took) = signal_on_line(&cv, d.path(), "caching the frozen", "-INT");
     assert_eq!(code, Some(130), "{err}");
