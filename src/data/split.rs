@@ -249,18 +249,19 @@ pub fn holdout(ds: &Dataset, labels: &Labels, spec: &ValSpec, seed: u64) -> Resu
                 return Err(Error::dataset(&ds.root, "--val-subjects needs subject ids, and this dataset has none"));
             }
             let known: BTreeSet<&str> = ds.samples.iter().filter_map(|s| s.subject.as_deref()).collect();
-            if let Some(s) = subjects.iter().find(|s| !known.contains(s.as_str())) {
-                return Err(Error::dataset(
+            let subjects = named_subjects(subjects, &known).map_err(|s| {
+                Error::dataset(
                     &ds.root,
                     format!(
                         "--val-subjects: no subject `{s}` (subjects: {})",
-                        crate::error::short_list(&known.iter().map(|k| k.to_string()).collect::<Vec<_>>(), 10)
+                        // An id that holds a comma is quoted, so the list reads as its ids.
+                        crate::error::short_list(&known.iter().map(|k| if k.contains(',') { format!("`{k}`") } else { k.to_string() }).collect::<Vec<_>>(), 10)
                     ),
-                ));
-            }
+                )
+            })?;
             let set: BTreeSet<&str> = subjects.iter().map(String::as_str).collect();
             let (val, train): (Vec<usize>, Vec<usize>) = (0..n).partition(|&i| set.contains(ds.samples[i].subject.as_deref().unwrap_or("")));
-            Split { train, val, val_subjects: subjects.clone(), note: None }
+            Split { train, val, val_subjects: subjects, note: None }
         }
         ValSpec::Subjects { fraction } if has_subjects => {
             let groups = subject_groups(ds, labels);
@@ -296,6 +297,31 @@ pub fn holdout(ds: &Dataset, labels: &Labels, spec: &ValSpec, seed: u64) -> Resu
     };
     check_sides(ds, labels, &split)?;
     Ok(split)
+}
+
+/// The people `--val-subjects` names, read against the dataset's ids
+/// (`known`). The list is comma-separated, yet an id may hold a comma itself
+/// (`Doe, J` from a manifest or a `--subject-pattern`): at each place the
+/// longest run of pieces that joins into a known id is taken, so `Doe, J,AK`
+/// names `Doe, J` and `AK`. Empty pieces (`AK,,BK`, a trailing comma) are
+/// skipped; a piece that starts no id is returned as the error.
+fn named_subjects(given: &[String], known: &BTreeSet<&str>) -> std::result::Result<Vec<String>, String> {
+    let pieces: Vec<&str> = given.iter().flat_map(|g| g.split(',')).collect();
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < pieces.len() {
+        match (i + 1..=pieces.len()).rev().map(|j| (j, pieces[i..j].join(","))).find(|(_, id)| known.contains(id.as_str())) {
+            Some((j, id)) => {
+                if !out.contains(&id) {
+                    out.push(id);
+                }
+                i = j;
+            }
+            None if pieces[i].is_empty() => i += 1,
+            None => return Err(pieces[i].to_string()),
+        }
+    }
+    Ok(out)
 }
 
 /// Every class must be on both sides, or the split is useless.
@@ -418,7 +444,22 @@ pub fn kfold(ds: &Dataset, labels: &Labels, k: usize, seed: u64) -> Result<Vec<V
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_label_map, ValSpec};
+    use super::{named_subjects, parse_label_map, ValSpec};
+
+    /// `--val-subjects` names ids that hold a comma, beside plain ones, however the shell split them.
+    #[test]
+    fn val_subjects_names_ids_that_hold_a_comma() {
+        let known = ["Doe, J", "Doe", "AK", "a,b,c"].into_iter().collect();
+        let named = |given: &[&str]| named_subjects(&given.iter().map(|s| s.to_string()).collect::<Vec<_>>(), &known);
+        assert_eq!(named(&["Doe, J,AK"]).unwrap(), ["Doe, J", "AK"]);
+        // As clap's delimiter hands them over, and as repeated flags.
+        assert_eq!(named(&["Doe", " J", "AK"]).unwrap(), ["Doe, J", "AK"]);
+        assert_eq!(named(&["Doe", "AK"]).unwrap(), ["Doe", "AK"]);
+        assert_eq!(named(&["a,b,c", "Doe,AK"]).unwrap(), ["a,b,c", "Doe", "AK"]);
+        assert_eq!(named(&["AK,,Doe,", "AK"]).unwrap(), ["AK", "Doe"]);
+        assert_eq!(named(&["AK,BK"]).unwrap_err(), "BK");
+        assert_eq!(named(&["a,b"]).unwrap_err(), "a");
+    }
 
     /// What a user may mean by a `--val` that is not a fraction is said.
     #[test]

@@ -272,6 +272,28 @@ fn skip_bad_warns_and_counts() {
     assert!(err.contains("skipped 1 unreadable image(s)") && err.contains("broken.png"), "{err}");
 }
 
+/// `--val-subjects` names a person whose id holds a comma (a manifest's quoted field) beside a plain one.
+#[test]
+fn val_subjects_names_a_person_whose_id_holds_a_comma() {
+    let d = tmp();
+    let m = subject_dataset(d.path(), 4, 32);
+    let csv = std::fs::read_to_string(&m).unwrap().replace(",P01\n", ",\"Doe, J\"\n");
+    std::fs::write(&m, csv).unwrap();
+    let s = small_trunk(d.path(), 8);
+    let (code, _, err) =
+        run(&args(&s, &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:1", "--val-subjects", "Doe, J,P03", "--name", "a"]), d.path());
+    assert_eq!(code, 0, "{err}");
+    let split = std::fs::read_to_string(d.path().join("runs/a/split.csv")).unwrap();
+    let val: Vec<&str> = split.lines().filter(|l| l.contains(",val,")).collect();
+    assert_eq!(val.len(), 4, "{split}");
+    assert_eq!(val.iter().filter(|l| l.contains(",\"Doe, J\",val,")).count(), 2, "{split}");
+    assert_eq!(val.iter().filter(|l| l.contains(",P03,val,")).count(), 2, "{split}");
+    // A piece that starts no id is named, with the ids there are.
+    let (code, _, err) = run(&args(&s, &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:1", "--val-subjects", "Doe,P03"]), d.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("--val-subjects: no subject `Doe` (subjects: `Doe, J`, P00, P02, P03)"), "{err}");
+}
+
 #[test]
 fn a_lopsided_split_is_warned_of_and_preprocess_makes_its_folder() {
     let d = tmp();
