@@ -318,7 +318,7 @@ pub struct DataArgs {
     /// Skip unreadable images with a warning instead of stopping.
     #[arg(long)]
     pub skip_bad: bool,
-    /// Each photo's person from its file name, where the names follow no face set's convention: a regular expression whose group (or whole match) is the person, e.g. '^([^_]+)_' for 002_03.jpg → 002. It overrides the layout's people, and predict, explain and evaluate of the run take it too.
+    /// Each photo's person from its file name, where the names follow no face set's convention: a regular expression whose group (or whole match) is the person, e.g. '^([^_]+)_' for 002_03.jpg → 002. It overrides the layout's people, and predict, explain and evaluate of the run take it too (unless given one of their own).
     #[arg(long, value_name = "REGEX", value_parser = checked(crate::data::scan::SubjectPattern::new))]
     pub subject_pattern: Option<String>,
 }
@@ -573,6 +573,11 @@ pub struct EvaluateArgs {
     /// names an expression otherwise.
     #[arg(long, value_name = "DATA=LABEL,…")]
     pub label_map: Option<String>,
+    /// Each photo's person from its file name by this regular expression (its group, or its whole match, e.g.
+    /// '^([^_]+)_' for anna_1.jpg → anna), instead of the run's own --subject-pattern: for data named otherwise
+    /// than the training data; a name it does not match keeps the person its layout gives.
+    #[arg(long, value_name = "REGEX", value_parser = checked(crate::data::scan::SubjectPattern::new))]
+    pub subject_pattern: Option<String>,
     /// Score only images the run did not train on (its split.csv); without it, overlap is warned about.
     #[arg(long)]
     pub exclude_train: bool,

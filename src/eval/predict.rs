@@ -1023,18 +1023,20 @@ impl Training {
 
 /// Scans `data` (labels mapped as the run was trained), predicts every image, scores it.
 /// `names`: the data's own labels read as the run's (`evaluate --label-map`,
-/// `smiling=happy`), before the run's rule.
+/// `smiling=happy`), before the run's rule. `pattern`: each photo's person
+/// from its file name (`evaluate --subject-pattern`), instead of the run's
+/// own pattern; a name it does not match keeps what the layout gives.
 pub fn evaluate(
     cfg: &RunConfig,
     model: &Vgg16,
     data: &Path,
-    (format, names): (crate::data::scan::DataFormat, &[(String, String)]),
+    (format, names, pattern): (crate::data::scan::DataFormat, &[(String, String)], Option<&str>),
     skip_bad: bool,
     (training, exclude): (&Training, bool),
     (tta_flip, device): (bool, Device),
 ) -> crate::error::Result<Evaluation> {
     let mut ds = crate::data::scan::scan(data, format)?;
-    if let Some(p) = run_pattern(None, cfg)? {
+    if let Some(p) = run_pattern(pattern, cfg)? {
         p.apply_where_named(&mut ds);
     }
     // Once per image: a copy is known by hashing it.

@@ -833,6 +833,10 @@ fn a_subject_pattern_takes_each_photos_person_from_its_name() {
     let (code, out, err) = run(&["evaluate", "--model", "runs/p", "--data", "data", "--device", "cpu"], d.path());
     assert_eq!(code, 0, "{err}");
     assert!(format!("{out}{err}").contains("20 scored with their person's statistics, 0 by the single-image head"), "{out}{err}");
+    // evaluate's own pattern stands instead of the run's: one matching no name leaves every photo alone.
+    let (code, out, err) = run(&["evaluate", "--model", "runs/p", "--data", "data", "--device", "cpu", "--subject-pattern", "^x(.)", "--out", "ev"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(format!("{out}{err}").contains("0 scored with their person's statistics, 20 by the single-image head"), "{out}{err}");
     // cv's folds by it: every fold names people.
     let (code, _, err) =
         run(&args(&s, &["cv", "--data", "data", "--stages", "head:1", "--folds", "2", "--out", "cv", "--subject-pattern", r"^(\d+)_"]), d.path());

@@ -458,7 +458,8 @@ fn evaluate(mut a: EvaluateArgs) -> anyhow::Result<()> {
     let training = predict::Training::of_run(&a.model);
     let tta_flip = vggft::eval::flip_tta(a.tta.choice(), model.cfg.subject_norm);
     let names = a.label_map.as_deref().map(vggft::data::split::parse_label_map).transpose()?.unwrap_or_default();
-    let ev = predict::evaluate(&cfg, &model, &data, (a.format, &names), a.skip_bad, (&training, a.exclude_train), (tta_flip, device))?;
+    let ev =
+        predict::evaluate(&cfg, &model, &data, (a.format, &names, a.subject_pattern.as_deref()), a.skip_bad, (&training, a.exclude_train), (tta_flip, device))?;
     if ev.excluded > 0 {
         errln!("note: left out {} image(s) this run was trained on (--exclude-train); scoring the other {}", ev.excluded, ev.y.len());
     } else if ev.overlap > 0 {
