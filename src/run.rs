@@ -308,11 +308,12 @@ fn execute(
         train::describe_stages(&tc.stages)
     ));
     let tta = eval::flip_tta(None, model.cfg.subject_norm);
-    // The inner fits that set a threshold share one cache of the pooled features with the run (head-only recipes;
-    // a fine-tune's inner fits each cache what their own stages need).
+    // A head-only recipe builds its pooled features once, shared with the inner fits that set a threshold, and
+    // kept in (or read from) the feature cache, so the next finetune on the same images skips the trunk; a
+    // fine-tune's inner fits each cache what their own stages need.
     let head_only = tc.stages.iter().all(|s| s.from == Block::Head);
-    let shared = match (tc.inner_fits(), state.is_none(), head_only) {
-        (true, true, true) => threshold_cache(session, &model, tta, &mut train::Pass::new(reporter, stop))
+    let shared = match (state.is_none(), head_only) {
+        (true, true) => head_cache(session, &model, tta, &mut train::Pass::new(reporter, stop))
             .map_err(|e| e.if_interrupted(train::hooks::saved(&train::ResumeState::default())))?,
         _ => vec![],
     };
@@ -335,7 +336,7 @@ fn execute(
         // A resumed run's fit built its own cache.
         let rebuilt;
         let inner_shared: &[train::Cache] = if shared.is_empty() && head_only {
-            rebuilt = threshold_cache(session, &model, tta, &mut train::Pass::new(reporter, stop)).map_err(|e| e.if_interrupted("every epoch is saved"))?;
+            rebuilt = head_cache(session, &model, tta, &mut train::Pass::new(reporter, stop)).map_err(|e| e.if_interrupted("every epoch is saved"))?;
             &rebuilt
         } else {
             &shared
@@ -397,12 +398,12 @@ fn validate(session: &Session, config: &RunConfig, trainer: &Trainer, model: &Vg
 
 /// The pooled features of every image (augmented views of the training
 /// images, clean and, with flip test-time augmentation, mirrored rows of
-/// all), built once for a run and the inner fits that set its threshold
-/// (none when the cache is off) — or read back from the feature cache
+/// all), built once for a head-only run and the inner fits that set its
+/// threshold (none when the cache is off) — or read back from the feature cache
 /// (`Session::feature_cache`), where an earlier finetune on the same
 /// images, split, weights and settings left them, and kept there if not;
 /// an error where the pass was stopped.
-fn threshold_cache(session: &Session, model: &Vgg16, tta: bool, pass: &mut train::Pass) -> Result<Vec<train::Cache>> {
+fn head_cache(session: &Session, model: &Vgg16, tta: bool, pass: &mut train::Pass) -> Result<Vec<train::Cache>> {
     let (config, data, device) = (&session.config, &session.prepared.data, session.device);
     let pre = &config.data.preprocess;
     let all: Vec<usize> = (0..data.targets.len()).collect();

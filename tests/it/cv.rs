@@ -884,7 +884,10 @@ fn a_second_finetune_reads_its_features_from_the_cache_and_trains_the_same_model
     let entries = || std::fs::read_dir(&cache).map_or(0, |r| r.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "safetensors")).count());
     let fc = cache.to_str().unwrap();
     let finetune = |name: &str, fc: &str, extra: &[&str]| {
-        let mut v = vec!["finetune", "--data", m.to_str().unwrap(), "--stages", "head:3", "--subject-norm", "on", "--threshold", "inner", "--name", name];
+        let mut v = vec!["finetune", "--data", m.to_str().unwrap(), "--stages", "head:3", "--subject-norm", "on", "--name", name];
+        if !extra.contains(&"--threshold") {
+            v.extend(["--threshold", "inner"]);
+        }
         v.extend(s.iter().map(String::as_str));
         v.extend(["--feature-cache", fc]);
         v.extend(extra);
@@ -922,6 +925,23 @@ fn a_second_finetune_reads_its_features_from_the_cache_and_trains_the_same_model
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("caching the frozen") && !err.contains("feature cache"), "{err}");
     assert_eq!(entries(), 2);
+    // A head-only recipe without inner fits (the London pairs' default) keeps and reads its features too.
+    // (A folder of its own: the features are those of run `a`, whose entry it would read.)
+    let plain = ["--threshold", "off", "--calibrate", "off"];
+    let fc2 = d.path().join("fc2");
+    let (code, _, err) = finetune("f", fc2.to_str().unwrap(), &plain);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("inner fits") && err.contains("kept them in the feature cache for the next finetune"), "{err}");
+    for cache in [fc, fc2.to_str().unwrap()] {
+        let (code, _, err) = finetune("g", cache, &plain);
+        assert_eq!(code, 0, "{err}");
+        assert!(err.contains("pooled features from the feature cache, not recomputed") && !err.contains("caching the frozen"), "{err}");
+        assert!(same_model("f", "g"), "the same model from the cache");
+        std::fs::remove_dir_all(run_dir("g")).unwrap();
+    }
+    let (code, _, err) = finetune("h", "off", &plain);
+    assert_eq!(code, 0, "{err}");
+    assert!(same_model("f", "h"), "the same model as without the cache");
 }
 
 #[test]
