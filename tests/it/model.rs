@@ -124,15 +124,53 @@ fn wrong_shapes_missing_keys_and_bad_files_are_named() {
         let e = weights::load_pretrained(&mut m, &pth).unwrap_err().to_string();
         assert!(e.contains(&format!("{name}: is a PyTorch checkpoint")) && e.contains("convert it with `make fetch-weights FROM=/"), "{e}");
     }
+    // (In the trunk, which every head reads: `a_new_head_reads_only_the_trunk_of_a_torchvision_file`.)
     let nan = torchvision_like(&p, false, 4);
-    let _ = tch::no_grad(|| nan[0].1.get(0).fill_(f64::NAN));
+    let conv = nan.iter().position(|(n, _)| n.starts_with("features.")).unwrap();
+    let _ = tch::no_grad(|| nan[conv].1.get(0).fill_(f64::NAN));
     let nanp = d.path().join("nan.safetensors");
     weights::save_atomic(&nan, &nanp).unwrap();
     let e = weights::load_pretrained(&mut m, &nanp).unwrap_err().to_string();
-    assert!(e.contains("NaN or Inf") && e.contains(&nan[0].0), "{e}");
+    assert!(e.contains("NaN or Inf") && e.contains(&nan[conv].0), "{e}");
     // Missing file.
     let e = weights::load_pretrained(&mut m, &d.path().join("nope.safetensors")).unwrap_err().to_string();
     assert!(e.contains("nope.safetensors"), "{e}");
+}
+
+/// A new head reads only the trunk of a torchvision file (its 411 MB fc6
+/// would be read for every fold of a cv): the classifier is neither read nor
+/// checked — a NaN there is no error — and is named as ignored; torchvision's
+/// own head reads fc6 and fc7, and refuses the NaN.
+#[test]
+fn a_new_head_reads_only_the_trunk_of_a_torchvision_file() {
+    let d = tmp();
+    let p = d.path().join("tv.safetensors");
+    let named = torchvision_like(&p, false, 6);
+    let fc6 = named.iter().position(|(n, _)| n == "classifier.0.weight").unwrap();
+    let _ = tch::no_grad(|| named[fc6].1.get(0).fill_(f64::NAN));
+    weights::save_atomic(&named, &p).unwrap();
+    let mut m = Vgg16::new(&small_cfg(BnMode::Drop, HeadKind::Bn, 2), Device::Cpu).unwrap();
+    let rep = weights::load_pretrained(&mut m, &p).unwrap();
+    assert!(rep.ignored.iter().any(|n| n == "classifier.0.weight") && rep.ignored.iter().any(|n| n == "classifier.6.bias"), "{:?}", rep.ignored);
+    let file: std::collections::BTreeMap<String, Tensor> = weights::read_tensors(&p).unwrap().into_iter().collect();
+    let trunk: Vec<(String, Tensor)> = m.named_tensors().into_iter().filter(|(n, _)| n.starts_with("features.")).collect();
+    assert_eq!(trunk.len(), 26);
+    for (n, t) in &trunk {
+        assert_eq!(max_abs_diff(t, &file[n]), 0.0, "{n} as the whole file's read gives it");
+    }
+    let mut v = Vgg16::new(&small_cfg(BnMode::Drop, HeadKind::Vgg, 10), Device::Cpu).unwrap();
+    let e = weights::load_pretrained(&mut v, &p).unwrap_err().to_string();
+    assert!(e.contains("NaN or Inf") && e.contains("classifier.0.weight"), "{e}");
+    // A tensor read alone whose bytes do not fit its dtype and shape is named.
+    let header =
+        br#"{"features.0.bias":{"dtype":"F32","shape":[2],"data_offsets":[0,4]},"classifier.6.bias":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(header);
+    bytes.extend([0u8; 8]);
+    let odd = d.path().join("odd.safetensors");
+    std::fs::write(&odd, bytes).unwrap();
+    let e = weights::load_pretrained(&mut m, &odd).unwrap_err().to_string();
+    assert!(e.contains("odd.safetensors: is truncated or corrupt (tensor data does not match the header): features.0.bias"), "{e}");
 }
 
 #[test]
