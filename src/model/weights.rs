@@ -282,10 +282,10 @@ pub(crate) fn fold_bn(path: &Path, tensors: Vec<(String, Tensor)>) -> Result<Vec
 /// ones are reported and ignored; the new head keeps its initialisation.
 pub fn load_pretrained(model: &mut Vgg16, path: &Path) -> Result<LoadReport> {
     let head = model.cfg.head;
-    let is_pretrained = |n: &str| is_pretrained(head, n);
+    let wanted = |n: &str| is_pretrained(head, n);
     // What the network takes from the file is all that is read (and checked for NaN): a new head leaves
     // torchvision's classifier unread.
-    let (mut tensors, unread) = read_tensors_where(path, is_pretrained)?;
+    let (mut tensors, unread) = read_tensors_where(path, wanted)?;
     check_finite(path, &tensors)?;
     let names: Vec<&str> = tensors.iter().map(|(n, _)| n.as_str()).chain(unread.iter().map(String::as_str)).collect();
     let arch = detect_arch(&names);
@@ -311,12 +311,12 @@ pub fn load_pretrained(model: &mut Vgg16, path: &Path) -> Result<LoadReport> {
     if model.cfg.head == HeadKind::Vgg && matches!(arch, FileArch::Trunk | FileArch::TrunkBn) {
         return Err(Error::weights(path, "holds a conv trunk only (no classifier.0/classifier.3), which --head vgg needs: use --head bn or --head linear"));
     }
-    let targets: BTreeMap<String, Tensor> = model.named_tensors().into_iter().filter(|(n, _)| is_pretrained(n)).collect();
+    let targets: BTreeMap<String, Tensor> = model.named_tensors().into_iter().filter(|(n, _)| wanted(n)).collect();
     let file: BTreeMap<String, Tensor> = tensors.into_iter().collect();
     copy_checked(path, &targets, &file, &mut report)?;
     report.ignored.extend(unread);
     // The training photos' feature statistics are no layer: a run sets them.
-    report.new = model.named_tensors().into_iter().map(|(n, _)| n).filter(|n| !is_pretrained(n) && n != crate::model::FEATURE_STATS).collect();
+    report.new = model.named_tensors().into_iter().map(|(n, _)| n).filter(|n| !wanted(n) && n != crate::model::FEATURE_STATS).collect();
     Ok(report)
 }
 
