@@ -339,7 +339,9 @@ fn a_subject_normalised_model_is_explained_as_predict_answers() {
             .map(|l| {
                 let f: Vec<&str> = l.split('\t').collect();
                 let p = f[2].split(' ').find_map(|kv| kv.strip_prefix(&format!("{}=", f[1]))).unwrap();
-                (f[0].to_string(), f[1].to_string(), p.to_string(), f.last().unwrap().to_string())
+                // As explain prints it: predict gives more decimals where a probability rounds as its threshold does.
+                let p: f64 = p.parse().unwrap();
+                (f[0].to_string(), f[1].to_string(), format!("{p:.3}"), f.last().unwrap().to_string())
             })
             .collect()
     };

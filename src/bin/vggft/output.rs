@@ -232,18 +232,21 @@ impl<'a> Predictions<'a> {
                 let k = p.class(cfg).unwrap_or_else(|| predict::argmax(pr));
                 let class = &cfg.classes[k];
                 // Text lines name a threshold other than 0.5: with it the answer need not be the likelier class.
-                let at = cfg.threshold_off_half(p.mode).map(|t| format!("\tthreshold={t:.3}")).unwrap_or_default();
+                let t = cfg.threshold_off_half(p.mode);
+                let d = decimals(pr[0], t, 3);
+                let at = t.map(|t| format!("\tthreshold={t:.d$}")).unwrap_or_default();
                 if let Some(h) = self.held.get(i) {
                     self.right += usize::from(h.class == *class);
                     if a.format == OutputFormat::Text {
                         // Every class's probability, as the plain lines give them: with a
                         // threshold set in training the answered class need not be the likelier.
                         let verdict = if h.class == *class { "right" } else { "WRONG" };
+                        let dh = decimals(pr[0], t, 2);
                         outln!(
                             "{}\ttrue {}\tpredicted {class}\t{}{at}{}\t{verdict}",
                             text_path(&p.path),
                             h.class,
-                            cfg.classes.iter().zip(pr).map(|(c, v)| format!("{c}={v:.2}")).collect::<Vec<_>>().join(" "),
+                            cfg.classes.iter().zip(pr).map(|(c, v)| format!("{c}={v:.dh$}")).collect::<Vec<_>>().join(" "),
                             p.mode.map(|m| format!("\tmode={}", m.name())).unwrap_or_default()
                         );
                         return;
@@ -253,7 +256,7 @@ impl<'a> Predictions<'a> {
                     OutputFormat::Text => outln!(
                         "{}\t{class}\t{}{at}{}",
                         text_path(&p.path),
-                        cfg.classes.iter().zip(pr).map(|(c, v)| format!("{c}={v:.3}")).collect::<Vec<_>>().join(" "),
+                        cfg.classes.iter().zip(pr).map(|(c, v)| format!("{c}={v:.d$}")).collect::<Vec<_>>().join(" "),
                         p.mode.map(|m| format!("\tmode={}", m.name())).unwrap_or_default()
                     ),
                     OutputFormat::Csv => {
@@ -375,9 +378,27 @@ fn csv_line(fields: &[String]) -> String {
     String::from_utf8_lossy(&bytes).trim_end_matches('\n').to_string()
 }
 
+/// Decimals that show which side of the threshold `t` the first class's
+/// probability `p` lies on: `base`, more (at most 6) where the two round
+/// alike — `neutral=0.143` with `threshold=0.143` could be either answer.
+fn decimals(p: f64, t: Option<f64>, base: usize) -> usize {
+    let Some(t) = t else { return base };
+    (base..=6).find(|&d| format!("{p:.d$}") != format!("{t:.d$}")).unwrap_or(6)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::LogProgress;
+    use super::{decimals, LogProgress};
+
+    #[test]
+    fn a_probability_by_its_threshold_shows_which_side_it_lies_on() {
+        assert_eq!(decimals(0.1431, Some(0.1429), 3), 4);
+        assert_eq!(decimals(0.1431, Some(0.1429), 2), 4);
+        assert_eq!(decimals(0.2, Some(0.143), 3), 3);
+        assert_eq!(decimals(0.15, Some(0.143), 2), 2);
+        assert_eq!(decimals(0.1431, None, 3), 3);
+        assert_eq!(decimals(0.25, Some(0.25), 3), 6, "equal: as many as shown at most");
+    }
     use std::time::{Duration, Instant};
 
     #[test]
