@@ -155,8 +155,7 @@ pub(crate) fn read_tensors_where(path: &Path, keep: impl Fn(&str) -> bool) -> Re
         let dtype = info["dtype"].as_str().unwrap_or("");
         let kind = kind_of(dtype).ok_or_else(|| Error::weights(path, format!("cannot be read as safetensors: {name} has an unsupported dtype `{dtype}`")))?;
         let shape: Option<Vec<i64>> = info["shape"].as_array().and_then(|a| a.iter().map(|d| d.as_u64().and_then(|d| i64::try_from(d).ok())).collect());
-        let offsets = info["data_offsets"].as_array().map(|a| (a.first().and_then(serde_json::Value::as_u64), a.get(1).and_then(serde_json::Value::as_u64)));
-        let (Some(shape), Some((Some(a), Some(b)))) = (shape, offsets) else { return Err(corrupt(name)) };
+        let (Some(shape), Some((a, b))) = (shape, data_offsets(info)) else { return Err(corrupt(name)) };
         let bytes = shape.iter().try_fold(kind.elt_size_in_bytes() as u64, |n, &d| n.checked_mul(d as u64));
         if b < a || bytes != Some(b - a) {
             return Err(corrupt(name));
@@ -179,8 +178,13 @@ pub(crate) fn is_pretrained(head: HeadKind, name: &str) -> bool {
 /// reads from it (`load_pretrained`), from its header; None where it has none.
 pub(crate) fn pretrained_bytes(path: &Path, head: HeadKind) -> Option<u64> {
     let (_, entries) = header(path)?;
-    let size = |v: &serde_json::Value| Some(v["data_offsets"].get(1)?.as_u64()?.saturating_sub(v["data_offsets"].get(0)?.as_u64()?));
-    Some(entries.iter().filter(|(n, _)| is_pretrained(head, n)).filter_map(|(_, v)| size(v)).sum())
+    Some(entries.iter().filter(|(n, _)| is_pretrained(head, n)).filter_map(|(_, v)| data_offsets(v)).map(|(a, b)| b.saturating_sub(a)).sum())
+}
+
+/// A header entry's `data_offsets`: where its tensor's bytes start and end
+/// after the header; None where they are not two numbers.
+fn data_offsets(entry: &serde_json::Value) -> Option<(u64, u64)> {
+    Some((entry["data_offsets"].get(0)?.as_u64()?, entry["data_offsets"].get(1)?.as_u64()?))
 }
 
 /// libtorch's element type for a safetensors dtype, as tch maps them.
