@@ -33,8 +33,10 @@ pub enum SubjectNormChoice {
     /// Globally normalised features only (the classic head).
     #[default]
     Off,
+    /// Always (a person with a single photo is answered by the single-image head).
     On,
-    /// On where every person has at least `PERSON_MIN` photos (`enough_photos`).
+    /// On where every person has at least 2 photos.
+    // (`PERSON_MIN`, `enough_photos`.)
     Auto,
 }
 

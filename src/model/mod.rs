@@ -150,7 +150,7 @@ impl BnMode {
 pub enum HeadKind {
     /// Global average pool → dropout → linear.
     Linear,
-    /// Concatenated average+max pool → BatchNorm1d → dropout → \[hidden\] → linear (fastai-style).
+    /// Concatenated average+max pool → BatchNorm1d → dropout → linear, fastai-style (`--hidden N`: a hidden layer before the linear one).
     Bn,
     /// Pretrained fc6/fc7 (`classifier.0/3`) kept, new final layer `classifier.6`.
     Vgg,
@@ -161,12 +161,14 @@ pub enum HeadKind {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
+    /// float32 throughout (the default).
     #[default]
     F32,
     /// bfloat16 convolutions: faster on CPUs with AMX (~4×) and on recent GPUs; on
     /// AVX512-BF16 CPUs without AMX it depends on the CPU (measured ~1.5× slower to ~2×
     /// faster than float32: `vggft speed` says which), and ~10× slower on a CPU without
-    /// bf16 arithmetic (`CpuBf16`).
+    /// bf16 arithmetic (a training run warns of it).
+    // (`CpuBf16` tells the three apart.)
     Bf16,
 }
 
