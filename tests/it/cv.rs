@@ -904,7 +904,8 @@ fn a_second_finetune_reads_its_features_from_the_cache_and_trains_the_same_model
     let run_dir = |n: &str| d.path().join("runs").join(n);
     let same_model =
         |a: &str, b: &str| std::fs::read(run_dir(a).join("model.safetensors")).unwrap() == std::fs::read(run_dir(b).join("model.safetensors")).unwrap();
-    // (Seen to fail once in a full suite on 2026-12-06, not again in ~30 runs of it: where it does, which tensors differ, and by how much.)
+    // (It failed in about one run of 12 beside a busy suite until MKL's vector math was set up before any parallel
+    // work, `model::settle_vector_math`: the person head's tensors differed by ~1e-9. Should it fail again: which tensors.)
     let differing = |a: &str, b: &str| {
         let read = |n: &str| tch::Tensor::read_safetensors(run_dir(n).join("model.safetensors")).unwrap();
         let other: std::collections::BTreeMap<String, tch::Tensor> = read(b).into_iter().collect();
