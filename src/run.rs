@@ -675,6 +675,7 @@ fn dangling(p: &Path) -> Option<PathBuf> {
 
 /// Loads a finished run's model from its folder alone.
 pub fn load_run(dir: &Path, device: Device) -> Result<(RunConfig, Vgg16)> {
+    crate::model::settle_vector_math();
     if let Some(target) = dangling(dir) {
         return Err(Error::file(
             dir,

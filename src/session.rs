@@ -48,6 +48,7 @@ impl Session {
     /// the weights, `--subject-norm auto` and the recipe's other defaults
     /// that depend on the data (stages, features, face crop).
     pub fn open(recipe: &Recipe, data: DataConfig, seed: u64, threads: Option<i32>, reporter: &mut dyn Reporter) -> Result<Session> {
+        crate::model::settle_vector_math();
         recipe.train.validate()?;
         let device = parse_device(&recipe.device)?;
         let mut data = data;

@@ -436,8 +436,9 @@ static GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
 pub(crate) static THREAD_SETTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Calls each elementwise function that libtorch hands to MKL's vector math
-/// (VML) once, in float32 and float64, on this thread alone; call it first
-/// thing in `main`, before any parallel work. VML sets itself up on its
+/// (VML) once, in float32 and float64, on this thread alone (once a
+/// process): `main` calls it first thing, and `Session::open` and
+/// `run::load_run` for library callers, before any parallel work. VML sets itself up on its
 /// first call of each function, and a first call made by two threads at
 /// once (libtorch splits a tensor of more than 2048 elements across its
 /// threads) was seen to give the second thread a less exact result for that
@@ -445,35 +446,38 @@ pub(crate) static THREAD_SETTING: std::sync::Mutex<()> = std::sync::Mutex::new((
 /// the half the second thread took, in about one finetune of 150 on a busy
 /// 2-core machine, so two runs of the same recipe gave different models.
 pub fn settle_vector_math() {
-    tch::no_grad(|| {
-        for kind in [Kind::Float, Kind::Double] {
-            let x = Tensor::from_slice(&[0.25f32, 0.5, 0.75]).to_kind(kind);
-            let fs: [fn(&Tensor) -> Tensor; 20] = [
-                Tensor::sqrt,
-                Tensor::exp,
-                Tensor::log,
-                Tensor::log1p,
-                Tensor::expm1,
-                Tensor::log10,
-                Tensor::log2,
-                Tensor::tanh,
-                Tensor::sin,
-                Tensor::cos,
-                Tensor::tan,
-                Tensor::asin,
-                Tensor::acos,
-                Tensor::atan,
-                Tensor::erf,
-                Tensor::erfc,
-                Tensor::erfinv,
-                Tensor::trunc,
-                Tensor::lgamma,
-                Tensor::abs,
-            ];
-            for f in fs {
-                let _ = f(&x);
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        tch::no_grad(|| {
+            for kind in [Kind::Float, Kind::Double] {
+                let x = Tensor::from_slice(&[0.25f32, 0.5, 0.75]).to_kind(kind);
+                let fs: [fn(&Tensor) -> Tensor; 20] = [
+                    Tensor::sqrt,
+                    Tensor::exp,
+                    Tensor::log,
+                    Tensor::log1p,
+                    Tensor::expm1,
+                    Tensor::log10,
+                    Tensor::log2,
+                    Tensor::tanh,
+                    Tensor::sin,
+                    Tensor::cos,
+                    Tensor::tan,
+                    Tensor::asin,
+                    Tensor::acos,
+                    Tensor::atan,
+                    Tensor::erf,
+                    Tensor::erfc,
+                    Tensor::erfinv,
+                    Tensor::trunc,
+                    Tensor::lgamma,
+                    Tensor::abs,
+                ];
+                for f in fs {
+                    let _ = f(&x);
+                }
             }
-        }
+        })
     });
 }
 
