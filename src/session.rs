@@ -208,6 +208,7 @@ impl Session {
 
     /// A saved run's session: its data prepared again as its config says.
     pub(crate) fn reopen(config: RunConfig, reporter: &mut dyn Reporter) -> Result<Session> {
+        crate::model::settle_vector_math();
         let device = parse_device(&config.device)?;
         let mut prepared = prepare(&config.data, config.train.seed, reporter)?;
         prepared.keep_frames(config.single_frame);

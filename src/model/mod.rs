@@ -437,8 +437,9 @@ pub(crate) static THREAD_SETTING: std::sync::Mutex<()> = std::sync::Mutex::new((
 
 /// Calls each elementwise function that libtorch hands to MKL's vector math
 /// (VML) once, in float32 and float64, on this thread alone (once a
-/// process): `main` calls it first thing, and `Session::open` and
-/// `run::load_run` for library callers, before any parallel work. VML sets itself up on its
+/// process), before any parallel work: every path that trains or scores
+/// goes through `Session::open`, `Session::reopen` (resume, rerun) or
+/// `run::load_run` (predict, evaluate, explain), and each calls it first. VML sets itself up on its
 /// first call of each function, and a first call made by two threads at
 /// once (libtorch splits a tensor of more than 2048 elements across its
 /// threads) was seen to give the second thread a less exact result for that

@@ -765,7 +765,6 @@ fn default_out_refused(e: &anyhow::Error, matches: &clap::ArgMatches) -> bool {
 
 fn main() -> ExitCode {
     vggft::alloc::keep_freed_memory();
-    vggft::model::settle_vector_math();
     let matches = command().get_matches();
     refuse_options_with_resume(&matches);
     refuse_options_in_cv(&matches);
