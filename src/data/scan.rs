@@ -984,6 +984,12 @@ pub fn is_vggft_output(dir: &Path) -> bool {
     output_kind(dir).is_some()
 }
 
+/// Whether `dir` is a run folder or a folder of runs (`runs/`): a trained
+/// model, which a command that wants photos should name as `--model`.
+pub fn is_run_output(dir: &Path) -> bool {
+    matches!(output_kind(dir), Some("a run folder" | "a folder of runs"))
+}
+
 /// What vggft output folder `dir` is, by the files each command leaves
 /// (evaluate's by `metrics.json` beside `confusion.png`, as `metrics.json`
 /// alone is a common name). A command stopped between its first two files

@@ -335,6 +335,7 @@ pub fn expand_inputs(inputs: &[PathBuf], recursive: bool) -> crate::error::Resul
         Ok(())
     };
     for p in inputs {
+        refuse_model_folder(p)?;
         if p.is_dir() && p.join("manifest.csv").is_file() {
             // As a dataset folder is read: its manifest lists the images (and their people).
             manifest(&p.join("manifest.csv"), &mut out)?;
@@ -355,6 +356,25 @@ pub fn expand_inputs(inputs: &[PathBuf], recursive: bool) -> crate::error::Resul
         }
     }
     Ok(out)
+}
+
+/// Refuses an input folder that vggft wrote and that holds its plots, not
+/// photos: `vggft predict RUN face.jpg` would otherwise answer the run's
+/// learning curves as a face, with the default model. Face crops and
+/// heatmap folders stay readable (their images are faces).
+fn refuse_model_folder(p: &Path) -> crate::error::Result<()> {
+    if !p.is_dir() || p.join("manifest.csv").is_file() {
+        return Ok(());
+    }
+    if crate::data::scan::is_run_output(p) {
+        return Err(Error::file(p, format!("is a trained model (a run folder), not photos: give it as --model {}", p.display())));
+    }
+    match crate::data::scan::output_kind(p) {
+        Some(kind @ ("a cv folder" | "an lr-find folder" | "an evaluate folder")) => {
+            Err(Error::file(p, format!("is {kind} that vggft wrote (its plots and records), not photos")))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Decodes and prepares one input as the run's preprocessing says (gray S×S,

@@ -809,6 +809,20 @@ fn predict_recurses_streams_jsonl_and_takes_the_model_file() {
         err.contains("in/empty: folder holds no images") && err.contains("1 folder(s) held no images") && !err.contains("image(s) could not be predicted"),
         "{err}"
     );
+    // The model given as an input (`predict RUN photo`): refused before any
+    // answer, not its learning curves predicted as a face by runs/latest.
+    for (cmd, model) in [("predict", "runs/p"), ("predict", "runs"), ("explain", "runs/p")] {
+        let mut argv = vec![cmd, model, "in/top.png", "--device", "cpu"];
+        if cmd == "explain" {
+            argv.extend(["--out", "heat2"]);
+        }
+        let (code, out, err) = run(&argv, d.path());
+        assert!(code == 1 && out.is_empty() && !d.path().join("heat2").exists(), "{cmd} {model}: {code} {out} {err}");
+        assert!(err.starts_with(&format!("error: {model}: is a trained model (a run folder), not photos: give it as --model {model}")), "{err}");
+    }
+    let (code, _, err) = run(&["evaluate", "runs/p", "--device", "cpu"], d.path());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.starts_with("error: runs/p: is a trained model (a run folder), not a labelled dataset: `vggft evaluate --model runs/p DATA`"), "{err}");
     // Class folders given without -r: where the images are is said.
     let (code, _, err) = run(&["predict", "--model", "runs/p", "--device", "cpu", "data"], d.path());
     assert_eq!(code, 1);

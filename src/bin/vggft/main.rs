@@ -429,6 +429,14 @@ fn lr_find(a: LrFindArgs) -> anyhow::Result<()> {
 fn evaluate(mut a: EvaluateArgs) -> anyhow::Result<()> {
     // Given as --data or as a word; clap requires one of the two.
     let data = a.data.take().or(a.dataset.take()).unwrap_or_default();
+    // `vggft evaluate RUN` — the model given where the data goes: said before anything is loaded.
+    if data.is_dir() && !data.join("manifest.csv").is_file() && vggft::data::scan::is_run_output(&data) {
+        return Err(vggft::error::Error::file(
+            &data,
+            format!("is a trained model (a run folder), not a labelled dataset: `vggft evaluate --model {} DATA` scores it on DATA", data.display()),
+        )
+        .into());
+    }
     if let Some(t) = a.threads {
         tch::set_num_threads(t);
     }
