@@ -479,7 +479,8 @@ fn finish(mut dataset: Dataset, loaded: crate::data::Loaded, dc: &DataConfig, se
     if let Some(n) = &split.note {
         reporter.message(n);
     }
-    if let Some(w) = lopsided_warning(&split) {
+    let people = dataset.samples.iter().filter_map(|s| s.subject.as_deref()).collect::<std::collections::BTreeSet<_>>().len();
+    if let Some(w) = lopsided_warning(&split, &dc.val, people) {
         reporter.message(&w);
     }
     let data = train_data((loaded.gray, loaded.lone), &dataset, &labels, dc.train_labels, split.train.clone(), split.val.clone());
@@ -496,16 +497,25 @@ fn finish(mut dataset: Dataset, loaded: crate::data::Loaded, dc: &DataConfig, se
     Ok(Prepared { dataset, labels, split, data, skipped: loaded.skipped, boxes: loaded.boxes })
 }
 
-/// A warning when the validation side holds more images than training: an
-/// `--val 0.8` meant as "train on 80 %" trains on a fifth of the data.
-fn lopsided_warning(split: &Split) -> Option<String> {
-    (split.val.len() > split.train.len()).then(|| {
-        format!(
-            "warning: this split trains on {} image(s) and validates on {}: --val F is the fraction held out for validation, so most of the data is not trained on (--val 0.2 keeps 80 % for training)",
-            split.train.len(),
-            split.val.len()
-        )
-    })
+/// A warning when the validation side holds more images than training, with
+/// its cause: an `--val 0.8` meant as "train on 80 %"; the people
+/// `--val-subjects` names; or, with the default fraction, so few people
+/// (`people` in the dataset) that the whole ones held out hold most photos.
+fn lopsided_warning(split: &Split, spec: &split::ValSpec, people: usize) -> Option<String> {
+    if split.val.len() <= split.train.len() {
+        return None;
+    }
+    let why = match spec {
+        split::ValSpec::Subjects { fraction } if *fraction > 0.5 => {
+            "--val F is the fraction held out for validation, so most of the data is not trained on (--val 0.2 keeps 80 % for training)".to_string()
+        }
+        split::ValSpec::Named { .. } => "the people --val-subjects names hold most of the photos".to_string(),
+        _ => format!(
+            "{} of the {people} people are held out whole (no person is on both sides) and hold most of the photos; with so few people `vggft cv --folds loso` tests each one in turn, and --val none trains on all",
+            split.val_subjects.len()
+        ),
+    };
+    Some(format!("warning: this split trains on {} image(s) and validates on {}: {why}", split.train.len(), split.val.len()))
 }
 
 /// Training data for `labels`: the head's targets are the raw labels or the
@@ -746,8 +756,29 @@ fn bf16_advice(precision: crate::model::Precision, cpu: crate::model::CpuBf16) -
 
 #[cfg(test)]
 mod tests {
-    use super::bf16_advice;
+    use super::{bf16_advice, lopsided_warning};
+    use crate::data::split::{Split, ValSpec};
     use crate::model::{CpuBf16, Precision};
+
+    /// A split with more validation than training images names its cause, not always `--val F`.
+    #[test]
+    fn a_lopsided_split_names_its_cause() {
+        let split = |train: usize, val: usize, people: &[&str]| Split {
+            train: (0..train).collect(),
+            val: (train..train + val).collect(),
+            val_subjects: people.iter().map(|p| p.to_string()).collect(),
+            note: None,
+        };
+        let warn = |s: &Split, spec: &ValSpec, people| lopsided_warning(s, spec, people).unwrap_or_default();
+        assert_eq!(warn(&split(19, 19, &["AK"]), &ValSpec::Subjects { fraction: 0.2 }, 2), "");
+        let w = warn(&split(2, 6, &["P01", "P02", "P03"]), &ValSpec::Subjects { fraction: 0.75 }, 4);
+        assert!(w.starts_with("warning: this split trains on 2 image(s) and validates on 6: --val F is the fraction held out"), "{w}");
+        // The default fraction, two people of unequal size: the fraction is not the cause.
+        let w = warn(&split(19, 21, &["AK"]), &ValSpec::Subjects { fraction: 0.2 }, 2);
+        assert!(w.contains("validates on 21: 1 of the 2 people are held out whole") && !w.contains("--val F"), "{w}");
+        let w = warn(&split(19, 21, &["AK"]), &ValSpec::Named { subjects: vec!["AK".into()] }, 2);
+        assert!(w.ends_with("the people --val-subjects names hold most of the photos"), "{w}");
+    }
 
     #[test]
     fn bf16_advice_is_a_tip_on_amx_and_a_warning_where_it_is_emulated() {
