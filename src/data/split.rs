@@ -326,13 +326,23 @@ fn named_subjects(given: &[String], known: &BTreeSet<&str>) -> std::result::Resu
 
 /// Every class must be on both sides, or the split is useless.
 pub(crate) fn check_sides(ds: &Dataset, labels: &Labels, split: &Split) -> Result<()> {
+    if split.train.is_empty() && !split.val.is_empty() {
+        // One person (or every person named by --val-subjects): nobody is left to train on.
+        return Err(Error::dataset(
+            &ds.root,
+            format!(
+                "cannot make this split: the people held out for validation ({}) are all the people there are, so none are left to train on; a subject-grouped validation needs at least two people, --val none trains on all",
+                crate::error::short_list(&split.val_subjects, 5)
+            ),
+        ));
+    }
     for (side, idx) in [("training", &split.train), ("validation", &split.val)] {
         for (c, name) in labels.classes.iter().enumerate() {
             if !idx.iter().any(|&i| labels.targets[i] == c as i64) {
                 return Err(Error::dataset(
                     &ds.root,
                     format!(
-                        "cannot make this split: the {side} side has no `{name}` image (subjects: {}); use more data, another --val, or --val none",
+                        "cannot make this split: the {side} side has no `{name}` image (held out: {}); use more data, another --val, or --val none",
                         split.val_subjects.join(",")
                     ),
                 ));

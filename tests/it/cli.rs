@@ -307,6 +307,10 @@ fn a_lopsided_split_is_warned_of_and_preprocess_makes_its_folder() {
     let (code, _, err) = run(&args(&s, &["finetune", "--data", data, "--stages", "head:1", "--val", "subjects:0.25", "--name", "ok"]), d.path());
     assert_eq!(code, 0, "{err}");
     assert!(!err.contains("this split trains on"), "{err}");
+    // Every person held out: said as such, not as a class missing on the training side.
+    let (code, _, err) = run(&args(&s, &["finetune", "--data", data, "--stages", "head:1", "--val-subjects", "P00,P01,P02,P03", "--name", "all"]), d.path());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("the people held out for validation (P00, P01, P02, P03) are all the people there are") && !err.contains("side has no"), "{err}");
     // preprocess writes the network input, making the folder it names.
     let (code, out, err) = run(&["preprocess", "s00_neutral.png", "--model", "runs/ok", "--out", "new/dir/x.safetensors"], d.path());
     assert_eq!(code, 0, "{err}");
