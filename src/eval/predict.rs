@@ -377,6 +377,12 @@ fn refuse_model_folder(p: &Path) -> crate::error::Result<()> {
     }
 }
 
+/// Whether a folder of vggft's output that `-r` skipped is read when named
+/// (face crops, heatmaps) rather than refused (runs, cv, evaluate, lr-find).
+pub fn readable_when_named(p: &Path) -> bool {
+    refuse_model_folder(p).is_ok()
+}
+
 /// Decodes and prepares one input as the run's preprocessing says (gray S×S,
 /// and the face box used); `given`: its box chosen beforehand (`--face
 /// person`: its person's).

@@ -755,7 +755,10 @@ fn predict_recurses_streams_jsonl_and_takes_the_model_file() {
     assert_eq!(objs.len(), 3, "{out}");
     assert!(objs.iter().any(|o| o["path"].as_str().unwrap().ends_with("deepest/low.png")), "{out}");
     assert!(objs.iter().all(|o| o["probabilities"].as_object().unwrap().len() == 2), "{out}");
-    assert!(err.contains("skipped in/heat: vggft's own output") && !out.contains("top_a.png"), "{err}\n{out}");
+    assert!(
+        err.contains("skipped in/heat: vggft's own output") && err.contains("name it on the command line to read it") && !out.contains("top_a.png"),
+        "{err}\n{out}"
+    );
     let (code, out, err) = run(&["predict", "--model", "runs/p", "--device", "cpu", "-r", "in/heat"], d.path());
     assert_eq!(code, 0, "{err}");
     assert!(out.lines().count() == 1 && out.contains("top_a.png") && !err.contains("skipped"), "{err}\n{out}");
@@ -824,6 +827,15 @@ fn predict_recurses_streams_jsonl_and_takes_the_model_file() {
         assert!(code == 1 && out.is_empty() && !d.path().join("heat2").exists(), "{cmd} {model}: {code} {out} {err}");
         assert!(err.starts_with(&format!("error: {model}: is a trained model (a run folder), not photos: give it as --model {model}")), "{err}");
     }
+    // Met by -r, a run is skipped without the offer to name it.
+    std::fs::create_dir_all(d.path().join("in2/run")).unwrap();
+    std::fs::copy(d.path().join("in/top.png"), d.path().join("in2/top.png")).unwrap();
+    for f in ["config.json", "split.csv", "learning_curves.png"] {
+        std::fs::copy(d.path().join("runs/p").join(f), d.path().join("in2/run").join(f)).unwrap();
+    }
+    let (code, out, err) = run(&["predict", "--model", "runs/p", "--device", "cpu", "-r", "in2"], d.path());
+    assert!(code == 0 && out.lines().count() == 1, "{err}\n{out}");
+    assert!(err.contains("skipped in2/run: vggft's own output") && !err.contains("name it"), "{err}");
     let (code, _, err) = run(&["evaluate", "runs/p", "--device", "cpu"], d.path());
     assert_eq!(code, 1, "{err}");
     assert!(err.starts_with("error: runs/p: is a trained model (a run folder), not a labelled dataset: `vggft evaluate --model runs/p DATA`"), "{err}");

@@ -183,7 +183,9 @@ fn input_paths(inputs: &[std::path::PathBuf], recursive: bool) -> vggft::error::
     }
     let found = predict::expand_inputs(&expanded, recursive)?;
     for d in &found.skipped {
-        errln!("skipped {}: vggft's own output (a run, cv folder, face crops or heatmaps), not photos; name it on the command line to read it", d.display());
+        // Face crops and heatmaps are faces, read when named; a run's or cv's plots are not.
+        let named = if predict::readable_when_named(d) { "; name it on the command line to read it" } else { "" };
+        errln!("skipped {}: vggft's own output (a run, cv folder, face crops or heatmaps), not photos{named}", d.display());
     }
     if let Some(w) = vggft::data::scan::unread_warning(&found.unread) {
         errln!("{w}");
