@@ -1330,10 +1330,19 @@ fn line_of(text: &[u8], starts: &[usize], at: &csv::Position) -> usize {
     starts.partition_point(|&s| s <= first)
 }
 
+/// The names a manifest's path, label and subject columns go by, in order of
+/// preference, any case: vggft's own, then those of Keras's
+/// `flow_from_dataframe` (`filename`, `class`) and common spreadsheets.
+pub const MANIFEST_COLUMNS: [&[&str]; 3] = [
+    &["path", "filename", "file", "image", "image_path", "filepath"],
+    &["label", "class", "expression", "emotion"],
+    &["subject", "person", "subject_id", "person_id", "participant", "identity"],
+];
+
 /// Reads a CSV manifest: `path` (relative to the manifest's folder),
 /// `label` (required where `labelled`; else read where present, `""` where
 /// not: `predict` takes a manifest of unlabelled photos) and an optional
-/// `subject` column.
+/// `subject` column, each under any of its `MANIFEST_COLUMNS` names.
 pub fn read_manifest(csv_path: &Path, labelled: bool) -> Result<Dataset> {
     let bytes = std::fs::read(csv_path).map_err(|e| Error::io(csv_path, e))?;
     let text = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
@@ -1354,9 +1363,16 @@ pub fn read_manifest(csv_path: &Path, labelled: bool) -> Result<Dataset> {
         })?
         .clone();
     let col = |name: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(name));
-    let (pc, lc) = (col("path"), col("label"));
+    // The first of a column's names the header has (`MANIFEST_COLUMNS`).
+    let col_of = |names: &[&str]| names.iter().find_map(|n| col(n));
+    let [path_names, label_names, subject_names] = MANIFEST_COLUMNS;
+    let (pc, lc) = (col_of(path_names), col_of(label_names));
     let Some(pc) = pc.filter(|_| lc.is_some() || !labelled) else {
-        let needs = if labelled { "columns `path` and `label`" } else { "a column `path`" };
+        let needs = if labelled {
+            "columns `path` and `label` (or `filename` and `class`, as Keras's flow_from_dataframe names them)"
+        } else {
+            "a column `path` (or `filename`)"
+        };
         let found = headers.iter().collect::<Vec<_>>().join(", ");
         // FER-2013 and its kin hold each face as a `pixels` string of numbers.
         let pixels = if col("pixels").is_some() {
@@ -1366,7 +1382,7 @@ pub fn read_manifest(csv_path: &Path, labelled: bool) -> Result<Dataset> {
         };
         return Err(Error::file(csv_path, format!("needs {needs} (found: {found}){pixels}")));
     };
-    let sc = col("subject");
+    let sc = col_of(subject_names);
     // A bare file name's parent is the empty path: the current folder.
     let base = csv_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let base_abs = base.canonicalize().map_err(|e| Error::io(base, e))?;

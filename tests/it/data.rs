@@ -431,7 +431,7 @@ fn csv_with_bom_quotes_and_errors() {
         let ds = scan(&m, DataFormat::Auto).unwrap();
         assert_eq!(ds.samples.iter().map(|s| (s.label.as_str(), s.subject.as_deref())).collect::<Vec<_>>(), [("neutral", Some("P1")), ("happy", Some("P2"))]);
     }
-    std::fs::write(&m, "file,label\na b.png,neutral\n").unwrap();
+    std::fs::write(&m, "name,label\na b.png,neutral\n").unwrap();
     let e = scan(&m, DataFormat::Auto).unwrap_err().to_string();
     assert!(e.contains("m.csv") && e.contains("`path` and `label`"), "{e}");
     std::fs::write(&m, "path,label\nmissing.png,neutral\n").unwrap();
@@ -462,9 +462,32 @@ fn csv_with_bom_quotes_and_errors() {
     std::fs::write(&m, "emotion,pixels,Usage\n0,\"1 2 3 4\",Training\n").unwrap();
     let e = scan(&m, DataFormat::Auto).unwrap_err().to_string();
     assert!(
-        e.contains("needs columns `path` and `label` (found: emotion, pixels, Usage); its `pixels` column holds pictures as numbers (FER-2013's format)"),
+        e.contains("needs columns `path` and `label` (or `filename` and `class`, as Keras's flow_from_dataframe names them) (found: emotion, pixels, Usage); its `pixels` column holds pictures as numbers (FER-2013's format)"),
         "{e}"
     );
+    // Keras's `flow_from_dataframe` names (`filename`, `class`) and a `Person` column are read as path, label and subject.
+    std::fs::write(
+        &m,
+        "Person,filename,class
+P2,c.png,happy
+P1,sub/w.png,neutral
+",
+    )
+    .unwrap();
+    let ds = scan(&m, DataFormat::Auto).unwrap();
+    let got: Vec<(String, &str, Option<&str>)> =
+        ds.samples.iter().map(|s| (s.path.file_name().unwrap().to_string_lossy().into_owned(), s.label.as_str(), s.subject.as_deref())).collect();
+    assert_eq!(got, [("c.png".to_string(), "happy", Some("P2")), ("w.png".to_string(), "neutral", Some("P1"))]);
+    // vggft's own name comes first where a header has both.
+    std::fs::write(
+        &m,
+        "filename,path,label,class
+none.png,c.png,happy,sad
+",
+    )
+    .unwrap();
+    let ds = scan(&m, DataFormat::Auto).unwrap();
+    assert!(ds.samples[0].path.ends_with("c.png") && ds.samples[0].label == "happy", "{:?}", ds.samples);
     // The archive a face set comes in, given as the data: unpack it first.
     let zip = d.path().join("jaffedbase.zip");
     std::fs::write(&zip, b"PK\x03\x04\x14\0\0\0\x08\0rest of a zip").unwrap();
