@@ -295,7 +295,7 @@ pub struct DataArgs {
     #[arg(long, value_enum, default_value_t = TrainLabels::Auto)]
     pub train_labels: TrainLabels,
     /// Crop before resizing: none, x,y,w,h (source pixels) or center:F.
-    #[arg(long, default_value = "none", value_parser = checked(Crop::parse))]
+    #[arg(long, default_value = "none", allow_hyphen_values = true, value_parser = checked(Crop::parse))]
     pub crop: String,
     /// Face localisation before resizing: auto (SeetaFace detector, each photo's own box), person (the median
     /// of the boxes found in each person's photos of one size, the same for all of them), none, or crop:x,y,w,h; default

@@ -371,11 +371,9 @@ impl Crop {
             }
             return Ok(Crop::Center { fraction: f });
         }
-        let v: Vec<u32> = s
-            .split(',')
-            .map(|p| p.trim().parse::<u32>())
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|_| Error::invalid(Setting::Crop, format!("`{s}`: expected x,y,w,h in pixels")))?;
+        let v: Vec<u32> = s.split(',').map(|p| p.trim().parse::<u32>()).collect::<std::result::Result<_, _>>().map_err(|_| {
+            Error::invalid(Setting::Crop, format!("`{s}`: expected x,y,w,h, four whole numbers of source pixels from 0 (x,y: the top-left corner)"))
+        })?;
         match v[..] {
             [x, y, w, h] if w >= MIN_SIDE && h >= MIN_SIDE => Ok(Crop::Box { x, y, w, h }),
             [_, _, w, h] if w > 0 && h > 0 => Err(Error::invalid(

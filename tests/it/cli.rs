@@ -543,9 +543,11 @@ fn predict_held_out_shows_only_people_the_model_never_saw() {
 #[test]
 fn every_bad_option_value_is_a_usage_error_with_exit_2_naming_the_flag() {
     let d = tmp();
-    let cases: [(&[&str], &str); 36] = [
+    let cases: [(&[&str], &str); 37] = [
         (&["finetune", "--val", "x"], "--val"),
         (&["finetune", "--crop", "1,2"], "--crop"),
+        // A negative corner is the value's problem, not an unknown flag `-1`.
+        (&["finetune", "--crop", "-1,0,10,10"], "--crop `-1,0,10,10`: expected x,y,w,h, four whole numbers"),
         // A box of a pixel or two trained on that pixel blown up.
         (&["finetune", "--crop", "10,10,1,1"], "--crop `10,10,1,1`: a 1×1 box is smaller than 8×8 pixels"),
         (&["finetune", "--face", "crop:0,0,4,40"], "--face `0,0,4,40`: a 4×40 box is smaller than 8×8 pixels"),
