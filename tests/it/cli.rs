@@ -517,6 +517,23 @@ fn predict_held_out_shows_only_people_the_model_never_saw() {
         ),
         "{out}"
     );
+    // CSV and JSON carry each photo's truth and person too; the tally goes to stderr, out of their records.
+    let (code, out, err) = run(&["predict", "--held-out", "--model", "runs/h", "--device", "cpu", "--format", "csv"], d.path());
+    assert_eq!(code, 0, "{err}");
+    let mut csv = csv::Reader::from_reader(out.as_bytes());
+    let header = csv.headers().unwrap().clone();
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap_or_else(|| panic!("{name}: {out}"));
+    let records: Vec<csv::StringRecord> = csv.records().map(Result::unwrap).collect();
+    assert_eq!(records.len(), val.len(), "{out}");
+    for (rec, r) in records.iter().zip(&val) {
+        assert_eq!((&rec[col("path")], &rec[col("true_class")], &rec[col("subject")]), (r[0].as_str(), r[2].as_str(), r[3].as_str()), "{out}");
+    }
+    let csv_right = records.iter().filter(|rec| rec[col("class")] == rec[col("true_class")]).count();
+    assert!(csv_right == right && err.contains(&format!("{right} of {} right on {who} the model never saw", val.len())), "{err}");
+    let (code, out, err) = run(&["predict", "--held-out", "--model", "runs/h", "--device", "cpu", "--format", "json"], d.path());
+    assert_eq!(code, 0, "{err}");
+    let objs: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    assert!(objs.iter().zip(&val).all(|(o, r)| o["true_class"] == r[2].as_str() && o["subject"] == r[3].as_str()), "{out}");
     let (code, out, err) = run(&["predict", "--held-out", "--subject-from", "none", "--model", "runs/h", "--device", "cpu"], d.path());
     assert_eq!(code, 0, "{err}");
     let lines: Vec<&str> = out.lines().collect();

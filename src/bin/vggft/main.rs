@@ -431,8 +431,10 @@ fn lr_find(a: LrFindArgs) -> anyhow::Result<()> {
 fn evaluate(mut a: EvaluateArgs) -> anyhow::Result<()> {
     // Given as --data or as a word; clap requires one of the two.
     let data = a.data.take().or(a.dataset.take()).unwrap_or_default();
-    // `vggft evaluate RUN` — the model given where the data goes: said before anything is loaded.
-    if data.is_dir() && !data.join("manifest.csv").is_file() && vggft::data::scan::is_run_output(&data) {
+    // `vggft evaluate RUN` — the model given where the data goes, no --model: said before anything is loaded.
+    // (With --model given, the data's own error names the data that run was trained on.)
+    let default_model = a.model.as_os_str() == "runs/latest";
+    if default_model && data.is_dir() && !data.join("manifest.csv").is_file() && vggft::data::scan::is_run_output(&data) {
         return Err(vggft::error::Error::file(
             &data,
             format!("is a trained model (a run folder), not a labelled dataset: `vggft evaluate --model {} DATA` scores it on DATA", data.display()),

@@ -217,6 +217,10 @@ impl<'a> Predictions<'a> {
             header.extend(cfg.classes.iter().map(|c| format!("p_{c}")));
             header.extend(subject_norm.then(|| "mode".to_string()));
             header.extend(distances.then(|| "feature_distance".to_string()));
+            // --held-out: each photo's truth, from the run's split.csv, beside the answer.
+            if !held.is_empty() {
+                header.extend(["true_class".to_string(), "subject".to_string()]);
+            }
             outln!("{}", csv_line(&header));
         }
         p
@@ -264,6 +268,9 @@ impl<'a> Predictions<'a> {
                         row.extend(pr.iter().map(|v| format!("{v:.6}")));
                         row.extend(p.mode.map(|m| m.name().to_string()));
                         row.extend(self.distances.then(|| p.distance.map(|d| format!("{d:.3}")).unwrap_or_default()));
+                        if let Some(h) = self.held.get(i) {
+                            row.extend([h.class.clone(), h.subject.clone()]);
+                        }
                         outln!("{}", csv_line(&row));
                     }
                     OutputFormat::Json | OutputFormat::Jsonl => {
@@ -285,6 +292,10 @@ impl<'a> Predictions<'a> {
                         }
                         if let Some(d) = p.distance {
                             o["feature_distance"] = serde_json::json!(d);
+                        }
+                        if let Some(h) = self.held.get(i) {
+                            o["true_class"] = serde_json::json!(h.class);
+                            o["subject"] = serde_json::json!(h.subject);
                         }
                         if a.format == OutputFormat::Jsonl {
                             outln!("{o}");
@@ -319,7 +330,7 @@ impl<'a> Predictions<'a> {
         if let Some(w) = predict::unusual_warning(&names, &distance) {
             errln!("{w}");
         }
-        if a.held_out && a.format == OutputFormat::Text {
+        if a.held_out {
             let people: std::collections::BTreeSet<&str> = held.iter().map(|h| h.subject.as_str()).collect();
             // A subject-normalised model: which head answered, and that head's own validation figure.
             let singles = preds.iter().filter(|p| p.mode == Some(predict::Mode::Single)).count();
@@ -333,12 +344,18 @@ impl<'a> Predictions<'a> {
                 .ok()
                 .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
                 .and_then(|m| m[key]["balanced_accuracy"].as_f64());
-            outln!(
+            let tally = format!(
                 "{right} of {} right on {} the model never saw{how}{}",
                 preds.len() - failed,
                 if people.len() == 1 { "1 person".to_string() } else { format!("{} people", people.len()) },
                 val.map(|b| format!(" (validation balanced accuracy {b:.3}{whose}, metrics.json)")).unwrap_or_default()
             );
+            // Text closes its lines with it; CSV and JSON keep standard output to their records.
+            if a.format == OutputFormat::Text {
+                outln!("{tally}");
+            } else {
+                errln!("{tally}");
+            }
         }
         if failed > 0 {
             // A folder without images is not a failed image: counted apart.
