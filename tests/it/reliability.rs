@@ -113,6 +113,26 @@ fn long_run(data: &Path, weights: &Path, name: &str) -> Vec<String> {
     v
 }
 
+/// `bin()` with SIGINT and SIGTERM at their defaults, as a shell at a
+/// terminal starts a program. Run from a background job (`cargo test … &` in
+/// a script) the tests ignore SIGINT, a child inherits that, and vggft keeps
+/// an ignored signal ignored on purpose (`nohup`, `&`): the signal tests
+/// would then test the shell, not vggft.
+fn bin_as_from_a_terminal() -> std::process::Command {
+    use std::os::unix::process::CommandExt;
+    let mut c = bin();
+    // SAFETY: between fork and exec the child only calls signal(), which is async-signal-safe.
+    unsafe {
+        c.pre_exec(|| {
+            for s in [libc::SIGINT, libc::SIGTERM] {
+                libc::signal(s, libc::SIG_DFL);
+            }
+            Ok(())
+        });
+    }
+    c
+}
+
 /// Runs vggft with `args` in `cwd`, sends SIGINT (as Ctrl-C in a terminal
 /// does) once `appears` exists, and returns its exit code and stderr.
 fn ctrl_c_once(args: &[String], cwd: &Path, appears: &Path) -> (Option<i32>, String) {
@@ -121,7 +141,7 @@ fn ctrl_c_once(args: &[String], cwd: &Path, appears: &Path) -> (Option<i32>, Str
 
 /// As `ctrl_c_once`, with the signal `kill` sends as `signal` (`-TERM`: `kill PID`, `timeout`).
 fn signal_once(args: &[String], cwd: &Path, appears: &Path, signal: &str) -> (Option<i32>, String) {
-    let child = bin().args(args).current_dir(cwd).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let child = bin_as_from_a_terminal().args(args).current_dir(cwd).stderr(std::process::Stdio::piped()).spawn().unwrap();
     let t = Instant::now();
     while !appears.exists() && t.elapsed() < Duration::from_secs(120) {
         std::thread::sleep(Duration::from_millis(5));
@@ -194,7 +214,7 @@ fn ctrl_c_through_the_binary_stops_after_the_batch_and_resume_finishes_the_run()
 /// error and how long it took to end after the signal.
 fn signal_on_line(args: &[&str], cwd: &Path, line: &str, signal: &str) -> (Option<i32>, String, Duration) {
     use std::io::BufRead;
-    let mut child = bin().args(args).current_dir(cwd).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let mut child = bin_as_from_a_terminal().args(args).current_dir(cwd).stderr(std::process::Stdio::piped()).spawn().unwrap();
     let mut err = String::new();
     let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
     for l in lines.by_ref() {
