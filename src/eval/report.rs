@@ -203,10 +203,15 @@ fn unfinished(dir: &Path) -> Option<String> {
 /// The Markdown table for `dirs` (run folders, cv folders, folders of runs).
 pub fn report(dirs: &[PathBuf]) -> Result<String> {
     let mut paths = Vec::new();
+    // The folders named themselves: an unreadable one of these is an error, one found inside a folder is left out.
+    let mut named = std::collections::HashSet::new();
     let mut left_out = Vec::new();
     let mut not_read = Vec::new();
     for d in dirs {
         let Expanded { done, unfinished, folders_of_runs } = expand(d)?;
+        if started(d) {
+            named.insert(d.clone());
+        }
         let hint = |nested: &[PathBuf]| {
             let shown: Vec<String> = nested.iter().map(|p| p.strip_prefix(".").unwrap_or(p).display().to_string()).collect();
             format!("{} {} runs: `vggft report {}`", crate::error::short_list(&shown, 5), if shown.len() == 1 { "holds" } else { "hold" }, shown.join(" "))
@@ -231,7 +236,23 @@ pub fn report(dirs: &[PathBuf]) -> Result<String> {
     // given and found again in its folder) is one column.
     let mut seen = std::collections::HashSet::new();
     paths.retain(|d| seen.insert(std::fs::canonicalize(d).unwrap_or_else(|_| d.clone())));
-    let mut entries: Vec<Entry> = paths.iter().map(|d| entry(d)).collect::<Result<_>>()?;
+    let mut entries = Vec::new();
+    let mut unreadable = Vec::new();
+    let mut kept = Vec::new();
+    for d in paths {
+        match entry(&d) {
+            Ok(e) => {
+                entries.push(e);
+                kept.push(d);
+            }
+            Err(e) if !named.contains(&d) => unreadable.push(e),
+            Err(e) => return Err(e),
+        }
+    }
+    let paths = kept;
+    if entries.is_empty() && !unreadable.is_empty() {
+        return Err(unreadable.swap_remove(0));
+    }
     // Two folders of one name (`a/r1`, `b/r1`): each column named by its path instead.
     let column: Vec<String> = entries.iter().map(|e| e.name.clone()).collect();
     for (e, d) in entries.iter_mut().zip(&paths) {
@@ -272,6 +293,9 @@ pub fn report(dirs: &[PathBuf]) -> Result<String> {
     }
     if !left_out.is_empty() {
         out.push_str(&format!("\n(left out, not finished: {})\n", names(&left_out)));
+    }
+    if !unreadable.is_empty() {
+        out.push_str(&format!("\n(left out, unreadable: {})\n", unreadable.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")));
     }
     for n in not_read {
         out.push_str(&format!("\n(not read, a folder of runs inside a folder given: {n})\n"));

@@ -943,6 +943,15 @@ fn report_shows_data_and_weights_when_they_differ() {
     let (code, _, err) = run(&["report", "runs/rd"], d.path());
     assert_eq!(code, 1);
     assert!(err.contains("runs/rd: is a run that has not finished (no metrics.json yet): ") && err.contains("vggft finetune --resume runs/rd"), "{err}");
+    // A run whose metrics.json is broken: left out of its folder's report, named with the problem; named itself, an error.
+    std::fs::write(copy.join("metrics.json"), "{\"val\": ").unwrap();
+    let (code, out, err) = run(&["report", "runs"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("| | ra | rb | rc |\n") && out.contains("\n(left out, unreadable: runs/rd/metrics.json: is not valid JSON"), "{out}");
+    let (code, _, err) = run(&["report", "runs/rd"], d.path());
+    assert_eq!(code, 1);
+    assert!(err.starts_with("error: runs/rd/metrics.json: is not valid JSON"), "{err}");
+    std::fs::remove_file(copy.join("metrics.json")).unwrap();
     // A cv with folds still to run: what finishes it.
     std::fs::create_dir_all(d.path().join("cv-open/folds")).unwrap();
     std::fs::write(d.path().join("cv-open/cv-config.json"), "{}").unwrap();
