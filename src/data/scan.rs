@@ -270,6 +270,12 @@ impl SubjectPattern {
     /// The pattern, or why it is not one: a regular expression with at most
     /// one group (the person's part of the name; none: the whole match).
     pub fn new(pattern: &str) -> Result<Self> {
+        if pattern.is_empty() {
+            return Err(Error::invalid(
+                Setting::SubjectPattern,
+                "is empty: give a regular expression around the person's part of the file name (`^([^_]+)_` for 002_03.jpg)",
+            ));
+        }
         let re = regex::Regex::new(pattern).map_err(|e| {
             // The parser's own message spans lines (the pattern, a caret, the error): its last line says what is wrong.
             let why = e.to_string();

@@ -259,6 +259,12 @@ pub fn holdout(ds: &Dataset, labels: &Labels, spec: &ValSpec, seed: u64) -> Resu
                     ),
                 )
             })?;
+            if subjects.is_empty() {
+                // `--val-subjects=` or `--val-subjects ,`: no id at all.
+                // An id that holds a comma is quoted, as the unknown-id message quotes it.
+                let ids: Vec<String> = known.iter().take(3).map(|k| if k.contains(',') { format!("\"{k}\"") } else { k.to_string() }).collect();
+                return Err(Error::dataset(&ds.root, format!("--val-subjects names no person: give their ids, e.g. --val-subjects {}", ids.join(","))));
+            }
             let set: BTreeSet<&str> = subjects.iter().map(String::as_str).collect();
             let (val, train): (Vec<usize>, Vec<usize>) = (0..n).partition(|&i| set.contains(ds.samples[i].subject.as_deref().unwrap_or("")));
             Split { train, val, val_subjects: subjects, note: None }

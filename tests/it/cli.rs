@@ -292,6 +292,10 @@ fn val_subjects_names_a_person_whose_id_holds_a_comma() {
     let (code, _, err) = run(&args(&s, &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:1", "--val-subjects", "Doe,P03"]), d.path());
     assert_eq!(code, 1);
     assert!(err.contains("--val-subjects: no subject `Doe` (subjects: `Doe, J`, P00, P02, P03)"), "{err}");
+    // No id at all (`--val-subjects=`): said as such, with ids to give.
+    let (code, _, err) = run(&args(&s, &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:1", "--val-subjects="]), d.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("--val-subjects names no person: give their ids, e.g. --val-subjects \"Doe, J\",P00,P02"), "{err}");
 }
 
 #[test]
@@ -560,8 +564,9 @@ fn predict_held_out_shows_only_people_the_model_never_saw() {
 #[test]
 fn every_bad_option_value_is_a_usage_error_with_exit_2_naming_the_flag() {
     let d = tmp();
-    let cases: [(&[&str], &str); 37] = [
+    let cases: [(&[&str], &str); 38] = [
         (&["finetune", "--val", "x"], "--val"),
+        (&["finetune", "--subject-pattern", ""], "--subject-pattern is empty: give a regular expression"),
         (&["finetune", "--crop", "1,2"], "--crop"),
         // A negative corner is the value's problem, not an unknown flag `-1`.
         (&["finetune", "--crop", "-1,0,10,10"], "--crop `-1,0,10,10`: expected x,y,w,h, four whole numbers"),
