@@ -688,6 +688,13 @@ pub fn load_run(dir: &Path, device: Device) -> Result<(RunConfig, Vgg16)> {
             "run folder not found (train one with `vggft finetune`, or pass --model RUN; `finetune --out DIR` puts the latest run at DIR/latest)",
         ));
     }
+    if dir.is_file() {
+        // A weights file (`--weights`'s), or a model.safetensors copied away from its run's config.json.
+        return Err(Error::file(
+            dir,
+            "is a file, not a run: --model takes a run folder, or the model.safetensors inside one (its config.json beside it says how to preprocess and read it); a weights file alone is not a trained model",
+        ));
+    }
     let config = read_config(dir)?;
     let weights = dir.join("model.safetensors");
     if !weights.is_file() {

@@ -376,6 +376,11 @@ fn runs_and_data_that_are_broken_get_clear_errors() {
     let (code, _, err) = run(&["evaluate", "--model", "runs/ok", "--data", "runs/ok", "--device", "cpu"], d.path());
     assert_eq!(code, 1, "{err}");
     assert!(err.contains(&format!("give the photos' folder (its data: {}", m.display())), "{err}");
+    // A weights file, or a model copied away from its run, given as the model: what --model takes.
+    std::fs::copy(d.path().join("runs/ok/model.safetensors"), d.path().join("alone.safetensors")).unwrap();
+    let (code, _, err) = run(&["predict", im, "--model", "alone.safetensors", "--device", "cpu"], d.path());
+    assert_eq!(code, 1);
+    assert!(err.starts_with("error: alone.safetensors: is a file, not a run: --model takes a run folder, or the model.safetensors inside one"), "{err}");
     // Edited config.json.
     std::fs::copy(d.path().join("runs/ok/config.json"), d.path().join("config.bak")).unwrap();
     std::fs::write(d.path().join("runs/ok/config.json"), "{\"classes\": 3").unwrap();
