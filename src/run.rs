@@ -232,6 +232,13 @@ pub fn read_config(dir: &Path) -> Result<RunConfig> {
     if dir.is_dir() && !p.exists() {
         return Err(Error::file(&p, "is missing: not a vggft run folder (`finetune --out DIR` puts the latest run at DIR/latest)"));
     }
+    if dir.is_file() {
+        // A weights file (`--weights`'s), or a model.safetensors copied away from its run's config.json.
+        return Err(Error::file(
+            dir,
+            "is a file, not a run folder: give the run's folder, or the model.safetensors inside it (read with the config.json beside it, which says how to prepare photos for it); a weights file alone is not a trained run",
+        ));
+    }
     let s = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
     let config: RunConfig = serde_json::from_str(&s).map_err(|e| Error::file(&p, format!("is not a valid vggft run config: {e}")))?;
     config.validate().map_err(|e| match e {
@@ -686,13 +693,6 @@ pub fn load_run(dir: &Path, device: Device) -> Result<(RunConfig, Vgg16)> {
         return Err(Error::file(
             dir,
             "run folder not found (train one with `vggft finetune`, or pass --model RUN; `finetune --out DIR` puts the latest run at DIR/latest)",
-        ));
-    }
-    if dir.is_file() {
-        // A weights file (`--weights`'s), or a model.safetensors copied away from its run's config.json.
-        return Err(Error::file(
-            dir,
-            "is a file, not a run: --model takes a run folder, or the model.safetensors inside one (its config.json beside it says how to preprocess and read it); a weights file alone is not a trained model",
         ));
     }
     let config = read_config(dir)?;

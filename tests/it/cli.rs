@@ -380,7 +380,11 @@ fn runs_and_data_that_are_broken_get_clear_errors() {
     std::fs::copy(d.path().join("runs/ok/model.safetensors"), d.path().join("alone.safetensors")).unwrap();
     let (code, _, err) = run(&["predict", im, "--model", "alone.safetensors", "--device", "cpu"], d.path());
     assert_eq!(code, 1);
-    assert!(err.starts_with("error: alone.safetensors: is a file, not a run: --model takes a run folder, or the model.safetensors inside one"), "{err}");
+    assert!(err.starts_with("error: alone.safetensors: is a file, not a run folder: give the run's folder, or the model.safetensors inside it"), "{err}");
+    for flag in ["--resume", "--rerun"] {
+        let (code, _, err) = run(&["finetune", flag, "alone.safetensors"], d.path());
+        assert!(code == 1 && err.starts_with("error: alone.safetensors: is a file, not a run folder"), "{flag}: {err}");
+    }
     // Edited config.json.
     std::fs::copy(d.path().join("runs/ok/config.json"), d.path().join("config.bak")).unwrap();
     std::fs::write(d.path().join("runs/ok/config.json"), "{\"classes\": 3").unwrap();
