@@ -1418,6 +1418,15 @@ pub fn read_manifest(csv_path: &Path, labelled: bool) -> Result<Dataset> {
         if rel.is_empty() || (labelled && label.is_empty()) {
             return Err(Error::file(csv_path, format!("line {line}: empty path{}", if labelled { " or label" } else { "" })));
         }
+        // A web or cloud address (a CSV made for a hosted set): not a file here.
+        if let Some((scheme, _)) =
+            rel.split_once("://").filter(|(s, _)| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-'))
+        {
+            return Err(Error::file(
+                csv_path,
+                format!("line {line}: {rel} is a {scheme}:// address: vggft reads image files on this machine; download the images and list their local paths"),
+            ));
+        }
         let p = base.join(rel);
         let abs = p.canonicalize().map_err(|e| {
             // A manifest written on Windows: `neutral\001.png` names no file here.
