@@ -1419,9 +1419,7 @@ pub fn read_manifest(csv_path: &Path, labelled: bool) -> Result<Dataset> {
             return Err(Error::file(csv_path, format!("line {line}: empty path{}", if labelled { " or label" } else { "" })));
         }
         // A web or cloud address (a CSV made for a hosted set): not a file here.
-        if let Some((scheme, _)) =
-            rel.split_once("://").filter(|(s, _)| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-'))
-        {
+        if let Some(scheme) = crate::fsutil::url_scheme(rel) {
             return Err(Error::file(
                 csv_path,
                 format!("line {line}: {rel} is a {scheme}:// address: vggft reads image files on this machine; download the images and list their local paths"),
