@@ -510,6 +510,10 @@ fn lopsided_warning(split: &Split, spec: &split::ValSpec, people: usize) -> Opti
             "--val F is the fraction held out for validation, so most of the data is not trained on (--val 0.2 keeps 80 % for training)".to_string()
         }
         split::ValSpec::Named { .. } => "the people --val-subjects names hold most of the photos".to_string(),
+        // An image split (no people): rounding per class, each keeping an image on either side.
+        _ if split.val_subjects.is_empty() => {
+            "so few images of each class that each class's share, rounded, holds out more than trains (every class keeps an image on each side); give more images, or --val none".to_string()
+        }
         _ => format!(
             "{} of the {people} people are held out whole (no person is on both sides) and hold most of the photos; with so few people `vggft cv --folds loso` tests each one in turn, and --val none trains on all",
             split.val_subjects.len()
@@ -776,6 +780,8 @@ mod tests {
         // The default fraction, two people of unequal size: the fraction is not the cause.
         let w = warn(&split(19, 21, &["AK"]), &ValSpec::Subjects { fraction: 0.2 }, 2);
         assert!(w.contains("validates on 21: 1 of the 2 people are held out whole") && !w.contains("--val F"), "{w}");
+        let w = warn(&split(2, 4, &[]), &ValSpec::Subjects { fraction: 0.5 }, 0);
+        assert!(w.contains("validates on 4: so few images of each class") && !w.contains("people"), "{w}");
         let w = warn(&split(19, 21, &["AK"]), &ValSpec::Named { subjects: vec!["AK".into()] }, 2);
         assert!(w.ends_with("the people --val-subjects names hold most of the photos"), "{w}");
     }

@@ -348,8 +348,9 @@ pub(crate) fn check_sides(ds: &Dataset, labels: &Labels, split: &Split) -> Resul
                 return Err(Error::dataset(
                     &ds.root,
                     format!(
-                        "cannot make this split: the {side} side has no `{name}` image (held out: {}); use more data, another --val, or --val none",
-                        split.val_subjects.join(",")
+                        "cannot make this split: the {side} side has no `{name}` image{}; use more data, another --val, or --val none",
+                        // An image split (no people) holds out no one by name.
+                        if split.val_subjects.is_empty() { String::new() } else { format!(" (held out: {})", split.val_subjects.join(",")) }
                     ),
                 ));
             }
