@@ -121,7 +121,12 @@ pub fn expression_name(word: &str) -> Option<&'static str> {
 /// or, for one of JAFFE's expressions, its code (`HA=smile` maps `happy`,
 /// the name JAFFE's reader gives). Training and `evaluate` read a map so.
 pub fn mapped_label<'a>(map: &'a [(String, String)], label: &str) -> Option<&'a str> {
-    map.iter().find(|(raw, _)| raw.eq_ignore_ascii_case(label) || jaffe_name(raw) == Some(label)).map(|(_, c)| c.as_str())
+    map.iter().find(|(raw, _)| names_label(raw, label)).map(|(_, c)| c.as_str())
+}
+
+/// Whether a label map's entry `raw` names `label` (`mapped_label`).
+fn names_label(raw: &str, label: &str) -> bool {
+    raw.eq_ignore_ascii_case(label) || jaffe_name(raw) == Some(label)
 }
 
 /// Turns raw labels into classes. A label map, when given, defines the classes.
@@ -135,7 +140,19 @@ pub fn assign_labels(ds: &Dataset, task: Task, map: &[(String, String)]) -> Resu
             }
             mapped_label(map, &s.label).map(str::to_string).ok_or_else(|| {
                 let labels: Vec<String> = ds.samples.iter().map(|s| s.label.clone()).collect::<BTreeSet<_>>().into_iter().collect();
-                Error::file(&s.path, format!("label `{}` is not in --label-map (the data's labels: {})", s.label, crate::error::short_list(&labels, 12)))
+                // All that is missing at once, and the entries that name no label here (a typo, another set's codes).
+                let unmapped: Vec<String> = labels.iter().filter(|l| mapped_label(map, l).is_none()).cloned().collect();
+                let unused: Vec<String> = map.iter().filter(|(raw, _)| !labels.iter().any(|l| names_label(raw, l))).map(|(raw, _)| raw.clone()).collect();
+                let unused = if unused.is_empty() { String::new() } else { format!("; entries that match no label: {}", crate::error::short_list(&unused, 8)) };
+                Error::file(
+                    &s.path,
+                    format!(
+                        "label `{}` is not in --label-map (the data's labels: {}): every label needs a class (not mapped: {}){unused}; to leave labels out, list the other photos in a manifest.csv",
+                        s.label,
+                        crate::error::short_list(&labels, 12),
+                        crate::error::short_list(&unmapped, 12)
+                    ),
+                )
             })
         })
         .collect::<Result<_>>()?;

@@ -553,7 +553,13 @@ fn dataset_errors_are_named() {
     separable_folders(lm.path(), 2, 16);
     let ds = scan(lm.path(), DataFormat::Auto).unwrap();
     let e = assign_labels(&ds, Task::Binary, &[("a".into(), "x".into())]).unwrap_err().to_string();
-    assert!(e.contains("label `b` is not in --label-map (the data's labels: a, b)"), "{e}");
+    assert!(
+        e.contains("label `b` is not in --label-map (the data's labels: a, b): every label needs a class (not mapped: b)") && !e.contains("match no label"),
+        "{e}"
+    );
+    // An entry that names no label (a typo) is named with the labels left unmapped.
+    let e = assign_labels(&ds, Task::Binary, &[("a".into(), "x".into()), ("bb".into(), "y".into())]).unwrap_err().to_string();
+    assert!(e.contains("(not mapped: b); entries that match no label: bb"), "{e}");
     // A class sorted by person one level deeper: said where its images are.
     let nest = tmp();
     separable_folders(nest.path(), 2, 16);
