@@ -328,6 +328,11 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
         let p = session.probe(req.recipe.probe);
         Probe { epochs: req.probe_epochs.unwrap_or(p.epochs), ..p }
     });
+    if probe.is_some_and(|p| p.is_recipe(&session.config.train)) {
+        reporter.message(
+            "note: the recipe trains the head alone, as the probe does: --baseline probe repeats its scores (nothing trained twice); --freeze-until conv5 makes the recipe a fine-tune to compare with the probe",
+        );
+    }
     let ds = &session.prepared.dataset;
     // What the images are (paths, labels, subjects, file sizes), so a cv resumed on other data is refused.
     let mut run_cfg = RunConfig { data_sha256: crate::run::sha256_hex(&crate::run::split_csv(&session.prepared)), ..session.config.clone() };
@@ -722,6 +727,30 @@ impl ReadOnly<'_> {
     }
 }
 
+impl Probe {
+    /// The training of the probe beside a recipe trained as `recipe`.
+    fn train_config(&self, recipe: &TrainConfig) -> TrainConfig {
+        TrainConfig {
+            stages: vec![Stage { from: Block::Head, epochs: self.epochs }],
+            lr: self.lr,
+            members: self.members,
+            threshold: self.threshold,
+            clean_views: self.clean_views,
+            weight_decay: self.weight_decay,
+            // Only its main head is reported.
+            calibrate: CalibrateChoice::Off,
+            ..recipe.clone()
+        }
+    }
+
+    /// Whether the recipe trained as `recipe` already is this probe: its scores are the probe's.
+    fn is_recipe(&self, recipe: &TrainConfig) -> bool {
+        let p = self.train_config(recipe);
+        (&p.stages, p.lr, p.members, p.threshold, p.clean_views, p.weight_decay)
+            == (&recipe.stages, recipe.lr, recipe.members, recipe.threshold, recipe.clean_views, recipe.weight_decay)
+    }
+}
+
 /// Runs `fold` on every job with `workers` threads of one libtorch core
 /// each, handing each result to `finished` (on this thread, as they come).
 /// The first error stops the workers from taking more jobs and is returned
@@ -904,25 +933,10 @@ fn run_fold(
     let distances = fold.trainer(&tc).distances(&model, shared.first(), test);
     let top = if req.top_losses > 0 { top_losses(req, session, &model, (seed, fi), test, &y, (&main.main.probs, main.main.threshold))? } else { vec![] };
     drop(model);
-    let baseline = match probe.map(|p| TrainConfig {
-        stages: vec![Stage { from: Block::Head, epochs: p.epochs }],
-        lr: p.lr,
-        members: p.members,
-        threshold: p.threshold,
-        clean_views: p.clean_views,
-        weight_decay: p.weight_decay,
-        // Only its main head is reported.
-        calibrate: CalibrateChoice::Off,
-        ..tc.clone()
-    }) {
+    let baseline = match probe {
         // The recipe already is that probe (the default with person statistics): the same training, so its scores.
-        Some(p)
-            if (&p.stages, p.lr, p.members, p.threshold, p.clean_views, p.weight_decay)
-                == (&tc.stages, tc.lr, tc.members, tc.threshold, tc.clean_views, tc.weight_decay) =>
-        {
-            Some(main.main.clone())
-        }
-        Some(p) => Some(fold.train_and_score(&p)?.0.main),
+        Some(p) if p.is_recipe(&tc) => Some(main.main.clone()),
+        Some(p) => Some(fold.train_and_score(&p.train_config(&tc))?.0.main),
         None => None,
     };
     Ok(FoldResult {

@@ -702,18 +702,26 @@ fn the_probe_baseline_is_the_probe_recipe_on_the_same_folds() {
     let d = tmp();
     let s = small_trunk(d.path(), 6);
     let m = mirror_set(&d.path().join("data"), false);
+    let said = std::cell::RefCell::new(String::new());
     let cv = |out: &str, extra: &[&str]| -> serde_json::Value {
         let dir = d.path().join(out);
         let mut a = vec!["cv", "--data", m.to_str().unwrap(), "--folds", "3", "--seeds", "0", "--out", dir.to_str().unwrap()];
         a.extend_from_slice(extra);
         let (code, out, err) = run(&args(&s, &a), d.path());
         assert_eq!(code, 0, "{out}\n{err}");
+        *said.borrow_mut() = err;
         json(&dir.join("folds/seed0-fold1.json"))
     };
+    let repeats = "note: the recipe trains the head alone, as the probe does: --baseline probe repeats its scores";
     // A fine-tune with a 3-epoch probe beside it (at the probe's rate; 5 heads
     // averaged, as with several photos of every person), and that probe as the recipe itself.
     let tuned = cv("tuned", &["--stages", "head:2,conv5:1", "--baseline", "probe", "--probe-epochs", "3"]);
+    assert!(!said.borrow().contains(repeats), "{}", said.borrow());
     let probe = cv("probe", &["--stages", "head:3", "--lr", "0.01", "--members", "5"]);
+    // The default with person statistics is the probe: --baseline probe beside it reuses its scores, and stderr says so.
+    let default = cv("default", &["--baseline", "probe"]);
+    assert!(said.borrow().contains(repeats), "{}", said.borrow());
+    assert_eq!(default["baseline"]["probs"], default["probs"]);
     let (a, b) = (flat_probs(&tuned["baseline"]["probs"]), flat_probs(&probe["probs"]));
     assert_eq!(a.len(), b.len());
     let diff = largest_gap(&a, &b);
