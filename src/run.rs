@@ -174,7 +174,23 @@ fn start(session: &Session, split: &[u8], out: &Path, name: Option<&str>, report
         crate::faces::write_csv(&dir.join("faces.csv"), &p.dataset.samples.iter().map(|s| s.path.clone()).collect::<Vec<_>>(), &p.boxes)?;
     }
     reporter.message(&format!("run folder: {}", dir.display()));
-    execute(session, &dir, reporter, stop, None, Some(built)).map_err(|e| resumable(e, &dir))
+    let ran = execute(session, &dir, reporter, stop, None, Some(built));
+    if let Err(Error::Diverged { .. }) = &ran {
+        // Diverged before any epoch was kept: the folder holds no model and
+        // no checkpoint, and resuming it would meet the same rate.
+        if !dir.join(train::STATE).exists() {
+            drop(_lock);
+            if std::fs::remove_dir_all(&dir).is_ok() {
+                reporter.message(&format!("removed {}: no epoch had finished, so it held no model", dir.display()));
+            }
+        } else {
+            reporter.message(&format!(
+                "{} keeps its last finished epoch's checkpoint, but --resume would train on at the same rate: start a new run with a lower --lr",
+                dir.display()
+            ));
+        }
+    }
+    ran.map_err(|e| resumable(e, &dir))
 }
 
 /// Continues an interrupted run from its last completed epoch.

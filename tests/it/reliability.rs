@@ -527,6 +527,38 @@ fn a_diverging_rate_stops_with_a_clear_error_naming_it() {
     assert_eq!(line.len(), 1, "{err}");
     assert!(line[0].contains("training diverged") && line[0].contains("with learning rate ") && line[0].contains("--lr"), "{err}");
     assert!(!d.path().join("runs/hot/COMPLETE").exists() && !d.path().join("runs/latest").exists());
+    // Diverged after its head stage: the folder keeps that checkpoint, and says that resuming would meet the same rate.
+    assert!(
+        d.path().join("runs/hot/checkpoint.json").exists()
+            && err.contains("runs/hot keeps its last finished epoch's checkpoint, but --resume would train on at the same rate"),
+        "{err}"
+    );
+    // Diverged in its first epoch, it left no model and no checkpoint: its folder is removed, which is said.
+    let (code, _, err) = run(
+        &args(
+            &s,
+            &[
+                "finetune",
+                "--data",
+                f.to_str().unwrap(),
+                "--task",
+                "multiclass",
+                "--stages",
+                "conv5:4",
+                "--lr",
+                "9.9",
+                "--batch-size",
+                "2",
+                "--val",
+                "none",
+                "--name",
+                "hotter",
+            ],
+        ),
+        d.path(),
+    );
+    assert!(code == 1 && err.contains("training diverged") && err.contains("at epoch 1 "), "{err}");
+    assert!(!d.path().join("runs/hotter").exists() && err.contains("removed runs/hotter: no epoch had finished, so it held no model"), "{err}");
     // The same recipe at the default rate trains to the end.
     let (code, _, err) =
         run(&args(&s, &["finetune", "--data", f.to_str().unwrap(), "--task", "multiclass", "--stages", "head:2,conv5:4", "--val", "none"]), d.path());
