@@ -208,6 +208,11 @@ pub fn report(dirs: &[PathBuf]) -> Result<String> {
     let mut left_out = Vec::new();
     let mut not_read = Vec::new();
     for d in dirs {
+        // A run's or cv's own file (`runs/a/model.safetensors`, `cv/cv.md`) stands for its folder.
+        let d = &match d.parent() {
+            Some(folder) if d.is_file() && started(folder) => folder.to_path_buf(),
+            _ => d.clone(),
+        };
         let Expanded { done, unfinished, folders_of_runs } = expand(d)?;
         if started(d) {
             named.insert(d.clone());

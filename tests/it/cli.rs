@@ -941,6 +941,9 @@ fn report_shows_data_and_weights_when_they_differ() {
     // The cv's folds and seeds as they are given on the command line.
     assert!(out.contains("| cv.folds | – | – | 3 |") && out.contains("| cv.seeds | – | – | 0 |"), "{out}");
     std::fs::remove_dir_all(d.path().join("runs/rs")).unwrap();
+    // A run's own file stands for its run.
+    let (code, out, err) = run(&["report", "runs/ra/model.safetensors", "runs/rb/config.json"], d.path());
+    assert!(code == 0 && out.starts_with("| | ra | rb |\n"), "{err}\n{out}");
     // The folder of runs: each run once (not again as `latest`).
     let (code, out, err) = run(&["report", "runs"], d.path());
     assert_eq!(code, 0, "{err}");
