@@ -363,9 +363,6 @@ pub fn expand_inputs(inputs: &[PathBuf], recursive: bool) -> crate::error::Resul
 /// learning curves as a face, with the default model. Face crops and
 /// heatmap folders stay readable (their images are faces).
 fn refuse_model_folder(p: &Path) -> crate::error::Result<()> {
-    if !p.is_dir() || p.join("manifest.csv").is_file() {
-        return Ok(());
-    }
     if crate::data::scan::is_run_output(p) {
         return Err(Error::file(p, format!("is a trained model (a run folder), not photos: give it as --model {}", p.display())));
     }

@@ -434,7 +434,7 @@ fn evaluate(mut a: EvaluateArgs) -> anyhow::Result<()> {
     // `vggft evaluate RUN` — the model given where the data goes, no --model: said before anything is loaded.
     // (With --model given, the data's own error names the data that run was trained on.)
     let default_model = a.model.as_os_str() == "runs/latest";
-    if default_model && data.is_dir() && !data.join("manifest.csv").is_file() && vggft::data::scan::is_run_output(&data) {
+    if default_model && vggft::data::scan::is_run_output(&data) {
         return Err(vggft::error::Error::file(
             &data,
             format!("is a trained model (a run folder), not a labelled dataset: `vggft evaluate --model {} DATA` scores it on DATA", data.display()),
