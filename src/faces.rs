@@ -38,7 +38,14 @@ pub struct FacesReport {
 /// Detects the face in every image of `dir` (any dataset layout), writes crops, CSV and contact sheet.
 pub fn run(dir: &Path, out: &Path, tile: u32) -> Result<FacesReport> {
     use crate::data::scan::{scan, DataFormat};
-    let ds = scan(dir, DataFormat::Auto)?;
+    let ds = scan(dir, DataFormat::Auto).map_err(|e| match e {
+        // Loose photos without labels: faces reads a dataset, and one folder inside makes them one.
+        Error::Dataset { path, problem } if problem == crate::data::scan::LOOSE_IMAGES => Error::Dataset {
+            problem: format!("{problem}; to crop unlabelled photos, move them into one folder inside it ({}/photos/…)", dir.display()),
+            path,
+        },
+        other => other,
+    })?;
     // The crops are images and the manifest is `manifest.csv`: written into
     // the data folder they would become part of it (class folders read
     // `faces/` as a class; `manifest.csv` would replace the data's own).

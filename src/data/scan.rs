@@ -559,8 +559,12 @@ fn detect(path: &Path, is_dir: bool) -> Result<DataFormat> {
     if images.is_empty() {
         return Err(Error::dataset(path, "is empty: no images, class folders or manifest.csv"));
     }
-    Err(Error::dataset(path, "holds loose images that are not JAFFE-named (SS.EEn.NNN.tiff): put them in class folders or list them in a manifest.csv"))
+    Err(Error::dataset(path, LOOSE_IMAGES))
 }
+
+/// A folder of photos straight inside it, in no layout a label can be read
+/// from (`faces` adds how to crop such photos).
+pub const LOOSE_IMAGES: &str = "holds loose images that are not JAFFE-named (SS.EEn.NNN.tiff): put them in class folders or list them in a manifest.csv";
 
 /// KDEF's expression codes and their names (JAFFE's, `AF` afraid = fear).
 const KDEF_CODES: [(&str, &str); 7] =

@@ -369,6 +369,18 @@ fn faces_refuses_an_output_inside_the_data_and_clears_its_own_stale_crops() {
     assert_eq!(code, 1);
     assert!(err.contains("is the data folder itself"), "{err}");
     assert_eq!(std::fs::read_to_string(&manifest).unwrap(), before, "the data's own manifest is untouched");
+    // Loose unlabelled photos: how to crop them is said, and one folder inside does it.
+    std::fs::create_dir_all(d.path().join("loose")).unwrap();
+    std::fs::copy(d.path().join("data/a/s00_neutral.png"), d.path().join("loose/one.png")).unwrap();
+    let (code, _, err) = run(&["faces", "loose", "--out", "lc", "--tile", "32"], d.path());
+    assert!(
+        code == 1 && err.contains("holds loose images") && err.contains("to crop unlabelled photos, move them into one folder inside it (loose/photos/…)"),
+        "{err}"
+    );
+    std::fs::create_dir(d.path().join("loose/photos")).unwrap();
+    std::fs::rename(d.path().join("loose/one.png"), d.path().join("loose/photos/one.png")).unwrap();
+    let (code, _, err) = run(&["faces", "loose", "--out", "lc", "--tile", "32"], d.path());
+    assert!(code == 0 && d.path().join("lc/faces.csv").exists(), "{err}");
     // Nor is another dataset's manifest, in a folder faces did not write.
     std::fs::create_dir(d.path().join("other")).unwrap();
     let other = subject_dataset(&d.path().join("other"), 1, 40);
