@@ -220,6 +220,10 @@ fn explain_writes_heatmaps_a_sheet_means_and_works_for_every_model_option() {
     );
     assert_eq!(code, 1);
     assert!(err.contains("--class nope") && err.contains("neutral"), "{err}");
+    // A class in another case is that class.
+    let photo = d.path().join("s01_neutral.png");
+    let (code, _, err) = run(&["explain", photo.to_str().unwrap(), "--model", "runs/v0", "--class", "Neutral", "--out", "x3", "--device", "cpu"], d.path());
+    assert_eq!(code, 0, "{err}");
     let (code, _, err) = run(
         &["explain", d.path().join("s01_neutral.png").to_str().unwrap(), "--model", "runs/v0", "--layer", "head", "--out", "x2", "--device", "cpu"],
         d.path(),

@@ -227,9 +227,16 @@ fn explain(mut a: ExplainArgs) -> anyhow::Result<bool> {
     let (cfg, model) = run::load_run(&a.model, device)?;
     let layer = cam_layer(a.layer.as_deref(), &cfg)?;
     let class = match &a.class {
-        Some(name) => Some(
-            cfg.classes.iter().position(|c| c == name).ok_or_else(|| anyhow::anyhow!("--class {name}: the run's classes are {}", cfg.classes.join(", ")))?,
-        ),
+        // As written, else in any case (`Neutral`).
+        Some(name) => {
+            Some(cfg.classes.iter().position(|c| c == name).or_else(|| cfg.classes.iter().position(|c| c.eq_ignore_ascii_case(name))).ok_or_else(|| {
+                // A raw label of a raw-label head: the heatmaps are of the run's classes; say which one holds it.
+                let holder =
+                    cfg.raw_classes.iter().position(|r| r.eq_ignore_ascii_case(name)).and_then(|r| cfg.raw_to_task.get(r)).and_then(|&t| cfg.classes.get(t));
+                let hint = holder.map(|c| format!(" (`{name}` is one of its raw labels: --class {c} holds it)")).unwrap_or_default();
+                anyhow::anyhow!("--class {name}: the run's classes are {}{hint}", cfg.classes.join(", "))
+            })?)
+        }
         None => None,
     };
     let found = input_paths(&a.inputs, a.recursive)?;
