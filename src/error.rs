@@ -60,6 +60,12 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// Whether `path` is a web address given where a local path goes
+/// (`https://…/a.jpg`; made absolute it reads `/folder/https:/…`).
+pub(crate) fn web_address(path: &std::path::Path) -> bool {
+    path.components().any(|c| matches!(c.as_os_str().to_str(), Some("http:" | "https:" | "ftp:")))
+}
+
 impl Error {
     /// An interruption's reason followed by `more` (what the run keeps, how
     /// to go on); any other error as it is.
@@ -76,8 +82,7 @@ impl Error {
         let path = path.into();
         // `--data https://…`, `predict https://…`: not found as a path (made
         // absolute it even reads `/folder/https:/…`), said for what it is.
-        let web = path.components().any(|c| matches!(c.as_os_str().to_str(), Some("http:" | "https:" | "ftp:")));
-        if web && reason.kind() == std::io::ErrorKind::NotFound {
+        if web_address(&path) && reason.kind() == std::io::ErrorKind::NotFound {
             return Error::File { path, problem: "is a web address: vggft reads local files; download it first".into() };
         }
         Error::Io { path, reason }

@@ -179,14 +179,6 @@ pub(crate) fn absolute(path: &Path) -> PathBuf {
     }
 }
 
-/// The scheme of a web or cloud address (`https` of `https://…/a.jpg`,
-/// `s3`), given where a local path is expected; None for a path.
-pub(crate) fn url_scheme(s: &str) -> Option<&str> {
-    s.split_once("://")
-        .map(|(scheme, _)| scheme)
-        .filter(|sc| !sc.is_empty() && sc.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.'))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -52,15 +52,7 @@ fn luma(r: f32, g: f32, b: f32) -> f32 {
 
 /// Decodes a file into gray.
 pub fn load_gray(path: &Path) -> Result<Gray> {
-    let meta = std::fs::metadata(path).map_err(|e| {
-        // `vggft predict https://…/face.jpg`: an address, not a missing file.
-        match path.to_str().and_then(crate::fsutil::url_scheme) {
-            Some(scheme) if e.kind() == std::io::ErrorKind::NotFound => {
-                Error::image(path, format!("is a {scheme}:// address: vggft reads image files on this machine; download the image first"))
-            }
-            _ => Error::io(path, e),
-        }
-    })?;
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
     if !meta.is_file() {
         return Err(Error::image(path, "not a regular file".to_string()));
     }

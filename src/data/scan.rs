@@ -1422,11 +1422,11 @@ pub fn read_manifest(csv_path: &Path, labelled: bool) -> Result<Dataset> {
         if rel.is_empty() || (labelled && label.is_empty()) {
             return Err(Error::file(csv_path, format!("line {line}: empty path{}", if labelled { " or label" } else { "" })));
         }
-        // A web or cloud address (a CSV made for a hosted set): not a file here.
-        if let Some(scheme) = crate::fsutil::url_scheme(rel) {
+        // A web address (a CSV made for a hosted set): not a file here.
+        if crate::error::web_address(Path::new(rel)) {
             return Err(Error::file(
                 csv_path,
-                format!("line {line}: {rel} is a {scheme}:// address: vggft reads image files on this machine; download the images and list their local paths"),
+                format!("line {line}: {rel} is a web address: vggft reads local files; download the images and list their local paths"),
             ));
         }
         let p = base.join(rel);

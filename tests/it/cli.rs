@@ -875,7 +875,7 @@ fn predict_recurses_streams_jsonl_and_takes_the_model_file() {
     // A web address: said to be one, the other input still answered.
     let (code, out, err) = run(&["predict", "--model", "runs/p", "--device", "cpu", "https://example.com/a.jpg", "in/top.png"], d.path());
     assert!(code == 1 && out.lines().count() == 1, "{err}");
-    assert!(err.contains("https://example.com/a.jpg: is a https:// address: vggft reads image files on this machine"), "{err}");
+    assert!(err.contains("https://example.com/a.jpg: is a web address: vggft reads local files"), "{err}");
     // Class folders given without -r: where the images are is said.
     let (code, _, err) = run(&["predict", "--model", "runs/p", "--device", "cpu", "data"], d.path());
     assert_eq!(code, 1);

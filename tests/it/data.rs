@@ -457,7 +457,7 @@ fn csv_with_bom_quotes_and_errors() {
     // A web address in the path column: not a missing file here, but an address.
     std::fs::write(&m, "path,label\nc.png,happy\nhttps://example.com/faces/a.jpg,neutral\n").unwrap();
     let e = scan(&m, DataFormat::Auto).unwrap_err().to_string();
-    assert!(e.contains("line 3: https://example.com/faces/a.jpg is a https:// address: vggft reads image files on this machine"), "{e}");
+    assert!(e.contains("line 3: https://example.com/faces/a.jpg is a web address: vggft reads local files"), "{e}");
     // A picture given (or named) as the manifest.
     std::fs::copy(d.path().join("c.png"), &m).unwrap();
     let e = scan(&m, DataFormat::Csv).unwrap_err().to_string();
