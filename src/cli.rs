@@ -127,6 +127,9 @@ fn features_syntax(s: &str) -> Result<()> {
     s.split(',').try_for_each(|b| conv_block_of(b.trim(), Setting::Features))
 }
 
+/// `--model` when not given: the run `finetune` made last.
+pub const DEFAULT_MODEL: &str = "runs/latest";
+
 #[derive(Parser, Debug)]
 #[command(name = "vggft", version, about = "Fine-tune ImageNet VGG16 on small grayscale face datasets, honestly evaluated")]
 pub struct Cli {
@@ -154,7 +157,7 @@ pub enum Command {
         /// The image.
         image: PathBuf,
         /// Run folder, or its model.safetensors.
-        #[arg(long, visible_alias = "run", default_value = "runs/latest")]
+        #[arg(long, visible_alias = "run", default_value = DEFAULT_MODEL)]
         model: PathBuf,
         /// Output file (safetensors, one tensor named `input`).
         #[arg(long)]
@@ -211,7 +214,7 @@ pub struct ExplainArgs {
     #[arg(long, short)]
     pub recursive: bool,
     /// Run folder, or its model.safetensors.
-    #[arg(long, visible_alias = "run", default_value = "runs/latest")]
+    #[arg(long, visible_alias = "run", default_value = DEFAULT_MODEL)]
     pub model: PathBuf,
     /// Explain this class instead of each image's predicted class.
     #[arg(long)]
@@ -550,7 +553,7 @@ pub struct LrFindArgs {
 #[derive(Args, Debug)]
 pub struct EvaluateArgs {
     /// Run folder, or its model.safetensors.
-    #[arg(long, visible_alias = "run", default_value = "runs/latest")]
+    #[arg(long, visible_alias = "run", default_value = DEFAULT_MODEL)]
     pub model: PathBuf,
     /// Labelled dataset (any layout finetune reads).
     #[arg(long, required_unless_present = "dataset")]
@@ -716,7 +719,7 @@ pub struct PredictArgs {
     #[arg(long, conflicts_with_all = ["inputs", "subject"])]
     pub held_out: bool,
     /// Run folder, or its model.safetensors (default: runs/latest).
-    #[arg(long, visible_alias = "run", default_value = "runs/latest")]
+    #[arg(long, visible_alias = "run", default_value = DEFAULT_MODEL)]
     pub model: PathBuf,
     /// Output: text (one line per image), csv, json or jsonl (one object per line).
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]

@@ -440,7 +440,7 @@ fn evaluate(mut a: EvaluateArgs) -> anyhow::Result<()> {
     let data = a.data.take().or(a.dataset.take()).unwrap_or_default();
     // `vggft evaluate RUN` — the model given where the data goes, no --model: said before anything is loaded.
     // (With --model given, the data's own error names the data that run was trained on.)
-    let default_model = a.model.as_os_str() == "runs/latest";
+    let default_model = a.model.as_os_str() == vggft::cli::DEFAULT_MODEL;
     if default_model && vggft::data::scan::is_run_output(&data) {
         return Err(vggft::error::Error::file(
             &data,
