@@ -380,6 +380,12 @@ def run_inventory(d):
     record("output folder that cannot be created (a file is in the way)", code, said(err))
     code, out, err = vggft("faces", good, "--out", os.path.join(good, "faces"), cwd=d)
     record("`faces --out` inside the class folders it reads", code, said(err))
+    cut = os.path.join(d, "cutset")
+    folders(cut)
+    open(os.path.join(cut, "neutral", "zz_cut.png"), "wb").write(open(ok_png, "rb").read()[:60])
+    code, out, err = vggft("faces", cut, "--out", os.path.join(d, "cutfaces"), cwd=d)
+    left = "nothing written" if not os.path.exists(os.path.join(d, "cutfaces")) else "SOMETHING WRITTEN"
+    record(f"`faces` over a dataset with a truncated image ({left}; `--skip-bad` crops the rest)", code, said(err))
     code, out, err = vggft("finetune", "--data", good, "--random-init", *SMALL, "--out", os.path.join(good, "runs"), cwd=d)
     record("`finetune --out` inside the class folders it reads (cv and lr-find alike)", code, said(err))
     ro = os.path.join(d, "ro")

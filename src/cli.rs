@@ -177,6 +177,9 @@ pub enum Command {
         /// Side of each crop in pixels (32 to 512).
         #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(32..=512))]
         tile: u32,
+        /// Leave unreadable images out (each named), instead of stopping before anything is written.
+        #[arg(long)]
+        skip_bad: bool,
     },
     /// Compare runs and cross-validations side by side (Markdown).
     Report {

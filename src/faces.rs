@@ -31,12 +31,16 @@ pub struct FacesReport {
     pub sheet: PathBuf,
     /// Pictures of the folder in a format vggft does not read (not cropped).
     pub unread: Vec<PathBuf>,
+    /// Images left out with --skip-bad, each with its problem.
+    pub skipped: Vec<(PathBuf, String)>,
     /// What the layout's reading left out or assumed (`Dataset::notes`).
     pub notes: Vec<String>,
 }
 
 /// Detects the face in every image of `dir` (any dataset layout), writes crops, CSV and contact sheet.
-pub fn run(dir: &Path, out: &Path, tile: u32) -> Result<FacesReport> {
+/// An unreadable image stops it before anything is written, unless `skip_bad`
+/// leaves it out (named in `skipped`).
+pub fn run(dir: &Path, out: &Path, tile: u32, skip_bad: bool) -> Result<FacesReport> {
     use crate::data::scan::{scan, DataFormat};
     let ds = scan(dir, DataFormat::Auto).map_err(|e| match e {
         // Loose photos without labels: faces reads a dataset, and one folder inside makes them one.
@@ -60,38 +64,66 @@ pub fn run(dir: &Path, out: &Path, tile: u32) -> Result<FacesReport> {
         "the crops, faces.csv and their manifest",
         &["manifest.csv", "faces.csv", "contact_sheet.png"],
     )?;
+    // Every image is read, found and cropped in memory before anything is
+    // written: an unreadable one (stopping the run, or left out with
+    // --skip-bad) leaves a previous run's folder as it was, not a mix.
+    let mut finder = FaceFinder::new()?;
+    let mut crops = Vec::new();
+    let mut skipped = Vec::new();
+    let mut first_error = None;
+    let mut detect_time = 0.0;
+    for (i, s) in ds.samples.iter().enumerate() {
+        let p = &s.path;
+        let g = match load_gray(p) {
+            Ok(g) => g,
+            Err(e) => {
+                skipped.push((p.clone(), e.problem()));
+                first_error.get_or_insert(e);
+                continue;
+            }
+        };
+        let t0 = std::time::Instant::now();
+        let b = finder.detect(&g).unwrap_or_else(|| crate::data::face::fallback(&g));
+        detect_time += t0.elapsed().as_secs_f64();
+        let px = prepare(&g, &b.crop(), tile).map_err(|e| e.at(p))?;
+        let img = image::GrayImage::from_raw(tile, tile, px.iter().map(|v| (v * 255.0).round().clamp(0.0, 255.0) as u8).collect())
+            .ok_or_else(|| Error::image(p, "crop has the wrong size"))?;
+        let mut png = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).map_err(|e| Error::file(p, e.to_string()))?;
+        crops.push((i, b, img, png));
+    }
+    if let (Some(e), false) = (&first_error, skip_bad) {
+        let hint = crate::data::unreadable_hint(skipped.len(), ds.samples.len());
+        return Err(Error::Picture(format!("{e} ({hint}); nothing was written")));
+    }
+    if crops.is_empty() {
+        return Err(Error::dataset(
+            dir,
+            format!("none of its {} images can be read (the first: {})", ds.samples.len(), first_error.map(|e| e.to_string()).unwrap_or_default()),
+        ));
+    }
     let stale = earlier_crops(out);
     fsutil::create_dir(&out.join("crops"))?;
-    let mut finder = FaceFinder::new()?;
     let mut boxes = Vec::new();
+    let mut paths = Vec::new();
     let mut written = std::collections::HashSet::new();
     let mut tiles = Vec::new();
     let mut fallbacks = Vec::new();
     let mut manifest = csv::Writer::from_writer(Vec::new());
     let _ = manifest.write_record(["path", "label", "subject"]);
-    let mut detect_time = 0.0;
-    let paths: Vec<PathBuf> = ds.samples.iter().map(|s| s.path.clone()).collect();
-    for (i, p) in paths.iter().enumerate() {
-        let g = load_gray(p)?;
-        let t0 = std::time::Instant::now();
-        let b = finder.detect(&g).unwrap_or_else(|| crate::data::face::fallback(&g));
-        detect_time += t0.elapsed().as_secs_f64();
+    for (i, b, img, png) in crops {
+        let s = &ds.samples[i];
         if b.score.is_none() {
-            fallbacks.push(p.clone());
+            fallbacks.push(s.path.clone());
         }
-        let px = prepare(&g, &b.crop(), tile).map_err(|e| e.at(p))?;
-        let img = image::GrayImage::from_raw(tile, tile, px.iter().map(|v| (v * 255.0).round().clamp(0.0, 255.0) as u8).collect())
-            .ok_or_else(|| Error::image(p, "crop has the wrong size"))?;
-        let stem = crate::fsutil::output_stem(p);
-        let mut png = Vec::new();
-        img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).map_err(|e| Error::file(p, e.to_string()))?;
+        let stem = crate::fsutil::output_stem(&s.path);
         let name = format!("{i:04}_{stem}.png");
         fsutil::write_atomic(&out.join("crops").join(&name), &png)?;
-        let s = &ds.samples[i];
         let crop = format!("crops/{name}");
         let _ = manifest.write_record([crop.clone(), s.label.clone(), s.subject.clone().unwrap_or_default()]);
         written.insert(crop);
         tiles.push((stem, img, b.score.is_none()));
+        paths.push(s.path.clone());
         boxes.push(Some(b));
     }
     write_csv(&out.join("faces.csv"), &paths, &boxes)?;
@@ -106,7 +138,15 @@ pub fn run(dir: &Path, out: &Path, tile: u32) -> Result<FacesReport> {
     for old in stale.iter().filter(|c| !written.contains(*c)) {
         let _ = std::fs::remove_file(out.join(old));
     }
-    Ok(FacesReport { images: paths.len(), fallbacks, seconds_per_image: detect_time / paths.len().max(1) as f64, sheet, unread: ds.unread, notes: ds.notes })
+    Ok(FacesReport {
+        images: paths.len(),
+        fallbacks,
+        seconds_per_image: detect_time / paths.len().max(1) as f64,
+        sheet,
+        unread: ds.unread,
+        notes: ds.notes,
+        skipped,
+    })
 }
 
 /// The crops a previous `vggft faces` run listed in `out/manifest.csv`

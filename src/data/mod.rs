@@ -150,6 +150,17 @@ fn person_boxes(samples: &[Sample], pre: &Preprocess) -> Option<Vec<Option<face:
     Some(face::per_person(&found, &subjects))
 }
 
+/// What follows the first unreadable image's error when `failed` of `total`
+/// cannot be used: how many, and the way past them.
+pub(crate) fn unreadable_hint(failed: usize, total: usize) -> String {
+    // Every image failed (a --crop box that fits none): leaving them out would leave nothing.
+    if failed == total && failed > 1 {
+        format!("none of the {failed} images can be used, this the first")
+    } else {
+        format!("{failed} of {total} images cannot be read{}; --skip-bad leaves them out, naming each", if failed > 1 { ", this the first" } else { "" })
+    }
+}
+
 /// Decodes and prepares images in parallel (one thread per core).
 pub(crate) fn load_images(samples: &[Sample], pre: &Preprocess, skip_bad: bool) -> Result<Loaded> {
     let size = pre.image_size as usize;
@@ -180,20 +191,8 @@ pub(crate) fn load_images(samples: &[Sample], pre: &Preprocess, skip_bad: bool) 
                 boxes.push(b);
                 lone.extend(own.unwrap_or_default());
             }
-            Err(e) if skip_bad => skipped.push((samples[i].path.clone(), e.to_string())),
-            Err(e) => {
-                // Every image failed (a --crop box that fits none): leaving them out would leave nothing.
-                let hint = if failed == samples.len() && failed > 1 {
-                    format!("none of the {failed} images can be used, this the first")
-                } else {
-                    format!(
-                        "{failed} of {} images cannot be read{}; --skip-bad leaves them out, naming each",
-                        samples.len(),
-                        if failed > 1 { ", this the first" } else { "" }
-                    )
-                };
-                return Err(Error::Picture(format!("{e} ({hint})")));
-            }
+            Err(e) if skip_bad => skipped.push((samples[i].path.clone(), e.problem())),
+            Err(e) => return Err(Error::Picture(format!("{e} ({})", unreadable_hint(failed, samples.len())))),
         }
     }
     let shape = [kept.len() as i64, 1, size as i64, size as i64];

@@ -430,6 +430,53 @@ fn faces_refuses_an_output_inside_the_data_and_clears_its_own_stale_crops() {
     assert!(d.path().join("fc/manifest.csv").exists());
 }
 
+/// An unreadable image stops `faces` before it writes anything (a previous
+/// run's folder stays whole: its manifest still matches its crops), and
+/// `--skip-bad` leaves it out of the crops and their manifest, naming it once.
+#[test]
+fn faces_writes_nothing_for_an_unreadable_image_unless_told_to_skip_it() {
+    let d = tmp();
+    separable_folders(&d.path().join("data"), 3, 48);
+    let (code, _, err) = run(&["faces", "data", "--out", "fc", "--tile", "32"], d.path());
+    assert_eq!(code, 0, "{err}");
+    // Every file below `dir` (one level of folders: crops/) with its bytes.
+    let snapshot = |dir: &Path| {
+        let mut v = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let inner: Vec<_> = if e.path().is_dir() { std::fs::read_dir(e.path()).unwrap().flatten().map(|f| f.path()).collect() } else { vec![e.path()] };
+            v.extend(inner.into_iter().map(|p| (p.strip_prefix(dir).unwrap().display().to_string(), std::fs::read(&p).unwrap())));
+        }
+        v.sort();
+        v
+    };
+    let before = snapshot(&d.path().join("fc"));
+    assert_eq!(before.len(), 9, "6 crops, faces.csv, manifest.csv, contact_sheet.png");
+    // Sorted after the readable ones of its class: a writer crop by crop would have written them already.
+    let bytes = std::fs::read(d.path().join("data/b/00.png")).unwrap();
+    std::fs::write(d.path().join("data/b/zz_cut.png"), &bytes[..bytes.len() / 2]).unwrap();
+    let (code, _, err) = run(&["faces", "data", "--out", "fc", "--tile", "64"], d.path());
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("zz_cut.png") && err.contains("1 of 7 images cannot be read; --skip-bad leaves them out") && err.contains("nothing was written"),
+        "{err}"
+    );
+    assert_eq!(snapshot(&d.path().join("fc")), before, "the previous run's crops, boxes, manifest and sheet are untouched");
+    let (code, _, err) = run(&["faces", "data", "--out", "fresh", "--tile", "32"], d.path());
+    assert_eq!(code, 1, "{err}");
+    assert!(!d.path().join("fresh").exists(), "no folder of crops without a manifest");
+
+    let (code, out, err) = run(&["faces", "data", "--out", "fc", "--tile", "32", "--skip-bad"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("6 images"), "{out}");
+    let line = err.lines().find(|l| l.starts_with("skipped ")).unwrap_or_default();
+    assert!(line.contains("zz_cut.png: ") && line.matches("zz_cut.png").count() == 1, "the file named once: {err}");
+    assert!(err.contains("skipped 1 unreadable image(s) (--skip-bad)"), "{err}");
+    let manifest = std::fs::read_to_string(d.path().join("fc/manifest.csv")).unwrap();
+    assert_eq!(manifest.lines().count(), 7, "{manifest}");
+    assert!(!manifest.contains("zz_cut"), "{manifest}");
+    assert_eq!(std::fs::read_dir(d.path().join("fc/crops")).unwrap().count(), 6);
+}
+
 /// With `--face person` each photo's whole frame is kept beside its person's
 /// face box — the frame `predict` gives a photo it answers alone — which the
 /// single-image head reads (cv, a run's validation, the inner fits); other

@@ -800,8 +800,14 @@ fn main() -> ExitCode {
         Command::Explain(a) => explain(a),
         Command::Preprocess { image, model, out } => preprocess(&image, &run::run_dir(&model), &out).map(|_| true),
         // clap requires one of the two.
-        Command::Faces { dir, data, out, tile } => vggft::faces::run(&dir.or(data).unwrap_or_default(), &out, tile)
+        Command::Faces { dir, data, out, tile, skip_bad } => vggft::faces::run(&dir.or(data).unwrap_or_default(), &out, tile, skip_bad)
             .map(|r| {
+                for (p, why) in &r.skipped {
+                    errln!("skipped {}: {why}", p.display());
+                }
+                if !r.skipped.is_empty() {
+                    errln!("warning: skipped {} unreadable image(s) (--skip-bad): not in the crops nor their manifest", r.skipped.len());
+                }
                 outln!(
                     "{} images, {} without a detected face (centred crop), detection {:.1} ms per image",
                     r.images,
