@@ -102,8 +102,11 @@ pub fn run(dir: &Path, out: &Path, tile: u32, skip_bad: bool) -> Result<FacesRep
             format!("none of its {} images can be read (the first: {})", ds.samples.len(), first_error.map(|e| e.to_string()).unwrap_or_default()),
         ));
     }
-    let stale = earlier_crops(out);
     fsutil::create_dir(&out.join("crops"))?;
+    // One writer at a time: a second faces into the same folder would mix
+    // its crops and manifest with this one's (and remove its "stale" crops).
+    let _lock = fsutil::lock_run(out)?;
+    let stale = earlier_crops(out);
     let mut boxes = Vec::new();
     let mut paths = Vec::new();
     let mut written = std::collections::HashSet::new();

@@ -126,8 +126,9 @@ pub struct RunLock {
     _file: std::fs::File,
 }
 
-/// Locks `dir` for writing, or says which process holds it.
-pub(crate) fn lock_run(dir: &Path) -> Result<RunLock> {
+/// Locks `dir` (a run, or any command's output folder) for writing, or says
+/// which process holds it.
+pub fn lock_run(dir: &Path) -> Result<RunLock> {
     lock_file(dir, ".lock", false)
 }
 

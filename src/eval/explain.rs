@@ -373,6 +373,10 @@ pub fn explain(cfg: &RunConfig, model: &Vgg16, req: &ExplainRequest, device: Dev
     let heatmaps: Vec<PathBuf> = req.paths.iter().enumerate().map(|(i, p)| req.out.join(tile_name(i, p))).collect();
     refuse_others_files(req.out, &planned_files(cfg, req, &heatmaps), &stale)?;
     fsutil::create_dir(req.out)?;
+    // One writer at a time (a second call would remove this one's heatmaps
+    // as stale); what an earlier call left is read again under the lock.
+    let _lock = fsutil::lock_run(req.out)?;
+    let stale = earlier_outputs(req.out);
     // explain.csv first, listing what this call writes and what an earlier
     // one left: a call stopped part-way leaves a folder the next call knows
     // as its own, down to each file.

@@ -262,7 +262,9 @@ fn explain_into_an_earlier_explain_folder_replaces_it_and_never_writes_among_the
         run(&a, d.path())
     };
     let listing = |dir: &str| {
-        let mut v: Vec<String> = std::fs::read_dir(d.path().join(dir)).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        // Without the folder's `.lock` (kept, as a run folder's is).
+        let mut v: Vec<String> =
+            std::fs::read_dir(d.path().join(dir)).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n != ".lock").collect();
         v.sort();
         v
     };

@@ -442,7 +442,7 @@ fn faces_writes_nothing_for_an_unreadable_image_unless_told_to_skip_it() {
     // Every file below `dir` (one level of folders: crops/) with its bytes.
     let snapshot = |dir: &Path| {
         let mut v = Vec::new();
-        for e in std::fs::read_dir(dir).unwrap().flatten() {
+        for e in std::fs::read_dir(dir).unwrap().flatten().filter(|e| e.file_name() != ".lock") {
             let inner: Vec<_> = if e.path().is_dir() { std::fs::read_dir(e.path()).unwrap().flatten().map(|f| f.path()).collect() } else { vec![e.path()] };
             v.extend(inner.into_iter().map(|p| (p.strip_prefix(dir).unwrap().display().to_string(), std::fs::read(&p).unwrap())));
         }

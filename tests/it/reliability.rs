@@ -951,6 +951,46 @@ fn a_run_folder_being_written_cannot_be_resumed_by_a_second_process() {
     assert!(alive, "the resumed run stopped early: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// faces, explain, evaluate and lr-find write several files into their
+/// --out: a second process writing the same folder (another data set, other
+/// images) would leave one call's listing over the other's files. Each
+/// takes the folder's lock, as finetune and cv do, and says who holds it.
+#[test]
+fn an_output_folder_being_written_is_refused_to_a_second_command() {
+    let d = tmp();
+    let s = small_trunk(d.path(), 26);
+    separable_folders(&d.path().join("data"), 3, 32);
+    let (code, _, err) =
+        run(&args(&s, &["finetune", "--data", "data", "--task", "multiclass", "--stages", "head:1", "--val", "none", "--name", "r", "--quiet"]), d.path());
+    assert_eq!(code, 0, "{err}");
+    let photo = d.path().join("data/a/00.png");
+    let photo = photo.to_str().unwrap();
+    let cases: [(&str, Vec<&str>); 4] = [
+        ("faces", vec!["faces", "data", "--tile", "32", "--out"]),
+        ("explain", vec!["explain", photo, "--model", "runs/r", "--device", "cpu", "--out"]),
+        ("evaluate", vec!["evaluate", "--data", "data", "--model", "runs/r", "--device", "cpu", "--out"]),
+        ("lr-find", args(&s, &["lr-find", "--data", "data", "--task", "multiclass", "--steps", "10", "--out"])),
+    ];
+    for (what, a) in cases {
+        // A lock held by this test stands for a second vggft writing the folder.
+        let out = d.path().join(format!("busy-{what}"));
+        std::fs::create_dir(&out).unwrap();
+        let held = std::fs::File::create(out.join(".lock")).unwrap();
+        held.try_lock().unwrap();
+        let mut a = a.clone();
+        // lr-find's --out must follow --out (its trunk options come after it in `args`).
+        let at = a.iter().position(|x| *x == "--out").unwrap();
+        let name = format!("busy-{what}");
+        a.insert(at + 1, &name);
+        let (code, _, err) = run(&a, d.path());
+        assert_eq!(code, 1, "{what}: {err}");
+        assert!(err.contains(&format!("busy-{what}: is being written by another vggft process")), "{what}: {err}");
+        drop(held);
+        let (code, _, err) = run(&a, d.path());
+        assert_eq!(code, 0, "{what}, the lock released: {err}");
+    }
+}
+
 #[test]
 fn closed_pipes_end_output_quietly_and_training_goes_on() {
     use std::process::Stdio;

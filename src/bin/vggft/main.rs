@@ -504,6 +504,8 @@ fn evaluate(mut a: EvaluateArgs) -> anyhow::Result<()> {
         errln!("{}", vggft::subject::TRANSDUCTIVE);
     }
     vggft::fsutil::create_dir(&out)?;
+    // One writer at a time: metrics.json and the top-loss tiles of one evaluation.
+    let _lock = vggft::fsutil::lock_run(&out)?;
     vggft::eval::explain::clear_top_losses(&out);
     let m = &ev.metrics;
     vggft::fsutil::write_json(
