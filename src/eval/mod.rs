@@ -3,6 +3,7 @@
 //! the majority-class baseline.
 
 pub mod cv;
+pub mod evaluate;
 pub mod explain;
 pub mod features;
 pub mod plot;

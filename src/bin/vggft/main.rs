@@ -396,12 +396,6 @@ fn predict_cmd(mut a: PredictArgs) -> anyhow::Result<bool> {
     out.finish(&preds)
 }
 
-/// A path's last component (titles stay short; the full paths are in metrics.json).
-fn short_name(p: &std::path::Path) -> String {
-    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| p.display().to_string())
-}
-
-/// One CSV record (the csv crate's quoting: a class or path with a comma, quote or newline stays one field).
 fn lr_find(a: LrFindArgs) -> anyhow::Result<()> {
     let mut rep = reporter(a.quiet);
     let req = vggft::train::lrfind::Request {
@@ -451,34 +445,23 @@ fn evaluate(mut a: EvaluateArgs) -> anyhow::Result<()> {
     if let Some(t) = a.threads {
         tch::set_num_threads(t);
     }
-    a.model = run::run_dir(&a.model);
-    let device = session::parse_device(&a.device)?;
-    let name = Some(vggft::fsutil::output_stem(&data)).filter(|n| !n.is_empty()).unwrap_or_else(|| "data".into());
-    let out = a.out.clone().unwrap_or_else(|| a.model.join(format!("eval-{name}")));
-    vggft::data::scan::refuse_output_inside(&data, a.format, &out, "the scores and plots")?;
-    vggft::data::scan::refuse_other_output(
-        &out,
-        "an evaluate folder",
-        "metrics.json and the plots",
-        &["metrics.json", "confusion.png", "top_losses.png", "top_losses.csv"],
-    )?;
-    let (cfg, mut model) = run::load_run(&a.model, device)?;
-    // Before scoring (minutes for a few hundred photos), once the model is known to be there: a folder
-    // that cannot be made — the default one inside a model folder shared read-only — fails at once.
-    vggft::fsutil::check_creatable(&out)?;
-    if let Some(p) = a.precision {
-        model.cfg.precision = p;
-    }
-    // The top losses' layer, checked before anything is scored or written.
-    let layer = cam_layer(a.layer.as_deref(), &cfg)?;
-    if a.top_losses > 0 {
-        vggft::eval::explain::check_layer(&cfg, layer)?;
-    }
-    let training = predict::Training::of_run(&a.model);
-    let tta_flip = vggft::eval::flip_tta(a.tta.choice(), model.cfg.subject_norm);
-    let names = a.label_map.as_deref().map(vggft::data::split::parse_label_map).transpose()?.unwrap_or_default();
-    let ev =
-        predict::evaluate(&cfg, &model, &data, (a.format, &names, a.subject_pattern.as_deref()), a.skip_bad, (&training, a.exclude_train), (tta_flip, device))?;
+    let req = vggft::eval::evaluate::Request {
+        model: run::run_dir(&a.model),
+        data,
+        format: a.format,
+        label_map: a.label_map.as_deref().map(vggft::data::split::parse_label_map).transpose()?.unwrap_or_default(),
+        subject_pattern: a.subject_pattern.clone(),
+        skip_bad: a.skip_bad,
+        exclude_train: a.exclude_train,
+        tta: a.tta.choice(),
+        precision: a.precision,
+        out: a.out.clone(),
+        top_losses: a.top_losses,
+        layer: a.layer.as_deref().map(|l| vggft::model::Block::parse(l, vggft::error::Setting::Layer)).transpose()?,
+        device: session::parse_device(&a.device)?,
+    };
+    let done = vggft::eval::evaluate::run(&req)?;
+    let (ev, cfg) = (&done.evaluation, &done.cfg);
     if ev.excluded > 0 {
         errln!("note: left out {} image(s) this run was trained on (--exclude-train); scoring the other {}", ev.excluded, ev.y.len());
     } else if ev.overlap > 0 {
@@ -494,41 +477,15 @@ fn evaluate(mut a: EvaluateArgs) -> anyhow::Result<()> {
     for w in &ev.warnings {
         errln!("{w}");
     }
-    if tta_flip {
+    if done.tta_flip {
         errln!("{}", vggft::eval::FLIP_TTA);
     }
-    // A subject-normalised model: how many images had their person's statistics (a dataset without subject ids has none).
-    let count = |mode| ev.modes.iter().filter(|&&m| m == Some(mode)).count();
-    let modes = model.cfg.subject_norm.then(|| (count(predict::Mode::Person), count(predict::Mode::Single)));
-    if modes.is_some_and(|(person, _)| person > 0) {
+    if done.modes.is_some_and(|(person, _)| person > 0) {
         errln!("{}", vggft::subject::TRANSDUCTIVE);
     }
-    vggft::fsutil::create_dir(&out)?;
-    // One writer at a time: metrics.json and the top-loss tiles of one evaluation.
-    let _lock = vggft::fsutil::lock_run(&out)?;
-    vggft::eval::explain::clear_top_losses(&out);
     let m = &ev.metrics;
-    vggft::fsutil::write_json(
-        &out.join("metrics.json"),
-        &serde_json::json!({
-            "model": a.model, "data": data, "tta": if tta_flip { "flip" } else { "none" }, "metrics": m,
-            // The data's labels as read for the run (--label-map), where given.
-            "label_map": (!names.is_empty()).then(|| names.iter().map(|(d, l)| format!("{d}={l}")).collect::<Vec<_>>()),
-            "threshold": cfg.threshold.as_ref().map(|t| t.describe(&cfg.classes[0], cfg.single_calibration())),
-            "calibration": cfg.single_calibration().map(|c| c.describe()),
-            "metrics_at_half": ev.at_half,
-            "modes": modes.map(|(person, single)| serde_json::json!({"person": person, "single-image": single})),
-            // How many images lay far from every training photo (the warning's count).
-            "unusual": (!ev.distances.is_empty()).then(|| serde_json::json!({
-                "limit": predict::UNUSUAL,
-                "count": ev.distances.iter().filter(|&&d| predict::is_unusual(d)).count(),
-                "largest_distance": ev.distances.iter().copied().fold(0.0, f64::max),
-            })),
-        }),
-    )?;
-    vggft::eval::plot::confusion(&out.join("confusion.png"), &m.confusion, &cfg.classes, &format!("{} on {}", short_name(&a.model), short_name(&data)))?;
-    outln!("{} images from {}", m.n, data.display());
-    if let Some((person, single)) = modes {
+    outln!("{} images from {}", m.n, req.data.display());
+    if let Some((person, single)) = done.modes {
         outln!(
             "{person} scored with their person's statistics, {single} by the single-image head{}",
             if single > 0 { format!(" (no subject id, or fewer than {} images of that person)", vggft::subject::PERSON_MIN) } else { String::new() }
@@ -541,36 +498,13 @@ fn evaluate(mut a: EvaluateArgs) -> anyhow::Result<()> {
     if let Some(h) = &ev.at_half {
         outln!("  by the larger probability instead (threshold 0.5): balanced accuracy {:.3}, accuracy {:.3}", h.balanced_accuracy, h.accuracy);
     }
-    outln!("written: {}, {}", out.join("metrics.json").display(), out.join("confusion.png").display());
-    if a.top_losses > 0 {
-        let tiles = out.join("top_losses");
-        vggft::fsutil::create_dir(&tiles)?;
-        let paths: Vec<String> = ev.paths.iter().map(|p| p.display().to_string()).collect();
-        let picked = vggft::eval::explain::worst(&ev.y, &ev.probs, a.top_losses);
-        let cuts: Vec<Option<f64>> = ev.modes.iter().map(|&m| cfg.threshold_for(m)).collect();
-        // The rows scored with their person's statistics are explained through that head, as explain does.
-        let person: Vec<Option<String>> =
-            ev.subjects.iter().zip(&ev.modes).map(|(s, m)| s.clone().filter(|_| *m == Some(vggft::eval::predict::Mode::Person))).collect();
-        let people = vggft::eval::explain::people_of_features(&model, &ev.features, &person);
-        let top = vggft::eval::explain::loss_tiles(
-            &cfg,
-            &model,
-            &ev.gray,
-            &picked,
-            &paths,
-            &ev.y,
-            (&ev.probs, &cuts),
-            people.as_ref(),
-            (layer, device),
-            (&tiles, "loss"),
-        )?;
-        vggft::eval::explain::write_top_losses(&out, &cfg.classes, &top)?;
-        outln!("top {} losses: {}, {}", top.len(), out.join("top_losses.png").display(), out.join("top_losses.csv").display());
+    outln!("written: {}, {}", done.metrics_json().display(), done.confusion_png().display());
+    if let Some(n) = done.top_losses {
+        outln!("top {n} losses: {}, {}", done.out.join("top_losses.png").display(), done.out.join("top_losses.csv").display());
     }
     Ok(())
 }
 
-/// The metric table `finetune` and `evaluate` print.
 fn cv(a: CvArgs) -> anyhow::Result<()> {
     let mut rep = reporter(a.quiet);
     let summary = match &a.collect {
