@@ -397,7 +397,7 @@ pub fn prepare_one(
 /// `--out face.tiff` cannot overwrite the photo with tensors), and an existing
 /// file must be an earlier preprocess output (one tensor, `input`), not a
 /// weights file or a model.
-pub fn check_input_file(out: &Path) -> crate::error::Result<()> {
+fn check_input_file(out: &Path) -> crate::error::Result<()> {
     use crate::error::Error;
     if out.extension().is_none_or(|e| e != "safetensors") {
         return Err(Error::file(out, "the network input is written as safetensors: give --out a name ending in .safetensors"));
@@ -409,6 +409,30 @@ pub fn check_input_file(out: &Path) -> crate::error::Result<()> {
         ));
     }
     Ok(())
+}
+
+/// `vggft preprocess`: writes `image`'s exact network input as `run`'s
+/// single-image path prepares it — crop, gray → RGB and normalisation, a
+/// 1×3×S×S float32 tensor `input` — to `out` (safetensors, atomically),
+/// for other tools (ONNX, PyTorch) to feed. Returns S.
+pub fn preprocess(image: &Path, run: &Path, out: &Path) -> crate::error::Result<i64> {
+    check_input_file(out)?;
+    // A folder reached the per-photo reader, which took it for an empty one.
+    if image.is_dir() {
+        return Err(crate::error::Error::file(
+            image,
+            "is a folder: preprocess writes one image's network input, give one image (predict and explain take folders)",
+        ));
+    }
+    let cfg = crate::run::read_config(run)?;
+    let px = prepare_alone(image, &cfg, &mut None)?.0;
+    let s = cfg.data.preprocess.image_size as i64;
+    let x = cfg.data.preprocess.normalise(&Tensor::from_slice(&px).view([1, 1, s, s]));
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        crate::fsutil::create_dir(dir)?;
+    }
+    crate::model::weights::save_atomic(&[("input".to_string(), x)], out)?;
+    Ok(s)
 }
 
 /// `prepare_one` for a photo the single-image head answers (no other photo

@@ -141,23 +141,7 @@ fn finetune(a: FinetuneArgs, seed_given: bool) -> anyhow::Result<()> {
 }
 
 fn preprocess(image: &std::path::Path, model: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
-    predict::check_input_file(out)?;
-    // A folder reached the per-photo reader, which took it for an empty one.
-    if image.is_dir() {
-        return Err(vggft::error::Error::file(
-            image,
-            "is a folder: preprocess writes one image's network input, give one image (predict and explain take folders)",
-        )
-        .into());
-    }
-    let cfg = run::read_config(model)?;
-    let px = predict::prepare_alone(image, &cfg, &mut None)?.0;
-    let s = cfg.data.preprocess.image_size as i64;
-    let x = cfg.data.preprocess.normalise(&tch::Tensor::from_slice(&px).view([1, 1, s, s]));
-    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        vggft::fsutil::create_dir(dir)?;
-    }
-    weights::save_atomic(&[("input".to_string(), x)], out)?;
+    let s = predict::preprocess(image, model, out)?;
     outln!("{}: network input 1×3×{s}×{s} in {}", image.display(), out.display());
     Ok(())
 }
