@@ -430,6 +430,36 @@ fn faces_refuses_an_output_inside_the_data_and_clears_its_own_stale_crops() {
     assert!(d.path().join("fc/manifest.csv").exists());
 }
 
+/// A large set's contact sheet comes in pages of equal size, at most
+/// `SHEET_PAGE` crops each (one sheet of a KDEF-sized set was too tall to
+/// open), and a later, smaller run into the folder removes the pages it no
+/// longer has.
+#[test]
+fn a_large_sets_contact_sheet_comes_in_pages() {
+    let d = tmp();
+    // 2 × 101 = 202 photos: two pages of 101.
+    separable_folders(&d.path().join("data"), 101, 32);
+    let (code, out, err) = run(&["faces", "data", "--out", "fc", "--tile", "32"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("contact sheets fc/contact_sheet.png … fc/contact_sheet_2.png (2 pages of up to 200 crops)"), "{out}");
+    let size = |name: &str| image::image_dimensions(d.path().join("fc").join(name)).unwrap();
+    assert_eq!(size("contact_sheet.png"), size("contact_sheet_2.png"), "pages of equal size");
+    let page = size("contact_sheet.png");
+    std::fs::write(d.path().join("fc/contact_sheet_1.png"), "mine").unwrap();
+    for i in 50..101 {
+        for c in ["a", "b"] {
+            std::fs::remove_file(d.path().join(format!("data/{c}/{i:02}.png"))).unwrap();
+        }
+    }
+    let (code, out, err) = run(&["faces", "data", "--out", "fc", "--tile", "32"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("contact sheet fc/contact_sheet.png") && !out.contains("pages"), "{out}");
+    assert!(!d.path().join("fc/contact_sheet_2.png").exists(), "the earlier run's second page is gone");
+    // 100 crops in 8 columns are 13 rows, as 101 are: the pages held 101 each, not 200 and 2.
+    assert_eq!(size("contact_sheet.png"), page);
+    assert!(d.path().join("fc/contact_sheet_1.png").exists(), "a name faces never writes stays");
+}
+
 /// An unreadable image stops `faces` before it writes anything (a previous
 /// run's folder stays whole: its manifest still matches its crops), and
 /// `--skip-bad` leaves it out of the crops and their manifest, naming it once.

@@ -743,7 +743,17 @@ fn main() -> ExitCode {
                 for note in &r.notes {
                     errln!("{note}");
                 }
-                outln!("crops in {}, boxes in {}, contact sheet {}", out.join("crops").display(), out.join("faces.csv").display(), r.sheet.display());
+                let sheets = match &r.sheets[..] {
+                    [one] => format!("contact sheet {}", one.display()),
+                    pages => format!(
+                        "contact sheets {} … {} ({} pages of up to {} crops)",
+                        pages.first().map(|p| p.display().to_string()).unwrap_or_default(),
+                        pages.last().map(|p| p.display().to_string()).unwrap_or_default(),
+                        pages.len(),
+                        vggft::faces::SHEET_PAGE
+                    ),
+                };
+                outln!("crops in {}, boxes in {}, {sheets}", out.join("crops").display(), out.join("faces.csv").display());
                 true
             })
             .map_err(Into::into),
