@@ -116,6 +116,7 @@ def run_inventory(d):
     predict_case("text file named .tiff", "text.tiff", b"this is a text file\n")
     predict_case("32-bit float TIFF (ImageJ, MATLAB)", "float.tiff", make=lambda p: Image.fromarray(np.random.rand(32, 32).astype(np.float32)).save(p))
     predict_case("GIF given by name", "anim.gif", make=lambda p: Image.fromarray(np.zeros((32, 32), np.uint8)).save(p))
+    predict_case("HEIC given by name (an iPhone's first bytes, named .jpg)", "IMG_0001.jpg", b"\0\0\0\x18ftypheic\0\0\0\0mif1heic" + bytes(64))
     predict_case("16-bit gray TIFF (must work)", "gray16.tiff", make=lambda p: Image.fromarray((np.arange(1024).reshape(32, 32) * 60).astype(np.uint16)).save(p))
     predict_case("palette TIFF (must work)", "palette.tiff", make=lambda p: Image.open(ok_png).convert("P").save(p))
     predict_case("gray + alpha TIFF, as PIL's LA writes it (works; alpha ignored)", "gray-alpha.tiff", make=lambda p: Image.open(ok_png).convert("LA").save(p))

@@ -72,6 +72,9 @@ fn decode(bytes: &[u8]) -> std::result::Result<Gray, String> {
     if bytes.is_empty() {
         return Err("the file is empty (0 bytes)".into());
     }
+    if let Some(kind) = other_picture_kind(bytes) {
+        return Err(format!("a {kind} picture: {UNREAD}"));
+    }
     let is_tiff = bytes.starts_with(b"II*\0") || bytes.starts_with(b"MM\0*");
     let mut reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| e.to_string())?;
     match reader.format() {
@@ -147,6 +150,24 @@ pub(crate) fn archive_kind(head: &[u8]) -> Option<&'static str> {
         .map(|(_, k)| *k)
         .or_else(|| bzip2.then_some("bzip2"))
         .or_else(|| (head.get(257..262) == Some(b"ustar")).then_some("tar"))
+}
+
+/// The kind of a picture in a format vggft does not decode, by its first
+/// bytes (`image` names none of them, or AVIF as unsupported): HEIC (an iPhone's default) and AVIF
+/// are ISO media files named by their `ftyp` brand; JPEG XL and JPEG 2000
+/// have signatures of their own.
+pub(crate) fn other_picture_kind(head: &[u8]) -> Option<&'static str> {
+    if head.get(4..8) == Some(b"ftyp") {
+        return match head.get(8..12)? {
+            b"heic" | b"heix" | b"hevc" | b"hevx" | b"heim" | b"heis" | b"mif1" | b"msf1" => Some("HEIC"),
+            b"avif" | b"avis" => Some("AVIF"),
+            _ => None,
+        };
+    }
+    if head.starts_with(b"\xff\x0a") || head.starts_with(b"\0\0\0\x0cJXL \r\n\x87\n") {
+        return Some("JPEG XL");
+    }
+    (head.starts_with(b"\0\0\0\x0cjP  \r\n\x87\n") || head.starts_with(b"\xff\x4f\xff\x51")).then_some("JPEG 2000")
 }
 
 /// Luma of a decoded picture, a row at a time (no full-size float copy).
@@ -456,6 +477,27 @@ mod tests {
         assert!(e.contains("a zip archive, not a picture: unpack it"), "{e}");
         assert_eq!(archive_kind(b"BZh91AY&SY\x12\x34"), Some("bzip2"));
         assert_eq!(archive_kind(b"BZh_notes.png\n"), None);
+    }
+
+    #[test]
+    fn pictures_in_formats_not_read_are_named_by_their_first_bytes() {
+        // An iPhone's HEIC, a MIAF still, AVIF, JPEG XL (bare and boxed), JPEG 2000 (boxed and bare).
+        for (head, kind) in [
+            (&b"\0\0\0\x18ftypheic\0\0\0\0mif1heic"[..], "HEIC"),
+            (b"\0\0\0\x1cftypmif1\0\0\0\0mif1miaf", "HEIC"),
+            (b"\0\0\0\x20ftypavif\0\0\0\0avifmif1", "AVIF"),
+            (b"\xff\x0a\xfa\x7f", "JPEG XL"),
+            (b"\0\0\0\x0cJXL \r\n\x87\n\0\0", "JPEG XL"),
+            (b"\0\0\0\x0cjP  \r\n\x87\n\0\0", "JPEG 2000"),
+            (b"\xff\x4f\xff\x51\0\x2f", "JPEG 2000"),
+        ] {
+            assert_eq!(other_picture_kind(head), Some(kind));
+            let e = decode_gray(head).map(|_| ()).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("a {kind} picture: a picture format vggft does not read")) && e.ends_with("convert it to PNG or JPEG"), "{e}");
+        }
+        // An MP4 is ISO media too, and a JPEG starts with 0xFF: neither is taken for one of them.
+        assert_eq!(other_picture_kind(b"\0\0\0\x18ftypisom\0\0\x02\0"), None);
+        assert_eq!(other_picture_kind(b"\xff\xd8\xff\xe0"), None);
     }
 
     /// Gray TIFFs with an alpha sample (GIMP's and PIL's `LA`), 8- and
