@@ -28,7 +28,7 @@ pub struct FacesReport {
     pub images: usize,
     pub fallbacks: Vec<PathBuf>,
     pub seconds_per_image: f64,
-    /// The contact sheet's pages (at most `SHEET_PAGE` crops each), in order.
+    /// The contact sheet's pages (at most `explain::SHEET_PAGE` crops each), in order.
     pub sheets: Vec<PathBuf>,
     /// Pictures of the folder in a format vggft does not read (not cropped).
     pub unread: Vec<PathBuf>,
@@ -134,7 +134,7 @@ pub fn run(dir: &Path, out: &Path, tile: u32, skip_bad: bool) -> Result<FacesRep
     // The crops as a dataset: `vggft finetune --data OUT/manifest.csv`.
     let m = out.join("manifest.csv");
     fsutil::write_atomic(&m, &manifest.into_inner().map_err(|e| Error::file(&m, e.to_string()))?)?;
-    let sheets = contact_sheets(out, &tiles)?;
+    let sheets = explain::save_sheets(out, "contact_sheet", &tiles, sheet_tile)?;
     // A second run into the same folder (other data, or images removed)
     // would leave the first run's crops beside the new ones: remove the
     // crops the previous manifest listed and this one does not.
@@ -162,50 +162,17 @@ fn earlier_crops(out: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Crops per contact-sheet page: 8 columns × 25 rows, about 1300 × 3800 px
-/// at the default tile, a page any viewer opens. One sheet of 2040 London
-/// photos was 1334 × 47181 px and took the command to 669 MB; a KDEF-sized
-/// set (4900 photos) would pass the 89-megapixel limit of Pillow and others.
-pub const SHEET_PAGE: usize = 200;
-
-/// `contact_sheet.png`, then `contact_sheet_2.png`, … for the later pages.
-fn sheet_page(out: &Path, page: usize) -> PathBuf {
-    out.join(if page == 0 { "contact_sheet.png".to_string() } else { format!("contact_sheet_{}.png", page + 1) })
-}
-
-/// Writes the tiles as pages of at most `SHEET_PAGE` and removes the later pages an
-/// earlier, larger run into the folder left.
-fn contact_sheets(out: &Path, tiles: &[(String, image::GrayImage, bool)]) -> Result<Vec<PathBuf>> {
-    // Pages of equal size: 204 photos make two of 102, not one of 200 and one of 4.
-    let per_page = tiles.len().div_ceil(tiles.len().div_ceil(SHEET_PAGE).max(1)).max(1);
-    let pages =
-        tiles.chunks(per_page).enumerate().map(|(k, page)| contact_sheet(&sheet_page(out, k), page).map(|_| sheet_page(out, k))).collect::<Result<Vec<_>>>()?;
-    for e in std::fs::read_dir(out).into_iter().flatten().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let page = name.strip_prefix("contact_sheet_").and_then(|r| r.strip_suffix(".png")).and_then(|n| n.parse::<usize>().ok());
-        if page.is_some_and(|n| n >= 2 && n > pages.len()) {
-            let _ = std::fs::remove_file(e.path());
+/// A crop with its name underneath, framed in red where it is a fallback:
+/// a tile of the contact sheet.
+fn sheet_tile((name, img, fallback): &(String, image::GrayImage, bool)) -> Result<image::RgbImage> {
+    let mut rgb = image::DynamicImage::ImageLuma8(img.clone()).to_rgb8();
+    if *fallback {
+        let (w, h) = rgb.dimensions();
+        for (x, y, px) in rgb.enumerate_pixels_mut() {
+            if x < 3 || y < 3 || x + 3 >= w || y + 3 >= h {
+                *px = image::Rgb([220, 0, 0]);
+            }
         }
     }
-    Ok(pages)
-}
-
-/// A grid of tiles with their names underneath; fallbacks framed in red.
-fn contact_sheet(path: &Path, tiles: &[(String, image::GrayImage, bool)]) -> Result<()> {
-    let captioned = tiles
-        .iter()
-        .map(|(name, img, fallback)| {
-            let mut rgb = image::DynamicImage::ImageLuma8(img.clone()).to_rgb8();
-            if *fallback {
-                let (w, h) = rgb.dimensions();
-                for (x, y, px) in rgb.enumerate_pixels_mut() {
-                    if x < 3 || y < 3 || x + 3 >= w || y + 3 >= h {
-                        *px = image::Rgb([220, 0, 0]);
-                    }
-                }
-            }
-            explain::captioned(&rgb, std::slice::from_ref(name))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    explain::save_png(path, &explain::sheet(&captioned))
+    explain::captioned(&rgb, std::slice::from_ref(name))
 }

@@ -334,6 +334,43 @@ pub fn sheet(tiles: &[RgbImage]) -> RgbImage {
     canvas
 }
 
+/// Tiles per page of a sheet of many (faces' contact sheet, explain's
+/// sheet): 8 columns × 25 rows, about 1300 × 3800 px for 128-px face crops,
+/// a page any viewer opens. One contact sheet of 2040 London photos was
+/// 1334 × 47181 px and took `faces` to 669 MB; a KDEF-sized set (4900
+/// photos) would pass the 89-megapixel limit of Pillow and others.
+pub const SHEET_PAGE: usize = 200;
+
+/// `STEM.png`, then `STEM_2.png`, … for the later pages.
+fn sheet_page(dir: &Path, stem: &str, page: usize) -> PathBuf {
+    dir.join(if page == 0 { format!("{stem}.png") } else { format!("{stem}_{}.png", page + 1) })
+}
+
+/// Which later page of `stem`'s sheet a file name is (`STEM_N.png`, N ≥ 2).
+fn later_page(name: &str, stem: &str) -> Option<usize> {
+    name.strip_prefix(stem)?.strip_prefix('_')?.strip_suffix(".png")?.parse().ok().filter(|&n| n >= 2)
+}
+
+/// Writes `items` as a sheet in pages of equal size of at most `SHEET_PAGE`
+/// tiles (`tile` makes each, a page at a time: one page's tiles are in
+/// memory) — 204 items make two pages of 102 — and removes the later pages
+/// of `stem` that an earlier, larger call left in `dir`. Returns the pages.
+pub(crate) fn save_sheets<T>(dir: &Path, stem: &str, items: &[T], tile: impl Fn(&T) -> Result<RgbImage>) -> Result<Vec<PathBuf>> {
+    let per_page = items.len().div_ceil(items.len().div_ceil(SHEET_PAGE).max(1)).max(1);
+    let mut pages = Vec::new();
+    for (k, page) in items.chunks(per_page).enumerate() {
+        let path = sheet_page(dir, stem, k);
+        save_png(&path, &sheet(&page.iter().map(&tile).collect::<Result<Vec<_>>>()?))?;
+        pages.push(path);
+    }
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if later_page(&e.file_name().to_string_lossy(), stem).is_some_and(|n| n > pages.len()) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    Ok(pages)
+}
+
 /// Writes an image as PNG, atomically.
 pub(crate) fn save_png(path: &Path, img: &RgbImage) -> Result<()> {
     let mut png = Vec::new();
@@ -362,9 +399,10 @@ pub struct Explained {
     pub result: Result<(Cam, PathBuf)>,
 }
 
-/// Explains every path; writes a PNG per image, `sheet.png`, `explain.csv`
-/// and (with `mean`) `mean_<class>.png`.
-pub fn explain(cfg: &RunConfig, model: &Vgg16, req: &ExplainRequest, device: Device) -> Result<Vec<Explained>> {
+/// Explains every path; writes a PNG per image, `sheet.png` (in pages of at
+/// most `SHEET_PAGE`: `sheet_2.png`, …), `explain.csv` and (with `mean`)
+/// `mean_<class>.png`. Returns each input's result and the sheet's pages.
+pub fn explain(cfg: &RunConfig, model: &Vgg16, req: &ExplainRequest, device: Device) -> Result<(Vec<Explained>, Vec<PathBuf>)> {
     check_layer(cfg, req.layer)?;
     refuse_out_among_inputs(req.out, req.paths)?;
     crate::data::scan::refuse_other_output(req.out, "a folder of heatmaps", "the heatmaps, sheet.png and explain.csv", &["explain.csv", "sheet.png"])?;
@@ -424,10 +462,8 @@ pub fn explain(cfg: &RunConfig, model: &Vgg16, req: &ExplainRequest, device: Dev
     }
     // Before the sheet: a call killed there left a listing of what it wrote.
     write_csv(&req.out.join("explain.csv"), cfg, &out)?;
-    if !tiles.is_empty() {
-        save_png(&req.out.join("sheet.png"), &sheet(&tiles))?;
-        written.insert(req.out.join("sheet.png"));
-    }
+    let sheets = save_sheets(req.out, "sheet", &tiles, |t| Ok(t.clone()))?;
+    written.extend(sheets.iter().cloned());
     if req.mean {
         for (c, name) in cfg.classes.iter().enumerate() {
             let cams: Vec<&Cam> = out.iter().filter_map(|e| e.result.as_ref().ok()).map(|(cam, _)| cam).filter(|cam| cam.class == c).collect();
@@ -452,7 +488,7 @@ pub fn explain(cfg: &RunConfig, model: &Vgg16, req: &ExplainRequest, device: Dev
     for old in stale.iter().filter(|f| !written.contains(*f)) {
         let _ = std::fs::remove_file(old);
     }
-    Ok(out)
+    Ok((out, sheets))
 }
 
 /// The files a call writes by name: each input's heatmap
@@ -515,7 +551,7 @@ fn refuse_out_among_inputs(out: &Path, paths: &[PathBuf]) -> Result<()> {
 /// What an earlier `vggft explain` wrote into `out`, found by its
 /// `explain.csv`: the heatmaps it lists (`NNNN_name.png`, by file name, so a
 /// run from another working folder counts) and their `--arrays` twins,
-/// `sheet.png` and `mean_*.png`. Nothing when `out` holds no explain.csv:
+/// `sheet.png` (and its later pages) and `mean_*.png`. Nothing when `out` holds no explain.csv:
 /// a folder explain did not write is not touched.
 fn earlier_outputs(out: &Path) -> Vec<PathBuf> {
     let Ok(mut r) = csv::Reader::from_path(out.join("explain.csv")) else { return vec![] };
@@ -527,14 +563,9 @@ fn earlier_outputs(out: &Path) -> Vec<PathBuf> {
         .flat_map(|n| [out.join(&n), out.join(n).with_extension("safetensors")])
         .collect();
     files.push(out.join("sheet.png"));
-    files.extend(
-        std::fs::read_dir(out)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("mean_") && n.to_string_lossy().ends_with(".png"))),
-    );
+    files.extend(std::fs::read_dir(out).into_iter().flatten().flatten().map(|e| e.path()).filter(|p| {
+        p.file_name().map(|n| n.to_string_lossy()).is_some_and(|n| (n.starts_with("mean_") && n.ends_with(".png")) || later_page(&n, "sheet").is_some())
+    }));
     files
 }
 

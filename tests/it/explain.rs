@@ -428,3 +428,25 @@ fn a_subject_normalised_model_is_explained_as_predict_answers() {
         assert!(picture(&tile) == picture(&explained), "{} differs from {}", tile.display(), explained.display());
     }
 }
+
+/// Explain's sheet of many heatmaps comes in pages as faces' contact sheet
+/// does, and a later call with fewer images leaves no page of the earlier one.
+#[test]
+fn a_sheet_of_many_heatmaps_comes_in_pages() {
+    let d = tmp();
+    let s = small_trunk(d.path(), 27);
+    separable_folders(&d.path().join("data"), 101, 32);
+    let (code, _, err) =
+        run(&args(&s, &["finetune", "--data", "data", "--task", "multiclass", "--stages", "head:1", "--val", "none", "--name", "r", "--quiet"]), d.path());
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = run(&["explain", "-r", "data", "--model", "runs/r", "--device", "cpu", "--out", "ex"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("heatmaps of 202 image(s) in ex (sheet.png … sheet_2.png in 2 pages, explain.csv)"), "{out}");
+    let size = |name: &str| image::image_dimensions(d.path().join("ex").join(name)).unwrap();
+    assert_eq!(size("sheet.png"), size("sheet_2.png"), "two pages of 101");
+    let (code, out, err) = run(&["explain", "data/a/00.png", "data/b/00.png", "--model", "runs/r", "--device", "cpu", "--out", "ex"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("(sheet.png, explain.csv)"), "{out}");
+    assert!(!d.path().join("ex/sheet_2.png").exists(), "the earlier call's second page is gone");
+    assert_eq!(std::fs::read_dir(d.path().join("ex")).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".png")).count(), 3);
+}

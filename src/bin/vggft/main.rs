@@ -229,7 +229,7 @@ fn explain(mut a: ExplainArgs) -> anyhow::Result<bool> {
     let paths = found.paths;
     person_options_note(model.cfg.subject_norm, a.subject.as_deref(), &a.subject_from);
     let req = vggft::eval::explain::ExplainRequest { paths: &paths, class, layer, out: &a.out, mean: a.mean, arrays: a.arrays, subjects: &subjects };
-    let done = vggft::eval::explain::explain(&cfg, &model, &req, device)?;
+    let (done, sheets) = vggft::eval::explain::explain(&cfg, &model, &req, device)?;
     if model.cfg.subject_norm {
         // predict's default for such a model averages the mirror image in: its numbers differ.
         errln!(
@@ -269,12 +269,11 @@ fn explain(mut a: ExplainArgs) -> anyhow::Result<bool> {
     if failed == done.len() {
         outln!("no image could be explained ({} says why for each)", a.out.join("explain.csv").display());
     } else {
-        outln!(
-            "heatmaps of {} image(s) in {} (sheet.png, explain.csv{})",
-            done.len() - failed,
-            a.out.display(),
-            if a.mean { ", mean_<class>.png" } else { "" }
-        );
+        let sheet = match &sheets[..] {
+            [_, .., last] => format!("sheet.png … {} in {} pages", last.file_name().unwrap_or_default().to_string_lossy(), sheets.len()),
+            _ => "sheet.png".into(),
+        };
+        outln!("heatmaps of {} image(s) in {} ({sheet}, explain.csv{})", done.len() - failed, a.out.display(), if a.mean { ", mean_<class>.png" } else { "" });
     }
     Ok(failed == 0)
 }
@@ -750,7 +749,7 @@ fn main() -> ExitCode {
                         pages.first().map(|p| p.display().to_string()).unwrap_or_default(),
                         pages.last().map(|p| p.display().to_string()).unwrap_or_default(),
                         pages.len(),
-                        vggft::faces::SHEET_PAGE
+                        vggft::eval::explain::SHEET_PAGE
                     ),
                 };
                 outln!("crops in {}, boxes in {}, {sheets}", out.join("crops").display(), out.join("faces.csv").display());
