@@ -762,11 +762,7 @@ fn every_option_has_a_description_and_finetune_help_has_headings() {
 #[test]
 fn predict_recurses_streams_jsonl_and_takes_the_model_file() {
     let d = tmp();
-    let s = small_trunk(d.path(), 71);
-    separable_folders(&d.path().join("data"), 3, 32);
-    let (code, _, err) =
-        run(&args(&s, &["finetune", "--data", "data", "--task", "multiclass", "--stages", "head:1", "--val", "none", "--name", "p"]), d.path());
-    assert_eq!(code, 0, "{err}");
+    separable_run(d.path(), 71, 3, "p");
     std::fs::create_dir_all(d.path().join("in/deeper/deepest")).unwrap();
     std::fs::create_dir_all(d.path().join("in/empty")).unwrap();
     std::fs::copy(d.path().join("data/a/00.png"), d.path().join("in/top.png")).unwrap();

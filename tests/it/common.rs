@@ -302,6 +302,19 @@ pub fn small_trunk(dir: &Path, seed: i64) -> Vec<String> {
     small(&w)
 }
 
+/// A trained tiny run `runs/NAME` in `dir`, for the commands that read a
+/// model: one head-only epoch, multiclass, no validation, on
+/// `separable_folders(dir/data, per_class, 32)` and a `small_trunk(seed)`.
+/// Returns the trunk's options.
+pub fn separable_run(dir: &Path, seed: i64, per_class: usize, name: &str) -> Vec<String> {
+    let s = small_trunk(dir, seed);
+    separable_folders(&dir.join("data"), per_class, 32);
+    let (code, _, err) =
+        run(&args(&s, &["finetune", "--data", "data", "--task", "multiclass", "--stages", "head:1", "--val", "none", "--name", name, "--quiet"]), dir);
+    assert_eq!(code, 0, "{err}");
+    s
+}
+
 pub fn args<'a>(v: &'a [String], extra: &[&'a str]) -> Vec<&'a str> {
     extra.iter().copied().chain(v.iter().map(String::as_str)).collect()
 }

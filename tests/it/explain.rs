@@ -434,11 +434,7 @@ fn a_subject_normalised_model_is_explained_as_predict_answers() {
 #[test]
 fn a_sheet_of_many_heatmaps_comes_in_pages() {
     let d = tmp();
-    let s = small_trunk(d.path(), 27);
-    separable_folders(&d.path().join("data"), 101, 32);
-    let (code, _, err) =
-        run(&args(&s, &["finetune", "--data", "data", "--task", "multiclass", "--stages", "head:1", "--val", "none", "--name", "r", "--quiet"]), d.path());
-    assert_eq!(code, 0, "{err}");
+    separable_run(d.path(), 27, 101, "r");
     let (code, out, err) = run(&["explain", "-r", "data", "--model", "runs/r", "--device", "cpu", "--out", "ex"], d.path());
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("heatmaps of 202 image(s) in ex (sheet.png … sheet_2.png in 2 pages, explain.csv)"), "{out}");

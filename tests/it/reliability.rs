@@ -958,11 +958,7 @@ fn a_run_folder_being_written_cannot_be_resumed_by_a_second_process() {
 #[test]
 fn an_output_folder_being_written_is_refused_to_a_second_command() {
     let d = tmp();
-    let s = small_trunk(d.path(), 26);
-    separable_folders(&d.path().join("data"), 3, 32);
-    let (code, _, err) =
-        run(&args(&s, &["finetune", "--data", "data", "--task", "multiclass", "--stages", "head:1", "--val", "none", "--name", "r", "--quiet"]), d.path());
-    assert_eq!(code, 0, "{err}");
+    let s = separable_run(d.path(), 26, 3, "r");
     let photo = d.path().join("data/a/00.png");
     let photo = photo.to_str().unwrap();
     let cases: [(&str, Vec<&str>); 4] = [
