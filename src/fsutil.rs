@@ -128,7 +128,7 @@ pub struct RunLock {
 
 /// Locks `dir` (a run, or any command's output folder) for writing, or says
 /// which process holds it.
-pub fn lock_run(dir: &Path) -> Result<RunLock> {
+pub(crate) fn lock_run(dir: &Path) -> Result<RunLock> {
     lock_file(dir, ".lock", false)
 }
 
