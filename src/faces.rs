@@ -89,9 +89,7 @@ pub fn run(dir: &Path, out: &Path, tile: u32, skip_bad: bool) -> Result<FacesRep
         let px = prepare(&g, &b.crop(), tile).map_err(|e| e.at(p))?;
         let img = image::GrayImage::from_raw(tile, tile, px.iter().map(|v| (v * 255.0).round().clamp(0.0, 255.0) as u8).collect())
             .ok_or_else(|| Error::image(p, "crop has the wrong size"))?;
-        let mut png = Vec::new();
-        img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).map_err(|e| Error::file(p, e.to_string()))?;
-        crops.push((i, b, img, png));
+        crops.push((i, b, img));
     }
     if let (Some(e), false) = (&first_error, skip_bad) {
         let hint = crate::data::unreadable_hint(skipped.len(), ds.samples.len());
@@ -115,8 +113,10 @@ pub fn run(dir: &Path, out: &Path, tile: u32, skip_bad: bool) -> Result<FacesRep
     let mut fallbacks = Vec::new();
     let mut manifest = csv::Writer::from_writer(Vec::new());
     let _ = manifest.write_record(["path", "label", "subject"]);
-    for (i, b, img, png) in crops {
+    for (i, b, img) in crops {
         let s = &ds.samples[i];
+        let mut png = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).map_err(|e| Error::file(&s.path, e.to_string()))?;
         if b.score.is_none() {
             fallbacks.push(s.path.clone());
         }
