@@ -68,28 +68,39 @@ pub fn run(dir: &Path, out: &Path, tile: u32, skip_bad: bool) -> Result<FacesRep
     // Every image is read, found and cropped in memory before anything is
     // written: an unreadable one (stopping the run, or left out with
     // --skip-bad) leaves a previous run's folder as it was, not a mix.
-    let mut finder = FaceFinder::new()?;
+    // On every core, a face detector each (`data::par_map`, as training decodes).
+    let found = crate::data::par_map(&ds.samples, |_, s, finder| -> Result<(FaceBox, image::GrayImage, f64)> {
+        let g = load_gray(&s.path)?;
+        let finder = match finder {
+            Some(f) => f,
+            None => finder.insert(FaceFinder::new()?),
+        };
+        let t0 = std::time::Instant::now();
+        let b = finder.detect(&g).unwrap_or_else(|| crate::data::face::fallback(&g));
+        let seconds = t0.elapsed().as_secs_f64();
+        let px = prepare(&g, &b.crop(), tile).map_err(|e| e.at(&s.path))?;
+        let img = image::GrayImage::from_raw(tile, tile, px.iter().map(|v| (v * 255.0).round().clamp(0.0, 255.0) as u8).collect())
+            .ok_or_else(|| Error::image(&s.path, "crop has the wrong size"))?;
+        Ok((b, img, seconds))
+    });
+    if found.len() != ds.samples.len() {
+        return Err(Error::internal("a face-finding thread failed"));
+    }
     let mut crops = Vec::new();
     let mut skipped = Vec::new();
     let mut first_error = None;
     let mut detect_time = 0.0;
-    for (i, s) in ds.samples.iter().enumerate() {
-        let p = &s.path;
-        let g = match load_gray(p) {
-            Ok(g) => g,
-            Err(e) => {
-                skipped.push((p.clone(), e.problem()));
-                first_error.get_or_insert(e);
-                continue;
+    for (i, r) in found.into_iter().enumerate() {
+        match r {
+            Ok((b, img, seconds)) => {
+                detect_time += seconds;
+                crops.push((i, b, img));
             }
-        };
-        let t0 = std::time::Instant::now();
-        let b = finder.detect(&g).unwrap_or_else(|| crate::data::face::fallback(&g));
-        detect_time += t0.elapsed().as_secs_f64();
-        let px = prepare(&g, &b.crop(), tile).map_err(|e| e.at(p))?;
-        let img = image::GrayImage::from_raw(tile, tile, px.iter().map(|v| (v * 255.0).round().clamp(0.0, 255.0) as u8).collect())
-            .ok_or_else(|| Error::image(p, "crop has the wrong size"))?;
-        crops.push((i, b, img));
+            Err(e) => {
+                skipped.push((ds.samples[i].path.clone(), e.problem()));
+                first_error.get_or_insert(e);
+            }
+        }
     }
     if let (Some(e), false) = (&first_error, skip_bad) {
         let hint = crate::data::unreadable_hint(skipped.len(), ds.samples.len());

@@ -114,7 +114,7 @@ pub(crate) fn prepare_image_in(
 
 /// `f(i, sample, finder)` over the samples in parallel (one thread per core,
 /// a face detector each), in order.
-fn par_map<T: Send>(samples: &[Sample], f: impl Fn(usize, &Sample, &mut Option<face::FaceFinder>) -> T + Sync) -> Vec<T> {
+pub(crate) fn par_map<T: Send>(samples: &[Sample], f: impl Fn(usize, &Sample, &mut Option<face::FaceFinder>) -> T + Sync) -> Vec<T> {
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8);
     let chunk = samples.len().div_ceil(threads).max(1);
     let f = &f;
