@@ -124,6 +124,7 @@ pub fn run(dir: &Path, out: &Path, tile: u32, skip_bad: bool) -> Result<FacesRep
     let mut fallbacks = Vec::new();
     let mut manifest = csv::Writer::from_writer(Vec::new());
     let _ = manifest.write_record(["path", "label", "subject"]);
+    let names = crop_names(&ds.samples.iter().map(|s| crate::fsutil::output_stem(&s.path)).collect::<Vec<_>>());
     for (i, b, img) in crops {
         let s = &ds.samples[i];
         let mut png = Vec::new();
@@ -132,7 +133,7 @@ pub fn run(dir: &Path, out: &Path, tile: u32, skip_bad: bool) -> Result<FacesRep
             fallbacks.push(s.path.clone());
         }
         let stem = crate::fsutil::output_stem(&s.path);
-        let name = format!("{i:04}_{stem}.png");
+        let name = names[i].clone();
         fsutil::write_atomic(&out.join("crops").join(&name), &png)?;
         let crop = format!("crops/{name}");
         let _ = manifest.write_record([crop.clone(), s.label.clone(), s.subject.clone().unwrap_or_default()]);
@@ -161,6 +162,23 @@ pub fn run(dir: &Path, out: &Path, tile: u32, skip_bad: bool) -> Result<FacesRep
         notes: ds.notes,
         skipped,
     })
+}
+
+/// Each photo's crop file name: its own name as PNG (`KA.HA1.29.tiff` →
+/// `KA.HA1.29.png`), so that the crops' names say what the photos' did —
+/// JAFFE's, KDEF's or a `--subject-pattern`'s person, read by `predict` and
+/// the checks of a manifest's subject column — unless two photos would
+/// share one (`neutral/1.jpg`, `happy/1.jpg`): then every crop is numbered
+/// in the dataset's order (`0000_1.png`, …). Names are compared without
+/// case, as a Mac's or Windows's file system does.
+fn crop_names(stems: &[String]) -> Vec<String> {
+    let own: Vec<String> = stems.iter().map(|s| format!("{s}.png")).collect();
+    let mut seen = std::collections::HashSet::new();
+    if own.iter().all(|n| seen.insert(n.to_lowercase())) {
+        own
+    } else {
+        stems.iter().enumerate().map(|(i, s)| format!("{i:04}_{s}.png")).collect()
+    }
 }
 
 /// The crops a previous `vggft faces` run listed in `out/manifest.csv`

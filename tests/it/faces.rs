@@ -430,6 +430,46 @@ fn faces_refuses_an_output_inside_the_data_and_clears_its_own_stale_crops() {
     assert!(d.path().join("fc/manifest.csv").exists());
 }
 
+/// The crops keep their photos' names where those are unique (JAFFE's are),
+/// so what the names say survives: training on the crops' manifest is not
+/// warned of several people under one id (`0000_KA.HA1.1.png` read as
+/// person `0000_KA` was), and `predict` of the crops folder finds each
+/// person by name and scores their photos together. Names that repeat
+/// across class folders are numbered.
+#[test]
+fn crops_keep_their_photos_names_and_so_their_people() {
+    let d = tmp();
+    let data = d.path().join("jaffe");
+    std::fs::create_dir(&data).unwrap();
+    let mut serial = 0;
+    for (k, person) in ["KA", "KL", "MK"].iter().enumerate() {
+        for code in ["NE", "HA", "SU"] {
+            for n in 1..=2 {
+                serial += 1;
+                gray_png(&data.join(format!("{person}.{code}{n}.{serial}.png")), 48, 48, |x, y| ((x * 3 + y * 5 + k as u32 * 40 + serial * 7) % 256) as u8);
+            }
+        }
+    }
+    let (code, _, err) = run(&["faces", "jaffe", "--out", "fc", "--tile", "32"], d.path());
+    assert_eq!(code, 0, "{err}");
+    let m = std::fs::read_to_string(d.path().join("fc/manifest.csv")).unwrap();
+    assert!(m.contains("crops/KA.NE1.1.png,neutral,KA") && m.contains("crops/MK.SU2.18.png,surprise,MK"), "{m}");
+    let s = small_trunk(d.path(), 28);
+    let (code, _, err) = run(&args(&s, &["finetune", "--data", "fc/manifest.csv", "--stages", "head:1", "--val", "none", "--name", "r"]), d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("several people"), "{err}");
+    let (code, out, err) = run(&["predict", "fc/crops", "--model", "runs/r", "--device", "cpu"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().filter(|l| l.ends_with("mode=person")).count(), 18, "every crop scored with its person's: {out}");
+    // Class folders that repeat a name: numbered, in the dataset's order.
+    separable_folders(&d.path().join("folders"), 2, 32);
+    let (code, _, err) = run(&["faces", "folders", "--out", "ff", "--tile", "32"], d.path());
+    assert_eq!(code, 0, "{err}");
+    let mut names: Vec<String> = std::fs::read_dir(d.path().join("ff/crops")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert_eq!(names, ["0000_00.png", "0001_01.png", "0002_00.png", "0003_01.png"]);
+}
+
 /// A large set's contact sheet comes in pages of equal size, at most
 /// `SHEET_PAGE` crops each (one sheet of a KDEF-sized set was too tall to
 /// open), and a later, smaller run into the folder removes the pages it no
