@@ -401,7 +401,9 @@ pub struct Explained {
 
 /// Explains every path; writes a PNG per image, `sheet.png` (in pages of at
 /// most `SHEET_PAGE`: `sheet_2.png`, …), `explain.csv` and (with `mean`)
-/// `mean_<class>.png`. Returns each input's result and the sheet's pages.
+/// `mean_<class>.png`. Returns each input's result (its class, probabilities
+/// and mode; the pixels, written to its heatmap and `--arrays`, are not
+/// kept: a folder of thousands) and the sheet's pages.
 pub fn explain(cfg: &RunConfig, model: &Vgg16, req: &ExplainRequest, device: Device) -> Result<(Vec<Explained>, Vec<PathBuf>)> {
     check_layer(cfg, req.layer)?;
     refuse_out_among_inputs(req.out, req.paths)?;
@@ -425,6 +427,12 @@ pub fn explain(cfg: &RunConfig, model: &Vgg16, req: &ExplainRequest, device: Dev
     let mut tiles = Vec::new();
     let mut written = std::collections::HashSet::new();
     let (prepared, people, first) = prepared_with_people(cfg, model, (req.paths, req.subjects), &mut finder);
+    // A result keeps its pixels (input and heat, ~0.4 MB at 224 px) only
+    // where a later repeat copies them; `--mean` adds each into its class's
+    // sums (count, input, heat) as it comes, in input order.
+    let repeated: std::collections::HashSet<usize> = first.iter().enumerate().filter(|&(j, &f)| f != j).map(|(_, &f)| f).collect();
+    let pixels = (s * s) as usize;
+    let mut sums = vec![(0usize, vec![0f32; pixels], vec![0f32; pixels]); if req.mean { cfg.classes.len() } else { 0 }];
     for ((i, p), px) in req.paths.iter().enumerate().zip(prepared) {
         let px = match px {
             Ok(px) => px,
@@ -457,29 +465,39 @@ pub fn explain(cfg: &RunConfig, model: &Vgg16, req: &ExplainRequest, device: Dev
             crate::model::weights::save_atomic(&named, &arrays)?;
             written.insert(arrays);
         }
-        tiles.push(tile);
+        if let Some((n, input, heat)) = sums.get_mut(cam.class) {
+            *n += 1;
+            input.iter_mut().zip(&cam.input).for_each(|(a, v)| *a += v);
+            heat.iter_mut().zip(&cam.heat).for_each(|(a, v)| *a += v);
+        }
+        let mut cam = cam;
+        if !repeated.contains(&i) {
+            (cam.input, cam.heat) = (Vec::new(), Vec::new());
+        }
+        tiles.push(file.clone());
         out.push(Explained { path: p.clone(), result: Ok((cam, file)) });
     }
     // Before the sheet: a call killed there left a listing of what it wrote.
     write_csv(&req.out.join("explain.csv"), cfg, &out)?;
-    let sheets = save_sheets(req.out, "sheet", &tiles, |t| Ok(t.clone()))?;
+    // The sheet's tiles are the heatmaps as written, read back a page at a
+    // time: a folder of many photos is not held in memory.
+    let sheets = save_sheets(req.out, "sheet", &tiles, |f: &PathBuf| {
+        image::open(f).map(|i| i.to_rgb8()).map_err(|e| Error::file(f, format!("cannot read the heatmap back for sheet.png: {e}")))
+    })?;
     written.extend(sheets.iter().cloned());
-    if req.mean {
-        for (c, name) in cfg.classes.iter().enumerate() {
-            let cams: Vec<&Cam> = out.iter().filter_map(|e| e.result.as_ref().ok()).map(|(cam, _)| cam).filter(|cam| cam.class == c).collect();
-            if cams.is_empty() {
-                continue;
-            }
-            let n = cams.len() as f32;
-            let mean = |f: fn(&Cam) -> &Vec<f32>| (0..(s * s) as usize).map(|i| cams.iter().map(|c| f(c)[i]).sum::<f32>() / n).collect::<Vec<f32>>();
-            let (input, heat) = (mean(|c| &c.input), mean(|c| &c.heat));
-            let max = heat.iter().copied().fold(0.0f32, f32::max);
-            let heat: Vec<f32> = heat.iter().map(|h| if max > 0.0 { h / max } else { 0.0 }).collect();
-            let lines = vec![format!("mean Grad-CAM: {name}"), format!("{} image(s), {}", cams.len(), req.layer.name())];
-            let file = req.out.join(format!("mean_{}.png", safe_name(name)));
-            save_png(&file, &captioned(&overlay(&input, &heat, s), &lines)?)?;
-            written.insert(file);
+    for ((count, input, heat), name) in sums.iter().zip(&cfg.classes) {
+        if *count == 0 {
+            continue;
         }
+        let n = *count as f32;
+        let input: Vec<f32> = input.iter().map(|v| v / n).collect();
+        let heat: Vec<f32> = heat.iter().map(|v| v / n).collect();
+        let max = heat.iter().copied().fold(0.0f32, f32::max);
+        let heat: Vec<f32> = heat.iter().map(|h| if max > 0.0 { h / max } else { 0.0 }).collect();
+        let lines = vec![format!("mean Grad-CAM: {name}"), format!("{count} image(s), {}", req.layer.name())];
+        let file = req.out.join(format!("mean_{}.png", safe_name(name)));
+        save_png(&file, &captioned(&overlay(&input, &heat, s), &lines)?)?;
+        written.insert(file);
     }
     // A second explain into the same folder (other images, fewer, or none
     // readable) would leave the first one's heatmaps, sheet and means beside
