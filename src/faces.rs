@@ -124,7 +124,8 @@ pub fn run(dir: &Path, out: &Path, tile: u32, skip_bad: bool) -> Result<FacesRep
     let mut fallbacks = Vec::new();
     let mut manifest = csv::Writer::from_writer(Vec::new());
     let _ = manifest.write_record(["path", "label", "subject"]);
-    let names = crop_names(&ds.samples.iter().map(|s| crate::fsutil::output_stem(&s.path)).collect::<Vec<_>>());
+    let stems: Vec<String> = ds.samples.iter().map(|s| crate::fsutil::output_stem(&s.path)).collect();
+    let names = crop_names(&stems);
     for (i, b, img) in crops {
         let s = &ds.samples[i];
         let mut png = Vec::new();
@@ -132,13 +133,11 @@ pub fn run(dir: &Path, out: &Path, tile: u32, skip_bad: bool) -> Result<FacesRep
         if b.score.is_none() {
             fallbacks.push(s.path.clone());
         }
-        let stem = crate::fsutil::output_stem(&s.path);
-        let name = names[i].clone();
-        fsutil::write_atomic(&out.join("crops").join(&name), &png)?;
-        let crop = format!("crops/{name}");
+        fsutil::write_atomic(&out.join("crops").join(&names[i]), &png)?;
+        let crop = format!("crops/{}", names[i]);
         let _ = manifest.write_record([crop.clone(), s.label.clone(), s.subject.clone().unwrap_or_default()]);
         written.insert(crop);
-        tiles.push((stem, img, b.score.is_none()));
+        tiles.push((stems[i].clone(), img, b.score.is_none()));
         paths.push(s.path.clone());
         boxes.push(Some(b));
     }

@@ -86,7 +86,7 @@ pub fn run(req: &Request) -> Result<Evaluated> {
     if let Some(p) = req.precision {
         model.cfg.precision = p;
     }
-    let layer = req.layer.unwrap_or_else(|| cfg.model.last_feature_block());
+    let layer = crate::eval::explain::layer_or_default(&cfg, req.layer);
     if req.top_losses > 0 {
         crate::eval::explain::check_layer(&cfg, layer)?;
     }

@@ -61,6 +61,12 @@ fn class_scores(logits: &Tensor, raw_to_task: &[usize], classes: usize) -> Tenso
     Tensor::stack(&cols, 1)
 }
 
+/// The block a heatmap is taken at: the one given (`--layer`), else the
+/// last block the run's head reads.
+pub fn layer_or_default(cfg: &RunConfig, given: Option<Block>) -> Block {
+    given.unwrap_or_else(|| cfg.model.last_feature_block())
+}
+
 /// Whether Grad-CAM can be taken at `layer` in this run: a conv block the
 /// head reads from (a block after the last of `--features` gets no gradient).
 pub fn check_layer(cfg: &RunConfig, layer: Block) -> Result<()> {

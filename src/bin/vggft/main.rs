@@ -186,10 +186,9 @@ fn input_paths(inputs: &[std::path::PathBuf], recursive: bool) -> vggft::error::
     Ok(found)
 }
 
-/// Grad-CAM's layer: `--layer`, else the last block the run's head reads.
-fn cam_layer(layer: Option<&str>, cfg: &vggft::config::RunConfig) -> anyhow::Result<vggft::model::Block> {
-    let given = layer.map(|l| vggft::model::Block::parse(l, vggft::error::Setting::Layer)).transpose()?;
-    Ok(given.unwrap_or_else(|| cfg.model.last_feature_block()))
+/// Grad-CAM's `--layer`, when given (its default is the run's: `explain::layer_or_default`).
+fn cam_layer(layer: Option<&str>) -> vggft::error::Result<Option<vggft::model::Block>> {
+    layer.map(|l| vggft::model::Block::parse(l, vggft::error::Setting::Layer)).transpose()
 }
 
 /// `--subject` / `--subject-from` given for a model without person statistics: said, not silently ignored.
@@ -209,7 +208,7 @@ fn explain(mut a: ExplainArgs) -> anyhow::Result<bool> {
     a.model = run::run_dir(&a.model);
     let device = session::parse_device(&a.device)?;
     let (cfg, model) = run::load_run(&a.model, device)?;
-    let layer = cam_layer(a.layer.as_deref(), &cfg)?;
+    let layer = vggft::eval::explain::layer_or_default(&cfg, cam_layer(a.layer.as_deref())?);
     let class = match &a.class {
         // As written, else in any case (`Neutral`).
         Some(name) => {
@@ -440,7 +439,7 @@ fn evaluate(mut a: EvaluateArgs) -> anyhow::Result<()> {
         precision: a.precision,
         out: a.out.clone(),
         top_losses: a.top_losses,
-        layer: a.layer.as_deref().map(|l| vggft::model::Block::parse(l, vggft::error::Setting::Layer)).transpose()?,
+        layer: cam_layer(a.layer.as_deref())?,
         device: session::parse_device(&a.device)?,
     };
     let done = vggft::eval::evaluate::run(&req)?;
