@@ -344,7 +344,8 @@ pub fn sheet(tiles: &[RgbImage]) -> RgbImage {
 /// sheet): 8 columns × 25 rows, about 1300 × 3800 px for 128-px face crops,
 /// a page any viewer opens. One contact sheet of 2040 London photos was
 /// 1334 × 47181 px and took `faces` to 669 MB; a KDEF-sized set (4900
-/// photos) would pass the 89-megapixel limit of Pillow and others.
+/// photos) would make one of ~150 megapixels, past Pillow's 89-megapixel
+/// decompression-bomb warning.
 pub const SHEET_PAGE: usize = 200;
 
 /// `STEM.png`, then `STEM_2.png`, … for the later pages.
