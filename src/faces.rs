@@ -102,15 +102,10 @@ pub fn run(dir: &Path, out: &Path, tile: u32, skip_bad: bool) -> Result<FacesRep
             }
         }
     }
-    if let (Some(e), false) = (&first_error, skip_bad) {
+    // With --skip-bad too when every image failed: leaving them out would leave nothing.
+    if let Some(e) = first_error.filter(|_| !skip_bad || crops.is_empty()) {
         let hint = crate::data::unreadable_hint(skipped.len(), ds.samples.len());
         return Err(Error::Picture(format!("{e} ({hint}); nothing was written")));
-    }
-    if crops.is_empty() {
-        return Err(Error::dataset(
-            dir,
-            format!("none of its {} images can be read (the first: {})", ds.samples.len(), first_error.map(|e| e.to_string()).unwrap_or_default()),
-        ));
     }
     fsutil::create_dir(&out.join("crops"))?;
     // One writer at a time: a second faces into the same folder would mix

@@ -153,9 +153,9 @@ pub(crate) fn archive_kind(head: &[u8]) -> Option<&'static str> {
 }
 
 /// The kind of a picture in a format vggft does not decode, by its first
-/// bytes (`image` names none of them, or AVIF as unsupported): HEIC (an iPhone's default) and AVIF
-/// are ISO media files named by their `ftyp` brand; JPEG XL and JPEG 2000
-/// have signatures of their own.
+/// bytes (`image` names none of them, or AVIF as unsupported): HEIC (an
+/// iPhone's default) and AVIF are ISO media files named by their `ftyp`
+/// brand; JPEG XL and JPEG 2000 have signatures of their own.
 pub(crate) fn other_picture_kind(head: &[u8]) -> Option<&'static str> {
     if head.get(4..8) == Some(b"ftyp") {
         return match head.get(8..12)? {
