@@ -111,6 +111,8 @@ pub fn run(dir: &Path, out: &Path, tile: u32, skip_bad: bool) -> Result<FacesRep
     // One writer at a time: a second faces into the same folder would mix
     // its crops and manifest with this one's (and remove its "stale" crops).
     let _lock = fsutil::lock_run(out)?;
+    fsutil::remove_stale_temps(out);
+    fsutil::remove_stale_temps(&out.join("crops"));
     let stale = earlier_crops(out);
     let mut boxes = Vec::new();
     let mut paths = Vec::new();

@@ -109,14 +109,34 @@ pub fn check_creatable(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Removes temporary files that a killed writer left in `dir` (any process's).
+/// Removes the temporary files (`temp_sibling`'s names) that a killed
+/// writer left in `dir`. A live process's are kept: a folder can be shared
+/// (`runs/`, where every finetune points `latest`), and removing another
+/// writer's file before its rename would fail that write.
 pub(crate) fn remove_stale_temps(dir: &Path) {
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let n = e.file_name().to_string_lossy().into_owned();
-        if n.starts_with('.') && n.contains(".tmp.") {
+        if temp_owner(&n).is_some_and(|pid| !process_alive(pid)) {
             let _ = std::fs::remove_file(e.path());
         }
     }
+}
+
+/// The process id that `temp_sibling` put in a temporary file's name
+/// (`.{pid}.tmp.{name}`); none for any other name.
+fn temp_owner(name: &str) -> Option<libc::pid_t> {
+    let (pid, rest) = name.strip_prefix('.')?.split_once('.')?;
+    if !rest.starts_with("tmp.") || pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    pid.parse().ok().filter(|&p| p > 0)
+}
+
+/// Whether process `pid` exists (one of another user counts: EPERM).
+fn process_alive(pid: libc::pid_t) -> bool {
+    // SAFETY: signal 0 sends nothing; kill only checks that the process exists.
+    let found = unsafe { libc::kill(pid, 0) } == 0;
+    found || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// An exclusive advisory lock on a run folder, held while a process writes
@@ -183,6 +203,29 @@ pub(crate) fn absolute(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_dead_writers_temporary_files_are_removed() {
+        let d = tempfile::tempdir().unwrap();
+        // A process that has exited: its pid names no process now.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let dead_temp = temp_sibling(&d.path().join("metrics.json"))
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .replace(&format!(".{}.", std::process::id()), &format!(".{dead}."));
+        let live_temp = temp_sibling(&d.path().join("latest")).file_name().unwrap().to_string_lossy().into_owned();
+        let names = [dead_temp.as_str(), live_temp.as_str(), ".notes.tmp.txt", ".x1.tmp.png", "a.tmp.png"];
+        for n in names {
+            std::fs::write(d.path().join(n), "").unwrap();
+        }
+        assert_eq!(temp_owner(&dead_temp), Some(dead as libc::pid_t));
+        remove_stale_temps(d.path());
+        let left: Vec<bool> = names.iter().map(|n| d.path().join(n).exists()).collect();
+        assert_eq!(left, [false, true, true, true, true], "only the exited process's temporary file goes: {names:?}");
+    }
 
     #[test]
     fn checking_that_a_folder_can_be_made_leaves_the_tree_as_it_was() {

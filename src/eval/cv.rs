@@ -387,6 +387,7 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
     reporter.message(&format!("cv folder: {}", req.out.display()));
     let _lock = fsutil::lock_file(&req.out, ".lock", req.only_fold.is_some())?;
     let _fold_lock = req.only_fold.map(|f| fsutil::lock_file(&req.out, &format!(".lock-fold-{f}"), false)).transpose()?;
+    fsutil::remove_stale_temps(&req.out);
     // A cv stopped part-way (killed, or the machine went down) and started
     // again with the same command keeps the fold results it wrote: each fold
     // draws from streams of its own, so the others do not depend on them.

@@ -107,6 +107,8 @@ pub fn run(req: &Request) -> Result<Evaluated> {
     fsutil::create_dir(&out)?;
     // One writer at a time: metrics.json and the top-loss tiles of one evaluation.
     let _lock = fsutil::lock_run(&out)?;
+    fsutil::remove_stale_temps(&out);
+    fsutil::remove_stale_temps(&out.join("top_losses"));
     crate::eval::explain::clear_top_losses(&out);
     let m = &ev.metrics;
     fsutil::write_json(

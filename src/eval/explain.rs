@@ -423,6 +423,7 @@ pub fn explain(cfg: &RunConfig, model: &Vgg16, req: &ExplainRequest, device: Dev
     // One writer at a time (a second call would remove this one's heatmaps
     // as stale); what an earlier call left is read again under the lock.
     let _lock = fsutil::lock_run(req.out)?;
+    fsutil::remove_stale_temps(req.out);
     let stale = earlier_outputs(req.out);
     // explain.csv first, listing what this call writes and what an earlier
     // one left: a call stopped part-way leaves a folder the next call knows

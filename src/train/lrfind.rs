@@ -113,6 +113,7 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Found> {
     fsutil::create_dir(&req.out)?;
     // lr-find.csv and lr-find.png of one sweep, not one of each of two.
     let _lock = fsutil::lock_run(&req.out)?;
+    fsutil::remove_stale_temps(&req.out);
     let csv = req.out.join("lr-find.csv");
     let mut s = String::from("lr,loss,smoothed_loss\n");
     for (lr, l, sm) in &points {

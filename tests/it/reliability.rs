@@ -955,10 +955,16 @@ fn a_run_folder_being_written_cannot_be_resumed_by_a_second_process() {
 /// --out: a second process writing the same folder (another data set, other
 /// images) would leave one call's listing over the other's files. Each
 /// takes the folder's lock, as finetune and cv do, and says who holds it.
+/// Once it holds the lock it removes the temporary files a killed writer
+/// left there (`kill` between a file's write and its rename), and only those.
 #[test]
 fn an_output_folder_being_written_is_refused_to_a_second_command() {
     let d = tmp();
     let s = separable_run(d.path(), 26, 3, "r");
+    let mut exited = std::process::Command::new("true").spawn().unwrap();
+    let dead = exited.id();
+    exited.wait().unwrap();
+    let (dead_temp, live_temp) = (format!(".{dead}.tmp.metrics.json"), format!(".{}.tmp.latest", std::process::id()));
     let photo = d.path().join("data/a/00.png");
     let photo = photo.to_str().unwrap();
     let cases: [(&str, Vec<&str>); 4] = [
@@ -981,9 +987,14 @@ fn an_output_folder_being_written_is_refused_to_a_second_command() {
         let (code, _, err) = run(&a, d.path());
         assert_eq!(code, 1, "{what}: {err}");
         assert!(err.contains(&format!("busy-{what}: is being written by another vggft process")), "{what}: {err}");
+        for t in [&dead_temp, &live_temp] {
+            std::fs::write(out.join(t), "half").unwrap();
+        }
         drop(held);
         let (code, _, err) = run(&a, d.path());
         assert_eq!(code, 0, "{what}, the lock released: {err}");
+        assert!(!out.join(&dead_temp).exists(), "{what}: an exited writer's temporary file is removed");
+        assert!(out.join(&live_temp).exists(), "{what}: a live process's temporary file is kept");
     }
 }
 
