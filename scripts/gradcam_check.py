@@ -6,6 +6,9 @@ Rebuilds a run's network in PyTorch from config.json + model.safetensors
 normalisation), takes the exact network input vggft saved for each image,
 computes Grad-CAM at the same block output (after the block's pool) for the
 same class with torch.autograd.grad, and compares heat and probabilities.
+A class of a head trained on raw labels is scored by the log-sum-exp of its
+raw labels' logits; a raw label explained alone (`--class HA`: the arrays
+hold `raw_class`) by its own logit, its probability its softmax share.
 
   gradcam_check.py RUN EXPLAIN_DIR --layer conv5     compare, print the largest differences
   gradcam_check.py --self-test [path/to/vggft]       train a tiny run, explain it, compare (make test)
@@ -63,7 +66,7 @@ def class_scores(logits, cfg):
     return torch.stack([logits[:, [r for r, t in enumerate(raw_to_task) if t == c]].logsumexp(1) for c in range(len(cfg["classes"]))], 1)
 
 
-def grad_cam(sd, cfg, gray, layer, cls):
+def grad_cam(sd, cfg, gray, layer, cls, raw=None):
     pre = cfg["data"]["preprocess"]
     mean = torch.tensor(pre["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(pre["std"]).view(1, 3, 1, 1)
@@ -71,16 +74,17 @@ def grad_cam(sd, cfg, gray, layer, cls):
     x = ((gray.view(1, 1, s, s).expand(1, 3, s, s) - mean) / std).requires_grad_(True)
     logits, a = forward(sd, cfg, x, layer)
     scores = class_scores(logits, cfg)
-    probs = torch.softmax(logits.double(), 1)
+    raw_probs = torch.softmax(logits.double(), 1)
+    probs = raw_probs
     raw_to_task = cfg.get("raw_to_task") or []
     if raw_to_task:
-        probs = torch.stack([probs[:, [r for r, t in enumerate(raw_to_task) if t == c]].sum(1) for c in range(len(cfg["classes"]))], 1)
-    (g,) = torch.autograd.grad(scores[0, cls], a)
+        probs = torch.stack([raw_probs[:, [r for r, t in enumerate(raw_to_task) if t == c]].sum(1) for c in range(len(cfg["classes"]))], 1)
+    (g,) = torch.autograd.grad(scores[0, cls] if raw is None else logits[0, raw], a)
     cam = F.relu((g.mean((2, 3), keepdim=True) * a).sum(1, keepdim=True))
     up = F.interpolate(cam, size=(s, s), mode="bilinear", align_corners=False)
     m = up.max()
     heat = up / m if m > 0 else torch.zeros_like(up)
-    return heat[0, 0].detach(), probs[0].detach()
+    return heat[0, 0].detach(), probs[0].detach(), None if raw is None else raw_probs[0, raw].item()
 
 
 def compare(run, explain_dir, layer):
@@ -90,12 +94,18 @@ def compare(run, explain_dir, layer):
     if not files:
         sys.exit(f"{explain_dir}: no arrays (run vggft explain with --arrays)")
     worst_heat = worst_prob = 0.0
+    raws = 0
     for f in files:
         t = load_file(f)
-        heat, probs = grad_cam(sd, cfg, t["input"].float(), layer, int(t["class"][0]))
+        raw = int(t["raw_class"][0]) if "raw_class" in t else None
+        heat, probs, raw_prob = grad_cam(sd, cfg, t["input"].float(), layer, int(t["class"][0]), raw)
         worst_heat = max(worst_heat, (heat - t["heat"].float()).abs().max().item())
         worst_prob = max(worst_prob, (probs - t["probs"].double()).abs().max().item())
-    print(f"{len(files)} image(s), layer {layer}: largest heat difference {worst_heat:.2e}, largest probability difference {worst_prob:.2e}")
+        if raw is not None:
+            raws += 1
+            worst_prob = max(worst_prob, abs(raw_prob - t["raw_prob"].double().item()))
+    what = f" (raw label {cfg['raw_classes'][raw]})" if raws else ""
+    print(f"{len(files)} image(s){what}, layer {layer}: largest heat difference {worst_heat:.2e}, largest probability difference {worst_prob:.2e}")
     return worst_heat <= HEAT_TOL and worst_prob <= PROB_TOL
 
 
@@ -108,13 +118,25 @@ def self_test(binary):
 
 def _self_test(binary, d):
     rng = np.random.default_rng(0)
-    for c in ("a", "b"):
-        os.makedirs(os.path.join(d, "data", c))
+    # data: a (a white square) and b (none). data3: the same as a and
+    # neutral, and c (a black square): its binary task, neutral vs the
+    # rest, trains on the three raw labels.
+    folders = {"a": ["data/a", "data3/a"], "b": ["data/b", "data3/neutral"], "c": ["data3/c"]}
+    for c, dirs in folders.items():
         for i in range(6):
             a = (rng.integers(60, 140) + rng.integers(-10, 10, (64, 64))).astype(np.uint8)
+            # Each square textured: a flat one gives equal activations, and
+            # which of equal maxima a max pool passes the gradient to depends
+            # on the memory layout (vggft runs channels-last; this script's
+            # contiguous tensors picked another on one image: heat 0.25 apart,
+            # 0 when the script ran channels-last too).
             if c == "a":
-                a[40:52, 8:20] = 250
-            Image.fromarray(a).save(os.path.join(d, "data", c, f"{i}.png"))
+                a[40:52, 8:20] = rng.integers(235, 255, (12, 12))
+            if c == "c":
+                a[8:20, 40:52] = rng.integers(0, 20, (12, 12))
+            for f in dirs:
+                os.makedirs(os.path.join(d, f), exist_ok=True)
+                Image.fromarray(a).save(os.path.join(d, f, f"{i}.png"))
     run = [binary, "finetune", "--data", "data", "--task", "multiclass", "--random-init", "--width-div", "16", "--image-size", "64",
            "--device", "cpu", "--threads", "1", "--stages", "head:1,conv4:2", "--val", "none", "--name", "g", "--quiet"]
     subprocess.run(run, cwd=d, check=True, capture_output=True)
@@ -124,6 +146,15 @@ def _self_test(binary, d):
         subprocess.run([binary, "explain", "data/a", "data/b", "--model", "runs/g", "--layer", layer, "--out", out, "--arrays", "--device", "cpu"],
                        cwd=d, check=True, capture_output=True)
         ok &= compare(os.path.join(d, "runs", "g"), out, layer)
+    run3 = [binary, "finetune", "--data", "data3", "--random-init", "--width-div", "16", "--image-size", "64", "--device", "cpu", "--threads", "1",
+            "--stages", "head:1,conv4:2", "--val", "none", "--name", "g3", "--quiet"]
+    subprocess.run(run3, cwd=d, check=True, capture_output=True)
+    # The answered class (the log-sum-exp of its raw logits), and each raw label alone.
+    for cls in (None, "a", "c"):
+        out = os.path.join(d, f"ex3-{cls}")
+        subprocess.run([binary, "explain", "data3/a", "data3/c", "--model", "runs/g3", "--layer", "conv3", "--out", out, "--arrays", "--device", "cpu"]
+                       + (["--class", cls] if cls else []), cwd=d, check=True, capture_output=True)
+        ok &= compare(os.path.join(d, "runs", "g3"), out, "conv3")
     return ok
 
 

@@ -219,7 +219,7 @@ pub struct ExplainArgs {
     /// Run folder, or its model.safetensors.
     #[arg(long, visible_alias = "run", default_value = DEFAULT_MODEL)]
     pub model: PathBuf,
-    /// Explain this class instead of each image's predicted class.
+    /// Explain this class instead of each image's predicted class; for a head trained on raw labels, also one raw label alone (`--class HA`).
     #[arg(long)]
     pub class: Option<String>,
     /// Block whose output the heatmap is computed on (its map is 7×7 for conv5 at 224 px) [default: the last block the head reads: conv5, or the last of the run's --features].

@@ -165,6 +165,7 @@ settings! {
     Bn => "bn",
     CacheViews => "cache_views",
     Calibrate => "calibrate",
+    Class => "class",
     CleanViews => "clean_views",
     Crop => "crop",
     Data => "data",

@@ -567,7 +567,7 @@ fn detect(path: &Path, is_dir: bool) -> Result<DataFormat> {
 pub const LOOSE_IMAGES: &str = "holds loose images that are not JAFFE-named (SS.EEn.NNN.tiff): put them in class folders or list them in a manifest.csv";
 
 /// KDEF's expression codes and their names (JAFFE's, `AF` afraid = fear).
-const KDEF_CODES: [(&str, &str); 7] =
+pub(crate) const KDEF_CODES: [(&str, &str); 7] =
     [("AF", "fear"), ("AN", "angry"), ("DI", "disgust"), ("HA", "happy"), ("NE", "neutral"), ("SA", "sad"), ("SU", "surprise")];
 
 /// A KDEF person-and-session code: `AF01` (session A or B, F or M, two digits).

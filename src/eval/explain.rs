@@ -7,7 +7,8 @@
 //! block's 2×2 pool: conv5 is 7×7 for a 224 px input), the score is the
 //! class's pre-softmax score (for a head trained on raw labels, the
 //! log-sum-exp of the class's raw logits, whose softmax is the class's
-//! summed probability). A subject-normalised model is explained as
+//! summed probability; or one raw label's own logit, `--class HA` of a
+//! JAFFE run trained on the seven codes). A subject-normalised model is explained as
 //! `predict` answers: a photo among enough of its person's through the
 //! person-normalised head (that person's statistics held fixed while the
 //! gradient flows), a photo alone through the single-image head.
@@ -34,12 +35,64 @@ pub struct Cam {
     pub heat: Vec<f32>,
     /// Task-class probabilities.
     pub probs: Vec<f64>,
-    /// The explained class (predicted, or chosen).
+    /// The explained class (predicted, or chosen; for a raw label, the class that holds it).
     pub class: usize,
+    /// The raw label explained instead of the whole class, and its
+    /// probability (the share of the class's that is that label's).
+    pub raw: Option<(usize, f64)>,
     /// How far the image lies from the training photos (`Prediction::distance`).
     pub distance: Option<f64>,
     /// Which head of a subject-normalised model answered (none: the only head).
     pub mode: Option<Mode>,
+}
+
+/// What a heatmap explains (`--class`): one of the run's classes, or one
+/// raw label of a head trained on raw labels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    Class(usize),
+    Raw(usize),
+}
+
+impl Target {
+    /// `--class NAME`: one of the run's classes, else one of its raw labels
+    /// (a class's own name wins: JAFFE's `neutral` is both), as written, else
+    /// in any case (`Neutral`), else by JAFFE's or KDEF's code (`HA`: the
+    /// `happy` its files were read as, as `--label-map` takes the codes).
+    pub fn parse(cfg: &RunConfig, name: &str) -> Result<Target> {
+        let find = |list: &[String], name: &str| list.iter().position(|c| c == name).or_else(|| list.iter().position(|c| c.eq_ignore_ascii_case(name)));
+        let codes = crate::data::scan::JAFFE_CODES.iter().chain(&crate::data::scan::KDEF_CODES);
+        let word = codes.filter(|(code, _)| code.eq_ignore_ascii_case(name)).map(|&(_, w)| w).next();
+        for name in std::iter::once(name).chain(word) {
+            if let Some(c) = find(&cfg.classes, name) {
+                return Ok(Target::Class(c));
+            }
+            if let Some(r) = find(&cfg.raw_classes, name).filter(|_| !cfg.raw_to_task.is_empty()) {
+                return Ok(Target::Raw(r));
+            }
+        }
+        let raw =
+            if cfg.raw_to_task.is_empty() { String::new() } else { format!("; its raw labels (each explained alone) are {}", cfg.raw_classes.join(", ")) };
+        Err(Error::invalid(Setting::Class, format!("{name}: the run's classes are {}{raw}", cfg.classes.join(", "))))
+    }
+
+    /// The name a heatmap of this target is shown under.
+    pub fn name<'a>(&self, cfg: &'a RunConfig) -> &'a str {
+        match *self {
+            Target::Class(c) => &cfg.classes[c],
+            Target::Raw(r) => &cfg.raw_classes[r],
+        }
+    }
+}
+
+impl Cam {
+    /// The name of what the heat is for (a class, or a raw label) and its probability.
+    pub fn explained<'a>(&self, cfg: &'a RunConfig) -> (&'a str, f64) {
+        match self.raw {
+            Some((r, p)) => (&cfg.raw_classes[r], p),
+            None => (&cfg.classes[self.class], self.probs[self.class]),
+        }
+    }
 }
 
 /// A photo's person statistics (predict's person mode): the statistics of
@@ -89,14 +142,14 @@ pub fn check_layer(cfg: &RunConfig, layer: Block) -> Result<()> {
 }
 
 /// Grad-CAM of one prepared gray image (S×S) at `layer`'s output, for
-/// `class` (default: the predicted class); with `person`, through the
+/// `target` (default: the predicted class); with `person`, through the
 /// person-normalised head, the statistics a constant (a subject-normalised
 /// model's single-image head otherwise).
 pub(crate) fn grad_cam(
     model: &Vgg16,
     cfg: &RunConfig,
     gray: &[f32],
-    (layer, class): (Block, Option<usize>),
+    (layer, target): (Block, Option<Target>),
     person: Option<PersonOf>,
     device: Device,
 ) -> Result<Cam> {
@@ -115,9 +168,23 @@ pub(crate) fn grad_cam(
         None => model.classify(&pooled, false),
     };
     let mut probs: Vec<f64> = Vec::<f64>::try_from(cfg.task_probs(&logits).detach().to_device(Device::Cpu).view([-1])).map_err(Error::Torch)?;
-    cfg.calibrate(mode, std::slice::from_mut(&mut probs));
-    let class = class.unwrap_or_else(|| cam_class(cfg, &probs, mode));
-    let score = class_scores(&logits, &cfg.raw_to_task, cfg.classes.len()).get(0).get(class as i64);
+    // The raw labels' probabilities, calibrated as predict reports them (they sum to their class's).
+    let mut raw_probs: Vec<f64> = if cfg.raw_to_task.is_empty() {
+        vec![]
+    } else {
+        Vec::<f64>::try_from(logits.detach().softmax(-1, Kind::Double).to_device(Device::Cpu).view([-1])).map_err(Error::Torch)?
+    };
+    cfg.calibrate_row(mode, &mut probs, &mut raw_probs);
+    let (class, raw) = match target {
+        None => (cam_class(cfg, &probs, mode), None),
+        Some(Target::Class(c)) => (c, None),
+        Some(Target::Raw(r)) => (cfg.raw_to_task[r], Some((r, raw_probs[r]))),
+    };
+    let score = match raw {
+        // A raw label's own logit: the log-sum-exp of its class's, narrowed to one.
+        Some((r, _)) => logits.get(0).get(r as i64),
+        None => class_scores(&logits, &cfg.raw_to_task, cfg.classes.len()).get(0).get(class as i64),
+    };
     let grad = Tensor::run_backward(&[&score], &[&map], false, false).pop().ok_or_else(|| Error::internal("no gradient reached the block"))?;
     let a = map.detach().to_kind(Kind::Float);
     let weights = grad.to_kind(Kind::Float).mean_dim([2i64, 3].as_slice(), true, Kind::Float);
@@ -131,7 +198,7 @@ pub(crate) fn grad_cam(
     let distance = model
         .feature_distance(&f, model.cfg.subject_norm)
         .map(|d| tch::no_grad(|| person.map_or(d, |(norm, g)| norm.spread_distance(&f, &[g]))).double_value(&[0]));
-    Ok(Cam { input: gray.to_vec(), heat, probs, class, distance, mode })
+    Ok(Cam { input: gray.to_vec(), heat, probs, class, raw, distance, mode })
 }
 
 /// The class a run answers for one image's Grad-CAM probabilities, at the
@@ -388,7 +455,8 @@ pub(crate) fn save_png(path: &Path, img: &RgbImage) -> Result<()> {
 /// What `vggft explain` does.
 pub struct ExplainRequest<'a> {
     pub paths: &'a [PathBuf],
-    pub class: Option<usize>,
+    /// What every heatmap explains (`--class`); none: each image's answer.
+    pub class: Option<Target>,
     pub layer: Block,
     pub out: &'a Path,
     /// Also write the mean heatmap of each explained class.
@@ -440,7 +508,12 @@ pub fn explain(cfg: &RunConfig, model: &Vgg16, req: &ExplainRequest, device: Dev
     // sums (count, input, heat) as it comes, in input order.
     let repeated: std::collections::HashSet<usize> = first.iter().enumerate().filter(|&(j, &f)| f != j).map(|(_, &f)| f).collect();
     let pixels = (s * s) as usize;
-    let mut sums = vec![(0usize, vec![0f32; pixels], vec![0f32; pixels]); if req.mean { cfg.classes.len() } else { 0 }];
+    // One mean per class explained; for a raw label given, that label's alone.
+    let mean_names: Vec<&str> = match req.class {
+        Some(t @ Target::Raw(_)) => vec![t.name(cfg)],
+        _ => cfg.classes.iter().map(String::as_str).collect(),
+    };
+    let mut sums = vec![(0usize, vec![0f32; pixels], vec![0f32; pixels]); if req.mean { mean_names.len() } else { 0 }];
     for ((i, p), px) in req.paths.iter().enumerate().zip(prepared) {
         let px = match px {
             Ok(px) => px,
@@ -469,11 +542,14 @@ pub fn explain(cfg: &RunConfig, model: &Vgg16, req: &ExplainRequest, device: Dev
                 ("probs".to_string(), probs),
                 ("class".to_string(), Tensor::from_slice(&[cam.class as f64])),
             ];
+            // A raw label explained: its index among the run's raw labels, and its probability.
+            let raw = cam.raw.map(|(r, p)| [("raw_class".to_string(), Tensor::from_slice(&[r as f64])), ("raw_prob".to_string(), Tensor::from_slice(&[p]))]);
+            let named: Vec<(String, Tensor)> = named.into_iter().chain(raw.into_iter().flatten()).collect();
             let arrays = file.with_extension("safetensors");
             crate::model::weights::save_atomic(&named, &arrays)?;
             written.insert(arrays);
         }
-        if let Some((n, input, heat)) = sums.get_mut(cam.class) {
+        if let Some((n, input, heat)) = sums.get_mut(if cam.raw.is_some() { 0 } else { cam.class }) {
             *n += 1;
             input.iter_mut().zip(&cam.input).for_each(|(a, v)| *a += v);
             heat.iter_mut().zip(&cam.heat).for_each(|(a, v)| *a += v);
@@ -493,7 +569,7 @@ pub fn explain(cfg: &RunConfig, model: &Vgg16, req: &ExplainRequest, device: Dev
         image::open(f).map(|i| i.to_rgb8()).map_err(|e| Error::file(f, format!("cannot read the heatmap back for sheet.png: {e}")))
     })?;
     written.extend(sheets.iter().cloned());
-    for ((count, input, heat), name) in sums.iter().zip(&cfg.classes) {
+    for ((count, input, heat), name) in sums.iter().zip(&mean_names) {
         if *count == 0 {
             continue;
         }
@@ -600,8 +676,9 @@ fn earlier_outputs(out: &Path) -> Vec<PathBuf> {
 pub(crate) fn caption(cfg: &RunConfig, cam: &Cam, name: &str, truth: Option<usize>) -> Vec<String> {
     let pred = cam_class(cfg, &cam.probs, cam.mode);
     let mut lines = vec![name.to_string(), format!("{} {:.2}", cfg.classes[pred], cam.probs[pred])];
-    if cam.class != pred {
-        lines.push(format!("heat for {} ({:.2})", cfg.classes[cam.class], cam.probs[cam.class]));
+    if cam.class != pred || cam.raw.is_some() {
+        let (name, p) = cam.explained(cfg);
+        lines.push(format!("heat for {name} ({p:.2})"));
     }
     if let Some(t) = truth {
         lines.push(format!("true {}", cfg.classes[t]));
@@ -656,7 +733,7 @@ pub fn loss_tiles(
     for (k, &(i, loss)) in picked.iter().enumerate() {
         let px = Vec::<f32>::try_from(gray.get(i as i64).to_device(Device::Cpu).to_kind(Kind::Float).view([-1])).map_err(Error::Torch)?;
         let pred = crate::eval::threshold::decide(&probs[i], thresholds.get(i).copied().flatten());
-        let cam = grad_cam(model, cfg, &px, (layer, Some(pred)), people.and_then(|p| p.of_row(i)), device)?;
+        let cam = grad_cam(model, cfg, &px, (layer, Some(Target::Class(pred))), people.and_then(|p| p.of_row(i)), device)?;
         let name = crate::fsutil::output_stem(Path::new(&paths[i]));
         let lines = vec![
             name,
@@ -753,7 +830,7 @@ fn write_csv(path: &Path, cfg: &RunConfig, rows: &[Explained]) -> Result<()> {
         let mut rec = vec![r.path.display().to_string()];
         match &r.result {
             Ok((cam, file)) => {
-                rec.extend([cfg.classes[cam.class].clone(), file.display().to_string(), String::new()]);
+                rec.extend([cam.explained(cfg).0.to_string(), file.display().to_string(), String::new()]);
                 rec.extend(cam.probs.iter().map(|p| format!("{p:.6}")));
             }
             Err(e) => {

@@ -10,18 +10,26 @@ use crate::common::*;
 /// somewhere in the lower-left quadrant, `plain` has none; backgrounds are a
 /// random flat gray with faint noise, so the square is the only cue.
 fn quadrant_task(root: &Path, per_class: usize, seed: u32, size: u32) {
-    for (class, square) in [("square", true), ("plain", false)] {
+    squares_task(root, per_class, seed, size, &[("square", &[(2, 250)]), ("plain", &[])]);
+}
+
+/// Class folders whose images each hold a square of each gray level its
+/// class names, somewhere in the quadrant named with it (0 top-left, 1
+/// top-right, 2 bottom-left, 3 bottom-right), on a random flat gray with
+/// faint noise.
+fn squares_task(root: &Path, per_class: usize, seed: u32, size: u32, classes: &[(&str, &[(u32, u8)])]) {
+    for (class, quadrants) in classes {
         std::fs::create_dir_all(root.join(class)).unwrap();
         for i in 0..per_class as u32 {
             let h = |k: u32| (i * 7919 + seed * 104_729 + k * 31).wrapping_mul(2_654_435_761) >> 16;
             let level = 60 + h(1) % 80;
             let k = size / 5;
-            let (sx, sy) = (2 + h(2) % (size / 2 - k - 4), size / 2 + 2 + h(3) % (size / 2 - k - 4));
+            let at = |j: u32, q: u32| ((q % 2) * size / 2 + 2 + h(2 + 2 * j) % (size / 2 - k - 4), (q / 2) * size / 2 + 2 + h(3 + 2 * j) % (size / 2 - k - 4));
+            let squares: Vec<((u32, u32), u8)> = quadrants.iter().enumerate().map(|(j, &(q, gray))| (at(j as u32, q), gray)).collect();
             gray_png(&root.join(class).join(format!("{i:02}.png")), size, size, |x, y| {
-                if square && x >= sx && x < sx + k && y >= sy && y < sy + k {
-                    250
-                } else {
-                    (level + (x * 13 + y * 7 + i * 3) % 20) as u8 - 10
+                match squares.iter().find(|&&((sx, sy), _)| x >= sx && x < sx + k && y >= sy && y < sy + k) {
+                    Some(&(_, gray)) => gray,
+                    None => (level + (x * 13 + y * 7 + i * 3) % 20) as u8 - 10,
                 }
             });
         }
@@ -115,6 +123,115 @@ fn grad_cam_puts_the_heat_on_the_region_that_carries_the_label() {
         let others = q[0].max(q[1]).max(q[3]);
         assert!(q[2] > others + margin, "{layer}: lower-left {:.3} vs the others' largest {others:.3}", q[2]);
     }
+}
+
+/// `--class` of a raw label (a head trained on raw labels): the heat is that
+/// label's own, not its class's. Two raw labels make one class here
+/// (`light`: a white square, `dark`: a black one; both `expressive` against
+/// `neutral`'s none). Each label's heat differs from the other's and from
+/// the class's, its probability is its share of the class's, and the label
+/// names the lines, explain.csv and the mean. (That the heat is exactly
+/// Grad-CAM of the label's logit, PyTorch checks: `scripts/gradcam_check.py`.)
+#[test]
+fn a_raw_label_is_explained_by_its_own_heat() {
+    let d = tmp();
+    let classes: [(&str, &[(u32, u8)]); 3] = [("neutral", &[]), ("light", &[(0, 250)]), ("dark", &[(3, 5)])];
+    squares_task(&d.path().join("train"), 8, 0, 64, &classes);
+    squares_task(&d.path().join("test"), 4, 1, 64, &[("both", &[(2, 250), (1, 5)])]);
+    let (code, _, err) = run(
+        &[
+            "finetune",
+            "--data",
+            "train",
+            "--random-init",
+            "--width-div",
+            "16",
+            "--image-size",
+            "64",
+            "--device",
+            "cpu",
+            "--threads",
+            "2",
+            "--stages",
+            "head:2,conv3:4",
+            "--augment",
+            "none",
+            "--val",
+            "none",
+            "--name",
+            "r",
+            "--quiet",
+        ],
+        d.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&d.path().join("runs/r/config.json"))["raw_classes"], serde_json::json!(["dark", "light", "neutral"]));
+    // Each image's heat, the explained label's probability and the class probabilities.
+    let explain = |class: &str| -> (String, Vec<(Vec<f32>, f64, Vec<f64>)>) {
+        let ex = d.path().join(format!("ex-{class}"));
+        let a = [
+            "explain",
+            "test/both",
+            "--model",
+            "runs/r",
+            "--class",
+            class,
+            "--layer",
+            "conv3",
+            "--out",
+            ex.to_str().unwrap(),
+            "--arrays",
+            "--mean",
+            "--device",
+            "cpu",
+        ];
+        let (code, out, err) = run(&a, d.path());
+        assert_eq!(code, 0, "{err}");
+        let csv = std::fs::read_to_string(ex.join("explain.csv")).unwrap();
+        assert!(csv.lines().skip(1).all(|l| l.split(',').nth(1) == Some(class)), "explain.csv names what was explained: {csv}");
+        assert!(ex.join(format!("mean_{class}.png")).exists());
+        let mut files: Vec<_> =
+            std::fs::read_dir(&ex).unwrap().flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "safetensors")).collect();
+        files.sort();
+        let arrays = files
+            .iter()
+            .map(|p| {
+                let t = vggft::model::weights::read_tensors(p).unwrap();
+                let get = |k: &str| t.iter().find(|(n, _)| n == k).map(|(_, t)| Vec::<f64>::try_from(t.view([-1]).to_kind(tch::Kind::Double)).unwrap());
+                let heat = get("heat").unwrap().iter().map(|&v| v as f32).collect();
+                let probs = get("probs").unwrap();
+                (heat, get("raw_prob").map_or(probs[1], |p| p[0]), probs)
+            })
+            .collect();
+        (out, arrays)
+    };
+    let (out, light) = explain("light");
+    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("test/")).collect();
+    assert!(lines.len() == 4 && lines.iter().all(|l| l.contains("\tlight 0.")), "each line names the raw label and its probability: {out}");
+    let (_, dark) = explain("dark");
+    let (_, class) = explain("expressive");
+    let differ = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    for ((l, d), c) in light.iter().zip(&dark).zip(&class) {
+        assert!((l.1 + d.1 - c.1).abs() < 1e-6, "P(light) {} + P(dark) {} = P(expressive) {}", l.1, d.1, c.1);
+        assert_eq!(l.2, c.2, "the class probabilities are the same whatever is explained");
+        eprintln!(
+            "largest heat differences: light-dark {:.3}, light-class {:.3}, dark-class {:.3}; P(light) {:.3} P(dark) {:.3}",
+            differ(&l.0, &d.0),
+            differ(&l.0, &c.0),
+            differ(&d.0, &c.0),
+            l.1,
+            d.1
+        );
+        assert!(differ(&l.0, &d.0) > 0.05 && differ(&l.0, &c.0) > 0.05 && differ(&d.0, &c.0) > 0.05, "three different heatmaps");
+    }
+    // JAFFE's and KDEF's codes name what their files were read as (`NE`: neutral), as --label-map takes them.
+    let (code, out, err) = run(&["explain", "test/both", "--model", "runs/r", "--class", "ne", "--out", "ex-ne", "--device", "cpu"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.lines().filter(|l| l.starts_with("test/")).all(|l| l.contains("\tneutral 0.")), "{out}");
+    // Neither a class nor a raw label: both lists said.
+    let (code, _, err) = run(&["explain", "test/both", "--model", "runs/r", "--class", "grey", "--out", "ex-grey", "--device", "cpu"], d.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("--class grey: the run's classes are neutral, expressive; its raw labels (each explained alone) are dark, light, neutral"), "{err}");
 }
 
 #[test]

@@ -209,19 +209,7 @@ fn explain(mut a: ExplainArgs) -> anyhow::Result<bool> {
     let device = session::parse_device(&a.device)?;
     let (cfg, model) = run::load_run(&a.model, device)?;
     let layer = vggft::eval::explain::layer_or_default(&cfg, cam_layer(a.layer.as_deref())?);
-    let class = match &a.class {
-        // As written, else in any case (`Neutral`).
-        Some(name) => {
-            Some(cfg.classes.iter().position(|c| c == name).or_else(|| cfg.classes.iter().position(|c| c.eq_ignore_ascii_case(name))).ok_or_else(|| {
-                // A raw label of a raw-label head: the heatmaps are of the run's classes; say which one holds it.
-                let holder =
-                    cfg.raw_classes.iter().position(|r| r.eq_ignore_ascii_case(name)).and_then(|r| cfg.raw_to_task.get(r)).and_then(|&t| cfg.classes.get(t));
-                let hint = holder.map(|c| format!(" (`{name}` is one of its raw labels: --class {c} holds it)")).unwrap_or_default();
-                anyhow::anyhow!("--class {name}: the run's classes are {}{hint}", cfg.classes.join(", "))
-            })?)
-        }
-        None => None,
-    };
+    let class = a.class.as_deref().map(|name| vggft::eval::explain::Target::parse(&cfg, name)).transpose()?;
     let found = input_paths(&a.inputs, a.recursive)?;
     // Each photo's person as predict takes it.
     let subjects = found.subjects(a.subject.as_deref(), &a.subject_from, predict::run_pattern(a.subject_pattern.as_deref(), &cfg)?.as_ref());
@@ -252,7 +240,8 @@ fn explain(mut a: ExplainArgs) -> anyhow::Result<bool> {
         match &e.result {
             Ok((cam, file)) => {
                 let mode = cam.mode.map(|m| format!("\tmode={}", m.name())).unwrap_or_default();
-                outln!("{}\t{} {:.3}{}\t{}{mode}", text_path(&e.path), cfg.classes[cam.class], cam.probs[cam.class], at(cam), file.display())
+                let (name, p) = cam.explained(&cfg);
+                outln!("{}\t{name} {p:.3}{}\t{}{mode}", text_path(&e.path), at(cam), file.display())
             }
             Err(why) => {
                 failed += 1;
