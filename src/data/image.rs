@@ -322,11 +322,18 @@ fn decode_gray_extra_tiff(bytes: &[u8]) -> Option<std::result::Result<Gray, Stri
     let tiff::ColorType::Multiband { bit_depth: bits @ (8 | 16), num_samples } = d.colortype().ok()? else {
         return None;
     };
-    // 1 = BlackIsZero; WhiteIsZero's inversion `tiff` does not do for multiband.
+    // 1 = BlackIsZero; 0 = WhiteIsZero, which `tiff` refuses for multiband:
+    // read as BlackIsZero (the tag rewritten in a copy) and inverted here.
     let photometric = d.get_tag_u32(Tag::PhotometricInterpretation).ok()?;
     let unsigned = d.find_tag_unsigned_vec::<u16>(Tag::SampleFormat).ok()?.is_none_or(|f| f.iter().all(|&f| f == 1));
-    if photometric != 1 || !unsigned {
+    if photometric > 1 || !unsigned {
         return None;
+    }
+    let white_is_zero = photometric == 0;
+    let patched;
+    if white_is_zero {
+        patched = black_is_zero(bytes)?;
+        d = Decoder::new(Cursor::new(&patched[..])).ok()?;
     }
     let err = |e: tiff::TiffError| format!("gray TIFF with {num_samples} samples a pixel: {e}");
     let decode = |d: &mut Decoder<Cursor<&[u8]>>| -> std::result::Result<Gray, String> {
@@ -353,10 +360,34 @@ fn decode_gray_extra_tiff(bytes: &[u8]) -> Option<std::result::Result<Gray, Stri
         }
         shrink(w, h, |y, out| {
             let row = y as usize * w as usize * stride;
-            out.extend((0..w as usize).map(|x| sample(row + x * stride)));
+            out.extend((0..w as usize).map(|x| sample(row + x * stride)).map(|v| if white_is_zero { 1.0 - v } else { v }));
         })
     };
     Some(decode(&mut d))
+}
+
+/// A copy of a classic TIFF whose first image's PhotometricInterpretation
+/// (tag 262, one SHORT) is set to BlackIsZero; none where the file has no
+/// such entry.
+fn black_is_zero(bytes: &[u8]) -> Option<Vec<u8>> {
+    let big = match bytes.get(..4)? {
+        b"II*\0" => false,
+        b"MM\0*" => true,
+        _ => return None,
+    };
+    let u16at = |i: usize| bytes.get(i..i + 2).map(|b| if big { u16::from_be_bytes([b[0], b[1]]) } else { u16::from_le_bytes([b[0], b[1]]) });
+    let u32at =
+        |i: usize| bytes.get(i..i + 4).map(|b| if big { u32::from_be_bytes([b[0], b[1], b[2], b[3]]) } else { u32::from_le_bytes([b[0], b[1], b[2], b[3]]) });
+    let ifd = u32at(4)? as usize;
+    let entry = (0..u16at(ifd)? as usize).map(|k| ifd + 2 + 12 * k).find(|&e| u16at(e) == Some(262))?;
+    // Type SHORT (3), count 1: the value sits in the entry's first two value bytes.
+    if u16at(entry + 2)? != 3 || u32at(entry + 4)? != 1 {
+        return None;
+    }
+    let mut out = bytes.to_vec();
+    let one = if big { 1u16.to_be_bytes() } else { 1u16.to_le_bytes() };
+    out[entry + 8..entry + 10].copy_from_slice(&one);
+    Some(out)
 }
 
 /// Where to cut the picture before resizing.
@@ -501,7 +532,8 @@ mod tests {
     }
 
     /// Gray TIFFs with an alpha sample (GIMP's and PIL's `LA`), 8- and
-    /// 16-bit, plain and LZW: read as the gray alone, as a PNG with alpha is.
+    /// 16-bit, plain and LZW, BlackIsZero and WhiteIsZero: read as the gray
+    /// alone, as a PNG with alpha is.
     #[test]
     fn gray_tiffs_with_alpha_read_as_their_gray() {
         use tiff::encoder::{colortype, Compression, TiffEncoder};
@@ -527,6 +559,14 @@ mod tests {
         img.extra_samples(&[ExtraSamples::UnassociatedAlpha]).unwrap();
         img.write_data(&with_alpha16).unwrap();
         files.push(f.into_inner());
+        // WhiteIsZero (PhotometricInterpretation 0): the stored samples inverted.
+        let mut f = Cursor::new(Vec::new());
+        let mut enc = TiffEncoder::new(&mut f).unwrap();
+        let mut img = enc.new_image::<colortype::Gray8>(w, h).unwrap();
+        img.extra_samples(&[ExtraSamples::UnassociatedAlpha]).unwrap();
+        let inverted: Vec<u8> = gray8.iter().enumerate().flat_map(|(i, &g)| [255 - g, alpha(i)]).collect();
+        img.write_data(&inverted).unwrap();
+        files.push(white_is_zero(f.into_inner()));
         for bytes in &files {
             let got = decode_gray(bytes).unwrap();
             assert_eq!((got.width, got.height), (w, h));
@@ -537,6 +577,18 @@ mod tests {
         // Cut short, it is refused as corrupt, not read as black.
         let cut = &files[0][..files[0].len() - 60];
         assert!(decode_gray(cut).is_err());
+    }
+
+    /// A little-endian TIFF's first image made WhiteIsZero: its
+    /// PhotometricInterpretation entry (tag 262, a SHORT) set to 0.
+    fn white_is_zero(mut bytes: Vec<u8>) -> Vec<u8> {
+        let u16at = |b: &[u8], i: usize| u16::from_le_bytes([b[i], b[i + 1]]) as usize;
+        assert_eq!(&bytes[..4], b"II*\0");
+        let ifd = u32::from_le_bytes(bytes[4..8].try_into().unwrap()) as usize;
+        let entry = (0..u16at(&bytes, ifd)).map(|k| ifd + 2 + 12 * k).find(|&e| u16at(&bytes, e) == 262).unwrap();
+        assert_eq!(u16at(&bytes, entry + 8), 1, "written BlackIsZero");
+        bytes[entry + 8..entry + 10].copy_from_slice(&0u16.to_le_bytes());
+        bytes
     }
 
     /// A JPEG of `img` whose EXIF says `orientation` (1–8): the bytes a phone writes.
