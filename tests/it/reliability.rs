@@ -533,7 +533,8 @@ fn a_diverging_rate_stops_with_a_clear_error_naming_it() {
             && err.contains("runs/hot keeps its last finished epoch's checkpoint, but --resume would train on at the same rate"),
         "{err}"
     );
-    // Diverged in its first epoch, it left no model and no checkpoint: its folder is removed, which is said.
+    // Diverged in its first epoch, it left no model and no checkpoint: its
+    // folder is removed, which is said, and so are the --out folders it made.
     let (code, _, err) = run(
         &args(
             &s,
@@ -553,12 +554,15 @@ fn a_diverging_rate_stops_with_a_clear_error_naming_it() {
                 "none",
                 "--name",
                 "hotter",
+                "--out",
+                "fresh/runs",
             ],
         ),
         d.path(),
     );
     assert!(code == 1 && err.contains("training diverged") && err.contains("at epoch 1 "), "{err}");
-    assert!(!d.path().join("runs/hotter").exists() && err.contains("removed runs/hotter: no epoch had finished, so it held no model"), "{err}");
+    assert!(err.contains("removed fresh/runs/hotter: no epoch had finished, so it held no model"), "{err}");
+    assert!(!d.path().join("fresh").exists(), "no empty fresh/runs left behind");
     // The same recipe at the default rate trains to the end.
     let (code, _, err) =
         run(&args(&s, &["finetune", "--data", f.to_str().unwrap(), "--task", "multiclass", "--stages", "head:2,conv5:4", "--val", "none"]), d.path());
