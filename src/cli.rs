@@ -180,6 +180,10 @@ pub enum Command {
         /// Leave unreadable images out (each named), instead of stopping before anything is written.
         #[arg(long)]
         skip_bad: bool,
+        /// Each photo's person from its file name, as finetune's --subject-pattern (e.g. '^([^_]+)_' for 002_03.jpg → 002):
+        /// written to the crops' manifest, so that training on the crops splits by person.
+        #[arg(long, value_name = "REGEX", value_parser = checked(crate::data::scan::SubjectPattern::new))]
+        subject_pattern: Option<String>,
     },
     /// Compare runs and cross-validations side by side (Markdown).
     Report {

@@ -41,9 +41,11 @@ pub struct FacesReport {
 /// Detects the face in every image of `dir` (any dataset layout), writes crops, CSV and contact sheet.
 /// An unreadable image stops it before anything is written, unless `skip_bad`
 /// leaves it out (named in `skipped`).
-pub fn run(dir: &Path, out: &Path, tile: u32, skip_bad: bool) -> Result<FacesReport> {
+/// `pattern`: each photo's person from its file name (`--subject-pattern`),
+/// over what the layout gives, for the crops' manifest.
+pub fn run(dir: &Path, out: &Path, tile: u32, (skip_bad, pattern): (bool, Option<&crate::data::scan::SubjectPattern>)) -> Result<FacesReport> {
     use crate::data::scan::{scan, DataFormat};
-    let ds = scan(dir, DataFormat::Auto).map_err(|e| match e {
+    let mut ds = scan(dir, DataFormat::Auto).map_err(|e| match e {
         // Loose photos without labels: faces reads a dataset, and one folder inside makes them one.
         Error::Dataset { path, problem } if problem == crate::data::scan::LOOSE_IMAGES => Error::Dataset {
             problem: format!("{problem}; to crop unlabelled photos, move them into one folder inside it ({}/photos/…)", dir.display()),
@@ -51,6 +53,9 @@ pub fn run(dir: &Path, out: &Path, tile: u32, skip_bad: bool) -> Result<FacesRep
         },
         other => other,
     })?;
+    if let Some(p) = pattern {
+        p.apply(&mut ds)?;
+    }
     // The crops are images and the manifest is `manifest.csv`: written into
     // the data folder they would become part of it (class folders read
     // `faces/` as a class; `manifest.csv` would replace the data's own).
@@ -149,15 +154,15 @@ pub fn run(dir: &Path, out: &Path, tile: u32, skip_bad: bool) -> Result<FacesRep
     for old in stale.iter().filter(|c| !written.contains(*c)) {
         let _ = std::fs::remove_file(out.join(old));
     }
-    Ok(FacesReport {
-        images: paths.len(),
-        fallbacks,
-        seconds_per_image: detect_time / paths.len().max(1) as f64,
-        sheets,
-        unread: ds.unread,
-        notes: ds.notes,
-        skipped,
-    })
+    let mut notes = ds.notes;
+    if ds.samples.iter().all(|s| s.subject.is_none()) {
+        // Training on the crops would split photos, not people, as finetune warns then.
+        notes.push(format!(
+            "note: {} gives no person for its photos, so the crops' manifest lists none: --subject-pattern REGEX takes each from its file name (e.g. '^([^_]+)_' for 002_03.jpg)",
+            dir.display()
+        ));
+    }
+    Ok(FacesReport { images: paths.len(), fallbacks, seconds_per_image: detect_time / paths.len().max(1) as f64, sheets, unread: ds.unread, notes, skipped })
 }
 
 /// Each photo's crop file name: its own name as PNG (`KA.HA1.29.tiff` →

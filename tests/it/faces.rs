@@ -163,6 +163,28 @@ fn faces_command_writes_crops_csv_and_a_contact_sheet() {
     assert!(err.contains("KDEF: read the 2 straight-ahead photos (…S.JPG); 1 at other angles"), "{err}");
     let m = std::fs::read_to_string(d.path().join("fk/manifest.csv")).unwrap();
     assert_eq!(m.lines().skip(1).map(|r| r.split_once(',').unwrap().1).collect::<Vec<_>>(), ["happy,F01", "neutral,F01"], "{m}");
+    // Class folders whose names give no person (001_03.png): said, and
+    // --subject-pattern writes each crop's person into the manifest.
+    for r in &rows[1..] {
+        let f: Vec<&str> = r.split(',').collect();
+        std::fs::create_dir_all(d.path().join("cls").join(f[1])).unwrap();
+        std::fs::copy(d.path().join("fc").join(f[0]), d.path().join("cls").join(f[1]).join(f[0].trim_start_matches("crops/"))).unwrap();
+    }
+    let (code, _, err) = run(&["faces", "cls", "--out", "fn", "--tile", "64"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("note: cls gives no person for its photos, so the crops' manifest lists none: --subject-pattern REGEX"), "{err}");
+    let (code, _, err) = run(&["faces", "cls", "--out", "fs", "--tile", "64", "--subject-pattern", "^([^_]+)_"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("gives no person"), "{err}");
+    let people = |m: &str| -> Vec<String> {
+        let mut v: Vec<String> =
+            std::fs::read_to_string(d.path().join(m)).unwrap().lines().skip(1).map(|r| r.rsplit(',').next().unwrap().to_string()).collect();
+        v.sort();
+        v
+    };
+    let mut want: Vec<String> = rows[1..].iter().map(|r| r.split(',').nth(2).unwrap().to_string()).collect();
+    want.sort();
+    assert_eq!(people("fs/manifest.csv"), want, "each crop's person, as the London manifest lists them");
 }
 
 #[test]

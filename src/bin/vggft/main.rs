@@ -707,7 +707,11 @@ fn main() -> ExitCode {
         Command::Explain(a) => explain(a),
         Command::Preprocess { image, model, out } => preprocess(&image, &run::run_dir(&model), &out).map(|_| true),
         // clap requires one of the two.
-        Command::Faces { dir, data, out, tile, skip_bad } => vggft::faces::run(&dir.or(data).unwrap_or_default(), &out, tile, skip_bad)
+        Command::Faces { dir, data, out, tile, skip_bad, subject_pattern } => subject_pattern
+            .as_deref()
+            .map(vggft::data::scan::SubjectPattern::new)
+            .transpose()
+            .and_then(|pattern| vggft::faces::run(&dir.or(data).unwrap_or_default(), &out, tile, (skip_bad, pattern.as_ref())))
             .map(|r| {
                 for (p, why) in &r.skipped {
                     errln!("skipped {}: {why}", p.display());
