@@ -120,6 +120,19 @@ def run_inventory(d):
     predict_case("16-bit gray TIFF (must work)", "gray16.tiff", make=lambda p: Image.fromarray((np.arange(1024).reshape(32, 32) * 60).astype(np.uint16)).save(p))
     predict_case("palette TIFF (must work)", "palette.tiff", make=lambda p: Image.open(ok_png).convert("P").save(p))
     predict_case("gray + alpha TIFF, as PIL's LA writes it (works; alpha ignored)", "gray-alpha.tiff", make=lambda p: Image.open(ok_png).convert("LA").save(p))
+    def white_is_zero_la(p):
+        # The gray stored inverted, PhotometricInterpretation (tag 262) set to WhiteIsZero.
+        g = np.asarray(Image.open(ok_png).convert("L"))
+        Image.fromarray(np.stack([255 - g, np.full_like(g, 255)], -1), "LA").save(p)
+        b = bytearray(open(p, "rb").read())
+        assert b[:4] == b"II*\0"
+        ifd = int.from_bytes(b[4:8], "little")
+        for k in range(int.from_bytes(b[ifd:ifd + 2], "little")):
+            e = ifd + 2 + 12 * k
+            if int.from_bytes(b[e:e + 2], "little") == 262:
+                b[e + 8:e + 10] = (0).to_bytes(2, "little")
+        open(p, "wb").write(b)
+    predict_case("gray + alpha TIFF stored white-is-zero (works; read inverted, the same answer)", "gray-alpha-wiz.tiff", make=white_is_zero_la)
     predict_case("RGBA PNG (works; alpha ignored)", "rgba.png", make=lambda p: Image.open(ok_png).convert("RGBA").save(p))
     predict_case("CMYK JPEG (works; converted to luma)", "cmyk.jpg", make=lambda p: Image.open(ok_png).convert("CMYK").save(p))
     predict_case("lossy WebP, as saved from the web (works)", "web.webp", make=lambda p: Image.open(ok_png).convert("RGB").save(p, quality=80))
