@@ -207,11 +207,31 @@ fn cam_class(cfg: &RunConfig, probs: &[f64], mode: Option<Mode>) -> usize {
     crate::eval::threshold::decide(probs, cfg.threshold_for(mode))
 }
 
-/// Each input's network input (or why it has none), the people's
+/// How each input is framed (or why it cannot be), the people's
 /// statistics, and the index of the input each one repeats (itself if none).
-type Prepared = (Vec<Result<Vec<f32>>>, Option<People>, Vec<usize>);
+type Prepared = (Vec<Result<Framing>>, Option<People>, Vec<usize>);
 
-/// Each input prepared as `predict` frames it (the person's face box for a
+/// How an input is framed, as `predict` frames it: among its person's
+/// photos, in the face box it was first prepared with (found once, not
+/// again), or alone, as the single-image head reads it. Its pixels are
+/// prepared again when it is explained: a folder of thousands is not held.
+#[derive(Clone)]
+enum Framing {
+    Person(Option<crate::data::face::FaceBox>),
+    Alone,
+}
+
+/// The network input of `path`, framed so.
+fn framed(path: &Path, cfg: &RunConfig, finder: &mut Option<crate::data::face::FaceFinder>, framing: &Framing) -> Result<Vec<f32>> {
+    use crate::eval::predict::{prepare_alone, prepare_one};
+    match framing {
+        Framing::Person(b) => prepare_one(path, cfg, finder, b.as_ref()),
+        Framing::Alone => prepare_alone(path, cfg, finder),
+    }
+    .map(|(v, _)| v)
+}
+
+/// Each input framed as `predict` frames it (the person's face box for a
 /// photo among enough of its person's, the single-image head's frame
 /// otherwise), with the person statistics of the first kind: those of its
 /// person's decoded inputs, as `predict` fits them (without the mirror images).
@@ -244,38 +264,73 @@ fn prepared_with_people(
 }
 
 /// `prepared_with_people` of inputs none of which repeats another; `keys`: each one's person.
+/// The photos answered with their person's statistics are decoded here,
+/// 16 at a time, for those statistics' features, and their pixels dropped;
+/// the photos answered alone are first decoded when explained.
 fn prepared_distinct(
     cfg: &RunConfig,
     model: &Vgg16,
     (paths, keys): (&[PathBuf], Vec<Option<String>>),
     finder: &mut Option<crate::data::face::FaceFinder>,
-) -> (Vec<Result<Vec<f32>>>, Option<People>) {
-    use crate::eval::predict::{modes_of, person_boxes, prepare_alone, prepare_one};
+) -> (Vec<Result<Framing>>, Option<People>) {
+    use crate::eval::predict::{modes_of, person_boxes, prepare_one};
     let wanted: Vec<bool> = modes_of(&keys).into_iter().map(|m| m == Mode::Person).collect();
     let alone: Vec<bool> = wanted.iter().map(|w| !w).collect();
     let given = person_boxes(cfg, paths, (&keys, &alone), finder);
-    let mut px: Vec<Result<Vec<f32>>> = paths
-        .iter()
-        .enumerate()
-        .map(|(i, p)| if wanted[i] { prepare_one(p, cfg, finder, given[i].as_ref()) } else { prepare_alone(p, cfg, finder) }.map(|(v, _)| v))
-        .collect();
+    let s = cfg.data.preprocess.image_size as i64;
+    let mut framing: Vec<Result<Framing>> = Vec::with_capacity(paths.len());
+    // The pooled features of the decoded photos of `wanted` people, in row order.
+    let (mut decoded, mut chunks, mut pending): (Vec<usize>, Vec<Tensor>, Vec<f32>) = (vec![], vec![], vec![]);
+    for (i, p) in paths.iter().enumerate() {
+        if !wanted[i] {
+            framing.push(Ok(Framing::Alone));
+            continue;
+        }
+        match prepare_one(p, cfg, finder, given[i].as_ref()) {
+            Ok((v, used)) => {
+                framing.push(Ok(Framing::Person(used.or_else(|| given[i].clone()))));
+                decoded.push(i);
+                if model.cfg.subject_norm {
+                    pending.extend(v);
+                }
+            }
+            Err(e) => framing.push(Err(e)),
+        }
+        let last = i + 1 == paths.len();
+        let n = pending.len() as i64 / (s * s);
+        if model.cfg.subject_norm && (n == 16 || (last && n > 0)) {
+            chunks.push(pooled_of(model, cfg, &Tensor::from_slice(&std::mem::take(&mut pending)).view([n, 1, s, s])));
+        }
+    }
     // A person left with too few decoded photos is answered alone: framed so.
-    let decoded: Vec<Option<String>> = (0..paths.len()).map(|i| keys[i].clone().filter(|_| wanted[i] && px[i].is_ok())).collect();
-    let person: Vec<bool> = modes_of(&decoded).into_iter().map(|m| m == Mode::Person).collect();
+    let person_keys: Vec<Option<String>> = (0..paths.len()).map(|i| keys[i].clone().filter(|_| wanted[i] && framing[i].is_ok())).collect();
+    let person: Vec<bool> = modes_of(&person_keys).into_iter().map(|m| m == Mode::Person).collect();
     for i in 0..paths.len() {
-        if wanted[i] && px[i].is_ok() && !person[i] {
-            px[i] = prepare_alone(&paths[i], cfg, finder).map(|(v, _)| v);
+        if wanted[i] && framing[i].is_ok() && !person[i] {
+            framing[i] = Ok(Framing::Alone);
         }
     }
     if !model.cfg.subject_norm {
-        return (px, None);
+        return (framing, None);
     }
-    let s = cfg.data.preprocess.image_size as usize;
-    let flat: Vec<f32> = px.iter().flat_map(|r| r.as_ref().map_or_else(|_| vec![0.0; s * s], Clone::clone)).collect();
-    let gray = Tensor::from_slice(&flat).view([paths.len() as i64, 1, s as i64, s as i64]);
     let keys: Vec<Option<String>> = (0..paths.len()).map(|i| keys[i].clone().filter(|_| person[i])).collect();
-    let people = people_of(model, cfg, &gray, &keys);
-    (px, people)
+    let rows: Vec<usize> = (0..paths.len()).filter(|&i| keys[i].is_some()).collect();
+    if rows.is_empty() {
+        return (framing, None);
+    }
+    let all = Tensor::cat(&chunks, 0);
+    let at: Vec<i64> = decoded.iter().enumerate().filter(|&(_, &i)| person[i]).map(|(k, _)| k as i64).collect();
+    let f = all.index_select(0, &Tensor::from_slice(&at).to_device(all.device()));
+    let people = people_of_rows(model, &f, &rows, &keys);
+    (framing, people)
+}
+
+/// The pooled features (n, D) of gray inputs (n,1,S,S), as the person-normalised head reads them.
+fn pooled_of(model: &Vgg16, cfg: &RunConfig, gray: &Tensor) -> Tensor {
+    tch::no_grad(|| {
+        let g = gray.to_device(model.device()).to_kind(Kind::Float);
+        model.frozen(|| model.pooled_from(&cfg.data.preprocess.normalise(&g), Block::Conv1, false))
+    })
 }
 
 /// The person statistics a subject-normalised model answers photos in
@@ -299,18 +354,13 @@ pub fn people_of(model: &Vgg16, cfg: &RunConfig, gray: &Tensor, person: &[Option
     if rows.is_empty() || !model.cfg.subject_norm {
         return None;
     }
-    let f = tch::no_grad(|| {
-        let chunks: Vec<Tensor> = rows
-            .chunks(16)
-            .map(|chunk| {
-                let at = Tensor::from_slice(&chunk.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(gray.device());
-                let g = gray.index_select(0, &at).to_device(model.device()).to_kind(Kind::Float);
-                model.frozen(|| model.pooled_from(&cfg.data.preprocess.normalise(&g), Block::Conv1, false))
-            })
-            .collect();
-        Tensor::cat(&chunks, 0)
-    });
-    people_of_rows(model, &f, &rows, person)
+    let chunks: Vec<Tensor> = rows
+        .chunks(16)
+        .map(|chunk| {
+            pooled_of(model, cfg, &gray.index_select(0, &Tensor::from_slice(&chunk.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(gray.device())))
+        })
+        .collect();
+    people_of_rows(model, &Tensor::cat(&chunks, 0), &rows, person)
 }
 
 /// `people_of` from the pooled features the rows were scored with (N, D), without another trunk pass.
@@ -514,19 +564,22 @@ pub fn explain(cfg: &RunConfig, model: &Vgg16, req: &ExplainRequest, device: Dev
         _ => cfg.classes.iter().map(String::as_str).collect(),
     };
     let mut sums = vec![(0usize, vec![0f32; pixels], vec![0f32; pixels]); if req.mean { mean_names.len() } else { 0 }];
-    for ((i, p), px) in req.paths.iter().enumerate().zip(prepared) {
-        let px = match px {
-            Ok(px) => px,
-            Err(e) => {
+    for ((i, p), framing) in req.paths.iter().enumerate().zip(prepared) {
+        // A repeat's heat is its first's (`out` holds one entry per input before it).
+        let earlier = (first[i] != i).then(|| out.get(first[i])).flatten().and_then(|e: &Explained| e.result.as_ref().ok());
+        let cam = match (framing, earlier) {
+            (Ok(_), Some((cam, _))) => cam.clone(),
+            (Ok(framing), None) => match framed(p, cfg, &mut finder, &framing) {
+                Ok(px) => grad_cam(model, cfg, &px, (req.layer, req.class), people.as_ref().and_then(|p| p.of_row(i)), device)?,
+                Err(e) => {
+                    out.push(Explained { path: p.clone(), result: Err(e) });
+                    continue;
+                }
+            },
+            (Err(e), _) => {
                 out.push(Explained { path: p.clone(), result: Err(e) });
                 continue;
             }
-        };
-        // A repeat's heat is its first's (`out` holds one entry per input before it).
-        let earlier = (first[i] != i).then(|| out.get(first[i])).flatten();
-        let cam = match earlier.and_then(|e: &Explained| e.result.as_ref().ok()) {
-            Some((cam, _)) => cam.clone(),
-            None => grad_cam(model, cfg, &px, (req.layer, req.class), people.as_ref().and_then(|p| p.of_row(i)), device)?,
         };
         let stem = crate::fsutil::output_stem(p);
         let file = heatmaps[i].clone();
