@@ -863,9 +863,16 @@ fn reframed(cfg: &RunConfig, model: &Vgg16, paths: &[PathBuf], tta_flip: bool, d
         return None;
     }
     let s = cfg.data.preprocess.image_size as i64;
-    let px: Vec<f32> = paths.iter().map(|p| prepare_alone(p, cfg, &mut None).ok().map(|(px, _)| px)).collect::<Option<Vec<_>>>()?.concat();
-    let x = cfg.data.preprocess.normalise(&Tensor::from_slice(&px).view([paths.len() as i64, 1, s, s]).to_device(device));
-    Some(model.frozen(|| (model.pooled_from(&x, Block::Conv1, false), tta_flip.then(|| model.pooled_from(&x.flip([3]), Block::Conv1, false)))))
+    // 32 at a time, as every other pass: one forward over hundreds of photos would hold all their activations.
+    let mut parts = Vec::new();
+    for chunk in paths.chunks(32) {
+        let px: Vec<f32> = chunk.iter().map(|p| prepare_alone(p, cfg, &mut None).ok().map(|(px, _)| px)).collect::<Option<Vec<_>>>()?.concat();
+        let x = cfg.data.preprocess.normalise(&Tensor::from_slice(&px).view([chunk.len() as i64, 1, s, s]).to_device(device));
+        parts.push(model.frozen(|| (model.pooled_from(&x, Block::Conv1, false), tta_flip.then(|| model.pooled_from(&x.flip([3]), Block::Conv1, false)))));
+    }
+    let f = Tensor::cat(&parts.iter().map(|p| p.0.shallow_clone()).collect::<Vec<_>>(), 0);
+    let g = parts.iter().map(|p| p.1.as_ref().map(Tensor::shallow_clone)).collect::<Option<Vec<_>>>().map(|v| Tensor::cat(&v, 0));
+    Some((f, g))
 }
 
 /// Head probabilities (float64) from pooled features `f` (and their flipped
@@ -1139,22 +1146,22 @@ pub fn evaluate(
     }
     let subjects: Vec<Option<String>> = ds.samples.iter().map(|s| s.subject.clone()).collect();
     // Images the single-image head answers, as it reads them (`RunConfig::single_frame`: the whole frame).
-    let gray = match (&loaded.lone, cfg.single_frame && model.cfg.subject_norm) {
-        (Some(lone), true) => {
-            let rows: Vec<i64> = modes_of(&subjects).iter().enumerate().filter(|&(_, &m)| m == Mode::Single).map(|(i, _)| i as i64).collect();
+    // In place, and the whole frames dropped once copied: a dataset of
+    // thousands is held once (0.2 MB an image at 224 px), not three times.
+    let mut gray = loaded.gray;
+    if let (Some(lone), true) = (loaded.lone, cfg.single_frame && model.cfg.subject_norm) {
+        let rows: Vec<i64> = modes_of(&subjects).iter().enumerate().filter(|&(_, &m)| m == Mode::Single).map(|(i, _)| i as i64).collect();
+        if !rows.is_empty() {
             let at = Tensor::from_slice(&rows);
-            if rows.is_empty() {
-                loaded.gray
-            } else {
-                loaded.gray.index_copy(0, &at, &lone.index_select(0, &at))
-            }
+            let _ = gray.index_copy_(0, &at, &lone.index_select(0, &at));
         }
-        _ => loaded.gray,
-    };
-    let x = cfg.data.preprocess.normalise(&gray.to_device(device));
-    let n = x.size()[0];
+    }
+    // Normalised (three channels) a chunk at a time, as the network reads them.
+    let on_device = gray.to_device(device);
+    let n = on_device.size()[0];
     let chunks = |f: &dyn Fn(&Tensor) -> Tensor| -> Tensor {
-        Tensor::cat(&model.frozen(|| (0..n).step_by(32).map(|s| f(&x.narrow(0, s, (n - s).min(32)))).collect::<Vec<_>>()), 0)
+        let chunk = |s: i64| cfg.data.preprocess.normalise(&on_device.narrow(0, s, (n - s).min(32)));
+        Tensor::cat(&model.frozen(|| (0..n).step_by(32).map(|s| f(&chunk(s))).collect::<Vec<_>>()), 0)
     };
     let f = chunks(&|x| model.pooled_from(x, Block::Conv1, false));
     let (probs, modes, distance) = if model.cfg.subject_norm {
