@@ -987,6 +987,7 @@ fn top_losses(
     }
     let people = crate::eval::explain::people_of(model, &session.config, &gray, &person);
     let paths: Vec<String> = test.iter().map(|&i| ds.samples[i].path.display().to_string()).collect();
+    let labels: Vec<String> = test.iter().map(|&i| ds.samples[i].label.clone()).collect();
     let picked = crate::eval::explain::worst(y, probs, req.top_losses);
     let tiles = req.out.join("folds").join("top");
     fsutil::create_dir(&tiles)?;
@@ -995,7 +996,7 @@ fn top_losses(
         model,
         &gray,
         &picked,
-        &paths,
+        (&paths, &labels),
         y,
         (probs, &vec![threshold; probs.len()]),
         people.as_ref(),

@@ -144,7 +144,7 @@ pub fn run(req: &Request) -> Result<Evaluated> {
             &model,
             &ev.gray,
             &picked,
-            &paths,
+            (&paths, &ev.labels),
             &ev.y,
             (&ev.probs, &cuts),
             people.as_ref(),

@@ -747,6 +747,10 @@ pub struct TopLoss {
     pub probs: Vec<f64>,
     /// Cross-entropy of the true class, −ln p(true).
     pub loss: f64,
+    /// The photo's own label where it is not its class's name (`sad` of
+    /// `expressive`): which expression the model got wrong.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
     /// The class the model answered (at its threshold; absent in older cv folders: the most probable).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub predicted: Option<usize>,
@@ -774,7 +778,7 @@ pub fn loss_tiles(
     model: &Vgg16,
     gray: &Tensor,
     picked: &[(usize, f64)],
-    paths: &[String],
+    (paths, labels): (&[String], &[String]),
     y: &[i64],
     (probs, thresholds): (&[Vec<f64>], &[Option<f64>]),
     people: Option<&People>,
@@ -788,15 +792,17 @@ pub fn loss_tiles(
         let pred = crate::eval::threshold::decide(&probs[i], thresholds.get(i).copied().flatten());
         let cam = grad_cam(model, cfg, &px, (layer, Some(Target::Class(pred))), people.and_then(|p| p.of_row(i)), device)?;
         let name = crate::fsutil::output_stem(Path::new(&paths[i]));
+        let truth = &cfg.classes[y[i] as usize];
+        let label = labels.get(i).filter(|l| *l != truth).cloned();
         let lines = vec![
             name,
             format!("pred {} {:.2}", cfg.classes[pred], probs[i][pred]),
-            format!("true {} {:.2}", cfg.classes[y[i] as usize], probs[i][y[i] as usize]),
+            format!("true {truth} {:.2}{}", probs[i][y[i] as usize], label.as_ref().map(|l| format!(" ({l})")).unwrap_or_default()),
             format!("loss {loss:.2}"),
         ];
         let tile = dir.join(format!("{prefix}-{k:03}.png"));
         save_png(&tile, &captioned(&overlay(&cam.input, &cam.heat, s), &lines)?)?;
-        out.push(TopLoss { path: paths[i].clone(), truth: y[i] as usize, probs: probs[i].clone(), loss, predicted: Some(pred), tile });
+        out.push(TopLoss { path: paths[i].clone(), truth: y[i] as usize, probs: probs[i].clone(), loss, label, predicted: Some(pred), tile });
     }
     Ok(out)
 }
@@ -829,6 +835,8 @@ pub fn write_top_losses(dir: &Path, classes: &[String], top: &[TopLoss]) -> Resu
     let mut w = csv::Writer::from_writer(Vec::new());
     let mut header = vec!["rank".to_string(), "path".into(), "true".into(), "predicted".into(), "loss".into()];
     header.extend(classes.iter().map(|c| format!("p_{c}")));
+    // Last, so that the columns before it keep their places.
+    header.push("label".into());
     let _ = w.write_record(&header);
     for (r, t) in top.iter().enumerate() {
         let mut rec = vec![
@@ -839,6 +847,7 @@ pub fn write_top_losses(dir: &Path, classes: &[String], top: &[TopLoss]) -> Resu
             format!("{:.4}", t.loss),
         ];
         rec.extend(t.probs.iter().map(|p| format!("{p:.6}")));
+        rec.push(t.label.clone().unwrap_or_default());
         let _ = w.write_record(&rec);
     }
     fsutil::write_atomic(&p, &w.into_inner().map_err(|e| Error::file(&p, e.to_string()))?)

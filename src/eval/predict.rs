@@ -942,6 +942,8 @@ pub struct Evaluation {
     /// How each image was predicted (subject-normalised models).
     pub modes: Vec<Option<Mode>>,
     pub paths: Vec<PathBuf>,
+    /// Each image's label as the data gives it (before any label map).
+    pub labels: Vec<String>,
     pub y: Vec<i64>,
     pub probs: Vec<Vec<f64>>,
     pub skipped: Vec<(PathBuf, String)>,
@@ -1207,6 +1209,7 @@ pub fn evaluate(
         at_half,
         modes,
         paths: ds.samples.iter().map(|s| s.path.clone()).collect(),
+        labels: ds.samples.iter().map(|s| s.label.clone()).collect(),
         y,
         probs,
         // Pictures the scan left out (a format vggft does not read) are skipped too, and said.

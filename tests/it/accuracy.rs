@@ -99,12 +99,22 @@ fn finetune_on_raw_labels_reports_task_classes_everywhere() {
     assert!((f(&p["expressive"]) - f(&r["happy"]) - f(&r["sad"])).abs() < 1e-9, "{v}");
     assert!((f(&p["neutral"]) + f(&p["expressive"]) - 1.0).abs() < 1e-9);
 
-    // evaluate scores in task classes.
-    let (code, out, err) = run(&["evaluate", "--data", data_s, "--out", d.path().join("ev").to_str().unwrap(), "--device", "cpu"], d.path());
+    // evaluate scores in task classes; its worst photos also say which expression each was.
+    let (code, out, err) =
+        run(&["evaluate", "--data", data_s, "--out", d.path().join("ev").to_str().unwrap(), "--device", "cpu", "--top-losses", "6"], d.path());
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("neutral") && out.contains("expressive") && !out.contains("happy"), "{out}");
     let ev = json(&d.path().join("ev/metrics.json"));
     assert_eq!(ev["metrics"]["confusion"].as_array().unwrap().len(), 2);
+    let top = std::fs::read_to_string(d.path().join("ev/top_losses.csv")).unwrap();
+    assert!(top.lines().next().unwrap().ends_with(",p_neutral,p_expressive,label"), "{top}");
+    for row in top.lines().skip(1) {
+        let f: Vec<&str> = row.split(',').collect();
+        let folder = std::path::Path::new(f[1]).parent().unwrap().file_name().unwrap().to_str().unwrap();
+        // The class folders are the labels: `neutral` is its class's name (no label), happy and sad are expressive.
+        let want = if folder == "neutral" { "" } else { folder };
+        assert_eq!((f[2], f[f.len() - 1]), (if folder == "neutral" { "neutral" } else { "expressive" }, want), "{row}");
+    }
 
     // explain: a raw label is explained alone (tests/it/explain.rs), named with its share of its class.
     let (code, out, err) =
