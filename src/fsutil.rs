@@ -97,16 +97,22 @@ pub fn create_dir(path: &Path) -> Result<()> {
 /// fails at once rather than after minutes of work, and a computation
 /// stopped part-way leaves no empty folder behind.
 pub fn check_creatable(path: &Path) -> Result<()> {
-    // The folders that are not there yet, the deepest first.
-    let made: Vec<PathBuf> = path.ancestors().filter(|a| !a.as_os_str().is_empty()).take_while(|a| !a.exists()).map(Path::to_path_buf).collect();
+    let made = missing_folders(path);
     create_dir(path)?;
-    for d in &made {
-        // remove_dir removes only an empty folder: one another process wrote into meanwhile stays.
-        if std::fs::remove_dir(d).is_err() {
-            break;
-        }
-    }
+    remove_empty(&made);
     Ok(())
+}
+
+/// The folders of `path` that are not there yet, the deepest first.
+pub(crate) fn missing_folders(path: &Path) -> Vec<PathBuf> {
+    path.ancestors().filter(|a| !a.as_os_str().is_empty()).take_while(|a| !a.exists()).map(Path::to_path_buf).collect()
+}
+
+/// Removes `folders` (`missing_folders`, once made), the deepest first, while
+/// each is empty: one another process wrote into meanwhile stays, and so
+/// do the folders above it.
+pub(crate) fn remove_empty(folders: &[PathBuf]) {
+    folders.iter().take_while(|d| std::fs::remove_dir(d).is_ok()).for_each(drop);
 }
 
 /// Removes the temporary files (`temp_sibling`'s names) that a killed

@@ -165,8 +165,8 @@ fn start(session: &Session, split: &[u8], out: &Path, name: Option<&str>, report
     // wrong-shape file leaves nothing behind.
     let built = session.fresh_model(session.config.train.seed as i64, true)?;
     session.advise(reporter);
-    // The folders of `out` this run makes, the deepest first.
-    let made: Vec<PathBuf> = out.ancestors().take_while(|a| !a.as_os_str().is_empty() && !a.exists()).map(Path::to_path_buf).collect();
+    // The folders of `out` this run makes.
+    let made = fsutil::missing_folders(out);
     let dir = new_run_dir(out, name)?;
     let _lock = fsutil::lock_run(&dir)?;
     fsutil::write_json(&dir.join("config.json"), &session.config)?;
@@ -184,7 +184,7 @@ fn start(session: &Session, split: &[u8], out: &Path, name: Option<&str>, report
             drop(_lock);
             if std::fs::remove_dir_all(&dir).is_ok() {
                 // And the --out it made, where nothing else came into it meanwhile.
-                made.iter().take_while(|m| std::fs::remove_dir(m).is_ok()).for_each(drop);
+                fsutil::remove_empty(&made);
                 reporter.message(&format!("removed {}: no epoch had finished, so it held no model", dir.display()));
             }
         } else {
