@@ -44,6 +44,33 @@ pub struct FacesReport {
 /// `pattern`: each photo's person from its file name (`--subject-pattern`),
 /// over what the layout gives, for the crops' manifest.
 pub fn run(dir: &Path, out: &Path, tile: u32, (skip_bad, pattern): (bool, Option<&crate::data::scan::SubjectPattern>)) -> Result<FacesReport> {
+    let ds = dataset(dir, out, pattern)?;
+    // Every image is read, found and cropped in memory before anything is
+    // written: an unreadable one (stopping the run, or left out with
+    // --skip-bad) leaves a previous run's folder as it was, not a mix.
+    let Detected { crops, skipped, seconds } = detect_all(&ds, tile, skip_bad)?;
+    fsutil::create_dir(&out.join("crops"))?;
+    // One writer at a time: a second faces into the same folder would mix
+    // its crops and manifest with this one's (and remove its "stale" crops).
+    let _lock = fsutil::lock_run(out)?;
+    fsutil::remove_stale_temps(out);
+    fsutil::remove_stale_temps(&out.join("crops"));
+    let (paths, fallbacks, sheets) = write_crops(&ds, out, crops)?;
+    let mut notes = ds.notes;
+    if ds.samples.iter().all(|s| s.subject.is_none()) {
+        // Training on the crops would split photos, not people, as finetune warns then.
+        notes.push(format!(
+            "note: {} gives no person for its photos, so the crops' manifest lists none: --subject-pattern REGEX takes each from its file name (e.g. '^([^_]+)_' for 002_03.jpg)",
+            dir.display()
+        ));
+    }
+    Ok(FacesReport { images: paths.len(), fallbacks, seconds_per_image: seconds / paths.len().max(1) as f64, sheets, unread: ds.unread, notes, skipped })
+}
+
+/// The dataset in `dir` (its people by `pattern` where given), refused
+/// where the crops in `out` would be written into it or over another
+/// command's output.
+fn dataset(dir: &Path, out: &Path, pattern: Option<&crate::data::scan::SubjectPattern>) -> Result<crate::data::scan::Dataset> {
     use crate::data::scan::{scan, DataFormat};
     let mut ds = scan(dir, DataFormat::Auto).map_err(|e| match e {
         // Loose photos without labels: faces reads a dataset, and one folder inside makes them one.
@@ -70,9 +97,24 @@ pub fn run(dir: &Path, out: &Path, tile: u32, (skip_bad, pattern): (bool, Option
         "the crops, faces.csv and their manifest",
         &["manifest.csv", "faces.csv", "contact_sheet.png"],
     )?;
-    // Every image is read, found and cropped in memory before anything is
-    // written: an unreadable one (stopping the run, or left out with
-    // --skip-bad) leaves a previous run's folder as it was, not a mix.
+    Ok(ds)
+}
+
+/// A photo's face: its index in the dataset, the box found, the crop.
+type Crop = (usize, FaceBox, image::GrayImage);
+
+/// What `detect_all` found.
+struct Detected {
+    crops: Vec<Crop>,
+    /// The photos that could not be read, each with its problem.
+    skipped: Vec<(PathBuf, String)>,
+    /// The detector's time over all photos.
+    seconds: f64,
+}
+
+/// Every photo's face box and crop, and the photos that could not be read
+/// (an error, unless `skip_bad` and some were read).
+fn detect_all(ds: &crate::data::scan::Dataset, tile: u32, skip_bad: bool) -> Result<Detected> {
     // On every core, a face detector each (`data::par_map`, as training decodes).
     let found = crate::data::par_map(&ds.samples, |_, s, finder| -> Result<(FaceBox, image::GrayImage, f64)> {
         let g = load_gray(&s.path)?;
@@ -112,12 +154,14 @@ pub fn run(dir: &Path, out: &Path, tile: u32, (skip_bad, pattern): (bool, Option
         let hint = crate::data::unreadable_hint(skipped.len(), ds.samples.len());
         return Err(Error::Picture(format!("{e} ({hint}); nothing was written")));
     }
-    fsutil::create_dir(&out.join("crops"))?;
-    // One writer at a time: a second faces into the same folder would mix
-    // its crops and manifest with this one's (and remove its "stale" crops).
-    let _lock = fsutil::lock_run(out)?;
-    fsutil::remove_stale_temps(out);
-    fsutil::remove_stale_temps(&out.join("crops"));
+    Ok(Detected { crops, skipped, seconds: detect_time })
+}
+
+/// Writes the crops, `faces.csv`, the crops' `manifest.csv` and the
+/// contact sheet(s) into `out` (the caller holds its lock), and removes an
+/// earlier run's crops that this one did not write. Returns the photos
+/// cropped, those the detector found no face in, and the sheets.
+fn write_crops(ds: &crate::data::scan::Dataset, out: &Path, crops: Vec<Crop>) -> Result<(Vec<PathBuf>, Vec<PathBuf>, Vec<PathBuf>)> {
     let stale = earlier_crops(out);
     let mut boxes = Vec::new();
     let mut paths = Vec::new();
@@ -154,15 +198,7 @@ pub fn run(dir: &Path, out: &Path, tile: u32, (skip_bad, pattern): (bool, Option
     for old in stale.iter().filter(|c| !written.contains(*c)) {
         let _ = std::fs::remove_file(out.join(old));
     }
-    let mut notes = ds.notes;
-    if ds.samples.iter().all(|s| s.subject.is_none()) {
-        // Training on the crops would split photos, not people, as finetune warns then.
-        notes.push(format!(
-            "note: {} gives no person for its photos, so the crops' manifest lists none: --subject-pattern REGEX takes each from its file name (e.g. '^([^_]+)_' for 002_03.jpg)",
-            dir.display()
-        ));
-    }
-    Ok(FacesReport { images: paths.len(), fallbacks, seconds_per_image: detect_time / paths.len().max(1) as f64, sheets, unread: ds.unread, notes, skipped })
+    Ok((paths, fallbacks, sheets))
 }
 
 /// Each photo's crop file name: its own name as PNG (`KA.HA1.29.tiff` →

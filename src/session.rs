@@ -43,6 +43,55 @@ pub struct Session {
     advice: Option<&'static str>,
 }
 
+/// The recipe's defaults that person statistics choose (where the flags
+/// leave them to vggft): the head-only probe, conv4 + conv5, the pooling
+/// grid, clean views; each said in the returned words.
+fn person_defaults(recipe: &Recipe, probe: &Probe, (several, faces_cropped): (bool, bool), config: &mut RunConfig) -> Vec<String> {
+    let mut chose = Vec::new();
+    if recipe.auto_freeze {
+        config.train.stages = vec![Stage { from: Block::Head, epochs: probe.epochs }];
+        config.train.lr = probe.lr;
+        config.train.members = probe.members;
+        config.train.weight_decay = probe.weight_decay;
+        let keeps_last = recipe.probe.keep.is_none() && probe.keep == Keep::Last;
+        (config.train.patience, config.train.keep) = (probe.patience, probe.keep);
+        chose.push(format!(
+            "training the head alone ({} at --lr {}{}{}{}; --freeze-until conv5 fine-tunes)",
+            crate::train::describe_stages(&config.train.stages),
+            probe.lr,
+            if recipe.probe.weight_decay.is_none() && probe.weight_decay == Probe::LONG_SGD_WEIGHT_DECAY {
+                format!(" with --weight-decay {}", probe.weight_decay)
+            } else {
+                String::new()
+            },
+            if probe.members > 1 { format!(", {} heads averaged into one", probe.members) } else { String::new() },
+            if keeps_last { ", every epoch trained and the last kept (--keep best: the epoch of lowest validation loss)" } else { "" }
+        ));
+    }
+    // conv4 + conv5 measured better with several photos per person (7-way
+    // JAFFE-format), worse on pairs forced on (London): only where auto turns it on.
+    if recipe.auto_features && several {
+        config.model.features = vec![Block::Conv4, Block::Conv5];
+        chose.push("on the pooled conv4 and conv5 outputs (--features conv5: the last block alone)".into());
+    }
+    // Measured on the JAFFE-format sets (3x3 over 1x1: 7-way +0.22 / +0.30); pairs not measured.
+    if recipe.auto_grid && several {
+        config.model.pool_grid = AUTO_GRID;
+        chose.push(format!("each block also averaged over a {AUTO_GRID} grid of the face (--pool-grid 1x1: global pooling only)"));
+    }
+    // Measured with the probe on the JAFFE-format sets (neutral vs rest 0.927 -> 0.969); fine-tunes and pairs not measured.
+    if probe.clean_views && recipe.probe.clean_views.is_none() && config.train.stages.iter().all(|s| s.from == Block::Head) {
+        config.train.clean_views = true;
+        chose.push(
+            "trained on each photo's unaugmented view and mirror image beside its augmented views (--clean-views false: the augmented views alone)".into(),
+        );
+    }
+    if faces_cropped {
+        chose.push("cropped to each person's face, the single-image head reading the whole frame (--face none: the whole frame for both)".into());
+    }
+    chose
+}
+
 impl Session {
     /// Checks the recipe, prepares `data` (split with `seed`) and resolves
     /// the weights, `--subject-norm auto` and the recipe's other defaults
@@ -115,49 +164,7 @@ impl Session {
         let probe = probe_for(&config, &prepared.dataset, recipe.probe);
         let several = several_photos(&config, &prepared.dataset);
         if config.model.subject_norm == SubjectNormChoice::On {
-            let mut chose = Vec::new();
-            if recipe.auto_freeze {
-                config.train.stages = vec![Stage { from: Block::Head, epochs: probe.epochs }];
-                config.train.lr = probe.lr;
-                config.train.members = probe.members;
-                config.train.weight_decay = probe.weight_decay;
-                let keeps_last = recipe.probe.keep.is_none() && probe.keep == Keep::Last;
-                (config.train.patience, config.train.keep) = (probe.patience, probe.keep);
-                chose.push(format!(
-                    "training the head alone ({} at --lr {}{}{}{}; --freeze-until conv5 fine-tunes)",
-                    crate::train::describe_stages(&config.train.stages),
-                    probe.lr,
-                    if recipe.probe.weight_decay.is_none() && probe.weight_decay == Probe::LONG_SGD_WEIGHT_DECAY {
-                        format!(" with --weight-decay {}", probe.weight_decay)
-                    } else {
-                        String::new()
-                    },
-                    if probe.members > 1 { format!(", {} heads averaged into one", probe.members) } else { String::new() },
-                    if keeps_last { ", every epoch trained and the last kept (--keep best: the epoch of lowest validation loss)" } else { "" }
-                ));
-            }
-            // conv4 + conv5 measured better with several photos per person (7-way
-            // JAFFE-format), worse on pairs forced on (London): only where auto turns it on.
-            if recipe.auto_features && several {
-                config.model.features = vec![Block::Conv4, Block::Conv5];
-                chose.push("on the pooled conv4 and conv5 outputs (--features conv5: the last block alone)".into());
-            }
-            // Measured on the JAFFE-format sets (3x3 over 1x1: 7-way +0.22 / +0.30); pairs not measured.
-            if recipe.auto_grid && several {
-                config.model.pool_grid = AUTO_GRID;
-                chose.push(format!("each block also averaged over a {AUTO_GRID} grid of the face (--pool-grid 1x1: global pooling only)"));
-            }
-            // Measured with the probe on the JAFFE-format sets (neutral vs rest 0.927 -> 0.969); fine-tunes and pairs not measured.
-            if probe.clean_views && recipe.probe.clean_views.is_none() && config.train.stages.iter().all(|s| s.from == Block::Head) {
-                config.train.clean_views = true;
-                chose.push(
-                    "trained on each photo's unaugmented view and mirror image beside its augmented views (--clean-views false: the augmented views alone)"
-                        .into(),
-                );
-            }
-            if faces_cropped {
-                chose.push("cropped to each person's face, the single-image head reading the whole frame (--face none: the whole frame for both)".into());
-            }
+            let chose = person_defaults(recipe, &probe, (several, faces_cropped), &mut config);
             if !chose.is_empty() {
                 reporter.message(&format!(
                     "per-subject normalisation is on: {}, the recipe that measured best with person statistics (docs/results/accuracy)",

@@ -303,16 +303,7 @@ pub(crate) fn stat(metric: &str, values: &[f64]) -> Stat {
 /// Runs the folds (all, or `only_fold`), writes each result, then (when
 /// every fold is there) the summary.
 pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>> {
-    if req.seeds.is_empty() {
-        return Err(Error::invalid(Setting::Seeds, "is empty"));
-    }
-    // A seed given twice repeats its folds exactly: counted twice, it would narrow the spread over seeds.
-    if let Some(s) = req.seeds.iter().enumerate().find_map(|(i, s)| req.seeds[..i].contains(s).then_some(s)) {
-        return Err(Error::invalid(Setting::Seeds, format!("gives seed {s} twice (the same seed repeats the same folds and training exactly)")));
-    }
-    if req.probe_epochs == Some(0) {
-        return Err(Error::invalid(Setting::ProbeEpochs, "must be at least 1"));
-    }
+    check_request(req)?;
     let mut data_cfg = req.recipe.data.clone();
     data_cfg.val = ValSpec::None;
     data_cfg.path = recorded_data_path(&req.out, &data_cfg.path);
@@ -361,21 +352,7 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
         ));
     }
     // The folds before the cache pass (minutes at 224 px): a dataset that cannot make them fails at once.
-    let mut jobs = Vec::new();
-    for &seed in &req.seeds {
-        let folds = test_folds(&req.folds, &session, seed)?;
-        if let Some(f) = req.only_fold {
-            if f >= folds.len() {
-                return Err(Error::invalid(Setting::Fold, format!("{f}: there are {} folds (0–{})", folds.len(), folds.len() - 1)));
-            }
-        }
-        jobs.extend(folds.into_iter().enumerate().filter(|(fi, _)| req.only_fold.is_none_or(|f| f == *fi)).map(|(fi, test)| Job {
-            name: fold_name(seed, fi, &test, ds),
-            seed,
-            fold: fi,
-            test,
-        }));
-    }
+    let mut jobs = fold_jobs(req, &session)?;
     if let Some(msg) = folds_missing_a_class(&jobs, &session.prepared.labels) {
         reporter.message(&msg);
     }
@@ -431,20 +408,7 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
         let left = total - done;
         let eta =
             if left > 0 { format!(", about {:.0}s left ({left} fold(s))", folds_left_seconds(fold_seconds, done, left, side_by_side)) } else { String::new() };
-        reporter.message(
-            &(format!(
-                "{}: {} test images, balanced accuracy {:.3}{}, accuracy {:.3}, {:.1}s{eta}",
-                job.name,
-                job.test.len(),
-                r.metrics.balanced_accuracy,
-                [("single-image head", &r.single), ("probe", &r.baseline)]
-                    .iter()
-                    .filter_map(|(what, s)| s.as_ref().map(|s| format!(", {what} {:.3}", s.metrics.balanced_accuracy)))
-                    .collect::<String>(),
-                r.metrics.accuracy,
-                r.seconds
-            ) + &r.threshold.as_ref().map(|t| format!(" (threshold on P({}) {:.3})", cfg.run.classes[0], t.person)).unwrap_or_default()),
-        );
+        reporter.message(&fold_line(job, r, &cfg.run.classes[0], &eta));
         fsutil::write_json(&req.out.join("folds").join(format!("seed{}-fold{}.json", job.seed, job.fold)), r)
     };
     let read = ReadOnly(&session, &shared);
@@ -464,31 +428,88 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
             jobs.iter().try_for_each(|job| finished(job, &fold(job)?))
         }
     };
-    match ran {
-        Err(Error::Interrupted(_)) => {
-            return Err(Error::Interrupted(format!(
-                "the finished folds are kept in {}; the same command with --out {} runs the rest",
-                req.out.join("folds").display(),
-                req.out.display()
-            )))
-        }
-        // A fold result that could not be written (a full disk): the others are kept.
-        Err(Error::File { path, problem }) if path.starts_with(&req.out) && problem.starts_with("cannot ") => {
-            return Err(Error::File {
-                problem: format!(
-                    "{problem}; the finished folds are kept in {}: make room, then the same command with --out {} runs the rest",
-                    req.out.join("folds").display(),
-                    req.out.display()
-                ),
-                path,
-            })
-        }
-        other => other?,
-    }
+    ran.map_err(|e| resumable(e, &req.out))?;
     if req.only_fold.is_some() {
         return Ok(None);
     }
     collect(&req.out, false).map(Some)
+}
+
+/// Refuses what no fold could run with: no seeds, a seed given twice (it
+/// repeats its folds exactly: counted twice, it would narrow the spread
+/// over seeds), a zero-epoch probe.
+fn check_request(req: &Request) -> Result<()> {
+    if req.seeds.is_empty() {
+        return Err(Error::invalid(Setting::Seeds, "is empty"));
+    }
+    if let Some(s) = req.seeds.iter().enumerate().find_map(|(i, s)| req.seeds[..i].contains(s).then_some(s)) {
+        return Err(Error::invalid(Setting::Seeds, format!("gives seed {s} twice (the same seed repeats the same folds and training exactly)")));
+    }
+    if req.probe_epochs == Some(0) {
+        return Err(Error::invalid(Setting::ProbeEpochs, "must be at least 1"));
+    }
+    Ok(())
+}
+
+/// Every (seed, fold) to run, in order (only `--fold i`'s where given).
+fn fold_jobs(req: &Request, session: &Session) -> Result<Vec<Job>> {
+    let ds = &session.prepared.dataset;
+    let mut jobs = Vec::new();
+    for &seed in &req.seeds {
+        let folds = test_folds(&req.folds, session, seed)?;
+        if let Some(f) = req.only_fold {
+            if f >= folds.len() {
+                return Err(Error::invalid(Setting::Fold, format!("{f}: there are {} folds (0–{})", folds.len(), folds.len() - 1)));
+            }
+        }
+        jobs.extend(folds.into_iter().enumerate().filter(|(fi, _)| req.only_fold.is_none_or(|f| f == *fi)).map(|(fi, test)| Job {
+            name: fold_name(seed, fi, &test, ds),
+            seed,
+            fold: fi,
+            test,
+        }));
+    }
+    Ok(jobs)
+}
+
+/// The progress line of a finished fold: its scores (and its side heads'),
+/// its time, and `eta` (the time left, or nothing after the last).
+fn fold_line(job: &Job, r: &FoldResult, first_class: &str, eta: &str) -> String {
+    let side: String = [("single-image head", &r.single), ("probe", &r.baseline)]
+        .iter()
+        .filter_map(|(what, s)| s.as_ref().map(|s| format!(", {what} {:.3}", s.metrics.balanced_accuracy)))
+        .collect();
+    let threshold = r.threshold.as_ref().map(|t| format!(" (threshold on P({first_class}) {:.3})", t.person)).unwrap_or_default();
+    format!(
+        "{}: {} test images, balanced accuracy {:.3}{side}, accuracy {:.3}, {:.1}s{eta}{threshold}",
+        job.name,
+        job.test.len(),
+        r.metrics.balanced_accuracy,
+        r.metrics.accuracy,
+        r.seconds
+    )
+}
+
+/// A cv that stopped part-way (Ctrl-C, or a fold result that could not be
+/// written: a full disk) says that its finished folds are kept in `out`
+/// and how to run the rest.
+fn resumable(e: Error, out: &Path) -> Error {
+    match e {
+        Error::Interrupted(_) => Error::Interrupted(format!(
+            "the finished folds are kept in {}; the same command with --out {} runs the rest",
+            out.join("folds").display(),
+            out.display()
+        )),
+        Error::File { path, problem } if path.starts_with(out) && problem.starts_with("cannot ") => Error::File {
+            problem: format!(
+                "{problem}; the finished folds are kept in {}: make room, then the same command with --out {} runs the rest",
+                out.join("folds").display(),
+                out.display()
+            ),
+            path,
+        },
+        other => other,
+    }
 }
 
 /// The data path a cv reads and records: canonical, so that the same cv
