@@ -315,25 +315,7 @@ fn execute(
             reporter.message(&format!("BatchNorm statistics recalibrated on {} training images", prepared.data.train.len()));
         }
     }
-    if !config.raw_classes.is_empty() {
-        let single = if model.cfg.single_to_task.is_empty() {
-            ""
-        } else {
-            "; the single-image head learns the classes themselves (--single-labels raw: the raw labels)"
-        };
-        reporter.message(&format!(
-            "the head learns the {} raw labels ({}); each class's probability is the sum of its raw labels' (--train-labels task learns the classes directly){single}",
-            config.raw_classes.len(),
-            crate::error::short_list(&config.raw_classes, 8)
-        ));
-    }
-    reporter.message(&format!(
-        "training on {} images, validating on {} ({}); stages {}",
-        prepared.data.train.len(),
-        prepared.data.val.len(),
-        config.classes.join(" vs "),
-        train::describe_stages(&tc.stages)
-    ));
+    say_what_trains(session, &model, reporter);
     let tta = eval::flip_tta(None, model.cfg.subject_norm);
     // A head-only recipe builds its pooled features once, shared with the inner fits that set a threshold, and
     // kept in (or read from) the feature cache, so the next finetune on the same images skips the trunk; a
@@ -360,29 +342,7 @@ fn execute(
     weights::save_atomic(&model.named_tensors(), &dir.join("model.safetensors"))?;
     let mut config = config.clone();
     if tc.inner_fits() {
-        // A resumed run's fit built its own cache.
-        let rebuilt;
-        let inner_shared: &[train::Cache] = if shared.is_empty() && head_only {
-            rebuilt = head_cache(session, &model, tta, &mut train::Pass::new(reporter, stop)).map_err(|e| e.if_interrupted("every epoch is saved"))?;
-            &rebuilt
-        } else {
-            &shared
-        };
-        let what = if tc.threshold == ThresholdChoice::Inner {
-            format!("setting the threshold on P({})", config.classes[0])
-        } else {
-            "calibrating the single-image head's probabilities".to_string()
-        };
-        reporter.message(&format!("{what}: {} inner fits on the training people…", INNER_FOLDS));
-        let fits = threshold::inner_fits(session, tc, &prepared.data, inner_shared, tta, stop)?.unwrap_or_default();
-        if tc.threshold == ThresholdChoice::Inner {
-            config.threshold = fits.threshold;
-        }
-        config.calibration = fits.calibration;
-        // What it set is said once, in the summary (`Summary::decisions`).
-        if config.describe_decisions().is_none() {
-            reporter.message("fewer than 2 training people: the larger probability decides, the single-image head's probabilities as it gives them");
-        }
+        set_decisions(session, (&model, &shared, tta), (reporter, stop), &mut config)?;
         fsutil::write_json(&dir.join("config.json"), &config)?;
     }
     let (val, val_single) = validate(session, &config, &trainer, &model);
@@ -401,6 +361,67 @@ fn execute(
         threshold: config.threshold,
         single_frame: prepared.data.lone.is_some(),
     })
+}
+
+/// Says what the run trains: the raw labels a head learns, the images, the stages.
+fn say_what_trains(session: &Session, model: &Vgg16, reporter: &mut dyn Reporter) {
+    let (config, prepared) = (&session.config, &session.prepared);
+    if !config.raw_classes.is_empty() {
+        let single = if model.cfg.single_to_task.is_empty() {
+            ""
+        } else {
+            "; the single-image head learns the classes themselves (--single-labels raw: the raw labels)"
+        };
+        reporter.message(&format!(
+            "the head learns the {} raw labels ({}); each class's probability is the sum of its raw labels' (--train-labels task learns the classes directly){single}",
+            config.raw_classes.len(),
+            crate::error::short_list(&config.raw_classes, 8)
+        ));
+    }
+    reporter.message(&format!(
+        "training on {} images, validating on {} ({}); stages {}",
+        prepared.data.train.len(),
+        prepared.data.val.len(),
+        config.classes.join(" vs "),
+        train::describe_stages(&config.train.stages)
+    ));
+}
+
+/// Sets the trained `model`'s decision threshold and the single-image
+/// head's calibration in `config` from the inner fits over the training
+/// people, each trained from `shared` (a head-only recipe's pooled
+/// features; rebuilt for a resumed run, whose fit built its own).
+fn set_decisions(
+    session: &Session,
+    (model, shared, tta): (&Vgg16, &[train::Cache], bool),
+    (reporter, stop): (&mut dyn Reporter, Option<&AtomicBool>),
+    config: &mut RunConfig,
+) -> Result<()> {
+    let tc = &session.config.train;
+    let head_only = tc.stages.iter().all(|s| s.from == Block::Head);
+    let rebuilt;
+    let inner_shared: &[train::Cache] = if shared.is_empty() && head_only {
+        rebuilt = head_cache(session, model, tta, &mut train::Pass::new(reporter, stop)).map_err(|e| e.if_interrupted("every epoch is saved"))?;
+        &rebuilt
+    } else {
+        shared
+    };
+    let what = if tc.threshold == ThresholdChoice::Inner {
+        format!("setting the threshold on P({})", config.classes[0])
+    } else {
+        "calibrating the single-image head's probabilities".to_string()
+    };
+    reporter.message(&format!("{what}: {} inner fits on the training people…", INNER_FOLDS));
+    let fits = threshold::inner_fits(session, tc, &session.prepared.data, inner_shared, tta, stop)?.unwrap_or_default();
+    if tc.threshold == ThresholdChoice::Inner {
+        config.threshold = fits.threshold;
+    }
+    config.calibration = fits.calibration;
+    // What it set is said once, in the summary (`Summary::decisions`).
+    if config.describe_decisions().is_none() {
+        reporter.message("fewer than 2 training people: the larger probability decides, the single-image head's probabilities as it gives them");
+    }
+    Ok(())
 }
 
 /// The finished model on the validation images (and, for a subject-normalised

@@ -1104,38 +1104,8 @@ pub fn evaluate(
             return Err(Error::dataset(data, format!("every one of its {overlap} images was a training image of this run (--exclude-train)")));
         }
     }
-    // Each raw label becomes a class by the run's own rule (its label map
-    // read as training read it), then the run's class index.
-    use crate::data::split::mapped_label;
-    let class_of = |label: &str| -> String {
-        let label = mapped_label(names, label).unwrap_or(label);
-        if !cfg.data.label_map.is_empty() {
-            mapped_label(&cfg.data.label_map, label).unwrap_or(label).to_string()
-        } else if cfg.data.task == crate::data::split::Task::Binary {
-            let neutral = label.eq_ignore_ascii_case("neutral") || label.eq_ignore_ascii_case("ne");
-            crate::data::split::BINARY_CLASSES[if neutral { 0 } else { 1 }].to_string()
-        } else {
-            label.to_string()
-        }
-    };
-    // A class the model never learnt (CK+'s contempt for a JAFFE model), before any image is decoded.
-    if let Some(first) = ds.samples.iter().find(|s| !cfg.classes.contains(&class_of(&s.label))) {
-        let name = class_of(&first.label);
-        let n = ds.samples.iter().filter(|s| class_of(&s.label) == name).count();
-        // Another spelling of an expression the run knows (`happiness` for `happy`): that one suggested.
-        let spelt = crate::data::split::expression_name(&first.label).filter(|e| cfg.classes.contains(&class_of(e)) && *e != first.label);
-        let map = match spelt {
-            Some(e) => format!("`--label-map {}={e}` reads that label as the run's `{e}`", first.label),
-            None => format!("`--label-map {}=CLASS` reads that label as one of them", first.label),
-        };
-        return Err(Error::file(
-            &first.path,
-            format!(
-                "class `{name}` ({n} image(s) of the data, this the first) is not one the model was trained on ({}): {map}, or leave those images out, e.g. with a manifest.csv that lists the others",
-                cfg.classes.join(", "),
-            ),
-        ));
-    }
+    let class_of = |label: &str| run_class(cfg, names, label);
+    refuse_unknown_classes(cfg, &ds, &class_of)?;
     let loaded = crate::data::load_images(&ds.samples, &cfg.data.preprocess, skip_bad)?;
     ds.samples = loaded.kept.iter().map(|&i| ds.samples[i].clone()).collect();
     let mut y = Vec::with_capacity(ds.samples.len());
@@ -1158,30 +1128,7 @@ pub fn evaluate(
             let _ = gray.index_copy_(0, &at, &lone.index_select(0, &at));
         }
     }
-    // Normalised (three channels) a chunk at a time, as the network reads them.
-    let on_device = gray.to_device(device);
-    let n = on_device.size()[0];
-    let chunks = |f: &dyn Fn(&Tensor) -> Tensor| -> Tensor {
-        let chunk = |s: i64| cfg.data.preprocess.normalise(&on_device.narrow(0, s, (n - s).min(32)));
-        Tensor::cat(&model.frozen(|| (0..n).step_by(32).map(|s| f(&chunk(s))).collect::<Vec<_>>()), 0)
-    };
-    let f = chunks(&|x| model.pooled_from(x, Block::Conv1, false));
-    let (probs, modes, distance) = if model.cfg.subject_norm {
-        // Each person of the dataset is normalised by their own images (transductive).
-        let g = tta_flip.then(|| chunks(&|x| model.pooled_from(&x.flip([3]), Block::Conv1, false)));
-        let (p, modes, distance) = person_or_single(model, &f, g.as_ref(), &subjects);
-        let mut rows = crate::run::rows(&crate::eval::sum_to_task(&p, &cfg.raw_to_task, cfg.classes.len()));
-        for (row, &mode) in rows.iter_mut().zip(&modes) {
-            cfg.calibrate(Some(mode), std::slice::from_mut(row));
-        }
-        (rows, modes.into_iter().map(Some).collect(), distance)
-    } else {
-        let mut p = model.frozen(|| model.classify(&f, false)).softmax(1, tch::Kind::Double);
-        if tta_flip {
-            p = (p + chunks(&|x| model.forward_t(&x.flip([3]), false)).softmax(1, tch::Kind::Double)) / 2.0;
-        }
-        (crate::run::rows(&crate::eval::sum_to_task(&p, &cfg.raw_to_task, cfg.classes.len())), vec![None; y.len()], model.feature_distance(&f, false))
-    };
+    let Scores { features: f, probs, modes, distance } = score_all(cfg, model, &gray, &subjects, (tta_flip, device));
     let distance = per_row(distance);
     // At the run's threshold (each image's mode's), and at the larger probability beside it.
     let metrics = crate::eval::metrics_at(&y, &probs, &cfg.classes, |i| cfg.threshold_for(modes[i]));
@@ -1222,6 +1169,85 @@ pub fn evaluate(
         warnings,
         distances,
     })
+}
+
+/// A raw label of evaluated data as the run's class: `names` (the data's
+/// own labels read as the run's) first, then the run's own rule (its label
+/// map as training read it, or neutral vs the rest).
+fn run_class(cfg: &RunConfig, names: &[(String, String)], label: &str) -> String {
+    use crate::data::split::mapped_label;
+    let label = mapped_label(names, label).unwrap_or(label);
+    if !cfg.data.label_map.is_empty() {
+        mapped_label(&cfg.data.label_map, label).unwrap_or(label).to_string()
+    } else if cfg.data.task == crate::data::split::Task::Binary {
+        let neutral = label.eq_ignore_ascii_case("neutral") || label.eq_ignore_ascii_case("ne");
+        crate::data::split::BINARY_CLASSES[if neutral { 0 } else { 1 }].to_string()
+    } else {
+        label.to_string()
+    }
+}
+
+/// Refuses data with a class the model never learnt (CK+'s contempt for a
+/// JAFFE model), before any image is decoded: the first such image, how
+/// many there are, and the `--label-map` that would read it.
+fn refuse_unknown_classes(cfg: &RunConfig, ds: &crate::data::scan::Dataset, class_of: &dyn Fn(&str) -> String) -> crate::error::Result<()> {
+    let Some(first) = ds.samples.iter().find(|s| !cfg.classes.contains(&class_of(&s.label))) else { return Ok(()) };
+    let name = class_of(&first.label);
+    let n = ds.samples.iter().filter(|s| class_of(&s.label) == name).count();
+    // Another spelling of an expression the run knows (`happiness` for `happy`): that one suggested.
+    let spelt = crate::data::split::expression_name(&first.label).filter(|e| cfg.classes.contains(&class_of(e)) && *e != first.label);
+    let map = match spelt {
+        Some(e) => format!("`--label-map {}={e}` reads that label as the run's `{e}`", first.label),
+        None => format!("`--label-map {}=CLASS` reads that label as one of them", first.label),
+    };
+    Err(Error::file(
+        &first.path,
+        format!(
+            "class `{name}` ({n} image(s) of the data, this the first) is not one the model was trained on ({}): {map}, or leave those images out, e.g. with a manifest.csv that lists the others",
+            cfg.classes.join(", "),
+        ),
+    ))
+}
+
+/// What `score_all` gives: each image's pooled features, task
+/// probabilities (calibrated), mode and distance from the training photos.
+struct Scores {
+    features: Tensor,
+    probs: Vec<Vec<f64>>,
+    modes: Vec<Option<Mode>>,
+    /// None where the model has no training statistics to measure against.
+    distance: Option<Tensor>,
+}
+
+/// Scores every image of `gray` (normalised a chunk of 32 at a time, as
+/// the network reads them): with person statistics each person of
+/// `subjects` normalised by their own images (transductive) or answered by
+/// the single-image head.
+fn score_all(cfg: &RunConfig, model: &Vgg16, gray: &Tensor, subjects: &[Option<String>], (tta_flip, device): (bool, Device)) -> Scores {
+    let on_device = gray.to_device(device);
+    let n = on_device.size()[0];
+    let chunks = |f: &dyn Fn(&Tensor) -> Tensor| -> Tensor {
+        let chunk = |s: i64| cfg.data.preprocess.normalise(&on_device.narrow(0, s, (n - s).min(32)));
+        Tensor::cat(&model.frozen(|| (0..n).step_by(32).map(|s| f(&chunk(s))).collect::<Vec<_>>()), 0)
+    };
+    let features = chunks(&|x| model.pooled_from(x, Block::Conv1, false));
+    let task = |p: &Tensor| crate::run::rows(&crate::eval::sum_to_task(p, &cfg.raw_to_task, cfg.classes.len()));
+    if model.cfg.subject_norm {
+        let g = tta_flip.then(|| chunks(&|x| model.pooled_from(&x.flip([3]), Block::Conv1, false)));
+        let (p, modes, distance) = person_or_single(model, &features, g.as_ref(), subjects);
+        let mut probs = task(&p);
+        for (row, &mode) in probs.iter_mut().zip(&modes) {
+            cfg.calibrate(Some(mode), std::slice::from_mut(row));
+        }
+        Scores { features, probs, modes: modes.into_iter().map(Some).collect(), distance }
+    } else {
+        let mut p = model.frozen(|| model.classify(&features, false)).softmax(1, tch::Kind::Double);
+        if tta_flip {
+            p = (p + chunks(&|x| model.forward_t(&x.flip([3]), false)).softmax(1, tch::Kind::Double)) / 2.0;
+        }
+        let distance = model.feature_distance(&features, false);
+        Scores { probs: task(&p), modes: vec![None; n as usize], distance, features }
+    }
 }
 
 #[cfg(test)]
