@@ -587,20 +587,7 @@ pub fn explain(cfg: &RunConfig, model: &Vgg16, req: &ExplainRequest, device: Dev
         save_png(&file, &tile)?;
         written.insert(file.clone());
         if req.arrays {
-            let t = |v: &[f32]| Tensor::from_slice(v).view([s as i64, s as i64]);
-            let probs = Tensor::from_slice(&cam.probs);
-            let named = [
-                ("input".to_string(), t(&cam.input)),
-                ("heat".to_string(), t(&cam.heat)),
-                ("probs".to_string(), probs),
-                ("class".to_string(), Tensor::from_slice(&[cam.class as f64])),
-            ];
-            // A raw label explained: its index among the run's raw labels, and its probability.
-            let raw = cam.raw.map(|(r, p)| [("raw_class".to_string(), Tensor::from_slice(&[r as f64])), ("raw_prob".to_string(), Tensor::from_slice(&[p]))]);
-            let named: Vec<(String, Tensor)> = named.into_iter().chain(raw.into_iter().flatten()).collect();
-            let arrays = file.with_extension("safetensors");
-            crate::model::weights::save_atomic(&named, &arrays)?;
-            written.insert(arrays);
+            written.insert(save_arrays(&file, &cam, s)?);
         }
         if let Some((n, input, heat)) = sums.get_mut(if cam.raw.is_some() { 0 } else { cam.class }) {
             *n += 1;
@@ -622,19 +609,8 @@ pub fn explain(cfg: &RunConfig, model: &Vgg16, req: &ExplainRequest, device: Dev
         image::open(f).map(|i| i.to_rgb8()).map_err(|e| Error::file(f, format!("cannot read the heatmap back for sheet.png: {e}")))
     })?;
     written.extend(sheets.iter().cloned());
-    for ((count, input, heat), name) in sums.iter().zip(&mean_names) {
-        if *count == 0 {
-            continue;
-        }
-        let n = *count as f32;
-        let input: Vec<f32> = input.iter().map(|v| v / n).collect();
-        let heat: Vec<f32> = heat.iter().map(|v| v / n).collect();
-        let max = heat.iter().copied().fold(0.0f32, f32::max);
-        let heat: Vec<f32> = heat.iter().map(|h| if max > 0.0 { h / max } else { 0.0 }).collect();
-        let lines = vec![format!("mean Grad-CAM: {name}"), format!("{count} image(s), {}", req.layer.name())];
-        let file = req.out.join(format!("mean_{}.png", safe_name(name)));
-        save_png(&file, &captioned(&overlay(&input, &heat, s), &lines)?)?;
-        written.insert(file);
+    for (sum, name) in sums.iter().zip(&mean_names) {
+        written.extend(save_mean(req.out, (name, req.layer), sum, s)?);
     }
     // A second explain into the same folder (other images, fewer, or none
     // readable) would leave the first one's heatmaps, sheet and means beside
@@ -644,6 +620,43 @@ pub fn explain(cfg: &RunConfig, model: &Vgg16, req: &ExplainRequest, device: Dev
         let _ = std::fs::remove_file(old);
     }
     Ok((out, sheets))
+}
+
+/// `--arrays`: the heatmap `file`'s twin `.safetensors` with the network's
+/// input, the heat, the probabilities and the class explained (and a raw
+/// label's index and probability); returns its path.
+fn save_arrays(file: &Path, cam: &Cam, s: u32) -> Result<PathBuf> {
+    let t = |v: &[f32]| Tensor::from_slice(v).view([s as i64, s as i64]);
+    let named = [
+        ("input".to_string(), t(&cam.input)),
+        ("heat".to_string(), t(&cam.heat)),
+        ("probs".to_string(), Tensor::from_slice(&cam.probs)),
+        ("class".to_string(), Tensor::from_slice(&[cam.class as f64])),
+    ];
+    // A raw label explained: its index among the run's raw labels, and its probability.
+    let raw = cam.raw.map(|(r, p)| [("raw_class".to_string(), Tensor::from_slice(&[r as f64])), ("raw_prob".to_string(), Tensor::from_slice(&[p]))]);
+    let named: Vec<(String, Tensor)> = named.into_iter().chain(raw.into_iter().flatten()).collect();
+    let arrays = file.with_extension("safetensors");
+    crate::model::weights::save_atomic(&named, &arrays)?;
+    Ok(arrays)
+}
+
+/// `--mean`: one class's (or raw label's) `mean_<name>.png` in `out`, the
+/// average input under the average heat (scaled to its maximum), from
+/// `sum` (count, summed inputs, summed heats); none where it has no image.
+fn save_mean(out: &Path, (name, layer): (&str, Block), (count, input, heat): &(usize, Vec<f32>, Vec<f32>), s: u32) -> Result<Option<PathBuf>> {
+    if *count == 0 {
+        return Ok(None);
+    }
+    let n = *count as f32;
+    let input: Vec<f32> = input.iter().map(|v| v / n).collect();
+    let heat: Vec<f32> = heat.iter().map(|v| v / n).collect();
+    let max = heat.iter().copied().fold(0.0f32, f32::max);
+    let heat: Vec<f32> = heat.iter().map(|h| if max > 0.0 { h / max } else { 0.0 }).collect();
+    let lines = vec![format!("mean Grad-CAM: {name}"), format!("{count} image(s), {}", layer.name())];
+    let file = out.join(format!("mean_{}.png", safe_name(name)));
+    save_png(&file, &captioned(&overlay(&input, &heat, s), &lines)?)?;
+    Ok(Some(file))
 }
 
 /// The files a call writes by name: each input's heatmap
