@@ -306,26 +306,8 @@ fn predict_cmd(mut a: PredictArgs) -> anyhow::Result<bool> {
             );
         }
     }
-    if model.cfg.subject_norm && matches!(subjects, predict::SubjectFrom::Parent) {
-        let named = predict::folders_named_as_labels(&cfg, &paths);
-        if !named.is_empty() {
-            errln!(
-                "warning: --subject-from parent takes each photo's folder for its person, and {} ({}): if such a folder holds one expression of many people, that \"person's\" statistics remove the expression and the answers fall to chance; give a folder per person, a manifest with a subject column, or --subject-from none",
-                if named.len() == 1 { "one folder is named as an expression" } else { "folders are named as expressions" },
-                vggft::error::short_list(&named, 5)
-            );
-        }
-    }
-    // A grouping given by hand that puts several people, by their JAFFE names, into one.
-    if model.cfg.subject_norm && matches!(subjects, predict::SubjectFrom::Parent | predict::SubjectFrom::All(_)) {
-        if let Some((group, people)) = predict::groups_of_several_named_people(&subjects, &paths).first() {
-            let by = if a.subject.is_some() { "--subject" } else { "--subject-from parent" };
-            errln!(
-                "warning: {by} makes one person of photos whose file names give them to {} people ({group}: {}): one person's statistics then mix several faces and the answers suffer; without {by} the names group the photos by person",
-                people.len(),
-                vggft::error::short_list(people, 4)
-            );
-        }
+    if model.cfg.subject_norm {
+        grouping_warnings(&cfg, &subjects, &paths, a.subject.is_some());
     }
     let tta_flip = vggft::eval::flip_tta(a.tta.choice(), model.cfg.subject_norm);
     // What holds for every answer, said before the answers (they are printed as they come).
@@ -340,31 +322,64 @@ fn predict_cmd(mut a: PredictArgs) -> anyhow::Result<bool> {
     }
     let mut out = output::Predictions::new(&a, &cfg, &held, (model.cfg.subject_norm, model.measures_distance()));
     let preds = predict::predict_each(&cfg, &model, &paths, &subjects, (tta_flip, a.batch_size as usize), device, &mut reporter(false), &mut |p| out.line(p));
-    // Several photos, none with a person by its name: say how to give them one.
-    let answered: Vec<_> = preds.iter().filter(|p| p.probs.is_ok() && p.mode.is_some()).collect();
-    if matches!(subjects, predict::SubjectFrom::Names | predict::SubjectFrom::Pattern(_))
-        && answered.len() > 1
-        && answered.iter().all(|p| subjects.subject(&p.path).is_none())
-    {
-        // Photos in folders named as expressions (one person's class folders): their folders are no people.
-        let by_class = predict::folders_named_as_labels(&cfg, &paths);
-        let parent = if by_class.is_empty() {
-            "--subject-from parent (a folder per person)".to_string()
-        } else {
-            format!("--subject-from parent (a folder per person; not here, where the folders are expressions: {})", by_class.join(", "))
-        };
-        let named = match &subjects {
-            predict::SubjectFrom::Pattern(p) => format!("by --subject-pattern `{}` or as JAFFE's do (KA.HA1.29.tiff)", p.as_str()),
-            _ => "as JAFFE's do (KA.HA1.29.tiff)".to_string(),
-        };
-        errln!(
-            "note: no file name here names its person {named}, so each photo was answered alone by the single-image head; --subject ID (all one person), {parent}, --subject-pattern REGEX (the person in each file name) or a manifest.csv with a subject column given as the input lets a person's photos set that person's normalisation"
-        );
-    }
+    unnamed_people_note(&cfg, &subjects, &paths, &preds);
     if a.timings {
         errln!("timings: model load {loaded:.3} s, decode + forward {:.3} s", t0.elapsed().as_secs_f64() - loaded);
     }
     out.finish(&preds)
+}
+
+/// Warns of a grouping by hand that person statistics would suffer from:
+/// `--subject-from parent` over folders named as expressions (one
+/// expression of many people each), or `--subject` / folders that put
+/// several people, by their file names, into one.
+fn grouping_warnings(cfg: &vggft::config::RunConfig, subjects: &predict::SubjectFrom, paths: &[std::path::PathBuf], subject_given: bool) {
+    if matches!(subjects, predict::SubjectFrom::Parent) {
+        let named = predict::folders_named_as_labels(cfg, paths);
+        if !named.is_empty() {
+            errln!(
+                "warning: --subject-from parent takes each photo's folder for its person, and {} ({}): if such a folder holds one expression of many people, that \"person's\" statistics remove the expression and the answers fall to chance; give a folder per person, a manifest with a subject column, or --subject-from none",
+                if named.len() == 1 { "one folder is named as an expression" } else { "folders are named as expressions" },
+                vggft::error::short_list(&named, 5)
+            );
+        }
+    }
+    if matches!(subjects, predict::SubjectFrom::Parent | predict::SubjectFrom::All(_)) {
+        if let Some((group, people)) = predict::groups_of_several_named_people(subjects, paths).first() {
+            let by = if subject_given { "--subject" } else { "--subject-from parent" };
+            errln!(
+                "warning: {by} makes one person of photos whose file names give them to {} people ({group}: {}): one person's statistics then mix several faces and the answers suffer; without {by} the names group the photos by person",
+                people.len(),
+                vggft::error::short_list(people, 4)
+            );
+        }
+    }
+}
+
+/// Several photos answered, none with a person by its name: says how to
+/// give them one (so that a person's photos set that person's normalisation).
+fn unnamed_people_note(cfg: &vggft::config::RunConfig, subjects: &predict::SubjectFrom, paths: &[std::path::PathBuf], preds: &[predict::Prediction]) {
+    let answered: Vec<_> = preds.iter().filter(|p| p.probs.is_ok() && p.mode.is_some()).collect();
+    if !(matches!(subjects, predict::SubjectFrom::Names | predict::SubjectFrom::Pattern(_))
+        && answered.len() > 1
+        && answered.iter().all(|p| subjects.subject(&p.path).is_none()))
+    {
+        return;
+    }
+    // Photos in folders named as expressions (one person's class folders): their folders are no people.
+    let by_class = predict::folders_named_as_labels(cfg, paths);
+    let parent = if by_class.is_empty() {
+        "--subject-from parent (a folder per person)".to_string()
+    } else {
+        format!("--subject-from parent (a folder per person; not here, where the folders are expressions: {})", by_class.join(", "))
+    };
+    let named = match subjects {
+        predict::SubjectFrom::Pattern(p) => format!("by --subject-pattern `{}` or as JAFFE's do (KA.HA1.29.tiff)", p.as_str()),
+        _ => "as JAFFE's do (KA.HA1.29.tiff)".to_string(),
+    };
+    errln!(
+        "note: no file name here names its person {named}, so each photo was answered alone by the single-image head; --subject ID (all one person), {parent}, --subject-pattern REGEX (the person in each file name) or a manifest.csv with a subject column given as the input lets a person's photos set that person's normalisation"
+    );
 }
 
 fn lr_find(a: LrFindArgs) -> anyhow::Result<()> {
