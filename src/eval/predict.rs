@@ -642,6 +642,12 @@ pub(crate) fn repeats(paths: &[PathBuf], keys: &[Option<String>]) -> Vec<usize> 
 /// A photo waiting for the rest of its person: its pooled features (and their mirror image's), one row each.
 type Waiting = (Tensor, Option<Tensor>);
 
+/// An input as `predict` prepared it: its pixels (the network's gray input) and face box, or why not.
+type Prepared = crate::error::Result<(Vec<f32>, Option<crate::data::face::FaceBox>)>;
+
+/// An answer's task-class probabilities and (a head trained on raw labels) raw-label probabilities.
+type TaskRaw = (Vec<f64>, Vec<f64>);
+
 /// `predict` of inputs none of which repeats another; `keys`: each one's
 /// person. Each answer goes to `emit`, in input order, once it is known.
 fn predict_distinct(
@@ -653,7 +659,6 @@ fn predict_distinct(
     reporter: &mut dyn crate::train::Reporter,
     emit: &mut dyn FnMut(Prediction),
 ) {
-    let s = cfg.data.preprocess.image_size as i64;
     let mut finder = None;
     // Each input's answer until it is handed on; `None` once handed on (or not yet made).
     let mut out: Vec<Option<Prediction>> = Vec::with_capacity(paths.len());
@@ -705,8 +710,7 @@ fn predict_distinct(
                 }
             }
         }
-        type One = crate::error::Result<(Vec<f32>, Option<crate::data::face::FaceBox>)>;
-        let prepared: Vec<(PathBuf, One)> = chunk
+        let prepared: Vec<(PathBuf, Prepared)> = chunk
             .iter()
             .enumerate()
             .map(|(j, p)| {
@@ -714,50 +718,8 @@ fn predict_distinct(
                 (p.clone(), r)
             })
             .collect();
-        let decoded: Vec<usize> = (0..chunk.len()).filter(|&j| prepared[j].1.is_ok()).collect();
-        let mut probs = Vec::new().into_iter();
-        let mut distances = Vec::new().into_iter();
-        if !decoded.is_empty() {
-            let flat: Vec<f32> = prepared.iter().filter_map(|(_, r)| r.as_ref().ok()).flat_map(|(px, _)| px.iter().copied()).collect();
-            let gray = Tensor::from_slice(&flat).view([decoded.len() as i64, 1, s, s]).to_device(device);
-            let x = cfg.data.preprocess.normalise(&gray);
-            if model.cfg.subject_norm {
-                let (f, flipped) =
-                    model.frozen(|| (model.pooled_from(&x, Block::Conv1, false), tta_flip.then(|| model.pooled_from(&x.flip([3]), Block::Conv1, false))));
-                // Each decoded input of the chunk: answered alone now, or kept for its person.
-                let mut now = Vec::new();
-                for (r, &j) in decoded.iter().enumerate() {
-                    if alone_from_start[base + j] {
-                        now.push(r as i64);
-                    } else {
-                        let row = |t: &Tensor| t.narrow(0, r as i64, 1);
-                        waiting.insert(base + j, (row(&f), flipped.as_ref().map(row)));
-                    }
-                }
-                if !now.is_empty() {
-                    let at = Tensor::from_slice(&now).to_device(f.device());
-                    let (p, _, d) = person_or_single::<String>(
-                        model,
-                        &f.index_select(0, &at),
-                        flipped.as_ref().map(|g| g.index_select(0, &at)).as_ref(),
-                        &vec![None; now.len()],
-                    );
-                    probs = split_raw(cfg, &p).into_iter();
-                    distances = per_row(d).into_iter();
-                }
-            } else {
-                let (p, d) = model.frozen(|| {
-                    let f = model.pooled_from(&x, Block::Conv1, false);
-                    let mut p = model.classify(&f, false).softmax(1, tch::Kind::Double);
-                    if tta_flip {
-                        p = (p + model.forward_t(&x.flip([3]), false).softmax(1, tch::Kind::Double)) / 2.0;
-                    }
-                    (p, model.feature_distance(&f, false))
-                });
-                probs = split_raw(cfg, &p).into_iter();
-                distances = per_row(d).into_iter();
-            }
-        }
+        let (probs, distances) = chunk_forward(cfg, model, &prepared, (base, &alone_from_start), (tta_flip, device), &mut waiting);
+        let (mut probs, mut distances) = (probs.into_iter(), distances.into_iter());
         for (j, (path, r)) in prepared.into_iter().enumerate() {
             let p = match r {
                 // Subject-normalised and waiting for the rest of its person: answered in `answer_people`.
@@ -795,6 +757,59 @@ fn predict_distinct(
             handed += 1;
         }
     }
+}
+
+/// One chunk of `predict`'s inputs through the network (those of
+/// `prepared` that decoded; input `base + j` is the chunk's `j`): the
+/// answers, in order, of those answered alone from the start (every input
+/// of a model without person statistics), task and raw probabilities, and
+/// their distances from the training photos; the others' pooled features
+/// (and their mirror images') go into `waiting` for the rest of their person.
+fn chunk_forward(
+    cfg: &RunConfig,
+    model: &Vgg16,
+    prepared: &[(PathBuf, Prepared)],
+    (base, alone_from_start): (usize, &[bool]),
+    (tta_flip, device): (bool, Device),
+    waiting: &mut std::collections::BTreeMap<usize, Waiting>,
+) -> (Vec<TaskRaw>, Vec<f64>) {
+    let decoded: Vec<usize> = (0..prepared.len()).filter(|&j| prepared[j].1.is_ok()).collect();
+    if decoded.is_empty() {
+        return (vec![], vec![]);
+    }
+    let s = cfg.data.preprocess.image_size as i64;
+    let flat: Vec<f32> = prepared.iter().filter_map(|(_, r)| r.as_ref().ok()).flat_map(|(px, _)| px.iter().copied()).collect();
+    let gray = Tensor::from_slice(&flat).view([decoded.len() as i64, 1, s, s]).to_device(device);
+    let x = cfg.data.preprocess.normalise(&gray);
+    if !model.cfg.subject_norm {
+        let (p, d) = model.frozen(|| {
+            let f = model.pooled_from(&x, Block::Conv1, false);
+            let mut p = model.classify(&f, false).softmax(1, tch::Kind::Double);
+            if tta_flip {
+                p = (p + model.forward_t(&x.flip([3]), false).softmax(1, tch::Kind::Double)) / 2.0;
+            }
+            (p, model.feature_distance(&f, false))
+        });
+        return (split_raw(cfg, &p), per_row(d));
+    }
+    let (f, flipped) = model.frozen(|| (model.pooled_from(&x, Block::Conv1, false), tta_flip.then(|| model.pooled_from(&x.flip([3]), Block::Conv1, false))));
+    // Each decoded input of the chunk: answered alone now, or kept for its person.
+    let mut now = Vec::new();
+    for (r, &j) in decoded.iter().enumerate() {
+        if alone_from_start[base + j] {
+            now.push(r as i64);
+        } else {
+            let row = |t: &Tensor| t.narrow(0, r as i64, 1);
+            waiting.insert(base + j, (row(&f), flipped.as_ref().map(row)));
+        }
+    }
+    if now.is_empty() {
+        return (vec![], vec![]);
+    }
+    let at = Tensor::from_slice(&now).to_device(f.device());
+    let (p, _, d) =
+        person_or_single::<String>(model, &f.index_select(0, &at), flipped.as_ref().map(|g| g.index_select(0, &at)).as_ref(), &vec![None; now.len()]);
+    (split_raw(cfg, &p), per_row(d))
 }
 
 /// Answers the decoded inputs `rows` (index, features) that waited for
@@ -839,7 +854,7 @@ fn answer_people(
 }
 
 /// Head probabilities → per row (task-class probabilities, raw-label probabilities or empty).
-fn split_raw(cfg: &RunConfig, head: &Tensor) -> Vec<(Vec<f64>, Vec<f64>)> {
+fn split_raw(cfg: &RunConfig, head: &Tensor) -> Vec<TaskRaw> {
     let task = crate::run::rows(&crate::eval::sum_to_task(head, &cfg.raw_to_task, cfg.classes.len()));
     let raw = if cfg.raw_to_task.is_empty() { vec![vec![]; task.len()] } else { crate::run::rows(head) };
     task.into_iter().zip(raw).collect()
