@@ -610,34 +610,8 @@ impl Trainer<'_> {
         for bi in 0..orders[0].len() {
             ctx.lr = self.cfg.lr * self.cfg.schedule.factor(ctx.state.stage_epoch * steps_per_epoch + bi, total_steps, warmup);
             each(hooks, |h| h.before_batch(ctx))?;
-            let (mut loss, mut batch_loss, mut batch_correct) = (None::<Tensor>, 0.0, 0i64);
-            let mut fused = Vec::new();
-            for (m, rng) in rngs.iter_mut().enumerate() {
-                let rows: Vec<usize> = orders[m][bi].iter().map(|&o| self.data.train[o]).collect();
-                let (logits, global) = self.batch_logits(ctx.model, source, &rows, rng, norm.as_ref(), m, &mut fused);
-                let y = Tensor::from_slice(&rows.iter().map(|&r| self.data.targets[r]).collect::<Vec<_>>()).to_device(self.device);
-                let ce = |l: &Tensor| l.cross_entropy_loss(&y, Some(cw), Reduction::Mean, -100, self.cfg.label_smoothing);
-                let l = ce(&logits);
-                batch_loss += f64::try_from(&l).unwrap_or(f64::NAN) / members as f64;
-                batch_correct += i64::try_from(logits.argmax(1, false).eq_tensor(&y).sum(Kind::Int64)).unwrap_or(0);
-                // The members' parameters are disjoint: one backward through the sum trains each on its own batch.
-                let l = match &global {
-                    Some(g) => l + ce(g),
-                    None => l,
-                };
-                loss = Some(match loss {
-                    Some(t) => t + l,
-                    None => l,
-                });
-            }
-            if let (Some(opt), Some(loss)) = (ctx.opt.as_mut(), loss) {
-                opt.zero_grad();
-                loss.backward();
-                for (h, leaf, step) in &fused {
-                    ctx.model.fused_backward(*h, step, &leaf.grad());
-                }
-                opt.step(ctx.lr);
-            }
+            let batches: Vec<&[usize]> = orders.iter().map(|o| o[bi].as_slice()).collect();
+            let (batch_loss, batch_correct) = self.step(ctx, source, (&batches, &mut rngs), norm.as_ref(), cw);
             let n = orders[0][bi].len();
             loss_sum += batch_loss * n as f64;
             correct += batch_correct;
@@ -671,6 +645,50 @@ impl Trainer<'_> {
         ctx.state.history.push(row.clone());
         ctx.state.stage_epoch += 1;
         each(hooks, |h| h.after_epoch(ctx, &row))
+    }
+
+    /// One optimizer step: each ensemble member's batch (`batches[m]`, its
+    /// draws from `rngs[m]`) through its head, one backward through the
+    /// summed losses (the members' parameters are disjoint, so each trains
+    /// on its own batch), the fused heads' gradients handed back. Returns
+    /// the members' mean loss and their correct answers.
+    fn step(
+        &self,
+        ctx: &mut Ctx,
+        source: &source::Source,
+        (batches, rngs): (&[&[usize]], &mut [ChaCha8Rng]),
+        norm: Option<&SubjectNorm>,
+        cw: &Tensor,
+    ) -> (f64, i64) {
+        let members = rngs.len();
+        let (mut loss, mut batch_loss, mut batch_correct) = (None::<Tensor>, 0.0, 0i64);
+        let mut fused = Vec::new();
+        for (m, rng) in rngs.iter_mut().enumerate() {
+            let rows: Vec<usize> = batches[m].iter().map(|&o| self.data.train[o]).collect();
+            let (logits, global) = self.batch_logits(ctx.model, source, &rows, rng, norm, m, &mut fused);
+            let y = Tensor::from_slice(&rows.iter().map(|&r| self.data.targets[r]).collect::<Vec<_>>()).to_device(self.device);
+            let ce = |l: &Tensor| l.cross_entropy_loss(&y, Some(cw), Reduction::Mean, -100, self.cfg.label_smoothing);
+            let l = ce(&logits);
+            batch_loss += f64::try_from(&l).unwrap_or(f64::NAN) / members as f64;
+            batch_correct += i64::try_from(logits.argmax(1, false).eq_tensor(&y).sum(Kind::Int64)).unwrap_or(0);
+            let l = match &global {
+                Some(g) => l + ce(g),
+                None => l,
+            };
+            loss = Some(match loss {
+                Some(t) => t + l,
+                None => l,
+            });
+        }
+        if let (Some(opt), Some(loss)) = (ctx.opt.as_mut(), loss) {
+            opt.zero_grad();
+            loss.backward();
+            for (h, leaf, step) in &fused {
+                ctx.model.fused_backward(*h, step, &leaf.grad());
+            }
+            opt.step(ctx.lr);
+        }
+        (batch_loss, batch_correct)
     }
 }
 
