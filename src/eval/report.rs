@@ -202,6 +202,63 @@ fn unfinished(dir: &Path) -> Option<String> {
 
 /// The Markdown table for `dirs` (run folders, cv folders, folders of runs).
 pub fn report(dirs: &[PathBuf]) -> Result<String> {
+    let Gathered { paths, named, left_out, not_read } = gather(dirs)?;
+    // The same folder twice (`runs/latest` beside the run it names, or a run
+    // given and found again in its folder) is one column.
+    let mut seen = std::collections::HashSet::new();
+    let paths: Vec<PathBuf> = paths.into_iter().filter(|d| seen.insert(std::fs::canonicalize(d).unwrap_or_else(|_| d.clone()))).collect();
+    let mut entries = Vec::new();
+    let mut unreadable = Vec::new();
+    let mut kept = Vec::new();
+    for d in paths {
+        match entry(&d) {
+            Ok(e) => {
+                entries.push(e);
+                kept.push(d);
+            }
+            Err(e) if !named.contains(&d) => unreadable.push(e),
+            Err(e) => return Err(e),
+        }
+    }
+    if entries.is_empty() && !unreadable.is_empty() {
+        return Err(unreadable.swap_remove(0));
+    }
+    // Two folders of one name (`a/r1`, `b/r1`): each column named by its path instead.
+    let column: Vec<String> = entries.iter().map(|e| e.name.clone()).collect();
+    for (e, d) in entries.iter_mut().zip(&kept) {
+        if column.iter().filter(|n| **n == e.name).count() > 1 {
+            e.name = e.name.replacen(&d.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), &d.display().to_string(), 1);
+        }
+    }
+    let mut out = table(&entries);
+    if !left_out.is_empty() {
+        out.push_str(&format!("\n(left out, not finished: {})\n", names(&left_out)));
+    }
+    if !unreadable.is_empty() {
+        out.push_str(&format!("\n(left out, unreadable: {})\n", unreadable.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")));
+    }
+    for n in not_read {
+        out.push_str(&format!("\n(not read, a folder of runs inside a folder given: {n})\n"));
+    }
+    Ok(out)
+}
+
+/// What the folders given to `report` hold.
+struct Gathered {
+    /// Finished runs and cvs, in order (the same one possibly twice).
+    paths: Vec<PathBuf>,
+    /// The folders given that are runs or cvs themselves: unreadable, they are an error.
+    named: std::collections::HashSet<PathBuf>,
+    /// Runs and cvs not finished.
+    left_out: Vec<PathBuf>,
+    /// Folders of runs one level down, each as a hint of the command that reads them.
+    not_read: Vec<String>,
+}
+
+/// Expands each folder given (a run, a cv, a folder of them; a run's or
+/// cv's own file stands for its folder); a folder with no finished run or
+/// cv in it is an error that says what it is.
+fn gather(dirs: &[PathBuf]) -> Result<Gathered> {
     let mut paths = Vec::new();
     // The folders named themselves: an unreadable one of these is an error, one found inside a folder is left out.
     let mut named = std::collections::HashSet::new();
@@ -237,34 +294,12 @@ pub fn report(dirs: &[PathBuf]) -> Result<String> {
         paths.extend(done);
         left_out.extend(unfinished);
     }
-    // The same folder twice (`runs/latest` beside the run it names, or a run
-    // given and found again in its folder) is one column.
-    let mut seen = std::collections::HashSet::new();
-    paths.retain(|d| seen.insert(std::fs::canonicalize(d).unwrap_or_else(|_| d.clone())));
-    let mut entries = Vec::new();
-    let mut unreadable = Vec::new();
-    let mut kept = Vec::new();
-    for d in paths {
-        match entry(&d) {
-            Ok(e) => {
-                entries.push(e);
-                kept.push(d);
-            }
-            Err(e) if !named.contains(&d) => unreadable.push(e),
-            Err(e) => return Err(e),
-        }
-    }
-    let paths = kept;
-    if entries.is_empty() && !unreadable.is_empty() {
-        return Err(unreadable.swap_remove(0));
-    }
-    // Two folders of one name (`a/r1`, `b/r1`): each column named by its path instead.
-    let column: Vec<String> = entries.iter().map(|e| e.name.clone()).collect();
-    for (e, d) in entries.iter_mut().zip(&paths) {
-        if column.iter().filter(|n| **n == e.name).count() > 1 {
-            e.name = e.name.replacen(&d.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), &d.display().to_string(), 1);
-        }
-    }
+    Ok(Gathered { paths, named, left_out, not_read })
+}
+
+/// The table itself: a column per entry, a row per recipe setting that
+/// differs between them, then the metrics.
+fn table(entries: &[Entry]) -> String {
     // Data and weights are shown when they differ (paths, the data fingerprint, the weights' hash).
     let ignore = ["created"];
     let keys: Vec<String> = entries
@@ -296,16 +331,7 @@ pub fn report(dirs: &[PathBuf]) -> Result<String> {
     if keys.is_empty() {
         out.push_str("\n(no recipe differences: the same settings throughout)\n");
     }
-    if !left_out.is_empty() {
-        out.push_str(&format!("\n(left out, not finished: {})\n", names(&left_out)));
-    }
-    if !unreadable.is_empty() {
-        out.push_str(&format!("\n(left out, unreadable: {})\n", unreadable.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")));
-    }
-    for n in not_read {
-        out.push_str(&format!("\n(not read, a folder of runs inside a folder given: {n})\n"));
-    }
-    Ok(out)
+    out
 }
 
 /// Folders by their last component, for a one-line list.
