@@ -1372,27 +1372,7 @@ pub fn read_manifest(csv_path: &Path, labelled: bool) -> Result<Dataset> {
             Error::file(csv_path, problem)
         })?
         .clone();
-    let col = |name: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(name));
-    // The first of a column's names the header has (`MANIFEST_COLUMNS`).
-    let col_of = |names: &[&str]| names.iter().find_map(|n| col(n));
-    let [path_names, label_names, subject_names] = MANIFEST_COLUMNS;
-    let (pc, lc) = (col_of(path_names), col_of(label_names));
-    let Some(pc) = pc.filter(|_| lc.is_some() || !labelled) else {
-        let needs = if labelled {
-            "columns `path` and `label` (or `filename` and `class`, as Keras's flow_from_dataframe names them)"
-        } else {
-            "a column `path` (or `filename`)"
-        };
-        let found = headers.iter().collect::<Vec<_>>().join(", ");
-        // FER-2013 and its kin hold each face as a `pixels` string of numbers.
-        let pixels = if col("pixels").is_some() {
-            "; its `pixels` column holds pictures as numbers (FER-2013's format), which vggft does not read: save each row as a PNG in a folder named by its class and give that folder"
-        } else {
-            ""
-        };
-        return Err(Error::file(csv_path, format!("needs {needs} (found: {found}){pixels}")));
-    };
-    let sc = col_of(subject_names);
+    let (pc, lc, sc) = manifest_columns(csv_path, &headers, labelled)?;
     // A bare file name's parent is the empty path: the current folder.
     let base = csv_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let base_abs = base.canonicalize().map_err(|e| Error::io(base, e))?;
@@ -1403,17 +1383,7 @@ pub fn read_manifest(csv_path: &Path, labelled: bool) -> Result<Dataset> {
     for (i, rec) in rdr.records().enumerate() {
         let rec = rec.map_err(|e| {
             let at = e.position().map_or(i + 2, |p| line_of(text, &starts, p));
-            let problem = match e.kind() {
-                csv::ErrorKind::UnequalLengths { expected_len, len, .. } => {
-                    format!("has {len} field(s) where the header has {expected_len} (a comma missing or extra? quote a field that holds a comma)")
-                }
-                csv::ErrorKind::Utf8 { err, .. } => format!(
-                    "field {} is not UTF-8 text (the manifest was saved in another encoding, e.g. Windows-1252 by Excel): save it as UTF-8",
-                    err.field() + 1
-                ),
-                _ => e.to_string(),
-            };
-            Error::file(csv_path, format!("line {at}: {problem}"))
+            Error::file(csv_path, format!("line {at}: {}", record_problem(&e)))
         })?;
         // The record's own line (blank lines and quoted line breaks count).
         let line = rec.position().map_or(i + 2, |p| line_of(text, &starts, p));
@@ -1429,21 +1399,7 @@ pub fn read_manifest(csv_path: &Path, labelled: bool) -> Result<Dataset> {
                 format!("line {line}: {rel} is a web address: vggft reads local files; download the images and list their local paths"),
             ));
         }
-        let p = base.join(rel);
-        let abs = p.canonicalize().map_err(|e| {
-            // A manifest written on Windows: `neutral\001.png` names no file here.
-            let slashed = base.join(rel.replace('\\', "/"));
-            let hint = if rel.contains('\\') && slashed.exists() {
-                format!(" ({} exists: write paths with / between folders, not \\ as Windows does)", slashed.display())
-            } else {
-                String::new()
-            };
-            Error::file(csv_path, format!("line {line}: {}: {e}{hint}", p.display()))
-        })?;
-        // A FIFO would block the reader forever and /dev/zero would read until memory runs out.
-        if !abs.metadata().is_ok_and(|m| m.is_file()) {
-            return Err(Error::file(csv_path, format!("line {line}: {} is not a regular file", p.display())));
-        }
+        let (p, abs) = manifest_file(base, rel).map_err(|problem| Error::file(csv_path, format!("line {line}: {problem}")))?;
         if !abs.starts_with(&base_abs) {
             outside.push(abs.clone());
         }
@@ -1468,6 +1424,67 @@ pub fn read_manifest(csv_path: &Path, labelled: bool) -> Result<Dataset> {
     }
     samples.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(Dataset { root: csv_path.to_path_buf(), format: DataFormat::Csv, samples, outside_paths: outside, unread: vec![], notes: vec![] })
+}
+
+/// A manifest's columns (`MANIFEST_COLUMNS`, each under the first of its
+/// names the header has): path, label (required where `labelled`) and
+/// subject; their absence said with the header's names.
+fn manifest_columns(csv_path: &Path, headers: &csv::StringRecord, labelled: bool) -> Result<(usize, Option<usize>, Option<usize>)> {
+    let col = |name: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(name));
+    let col_of = |names: &[&str]| names.iter().find_map(|n| col(n));
+    let [path_names, label_names, subject_names] = MANIFEST_COLUMNS;
+    let (pc, lc) = (col_of(path_names), col_of(label_names));
+    let Some(pc) = pc.filter(|_| lc.is_some() || !labelled) else {
+        let needs = if labelled {
+            "columns `path` and `label` (or `filename` and `class`, as Keras's flow_from_dataframe names them)"
+        } else {
+            "a column `path` (or `filename`)"
+        };
+        let found = headers.iter().collect::<Vec<_>>().join(", ");
+        // FER-2013 and its kin hold each face as a `pixels` string of numbers.
+        let pixels = if col("pixels").is_some() {
+            "; its `pixels` column holds pictures as numbers (FER-2013's format), which vggft does not read: save each row as a PNG in a folder named by its class and give that folder"
+        } else {
+            ""
+        };
+        return Err(Error::file(csv_path, format!("needs {needs} (found: {found}){pixels}")));
+    };
+    Ok((pc, lc, col_of(subject_names)))
+}
+
+/// What is wrong with a manifest's record that the CSV reader refused.
+fn record_problem(e: &csv::Error) -> String {
+    match e.kind() {
+        csv::ErrorKind::UnequalLengths { expected_len, len, .. } => {
+            format!("has {len} field(s) where the header has {expected_len} (a comma missing or extra? quote a field that holds a comma)")
+        }
+        csv::ErrorKind::Utf8 { err, .. } => {
+            format!("field {} is not UTF-8 text (the manifest was saved in another encoding, e.g. Windows-1252 by Excel): save it as UTF-8", err.field() + 1)
+        }
+        _ => e.to_string(),
+    }
+}
+
+/// A manifest row's path `rel` from the manifest's folder `base`: as
+/// joined, and resolved (links followed); or why not (no such file — with a
+/// hint where a Windows path would name one —, or not a regular file).
+fn manifest_file(base: &Path, rel: &str) -> std::result::Result<(PathBuf, PathBuf), String> {
+    let p = base.join(rel);
+    let abs = p.canonicalize().map_err(|e| {
+        // A manifest written on Windows: `neutral\001.png` names no file here.
+        let slashed = base.join(rel.replace('\\', "/"));
+        let hint = if rel.contains('\\') && slashed.exists() {
+            format!(" ({} exists: write paths with / between folders, not \\ as Windows does)", slashed.display())
+        } else {
+            String::new()
+        };
+        format!("{}: {e}{hint}", p.display())
+    })?;
+    // A FIFO would block the reader forever and /dev/zero would read until memory runs out.
+    if !abs.metadata().is_ok_and(|m| m.is_file()) {
+        return Err(format!("{} is not a regular file", p.display()));
+    }
+    Ok((p, abs))
 }
 
 #[cfg(test)]
