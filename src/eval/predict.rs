@@ -383,12 +383,7 @@ pub fn readable_when_named(p: &Path) -> bool {
 /// Decodes and prepares one input as the run's preprocessing says (gray S×S,
 /// and the face box used); `given`: its box chosen beforehand (`--face
 /// person`: its person's).
-pub fn prepare_one(
-    path: &Path,
-    cfg: &RunConfig,
-    finder: &mut Option<crate::data::face::FaceFinder>,
-    given: Option<&crate::data::face::FaceBox>,
-) -> crate::error::Result<(Vec<f32>, Option<crate::data::face::FaceBox>)> {
+pub fn prepare_one(path: &Path, cfg: &RunConfig, finder: &mut Option<crate::data::face::FaceFinder>, given: Option<&crate::data::face::FaceBox>) -> Prepared {
     prepare_with(path, &cfg.data.preprocess, finder, given)
 }
 
@@ -438,11 +433,7 @@ pub fn preprocess(image: &Path, run: &Path, out: &Path) -> crate::error::Result<
 /// `prepare_one` for a photo the single-image head answers (no other photo
 /// of its person): the whole frame where that head reads it
 /// (`RunConfig::single_frame`), else as the run prepares every photo.
-pub fn prepare_alone(
-    path: &Path,
-    cfg: &RunConfig,
-    finder: &mut Option<crate::data::face::FaceFinder>,
-) -> crate::error::Result<(Vec<f32>, Option<crate::data::face::FaceBox>)> {
+pub fn prepare_alone(path: &Path, cfg: &RunConfig, finder: &mut Option<crate::data::face::FaceFinder>) -> Prepared {
     prepare_with(path, &single_preprocess(cfg), finder, None)
 }
 
@@ -461,7 +452,7 @@ fn prepare_with(
     pre: &crate::data::Preprocess,
     finder: &mut Option<crate::data::face::FaceFinder>,
     given: Option<&crate::data::face::FaceBox>,
-) -> crate::error::Result<(Vec<f32>, Option<crate::data::face::FaceBox>)> {
+) -> Prepared {
     if path.is_dir() {
         // A folder that cannot be listed is not an empty one.
         return Err(match std::fs::read_dir(path) {
@@ -643,7 +634,7 @@ pub(crate) fn repeats(paths: &[PathBuf], keys: &[Option<String>]) -> Vec<usize> 
 type Waiting = (Tensor, Option<Tensor>);
 
 /// An input as `predict` prepared it: its pixels (the network's gray input) and face box, or why not.
-type Prepared = crate::error::Result<(Vec<f32>, Option<crate::data::face::FaceBox>)>;
+pub type Prepared = crate::error::Result<(Vec<f32>, Option<crate::data::face::FaceBox>)>;
 
 /// An answer's task-class probabilities and (a head trained on raw labels) raw-label probabilities.
 type TaskRaw = (Vec<f64>, Vec<f64>);
@@ -929,7 +920,7 @@ pub(crate) fn person_or_single<T: PartialEq + Clone>(
 impl Prediction {
     /// Sets a subject-normalised model's answer made in `mode`: its (task,
     /// raw-label) probabilities as reported, the single-image head's calibrated.
-    fn answer(&mut self, cfg: &RunConfig, model: &Vgg16, (mut task, mut raw): (Vec<f64>, Vec<f64>), mode: Mode) {
+    fn answer(&mut self, cfg: &RunConfig, model: &Vgg16, (mut task, mut raw): TaskRaw, mode: Mode) {
         cfg.calibrate_row(Some(mode), &mut task, &mut raw);
         self.probs = Ok(task);
         // A single-image head that learnt the task's classes has no raw-label answer to give.
