@@ -505,13 +505,20 @@ pub struct Inspection {
     pub parameters: i64,
 }
 
+/// From the file's header alone (each entry checked against the file's
+/// size and its own shape), not its tensors: torchvision's VGG16 is 528 MB.
 pub fn inspect(path: &Path) -> Result<Inspection> {
-    let tensors = read_tensors(path)?;
-    let names: Vec<&str> = tensors.iter().map(|(n, _)| n.as_str()).collect();
+    check_weights_file(path)?;
+    let (_, entries) = header(path).ok_or_else(|| Error::weights(path, "is not a safetensors file (bad header)"))?;
+    let mut list = Vec::with_capacity(entries.len());
+    for (name, info) in &entries {
+        let (kind, shape, _) = entry(path, name, info)?;
+        list.push((name.clone(), shape, format!("{kind:?}")));
+    }
+    let names: Vec<&str> = list.iter().map(|(n, _, _)| n.as_str()).collect();
     let arch = detect_arch(&names);
-    let mut list: Vec<(String, Vec<i64>, String)> = tensors.iter().map(|(n, t)| (n.clone(), t.size(), format!("{:?}", t.kind()))).collect();
     list.sort_by_key(|a| natural_key(&a.0));
-    let parameters = tensors.iter().map(|(_, t)| t.numel() as i64).sum();
+    let parameters = list.iter().map(|(_, shape, _)| shape.iter().product::<i64>()).sum();
     Ok(Inspection { path: path.display().to_string(), sha256: sha256_file(path)?, arch, description: arch.describe().to_string(), tensors: list, parameters })
 }
 
@@ -594,5 +601,15 @@ mod tests {
         std::fs::write(&p, cut).unwrap();
         let e = FileTensors::read(&p).err().unwrap().to_string();
         assert!(e.contains("cut.safetensors: is truncated or corrupt"), "{e}");
+        // `weights inspect` reads the header alone, and checks each entry as loading does.
+        let p = d.path().join("ok.safetensors");
+        std::fs::write(&p, safetensors_with_pad(&values, 0)).unwrap();
+        let i = inspect(&p).unwrap();
+        assert_eq!((i.tensors.len(), i.parameters, i.tensors[0].1.clone(), i.tensors[0].2.as_str()), (2, 8, vec![3], "Float"));
+        let header = br#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,12]}}"#;
+        let lying: Vec<u8> = (header.len() as u64).to_le_bytes().into_iter().chain(header.iter().copied()).chain([0u8; 12]).collect();
+        std::fs::write(&p, lying).unwrap();
+        let e = inspect(&p).unwrap_err().to_string();
+        assert!(e.contains("ok.safetensors: is truncated or corrupt (tensor data does not match the header): a"), "{e}");
     }
 }
