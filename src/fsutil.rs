@@ -33,18 +33,46 @@ pub(crate) fn temp_sibling(path: &Path) -> PathBuf {
     path.with_file_name(format!("{prefix}{}", cut_name(&name, NAME_MAX - prefix.len())))
 }
 
+/// The temporary files this process is writing now (`write_atomic_with`),
+/// for `stop_writing`.
+static WRITING: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// The registry of files being written, whatever a panicking writer left it as.
+fn writing() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    WRITING.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Removes the temporary files this process is writing and returns a guard
+/// that holds every other write of this process at its next start or
+/// finish until dropped: a signal's handler keeps it while the process
+/// ends, so that no write completes, or fails aloud, after the removal, and
+/// a stopped command leaves its finished files and nothing half-written
+/// (not even a hidden temporary one).
+pub fn stop_writing() -> impl Sized {
+    let guard = writing();
+    for tmp in guard.iter() {
+        let _ = std::fs::remove_file(tmp);
+    }
+    guard
+}
+
 /// Runs `write` on a temporary path, syncs it and renames it onto `path`.
 pub(crate) fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     if path.is_dir() {
         return Err(Error::file(path, "is a folder: give the name of a file to write"));
     }
     let tmp = temp_sibling(path);
+    writing().push(tmp.clone());
     let result = write(&tmp).and_then(|_| {
         std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| Error::file(path, format!("cannot write: {e}")))?;
         std::fs::rename(&tmp, path).map_err(|e| Error::file(path, format!("cannot move the finished file into place: {e}")))
     });
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
+    }
+    let mut w = writing();
+    if let Some(i) = w.iter().position(|t| *t == tmp) {
+        w.swap_remove(i);
     }
     result
 }
@@ -209,6 +237,27 @@ pub(crate) fn absolute(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A write in flight when `stop_writing` runs leaves neither its temporary
+    /// file nor the file it was to write; writes before and after are untouched.
+    #[test]
+    fn stopping_removes_the_files_being_written() {
+        let d = tempfile::tempdir().unwrap();
+        write_atomic(&d.path().join("done.txt"), b"finished").unwrap();
+        let target = d.path().join("half.txt");
+        let mut seen = None;
+        let r = write_atomic_with(&target, |tmp| {
+            std::fs::write(tmp, b"half").unwrap();
+            seen = Some(tmp.to_path_buf());
+            drop(stop_writing());
+            Ok(())
+        });
+        assert!(r.is_err(), "the rename of a removed file fails");
+        assert!(!seen.unwrap().exists() && !target.exists());
+        assert_eq!(std::fs::read(d.path().join("done.txt")).unwrap(), b"finished");
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1, "no temporary file left");
+        assert!(!writing().iter().any(|t| t.starts_with(d.path())), "a finished write leaves the registry");
+    }
 
     #[test]
     fn only_a_dead_writers_temporary_files_are_removed() {

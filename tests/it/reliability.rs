@@ -209,6 +209,54 @@ fn ctrl_c_through_the_binary_stops_after_the_batch_and_resume_finishes_the_run()
     assert!(dir.join("COMPLETE").exists() && !err.contains("stopping after the current batch"), "{err}");
 }
 
+/// A command with nothing to resume from (explain here; predict, evaluate,
+/// faces and lr-find alike) ends at once at a signal, with exit code 130 as
+/// a stopped finetune's and a line that says so; the heatmaps it finished
+/// stay (with explain.csv, the plan it writes first), no temporary file
+/// does, and the contact sheet it had not reached is not written.
+#[test]
+fn a_signal_ends_explain_at_once_with_its_finished_files_only() {
+    let d = tmp();
+    let data = d.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let m = subject_dataset(&data, 300, 48);
+    let w = d.path().join("trunk.safetensors");
+    trunk_only(&w, 5);
+    let mut train: Vec<String> =
+        ["finetune", "--data", m.to_str().unwrap(), "--stages", "head:1", "--name", "r", "--quiet"].iter().map(|s| s.to_string()).collect();
+    train.extend(small(&w));
+    let (code, _, err) = run(&train.iter().map(String::as_str).collect::<Vec<_>>(), d.path());
+    assert_eq!(code, 0, "{err}");
+    let out = d.path().join("cams");
+    let mut args: Vec<String> = ["explain", "--model", "runs/r", "--out", "cams", "--device", "cpu"].iter().map(|s| s.to_string()).collect();
+    let mut photos: Vec<String> = std::fs::read_dir(&data)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "png"))
+        .map(|p| p.display().to_string())
+        .collect();
+    photos.sort();
+    args.extend(photos);
+    let child = bin_as_from_a_terminal().args(&args).current_dir(d.path()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let heatmaps = || {
+        let is_heatmap = |n: &str| n.starts_with(|c: char| c.is_ascii_digit()) && n.ends_with(".png");
+        std::fs::read_dir(&out).into_iter().flatten().flatten().filter(|e| is_heatmap(&e.file_name().to_string_lossy())).count()
+    };
+    let t = Instant::now();
+    while heatmaps() == 0 && t.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let end = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&end.stderr);
+    assert_eq!(end.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted: stopped; the files it had finished stay, and none is left half-written"), "{err}");
+    let names: Vec<String> = std::fs::read_dir(&out).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    assert!(names.iter().all(|n| !n.contains(".tmp.")), "{names:?}");
+    assert!(names.contains(&"explain.csv".to_string()) && !names.contains(&"sheet.png".to_string()) && (1..600).contains(&heatmaps()), "{names:?}");
+}
+
 /// Runs vggft with `args` in `cwd`, sends `signal` once a line of its
 /// standard error contains `line`, and returns its exit code, its standard
 /// error and how long it took to end after the signal.

@@ -23,21 +23,47 @@ use vggft::{run, session, Error};
 fn stop_flag() -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
     let f = flag.clone();
-    // A signal the caller set to be ignored stays ignored: `nohup vggft cv …`
-    // (SIGHUP) or `vggft … &` from a script (SIGINT) must not stop the run.
-    let ignored: Vec<libc::c_int> = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP].into_iter().filter(|&s| is_ignored(s)).collect();
-    let _ = ctrlc::set_handler(move || {
+    on_signal(move || {
         if f.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
+            quit_interrupted(None);
         }
         errln!();
         errln!("stopping after the current batch (Ctrl-C again to quit at once)…");
     });
+    flag
+}
+
+/// Ctrl-C (and SIGTERM, SIGHUP) ends a command that keeps nothing to resume
+/// from — predict, evaluate, explain, faces, lr-find — at once, as
+/// `quit_interrupted` says.
+fn quit_on_signal() {
+    on_signal(|| quit_interrupted(Some("stopped; the files it had finished stay, and none is left half-written")));
+}
+
+/// Runs `handler` (on a thread of its own) at Ctrl-C, SIGTERM or SIGHUP. A
+/// signal the caller set to be ignored stays ignored: `nohup vggft cv …`
+/// (SIGHUP) or `vggft … &` from a script (SIGINT) must not stop the run.
+fn on_signal(handler: impl FnMut() + Send + 'static) {
+    let ignored: Vec<libc::c_int> = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP].into_iter().filter(|&s| is_ignored(s)).collect();
+    let _ = ctrlc::set_handler(handler);
     for s in ignored {
         // SAFETY: setting a signal's disposition to SIG_IGN installs no handler code.
         unsafe { libc::signal(s, libc::SIG_IGN) };
     }
-    flag
+}
+
+/// Ends the process with exit code 130 (interrupted), first removing the
+/// temporary files it is writing and holding its other writes back
+/// (`fsutil::stop_writing`); `_exit`, not `exit`: libtorch's threads may be
+/// mid-computation, and its static destructors must not run under them.
+fn quit_interrupted(why: Option<&str>) -> ! {
+    let _held = vggft::fsutil::stop_writing();
+    if let Some(why) = why {
+        errln!();
+        errln!("interrupted: {why}");
+    }
+    // SAFETY: _exit ends the process without running anything of it.
+    unsafe { libc::_exit(130) }
 }
 
 /// Whether `signal` is set to be ignored (as `nohup` sets SIGHUP).
@@ -710,6 +736,10 @@ fn main() -> ExitCode {
     refuse_options_with_resume(&matches);
     refuse_options_in_cv(&matches);
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // finetune and cv stop after a batch, keeping what resumes them (`stop_flag`).
+    if !matches!(cli.command, Command::Finetune(_) | Command::Cv(_)) {
+        quit_on_signal();
+    }
     let result = match cli.command {
         Command::Finetune(a) => {
             let seed_given = matches.subcommand_matches("finetune").is_some_and(|m| m.value_source("seed") == Some(clap::parser::ValueSource::CommandLine));
