@@ -367,6 +367,22 @@ impl Threshold {
         }
     }
 
+    /// Where the inner cross-validation that set the threshold found the
+    /// single-image head near chance on held-out training people (below
+    /// [`SINGLE_NEAR_CHANCE`] balanced accuracy at 0.5 and at its own
+    /// threshold): one sentence saying what that means for a photo answered
+    /// alone. (The JAFFE-format sets, where identity dominates the features,
+    /// measure ~0.5 there; the London faces ~0.9.)
+    pub fn single_near_chance(&self) -> Option<String> {
+        let (half, own) = self.inner.as_ref()?.single?;
+        let best = half.max(own);
+        (best < SINGLE_NEAR_CHANCE).then(|| {
+            format!(
+                "the model's single-image head reached {best:.2} balanced accuracy on held-out training people (the inner cross-validation that set its threshold; chance is 0.50): an answer for a photo alone, with no other photo of its person, means little — give each person's photos together"
+            )
+        })
+    }
+
     /// One line for summaries; `calibration`: the single-image head's, whose scale its threshold is on.
     pub fn describe(&self, first_class: &str, calibration: Option<&Calibration>) -> String {
         let evidence =
@@ -392,6 +408,10 @@ impl Threshold {
         }
     }
 }
+
+/// The held-out balanced accuracy below which the single-image head is said
+/// to be near chance (`Threshold::single_near_chance`).
+pub const SINGLE_NEAR_CHANCE: f64 = 0.6;
 
 /// The class for probabilities `p`: the first where a threshold is given and
 /// P(first) reaches it (two classes), else the most probable.
@@ -585,6 +605,19 @@ pub(crate) fn inner_fits(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The near-chance sentence comes from the single-image head's held-out
+    /// figures alone: the better of 0.5 and its threshold below 0.6.
+    #[test]
+    fn a_single_image_head_near_chance_is_named() {
+        let inner = |single| InnerCv { folds: 3, people: 8, one_sided: 0, at_half: 0.9, at_threshold: 0.95, single };
+        let t = |single| Threshold { person: 0.5, single: Some(0.4), inner: Some(inner(single)), legacy_calibration: None };
+        let said = t(Some((0.507, 0.528))).single_near_chance().unwrap();
+        assert!(said.starts_with("the model's single-image head reached 0.53 balanced accuracy on held-out training people"), "{said}");
+        assert_eq!(t(Some((0.55, 0.61))).single_near_chance(), None, "its threshold lifted it above");
+        assert_eq!(t(None).single_near_chance(), None, "no single-image head");
+        assert_eq!(Threshold::fixed(0.4).single_near_chance(), None, "no inner cross-validation");
+    }
 
     #[test]
     fn the_best_threshold_separates_and_ties_go_to_one_half() {

@@ -147,6 +147,7 @@ fn a_run_keeps_its_threshold_and_predict_and_evaluate_decide_at_it() {
     let base = ["finetune", "--data", m.to_str().unwrap(), "--augment", "none", "--epochs", "4", "--freeze-epochs", "1", "--val", "subjects:0.4"];
     let (code, out, err) = run(&args(&s, &[&base[..], &["--name", "inner"]].concat()), d.path());
     assert_eq!(code, 0, "{out}\n{err}");
+    let finetune_err = err;
     let dir = d.path().join("runs/inner");
     let cfg = json(&dir.join("config.json"));
     assert_eq!(cfg["train"]["threshold"], "inner");
@@ -222,6 +223,22 @@ fn a_run_keeps_its_threshold_and_predict_and_evaluate_decide_at_it() {
     legacy["threshold"]["calibration"] = moved;
     std::fs::write(raw_dir.join("config.json"), serde_json::to_string_pretty(&legacy).unwrap()).unwrap();
     assert_eq!(alone(&raw_dir), cal, "the calibration's earlier place");
+    // A single-image head the inner cross-validation found near chance is said to be, by finetune
+    // and by predict where it answers a photo alone (not where a person's photos answer together).
+    let near = |v: &serde_json::Value| f(&v[0]).max(f(&v[1])) < vggft::eval::threshold::SINGLE_NEAR_CHANCE;
+    assert_eq!(finetune_err.contains("note: the model's single-image head reached"), near(single), "{single}: {finetune_err}");
+    for (measured, said) in [([0.5, 0.52], true), ([0.9, 0.85], false)] {
+        let mut edited = cfg.clone();
+        edited["threshold"]["inner"]["single"] = serde_json::json!(measured);
+        std::fs::write(raw_dir.join("config.json"), serde_json::to_string_pretty(&edited).unwrap()).unwrap();
+        let (code, out, err) = run(&["predict", "--model", raw_dir.to_str().unwrap(), "--subject-from", "none", &held_out[0]], d.path());
+        assert_eq!(code, 0, "{out}{err}");
+        let note = "note: 1 photo(s) here were answered alone; the model's single-image head reached 0.52 balanced accuracy on held-out training people";
+        assert_eq!(err.contains(note), said, "{measured:?}: {err}");
+        let (code, out, err) = run(&["predict", "--model", raw_dir.to_str().unwrap(), "--held-out"], d.path());
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(!err.contains("answered alone;"), "a person's photos together: {err}");
+    }
     // A hand-edited calibration that would reverse the head's order (or erase it) is refused, naming the file.
     for (scale, shift) in [(-0.5, 0.0), (0.0, 0.0)] {
         let mut bad = cfg.clone();

@@ -163,6 +163,9 @@ fn finetune(a: FinetuneArgs, seed_given: bool) -> anyhow::Result<()> {
         }
         None => outln!("no validation set (--val none): the final epoch was kept"),
     }
+    if let Some(n) = s.threshold.as_ref().and_then(vggft::eval::threshold::Threshold::single_near_chance) {
+        errln!("note: {n}");
+    }
     Ok(())
 }
 
@@ -349,6 +352,10 @@ fn predict_cmd(mut a: PredictArgs) -> anyhow::Result<bool> {
     let mut out = output::Predictions::new(&a, &cfg, &held, (model.cfg.subject_norm, model.measures_distance()));
     let preds = predict::predict_each(&cfg, &model, &paths, &subjects, (tta_flip, a.batch_size as usize), device, &mut reporter(false), &mut |p| out.line(p));
     unnamed_people_note(&cfg, &subjects, &paths, &preds);
+    let alone = preds.iter().filter(|p| p.probs.is_ok() && p.mode == Some(predict::Mode::Single)).count();
+    if let Some(n) = cfg.threshold.as_ref().and_then(vggft::eval::threshold::Threshold::single_near_chance).filter(|_| alone > 0) {
+        errln!("note: {alone} photo(s) here were answered alone; {n}");
+    }
     if a.timings {
         errln!("timings: model load {loaded:.3} s, decode + forward {:.3} s", t0.elapsed().as_secs_f64() - loaded);
     }
