@@ -162,6 +162,12 @@ pub const MAX_HIDDEN: i64 = 8192;
 pub const MAX_CACHE_VIEWS: usize = 64;
 
 impl TrainConfig {
+    /// Whether every stage trains the head alone (a probe): the trunk never
+    /// trains, so its pooled features can be computed once and cached.
+    pub fn head_only(&self) -> bool {
+        self.stages.iter().all(|s| s.from == Block::Head)
+    }
+
     pub fn validate(&self) -> Result<()> {
         let bad = |setting: Setting, m: String| Err(Error::invalid(setting, m));
         if !(self.lr > 0.0 && self.lr < 10.0) {
@@ -205,7 +211,7 @@ impl TrainConfig {
         if !(1..=MAX_MEMBERS).contains(&self.members) {
             return bad(Setting::Members, format!("must be in 1..={MAX_MEMBERS}, got {}", self.members));
         }
-        if self.members > 1 && self.stages.iter().any(|s| s.from != Block::Head) {
+        if self.members > 1 && !self.head_only() {
             return bad(
                 Setting::Members,
                 format!("above 1 trains several heads on one frozen trunk: it needs head-only stages, got {}", crate::train::describe_stages(&self.stages)),

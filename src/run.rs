@@ -320,7 +320,7 @@ fn execute(
     // A head-only recipe builds its pooled features once, shared with the inner fits that set a threshold, and
     // kept in (or read from) the feature cache, so the next finetune on the same images skips the trunk; a
     // fine-tune's inner fits each cache what their own stages need.
-    let head_only = tc.stages.iter().all(|s| s.from == Block::Head);
+    let head_only = tc.head_only();
     let shared = match (state.is_none(), head_only) {
         (true, true) => head_cache(session, &model, tta, &mut train::Pass::new(reporter, stop))
             .map_err(|e| e.if_interrupted(train::hooks::saved(&train::ResumeState::default())))?,
@@ -398,7 +398,7 @@ fn set_decisions(
     config: &mut RunConfig,
 ) -> Result<()> {
     let tc = &session.config.train;
-    let head_only = tc.stages.iter().all(|s| s.from == Block::Head);
+    let head_only = tc.head_only();
     let rebuilt;
     let inner_shared: &[train::Cache] = if shared.is_empty() && head_only {
         rebuilt = head_cache(session, model, tta, &mut train::Pass::new(reporter, stop)).map_err(|e| e.if_interrupted("every epoch is saved"))?;

@@ -80,7 +80,7 @@ fn person_defaults(recipe: &Recipe, probe: &Probe, (several, faces_cropped): (bo
         chose.push(format!("each block also averaged over a {AUTO_GRID} grid of the face (--pool-grid 1x1: global pooling only)"));
     }
     // Measured with the probe on the JAFFE-format sets (neutral vs rest 0.927 -> 0.969); fine-tunes and pairs not measured.
-    if probe.clean_views && recipe.probe.clean_views.is_none() && config.train.stages.iter().all(|s| s.from == Block::Head) {
+    if probe.clean_views && recipe.probe.clean_views.is_none() && config.train.head_only() {
         config.train.clean_views = true;
         chose.push(
             "trained on each photo's unaugmented view and mirror image beside its augmented views (--clean-views false: the augmented views alone)".into(),
@@ -173,11 +173,11 @@ impl Session {
             }
         }
         // --members with the session's freeze point, which chose a fine-tune here: refused by validation.
-        if let (true, Some(m), false) = (recipe.auto_freeze, recipe.probe.members, config.train.stages.iter().all(|s| s.from == Block::Head)) {
+        if let (true, Some(m), false) = (recipe.auto_freeze, recipe.probe.members, config.train.head_only()) {
             config.train.members = m;
             config.train.validate()?;
         }
-        let head_only = config.train.stages.iter().all(|s| s.from == Block::Head);
+        let head_only = config.train.head_only();
         config.train.threshold = resolve_threshold(recipe.train.threshold, several, head_only, config.classes.len())?;
         match config.train.threshold {
             ThresholdChoice::Fixed(t) => config.threshold = Some(Threshold::fixed(t)),

@@ -676,7 +676,7 @@ fn distinct<'a>(names: impl Iterator<Item = &'a str>) -> Vec<String> {
 /// fold draws from without the lock). `--parallel-folds false` turns it off.
 fn parallel_workers(req: &Request, session: &Session, shared: &[train::Cache], jobs: usize) -> Option<Workers> {
     // (The baseline probe always trains the head alone.)
-    let head_only = session.config.train.stages.iter().all(|s| s.from == Block::Head);
+    let head_only = session.config.train.head_only();
     if !(req.parallel_folds && session.device == tch::Device::Cpu && head_only && !shared.is_empty() && req.top_losses == 0 && jobs > 0) {
         return None;
     }
@@ -835,7 +835,7 @@ fn folds_left_seconds(fold_seconds: f64, done: usize, left: usize, side_by_side:
 /// is there (checked before the cv folder is made).
 fn check_load_features(req: &Request, session: &Session, baseline: bool) -> Result<()> {
     let Some(path) = &req.load_features else { return Ok(()) };
-    if session.config.train.stages.iter().any(|s| s.from != Block::Head) || baseline || req.recipe.model.bn == BnMode::Recalibrate {
+    if !session.config.train.head_only() || baseline || req.recipe.model.bn == BnMode::Recalibrate {
         return Err(Error::invalid(
             Setting::Stages,
             "must all be head-only to train from a saved feature cache (no fine-tune, no --baseline probe, no --bn recalibrate)",
@@ -865,7 +865,7 @@ fn shared_caches(req: &Request, session: &Session, mirrors: bool, baseline: bool
         return Ok(vec![]);
     }
     // The feature cache holds a head-only recipe's one cache (in float32, as dumps do).
-    let head_only = session.config.train.stages.iter().all(|s| s.from == Block::Head) && !baseline && !session.config.train.cache_f16;
+    let head_only = session.config.train.head_only() && !baseline && !session.config.train.cache_f16;
     let entry = req.feature_cache.as_deref().filter(|_| head_only).and_then(|dir| features::Entry::new(dir, session, None, mirrors));
     if let Some(c) = entry.as_ref().and_then(|e| e.read_said(session, reporter, "an earlier cv's pass over the same images, weights and settings")) {
         session.notes(reporter);
