@@ -217,6 +217,11 @@ impl FileTensors {
         }
         Ok(FileTensors { tensors, _bytes: bytes })
     }
+
+    /// Each tensor copied out of the bytes read, to keep after them.
+    fn into_owned(self) -> Named {
+        self.tensors.iter().map(|(n, t)| (n.clone(), t.copy())).collect()
+    }
 }
 
 /// Whether a network with `head` takes the tensor `name` from a pretrained
@@ -255,21 +260,10 @@ fn kind_of(dtype: &str) -> Option<Kind> {
     })
 }
 
-/// Reads every tensor of a safetensors file, mapping failures to one sentence.
+/// Reads every tensor of a safetensors file, each a tensor of its own
+/// (`FileTensors`, copied out), mapping failures to one sentence.
 pub fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
-    check_weights_file(path)?;
-    let tensors = Tensor::read_safetensors(path).map_err(|e| {
-        let msg = e.to_string();
-        let why = if msg.contains("HeaderTooLarge") || msg.contains("InvalidHeader") || msg.contains("HeaderTooSmall") {
-            "is not a safetensors file (bad header)"
-        } else if msg.contains("MetadataIncompleteBuffer") || msg.contains("InvalidOffset") {
-            "is truncated or corrupt (tensor data does not match the header)"
-        } else {
-            "cannot be read as safetensors"
-        };
-        Error::weights(path, format!("{why}: {}", msg.lines().next().unwrap_or("")))
-    })?;
-    Ok(tensors)
+    Ok(FileTensors::read(path)?.into_owned())
 }
 
 /// Refuses NaN or Inf anywhere in floating-point tensors.
