@@ -841,8 +841,16 @@ fn check_load_features(req: &Request, session: &Session, baseline: bool) -> Resu
             "must all be head-only to train from a saved feature cache (no fine-tune, no --baseline probe, no --bn recalibrate)",
         ));
     }
-    // A missing file in the OS's words, not the safetensors reader's debug form.
-    std::fs::metadata(path).map(|_| ()).map_err(|e| Error::io(path, e))
+    // A missing file in the OS's words; a folder for what it is (the reader would call it no weights file).
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if meta.is_dir() {
+        return Err(Error::file(path, "is a folder: give the .safetensors file that `cv --dump-features` wrote"));
+    }
+    // A file cut short or no safetensors at all, from its header against its size.
+    match crate::model::weights::header_problem(path) {
+        Some(why) => Err(Error::file(path, why)),
+        None => Ok(()),
+    }
 }
 
 /// The frozen prefix does not depend on the fold when BN statistics are not

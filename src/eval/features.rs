@@ -59,7 +59,7 @@ pub(crate) fn dump(path: &Path, key: &serde_json::Value, shared: &[train::Cache]
 /// every image of the session, augmented views of `aug_rows` (`None`: every
 /// image) and the mirror images where `mirrors`.
 pub(crate) fn load(path: &Path, key: &serde_json::Value, session: &Session, aug_rows: Option<&[usize]>, mirrors: bool) -> Result<train::Cache> {
-    let t = tch::Tensor::read_safetensors(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+    let t = crate::model::weights::read_tensors(path)?;
     let saved: Option<serde_json::Value> = std::fs::read(path.with_extension("json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
     if saved.as_ref() != Some(key) {
         return Err(Error::file(path, "was dumped for other images, weights, preprocessing, views or pooling (its .json beside it differs)"));

@@ -804,6 +804,18 @@ fn a_dumped_feature_cache_reproduces_the_probe_and_refuses_other_pooling() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("gone.safetensors") && err.contains("No such file") && !err.contains("IoError") && err.lines().count() == 1, "{err}");
     assert!(!d.path().join("g").exists(), "refused before the cv folder is made");
+    // A folder, and a dump cut short, in one sentence each (not the safetensors reader's debug form).
+    std::fs::create_dir(d.path().join("dir.safetensors")).unwrap();
+    let (code, _, err) = cv(&["--load-features", "dir.safetensors"], "h");
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("dir.safetensors: is a folder: give the .safetensors file that `cv --dump-features` wrote") && err.lines().count() == 1, "{err}");
+    let whole = std::fs::read(d.path().join("f.safetensors")).unwrap();
+    std::fs::write(d.path().join("cut.safetensors"), &whole[..whole.len() / 2]).unwrap();
+    std::fs::copy(d.path().join("f.json"), d.path().join("cut.json")).unwrap();
+    let (code, _, err) = cv(&["--load-features", "cut.safetensors"], "i");
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("cut.safetensors: is truncated or corrupt (its header lists") && err.lines().count() == 1, "{err}");
+    assert!(!d.path().join("h").exists() && !d.path().join("i").exists(), "refused before the cv folder is made");
 }
 
 /// The feature cache (`--feature-cache DIR`): a second cv on the same images
