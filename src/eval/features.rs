@@ -50,8 +50,9 @@ pub(crate) fn dump(path: &Path, key: &serde_json::Value, shared: &[train::Cache]
     let Some(c) = shared.iter().find(|c| c.from == Block::Head) else {
         return Err(Error::invalid(crate::error::Setting::Data, "has no pooled-feature cache to dump (a probe recipe or --baseline probe makes one)"));
     };
-    let t = c.named_tensors();
-    fsutil::write_atomic_with(path, |tmp| tch::Tensor::write_safetensors(&t, tmp).map_err(|e| Error::file(path, format!("cannot write: {e}"))))?;
+    // (save_atomic: a full disk in the OS's words, as every weights file says it.)
+    let t: Vec<(String, tch::Tensor)> = c.named_tensors().into_iter().map(|(n, t)| (n.to_string(), t)).collect();
+    crate::model::weights::save_atomic(&t, path)?;
     fsutil::write_json(&path.with_extension("json"), key)
 }
 

@@ -422,6 +422,14 @@ fn a_full_disk_is_one_clear_error_that_says_how_to_go_on_and_loses_nothing() {
     assert!(line[0].contains("No space left on device") && line[0].contains(&hint), "{err}");
     let kept: Vec<_> = std::fs::read_dir(out.join("folds")).unwrap().flatten().map(|e| e.file_name()).collect();
     assert_eq!(kept.len(), 1, "one fold result kept, no temporary file: {kept:?}");
+    // A feature dump onto the full disk: the OS's words, as every weights file says them (not tch's debug form).
+    let dump = disk2.join("f.safetensors");
+    let probe =
+        args(&s, &["cv", "--data", m.to_str().unwrap(), "--stages", "head:1", "--folds", "2", "--dump-features", dump.to_str().unwrap(), "--out", "cvd"]);
+    let (code, _, err) = run(&probe, d.path());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&format!("{}: cannot write: No space left on device", dump.display())) && !err.contains("IoError"), "{err}");
+    assert!(!dump.exists() && std::fs::read_dir(&disk2).unwrap().flatten().all(|e| !e.file_name().to_string_lossy().contains(".tmp")));
     assert!(std::process::Command::new("mount").args(["-o", "remount,size=16m", disk2.to_str().unwrap()]).status().is_ok_and(|s| s.success()));
     let (code, _, err) = run(&cv, d.path());
     assert_eq!(code, 0, "{err}");
