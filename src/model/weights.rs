@@ -178,8 +178,9 @@ fn entry(path: &Path, name: &str, info: &serde_json::Value) -> Result<(Kind, Vec
 /// A safetensors file read whole, each tensor a view of the bytes read
 /// rather than a copy: loading a run's model (`predict`, `evaluate`,
 /// `explain`) then copies each tensor once, from the file's bytes into the
-/// network, where tch's reader copies it into a tensor of its own first
-/// (~25 ms of a 59 MB model's ~90 ms load, measured 2026-12-07).
+/// network, where tch's reader copied it into a tensor of its own first
+/// (~25 ms of a 59 MB model's ~90 ms load, measured 2026-12-07); the other
+/// reads (`read_tensors`) copy the tensors out, to keep.
 struct FileTensors {
     /// Declared before the bytes, so dropped before them: no view outlives what it views.
     tensors: BTreeMap<String, Tensor>,
