@@ -160,10 +160,15 @@ pub(crate) fn read_tensors_where(path: &Path, keep: impl Fn(&str) -> bool) -> Re
     Ok((out, skipped))
 }
 
+/// Tensor `name`'s bytes do not fit its header entry, or the file.
+fn corrupt_entry(path: &Path, name: &str) -> Error {
+    Error::weights(path, format!("is truncated or corrupt (tensor data does not match the header): {name}"))
+}
+
 /// A header entry read and checked: its element type, shape and byte range
 /// (after the header), whose length the shape and type must fill exactly.
 fn entry(path: &Path, name: &str, info: &serde_json::Value) -> Result<(Kind, Vec<i64>, (u64, u64))> {
-    let corrupt = || Error::weights(path, format!("is truncated or corrupt (tensor data does not match the header): {name}"));
+    let corrupt = || corrupt_entry(path, name);
     let dtype = info["dtype"].as_str().unwrap_or("");
     let kind = kind_of(dtype).ok_or_else(|| Error::weights(path, format!("cannot be read as safetensors: {name} has an unsupported dtype `{dtype}`")))?;
     let shape: Option<Vec<i64>> = info["shape"].as_array().and_then(|a| a.iter().map(|d| d.as_u64().and_then(|d| i64::try_from(d).ok())).collect());
@@ -202,7 +207,7 @@ impl FileTensors {
                 .ok()
                 .zip(usize::try_from(b).ok())
                 .and_then(|(a, b)| bytes.get(start.checked_add(a)?..start.checked_add(b)?))
-                .ok_or_else(|| Error::weights(path, format!("is truncated or corrupt (tensor data does not match the header): {name}")))?;
+                .ok_or_else(|| corrupt_entry(path, name))?;
             let t = if (data.as_ptr() as usize).is_multiple_of(kind.elt_size_in_bytes()) {
                 // SAFETY: `data` lies in `bytes`, which is never written again and
                 // outlives every view (`tensors` is dropped first, and views are
