@@ -304,47 +304,10 @@ pub(crate) fn stat(metric: &str, values: &[f64]) -> Stat {
 /// every fold is there) the summary.
 pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>> {
     check_request(req)?;
-    let mut data_cfg = req.recipe.data.clone();
-    data_cfg.val = ValSpec::None;
-    data_cfg.path = recorded_data_path(&req.out, &data_cfg.path);
-    crate::data::scan::refuse_output_inside(&data_cfg.path, data_cfg.format, &req.out, "the cv's folds and plots")?;
-    crate::data::scan::refuse_other_output(
-        &req.out,
-        "a cv folder",
-        "the cv's folds, summary and plots",
-        &["cv.md", "cv.json", "confusion.png", "roc.png", "folds.png", "subjects.png", "top_losses.png", "top_losses.csv"],
-    )?;
-    let session = Session::open(&req.recipe, data_cfg, req.seeds[0], None, reporter)?;
-    let probe = req.baseline.then(|| {
-        let p = session.probe(req.recipe.probe);
-        Probe { epochs: req.probe_epochs.unwrap_or(p.epochs), ..p }
-    });
-    if probe.is_some_and(|p| p.is_recipe(&session.config.train)) {
-        reporter.message(
-            "note: the recipe trains the head alone, as the probe does: --baseline probe repeats its scores (nothing trained twice); --freeze-until conv5 makes the recipe a fine-tune to compare with the probe",
-        );
-    }
+    let session = open_session(req, reporter)?;
+    let probe = baseline_probe(req, &session, reporter);
+    let cfg = cv_config(req, &session, probe);
     let ds = &session.prepared.dataset;
-    // What the images are (paths, labels, subjects, file sizes), so a cv resumed on other data is refused.
-    let mut run_cfg = RunConfig { data_sha256: crate::run::sha256_hex(&crate::run::split_csv(&session.prepared)), ..session.config.clone() };
-    if let Ok(w) = std::path::absolute(&run_cfg.weights.path) {
-        run_cfg.weights.path = w;
-    }
-    let cfg = CvConfig {
-        run: run_cfg,
-        folds: req.folds.clone(),
-        seeds: req.seeds.clone(),
-        baseline: probe.map(|p| p.epochs),
-        probe_lr: probe.map(|p| p.lr),
-        probe_members: probe.map(|p| p.members).filter(|&m| m > 1),
-        tta_flip: eval::flip_tta(req.tta_flip, session.config.model.subject_norm == crate::subject::SubjectNormChoice::On),
-        top_losses: req.top_losses,
-        n_folds: match req.folds {
-            Folds::Loso => ds.samples.iter().filter_map(|s| s.subject.as_deref()).collect::<std::collections::BTreeSet<_>>().len(),
-            Folds::K { k } => k,
-        },
-        shared_views: false,
-    };
     if !ds.samples.iter().all(|s| s.subject.is_some()) {
         reporter.message(&format!(
             "no subject ids in this dataset: folds are stratified image folds (the same person may be in training and test){}",
@@ -365,22 +328,8 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
     let _lock = fsutil::lock_file(&req.out, ".lock", req.only_fold.is_some())?;
     let _fold_lock = req.only_fold.map(|f| fsutil::lock_file(&req.out, &format!(".lock-fold-{f}"), false)).transpose()?;
     fsutil::remove_stale_temps(&req.out);
-    // A cv stopped part-way (killed, or the machine went down) and started
-    // again with the same command keeps the fold results it wrote: each fold
-    // draws from streams of its own, so the others do not depend on them.
-    let done = finished_folds(&req.out, &cfg)?;
-    if !done.is_empty() {
-        let before = jobs.len();
-        jobs.retain(|j| !done.contains(&(j.seed, j.fold)));
-        reporter.message(&format!(
-            "resuming {}: {} fold result(s) of this same cv are there already (its cv-config.json matches); {} to run",
-            req.out.display(),
-            before - jobs.len(),
-            jobs.len()
-        ));
-        if jobs.is_empty() {
-            return if req.only_fold.is_some() { Ok(None) } else { collect(&req.out, false).map(Some) };
-        }
+    if skip_finished(req, &cfg, &mut jobs, reporter)? {
+        return if req.only_fold.is_some() { Ok(None) } else { collect(&req.out, false).map(Some) };
     }
     fsutil::create_dir(&req.out.join("folds"))?;
     // Mirror images for flip TTA, and for training where the recipe or its baseline probe draws clean views.
@@ -392,7 +341,100 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
     if let Some(path) = &req.dump_features {
         features::dump(path, &features::key(&session), &shared)?;
     }
-    let workers = parallel_workers(req, &session, &shared, jobs.len());
+    run_jobs(req, (&session, &shared), (&cfg, probe), &jobs, reporter).map_err(|e| resumable(e, &req.out))?;
+    if req.only_fold.is_some() {
+        return Ok(None);
+    }
+    collect(&req.out, false).map(Some)
+}
+
+/// The session over the cv's data (no validation split: the folds are
+/// the split), once the output folder is known not to clash with it.
+fn open_session(req: &Request, reporter: &mut dyn Reporter) -> Result<Session> {
+    let mut data_cfg = req.recipe.data.clone();
+    data_cfg.val = ValSpec::None;
+    data_cfg.path = recorded_data_path(&req.out, &data_cfg.path);
+    crate::data::scan::refuse_output_inside(&data_cfg.path, data_cfg.format, &req.out, "the cv's folds and plots")?;
+    crate::data::scan::refuse_other_output(
+        &req.out,
+        "a cv folder",
+        "the cv's folds, summary and plots",
+        &["cv.md", "cv.json", "confusion.png", "roc.png", "folds.png", "subjects.png", "top_losses.png", "top_losses.csv"],
+    )?;
+    Session::open(&req.recipe, data_cfg, req.seeds[0], None, reporter)
+}
+
+/// The probe `--baseline probe` trains beside the recipe (said where the
+/// recipe already is that probe).
+fn baseline_probe(req: &Request, session: &Session, reporter: &mut dyn Reporter) -> Option<Probe> {
+    let probe = req.baseline.then(|| {
+        let p = session.probe(req.recipe.probe);
+        Probe { epochs: req.probe_epochs.unwrap_or(p.epochs), ..p }
+    });
+    if probe.is_some_and(|p| p.is_recipe(&session.config.train)) {
+        reporter.message(
+            "note: the recipe trains the head alone, as the probe does: --baseline probe repeats its scores (nothing trained twice); --freeze-until conv5 makes the recipe a fine-tune to compare with the probe",
+        );
+    }
+    probe
+}
+
+/// What `cv-config.json` records: the run's configuration with what the
+/// images are (paths, labels, subjects, file sizes), so a cv resumed on
+/// other data is refused, and the cv's own choices.
+fn cv_config(req: &Request, session: &Session, probe: Option<Probe>) -> CvConfig {
+    let ds = &session.prepared.dataset;
+    let mut run_cfg = RunConfig { data_sha256: crate::run::sha256_hex(&crate::run::split_csv(&session.prepared)), ..session.config.clone() };
+    if let Ok(w) = std::path::absolute(&run_cfg.weights.path) {
+        run_cfg.weights.path = w;
+    }
+    CvConfig {
+        run: run_cfg,
+        folds: req.folds.clone(),
+        seeds: req.seeds.clone(),
+        baseline: probe.map(|p| p.epochs),
+        probe_lr: probe.map(|p| p.lr),
+        probe_members: probe.map(|p| p.members).filter(|&m| m > 1),
+        tta_flip: eval::flip_tta(req.tta_flip, session.config.model.subject_norm == crate::subject::SubjectNormChoice::On),
+        top_losses: req.top_losses,
+        n_folds: match req.folds {
+            Folds::Loso => ds.samples.iter().filter_map(|s| s.subject.as_deref()).collect::<std::collections::BTreeSet<_>>().len(),
+            Folds::K { k } => k,
+        },
+        shared_views: false,
+    }
+}
+
+/// A cv stopped part-way (killed, or the machine went down) and started
+/// again with the same command keeps the fold results it wrote: each fold
+/// draws from streams of its own, so the others do not depend on them.
+/// Drops those folds from `jobs`; true when none is left to run.
+fn skip_finished(req: &Request, cfg: &CvConfig, jobs: &mut Vec<Job>, reporter: &mut dyn Reporter) -> Result<bool> {
+    let done = finished_folds(&req.out, cfg)?;
+    if done.is_empty() {
+        return Ok(false);
+    }
+    let before = jobs.len();
+    jobs.retain(|j| !done.contains(&(j.seed, j.fold)));
+    reporter.message(&format!(
+        "resuming {}: {} fold result(s) of this same cv are there already (its cv-config.json matches); {} to run",
+        req.out.display(),
+        before - jobs.len(),
+        jobs.len()
+    ));
+    Ok(jobs.is_empty())
+}
+
+/// Trains and scores every fold of `jobs` (side by side where
+/// `parallel_workers` allows), writing each result as it comes.
+fn run_jobs(
+    req: &Request,
+    (session, shared): (&Session, &[train::Cache]),
+    (cfg, probe): (&CvConfig, Option<Probe>),
+    jobs: &[Job],
+    reporter: &mut dyn Reporter,
+) -> Result<()> {
+    let workers = parallel_workers(req, session, shared, jobs.len());
     if let Some(w) = workers.as_ref().filter(|w| w.count > 1 || w.memory.is_some()) {
         reporter.message(&format!(
             "training {} fold(s) at a time, each on one core (a head-only recipe on the cached features: its folds' numbers do not depend on the thread count){}",
@@ -411,7 +453,7 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
         reporter.message(&fold_line(job, r, &cfg.run.classes[0], &eta));
         fsutil::write_json(&req.out.join("folds").join(format!("seed{}-fold{}.json", job.seed, job.fold)), r)
     };
-    let read = ReadOnly(&session, &shared);
+    let read = ReadOnly(session, shared);
     let stopped = || req.stop.as_deref().is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst));
     let fold = |job: &Job| {
         if stopped() {
@@ -419,20 +461,15 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
         }
         read.fold(req, job, (cfg.tta_flip, probe))
     };
-    let ran = match workers {
-        Some(w) => in_parallel(w.count, &jobs, fold, &mut finished),
+    match workers {
+        Some(w) => in_parallel(w.count, jobs, fold, &mut finished),
         None => {
             // Every fold draws from a stream of its own, as on the parallel path: the same training gives the
             // same numbers on either (a fine-tune's `--baseline probe` and that probe as the recipe).
             let _own = crate::model::own_stream();
             jobs.iter().try_for_each(|job| finished(job, &fold(job)?))
         }
-    };
-    ran.map_err(|e| resumable(e, &req.out))?;
-    if req.only_fold.is_some() {
-        return Ok(None);
     }
-    collect(&req.out, false).map(Some)
 }
 
 /// Refuses what no fold could run with: no seeds, a seed given twice (it
@@ -1409,21 +1446,34 @@ pub(crate) fn subject_bacc(results: &[FoldResult]) -> Vec<(String, f64, usize)> 
 /// The printed / saved summary.
 pub fn markdown(s: &Summary) -> String {
     let mut out = format!("# Cross-validation\n\n{}\n\n", s.protocol);
-    let table = |out: &mut String, stats: &[Stat]| {
-        out.push_str("| metric | mean ± std | 95 % interval | n |\n|---|---|---|---|\n");
-        for st in stats {
-            out.push_str(&format!(
-                "| {} | {} ± {} | [{}, {}] | {} |\n",
-                st.metric,
-                crate::eval::fig(st.mean),
-                crate::eval::fig(st.std),
-                crate::eval::fig(st.ci95.0),
-                crate::eval::fig(st.ci95.1),
-                st.n
-            ));
-        }
-    };
-    table(&mut out, &s.stats);
+    stats_table(&mut out, &s.stats);
+    alternatives(&mut out, s);
+    per_fold(&mut out, s);
+    per_seed(&mut out, s);
+    pooled_predictions(&mut out, s);
+    per_subject(&mut out, s);
+    out
+}
+
+/// One row per metric: mean ± std, the 95 % interval, the count.
+fn stats_table(out: &mut String, stats: &[Stat]) {
+    out.push_str("| metric | mean ± std | 95 % interval | n |\n|---|---|---|---|\n");
+    for st in stats {
+        out.push_str(&format!(
+            "| {} | {} ± {} | [{}, {}] | {} |\n",
+            st.metric,
+            crate::eval::fig(st.mean),
+            crate::eval::fig(st.std),
+            crate::eval::fig(st.ci95.0),
+            crate::eval::fig(st.ci95.1),
+            st.n
+        ));
+    }
+}
+
+/// The other models scored on the same folds (the single-image head, the
+/// probe, threshold 0.5, one class per person), each against the recipe.
+fn alternatives(out: &mut String, s: &Summary) {
     let sections = [
         (
             format!(
@@ -1456,7 +1506,7 @@ pub fn markdown(s: &Summary) -> String {
     for (title, alt) in sections {
         if let Some(a) = alt {
             out.push_str(&format!("\n## {title}\n\n"));
-            table(&mut out, &a.stats);
+            stats_table(out, &a.stats);
             out.push_str(&format!(
                 "\npooled out-of-fold: accuracy {:.3}, balanced accuracy {:.3}, ROC AUC {:.3}; recipe − this: balanced accuracy {:+.3}\n",
                 a.pooled.accuracy,
@@ -1466,7 +1516,10 @@ pub fn markdown(s: &Summary) -> String {
             ));
         }
     }
-    // Test people (up to 3 named) where the summary has them.
+}
+
+/// One row per fold (its test people, up to 3 named, where the summary has them).
+fn per_fold(out: &mut String, s: &Summary) {
     let people = !s.fold_people.is_empty();
     out.push_str(if people {
         "\n## Per fold\n\n| seed | fold | test people | n | accuracy | balanced accuracy | ROC AUC |\n|---|---|---|---|---|---|---|\n"
@@ -1480,6 +1533,10 @@ pub fn markdown(s: &Summary) -> String {
         };
         out.push_str(&format!("| {seed} | {fold} |{who} {} | {:.3} | {:.3} | {} |\n", m.n, m.accuracy, m.balanced_accuracy, crate::eval::fig(m.roc_auc)));
     }
+}
+
+/// Each seed's means over its folds, and their spread.
+fn per_seed(out: &mut String, s: &Summary) {
     if let Some(sp) = &s.seed_spread {
         out.push_str(&format!(
             "\n## Per seed (means over each seed's folds)\n\nspread over seeds: balanced accuracy {:.3} ± {:.3} (std of the {} per-seed means; range {:.3}–{:.3})\n\n| seed | folds | accuracy | balanced accuracy | ROC AUC |\n|---|---|---|---|---|\n",
@@ -1493,6 +1550,10 @@ pub fn markdown(s: &Summary) -> String {
             out.push_str(&format!("| {} | {} | {:.3} | {:.3} | {} |\n", m.seed, m.folds, m.accuracy, m.balanced_accuracy, crate::eval::fig(m.roc_auc)));
         }
     }
+}
+
+/// The pooled out-of-fold figures and confusion matrix, and the test photos unlike their training photos.
+fn pooled_predictions(out: &mut String, s: &Summary) {
     out.push_str(&format!(
         "\n## Pooled out-of-fold predictions\n\naccuracy {:.3}, balanced accuracy {:.3}, ROC AUC {}, majority baseline {:.3}\n\n| true \\ predicted | {} |\n|---|{}\n",
         s.pooled.accuracy,
@@ -1511,8 +1572,12 @@ pub fn markdown(s: &Summary) -> String {
             u.count, u.of, u.limit, u.farthest, u.largest
         ));
     }
+}
+
+/// Each subject's correct / tested, worst first.
+fn per_subject(out: &mut String, s: &Summary) {
     if s.per_subject.is_empty() {
-        return out;
+        return;
     }
     out.push_str("\n## Per subject (correct / tested, pooled over seeds)\n\n");
     let worst: Vec<String> = {
@@ -1522,7 +1587,6 @@ pub fn markdown(s: &Summary) -> String {
     };
     out.push_str(&worst.join(", "));
     out.push('\n');
-    out
 }
 
 #[cfg(test)]
