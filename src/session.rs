@@ -92,6 +92,90 @@ fn person_defaults(recipe: &Recipe, probe: &Probe, (several, faces_cropped): (bo
     chose
 }
 
+/// A session's data as `Session::open` resolves it: the prepared images,
+/// the data options (with the face crop chosen for it), whether each
+/// person's face is cropped, the people shown with one class only, notes.
+struct Opened {
+    prepared: Prepared,
+    data: DataConfig,
+    faces_cropped: bool,
+    one_class: Option<String>,
+    notes: Vec<String>,
+}
+
+/// Scans and loads the photos of `data`, cropped to each person's face
+/// where person statistics will be on: with them the crop measured better
+/// (JAFFE-format frames; the London pairs: docs/results/accuracy, "The
+/// single-image head"); photos in which the detector finds no face at all
+/// keep the whole frame. The single-image head reads the whole frame
+/// (`Loaded::lone`): a lone photo has no person's box.
+fn open_data(recipe: &Recipe, mut data: DataConfig, seed: u64, reporter: &mut dyn Reporter) -> Result<Opened> {
+    let dataset = scan_data(&data, reporter)?;
+    let counts = subject_counts(&dataset);
+    let one_class = one_class_each(&dataset, &data);
+    let mut faces_cropped = recipe.auto_face && person_stats(recipe.model.subject_norm, counts.as_deref(), one_class.is_some());
+    if faces_cropped {
+        data.preprocess.face = FaceMode::Person;
+    }
+    // Said once the weights have loaded (`advise`): a wrong weights file fails with its one line.
+    let mut notes: Vec<String> = Vec::new();
+    let mut loaded = crate::data::load_images(&dataset.samples, &data.preprocess, data.skip_bad)?;
+    if faces_cropped && loaded.boxes.iter().all(|b| b.as_ref().is_none_or(|b| b.score.is_none())) {
+        notes.push("no face found in any image: using the whole frame (--face person crops the centre instead)".into());
+        faces_cropped = false;
+        data.preprocess.face = FaceMode::None;
+        loaded = crate::data::load_images(&dataset.samples, &data.preprocess, data.skip_bad)?;
+    }
+    let prepared = finish(dataset, loaded, &data, seed, reporter)?;
+    Ok(Opened { prepared, data, faces_cropped, one_class, notes })
+}
+
+/// What `--subject-norm` `chosen` (resolved to `resolved`) means for these
+/// people, where it needs saying: everyone shown with one class only
+/// (`one_class`), auto leaving it off, subject ids against the file names.
+fn subject_norm_notes(one_class: Option<&str>, chosen: SubjectNormChoice, resolved: SubjectNormChoice, ds: &Dataset) -> Vec<String> {
+    let mut notes = Vec::new();
+    match (one_class, chosen) {
+        (Some(people), SubjectNormChoice::Auto) => notes.push(format!(
+            "per-subject normalisation is off (--subject-norm auto): every person here shows one class only ({people}), and a person's own statistics would remove that class itself; --subject-norm on turns it on"
+        )),
+        (Some(people), SubjectNormChoice::On) => notes.push(format!(
+            "warning: every person here shows one class only ({people}): per-subject normalisation (--subject-norm on) removes each person's mean, here that person's class, and leaves the head little to learn"
+        )),
+        (None, SubjectNormChoice::Auto) if resolved == SubjectNormChoice::Off => notes.extend(subject_norm_off(ds)),
+        _ => {}
+    }
+    notes.extend(ids_against_names(ds, resolved == SubjectNormChoice::On));
+    notes
+}
+
+/// Resolves `--threshold` and `--calibrate` auto for this data (`several`:
+/// several photos per person) and says when they add inner fits.
+fn resolve_inner_fits(recipe: &Recipe, config: &mut RunConfig, several: bool, reporter: &mut dyn Reporter) -> Result<()> {
+    let head_only = config.train.head_only();
+    config.train.threshold = resolve_threshold(recipe.train.threshold, several, head_only, config.classes.len())?;
+    match config.train.threshold {
+        ThresholdChoice::Fixed(t) => config.threshold = Some(Threshold::fixed(t)),
+        ThresholdChoice::Inner if recipe.train.threshold == ThresholdChoice::Auto => reporter.message(&format!(
+            "the threshold on P({}) is set after training by a {}-fold subject-grouped cross-validation over the training people ({} more fits of the head; --threshold off: the larger probability)",
+            config.classes[0],
+            crate::eval::threshold::INNER_FOLDS,
+            crate::eval::threshold::INNER_FOLDS
+        )),
+        _ => {}
+    }
+    let person_stats = config.model.subject_norm == SubjectNormChoice::On;
+    config.train.calibrate = resolve_calibrate(recipe.train.calibrate, config.train.threshold, several && head_only, person_stats)?;
+    if config.train.calibrate == CalibrateChoice::Inner && recipe.train.calibrate == CalibrateChoice::Auto && config.train.threshold != ThresholdChoice::Inner {
+        reporter.message(&format!(
+            "the single-image head's probabilities are calibrated after training on a {}-fold subject-grouped cross-validation over the training people ({} more fits of the head; --calibrate off: as the head gives them)",
+            crate::eval::threshold::INNER_FOLDS,
+            crate::eval::threshold::INNER_FOLDS
+        ));
+    }
+    Ok(())
+}
+
 impl Session {
     /// Checks the recipe, prepares `data` (split with `seed`) and resolves
     /// the weights, `--subject-norm auto` and the recipe's other defaults
@@ -100,33 +184,11 @@ impl Session {
         crate::model::settle_vector_math();
         recipe.train.validate()?;
         let device = parse_device(&recipe.device)?;
-        let mut data = data;
         // A wrong weights file given is said at once, before the photos load.
         if let (Some(given), false) = (&recipe.weights, recipe.random_init) {
             resolve_weights(Some(given), recipe.model.bn.has_bn())?;
         }
-        let dataset = scan_data(&data, reporter)?;
-        // With person statistics the crop to each person's face measured better
-        // (JAFFE-format frames; the London pairs: docs/results/accuracy, "The
-        // single-image head"); photos in which the detector finds no face at all
-        // keep the whole frame. The single-image head reads the whole frame
-        // (`Loaded::lone`): a lone photo has no person's box.
-        let counts = subject_counts(&dataset);
-        let one_class = one_class_each(&dataset, &data);
-        let mut faces_cropped = recipe.auto_face && person_stats(recipe.model.subject_norm, counts.as_deref(), one_class.is_some());
-        if faces_cropped {
-            data.preprocess.face = FaceMode::Person;
-        }
-        // Said once the weights have loaded (`advise`): a wrong weights file fails with its one line.
-        let mut notes: Vec<String> = Vec::new();
-        let mut loaded = crate::data::load_images(&dataset.samples, &data.preprocess, data.skip_bad)?;
-        if faces_cropped && loaded.boxes.iter().all(|b| b.as_ref().is_none_or(|b| b.score.is_none())) {
-            notes.push("no face found in any image: using the whole frame (--face person crops the centre instead)".into());
-            faces_cropped = false;
-            data.preprocess.face = FaceMode::None;
-            loaded = crate::data::load_images(&dataset.samples, &data.preprocess, data.skip_bad)?;
-        }
-        let mut prepared = finish(dataset, loaded, &data, seed, reporter)?;
+        let Opened { mut prepared, data, faces_cropped, one_class, mut notes } = open_data(recipe, data, seed, reporter)?;
         let weights = weights_info(recipe.weights.as_deref(), recipe.random_init, recipe.model.bn.has_bn())?;
         let (raw_classes, raw_to_task) = raw_head(&prepared.labels, data.train_labels);
         let mut config = RunConfig {
@@ -147,17 +209,7 @@ impl Session {
             calibration: None,
             single_frame: false,
         };
-        match (&one_class, recipe.model.subject_norm) {
-            (Some(people), SubjectNormChoice::Auto) => notes.push(format!(
-                "per-subject normalisation is off (--subject-norm auto): every person here shows one class only ({people}), and a person's own statistics would remove that class itself; --subject-norm on turns it on"
-            )),
-            (Some(people), SubjectNormChoice::On) => notes.push(format!(
-                "warning: every person here shows one class only ({people}): per-subject normalisation (--subject-norm on) removes each person's mean, here that person's class, and leaves the head little to learn"
-            )),
-            (None, SubjectNormChoice::Auto) if config.model.subject_norm == SubjectNormChoice::Off => notes.extend(subject_norm_off(&prepared.dataset)),
-            _ => {}
-        }
-        notes.extend(ids_against_names(&prepared.dataset, config.model.subject_norm == SubjectNormChoice::On));
+        notes.extend(subject_norm_notes(one_class.as_deref(), recipe.model.subject_norm, config.model.subject_norm, &prepared.dataset));
         // The whole frames are for the single-image head, which only person statistics bring.
         config.single_frame = config.model.subject_norm == SubjectNormChoice::On && prepared.data.lone.is_some();
         prepared.keep_frames(config.single_frame);
@@ -177,30 +229,7 @@ impl Session {
             config.train.members = m;
             config.train.validate()?;
         }
-        let head_only = config.train.head_only();
-        config.train.threshold = resolve_threshold(recipe.train.threshold, several, head_only, config.classes.len())?;
-        match config.train.threshold {
-            ThresholdChoice::Fixed(t) => config.threshold = Some(Threshold::fixed(t)),
-            ThresholdChoice::Inner if recipe.train.threshold == ThresholdChoice::Auto => reporter.message(&format!(
-                "the threshold on P({}) is set after training by a {}-fold subject-grouped cross-validation over the training people ({} more fits of the head; --threshold off: the larger probability)",
-                config.classes[0],
-                crate::eval::threshold::INNER_FOLDS,
-                crate::eval::threshold::INNER_FOLDS
-            )),
-            _ => {}
-        }
-        let person_stats = config.model.subject_norm == SubjectNormChoice::On;
-        config.train.calibrate = resolve_calibrate(recipe.train.calibrate, config.train.threshold, several && head_only, person_stats)?;
-        if config.train.calibrate == CalibrateChoice::Inner
-            && recipe.train.calibrate == CalibrateChoice::Auto
-            && config.train.threshold != ThresholdChoice::Inner
-        {
-            reporter.message(&format!(
-                "the single-image head's probabilities are calibrated after training on a {}-fold subject-grouped cross-validation over the training people ({} more fits of the head; --calibrate off: as the head gives them)",
-                crate::eval::threshold::INNER_FOLDS,
-                crate::eval::threshold::INNER_FOLDS
-            ));
-        }
+        resolve_inner_fits(recipe, &mut config, several, reporter)?;
         // The recipe as resolved for this data (the probe's settings among it) obeys the flags' rules too.
         config.validate()?;
         let advice = if device == Device::Cpu { bf16_advice(config.model.precision, crate::model::CpuBf16::detect()) } else { None };
