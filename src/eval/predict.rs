@@ -658,27 +658,16 @@ fn predict_distinct(
     // person, kept until that person's last input is in. An input alone from the start (no subject id,
     // or its person's only photo) is answered with its chunk, and nothing of it kept.
     let mut waiting: std::collections::BTreeMap<usize, Waiting> = std::collections::BTreeMap::new();
-    let alone_from_start: Vec<bool> = modes_of(keys).into_iter().map(|m| m == Mode::Single).collect();
-    let groups = crate::subject::groups(keys);
-    // The input after which each person's photos are all in (a model without `head.person_var` pools
-    // the people's spread over everyone it answers: its people wait for the last input).
-    let own = model.person_prior().is_some();
-    let mut last = vec![0usize; groups.iter().max().map_or(0, |m| m + 1)];
-    for (i, &g) in groups.iter().enumerate() {
-        last[g] = if own { i } else { paths.len() - 1 };
-    }
+    let plan = Plan::new(cfg, model, keys);
     // Progress only when there is more than one batch to do.
     let show = paths.len() > batch.max(1);
     if show {
         reporter.progress("predicting", "image(s)", 0, paths.len());
     }
-    // Inputs the single-image head will answer (too few photos of their person), where it reads the whole frame.
-    let framed = cfg.single_frame && model.cfg.subject_norm;
-    let alone: Vec<bool> = modes_of(keys).into_iter().map(|m| framed && m == Mode::Single).collect();
     // Each person's face box (`--face person`), found when the person's first input comes up.
     let mut given: Vec<Option<crate::data::face::FaceBox>> = vec![None; paths.len()];
-    let mut members: Vec<Vec<usize>> = vec![Vec::new(); last.len()];
-    for (i, &g) in groups.iter().enumerate() {
+    let mut members: Vec<Vec<usize>> = vec![Vec::new(); plan.last.len()];
+    for (i, &g) in plan.groups.iter().enumerate() {
         members[g].push(i);
     }
     for chunk in paths.chunks(batch.max(1)) {
@@ -686,57 +675,23 @@ fn predict_distinct(
             reporter.progress("predicting", "image(s)", out.len(), paths.len());
         }
         let base = out.len();
-        for i in base..base + chunk.len() {
-            let rows = std::mem::take(&mut members[groups[i]]);
-            if !rows.is_empty() {
-                let pick = |v: &[Option<String>]| rows.iter().map(|&k| v[k].clone()).collect::<Vec<_>>();
-                let found = person_boxes(
-                    cfg,
-                    &rows.iter().map(|&k| paths[k].clone()).collect::<Vec<_>>(),
-                    (&pick(keys), &rows.iter().map(|&k| alone[k]).collect::<Vec<_>>()),
-                    &mut finder,
-                );
-                for (k, b) in rows.into_iter().zip(found) {
-                    given[k] = b;
-                }
-            }
-        }
+        find_boxes(cfg, (paths, keys), &plan, base..base + chunk.len(), (&mut members, &mut given), &mut finder);
         let prepared: Vec<(PathBuf, Prepared)> = chunk
             .iter()
             .enumerate()
             .map(|(j, p)| {
-                let r = if alone[base + j] { prepare_alone(p, cfg, &mut finder) } else { prepare_one(p, cfg, &mut finder, given[base + j].as_ref()) };
+                let r = if plan.alone[base + j] { prepare_alone(p, cfg, &mut finder) } else { prepare_one(p, cfg, &mut finder, given[base + j].as_ref()) };
                 (p.clone(), r)
             })
             .collect();
-        let (probs, distances) = chunk_forward(cfg, model, &prepared, (base, &alone_from_start), (tta_flip, device), &mut waiting);
-        let (mut probs, mut distances) = (probs.into_iter(), distances.into_iter());
-        for (j, (path, r)) in prepared.into_iter().enumerate() {
-            let p = match r {
-                // Subject-normalised and waiting for the rest of its person: answered in `answer_people`.
-                Ok((_, face)) if model.cfg.subject_norm && !alone_from_start[base + j] => {
-                    Prediction { path, probs: Ok(vec![]), raw: vec![], mode: None, face, distance: None }
-                }
-                Ok((_, face)) => {
-                    let (task, raw) = probs.next().unwrap_or_default();
-                    let mut p = Prediction { path, probs: Ok(vec![]), raw: vec![], mode: None, face, distance: distances.next() };
-                    if model.cfg.subject_norm {
-                        p.answer(cfg, model, (task, raw), Mode::Single);
-                    } else {
-                        (p.probs, p.raw) = (Ok(task), raw);
-                    }
-                    p
-                }
-                Err(e) => Prediction { path, probs: Err(e), raw: vec![], mode: None, face: None, distance: None },
-            };
-            out.push(Some(p));
-        }
+        let answered = chunk_forward(cfg, model, &prepared, (base, &plan.alone_from_start), (tta_flip, device), &mut waiting);
+        out.extend(chunk_answers(cfg, model, prepared, (base, &plan), answered).into_iter().map(Some));
         // The people whose last input was in this chunk.
         let end = out.len();
-        let ready: Vec<usize> = waiting.keys().copied().filter(|&i| last[groups[i]] < end).collect();
+        let ready: Vec<usize> = waiting.keys().copied().filter(|&i| plan.last[plan.groups[i]] < end).collect();
         if !ready.is_empty() {
             let rows: Vec<(usize, Waiting)> = ready.iter().filter_map(|i| waiting.remove_entry(i)).collect();
-            answer_people(cfg, model, (keys, framed, &alone), rows, (tta_flip, device), &mut out);
+            answer_people(cfg, model, (keys, plan.framed, &plan.alone), rows, (tta_flip, device), &mut out);
         }
         if show && end == paths.len() {
             reporter.progress("predicting", "image(s)", end, paths.len());
@@ -748,6 +703,103 @@ fn predict_distinct(
             handed += 1;
         }
     }
+}
+
+/// What `predict_distinct` knows of its inputs before it reads one.
+struct Plan {
+    /// Each input's person (`subject::groups`).
+    groups: Vec<usize>,
+    /// The input after which each person's photos are all in (a model
+    /// without `head.person_var` pools the people's spread over everyone it
+    /// answers: its people wait for the last input).
+    last: Vec<usize>,
+    /// Inputs alone from the start (no subject id, or their person's only
+    /// photo): answered with their chunk, nothing of them kept.
+    alone_from_start: Vec<bool>,
+    /// Whether the single-image head reads the whole frame (`--face person`).
+    framed: bool,
+    /// Inputs the single-image head will answer (too few photos of their
+    /// person), where it reads the whole frame.
+    alone: Vec<bool>,
+}
+
+impl Plan {
+    fn new(cfg: &RunConfig, model: &Vgg16, keys: &[Option<String>]) -> Plan {
+        let single: Vec<bool> = modes_of(keys).into_iter().map(|m| m == Mode::Single).collect();
+        let groups = crate::subject::groups(keys);
+        let own = model.person_prior().is_some();
+        let mut last = vec![0usize; groups.iter().max().map_or(0, |m| m + 1)];
+        for (i, &g) in groups.iter().enumerate() {
+            last[g] = if own { i } else { keys.len() - 1 };
+        }
+        let framed = cfg.single_frame && model.cfg.subject_norm;
+        let alone = single.iter().map(|&s| framed && s).collect();
+        Plan { groups, last, alone_from_start: single, framed, alone }
+    }
+}
+
+/// The face box (`--face person`) of every input of each person whose
+/// first input lies in `range`, found from all that person's photos
+/// (`members`: each person's inputs still without one; taken here).
+fn find_boxes(
+    cfg: &RunConfig,
+    (paths, keys): (&[PathBuf], &[Option<String>]),
+    plan: &Plan,
+    range: std::ops::Range<usize>,
+    (members, given): (&mut [Vec<usize>], &mut [Option<crate::data::face::FaceBox>]),
+    finder: &mut Option<crate::data::face::FaceFinder>,
+) {
+    for i in range {
+        let rows = std::mem::take(&mut members[plan.groups[i]]);
+        if rows.is_empty() {
+            continue;
+        }
+        let pick = |v: &[Option<String>]| rows.iter().map(|&k| v[k].clone()).collect::<Vec<_>>();
+        let found = person_boxes(
+            cfg,
+            &rows.iter().map(|&k| paths[k].clone()).collect::<Vec<_>>(),
+            (&pick(keys), &rows.iter().map(|&k| plan.alone[k]).collect::<Vec<_>>()),
+            finder,
+        );
+        for (k, b) in rows.into_iter().zip(found) {
+            given[k] = b;
+        }
+    }
+}
+
+/// The answers of one chunk's inputs (`prepared`; input `base + j` is the
+/// chunk's `j`) from what `chunk_forward` answered, in order: an input
+/// waiting for the rest of its person gets an empty answer, made in
+/// `answer_people`; one that did not decode, its error.
+fn chunk_answers(
+    cfg: &RunConfig,
+    model: &Vgg16,
+    prepared: Vec<(PathBuf, Prepared)>,
+    (base, plan): (usize, &Plan),
+    (probs, distances): (Vec<TaskRaw>, Vec<f64>),
+) -> Vec<Prediction> {
+    let (mut probs, mut distances) = (probs.into_iter(), distances.into_iter());
+    prepared
+        .into_iter()
+        .enumerate()
+        .map(|(j, (path, r))| match r {
+            // Subject-normalised and waiting for the rest of its person: answered in `answer_people`.
+            Ok((_, face)) if model.cfg.subject_norm && !plan.alone_from_start[base + j] => {
+                Prediction { path, probs: Ok(vec![]), raw: vec![], mode: None, face, distance: None }
+            }
+            Ok((_, face)) => {
+                let (task, raw) = probs.next().unwrap_or_default();
+                let mut p = Prediction { path, probs: Ok(vec![]), raw: vec![], mode: None, face, distance: distances.next() };
+                if model.cfg.subject_norm {
+                    p.answer(cfg, model, (task, raw), Mode::Single);
+                } else {
+                    (p.probs, p.raw) = (Ok(task), raw);
+                }
+                p
+            }
+            Err(e) => Prediction { path, probs: Err(e), raw: vec![], mode: None, face: None, distance: None },
+        })
+        .collect()
 }
 
 /// One chunk of `predict`'s inputs through the network (those of
