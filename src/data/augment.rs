@@ -39,17 +39,23 @@ impl Augment {
         !self.flip && self.rotate == 0.0 && self.zoom == 0.0 && self.translate == 0.0 && self.brightness == 0.0 && self.contrast == 0.0
     }
 
+    /// Each amount within its range; the first that is not is named by its flag.
     pub(crate) fn validate(&self) -> Result<()> {
-        let ok = (0.0..=180.0).contains(&self.rotate)
-            && (0.0..0.9).contains(&self.zoom)
-            && (0.0..=0.5).contains(&self.translate)
-            && (0.0..=1.0).contains(&self.brightness)
-            && (0.0..0.95).contains(&self.contrast);
-        if ok {
-            Ok(())
-        } else {
-            Err(Error::invalid(Setting::Augment, "values out of range: rotate 0–180°, zoom 0–0.9, translate 0–0.5, brightness 0–1, contrast 0–0.95"))
+        // (setting, value, upper bound, whether the bound itself is allowed)
+        let limits = [
+            (Setting::Rotate, self.rotate, 180.0, true),
+            (Setting::Zoom, self.zoom, 0.9, false),
+            (Setting::Translate, self.translate, 0.5, true),
+            (Setting::Brightness, self.brightness, 1.0, true),
+            (Setting::Contrast, self.contrast, 0.95, false),
+        ];
+        for (setting, v, hi, closed) in limits {
+            // NaN fails both comparisons.
+            if !(v >= 0.0 && if closed { v <= hi } else { v < hi }) {
+                return Err(Error::invalid(setting, format!("must be in [0, {hi}{}, got {v}", if closed { "]" } else { ")" })));
+            }
         }
+        Ok(())
     }
 
     /// One random view of each image; draws all parameters from `rng`, image after image.
@@ -96,5 +102,28 @@ impl Augment {
         let warped = gray.grid_sampler(&grid, 0, 1, false);
         let mean = warped.mean_dim([1i64, 2, 3].as_slice(), true, Kind::Float);
         ((warped - &mean) * col(6).view([-1, 1, 1, 1]) + mean + col(7).view([-1, 1, 1, 1])).clamp(0.0, 1.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Augment;
+    use crate::error::{Error, Setting};
+
+    /// The amount out of range is named (the first, in flag order); the bounds of a closed range are allowed.
+    #[test]
+    fn an_amount_out_of_range_is_named() {
+        let light = Augment::preset("light").unwrap();
+        let refused = |a: Augment| match a.validate() {
+            Err(Error::Invalid { setting, problem }) => Some((setting, problem)),
+            _ => None,
+        };
+        assert_eq!(refused(Augment { zoom: 1.0, ..light.clone() }), Some((Setting::Zoom, "must be in [0, 0.9), got 1".into())));
+        assert_eq!(refused(Augment { rotate: -5.0, ..light.clone() }), Some((Setting::Rotate, "must be in [0, 180], got -5".into())));
+        assert_eq!(refused(Augment { contrast: 0.95, brightness: 2.0, ..light.clone() }), Some((Setting::Brightness, "must be in [0, 1], got 2".into())));
+        assert_eq!(refused(Augment { contrast: 0.95, ..light.clone() }).map(|r| r.0), Some(Setting::Contrast));
+        assert_eq!(refused(Augment { translate: f64::NAN, ..light.clone() }).map(|r| r.0), Some(Setting::Translate));
+        assert_eq!(refused(Augment { rotate: 180.0, translate: 0.5, brightness: 1.0, zoom: 0.0, contrast: 0.0, ..light.clone() }), None);
+        assert_eq!(refused(light), None);
     }
 }
