@@ -422,6 +422,14 @@ fn one() -> i64 {
 }
 
 impl ModelOptions {
+    /// Whether `--members` above 1 can train with this head: the members
+    /// average into one head only where each is one affine map at
+    /// evaluation (`Vgg16::add_members`): the linear head, the bn head
+    /// without a hidden layer.
+    pub fn members_average(&self) -> bool {
+        self.head == HeadKind::Linear || (self.head == HeadKind::Bn && self.hidden == 0)
+    }
+
     /// The last block whose output the head reads (conv5 unless `--features`
     /// ends earlier): Grad-CAM's default layer, and the last a stage may train.
     pub fn last_feature_block(&self) -> Block {
@@ -513,6 +521,10 @@ impl RunConfig {
         self.data.preprocess.validate()?;
         self.model.validate()?;
         self.train.validate()?;
+        // Said before the photos' passes, not when the heads are made.
+        if self.train.members > 1 && !self.model.members_average() {
+            return Err(Error::invalid(Setting::Members, crate::model::MEMBERS_NEED_AFFINE));
+        }
         // A stage from a block after the last feature block would train weights the head never reads; and a
         // stage's cache holds the output of the block before its first, without any feature block earlier than
         // that. (Uncached training could read it; one rule keeps a recipe valid with and without the cache.)

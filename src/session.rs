@@ -602,8 +602,10 @@ fn several_photos(config: &RunConfig, ds: &Dataset) -> bool {
 fn probe_for(config: &RunConfig, ds: &Dataset, req: ProbeRequest) -> Probe {
     let long = several_photos(config, ds);
     let p = Probe::resolve(req, long, &config.train);
+    // The long probe's several heads by default, where they can average into one (`--hidden N` or the vgg head: one).
+    let members = if req.members.is_none() && !config.model.members_average() { 1 } else { p.members };
     // Validated with the recipe's own choice; a probe is head-only.
-    Probe { threshold: resolve_threshold(req.threshold, long, true, config.classes.len()).unwrap_or(ThresholdChoice::Off), ..p }
+    Probe { threshold: resolve_threshold(req.threshold, long, true, config.classes.len()).unwrap_or(ThresholdChoice::Off), members, ..p }
 }
 
 /// `--threshold auto` → `inner` where it was measured (docs/results/accuracy):

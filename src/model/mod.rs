@@ -59,6 +59,9 @@ impl ConvSpec {
 /// torchvision's configuration "D": (convs, channels) per block.
 const BLOCKS: [(usize, i64); 5] = [(2, 64), (2, 128), (3, 256), (3, 512), (3, 512)];
 
+/// Why `--members` above 1 is refused for a head that is not one affine map.
+pub(crate) const MEMBERS_NEED_AFFINE: &str = "above 1 needs the linear head or the bn head without a hidden layer (their members average into one head)";
+
 /// VGG16's 13 conv layers, in order.
 pub const CONVS: [ConvSpec; 13] = conv_specs();
 
@@ -813,10 +816,7 @@ impl Vgg16 {
     /// linear head and the bn head without a hidden layer.
     pub(crate) fn add_members(&mut self, n: usize) -> Result<()> {
         if n > 0 && self.head.affine().is_none() {
-            return Err(Error::invalid(
-                Setting::Members,
-                "above 1 needs the linear head or the bn head without a hidden layer (their members average into one head)",
-            ));
+            return Err(Error::invalid(Setting::Members, MEMBERS_NEED_AFFINE));
         }
         let root = self.vs.root();
         for _ in 0..n {

@@ -695,6 +695,16 @@ fn default_stages_are_a_probe_when_person_statistics_are_on() {
     let metrics = json(&d.path().join("runs/bare/metrics.json"));
     assert_eq!((metrics["epochs_run"].clone(), metrics["kept_epoch"].clone()), (serde_json::json!(50), serde_json::json!(50)), "{metrics}");
     assert!(err.contains("every epoch trained and the last kept (--keep best: the epoch of lowest validation loss)"), "{err}");
+    // A head with a hidden layer cannot average several heads into one: the default is one head there
+    // (it was refused, naming --members, which the user had not given); --members asked for is refused.
+    let (code, out, err) = run(&args(&s, &[&base[..], &["--name", "hidden", "--hidden", "16"]].concat()), d.path());
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(config("hidden")["train"]["members"], 1, "{err}");
+    assert!(err.contains("training the head alone (head:3 at --lr 0.01 with --weight-decay 0.01, every epoch"), "{err}");
+    let (code, _, err) = run(&args(&s, &[&base[..], &["--name", "hidden2", "--hidden", "16", "--members", "3"]].concat()), d.path());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--members above 1 needs the linear head or the bn head without a hidden layer"), "{err}");
+    assert!(!err.contains("cached the frozen"), "refused before the photos' pass: {err}");
     // --patience alone there asks for early stopping, which keeps the best epoch.
     let (code, out, err) = run(&args(&s, &[&base[..], &["--name", "patient", "--patience", "2"]].concat()), d.path());
     assert_eq!(code, 0, "{out}\n{err}");
