@@ -322,8 +322,8 @@ pub struct DataArgs {
     /// Validation: subjects:F (subject-grouped fraction), or none.
     #[arg(long, default_value = "subjects:0.2", value_parser = checked(ValSpec::parse))]
     pub val: String,
-    /// Validate on these subjects (comma-separated; an id that holds a comma itself is read whole) instead.
-    #[arg(long, value_delimiter = ',')]
+    /// Validate on these subjects (comma-separated; an id that holds a comma itself is read whole) instead of --val.
+    #[arg(long, value_delimiter = ',', conflicts_with = "val")]
     pub val_subjects: Vec<String>,
     /// Skip unreadable images with a warning instead of stopping.
     #[arg(long)]

@@ -292,6 +292,10 @@ fn val_subjects_names_a_person_whose_id_holds_a_comma() {
     let (code, _, err) = run(&args(&s, &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:1", "--val-subjects", "Doe,P03"]), d.path());
     assert_eq!(code, 1);
     assert!(err.contains("--val-subjects: no subject `Doe` (subjects: `Doe, J`, P00, P02, P03)"), "{err}");
+    // With --val too: one of the two, said (the named people used to win silently).
+    let (code, _, err) = run(&args(&s, &["finetune", "--data", m.to_str().unwrap(), "--val", "subjects:0.5", "--val-subjects", "P03"]), d.path());
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("'--val <VAL>' cannot be used with '--val-subjects <VAL_SUBJECTS>'"), "{err}");
     // No id at all (`--val-subjects=`): said as such, with ids to give.
     let (code, _, err) = run(&args(&s, &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:1", "--val-subjects="]), d.path());
     assert_eq!(code, 1);
