@@ -432,6 +432,12 @@ pub fn kfold(ds: &Dataset, labels: &Labels, k: usize, seed: u64) -> Result<Vec<V
     if ds.samples.iter().all(|s| s.subject.is_some()) {
         let groups = subject_groups(ds, labels);
         let total: usize = groups.values().map(Vec::len).sum();
+        if total < 2 {
+            return Err(Error::dataset(
+                &ds.root,
+                "holds one subject: subject-grouped folds need at least 2 (each fold holds out people none of its training photos show)",
+            ));
+        }
         if total < k {
             return Err(Error::dataset(
                 &ds.root,

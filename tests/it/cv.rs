@@ -262,6 +262,16 @@ fn cv_end_to_end_folds_collect_and_reproducibility() {
     assert!(err.contains("6 subjects cannot make 18446744073709551615 subject-grouped folds") && !err.contains("panicked"), "{err}");
     // Nor is a folder named that was never made.
     assert!(!err.contains("cv folder"), "{err}");
+    // One person: no subject-grouped folds at all, said so (was "1 subjects cannot make 2 … (at most 1 …)").
+    let one_dir = d.path().join("one");
+    std::fs::create_dir_all(&one_dir).unwrap();
+    let one = subject_dataset(&one_dir, 1, 32);
+    let (code, _, err) = run(
+        &[&["cv", "--data", one.to_str().unwrap(), "--folds", "2", "--out", "cv-e"][..], &s.iter().map(String::as_str).collect::<Vec<_>>()[..]].concat(),
+        d.path(),
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("holds one subject: subject-grouped folds need at least 2"), "{err}");
 
     // report: a run and a cv side by side, the differing recipe keys listed.
     let (code, _, err) = run(
