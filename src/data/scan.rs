@@ -442,6 +442,11 @@ pub fn scan(path: &Path, format: DataFormat) -> Result<Dataset> {
     }
     let format = match format {
         DataFormat::Auto => detect(path, meta.is_dir())?,
+        // Every layout but a manifest is a folder (was: "cannot read: Not a directory (os error 20)").
+        f if f != DataFormat::Csv && !meta.is_dir() => {
+            let name = clap::ValueEnum::to_possible_value(&f).map(|v| v.get_name().to_string()).unwrap_or_default();
+            return Err(Error::dataset(path, format!("is a file, but --layout {name} reads a folder (a CSV manifest: --layout csv, or leave --layout out)")));
+        }
         f => f,
     };
     let ds = match format {
@@ -458,6 +463,21 @@ pub fn scan(path: &Path, format: DataFormat) -> Result<Dataset> {
         DataFormat::Auto => unreachable!("detect() returns a concrete format"),
     };
     if ds.samples.is_empty() {
+        // Photos lying in the folder itself are no classes (was: "contains no images").
+        let loose = if meta.is_dir() { sorted_entries(path).map_or(0, |e| e.iter().filter(|p| p.is_file() && is_image(p)).count()) } else { 0 };
+        if loose > 0 && format == DataFormat::Folders {
+            return Err(Error::dataset(
+                path,
+                format!("holds {loose} image(s) but no class folders: --layout folders reads one sub-folder per class (leave --layout out to read JAFFE-named files, or give a CSV manifest)"),
+            ));
+        }
+        if loose > 0 {
+            let name = clap::ValueEnum::to_possible_value(&format).map(|v| v.get_name().to_string()).unwrap_or_default();
+            return Err(Error::dataset(
+                path,
+                format!("holds {loose} image(s), none laid out or named as --layout {name} reads them (leave --layout out to have it told)"),
+            ));
+        }
         return Err(Error::dataset(path, "contains no images (looked for .tiff, .png, .jpg, .webp, .bmp)"));
     }
     // A tab or line break in a label or subject id would break predict's

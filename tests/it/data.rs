@@ -151,6 +151,13 @@ fn scans_jaffe_folders_and_csv_in_sorted_order() {
         "{e}"
     );
     std::fs::remove_file(d.path().join("KA.HA1.2 (1).tiff")).unwrap();
+    // A layout that does not fit says what it reads (were "contains no images" and "Not a directory (os error 20)").
+    let e = scan(d.path(), DataFormat::Folders).unwrap_err().to_string();
+    assert!(e.contains("holds 9 image(s) but no class folders: --layout folders reads one sub-folder per class"), "{e}");
+    let e = scan(d.path(), DataFormat::Oulu).unwrap_err().to_string();
+    assert!(e.contains("holds 9 image(s), none laid out or named as --layout oulu reads them"), "{e}");
+    let e = scan(&ds.samples[0].path, DataFormat::Jaffe).unwrap_err().to_string();
+    assert!(e.ends_with("is a file, but --layout jaffe reads a folder (a CSV manifest: --layout csv, or leave --layout out)"), "{e}");
 
     let f = tmp();
     separable_folders(f.path(), 3, 16);
