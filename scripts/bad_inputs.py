@@ -224,6 +224,9 @@ def run_inventory(d):
     for n in ["KA.NE1.26.tiff", "KA.HA1.29.tiff", "KL.NE1.155.tiff", "KL.SU1.158.tiff"]:
         Image.open(ok_png).save(os.path.join(wrap, "jaffe", n))
     data_case("the folder above a JAFFE folder", wrap)
+    flat = os.path.join(wrap, "jaffe")
+    data_case("a flat JAFFE folder given `--layout folders`", flat, "--layout", "folders")
+    data_case("a photo given as `--data` with `--layout jaffe`", os.path.join(flat, "KA.NE1.26.tiff"), "--layout", "jaffe")
     nest = os.path.join(d, "nest")
     folders(nest)
     os.makedirs(os.path.join(nest, "neutral", "KA"))
@@ -453,6 +456,9 @@ def run_inventory(d):
     record("--features conv4 --stages head:1 (works)", code, "works (trains)" if code == 0 else said(err))
     code, out, err = vggft("explain", os.path.join(good, "neutral", "00.png"), "--model", "runs/c4", "--layer", "conv5", "--out", "cam", cwd=d)
     record("explain --layer conv5 of that run", code, said(err, want=("error",)))
+    for opt in (["--zoom", "1"], ["--val", "subjects:0.5", "--val-subjects", "P01"]):
+        code, out, err = vggft("finetune", "--data", good, "--random-init", *SMALL[:6], *opt, cwd=d)
+        record(" ".join(opt), code, said(err, want=("error",)))
 
 
 def run_cases(d, good):
