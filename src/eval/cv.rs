@@ -1171,6 +1171,13 @@ fn read_results(dir: &Path, cfg: &CvConfig, partial: bool) -> Result<(Vec<FoldRe
     if results.is_empty() {
         return Err(Error::file(&fdir, "holds no fold results"));
     }
+    // A copy of a fold's file (`seed0-fold0 copy.json`) would count its fold twice.
+    let mut seen: BTreeMap<(u64, usize), &PathBuf> = BTreeMap::new();
+    for (r, p) in results.iter().zip(&files) {
+        if let Some(first) = seen.insert((r.seed, r.fold), p) {
+            return Err(Error::file(p, format!("holds seed {} fold {}, as {} does: one of them is a copy; remove it", r.seed, r.fold, first.display())));
+        }
+    }
     results.sort_by_key(|r| (r.seed, r.fold));
     let stray: Vec<String> =
         results.iter().filter(|r| !cfg.seeds.contains(&r.seed) || r.fold >= cfg.n_folds).map(|r| format!("seed {} fold {}", r.seed, r.fold)).collect();

@@ -558,6 +558,12 @@ fn cv_top_losses_and_per_subject_plot_merge_across_separately_run_folds() {
     let (code, _, err) = run(&["cv", "--collect", "top"], d.path());
     assert_eq!(code, 1);
     assert!(err.contains("holds fold results that are not of this cv (seeds [0], 4 folds): seed 7 fold 1"), "{err}");
+    // A copy of a fold's file is not merged as a fold more (it was: its fold counted twice).
+    std::fs::remove_file(d.path().join("top/folds/seed7-fold1.json")).unwrap();
+    std::fs::copy(d.path().join("top/folds/seed0-fold1.json"), d.path().join("top/folds/seed0-fold1 (copy).json")).unwrap();
+    let (code, _, err) = run(&["cv", "--collect", "top"], d.path());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("holds seed 0 fold 1, as") && err.contains("one of them is a copy; remove it"), "{err}");
 }
 
 #[test]
