@@ -41,6 +41,13 @@ pub enum DataFormat {
     Csv,
 }
 
+impl DataFormat {
+    /// The value `--layout` takes for it (`jaffe`, `folders`, …).
+    fn flag_value(self) -> String {
+        clap::ValueEnum::to_possible_value(&self).map(|v| v.get_name().to_string()).unwrap_or_default()
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Sample {
     pub path: PathBuf,
@@ -444,8 +451,10 @@ pub fn scan(path: &Path, format: DataFormat) -> Result<Dataset> {
         DataFormat::Auto => detect(path, meta.is_dir())?,
         // Every layout but a manifest is a folder (was: "cannot read: Not a directory (os error 20)").
         f if f != DataFormat::Csv && !meta.is_dir() => {
-            let name = clap::ValueEnum::to_possible_value(&f).map(|v| v.get_name().to_string()).unwrap_or_default();
-            return Err(Error::dataset(path, format!("is a file, but --layout {name} reads a folder (a CSV manifest: --layout csv, or leave --layout out)")));
+            return Err(Error::dataset(
+                path,
+                format!("is a file, but --layout {} reads a folder (a CSV manifest: --layout csv, or leave --layout out)", f.flag_value()),
+            ));
         }
         f => f,
     };
@@ -472,10 +481,9 @@ pub fn scan(path: &Path, format: DataFormat) -> Result<Dataset> {
             ));
         }
         if loose > 0 {
-            let name = clap::ValueEnum::to_possible_value(&format).map(|v| v.get_name().to_string()).unwrap_or_default();
             return Err(Error::dataset(
                 path,
-                format!("holds {loose} image(s), none laid out or named as --layout {name} reads them (leave --layout out to have it told)"),
+                format!("holds {loose} image(s), none laid out or named as --layout {} reads them (leave --layout out to have it told)", format.flag_value()),
             ));
         }
         return Err(Error::dataset(path, "contains no images (looked for .tiff, .png, .jpg, .webp, .bmp)"));
