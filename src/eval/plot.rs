@@ -188,9 +188,20 @@ pub fn learning_curves(path: &Path, rows: &[EpochRow], kept: Option<usize>) -> R
 
 /// A confusion matrix as a shaded grid with counts and row percentages
 /// (rows: true, columns: predicted; the shade is the row fraction).
+/// The side of one cell of a confusion matrix of `c` classes: room for its
+/// count and share up to 90 classes (3600 px); beyond, smaller cells that
+/// keep the picture near 3600 px a side (a label column holding person ids,
+/// ~1000 classes, drew 40000 px a side: ~5 GB of pixels), at least 1 px.
+fn confusion_cell(c: usize) -> i32 {
+    let cell = if c <= 90 { (360 / c.max(1)).clamp(40, 120) } else { (3600 / c).max(1) };
+    i32::try_from(cell).unwrap_or(1)
+}
+
 pub fn confusion(path: &Path, m: &[Vec<usize>], classes: &[String], title: &str) -> Result<()> {
     let c = classes.len();
-    let cell = (360 / c.max(1)).clamp(40, 120) as i32;
+    let cell = confusion_cell(c);
+    // Counts and column names while they fit in a cell (row names in the margin a little longer); beyond, the shading alone.
+    let (counts, names, borders) = (cell >= 40, cell >= 14, cell >= 6);
     let (left, top) = (150i32, 80i32);
     let w = (left + cell * c as i32 + 40) as u32;
     let h = (top + cell * c as i32 + 70) as u32;
@@ -201,19 +212,25 @@ pub fn confusion(path: &Path, m: &[Vec<usize>], classes: &[String], title: &str)
         root.draw(&Text::new("true ↓ (% of the row)", (10, top - 40), font(14))).map_err(e)?;
         for (i, row) in m.iter().enumerate() {
             let total = row.iter().sum::<usize>().max(1) as f64;
-            root.draw(&Text::new(classes[i].clone(), (10, top + cell * i as i32 + cell / 2 - 8), font(14))).map_err(e)?;
+            if names {
+                root.draw(&Text::new(classes[i].clone(), (10, top + cell * i as i32 + cell / 2 - 8), font(14))).map_err(e)?;
+            }
             for (j, &v) in row.iter().enumerate() {
                 let f = v as f64 / total;
                 let shade = (255.0 - 200.0 * f) as u8;
                 let (x, y) = (left + cell * j as i32, top + cell * i as i32);
                 root.draw(&Rectangle::new([(x, y), (x + cell, y + cell)], RGBColor(shade, shade, 255).filled())).map_err(e)?;
-                root.draw(&Rectangle::new([(x, y), (x + cell, y + cell)], BLACK.stroke_width(1))).map_err(e)?;
-                let color = if f > 0.6 { WHITE } else { BLACK };
-                root.draw(&Text::new(format!("{v}"), (x + cell / 2 - 10, y + cell / 2 - 16), font(16).color(&color))).map_err(e)?;
-                root.draw(&Text::new(format!("{:.0} %", 100.0 * f), (x + cell / 2 - 14, y + cell / 2 + 4), font(12).color(&color))).map_err(e)?;
+                if borders {
+                    root.draw(&Rectangle::new([(x, y), (x + cell, y + cell)], BLACK.stroke_width(1))).map_err(e)?;
+                }
+                if counts {
+                    let color = if f > 0.6 { WHITE } else { BLACK };
+                    root.draw(&Text::new(format!("{v}"), (x + cell / 2 - 10, y + cell / 2 - 16), font(16).color(&color))).map_err(e)?;
+                    root.draw(&Text::new(format!("{:.0} %", 100.0 * f), (x + cell / 2 - 14, y + cell / 2 + 4), font(12).color(&color))).map_err(e)?;
+                }
             }
         }
-        for (j, name) in classes.iter().enumerate() {
+        for (j, name) in classes.iter().enumerate().filter(|_| counts) {
             root.draw(&Text::new(name.clone(), (left + cell * j as i32 + 4, top - 20), font(13))).map_err(e)?;
         }
         Ok(())
@@ -367,4 +384,19 @@ pub fn subjects(path: &Path, rows: &[(String, f64, usize)], title: &str) -> Resu
             .map_err(e)?;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    /// Readable cells up to 90 classes; beyond, the picture stays near 3600 px a side.
+    #[test]
+    fn a_confusion_matrix_of_many_classes_stays_a_few_thousand_pixels_wide() {
+        use super::confusion_cell;
+        assert_eq!([confusion_cell(2), confusion_cell(7), confusion_cell(9), confusion_cell(90)], [120, 51, 40, 40]);
+        for c in [91, 120, 1000, 3600, 100_000] {
+            let side = confusion_cell(c) as usize * c;
+            assert!(confusion_cell(c) >= 1 && side <= 3600.max(c), "{c} classes: {side} px");
+        }
+        assert_eq!(confusion_cell(1000), 3);
+    }
 }
