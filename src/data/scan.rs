@@ -473,7 +473,8 @@ pub fn scan(path: &Path, format: DataFormat) -> Result<Dataset> {
     };
     if ds.samples.is_empty() {
         // Photos lying in the folder itself are no classes (was: "contains no images").
-        let loose = if meta.is_dir() { sorted_entries(path).map_or(0, |e| e.iter().filter(|p| p.is_file() && is_image(p)).count()) } else { 0 };
+        let images_in = |dir: &Path| sorted_entries(dir).map_or(0, |e| e.iter().filter(|p| p.is_file() && is_image(p)).count());
+        let loose = if meta.is_dir() { images_in(path) } else { 0 };
         if loose > 0 && format == DataFormat::Folders {
             return Err(Error::dataset(
                 path,
@@ -484,6 +485,22 @@ pub fn scan(path: &Path, format: DataFormat) -> Result<Dataset> {
             return Err(Error::dataset(
                 path,
                 format!("holds {loose} image(s), none laid out or named as --layout {} reads them (leave --layout out to have it told)", format.flag_value()),
+            ));
+        }
+        // Class folders given another layout (was: "contains no images").
+        let folders: Vec<String> = if meta.is_dir() && format != DataFormat::Folders {
+            sorted_entries(path).unwrap_or_default().iter().filter(|p| p.is_dir() && images_in(p) > 0).map(|p| file_name(p)).collect()
+        } else {
+            vec![]
+        };
+        if !folders.is_empty() {
+            return Err(Error::dataset(
+                path,
+                format!(
+                    "holds folders of images ({}), none laid out or named as --layout {} reads them (class folders: --layout folders, or leave --layout out to have it told)",
+                    crate::error::short_list(&folders, 4),
+                    format.flag_value()
+                ),
             ));
         }
         return Err(Error::dataset(path, "contains no images (looked for .tiff, .png, .jpg, .webp, .bmp)"));

@@ -166,6 +166,8 @@ fn scans_jaffe_folders_and_csv_in_sorted_order() {
     std::fs::write(f.path().join("__MACOSX/a/._0.png"), b"\0\x05\x16\x07").unwrap();
     let ds = scan(f.path(), DataFormat::Auto).unwrap();
     assert_eq!(ds.format, DataFormat::Folders);
+    let e = scan(f.path(), DataFormat::Rafd).unwrap_err().to_string();
+    assert!(e.contains("holds folders of images (a, b), none laid out or named as --layout rafd reads them (class folders: --layout folders"), "{e}");
     assert!(ds.samples.iter().all(|s| s.subject.is_none()));
     let labels = assign_labels(&ds, Task::Multiclass, &[]).unwrap();
     assert_eq!(labels.classes, vec!["a", "b"]);
