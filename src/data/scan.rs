@@ -473,8 +473,9 @@ pub fn scan(path: &Path, format: DataFormat) -> Result<Dataset> {
     };
     if ds.samples.is_empty() {
         // Photos lying in the folder itself are no classes (was: "contains no images").
-        let images_in = |dir: &Path| sorted_entries(dir).map_or(0, |e| e.iter().filter(|p| p.is_file() && is_image(p)).count());
-        let loose = if meta.is_dir() { images_in(path) } else { 0 };
+        let entries = if meta.is_dir() { sorted_entries(path).unwrap_or_default() } else { vec![] };
+        let images = |list: &[PathBuf]| list.iter().filter(|p| p.is_file() && is_image(p)).count();
+        let loose = images(&entries);
         if loose > 0 && format == DataFormat::Folders {
             return Err(Error::dataset(
                 path,
@@ -488,11 +489,11 @@ pub fn scan(path: &Path, format: DataFormat) -> Result<Dataset> {
             ));
         }
         // Class folders given another layout (was: "contains no images").
-        let folders: Vec<String> = if meta.is_dir() && format != DataFormat::Folders {
-            sorted_entries(path).unwrap_or_default().iter().filter(|p| p.is_dir() && images_in(p) > 0).map(|p| file_name(p)).collect()
-        } else {
-            vec![]
-        };
+        let folders: Vec<String> = entries
+            .iter()
+            .filter(|p| format != DataFormat::Folders && p.is_dir() && sorted_entries(p).is_ok_and(|e| images(&e) > 0))
+            .map(|p| file_name(p))
+            .collect();
         if !folders.is_empty() {
             return Err(Error::dataset(
                 path,

@@ -1187,12 +1187,13 @@ fn read_results(dir: &Path, cfg: &CvConfig, partial: bool) -> Result<(Vec<FoldRe
             format!("holds fold results that are not of this cv (seeds {:?}, {} folds): {}", cfg.seeds, cfg.n_folds, crate::error::short_list(&stray, 5)),
         ));
     }
-    let have: std::collections::BTreeSet<(u64, usize)> = results.iter().map(|r| (r.seed, r.fold)).collect();
+    // Every fold result once (refused above otherwise): the folds there are.
+    let have = seen;
     let missing: Vec<String> = cfg
         .seeds
         .iter()
         .flat_map(|&s| (0..cfg.n_folds).map(move |f| (s, f)))
-        .filter(|k| !have.contains(k))
+        .filter(|k| !have.contains_key(k))
         .map(|(s, f)| format!("seed {s} fold {f}"))
         .collect();
     if !missing.is_empty() && !partial {

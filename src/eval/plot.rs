@@ -186,8 +186,6 @@ pub fn learning_curves(path: &Path, rows: &[EpochRow], kept: Option<usize>) -> R
     })
 }
 
-/// A confusion matrix as a shaded grid with counts and row percentages
-/// (rows: true, columns: predicted; the shade is the row fraction).
 /// The side of one cell of a confusion matrix of `c` classes: room for its
 /// count and share up to 90 classes (3600 px); beyond, smaller cells that
 /// keep the picture near 3600 px a side (a label column holding person ids,
@@ -197,6 +195,8 @@ fn confusion_cell(c: usize) -> i32 {
     i32::try_from(cell).unwrap_or(1)
 }
 
+/// A confusion matrix as a shaded grid with counts and row percentages
+/// (rows: true, columns: predicted; the shade is the row fraction).
 pub fn confusion(path: &Path, m: &[Vec<usize>], classes: &[String], title: &str) -> Result<()> {
     let c = classes.len();
     let cell = confusion_cell(c);
