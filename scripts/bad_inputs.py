@@ -438,7 +438,7 @@ def run_inventory(d):
         rows.append(("full disk", "not tried: mounting a small tmpfs needs root; the test of the same name skips likewise", "–"))
     run_cases(d, good)
     big = "18446744073709551615"  # u64::MAX: these panicked allocating, wrapped, or ran as asked
-    for opt in (["--freeze-until", "conv9"], ["--epochs", "0"], ["--epochs", big], ["--hidden", "100000000"], ["--crop", "8,8,1000,1000"], ["--crop", "10,10,1,1"], ["--lr", "-1"], ["--batch-size", "1"], ["--threads", "0"], ["--threads", "-1"]):
+    for opt in (["--freeze-until", "conv9"], ["--epochs", "0"], ["--epochs", big], ["--hidden", "100000000"], ["--crop", "8,8,1000,1000"], ["--crop", "10,10,1,1"], ["--lr", "-1"], ["--batch-size", "1"], ["--threads", "0"], ["--threads", "-1"], ["--dropout", "-0.5"], ["--batch-size", "-4"]):
         code, out, err = vggft("finetune", "--data", good, "--random-init", *SMALL[:6], *opt, cwd=d)
         record(" ".join(opt), code, said(err, want=("error",)))
     code, out, err = vggft("cv", "--data", good, "--random-init", *SMALL[:6], "--seeds", "0,1,0", "--out", "cv-twice", cwd=d)

@@ -38,6 +38,27 @@ fn decimal(s: &str) -> std::result::Result<f64, String> {
     })
 }
 
+/// A count (`--batch-size`, `--members`, `--patience`, …): what else was
+/// typed is said as such, not as the parser's "invalid digit found in string".
+fn whole(s: &str) -> std::result::Result<usize, String> {
+    s.trim().parse().map_err(|_| format!("`{s}` is not a whole number (0, 1, 2, …)"))
+}
+
+/// A whole number in `lo..=hi` (`--threads`, `--image-size`, `--repeats`, …).
+/// Out of range is said as clap says it, for a negative number and one too
+/// large for the type too (clap's own parsers say "invalid digit found in
+/// string" and "number too large to fit in target type" there).
+fn within<T: TryFrom<i64>>(lo: i64, hi: i64) -> impl Fn(&str) -> std::result::Result<T, String> + Clone + Send + Sync + 'static {
+    move |s: &str| {
+        let t = s.trim();
+        let digits = t.strip_prefix('-').unwrap_or(t);
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!("`{s}` is not a whole number"));
+        }
+        t.parse::<i64>().ok().filter(|v| (lo..=hi).contains(v)).and_then(|v| T::try_from(v).ok()).ok_or_else(|| format!("{t} is not in {lo}..={hi}"))
+    }
+}
+
 /// One of `--seeds`; a range (`0-4`, `0..4`) is said how to write.
 fn seed(s: &str) -> std::result::Result<u64, String> {
     s.trim().parse().map_err(|_| match s.split_once('-').or_else(|| s.split_once("..")) {
@@ -175,7 +196,7 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
         /// Side of each crop in pixels (32 to 512).
-        #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(32..=512))]
+        #[arg(long, default_value_t = 128, value_parser = within::<u32>(32, 512))]
         tile: u32,
         /// Leave unreadable images out (each named), instead of stopping before anything is written.
         #[arg(long)]
@@ -250,7 +271,7 @@ pub struct ExplainArgs {
     #[arg(long, value_name = "REGEX", conflicts_with = "subject", value_parser = checked(crate::data::scan::SubjectPattern::new))]
     pub subject_pattern: Option<String>,
     /// CPU threads for libtorch (default: libtorch's choice).
-    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=1024))]
+    #[arg(long, value_parser = within::<i32>(1, 1024))]
     pub threads: Option<i32>,
     /// auto (CUDA when available), cpu, cuda, cuda:N.
     #[arg(long, default_value = "auto", value_parser = checked(device_syntax))]
@@ -260,13 +281,13 @@ pub struct ExplainArgs {
 #[derive(Args, Debug)]
 pub struct SpeedArgs {
     /// Input side in pixels of the timed forward passes (32 to 1024, as for training).
-    #[arg(long, default_value_t = 224, value_parser = clap::value_parser!(i64).range(32..=1024))]
+    #[arg(long, default_value_t = 224, value_parser = within::<i64>(32, 1024))]
     pub image_size: i64,
     /// Images per timed forward pass.
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(i64).range(1..=4096))]
+    #[arg(long, default_value_t = 16, value_parser = within::<i64>(1, 4096))]
     pub batch_size: i64,
     /// Timed repetitions (the best is kept).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    #[arg(long, default_value_t = 3, value_parser = within::<u64>(1, 1000))]
     pub reps: u64,
     /// Precisions to time [default: f32, and bf16 unless the CPU has no bf16 arithmetic (no AMX-BF16 or AVX512-BF16: emulated, ~10× slower)].
     #[arg(long, value_enum, value_delimiter = ',')]
@@ -275,7 +296,7 @@ pub struct SpeedArgs {
     #[arg(long, default_value = "auto", value_parser = checked(device_syntax))]
     pub device: String,
     /// CPU threads for libtorch (default: libtorch's choice).
-    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=1024))]
+    #[arg(long, value_parser = within::<i32>(1, 1024))]
     pub threads: Option<i32>,
     /// Print JSON instead of a table.
     #[arg(long)]
@@ -317,7 +338,7 @@ pub struct DataArgs {
     #[arg(long)]
     pub face_required: bool,
     /// Network input side in pixels.
-    #[arg(long, default_value_t = 224, value_parser = clap::value_parser!(u32).range(*crate::data::IMAGE_SIZES.start() as i64..=*crate::data::IMAGE_SIZES.end() as i64))]
+    #[arg(long, default_value_t = 224, value_parser = within::<u32>(*crate::data::IMAGE_SIZES.start() as i64, *crate::data::IMAGE_SIZES.end() as i64))]
     pub image_size: u32,
     /// Validation: subjects:F (subject-grouped fraction), or none.
     #[arg(long, default_value = "subjects:0.2", value_parser = checked(ValSpec::parse))]
@@ -388,7 +409,7 @@ pub struct ModelArgs {
     pub amp: bool,
     /// CPU threads for libtorch (default: libtorch's choice). `cv` trains a
     /// head-only recipe's folds this many at a time (`--parallel-folds`).
-    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=1024), help_heading = "Cache and speed")]
+    #[arg(long, value_parser = within::<i32>(1, 1024), help_heading = "Cache and speed")]
     pub threads: Option<i32>,
 }
 
@@ -411,7 +432,7 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value_t = OptimKind::Sgd)]
     pub optimizer: OptimKind,
     /// Heads trained side by side, each on its own batch order and augmented views, and averaged into one head when training ends (head-only stages; the saved model has one head) [default: 5 for the probe on person statistics with several photos per person, else 1].
-    #[arg(long)]
+    #[arg(long, value_parser = whole)]
     pub members: Option<usize>,
     /// Two-class tasks: the threshold on P(first class, e.g. neutral) at or above which the model answers that class — auto (inner for the probe on person statistics with several photos per person, where the larger probability left half the neutral photos wrong; else off), inner (set after training by a 3-fold subject-grouped cross-validation over the training people: 3 more fits), off (the larger probability) or a probability P.
     #[arg(long, default_value = "auto", value_parser = threshold_arg)]
@@ -438,7 +459,7 @@ pub struct TrainArgs {
     #[arg(long, value_parser = decimal, default_value_t = 0.1)]
     pub warmup: f64,
     /// Images per training batch.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = whole)]
     pub batch_size: usize,
     /// Label smoothing of the cross-entropy, in [0, 0.5).
     #[arg(long, value_parser = decimal, default_value_t = 0.0)]
@@ -474,7 +495,7 @@ pub struct TrainArgs {
     #[arg(long, num_args = 0..=1, default_missing_value = "true", help_heading = "Augmentation")]
     pub clean_views: Option<bool>,
     /// Early-stopping patience in epochs within a stage, on validation loss (0: off) [default: 5; off for the head-only probe chosen with per-subject normalisation and several photos per person]
-    #[arg(long)]
+    #[arg(long, value_parser = whole)]
     pub patience: Option<usize>,
     /// Which epoch's weights the run keeps: best (lowest validation loss) or last [default: best; last for the head-only probe chosen with per-subject normalisation and several photos per person: the model `cv` measures]
     #[arg(long, value_enum)]
@@ -483,16 +504,16 @@ pub struct TrainArgs {
     #[arg(long, help_heading = "Cache and speed")]
     pub no_cache: bool,
     /// Augmented views per image in the cache.
-    #[arg(long, default_value_t = 4, help_heading = "Cache and speed")]
+    #[arg(long, default_value_t = 4, value_parser = whole, help_heading = "Cache and speed")]
     pub cache_views: usize,
     /// Cache memory bound in MiB.
-    #[arg(long, default_value_t = 3072, help_heading = "Cache and speed")]
+    #[arg(long, default_value_t = 3072, value_parser = whole, help_heading = "Cache and speed")]
     pub cache_mem: usize,
     /// Keep the cache in float16 (half the memory; activations rounded to 11 bits).
     #[arg(long, help_heading = "Cache and speed")]
     pub cache_f16: bool,
     /// Seed of the split, shuffles, augmentation and initialisation (a run is reproducible from it).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = seed)]
     pub seed: u64,
 }
 
@@ -541,7 +562,7 @@ pub struct LrFindArgs {
     #[command(flatten)]
     pub train: TrainArgs,
     /// Sweep steps.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 200, value_parser = whole)]
     pub steps: usize,
     /// First learning rate of the sweep.
     #[arg(long, value_parser = decimal, default_value_t = 1e-6)]
@@ -592,7 +613,7 @@ pub struct EvaluateArgs {
     #[arg(long)]
     pub exclude_train: bool,
     /// Also write the N worst-predicted images (highest loss) with Grad-CAM heatmaps: top_losses.png and .csv.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = whole)]
     pub top_losses: usize,
     /// Block whose output the top-loss heatmaps are computed on [default: the last block the head reads: conv5, or the last of the run's --features].
     #[arg(long, value_parser = checked(conv_block))]
@@ -607,7 +628,7 @@ pub struct EvaluateArgs {
     #[arg(long, default_value = "auto", value_parser = checked(device_syntax))]
     pub device: String,
     /// CPU threads for libtorch (default: libtorch's choice).
-    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=1024))]
+    #[arg(long, value_parser = within::<i32>(1, 1024))]
     pub threads: Option<i32>,
 }
 
@@ -626,10 +647,10 @@ pub struct CvArgs {
     #[arg(long, value_delimiter = ',', default_value = "0", value_parser = seed)]
     pub seeds: Vec<u64>,
     /// Instead of --seeds: seeds 0..R (at most 1000: the spread over seeds settles long before).
-    #[arg(long, conflicts_with = "seeds", value_parser = clap::value_parser!(u64).range(1..=1000))]
+    #[arg(long, conflicts_with = "seeds", value_parser = within::<u64>(1, 1000))]
     pub repeats: Option<u64>,
     /// Run only fold i (0-based) of each seed into the shared --out folder; merge later with --collect.
-    #[arg(long, requires = "out")]
+    #[arg(long, requires = "out", value_parser = whole)]
     pub fold: Option<usize>,
     /// Also train a head-only probe on every fold (same folds, seeds, features and
     /// normalisation) and report it beside the recipe.
@@ -644,7 +665,7 @@ pub struct CvArgs {
     pub tta: Tta,
     /// Also write the N worst-predicted test images over all folds, each with a
     /// Grad-CAM heatmap from its own fold's model: top_losses.png and .csv.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = whole)]
     pub top_losses: usize,
     /// Train a head-only recipe's folds side by side on the CPU, --threads
     /// at a time (fewer where they would take over half the free memory),
@@ -747,7 +768,7 @@ pub struct PredictArgs {
     #[arg(long, value_name = "REGEX", conflicts_with_all = ["subject", "held_out"], value_parser = checked(crate::data::scan::SubjectPattern::new))]
     pub subject_pattern: Option<String>,
     /// Images per forward pass.
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    #[arg(long, default_value_t = 16, value_parser = within::<u64>(1, 4096))]
     pub batch_size: u64,
     /// Convolution arithmetic (default: the run's own).
     #[arg(long, value_enum)]
@@ -759,7 +780,7 @@ pub struct PredictArgs {
     #[arg(long, default_value = "auto", value_parser = checked(device_syntax))]
     pub device: String,
     /// CPU threads for libtorch (default: libtorch's choice).
-    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=1024))]
+    #[arg(long, value_parser = within::<i32>(1, 1024))]
     pub threads: Option<i32>,
 }
 

@@ -704,7 +704,18 @@ const NOT_IN_CV: [(&str, &str); 4] = [("val", "--val"), ("val_subjects", "--val-
 
 /// The command line, with `cv --help` leaving out the options it refuses.
 fn command() -> clap::Command {
-    Cli::command().mut_subcommand("cv", |c| NOT_IN_CV.iter().fold(c, |c, (id, _)| c.mut_arg(*id, |a| a.hide(true))))
+    negative_values(Cli::command().mut_subcommand("cv", |c| NOT_IN_CV.iter().fold(c, |c, (id, _)| c.mut_arg(*id, |a| a.hide(true)))))
+}
+
+/// Every option's value may look like a negative number: clap otherwise
+/// reads `--epochs -1` or `--dropout -0.5` as an unknown flag `-1` / `-0`
+/// ("unexpected argument '-0' found"), where the option's own check names
+/// the option and its range.
+fn negative_values(cmd: clap::Command) -> clap::Command {
+    let ids: Vec<clap::Id> = cmd.get_arguments().filter(|a| a.get_long().is_some() && a.get_action().takes_values()).map(|a| a.get_id().clone()).collect();
+    let cmd = ids.into_iter().fold(cmd, |c, id| c.mut_arg(id, |a| a.allow_negative_numbers(true)));
+    let subs: Vec<String> = cmd.get_subcommands().map(|s| s.get_name().to_string()).collect();
+    subs.into_iter().fold(cmd, |c, name| c.mut_subcommand(name, negative_values))
 }
 
 /// `cv` makes its own folds and evaluates the last epoch of the recipe:
@@ -818,5 +829,41 @@ fn main() -> ExitCode {
             errln!("error: {}{hint}", e.chain().map(says).collect::<Vec<_>>().join(": "));
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::command;
+    use clap::error::ErrorKind;
+
+    /// Every option of every subcommand given a negative number reaches the
+    /// option's own check: clap alone reads `--dropout -0.5` as an unknown
+    /// flag `-0`, a message that names neither the option nor its range.
+    #[test]
+    fn a_negative_number_is_an_options_value_for_every_option() {
+        fn walk(cmd: &clap::Command, path: &mut Vec<String>, seen: &mut usize) {
+            for a in cmd.get_arguments().filter(|a| a.get_long().is_some() && a.get_action().takes_values()) {
+                let flag = format!("--{}", a.get_long().unwrap_or_default());
+                for v in ["-1", "-0.5"] {
+                    let argv: Vec<String> = path.iter().cloned().chain([flag.clone(), v.to_string()]).collect();
+                    let kind = command().try_get_matches_from(&argv).err().map(|e| e.kind());
+                    assert_ne!(kind, Some(ErrorKind::UnknownArgument), "{}", argv.join(" "));
+                    *seen += 1;
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                path.push(sub.get_name().to_string());
+                walk(sub, path, seen);
+                path.pop();
+            }
+        }
+        let mut seen = 0;
+        walk(&command(), &mut vec!["vggft".to_string()], &mut seen);
+        assert!(seen > 100, "{seen} options checked: the walk missed the subcommands");
+        let said = |argv: &[&str]| command().try_get_matches_from(argv).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(said(&["vggft", "finetune", "--batch-size", "-4"]).contains("`-4` is not a whole number"), "a count");
+        assert!(said(&["vggft", "predict", "--batch-size", "-4"]).contains("-4 is not in 1..=4096"), "a ranged count");
+        assert!(said(&["vggft", "cv", "--seeds", "0,-1"]).contains("`-1` is not a seed"), "a seed");
     }
 }
