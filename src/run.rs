@@ -721,6 +721,15 @@ fn dangling(p: &Path) -> Option<PathBuf> {
     }
 }
 
+/// A run folder's `model.safetensors`, which only a finished run has.
+pub fn model_file(dir: &Path) -> Result<PathBuf> {
+    let weights = dir.join("model.safetensors");
+    if !weights.is_file() {
+        return Err(Error::file(dir, "has no model.safetensors: the run did not finish (resume it with `vggft finetune --resume RUN`)"));
+    }
+    Ok(weights)
+}
+
 /// Loads a finished run's model from its folder alone.
 pub fn load_run(dir: &Path, device: Device) -> Result<(RunConfig, Vgg16)> {
     crate::model::settle_vector_math();
@@ -737,10 +746,7 @@ pub fn load_run(dir: &Path, device: Device) -> Result<(RunConfig, Vgg16)> {
         ));
     }
     let config = read_config(dir)?;
-    let weights = dir.join("model.safetensors");
-    if !weights.is_file() {
-        return Err(Error::file(dir, "has no model.safetensors: the run did not finish (resume it with `vggft finetune --resume RUN`)"));
-    }
+    let weights = model_file(dir)?;
     let mut model = Vgg16::for_loading(&model_config(&config), device)?;
     weights::load_checkpoint(&mut model, &weights)?;
     Ok((config, model))

@@ -351,6 +351,15 @@ fn a_lopsided_split_is_warned_of_and_preprocess_makes_its_folder() {
     let (code, out, err) = run(&["weights", "inspect", "runs/ok"], d.path());
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("runs/ok/model.safetensors") && out.contains("a vggft checkpoint"), "{out}");
+    // … and the runs folder as its `latest`; a run without a model is named as unfinished (it said "is a folder, not a weights file").
+    let (code, out, err) = run(&["weights", "inspect", "runs"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("runs/latest/model.safetensors") && out.contains("a vggft checkpoint"), "{out}");
+    std::fs::create_dir(d.path().join("runs/half")).unwrap();
+    std::fs::copy(d.path().join("runs/ok/config.json"), d.path().join("runs/half/config.json")).unwrap();
+    let (code, _, err) = run(&["weights", "inspect", "runs/half"], d.path());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.starts_with("error: runs/half: has no model.safetensors: the run did not finish"), "{err}");
 }
 
 #[test]

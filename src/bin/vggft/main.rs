@@ -631,10 +631,10 @@ fn speed(a: SpeedArgs) -> anyhow::Result<()> {
 }
 
 fn inspect(file: &std::path::Path, json: bool) -> anyhow::Result<()> {
-    // A run folder, as --model takes it: its model.safetensors.
-    let model = file.join("model.safetensors");
-    let file = if file.is_dir() && model.is_file() { &model } else { file };
-    let i = weights::inspect(file)?;
+    // A run folder, as --model takes it (or the runs folder of its `latest`): its model.safetensors.
+    let run = run::run_dir(file);
+    let file = if file.is_dir() && run.join("config.json").is_file() { run::model_file(&run)? } else { file.to_path_buf() };
+    let i = weights::inspect(&file)?;
     if json {
         outln!("{}", serde_json::to_string_pretty(&i)?);
         return Ok(());
