@@ -1395,12 +1395,28 @@ pub const MANIFEST_COLUMNS: [&[&str]; 3] = [
     &["subject", "person", "subject_id", "person_id", "participant", "identity"],
 ];
 
+/// A manifest saved as UTF-16 with its byte-order mark (what Windows
+/// PowerShell 5's `>` and `Out-File` write, and Excel's "Unicode Text") as
+/// the UTF-8 text it holds; any other bytes as they are.
+fn utf16_as_utf8(bytes: Vec<u8>) -> Vec<u8> {
+    let unit: fn([u8; 2]) -> u16 = match bytes.get(..2) {
+        Some([0xFF, 0xFE]) => u16::from_le_bytes,
+        Some([0xFE, 0xFF]) => u16::from_be_bytes,
+        _ => return bytes,
+    };
+    if !bytes.len().is_multiple_of(2) {
+        return bytes;
+    }
+    let units: Vec<u16> = bytes[2..].chunks_exact(2).map(|c| unit([c[0], c[1]])).collect();
+    String::from_utf16(&units).map(String::into_bytes).unwrap_or(bytes)
+}
+
 /// Reads a CSV manifest: `path` (relative to the manifest's folder),
 /// `label` (required where `labelled`; else read where present, `""` where
 /// not: `predict` takes a manifest of unlabelled photos) and an optional
 /// `subject` column, each under any of its `MANIFEST_COLUMNS` names.
 pub fn read_manifest(csv_path: &Path, labelled: bool) -> Result<Dataset> {
-    let bytes = std::fs::read(csv_path).map_err(|e| Error::io(csv_path, e))?;
+    let bytes = utf16_as_utf8(std::fs::read(csv_path).map_err(|e| Error::io(csv_path, e))?);
     let text = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
     let mut rdr = csv::ReaderBuilder::new().delimiter(delimiter(text)).trim(csv::Trim::All).from_reader(text);
     let starts = line_starts(text);
@@ -1721,6 +1737,21 @@ mod tests {
             std::fs::write(&p, ["path,label", "a.png,x", "b.png,y,z", ""].join(eol)).unwrap();
             let e = super::read_manifest(&p, true).unwrap_err().to_string();
             assert!(e.contains("line 3: has 3 field(s)"), "{name}: {e}");
+        }
+        // Saved as UTF-16 (Windows PowerShell's `>`), either byte order: read as its text, lines counted alike.
+        let utf16 = |text: &str, le: bool| -> Vec<u8> {
+            let bom: [u8; 2] = if le { [0xFF, 0xFE] } else { [0xFE, 0xFF] };
+            bom.into_iter().chain(text.encode_utf16().flat_map(|u| if le { u.to_le_bytes() } else { u.to_be_bytes() })).collect()
+        };
+        for le in [true, false] {
+            let p = d.path().join("utf16.csv");
+            std::fs::write(&p, utf16("path,label,subject\r\na.png,x,P1\r\nb.png,y,P2\r\n", le)).unwrap();
+            let data = super::read_manifest(&p, true).unwrap();
+            let read: Vec<(&str, Option<&str>)> = data.samples.iter().map(|s| (s.label.as_str(), s.subject.as_deref())).collect();
+            assert_eq!(read, [("x", Some("P1")), ("y", Some("P2"))], "le {le}");
+            std::fs::write(&p, utf16(&["path,label", "a.png,x", "", "b.png,", ""].join("\r\n"), le)).unwrap();
+            let e = super::read_manifest(&p, true).unwrap_err().to_string();
+            assert!(e.ends_with("line 4: empty path or label"), "le {le}: {e}");
         }
     }
 
