@@ -44,8 +44,14 @@ pub(crate) fn key(session: &Session) -> serde_json::Value {
     key
 }
 
+/// The field of a dump's `.json` that holds the SHA-256 of its safetensors
+/// file: features damaged on disk after they were written (a flipped bit
+/// reads as a valid file) are computed again, never trained on. Dumps from
+/// before it was written are read unchecked.
+const FILE_SHA256: &str = "safetensors_sha256";
+
 /// The head-level shared cache and, in `PATH.json`, what it depends on
-/// (`key`) and each row's path and subject.
+/// (`key`) and the file's SHA-256.
 pub(crate) fn dump(path: &Path, key: &serde_json::Value, shared: &[train::Cache]) -> Result<()> {
     let Some(c) = shared.iter().find(|c| c.from == Block::Head) else {
         return Err(Error::invalid(crate::error::Setting::Data, "has no pooled-feature cache to dump (a probe recipe or --baseline probe makes one)"));
@@ -53,7 +59,9 @@ pub(crate) fn dump(path: &Path, key: &serde_json::Value, shared: &[train::Cache]
     // (save_atomic: a full disk in the OS's words, as every weights file says it.)
     let t: Vec<(String, tch::Tensor)> = c.named_tensors().into_iter().map(|(n, t)| (n.to_string(), t)).collect();
     crate::model::weights::save_atomic(&t, path)?;
-    fsutil::write_json(&path.with_extension("json"), key)
+    let mut meta = key.clone();
+    meta[FILE_SHA256] = crate::model::weights::sha256_file(path)?.into();
+    fsutil::write_json(&path.with_extension("json"), &meta)
 }
 
 /// A dump back, refused unless its `.json` is `key` and it holds a row of
@@ -61,9 +69,13 @@ pub(crate) fn dump(path: &Path, key: &serde_json::Value, shared: &[train::Cache]
 /// image) and the mirror images where `mirrors`.
 pub(crate) fn load(path: &Path, key: &serde_json::Value, session: &Session, aug_rows: Option<&[usize]>, mirrors: bool) -> Result<train::Cache> {
     let t = crate::model::weights::read_tensors(path)?;
-    let saved: Option<serde_json::Value> = std::fs::read(path.with_extension("json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    let mut saved: Option<serde_json::Value> = std::fs::read(path.with_extension("json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    let sum = saved.as_mut().and_then(serde_json::Value::as_object_mut).and_then(|o| o.remove(FILE_SHA256));
     if saved.as_ref() != Some(key) {
         return Err(Error::file(path, "was dumped for other images, weights, preprocessing, views or pooling (its .json beside it differs)"));
+    }
+    if sum.is_some_and(|sum| sum.as_str() != crate::model::weights::sha256_file(path).ok().as_deref()) {
+        return Err(Error::file(path, "is damaged: its SHA-256 is not the one written beside it when it was kept"));
     }
     let n = session.prepared.dataset.samples.len();
     let c = train::Cache::from_named(t, n, aug_rows, session.device)

@@ -900,6 +900,16 @@ fn a_second_cv_reads_its_features_from_the_cache_until_the_images_change() {
     assert!(err.contains("kept them in the feature cache"), "{err}");
     let (code, _, err) = cv(&with_cache, "i");
     assert!(code == 0 && err.contains("pooled features from the feature cache"), "{err}");
+    // A bit flipped in the features themselves leaves a valid file: its SHA-256 says so, and the folds are as the last cv's.
+    let mut bytes = std::fs::read(&newest).unwrap();
+    let last = bytes.len() - 3;
+    bytes[last] ^= 0x40;
+    std::fs::write(&newest, &bytes).unwrap();
+    let (code, _, err) = cv(&with_cache, "k");
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains(".safetensors: is damaged: its SHA-256 is not the one written beside it when it was kept; computing the features again"), "{err}");
+    let name = "folds/seed0-fold0.json";
+    assert_eq!(without_time(d.path().join("i").join(name)), without_time(d.path().join("k").join(name)), "{name}");
     let blocked = d.path().join("a-file");
     std::fs::write(&blocked, b"").unwrap();
     let (code, _, err) = cv(&["--feature-cache", blocked.join("fc").to_str().unwrap()], "j");
