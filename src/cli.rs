@@ -805,7 +805,12 @@ impl DataArgs {
             return Err(Error::invalid(Setting::Face, "and --crop both choose the crop: give one of them"));
         }
         if self.face_required && !matches!(preprocess.face, crate::data::face::FaceMode::Auto { .. }) {
-            return Err(Error::invalid(Setting::FaceRequired, "applies to --face auto only"));
+            // Left out, --face is chosen later (person with person statistics): name what to give.
+            let given = self.face.as_deref().map_or_else(
+                || "give --face auto with it (without --face each person's photos share one box, from the faces found among them, where per-subject normalisation is on; the whole frame otherwise)".to_string(),
+                |f| format!("not --face {f}"),
+            );
+            return Err(Error::invalid(Setting::FaceRequired, format!("applies to --face auto only: {given}")));
         }
         Ok((
             DataConfig {

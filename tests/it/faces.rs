@@ -109,6 +109,13 @@ fn training_records_boxes_and_predict_crops_the_same_way() {
     assert!(err.contains("0.png: no face found (--face-required) (none of the 4 images can be used, this the first)"), "{err}");
     // Not a decoding problem, and --skip-bad would leave nothing: neither is said.
     assert!(!err.contains("cannot decode") && !err.contains("--skip-bad"), "{err}");
+    // Without --face auto it is refused, naming what to give (it said "applies to --face auto only" where no --face was given).
+    for (face, says) in [(None, "applies to --face auto only: give --face auto with it"), (Some("person"), "applies to --face auto only: not --face person")] {
+        let f: Vec<&str> = face.map_or(vec![], |f| vec!["--face", f]);
+        let (code, _, err) = run(&[&["finetune", "--data", "blank", "--face-required", "--stages", "head:1"][..], &f[..], &small[..]].concat(), d.path());
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains(&format!("error: invalid option: --face-required {says}")), "{err}");
+    }
     // A --crop box that fits no image is the box's problem, said so.
     let (code, _, err) =
         run(&[&["finetune", "--data", "blank", "--crop", "8,8,100,100", "--stages", "head:1", "--val", "none"][..], &small[..]].concat(), d.path());
