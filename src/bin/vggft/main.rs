@@ -573,12 +573,18 @@ fn cv(a: CvArgs) -> anyhow::Result<()> {
 /// The feature cache's folder: `--feature-cache`, else `$VGGFT_FEATURE_CACHE`,
 /// else the XDG cache folder; `off` (either way) or no home: none.
 fn feature_cache_dir(arg: Option<&str>) -> Option<std::path::PathBuf> {
-    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
+    cache_dir_in(arg, |k| std::env::var_os(k))
+}
+
+/// `feature_cache_dir` with the environment read through `env`.
+fn cache_dir_in(arg: Option<&str>, env: impl Fn(&str) -> Option<std::ffi::OsString>) -> Option<std::path::PathBuf> {
+    let var = |k: &str| env(k).filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
     let given = arg.map(std::path::PathBuf::from).or_else(|| var("VGGFT_FEATURE_CACHE"));
     match given {
         Some(p) if p.as_os_str() == "off" => None,
         Some(p) => Some(p),
-        None => var("XDG_CACHE_HOME").or_else(|| var("HOME").map(|h| h.join(".cache"))).map(|c| c.join("vggft").join("features")),
+        // The XDG spec: a relative path there is invalid and ignored (it made a cache folder in whatever folder vggft ran in).
+        None => var("XDG_CACHE_HOME").filter(|c| c.is_absolute()).or_else(|| var("HOME").map(|h| h.join(".cache"))).map(|c| c.join("vggft").join("features")),
     }
 }
 
@@ -834,8 +840,22 @@ fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use super::command;
+    use super::{cache_dir_in, command};
     use clap::error::ErrorKind;
+    use std::path::PathBuf;
+
+    #[test]
+    fn the_feature_cache_folder_follows_the_flag_the_variable_then_xdg() {
+        let env = |vars: &'static [(&'static str, &'static str)]| move |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.into());
+        assert_eq!(cache_dir_in(None, env(&[("HOME", "/h")])), Some(PathBuf::from("/h/.cache/vggft/features")));
+        assert_eq!(cache_dir_in(None, env(&[("HOME", "/h"), ("XDG_CACHE_HOME", "/x")])), Some(PathBuf::from("/x/vggft/features")));
+        // The XDG spec: a relative XDG_CACHE_HOME is invalid and ignored (it made `rel/vggft` wherever vggft ran).
+        assert_eq!(cache_dir_in(None, env(&[("HOME", "/h"), ("XDG_CACHE_HOME", "rel")])), Some(PathBuf::from("/h/.cache/vggft/features")));
+        assert_eq!(cache_dir_in(None, env(&[("HOME", "/h"), ("VGGFT_FEATURE_CACHE", "mine")])), Some(PathBuf::from("mine")));
+        assert_eq!(cache_dir_in(Some("fc"), env(&[("VGGFT_FEATURE_CACHE", "off")])), Some(PathBuf::from("fc")));
+        assert_eq!(cache_dir_in(None, env(&[("HOME", "/h"), ("VGGFT_FEATURE_CACHE", "off")])), None);
+        assert_eq!(cache_dir_in(None, env(&[])), None, "no home: none");
+    }
 
     /// Every option of every subcommand given a negative number reaches the
     /// option's own check: clap alone reads `--dropout -0.5` as an unknown
