@@ -249,6 +249,9 @@ pub fn read_config(dir: &Path) -> Result<RunConfig> {
             "is a cross-validation folder, and cv keeps no model (each fold's model is scored, then dropped): train one on all the data with `vggft finetune` and the cv's options",
         ));
     }
+    if !dir.exists() {
+        return Err(Error::file(dir, "run folder not found (`finetune --out DIR` puts the latest run at DIR/latest)"));
+    }
     if dir.is_dir() && !p.exists() {
         return Err(Error::file(&p, "is missing: not a vggft run folder (`finetune --out DIR` puts the latest run at DIR/latest)"));
     }

@@ -1143,6 +1143,9 @@ impl Fold<'_> {
 /// Merges every `folds/*.json` of a cv folder into `cv.json`, `cv.md` and plots.
 pub fn collect(dir: &Path, partial: bool) -> Result<Summary> {
     let cfg_path = dir.join("cv-config.json");
+    if !dir.exists() {
+        return Err(Error::file(dir, "does not exist: give the folder a cv wrote into (its --out)"));
+    }
     if dir.is_dir() && !cfg_path.exists() {
         return Err(Error::file(dir, "is not a vggft cv folder (it has no cv-config.json, which `vggft cv --out DIR` writes first)"));
     }

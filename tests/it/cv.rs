@@ -300,6 +300,9 @@ fn cv_end_to_end_folds_collect_and_reproducibility() {
     let (code, _, err) = run(&["cv", "--collect", "runs/r"], d.path());
     assert_eq!(code, 1);
     assert!(err.contains("runs/r: is not a vggft cv folder") && err.lines().count() == 1, "{err}");
+    let (code, _, err) = run(&["cv", "--collect", "cv-typo"], d.path());
+    assert_eq!(code, 1);
+    assert_eq!(err.trim(), "error: cv-typo: does not exist: give the folder a cv wrote into (its --out)", "it said cv-typo/cv-config.json: cannot read");
 
     // evaluate: metrics and a confusion matrix for a labelled set.
     let (code, out, err) = run(&["evaluate", "--model", "runs/r", "--data", m.to_str().unwrap(), "--out", "ev"], d.path());

@@ -1119,6 +1119,12 @@ fn rerun_reproduces_a_run_from_its_config_alone() {
     assert_eq!(c["train"]["seed"], 4);
     assert_eq!(c["train"]["stages"], a["train"]["stages"]);
     assert_ne!(history_without_seconds(&runs.join("a/history.csv")), history_without_seconds(&runs.join("c/history.csv")));
+    // A run folder that is not there, to rerun or resume: said so (it said "runs/typo/config.json: cannot read: No such file …").
+    for flag in ["--rerun", "--resume"] {
+        let (code, _, err) = run(&["finetune", flag, "runs/typo"], d.path());
+        assert_eq!(code, 1, "{err}");
+        assert_eq!(err.trim(), "error: runs/typo: run folder not found (`finetune --out DIR` puts the latest run at DIR/latest)", "{flag}");
+    }
     // An option the rerun would ignore.
     let (code, _, err) = run(&["finetune", "--rerun", "runs/a", "--lr", "0.1"], d.path());
     assert_eq!(code, 2, "{err}");
