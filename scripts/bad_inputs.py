@@ -325,6 +325,9 @@ def run_inventory(d):
     csv_case("CSV with Windows paths (neutral\\00.png)", "path,label\n" + "".join(f"{r.replace('/', chr(92))},{r.split('/')[0]}\n" for r in rel))
     open(os.path.join(csvd, "m.csv"), "wb").write(("path,label\n" + "".join(f"{r},{r.split('/')[0]}\n" for r in rel) + "José.png,neutral\n").encode("cp1252"))
     data_case("CSV saved by Excel in Windows-1252 (José.png)", os.path.join(csvd, "m.csv"))
+    # Windows PowerShell 5's `>`: UTF-16 little-endian with its byte-order mark ("utf-16" writes one).
+    open(os.path.join(csvd, "m.csv"), "wb").write(("path,label\r\n" + "".join(f"{r},{r.split('/')[0]}\r\n" for r in rel)).encode("utf-16"))
+    data_case("CSV saved as UTF-16 by Windows PowerShell's > (works)", os.path.join(csvd, "m.csv"), "--val", "none")
     csv_case("CSV naming a missing file", "path,label\n" + "".join(f"{r},{r.split('/')[0]}\n" for r in rel) + "gone.png,neutral\n")
     shutil.copy(ok_png, os.path.join(d, "outside.png"))
     csv_case("CSV path outside its folder (allowed, reported)", "path,label\n" + "".join(f"{r},{r.split('/')[0]}\n" for r in rel) + "../outside.png,neutral\n", "--val", "none")
@@ -473,6 +476,8 @@ def run_cases(d, good):
     record("--resume with other options (--lr 5 --out x)", code, said(err))
     code, out, err = vggft("finetune", "--rerun", "runs/r", "--lr", "5", cwd=d)
     record("--rerun with an option it would ignore (--lr 5)", code, said(err))
+    code, out, err = vggft("finetune", "--resume", "runs/typo", cwd=d)
+    record("--resume of a run folder that is not there", code, said(err))
     victim = os.path.join(data, "happy", "01.png")
     keep = open(victim, "rb").read()
     os.remove(victim)
