@@ -59,13 +59,18 @@ fn within<T: TryFrom<i64>>(lo: i64, hi: i64) -> impl Fn(&str) -> std::result::Re
     }
 }
 
+/// `--seed`: a whole number from 0.
+fn one_seed(s: &str) -> std::result::Result<u64, String> {
+    s.trim().parse().map_err(|_| format!("`{s}` is not a seed (a whole number from 0)"))
+}
+
 /// One of `--seeds`; a range (`0-4`, `0..4`) is said how to write.
 fn seed(s: &str) -> std::result::Result<u64, String> {
-    s.trim().parse().map_err(|_| match s.split_once('-').or_else(|| s.split_once("..")) {
+    one_seed(s).map_err(|not_one| match s.split_once('-').or_else(|| s.split_once("..")) {
         Some((a, b)) if a.trim().parse::<u64>().is_ok() && b.trim().parse::<u64>().is_ok() => {
             format!("`{s}` is a range: list the seeds (0,1,2) or give --repeats N for seeds 0 to N−1")
         }
-        _ => format!("`{s}` is not a seed (a whole number from 0)"),
+        _ => not_one,
     })
 }
 
@@ -513,7 +518,7 @@ pub struct TrainArgs {
     #[arg(long, help_heading = "Cache and speed")]
     pub cache_f16: bool,
     /// Seed of the split, shuffles, augmentation and initialisation (a run is reproducible from it).
-    #[arg(long, default_value_t = 0, value_parser = seed)]
+    #[arg(long, default_value_t = 0, value_parser = one_seed)]
     pub seed: u64,
 }
 

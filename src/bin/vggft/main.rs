@@ -885,5 +885,7 @@ mod tests {
         assert!(said(&["vggft", "finetune", "--batch-size", "-4"]).contains("`-4` is not a whole number"), "a count");
         assert!(said(&["vggft", "predict", "--batch-size", "-4"]).contains("-4 is not in 1..=4096"), "a ranged count");
         assert!(said(&["vggft", "cv", "--seeds", "0,-1"]).contains("`-1` is not a seed"), "a seed");
+        assert!(said(&["vggft", "cv", "--seeds", "0-4"]).contains("`0-4` is a range: list the seeds"), "seeds as a range");
+        assert!(said(&["vggft", "finetune", "--seed", "0-4"]).contains("`0-4` is not a seed (a whole number from 0)"), "one seed: no list to give");
     }
 }
