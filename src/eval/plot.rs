@@ -59,7 +59,9 @@ pub(crate) fn lr_curve(path: &Path, points: &[(f64, f64, f64)], suggested: f64) 
     let lo = finite.iter().map(|p| p.2).fold(f64::INFINITY, f64::min);
     let first = finite.first().map(|p| p.2).unwrap_or(1.0);
     let hi = finite.iter().map(|p| p.2).fold(f64::NEG_INFINITY, f64::max).min(first * 2.0).max(lo + 1e-6);
-    let (x0, x1) = (points.first().map(|p| p.0).unwrap_or(1e-6), points.last().map(|p| p.0).unwrap_or(1.0).max(1e-5));
+    // A log axis to an infinite rate never ends its ticks (lr-find refuses the rates that make one).
+    let rates = || points.iter().map(|p| p.0).filter(|r| r.is_finite() && *r > 0.0);
+    let (x0, x1) = (rates().next().unwrap_or(1e-6), rates().next_back().unwrap_or(1.0).max(1e-5));
     render(path, W, H, |root| {
         let mut chart = ChartBuilder::on(&root)
             .caption("lr-find: training loss vs learning rate", ("sans-serif", 22))
@@ -398,5 +400,17 @@ mod tests {
             assert!(confusion_cell(c) >= 1 && side <= 3600.max(c), "{c} classes: {side} px");
         }
         assert_eq!(confusion_cell(1000), 3);
+    }
+
+    /// A sweep that ended at an infinite rate (and loss) is drawn up to its
+    /// last finite rate: a log axis to infinity never ended its ticks.
+    #[test]
+    fn an_lr_curve_ending_at_an_infinite_rate_is_drawn() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("lr.png");
+        let mut pts: Vec<(f64, f64, f64)> = (0..20).map(|i| (1e-6 * 2f64.powi(i), 2.0 - 0.05 * i as f64, 2.0 - 0.05 * i as f64)).collect();
+        pts.push((f64::INFINITY, f64::NAN, f64::INFINITY));
+        super::lr_curve(&p, &pts, 1e-4).unwrap();
+        assert!(image::open(&p).unwrap().width() > 100);
     }
 }

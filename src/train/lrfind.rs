@@ -78,8 +78,13 @@ pub(crate) fn suggest(points: &[(f64, f64, f64)]) -> (f64, String) {
 pub const MAX_STEPS: usize = 10_000;
 
 pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Found> {
-    if !(req.start_lr > 0.0 && req.end_lr > req.start_lr) {
-        return Err(Error::invalid(Setting::StartLr, format!("must be > 0 and below --end-lr, got {:e} and {:e}", req.start_lr, req.end_lr)));
+    // Their ratio finite too: the sweep's rates are start × ratio^k, and an infinite rate left the loss plot's axis
+    // without an end (`--end-lr inf` spun after the sweep until killed).
+    if !(req.start_lr > 0.0 && req.end_lr > req.start_lr && (req.end_lr / req.start_lr).is_finite()) {
+        return Err(Error::invalid(
+            Setting::StartLr,
+            format!("must be > 0 and below --end-lr, and --end-lr / --start-lr a finite number, got {:e} and {:e}", req.start_lr, req.end_lr),
+        ));
     }
     // fastai sweeps 100 steps; a million would run for days at a rate that barely moves.
     if !(10..=MAX_STEPS).contains(&req.steps) {

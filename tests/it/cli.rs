@@ -247,6 +247,15 @@ fn lr_find_writes_csv_png_and_a_suggestion() {
     let (code, _, err) = run(&args(&s, &["lr-find", "--data", m.to_str().unwrap(), "--steps", "18446744073709551615", "--out", "lr-max"]), d.path());
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("--steps must be 10 to 10000, got 18446744073709551615") && !d.path().join("lr-max").exists(), "{err}");
+    // An infinite rate (or a ratio that overflows to one) left the plot's axis without an end: the sweep stopped, then spun until killed.
+    for (start, end) in [("1e-6", "inf"), ("1e-6", "1e308"), ("1e-6", "NaN")] {
+        let (code, _, err) = run(&args(&s, &["lr-find", "--data", m.to_str().unwrap(), "--start-lr", start, "--end-lr", end, "--out", "lr-inf"]), d.path());
+        assert_eq!(code, 1, "{err}");
+        assert!(
+            err.contains("--start-lr must be > 0 and below --end-lr, and --end-lr / --start-lr a finite number") && !d.path().join("lr-inf").exists(),
+            "{err}"
+        );
+    }
     let csv = std::fs::read_to_string(d.path().join("lr/lr-find.csv")).unwrap();
     assert!(csv.lines().count() > 11);
     let png = image::open(d.path().join("lr/lr-find.png")).unwrap().to_rgb8();
