@@ -305,13 +305,18 @@ fn with_person_statistics_faces_are_cropped_by_default() {
     assert!(md.contains("## Single-image head (no other photo of the person; same folds; each photo's whole frame, as predict frames a lone photo)"), "{md}");
     let summary = json(&d.path().join("cv/cv.json"));
     assert_eq!((summary["person_box"].as_bool(), summary["single_frame"].as_bool()), (Some(false), Some(true)), "{summary}");
-    // The dump holds those crops' features; one without them is refused in one line.
+    // The dump holds those crops' features; one without them (made before whole frames were kept, and so
+    // before its .json held the file's SHA-256) is refused in one line.
     let dump = d.path().join("f.safetensors");
     let named = tch::Tensor::read_safetensors(&dump).unwrap();
     let names: Vec<&str> = named.iter().map(|(k, _)| k.as_str()).collect();
     assert!(names.contains(&"lone") && names.contains(&"lone_flipped"), "{names:?}");
     let kept: Vec<(String, tch::Tensor)> = named.into_iter().filter(|(k, _)| !k.starts_with("lone")).collect();
     tch::Tensor::write_safetensors(&kept, &dump).unwrap();
+    let meta = d.path().join("f.json");
+    let mut old = json(&meta);
+    assert!(old.as_object_mut().unwrap().remove("safetensors_sha256").is_some(), "a dump's .json holds its file's SHA-256");
+    std::fs::write(&meta, old.to_string()).unwrap();
     let (code, out, err) = run(&args(&s, &[&cv[..], &["--out", "cv-old", "--load-features", "f.safetensors"]].concat()), d.path());
     assert_eq!(code, 1, "{out}\n{err}");
     assert!(err.contains("f.safetensors: holds no whole frames, which the single-image head of a --face person recipe reads (dump it again)"), "{err}");
