@@ -433,7 +433,7 @@ pub struct TrainArgs {
     /// Explicit stages, e.g. head:3,conv5:12,conv4:10 (instead of the three above: given with one of them, refused rather than one silently ignored).
     #[arg(long, value_parser = checked(parse_stages), conflicts_with_all = ["freeze_until", "epochs", "warmup_epochs"])]
     pub stages: Option<String>,
-    /// Optimizer: sgd (with momentum; generalises best on small data), adam or adamw.
+    /// Optimizer: sgd (with momentum; generalises best on small data), adam, adamw or rmsprop.
     #[arg(long, value_enum, default_value_t = OptimKind::Sgd)]
     pub optimizer: OptimKind,
     /// Heads trained side by side, each on its own batch order and augmented views, and averaged into one head when training ends (head-only stages; the saved model has one head) [default: 5 for the probe on person statistics with several photos per person, else 1].

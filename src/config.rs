@@ -552,7 +552,7 @@ impl RunConfig {
         self.train.threshold.validate(self.classes.len())?;
         if let Some(t) = &self.threshold {
             if self.classes.len() != 2 || [Some(t.person), t.single].iter().flatten().any(|p| !(*p > 0.0 && *p < 1.0)) {
-                return Err(Error::invalid(Setting::Threshold, "must lie between 0 and 1, for a two-class task"));
+                return Err(Error::invalid(Setting::Threshold, "must lie strictly between 0 and 1, for a two-class task"));
             }
         }
         if let Some(c) = self.single_calibration() {

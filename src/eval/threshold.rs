@@ -73,7 +73,10 @@ impl ThresholdChoice {
             "off" => Ok(ThresholdChoice::Off),
             _ => match s.parse::<f64>() {
                 Ok(t) if ThresholdChoice::Fixed(t).check_range().is_ok() => Ok(ThresholdChoice::Fixed(t)),
-                _ => Err(Error::invalid(Setting::Threshold, format!("`{s}`: expected auto, inner, off or a probability between 0 and 1"))),
+                _ => Err(Error::invalid(
+                    Setting::Threshold,
+                    format!("`{s}`: expected auto, inner, off or a probability strictly between 0 and 1 (0 and 1 themselves would answer one class always)"),
+                )),
             },
         }
     }
@@ -82,7 +85,9 @@ impl ThresholdChoice {
     /// flag, for a loaded `config.json` too).
     pub(crate) fn check_range(self) -> Result<()> {
         match self {
-            ThresholdChoice::Fixed(t) if !(t > 0.0 && t < 1.0) => Err(Error::invalid(Setting::Threshold, format!("must lie between 0 and 1, got {t}"))),
+            ThresholdChoice::Fixed(t) if !(t > 0.0 && t < 1.0) => {
+                Err(Error::invalid(Setting::Threshold, format!("must lie strictly between 0 and 1, got {t}")))
+            }
             _ => Ok(()),
         }
     }
@@ -798,7 +803,8 @@ mod tests {
         assert_eq!(ThresholdChoice::parse("inner").unwrap(), ThresholdChoice::Inner);
         assert_eq!(ThresholdChoice::parse("0.3").unwrap(), ThresholdChoice::Fixed(0.3));
         for bad in ["1", "0", "-0.2", "half", "nan"] {
-            assert!(ThresholdChoice::parse(bad).unwrap_err().to_string().contains("threshold"), "{bad}");
+            let e = ThresholdChoice::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("threshold") && e.contains("strictly between 0 and 1"), "{bad}: {e}");
         }
         assert!(ThresholdChoice::Inner.validate(7).unwrap_err().to_string().contains("two-class"));
         assert!(ThresholdChoice::Auto.validate(7).is_ok() && ThresholdChoice::Fixed(0.4).validate(2).is_ok());
