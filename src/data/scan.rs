@@ -433,7 +433,11 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// Scans `path` in the given (or detected) layout.
 pub fn scan(path: &Path, format: DataFormat) -> Result<Dataset> {
-    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        // (was the OS's "cannot read: No such file or directory (os error 2)")
+        std::io::ErrorKind::NotFound => Error::dataset(path, "not found: no folder or file of that name"),
+        _ => Error::io(path, e),
+    })?;
     // A folder vggft wrote (not the crops' manifest of `faces`), before its PNGs are read as photos.
     let manifest = format == DataFormat::Csv || (format == DataFormat::Auto && path.join("manifest.csv").is_file());
     if meta.is_dir() && !manifest {
@@ -1812,5 +1816,21 @@ mod tests {
         assert_eq!(one("e3", "metrics.json", "not json"), None);
         assert_eq!(one("f1", "faces.csv", "path,x,y,w,h,score\na.jpg,1,2,3,4,0.9\n"), Some("a faces folder"));
         assert_eq!(one("f2", "faces.csv", "name,smile\n"), None);
+    }
+
+    #[test]
+    fn a_dataset_that_is_not_there_is_said_to_be_missing() {
+        let d = tempfile::tempdir().unwrap();
+        let gone = d.path().join("jaffe");
+        use super::{scan, DataFormat};
+        let e = scan(&gone, DataFormat::Auto).unwrap_err().to_string();
+        assert!(e.contains("jaffe") && e.contains("not found") && !e.contains("os error"), "{e}");
+        // A link to nothing is missing too.
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(&gone, d.path().join("link")).unwrap();
+            let e = scan(&d.path().join("link"), DataFormat::Csv).unwrap_err().to_string();
+            assert!(e.contains("link") && e.contains("not found"), "{e}");
+        }
     }
 }
