@@ -68,13 +68,13 @@ pub(crate) fn dump(path: &Path, key: &serde_json::Value, shared: &[train::Cache]
 /// every image of the session, augmented views of `aug_rows` (`None`: every
 /// image) and the mirror images where `mirrors`.
 pub(crate) fn load(path: &Path, key: &serde_json::Value, session: &Session, aug_rows: Option<&[usize]>, mirrors: bool) -> Result<train::Cache> {
-    let t = crate::model::weights::read_tensors(path)?;
     let mut saved: Option<serde_json::Value> = std::fs::read(path.with_extension("json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
     let sum = saved.as_mut().and_then(serde_json::Value::as_object_mut).and_then(|o| o.remove(FILE_SHA256));
     if saved.as_ref() != Some(key) {
         return Err(Error::file(path, "was dumped for other images, weights, preprocessing, views or pooling (its .json beside it differs)"));
     }
-    if sum.is_some_and(|sum| sum.as_str() != crate::model::weights::sha256_file(path).ok().as_deref()) {
+    let (t, actual) = crate::model::weights::read_tensors_sha256(path)?;
+    if sum.is_some_and(|sum| sum.as_str() != Some(actual.as_str())) {
         return Err(Error::file(path, "is damaged: its SHA-256 is not the one written beside it when it was kept"));
     }
     let n = session.prepared.dataset.samples.len();

@@ -189,7 +189,7 @@ fn entry(path: &Path, name: &str, info: &serde_json::Value) -> Result<(Kind, Vec
 struct FileTensors {
     /// Declared before the bytes, so dropped before them: no view outlives what it views.
     tensors: BTreeMap<String, Tensor>,
-    _bytes: Vec<u8>,
+    bytes: Vec<u8>,
 }
 
 impl FileTensors {
@@ -221,7 +221,7 @@ impl FileTensors {
             .map_err(|e| Error::weights(path, format!("cannot be read as safetensors: {name}: {e}")))?;
             tensors.insert(name.clone(), t);
         }
-        Ok(FileTensors { tensors, _bytes: bytes })
+        Ok(FileTensors { tensors, bytes })
     }
 
     /// Each tensor copied out of the bytes read, to keep after them.
@@ -270,6 +270,14 @@ fn kind_of(dtype: &str) -> Option<Kind> {
 /// (`FileTensors`, copied out), mapping failures to one sentence.
 pub fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
     Ok(FileTensors::read(path)?.into_owned())
+}
+
+/// `read_tensors` and the file's SHA-256, hashed from the bytes read (one
+/// read of the file where a check of its checksum needs both).
+pub(crate) fn read_tensors_sha256(path: &Path) -> Result<(Named, String)> {
+    let read = FileTensors::read(path)?;
+    let sum = crate::run::sha256_hex(&read.bytes);
+    Ok((read.into_owned(), sum))
 }
 
 /// Refuses NaN or Inf anywhere in floating-point tensors.
@@ -582,11 +590,11 @@ mod tests {
             for (n, v) in &values {
                 assert!(read.tensors[*n].equal(&Tensor::from_slice(v)), "pad {pad}: {n}");
             }
-            let data_start = 8 + u64::from_le_bytes(read._bytes[..8].try_into().unwrap()) as usize;
+            let data_start = 8 + u64::from_le_bytes(read.bytes[..8].try_into().unwrap()) as usize;
             assert_eq!(data_start % 8, pad);
             assert_eq!(
                 data_start % 4 == 0,
-                read.tensors["a"].data_ptr() as usize == read._bytes.as_ptr() as usize + data_start,
+                read.tensors["a"].data_ptr() as usize == read.bytes.as_ptr() as usize + data_start,
                 "pad {pad}: a view where aligned, a copy where not"
             );
             check_finite(&p, &read.tensors).unwrap();
