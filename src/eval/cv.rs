@@ -1100,7 +1100,7 @@ impl Fold<'_> {
         let trainer = self.trainer(tc);
         trainer.run(&mut model, &mut train::Collect::default(), None)?;
         let mut fits = if tc.inner_fits() {
-            threshold::inner_fits(self.session, tc, self.data, self.shared, self.tta_flip, None)?.unwrap_or_default()
+            threshold::inner_fits(self.session, tc, self.data, self.shared, self.tta_flip, self.stop)?.unwrap_or_default()
         } else {
             InnerFits::default()
         };

@@ -547,9 +547,10 @@ pub(crate) fn inner_fits(
     // first of the main heads: the other members are left out (a third of the heads to train).
     let fit_cfg = TrainConfig { members: if tc.threshold == ThresholdChoice::Inner { tc.members } else { 1 }, ..tc.clone() };
     let (mut y, mut p_main, mut p_single, mut who) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let stopped = || Error::Interrupted("stopped during the inner fits on the training people (the trained model's last epoch is saved)".into());
     for held in inner_folds(data, people, k, tc.seed) {
         if stop.is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst)) {
-            return Err(Error::Interrupted("stopped during the inner fits on the training people (the trained model's last epoch is saved)".into()));
+            return Err(stopped());
         }
         let rest: Vec<usize> = data.train.iter().copied().filter(|r| held.binary_search(r).is_err()).collect();
         let inner = TrainData {
@@ -564,8 +565,13 @@ pub(crate) fn inner_fits(
         };
         let (mut model, _) = session.fresh_model(tc.seed as i64, true)?;
         session.recalibrate(&mut model, &inner.train)?;
-        let trainer = Trainer::throwaway(&fit_cfg, &session.config.data.preprocess, &inner, session.device, shared);
-        trainer.run(&mut model, &mut train::Collect::default(), None)?;
+        // Stopped within a fit too (after its current batch, as the main fit stops), not only between them:
+        // each can be as long as the main fit.
+        let trainer = Trainer { stop, ..Trainer::throwaway(&fit_cfg, &session.config.data.preprocess, &inner, session.device, shared) };
+        trainer.run(&mut model, &mut train::Collect::default(), None).map_err(|e| match e {
+            Error::Interrupted(_) => stopped(),
+            e => e,
+        })?;
         let scores = trainer.scores(&model, shared.first(), &held, tta_flip, None);
         let rows = |logits: &tch::Tensor| crate::run::rows(&session.config.task_probs(logits));
         y.extend(held.iter().map(|&r| task(r)));

@@ -229,8 +229,8 @@ pub struct Trainer<'a> {
 
 impl<'a> Trainer<'a> {
     /// A trainer for a fit whose model is thrown away (lr-find's sweep, the
-    /// inner fits that set a threshold): no checkpoints, no stop flag, no
-    /// feature statistics kept.
+    /// inner fits that set a threshold): no checkpoints, no stop flag (a
+    /// caller that can be stopped sets its own), no feature statistics kept.
     pub fn throwaway(cfg: &'a TrainConfig, pre: &'a Preprocess, data: &'a TrainData, device: Device, shared: &'a [Cache]) -> Self {
         Trainer { cfg, pre, data, device, checkpoint_dir: None, stop: None, shared, keep_stats: false }
     }

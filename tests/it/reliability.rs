@@ -352,6 +352,46 @@ fn ctrl_c_stops_a_cv_and_the_same_command_runs_only_the_missing_folds() {
     assert_eq!(json(&d.path().join("stopped/cv.json"))["stats"], json(&d.path().join("whole/cv.json"))["stats"]);
 }
 
+/// A stop during the inner fits that set a threshold comes after the current
+/// batch, as in the main fit: it came only after the inner fit under way
+/// (finetune) or after all of them (cv, which did not pass its flag on).
+#[test]
+fn a_stop_during_the_inner_fits_comes_after_the_current_batch() {
+    use std::io::{BufRead, Read};
+    let d = tmp();
+    let m = subject_dataset(d.path(), 6, 48);
+    let w = d.path().join("trunk.safetensors");
+    trunk_only(&w, 15);
+    let mut a: Vec<String> =
+        ["finetune", "--data", m.to_str().unwrap(), "--stages", "head:1,conv5:300", "--threshold", "inner", "--val", "none", "--name", "r"]
+            .map(String::from)
+            .to_vec();
+    a.extend(small(&w));
+    let start = Instant::now();
+    let mut child = bin_as_from_a_terminal().args(&a).current_dir(d.path()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut said = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(err.read_line(&mut line).unwrap() > 0, "ended before its inner fits: {said}");
+        said.push_str(&line);
+        if line.contains("inner fits on the training people") {
+            break;
+        }
+    }
+    // The main fit, on all six people; each inner fit trains on four of them.
+    let main_fit = start.elapsed();
+    assert!(std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    let signalled = Instant::now();
+    err.read_to_string(&mut said).unwrap();
+    let code = child.wait().unwrap().code();
+    let after = signalled.elapsed();
+    assert_eq!(code, Some(130), "{said}");
+    assert!(said.contains("stopped during the inner fits on the training people"), "{said}");
+    eprintln!("main fit {main_fit:?}; stopped {after:?} after the signal");
+    assert!(after < main_fit / 4, "stopped {after:?} after the signal, where the main fit took {main_fit:?}: {said}");
+}
+
 /// Unmounts on drop, so a failing assertion does not leave the mount behind.
 struct Mount(std::path::PathBuf);
 
