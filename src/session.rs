@@ -121,7 +121,7 @@ fn open_data(recipe: &Recipe, mut data: DataConfig, seed: u64, reporter: &mut dy
     let mut notes: Vec<String> = Vec::new();
     let mut loaded = crate::data::load_images(&dataset.samples, &data.preprocess, data.skip_bad)?;
     if faces_cropped && loaded.boxes.iter().all(|b| b.as_ref().is_none_or(|b| b.score.is_none())) {
-        notes.push("no face found in any image: using the whole frame (--face person crops the centre instead)".into());
+        notes.push("no face found in any image: using the whole frame (given explicitly, --face person would crop each photo's centre instead)".into());
         faces_cropped = false;
         data.preprocess.face = FaceMode::None;
         loaded = crate::data::load_images(&dataset.samples, &data.preprocess, data.skip_bad)?;
