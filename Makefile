@@ -36,6 +36,12 @@ build: setup
 	  { echo "no C++ compiler found (c++): tch's libtorch bindings are C++; install one (Debian/Ubuntu: apt install g++) or set CXX"; exit 1; }
 	cargo build --release --locked
 
+# The tests run two at a time, each with libtorch's 2 threads, on however
+# many cores there are: libgomp's default spin-wait at every barrier then
+# burns the time slices the other test needs (integration tests 350 s → 176 s
+# with passive waiting on 2 cores, 2026-12-07; README "Several jobs on one
+# machine"). A setting of your own is kept.
+test: export OMP_WAIT_POLICY ?= passive
 test: build
 	cargo test --release --locked -- --test-threads=2
 	$(PY) scripts/test_convert.py
