@@ -478,6 +478,8 @@ def run_cases(d, good):
     record("--rerun with an option it would ignore (--lr 5)", code, said(err))
     code, out, err = vggft("finetune", "--resume", "runs/typo", cwd=d)
     record("--resume of a run folder that is not there", code, said(err))
+    code, out, err = vggft("finetune", "--data", "data/jaffe", "--random-init", *SMALL, cwd=d)
+    record("--data of a folder that is not there", code, said(err))
     victim = os.path.join(data, "happy", "01.png")
     keep = open(victim, "rb").read()
     os.remove(victim)
