@@ -122,8 +122,9 @@ pub fn default_precisions(device: Device, cpu: CpuBf16) -> Vec<Precision> {
     }
 }
 
-/// Measures the matmul peaks and forward throughput at `batch` and at batch 1, in each
-/// precision; on a CPU in float32 at `batch` both with the direct convolution and with Winograd.
+/// Measures the matmul peaks and forward throughput at `batch` and at batch 1 (once
+/// where `batch` is 1), in each precision; on a CPU in float32 at `batch` both with
+/// the direct convolution and with Winograd.
 pub fn measure(model: &mut Vgg16, batch: i64, size: i64, reps: usize, precisions: &[Precision]) -> Report {
     let device = model.device();
     let matmul_f32_gflops = matmul_peak(Kind::Float, device, 2048, 10);
@@ -131,7 +132,7 @@ pub fn measure(model: &mut Vgg16, batch: i64, size: i64, reps: usize, precisions
     let mut fw = Vec::new();
     for &p in precisions {
         model.cfg.precision = p;
-        for b in [batch, 1] {
+        for b in if batch == 1 { vec![1] } else { vec![batch, 1] } {
             fw.push(forward(model, b, size, reps, false));
             // A single image takes the direct path inside a frozen pass too.
             if device == Device::Cpu && p == Precision::F32 && b > 1 {

@@ -484,6 +484,18 @@ fn forward_flops_match_vgg16s_published_count_and_speed_reports_rates() {
         assert_eq!(fw.len(), 5, "f32 both ways and bf16, batch 2 and 1: {out}");
         assert!(!err.contains("bf16"), "{err}");
     }
+    // --batch-size 1 times batch 1 once per precision (each row was printed twice).
+    let (code, out, err) =
+        run(&["speed", "--image-size", "32", "--batch-size", "1", "--reps", "1", "--device", "cpu", "--precision", "f32", "--json"], d.path());
+    assert_eq!(code, 0, "{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let ways: Vec<(&str, &str, i64)> = r["forward"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["precision"].as_str().unwrap(), f["convolution"].as_str().unwrap(), f["batch"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(ways, [("f32", "direct", 1)], "{out}");
 }
 
 #[test]
