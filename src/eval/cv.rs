@@ -316,6 +316,17 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
     }
     // The folds before the cache pass (minutes at 224 px): a dataset that cannot make them fails at once.
     let mut jobs = fold_jobs(req, &session)?;
+    // (was "invalid option: --data holds fewer than 2 training images", from the first such fold's training)
+    if let Some(j) = jobs.iter().find(|j| ds.samples.len() - j.test.len() < 2) {
+        return Err(Error::dataset(
+            &ds.root,
+            format!(
+                "{} leaves {} training image(s), and a fold trains on at least 2: use fewer folds, or more photos",
+                j.name,
+                ds.samples.len() - j.test.len()
+            ),
+        ));
+    }
     if let Some(msg) = folds_missing_a_class(&jobs, &session.prepared.labels) {
         reporter.message(&msg);
     }

@@ -436,6 +436,19 @@ fn leave_one_subject_out_has_one_person_per_fold() {
     let (code, _, err) = run(&one_person, d.path());
     assert_eq!(code, 1);
     assert!(err.contains("--folds loso needs at least two subjects, and every image is of `P00`"), "{err}");
+    // Two people, one photo each: each leave-one-out fold would train on one photo (was "invalid option:
+    // --data holds fewer than 2 training images", from inside the first fold).
+    let text = std::fs::read_to_string(&m).unwrap();
+    let header = text.lines().next().unwrap();
+    let pick = |person: &str, label: &str| text.lines().find(|l| l.ends_with(&format!(",{person}")) && l.contains(&format!(",{label},"))).unwrap().to_string();
+    std::fs::write(d.path().join("two.csv"), format!("{header}\n{}\n{}\n", pick("P00", "neutral"), pick("P01", "smiling"))).unwrap();
+    let mut two = loso.clone();
+    two[2] = "two.csv";
+    two[10] = "two-out";
+    let (code, _, err) = run(&two, d.path());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("seed 0 fold 0 (P00) leaves 1 training image(s), and a fold trains on at least 2: use fewer folds, or more photos"), "{err}");
+    assert!(!d.path().join("two-out").exists(), "refused before its folder is made");
 }
 
 /// A person photographed with one class only leaves their leave-one-out fold
