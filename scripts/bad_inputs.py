@@ -449,6 +449,11 @@ def run_inventory(d):
     for opt in (["--folds", big], ["--repeats", big]):
         code, out, err = vggft("cv", "--data", good, "--random-init", *SMALL[:6], *opt, "--out", "cv-big", cwd=d)
         record("cv " + " ".join(opt), code, said(err, want=("error",)))
+    pair = os.path.join(d, "pair.csv")
+    with open(pair, "w") as f:
+        f.write(f"path,label,subject\n{good}/neutral/00.png,neutral,A\n{good}/happy/00.png,happy,B\n")
+    code, out, err = vggft("cv", "--data", pair, "--random-init", *SMALL[:6], "--folds", "loso", "--out", "cv-pair", cwd=d)
+    record("cv --folds loso of two people with one photo each", code, said(err, want=("error",)))
     code, out, err = vggft("lr-find", "--data", good, "--random-init", *SMALL[:6], "--steps", big, "--out", "lr-big", cwd=d)
     record("lr-find --steps " + big, code, said(err, want=("error",)))
     # Feature blocks and stages that do not fit together (both once panicked inside libtorch).
