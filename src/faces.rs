@@ -151,7 +151,7 @@ fn detect_all(ds: &crate::data::scan::Dataset, tile: u32, skip_bad: bool) -> Res
     }
     // With --skip-bad too when every image failed: leaving them out would leave nothing.
     if let Some(e) = first_error.filter(|_| !skip_bad || crops.is_empty()) {
-        let hint = crate::data::unreadable_hint(skipped.len(), ds.samples.len());
+        let hint = crate::data::unreadable_hint(skipped.len(), ds.samples.len(), skip_bad);
         return Err(Error::Picture(format!("{e} ({hint}); nothing was written")));
     }
     Ok(Detected { crops, skipped, seconds: detect_time })

@@ -164,9 +164,15 @@ fn person_boxes(samples: &[Sample], pre: &Preprocess) -> Option<Vec<Option<face:
 
 /// What follows the first unreadable image's error when `failed` of `total`
 /// cannot be used: how many, and the way past them.
-pub(crate) fn unreadable_hint(failed: usize, total: usize) -> String {
+/// `skip_bad`: --skip-bad was given, and so left out every image when all failed.
+pub(crate) fn unreadable_hint(failed: usize, total: usize, skip_bad: bool) -> String {
     // Every image failed (a --crop box that fits none): leaving them out would leave nothing.
-    if failed == total && failed > 1 {
+    if failed == total && skip_bad {
+        format!(
+            "{}, so --skip-bad would leave nothing",
+            if failed > 1 { format!("none of the {failed} images can be used, this the first") } else { "the only image".into() }
+        )
+    } else if failed == total && failed > 1 {
         format!("none of the {failed} images can be used, this the first")
     } else {
         format!("{failed} of {total} images cannot be read{}; --skip-bad leaves them out, naming each", if failed > 1 { ", this the first" } else { "" })
@@ -212,8 +218,9 @@ pub(crate) fn load_images(samples: &[Sample], pre: &Preprocess, skip_bad: bool) 
                 kept.push(i);
                 boxes.push(b);
             }
-            Err(e) if skip_bad => skipped.push((samples[i].path.clone(), e.problem())),
-            Err(e) => return Err(Error::Picture(format!("{e} ({})", unreadable_hint(failed, samples.len())))),
+            // Not where every image failed: an empty dataset's errors ("only one class (none)") would follow.
+            Err(e) if skip_bad && failed < samples.len() => skipped.push((samples[i].path.clone(), e.problem())),
+            Err(e) => return Err(Error::Picture(format!("{e} ({})", unreadable_hint(failed, samples.len(), skip_bad)))),
         }
     }
     // The rows of images left out (--skip-bad) were never written: only the others are kept.

@@ -465,7 +465,15 @@ pub fn scan(path: &Path, format: DataFormat) -> Result<Dataset> {
     let ds = match format {
         DataFormat::Csv => {
             let csv = if meta.is_dir() { path.join("manifest.csv") } else { path.to_path_buf() };
-            read_manifest(&csv, true)?
+            // (was the OS's "manifest.csv: cannot read: No such file or directory (os error 2)")
+            if meta.is_dir() && !csv.exists() {
+                return Err(Error::dataset(path, "holds no manifest.csv, which --layout csv reads (leave --layout out to have the layout told)"));
+            }
+            let ds = read_manifest(&csv, true)?;
+            if ds.samples.is_empty() {
+                return Err(Error::dataset(&csv, "lists no images: no rows below its header"));
+            }
+            ds
         }
         DataFormat::Jaffe => scan_jaffe(path)?,
         DataFormat::Kdef => scan_kdef(path)?,
@@ -504,6 +512,24 @@ pub fn scan(path: &Path, format: DataFormat) -> Result<Dataset> {
                 format!(
                     "holds folders of images ({}), none laid out or named as --layout {} reads them (class folders: --layout folders, or leave --layout out to have it told)",
                     crate::error::short_list(&folders, 4),
+                    format.flag_value()
+                ),
+            ));
+        }
+        // A level deeper (a folder per person of class folders, `KA/neutral/…`) (was: "contains no images").
+        let nested: Vec<String> = entries
+            .iter()
+            .filter(|p| format != DataFormat::Folders && p.is_dir())
+            .flat_map(|p| sorted_entries(p).unwrap_or_default())
+            .filter(|p| p.is_dir() && sorted_entries(p).is_ok_and(|e| images(&e) > 0))
+            .map(|p| format!("{}/{}", p.parent().map(file_name).unwrap_or_default(), file_name(&p)))
+            .collect();
+        if !nested.is_empty() {
+            return Err(Error::dataset(
+                path,
+                format!(
+                    "holds its images two folders down ({}), which --layout {} does not read (leave --layout out to have the layout told)",
+                    crate::error::short_list(&nested, 4),
                     format.flag_value()
                 ),
             ));

@@ -279,6 +279,23 @@ fn skip_bad_warns_and_counts() {
     let (code, out, err) = run(&args(&s, &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:1", "--skip-bad"]), d.path());
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(err.contains("skipped 1 unreadable image(s)") && err.contains("broken.png"), "{err}");
+    // Every image unreadable: the first one's problem, not an empty dataset's "only one class (none)".
+    for n in [2, 1] {
+        let bad = d.path().join(format!("bad{n}"));
+        for (k, class) in ["neutral", "smiling"].iter().enumerate().take(n) {
+            std::fs::create_dir_all(bad.join(class)).unwrap();
+            std::fs::write(bad.join(class).join(format!("{k}.png")), b"garbage").unwrap();
+        }
+        let (code, _, err) = run(&args(&s, &["finetune", "--data", bad.to_str().unwrap(), "--stages", "head:1", "--skip-bad"]), d.path());
+        assert_eq!(code, 1, "{err}");
+        let says = if n == 2 {
+            "none of the 2 images can be used, this the first, so --skip-bad would leave nothing"
+        } else {
+            "the only image, so --skip-bad would leave nothing"
+        };
+        assert!(err.contains("0.png: cannot decode image: not a recognised image format") && err.contains(says), "{err}");
+        assert_eq!(err.lines().filter(|l| l.starts_with("error")).count(), 1, "{err}");
+    }
 }
 
 /// `--val-subjects` names a person whose id holds a comma (a manifest's quoted field) beside a plain one.

@@ -130,6 +130,36 @@ fn jaffe_dir(root: &Path, subjects: &[&str], codes: &[&str]) {
     }
 }
 
+/// A layout that finds nothing says what is there instead of "contains no
+/// images" or the OS's "No such file or directory" (found by a sweep of
+/// random dataset trees).
+#[test]
+fn a_layout_that_finds_nothing_says_what_is_there() {
+    // A folder per person of class folders (`KA/neutral/0.png`), given a flat layout.
+    let d = tmp();
+    for who in ["KA", "KL"] {
+        for class in ["happy", "neutral"] {
+            std::fs::create_dir_all(d.path().join(who).join(class)).unwrap();
+            gray_png(&d.path().join(who).join(class).join("0.png"), 16, 16, |x, _| x as u8);
+        }
+    }
+    assert_eq!(scan(d.path(), DataFormat::Auto).unwrap().samples.len(), 4, "read as it is");
+    let e = scan(d.path(), DataFormat::Jaffe).unwrap_err().to_string();
+    assert!(
+        e.ends_with("holds its images two folders down (KA/happy, KA/neutral, KL/happy, KL/neutral), which --layout jaffe does not read (leave --layout out to have the layout told)"),
+        "{e}"
+    );
+    // A manifest layout for a folder without one.
+    let e = scan(d.path(), DataFormat::Csv).unwrap_err().to_string();
+    assert!(e.ends_with("holds no manifest.csv, which --layout csv reads (leave --layout out to have the layout told)"), "{e}");
+    // A manifest of a header alone, told or found.
+    std::fs::write(d.path().join("manifest.csv"), "path,label,subject\n").unwrap();
+    for format in [DataFormat::Auto, DataFormat::Csv] {
+        let e = scan(d.path(), format).unwrap_err().to_string();
+        assert!(e.ends_with("manifest.csv: lists no images: no rows below its header"), "{e}");
+    }
+}
+
 #[test]
 fn scans_jaffe_folders_and_csv_in_sorted_order() {
     let d = tmp();
