@@ -424,7 +424,15 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
         if hidden(&p) {
             continue;
         }
-        std::fs::metadata(&p).map_err(|e| Error::file(&p, format!("cannot read: {e}")))?;
+        let meta = std::fs::metadata(&p).map_err(|e| Error::file(&p, format!("cannot read: {e}")))?;
+        // A link back up (`data/loop -> data`) would read the data again as a class of itself.
+        if meta.is_dir() && p.is_symlink() {
+            if let (Ok(to), Ok(here)) = (p.canonicalize(), dir.canonicalize()) {
+                if here.starts_with(&to) {
+                    return Err(Error::file(&p, format!("is a link to {}, a folder that holds it (a loop): remove the link", to.display())));
+                }
+            }
+        }
         v.push(p);
     }
     v.sort();

@@ -149,6 +149,26 @@ fn a_layout_that_finds_nothing_says_what_is_there() {
         e.ends_with("holds its images two folders down (KA/happy, KA/neutral, KL/happy, KL/neutral), which --layout jaffe does not read (leave --layout out to have the layout told)"),
         "{e}"
     );
+    // A link back up to a folder that holds it is a loop, said as one (was "class `loop` has no images
+    // directly inside it (…/loop/KA holds some)"); a link to a folder elsewhere is read.
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink(d.path(), d.path().join("KA/loop")).unwrap();
+        let e = scan(d.path(), DataFormat::Auto).unwrap_err().to_string();
+        assert!(
+            e.ends_with(&format!("KA/loop: is a link to {}, a folder that holds it (a loop): remove the link", d.path().canonicalize().unwrap().display())),
+            "{e}"
+        );
+        std::fs::remove_file(d.path().join("KA/loop")).unwrap();
+        let elsewhere = tmp();
+        for class in ["happy", "neutral"] {
+            std::fs::create_dir_all(elsewhere.path().join(class)).unwrap();
+            gray_png(&elsewhere.path().join(class).join("1.png"), 16, 16, |_, y| y as u8);
+        }
+        std::os::unix::fs::symlink(elsewhere.path(), d.path().join("KM")).unwrap();
+        assert_eq!(scan(d.path(), DataFormat::Auto).unwrap().samples.len(), 6, "a link to another folder is read");
+        std::fs::remove_file(d.path().join("KM")).unwrap();
+    }
     // A manifest layout for a folder without one.
     let e = scan(d.path(), DataFormat::Csv).unwrap_err().to_string();
     assert!(e.ends_with("holds no manifest.csv, which --layout csv reads (leave --layout out to have the layout told)"), "{e}");
