@@ -241,6 +241,17 @@ def run_inventory(d):
             for k in range(2):
                 png(os.path.join(two, who, cls, f"{k}.png"), value=40 + 60 * k + (20 if cls == "happy" else 0) + (5 if who == "KB" else 0))
     data_case("a folder per person of class folders (KA/neutral/*.png; works)", two)
+    data_case("a folder per person of class folders given `--layout jaffe`", two, "--layout", "jaffe")
+    data_case("a folder of class folders given `--layout csv` (no manifest.csv)", two, "--layout", "csv")
+    loop = os.path.join(d, "loop")
+    folders(loop)
+    os.symlink(loop, os.path.join(loop, "happy", "up"))
+    data_case("a link inside the data back to its folder (happy/up -> data)", loop)
+    allbad = os.path.join(d, "allbad")
+    for c in ("neutral", "happy"):
+        os.makedirs(os.path.join(allbad, c))
+        open(os.path.join(allbad, c, "0.png"), "wb").write(b"not a picture")
+    data_case("`--skip-bad` where no image can be read", allbad, "--skip-bad")
     untold = os.path.join(d, "untold")
     for top in ["a", "b"]:
         for inner in ["KA", "KB"]:
@@ -341,6 +352,7 @@ def run_inventory(d):
     csv_case("CSV saved with Windows line ends naming a missing file (line 10 named)", "path,label\r\n" + "".join(f"{r},{r.split('/')[0]}\r\n" for r in rel) + "gone.png,neutral\r\n")
     tabbed = '"neu\ttral"'
     csv_case("CSV label holding a tab (quoted)", "path,label\n" + "".join(f"{r},{tabbed if i == 0 else r.split('/')[0]}\n" for i, r in enumerate(rel)))
+    csv_case("CSV of a header and no rows", "path,label,subject\n")
     csv_case("CSV whose subject column is partly empty", "path,label,subject\n" + "".join(f"{r},{r.split('/')[0]},{'' if i == 2 else 'P%d' % (i % 4)}\n" for i, r in enumerate(rel)))
 
     # Weights and runs.
