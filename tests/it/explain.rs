@@ -356,6 +356,12 @@ fn explain_writes_heatmaps_a_sheet_means_and_works_for_every_model_option() {
     assert_eq!(code, 0, "{err}");
     let heat = format!("0000_{}.png", "n".repeat(200));
     assert!(d.path().join("exlong").join(&heat).is_file() && out.contains(&heat), "{out}");
+    // An unreadable photo among others: named, counted as predict counts them, exit 1, the others explained.
+    std::fs::write(d.path().join("broken.png"), b"not a picture").unwrap();
+    let (code, out, err) = run(&["explain", "broken.png", "s01_neutral.png", "--model", "runs/v0", "--out", "exbad", "--device", "cpu"], d.path());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("broken.png: not a recognised image format") && err.contains("1 of 2 image(s) could not be explained"), "{err}");
+    assert!(out.contains("heatmaps of 1 image(s)"), "{out}");
     // Nothing explained: no claim of heatmaps.
     std::fs::create_dir(d.path().join("empty")).unwrap();
     let (code, out, err) = run(&["explain", "empty", "--model", "runs/v0", "--out", "x3", "--device", "cpu"], d.path());

@@ -261,7 +261,11 @@ fn explain(mut a: ExplainArgs) -> anyhow::Result<bool> {
     // the class, with the probability it was set on (the first class's).
     let at = |cam: &vggft::eval::explain::Cam| match cfg.threshold_off_half(cam.mode).filter(|_| class.is_none()) {
         Some(t) if cam.class == 0 => format!(" (P({}) ≥ threshold {t:.3})", cfg.classes[0]),
-        Some(t) => format!(" (P({}) {:.3} < threshold {t:.3})", cfg.classes[0], cam.probs[0]),
+        // As many decimals as tell them apart, as predict's lines ("0.418 < threshold 0.418" was said).
+        Some(t) => {
+            let d = output::decimals(cam.probs[0], Some(t), 3);
+            format!(" (P({}) {:.d$} < threshold {t:.d$})", cfg.classes[0], cam.probs[0])
+        }
         None => String::new(),
     };
     let mut failed = 0;
@@ -282,6 +286,10 @@ fn explain(mut a: ExplainArgs) -> anyhow::Result<bool> {
         done.iter().filter_map(|e| Some((e.path.display().to_string(), e.result.as_ref().ok()?.0.distance?))).unzip();
     if let Some(w) = vggft::eval::predict::unusual_warning(&names, &distance) {
         errln!("{w}");
+    }
+    // Counted as predict counts them: the lines above name each.
+    if failed > 0 && failed < done.len() {
+        errln!("{failed} of {} image(s) could not be explained", done.len());
     }
     if failed == done.len() {
         outln!("no image could be explained ({} says why for each)", a.out.join("explain.csv").display());

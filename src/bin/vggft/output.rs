@@ -398,7 +398,7 @@ fn csv_line(fields: &[String]) -> String {
 /// Decimals that show which side of the threshold `t` the first class's
 /// probability `p` lies on: `base`, more (at most 6) where the two round
 /// alike — `neutral=0.143` with `threshold=0.143` could be either answer.
-fn decimals(p: f64, t: Option<f64>, base: usize) -> usize {
+pub(crate) fn decimals(p: f64, t: Option<f64>, base: usize) -> usize {
     let Some(t) = t else { return base };
     (base..=6).find(|&d| format!("{p:.d$}") != format!("{t:.d$}")).unwrap_or(6)
 }
