@@ -1185,6 +1185,9 @@ fn read_results(dir: &Path, cfg: &CvConfig, partial: bool) -> Result<(Vec<FoldRe
     if results.is_empty() {
         return Err(Error::file(&fdir, "holds no fold results"));
     }
+    for (r, p) in results.iter().zip(&files) {
+        r.check(cfg.run.classes.len()).map_err(|why| Error::file(p, format!("is not a fold result of this cv: {why}")))?;
+    }
     // A copy of a fold's file (`seed0-fold0 copy.json`) would count its fold twice.
     let mut seen: BTreeMap<(u64, usize), &PathBuf> = BTreeMap::new();
     for (r, p) in results.iter().zip(&files) {
@@ -1224,6 +1227,44 @@ fn read_results(dir: &Path, cfg: &CvConfig, partial: bool) -> Result<(Vec<FoldRe
         ));
     }
     Ok((results, missing))
+}
+
+impl FoldResult {
+    /// Whether its parts fit together and the cv's `classes`: a fold file
+    /// edited, or copied from another cv, is refused rather than summarised (a
+    /// true class past the classes panicked the summary; rows of another
+    /// length were pooled as they were).
+    fn check(&self, classes: usize) -> std::result::Result<(), String> {
+        let n = self.y.len();
+        if self.paths.len() != n || self.subjects.len() != n || self.probs.len() != n {
+            return Err(format!(
+                "{} paths, {} subject ids, {n} true classes and {} rows of probabilities, where each image has one of each",
+                self.paths.len(),
+                self.subjects.len(),
+                self.probs.len()
+            ));
+        }
+        if let Some(c) = self.y.iter().find(|&&c| c < 0 || c as usize >= classes) {
+            return Err(format!("a true class {c}, where this cv's classes are 0 to {}", classes.saturating_sub(1)));
+        }
+        // Sums of softmax outputs may pass 1 by a rounding.
+        let prob = |p: &f64| (-1e-6..=1.0 + 1e-6).contains(p);
+        let rows = |what: &str, probs: &[Vec<f64>]| match probs.iter().find(|r| r.len() != classes || !r.iter().all(prob)) {
+            _ if probs.len() != n => Err(format!("{what}: {} rows of probabilities for {n} images", probs.len())),
+            Some(r) => Err(format!("{what}: a row of probabilities {r:?}, where each row holds this cv's {classes} classes' probabilities, each in [0, 1]")),
+            None => Ok(()),
+        };
+        rows("probs", &self.probs)?;
+        for (what, s) in [("single", &self.single), ("baseline", &self.baseline), ("one_class", &self.one_class)] {
+            if let Some(s) = s {
+                rows(what, &s.probs)?;
+            }
+        }
+        if !self.distances.is_empty() && self.distances.len() != n {
+            return Err(format!("{} feature distances for {n} images", self.distances.len()));
+        }
+        Ok(())
+    }
 }
 
 /// Mean ± std per metric over folds, pooled metrics, per-subject counts and the protocol line.

@@ -234,6 +234,26 @@ fn cv_end_to_end_folds_collect_and_reproducibility() {
     assert_eq!(code, 0);
     assert!(out.contains("balanced_accuracy"));
     assert_eq!(json(&d.path().join("cv-c/cv.json"))["stats"], cv_a["stats"]);
+    // A fold file edited, or of another cv, is refused naming what does not fit (a true class past the
+    // classes panicked the summary; rows of another length were pooled as they were).
+    let fold0 = d.path().join("cv-c/folds/seed0-fold0.json");
+    let good = std::fs::read_to_string(&fold0).unwrap();
+    type Edit = fn(&mut serde_json::Value);
+    let edits: [(Edit, &str); 4] = [
+        (|f| f["y"][0] = 7.into(), "a true class 7, where this cv's classes are 0 to 1"),
+        (|f| f["probs"].as_array_mut().unwrap().truncate(1), "true classes and 1 rows of probabilities, where each image has one of each"),
+        (|f| f["probs"][0].as_array_mut().unwrap().push(0.5.into()), "probs: a row of probabilities ["),
+        (|f| f["probs"][0][0] = 2.0.into(), "where each row holds this cv's 2 classes' probabilities, each in [0, 1]"),
+    ];
+    for (edit, says) in edits {
+        let mut f: serde_json::Value = serde_json::from_str(&good).unwrap();
+        edit(&mut f);
+        std::fs::write(&fold0, f.to_string()).unwrap();
+        let (code, _, err) = run(&["cv", "--collect", "cv-c"], d.path());
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("seed0-fold0.json: is not a fold result of this cv: ") && err.contains(says) && !err.contains("panicked"), "{err}");
+    }
+    std::fs::write(&fold0, good).unwrap();
     let (code, _, err) = run(
         &[&["cv", "--data", m.to_str().unwrap(), "--folds", "3", "--fold", "7", "--out", "cv-d"][..], &s.iter().map(String::as_str).collect::<Vec<_>>()[..]]
             .concat(),
