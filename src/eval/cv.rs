@@ -1197,7 +1197,8 @@ fn read_results(dir: &Path, cfg: &CvConfig, partial: bool) -> Result<(Vec<FoldRe
     }
     results.sort_by_key(|r| (r.seed, r.fold));
     let stray: Vec<String> =
-        results.iter().filter(|r| !cfg.seeds.contains(&r.seed) || r.fold >= cfg.n_folds).map(|r| format!("seed {} fold {}", r.seed, r.fold)).collect();
+        // (An older cv folder's count is unknown, 0: its folds are not checked against it.)
+        results.iter().filter(|r| !cfg.seeds.contains(&r.seed) || (cfg.n_folds > 0 && r.fold >= cfg.n_folds)).map(|r| format!("seed {} fold {}", r.seed, r.fold)).collect();
     if !stray.is_empty() {
         return Err(Error::file(
             &fdir,

@@ -254,6 +254,14 @@ fn cv_end_to_end_folds_collect_and_reproducibility() {
         assert!(err.contains("seed0-fold0.json: is not a fold result of this cv: ") && err.contains(says) && !err.contains("panicked"), "{err}");
     }
     std::fs::write(&fold0, good).unwrap();
+    // A cv folder from before its folds were counted (no `n_folds`) is merged as it is.
+    let cfg_path = d.path().join("cv-c/cv-config.json");
+    let mut cfg = json(&cfg_path);
+    cfg.as_object_mut().unwrap().remove("n_folds");
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let (code, _, err) = run(&["cv", "--collect", "cv-c", "--quiet"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&d.path().join("cv-c/cv.json"))["stats"], cv_a["stats"]);
     let (code, _, err) = run(
         &[&["cv", "--data", m.to_str().unwrap(), "--folds", "3", "--fold", "7", "--out", "cv-d"][..], &s.iter().map(String::as_str).collect::<Vec<_>>()[..]]
             .concat(),
