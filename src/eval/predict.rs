@@ -112,26 +112,51 @@ pub struct HeldOut {
     pub subject: String,
 }
 
-/// The validation images of a run, from its `split.csv`: people the model never trained on.
-pub fn held_out(dir: &Path) -> crate::error::Result<Vec<HeldOut>> {
+/// The validation images of a run, from its `split.csv`: people the model
+/// never trained on; and whether the file differs from the one the run wrote
+/// (its SHA-256 is `cfg.data_sha256`): edited, e.g. paths moved with the data.
+pub fn held_out(dir: &Path, cfg: &RunConfig) -> crate::error::Result<(Vec<HeldOut>, bool)> {
     let p = dir.join("split.csv");
+    let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
+    let edited = !cfg.data_sha256.is_empty() && crate::run::sha256_hex(&bytes) != cfg.data_sha256;
     let bad = |e: csv::Error| Error::file(&p, format!("is not a vggft split.csv: {e}"));
-    let mut r = csv::Reader::from_path(&p).map_err(|e| match e.into_kind() {
-        csv::ErrorKind::Io(io) => Error::io(&p, io),
-        other => Error::file(&p, format!("cannot read: {other:?}")),
-    })?;
+    let mut r = csv::Reader::from_reader(&bytes[..]);
+    // What `run::split_csv` writes (was: "lists no validation images (the run was trained with --val none)" of any file).
+    const HEADER: [&str; 6] = ["path", "label", "class", "subject", "side", "bytes"];
+    let header = r.headers().map_err(bad)?.clone();
+    if header.iter().ne(HEADER) {
+        return Err(Error::file(
+            &p,
+            format!("is not a vggft split.csv: its header is `{}`, where vggft writes `{}`", header.iter().collect::<Vec<_>>().join(","), HEADER.join(",")),
+        ));
+    }
     let mut out = Vec::new();
-    for row in r.records() {
+    for (k, row) in r.records().enumerate() {
         let row = row.map_err(bad)?;
-        if row.get(4) == Some("val") {
-            let field = |i: usize| row.get(i).unwrap_or_default().to_string();
-            out.push(HeldOut { path: PathBuf::from(field(0)), class: field(2), subject: field(3) });
+        let field = |i: usize| row.get(i).unwrap_or_default().to_string();
+        let line = k + 2;
+        match row.get(4).unwrap_or_default() {
+            "val" => {}
+            "train" => continue,
+            side => return Err(Error::file(&p, format!("line {line}: side `{side}`, where each image is on the `train` or the `val` side"))),
         }
+        let class = field(2);
+        if !cfg.classes.contains(&class) {
+            return Err(Error::file(&p, format!("line {line}: class `{class}`, none of the run's classes ({})", cfg.classes.join(", "))));
+        }
+        out.push(HeldOut { path: PathBuf::from(field(0)), class, subject: field(3) });
     }
     if out.is_empty() {
-        return Err(Error::file(&p, "lists no validation images (the run was trained with --val none)"));
+        let why = if cfg.data.val == crate::data::split::ValSpec::None {
+            " (the run was trained with --val none)"
+        } else if edited {
+            " (and is not the split.csv this run wrote: its SHA-256 differs from config.json's data_sha256)"
+        } else {
+            ""
+        };
+        return Err(Error::file(&p, format!("lists no validation images{why}")));
     }
-    Ok(out)
+    Ok((out, edited))
 }
 
 impl SubjectFrom {

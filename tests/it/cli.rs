@@ -606,7 +606,46 @@ fn predict_held_out_shows_only_people_the_model_never_saw() {
     assert_eq!(code, 0);
     let (code, _, err) = run(&["predict", "--held-out", "--model", "runs/nv", "--device", "cpu"], d.path());
     assert_eq!(code, 1);
-    assert!(err.contains("split.csv") && err.contains("no validation images"), "{err}");
+    assert!(err.contains("split.csv: lists no validation images (the run was trained with --val none)"), "{err}");
+    // An edited split.csv: one that is not a split says so (was "lists no validation images (the run was
+    // trained with --val none)" of any file); a side or class it cannot have is named by its line; paths
+    // moved with the data are taken as listed, with a warning that the file is not the run's own.
+    let split = d.path().join("runs/h/split.csv");
+    let good = std::fs::read_to_string(&split).unwrap();
+    // The first validation row edited by `f`, and its line.
+    let line = good.lines().position(|l| l.contains(",val,")).unwrap();
+    let first_val = |f: &dyn Fn(&str) -> String| good.lines().enumerate().map(|(i, l)| if i == line { f(l) } else { l.to_string() } + "\n").collect::<String>();
+    let side = |l: &str| l.replace(",val,", ",test,");
+    let class = |l: &str| {
+        let mut f: Vec<&str> = l.split(',').collect();
+        f[2] = "zebra";
+        f.join(",")
+    };
+    let cases: [(String, &str); 4] = [
+        ("garbage\n".into(), "split.csv: is not a vggft split.csv: its header is `garbage`, where vggft writes `path,label,class,subject,side,bytes`"),
+        (first_val(&side), &format!("split.csv: line {}: side `test`, where each image is on the `train` or the `val` side", line + 1)),
+        (first_val(&class), &format!("split.csv: line {}: class `zebra`, none of the run's classes (neutral, expressive)", line + 1)),
+        (good.replace(",val,", ",train,"), "split.csv: lists no validation images (and is not the split.csv this run wrote: its SHA-256 differs"),
+    ];
+    for (text, says) in cases {
+        std::fs::write(&split, text).unwrap();
+        let (code, _, err) = run(&["predict", "--held-out", "--model", "runs/h", "--device", "cpu"], d.path());
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains(says) && err.lines().filter(|l| l.starts_with("error")).count() == 1, "{err}");
+    }
+    let moved = d.path().join("moved");
+    std::fs::create_dir(&moved).unwrap();
+    for r in &val {
+        let from = std::path::Path::new(&r[0]);
+        std::fs::rename(from, moved.join(from.file_name().unwrap())).unwrap();
+    }
+    let at = |p: &std::path::Path| format!("{}{}", p.display(), std::path::MAIN_SEPARATOR);
+    assert!(good.contains(&at(d.path())), "{good}");
+    std::fs::write(&split, good.replace(&at(d.path()), &at(&moved))).unwrap();
+    let (code, out, err) = run(&["predict", "--held-out", "--model", "runs/h", "--device", "cpu"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("split.csv is not the split.csv this run wrote (its SHA-256 differs from config.json's data_sha256)"), "{err}");
+    assert!(out.contains(&format!("{right} of {} right on {who} the model never saw", val.len())), "{out}");
 }
 
 #[test]

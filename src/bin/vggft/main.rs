@@ -318,7 +318,18 @@ fn predict_cmd(mut a: PredictArgs) -> anyhow::Result<bool> {
     if a.held_out && a.subject_from == "parent" {
         anyhow::bail!("--held-out takes each image's person from the run's split.csv: of --subject-from only `none` (every photo alone) goes with it");
     }
-    let held = if a.held_out { predict::held_out(&a.model)? } else { vec![] };
+    let held = if a.held_out {
+        let (held, edited) = predict::held_out(&a.model, &cfg)?;
+        if edited {
+            errln!(
+                "warning: {} is not the split.csv this run wrote (its SHA-256 differs from config.json's data_sha256): the images are taken as it lists them now",
+                a.model.join("split.csv").display()
+            );
+        }
+        held
+    } else {
+        vec![]
+    };
     let found = if a.held_out { predict::Inputs::default() } else { input_paths(&a.inputs, a.recursive)? };
     let paths = if a.held_out { held.iter().map(|h| h.path.clone()).collect() } else { found.paths.clone() };
     for d in a.inputs.iter().filter(|d| !a.held_out && d.is_dir()) {
