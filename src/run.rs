@@ -209,6 +209,10 @@ pub fn resume(dir: &Path, reporter: &mut dyn Reporter, stop: Option<&AtomicBool>
     }
     // Killed before the first epoch finished: nothing to restore, start over in place.
     let state = if dir.join(train::STATE).exists() { Some(train::load_state(dir)?) } else { None };
+    if let Some(s) = &state {
+        train::check_state(s, &config.train.stages)
+            .map_err(|why| Error::file(dir.join(train::STATE), format!("does not fit this run's config.json: {why}")))?;
+    }
     let session = Session::reopen(config, reporter)?;
     check_same_data(&session, dir)?;
     match &state {

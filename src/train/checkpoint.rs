@@ -96,6 +96,35 @@ pub fn load_state(dir: &Path) -> Result<ResumeState> {
     serde_json::from_str(&s).map_err(|e| Error::file(&p, format!("is not a valid checkpoint state: {e}")))
 }
 
+/// Whether a resume state fits the run's `stages`: an edited checkpoint.json,
+/// or one from another run, is refused rather than resumed at a stage or
+/// epoch the recipe does not have (stage 9 of 2 completed the run at once,
+/// its history.csv without the epochs it named).
+pub fn check_state(st: &ResumeState, stages: &[crate::config::Stage]) -> std::result::Result<(), String> {
+    let Some(stage) = stages.get(st.stage) else {
+        return Err(format!("it is at stage {} (counting from 0), where the run has {} stage(s)", st.stage, stages.len()));
+    };
+    if st.stage_epoch > stage.epochs {
+        return Err(format!("it is at epoch {} of stage {}, which has {} epoch(s)", st.stage_epoch, st.stage, stage.epochs));
+    }
+    // Earlier stages may have ended early (--patience): at most their epochs.
+    let before: usize = stages[..st.stage].iter().map(|s| s.epochs).sum();
+    let n = st.history.len();
+    if n < st.stage_epoch || n > before + st.stage_epoch {
+        return Err(format!(
+            "it holds {n} epoch row(s), where epoch {} of stage {} means {} to {}",
+            st.stage_epoch,
+            st.stage,
+            st.stage_epoch,
+            before + st.stage_epoch
+        ));
+    }
+    if let Some((i, r)) = st.history.iter().enumerate().find(|(i, r)| r.epoch != i + 1) {
+        return Err(format!("its epoch row {} is numbered {}", i + 1, r.epoch));
+    }
+    Ok(())
+}
+
 /// Optimizer state and best-epoch weights of a checkpoint.
 pub(crate) type Restored = (BTreeMap<String, Tensor>, Option<Vec<(String, Tensor)>>);
 
@@ -142,4 +171,43 @@ pub(crate) fn load_checkpoint(dir: &Path, st: &ResumeState, model: &mut Vgg16) -
     })?;
     let has_best = if base.is_some() { st.has_best } else { !best.is_empty() };
     Ok(((optim, has_best.then_some(best)), base))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_state;
+    use crate::config::Stage;
+    use crate::model::Block;
+    use crate::train::{EpochRow, ResumeState};
+
+    #[test]
+    fn a_resume_state_must_fit_the_runs_stages() {
+        let stages = [Stage { from: Block::Head, epochs: 3 }, Stage { from: Block::Conv5, epochs: 10 }];
+        let row = |epoch: usize| EpochRow {
+            epoch,
+            stage: 1 + usize::from(epoch > 3),
+            block: "head".into(),
+            lr: 0.1,
+            train_loss: 1.0,
+            train_acc: 0.5,
+            val_loss: None,
+            val_acc: None,
+            val_bacc: None,
+            seconds: 0.0,
+        };
+        let at =
+            |stage: usize, stage_epoch: usize, rows: usize| ResumeState { stage, stage_epoch, history: (1..=rows).map(row).collect(), ..Default::default() };
+        // As the trainer leaves it: in the first stage, in the second, the second done, the first ended early.
+        for st in [at(0, 2, 2), at(1, 4, 7), at(1, 10, 13), at(1, 4, 6)] {
+            assert_eq!(check_state(&st, &stages), Ok(()), "{st:?}");
+        }
+        let says = |st: ResumeState| check_state(&st, &stages).unwrap_err();
+        assert_eq!(says(at(2, 0, 13)), "it is at stage 2 (counting from 0), where the run has 2 stage(s)");
+        assert_eq!(says(at(1, 11, 14)), "it is at epoch 11 of stage 1, which has 10 epoch(s)");
+        assert_eq!(says(at(1, 4, 0)), "it holds 0 epoch row(s), where epoch 4 of stage 1 means 4 to 7");
+        assert_eq!(says(at(1, 4, 8)), "it holds 8 epoch row(s), where epoch 4 of stage 1 means 4 to 7");
+        let mut gap = at(1, 4, 7);
+        gap.history[5].epoch = 99;
+        assert_eq!(says(gap), "its epoch row 6 is numbered 99");
+    }
 }

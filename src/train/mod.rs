@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Reduction, Tensor};
 
 pub(crate) use checkpoint::remove_checkpoints;
-pub use checkpoint::{load_state, STATE};
+pub use checkpoint::{check_state, load_state, STATE};
 pub use hooks::{BatchEnd, Ctx, Hook};
 pub(crate) use source::holds;
 pub use source::{build_cache, cache_plan, derive_cache, plan_and_build, Cache, Pass};

@@ -174,6 +174,17 @@ fn ctrl_c_through_the_binary_stops_after_the_batch_and_resume_finishes_the_run()
     let (own, base) = (names(st["checkpoint"].as_str().unwrap()), names("checkpoint-base.safetensors"));
     assert!(own.iter().any(|n| n.starts_with("model.head.")) && !own.contains(&"model.features.0.weight".to_string()), "{own:?}");
     assert!(base.contains(&"features.0.weight".to_string()), "{base:?}");
+    // A state edited to a stage the recipe lacks is refused before anything is read (it completed the run
+    // at once), and the run left as it was.
+    let state = std::fs::read_to_string(dir.join("checkpoint.json")).unwrap();
+    let mut edited = st.clone();
+    edited["stage"] = 9.into();
+    std::fs::write(dir.join("checkpoint.json"), edited.to_string()).unwrap();
+    let (code, _, err) = run(&["finetune", "--resume", dir.to_str().unwrap(), "--quiet"], d.path());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("checkpoint.json: does not fit this run's config.json: it is at stage 9 (counting from 0), where the run has "), "{err}");
+    assert!(!dir.join("COMPLETE").exists());
+    std::fs::write(dir.join("checkpoint.json"), state).unwrap();
     let (code, _, err) = run(&["finetune", "--resume", dir.to_str().unwrap(), "--quiet"], d.path());
     assert_eq!(code, 0, "{err}");
     assert!(dir.join("COMPLETE").exists());
