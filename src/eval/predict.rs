@@ -124,7 +124,8 @@ pub fn held_out(dir: &Path, cfg: &RunConfig) -> crate::error::Result<(Vec<HeldOu
     // What `run::split_csv` writes (was: "lists no validation images (the run was trained with --val none)" of any file).
     const HEADER: [&str; 6] = ["path", "label", "class", "subject", "side", "bytes"];
     let header = r.headers().map_err(bad)?.clone();
-    if header.iter().ne(HEADER) {
+    // Runs before 2026-11-29 wrote no `bytes` column.
+    if header.iter().ne(HEADER) && header.iter().ne(HEADER[..5].iter().copied()) {
         return Err(Error::file(
             &p,
             format!("is not a vggft split.csv: its header is `{}`, where vggft writes `{}`", header.iter().collect::<Vec<_>>().join(","), HEADER.join(",")),

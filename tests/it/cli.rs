@@ -633,6 +633,13 @@ fn predict_held_out_shows_only_people_the_model_never_saw() {
         assert_eq!(code, 1, "{err}");
         assert!(err.contains(says) && err.lines().filter(|l| l.starts_with("error")).count() == 1, "{err}");
     }
+    // A run from before split.csv had its `bytes` column: read as it was.
+    let old_split: String = good.lines().map(|l| l.rsplit_once(',').unwrap().0.to_string() + "\n").collect();
+    assert!(old_split.starts_with("path,label,class,subject,side\n"), "{old_split}");
+    std::fs::write(&split, old_split).unwrap();
+    let (code, out, err) = run(&["predict", "--held-out", "--model", "runs/h", "--device", "cpu"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("{right} of {} right on {who} the model never saw", val.len())), "{out}");
     let moved = d.path().join("moved");
     std::fs::create_dir(&moved).unwrap();
     for r in &val {
