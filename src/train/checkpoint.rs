@@ -102,17 +102,17 @@ pub fn load_state(dir: &Path) -> Result<ResumeState> {
 /// its history.csv without the epochs it named).
 pub fn check_state(st: &ResumeState, stages: &[crate::config::Stage]) -> std::result::Result<(), String> {
     let Some(stage) = stages.get(st.stage) else {
-        return Err(format!("it is at stage {} (counting from 0), where the run has {} stage(s)", st.stage, stages.len()));
+        return Err(format!("its `stage` is {}, where the run's stages are 0 to {}", st.stage, stages.len().saturating_sub(1)));
     };
     if st.stage_epoch > stage.epochs {
-        return Err(format!("it is at epoch {} of stage {}, which has {} epoch(s)", st.stage_epoch, st.stage, stage.epochs));
+        return Err(format!("its `stage_epoch` is {}, where stage {} has {} epoch(s)", st.stage_epoch, st.stage, stage.epochs));
     }
     // Earlier stages may have ended early (--patience): at most their epochs.
     let before: usize = stages[..st.stage].iter().map(|s| s.epochs).sum();
     let n = st.history.len();
     if n < st.stage_epoch || n > before + st.stage_epoch {
         return Err(format!(
-            "it holds {n} epoch row(s), where epoch {} of stage {} means {} to {}",
+            "its `history` holds {n} epoch row(s), where epoch {} of stage {} means {} to {}",
             st.stage_epoch,
             st.stage,
             st.stage_epoch,
@@ -120,7 +120,7 @@ pub fn check_state(st: &ResumeState, stages: &[crate::config::Stage]) -> std::re
         ));
     }
     if let Some((i, r)) = st.history.iter().enumerate().find(|(i, r)| r.epoch != i + 1) {
-        return Err(format!("its epoch row {} is numbered {}", i + 1, r.epoch));
+        return Err(format!("its `history` row {} is epoch {}", i + 1, r.epoch));
     }
     Ok(())
 }
@@ -202,12 +202,12 @@ mod tests {
             assert_eq!(check_state(&st, &stages), Ok(()), "{st:?}");
         }
         let says = |st: ResumeState| check_state(&st, &stages).unwrap_err();
-        assert_eq!(says(at(2, 0, 13)), "it is at stage 2 (counting from 0), where the run has 2 stage(s)");
-        assert_eq!(says(at(1, 11, 14)), "it is at epoch 11 of stage 1, which has 10 epoch(s)");
-        assert_eq!(says(at(1, 4, 0)), "it holds 0 epoch row(s), where epoch 4 of stage 1 means 4 to 7");
-        assert_eq!(says(at(1, 4, 8)), "it holds 8 epoch row(s), where epoch 4 of stage 1 means 4 to 7");
+        assert_eq!(says(at(2, 0, 13)), "its `stage` is 2, where the run's stages are 0 to 1");
+        assert_eq!(says(at(1, 11, 14)), "its `stage_epoch` is 11, where stage 1 has 10 epoch(s)");
+        assert_eq!(says(at(1, 4, 0)), "its `history` holds 0 epoch row(s), where epoch 4 of stage 1 means 4 to 7");
+        assert_eq!(says(at(1, 4, 8)), "its `history` holds 8 epoch row(s), where epoch 4 of stage 1 means 4 to 7");
         let mut gap = at(1, 4, 7);
         gap.history[5].epoch = 99;
-        assert_eq!(says(gap), "its epoch row 6 is numbered 99");
+        assert_eq!(says(gap), "its `history` row 6 is epoch 99");
     }
 }

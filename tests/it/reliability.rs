@@ -182,7 +182,7 @@ fn ctrl_c_through_the_binary_stops_after_the_batch_and_resume_finishes_the_run()
     std::fs::write(dir.join("checkpoint.json"), edited.to_string()).unwrap();
     let (code, _, err) = run(&["finetune", "--resume", dir.to_str().unwrap(), "--quiet"], d.path());
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("checkpoint.json: does not fit this run's config.json: it is at stage 9 (counting from 0), where the run has "), "{err}");
+    assert!(err.contains("checkpoint.json: does not fit this run's config.json: its `stage` is 9, where the run's stages are 0 to "), "{err}");
     assert!(!dir.join("COMPLETE").exists());
     std::fs::write(dir.join("checkpoint.json"), state).unwrap();
     let (code, _, err) = run(&["finetune", "--resume", dir.to_str().unwrap(), "--quiet"], d.path());
