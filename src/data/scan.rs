@@ -1408,7 +1408,7 @@ fn delimiter(text: &[u8]) -> u8 {
 
 /// Where each line of `text` starts, as csv reads line ends: `\n`, `\r\n`
 /// or a lone `\r` (old Mac files).
-fn line_starts(text: &[u8]) -> Vec<usize> {
+pub(crate) fn line_starts(text: &[u8]) -> Vec<usize> {
     let ends = (0..text.len()).filter(|&i| text[i] == b'\n' || (text[i] == b'\r' && text.get(i + 1) != Some(&b'\n')));
     std::iter::once(0).chain(ends.map(|i| i + 1)).collect()
 }
@@ -1417,7 +1417,7 @@ fn line_starts(text: &[u8]) -> Vec<usize> {
 /// Not `Position::line`: in a file with Windows line ends (Excel's, Python's
 /// `csv`) a record's position is taken before the `\n` that ends the line
 /// above, so it named one line early.
-fn line_of(text: &[u8], starts: &[usize], at: &csv::Position) -> usize {
+pub(crate) fn line_of(text: &[u8], starts: &[usize], at: &csv::Position) -> usize {
     let start = (at.byte() as usize).min(text.len());
     // The record's first byte: past the line end above and any blank lines.
     let first = start + text[start..].iter().take_while(|&&b| b == b'\r' || b == b'\n').count();

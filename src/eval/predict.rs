@@ -132,10 +132,12 @@ pub fn held_out(dir: &Path, cfg: &RunConfig) -> crate::error::Result<(Vec<HeldOu
         ));
     }
     let mut out = Vec::new();
+    // The line a row starts on, as a manifest's (a quoted path may hold a line break).
+    let starts = crate::data::scan::line_starts(&bytes);
     for (k, row) in r.records().enumerate() {
         let row = row.map_err(bad)?;
         let field = |i: usize| row.get(i).unwrap_or_default().to_string();
-        let line = k + 2;
+        let line = row.position().map_or(k + 2, |at| crate::data::scan::line_of(&bytes, &starts, at));
         match row.get(4).unwrap_or_default() {
             "val" => {}
             "train" => continue,
