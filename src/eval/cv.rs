@@ -1255,10 +1255,22 @@ impl FoldResult {
             Some(r) => Err(format!("{what}: a row of probabilities {r:?}, where each row holds this cv's {classes} classes' probabilities, each in [0, 1]")),
             None => Ok(()),
         };
+        // The summary's means are of the metrics as stored: each a fraction (or NaN, `null`: undefined) of this fold's images.
+        let scored = |what: &str, m: &Metrics| {
+            let values =
+                [("accuracy", m.accuracy), ("balanced_accuracy", m.balanced_accuracy), ("roc_auc", m.roc_auc), ("majority_baseline", m.majority_baseline)];
+            match values.iter().find(|(_, v)| !(v.is_nan() || (0.0..=1.0).contains(v))) {
+                _ if m.n != n => Err(format!("{what}: metrics of {} images, where the fold holds {n}", m.n)),
+                Some((name, v)) => Err(format!("{what}: {name} {v}, where each metric lies in [0, 1]")),
+                None => Ok(()),
+            }
+        };
         rows("probs", &self.probs)?;
+        scored("metrics", &self.metrics)?;
         for (what, s) in [("single", &self.single), ("baseline", &self.baseline), ("one_class", &self.one_class)] {
             if let Some(s) = s {
                 rows(what, &s.probs)?;
+                scored(what, &s.metrics)?;
             }
         }
         if !self.distances.is_empty() && self.distances.len() != n {

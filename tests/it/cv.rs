@@ -239,8 +239,10 @@ fn cv_end_to_end_folds_collect_and_reproducibility() {
     let fold0 = d.path().join("cv-c/folds/seed0-fold0.json");
     let good = std::fs::read_to_string(&fold0).unwrap();
     type Edit = fn(&mut serde_json::Value);
-    let edits: [(Edit, &str); 4] = [
+    let edits: [(Edit, &str); 6] = [
         (|f| f["y"][0] = 7.into(), "a true class 7, where this cv's classes are 0 to 1"),
+        (|f| f["metrics"]["balanced_accuracy"] = 5.0.into(), "metrics: balanced_accuracy 5, where each metric lies in [0, 1]"),
+        (|f| f["metrics"]["n"] = 1000.into(), "metrics: metrics of 1000 images, where the fold holds "),
         (|f| f["probs"].as_array_mut().unwrap().truncate(1), "true classes and 1 rows of probabilities, where each image has one of each"),
         (|f| f["probs"][0].as_array_mut().unwrap().push(0.5.into()), "probs: a row of probabilities ["),
         (|f| f["probs"][0][0] = 2.0.into(), "where each row holds this cv's 2 classes' probabilities, each in [0, 1]"),
