@@ -420,6 +420,7 @@ def run_inventory(d):
     record(f"`faces` over a dataset with a truncated image ({left}; `--skip-bad` crops the rest)", code, said(err))
     code, out, err = vggft("finetune", "--data", good, "--random-init", *SMALL, "--out", os.path.join(good, "runs"), cwd=d)
     record("`finetune --out` inside the class folders it reads (cv and lr-find alike)", code, said(err))
+    open(os.path.join(r, "config.json"), "w").write(cfg)  # a whole run again, for the cases below
     ro = os.path.join(d, "ro")
     os.makedirs(ro)
     os.chmod(ro, 0o555)
@@ -440,6 +441,11 @@ def run_inventory(d):
         record("a working folder this user cannot write (finetune's default `--out runs`; cv and lr-find alike)", code, said(err))
         code, err = unwritable("evaluate", "--model", os.path.join(d, "runs", "ok"), "--data", good)
         record("evaluate a model whose folder is read-only (the default `--out` is inside it; before any photo is scored)", code, said(err))
+        locked = os.path.join(d, "locked")
+        shutil.copytree(r, os.path.join(locked, "ok"))
+        os.chmod(locked, 0o700)
+        code, err = unwritable("predict", ok_png, "--model", os.path.join(locked, "ok"))
+        record("a run inside a folder this user cannot enter (evaluate, explain, report, `--resume`, `cv --collect`, `--weights` alike)", code, said(err))
     disk = os.path.join(d, "disk")
     os.makedirs(disk)
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48k", "tmpfs", disk], capture_output=True).returncode == 0:

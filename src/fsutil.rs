@@ -108,6 +108,13 @@ pub fn output_stem(input: &Path) -> String {
     cut_name(&stem, 200)
 }
 
+/// Whether `path` is there, where a folder above it that this user cannot
+/// enter is an error naming the path (`Path::exists` says false, which
+/// read as "not found" of a run folder shared without read rights).
+pub(crate) fn exists(path: &Path) -> Result<bool> {
+    path.try_exists().map_err(|e| Error::io(path, e))
+}
+
 /// Creates a folder and its parents, naming it in the error.
 pub fn create_dir(path: &Path) -> Result<()> {
     std::fs::create_dir_all(path).map_err(|e| {

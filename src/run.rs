@@ -98,7 +98,7 @@ pub struct RerunRequest {
 pub fn rerun(req: &RerunRequest, reporter: &mut dyn Reporter, stop: Option<&AtomicBool>) -> Result<Summary> {
     let from = run_dir(&req.from);
     let mut config = read_config(&from)?;
-    if !config.data.path.exists() {
+    if !fsutil::exists(&config.data.path)? {
         return Err(Error::file(
             from.join("config.json"),
             format!("names the data {}, which is not there (moved, or another machine's path?)", config.data.path.display()),
@@ -247,16 +247,16 @@ fn check_same_data(session: &Session, dir: &Path) -> Result<()> {
 /// Reads and checks a run's `config.json`.
 pub fn read_config(dir: &Path) -> Result<RunConfig> {
     let p = dir.join("config.json");
-    if dir.join("cv-config.json").is_file() && !p.exists() {
+    if dir.join("cv-config.json").is_file() && !fsutil::exists(&p)? {
         return Err(Error::file(
             dir,
             "is a cross-validation folder, and cv keeps no model (each fold's model is scored, then dropped): train one on all the data with `vggft finetune` and the cv's options",
         ));
     }
-    if !dir.exists() {
+    if !fsutil::exists(dir)? {
         return Err(Error::file(dir, "run folder not found (`finetune --out DIR` puts the latest run at DIR/latest)"));
     }
-    if dir.is_dir() && !p.exists() {
+    if dir.is_dir() && !fsutil::exists(&p)? {
         return Err(Error::file(&p, "is missing: not a vggft run folder (`finetune --out DIR` puts the latest run at DIR/latest)"));
     }
     if dir.is_file() {
@@ -746,7 +746,7 @@ pub fn load_run(dir: &Path, device: Device) -> Result<(RunConfig, Vgg16)> {
             format!("names {}, which is not there any more (moved or deleted): train a run with `vggft finetune`, or pass --model RUN", target.display()),
         ));
     }
-    if !dir.exists() {
+    if !fsutil::exists(dir)? {
         return Err(Error::file(
             dir,
             "run folder not found (train one with `vggft finetune`, or pass --model RUN; `finetune --out DIR` puts the latest run at DIR/latest)",

@@ -367,7 +367,8 @@ pub(crate) fn resolve_weights(given: Option<&Path>, needs_bn: bool) -> Result<Pa
                 Some(why) => Err(Error::file(p, why)),
                 None => Ok(p.to_path_buf()),
             },
-            Err(_) => Err(Error::file(p, "weights file not found")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::file(p, "weights file not found")),
+            Err(e) => Err(Error::io(p, e)),
         };
     }
     let names: &[&str] = if needs_bn { &["vgg16_bn.safetensors"] } else { &["vgg16.safetensors", "vgg16_bn.safetensors", "vgg16-hed.safetensors"] };

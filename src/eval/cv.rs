@@ -587,7 +587,7 @@ fn finished_folds(out: &Path, cfg: &CvConfig) -> Result<std::collections::BTreeS
     let cfg_path = out.join("cv-config.json");
     let fdir = out.join("folds");
     let has_results = std::fs::read_dir(&fdir).is_ok_and(|mut d| d.any(|e| e.is_ok_and(|e| e.path().extension().is_some_and(|x| x == "json"))));
-    if !cfg_path.exists() {
+    if !fsutil::exists(&cfg_path)? {
         if has_results {
             return Err(Error::file(&fdir, "holds fold results but its cv-config.json is gone: give another --out, or remove the folder"));
         }
@@ -1154,10 +1154,10 @@ impl Fold<'_> {
 /// Merges every `folds/*.json` of a cv folder into `cv.json`, `cv.md` and plots.
 pub fn collect(dir: &Path, partial: bool) -> Result<Summary> {
     let cfg_path = dir.join("cv-config.json");
-    if !dir.exists() {
+    if !fsutil::exists(dir)? {
         return Err(Error::file(dir, "does not exist: give the folder a cv wrote into (its --out)"));
     }
-    if dir.is_dir() && !cfg_path.exists() {
+    if dir.is_dir() && !fsutil::exists(&cfg_path)? {
         return Err(Error::file(dir, "is not a vggft cv folder (it has no cv-config.json, which `vggft cv --out DIR` writes first)"));
     }
     let cfg: CvConfig = serde_json::from_str(&std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?)

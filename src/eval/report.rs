@@ -279,8 +279,12 @@ fn gather(dirs: &[PathBuf]) -> Result<Gathered> {
             format!("{} {} runs: `vggft report {}`", crate::error::short_list(&shown, 5), if shown.len() == 1 { "holds" } else { "hold" }, shown.join(" "))
         };
         if done.is_empty() && unfinished.is_empty() {
-            if !d.exists() {
+            if !crate::fsutil::exists(d)? {
                 return Err(Error::file(d, "does not exist (give run or cv folders, or a folder of them: finetune and cv write theirs into `runs`)"));
+            }
+            // A folder this user cannot list (a run shared without read rights) is that, not "neither a run nor …".
+            if d.is_dir() {
+                std::fs::read_dir(d).map_err(|e| Error::io(d, e))?;
             }
             let also = if folders_of_runs.is_empty() { String::new() } else { format!("; {}", hint(&folders_of_runs)) };
             return Err(Error::file(d, format!("is neither a run folder (config.json), a cv folder (cv.json) nor a folder of them{also}")));

@@ -571,6 +571,50 @@ fn an_output_folder_that_cannot_be_made_is_said_at_once_with_out_to_mend_it() {
     assert!(!d.path().join("e").exists(), "no folder made: {err}");
 }
 
+/// A run, a cv folder or a weights file in a folder this user cannot enter
+/// (shared without read rights) is said to be unreadable — `Path::exists`
+/// said false there, read as "run folder not found", "does not exist" or
+/// "weights file not found" — and a run folder it cannot list alike.
+#[test]
+fn a_run_or_weights_this_user_cannot_read_is_said_to_be_unreadable_not_missing() {
+    use std::os::unix::fs::PermissionsExt;
+    let (d, f, _) = trained(3, 23, &["--val", "none", "--name", "m"]);
+    let locked = d.path().join("locked");
+    std::fs::create_dir_all(locked.join("cv")).unwrap();
+    std::fs::write(locked.join("cv/cv-config.json"), "{}").unwrap();
+    std::fs::copy(d.path().join("trunk.safetensors"), locked.join("w.safetensors")).unwrap();
+    let run = d.path().join("runs/m");
+    let photo = f.join("a/00.png");
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for p in [&locked, &run] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    // Whether permission bits stop this process already (not root).
+    let stopped = std::fs::read_dir(&locked).is_err();
+    let (l, r) = (locked.to_str().unwrap(), run.to_str().unwrap());
+    let (weights, cv, inside) = (format!("{l}/w.safetensors"), format!("{l}/cv"), format!("{l}/m"));
+    let cases: Vec<(Vec<&str>, String)> = vec![
+        (vec!["predict", photo.to_str().unwrap(), "--model", r, "--device", "cpu"], format!("error: {r}/config.json: cannot read: Permission denied")),
+        (vec!["predict", photo.to_str().unwrap(), "--model", &inside, "--device", "cpu"], format!("error: {inside}: cannot read: Permission denied")),
+        (vec!["report", r], format!("error: {r}: cannot read: Permission denied")),
+        (vec!["finetune", "--resume", r], format!("error: {r}/config.json: cannot read: Permission denied")),
+        (vec!["cv", "--collect", &cv], format!("error: {cv}: cannot read: Permission denied")),
+        (
+            vec!["finetune", "--data", f.to_str().unwrap(), "--weights", &weights, "--width-div", "16", "--image-size", "32", "--device", "cpu"],
+            format!("error: {weights}: cannot read: Permission denied"),
+        ),
+    ];
+    for (a, said) in cases {
+        let Some(out) = unprivileged(&a, d.path(), stopped) else { break };
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{a:?}: {err}");
+        assert!(err.contains(&said) && !err.contains("not found") && !err.contains("does not exist"), "{a:?}: {err}");
+    }
+    for p in [&locked, &run] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+}
+
 /// A scratch folder with `per_class` photos of two classes in `data/`, a
 /// small trunk (`seed`) and the options for it, and a run of one epoch
 /// trained there (`extra`: its own options).
