@@ -441,6 +441,12 @@ def run_inventory(d):
         record("a working folder this user cannot write (finetune's default `--out runs`; cv and lr-find alike)", code, said(err))
         code, err = unwritable("evaluate", "--model", os.path.join(d, "runs", "ok"), "--data", good)
         record("evaluate a model whose folder is read-only (the default `--out` is inside it; before any photo is scored)", code, said(err))
+        unf = os.path.join(d, "runs", "unfinished")
+        os.makedirs(unf)
+        for n in ("config.json", "split.csv"):
+            shutil.copy(os.path.join(r, n), unf)
+        code, err = unwritable("finetune", "--resume", unf)
+        record("`--resume` of another user's unfinished run (readable, not writable; a cv or explain into their folder alike)", code, said(err))
         locked = os.path.join(d, "locked")
         shutil.copytree(r, os.path.join(locked, "ok"))
         os.chmod(locked, 0o700)

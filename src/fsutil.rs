@@ -207,7 +207,14 @@ const ENOLCK: i32 = if cfg!(target_os = "linux") { 37 } else { 77 };
 pub(crate) fn lock_file(dir: &Path, name: &str, shared: bool) -> Result<RunLock> {
     use std::io::{Read, Seek, Write};
     let p = dir.join(name);
-    let mut f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&p).map_err(|e| Error::io(&p, e))?;
+    // Not "cannot read" of a lock file the user never named: the folder is what cannot be written (another user's run).
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&p)
+        .map_err(|e| Error::file(dir, format!("cannot write into it: {e}")))?;
     let got = if shared { f.try_lock_shared() } else { f.try_lock() };
     match got {
         Ok(()) => {

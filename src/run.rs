@@ -200,10 +200,11 @@ fn start(session: &Session, split: &[u8], out: &Path, name: Option<&str>, report
 /// Continues an interrupted run from its last completed epoch.
 pub fn resume(dir: &Path, reporter: &mut dyn Reporter, stop: Option<&AtomicBool>) -> Result<Summary> {
     let config = read_config(dir)?;
-    let _lock = fsutil::lock_run(dir)?;
+    // Before the lock: a finished run is that, also where this user may not write into it.
     if dir.join(COMPLETE).exists() {
         return Err(Error::file(dir, "this run is already complete; nothing to resume"));
     }
+    let _lock = fsutil::lock_run(dir)?;
     if let Some(t) = config.threads {
         tch::set_num_threads(t);
     }

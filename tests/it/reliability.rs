@@ -615,6 +615,49 @@ fn a_run_or_weights_this_user_cannot_read_is_said_to_be_unreadable_not_missing()
     }
 }
 
+/// Another user's folders, readable but not writable: resuming a finished
+/// run says that it is finished (the lock came first: "cannot read" of a
+/// `.lock` the user never named), and an unfinished run, an existing cv or
+/// explain folder say that the folder cannot be written into.
+#[test]
+fn another_users_run_or_output_folder_is_said_to_be_unwritable_not_unreadable() {
+    let (d, f, s) = trained(3, 24, &["--val", "none", "--name", "m"]);
+    let finished = d.path().join("runs/m");
+    let unfinished = d.path().join("runs/u");
+    std::fs::create_dir(&unfinished).unwrap();
+    for n in ["config.json", "split.csv"] {
+        std::fs::copy(finished.join(n), unfinished.join(n)).unwrap();
+    }
+    let cv = d.path().join("cv");
+    let (code, _, err) = run(&args(&s, &["cv", "--data", "data", "--task", "multiclass", "--stages", "head:1", "--folds", "2", "--out", "cv"]), d.path());
+    assert_eq!(code, 0, "{err}");
+    let ex = d.path().join("ex");
+    std::fs::create_dir(&ex).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    for p in [d.path(), &ex] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    // Whether permission bits stop this process already (not root).
+    let stopped = std::fs::File::create(ex.join("probe")).map(|_| std::fs::remove_file(ex.join("probe")).unwrap()).is_err();
+    let (r, u, c, e) = (finished.to_str().unwrap(), unfinished.to_str().unwrap(), cv.to_str().unwrap(), ex.to_str().unwrap());
+    let photo = f.join("a/00.png");
+    let cases: Vec<(Vec<&str>, String)> = vec![
+        (vec!["finetune", "--resume", r], format!("error: {r}: this run is already complete; nothing to resume")),
+        (vec!["finetune", "--resume", u], format!("error: {u}: cannot write into it: Permission denied")),
+        (
+            args(&s, &["cv", "--data", "data", "--task", "multiclass", "--stages", "head:1", "--folds", "2", "--out", c]),
+            format!("error: {c}: cannot write into it: Permission denied"),
+        ),
+        (vec!["explain", photo.to_str().unwrap(), "--model", r, "--out", e, "--device", "cpu"], format!("error: {e}: cannot write into it: Permission denied")),
+    ];
+    for (a, said) in cases {
+        let Some(out) = unprivileged(&a, d.path(), stopped) else { break };
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{a:?}: {err}");
+        assert!(err.contains(&said) && !err.contains(".lock"), "{a:?}: {err}");
+    }
+}
+
 /// A scratch folder with `per_class` photos of two classes in `data/`, a
 /// small trunk (`seed`) and the options for it, and a run of one epoch
 /// trained there (`extra`: its own options).
