@@ -110,9 +110,13 @@ pub fn output_stem(input: &Path) -> String {
 
 /// Whether `path` is there, where a folder above it that this user cannot
 /// enter is an error naming the path (`Path::exists` says false, which
-/// read as "not found" of a run folder shared without read rights).
+/// read as "not found" of a run folder shared without read rights). A file
+/// where a folder above it should be is "not there", as before.
 pub(crate) fn exists(path: &Path) -> Result<bool> {
-    path.try_exists().map_err(|e| Error::io(path, e))
+    match path.try_exists() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => Ok(false),
+        found => found.map_err(|e| Error::io(path, e)),
+    }
 }
 
 /// Creates a folder and its parents, naming it in the error.

@@ -372,13 +372,20 @@ pub(crate) fn resolve_weights(given: Option<&Path>, needs_bn: bool) -> Result<Pa
         };
     }
     let names: &[&str] = if needs_bn { &["vgg16_bn.safetensors"] } else { &["vgg16.safetensors", "vgg16_bn.safetensors", "vgg16-hed.safetensors"] };
+    // A weights/ this user cannot enter is said as such where no other root has weights, not as empty.
+    let mut blocked = None;
     for root in search_roots() {
         for n in names {
             let p = root.join("weights").join(n);
-            if p.is_file() {
-                return Ok(p);
+            match p.try_exists() {
+                Ok(true) if p.is_file() => return Ok(p),
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => blocked = blocked.or(Some(Error::io(root.join("weights"), e))),
+                _ => {}
             }
         }
+    }
+    if let Some(e) = blocked {
+        return Err(e);
     }
     Err(Error::invalid(
         Setting::Weights,

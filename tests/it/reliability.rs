@@ -492,11 +492,17 @@ fn a_full_disk_is_one_clear_error_that_says_how_to_go_on_and_loses_nothing() {
 /// anything — as `nobody` through setpriv; `None`, said, where privileges
 /// cannot be dropped here.
 fn unprivileged(a: &[&str], cwd: &Path, stopped: bool) -> Option<std::process::Output> {
+    unprivileged_as(Path::new(env!("CARGO_BIN_EXE_vggft")), a, cwd, stopped)
+}
+
+/// `unprivileged` with the binary at `exe` (a copy, whose folder two up is
+/// where it looks for `weights/` besides the working folder).
+fn unprivileged_as(exe: &Path, a: &[&str], cwd: &Path, stopped: bool) -> Option<std::process::Output> {
     if stopped {
-        return Some(bin().args(a).current_dir(cwd).output().unwrap());
+        return Some(std::process::Command::new(exe).env("VGGFT_FEATURE_CACHE", "off").args(a).current_dir(cwd).output().unwrap());
     }
     let mut c = std::process::Command::new("setpriv");
-    c.args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_vggft")]).args(a).current_dir(cwd);
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(exe).args(a).current_dir(cwd);
     match c.output() {
         Ok(o) if !String::from_utf8_lossy(&o.stderr).starts_with("setpriv:") => Some(o),
         _ => {
@@ -610,6 +616,21 @@ fn a_run_or_weights_this_user_cannot_read_is_said_to_be_unreadable_not_missing()
         assert_eq!(out.status.code(), Some(1), "{a:?}: {err}");
         assert!(err.contains(&said) && !err.contains("not found") && !err.contains("does not exist"), "{a:?}: {err}");
     }
+    // The weights/ folder searched without --weights (the working folder's, and the one two above the
+    // binary's: a copy of it here, so that the repository's own weights are not found instead).
+    let exe = d.path().join("t/release/vggft");
+    std::fs::create_dir_all(exe.parent().unwrap()).unwrap();
+    std::fs::copy(env!("CARGO_BIN_EXE_vggft"), &exe).unwrap();
+    std::fs::create_dir(d.path().join("weights")).unwrap();
+    std::fs::copy(d.path().join("trunk.safetensors"), d.path().join("weights/vgg16.safetensors")).unwrap();
+    std::fs::set_permissions(d.path().join("weights"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let a = ["finetune", "--data", "data", "--task", "multiclass", "--width-div", "16", "--image-size", "32", "--device", "cpu"];
+    if let Some(out) = unprivileged_as(&exe, &a, d.path(), stopped) {
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("error: ./weights: cannot read: Permission denied") && !err.contains("holds no"), "{err}");
+    }
+    std::fs::set_permissions(d.path().join("weights"), std::fs::Permissions::from_mode(0o755)).unwrap();
     for p in [&locked, &run] {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
