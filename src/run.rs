@@ -528,7 +528,7 @@ fn finish(
     train::remove_checkpoints(dir, None);
     fsutil::remove_stale_temps(dir);
     fsutil::write_atomic(&dir.join(COMPLETE), b"")?;
-    if let Some(w) = point_latest(dir)? {
+    if let Some(w) = point_latest(dir) {
         reporter.message(&w);
     }
     Ok(())
@@ -664,26 +664,34 @@ pub fn write_history(path: &Path, rows: &[EpochRow]) -> Result<()> {
 }
 
 /// Points `<out>/latest` at `dir` (a relative symlink, replaced atomically).
-/// A real folder or file named `latest` is left alone: the finished run is
-/// not failed for it, and the returned warning says so.
-fn point_latest(dir: &Path) -> Result<Option<String>> {
-    let Some(parent) = dir.parent() else {
-        return Ok(None);
-    };
+/// A real folder or file named `latest` is left alone, and a link this user
+/// may not replace (another user's, in a shared folder with the sticky bit)
+/// stays as it is: the finished run is not failed for it, and the returned
+/// warning says so and what `latest` still names.
+fn point_latest(dir: &Path) -> Option<String> {
+    let parent = dir.parent()?;
     let target = dir.file_name().map(PathBuf::from).unwrap_or_default();
     let link = parent.join("latest");
     if link.symlink_metadata().is_ok_and(|m| !m.file_type().is_symlink()) && link_as_text(&link).is_none() {
-        return Ok(Some(format!("warning: {} is not a link made by vggft, so it was left as it is and does not point at this run", link.display())));
+        return Some(format!("warning: {} is not a link made by vggft, so it was left as it is and does not point at this run", link.display()));
     }
     let tmp = parent.join(format!(".latest.{}", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
     #[cfg(unix)]
-    std::os::unix::fs::symlink(&target, &tmp).map_err(|e| Error::file(&tmp, format!("cannot create link: {e}")))?;
-    std::fs::rename(&tmp, &link).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::file(&link, format!("cannot update: {e}"))
-    })?;
-    Ok(None)
+    let made = std::os::unix::fs::symlink(&target, &tmp).and_then(|()| {
+        std::fs::rename(&tmp, &link).inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
+    });
+    #[cfg(not(unix))]
+    let made: std::io::Result<()> = Ok(());
+    made.err().map(|e| {
+        let now = match std::fs::read_link(&link).ok().or_else(|| link_as_text(&link).and_then(|r| r.file_name().map(PathBuf::from))) {
+            Some(t) => format!("it still names {}", t.display()),
+            None => "it does not name this run".to_string(),
+        };
+        format!("warning: {} could not be pointed at this run ({e}): {now}; give this run as {}", link.display(), dir.display())
+    })
 }
 
 /// A run folder given as itself, as one of its files (`RUN/model.safetensors`),

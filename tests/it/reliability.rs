@@ -502,7 +502,7 @@ fn unprivileged_as(exe: &Path, a: &[&str], cwd: &Path, stopped: bool) -> Option<
         return Some(std::process::Command::new(exe).env("VGGFT_FEATURE_CACHE", "off").args(a).current_dir(cwd).output().unwrap());
     }
     let mut c = std::process::Command::new("setpriv");
-    c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(exe).args(a).current_dir(cwd);
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(exe).args(a).current_dir(cwd).env("VGGFT_FEATURE_CACHE", "off");
     match c.output() {
         Ok(o) if !String::from_utf8_lossy(&o.stderr).starts_with("setpriv:") => Some(o),
         _ => {
@@ -677,6 +677,30 @@ fn another_users_run_or_output_folder_is_said_to_be_unwritable_not_unreadable() 
         assert_eq!(out.status.code(), Some(1), "{a:?}: {err}");
         assert!(err.contains(&said) && !err.contains(".lock"), "{a:?}: {err}");
     }
+}
+
+/// A runs folder shared with the sticky bit (as /tmp is), whose `latest`
+/// another user made: a run finishes, is kept, and a warning says that
+/// `latest` still names the other run — the error had said a finished run
+/// failed. Needs two users: skipped, said, where privileges cannot be dropped.
+#[test]
+fn a_latest_link_this_user_may_not_replace_leaves_the_run_finished_with_a_warning() {
+    use std::os::unix::fs::PermissionsExt;
+    let (d, _, s) = trained(3, 25, &["--val", "none", "--name", "m"]);
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(d.path().join("runs"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let a = args(&s, &["finetune", "--data", "data", "--stages", "head:1", "--task", "multiclass", "--val", "none", "--name", "mine"]);
+    // Not `stopped`: as another user only (as the same one, the link is this user's own).
+    let Some(out) = unprivileged(&a, d.path(), false) else { return };
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let latest = d.path().join("runs/latest");
+    assert!(err.contains("warning: runs/latest could not be pointed at this run (Operation not permitted"), "{err}");
+    assert!(err.contains("it still names m; give this run as runs/mine"), "{err}");
+    assert_eq!(std::fs::read_link(&latest).unwrap(), Path::new("m"));
+    assert!(d.path().join("runs/mine/COMPLETE").exists() && d.path().join("runs/mine/model.safetensors").exists());
+    let left: Vec<_> = std::fs::read_dir(d.path().join("runs")).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with(".latest")).collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 /// A scratch folder with `per_class` photos of two classes in `data/`, a
