@@ -1356,6 +1356,11 @@ fn scan_folders(dir: &Path) -> Result<Dataset> {
             }
             // People often sort a class by person: `neutral/KA/…`.
             let nested = sorted_entries(&class_dir)?.into_iter().find(|d| d.is_dir() && holds_images(d));
+            // A folder inside that this user cannot list may be where they are: said, not "has no images".
+            let locked = sorted_entries(&class_dir)?.into_iter().filter(|d| d.is_dir()).find_map(|d| std::fs::read_dir(&d).err().map(|e| (d, e)));
+            if let (None, None, Some((d, e))) = (&nested, unread.get(unread_before), locked) {
+                return Err(Error::file(d, format!("cannot read: {e} (class `{label}` has no images of its own; this folder inside it may hold them)")));
+            }
             let hint = match (nested, unread.get(unread_before)) {
                 (_, Some(u)) => format!(
                     " vggft reads ({} picture(s) in other formats, first {}: convert them to PNG or JPEG)",
@@ -1363,7 +1368,7 @@ fn scan_folders(dir: &Path) -> Result<Dataset> {
                     u.display()
                 ),
                 (Some(d), None) => format!(
-                    " directly inside it ({} holds some): only a class folder's own images are read; move them up, or list them in a manifest.csv with a subject column (two levels of folders are read where no top folder holds images of its own and one level's folders are all named as expressions: KA/neutral/… or neutral/KA/…)",
+                    " directly inside it ({} holds some): only a class folder's own images are read; move them up, or list them in a manifest.csv with a subject column (two levels of folders are read where two or more top folders hold no images of their own and one level's folders are all named as expressions: KA/neutral/… or neutral/KA/…)",
                     d.display()
                 ),
                 (None, None) => String::new(),

@@ -529,6 +529,38 @@ fn an_unreadable_image_is_named() {
     assert!(err.contains("00.png") && err.contains("Permission denied"), "{err}");
 }
 
+/// A class folder whose images sit in a folder inside it that this user
+/// cannot list: that folder is named as unreadable, not "class `a` has no
+/// images" (as root lists it: "… directly inside it (a/x holds some)").
+#[test]
+fn a_class_folder_holding_only_a_folder_it_cannot_list_names_that_folder() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tmp();
+    let f = d.path().join("data");
+    separable_folders(&f, 3, 32);
+    std::fs::create_dir(f.join("a/x")).unwrap();
+    for i in 0..3 {
+        std::fs::rename(f.join(format!("a/{i:02}.png")), f.join(format!("a/x/{i:02}.png"))).unwrap();
+    }
+    let locked = f.join("a/x");
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let s = small_trunk(d.path(), 26);
+    let a = args(&s, &["finetune", "--data", f.to_str().unwrap(), "--task", "multiclass"]);
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = unprivileged(&a, d.path(), std::fs::read_dir(&locked).is_err());
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let Some(out) = out else { return };
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "error: {}: cannot read: Permission denied (os error 13) (class `a` has no images of its own; this folder inside it may hold them)",
+            locked.display()
+        )),
+        "{err}"
+    );
+}
+
 /// A default output folder that cannot be made — `runs` in a working folder
 /// this user cannot write, `eval-…` inside a model folder shared read-only —
 /// is said before any work, with where it would be and `--out` to mend it.
