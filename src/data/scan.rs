@@ -1307,6 +1307,11 @@ fn scan_nested(dir: &Path, how: Nested) -> Result<Dataset> {
 }
 
 fn scan_folders(dir: &Path) -> Result<Dataset> {
+    // A folder this user cannot list is said first, as what it is: the layout is told from what every
+    // folder holds, and one left out read a folder per class of person folders as classes without images.
+    for top in sorted_entries(dir)?.into_iter().filter(|p| p.is_dir()) {
+        std::fs::read_dir(&top).map_err(|e| Error::io(&top, e))?;
+    }
     if let Some((tops, classes)) = presplit(dir) {
         let is_train = |p: &&PathBuf| ["train", "training"].contains(&file_name(p).to_lowercase().as_str());
         let train = tops.iter().find(is_train).unwrap_or(&tops[0]);

@@ -531,7 +531,10 @@ fn an_unreadable_image_is_named() {
 
 /// A class folder whose images sit in a folder inside it that this user
 /// cannot list: that folder is named as unreadable, not "class `a` has no
-/// images" (as root lists it: "… directly inside it (a/x holds some)").
+/// images" (as root lists it: "… directly inside it (a/x holds some)");
+/// and one of a folder per class of person folders (`neutral/KA/…`), not
+/// "class `happy` has no images directly inside it": the layout is told
+/// from every folder, so one it cannot list is said first.
 #[test]
 fn a_class_folder_holding_only_a_folder_it_cannot_list_names_that_folder() {
     use std::os::unix::fs::PermissionsExt;
@@ -559,6 +562,22 @@ fn a_class_folder_holding_only_a_folder_it_cannot_list_names_that_folder() {
         )),
         "{err}"
     );
+    let nest = d.path().join("nest");
+    for (class, from) in [("happy", "b"), ("neutral", "a/x")] {
+        for person in ["KA", "KL"] {
+            std::fs::create_dir_all(nest.join(class).join(person)).unwrap();
+            std::fs::copy(f.join(from).join("00.png"), nest.join(class).join(person).join("00.png")).unwrap();
+        }
+    }
+    let locked = nest.join("neutral");
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let a = args(&s, &["finetune", "--data", nest.to_str().unwrap()]);
+    let out = unprivileged(&a, d.path(), std::fs::read_dir(&locked).is_err());
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let Some(out) = out else { return };
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("error: {}: cannot read: Permission denied (os error 13)", locked.display())) && !err.contains("happy"), "{err}");
 }
 
 /// A default output folder that cannot be made — `runs` in a working folder
