@@ -10,7 +10,7 @@ use tch::Device;
 
 use crate::config::RunConfig;
 use crate::data::scan::DataFormat;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::eval::predict::{self, Evaluation, Mode, Training};
 use crate::fsutil;
 use crate::model::{Block, Precision};
@@ -90,9 +90,23 @@ pub fn run(req: &Request) -> Result<Evaluated> {
     if req.top_losses > 0 {
         crate::eval::explain::check_layer(&cfg, layer)?;
     }
-    let training = Training::of_run(&req.model);
+    // Not known, the training images are not left out (--exclude-train: refused) nor counted (said).
+    let split = req.model.join("split.csv");
+    let mut unchecked = None;
+    let training = match Training::of_run(&req.model) {
+        Ok(t) => t,
+        Err(e) if req.exclude_train => {
+            return Err(Error::file(&split, format!("cannot read: {e}; --exclude-train leaves out the run's training images, which it lists")));
+        }
+        Err(e) => {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                unchecked = Some(format!("warning: {}: cannot read: {e}; whether these images were the run's training images is not checked", split.display()));
+            }
+            Training::default()
+        }
+    };
     let tta_flip = crate::eval::flip_tta(req.tta, model.cfg.subject_norm);
-    let ev = predict::evaluate(
+    let mut ev = predict::evaluate(
         &cfg,
         &model,
         &req.data,
@@ -101,6 +115,7 @@ pub fn run(req: &Request) -> Result<Evaluated> {
         (&training, req.exclude_train),
         (tta_flip, req.device),
     )?;
+    ev.warnings.extend(unchecked);
     let count = |mode| ev.modes.iter().filter(|&&m| m == Some(mode)).count();
     let modes = model.cfg.subject_norm.then(|| (count(Mode::Person), count(Mode::Single)));
 

@@ -1136,9 +1136,11 @@ pub struct Training {
 }
 
 impl Training {
-    /// The training images of run `dir`: its split.csv's `train` rows.
-    pub fn of_run(dir: &Path) -> Training {
-        let Ok(mut r) = csv::Reader::from_path(dir.join("split.csv")) else { return Training::default() };
+    /// The training images of run `dir`: its split.csv's `train` rows; the
+    /// error of a split.csv that cannot be opened (missing, or unreadable to
+    /// this user), for the caller to say or refuse on: nothing is known then.
+    pub fn of_run(dir: &Path) -> std::io::Result<Training> {
+        let mut r = csv::Reader::from_reader(std::fs::File::open(dir.join("split.csv"))?);
         let paths: std::collections::HashSet<PathBuf> =
             r.records().flatten().filter(|row| row.get(4) == Some("train")).filter_map(|row| std::fs::canonicalize(row.get(0)?).ok()).collect();
         let mut by_size: std::collections::HashMap<u64, Vec<PathBuf>> = Default::default();
@@ -1147,7 +1149,7 @@ impl Training {
                 by_size.entry(m.len()).or_default().push(p.clone());
             }
         }
-        Training { paths, by_size, hashes: Default::default() }
+        Ok(Training { paths, by_size, hashes: Default::default() })
     }
 
     /// Whether `p` is one of the training images or a copy of one.

@@ -754,6 +754,65 @@ fn a_latest_link_this_user_may_not_replace_leaves_the_run_finished_with_a_warnin
     assert!(left.is_empty(), "{left:?}");
 }
 
+/// A run's split.csv that cannot be read: `evaluate --exclude-train` is
+/// refused (it left out nothing and scored the training images as new),
+/// and `predict` and `evaluate` say that the inputs were not checked against
+/// the training images (said nothing) — unreadable to this user, that is;
+/// a run without one (a model copied with its config.json) is not checked,
+/// as before.
+#[test]
+fn a_split_csv_that_cannot_be_read_refuses_exclude_train_and_is_said() {
+    use std::os::unix::fs::PermissionsExt;
+    let (d, f, _) = trained(3, 27, &["--name", "m", "--val", "none"]);
+    let (data, photo) = (f.to_str().unwrap(), f.join("a/00.png"));
+    let split = d.path().join("runs/m/split.csv");
+    let evaluate = |extra: &[&'static str]| [&["evaluate", "--model", "runs/m", "--data", data, "--device", "cpu", "--out", "ev"], extra].concat();
+    // As it was: the training images are known, left out with --exclude-train.
+    let (code, _, err) = run(&evaluate(&["--exclude-train"]), d.path());
+    assert!(code == 1 && err.contains("every one of its 6 images was a training image of this run (--exclude-train)"), "{err}");
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(&split, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let stopped = std::fs::read(&split).is_err();
+    let cases: Vec<(Vec<&str>, i32, String)> = vec![
+        (
+            evaluate(&["--exclude-train"]),
+            1,
+            format!("error: {}: cannot read: Permission denied", split.display()).replace(&format!("{}/", d.path().display()), ""),
+        ),
+        (
+            evaluate(&[]),
+            0,
+            "warning: runs/m/split.csv: cannot read: Permission denied (os error 13); whether these images were the run's training images is not checked"
+                .into(),
+        ),
+        (
+            vec!["predict", photo.to_str().unwrap(), "--model", "runs/m", "--device", "cpu"],
+            0,
+            "warning: runs/m/split.csv: cannot read: Permission denied (os error 13); whether these inputs were the run's training images is not checked"
+                .into(),
+        ),
+    ];
+    for (a, want, said) in cases {
+        let _ = std::fs::remove_dir_all(d.path().join("ev"));
+        let Some(out) = unprivileged(&a, d.path(), stopped) else { break };
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(want), "{a:?}: {err}");
+        assert!(err.contains(&said), "{a:?}: {err}");
+    }
+    std::fs::set_permissions(&split, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::remove_file(&split).unwrap();
+    let (code, _, err) = run(&evaluate(&["--exclude-train"]), d.path());
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(
+            "runs/m/split.csv: cannot read: No such file or directory (os error 2); --exclude-train leaves out the run's training images, which it lists"
+        ),
+        "{err}"
+    );
+    let (code, _, err) = run(&evaluate(&[]), d.path());
+    assert!(code == 0 && !err.contains("split.csv"), "{err}");
+}
+
 /// A scratch folder with `per_class` photos of two classes in `data/`, a
 /// small trunk (`seed`) and the options for it, and a run of one epoch
 /// trained there (`extra`: its own options).

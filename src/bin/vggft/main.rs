@@ -345,7 +345,16 @@ fn predict_cmd(mut a: PredictArgs) -> anyhow::Result<bool> {
     person_options_note(model.cfg.subject_norm, a.subject.as_deref(), &a.subject_from);
     // Answers for the photos the model learnt from are no test of it: said, as evaluate says it.
     if !a.held_out {
-        let training = predict::Training::of_run(&a.model);
+        let training = predict::Training::of_run(&a.model).unwrap_or_else(|e| {
+            // A run without one (a model copied with its config.json alone) is not checked, as before.
+            if e.kind() != std::io::ErrorKind::NotFound {
+                errln!(
+                    "warning: {}: cannot read: {e}; whether these inputs were the run's training images is not checked",
+                    a.model.join("split.csv").display()
+                );
+            }
+            predict::Training::default()
+        });
         let seen = paths.iter().filter(|p| training.has(p)).count();
         if seen > 0 {
             errln!(
