@@ -68,7 +68,9 @@ pub(crate) fn dump(path: &Path, key: &serde_json::Value, shared: &[train::Cache]
 /// every image of the session, augmented views of `aug_rows` (`None`: every
 /// image) and the mirror images where `mirrors`.
 pub(crate) fn load(path: &Path, key: &serde_json::Value, session: &Session, aug_rows: Option<&[usize]>, mirrors: bool) -> Result<train::Cache> {
-    let mut saved: Option<serde_json::Value> = std::fs::read(path.with_extension("json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    // A .json that cannot be read (gone, another user's) is said as such, not as one that differs.
+    let json = path.with_extension("json");
+    let mut saved: Option<serde_json::Value> = serde_json::from_slice(&std::fs::read(&json).map_err(|e| Error::io(&json, e))?).ok();
     let sum = saved.as_mut().and_then(serde_json::Value::as_object_mut).and_then(|o| o.remove(FILE_SHA256));
     if saved.as_ref() != Some(key) {
         return Err(Error::file(path, "was dumped for other images, weights, preprocessing, views or pooling (its .json beside it differs)"));

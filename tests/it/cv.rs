@@ -956,6 +956,11 @@ fn a_second_cv_reads_its_features_from_the_cache_until_the_images_change() {
     assert!(err.contains(".safetensors: is damaged: its SHA-256 is not the one written beside it when it was kept; computing the features again"), "{err}");
     let name = "folds/seed0-fold0.json";
     assert_eq!(without_time(d.path().join("i").join(name)), without_time(d.path().join("k").join(name)), "{name}");
+    // Its .json gone (or unreadable to this user) is said as such, not as one written for other settings.
+    std::fs::remove_file(newest.with_extension("json")).unwrap();
+    let (code, _, err) = cv(&with_cache, "l");
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains(".json: cannot read: No such file or directory (os error 2); computing the features again") && !err.contains("differs"), "{err}");
     let blocked = d.path().join("a-file");
     std::fs::write(&blocked, b"").unwrap();
     let (code, _, err) = cv(&["--feature-cache", blocked.join("fc").to_str().unwrap()], "j");
