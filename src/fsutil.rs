@@ -126,10 +126,14 @@ pub fn create_dir(path: &Path) -> Result<()> {
         match path.ancestors().find(|a| a.exists() && !a.is_dir()) {
             Some(file) if file == path => Error::file(path, "cannot create folder: a file of that name is in the way"),
             Some(file) => Error::file(path, format!("cannot create folder: {} is a file, not a folder", file.display())),
-            // A relative path says where it is (a `runs` in a folder this user cannot write).
-            None if path.is_relative() => match std::env::current_dir() {
-                Ok(here) => Error::file(path, format!("cannot create folder in {}: {e}", here.display())),
-                Err(_) => Error::file(path, format!("cannot create folder: {e}")),
+            // A relative path says where it is: the folder it would go in (`own/fc/crops` in `own/fc`),
+            // or the working folder (a `runs` in a folder this user cannot write).
+            None if path.is_relative() => match path.ancestors().skip(1).find(|a| !a.as_os_str().is_empty() && a.is_dir()) {
+                Some(within) => Error::file(path, format!("cannot create folder in {}: {e}", within.display())),
+                None => match std::env::current_dir() {
+                    Ok(here) => Error::file(path, format!("cannot create folder in {}: {e}", here.display())),
+                    Err(_) => Error::file(path, format!("cannot create folder: {e}")),
+                },
             },
             None => Error::file(path, format!("cannot create folder: {e}")),
         }

@@ -609,6 +609,14 @@ fn an_output_folder_that_cannot_be_made_is_said_at_once_with_out_to_mend_it() {
     };
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(err.contains("cannot create folder: Permission denied") && !err.contains(hint), "{err}");
+    // Given relative, it names the folder it would go in (it named the working folder, which may be writable).
+    let Some(out) =
+        unprivileged(&args(&s, &["finetune", "--data", data, "--stages", "head:1", "--task", "multiclass", "--out", "ro/mine/runs"]), d.path(), stopped)
+    else {
+        return;
+    };
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(err.contains("error: ro/mine/runs: cannot create folder in ro: Permission denied (os error 13)"), "{err}");
     // evaluate says so before it scores a photo (it made the folder last, after minutes of scoring), and leaves nothing.
     let model = d.path().join("runs/m");
     // A photo it cannot read, skipped (and said) as it scores: said only where scoring began.
