@@ -62,6 +62,7 @@ pub struct FinetuneRequest {
 
 /// Starts a new run.
 pub fn finetune(req: &FinetuneRequest, reporter: &mut dyn Reporter, stop: Option<&AtomicBool>) -> Result<Summary> {
+    check_name(req.name.as_deref())?;
     // Absolute, so `--resume` from another folder reads the same data.
     let mut data = req.recipe.data.clone();
     data.path = std::path::absolute(&data.path).map_err(|e| Error::io(&data.path, e))?;
@@ -96,6 +97,7 @@ pub struct RerunRequest {
 /// original's. Refused when the weights file changed since; with the same
 /// seed, data that changed since is said (the run then trains on it as it is).
 pub fn rerun(req: &RerunRequest, reporter: &mut dyn Reporter, stop: Option<&AtomicBool>) -> Result<Summary> {
+    check_name(req.name.as_deref())?;
     let from = run_dir(&req.from);
     let mut config = read_config(&from)?;
     if !fsutil::exists(&config.data.path)? {
@@ -540,17 +542,23 @@ pub fn rows(t: &Tensor) -> Vec<Vec<f64>> {
     (0..t.size()[0]).map(|i| Vec::<f64>::try_from(t.get(i)).unwrap_or_default()).collect()
 }
 
+/// Refuses a `--name` that is not one plain folder name, before any photo
+/// is read or folder made (it was checked as the run folder was made, after
+/// the data, leaving `--out` behind).
+fn check_name(name: Option<&str>) -> Result<()> {
+    match name {
+        Some(n) if n.is_empty() || n.contains(['/', '\\']) || n.chars().any(char::is_control) || n == "." || n == ".." || n == "latest" => Err(Error::invalid(
+            Setting::Name,
+            format!("`{}`: a run name must be a plain folder name (no `/`, line break or other control character; not `latest`)", n.escape_debug()),
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn new_run_dir(out: &Path, name: Option<&str>) -> Result<PathBuf> {
+    check_name(name)?;
     fsutil::create_dir(out)?;
-    let base = match name {
-        Some(n) => {
-            if n.is_empty() || n.contains('/') || n.contains('\\') || n == "." || n == ".." || n == "latest" {
-                return Err(Error::invalid(Setting::Name, format!("`{n}`: a run name must be a plain folder name (not `latest`)")));
-            }
-            n.to_string()
-        }
-        None => chrono::Local::now().format("%Y%m%d-%H%M%S").to_string(),
-    };
+    let base = name.map_or_else(|| chrono::Local::now().format("%Y%m%d-%H%M%S").to_string(), str::to_string);
     // create_dir (not _all) either makes the folder or fails: two runs started
     // at once (same --name, or the same second) never share one.
     for k in 1.. {

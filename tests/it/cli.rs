@@ -155,6 +155,16 @@ fn bad_options_and_inputs_fail_clearly() {
         assert_eq!(code, 1, "{opt} {val}");
         assert!(err.contains(want), "{opt} {val}: {err}");
     }
+    // A --name that is not one plain folder name: refused before the photos are read or --out is made
+    // (a line break made a run folder of two lines; `../x` left an empty --out).
+    for name in ["a\nb", "../x", "latest", ""] {
+        let (code, _, err) = run(&args(&s, &["finetune", "--data", data, "--name", name, "--out", "named", "--face", "auto"]), d.path());
+        assert_eq!(code, 1, "{name:?}: {err}");
+        assert!(err.contains("a run name must be a plain folder name (no `/`, line break or other control character; not `latest`)"), "{err}");
+        assert!(!err.contains("face") && !d.path().join("named").exists(), "{name:?}: {err}");
+    }
+    let (code, _, err) = run(&["finetune", "--rerun", "nowhere", "--name", "a\tb"], d.path());
+    assert!(code == 1 && err.contains("`a\\tb`: a run name must be a plain folder name"), "{err}");
     // Features that end before conv5: a conv5 stage would train what the head never reads; the probe trains.
     let (code, _, err) = run(&args(&s, &["finetune", "--data", data, "--features", "conv4", "--subject-norm", "off"]), d.path());
     assert_eq!(code, 1, "{err}");
