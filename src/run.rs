@@ -68,6 +68,8 @@ pub fn finetune(req: &FinetuneRequest, reporter: &mut dyn Reporter, stop: Option
     data.path = std::path::absolute(&data.path).map_err(|e| Error::io(&data.path, e))?;
     crate::data::scan::refuse_output_inside(&data.path, data.format, &req.out, "the run folders")?;
     crate::data::scan::refuse_other_output(&req.out, "a folder of runs", "the run folders", &[])?;
+    // Before the photos are read (and their faces found): an --out that cannot be made fails at once.
+    fsutil::check_creatable(&req.out)?;
     let mut session = Session::open(&req.recipe, data, req.recipe.train.seed, req.threads, reporter)?;
     session.feature_cache = req.feature_cache.clone();
     let split = split_csv(&session.prepared);
@@ -139,6 +141,7 @@ pub fn rerun(req: &RerunRequest, reporter: &mut dyn Reporter, stop: Option<&Atom
     let old_sha = std::mem::take(&mut config.data_sha256);
     crate::data::scan::refuse_output_inside(&config.data.path, config.data.format, &req.out, "the run folders")?;
     crate::data::scan::refuse_other_output(&req.out, "a folder of runs", "the run folders", &[])?;
+    fsutil::check_creatable(&req.out)?;
     let mut session = Session::reopen(config, reporter)?;
     session.feature_cache = req.feature_cache.clone();
     let split = split_csv(&session.prepared);

@@ -304,6 +304,8 @@ pub(crate) fn stat(metric: &str, values: &[f64]) -> Stat {
 /// every fold is there) the summary.
 pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>> {
     check_request(req)?;
+    // Before the photos are read (and their faces found): an --out that cannot be made fails at once.
+    fsutil::check_creatable(&req.out)?;
     let session = open_session(req, reporter)?;
     let probe = baseline_probe(req, &session, reporter);
     let cfg = cv_config(req, &session, probe);

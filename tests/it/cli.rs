@@ -454,9 +454,12 @@ fn runs_and_data_that_are_broken_get_clear_errors() {
     assert!(err.contains("runs/ok/config.json: is missing: not a vggft run folder"), "{err}");
     // An output "folder" that is a file.
     std::fs::write(d.path().join("blocked"), "x").unwrap();
-    let (code, _, err) = run(&args(&s, &["finetune", "--data", data, "--out", "blocked"]), d.path());
-    assert_eq!(code, 1);
-    assert!(err.contains("blocked: cannot create folder: a file of that name is in the way"), "{err}");
+    // Said before the photos are read and their faces looked for (finetune and cv said it after), and --rerun alike.
+    for cmd in ["finetune", "cv"] {
+        let (code, _, err) = run(&args(&s, &[cmd, "--data", data, "--out", "blocked", "--face", "auto"]), d.path());
+        assert_eq!(code, 1);
+        assert!(err.contains("blocked: cannot create folder: a file of that name is in the way") && !err.contains("no face found"), "{cmd}: {err}");
+    }
     let (code, _, err) = run(&args(&s, &["finetune", "--data", data, "--out", "blocked/runs"]), d.path());
     assert_eq!(code, 1);
     assert!(err.contains("blocked/runs: cannot create folder: blocked is a file, not a folder"), "{err}");

@@ -549,7 +549,7 @@ fn a_class_folder_holding_only_a_folder_it_cannot_list_names_that_folder() {
     std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
     let s = small_trunk(d.path(), 26);
     let a = args(&s, &["finetune", "--data", f.to_str().unwrap(), "--task", "multiclass"]);
-    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let out = unprivileged(&a, d.path(), std::fs::read_dir(&locked).is_err());
     std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
     let Some(out) = out else { return };
