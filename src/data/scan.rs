@@ -1360,9 +1360,10 @@ fn scan_folders(dir: &Path) -> Result<Dataset> {
                 ));
             }
             // People often sort a class by person: `neutral/KA/…`.
-            let nested = sorted_entries(&class_dir)?.into_iter().find(|d| d.is_dir() && holds_images(d));
+            let inside: Vec<PathBuf> = sorted_entries(&class_dir)?.into_iter().filter(|d| d.is_dir()).collect();
+            let nested = inside.iter().find(|d| holds_images(d));
             // A folder inside that this user cannot list may be where they are: said, not "has no images".
-            let locked = sorted_entries(&class_dir)?.into_iter().filter(|d| d.is_dir()).find_map(|d| std::fs::read_dir(&d).err().map(|e| (d, e)));
+            let locked = inside.iter().find_map(|d| std::fs::read_dir(d).err().map(|e| (d, e)));
             if let (None, None, Some((d, e))) = (&nested, unread.get(unread_before), locked) {
                 return Err(Error::file(d, format!("cannot read: {e} (class `{label}` has no images of its own; this folder inside it may hold them)")));
             }

@@ -99,9 +99,7 @@ pub fn run(req: &Request) -> Result<Evaluated> {
             return Err(Error::file(&split, format!("cannot read: {e}; --exclude-train leaves out the run's training images, which it lists")));
         }
         Err(e) => {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                unchecked = Some(format!("warning: {}: cannot read: {e}; whether these images were the run's training images is not checked", split.display()));
-            }
+            unchecked = Training::unchecked(&req.model, &e, "images");
             Training::default()
         }
     };

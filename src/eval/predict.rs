@@ -1152,6 +1152,15 @@ impl Training {
         Ok(Training { paths, by_size, hashes: Default::default() })
     }
 
+    /// The warning for `of_run`'s error `e` (of `inputs`: "inputs", "images"):
+    /// none where run `dir` has no split.csv (a model copied with its
+    /// config.json alone is not checked, as before).
+    pub fn unchecked(dir: &Path, e: &std::io::Error, inputs: &str) -> Option<String> {
+        (e.kind() != std::io::ErrorKind::NotFound).then(|| {
+            format!("warning: {}: cannot read: {e}; whether these {inputs} were the run's training images is not checked", dir.join("split.csv").display())
+        })
+    }
+
     /// Whether `p` is one of the training images or a copy of one.
     pub fn has(&self, p: &Path) -> bool {
         let Ok(c) = std::fs::canonicalize(p) else { return false };

@@ -346,12 +346,8 @@ fn predict_cmd(mut a: PredictArgs) -> anyhow::Result<bool> {
     // Answers for the photos the model learnt from are no test of it: said, as evaluate says it.
     if !a.held_out {
         let training = predict::Training::of_run(&a.model).unwrap_or_else(|e| {
-            // A run without one (a model copied with its config.json alone) is not checked, as before.
-            if e.kind() != std::io::ErrorKind::NotFound {
-                errln!(
-                    "warning: {}: cannot read: {e}; whether these inputs were the run's training images is not checked",
-                    a.model.join("split.csv").display()
-                );
+            if let Some(w) = predict::Training::unchecked(&a.model, &e, "inputs") {
+                errln!("{w}");
             }
             predict::Training::default()
         });
