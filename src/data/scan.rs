@@ -1309,8 +1309,17 @@ fn scan_nested(dir: &Path, how: Nested) -> Result<Dataset> {
 fn scan_folders(dir: &Path) -> Result<Dataset> {
     // A folder this user cannot list is said first, as what it is: the layout is told from what every
     // folder holds, and one left out read a folder per class of person folders as classes without images.
+    // Those inside a folder with images of its own are never read (only a class folder's own images are).
     for top in sorted_entries(dir)?.into_iter().filter(|p| p.is_dir()) {
-        std::fs::read_dir(&top).map_err(|e| Error::io(&top, e))?;
+        let inside = sorted_entries(&top)?;
+        if inside.iter().any(|p| p.is_file() && is_image(p)) {
+            continue;
+        }
+        for d in inside.iter().filter(|d| d.is_dir()) {
+            std::fs::read_dir(d).map_err(|e| {
+                Error::file(d, format!("cannot read: {e} (`{}` has no images of its own; this folder inside it may hold them)", file_name(&top)))
+            })?;
+        }
     }
     if let Some((tops, classes)) = presplit(dir) {
         let is_train = |p: &&PathBuf| ["train", "training"].contains(&file_name(p).to_lowercase().as_str());
@@ -1360,13 +1369,7 @@ fn scan_folders(dir: &Path) -> Result<Dataset> {
                 ));
             }
             // People often sort a class by person: `neutral/KA/…`.
-            let inside: Vec<PathBuf> = sorted_entries(&class_dir)?.into_iter().filter(|d| d.is_dir()).collect();
-            let nested = inside.iter().find(|d| holds_images(d));
-            // A folder inside that this user cannot list may be where they are: said, not "has no images".
-            let locked = inside.iter().find_map(|d| std::fs::read_dir(d).err().map(|e| (d, e)));
-            if let (None, None, Some((d, e))) = (&nested, unread.get(unread_before), locked) {
-                return Err(Error::file(d, format!("cannot read: {e} (class `{label}` has no images of its own; this folder inside it may hold them)")));
-            }
+            let nested = sorted_entries(&class_dir)?.into_iter().find(|d| d.is_dir() && holds_images(d));
             let hint = match (nested, unread.get(unread_before)) {
                 (_, Some(u)) => format!(
                     " vggft reads ({} picture(s) in other formats, first {}: convert them to PNG or JPEG)",

@@ -532,9 +532,10 @@ fn an_unreadable_image_is_named() {
 /// A class folder whose images sit in a folder inside it that this user
 /// cannot list: that folder is named as unreadable, not "class `a` has no
 /// images" (as root lists it: "… directly inside it (a/x holds some)");
-/// and one of a folder per class of person folders (`neutral/KA/…`), not
-/// "class `happy` has no images directly inside it": the layout is told
-/// from every folder, so one it cannot list is said first.
+/// and a class folder of a folder per class of person folders
+/// (`neutral/…`), or a person folder inside one (`neutral/KA`), not "class
+/// `happy` has no images directly inside it": the layout is told from every
+/// folder, so one it cannot list is said first.
 #[test]
 fn a_class_folder_holding_only_a_folder_it_cannot_list_names_that_folder() {
     use std::os::unix::fs::PermissionsExt;
@@ -557,7 +558,7 @@ fn a_class_folder_holding_only_a_folder_it_cannot_list_names_that_folder() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
         err.contains(&format!(
-            "error: {}: cannot read: Permission denied (os error 13) (class `a` has no images of its own; this folder inside it may hold them)",
+            "error: {}: cannot read: Permission denied (os error 13) (`a` has no images of its own; this folder inside it may hold them)",
             locked.display()
         )),
         "{err}"
@@ -578,6 +579,15 @@ fn a_class_folder_holding_only_a_folder_it_cannot_list_names_that_folder() {
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains(&format!("error: {}: cannot read: Permission denied (os error 13)", locked.display())) && !err.contains("happy"), "{err}");
+    // A person folder inside a class folder alike (`neutral/KA`): the layout is not told without it.
+    let locked = nest.join("neutral/KA");
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let out = unprivileged(&a, d.path(), std::fs::read_dir(&locked).is_err());
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let Some(out) = out else { return };
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("error: {}: cannot read: Permission denied (os error 13)", locked.display())), "{err}");
 }
 
 /// A default output folder that cannot be made — `runs` in a working folder
