@@ -558,8 +558,9 @@ fn check_name(name: Option<&str>) -> Result<()> {
     }
 }
 
+/// The new run's folder in `out`: `name` (checked by `check_name` where the
+/// request came in, `finetune` and `rerun`), or the time.
 fn new_run_dir(out: &Path, name: Option<&str>) -> Result<PathBuf> {
-    check_name(name)?;
     fsutil::create_dir(out)?;
     let base = name.map_or_else(|| chrono::Local::now().format("%Y%m%d-%H%M%S").to_string(), str::to_string);
     // create_dir (not _all) either makes the folder or fails: two runs started
