@@ -173,12 +173,30 @@ fn start(session: &Session, split: &[u8], out: &Path, name: Option<&str>, report
     // The folders of `out` this run makes.
     let made = fsutil::missing_folders(out);
     let dir = new_run_dir(out, name)?;
-    let _lock = fsutil::lock_run(&dir)?;
-    fsutil::write_json(&dir.join("config.json"), &session.config)?;
-    fsutil::write_atomic(&dir.join("split.csv"), split)?;
-    let p = &session.prepared;
-    if p.boxes.iter().any(Option::is_some) {
-        crate::faces::write_csv(&dir.join("faces.csv"), &p.dataset.samples.iter().map(|s| s.path.clone()).collect::<Vec<_>>(), &p.boxes)?;
+    let lock = fsutil::lock_run(&dir)?;
+    // Removes the run folder (and the --out it made, where nothing else came
+    // into it meanwhile) while it holds no model and no checkpoint.
+    let undo = |lock, reporter: &mut dyn Reporter, why: &str| {
+        drop(lock);
+        if std::fs::remove_dir_all(&dir).is_ok() {
+            fsutil::remove_empty(&made);
+            reporter.message(&format!("removed {}: {why}", dir.display()));
+        }
+    };
+    let opened = (|| {
+        fsutil::write_json(&dir.join("config.json"), &session.config)?;
+        fsutil::write_atomic(&dir.join("split.csv"), split)?;
+        let p = &session.prepared;
+        if p.boxes.iter().any(Option::is_some) {
+            crate::faces::write_csv(&dir.join("faces.csv"), &p.dataset.samples.iter().map(|s| s.path.clone()).collect::<Vec<_>>(), &p.boxes)?;
+        }
+        Ok::<_, Error>(())
+    })();
+    if let Err(e) = opened {
+        // A folder without its config.json or split.csv could not be resumed
+        // into a whole run (a full disk): nothing was trained, so it goes.
+        undo(lock, reporter, "nothing had been trained in it");
+        return Err(e);
     }
     reporter.message(&format!("run folder: {}", dir.display()));
     let ran = execute(session, &dir, reporter, stop, None, Some(built));
@@ -186,12 +204,7 @@ fn start(session: &Session, split: &[u8], out: &Path, name: Option<&str>, report
         // Diverged before any epoch was kept: the folder holds no model and
         // no checkpoint, and resuming it would meet the same rate.
         if !dir.join(train::STATE).exists() {
-            drop(_lock);
-            if std::fs::remove_dir_all(&dir).is_ok() {
-                // And the --out it made, where nothing else came into it meanwhile.
-                fsutil::remove_empty(&made);
-                reporter.message(&format!("removed {}: no epoch had finished, so it held no model", dir.display()));
-            }
+            undo(lock, reporter, "no epoch had finished, so it held no model");
         } else {
             reporter.message(&format!(
                 "{} keeps its last finished epoch's checkpoint, but --resume would train on at the same rate: start a new run with a lower --lr",

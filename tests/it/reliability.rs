@@ -455,6 +455,22 @@ fn a_full_disk_is_one_clear_error_that_says_how_to_go_on_and_loses_nothing() {
     let (code, _, err) = run(&["finetune", "--resume", run_dir.to_str().unwrap()], d.path());
     assert_eq!(code, 0, "{err}");
     assert!(run_dir.join("COMPLETE").exists() && run_dir.join("model.safetensors").exists(), "{err}");
+    // A disk that fills before training starts (8 KiB: the lock and config.json, a page each, then split.csv):
+    // a folder without its split.csv would resume into a run that lacks it, so the folder goes, with the --out it made.
+    let disk3 = d.path().join("disk3");
+    std::fs::create_dir_all(&disk3).unwrap();
+    let ok = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=8k", "tmpfs", disk3.to_str().unwrap()]).status().is_ok_and(|s| s.success());
+    assert!(ok, "mounting a third tmpfs");
+    let _guard3 = Mount(disk3.clone());
+    let runs = disk3.join("runs");
+    let (code, _, err) =
+        run(&args(&s, &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:1", "--out", runs.to_str().unwrap(), "--name", "r"]), d.path());
+    assert_eq!(code, 1, "{err}");
+    let line: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(line.len(), 1, "{err}");
+    assert!(line[0].contains("No space left on device") && !line[0].contains("--resume"), "{err}");
+    assert!(err.contains(&format!("removed {}: nothing had been trained in it", runs.join("r").display())), "{err}");
+    assert!(!runs.exists(), "the --out the run made is gone too: {err}");
     // A cv whose disk fills after its first fold result (12 KiB: the lock, cv-config.json and one fold's
     // result, a page each): the finished fold is kept, and the same command runs the other one.
     let disk2 = d.path().join("disk2");
