@@ -172,7 +172,7 @@ fn start(session: &Session, split: &[u8], out: &Path, name: Option<&str>, report
     session.advise(reporter);
     // The folders of `out` this run makes.
     let made = fsutil::missing_folders(out);
-    let dir = new_run_dir(out, name)?;
+    let dir = new_run_dir(out, name).inspect_err(|_| fsutil::remove_empty(&made))?;
     let lock = fsutil::lock_run(&dir)?;
     // Removes the run folder (and the --out it made, where nothing else came
     // into it meanwhile) while it holds no model and no checkpoint.
@@ -567,9 +567,20 @@ fn check_name(name: Option<&str>) -> Result<()> {
             Setting::Name,
             format!("`{}`: a run name must be a plain folder name (no `/`, line break or other control character; not `latest`)", n.escape_debug()),
         )),
+        // File systems cap a folder name at 255 bytes; a second run of the same name adds `-N`.
+        Some(n) if n.len() > MAX_NAME => Err(Error::invalid(
+            Setting::Name,
+            format!(
+                "a run name of {} bytes is longer than a folder name may be ({MAX_NAME} bytes, leaving room for the `-2` a second run of it adds)",
+                n.len()
+            ),
+        )),
         _ => Ok(()),
     }
 }
+
+/// The longest run name: 255 bytes (ext4, XFS, APFS, NTFS's 255 UTF-16 units) less a `-NN` suffix.
+const MAX_NAME: usize = 250;
 
 /// The new run's folder in `out`: `name` (checked by `check_name` where the
 /// request came in, `finetune` and `rerun`), or the time.

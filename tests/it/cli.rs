@@ -163,6 +163,11 @@ fn bad_options_and_inputs_fail_clearly() {
         assert!(err.contains("a run name must be a plain folder name (no `/`, line break or other control character; not `latest`)"), "{err}");
         assert!(!err.contains("face") && !d.path().join("named").exists(), "{name:?}: {err}");
     }
+    // Longer than a folder name may be: said before the photos are read, no empty --out left (it was "File name too long" after).
+    let long = "n".repeat(251);
+    let (code, _, err) = run(&args(&s, &["finetune", "--data", data, "--name", &long, "--out", "named", "--face", "auto"]), d.path());
+    assert!(code == 1 && err.contains("a run name of 251 bytes is longer than a folder name may be (250 bytes"), "{err}");
+    assert!(!err.contains("face") && !d.path().join("named").exists(), "{err}");
     let (code, _, err) = run(&["finetune", "--rerun", "nowhere", "--name", "a\tb"], d.path());
     assert!(code == 1 && err.contains("`a\\tb`: a run name must be a plain folder name"), "{err}");
     // Features that end before conv5: a conv5 stage would train what the head never reads; the probe trains.

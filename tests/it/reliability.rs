@@ -471,6 +471,20 @@ fn a_full_disk_is_one_clear_error_that_says_how_to_go_on_and_loses_nothing() {
     assert!(line[0].contains("No space left on device") && !line[0].contains("--resume"), "{err}");
     assert!(err.contains(&format!("removed {}: nothing had been trained in it", runs.join("r").display())), "{err}");
     assert!(!runs.exists(), "the --out the run made is gone too: {err}");
+    // Room for --out but not for the run folder inside it (a tmpfs of two inodes: its root and one folder): --out goes.
+    let disk4 = d.path().join("disk4");
+    std::fs::create_dir_all(&disk4).unwrap();
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m,nr_inodes=2", "tmpfs", disk4.to_str().unwrap()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "mounting a tmpfs of two inodes");
+    let _guard4 = Mount(disk4.clone());
+    let runs = disk4.join("runs");
+    let (code, _, err) =
+        run(&args(&s, &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:1", "--out", runs.to_str().unwrap(), "--name", "r"]), d.path());
+    assert!(code == 1 && err.contains(&format!("{}: cannot create folder: No space left on device", runs.join("r").display())), "{err}");
+    assert!(!runs.exists(), "the --out the run made is gone: {err}");
     // A cv whose disk fills after its first fold result (12 KiB: the lock, cv-config.json and one fold's
     // result, a page each): the finished fold is kept, and the same command runs the other one.
     let disk2 = d.path().join("disk2");
