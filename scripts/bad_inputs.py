@@ -461,6 +461,14 @@ def run_inventory(d):
             record(f"full disk (48 KiB tmpfs; temp or COMPLETE files left: {len(left)})", code, said(err))
         finally:
             subprocess.run(["umount", disk])
+        # Full before training starts: room for the lock and config.json, not split.csv.
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8k", "tmpfs", disk], capture_output=True).returncode == 0:
+            try:
+                code, out, err = vggft("finetune", "--data", good, "--random-init", *SMALL, "--out", os.path.join(disk, "runs"), "--quiet", cwd=d)
+                left = sum(len(ds) + len(fs) for _, ds, fs in os.walk(disk))
+                record(f"a disk full before training starts (8 KiB tmpfs; files or folders left: {left})", code, said(err))
+            finally:
+                subprocess.run(["umount", disk])
     else:
         rows.append(("full disk", "not tried: mounting a small tmpfs needs root; the test of the same name skips likewise", "–"))
     run_cases(d, good)

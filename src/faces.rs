@@ -49,10 +49,10 @@ pub fn run(dir: &Path, out: &Path, tile: u32, (skip_bad, pattern): (bool, Option
     // written: an unreadable one (stopping the run, or left out with
     // --skip-bad) leaves a previous run's folder as it was, not a mix.
     let Detected { crops, skipped, seconds } = detect_all(&ds, tile, skip_bad)?;
-    fsutil::create_dir(&out.join("crops"))?;
     // One writer at a time: a second faces into the same folder would mix
     // its crops and manifest with this one's (and remove its "stale" crops).
-    let _lock = fsutil::lock_run(out)?;
+    let _lock = fsutil::create_locked(out, ".lock", false)?;
+    fsutil::create_dir(&out.join("crops"))?;
     fsutil::remove_stale_temps(out);
     fsutil::remove_stale_temps(&out.join("crops"));
     let (paths, fallbacks, sheets) = write_crops(&ds, out, crops)?;

@@ -201,6 +201,15 @@ pub struct RunLock {
     _file: std::fs::File,
 }
 
+/// Creates `dir` (an output folder) and locks it (`lock_file`); where the
+/// lock cannot be taken, the folders this made go again (a disk out of
+/// inodes left an empty output folder behind).
+pub(crate) fn create_locked(dir: &Path, name: &str, shared: bool) -> Result<RunLock> {
+    let made = missing_folders(dir);
+    create_dir(dir)?;
+    lock_file(dir, name, shared).inspect_err(|_| remove_empty(&made))
+}
+
 /// Locks `dir` (a run, or any command's output folder) for writing, or says
 /// which process holds it.
 pub(crate) fn lock_run(dir: &Path) -> Result<RunLock> {

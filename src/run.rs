@@ -173,7 +173,10 @@ fn start(session: &Session, split: &[u8], out: &Path, name: Option<&str>, report
     // The folders of `out` this run makes.
     let made = fsutil::missing_folders(out);
     let dir = new_run_dir(out, name).inspect_err(|_| fsutil::remove_empty(&made))?;
-    let lock = fsutil::lock_run(&dir)?;
+    let lock = fsutil::lock_run(&dir).inspect_err(|_| {
+        let _ = std::fs::remove_dir(&dir);
+        fsutil::remove_empty(&made);
+    })?;
     // Removes the run folder (and the --out it made, where nothing else came
     // into it meanwhile) while it holds no model and no checkpoint.
     let undo = |lock, reporter: &mut dyn Reporter, why: &str| {

@@ -335,10 +335,9 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Option<Summary>
     check_load_features(req, &session, probe.is_some())?;
     // One process at a time per cv folder (the same command started twice
     // would run every fold twice); `--fold i` runs share it, one per fold.
-    fsutil::create_dir(&req.out)?;
+    let _lock = fsutil::create_locked(&req.out, ".lock", req.only_fold.is_some())?;
     // Said once it exists (as finetune's run folder is): a cv refused before this leaves none.
     reporter.message(&format!("cv folder: {}", req.out.display()));
-    let _lock = fsutil::lock_file(&req.out, ".lock", req.only_fold.is_some())?;
     let _fold_lock = req.only_fold.map(|f| fsutil::lock_file(&req.out, &format!(".lock-fold-{f}"), false)).transpose()?;
     fsutil::remove_stale_temps(&req.out);
     if skip_finished(req, &cfg, &mut jobs, reporter)? {

@@ -117,9 +117,8 @@ pub fn run(req: &Request) -> Result<Evaluated> {
     let count = |mode| ev.modes.iter().filter(|&&m| m == Some(mode)).count();
     let modes = model.cfg.subject_norm.then(|| (count(Mode::Person), count(Mode::Single)));
 
-    fsutil::create_dir(&out)?;
     // One writer at a time: metrics.json and the top-loss tiles of one evaluation.
-    let _lock = fsutil::lock_run(&out)?;
+    let _lock = fsutil::create_locked(&out, ".lock", false)?;
     fsutil::remove_stale_temps(&out);
     fsutil::remove_stale_temps(&out.join("top_losses"));
     crate::eval::explain::clear_top_losses(&out);

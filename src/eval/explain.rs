@@ -537,10 +537,9 @@ pub fn explain(cfg: &RunConfig, model: &Vgg16, req: &ExplainRequest, device: Dev
     // Each input's heatmap, by the input's place and name.
     let heatmaps: Vec<PathBuf> = req.paths.iter().enumerate().map(|(i, p)| req.out.join(tile_name(i, p))).collect();
     refuse_others_files(req.out, &planned_files(cfg, req, &heatmaps), &stale)?;
-    fsutil::create_dir(req.out)?;
     // One writer at a time (a second call would remove this one's heatmaps
     // as stale); what an earlier call left is read again under the lock.
-    let _lock = fsutil::lock_run(req.out)?;
+    let _lock = fsutil::create_locked(req.out, ".lock", false)?;
     fsutil::remove_stale_temps(req.out);
     let stale = earlier_outputs(req.out);
     // explain.csv first, listing what this call writes and what an earlier

@@ -115,9 +115,8 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Found> {
     trainer.fit(&mut ctx, &mut [&mut sweep], false)?;
     let points = sweep.points;
     let (suggested, method) = suggest(&points);
-    fsutil::create_dir(&req.out)?;
     // lr-find.csv and lr-find.png of one sweep, not one of each of two.
-    let _lock = fsutil::lock_run(&req.out)?;
+    let _lock = fsutil::create_locked(&req.out, ".lock", false)?;
     fsutil::remove_stale_temps(&req.out);
     let csv = req.out.join("lr-find.csv");
     let mut s = String::from("lr,loss,smoothed_loss\n");

@@ -485,6 +485,26 @@ fn a_full_disk_is_one_clear_error_that_says_how_to_go_on_and_loses_nothing() {
         run(&args(&s, &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:1", "--out", runs.to_str().unwrap(), "--name", "r"]), d.path());
     assert!(code == 1 && err.contains(&format!("{}: cannot create folder: No space left on device", runs.join("r").display())), "{err}");
     assert!(!runs.exists(), "the --out the run made is gone: {err}");
+    // Room for the folders but not for the lock file inside the last (finetune: --out and the run folder;
+    // cv: its --out): nothing left either.
+    for (inodes, cmd, out) in [("3", "finetune", "runs"), ("2", "cv", "cv")] {
+        let disk = d.path().join(format!("disk-{cmd}"));
+        std::fs::create_dir_all(&disk).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size=1m,nr_inodes={inodes}"), "tmpfs", disk.to_str().unwrap()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "mounting a tmpfs of {inodes} inodes");
+        let _guard = Mount(disk.clone());
+        let out = disk.join(out);
+        let mut a = vec![cmd, "--data", m.to_str().unwrap(), "--stages", "head:1", "--out", out.to_str().unwrap()];
+        if cmd == "cv" {
+            a.extend(["--folds", "2"]);
+        }
+        let (code, _, err) = run(&args(&s, &a), d.path());
+        assert!(code == 1 && err.contains(": cannot write into it: No space left on device"), "{cmd}: {err}");
+        assert!(!out.exists(), "{cmd}: the --out it made is gone: {err}");
+    }
     // A cv whose disk fills after its first fold result (12 KiB: the lock, cv-config.json and one fold's
     // result, a page each): the finished fold is kept, and the same command runs the other one.
     let disk2 = d.path().join("disk2");
