@@ -406,6 +406,25 @@ fn a_stop_during_the_inner_fits_comes_after_the_current_batch() {
 /// Unmounts on drop, so a failing assertion does not leave the mount behind.
 struct Mount(std::path::PathBuf);
 
+impl Mount {
+    /// A tmpfs of `opts` (`size=8k`, `nr_inodes=2`) made at `dir`; None where mounting is not allowed here.
+    fn tmpfs(dir: &Path, opts: &str) -> Option<Mount> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", opts, "tmpfs", dir.to_str().unwrap()])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Mount(dir.to_path_buf()))
+    }
+
+    /// Makes the tmpfs larger: room again.
+    fn grow(&self) {
+        let ok = std::process::Command::new("mount").args(["-o", "remount,size=16m", self.0.to_str().unwrap()]).status().is_ok_and(|s| s.success());
+        assert!(ok, "remounting the tmpfs larger");
+    }
+}
+
 impl Drop for Mount {
     fn drop(&mut self) {
         let _ = std::process::Command::new("umount").arg(&self.0).status();
@@ -419,18 +438,11 @@ fn a_full_disk_is_one_clear_error_that_says_how_to_go_on_and_loses_nothing() {
     let w = d.path().join("trunk.safetensors");
     trunk_only(&w, 13);
     let disk = d.path().join("disk");
-    std::fs::create_dir_all(&disk).unwrap();
     // A 48 KiB tmpfs: room for config.json and split.csv, not for a checkpoint.
-    let ok = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=48k", "tmpfs", disk.to_str().unwrap()])
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
+    let Some(guard) = Mount::tmpfs(&disk, "size=48k") else {
         eprintln!("skipped: cannot mount a small tmpfs here (needs root / CAP_SYS_ADMIN); a full disk surfaces as the same write error");
         return;
-    }
-    let _guard = Mount(disk.clone());
+    };
     let s = small(&w);
     let (code, _, err) =
         run(&args(&s, &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:1", "--out", disk.to_str().unwrap(), "--name", "r"]), d.path());
@@ -450,18 +462,14 @@ fn a_full_disk_is_one_clear_error_that_says_how_to_go_on_and_loses_nothing() {
         std::fs::read_dir(&run_dir).map(|r| r.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default();
     assert!(left.iter().all(|n| !n.contains(".tmp")), "temporary files left: {left:?}");
     assert!(!disk.join("latest").exists(), "no run marked as the latest");
-    let grown = std::process::Command::new("mount").args(["-o", "remount,size=16m", disk.to_str().unwrap()]).status().is_ok_and(|s| s.success());
-    assert!(grown, "remounting the tmpfs larger");
+    guard.grow();
     let (code, _, err) = run(&["finetune", "--resume", run_dir.to_str().unwrap()], d.path());
     assert_eq!(code, 0, "{err}");
     assert!(run_dir.join("COMPLETE").exists() && run_dir.join("model.safetensors").exists(), "{err}");
     // A disk that fills before training starts (8 KiB: the lock and config.json, a page each, then split.csv):
     // a folder without its split.csv would resume into a run that lacks it, so the folder goes, with the --out it made.
     let disk3 = d.path().join("disk3");
-    std::fs::create_dir_all(&disk3).unwrap();
-    let ok = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=8k", "tmpfs", disk3.to_str().unwrap()]).status().is_ok_and(|s| s.success());
-    assert!(ok, "mounting a third tmpfs");
-    let _guard3 = Mount(disk3.clone());
+    let _guard3 = Mount::tmpfs(&disk3, "size=8k").expect("mounting a third tmpfs");
     let runs = disk3.join("runs");
     let (code, _, err) =
         run(&args(&s, &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:1", "--out", runs.to_str().unwrap(), "--name", "r"]), d.path());
@@ -473,13 +481,7 @@ fn a_full_disk_is_one_clear_error_that_says_how_to_go_on_and_loses_nothing() {
     assert!(!runs.exists(), "the --out the run made is gone too: {err}");
     // Room for --out but not for the run folder inside it (a tmpfs of two inodes: its root and one folder): --out goes.
     let disk4 = d.path().join("disk4");
-    std::fs::create_dir_all(&disk4).unwrap();
-    let ok = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m,nr_inodes=2", "tmpfs", disk4.to_str().unwrap()])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "mounting a tmpfs of two inodes");
-    let _guard4 = Mount(disk4.clone());
+    let _guard4 = Mount::tmpfs(&disk4, "size=1m,nr_inodes=2").expect("mounting a tmpfs of two inodes");
     let runs = disk4.join("runs");
     let (code, _, err) =
         run(&args(&s, &["finetune", "--data", m.to_str().unwrap(), "--stages", "head:1", "--out", runs.to_str().unwrap(), "--name", "r"]), d.path());
@@ -489,13 +491,7 @@ fn a_full_disk_is_one_clear_error_that_says_how_to_go_on_and_loses_nothing() {
     // cv: its --out): nothing left either.
     for (inodes, cmd, out) in [("3", "finetune", "runs"), ("2", "cv", "cv")] {
         let disk = d.path().join(format!("disk-{cmd}"));
-        std::fs::create_dir_all(&disk).unwrap();
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size=1m,nr_inodes={inodes}"), "tmpfs", disk.to_str().unwrap()])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "mounting a tmpfs of {inodes} inodes");
-        let _guard = Mount(disk.clone());
+        let _guard = Mount::tmpfs(&disk, &format!("size=1m,nr_inodes={inodes}")).expect("mounting a tmpfs of few inodes");
         let out = disk.join(out);
         let mut a = vec![cmd, "--data", m.to_str().unwrap(), "--stages", "head:1", "--out", out.to_str().unwrap()];
         if cmd == "cv" {
@@ -508,10 +504,7 @@ fn a_full_disk_is_one_clear_error_that_says_how_to_go_on_and_loses_nothing() {
     // A cv whose disk fills after its first fold result (12 KiB: the lock, cv-config.json and one fold's
     // result, a page each): the finished fold is kept, and the same command runs the other one.
     let disk2 = d.path().join("disk2");
-    std::fs::create_dir_all(&disk2).unwrap();
-    let ok = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=12k", "tmpfs", disk2.to_str().unwrap()]).status().is_ok_and(|s| s.success());
-    assert!(ok, "mounting a second tmpfs");
-    let _guard2 = Mount(disk2.clone());
+    let guard2 = Mount::tmpfs(&disk2, "size=12k").expect("mounting a second tmpfs");
     let out = disk2.join("cv");
     let cv = args(&s, &["cv", "--data", m.to_str().unwrap(), "--stages", "head:1", "--folds", "2", "--out", out.to_str().unwrap()]);
     let (code, _, err) = run(&cv, d.path());
@@ -531,7 +524,7 @@ fn a_full_disk_is_one_clear_error_that_says_how_to_go_on_and_loses_nothing() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains(&format!("{}: cannot write: No space left on device", dump.display())) && !err.contains("IoError"), "{err}");
     assert!(!dump.exists() && std::fs::read_dir(&disk2).unwrap().flatten().all(|e| !e.file_name().to_string_lossy().contains(".tmp")));
-    assert!(std::process::Command::new("mount").args(["-o", "remount,size=16m", disk2.to_str().unwrap()]).status().is_ok_and(|s| s.success()));
+    guard2.grow();
     let (code, _, err) = run(&cv, d.path());
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("1 fold result(s) of this same cv are there already") && out.join("cv.json").exists(), "{err}");
