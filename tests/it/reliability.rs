@@ -266,6 +266,31 @@ fn a_signal_ends_explain_at_once_with_its_finished_files_only() {
     let names: Vec<String> = std::fs::read_dir(&out).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     assert!(names.iter().all(|n| !n.contains(".tmp.")), "{names:?}");
     assert!(names.contains(&"explain.csv".to_string()) && !names.contains(&"sheet.png".to_string()) && (1..600).contains(&heatmaps()), "{names:?}");
+    // predict writes no file: its line says it stopped, and nothing of files. It waits on standard input
+    // (`-`, kept open), and is sent SIGTERM once it catches it (/proc's SigCgt), not before its handler is set.
+    let mut child = bin_as_from_a_terminal()
+        .args(["predict", "--model", "runs/r", "-"])
+        .current_dir(d.path())
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _stdin = child.stdin.take();
+    let catches_term = |pid: u32| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let mask = status.lines().find_map(|l| l.strip_prefix("SigCgt:")).and_then(|h| u64::from_str_radix(h.trim(), 16).ok());
+        mask.is_some_and(|m| m & (1 << (libc::SIGTERM - 1)) != 0)
+    };
+    let t = Instant::now();
+    while !catches_term(child.id()) && t.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let code = child.wait().unwrap().code();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(code, Some(130), "{err}");
+    assert!(err.trim_end().ends_with("interrupted: stopped"), "{err}");
 }
 
 /// Runs vggft with `args` in `cwd`, sends `signal` once a line of its

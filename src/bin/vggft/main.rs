@@ -35,9 +35,11 @@ fn stop_flag() -> Arc<AtomicBool> {
 
 /// Ctrl-C (and SIGTERM, SIGHUP) ends a command that keeps nothing to resume
 /// from — predict, evaluate, explain, faces, lr-find — at once, as
-/// `quit_interrupted` says.
-fn quit_on_signal() {
-    on_signal(|| quit_interrupted(Some("stopped; the files it had finished stay, and none is left half-written")));
+/// `quit_interrupted` says; `writes_files`: it writes files (not predict's,
+/// report's or speed's lines), whose state is then said.
+fn quit_on_signal(writes_files: bool) {
+    let why = if writes_files { "stopped; the files it had finished stay, and none is left half-written" } else { "stopped" };
+    on_signal(move || quit_interrupted(Some(why)));
 }
 
 /// Runs `handler` (on a thread of its own) at Ctrl-C, SIGTERM or SIGHUP. A
@@ -786,7 +788,7 @@ fn main() -> ExitCode {
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // finetune and cv stop after a batch, keeping what resumes them (`stop_flag`).
     if !matches!(cli.command, Command::Finetune(_) | Command::Cv(_)) {
-        quit_on_signal();
+        quit_on_signal(!matches!(cli.command, Command::Predict(_) | Command::Report { .. } | Command::Speed(_) | Command::Weights { .. }));
     }
     let result = match cli.command {
         Command::Finetune(a) => {
