@@ -512,6 +512,12 @@ pub struct RunConfig {
     /// gets its own.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub single_frame: bool,
+    /// SHA-256 of the `model.safetensors` this run wrote: its threshold,
+    /// calibration and person statistics belong to that file, and loading
+    /// refuses another (a model copied over from another run). Absent: a
+    /// run from before vggft kept it, or one not finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_sha256: Option<String>,
 }
 
 impl RunConfig {

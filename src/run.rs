@@ -132,6 +132,7 @@ pub fn rerun(req: &RerunRequest, reporter: &mut dyn Reporter, stop: Option<&Atom
         config.threshold = None;
     }
     config.calibration = None;
+    config.model_sha256 = None;
     config.created = chrono::Local::now().to_rfc3339();
     config.vggft_version = VERSION.into();
     config.libtorch_version = LIBTORCH_VERSION.into();
@@ -372,8 +373,10 @@ fn execute(
     let mut config = config.clone();
     if tc.inner_fits() {
         set_decisions(session, (&model, &shared, tta), (reporter, stop), &mut config)?;
-        fsutil::write_json(&dir.join("config.json"), &config)?;
     }
+    // What the threshold and calibration were set for: loading checks the file against it.
+    config.model_sha256 = Some(weights::sha256_file(&dir.join("model.safetensors"))?);
+    fsutil::write_json(&dir.join("config.json"), &config)?;
     let (val, val_single) = validate(session, &config, &trainer, &model);
     finish(session, dir, &outcome, (&val, &val_single, &config), reporter)?;
     Ok(Summary {
@@ -803,7 +806,13 @@ pub fn load_run(dir: &Path, device: Device) -> Result<(RunConfig, Vgg16)> {
     let config = read_config(dir)?;
     let weights = model_file(dir)?;
     let mut model = Vgg16::for_loading(&model_config(&config), device)?;
-    weights::load_checkpoint(&mut model, &weights)?;
+    let loaded = weights::load_checkpoint(&mut model, &weights)?;
+    if config.model_sha256.as_ref().is_some_and(|sha| *sha != loaded.sha256) {
+        return Err(Error::file(
+            weights,
+            "is not the model this run trained (its SHA-256 differs from the one in config.json): the run's threshold, calibration and person statistics belong to that one — put it back, or give the run the model came from",
+        ));
+    }
     Ok((config, model))
 }
 

@@ -208,6 +208,7 @@ impl Session {
             threshold: None,
             calibration: None,
             single_frame: false,
+            model_sha256: None,
         };
         notes.extend(subject_norm_notes(one_class.as_deref(), recipe.model.subject_norm, config.model.subject_norm, &prepared.dataset));
         // The whole frames are for the single-image head, which only person statistics bring.

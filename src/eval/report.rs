@@ -305,7 +305,7 @@ fn gather(dirs: &[PathBuf]) -> Result<Gathered> {
 /// differs between them, then the metrics.
 fn table(entries: &[Entry]) -> String {
     // Data and weights are shown when they differ (paths, the data fingerprint, the weights' hash).
-    let ignore = ["created"];
+    let ignore = ["created", "model_sha256"];
     let keys: Vec<String> = entries
         .iter()
         .flat_map(|e| e.recipe.keys().cloned())

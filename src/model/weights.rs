@@ -55,6 +55,8 @@ pub struct LoadReport {
     pub new: Vec<String>,
     /// BN weights were folded into the convs (`--bn drop` with BN weights).
     pub folded_bn: bool,
+    /// The file's SHA-256 (`load_checkpoint`: a run's model, checked against its config.json).
+    pub sha256: String,
 }
 
 /// Why a path with this metadata cannot be a weights file: a folder, or a
@@ -399,7 +401,7 @@ pub fn load_checkpoint(model: &mut Vgg16, path: &Path) -> Result<LoadReport> {
             targets.remove(optional);
         }
     }
-    let mut report = LoadReport::default();
+    let mut report = LoadReport { sha256: crate::run::sha256_hex(&read.bytes), ..LoadReport::default() };
     copy_checked(path, &targets, file, &mut report)?;
     Ok(report)
 }

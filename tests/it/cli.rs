@@ -439,6 +439,40 @@ fn runs_and_data_that_are_broken_get_clear_errors() {
         let (code, _, err) = run(&["finetune", flag, "alone.safetensors"], d.path());
         assert!(code == 1 && err.starts_with("error: alone.safetensors: is a file, not a run folder"), "{flag}: {err}");
     }
+    // Another run's model copied over this one's (the same network): refused, as its threshold and
+    // calibration were set for this run's own; a run from before config.json kept the hash loads as it did.
+    let (code, _, err) = run(&args(&s, &["finetune", "--data", data, "--stages", "head:1", "--name", "other", "--val", "none", "--seed", "1"]), d.path());
+    assert_eq!(code, 0, "{err}");
+    let sha = |run: &str| {
+        let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.path().join(run).join("config.json")).unwrap()).unwrap();
+        cfg["model_sha256"].as_str().map(str::to_string)
+    };
+    let (ok_sha, other_sha) = (sha("runs/ok"), sha("runs/other"));
+    assert!(ok_sha.is_some() && ok_sha != other_sha, "{ok_sha:?} {other_sha:?}");
+    let own = std::fs::read(d.path().join("runs/ok/model.safetensors")).unwrap();
+    std::fs::copy(d.path().join("runs/other/model.safetensors"), d.path().join("runs/ok/model.safetensors")).unwrap();
+    for cmd in [&["predict", im, "--model", "runs/ok"][..], &["evaluate", "--model", "runs/ok", "--data", data, "--out", "ev-swapped"]] {
+        let (code, _, err) = run(cmd, d.path());
+        assert!(
+            code == 1 && err.contains("runs/ok/model.safetensors: is not the model this run trained (its SHA-256 differs from the one in config.json)"),
+            "{err}"
+        );
+    }
+    std::fs::write(d.path().join("runs/ok/model.safetensors"), &own).unwrap();
+    let (code, _, err) = run(&["predict", im, "--model", "runs/ok"], d.path());
+    assert_eq!(code, 0, "{err}");
+    let cfg_other = d.path().join("runs/other/config.json");
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_other).unwrap()).unwrap();
+    cfg.as_object_mut().unwrap().remove("model_sha256");
+    std::fs::write(&cfg_other, cfg.to_string()).unwrap();
+    std::fs::copy(d.path().join("runs/ok/model.safetensors"), d.path().join("runs/other/model.safetensors")).unwrap();
+    let (code, _, err) = run(&["predict", im, "--model", "runs/other"], d.path());
+    assert_eq!(code, 0, "no hash to check: {err}");
+    // A rerun records its own model's hash, not the one of the run whose recipe it trains.
+    let (code, _, err) = run(&["finetune", "--rerun", "runs/ok", "--name", "again", "--seed", "2"], d.path());
+    assert_eq!(code, 0, "{err}");
+    let again = sha("runs/again");
+    assert!(again.is_some() && again != ok_sha, "{again:?}");
     // Edited config.json.
     std::fs::copy(d.path().join("runs/ok/config.json"), d.path().join("config.bak")).unwrap();
     std::fs::write(d.path().join("runs/ok/config.json"), "{\"classes\": 3").unwrap();
