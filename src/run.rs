@@ -171,19 +171,17 @@ fn start(session: &Session, split: &[u8], out: &Path, name: Option<&str>, report
     // wrong-shape file leaves nothing behind.
     let built = session.fresh_model(session.config.train.seed as i64, true)?;
     session.advise(reporter);
-    // The folders of `out` this run makes.
-    let made = fsutil::missing_folders(out);
+    // The folders this run makes, the deepest first: the run folder, then those of `out`.
+    let mut made = fsutil::missing_folders(out);
     let dir = new_run_dir(out, name).inspect_err(|_| fsutil::remove_empty(&made))?;
-    let lock = fsutil::lock_run(&dir).inspect_err(|_| {
-        let _ = std::fs::remove_dir(&dir);
-        fsutil::remove_empty(&made);
-    })?;
+    made.insert(0, dir.clone());
+    let lock = fsutil::lock_run(&dir).inspect_err(|_| fsutil::remove_empty(&made))?;
     // Removes the run folder (and the --out it made, where nothing else came
     // into it meanwhile) while it holds no model and no checkpoint.
     let undo = |lock, reporter: &mut dyn Reporter, why: &str| {
         drop(lock);
         if std::fs::remove_dir_all(&dir).is_ok() {
-            fsutil::remove_empty(&made);
+            fsutil::remove_empty(&made[1..]);
             reporter.message(&format!("removed {}: {why}", dir.display()));
         }
     };
