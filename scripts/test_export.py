@@ -7,6 +7,7 @@ within 1e-3, and the PyTorch module the same.
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -97,6 +98,15 @@ def check(binary, d):
             except SystemExit as e:
                 assert "give --out a name ending in .onnx" in str(e), e
             assert open(model, "rb").read() == before
+            # Another run's model copied over this one's is refused, as vggft refuses it.
+            other = os.path.join(d, "runs", next(n for n in variants if n != name), "model.safetensors")
+            shutil.copy(other, model)
+            try:
+                export.export(rd, os.path.join(d, "swapped.onnx"))
+                raise AssertionError("another run's model was exported")
+            except SystemExit as e:
+                assert "is not the model this run trained" in str(e), e
+            open(model, "wb").write(before)
     print(f"test_export: ONNX Runtime and PyTorch match vggft predict on {len(variants)} runs, largest difference {worst:.1e}: ok")
 
 

@@ -18,6 +18,7 @@ calibrated as `vggft predict` reports them where the run has a calibration.
 preprocess`: the run's crop or face box, gray, resize, normalisation), so the
 pixels match vggft's to the last bit.
 """
+import hashlib
 import json
 import os
 import subprocess
@@ -168,7 +169,13 @@ def adaptive_avg(x, rows, cols):
 def load(run_dir):
     """The run's network (eval mode); its output is the class probabilities in config.json's order."""
     config = json.load(open(os.path.join(run_dir, "config.json")))
-    tensors = {k: v.float() for k, v in load_file(os.path.join(run_dir, "model.safetensors")).items()}
+    model = os.path.join(run_dir, "model.safetensors")
+    # As vggft loads a run: another run's model copied over this one's is refused (its threshold and calibration
+    # were set for this run's own); runs from before config.json kept the hash are not checked.
+    want = config.get("model_sha256")
+    if want and hashlib.sha256(open(model, "rb").read()).hexdigest() != want:
+        raise SystemExit(f"error: {model}: is not the model this run trained (its SHA-256 differs from the one in config.json)")
+    tensors = {k: v.float() for k, v in load_file(model).items()}
     return VggftNet(config, tensors).eval()
 
 
