@@ -184,9 +184,9 @@ impl Session {
         crate::model::settle_vector_math();
         recipe.train.validate()?;
         let device = parse_device(&recipe.device)?;
-        // A wrong weights file given is said at once, before the photos load.
-        if let (Some(given), false) = (&recipe.weights, recipe.random_init) {
-            resolve_weights(Some(given), recipe.model.bn.has_bn())?;
+        // A wrong weights file given, or none in weights/, is said at once, before the photos load (and their faces are found).
+        if !recipe.random_init {
+            resolve_weights(recipe.weights.as_deref(), recipe.model.bn.has_bn())?;
         }
         let Opened { mut prepared, data, faces_cropped, one_class, mut notes } = open_data(recipe, data, seed, reporter)?;
         let weights = weights_info(recipe.weights.as_deref(), recipe.random_init, recipe.model.bn.has_bn())?;

@@ -239,6 +239,38 @@ fn bad_options_and_inputs_fail_clearly() {
     assert_eq!(err.lines().filter(|l| l.starts_with("error")).count(), 1, "{err}");
 }
 
+/// Without --weights and with none in weights/ (a copy of the binary, so that the repository's own are not
+/// found), that is said before the photos are read: a broken photo (read first until now) is not reached.
+#[test]
+fn missing_default_weights_are_said_before_the_photos_are_read() {
+    let d = tmp();
+    let m = subject_dataset(d.path(), 3, 32);
+    std::fs::write(d.path().join("s00_neutral.png"), "not a picture").unwrap();
+    let exe = d.path().join("t/release/vggft");
+    std::fs::create_dir_all(exe.parent().unwrap()).unwrap();
+    std::fs::copy(env!("CARGO_BIN_EXE_vggft"), &exe).unwrap();
+    for (bn, says) in [("drop", "weights/ holds no pretrained weights"), ("recalibrate", "weights/ holds no VGG16-BN weights")] {
+        let out = std::process::Command::new(&exe)
+            .args(["finetune", "--data", m.to_str().unwrap(), "--bn", bn, "--device", "cpu", "--face", "auto"])
+            .env("VGGFT_FEATURE_CACHE", "off")
+            .current_dir(d.path())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains(says) && !err.contains("s00_neutral.png") && !err.contains("face"), "{bn}: {err}");
+    }
+    // With --random-init no weights are needed: the photos are read, and the broken one is said.
+    let out = std::process::Command::new(&exe)
+        .args(["finetune", "--data", m.to_str().unwrap(), "--random-init", "--width-div", "16", "--image-size", "32", "--device", "cpu"])
+        .env("VGGFT_FEATURE_CACHE", "off")
+        .current_dir(d.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.code() == Some(1) && err.contains("s00_neutral.png") && !err.contains("weights/"), "{err}");
+}
+
 #[test]
 fn lr_find_writes_csv_png_and_a_suggestion() {
     let d = tmp();
