@@ -185,11 +185,9 @@ impl Session {
         recipe.train.validate()?;
         let device = parse_device(&recipe.device)?;
         // A wrong weights file given, or none in weights/, is said at once, before the photos load (and their faces are found).
-        if !recipe.random_init {
-            resolve_weights(recipe.weights.as_deref(), recipe.model.bn.has_bn())?;
-        }
+        let resolved = if recipe.random_init { None } else { Some(resolve_weights(recipe.weights.as_deref(), recipe.model.bn.has_bn())?) };
         let Opened { mut prepared, data, faces_cropped, one_class, mut notes } = open_data(recipe, data, seed, reporter)?;
-        let weights = weights_info(recipe.weights.as_deref(), recipe.random_init, recipe.model.bn.has_bn())?;
+        let weights = weights_info(resolved)?;
         let (raw_classes, raw_to_task) = raw_head(&prepared.labels, data.train_labels);
         let mut config = RunConfig {
             vggft_version: VERSION.into(),
@@ -398,12 +396,12 @@ pub(crate) fn resolve_weights(given: Option<&Path>, needs_bn: bool) -> Result<Pa
     ))
 }
 
-/// Which weights a run starts from (path, source, SHA-256), for its config.
-pub(crate) fn weights_info(given: Option<&Path>, random_init: bool, needs_bn: bool) -> Result<WeightsInfo> {
-    if random_init {
+/// Which weights a run starts from (path, source, SHA-256), for its config:
+/// the file `resolve_weights` picked, or none (a random initialisation).
+pub(crate) fn weights_info(resolved: Option<PathBuf>) -> Result<WeightsInfo> {
+    let Some(p) = resolved else {
         return Ok(WeightsInfo { path: PathBuf::new(), source: "random initialisation".into(), sha256: String::new() });
-    }
-    let p = resolve_weights(given, needs_bn)?;
+    };
     Ok(WeightsInfo { sha256: weights::sha256_file(&p)?, source: weights_source(&p), path: p.canonicalize().unwrap_or(p) })
 }
 
