@@ -625,6 +625,9 @@ fn detect(path: &Path, is_dir: bool) -> Result<DataFormat> {
     if kdef_layout(&entries) {
         return Ok(DataFormat::Kdef);
     }
+    if jaffe_person_folders(&entries) {
+        return Ok(DataFormat::Jaffe);
+    }
     if ckplus_root(path).is_some() {
         return Ok(DataFormat::Ckplus);
     }
@@ -1057,10 +1060,35 @@ fn scan_kdef(dir: &Path) -> Result<Dataset> {
     Ok(ds)
 }
 
+/// JAFFE-named photos in a flat folder, or — where the folder holds no
+/// photos itself — one folder down (`KA/KA.AN1.39.tiff`: a folder per
+/// person, `jaffe_person_folders`; with `--layout jaffe` any folders, the
+/// expression always from the name).
 fn scan_jaffe(dir: &Path) -> Result<Dataset> {
     let mut samples = Vec::new();
     let mut unread = Vec::new();
-    for p in photos_of(sorted_entries(dir)?, &mut unread) {
+    let entries = sorted_entries(dir)?;
+    let mut photos = photos_of(entries.clone(), &mut unread);
+    let mut notes = vec![];
+    if photos.is_empty() {
+        let folders: Vec<&PathBuf> = entries.iter().filter(|p| p.is_dir()).collect();
+        let mut read = vec![];
+        for folder in folders {
+            let inner = photos_of(sorted_entries(folder)?, &mut unread);
+            if !inner.is_empty() {
+                read.push(file_name(folder));
+            }
+            photos.extend(inner);
+        }
+        if !read.is_empty() {
+            notes.push(format!(
+                "JAFFE-named photos in {} folder(s) ({}): each photo's person and expression from its name, not from its folder",
+                read.len(),
+                crate::error::short_list(&read, 4)
+            ));
+        }
+    }
+    for p in photos {
         let name = file_name(&p);
         match parse_jaffe_name(&name) {
             Some(Ok((subject, label))) => samples.push(Sample { path: p, label, subject: Some(subject) }),
@@ -1068,7 +1096,34 @@ fn scan_jaffe(dir: &Path) -> Result<Dataset> {
             None => return Err(not_a_name(&p, "JAFFE", "SS.EEn.NNN.tiff")),
         }
     }
-    Ok(Dataset { root: dir.to_path_buf(), format: DataFormat::Jaffe, samples, outside_paths: vec![], unread, notes: vec![] })
+    Ok(Dataset { root: dir.to_path_buf(), format: DataFormat::Jaffe, samples, outside_paths: vec![], unread, notes })
+}
+
+/// Whether a folder's entries are JAFFE-named photos sorted into a folder
+/// per person (`KA/KA.AN1.39.tiff`, or `alice/…`): no photos of its own, and
+/// every sub-folder that holds photos holds mostly JAFFE-named ones, all of
+/// one person, under a name that is no expression's. Read as class folders,
+/// the people would be the classes: a 7-way task would learn who is in the
+/// photo, not the expression the names give.
+fn jaffe_person_folders(entries: &[PathBuf]) -> bool {
+    if entries.iter().any(|p| p.is_file() && is_image(p)) {
+        return false;
+    }
+    let mut people = 0;
+    for dir in entries.iter().filter(|p| p.is_dir()) {
+        let Ok(inner) = sorted_entries(dir) else { return false };
+        let images: Vec<String> = inner.iter().filter(|p| p.is_file() && is_image(p)).map(|p| file_name(p)).collect();
+        if images.is_empty() {
+            continue;
+        }
+        let persons: BTreeSet<String> = images.iter().filter_map(|n| parse_jaffe_name(n)?.ok()).map(|(person, _)| person).collect();
+        let named = images.iter().filter(|n| parse_jaffe_name(n).is_some()).count();
+        if named * 2 < images.len() || persons.len() != 1 || EXPRESSION_WORDS.contains(&file_name(dir).to_lowercase().as_str()) {
+            return false;
+        }
+        people += 1;
+    }
+    people > 0
 }
 
 /// Whether `dir` itself is a folder vggft wrote: a runs folder, a run, a cv

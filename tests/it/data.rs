@@ -680,6 +680,47 @@ fn dataset_errors_are_named() {
     assert!(e.contains("holds one folder, `jaffe`, of JAFFE-named images") && e.contains("jaffe) to read each image's expression"), "{e}");
 }
 
+/// JAFFE sorted into a folder per person (as `predict --subject-from parent`
+/// takes new people): the names give expression and person. Read as class
+/// folders, the people were the classes, and a 7-way task learnt who.
+#[test]
+fn jaffe_names_in_a_folder_per_person_are_read_by_name() {
+    let d = tmp();
+    for (folder, who) in [("KA", "KA"), ("KL", "KL"), ("mk-2024", "MK")] {
+        let dir = d.path().join(folder);
+        std::fs::create_dir(&dir).unwrap();
+        jaffe_dir(&dir, &[who], &["NE", "HA", "SU"]);
+    }
+    let ds = scan(d.path(), DataFormat::Auto).unwrap();
+    assert_eq!(ds.format, DataFormat::Jaffe);
+    let found: Vec<(String, &str, &str)> =
+        ds.samples.iter().map(|s| (s.path.strip_prefix(d.path()).unwrap().display().to_string(), s.label.as_str(), s.subject.as_deref().unwrap())).collect();
+    assert_eq!(found.len(), 9);
+    assert_eq!(found[0], ("KA/KA.HA1.2.tiff".to_string(), "happy", "KA"));
+    assert_eq!(found[8], ("mk-2024/MK.SU1.3.tiff".to_string(), "surprise", "MK"));
+    assert_eq!(assign_labels(&ds, Task::Multiclass, &[]).unwrap().classes, vec!["happy", "neutral", "surprise"]);
+    assert_eq!(assign_labels(&ds, Task::Binary, &[]).unwrap().counts(), vec![3, 6], "neutral vs expressive");
+    assert_eq!(ds.notes, ["JAFFE-named photos in 3 folder(s) (KA, KL, mk-2024): each photo's person and expression from its name, not from its folder"]);
+    // `--layout folders` still reads the folders as classes, as told.
+    assert_eq!(assign_labels(&scan(d.path(), DataFormat::Folders).unwrap(), Task::Multiclass, &[]).unwrap().classes, vec!["KA", "KL", "mk-2024"]);
+
+    // A folder named as an expression is a class folder, even of one person's photos.
+    std::fs::rename(d.path().join("mk-2024"), d.path().join("happy")).unwrap();
+    assert_eq!(scan(d.path(), DataFormat::Auto).unwrap().format, DataFormat::Folders);
+    std::fs::rename(d.path().join("happy"), d.path().join("mk-2024")).unwrap();
+    // A folder of two people's photos is a class folder too (JAFFE sorted by expression).
+    std::fs::copy(d.path().join("KL/KL.NE1.1.tiff"), d.path().join("KA/KL.NE1.1.tiff")).unwrap();
+    assert_eq!(scan(d.path(), DataFormat::Auto).unwrap().format, DataFormat::Folders);
+    // `--layout jaffe` reads the names one folder down whatever the folders are.
+    let ds = scan(d.path(), DataFormat::Jaffe).unwrap();
+    assert_eq!((ds.samples.len(), ds.samples[3].label.as_str(), ds.samples[3].subject.as_deref()), (10, "neutral", Some("KL")));
+    std::fs::remove_file(d.path().join("KA/KL.NE1.1.tiff")).unwrap();
+    // A stray non-JAFFE photo in a person's folder: read as JAFFE, it is named (not a silent class).
+    gray_png(&d.path().join("KL/portrait.png"), 16, 16, |x, _| x as u8);
+    let e = scan(d.path(), DataFormat::Auto).unwrap_err().to_string();
+    assert!(e.ends_with("KL/portrait.png: is not a JAFFE file name (SS.EEn.NNN.tiff)"), "{e}");
+}
+
 #[test]
 fn subject_split_keeps_people_apart_and_stratifies() {
     let d = tmp();
