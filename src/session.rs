@@ -477,6 +477,9 @@ fn scan_data(dc: &DataConfig, reporter: &mut dyn Reporter) -> Result<Dataset> {
     if let Some(w) = scan::case_warning(&dataset) {
         reporter.message(&w);
     }
+    if let Some(w) = scan::people_as_classes_warning(&dataset) {
+        reporter.message(&w);
+    }
     if let Some(w) = scan::unnamed_people_warning(&dataset, "no split or person statistics here knows who is who (one person can land on both sides)") {
         reporter.message(&w);
     }

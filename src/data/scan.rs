@@ -168,6 +168,31 @@ pub fn unnamed_people_warning(ds: &Dataset, consequence: &str) -> Option<String>
     ))
 }
 
+/// Class folders that are people: each holds the photos of one person (as
+/// their names give it: `S005/S005_001_00000001.png`, `--layout folders` on
+/// `KA/KA.AN1.39.tiff`), each another. A model would learn who is in a
+/// photo, not the expression, and a subject-grouped split puts each class
+/// on one side only. JAFFE names sorted so are read by name instead
+/// (`jaffe_person_folders`); this says it where no name gives the label.
+pub fn people_as_classes_warning(ds: &Dataset) -> Option<String> {
+    if ds.format != DataFormat::Folders {
+        return None;
+    }
+    let mut people: std::collections::BTreeMap<&str, BTreeSet<&str>> = Default::default();
+    for s in &ds.samples {
+        people.entry(s.label.as_str()).or_default().insert(s.subject.as_deref()?);
+    }
+    let distinct: BTreeSet<&str> = people.values().flatten().copied().collect();
+    if people.len() < 2 || people.values().any(|p| p.len() != 1) || distinct.len() != people.len() {
+        return None;
+    }
+    let shown: Vec<String> = people.iter().map(|(class, p)| format!("{class}/: {}", p.iter().next().copied().unwrap_or_default())).collect();
+    Some(format!(
+        "warning: each class folder holds the photos of one person, as their names tell ({}): these look like a folder per person, not classes, and a model would learn who is in a photo; give the classes as folders (neutral/, happy/; a folder per person of class folders, KA/neutral/, is read too) or in a manifest.csv with a subject column",
+        crate::error::short_list(&shown, 3)
+    ))
+}
+
 /// What `subjects_differing_in_case` finds is told as, if anything.
 pub fn case_warning(ds: &Dataset) -> Option<String> {
     let cased: Vec<String> = subjects_differing_in_case(ds).iter().map(|(a, b)| format!("`{a}` and `{b}`")).collect();

@@ -1295,6 +1295,18 @@ fn refuse_unknown_classes(cfg: &RunConfig, ds: &crate::data::scan::Dataset, clas
     let spelt = crate::data::split::expression_name(&first.label).filter(|e| cfg.classes.contains(&class_of(e)) && *e != first.label);
     let map = match spelt {
         Some(e) => format!("`--label-map {}={e}` reads that label as the run's `{e}`", first.label),
+        // Folders of people (`S005/S005_001_00000001.png`) are no labels to map.
+        None if crate::data::scan::people_as_classes_warning(ds).is_some() => {
+            return Err(Error::dataset(
+                &ds.root,
+                format!(
+                    "its class folders hold one person each, as the file names tell (`{}` holds {}'s photos): they are people, not the classes the model was trained on ({}); give the photos in class folders or in a manifest.csv with a label column",
+                    first.label,
+                    first.subject.as_deref().unwrap_or_default(),
+                    cfg.classes.join(", ")
+                ),
+            ))
+        }
         None => format!("`--label-map {}=CLASS` reads that label as one of them", first.label),
     };
     Err(Error::file(

@@ -423,6 +423,19 @@ fn evaluate_reads_a_runs_label_map_as_training_read_it() {
     assert!(err.contains("class `happiness` (1 image(s) of the data, this the first) is not one the model was trained on (calm, smile): `--label-map happiness=happy` reads that label as the run's `happy`"), "{err}");
     let (code, out, err) = run(&["evaluate", "--model", "runs/m", "--data", "other.csv", "--out", "ev2", "--label-map", "happiness=happy"], d.path());
     assert_eq!(code, 0, "{out}\n{err}");
+    // A folder per person of CK+ frames (no expression in their names): people, not classes to map.
+    for who in ["S005", "S010"] {
+        std::fs::create_dir_all(d.path().join("people").join(who)).unwrap();
+        gray_png(&d.path().join(format!("people/{who}/{who}_001_00000001.png")), 32, 32, |x, _| x as u8);
+    }
+    let (code, _, err) = run(&["evaluate", "--model", "runs/m", "--data", "people", "--out", "ev3"], d.path());
+    assert_eq!(code, 1);
+    assert!(
+        err.trim().ends_with(
+            "people: its class folders hold one person each, as the file names tell (`S005` holds S005's photos): they are people, not the classes the model was trained on (calm, smile); give the photos in class folders or in a manifest.csv with a label column"
+        ) && err.lines().count() == 1,
+        "{err}"
+    );
 }
 
 #[test]

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use vggft::data::image::{decode_gray, load_gray, prepare, Crop};
-use vggft::data::scan::{scan, DataFormat};
+use vggft::data::scan::{people_as_classes_warning, scan, DataFormat};
 use vggft::data::split::{assign_labels, holdout, kfold, Task, ValSpec};
 
 use crate::common::*;
@@ -701,16 +701,22 @@ fn jaffe_names_in_a_folder_per_person_are_read_by_name() {
     assert_eq!(assign_labels(&ds, Task::Multiclass, &[]).unwrap().classes, vec!["happy", "neutral", "surprise"]);
     assert_eq!(assign_labels(&ds, Task::Binary, &[]).unwrap().counts(), vec![3, 6], "neutral vs expressive");
     assert_eq!(ds.notes, ["JAFFE-named photos in 3 folder(s) (KA, KL, mk-2024): each photo's person and expression from its name, not from its folder"]);
-    // `--layout folders` still reads the folders as classes, as told.
-    assert_eq!(assign_labels(&scan(d.path(), DataFormat::Folders).unwrap(), Task::Multiclass, &[]).unwrap().classes, vec!["KA", "KL", "mk-2024"]);
+    // `--layout folders` still reads the folders as classes, as told, and is warned of.
+    let folders = scan(d.path(), DataFormat::Folders).unwrap();
+    assert_eq!(assign_labels(&folders, Task::Multiclass, &[]).unwrap().classes, vec!["KA", "KL", "mk-2024"]);
+    let w = people_as_classes_warning(&folders).unwrap();
+    assert!(w.starts_with("warning: each class folder holds the photos of one person, as their names tell (KA/: KA, KL/: KL, mk-2024/: MK): these look like a folder per person"), "{w}");
+    assert_eq!(people_as_classes_warning(&ds), None, "read by name");
 
     // A folder named as an expression is a class folder, even of one person's photos.
     std::fs::rename(d.path().join("mk-2024"), d.path().join("happy")).unwrap();
     assert_eq!(scan(d.path(), DataFormat::Auto).unwrap().format, DataFormat::Folders);
     std::fs::rename(d.path().join("happy"), d.path().join("mk-2024")).unwrap();
-    // A folder of two people's photos is a class folder too (JAFFE sorted by expression).
+    // A folder of two people's photos is a class folder too (JAFFE sorted by expression), not warned of.
     std::fs::copy(d.path().join("KL/KL.NE1.1.tiff"), d.path().join("KA/KL.NE1.1.tiff")).unwrap();
-    assert_eq!(scan(d.path(), DataFormat::Auto).unwrap().format, DataFormat::Folders);
+    let folders = scan(d.path(), DataFormat::Auto).unwrap();
+    assert_eq!(folders.format, DataFormat::Folders);
+    assert_eq!(people_as_classes_warning(&folders), None);
     // `--layout jaffe` reads the names one folder down whatever the folders are.
     let ds = scan(d.path(), DataFormat::Jaffe).unwrap();
     assert_eq!((ds.samples.len(), ds.samples[3].label.as_str(), ds.samples[3].subject.as_deref()), (10, "neutral", Some("KL")));
