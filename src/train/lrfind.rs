@@ -8,6 +8,7 @@ use crate::config::Stage;
 use crate::data::augment::Augment;
 use crate::error::{Error, Result, Setting};
 use crate::eval::plot;
+use crate::eval::threshold::{CalibrateChoice, ThresholdChoice};
 use crate::fsutil;
 use crate::model::Block;
 use crate::session::Session;
@@ -94,7 +95,12 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Found> {
     crate::data::scan::refuse_other_output(&req.out, "an lr-find folder", "the sweep's CSV and plot", &["lr-find.csv", "lr-find.png"])?;
     // Before the sweep (minutes at 224 px): a folder that cannot be made fails at once.
     fsutil::check_creatable(&req.out)?;
-    let session = Session::open(&req.recipe, req.recipe.data.clone(), req.recipe.train.seed, None, reporter)?;
+    // A sweep sets no threshold and calibrates nothing: the recipe's inner fits are not run, nor announced.
+    let mut recipe = req.recipe.clone();
+    recipe.train.threshold = ThresholdChoice::Off;
+    recipe.probe.threshold = ThresholdChoice::Off;
+    recipe.train.calibrate = CalibrateChoice::Off;
+    let session = Session::open(&recipe, req.recipe.data.clone(), req.recipe.train.seed, None, reporter)?;
     let (mut model, _) = session.fresh_model(req.recipe.train.seed as i64, true)?;
     session.advise(reporter);
     let recipe_lr_measured = req.recipe.auto_freeze && req.recipe.probe.lr.is_none() && session.long_probe();

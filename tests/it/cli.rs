@@ -290,6 +290,8 @@ fn lr_find_writes_csv_png_and_a_suggestion() {
     let (code, out, err) = run(&args(&s, &["lr-find", "--data", many.to_str().unwrap(), "--steps", "30", "--out", "lr-many"]), d.path());
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("this recipe trains at --lr 1.0e-2 (the default of the probe on person statistics, chosen by cross-validated accuracy"), "{out}");
+    // A sweep sets no threshold: the recipe's inner fits are not announced (they were).
+    assert!(err.contains("lr-find sweep: 30 step(s)…") && !err.contains("threshold") && !err.contains("calibrated"), "{err}");
     // A sweep of u64::MAX steps ran as asked (an estimate of 10^16 s left); refused before any image is read.
     let (code, _, err) = run(&args(&s, &["lr-find", "--data", m.to_str().unwrap(), "--steps", "18446744073709551615", "--out", "lr-max"]), d.path());
     assert_eq!(code, 1, "{err}");
