@@ -21,7 +21,7 @@ pub(crate) const JAFFE_CODES: [(&str, &str); 7] =
 pub enum DataFormat {
     /// Told from the folder's contents.
     Auto,
-    /// A flat folder of JAFFE-named photos (`KA.AN1.39.tiff`: person, expression).
+    /// A flat folder of JAFFE-named photos (`KA.AN1.39.tiff`: person, expression), or a folder per person of them.
     Jaffe,
     /// KDEF as distributed: a folder per person and session (`AF01/`) of
     /// photos whose names give person, expression and angle (`AF01ANS.JPG`).
