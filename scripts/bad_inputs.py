@@ -243,6 +243,18 @@ def run_inventory(d):
     data_case("a folder per person of class folders (KA/neutral/*.png; works)", two)
     data_case("a folder per person of class folders given `--layout jaffe`", two, "--layout", "jaffe")
     data_case("a folder of class folders given `--layout csv` (no manifest.csv)", two, "--layout", "csv")
+    per_person = os.path.join(d, "per-person")
+    for who, names in (("KA", ["KA.NE1.26.tiff", "KA.HA1.29.tiff"]), ("kl-2", ["KL.NE1.155.tiff", "KL.SU1.158.tiff"])):
+        os.makedirs(os.path.join(per_person, who))
+        for k, n in enumerate(names):
+            png(os.path.join(per_person, who, n), value=60 + 40 * k + len(who))
+    data_case("JAFFE-named photos in a folder per person (KA/KA.NE1.26.tiff; works)", per_person)
+    ck = os.path.join(d, "ck-people")
+    for who in ("S005", "S010", "S011"):
+        os.makedirs(os.path.join(ck, who))
+        for k in range(3):
+            png(os.path.join(ck, who, f"{who}_001_0000000{k + 1}.png"), value=50 + 30 * k + int(who[1:]))
+    data_case("CK+ frames sorted into a folder per person (S005/S005_001_00000001.png), `--task multiclass --val none`", ck, "--task", "multiclass", "--val", "none")
     loop = os.path.join(d, "loop")
     folders(loop)
     os.symlink(loop, os.path.join(loop, "happy", "up"))
