@@ -191,11 +191,12 @@ pub enum Command {
     },
     /// Detect and crop the face in every image of a dataset; write crops, faces.csv and a contact sheet.
     Faces {
-        /// Dataset folder (any layout finetune reads).
-        #[arg(required_unless_present = "data")]
-        dir: Option<PathBuf>,
+        /// Dataset folder (any layout finetune reads): one (a list of photos,
+        /// as a shell expands `jaffe/*`, is refused).
+        #[arg(value_name = "DIR", required_unless_present = "data", num_args = 1..)]
+        dir: Vec<PathBuf>,
         /// The dataset folder given as finetune and cv take it.
-        #[arg(long, value_name = "DIR", conflicts_with = "dir")]
+        #[arg(long, value_name = "DIR")]
         data: Option<PathBuf>,
         /// Folder for crops/, faces.csv, manifest.csv (the crops as a dataset) and contact_sheet.png.
         #[arg(long)]
@@ -314,9 +315,10 @@ pub struct DataArgs {
     /// Dataset: a folder (JAFFE files, KDEF, RaFD, CK+, class folders, or with manifest.csv) or a CSV manifest.
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// The dataset given as a word (`vggft finetune jaffe/`), as --data.
-    #[arg(value_name = "DATA", conflicts_with = "data")]
-    pub dataset: Option<PathBuf>,
+    /// The dataset given as a word (`vggft finetune jaffe/`), as --data: one
+    /// folder or CSV manifest (a list of photos, as a shell expands `jaffe/*`, is refused).
+    #[arg(value_name = "DATA", num_args = 0..)]
+    pub dataset: Vec<PathBuf>,
     /// Dataset layout: auto, jaffe, kdef, rafd, ckplus, oulu, folders or csv (`--format` is an older name).
     #[arg(long = "layout", alias = "format", value_enum, default_value_t = DataFormat::Auto)]
     pub format: DataFormat,
@@ -591,9 +593,10 @@ pub struct EvaluateArgs {
     /// Labelled dataset (any layout finetune reads).
     #[arg(long, required_unless_present = "dataset")]
     pub data: Option<PathBuf>,
-    /// The dataset given as a word (`vggft evaluate test/`), as --data.
-    #[arg(value_name = "DATA", conflicts_with = "data")]
-    pub dataset: Option<PathBuf>,
+    /// The dataset given as a word (`vggft evaluate test/`), as --data: one
+    /// folder or CSV manifest (a list of photos, as a shell expands `test/*`, is refused).
+    #[arg(value_name = "DATA", num_args = 0..)]
+    pub dataset: Vec<PathBuf>,
     /// Dataset layout: auto, jaffe, kdef, rafd, ckplus, oulu, folders or csv (`--format` is an older name).
     #[arg(long = "layout", alias = "format", value_enum, default_value_t = DataFormat::Auto)]
     pub format: DataFormat,
@@ -798,7 +801,7 @@ impl DataArgs {
 
     /// The data config; `None` data means the bundled sample at `sample`.
     pub fn to_config(&self, sample: impl FnOnce() -> Result<PathBuf>) -> Result<(DataConfig, bool)> {
-        let (path, bundled) = match self.data.as_ref().or(self.dataset.as_ref()) {
+        let (path, bundled) = match self.data.as_ref().or(self.dataset.first()) {
             Some(p) => (p.clone(), false),
             None => (sample()?, true),
         };

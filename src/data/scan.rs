@@ -468,7 +468,7 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
 pub fn scan(path: &Path, format: DataFormat) -> Result<Dataset> {
     let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
         // (was the OS's "cannot read: No such file or directory (os error 2)")
-        std::io::ErrorKind::NotFound => Error::dataset(path, "not found: no folder or file of that name"),
+        std::io::ErrorKind::NotFound => Error::dataset(path, format!("not found: no folder or file of that name{}", wildcard_hint(path))),
         _ => Error::io(path, e),
     })?;
     // A folder vggft wrote (not the crops' manifest of `faces`), before its PNGs are read as photos.
@@ -609,6 +609,18 @@ pub fn scan(path: &Path, format: DataFormat) -> Result<Dataset> {
         }
     }
     Ok(ds)
+}
+
+/// For a path with a shell's wildcard in it (`jaffe/*.tiff`, quoted so no
+/// shell expanded it): that vggft does not expand it, and the folder above.
+fn wildcard_hint(path: &Path) -> String {
+    let wild = |c: &std::path::Component| c.as_os_str().to_string_lossy().contains(['*', '?', '[']);
+    if !path.components().any(|c| wild(&c)) {
+        return String::new();
+    }
+    let above: PathBuf = path.components().take_while(|c| !wild(c)).collect();
+    let above = if above.as_os_str().is_empty() { ".".into() } else { above.display().to_string() };
+    format!(" (vggft does not expand `*` or `?`: give the folder that holds the photos, --data {above})")
 }
 
 /// The archive format a file's first bytes show, if any.

@@ -1233,6 +1233,55 @@ fn long_steps_say_so_when_stderr_is_not_a_terminal() {
     assert_eq!(err.matches("predicting: 8 image(s)…").count(), 1, "one line for a folder of 8 in batches of 3: {err}");
 }
 
+/// `vggft finetune jaffe/*` — a shell's list of photos where one dataset
+/// goes — is refused as a list, naming the folder (clap said "unexpected
+/// argument 'jaffe/KA.AN2.40.tiff' found"); a quoted `*` is said not to be
+/// expanded.
+#[test]
+fn a_list_of_photos_given_as_the_dataset_is_refused_as_one() {
+    let d = tmp();
+    separable_folders(&d.path().join("data"), 3, 16);
+    let photos: Vec<String> = (0..3).map(|i| format!("data/a/{i:02}.png")).collect();
+    let photos: Vec<&str> = photos.iter().map(String::as_str).collect();
+    for (command, extra) in [("finetune", vec![]), ("cv", vec![]), ("lr-find", vec![]), ("evaluate", vec![]), ("faces", vec!["--out", "f"])] {
+        for given in [&photos[..], &[&["--data"][..], &photos[..]].concat()[..]] {
+            let (code, _, err) = run(&[&[command][..], given, &extra[..]].concat(), d.path());
+            assert_eq!(code, 2, "{command} {given:?}: {err}");
+            assert!(
+                err.starts_with(&format!(
+                    "error: {command} reads one dataset, a folder or a CSV manifest, and was given 3 paths (`data/a/00.png`, `data/a/01.png`, `data/a/02.png`): a shell expands an unquoted `*` into the files it matches; give the folder that holds the photos (--data data/a)"
+                )),
+                "{command} {given:?}: {err}"
+            );
+        }
+    }
+    // Two folders, or --data beside the dataset as a word: one of them.
+    let (code, _, err) = run(&["cv", "data/a", "--data", "data/b"], d.path());
+    assert_eq!(code, 2);
+    assert!(
+        err.starts_with(
+            "error: cv reads one dataset, a folder or a CSV manifest, and was given 2 paths (`data/b`, `data/a`): give one of them, as --data or as a word"
+        ),
+        "{err}"
+    );
+    // A `*` no shell expanded (quoted): vggft does not either, and says where the photos would be.
+    let (code, _, err) = run(&["finetune", "data/a/*.png", "--random-init", "--width-div", "16", "--image-size", "32", "--device", "cpu"], d.path());
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(
+            "/data/a/*.png: not found: no folder or file of that name (vggft does not expand `*` or `?`: give the folder that holds the photos, --data /"
+        ) && err.trim().ends_with("/data/a)")
+            && err.lines().count() == 1,
+        "{err}"
+    );
+    // One dataset, as a word or as --data, still reads.
+    for given in [&["data"][..], &["--data", "data"][..]] {
+        let (code, _, err) = run(&[&["faces"][..], given, &["--out", "f1"][..]].concat(), d.path());
+        assert_eq!(code, 0, "{given:?}: {err}");
+        std::fs::remove_dir_all(d.path().join("f1")).unwrap();
+    }
+}
+
 #[test]
 fn flag_names_read_as_fastai_users_expect_and_old_names_still_work() {
     use clap::Parser;

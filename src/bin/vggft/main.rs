@@ -476,7 +476,7 @@ fn lr_find(a: LrFindArgs) -> anyhow::Result<()> {
 
 fn evaluate(mut a: EvaluateArgs) -> anyhow::Result<()> {
     // Given as --data or as a word; clap requires one of the two.
-    let data = a.data.take().or(a.dataset.take()).unwrap_or_default();
+    let data = a.data.take().or(a.dataset.pop()).unwrap_or_default();
     // `vggft evaluate RUN` — the model given where the data goes, no --model: said before anything is loaded.
     // (With --model given, the data's own error names the data that run was trained on.)
     let default_model = a.model.as_os_str() == vggft::cli::DEFAULT_MODEL;
@@ -750,6 +750,40 @@ fn negative_values(cmd: clap::Command) -> clap::Command {
     subs.into_iter().fold(cmd, |c, name| c.mut_subcommand(name, negative_values))
 }
 
+/// A command that reads one dataset given several paths — `vggft finetune
+/// jaffe/*`, a shell's expansion of an unquoted `*`, or `--data` beside the
+/// dataset as a word — is told so, naming them (clap said "unexpected
+/// argument 'jaffe/KA.AN2.40.tiff' found").
+fn refuse_path_lists(matches: &clap::ArgMatches) {
+    let Some((name @ ("finetune" | "cv" | "lr-find" | "evaluate" | "faces"), m)) = matches.subcommand() else { return };
+    let words = if name == "faces" { "dir" } else { "dataset" };
+    let paths: Vec<&std::path::PathBuf> = m
+        .try_get_one::<std::path::PathBuf>("data")
+        .ok()
+        .flatten()
+        .into_iter()
+        .chain(m.try_get_many::<std::path::PathBuf>(words).ok().flatten().into_iter().flatten())
+        .collect();
+    if paths.len() < 2 {
+        return;
+    }
+    let shown: Vec<String> = paths.iter().map(|p| format!("`{}`", p.display())).collect();
+    let parents: std::collections::BTreeSet<&std::path::Path> = paths.iter().filter_map(|p| p.parent()).collect();
+    let folder = match parents.into_iter().collect::<Vec<_>>()[..] {
+        [one] if paths.iter().all(|p| p.is_file()) => format!(" (--data {})", if one.as_os_str().is_empty() { ".".into() } else { one.display().to_string() }),
+        _ => String::new(),
+    };
+    // Folders or manifests only (`cv JU new`): one of them, not the photos of a folder.
+    let why = if paths.iter().any(|p| p.is_file() && !p.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"))) {
+        format!("a shell expands an unquoted `*` into the files it matches; give the folder that holds the photos{folder}")
+    } else {
+        "give one of them, as --data or as a word".to_string()
+    };
+    let msg =
+        format!("{name} reads one dataset, a folder or a CSV manifest, and was given {} paths ({}): {why}", paths.len(), vggft::error::short_list(&shown, 3));
+    command().error(clap::error::ErrorKind::ArgumentConflict, msg).exit();
+}
+
 /// `cv` makes its own folds and evaluates the last epoch of the recipe:
 /// validation and early-stopping options would be silently ignored there.
 fn refuse_options_in_cv(matches: &clap::ArgMatches) {
@@ -785,6 +819,7 @@ fn main() -> ExitCode {
     let matches = command().get_matches();
     refuse_options_with_resume(&matches);
     refuse_options_in_cv(&matches);
+    refuse_path_lists(&matches);
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // finetune and cv stop after a batch, keeping what resumes them (`stop_flag`).
     if !matches!(cli.command, Command::Finetune(_) | Command::Cv(_)) {
@@ -806,7 +841,7 @@ fn main() -> ExitCode {
             .as_deref()
             .map(vggft::data::scan::SubjectPattern::new)
             .transpose()
-            .and_then(|pattern| vggft::faces::run(&dir.or(data).unwrap_or_default(), &out, tile, (skip_bad, pattern.as_ref())))
+            .and_then(|pattern| vggft::faces::run(&data.or(dir.into_iter().next()).unwrap_or_default(), &out, tile, (skip_bad, pattern.as_ref())))
             .map(|r| {
                 for (p, why) in &r.skipped {
                     errln!("skipped {}: {why}", p.display());
