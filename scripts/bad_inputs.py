@@ -254,6 +254,10 @@ def run_inventory(d):
         os.makedirs(os.path.join(ck, who))
         for k in range(3):
             png(os.path.join(ck, who, f"{who}_001_0000000{k + 1}.png"), value=50 + 30 * k + int(who[1:]))
+    listed = sorted(os.path.join("per-person", "KA", n) for n in os.listdir(os.path.join(per_person, "KA")))
+    code, _, err = vggft("finetune", *listed, "--random-init", *SMALL, cwd=d)
+    record("a shell's list of photos where the dataset goes (`vggft finetune per-person/KA/*`)", code, said(err))
+    data_case("a `*` no shell expanded (`--data 'per-person/KA/*.tiff'`)", os.path.join(per_person, "KA", "*.tiff"))
     data_case("CK+ frames sorted into a folder per person (S005/S005_001_00000001.png), `--task multiclass --val none`", ck, "--task", "multiclass", "--val", "none")
     loop = os.path.join(d, "loop")
     folders(loop)
