@@ -614,7 +614,8 @@ pub fn scan(path: &Path, format: DataFormat) -> Result<Dataset> {
 /// For a path with a shell's wildcard in it (`jaffe/*.tiff`, quoted so no
 /// shell expanded it): that vggft does not expand it, and the folder above.
 fn wildcard_hint(path: &Path) -> String {
-    let wild = |c: &std::path::Component| c.as_os_str().to_string_lossy().contains(['*', '?', '[']);
+    // (Not `[`: a folder named `photos [2024]` is more likely than a bracket pattern.)
+    let wild = |c: &std::path::Component| c.as_os_str().to_string_lossy().contains(['*', '?']);
     if !path.components().any(|c| wild(&c)) {
         return String::new();
     }
