@@ -1154,9 +1154,10 @@ fn jaffe_person_folders(entries: &[PathBuf]) -> bool {
         if images.is_empty() {
             continue;
         }
-        let persons: BTreeSet<String> = images.iter().filter_map(|n| parse_jaffe_name(n)?.ok()).map(|(person, _)| person).collect();
-        let named = images.iter().filter(|n| parse_jaffe_name(n).is_some()).count();
-        if named * 2 < images.len() || persons.len() != 1 || EXPRESSION_WORDS.contains(&file_name(dir).to_lowercase().as_str()) {
+        // A JAFFE-shaped name with an unknown code counts as named (`scan_jaffe` then says what is wrong with it).
+        let named: Vec<_> = images.iter().filter_map(|n| parse_jaffe_name(n)).collect();
+        let persons: BTreeSet<&String> = named.iter().filter_map(|r| r.as_ref().ok()).map(|(person, _)| person).collect();
+        if named.len() * 2 < images.len() || persons.len() != 1 || EXPRESSION_WORDS.contains(&file_name(dir).to_lowercase().as_str()) {
             return false;
         }
         people += 1;
