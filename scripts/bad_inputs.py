@@ -485,6 +485,19 @@ def run_inventory(d):
                 record(f"a disk full before training starts (8 KiB tmpfs; files or folders left: {left})", code, said(err))
             finally:
                 subprocess.run(["umount", disk])
+        # An evaluation the disk fills part-way: the earlier one in its folder stays whole, nothing of the new one.
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", disk], capture_output=True).returncode == 0:
+            try:
+                ev = os.path.join(disk, "ev")
+                ok = os.path.join(d, "runs", "ok")
+                vggft("evaluate", "--model", ok, "--data", good, "--out", ev, "--device", "cpu", cwd=d)
+                files = lambda: {os.path.relpath(os.path.join(r_, f), ev): open(os.path.join(r_, f), "rb").read() for r_, _, fs in os.walk(ev) for f in fs if f != ".lock"}
+                before = files()
+                code, out, err = vggft("evaluate", "--model", ok, "--data", good, "--out", ev, "--device", "cpu", "--top-losses", "8", cwd=d)
+                kept = files() == before and "metrics.json" in before
+                record(f"an evaluation with --top-losses filling the disk (160 KiB tmpfs; the earlier evaluation in its folder kept whole: {kept})", code, said(err))
+            finally:
+                subprocess.run(["umount", disk])
     else:
         rows.append(("full disk", "not tried: mounting a small tmpfs needs root; the test of the same name skips likewise", "–"))
     run_cases(d, good)

@@ -33,8 +33,8 @@ pub(crate) fn temp_sibling(path: &Path) -> PathBuf {
     path.with_file_name(format!("{prefix}{}", cut_name(&name, NAME_MAX - prefix.len())))
 }
 
-/// The temporary files this process is writing now (`write_atomic_with`),
-/// for `stop_writing`.
+/// The temporary files this process is writing now (`write_atomic_with`)
+/// and its staging folders (`write_together`), for `stop_writing`.
 static WRITING: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
 
 /// The registry of files being written, whatever a panicking writer left it as.
@@ -57,9 +57,81 @@ pub fn stop_writing() -> impl Sized {
 fn stop_writing_where(which: impl Fn(&Path) -> bool) -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
     let guard = writing();
     for tmp in guard.iter().filter(|t| which(t)) {
-        let _ = std::fs::remove_file(tmp);
+        remove_temp(tmp);
     }
     guard
+}
+
+/// Removes a temporary file, or a staging folder (`write_together`) whole.
+fn remove_temp(tmp: &Path) {
+    if tmp.is_dir() {
+        let _ = std::fs::remove_dir_all(tmp);
+    } else {
+        let _ = std::fs::remove_file(tmp);
+    }
+}
+
+/// Writes a set of files that belong together (an evaluation's metrics.json,
+/// plots and top-loss tiles) into `dir`, replacing the set an earlier run of
+/// the same command left there. `write` writes them into a hidden staging
+/// folder inside `dir`; only when it has written all of them is `clear` given
+/// `dir` and what `write` returned (to remove the earlier set's files that
+/// this one has not) and each new file moved into place. A failure part-way — a full disk, a stop —
+/// leaves `dir` as it was: no new metrics.json beside an earlier plot, no
+/// staging folder. Errors name the files under `dir`, where they were going.
+pub(crate) fn write_together<T>(dir: &Path, clear: impl FnOnce(&Path, &T), write: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+    let stage = dir.join(format!(".{}.tmp.staged", std::process::id()));
+    remove_temp(&stage);
+    create_dir(&stage)?;
+    writing().push(stage.clone());
+    let result = write(&stage).and_then(|value| {
+        clear(dir, &value);
+        move_into(&stage, dir)?;
+        Ok(value)
+    });
+    remove_temp(&stage);
+    let mut w = writing();
+    if let Some(i) = w.iter().position(|t| *t == stage) {
+        w.swap_remove(i);
+    }
+    result.map_err(|e| {
+        let place = |p: PathBuf| p.strip_prefix(&stage).map(|rest| dir.join(rest)).unwrap_or(p);
+        match e {
+            Error::File { path, problem } => Error::File { path: place(path), problem },
+            Error::Io { path, reason } => Error::Io { path: place(path), reason },
+            e => e,
+        }
+    })
+}
+
+/// `write_together` into a command's own output folder (an evaluation's, a
+/// sweep's): made where missing, locked against a second writer, a killed
+/// writer's leftovers removed; where the writing fails, a folder this call
+/// made is removed again, so that nothing of it is left.
+pub(crate) fn write_set<T>(dir: &Path, clear: impl FnOnce(&Path, &T), write: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+    let made = missing_folders(dir);
+    let _lock = create_locked(dir, ".lock", false)?;
+    remove_stale_temps(dir);
+    write_together(dir, clear, write).inspect_err(|_| {
+        if !made.is_empty() {
+            let _ = std::fs::remove_file(dir.join(".lock"));
+            remove_empty(&made);
+        }
+    })
+}
+
+/// Moves every entry of `from` into `to` (files replacing theirs; folders
+/// merged, so that files of the user's own in one stay).
+fn move_into(from: &Path, to: &Path) -> Result<()> {
+    for e in std::fs::read_dir(from).map_err(|e| Error::io(from, e))?.flatten() {
+        let dest = to.join(e.file_name());
+        if e.file_type().is_ok_and(|t| t.is_dir()) && dest.is_dir() {
+            move_into(&e.path(), &dest)?;
+        } else {
+            std::fs::rename(e.path(), &dest).map_err(|err| Error::file(&dest, format!("cannot move the finished file into place: {err}")))?;
+        }
+    }
+    Ok(())
 }
 
 /// Runs `write` on a temporary path, syncs it and renames it onto `path`.
@@ -164,15 +236,15 @@ pub(crate) fn remove_empty(folders: &[PathBuf]) {
     folders.iter().take_while(|d| std::fs::remove_dir(d).is_ok()).for_each(drop);
 }
 
-/// Removes the temporary files (`temp_sibling`'s names) that a killed
-/// writer left in `dir`. A live process's are kept: a folder can be shared
+/// Removes the temporary files (`temp_sibling`'s names) and staging folders
+/// (`write_together`'s) that a killed writer left in `dir`. A live process's are kept: a folder can be shared
 /// (`runs/`, where every finetune points `latest`), and removing another
 /// writer's file before its rename would fail that write.
 pub(crate) fn remove_stale_temps(dir: &Path) {
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let n = e.file_name().to_string_lossy().into_owned();
         if temp_owner(&n).is_some_and(|pid| !process_alive(pid)) {
-            let _ = std::fs::remove_file(e.path());
+            remove_temp(&e.path());
         }
     }
 }
@@ -296,6 +368,87 @@ mod tests {
         assert!(!writing().iter().any(|t| t.starts_with(d.path())), "a finished write leaves the registry");
     }
 
+    /// A set written together replaces the earlier set only whole: a failure
+    /// after some of its files leaves the earlier set as it was, no staging
+    /// folder, and an error naming the file where it was going.
+    #[test]
+    fn a_set_written_together_replaces_the_earlier_set_only_whole() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("eval");
+        let set = |metrics: &str, tiles: &[&str]| {
+            write_set(
+                &dir,
+                |dir, _| {
+                    let _ = std::fs::remove_dir_all(dir.join("tiles"));
+                },
+                |stage| {
+                    write_atomic(&stage.join("metrics.json"), metrics.as_bytes())?;
+                    create_dir(&stage.join("tiles"))?;
+                    for t in tiles {
+                        if *t == "full" {
+                            return Err(Error::file(stage.join("tiles").join(t), "cannot write: No space left on device"));
+                        }
+                        write_atomic(&stage.join("tiles").join(t), b"tile")?;
+                    }
+                    Ok(tiles.len())
+                },
+            )
+        };
+        let listing = || {
+            let mut all: Vec<String> = walkdir(&dir).into_iter().map(|p| p.strip_prefix(&dir).unwrap().display().to_string()).collect();
+            all.sort();
+            all
+        };
+        // A failure in a folder it made: the folder goes again.
+        let e = set("first", &["a.png", "full"]).unwrap_err().to_string();
+        assert_eq!(e, format!("{}: cannot write: No space left on device", dir.join("tiles/full").display()));
+        assert!(!dir.exists(), "the folder this call made is removed");
+        assert_eq!(set("first", &["a.png", "b.png"]).unwrap(), 2);
+        assert_eq!(listing(), [".lock", "metrics.json", "tiles", "tiles/a.png", "tiles/b.png"]);
+        // A failure part-way keeps the earlier set whole.
+        set("second", &["c.png", "full"]).unwrap_err();
+        assert_eq!(listing(), [".lock", "metrics.json", "tiles", "tiles/a.png", "tiles/b.png"]);
+        assert_eq!(std::fs::read_to_string(dir.join("metrics.json")).unwrap(), "first");
+        // A finished set replaces it; `clear` removed the earlier tiles this set has not.
+        assert_eq!(set("third", &["c.png"]).unwrap(), 1);
+        assert_eq!(listing(), [".lock", "metrics.json", "tiles", "tiles/c.png"]);
+        assert_eq!(std::fs::read_to_string(dir.join("metrics.json")).unwrap(), "third");
+        assert!(!writing().iter().any(|t| t.starts_with(d.path())), "no staging folder left registered");
+    }
+
+    /// Every path under `dir`, folders included.
+    fn walkdir(dir: &Path) -> Vec<PathBuf> {
+        let mut out = vec![];
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            out.push(e.path());
+            if e.path().is_dir() {
+                out.extend(walkdir(&e.path()));
+            }
+        }
+        out
+    }
+
+    /// A stop while a set is being written removes its staging folder with
+    /// the files in it: the folder keeps only what it held before.
+    #[test]
+    fn stopping_removes_a_set_being_written() {
+        let d = tempfile::tempdir().unwrap();
+        write_atomic(&d.path().join("metrics.json"), b"earlier").unwrap();
+        let r = write_together(
+            d.path(),
+            |_, _| {},
+            |stage| {
+                write_atomic(&stage.join("metrics.json"), b"new")?;
+                drop(stop_writing_where(|t| t.starts_with(d.path())));
+                write_atomic(&stage.join("confusion.png"), b"plot")
+            },
+        );
+        assert!(r.is_err(), "a write into a removed staging folder fails");
+        let left: Vec<_> = std::fs::read_dir(d.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("metrics.json")]);
+        assert_eq!(std::fs::read(d.path().join("metrics.json")).unwrap(), b"earlier");
+    }
+
     #[test]
     fn only_a_dead_writers_temporary_files_are_removed() {
         let d = tempfile::tempdir().unwrap();
@@ -317,6 +470,12 @@ mod tests {
         remove_stale_temps(d.path());
         let left: Vec<bool> = names.iter().map(|n| d.path().join(n).exists()).collect();
         assert_eq!(left, [false, true, true, true, true], "only the exited process's temporary file goes: {names:?}");
+        // And a staging folder (`write_together`) that process left, with what is in it.
+        let staged = d.path().join(format!(".{dead}.tmp.staged"));
+        std::fs::create_dir_all(staged.join("top_losses")).unwrap();
+        std::fs::write(staged.join("top_losses/loss-000.png"), "").unwrap();
+        remove_stale_temps(d.path());
+        assert!(!staged.exists());
     }
 
     #[test]

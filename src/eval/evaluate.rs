@@ -117,57 +117,65 @@ pub fn run(req: &Request) -> Result<Evaluated> {
     let count = |mode| ev.modes.iter().filter(|&&m| m == Some(mode)).count();
     let modes = model.cfg.subject_norm.then(|| (count(Mode::Person), count(Mode::Single)));
 
-    // One writer at a time: metrics.json and the top-loss tiles of one evaluation.
-    let _lock = fsutil::create_locked(&out, ".lock", false)?;
-    fsutil::remove_stale_temps(&out);
-    fsutil::remove_stale_temps(&out.join("top_losses"));
-    crate::eval::explain::clear_top_losses(&out);
+    // metrics.json, the plot and the top-loss tiles of one evaluation, written together: a failure
+    // part-way (a full disk) leaves an earlier evaluation whole, not a new metrics.json beside its plot.
     let m = &ev.metrics;
-    fsutil::write_json(
-        &out.join("metrics.json"),
-        &serde_json::json!({
-            "model": req.model, "data": req.data, "tta": if tta_flip { "flip" } else { "none" }, "metrics": m,
-            // The data's labels as read for the run (--label-map), where given.
-            "label_map": (!req.label_map.is_empty()).then(|| req.label_map.iter().map(|(d, l)| format!("{d}={l}")).collect::<Vec<_>>()),
-            "threshold": cfg.threshold.as_ref().map(|t| t.describe(&cfg.classes[0], cfg.single_calibration())),
-            "calibration": cfg.single_calibration().map(|c| c.describe()),
-            "metrics_at_half": ev.at_half,
-            "modes": modes.map(|(person, single)| serde_json::json!({"person": person, "single-image": single})),
-            // How many images lay far from every training photo (the warning's count).
-            "unusual": (!ev.distances.is_empty()).then(|| serde_json::json!({
-                "limit": predict::UNUSUAL,
-                "count": ev.distances.iter().filter(|&&d| predict::is_unusual(d)).count(),
-                "largest_distance": ev.distances.iter().copied().fold(0.0, f64::max),
-            })),
-        }),
-    )?;
-    crate::eval::plot::confusion(&out.join("confusion.png"), &m.confusion, &cfg.classes, &format!("{} on {}", short_name(&req.model), short_name(&req.data)))?;
-    let top_losses = if req.top_losses > 0 {
-        let tiles = out.join("top_losses");
-        fsutil::create_dir(&tiles)?;
-        let paths: Vec<String> = ev.paths.iter().map(|p| p.display().to_string()).collect();
-        let picked = crate::eval::explain::worst(&ev.y, &ev.probs, req.top_losses);
-        let cuts: Vec<Option<f64>> = ev.modes.iter().map(|&m| cfg.threshold_for(m)).collect();
-        // The rows scored with their person's statistics are explained through that head, as explain does.
-        let person: Vec<Option<String>> = ev.subjects.iter().zip(&ev.modes).map(|(s, m)| s.clone().filter(|_| *m == Some(Mode::Person))).collect();
-        let people = crate::eval::explain::people_of_features(&model, &ev.features, &person);
-        let top = crate::eval::explain::loss_tiles(
-            &cfg,
-            &model,
-            &ev.gray,
-            &picked,
-            (&paths, &ev.labels),
-            &ev.y,
-            (&ev.probs, &cuts),
-            people.as_ref(),
-            (layer, req.device),
-            (&tiles, "loss"),
-        )?;
-        crate::eval::explain::write_top_losses(&out, &cfg.classes, &top)?;
-        Some(top.len())
-    } else {
-        None
+    let clear = |dir: &Path, _: &Option<usize>| {
+        fsutil::remove_stale_temps(&dir.join("top_losses"));
+        crate::eval::explain::clear_top_losses(dir);
     };
+    let top_losses = fsutil::write_set(&out, clear, |stage| {
+        fsutil::write_json(
+            &stage.join("metrics.json"),
+            &serde_json::json!({
+                "model": req.model, "data": req.data, "tta": if tta_flip { "flip" } else { "none" }, "metrics": m,
+                // The data's labels as read for the run (--label-map), where given.
+                "label_map": (!req.label_map.is_empty()).then(|| req.label_map.iter().map(|(d, l)| format!("{d}={l}")).collect::<Vec<_>>()),
+                "threshold": cfg.threshold.as_ref().map(|t| t.describe(&cfg.classes[0], cfg.single_calibration())),
+                "calibration": cfg.single_calibration().map(|c| c.describe()),
+                "metrics_at_half": ev.at_half,
+                "modes": modes.map(|(person, single)| serde_json::json!({"person": person, "single-image": single})),
+                // How many images lay far from every training photo (the warning's count).
+                "unusual": (!ev.distances.is_empty()).then(|| serde_json::json!({
+                    "limit": predict::UNUSUAL,
+                    "count": ev.distances.iter().filter(|&&d| predict::is_unusual(d)).count(),
+                    "largest_distance": ev.distances.iter().copied().fold(0.0, f64::max),
+                })),
+            }),
+        )?;
+        crate::eval::plot::confusion(
+            &stage.join("confusion.png"),
+            &m.confusion,
+            &cfg.classes,
+            &format!("{} on {}", short_name(&req.model), short_name(&req.data)),
+        )?;
+        Ok(if req.top_losses > 0 {
+            let tiles = stage.join("top_losses");
+            fsutil::create_dir(&tiles)?;
+            let paths: Vec<String> = ev.paths.iter().map(|p| p.display().to_string()).collect();
+            let picked = crate::eval::explain::worst(&ev.y, &ev.probs, req.top_losses);
+            let cuts: Vec<Option<f64>> = ev.modes.iter().map(|&m| cfg.threshold_for(m)).collect();
+            // The rows scored with their person's statistics are explained through that head, as explain does.
+            let person: Vec<Option<String>> = ev.subjects.iter().zip(&ev.modes).map(|(s, m)| s.clone().filter(|_| *m == Some(Mode::Person))).collect();
+            let people = crate::eval::explain::people_of_features(&model, &ev.features, &person);
+            let top = crate::eval::explain::loss_tiles(
+                &cfg,
+                &model,
+                &ev.gray,
+                &picked,
+                (&paths, &ev.labels),
+                &ev.y,
+                (&ev.probs, &cuts),
+                people.as_ref(),
+                (layer, req.device),
+                (&tiles, "loss"),
+            )?;
+            crate::eval::explain::write_top_losses(stage, &cfg.classes, &top)?;
+            Some(top.len())
+        } else {
+            None
+        })
+    })?;
     Ok(Evaluated { cfg, evaluation: ev, out, tta_flip, modes, top_losses })
 }
 

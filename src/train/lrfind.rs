@@ -121,17 +121,21 @@ pub fn run(req: &Request, reporter: &mut dyn Reporter) -> Result<Found> {
     trainer.fit(&mut ctx, &mut [&mut sweep], false)?;
     let points = sweep.points;
     let (suggested, method) = suggest(&points);
-    // lr-find.csv and lr-find.png of one sweep, not one of each of two.
-    let _lock = fsutil::create_locked(&req.out, ".lock", false)?;
-    fsutil::remove_stale_temps(&req.out);
-    let csv = req.out.join("lr-find.csv");
     let mut s = String::from("lr,loss,smoothed_loss\n");
     for (lr, l, sm) in &points {
         s.push_str(&format!("{lr:.6e},{l:.6},{sm:.6}\n"));
     }
-    fsutil::write_atomic(&csv, s.as_bytes())?;
-    let png = req.out.join("lr-find.png");
-    plot::lr_curve(&png, &points, suggested)?;
+    // lr-find.csv and lr-find.png of one sweep, written together: not one of each of two, nor a new CSV
+    // beside an earlier plot where the disk filled.
+    fsutil::write_set(
+        &req.out,
+        |_, _| {},
+        |stage| {
+            fsutil::write_atomic(&stage.join("lr-find.csv"), s.as_bytes())?;
+            plot::lr_curve(&stage.join("lr-find.png"), &points, suggested)
+        },
+    )?;
+    let (csv, png) = (req.out.join("lr-find.csv"), req.out.join("lr-find.png"));
     Ok(Found { points, suggested, method, csv, png, recipe_lr: session.config.train.lr, recipe_lr_measured })
 }
 
