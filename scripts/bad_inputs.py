@@ -498,6 +498,18 @@ def run_inventory(d):
                 record(f"an evaluation with --top-losses filling the disk (160 KiB tmpfs; the earlier evaluation in its folder kept whole: {kept})", code, said(err))
             finally:
                 subprocess.run(["umount", disk])
+        # Crops the disk fills part-way: the earlier crops, their manifest and sheet stay whole.
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", disk], capture_output=True).returncode == 0:
+            try:
+                fc = os.path.join(disk, "fc")
+                vggft("faces", good, "--out", fc, "--tile", "32", cwd=d)
+                files = lambda: {os.path.relpath(os.path.join(r_, f), fc): open(os.path.join(r_, f), "rb").read() for r_, _, fs in os.walk(fc) for f in fs if f != ".lock"}
+                before = files()
+                code, out, err = vggft("faces", good, "--out", fc, "--tile", "512", cwd=d)
+                kept = files() == before and "manifest.csv" in before
+                record(f"`faces` filling the disk with larger crops (128 KiB tmpfs; the earlier crops, manifest and sheet kept whole: {kept})", code, said(err))
+            finally:
+                subprocess.run(["umount", disk])
     else:
         rows.append(("full disk", "not tried: mounting a small tmpfs needs root; the test of the same name skips likewise", "–"))
     run_cases(d, good)

@@ -49,12 +49,6 @@ pub fn run(dir: &Path, out: &Path, tile: u32, (skip_bad, pattern): (bool, Option
     // written: an unreadable one (stopping the run, or left out with
     // --skip-bad) leaves a previous run's folder as it was, not a mix.
     let Detected { crops, skipped, seconds } = detect_all(&ds, tile, skip_bad)?;
-    // One writer at a time: a second faces into the same folder would mix
-    // its crops and manifest with this one's (and remove its "stale" crops).
-    let _lock = fsutil::create_locked(out, ".lock", false)?;
-    fsutil::create_dir(&out.join("crops"))?;
-    fsutil::remove_stale_temps(out);
-    fsutil::remove_stale_temps(&out.join("crops"));
     let (paths, fallbacks, sheets) = write_crops(&ds, out, crops)?;
     let mut notes = ds.notes;
     if ds.samples.iter().all(|s| s.subject.is_none()) {
@@ -158,47 +152,69 @@ fn detect_all(ds: &crate::data::scan::Dataset, tile: u32, skip_bad: bool) -> Res
 }
 
 /// Writes the crops, `faces.csv`, the crops' `manifest.csv` and the
-/// contact sheet(s) into `out` (the caller holds its lock), and removes an
-/// earlier run's crops that this one did not write. Returns the photos
+/// contact sheet(s) into `out`, and removes an earlier run's crops that
+/// this one did not write. Returns the photos
 /// cropped, those the detector found no face in, and the sheets.
 fn write_crops(ds: &crate::data::scan::Dataset, out: &Path, crops: Vec<Crop>) -> Result<(Vec<PathBuf>, Vec<PathBuf>, Vec<PathBuf>)> {
     let stale = earlier_crops(out);
-    let mut boxes = Vec::new();
-    let mut paths = Vec::new();
-    let mut written = std::collections::HashSet::new();
-    let mut tiles = Vec::new();
-    let mut fallbacks = Vec::new();
-    let mut manifest = csv::Writer::from_writer(Vec::new());
-    let _ = manifest.write_record(["path", "label", "subject"]);
     let stems: Vec<String> = ds.samples.iter().map(|s| crate::fsutil::output_stem(&s.path)).collect();
     let names = crop_names(&stems);
-    for (i, b, img) in crops {
-        let s = &ds.samples[i];
-        let mut png = Vec::new();
-        img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).map_err(|e| Error::file(&s.path, e.to_string()))?;
-        if b.score.is_none() {
-            fallbacks.push(s.path.clone());
+    let write = |stage: &Path| -> Result<Written> {
+        fsutil::create_dir(&stage.join("crops"))?;
+        let mut w = Written::default();
+        let mut boxes = Vec::new();
+        let mut tiles = Vec::new();
+        let mut manifest = csv::Writer::from_writer(Vec::new());
+        let _ = manifest.write_record(["path", "label", "subject"]);
+        for (i, b, img) in crops {
+            let s = &ds.samples[i];
+            let mut png = Vec::new();
+            img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).map_err(|e| Error::file(&s.path, e.to_string()))?;
+            if b.score.is_none() {
+                w.fallbacks.push(s.path.clone());
+            }
+            fsutil::write_atomic(&stage.join("crops").join(&names[i]), &png)?;
+            let crop = format!("crops/{}", names[i]);
+            let _ = manifest.write_record([crop.clone(), s.label.clone(), s.subject.clone().unwrap_or_default()]);
+            w.crops.insert(crop);
+            tiles.push((stems[i].clone(), img, b.score.is_none()));
+            w.paths.push(s.path.clone());
+            boxes.push(Some(b));
         }
-        fsutil::write_atomic(&out.join("crops").join(&names[i]), &png)?;
-        let crop = format!("crops/{}", names[i]);
-        let _ = manifest.write_record([crop.clone(), s.label.clone(), s.subject.clone().unwrap_or_default()]);
-        written.insert(crop);
-        tiles.push((stems[i].clone(), img, b.score.is_none()));
-        paths.push(s.path.clone());
-        boxes.push(Some(b));
-    }
-    write_csv(&out.join("faces.csv"), &paths, &boxes)?;
-    // The crops as a dataset: `vggft finetune --data OUT/manifest.csv`.
-    let m = out.join("manifest.csv");
-    fsutil::write_atomic(&m, &manifest.into_inner().map_err(|e| Error::file(&m, e.to_string()))?)?;
-    let sheets = explain::save_sheets(out, "contact_sheet", &tiles, sheet_tile)?;
+        write_csv(&stage.join("faces.csv"), &w.paths, &boxes)?;
+        // The crops as a dataset: `vggft finetune --data OUT/manifest.csv`.
+        let m = stage.join("manifest.csv");
+        fsutil::write_atomic(&m, &manifest.into_inner().map_err(|e| Error::file(&m, e.to_string()))?)?;
+        let sheets = explain::save_sheets(stage, "contact_sheet", &tiles, sheet_tile)?;
+        w.sheets = sheets.iter().filter_map(|p| p.file_name()).map(|n| out.join(n)).collect();
+        Ok(w)
+    };
     // A second run into the same folder (other data, or images removed)
     // would leave the first run's crops beside the new ones: remove the
-    // crops the previous manifest listed and this one does not.
-    for old in stale.iter().filter(|c| !written.contains(*c)) {
-        let _ = std::fs::remove_file(out.join(old));
-    }
-    Ok((paths, fallbacks, sheets))
+    // crops the previous manifest listed and this one does not, and the
+    // contact sheet's later pages.
+    let clear = |dir: &Path, w: &Written| {
+        fsutil::remove_stale_temps(&dir.join("crops"));
+        for old in stale.iter().filter(|c| !w.crops.contains(*c)) {
+            let _ = std::fs::remove_file(dir.join(old));
+        }
+        explain::remove_later_pages(dir, "contact_sheet", w.sheets.len());
+    };
+    // Written together, one writer at a time (a second faces into the same folder would mix its crops
+    // with this one's): a disk that fills part-way leaves an earlier run's set whole, not new crops
+    // listed by nothing or under its manifest.
+    let w = fsutil::write_set(out, clear, write)?;
+    Ok((w.paths, w.fallbacks, w.sheets))
+}
+
+/// What `write_crops` wrote: the photos cropped, those cropped by the
+/// fallback, the crops' names (`crops/NAME.png`) and the contact sheet's pages.
+#[derive(Default)]
+struct Written {
+    paths: Vec<PathBuf>,
+    fallbacks: Vec<PathBuf>,
+    crops: std::collections::HashSet<String>,
+    sheets: Vec<PathBuf>,
 }
 
 /// Each photo's crop file name: its own name as PNG (`KA.HA1.29.tiff` →

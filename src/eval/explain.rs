@@ -487,12 +487,17 @@ pub(crate) fn save_sheets<T>(dir: &Path, stem: &str, items: &[T], tile: impl Fn(
         save_png(&path, &sheet(&page.iter().map(&tile).collect::<Result<Vec<_>>>()?))?;
         pages.push(path);
     }
+    remove_later_pages(dir, stem, pages.len());
+    Ok(pages)
+}
+
+/// Removes the pages of sheet `stem` in `dir` after the first `kept`.
+pub(crate) fn remove_later_pages(dir: &Path, stem: &str, kept: usize) {
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if later_page(&e.file_name().to_string_lossy(), stem).is_some_and(|n| n > pages.len()) {
+        if later_page(&e.file_name().to_string_lossy(), stem).is_some_and(|n| n > kept) {
             let _ = std::fs::remove_file(e.path());
         }
     }
-    Ok(pages)
 }
 
 /// Writes an image as PNG, atomically.
