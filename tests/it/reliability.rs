@@ -293,6 +293,62 @@ fn a_signal_ends_explain_at_once_with_its_finished_files_only() {
     assert!(err.trim_end().ends_with("interrupted: stopped"), "{err}");
 }
 
+/// A command that writes its files as one set (evaluate here; lr-find and
+/// faces alike), stopped while it writes them: the folder holds the earlier
+/// evaluation byte for byte, no half of the new one and no staging folder.
+#[test]
+fn a_signal_while_evaluate_writes_leaves_the_earlier_evaluation_whole() {
+    let d = tmp();
+    let m = subject_dataset(d.path(), 150, 32);
+    let w = d.path().join("trunk.safetensors");
+    trunk_only(&w, 5);
+    let mut train: Vec<String> =
+        ["finetune", "--data", m.to_str().unwrap(), "--stages", "head:1", "--name", "r", "--quiet"].iter().map(|s| s.to_string()).collect();
+    train.extend(small(&w));
+    let (code, _, err) = run(&train.iter().map(String::as_str).collect::<Vec<_>>(), d.path());
+    assert_eq!(code, 0, "{err}");
+    let ev = d.path().join("ev");
+    let evaluate = |top: &str| -> Vec<String> {
+        ["evaluate", "--model", "runs/r", "--data", m.to_str().unwrap(), "--out", "ev", "--device", "cpu", "--threads", "2", "--top-losses", top]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let (code, _, err) = run(&evaluate("2").iter().map(String::as_str).collect::<Vec<_>>(), d.path());
+    assert_eq!(code, 0, "{err}");
+    let files = || {
+        let mut all = vec![];
+        let mut dirs = vec![ev.clone()];
+        while let Some(dir) = dirs.pop() {
+            for e in std::fs::read_dir(&dir).unwrap().flatten() {
+                if e.path().is_dir() {
+                    dirs.push(e.path());
+                } else if e.file_name() != ".lock" {
+                    all.push((e.path(), std::fs::read(e.path()).unwrap()));
+                }
+            }
+        }
+        all.sort();
+        all
+    };
+    let earlier = files();
+    assert_eq!(earlier.len(), 6, "metrics.json, confusion.png, top_losses.png / .csv and 2 tiles");
+    // Stopped once its staging folder is there: it is writing the 300 top-loss tiles.
+    let child = bin_as_from_a_terminal().args(evaluate("300")).current_dir(d.path()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let staged = ev.join(format!(".{}.tmp.staged", child.id()));
+    let t = Instant::now();
+    while !staged.join("top_losses").is_dir() && t.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let end = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&end.stderr);
+    assert_eq!(end.status.code(), Some(130), "stopped while writing its tiles: {err}");
+    assert!(err.contains("interrupted: stopped; its files are written as one set"), "{err}");
+    assert!(!staged.exists(), "no staging folder is left");
+    assert!(files() == earlier, "the earlier evaluation stays byte for byte");
+}
+
 /// Runs vggft with `args` in `cwd`, sends `signal` once a line of its
 /// standard error contains `line`, and returns its exit code, its standard
 /// error and how long it took to end after the signal.

@@ -35,10 +35,17 @@ fn stop_flag() -> Arc<AtomicBool> {
 
 /// Ctrl-C (and SIGTERM, SIGHUP) ends a command that keeps nothing to resume
 /// from — predict, evaluate, explain, faces, lr-find — at once, as
-/// `quit_interrupted` says; `writes_files`: it writes files (not predict's,
-/// report's or speed's lines), whose state is then said.
-fn quit_on_signal(writes_files: bool) {
-    let why = if writes_files { "stopped; the files it had finished stay, and none is left half-written" } else { "stopped" };
+/// `quit_interrupted` says, with what it leaves of the files it writes.
+fn quit_on_signal(command: &Command) {
+    let why = match command {
+        // Lines, not files.
+        Command::Predict(_) | Command::Report { .. } | Command::Speed(_) | Command::Weights { .. } => "stopped",
+        // Their files move into place together once all are written (`fsutil::write_set`).
+        Command::Evaluate(_) | Command::LrFind(_) | Command::Faces { .. } => {
+            "stopped; its files are written as one set, so its output folder holds the earlier set or this call's whole, none half-written"
+        }
+        _ => "stopped; the files it had finished stay, and none is left half-written",
+    };
     on_signal(move || quit_interrupted(Some(why)));
 }
 
@@ -823,7 +830,7 @@ fn main() -> ExitCode {
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // finetune and cv stop after a batch, keeping what resumes them (`stop_flag`).
     if !matches!(cli.command, Command::Finetune(_) | Command::Cv(_)) {
-        quit_on_signal(!matches!(cli.command, Command::Predict(_) | Command::Report { .. } | Command::Speed(_) | Command::Weights { .. }));
+        quit_on_signal(&cli.command);
     }
     let result = match cli.command {
         Command::Finetune(a) => {
