@@ -48,6 +48,22 @@ pub struct Summary {
     /// `--face person`: `val_single` read each photo's whole frame, as
     /// predict frames a lone photo (`data::face::FRAME_SINGLE`).
     pub single_frame: bool,
+    /// How the validation images were held out (`PROTOCOL_*`), as metrics.json says.
+    pub protocol: &'static str,
+}
+
+/// A holdout of whole people: validation measures new people.
+pub const PROTOCOL_SUBJECTS: &str = "holdout, subject-grouped";
+/// A holdout of images, where the data names no people: a person's other photos may be in training.
+pub const PROTOCOL_IMAGES: &str = "holdout (image split)";
+
+/// How `split` held out its validation images.
+fn protocol(split: &crate::data::split::Split) -> &'static str {
+    if split.val_subjects.is_empty() {
+        PROTOCOL_IMAGES
+    } else {
+        PROTOCOL_SUBJECTS
+    }
 }
 
 /// Options for a new run.
@@ -390,6 +406,7 @@ fn execute(
         decisions: config.describe_decisions(),
         threshold: config.threshold,
         single_frame: prepared.data.lone.is_some(),
+        protocol: protocol(&prepared.split),
     })
 }
 
@@ -529,7 +546,7 @@ fn finish(
         "best_epoch": outcome.best_epoch,
         "kept_epoch": outcome.kept_epoch,
         "epochs_run": outcome.history.len(),
-        "protocol": if session.prepared.split.val_subjects.is_empty() { "holdout (image split)" } else { "holdout, subject-grouped" },
+        "protocol": protocol(&session.prepared.split),
         "validation": val,
     });
     if val.is_some() && eval::flip_tta(None, session.config.model.subject_norm == crate::subject::SubjectNormChoice::On) {

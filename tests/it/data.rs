@@ -936,12 +936,15 @@ fn a_subject_pattern_takes_each_photos_person_from_its_name() {
     let s = small_trunk(d.path(), 21);
     let train = |extra: &[&str]| run(&args(&s, &[&["finetune", "--data", "data", "--stages", "head:2"], extra].concat()), d.path());
     // Without it: no people, an image split, and how to give them.
-    let (code, _, err) = train(&["--name", "plain"]);
+    let (code, out, err) = train(&["--name", "plain"]);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("stratified image split") && err.contains("--subject-pattern REGEX takes each photo's person from its file name"), "{err}");
-    let (code, _, err) = train(&["--name", "p", "--subject-pattern", r"^(\d+)_"]);
+    // The summary's validation figures say what they measure.
+    assert!(out.contains("validation (best epoch, an image split: the data names no people, so a person's other photos may be in training):"), "{out}");
+    let (code, out, err) = train(&["--name", "p", "--subject-pattern", r"^(\d+)_"]);
     assert_eq!(code, 0, "{err}");
     assert!(!err.contains("stratified"), "{err}");
+    assert!(out.contains("validation (best epoch, a subject-grouped holdout: people never trained on):"), "{out}");
     let run_dir = d.path().join("runs/p");
     let mut sides: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> = Default::default();
     let mut rdr = csv::Reader::from_path(run_dir.join("split.csv")).unwrap();

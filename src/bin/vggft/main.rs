@@ -159,7 +159,12 @@ fn finetune(a: FinetuneArgs, seed_given: bool) -> anyhow::Result<()> {
     }
     match &s.val {
         Some(m) => {
-            outln!("validation ({which} epoch, subject-grouped holdout unless noted in metrics.json):");
+            let how = if s.protocol == run::PROTOCOL_IMAGES {
+                "an image split: the data names no people, so a person's other photos may be in training"
+            } else {
+                "a subject-grouped holdout: people never trained on"
+            };
+            outln!("validation ({which} epoch, {how}):");
             print_metrics(m, &s.classes);
             if let Some(single) = &s.val_single {
                 outln!("{}; {}", vggft::subject::TRANSDUCTIVE, vggft::eval::FLIP_TTA);
