@@ -749,7 +749,7 @@ pub struct PredictArgs {
     #[arg(long, short)]
     pub recursive: bool,
     /// Predict the run's own validation images (people it never trained on,
-    /// from its split.csv) beside their true class, and tally them; each
+    /// or images where the data named no people; from its split.csv) beside their true class, and tally them; each
     /// image's person comes from split.csv (`--subject-from none`: every
     /// photo alone, the single-image head of a subject-normalised model).
     #[arg(long, conflicts_with_all = ["inputs", "subject"])]

@@ -941,10 +941,16 @@ fn a_subject_pattern_takes_each_photos_person_from_its_name() {
     assert!(err.contains("stratified image split") && err.contains("--subject-pattern REGEX takes each photo's person from its file name"), "{err}");
     // The summary's validation figures say what they measure.
     assert!(out.contains("validation (best epoch, an image split: the data names no people, so a person's other photos may be in training):"), "{out}");
+    let (code, out, err) = run(&["predict", "--held-out", "--model", "runs/plain", "--device", "cpu"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(" right on the run's validation images (an image split: the data names no people"), "not people never seen: {out}");
     let (code, out, err) = train(&["--name", "p", "--subject-pattern", r"^(\d+)_"]);
     assert_eq!(code, 0, "{err}");
     assert!(!err.contains("stratified"), "{err}");
     assert!(out.contains("validation (best epoch, a subject-grouped holdout: people never trained on):"), "{out}");
+    let (code, out, err) = run(&["predict", "--held-out", "--model", "runs/p", "--device", "cpu"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(" right on 2 people the model never saw"), "{out}");
     let run_dir = d.path().join("runs/p");
     let mut sides: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> = Default::default();
     let mut rdr = csv::Reader::from_path(run_dir.join("split.csv")).unwrap();

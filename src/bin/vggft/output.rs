@@ -344,10 +344,17 @@ impl<'a> Predictions<'a> {
                 .ok()
                 .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
                 .and_then(|m| m[key]["balanced_accuracy"].as_f64());
+            // A run on data that names no people held out images, not people: its other photos may have trained it.
+            let whom = if people.iter().all(|p| p.is_empty()) {
+                "the run's validation images (an image split: the data names no people, so a person's other photos may be in training)".to_string()
+            } else if people.len() == 1 {
+                "1 person the model never saw".to_string()
+            } else {
+                format!("{} people the model never saw", people.len())
+            };
             let tally = format!(
-                "{right} of {} right on {} the model never saw{how}{}",
+                "{right} of {} right on {whom}{how}{}",
                 preds.len() - failed,
-                if people.len() == 1 { "1 person".to_string() } else { format!("{} people", people.len()) },
                 val.map(|b| format!(" (validation balanced accuracy {b:.3}{whose}, metrics.json)")).unwrap_or_default()
             );
             // Text closes its lines with it; CSV and JSON keep standard output to their records.
