@@ -113,8 +113,9 @@ pub struct HeldOut {
 }
 
 /// The validation images of a run, from its `split.csv`: people the model
-/// never trained on (images only, where the data named no people); and whether the file differs from the one the run wrote
-/// (its SHA-256 is `cfg.data_sha256`): edited, e.g. paths moved with the data.
+/// never trained on (images only, where the data named no people); and
+/// whether the file differs from the one the run wrote (its SHA-256 is
+/// `cfg.data_sha256`): edited, e.g. paths moved with the data.
 pub fn held_out(dir: &Path, cfg: &RunConfig) -> crate::error::Result<(Vec<HeldOut>, bool)> {
     let p = dir.join("split.csv");
     let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
