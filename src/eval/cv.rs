@@ -51,8 +51,12 @@ impl Folds {
     }
 }
 
+/// How cv.json's protocol names folds of images, where the data names no people (`report` reads it).
+pub(crate) const IMAGE_FOLDS: &str = "stratified image (no subject ids: the same person may be on both sides)";
+
 /// `cv.json`'s recipe part: everything needed to rerun or extend it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+
 pub struct CvConfig {
     pub run: RunConfig,
     pub folds: Folds,
@@ -1326,7 +1330,7 @@ fn summarise(cfg: &CvConfig, results: &[FoldResult], missing: &[String]) -> Summ
         match cfg.folds {
             Folds::Loso => "leave-one-subject-out".to_string(),
             Folds::K { k } if has_subjects(results) => format!("{k}-fold subject-grouped"),
-            Folds::K { k } => format!("{k}-fold stratified image (no subject ids: the same person may be on both sides)"),
+            Folds::K { k } => format!("{k}-fold {IMAGE_FOLDS}"),
         },
         classes.join(" vs "),
         cfg.seeds.len(),

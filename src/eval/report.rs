@@ -72,7 +72,9 @@ fn entry(dir: &Path) -> Result<Entry> {
             let f = |k: &str| crate::eval::fig(s[k].as_f64().unwrap_or(f64::NAN));
             metrics.insert(s["metric"].as_str().unwrap_or("?").to_string(), format!("{} ± {}", f("mean"), f("std")));
         }
-        metrics.insert("protocol".into(), "cv".into());
+        // A cv over images (no subject ids) is not one over people: said, as its cv.md says it.
+        let images = cv["protocol"].as_str().is_some_and(|p| p.contains(crate::eval::cv::IMAGE_FOLDS));
+        metrics.insert("protocol".into(), if images { "cv (image folds)" } else { "cv, subject-grouped" }.into());
     } else if dir.join("config.json").is_file() {
         flatten("", &read_json(&dir.join("config.json"))?, &mut recipe);
         // A run's `data_sha256` covers its split too; the report compares the images.
@@ -367,6 +369,24 @@ mod tests {
         // Every row has the same cells as the header: no `|` of a value split one.
         let cells = |l: &str| l.replace(r"\|", "").matches('|').count();
         assert!(lines.iter().take_while(|l| l.starts_with('|')).all(|l| cells(l) == cells(lines[0])), "{md}");
+    }
+
+    /// A cv over images (data without subject ids) is not reported as one over people.
+    #[test]
+    fn a_cv_says_whether_its_folds_held_out_people_or_images() {
+        let d = tempfile::tempdir().unwrap();
+        for (name, protocol) in [
+            ("people", "leave-one-subject-out cross-validation"),
+            ("images", "5-fold stratified image (no subject ids: the same person may be on both sides) cross-validation"),
+        ] {
+            let dir = d.path().join(name);
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::write(dir.join("cv-config.json"), r#"{"run": {"lr": 0.01}, "folds": {"kind": "k", "k": 5}, "seeds": [0]}"#).unwrap();
+            let stats = r#"[{"metric": "balanced_accuracy", "mean": 0.75, "std": 0.1}]"#;
+            std::fs::write(dir.join("cv.json"), format!(r#"{{"protocol": "{protocol}", "stats": {stats}}}"#)).unwrap();
+        }
+        let md = super::report(&[d.path().join("people"), d.path().join("images")]).unwrap();
+        assert!(md.contains("| **protocol** | cv, subject-grouped | cv (image folds) |"), "{md}");
     }
 
     #[test]

@@ -1107,6 +1107,8 @@ fn report_shows_data_and_weights_when_they_differ() {
     assert!(!out.contains("sha256") && !out.contains("| data.path |"), "one data fingerprint for all three:\n{out}");
     // The cv's folds and seeds as they are given on the command line.
     assert!(out.contains("| cv.folds | – | – | 3 |") && out.contains("| cv.seeds | – | – | 0 |"), "{out}");
+    // What each figure measures: two holdouts of people and a cv over people.
+    assert!(out.contains("| **protocol** | holdout, subject-grouped | holdout, subject-grouped | cv, subject-grouped |"), "{out}");
     std::fs::remove_dir_all(d.path().join("runs/rs")).unwrap();
     // A run's own file stands for its run.
     let (code, out, err) = run(&["report", "runs/ra/model.safetensors", "runs/rb/config.json"], d.path());
