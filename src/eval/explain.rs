@@ -878,8 +878,13 @@ fn safe_name(s: &str) -> String {
 /// it will have, and the heatmaps an earlier call left (`stale`), to be
 /// removed at the end; the finished call replaces it with its results.
 fn write_plan(path: &Path, classes: &[String], inputs: &[PathBuf], heatmaps: &[PathBuf], stale: &[PathBuf]) -> Result<()> {
-    let mut rows: Vec<(String, &PathBuf, &str)> =
-        inputs.iter().zip(heatmaps).map(|(p, h)| (p.display().to_string(), h, "not explained yet (the call was stopped)")).collect();
+    let mut rows: Vec<(String, &PathBuf, &str)> = inputs
+        .iter()
+        .zip(heatmaps)
+        .map(|(p, h)| {
+            (p.display().to_string(), h, "not recorded: the call ended early (a stop or an error); the heatmap is there if it was written before that")
+        })
+        .collect();
     rows.extend(
         stale
             .iter()

@@ -415,8 +415,8 @@ fn explain_into_an_earlier_explain_folder_replaces_it_and_never_writes_among_the
     let (code, _, err) = explain(&["--out", "ex"], &[photo("s03_neutral.png")]);
     assert_eq!(code, 0, "{err}");
     let plan = "path,explained,heatmap,error,p_neutral,p_expressive\n\
-                a,,ex/0000_s00_neutral.png,not explained yet (the call was stopped),,\n\
-                b,,ex/0001_s01_smiling.png,not explained yet (the call was stopped),,\n\
+                a,,ex/0000_s00_neutral.png,not recorded: the call ended early (a stop or an error); the heatmap is there if it was written before that,,\n\
+                b,,ex/0001_s01_smiling.png,not recorded: the call ended early (a stop or an error); the heatmap is there if it was written before that,,\n\
                 ,,ex/0000_s03_neutral.png,left by an earlier explain,,\n";
     std::fs::write(d.path().join("ex/explain.csv"), plan).unwrap();
     std::fs::write(d.path().join("ex/0000_s00_neutral.png"), "half-written").unwrap();
