@@ -74,11 +74,12 @@ fn remove_temp(tmp: &Path) {
 /// Writes a set of files that belong together (an evaluation's metrics.json,
 /// plots and top-loss tiles) into `dir`, replacing the set an earlier run of
 /// the same command left there. `write` writes them into a hidden staging
-/// folder inside `dir`; only when it has written all of them is `clear` given
-/// `dir` and what `write` returned (to remove the earlier set's files that
-/// this one has not) and each new file moved into place. A failure part-way — a full disk, a stop —
-/// leaves `dir` as it was: no new metrics.json beside an earlier plot, no
-/// staging folder. Errors name the files under `dir`, where they were going.
+/// folder inside `dir`; only when it has written all of them is `clear`
+/// given `dir` and what `write` returned (to remove the earlier set's files
+/// that this one has not) and each new file moved into place. A failure
+/// part-way — a full disk, a stop — leaves `dir` as it was: no new
+/// metrics.json beside an earlier plot, no staging folder. Errors name the
+/// files under `dir`, where they were going.
 pub(crate) fn write_together<T>(dir: &Path, clear: impl FnOnce(&Path, &T), write: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
     let stage = dir.join(format!(".{}.tmp.staged", std::process::id()));
     remove_temp(&stage);
@@ -237,9 +238,10 @@ pub(crate) fn remove_empty(folders: &[PathBuf]) {
 }
 
 /// Removes the temporary files (`temp_sibling`'s names) and staging folders
-/// (`write_together`'s) that a killed writer left in `dir`. A live process's are kept: a folder can be shared
-/// (`runs/`, where every finetune points `latest`), and removing another
-/// writer's file before its rename would fail that write.
+/// (`write_together`'s) that a killed writer left in `dir`. A live
+/// process's are kept: a folder can be shared (`runs/`, where every
+/// finetune points `latest`), and removing another writer's file before its
+/// rename would fail that write.
 pub(crate) fn remove_stale_temps(dir: &Path) {
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let n = e.file_name().to_string_lossy().into_owned();

@@ -2,7 +2,8 @@
 //! into a folder of its own — `metrics.json`, `confusion.png` and, when asked,
 //! the worst images explained (`top_losses.png` / `.csv`). Owns that folder's
 //! rules (its default place beside the model, what it may replace, one writer
-//! at a time) and its record; the scoring itself is `predict::evaluate`.
+//! at a time, its files replaced as one set) and its record; the scoring
+//! itself is `predict::evaluate`.
 
 use std::path::{Path, PathBuf};
 
