@@ -212,9 +212,9 @@ pub enum Command {
         #[arg(long, value_name = "REGEX", value_parser = checked(crate::data::scan::SubjectPattern::new))]
         subject_pattern: Option<String>,
     },
-    /// Compare runs and cross-validations side by side (Markdown).
+    /// Compare runs, cross-validations and evaluations side by side (Markdown).
     Report {
-        /// Run or cv folders, or folders of them (finetune's and cv's `runs/`).
+        /// Run, cv or evaluate folders, or folders of them (finetune's and cv's `runs/`).
         #[arg(default_value = "runs")]
         dirs: Vec<PathBuf>,
     },

@@ -129,7 +129,12 @@ pub fn run(req: &Request) -> Result<Evaluated> {
         fsutil::write_json(
             &stage.join("metrics.json"),
             &serde_json::json!({
-                "model": req.model, "data": req.data, "tta": if tta_flip { "flip" } else { "none" }, "metrics": m,
+                // Where they are, not as given (`runs/latest` names another run tomorrow): `report` reads the run.
+                "model": fsutil::absolute(&req.model), "data": fsutil::absolute(&req.data),
+                "tta": if tta_flip { "flip" } else { "none" }, "metrics": m,
+                // The run's own training images among the data, and how many of them were scored: a score
+                // over them is not held out.
+                "training_images": {"in_data": ev.overlap, "scored": ev.overlap - ev.excluded},
                 // The data's labels as read for the run (--label-map), where given.
                 "label_map": (!req.label_map.is_empty()).then(|| req.label_map.iter().map(|(d, l)| format!("{d}={l}")).collect::<Vec<_>>()),
                 "threshold": cfg.threshold.as_ref().map(|t| t.describe(&cfg.classes[0], cfg.single_calibration())),

@@ -1,6 +1,7 @@
-//! `vggft report`: runs and cross-validations side by side as a Markdown
-//! table — the recipe settings that differ between them, and each metric
-//! (mean ± std for a cross-validation).
+//! `vggft report`: runs, cross-validations and evaluations side by side as a
+//! Markdown table — the recipe settings that differ between them, and each
+//! metric (mean ± std for a cross-validation) with the protocol it was
+//! measured by.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -89,9 +90,34 @@ fn entry(dir: &Path) -> Result<Entry> {
             }
         }
         metrics.insert("protocol".into(), m["protocol"].as_str().unwrap_or("holdout").to_string());
+    } else if evaluation(dir) {
+        let m = read_json(&dir.join("metrics.json"))?;
+        // The run it scored: its recipe, where it is still there. Evaluations before 2026-12-07 recorded
+        // the run as given (relative to where evaluate ran): then the folder above one in its default place.
+        let given = m["model"].as_str().map(PathBuf::from);
+        let run = given.iter().map(PathBuf::as_path).chain(dir.parent()).find(|r| r.join("config.json").is_file());
+        if let Some(r) = run {
+            flatten("", &read_json(&r.join("config.json"))?, &mut recipe);
+        }
+        recipe.insert("evaluated_run".into(), given.map(|g| g.display().to_string()).unwrap_or_else(|| "?".into()));
+        // The figures are on the data it scored, not the run's: its path, and no fingerprint of the run's images.
+        recipe.insert("data.path".into(), m["data"].as_str().unwrap_or("?").to_string());
+        recipe.remove("data_sha256");
+        let v = &m["metrics"];
+        for k in ["balanced_accuracy", "accuracy", "roc_auc", "majority_baseline"] {
+            if let Some(x) = v[k].as_f64() {
+                metrics.insert(k.into(), format!("{x:.3}"));
+            }
+        }
+        let protocol = match m["training_images"]["scored"].as_u64() {
+            Some(0) => "evaluate: none of the run's training images".to_string(),
+            Some(n) => format!("evaluate: {n} of the run's training images among them (not held out)"),
+            None => "evaluate".to_string(),
+        };
+        metrics.insert("protocol".into(), protocol);
     } else {
-        // `expand` gave it as a finished run or cv; gone or changed since.
-        return Err(Error::file(dir, "is no longer a finished run or cv folder (config.json and metrics.json, or cv.json)"));
+        // `expand` gave it as a finished run, cv or evaluation; gone or changed since.
+        return Err(Error::file(dir, "is no longer a finished run, cv or evaluate folder (config.json and metrics.json, cv.json, or metrics.json)"));
     }
     // Hashes are compared in full but shown short; the data's beside its path
     // (the images, labels, subjects and sizes, whatever the split).
@@ -142,9 +168,16 @@ struct Expanded {
     folders_of_runs: Vec<PathBuf>,
 }
 
-/// Whether `d` is a run or cv folder, finished or not.
+/// Whether `d` is a run or cv folder, finished or not, or an evaluate folder.
 fn started(d: &Path) -> bool {
-    d.join("cv-config.json").is_file() || d.join("config.json").is_file()
+    d.join("cv-config.json").is_file() || d.join("config.json").is_file() || evaluation(d)
+}
+
+/// Whether `d` is `vggft evaluate`'s folder, as the commands that refuse to
+/// write over one know it. Its files are written as one set, so it is
+/// finished where it is there.
+fn evaluation(d: &Path) -> bool {
+    crate::data::scan::output_kind(d) == Some("an evaluate folder")
 }
 
 /// The run and cv folders directly inside `dir` (not its `latest` link), sorted.
@@ -289,7 +322,10 @@ fn gather(dirs: &[PathBuf]) -> Result<Gathered> {
                 std::fs::read_dir(d).map_err(|e| Error::io(d, e))?;
             }
             let also = if folders_of_runs.is_empty() { String::new() } else { format!("; {}", hint(&folders_of_runs)) };
-            return Err(Error::file(d, format!("is neither a run folder (config.json), a cv folder (cv.json) nor a folder of them{also}")));
+            return Err(Error::file(
+                d,
+                format!("is neither a run folder (config.json), a cv folder (cv.json), an evaluate folder (metrics.json) nor a folder of them{also}"),
+            ));
         }
         if done.is_empty() {
             return Err(Error::file(d, format!("holds no finished run or cross-validation (not finished: {})", names(&unfinished))));

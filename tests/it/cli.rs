@@ -1110,6 +1110,24 @@ fn report_shows_data_and_weights_when_they_differ() {
     // What each figure measures: two holdouts of people and a cv over people.
     assert!(out.contains("| **protocol** | holdout, subject-grouped | holdout, subject-grouped | cv, subject-grouped |"), "{out}");
     std::fs::remove_dir_all(d.path().join("runs/rs")).unwrap();
+    // Evaluations beside their run: on other people's photos, and on its own training data (said to be not
+    // held out); each on the data it scored, and named by the run it scored.
+    std::fs::create_dir_all(d.path().join("c")).unwrap();
+    let c = subject_dataset(&d.path().join("c"), 3, 40);
+    for (data, out) in [(&c, "ev-c"), (&a, "ev-a")] {
+        let (code, _, err) = run(&["evaluate", "--model", "runs/ra", "--data", data.to_str().unwrap(), "--out", out, "--device", "cpu"], d.path());
+        assert_eq!(code, 0, "{err}");
+    }
+    let (code, out, err) = run(&["report", "runs/ra", "ev-c", "ev-a/metrics.json"], d.path());
+    assert_eq!(code, 0, "{err}");
+    let row = |name: &str| out.lines().find(|l| l.starts_with(&format!("| {name} |"))).unwrap_or_default().to_string();
+    assert!(out.starts_with("| | ra | ev-c | ev-a |\n"), "{out}");
+    assert_eq!(row("**protocol**"), "| **protocol** | holdout, subject-grouped | evaluate: none of the run's training images | evaluate: 4 of the run's training images among them (not held out) |", "{out}");
+    let (a_abs, c_abs) = (std::fs::canonicalize(&a).unwrap(), std::fs::canonicalize(&c).unwrap());
+    assert_eq!(row("data.path"), format!("| data.path | {} | {} | {} |", a_abs.display(), c_abs.display(), a_abs.display()), "{out}");
+    let ra = std::fs::canonicalize(d.path().join("runs/ra")).unwrap();
+    assert_eq!(row("evaluated_run"), format!("| evaluated_run | – | {} | {} |", ra.display(), ra.display()), "{out}");
+    assert!(row("**balanced_accuracy**").split('|').filter(|c| c.trim().parse::<f64>().is_ok()).count() == 3, "{out}");
     // A run's own file stands for its run.
     let (code, out, err) = run(&["report", "runs/ra/model.safetensors", "runs/rb/config.json"], d.path());
     assert!(code == 0 && out.starts_with("| | ra | rb |\n"), "{err}\n{out}");
@@ -1153,7 +1171,7 @@ fn report_shows_data_and_weights_when_they_differ() {
     );
     let (code, _, err) = run(&["report", "a"], d.path());
     assert_eq!(code, 1);
-    assert!(err.contains("a: is neither a run folder (config.json), a cv folder (cv.json) nor a folder of them"), "{err}");
+    assert!(err.contains("a: is neither a run folder (config.json), a cv folder (cv.json), an evaluate folder (metrics.json) nor a folder of them"), "{err}");
     // Two runs of one name in different folders: each column named by its path.
     std::fs::create_dir(d.path().join("more")).unwrap();
     copy_dir(&d.path().join("runs/ra"), &d.path().join("more/ra"));
@@ -1165,11 +1183,12 @@ fn report_shows_data_and_weights_when_they_differ() {
     let (code, out, err) = run(&["report"], d.path());
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with("| | ra | rb | rc |\n"), "{out}");
-    // The folder above the runs: its cv is read, and the folder of runs inside it is named, not read.
+    // The folder above the runs: its cv and evaluations are read, and the folder of runs inside it is named, not read.
     let (code, out, err) = run(&["report", "."], d.path());
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.starts_with("| | cv-a |\n") && out.contains("(not read, a folder of runs inside a folder given: runs holds runs: `vggft report runs`)"),
+        out.starts_with("| | cv-a | ev-a | ev-c |\n")
+            && out.contains("(not read, a folder of runs inside a folder given: runs holds runs: `vggft report runs`)"),
         "{out}"
     );
     // Without a run or cv of its own, the folder above the runs is refused with where they are.
@@ -1180,7 +1199,7 @@ fn report_shows_data_and_weights_when_they_differ() {
     assert_eq!(code, 1);
     assert!(
         err.contains(
-            "project: is neither a run folder (config.json), a cv folder (cv.json) nor a folder of them; project/runs holds runs: `vggft report project/runs`"
+            "project: is neither a run folder (config.json), a cv folder (cv.json), an evaluate folder (metrics.json) nor a folder of them; project/runs holds runs: `vggft report project/runs`"
         ),
         "{err}"
     );
