@@ -99,7 +99,8 @@ fn entry(dir: &Path) -> Result<Entry> {
         if let Some(r) = run {
             flatten("", &read_json(&r.join("config.json"))?, &mut recipe);
         }
-        recipe.insert("evaluated_run".into(), given.map(|g| g.display().to_string()).unwrap_or_else(|| "?".into()));
+        let shown = given.as_ref().map(|g| g.display().to_string()).unwrap_or_else(|| "?".into());
+        recipe.insert("evaluated_run".into(), if run.is_some() { shown } else { format!("{shown} (not found: its recipe is not shown)") });
         // The figures are on the data it scored, not the run's: its path, and no fingerprint of the run's images.
         recipe.insert("data.path".into(), m["data"].as_str().unwrap_or("?").to_string());
         recipe.remove("data_sha256");
@@ -423,6 +424,27 @@ mod tests {
         }
         let md = super::report(&[d.path().join("people"), d.path().join("images")]).unwrap();
         assert!(md.contains("| **protocol** | cv, subject-grouped | cv (image folds) |"), "{md}");
+    }
+
+    /// An evaluation whose run is gone is shown with its figures and said to
+    /// lack the run's recipe.
+    #[test]
+    fn an_evaluation_of_a_run_since_removed_says_so() {
+        let d = tempfile::tempdir().unwrap();
+        let run = d.path().join("r");
+        std::fs::create_dir(&run).unwrap();
+        std::fs::write(run.join("config.json"), r#"{"train": {"lr": 0.01}}"#).unwrap();
+        std::fs::write(run.join("metrics.json"), r#"{"validation": {"balanced_accuracy": 0.75}, "protocol": "holdout, subject-grouped"}"#).unwrap();
+        let ev = d.path().join("ev");
+        std::fs::create_dir(&ev).unwrap();
+        let gone = d.path().join("gone");
+        let record =
+            serde_json::json!({"model": gone, "data": "/data/kdef", "metrics": {"balanced_accuracy": 0.6}, "training_images": {"in_data": 0, "scored": 0}});
+        std::fs::write(ev.join("metrics.json"), record.to_string()).unwrap();
+        let md = super::report(&[run, ev]).unwrap();
+        assert!(md.contains(&format!("| evaluated_run | – | {} (not found: its recipe is not shown) |", gone.display())), "{md}");
+        assert!(md.contains("| **protocol** | holdout, subject-grouped | evaluate: none of the run's training images |"), "{md}");
+        assert!(md.contains("| **balanced_accuracy** | 0.750 | 0.600 |"), "{md}");
     }
 
     #[test]
