@@ -55,6 +55,11 @@ def png(path, w=32, h=32, value=None, mode="L"):
     Image.fromarray(a).convert(mode).save(path)
 
 
+def files_under(folder):
+    """Every file under `folder` (but the lock, which names its last writer) with its bytes."""
+    return {os.path.relpath(os.path.join(r, f), folder): open(os.path.join(r, f), "rb").read() for r, _, fs in os.walk(folder) for f in fs if f != ".lock"}
+
+
 def folders(root, per_class=4):
     for c, v in (("neutral", 40), ("happy", 200)):
         os.makedirs(os.path.join(root, c), exist_ok=True)
@@ -485,31 +490,21 @@ def run_inventory(d):
                 record(f"a disk full before training starts (8 KiB tmpfs; files or folders left: {left})", code, said(err))
             finally:
                 subprocess.run(["umount", disk])
-        # An evaluation the disk fills part-way: the earlier one in its folder stays whole, nothing of the new one.
-        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", disk], capture_output=True).returncode == 0:
-            try:
-                ev = os.path.join(disk, "ev")
-                ok = os.path.join(d, "runs", "ok")
-                vggft("evaluate", "--model", ok, "--data", good, "--out", ev, "--device", "cpu", cwd=d)
-                files = lambda: {os.path.relpath(os.path.join(r_, f), ev): open(os.path.join(r_, f), "rb").read() for r_, _, fs in os.walk(ev) for f in fs if f != ".lock"}
-                before = files()
-                code, out, err = vggft("evaluate", "--model", ok, "--data", good, "--out", ev, "--device", "cpu", "--top-losses", "8", cwd=d)
-                kept = files() == before and "metrics.json" in before
-                record(f"an evaluation with --top-losses filling the disk (160 KiB tmpfs; the earlier evaluation in its folder kept whole: {kept})", code, said(err))
-            finally:
-                subprocess.run(["umount", disk])
-        # Crops the disk fills part-way: the earlier crops, their manifest and sheet stay whole.
-        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", disk], capture_output=True).returncode == 0:
-            try:
-                fc = os.path.join(disk, "fc")
-                vggft("faces", good, "--out", fc, "--tile", "32", cwd=d)
-                files = lambda: {os.path.relpath(os.path.join(r_, f), fc): open(os.path.join(r_, f), "rb").read() for r_, _, fs in os.walk(fc) for f in fs if f != ".lock"}
-                before = files()
-                code, out, err = vggft("faces", good, "--out", fc, "--tile", "512", cwd=d)
-                kept = files() == before and "manifest.csv" in before
-                record(f"`faces` filling the disk with larger crops (128 KiB tmpfs; the earlier crops, manifest and sheet kept whole: {kept})", code, said(err))
-            finally:
-                subprocess.run(["umount", disk])
+        # An evaluation, then crops, the disk fills part-way: the earlier set in the folder stays whole.
+        ev = ("evaluate", "--model", os.path.join(d, "runs", "ok"), "--data", good, "--device", "cpu")
+        for size, folder, first, second, what in (
+            ("160k", "ev", ev, (*ev, "--top-losses", "8"), "an evaluation with --top-losses filling the disk (160 KiB tmpfs; the earlier evaluation in its folder kept whole"),
+            ("128k", "fc", ("faces", good, "--tile", "32"), ("faces", good, "--tile", "512"), "`faces` filling the disk with larger crops (128 KiB tmpfs; the earlier crops, manifest and sheet kept whole"),
+        ):
+            if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", disk], capture_output=True).returncode == 0:
+                try:
+                    out_dir = os.path.join(disk, folder)
+                    vggft(*first, "--out", out_dir, cwd=d)
+                    before = files_under(out_dir)
+                    code, out, err = vggft(*second, "--out", out_dir, cwd=d)
+                    record(f"{what}: {bool(before) and files_under(out_dir) == before})", code, said(err))
+                finally:
+                    subprocess.run(["umount", disk])
     else:
         rows.append(("full disk", "not tried: mounting a small tmpfs needs root; the test of the same name skips likewise", "–"))
     run_cases(d, good)

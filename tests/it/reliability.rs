@@ -220,6 +220,18 @@ fn ctrl_c_through_the_binary_stops_after_the_batch_and_resume_finishes_the_run()
     assert!(dir.join("COMPLETE").exists() && !err.contains("stopping after the current batch"), "{err}");
 }
 
+/// Trains `runs/r` in `dir` on manifest `m`: one head epoch of the small
+/// network, for the commands a signal then stops.
+fn train_run_r(dir: &Path, m: &Path) {
+    let w = dir.join("trunk.safetensors");
+    trunk_only(&w, 5);
+    let mut train: Vec<String> =
+        ["finetune", "--data", m.to_str().unwrap(), "--stages", "head:1", "--name", "r", "--quiet"].iter().map(|s| s.to_string()).collect();
+    train.extend(small(&w));
+    let (code, _, err) = run(&train.iter().map(String::as_str).collect::<Vec<_>>(), dir);
+    assert_eq!(code, 0, "{err}");
+}
+
 /// A command with nothing to resume from (explain here; predict, evaluate,
 /// faces and lr-find alike) ends at once at a signal, with exit code 130 as
 /// a stopped finetune's and a line that says so; the heatmaps it finished
@@ -231,13 +243,7 @@ fn a_signal_ends_explain_at_once_with_its_finished_files_only() {
     let data = d.path().join("data");
     std::fs::create_dir(&data).unwrap();
     let m = subject_dataset(&data, 300, 48);
-    let w = d.path().join("trunk.safetensors");
-    trunk_only(&w, 5);
-    let mut train: Vec<String> =
-        ["finetune", "--data", m.to_str().unwrap(), "--stages", "head:1", "--name", "r", "--quiet"].iter().map(|s| s.to_string()).collect();
-    train.extend(small(&w));
-    let (code, _, err) = run(&train.iter().map(String::as_str).collect::<Vec<_>>(), d.path());
-    assert_eq!(code, 0, "{err}");
+    train_run_r(d.path(), &m);
     let out = d.path().join("cams");
     let mut args: Vec<String> = ["explain", "--model", "runs/r", "--out", "cams", "--device", "cpu"].iter().map(|s| s.to_string()).collect();
     let mut photos: Vec<String> = std::fs::read_dir(&data)
@@ -300,13 +306,7 @@ fn a_signal_ends_explain_at_once_with_its_finished_files_only() {
 fn a_signal_while_evaluate_writes_leaves_the_earlier_evaluation_whole() {
     let d = tmp();
     let m = subject_dataset(d.path(), 150, 32);
-    let w = d.path().join("trunk.safetensors");
-    trunk_only(&w, 5);
-    let mut train: Vec<String> =
-        ["finetune", "--data", m.to_str().unwrap(), "--stages", "head:1", "--name", "r", "--quiet"].iter().map(|s| s.to_string()).collect();
-    train.extend(small(&w));
-    let (code, _, err) = run(&train.iter().map(String::as_str).collect::<Vec<_>>(), d.path());
-    assert_eq!(code, 0, "{err}");
+    train_run_r(d.path(), &m);
     let ev = d.path().join("ev");
     let evaluate = |top: &str| -> Vec<String> {
         ["evaluate", "--model", "runs/r", "--data", m.to_str().unwrap(), "--out", "ev", "--device", "cpu", "--threads", "2", "--top-losses", top]
