@@ -153,10 +153,9 @@ fn detect_all(ds: &crate::data::scan::Dataset, tile: u32, skip_bad: bool) -> Res
 
 /// Writes the crops, `faces.csv`, the crops' `manifest.csv` and the
 /// contact sheet(s) into `out`, and removes an earlier run's crops that
-/// this one did not write. Returns the photos
-/// cropped, those the detector found no face in, and the sheets.
+/// this one did not write. Returns the photos cropped, those the detector
+/// found no face in, and the sheets.
 fn write_crops(ds: &crate::data::scan::Dataset, out: &Path, crops: Vec<Crop>) -> Result<(Vec<PathBuf>, Vec<PathBuf>, Vec<PathBuf>)> {
-    let stale = earlier_crops(out);
     let stems: Vec<String> = ds.samples.iter().map(|s| crate::fsutil::output_stem(&s.path)).collect();
     let names = crop_names(&stems);
     let write = |stage: &Path| -> Result<Written> {
@@ -192,10 +191,11 @@ fn write_crops(ds: &crate::data::scan::Dataset, out: &Path, crops: Vec<Crop>) ->
     // A second run into the same folder (other data, or images removed)
     // would leave the first run's crops beside the new ones: remove the
     // crops the previous manifest listed and this one does not, and the
-    // contact sheet's later pages.
+    // contact sheet's later pages (read under the lock, before the new
+    // manifest replaces the earlier one).
     let clear = |dir: &Path, w: &Written| {
         fsutil::remove_stale_temps(&dir.join("crops"));
-        for old in stale.iter().filter(|c| !w.crops.contains(*c)) {
+        for old in earlier_crops(dir).iter().filter(|c| !w.crops.contains(*c)) {
             let _ = std::fs::remove_file(dir.join(old));
         }
         explain::remove_later_pages(dir, "contact_sheet", w.sheets.len());
