@@ -342,6 +342,10 @@ def run_inventory(d):
     folders(heic)
     shutil.copy(os.path.join(heic, "neutral", "00.png"), os.path.join(heic, "neutral", "phone.HEIC"))
     data_case("a HEIC picture (an iPhone's) in a class folder (left out, with a warning)", heic, "--val", "none")
+    fifo = os.path.join(d, "fifo")
+    folders(fifo)
+    os.mkfifo(os.path.join(fifo, "neutral", "pipe.png"))
+    data_case("a FIFO named as a photo in a class folder (left out, with a warning)", fifo, "--val", "none")
     csvd = os.path.join(d, "csv")
     folders(csvd)
 

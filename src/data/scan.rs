@@ -65,7 +65,8 @@ pub struct Dataset {
     #[serde(default)]
     pub outside_paths: Vec<PathBuf>,
     /// Pictures in the data's folders that vggft does not decode (GIF,
-    /// HEIC, …): not samples, but said (`unread_warning`).
+    /// HEIC, …), and photo names that are no regular file (a FIFO, a link
+    /// to nothing): not samples, but said (`unread_warning`).
     #[serde(default)]
     pub unread: Vec<PathBuf>,
     /// What the layout's reading left out or assumed, said once (KDEF's
@@ -94,12 +95,22 @@ pub(crate) fn is_unread_picture(path: &Path) -> bool {
     path.is_file() && path.extension().and_then(|e| e.to_str()).is_some_and(|e| OTHER_PICTURE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
+/// Whether `path` is named as a photo vggft reads but is no regular file
+/// (a FIFO, a device, a link to one or to nothing): left out, and said.
+pub(crate) fn is_photo_name_not_file(path: &Path) -> bool {
+    is_image(path) && !path.is_file() && !path.is_dir()
+}
+
+/// Why a photo-named entry that is no regular file was left out.
+pub const NOT_A_FILE: &str = "not a regular file (a FIFO, a device, or a link to one or to nothing)";
+
 /// The photos among `entries` that vggft decodes, in order; pictures in a
-/// format it does not read go to `unread` (said, not silently dropped).
+/// format it does not read, and photo names that are no regular file, go to
+/// `unread` (said, not silently dropped).
 fn photos_of(entries: Vec<PathBuf>, unread: &mut Vec<PathBuf>) -> Vec<PathBuf> {
     let mut photos = Vec::new();
     for p in entries {
-        if is_unread_picture(&p) {
+        if is_unread_picture(&p) || is_photo_name_not_file(&p) {
             unread.push(p);
         } else if p.is_file() && is_image(&p) {
             photos.push(p);
@@ -108,14 +119,27 @@ fn photos_of(entries: Vec<PathBuf>, unread: &mut Vec<PathBuf>) -> Vec<PathBuf> {
     photos
 }
 
-/// What a list of pictures left out is told as (`unread`).
+/// What a list of pictures left out is told as (`unread`): those in a
+/// format vggft does not read, and photo names that are no regular file.
 pub fn unread_warning(unread: &[PathBuf]) -> Option<String> {
-    let first = unread.first()?;
-    Some(format!(
-        "warning: left out {} picture(s) in a format vggft does not read (it reads TIFF, PNG, JPEG, WebP, BMP and PGM; first: {}): convert them to PNG or JPEG to use them",
-        unread.len(),
-        first.display()
-    ))
+    let (pictures, others): (Vec<&PathBuf>, Vec<&PathBuf>) = unread.iter().partition(|p| p.is_file());
+    let mut said = Vec::new();
+    if let Some(first) = pictures.first() {
+        said.push(format!(
+            "{} picture(s) in a format vggft does not read (it reads TIFF, PNG, JPEG, WebP, BMP and PGM; first: {}): convert them to PNG or JPEG to use them",
+            pictures.len(),
+            first.display()
+        ));
+    }
+    if let Some(first) = others.first() {
+        said.push(format!(
+            "{} entr{} named as a photo but {NOT_A_FILE} (first: {})",
+            others.len(),
+            if others.len() == 1 { "y" } else { "ies" },
+            first.display()
+        ));
+    }
+    (!said.is_empty()).then(|| format!("warning: left out {}", said.join("; and ")))
 }
 
 /// Subject ids that differ only in case (`ka` and `KA`): two people to every
@@ -1464,12 +1488,13 @@ fn scan_folders(dir: &Path) -> Result<Dataset> {
             }
             // People often sort a class by person: `neutral/KA/…`.
             let nested = sorted_entries(&class_dir)?.into_iter().find(|d| d.is_dir() && holds_images(d));
-            let hint = match (nested, unread.get(unread_before)) {
-                (_, Some(u)) => format!(
-                    " vggft reads ({} picture(s) in other formats, first {}: convert them to PNG or JPEG)",
-                    unread.len() - unread_before,
-                    u.display()
-                ),
+            let left = &unread[unread_before..];
+            let pictures: Vec<&PathBuf> = left.iter().filter(|p| p.is_file()).collect();
+            let hint = match (nested, left.first()) {
+                (_, Some(u)) => match pictures.first() {
+                    Some(first) => format!(" vggft reads ({} picture(s) in other formats, first {}: convert them to PNG or JPEG)", pictures.len(), first.display()),
+                    None => format!(" vggft reads ({} photo name(s) {NOT_A_FILE}, first {})", left.len(), u.display()),
+                },
                 (Some(d), None) => format!(
                     " directly inside it ({} holds some): only a class folder's own images are read; move them up, or list them in a manifest.csv with a subject column (two levels of folders are read where two or more top folders hold no images of their own and one level's folders are all named as expressions: KA/neutral/… or neutral/KA/…)",
                     d.display()

@@ -231,7 +231,8 @@ pub struct Inputs {
     /// folders, face crops, heatmaps): `predict -r data` would otherwise
     /// answer for `explain`'s heatmaps and the crops as if they were photos.
     pub skipped: Vec<PathBuf>,
-    /// Pictures in the folders in a format vggft does not read (GIF, HEIC, …).
+    /// Pictures in the folders in a format vggft does not read (GIF, HEIC,
+    /// …), and photo names there that are no regular file (a FIFO).
     pub unread: Vec<PathBuf>,
     /// Each image's person, where a CSV manifest named it (its `subject` column).
     pub subjects: std::collections::HashMap<PathBuf, String>,
@@ -337,7 +338,7 @@ pub fn expand_inputs(inputs: &[PathBuf], recursive: bool) -> crate::error::Resul
             if is_photo(&q) {
                 out.paths.push(q);
                 found += 1;
-            } else if crate::data::scan::is_unread_picture(&q) {
+            } else if crate::data::scan::is_unread_picture(&q) || crate::data::scan::is_photo_name_not_file(&q) {
                 out.unread.push(q);
             } else if recursive && q.is_dir() && !q.is_symlink() {
                 if crate::data::scan::is_vggft_output(&q) {
@@ -1257,8 +1258,12 @@ pub fn evaluate(
         labels: ds.samples.iter().map(|s| s.label.clone()).collect(),
         y,
         probs,
-        // Pictures the scan left out (a format vggft does not read) are skipped too, and said.
-        skipped: loaded.skipped.into_iter().chain(ds.unread.iter().map(|p| (p.clone(), UNREAD.to_string()))).collect(),
+        // Pictures the scan left out (a format vggft does not read, no regular file) are skipped too, and said.
+        skipped: loaded
+            .skipped
+            .into_iter()
+            .chain(ds.unread.iter().map(|p| (p.clone(), if p.is_file() { UNREAD } else { crate::data::scan::NOT_A_FILE }.to_string())))
+            .collect(),
         gray,
         subjects: subjects.clone(),
         features: f,

@@ -911,6 +911,37 @@ fn pictures_in_formats_vggft_does_not_read_are_said_not_silently_left_out() {
     assert!(e.contains("class `b` has no images vggft reads (2 picture(s) in other formats, first ") && e.contains("convert them to PNG or JPEG"), "{e}");
 }
 
+/// An entry named as a photo that is no regular file (a FIFO, a link to a
+/// device) is left out and said, by training, predict and evaluate alike;
+/// a class of nothing else says what its entries are.
+#[test]
+fn photo_names_that_are_no_regular_file_are_said_not_silently_left_out() {
+    let d = tmp();
+    let f = d.path().join("data");
+    separable_folders(&f, 3, 32);
+    let made = std::process::Command::new("mkfifo").arg(f.join("a/pipe.png")).status().unwrap();
+    assert!(made.success());
+    std::os::unix::fs::symlink("/dev/zero", f.join("b/zero.png")).unwrap();
+    let ds = scan(&f, DataFormat::Auto).unwrap();
+    assert_eq!(ds.samples.len(), 6);
+    let s = small_trunk(d.path(), 17);
+    let (code, _, err) = run(&args(&s, &["finetune", "--data", "data", "--task", "multiclass", "--stages", "head:1", "--val", "none", "--quiet"]), d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("warning: left out 2 entries named as a photo but not a regular file (") && err.contains("data/a/pipe.png"), "{err}");
+    let (code, out, err) = run(&["predict", "--device", "cpu", "data/b"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 3, "{out}");
+    assert!(err.contains("warning: left out 1 entry named as a photo but not a regular file") && err.contains("data/b/zero.png"), "{err}");
+    let (code, _, err) = run(&["evaluate", "--device", "cpu", "--data", "data", "--out", "ev"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("skipped data/b/zero.png: not a regular file"), "{err}");
+    for p in ["b/00.png", "b/01.png", "b/02.png"] {
+        std::fs::remove_file(f.join(p)).unwrap();
+    }
+    let e = scan(&f, DataFormat::Auto).unwrap_err().to_string();
+    assert!(e.contains("class `b` has no images vggft reads (1 photo name(s) not a regular file (") && e.contains("b/zero.png"), "{e}");
+}
+
 /// Class folders whose file names give the person by no face set's
 /// convention (`003_08.png`): `--subject-pattern` makes the split and the
 /// folds subject-grouped, is kept in config.json, and predict and evaluate
