@@ -57,9 +57,14 @@ pub const PROTOCOL_SUBJECTS: &str = "holdout, subject-grouped";
 /// A holdout of images, where the data names no people: a person's other photos may be in training.
 pub const PROTOCOL_IMAGES: &str = "holdout (image split)";
 
+/// No validation images (`--val none`): every image trained the model.
+pub const PROTOCOL_NONE: &str = "no validation (--val none: every image trained)";
+
 /// How `split` held out its validation images.
 fn protocol(split: &crate::data::split::Split) -> &'static str {
-    if split.val_subjects.is_empty() {
+    if split.val.is_empty() {
+        PROTOCOL_NONE
+    } else if split.val_subjects.is_empty() {
         PROTOCOL_IMAGES
     } else {
         PROTOCOL_SUBJECTS

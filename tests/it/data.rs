@@ -892,6 +892,8 @@ fn pictures_in_formats_vggft_does_not_read_are_said_not_silently_left_out() {
     let (code, _, err) = run(&args(&s, &["finetune", "--data", "data", "--task", "multiclass", "--stages", "head:1", "--val", "none", "--quiet"]), d.path());
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("warning: left out 3 picture(s) in a format vggft does not read") && err.contains("data/a/phone.HEIC"), "{err}");
+    // A run without validation says so where its figures' protocol goes (report reads it).
+    assert_eq!(json(&d.path().join("runs/latest/metrics.json"))["protocol"], "no validation (--val none: every image trained)");
     // predict on the folder, evaluate on the data, faces on the data: each says so.
     let (code, out, err) = run(&["predict", "--device", "cpu", "data/b"], d.path());
     assert_eq!(code, 0, "{err}");
