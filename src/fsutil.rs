@@ -454,10 +454,11 @@ mod tests {
     #[test]
     fn only_a_dead_writers_temporary_files_are_removed() {
         let d = tempfile::tempdir().unwrap();
-        // A process that has exited: its pid names no process now.
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        let dead = child.id();
-        child.wait().unwrap();
+        // A pid no process has. Not a child spawned and reaped: the fork
+        // would share, until its exec, the lock file other tests in this
+        // process hold, and a lock they released would still be held.
+        let pid_max = std::fs::read_to_string("/proc/sys/kernel/pid_max").ok().and_then(|s| s.trim().parse::<libc::pid_t>().ok()).unwrap_or(99_999);
+        let dead = (300..pid_max).rev().find(|&p| !process_alive(p)).unwrap();
         let dead_temp = temp_sibling(&d.path().join("metrics.json"))
             .file_name()
             .unwrap()
@@ -468,7 +469,7 @@ mod tests {
         for n in names {
             std::fs::write(d.path().join(n), "").unwrap();
         }
-        assert_eq!(temp_owner(&dead_temp), Some(dead as libc::pid_t));
+        assert_eq!(temp_owner(&dead_temp), Some(dead));
         remove_stale_temps(d.path());
         let left: Vec<bool> = names.iter().map(|n| d.path().join(n).exists()).collect();
         assert_eq!(left, [false, true, true, true, true], "only the exited process's temporary file goes: {names:?}");
