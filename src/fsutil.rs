@@ -42,24 +42,51 @@ fn writing() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
     WRITING.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// The folders `write_set` made in this call (`missing_folders`, deepest
+/// first) while it writes a set into them: a stop removes them again, with
+/// their `.lock`, where nothing else is in them.
+static MADE: std::sync::Mutex<Vec<Vec<PathBuf>>> = std::sync::Mutex::new(Vec::new());
+
+/// The registry of folders being made, whatever a panicking writer left it as.
+fn made_folders() -> std::sync::MutexGuard<'static, Vec<Vec<PathBuf>>> {
+    MADE.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Removes the temporary files this process is writing and returns a guard
 /// that holds every other write of this process at its next start or
 /// finish until dropped: a signal's handler keeps it while the process
 /// ends, so that no write completes, or fails aloud, after the removal, and
 /// a stopped command leaves its finished files and nothing half-written
 /// (not even a hidden temporary one).
-pub fn stop_writing() -> impl Sized {
+pub fn stop_writing() -> Stopped {
     stop_writing_where(|_| true)
+}
+
+/// `stop_writing`'s hold on every write of this process.
+pub struct Stopped(std::sync::MutexGuard<'static, Vec<PathBuf>>);
+
+impl Stopped {
+    /// Removes the temporary files again, just before the process ends: a
+    /// writer registers its file before it creates it, so one it created
+    /// after the first removal (the signal came between the two) goes too.
+    pub fn remove_again(&self) {
+        self.0.iter().for_each(|t| remove_temp(t));
+    }
 }
 
 /// `stop_writing` for the temporary files `which` accepts (a test's own
 /// folder: the tests of one binary write side by side).
-fn stop_writing_where(which: impl Fn(&Path) -> bool) -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+fn stop_writing_where(which: impl Fn(&Path) -> bool) -> Stopped {
     let guard = writing();
     for tmp in guard.iter().filter(|t| which(t)) {
         remove_temp(tmp);
     }
-    guard
+    // Then the folders a set was being written into, where this call made them.
+    for folders in made_folders().iter().filter(|f| f.first().is_some_and(|d| which(d))) {
+        let _ = std::fs::remove_file(folders[0].join(".lock"));
+        remove_empty(folders);
+    }
+    Stopped(guard)
 }
 
 /// Removes a temporary file, or a staging folder (`write_together`) whole.
@@ -83,8 +110,13 @@ fn remove_temp(tmp: &Path) {
 pub(crate) fn write_together<T>(dir: &Path, clear: impl FnOnce(&Path, &T), write: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
     let stage = dir.join(format!(".{}.tmp.staged", std::process::id()));
     remove_temp(&stage);
-    create_dir(&stage)?;
-    writing().push(stage.clone());
+    {
+        // Made and registered under the registry's lock: a stop between the
+        // two would leave a staging folder it did not know of.
+        let mut w = writing();
+        create_dir(&stage)?;
+        w.push(stage.clone());
+    }
     let result = write(&stage).and_then(|value| {
         clear(dir, &value);
         move_into(&stage, dir)?;
@@ -111,14 +143,27 @@ pub(crate) fn write_together<T>(dir: &Path, clear: impl FnOnce(&Path, &T), write
 /// made is removed again, so that nothing of it is left.
 pub(crate) fn write_set<T>(dir: &Path, clear: impl FnOnce(&Path, &T), write: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
     let made = missing_folders(dir);
-    let _lock = create_locked(dir, ".lock", false)?;
+    let _lock = {
+        // Made and registered under the registry's lock, as a staging folder is.
+        let mut m = made_folders();
+        let lock = create_locked(dir, ".lock", false)?;
+        if !made.is_empty() {
+            m.push(made.clone());
+        }
+        lock
+    };
     remove_stale_temps(dir);
-    write_together(dir, clear, write).inspect_err(|_| {
+    let result = write_together(dir, clear, write).inspect_err(|_| {
         if !made.is_empty() {
             let _ = std::fs::remove_file(dir.join(".lock"));
             remove_empty(&made);
         }
-    })
+    });
+    let mut m = made_folders();
+    if let Some(i) = m.iter().position(|f| *f == made) {
+        m.swap_remove(i);
+    }
+    result
 }
 
 /// Moves every entry of `from` into `to` (files replacing theirs; folders
@@ -449,6 +494,30 @@ mod tests {
         let left: Vec<_> = std::fs::read_dir(d.path()).unwrap().flatten().map(|e| e.file_name()).collect();
         assert_eq!(left, vec![std::ffi::OsString::from("metrics.json")]);
         assert_eq!(std::fs::read(d.path().join("metrics.json")).unwrap(), b"earlier");
+    }
+
+    /// A stop while a set is written into folders this call made removes
+    /// them again, `.lock` and all: nothing is left of the call; a folder
+    /// that was there before stays.
+    #[test]
+    fn stopping_removes_the_folders_a_set_was_made_in() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("runs/ev");
+        let r = write_set(
+            &out,
+            |_, _| {},
+            |stage| {
+                write_atomic(&stage.join("metrics.json"), b"new")?;
+                assert!(out.join(".lock").exists());
+                drop(stop_writing_where(|t| t.starts_with(d.path())));
+                // Looked at here: a real stop ends the process now.
+                assert!(!d.path().join("runs").exists(), "both folders the call made are gone at the stop");
+                write_atomic(&stage.join("confusion.png"), b"plot")
+            },
+        );
+        assert!(r.is_err(), "a write into a removed staging folder fails");
+        assert!(!d.path().join("runs").exists());
+        assert!(!made_folders().iter().any(|f| f[0].starts_with(d.path())), "and no longer registered");
     }
 
     #[test]

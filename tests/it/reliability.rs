@@ -301,7 +301,8 @@ fn a_signal_ends_explain_at_once_with_its_finished_files_only() {
 
 /// A command that writes its files as one set (evaluate here; lr-find and
 /// faces alike), stopped while it writes them: the folder holds the earlier
-/// evaluation byte for byte, no half of the new one and no staging folder.
+/// evaluation byte for byte, no half of the new one and no staging folder;
+/// where the call made the folder, the folder is gone.
 #[test]
 fn a_signal_while_evaluate_writes_leaves_the_earlier_evaluation_whole() {
     let d = tmp();
@@ -334,19 +335,28 @@ fn a_signal_while_evaluate_writes_leaves_the_earlier_evaluation_whole() {
     let earlier = files();
     assert_eq!(earlier.len(), 6, "metrics.json, confusion.png, top_losses.png / .csv and 2 tiles");
     // Stopped once its staging folder is there: it is writing the 300 top-loss tiles.
-    let child = bin_as_from_a_terminal().args(evaluate("300")).current_dir(d.path()).stderr(std::process::Stdio::piped()).spawn().unwrap();
-    let staged = ev.join(format!(".{}.tmp.staged", child.id()));
-    let t = Instant::now();
-    while !staged.join("top_losses").is_dir() && t.elapsed() < Duration::from_secs(120) {
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    assert!(std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
-    let end = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&end.stderr);
-    assert_eq!(end.status.code(), Some(130), "stopped while writing its tiles: {err}");
-    assert!(err.contains("interrupted: stopped; its files are written as one set"), "{err}");
-    assert!(!staged.exists(), "no staging folder is left");
+    let stop_in_tiles = |out: &str| {
+        let mut args = evaluate("300");
+        let at = args.iter().position(|a| a == "--out").unwrap() + 1;
+        args[at] = out.into();
+        let child = bin_as_from_a_terminal().args(args).current_dir(d.path()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let staged = d.path().join(out).join(format!(".{}.tmp.staged", child.id()));
+        let t = Instant::now();
+        while !staged.join("top_losses").is_dir() && t.elapsed() < Duration::from_secs(120) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+        let end = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&end.stderr).into_owned();
+        assert_eq!(end.status.code(), Some(130), "stopped while writing its tiles: {err}");
+        assert!(err.contains("interrupted: stopped; its files are written as one set"), "{err}");
+        assert!(!staged.exists(), "no staging folder is left");
+    };
+    stop_in_tiles("ev");
     assert!(files() == earlier, "the earlier evaluation stays byte for byte");
+    // Into folders the call makes: the stop removes them again (they held only its lock and staging folder).
+    stop_in_tiles("new/ev");
+    assert!(!d.path().join("new").exists(), "nothing of the stopped call is left");
 }
 
 /// Runs vggft with `args` in `cwd`, sends `signal` once a line of its

@@ -42,7 +42,7 @@ fn quit_on_signal(command: &Command) {
         Command::Predict(_) | Command::Report { .. } | Command::Speed(_) | Command::Weights { .. } => "stopped",
         // Their files move into place together once all are written (`fsutil::write_set`).
         Command::Evaluate(_) | Command::LrFind(_) | Command::Faces { .. } => {
-            "stopped; its files are written as one set, so its output folder holds the earlier set or this call's whole, none half-written"
+            "stopped; its files are written as one set, so its output folder holds the earlier set or this call's whole, none half-written (a folder it made and had not filled is removed)"
         }
         _ => "stopped; the files it had finished stay, and none is left half-written",
     };
@@ -66,11 +66,12 @@ fn on_signal(handler: impl FnMut() + Send + 'static) {
 /// (`fsutil::stop_writing`); `_exit`, not `exit`: libtorch's threads may be
 /// mid-computation, and its static destructors must not run under them.
 fn quit_interrupted(why: Option<&str>) -> ! {
-    let _held = vggft::fsutil::stop_writing();
+    let held = vggft::fsutil::stop_writing();
     if let Some(why) = why {
         errln!();
         errln!("interrupted: {why}");
     }
+    held.remove_again();
     // SAFETY: _exit ends the process without running anything of it.
     unsafe { libc::_exit(130) }
 }
