@@ -62,7 +62,7 @@ demo: build
 	$(BIN) predict --held-out
 	@echo "The same photos one at a time (each alone, as 'vggft predict photo.jpg' answers it):"
 	bash -o pipefail -c '$(BIN) predict --held-out --subject-from none 2>/dev/null | tail -n 1'
-	@echo "The run is in runs/latest (config.json, split.csv, history.csv, learning_curves.png, metrics.json, model.safetensors)."
+	@echo "The run is in runs/latest (config.json, split.csv, sha256.csv, history.csv, learning_curves.png, metrics.json, model.safetensors)."
 
 # vggft vs the PyTorch reference, one run, ratios (docs: scripts/bench.py; ~40 min at 224 px on 2 cores).
 bench: build

@@ -577,6 +577,13 @@ def run_cases(d, good):
     record("--resume while another process still writes the run", code, said(err).replace(str(busy.pid), "PID"))
     code, out, err = vggft("finetune", "--resume", "runs/r", "--quiet", cwd=d)
     record("--resume of the same data from another folder's run (works)", code, "works: " + out.strip().splitlines()[0] if code == 0 else said(err))
+    moved = os.path.join(d, "mdata")
+    folders(moved)
+    code, out, err = vggft("finetune", "--data", moved, "--random-init", *SMALL, "--name", "m", "--quiet", cwd=d)
+    assert code == 0, err
+    os.rename(moved, moved + "-elsewhere")
+    code, out, err = vggft("predict", "--held-out", "--model", "runs/m", cwd=d)
+    record("`predict --held-out` after the run's data moved", code, said(err))
     cfg = json.load(open(os.path.join(r, "config.json")))
     img = os.path.join(data, "neutral", "00.png")
     for what, path, value in (

@@ -1,8 +1,8 @@
 //! A fine-tuning run and its folder: a new run or a resumed one on its
 //! `Session`, training, and writing `config.json`, `split.csv` (the data
-//! fingerprint), `history.csv`, `model.safetensors`, `metrics.json`
-//! atomically, with `runs/latest` pointing at the finished run; loading a
-//! finished run back.
+//! fingerprint), `sha256.csv` (each image's bytes), `history.csv`,
+//! `model.safetensors`, `metrics.json` atomically, with `runs/latest`
+//! pointing at the finished run; loading a finished run back.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -210,6 +210,7 @@ fn start(session: &Session, split: &[u8], out: &Path, name: Option<&str>, report
         fsutil::write_json(&dir.join("config.json"), &session.config)?;
         fsutil::write_atomic(&dir.join("split.csv"), split)?;
         let p = &session.prepared;
+        fsutil::write_atomic(&dir.join(HASHES), &hashes_csv(p))?;
         if p.boxes.iter().any(Option::is_some) {
             crate::faces::write_csv(&dir.join("faces.csv"), &p.dataset.samples.iter().map(|s| s.path.clone()).collect::<Vec<_>>(), &p.boxes)?;
         }
@@ -637,6 +638,26 @@ pub(crate) fn split_csv(p: &Prepared) -> Vec<u8> {
         let class = &p.labels.classes[p.labels.targets[i] as usize];
         let bytes = std::fs::metadata(&s.path).map(|m| m.len().to_string()).unwrap_or_default();
         let _ = w.write_record([s.path.to_string_lossy().as_ref(), &s.label, class, s.subject.as_deref().unwrap_or(""), side, &bytes]);
+    }
+    w.into_inner().unwrap_or_default()
+}
+
+/// The file beside `split.csv` with each image's SHA-256: the run's
+/// training photos are known by their bytes (`predict::Training`) after the
+/// data moved, when their paths name nothing any more. (Not in split.csv,
+/// whose SHA-256 is the data fingerprint of every run before it.)
+pub const HASHES: &str = "sha256.csv";
+
+/// `HASHES`: `path,sha256`, in split.csv's order; an image that could not
+/// be read again for its hash is left out.
+fn hashes_csv(p: &Prepared) -> Vec<u8> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    // Writing CSV into memory cannot fail.
+    let _ = w.write_record(["path", "sha256"]);
+    for (s, h) in p.dataset.samples.iter().zip(&p.sha256) {
+        if let Some(h) = h {
+            let _ = w.write_record([s.path.to_string_lossy().as_ref(), h]);
+        }
     }
     w.into_inner().unwrap_or_default()
 }

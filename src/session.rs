@@ -433,6 +433,10 @@ pub struct Prepared {
     pub skipped: Vec<(PathBuf, String)>,
     /// Face box per image (with `--face`).
     pub boxes: Vec<Option<crate::data::face::FaceBox>>,
+    /// Each image file's SHA-256 (none where it could not be read again), as
+    /// a run records them (`run::HASHES`): its training photos are known by
+    /// their bytes after the data moves.
+    pub sha256: Vec<Option<String>>,
 }
 
 impl Prepared {
@@ -503,7 +507,8 @@ fn finish(mut dataset: Dataset, loaded: crate::data::Loaded, dc: &DataConfig, se
         dataset.samples = loaded.kept.iter().map(|&i| dataset.samples[i].clone()).collect();
     }
     let labels = split::assign_labels(&dataset, dc.task, &dc.label_map)?;
-    let (classes, people, copies) = duplicates(&dataset, &labels);
+    let sha256: Vec<Option<String>> = dataset.samples.iter().map(|s| crate::model::weights::sha256_file(&s.path).ok()).collect();
+    let (classes, people, copies) = duplicates(&dataset, &labels, &sha256);
     if !classes.is_empty() {
         reporter.message(&format!("warning: {} identical file(s) carry different classes: {}", classes.len(), crate::error::short_list(&classes, 5)));
     }
@@ -540,7 +545,7 @@ fn finish(mut dataset: Dataset, loaded: crate::data::Loaded, dc: &DataConfig, se
     if !fallbacks.is_empty() {
         reporter.message(&format!("warning: no face found in {} image(s), used a centred crop: {}", fallbacks.len(), crate::error::short_list(&fallbacks, 8)));
     }
-    Ok(Prepared { dataset, labels, split, data, skipped: loaded.skipped, boxes: loaded.boxes })
+    Ok(Prepared { dataset, labels, split, data, skipped: loaded.skipped, boxes: loaded.boxes, sha256 })
 }
 
 /// A warning when the validation side holds more images than training, with
@@ -766,13 +771,13 @@ pub(crate) fn raw_head(labels: &Labels, choice: TrainLabels) -> (Vec<String>, Ve
 /// subject ids differ (the same photo filed under two people, which a
 /// subject-grouped split can put on both sides), as `a (subject) = b (subject)`;
 /// and copies within one class without subject ids (an image split can put
-/// one on each side), as `a = b`.
-pub(crate) fn duplicates(ds: &Dataset, labels: &Labels) -> (Vec<String>, Vec<String>, Vec<String>) {
-    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+/// one on each side), as `a = b`. `sha256`: each sample's file's.
+pub(crate) fn duplicates(ds: &Dataset, labels: &Labels, sha256: &[Option<String>]) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     let (mut classes, mut people, mut copies) = (Vec::new(), Vec::new(), Vec::new());
-    for (i, s) in ds.samples.iter().enumerate() {
-        let Ok(h) = crate::model::weights::sha256_file(&s.path) else { continue };
-        let Some(&j) = seen.get(&h) else {
+    for (i, (s, h)) in ds.samples.iter().zip(sha256).enumerate() {
+        let Some(h) = h.as_deref() else { continue };
+        let Some(&j) = seen.get(h) else {
             seen.insert(h, i);
             continue;
         };

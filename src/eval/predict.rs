@@ -160,6 +160,18 @@ pub fn held_out(dir: &Path, cfg: &RunConfig) -> crate::error::Result<(Vec<HeldOu
         };
         return Err(Error::file(&p, format!("lists no validation images{why}")));
     }
+    // Not one error per photo: the data itself has gone from where the run read it.
+    if out.iter().all(|h| !crate::fsutil::exists(&h.path).unwrap_or(true)) {
+        return Err(Error::file(
+            &p,
+            format!(
+                "none of its {} validation images is where the run read it (the first: {}): the data was moved or deleted; put it back, or score it where it is now with `vggft evaluate --model {} --data DIR --exclude-train` (it knows the run's training photos by their bytes)",
+                out.len(),
+                out[0].path.display(),
+                dir.display()
+            ),
+        ));
+    }
     Ok((out, edited))
 }
 
@@ -1126,14 +1138,16 @@ pub fn unusual_warning(names: &[String], distance: &[f64]) -> Option<String> {
 
 /// A run's training images (its split.csv; none without one), to tell an
 /// input that is one of them: by its path however it is spelt, or as a
-/// byte-identical copy elsewhere (a dataset folder copied, then predicted or
-/// evaluated on, would otherwise pass for new photos).
+/// byte-identical copy elsewhere (a dataset folder copied or moved, then
+/// predicted or evaluated on, would otherwise pass for new photos).
 #[derive(Default)]
 pub struct Training {
     paths: std::collections::HashSet<PathBuf>,
-    /// The training files by size: only an input of one of these sizes can be a copy.
-    by_size: std::collections::HashMap<u64, Vec<PathBuf>>,
-    /// SHA-256 of the training files of each size asked about (hashed on first need).
+    /// The training files by size (split.csv's `bytes`): only an input of
+    /// one of these sizes can be a copy. Each with its SHA-256 where the run
+    /// recorded it (`run::HASHES`), else hashed from the file on first need.
+    by_size: std::collections::HashMap<u64, Vec<(PathBuf, Option<String>)>>,
+    /// SHA-256 of the training files of each size asked about.
     hashes: std::cell::RefCell<std::collections::HashMap<u64, std::collections::HashSet<String>>>,
 }
 
@@ -1141,17 +1155,24 @@ impl Training {
     /// The training images of run `dir`: its split.csv's `train` rows; the
     /// error of a split.csv that cannot be opened (missing, or unreadable to
     /// this user), for the caller to say or refuse on: nothing is known then.
+    /// A run before 2026-12-08 recorded no hashes: its photos moved away are
+    /// not known.
     pub fn of_run(dir: &Path) -> std::io::Result<Training> {
         let mut r = csv::Reader::from_reader(std::fs::File::open(dir.join("split.csv"))?);
-        let paths: std::collections::HashSet<PathBuf> =
-            r.records().flatten().filter(|row| row.get(4) == Some("train")).filter_map(|row| std::fs::canonicalize(row.get(0)?).ok()).collect();
-        let mut by_size: std::collections::HashMap<u64, Vec<PathBuf>> = Default::default();
-        for p in &paths {
-            if let Ok(m) = std::fs::metadata(p) {
-                by_size.entry(m.len()).or_default().push(p.clone());
+        let recorded: std::collections::HashMap<String, String> = std::fs::File::open(dir.join(crate::run::HASHES))
+            .map(|f| csv::Reader::from_reader(f).records().flatten().filter_map(|row| Some((row.get(0)?.to_string(), row.get(1)?.to_string()))).collect())
+            .unwrap_or_default();
+        let mut t = Training::default();
+        for row in r.records().flatten().filter(|row| row.get(4) == Some("train")) {
+            let Some(path) = row.get(0) else { continue };
+            let real = std::fs::canonicalize(path).ok();
+            let size = row.get(5).and_then(|b| b.parse().ok()).or_else(|| std::fs::metadata(path).ok().map(|m| m.len()));
+            if let Some(size) = size {
+                t.by_size.entry(size).or_default().push((PathBuf::from(path), recorded.get(path).cloned()));
             }
+            t.paths.extend(real);
         }
-        Ok(Training { paths, by_size, hashes: Default::default() })
+        Ok(t)
     }
 
     /// The warning for `of_run`'s error `e` (of `inputs`: "inputs", "images"):
@@ -1172,7 +1193,8 @@ impl Training {
         let Some((size, same)) = std::fs::metadata(&c).ok().and_then(|m| Some((m.len(), self.by_size.get(&m.len())?))) else { return false };
         let Ok(h) = crate::model::weights::sha256_file(&c) else { return false };
         let mut hashes = self.hashes.borrow_mut();
-        hashes.entry(size).or_insert_with(|| same.iter().filter_map(|t| crate::model::weights::sha256_file(t).ok()).collect()).contains(&h)
+        let known = |(t, h): &(PathBuf, Option<String>)| h.clone().or_else(|| crate::model::weights::sha256_file(t).ok());
+        hashes.entry(size).or_insert_with(|| same.iter().filter_map(known).collect()).contains(&h)
     }
 }
 

@@ -40,7 +40,7 @@ fn finetune_then_predict_on_london_faces() {
     assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
     assert!(out.contains("balanced accuracy") && out.contains("majority baseline"), "{out}");
     let run_dir = d.path().join("runs/r1");
-    for f in ["config.json", "history.csv", "metrics.json", "model.safetensors", "learning_curves.png", "split.csv", "COMPLETE"] {
+    for f in ["config.json", "history.csv", "metrics.json", "model.safetensors", "learning_curves.png", "split.csv", "sha256.csv", "COMPLETE"] {
         assert!(run_dir.join(f).is_file(), "{f} missing");
     }
     assert!(!run_dir.join("checkpoint.json").exists(), "checkpoint removed once complete");
@@ -855,6 +855,38 @@ fn evaluate_warns_about_training_images_and_can_leave_them_out() {
         assert_eq!(csv.lines().count().saturating_sub(1), want, "{csv}");
         assert_eq!(d.path().join("ev1/top_losses.png").is_file(), want > 0);
     }
+    // The dataset moved (not copied): its training photos are known by the bytes the run recorded
+    // (runs/e/sha256.csv), and --held-out says where the data went instead of one error per photo.
+    let moved = d.path().join("moved");
+    std::fs::create_dir(&moved).unwrap();
+    for e in std::fs::read_dir(d.path()).unwrap().flatten().filter(|e| e.path().is_file()) {
+        std::fs::rename(e.path(), moved.join(e.file_name())).unwrap();
+    }
+    let data = moved.join("manifest.csv");
+    let (code, _, err) = run(&["evaluate", "--model", "runs/e", "--data", data.to_str().unwrap(), "--device", "cpu", "--out", "ev5"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains(&format!("warning: {n_train} of these {} images were training images of this run", n_train + n_val)), "{err}");
+    let (code, out, err) =
+        run(&["evaluate", "--model", "runs/e", "--data", data.to_str().unwrap(), "--device", "cpu", "--exclude-train", "--out", "ev6"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains(&format!("left out {n_train} image(s)")) && out.contains(&format!("{n_val} images from")), "{err}{out}");
+    let (code, out, err) = run(&["predict", "--model", "runs/e", "--held-out"], d.path());
+    assert_eq!(code, 1, "{out}{err}");
+    assert_eq!(
+        err.trim_end(),
+        format!(
+            "error: runs/e/split.csv: none of its {n_val} validation images is where the run read it (the first: {val}): the data was moved or deleted; put it back, or score it where it is now with `vggft evaluate --model runs/e --data DIR --exclude-train` (it knows the run's training photos by their bytes)"
+        )
+    );
+    assert!(out.is_empty(), "{out}");
+    // One of them back: the tally counts the one person whose photo was answered, not every person listed.
+    let val_people: std::collections::HashSet<&str> = split.lines().filter(|l| l.contains(",val,")).filter_map(|l| l.split(',').nth(3)).collect();
+    assert!(val_people.len() > 1, "{split}");
+    std::fs::rename(moved.join(std::path::Path::new(val).file_name().unwrap()), val).unwrap();
+    let (code, out, err) = run(&["predict", "--model", "runs/e", "--held-out"], d.path());
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("of 1 right on 1 person the model never saw"), "{out}");
+    assert!(err.contains(&format!("{} of {n_val} image(s) could not be predicted", n_val - 1)), "{err}");
 }
 
 #[test]

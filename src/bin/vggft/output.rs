@@ -331,7 +331,9 @@ impl<'a> Predictions<'a> {
             errln!("{w}");
         }
         if a.held_out {
-            let people: std::collections::BTreeSet<&str> = held.iter().map(|h| h.subject.as_str()).collect();
+            // The people of the photos answered (not of those that could not be read).
+            let answered: std::collections::HashSet<&std::path::Path> = preds.iter().filter(|p| p.probs.is_ok()).map(|p| p.path.as_path()).collect();
+            let people: std::collections::BTreeSet<&str> = held.iter().filter(|h| answered.contains(h.path.as_path())).map(|h| h.subject.as_str()).collect();
             // A subject-normalised model: which head answered, and that head's own validation figure.
             let singles = preds.iter().filter(|p| p.mode == Some(predict::Mode::Single)).count();
             let (how, key, whose) = match (subject_norm, singles) {
@@ -345,7 +347,7 @@ impl<'a> Predictions<'a> {
                 .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
                 .and_then(|m| m[key]["balanced_accuracy"].as_f64());
             // A run on data that names no people held out images, not people: its other photos may have trained it.
-            let whom = if people.iter().all(|p| p.is_empty()) {
+            let whom = if held.iter().all(|h| h.subject.is_empty()) {
                 "the run's validation images (an image split: the data names no people, so a person's other photos may be in training)".to_string()
             } else if people.len() == 1 {
                 "1 person the model never saw".to_string()
