@@ -135,6 +135,8 @@ pub fn run(req: &Request) -> Result<Evaluated> {
                 // The run's own training images among the data, and how many of them were scored: a score
                 // over them is not held out.
                 "training_images": {"in_data": ev.overlap, "scored": ev.overlap - ev.excluded},
+                // Other photos of the people it trained on, where the data is the run's own: not subject-independent.
+                "training_people": {"scored": ev.trained_people.0, "people": ev.trained_people.1},
                 // The data's labels as read for the run (--label-map), where given.
                 "label_map": (!req.label_map.is_empty()).then(|| req.label_map.iter().map(|(d, l)| format!("{d}={l}")).collect::<Vec<_>>()),
                 "threshold": cfg.threshold.as_ref().map(|t| t.describe(&cfg.classes[0], cfg.single_calibration())),

@@ -1057,6 +1057,9 @@ pub struct Evaluation {
     pub overlap: usize,
     /// Of those, how many were left out (`--exclude-train`).
     pub excluded: usize,
+    /// Where the data is the run's own: the scored images that are other
+    /// photos of people it trained on, and those people (sorted).
+    pub trained_people: (usize, Vec<String>),
     /// What the data's subject ids may get wrong for person statistics
     /// (ids differing only in case), for a subject-normalised model.
     pub warnings: Vec<String>,
@@ -1149,6 +1152,8 @@ pub struct Training {
     by_size: std::collections::HashMap<u64, Vec<(PathBuf, Option<String>)>>,
     /// SHA-256 of the training files of each size asked about.
     hashes: std::cell::RefCell<std::collections::HashMap<u64, std::collections::HashSet<String>>>,
+    /// The subject ids of the training side (ids of the run's own data).
+    people: std::collections::HashSet<String>,
 }
 
 impl Training {
@@ -1171,6 +1176,7 @@ impl Training {
                 t.by_size.entry(size).or_default().push((PathBuf::from(path), recorded.get(path).cloned()));
             }
             t.paths.extend(real);
+            t.people.extend(row.get(3).filter(|p| !p.is_empty()).map(str::to_string));
         }
         Ok(t)
     }
@@ -1238,6 +1244,15 @@ pub fn evaluate(
         }
     }
     let subjects: Vec<Option<String>> = ds.samples.iter().map(|s| s.subject.clone()).collect();
+    // Only in the run's own data do its subject ids name the same people as its split.csv's.
+    let own_data = data_folder(data).is_some_and(|f| data_folder(&cfg.data.path) == Some(f));
+    let of_trained: Vec<&str> = ds
+        .samples
+        .iter()
+        .filter(|s| own_data && !seen.contains(&s.path))
+        .filter_map(|s| s.subject.as_deref().filter(|p| training.people.contains(*p)))
+        .collect();
+    let trained_people = (of_trained.len(), of_trained.iter().map(|p| p.to_string()).collect::<std::collections::BTreeSet<_>>().into_iter().collect());
     // Images the single-image head answers, as it reads them (`RunConfig::single_frame`: the whole frame).
     // In place, and the whole frames dropped once copied: a dataset of
     // thousands is held once (0.2 MB an image at 224 px), not three times.
@@ -1291,9 +1306,20 @@ pub fn evaluate(
         features: f,
         overlap,
         excluded: if exclude { overlap } else { 0 },
+        trained_people,
         warnings,
         distances,
     })
+}
+
+/// The folder a dataset path names (a manifest's own folder), resolved.
+fn data_folder(p: &Path) -> Option<PathBuf> {
+    let c = std::fs::canonicalize(p).ok()?;
+    if c.is_file() {
+        c.parent().map(Path::to_path_buf)
+    } else {
+        Some(c)
+    }
 }
 
 /// A raw label of evaluated data as the run's class: `names` (the data's

@@ -110,11 +110,14 @@ fn entry(dir: &Path) -> Result<Entry> {
                 metrics.insert(k.into(), format!("{x:.3}"));
             }
         }
-        let protocol = match m["training_images"]["scored"].as_u64() {
+        let mut protocol = match m["training_images"]["scored"].as_u64() {
             Some(0) => "evaluate: none of the run's training images".to_string(),
             Some(n) => format!("evaluate: {n} of the run's training images among them (not held out)"),
             None => "evaluate".to_string(),
         };
+        if let Some(n @ 1..) = m["training_people"]["scored"].as_u64() {
+            protocol += &format!("; {n} other photos of people it trained on (not subject-independent)");
+        }
         metrics.insert("protocol".into(), protocol);
     } else {
         // `expand` gave it as a finished run, cv or evaluation; gone or changed since.

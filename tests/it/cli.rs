@@ -844,6 +844,36 @@ fn evaluate_warns_about_training_images_and_can_leave_them_out() {
     let (code, _, err) = run(&["predict", name(trained).to_str().unwrap(), name(val).to_str().unwrap(), "--model", "runs/e"], d.path());
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("note: 1 of these 2 input(s) were training images of this run"), "{err}");
+    // A new photo of a person the run trained on, added to its own data: scored, and said not to be
+    // subject-independent (in metrics.json and report too).
+    let person = split.lines().find(|l| l.contains(",train,")).unwrap().split(',').nth(3).unwrap().to_string();
+    let manifest = std::fs::read_to_string(&m).unwrap();
+    gray_png(&d.path().join("again.png"), 32, 32, |x, y| if x < 16 { 200 } else { 30 + ((x + y) % 7) as u8 });
+    std::fs::write(&m, format!("{manifest}again.png,neutral,{person}\n")).unwrap();
+    let (code, out, err) =
+        run(&["evaluate", "--model", "runs/e", "--data", m.to_str().unwrap(), "--device", "cpu", "--exclude-train", "--out", "ev7"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("{} images from", n_val + 1)), "{out}");
+    assert!(
+        err.contains(&format!(
+            "warning: 1 of the scored images are other photos of 1 person this run trained on ({person}): the score over them is not subject-independent"
+        )),
+        "{err}"
+    );
+    let metrics: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.path().join("ev7/metrics.json")).unwrap()).unwrap();
+    assert_eq!(metrics["training_people"], serde_json::json!({"scored": 1, "people": [person]}));
+    let (code, out, err) = run(&["report", "ev7"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("evaluate: none of the run's training images; 1 other photos of people it trained on (not subject-independent)"), "{out}");
+    // Not where the data is another's (its subject ids name other people): the copy made above.
+    std::fs::write(copy.join("manifest.csv"), format!("{manifest}again.png,neutral,{person}\n")).unwrap();
+    std::fs::copy(d.path().join("again.png"), copy.join("again.png")).unwrap();
+    let (code, _, err) =
+        run(&["evaluate", "--model", "runs/e", "--data", copied.to_str().unwrap(), "--device", "cpu", "--exclude-train", "--out", "ev8"], d.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("other photos of"), "{err}");
+    std::fs::write(&m, manifest).unwrap();
+    std::fs::remove_file(d.path().join("again.png")).unwrap();
     // Top losses, then fewer, then none into the same folder: only this evaluation's are there.
     let tiles = |dir: &str| std::fs::read_dir(d.path().join(dir).join("top_losses")).map(|r| r.count()).unwrap_or(0);
     for (n, want) in [("4", 4), ("2", 2), ("0", 0)] {

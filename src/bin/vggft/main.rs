@@ -529,6 +529,13 @@ fn evaluate(mut a: EvaluateArgs) -> anyhow::Result<()> {
             ev.y.len()
         );
     }
+    if let (n @ 1.., people) = &ev.trained_people {
+        errln!(
+            "warning: {n} of the scored images are other photos of {} this run trained on ({}): the score over them is not subject-independent (a person's own photos are easier); the run's validation people are, `vggft predict --held-out`",
+            if people.len() == 1 { "1 person".to_string() } else { format!("{} people", people.len()) },
+            vggft::error::short_list(people, 8)
+        );
+    }
     for (p, why) in &ev.skipped {
         errln!("skipped {}: {why}", p.display());
     }
