@@ -40,6 +40,8 @@ pub struct Summary {
     pub classes: Vec<String>,
     pub n_train: usize,
     pub n_val: usize,
+    /// The people held out (none in an image split).
+    pub val_people: usize,
     /// The threshold the model decides at (two-class runs that set or were given one).
     pub threshold: Option<threshold::Threshold>,
     /// How it decides and what its single-image head's probabilities mean, for summaries
@@ -409,6 +411,7 @@ fn execute(
         classes: config.classes.clone(),
         n_train: prepared.data.train.len(),
         n_val: prepared.data.val.len(),
+        val_people: prepared.split.val_subjects.len(),
         decisions: config.describe_decisions(),
         threshold: config.threshold,
         single_frame: prepared.data.lone.is_some(),

@@ -974,6 +974,9 @@ fn a_subject_pattern_takes_each_photos_person_from_its_name() {
     assert!(err.contains("stratified image split") && err.contains("--subject-pattern REGEX takes each photo's person from its file name"), "{err}");
     // The summary's validation figures say what they measure.
     assert!(out.contains("validation (best epoch, an image split: the data names no people, so a person's other photos may be in training):"), "{out}");
+    // And that one split's figure is one draw, with what to quote instead.
+    let draw = |out: &str| out.lines().find(|l| l.starts_with("one holdout of ")).map(str::to_string).unwrap_or_default();
+    assert!(draw(&out).ends_with(" images is one draw: another split can land well away from it; `vggft cv` with the same options gives the mean ± std over folds and seeds, the figure to quote"), "{out}");
     let (code, out, err) = run(&["predict", "--held-out", "--model", "runs/plain", "--device", "cpu"], d.path());
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(" right on the run's validation images (an image split: the data names no people"), "not people never seen: {out}");
@@ -981,6 +984,7 @@ fn a_subject_pattern_takes_each_photos_person_from_its_name() {
     assert_eq!(code, 0, "{err}");
     assert!(!err.contains("stratified"), "{err}");
     assert!(out.contains("validation (best epoch, a subject-grouped holdout: people never trained on):"), "{out}");
+    assert!(draw(&out).starts_with("one holdout of 2 people ("), "{out}");
     let (code, out, err) = run(&["predict", "--held-out", "--model", "runs/p", "--device", "cpu"], d.path());
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(" right on 2 people the model never saw"), "{out}");

@@ -175,6 +175,11 @@ fn finetune(a: FinetuneArgs, seed_given: bool) -> anyhow::Result<()> {
                 );
                 print_metrics(single, &s.classes);
             }
+            // One split's figure is one draw, not the figure to quote.
+            let held = if s.protocol == run::PROTOCOL_IMAGES { format!("{} images", s.n_val) } else { format!("{} people ({} images)", s.val_people, s.n_val) };
+            outln!(
+                "one holdout of {held} is one draw: another split can land well away from it; `vggft cv` with the same options gives the mean ± std over folds and seeds, the figure to quote"
+            );
         }
         None => outln!("no validation set (--val none): the final epoch was kept"),
     }
