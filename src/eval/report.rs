@@ -79,8 +79,12 @@ fn entry(dir: &Path) -> Result<Entry> {
     } else if dir.join("config.json").is_file() {
         flatten("", &read_json(&dir.join("config.json"))?, &mut recipe);
         // A run's `data_sha256` covers its split too; the report compares the images.
-        if let Some(sha) = std::fs::read(dir.join("split.csv")).ok().and_then(|b| crate::run::images_sha256(&b)) {
+        let split = std::fs::read(dir.join("split.csv")).unwrap_or_default();
+        if let Some(sha) = crate::run::images_sha256(&split) {
             recipe.insert("data_sha256".into(), sha);
+        }
+        if let Some(held) = held_out(&split) {
+            recipe.insert(HELD_OUT.into(), held);
         }
         let m = read_json(&dir.join("metrics.json"))?;
         let v = &m["validation"];
@@ -377,7 +381,40 @@ fn table(entries: &[Entry]) -> String {
     if keys.is_empty() {
         out.push_str("\n(no recipe differences: the same settings throughout)\n");
     }
+    let holdouts: std::collections::BTreeSet<&String> = entries.iter().filter_map(|e| e.recipe.get(HELD_OUT)).collect();
+    if holdouts.len() > 1 {
+        out.push_str(&format!(
+            "\n(the runs' figures are on different held-out people or images ({HELD_OUT}): one holdout each, not comparable one to one; `vggft cv` scores recipes on the same folds)\n"
+        ));
+    }
     out
+}
+
+/// The report's row of whom a run's validation side holds.
+const HELD_OUT: &str = "validation.held_out";
+
+/// Whom a run's validation side holds, from its split.csv: its people (in
+/// an image split, its images), the first few named, and a short
+/// fingerprint of the whole set, so that two runs' holdouts are told apart.
+fn held_out(split: &[u8]) -> Option<String> {
+    let mut r = csv::Reader::from_reader(split);
+    let (mut people, mut paths) = (std::collections::BTreeSet::new(), Vec::new());
+    for row in r.records().flatten().filter(|r| r.get(4) == Some("val")) {
+        paths.push(row.get(0)?.to_string());
+        people.extend(row.get(3).filter(|s| !s.is_empty()).map(str::to_string));
+    }
+    if paths.is_empty() {
+        return None;
+    }
+    paths.sort();
+    let set = &crate::run::sha256_hex(paths.join("\n").as_bytes())[..8];
+    Some(if people.is_empty() {
+        format!("{} images, set {set}", paths.len())
+    } else {
+        let first: Vec<&str> = people.iter().take(4).map(String::as_str).collect();
+        let n = if people.len() == 1 { "1 person".to_string() } else { format!("{} people", people.len()) };
+        format!("{n} ({}{}), set {set}", first.join(", "), if people.len() > 4 { ", …" } else { "" })
+    })
 }
 
 /// Folders by their last component, for a one-line list.

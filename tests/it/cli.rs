@@ -1154,6 +1154,7 @@ fn report_shows_data_and_weights_when_they_differ() {
     }
     let (_, out, _) = run(&["report", "runs/ra", "runs/rc"], d.path());
     assert!(!out.contains("| data.path |") && !out.contains("| weights.sha256 |"), "the same data and weights are not rows:\n{out}");
+    assert!(!out.contains("validation.held_out"), "the same holdout is no row, and no note:\n{out}");
     // Another split of the same images (another seed), and a cv of them, are the same data.
     let (code, _, err) = run(
         &args(&small(&w1), &["finetune", "--data", a.to_str().unwrap(), "--stages", "head:1", "--name", "rs", "--val", "subjects:0.34", "--seed", "2"]),
@@ -1171,6 +1172,11 @@ fn report_shows_data_and_weights_when_they_differ() {
     assert!(out.contains("| cv.folds | – | – | 3 |") && out.contains("| cv.seeds | – | – | 0 |"), "{out}");
     // What each figure measures: two holdouts of people and a cv over people.
     assert!(out.contains("| **protocol** | holdout, subject-grouped | holdout, subject-grouped | cv, subject-grouped |"), "{out}");
+    // Whom each run held out: one person each, another one (the row and a note that says what it means).
+    let held = out.lines().find(|l| l.starts_with("| validation.held_out |")).unwrap_or_default();
+    let cells: Vec<&str> = held.split(" | ").collect();
+    assert!(cells.len() == 4 && cells[1].starts_with("1 person (P0") && cells[2].starts_with("1 person (P0") && cells[1] != cells[2], "{out}");
+    assert!(out.contains("\n(the runs' figures are on different held-out people or images (validation.held_out): one holdout each, not comparable one to one; `vggft cv` scores recipes on the same folds)\n"), "{out}");
     std::fs::remove_dir_all(d.path().join("runs/rs")).unwrap();
     // Evaluations beside their run: on other people's photos, and on its own training data (said to be not
     // held out); each on the data it scored, and named by the run it scored.
