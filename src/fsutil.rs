@@ -516,7 +516,7 @@ mod tests {
             },
         );
         assert!(r.is_err(), "a write into a removed staging folder fails");
-        assert!(!d.path().join("runs").exists());
+        assert!(!d.path().join("runs").exists() && d.path().is_dir(), "the folder above them, there before, stays");
         assert!(!made_folders().iter().any(|f| f[0].starts_with(d.path())), "and no longer registered");
     }
 
