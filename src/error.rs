@@ -212,6 +212,15 @@ settings! {
     Normalisation => "mean/std",
 }
 
+/// "1 person", "N people": a count of people in a sentence.
+pub fn people(n: usize) -> String {
+    if n == 1 {
+        "1 person".to_string()
+    } else {
+        format!("{n} people")
+    }
+}
+
 /// Lists at most `max` names, then "and N more", so error sentences stay readable.
 pub fn short_list(names: &[String], max: usize) -> String {
     if names.len() <= max {

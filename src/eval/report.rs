@@ -412,8 +412,7 @@ fn held_out(split: &[u8]) -> Option<String> {
         format!("{} images, set {set}", paths.len())
     } else {
         let first: Vec<&str> = people.iter().take(4).map(String::as_str).collect();
-        let n = if people.len() == 1 { "1 person".to_string() } else { format!("{} people", people.len()) };
-        format!("{n} ({}{}), set {set}", first.join(", "), if people.len() > 4 { ", …" } else { "" })
+        format!("{} ({}{}), set {set}", crate::error::people(people.len()), first.join(", "), if people.len() > 4 { ", …" } else { "" })
     })
 }
 

@@ -176,7 +176,11 @@ fn finetune(a: FinetuneArgs, seed_given: bool) -> anyhow::Result<()> {
                 print_metrics(single, &s.classes);
             }
             // One split's figure is one draw, not the figure to quote.
-            let held = if s.protocol == run::PROTOCOL_IMAGES { format!("{} images", s.n_val) } else { format!("{} people ({} images)", s.val_people, s.n_val) };
+            let held = if s.protocol == run::PROTOCOL_IMAGES {
+                format!("{} images", s.n_val)
+            } else {
+                format!("{} ({} images)", vggft::error::people(s.val_people), s.n_val)
+            };
             outln!(
                 "one holdout of {held} is one draw: another split can land well away from it; `vggft cv` with the same options gives the mean ± std over folds and seeds, the figure to quote"
             );
@@ -537,7 +541,7 @@ fn evaluate(mut a: EvaluateArgs) -> anyhow::Result<()> {
     if let (n @ 1.., people) = &ev.trained_people {
         errln!(
             "warning: {n} of the scored images are other photos of {} this run trained on ({}): the score over them is not subject-independent (a person's own photos are easier); the run's validation people are, `vggft predict --held-out`",
-            if people.len() == 1 { "1 person".to_string() } else { format!("{} people", people.len()) },
+            vggft::error::people(people.len()),
             vggft::error::short_list(people, 8)
         );
     }

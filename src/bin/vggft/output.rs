@@ -349,10 +349,8 @@ impl<'a> Predictions<'a> {
             // A run on data that names no people held out images, not people: its other photos may have trained it.
             let whom = if held.iter().all(|h| h.subject.is_empty()) {
                 "the run's validation images (an image split: the data names no people, so a person's other photos may be in training)".to_string()
-            } else if people.len() == 1 {
-                "1 person the model never saw".to_string()
             } else {
-                format!("{} people the model never saw", people.len())
+                format!("{} the model never saw", vggft::error::people(people.len()))
             };
             let tally = format!(
                 "{right} of {} right on {whom}{how}{}",
