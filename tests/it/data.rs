@@ -888,20 +888,13 @@ fn pictures_in_formats_vggft_does_not_read_are_said_not_silently_left_out() {
     assert_eq!(ds.samples.len(), 6);
     let names: Vec<String> = ds.unread.iter().map(|p| p.strip_prefix(&f).unwrap().display().to_string()).collect();
     assert_eq!(names, ["a/phone.HEIC", "b/anim.gif", "b/web.avif"], "the text file is no picture");
-    let s = small_trunk(d.path(), 17);
-    let (code, _, err) = run(&args(&s, &["finetune", "--data", "data", "--task", "multiclass", "--stages", "head:1", "--val", "none", "--quiet"]), d.path());
-    assert_eq!(code, 0, "{err}");
-    assert!(err.contains("warning: left out 3 picture(s) in a format vggft does not read") && err.contains("data/a/phone.HEIC"), "{err}");
+    // Training, predict on the folder and evaluate on the data: each says so (faces below too).
+    let [train, predict, evaluate] = train_predict_evaluate(d.path());
+    assert!(train.contains("warning: left out 3 picture(s) in a format vggft does not read") && train.contains("data/a/phone.HEIC"), "{train}");
     // A run without validation says so where its figures' protocol goes (report reads it).
     assert_eq!(json(&d.path().join("runs/latest/metrics.json"))["protocol"], "no validation (--val none: every image trained)");
-    // predict on the folder, evaluate on the data, faces on the data: each says so.
-    let (code, out, err) = run(&["predict", "--device", "cpu", "data/b"], d.path());
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(out.lines().count(), 3, "{out}");
-    assert!(err.contains("left out 2 picture(s)") && err.contains("data/b/anim.gif"), "{err}");
-    let (code, _, err) = run(&["evaluate", "--device", "cpu", "--data", "data", "--out", "ev"], d.path());
-    assert_eq!(code, 0, "{err}");
-    assert!(err.contains("skipped data/b/web.avif: a picture format vggft does not read"), "{err}");
+    assert!(predict.contains("left out 2 picture(s)") && predict.contains("data/b/anim.gif"), "{predict}");
+    assert!(evaluate.contains("skipped data/b/web.avif: a picture format vggft does not read"), "{evaluate}");
     let (code, _, err) = run(&["faces", "data", "--out", "fc", "--tile", "32"], d.path());
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("left out 3 picture(s)"), "{err}");
@@ -911,6 +904,21 @@ fn pictures_in_formats_vggft_does_not_read_are_said_not_silently_left_out() {
     }
     let e = scan(&f, DataFormat::Auto).unwrap_err().to_string();
     assert!(e.contains("class `b` has no images vggft reads (2 picture(s) in other formats, first ") && e.contains("convert them to PNG or JPEG"), "{e}");
+}
+
+/// Trains on `dir/data` (7-way, no validation), predicts `data/b` (its 3
+/// readable photos) and evaluates on `data`, each succeeding: their
+/// standard errors, for what each says of the entries it left out.
+fn train_predict_evaluate(dir: &Path) -> [String; 3] {
+    let s = small_trunk(dir, 17);
+    let (code, _, train) = run(&args(&s, &["finetune", "--data", "data", "--task", "multiclass", "--stages", "head:1", "--val", "none", "--quiet"]), dir);
+    assert_eq!(code, 0, "{train}");
+    let (code, out, predict) = run(&["predict", "--device", "cpu", "data/b"], dir);
+    assert_eq!(code, 0, "{predict}");
+    assert_eq!(out.lines().count(), 3, "{out}");
+    let (code, _, evaluate) = run(&["evaluate", "--device", "cpu", "--data", "data", "--out", "ev"], dir);
+    assert_eq!(code, 0, "{evaluate}");
+    [train, predict, evaluate]
 }
 
 /// An entry named as a photo that is no regular file (a FIFO, a link to a
@@ -926,17 +934,10 @@ fn photo_names_that_are_no_regular_file_are_said_not_silently_left_out() {
     std::os::unix::fs::symlink("/dev/zero", f.join("b/zero.png")).unwrap();
     let ds = scan(&f, DataFormat::Auto).unwrap();
     assert_eq!(ds.samples.len(), 6);
-    let s = small_trunk(d.path(), 17);
-    let (code, _, err) = run(&args(&s, &["finetune", "--data", "data", "--task", "multiclass", "--stages", "head:1", "--val", "none", "--quiet"]), d.path());
-    assert_eq!(code, 0, "{err}");
-    assert!(err.contains("warning: left out 2 entries named as a photo but not a regular file (") && err.contains("data/a/pipe.png"), "{err}");
-    let (code, out, err) = run(&["predict", "--device", "cpu", "data/b"], d.path());
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(out.lines().count(), 3, "{out}");
-    assert!(err.contains("warning: left out 1 entry named as a photo but not a regular file") && err.contains("data/b/zero.png"), "{err}");
-    let (code, _, err) = run(&["evaluate", "--device", "cpu", "--data", "data", "--out", "ev"], d.path());
-    assert_eq!(code, 0, "{err}");
-    assert!(err.contains("skipped data/b/zero.png: not a regular file"), "{err}");
+    let [train, predict, evaluate] = train_predict_evaluate(d.path());
+    assert!(train.contains("warning: left out 2 entries named as a photo but not a regular file (") && train.contains("data/a/pipe.png"), "{train}");
+    assert!(predict.contains("warning: left out 1 entry named as a photo but not a regular file") && predict.contains("data/b/zero.png"), "{predict}");
+    assert!(evaluate.contains("skipped data/b/zero.png: not a regular file"), "{evaluate}");
     for p in ["b/00.png", "b/01.png", "b/02.png"] {
         std::fs::remove_file(f.join(p)).unwrap();
     }
