@@ -87,12 +87,7 @@ fn entry(dir: &Path) -> Result<Entry> {
             recipe.insert(HELD_OUT.into(), held);
         }
         let m = read_json(&dir.join("metrics.json"))?;
-        let v = &m["validation"];
-        for k in ["balanced_accuracy", "accuracy", "roc_auc", "majority_baseline"] {
-            if let Some(x) = v[k].as_f64() {
-                metrics.insert(k.into(), format!("{x:.3}"));
-            }
-        }
+        figures(&m["validation"], &mut metrics);
         metrics.insert("protocol".into(), m["protocol"].as_str().unwrap_or("holdout").to_string());
     } else if evaluation(dir) {
         let m = read_json(&dir.join("metrics.json"))?;
@@ -108,12 +103,7 @@ fn entry(dir: &Path) -> Result<Entry> {
         // The figures are on the data it scored, not the run's: its path, and no fingerprint of the run's images.
         recipe.insert("data.path".into(), m["data"].as_str().unwrap_or("?").to_string());
         recipe.remove("data_sha256");
-        let v = &m["metrics"];
-        for k in ["balanced_accuracy", "accuracy", "roc_auc", "majority_baseline"] {
-            if let Some(x) = v[k].as_f64() {
-                metrics.insert(k.into(), format!("{x:.3}"));
-            }
-        }
+        figures(&m["metrics"], &mut metrics);
         let mut protocol = match m["training_images"]["scored"].as_u64() {
             Some(0) => "evaluate: none of the run's training images".to_string(),
             Some(n) => format!("evaluate: {n} of the run's training images among them (not held out)"),
@@ -372,7 +362,7 @@ fn table(entries: &[Entry]) -> String {
             entries.iter().map(|e| e.recipe.get(k).map_or("–".to_string(), |v| cell(&show(v)))).collect::<Vec<_>>().join(" | ")
         ));
     }
-    for m in ["protocol", "balanced_accuracy", "accuracy", "roc_auc", "majority_baseline"] {
+    for m in std::iter::once("protocol").chain(FIGURES) {
         out.push_str(&format!(
             "| **{m}** | {} |\n",
             entries.iter().map(|e| e.metrics.get(m).map(String::as_str).unwrap_or("–")).collect::<Vec<_>>().join(" | ")
@@ -388,6 +378,18 @@ fn table(entries: &[Entry]) -> String {
         ));
     }
     out
+}
+
+/// The figures a run's or an evaluation's metrics.json gives, in the table's order.
+const FIGURES: [&str; 4] = ["balanced_accuracy", "accuracy", "roc_auc", "majority_baseline"];
+
+/// `FIGURES` of one metrics.json block (a run's `validation`, an evaluation's `metrics`), to 3 decimals.
+fn figures(v: &serde_json::Value, metrics: &mut BTreeMap<String, String>) {
+    for k in FIGURES {
+        if let Some(x) = v[k].as_f64() {
+            metrics.insert(k.into(), format!("{x:.3}"));
+        }
+    }
 }
 
 /// The report's row of whom a run's validation side holds.
